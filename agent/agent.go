@@ -1,0 +1,96 @@
+// Package agent is the nsbox agent: PID 1 of every sandbox, started by libcontainer from the
+// same nsbox binary (bind-mounted read-only). It reaps orphaned processes, forwards
+// termination signals to everything in the sandbox, and serves the daemon over a unix socket
+// whose listener it inherits as a file descriptor; the socket's path exists only on the host,
+// so nothing inside the sandbox can reach this control channel.
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// Agent serves one sandbox from inside it.
+type Agent struct {
+	version string
+	procs   *procTable
+	log     *slog.Logger
+}
+
+// Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
+func Run(listenFD int, version string) error {
+	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("mark agent non-dumpable: %w", err)
+	}
+	// The agent is idle nearly all the time: keep its heap small.
+	debug.SetGCPercent(50)
+
+	f := os.NewFile(uintptr(listenFD), "agent-listener")
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("use inherited listener fd %d: %w", listenFD, err)
+	}
+	a := &Agent{version: version, procs: newProcTable(), log: slog.Default()}
+
+	signals := make(chan os.Signal, 16)
+	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
+	done := make(chan error, 1)
+	go func() { done <- http.Serve(ln, a.routes()) }()
+
+	for {
+		select {
+		case err := <-done:
+			return fmt.Errorf("serve: %w", err)
+		case sig := <-signals:
+			if sig == unix.SIGCHLD {
+				a.procs.reap()
+				continue
+			}
+			a.log.Info("forwarding signal to every process in the sandbox", "signal", sig)
+			// kill(-1) from PID 1 reaches every other process in the sandbox's pid namespace.
+			if err := unix.Kill(-1, sig.(unix.Signal)); err != nil && !errors.Is(err, unix.ESRCH) {
+				a.log.Warn("forward signal", "signal", sig, "err", err)
+			}
+			if sig == unix.SIGTERM || sig == unix.SIGINT || sig == unix.SIGQUIT {
+				a.procs.waitAll()
+				return nil
+			}
+		}
+	}
+}
+
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version})
+	})
+	mux.HandleFunc("POST /v1/exec", a.handleExec)
+	return mux
+}
+
+func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
+	var req api.ExecRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed exec request: %v", err))
+		return
+	}
+	res, err := a.exec(r.Context(), &req)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, res)
+}

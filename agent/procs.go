@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// procTable starts processes and is the only place that waits for them. As PID 1 the agent
+// must reap every process that ends in the sandbox, its own children and re-parented orphans
+// alike, so one reaper calls wait4(-1) and hands each status to whoever started that pid.
+// Starting and registering happen under the same lock the reaper takes, so no exit can be
+// reaped before its waiter exists.
+type procTable struct {
+	mu      sync.Mutex
+	waiters map[int]chan unix.WaitStatus
+}
+
+func newProcTable() *procTable {
+	return &procTable{waiters: map[int]chan unix.WaitStatus{}}
+}
+
+// start starts a process and returns its pid and a channel that receives its exit status.
+func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, err := os.StartProcess(path, argv, attr)
+	if err != nil {
+		return 0, nil, err
+	}
+	pid := p.Pid
+	// The reaper, not os.Process, waits for it; drop the handle's resources.
+	if err := p.Release(); err != nil {
+		return 0, nil, fmt.Errorf("release process handle: %w", err)
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	t.waiters[pid] = ch
+	return pid, ch, nil
+}
+
+// reap collects every process that has ended.
+func (t *procTable) reap() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return
+		}
+		if ch, ok := t.waiters[pid]; ok {
+			ch <- ws
+			delete(t.waiters, pid)
+		}
+	}
+}
+
+// waitAll blocks until the agent has no children left.
+func (t *procTable) waitAll() {
+	for {
+		var ws unix.WaitStatus
+		t.mu.Lock()
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		if ch, ok := t.waiters[pid]; ok && err == nil {
+			ch <- ws
+			delete(t.waiters, pid)
+		}
+		t.mu.Unlock()
+		if errors.Is(err, unix.ECHILD) {
+			return
+		}
+	}
+}
+
+// exitCode turns a wait status into a shell-style exit code (128+signal when killed).
+func exitCode(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}

@@ -1,0 +1,194 @@
+// Package api holds the wire types of nsbox's HTTP API (the daemon's public API and the
+// daemon-to-agent channel share them) and the error model. The machine-readable
+// description of the same API is openapi.yaml beside this file.
+package api
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+	"unicode/utf8"
+)
+
+// Sandbox statuses.
+const (
+	StatusCreating = "creating"
+	StatusRunning  = "running"
+	StatusFailed   = "failed"
+)
+
+// Limits are a sandbox's cgroup limits. Zero means "the daemon's default".
+type Limits struct {
+	CPUs     float64 `json:"cpus,omitempty"`
+	MemoryMB int64   `json:"memoryMB,omitempty"`
+	Pids     int64   `json:"pids,omitempty"`
+}
+
+// CreateSandboxRequest is the body of POST /v1/sandboxes.
+type CreateSandboxRequest struct {
+	ID     string            `json:"id,omitempty"`
+	Image  string            `json:"image,omitempty"`
+	Env    map[string]string `json:"env,omitempty"`
+	Cwd    string            `json:"cwd,omitempty"`
+	Limits Limits            `json:"limits,omitzero"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Sandbox is a sandbox as the API shows it.
+type Sandbox struct {
+	ID        string            `json:"id"`
+	Image     string            `json:"image"`
+	Status    string            `json:"status"`
+	Error     string            `json:"error,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	Cwd       string            `json:"cwd"`
+	Limits    Limits            `json:"limits"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"createdAt"`
+	// PID is the host pid of the sandbox's agent (its PID 1), while it runs.
+	PID int `json:"pid,omitempty"`
+}
+
+// ExecRequest is the body of POST /v1/sandboxes/{id}/exec. Exactly one of Argv and
+// Command is set: Argv runs a program directly, Command runs through /bin/sh -c.
+type ExecRequest struct {
+	Argv    []string          `json:"argv,omitempty"`
+	Command string            `json:"command,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Cwd     string            `json:"cwd,omitempty"`
+	// Stdin is fed to the command, then closed; StdinEncoding "base64" means it is base64.
+	Stdin         string `json:"stdin,omitempty"`
+	StdinEncoding string `json:"stdinEncoding,omitempty"`
+	TimeoutMs     int64  `json:"timeoutMs,omitempty"`
+}
+
+// Output encodings of ExecResult.
+const (
+	EncodingUTF8   = "utf-8"
+	EncodingBase64 = "base64"
+)
+
+// ExecResult is the answer to an exec. Stdout and Stderr carry the bytes exactly: when
+// both are valid UTF-8 they are plain JSON strings (NUL and control bytes escaped by
+// JSON) and Encoding is "utf-8"; otherwise both are base64 and Encoding is "base64".
+type ExecResult struct {
+	ExitCode   int    `json:"exitCode"`
+	Stdout     string `json:"stdout"`
+	Stderr     string `json:"stderr"`
+	Encoding   string `json:"encoding"`
+	TimedOut   bool   `json:"timedOut"`
+	Truncated  bool   `json:"truncated,omitempty"`
+	DurationMs int64  `json:"durationMs"`
+}
+
+// NewExecResult encodes raw output into an ExecResult.
+func NewExecResult(exitCode int, stdout, stderr []byte) ExecResult {
+	r := ExecResult{ExitCode: exitCode, Encoding: EncodingUTF8}
+	if utf8.Valid(stdout) && utf8.Valid(stderr) {
+		r.Stdout, r.Stderr = string(stdout), string(stderr)
+	} else {
+		r.Encoding = EncodingBase64
+		r.Stdout = base64.StdEncoding.EncodeToString(stdout)
+		r.Stderr = base64.StdEncoding.EncodeToString(stderr)
+	}
+	return r
+}
+
+// Output decodes Stdout and Stderr back to bytes.
+func (r *ExecResult) Output() (stdout, stderr []byte, err error) {
+	if r.Encoding != EncodingBase64 {
+		return []byte(r.Stdout), []byte(r.Stderr), nil
+	}
+	if stdout, err = base64.StdEncoding.DecodeString(r.Stdout); err != nil {
+		return nil, nil, fmt.Errorf("decode stdout: %w", err)
+	}
+	if stderr, err = base64.StdEncoding.DecodeString(r.Stderr); err != nil {
+		return nil, nil, fmt.Errorf("decode stderr: %w", err)
+	}
+	return stdout, stderr, nil
+}
+
+// StdinBytes decodes the request's stdin.
+func (r *ExecRequest) StdinBytes() ([]byte, error) {
+	switch r.StdinEncoding {
+	case "", EncodingUTF8:
+		return []byte(r.Stdin), nil
+	case EncodingBase64:
+		b, err := base64.StdEncoding.DecodeString(r.Stdin)
+		if err != nil {
+			return nil, Errorf(CodeInvalidArgument, "stdin is not valid base64: %v", err)
+		}
+		return b, nil
+	}
+	return nil, Errorf(CodeInvalidArgument, "stdinEncoding must be %q or %q, not %q", EncodingUTF8, EncodingBase64, r.StdinEncoding)
+}
+
+// Health is what the agent answers on GET /v1/health.
+type Health struct {
+	PID     int    `json:"pid"`
+	Version string `json:"version"`
+}
+
+// Version is the answer to GET /v1/version.
+type Version struct {
+	Version string `json:"version"`
+}
+
+// Image is an entry of GET /v1/images.
+type Image struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+// Error codes, each with one HTTP status.
+const (
+	CodeInvalidArgument = "invalid_argument"
+	CodeNotFound        = "not_found"
+	CodeConflict        = "conflict"
+	CodeTooLarge        = "payload_too_large"
+	CodeInternal        = "internal"
+	CodeUnavailable     = "unavailable"
+)
+
+var codeStatus = map[string]int{
+	CodeInvalidArgument: http.StatusBadRequest,
+	CodeNotFound:        http.StatusNotFound,
+	CodeConflict:        http.StatusConflict,
+	CodeTooLarge:        http.StatusRequestEntityTooLarge,
+	CodeInternal:        http.StatusInternalServerError,
+	CodeUnavailable:     http.StatusServiceUnavailable,
+}
+
+// Error is an API error; on the wire it is {"error": {"code": …, "message": …}}.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// ErrorBody is the JSON envelope of an Error.
+type ErrorBody struct {
+	Error *Error `json:"error"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// HTTPStatus is the status code that goes with the error's code.
+func (e *Error) HTTPStatus() int {
+	if s, ok := codeStatus[e.Code]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// Errorf makes an *Error with a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// IsCode reports whether err is, or wraps, an *Error with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}

@@ -1,0 +1,124 @@
+// Package client is the Go SDK of the nsbox daemon's HTTP API; the CLI is built on it.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// DefaultSocket is where the daemon listens unless told otherwise.
+const DefaultSocket = "/run/nsbox/nsbox.sock"
+
+// Client talks to one nsbox daemon.
+type Client struct {
+	http *http.Client
+	base string
+}
+
+// New returns a client for the daemon listening on the unix socket at path.
+func New(socket string) *Client {
+	var d net.Dialer
+	return &Client{
+		base: "http://nsbox",
+		http: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "unix", socket)
+			},
+			DisableCompression: true,
+		}},
+	}
+}
+
+// Version returns the daemon's version.
+func (c *Client) Version(ctx context.Context) (*api.Version, error) {
+	var v api.Version
+	return &v, c.do(ctx, http.MethodGet, "/v1/version", nil, &v)
+}
+
+// Images lists the images sandboxes can be made from.
+func (c *Client) Images(ctx context.Context) ([]api.Image, error) {
+	var out []api.Image
+	return out, c.do(ctx, http.MethodGet, "/v1/images", nil, &out)
+}
+
+// CreateSandbox creates a sandbox and returns it once it runs.
+func (c *Client) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes", req, &sb)
+}
+
+// ListSandboxes lists every sandbox.
+func (c *Client) ListSandboxes(ctx context.Context) ([]api.Sandbox, error) {
+	var out []api.Sandbox
+	return out, c.do(ctx, http.MethodGet, "/v1/sandboxes", nil, &out)
+}
+
+// GetSandbox returns one sandbox.
+func (c *Client) GetSandbox(ctx context.Context, id string) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(id), nil, &sb)
+}
+
+// RemoveSandbox stops and removes a sandbox; force kills it without a grace period.
+func (c *Client) RemoveSandbox(ctx context.Context, id string, force bool) error {
+	path := "/v1/sandboxes/" + url.PathEscape(id)
+	if force {
+		path += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}
+
+// Exec runs a command in a sandbox and returns its result.
+func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResult, error) {
+	var res api.ExecResult
+	return &res, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", req, &res)
+}
+
+// do sends a request with an optional JSON body and decodes a JSON answer into out. Non-2xx
+// answers come back as *api.Error.
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("cannot reach the nsbox daemon (is `nsbox daemon` running, and are you root?): %w", err)
+		}
+		return fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return api.ReadError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode %s %s answer: %w", method, path, err)
+	}
+	return nil
+}

@@ -1,0 +1,19 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/nsbox/nsbox/agent"
+)
+
+func agentCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "agent",
+		Usage:  "run as a sandbox's PID 1 (started by the daemon, not by hand)",
+		Hidden: true,
+		Flags:  []cli.Flag{&cli.IntFlag{Name: "listen-fd", Value: 3, Usage: "inherited listening socket"}},
+		Action: func(c *cli.Context) error {
+			return agent.Run(c.Int("listen-fd"), version)
+		},
+	}
+}

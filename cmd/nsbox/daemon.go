@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/nsbox"
+)
+
+func daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "daemon",
+		Usage: "run the nsbox daemon (as root)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket-group", Usage: "group allowed to use the API socket (default: root only)"},
+			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/nsbox", Usage: "metadata, images and sandbox files"},
+			&cli.StringFlag{Name: "run-dir", Value: "/run/nsbox", Usage: "runtime state: agent sockets, container state"},
+			&cli.StringFlag{Name: "cgroup-parent", Value: "nsbox", Usage: "cgroup that holds every sandbox"},
+			&cli.Float64Flag{Name: "default-cpus", Value: 1, Usage: "CPU limit of a sandbox that asks for none"},
+			&cli.Int64Flag{Name: "default-memory", Value: 1024, Usage: "memory limit (MB) of a sandbox that asks for none"},
+			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
+			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: runDaemon,
+	}
+}
+
+func runDaemon(c *cli.Context) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	if os.Geteuid() != 0 {
+		return errors.New("the daemon must run as root")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary: %w", err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return fmt.Errorf("resolve own binary: %w", err)
+	}
+	rt, err := nsbox.Open(nsbox.Config{
+		DataDir:         c.String("data-dir"),
+		RunDir:          c.String("run-dir"),
+		CgroupParent:    c.String("cgroup-parent"),
+		AgentBin:        exe,
+		Version:         version,
+		Seccomp:         c.Bool("seccomp"),
+		DefaultCPUs:     c.Float64("default-cpus"),
+		DefaultMemoryMB: c.Int64("default-memory"),
+		DefaultPids:     c.Int64("default-pids"),
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+
+	ln, err := listenAPI(c.String("socket"), c.String("socket-group"))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		log.Info("shutting down; sandboxes keep running")
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	log.Info("nsbox daemon listening", "socket", c.String("socket"), "version", version, "data", c.String("data-dir"))
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve API: %w", err)
+	}
+	return nil
+}
+
+// listenAPI listens on the API socket, readable by root only or by root and group.
+func listenAPI(path, group string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, fmt.Errorf("make socket dir: %w", err)
+	}
+	// The metadata lock already guarantees one daemon, so a socket left here is stale.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	old := unix.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("--socket-group: %w", err)
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := errors.Join(os.Chown(path, 0, gid), os.Chmod(path, 0o660)); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("give group %s the API socket: %w", group, err)
+		}
+	}
+	return ln, nil
+}

@@ -1,0 +1,50 @@
+// Command nsbox is the single nsbox binary: the root daemon, the CLI that talks to it, the
+// in-sandbox agent and libcontainer's init entrypoint.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	_ "github.com/opencontainers/cgroups/devices" // device rules for the cgroup managers
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter" // namespace entry, runs before the Go runtime
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func init() {
+	// libcontainer re-executes this binary as "init" to set up a container from inside.
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init()
+	}
+}
+
+func main() {
+	app := &cli.App{
+		Name:    "nsbox",
+		Usage:   "Linux sandboxes with stateful sessions, built from namespaces, cgroups and overlayfs",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", Value: "/run/nsbox/nsbox.sock", EnvVars: []string{"NSBOX_SOCKET"}, Usage: "the daemon's API socket"},
+		},
+		Commands: append(clientCommands(), daemonCommand(), agentCommand()),
+		ExitErrHandler: func(_ *cli.Context, err error) {
+			if err == nil {
+				return
+			}
+			if coder, ok := err.(cli.ExitCoder); ok {
+				if msg := err.Error(); msg != "" {
+					fmt.Fprintln(os.Stderr, "nsbox:", msg)
+				}
+				os.Exit(coder.ExitCode())
+			}
+		},
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "nsbox:", err)
+		os.Exit(1)
+	}
+}

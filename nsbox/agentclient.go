@@ -1,0 +1,84 @@
+package nsbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// agentClient talks to one sandbox's agent over its host-side unix socket.
+type agentClient struct {
+	http *http.Client
+}
+
+// agent returns the (cached) client of a sandbox's agent.
+func (r *Runtime) agent(id string) *agentClient {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.agents[id]; ok {
+		return c
+	}
+	socket := r.agentSocket(id)
+	var d net.Dialer
+	c := &agentClient{http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: 16,
+	}}}
+	r.agents[id] = c
+	return c
+}
+
+// forgetAgent drops a sandbox's client and its idle connections.
+func (r *Runtime) forgetAgent(id string) {
+	r.mu.Lock()
+	c, ok := r.agents[id]
+	delete(r.agents, id)
+	r.mu.Unlock()
+	if ok {
+		c.http.CloseIdleConnections()
+	}
+}
+
+func (c *agentClient) health(ctx context.Context) (*api.Health, error) {
+	var h api.Health
+	return &h, c.call(ctx, http.MethodGet, "/v1/health", nil, &h)
+}
+
+func (c *agentClient) exec(ctx context.Context, req *api.ExecRequest) (*api.ExecResult, error) {
+	var res api.ExecResult
+	return &res, c.call(ctx, http.MethodPost, "/v1/exec", req, &res)
+}
+
+// call sends one request to the agent and decodes its JSON answer into out.
+func (c *agentClient) call(ctx context.Context, method, path string, in, out any) error {
+	var body bytes.Buffer
+	if in != nil {
+		if err := json.NewEncoder(&body).Encode(in); err != nil {
+			return fmt.Errorf("encode agent request: %w", err)
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, &body)
+	if err != nil {
+		return fmt.Errorf("agent request: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return api.ReadError(resp)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode agent answer: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,56 @@
+package nsbox
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/manager"
+	"golang.org/x/sys/unix"
+)
+
+func hostCPUs() int { return runtime.NumCPU() }
+
+func hostMemoryMB() (int64, error) {
+	var info unix.Sysinfo_t
+	if err := unix.Sysinfo(&info); err != nil {
+		return 0, fmt.Errorf("read host memory: %w", err)
+	}
+	return int64(info.Totalram) * int64(info.Unit) >> 20, nil
+}
+
+func maxOpenFiles() uint64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 1024
+	}
+	return lim.Max
+}
+
+// removeCgroup kills whatever is left in a cgroup that has no container state any more (a crash
+// between creating the cgroup and saving the state) and removes it from every hierarchy.
+func removeCgroup(path string) error {
+	m, err := manager.New(&cgroups.Cgroup{Path: path, Resources: &cgroups.Resources{}})
+	if err != nil {
+		return fmt.Errorf("cgroup manager for %s: %w", path, err)
+	}
+	if !m.Exists() {
+		return nil
+	}
+	for attempt := 0; attempt < 50; attempt++ {
+		pids, err := m.GetAllPids()
+		if err != nil || len(pids) == 0 {
+			break
+		}
+		for _, pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := m.Destroy(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove cgroup %s: %w", path, err)
+	}
+	return nil
+}

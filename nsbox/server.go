@@ -1,0 +1,148 @@
+package nsbox
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// maxRequestBody bounds a JSON request body (exec stdin included).
+const maxRequestBody = 64 << 20
+
+// Handler returns the daemon's HTTP API.
+func (r *Runtime) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/version", func(w http.ResponseWriter, _ *http.Request) {
+		api.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version})
+	})
+	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, _ *http.Request) {
+		api.WriteJSON(w, http.StatusOK, r.Images())
+	})
+	mux.HandleFunc("POST /v1/sandboxes", r.handleCreate)
+	mux.HandleFunc("GET /v1/sandboxes", r.handleList)
+	mux.HandleFunc("GET /v1/sandboxes/{id}", r.handleGet)
+	mux.HandleFunc("DELETE /v1/sandboxes/{id}", r.handleRemove)
+	mux.HandleFunc("POST /v1/sandboxes/{id}/exec", r.handleExec)
+	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		api.WriteError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", req.Method, req.URL.Path))
+	})
+	return r.logRequests(mux)
+}
+
+func (r *Runtime) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, req)
+		r.log.Debug("api", "method", req.Method, "path", req.URL.Path, "status", sw.status, "duration", time.Since(start))
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// decodeBody decodes a JSON request body strictly: unknown fields and trailing data are errors.
+func decodeBody(w http.ResponseWriter, req *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return api.Errorf(api.CodeTooLarge, "request body is larger than %d bytes", maxRequestBody)
+		}
+		if errors.Is(err, io.EOF) {
+			return api.Errorf(api.CodeInvalidArgument, "request body is empty; send a JSON object")
+		}
+		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: %v", err)
+	}
+	if dec.More() {
+		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: data after the object")
+	}
+	return nil
+}
+
+func (r *Runtime) handleCreate(w http.ResponseWriter, req *http.Request) {
+	var body api.CreateSandboxRequest
+	if err := decodeBody(w, req, &body); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	sb, err := r.Create(req.Context(), body)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusCreated, sb)
+}
+
+func (r *Runtime) handleList(w http.ResponseWriter, _ *http.Request) {
+	list, err := r.List()
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, list)
+}
+
+func (r *Runtime) handleGet(w http.ResponseWriter, req *http.Request) {
+	sb, err := r.Get(req.PathValue("id"))
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, sb)
+}
+
+func (r *Runtime) handleRemove(w http.ResponseWriter, req *http.Request) {
+	force := false
+	if v := req.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "force must be true or false, got %q", v))
+			return
+		}
+	}
+	if err := r.Remove(req.PathValue("id"), force); err != nil {
+		r.writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) {
+	var body api.ExecRequest
+	if err := decodeBody(w, req, &body); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	res, err := r.Exec(req.Context(), req.PathValue("id"), &body)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, res)
+}
+
+// writeError answers with err. Errors that are not API errors mean something failed inside
+// the daemon: they are logged and answered as "internal" with their whole message.
+func (r *Runtime) writeError(w http.ResponseWriter, err error) {
+	var e *api.Error
+	if errors.As(err, &e) && e.Code != api.CodeInternal {
+		api.WriteError(w, e)
+		return
+	}
+	r.log.Error("request failed", "err", err)
+	api.WriteError(w, &api.Error{Code: api.CodeInternal, Message: err.Error()})
+}

@@ -1,0 +1,109 @@
+package nsbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+var sandboxesBucket = []byte("sandboxes")
+
+// record is what the daemon persists about a sandbox: what the API shows, plus the cgroup it
+// was created in (so a daemon restarted with another --cgroup-parent still cleans it up).
+type record struct {
+	api.Sandbox
+	CgroupPath string `json:"cgroupPath"`
+}
+
+// Store keeps sandbox records in a bbolt database.
+type Store struct {
+	db *bolt.DB
+}
+
+// OpenStore opens (creating if needed) the metadata database at path. Only one daemon can
+// hold it; a second one fails after a second with a clear error.
+func OpenStore(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open metadata %s: another nsbox daemon is using it", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open metadata %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(sandboxesBucket)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init metadata: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Insert stores a new record; it fails with a conflict when the id is taken.
+func (s *Store) Insert(r *record) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(sandboxesBucket)
+		if b.Get([]byte(r.ID)) != nil {
+			return api.Errorf(api.CodeConflict, "sandbox %q already exists", r.ID)
+		}
+		return putRecord(b, r)
+	})
+}
+
+// Put stores a record, replacing any with the same id.
+func (s *Store) Put(r *record) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx.Bucket(sandboxesBucket), r) })
+}
+
+func putRecord(b *bolt.Bucket, r *record) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode sandbox %s: %w", r.ID, err)
+	}
+	return b.Put([]byte(r.ID), data)
+}
+
+// Get returns the record with the id, or a not_found error.
+func (s *Store) Get(id string) (*record, error) {
+	var r *record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		data := tx.Bucket(sandboxesBucket).Get([]byte(id))
+		if data == nil {
+			return api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
+		}
+		r = &record{}
+		return json.Unmarshal(data, r)
+	})
+	return r, err
+}
+
+// List returns every record, ordered by id.
+func (s *Store) List() ([]*record, error) {
+	var out []*record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(sandboxesBucket).ForEach(func(k, v []byte) error {
+			r := &record{}
+			if err := json.Unmarshal(v, r); err != nil {
+				return fmt.Errorf("decode sandbox %s: %w", k, err)
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Delete removes the record with the id; a missing record is not an error.
+func (s *Store) Delete(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(sandboxesBucket).Delete([]byte(id)) })
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages nsbox needs to build, test and benchmark, when missing:
+# gcc and libseccomp-dev (cgo + seccomp, static), busybox-static (the busybox image),
+# runc and bubblewrap (the peers `make bench` compares against), hyperfine is not needed.
+set -euo pipefail
+need=()
+for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+	if [[ $EUID -ne 0 ]]; then
+		echo "install-deps: run as root to install: ${need[*]}" >&2
+		exit 1
+	fi
+	echo "install-deps: installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+	export PATH=$PATH:/usr/local/go/bin
+fi
+if ! command -v go >/dev/null; then
+	echo "install-deps: Go 1.24+ is required (https://go.dev/doc/install); Debian's golang package is older" >&2
+	exit 1
+fi
+go mod download
