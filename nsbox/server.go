@@ -14,24 +14,41 @@ import (
 // maxRequestBody bounds a JSON request body (exec stdin included).
 const maxRequestBody = 64 << 20
 
+// Route is one endpoint of the API.
+type Route struct {
+	Method, Pattern string
+	handle          func(*Runtime, http.ResponseWriter, *http.Request)
+}
+
+// Routes are the daemon's API endpoints; api/openapi.json describes the same set.
+var Routes = []Route{
+	{"GET", "/v1/version", (*Runtime).handleVersion},
+	{"GET", "/v1/images", (*Runtime).handleImages},
+	{"POST", "/v1/sandboxes", (*Runtime).handleCreate},
+	{"GET", "/v1/sandboxes", (*Runtime).handleList},
+	{"GET", "/v1/sandboxes/{id}", (*Runtime).handleGet},
+	{"DELETE", "/v1/sandboxes/{id}", (*Runtime).handleRemove},
+	{"POST", "/v1/sandboxes/{id}/exec", (*Runtime).handleExec},
+}
+
 // Handler returns the daemon's HTTP API.
 func (r *Runtime) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/version", func(w http.ResponseWriter, _ *http.Request) {
-		api.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version})
-	})
-	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, _ *http.Request) {
-		api.WriteJSON(w, http.StatusOK, r.Images())
-	})
-	mux.HandleFunc("POST /v1/sandboxes", r.handleCreate)
-	mux.HandleFunc("GET /v1/sandboxes", r.handleList)
-	mux.HandleFunc("GET /v1/sandboxes/{id}", r.handleGet)
-	mux.HandleFunc("DELETE /v1/sandboxes/{id}", r.handleRemove)
-	mux.HandleFunc("POST /v1/sandboxes/{id}/exec", r.handleExec)
+	for _, rt := range Routes {
+		mux.HandleFunc(rt.Method+" "+rt.Pattern, func(w http.ResponseWriter, req *http.Request) { rt.handle(r, w, req) })
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		api.WriteError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", req.Method, req.URL.Path))
 	})
 	return r.logRequests(mux)
+}
+
+func (r *Runtime) handleVersion(w http.ResponseWriter, _ *http.Request) {
+	api.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version})
+}
+
+func (r *Runtime) handleImages(w http.ResponseWriter, _ *http.Request) {
+	api.WriteJSON(w, http.StatusOK, r.Images())
 }
 
 func (r *Runtime) logRequests(next http.Handler) http.Handler {

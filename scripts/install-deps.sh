@@ -3,6 +3,7 @@
 # gcc and libseccomp-dev (cgo + seccomp, static), busybox-static (the busybox image),
 # runc and bubblewrap (the peers `make bench` compares against), hyperfine is not needed.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
