@@ -32,6 +32,11 @@ func (a *Agent) exec(ctx context.Context, req *api.ExecRequest) (*api.ExecResult
 	if err != nil {
 		return nil, err
 	}
+	if req.Cwd != "" {
+		if fi, err := os.Stat(req.Cwd); err != nil || !fi.IsDir() {
+			return nil, api.Errorf(api.CodeInvalidArgument, "cwd %q is not a directory in the sandbox", req.Cwd)
+		}
+	}
 	env := mergeEnv(os.Environ(), req.Env)
 	path, err := lookPath(argv[0], envValue(env, "PATH"))
 	if err != nil {
@@ -68,9 +73,6 @@ func (a *Agent) exec(ctx context.Context, req *api.ExecRequest) (*api.ExecResult
 	if err != nil {
 		outR.Close()
 		errR.Close()
-		if strings.Contains(err.Error(), "chdir") {
-			return nil, api.Errorf(api.CodeInvalidArgument, "cwd %q: %v", req.Cwd, errors.Unwrap(err))
-		}
 		return notRunnable(argv[0], err), nil
 	}
 	go func() {
@@ -221,6 +223,8 @@ func (c *collector) keep(b []byte) {
 func (c *collector) finish() []byte {
 	_ = c.f.SetReadDeadline(time.Now())
 	<-c.done
+	// The raw read below honours deadlines too: clear it, then read only what is there.
+	_ = c.f.SetReadDeadline(time.Time{})
 	if rc, err := c.f.SyscallConn(); err == nil {
 		chunk := make([]byte, 64<<10)
 		_ = rc.Read(func(fd uintptr) bool {

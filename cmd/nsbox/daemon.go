@@ -102,7 +102,7 @@ func listenAPI(path, group string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}
-	old := unix.Umask(0o077)
+	old := unix.Umask(0o177) // never reachable by others, not even between listen and chmod
 	ln, err := net.Listen("unix", path)
 	unix.Umask(old)
 	if err != nil {

@@ -1,0 +1,357 @@
+// Package spectest validates API responses against openapi.json in tests. It loads the
+// OpenAPI document, lists its operations, and checks that a response's status is documented
+// for its operation and that its JSON body matches the documented schema. It understands the
+// subset of JSON Schema the document uses, and Load rejects a document that uses more, so a
+// schema is never silently left unchecked.
+package spectest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Spec is a loaded OpenAPI document.
+type Spec struct {
+	ops       map[string]*operation // by "METHOD /path/{param}"
+	schemas   map[string]*schema
+	responses map[string]*response
+}
+
+type operation struct {
+	Responses map[string]*response `json:"responses"`
+}
+
+type response struct {
+	Ref     string `json:"$ref"`
+	Content map[string]struct {
+		Schema *schema `json:"schema"`
+	} `json:"content"`
+}
+
+// schema is the subset of JSON Schema that the validator understands.
+type schema struct {
+	Ref                  string             `json:"$ref"`
+	Type                 typeList           `json:"type"`
+	Format               string             `json:"format"`
+	Enum                 []any              `json:"enum"`
+	Pattern              string             `json:"pattern"`
+	Minimum              *float64           `json:"minimum"`
+	Maximum              *float64           `json:"maximum"`
+	Required             []string           `json:"required"`
+	Properties           map[string]*schema `json:"properties"`
+	AdditionalProperties *schema            `json:"additionalProperties"`
+	Items                *schema            `json:"items"`
+
+	never   bool // the boolean schema false: nothing matches
+	pattern *regexp.Regexp
+}
+
+// known are the keywords a schema may use: those checked above, and annotations.
+var known = []string{"$ref", "type", "format", "enum", "pattern", "minimum", "maximum",
+	"required", "properties", "additionalProperties", "items", "description", "title", "default", "example", "examples"}
+
+func (s *schema) UnmarshalJSON(data []byte) error {
+	switch string(bytes.TrimSpace(data)) {
+	case "true":
+		return nil
+	case "false":
+		s.never = true
+		return nil
+	}
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(data, &keys); err != nil {
+		return err
+	}
+	for k := range keys {
+		if !slices.Contains(known, k) {
+			return fmt.Errorf("schema keyword %q is not supported by spectest", k)
+		}
+	}
+	type plain schema // without this method
+	if err := json.Unmarshal(data, (*plain)(s)); err != nil {
+		return err
+	}
+	if s.Pattern != "" {
+		var err error
+		if s.pattern, err = regexp.Compile(s.Pattern); err != nil {
+			return fmt.Errorf("pattern %q: %w", s.Pattern, err)
+		}
+	}
+	return nil
+}
+
+// typeList is a schema's type: one name, or an array of names such as ["string", "null"].
+type typeList []string
+
+func (t *typeList) UnmarshalJSON(data []byte) error {
+	var one string
+	if err := json.Unmarshal(data, &one); err == nil {
+		*t = typeList{one}
+		return nil
+	}
+	return json.Unmarshal(data, (*[]string)(t))
+}
+
+var methods = []string{"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+// Load reads and parses the OpenAPI document (JSON) at path.
+func Load(path string) (*Spec, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	var doc struct {
+		Paths      map[string]map[string]json.RawMessage `json:"paths"`
+		Components struct {
+			Schemas   map[string]*schema   `json:"schemas"`
+			Responses map[string]*response `json:"responses"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("parse spec %s: %w", path, err)
+	}
+	s := &Spec{ops: map[string]*operation{}, schemas: doc.Components.Schemas, responses: doc.Components.Responses}
+	for p, item := range doc.Paths {
+		for method, raw := range item {
+			if !slices.Contains(methods, method) {
+				continue // parameters, summary, …
+			}
+			op := &operation{}
+			if err := json.Unmarshal(raw, op); err != nil {
+				return nil, fmt.Errorf("parse spec %s: %s %s: %w", path, strings.ToUpper(method), p, err)
+			}
+			s.ops[strings.ToUpper(method)+" "+p] = op
+		}
+	}
+	return s, nil
+}
+
+// Operations returns every operation as "METHOD /path/{param}", sorted.
+func (s *Spec) Operations() []string {
+	out := make([]string, 0, len(s.ops))
+	for k := range s.ops {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ValidateResponse checks that status is documented for the operation and that body matches
+// the documented JSON schema; a response documented without content must have an empty body.
+// path is the operation's template ("/v1/sandboxes/{id}") or a concrete request path
+// ("/v1/sandboxes/abc?force=true"), which is matched against the templates.
+func (s *Spec) ValidateResponse(method, path string, status int, body []byte) error {
+	key, resp, err := s.response(method, path, status)
+	if err != nil {
+		return err
+	}
+	if len(resp.Content) == 0 {
+		if len(bytes.TrimSpace(body)) > 0 {
+			return fmt.Errorf("%s: status %d is documented without a body, got %q", key, status, body)
+		}
+		return nil
+	}
+	media, ok := resp.Content["application/json"]
+	if !ok || media.Schema == nil {
+		return nil // not JSON: nothing to check
+	}
+	if err := s.validateJSON(media.Schema, body); err != nil {
+		return fmt.Errorf("%s: status %d: %w", key, status, err)
+	}
+	return nil
+}
+
+// ValidateSchema checks that body matches the named schema of components/schemas, e.g. a
+// request body against "ExecRequest".
+func (s *Spec) ValidateSchema(name string, body []byte) error {
+	if err := s.validateJSON(&schema{Ref: "#/components/schemas/" + name}, body); err != nil {
+		return fmt.Errorf("schema %s: %w", name, err)
+	}
+	return nil
+}
+
+// response finds the documented response of an operation for a status.
+func (s *Spec) response(method, path string, status int) (string, *response, error) {
+	key, op := s.operation(strings.ToUpper(method), path)
+	if op == nil {
+		return "", nil, fmt.Errorf("%s %s: no such operation in the spec", method, path)
+	}
+	code := strconv.Itoa(status)
+	for _, k := range []string{code, code[:1] + "XX", "default"} {
+		if resp, ok := op.Responses[k]; ok {
+			if resp.Ref != "" {
+				name := strings.TrimPrefix(resp.Ref, "#/components/responses/")
+				if resp = s.responses[name]; resp == nil {
+					return "", nil, fmt.Errorf("%s: unresolvable $ref %q", key, op.Responses[k].Ref)
+				}
+			}
+			return key, resp, nil
+		}
+	}
+	documented := make([]string, 0, len(op.Responses))
+	for k := range op.Responses {
+		documented = append(documented, k)
+	}
+	slices.Sort(documented)
+	return "", nil, fmt.Errorf("%s: status %d is not documented (documented: %s)", key, status, strings.Join(documented, ", "))
+}
+
+// operation finds an operation by template, or by a concrete path that fits one template.
+func (s *Spec) operation(method, path string) (string, *operation) {
+	path, _, _ = strings.Cut(path, "?")
+	if op := s.ops[method+" "+path]; op != nil {
+		return method + " " + path, op
+	}
+	segs := strings.Split(path, "/")
+	for _, key := range s.Operations() {
+		m, tmpl, _ := strings.Cut(key, " ")
+		if t := strings.Split(tmpl, "/"); m == method && len(t) == len(segs) && slices.EqualFunc(t, segs, func(t, seg string) bool {
+			return t == seg || strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") && seg != ""
+		}) {
+			return key, s.ops[key]
+		}
+	}
+	return "", nil
+}
+
+func (s *Spec) validateJSON(sc *schema, body []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf("body is not JSON: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("body has data after the JSON value")
+	}
+	return s.validate(sc, v, "$", 0)
+}
+
+// validate checks v against sc; at is v's JSON path, for error messages.
+func (s *Spec) validate(sc *schema, v any, at string, depth int) error {
+	switch {
+	case depth > 64:
+		return fmt.Errorf("%s: schemas nest too deep (a $ref cycle?)", at)
+	case sc.never:
+		return fmt.Errorf("%s: no value is allowed here", at)
+	case sc.Ref != "":
+		target := s.schemas[strings.TrimPrefix(sc.Ref, "#/components/schemas/")]
+		if target == nil {
+			return fmt.Errorf("%s: unresolvable $ref %q", at, sc.Ref)
+		}
+		return s.validate(target, v, at, depth+1)
+	}
+	if len(sc.Type) > 0 && !slices.ContainsFunc(sc.Type, func(t string) bool {
+		return t == typeOf(v) || t == "number" && typeOf(v) == "integer"
+	}) {
+		return fmt.Errorf("%s: %s is a JSON %s, want %s", at, short(v), typeOf(v), strings.Join(sc.Type, " or "))
+	}
+	if sc.Enum != nil && !slices.ContainsFunc(sc.Enum, func(e any) bool { return toJSON(e) == toJSON(v) }) {
+		return fmt.Errorf("%s: %s is not one of %s", at, short(v), short(sc.Enum))
+	}
+	switch v := v.(type) {
+	case string:
+		if sc.pattern != nil && !sc.pattern.MatchString(v) {
+			return fmt.Errorf("%s: %q does not match %s", at, v, sc.Pattern)
+		}
+		if sc.Format == "date-time" {
+			if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+				return fmt.Errorf("%s: %q is not an RFC 3339 date-time: %w", at, v, err)
+			}
+		}
+	case json.Number:
+		f, err := v.Float64()
+		if err == nil && (sc.Minimum != nil && f < *sc.Minimum || sc.Maximum != nil && f > *sc.Maximum) {
+			return fmt.Errorf("%s: %s is outside [%s, %s]", at, v, bound(sc.Minimum), bound(sc.Maximum))
+		}
+	case []any:
+		for i, item := range v {
+			if err := s.validate(orAny(sc.Items), item, fmt.Sprintf("%s[%d]", at, i), depth+1); err != nil {
+				return err
+			}
+		}
+	case map[string]any:
+		for _, name := range sc.Required {
+			if _, ok := v[name]; !ok {
+				return fmt.Errorf("%s: required property %q is missing", at, name)
+			}
+		}
+		names := make([]string, 0, len(v))
+		for k := range v {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			sub, ok := sc.Properties[k]
+			if !ok && sc.AdditionalProperties != nil && sc.AdditionalProperties.never {
+				return fmt.Errorf("%s: unknown property %q", at, k)
+			} else if !ok {
+				sub = orAny(sc.AdditionalProperties)
+			}
+			if err := s.validate(sub, v[k], at+"."+k, depth+1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func typeOf(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "boolean"
+	case string:
+		return "string"
+	case []any:
+		return "array"
+	case map[string]any:
+		return "object"
+	case json.Number:
+		if _, err := v.Int64(); err == nil {
+			return "integer"
+		}
+		if f, err := v.Float64(); err == nil && f == math.Trunc(f) {
+			return "integer" // 1.0 and 1e3 are integers too
+		}
+	}
+	return "number"
+}
+
+func toJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// short renders v as JSON for messages, cut to 80 bytes.
+func short(v any) string {
+	s := toJSON(v)
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return s
+}
+
+func bound(f *float64) string {
+	if f == nil {
+		return "…"
+	}
+	return strconv.FormatFloat(*f, 'g', -1, 64)
+}
+
+func orAny(sc *schema) *schema {
+	if sc == nil {
+		return &schema{}
+	}
+	return sc
+}

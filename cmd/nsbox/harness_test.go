@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
+)
+
+// The integration tests drive the real nsbox binary: a daemon per test with its own data dir,
+// run dir, socket and cgroup parent, real sandboxes, and after each test a check that nothing
+// it made is left on the host.
+
+var nsboxBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "the integration tests need root (sandboxes are real namespaces, cgroups and mounts)")
+		os.Exit(1)
+	}
+	nsboxBin = os.Getenv("NSBOX_BIN")
+	if nsboxBin == "" {
+		dir, err := os.MkdirTemp("", "nsbox-bin-")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		nsboxBin = filepath.Join(dir, "nsbox")
+		build := exec.Command("go", "build", "-tags", "seccomp netgo osusergo", "-ldflags", "-extldflags -static", "-o", nsboxBin, ".")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build nsbox:", err)
+			os.Exit(1)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+var daemonSeq atomic.Int64
+
+// testDaemon is one nsbox daemon with private state.
+type testDaemon struct {
+	t            *testing.T
+	dataDir      string
+	runDir       string
+	socket       string
+	cgroupParent string
+	cmd          *exec.Cmd
+	log          *bytes.Buffer
+	client       *client.Client
+	http         *http.Client
+}
+
+// startDaemon starts a daemon for the test and registers its cleanup and leak check.
+func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
+	t.Helper()
+	n := daemonSeq.Add(1)
+	d := &testDaemon{
+		t:            t,
+		dataDir:      t.TempDir(),
+		runDir:       fmt.Sprintf("/run/nsbox-test-%d-%d", os.Getpid(), n),
+		cgroupParent: fmt.Sprintf("nsbox-test-%d-%d", os.Getpid(), n),
+	}
+	d.socket = filepath.Join(d.runDir, "nsbox.sock")
+	d.client = client.New(d.socket)
+	d.http = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dialer net.Dialer
+		return dialer.DialContext(ctx, "unix", d.socket)
+	}}}
+	t.Cleanup(d.cleanup)
+	d.start(extraArgs...)
+	return d
+}
+
+func (d *testDaemon) start(extraArgs ...string) {
+	d.t.Helper()
+	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
+		"--cgroup-parent", d.cgroupParent, "--log-level", "debug"}, extraArgs...)
+	d.log = &bytes.Buffer{}
+	d.cmd = exec.Command(nsboxBin, args...)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatalf("start daemon: %v", err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := d.client.Version(context.Background()); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("daemon did not answer within 20s; log:\n%s", d.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop stops the daemon cleanly (SIGTERM) and waits for it.
+func (d *testDaemon) stop() {
+	d.signal(syscall.SIGTERM)
+}
+
+// kill9 kills the daemon the hard way.
+func (d *testDaemon) kill9() {
+	d.signal(syscall.SIGKILL)
+}
+
+func (d *testDaemon) signal(sig syscall.Signal) {
+	if d.cmd == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(sig)
+	_ = d.cmd.Wait()
+	d.cmd = nil
+}
+
+// cleanup removes every sandbox, stops the daemon and fails the test if anything the daemon
+// made is left: processes, cgroups, mounts, state directories.
+func (d *testDaemon) cleanup() {
+	t := d.t
+	if d.cmd == nil {
+		d.start()
+	}
+	list, err := d.client.ListSandboxes(context.Background())
+	if err != nil {
+		t.Errorf("cleanup: list sandboxes: %v", err)
+	}
+	for _, sb := range list {
+		if err := d.client.RemoveSandbox(context.Background(), sb.ID, true); err != nil {
+			t.Errorf("cleanup: remove %s: %v", sb.ID, err)
+		}
+	}
+	d.stop()
+	if t.Failed() {
+		t.Logf("daemon log:\n%s", d.log)
+	}
+	for _, leak := range d.leaks() {
+		t.Errorf("leaked: %s", leak)
+	}
+	// Our own parent cgroups (empty now) and run dir.
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent)
+	for _, dir := range dirs {
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove cgroup %s: %v", dir, err)
+		}
+	}
+	os.RemoveAll(d.runDir)
+}
+
+// leaks lists what a daemon with no sandboxes should not have left behind.
+func (d *testDaemon) leaks() []string {
+	var leaks []string
+	cgroupDirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent + "/*")
+	for _, dir := range cgroupDirs {
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			leaks = append(leaks, "cgroup "+dir)
+		}
+	}
+	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, d.runDir) || strings.Contains(line, d.dataDir) {
+			leaks = append(leaks, "mount "+line)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")
+	for _, p := range procs {
+		data, _ := os.ReadFile(p)
+		if strings.Contains(string(data), "/"+d.cgroupParent+"/") && alive(pidOf(p)) {
+			leaks = append(leaks, "process "+filepath.Dir(p))
+		}
+	}
+	for _, dir := range []string{filepath.Join(d.runDir, "containers"), filepath.Join(d.runDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes")} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			leaks = append(leaks, "state "+filepath.Join(dir, e.Name()))
+		}
+	}
+	return leaks
+}
+
+// call sends a raw API request and returns the status and body.
+func (d *testDaemon) call(method, path string, body any) (int, []byte) {
+	d.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, "http://nsbox"+path, rd)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		d.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		d.t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return resp.StatusCode, data
+}
+
+// expectError checks an error answer's status and code.
+func (d *testDaemon) expectError(method, path string, body any, status int, code string) *api.Error {
+	d.t.Helper()
+	got, data := d.call(method, path, body)
+	var eb api.ErrorBody
+	if err := json.Unmarshal(data, &eb); err != nil || eb.Error == nil {
+		d.t.Fatalf("%s %s: want error JSON, got %d %q", method, path, got, data)
+	}
+	if got != status || eb.Error.Code != code || eb.Error.Message == "" {
+		d.t.Fatalf("%s %s: want %d %s, got %d %+v", method, path, status, code, got, eb.Error)
+	}
+	return eb.Error
+}
+
+// create makes a sandbox through the API and fails the test if it cannot.
+func (d *testDaemon) create(req api.CreateSandboxRequest) *api.Sandbox {
+	d.t.Helper()
+	sb, err := d.client.CreateSandbox(context.Background(), req)
+	if err != nil {
+		d.t.Fatalf("create %+v: %v", req, err)
+	}
+	return sb
+}
+
+// sh runs a shell command in a sandbox and returns its stdout, failing on a non-zero exit.
+func (d *testDaemon) sh(id, command string) string {
+	d.t.Helper()
+	res := d.exec(id, api.ExecRequest{Command: command})
+	stdout, stderr, _ := res.Output()
+	if res.ExitCode != 0 {
+		d.t.Fatalf("%q in %s: exit %d, stderr %q, stdout %q", command, id, res.ExitCode, stderr, stdout)
+	}
+	return string(stdout)
+}
+
+func (d *testDaemon) exec(id string, req api.ExecRequest) *api.ExecResult {
+	d.t.Helper()
+	res, err := d.client.Exec(context.Background(), id, req)
+	if err != nil {
+		d.t.Fatalf("exec %+v in %s: %v", req, id, err)
+	}
+	return res
+}
+
+// cli runs the nsbox CLI against the daemon and returns stdout, stderr and the exit code.
+func (d *testDaemon) cli(stdin string, args ...string) (string, string, int) {
+	d.t.Helper()
+	cmd := exec.Command(nsboxBin, append([]string{"--socket", d.socket}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		d.t.Fatalf("run nsbox %v: %v", args, err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// agentPID is the host pid of a sandbox's agent.
+func (d *testDaemon) agentPID(id string) int {
+	d.t.Helper()
+	sb, err := d.client.GetSandbox(context.Background(), id)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if sb.PID <= 0 {
+		d.t.Fatalf("sandbox %s has no pid: %+v", id, sb)
+	}
+	return sb.PID
+}
+
+func pidOf(procPath string) int {
+	pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(procPath)))
+	return pid
+}
+
+// alive reports whether a process exists and is not a zombie. A sandbox's agent whose daemon
+// exited is re-parented to the host's init, which reaps it when it pleases; a zombie holds
+// nothing but its pid.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(fields) > 0 && fields[0] != "Z"
+}

@@ -1,0 +1,368 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox"
+)
+
+func TestCLILifecycle(t *testing.T) {
+	d := startDaemon(t)
+	out, errOut, code := d.cli("", "create", "--id", "cli1", "--image", "busybox", "--env", "GREETING=hi there", "--label", "team=qa")
+	if code != 0 || out != "cli1\n" {
+		t.Fatalf("create: %q %q %d", out, errOut, code)
+	}
+	out, _, _ = d.cli("", "ls")
+	if !strings.Contains(out, "cli1") || !strings.Contains(out, "running") || !strings.Contains(out, "team=qa") {
+		t.Fatalf("ls does not show the sandbox:\n%s", out)
+	}
+	out, _, _ = d.cli("", "ls", "-q")
+	if out != "cli1\n" {
+		t.Fatalf("ls -q: %q", out)
+	}
+	out, _, _ = d.cli("", "inspect", "cli1")
+	var sb api.Sandbox
+	if err := json.Unmarshal([]byte(out), &sb); err != nil || sb.ID != "cli1" || sb.Image != "busybox" || sb.Env["GREETING"] != "hi there" {
+		t.Fatalf("inspect: %v %q", err, out)
+	}
+	// stdout, stderr and the exit code pass through; env from create is there.
+	out, errOut, code = d.cli("", "exec", "cli1", "--", "sh", "-c", `echo "$GREETING"; echo oops >&2; exit 7`)
+	if out != "hi there\n" || errOut != "oops\n" || code != 7 {
+		t.Fatalf("exec: stdout %q stderr %q code %d", out, errOut, code)
+	}
+	out, _, code = d.cli("some input", "exec", "-i", "-e", "X=1", "-w", "/tmp", "cli1", "--", "sh", "-c", `cat; echo " $X $(pwd)"`)
+	if out != "some input 1 /tmp\n" || code != 0 {
+		t.Fatalf("exec -i -e -w: %q %d", out, code)
+	}
+	_, errOut, code = d.cli("", "exec", "--timeout", "200ms", "cli1", "--", "sleep", "30")
+	if code != 124 || !strings.Contains(errOut, "timed out") {
+		t.Fatalf("exec --timeout: %q %d", errOut, code)
+	}
+	// Errors are one line and a non-zero exit.
+	_, errOut, code = d.cli("", "exec", "nope", "--", "true")
+	if code == 0 || errOut != "nsbox: sandbox \"nope\" not found\n" {
+		t.Fatalf("exec in a missing sandbox: %q %d", errOut, code)
+	}
+	_, errOut, code = d.cli("", "create", "--id", "Bad_ID")
+	if code == 0 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "invalid sandbox id") {
+		t.Fatalf("create with a bad id: %q %d", errOut, code)
+	}
+	out, errOut, code = d.cli("", "rm", "cli1", "nope")
+	if code == 0 || out != "cli1\n" || !strings.Contains(errOut, "not found") {
+		t.Fatalf("rm: %q %q %d", out, errOut, code)
+	}
+	out, _, _ = d.cli("", "ls", "--json")
+	if strings.TrimSpace(out) != "[]" {
+		t.Fatalf("ls after rm: %q", out)
+	}
+	out, _, code = d.cli("", "version")
+	if code != 0 || !strings.Contains(out, "daemon:") {
+		t.Fatalf("version: %q %d", out, code)
+	}
+}
+
+func TestSocketIsRootOnly(t *testing.T) {
+	d := startDaemon(t)
+	fi, err := os.Stat(d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("API socket mode %v uid %d, want 0600 root", fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Uid)
+	}
+}
+
+// cgroupValue reads a limit from inside a sandbox, from the v1 or the v2 file.
+func cgroupValue(d *testDaemon, id, v1, v2 string) string {
+	return strings.TrimSpace(d.sh(id, fmt.Sprintf("cat /sys/fs/cgroup/%s 2>/dev/null || cat /sys/fs/cgroup/%s", v1, v2)))
+}
+
+func TestLimitsAppliedAndVisibleInside(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "lim", Image: "busybox", Limits: api.Limits{CPUs: 0.5, MemoryMB: 64, Pids: 32}})
+	if got := cgroupValue(d, "lim", "memory/memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(64<<20) {
+		t.Errorf("memory limit inside: %q", got)
+	}
+	if got := cgroupValue(d, "lim", "memory/memory.memsw.limit_in_bytes", "memory.swap.max"); got != strconv.Itoa(64<<20) && got != "0" {
+		t.Errorf("swap limit inside: %q (want memory+swap = memory)", got)
+	}
+	if got := cgroupValue(d, "lim", "pids/pids.max", "pids.max"); got != "32" {
+		t.Errorf("pids limit inside: %q", got)
+	}
+	if got := cgroupValue(d, "lim", "cpu/cpu.cfs_quota_us", "cpu.max"); got != "50000" && got != "50000 100000" {
+		t.Errorf("cpu limit inside: %q", got)
+	}
+	// The limits are enforced, not just written down.
+	res := d.exec("lim", api.ExecRequest{Command: "head -c 200000000 /dev/zero | tail -c 100000000 >/dev/null"})
+	if res.ExitCode == 0 {
+		t.Errorf("holding 100 MB in a 64 MB sandbox succeeded")
+	}
+	res = d.exec("lim", api.ExecRequest{Command: "for i in $(seq 40); do sleep 5 & done 2>&1; wait"})
+	if stdout, stderr, _ := res.Output(); !strings.Contains(string(stdout)+string(stderr), "fork") {
+		t.Errorf("40 processes in a 32-pid sandbox: exit %d, %q %q", res.ExitCode, stdout, stderr)
+	}
+	sb, err := d.client.GetSandbox(context.Background(), "lim")
+	if err != nil || sb.Limits != (api.Limits{CPUs: 0.5, MemoryMB: 64, Pids: 32}) {
+		t.Errorf("limits in the API: %+v %v", sb, err)
+	}
+}
+
+func TestIsolation(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "iso", Image: "busybox"})
+	checks := map[string]string{
+		"hostname":                                              "iso",
+		"cat /proc/1/cmdline | tr '\\0' ' '":                    "/.nsbox/nsbox agent --listen-fd 3",
+		"ip -o link | cut -d: -f2 | tr -d ' '":                  "lo",
+		"ip -o link show lo | grep -o UP | head -1":             "UP",
+		"grep NoNewPrivs /proc/self/status":                     "NoNewPrivs:\t1",
+		"grep Seccomp: /proc/self/status":                       "Seccomp:\t2",
+		"grep CapEff /proc/self/status":                         "CapEff:\t00000000a80425fb",
+		"cat /proc/timer_list /proc/keys | wc -c":               "0",
+		"echo 1 > /proc/sys/kernel/ostype || echo refused":      "refused",
+		"cat /proc/1/environ >/dev/null 2>&1 || echo refused":   "refused",
+		"readlink /proc/1/fd/3 >/dev/null 2>&1 || echo refused": "refused",
+		"mknod /tmp/sda b 8 0 2>/dev/null || echo refused":      "refused",
+		"test -e /dev/net/tun || echo absent":                   "absent",
+		"unshare -U true 2>/dev/null || echo refused":           "refused",
+		"mount -t tmpfs none /mnt 2>/dev/null || echo refused":  "refused",
+		"echo x > /.nsbox/nsbox 2>/dev/null || echo refused":    "refused",
+		"pwd": "/workspace",
+	}
+	for command, want := range checks {
+		if got := strings.TrimSpace(d.sh("iso", command)); got != want {
+			t.Errorf("%s: got %q, want %q", command, got, want)
+		}
+	}
+}
+
+func TestHostImage(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "host1"}) // host is the default image
+	checks := map[string]string{
+		"wc -c < /etc/shadow":                            "0",
+		"test -x /usr/bin/env && echo yes":               "yes",
+		"touch /usr/nsbox-test 2>/dev/null || echo ro":   "ro",
+		"touch /etc/nsbox-test 2>/dev/null || echo ro":   "ro",
+		"ls -A /var/lib":                                 "",
+		"ls /run":                                        "",
+		"echo data > /workspace/f && cat /workspace/f":   "data",
+		"echo t > /tmp/f && echo t > /root/f && echo ok": "ok",
+		"pwd": "/workspace",
+	}
+	for command, want := range checks {
+		if got := strings.TrimSpace(d.sh("host1", command)); got != want {
+			t.Errorf("%s: got %q, want %q", command, got, want)
+		}
+	}
+	if _, err := os.Stat("/usr/nsbox-test"); err == nil {
+		t.Errorf("a sandbox wrote to the host's /usr")
+	}
+}
+
+func TestAPIErrors(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "e1", Image: "busybox"})
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{ID: "e1", Image: "busybox"}, 409, api.CodeConflict)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{ID: "-bad"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{ID: strings.Repeat("a", 64)}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Image: "ubuntu:nope"}, 404, api.CodeNotFound)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Limits: api.Limits{MemoryMB: 1}}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Limits: api.Limits{CPUs: 1000}}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Limits: api.Limits{Pids: -5}}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Cwd: "relative"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Env: map[string]string{"A=B": "x"}}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", `{"id": "x", "imagee": "busybox"}`, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", `{"id": `, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", ``, 400, api.CodeInvalidArgument)
+	d.expectError("GET", "/v1/sandboxes/nope", nil, 404, api.CodeNotFound)
+	d.expectError("DELETE", "/v1/sandboxes/nope", nil, 404, api.CodeNotFound)
+	d.expectError("DELETE", "/v1/sandboxes/e1?force=maybe", nil, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/nope/exec", api.ExecRequest{Argv: []string{"true"}}, 404, api.CodeNotFound)
+	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"true"}, Command: "true"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"true"}, Cwd: "/does/not/exist"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"cat"}, Stdin: "!!", StdinEncoding: "base64"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"true"}, TimeoutMs: -1}, 400, api.CodeInvalidArgument)
+	d.expectError("GET", "/v1/nothing", nil, 404, api.CodeNotFound)
+	if got := d.exec("e1", api.ExecRequest{Argv: []string{"no-such-program"}}); got.ExitCode != 127 || !strings.Contains(got.Stderr, "not found") {
+		t.Errorf("missing program: %+v", got)
+	}
+	if got := d.exec("e1", api.ExecRequest{Argv: []string{"/etc/passwd"}}); got.ExitCode != 126 {
+		t.Errorf("non-executable program: %+v", got)
+	}
+	// None of the failed creates left a record or anything on the host.
+	list, err := d.client.ListSandboxes(context.Background())
+	if err != nil || len(list) != 1 {
+		t.Fatalf("after failed creates: %+v %v", list, err)
+	}
+}
+
+func TestExecOutputIsByteExact(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "bytes", Image: "busybox"})
+	all := make([]byte, 256)
+	for i := range all {
+		all[i] = byte(i)
+	}
+	res := d.exec("bytes", api.ExecRequest{Argv: []string{"cat"}, Stdin: base64.StdEncoding.EncodeToString(all), StdinEncoding: "base64"})
+	stdout, _, err := res.Output()
+	if err != nil || string(stdout) != string(all) || res.Encoding != api.EncodingBase64 {
+		t.Fatalf("256 byte values through cat: %v encoding %s, got %q", err, res.Encoding, stdout)
+	}
+	res = d.exec("bytes", api.ExecRequest{Command: `printf 'a\0b\r\nno newline'; printf 'err\n' >&2`})
+	stdout, stderr, _ := res.Output()
+	if string(stdout) != "a\x00b\r\nno newline" || string(stderr) != "err\n" || res.Encoding != api.EncodingUTF8 {
+		t.Fatalf("NUL, CR and a missing newline: %q %q %s", stdout, stderr, res.Encoding)
+	}
+	// A background job does not hold the exec open.
+	start := time.Now()
+	res = d.exec("bytes", api.ExecRequest{Command: "sleep 1000 & echo started"})
+	if res.Stdout != "started\n" || time.Since(start) > 5*time.Second {
+		t.Fatalf("background job: %+v after %v", res, time.Since(start))
+	}
+	res = d.exec("bytes", api.ExecRequest{Command: "yes", TimeoutMs: 300})
+	if !res.TimedOut || res.ExitCode != 124 || res.DurationMs < 300 {
+		t.Fatalf("timeout: %+v", res.ExitCode)
+	}
+	res = d.exec("bytes", api.ExecRequest{Command: "kill -9 $$"})
+	if res.ExitCode != 137 {
+		t.Fatalf("killed by a signal: exit %d, want 137", res.ExitCode)
+	}
+}
+
+func TestRestartKeepsSandboxes(t *testing.T) {
+	for _, how := range []string{"clean", "kill -9"} {
+		t.Run(how, func(t *testing.T) {
+			d := startDaemon(t)
+			sb := d.create(api.CreateSandboxRequest{ID: "keep", Image: "busybox", Labels: map[string]string{"a": "b"}})
+			d.sh("keep", "echo kept > /workspace/file; sleep 1000 &")
+			if how == "clean" {
+				d.stop()
+			} else {
+				d.kill9()
+			}
+			d.start()
+			got, err := d.client.GetSandbox(context.Background(), "keep")
+			if err != nil || got.Status != api.StatusRunning || got.PID != sb.PID || got.Labels["a"] != "b" {
+				t.Fatalf("after restart: %+v %v", got, err)
+			}
+			if out := d.sh("keep", "cat /workspace/file; ps | grep -q '[s]leep 1000' && echo sleeping"); out != "kept\nsleeping\n" {
+				t.Fatalf("state after restart: %q", out)
+			}
+		})
+	}
+}
+
+func TestReconcile(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "dead", Image: "busybox"})
+	d.create(api.CreateSandboxRequest{ID: "orphan", Image: "busybox"})
+	orphanPID := d.agentPID("orphan")
+	d.kill9()
+	// While the daemon is down, one sandbox's agent dies and another sandbox's record is lost.
+	if err := syscall.Kill(d.agentPID0(t, "dead"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	store, err := nsbox.OpenStore(filepath.Join(d.dataDir, "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Delete("orphan"); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+	d.start()
+	got, err := d.client.GetSandbox(context.Background(), "dead")
+	if err != nil || got.Status != api.StatusFailed || got.Error == "" {
+		t.Fatalf("sandbox whose agent died: %+v %v", got, err)
+	}
+	d.expectError("POST", "/v1/sandboxes/dead/exec", api.ExecRequest{Argv: []string{"true"}}, 409, api.CodeConflict)
+	if _, err := d.client.GetSandbox(context.Background(), "orphan"); !api.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("container without a record: %v", err)
+	}
+	if alive(orphanPID) {
+		t.Fatalf("the orphan's agent (pid %d) still runs", orphanPID)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), "dead", false); err != nil {
+		t.Fatalf("remove a failed sandbox: %v", err)
+	}
+}
+
+// agentPID0 reads a sandbox's agent pid from libcontainer's state while the daemon is down.
+func (d *testDaemon) agentPID0(t *testing.T, id string) int {
+	data, err := os.ReadFile(filepath.Join(d.runDir, "containers", id, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state struct {
+		InitProcessPid int `json:"init_process_pid"`
+	}
+	if err := json.Unmarshal(data, &state); err != nil || state.InitProcessPid == 0 {
+		t.Fatalf("read state of %s: %v", id, err)
+	}
+	return state.InitProcessPid
+}
+
+func TestRemoveStopsEverything(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "gentle", Image: "busybox"})
+	d.sh("gentle", "sleep 1000 & sleep 1000 &")
+	pid := d.agentPID("gentle")
+	start := time.Now()
+	if err := d.client.RemoveSandbox(context.Background(), "gentle", false); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("graceful remove of sleeping processes took %v", time.Since(start))
+	}
+	if alive(pid) {
+		t.Errorf("agent %d still runs after rm", pid)
+	}
+	if leaks := d.leaks(); len(leaks) > 0 {
+		t.Errorf("after rm: %v", leaks)
+	}
+}
+
+func TestConcurrentCreates(t *testing.T) {
+	d := startDaemon(t)
+	const n = 6
+	var wg sync.WaitGroup
+	errs := make([]error, n+2)
+	for i := 0; i < n+2; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			id := fmt.Sprintf("par-%d", i)
+			if i >= n {
+				id = "same"
+			}
+			_, errs[i] = d.client.CreateSandbox(context.Background(), api.CreateSandboxRequest{ID: id, Image: "busybox"})
+		}(i)
+	}
+	wg.Wait()
+	for i := 0; i < n; i++ {
+		if errs[i] != nil {
+			t.Errorf("create par-%d: %v", i, errs[i])
+		}
+	}
+	if (errs[n] == nil) == (errs[n+1] == nil) || !api.IsCode(errs[n], api.CodeConflict) && !api.IsCode(errs[n+1], api.CodeConflict) {
+		t.Errorf("two creates of one id: %v / %v (want one success, one conflict)", errs[n], errs[n+1])
+	}
+	list, _ := d.client.ListSandboxes(context.Background())
+	if len(list) != n+1 {
+		t.Errorf("want %d sandboxes, have %d", n+1, len(list))
+	}
+}

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/client"
+)
+
+// bench owns everything the benchmark makes on the host, so that cleanup can remove it all.
+type bench struct {
+	bin     string // a private copy of the nsbox binary, immune to rebuilds during the run
+	tmpDir  string // the binary, the daemons' data dirs and logs, the runc bundle
+	runDir  string // /run/nsbox-bench-<pid>: the daemons' run dirs and runc's state
+	cgroup  string // nsbox-bench-<pid>: the parent of every cgroup made here
+	daemons map[string]*daemon
+}
+
+// daemon is a private nsbox daemon.
+type daemon struct {
+	name, dataDir, cgroupParent, log string
+	cmd                              *exec.Cmd
+	exited                           chan struct{}
+	client                           *client.Client
+}
+
+func newBench(bin string) (*bench, error) {
+	tmp, err := os.MkdirTemp("", "nsbox-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("make temp dir: %w", err)
+	}
+	name := fmt.Sprintf("nsbox-bench-%d", os.Getpid())
+	b := &bench{bin: filepath.Join(tmp, "bin", "nsbox"), tmpDir: tmp, runDir: filepath.Join("/run", name), cgroup: name, daemons: map[string]*daemon{}}
+	if err := errors.Join(os.Mkdir(filepath.Dir(b.bin), 0o755), runCommand("cp", bin, b.bin)); err != nil {
+		return nil, errors.Join(fmt.Errorf("copy the nsbox binary: %w", err), os.RemoveAll(tmp))
+	}
+	return b, nil
+}
+
+func (b *bench) runcRoot() string { return filepath.Join(b.runDir, "runc") }
+
+// daemon returns the daemon called name, starting it and waiting for its API on first use.
+func (b *bench) daemon(ctx context.Context, name string, seccomp bool) (*daemon, error) {
+	if d, ok := b.daemons[name]; ok {
+		return d, nil
+	}
+	runDir := filepath.Join(b.runDir, name)
+	socket := filepath.Join(runDir, "nsbox.sock")
+	d := &daemon{name: name, dataDir: filepath.Join(b.tmpDir, name), cgroupParent: b.cgroup + "/" + name,
+		log: filepath.Join(b.tmpDir, name+".log"), exited: make(chan struct{}), client: client.New(socket)}
+	logFile, err := os.Create(d.log)
+	if err != nil {
+		return nil, fmt.Errorf("create daemon log: %w", err)
+	}
+	defer logFile.Close()
+	d.cmd = exec.Command(b.bin, "--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
+		"--cgroup-parent", d.cgroupParent, "--seccomp="+strconv.FormatBool(seccomp), "--log-level", "warn")
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
+	// Its own process group: a Ctrl-C meant for the benchmark must not stop the daemon
+	// before the benchmark has removed its sandboxes through it.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start daemon %s: %w", name, err)
+	}
+	b.daemons[name] = d
+	go func() { _ = d.cmd.Wait(); close(d.exited) }()
+	for deadline := time.Now().Add(time.Minute); ; {
+		if _, err = d.client.Version(ctx); err == nil {
+			return d, nil
+		}
+		select {
+		case <-d.exited:
+			log, _ := os.ReadFile(d.log)
+			return nil, fmt.Errorf("daemon %s exited: %s", name, strings.TrimSpace(string(log)))
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("daemon %s did not answer within a minute: %w", name, err)
+		}
+	}
+}
+
+// removeAllSandboxes force-removes every sandbox of the (private) daemon.
+func (d *daemon) removeAllSandboxes() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sandboxes, err := d.client.ListSandboxes(ctx)
+	if err != nil {
+		return fmt.Errorf("list sandboxes of %s: %w", d.name, err)
+	}
+	var errs []error
+	for _, sb := range sandboxes {
+		if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
+			errs = append(errs, fmt.Errorf("remove sandbox %s of %s: %w", sb.ID, d.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stop removes the daemon's sandboxes, then ends it: SIGTERM, and SIGKILL after 10 s.
+func (d *daemon) stop() error {
+	var err error
+	select {
+	case <-d.exited:
+	default:
+		err = d.removeAllSandboxes()
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+	}
+	return err
+}
+
+// makeRuncBundle makes an OCI bundle whose rootfs is a copy of d's busybox image and whose
+// process is `true`, in mount, pid, uts, ipc and network namespaces, with a cgroup under b.cgroup.
+func (b *bench) makeRuncBundle(d *daemon) (string, error) {
+	images, _ := filepath.Glob(filepath.Join(d.dataDir, "images", image, "rootfs-*"))
+	if len(images) == 0 {
+		return "", fmt.Errorf("no %s image rootfs in %s", image, d.dataDir)
+	}
+	bundle, spec := filepath.Join(b.tmpDir, "bundle"), map[string]any{}
+	err := errors.Join(os.Mkdir(bundle, 0o700), runCommand("cp", "-a", images[len(images)-1], filepath.Join(bundle, "rootfs")),
+		runCommand("runc", "spec", "--bundle", bundle))
+	if err != nil {
+		return "", fmt.Errorf("make runc bundle: %w", err)
+	}
+	path := filepath.Join(bundle, "config.json")
+	data, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(data, &spec)
+	}
+	process, ok1 := spec["process"].(map[string]any)
+	root, ok2 := spec["root"].(map[string]any)
+	linux, ok3 := spec["linux"].(map[string]any)
+	if err != nil || !ok1 || !ok2 || !ok3 {
+		return "", fmt.Errorf("read the OCI spec `runc spec` wrote (process, root, linux): %v", err)
+	}
+	process["args"], process["terminal"], root["readonly"] = []string{"true"}, false, true
+	var namespaces []map[string]string
+	for _, ns := range []string{"mount", "pid", "uts", "ipc", "network"} {
+		namespaces = append(namespaces, map[string]string{"type": ns})
+	}
+	linux["namespaces"], linux["cgroupsPath"] = namespaces, "/"+b.cgroup+"/runc"
+	if data, err = json.MarshalIndent(spec, "", "\t"); err == nil {
+		err = os.WriteFile(path, data, 0o644)
+	}
+	if err != nil {
+		return "", fmt.Errorf("write OCI spec: %w", err)
+	}
+	return bundle, nil
+}
+
+// runCommand runs a command in its own process group (out of reach of a Ctrl-C, which the
+// benchmark handles itself) and puts its output in the error when it fails.
+func runCommand(name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// cleanup stops the daemons, then removes runc containers, mounts, directories and cgroups
+// made by the benchmark. It tries every step and reports every failure.
+func (b *bench) cleanup() error {
+	var errs []error
+	for _, d := range b.daemons {
+		errs = append(errs, d.stop())
+	}
+	if out, err := exec.Command("runc", "--root", b.runcRoot(), "list", "-q").Output(); err == nil {
+		for _, id := range strings.Fields(string(out)) {
+			errs = append(errs, runCommand("runc", "--root", b.runcRoot(), "delete", "-f", id))
+		}
+	}
+	for _, dir := range []string{b.runDir, b.tmpDir} {
+		errs = append(errs, unmountUnder(dir), os.RemoveAll(dir))
+	}
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + b.cgroup)
+	for _, root := range append(roots, "/sys/fs/cgroup/"+b.cgroup) {
+		errs = append(errs, removeCgroupTree(root))
+	}
+	return errors.Join(errs...)
+}
+
+// unmountUnder lazily unmounts every mount at or below dir, the latest first.
+func unmountUnder(dir string) error {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	var errs []error
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for _, line := range slices.Backward(lines) {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		mnt := strings.ReplaceAll(fields[4], `\040`, " ")
+		if mnt != dir && !strings.HasPrefix(mnt, dir+"/") {
+			continue
+		}
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mnt, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroupTree kills whatever still runs in a cgroup tree and removes the tree, leaves first.
+func removeCgroupTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() {
+			errs = append(errs, removeCgroupTree(filepath.Join(dir, e.Name())))
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		for _, pid := range cgroupProcs(dir) {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		err := unix.Rmdir(dir)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			return errors.Join(errs...)
+		}
+		if attempt == 100 {
+			return errors.Join(append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))...)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cgroupProcs lists the pids in one cgroup, not in its children.
+func cgroupProcs(dir string) []int {
+	data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	var pids []int
+	for _, f := range strings.Fields(string(data)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

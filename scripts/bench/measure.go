@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// benchCase is one thing to time, from start to finish.
+type benchCase struct {
+	name string
+	run  func(context.Context) error
+}
+
+// timeCases runs every case warm times unmeasured, then n measured times, interleaving the
+// cases so that drift on the machine affects all of them alike.
+func timeCases(ctx context.Context, cases []benchCase, warm, n int) (map[string][]time.Duration, error) {
+	samples := map[string][]time.Duration{}
+	for i := range warm + n {
+		for _, c := range cases {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			if err := c.run(ctx); err != nil {
+				return nil, fmt.Errorf("%s (run %d): %w", c.name, i+1, err)
+			}
+			if i >= warm {
+				samples[c.name] = append(samples[c.name], time.Since(start))
+			}
+		}
+	}
+	return samples, nil
+}
+
+type summary struct{ median, min, max, p99 time.Duration }
+
+func summarize(d []time.Duration) summary {
+	s := slices.Sorted(slices.Values(d))
+	n := len(s)
+	return summary{median: median(s), min: s[0], max: s[n-1], p99: s[(99*n+99)/100-1]} // p99 by nearest rank
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Sorted(slices.Values(d))
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e6) }
+
+func newTable() *tabwriter.Writer { return tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0) }
+
+func cgroupVersion() string {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return "v2"
+	}
+	return "v1 (hybrid)"
+}
+
+// memory is the PSS, in kB, of a set of sandboxes and of their daemon.
+type memory struct {
+	sandboxKB, daemonKB float64
+	procs               int
+}
+
+// measureMemory adds up the PSS of every process of the sandboxes (the agent, and whatever
+// else is in the sandbox's cgroup) and the daemon's own.
+func measureMemory(d *daemon, sandboxes []*api.Sandbox) (memory, error) {
+	var m memory
+	for _, sb := range sandboxes {
+		dir := filepath.Join("/sys/fs/cgroup/memory", d.cgroupParent, sb.ID)
+		if cgroupVersion() == "v2" {
+			dir = filepath.Join("/sys/fs/cgroup", d.cgroupParent, sb.ID)
+		}
+		pids := slices.Compact(slices.Sorted(slices.Values(append(cgroupProcs(dir), sb.PID))))
+		for _, pid := range pids {
+			kb, err := pssKB(pid)
+			if err != nil {
+				return m, fmt.Errorf("sandbox %s: %w", sb.ID, err)
+			}
+			m.sandboxKB += kb
+			m.procs++
+		}
+	}
+	var err error
+	m.daemonKB, err = pssKB(d.cmd.Process.Pid)
+	return m, err
+}
+
+var pssLine = regexp.MustCompile(`(?m)^Pss:\s+(\d+) kB$`)
+
+// pssKB reads a process's proportional set size from /proc/<pid>/smaps_rollup.
+func pssKB(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read PSS of pid %d: %w", pid, err)
+	}
+	m := pssLine.FindSubmatch(data)
+	if m == nil {
+		return 0, fmt.Errorf("no Pss line in /proc/%d/smaps_rollup", pid)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
