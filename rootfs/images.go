@@ -55,15 +55,15 @@ var hostSecrets = []string{
 	"/etc/machine-id", "/etc/credstore", "/etc/credstore.encrypted",
 }
 
-// skeletonDirs are the directories every image root has; the ones with mode 01777 are scratch space.
+// skeletonDirs are the directories every image root has; /tmp and /var/tmp are sticky and world-writable.
 var skeletonDirs = map[string]os.FileMode{
-	"root": 0o700, "home": 0o755, "tmp": 0o1777, "workspace": 0o755, "proc": 0o555,
-	"dev": 0o755, "sys": 0o555, "run": 0o755, "var": 0o755, "var/tmp": 0o1777, "var/lib": 0o755,
+	"root": 0o700, "home": 0o755, "tmp": os.ModeSticky | 0o777, "workspace": 0o755, "proc": 0o555,
+	"dev": 0o755, "sys": 0o555, "run": 0o755, "var": 0o755, "var/tmp": os.ModeSticky | 0o777, "var/lib": 0o755,
 	"var/cache": 0o755, "var/log": 0o755, "mnt": 0o755, "opt": 0o755,
 }
 
 // layout is the version of what the built-in images contain; a change builds them anew.
-const layout = "rootfs-2"
+const layout = "rootfs-3"
 
 // OpenStore prepares the built-in images under dir: `host` always, `busybox` when Debian's
 // busybox-static is installed. Images are built once and reused.

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
 )
 
@@ -104,7 +105,13 @@ func (d *daemon) removeAllSandboxes() error {
 	}
 	var errs []error
 	for _, sb := range sandboxes {
-		if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
+		err := d.client.RemoveSandbox(ctx, sb.ID, true)
+		// A create cut short by Ctrl-C may still be under way: a conflict until it is done.
+		for try := 0; api.IsCode(err, api.CodeConflict) && try < 100; try++ {
+			time.Sleep(100 * time.Millisecond)
+			err = d.client.RemoveSandbox(ctx, sb.ID, true)
+		}
+		if err != nil && !api.IsCode(err, api.CodeNotFound) {
 			errs = append(errs, fmt.Errorf("remove sandbox %s of %s: %w", sb.ID, d.name, err))
 		}
 	}
@@ -179,17 +186,13 @@ func runCommand(name string, args ...string) error {
 	return nil
 }
 
-// cleanup stops the daemons, then removes runc containers, mounts, directories and cgroups
-// made by the benchmark. It tries every step and reports every failure.
+// cleanup stops the daemons, then removes the mounts, directories (runc's state among them)
+// and cgroups the benchmark made, killing whatever still runs in them (a runc container
+// left by a failed run, say). It tries every step and reports every failure.
 func (b *bench) cleanup() error {
 	var errs []error
 	for _, d := range b.daemons {
 		errs = append(errs, d.stop())
-	}
-	if out, err := exec.Command("runc", "--root", b.runcRoot(), "list", "-q").Output(); err == nil {
-		for _, id := range strings.Fields(string(out)) {
-			errs = append(errs, runCommand("runc", "--root", b.runcRoot(), "delete", "-f", id))
-		}
 	}
 	for _, dir := range []string{b.runDir, b.tmpDir} {
 		errs = append(errs, unmountUnder(dir), os.RemoveAll(dir))

@@ -48,9 +48,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancelOnSignal(cancel)
-	if err := run(ctx, opts); err != nil {
+	// The signals stay caught until run returns, so a second Ctrl-C cannot cut the cleanup short.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err = run(ctx, opts)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -73,19 +75,6 @@ func parseFlags() (options, error) {
 		o.sections[s] = true
 	}
 	return o, nil
-}
-
-// cancelOnSignal cancels the run on SIGINT or SIGTERM and keeps catching them afterwards, so
-// that a second Ctrl-C cannot interrupt the cleanup.
-func cancelOnSignal(cancel context.CancelFunc) {
-	ch := make(chan os.Signal, 4)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		for s := range ch {
-			fmt.Fprintf(os.Stderr, "bench: %v: stopping and cleaning up\n", s)
-			cancel()
-		}
-	}()
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -141,7 +130,7 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 			return runCommand("bwrap", "--unshare-all", "--ro-bind", filepath.Join(bundle, "rootfs"), "/", "--proc", "/proc", "--dev", "/dev", "true")
 		}},
 	}
-	fmt.Printf("cycle: %d warm-ups, then %d measured runs of each, interleaved\n", warmups, n)
+	fmt.Printf("cycle: %d warm-ups, then %d measured runs of each, interleaved in random order\n", warmups, n)
 	samples, err := timeCases(ctx, cases, warmups, n)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -20,12 +21,15 @@ type benchCase struct {
 	run  func(context.Context) error
 }
 
-// timeCases runs every case warm times unmeasured, then n measured times, interleaving the
-// cases so that drift on the machine affects all of them alike.
+// timeCases runs every case warm times unmeasured, then n measured times. Each round runs
+// every case once, in a new random order, so that drift on the machine and work a case
+// leaves to the kernel (namespace and cgroup teardown) weigh on all cases alike.
 func timeCases(ctx context.Context, cases []benchCase, warm, n int) (map[string][]time.Duration, error) {
 	samples := map[string][]time.Duration{}
+	order := slices.Clone(cases)
 	for i := range warm + n {
-		for _, c := range cases {
+		rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		for _, c := range order {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}

@@ -1,0 +1,309 @@
+package spectest_test
+
+import (
+	"encoding/json"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/spectest"
+	"github.com/nsbox/nsbox/nsbox"
+)
+
+const specPath = "../openapi.json"
+
+func load(t *testing.T) *spectest.Spec {
+	t.Helper()
+	spec, err := spectest.Load(specPath)
+	if err != nil {
+		t.Fatalf("load spec: %v", err)
+	}
+	return spec
+}
+
+func TestLoad(t *testing.T) {
+	if len(load(t).Operations()) == 0 {
+		t.Fatal("the spec has no operations")
+	}
+	if _, err := spectest.Load("no-such-file.json"); err == nil {
+		t.Error("Load of a missing file succeeded")
+	}
+	// A keyword the validator does not check must fail loudly, not be skipped.
+	path := filepath.Join(t.TempDir(), "spec.json")
+	doc := `{"openapi":"3.1.0","paths":{},"components":{"schemas":{"X":{"oneOf":[{"type":"string"}]}}}}`
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spectest.Load(path); err == nil || !strings.Contains(err.Error(), "oneOf") {
+		t.Errorf("Load of a spec using oneOf: err = %v, want an error naming oneOf", err)
+	}
+}
+
+func TestOperationsMatchRoutes(t *testing.T) {
+	var want []string
+	for _, r := range nsbox.Routes {
+		want = append(want, r.Method+" "+r.Pattern)
+	}
+	slices.Sort(want)
+	if got := load(t).Operations(); !slices.Equal(got, want) {
+		t.Errorf("spec operations and nsbox.Routes differ:\nspec:   %q\nroutes: %q", got, want)
+	}
+}
+
+func sandbox(id, status string) api.Sandbox {
+	return api.Sandbox{
+		ID: id, Image: "host", Status: status, Cwd: "/workspace",
+		Limits:    api.Limits{CPUs: 1.5, MemoryMB: 512, Pids: 1024},
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+	}
+}
+
+func fullSandbox() api.Sandbox {
+	sb := sandbox("web-1", api.StatusRunning)
+	sb.Env, sb.Labels, sb.PID = map[string]string{"FOO": "bar"}, map[string]string{"team": "a"}, 4242
+	return sb
+}
+
+func failedSandbox() api.Sandbox {
+	sb := sandbox("old", api.StatusFailed)
+	sb.Error = "its container is gone"
+	return sb
+}
+
+// wire is what the daemon sends for v: the body api.WriteJSON writes.
+func wire(t *testing.T, v any) []byte {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	api.WriteJSON(rec, http.StatusOK, v)
+	return rec.Body.Bytes()
+}
+
+// wireError is what the daemon sends for an error with the code, and its status.
+func wireError(code string) (int, []byte) {
+	rec := httptest.NewRecorder()
+	api.WriteError(rec, api.Errorf(code, "something about %s", code))
+	return rec.Code, rec.Body.Bytes()
+}
+
+func TestValidResponses(t *testing.T) {
+	spec := load(t)
+	timedOut := api.NewExecResult(124, []byte("partial"), nil)
+	timedOut.TimedOut, timedOut.DurationMs = true, 1000
+	truncated := api.NewExecResult(0, []byte{0xff, 0, 'x'}, []byte("ok"))
+	truncated.Truncated = true
+	cases := []struct {
+		method, path string
+		status       int
+		body         []byte
+	}{
+		{"GET", "/v1/version", 200, wire(t, api.Version{Version: "v1.0.0-3-gabc"})},
+		{"GET", "/v1/images", 200, wire(t, []api.Image{{Name: "host", Description: "the host's system"}})},
+		{"GET", "/v1/images", 200, wire(t, []api.Image{})},
+		{"POST", "/v1/sandboxes", 201, wire(t, fullSandbox())},
+		{"GET", "/v1/sandboxes", 200, wire(t, []api.Sandbox{fullSandbox(), failedSandbox(), sandbox("c", api.StatusCreating)})},
+		{"GET", "/v1/sandboxes", 200, wire(t, []api.Sandbox{})},
+		{"GET", "/v1/sandboxes/{id}", 200, wire(t, failedSandbox())},
+		{"DELETE", "/v1/sandboxes/{id}", 204, nil},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, api.NewExecResult(0, []byte("hi\n\x00\x1b"), nil))},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, api.NewExecResult(127, nil, []byte("nsbox: nope: not found\n")))},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, timedOut)},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, truncated)},
+		// Concrete request paths are matched against the templates.
+		{"GET", "/v1/sandboxes/web-1", 200, wire(t, fullSandbox())},
+		{"delete", "/v1/sandboxes/web-1?force=true", 204, nil},
+		{"POST", "/v1/sandboxes/web-1/exec", 200, wire(t, api.NewExecResult(1, nil, nil))},
+	}
+	for _, c := range cases {
+		if err := spec.ValidateResponse(c.method, c.path, c.status, c.body); err != nil {
+			t.Errorf("%s %s %d %s: %v", c.method, c.path, c.status, c.body, err)
+		}
+	}
+}
+
+// TestErrorResponses validates the daemon's real error envelopes for every error each
+// endpoint can answer, which also checks that each code goes with its documented status.
+func TestErrorResponses(t *testing.T) {
+	spec := load(t)
+	errs := map[string][]string{
+		"GET /v1/sandboxes":            {api.CodeInternal},
+		"POST /v1/sandboxes":           {api.CodeInvalidArgument, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal},
+		"GET /v1/sandboxes/{id}":       {api.CodeNotFound, api.CodeInternal},
+		"DELETE /v1/sandboxes/{id}":    {api.CodeInvalidArgument, api.CodeNotFound, api.CodeConflict, api.CodeInternal},
+		"POST /v1/sandboxes/{id}/exec": {api.CodeInvalidArgument, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable},
+		"GET /v1/version":              nil,
+		"GET /v1/images":               nil,
+	}
+	for op, codes := range errs {
+		method, path, _ := strings.Cut(op, " ")
+		for _, code := range codes {
+			status, body := wireError(code)
+			if err := spec.ValidateResponse(method, path, status, body); err != nil {
+				t.Errorf("%s: %v", code, err)
+			}
+		}
+	}
+	// A code sent with another code's status is wrong.
+	_, conflict := wireError(api.CodeConflict)
+	if err := spec.ValidateResponse("GET", "/v1/sandboxes/{id}", http.StatusNotFound, conflict); err == nil ||
+		!strings.Contains(err.Error(), "$.error.code") {
+		t.Errorf("a conflict envelope with status 404: err = %v, want one naming $.error.code", err)
+	}
+}
+
+// mutate returns v's JSON after f has changed it.
+func mutate(t *testing.T, v any, f func(m map[string]any)) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(wire(t, v), &m); err != nil {
+		t.Fatal(err)
+	}
+	f(m)
+	out, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestRejects(t *testing.T) {
+	spec := load(t)
+	sb, res := fullSandbox(), api.NewExecResult(0, []byte("out"), nil)
+	_, notFound := wireError(api.CodeNotFound)
+	cases := []struct {
+		name, method, path string
+		status             int
+		body               []byte
+		want               string // in the error
+	}{
+		{"missing required", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { delete(m, "status") }), `$: required property "status"`},
+		{"bad status enum", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["status"] = "stopped" }), "$.status"},
+		{"unknown property", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["cgroupPath"] = "/nsbox/x" }), `unknown property "cgroupPath"`},
+		{"bad date-time", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["createdAt"] = "yesterday" }), "$.createdAt"},
+		{"nested wrong type", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["limits"].(map[string]any)["pids"] = "16" }), "$.limits.pids"},
+		{"nested missing", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { delete(m["limits"].(map[string]any), "cpus") }), "$.limits"},
+		{"below minimum", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["limits"].(map[string]any)["cpus"] = 0 }), "$.limits.cpus"},
+		{"fractional integer", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["pid"] = 1.5 }), "$.pid"},
+		{"map value type", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["env"].(map[string]any)["FOO"] = 1 }), "$.env.FOO"},
+		{"pattern", "GET", "/v1/sandboxes/{id}", 200, mutate(t, sb, func(m map[string]any) { m["id"] = "Bad_ID" }), "$.id"},
+		{"array item", "GET", "/v1/sandboxes", 200, []byte(`[` + string(wire(t, sb)) + `, 7]`), "$[1]"},
+		{"object for array", "GET", "/v1/sandboxes", 200, wire(t, sb), "want array"},
+		{"null", "GET", "/v1/sandboxes/{id}", 200, []byte("null"), "want object"},
+		{"bad encoding enum", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["encoding"] = "latin1" }), "$.encoding"},
+		{"wrong boolean", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["timedOut"] = "false" }), "$.timedOut"},
+		{"missing stdout", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { delete(m, "stdout") }), `"stdout"`},
+		{"error without message", "GET", "/v1/sandboxes/{id}", 404, mutate(t, json.RawMessage(notFound), func(m map[string]any) { delete(m["error"].(map[string]any), "message") }), "$.error"},
+		{"undocumented status", "GET", "/v1/version", 500, notFound, "status 500 is not documented"},
+		{"unknown operation", "PUT", "/v1/version", 200, wire(t, api.Version{}), "no such operation"},
+		{"unknown path", "GET", "/v1/sandboxes/", 200, wire(t, sb), "no such operation"},
+		{"body on 204", "DELETE", "/v1/sandboxes/{id}", 204, []byte("{}"), "without a body"},
+		{"not JSON", "GET", "/v1/version", 200, []byte("version 1"), "not JSON"},
+		{"trailing data", "GET", "/v1/version", 200, []byte(`{"version":"1"} {}`), "after the JSON value"},
+	}
+	for _, c := range cases {
+		err := spec.ValidateResponse(c.method, c.path, c.status, c.body)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want an error containing %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestValidateSchema(t *testing.T) {
+	spec := load(t)
+	full := api.CreateSandboxRequest{ID: "a-1", Image: "host", Env: map[string]string{"A": "b"}, Cwd: "/w",
+		Limits: api.Limits{CPUs: 0.5, MemoryMB: 64, Pids: 64}, Labels: map[string]string{"k": "v"}}
+	valid := []struct {
+		schema string
+		v      any
+	}{
+		{"CreateSandboxRequest", api.CreateSandboxRequest{}},
+		{"CreateSandboxRequest", full},
+		{"ExecRequest", api.ExecRequest{Argv: []string{"ls", "-l"}, Env: map[string]string{"X": "1"}, Cwd: "/tmp"}},
+		{"ExecRequest", api.ExecRequest{Command: "cat", Stdin: "aGk=", StdinEncoding: api.EncodingBase64, TimeoutMs: 500}},
+	}
+	for _, c := range valid {
+		if err := spec.ValidateSchema(c.schema, wire(t, c.v)); err != nil {
+			t.Errorf("%s %s: %v", c.schema, wire(t, c.v), err)
+		}
+	}
+	if err := spec.ValidateSchema("ExecRequest", []byte(`{"command":"true","timeout":5}`)); err == nil || !strings.Contains(err.Error(), `"timeout"`) {
+		t.Errorf("an exec request with an unknown field: err = %v, want one naming it", err)
+	}
+	if err := spec.ValidateSchema("ExecRequest", []byte(`{"command":"true","stdinEncoding":"hex"}`)); err == nil || !strings.Contains(err.Error(), "$.stdinEncoding") {
+		t.Errorf("an exec request with a bad stdinEncoding: err = %v, want one naming $.stdinEncoding", err)
+	}
+	if err := spec.ValidateSchema("NoSuchSchema", []byte(`{}`)); err == nil {
+		t.Error("validating against a missing schema succeeded")
+	}
+}
+
+// TestSchemasMatchGoTypes checks that each schema has exactly the JSON fields of its Go type,
+// and that a response schema requires exactly the fields Go always sends.
+func TestSchemasMatchGoTypes(t *testing.T) {
+	data, err := os.ReadFile(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]json.RawMessage `json:"properties"`
+				Required   []string                   `json:"required"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		schema   string
+		goType   any
+		response bool // responses require the fields Go never omits; requests require none
+	}{
+		{"Version", api.Version{}, true},
+		{"Image", api.Image{}, true},
+		{"Sandbox", api.Sandbox{}, true},
+		{"Limits", api.Limits{}, true},
+		{"ExecResult", api.ExecResult{}, true},
+		{"CreateSandboxRequest", api.CreateSandboxRequest{}, false},
+		{"LimitsRequest", api.Limits{}, false},
+		{"ExecRequest", api.ExecRequest{}, false},
+	}
+	for _, c := range cases {
+		sc, ok := doc.Components.Schemas[c.schema]
+		if !ok {
+			t.Errorf("schema %s is missing", c.schema)
+			continue
+		}
+		var fields, always []string
+		typ := reflect.TypeOf(c.goType)
+		for i := range typ.NumField() {
+			name, opts, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			fields = append(fields, name)
+			if !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero") {
+				always = append(always, name)
+			}
+		}
+		slices.Sort(fields)
+		if props := slices.Sorted(maps.Keys(sc.Properties)); !slices.Equal(props, fields) {
+			t.Errorf("schema %s has properties %q, Go type %s has fields %q", c.schema, props, typ, fields)
+		}
+		required := slices.Sorted(slices.Values(sc.Required))
+		if c.schema == "Limits" {
+			always = fields // Go omits zero limits, but a sandbox's limits are always filled in
+		}
+		switch {
+		case c.response && !slices.Equal(required, slices.Sorted(slices.Values(always))):
+			t.Errorf("schema %s requires %q, Go always sends %q", c.schema, required, always)
+		case !c.response && len(required) > 0:
+			t.Errorf("request schema %s requires %q; the daemon requires none", c.schema, required)
+		}
+	}
+}

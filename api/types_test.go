@@ -1,0 +1,77 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+func TestExecResultRoundTripsAnyBytes(t *testing.T) {
+	all := make([]byte, 256)
+	for i := range all {
+		all[i] = byte(i)
+	}
+	for _, tc := range []struct {
+		name           string
+		stdout, stderr []byte
+		encoding       string
+	}{
+		{"text", []byte("héllo\x00\r\n"), []byte("warn"), EncodingUTF8},
+		{"binary stdout", all, []byte("ok"), EncodingBase64},
+		{"binary stderr", []byte("ok"), []byte{0xff, 0xfe}, EncodingBase64},
+		{"empty", nil, nil, EncodingUTF8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, err := json.Marshal(NewExecResult(0, tc.stdout, tc.stderr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back ExecResult
+			if err := json.Unmarshal(data, &back); err != nil {
+				t.Fatal(err)
+			}
+			stdout, stderr, err := back.Output()
+			if err != nil || string(stdout) != string(tc.stdout) || string(stderr) != string(tc.stderr) || back.Encoding != tc.encoding {
+				t.Fatalf("got %q %q %s %v", stdout, stderr, back.Encoding, err)
+			}
+		})
+	}
+}
+
+func TestStdinBytes(t *testing.T) {
+	if b, err := (&ExecRequest{Stdin: "aGk=", StdinEncoding: "base64"}).StdinBytes(); err != nil || string(b) != "hi" {
+		t.Fatalf("base64: %q %v", b, err)
+	}
+	if b, err := (&ExecRequest{Stdin: "hi"}).StdinBytes(); err != nil || string(b) != "hi" {
+		t.Fatalf("text: %q %v", b, err)
+	}
+	if _, err := (&ExecRequest{Stdin: "!", StdinEncoding: "base64"}).StdinBytes(); !IsCode(err, CodeInvalidArgument) {
+		t.Fatalf("bad base64: %v", err)
+	}
+}
+
+func TestErrorsOnTheWire(t *testing.T) {
+	for code, status := range codeStatus {
+		rec := httptest.NewRecorder()
+		WriteError(rec, Errorf(code, "it broke: %d", 42))
+		if rec.Code != status {
+			t.Errorf("%s: status %d, want %d", code, rec.Code, status)
+		}
+		got := ReadError(rec.Result())
+		if got.Code != code || got.Message != "it broke: 42" {
+			t.Errorf("%s: read back %+v", code, got)
+		}
+	}
+	// A plain error is internal; a body that is not our envelope still maps by status.
+	rec := httptest.NewRecorder()
+	WriteError(rec, http.ErrHandlerTimeout)
+	if rec.Code != http.StatusInternalServerError || ReadError(rec.Result()).Code != CodeInternal {
+		t.Errorf("plain error: %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	http.Error(rec, "nope", http.StatusNotFound)
+	if got := ReadError(rec.Result()); got.Code != CodeNotFound {
+		t.Errorf("foreign 404: %+v", got)
+	}
+}
