@@ -20,8 +20,8 @@ deps:
 build: deps
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nsbox
 
-demo: build
-	scripts/demo.sh $(BIN)
+demo:
+	scripts/demo.sh
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
@@ -30,7 +30,7 @@ vet:
 # Unit tests with the race detector, then the integration tests against the real binary.
 test: build vet
 	$(GO) test -race -count=1 -tags "$(TAGS)" ./api/... ./client/... ./agent/... ./rootfs/... ./nsbox/...
-	NSBOX_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v ./cmd/nsbox/ 2>&1 | scripts/test-summary.sh
+	NSBOX_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v ./cmd/nsbox/
 
 bench: build
 	$(GO) run -tags "$(TAGS)" ./scripts/bench -nsbox $(CURDIR)/$(BIN)

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The nsbox demo: installs what is missing, builds nsbox, starts the daemon (unless one is
+# already running), drives a sandbox end to end, removes it and stops the daemon it started.
+# Run as root on Debian 12: `bash scripts/demo.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin
+scripts/install-deps.sh
+make --no-print-directory build >/dev/null
+BIN=$PWD/bin/nsbox
+export NSBOX_SOCKET=${NSBOX_SOCKET:-/run/nsbox/nsbox.sock}
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+nsbox() { "$BIN" "$@"; }
+
+started_daemon=""
+start_daemon() {
+	"$BIN" daemon >>/tmp/nsbox-demo-daemon.log 2>&1 &
+	started_daemon=$!
+	for _ in $(seq 100); do nsbox version >/dev/null 2>&1 && return; sleep 0.05; done
+	echo "the daemon did not start; see /tmp/nsbox-demo-daemon.log" >&2
+	exit 1
+}
+cleanup() {
+	nsbox rm -f demo >/dev/null 2>&1 || true
+	if [[ -n $started_daemon ]]; then kill "$started_daemon" 2>/dev/null && wait "$started_daemon" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+step "start the daemon"
+if nsbox version >/dev/null 2>&1; then
+	echo "a daemon already answers on $NSBOX_SOCKET; using it"
+else
+	start_daemon
+	echo "daemon pid $started_daemon, API on $NSBOX_SOCKET (log: /tmp/nsbox-demo-daemon.log)"
+fi
+show nsbox version
+show nsbox images
+
+step "create a sandbox with limits (time includes the CLI's own start)"
+nsbox rm -f demo >/dev/null 2>&1 || true
+start=$(date +%s%N)
+show nsbox create --id demo --cpus 0.5 --memory 256 --pids 128 --env GREETING=hello --label owner=demo
+echo "created in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+show nsbox ls
+
+step "run commands in it: own hostname, pid namespace (the agent is PID 1), loopback-only network"
+show nsbox exec demo -- sh -c 'echo "$GREETING from $(hostname), cwd $(pwd)"; ps -o pid,comm -p 1; ip -brief link 2>/dev/null || ls /sys/class/net'
+
+step "its limits, as the sandbox itself sees them"
+show nsbox exec demo -- sh -c '
+if [ -f /sys/fs/cgroup/memory.max ]; then
+  echo "memory.max: $(cat /sys/fs/cgroup/memory.max)"; echo "cpu.max: $(cat /sys/fs/cgroup/cpu.max)"; echo "pids.max: $(cat /sys/fs/cgroup/pids.max)"
+else
+  echo "memory limit: $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) bytes"
+  echo "cpu quota: $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)us per $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)us"
+  echo "pids max: $(cat /sys/fs/cgroup/pids/pids.max)"
+fi'
+
+step "the host's system is read-only and its secrets are masked"
+show nsbox exec demo -- sh -c 'echo "/etc/shadow has $(wc -c < /etc/shadow) bytes"; touch /usr/bin/x 2>&1 | head -1; echo "but /workspace is writable" > /workspace/note; cat /workspace/note'
+
+step "exit codes, stderr and binary output pass through; timeouts kill the command"
+show nsbox exec demo -- sh -c 'echo to-stderr >&2; exit 3' || echo "(exit code $?)"
+echo "\$ nsbox exec demo -- printf 'a\\000b\\377\\n' | od -c"
+nsbox exec demo -- printf 'a\000b\377\n' | od -c | head -1
+show nsbox exec --timeout 300ms demo -- sleep 60 || echo "(exit code $?)"
+
+if [[ -n $started_daemon ]]; then
+	step "kill -9 the daemon and start it again: the sandbox and its files are still there"
+	kill -9 "$started_daemon"; wait "$started_daemon" 2>/dev/null || true
+	start_daemon
+	show nsbox ls
+	show nsbox exec demo -- cat /workspace/note
+fi
+
+step "remove it: nothing is left behind"
+show nsbox rm demo
+show nsbox ls
+echo "nsbox mounts on the host: $(grep -c nsbox /proc/self/mountinfo || true)"
+echo "sandbox cgroups left: $(find /sys/fs/cgroup/*/nsbox /sys/fs/cgroup/nsbox -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
+step "done"
