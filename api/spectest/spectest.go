@@ -165,9 +165,9 @@ func (s *Spec) response(method, path string, status int) (string, *response, err
 		documented := strings.Join(slices.Sorted(maps.Keys(op.Responses)), ", ")
 		return "", nil, fmt.Errorf("%s: status %d is not documented (documented: %s)", key, status, documented)
 	}
-	if resp.Ref != "" {
-		if resp = s.responses[strings.TrimPrefix(resp.Ref, "#/components/responses/")]; resp == nil {
-			return "", nil, fmt.Errorf("%s: status %d: unresolvable $ref %q", key, status, op.Responses[strconv.Itoa(status)].Ref)
+	if ref := resp.Ref; ref != "" {
+		if resp = s.responses[strings.TrimPrefix(ref, "#/components/responses/")]; resp == nil {
+			return "", nil, fmt.Errorf("%s: status %d: unresolvable $ref %q", key, status, ref)
 		}
 	}
 	return key, resp, nil
@@ -179,16 +179,20 @@ func (s *Spec) operation(method, path string) (string, *operation) {
 	if op := s.ops[method+" "+path]; op != nil {
 		return method + " " + path, op
 	}
-	segs := strings.Split(path, "/")
 	for _, key := range s.Operations() {
-		m, tmpl, _ := strings.Cut(key, " ")
-		if t := strings.Split(tmpl, "/"); m == method && len(t) == len(segs) && slices.EqualFunc(t, segs, func(t, seg string) bool {
-			return t == seg || strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") && seg != ""
-		}) {
+		if m, tmpl, _ := strings.Cut(key, " "); m == method && fits(path, tmpl) {
 			return key, s.ops[key]
 		}
 	}
 	return "", nil
+}
+
+// fits reports whether path is an instance of the template: each {param} stands for one
+// non-empty segment.
+func fits(path, tmpl string) bool {
+	return slices.EqualFunc(strings.Split(path, "/"), strings.Split(tmpl, "/"), func(seg, t string) bool {
+		return seg == t || strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") && seg != ""
+	})
 }
 
 func (s *Spec) validateJSON(sc *schema, body []byte) error {
