@@ -1,6 +1,6 @@
 // Package api holds the wire types of nsbox's HTTP API (the daemon's public API and the
 // daemon-to-agent channel share them) and the error model. The machine-readable
-// description of the same API is openapi.yaml beside this file.
+// description of the same API is openapi.json beside this file.
 package api
 
 import (
@@ -79,7 +79,7 @@ type ExecResult struct {
 	Stderr     string `json:"stderr"`
 	Encoding   string `json:"encoding"`
 	TimedOut   bool   `json:"timedOut"`
-	Truncated  bool   `json:"truncated,omitempty"`
+	Truncated  bool   `json:"truncated"`
 	DurationMs int64  `json:"durationMs"`
 }
 

@@ -29,15 +29,18 @@ type Client struct {
 // New returns a client for the daemon listening on the unix socket at path.
 func New(socket string) *Client {
 	var d net.Dialer
-	return &Client{
-		base: "http://nsbox",
-		http: &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return d.DialContext(ctx, "unix", socket)
-			},
-			DisableCompression: true,
-		}},
-	}
+	return NewWithHTTPClient(&http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableCompression: true,
+	}})
+}
+
+// NewWithHTTPClient returns a client that sends its requests through hc, which must reach the
+// daemon (for example over a unix socket, or through a transport that adds headers).
+func NewWithHTTPClient(hc *http.Client) *Client {
+	return &Client{base: "http://nsbox", http: hc}
 }
 
 // Version returns the daemon's version.

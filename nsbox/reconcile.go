@@ -44,7 +44,9 @@ func (r *Runtime) reconcile() error {
 			if err := r.store.Put(rec); err != nil {
 				return err
 			}
+			continue
 		}
+		r.watchAgent(rec.ID, rec.PID)
 	}
 	// Whatever has no record: a container, or a leftover run or data dir.
 	for _, dir := range []string{r.stateRoot(), filepath.Join(r.cfg.RunDir, "sandboxes"), filepath.Join(r.cfg.DataDir, "sandboxes")} {

@@ -108,7 +108,7 @@ func (r *Runtime) Close() error { return r.store.Close() }
 
 // Images lists the images sandboxes can be made from.
 func (r *Runtime) Images() []api.Image {
-	var out []api.Image
+	out := []api.Image{}
 	for _, img := range r.images.Images() {
 		out = append(out, api.Image{Name: img.Name, Description: img.Description})
 	}
@@ -192,21 +192,25 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 	pid, err := r.start(ctx, rec, img, lim)
 	if err != nil {
-		if cleanupErr := r.destroy(rec); cleanupErr != nil {
-			r.log.Error("clean up after failed create", "sandbox", rec.ID, "err", cleanupErr)
-		}
-		if delErr := r.store.Delete(rec.ID); delErr != nil {
-			r.log.Error("forget failed sandbox", "sandbox", rec.ID, "err", delErr)
-		}
+		r.abortCreate(rec)
 		// Whatever failed, the create as a whole failed inside the daemon.
 		return nil, api.Errorf(api.CodeInternal, "start sandbox %s: %v", rec.ID, err)
 	}
 	rec.Status, rec.PID = api.StatusRunning, pid
 	if err := r.store.Put(rec); err != nil {
-		return nil, err
+		r.abortCreate(rec)
+		return nil, fmt.Errorf("record sandbox %s: %w", rec.ID, err)
 	}
+	r.watchAgent(rec.ID, pid)
 	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "pid", pid)
 	return &rec.Sandbox, nil
+}
+
+// abortCreate undoes a create that failed part-way: the container, its files and the record.
+func (r *Runtime) abortCreate(rec *record) {
+	if err := errors.Join(r.destroy(rec), r.store.Delete(rec.ID)); err != nil {
+		r.log.Error("clean up after failed create", "sandbox", rec.ID, "err", err)
+	}
 }
 
 // start mounts the sandbox's root, starts its container with the agent as PID 1 and waits
@@ -438,8 +442,11 @@ func (r *Runtime) Exec(ctx context.Context, id string, req *api.ExecRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	if rec.Status != api.StatusRunning {
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q is %s: %s; remove it and create a new one", id, rec.Status, rec.Error)
+	switch rec.Status {
+	case api.StatusCreating:
+		return nil, api.Errorf(api.CodeConflict, "sandbox %q is still being created; try again when the create has answered", id)
+	case api.StatusFailed:
+		return nil, api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", id, rec.Error)
 	}
 	if err := validateEnv(req.Env); err != nil {
 		return nil, err
@@ -447,7 +454,14 @@ func (r *Runtime) Exec(ctx context.Context, id string, req *api.ExecRequest) (*a
 	if req.TimeoutMs < 0 {
 		return nil, api.Errorf(api.CodeInvalidArgument, "timeoutMs must not be negative")
 	}
-	return r.agent(id).exec(ctx, req)
+	res, err := r.agent(id).exec(ctx, req)
+	if api.IsCode(err, api.CodeUnavailable) && ctx.Err() == nil {
+		// The agent may have just died; if so say that, as the watcher will record it.
+		if reason := r.checkRunning(rec); reason != "" {
+			return nil, api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", id, reason)
+		}
+	}
+	return res, err
 }
 
 func newID() string {

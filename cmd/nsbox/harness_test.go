@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/spectest"
 	"github.com/nsbox/nsbox/client"
 )
 
@@ -26,11 +27,19 @@ import (
 // run dir, socket and cgroup parent, real sandboxes, and after each test a check that nothing
 // it made is left on the host.
 
-var nsboxBin string
+var (
+	nsboxBin string
+	apiSpec  *spectest.Spec
+)
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "the integration tests need root (sandboxes are real namespaces, cgroups and mounts)")
+		os.Exit(1)
+	}
+	var err error
+	if apiSpec, err = spectest.Load("../../api/openapi.json"); err != nil {
+		fmt.Fprintln(os.Stderr, "load API spec:", err)
 		os.Exit(1)
 	}
 	nsboxBin = os.Getenv("NSBOX_BIN")
@@ -77,11 +86,14 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 		cgroupParent: fmt.Sprintf("nsbox-test-%d-%d", os.Getpid(), n),
 	}
 	d.socket = filepath.Join(d.runDir, "nsbox.sock")
-	d.client = client.New(d.socket)
-	d.http = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var dialer net.Dialer
-		return dialer.DialContext(ctx, "unix", d.socket)
+	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
+	d.http = &http.Client{Transport: &specCheckingTransport{t: t, next: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dialer net.Dialer
+			return dialer.DialContext(ctx, "unix", d.socket)
+		},
 	}}}
+	d.client = client.NewWithHTTPClient(d.http)
 	t.Cleanup(d.cleanup)
 	d.start(extraArgs...)
 	return d
@@ -311,4 +323,34 @@ func alive(pid int) bool {
 	}
 	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
 	return len(fields) > 0 && fields[0] != "Z"
+}
+
+// specCheckingTransport fails the test when an answer does not match api/openapi.json.
+type specCheckingTransport struct {
+	t    *testing.T
+	next http.RoundTripper
+}
+
+func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := s.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	// Paths outside the API answer the documented not-found envelope; everything else must match
+	// its operation in the spec.
+	outsideAPI := resp.StatusCode == http.StatusNotFound && bytes.Contains(body, []byte("no such endpoint")) &&
+		apiSpec.ValidateSchema("NotFoundError", body) == nil
+	if err := apiSpec.ValidateResponse(req.Method, req.URL.Path, resp.StatusCode, body); err != nil && !outsideAPI {
+		s.t.Errorf("answer does not match the API spec: %v; body %.300s", err, body)
+	}
+	if len(body) > 0 && resp.Header.Get("Content-Type") != "application/json" {
+		s.t.Errorf("%s %s: Content-Type %q", req.Method, req.URL.Path, resp.Header.Get("Content-Type"))
+	}
+	return resp, nil
 }

@@ -366,3 +366,26 @@ func TestConcurrentCreates(t *testing.T) {
 		t.Errorf("want %d sandboxes, have %d", n+1, len(list))
 	}
 }
+
+func TestAgentDeathIsNoticed(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "fragile", Image: "busybox"})
+	if err := syscall.Kill(d.agentPID("fragile"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sb, err := d.client.GetSandbox(context.Background(), "fragile")
+		if err == nil && sb.Status == api.StatusFailed && sb.Error != "" && sb.PID == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox whose agent was killed: %+v %v", sb, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d.expectError("POST", "/v1/sandboxes/fragile/exec", api.ExecRequest{Argv: []string{"true"}}, 409, api.CodeConflict)
+	if err := d.client.RemoveSandbox(context.Background(), "fragile", false); err != nil {
+		t.Fatal(err)
+	}
+}
