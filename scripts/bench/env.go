@@ -84,7 +84,7 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool) (*daemon,
 		select {
 		case <-d.exited:
 			log, _ := os.ReadFile(d.log)
-			return nil, fmt.Errorf("daemon %s exited: %s", name, strings.TrimSpace(string(log)))
+			return nil, fmt.Errorf("daemon %s exited (%v): %s", name, d.cmd.ProcessState, strings.TrimSpace(string(log)))
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
