@@ -6,7 +6,6 @@
 package agent
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,13 +18,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
 )
 
 // Agent serves one sandbox from inside it.
 type Agent struct {
-	version string
-	procs   *procTable
-	log     *slog.Logger
+	version  string
+	procs    *procTable
+	sessions *session.Manager
+	log      *slog.Logger
 }
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
@@ -44,11 +45,24 @@ func Run(listenFD int, version string) error {
 		return fmt.Errorf("use inherited listener fd %d: %w", listenFD, err)
 	}
 	a := &Agent{version: version, procs: newProcTable(), log: slog.Default()}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+	if a.sessions, err = session.NewManager(sessionDir, cwd, a.procs.start); err != nil {
+		return err
+	}
 
 	signals := make(chan os.Signal, 16)
 	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
 	done := make(chan error, 1)
 	go func() { done <- http.Serve(ln, a.routes()) }()
+	// Every sandbox has a default session; start it now so the first exec finds it ready.
+	go func() {
+		if _, err := a.sessions.Default(); err != nil {
+			a.log.Warn("start default session", "err", err)
+		}
+	}()
 
 	for {
 		select {
@@ -77,20 +91,11 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version})
 	})
-	mux.HandleFunc("POST /v1/exec", a.handleExec)
+	mux.HandleFunc("POST /v1/sessions", a.handleCreateSession)
+	mux.HandleFunc("GET /v1/sessions", a.handleListSessions)
+	mux.HandleFunc("GET /v1/sessions/{sid}", a.handleGetSession)
+	mux.HandleFunc("DELETE /v1/sessions/{sid}", a.handleDeleteSession)
+	mux.HandleFunc("POST /v1/sessions/{sid}/exec", a.handleExec)
+	mux.HandleFunc("POST /v1/sessions/{sid}/cancel", a.handleCancel)
 	return mux
-}
-
-func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
-	var req api.ExecRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed exec request: %v", err))
-		return
-	}
-	res, err := a.exec(r.Context(), &req)
-	if err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	api.WriteJSON(w, http.StatusOK, res)
 }

@@ -77,11 +77,3 @@ func (t *procTable) waitAll() {
 		}
 	}
 }
-
-// exitCode turns a wait status into a shell-style exit code (128+signal when killed).
-func exitCode(ws unix.WaitStatus) int {
-	if ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return ws.ExitStatus()
-}

@@ -51,17 +51,21 @@ type Sandbox struct {
 	PID int `json:"pid,omitempty"`
 }
 
-// ExecRequest is the body of POST /v1/sandboxes/{id}/exec. Exactly one of Argv and
-// Command is set: Argv runs a program directly, Command runs through /bin/sh -c.
+// ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly
+// one of Argv and Command is set: Command is shell source run in the session's shell (state
+// persists across execs), Argv is one program with its arguments, quoted for that shell.
 type ExecRequest struct {
-	Argv    []string          `json:"argv,omitempty"`
-	Command string            `json:"command,omitempty"`
-	Env     map[string]string `json:"env,omitempty"`
-	Cwd     string            `json:"cwd,omitempty"`
+	Argv      []string          `json:"argv,omitempty"`
+	Command   string            `json:"command,omitempty"`
+	SessionID string            `json:"sessionId,omitempty"` // default: the sandbox's "default" session
+	Env       map[string]string `json:"env,omitempty"`       // for this command only
+	Cwd       string            `json:"cwd,omitempty"`       // for this command only
 	// Stdin is fed to the command, then closed; StdinEncoding "base64" means it is base64.
 	Stdin         string `json:"stdin,omitempty"`
 	StdinEncoding string `json:"stdinEncoding,omitempty"`
 	TimeoutMs     int64  `json:"timeoutMs,omitempty"`
+	// KillOnDisconnect kills the command when the client goes away; by default it finishes.
+	KillOnDisconnect bool `json:"killOnDisconnect,omitempty"`
 }
 
 // Output encodings of ExecResult.
@@ -79,8 +83,15 @@ type ExecResult struct {
 	Stderr     string `json:"stderr"`
 	Encoding   string `json:"encoding"`
 	TimedOut   bool   `json:"timedOut"`
+	Canceled   bool   `json:"canceled"`
 	Truncated  bool   `json:"truncated"`
 	DurationMs int64  `json:"durationMs"`
+	SessionID  string `json:"sessionId"`
+	// SessionEnded: the command ended the session's shell (exit, exec); the session is over.
+	SessionEnded bool `json:"sessionEnded"`
+	// SessionReset: after a timeout or cancel the shell did not come back and was replaced; the
+	// session keeps its id and working directory but lost its variables, functions and aliases.
+	SessionReset bool `json:"sessionReset"`
 }
 
 // NewExecResult encodes raw output into an ExecResult.
@@ -125,6 +136,69 @@ func (r *ExecRequest) StdinBytes() ([]byte, error) {
 	return nil, Errorf(CodeInvalidArgument, "stdinEncoding must be %q or %q, not %q", EncodingUTF8, EncodingBase64, r.StdinEncoding)
 }
 
+// Exec event types, in the order a stream carries them.
+const (
+	EventStart  = "start"
+	EventStdout = "stdout"
+	EventStderr = "stderr"
+	EventExit   = "exit"
+)
+
+// ExecEvent is one event of a streamed exec (Server-Sent Events: the SSE event name is Type and
+// the data is this object as JSON). Data is text when valid UTF-8, else base64 (Encoding says
+// which). The exit event carries the result, with empty Stdout and Stderr.
+type ExecEvent struct {
+	Type      string      `json:"type"`
+	Data      string      `json:"data,omitempty"`
+	Encoding  string      `json:"encoding,omitempty"`
+	SessionID string      `json:"sessionId,omitempty"`
+	Result    *ExecResult `json:"result,omitempty"`
+}
+
+// OutputEvent makes a stdout or stderr event from raw bytes.
+func OutputEvent(stream string, data []byte) ExecEvent {
+	if utf8.Valid(data) {
+		return ExecEvent{Type: stream, Data: string(data), Encoding: EncodingUTF8}
+	}
+	return ExecEvent{Type: stream, Data: base64.StdEncoding.EncodeToString(data), Encoding: EncodingBase64}
+}
+
+// Bytes decodes an output event's data.
+func (e *ExecEvent) Bytes() ([]byte, error) {
+	if e.Encoding == EncodingBase64 {
+		return base64.StdEncoding.DecodeString(e.Data)
+	}
+	return []byte(e.Data), nil
+}
+
+// CreateSessionRequest is the body of POST /v1/sandboxes/{id}/sessions.
+type CreateSessionRequest struct {
+	ID    string            `json:"id,omitempty"`
+	Shell string            `json:"shell,omitempty"` // bash (default when present), sh, or a path
+	User  string            `json:"user,omitempty"`  // name or uid inside the sandbox; default root
+	Cwd   string            `json:"cwd,omitempty"`
+	Env   map[string]string `json:"env,omitempty"`
+}
+
+// Session states.
+const (
+	SessionIdle  = "idle"
+	SessionBusy  = "busy"
+	SessionEnded = "ended"
+)
+
+// Session is a session as the API shows it.
+type Session struct {
+	ID        string    `json:"id"`
+	Shell     string    `json:"shell"`
+	User      string    `json:"user"`
+	Cwd       string    `json:"cwd"`
+	Status    string    `json:"status"`
+	ExitCode  int       `json:"exitCode"`
+	PID       int       `json:"pid"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
 // Health is what the agent answers on GET /v1/health.
 type Health struct {
 	PID     int    `json:"pid"`
@@ -150,6 +224,9 @@ const (
 	CodeTooLarge        = "payload_too_large"
 	CodeInternal        = "internal"
 	CodeUnavailable     = "unavailable"
+	// CodePermissionDenied and CodeInsufficientStorage come from file operations in a sandbox.
+	CodePermissionDenied    = "permission_denied"
+	CodeInsufficientStorage = "insufficient_storage"
 )
 
 var codeStatus = map[string]int{
@@ -159,6 +236,9 @@ var codeStatus = map[string]int{
 	CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	CodeInternal:        http.StatusInternalServerError,
 	CodeUnavailable:     http.StatusServiceUnavailable,
+
+	CodePermissionDenied:    http.StatusForbidden,
+	CodeInsufficientStorage: http.StatusInsufficientStorage,
 }
 
 // Error is an API error; on the wire it is {"error": {"code": …, "message": …}}.

@@ -52,26 +52,11 @@ func (c *agentClient) health(ctx context.Context) (*api.Health, error) {
 	return &h, c.call(ctx, http.MethodGet, "/v1/health", nil, &h)
 }
 
-func (c *agentClient) exec(ctx context.Context, req *api.ExecRequest) (*api.ExecResult, error) {
-	var res api.ExecResult
-	return &res, c.call(ctx, http.MethodPost, "/v1/exec", req, &res)
-}
-
 // call sends one request to the agent and decodes its JSON answer into out.
 func (c *agentClient) call(ctx context.Context, method, path string, in, out any) error {
-	var body bytes.Buffer
-	if in != nil {
-		if err := json.NewEncoder(&body).Encode(in); err != nil {
-			return fmt.Errorf("encode agent request: %w", err)
-		}
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, &body)
+	resp, err := c.do(ctx, method, path, in)
 	if err != nil {
-		return fmt.Errorf("agent request: %w", err)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -81,4 +66,23 @@ func (c *agentClient) call(ctx context.Context, method, path string, in, out any
 		return fmt.Errorf("decode agent answer: %w", err)
 	}
 	return nil
+}
+
+// do sends one request with an optional JSON body and returns the agent's response as it is.
+func (c *agentClient) do(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body bytes.Buffer
+	if in != nil {
+		if err := json.NewEncoder(&body).Encode(in); err != nil {
+			return nil, fmt.Errorf("encode agent request: %w", err)
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, &body)
+	if err != nil {
+		return nil, fmt.Errorf("agent request: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
+	}
+	return resp, nil
 }

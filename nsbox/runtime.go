@@ -436,32 +436,29 @@ func waitPidfd(pidfd int, timeout time.Duration) {
 	}
 }
 
-// Exec runs a command in a running sandbox through its agent.
-func (r *Runtime) Exec(ctx context.Context, id string, req *api.ExecRequest) (*api.ExecResult, error) {
+// runningAgent returns the agent of a sandbox that is running, or why there is none.
+func (r *Runtime) runningAgent(id string) (*agentClient, *record, error) {
 	rec, err := r.store.Get(id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch rec.Status {
 	case api.StatusCreating:
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q is still being created; try again when the create has answered", id)
+		return nil, nil, api.Errorf(api.CodeConflict, "sandbox %q is still being created; try again when the create has answered", id)
 	case api.StatusFailed:
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", id, rec.Error)
+		return nil, nil, api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", id, rec.Error)
 	}
-	if err := validateEnv(req.Env); err != nil {
-		return nil, err
-	}
-	if req.TimeoutMs < 0 {
-		return nil, api.Errorf(api.CodeInvalidArgument, "timeoutMs must not be negative")
-	}
-	res, err := r.agent(id).exec(ctx, req)
+	return r.agent(id), rec, nil
+}
+
+// agentFailure turns an unreachable agent into the reason the sandbox failed, when it did.
+func (r *Runtime) agentFailure(ctx context.Context, rec *record, err error) error {
 	if api.IsCode(err, api.CodeUnavailable) && ctx.Err() == nil {
-		// The agent may have just died; if so say that, as the watcher will record it.
 		if reason := r.checkRunning(rec); reason != "" {
-			return nil, api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", id, reason)
+			return api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", rec.ID, reason)
 		}
 	}
-	return res, err
+	return err
 }
 
 func newID() string {

@@ -29,6 +29,12 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes/{id}", (*Runtime).handleGet},
 	{"DELETE", "/v1/sandboxes/{id}", (*Runtime).handleRemove},
 	{"POST", "/v1/sandboxes/{id}/exec", (*Runtime).handleExec},
+	{"POST", "/v1/sandboxes/{id}/sessions", (*Runtime).handleSessionCall},
+	{"GET", "/v1/sandboxes/{id}/sessions", (*Runtime).handleSessionCall},
+	{"GET", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleSessionCall},
+	{"DELETE", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleSessionCall},
+	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", (*Runtime).handleExec},
+	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", (*Runtime).handleSessionCall},
 }
 
 // Handler returns the daemon's HTTP API.
@@ -64,6 +70,9 @@ type statusWriter struct {
 	http.ResponseWriter
 	status int
 }
+
+// Unwrap lets http.ResponseController reach the real writer (to flush streams).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) WriteHeader(code int) {
 	w.status = code
@@ -136,20 +145,6 @@ func (r *Runtime) handleRemove(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) {
-	var body api.ExecRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	res, err := r.Exec(req.Context(), req.PathValue("id"), &body)
-	if err != nil {
-		r.writeError(w, err)
-		return
-	}
-	api.WriteJSON(w, http.StatusOK, res)
 }
 
 // writeError answers with err. Errors that are not API errors mean something failed inside

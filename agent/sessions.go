@@ -1,0 +1,203 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
+)
+
+// sessionDir is where sessions keep their FIFOs and scripts, inside the sandbox.
+const sessionDir = "/run/nsbox/sessions"
+
+var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+func sessionInfo(i session.Info) api.Session {
+	return api.Session{ID: i.ID, Shell: i.Shell, User: i.User, Cwd: i.Cwd, Status: i.Status, ExitCode: i.ExitCode, PID: i.PID, CreatedAt: i.CreatedAt}
+}
+
+// sessionError maps the session package's errors to API errors.
+func sessionError(err error) error {
+	switch {
+	case errors.Is(err, session.ErrNotFound):
+		return api.Errorf(api.CodeNotFound, "%v", err)
+	case errors.Is(err, session.ErrExists), errors.Is(err, session.ErrEnded), errors.Is(err, session.ErrBusy):
+		return api.Errorf(api.CodeConflict, "%v", err)
+	case errors.Is(err, session.ErrInvalid):
+		return api.Errorf(api.CodeInvalidArgument, "%v", err)
+	}
+	return err
+}
+
+func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateSessionRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed session request: %v", err))
+		return
+	}
+	if req.ID == "" {
+		req.ID = "s-" + time.Now().UTC().Format("150405.000000")
+	}
+	if !sessionIDPattern.MatchString(req.ID) {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "invalid session id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID))
+		return
+	}
+	if err := validateShellEnv(req.Env); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	s, err := a.sessions.Create(session.Options{ID: req.ID, Shell: req.Shell, User: req.User, Cwd: req.Cwd, Env: req.Env})
+	if err != nil {
+		api.WriteError(w, sessionError(err))
+		return
+	}
+	api.WriteJSON(w, http.StatusCreated, sessionInfo(s.Info()))
+}
+
+func validateShellEnv(env map[string]string) error {
+	for k := range env {
+		if !session.ValidEnvName(k) {
+			return api.Errorf(api.CodeInvalidArgument, "invalid environment variable name %q for a shell: use letters, digits and '_', not starting with a digit", k)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) {
+	out := []api.Session{}
+	for _, i := range a.sessions.List() {
+		out = append(out, sessionInfo(i))
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+}
+
+func (a *Agent) handleGetSession(w http.ResponseWriter, r *http.Request) {
+	s, err := a.sessions.Get(r.PathValue("sid"))
+	if err != nil {
+		api.WriteError(w, sessionError(err))
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, sessionInfo(s.Info()))
+}
+
+func (a *Agent) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
+	if err := a.sessions.Delete(r.PathValue("sid")); err != nil {
+		api.WriteError(w, sessionError(err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) {
+	s, err := a.sessions.Get(r.PathValue("sid"))
+	if err != nil {
+		api.WriteError(w, sessionError(err))
+		return
+	}
+	if !s.Cancel() {
+		api.WriteError(w, api.Errorf(api.CodeConflict, "session %q is not running a command", r.PathValue("sid")))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleExec runs a command in a session and streams its events as JSON lines: start, then
+// stdout/stderr chunks as they are produced, then exit with the result.
+func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
+	var req api.ExecRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed exec request: %v", err))
+		return
+	}
+	sreq, err := sessionRequest(&req)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	var s *session.Session
+	if sid := r.PathValue("sid"); sid == session.DefaultID {
+		s, err = a.sessions.Default()
+	} else {
+		s, err = a.sessions.Get(sid)
+	}
+	if err != nil {
+		api.WriteError(w, sessionError(err))
+		return
+	}
+	// By default the command outlives its client; it is killed only if the client asked.
+	ctx := context.WithoutCancel(r.Context())
+	if req.KillOnDisconnect {
+		ctx = r.Context()
+	}
+	// The stream (and the 200) starts when the command does; errors before that are plain errors.
+	stream := &eventStream{w: w}
+	sid := s.Info().ID
+	res, err := s.Exec(ctx, sreq, func(kind string, data []byte) {
+		if kind == session.Started {
+			stream.send(api.ExecEvent{Type: api.EventStart, SessionID: sid})
+			return
+		}
+		stream.send(api.OutputEvent(kind, data))
+	})
+	if err != nil {
+		api.WriteError(w, sessionError(err))
+		return
+	}
+	stream.send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &api.ExecResult{
+		ExitCode: res.ExitCode, Encoding: api.EncodingUTF8, TimedOut: res.TimedOut, Canceled: res.Canceled,
+		DurationMs: res.Duration.Milliseconds(), SessionID: sid, SessionEnded: res.SessionEnded, SessionReset: res.Reset,
+	}})
+}
+
+func sessionRequest(req *api.ExecRequest) (session.ExecRequest, error) {
+	var out session.ExecRequest
+	switch {
+	case len(req.Argv) > 0 && req.Command != "":
+		return out, api.Errorf(api.CodeInvalidArgument, "give either argv or command, not both")
+	case len(req.Argv) > 0:
+		out.Command = session.QuoteArgv(req.Argv)
+	case req.Command != "":
+		out.Command = req.Command
+	default:
+		return out, api.Errorf(api.CodeInvalidArgument, "argv or command is required")
+	}
+	if err := validateShellEnv(req.Env); err != nil {
+		return out, err
+	}
+	if req.Stdin != "" {
+		stdin, err := req.StdinBytes()
+		if err != nil {
+			return out, err
+		}
+		out.Stdin = stdin
+	}
+	out.Env, out.Cwd, out.Timeout = req.Env, req.Cwd, time.Duration(req.TimeoutMs)*time.Millisecond
+	return out, nil
+}
+
+// eventStream writes JSON lines and flushes each one, from any goroutine. Writes after the
+// client went away are dropped: the command goes on.
+type eventStream struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+	w   http.ResponseWriter
+}
+
+func (s *eventStream) send(e api.ExecEvent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.enc == nil {
+		s.w.Header().Set("Content-Type", "application/x-ndjson")
+		s.w.WriteHeader(http.StatusOK)
+		s.enc = json.NewEncoder(s.w)
+	}
+	if s.enc.Encode(e) == nil {
+		http.NewResponseController(s.w).Flush()
+	}
+}

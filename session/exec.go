@@ -1,0 +1,331 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExecRequest is one structured command for a session.
+type ExecRequest struct {
+	Command string            // shell source, run in the session's shell (heredocs and all)
+	Env     map[string]string // set for this command only
+	Cwd     string            // run this command there, then return to the session's cwd
+	Stdin   []byte            // nil: /dev/null
+	Timeout time.Duration     // 0: none
+}
+
+// Result is how a command ended.
+type Result struct {
+	ExitCode     int
+	TimedOut     bool
+	Canceled     bool
+	SessionEnded bool // the command ended the shell (exit, exec): the session is over
+	Reset        bool // the shell did not come back after the command was killed and was replaced
+	Duration     time.Duration
+}
+
+// Started is what Exec emits once the command has been handed to the shell.
+const Started = "start"
+
+// Exec runs a command in the session: it emits Started once the shell has the command, then
+// its output ("stdout" or "stderr") as it is produced. ctx cancels the command (the caller decides whether a client that goes away
+// cancels it). Commands run one at a time, in the order they arrive.
+func (s *Session) Exec(ctx context.Context, req ExecRequest, emit func(stream string, data []byte)) (*Result, error) {
+	select {
+	case s.turn <- struct{}{}:
+	case <-ctx.Done():
+		return &Result{ExitCode: 130, Canceled: true}, nil
+	}
+	defer func() { <-s.turn }()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.mu.Lock()
+	sh, ended, deleted := s.sh, s.ended, s.deleted
+	s.running = cancel
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.running = nil
+		s.mu.Unlock()
+	}()
+	if ended || deleted {
+		return nil, ErrEnded
+	}
+	if err := s.waitForPrompt(ctx, sh, req.Timeout); err != nil {
+		return nil, err
+	}
+
+	started := time.Now()
+	n, status := s.newExec()
+	defer s.forget(n)
+	run, err := s.prepare(n, req, emit)
+	if err != nil {
+		return nil, err
+	}
+	before := descendants(sh.pid)
+	if err := s.trigger(sh, n); err != nil {
+		run.finish(nil)
+		return nil, err
+	}
+	emit(Started, nil)
+	var timeout <-chan time.Time
+	if req.Timeout > 0 {
+		t := time.NewTimer(req.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	res := &Result{}
+	select {
+	case res.ExitCode = <-status:
+	case <-sh.done:
+		res.ExitCode, res.SessionEnded = exitCode(sh.status), true
+	case <-timeout:
+		res.TimedOut, res.ExitCode = true, 124
+		res.Reset = s.interrupt(sh, status, before)
+	case <-ctx.Done():
+		res.Canceled, res.ExitCode = true, 130
+		res.Reset = s.interrupt(sh, status, before)
+	}
+	run.finish(s.Background)
+	res.Duration = time.Since(started)
+	return res, nil
+}
+
+// newExec numbers a new exec and registers for its exit status.
+func (s *Session) newExec() (int64, <-chan int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	ch := make(chan int, 1)
+	s.waiters[s.next] = ch
+	return s.next, ch
+}
+
+// forget drops the registration of exec n (its status, if it ever comes, is ignored).
+func (s *Session) forget(n int64) {
+	s.mu.Lock()
+	delete(s.waiters, n)
+	s.mu.Unlock()
+}
+
+// waitForPrompt waits until a bash session's terminal is not running a foreground program (a
+// person may be using vi or a REPL in it); the trigger keys would go to that program.
+func (s *Session) waitForPrompt(ctx context.Context, sh *shell, limit time.Duration) error {
+	if !sh.bash {
+		return nil
+	}
+	if limit == 0 {
+		limit = time.Minute
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		pgrp, err := unix.IoctlGetInt(int(sh.term.Fd()), unix.TIOCGPGRP)
+		if err != nil || pgrp == sh.pid {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return ErrBusy
+		}
+		select {
+		case <-ctx.Done():
+			return ErrBusy
+		case <-sh.done:
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// execFiles are the files of one exec in the session directory.
+type execFiles struct {
+	paths          []string
+	stdout, stderr *fifoReader
+	stdin          *os.File
+	closeStdin     sync.Once
+}
+
+// prepare writes exec n's command and run files and opens its FIFOs.
+func (s *Session) prepare(n int64, req ExecRequest, emit func(string, []byte)) (*execFiles, error) {
+	name := func(kind string) string { return filepath.Join(s.dir, fmt.Sprintf("%s.%d", kind, n)) }
+	run := &execFiles{paths: []string{name("cmd"), name("run"), name("out"), name("err"), name("in")}}
+	fail := func(err error) (*execFiles, error) {
+		run.finish(nil)
+		return nil, err
+	}
+	if err := os.WriteFile(name("cmd"), []byte(req.Command+"\n"), 0o644); err != nil {
+		return fail(fmt.Errorf("write command: %w", err))
+	}
+	script := runScript(s.dir, n, req.Cwd, req.Env, req.Stdin != nil)
+	if err := os.WriteFile(name("run"), []byte(script), 0o644); err != nil {
+		return fail(fmt.Errorf("write run file: %w", err))
+	}
+	var err error
+	if run.stdout, err = openFifoReader(name("out"), s.cred.uid, s.cred.gid, func(b []byte) { emit("stdout", b) }); err != nil {
+		return fail(err)
+	}
+	if run.stderr, err = openFifoReader(name("err"), s.cred.uid, s.cred.gid, func(b []byte) { emit("stderr", b) }); err != nil {
+		return fail(err)
+	}
+	if req.Stdin != nil {
+		if err := unix.Mkfifo(name("in"), 0o600); err != nil {
+			return fail(fmt.Errorf("make stdin fifo: %w", err))
+		}
+		if err := os.Chown(name("in"), s.cred.uid, s.cred.gid); err != nil {
+			return fail(fmt.Errorf("chown stdin fifo: %w", err))
+		}
+		// Read-write, so opening never blocks; the command sees EOF once this end is closed.
+		if run.stdin, err = os.OpenFile(name("in"), os.O_RDWR, 0); err != nil {
+			return fail(fmt.Errorf("open stdin fifo: %w", err))
+		}
+		go func() {
+			_, _ = run.stdin.Write(req.Stdin)
+			run.closeStdin.Do(func() { run.stdin.Close() })
+		}()
+	}
+	return run, nil
+}
+
+// finish ends exec n's streams (handing late output to rest) and removes its files.
+func (r *execFiles) finish(rest *Ring) {
+	for _, f := range []*fifoReader{r.stdout, r.stderr} {
+		if f != nil {
+			if rest == nil {
+				f.finish(nil)
+			} else {
+				f.finish(rest)
+			}
+		}
+	}
+	if r.stdin != nil {
+		r.closeStdin.Do(func() { r.stdin.Close() })
+	}
+	for _, p := range r.paths {
+		_ = os.Remove(p)
+	}
+}
+
+// trigger makes the shell run exec n.
+func (s *Session) trigger(sh *shell, n int64) error {
+	line := fmt.Sprintf(". %s\n", quote(filepath.Join(s.dir, fmt.Sprintf("run.%d", n))))
+	if sh.bash {
+		if err := writeFileAtomic(filepath.Join(s.dir, "next"), line); err != nil {
+			return err
+		}
+		sh.readyTerminal()
+		line = triggerKeys
+	}
+	if _, err := sh.term.Write([]byte(line)); err != nil {
+		return fmt.Errorf("send command to the shell: %w", err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path, content string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// interrupt stops exec n after a timeout or cancel: every process it started is killed; a
+// loop in the shell itself gets ^C. If the shell still does not report, it is replaced by a
+// new one in the same directory and interrupt reports true (the session was reset).
+func (s *Session) interrupt(sh *shell, status <-chan int, before map[int]bool) bool {
+	killNew(sh.pid, before)
+	select {
+	case <-status:
+		return false
+	case <-sh.done:
+		return false
+	case <-time.After(100 * time.Millisecond):
+	}
+	if sh.bash {
+		// The shell itself is busy (a loop of builtins): interrupt it from its terminal.
+		_, _ = sh.term.Write([]byte{3})
+		killNew(sh.pid, before)
+		if s.probe(sh) {
+			return false
+		}
+	} else {
+		select {
+		case <-status:
+			return false
+		case <-sh.done:
+			return false
+		case <-time.After(interruptGrace):
+		}
+	}
+	s.reset(sh)
+	return true
+}
+
+// probe checks that a bash shell is back at its prompt by running a no-op through it.
+func (s *Session) probe(sh *shell) bool {
+	n, status := s.newExec()
+	defer s.forget(n)
+	run, err := s.prepare(n, ExecRequest{Command: ":"}, func(string, []byte) {})
+	if err != nil {
+		return false
+	}
+	defer run.finish(nil)
+	if s.trigger(sh, n) != nil {
+		return false
+	}
+	select {
+	case <-status:
+		return true
+	case <-sh.done:
+		return false
+	case <-time.After(interruptGrace):
+		return false
+	}
+}
+
+// reset replaces a shell that does not come back with a new one in the same directory. The
+// shell's variables, functions and aliases are lost; its background jobs keep running.
+func (s *Session) reset(sh *shell) {
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", sh.pid))
+	if err != nil {
+		cwd = s.opts.Cwd
+	}
+	s.mu.Lock()
+	s.sh = nil // the old shell's exit is not the session's end
+	s.mu.Unlock()
+	_ = unix.Kill(sh.pid, unix.SIGKILL)
+	<-sh.done
+	sh.term.Close()
+	if err := s.startShell(cwd); err != nil {
+		s.mu.Lock()
+		s.ended, s.exitCode = true, 137
+		s.mu.Unlock()
+	}
+}
+
+// readyTerminal makes sure a bash session's terminal is in the mode readline reads keys in.
+// bash restores a saved (cooked) mode after a foreground job is killed by a signal, under
+// readline's feet: trigger keys would then wait in the line buffer for a newline that never
+// comes. The mode readline sets is remembered the first time it is seen and put back.
+func (sh *shell) readyTerminal() {
+	fd := int(sh.term.Fd())
+	now, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return
+	}
+	switch {
+	case now.Lflag&unix.ICANON == 0:
+		sh.readlineMode = now
+	case sh.readlineMode != nil:
+		_ = unix.IoctlSetTermios(fd, unix.TCSETS, sh.readlineMode)
+	}
+}

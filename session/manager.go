@@ -1,0 +1,189 @@
+package session
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"time"
+)
+
+// DefaultID is the session used by calls that name none.
+const DefaultID = "default"
+
+// Manager holds the sessions of one sandbox.
+type Manager struct {
+	dir       string // where session directories go
+	start     StartFunc
+	cwd       string // the sandbox's default working directory
+	mu        sync.Mutex
+	sessions  map[string]*Session
+	creating  map[string]bool
+	defaultMu sync.Mutex // one get-or-create of the default session at a time
+}
+
+// NewManager returns a manager that keeps session files under dir.
+func NewManager(dir, cwd string, start StartFunc) (*Manager, error) {
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("clear session dir: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return nil, fmt.Errorf("make session dir: %w", err)
+	}
+	return &Manager{dir: dir, start: start, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{}}, nil
+}
+
+// Create starts a new session. An id that belongs to a session that has ended is free again.
+func (m *Manager) Create(opts Options) (*Session, error) {
+	if opts.Cwd == "" {
+		opts.Cwd = m.cwd
+	}
+	m.mu.Lock()
+	if old, ok := m.sessions[opts.ID]; (ok && !old.Ended()) || m.creating[opts.ID] {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("%w: %q", ErrExists, opts.ID)
+	}
+	old := m.sessions[opts.ID]
+	m.creating[opts.ID] = true
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.creating, opts.ID)
+		m.mu.Unlock()
+	}()
+	if old != nil {
+		old.destroy()
+	}
+	s, err := newSession(opts, m.dir, m.start)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		delete(m.sessions, opts.ID)
+		return nil, err
+	}
+	m.sessions[opts.ID] = s
+	return s, nil
+}
+
+// Get returns a session by id.
+func (m *Manager) Get(id string) (*Session, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.sessions[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	return s, nil
+}
+
+// Default returns the default session, starting it (again) when it does not run.
+func (m *Manager) Default() (*Session, error) {
+	m.defaultMu.Lock()
+	defer m.defaultMu.Unlock()
+	if s, err := m.Get(DefaultID); err == nil && !s.Ended() {
+		return s, nil
+	}
+	return m.Create(Options{ID: DefaultID})
+}
+
+// List returns every session, ordered by id.
+func (m *Manager) List() []Info {
+	m.mu.Lock()
+	sessions := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		sessions = append(sessions, s)
+	}
+	m.mu.Unlock()
+	out := make([]Info, 0, len(sessions))
+	for _, s := range sessions {
+		out = append(out, s.Info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Delete ends a session: its shell and every process it started are killed.
+func (m *Manager) Delete(id string) error {
+	m.mu.Lock()
+	s, ok := m.sessions[id]
+	delete(m.sessions, id)
+	m.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	s.destroy()
+	return nil
+}
+
+// Info describes a session.
+type Info struct {
+	ID        string
+	Shell     string // "bash" or "sh"
+	User      string
+	Cwd       string // the shell's current directory
+	Status    string // idle, busy or ended
+	ExitCode  int    // when ended
+	PID       int    // the shell's pid inside the sandbox
+	CreatedAt time.Time
+}
+
+// Session states.
+const (
+	StateIdle  = "idle"
+	StateBusy  = "busy"
+	StateEnded = "ended"
+)
+
+// Info describes the session now.
+func (s *Session) Info() Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	info := Info{ID: s.opts.ID, User: s.cred.name, CreatedAt: s.created, Status: StateIdle, Shell: s.shellName}
+	switch {
+	case s.ended || s.sh == nil:
+		info.Status, info.ExitCode = StateEnded, s.exitCode
+		return info
+	case s.running != nil:
+		info.Status = StateBusy
+	}
+	info.PID = s.sh.pid
+	info.Cwd, _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", s.sh.pid))
+	return info
+}
+
+// Ended reports whether the session's shell has exited.
+func (s *Session) Ended() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
+
+// Cancel stops the running command, if any, as a timeout would.
+func (s *Session) Cancel() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running == nil {
+		return false
+	}
+	s.running()
+	return true
+}
+
+// destroy kills the session's shell and everything it started, and removes its files.
+func (s *Session) destroy() {
+	s.mu.Lock()
+	s.deleted = true
+	sh := s.sh
+	cancel := s.running
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if sh != nil {
+		killTree(sh.pid)
+		<-sh.done
+	}
+	killMarked("NSBOX_SESSION=" + s.opts.ID)
+	s.status.Close()
+	_ = os.RemoveAll(s.dir)
+}

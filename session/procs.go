@@ -1,0 +1,133 @@
+package session
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// descendants returns every process below pid (children, their children, …).
+func descendants(pid int) map[int]bool {
+	out := map[int]bool{}
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p))
+		for _, t := range tasks {
+			data, _ := os.ReadFile(t)
+			for _, f := range strings.Fields(string(data)) {
+				if c, err := strconv.Atoi(f); err == nil && !out[c] {
+					out[c] = true
+					queue = append(queue, c)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// killNew kills the processes below pid that were not there before, until none is left
+// (they may be forking while we look).
+func killNew(pid int, before map[int]bool) {
+	for range 10 {
+		found := false
+		for p := range descendants(pid) {
+			if !before[p] {
+				_ = unix.Kill(p, unix.SIGKILL)
+				found = true
+			}
+		}
+		if !found {
+			return
+		}
+	}
+}
+
+// killTree kills pid and everything below it.
+func killTree(pid int) {
+	for range 10 {
+		procs := descendants(pid)
+		if len(procs) == 0 {
+			break
+		}
+		for p := range procs {
+			_ = unix.Kill(p, unix.SIGKILL)
+		}
+	}
+	_ = unix.Kill(pid, unix.SIGKILL)
+}
+
+// killMarked kills every process whose environment carries the session's marker: processes a
+// session started that left its tree (setsid, double fork) still belong to it.
+func killMarked(marker string) {
+	want := []byte(marker)
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	for _, p := range procs {
+		env, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if bytes.Equal(kv, want) {
+				if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && pid != 1 {
+					_ = unix.Kill(pid, unix.SIGKILL)
+				}
+				break
+			}
+		}
+	}
+}
+
+// credential is who a session's shell runs as.
+type credential struct {
+	uid, gid   int
+	name, home string
+}
+
+// lookupUser resolves a user name or uid from the sandbox's /etc/passwd; "" is root.
+func lookupUser(spec string) (credential, error) {
+	if spec == "" {
+		spec = "0"
+	}
+	u, err := user.LookupId(spec)
+	if err != nil {
+		u, err = user.Lookup(spec)
+	}
+	if err == nil {
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		return credential{uid: uid, gid: gid, name: u.Username, home: u.HomeDir}, nil
+	}
+	// A bare uid without a passwd entry is fine: it runs with gid = uid and home /.
+	if uid, convErr := strconv.Atoi(spec); convErr == nil && uid >= 0 {
+		return credential{uid: uid, gid: uid, name: spec, home: "/"}, nil
+	}
+	return credential{}, fmt.Errorf("%w: user %q does not exist in this sandbox", ErrInvalid, spec)
+}
+
+// env is a session shell's environment: the agent's (the sandbox's), the user's identity,
+// the session's own variables, and the session marker.
+func (c credential) env(opts Options) []string {
+	vars := map[string]string{}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	vars["HOME"], vars["USER"], vars["LOGNAME"] = c.home, c.name, c.name
+	for k, v := range opts.Env {
+		vars[k] = v
+	}
+	vars["NSBOX_SESSION"] = opts.ID
+	out := make([]string, 0, len(vars))
+	for k, v := range vars {
+		out = append(out, k+"="+v)
+	}
+	return out
+}

@@ -1,0 +1,91 @@
+package session
+
+import (
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// The shell side of a session. Each exec N gets a run file that the shell sources in its own
+// context (so cd, export, aliases, functions and set -o persist), with the command's stdin,
+// stdout and stderr redirected to per-exec FIFOs, and that reports the exit status on the
+// session's status FIFO:
+//
+//	{ . cmd.N; } <in.N >out.N 2>err.N; printf 'S N %s\n' $? >status
+//
+// bash runs it from a readline binding (the agent types C-x C-n into the PTY); sh, without a
+// terminal, reads `. run.N` lines from a pipe.
+
+// triggerKeys are typed into a bash session's terminal to run the queued command.
+const triggerKeys = "\x18\x0e" // C-x C-n
+
+// bashRC is sourced by an interactive bash session instead of ~/.bashrc.
+func bashRC(dir string) string {
+	return fmt.Sprintf(`__nsbox_dir=%s
+bind -x '"\C-x\C-n": . "$__nsbox_dir/next"'
+HISTFILE="$__nsbox_dir/history"
+PS1='\u@\h:\w\$ '
+printf 'R\n' >"$__nsbox_dir/status"
+`, quote(dir))
+}
+
+// shRC is sourced first by a pipe-driven sh session.
+func shRC(dir string) string {
+	return fmt.Sprintf(`__nsbox_dir=%s
+PS1=''
+PS2=''
+printf 'R\n' >"$__nsbox_dir/status"
+`, quote(dir))
+}
+
+// runScript is the run file of one exec.
+func runScript(dir string, n int64, cwd string, env map[string]string, stdin bool) string {
+	var b strings.Builder
+	keys := slices.Sorted(maps.Keys(env))
+	for _, k := range keys {
+		fmt.Fprintf(&b, "__nsbox_set_%s=${%s+x}; __nsbox_old_%s=${%s-}; export %s=%s\n", k, k, k, k, k, quote(env[k]))
+	}
+	if cwd != "" {
+		b.WriteString("__nsbox_pwd=$PWD\n")
+	}
+	in := "/dev/null"
+	if stdin {
+		in = fmt.Sprintf("%s/in.%d", dir, n)
+	}
+	b.WriteString("{ ")
+	if cwd != "" {
+		fmt.Fprintf(&b, "\\cd -- %s && ", quote(cwd))
+	}
+	fmt.Fprintf(&b, ". %s; } <%s >%s 2>%s\n", quote(fmt.Sprintf("%s/cmd.%d", dir, n)), quote(in),
+		quote(fmt.Sprintf("%s/out.%d", dir, n)), quote(fmt.Sprintf("%s/err.%d", dir, n)))
+	b.WriteString("__nsbox_rc=$?\n")
+	if cwd != "" {
+		b.WriteString("\\cd -- \"$__nsbox_pwd\"; unset __nsbox_pwd\n")
+	}
+	for _, k := range keys {
+		fmt.Fprintf(&b, "if [ -n \"$__nsbox_set_%s\" ]; then %s=$__nsbox_old_%s; else unset %s; fi; unset __nsbox_set_%s __nsbox_old_%s\n", k, k, k, k, k, k)
+	}
+	fmt.Fprintf(&b, "printf 'S %d %%s\\n' \"$__nsbox_rc\" >\"$__nsbox_dir/status\"; unset __nsbox_rc\n", n)
+	return b.String()
+}
+
+// quote makes s one single-quoted shell word.
+func quote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// QuoteArgv turns an argv into a shell command line that runs exactly that argv.
+func QuoteArgv(argv []string) string {
+	words := make([]string, len(argv))
+	for i, a := range argv {
+		words[i] = quote(a)
+	}
+	return strings.Join(words, " ")
+}
+
+var shellName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ValidEnvName reports whether name can be set by a session (a shell variable name).
+func ValidEnvName(name string) bool { return shellName.MatchString(name) }
