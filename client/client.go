@@ -2,6 +2,7 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"syscall"
 
 	"github.com/nsbox/nsbox/api"
@@ -88,35 +90,91 @@ func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api
 	return &res, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", req, &res)
 }
 
+// ExecStream runs a command like Exec but delivers its output as it is produced: onEvent gets
+// every event (start, stdout, stderr, exit). The returned result has empty Stdout and Stderr.
+func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest, onEvent func(api.ExecEvent)) (*api.ExecResult, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", req, "text/event-stream")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	lines.Buffer(make([]byte, 64<<10), 16<<20)
+	event := ""
+	for lines.Scan() {
+		line := lines.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			data := []byte(strings.TrimPrefix(line, "data: "))
+			if event == "error" {
+				var body api.ErrorBody
+				if json.Unmarshal(data, &body) == nil && body.Error != nil {
+					return nil, body.Error
+				}
+				return nil, fmt.Errorf("exec stream failed: %s", data)
+			}
+			var ev api.ExecEvent
+			if err := json.Unmarshal(data, &ev); err != nil {
+				return nil, fmt.Errorf("decode %s event: %w", event, err)
+			}
+			onEvent(ev)
+			if ev.Type == api.EventExit && ev.Result != nil {
+				return ev.Result, nil
+			}
+		}
+	}
+	if err := lines.Err(); err != nil {
+		return nil, fmt.Errorf("read exec stream: %w", err)
+	}
+	return nil, errors.New("exec stream ended before the command did")
+}
+
+// CreateSession starts a session in a sandbox.
+func (c *Client) CreateSession(ctx context.Context, id string, req api.CreateSessionRequest) (*api.Session, error) {
+	var s api.Session
+	return &s, c.do(ctx, http.MethodPost, sessionsPath(id, ""), req, &s)
+}
+
+// ListSessions lists a sandbox's sessions.
+func (c *Client) ListSessions(ctx context.Context, id string) ([]api.Session, error) {
+	var out []api.Session
+	return out, c.do(ctx, http.MethodGet, sessionsPath(id, ""), nil, &out)
+}
+
+// GetSession returns one session.
+func (c *Client) GetSession(ctx context.Context, id, sid string) (*api.Session, error) {
+	var s api.Session
+	return &s, c.do(ctx, http.MethodGet, sessionsPath(id, sid), nil, &s)
+}
+
+// DeleteSession ends a session and kills everything it started.
+func (c *Client) DeleteSession(ctx context.Context, id, sid string) error {
+	return c.do(ctx, http.MethodDelete, sessionsPath(id, sid), nil, nil)
+}
+
+// CancelSession stops the command a session is running, as a timeout would.
+func (c *Client) CancelSession(ctx context.Context, id, sid string) error {
+	return c.do(ctx, http.MethodPost, sessionsPath(id, sid)+"/cancel", nil, nil)
+}
+
+func sessionsPath(id, sid string) string {
+	p := "/v1/sandboxes/" + url.PathEscape(id) + "/sessions"
+	if sid != "" {
+		p += "/" + url.PathEscape(sid)
+	}
+	return p
+}
+
 // do sends a request with an optional JSON body and decodes a JSON answer into out. Non-2xx
 // answers come back as *api.Error.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		data, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(data)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	resp, err := c.send(ctx, method, path, in, "application/json")
 	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("cannot reach the nsbox daemon (is `nsbox daemon` running, and are you root?): %w", err)
-		}
-		return fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return api.ReadError(resp)
-	}
 	if out == nil {
 		return nil
 	}
@@ -124,4 +182,36 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("decode %s %s answer: %w", method, path, err)
 	}
 	return nil
+}
+
+// send sends a request and returns a 2xx response; anything else comes back as *api.Error.
+func (c *Client) send(ctx context.Context, method, path string, in any, accept string) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", accept)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("cannot reach the nsbox daemon (is `nsbox daemon` running, and are you root?): %w", err)
+		}
+		return nil, fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, api.ReadError(resp)
+	}
+	return resp, nil
 }

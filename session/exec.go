@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -147,8 +146,6 @@ func (s *Session) waitForPrompt(ctx context.Context, sh *shell, limit time.Durat
 type execFiles struct {
 	paths          []string
 	stdout, stderr *fifoReader
-	stdin          *os.File
-	closeStdin     sync.Once
 }
 
 // prepare writes exec n's command and run files and opens its FIFOs.
@@ -174,20 +171,14 @@ func (s *Session) prepare(n int64, req ExecRequest, emit func(string, []byte)) (
 		return fail(err)
 	}
 	if req.Stdin != nil {
-		if err := unix.Mkfifo(name("in"), 0o600); err != nil {
-			return fail(fmt.Errorf("make stdin fifo: %w", err))
+		// The whole stdin came with the request: a plain file gives the command exactly those
+		// bytes and then end-of-file, with no pipe to keep open or to block on.
+		if err := os.WriteFile(name("in"), req.Stdin, 0o600); err != nil {
+			return fail(fmt.Errorf("write stdin: %w", err))
 		}
 		if err := os.Chown(name("in"), s.cred.uid, s.cred.gid); err != nil {
-			return fail(fmt.Errorf("chown stdin fifo: %w", err))
+			return fail(fmt.Errorf("chown stdin: %w", err))
 		}
-		// Read-write, so opening never blocks; the command sees EOF once this end is closed.
-		if run.stdin, err = os.OpenFile(name("in"), os.O_RDWR, 0); err != nil {
-			return fail(fmt.Errorf("open stdin fifo: %w", err))
-		}
-		go func() {
-			_, _ = run.stdin.Write(req.Stdin)
-			run.closeStdin.Do(func() { run.stdin.Close() })
-		}()
 	}
 	return run, nil
 }
@@ -203,9 +194,6 @@ func (r *execFiles) finish(rest *Ring) {
 			}
 		}
 	}
-	if r.stdin != nil {
-		r.closeStdin.Do(func() { r.stdin.Close() })
-	}
 	for _, p := range r.paths {
 		_ = os.Remove(p)
 	}
@@ -213,9 +201,10 @@ func (r *execFiles) finish(rest *Ring) {
 
 // trigger makes the shell run exec n.
 func (s *Session) trigger(sh *shell, n int64) error {
-	line := fmt.Sprintf(". %s\n", quote(filepath.Join(s.dir, fmt.Sprintf("run.%d", n))))
+	line := shTrigger(s.dir, n)
 	if sh.bash {
-		if err := writeFileAtomic(filepath.Join(s.dir, "next"), line); err != nil {
+		run := fmt.Sprintf(". %s\n", quote(filepath.Join(s.dir, fmt.Sprintf("run.%d", n))))
+		if err := writeFileAtomic(filepath.Join(s.dir, "next"), run); err != nil {
 			return err
 		}
 		sh.readyTerminal()

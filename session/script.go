@@ -21,14 +21,23 @@ import (
 // triggerKeys are typed into a bash session's terminal to run the queued command.
 const triggerKeys = "\x18\x0e" // C-x C-n
 
-// bashRC is sourced by an interactive bash session instead of ~/.bashrc.
+// bashRC is sourced by an interactive bash session instead of ~/.bashrc. PROMPT_COMMAND runs
+// whenever readline starts reading a new command line: the first time that means the shell is
+// ready; while a command runs it means the command was aborted back to the prompt (a fatal
+// error such as an unbound variable under set -u) and will never report its status.
 func bashRC(dir string) string {
 	return fmt.Sprintf(`__nsbox_dir=%s
 bind -x '"\C-x\C-n": . "$__nsbox_dir/next"'
 HISTFILE="$__nsbox_dir/history"
 PS1='\u@\h:\w\$ '
-printf 'R\n' >"$__nsbox_dir/status"
+PROMPT_COMMAND='printf "P %%s\n" "$?" >"$__nsbox_dir/status"'
 `, quote(dir))
+}
+
+// shTrigger is what a pipe-driven sh reads to run exec n. If the run file is aborted back to
+// the top level (a syntax error, an unbound variable), the second line still reports.
+func shTrigger(dir string, n int64) string {
+	return fmt.Sprintf(". %s\nprintf 'S %d %%s\\n' \"$?\" >\"$__nsbox_dir/status\"\n", quote(fmt.Sprintf("%s/run.%d", dir, n)), n)
 }
 
 // shRC is sourced first by a pipe-driven sh session.

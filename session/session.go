@@ -67,6 +67,7 @@ type Session struct {
 
 	mu       sync.Mutex
 	waiters  map[int64]chan int // exit status of exec n, for whoever waits for it
+	starting bool               // a shell was started and has not reported ready yet
 	sh       *shell
 	next     int64
 	running  context.CancelFunc // cancels the running command
@@ -141,23 +142,48 @@ func (s *Session) readStatuses() {
 		fields := strings.Fields(line)
 		switch {
 		case len(fields) == 1 && fields[0] == "R":
-			select {
-			case s.ready <- struct{}{}:
-			default:
+			s.signalReady()
+		case len(fields) == 2 && fields[0] == "P":
+			// bash is reading a new command line: the first time, it is ready; later, the
+			// running command was aborted to the prompt.
+			code, _ := strconv.Atoi(fields[1])
+			if !s.signalReady() {
+				s.deliver(-1, code)
 			}
 		case len(fields) == 3 && fields[0] == "S":
 			n, err1 := strconv.ParseInt(fields[1], 10, 64)
 			code, err2 := strconv.Atoi(fields[2])
-			if err1 != nil || err2 != nil {
-				continue
+			if err1 == nil && err2 == nil {
+				s.deliver(n, code)
 			}
-			s.mu.Lock()
-			if ch, ok := s.waiters[n]; ok {
-				ch <- code
-				delete(s.waiters, n)
-			}
-			s.mu.Unlock()
 		}
+	}
+}
+
+// signalReady reports a starting shell ready; it returns false when no shell was starting.
+func (s *Session) signalReady() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.starting {
+		return false
+	}
+	s.starting = false
+	s.ready <- struct{}{}
+	return true
+}
+
+// deliver hands an exit status to whoever waits for exec n; n < 0 means the newest exec.
+func (s *Session) deliver(n int64, code int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n < 0 {
+		for waiting := range s.waiters {
+			n = max(n, waiting)
+		}
+	}
+	if ch, ok := s.waiters[n]; ok {
+		ch <- code
+		delete(s.waiters, n)
 	}
 }
 
@@ -168,6 +194,13 @@ func (s *Session) startShell(cwd string) error {
 		return err
 	}
 	sh := &shell{bash: bash, done: make(chan struct{})}
+	select {
+	case <-s.ready: // a stale report from a shell that never finished starting
+	default:
+	}
+	s.mu.Lock()
+	s.starting = true
+	s.mu.Unlock()
 	s.shellName = "sh"
 	if bash {
 		s.shellName = "bash"

@@ -56,16 +56,19 @@ func clientCommands() []*cli.Command {
 		},
 		{
 			Name:      "exec",
-			Usage:     "run a program in a sandbox; its output and exit code pass through",
+			Usage:     "run a program in a sandbox's session; output streams through, the exit code is the program's",
 			ArgsUsage: "ID -- CMD [ARG...]",
-			Flags: []cli.Flag{
-				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V for this command"},
-				&cli.StringFlag{Name: "cwd", Aliases: []string{"w"}, Usage: "working directory for this command"},
-				&cli.DurationFlag{Name: "timeout", Usage: "kill the command after this long (exit code 124)"},
-				&cli.BoolFlag{Name: "interactive", Aliases: []string{"i"}, Usage: "send this terminal's stdin to the command"},
-			},
-			Action: cmdExec,
+			Flags:     execFlags(),
+			Action:    cmdExec,
 		},
+		{
+			Name:      "sh",
+			Usage:     "run shell source in a sandbox's session (state such as cd and export persists)",
+			ArgsUsage: "ID 'COMMANDS'",
+			Flags:     execFlags(),
+			Action:    cmdShell,
+		},
+		sessionCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
@@ -163,19 +166,19 @@ func cmdRemove(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return errors.New("usage: nsbox rm [-f] ID...")
 	}
-	failed := 0
-	for _, id := range c.Args().Slice() {
-		if err := apiClient(c).RemoveSandbox(c.Context, id, c.Bool("force")); err != nil {
-			fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
-			failed++
-			continue
-		}
-		fmt.Println(id)
+	return eachArg(c.Args().Slice(), func(id string) error {
+		return apiClient(c).RemoveSandbox(c.Context, id, c.Bool("force"))
+	})
+}
+
+func execFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "session", Aliases: []string{"s"}, Usage: "session to run in (default: the sandbox's default session)"},
+		&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V for this command only"},
+		&cli.StringFlag{Name: "cwd", Aliases: []string{"w"}, Usage: "working directory for this command only"},
+		&cli.DurationFlag{Name: "timeout", Usage: "kill the command after this long (exit code 124)"},
+		&cli.BoolFlag{Name: "interactive", Aliases: []string{"i"}, Usage: "send this terminal's stdin to the command"},
 	}
-	if failed > 0 {
-		return cli.Exit("", 1)
-	}
-	return nil
 }
 
 func cmdExec(c *cli.Context) error {
@@ -184,13 +187,26 @@ func cmdExec(c *cli.Context) error {
 		args = append(args[:1], args[2:]...)
 	}
 	if len(args) < 2 {
-		return errors.New("usage: nsbox exec [--env K=V] [--cwd DIR] [--timeout 10s] [-i] ID -- CMD [ARG...]")
+		return errors.New("usage: nsbox exec [-s SESSION] [--env K=V] [--cwd DIR] [--timeout 10s] [-i] ID -- CMD [ARG...]")
 	}
+	return runInSession(c, args[0], api.ExecRequest{Argv: args[1:]})
+}
+
+func cmdShell(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return errors.New("usage: nsbox sh [-s SESSION] [--timeout 10s] ID 'COMMANDS'")
+	}
+	return runInSession(c, c.Args().Get(0), api.ExecRequest{Command: c.Args().Get(1)})
+}
+
+// runInSession runs a command with the exec flags, streaming its output to this process's
+// stdout and stderr, and exits with its exit code.
+func runInSession(c *cli.Context, id string, req api.ExecRequest) error {
 	env, err := keyValues("env", c.StringSlice("env"))
 	if err != nil {
 		return err
 	}
-	req := api.ExecRequest{Argv: args[1:], Env: env, Cwd: c.String("cwd"), TimeoutMs: c.Duration("timeout").Milliseconds()}
+	req.SessionID, req.Env, req.Cwd, req.TimeoutMs = c.String("session"), env, c.String("cwd"), c.Duration("timeout").Milliseconds()
 	if c.Bool("interactive") {
 		stdin, err := io.ReadAll(os.Stdin)
 		if err != nil {
@@ -198,21 +214,140 @@ func cmdExec(c *cli.Context) error {
 		}
 		req.Stdin, req.StdinEncoding = base64.StdEncoding.EncodeToString(stdin), api.EncodingBase64
 	}
-	res, err := apiClient(c).Exec(c.Context, args[0], req)
+	var writeErr error
+	res, err := apiClient(c).ExecStream(c.Context, id, req, func(ev api.ExecEvent) {
+		out := os.Stdout
+		switch ev.Type {
+		case api.EventStderr:
+			out = os.Stderr
+		case api.EventStdout:
+		default:
+			return
+		}
+		data, err := ev.Bytes()
+		if err == nil {
+			_, err = out.Write(data)
+		}
+		if err != nil && writeErr == nil {
+			writeErr = err
+		}
+	})
 	if err != nil {
 		return err
 	}
-	stdout, stderr, err := res.Output()
-	if err != nil {
-		return err
+	if writeErr != nil {
+		return fmt.Errorf("write output: %w", writeErr)
 	}
-	os.Stdout.Write(stdout)
-	os.Stderr.Write(stderr)
-	if res.TimedOut {
+	switch {
+	case res.TimedOut:
 		fmt.Fprintf(os.Stderr, "nsbox: command timed out after %s and was killed\n", c.Duration("timeout"))
+	case res.Canceled:
+		fmt.Fprintln(os.Stderr, "nsbox: command was canceled")
+	}
+	if res.SessionReset {
+		fmt.Fprintln(os.Stderr, "nsbox: the session's shell did not come back and was replaced (variables, functions and aliases are gone)")
+	}
+	if res.SessionEnded {
+		fmt.Fprintf(os.Stderr, "nsbox: the command ended session %q\n", res.SessionID)
 	}
 	if res.ExitCode != 0 {
 		return cli.Exit("", res.ExitCode)
+	}
+	return nil
+}
+
+func sessionCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "session",
+		Usage: "manage a sandbox's sessions (stateful shells)",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "create",
+				Usage:     "start a session and print its id",
+				ArgsUsage: "ID",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "id", Usage: "session id (default: generated)"},
+					&cli.StringFlag{Name: "shell", Usage: "bash (default when the image has it), sh, or a path"},
+					&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user name or uid inside the sandbox (default root)"},
+					&cli.StringFlag{Name: "cwd", Usage: "starting directory"},
+					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... ID")
+					}
+					env, err := keyValues("env", c.StringSlice("env"))
+					if err != nil {
+						return err
+					}
+					s, err := apiClient(c).CreateSession(c.Context, c.Args().First(), api.CreateSessionRequest{
+						ID: c.String("id"), Shell: c.String("shell"), User: c.String("user"), Cwd: c.String("cwd"), Env: env,
+					})
+					if err != nil {
+						return err
+					}
+					fmt.Println(s.ID)
+					return nil
+				},
+			},
+			{
+				Name:      "ls",
+				Usage:     "list a sandbox's sessions",
+				ArgsUsage: "ID",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("usage: nsbox session ls ID")
+					}
+					list, err := apiClient(c).ListSessions(c.Context, c.Args().First())
+					if err != nil || c.Bool("json") {
+						if err == nil {
+							err = printJSON(list)
+						}
+						return err
+					}
+					tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "ID\tSHELL\tUSER\tSTATUS\tCWD\tCREATED")
+					for _, s := range list {
+						status := s.Status
+						if s.Status == api.SessionEnded {
+							status = fmt.Sprintf("ended (%d)", s.ExitCode)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Shell, s.User, status, s.Cwd, ago(s.CreatedAt))
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name:      "rm",
+				Usage:     "end sessions and kill everything they started",
+				ArgsUsage: "ID SESSION...",
+				Action: func(c *cli.Context) error {
+					if c.NArg() < 2 {
+						return errors.New("usage: nsbox session rm ID SESSION...")
+					}
+					return eachArg(c.Args().Tail(), func(sid string) error {
+						return apiClient(c).DeleteSession(c.Context, c.Args().First(), sid)
+					})
+				},
+			},
+		},
+	}
+}
+
+// eachArg runs do for every argument, printing each one done and each error; it fails when any did.
+func eachArg(args []string, do func(string) error) error {
+	failed := 0
+	for _, arg := range args {
+		if err := do(arg); err != nil {
+			fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
+			failed++
+			continue
+		}
+		fmt.Println(arg)
+	}
+	if failed > 0 {
+		return cli.Exit("", 1)
 	}
 	return nil
 }

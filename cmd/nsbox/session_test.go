@@ -1,0 +1,402 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// Sessions are tested on both shells: bash (the host image, PTY + readline) and busybox sh
+// (a pipe-driven shell).
+var shells = []struct{ name, image string }{{"bash", "host"}, {"sh", "busybox"}}
+
+func TestSessionStatePersists(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			d.create(api.CreateSandboxRequest{ID: "st", Image: sh.image})
+			d.sh("st", "cd /tmp && export FOO=bar && alias hi='echo hello' && greet() { echo \"greet $1\"; } && set -o noglob && x=shellvar")
+			d.sh("st", "mkdir -p /tmp/venv/bin && printf 'export VIRTUAL_ENV=/tmp/venv\\nPATH=/tmp/venv/bin:$PATH\\n' > /tmp/venv/bin/activate")
+			d.sh("st", ". /tmp/venv/bin/activate")
+			got := d.sh("st", "pwd; echo $FOO; hi; greet you; echo $x; case $- in *f*) echo noglob;; esac; echo $VIRTUAL_ENV")
+			if got != "/tmp\nbar\nhello\ngreet you\nshellvar\nnoglob\n/tmp/venv\n" {
+				t.Fatalf("state after earlier execs: %q", got)
+			}
+			// A second session shares files and processes, not state.
+			if _, err := d.client.CreateSession(context.Background(), "st", api.CreateSessionRequest{ID: "other"}); err != nil {
+				t.Fatal(err)
+			}
+			res := d.exec("st", api.ExecRequest{SessionID: "other", Command: "pwd; echo \"[$FOO]\"; cat /tmp/venv/bin/activate | wc -l"})
+			if res.Stdout != "/workspace\n[]\n2\n" || res.SessionID != "other" {
+				t.Fatalf("other session: %+v", res)
+			}
+		})
+	}
+}
+
+func TestSessionExecSemantics(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			d.create(api.CreateSandboxRequest{ID: "ex", Image: sh.image})
+			all := make([]byte, 256)
+			for i := range all {
+				all[i] = byte(i)
+			}
+			// All 256 byte values through stdin and stdout, exactly.
+			res := d.exec("ex", api.ExecRequest{Command: "cat", Stdin: base64.StdEncoding.EncodeToString(all), StdinEncoding: "base64"})
+			if out, _, _ := res.Output(); !bytes.Equal(out, all) || res.ExitCode != 0 {
+				t.Fatalf("256 byte values: %q exit %d", out, res.ExitCode)
+			}
+			res = d.exec("ex", api.ExecRequest{Command: "printf 'x\\0y\\r\\nno newline'; printf 'e' >&2; false"})
+			if out, errOut, _ := res.Output(); string(out) != "x\x00y\r\nno newline" || string(errOut) != "e" || res.ExitCode != 1 {
+				t.Fatalf("NUL, CR, no final newline, stderr, exit: %q %q %d", out, errOut, res.ExitCode)
+			}
+			// Heredocs and multi-line scripts.
+			if got := d.sh("ex", "cat <<'EOF'\n$not expanded\nline 2\nEOF\nif true; then\n  echo multi\nfi"); got != "$not expanded\nline 2\nmulti\n" {
+				t.Fatalf("heredoc: %q", got)
+			}
+			// An unterminated heredoc or a syntax error does not poison the session.
+			d.exec("ex", api.ExecRequest{Command: "cat <<EOF\nunterminated"})
+			d.exec("ex", api.ExecRequest{Command: "if then fi ("})
+			// A fatal error aborts the command back to the prompt; it still reports, and the
+			// session keeps working.
+			if res := d.exec("ex", api.ExecRequest{Command: "set -u; echo $NOT_SET_ANYWHERE; echo unreachable"}); res.ExitCode == 0 || strings.Contains(res.Stdout, "unreachable") {
+				t.Fatalf("set -u abort: %+v", res)
+			}
+			d.sh("ex", "set +u")
+			if got := d.sh("ex", "echo still fine"); got != "still fine\n" {
+				t.Fatalf("after broken scripts: %q", got)
+			}
+			// Per-exec env and cwd are for that command only.
+			d.sh("ex", "cd /tmp; export KEEP=1")
+			res = d.exec("ex", api.ExecRequest{Command: "pwd; echo $KEEP $ONCE", Env: map[string]string{"ONCE": "o", "KEEP": "2"}, Cwd: "/"})
+			if res.Stdout != "/\n2 o\n" {
+				t.Fatalf("overlay: %q", res.Stdout)
+			}
+			if got := d.sh("ex", "pwd; echo $KEEP \"[$ONCE]\""); got != "/tmp\n1 []\n" {
+				t.Fatalf("after overlay: %q", got)
+			}
+			// argv is one program with its arguments, exactly.
+			res = d.exec("ex", api.ExecRequest{Argv: []string{"printf", "%s|", "a b", "$HOME", "'q'", ""}})
+			if res.Stdout != "a b|$HOME|'q'||" {
+				t.Fatalf("argv: %q", res.Stdout)
+			}
+			if res := d.exec("ex", api.ExecRequest{Argv: []string{"no-such-program"}}); res.ExitCode != 127 {
+				t.Fatalf("missing program: %+v", res)
+			}
+			// 10 MB of output, whole.
+			res = d.exec("ex", api.ExecRequest{Command: "head -c 10000000 /dev/zero | tr '\\0' 'a'"})
+			if len(res.Stdout) != 10000000 || strings.Trim(res.Stdout, "a") != "" {
+				t.Fatalf("10 MB: got %d bytes", len(res.Stdout))
+			}
+		})
+	}
+}
+
+func TestSessionTimeoutsAndBackgroundJobs(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			d.create(api.CreateSandboxRequest{ID: "to", Image: sh.image})
+			d.sh("to", "cd /tmp; export KEPT=yes")
+			// Prints forever: killed at the timeout, exit 124, session intact.
+			res := d.exec("to", api.ExecRequest{Command: "yes", TimeoutMs: 300})
+			if !res.TimedOut || res.ExitCode != 124 || res.SessionReset {
+				t.Fatalf("yes with a timeout: %+v", res.ExitCode)
+			}
+			// A child that forks more children: all killed.
+			res = d.exec("to", api.ExecRequest{Command: "sh -c 'sleep 600 & sleep 600'", TimeoutMs: 300})
+			if !res.TimedOut {
+				t.Fatalf("nested sleeps: %+v", res)
+			}
+			if got := d.sh("to", "ps -o comm | grep -c '^sleep' || true"); got != "0\n" {
+				t.Fatalf("processes of a timed-out command survived: %q", got)
+			}
+			if got := d.sh("to", "pwd; echo $KEPT"); got != "/tmp\nyes\n" {
+				t.Fatalf("state after timeouts: %q", got)
+			}
+			// A background job neither blocks its exec nor leaks into later results.
+			start := time.Now()
+			res = d.exec("to", api.ExecRequest{Command: "(while :; do echo tick; sleep 0.05; done) & sleep 1000 & echo hi"})
+			if !strings.HasPrefix(res.Stdout, "hi\n") && !strings.Contains(res.Stdout, "hi\n") || time.Since(start) > 5*time.Second {
+				t.Fatalf("background jobs: %q after %v", res.Stdout, time.Since(start))
+			}
+			time.Sleep(200 * time.Millisecond)
+			if got := d.sh("to", "echo next"); got != "next\n" {
+				t.Fatalf("a background job's output leaked into a later result: %q", got)
+			}
+			if got := d.sh("to", "ps -o comm | grep -c '^sleep' || true"); got == "0\n" {
+				t.Fatalf("background jobs were killed by a later exec")
+			}
+			// Deleting the session kills its background jobs.
+			if err := d.client.DeleteSession(context.Background(), "to", "default"); err != nil {
+				t.Fatal(err)
+			}
+			if got := d.sh("to", "ps -o comm | grep -c '^sleep' || true"); got != "0\n" {
+				t.Fatalf("background jobs survived their session: %q", got)
+			}
+		})
+	}
+}
+
+func TestSessionEndsWithItsShell(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			d.create(api.CreateSandboxRequest{ID: "end", Image: sh.image})
+			if _, err := d.client.CreateSession(context.Background(), "end", api.CreateSessionRequest{ID: "s1"}); err != nil {
+				t.Fatal(err)
+			}
+			res := d.exec("end", api.ExecRequest{SessionID: "s1", Command: "echo bye; exit 3"})
+			if res.ExitCode != 3 || !res.SessionEnded || res.Stdout != "bye\n" {
+				t.Fatalf("exit 3: %+v", res)
+			}
+			s, err := d.client.GetSession(context.Background(), "end", "s1")
+			if err != nil || s.Status != api.SessionEnded || s.ExitCode != 3 {
+				t.Fatalf("ended session: %+v %v", s, err)
+			}
+			d.expectError("POST", "/v1/sandboxes/end/sessions/s1/exec", api.ExecRequest{Command: "true"}, 409, api.CodeConflict)
+			// The id is free again.
+			if _, err := d.client.CreateSession(context.Background(), "end", api.CreateSessionRequest{ID: "s1"}); err != nil {
+				t.Fatalf("re-create an ended session: %v", err)
+			}
+			res = d.exec("end", api.ExecRequest{SessionID: "s1", Command: "exec sh -c 'echo replaced; exit 5'"})
+			if res.ExitCode != 5 || !res.SessionEnded || res.Stdout != "replaced\n" {
+				t.Fatalf("exec: %+v", res)
+			}
+			// The default session comes back by itself.
+			d.exec("end", api.ExecRequest{Command: "exit 1"})
+			if got := d.sh("end", "echo back"); got != "back\n" {
+				t.Fatalf("default session after exit: %q", got)
+			}
+		})
+	}
+}
+
+func TestSessionAPIErrors(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "se", Image: "busybox"})
+	d.expectError("POST", "/v1/sandboxes/se/exec", api.ExecRequest{SessionID: "nope", Command: "true"}, 404, api.CodeNotFound)
+	d.expectError("POST", "/v1/sandboxes/se/sessions/nope/exec", api.ExecRequest{Command: "true"}, 404, api.CodeNotFound)
+	d.expectError("GET", "/v1/sandboxes/se/sessions/nope", nil, 404, api.CodeNotFound)
+	d.expectError("DELETE", "/v1/sandboxes/se/sessions/nope", nil, 404, api.CodeNotFound)
+	d.expectError("POST", "/v1/sandboxes/se/sessions/default/cancel", nil, 409, api.CodeConflict)
+	d.expectError("POST", "/v1/sandboxes/nope/sessions", api.CreateSessionRequest{}, 404, api.CodeNotFound)
+	d.expectError("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{ID: "bad id"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{Shell: "fish"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{User: "nobody-here"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{Env: map[string]string{"1BAD": "x"}}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/se/sessions", `{"idd": "x"}`, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes/se/sessions/default/exec", api.ExecRequest{SessionID: "other", Command: "true"}, 400, api.CodeInvalidArgument)
+	if _, err := d.client.CreateSession(context.Background(), "se", api.CreateSessionRequest{ID: "dup"}); err != nil {
+		t.Fatal(err)
+	}
+	d.expectError("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{ID: "dup"}, 409, api.CodeConflict)
+	// A session as another user.
+	s, err := d.client.CreateSession(context.Background(), "se", api.CreateSessionRequest{ID: "nob", User: "nobody", Cwd: "/tmp"})
+	if err != nil || s.User != "nobody" {
+		t.Fatalf("session as nobody: %+v %v", s, err)
+	}
+	if got := d.exec("se", api.ExecRequest{SessionID: "nob", Command: "id -u; pwd; echo $HOME"}); got.Stdout != "65534\n/tmp\n/nonexistent\n" {
+		t.Fatalf("nobody's session: %+v", got)
+	}
+	list, err := d.client.ListSessions(context.Background(), "se")
+	if err != nil || len(list) != 3 || list[0].ID != "default" || list[1].ID != "dup" || list[2].ID != "nob" {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+}
+
+func TestSessionsRunInParallelAndInOrder(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "par", Image: "busybox"})
+	for i := 1; i <= 3; i++ {
+		if _, err := d.client.CreateSession(context.Background(), "par", api.CreateSessionRequest{ID: fmt.Sprintf("s%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sessions := []string{"default", "s1", "s2", "s3"}
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	start := time.Now()
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sid := sessions[i%4]
+			res, err := d.client.Exec(context.Background(), "par", api.ExecRequest{SessionID: sid, Command: fmt.Sprintf("sleep 0.2; echo %d >> /tmp/%s; echo %d", i, sid, i)})
+			if err != nil || res.Stdout != fmt.Sprintf("%d\n", i) {
+				errs <- fmt.Errorf("exec %d in %s: %+v %v", i, sid, res, err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// 5 commands of 0.2 s per session, sessions in parallel: about 1 s, not 4.
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("20 execs over 4 sessions took %v: sessions did not run in parallel", took)
+	}
+	for _, sid := range sessions {
+		if got := strings.Count(d.sh("par", "cat /tmp/"+sid), "\n"); got != 5 {
+			t.Errorf("session %s ran %d commands, want 5", sid, got)
+		}
+	}
+}
+
+func TestSessionSurvivesDaemonKill(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "surv"})
+	d.sh("surv", "cd /tmp && export WHO=me")
+	d.kill9()
+	d.start()
+	if got := d.sh("surv", "pwd; echo $WHO"); got != "/tmp\nme\n" {
+		t.Fatalf("after kill -9 and restart: %q", got)
+	}
+}
+
+func TestExecStreamsAsProduced(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "stream", Image: "busybox"})
+	type arrival struct {
+		ev api.ExecEvent
+		at time.Time
+	}
+	var got []arrival
+	start := time.Now()
+	res, err := d.client.ExecStream(context.Background(), "stream", api.ExecRequest{Command: "echo one; sleep 0.5; echo two >&2"}, func(ev api.ExecEvent) {
+		got = append(got, arrival{ev, time.Now()})
+	})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("stream: %+v %v", res, err)
+	}
+	if len(got) != 4 || got[0].ev.Type != "start" || got[1].ev.Data != "one\n" || got[2].ev.Type != "stderr" || got[3].ev.Type != "exit" {
+		t.Fatalf("events: %+v", got)
+	}
+	if got[1].at.Sub(start) > 400*time.Millisecond {
+		t.Errorf("the first line arrived after %v: output was not streamed", got[1].at.Sub(start))
+	}
+}
+
+func TestDisconnectedClientDoesNotKillCommand(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "disc", Image: "busybox"})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := d.client.Exec(ctx, "disc", api.ExecRequest{Command: "sleep 0.6; echo done > /tmp/marker"})
+	if err == nil {
+		t.Fatal("want a client timeout")
+	}
+	if got := d.sh("disc", "cat /tmp/marker"); got != "done\n" {
+		t.Fatalf("the command did not finish after its client left: %q", got)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, _ = d.client.Exec(ctx, "disc", api.ExecRequest{Command: "sleep 0.6; echo killed > /tmp/marker2", KillOnDisconnect: true})
+	time.Sleep(800 * time.Millisecond)
+	if got := d.sh("disc", "cat /tmp/marker2 2>/dev/null || echo absent"); got != "absent\n" {
+		t.Fatalf("killOnDisconnect: %q", got)
+	}
+}
+
+func TestCancelSession(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "can", Image: "busybox"})
+	done := make(chan *api.ExecResult)
+	go func() {
+		res, _ := d.client.Exec(context.Background(), "can", api.ExecRequest{Command: "sleep 600"})
+		done <- res
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := d.client.CancelSession(context.Background(), "can", "default"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cancel never found the command running")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case res := <-done:
+		if res == nil || !res.Canceled || res.ExitCode != 130 {
+			t.Fatalf("canceled exec: %+v", res)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancel did not end the command")
+	}
+}
+
+func TestCLISessions(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "clis"})
+	out, errOut, code := d.cli("", "session", "create", "--id", "work", "--cwd", "/tmp", "clis")
+	if code != 0 || out != "work\n" {
+		t.Fatalf("session create: %q %q", out, errOut)
+	}
+	d.cli("", "sh", "-s", "work", "clis", "cd /var; export A=1")
+	out, _, code = d.cli("", "sh", "-s", "work", "clis", "echo $A $(pwd); echo err >&2; exit 4")
+	if out != "1 /var\n" || code != 4 {
+		t.Fatalf("sh: %q %d", out, code)
+	}
+	out, _, _ = d.cli("", "exec", "-s", "work", "clis", "--", "pwd")
+	if out != "/var\n" {
+		t.Fatalf("exec in session: %q", out)
+	}
+	out, _, _ = d.cli("", "session", "ls", "clis")
+	if !strings.Contains(out, "work") || !strings.Contains(out, "/var") {
+		t.Fatalf("session ls: %q", out)
+	}
+	_, errOut, code = d.cli("", "sh", "-s", "nope", "clis", "true")
+	if code == 0 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("unknown session: %q %d", errOut, code)
+	}
+	out, _, code = d.cli("", "session", "rm", "clis", "work")
+	if code != 0 || out != "work\n" {
+		t.Fatalf("session rm: %q %d", out, code)
+	}
+}
+
+// sseLines reads a raw SSE answer, for checking the wire format itself.
+func sseLines(t *testing.T, d *testDaemon, path string, body string) []string {
+	req, _ := http.NewRequest("POST", "http://nsbox"+path, strings.NewReader(body))
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := d.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var lines []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines
+}
+
+func TestSSEWireFormat(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "wire", Image: "busybox"})
+	lines := sseLines(t, d, "/v1/sandboxes/wire/exec", `{"command":"printf '\\377'"}`)
+	want := []string{"event: start", "event: stdout", "event: exit"}
+	var events []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "event: ") {
+			events = append(events, l)
+		}
+	}
+	if strings.Join(events, ",") != strings.Join(want, ",") || !strings.Contains(strings.Join(lines, "\n"), `"data":"/w==","encoding":"base64"`) {
+		t.Fatalf("SSE: %q", lines)
+	}
+}
