@@ -97,5 +97,8 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/sessions/{sid}", a.handleDeleteSession)
 	mux.HandleFunc("POST /v1/sessions/{sid}/exec", a.handleExec)
 	mux.HandleFunc("POST /v1/sessions/{sid}/cancel", a.handleCancel)
+	mux.HandleFunc("GET /v1/sessions/{sid}/terminal", a.handleTerminalOutput)
+	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/input", a.handleTerminalInput)
+	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
 	return mux
 }

@@ -155,21 +155,30 @@ type ExecEvent struct {
 	Result    *ExecResult `json:"result,omitempty"`
 }
 
-// OutputEvent makes a stdout or stderr event from raw bytes.
-func OutputEvent(stream string, data []byte) ExecEvent {
-	if utf8.Valid(data) {
-		return ExecEvent{Type: stream, Data: string(data), Encoding: EncodingUTF8}
+// EncodeData carries bytes in a JSON string: as text when they are valid UTF-8, else as base64.
+func EncodeData(b []byte) (data, encoding string) {
+	if utf8.Valid(b) {
+		return string(b), EncodingUTF8
 	}
-	return ExecEvent{Type: stream, Data: base64.StdEncoding.EncodeToString(data), Encoding: EncodingBase64}
+	return base64.StdEncoding.EncodeToString(b), EncodingBase64
+}
+
+// DecodeData reverses EncodeData.
+func DecodeData(data, encoding string) ([]byte, error) {
+	if encoding == EncodingBase64 {
+		return base64.StdEncoding.DecodeString(data)
+	}
+	return []byte(data), nil
+}
+
+// OutputEvent makes a stdout or stderr event from raw bytes.
+func OutputEvent(stream string, b []byte) ExecEvent {
+	data, encoding := EncodeData(b)
+	return ExecEvent{Type: stream, Data: data, Encoding: encoding}
 }
 
 // Bytes decodes an output event's data.
-func (e *ExecEvent) Bytes() ([]byte, error) {
-	if e.Encoding == EncodingBase64 {
-		return base64.StdEncoding.DecodeString(e.Data)
-	}
-	return []byte(e.Data), nil
-}
+func (e *ExecEvent) Bytes() ([]byte, error) { return DecodeData(e.Data, e.Encoding) }
 
 // CreateSessionRequest is the body of POST /v1/sandboxes/{id}/sessions.
 type CreateSessionRequest struct {
@@ -197,6 +206,34 @@ type Session struct {
 	ExitCode  int       `json:"exitCode"`
 	PID       int       `json:"pid"`
 	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Terminal event types: what a terminal stream carries besides output.
+const (
+	TerminalOutput  = "output"
+	TerminalSkipped = "skipped" // output fell off the scrollback ring before it could be sent
+	TerminalEnded   = "ended"   // the session ended
+	TerminalResize  = "resize"  // a client's request to resize the terminal
+)
+
+// TerminalEvent is one event of a session's terminal stream (agent to daemon). On the
+// WebSocket, output goes as binary frames and the other events as text frames of this JSON.
+type TerminalEvent struct {
+	Type     string `json:"type"`
+	Data     string `json:"data,omitempty"`
+	Encoding string `json:"encoding,omitempty"`
+	Cursor   int64  `json:"cursor"`
+	Skipped  int64  `json:"skipped,omitempty"`
+}
+
+// Bytes decodes an output event's data.
+func (e *TerminalEvent) Bytes() ([]byte, error) { return DecodeData(e.Data, e.Encoding) }
+
+// TerminalControl is a text frame a terminal client sends; binary frames are typed input.
+type TerminalControl struct {
+	Type string `json:"type"` // "resize"
+	Cols uint16 `json:"cols"`
+	Rows uint16 `json:"rows"`
 }
 
 // Health is what the agent answers on GET /v1/health.

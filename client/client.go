@@ -26,17 +26,21 @@ const DefaultSocket = "/run/nsbox/nsbox.sock"
 type Client struct {
 	http *http.Client
 	base string
+	dial func(context.Context) (net.Conn, error) // a raw connection to the daemon, for WebSockets
 }
 
 // New returns a client for the daemon listening on the unix socket at path.
 func New(socket string) *Client {
-	var d net.Dialer
-	return NewWithHTTPClient(&http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", socket)
-		},
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}
+	c := NewWithHTTPClient(&http.Client{Transport: &http.Transport{
+		DialContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
 		DisableCompression: true,
 	}})
+	c.dial = dial
+	return c
 }
 
 // NewWithHTTPClient returns a client that sends its requests through hc, which must reach the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 
@@ -76,7 +77,12 @@ func (c *agentClient) do(ctx context.Context, method, path string, in any) (*htt
 			return nil, fmt.Errorf("encode agent request: %w", err)
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, &body)
+	return c.doRaw(ctx, method, path, &body)
+}
+
+// doRaw sends one request with a raw body and returns the agent's response as it is.
+func (c *agentClient) doRaw(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
 	if err != nil {
 		return nil, fmt.Errorf("agent request: %w", err)
 	}

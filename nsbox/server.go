@@ -1,9 +1,11 @@
 package nsbox
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -35,6 +37,7 @@ var Routes = []Route{
 	{"DELETE", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleSessionCall},
 	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", (*Runtime).handleExec},
 	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", (*Runtime).handleSessionCall},
+	{"GET", "/v1/sandboxes/{id}/sessions/{sid}/terminal", (*Runtime).handleTerminal},
 }
 
 // Handler returns the daemon's HTTP API.
@@ -69,6 +72,12 @@ func (r *Runtime) logRequests(next http.Handler) http.Handler {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+}
+
+// Hijack hands the connection to a WebSocket upgrade.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.status = http.StatusSwitchingProtocols
+	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
 // Unwrap lets http.ResponseController reach the real writer (to flush streams).

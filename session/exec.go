@@ -298,6 +298,7 @@ func (s *Session) reset(sh *shell) {
 		s.mu.Lock()
 		s.ended, s.exitCode = true, 137
 		s.mu.Unlock()
+		s.markDone()
 	}
 }
 

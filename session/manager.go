@@ -184,6 +184,7 @@ func (s *Session) destroy() {
 		<-sh.done
 	}
 	killMarked("NSBOX_SESSION=" + s.opts.ID)
+	s.markDone()
 	s.status.Close()
 	_ = os.RemoveAll(s.dir)
 }

@@ -65,6 +65,9 @@ type Session struct {
 	Terminal   *Ring         // what the shell printed on its terminal
 	Background *Ring         // what background jobs printed after their command had finished
 
+	done     chan struct{} // closed when the session ends or is deleted
+	doneOnce sync.Once
+
 	mu       sync.Mutex
 	waiters  map[int64]chan int // exit status of exec n, for whoever waits for it
 	starting bool               // a shell was started and has not reported ready yet
@@ -103,7 +106,7 @@ func newSession(opts Options, baseDir string, start StartFunc) (*Session, error)
 	}
 	s := &Session{
 		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(),
-		waiters: map[int64]chan int{}, ready: make(chan struct{}, 1), turn: make(chan struct{}, 1),
+		done: make(chan struct{}), waiters: map[int64]chan int{}, ready: make(chan struct{}, 1), turn: make(chan struct{}, 1),
 		Terminal: NewRing(terminalRing), Background: NewRing(backgroundRing),
 	}
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
@@ -294,6 +297,7 @@ func (s *Session) shellExited(sh *shell) {
 	}
 	s.ended, s.exitCode = true, exitCode(sh.status)
 	sh.term.Close()
+	s.markDone()
 }
 
 func copyInto(ring *Ring, f *os.File) {

@@ -69,6 +69,7 @@ func clientCommands() []*cli.Command {
 			Action:    cmdShell,
 		},
 		sessionCommand(),
+		attachCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
