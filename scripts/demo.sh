@@ -48,6 +48,14 @@ show nsbox ls
 step "run commands in it: own hostname, pid namespace (the agent is PID 1), loopback-only network"
 show nsbox exec demo -- sh -c 'echo "$GREETING from $(hostname), cwd $(pwd)"; ps -o pid,comm -p 1; ip -brief link 2>/dev/null || ls /sys/class/net'
 
+step "sessions are stateful shells: cd, export, functions persist between commands"
+show nsbox sh demo 'cd /tmp && export STAGE=built && greet() { echo "hi $1"; }'
+show nsbox sh demo 'pwd; echo "STAGE=$STAGE"; greet there'
+show nsbox session create --id other demo
+show nsbox sh -s other demo 'pwd; echo "STAGE=${STAGE:-unset in this session}"'
+show nsbox sh demo 'for i in 1 2 3; do echo "tick $i"; sleep 0.3; done'
+show nsbox session ls demo
+
 step "its limits, as the sandbox itself sees them"
 show nsbox exec demo -- sh -c '
 if [ -f /sys/fs/cgroup/memory.max ]; then
@@ -73,6 +81,7 @@ if [[ -n $started_daemon ]]; then
 	start_daemon
 	show nsbox ls
 	show nsbox exec demo -- cat /workspace/note
+	show nsbox sh demo 'echo "the session still has cwd $(pwd) and STAGE=$STAGE"' 
 fi
 
 step "remove it: nothing is left behind"
