@@ -1,0 +1,60 @@
+package sandboxnet
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// BenchmarkExposeUnexpose measures exposing a port of a live sandbox and unexposing it again,
+// each as one nftables batch (plus, for Unexpose, the conntrack cleanup and for both the
+// state file write), and reports the two halves separately.
+func BenchmarkExposeUnexpose(b *testing.B) {
+	tn := newTestNet(b)
+	tn.sandbox("bench", ModeEgress)
+	id := tn.id("bench")
+	var expose, unexpose time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		start := time.Now()
+		if _, err := tn.m.Expose(id, Port{Port: 8080}); err != nil {
+			b.Fatal(err)
+		}
+		mid := time.Now()
+		if err := tn.m.Unexpose(id, 8080, TCP); err != nil {
+			b.Fatal(err)
+		}
+		expose += mid.Sub(start)
+		unexpose += time.Since(mid)
+	}
+	b.ReportMetric(float64(expose.Microseconds())/float64(b.N), "µs/expose")
+	b.ReportMetric(float64(unexpose.Microseconds())/float64(b.N), "µs/unexpose")
+}
+
+// BenchmarkAttachDetach measures giving a sandbox (an existing network namespace) its network
+// and taking it away again; making the namespace is not timed.
+func BenchmarkAttachDetach(b *testing.B) {
+	tn := newTestNet(b)
+	var attach, detach time.Duration
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		ns := newNetns(b)
+		id := tn.id(fmt.Sprintf("bench%d", i))
+		b.StartTimer()
+		start := time.Now()
+		if _, err := tn.m.Attach(id, ns.path, ModeEgress, nil); err != nil {
+			b.Fatal(err)
+		}
+		mid := time.Now()
+		if err := tn.m.Detach(id); err != nil {
+			b.Fatal(err)
+		}
+		attach += mid.Sub(start)
+		detach += time.Since(mid)
+		b.StopTimer()
+		ns.h.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(attach.Microseconds())/float64(b.N), "µs/attach")
+	b.ReportMetric(float64(detach.Microseconds())/float64(b.N), "µs/detach")
+}

@@ -1,0 +1,116 @@
+package sandboxnet
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// Config says which host resources the Manager owns. Every name and range in it belongs to
+// nsbox alone: Cleanup deletes the table, the veths and the state file it names.
+type Config struct {
+	// Subnet is the IPv4 sandbox network, e.g. 10.89.0.0/16. Its first address is the
+	// gateway: the host's address on every sandbox's veth. Sandboxes get the others.
+	Subnet netip.Prefix
+	// StatePath is the JSON file holding the address pool and the exposed ports, e.g.
+	// /run/nsbox/network.json. It is replaced atomically on every change.
+	StatePath string
+	// Table is the name of the nftables table (family inet) owned by nsbox, e.g. "nsbox".
+	// The same name is used for the small table inside each sandbox's network namespace,
+	// and it marks the host veths (their alias is "nsbox:<Table>:<sandbox id>").
+	Table string
+	// HostPortMin and HostPortMax bound the host ports chosen when an exposure asks for none.
+	// Keep the range outside net.ipv4.ip_local_port_range (32768-60999 by default).
+	HostPortMin, HostPortMax int
+	// Uplinks are the interfaces that carry sandbox traffic to and from the world. IPv4
+	// forwarding must be on for packets arriving on them (replies to sandbox traffic, and
+	// connections to exposed ports from other machines); Open turns it on per interface and
+	// never through net.ipv4.ip_forward. Empty means the interfaces of the IPv4 default
+	// routes when Open runs.
+	Uplinks []string
+}
+
+func (c Config) validate() error {
+	if !c.Subnet.IsValid() || !c.Subnet.Addr().Is4() || c.Subnet.Bits() > 29 || c.Subnet.Masked() != c.Subnet {
+		return fmt.Errorf("subnet %s: must be an IPv4 network of at least 8 addresses (prefix /29 or shorter)", c.Subnet)
+	}
+	if c.StatePath == "" {
+		return fmt.Errorf("state path is empty")
+	}
+	if c.Table == "" {
+		return fmt.Errorf("nftables table name is empty")
+	}
+	if c.HostPortMin < 1 || c.HostPortMax > 65535 || c.HostPortMin > c.HostPortMax {
+		return fmt.Errorf("host port range %d-%d: must be within 1-65535, low to high", c.HostPortMin, c.HostPortMax)
+	}
+	return nil
+}
+
+// gateway is the host's address towards every sandbox: the subnet's first host address.
+func (c Config) gateway() netip.Addr {
+	return c.Subnet.Addr().Next()
+}
+
+// Mode is a sandbox's network mode.
+type Mode string
+
+const (
+	// ModeNone gives the sandbox no interface but its loopback.
+	ModeNone Mode = "none"
+	// ModeEgress lets the sandbox reach anything beyond the host (masqueraded behind the
+	// host's address) except 169.254.0.0/16, other sandboxes and the host itself.
+	ModeEgress Mode = "egress"
+	// ModeAllow lets the sandbox reach only the listed networks; everything else is rejected.
+	ModeAllow Mode = "allow"
+)
+
+func checkMode(mode Mode, allow []netip.Prefix) error {
+	switch mode {
+	case ModeNone, ModeEgress:
+		if len(allow) != 0 {
+			return fmt.Errorf("network mode %q takes no allow list", mode)
+		}
+	case ModeAllow:
+		for _, p := range allow {
+			if !p.IsValid() || !p.Addr().Is4() {
+				return fmt.Errorf("allow %s: only IPv4 networks are supported", p)
+			}
+		}
+	default:
+		return fmt.Errorf("network mode %q: must be none, egress or allow", mode)
+	}
+	return nil
+}
+
+// normalizeAllow returns the allow list masked, sorted and without duplicates, so two lists
+// that allow the same networks compare equal.
+func normalizeAllow(allow []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(allow))
+	for _, p := range allow {
+		out = append(out, p.Masked())
+	}
+	slices.SortFunc(out, netip.Prefix.Compare)
+	return slices.Compact(out)
+}
+
+const (
+	maxIfname   = 15 // IFNAMSIZ - 1
+	sandboxIf   = "eth0"
+	vethPrefix  = "nsb"
+	hashedChars = maxIfname - len(vethPrefix)
+)
+
+// hostVethName is the host side of a sandbox's veth pair: "nsb" and 12 hex digits of the
+// sandbox id's SHA-256, so any id maps to a valid, stable interface name.
+func hostVethName(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return vethPrefix + hex.EncodeToString(sum[:])[:hashedChars]
+}
+
+// vethAlias marks the host side of a sandbox's veth as this Manager's, so veths left by a
+// crash can be found and removed.
+func vethAlias(table, id string) string { return vethAliasPrefix(table) + id }
+
+func vethAliasPrefix(table string) string { return "nsbox:" + table + ":" }

@@ -1,0 +1,515 @@
+package sandboxnet
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Errors the API layer can map to answers: wrapped by every error they describe.
+var (
+	// ErrNotFound: the sandbox has no network state, or the port is not exposed.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid: a mode, allow list, port, protocol or host address that cannot be used.
+	ErrInvalid = errors.New("invalid")
+	// ErrConflict: the host port is taken, the port is already exposed differently, the
+	// sandbox is already attached, or it has no network (mode none).
+	ErrConflict = errors.New("conflict")
+)
+
+// Manager owns the nftables table, the sandbox veths and the state file named by its
+// Config. It is safe for concurrent use; operations are serialized.
+type Manager struct {
+	cfg   Config
+	rules *ruleset
+	log   *slog.Logger
+
+	mu sync.Mutex
+	st *state
+	// nft is a lasting connection: releasing a netfilter socket right after a batch that
+	// deleted something waits for an RCU grace period in the kernel (~10 ms measured).
+	nft      *nftables.Conn
+	ct       *netlink.Handle     // conntrack, kept open for the same reason
+	holds    map[hostPortKey]int // bound sockets that keep exposed host ports from host processes
+	nextPort int                 // where the search for a free host port starts
+}
+
+// Attachment describes a sandbox's network.
+type Attachment struct {
+	ID    string
+	Mode  Mode // empty while the address is only reserved (Allocate, no Attach yet)
+	Allow []netip.Prefix
+	// Addr is the sandbox's address: reserved by Allocate or by the first networked mode,
+	// kept until Detach (also while the mode is none). Zero if never reserved.
+	Addr    netip.Addr
+	Gateway netip.Addr
+	// HostVeth is the host side of the sandbox's veth pair; empty in mode none.
+	HostVeth string
+}
+
+// Open takes ownership of the configured table, veths and state: it turns forwarding on for
+// the uplinks and rebuilds the whole table from the state in one batch, so after a daemon
+// restart every sandbox network and exposed port works as before. Veths of this table that
+// the state does not know (left by a crash mid-operation) are removed.
+func Open(cfg Config) (*Manager, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("%w: network config: %w", ErrInvalid, err)
+	}
+	st, err := loadState(cfg.StatePath)
+	if err != nil {
+		return nil, err
+	}
+	for id, sb := range st.Sandboxes {
+		if sb.Addr.IsValid() && !cfg.Subnet.Contains(sb.Addr) {
+			return nil, fmt.Errorf("network state %s: sandbox %q has %s, outside %s (the subnet changed?)", cfg.StatePath, id, sb.Addr, cfg.Subnet)
+		}
+	}
+	uplinks := cfg.Uplinks
+	if len(uplinks) == 0 {
+		if uplinks, err = defaultUplinks(); err != nil {
+			return nil, err
+		}
+	}
+	enabled, err := enableForwarding(uplinks)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range enabled {
+		if !slices.Contains(st.Forwarding, u) {
+			st.Forwarding = append(st.Forwarding, u)
+		}
+	}
+	ct, err := newConntrackHandle()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := nftables.New(nftables.AsLasting())
+	if err != nil {
+		ct.Close()
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	m := &Manager{cfg: cfg, rules: newRuleset(cfg), log: slog.Default().With("component", "sandboxnet"),
+		st: st, nft: conn, ct: ct, holds: map[hostPortKey]int{}, nextPort: cfg.HostPortMin}
+	if err := m.restore(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// restore brings veths, rules and port holds in line with the state.
+func (m *Manager) restore() error {
+	if err := m.removeStrayVeths(); err != nil {
+		return err
+	}
+	err := m.apply("build table "+m.cfg.Table, func(c *nftables.Conn) error {
+		if err := m.rules.replaceTable(c, m.st.Forwarding); err != nil {
+			return err
+		}
+		for id, sb := range m.st.Sandboxes {
+			if !sb.networked() {
+				continue
+			}
+			if err := m.rules.addSandbox(c, sb, hostVethName(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for id, sb := range m.st.Sandboxes {
+		for _, p := range sb.Ports {
+			fd, err := holdPort(p)
+			if err != nil {
+				// The rule still forwards the port; only a host process may now bind it too.
+				m.log.Warn("exposed host port is also bound by a host process", "sandbox", id, "hostPort", p.hostSide(), "err", err)
+				continue
+			}
+			m.holds[p.key()] = fd
+		}
+	}
+	return m.st.save(m.cfg.StatePath)
+}
+
+// removeStrayVeths removes the veths of this table that belong to no networked sandbox.
+func (m *Manager) removeStrayVeths() error {
+	own, err := ownVeths(m.cfg.Table)
+	if err != nil {
+		return err
+	}
+	for id, veth := range own {
+		if sb := m.st.Sandboxes[id]; sb != nil && sb.networked() {
+			continue
+		}
+		m.log.Info("removing a veth no sandbox owns", "veth", veth, "sandbox", id)
+		if err := deleteVeth(veth); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apply sends what queue adds as one atomic nftables batch. After an error the connection
+// is replaced: it would otherwise keep a half-queued batch, or a marshalling error, and send
+// or report it with the next batch.
+func (m *Manager) apply(what string, queue func(*nftables.Conn) error) error {
+	err := queue(m.nft)
+	if err == nil {
+		if err = m.nft.Flush(); err != nil {
+			err = fmt.Errorf("nftables: %s: %w", what, err)
+		}
+	}
+	if err != nil {
+		m.replaceConn()
+	}
+	return err
+}
+
+func (m *Manager) replaceConn() {
+	if err := m.nft.CloseLasting(); err != nil {
+		m.log.Warn("nftables: close connection", "err", err)
+	}
+	c, err := nftables.New(nftables.AsLasting())
+	if err != nil {
+		m.log.Warn("nftables: no lasting connection; using one socket per batch", "err", err)
+		c, _ = nftables.New() // without AsLasting, New only fills in a struct and cannot fail
+	}
+	m.nft = c
+}
+
+// Close releases the host ports the Manager holds and its netlink socket. The kernel
+// configuration stays: a Manager opened later on the same state takes it over.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, fd := range m.holds {
+		releasePort(fd)
+		delete(m.holds, k)
+	}
+	if err := m.nft.CloseLasting(); err != nil {
+		m.log.Warn("nftables: close connection", "err", err)
+	}
+	m.ct.Close()
+}
+
+// Allocate reserves an address for a sandbox before it is attached, e.g. to write its
+// /etc/hosts before the container starts. It returns the address already reserved, if any.
+// The reservation lasts until Detach.
+func (m *Manager) Allocate(id string) (netip.Addr, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb := m.st.Sandboxes[id]
+	if sb != nil && sb.Addr.IsValid() {
+		return sb.Addr, nil
+	}
+	next := &sandbox{}
+	if sb != nil {
+		*next = *sb
+	}
+	addr, err := m.st.allocate(m.cfg.Subnet)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%w: sandbox %q: %w", ErrConflict, id, err)
+	}
+	next.Addr = addr
+	if err := m.commit(id, next, sb); err != nil {
+		return netip.Addr{}, err
+	}
+	return addr, nil
+}
+
+// commit records next as the sandbox's state and saves it; if saving fails the previous
+// record (nil: none) is put back.
+func (m *Manager) commit(id string, next, prev *sandbox) error {
+	m.st.Sandboxes[id] = next
+	if err := m.st.save(m.cfg.StatePath); err != nil {
+		if prev == nil {
+			delete(m.st.Sandboxes, id)
+		} else {
+			m.st.Sandboxes[id] = prev
+		}
+		return err
+	}
+	return nil
+}
+
+// Attach gives the sandbox whose network namespace is at netnsPath (e.g. /proc/<pid>/ns/net)
+// its network. In modes egress and allow: an address (the one Allocate reserved, if any),
+// its rules in one batch, then a veth pair (eth0 inside, with the address and a default route
+// via the gateway). In mode none: nothing but the record, so SetMode can add a network later.
+// netnsPath is kept for that, and used only while it names the same namespace.
+func (m *Manager) Attach(id, netnsPath string, mode Mode, allow []netip.Prefix) (*Attachment, error) {
+	if err := checkMode(mode, allow); err != nil {
+		return nil, fmt.Errorf("%w: sandbox %q: %w", ErrInvalid, id, err)
+	}
+	ns, nsid, err := openNetns(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev := m.st.Sandboxes[id]
+	if prev != nil && prev.attached() {
+		return nil, fmt.Errorf("%w: sandbox %q is already attached", ErrConflict, id)
+	}
+	next := &sandbox{Mode: mode, Allow: normalizeAllow(allow), Netns: netnsPath, NetnsID: nsid}
+	if prev != nil {
+		next.Addr = prev.Addr
+	}
+	if err := m.connect(id, next, ns); err != nil {
+		return nil, err
+	}
+	if err := m.commit(id, next, prev); err != nil {
+		return nil, errors.Join(err, m.disconnect(id, next))
+	}
+	return m.attachment(id, next), nil
+}
+
+// connect gives a sandbox in a networked mode an address (if it has none), its rules and then
+// its veth, so no packet of it is ever outside the rules. On error nothing of it is left in
+// the kernel.
+func (m *Manager) connect(id string, next *sandbox, ns netns.NsHandle) error {
+	if !next.networked() {
+		return nil
+	}
+	if !next.Addr.IsValid() {
+		addr, err := m.st.allocate(m.cfg.Subnet)
+		if err != nil {
+			return fmt.Errorf("%w: sandbox %q: %w", ErrConflict, id, err)
+		}
+		next.Addr = addr
+	}
+	veth := hostVethName(id)
+	err := m.apply("add sandbox rules", func(c *nftables.Conn) error { return m.rules.addSandbox(c, next, veth) })
+	if err != nil {
+		return fmt.Errorf("sandbox %q: %w", id, err)
+	}
+	if err := m.createVeth(id, veth, next.Addr, ns); err != nil {
+		return errors.Join(fmt.Errorf("sandbox %q: %w", id, err), m.delSandboxRules(next, veth))
+	}
+	return nil
+}
+
+// disconnect removes a networked sandbox's veth and rules. Whatever is already gone (the
+// namespace exited, the table was deleted) is skipped.
+func (m *Manager) disconnect(id string, sb *sandbox) error {
+	if !sb.networked() {
+		return nil
+	}
+	veth := hostVethName(id)
+	if err := deleteVeth(veth); err != nil {
+		return fmt.Errorf("sandbox %q: %w", id, err)
+	}
+	if err := m.delSandboxRules(sb, veth); err != nil {
+		return fmt.Errorf("sandbox %q: %w", id, err)
+	}
+	return nil
+}
+
+// cutFlows deletes conntrack entries once a change is in the rules and the state, so open
+// connections are judged by the new rules; its failure leaves rules and state consistent.
+func (m *Manager) cutFlows(id string, matches ...flowMatch) error {
+	if err := forgetFlows(m.ct, matches...); err != nil {
+		return fmt.Errorf("sandbox %q: changed, but its open connections could not be cut: %w", id, err)
+	}
+	return nil
+}
+
+func (m *Manager) delSandboxRules(sb *sandbox, veth string) error {
+	if !tableExists(m.nft, m.cfg.Table) {
+		m.log.Warn("nftables table is gone; no sandbox rules to remove", "table", m.cfg.Table)
+		return nil
+	}
+	return m.apply("remove sandbox rules", func(c *nftables.Conn) error { return m.rules.delSandbox(c, sb, veth) })
+}
+
+// SetMode changes a live sandbox's mode. Between egress and allow (or two allow lists) the
+// change is one atomic batch, after which connections the sandbox opened are cut (their
+// conntrack entries are deleted) so they are judged again. To none, the veth is removed (exposed ports
+// stay recorded but stop working); from none, the veth is created again in the namespace it
+// was attached with, with the same address, and exposed ports work again.
+func (m *Manager) SetMode(id string, mode Mode, allow []netip.Prefix) error {
+	if err := checkMode(mode, allow); err != nil {
+		return fmt.Errorf("%w: sandbox %q: %w", ErrInvalid, id, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev := m.st.Sandboxes[id]
+	if prev == nil || !prev.attached() {
+		return fmt.Errorf("%w: sandbox %q has no network", ErrNotFound, id)
+	}
+	next := *prev
+	next.Mode, next.Allow = mode, normalizeAllow(allow)
+	if next.Mode == prev.Mode && slices.Equal(next.Allow, prev.Allow) {
+		return nil
+	}
+	if err := m.switchMode(id, prev, &next); err != nil {
+		return err
+	}
+	if err := m.commit(id, &next, prev); err != nil {
+		// Put the kernel back to the recorded mode, so state and rules agree.
+		return errors.Join(err, m.switchMode(id, &next, prev))
+	}
+	switch {
+	case !prev.networked():
+		return nil
+	case !next.networked():
+		return m.cutFlows(id, flowsOf(prev.Addr)...)
+	}
+	return m.cutFlows(id, flowsFrom(prev.Addr))
+}
+
+func (m *Manager) switchMode(id string, prev, next *sandbox) error {
+	switch {
+	case !prev.networked():
+		ns, err := reopenNetns(next.Netns, next.NetnsID)
+		if err != nil {
+			return fmt.Errorf("%w: sandbox %q: %w", ErrConflict, id, err)
+		}
+		defer ns.Close()
+		return m.connect(id, next, ns)
+	case !next.networked():
+		return m.disconnect(id, prev)
+	}
+	veth := hostVethName(id)
+	err := m.apply("change mode", func(c *nftables.Conn) error {
+		if err := m.rules.delMode(c, prev, veth); err != nil {
+			return err
+		}
+		return m.rules.addMode(c, next, veth)
+	})
+	if err != nil {
+		return fmt.Errorf("sandbox %q: %w", id, err)
+	}
+	return nil
+}
+
+// Detach removes a sandbox's network: rules, veth, exposed ports, conntrack entries, and
+// its address reservation. It works when the sandbox's namespace is already gone, and a
+// sandbox without network state is not an error.
+func (m *Manager) Detach(id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb := m.st.Sandboxes[id]
+	if sb == nil {
+		return nil
+	}
+	if err := m.disconnect(id, sb); err != nil {
+		return err
+	}
+	for _, p := range sb.Ports {
+		m.release(p)
+	}
+	delete(m.st.Sandboxes, id)
+	if err := m.st.save(m.cfg.StatePath); err != nil {
+		return err
+	}
+	if !sb.networked() {
+		return nil
+	}
+	return m.cutFlows(id, flowsOf(sb.Addr)...)
+}
+
+// Lookup returns a sandbox's network, if it has any state (an address reserved or attached).
+func (m *Manager) Lookup(id string) (*Attachment, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb := m.st.Sandboxes[id]
+	if sb == nil {
+		return nil, false
+	}
+	return m.attachment(id, sb), true
+}
+
+func (m *Manager) attachment(id string, sb *sandbox) *Attachment {
+	a := &Attachment{ID: id, Mode: sb.Mode, Allow: slices.Clone(sb.Allow), Addr: sb.Addr, Gateway: m.cfg.gateway()}
+	if sb.networked() {
+		a.HostVeth = hostVethName(id)
+	}
+	return a
+}
+
+// Cleanup removes everything a Manager with this Config created: the table, every veth of
+// this table or named in the state (and with them the host's addresses and routes towards
+// sandboxes), the conntrack entries of the subnet, the forwarding it turned on, and the state
+// file. It is for `nsbox daemon --cleanup`, with no
+// Manager open; sandboxes' own namespaces are not touched.
+func Cleanup(cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("%w: network config: %w", ErrInvalid, err)
+	}
+	st, err := loadState(cfg.StatePath)
+	if err != nil {
+		slog.Warn("network state unreadable; cleaning up by names only", "err", err)
+		st = &state{Sandboxes: map[string]*sandbox{}}
+	}
+	var errs []error
+	errs = append(errs, deleteTable(cfg.Table))
+	errs = append(errs, deleteVeths(cfg.Table, st)...)
+	errs = append(errs, forgetSubnetFlows(cfg.Subnet))
+	for _, u := range st.Forwarding {
+		if err := setIPv4Conf(u, "forwarding", "0"); err != nil && !isNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(cfg.StatePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove network state: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// tableExists reports whether nsbox's inet table of that name exists.
+func tableExists(c *nftables.Conn, name string) bool {
+	_, err := c.ListTableOfFamily(name, nftables.TableFamilyINet)
+	return err == nil
+}
+
+func forgetSubnetFlows(subnet netip.Prefix) error {
+	h, err := newConntrackHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return forgetFlows(h, flowsOfNet(subnet)...)
+}
+
+func deleteTable(name string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	if !tableExists(c, name) {
+		return nil
+	}
+	c.DelTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: delete table %s: %w", name, err)
+	}
+	return nil
+}
+
+// deleteVeths removes the veths named in the state and any other veth marked as this table's.
+func deleteVeths(table string, st *state) []error {
+	var errs []error
+	for id := range st.Sandboxes {
+		errs = append(errs, deleteVeth(hostVethName(id)))
+	}
+	own, err := ownVeths(table)
+	if err != nil {
+		return append(errs, err)
+	}
+	for _, veth := range own {
+		errs = append(errs, deleteVeth(veth))
+	}
+	return errs
+}

@@ -1,0 +1,282 @@
+package sandboxnet
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Names inside the table. Per-sandbox chains carry the host veth's name.
+const (
+	chainAntispoof   = "antispoof"
+	chainPrerouting  = "prerouting"
+	chainOutput      = "output"
+	chainPostrouting = "postrouting"
+	chainInput       = "input"
+	chainForward     = "forward"
+	chainEgress      = "egress"
+	setSandboxes     = "sandboxes"
+	setModes         = "modes"
+	setPortsAny      = "ports_any"
+	setPortsIP       = "ports_ip"
+)
+
+func allowChain(veth string) string { return "allow_" + veth }
+
+var (
+	loopbackNet = netip.MustParsePrefix("127.0.0.0/8")
+	linkLocal   = netip.MustParsePrefix("169.254.0.0/16")
+	localhost   = netip.MustParseAddr("127.0.0.1")
+)
+
+// ruleset queues the operations that build nsbox's table on an nftables connection; the
+// caller flushes them as one atomic batch.
+type ruleset struct {
+	cfg       Config
+	table     *nftables.Table
+	sandboxes *nftables.Set
+	modes     *nftables.Set
+	portsAny  *nftables.Set
+	portsIP   *nftables.Set
+}
+
+func newRuleset(cfg Config) *ruleset {
+	t := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
+	natTarget := nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	return &ruleset{
+		cfg:   cfg,
+		table: t,
+		// sandboxes holds the host veth of every networked sandbox.
+		sandboxes: &nftables.Set{Table: t, Name: setSandboxes, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian},
+		// modes maps a sandbox address to the chain that decides where it may go.
+		modes: &nftables.Set{Table: t, Name: setModes, IsMap: true,
+			KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict},
+		// ports_any maps protocol . host port, on every host address, to sandbox address . port.
+		portsAny: &nftables.Set{Table: t, Name: setPortsAny, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: natTarget},
+		// ports_ip does the same for exposures on one host address.
+		portsIP: &nftables.Set{Table: t, Name: setPortsIP, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: natTarget},
+	}
+}
+
+func (r *ruleset) chain(name string) *nftables.Chain {
+	return &nftables.Chain{Table: r.table, Name: name}
+}
+
+func (r *ruleset) baseChain(c *nftables.Conn, name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+	return c.AddChain(&nftables.Chain{Table: r.table, Name: name, Type: typ, Hooknum: hook, Priority: prio})
+}
+
+func (r *ruleset) add(c *nftables.Conn, ch *nftables.Chain, parts ...[]expr.Any) {
+	c.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: exprs(parts...)})
+}
+
+// fromSandbox matches packets that came in on a sandbox's veth (or, with inverted, on any
+// other interface); toSandbox the same for the output interface.
+func (r *ruleset) fromSandbox(inverted bool) []expr.Any {
+	return ifIn(expr.MetaKeyIIFNAME, r.sandboxes, inverted)
+}
+
+func (r *ruleset) toSandbox(inverted bool) []expr.Any {
+	return ifIn(expr.MetaKeyOIFNAME, r.sandboxes, inverted)
+}
+
+// replaceTable queues the whole table from scratch: the table is added (so the delete
+// cannot fail), deleted and added again, so the batch swaps the old table for the new one
+// atomically. guarded lists the uplinks on which nsbox turned forwarding on.
+func (r *ruleset) replaceTable(c *nftables.Conn, guarded []string) error {
+	c.AddTable(r.table)
+	c.DelTable(r.table)
+	c.AddTable(r.table)
+	for _, s := range []*nftables.Set{r.sandboxes, r.modes, r.portsAny, r.portsIP} {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("nftables set %s: %w", s.Name, err)
+		}
+	}
+	r.addAntispoof(c)
+	r.addNAT(c)
+	r.addFilter(c, guarded)
+	return nil
+}
+
+// addAntispoof drops, before conntrack sees them, packets from a sandbox whose source address
+// is not routed back through the veth they came in on (another sandbox's address, or any
+// other), and all IPv6 from sandboxes (they have IPv4 only).
+func (r *ruleset) addAntispoof(c *nftables.Conn) {
+	ch := r.baseChain(c, chainAntispoof, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
+	r.add(c, ch, r.fromSandbox(false), isIPv6(), verdict(expr.VerdictDrop))
+	r.add(c, ch, r.fromSandbox(false), isIPv4(), sourceNotRoutedBack(), verdict(expr.VerdictDrop))
+}
+
+func (r *ruleset) addNAT(c *nftables.Conn) {
+	pre := r.baseChain(c, chainPrerouting, nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
+	// Never forward 127.0.0.0/8 from the network: with route_localnet on the sandbox veths
+	// this would let a sandbox (or, through DNAT, anyone) reach host-local exposures.
+	r.add(c, pre, isIPv4(), daddrIn(expr.CmpOpEq, loopbackNet), verdict(expr.VerdictReturn))
+	r.addDNAT(c, pre)
+	r.addDNAT(c, r.baseChain(c, chainOutput, nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest))
+
+	post := r.baseChain(c, chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
+	// Egress: sandbox traffic leaving by any other interface goes out as the host.
+	r.add(c, post, isIPv4(), saddrIn(expr.CmpOpEq, r.cfg.Subnet), r.toSandbox(true), masquerade())
+	// Exposed ports reached from the host's 127.0.0.1 or from a sandbox (hairpin): the
+	// sandbox must answer to the gateway, not to its own loopback or straight to the peer.
+	for _, src := range []netip.Prefix{loopbackNet, r.cfg.Subnet} {
+		r.add(c, post, isIPv4(), r.toSandbox(false), ctDNAT(expr.CmpOpNeq), saddrIn(expr.CmpOpEq, src), masquerade())
+	}
+}
+
+// addDNAT queues the two rules that forward exposed host ports: one for exposures on a
+// single host address, one for exposures on every host address.
+func (r *ruleset) addDNAT(c *nftables.Conn, ch *nftables.Chain) {
+	r.add(c, ch, isIPv4(), addrProtoPortKey(), dnatFromMap(r.portsIP.Name, r.portsIP.ID))
+	r.add(c, ch, isIPv4(), daddrLocal(), protoPortKey(), dnatFromMap(r.portsAny.Name, r.portsAny.ID))
+}
+
+func (r *ruleset) addFilter(c *nftables.Conn, guarded []string) {
+	in := r.baseChain(c, chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter)
+	// Sandboxes reach no host service on any host address; the host's own connections
+	// into sandboxes (and their replies) still work.
+	r.add(c, in, r.fromSandbox(false), ctEstablished(), verdict(expr.VerdictAccept))
+	r.add(c, in, r.fromSandbox(false), reject())
+
+	fwd := r.baseChain(c, chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	for _, u := range guarded {
+		// Forwarding was turned on for this uplink only for sandbox traffic.
+		r.add(c, fwd, iif(expr.CmpOpEq, u), r.toSandbox(true), verdict(expr.VerdictDrop))
+	}
+	r.add(c, fwd, ctEstablished(), verdict(expr.VerdictAccept))
+	// Into the sandboxes from elsewhere: exposed ports only.
+	r.add(c, fwd, r.toSandbox(false), r.fromSandbox(true), ctDNAT(expr.CmpOpNeq), verdict(expr.VerdictAccept))
+	r.add(c, fwd, r.toSandbox(false), r.fromSandbox(true), verdict(expr.VerdictDrop))
+	// Sandbox to sandbox: only through an exposed port (hairpin), never directly.
+	r.add(c, fwd, r.fromSandbox(false), r.toSandbox(false), ctDNAT(expr.CmpOpNeq), verdict(expr.VerdictAccept))
+	r.add(c, fwd, r.fromSandbox(false), r.toSandbox(false), reject())
+	// Out of the sandboxes: whatever each sandbox's mode allows.
+	r.add(c, fwd, r.fromSandbox(false), isIPv4(),
+		[]expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4SaddrOffset, Len: 4}},
+		[]expr.Any{&expr.Lookup{SourceRegister: reg1, IsDestRegSet: true, SetName: r.modes.Name, SetID: r.modes.ID}})
+	r.add(c, fwd, r.fromSandbox(false), reject())
+
+	egress := c.AddChain(r.chain(chainEgress))
+	r.add(c, egress, isIPv4(), daddrIn(expr.CmpOpEq, linkLocal), reject())
+	r.add(c, egress, verdict(expr.VerdictAccept))
+}
+
+// addSandbox queues everything a networked sandbox needs. The rules match the veth by name,
+// so they can (and do) go in before the veth exists.
+func (r *ruleset) addSandbox(c *nftables.Conn, sb *sandbox, veth string) error {
+	if err := c.SetAddElements(r.sandboxes, []nftables.SetElement{{Key: ifname(veth)}}); err != nil {
+		return fmt.Errorf("nftables: add %s to %s: %w", veth, setSandboxes, err)
+	}
+	if err := r.addMode(c, sb, veth); err != nil {
+		return err
+	}
+	for _, p := range sb.Ports {
+		if err := r.addPort(c, sb.Addr, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// delSandbox queues the removal of everything addSandbox added.
+func (r *ruleset) delSandbox(c *nftables.Conn, sb *sandbox, veth string) error {
+	for _, p := range sb.Ports {
+		if err := r.delPort(c, p); err != nil {
+			return err
+		}
+	}
+	if err := r.delMode(c, sb, veth); err != nil {
+		return err
+	}
+	if err := c.SetDeleteElements(r.sandboxes, []nftables.SetElement{{Key: ifname(veth)}}); err != nil {
+		return fmt.Errorf("nftables: delete %s from %s: %w", veth, setSandboxes, err)
+	}
+	return nil
+}
+
+func (r *ruleset) addMode(c *nftables.Conn, sb *sandbox, veth string) error {
+	target := &expr.Verdict{Kind: expr.VerdictJump, Chain: chainEgress}
+	if sb.Mode == ModeAllow {
+		ch := c.AddChain(r.chain(allowChain(veth)))
+		for _, p := range sb.Allow {
+			r.add(c, ch, isIPv4(), daddrIn(expr.CmpOpEq, p), verdict(expr.VerdictAccept))
+		}
+		r.add(c, ch, reject())
+		target = &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}
+	}
+	a := sb.Addr.As4()
+	if err := c.SetAddElements(r.modes, []nftables.SetElement{{Key: a[:], VerdictData: target}}); err != nil {
+		return fmt.Errorf("nftables: add %s to %s: %w", sb.Addr, setModes, err)
+	}
+	return nil
+}
+
+func (r *ruleset) delMode(c *nftables.Conn, sb *sandbox, veth string) error {
+	a := sb.Addr.As4()
+	if err := c.SetDeleteElements(r.modes, []nftables.SetElement{{Key: a[:]}}); err != nil {
+		return fmt.Errorf("nftables: delete %s from %s: %w", sb.Addr, setModes, err)
+	}
+	if sb.Mode == ModeAllow {
+		c.DelChain(r.chain(allowChain(veth)))
+	}
+	return nil
+}
+
+func (r *ruleset) portElement(p Port, target netip.Addr) (*nftables.Set, nftables.SetElement) {
+	key := protoPortBytes(protoNumber(p.Protocol), p.HostPort)
+	set := r.portsAny
+	if p.HostIP.IsValid() {
+		a := p.HostIP.As4()
+		key = append(a[:], key...)
+		set = r.portsIP
+	}
+	elem := nftables.SetElement{Key: key}
+	if target.IsValid() {
+		elem.Val = addrPortBytes(target, p.Port)
+	}
+	return set, elem
+}
+
+func (r *ruleset) addPort(c *nftables.Conn, target netip.Addr, p Port) error {
+	set, elem := r.portElement(p, target)
+	if err := c.SetAddElements(set, []nftables.SetElement{elem}); err != nil {
+		return fmt.Errorf("nftables: add host port %s to %s: %w", p.hostSide(), set.Name, err)
+	}
+	return nil
+}
+
+func (r *ruleset) delPort(c *nftables.Conn, p Port) error {
+	set, elem := r.portElement(p, netip.Addr{})
+	if err := c.SetDeleteElements(set, []nftables.SetElement{elem}); err != nil {
+		return fmt.Errorf("nftables: delete host port %s from %s: %w", p.hostSide(), set.Name, err)
+	}
+	return nil
+}
+
+// replaceSandboxSideTable queues, for a sandbox's own network namespace, the table that
+// delivers new TCP connections arriving on eth0 for the sandbox's address to 127.0.0.1, so
+// services listening only on the sandbox's loopback are reachable (wildcard listeners are
+// reached through 127.0.0.1 too). UDP is left alone: a wildcard-bound UDP server answers
+// from the address routing picks (the sandbox's), not from 127.0.0.1, and conntrack would
+// then remap the reply's port.
+func replaceSandboxSideTable(c *nftables.Conn, name string, addr netip.Addr) {
+	// Created if missing and its one chain emptied, rather than deleted and made again: a
+	// table deletion in the batch costs an RCU grace period (10-25 ms measured).
+	t := &nftables.Table{Name: name, Family: nftables.TableFamilyIPv4}
+	c.AddTable(t)
+	ch := c.AddChain(&nftables.Chain{Table: t, Name: chainPrerouting, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest})
+	c.FlushChain(ch)
+	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs(
+		iif(expr.CmpOpEq, sandboxIf), daddrIn(expr.CmpOpEq, netip.PrefixFrom(addr, 32)),
+		metaCmp(expr.MetaKeyL4PROTO, expr.CmpOpEq, []byte{unix.IPPROTO_TCP}), dnatToAddr(localhost))})
+}
