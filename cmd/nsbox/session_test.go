@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // Sessions are tested on both shells: bash (the host image, PTY + readline) and busybox sh
@@ -398,5 +399,93 @@ func TestSSEWireFormat(t *testing.T) {
 	}
 	if strings.Join(events, ",") != strings.Join(want, ",") || !strings.Contains(strings.Join(lines, "\n"), `"data":"/w==","encoding":"base64"`) {
 		t.Fatalf("SSE: %q", lines)
+	}
+}
+
+// readTerminalUntil reads a terminal until its output contains want.
+func readTerminalUntil(t *testing.T, term interface {
+	Read() ([]byte, *api.TerminalEvent, error)
+}, want string) string {
+	t.Helper()
+	var seen strings.Builder
+	deadline := time.AfterFunc(10*time.Second, func() { t.Errorf("terminal never showed %q; saw %q", want, seen.String()) })
+	defer deadline.Stop()
+	for !strings.Contains(seen.String(), want) {
+		out, notice, err := term.Read()
+		if err != nil {
+			t.Fatalf("read terminal (waiting for %q, saw %q): %v", want, seen.String(), err)
+		}
+		if notice != nil && notice.Type == api.TerminalEnded {
+			return seen.String() + "\n[ended]"
+		}
+		seen.Write(out)
+	}
+	return seen.String()
+}
+
+func TestTerminalSharesTheSession(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "tty"})
+	d.sh("tty", "cd /tmp; export FROM_API=api")
+	ctx := context.Background()
+	ws := client.New(d.socket) // the spec-checking test client carries no WebSockets
+	first, err := ws.AttachTerminal(ctx, "tty", "default", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if err := first.Resize(120, 33); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Input([]byte("echo \"[$FROM_API $(pwd) $(stty size)]\"; export FROM_TTY=tty; cd /var\r")); err != nil {
+		t.Fatal(err)
+	}
+	readTerminalUntil(t, first, "[api /tmp 33 120]")
+	// Structured execs see what the terminal did, and their output stays out of the terminal.
+	deadline := time.Now().Add(5 * time.Second)
+	for d.sh("tty", "pwd") != "/var\n" && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := d.sh("tty", "echo $FROM_TTY; pwd; echo structured-only"); got != "tty\n/var\nstructured-only\n" {
+		t.Fatalf("exec after terminal input: %q", got)
+	}
+	// A second client gets the scrollback first, then shares the live terminal.
+	second, err := ws.AttachTerminal(ctx, "tty", "default", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if replay := readTerminalUntil(t, second, "[api /tmp 33 120]"); strings.Contains(replay, "structured-only") {
+		t.Fatalf("a structured command's output reached the terminal: %q", replay)
+	}
+	if err := second.Input([]byte("echo both-see-$((40+2))\r")); err != nil {
+		t.Fatal(err)
+	}
+	readTerminalUntil(t, first, "both-see-42")
+	readTerminalUntil(t, second, "both-see-42")
+	// While a program holds the terminal, structured commands wait for the prompt.
+	if err := first.Input([]byte("sleep 1\r")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	if got := d.sh("tty", "echo after-sleep"); got != "after-sleep\n" || time.Since(start) < 500*time.Millisecond {
+		t.Fatalf("exec while the terminal ran sleep: %q after %v", got, time.Since(start))
+	}
+	// Ending the shell from the terminal ends the session for every client.
+	if err := first.Input([]byte("exit\r")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readTerminalUntil(t, second, "[ended]"); !strings.HasSuffix(got, "[ended]") {
+		t.Fatalf("second client after exit: %q", got)
+	}
+	// Errors: missing session, and sh sessions have no terminal.
+	if _, err := ws.AttachTerminal(ctx, "tty", "nope", -1); err == nil {
+		t.Fatal("attached to a missing session")
+	}
+	d.create(api.CreateSandboxRequest{ID: "notty", Image: "busybox"})
+	d.sh("notty", "true")
+	if _, err := ws.AttachTerminal(ctx, "notty", "default", -1); err == nil {
+		t.Fatal("attached to an sh session")
 	}
 }

@@ -1,0 +1,162 @@
+package session
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRingKeepsTheTailAndCountsWhatItDropped(t *testing.T) {
+	r := NewRing(10)
+	r.Write([]byte("0123456789"))
+	r.Write([]byte("abc"))
+	data, skipped, next, _ := r.ReadFrom(0)
+	if string(data) != "3456789abc" || skipped != 3 || next != 13 {
+		t.Fatalf("got %q skipped %d next %d", data, skipped, next)
+	}
+	data, skipped, next, _ = r.ReadFrom(11)
+	if string(data) != "bc" || skipped != 0 || next != 13 {
+		t.Fatalf("from 11: %q %d %d", data, skipped, next)
+	}
+	if data, _, next, _ = r.ReadFrom(99); len(data) != 0 || next != 13 {
+		t.Fatalf("past the end: %q %d", data, next)
+	}
+}
+
+func TestRingWakesReaders(t *testing.T) {
+	r := NewRing(1 << 10)
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var cursor int64
+			var got bytes.Buffer
+			for got.Len() < 100 {
+				data, _, next, changed := r.ReadFrom(cursor)
+				got.Write(data)
+				cursor = next
+				if got.Len() < 100 {
+					<-changed
+				}
+			}
+		}()
+	}
+	for i := 0; i < 100; i++ {
+		r.Write([]byte{'x'})
+	}
+	wg.Wait()
+}
+
+func TestFifoReaderKeepsOutputOfFastWriters(t *testing.T) {
+	// Output written just before the writer exits must never be lost to the race between the
+	// status report and the reader goroutine (the raw drain in finish guarantees it).
+	dir := t.TempDir()
+	for i := 0; i < 200; i++ {
+		path := filepath.Join(dir, "out")
+		var mu sync.Mutex
+		var got bytes.Buffer
+		r, err := openFifoReader(path, os.Getuid(), os.Getgid(), func(b []byte) {
+			mu.Lock()
+			got.Write(b)
+			mu.Unlock()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := exec.Command("sh", "-c", "echo out > "+path).Run(); err != nil {
+			t.Fatal(err)
+		}
+		rest := NewRing(1 << 10)
+		r.finish(rest)
+		os.Remove(path)
+		if got.String() != "out\n" {
+			t.Fatalf("run %d: got %q", i, got.String())
+		}
+	}
+}
+
+func TestFifoReaderHandsLateOutputToTheRing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	var got bytes.Buffer
+	r, err := openFifoReader(path, os.Getuid(), os.Getgid(), func(b []byte) { got.Write(b) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A "background job" keeps the FIFO open and writes after its command finished.
+	job := exec.Command("sh", "-c", "echo now; sleep 0.3; echo later")
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job.Stdout = f
+	if err := job.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	time.Sleep(100 * time.Millisecond)
+	rest := NewRing(1 << 10)
+	r.finish(rest)
+	if got.String() != "now\n" {
+		t.Fatalf("command output: %q", got.String())
+	}
+	_ = job.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, _, _, _ := rest.ReadFrom(0)
+		if string(data) == "later\n" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("late output in the ring: %q", data)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestQuoteArgvRunsExactlyThatArgv(t *testing.T) {
+	argv := []string{"printf", "[%s]", "a b", "it's", "$HOME", "`x`", "\\n", "", "*"}
+	out, err := exec.Command("sh", "-c", QuoteArgv(argv)).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[a b][it's][$HOME][`x`][\\n][][*]"; string(out) != want {
+		t.Fatalf("got %q, want %q", out, want)
+	}
+}
+
+func TestRunScriptOverlaysEnvAndCwdForOneCommand(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "cmd.1"), []byte("echo \"$A $B $(pwd)\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "run.1"), []byte(runScript(dir, 1, "/", map[string]string{"A": "x y", "B": "it's"}, false)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The status line goes to $__nsbox_dir/status; here a plain file.
+	script := "__nsbox_dir=" + quote(dir) + "; A=orig; cd /tmp; . " + quote(filepath.Join(dir, "run.1")) +
+		"; cat " + quote(filepath.Join(dir, "out.1")) + "; echo \"after: $A [${B-unset}] $(pwd)\"; cat \"$__nsbox_dir/status\""
+	out, err := exec.Command("sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if want := "x y it's /\nafter: orig [unset] /tmp\nS 1 0\n"; string(out) != want {
+		t.Fatalf("got %q, want %q", out, want)
+	}
+}
+
+func TestValidEnvName(t *testing.T) {
+	for name, ok := range map[string]bool{"A": true, "_x1": true, "PATH": true, "1A": false, "A-B": false, "": false, "A B": false} {
+		if ValidEnvName(name) != ok {
+			t.Errorf("%q: want %v", name, ok)
+		}
+	}
+	if !strings.Contains(bashRC("/d"), "bind -x") || !strings.Contains(shTrigger("/d", 7), "S 7") {
+		t.Errorf("rc or trigger changed shape")
+	}
+}
