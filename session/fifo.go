@@ -44,18 +44,23 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 	r := &fifoReader{f: f, keep: keep, sink: sink, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		chunk := make([]byte, 64<<10)
-		for {
-			n, err := f.Read(chunk)
-			if n > 0 {
-				r.sink(chunk[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
+		pump(f, r.sink)
 	}()
 	return r, nil
+}
+
+// pump reads f until it fails (end of file, a deadline, a close) and hands each chunk to sink.
+func pump(f *os.File, sink func([]byte)) {
+	chunk := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(chunk)
+		if n > 0 {
+			sink(chunk[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // finish delivers everything the command wrote, then moves the FIFO to a background drain

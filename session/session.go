@@ -236,7 +236,7 @@ func (s *Session) startShell(cwd string) error {
 		sh.term, child = ptmx, []*os.File{tty, tty, tty}
 		attr.Sys.Setctty, attr.Sys.Ctty = true, 0
 		argv = []string{"bash", "--noprofile", "--rcfile", rcFile, "-i"}
-		go copyInto(s.Terminal, ptmx)
+		go pump(ptmx, s.writeTerminal)
 	} else {
 		inR, inW, err := os.Pipe()
 		if err != nil {
@@ -253,7 +253,7 @@ func (s *Session) startShell(cwd string) error {
 		sh.term, child = inW, []*os.File{inR, outW, outW}
 		argv = []string{"sh", "-i"}
 		go func() {
-			copyInto(s.Terminal, outR)
+			pump(outR, s.writeTerminal)
 			outR.Close()
 		}()
 	}
@@ -300,18 +300,7 @@ func (s *Session) shellExited(sh *shell) {
 	s.markDone()
 }
 
-func copyInto(ring *Ring, f *os.File) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			ring.Write(buf[:n])
-		}
-		if err != nil {
-			return
-		}
-	}
-}
+func (s *Session) writeTerminal(b []byte) { _, _ = s.Terminal.Write(b) }
 
 func tailOf(r *Ring) string {
 	data, _, _, _ := r.ReadFrom(r.End() - 512)
