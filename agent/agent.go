@@ -79,6 +79,7 @@ func Run(listenFD int, version string) error {
 				a.log.Warn("forward signal", "signal", sig, "err", err)
 			}
 			if sig == unix.SIGTERM || sig == unix.SIGINT || sig == unix.SIGQUIT {
+				a.sessions.KillShells()
 				a.procs.waitAll()
 				return nil
 			}

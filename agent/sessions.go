@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"regexp"
 	"sync"
@@ -115,6 +116,9 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed exec request: %v", err))
 		return
 	}
+	// Read to the end: only then does the server notice, and cancel r.Context(), when the
+	// daemon's connection goes away (which killOnDisconnect relies on).
+	_, _ = io.Copy(io.Discard, r.Body)
 	sreq, err := sessionRequest(&req)
 	if err != nil {
 		api.WriteError(w, err)

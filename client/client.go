@@ -125,6 +125,7 @@ func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest,
 			}
 			onEvent(ev)
 			if ev.Type == api.EventExit && ev.Result != nil {
+				_, _ = io.Copy(io.Discard, resp.Body) // read to the end, so the connection is reused
 				return ev.Result, nil
 			}
 		}

@@ -105,6 +105,9 @@ func decodeBody(w http.ResponseWriter, req *http.Request, v any) error {
 	if dec.More() {
 		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: data after the object")
 	}
+	// Read to the end: only then does the server watch the connection and cancel the request
+	// when the client goes away.
+	_, _ = io.Copy(io.Discard, req.Body)
 	return nil
 }
 

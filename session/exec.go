@@ -69,11 +69,15 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest, emit func(stream st
 		return nil, err
 	}
 	before := descendants(sh.pid)
-	if err := s.trigger(sh, n); err != nil {
-		run.finish(nil)
-		return nil, err
-	}
+	// Started goes out before the shell can produce a byte of output.
 	emit(Started, nil)
+	if err := s.trigger(sh, n); err != nil {
+		// The shell no longer takes input: it is gone or going; end it for good.
+		killTree(sh.pid)
+		<-sh.done
+		run.finish(nil)
+		return &Result{ExitCode: exitCode(sh.status), SessionEnded: true, Duration: time.Since(started)}, nil
+	}
 	var timeout <-chan time.Time
 	if req.Timeout > 0 {
 		t := time.NewTimer(req.Timeout)
@@ -227,36 +231,47 @@ func writeFileAtomic(path, content string) error {
 	return nil
 }
 
-// interrupt stops exec n after a timeout or cancel: every process it started is killed; a
-// loop in the shell itself gets ^C. If the shell still does not report, it is replaced by a
-// new one in the same directory and interrupt reports true (the session was reset).
+// interrupt stops exec n after a timeout or cancel, as ^C does in an interactive shell: the
+// shell abandons the rest of the command (it reports through its abort path), then whatever
+// the command started and is still running is killed. A shell that does not come back is
+// replaced by a new one in the same directory, and interrupt reports true (a reset).
 func (s *Session) interrupt(sh *shell, status <-chan int, before map[int]bool) bool {
-	killNew(sh.pid, before)
-	select {
-	case <-status:
-		return false
-	case <-sh.done:
-		return false
-	case <-time.After(100 * time.Millisecond):
-	}
-	if sh.bash {
-		// The shell itself is busy (a loop of builtins): interrupt it from its terminal.
-		_, _ = sh.term.Write([]byte{3})
+	// Taken first: a process whose parent dies of the interrupt leaves the shell's tree.
+	started := newProcs(sh.pid, before)
+	defer func() {
+		started.kill()
 		killNew(sh.pid, before)
-		if s.probe(sh) {
-			return false
-		}
+	}()
+	if sh.bash {
+		sh.readyTerminal()
+		_, _ = sh.term.Write([]byte{3}) // to the terminal's foreground job, or the shell itself
 	} else {
-		select {
-		case <-status:
-			return false
-		case <-sh.done:
-			return false
-		case <-time.After(interruptGrace):
-		}
+		// No terminal: the shell and its foreground children share its process group. Its
+		// earlier background jobs ignore SIGINT, as in any shell without job control.
+		_ = unix.Kill(-sh.pid, unix.SIGINT)
+	}
+	if s.reported(sh, status, 200*time.Millisecond) {
+		return false
+	}
+	// Something ignores SIGINT: kill what the command started, and let the shell report.
+	killNew(sh.pid, before)
+	if s.reported(sh, status, interruptGrace) || (sh.bash && s.probe(sh)) {
+		return false
 	}
 	s.reset(sh)
 	return true
+}
+
+// reported waits up to limit for the command's status or the shell's end.
+func (s *Session) reported(sh *shell, status <-chan int, limit time.Duration) bool {
+	select {
+	case <-status:
+		return true
+	case <-sh.done:
+		return true
+	case <-time.After(limit):
+		return false
+	}
 }
 
 // probe checks that a bash shell is back at its prompt by running a no-op through it.
@@ -271,14 +286,7 @@ func (s *Session) probe(sh *shell) bool {
 	if s.trigger(sh, n) != nil {
 		return false
 	}
-	select {
-	case <-status:
-		return true
-	case <-sh.done:
-		return false
-	case <-time.After(interruptGrace):
-		return false
-	}
+	return s.reported(sh, status, interruptGrace) && !sh.exited()
 }
 
 // reset replaces a shell that does not come back with a new one in the same directory. The

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultID is the session used by calls that name none.
@@ -113,6 +115,21 @@ func (m *Manager) Delete(id string) error {
 	}
 	s.destroy()
 	return nil
+}
+
+// KillShells kills every session's shell but not what the shells started: at sandbox stop,
+// processes get SIGTERM and time to exit, while interactive shells, which ignore SIGTERM,
+// would only hold the stop up.
+func (m *Manager) KillShells() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.sessions {
+		s.mu.Lock()
+		if s.sh != nil {
+			_ = unix.Kill(s.sh.pid, unix.SIGKILL)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // Info describes a session.

@@ -50,6 +50,43 @@ func killNew(pid int, before map[int]bool) {
 	}
 }
 
+// procSet is a set of processes, each known by pid and start time, so that a pid reused by a
+// later process is never mistaken for it.
+type procSet map[int]string
+
+// newProcs returns the processes below pid that were not there before.
+func newProcs(pid int, before map[int]bool) procSet {
+	out := procSet{}
+	for p := range descendants(pid) {
+		if !before[p] {
+			out[p] = startTime(p)
+		}
+	}
+	return out
+}
+
+// kill sends SIGKILL to the processes of the set that still exist.
+func (ps procSet) kill() {
+	for p, started := range ps {
+		if started != "" && startTime(p) == started {
+			_ = unix.Kill(p, unix.SIGKILL)
+		}
+	}
+}
+
+// startTime is a process's start time (field 22 of /proc/pid/stat), or "" if it is gone.
+func startTime(pid int) string {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(fields) < 20 {
+		return ""
+	}
+	return fields[19]
+}
+
 // killTree kills pid and everything below it.
 func killTree(pid int) {
 	for range 10 {

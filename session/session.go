@@ -250,8 +250,24 @@ func (s *Session) startShell(cwd string) error {
 		}
 		defer inR.Close()
 		defer outW.Close()
-		sh.term, child = inW, []*os.File{inR, outW, outW}
-		argv = []string{"sh", "-i"}
+		devNull, err := os.Open(os.DevNull)
+		if err != nil {
+			inW.Close()
+			outR.Close()
+			return fmt.Errorf("open %s: %w", os.DevNull, err)
+		}
+		defer devNull.Close()
+		// The shell reopens fd 3 by path (/proc/self/fd/3), which checks the pipe's owner.
+		if err := inR.Chown(s.cred.uid, s.cred.gid); err != nil {
+			inW.Close()
+			outR.Close()
+			return fmt.Errorf("chown shell input: %w", err)
+		}
+		// Commands come in on fd 3, not stdin: busybox runs applets in forked children that
+		// inherit the shell's stdio buffers, and a buffered stdin would hand them the shell's
+		// own pending input.
+		sh.term, child = inW, []*os.File{devNull, outW, outW, inR}
+		argv = []string{"sh", "-i", "/proc/self/fd/3"}
 		go func() {
 			pump(outR, s.writeTerminal)
 			outR.Close()

@@ -1,8 +1,13 @@
 // Package spectest validates API responses against openapi.json in tests. It loads the
 // OpenAPI document, lists its operations, and checks that a response's status is documented
-// for its operation and that its JSON body matches the documented schema. It understands the
-// subset of JSON Schema the document uses, and Load rejects a document that uses more, so a
-// schema is never silently left unchecked.
+// for its operation and that its JSON body matches the documented schema; event streams
+// (text/event-stream) are checked event by event. It understands the subset of JSON Schema
+// the document uses, and Load rejects a document that uses more, so a schema is never
+// silently left unchecked.
+//
+// An event stream is documented by the extension x-sse on its media type: "events" maps each
+// event name to the schema of its data, and "endsWith" lists the events after which the
+// stream ends (a complete stream must end with one of them).
 package spectest
 
 import (
@@ -32,11 +37,41 @@ type operation struct {
 }
 
 type response struct {
-	Ref     string `json:"$ref"`
-	Content map[string]struct {
-		Schema *schema `json:"schema"`
-	} `json:"content"`
+	Ref     string                `json:"$ref"`
+	Content map[string]*mediaType `json:"content"`
 }
+
+type mediaType struct {
+	Schema *schema  `json:"schema"`
+	SSE    *sseSpec `json:"x-sse"`
+}
+
+// sseSpec describes a text/event-stream body: the schema of each event's data, by event name,
+// and the events that end the stream.
+type sseSpec struct {
+	Events   map[string]*schema `json:"events"`
+	EndsWith []string           `json:"endsWith"`
+}
+
+func (s *sseSpec) UnmarshalJSON(data []byte) error {
+	type plain sseSpec
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode((*plain)(s)); err != nil {
+		return fmt.Errorf("x-sse: %w", err)
+	}
+	if len(s.Events) == 0 {
+		return fmt.Errorf("x-sse: no events")
+	}
+	for _, name := range s.EndsWith {
+		if s.Events[name] == nil {
+			return fmt.Errorf("x-sse: endsWith names %q, which is not one of its events", name)
+		}
+	}
+	return nil
+}
+
+const eventStream = "text/event-stream"
 
 // schema is the subset of JSON Schema that the validator understands.
 type schema struct {
@@ -112,6 +147,19 @@ func Load(path string) (*Spec, error) {
 			s.ops[strings.ToUpper(method)+" "+p] = op
 		}
 	}
+	// An event stream without x-sse would go unchecked.
+	for key, op := range s.ops {
+		for status, resp := range op.Responses {
+			if media := resp.Content[eventStream]; media != nil && media.SSE == nil {
+				return nil, fmt.Errorf("parse spec %s: %s: status %s: %s without x-sse", path, key, status, eventStream)
+			}
+		}
+	}
+	for name, resp := range s.responses {
+		if media := resp.Content[eventStream]; media != nil && media.SSE == nil {
+			return nil, fmt.Errorf("parse spec %s: response %s: %s without x-sse", path, name, eventStream)
+		}
+	}
 	return s, nil
 }
 
@@ -122,6 +170,7 @@ func (s *Spec) Operations() []string {
 
 // ValidateResponse checks that status is documented for the operation and that body matches
 // the documented JSON schema; a response documented without content must have an empty body.
+// An event stream (Content-Type text/event-stream) is checked with ValidateSSE instead.
 // path is the operation's template ("/v1/sandboxes/{id}") or a concrete request path
 // ("/v1/sandboxes/abc?force=true"), which is matched against the templates.
 func (s *Spec) ValidateResponse(method, path string, status int, body []byte) error {
@@ -196,16 +245,25 @@ func fits(path, tmpl string) bool {
 }
 
 func (s *Spec) validateJSON(sc *schema, body []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
+	v, err := decodeJSON(body)
+	if err != nil {
+		return fmt.Errorf("body %w", err)
+	}
+	return s.validate(sc, v, "$", 0)
+}
+
+// decodeJSON decodes exactly one JSON value, keeping numbers as json.Number.
+func decodeJSON(data []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
-		return fmt.Errorf("body is not JSON: %w", err)
+		return nil, fmt.Errorf("is not JSON: %w", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("body has data after the JSON value")
+		return nil, fmt.Errorf("has data after the JSON value")
 	}
-	return s.validate(sc, v, "$", 0)
+	return v, nil
 }
 
 // validate checks v against sc; at is v's JSON path, for error messages.

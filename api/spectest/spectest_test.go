@@ -45,6 +45,22 @@ func TestLoad(t *testing.T) {
 	if _, err := spectest.Load(path); err == nil || !strings.Contains(err.Error(), "oneOf") {
 		t.Errorf("Load of a spec using oneOf: err = %v, want an error naming oneOf", err)
 	}
+	// So must an event stream whose events are not described, or described with a typo.
+	for _, c := range []struct{ media, want string }{
+		{`{"schema":{"type":"string"}}`, "without x-sse"},
+		{`{"x-sse":{"events":{"a":{}},"endsWith":["a"],"final":["a"]}}`, `"final"`},
+		{`{"x-sse":{"events":{"a":{}},"endsWith":["b"]}}`, `"b"`},
+		{`{"x-sse":{"events":{}}}`, "no events"},
+		{`{"x-sse":{"events":{"a":{"oneOf":[]}}}}`, "oneOf"},
+	} {
+		doc := `{"openapi":"3.1.0","paths":{"/x":{"get":{"responses":{"200":{"description":"","content":{"text/event-stream":` + c.media + `}}}}}}}`
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := spectest.Load(path); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Load of a spec with an event stream %s: err = %v, want an error containing %q", c.media, err, c.want)
+		}
+	}
 }
 
 func TestOperationsMatchRoutes(t *testing.T) {
@@ -93,12 +109,41 @@ func wireError(code string) (int, []byte) {
 	return rec.Code, rec.Body.Bytes()
 }
 
+func session(id, status string) api.Session {
+	s := api.Session{ID: id, Shell: "bash", User: "root", Cwd: "/workspace", Status: status, PID: 7,
+		CreatedAt: time.Now().UTC()}
+	if status == api.SessionEnded {
+		s.Shell, s.User, s.Cwd, s.PID, s.ExitCode = "sh", "1000", "", 0, 3
+	}
+	return s
+}
+
+// result is an exec result as the daemon answers it: every command runs in a session.
+func result(exitCode int, stdout, stderr []byte) api.ExecResult {
+	r := api.NewExecResult(exitCode, stdout, stderr)
+	r.SessionID = "default"
+	return r
+}
+
+// sessionResult is an exec result as a session answers it.
+func sessionResult(sid string, f func(r *api.ExecResult)) api.ExecResult {
+	r := api.NewExecResult(0, []byte("/tmp\n"), nil)
+	r.SessionID, r.DurationMs = sid, 12
+	if f != nil {
+		f(&r)
+	}
+	return r
+}
+
 func TestValidResponses(t *testing.T) {
 	spec := load(t)
-	timedOut := api.NewExecResult(124, []byte("partial"), nil)
+	timedOut := result(124, []byte("partial"), nil)
 	timedOut.TimedOut, timedOut.DurationMs = true, 1000
-	truncated := api.NewExecResult(0, []byte{0xff, 0, 'x'}, []byte("ok"))
+	truncated := result(0, []byte{0xff, 0, 'x'}, []byte("ok"))
 	truncated.Truncated = true
+	reset := sessionResult("build", func(r *api.ExecResult) { r.ExitCode, r.TimedOut, r.SessionReset = 124, true, true })
+	ended := sessionResult("default", func(r *api.ExecResult) { r.ExitCode, r.SessionEnded = 3, true })
+	canceled := sessionResult("s-101112.131415", func(r *api.ExecResult) { r.ExitCode, r.Canceled = 130, true })
 	cases := []struct {
 		method, path string
 		status       int
@@ -112,14 +157,27 @@ func TestValidResponses(t *testing.T) {
 		{"GET", "/v1/sandboxes", 200, wire(t, []api.Sandbox{})},
 		{"GET", "/v1/sandboxes/{id}", 200, wire(t, failedSandbox())},
 		{"DELETE", "/v1/sandboxes/{id}", 204, nil},
-		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, api.NewExecResult(0, []byte("hi\n\x00\x1b"), nil))},
-		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, api.NewExecResult(127, nil, []byte("nsbox: nope: not found\n")))},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, result(0, []byte("hi\n\x00\x1b"), nil))},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, result(127, nil, []byte("bash: nope: command not found\n")))},
 		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, timedOut)},
 		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, truncated)},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, sessionResult("default", nil))},
+		{"POST", "/v1/sandboxes/{id}/exec", 200, wire(t, ended)},
+		{"POST", "/v1/sandboxes/{id}/sessions", 201, wire(t, session("build", api.SessionIdle))},
+		{"GET", "/v1/sandboxes/{id}/sessions", 200, wire(t, []api.Session{session("a", api.SessionBusy), session("b", api.SessionEnded), session("default", api.SessionIdle)})},
+		{"GET", "/v1/sandboxes/{id}/sessions", 200, wire(t, []api.Session{})},
+		{"GET", "/v1/sandboxes/{id}/sessions/{sid}", 200, wire(t, session("a", api.SessionEnded))},
+		{"DELETE", "/v1/sandboxes/{id}/sessions/{sid}", 204, nil},
+		{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", 200, wire(t, reset)},
+		{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", 200, wire(t, canceled)},
+		{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", 204, nil},
 		// Concrete request paths are matched against the templates.
 		{"GET", "/v1/sandboxes/web-1", 200, wire(t, fullSandbox())},
 		{"delete", "/v1/sandboxes/web-1?force=true", 204, nil},
-		{"POST", "/v1/sandboxes/web-1/exec", 200, wire(t, api.NewExecResult(1, nil, nil))},
+		{"POST", "/v1/sandboxes/web-1/exec", 200, wire(t, result(1, nil, nil))},
+		{"GET", "/v1/sandboxes/web-1/sessions/build", 200, wire(t, session("build", api.SessionBusy))},
+		{"POST", "/v1/sandboxes/web-1/sessions/build/exec", 200, wire(t, sessionResult("build", nil))},
+		{"POST", "/v1/sandboxes/web-1/sessions/build/cancel", 204, nil},
 	}
 	for _, c := range cases {
 		if err := spec.ValidateResponse(c.method, c.path, c.status, c.body); err != nil {
@@ -140,6 +198,13 @@ func TestErrorResponses(t *testing.T) {
 		"POST /v1/sandboxes/{id}/exec": {api.CodeInvalidArgument, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable},
 		"GET /v1/version":              nil,
 		"GET /v1/images":               nil,
+
+		"POST /v1/sandboxes/{id}/sessions":              {api.CodeInvalidArgument, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable},
+		"GET /v1/sandboxes/{id}/sessions":               {api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+		"GET /v1/sandboxes/{id}/sessions/{sid}":         {api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+		"DELETE /v1/sandboxes/{id}/sessions/{sid}":      {api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+		"POST /v1/sandboxes/{id}/sessions/{sid}/exec":   {api.CodeInvalidArgument, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable},
+		"POST /v1/sandboxes/{id}/sessions/{sid}/cancel": {api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
 	}
 	for op, codes := range errs {
 		method, path, _ := strings.Cut(op, " ")
@@ -148,6 +213,16 @@ func TestErrorResponses(t *testing.T) {
 			if err := spec.ValidateResponse(method, path, status, body); err != nil {
 				t.Errorf("%s: %v", code, err)
 			}
+		}
+	}
+	// Every code, those no operation answers yet included, has an envelope schema.
+	for code, schema := range map[string]string{
+		api.CodeInvalidArgument: "InvalidArgumentError", api.CodePermissionDenied: "PermissionDeniedError",
+		api.CodeNotFound: "NotFoundError", api.CodeConflict: "ConflictError", api.CodeTooLarge: "PayloadTooLargeError",
+		api.CodeInternal: "InternalError", api.CodeUnavailable: "UnavailableError", api.CodeInsufficientStorage: "InsufficientStorageError",
+	} {
+		if _, body := wireError(code); spec.ValidateSchema(schema, body) != nil {
+			t.Errorf("%s: %v", code, spec.ValidateSchema(schema, body))
 		}
 	}
 	// A code sent with another code's status is wrong.
@@ -175,7 +250,7 @@ func mutate(t *testing.T, v any, f func(m map[string]any)) []byte {
 
 func TestRejects(t *testing.T) {
 	spec := load(t)
-	sb, res := fullSandbox(), api.NewExecResult(0, []byte("out"), nil)
+	sb, res := fullSandbox(), result(0, []byte("out"), nil)
 	_, notFound := wireError(api.CodeNotFound)
 	cases := []struct {
 		name, method, path string
@@ -199,6 +274,13 @@ func TestRejects(t *testing.T) {
 		{"bad encoding enum", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["encoding"] = "latin1" }), "$.encoding"},
 		{"wrong boolean", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["timedOut"] = "false" }), "$.timedOut"},
 		{"missing stdout", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { delete(m, "stdout") }), `"stdout"`},
+		{"missing sessionReset", "POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", 200, mutate(t, res, func(m map[string]any) { delete(m, "sessionReset") }), `"sessionReset"`},
+		{"bad result session id", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["sessionId"] = "a/b" }), "$.sessionId"},
+		{"bad session status", "GET", "/v1/sandboxes/{id}/sessions/{sid}", 200, mutate(t, session("a", api.SessionIdle), func(m map[string]any) { m["status"] = "running" }), "$.status"},
+		{"bad session shell", "POST", "/v1/sandboxes/{id}/sessions", 201, mutate(t, session("a", api.SessionIdle), func(m map[string]any) { m["shell"] = "zsh" }), "$.shell"},
+		{"session without pid", "GET", "/v1/sandboxes/{id}/sessions", 200, []byte(`[` + string(mutate(t, session("a", api.SessionIdle), func(m map[string]any) { delete(m, "pid") })) + `]`), `$[0]: required property "pid"`},
+		{"body on cancel", "POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", 204, []byte(`{}`), "without a body"},
+		{"session as a sandbox", "GET", "/v1/sandboxes/{id}/sessions/{sid}", 200, wire(t, sb), `required property "shell"`},
 		{"error without message", "GET", "/v1/sandboxes/{id}", 404, mutate(t, json.RawMessage(notFound), func(m map[string]any) { delete(m["error"].(map[string]any), "message") }), "$.error"},
 		{"undocumented status", "GET", "/v1/version", 500, notFound, "status 500 is not documented"},
 		{"unknown operation", "PUT", "/v1/version", 200, wire(t, api.Version{}), "no such operation"},
@@ -227,6 +309,10 @@ func TestValidateSchema(t *testing.T) {
 		{"CreateSandboxRequest", full},
 		{"ExecRequest", api.ExecRequest{Argv: []string{"ls", "-l"}, Env: map[string]string{"X": "1"}, Cwd: "/tmp"}},
 		{"ExecRequest", api.ExecRequest{Command: "cat", Stdin: "aGk=", StdinEncoding: api.EncodingBase64, TimeoutMs: 500}},
+		{"ExecRequest", api.ExecRequest{Command: "cd /tmp", SessionID: "build.1_x-y", KillOnDisconnect: true}},
+		{"CreateSessionRequest", api.CreateSessionRequest{}},
+		{"CreateSessionRequest", api.CreateSessionRequest{ID: "Build.1", Shell: "/bin/sh", User: "1000", Cwd: "/tmp", Env: map[string]string{"_A1": "x"}}},
+		{"ExecEvent", api.OutputEvent(api.EventStdout, []byte{0xff})},
 	}
 	for _, c := range valid {
 		if err := spec.ValidateSchema(c.schema, wire(t, c.v)); err != nil {
@@ -238,6 +324,12 @@ func TestValidateSchema(t *testing.T) {
 	}
 	if err := spec.ValidateSchema("ExecRequest", []byte(`{"command":"true","stdinEncoding":"hex"}`)); err == nil || !strings.Contains(err.Error(), "$.stdinEncoding") {
 		t.Errorf("an exec request with a bad stdinEncoding: err = %v, want one naming $.stdinEncoding", err)
+	}
+	if err := spec.ValidateSchema("CreateSessionRequest", []byte(`{"id":"-x"}`)); err == nil || !strings.Contains(err.Error(), "$.id") {
+		t.Errorf("a session request with a bad id: err = %v, want one naming $.id", err)
+	}
+	if err := spec.ValidateSchema("CreateSessionRequest", []byte(`{"shell":"bash","term":"xterm"}`)); err == nil || !strings.Contains(err.Error(), `"term"`) {
+		t.Errorf("a session request with an unknown field: err = %v, want one naming it", err)
 	}
 	if err := spec.ValidateSchema("NoSuchSchema", []byte(`{}`)); err == nil {
 		t.Error("validating against a missing schema succeeded")
@@ -272,6 +364,9 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"Sandbox", api.Sandbox{}, true},
 		{"Limits", api.Limits{}, true},
 		{"ExecResult", api.ExecResult{}, true},
+		{"ExecEvent", api.ExecEvent{}, true},
+		{"Session", api.Session{}, true},
+		{"CreateSessionRequest", api.CreateSessionRequest{}, false},
 		{"CreateSandboxRequest", api.CreateSandboxRequest{}, false},
 		{"LimitsRequest", api.Limits{}, false},
 		{"ExecRequest", api.ExecRequest{}, false},

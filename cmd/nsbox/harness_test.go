@@ -337,7 +337,15 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 		return nil, err
 	}
 	if resp.Header.Get("Content-Type") == "text/event-stream" {
-		return resp, nil // a stream: reading it whole here would defeat the streaming under test
+		// Checked event by event as the test reads it: reading it whole here would defeat the
+		// streaming under test.
+		stream, err := apiSpec.NewSSEStream(req.Method, req.URL.Path, resp.StatusCode)
+		if err != nil {
+			s.t.Errorf("answer does not match the API spec: %v", err)
+			return resp, nil
+		}
+		resp.Body = &sseCheckingBody{ReadCloser: resp.Body, t: s.t, stream: stream}
+		return resp, nil
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -356,4 +364,29 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 		s.t.Errorf("%s %s: Content-Type %q", req.Method, req.URL.Path, resp.Header.Get("Content-Type"))
 	}
 	return resp, nil
+}
+
+// sseCheckingBody checks an event stream against the spec as it is read, and at its end that
+// it ended right after exit or error. A stream closed early is checked as far as it was read.
+type sseCheckingBody struct {
+	io.ReadCloser
+	t      *testing.T
+	stream *spectest.SSEStream
+	failed bool
+}
+
+func (b *sseCheckingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if b.failed {
+		return n, err
+	}
+	var bad error
+	if _, bad = b.stream.Write(p[:n]); bad == nil && err == io.EOF {
+		bad = b.stream.Close()
+	}
+	if bad != nil {
+		b.failed = true
+		b.t.Errorf("event stream does not match the API spec: %v", bad)
+	}
+	return n, err
 }

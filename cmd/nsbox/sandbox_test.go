@@ -157,7 +157,7 @@ func TestHostImage(t *testing.T) {
 		"touch /usr/nsbox-test 2>/dev/null || echo ro":   "ro",
 		"touch /etc/nsbox-test 2>/dev/null || echo ro":   "ro",
 		"ls -A /var/lib":                                 "",
-		"ls /run":                                        "",
+		"ls /run; ls /run/nsbox":                         "nsbox\nsessions",
 		"echo data > /workspace/f && cat /workspace/f":   "data",
 		"echo t > /tmp/f && echo t > /root/f && echo ok": "ok",
 		"pwd": "/workspace",
@@ -193,10 +193,13 @@ func TestAPIErrors(t *testing.T) {
 	d.expectError("POST", "/v1/sandboxes/nope/exec", api.ExecRequest{Argv: []string{"true"}}, 404, api.CodeNotFound)
 	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{}, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"true"}, Command: "true"}, 400, api.CodeInvalidArgument)
-	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"true"}, Cwd: "/does/not/exist"}, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"cat"}, Stdin: "!!", StdinEncoding: "base64"}, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes/e1/exec", api.ExecRequest{Argv: []string{"true"}, TimeoutMs: -1}, 400, api.CodeInvalidArgument)
 	d.expectError("GET", "/v1/nothing", nil, 404, api.CodeNotFound)
+	// A cwd that does not exist fails the command the way cd does in the shell.
+	if got := d.exec("e1", api.ExecRequest{Argv: []string{"true"}, Cwd: "/does/not/exist"}); got.ExitCode == 0 || !strings.Contains(got.Stderr, "/does/not/exist") {
+		t.Errorf("missing cwd: %+v", got)
+	}
 	if got := d.exec("e1", api.ExecRequest{Argv: []string{"no-such-program"}}); got.ExitCode != 127 || !strings.Contains(got.Stderr, "not found") {
 		t.Errorf("missing program: %+v", got)
 	}

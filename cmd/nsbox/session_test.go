@@ -123,6 +123,11 @@ func TestSessionTimeoutsAndBackgroundJobs(t *testing.T) {
 			if got := d.sh("to", "ps -o comm | grep -c '^sleep' || true"); got != "0\n" {
 				t.Fatalf("processes of a timed-out command survived: %q", got)
 			}
+			// The rest of a timed-out command does not run.
+			res = d.exec("to", api.ExecRequest{Command: "sleep 30; echo rest > /tmp/rest", TimeoutMs: 300})
+			if got := d.sh("to", "cat /tmp/rest 2>/dev/null || echo absent"); !res.TimedOut || got != "absent\n" {
+				t.Fatalf("after a timeout the rest of the command ran: %q", got)
+			}
 			if got := d.sh("to", "pwd; echo $KEPT"); got != "/tmp\nyes\n" {
 				t.Fatalf("state after timeouts: %q", got)
 			}
@@ -347,7 +352,7 @@ func TestCLISessions(t *testing.T) {
 		t.Fatalf("session create: %q %q", out, errOut)
 	}
 	d.cli("", "sh", "-s", "work", "clis", "cd /var; export A=1")
-	out, _, code = d.cli("", "sh", "-s", "work", "clis", "echo $A $(pwd); echo err >&2; exit 4")
+	out, _, code = d.cli("", "sh", "-s", "work", "clis", "echo $A $(pwd); echo err >&2; (exit 4)")
 	if out != "1 /var\n" || code != 4 {
 		t.Fatalf("sh: %q %d", out, code)
 	}
