@@ -70,7 +70,19 @@ func validateShellEnv(env map[string]string) error {
 	return nil
 }
 
+// session finds a session by id; the default session is started when it does not run, so it
+// exists whenever anyone asks for it.
+func (a *Agent) session(sid string) (*session.Session, error) {
+	if sid == session.DefaultID {
+		return a.sessions.Default()
+	}
+	return a.sessions.Get(sid)
+}
+
 func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) {
+	if _, err := a.sessions.Default(); err != nil {
+		a.log.Warn("start default session", "err", err)
+	}
 	out := []api.Session{}
 	for _, i := range a.sessions.List() {
 		out = append(out, sessionInfo(i))
@@ -79,7 +91,7 @@ func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (a *Agent) handleGetSession(w http.ResponseWriter, r *http.Request) {
-	s, err := a.sessions.Get(r.PathValue("sid"))
+	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
 		api.WriteError(w, sessionError(err))
 		return
@@ -96,7 +108,7 @@ func (a *Agent) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) {
-	s, err := a.sessions.Get(r.PathValue("sid"))
+	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
 		api.WriteError(w, sessionError(err))
 		return
@@ -124,12 +136,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, err)
 		return
 	}
-	var s *session.Session
-	if sid := r.PathValue("sid"); sid == session.DefaultID {
-		s, err = a.sessions.Default()
-	} else {
-		s, err = a.sessions.Get(sid)
-	}
+	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
 		api.WriteError(w, sessionError(err))
 		return

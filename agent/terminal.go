@@ -25,7 +25,7 @@ func terminalError(err error) error {
 // ring holds after ?cursor= (default: all it holds), then output as it comes, until the session
 // ends or the client goes away.
 func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) {
-	s, err := a.sessions.Get(r.PathValue("sid"))
+	s, err := a.session(r.PathValue("sid"))
 	if err == nil && !s.HasTerminal() {
 		err = session.ErrNoTerminal
 	}
@@ -82,7 +82,7 @@ func (a *Agent) handleTerminalInput(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, api.Errorf(api.CodeTooLarge, "terminal input larger than %d bytes", maxTerminalInput))
 		return
 	}
-	s, err := a.sessions.Get(r.PathValue("sid"))
+	s, err := a.session(r.PathValue("sid"))
 	if err == nil {
 		err = s.TerminalInput(data)
 	}
@@ -100,7 +100,7 @@ func (a *Agent) handleTerminalResize(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed resize request: %v", err))
 		return
 	}
-	s, err := a.sessions.Get(r.PathValue("sid"))
+	s, err := a.session(r.PathValue("sid"))
 	if err == nil {
 		err = s.Resize(req.Cols, req.Rows)
 	}
