@@ -190,7 +190,8 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := r.store.Insert(rec); err != nil {
 		return nil, err
 	}
-	pid, err := r.start(ctx, rec, img, lim)
+	var phases startPhases
+	pid, err := r.start(ctx, rec, img, lim, &phases)
 	if err != nil {
 		r.abortCreate(rec)
 		// Whatever failed, the create as a whole failed inside the daemon.
@@ -202,7 +203,8 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		return nil, fmt.Errorf("record sandbox %s: %w", rec.ID, err)
 	}
 	r.watchAgent(rec.ID, pid)
-	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "pid", pid)
+	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "pid", pid,
+		"root", phases.root, "container", phases.container, "agent", phases.agent)
 	return &rec.Sandbox, nil
 }
 
@@ -213,9 +215,13 @@ func (r *Runtime) abortCreate(rec *record) {
 	}
 }
 
+// startPhases is how long each part of a start took, for the log.
+type startPhases struct{ root, container, agent time.Duration }
+
 // start mounts the sandbox's root, starts its container with the agent as PID 1 and waits
 // until the agent answers. It returns the agent's host pid.
-func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim limits) (int, error) {
+func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim limits, phases *startPhases) (int, error) {
+	began := time.Now()
 	runDir, dataDir := r.sandboxRunDir(rec.ID), r.sandboxDataDir(rec.ID)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return 0, fmt.Errorf("make run dir: %w", err)
@@ -233,6 +239,7 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	if err := os.MkdirAll(filepath.Join(merged, rec.Cwd), 0o755); err != nil {
 		return 0, fmt.Errorf("make cwd %s: %w", rec.Cwd, err)
 	}
+	phases.root = time.Since(began)
 
 	// The agent's listener is made here and handed over as fd 3: its path is on the host only.
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: r.agentSocket(rec.ID), Net: "unix"})
@@ -272,6 +279,7 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	if err := c.Run(proc); err != nil {
 		return 0, fmt.Errorf("start agent: %w", err)
 	}
+	phases.container = time.Since(began) - phases.root
 	// The agent is this daemon's child until the daemon exits; reap it when it ends.
 	go func() { _, _ = proc.Wait() }()
 	pid, err := proc.Pid()
@@ -283,6 +291,7 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	if _, err := r.agent(rec.ID).health(readyCtx); err != nil {
 		return 0, fmt.Errorf("agent did not come up: %v; agent log: %q", err, tail(logFile.Name(), 2048))
 	}
+	phases.agent = time.Since(began) - phases.root - phases.container
 	return pid, nil
 }
 
