@@ -38,6 +38,14 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", (*Runtime).handleExec},
 	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", (*Runtime).handleSessionCall},
 	{"GET", "/v1/sandboxes/{id}/sessions/{sid}/terminal", (*Runtime).handleTerminal},
+	{"GET", "/v1/sandboxes/{id}/files", (*Runtime).handleReadFile},
+	{"PUT", "/v1/sandboxes/{id}/files", (*Runtime).handleWriteFile},
+	{"DELETE", "/v1/sandboxes/{id}/files", (*Runtime).handleRemoveFile},
+	{"GET", "/v1/sandboxes/{id}/files/stat", (*Runtime).handleStatFile},
+	{"GET", "/v1/sandboxes/{id}/files/list", (*Runtime).handleListFiles},
+	{"POST", "/v1/sandboxes/{id}/files/mkdir", (*Runtime).handleMkdir},
+	{"POST", "/v1/sandboxes/{id}/files/move", (*Runtime).handleMove},
+	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
 }
 
 // Handler returns the daemon's HTTP API.

@@ -15,6 +15,8 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/api/spectest"
+	"github.com/nsbox/nsbox/client"
+	sandboxfs "github.com/nsbox/nsbox/fs"
 	"github.com/nsbox/nsbox/nsbox"
 )
 
@@ -72,6 +74,15 @@ func TestOperationsMatchRoutes(t *testing.T) {
 	if got := load(t).Operations(); !slices.Equal(got, want) {
 		t.Errorf("spec operations and nsbox.Routes differ:\nspec:   %q\nroutes: %q", got, want)
 	}
+}
+
+func fileInfo() sandboxfs.Info {
+	return sandboxfs.Info{Name: "a", Path: "/workspace/a", Type: sandboxfs.TypeFile, Size: 3, Mode: "4755", UID: 1000, GID: 1000,
+		Owner: "dev", Group: "dev", MTime: time.Now()}
+}
+
+func symlinkInfo() sandboxfs.Info {
+	return sandboxfs.Info{Name: "l", Path: "/workspace/l", Type: sandboxfs.TypeSymlink, Size: 11, Mode: "0777", MTime: time.Now(), LinkTarget: "/etc/shadow"}
 }
 
 func sandbox(id, status string) api.Sandbox {
@@ -178,6 +189,15 @@ func TestValidResponses(t *testing.T) {
 		{"GET", "/v1/sandboxes/web-1/sessions/build", 200, wire(t, session("build", api.SessionBusy))},
 		{"POST", "/v1/sandboxes/web-1/sessions/build/exec", 200, wire(t, sessionResult("build", nil))},
 		{"POST", "/v1/sandboxes/web-1/sessions/build/cancel", 204, nil},
+		// The file operations; raw content is not JSON and is not checked.
+		{"GET", "/v1/sandboxes/web-1/files?path=/etc/hosts", 200, []byte("127.0.0.1 localhost\n")},
+		{"PUT", "/v1/sandboxes/web-1/files?path=a", 201, wire(t, fileInfo())},
+		{"GET", "/v1/sandboxes/web-1/files/stat?path=l", 200, wire(t, symlinkInfo())},
+		{"GET", "/v1/sandboxes/web-1/files/list?path=/", 200, wire(t, []sandboxfs.Info{fileInfo(), symlinkInfo()})},
+		{"GET", "/v1/sandboxes/web-1/files/list?path=/", 200, wire(t, []sandboxfs.Info{})},
+		{"POST", "/v1/sandboxes/web-1/files/mkdir", 201, wire(t, sandboxfs.Info{Name: "d", Path: "/d", Type: sandboxfs.TypeDir, Mode: "0755", MTime: time.Now()})},
+		{"POST", "/v1/sandboxes/web-1/files/move", 200, wire(t, fileInfo())},
+		{"DELETE", "/v1/sandboxes/web-1/files?path=a&recursive=true", 204, nil},
 	}
 	for _, c := range cases {
 		if err := spec.ValidateResponse(c.method, c.path, c.status, c.body); err != nil {
@@ -205,6 +225,15 @@ func TestErrorResponses(t *testing.T) {
 		"DELETE /v1/sandboxes/{id}/sessions/{sid}":      {api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
 		"POST /v1/sandboxes/{id}/sessions/{sid}/exec":   {api.CodeInvalidArgument, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable},
 		"POST /v1/sandboxes/{id}/sessions/{sid}/cancel": {api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+
+		"GET /v1/sandboxes/{id}/files":        {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+		"PUT /v1/sandboxes/{id}/files":        {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable, api.CodeInsufficientStorage},
+		"DELETE /v1/sandboxes/{id}/files":     {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+		"GET /v1/sandboxes/{id}/files/stat":   {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+		"GET /v1/sandboxes/{id}/files/list":   {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable},
+		"POST /v1/sandboxes/{id}/files/mkdir": {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable, api.CodeInsufficientStorage},
+		"POST /v1/sandboxes/{id}/files/move":  {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable, api.CodeInsufficientStorage},
+		"GET /v1/sandboxes/{id}/files/watch":  {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
 	}
 	for op, codes := range errs {
 		method, path, _ := strings.Cut(op, " ")
@@ -370,6 +399,10 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"CreateSandboxRequest", api.CreateSandboxRequest{}, false},
 		{"LimitsRequest", api.Limits{}, false},
 		{"ExecRequest", api.ExecRequest{}, false},
+		{"FileInfo", sandboxfs.Info{}, true},
+		{"FileInfo", client.FileInfo{}, true},
+		{"FileEvent", sandboxfs.Event{}, true},
+		{"FileEvent", client.FileEvent{}, true},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]

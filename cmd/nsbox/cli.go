@@ -70,6 +70,7 @@ func clientCommands() []*cli.Command {
 		},
 		sessionCommand(),
 		attachCommand(),
+		filesCommand(), cpCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}

@@ -66,12 +66,11 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool) (*daemon,
 		return nil, fmt.Errorf("create daemon log: %w", err)
 	}
 	defer logFile.Close()
-	d.cmd = exec.Command(b.bin, "--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
-		"--cgroup-parent", d.cgroupParent, "--seccomp="+strconv.FormatBool(seccomp), "--log-level", "warn")
-	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	// Its own process group: a Ctrl-C meant for the benchmark must not stop the daemon
 	// before the benchmark has removed its sandboxes through it.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	d.cmd = command(b.bin, "--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
+		"--cgroup-parent", d.cgroupParent, "--seccomp="+strconv.FormatBool(seccomp), "--log-level", "warn")
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start daemon %s: %w", name, err)
 	}
@@ -136,14 +135,15 @@ func (d *daemon) stop() error {
 	return err
 }
 
-// makeRuncBundle makes an OCI bundle whose rootfs is a copy of d's busybox image and whose
-// process is `true`, in mount, pid, uts, ipc and network namespaces, with a cgroup under b.cgroup.
-func (b *bench) makeRuncBundle(d *daemon) (string, error) {
+// makeRuncBundle makes the OCI bundle tmpDir/name whose rootfs is a copy of d's busybox image
+// and whose process is args, in mount, pid, uts, ipc and network namespaces, with the cgroup
+// b.cgroup/name.
+func (b *bench) makeRuncBundle(d *daemon, name string, args ...string) (string, error) {
 	images, _ := filepath.Glob(filepath.Join(d.dataDir, "images", image, "rootfs-*"))
 	if len(images) == 0 {
 		return "", fmt.Errorf("no %s image rootfs in %s", image, d.dataDir)
 	}
-	bundle, spec := filepath.Join(b.tmpDir, "bundle"), map[string]any{}
+	bundle, spec := filepath.Join(b.tmpDir, name), map[string]any{}
 	err := errors.Join(os.Mkdir(bundle, 0o700), runCommand("cp", "-a", images[len(images)-1], filepath.Join(bundle, "rootfs")),
 		runCommand("runc", "spec", "--bundle", bundle))
 	if err != nil {
@@ -160,12 +160,12 @@ func (b *bench) makeRuncBundle(d *daemon) (string, error) {
 	if err != nil || !ok1 || !ok2 || !ok3 {
 		return "", fmt.Errorf("read the OCI spec `runc spec` wrote (process, root, linux): %v", err)
 	}
-	process["args"], process["terminal"], root["readonly"] = []string{"true"}, false, true
+	process["args"], process["terminal"], root["readonly"] = args, false, true
 	var namespaces []map[string]string
 	for _, ns := range []string{"mount", "pid", "uts", "ipc", "network"} {
 		namespaces = append(namespaces, map[string]string{"type": ns})
 	}
-	linux["namespaces"], linux["cgroupsPath"] = namespaces, "/"+b.cgroup+"/runc"
+	linux["namespaces"], linux["cgroupsPath"] = namespaces, "/"+b.cgroup+"/"+name
 	if data, err = json.MarshalIndent(spec, "", "\t"); err == nil {
 		err = os.WriteFile(path, data, 0o644)
 	}
@@ -175,11 +175,43 @@ func (b *bench) makeRuncBundle(d *daemon) (string, error) {
 	return bundle, nil
 }
 
-// runCommand runs a command in its own process group (out of reach of a Ctrl-C, which the
-// benchmark handles itself) and puts its output in the error when it fails.
-func runCommand(name string, args ...string) error {
+// runDetached starts bundle's container in the background as id and returns the host pid of
+// its process and a function that kills and deletes it (cleanup would, too, by its cgroup and
+// runc's state directory).
+func (b *bench) runDetached(bundle, id string) (pid int, stop func() error, err error) {
+	stop = func() error { return runCommand("runc", "--root", b.runcRoot(), "delete", "--force", id) }
+	// The container's process inherits runc's stdio: a pipe would keep CombinedOutput waiting
+	// for it, so the output goes to a file.
+	out, err := os.Create(filepath.Join(b.tmpDir, id+".out"))
+	if err != nil {
+		return 0, func() error { return nil }, err
+	}
+	defer out.Close()
+	pidFile := filepath.Join(b.tmpDir, id+".pid")
+	cmd := command("runc", "--root", b.runcRoot(), "run", "--detach", "--pid-file", pidFile, "--bundle", bundle, id)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil { // cleanup kills and removes what it may have left
+		log, _ := os.ReadFile(out.Name())
+		return 0, func() error { return nil }, fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(string(log)))
+	}
+	data, err := os.ReadFile(pidFile)
+	if err == nil {
+		pid, err = strconv.Atoi(strings.TrimSpace(string(data)))
+	}
+	return pid, stop, err
+}
+
+// command is a command in its own process group, out of reach of a Ctrl-C, which the
+// benchmark handles itself.
+func command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd
+}
+
+// runCommand runs a command (see command) and puts its output in the error when it fails.
+func runCommand(name string, args ...string) error {
+	cmd := command(name, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}

@@ -3,6 +3,9 @@
 //   - cycle: create a busybox sandbox, exec `true` in it and remove it, through the Go client
 //     against private nsbox daemons with and without the seccomp profile, versus `runc run`
 //     of the same rootfs and `bwrap … true`;
+//   - session: a command's round trip through the API in a warm session and the creation of a
+//     session, on the busybox image (sh on a pipe) and the host image (bash on a PTY), versus
+//     `runc exec` and `nsenter -a` into a running runc container of the same busybox rootfs;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes.
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
@@ -20,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,10 +34,12 @@ import (
 )
 
 const (
-	warmups     = 3
-	image       = "busybox"
-	cycleTarget = 0.5 // nsbox's median cycle as a fraction of runc's
-	memTargetMB = 4.0 // PSS per idle sandbox, the daemon's share included
+	warmups             = 3
+	image               = "busybox"
+	cycleTarget         = 0.5 // nsbox's median cycle as a fraction of runc's
+	execTarget          = 1.0 // a command in a warm session as a fraction of `nsenter -a true`
+	createSessionTarget = 0.2 // a session's creation as a fraction of `runc exec true`
+	memTargetMB         = 4.0 // PSS per idle sandbox, the daemon's share included
 )
 
 type options struct {
@@ -61,16 +67,16 @@ func main() {
 func parseFlags() (options, error) {
 	o := options{sections: map[string]bool{}}
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
-	flag.IntVar(&o.n, "n", 50, "measured iterations of each cycle, after 3 warm-ups")
+	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
-	only := flag.String("only", "cycle,memory", "comma-separated sections to run: cycle, memory")
+	only := flag.String("only", "cycle,session,memory", "comma-separated sections to run: cycle, session, memory")
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
 		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
 	}
 	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s != "cycle" && s != "memory" {
-			return o, fmt.Errorf("-only: unknown section %q (want cycle, memory)", s)
+		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "memory" {
+			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, memory)", s)
 		}
 		o.sections[s] = true
 	}
@@ -94,6 +100,11 @@ func run(ctx context.Context, o options) (err error) {
 			return fmt.Errorf("cycle: %w", err)
 		}
 	}
+	if o.sections["session"] {
+		if err := b.sessionSection(ctx, o.n); err != nil {
+			return fmt.Errorf("session: %w", err)
+		}
+	}
 	if o.sections["memory"] {
 		if err := b.memorySection(ctx, o.idle); err != nil {
 			return fmt.Errorf("memory: %w", err)
@@ -113,29 +124,35 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	bundle, err := b.makeRuncBundle(withSeccomp)
+	bundle, err := b.makeRuncBundle(withSeccomp, "bundle-true", "true")
 	if err != nil {
 		return err
 	}
 	phases := map[string][]time.Duration{}
 	runcID := 0
 	cases := []benchCase{
-		{"nsbox", nsboxCycle(withSeccomp, phases)},
-		{"nsbox --seccomp=false", nsboxCycle(noSeccomp, nil)},
-		{"runc run", func(context.Context) error {
+		{name: "nsbox", run: nsboxCycle(withSeccomp, phases)},
+		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil)},
+		{name: "runc run", run: func(context.Context) error {
 			runcID++
 			return runCommand("runc", "--root", b.runcRoot(), "run", "--bundle", bundle, fmt.Sprintf("bench-%d", runcID))
 		}},
-		{"bwrap", func(context.Context) error {
+		{name: "bwrap", run: func(context.Context) error {
 			return runCommand("bwrap", "--unshare-all", "--ro-bind", filepath.Join(bundle, "rootfs"), "/", "--proc", "/proc", "--dev", "/dev", "true")
 		}},
+	}
+	for i := range cases {
+		cases[i].ref = "runc run"
 	}
 	fmt.Printf("cycle: %d warm-ups, then %d measured runs of each, interleaved in random order\n", warmups, n)
 	samples, err := timeCases(ctx, cases, warmups, n)
 	if err != nil {
 		return err
 	}
-	printCycleTable(cases, samples)
+	printTable(cases, samples)
+	printTarget("nsbox cycle ÷ runc run", medianRatio(samples, "nsbox", "runc run"), cycleTarget)
+	on, off := median(samples["nsbox"]), median(samples["nsbox --seccomp=false"])
+	fmt.Printf("seccomp profile: %+.1f ms on the median cycle (%s ms with, %s ms without)\n", float64(on-off)/1e6, ms(on), ms(off))
 	fmt.Printf("nsbox cycle phases (median ms): create %s, exec %s, remove %s\n\n",
 		ms(median(phases["create"][warmups:])), ms(median(phases["exec"][warmups:])), ms(median(phases["remove"][warmups:])))
 	return nil
@@ -157,10 +174,7 @@ func nsboxCycle(d *daemon, phases map[string][]time.Duration) func(context.Conte
 		}
 		lap("create", start)
 		start = time.Now()
-		res, execErr := d.client.Exec(ctx, sb.ID, api.ExecRequest{Argv: []string{"true"}})
-		if execErr == nil && res.ExitCode != 0 {
-			execErr = fmt.Errorf("exit code %d: %s", res.ExitCode, res.Stderr)
-		}
+		_, execErr := execOK(ctx, d, sb.ID, api.ExecRequest{Argv: []string{"true"}})
 		lap("exec", start)
 		start = time.Now()
 		if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
@@ -174,19 +188,99 @@ func nsboxCycle(d *daemon, phases map[string][]time.Duration) func(context.Conte
 	}
 }
 
-func printCycleTable(cases []benchCase, samples map[string][]time.Duration) {
-	runcMedian := median(samples["runc run"])
-	w := newTable()
-	fmt.Fprintln(w, "name\tmedian ms\tmin ms\tmax ms\tp99 ms\tmedian / runc's\t")
-	for _, c := range cases {
-		s := summarize(samples[c.name])
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%.2f\t\n", c.name, ms(s.median), ms(s.min), ms(s.max), ms(s.p99), float64(s.median)/float64(runcMedian))
+// execOK runs a command in a sandbox and fails unless it exits 0.
+func execOK(ctx context.Context, d *daemon, id string, req api.ExecRequest) (*api.ExecResult, error) {
+	res, err := d.client.Exec(ctx, id, req)
+	if err == nil && res.ExitCode != 0 {
+		err = fmt.Errorf("exit code %d: %s", res.ExitCode, res.Stderr)
 	}
-	w.Flush()
-	on, off := median(samples["nsbox"]), median(samples["nsbox --seccomp=false"])
-	ratio := float64(on) / float64(runcMedian)
-	fmt.Printf("target: nsbox cycle ≤ %.1f× runc's median: %s (%.2f×)\n", cycleTarget, verdict(ratio <= cycleTarget), ratio)
-	fmt.Printf("seccomp profile: %+.1f ms on the median cycle (%s ms with, %s ms without)\n", float64(on-off)/1e6, ms(on), ms(off))
+	return res, err
+}
+
+// sessionSection times a command in a warm session and the creation of a session, in a
+// busybox and a host sandbox, against `runc exec` and `nsenter -a` into a running runc
+// container of the same busybox rootfs.
+func (b *bench) sessionSection(ctx context.Context, n int) (err error) {
+	d, err := b.daemon(ctx, "nsbox", true)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, d.removeAllSandboxes()) }()
+	var cases []benchCase
+	inAgent := map[string][]time.Duration{} // durationMs of each exec, as the agent measured it
+	for _, img := range []string{image, "host"} {
+		sb, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{Image: img})
+		if err != nil {
+			return fmt.Errorf("create %s sandbox: %w", img, err)
+		}
+		cases = append(cases, sessionCases(d, sb.ID, img, inAgent)...)
+	}
+	bundle, err := b.makeRuncBundle(d, "bundle-sleep", "sleep", "100000")
+	if err != nil {
+		return err
+	}
+	pid, stopRunc, err := b.runDetached(bundle, "bench-sleep")
+	defer func() { err = errors.Join(err, stopRunc()) }()
+	if err != nil {
+		return err
+	}
+	cases = append(cases,
+		benchCase{name: "runc exec", run: func(context.Context) error {
+			return runCommand("runc", "--root", b.runcRoot(), "exec", "bench-sleep", "/bin/true")
+		}},
+		benchCase{name: "nsenter -a", run: func(context.Context) error {
+			return runCommand("nsenter", "-a", "-t", strconv.Itoa(pid), "/bin/true")
+		}},
+	)
+	fmt.Printf("session: %d warm-ups, then %d measured runs of each, interleaved in random order\n", warmups, n)
+	samples, err := timeCases(ctx, cases, warmups, n)
+	if err != nil {
+		return err
+	}
+	printTable(cases, samples)
+	for _, img := range []string{image, "host"} {
+		printTarget(img+" exec command ÷ nsenter -a", medianRatio(samples, img+" exec command", "nsenter -a"), execTarget)
+		printTarget(img+" exec argv ÷ nsenter -a", medianRatio(samples, img+" exec argv", "nsenter -a"), execTarget)
+		printTarget(img+" create session ÷ runc exec", medianRatio(samples, img+" create session", "runc exec"), createSessionTarget)
+	}
+	// The agent reports durationMs truncated to whole ms: its mean is about 0.5 ms low.
+	fmt.Println("mean round trip = mean time in the agent (its durationMs + 0.5) + client → daemon → agent hops, ms:")
+	for _, c := range cases {
+		if durations := inAgent[c.name]; len(durations) > warmups {
+			total, agent := mean(samples[c.name]), mean(durations[warmups:])+time.Millisecond/2
+			fmt.Printf("  %s: %s = %s + %s\n", c.name, ms(total), ms(agent), ms(total-agent))
+		}
+	}
+	fmt.Println()
+	return nil
+}
+
+// sessionCases are a command's round trip in sandbox id's default session, as shell source and
+// as argv, and the creation of a session (deleted again, untimed).
+func sessionCases(d *daemon, id, img string, inAgent map[string][]time.Duration) []benchCase {
+	exec := func(name string, req api.ExecRequest) benchCase {
+		return benchCase{name: name, ref: "nsenter -a", run: func(ctx context.Context) error {
+			res, err := execOK(ctx, d, id, req)
+			if err == nil {
+				inAgent[name] = append(inAgent[name], time.Duration(res.DurationMs)*time.Millisecond)
+			}
+			return err
+		}}
+	}
+	var session string
+	return []benchCase{
+		exec(img+" exec command", api.ExecRequest{Command: "true"}),
+		exec(img+" exec argv", api.ExecRequest{Argv: []string{"true"}}),
+		{name: img + " create session", ref: "runc exec", run: func(ctx context.Context) error {
+			s, err := d.client.CreateSession(ctx, id, api.CreateSessionRequest{})
+			if err == nil {
+				session = s.ID
+			}
+			return err
+		}, after: func(ctx context.Context) error {
+			return d.client.DeleteSession(ctx, id, session)
+		}},
+	}
 }
 
 // memorySection creates idle busybox sandboxes and reports their PSS plus the daemon's.

@@ -17,8 +17,10 @@ import (
 
 // benchCase is one thing to time, from start to finish.
 type benchCase struct {
-	name string
-	run  func(context.Context) error
+	name  string
+	run   func(context.Context) error
+	after func(context.Context) error // optional: runs after each run, untimed (undoes what run made)
+	ref   string                      // optional: the case whose median the table compares this one's with
 }
 
 // timeCases runs every case warm times unmeasured, then n measured times. Each round runs
@@ -34,11 +36,16 @@ func timeCases(ctx context.Context, cases []benchCase, warm, n int) (map[string]
 				return nil, err
 			}
 			start := time.Now()
-			if err := c.run(ctx); err != nil {
+			err := c.run(ctx)
+			took := time.Since(start)
+			if err == nil && c.after != nil {
+				err = c.after(ctx)
+			}
+			if err != nil {
 				return nil, fmt.Errorf("%s (run %d): %w", c.name, i+1, err)
 			}
 			if i >= warm {
-				samples[c.name] = append(samples[c.name], time.Since(start))
+				samples[c.name] = append(samples[c.name], took)
 			}
 		}
 	}
@@ -59,6 +66,38 @@ func median(d []time.Duration) time.Duration {
 		return (s[n/2-1] + s[n/2]) / 2
 	}
 	return s[len(s)/2]
+}
+
+// printTable prints each case's median, min, max and p99, and its median ÷ its reference's.
+func printTable(cases []benchCase, samples map[string][]time.Duration) {
+	w := newTable()
+	fmt.Fprintln(w, "name\tmedian ms\tmin ms\tmax ms\tp99 ms\tmedian ÷ reference's\t")
+	for _, c := range cases {
+		s, vs := summarize(samples[c.name]), ""
+		if c.ref != "" {
+			vs = fmt.Sprintf("%.2f× %s", medianRatio(samples, c.name, c.ref), c.ref)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t\n", c.name, ms(s.median), ms(s.min), ms(s.max), ms(s.p99), vs)
+	}
+	w.Flush()
+}
+
+// medianRatio is case a's median ÷ case b's.
+func medianRatio(samples map[string][]time.Duration, a, b string) float64 {
+	return float64(median(samples[a])) / float64(median(samples[b]))
+}
+
+// printTarget prints whether a median ratio is within its target.
+func printTarget(what string, ratio, target float64) {
+	fmt.Printf("target: %s ≤ %.1f×: %s (%.2f×)\n", what, target, verdict(ratio <= target), ratio)
+}
+
+func mean(d []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, x := range d {
+		sum += x
+	}
+	return sum / time.Duration(len(d))
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e6) }

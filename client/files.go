@@ -1,0 +1,296 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// FileInfo describes a file in a sandbox, as the file operations answer it. Paths are as
+// the sandbox sees them.
+type FileInfo struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+	// Type is "file", "dir", "symlink" or "other" (device, FIFO, socket).
+	Type string `json:"type"`
+	Size int64  `json:"size"`
+	// Mode is the permission bits with setuid, setgid and sticky, in octal ("0644").
+	Mode       string    `json:"mode"`
+	UID        uint32    `json:"uid"`
+	GID        uint32    `json:"gid"`
+	Owner      string    `json:"owner,omitempty"`
+	Group      string    `json:"group,omitempty"`
+	MTime      time.Time `json:"mtime"`
+	LinkTarget string    `json:"linkTarget,omitempty"`
+}
+
+// IsDir reports whether the entry is a directory.
+func (f *FileInfo) IsDir() bool { return f.Type == "dir" }
+
+// FileEvent is a change under a watched directory: Type is "create", "modify", "delete",
+// "move" (with OldPath), "attrib" or "overflow" (events were lost).
+type FileEvent struct {
+	Type    string `json:"type"`
+	Path    string `json:"path"`
+	OldPath string `json:"oldPath,omitempty"`
+	IsDir   bool   `json:"isDir"`
+}
+
+// WriteFileOptions tune WriteFile.
+type WriteFileOptions struct {
+	// Mode of the file as Unix bits (0o644, 0o4755: setuid is 0o4000 here, not
+	// os.ModeSetuid); 0 keeps the mode of the file replaced, or 0644 for a new one.
+	Mode os.FileMode
+	// MakeParents creates missing parent directories.
+	MakeParents bool
+	// UID and GID own the file (default 0, the sandbox's root).
+	UID, GID int
+	// MaxBytes, when positive, makes the daemon refuse a larger upload.
+	MaxBytes int64
+	// Size, when positive, is sent as the Content-Length (the daemon can then refuse a too
+	// large upload before it starts).
+	Size int64
+}
+
+func filesPath(id, op string, q url.Values) string {
+	p := "/v1/sandboxes/" + url.PathEscape(id) + "/files"
+	if op != "" {
+		p += "/" + op
+	}
+	if len(q) > 0 {
+		p += "?" + q.Encode()
+	}
+	return p
+}
+
+// ReadFile opens a file of the sandbox for reading; close the reader when done. A relative
+// path is relative to the sandbox's working directory.
+func (c *Client) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, error) {
+	return c.ReadFileRange(ctx, id, path, 0, -1)
+}
+
+// ReadFileRange reads length bytes of a file from offset (length < 0: to the end). Reading
+// past the end is an error (range_not_satisfiable) unless the file is empty and offset 0.
+func (c *Client) ReadFileRange(ctx context.Context, id, path string, offset, length int64) (io.ReadCloser, error) {
+	header := http.Header{}
+	switch {
+	case offset < 0 || length == 0:
+		return nil, fmt.Errorf("read %s: invalid range: offset %d, length %d", path, offset, length)
+	case length > 0:
+		header.Set("Range", fmt.Sprintf("bytes=%d-%d", offset, offset+length-1))
+	case offset > 0:
+		header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
+	resp, err := c.sendRaw(ctx, http.MethodGet, filesPath(id, "", url.Values{"path": {path}}), nil, -1, header)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// WriteFile streams r into a file of the sandbox, replacing it atomically, and returns the
+// new file's description.
+func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, opts WriteFileOptions) (*FileInfo, error) {
+	q := url.Values{"path": {path}}
+	if opts.MakeParents {
+		q.Set("mkdir", "true")
+	}
+	if opts.Mode != 0 {
+		q.Set("mode", fmt.Sprintf("%04o", uint32(opts.Mode&0o7777)))
+	}
+	if opts.UID != 0 {
+		q.Set("uid", strconv.Itoa(opts.UID))
+	}
+	if opts.GID != 0 {
+		q.Set("gid", strconv.Itoa(opts.GID))
+	}
+	if opts.MaxBytes > 0 {
+		q.Set("maxBytes", strconv.FormatInt(opts.MaxBytes, 10))
+	}
+	size := int64(-1)
+	if opts.Size > 0 {
+		size = opts.Size
+	}
+	if r == nil {
+		r, size = strings.NewReader(""), 0
+	}
+	resp, err := c.sendRaw(ctx, http.MethodPut, filesPath(id, "", q), r, size, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var info FileInfo
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		return nil, fmt.Errorf("decode write answer: %w", err)
+	}
+	return &info, nil
+}
+
+// StatFile describes a file without following a symlink in its last component. A missing
+// file is an *api.Error with code not_found.
+func (c *Client) StatFile(ctx context.Context, id, path string) (*FileInfo, error) {
+	var info FileInfo
+	return &info, c.do(ctx, http.MethodGet, filesPath(id, "stat", url.Values{"path": {path}}), nil, &info)
+}
+
+// ListFiles lists a directory, down to depth levels (1: its entries only); names starting
+// with "." are listed only with hidden.
+func (c *Client) ListFiles(ctx context.Context, id, path string, depth int, hidden bool) ([]FileInfo, error) {
+	q := url.Values{"path": {path}}
+	if depth > 0 {
+		q.Set("depth", strconv.Itoa(depth))
+	}
+	if hidden {
+		q.Set("hidden", "true")
+	}
+	var out []FileInfo
+	return out, c.do(ctx, http.MethodGet, filesPath(id, "list", q), nil, &out)
+}
+
+// Mkdir creates a directory (with parents: missing ancestors too, and no error when it
+// exists); mode 0 means 0755.
+func (c *Client) Mkdir(ctx context.Context, id, path string, parents bool, mode os.FileMode) (*FileInfo, error) {
+	body := struct {
+		Path    string `json:"path"`
+		Parents bool   `json:"parents,omitempty"`
+		Mode    string `json:"mode,omitempty"`
+	}{Path: path, Parents: parents}
+	if mode != 0 {
+		body.Mode = fmt.Sprintf("%04o", uint32(mode&0o7777))
+	}
+	var info FileInfo
+	return &info, c.do(ctx, http.MethodPost, filesPath(id, "mkdir", nil), body, &info)
+}
+
+// MoveFile renames from to to; an existing to is a conflict unless overwrite.
+func (c *Client) MoveFile(ctx context.Context, id, from, to string, overwrite bool) (*FileInfo, error) {
+	body := struct {
+		From      string `json:"from"`
+		To        string `json:"to"`
+		Overwrite bool   `json:"overwrite,omitempty"`
+	}{from, to, overwrite}
+	var info FileInfo
+	return &info, c.do(ctx, http.MethodPost, filesPath(id, "move", nil), body, &info)
+}
+
+// RemoveFile removes a file, symlink or empty directory; with recursive, a directory and
+// everything in it.
+func (c *Client) RemoveFile(ctx context.Context, id, path string, recursive bool) error {
+	q := url.Values{"path": {path}}
+	if recursive {
+		q.Set("recursive", "true")
+	}
+	return c.do(ctx, http.MethodDelete, filesPath(id, "", q), nil, nil)
+}
+
+// FileWatch is a running watch of a directory; read its events with Next, end it with Close.
+type FileWatch struct {
+	body  io.ReadCloser
+	lines *bufio.Scanner
+}
+
+// OpenWatch starts watching a directory (recursive: and everything below it). It returns
+// once the watch is in place: every change after that is reported.
+func (c *Client) OpenWatch(ctx context.Context, id, path string, recursive bool) (*FileWatch, error) {
+	q := url.Values{"path": {path}}
+	if recursive {
+		q.Set("recursive", "true")
+	}
+	resp, err := c.send(ctx, http.MethodGet, filesPath(id, "watch", q), nil, "text/event-stream")
+	if err != nil {
+		return nil, err
+	}
+	lines := bufio.NewScanner(resp.Body)
+	lines.Buffer(make([]byte, 64<<10), 1<<20)
+	return &FileWatch{body: resp.Body, lines: lines}, nil
+}
+
+// Next waits for the next event. It returns io.EOF when the watch has ended (the directory
+// was removed, or the sandbox stopped).
+func (w *FileWatch) Next() (FileEvent, error) {
+	event := ""
+	for w.lines.Scan() {
+		line := w.lines.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			var ev FileEvent
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev); err != nil {
+				return FileEvent{}, fmt.Errorf("decode %s event: %w", event, err)
+			}
+			return ev, nil
+		}
+	}
+	if err := w.lines.Err(); err != nil {
+		return FileEvent{}, fmt.Errorf("read watch stream: %w", err)
+	}
+	return FileEvent{}, io.EOF
+}
+
+// Close ends the watch.
+func (w *FileWatch) Close() error { return w.body.Close() }
+
+// WatchFiles calls onEvent with each change under a directory until ctx ends (then it
+// returns nil) or the watch ends.
+func (c *Client) WatchFiles(ctx context.Context, id, path string, recursive bool, onEvent func(FileEvent)) error {
+	w, err := c.OpenWatch(ctx, id, path, recursive)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	for {
+		ev, err := w.Next()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		onEvent(ev)
+	}
+}
+
+// sendRaw sends a request with a raw body (size < 0: unknown) and returns a 2xx response;
+// anything else comes back as *api.Error.
+func (c *Client) sendRaw(ctx context.Context, method, path string, body io.Reader, size int64, header http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+		if size >= 0 {
+			req.ContentLength = size
+		}
+		if size == 0 {
+			req.Body = http.NoBody
+		}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, api.ReadError(resp)
+	}
+	return resp, nil
+}

@@ -1,0 +1,455 @@
+package nsbox
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+	sandboxfs "github.com/nsbox/nsbox/fs"
+)
+
+// The file API works on a sandbox's files as the sandbox sees them: the daemon opens the
+// root of the agent's mount namespace (/proc/<agent pid>/root) for each request and hands it
+// to package sandboxfs, which resolves every path inside it (no host file can be reached).
+
+const (
+	// maxUploadBytes bounds one PUT …/files body; ?maxBytes= can lower it per request.
+	// Uploads are streamed to a temporary file in the target directory, so this is not a
+	// memory bound but a guard against filling the host's disk by mistake.
+	maxUploadBytes = 16 << 30
+	// maxListDepth and maxListEntries bound a listing (it is answered as one JSON array).
+	maxListDepth   = 32
+	maxListEntries = 100_000
+
+	// Codes of the file read's answers that no other operation uses; the envelope is the
+	// usual one.
+	codeRangeNotSatisfiable = "range_not_satisfiable"
+	codePreconditionFailed  = "precondition_failed"
+)
+
+// openSandboxRoot opens the root directory of a running sandbox as its agent sees it.
+//
+// rec.PID could in principle name another process by now (the agent exited and the pid was
+// reused before the daemon noticed). So: a pidfd pins the process at rec.PID; that process
+// must be PID 1 of its own pid namespace and live in the sandbox's cgroup (nothing else on
+// the host is both); the root is opened; and only if the pinned process is still alive after
+// that was the root opened the one of the process that was checked (a pid is not reused
+// while its process, even a zombie, exists).
+func (r *Runtime) openSandboxRoot(id string) (*sandboxfs.Root, *record, error) {
+	_, rec, err := r.runningAgent(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	gone := api.Errorf(api.CodeConflict, "sandbox %q is not running: its agent (PID 1) has exited; remove it and create a new one", id)
+	if rec.PID <= 0 {
+		return nil, nil, gone
+	}
+	pidfd, err := unix.PidfdOpen(rec.PID, 0)
+	if err != nil {
+		return nil, nil, gone
+	}
+	defer unix.Close(pidfd)
+	if !isSandboxInit(rec.PID, rec.CgroupPath) {
+		return nil, nil, gone
+	}
+	root, err := sandboxfs.OpenRoot(fmt.Sprintf("/proc/%d/root", rec.PID))
+	if err != nil {
+		return nil, nil, err
+	}
+	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 0); err != nil || n > 0 {
+		root.Close()
+		return nil, nil, gone
+	}
+	return root, rec, nil
+}
+
+// isSandboxInit reports whether the process pid is PID 1 in its pid namespace and a member
+// of the cgroup at cgroupPath.
+func isSandboxInit(pid int, cgroupPath string) bool {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	init := false
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			init = len(f) > 1 && f[len(f)-1] == "1"
+		}
+	}
+	if !init {
+		return false
+	}
+	cgroups, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(cgroups), "\n") {
+		if strings.HasSuffix(line, ":"+cgroupPath) {
+			return true
+		}
+	}
+	return false
+}
+
+// fileRequest is what every file handler starts from: the sandbox's root and the request's
+// path resolved against the sandbox's working directory.
+type fileRequest struct {
+	root *sandboxfs.Root
+	rec  *record
+	path string
+}
+
+// openFileRequest opens the sandbox's root and resolves the query parameter "path" (which
+// must be there). On error it has answered and returns nil.
+func (r *Runtime) openFileRequest(w http.ResponseWriter, req *http.Request) *fileRequest {
+	p := req.URL.Query().Get("path")
+	if p == "" {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "the query parameter path is required (absolute, or relative to the sandbox's working directory)"))
+		return nil
+	}
+	root, rec, err := r.openSandboxRoot(req.PathValue("id"))
+	if err != nil {
+		r.writeError(w, err)
+		return nil
+	}
+	return &fileRequest{root: root, rec: rec, path: r.resolve(rec, p)}
+}
+
+func (r *Runtime) resolve(rec *record, p string) string {
+	return sandboxfs.Resolve(rec.Cwd, p)
+}
+
+// queryBool parses an optional boolean query parameter.
+func queryBool(req *http.Request, name string, def bool) (bool, error) {
+	v := req.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, api.Errorf(api.CodeInvalidArgument, "%s must be true or false, got %q", name, v)
+	}
+	return b, nil
+}
+
+// queryInt parses an optional integer query parameter between lo and hi.
+func queryInt(req *http.Request, name string, def, lo, hi int64) (int64, error) {
+	v := req.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < lo || n > hi {
+		return 0, api.Errorf(api.CodeInvalidArgument, "%s must be an integer from %d to %d, got %q", name, lo, hi, v)
+	}
+	return n, nil
+}
+
+// parseMode parses a permission mode in octal ("0644", "644", "4755"); "" is 0.
+func parseMode(name, v string) (os.FileMode, error) {
+	if v == "" {
+		return 0, nil
+	}
+	m, err := strconv.ParseUint(strings.TrimPrefix(v, "0o"), 8, 32)
+	if err != nil || m > 0o7777 || m == 0 {
+		return 0, api.Errorf(api.CodeInvalidArgument, "%s must be a non-zero octal mode from 1 to 7777 (e.g. 0644), got %q", name, v)
+	}
+	return os.FileMode(m), nil
+}
+
+// handleReadFile answers a file's bytes; Range, If-Modified-Since and the other conditional
+// headers work as for any static file (206, 304, 412, 416).
+func (r *Runtime) handleReadFile(w http.ResponseWriter, req *http.Request) {
+	fr := r.openFileRequest(w, req)
+	if fr == nil {
+		return
+	}
+	f, info, err := fr.root.Open(fr.path)
+	fr.root.Close()
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(&serveContentErrors{ResponseWriter: w, path: fr.path}, req, "", info.MTime, f)
+}
+
+// serveContentErrors turns the plain-text errors http.ServeContent writes (a bad Range, a
+// failed precondition) into the API's JSON error envelope.
+type serveContentErrors struct {
+	http.ResponseWriter
+	path    string
+	swallow bool
+}
+
+func (w *serveContentErrors) WriteHeader(status int) {
+	var code, msg string
+	switch status {
+	case http.StatusRequestedRangeNotSatisfiable:
+		code, msg = codeRangeNotSatisfiable, "read "+w.path+": the Range header is malformed or no range overlaps the file"
+		if cr := w.Header().Get("Content-Range"); cr != "" {
+			msg += " (the file's size is in Content-Range: " + cr + ")"
+		}
+	case http.StatusPreconditionFailed:
+		code, msg = codePreconditionFailed, "read "+w.path+": the file does not meet the request's If-Match or If-Unmodified-Since"
+	default:
+		w.ResponseWriter.WriteHeader(status)
+		return
+	}
+	w.swallow = true
+	h := w.Header()
+	h.Del("X-Content-Type-Options")
+	h.Del("Content-Length")
+	api.WriteJSON(w.ResponseWriter, status, api.ErrorBody{Error: &api.Error{Code: code, Message: msg}})
+}
+
+func (w *serveContentErrors) Write(p []byte) (int, error) {
+	if w.swallow {
+		return len(p), nil
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (w *serveContentErrors) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// handleWriteFile streams the request body into a file: 201 when it is new, 200 when it
+// replaced one. The body is not held in memory.
+func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) {
+	mkdir, err := queryBool(req, "mkdir", false)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	mode, err := parseMode("mode", req.URL.Query().Get("mode"))
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	uid, err := queryInt(req, "uid", 0, 0, 1<<32-2)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	gid, err := queryInt(req, "gid", 0, 0, 1<<32-2)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	maxBytes, err := queryInt(req, "maxBytes", maxUploadBytes, 1, maxUploadBytes)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	if req.ContentLength > maxBytes {
+		api.WriteError(w, api.Errorf(api.CodeTooLarge, "the upload (%d bytes) is larger than the limit of %d bytes", req.ContentLength, maxBytes))
+		return
+	}
+	fr := r.openFileRequest(w, req)
+	if fr == nil {
+		return
+	}
+	defer fr.root.Close()
+	status := http.StatusOK
+	if _, err := fr.root.Stat(fr.path); api.IsCode(err, api.CodeNotFound) {
+		status = http.StatusCreated
+	}
+	info, err := fr.root.Write(fr.path, req.Body, sandboxfs.WriteOptions{
+		Mode: mode, MakeParents: mkdir, UID: int(uid), GID: int(gid), MaxBytes: maxBytes,
+	})
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, status, info)
+}
+
+func (r *Runtime) handleStatFile(w http.ResponseWriter, req *http.Request) {
+	fr := r.openFileRequest(w, req)
+	if fr == nil {
+		return
+	}
+	defer fr.root.Close()
+	info, err := fr.root.Stat(fr.path)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, info)
+}
+
+func (r *Runtime) handleListFiles(w http.ResponseWriter, req *http.Request) {
+	depth, err := queryInt(req, "depth", 1, 1, maxListDepth)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	hidden, err := queryBool(req, "hidden", false)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	fr := r.openFileRequest(w, req)
+	if fr == nil {
+		return
+	}
+	defer fr.root.Close()
+	list, err := fr.root.List(fr.path, int(depth), hidden)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	if len(list) > maxListEntries {
+		api.WriteError(w, api.Errorf(api.CodeTooLarge, "list %s: more than %d entries at depth %d; list with a smaller depth, or list subdirectories one by one", fr.path, maxListEntries, depth))
+		return
+	}
+	if list == nil {
+		list = []sandboxfs.Info{}
+	}
+	api.WriteJSON(w, http.StatusOK, list)
+}
+
+// mkdirRequest is the body of POST …/files/mkdir.
+type mkdirRequest struct {
+	Path    string `json:"path"`
+	Parents bool   `json:"parents,omitempty"`
+	Mode    string `json:"mode,omitempty"`
+}
+
+// moveRequest is the body of POST …/files/move.
+type moveRequest struct {
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Overwrite bool   `json:"overwrite,omitempty"`
+}
+
+// handleMkdir creates a directory: 201 when it made it, 200 when parents is set and it was
+// already there.
+func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) {
+	var body mkdirRequest
+	if err := decodeBody(w, req, &body); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	if body.Path == "" {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "path is required"))
+		return
+	}
+	mode, err := parseMode("mode", body.Mode)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	root, rec, err := r.openSandboxRoot(req.PathValue("id"))
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	defer root.Close()
+	p := r.resolve(rec, body.Path)
+	status := http.StatusCreated
+	if info, err := root.Stat(p); err == nil && info.Type == sandboxfs.TypeDir && body.Parents {
+		status = http.StatusOK
+	}
+	if err := root.Mkdir(p, body.Parents, mode, 0, 0); err != nil {
+		r.writeError(w, err)
+		return
+	}
+	info, err := root.Stat(p)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, status, info)
+}
+
+// handleMove renames a file or directory and answers what is at the destination now.
+func (r *Runtime) handleMove(w http.ResponseWriter, req *http.Request) {
+	var body moveRequest
+	if err := decodeBody(w, req, &body); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	if body.From == "" || body.To == "" {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "from and to are required"))
+		return
+	}
+	root, rec, err := r.openSandboxRoot(req.PathValue("id"))
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	defer root.Close()
+	to := r.resolve(rec, body.To)
+	if err := root.Move(r.resolve(rec, body.From), to, body.Overwrite); err != nil {
+		r.writeError(w, err)
+		return
+	}
+	info, err := root.Stat(to)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, info)
+}
+
+func (r *Runtime) handleRemoveFile(w http.ResponseWriter, req *http.Request) {
+	recursive, err := queryBool(req, "recursive", false)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	fr := r.openFileRequest(w, req)
+	if fr == nil {
+		return
+	}
+	defer fr.root.Close()
+	if err := fr.root.Remove(fr.path, recursive); err != nil {
+		r.writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleWatchFiles streams changes under a directory as Server-Sent Events until the client
+// goes away, the directory is removed, or the sandbox stops. The answer's headers are sent
+// once the watch is in place: what changes after that is reported.
+func (r *Runtime) handleWatchFiles(w http.ResponseWriter, req *http.Request) {
+	recursive, err := queryBool(req, "recursive", false)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	fr := r.openFileRequest(w, req)
+	if fr == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel() // ends the watch
+	events, err := fr.root.Watch(ctx, fr.path, recursive)
+	fr.root.Close() // the watch holds its own reference
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	flusher := http.NewResponseController(w)
+	if flusher.Flush() != nil {
+		return
+	}
+	for ev := range events {
+		if writeSSE(w, ev.Type, ev) != nil || flusher.Flush() != nil {
+			return // the client went away
+		}
+	}
+}
