@@ -57,12 +57,6 @@ func Run(listenFD int, version string) error {
 	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
 	done := make(chan error, 1)
 	go func() { done <- http.Serve(ln, a.routes()) }()
-	// Every sandbox has a default session; start it now so the first exec finds it ready.
-	go func() {
-		if _, err := a.sessions.Default(); err != nil {
-			a.log.Warn("start default session", "err", err)
-		}
-	}()
 
 	for {
 		select {

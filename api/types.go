@@ -264,6 +264,9 @@ const (
 	// CodePermissionDenied and CodeInsufficientStorage come from file operations in a sandbox.
 	CodePermissionDenied    = "permission_denied"
 	CodeInsufficientStorage = "insufficient_storage"
+	// CodeRangeNotSatisfiable and CodePreconditionFailed come from conditional file reads.
+	CodeRangeNotSatisfiable = "range_not_satisfiable"
+	CodePreconditionFailed  = "precondition_failed"
 )
 
 var codeStatus = map[string]int{
@@ -276,6 +279,8 @@ var codeStatus = map[string]int{
 
 	CodePermissionDenied:    http.StatusForbidden,
 	CodeInsufficientStorage: http.StatusInsufficientStorage,
+	CodeRangeNotSatisfiable: http.StatusRequestedRangeNotSatisfiable,
+	CodePreconditionFailed:  http.StatusPreconditionFailed,
 }
 
 // Error is an API error; on the wire it is {"error": {"code": …, "message": …}}.

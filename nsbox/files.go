@@ -26,11 +26,6 @@ const (
 	// maxListDepth and maxListEntries bound a listing (it is answered as one JSON array).
 	maxListDepth   = 32
 	maxListEntries = 100_000
-
-	// Codes of the file read's answers that no other operation uses; the envelope is the
-	// usual one.
-	codeRangeNotSatisfiable = "range_not_satisfiable"
-	codePreconditionFailed  = "precondition_failed"
 )
 
 // openSandboxRoot opens the root directory of a running sandbox as its agent sees it.
@@ -194,12 +189,12 @@ func (w *serveContentErrors) WriteHeader(status int) {
 	var code, msg string
 	switch status {
 	case http.StatusRequestedRangeNotSatisfiable:
-		code, msg = codeRangeNotSatisfiable, "read "+w.path+": the Range header is malformed or no range overlaps the file"
+		code, msg = api.CodeRangeNotSatisfiable, "read "+w.path+": the Range header is malformed or no range overlaps the file"
 		if cr := w.Header().Get("Content-Range"); cr != "" {
 			msg += " (the file's size is in Content-Range: " + cr + ")"
 		}
 	case http.StatusPreconditionFailed:
-		code, msg = codePreconditionFailed, "read "+w.path+": the file does not meet the request's If-Match or If-Unmodified-Since"
+		code, msg = api.CodePreconditionFailed, "read "+w.path+": the file does not meet the request's If-Match or If-Unmodified-Since"
 	default:
 		w.ResponseWriter.WriteHeader(status)
 		return
@@ -208,7 +203,7 @@ func (w *serveContentErrors) WriteHeader(status int) {
 	h := w.Header()
 	h.Del("X-Content-Type-Options")
 	h.Del("Content-Length")
-	api.WriteJSON(w.ResponseWriter, status, api.ErrorBody{Error: &api.Error{Code: code, Message: msg}})
+	api.WriteError(w.ResponseWriter, &api.Error{Code: code, Message: msg})
 }
 
 func (w *serveContentErrors) Write(p []byte) (int, error) {
