@@ -56,6 +56,13 @@ show nsbox sh -s other demo 'pwd; echo "STAGE=${STAGE:-unset in this session}"'
 show nsbox sh demo 'for i in 1 2 3; do echo "tick $i"; sleep 0.3; done'
 show nsbox session ls demo
 
+step "files go in and out through the API, resolved inside the sandbox"
+echo 'echo "hello from a script copied in, running in $(hostname)"' > /tmp/nsbox-demo-hello.sh
+show nsbox cp /tmp/nsbox-demo-hello.sh demo:/workspace/hello.sh
+show nsbox files ls demo /workspace
+show nsbox exec demo -- sh /workspace/hello.sh
+rm -f /tmp/nsbox-demo-hello.sh
+
 step "its limits, as the sandbox itself sees them"
 show nsbox exec demo -- sh -c '
 if [ -f /sys/fs/cgroup/memory.max ]; then
