@@ -22,7 +22,7 @@ if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
 	export PATH=$PATH:/usr/local/go/bin
 fi
 if ! command -v go >/dev/null; then
-	echo "install-deps: Go 1.24+ is required (https://go.dev/doc/install); Debian's golang package is older" >&2
+	echo "install-deps: Go 1.26+ is required (see go.mod); Debian's golang package is older" >&2
 	exit 1
 fi
 go mod download

@@ -73,6 +73,17 @@ func TestCLILifecycle(t *testing.T) {
 	}
 }
 
+func TestSocketGroup(t *testing.T) {
+	d := startDaemon(t, "--socket-group", "daemon")
+	fi, err := os.Stat(d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o660 || st.Uid != 0 || st.Gid != 1 {
+		t.Fatalf("API socket mode %v uid %d gid %d, want 0660 root:daemon(1)", fi.Mode().Perm(), st.Uid, st.Gid)
+	}
+}
+
 func TestSocketIsRootOnly(t *testing.T) {
 	d := startDaemon(t)
 	fi, err := os.Stat(d.socket)
