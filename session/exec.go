@@ -298,10 +298,14 @@ func (s *Session) reset(sh *shell) {
 	}
 	s.mu.Lock()
 	s.sh = nil // the old shell's exit is not the session's end
+	deleted := s.deleted
 	s.mu.Unlock()
 	_ = unix.Kill(sh.pid, unix.SIGKILL)
 	<-sh.done
 	sh.term.Close()
+	if deleted {
+		return // deleted meanwhile: no new shell
+	}
 	if err := s.startShell(cwd); err != nil {
 		s.mu.Lock()
 		s.ended, s.exitCode = true, 137
