@@ -300,7 +300,12 @@ func (s *Session) startShell(cwd string) error {
 	}
 	s.mu.Lock()
 	s.sh = sh
+	deleted := s.deleted
 	s.mu.Unlock()
+	if deleted { // deleted while this shell started: it must not outlive the session
+		killTree(sh.pid)
+		return ErrEnded
+	}
 	return nil
 }
 
