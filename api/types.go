@@ -236,6 +236,37 @@ type TerminalControl struct {
 	Rows uint16 `json:"rows"`
 }
 
+// FileInfo describes one file as the sandbox sees it (the file API's answers).
+type FileInfo struct {
+	Name string `json:"name"`
+	Path string `json:"path"` // absolute, in the sandbox
+	// Type is "file", "dir", "symlink" or "other" (device, FIFO, socket).
+	Type string `json:"type"`
+	Size int64  `json:"size"`
+	// Mode is the permission bits with setuid, setgid and sticky, in octal ("0644").
+	Mode string `json:"mode"`
+	UID  uint32 `json:"uid"`
+	GID  uint32 `json:"gid"`
+	// Owner and Group are the names the sandbox's /etc/passwd and /etc/group give UID
+	// and GID; empty when they have none.
+	Owner      string    `json:"owner,omitempty"`
+	Group      string    `json:"group,omitempty"`
+	MTime      time.Time `json:"mtime"`
+	LinkTarget string    `json:"linkTarget,omitempty"` // a symlink's target, as written
+}
+
+// IsDir reports whether the entry is a directory.
+func (f *FileInfo) IsDir() bool { return f.Type == "dir" }
+
+// FileEvent is a change under a watched directory: Type is "create", "modify", "delete",
+// "move" (with OldPath), "attrib" or "overflow" (events were lost).
+type FileEvent struct {
+	Type    string `json:"type"`
+	Path    string `json:"path"` // in the sandbox
+	OldPath string `json:"oldPath,omitempty"`
+	IsDir   bool   `json:"isDir"`
+}
+
 // Health is what the agent answers on GET /v1/health.
 type Health struct {
 	PID     int    `json:"pid"`

@@ -12,40 +12,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/nsbox/nsbox/api"
 )
-
-// FileInfo describes a file in a sandbox, as the file operations answer it. Paths are as
-// the sandbox sees them.
-type FileInfo struct {
-	Name string `json:"name"`
-	Path string `json:"path"`
-	// Type is "file", "dir", "symlink" or "other" (device, FIFO, socket).
-	Type string `json:"type"`
-	Size int64  `json:"size"`
-	// Mode is the permission bits with setuid, setgid and sticky, in octal ("0644").
-	Mode       string    `json:"mode"`
-	UID        uint32    `json:"uid"`
-	GID        uint32    `json:"gid"`
-	Owner      string    `json:"owner,omitempty"`
-	Group      string    `json:"group,omitempty"`
-	MTime      time.Time `json:"mtime"`
-	LinkTarget string    `json:"linkTarget,omitempty"`
-}
-
-// IsDir reports whether the entry is a directory.
-func (f *FileInfo) IsDir() bool { return f.Type == "dir" }
-
-// FileEvent is a change under a watched directory: Type is "create", "modify", "delete",
-// "move" (with OldPath), "attrib" or "overflow" (events were lost).
-type FileEvent struct {
-	Type    string `json:"type"`
-	Path    string `json:"path"`
-	OldPath string `json:"oldPath,omitempty"`
-	IsDir   bool   `json:"isDir"`
-}
 
 // WriteFileOptions tune WriteFile.
 type WriteFileOptions struct {
@@ -101,7 +70,7 @@ func (c *Client) ReadFileRange(ctx context.Context, id, path string, offset, len
 
 // WriteFile streams r into a file of the sandbox, replacing it atomically, and returns the
 // new file's description.
-func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, opts WriteFileOptions) (*FileInfo, error) {
+func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, opts WriteFileOptions) (*api.FileInfo, error) {
 	q := url.Values{"path": {path}}
 	if opts.MakeParents {
 		q.Set("mkdir", "true")
@@ -130,7 +99,7 @@ func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, op
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var info FileInfo
+	var info api.FileInfo
 	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
 		return nil, fmt.Errorf("decode write answer: %w", err)
 	}
@@ -139,14 +108,14 @@ func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, op
 
 // StatFile describes a file without following a symlink in its last component. A missing
 // file is an *api.Error with code not_found.
-func (c *Client) StatFile(ctx context.Context, id, path string) (*FileInfo, error) {
-	var info FileInfo
+func (c *Client) StatFile(ctx context.Context, id, path string) (*api.FileInfo, error) {
+	var info api.FileInfo
 	return &info, c.do(ctx, http.MethodGet, filesPath(id, "stat", url.Values{"path": {path}}), nil, &info)
 }
 
 // ListFiles lists a directory, down to depth levels (1: its entries only); names starting
 // with "." are listed only with hidden.
-func (c *Client) ListFiles(ctx context.Context, id, path string, depth int, hidden bool) ([]FileInfo, error) {
+func (c *Client) ListFiles(ctx context.Context, id, path string, depth int, hidden bool) ([]api.FileInfo, error) {
 	q := url.Values{"path": {path}}
 	if depth > 0 {
 		q.Set("depth", strconv.Itoa(depth))
@@ -154,13 +123,13 @@ func (c *Client) ListFiles(ctx context.Context, id, path string, depth int, hidd
 	if hidden {
 		q.Set("hidden", "true")
 	}
-	var out []FileInfo
+	var out []api.FileInfo
 	return out, c.do(ctx, http.MethodGet, filesPath(id, "list", q), nil, &out)
 }
 
 // Mkdir creates a directory (with parents: missing ancestors too, and no error when it
 // exists); mode 0 means 0755.
-func (c *Client) Mkdir(ctx context.Context, id, path string, parents bool, mode os.FileMode) (*FileInfo, error) {
+func (c *Client) Mkdir(ctx context.Context, id, path string, parents bool, mode os.FileMode) (*api.FileInfo, error) {
 	body := struct {
 		Path    string `json:"path"`
 		Parents bool   `json:"parents,omitempty"`
@@ -169,18 +138,18 @@ func (c *Client) Mkdir(ctx context.Context, id, path string, parents bool, mode 
 	if mode != 0 {
 		body.Mode = fmt.Sprintf("%04o", uint32(mode&0o7777))
 	}
-	var info FileInfo
+	var info api.FileInfo
 	return &info, c.do(ctx, http.MethodPost, filesPath(id, "mkdir", nil), body, &info)
 }
 
 // MoveFile renames from to to; an existing to is a conflict unless overwrite.
-func (c *Client) MoveFile(ctx context.Context, id, from, to string, overwrite bool) (*FileInfo, error) {
+func (c *Client) MoveFile(ctx context.Context, id, from, to string, overwrite bool) (*api.FileInfo, error) {
 	body := struct {
 		From      string `json:"from"`
 		To        string `json:"to"`
 		Overwrite bool   `json:"overwrite,omitempty"`
 	}{from, to, overwrite}
-	var info FileInfo
+	var info api.FileInfo
 	return &info, c.do(ctx, http.MethodPost, filesPath(id, "move", nil), body, &info)
 }
 
@@ -218,7 +187,7 @@ func (c *Client) OpenWatch(ctx context.Context, id, path string, recursive bool)
 
 // Next waits for the next event. It returns io.EOF when the watch has ended (the directory
 // was removed, or the sandbox stopped).
-func (w *FileWatch) Next() (FileEvent, error) {
+func (w *FileWatch) Next() (api.FileEvent, error) {
 	event := ""
 	for w.lines.Scan() {
 		line := w.lines.Text()
@@ -226,17 +195,17 @@ func (w *FileWatch) Next() (FileEvent, error) {
 		case strings.HasPrefix(line, "event: "):
 			event = strings.TrimPrefix(line, "event: ")
 		case strings.HasPrefix(line, "data: "):
-			var ev FileEvent
+			var ev api.FileEvent
 			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev); err != nil {
-				return FileEvent{}, fmt.Errorf("decode %s event: %w", event, err)
+				return api.FileEvent{}, fmt.Errorf("decode %s event: %w", event, err)
 			}
 			return ev, nil
 		}
 	}
 	if err := w.lines.Err(); err != nil {
-		return FileEvent{}, fmt.Errorf("read watch stream: %w", err)
+		return api.FileEvent{}, fmt.Errorf("read watch stream: %w", err)
 	}
-	return FileEvent{}, io.EOF
+	return api.FileEvent{}, io.EOF
 }
 
 // Close ends the watch.
@@ -244,7 +213,7 @@ func (w *FileWatch) Close() error { return w.body.Close() }
 
 // WatchFiles calls onEvent with each change under a directory until ctx ends (then it
 // returns nil) or the watch ends.
-func (c *Client) WatchFiles(ctx context.Context, id, path string, recursive bool, onEvent func(FileEvent)) error {
+func (c *Client) WatchFiles(ctx context.Context, id, path string, recursive bool, onEvent func(api.FileEvent)) error {
 	w, err := c.OpenWatch(ctx, id, path, recursive)
 	if err != nil {
 		return err

@@ -24,23 +24,8 @@ const (
 	TypeOther   = "other" // device, FIFO, socket
 )
 
-// Info describes one file as the sandbox sees it.
-type Info struct {
-	Name string `json:"name"`
-	Path string `json:"path"` // absolute, in the sandbox
-	Type string `json:"type"`
-	Size int64  `json:"size"`
-	// Mode is the permission bits with setuid, setgid and sticky, in octal ("0644").
-	Mode string `json:"mode"`
-	UID  uint32 `json:"uid"`
-	GID  uint32 `json:"gid"`
-	// Owner and Group are the names the sandbox's /etc/passwd and /etc/group give UID
-	// and GID; empty when they have none.
-	Owner      string    `json:"owner,omitempty"`
-	Group      string    `json:"group,omitempty"`
-	MTime      time.Time `json:"mtime"`
-	LinkTarget string    `json:"linkTarget,omitempty"` // a symlink's target, as written
-}
+// Info describes one file as the sandbox sees it; it is the file API's wire type.
+type Info = api.FileInfo
 
 // Stat describes the file at p without following a symlink in its last component (like
 // lstat; earlier components are followed inside the root).

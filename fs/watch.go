@@ -27,14 +27,8 @@ const (
 	EventOverflow = "overflow"
 )
 
-// Event is a change under a watched directory. A rename inside the watched tree is one
-// "move" with OldPath; a rename out of it is a "delete", into it a "create".
-type Event struct {
-	Type    string `json:"type"`
-	Path    string `json:"path"` // in the sandbox
-	OldPath string `json:"oldPath,omitempty"`
-	IsDir   bool   `json:"isDir"`
-}
+// Event is a change under a watched directory; it is the file API's wire type.
+type Event = api.FileEvent
 
 const (
 	watchMask = unix.IN_CREATE | unix.IN_MODIFY | unix.IN_DELETE | unix.IN_ATTRIB |

@@ -307,7 +307,7 @@ func (r *Runtime) handleListFiles(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if list == nil {
-		list = []sandboxfs.Info{}
+		list = []api.FileInfo{}
 	}
 	api.WriteJSON(w, http.StatusOK, list)
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/api/spectest"
-	"github.com/nsbox/nsbox/client"
 	sandboxfs "github.com/nsbox/nsbox/fs"
 	"github.com/nsbox/nsbox/nsbox"
 )
@@ -76,13 +75,13 @@ func TestOperationsMatchRoutes(t *testing.T) {
 	}
 }
 
-func fileInfo() sandboxfs.Info {
-	return sandboxfs.Info{Name: "a", Path: "/workspace/a", Type: sandboxfs.TypeFile, Size: 3, Mode: "4755", UID: 1000, GID: 1000,
+func fileInfo() api.FileInfo {
+	return api.FileInfo{Name: "a", Path: "/workspace/a", Type: sandboxfs.TypeFile, Size: 3, Mode: "4755", UID: 1000, GID: 1000,
 		Owner: "dev", Group: "dev", MTime: time.Now()}
 }
 
-func symlinkInfo() sandboxfs.Info {
-	return sandboxfs.Info{Name: "l", Path: "/workspace/l", Type: sandboxfs.TypeSymlink, Size: 11, Mode: "0777", MTime: time.Now(), LinkTarget: "/etc/shadow"}
+func symlinkInfo() api.FileInfo {
+	return api.FileInfo{Name: "l", Path: "/workspace/l", Type: sandboxfs.TypeSymlink, Size: 11, Mode: "0777", MTime: time.Now(), LinkTarget: "/etc/shadow"}
 }
 
 func sandbox(id, status string) api.Sandbox {
@@ -193,9 +192,9 @@ func TestValidResponses(t *testing.T) {
 		{"GET", "/v1/sandboxes/web-1/files?path=/etc/hosts", 200, []byte("127.0.0.1 localhost\n")},
 		{"PUT", "/v1/sandboxes/web-1/files?path=a", 201, wire(t, fileInfo())},
 		{"GET", "/v1/sandboxes/web-1/files/stat?path=l", 200, wire(t, symlinkInfo())},
-		{"GET", "/v1/sandboxes/web-1/files/list?path=/", 200, wire(t, []sandboxfs.Info{fileInfo(), symlinkInfo()})},
-		{"GET", "/v1/sandboxes/web-1/files/list?path=/", 200, wire(t, []sandboxfs.Info{})},
-		{"POST", "/v1/sandboxes/web-1/files/mkdir", 201, wire(t, sandboxfs.Info{Name: "d", Path: "/d", Type: sandboxfs.TypeDir, Mode: "0755", MTime: time.Now()})},
+		{"GET", "/v1/sandboxes/web-1/files/list?path=/", 200, wire(t, []api.FileInfo{fileInfo(), symlinkInfo()})},
+		{"GET", "/v1/sandboxes/web-1/files/list?path=/", 200, wire(t, []api.FileInfo{})},
+		{"POST", "/v1/sandboxes/web-1/files/mkdir", 201, wire(t, api.FileInfo{Name: "d", Path: "/d", Type: sandboxfs.TypeDir, Mode: "0755", MTime: time.Now()})},
 		{"POST", "/v1/sandboxes/web-1/files/move", 200, wire(t, fileInfo())},
 		{"DELETE", "/v1/sandboxes/web-1/files?path=a&recursive=true", 204, nil},
 	}
@@ -399,10 +398,8 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"CreateSandboxRequest", api.CreateSandboxRequest{}, false},
 		{"LimitsRequest", api.Limits{}, false},
 		{"ExecRequest", api.ExecRequest{}, false},
-		{"FileInfo", sandboxfs.Info{}, true},
-		{"FileInfo", client.FileInfo{}, true},
-		{"FileEvent", sandboxfs.Event{}, true},
-		{"FileEvent", client.FileEvent{}, true},
+		{"FileInfo", api.FileInfo{}, true},
+		{"FileEvent", api.FileEvent{}, true},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]

@@ -130,7 +130,7 @@ func filesCommand() *cli.Command {
 						return errors.New("usage: nsbox files watch [-r] ID PATH")
 					}
 					enc := json.NewEncoder(os.Stdout)
-					return apiClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), c.Bool("recursive"), func(ev client.FileEvent) {
+					return apiClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), c.Bool("recursive"), func(ev api.FileEvent) {
 						_ = enc.Encode(ev)
 					})
 				},
@@ -179,14 +179,14 @@ func cmdFilesList(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	list := []client.FileInfo{*info}
+	list := []api.FileInfo{*info}
 	base := path.Dir(info.Path)
 	if info.IsDir() || info.Type == "symlink" {
 		if list, err = cl.ListFiles(c.Context, id, p, c.Int("depth"), c.Bool("all")); err != nil {
 			if info.Type != "symlink" {
 				return err
 			}
-			list = []client.FileInfo{*info} // a symlink to something that is not a directory
+			list = []api.FileInfo{*info} // a symlink to something that is not a directory
 		} else {
 			base = info.Path
 		}
@@ -194,7 +194,7 @@ func cmdFilesList(c *cli.Context) error {
 	if c.Bool("json") {
 		return printJSON(list)
 	}
-	name := func(f client.FileInfo) string {
+	name := func(f api.FileInfo) string {
 		if rel, err := filepath.Rel(base, f.Path); err == nil && !strings.HasPrefix(rel, "..") {
 			return rel
 		}
@@ -315,7 +315,7 @@ func copyOut(ctx context.Context, cl *client.Client, id, src, dst string) error 
 	return copyOutEntry(ctx, cl, id, *info, dst)
 }
 
-func copyOutEntry(ctx context.Context, cl *client.Client, id string, info client.FileInfo, dst string) error {
+func copyOutEntry(ctx context.Context, cl *client.Client, id string, info api.FileInfo, dst string) error {
 	mode := fileMode(info.Mode)
 	switch info.Type {
 	case "dir":

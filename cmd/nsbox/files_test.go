@@ -22,58 +22,10 @@ import (
 	"github.com/nsbox/nsbox/client"
 )
 
-// rawSpecTransport checks answers against the spec like specCheckingTransport, but leaves a
-// file's raw content (application/octet-stream, multipart/byteranges) unread: it is checked
-// only for being a documented non-JSON answer of its operation. The harness's transport would
-// read a 1 GiB download into memory and reject its Content-Type.
-type rawSpecTransport struct {
-	t    *testing.T
-	next http.RoundTripper
-}
-
-func (s *rawSpecTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := s.next.RoundTrip(req)
-	if err != nil {
-		return nil, err
-	}
-	ct := resp.Header.Get("Content-Type")
-	switch {
-	case ct == "application/octet-stream" || strings.HasPrefix(ct, "multipart/byteranges"):
-		// A nil body passes ValidateResponse only when the status is documented and not as JSON.
-		if err := apiSpec.ValidateResponse(req.Method, req.URL.Path, resp.StatusCode, nil); err != nil {
-			s.t.Errorf("raw answer does not match the API spec: %v", err)
-		}
-		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
-			s.t.Errorf("%s %s: raw content with status %d", req.Method, req.URL, resp.StatusCode)
-		}
-		return resp, nil
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return nil, err
-	}
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	if err := apiSpec.ValidateResponse(req.Method, req.URL.Path, resp.StatusCode, body); err != nil {
-		s.t.Errorf("answer does not match the API spec: %v; body %.300s", err, body)
-	}
-	if len(body) > 0 && ct != "application/json" {
-		s.t.Errorf("%s %s: Content-Type %q", req.Method, req.URL.Path, ct)
-	}
-	return resp, nil
-}
-
-// rawHTTP is an HTTP client for the daemon that leaves file content unread.
-func (d *testDaemon) rawHTTP() *http.Client {
-	return &http.Client{Transport: &rawSpecTransport{t: d.t, next: d.http.Transport.(*specCheckingTransport).next}}
-}
-
-func (d *testDaemon) rawClient() *client.Client { return client.NewWithHTTPClient(d.rawHTTP()) }
-
 // readFile reads a whole file of a sandbox through the API.
 func (d *testDaemon) readFile(id, path string) []byte {
 	d.t.Helper()
-	rd, err := d.rawClient().ReadFile(context.Background(), id, path)
+	rd, err := d.client.ReadFile(context.Background(), id, path)
 	if err != nil {
 		d.t.Fatalf("read %s in %s: %v", path, id, err)
 	}
@@ -96,9 +48,9 @@ func filesURL(id, op string, query ...string) string {
 	return u
 }
 
-func decodeInfo(t *testing.T, data []byte) client.FileInfo {
+func decodeInfo(t *testing.T, data []byte) api.FileInfo {
 	t.Helper()
-	var info client.FileInfo
+	var info api.FileInfo
 	if err := json.Unmarshal(data, &info); err != nil {
 		t.Fatalf("decode file info %q: %v", data, err)
 	}
@@ -169,7 +121,7 @@ func TestFileRange(t *testing.T) {
 	d.create(api.CreateSandboxRequest{ID: "r", Image: "busybox"})
 	d.sh("r", "printf 0123456789 > /workspace/digits")
 	ctx := context.Background()
-	rd, err := d.rawClient().ReadFileRange(ctx, "r", "digits", 2, 3)
+	rd, err := d.client.ReadFileRange(ctx, "r", "digits", 2, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +130,7 @@ func TestFileRange(t *testing.T) {
 	if string(got) != "234" {
 		t.Fatalf("range 2+3: %q", got)
 	}
-	rd, err = d.rawClient().ReadFileRange(ctx, "r", "digits", 7, -1)
+	rd, err = d.client.ReadFileRange(ctx, "r", "digits", 7, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +143,7 @@ func TestFileRange(t *testing.T) {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://nsbox"+filesURL("r", "", "path=/workspace/digits"), nil)
 		req.Header.Set("Range", rangeHeader)
-		resp, err := d.rawHTTP().Do(req)
+		resp, err := d.http.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -218,7 +170,7 @@ func TestFileRange(t *testing.T) {
 	if resp.StatusCode != 206 || string(body) != "0123456789" || resp.Header.Get("Accept-Ranges") != "bytes" {
 		t.Fatalf("whole range: %d %q", resp.StatusCode, body)
 	}
-	if _, err := d.rawClient().ReadFileRange(ctx, "r", "digits", 11, 2); !api.IsCode(err, "range_not_satisfiable") {
+	if _, err := d.client.ReadFileRange(ctx, "r", "digits", 11, 2); !api.IsCode(err, "range_not_satisfiable") {
 		t.Fatalf("range past the end through the SDK: %v", err)
 	}
 }
@@ -257,7 +209,7 @@ func TestFileLarge(t *testing.T) {
 	if err != nil || info.Size != size {
 		t.Fatalf("upload: %+v %v", info, err)
 	}
-	rd, err := d.rawClient().ReadFile(ctx, "big", "/workspace/big.bin")
+	rd, err := d.client.ReadFile(ctx, "big", "/workspace/big.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,7 +369,7 @@ func TestFileOps(t *testing.T) {
 		}
 	}
 	// Listing: depth, hidden, order.
-	paths := func(list []client.FileInfo) []string {
+	paths := func(list []api.FileInfo) []string {
 		var out []string
 		for _, f := range list {
 			out = append(out, f.Path)
@@ -489,7 +441,7 @@ func TestFileWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := make(chan client.FileEvent, 64)
+	events := make(chan api.FileEvent, 64)
 	go func() {
 		defer close(events)
 		for {
@@ -501,13 +453,13 @@ func TestFileWatch(t *testing.T) {
 		}
 	}()
 	d.sh("w", "echo a > /workspace/sub/new; echo b >> /workspace/sub/new; mv /workspace/sub/new /workspace/moved; rm /workspace/moved")
-	want := []client.FileEvent{
+	want := []api.FileEvent{
 		{Type: "create", Path: "/workspace/sub/new"},
 		{Type: "modify", Path: "/workspace/sub/new"},
 		{Type: "move", Path: "/workspace/moved", OldPath: "/workspace/sub/new"},
 		{Type: "delete", Path: "/workspace/moved"},
 	}
-	var got []client.FileEvent
+	var got []api.FileEvent
 	timeout := time.After(10 * time.Second)
 	for len(want) > 0 {
 		select {
