@@ -86,6 +86,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version})
 	})
+	mux.HandleFunc("PUT /v1/config", a.handleConfig)
 	mux.HandleFunc("POST /v1/sessions", a.handleCreateSession)
 	mux.HandleFunc("GET /v1/sessions", a.handleListSessions)
 	mux.HandleFunc("GET /v1/sessions/{sid}", a.handleGetSession)

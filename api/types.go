@@ -273,6 +273,13 @@ type Health struct {
 	Version string `json:"version"`
 }
 
+// AgentConfig is what the daemon tells an agent on PUT /v1/config when its container becomes
+// a sandbox: the sandbox's whole environment and its working directory (made if missing).
+type AgentConfig struct {
+	Env map[string]string `json:"env"`
+	Cwd string            `json:"cwd"`
+}
+
 // Version is the answer to GET /v1/version.
 type Version struct {
 	Version string `json:"version"`
@@ -282,6 +289,7 @@ type Version struct {
 type Image struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
+	Warm        int    `json:"warm"` // started containers ready to become sandboxes
 }
 
 // Error codes, each with one HTTP status.

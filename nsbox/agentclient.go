@@ -17,7 +17,7 @@ type agentClient struct {
 	http *http.Client
 }
 
-// agent returns the (cached) client of a sandbox's agent.
+// agent returns the (cached) client of a container's agent.
 func (r *Runtime) agent(id string) *agentClient {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -37,7 +37,7 @@ func (r *Runtime) agent(id string) *agentClient {
 	return c
 }
 
-// forgetAgent drops a sandbox's client and its idle connections.
+// forgetAgent drops a container's agent client and its idle connections.
 func (r *Runtime) forgetAgent(id string) {
 	r.mu.Lock()
 	c, ok := r.agents[id]
@@ -53,6 +53,11 @@ func (c *agentClient) health(ctx context.Context) (*api.Health, error) {
 	return &h, c.call(ctx, http.MethodGet, "/v1/health", nil, &h)
 }
 
+// configure gives the agent its sandbox's environment and working directory.
+func (c *agentClient) configure(ctx context.Context, cfg api.AgentConfig) error {
+	return c.call(ctx, http.MethodPut, "/v1/config", cfg, nil)
+}
+
 // call sends one request to the agent and decodes its JSON answer into out.
 func (c *agentClient) call(ctx context.Context, method, path string, in, out any) error {
 	resp, err := c.do(ctx, method, path, in)
@@ -62,6 +67,9 @@ func (c *agentClient) call(ctx context.Context, method, path string, in, out any
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		return api.ReadError(resp)
+	}
+	if out == nil {
+		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("decode agent answer: %w", err)

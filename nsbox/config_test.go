@@ -61,8 +61,8 @@ func TestValidateEnv(t *testing.T) {
 	}
 }
 
-func TestAgentEnvLetsSandboxEnvWin(t *testing.T) {
-	env := agentEnv(&record{Sandbox: api.Sandbox{ID: "x", Env: map[string]string{"PATH": "/opt/bin", "A": "1"}}})
+func TestSandboxEnvLetsSandboxEnvWin(t *testing.T) {
+	env := envList(sandboxEnv(&record{Sandbox: api.Sandbox{ID: "x", Env: map[string]string{"PATH": "/opt/bin", "A": "1"}}}))
 	want := []string{"A=1", "HOME=/root", "HOSTNAME=x", "PATH=/opt/bin", "TERM=xterm-256color"}
 	if !slices.Equal(env, want) {
 		t.Fatalf("got %v, want %v", env, want)

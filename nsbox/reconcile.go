@@ -24,15 +24,15 @@ func (r *Runtime) reconcile() error {
 	if err != nil {
 		return err
 	}
-	known := map[string]bool{}
+	known := map[string]bool{} // containers that belong to a sandbox
 	for _, rec := range recs {
-		known[rec.ID] = true
+		known[rec.container()] = true
 		if rec.Status == api.StatusCreating {
 			r.log.Warn("rolling back a create the daemon did not finish", "sandbox", rec.ID)
 			if err := errors.Join(r.destroy(rec), r.store.Delete(rec.ID)); err != nil {
 				r.log.Error("roll back create", "sandbox", rec.ID, "err", err)
 			}
-			delete(known, rec.ID)
+			delete(known, rec.container())
 			continue
 		}
 		if rec.Status != api.StatusRunning {
@@ -58,13 +58,15 @@ func (r *Runtime) reconcile() error {
 			if known[e.Name()] {
 				continue
 			}
-			r.log.Warn("destroying a sandbox that has no record", "sandbox", e.Name())
-			orphan := &record{Sandbox: api.Sandbox{ID: e.Name()}, CgroupPath: cgroupPath(r.cfg.CgroupParent, e.Name())}
+			// A sandbox removed while the daemon was down, or a container that was started and
+			// not yet given to a sandbox (a create cut short, or the warm pool).
+			r.log.Info("destroying a container that belongs to no sandbox", "container", e.Name())
+			cgroup := cgroupPath(r.cfg.CgroupParent, e.Name())
 			if c, err := libcontainer.Load(r.stateRoot(), e.Name()); err == nil {
-				orphan.CgroupPath = c.Config().Cgroups.Path
+				cgroup = c.Config().Cgroups.Path
 			}
-			if err := r.destroy(orphan); err != nil {
-				r.log.Error("destroy orphan sandbox", "sandbox", e.Name(), "err", err)
+			if err := r.destroyContainer(e.Name(), cgroup); err != nil {
+				r.log.Error("destroy orphan container", "container", e.Name(), "err", err)
 			}
 			known[e.Name()] = true
 		}
@@ -74,7 +76,7 @@ func (r *Runtime) reconcile() error {
 
 // checkRunning returns why a sandbox recorded as running is not, or "" when it is.
 func (r *Runtime) checkRunning(rec *record) string {
-	c, err := libcontainer.Load(r.stateRoot(), rec.ID)
+	c, err := libcontainer.Load(r.stateRoot(), rec.container())
 	if err != nil {
 		return "its container is gone (the host restarted, or it was removed outside nsbox)"
 	}
@@ -83,7 +85,7 @@ func (r *Runtime) checkRunning(rec *record) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.agent(rec.ID).health(ctx); err != nil {
+	if _, err := r.agent(rec.container()).health(ctx); err != nil {
 		return fmt.Sprintf("its agent does not answer: %v", err)
 	}
 	if state, err := c.State(); err == nil {

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
@@ -42,6 +43,9 @@ type Config struct {
 	DefaultMemoryMB int64
 	DefaultPids     int64
 
+	// WarmPool is how many started containers to keep ready per image (pool.go).
+	WarmPool map[string]int
+
 	hostCPUs     int
 	hostMemoryMB int64
 }
@@ -53,9 +57,13 @@ type Runtime struct {
 	images *rootfs.Store
 	log    *slog.Logger
 
+	pool          *warmPool
+	defaultLimits limits       // what a sandbox that asks for no limits gets
+	lastRequest   atomic.Int64 // when an API request last started or ended (unix ns)
+
 	mu     sync.Mutex
-	busy   map[string]bool         // ids being created or removed right now
-	agents map[string]*agentClient // one client per running sandbox
+	busy   map[string]string       // ids being created, removed or updated right now, and which
+	agents map[string]*agentClient // one client per running container, by container id
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -95,50 +103,81 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Runtime{cfg: cfg, store: store, images: images, log: log, busy: map[string]bool{}, agents: map[string]*agentClient{}}
+	r := &Runtime{cfg: cfg, store: store, images: images, log: log, busy: map[string]string{}, agents: map[string]*agentClient{},
+		pool: newWarmPool(cfg.WarmPool)}
+	if r.defaultLimits, err = cfg.resolveLimits(&api.Limits{}); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("default limits: %w", err)
+	}
 	if err := r.reconcile(); err != nil {
 		store.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
 	}
+	if err := r.fillPool(); err != nil {
+		store.Close()
+		return nil, err
+	}
 	return r, nil
 }
 
-// Close releases the metadata database. Sandboxes keep running.
-func (r *Runtime) Close() error { return r.store.Close() }
+// Close destroys the warm pool's containers and releases the metadata database. Sandboxes
+// keep running.
+func (r *Runtime) Close() error {
+	r.drainPool()
+	return r.store.Close()
+}
 
 // Images lists the images sandboxes can be made from.
 func (r *Runtime) Images() []api.Image {
 	out := []api.Image{}
 	for _, img := range r.images.Images() {
-		out = append(out, api.Image{Name: img.Name, Description: img.Description})
+		out = append(out, api.Image{Name: img.Name, Description: img.Description, Warm: r.pool.readyCount(img.Name)})
 	}
 	return out
 }
 
 func (r *Runtime) stateRoot() string { return filepath.Join(r.cfg.RunDir, "containers") }
-func (r *Runtime) sandboxRunDir(id string) string {
-	return filepath.Join(r.cfg.RunDir, "sandboxes", id)
+
+// The run and data dirs and the agent socket are named by the container id (record.container).
+func (r *Runtime) sandboxRunDir(container string) string {
+	return filepath.Join(r.cfg.RunDir, "sandboxes", container)
 }
-func (r *Runtime) sandboxDataDir(id string) string {
-	return filepath.Join(r.cfg.DataDir, "sandboxes", id)
+func (r *Runtime) sandboxDataDir(container string) string {
+	return filepath.Join(r.cfg.DataDir, "sandboxes", container)
 }
-func (r *Runtime) agentSocket(id string) string {
-	return filepath.Join(r.sandboxRunDir(id), "agent.sock")
+func (r *Runtime) agentSocket(container string) string {
+	return filepath.Join(r.sandboxRunDir(container), "agent.sock")
 }
 
-// claim marks id as busy for the duration of a create or remove.
-func (r *Runtime) claim(id string) (release func(), err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.busy[id] {
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q is being created or removed; try again", id)
-	}
-	r.busy[id] = true
-	return func() {
+// What a claim on a sandbox id is for.
+const (
+	claimCreate = "created"
+	claimRemove = "removed"
+	// claimRecord is a short update of the record (a failed agent); others wait it out.
+	claimRecord = "recorded as failed"
+)
+
+// claim marks id as busy for the duration of a create, a remove or a record update. A create
+// or remove in progress is a conflict; a record update is waited for.
+func (r *Runtime) claim(id, why string) (release func(), err error) {
+	for waited := time.Duration(0); ; waited += time.Millisecond {
 		r.mu.Lock()
-		delete(r.busy, id)
+		held, busy := r.busy[id]
+		if !busy {
+			r.busy[id] = why
+			r.mu.Unlock()
+			return func() {
+				r.mu.Lock()
+				delete(r.busy, id)
+				r.mu.Unlock()
+			}, nil
+		}
 		r.mu.Unlock()
-	}, nil
+		if held != claimRecord || waited > time.Second {
+			return nil, api.Errorf(api.CodeConflict, "sandbox %q is being %s; try again", id, held)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // Create validates the request, makes the sandbox and returns it once its agent answers.
@@ -174,37 +213,47 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			return nil, api.Errorf(api.CodeInvalidArgument, "label names must not be empty")
 		}
 	}
-	release, err := r.claim(req.ID)
+	release, err := r.claim(req.ID, claimCreate)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
+	if _, err := r.store.Get(req.ID); err == nil {
+		return nil, api.Errorf(api.CodeConflict, "sandbox %q already exists", req.ID)
+	} else if !api.IsCode(err, api.CodeNotFound) {
+		return nil, err
+	}
 
+	began := time.Now()
+	w, fromPool, err := r.acquire(ctx, img, lim)
+	if err != nil {
+		// Whatever failed, the create as a whole failed inside the daemon.
+		return nil, api.Errorf(api.CodeInternal, "start sandbox %s: %v", req.ID, err)
+	}
 	rec := &record{
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Status: api.StatusCreating, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
-			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: w.pid,
 		},
-		CgroupPath: cgroupPath(r.cfg.CgroupParent, req.ID),
+		Container:  w.id,
+		CgroupPath: w.cgroupPath,
 	}
 	if err := r.store.Insert(rec); err != nil {
+		r.discard(w)
 		return nil, err
 	}
-	var phases startPhases
-	pid, err := r.start(ctx, rec, img, lim, &phases)
-	if err != nil {
+	if err := r.bind(ctx, rec, w, lim); err != nil {
 		r.abortCreate(rec)
-		// Whatever failed, the create as a whole failed inside the daemon.
-		return nil, api.Errorf(api.CodeInternal, "start sandbox %s: %v", rec.ID, err)
+		return nil, api.Errorf(api.CodeInternal, "set up sandbox %s: %v", rec.ID, err)
 	}
-	rec.Status, rec.PID = api.StatusRunning, pid
+	rec.Status = api.StatusRunning
 	if err := r.store.Put(rec); err != nil {
 		r.abortCreate(rec)
 		return nil, fmt.Errorf("record sandbox %s: %w", rec.ID, err)
 	}
-	r.watchAgent(rec.ID, pid)
-	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "pid", pid,
-		"root", phases.root, "container", phases.container, "agent", phases.agent)
+	r.watchAgent(rec.ID, rec.PID)
+	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "container", rec.Container, "pid", rec.PID,
+		"warm", fromPool, "duration", time.Since(began))
 	return &rec.Sandbox, nil
 }
 
@@ -215,14 +264,42 @@ func (r *Runtime) abortCreate(rec *record) {
 	}
 }
 
+// startedContainer is a container whose agent answers, before it is bound to a sandbox.
+type startedContainer struct {
+	id         string // the libcontainer id
+	image      string
+	pid        int // the agent's host pid
+	cgroupPath string
+	limits     limits
+}
+
+// startContainer mounts a new container's root, starts the container with the agent as
+// PID 1 and waits until the agent answers. The container is nobody's yet: bind makes it a
+// sandbox. On failure nothing of it is left.
+func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim limits) (*startedContainer, error) {
+	sc := &startedContainer{id: "c-" + newID(), image: img.Name, limits: lim}
+	sc.cgroupPath = cgroupPath(r.cfg.CgroupParent, sc.id)
+	var phases startPhases
+	pid, err := r.runContainer(ctx, sc, img, &phases)
+	if err != nil {
+		if err := r.destroyContainer(sc.id, sc.cgroupPath); err != nil {
+			r.log.Error("clean up after failed start", "container", sc.id, "err", err)
+		}
+		return nil, err
+	}
+	sc.pid = pid
+	r.log.Debug("container started", "container", sc.id, "image", img.Name, "pid", pid,
+		"root", phases.root, "container", phases.container, "agent", phases.agent)
+	return sc, nil
+}
+
 // startPhases is how long each part of a start took, for the log.
 type startPhases struct{ root, container, agent time.Duration }
 
-// start mounts the sandbox's root, starts its container with the agent as PID 1 and waits
-// until the agent answers. It returns the agent's host pid.
-func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim limits, phases *startPhases) (int, error) {
+// runContainer does the work of startContainer and returns the agent's host pid.
+func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *rootfs.Image, phases *startPhases) (int, error) {
 	began := time.Now()
-	runDir, dataDir := r.sandboxRunDir(rec.ID), r.sandboxDataDir(rec.ID)
+	runDir, dataDir := r.sandboxRunDir(sc.id), r.sandboxDataDir(sc.id)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return 0, fmt.Errorf("make run dir: %w", err)
 	}
@@ -233,16 +310,16 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	// Once the container runs, its mount namespace holds the root; the host needs no mount.
 	defer func() {
 		if err := rootfs.Detach(merged); err != nil {
-			r.log.Warn("detach sandbox root", "sandbox", rec.ID, "err", err)
+			r.log.Warn("detach container root", "container", sc.id, "err", err)
 		}
 	}()
-	if err := os.MkdirAll(filepath.Join(merged, rec.Cwd), 0o755); err != nil {
-		return 0, fmt.Errorf("make cwd %s: %w", rec.Cwd, err)
+	if err := os.MkdirAll(filepath.Join(merged, defaultCwd), 0o755); err != nil {
+		return 0, fmt.Errorf("make cwd %s: %w", defaultCwd, err)
 	}
 	phases.root = time.Since(began)
 
 	// The agent's listener is made here and handed over as fd 3: its path is on the host only.
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: r.agentSocket(rec.ID), Net: "unix"})
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: r.agentSocket(sc.id), Net: "unix"})
 	if err != nil {
 		return 0, fmt.Errorf("listen for agent: %w", err)
 	}
@@ -260,17 +337,17 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	defer logFile.Close()
 
 	config := containerConfig(containerSpec{
-		ID: rec.ID, Rootfs: merged, Image: img, AgentBin: r.cfg.AgentBin,
-		CgroupPath: rec.CgroupPath, Limits: lim, Seccomp: r.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
+		ID: sc.id, Rootfs: merged, Image: img, AgentBin: r.cfg.AgentBin,
+		CgroupPath: sc.cgroupPath, Limits: sc.limits, Seccomp: r.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
 	})
-	c, err := libcontainer.Create(r.stateRoot(), rec.ID, config)
+	c, err := libcontainer.Create(r.stateRoot(), sc.id, config)
 	if err != nil {
 		return 0, fmt.Errorf("create container: %w", err)
 	}
 	proc := &libcontainer.Process{
 		Args:       []string{AgentPath, "agent", "--listen-fd", "3"},
-		Env:        agentEnv(rec),
-		Cwd:        rec.Cwd,
+		Env:        envList(baseEnv()),
+		Cwd:        defaultCwd,
 		Stdout:     logFile,
 		Stderr:     logFile,
 		ExtraFiles: []*os.File{lnFile},
@@ -288,17 +365,44 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
-	if _, err := r.agent(rec.ID).health(readyCtx); err != nil {
+	if _, err := r.agent(sc.id).health(readyCtx); err != nil {
 		return 0, fmt.Errorf("agent did not come up: %v; agent log: %q", err, tail(logFile.Name(), 2048))
 	}
 	phases.agent = time.Since(began) - phases.root - phases.container
 	return pid, nil
 }
 
-// agentEnv is the environment of the agent, which every command in the sandbox inherits.
-func agentEnv(rec *record) []string {
-	env := map[string]string{"PATH": defaultPath, "HOME": "/root", "HOSTNAME": rec.ID, "TERM": "xterm-256color"}
+// bind makes a started container the sandbox rec describes: its hostname, its limits when
+// they differ from the ones it was started with, and its agent's environment and working
+// directory.
+func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim limits) error {
+	if err := setHostname(sc.pid, rec.ID); err != nil {
+		return err
+	}
+	if lim != sc.limits {
+		if err := r.setLimits(sc.id, lim); err != nil {
+			return err
+		}
+	}
+	return r.agent(sc.id).configure(ctx, api.AgentConfig{Env: sandboxEnv(rec), Cwd: rec.Cwd})
+}
+
+// baseEnv is the environment an agent starts with, before it belongs to a sandbox.
+func baseEnv() map[string]string {
+	return map[string]string{"PATH": defaultPath, "HOME": "/root", "TERM": "xterm-256color"}
+}
+
+// sandboxEnv is the environment of a sandbox's agent, which every command in the sandbox
+// inherits: the base, the hostname, and the sandbox's own variables over them.
+func sandboxEnv(rec *record) map[string]string {
+	env := baseEnv()
+	env["HOSTNAME"] = rec.ID
 	maps.Copy(env, rec.Env)
+	return env
+}
+
+// envList turns an environment into KEY=VALUE strings, sorted.
+func envList(env map[string]string) []string {
 	var out []string
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		out = append(out, k+"="+env[k])
@@ -343,7 +447,7 @@ func (r *Runtime) List() ([]api.Sandbox, error) {
 // Remove stops a sandbox and deletes everything it had. Without force its processes get
 // SIGTERM and stopGrace to exit before they are killed.
 func (r *Runtime) Remove(id string, force bool) error {
-	release, err := r.claim(id)
+	release, err := r.claim(id, claimRemove)
 	if err != nil {
 		return err
 	}
@@ -367,7 +471,7 @@ func (r *Runtime) Remove(id string, force bool) error {
 
 // stop asks the agent to end everything in the sandbox and waits up to stopGrace for it.
 func (r *Runtime) stop(rec *record) {
-	c, err := libcontainer.Load(r.stateRoot(), rec.ID)
+	c, err := libcontainer.Load(r.stateRoot(), rec.container())
 	if err != nil {
 		return
 	}
@@ -389,23 +493,29 @@ func (r *Runtime) stop(rec *record) {
 // destroy kills a sandbox's processes and removes its container, cgroup, mounts and
 // directories. It copes with every partial state a crash can leave.
 func (r *Runtime) destroy(rec *record) error {
-	r.forgetAgent(rec.ID)
+	return r.destroyContainer(rec.container(), rec.CgroupPath)
+}
+
+// destroyContainer removes a container and everything it had, whether or not it was ever
+// bound to a sandbox.
+func (r *Runtime) destroyContainer(id, cgroup string) error {
+	r.forgetAgent(id)
 	var errs []error
-	c, err := libcontainer.Load(r.stateRoot(), rec.ID)
+	c, err := libcontainer.Load(r.stateRoot(), id)
 	switch {
 	case err == nil:
 		errs = append(errs, killAndDestroy(c))
 	case errors.Is(err, libcontainer.ErrNotExist):
 		// No (complete) container: remove whatever cgroup and state a crash left.
-		errs = append(errs, removeCgroup(rec.CgroupPath), os.RemoveAll(filepath.Join(r.stateRoot(), rec.ID)))
+		errs = append(errs, removeCgroup(cgroup), os.RemoveAll(filepath.Join(r.stateRoot(), id)))
 	default:
-		errs = append(errs, fmt.Errorf("load container: %w", err), removeCgroup(rec.CgroupPath),
-			os.RemoveAll(filepath.Join(r.stateRoot(), rec.ID)))
+		errs = append(errs, fmt.Errorf("load container: %w", err), removeCgroup(cgroup),
+			os.RemoveAll(filepath.Join(r.stateRoot(), id)))
 	}
 	errs = append(errs,
-		rootfs.Detach(filepath.Join(r.sandboxRunDir(rec.ID), "rootfs")),
-		os.RemoveAll(r.sandboxRunDir(rec.ID)),
-		os.RemoveAll(r.sandboxDataDir(rec.ID)),
+		rootfs.Detach(filepath.Join(r.sandboxRunDir(id), "rootfs")),
+		os.RemoveAll(r.sandboxRunDir(id)),
+		os.RemoveAll(r.sandboxDataDir(id)),
 	)
 	return errors.Join(errs...)
 }
@@ -457,7 +567,7 @@ func (r *Runtime) runningAgent(id string) (*agentClient, *record, error) {
 	case api.StatusFailed:
 		return nil, nil, api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", id, rec.Error)
 	}
-	return r.agent(id), rec, nil
+	return r.agent(rec.container()), rec, nil
 }
 
 // agentFailure turns an unreachable agent into the reason the sandbox failed, when it did.

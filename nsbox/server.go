@@ -71,6 +71,8 @@ func (r *Runtime) handleImages(w http.ResponseWriter, _ *http.Request) {
 func (r *Runtime) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
+		r.noteRequest()
+		defer r.noteRequest()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(sw, req)
 		r.log.Debug("api", "method", req.Method, "path", req.URL.Path, "status", sw.status, "duration", time.Since(start))

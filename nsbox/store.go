@@ -13,11 +13,25 @@ import (
 
 var sandboxesBucket = []byte("sandboxes")
 
-// record is what the daemon persists about a sandbox: what the API shows, plus the cgroup it
-// was created in (so a daemon restarted with another --cgroup-parent still cleans it up).
+// record is what the daemon persists about a sandbox: what the API shows, plus the container
+// that runs it and the cgroup it was created in (so a daemon restarted with another
+// --cgroup-parent still cleans it up).
 type record struct {
 	api.Sandbox
+	// Container is the libcontainer id of the sandbox's container, which also names its run
+	// and data dirs, its agent socket and its cgroup. Containers are started before they are
+	// given to a sandbox (pool.go), so it is not the sandbox id; records from before the pool
+	// have none, and there the two were the same.
+	Container  string `json:"container,omitempty"`
 	CgroupPath string `json:"cgroupPath"`
+}
+
+// container returns the id of the record's container.
+func (r *record) container() string {
+	if r.Container != "" {
+		return r.Container
+	}
+	return r.ID
 }
 
 // Store keeps sandbox records in a bbolt database.

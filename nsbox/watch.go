@@ -38,7 +38,7 @@ func (r *Runtime) watchAgent(id string, pid int) {
 // agentExited records that a sandbox's agent is gone, unless the sandbox is being removed (or
 // is already gone, or is another sandbox by now with the same id).
 func (r *Runtime) agentExited(id string, pid int) {
-	release, err := r.claim(id)
+	release, err := r.claim(id, claimRecord)
 	if err != nil {
 		return // being created or removed: that path owns the outcome
 	}
@@ -52,6 +52,6 @@ func (r *Runtime) agentExited(id string, pid int) {
 		r.log.Error("record failed sandbox", "sandbox", id, "err", err)
 		return
 	}
-	r.forgetAgent(id)
+	r.forgetAgent(rec.container())
 	r.log.Warn("sandbox failed: its agent exited", "sandbox", id, "pid", pid)
 }

@@ -35,12 +35,19 @@ func NewManager(dir, cwd string, start StartFunc) (*Manager, error) {
 	return &Manager{dir: dir, start: start, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{}}, nil
 }
 
+// SetCwd changes the default working directory of sessions created from now on.
+func (m *Manager) SetCwd(cwd string) {
+	m.mu.Lock()
+	m.cwd = cwd
+	m.mu.Unlock()
+}
+
 // Create starts a new session. An id that belongs to a session that has ended is free again.
 func (m *Manager) Create(opts Options) (*Session, error) {
+	m.mu.Lock()
 	if opts.Cwd == "" {
 		opts.Cwd = m.cwd
 	}
-	m.mu.Lock()
 	if old, ok := m.sessions[opts.ID]; (ok && !old.Ended()) || m.creating[opts.ID] {
 		m.mu.Unlock()
 		return nil, fmt.Errorf("%w: %q", ErrExists, opts.ID)

@@ -360,9 +360,9 @@ func cmdImages(c *cli.Context) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tDESCRIPTION")
+	fmt.Fprintln(tw, "NAME\tWARM\tDESCRIPTION")
 	for _, img := range images {
-		fmt.Fprintf(tw, "%s\t%s\n", img.Name, img.Description)
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", img.Name, img.Warm, img.Description)
 	}
 	return tw.Flush()
 }

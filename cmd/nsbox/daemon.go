@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -33,6 +34,7 @@ func daemonCommand() *cli.Command {
 			&cli.Int64Flag{Name: "default-memory", Value: 1024, Usage: "memory limit (MB) of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
+			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: runDaemon,
@@ -56,6 +58,10 @@ func runDaemon(c *cli.Context) error {
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
 		return fmt.Errorf("resolve own binary: %w", err)
 	}
+	pool, err := parseWarmPool(c.String("warm-pool"))
+	if err != nil {
+		return err
+	}
 	rt, err := nsbox.Open(nsbox.Config{
 		DataDir:         c.String("data-dir"),
 		RunDir:          c.String("run-dir"),
@@ -66,6 +72,7 @@ func runDaemon(c *cli.Context) error {
 		DefaultCPUs:     c.Float64("default-cpus"),
 		DefaultMemoryMB: c.Int64("default-memory"),
 		DefaultPids:     c.Int64("default-pids"),
+		WarmPool:        pool,
 	}, log)
 	if err != nil {
 		return err
@@ -91,6 +98,24 @@ func runDaemon(c *cli.Context) error {
 		return fmt.Errorf("serve API: %w", err)
 	}
 	return nil
+}
+
+// parseWarmPool reads --warm-pool: IMAGE=N pairs separated by commas.
+func parseWarmPool(s string) (map[string]int, error) {
+	pool := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		image, count, ok := strings.Cut(part, "=")
+		n, err := strconv.Atoi(count)
+		if !ok || image == "" || err != nil || n < 0 || n > 64 {
+			return nil, fmt.Errorf("--warm-pool: %q is not IMAGE=N with N from 0 to 64", part)
+		}
+		pool[image] = n
+	}
+	return pool, nil
 }
 
 // listenAPI listens on the API socket, readable by root only or by root and group.

@@ -69,6 +69,7 @@ type testDaemon struct {
 	runDir       string
 	socket       string
 	cgroupParent string
+	args         []string // the test's own daemon flags, used again on every restart
 	cmd          *exec.Cmd
 	log          *bytes.Buffer
 	client       *client.Client
@@ -84,6 +85,7 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 		dataDir:      t.TempDir(),
 		runDir:       fmt.Sprintf("/run/nsbox-test-%d-%d", os.Getpid(), n),
 		cgroupParent: fmt.Sprintf("nsbox-test-%d-%d", os.Getpid(), n),
+		args:         extraArgs,
 	}
 	d.socket = filepath.Join(d.runDir, "nsbox.sock")
 	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
@@ -95,14 +97,15 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 	}}}
 	d.client = client.NewWithHTTPClient(d.http)
 	t.Cleanup(d.cleanup)
-	d.start(extraArgs...)
+	d.start()
 	return d
 }
 
-func (d *testDaemon) start(extraArgs ...string) {
+// start starts (or restarts) the daemon. It keeps no warm pool unless the test asks for one.
+func (d *testDaemon) start() {
 	d.t.Helper()
 	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
-		"--cgroup-parent", d.cgroupParent, "--log-level", "debug"}, extraArgs...)
+		"--cgroup-parent", d.cgroupParent, "--log-level", "debug", "--warm-pool", ""}, d.args...)
 	d.log = &bytes.Buffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log

@@ -284,10 +284,10 @@ func TestReconcile(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "dead", Image: "busybox"})
 	d.create(api.CreateSandboxRequest{ID: "orphan", Image: "busybox"})
-	orphanPID := d.agentPID("orphan")
+	orphanPID, deadPID := d.agentPID("orphan"), d.agentPID("dead")
 	d.kill9()
 	// While the daemon is down, one sandbox's agent dies and another sandbox's record is lost.
-	if err := syscall.Kill(d.agentPID0(t, "dead"), syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(deadPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	store, err := nsbox.OpenStore(filepath.Join(d.dataDir, "meta.db"))
@@ -313,21 +313,6 @@ func TestReconcile(t *testing.T) {
 	if err := d.client.RemoveSandbox(context.Background(), "dead", false); err != nil {
 		t.Fatalf("remove a failed sandbox: %v", err)
 	}
-}
-
-// agentPID0 reads a sandbox's agent pid from libcontainer's state while the daemon is down.
-func (d *testDaemon) agentPID0(t *testing.T, id string) int {
-	data, err := os.ReadFile(filepath.Join(d.runDir, "containers", id, "state.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var state struct {
-		InitProcessPid int `json:"init_process_pid"`
-	}
-	if err := json.Unmarshal(data, &state); err != nil || state.InitProcessPid == 0 {
-		t.Fatalf("read state of %s: %v", id, err)
-	}
-	return state.InitProcessPid
 }
 
 func TestRemoveStopsEverything(t *testing.T) {

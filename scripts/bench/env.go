@@ -53,7 +53,7 @@ func newBench(bin string) (*bench, error) {
 func (b *bench) runcRoot() string { return filepath.Join(b.runDir, "runc") }
 
 // daemon returns the daemon called name, starting it and waiting for its API on first use.
-func (b *bench) daemon(ctx context.Context, name string, seccomp bool) (*daemon, error) {
+func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool string) (*daemon, error) {
 	if d, ok := b.daemons[name]; ok {
 		return d, nil
 	}
@@ -69,7 +69,7 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool) (*daemon,
 	// Its own process group: a Ctrl-C meant for the benchmark must not stop the daemon
 	// before the benchmark has removed its sandboxes through it.
 	d.cmd = command(b.bin, "--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
-		"--cgroup-parent", d.cgroupParent, "--seccomp="+strconv.FormatBool(seccomp), "--log-level", "warn")
+		"--cgroup-parent", d.cgroupParent, "--seccomp="+strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn")
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start daemon %s: %w", name, err)
@@ -92,6 +92,27 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool) (*daemon,
 			return nil, fmt.Errorf("daemon %s did not answer within a minute: %w", name, err)
 		}
 	}
+}
+
+// waitWarm waits until the daemon's pool has a container of the benchmark's image ready.
+func (d *daemon) waitWarm(ctx context.Context) error {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		images, err := d.client.Images(ctx)
+		if err != nil {
+			return fmt.Errorf("list images: %w", err)
+		}
+		for _, img := range images {
+			if img.Name == image && img.Warm > 0 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return fmt.Errorf("daemon %s: no warm %s container within a minute", d.name, image)
 }
 
 // removeAllSandboxes force-removes every sandbox of the (private) daemon.

@@ -1,7 +1,8 @@
 // Command bench measures nsbox against its peers on this machine, side by side in one run:
 //
 //   - cycle: create a busybox sandbox, exec `true` in it and remove it, through the Go client
-//     against private nsbox daemons with and without the seccomp profile, versus `runc run`
+//     against private nsbox daemons (one with a warm pool; without one, with and without the
+//     seccomp profile), versus `runc run`
 //     of the same rootfs and `bwrap … true`;
 //   - session: a command's round trip through the API in a warm session and the creation of a
 //     session, on the busybox image (sh on a pipe) and the host image (bash on a PTY), versus
@@ -116,11 +117,15 @@ func run(ctx context.Context, o options) (err error) {
 // cycleSection times nsbox's create → exec `true` → remove cycle, with and without seccomp,
 // against runc and bwrap running `true` in the same busybox rootfs.
 func (b *bench) cycleSection(ctx context.Context, n int) error {
-	withSeccomp, err := b.daemon(ctx, "nsbox", true)
+	warm, err := b.daemon(ctx, "nsbox-warm", true, image+"=1")
 	if err != nil {
 		return err
 	}
-	noSeccomp, err := b.daemon(ctx, "nsbox-noseccomp", false)
+	withSeccomp, err := b.daemon(ctx, "nsbox", true, "")
+	if err != nil {
+		return err
+	}
+	noSeccomp, err := b.daemon(ctx, "nsbox-noseccomp", false, "")
 	if err != nil {
 		return err
 	}
@@ -128,9 +133,12 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	phases := map[string][]time.Duration{}
+	phases, warmPhases := map[string][]time.Duration{}, map[string][]time.Duration{}
 	runcID := 0
 	cases := []benchCase{
+		// Untimed after each run: wait until the pool has its container again, so that the
+		// next run finds one and no refill competes with the other cases for the CPUs.
+		{name: "nsbox warm pool", run: nsboxCycle(warm, warmPhases), after: warm.waitWarm},
 		{name: "nsbox", run: nsboxCycle(withSeccomp, phases)},
 		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil)},
 		{name: "runc run", run: func(context.Context) error {
@@ -150,12 +158,19 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 		return err
 	}
 	printTable(cases, samples)
-	printTarget("nsbox cycle ÷ runc run", medianRatio(samples, "nsbox", "runc run"), cycleTarget)
+	printTarget("nsbox cycle from the warm pool ÷ runc run", medianRatio(samples, "nsbox warm pool", "runc run"), cycleTarget)
+	printTarget("nsbox cycle without a pool ÷ runc run", medianRatio(samples, "nsbox", "runc run"), cycleTarget)
 	on, off := median(samples["nsbox"]), median(samples["nsbox --seccomp=false"])
 	fmt.Printf("seccomp profile: %+.1f ms on the median cycle (%s ms with, %s ms without)\n", float64(on-off)/1e6, ms(on), ms(off))
-	fmt.Printf("nsbox cycle phases (median ms): create %s, exec %s, remove %s\n\n",
-		ms(median(phases["create"][warmups:])), ms(median(phases["exec"][warmups:])), ms(median(phases["remove"][warmups:])))
+	printPhases("nsbox warm pool", warmPhases)
+	printPhases("nsbox", phases)
+	fmt.Println()
 	return nil
+}
+
+func printPhases(name string, phases map[string][]time.Duration) {
+	fmt.Printf("%s cycle phases (median ms): create %s, exec %s, remove %s\n", name,
+		ms(median(phases["create"][warmups:])), ms(median(phases["exec"][warmups:])), ms(median(phases["remove"][warmups:])))
 }
 
 // nsboxCycle is one create → exec `true` → remove cycle through the Go client; with a
@@ -201,7 +216,7 @@ func execOK(ctx context.Context, d *daemon, id string, req api.ExecRequest) (*ap
 // busybox and a host sandbox, against `runc exec` and `nsenter -a` into a running runc
 // container of the same busybox rootfs.
 func (b *bench) sessionSection(ctx context.Context, n int) (err error) {
-	d, err := b.daemon(ctx, "nsbox", true)
+	d, err := b.daemon(ctx, "nsbox", true, "")
 	if err != nil {
 		return err
 	}
@@ -285,7 +300,7 @@ func sessionCases(d *daemon, id, img string, inAgent map[string][]time.Duration)
 
 // memorySection creates idle busybox sandboxes and reports their PSS plus the daemon's.
 func (b *bench) memorySection(ctx context.Context, count int) (err error) {
-	d, err := b.daemon(ctx, "nsbox", true)
+	d, err := b.daemon(ctx, "nsbox", true, "")
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// waitWarm waits until the daemon has n warm containers of the image ready.
+func (d *testDaemon) waitWarm(image string, n int) {
+	d.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		images, err := d.client.Images(context.Background())
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		for _, img := range images {
+			if img.Name == image && img.Warm == n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("the pool did not get %d warm %s containers in 30s: %+v", n, image, images)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// containerDirs lists the daemon's containers (pool included) by their state dirs.
+func (d *testDaemon) containerDirs() []string {
+	entries, _ := os.ReadDir(filepath.Join(d.runDir, "containers"))
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func TestWarmPoolSandboxIsBoundToItsRequest(t *testing.T) {
+	d := startDaemon(t, "--warm-pool", "busybox=2")
+	d.waitWarm("busybox", 2)
+	warm := d.containerDirs()
+	sb := d.create(api.CreateSandboxRequest{
+		ID: "pooled", Image: "busybox", Cwd: "/srv/app", Env: map[string]string{"GREETING": "hi there", "PATH": "/bin:/usr/bin"},
+		Limits: api.Limits{MemoryMB: 96, Pids: 40, CPUs: 0.5},
+	})
+	container := filepath.Base(cgroupDirOf(t, sb.PID))
+	if !slices.Contains(warm, container) {
+		t.Fatalf("sandbox was not made from a warm container: its container %s, pool %v", container, warm)
+	}
+	got := d.sh("pooled", `echo "$(hostname) $HOSTNAME $(pwd) $GREETING $PATH"`)
+	if want := "pooled pooled /srv/app hi there /bin:/usr/bin\n"; got != want {
+		t.Errorf("hostname, cwd, env: got %q, want %q", got, want)
+	}
+	if got := cgroupValue(d, "pooled", "memory/memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(96<<20) {
+		t.Errorf("memory limit %s", got)
+	}
+	if got := cgroupValue(d, "pooled", "pids/pids.max", "pids.max"); got != "40" {
+		t.Errorf("pids limit %s", got)
+	}
+	if got := cgroupValue(d, "pooled", "cpu/cpu.cfs_quota_us", "cpu.max"); got != "50000" && got != "50000 100000" {
+		t.Errorf("cpu limit %s", got)
+	}
+	// A session made later starts in the sandbox's cwd with its env; processes see the hostname.
+	if _, err := d.client.CreateSession(context.Background(), "pooled", api.CreateSessionRequest{ID: "s2"}); err != nil {
+		t.Fatal(err)
+	}
+	res := d.exec("pooled", api.ExecRequest{SessionID: "s2", Command: `echo "$(pwd) $GREETING $(cat /proc/sys/kernel/hostname)"`})
+	if string(res.Stdout) != "/srv/app hi there pooled\n" {
+		t.Errorf("new session: %q", res.Stdout)
+	}
+	// The pool refills, and removing the sandbox leaves nothing of its container.
+	d.waitWarm("busybox", 2)
+	if err := d.client.RemoveSandbox(context.Background(), "pooled", true); err != nil {
+		t.Fatal(err)
+	}
+	if alive(sb.PID) {
+		t.Errorf("agent %d still runs", sb.PID)
+	}
+	for _, leak := range d.leaks() {
+		if strings.Contains(leak, container) {
+			t.Errorf("leaked: %s", leak)
+		}
+	}
+}
+
+func TestWarmPoolIsDestroyedOnShutdownAndAfterACrash(t *testing.T) {
+	d := startDaemon(t, "--warm-pool", "busybox=2")
+	d.waitWarm("busybox", 2)
+	// kill -9: the next daemon destroys the old pool's containers (they have no record) and
+	// makes a new pool.
+	old := d.containerDirs()
+	d.kill9()
+	d.start()
+	d.waitWarm("busybox", 2)
+	for _, c := range d.containerDirs() {
+		for _, o := range old {
+			if c == o {
+				t.Errorf("container %s of the crashed daemon's pool is still there", c)
+			}
+		}
+	}
+	// A clean stop destroys the pool: the leak check sees no container at all.
+	d.stop()
+	for _, leak := range d.leaks() {
+		t.Errorf("after a clean stop: %s", leak)
+	}
+}
+
+func TestWarmPoolOnlyServesItsImage(t *testing.T) {
+	d := startDaemon(t, "--warm-pool", "busybox=1")
+	d.waitWarm("busybox", 1)
+	before := d.containerDirs()
+	d.create(api.CreateSandboxRequest{ID: "hosted", Image: "host"})
+	d.waitWarm("busybox", 1)
+	if after := d.containerDirs(); len(after) != len(before)+1 {
+		t.Errorf("a host sandbox took from the busybox pool: before %v, after %v", before, after)
+	}
+	if got := d.sh("hosted", "hostname"); got != "hosted\n" {
+		t.Errorf("hostname %q", got)
+	}
+}
+
+// cgroupDirOf is the cgroup (in the pids hierarchy, or the unified one) of a process.
+func cgroupDirOf(t *testing.T, pid int) string {
+	t.Helper()
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	for _, line := range strings.Split(string(data), "\n") {
+		if parts := strings.SplitN(line, ":", 3); len(parts) == 3 && (parts[1] == "pids" || parts[1] == "") {
+			return parts[2]
+		}
+	}
+	t.Fatalf("no cgroup for pid %d", pid)
+	return ""
+}

@@ -1,0 +1,229 @@
+package nsbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/rootfs"
+)
+
+// The warm pool keeps a few containers started ahead of time, per image, with the default
+// limits and an agent that answers. A create that fits takes one and only binds it (bind:
+// hostname, limits, environment, working directory), which takes about a millisecond instead
+// of a whole container start; the pool refills in the background. Containers in the pool have
+// no record: if the daemon dies, the next one destroys them in reconcile like any container
+// that belongs to no sandbox, and a clean shutdown (Close) destroys them.
+type warmPool struct {
+	want map[string]int // image → how many to keep ready
+
+	mu      sync.Mutex
+	ready   map[string][]*startedContainer
+	filling map[string]bool // a refill goroutine runs for the image
+	closed  bool
+	wg      sync.WaitGroup
+	stop    context.CancelFunc
+	ctx     context.Context
+}
+
+func newWarmPool(want map[string]int) *warmPool {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &warmPool{want: want, ready: map[string][]*startedContainer{}, filling: map[string]bool{}, ctx: ctx, stop: cancel}
+}
+
+// acquire returns a started container for a new sandbox of img: a warm one when the pool has
+// one with the default limits (bind applies others), else a new one.
+func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim limits) (sc *startedContainer, fromPool bool, err error) {
+	if sc := r.pool.take(img.Name); sc != nil {
+		r.refill(img)
+		return sc, true, nil
+	}
+	r.refill(img)
+	sc, err = r.startContainer(ctx, img, lim)
+	return sc, false, err
+}
+
+// take removes a ready container of the image from the pool, or returns nil.
+func (p *warmPool) take(image string) *startedContainer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ready := p.ready[image]
+	if len(ready) == 0 {
+		return nil
+	}
+	sc := ready[0]
+	p.ready[image] = ready[1:]
+	return sc
+}
+
+// readyCount is how many containers of the image are ready.
+func (p *warmPool) readyCount(image string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.ready[image])
+}
+
+// refill starts containers of img in the background until the pool holds as many as it
+// should. One goroutine per image does it, one container at a time, and only once the API
+// has been quiet for refillQuiet: a container start is 20-30 ms of CPU, which would otherwise
+// slow down the very sandbox that was just taken, while its first commands run.
+func (r *Runtime) refill(img *rootfs.Image) {
+	p := r.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.filling[img.Name] || len(p.ready[img.Name]) >= p.want[img.Name] {
+		return
+	}
+	p.filling[img.Name] = true
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			p.mu.Lock()
+			if p.closed || len(p.ready[img.Name]) >= p.want[img.Name] {
+				p.filling[img.Name] = false
+				p.mu.Unlock()
+				return
+			}
+			p.mu.Unlock()
+			if !r.waitQuiet(p.ctx) {
+				continue // closed meanwhile
+			}
+			sc, err := r.startContainer(p.ctx, img, r.defaultLimits)
+			if err != nil {
+				r.log.Error("warm pool: start container", "image", img.Name, "err", err)
+				p.mu.Lock()
+				p.filling[img.Name] = false
+				p.mu.Unlock()
+				return
+			}
+			p.mu.Lock()
+			if p.closed {
+				p.mu.Unlock()
+				r.discard(sc)
+				continue
+			}
+			p.ready[img.Name] = append(p.ready[img.Name], sc)
+			p.mu.Unlock()
+		}
+	}()
+}
+
+// refillQuiet is how long no API request may have started or ended before the pool refills.
+const refillQuiet = 25 * time.Millisecond
+
+// noteRequest records that an API request started or ended, for waitQuiet.
+func (r *Runtime) noteRequest() { r.lastRequest.Store(time.Now().UnixNano()) }
+
+// waitQuiet waits until no API request has started or ended for refillQuiet. It returns
+// false when ctx ends first.
+func (r *Runtime) waitQuiet(ctx context.Context) bool {
+	for {
+		quietFor := time.Since(time.Unix(0, r.lastRequest.Load()))
+		if quietFor >= refillQuiet {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(refillQuiet - quietFor):
+		}
+	}
+}
+
+// fillPool starts filling the pool for every image it keeps.
+func (r *Runtime) fillPool() error {
+	for name := range r.pool.want {
+		img, err := r.images.Get(name)
+		if err != nil {
+			return fmt.Errorf("warm pool: %w", err)
+		}
+		r.refill(img)
+	}
+	return nil
+}
+
+// drainPool stops refilling and destroys every container in the pool.
+func (r *Runtime) drainPool() {
+	p := r.pool
+	p.mu.Lock()
+	p.closed = true
+	p.stop()
+	p.mu.Unlock()
+	p.wg.Wait()
+	p.mu.Lock()
+	var all []*startedContainer
+	for img, ready := range p.ready {
+		all = append(all, ready...)
+		delete(p.ready, img)
+	}
+	p.mu.Unlock()
+	for _, sc := range all {
+		r.discard(sc)
+	}
+}
+
+// discard destroys a started container that no sandbox will have.
+func (r *Runtime) discard(sc *startedContainer) {
+	if err := r.destroyContainer(sc.id, sc.cgroupPath); err != nil {
+		r.log.Error("destroy unused container", "container", sc.id, "err", err)
+	}
+}
+
+// setHostname sets the hostname in the UTS namespace of the process pid. Only the calling
+// thread enters that namespace, and it returns to its own before the thread is used again.
+func setHostname(pid int, name string) error {
+	target, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
+	if err != nil {
+		return fmt.Errorf("open sandbox uts namespace: %w", err)
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	own, err := os.Open("/proc/thread-self/ns/uts")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open own uts namespace: %w", err)
+	}
+	defer own.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWUTS); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter sandbox uts namespace: %w", err)
+	}
+	setErr := unix.Sethostname([]byte(name))
+	if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWUTS); err != nil {
+		// Leave the thread locked: Go ends it with this goroutine instead of reusing it.
+		return fmt.Errorf("return from sandbox uts namespace: %w", err)
+	}
+	runtime.UnlockOSThread()
+	if setErr != nil {
+		return fmt.Errorf("set hostname: %w", setErr)
+	}
+	return nil
+}
+
+// setLimits changes the cgroup limits of a running container.
+func (r *Runtime) setLimits(id string, lim limits) error {
+	c, err := libcontainer.Load(r.stateRoot(), id)
+	if err != nil {
+		return fmt.Errorf("load container: %w", err)
+	}
+	cfg := c.Config()
+	res := *cfg.Cgroups.Resources
+	pids := lim.Pids
+	res.CpuQuota, res.Memory, res.MemorySwap, res.PidsLimit = lim.CPUQuota, lim.MemoryBytes, lim.MemoryBytes, &pids
+	cgroupsCopy := *cfg.Cgroups
+	cgroupsCopy.Resources = &res
+	cfg.Cgroups = &cgroupsCopy
+	began := time.Now()
+	if err := c.Set(cfg); err != nil {
+		return fmt.Errorf("set limits: %w", err)
+	}
+	r.log.Debug("limits set", "container", id, "duration", time.Since(began))
+	return nil
+}
