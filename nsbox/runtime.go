@@ -169,6 +169,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := validateEnv(req.Env); err != nil {
 		return nil, err
 	}
+	if err := r.validateStorage(&req); err != nil {
+		return nil, err
+	}
 	for k := range req.Labels {
 		if k == "" {
 			return nil, api.Errorf(api.CodeInvalidArgument, "label names must not be empty")
@@ -184,6 +187,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Status: api.StatusCreating, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+			Workspace: req.Workspace, Mounts: req.Mounts,
 		},
 		CgroupPath: cgroupPath(r.cfg.CgroupParent, req.ID),
 	}
@@ -222,12 +226,16 @@ type startPhases struct{ root, container, agent time.Duration }
 // until the agent answers. It returns the agent's host pid.
 func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim limits, phases *startPhases) (int, error) {
 	began := time.Now()
-	runDir, dataDir := r.sandboxRunDir(rec.ID), r.sandboxDataDir(rec.ID)
+	runDir := r.sandboxRunDir(rec.ID)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return 0, fmt.Errorf("make run dir: %w", err)
 	}
+	layerDir, err := r.prepareLayers(rec)
+	if err != nil {
+		return 0, err
+	}
 	merged := filepath.Join(runDir, "rootfs")
-	if err := rootfs.MountOverlay(img.Layers, filepath.Join(dataDir, "upper"), filepath.Join(dataDir, "work"), merged); err != nil {
+	if err := rootfs.MountOverlay(img.Layers, filepath.Join(layerDir, "upper"), filepath.Join(layerDir, "work"), merged); err != nil {
 		return 0, err
 	}
 	// Once the container runs, its mount namespace holds the root; the host needs no mount.
@@ -238,6 +246,11 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	}()
 	if err := os.MkdirAll(filepath.Join(merged, rec.Cwd), 0o755); err != nil {
 		return 0, fmt.Errorf("make cwd %s: %w", rec.Cwd, err)
+	}
+	defer r.detachWorkspace(rec.ID)
+	mounts, err := r.storageMounts(rec)
+	if err != nil {
+		return 0, err
 	}
 	phases.root = time.Since(began)
 
@@ -262,6 +275,7 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	config := containerConfig(containerSpec{
 		ID: rec.ID, Rootfs: merged, Image: img, AgentBin: r.cfg.AgentBin,
 		CgroupPath: rec.CgroupPath, Limits: lim, Seccomp: r.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
+		Mounts: mounts,
 	})
 	c, err := libcontainer.Create(r.stateRoot(), rec.ID, config)
 	if err != nil {
@@ -403,6 +417,7 @@ func (r *Runtime) destroy(rec *record) error {
 			os.RemoveAll(filepath.Join(r.stateRoot(), rec.ID)))
 	}
 	errs = append(errs,
+		r.releaseStorage(rec.ID),
 		rootfs.Detach(filepath.Join(r.sandboxRunDir(rec.ID), "rootfs")),
 		os.RemoveAll(r.sandboxRunDir(rec.ID)),
 		os.RemoveAll(r.sandboxDataDir(rec.ID)),

@@ -46,6 +46,8 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/files/mkdir", (*Runtime).handleMkdir},
 	{"POST", "/v1/sandboxes/{id}/files/move", (*Runtime).handleMove},
 	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
+	{"GET", "/v1/sandboxes/{id}/workspace/diff", (*Runtime).handleWorkspaceDiff},
+	{"GET", "/v1/sandboxes/{id}/workspace/export", (*Runtime).handleWorkspaceExport},
 }
 
 // Handler returns the daemon's HTTP API.

@@ -98,6 +98,15 @@ func fullSandbox() api.Sandbox {
 	return sb
 }
 
+// storageSandbox has a workspace, mounts and a disk limit.
+func storageSandbox() api.Sandbox {
+	sb := sandbox("ws", api.StatusRunning)
+	sb.Limits.DiskMB = 64
+	sb.Workspace = &api.Workspace{HostPath: "/home/me/project", Mode: api.WorkspaceCOW}
+	sb.Mounts = []api.Mount{{Source: "/data", Target: "/data", ReadOnly: true}, {Source: "/cache", Target: "/root/.cache"}}
+	return sb
+}
+
 func failedSandbox() api.Sandbox {
 	sb := sandbox("old", api.StatusFailed)
 	sb.Error = "its container is gone"
@@ -197,6 +206,13 @@ func TestValidResponses(t *testing.T) {
 		{"POST", "/v1/sandboxes/web-1/files/mkdir", 201, wire(t, api.FileInfo{Name: "d", Path: "/d", Type: sandboxfs.TypeDir, Mode: "0755", MTime: time.Now()})},
 		{"POST", "/v1/sandboxes/web-1/files/move", 200, wire(t, fileInfo())},
 		{"DELETE", "/v1/sandboxes/web-1/files?path=a&recursive=true", 204, nil},
+		// Workspaces and mounts.
+		{"GET", "/v1/sandboxes/web-1", 200, wire(t, storageSandbox())},
+		{"GET", "/v1/sandboxes/web-1/workspace/diff", 200, wire(t, []api.WorkspaceChange{
+			{Path: "a", Kind: api.ChangeDeleted, Type: "dir"}, {Path: "b/c", Kind: api.ChangeAdded, Type: "file", Size: 3},
+			{Path: "d", Kind: api.ChangeModified, Type: "symlink", Size: 5}})},
+		{"GET", "/v1/sandboxes/web-1/workspace/diff", 200, wire(t, []api.WorkspaceChange{})},
+		{"GET", "/v1/sandboxes/web-1/workspace/export", 200, []byte("tar bytes")},
 	}
 	for _, c := range cases {
 		if err := spec.ValidateResponse(c.method, c.path, c.status, c.body); err != nil {
@@ -233,6 +249,9 @@ func TestErrorResponses(t *testing.T) {
 		"POST /v1/sandboxes/{id}/files/mkdir": {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable, api.CodeInsufficientStorage},
 		"POST /v1/sandboxes/{id}/files/move":  {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable, api.CodeInsufficientStorage},
 		"GET /v1/sandboxes/{id}/files/watch":  {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+
+		"GET /v1/sandboxes/{id}/workspace/diff":   {api.CodeNotFound, api.CodeConflict, api.CodeInternal},
+		"GET /v1/sandboxes/{id}/workspace/export": {api.CodeNotFound, api.CodeConflict, api.CodeInternal},
 	}
 	for op, codes := range errs {
 		method, path, _ := strings.Cut(op, " ")
@@ -400,6 +419,9 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"ExecRequest", api.ExecRequest{}, false},
 		{"FileInfo", api.FileInfo{}, true},
 		{"FileEvent", api.FileEvent{}, true},
+		{"Workspace", api.Workspace{}, true}, // also in answers, where hostPath is always set
+		{"Mount", api.Mount{}, true},
+		{"WorkspaceChange", api.WorkspaceChange{}, true},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]
@@ -422,7 +444,9 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		}
 		required := slices.Sorted(slices.Values(sc.Required))
 		if c.schema == "Limits" {
-			always = fields // Go omits zero limits, but a sandbox's limits are always filled in
+			// Go omits zero limits, but a sandbox's limits are always filled in, except diskMB
+			// (0: no disk limit).
+			always = slices.DeleteFunc(fields, func(f string) bool { return f == "diskMB" })
 		}
 		switch {
 		case c.response && !slices.Equal(required, slices.Sorted(slices.Values(always))):
