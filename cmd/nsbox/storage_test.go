@@ -12,10 +12,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
+	"github.com/nsbox/nsbox/nsbox"
 )
 
 // writeTree makes files (path → content; a path ending in / is a directory) under dir.
@@ -397,5 +399,48 @@ func TestDiskLimit(t *testing.T) {
 	}
 	for _, leak := range d.leaks() {
 		t.Errorf("after rm: %s", leak)
+	}
+}
+
+// TestStorageReconcile: after a kill -9, a disk-limited sandbox that lost its record is
+// destroyed with its disk, and one whose agent died keeps its workspace diff until removed.
+func TestStorageReconcile(t *testing.T) {
+	d := startDaemon(t)
+	host := t.TempDir()
+	writeTree(t, host, map[string]string{"a": "a"})
+	ws := &api.Workspace{HostPath: host}
+	d.create(api.CreateSandboxRequest{ID: "dead", Image: "busybox", Workspace: ws, Limits: api.Limits{DiskMB: 32}})
+	d.create(api.CreateSandboxRequest{ID: "orphan", Image: "busybox", Workspace: ws, Limits: api.Limits{DiskMB: 32}})
+	d.sh("dead", "echo b > /workspace/b")
+	d.kill9()
+	if err := syscall.Kill(d.agentPID0(t, "dead"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	store, err := nsbox.OpenStore(filepath.Join(d.dataDir, "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Delete("orphan"); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+	d.start()
+	orphanImage := filepath.Join(d.dataDir, "sandboxes", "orphan", "disk.img")
+	if _, err := os.Stat(orphanImage); !os.IsNotExist(err) {
+		t.Errorf("the orphan's disk image is still there: %v", err)
+	}
+	if got, err := d.client.GetSandbox(context.Background(), "dead"); err != nil || got.Status != api.StatusFailed {
+		t.Fatalf("sandbox whose agent died: %+v %v", got, err)
+	}
+	// Its changes can still be read back.
+	changes, err := d.client.WorkspaceDiff(context.Background(), "dead")
+	if err != nil || !slices.Equal(changeSet(changes), []string{"added file b"}) {
+		t.Fatalf("diff of a failed sandbox: %+v %v", changes, err)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), "dead", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, leak := range d.leaks() {
+		t.Errorf("after reconcile and rm: %s", leak)
 	}
 }
