@@ -226,6 +226,17 @@ func TestWorkspaceCopyOnWrite(t *testing.T) {
 	if after := snapshot(t, host); !maps.Equal(before, after) {
 		t.Fatalf("removing the sandbox changed the host directory")
 	}
+
+	// The host image (bash sessions) shows the same directory, and a second sandbox on it
+	// starts from the host's files, not from the first one's changes.
+	hb := d.create(api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: host}})
+	if got := d.sh(hb.ID, "cat a.txt; test -e new.txt || echo no-new; echo hb > hb.txt"); got != "a\nno-new\n" {
+		t.Fatalf("host image sandbox sees %q", got)
+	}
+	changes, err = d.client.WorkspaceDiff(context.Background(), hb.ID)
+	if err != nil || !slices.Equal(changeSet(changes), []string{"added file hb.txt"}) {
+		t.Fatalf("diff in the host image: %+v %v", changes, err)
+	}
 }
 
 func TestWorkspaceReadWriteAndMounts(t *testing.T) {
