@@ -238,16 +238,16 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	if err := rootfs.MountOverlay(img.Layers, filepath.Join(layerDir, "upper"), filepath.Join(layerDir, "work"), merged); err != nil {
 		return 0, err
 	}
-	// Once the container runs, its mount namespace holds the root; the host needs no mount.
+	// Once the container runs, its mount namespace holds the root (and the workspace); the host
+	// needs no mount.
 	defer func() {
-		if err := rootfs.Detach(merged); err != nil {
+		if err := errors.Join(rootfs.Detach(merged), r.detachWorkspace(rec.ID)); err != nil {
 			r.log.Warn("detach sandbox root", "sandbox", rec.ID, "err", err)
 		}
 	}()
 	if err := os.MkdirAll(filepath.Join(merged, rec.Cwd), 0o755); err != nil {
 		return 0, fmt.Errorf("make cwd %s: %w", rec.Cwd, err)
 	}
-	defer r.detachWorkspace(rec.ID)
 	mounts, err := r.storageMounts(rec)
 	if err != nil {
 		return 0, err

@@ -354,6 +354,8 @@ func TestValidateSchema(t *testing.T) {
 	}{
 		{"CreateSandboxRequest", api.CreateSandboxRequest{}},
 		{"CreateSandboxRequest", full},
+		{"CreateSandboxRequest", api.CreateSandboxRequest{Limits: api.Limits{DiskMB: 512}, Workspace: &api.Workspace{HostPath: "/src", Mode: api.WorkspaceRW},
+			Mounts: []api.Mount{{Source: "/data", Target: "/data", ReadOnly: true}}}},
 		{"ExecRequest", api.ExecRequest{Argv: []string{"ls", "-l"}, Env: map[string]string{"X": "1"}, Cwd: "/tmp"}},
 		{"ExecRequest", api.ExecRequest{Command: "cat", Stdin: "aGk=", StdinEncoding: api.EncodingBase64, TimeoutMs: 500}},
 		{"ExecRequest", api.ExecRequest{Command: "cd /tmp", SessionID: "build.1_x-y", KillOnDisconnect: true}},
@@ -377,6 +379,9 @@ func TestValidateSchema(t *testing.T) {
 	}
 	if err := spec.ValidateSchema("CreateSessionRequest", []byte(`{"shell":"bash","term":"xterm"}`)); err == nil || !strings.Contains(err.Error(), `"term"`) {
 		t.Errorf("a session request with an unknown field: err = %v, want one naming it", err)
+	}
+	if err := spec.ValidateSchema("CreateSandboxRequest", []byte(`{"workspace":{"hostPath":"/x","mode":"copy"}}`)); err == nil || !strings.Contains(err.Error(), "$.workspace.mode") {
+		t.Errorf("a create request with a bad workspace mode: err = %v, want one naming $.workspace.mode", err)
 	}
 	if err := spec.ValidateSchema("NoSuchSchema", []byte(`{}`)); err == nil {
 		t.Error("validating against a missing schema succeeded")
