@@ -24,6 +24,9 @@ type Limits struct {
 	CPUs     float64 `json:"cpus,omitempty"`
 	MemoryMB int64   `json:"memoryMB,omitempty"`
 	Pids     int64   `json:"pids,omitempty"`
+	// DiskMB bounds the sandbox's writable layer (its overlay upper dirs, a copy-on-write
+	// workspace's included); 0 means no limit beyond the host's disk.
+	DiskMB int64 `json:"diskMB,omitempty"`
 }
 
 // CreateSandboxRequest is the body of POST /v1/sandboxes.
@@ -34,6 +37,10 @@ type CreateSandboxRequest struct {
 	Cwd    string            `json:"cwd,omitempty"`
 	Limits Limits            `json:"limits,omitzero"`
 	Labels map[string]string `json:"labels,omitempty"`
+	// Workspace is a host directory shown at /workspace (see Workspace).
+	Workspace *Workspace `json:"workspace,omitempty"`
+	// Mounts are host files or directories bind-mounted into the sandbox.
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // Sandbox is a sandbox as the API shows it.
@@ -48,7 +55,9 @@ type Sandbox struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"createdAt"`
 	// PID is the host pid of the sandbox's agent (its PID 1), while it runs.
-	PID int `json:"pid,omitempty"`
+	PID       int        `json:"pid,omitempty"`
+	Workspace *Workspace `json:"workspace,omitempty"`
+	Mounts    []Mount    `json:"mounts,omitempty"`
 }
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly

@@ -50,6 +50,8 @@ type containerSpec struct {
 	// MaxOpenFiles is the sandbox's open-file limit: the daemon's own hard limit, the most a
 	// process without CAP_SYS_RESOURCE can be given.
 	MaxOpenFiles uint64
+	// Mounts are the sandbox's workspace and bind mounts, mounted after everything else.
+	Mounts []*configs.Mount
 }
 
 // limits are resolved limits in kernel units.
@@ -122,6 +124,7 @@ func containerConfig(s containerSpec) *configs.Config {
 	for _, b := range s.Image.Binds {
 		cfg.Mounts = append(cfg.Mounts, readonlyBind(b.Source, b.Dest))
 	}
+	cfg.Mounts = append(cfg.Mounts, s.Mounts...)
 	if s.Seccomp {
 		cfg.Seccomp = seccompProfile()
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
@@ -26,10 +27,12 @@ type warmPool struct {
 	mu      sync.Mutex
 	ready   map[string][]*startedContainer
 	filling map[string]bool // a refill goroutine runs for the image
-	closed  bool
-	wg      sync.WaitGroup
-	stop    context.CancelFunc
-	ctx     context.Context
+	// lastTake is when a container was last taken (unix ns), for waitAfterTake.
+	lastTake atomic.Int64
+	closed   bool
+	wg       sync.WaitGroup
+	stop     context.CancelFunc
+	ctx      context.Context
 }
 
 func newWarmPool(want map[string]int) *warmPool {
@@ -38,14 +41,16 @@ func newWarmPool(want map[string]int) *warmPool {
 }
 
 // acquire returns a started container for a new sandbox of img: a warm one when the pool has
-// one with the default limits (bind applies others), else a new one.
-func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim limits) (sc *startedContainer, fromPool bool, err error) {
-	if sc := r.pool.take(img.Name); sc != nil {
+// one (bind applies the limits) and the sandbox needs no storage of its own, else a new one.
+func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim limits, st storageSpec) (sc *startedContainer, fromPool bool, err error) {
+	if st.none() {
+		if sc := r.pool.take(img.Name); sc != nil {
+			r.refill(img)
+			return sc, true, nil
+		}
 		r.refill(img)
-		return sc, true, nil
 	}
-	r.refill(img)
-	sc, err = r.startContainer(ctx, img, lim)
+	sc, err = r.startContainer(ctx, img, lim, st)
 	return sc, false, err
 }
 
@@ -59,6 +64,7 @@ func (p *warmPool) take(image string) *startedContainer {
 	}
 	sc := ready[0]
 	p.ready[image] = ready[1:]
+	p.lastTake.Store(time.Now().UnixNano())
 	return sc
 }
 
@@ -70,9 +76,9 @@ func (p *warmPool) readyCount(image string) int {
 }
 
 // refill starts containers of img in the background until the pool holds as many as it
-// should. One goroutine per image does it, one container at a time, and only once the API
-// has been quiet for refillQuiet: a container start is 20-30 ms of CPU, which would otherwise
-// slow down the very sandbox that was just taken, while its first commands run.
+// should. One goroutine per image does it, one container at a time, and only refillDelay
+// after the last take: a container start is 20-30 ms of CPU, which would otherwise slow down
+// the very sandbox that was just taken, while its first commands run.
 func (r *Runtime) refill(img *rootfs.Image) {
 	p := r.pool
 	p.mu.Lock()
@@ -92,10 +98,10 @@ func (r *Runtime) refill(img *rootfs.Image) {
 				return
 			}
 			p.mu.Unlock()
-			if !r.waitQuiet(p.ctx) {
+			if !p.waitAfterTake(p.ctx) {
 				continue // closed meanwhile
 			}
-			sc, err := r.startContainer(p.ctx, img, r.defaultLimits)
+			sc, err := r.startContainer(p.ctx, img, r.defaultLimits, storageSpec{})
 			if err != nil {
 				r.log.Error("warm pool: start container", "image", img.Name, "err", err)
 				p.mu.Lock()
@@ -115,24 +121,21 @@ func (r *Runtime) refill(img *rootfs.Image) {
 	}()
 }
 
-// refillQuiet is how long no API request may have started or ended before the pool refills.
-const refillQuiet = 25 * time.Millisecond
+// refillDelay is how long after a container was taken from the pool its refill waits.
+const refillDelay = 50 * time.Millisecond
 
-// noteRequest records that an API request started or ended, for waitQuiet.
-func (r *Runtime) noteRequest() { r.lastRequest.Store(time.Now().UnixNano()) }
-
-// waitQuiet waits until no API request has started or ended for refillQuiet. It returns
+// waitAfterTake waits until no container was taken from the pool for refillDelay. It returns
 // false when ctx ends first.
-func (r *Runtime) waitQuiet(ctx context.Context) bool {
+func (p *warmPool) waitAfterTake(ctx context.Context) bool {
 	for {
-		quietFor := time.Since(time.Unix(0, r.lastRequest.Load()))
-		if quietFor >= refillQuiet {
+		since := time.Since(time.Unix(0, p.lastTake.Load()))
+		if since >= refillDelay {
 			return true
 		}
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(refillQuiet - quietFor):
+		case <-time.After(refillDelay - since):
 		}
 	}
 }

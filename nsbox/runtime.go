@@ -20,7 +20,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
@@ -58,8 +57,7 @@ type Runtime struct {
 	log    *slog.Logger
 
 	pool          *warmPool
-	defaultLimits limits       // what a sandbox that asks for no limits gets
-	lastRequest   atomic.Int64 // when an API request last started or ended (unix ns)
+	defaultLimits limits // what a sandbox that asks for no limits gets
 
 	mu     sync.Mutex
 	busy   map[string]string       // ids being created, removed or updated right now, and which
@@ -208,6 +206,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := validateEnv(req.Env); err != nil {
 		return nil, err
 	}
+	if err := r.validateStorage(&req); err != nil {
+		return nil, err
+	}
 	for k := range req.Labels {
 		if k == "" {
 			return nil, api.Errorf(api.CodeInvalidArgument, "label names must not be empty")
@@ -225,7 +226,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 
 	began := time.Now()
-	w, fromPool, err := r.acquire(ctx, img, lim)
+	w, fromPool, err := r.acquire(ctx, img, lim, storageOf(&req))
 	if err != nil {
 		// Whatever failed, the create as a whole failed inside the daemon.
 		return nil, api.Errorf(api.CodeInternal, "start sandbox %s: %v", req.ID, err)
@@ -234,6 +235,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Status: api.StatusCreating, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: w.pid,
+			Workspace: req.Workspace, Mounts: req.Mounts,
 		},
 		Container:  w.id,
 		CgroupPath: w.cgroupPath,
@@ -271,13 +273,14 @@ type startedContainer struct {
 	pid        int // the agent's host pid
 	cgroupPath string
 	limits     limits
+	storage    storageSpec
 }
 
-// startContainer mounts a new container's root, starts the container with the agent as
-// PID 1 and waits until the agent answers. The container is nobody's yet: bind makes it a
-// sandbox. On failure nothing of it is left.
-func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim limits) (*startedContainer, error) {
-	sc := &startedContainer{id: "c-" + newID(), image: img.Name, limits: lim}
+// startContainer mounts a new container's root (and its storage), starts the container with
+// the agent as PID 1 and waits until the agent answers. The container is nobody's yet: bind
+// makes it a sandbox. On failure nothing of it is left.
+func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim limits, st storageSpec) (*startedContainer, error) {
+	sc := &startedContainer{id: "c-" + newID(), image: img.Name, limits: lim, storage: st}
 	sc.cgroupPath = cgroupPath(r.cfg.CgroupParent, sc.id)
 	var phases startPhases
 	pid, err := r.runContainer(ctx, sc, img, &phases)
@@ -299,22 +302,31 @@ type startPhases struct{ root, container, agent time.Duration }
 // runContainer does the work of startContainer and returns the agent's host pid.
 func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *rootfs.Image, phases *startPhases) (int, error) {
 	began := time.Now()
-	runDir, dataDir := r.sandboxRunDir(sc.id), r.sandboxDataDir(sc.id)
+	runDir := r.sandboxRunDir(sc.id)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return 0, fmt.Errorf("make run dir: %w", err)
 	}
-	merged := filepath.Join(runDir, "rootfs")
-	if err := rootfs.MountOverlay(img.Layers, filepath.Join(dataDir, "upper"), filepath.Join(dataDir, "work"), merged); err != nil {
+	layerDir, err := r.prepareLayers(sc.id, sc.storage)
+	if err != nil {
 		return 0, err
 	}
-	// Once the container runs, its mount namespace holds the root; the host needs no mount.
+	merged := filepath.Join(runDir, "rootfs")
+	if err := rootfs.MountOverlay(img.Layers, filepath.Join(layerDir, "upper"), filepath.Join(layerDir, "work"), merged); err != nil {
+		return 0, err
+	}
+	// Once the container runs, its mount namespace holds the root (and the workspace); the host
+	// needs no mount.
 	defer func() {
-		if err := rootfs.Detach(merged); err != nil {
+		if err := errors.Join(rootfs.Detach(merged), r.detachWorkspace(sc.id)); err != nil {
 			r.log.Warn("detach container root", "container", sc.id, "err", err)
 		}
 	}()
 	if err := os.MkdirAll(filepath.Join(merged, defaultCwd), 0o755); err != nil {
 		return 0, fmt.Errorf("make cwd %s: %w", defaultCwd, err)
+	}
+	mounts, err := r.storageMounts(sc.id, sc.storage)
+	if err != nil {
+		return 0, err
 	}
 	phases.root = time.Since(began)
 
@@ -339,6 +351,7 @@ func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *r
 	config := containerConfig(containerSpec{
 		ID: sc.id, Rootfs: merged, Image: img, AgentBin: r.cfg.AgentBin,
 		CgroupPath: sc.cgroupPath, Limits: sc.limits, Seccomp: r.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
+		Mounts: mounts,
 	})
 	c, err := libcontainer.Create(r.stateRoot(), sc.id, config)
 	if err != nil {
@@ -513,6 +526,7 @@ func (r *Runtime) destroyContainer(id, cgroup string) error {
 			os.RemoveAll(filepath.Join(r.stateRoot(), id)))
 	}
 	errs = append(errs,
+		r.releaseStorage(id),
 		rootfs.Detach(filepath.Join(r.sandboxRunDir(id), "rootfs")),
 		os.RemoveAll(r.sandboxRunDir(id)),
 		os.RemoveAll(r.sandboxDataDir(id)),

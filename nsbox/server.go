@@ -46,6 +46,8 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/files/mkdir", (*Runtime).handleMkdir},
 	{"POST", "/v1/sandboxes/{id}/files/move", (*Runtime).handleMove},
 	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
+	{"GET", "/v1/sandboxes/{id}/workspace/diff", (*Runtime).handleWorkspaceDiff},
+	{"GET", "/v1/sandboxes/{id}/workspace/export", (*Runtime).handleWorkspaceExport},
 }
 
 // Handler returns the daemon's HTTP API.
@@ -71,8 +73,6 @@ func (r *Runtime) handleImages(w http.ResponseWriter, _ *http.Request) {
 func (r *Runtime) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
-		r.noteRequest()
-		defer r.noteRequest()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(sw, req)
 		r.log.Debug("api", "method", req.Method, "path", req.URL.Path, "status", sw.status, "duration", time.Since(start))

@@ -9,15 +9,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MountOverlay mounts overlay(lower = layers, upper) at target and makes the mount private, so
-// that unmounting it on the host later never propagates into a sandbox that uses it as its root.
+// MountOverlay mounts overlay(lower = layers, upper) at target, with OverlayOptions, and makes
+// the mount private, so that unmounting it on the host later never propagates into a sandbox
+// that uses it.
 func MountOverlay(layers []string, upper, work, target string) error {
 	for _, d := range []string{upper, work, target} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("make %s: %w", d, err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(layers, ":"), upper, work)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,%s", strings.Join(layers, ":"), upper, work, OverlayOptions)
 	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay at %s: %w", target, err)
 	}

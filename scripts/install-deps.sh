@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages nsbox needs to build, test and benchmark, when missing:
 # gcc and libseccomp-dev (cgo + seccomp, static), busybox-static (the busybox image),
-# runc and bubblewrap (the peers `make bench` compares against), hyperfine is not needed.
+# runc and bubblewrap (the peers `make bench` compares against), e2fsprogs (mkfs.ext4 for
+# sandboxes with a disk limit); hyperfine is not needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git; do
+for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git e2fsprogs; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -98,6 +98,15 @@ func fullSandbox() api.Sandbox {
 	return sb
 }
 
+// storageSandbox has a workspace, mounts and a disk limit.
+func storageSandbox() api.Sandbox {
+	sb := sandbox("ws", api.StatusRunning)
+	sb.Limits.DiskMB = 64
+	sb.Workspace = &api.Workspace{HostPath: "/home/me/project", Mode: api.WorkspaceCOW}
+	sb.Mounts = []api.Mount{{Source: "/data", Target: "/data", ReadOnly: true}, {Source: "/cache", Target: "/root/.cache"}}
+	return sb
+}
+
 func failedSandbox() api.Sandbox {
 	sb := sandbox("old", api.StatusFailed)
 	sb.Error = "its container is gone"
@@ -197,6 +206,13 @@ func TestValidResponses(t *testing.T) {
 		{"POST", "/v1/sandboxes/web-1/files/mkdir", 201, wire(t, api.FileInfo{Name: "d", Path: "/d", Type: sandboxfs.TypeDir, Mode: "0755", MTime: time.Now()})},
 		{"POST", "/v1/sandboxes/web-1/files/move", 200, wire(t, fileInfo())},
 		{"DELETE", "/v1/sandboxes/web-1/files?path=a&recursive=true", 204, nil},
+		// Workspaces and mounts.
+		{"GET", "/v1/sandboxes/web-1", 200, wire(t, storageSandbox())},
+		{"GET", "/v1/sandboxes/web-1/workspace/diff", 200, wire(t, []api.WorkspaceChange{
+			{Path: "a", Kind: api.ChangeDeleted, Type: "dir"}, {Path: "b/c", Kind: api.ChangeAdded, Type: "file", Size: 3},
+			{Path: "d", Kind: api.ChangeModified, Type: "symlink", Size: 5}})},
+		{"GET", "/v1/sandboxes/web-1/workspace/diff", 200, wire(t, []api.WorkspaceChange{})},
+		{"GET", "/v1/sandboxes/web-1/workspace/export", 200, []byte("tar bytes")},
 	}
 	for _, c := range cases {
 		if err := spec.ValidateResponse(c.method, c.path, c.status, c.body); err != nil {
@@ -233,6 +249,9 @@ func TestErrorResponses(t *testing.T) {
 		"POST /v1/sandboxes/{id}/files/mkdir": {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable, api.CodeInsufficientStorage},
 		"POST /v1/sandboxes/{id}/files/move":  {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeTooLarge, api.CodeInternal, api.CodeUnavailable, api.CodeInsufficientStorage},
 		"GET /v1/sandboxes/{id}/files/watch":  {api.CodeInvalidArgument, api.CodePermissionDenied, api.CodeNotFound, api.CodeConflict, api.CodeInternal, api.CodeUnavailable},
+
+		"GET /v1/sandboxes/{id}/workspace/diff":   {api.CodeNotFound, api.CodeConflict, api.CodeInternal},
+		"GET /v1/sandboxes/{id}/workspace/export": {api.CodeNotFound, api.CodeConflict, api.CodeInternal},
 	}
 	for op, codes := range errs {
 		method, path, _ := strings.Cut(op, " ")
@@ -335,6 +354,8 @@ func TestValidateSchema(t *testing.T) {
 	}{
 		{"CreateSandboxRequest", api.CreateSandboxRequest{}},
 		{"CreateSandboxRequest", full},
+		{"CreateSandboxRequest", api.CreateSandboxRequest{Limits: api.Limits{DiskMB: 512}, Workspace: &api.Workspace{HostPath: "/src", Mode: api.WorkspaceRW},
+			Mounts: []api.Mount{{Source: "/data", Target: "/data", ReadOnly: true}}}},
 		{"ExecRequest", api.ExecRequest{Argv: []string{"ls", "-l"}, Env: map[string]string{"X": "1"}, Cwd: "/tmp"}},
 		{"ExecRequest", api.ExecRequest{Command: "cat", Stdin: "aGk=", StdinEncoding: api.EncodingBase64, TimeoutMs: 500}},
 		{"ExecRequest", api.ExecRequest{Command: "cd /tmp", SessionID: "build.1_x-y", KillOnDisconnect: true}},
@@ -358,6 +379,9 @@ func TestValidateSchema(t *testing.T) {
 	}
 	if err := spec.ValidateSchema("CreateSessionRequest", []byte(`{"shell":"bash","term":"xterm"}`)); err == nil || !strings.Contains(err.Error(), `"term"`) {
 		t.Errorf("a session request with an unknown field: err = %v, want one naming it", err)
+	}
+	if err := spec.ValidateSchema("CreateSandboxRequest", []byte(`{"workspace":{"hostPath":"/x","mode":"copy"}}`)); err == nil || !strings.Contains(err.Error(), "$.workspace.mode") {
+		t.Errorf("a create request with a bad workspace mode: err = %v, want one naming $.workspace.mode", err)
 	}
 	if err := spec.ValidateSchema("NoSuchSchema", []byte(`{}`)); err == nil {
 		t.Error("validating against a missing schema succeeded")
@@ -400,6 +424,9 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"ExecRequest", api.ExecRequest{}, false},
 		{"FileInfo", api.FileInfo{}, true},
 		{"FileEvent", api.FileEvent{}, true},
+		{"Workspace", api.Workspace{}, true}, // also in answers, where hostPath is always set
+		{"Mount", api.Mount{}, true},
+		{"WorkspaceChange", api.WorkspaceChange{}, true},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]
@@ -422,7 +449,9 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		}
 		required := slices.Sorted(slices.Values(sc.Required))
 		if c.schema == "Limits" {
-			always = fields // Go omits zero limits, but a sandbox's limits are always filled in
+			// Go omits zero limits, but a sandbox's limits are always filled in, except diskMB
+			// (0: no disk limit).
+			always = slices.DeleteFunc(fields, func(f string) bool { return f == "diskMB" })
 		}
 		switch {
 		case c.response && !slices.Equal(required, slices.Sorted(slices.Values(always))):

@@ -24,7 +24,7 @@ func clientCommands() []*cli.Command {
 			Name:      "create",
 			Usage:     "create a sandbox and print its id",
 			ArgsUsage: " ",
-			Flags: []cli.Flag{
+			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "id", Usage: "sandbox id (default: generated)"},
 				&cli.StringFlag{Name: "image", Usage: "image: host (default) or busybox"},
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
@@ -33,7 +33,7 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "cwd", Usage: "working directory of commands (default /workspace)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
-			},
+			}, storageFlags()...),
 			Action: cmdCreate,
 		},
 		{
@@ -71,6 +71,7 @@ func clientCommands() []*cli.Command {
 		sessionCommand(),
 		attachCommand(),
 		filesCommand(), cpCommand(),
+		diffCommand(), exportCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
@@ -106,10 +107,14 @@ func cmdCreate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sb, err := apiClient(c).CreateSandbox(c.Context, api.CreateSandboxRequest{
+	req := api.CreateSandboxRequest{
 		ID: c.String("id"), Image: c.String("image"), Cwd: c.String("cwd"), Env: env, Labels: labels,
 		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
-	})
+	}
+	if err := storageRequest(c, &req); err != nil {
+		return err
+	}
+	sb, err := apiClient(c).CreateSandbox(c.Context, req)
 	if err != nil {
 		return err
 	}

@@ -191,6 +191,12 @@ func (d *testDaemon) leaks() []string {
 			leaks = append(leaks, "mount "+line)
 		}
 	}
+	backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range backing {
+		if data, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(data), d.dataDir+"/") {
+			leaks = append(leaks, "loop device "+filepath.Base(filepath.Dir(filepath.Dir(f)))+" on "+strings.TrimSpace(string(data)))
+		}
+	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")
 	for _, p := range procs {
 		data, _ := os.ReadFile(p)
@@ -350,7 +356,7 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 		resp.Body = &sseCheckingBody{ReadCloser: resp.Body, t: s.t, stream: stream}
 		return resp, nil
 	}
-	if ct := resp.Header.Get("Content-Type"); ct == "application/octet-stream" || strings.HasPrefix(ct, "multipart/byteranges") {
+	if ct := resp.Header.Get("Content-Type"); ct == "application/octet-stream" || ct == "application/x-tar" || strings.HasPrefix(ct, "multipart/byteranges") {
 		// A file's raw content is left unread (it may be 1 GiB): it is checked only for being a
 		// documented non-JSON answer of its operation (a nil body passes only then).
 		if err := apiSpec.ValidateResponse(req.Method, req.URL.Path, resp.StatusCode, nil); err != nil {

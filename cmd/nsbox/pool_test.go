@@ -52,7 +52,7 @@ func TestWarmPoolSandboxIsBoundToItsRequest(t *testing.T) {
 		ID: "pooled", Image: "busybox", Cwd: "/srv/app", Env: map[string]string{"GREETING": "hi there", "PATH": "/bin:/usr/bin"},
 		Limits: api.Limits{MemoryMB: 96, Pids: 40, CPUs: 0.5},
 	})
-	container := filepath.Base(cgroupDirOf(t, sb.PID))
+	container := d.container(sb.ID)
 	if !slices.Contains(warm, container) {
 		t.Fatalf("sandbox was not made from a warm container: its container %s, pool %v", container, warm)
 	}
@@ -127,6 +127,13 @@ func TestWarmPoolOnlyServesItsImage(t *testing.T) {
 	if got := d.sh("hosted", "hostname"); got != "hosted\n" {
 		t.Errorf("hostname %q", got)
 	}
+}
+
+// container is the id of the container that runs a sandbox (it names the sandbox's cgroup, run
+// and data dirs).
+func (d *testDaemon) container(id string) string {
+	d.t.Helper()
+	return filepath.Base(cgroupDirOf(d.t, d.agentPID(id)))
 }
 
 // cgroupDirOf is the cgroup (in the pids hierarchy, or the unified one) of a process.

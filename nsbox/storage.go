@@ -1,0 +1,259 @@
+package nsbox
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs"
+)
+
+// A sandbox's storage: its writable layers, its workspace and its bind mounts.
+//
+// Without limits.diskMB the writable layers (the root's upper/work dirs, and a copy-on-write
+// workspace's under workspace/) live in <data>/sandboxes/<id>. With it they live on the
+// sandbox's own disk: a sparse ext4 image <data>/sandboxes/<id>/disk.img on a loop device,
+// mounted at <run>/sandboxes/<id>/disk for the sandbox's lifetime (diff and export read the
+// workspace's upper dir there). A copy-on-write workspace is an overlay (lower = the host
+// directory) mounted on the host only while the container starts, like the root.
+
+const (
+	// minDiskMB is the smallest disk: ext4's own metadata needs a few MiB.
+	minDiskMB = 16
+	// maxMounts bounds the bind mounts of one sandbox.
+	maxMounts = 64
+	// diskReleaseWait is how long removing a sandbox waits for its loop device to clear itself.
+	diskReleaseWait = 10 * time.Second
+)
+
+// reservedTargets are paths inside a sandbox that a bind mount may not be, be under, or hide.
+var reservedTargets = []string{"/proc", "/sys", "/dev", "/run/nsbox", "/.nsbox"}
+
+func (r *Runtime) diskImage(id string) string { return filepath.Join(r.sandboxDataDir(id), "disk.img") }
+func (r *Runtime) diskMount(id string) string { return filepath.Join(r.sandboxRunDir(id), "disk") }
+func (r *Runtime) workspaceMount(id string) string {
+	return filepath.Join(r.sandboxRunDir(id), "workspace")
+}
+
+// storageSpec is what a container is made with beyond its image: a disk, a workspace, bind
+// mounts. Containers in the warm pool have none.
+type storageSpec struct {
+	DiskMB    int64
+	Workspace *api.Workspace
+	Mounts    []api.Mount
+}
+
+// storageOf is the storage a (validated) create request asks for.
+func storageOf(req *api.CreateSandboxRequest) storageSpec {
+	return storageSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts}
+}
+
+func (s storageSpec) none() bool { return s.DiskMB == 0 && s.Workspace == nil && len(s.Mounts) == 0 }
+
+// layerDir is the directory that holds a container's writable layers.
+func (r *Runtime) layerDir(container string, diskMB int64) string {
+	if diskMB > 0 {
+		return r.diskMount(container)
+	}
+	return r.sandboxDataDir(container)
+}
+
+// workspaceUpper is the upper dir of a sandbox's copy-on-write workspace.
+func (r *Runtime) workspaceUpper(rec *record) string {
+	return filepath.Join(r.layerDir(rec.container(), rec.Limits.DiskMB), "workspace", "upper")
+}
+
+// within reports whether p is dir or inside it.
+func within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+// validateStorage checks and normalises a create request's workspace, mounts and disk limit.
+func (r *Runtime) validateStorage(req *api.CreateSandboxRequest) error {
+	if req.Limits.DiskMB != 0 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(r.cfg.DataDir, &st); err != nil {
+			return fmt.Errorf("statfs %s: %w", r.cfg.DataDir, err)
+		}
+		maxMB := int64(st.Blocks) * st.Bsize >> 20
+		if req.Limits.DiskMB < minDiskMB || req.Limits.DiskMB > maxMB {
+			return api.Errorf(api.CodeInvalidArgument, "limits.diskMB must be between %d and %d (the size of the file system holding nsbox's data), got %d", minDiskMB, maxMB, req.Limits.DiskMB)
+		}
+	}
+	if ws := req.Workspace; ws != nil {
+		if ws.Mode == "" {
+			ws.Mode = api.WorkspaceCOW
+		}
+		if ws.Mode != api.WorkspaceCOW && ws.Mode != api.WorkspaceRW {
+			return api.Errorf(api.CodeInvalidArgument, "workspace.mode must be %q or %q, got %q", api.WorkspaceCOW, api.WorkspaceRW, ws.Mode)
+		}
+		p, fi, err := r.checkHostPath("workspace.hostPath", ws.HostPath)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return api.Errorf(api.CodeInvalidArgument, "workspace.hostPath %q is not a directory", ws.HostPath)
+		}
+		if ws.Mode == api.WorkspaceCOW && strings.ContainsAny(p, ":,\\") {
+			return api.Errorf(api.CodeInvalidArgument, "workspace.hostPath %q contains ':', ',' or '\\', which an overlay's lower dir cannot have; use mode rw or another directory", p)
+		}
+		ws.HostPath = p
+		if cwd := filepath.Clean(req.Cwd); req.Cwd != "" && within(cwd, api.WorkspacePath) {
+			if fi, err := os.Stat(filepath.Join(p, strings.TrimPrefix(cwd, api.WorkspacePath))); err != nil || !fi.IsDir() {
+				return api.Errorf(api.CodeInvalidArgument, "cwd %s is in the workspace but %s has no such directory", cwd, p)
+			}
+		}
+	}
+	if len(req.Mounts) > maxMounts {
+		return api.Errorf(api.CodeInvalidArgument, "at most %d mounts, got %d", maxMounts, len(req.Mounts))
+	}
+	targets := map[string]bool{}
+	for i := range req.Mounts {
+		m := &req.Mounts[i]
+		src, _, err := r.checkHostPath(fmt.Sprintf("mounts[%d].source", i), m.Source)
+		if err != nil {
+			return err
+		}
+		m.Source = src
+		if !filepath.IsAbs(m.Target) {
+			return api.Errorf(api.CodeInvalidArgument, "mounts[%d].target must be an absolute path inside the sandbox, got %q", i, m.Target)
+		}
+		m.Target = filepath.Clean(m.Target)
+		if m.Target == "/" {
+			return api.Errorf(api.CodeInvalidArgument, "mounts[%d].target must not be / (the sandbox's root)", i)
+		}
+		for _, res := range reservedTargets {
+			if within(m.Target, res) || within(res, m.Target) {
+				return api.Errorf(api.CodeInvalidArgument, "mounts[%d].target %s is reserved: it is, is under or would hide %s", i, m.Target, res)
+			}
+		}
+		if req.Workspace != nil && within(api.WorkspacePath, m.Target) {
+			return api.Errorf(api.CodeInvalidArgument, "mounts[%d].target %s would hide the workspace at %s", i, m.Target, api.WorkspacePath)
+		}
+		if targets[m.Target] {
+			return api.Errorf(api.CodeInvalidArgument, "mounts[%d].target %s is given twice", i, m.Target)
+		}
+		targets[m.Target] = true
+	}
+	return nil
+}
+
+// checkHostPath checks a host path a sandbox is to see: absolute, existing, not the host's
+// root, and neither inside nor holding nsbox's own state. It returns the path with symlinks
+// resolved (what is mounted).
+func (r *Runtime) checkHostPath(field, p string) (string, fs.FileInfo, error) {
+	if p == "" {
+		return "", nil, api.Errorf(api.CodeInvalidArgument, "%s is required", field)
+	}
+	if !filepath.IsAbs(p) {
+		return "", nil, api.Errorf(api.CodeInvalidArgument, "%s must be an absolute host path, got %q", field, p)
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil, api.Errorf(api.CodeInvalidArgument, "%s %q does not exist on the host", field, p)
+	}
+	if err != nil {
+		return "", nil, api.Errorf(api.CodeInvalidArgument, "%s %q: %v", field, p, err)
+	}
+	if real == "/" {
+		return "", nil, api.Errorf(api.CodeInvalidArgument, "%s must not be the host's root directory /", field)
+	}
+	for _, dir := range []string{r.cfg.DataDir, r.cfg.RunDir} {
+		state, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			state = dir
+		}
+		if within(real, state) || within(state, real) {
+			return "", nil, api.Errorf(api.CodeInvalidArgument, "%s %q would expose nsbox's own state (%s); choose a path outside it", field, p, state)
+		}
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return "", nil, api.Errorf(api.CodeInvalidArgument, "%s %q: %v", field, p, err)
+	}
+	return real, fi, nil
+}
+
+// prepareLayers makes the directory a container's writable layers go in: its disk, made and
+// mounted, when it has a disk limit. It returns that directory.
+func (r *Runtime) prepareLayers(id string, st storageSpec) (string, error) {
+	if st.DiskMB > 0 {
+		if err := os.MkdirAll(r.sandboxDataDir(id), 0o700); err != nil {
+			return "", fmt.Errorf("make data dir: %w", err)
+		}
+		if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
+			return "", err
+		}
+		if err := rootfs.MountDisk(r.diskImage(id), r.diskMount(id)); err != nil {
+			return "", err
+		}
+	}
+	return r.layerDir(id, st.DiskMB), nil
+}
+
+// storageMounts mounts a copy-on-write workspace on the host (until detachWorkspace) and
+// returns the container mounts of the workspace and the bind mounts, in that order.
+func (r *Runtime) storageMounts(id string, st storageSpec) ([]*configs.Mount, error) {
+	var out []*configs.Mount
+	const flags = unix.MS_BIND | unix.MS_NOSUID | unix.MS_NODEV
+	if ws := st.Workspace; ws != nil {
+		src := ws.HostPath
+		if ws.Mode == api.WorkspaceCOW {
+			src = r.workspaceMount(id)
+			dir := filepath.Join(r.layerDir(id, st.DiskMB), "workspace")
+			if err := rootfs.MountOverlay([]string{ws.HostPath}, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), src); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, &configs.Mount{Source: src, Destination: api.WorkspacePath, Device: "bind", Flags: flags})
+	}
+	for _, m := range st.Mounts {
+		f := flags
+		if m.ReadOnly {
+			f |= unix.MS_RDONLY
+		}
+		out = append(out, &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: f})
+	}
+	return out, nil
+}
+
+// detachWorkspace removes a copy-on-write workspace's host mount; a started sandbox keeps its own.
+func (r *Runtime) detachWorkspace(id string) error {
+	return rootfs.Detach(r.workspaceMount(id))
+}
+
+// releaseStorage undoes what prepareLayers and storageMounts made on the host: the workspace
+// mount, the disk's mount and its loop device. The files go with the sandbox's directories.
+func (r *Runtime) releaseStorage(id string) error {
+	return errors.Join(r.detachWorkspace(id), rootfs.ReleaseDisk(r.diskImage(id), r.diskMount(id), diskReleaseWait))
+}
+
+// workspaceDirs returns what diff and export read: the upper and lower dirs of a sandbox's
+// copy-on-write workspace, or why it has none.
+func (r *Runtime) workspaceDirs(id string) (upper, lower string, err error) {
+	rec, err := r.store.Get(id)
+	if err != nil {
+		return "", "", err
+	}
+	switch {
+	case rec.Status == api.StatusCreating:
+		return "", "", api.Errorf(api.CodeConflict, "sandbox %q is still being created; try again when the create has answered", id)
+	case rec.Workspace == nil:
+		return "", "", api.Errorf(api.CodeConflict, "sandbox %q has no workspace (create it with workspace: {hostPath})", id)
+	case rec.Workspace.Mode != api.WorkspaceCOW:
+		return "", "", api.Errorf(api.CodeConflict, "sandbox %q has a read-write workspace: its changes went straight to %s, there is no diff to show", id, rec.Workspace.HostPath)
+	}
+	upper = r.workspaceUpper(rec)
+	if _, err := os.Stat(upper); err != nil {
+		return "", "", api.Errorf(api.CodeConflict, "sandbox %q: its workspace's changes are not reachable (%v); its disk is gone after a host restart", id, err)
+	}
+	return upper, rec.Workspace.HostPath, nil
+}

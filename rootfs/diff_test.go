@@ -1,0 +1,158 @@
+package rootfs
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// mk makes files (content) and directories (a path ending in /) under dir.
+func mk(t *testing.T, dir string, paths map[string]string) {
+	t.Helper()
+	for p, content := range paths {
+		full := filepath.Join(dir, p)
+		if p[len(p)-1] == '/' {
+			if err := os.MkdirAll(full, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func whiteout(t *testing.T, path string) {
+	t.Helper()
+	if err := unix.Mknod(path, unix.S_IFCHR|0o000, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func opaque(t *testing.T, dir string) {
+	t.Helper()
+	if err := unix.Setxattr(dir, "trusted.overlay.opaque", []byte("y"), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDiffReadsOverlayMarks builds an upper dir by hand, with the marks overlayfs makes, and
+// checks every rule of Diff and Export, including an opaque directory nested in another.
+func TestDiffReadsOverlayMarks(t *testing.T) {
+	lower, upper := t.TempDir(), t.TempDir()
+	mk(t, lower, map[string]string{
+		"keep": "k", "del": "d", "mod": "m", "deldir/x": "x", "o/a": "a", "o/b": "b", "o/in/c": "c", "o/in/d": "d",
+		"f2d": "f", "d2f/x": "x", "sub/y": "y", "sub/z": "z",
+	})
+	mk(t, upper, map[string]string{
+		"new": "new", "mod": "m2", "o/a": "a2", "o/in/c": "c2", "f2d/inside": "i", "d2f": "now a file",
+		"sub/y": "y2", "newdir/deep/f": "f",
+	})
+	whiteout(t, filepath.Join(upper, "del"))
+	whiteout(t, filepath.Join(upper, "deldir"))
+	whiteout(t, filepath.Join(upper, "sub", "z"))
+	whiteout(t, filepath.Join(upper, "ghost")) // nothing below: nothing to report
+	opaque(t, filepath.Join(upper, "o"))
+	opaque(t, filepath.Join(upper, "f2d"))
+	if err := os.Symlink("keep", filepath.Join(upper, "link")); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := Diff(upper, lower)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range changes {
+		got = append(got, c.Kind+" "+c.Type+" "+c.Path)
+	}
+	want := []string{
+		"deleted file del", "deleted dir deldir",
+		"deleted dir d2f", "added file d2f",
+		"deleted file f2d", "added dir f2d", "added file f2d/inside",
+		"added symlink link", "modified file mod", "added file new",
+		"added dir newdir", "added dir newdir/deep", "added file newdir/deep/f",
+		// o is opaque: b is gone; in inherits it: d is gone, c was replaced.
+		"deleted file o/b", "modified file o/a", "deleted file o/in/d", "modified file o/in/c",
+		"modified file sub/y", "deleted file sub/z",
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("diff:\ngot  %q\nwant %q", got, want)
+	}
+
+	var buf bytes.Buffer
+	if err := Export(&buf, upper, lower); err != nil {
+		t.Fatal(err)
+	}
+	entries := map[string]string{}
+	tr := tar.NewReader(&buf)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(tr)
+		entries[hdr.Name] = string(hdr.Typeflag) + ":" + string(data) + hdr.Linkname
+	}
+	wantTar := map[string]string{
+		".wh.del": "0:", ".wh.deldir": "0:", ".wh.d2f": "0:", "d2f": "0:now a file", ".wh.f2d": "0:", "f2d/": "5:",
+		"f2d/inside": "0:i", "link": "2:keep", "mod": "0:m2", "new": "0:new", "newdir/": "5:", "newdir/deep/": "5:",
+		"newdir/deep/f": "0:f", "o/.wh.b": "0:", "o/a": "0:a2", "o/in/.wh.d": "0:", "o/in/c": "0:c2", "sub/y": "0:y2",
+		"sub/.wh.z": "0:",
+	}
+	if len(entries) != len(wantTar) {
+		t.Fatalf("export has %d entries, want %d: %q", len(entries), len(wantTar), entries)
+	}
+	for name, v := range wantTar {
+		if entries[name] != v {
+			t.Errorf("export %s = %q, want %q", name, entries[name], v)
+		}
+	}
+}
+
+// TestDiskLifecycle makes, mounts and releases a disk: it holds data up to its size and
+// leaves no loop device behind.
+func TestDiskLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	image, target := filepath.Join(dir, "disk.img"), filepath.Join(dir, "mnt")
+	if err := MakeDisk(image, 16); err != nil {
+		t.Fatal(err)
+	}
+	if err := MountDisk(image, target); err != nil {
+		t.Fatal(err)
+	}
+	if devs := LoopDevices(image); len(devs) != 1 {
+		t.Fatalf("loop devices on the image: %v", devs)
+	}
+	err := os.WriteFile(filepath.Join(target, "big"), make([]byte, 32<<20), 0o644)
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("writing 32 MiB to a 16 MiB disk: %v", err)
+	}
+	if err := ReleaseDisk(image, target, 5e9); err != nil {
+		t.Fatal(err)
+	}
+	if devs := LoopDevices(image); len(devs) != 0 {
+		t.Fatalf("loop devices left: %v", devs)
+	}
+	if err := ReleaseDisk(image, target, 5e9); err != nil {
+		t.Fatalf("releasing twice: %v", err)
+	}
+	if err := MakeDisk(image, 16); err == nil {
+		t.Error("MakeDisk over an existing image succeeded")
+	}
+}

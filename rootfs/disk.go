@@ -1,0 +1,163 @@
+package rootfs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A disk is a sparse ext4 image file on a loop device: the volume that holds a disk-limited
+// sandbox's writable layers, so they cannot grow beyond its size. The loop device is attached
+// with LO_FLAGS_AUTOCLEAR: it detaches itself once its file system is no longer mounted
+// anywhere (the host's mount and the sandbox's overlays), so a crash at any point leaves no
+// loop device bound for good.
+
+// mkfsArgs make the image quick to create: no reserved blocks (the whole size is the
+// sandbox's), inode tables and journal initialised lazily (mounted with noinit_itable, so the
+// kernel never writes them out: a fresh sparse file reads as zeroes anyway), no discard.
+var mkfsArgs = []string{"-q", "-F", "-t", "ext4", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"}
+
+// MakeDisk creates a sparse ext4 image of sizeMB MiB at image (which must not exist).
+func MakeDisk(image string, sizeMB int64) error {
+	f, err := os.OpenFile(image, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create disk image: %w", err)
+	}
+	err = f.Truncate(sizeMB << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("size disk image: %w", err)
+	}
+	out, err := exec.Command("mkfs.ext4", append(mkfsArgs, image)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mkfs.ext4 %s (is e2fsprogs installed?): %v: %s", image, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// MountDisk attaches image to a free loop device and mounts its ext4 at target (private).
+func MountDisk(image, target string) error {
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return fmt.Errorf("make %s: %w", target, err)
+	}
+	dev, err := attachLoop(image)
+	if err != nil {
+		return err
+	}
+	defer dev.Close() // the mount holds the device from here on
+	if err := unix.Mount(dev.Name(), target, "ext4", 0, "noinit_itable"); err != nil {
+		return fmt.Errorf("mount %s (%s) at %s: %w", image, dev.Name(), target, err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_PRIVATE, ""); err != nil {
+		_ = unix.Unmount(target, unix.MNT_DETACH)
+		return fmt.Errorf("make %s private: %w", target, err)
+	}
+	return nil
+}
+
+// attachLoop binds image to a free loop device and returns the open device. Another process
+// may take the free device first; then it tries the next one.
+func attachLoop(image string) (*os.File, error) {
+	backing, err := os.OpenFile(image, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open disk image: %w", err)
+	}
+	defer backing.Close()
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open loop control: %w", err)
+	}
+	defer ctl.Close()
+	var lastErr error
+	for attempt := 0; attempt < 50; attempt++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("find a free loop device: %w", err)
+		}
+		dev, err := os.OpenFile(fmt.Sprintf("/dev/loop%d", n), os.O_RDWR, 0)
+		if errors.Is(err, os.ErrNotExist) { // its node is not there yet
+			lastErr = err
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open loop device: %w", err)
+		}
+		cfg := unix.LoopConfig{Fd: uint32(backing.Fd())}
+		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		copy(cfg.Info.File_name[:unix.LO_NAME_SIZE-1], image)
+		err = unix.IoctlLoopConfigure(int(dev.Fd()), &cfg)
+		if err == nil {
+			return dev, nil
+		}
+		dev.Close()
+		if !errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("attach %s to %s: %w", image, dev.Name(), err)
+		}
+		lastErr = err // taken by someone else meanwhile
+	}
+	return nil, fmt.Errorf("attach %s to a loop device: %w", image, lastErr)
+}
+
+// ReleaseDisk unmounts target and waits until no loop device is bound to image any more (the
+// device clears itself once the last mount of its file system is gone; a sandbox's overlays
+// go with its mount namespace). Neither being there is not an error.
+func ReleaseDisk(image, target string, wait time.Duration) error {
+	if err := unix.Unmount(target, 0); errors.Is(err, unix.EBUSY) {
+		err = unix.Unmount(target, unix.MNT_DETACH)
+		if err != nil {
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+	} else if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		devs := LoopDevices(image)
+		if len(devs) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			// Detach by force; a device still in use clears itself when released.
+			for _, d := range devs {
+				if f, err := os.OpenFile(d, os.O_RDWR, 0); err == nil {
+					_ = unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0)
+					f.Close()
+				}
+			}
+			if devs = LoopDevices(image); len(devs) > 0 {
+				return fmt.Errorf("loop device %s still holds %s (its file system is still in use)", strings.Join(devs, ", "), image)
+			}
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// LoopDevices lists the loop devices (/dev/loopN) whose backing file is image.
+func LoopDevices(image string) []string {
+	if real, err := filepath.EvalSymlinks(image); err == nil {
+		image = real
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if strings.TrimSuffix(strings.TrimSpace(string(data)), " (deleted)") == image {
+			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return out
+}
