@@ -47,6 +47,7 @@ func (r *Runtime) reconcile() error {
 			continue
 		}
 		r.watchAgent(rec.ID, rec.PID)
+		r.repushEnv(rec)
 	}
 	// Whatever has no record: a container, or a leftover run or data dir.
 	for _, dir := range []string{r.stateRoot(), filepath.Join(r.cfg.RunDir, "sandboxes"), filepath.Join(r.cfg.DataDir, "sandboxes")} {

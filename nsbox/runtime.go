@@ -56,6 +56,7 @@ type Runtime struct {
 	mu     sync.Mutex
 	busy   map[string]bool         // ids being created or removed right now
 	agents map[string]*agentClient // one client per running sandbox
+	envMu  sync.Mutex              // one PATCH …/env at a time (env.go)
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -269,7 +270,7 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	}
 	proc := &libcontainer.Process{
 		Args:       []string{AgentPath, "agent", "--listen-fd", "3"},
-		Env:        agentEnv(rec),
+		Env:        agentEnv(rec.ID),
 		Cwd:        rec.Cwd,
 		Stdout:     logFile,
 		Stderr:     logFile,
@@ -291,31 +292,22 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	if _, err := r.agent(rec.ID).health(readyCtx); err != nil {
 		return 0, fmt.Errorf("agent did not come up: %v; agent log: %q", err, tail(logFile.Name(), 2048))
 	}
+	if err := r.agent(rec.ID).pushEnv(readyCtx, rec.Env); err != nil {
+		return 0, fmt.Errorf("give the agent the sandbox env: %w", err)
+	}
 	phases.agent = time.Since(began) - phases.root - phases.container
 	return pid, nil
 }
 
-// agentEnv is the environment of the agent, which every command in the sandbox inherits.
-func agentEnv(rec *record) []string {
-	env := map[string]string{"PATH": defaultPath, "HOME": "/root", "HOSTNAME": rec.ID, "TERM": "xterm-256color"}
-	maps.Copy(env, rec.Env)
+// agentEnv is the environment of the agent: the defaults under the sandbox's own env, which
+// the agent gets with PUT /v1/env once it answers (env.go).
+func agentEnv(id string) []string {
+	env := map[string]string{"PATH": defaultPath, "HOME": "/root", "HOSTNAME": id, "TERM": "xterm-256color"}
 	var out []string
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		out = append(out, k+"="+env[k])
 	}
 	return out
-}
-
-func validateEnv(env map[string]string) error {
-	for k, v := range env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return api.Errorf(api.CodeInvalidArgument, "invalid environment variable name %q: it must be non-empty without '=' or NUL", k)
-		}
-		if strings.ContainsRune(v, 0) {
-			return api.Errorf(api.CodeInvalidArgument, "environment variable %s contains a NUL byte", k)
-		}
-	}
-	return nil
 }
 
 // Get returns one sandbox.

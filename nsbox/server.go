@@ -46,6 +46,7 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/files/mkdir", (*Runtime).handleMkdir},
 	{"POST", "/v1/sandboxes/{id}/files/move", (*Runtime).handleMove},
 	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
+	{"PATCH", "/v1/sandboxes/{id}/env", (*Runtime).handlePatchEnv},
 }
 
 // Handler returns the daemon's HTTP API.

@@ -400,6 +400,7 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"ExecRequest", api.ExecRequest{}, false},
 		{"FileInfo", api.FileInfo{}, true},
 		{"FileEvent", api.FileEvent{}, true},
+		{"PatchEnvRequest", api.PatchEnvRequest{}, false},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]
