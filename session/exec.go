@@ -300,7 +300,7 @@ func (s *Session) probe(sh *shell) bool {
 // reset replaces a shell that does not come back with a new one in the same directory. The
 // shell's variables, functions and aliases are lost; its background jobs keep running.
 func (s *Session) reset(sh *shell) {
-	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", sh.pid))
+	cwd, err := shellCwd(sh.pid, s.cred)
 	if err != nil {
 		cwd = s.opts.Cwd
 	}

@@ -167,7 +167,7 @@ func (s *Session) Info() Info {
 		info.Status = StateBusy
 	}
 	info.PID = s.sh.pid
-	info.Cwd, _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", s.sh.pid))
+	info.Cwd, _ = shellCwd(s.sh.pid, s.cred)
 	return info
 }
 
