@@ -123,25 +123,34 @@ func TestSandboxEnvPatch(t *testing.T) {
 	}
 }
 
-// putAgentEnv gives a sandbox's agent an environment directly, as the daemon does.
-func (d *testDaemon) putAgentEnv(id string, env map[string]string) {
+// agentEnv calls a sandbox's agent's env endpoint directly, as the daemon does: PUT with a
+// body, GET without, and returns what a GET answers.
+func (d *testDaemon) agentEnv(id, method string, env map[string]string) map[string]string {
 	d.t.Helper()
 	socket := filepath.Join(d.runDir, "sandboxes", id, "agent.sock")
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var dialer net.Dialer
 		return dialer.DialContext(ctx, "unix", socket)
 	}}}
-	body, _ := json.Marshal(api.SandboxEnv{Env: env})
-	req, _ := http.NewRequest(http.MethodPut, "http://agent/v1/env", bytes.NewReader(body))
+	defer hc.CloseIdleConnections()
+	var body []byte
+	if method == http.MethodPut {
+		body, _ = json.Marshal(api.SandboxEnv{Env: env})
+	}
+	req, _ := http.NewRequest(method, "http://agent/v1/env", bytes.NewReader(body))
 	resp, err := hc.Do(req)
 	if err != nil {
-		d.t.Fatalf("put agent env: %v", err)
+		d.t.Fatalf("%s agent env: %v", method, err)
 	}
-	resp.Body.Close()
-	hc.CloseIdleConnections()
-	if resp.StatusCode != http.StatusNoContent {
-		d.t.Fatalf("put agent env: %s", resp.Status)
+	defer resp.Body.Close()
+	var got api.SandboxEnv
+	switch {
+	case method == http.MethodPut && resp.StatusCode == http.StatusNoContent:
+	case method == http.MethodGet && resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&got) == nil:
+	default:
+		d.t.Fatalf("%s agent env: %s", method, resp.Status)
 	}
+	return got.Env
 }
 
 // TestSandboxEnvSurvivesDaemonRestart: the agent keeps the environment across a kill -9 of the
@@ -163,8 +172,11 @@ func TestSandboxEnvSurvivesDaemonRestart(t *testing.T) {
 	}
 
 	d.kill9()
-	d.putAgentEnv("keep", map[string]string{"B": "2", "X": "never recorded"})
+	d.agentEnv("keep", http.MethodPut, map[string]string{"B": "2", "X": "never recorded"})
 	d.start()
+	if got := d.agentEnv("keep", http.MethodGet, nil); len(got) != 1 || got["B"] != "2" {
+		t.Fatalf("the agent's env after reconcile: %v", got)
+	}
 	d.createSession("keep", "s3", api.CreateSessionRequest{})
 	if got := d.sessionEnv("keep", "s3", "A", "B", "X"); got != "B=2" {
 		t.Fatalf("after a restart the record is the truth: %q", got)
