@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
@@ -183,6 +185,36 @@ func TestSandboxEnvSurvivesDaemonRestart(t *testing.T) {
 	}
 	if sb, _ := d.client.GetSandbox(context.Background(), "keep"); len(sb.Env) != 1 || sb.Env["B"] != "2" {
 		t.Fatalf("record: %+v", sb.Env)
+	}
+}
+
+// TestSandboxEnvConcurrentPatches: patches are applied one after the other, none is lost.
+func TestSandboxEnvConcurrentPatches(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "many", Image: "busybox"})
+	var wg sync.WaitGroup
+	errs := make(chan error, 10)
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := d.client.PatchEnv(context.Background(), "many", map[string]string{fmt.Sprintf("K%d", i): "v"}, nil)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	sb, _ := d.client.GetSandbox(context.Background(), "many")
+	if len(sb.Env) != 10 {
+		t.Fatalf("after 10 concurrent patches: %v", sb.Env)
+	}
+	if got := d.agentEnv("many", http.MethodGet, nil); len(got) != 10 {
+		t.Fatalf("the agent has %v", got)
 	}
 }
 
