@@ -26,6 +26,7 @@ type Agent struct {
 	version  string
 	procs    *procTable
 	sessions *session.Manager
+	env      *session.SandboxEnv
 	log      *slog.Logger
 }
 
@@ -44,12 +45,12 @@ func Run(listenFD int, version string) error {
 	if err != nil {
 		return fmt.Errorf("use inherited listener fd %d: %w", listenFD, err)
 	}
-	a := &Agent{version: version, procs: newProcTable(), log: slog.Default()}
+	a := &Agent{version: version, procs: newProcTable(), env: session.NewSandboxEnv(os.Environ()), log: slog.Default()}
 	cwd, err := os.Getwd()
 	if err != nil {
 		return fmt.Errorf("working directory: %w", err)
 	}
-	if a.sessions, err = session.NewManager(sessionDir, cwd, a.procs.start); err != nil {
+	if a.sessions, err = session.NewManager(sessionDir, cwd, a.procs.start, a.env); err != nil {
 		return err
 	}
 
@@ -96,5 +97,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /v1/sessions/{sid}/terminal", a.handleTerminalOutput)
 	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/input", a.handleTerminalInput)
 	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
+	mux.HandleFunc("PUT /v1/env", a.handlePutEnv)
+	mux.HandleFunc("GET /v1/env", a.handleGetEnv)
 	return mux
 }

@@ -20,7 +20,7 @@ const sessionDir = "/run/nsbox/sessions"
 var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 func sessionInfo(i session.Info) api.Session {
-	return api.Session{ID: i.ID, Shell: i.Shell, User: i.User, Cwd: i.Cwd, Status: i.Status, ExitCode: i.ExitCode, PID: i.PID, CreatedAt: i.CreatedAt}
+	return api.Session{ID: i.ID, Shell: i.Shell, User: i.User, UID: i.UID, GID: i.GID, Cwd: i.Cwd, Status: i.Status, ExitCode: i.ExitCode, PID: i.PID, CreatedAt: i.CreatedAt}
 }
 
 // sessionError maps the session package's errors to API errors.
@@ -62,10 +62,8 @@ func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func validateShellEnv(env map[string]string) error {
-	for k := range env {
-		if !session.ValidEnvName(k) {
-			return api.Errorf(api.CodeInvalidArgument, "invalid environment variable name %q for a shell: use letters, digits and '_', not starting with a digit", k)
-		}
+	if err := session.CheckEnv(env); err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "%v", err)
 	}
 	return nil
 }

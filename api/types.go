@@ -210,6 +210,8 @@ type Session struct {
 	ID        string    `json:"id"`
 	Shell     string    `json:"shell"`
 	User      string    `json:"user"`
+	UID       int       `json:"uid"` // the user's ids in the sandbox: files the session writes get them
+	GID       int       `json:"gid"`
 	Cwd       string    `json:"cwd"`
 	Status    string    `json:"status"`
 	ExitCode  int       `json:"exitCode"`
@@ -283,10 +285,12 @@ type Health struct {
 }
 
 // AgentConfig is what the daemon tells an agent on PUT /v1/config when its container becomes
-// a sandbox: the sandbox's whole environment and its working directory (made if missing).
+// a sandbox: the sandbox's id (HOSTNAME), its sandbox-wide environment (as PUT /v1/env sets
+// it later) and its working directory (made if missing).
 type AgentConfig struct {
-	Env map[string]string `json:"env"`
-	Cwd string            `json:"cwd"`
+	Hostname string            `json:"hostname"`
+	Env      map[string]string `json:"env"`
+	Cwd      string            `json:"cwd"`
 }
 
 // Version is the answer to GET /v1/version.
@@ -361,4 +365,17 @@ func Errorf(code, format string, args ...any) *Error {
 func IsCode(err error, code string) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Code == code
+}
+
+// SandboxEnv is a sandbox's whole environment: the answer of GET …/env and the body of the
+// agent's PUT /v1/env.
+type SandboxEnv struct {
+	Env map[string]string `json:"env"`
+}
+
+// PatchEnvRequest is the body of PATCH /v1/sandboxes/{id}/env: Set adds or replaces
+// variables, Unset removes them (a name may not be in both).
+type PatchEnvRequest struct {
+	Set   map[string]string `json:"set,omitempty"`
+	Unset []string          `json:"unset,omitempty"`
 }

@@ -27,6 +27,8 @@ type Client struct {
 	http *http.Client
 	base string
 	dial func(context.Context) (net.Conn, error) // a raw connection to the daemon, for WebSockets
+	// fileSession is the session file calls are made for (see InSession).
+	fileSession string
 }
 
 // New returns a client for the daemon listening on the unix socket at path.

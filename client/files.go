@@ -23,7 +23,8 @@ type WriteFileOptions struct {
 	Mode os.FileMode
 	// MakeParents creates missing parent directories.
 	MakeParents bool
-	// UID and GID own the file (default 0, the sandbox's root).
+	// UID and GID own the file (default: the session's user for a client made by
+	// InSession, else 0, the sandbox's root).
 	UID, GID int
 	// MaxBytes, when positive, makes the daemon refuse a larger upload.
 	MaxBytes int64
@@ -32,7 +33,14 @@ type WriteFileOptions struct {
 	Size int64
 }
 
-func filesPath(id, op string, q url.Values) string {
+// filesPath is the URL of a file operation; a client made by InSession names its session.
+func (c *Client) filesPath(id, op string, q url.Values) string {
+	if c.fileSession != "" {
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("sessionId", c.fileSession)
+	}
 	p := "/v1/sandboxes/" + url.PathEscape(id) + "/files"
 	if op != "" {
 		p += "/" + op
@@ -61,7 +69,7 @@ func (c *Client) ReadFileRange(ctx context.Context, id, path string, offset, len
 	case offset > 0:
 		header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
-	resp, err := c.sendRaw(ctx, http.MethodGet, filesPath(id, "", url.Values{"path": {path}}), nil, -1, header)
+	resp, err := c.sendRaw(ctx, http.MethodGet, c.filesPath(id, "", url.Values{"path": {path}}), nil, -1, header)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +102,7 @@ func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, op
 	if r == nil {
 		r, size = strings.NewReader(""), 0
 	}
-	resp, err := c.sendRaw(ctx, http.MethodPut, filesPath(id, "", q), r, size, nil)
+	resp, err := c.sendRaw(ctx, http.MethodPut, c.filesPath(id, "", q), r, size, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +118,7 @@ func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, op
 // file is an *api.Error with code not_found.
 func (c *Client) StatFile(ctx context.Context, id, path string) (*api.FileInfo, error) {
 	var info api.FileInfo
-	return &info, c.do(ctx, http.MethodGet, filesPath(id, "stat", url.Values{"path": {path}}), nil, &info)
+	return &info, c.do(ctx, http.MethodGet, c.filesPath(id, "stat", url.Values{"path": {path}}), nil, &info)
 }
 
 // ListFiles lists a directory, down to depth levels (1: its entries only); names starting
@@ -124,7 +132,7 @@ func (c *Client) ListFiles(ctx context.Context, id, path string, depth int, hidd
 		q.Set("hidden", "true")
 	}
 	var out []api.FileInfo
-	return out, c.do(ctx, http.MethodGet, filesPath(id, "list", q), nil, &out)
+	return out, c.do(ctx, http.MethodGet, c.filesPath(id, "list", q), nil, &out)
 }
 
 // Mkdir creates a directory (with parents: missing ancestors too, and no error when it
@@ -139,7 +147,7 @@ func (c *Client) Mkdir(ctx context.Context, id, path string, parents bool, mode 
 		body.Mode = fmt.Sprintf("%04o", uint32(mode&0o7777))
 	}
 	var info api.FileInfo
-	return &info, c.do(ctx, http.MethodPost, filesPath(id, "mkdir", nil), body, &info)
+	return &info, c.do(ctx, http.MethodPost, c.filesPath(id, "mkdir", nil), body, &info)
 }
 
 // MoveFile renames from to to; an existing to is a conflict unless overwrite.
@@ -150,7 +158,7 @@ func (c *Client) MoveFile(ctx context.Context, id, from, to string, overwrite bo
 		Overwrite bool   `json:"overwrite,omitempty"`
 	}{from, to, overwrite}
 	var info api.FileInfo
-	return &info, c.do(ctx, http.MethodPost, filesPath(id, "move", nil), body, &info)
+	return &info, c.do(ctx, http.MethodPost, c.filesPath(id, "move", nil), body, &info)
 }
 
 // RemoveFile removes a file, symlink or empty directory; with recursive, a directory and
@@ -160,7 +168,7 @@ func (c *Client) RemoveFile(ctx context.Context, id, path string, recursive bool
 	if recursive {
 		q.Set("recursive", "true")
 	}
-	return c.do(ctx, http.MethodDelete, filesPath(id, "", q), nil, nil)
+	return c.do(ctx, http.MethodDelete, c.filesPath(id, "", q), nil, nil)
 }
 
 // FileWatch is a running watch of a directory; read its events with Next, end it with Close.
@@ -176,7 +184,7 @@ func (c *Client) OpenWatch(ctx context.Context, id, path string, recursive bool)
 	if recursive {
 		q.Set("recursive", "true")
 	}
-	resp, err := c.send(ctx, http.MethodGet, filesPath(id, "watch", q), nil, "text/event-stream")
+	resp, err := c.send(ctx, http.MethodGet, c.filesPath(id, "watch", q), nil, "text/event-stream")
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package sandboxfs
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -54,8 +55,9 @@ func (r *Root) describe(fd int, p, op string) (*Info, error) {
 // stable order: sorted by name, each directory followed by its own entries down to depth
 // levels (1 = direct children). Names starting with "." and what is below them are left
 // out unless hidden is set. Symlinks are listed, never followed. One descriptor per level
-// is held during the walk.
-func (r *Root) List(p string, depth int, hidden bool) ([]Info, error) {
+// is held during the walk. With max > 0 the walk stops as soon as it has found more than max
+// entries, and the listing fails with payload_too_large.
+func (r *Root) List(p string, depth int, hidden bool, max int) ([]Info, error) {
 	p = clean(p)
 	if depth < 1 {
 		return nil, api.Errorf(api.CodeInvalidArgument, "list %s: depth must be at least 1, got %d", p, depth)
@@ -65,8 +67,11 @@ func (r *Root) List(p string, depth int, hidden bool) ([]Info, error) {
 		return nil, pathErr("list", p, err)
 	}
 	defer unix.Close(fd)
-	l := lister{names: r.loadNames(), hidden: hidden}
-	if err := l.walk(fd, p, depth); err != nil {
+	l := lister{names: r.loadNames(), hidden: hidden, max: max}
+	switch err := l.walk(fd, p, depth); {
+	case err == errTooMany:
+		return nil, api.Errorf(api.CodeTooLarge, "list %s: more than %d entries at depth %d; list with a smaller depth, or list subdirectories one by one", p, max, depth)
+	case err != nil:
 		return nil, err
 	}
 	return l.out, nil
@@ -75,8 +80,12 @@ func (r *Root) List(p string, depth int, hidden bool) ([]Info, error) {
 type lister struct {
 	names  idNames
 	hidden bool
+	max    int // 0: no limit
 	out    []Info
 }
+
+// errTooMany stops a walk that found more entries than the lister's max.
+var errTooMany = errors.New("too many entries")
 
 // walk appends the entries of the directory open as fd (at p) and, depth permitting,
 // those of its subdirectories, opened from fd without following symlinks.
@@ -100,6 +109,9 @@ func (l *lister) walk(fd int, p string, depth int) error {
 		}
 		l.names.fill(&info)
 		l.out = append(l.out, info)
+		if l.max > 0 && len(l.out) > l.max {
+			return errTooMany
+		}
 		if info.Type == TypeDir && depth > 1 {
 			if err := l.walkChild(fd, name, child, depth-1); err != nil {
 				return err

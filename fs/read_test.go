@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/api"
 )
 
@@ -62,29 +64,29 @@ func TestList(t *testing.T) {
 		{3, false, "/workspace/a.txt /workspace/fifo /workspace/hostdir /workspace/loop1 /workspace/loop2 /workspace/shadow /workspace/sub /workspace/sub/b.txt /workspace/sub/deep /workspace/sub/deep/c.txt /workspace/up"},
 		{9, true, "/workspace/.hidden /workspace/a.txt /workspace/fifo /workspace/hostdir /workspace/loop1 /workspace/loop2 /workspace/shadow /workspace/sub /workspace/sub/.dot /workspace/sub/.dot/x /workspace/sub/b.txt /workspace/sub/deep /workspace/sub/deep/c.txt /workspace/up"},
 	} {
-		entries, err := s.List("/workspace", c.depth, c.hidden)
+		entries, err := s.List("/workspace", c.depth, c.hidden, 0)
 		must(t, err)
 		if got := paths(entries); got != c.want {
 			t.Errorf("list depth %d hidden %v:\n got %s\nwant %s", c.depth, c.hidden, got, c.want)
 		}
 	}
-	entries, err := s.List("workspace/sub", 1, false) // relative to /
+	entries, err := s.List("workspace/sub", 1, false, 0) // relative to /
 	must(t, err)
 	if entries[0].Name != "b.txt" || entries[0].Size != 4 || entries[0].Type != TypeFile || entries[0].Owner != wantName(entries[0].UID) {
 		t.Errorf("entry %+v", entries[0])
 	}
-	entries, err = s.List("/workspace", 1, false)
+	entries, err = s.List("/workspace", 1, false, 0)
 	must(t, err)
 	for _, e := range entries {
 		if e.Name == "hostdir" && (e.Type != TypeSymlink || e.LinkTarget != s.outside) {
 			t.Errorf("hostdir entry %+v", e)
 		}
 	}
-	_, err = s.List("/workspace/a.txt", 1, false)
+	_, err = s.List("/workspace/a.txt", 1, false, 0)
 	wantCode(t, err, api.CodeInvalidArgument, "list /workspace/a.txt: not a directory")
-	_, err = s.List("/nope", 1, false)
+	_, err = s.List("/nope", 1, false, 0)
 	wantCode(t, err, api.CodeNotFound)
-	_, err = s.List("/workspace", 0, false)
+	_, err = s.List("/workspace", 0, false, 0)
 	wantCode(t, err, api.CodeInvalidArgument, "depth")
 }
 
@@ -134,5 +136,27 @@ func TestOwnerNamesOptional(t *testing.T) {
 	must(t, err)
 	if info.Owner != "" || info.Group != "" || info.UID != uint32(os.Getuid()) {
 		t.Errorf("without passwd and group: %+v", info)
+	}
+}
+
+func TestListStopsAtItsCap(t *testing.T) {
+	checkNoLeaks(t)
+	s := newSandbox(t)
+	// 14 entries at depth 9 with hidden ones (see TestList).
+	all, err := s.List("/workspace", 9, true, 14)
+	must(t, err)
+	if len(all) != 14 {
+		t.Fatalf("at the cap: %d entries, want 14", len(all))
+	}
+	_, err = s.List("/workspace", 9, true, 5)
+	wantCode(t, err, api.CodeTooLarge, "list /workspace: more than 5 entries at depth 9")
+
+	// The walk itself stops at the first entry past the cap, it does not collect the rest.
+	fd, err := s.open("/workspace", unix.O_RDONLY|unix.O_DIRECTORY)
+	must(t, err)
+	defer unix.Close(fd)
+	l := lister{names: s.loadNames(), hidden: true, max: 5}
+	if err := l.walk(fd, "/workspace", 9); err != errTooMany || len(l.out) != 6 {
+		t.Fatalf("walk with max 5: err %v after %d entries, want errTooMany after 6", err, len(l.out))
 	}
 }

@@ -64,7 +64,7 @@ func TestEscapesStayInRoot(t *testing.T) {
 		t.Errorf("the outside dir's host path, in the root: %v", err)
 	}
 
-	entries, err := s.List("/workspace/up", 1, true)
+	entries, err := s.List("/workspace/up", 1, true, 0)
 	must(t, err)
 	if got := names(entries); got != "etc workspace" {
 		t.Errorf("list of /workspace/up (-> ../../..) = %s, want the root's: etc workspace", got)
@@ -80,7 +80,7 @@ func TestSymlinkLoop(t *testing.T) {
 	s := newSandbox(t)
 	_, err := readAll(s.Root, "/workspace/loop1")
 	wantCode(t, err, api.CodeInvalidArgument, "/workspace/loop1", "symlink loop")
-	_, err = s.List("/workspace/loop2/x", 1, false)
+	_, err = s.List("/workspace/loop2/x", 1, false, 0)
 	wantCode(t, err, api.CodeInvalidArgument, "symlink loop")
 	info, err := s.Stat("/workspace/loop1") // the link itself is fine
 	must(t, err)
@@ -197,7 +197,7 @@ func TestProcMagicLinks(t *testing.T) {
 
 	_, err := readAll(s.Root, "/proc/self/root/etc/hostname")
 	wantCode(t, err, api.CodeInvalidArgument, "magic link")
-	_, err = s.List("/proc/self/cwd", 1, false)
+	_, err = s.List("/proc/self/cwd", 1, false, 0)
 	wantCode(t, err, api.CodeInvalidArgument, "magic link")
 	_, err = readAll(s.Root, "/proc/self/status")
 	wantCode(t, err, api.CodePermissionDenied, "/proc/self/status", "use exec")

@@ -17,8 +17,11 @@ type agentClient struct {
 	http *http.Client
 }
 
-// agent returns the (cached) client of a container's agent.
-func (r *Runtime) agent(id string) *agentClient {
+// agentOf returns the client of a sandbox's agent.
+func (r *Runtime) agentOf(rec *record) *agentClient { return r.containerAgent(rec.container()) }
+
+// containerAgent returns the (cached) client of a container's agent.
+func (r *Runtime) containerAgent(id string) *agentClient {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if c, ok := r.agents[id]; ok {

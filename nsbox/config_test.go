@@ -54,16 +54,18 @@ func TestValidateEnv(t *testing.T) {
 	if err := validateEnv(map[string]string{"A": "1", "PATH": "/x"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, bad := range []map[string]string{{"": "x"}, {"A=B": "x"}, {"A\x00": "x"}, {"A": "x\x00y"}} {
+	for _, bad := range []map[string]string{{"": "x"}, {"A=B": "x"}, {"A\x00": "x"}, {"A": "x\x00y"}, {"1A": "x"}, {"A.B": "x"}, {"UID": "0"}} {
 		if err := validateEnv(bad); !api.IsCode(err, api.CodeInvalidArgument) {
 			t.Errorf("%q: %v", bad, err)
 		}
 	}
 }
 
-func TestSandboxEnvLetsSandboxEnvWin(t *testing.T) {
-	env := envList(sandboxEnv(&record{Sandbox: api.Sandbox{ID: "x", Env: map[string]string{"PATH": "/opt/bin", "A": "1"}}}))
-	want := []string{"A=1", "HOME=/root", "HOSTNAME=x", "PATH=/opt/bin", "TERM=xterm-256color"}
+func TestAgentEnvHasOnlyTheDefaults(t *testing.T) {
+	// The hostname and the sandbox's own env reach the agent when its container is bound to
+	// the sandbox (PUT /v1/config), and later with PUT /v1/env; it lays them over these.
+	env := agentEnv()
+	want := []string{"HOME=/root", "PATH=" + defaultPath, "TERM=xterm-256color"}
 	if !slices.Equal(env, want) {
 		t.Fatalf("got %v, want %v", env, want)
 	}

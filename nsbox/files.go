@@ -93,11 +93,12 @@ func isSandboxInit(pid int, cgroupPath string) bool {
 	return false
 }
 
-// fileRequest is what every file handler starts from: the sandbox's root and the request's
-// path resolved against the sandbox's working directory.
+// fileRequest is what every file handler starts from: the sandbox's root, for whom the
+// request is made, and the request's path resolved against that working directory.
 type fileRequest struct {
 	root *sandboxfs.Root
 	rec  *record
+	who  fileCaller
 	path string
 }
 
@@ -106,19 +107,14 @@ type fileRequest struct {
 func (r *Runtime) openFileRequest(w http.ResponseWriter, req *http.Request) *fileRequest {
 	p := req.URL.Query().Get("path")
 	if p == "" {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "the query parameter path is required (absolute, or relative to the sandbox's working directory)"))
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "the query parameter path is required (absolute, or relative to the working directory of the session named by sessionId, or of the sandbox)"))
 		return nil
 	}
-	root, rec, err := r.openSandboxRoot(req.PathValue("id"))
-	if err != nil {
-		r.writeError(w, err)
+	root, rec, who := r.openFileCaller(w, req)
+	if root == nil {
 		return nil
 	}
-	return &fileRequest{root: root, rec: rec, path: r.resolve(rec, p)}
-}
-
-func (r *Runtime) resolve(rec *record, p string) string {
-	return sandboxfs.Resolve(rec.Cwd, p)
+	return &fileRequest{root: root, rec: rec, who: who, path: who.resolve(p)}
 }
 
 // queryBool parses an optional boolean query parameter.
@@ -229,12 +225,12 @@ func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) {
 		api.WriteError(w, err)
 		return
 	}
-	uid, err := queryInt(req, "uid", 0, 0, 1<<32-2)
+	uid, err := queryInt(req, "uid", -1, 0, 1<<32-2)
 	if err != nil {
 		api.WriteError(w, err)
 		return
 	}
-	gid, err := queryInt(req, "gid", 0, 0, 1<<32-2)
+	gid, err := queryInt(req, "gid", -1, 0, 1<<32-2)
 	if err != nil {
 		api.WriteError(w, err)
 		return
@@ -253,6 +249,12 @@ func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	defer fr.root.Close()
+	if uid < 0 { // no explicit owner: the calling session's user, or root
+		uid = int64(fr.who.uid)
+	}
+	if gid < 0 {
+		gid = int64(fr.who.gid)
+	}
 	status := http.StatusOK
 	if _, err := fr.root.Stat(fr.path); api.IsCode(err, api.CodeNotFound) {
 		status = http.StatusCreated
@@ -297,13 +299,9 @@ func (r *Runtime) handleListFiles(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	defer fr.root.Close()
-	list, err := fr.root.List(fr.path, int(depth), hidden)
+	list, err := fr.root.List(fr.path, int(depth), hidden, maxListEntries)
 	if err != nil {
 		r.writeError(w, err)
-		return
-	}
-	if len(list) > maxListEntries {
-		api.WriteError(w, api.Errorf(api.CodeTooLarge, "list %s: more than %d entries at depth %d; list with a smaller depth, or list subdirectories one by one", fr.path, maxListEntries, depth))
 		return
 	}
 	if list == nil {
@@ -343,18 +341,17 @@ func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) {
 		api.WriteError(w, err)
 		return
 	}
-	root, rec, err := r.openSandboxRoot(req.PathValue("id"))
-	if err != nil {
-		r.writeError(w, err)
+	root, _, who := r.openFileCaller(w, req)
+	if root == nil {
 		return
 	}
 	defer root.Close()
-	p := r.resolve(rec, body.Path)
+	p := who.resolve(body.Path)
 	status := http.StatusCreated
 	if info, err := root.Stat(p); err == nil && info.Type == sandboxfs.TypeDir && body.Parents {
 		status = http.StatusOK
 	}
-	if err := root.Mkdir(p, body.Parents, mode, 0, 0); err != nil {
+	if err := root.Mkdir(p, body.Parents, mode, who.uid, who.gid); err != nil {
 		r.writeError(w, err)
 		return
 	}
@@ -377,14 +374,13 @@ func (r *Runtime) handleMove(w http.ResponseWriter, req *http.Request) {
 		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "from and to are required"))
 		return
 	}
-	root, rec, err := r.openSandboxRoot(req.PathValue("id"))
-	if err != nil {
-		r.writeError(w, err)
+	root, _, who := r.openFileCaller(w, req)
+	if root == nil {
 		return
 	}
 	defer root.Close()
-	to := r.resolve(rec, body.To)
-	if err := root.Move(r.resolve(rec, body.From), to, body.Overwrite); err != nil {
+	to := who.resolve(body.To)
+	if err := root.Move(who.resolve(body.From), to, body.Overwrite); err != nil {
 		r.writeError(w, err)
 		return
 	}

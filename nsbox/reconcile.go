@@ -47,6 +47,7 @@ func (r *Runtime) reconcile() error {
 			continue
 		}
 		r.watchAgent(rec.ID, rec.PID)
+		r.repushEnv(rec)
 	}
 	// Whatever has no record: a container, or a leftover run or data dir.
 	for _, dir := range []string{r.stateRoot(), filepath.Join(r.cfg.RunDir, "sandboxes"), filepath.Join(r.cfg.DataDir, "sandboxes")} {
@@ -85,7 +86,7 @@ func (r *Runtime) checkRunning(rec *record) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.agent(rec.container()).health(ctx); err != nil {
+	if _, err := r.agentOf(rec).health(ctx); err != nil {
 		return fmt.Sprintf("its agent does not answer: %v", err)
 	}
 	if state, err := c.State(); err == nil {

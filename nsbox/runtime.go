@@ -62,6 +62,7 @@ type Runtime struct {
 	mu     sync.Mutex
 	busy   map[string]string       // ids being created, removed or updated right now, and which
 	agents map[string]*agentClient // one client per running container, by container id
+	envMu  sync.Mutex              // one PATCH …/env at a time (env.go)
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -359,7 +360,7 @@ func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *r
 	}
 	proc := &libcontainer.Process{
 		Args:       []string{AgentPath, "agent", "--listen-fd", "3"},
-		Env:        envList(baseEnv()),
+		Env:        agentEnv(),
 		Cwd:        defaultCwd,
 		Stdout:     logFile,
 		Stderr:     logFile,
@@ -378,7 +379,7 @@ func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *r
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
-	if _, err := r.agent(sc.id).health(readyCtx); err != nil {
+	if _, err := r.containerAgent(sc.id).health(readyCtx); err != nil {
 		return 0, fmt.Errorf("agent did not come up: %v; agent log: %q", err, tail(logFile.Name(), 2048))
 	}
 	phases.agent = time.Since(began) - phases.root - phases.container
@@ -386,8 +387,8 @@ func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *r
 }
 
 // bind makes a started container the sandbox rec describes: its hostname, its limits when
-// they differ from the ones it was started with, and its agent's environment and working
-// directory.
+// they differ from the ones it was started with, and its agent's hostname, sandbox
+// environment and working directory.
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim limits) error {
 	if err := setHostname(sc.pid, rec.ID); err != nil {
 		return err
@@ -397,42 +398,18 @@ func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, l
 			return err
 		}
 	}
-	return r.agent(sc.id).configure(ctx, api.AgentConfig{Env: sandboxEnv(rec), Cwd: rec.Cwd})
+	return r.containerAgent(sc.id).configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd})
 }
 
-// baseEnv is the environment an agent starts with, before it belongs to a sandbox.
-func baseEnv() map[string]string {
-	return map[string]string{"PATH": defaultPath, "HOME": "/root", "TERM": "xterm-256color"}
-}
-
-// sandboxEnv is the environment of a sandbox's agent, which every command in the sandbox
-// inherits: the base, the hostname, and the sandbox's own variables over them.
-func sandboxEnv(rec *record) map[string]string {
-	env := baseEnv()
-	env["HOSTNAME"] = rec.ID
-	maps.Copy(env, rec.Env)
-	return env
-}
-
-// envList turns an environment into KEY=VALUE strings, sorted.
-func envList(env map[string]string) []string {
+// agentEnv is the environment an agent starts with: the defaults, under the hostname and the
+// sandbox's own env, which the agent gets when its container is bound to a sandbox.
+func agentEnv() []string {
+	env := map[string]string{"PATH": defaultPath, "HOME": "/root", "TERM": "xterm-256color"}
 	var out []string
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		out = append(out, k+"="+env[k])
 	}
 	return out
-}
-
-func validateEnv(env map[string]string) error {
-	for k, v := range env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return api.Errorf(api.CodeInvalidArgument, "invalid environment variable name %q: it must be non-empty without '=' or NUL", k)
-		}
-		if strings.ContainsRune(v, 0) {
-			return api.Errorf(api.CodeInvalidArgument, "environment variable %s contains a NUL byte", k)
-		}
-	}
-	return nil
 }
 
 // Get returns one sandbox.
@@ -581,7 +558,7 @@ func (r *Runtime) runningAgent(id string) (*agentClient, *record, error) {
 	case api.StatusFailed:
 		return nil, nil, api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", id, rec.Error)
 	}
-	return r.agent(rec.container()), rec, nil
+	return r.agentOf(rec), rec, nil
 }
 
 // agentFailure turns an unreachable agent into the reason the sandbox failed, when it did.

@@ -48,6 +48,7 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
 	{"GET", "/v1/sandboxes/{id}/workspace/diff", (*Runtime).handleWorkspaceDiff},
 	{"GET", "/v1/sandboxes/{id}/workspace/export", (*Runtime).handleWorkspaceExport},
+	{"PATCH", "/v1/sandboxes/{id}/env", (*Runtime).handlePatchEnv},
 }
 
 // Handler returns the daemon's HTTP API.

@@ -121,3 +121,24 @@ func (s *Store) List() ([]*record, error) {
 func (s *Store) Delete(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(sandboxesBucket).Delete([]byte(id)) })
 }
+
+// Update changes the record with the id in one transaction: change edits it, and an error
+// from change leaves it as it was. A missing record is a not_found error.
+func (s *Store) Update(id string, change func(*record) error) (*record, error) {
+	r := &record{}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(sandboxesBucket)
+		data := b.Get([]byte(id))
+		if data == nil {
+			return api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
+		}
+		if err := json.Unmarshal(data, r); err != nil {
+			return fmt.Errorf("decode sandbox %s: %w", id, err)
+		}
+		if err := change(r); err != nil {
+			return err
+		}
+		return putRecord(b, r)
+	})
+	return r, err
+}

@@ -163,10 +163,18 @@ func (s *Session) prepare(n int64, req ExecRequest, emit func(string, []byte)) (
 	if err := os.WriteFile(name("cmd"), []byte(req.Command+"\n"), 0o644); err != nil {
 		return fail(fmt.Errorf("write command: %w", err))
 	}
-	script := runScript(s.dir, n, req.Cwd, req.Env, req.Stdin != nil)
+	// The run file first applies what changed in the sandbox's environment since the shell
+	// last saw it.
+	now := s.env.Effective()
+	s.mu.Lock()
+	script := envUpdate(s.applied, now) + runScript(s.dir, n, req.Cwd, req.Env, req.Stdin != nil)
+	s.mu.Unlock()
 	if err := os.WriteFile(name("run"), []byte(script), 0o644); err != nil {
 		return fail(fmt.Errorf("write run file: %w", err))
 	}
+	s.mu.Lock()
+	s.applied = now
+	s.mu.Unlock()
 	var err error
 	if run.stdout, err = openFifoReader(name("out"), s.cred.uid, s.cred.gid, func(b []byte) { emit("stdout", b) }); err != nil {
 		return fail(err)
@@ -292,7 +300,7 @@ func (s *Session) probe(sh *shell) bool {
 // reset replaces a shell that does not come back with a new one in the same directory. The
 // shell's variables, functions and aliases are lost; its background jobs keep running.
 func (s *Session) reset(sh *shell) {
-	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", sh.pid))
+	cwd, err := shellCwd(sh.pid, s.cred)
 	if err != nil {
 		cwd = s.opts.Cwd
 	}

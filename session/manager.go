@@ -17,6 +17,7 @@ const DefaultID = "default"
 type Manager struct {
 	dir       string // where session directories go
 	start     StartFunc
+	env       *SandboxEnv
 	cwd       string // the sandbox's default working directory
 	mu        sync.Mutex
 	sessions  map[string]*Session
@@ -24,15 +25,16 @@ type Manager struct {
 	defaultMu sync.Mutex // one get-or-create of the default session at a time
 }
 
-// NewManager returns a manager that keeps session files under dir.
-func NewManager(dir, cwd string, start StartFunc) (*Manager, error) {
+// NewManager returns a manager that keeps session files under dir; its sessions start in cwd
+// with the sandbox environment env.
+func NewManager(dir, cwd string, start StartFunc, env *SandboxEnv) (*Manager, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("clear session dir: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("make session dir: %w", err)
 	}
-	return &Manager{dir: dir, start: start, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{}}, nil
+	return &Manager{dir: dir, start: start, env: env, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{}}, nil
 }
 
 // SetCwd changes the default working directory of sessions created from now on.
@@ -63,7 +65,7 @@ func (m *Manager) Create(opts Options) (*Session, error) {
 	if old != nil {
 		old.destroy()
 	}
-	s, err := newSession(opts, m.dir, m.start)
+	s, err := newSession(opts, m.dir, m.start, m.env)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
@@ -144,6 +146,7 @@ type Info struct {
 	ID        string
 	Shell     string // "bash" or "sh"
 	User      string
+	UID, GID  int
 	Cwd       string // the shell's current directory
 	Status    string // idle, busy or ended
 	ExitCode  int    // when ended
@@ -162,7 +165,7 @@ const (
 func (s *Session) Info() Info {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	info := Info{ID: s.opts.ID, User: s.cred.name, CreatedAt: s.created, Status: StateIdle, Shell: s.shellName}
+	info := Info{ID: s.opts.ID, User: s.cred.name, UID: s.cred.uid, GID: s.cred.gid, CreatedAt: s.created, Status: StateIdle, Shell: s.shellName}
 	switch {
 	case s.ended || s.sh == nil:
 		info.Status, info.ExitCode = StateEnded, s.exitCode
@@ -171,7 +174,7 @@ func (s *Session) Info() Info {
 		info.Status = StateBusy
 	}
 	info.PID = s.sh.pid
-	info.Cwd, _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", s.sh.pid))
+	info.Cwd, _ = shellCwd(s.sh.pid, s.cred)
 	return info
 }
 

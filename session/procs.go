@@ -3,6 +3,7 @@ package session
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -149,14 +150,10 @@ func lookupUser(spec string) (credential, error) {
 	return credential{}, fmt.Errorf("%w: user %q does not exist in this sandbox", ErrInvalid, spec)
 }
 
-// env is a session shell's environment: the agent's (the sandbox's), the user's identity,
-// the session's own variables, and the session marker.
-func (c credential) env(opts Options) []string {
-	vars := map[string]string{}
-	for _, kv := range os.Environ() {
-		k, v, _ := strings.Cut(kv, "=")
-		vars[k] = v
-	}
+// env is a session shell's environment: the sandbox's (SandboxEnv.Effective), the user's
+// identity, the session's own variables, and the session marker.
+func (c credential) env(opts Options, sandbox map[string]string) []string {
+	vars := maps.Clone(sandbox)
 	vars["HOME"], vars["USER"], vars["LOGNAME"] = c.home, c.name, c.name
 	for k, v := range opts.Env {
 		vars[k] = v

@@ -58,6 +58,7 @@ type Session struct {
 	shellName string // "bash" or "sh"
 	start     StartFunc
 	created   time.Time
+	env       *SandboxEnv
 
 	status     *os.File // read end of the status FIFO, held read-write so it never reads EOF
 	ready      chan struct{}
@@ -77,6 +78,7 @@ type Session struct {
 	ended    bool
 	exitCode int
 	deleted  bool
+	applied  map[string]string // the sandbox environment the shell last had applied (see envUpdate)
 }
 
 // shell is one incarnation of a session's shell process (a reset starts a new one).
@@ -99,13 +101,13 @@ func (sh *shell) exited() bool {
 }
 
 // newSession makes the session's directory and status FIFO and starts its shell.
-func newSession(opts Options, baseDir string, start StartFunc) (*Session, error) {
+func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv) (*Session, error) {
 	cred, err := lookupUser(opts.User)
 	if err != nil {
 		return nil, err
 	}
 	s := &Session{
-		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(),
+		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(), env: env,
 		done: make(chan struct{}), waiters: map[int64]chan int{}, ready: make(chan struct{}, 1), turn: make(chan struct{}, 1),
 		Terminal: NewRing(terminalRing), Background: NewRing(backgroundRing),
 	}
@@ -192,7 +194,9 @@ func (s *Session) deliver(n int64, code int) {
 
 // startShell starts a (new) shell process for the session in cwd and waits until it is ready.
 func (s *Session) startShell(cwd string) error {
-	path, bash, err := chooseShell(s.opts.Shell, s.cred.env(s.opts))
+	sandboxEnv := s.env.Effective()
+	env := s.cred.env(s.opts, sandboxEnv)
+	path, bash, err := chooseShell(s.opts.Shell, env)
 	if err != nil {
 		return err
 	}
@@ -216,7 +220,7 @@ func (s *Session) startShell(cwd string) error {
 	if err := os.WriteFile(rcFile, []byte(rc), 0o644); err != nil {
 		return fmt.Errorf("write rc: %w", err)
 	}
-	attr := &os.ProcAttr{Dir: cwd, Env: s.cred.env(s.opts), Sys: &syscall.SysProcAttr{
+	attr := &os.ProcAttr{Dir: cwd, Env: env, Sys: &syscall.SysProcAttr{
 		Setsid:     true,
 		Credential: &syscall.Credential{Uid: uint32(s.cred.uid), Gid: uint32(s.cred.gid), NoSetGroups: true},
 	}}
@@ -299,7 +303,7 @@ func (s *Session) startShell(cwd string) error {
 		return fmt.Errorf("%s did not become ready within %s; its output: %q", path, readyTimeout, tailOf(s.Terminal))
 	}
 	s.mu.Lock()
-	s.sh = sh
+	s.sh, s.applied = sh, sandboxEnv
 	deleted := s.deleted
 	s.mu.Unlock()
 	if deleted { // deleted while this shell started: it must not outlive the session

@@ -427,6 +427,7 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"Workspace", api.Workspace{}, true}, // also in answers, where hostPath is always set
 		{"Mount", api.Mount{}, true},
 		{"WorkspaceChange", api.WorkspaceChange{}, true},
+		{"PatchEnvRequest", api.PatchEnvRequest{}, false},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]

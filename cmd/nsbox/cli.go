@@ -70,7 +70,7 @@ func clientCommands() []*cli.Command {
 		},
 		sessionCommand(),
 		attachCommand(),
-		filesCommand(), cpCommand(),
+		withSession(filesCommand()), withSession(cpCommand()), envCommand(),
 		diffCommand(), exportCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},

@@ -47,7 +47,7 @@ func filesCommand() *cli.Command {
 						return errors.New("usage: nsbox files cat ID PATH...")
 					}
 					for _, p := range c.Args().Tail() {
-						if err := download(c.Context, apiClient(c), c.Args().First(), p, os.Stdout); err != nil {
+						if err := download(c.Context, fileClient(c), c.Args().First(), p, os.Stdout); err != nil {
 							return err
 						}
 					}
@@ -63,7 +63,7 @@ func filesCommand() *cli.Command {
 						return errors.New("usage: nsbox files stat ID PATH...")
 					}
 					return eachPath(c, func(p string) error {
-						info, err := apiClient(c).StatFile(c.Context, c.Args().First(), p)
+						info, err := fileClient(c).StatFile(c.Context, c.Args().First(), p)
 						if err == nil {
 							err = printJSON(info)
 						}
@@ -81,7 +81,7 @@ func filesCommand() *cli.Command {
 						return errors.New("usage: nsbox files rm [-r] ID PATH...")
 					}
 					return eachPath(c, func(p string) error {
-						return apiClient(c).RemoveFile(c.Context, c.Args().First(), p, c.Bool("recursive"))
+						return fileClient(c).RemoveFile(c.Context, c.Args().First(), p, c.Bool("recursive"))
 					})
 				},
 			},
@@ -102,7 +102,7 @@ func filesCommand() *cli.Command {
 						return err
 					}
 					return eachPath(c, func(p string) error {
-						_, err := apiClient(c).Mkdir(c.Context, c.Args().First(), p, c.Bool("parents"), mode)
+						_, err := fileClient(c).Mkdir(c.Context, c.Args().First(), p, c.Bool("parents"), mode)
 						return err
 					})
 				},
@@ -116,7 +116,7 @@ func filesCommand() *cli.Command {
 					if c.NArg() != 3 {
 						return errors.New("usage: nsbox files mv [-f] ID SRC DST")
 					}
-					_, err := apiClient(c).MoveFile(c.Context, c.Args().Get(0), c.Args().Get(1), c.Args().Get(2), c.Bool("force"))
+					_, err := fileClient(c).MoveFile(c.Context, c.Args().Get(0), c.Args().Get(1), c.Args().Get(2), c.Bool("force"))
 					return err
 				},
 			},
@@ -130,7 +130,7 @@ func filesCommand() *cli.Command {
 						return errors.New("usage: nsbox files watch [-r] ID PATH")
 					}
 					enc := json.NewEncoder(os.Stdout)
-					return apiClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), c.Bool("recursive"), func(ev api.FileEvent) {
+					return fileClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), c.Bool("recursive"), func(ev api.FileEvent) {
 						_ = enc.Encode(ev)
 					})
 				},
@@ -174,7 +174,7 @@ func cmdFilesList(c *cli.Context) error {
 	if p == "" {
 		p = "."
 	}
-	cl := apiClient(c)
+	cl := fileClient(c)
 	info, err := cl.StatFile(c.Context, id, p)
 	if err != nil {
 		return err
@@ -254,7 +254,8 @@ func cpCommand() *cli.Command {
 		Usage: "copy files and directories between the host and a sandbox (one side is ID:PATH; - is stdin or stdout)",
 		Description: "nsbox cp ./dir box1:/workspace copies ./dir into /workspace/dir, as docker cp does: when DST is an\n" +
 			"existing directory, SRC goes into it; otherwise DST is created as the copy of SRC. Modes are kept; owners are\n" +
-			"not (files written into a sandbox belong to its root). Symlinks are recreated when copying out of a sandbox\n" +
+			"not (files written into a sandbox belong to its root, or with --session to that session's user, and relative\n" +
+			"sandbox paths start at that session's current directory). Symlinks are recreated when copying out of a sandbox\n" +
 			"and skipped, with a warning, when copying into one.",
 		ArgsUsage: "SRC DST",
 		Action:    cmdCopy,
@@ -284,7 +285,7 @@ func cmdCopy(c *cli.Context) error {
 	}
 	srcID, src, srcIn := splitRef(c.Args().Get(0))
 	dstID, dst, dstIn := splitRef(c.Args().Get(1))
-	cl := apiClient(c)
+	cl := fileClient(c)
 	switch {
 	case srcIn && dstIn:
 		return errors.New("nsbox cp: copy between two sandboxes through the host (cp ID:PATH - | cp - ID:PATH) for now")

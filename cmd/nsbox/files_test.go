@@ -344,6 +344,18 @@ func TestFileErrors(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The file API notices a dead agent before the daemon has recorded the sandbox as failed;
+	// wait for that record, or the cleanup's remove would race with it (409, and a leak).
+	for {
+		sb, err := d.client.GetSandbox(context.Background(), "e")
+		if err == nil && sb.Status == api.StatusFailed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox whose agent was killed: %+v %v", sb, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func TestFileOps(t *testing.T) {

@@ -9,6 +9,8 @@
 //     `runc exec` and `nsenter -a` into a running runc container of the same busybox rootfs;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes;
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
+//   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
+//     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -71,14 +73,14 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
-	only := flag.String("only", "cycle,session,memory,storage", "comma-separated sections to run: cycle, session, memory, storage")
+	only := flag.String("only", "cycle,session,memory,storage,files", "comma-separated sections to run: cycle, session, memory, storage, files")
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
 		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
 	}
 	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "memory" && s != "storage" {
-			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, memory, storage)", s)
+		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "memory" && s != "storage" && s != "files" {
+			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, memory, storage, files)", s)
 		}
 		o.sections[s] = true
 	}
@@ -115,6 +117,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["storage"] {
 		if err := b.storageSection(ctx, o.n); err != nil {
 			return fmt.Errorf("storage: %w", err)
+		}
+	}
+	if o.sections["files"] {
+		if err := b.filesSection(ctx, o.n); err != nil {
+			return fmt.Errorf("files: %w", err)
 		}
 	}
 	return nil

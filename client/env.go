@@ -1,0 +1,26 @@
+package client
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// PatchEnv sets and unsets variables of a sandbox's environment and returns the sandbox. New
+// sessions and processes see the change; existing sessions see it at their next exec, except
+// for variables they set or unset themselves.
+func (c *Client) PatchEnv(ctx context.Context, id string, set map[string]string, unset []string) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPatch, "/v1/sandboxes/"+url.PathEscape(id)+"/env", api.PatchEnvRequest{Set: set, Unset: unset}, &sb)
+}
+
+// InSession returns a client whose file calls are made for a session of the sandbox: relative
+// paths start at the session's current directory, and files and directories it creates belong
+// to the session's user. Every other call is as c's.
+func (c *Client) InSession(sessionID string) *Client {
+	cc := *c
+	cc.fileSession = sessionID
+	return &cc
+}

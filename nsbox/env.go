@@ -1,0 +1,127 @@
+package nsbox
+
+import (
+	"context"
+	"maps"
+	"net/http"
+	"slices"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
+)
+
+// The sandbox-wide environment: the record's Env is the truth, and the agent holds a copy
+// (session.SandboxEnv) that sessions and processes read. A change is pushed to the agent
+// first and recorded second, so a failed push changes nothing. If the daemon dies between
+// the two, the agent holds a change the record does not: reconcile pushes every running
+// sandbox's recorded env again when the daemon starts (pushEnv), which undoes it — the
+// PATCH never answered success.
+
+// validateEnv checks a sandbox environment: names a shell can set, values without NUL.
+func validateEnv(env map[string]string) error {
+	if err := session.CheckEnv(env); err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "%v", err)
+	}
+	return nil
+}
+
+// pushEnv gives the agent the sandbox's complete environment (agent endpoint PUT /v1/env).
+func (c *agentClient) pushEnv(ctx context.Context, env map[string]string) error {
+	if env == nil {
+		env = map[string]string{}
+	}
+	resp, err := c.do(ctx, http.MethodPut, "/v1/env", api.SandboxEnv{Env: env})
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return api.ReadError(resp)
+	}
+	return nil
+}
+
+// patchedEnv checks a patch and returns env with it applied (nil when nothing is left).
+func patchedEnv(env map[string]string, patch api.PatchEnvRequest) (map[string]string, error) {
+	if len(patch.Set) == 0 && len(patch.Unset) == 0 {
+		return nil, api.Errorf(api.CodeInvalidArgument, "the patch is empty: give set ({\"NAME\": \"value\"}) or unset ([\"NAME\"]) or both")
+	}
+	if err := validateEnv(patch.Set); err != nil {
+		return nil, err
+	}
+	out := maps.Clone(env)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, patch.Set)
+	for _, k := range patch.Unset {
+		if err := session.CheckEnvVar(k, ""); err != nil {
+			return nil, api.Errorf(api.CodeInvalidArgument, "unset: %v", err)
+		}
+		if _, ok := patch.Set[k]; ok {
+			return nil, api.Errorf(api.CodeInvalidArgument, "%s is both in set and in unset; give it in one of them", k)
+		}
+		delete(out, k)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// PatchEnv sets and unsets variables of a running sandbox's environment and returns the
+// sandbox. New sessions and processes get the new environment; existing sessions apply it
+// before their next exec, except for variables they changed themselves.
+func (r *Runtime) PatchEnv(ctx context.Context, id string, patch api.PatchEnvRequest) (*api.Sandbox, error) {
+	// One patch at a time: each one reads the environment the previous one recorded.
+	r.envMu.Lock()
+	defer r.envMu.Unlock()
+	agent, rec, err := r.runningAgent(id)
+	if err != nil {
+		return nil, err
+	}
+	env, err := patchedEnv(rec.Env, patch)
+	if err != nil {
+		return nil, err
+	}
+	if err := agent.pushEnv(ctx, env); err != nil {
+		return nil, r.agentFailure(ctx, rec, err)
+	}
+	updated, err := r.store.Update(id, func(rec *record) error {
+		rec.Env = env
+		return nil
+	})
+	if err != nil {
+		// Removed meanwhile, or the database failed: put the agent back as recorded.
+		if perr := agent.pushEnv(context.WithoutCancel(ctx), rec.Env); perr != nil && !api.IsCode(err, api.CodeNotFound) {
+			r.log.Error("restore sandbox env after a failed record", "sandbox", id, "err", perr)
+		}
+		return nil, err
+	}
+	r.log.Info("sandbox env changed", "sandbox", id, "set", slices.Sorted(maps.Keys(patch.Set)), "unset", patch.Unset)
+	return &updated.Sandbox, nil
+}
+
+func (r *Runtime) handlePatchEnv(w http.ResponseWriter, req *http.Request) {
+	var body api.PatchEnvRequest
+	if err := decodeBody(w, req, &body); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	sb, err := r.PatchEnv(req.Context(), req.PathValue("id"), body)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, sb)
+}
+
+// repushEnv gives a running sandbox's agent its recorded environment again at daemon start,
+// in case the daemon died between a push and its record.
+func (r *Runtime) repushEnv(rec *record) {
+	ctx, cancel := context.WithTimeout(context.Background(), agentReadyTimeout)
+	defer cancel()
+	if err := r.agentOf(rec).pushEnv(ctx, rec.Env); err != nil {
+		r.log.Warn("give the agent its recorded sandbox env", "sandbox", rec.ID, "err", err)
+	}
+}
