@@ -57,8 +57,8 @@ type Config struct {
 	// Domain is the suffix of every preview host name, e.g. "example.test" for
 	// http://3000-mybox.example.test/. A wildcard DNS record should point *.Domain here.
 	Domain string
-	// Log receives one line per failed request (warnings for backend failures, debug for
-	// the rest). Nil discards.
+	// Log receives resolver failures (errors), sandboxes that did not answer (warnings)
+	// and clients that left mid-request (debug). Nil discards.
 	Log *slog.Logger
 	// DialTimeout bounds connecting to a sandbox (default 10s). Nothing else is timed:
 	// responses, WebSockets and event streams may last as long as both ends want.
@@ -214,8 +214,8 @@ func (p *Proxy) resolve(readings []reading, port int) (reading, Target, error) {
 			return rd, t, err
 		}
 	}
-	// Report the last reading: the whole label as a sandbox id.
-	return readings[len(readings)-1], Target{}, err
+	// Report the first reading: the shorter id when the label ends like a token.
+	return readings[0], Target{}, err
 }
 
 // rewrite builds the request sent to the sandbox: its own address, no token anywhere, and

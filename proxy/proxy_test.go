@@ -378,6 +378,7 @@ func TestErrorPages(t *testing.T) {
 		{"127.0.0.1:8080", http.StatusNotFound, "not a sandbox preview"},
 		{"3000-nobox.example.test", http.StatusNotFound, `no sandbox "nobox" with port 3000 exposed`},
 		{"4000-box.example.test", http.StatusNotFound, `no sandbox "box" with port 4000 exposed`},
+		{"4000-box-" + newToken(t) + ".example.test", http.StatusNotFound, `no sandbox "box" with port 4000 exposed`},
 		{"3000-off.example.test", http.StatusServiceUnavailable, `Sandbox "off" is not running`},
 		{"3000-down.example.test", http.StatusBadGateway, `Nothing answered on port 3000 in sandbox "down"`},
 		{"3000-rude.example.test", http.StatusBadGateway, `Nothing answered on port 3000 in sandbox "rude"`},
