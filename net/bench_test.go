@@ -1,9 +1,13 @@
 package sandboxnet
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkExposeUnexpose measures exposing a port of a live sandbox and unexposing it again,
@@ -57,4 +61,32 @@ func BenchmarkAttachDetach(b *testing.B) {
 	}
 	b.ReportMetric(float64(attach.Microseconds())/float64(b.N), "µs/attach")
 	b.ReportMetric(float64(detach.Microseconds())/float64(b.N), "µs/detach")
+}
+
+// BenchmarkCutPortFlows compares the two ways of deleting one exposed port's conntrack
+// entries: the kernel-side filtered flush Unexpose uses, and a dump of the whole table
+// filtered in user space (what the netlink package offers).
+func BenchmarkCutPortFlows(b *testing.B) {
+	tn := newTestNet(b)
+	_, a := tn.sandbox("bench", ModeEgress)
+	p := Port{Port: 8080, Protocol: TCP, HostPort: tn.cfg.HostPortMin}
+	b.Run("kernel-filter", func(b *testing.B) {
+		for b.Loop() {
+			if err := tn.m.flusher.flush(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("dump", func(b *testing.B) {
+		f := &netlink.ConntrackFilter{}
+		if err := errors.Join(f.AddIPNet(netlink.ConntrackReplySrcIP, ipNet(a.Addr, 32)), f.AddProtocol(6),
+			f.AddPort(netlink.ConntrackOrigDstPort, uint16(p.HostPort))); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if _, err := tn.m.ct.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -103,9 +103,10 @@ const (
 )
 
 // hostVethName is the host side of a sandbox's veth pair: "nsb" and 12 hex digits of the
-// sandbox id's SHA-256, so any id maps to a valid, stable interface name.
-func hostVethName(id string) string {
-	sum := sha256.Sum256([]byte(id))
+// SHA-256 of the table name and the sandbox id, so any id maps to a valid, stable interface
+// name, and daemons with tables of their own can have sandboxes of the same id.
+func hostVethName(table, id string) string {
+	sum := sha256.Sum256([]byte(table + "\x00" + id))
 	return vethPrefix + hex.EncodeToString(sum[:])[:hashedChars]
 }
 

@@ -353,7 +353,7 @@ func (tn *testNet) assertNothingLeft() {
 	t := tn.t
 	names := []string{tn.uplink}
 	for _, id := range tn.ids {
-		names = append(names, hostVethName(id))
+		names = append(names, hostVethName(tn.cfg.Table, id))
 	}
 	var left []string
 	for deadline := time.Now().Add(5 * time.Second); ; {

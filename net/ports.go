@@ -164,7 +164,10 @@ func (m *Manager) Unexpose(id string, port int, protocol string) error {
 	if !sb.networked() {
 		return nil
 	}
-	return m.cutFlows(id, flowsToPort(p, sb.Addr))
+	if err := m.flusher.flush(p); err != nil {
+		return fmt.Errorf("sandbox %q: unexposed, but its open connections could not be cut: %w", id, err)
+	}
+	return nil
 }
 
 // forward adds a port's forwarding rule as one batch.

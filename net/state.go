@@ -62,8 +62,10 @@ func loadState(path string) (*state, error) {
 	return st, nil
 }
 
-// save writes the state to a temporary file in the same directory, syncs it and renames it
-// over path, so a crash leaves either the old or the new state, never a torn one.
+// save writes the state to a temporary file in the same directory and renames it over path,
+// so a crash of the daemon leaves either the old or the new state, never a torn one. It does
+// not fsync (~3.5 ms on this host's disk, more than the rest of an expose): the file
+// describes kernel state that a power loss takes away with it.
 func (st *state) save(path string) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
@@ -81,10 +83,6 @@ func (st *state) save(path string) error {
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write network state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync network state: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write network state: %w", err)

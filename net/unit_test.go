@@ -107,7 +107,7 @@ func TestModesAndNames(t *testing.T) {
 		t.Errorf("normalizeAllow = %v, want %v", got, want)
 	}
 	long := strings.Repeat("x", 63)
-	if v := hostVethName(long); len(v) != maxIfname || !strings.HasPrefix(v, vethPrefix) || v == hostVethName(long[1:]) {
+	if v := hostVethName("t", long); len(v) != maxIfname || !strings.HasPrefix(v, vethPrefix) || v == hostVethName("t", long[1:]) {
 		t.Errorf("hostVethName = %q", v)
 	}
 	p, err := normalizePort(Port{Port: 80, HostIP: netip.MustParseAddr("0.0.0.0")})
