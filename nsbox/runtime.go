@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	sandboxnet "github.com/nsbox/nsbox/net"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -42,6 +43,12 @@ type Config struct {
 	DefaultMemoryMB int64
 	DefaultPids     int64
 
+	Network NetworkConfig
+	// ProxyDomain and ProxyPort are where the preview proxy answers: exposed TCP ports' URLs
+	// are http://{port}-{id}[-{token}].{ProxyDomain}[:{ProxyPort}]. Empty: URLs name host ports.
+	ProxyDomain string
+	ProxyPort   int
+
 	hostCPUs     int
 	hostMemoryMB int64
 }
@@ -56,6 +63,9 @@ type Runtime struct {
 	mu     sync.Mutex
 	busy   map[string]bool         // ids being created or removed right now
 	agents map[string]*agentClient // one client per running sandbox
+
+	net      *sandboxnet.Manager
+	netLocks netLocks
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -96,15 +106,23 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	r := &Runtime{cfg: cfg, store: store, images: images, log: log, busy: map[string]bool{}, agents: map[string]*agentClient{}}
-	if err := r.reconcile(); err != nil {
+	if err := r.openNetwork(); err != nil {
 		store.Close()
+		return nil, err
+	}
+	if err := r.reconcile(); err != nil {
+		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
 	}
 	return r, nil
 }
 
-// Close releases the metadata database. Sandboxes keep running.
-func (r *Runtime) Close() error { return r.store.Close() }
+// Close releases the metadata database and the network's host resources (its netlink sockets
+// and held host ports; the rules stay). Sandboxes keep running.
+func (r *Runtime) Close() error {
+	r.net.Close()
+	return r.store.Close()
+}
 
 // Images lists the images sandboxes can be made from.
 func (r *Runtime) Images() []api.Image {
@@ -187,6 +205,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		},
 		CgroupPath: cgroupPath(r.cfg.CgroupParent, req.ID),
 	}
+	if rec.Network, err = requestedNetwork(req.Network); err != nil {
+		return nil, err
+	}
 	if err := r.store.Insert(rec); err != nil {
 		return nil, err
 	}
@@ -263,6 +284,9 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 		ID: rec.ID, Rootfs: merged, Image: img, AgentBin: r.cfg.AgentBin,
 		CgroupPath: rec.CgroupPath, Limits: lim, Seccomp: r.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
 	})
+	if err := r.prepareNetwork(rec, config); err != nil {
+		return 0, err
+	}
 	c, err := libcontainer.Create(r.stateRoot(), rec.ID, config)
 	if err != nil {
 		return 0, fmt.Errorf("create container: %w", err)
@@ -285,6 +309,9 @@ func (r *Runtime) start(ctx context.Context, rec *record, img *rootfs.Image, lim
 	pid, err := proc.Pid()
 	if err != nil {
 		return 0, fmt.Errorf("agent pid: %w", err)
+	}
+	if err := r.attachNetwork(rec, pid); err != nil {
+		return 0, err
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
@@ -406,6 +433,7 @@ func (r *Runtime) destroy(rec *record) error {
 		rootfs.Detach(filepath.Join(r.sandboxRunDir(rec.ID), "rootfs")),
 		os.RemoveAll(r.sandboxRunDir(rec.ID)),
 		os.RemoveAll(r.sandboxDataDir(rec.ID)),
+		r.detachNetwork(rec.ID),
 	)
 	return errors.Join(errs...)
 }
@@ -470,8 +498,11 @@ func (r *Runtime) agentFailure(ctx context.Context, rec *record, err error) erro
 	return err
 }
 
-func newID() string {
-	b := make([]byte, 6)
+func newID() string { return randomHex(6) }
+
+// randomHex is n random bytes from crypto/rand in lowercase hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }

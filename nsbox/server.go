@@ -46,6 +46,10 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/files/mkdir", (*Runtime).handleMkdir},
 	{"POST", "/v1/sandboxes/{id}/files/move", (*Runtime).handleMove},
 	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
+	{"PATCH", "/v1/sandboxes/{id}/network", (*Runtime).handleSetNetwork},
+	{"POST", "/v1/sandboxes/{id}/ports", (*Runtime).handleExposePort},
+	{"GET", "/v1/sandboxes/{id}/ports", (*Runtime).handleListPorts},
+	{"DELETE", "/v1/sandboxes/{id}/ports/{port}", (*Runtime).handleUnexposePort},
 }
 
 // Handler returns the daemon's HTTP API.

@@ -18,6 +18,8 @@ var sandboxesBucket = []byte("sandboxes")
 type record struct {
 	api.Sandbox
 	CgroupPath string `json:"cgroupPath"`
+	// Ports are the exposed ports' tokens and public flags (package net keeps the rest).
+	Ports []portRecord `json:"ports,omitempty"`
 }
 
 // Store keeps sandbox records in a bbolt database.
@@ -106,4 +108,27 @@ func (s *Store) List() ([]*record, error) {
 // Delete removes the record with the id; a missing record is not an error.
 func (s *Store) Delete(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(sandboxesBucket).Delete([]byte(id)) })
+}
+
+// update changes the record with the id in one transaction and returns the sandbox as
+// changed; a missing record is a not_found error and fn is not called.
+func (s *Store) update(id string, fn func(*record) error) (*api.Sandbox, error) {
+	var out *api.Sandbox
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(sandboxesBucket)
+		data := b.Get([]byte(id))
+		if data == nil {
+			return api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
+		}
+		r := &record{}
+		if err := json.Unmarshal(data, r); err != nil {
+			return fmt.Errorf("decode sandbox %s: %w", id, err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+		out = &r.Sandbox
+		return putRecord(b, r)
+	})
+	return out, err
 }

@@ -34,6 +34,12 @@ func daemonCommand() *cli.Command {
 			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "subnet", Value: "10.89.0.0/16", Usage: "IPv4 network of sandbox addresses (its first address is the host's)"},
+			&cli.StringFlag{Name: "host-ports", Value: "20000-29999", Usage: "range LOW-HIGH of host ports chosen for exposed ports (keep it outside net.ipv4.ip_local_port_range)"},
+			&cli.StringSliceFlag{Name: "uplink", Usage: "interface that carries sandbox traffic to the world (repeatable; default: those of the default routes)"},
+			&cli.StringFlag{Name: "nft-table", Value: "nsbox", Usage: "nftables table (family inet) owned by nsbox"},
+			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
+			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
 		},
 		Action: runDaemon,
 	}
@@ -56,7 +62,11 @@ func runDaemon(c *cli.Context) error {
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
 		return fmt.Errorf("resolve own binary: %w", err)
 	}
-	rt, err := nsbox.Open(nsbox.Config{
+	netCfg, err := networkFlags(c)
+	if err != nil {
+		return err
+	}
+	cfg := nsbox.Config{
 		DataDir:         c.String("data-dir"),
 		RunDir:          c.String("run-dir"),
 		CgroupParent:    c.String("cgroup-parent"),
@@ -66,7 +76,13 @@ func runDaemon(c *cli.Context) error {
 		DefaultCPUs:     c.Float64("default-cpus"),
 		DefaultMemoryMB: c.Int64("default-memory"),
 		DefaultPids:     c.Int64("default-pids"),
-	}, log)
+		Network:         netCfg,
+		ProxyDomain:     c.String("proxy-domain"),
+	}
+	if c.Bool("cleanup") {
+		return cleanupNetwork(cfg)
+	}
+	rt, err := nsbox.Open(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -69,6 +69,7 @@ type testDaemon struct {
 	runDir       string
 	socket       string
 	cgroupParent string
+	net          testNetwork
 	cmd          *exec.Cmd
 	log          *bytes.Buffer
 	client       *client.Client
@@ -86,6 +87,7 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 		cgroupParent: fmt.Sprintf("nsbox-test-%d-%d", os.Getpid(), n),
 	}
 	d.socket = filepath.Join(d.runDir, "nsbox.sock")
+	d.net = newTestNetwork(t, n)
 	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
 	d.http = &http.Client{Transport: &specCheckingTransport{t: t, next: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -102,7 +104,7 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 func (d *testDaemon) start(extraArgs ...string) {
 	d.t.Helper()
 	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
-		"--cgroup-parent", d.cgroupParent, "--log-level", "debug"}, extraArgs...)
+		"--cgroup-parent", d.cgroupParent, "--log-level", "debug"}, append(d.net.daemonArgs(), extraArgs...)...)
 	d.log = &bytes.Buffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
@@ -163,6 +165,7 @@ func (d *testDaemon) cleanup() {
 	for _, leak := range d.leaks() {
 		t.Errorf("leaked: %s", leak)
 	}
+	d.cleanupNetwork()
 	// Our own parent cgroups (empty now) and run dir.
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent)
 	for _, dir := range dirs {
