@@ -21,16 +21,18 @@ type testNetwork struct {
 	uplink string
 }
 
+// newSubnet is the /27 of 10.240.0.0/12 of a test process's n-th daemon.
+func newSubnet(pid, n int64) netip.Prefix {
+	index := (pid*32 + n) % (1 << 15)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(240 + index>>11), byte(index >> 3 & 0xff), byte(index & 7 * 32)}), 27)
+}
+
+func uplinkName(pid, n int64) string { return fmt.Sprintf("nsbu%d%c", pid%1000000, 'a'+n%26) }
+
 func newTestNetwork(t *testing.T, n int64) testNetwork {
 	t.Helper()
 	pid := int64(os.Getpid())
-	index := (pid*32 + n) % (1 << 15) // /27 networks in 10.240.0.0/12
-	base := netip.AddrFrom4([4]byte{10, byte(240 + index>>11), byte(index >> 3 & 0xff), byte(index & 7 * 32)})
-	tn := testNetwork{
-		table:  fmt.Sprintf("nsboxit_%d_%d", pid, n),
-		subnet: netip.PrefixFrom(base, 27),
-		uplink: fmt.Sprintf("nsbu%d%c", pid%1000000, 'a'+n%26),
-	}
+	tn := testNetwork{table: fmt.Sprintf("nsboxit_%d_%d", pid, n), subnet: newSubnet(pid, n), uplink: uplinkName(pid, n)}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = tn.uplink
 	// A veth pair with both ends on the host (this kernel has no dummy interfaces).

@@ -181,7 +181,7 @@ func cmdPortRemove(c *cli.Context) error {
 
 func cmdNetwork(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox network ID none|egress|allow [--allow CIDR...]")
+		return errors.New("usage: nsbox network [--allow CIDR...] ID none|egress|allow")
 	}
 	sb, err := apiClient(c).SetNetwork(c.Context, c.Args().First(), api.NetworkSpec{Mode: c.Args().Get(1), Allow: c.StringSlice("allow")})
 	if err != nil {
