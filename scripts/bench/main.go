@@ -6,7 +6,9 @@
 //   - session: a command's round trip through the API in a warm session and the creation of a
 //     session, on the busybox image (sh on a pipe) and the host image (bash on a PTY), versus
 //     `runc exec` and `nsenter -a` into a running runc container of the same busybox rootfs;
-//   - memory: the proportional set size (PSS) of many idle busybox sandboxes.
+//   - memory: the proportional set size (PSS) of many idle busybox sandboxes;
+//   - network: exposing and unexposing a port, create with a network versus mode none, and
+//     HTTP requests per second through an exposed host port versus straight to the sandbox.
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -69,14 +71,14 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
-	only := flag.String("only", "cycle,session,memory", "comma-separated sections to run: cycle, session, memory")
+	only := flag.String("only", "cycle,session,memory,network", "comma-separated sections to run: cycle, session, memory, network")
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
 		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
 	}
 	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "memory" {
-			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, memory)", s)
+		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "memory" && s != "network" {
+			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, memory, network)", s)
 		}
 		o.sections[s] = true
 	}
@@ -108,6 +110,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["memory"] {
 		if err := b.memorySection(ctx, o.idle); err != nil {
 			return fmt.Errorf("memory: %w", err)
+		}
+	}
+	if o.sections["network"] {
+		if err := b.networkSection(ctx, o.n); err != nil {
+			return fmt.Errorf("network: %w", err)
 		}
 	}
 	return nil
