@@ -400,8 +400,10 @@ func (tn *testNet) leftovers(names []string) []string {
 	if tn.table() != nil {
 		left = append(left, "nftables table "+tn.cfg.Table)
 	}
-	if _, err := os.Stat(tn.cfg.StatePath); err == nil {
-		left = append(left, "state file")
+	for _, p := range slotPaths(tn.cfg.StatePath) {
+		if _, err := os.Stat(p); err == nil {
+			left = append(left, "state file "+p)
+		}
 	}
 	return left
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 
@@ -479,9 +478,7 @@ func Cleanup(cfg Config) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(cfg.StatePath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove network state: %w", err))
-	}
+	errs = append(errs, removeState(cfg.StatePath))
 	return errors.Join(errs...)
 }
 
