@@ -1,14 +1,10 @@
 package sandboxnet
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // BenchmarkExposeUnexpose measures exposing a port of a live sandbox and unexposing it again,
@@ -66,17 +62,12 @@ func BenchmarkAttachDetach(b *testing.B) {
 
 // BenchmarkCutPortFlows compares the two ways of deleting one exposed port's conntrack
 // entries, the kernel-side filtered flush Unexpose uses and a dump of the whole table filtered
-// in user space (what the netlink package offers), with more and more other entries in the
+// in user space (what the netlink package offers, and the fallback on older kernels), with more and more other entries in the
 // host's table (UDP packets to closed ports of 127.0.0.1; an empty table is not walked).
 func BenchmarkCutPortFlows(b *testing.B) {
 	tn := newTestNet(b)
 	_, a := tn.sandbox("bench", ModeEgress)
 	p := Port{Port: 8080, Protocol: TCP, HostPort: tn.cfg.HostPortMin}
-	f := &netlink.ConntrackFilter{}
-	if err := errors.Join(f.AddIPNet(netlink.ConntrackReplySrcIP, ipNet(a.Addr, 32)), f.AddProtocol(6),
-		f.AddPort(netlink.ConntrackOrigDstPort, uint16(p.HostPort))); err != nil {
-		b.Fatal(err)
-	}
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		b.Fatal(err)
@@ -96,7 +87,7 @@ func BenchmarkCutPortFlows(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("dump/%d-entries", entries), func(b *testing.B) {
 			for b.Loop() {
-				if _, err := tn.m.ct.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
+				if err := forgetFlows(tn.m.ct, flowsToPort(p, a.Addr)); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -8,16 +8,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// flowMatch selects IPv4 conntrack entries by addresses (each a prefix for one of the
-// tuple's addresses).
+// flowMatch selects IPv4 conntrack entries: by addresses (each a prefix for one of the
+// tuple's addresses) and, if proto is set, by protocol and original destination port.
 type flowMatch struct {
-	nets map[netlink.ConntrackFilterType]netip.Prefix
+	nets        map[netlink.ConntrackFilterType]netip.Prefix
+	proto       uint8
+	origDstPort uint16
 }
 
 func (fm flowMatch) filter() (*netlink.ConntrackFilter, error) {
 	f := &netlink.ConntrackFilter{}
 	for typ, p := range fm.nets {
 		if err := f.AddIPNet(typ, ipNet(p.Addr(), p.Bits())); err != nil {
+			return nil, err
+		}
+	}
+	if fm.proto != 0 {
+		if err := f.AddProtocol(fm.proto); err != nil {
+			return nil, err
+		}
+		if err := f.AddPort(netlink.ConntrackOrigDstPort, fm.origDstPort); err != nil {
 			return nil, err
 		}
 	}
@@ -72,5 +82,15 @@ func flowsOfNet(p netip.Prefix) []flowMatch {
 	return []flowMatch{
 		{nets: map[netlink.ConntrackFilterType]netip.Prefix{netlink.ConntrackOrigSrcIP: p}},
 		{nets: map[netlink.ConntrackFilterType]netip.Prefix{netlink.ConntrackReplySrcIP: p}},
+	}
+}
+
+// flowsToPort matches the connections forwarded through an exposed host port to a sandbox,
+// for kernels without the filtered flush (portFlusher).
+func flowsToPort(p Port, target netip.Addr) flowMatch {
+	return flowMatch{
+		nets:        map[netlink.ConntrackFilterType]netip.Prefix{netlink.ConntrackReplySrcIP: host(target)},
+		proto:       protoNumber(p.Protocol),
+		origDstPort: uint16(p.HostPort),
 	}
 }
