@@ -119,6 +119,12 @@ func TestExposeHTTP(t *testing.T) {
 	if out := d.exec("web", api.ExecRequest{Command: "echo x >> /etc/resolv.conf"}); out.ExitCode == 0 {
 		t.Error("/etc/resolv.conf is writable in the sandbox")
 	}
+	// No CAP_NET_ADMIN: the sandbox cannot change its addresses, routes or rules.
+	for _, cmd := range []string{"ip addr add 10.1.2.3/32 dev eth0", "ip route del default", "ip link set eth0 down"} {
+		if res := d.exec("web", api.ExecRequest{Command: cmd}); res.ExitCode == 0 {
+			t.Errorf("%q succeeded in the sandbox", cmd)
+		}
+	}
 	startWeb(d, "web", "8080", "hello")
 	startWeb(d, "web", "127.0.0.1:8081", "local-only")
 
