@@ -41,6 +41,8 @@ type CreateSandboxRequest struct {
 	Workspace *Workspace `json:"workspace,omitempty"`
 	// Mounts are host files or directories bind-mounted into the sandbox.
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Network is the sandbox's network; default mode egress.
+	Network *NetworkSpec `json:"network,omitempty"`
 }
 
 // Sandbox is a sandbox as the API shows it.
@@ -58,6 +60,8 @@ type Sandbox struct {
 	PID       int        `json:"pid,omitempty"`
 	Workspace *Workspace `json:"workspace,omitempty"`
 	Mounts    []Mount    `json:"mounts,omitempty"`
+	// Network is the sandbox's network mode and address.
+	Network SandboxNetwork `json:"network"`
 }
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly
@@ -378,4 +382,56 @@ type SandboxEnv struct {
 type PatchEnvRequest struct {
 	Set   map[string]string `json:"set,omitempty"`
 	Unset []string          `json:"unset,omitempty"`
+}
+
+// Network modes of a sandbox.
+const (
+	NetworkNone   = "none"   // loopback only
+	NetworkEgress = "egress" // the world beyond the host (not other sandboxes, the host or 169.254.0.0/16)
+	NetworkAllow  = "allow"  // only the listed IPv4 networks
+)
+
+// NetworkSpec is a sandbox's requested network: the network part of a create and the body of
+// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs, for mode allow only.
+type NetworkSpec struct {
+	Mode  string   `json:"mode,omitempty"` // default egress
+	Allow []string `json:"allow,omitempty"`
+}
+
+// SandboxNetwork is a sandbox's network as the API shows it. IP is its IPv4 address (none in
+// mode none until it has had a networked mode).
+type SandboxNetwork struct {
+	Mode  string   `json:"mode"`
+	IP    string   `json:"ip,omitempty"`
+	Allow []string `json:"allow,omitempty"`
+}
+
+// Port protocols.
+const (
+	ProtocolTCP = "tcp"
+	ProtocolUDP = "udp"
+)
+
+// ExposePortRequest is the body of POST /v1/sandboxes/{id}/ports. HostPort 0 means: choose one
+// from the daemon's range; HostIP empty (or 0.0.0.0) means every host address.
+type ExposePortRequest struct {
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol,omitempty"` // tcp (default) or udp
+	HostPort int    `json:"hostPort,omitempty"`
+	HostIP   string `json:"hostIP,omitempty"`
+	// Public: the preview proxy serves the port without a token.
+	Public bool `json:"public,omitempty"`
+}
+
+// ExposedPort is a sandbox port exposed on a host port. Token is what the preview proxy
+// requires for a TCP port that is not public. URL reaches the port: through the preview
+// proxy when the daemon has one, else on the host port.
+type ExposedPort struct {
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol"`
+	HostPort int    `json:"hostPort"`
+	HostIP   string `json:"hostIP"`
+	URL      string `json:"url"`
+	Public   bool   `json:"public"`
+	Token    string `json:"token,omitempty"`
 }

@@ -2,6 +2,7 @@ package sandboxnet
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 )
@@ -57,4 +58,39 @@ func BenchmarkAttachDetach(b *testing.B) {
 	}
 	b.ReportMetric(float64(attach.Microseconds())/float64(b.N), "µs/attach")
 	b.ReportMetric(float64(detach.Microseconds())/float64(b.N), "µs/detach")
+}
+
+// BenchmarkCutPortFlows compares the two ways of deleting one exposed port's conntrack
+// entries, the kernel-side filtered flush Unexpose uses and a dump of the whole table filtered
+// in user space (what the netlink package offers, and the fallback on older kernels), with more and more other entries in the
+// host's table (UDP packets to closed ports of 127.0.0.1; an empty table is not walked).
+func BenchmarkCutPortFlows(b *testing.B) {
+	tn := newTestNet(b)
+	_, a := tn.sandbox("bench", ModeEgress)
+	p := Port{Port: 8080, Protocol: TCP, HostPort: tn.cfg.HostPortMin}
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	next := 40000
+	for _, entries := range []int{0, 1000, 5000} {
+		for ; next < 40000+entries; next++ {
+			_, _ = c.WriteToUDP([]byte("x"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: next})
+		}
+		b.Run(fmt.Sprintf("kernel-filter/%d-entries", entries), func(b *testing.B) {
+			for b.Loop() {
+				if err := tn.m.flusher.flush(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("dump/%d-entries", entries), func(b *testing.B) {
+			for b.Loop() {
+				if err := forgetFlows(tn.m.ct, flowsToPort(p, a.Addr)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -14,8 +14,8 @@ type Config struct {
 	// Subnet is the IPv4 sandbox network, e.g. 10.89.0.0/16. Its first address is the
 	// gateway: the host's address on every sandbox's veth. Sandboxes get the others.
 	Subnet netip.Prefix
-	// StatePath is the JSON file holding the address pool and the exposed ports, e.g.
-	// /run/nsbox/network.json. It is replaced atomically on every change.
+	// StatePath is the file holding the address pool and the exposed ports, e.g.
+	// /run/nsbox/network.json (with a second slot beside it, StatePath + ".1").
 	StatePath string
 	// Table is the name of the nftables table (family inet) owned by nsbox, e.g. "nsbox".
 	// The same name is used for the small table inside each sandbox's network namespace,
@@ -103,9 +103,10 @@ const (
 )
 
 // hostVethName is the host side of a sandbox's veth pair: "nsb" and 12 hex digits of the
-// sandbox id's SHA-256, so any id maps to a valid, stable interface name.
-func hostVethName(id string) string {
-	sum := sha256.Sum256([]byte(id))
+// SHA-256 of the table name and the sandbox id, so any id maps to a valid, stable interface
+// name, and daemons with tables of their own can have sandboxes of the same id.
+func hostVethName(table, id string) string {
+	sum := sha256.Sum256([]byte(table + "\x00" + id))
 	return vethPrefix + hex.EncodeToString(sum[:])[:hashedChars]
 }
 

@@ -85,7 +85,8 @@ func flowsOfNet(p netip.Prefix) []flowMatch {
 	}
 }
 
-// flowsToPort matches the connections forwarded through an exposed host port to a sandbox.
+// flowsToPort matches the connections forwarded through an exposed host port to a sandbox,
+// for kernels without the filtered flush (portFlusher).
 func flowsToPort(p Port, target netip.Addr) flowMatch {
 	return flowMatch{
 		nets:        map[netlink.ConntrackFilterType]netip.Prefix{netlink.ConntrackReplySrcIP: host(target)},

@@ -353,7 +353,7 @@ func (tn *testNet) assertNothingLeft() {
 	t := tn.t
 	names := []string{tn.uplink}
 	for _, id := range tn.ids {
-		names = append(names, hostVethName(id))
+		names = append(names, hostVethName(tn.cfg.Table, id))
 	}
 	var left []string
 	for deadline := time.Now().Add(5 * time.Second); ; {
@@ -400,8 +400,10 @@ func (tn *testNet) leftovers(names []string) []string {
 	if tn.table() != nil {
 		left = append(left, "nftables table "+tn.cfg.Table)
 	}
-	if _, err := os.Stat(tn.cfg.StatePath); err == nil {
-		left = append(left, "state file")
+	for _, p := range slotPaths(tn.cfg.StatePath) {
+		if _, err := os.Stat(p); err == nil {
+			left = append(left, "state file "+p)
+		}
 	}
 	return left
 }

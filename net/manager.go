@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 
@@ -38,6 +38,7 @@ type Manager struct {
 	// deleted something waits for an RCU grace period in the kernel (~10 ms measured).
 	nft      *nftables.Conn
 	ct       *netlink.Handle     // conntrack, kept open for the same reason
+	flusher  *portFlusher        // conntrack, for the kernel-side delete of one port's flows
 	holds    map[hostPortKey]int // bound sockets that keep exposed host ports from host processes
 	nextPort int                 // where the search for a free host port starts
 }
@@ -91,13 +92,19 @@ func Open(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	flusher, err := newPortFlusher()
+	if err != nil {
+		ct.Close()
+		return nil, err
+	}
 	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		ct.Close()
+		flusher.close()
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	m := &Manager{cfg: cfg, rules: newRuleset(cfg), log: slog.Default().With("component", "sandboxnet"),
-		st: st, nft: conn, ct: ct, holds: map[hostPortKey]int{}, nextPort: cfg.HostPortMin}
+		st: st, nft: conn, ct: ct, flusher: flusher, holds: map[hostPortKey]int{}, nextPort: cfg.HostPortMin}
 	if err := m.restore(); err != nil {
 		m.Close()
 		return nil, err
@@ -118,7 +125,7 @@ func (m *Manager) restore() error {
 			if !sb.networked() {
 				continue
 			}
-			if err := m.rules.addSandbox(c, sb, hostVethName(id)); err != nil {
+			if err := m.rules.addSandbox(c, sb, hostVethName(m.cfg.Table, id)); err != nil {
 				return err
 			}
 		}
@@ -200,6 +207,7 @@ func (m *Manager) Close() {
 		m.log.Warn("nftables: close connection", "err", err)
 	}
 	m.ct.Close()
+	m.flusher.close()
 }
 
 // Allocate reserves an address for a sandbox before it is attached, e.g. to write its
@@ -289,7 +297,7 @@ func (m *Manager) connect(id string, next *sandbox, ns netns.NsHandle) error {
 		}
 		next.Addr = addr
 	}
-	veth := hostVethName(id)
+	veth := hostVethName(m.cfg.Table, id)
 	err := m.apply("add sandbox rules", func(c *nftables.Conn) error { return m.rules.addSandbox(c, next, veth) })
 	if err != nil {
 		return fmt.Errorf("sandbox %q: %w", id, err)
@@ -306,7 +314,7 @@ func (m *Manager) disconnect(id string, sb *sandbox) error {
 	if !sb.networked() {
 		return nil
 	}
-	veth := hostVethName(id)
+	veth := hostVethName(m.cfg.Table, id)
 	if err := deleteVeth(veth); err != nil {
 		return fmt.Errorf("sandbox %q: %w", id, err)
 	}
@@ -381,7 +389,7 @@ func (m *Manager) switchMode(id string, prev, next *sandbox) error {
 	case !next.networked():
 		return m.disconnect(id, prev)
 	}
-	veth := hostVethName(id)
+	veth := hostVethName(m.cfg.Table, id)
 	err := m.apply("change mode", func(c *nftables.Conn) error {
 		if err := m.rules.delMode(c, prev, veth); err != nil {
 			return err
@@ -420,6 +428,14 @@ func (m *Manager) Detach(id string) error {
 	return m.cutFlows(id, flowsOf(sb.Addr)...)
 }
 
+// Sandboxes lists the ids of every sandbox with network state, e.g. to find those whose
+// sandbox is gone after a daemon restart.
+func (m *Manager) Sandboxes() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Sorted(maps.Keys(m.st.Sandboxes))
+}
+
 // Lookup returns a sandbox's network, if it has any state (an address reserved or attached).
 func (m *Manager) Lookup(id string) (*Attachment, bool) {
 	m.mu.Lock()
@@ -434,7 +450,7 @@ func (m *Manager) Lookup(id string) (*Attachment, bool) {
 func (m *Manager) attachment(id string, sb *sandbox) *Attachment {
 	a := &Attachment{ID: id, Mode: sb.Mode, Allow: slices.Clone(sb.Allow), Addr: sb.Addr, Gateway: m.cfg.gateway()}
 	if sb.networked() {
-		a.HostVeth = hostVethName(id)
+		a.HostVeth = hostVethName(m.cfg.Table, id)
 	}
 	return a
 }
@@ -462,9 +478,7 @@ func Cleanup(cfg Config) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(cfg.StatePath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove network state: %w", err))
-	}
+	errs = append(errs, removeState(cfg.StatePath))
 	return errors.Join(errs...)
 }
 
@@ -502,7 +516,7 @@ func deleteTable(name string) error {
 func deleteVeths(table string, st *state) []error {
 	var errs []error
 	for id := range st.Sandboxes {
-		errs = append(errs, deleteVeth(hostVethName(id)))
+		errs = append(errs, deleteVeth(hostVethName(table, id)))
 	}
 	own, err := ownVeths(table)
 	if err != nil {

@@ -46,7 +46,7 @@ func TestAttachGivesAddressAndDefaultRoute(t *testing.T) {
 	if !viaGateway {
 		t.Fatalf("no default route via %s in %v", tn.gw(), routes)
 	}
-	if got, ok := tn.m.Lookup(tn.id("a")); !ok || got.Addr != a.Addr || got.HostVeth != hostVethName(tn.id("a")) {
+	if got, ok := tn.m.Lookup(tn.id("a")); !ok || got.Addr != a.Addr || got.HostVeth != hostVethName(tn.cfg.Table, tn.id("a")) {
 		t.Fatalf("Lookup = %+v, %v", got, ok)
 	}
 	// Egress is masqueraded: the outside host sees the host's address.
@@ -409,12 +409,12 @@ func TestDetachAndCleanupLeaveNothing(t *testing.T) {
 	if err := tn.m.Detach(id); err != nil {
 		t.Fatalf("second Detach: %v", err)
 	}
-	if ok, _ := linkExists(hostVethName(id)); ok {
+	if ok, _ := linkExists(hostVethName(tn.cfg.Table, id)); ok {
 		t.Fatal("veth left after Detach")
 	}
 	assertOnlyLoopback(t, ns)
 	if routes, err := netlink.RouteGet(a.Addr.AsSlice()); err == nil && len(routes) > 0 && routes[0].LinkIndex > 0 {
-		if l, err := netlink.LinkByIndex(routes[0].LinkIndex); err == nil && l.Attrs().Name == hostVethName(id) {
+		if l, err := netlink.LinkByIndex(routes[0].LinkIndex); err == nil && l.Attrs().Name == hostVethName(tn.cfg.Table, id) {
 			t.Fatalf("route to %s via its veth left after Detach", a.Addr)
 		}
 	}
@@ -426,7 +426,7 @@ func TestDetachAndCleanupLeaveNothing(t *testing.T) {
 	nsB, _ := tn.sandbox("b", ModeEgress)
 	idB := tn.id("b")
 	nsB.h.Close()
-	waitFor(t, "the veth of a closed namespace to go", func() bool { ok, _ := linkExists(hostVethName(idB)); return !ok })
+	waitFor(t, "the veth of a closed namespace to go", func() bool { ok, _ := linkExists(hostVethName(tn.cfg.Table, idB)); return !ok })
 	if err := tn.m.Detach(idB); err != nil {
 		t.Fatalf("Detach after the namespace exited: %v", err)
 	}
@@ -441,7 +441,7 @@ func TestDetachAndCleanupLeaveNothing(t *testing.T) {
 	if err := Cleanup(tn.cfg); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}
-	if left := tn.leftovers([]string{hostVethName(id), hostVethName(idB)}); len(left) > 0 {
+	if left := tn.leftovers([]string{hostVethName(tn.cfg.Table, id), hostVethName(tn.cfg.Table, idB)}); len(left) > 0 {
 		t.Fatalf("after Cleanup: %v", left)
 	}
 }

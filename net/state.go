@@ -1,6 +1,9 @@
 package sandboxnet
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +24,8 @@ type state struct {
 	// forwarding off again.
 	Forwarding []string            `json:"forwardingEnabled,omitempty"`
 	Sandboxes  map[string]*sandbox `json:"sandboxes"`
+	// seq is the sequence number of the last save (see save).
+	seq uint64
 }
 
 // sandbox is one sandbox's network as recorded in the state file.
@@ -44,55 +49,108 @@ func (s *sandbox) attached() bool { return s.Mode != "" }
 // networked reports whether the sandbox has a veth, an address and rules.
 func (s *sandbox) networked() bool { return s.Mode == ModeEgress || s.Mode == ModeAllow }
 
+// The state is kept in two slot files, path and path+".1", overwritten in place by turns:
+// each save goes to the slot that does not hold the latest state, so a save cut short by a
+// crash leaves the latest state whole in the other slot. Each slot starts with a header line
+// "nsbox-net <sequence> <SHA-256 of the JSON, hex> <length of the JSON>". Writing in place
+// costs ~6 µs where replacing a file by rename costs ~650 µs on ext4 (the rename over an
+// existing file forces its blocks to be allocated and frees the old ones). There is no fsync:
+// the file describes kernel state that a power loss takes away with it.
+const stateMagic = "nsbox-net"
+
+func slotPaths(path string) [2]string { return [2]string{path, path + ".1"} }
+
+// loadState reads the latest whole state of the two slots; none at all is an empty state.
 func loadState(path string) (*state, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return &state{Sandboxes: map[string]*sandbox{}}, nil
+	var best *state
+	found := false
+	for _, p := range slotPaths(path) {
+		data, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read network state: %w", err)
+		}
+		found = true
+		st, ok := parseSlot(data)
+		if ok && (best == nil || st.seq > best.seq) {
+			best = st
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read network state: %w", err)
+	switch {
+	case best != nil:
+		return best, nil
+	case found:
+		return nil, fmt.Errorf("network state %s: no slot holds a whole state", path)
+	}
+	return &state{Sandboxes: map[string]*sandbox{}}, nil
+}
+
+// parseSlot decodes a slot; ok is false when it is torn or not a state.
+func parseSlot(data []byte) (*state, bool) {
+	header, body, ok := bytes.Cut(data, []byte("\n"))
+	if !ok {
+		return nil, false
+	}
+	var magic, sum string
+	var seq uint64
+	var n int
+	if _, err := fmt.Sscanf(string(header), "%s %d %s %d", &magic, &seq, &sum, &n); err != nil || magic != stateMagic || n > len(body) {
+		return nil, false
+	}
+	body = body[:n]
+	if digest := sha256.Sum256(body); hex.EncodeToString(digest[:]) != sum {
+		return nil, false
 	}
 	st := &state{}
-	if err := json.Unmarshal(data, st); err != nil {
-		return nil, fmt.Errorf("parse network state %s: %w", path, err)
+	if err := json.Unmarshal(body, st); err != nil {
+		return nil, false
 	}
 	if st.Sandboxes == nil {
 		st.Sandboxes = map[string]*sandbox{}
 	}
-	return st, nil
+	st.seq = seq
+	return st, true
 }
 
-// save writes the state to a temporary file in the same directory, syncs it and renames it
-// over path, so a crash leaves either the old or the new state, never a torn one.
+// save writes the state into the slot that does not hold the latest one.
 func (st *state) save(path string) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode network state: %w", err)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create network state directory: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	seq := st.seq + 1
+	digest := sha256.Sum256(data)
+	slot := append(fmt.Appendf(nil, "%s %d %s %d\n", stateMagic, seq, hex.EncodeToString(digest[:]), len(data)), data...)
+	slot = append(slot, '\n')
+	f, err := os.OpenFile(slotPaths(path)[seq%2], os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("write network state: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
+	_, err = f.WriteAt(slot, 0)
+	if err == nil {
+		err = f.Truncate(int64(len(slot)))
+	}
+	if err = errors.Join(err, f.Close()); err != nil {
 		return fmt.Errorf("write network state: %w", err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync network state: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write network state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replace network state: %w", err)
-	}
+	st.seq = seq
 	return nil
+}
+
+// removeState removes both slots.
+func removeState(path string) error {
+	var errs []error
+	for _, p := range slotPaths(path) {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove network state: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // allocate reserves the next free address of the subnet for a sandbox, skipping the network

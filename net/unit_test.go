@@ -55,7 +55,7 @@ func TestStateSurvivesSaveAndLoad(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	if len(entries) != 1 {
-		t.Fatalf("temporary files left: %v", entries)
+		t.Fatalf("files after one save: %v", entries)
 	}
 	back, err := loadState(path)
 	if err != nil {
@@ -65,11 +65,43 @@ func TestStateSurvivesSaveAndLoad(t *testing.T) {
 	if a == nil || a.Addr != st.Sandboxes["a"].Addr || !slices.Equal(a.Ports, st.Sandboxes["a"].Ports) || !slices.Equal(a.Allow, st.Sandboxes["a"].Allow) {
 		t.Fatalf("loaded %+v, saved %+v", a, st.Sandboxes["a"])
 	}
-	if err := os.WriteFile(path, []byte("{"), 0o600); err != nil {
+
+	// The next saves alternate between the slots; a torn latest slot leaves the one before.
+	back.Sandboxes["b"] = &sandbox{Addr: netip.MustParseAddr("10.9.0.3")}
+	if err := back.save(path); err != nil {
 		t.Fatal(err)
 	}
+	delete(back.Sandboxes, "a")
+	if err := back.save(path); err != nil {
+		t.Fatal(err)
+	}
+	if latest, err := loadState(path); err != nil || len(latest.Sandboxes) != 1 || latest.Sandboxes["b"] == nil {
+		t.Fatalf("latest state: %+v, %v", latest, err)
+	}
+	latestSlot := slotPaths(path)[back.seq%2]
+	data, err := os.ReadFile(latestSlot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(latestSlot, data[:len(data)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if prev, err := loadState(path); err != nil || len(prev.Sandboxes) != 2 {
+		t.Fatalf("with the latest slot torn: %+v, %v; want the state before", prev, err)
+	}
+	for _, p := range slotPaths(path) {
+		if err := os.WriteFile(p, []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := loadState(path); err == nil {
-		t.Fatal("a corrupt state file loaded")
+		t.Fatal("a corrupt state loaded")
+	}
+	if err := removeState(path); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 0 {
+		t.Fatalf("left after removeState: %v", entries)
 	}
 }
 
@@ -107,7 +139,7 @@ func TestModesAndNames(t *testing.T) {
 		t.Errorf("normalizeAllow = %v, want %v", got, want)
 	}
 	long := strings.Repeat("x", 63)
-	if v := hostVethName(long); len(v) != maxIfname || !strings.HasPrefix(v, vethPrefix) || v == hostVethName(long[1:]) {
+	if v := hostVethName("t", long); len(v) != maxIfname || !strings.HasPrefix(v, vethPrefix) || v == hostVethName("t", long[1:]) {
 		t.Errorf("hostVethName = %q", v)
 	}
 	p, err := normalizePort(Port{Port: 80, HostIP: netip.MustParseAddr("0.0.0.0")})

@@ -72,7 +72,7 @@ func (r *Runtime) reconcile() error {
 			known[e.Name()] = true
 		}
 	}
-	return nil
+	return r.reconcileNetwork()
 }
 
 // checkRunning returns why a sandbox recorded as running is not, or "" when it is.

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	sandboxnet "github.com/nsbox/nsbox/net"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -45,6 +46,12 @@ type Config struct {
 	// WarmPool is how many started containers to keep ready per image (pool.go).
 	WarmPool map[string]int
 
+	Network NetworkConfig
+	// ProxyDomain and ProxyPort are where the preview proxy answers: exposed TCP ports' URLs
+	// are http://{port}-{id}[-{token}].{ProxyDomain}[:{ProxyPort}]. Empty: URLs name host ports.
+	ProxyDomain string
+	ProxyPort   int
+
 	hostCPUs     int
 	hostMemoryMB int64
 }
@@ -63,6 +70,9 @@ type Runtime struct {
 	busy   map[string]string       // ids being created, removed or updated right now, and which
 	agents map[string]*agentClient // one client per running container, by container id
 	envMu  sync.Mutex              // one PATCH …/env at a time (env.go)
+
+	net      *sandboxnet.Manager
+	netLocks netLocks
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -108,21 +118,27 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		store.Close()
 		return nil, fmt.Errorf("default limits: %w", err)
 	}
-	if err := r.reconcile(); err != nil {
+	if err := r.openNetwork(); err != nil {
 		store.Close()
+		return nil, err
+	}
+	if err := r.reconcile(); err != nil {
+		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
 	}
 	if err := r.fillPool(); err != nil {
-		store.Close()
+		r.Close()
 		return nil, err
 	}
 	return r, nil
 }
 
-// Close destroys the warm pool's containers and releases the metadata database. Sandboxes
+// Close destroys the warm pool's containers, and releases the network's host resources (its
+// netlink sockets and held host ports; the rules stay) and the metadata database. Sandboxes
 // keep running.
 func (r *Runtime) Close() error {
 	r.drainPool()
+	r.net.Close()
 	return r.store.Close()
 }
 
@@ -210,6 +226,10 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := r.validateStorage(&req); err != nil {
 		return nil, err
 	}
+	network, err := requestedNetwork(req.Network)
+	if err != nil {
+		return nil, err
+	}
 	for k := range req.Labels {
 		if k == "" {
 			return nil, api.Errorf(api.CodeInvalidArgument, "label names must not be empty")
@@ -236,7 +256,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Status: api.StatusCreating, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: w.pid,
-			Workspace: req.Workspace, Mounts: req.Mounts,
+			Workspace: req.Workspace, Mounts: req.Mounts, Network: network,
 		},
 		Container:  w.id,
 		CgroupPath: w.cgroupPath,
@@ -354,6 +374,9 @@ func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *r
 		CgroupPath: sc.cgroupPath, Limits: sc.limits, Seccomp: r.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
 		Mounts: mounts,
 	})
+	if err := r.mountNetworkFiles(sc.id, config); err != nil {
+		return 0, err
+	}
 	c, err := libcontainer.Create(r.stateRoot(), sc.id, config)
 	if err != nil {
 		return 0, fmt.Errorf("create container: %w", err)
@@ -387,8 +410,8 @@ func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *r
 }
 
 // bind makes a started container the sandbox rec describes: its hostname, its limits when
-// they differ from the ones it was started with, and its agent's hostname, sandbox
-// environment and working directory.
+// they differ from the ones it was started with, its network, and its agent's hostname,
+// sandbox environment and working directory.
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim limits) error {
 	if err := setHostname(sc.pid, rec.ID); err != nil {
 		return err
@@ -397,6 +420,9 @@ func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, l
 		if err := r.setLimits(sc.id, lim); err != nil {
 			return err
 		}
+	}
+	if err := r.connectNetwork(rec, sc); err != nil {
+		return err
 	}
 	return r.containerAgent(sc.id).configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd})
 }
@@ -483,7 +509,7 @@ func (r *Runtime) stop(rec *record) {
 // destroy kills a sandbox's processes and removes its container, cgroup, mounts and
 // directories. It copes with every partial state a crash can leave.
 func (r *Runtime) destroy(rec *record) error {
-	return r.destroyContainer(rec.container(), rec.CgroupPath)
+	return errors.Join(r.destroyContainer(rec.container(), rec.CgroupPath), r.detachNetwork(rec.ID))
 }
 
 // destroyContainer removes a container and everything it had, whether or not it was ever
@@ -571,8 +597,11 @@ func (r *Runtime) agentFailure(ctx context.Context, rec *record, err error) erro
 	return err
 }
 
-func newID() string {
-	b := make([]byte, 6)
+func newID() string { return randomHex(6) }
+
+// randomHex is n random bytes from crypto/rand in lowercase hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }

@@ -49,6 +49,10 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes/{id}/workspace/diff", (*Runtime).handleWorkspaceDiff},
 	{"GET", "/v1/sandboxes/{id}/workspace/export", (*Runtime).handleWorkspaceExport},
 	{"PATCH", "/v1/sandboxes/{id}/env", (*Runtime).handlePatchEnv},
+	{"PATCH", "/v1/sandboxes/{id}/network", (*Runtime).handleSetNetwork},
+	{"POST", "/v1/sandboxes/{id}/ports", (*Runtime).handleExposePort},
+	{"GET", "/v1/sandboxes/{id}/ports", (*Runtime).handleListPorts},
+	{"DELETE", "/v1/sandboxes/{id}/ports/{port}", (*Runtime).handleUnexposePort},
 }
 
 // Handler returns the daemon's HTTP API.

@@ -89,7 +89,14 @@ func sandbox(id, status string) api.Sandbox {
 		ID: id, Image: "host", Status: status, Cwd: "/workspace",
 		Limits:    api.Limits{CPUs: 1.5, MemoryMB: 512, Pids: 1024},
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Network:   api.SandboxNetwork{Mode: api.NetworkEgress, IP: "10.89.0.2"},
 	}
+}
+
+func allowSandbox() api.Sandbox {
+	sb := sandbox("allow-1", api.StatusRunning)
+	sb.Network = api.SandboxNetwork{Mode: api.NetworkAllow, IP: "10.89.0.3", Allow: []string{"192.0.2.0/24"}}
+	return sb
 }
 
 func fullSandbox() api.Sandbox {
@@ -213,6 +220,13 @@ func TestValidResponses(t *testing.T) {
 			{Path: "d", Kind: api.ChangeModified, Type: "symlink", Size: 5}})},
 		{"GET", "/v1/sandboxes/web-1/workspace/diff", 200, wire(t, []api.WorkspaceChange{})},
 		{"GET", "/v1/sandboxes/web-1/workspace/export", 200, []byte("tar bytes")},
+		// Network and ports.
+		{"PATCH", "/v1/sandboxes/web-1/network", 200, wire(t, allowSandbox())},
+		{"POST", "/v1/sandboxes/web-1/ports", 201, wire(t, api.ExposedPort{Port: 8080, Protocol: "tcp", HostPort: 20000, HostIP: "0.0.0.0",
+			URL: "http://8080-web-1-0123456789abcdef0123456789abcdef.example.test", Token: "0123456789abcdef0123456789abcdef"})},
+		{"GET", "/v1/sandboxes/web-1/ports", 200, wire(t, []api.ExposedPort{{Port: 53, Protocol: "udp", HostPort: 20001, HostIP: "127.0.0.1", URL: "udp://127.0.0.1:20001"}})},
+		{"GET", "/v1/sandboxes/web-1/ports", 200, wire(t, []api.ExposedPort{})},
+		{"DELETE", "/v1/sandboxes/web-1/ports/53?protocol=udp", 204, nil},
 	}
 	for _, c := range cases {
 		if err := spec.ValidateResponse(c.method, c.path, c.status, c.body); err != nil {

@@ -33,6 +33,7 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "cwd", Usage: "working directory of commands (default /workspace)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
+				networkFlag(), allowFlag(),
 			}, storageFlags()...),
 			Action: cmdCreate,
 		},
@@ -72,6 +73,7 @@ func clientCommands() []*cli.Command {
 		attachCommand(),
 		withSession(filesCommand()), withSession(cpCommand()), envCommand(),
 		diffCommand(), exportCommand(),
+		portCommand(), networkCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
@@ -108,7 +110,7 @@ func cmdCreate(c *cli.Context) error {
 		return err
 	}
 	req := api.CreateSandboxRequest{
-		ID: c.String("id"), Image: c.String("image"), Cwd: c.String("cwd"), Env: env, Labels: labels,
+		ID: c.String("id"), Image: c.String("image"), Cwd: c.String("cwd"), Env: env, Labels: labels, Network: createNetwork(c),
 		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
 	}
 	if err := storageRequest(c, &req); err != nil {
@@ -137,10 +139,10 @@ func cmdList(c *cli.Context) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tIMAGE\tSTATUS\tCPUS\tMEMORY\tPIDS\tCREATED\tLABELS")
+	fmt.Fprintln(tw, "ID\tIMAGE\tSTATUS\tNETWORK\tIP\tCPUS\tMEMORY\tPIDS\tCREATED\tLABELS")
 	for _, sb := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%g\t%dMB\t%d\t%s\t%s\n", sb.ID, sb.Image, sb.Status, sb.Limits.CPUs,
-			sb.Limits.MemoryMB, sb.Limits.Pids, ago(sb.CreatedAt), formatLabels(sb.Labels))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%dMB\t%d\t%s\t%s\n", sb.ID, sb.Image, sb.Status, sb.Network.Mode, sb.Network.IP,
+			sb.Limits.CPUs, sb.Limits.MemoryMB, sb.Limits.Pids, ago(sb.CreatedAt), formatLabels(sb.Labels))
 	}
 	return tw.Flush()
 }

@@ -36,6 +36,12 @@ func daemonCommand() *cli.Command {
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
 			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "subnet", Value: "10.89.0.0/16", Usage: "IPv4 network of sandbox addresses (its first address is the host's)"},
+			&cli.StringFlag{Name: "host-ports", Value: "20000-29999", Usage: "range LOW-HIGH of host ports chosen for exposed ports (keep it outside net.ipv4.ip_local_port_range)"},
+			&cli.StringSliceFlag{Name: "uplink", Usage: "interface that carries sandbox traffic to the world (repeatable; default: those of the default routes)"},
+			&cli.StringFlag{Name: "nft-table", Value: "nsbox", Usage: "nftables table (family inet) owned by nsbox"},
+			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
+			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
 		},
 		Action: runDaemon,
 	}
@@ -62,7 +68,11 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rt, err := nsbox.Open(nsbox.Config{
+	netCfg, err := networkFlags(c)
+	if err != nil {
+		return err
+	}
+	cfg := nsbox.Config{
 		DataDir:         c.String("data-dir"),
 		RunDir:          c.String("run-dir"),
 		CgroupParent:    c.String("cgroup-parent"),
@@ -73,7 +83,13 @@ func runDaemon(c *cli.Context) error {
 		DefaultMemoryMB: c.Int64("default-memory"),
 		DefaultPids:     c.Int64("default-pids"),
 		WarmPool:        pool,
-	}, log)
+		Network:         netCfg,
+		ProxyDomain:     c.String("proxy-domain"),
+	}
+	if c.Bool("cleanup") {
+		return cleanupNetwork(cfg)
+	}
+	rt, err := nsbox.Open(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -70,6 +70,7 @@ type testDaemon struct {
 	socket       string
 	cgroupParent string
 	args         []string // the test's own daemon flags, used again on every restart
+	net          testNetwork
 	cmd          *exec.Cmd
 	log          *bytes.Buffer
 	client       *client.Client
@@ -88,6 +89,7 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 		args:         extraArgs,
 	}
 	d.socket = filepath.Join(d.runDir, "nsbox.sock")
+	d.net = newTestNetwork(t, n)
 	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
 	d.http = &http.Client{Transport: &specCheckingTransport{t: t, next: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -105,7 +107,7 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 func (d *testDaemon) start() {
 	d.t.Helper()
 	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
-		"--cgroup-parent", d.cgroupParent, "--log-level", "debug", "--warm-pool", ""}, d.args...)
+		"--cgroup-parent", d.cgroupParent, "--log-level", "debug", "--warm-pool", ""}, append(d.net.daemonArgs(), d.args...)...)
 	d.log = &bytes.Buffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
@@ -166,6 +168,7 @@ func (d *testDaemon) cleanup() {
 	for _, leak := range d.leaks() {
 		t.Errorf("leaked: %s", leak)
 	}
+	d.cleanupNetwork()
 	// Our own parent cgroups (empty now) and run dir.
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent)
 	for _, dir := range dirs {

@@ -27,14 +27,16 @@ type bench struct {
 	runDir  string // /run/nsbox-bench-<pid>: the daemons' run dirs and runc's state
 	cgroup  string // nsbox-bench-<pid>: the parent of every cgroup made here
 	daemons map[string]*daemon
+	net     benchNet // the daemons' sandbox networks
 }
 
 // daemon is a private nsbox daemon.
 type daemon struct {
-	name, dataDir, cgroupParent, log string
-	cmd                              *exec.Cmd
-	exited                           chan struct{}
-	client                           *client.Client
+	name, dataDir, runDir, cgroupParent, log string
+	netArgs                                  []string // its own nftables table, subnet and uplink
+	cmd                                      *exec.Cmd
+	exited                                   chan struct{}
+	client                                   *client.Client
 }
 
 func newBench(bin string) (*bench, error) {
@@ -46,6 +48,9 @@ func newBench(bin string) (*bench, error) {
 	b := &bench{bin: filepath.Join(tmp, "bin", "nsbox"), tmpDir: tmp, runDir: filepath.Join("/run", name), cgroup: name, daemons: map[string]*daemon{}}
 	if err := errors.Join(os.Mkdir(filepath.Dir(b.bin), 0o755), runCommand("cp", bin, b.bin)); err != nil {
 		return nil, errors.Join(fmt.Errorf("copy the nsbox binary: %w", err), os.RemoveAll(tmp))
+	}
+	if b.net, err = newBenchNet(); err != nil {
+		return nil, errors.Join(err, os.RemoveAll(tmp))
 	}
 	return b, nil
 }
@@ -59,8 +64,9 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool 
 	}
 	runDir := filepath.Join(b.runDir, name)
 	socket := filepath.Join(runDir, "nsbox.sock")
-	d := &daemon{name: name, dataDir: filepath.Join(b.tmpDir, name), cgroupParent: b.cgroup + "/" + name,
-		log: filepath.Join(b.tmpDir, name+".log"), exited: make(chan struct{}), client: client.New(socket)}
+	d := &daemon{name: name, dataDir: filepath.Join(b.tmpDir, name), runDir: runDir, cgroupParent: b.cgroup + "/" + name,
+		log: filepath.Join(b.tmpDir, name+".log"), exited: make(chan struct{}), client: client.New(socket),
+		netArgs: b.net.daemonArgs(len(b.daemons))}
 	logFile, err := os.Create(d.log)
 	if err != nil {
 		return nil, fmt.Errorf("create daemon log: %w", err)
@@ -68,8 +74,8 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool 
 	defer logFile.Close()
 	// Its own process group: a Ctrl-C meant for the benchmark must not stop the daemon
 	// before the benchmark has removed its sandboxes through it.
-	d.cmd = command(b.bin, "--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
-		"--cgroup-parent", d.cgroupParent, "--seccomp="+strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn")
+	d.cmd = command(b.bin, append([]string{"--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
+		"--cgroup-parent", d.cgroupParent, "--seccomp=" + strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn"}, d.netArgs...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start daemon %s: %w", name, err)
@@ -246,7 +252,11 @@ func (b *bench) cleanup() error {
 	var errs []error
 	for _, d := range b.daemons {
 		errs = append(errs, d.stop())
+		// The sandbox network's table, veths and state.
+		args := append([]string{"daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir, "--cleanup"}, d.netArgs...)
+		errs = append(errs, runCommand(b.bin, args...))
 	}
+	errs = append(errs, b.net.remove())
 	for _, dir := range []string{b.runDir, b.tmpDir} {
 		errs = append(errs, unmountUnder(dir), os.RemoveAll(dir))
 	}

@@ -11,6 +11,8 @@
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
 //     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
+//   - network: exposing and unexposing a port, create with a network versus mode none, and
+//     HTTP requests per second through an exposed host port versus straight to the sandbox.
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -27,6 +29,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -73,19 +76,22 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
-	only := flag.String("only", "cycle,session,memory,storage,files", "comma-separated sections to run: cycle, session, memory, storage, files")
+	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
 		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
 	}
 	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "memory" && s != "storage" && s != "files" {
-			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, memory, storage, files)", s)
+		if s = strings.TrimSpace(s); !slices.Contains(sections, s) {
+			return o, fmt.Errorf("-only: unknown section %q (want %s)", s, strings.Join(sections, ", "))
 		}
 		o.sections[s] = true
 	}
 	return o, nil
 }
+
+// sections are the parts of the benchmark, in the order they run.
+var sections = []string{"cycle", "session", "memory", "storage", "files", "network"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -122,6 +128,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["files"] {
 		if err := b.filesSection(ctx, o.n); err != nil {
 			return fmt.Errorf("files: %w", err)
+		}
+	}
+	if o.sections["network"] {
+		if err := b.networkSection(ctx, o.n); err != nil {
+			return fmt.Errorf("network: %w", err)
 		}
 	}
 	return nil

@@ -17,10 +17,11 @@ import (
 
 // benchCase is one thing to time, from start to finish.
 type benchCase struct {
-	name  string
-	run   func(context.Context) error
-	after func(context.Context) error // optional: runs after each run, untimed (undoes what run made)
-	ref   string                      // optional: the case whose median the table compares this one's with
+	name   string
+	run    func(context.Context) error
+	before func(context.Context) error // optional: runs before each run, untimed (makes what run needs)
+	after  func(context.Context) error // optional: runs after each run, untimed (undoes what run made)
+	ref    string                      // optional: the case whose median the table compares this one's with
 }
 
 // timeCases runs every case warm times unmeasured, then n measured times. Each round runs
@@ -34,6 +35,11 @@ func timeCases(ctx context.Context, cases []benchCase, warm, n int) (map[string]
 		for _, c := range order {
 			if err := ctx.Err(); err != nil {
 				return nil, err
+			}
+			if c.before != nil {
+				if err := c.before(ctx); err != nil {
+					return nil, fmt.Errorf("%s (before run %d): %w", c.name, i+1, err)
+				}
 			}
 			start := time.Now()
 			err := c.run(ctx)

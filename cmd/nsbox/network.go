@@ -1,0 +1,192 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox"
+)
+
+// networkFlags reads the daemon's network flags.
+func networkFlags(c *cli.Context) (nsbox.NetworkConfig, error) {
+	subnet, err := netip.ParsePrefix(c.String("subnet"))
+	if err != nil {
+		return nsbox.NetworkConfig{}, fmt.Errorf("--subnet %q: use an IPv4 CIDR such as 10.89.0.0/16", c.String("subnet"))
+	}
+	low, high, ok := strings.Cut(c.String("host-ports"), "-")
+	lo, err1 := strconv.Atoi(low)
+	hi, err2 := strconv.Atoi(high)
+	if !ok || err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
+		return nsbox.NetworkConfig{}, fmt.Errorf("--host-ports %q: use LOW-HIGH within 1-65535, e.g. 20000-29999", c.String("host-ports"))
+	}
+	return nsbox.NetworkConfig{Subnet: subnet, Table: c.String("nft-table"), HostPortMin: lo, HostPortMax: hi,
+		Uplinks: c.StringSlice("uplink")}, nil
+}
+
+// cleanupNetwork is `nsbox daemon --cleanup`: it refuses while a daemon holds the metadata.
+func cleanupNetwork(cfg nsbox.Config) error {
+	meta := filepath.Join(cfg.DataDir, "meta.db")
+	if _, err := os.Stat(meta); err == nil {
+		store, err := nsbox.OpenStore(meta)
+		if err != nil {
+			return fmt.Errorf("cleanup: %w; stop the daemon first", err)
+		}
+		store.Close()
+	}
+	if err := nsbox.CleanupNetwork(cfg); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	slog.Info("sandbox network removed", "table", cfg.Network.Table, "subnet", cfg.Network.Subnet)
+	return nil
+}
+
+func portCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "port",
+		Usage: "expose sandbox ports on host ports",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "expose a port of a sandbox and print the mapping and its URL",
+				ArgsUsage: "ID PORT[/udp]",
+				Flags: []cli.Flag{
+					&cli.IntFlag{Name: "host-port", Usage: "host port (default: one from the daemon's range)"},
+					&cli.StringFlag{Name: "host-ip", Usage: "expose on this host address only, e.g. 127.0.0.1 (default: every address)"},
+					&cli.BoolFlag{Name: "public", Usage: "the preview proxy serves the port without a token"},
+					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+				},
+				Action: cmdPortAdd,
+			},
+			{
+				Name:      "ls",
+				Usage:     "list a sandbox's exposed ports",
+				ArgsUsage: "ID",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action:    cmdPortList,
+			},
+			{
+				Name:      "rm",
+				Usage:     "stop exposing a port (connections through it are cut)",
+				ArgsUsage: "ID PORT[/udp]",
+				Action:    cmdPortRemove,
+			},
+		},
+	}
+}
+
+func networkCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "network",
+		Usage:     "change a running sandbox's network mode: none, egress or allow (with --allow)",
+		ArgsUsage: "ID MODE",
+		Flags:     []cli.Flag{allowFlag()},
+		Action:    cmdNetwork,
+	}
+}
+
+func allowFlag() cli.Flag {
+	return &cli.StringSliceFlag{Name: "allow", Usage: "IPv4 CIDR the sandbox may reach in mode allow (repeatable)"}
+}
+
+// networkFlag and allowFlag are the create command's network options.
+func networkFlag() cli.Flag {
+	return &cli.StringFlag{Name: "network", Usage: "network mode: egress (default), none or allow (with --allow)"}
+}
+
+// createNetwork is the network a create asks for; nil (the daemon's default) when no flag was given.
+func createNetwork(c *cli.Context) *api.NetworkSpec {
+	if c.String("network") == "" && len(c.StringSlice("allow")) == 0 {
+		return nil
+	}
+	mode := c.String("network")
+	if mode == "" {
+		mode = api.NetworkAllow
+	}
+	return &api.NetworkSpec{Mode: mode, Allow: c.StringSlice("allow")}
+}
+
+// parsePortArg parses PORT or PORT/udp or PORT/tcp.
+func parsePortArg(arg string) (int, string, error) {
+	num, protocol, _ := strings.Cut(arg, "/")
+	if protocol == "" {
+		protocol = api.ProtocolTCP
+	}
+	port, err := strconv.Atoi(num)
+	if err != nil || (protocol != api.ProtocolTCP && protocol != api.ProtocolUDP) {
+		return 0, "", fmt.Errorf("port %q: use PORT, PORT/tcp or PORT/udp", arg)
+	}
+	return port, protocol, nil
+}
+
+func cmdPortAdd(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return errors.New("usage: nsbox port add [--host-port N] [--host-ip IP] [--public] ID PORT[/udp]")
+	}
+	port, protocol, err := parsePortArg(c.Args().Get(1))
+	if err != nil {
+		return err
+	}
+	p, err := apiClient(c).ExposePort(c.Context, c.Args().First(), api.ExposePortRequest{
+		Port: port, Protocol: protocol, HostPort: c.Int("host-port"), HostIP: c.String("host-ip"), Public: c.Bool("public"),
+	})
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(p)
+	}
+	fmt.Printf("%s:%d/%s -> %d/%s\t%s\n", p.HostIP, p.HostPort, p.Protocol, p.Port, p.Protocol, p.URL)
+	return nil
+}
+
+func cmdPortList(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return errors.New("usage: nsbox port ls [--json] ID")
+	}
+	ports, err := apiClient(c).ListPorts(c.Context, c.Args().First())
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(ports)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PORT\tPROTOCOL\tHOST\tPUBLIC\tURL")
+	for _, p := range ports {
+		fmt.Fprintf(tw, "%d\t%s\t%s:%d\t%t\t%s\n", p.Port, p.Protocol, p.HostIP, p.HostPort, p.Public, p.URL)
+	}
+	return tw.Flush()
+}
+
+func cmdPortRemove(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return errors.New("usage: nsbox port rm ID PORT[/udp]")
+	}
+	port, protocol, err := parsePortArg(c.Args().Get(1))
+	if err != nil {
+		return err
+	}
+	return apiClient(c).UnexposePort(c.Context, c.Args().First(), port, protocol)
+}
+
+func cmdNetwork(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return errors.New("usage: nsbox network [--allow CIDR...] ID none|egress|allow")
+	}
+	sb, err := apiClient(c).SetNetwork(c.Context, c.Args().First(), api.NetworkSpec{Mode: c.Args().Get(1), Allow: c.StringSlice("allow")})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s\t%s\t%s\n", sb.ID, sb.Network.Mode, sb.Network.IP)
+	return nil
+}

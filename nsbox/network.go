@@ -1,0 +1,502 @@
+package nsbox
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/opencontainers/runc/libcontainer/configs"
+
+	"github.com/nsbox/nsbox/api"
+	sandboxnet "github.com/nsbox/nsbox/net"
+)
+
+// NetworkConfig is the host side of sandbox networking (package net): IPv4 only.
+type NetworkConfig struct {
+	// Subnet holds the sandboxes' addresses; its first address is the host's (the gateway).
+	Subnet netip.Prefix
+	// Table is the nftables table (family inet) nsbox owns; nothing else may use the name.
+	Table string
+	// HostPortMin and HostPortMax bound the host ports chosen for exposures that name none.
+	HostPortMin, HostPortMax int
+	// Uplinks carry sandbox traffic to the world; empty: the interfaces of the default routes.
+	Uplinks []string
+}
+
+// portRecord is what the daemon keeps about an exposed port besides what package net keeps
+// (host port and address, in its own state file): the preview proxy's token and whether the
+// port is public.
+type portRecord struct {
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol"`
+	Token    string `json:"token,omitempty"`
+	Public   bool   `json:"public,omitempty"`
+}
+
+func (c *Config) netConfig() sandboxnet.Config {
+	return sandboxnet.Config{
+		Subnet:      c.Network.Subnet,
+		StatePath:   filepath.Join(c.RunDir, "network.json"),
+		Table:       c.Network.Table,
+		HostPortMin: c.Network.HostPortMin,
+		HostPortMax: c.Network.HostPortMax,
+		Uplinks:     c.Network.Uplinks,
+	}
+}
+
+// CleanupNetwork removes everything sandbox networking made on the host with this config (the
+// nftables table, veths, routes, addresses, conntrack entries, the state file), for
+// `nsbox daemon --cleanup` while no daemon runs.
+func CleanupNetwork(cfg Config) error {
+	return sandboxnet.Cleanup(cfg.netConfig())
+}
+
+// netLocks serializes the network changes of one sandbox (mode, ports) with each other.
+type netLocks struct {
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+func (l *netLocks) lock(id string) func() {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*sync.Mutex{}
+	}
+	m := l.locks[id]
+	if m == nil {
+		m = &sync.Mutex{}
+		l.locks[id] = m
+	}
+	l.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// openNetwork takes over the host's sandbox networking: package net rebuilds every rule and
+// exposed port from its state file.
+func (r *Runtime) openNetwork() error {
+	m, err := sandboxnet.Open(r.cfg.netConfig())
+	if err != nil {
+		return fmt.Errorf("sandbox network: %w", err)
+	}
+	r.net = m
+	return nil
+}
+
+// netError maps package net's errors to API errors.
+func netError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, sandboxnet.ErrNotFound):
+		return api.Errorf(api.CodeNotFound, "%v", err)
+	case errors.Is(err, sandboxnet.ErrInvalid):
+		return api.Errorf(api.CodeInvalidArgument, "%v", err)
+	case errors.Is(err, sandboxnet.ErrConflict):
+		return api.Errorf(api.CodeConflict, "%v", err)
+	}
+	return err
+}
+
+// resolveNetwork checks a requested network; an absent one is mode egress.
+func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, error) {
+	var s api.NetworkSpec
+	if spec != nil {
+		s = *spec
+	}
+	if s.Mode == "" {
+		s.Mode = api.NetworkEgress
+	}
+	switch s.Mode {
+	case api.NetworkNone, api.NetworkEgress:
+		if len(s.Allow) > 0 {
+			return s, nil, api.Errorf(api.CodeInvalidArgument, "network.allow is only for mode allow, not %q", s.Mode)
+		}
+	case api.NetworkAllow:
+	default:
+		return s, nil, api.Errorf(api.CodeInvalidArgument, "network.mode must be none, egress or allow, not %q", s.Mode)
+	}
+	allow := make([]netip.Prefix, 0, len(s.Allow))
+	for _, a := range s.Allow {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			if addr, aerr := netip.ParseAddr(a); aerr == nil {
+				p, err = addr.Prefix(addr.BitLen())
+			}
+		}
+		if err != nil || !p.Addr().Is4() {
+			return s, nil, api.Errorf(api.CodeInvalidArgument, "network.allow %q: must be an IPv4 address or CIDR such as 192.0.2.0/24", a)
+		}
+		allow = append(allow, p.Masked())
+	}
+	return s, allow, nil
+}
+
+// mountNetworkFiles writes a new container's /etc/hosts and /etc/resolv.conf into its run dir
+// and mounts them read-only into its config. Until connectNetwork the hosts file names the
+// container; it is rewritten in place then, so the mount shows the new content.
+func (r *Runtime) mountNetworkFiles(container string, config *configs.Config) error {
+	resolv, err := sandboxnet.ResolvConf()
+	if errors.Is(err, sandboxnet.ErrNoNameserver) {
+		r.log.Warn("sandboxes get no DNS server", "err", err)
+	} else if err != nil {
+		return err
+	}
+	files := []struct {
+		name, dest string
+		data       []byte
+	}{
+		{"hosts", "/etc/hosts", sandboxnet.HostsFile(container, netip.Addr{})},
+		{"resolv.conf", "/etc/resolv.conf", resolv},
+	}
+	for _, f := range files {
+		path := filepath.Join(r.sandboxRunDir(container), f.name)
+		if err := os.WriteFile(path, f.data, 0o644); err != nil {
+			return fmt.Errorf("write sandbox %s: %w", f.name, err)
+		}
+		config.Mounts = append(config.Mounts, readonlyBind(path, f.dest))
+	}
+	return nil
+}
+
+// connectNetwork gives a started container the network of the sandbox it becomes, before the
+// sandbox's record says running: an address (not in mode none), its /etc/hosts, and the link
+// into its network namespace.
+func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
+	_, allow, err := resolveNetwork(&api.NetworkSpec{Mode: rec.Network.Mode, Allow: rec.Network.Allow})
+	if err != nil {
+		return err
+	}
+	var addr netip.Addr
+	if rec.Network.Mode != api.NetworkNone {
+		if addr, err = r.net.Allocate(rec.ID); err != nil {
+			return netError(err)
+		}
+	}
+	// Rewritten in place (truncate, write): the container's bind mount shows the same inode.
+	hosts := filepath.Join(r.sandboxRunDir(sc.id), "hosts")
+	if err := os.WriteFile(hosts, sandboxnet.HostsFile(rec.ID, addr), 0o644); err != nil {
+		return fmt.Errorf("write sandbox hosts: %w", err)
+	}
+	a, err := r.net.Attach(rec.ID, fmt.Sprintf("/proc/%d/ns/net", sc.pid), sandboxnet.Mode(rec.Network.Mode), allow)
+	if err != nil {
+		return netError(err)
+	}
+	rec.Network = apiNetwork(a)
+	return nil
+}
+
+// apiNetwork is how the API shows a sandbox's network: its address only while it has one.
+func apiNetwork(a *sandboxnet.Attachment) api.SandboxNetwork {
+	n := api.SandboxNetwork{Mode: string(a.Mode)}
+	if a.HostVeth != "" {
+		n.IP = a.Addr.String()
+	}
+	for _, p := range a.Allow {
+		n.Allow = append(n.Allow, p.String())
+	}
+	return n
+}
+
+// detachNetwork removes a sandbox's network (after its container is gone).
+func (r *Runtime) detachNetwork(id string) error {
+	if err := r.net.Detach(id); err != nil {
+		return fmt.Errorf("remove network: %w", err)
+	}
+	return nil
+}
+
+// reconcileNetwork runs after the records are reconciled at start-up: sandboxes that no
+// longer run lose their network, and the exposed ports of those that run are made to agree
+// between the record (tokens) and package net's state (rules), which a kill -9 between the
+// two writes can leave apart.
+func (r *Runtime) reconcileNetwork() error {
+	for _, id := range r.net.Sandboxes() {
+		rec, err := r.store.Get(id)
+		if api.IsCode(err, api.CodeNotFound) || (err == nil && rec.Status != api.StatusRunning) {
+			r.log.Warn("removing the network of a sandbox that does not run", "sandbox", id)
+			if err := r.net.Detach(id); err != nil {
+				r.log.Error("remove network", "sandbox", id, "err", err)
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		netPorts := r.net.Ports(id)
+		for _, p := range netPorts {
+			if findPortRecord(rec.Ports, p.Port, p.Protocol) < 0 {
+				r.log.Warn("unexposing a port the record does not know", "sandbox", id, "port", p.Port, "protocol", p.Protocol)
+				if err := r.net.Unexpose(id, p.Port, p.Protocol); err != nil {
+					r.log.Error("unexpose", "sandbox", id, "err", err)
+				}
+			}
+		}
+		kept := slices.DeleteFunc(slices.Clone(rec.Ports), func(p portRecord) bool {
+			return !slices.ContainsFunc(netPorts, func(q sandboxnet.Port) bool { return q.Port == p.Port && q.Protocol == p.Protocol })
+		})
+		if len(kept) != len(rec.Ports) {
+			rec.Ports = kept
+			if err := r.store.Put(rec); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func findPortRecord(ports []portRecord, port int, protocol string) int {
+	return slices.IndexFunc(ports, func(p portRecord) bool { return p.Port == port && p.Protocol == protocol })
+}
+
+// runningRecord returns the record of a sandbox that runs, or why it does not.
+func (r *Runtime) runningRecord(id string) (*record, error) {
+	_, rec, err := r.runningAgent(id)
+	return rec, err
+}
+
+// SetNetwork changes the network mode of a running sandbox. Connections the sandbox opened
+// are cut, so the new mode applies to them too.
+func (r *Runtime) SetNetwork(id string, spec api.NetworkSpec) (*api.Sandbox, error) {
+	if spec.Mode == "" {
+		return nil, api.Errorf(api.CodeInvalidArgument, "mode is required: none, egress or allow")
+	}
+	spec, allow, err := resolveNetwork(&spec)
+	if err != nil {
+		return nil, err
+	}
+	defer r.netLocks.lock(id)()
+	if _, err := r.runningRecord(id); err != nil {
+		return nil, err
+	}
+	if err := r.net.SetMode(id, sandboxnet.Mode(spec.Mode), allow); err != nil {
+		return nil, netError(err)
+	}
+	a, ok := r.net.Lookup(id)
+	if !ok {
+		return nil, api.Errorf(api.CodeNotFound, "sandbox %q has no network", id)
+	}
+	rec, err := r.store.Update(id, func(rec *record) error {
+		rec.Network = apiNetwork(a)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &rec.Sandbox, nil
+}
+
+// ExposePort forwards a host port to a port of a running sandbox. A TCP port that is not
+// public gets a token for the preview proxy.
+func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.ExposedPort, error) {
+	want := sandboxnet.Port{Port: req.Port, Protocol: req.Protocol, HostPort: req.HostPort}
+	if want.Protocol != "" && want.Protocol != api.ProtocolTCP && want.Protocol != api.ProtocolUDP {
+		return nil, api.Errorf(api.CodeInvalidArgument, "protocol must be tcp or udp, not %q", req.Protocol)
+	}
+	if req.HostIP != "" {
+		ip, err := netip.ParseAddr(req.HostIP)
+		if err != nil {
+			return nil, api.Errorf(api.CodeInvalidArgument, "hostIP %q is not an IP address", req.HostIP)
+		}
+		want.HostIP = ip
+	}
+	defer r.netLocks.lock(id)()
+	rec, err := r.runningRecord(id)
+	if err != nil {
+		return nil, err
+	}
+	p, err := r.net.Expose(id, want)
+	if err != nil {
+		return nil, netError(err)
+	}
+	pr := portRecord{Port: p.Port, Protocol: p.Protocol, Public: req.Public}
+	if i := findPortRecord(rec.Ports, p.Port, p.Protocol); i >= 0 {
+		// Exposed already with the same host side: the same exposure, unless public changes.
+		if rec.Ports[i].Public != req.Public {
+			return nil, api.Errorf(api.CodeConflict, "port %d/%s is already exposed with public=%t; remove it first to change that", p.Port, p.Protocol, rec.Ports[i].Public)
+		}
+		return r.exposedPort(id, p, rec.Ports[i]), nil
+	}
+	if p.Protocol == sandboxnet.TCP && !req.Public {
+		pr.Token = newToken()
+	}
+	_, err = r.store.Update(id, func(rec *record) error {
+		rec.Ports = append(rec.Ports, pr)
+		return nil
+	})
+	if err != nil {
+		if uerr := r.net.Unexpose(id, p.Port, p.Protocol); uerr != nil && !errors.Is(uerr, sandboxnet.ErrNotFound) {
+			err = errors.Join(err, uerr)
+		}
+		return nil, err
+	}
+	return r.exposedPort(id, p, pr), nil
+}
+
+// UnexposePort stops forwarding a sandbox port and cuts the connections open through it.
+func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
+	defer r.netLocks.lock(id)()
+	rec, err := r.store.Get(id)
+	if err != nil {
+		return err
+	}
+	if err := r.net.Unexpose(id, port, protocol); err != nil && !(errors.Is(err, sandboxnet.ErrNotFound) && findPortRecord(rec.Ports, port, protocol) >= 0) {
+		return netError(err)
+	}
+	_, err = r.store.Update(id, func(rec *record) error {
+		if i := findPortRecord(rec.Ports, port, protocol); i >= 0 {
+			rec.Ports = slices.Delete(rec.Ports, i, i+1)
+		}
+		return nil
+	})
+	return err
+}
+
+// Ports lists a sandbox's exposed ports.
+func (r *Runtime) Ports(id string) ([]api.ExposedPort, error) {
+	rec, err := r.store.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	out := []api.ExposedPort{}
+	for _, p := range r.net.Ports(id) {
+		if i := findPortRecord(rec.Ports, p.Port, p.Protocol); i >= 0 {
+			out = append(out, *r.exposedPort(id, p, rec.Ports[i]))
+		}
+	}
+	slices.SortFunc(out, func(a, b api.ExposedPort) int {
+		return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
+	})
+	return out, nil
+}
+
+func (r *Runtime) exposedPort(id string, p sandboxnet.Port, pr portRecord) *api.ExposedPort {
+	out := &api.ExposedPort{Port: p.Port, Protocol: p.Protocol, HostPort: p.HostPort, HostIP: "0.0.0.0",
+		Public: pr.Public, Token: pr.Token}
+	host := "127.0.0.1"
+	if p.HostIP.IsValid() {
+		out.HostIP, host = p.HostIP.String(), p.HostIP.String()
+	}
+	switch {
+	case p.Protocol == sandboxnet.UDP:
+		out.URL = fmt.Sprintf("udp://%s:%d", host, p.HostPort)
+	case r.cfg.ProxyDomain != "":
+		name := fmt.Sprintf("%d-%s", p.Port, id)
+		if pr.Token != "" {
+			name += "-" + pr.Token
+		}
+		out.URL = "http://" + name + "." + r.cfg.ProxyDomain
+		if r.cfg.ProxyPort != 0 && r.cfg.ProxyPort != 80 {
+			out.URL += ":" + strconv.Itoa(r.cfg.ProxyPort)
+		}
+	default:
+		out.URL = fmt.Sprintf("http://%s:%d", host, p.HostPort)
+	}
+	return out
+}
+
+// PreviewTarget is where the preview proxy sends requests for an exposed TCP port of a
+// sandbox: the sandbox's own address and port, without NAT, with the port's token (empty
+// when public). Errors: api.CodeNotFound when the sandbox or the exposed TCP port does not
+// exist, api.CodeUnavailable when the sandbox does not run or has no network (mode none).
+func (r *Runtime) PreviewTarget(id string, port int) (addr netip.AddrPort, token string, public bool, err error) {
+	rec, err := r.store.Get(id)
+	if err != nil {
+		return netip.AddrPort{}, "", false, err
+	}
+	i := findPortRecord(rec.Ports, port, sandboxnet.TCP)
+	if i < 0 {
+		return netip.AddrPort{}, "", false, api.Errorf(api.CodeNotFound, "port %d of sandbox %q is not exposed", port, id)
+	}
+	if rec.Status != api.StatusRunning {
+		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q is not running (%s)", id, rec.Status)
+	}
+	a, ok := r.net.Lookup(id)
+	if !ok || a.HostVeth == "" {
+		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q has no network (mode none)", id)
+	}
+	return netip.AddrPortFrom(a.Addr, uint16(port)), rec.Ports[i].Token, rec.Ports[i].Public, nil
+}
+
+// newToken is a preview proxy token: 32 lowercase hex digits from crypto/rand.
+func newToken() string { return randomHex(16) }
+
+// requestedNetwork is the network a create asks for, checked, as the record keeps it until
+// the sandbox is attached.
+func requestedNetwork(spec *api.NetworkSpec) (api.SandboxNetwork, error) {
+	s, allow, err := resolveNetwork(spec)
+	if err != nil {
+		return api.SandboxNetwork{}, err
+	}
+	n := api.SandboxNetwork{Mode: s.Mode}
+	for _, p := range allow {
+		n.Allow = append(n.Allow, p.String())
+	}
+	return n, nil
+}
+
+func (r *Runtime) handleSetNetwork(w http.ResponseWriter, req *http.Request) {
+	var body api.NetworkSpec
+	if err := decodeBody(w, req, &body); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	sb, err := r.SetNetwork(req.PathValue("id"), body)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, sb)
+}
+
+func (r *Runtime) handleExposePort(w http.ResponseWriter, req *http.Request) {
+	var body api.ExposePortRequest
+	if err := decodeBody(w, req, &body); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	p, err := r.ExposePort(req.PathValue("id"), body)
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusCreated, p)
+}
+
+func (r *Runtime) handleListPorts(w http.ResponseWriter, req *http.Request) {
+	ports, err := r.Ports(req.PathValue("id"))
+	if err != nil {
+		r.writeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, ports)
+}
+
+func (r *Runtime) handleUnexposePort(w http.ResponseWriter, req *http.Request) {
+	port, err := strconv.Atoi(req.PathValue("port"))
+	if err != nil || port < 1 || port > 65535 {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "port must be a number 1-65535, not %q", req.PathValue("port")))
+		return
+	}
+	protocol := req.URL.Query().Get("protocol")
+	switch protocol {
+	case "":
+		protocol = api.ProtocolTCP
+	case api.ProtocolTCP, api.ProtocolUDP:
+	default:
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "protocol must be tcp or udp, not %q", protocol))
+		return
+	}
+	if err := r.UnexposePort(req.PathValue("id"), port, protocol); err != nil {
+		r.writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
