@@ -43,7 +43,7 @@ func netRuntime(t *testing.T) *Runtime {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Runtime{cfg: cfg, store: store, log: slog.Default(), busy: map[string]string{}, agents: map[string]*agentClient{}}
+	r := &Runtime{cfg: cfg, store: store, log: slog.Default(), busy: map[string]string{}, agents: map[string]*agentClient{}, pool: newWarmPool(nil)}
 	if err := r.openNetwork(); err != nil {
 		t.Fatal(err)
 	}
