@@ -356,6 +356,9 @@ func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
 		}
 		return nil
 	})
+	if protocol == sandboxnet.TCP {
+		r.forgetPreview(id, port)
+	}
 	return err
 }
 

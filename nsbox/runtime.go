@@ -27,6 +27,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	sandboxnet "github.com/nsbox/nsbox/net"
+	"github.com/nsbox/nsbox/proxy"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -73,6 +74,7 @@ type Runtime struct {
 
 	net      *sandboxnet.Manager
 	netLocks netLocks
+	preview  *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -481,6 +483,7 @@ func (r *Runtime) Remove(id string, force bool) error {
 	if err := r.store.Delete(id); err != nil {
 		return fmt.Errorf("forget sandbox %s: %w", id, err)
 	}
+	r.forgetPreview(id, 0)
 	r.log.Info("sandbox removed", "sandbox", id)
 	return nil
 }

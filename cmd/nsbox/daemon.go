@@ -40,6 +40,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "host-ports", Value: "20000-29999", Usage: "range LOW-HIGH of host ports chosen for exposed ports (keep it outside net.ipv4.ip_local_port_range)"},
 			&cli.StringSliceFlag{Name: "uplink", Usage: "interface that carries sandbox traffic to the world (repeatable; default: those of the default routes)"},
 			&cli.StringFlag{Name: "nft-table", Value: "nsbox", Usage: "nftables table (family inet) owned by nsbox"},
+			&cli.StringFlag{Name: "proxy-listen", Usage: "address of the preview proxy, e.g. :8080 (needs --proxy-domain; default: no proxy)"},
 			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
 			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
 		},
@@ -86,6 +87,9 @@ func runDaemon(c *cli.Context) error {
 		Network:         netCfg,
 		ProxyDomain:     c.String("proxy-domain"),
 	}
+	if cfg.ProxyPort, err = proxyPort(c.String("proxy-listen"), cfg.ProxyDomain); err != nil {
+		return err
+	}
 	if c.Bool("cleanup") {
 		return cleanupNetwork(cfg)
 	}
@@ -100,6 +104,11 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	preview, err := servePreview(rt, c.String("proxy-listen"), log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
 	go func() {
@@ -107,6 +116,9 @@ func runDaemon(c *cli.Context) error {
 		log.Info("shutting down; sandboxes keep running")
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		if preview != nil {
+			_ = preview.Shutdown(shutdownCtx)
+		}
 		_ = srv.Shutdown(shutdownCtx)
 	}()
 	log.Info("nsbox daemon listening", "socket", c.String("socket"), "version", version, "data", c.String("data-dir"))
@@ -114,6 +126,50 @@ func runDaemon(c *cli.Context) error {
 		return fmt.Errorf("serve API: %w", err)
 	}
 	return nil
+}
+
+// proxyPort checks --proxy-listen against --proxy-domain and returns the port the proxy
+// listens on (0 without a proxy), which exposed ports' URLs name.
+func proxyPort(listen, domain string) (int, error) {
+	if listen == "" {
+		return 0, nil
+	}
+	if domain == "" {
+		return 0, errors.New("--proxy-listen needs --proxy-domain: the proxy routes {port}-{sandbox}.{domain}")
+	}
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return 0, fmt.Errorf("--proxy-listen %q: %w", listen, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("--proxy-listen %q: give a port from 1 to 65535, e.g. :8080", listen)
+	}
+	return n, nil
+}
+
+// servePreview starts the preview proxy on its own listener, when --proxy-listen asks for it.
+// Its server has no read or write timeout, which would cut WebSocket and SSE streams.
+func servePreview(rt *nsbox.Runtime, listen string, log *slog.Logger) (*http.Server, error) {
+	if listen == "" {
+		return nil, nil
+	}
+	handler, err := rt.PreviewProxy(log)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("preview proxy: %w", err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("preview proxy stopped", "err", err)
+		}
+	}()
+	log.Info("preview proxy listening", "address", ln.Addr().String())
+	return srv, nil
 }
 
 // parseWarmPool reads --warm-pool: IMAGE=N pairs separated by commas.
