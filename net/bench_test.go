@@ -80,7 +80,7 @@ func BenchmarkCutPortFlows(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("kernel-filter/%d-entries", entries), func(b *testing.B) {
 			for b.Loop() {
-				if err := tn.m.flusher.flush(p); err != nil {
+				if err := tn.m.flusher.flush(portFlows(p)); err != nil {
 					b.Fatal(err)
 				}
 			}

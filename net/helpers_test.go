@@ -232,6 +232,8 @@ func newTestNet(t testing.TB) *testNet {
 			t.Errorf("Cleanup: %v", err)
 		}
 	})
+	// Registered before any sandbox's Detach, so it runs after them: the Manager open then.
+	t.Cleanup(func() { tn.m.Close() })
 	tn.m = tn.open()
 	return tn
 }
@@ -242,7 +244,6 @@ func (tn *testNet) open() *Manager {
 	if err != nil {
 		tn.t.Fatalf("Open: %v", err)
 	}
-	tn.t.Cleanup(m.Close)
 	return m
 }
 

@@ -3,9 +3,11 @@ package sandboxnet
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -85,6 +87,7 @@ func enableForwarding(uplinks []string) ([]string, error) {
 // one sandbox: there is no bridge, so sandboxes share no layer-2 segment and everything
 // between them is routed through the host's rules. On error it removes what it made.
 func (m *Manager) createVeth(id, veth string, addr netip.Addr, ns netns.NsHandle) error {
+	m.deleting.waitFor(veth) // a sandbox of the same id removed a moment ago
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = veth
 	attrs.Alias = vethAlias(m.cfg.Table, id)
@@ -178,6 +181,55 @@ func (m *Manager) configureSandboxSide(addr netip.Addr, ns netns.NsHandle) error
 
 // deleteVeth removes the host side of a sandbox's veth, which takes the peer, the host's
 // address on it and the route to the sandbox with it; a veth already gone is not an error.
+// vethDeletions deletes the host veths of detached sandboxes in the background. Deleting a
+// link waits for the kernel's RCU grace periods (measured: ~15 ms a veth here, most of a
+// remove), and by the time a sandbox is detached its container is gone, so its namespace and
+// the veth's other end are going anyway. Nothing depends on the host end being gone at once:
+// its rules are removed first, and its address is not handed out again soon (addresses are
+// reused as late as possible). A new veth of the same name waits for the old one; Close waits
+// for them all.
+type vethDeletions struct {
+	mu      sync.Mutex
+	pending map[string]chan struct{}
+	wg      sync.WaitGroup
+}
+
+func (d *vethDeletions) start(veth string, log *slog.Logger) {
+	done := make(chan struct{})
+	d.mu.Lock()
+	if d.pending == nil {
+		d.pending = map[string]chan struct{}{}
+	}
+	d.pending[veth] = done
+	d.mu.Unlock()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := deleteVeth(veth); err != nil {
+			log.Error("delete the veth of a detached sandbox", "veth", veth, "err", err)
+		}
+		d.mu.Lock()
+		if d.pending[veth] == done {
+			delete(d.pending, veth)
+		}
+		d.mu.Unlock()
+		close(done)
+	}()
+}
+
+// waitFor waits until a pending deletion of veth, if any, is done.
+func (d *vethDeletions) waitFor(veth string) {
+	d.mu.Lock()
+	done := d.pending[veth]
+	d.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// wait waits for every pending deletion.
+func (d *vethDeletions) wait() { d.wg.Wait() }
+
 func deleteVeth(veth string) error {
 	link, err := netlink.LinkByName(veth)
 	if isNotFound(err) {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Errors the API layer can map to answers: wrapped by every error they describe.
@@ -41,6 +42,7 @@ type Manager struct {
 	flusher  *portFlusher        // conntrack, for the kernel-side delete of one port's flows
 	holds    map[hostPortKey]int // bound sockets that keep exposed host ports from host processes
 	nextPort int                 // where the search for a free host port starts
+	deleting vethDeletions       // veths of detached sandboxes, deleted in the background
 }
 
 // Attachment describes a sandbox's network.
@@ -208,6 +210,7 @@ func (m *Manager) Close() {
 	}
 	m.ct.Close()
 	m.flusher.close()
+	m.deleting.wait()
 }
 
 // Allocate reserves an address for a sandbox before it is attached, e.g. to write its
@@ -324,6 +327,22 @@ func (m *Manager) disconnect(id string, sb *sandbox) error {
 	return nil
 }
 
+// flushFlows deletes conntrack entries inside the kernel (portFlusher); on a kernel without the
+// filtered flush it dumps the table and deletes what matches the fallback matches instead.
+func (m *Manager) flushFlows(id string, matches []origMatch, fallback ...flowMatch) error {
+	for _, o := range matches {
+		err := m.flusher.flush(o)
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+			// A kernel before the filtered flush (Linux 6.6): dump the table and delete.
+			return m.cutFlows(id, fallback...)
+		}
+		if err != nil {
+			return fmt.Errorf("sandbox %q: changed, but its open connections could not be cut: %w", id, err)
+		}
+	}
+	return nil
+}
+
 // cutFlows deletes conntrack entries once a change is in the rules and the state, so open
 // connections are judged by the new rules; its failure leaves rules and state consistent.
 func (m *Manager) cutFlows(id string, matches ...flowMatch) error {
@@ -402,8 +421,8 @@ func (m *Manager) switchMode(id string, prev, next *sandbox) error {
 	return nil
 }
 
-// Detach removes a sandbox's network: rules, veth, exposed ports, conntrack entries, and
-// its address reservation. It works when the sandbox's namespace is already gone, and a
+// Detach removes a sandbox's network: rules, exposed ports, conntrack entries, its address
+// reservation and, in the background, its veth. It works when the sandbox's namespace is already gone, and a
 // sandbox without network state is not an error.
 func (m *Manager) Detach(id string) error {
 	m.mu.Lock()
@@ -412,8 +431,13 @@ func (m *Manager) Detach(id string) error {
 	if sb == nil {
 		return nil
 	}
-	if err := m.disconnect(id, sb); err != nil {
-		return err
+	if sb.networked() {
+		// Rules first; the veth goes in the background (see vethDeletions).
+		veth := hostVethName(m.cfg.Table, id)
+		if err := m.delSandboxRules(sb, veth); err != nil {
+			return fmt.Errorf("sandbox %q: %w", id, err)
+		}
+		m.deleting.start(veth, m.log)
 	}
 	for _, p := range sb.Ports {
 		m.release(p)
@@ -425,7 +449,7 @@ func (m *Manager) Detach(id string) error {
 	if !sb.networked() {
 		return nil
 	}
-	return m.cutFlows(id, flowsOf(sb.Addr)...)
+	return m.flushFlows(id, sandboxFlows(sb.Addr, sb.Ports), flowsOf(sb.Addr)...)
 }
 
 // Sandboxes lists the ids of every sandbox with network state, e.g. to find those whose

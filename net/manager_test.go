@@ -409,9 +409,7 @@ func TestDetachAndCleanupLeaveNothing(t *testing.T) {
 	if err := tn.m.Detach(id); err != nil {
 		t.Fatalf("second Detach: %v", err)
 	}
-	if ok, _ := linkExists(hostVethName(tn.cfg.Table, id)); ok {
-		t.Fatal("veth left after Detach")
-	}
+	waitFor(t, "the veth of a detached sandbox to go", func() bool { ok, _ := linkExists(hostVethName(tn.cfg.Table, id)); return !ok })
 	assertOnlyLoopback(t, ns)
 	if routes, err := netlink.RouteGet(a.Addr.AsSlice()); err == nil && len(routes) > 0 && routes[0].LinkIndex > 0 {
 		if l, err := netlink.LinkByIndex(routes[0].LinkIndex); err == nil && l.Attrs().Name == hostVethName(tn.cfg.Table, id) {
@@ -477,5 +475,50 @@ func TestAllocateBeforeAttach(t *testing.T) {
 	}
 	if _, err := tn.m.Attach(id, ns.path, ModeEgress, nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("second Attach: %v, want ErrConflict", err)
+	}
+}
+
+// TestDetachForgetsTheSandboxFlows: after Detach no conntrack entry has the sandbox's address
+// as its reply source (flows to it through an exposed port or straight to its address).
+func TestDetachForgetsTheSandboxFlows(t *testing.T) {
+	tn := newTestNet(t)
+	ns, a := tn.sandbox("a", ModeEgress)
+	id := tn.id("a")
+	ns.serveHTTP(t, "0.0.0.0:8080", "a")
+	p, err := tn.m.Expose(id, Port{Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{hostPort(localhost, p.HostPort), hostPort(a.Addr, 8080)} {
+		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := keepAliveRequest(c, bufio.NewReader(c)); err != nil {
+			t.Fatalf("request to %s: %v", addr, err)
+		}
+	}
+	flowsOfSandbox := func() int {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, f := range flows {
+			if f.Reverse.SrcIP.Equal(a.Addr.AsSlice()) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := flowsOfSandbox(); n < 2 {
+		t.Fatalf("%d conntrack entries of the sandbox before Detach, want at least 2", n)
+	}
+	if err := tn.m.Detach(id); err != nil {
+		t.Fatal(err)
+	}
+	if n := flowsOfSandbox(); n != 0 {
+		t.Fatalf("%d conntrack entries of the sandbox after Detach", n)
 	}
 }

@@ -164,15 +164,7 @@ func (m *Manager) Unexpose(id string, port int, protocol string) error {
 	if !sb.networked() {
 		return nil
 	}
-	err := m.flusher.flush(p)
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
-		// A kernel before the filtered flush (Linux 6.x): dump the table and delete.
-		return m.cutFlows(id, flowsToPort(p, sb.Addr))
-	}
-	if err != nil {
-		return fmt.Errorf("sandbox %q: unexposed, but its open connections could not be cut: %w", id, err)
-	}
-	return nil
+	return m.flushFlows(id, []origMatch{portFlows(p)}, flowsToPort(p, sb.Addr))
 }
 
 // forward adds a port's forwarding rule as one batch.

@@ -120,6 +120,9 @@ func ReleaseDisk(image, target string, wait time.Duration) error {
 	} else if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount %s: %w", target, err)
 	}
+	if _, err := os.Stat(image); errors.Is(err, os.ErrNotExist) {
+		return nil // no disk (the image is deleted only after its loop device is gone)
+	}
 	deadline := time.Now().Add(wait)
 	for {
 		devs := LoopDevices(image)
