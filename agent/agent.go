@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/process"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -26,7 +27,9 @@ type Agent struct {
 	version  string
 	procs    *procTable
 	sessions *session.Manager
-	log      *slog.Logger
+	// processes are the sandbox's long-running processes (see package process).
+	processes *process.Manager
+	log       *slog.Logger
 }
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
@@ -52,6 +55,7 @@ func Run(listenFD int, version string) error {
 	if a.sessions, err = session.NewManager(sessionDir, cwd, a.procs.start); err != nil {
 		return err
 	}
+	a.processes = process.NewManager(a.procs.start, cwd, a.sessionState)
 
 	signals := make(chan os.Signal, 16)
 	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
@@ -95,5 +99,6 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /v1/sessions/{sid}/terminal", a.handleTerminalOutput)
 	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/input", a.handleTerminalInput)
 	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
+	a.processRoutes(mux)
 	return mux
 }

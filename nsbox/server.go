@@ -46,6 +46,17 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/files/mkdir", (*Runtime).handleMkdir},
 	{"POST", "/v1/sandboxes/{id}/files/move", (*Runtime).handleMove},
 	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
+	{"POST", "/v1/sandboxes/{id}/processes", (*Runtime).handleStartProcess},
+	{"GET", "/v1/sandboxes/{id}/processes", (*Runtime).handleProcessCall},
+	{"DELETE", "/v1/sandboxes/{id}/processes", (*Runtime).handleProcessCall},
+	{"POST", "/v1/sandboxes/{id}/processes/kill", (*Runtime).handleKillProcess},
+	{"GET", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleProcessCall},
+	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleProcessCall},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/kill", (*Runtime).handleKillProcess},
+	{"GET", "/v1/sandboxes/{id}/processes/{pid}/logs", (*Runtime).handleProcessLogs},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin", (*Runtime).handleProcessStdin},
+	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}/stdin", (*Runtime).handleProcessStdin},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait", (*Runtime).handleWaitProcess},
 }
 
 // Handler returns the daemon's HTTP API.

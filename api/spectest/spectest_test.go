@@ -400,6 +400,13 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"ExecRequest", api.ExecRequest{}, false},
 		{"FileInfo", api.FileInfo{}, true},
 		{"FileEvent", api.FileEvent{}, true},
+		{"StartProcessRequest", api.StartProcessRequest{}, false},
+		{"Process", api.Process{}, true},
+		{"KillProcessRequest", api.KillProcessRequest{}, false},
+		{"ProcessEvent", api.ProcessEvent{}, true},
+		{"ProcessLogs", api.ProcessLogs{}, true},
+		{"WaitProcessRequest", api.WaitProcessRequest{}, false},
+		{"WaitProcessResult", api.WaitProcessResult{}, true},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]

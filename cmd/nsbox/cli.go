@@ -71,6 +71,7 @@ func clientCommands() []*cli.Command {
 		sessionCommand(),
 		attachCommand(),
 		filesCommand(), cpCommand(),
+		psCommand(), startCommand(), logsCommand(), killCommand(), waitCommand(), stdinCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
