@@ -39,7 +39,7 @@ func (a *Agent) processRoutes(mux *http.ServeMux) {
 }
 
 // sessionState is what a process started with a session id inherits: the shell's current
-// directory, its exported environment (read by a hidden command in the session, so it waits
+// directory and exported environment (read by a hidden command in the session, so it waits
 // for the session's turn) and its user.
 func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionState, error) {
 	var st process.SessionState
@@ -49,10 +49,10 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 	}
 	ctx, cancel := context.WithTimeout(ctx, sessionStateTimeout)
 	defer cancel()
-	var env bytes.Buffer
-	res, err := s.Exec(ctx, session.ExecRequest{Command: "cat /proc/self/environ"}, func(kind string, b []byte) {
+	var out bytes.Buffer
+	res, err := s.Exec(ctx, session.ExecRequest{Command: "pwd; cat /proc/self/environ"}, func(kind string, b []byte) {
 		if kind == api.EventStdout {
-			env.Write(b)
+			out.Write(b)
 		}
 	})
 	switch {
@@ -67,14 +67,16 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 	if info.Status == session.StateEnded {
 		return st, api.Errorf(api.CodeConflict, "session %q has ended", sid)
 	}
-	for _, kv := range strings.Split(env.String(), "\x00") {
+	cwd, env, _ := strings.Cut(out.String(), "\n")
+	for _, kv := range strings.Split(env, "\x00") {
 		// The session's marker would make the process die with the session; "_" is cat's path.
 		if kv == "" || strings.HasPrefix(kv, "NSBOX_SESSION=") || strings.HasPrefix(kv, "_=") {
 			continue
 		}
 		st.Env = append(st.Env, kv)
 	}
-	st.Cwd, st.User = info.Cwd, info.User
+	// The shell's own view: the agent may not read /proc/<pid>/cwd of another user's shell.
+	st.Cwd, st.User = cwd, info.User
 	return st, nil
 }
 
