@@ -6,6 +6,8 @@
 //   - session: a command's round trip through the API in a warm session and the creation of a
 //     session, on the busybox image (sh on a pipe) and the host image (bash on a PTY), versus
 //     `runc exec` and `nsenter -a` into a running runc container of the same busybox rootfs;
+//   - process: a process started through the processes API until it has exited, versus
+//     `runc exec` into a running runc container of the same busybox rootfs;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes.
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
@@ -69,14 +71,14 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
-	only := flag.String("only", "cycle,session,memory", "comma-separated sections to run: cycle, session, memory")
+	only := flag.String("only", "cycle,session,process,memory", "comma-separated sections to run: cycle, session, process, memory")
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
 		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
 	}
 	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "memory" {
-			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, memory)", s)
+		if s = strings.TrimSpace(s); s != "cycle" && s != "session" && s != "process" && s != "memory" {
+			return o, fmt.Errorf("-only: unknown section %q (want cycle, session, process, memory)", s)
 		}
 		o.sections[s] = true
 	}
@@ -103,6 +105,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["session"] {
 		if err := b.sessionSection(ctx, o.n); err != nil {
 			return fmt.Errorf("session: %w", err)
+		}
+	}
+	if o.sections["process"] {
+		if err := b.processSection(ctx, o.n); err != nil {
+			return fmt.Errorf("process: %w", err)
 		}
 	}
 	if o.sections["memory"] {
