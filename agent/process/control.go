@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -114,33 +115,47 @@ func groupAlive(pgid int) bool {
 func (p *Process) WriteStdin(ctx context.Context, data io.Reader, closeAfter bool) error {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
-	info := p.Info()
+	p.mu.Lock()
+	info, stdin, closed := p.info, p.stdin, p.stdinClosed
+	p.mu.Unlock()
 	switch {
 	case info.Stdin != api.StdinPipe:
 		return api.Errorf(api.CodeConflict, "process %q was started with stdin %q; start it with stdin \"pipe\" to write to it", info.ID, info.Stdin)
-	case info.Status != api.ProcessRunning:
+	case info.Status != api.ProcessRunning || stdin == nil:
 		return api.Errorf(api.CodeConflict, "process %q is not running (status %s)", info.ID, info.Status)
-	case p.stdin == nil:
+	case closed:
 		return api.Errorf(api.CodeConflict, "process %q's stdin is closed", info.ID)
 	}
 	// A process that does not read blocks the write: the request's end stops it.
-	stop := context.AfterFunc(ctx, func() { _ = p.stdin.SetWriteDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if _, err := io.Copy(p.stdin, data); err != nil {
-		if ctx.Err() != nil {
-			_ = p.stdin.SetWriteDeadline(time.Time{})
+	interrupted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = stdin.SetWriteDeadline(time.Unix(1, 0))
+		close(interrupted)
+	})
+	_, err := io.Copy(stdin, data)
+	if !stop() {
+		<-interrupted
+		_ = stdin.SetWriteDeadline(time.Time{})
+	}
+	if err != nil {
+		switch {
+		case ctx.Err() != nil:
 			return api.Errorf(api.CodeUnavailable, "stdin write to process %q was interrupted: %v", info.ID, ctx.Err())
-		}
-		if errors.Is(err, unix.EPIPE) {
+		case errors.Is(err, unix.EPIPE):
 			return api.Errorf(api.CodeConflict, "process %q closed its stdin", info.ID)
+		case errors.Is(err, os.ErrClosed):
+			return api.Errorf(api.CodeConflict, "process %q ended while its stdin was written", info.ID)
 		}
 		return fmt.Errorf("write stdin of process %q: %w", info.ID, err)
 	}
 	if closeAfter {
-		err := p.stdin.Close()
-		p.stdin = nil
-		if err != nil {
-			return fmt.Errorf("close stdin of process %q: %w", info.ID, err)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !p.stdinClosed {
+			p.stdinClosed = true
+			if err := stdin.Close(); err != nil {
+				return fmt.Errorf("close stdin of process %q: %w", info.ID, err)
+			}
 		}
 	}
 	return nil

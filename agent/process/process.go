@@ -72,11 +72,12 @@ type Process struct {
 	exited   chan struct{} // closed when it has been reaped
 	finished chan struct{} // closed when it has been reaped and its output drained
 
-	mu   sync.Mutex
-	info api.Process
+	mu          sync.Mutex
+	info        api.Process
+	stdin       *os.File // the write end of a stdin pipe, set once started
+	stdinClosed bool     // closed by a request, or because the process ended
 
 	stdinMu sync.Mutex // one write at a time
-	stdin   *os.File   // nil when not a pipe or closed
 }
 
 // Info describes the process now.
@@ -298,9 +299,8 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error
 		return fmt.Errorf("cannot start %q: %w", argv[0], err)
 	}
 	p.mu.Lock()
-	p.info.PID = pid
+	p.info.PID, p.stdin = pid, stdinW
 	p.mu.Unlock()
-	p.stdin = stdinW
 
 	var drained sync.WaitGroup
 	drained.Add(2)
@@ -338,11 +338,12 @@ func (p *Process) ended(ws unix.WaitStatus) {
 	} else {
 		p.info.Status, p.info.ExitCode = api.ProcessExited, ws.ExitStatus()
 	}
+	// Closing also ends a write that blocks on a pipe a left-over child keeps open.
+	if p.stdin != nil && !p.stdinClosed {
+		p.stdinClosed = true
+		p.stdin.Close()
+	}
 	p.mu.Unlock()
-	p.stdinMu.Lock()
-	closeAll(p.stdin)
-	p.stdin = nil
-	p.stdinMu.Unlock()
 }
 
 // Get returns a process by id.
