@@ -452,7 +452,7 @@ func TestCLIProcesses(t *testing.T) {
 	if out, _, code := d.cli("", "logs", "-f", "pc", "cat"); code != 0 || out != "typed\n" {
 		t.Fatalf("logs -f: %q %d", out, code)
 	}
-	d.cli("", "start", "--id", "srv", "--shell", "pc", "echo listening; sleep 1000")
+	d.cli("", "start", "--id", "srv", "-c", "pc", "echo listening; sleep 1000")
 	if out, _, code := d.cli("", "wait", "--log", "listen\\w+", "pc", "srv"); code != 0 || out != "listening\n" {
 		t.Fatalf("wait --log: %q %d", out, code)
 	}

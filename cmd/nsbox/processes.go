@@ -42,7 +42,7 @@ func startCommand() *cli.Command {
 			&cli.StringFlag{Name: "cwd", Aliases: []string{"w"}, Usage: "working directory"},
 			&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user name or uid inside the sandbox (default root)"},
 			&cli.BoolFlag{Name: "stdin", Usage: "give it a stdin pipe (write with `nsbox stdin`)"},
-			&cli.BoolFlag{Name: "shell", Usage: "run CMD as shell source with /bin/sh -c (one argument)"},
+			&cli.BoolFlag{Name: "command", Aliases: []string{"c"}, Usage: "run one argument as shell source, with /bin/sh -c"},
 			&cli.Int64Flag{Name: "log-bytes", Usage: "size of its output ring in bytes (default 4 MiB)"},
 		},
 		Action: cmdStart,
@@ -147,8 +147,8 @@ func cmdStart(c *cli.Context) error {
 	if len(args) > 1 && args[1] == "--" {
 		args = append(args[:1], args[2:]...)
 	}
-	if len(args) < 2 || (c.Bool("shell") && len(args) != 2) {
-		return errors.New("usage: nsbox start [--id PID] [--session S] [--env K=V] [--cwd DIR] [--user U] [--stdin] ID -- CMD [ARG...]  (or --shell ID 'COMMANDS')")
+	if len(args) < 2 || (c.Bool("command") && len(args) != 2) {
+		return errors.New("usage: nsbox start [--id PID] [--session S] [--env K=V] [--cwd DIR] [--user U] [--stdin] ID -- CMD [ARG...]  (or -c ID 'COMMANDS')")
 	}
 	env, err := keyValues("env", c.StringSlice("env"))
 	if err != nil {
@@ -156,7 +156,7 @@ func cmdStart(c *cli.Context) error {
 	}
 	req := api.StartProcessRequest{ID: c.String("id"), SessionID: c.String("session"), Env: env, Cwd: c.String("cwd"),
 		User: c.String("user"), LogBytes: c.Int64("log-bytes"), Argv: args[1:]}
-	if c.Bool("shell") {
+	if c.Bool("command") {
 		req.Command, req.Argv = args[1], nil
 	}
 	if c.Bool("stdin") {
