@@ -10,12 +10,16 @@ import (
 
 // output is a process's log: stdout and stderr in one ring, in the order they were read, with
 // one cursor space. The ring keeps bytes only; runs remembers where each run of one stream
-// starts, so a read can say which stream each byte came from.
+// starts, so a read can say which stream each byte came from. Runs are bounded too: when a
+// process switches streams so often that they would outgrow maxRuns, the oldest run is
+// dropped, and its bytes count as fallen off the ring (floor).
 type output struct {
-	mu   sync.Mutex // a write and its run are recorded together
-	ring *session.Ring
-	size int64
-	runs []run
+	mu      sync.Mutex // a write and its run are recorded together
+	ring    *session.Ring
+	size    int64
+	runs    []run
+	maxRuns int
+	floor   int64 // bytes before it are gone, even if the ring still holds them
 }
 
 type run struct {
@@ -24,7 +28,7 @@ type run struct {
 }
 
 func newOutput(size int64) *output {
-	return &output{ring: session.NewRing(int(size)), size: size}
+	return &output{ring: session.NewRing(int(size)), size: size, maxRuns: int(max(64, size/32))}
 }
 
 func (o *output) write(stream string, p []byte) {
@@ -40,8 +44,12 @@ func (o *output) write(stream string, p []byte) {
 	for drop+1 < len(o.runs) && o.runs[drop+1].off <= start {
 		drop++
 	}
+	if over := len(o.runs) - o.maxRuns; over > drop {
+		drop = over
+	}
 	if drop > 0 {
 		o.runs = append(o.runs[:0], o.runs[drop:]...)
+		o.floor = max(o.floor, o.runs[0].off)
 	}
 }
 
@@ -51,7 +59,9 @@ func (o *output) write(stream string, p []byte) {
 func (o *output) read(cursor int64, limit int) (chunks []api.ProcessEvent, skipped, next int64, changed <-chan struct{}) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	data, skipped, next, changed := o.ring.ReadAt(cursor, limit)
+	from := max(cursor, o.floor)
+	data, skipped, next, changed := o.ring.ReadAt(from, limit)
+	skipped += from - cursor
 	off := next - int64(len(data))
 	j := 0 // the run that holds off
 	for j+1 < len(o.runs) && o.runs[j+1].off <= off {

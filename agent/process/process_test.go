@@ -125,6 +125,24 @@ func TestOutputTagsStreamsAndCountsSkipped(t *testing.T) {
 	}
 }
 
+func TestOutputBoundsItsRuns(t *testing.T) {
+	o := newOutput(4096) // at most 128 runs
+	for i := range 1000 {
+		o.write([]string{api.EventStdout, api.EventStderr}[i%2], []byte{byte('a' + i%2)})
+	}
+	if len(o.runs) != o.maxRuns || o.maxRuns != 128 {
+		t.Fatalf("%d runs kept, max %d", len(o.runs), o.maxRuns)
+	}
+	chunks, skipped, next, _ := o.read(0, -1)
+	if skipped != 1000-128 || next != 1000 || len(chunks) != 128 || chunks[0].Type != api.EventStdout || chunks[0].Data != "a" || chunks[0].Cursor != 1000-127 {
+		t.Fatalf("skipped %d next %d, %d chunks, first %+v", skipped, next, len(chunks), chunks[0])
+	}
+	// Reads from inside the kept part skip nothing.
+	if chunks, skipped, _, _ := o.read(999, -1); skipped != 0 || len(chunks) != 1 || chunks[0].Data != "b" {
+		t.Fatalf("from 999: %+v skipped %d", chunks, skipped)
+	}
+}
+
 func TestStartRunAndRead(t *testing.T) {
 	m := newTestManager(t)
 	binary := make([]byte, 256)
