@@ -27,9 +27,10 @@ type Agent struct {
 	version  string
 	procs    *procTable
 	sessions *session.Manager
+	log      *slog.Logger
+
 	// processes are the sandbox's long-running processes (see package process).
 	processes *process.Manager
-	log       *slog.Logger
 }
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
