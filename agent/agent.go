@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/process"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -28,6 +29,9 @@ type Agent struct {
 	sessions *session.Manager
 	env      *session.SandboxEnv
 	log      *slog.Logger
+
+	// processes are the sandbox's long-running processes (see package process).
+	processes *process.Manager
 }
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
@@ -53,6 +57,7 @@ func Run(listenFD int, version string) error {
 	if a.sessions, err = session.NewManager(sessionDir, cwd, a.procs.start, a.env); err != nil {
 		return err
 	}
+	a.processes = process.NewManager(a.procs.start, a.sandboxDefaults, a.sessionState)
 
 	signals := make(chan os.Signal, 16)
 	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
@@ -99,5 +104,6 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
 	mux.HandleFunc("PUT /v1/env", a.handlePutEnv)
 	mux.HandleFunc("GET /v1/env", a.handleGetEnv)
+	a.processRoutes(mux)
 	return mux
 }

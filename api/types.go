@@ -5,9 +5,11 @@ package api
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 	"unicode/utf8"
 )
@@ -434,4 +436,132 @@ type ExposedPort struct {
 	URL      string `json:"url"`
 	Public   bool   `json:"public"`
 	Token    string `json:"token,omitempty"`
+}
+
+// StartProcessRequest is the body of POST /v1/sandboxes/{id}/processes. Exactly one of Command
+// (run by /bin/sh -c) and Argv (run directly, the program looked up in PATH) is set.
+type StartProcessRequest struct {
+	Command   string   `json:"command,omitempty"`
+	Argv      []string `json:"argv,omitempty"`
+	ID        string   `json:"id,omitempty"`        // default: generated ("p-1", "p-2", …)
+	SessionID string   `json:"sessionId,omitempty"` // inherit this session's cwd, environment and user at start
+	// Env overlays the sandbox's environment (or the session's, with SessionID).
+	Env  map[string]string `json:"env,omitempty"`
+	Cwd  string            `json:"cwd,omitempty"`  // relative to the session's or sandbox's directory
+	User string            `json:"user,omitempty"` // name or uid inside the sandbox; default root (or the session's user)
+	// Stdin is "null" (default: /dev/null) or "pipe" (written with POST …/stdin).
+	Stdin    string `json:"stdin,omitempty"`
+	LogBytes int64  `json:"logBytes,omitempty"` // size of the output ring; default 4 MiB
+}
+
+// Process stdin modes.
+const (
+	StdinNull = "null"
+	StdinPipe = "pipe"
+)
+
+// Process statuses.
+const (
+	ProcessRunning = "running"
+	ProcessExited  = "exited" // ended by itself: see ExitCode
+	ProcessKilled  = "killed" // ended by a signal: see Signal
+	ProcessFailed  = "failed" // could not be started: see Error
+)
+
+// Process is a long-running process of a sandbox as the API shows it.
+type Process struct {
+	ID        string    `json:"id"`
+	PID       int       `json:"pid"` // inside the sandbox; 0 when it failed to start
+	Status    string    `json:"status"`
+	Command   string    `json:"command,omitempty"`
+	Argv      []string  `json:"argv,omitempty"`
+	SessionID string    `json:"sessionId,omitempty"`
+	User      string    `json:"user"`
+	Cwd       string    `json:"cwd"`
+	Stdin     string    `json:"stdin"`
+	ExitCode  int       `json:"exitCode"`         // exited: its code; killed: 128+signal; else 0
+	Signal    string    `json:"signal,omitempty"` // killed: the signal's name, e.g. "SIGTERM"
+	Error     string    `json:"error,omitempty"`  // failed: why it could not start
+	StartedAt time.Time `json:"startedAt"`
+	EndedAt   time.Time `json:"endedAt,omitzero"`
+	LogBytes  int64     `json:"logBytes"` // size of its output ring
+	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
+}
+
+// SignalName is a signal in a request: a name ("TERM", "SIGKILL") or a number. A JSON number
+// is accepted and kept as its decimal text.
+type SignalName string
+
+// UnmarshalJSON accepts a JSON string or number.
+func (s *SignalName) UnmarshalJSON(b []byte) error {
+	var name string
+	if err := json.Unmarshal(b, &name); err == nil {
+		*s = SignalName(name)
+		return nil
+	}
+	var n int
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("signal must be a name such as \"TERM\" or a number, not %s", b)
+	}
+	*s = SignalName(strconv.Itoa(n))
+	return nil
+}
+
+// KillProcessRequest is the body of POST …/processes/{pid}/kill and …/processes/kill.
+type KillProcessRequest struct {
+	Signal SignalName `json:"signal,omitempty"` // default TERM
+	// GraceMs: after TERM or INT, how long the process group gets before SIGKILL; default 5000.
+	GraceMs *int64 `json:"graceMs,omitempty"`
+}
+
+// Process event types besides EventStdout, EventStderr and EventExit.
+const EventSkipped = "skipped"
+
+// ProcessEvent is one piece of a process's output log: a stdout or stderr chunk (Data, text when
+// valid UTF-8, else base64), bytes that fell off the ring before they were read (skipped), or,
+// last in a followed stream, exit with the process. Cursor is the log offset after the event.
+type ProcessEvent struct {
+	Type     string   `json:"type"`
+	Data     string   `json:"data,omitempty"`
+	Encoding string   `json:"encoding,omitempty"`
+	Cursor   int64    `json:"cursor"`
+	Skipped  int64    `json:"skipped,omitempty"`
+	Process  *Process `json:"process,omitempty"`
+}
+
+// Bytes decodes an output event's data.
+func (e *ProcessEvent) Bytes() ([]byte, error) { return DecodeData(e.Data, e.Encoding) }
+
+// ProcessLogs is the answer to GET …/processes/{pid}/logs without follow.
+type ProcessLogs struct {
+	Chunks  []ProcessEvent `json:"chunks"`  // stdout and stderr chunks in the order they were read
+	Skipped int64          `json:"skipped"` // bytes between the asked cursor and the oldest kept byte
+	Cursor  int64          `json:"cursor"`  // where the next read starts
+	Status  string         `json:"status"`  // the process's status
+	// Done: the process has ended and its output has been read up to Cursor; nothing more comes.
+	Done bool `json:"done"`
+}
+
+// WaitProcessRequest is the body of POST …/processes/{pid}/wait: with no condition it waits
+// for the process to end; Log waits for an output line matching a regular expression (read
+// from Cursor); Port waits until 127.0.0.1:Port in the sandbox accepts connections, and with
+// HTTPPath until an HTTP GET of that path answers a status below 400.
+type WaitProcessRequest struct {
+	TimeoutMs int64  `json:"timeoutMs,omitempty"` // default 30000
+	Log       string `json:"log,omitempty"`
+	Cursor    int64  `json:"cursor,omitempty"`
+	Port      int    `json:"port,omitempty"`
+	HTTPPath  string `json:"httpPath,omitempty"`
+}
+
+// WaitProcessResult is the answer to a wait.
+type WaitProcessResult struct {
+	Condition string `json:"condition"` // exit, log, port or http
+	Met       bool   `json:"met"`
+	TimedOut  bool   `json:"timedOut"`
+	Reason    string `json:"reason,omitempty"` // why it was not met
+	Match     string `json:"match,omitempty"`  // log: the line that matched
+	// Cursor: log: the log offset after the matched line, to wait for the next match from.
+	Cursor  int64   `json:"cursor"`
+	Process Process `json:"process"`
 }

@@ -104,7 +104,30 @@ func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest,
 		return nil, err
 	}
 	defer resp.Body.Close()
-	lines := bufio.NewScanner(resp.Body)
+	var result *api.ExecResult
+	err = readSSE(resp.Body, func(event string, data []byte) (bool, error) {
+		var ev api.ExecEvent
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return false, fmt.Errorf("decode %s event: %w", event, err)
+		}
+		onEvent(ev)
+		result = ev.Result
+		return ev.Type == api.EventExit && ev.Result != nil, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if result == nil {
+		return nil, errors.New("exec stream ended before the command did")
+	}
+	return result, nil
+}
+
+// readSSE calls handle with each Server-Sent Event of a stream until handle reports the last
+// one (then the rest is read, so the connection is reused) or the stream ends. An "error"
+// event comes back as its *api.Error.
+func readSSE(body io.Reader, handle func(event string, data []byte) (last bool, err error)) error {
+	lines := bufio.NewScanner(body)
 	lines.Buffer(make([]byte, 64<<10), 16<<20)
 	event := ""
 	for lines.Scan() {
@@ -115,27 +138,23 @@ func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest,
 		case strings.HasPrefix(line, "data: "):
 			data := []byte(strings.TrimPrefix(line, "data: "))
 			if event == "error" {
-				var body api.ErrorBody
-				if json.Unmarshal(data, &body) == nil && body.Error != nil {
-					return nil, body.Error
+				var eb api.ErrorBody
+				if json.Unmarshal(data, &eb) == nil && eb.Error != nil {
+					return eb.Error
 				}
-				return nil, fmt.Errorf("exec stream failed: %s", data)
+				return fmt.Errorf("event stream failed: %s", data)
 			}
-			var ev api.ExecEvent
-			if err := json.Unmarshal(data, &ev); err != nil {
-				return nil, fmt.Errorf("decode %s event: %w", event, err)
-			}
-			onEvent(ev)
-			if ev.Type == api.EventExit && ev.Result != nil {
-				_, _ = io.Copy(io.Discard, resp.Body) // read to the end, so the connection is reused
-				return ev.Result, nil
+			last, err := handle(event, data)
+			if err != nil || last {
+				_, _ = io.Copy(io.Discard, body)
+				return err
 			}
 		}
 	}
 	if err := lines.Err(); err != nil {
-		return nil, fmt.Errorf("read exec stream: %w", err)
+		return fmt.Errorf("read event stream: %w", err)
 	}
-	return nil, errors.New("exec stream ended before the command did")
+	return nil
 }
 
 // CreateSession starts a session in a sandbox.

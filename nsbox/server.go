@@ -53,6 +53,17 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/ports", (*Runtime).handleExposePort},
 	{"GET", "/v1/sandboxes/{id}/ports", (*Runtime).handleListPorts},
 	{"DELETE", "/v1/sandboxes/{id}/ports/{port}", (*Runtime).handleUnexposePort},
+	{"POST", "/v1/sandboxes/{id}/processes", (*Runtime).handleStartProcess},
+	{"GET", "/v1/sandboxes/{id}/processes", (*Runtime).handleProcessCall},
+	{"DELETE", "/v1/sandboxes/{id}/processes", (*Runtime).handleProcessCall},
+	{"POST", "/v1/sandboxes/{id}/processes/kill", (*Runtime).handleKillProcess},
+	{"GET", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleProcessCall},
+	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleProcessCall},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/kill", (*Runtime).handleKillProcess},
+	{"GET", "/v1/sandboxes/{id}/processes/{pid}/logs", (*Runtime).handleProcessLogs},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin", (*Runtime).handleProcessStdin},
+	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}/stdin", (*Runtime).handleProcessStdin},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait", (*Runtime).handleWaitProcess},
 }
 
 // Handler returns the daemon's HTTP API.

@@ -44,6 +44,13 @@ func (m *Manager) SetCwd(cwd string) {
 	m.mu.Unlock()
 }
 
+// Cwd is the default working directory of new sessions (the sandbox's).
+func (m *Manager) Cwd() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cwd
+}
+
 // Create starts a new session. An id that belongs to a session that has ended is free again.
 func (m *Manager) Create(opts Options) (*Session, error) {
 	m.mu.Lock()

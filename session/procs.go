@@ -150,6 +150,13 @@ func lookupUser(spec string) (credential, error) {
 	return credential{}, fmt.Errorf("%w: user %q does not exist in this sandbox", ErrInvalid, spec)
 }
 
+// LookupUser resolves a user name or uid from the sandbox's /etc/passwd as sessions do ("" is
+// root; a bare uid without a passwd entry runs with gid = uid and home /).
+func LookupUser(spec string) (uid, gid int, name, home string, err error) {
+	c, err := lookupUser(spec)
+	return c.uid, c.gid, c.name, c.home, err
+}
+
 // env is a session shell's environment: the sandbox's (SandboxEnv.Effective), the user's
 // identity, the session's own variables, and the session marker.
 func (c credential) env(opts Options, sandbox map[string]string) []string {

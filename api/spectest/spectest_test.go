@@ -442,6 +442,13 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"Mount", api.Mount{}, true},
 		{"WorkspaceChange", api.WorkspaceChange{}, true},
 		{"PatchEnvRequest", api.PatchEnvRequest{}, false},
+		{"StartProcessRequest", api.StartProcessRequest{}, false},
+		{"Process", api.Process{}, true},
+		{"KillProcessRequest", api.KillProcessRequest{}, false},
+		{"ProcessEvent", api.ProcessEvent{}, true},
+		{"ProcessLogs", api.ProcessLogs{}, true},
+		{"WaitProcessRequest", api.WaitProcessRequest{}, false},
+		{"WaitProcessResult", api.WaitProcessResult{}, true},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]

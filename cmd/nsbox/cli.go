@@ -74,6 +74,7 @@ func clientCommands() []*cli.Command {
 		withSession(filesCommand()), withSession(cpCommand()), envCommand(),
 		diffCommand(), exportCommand(),
 		portCommand(), networkCommand(),
+		psCommand(), startCommand(), logsCommand(), killCommand(), waitCommand(), stdinCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}

@@ -265,3 +265,28 @@ func TestSandboxEnvErrors(t *testing.T) {
 		t.Fatalf("nsbox env with a bad name: %d %q", code, errOut)
 	}
 }
+
+// TestProcessesStartFromTheSandboxEnvAndCwd: a process that names no session starts in the
+// sandbox's cwd with its environment as it is now, PATCHes included; on a warm-pool sandbox
+// too, whose agent learned them when it was bound.
+func TestProcessesStartFromTheSandboxEnvAndCwd(t *testing.T) {
+	d := startDaemon(t, "--warm-pool", "busybox=1")
+	d.waitWarm("busybox", 1)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "pe", Image: "busybox", Cwd: "/srv/app", Env: map[string]string{"A": "1", "GONE": "x"}})
+	d.patchEnv("pe", map[string]string{"B": "2"}, "GONE")
+	p, err := d.client.StartProcess(ctx, "pe", api.StartProcessRequest{Command: `echo "$A $B ${GONE-unset} $HOSTNAME $(pwd)"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.client.FollowProcessLogs(ctx, "pe", p.ID, 0, func(api.ProcessEvent) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	logs, err := d.client.ProcessLogs(ctx, "pe", p.ID, 0, 0)
+	if err != nil || len(logs.Chunks) != 1 {
+		t.Fatalf("logs %+v %v", logs, err)
+	}
+	if got, _ := logs.Chunks[0].Bytes(); string(got) != "1 2 unset pe /srv/app\n" {
+		t.Errorf("process output %q", got)
+	}
+}

@@ -7,6 +7,8 @@
 //   - session: a command's round trip through the API in a warm session and the creation of a
 //     session, on the busybox image (sh on a pipe) and the host image (bash on a PTY), versus
 //     `runc exec` and `nsenter -a` into a running runc container of the same busybox rootfs;
+//   - process: a process started through the processes API until it has exited, versus
+//     `runc exec` into a running runc container of the same busybox rootfs;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes;
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
@@ -91,7 +93,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "memory", "storage", "files", "network"}
+var sections = []string{"cycle", "session", "process", "memory", "storage", "files", "network"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -113,6 +115,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["session"] {
 		if err := b.sessionSection(ctx, o.n); err != nil {
 			return fmt.Errorf("session: %w", err)
+		}
+	}
+	if o.sections["process"] {
+		if err := b.processSection(ctx, o.n); err != nil {
+			return fmt.Errorf("process: %w", err)
 		}
 	}
 	if o.sections["memory"] {

@@ -1,0 +1,97 @@
+package process
+
+import (
+	"io"
+	"sync"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
+)
+
+// output is a process's log: stdout and stderr in one ring, in the order they were read, with
+// one cursor space. The ring keeps bytes only; runs remembers where each run of one stream
+// starts, so a read can say which stream each byte came from. Runs are bounded too: when a
+// process switches streams so often that they would outgrow maxRuns, the oldest run is
+// dropped, and its bytes count as fallen off the ring (floor).
+type output struct {
+	mu      sync.Mutex // a write and its run are recorded together
+	ring    *session.Ring
+	size    int64
+	runs    []run
+	maxRuns int
+	floor   int64 // bytes before it are gone, even if the ring still holds them
+}
+
+type run struct {
+	off    int64 // log offset of the run's first byte
+	stream string
+}
+
+func newOutput(size int64) *output {
+	return &output{ring: session.NewRing(int(size)), size: size, maxRuns: int(max(64, size/32))}
+}
+
+func (o *output) write(stream string, p []byte) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	end := o.ring.End()
+	if len(o.runs) == 0 || o.runs[len(o.runs)-1].stream != stream {
+		o.runs = append(o.runs, run{off: end, stream: stream})
+	}
+	_, _ = o.ring.Write(p)
+	// Forget runs that ended before the oldest byte the ring still keeps.
+	start, drop := max(0, end+int64(len(p))-o.size), 0
+	for drop+1 < len(o.runs) && o.runs[drop+1].off <= start {
+		drop++
+	}
+	if over := len(o.runs) - o.maxRuns; over > drop {
+		drop = over
+	}
+	if drop > 0 {
+		o.runs = append(o.runs[:0], o.runs[drop:]...)
+		o.floor = max(o.floor, o.runs[0].off)
+	}
+}
+
+// read returns the chunks after cursor (at most limit bytes; all when limit < 0), how many
+// bytes fell off the ring between cursor and the first chunk, the next cursor, and a channel
+// closed at the next write.
+func (o *output) read(cursor int64, limit int) (chunks []api.ProcessEvent, skipped, next int64, changed <-chan struct{}) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	from := max(cursor, o.floor)
+	data, skipped, next, changed := o.ring.ReadAt(from, limit)
+	skipped += from - cursor
+	off := next - int64(len(data))
+	j := 0 // the run that holds off
+	for j+1 < len(o.runs) && o.runs[j+1].off <= off {
+		j++
+	}
+	for ; len(data) > 0; j++ {
+		n := int64(len(data))
+		if j+1 < len(o.runs) { // run j ends where run j+1 starts
+			n = min(n, o.runs[j+1].off-off)
+		}
+		ev := api.OutputEvent(o.runs[j].stream, data[:n])
+		chunks = append(chunks, api.ProcessEvent{Type: ev.Type, Data: ev.Data, Encoding: ev.Encoding, Cursor: off + n})
+		data, off = data[n:], off+n
+	}
+	return chunks, skipped, next, changed
+}
+
+func (o *output) end() int64 { return o.ring.End() }
+
+// drain copies a pipe into the log until it ends.
+func (o *output) drain(stream string, r io.ReadCloser) {
+	defer r.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			o.write(stream, buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}

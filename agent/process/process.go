@@ -1,0 +1,436 @@
+// Package process runs a sandbox's long-running processes inside its agent: started directly
+// (not through a session's shell), each in its own process group, with stdout and stderr
+// always drained into a bounded ring addressed by byte cursors, an optional stdin pipe, and
+// waits for exit, a log line or a listening port. Processes live as long as the agent (the
+// sandbox), independent of the daemon and of any session.
+package process
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
+)
+
+// Log ring sizes.
+const (
+	DefaultLogBytes = 4 << 20
+	MaxLogBytes     = 256 << 20
+)
+
+const (
+	defaultGrace = 5 * time.Second
+	// drainGrace is how long output is awaited after a process ended: a child it left running
+	// may hold its pipes open for ever.
+	drainGrace = 250 * time.Millisecond
+)
+
+var idPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// SessionState is what a process started with a session id inherits from that session.
+type SessionState struct {
+	Cwd  string
+	Env  []string // the shell's exported environment, KEY=VALUE
+	User string
+}
+
+// SessionLookup reports a session's current state; it answers an *api.Error when it cannot.
+type SessionLookup func(ctx context.Context, sid string) (SessionState, error)
+
+// SandboxDefaults reports what a process that names no session starts from: the sandbox's
+// environment (KEY=VALUE) and working directory, as they are now.
+type SandboxDefaults func() (env []string, cwd string)
+
+// Manager holds the processes of one sandbox.
+type Manager struct {
+	start    session.StartFunc
+	defaults SandboxDefaults
+	session  SessionLookup
+
+	mu    sync.Mutex
+	procs map[string]*Process
+	seq   int
+}
+
+// NewManager returns a manager that starts processes with start, from the sandbox's defaults
+// or a session's state.
+func NewManager(start session.StartFunc, defaults SandboxDefaults, lookup SessionLookup) *Manager {
+	return &Manager{start: start, defaults: defaults, session: lookup, procs: map[string]*Process{}}
+}
+
+// Process is one started (or failed) process.
+type Process struct {
+	out      *output
+	exited   chan struct{} // closed when it has been reaped
+	finished chan struct{} // closed when it has been reaped and its output drained
+
+	mu          sync.Mutex
+	info        api.Process
+	stdin       *os.File // the write end of a stdin pipe, set once started
+	stdinClosed bool     // closed by a request, or because the process ended
+
+	stdinMu sync.Mutex // one write at a time
+}
+
+// Info describes the process now.
+func (p *Process) Info() api.Process {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	info := p.info
+	info.Argv = slices.Clone(info.Argv)
+	info.LogEnd = p.out.end()
+	return info
+}
+
+// Finished is closed when the process has ended and its output has been drained.
+func (p *Process) Finished() <-chan struct{} { return p.finished }
+
+func badRequest(format string, args ...any) error {
+	return api.Errorf(api.CodeInvalidArgument, format, args...)
+}
+
+// Start starts a process. Errors in the request answer an *api.Error; a program that cannot be
+// started (not found, not executable, missing cwd) gives a process with status failed.
+func (m *Manager) Start(ctx context.Context, req api.StartProcessRequest) (*Process, error) {
+	switch {
+	case req.Command != "" && len(req.Argv) > 0:
+		return nil, badRequest("give either command or argv, not both")
+	case req.Command == "" && len(req.Argv) == 0:
+		return nil, badRequest("command or argv is required")
+	case len(req.Argv) > 0 && req.Argv[0] == "":
+		return nil, badRequest("argv[0] (the program) must not be empty")
+	case req.ID != "" && !idPattern.MatchString(req.ID):
+		return nil, badRequest("invalid process id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
+	case req.LogBytes < 0 || req.LogBytes > MaxLogBytes:
+		return nil, badRequest("logBytes must be between 1 and %d (256 MiB), not %d", MaxLogBytes, req.LogBytes)
+	}
+	switch req.Stdin {
+	case "":
+		req.Stdin = api.StdinNull
+	case api.StdinNull, api.StdinPipe:
+	default:
+		return nil, badRequest("stdin must be %q or %q, not %q", api.StdinNull, api.StdinPipe, req.Stdin)
+	}
+	for k, v := range req.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") || strings.Contains(v, "\x00") {
+			return nil, badRequest("invalid environment variable %q: names must be non-empty without '=' or NUL, values without NUL", k)
+		}
+	}
+	if req.LogBytes == 0 {
+		req.LogBytes = DefaultLogBytes
+	}
+
+	// The environment and directory it starts from: the session's, or the sandbox's.
+	base, cwd := m.defaults()
+	user := req.User
+	if req.SessionID != "" {
+		st, err := m.session(ctx, req.SessionID)
+		if err != nil {
+			return nil, err
+		}
+		base, cwd = st.Env, st.Cwd
+		if user == "" {
+			user = st.User
+		}
+	}
+	uid, gid, name, home, err := session.LookupUser(user)
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if req.Cwd != "" {
+		if filepath.IsAbs(req.Cwd) {
+			cwd = filepath.Clean(req.Cwd)
+		} else {
+			cwd = filepath.Join(cwd, req.Cwd)
+		}
+	}
+	env := environment(base, req.SessionID == "" || req.User != "", home, name, cwd, req.Env)
+
+	m.mu.Lock()
+	if req.ID == "" {
+		for req.ID == "" || m.procs[req.ID] != nil {
+			m.seq++
+			req.ID = "p-" + strconv.Itoa(m.seq)
+		}
+	}
+	if _, taken := m.procs[req.ID]; taken {
+		m.mu.Unlock()
+		return nil, api.Errorf(api.CodeConflict, "process id %q is taken; remove that process first (DELETE …/processes/%s) or choose another id", req.ID, req.ID)
+	}
+	p := &Process{
+		out: newOutput(req.LogBytes), exited: make(chan struct{}), finished: make(chan struct{}),
+		info: api.Process{
+			ID: req.ID, Command: req.Command, Argv: slices.Clone(req.Argv), SessionID: req.SessionID, User: name, Cwd: cwd,
+			Stdin: req.Stdin, LogBytes: req.LogBytes, StartedAt: time.Now().UTC(), Status: api.ProcessRunning,
+		},
+	}
+	m.procs[req.ID] = p
+	m.mu.Unlock()
+
+	if err := p.run(m.start, env, uid, gid); err != nil {
+		p.mu.Lock()
+		p.info.Status, p.info.Error, p.info.EndedAt = api.ProcessFailed, err.Error(), time.Now().UTC()
+		p.mu.Unlock()
+		close(p.exited)
+		close(p.finished)
+	}
+	return p, nil
+}
+
+// environment is a process's environment: the session's exported variables (or the
+// sandbox's), the user's identity when it is not the session's, the directory, and the
+// request's variables over all of them.
+func environment(base []string, identity bool, home, name, cwd string, overlay map[string]string) []string {
+	vars := map[string]string{}
+	for _, kv := range base {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	if identity {
+		vars["HOME"], vars["USER"], vars["LOGNAME"] = home, name, name
+	}
+	vars["PWD"] = cwd
+	for k, v := range overlay {
+		vars[k] = v
+	}
+	out := make([]string, 0, len(vars))
+	for k, v := range vars {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// lookPath finds a program as execvp would, in the PATH of env.
+func lookPath(prog, cwd string, env []string) (string, error) {
+	check := func(path string) error {
+		fi, err := os.Stat(path)
+		switch {
+		case err != nil:
+			return err
+		case fi.IsDir():
+			return fmt.Errorf("%s is a directory", path)
+		case fi.Mode()&0o111 == 0:
+			return fmt.Errorf("%s is not executable", path)
+		}
+		return nil
+	}
+	if strings.Contains(prog, "/") {
+		path := prog
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(cwd, path)
+		}
+		if err := check(path); err != nil {
+			return "", fmt.Errorf("cannot run %q: %w", prog, err)
+		}
+		return path, nil
+	}
+	pathEnv := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathEnv = v
+		}
+	}
+	for _, dir := range filepath.SplitList(pathEnv) {
+		if dir == "" {
+			dir = "."
+		}
+		path := filepath.Join(dir, prog)
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(cwd, path)
+		}
+		if check(path) == nil {
+			return path, nil
+		}
+	}
+	return "", fmt.Errorf("executable %q not found in PATH (%s)", prog, pathEnv)
+}
+
+// run starts the process with its pipes; an error means it could not be started.
+func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error {
+	argv := p.info.Argv
+	if p.info.Command != "" {
+		argv = []string{"/bin/sh", "-c", p.info.Command}
+	}
+	path, err := lookPath(argv[0], p.info.Cwd, env)
+	if err != nil {
+		return err
+	}
+	var stdin, stdinW *os.File
+	if p.info.Stdin == api.StdinPipe {
+		if stdin, stdinW, err = os.Pipe(); err != nil {
+			return fmt.Errorf("make stdin pipe: %w", err)
+		}
+	} else if stdin, err = os.Open(os.DevNull); err != nil {
+		return fmt.Errorf("open %s: %w", os.DevNull, err)
+	}
+	defer stdin.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		closeAll(stdinW)
+		return fmt.Errorf("make stdout pipe: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		closeAll(stdinW, outR, outW)
+		return fmt.Errorf("make stderr pipe: %w", err)
+	}
+	pid, exited, err := start(path, argv, &os.ProcAttr{
+		Dir: p.info.Cwd, Env: env, Files: []*os.File{stdin, outW, errW},
+		Sys: &syscall.SysProcAttr{
+			Setpgid:    true,
+			Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true},
+		},
+	})
+	closeAll(outW, errW)
+	if err != nil {
+		closeAll(stdinW, outR, errR)
+		return fmt.Errorf("cannot start %q: %w", argv[0], err)
+	}
+	p.mu.Lock()
+	p.info.PID, p.stdin = pid, stdinW
+	p.mu.Unlock()
+
+	var drained sync.WaitGroup
+	drained.Add(2)
+	go func() { p.out.drain(api.EventStdout, outR); drained.Done() }()
+	go func() { p.out.drain(api.EventStderr, errR); drained.Done() }()
+	go func() {
+		ws := <-exited
+		p.ended(ws)
+		close(p.exited)
+		done := make(chan struct{})
+		go func() { drained.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(drainGrace):
+		}
+		close(p.finished)
+	}()
+	return nil
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// ended records how the process ended and closes its stdin.
+func (p *Process) ended(ws unix.WaitStatus) {
+	p.mu.Lock()
+	p.info.EndedAt = time.Now().UTC()
+	if ws.Signaled() {
+		p.info.Status, p.info.ExitCode, p.info.Signal = api.ProcessKilled, 128+int(ws.Signal()), unix.SignalName(ws.Signal())
+	} else {
+		p.info.Status, p.info.ExitCode = api.ProcessExited, ws.ExitStatus()
+	}
+	// Closing also ends a write that blocks on a pipe a left-over child keeps open.
+	if p.stdin != nil && !p.stdinClosed {
+		p.stdinClosed = true
+		p.stdin.Close()
+	}
+	p.mu.Unlock()
+}
+
+// Get returns a process by id.
+func (m *Manager) Get(id string) (*Process, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p, ok := m.procs[id]; ok {
+		return p, nil
+	}
+	return nil, api.Errorf(api.CodeNotFound, "no process %q in this sandbox", id)
+}
+
+// List returns the processes with the status (any when "") started in the session (any when
+// ""), in the order they were started.
+func (m *Manager) List(status, sessionID string) []api.Process {
+	m.mu.Lock()
+	procs := make([]*Process, 0, len(m.procs))
+	for _, p := range m.procs {
+		procs = append(procs, p)
+	}
+	m.mu.Unlock()
+	out := []api.Process{}
+	for _, p := range procs {
+		if i := p.Info(); (status == "" || i.Status == status) && (sessionID == "" || i.SessionID == sessionID) {
+			out = append(out, i)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].StartedAt.Equal(out[j].StartedAt) {
+			return out[i].StartedAt.Before(out[j].StartedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Remove forgets a process that has ended.
+func (m *Manager) Remove(id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.procs[id]
+	if !ok {
+		return api.Errorf(api.CodeNotFound, "no process %q in this sandbox", id)
+	}
+	select {
+	case <-p.finished:
+	default:
+		return api.Errorf(api.CodeConflict, "process %q is still running; kill it first", id)
+	}
+	delete(m.procs, id)
+	return nil
+}
+
+// RemoveFinished forgets every process that has ended and returns them.
+func (m *Manager) RemoveFinished() []api.Process {
+	m.mu.Lock()
+	var gone []*Process
+	for id, p := range m.procs {
+		select {
+		case <-p.finished:
+			gone = append(gone, p)
+			delete(m.procs, id)
+		default:
+		}
+	}
+	m.mu.Unlock()
+	out := []api.Process{}
+	for _, p := range gone {
+		out = append(out, p.Info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Running returns the processes that have not ended.
+func (m *Manager) Running() []*Process {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*Process
+	for _, p := range m.procs {
+		select {
+		case <-p.exited:
+		default:
+			out = append(out, p)
+		}
+	}
+	return out
+}

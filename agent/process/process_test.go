@@ -1,0 +1,410 @@
+package process
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// startForTest starts processes as the agent's procTable does, with a waiter per process
+// instead of a reaper for all (the test is not PID 1).
+func startForTest(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+	p, err := os.StartProcess(path, argv, attr)
+	if err != nil {
+		return 0, nil, err
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	go func() {
+		st, _ := p.Wait()
+		ch <- unix.WaitStatus(st.Sys().(syscall.WaitStatus))
+	}()
+	return p.Pid, ch, nil
+}
+
+func newTestManager(t *testing.T) *Manager {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("starting processes with a credential needs root")
+	}
+	dir := t.TempDir()
+	defaults := func() ([]string, string) { return os.Environ(), dir }
+	m := NewManager(startForTest, defaults, func(context.Context, string) (SessionState, error) {
+		return SessionState{}, api.Errorf(api.CodeNotFound, "no sessions here")
+	})
+	t.Cleanup(func() {
+		for _, p := range m.Running() {
+			_ = p.Kill(context.Background(), unix.SIGKILL, 0)
+		}
+	})
+	return m
+}
+
+func start(t *testing.T, m *Manager, req api.StartProcessRequest) *Process {
+	t.Helper()
+	p, err := m.Start(context.Background(), req)
+	if err != nil {
+		t.Fatalf("start %+v: %v", req, err)
+	}
+	return p
+}
+
+func finish(t *testing.T, p *Process) api.Process {
+	t.Helper()
+	select {
+	case <-p.Finished():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("process %+v did not finish", p.Info())
+	}
+	return p.Info()
+}
+
+// allOutput reads the whole log back by cursors, a few bytes at a time.
+func allOutput(p *Process, limit int) (stdout, stderr []byte, skipped int64) {
+	var out, errOut bytes.Buffer
+	var cursor int64
+	for {
+		logs := p.Logs(cursor, limit)
+		skipped += logs.Skipped
+		for _, c := range logs.Chunks {
+			b, _ := c.Bytes()
+			if c.Type == api.EventStderr {
+				errOut.Write(b)
+			} else {
+				out.Write(b)
+			}
+		}
+		if logs.Cursor == cursor {
+			return out.Bytes(), errOut.Bytes(), skipped
+		}
+		cursor = logs.Cursor
+	}
+}
+
+func TestOutputTagsStreamsAndCountsSkipped(t *testing.T) {
+	o := newOutput(8)
+	o.write(api.EventStdout, []byte("ab"))
+	o.write(api.EventStdout, []byte("c"))
+	o.write(api.EventStderr, []byte("DE"))
+	o.write(api.EventStdout, []byte("f"))
+	chunks, skipped, next, _ := o.read(0, -1)
+	var got []string
+	for _, c := range chunks {
+		got = append(got, fmt.Sprintf("%s:%s@%d", c.Type, c.Data, c.Cursor))
+	}
+	if strings.Join(got, " ") != "stdout:abc@3 stderr:DE@5 stdout:f@6" || skipped != 0 || next != 6 {
+		t.Fatalf("got %q skipped %d next %d", got, skipped, next)
+	}
+	o.write(api.EventStderr, []byte("GHIJ")) // 10 bytes: the first 2 fall off
+	chunks, skipped, next, _ = o.read(1, 3)
+	got = nil
+	for _, c := range chunks {
+		got = append(got, fmt.Sprintf("%s:%s@%d", c.Type, c.Data, c.Cursor))
+	}
+	if strings.Join(got, " ") != "stdout:c@3 stderr:DE@5" || skipped != 1 || next != 5 {
+		t.Fatalf("after overflow: %q skipped %d next %d", got, skipped, next)
+	}
+	if len(o.runs) != 4 {
+		t.Fatalf("runs kept: %+v", o.runs)
+	}
+	o.write(api.EventStderr, bytes.Repeat([]byte("x"), 20))
+	if len(o.runs) != 1 {
+		t.Fatalf("runs after everything fell off: %+v", o.runs)
+	}
+}
+
+func TestOutputBoundsItsRuns(t *testing.T) {
+	o := newOutput(4096) // at most 128 runs
+	for i := range 1000 {
+		o.write([]string{api.EventStdout, api.EventStderr}[i%2], []byte{byte('a' + i%2)})
+	}
+	if len(o.runs) != o.maxRuns || o.maxRuns != 128 {
+		t.Fatalf("%d runs kept, max %d", len(o.runs), o.maxRuns)
+	}
+	chunks, skipped, next, _ := o.read(0, -1)
+	if skipped != 1000-128 || next != 1000 || len(chunks) != 128 || chunks[0].Type != api.EventStdout || chunks[0].Data != "a" || chunks[0].Cursor != 1000-127 {
+		t.Fatalf("skipped %d next %d, %d chunks, first %+v", skipped, next, len(chunks), chunks[0])
+	}
+	// Reads from inside the kept part skip nothing.
+	if chunks, skipped, _, _ := o.read(999, -1); skipped != 0 || len(chunks) != 1 || chunks[0].Data != "b" {
+		t.Fatalf("from 999: %+v skipped %d", chunks, skipped)
+	}
+}
+
+func TestStartRunAndRead(t *testing.T) {
+	m := newTestManager(t)
+	_, cwd := m.defaults()
+	binary := make([]byte, 256)
+	for i := range binary {
+		binary[i] = byte(i)
+	}
+	if err := os.WriteFile(cwd+"/bin", binary, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, m, api.StartProcessRequest{Command: "cat bin; echo err >&2; echo \"$FOO $PWD\"; exit 3", Env: map[string]string{"FOO": "bar"}})
+	info := finish(t, p)
+	if info.Status != api.ProcessExited || info.ExitCode != 3 || info.PID <= 0 || info.EndedAt.IsZero() || info.LogEnd != int64(256+4+len("bar "+cwd+"\n")) {
+		t.Fatalf("info %+v", info)
+	}
+	stdout, stderr, skipped := allOutput(p, 7)
+	if !bytes.Equal(stdout, append(binary, []byte("bar "+cwd+"\n")...)) || string(stderr) != "err\n" || skipped != 0 {
+		t.Fatalf("stdout %q stderr %q skipped %d", stdout, stderr, skipped)
+	}
+	if logs := p.Logs(0, 1<<20); !logs.Done || logs.Status != api.ProcessExited {
+		t.Fatalf("logs of an ended process: %+v", logs)
+	}
+}
+
+func TestSmallRingReportsSkipped(t *testing.T) {
+	m := newTestManager(t)
+	p := start(t, m, api.StartProcessRequest{Argv: []string{"sh", "-c", "i=0; while [ $i -lt 100 ]; do echo line$i; i=$((i+1)); done"}, LogBytes: 100})
+	info := finish(t, p)
+	stdout, _, skipped := allOutput(p, 1000)
+	if int64(len(stdout))+skipped != info.LogEnd || len(stdout) != 100 || !strings.HasSuffix(string(stdout), "line99\n") {
+		t.Fatalf("kept %d bytes %q, skipped %d, logEnd %d", len(stdout), stdout, skipped, info.LogEnd)
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	m := newTestManager(t)
+	for _, req := range []api.StartProcessRequest{
+		{}, {Command: "x", Argv: []string{"x"}}, {Argv: []string{""}}, {Command: "x", ID: "../x"},
+		{Command: "x", Stdin: "file"}, {Command: "x", LogBytes: MaxLogBytes + 1}, {Command: "x", Env: map[string]string{"A=B": "c"}},
+		{Command: "x", User: "no-such-user-here"},
+	} {
+		if _, err := m.Start(context.Background(), req); !api.IsCode(err, api.CodeInvalidArgument) {
+			t.Errorf("%+v: %v, want invalid_argument", req, err)
+		}
+	}
+	if _, err := m.Start(context.Background(), api.StartProcessRequest{Command: "true", SessionID: "nope"}); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("unknown session: %v", err)
+	}
+	p := start(t, m, api.StartProcessRequest{ID: "same", Argv: []string{"no-such-program-anywhere"}})
+	if info := p.Info(); info.Status != api.ProcessFailed || !strings.Contains(info.Error, `executable "no-such-program-anywhere" not found in PATH`) {
+		t.Fatalf("missing program: %+v", info)
+	}
+	if _, err := m.Start(context.Background(), api.StartProcessRequest{ID: "same", Command: "true"}); !api.IsCode(err, api.CodeConflict) {
+		t.Fatalf("taken id: %v", err)
+	}
+	if p := start(t, m, api.StartProcessRequest{Argv: []string{"true"}, Cwd: "/no/such/dir"}); p.Info().Status != api.ProcessFailed || !strings.Contains(p.Info().Error, "no such file") {
+		t.Fatalf("missing cwd: %+v", p.Info())
+	}
+	if err := m.Remove("same"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get("same"); !api.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("removed: %v", err)
+	}
+}
+
+func TestKillGroupAndGrace(t *testing.T) {
+	m := newTestManager(t)
+	// A child in the background dies with the group.
+	p := start(t, m, api.StartProcessRequest{Command: "sleep 100 & echo $!; wait"})
+	res, err := p.Wait(context.Background(), api.WaitProcessRequest{Log: `^\d+$`, TimeoutMs: 10000})
+	if err != nil || !res.Met {
+		t.Fatalf("child pid: %+v %v", res, err)
+	}
+	if child, _ := strconv.Atoi(res.Match); child <= 0 {
+		t.Fatalf("child pid %q", res.Match)
+	}
+	if err := p.Kill(context.Background(), unix.SIGTERM, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if info := p.Info(); info.Status != api.ProcessKilled || info.Signal != "SIGTERM" || info.ExitCode != 143 {
+		t.Fatalf("after TERM: %+v", info)
+	}
+	if liveMembers(p.Info().PID) > 0 {
+		t.Fatalf("%d processes of the group survived", liveMembers(p.Info().PID))
+	}
+	// A group that ignores TERM gets SIGKILL after the grace.
+	p = start(t, m, api.StartProcessRequest{Command: "trap '' TERM; echo ready; while :; do sleep 0.05; done"})
+	if res, _ := p.Wait(context.Background(), api.WaitProcessRequest{Log: "ready"}); !res.Met {
+		t.Fatalf("not ready: %+v", res)
+	}
+	if err := p.Kill(context.Background(), unix.SIGTERM, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if info := p.Info(); info.Status != api.ProcessKilled || info.Signal != "SIGKILL" || liveMembers(info.PID) > 0 {
+		t.Fatalf("after grace: %+v", info)
+	}
+	if err := p.Kill(context.Background(), unix.SIGTERM, 0); !api.IsCode(err, api.CodeConflict) {
+		t.Fatalf("kill of an ended process: %v", err)
+	}
+	for _, s := range []string{"", "TERM", "sigkill", "9", "HUP"} {
+		if _, err := ParseSignal(api.SignalName(s)); err != nil {
+			t.Errorf("signal %q: %v", s, err)
+		}
+	}
+	for _, s := range []string{"NOPE", "0", "65", "-1"} {
+		if _, err := ParseSignal(api.SignalName(s)); !api.IsCode(err, api.CodeInvalidArgument) {
+			t.Errorf("signal %q: %v", s, err)
+		}
+	}
+}
+
+func TestStdin(t *testing.T) {
+	m := newTestManager(t)
+	p := start(t, m, api.StartProcessRequest{Argv: []string{"cat"}, Stdin: api.StdinPipe})
+	for _, part := range []string{"hello ", "world\x00\xff"} {
+		if err := p.WriteStdin(context.Background(), strings.NewReader(part), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.WriteStdin(context.Background(), strings.NewReader(""), true); err != nil {
+		t.Fatal(err)
+	}
+	info := finish(t, p)
+	if stdout, _, _ := allOutput(p, 3); string(stdout) != "hello world\x00\xff" || info.ExitCode != 0 {
+		t.Fatalf("cat got %q, %+v", stdout, info)
+	}
+	if err := p.WriteStdin(context.Background(), strings.NewReader("x"), false); !api.IsCode(err, api.CodeConflict) {
+		t.Fatalf("write after exit: %v", err)
+	}
+	q := start(t, m, api.StartProcessRequest{Argv: []string{"sleep", "100"}})
+	if err := q.WriteStdin(context.Background(), strings.NewReader("x"), false); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), `stdin "null"`) {
+		t.Fatalf("stdin null: %v", err)
+	}
+	// A write the process does not read ends with its request.
+	r := start(t, m, api.StartProcessRequest{Argv: []string{"sleep", "100"}, Stdin: api.StdinPipe})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := r.WriteStdin(ctx, bytes.NewReader(make([]byte, 1<<20)), false); !api.IsCode(err, api.CodeUnavailable) {
+		t.Fatalf("blocked write: %v", err)
+	}
+}
+
+func TestWaits(t *testing.T) {
+	m := newTestManager(t)
+	bg := context.Background()
+	p := start(t, m, api.StartProcessRequest{Command: "echo one; echo two; sleep 0.2; printf 'ready at 42'; sleep 100"})
+	res, err := p.Wait(bg, api.WaitProcessRequest{Log: `ready at \d+`})
+	if err != nil || !res.Met || res.Match != "ready at 42" || res.Condition != WaitLog || res.Cursor != int64(len("one\ntwo\nready at 42")) {
+		t.Fatalf("log wait: %+v %v", res, err)
+	}
+	if res, _ := p.Wait(bg, api.WaitProcessRequest{Log: "one", Cursor: 4, TimeoutMs: 200}); res.Met || !res.TimedOut || !strings.Contains(res.Reason, "timed out") {
+		t.Fatalf("from a cursor after the line: %+v", res)
+	}
+	if res, _ := p.Wait(bg, api.WaitProcessRequest{TimeoutMs: 100}); res.Met || !res.TimedOut || res.Process.Status != api.ProcessRunning {
+		t.Fatalf("exit wait timeout: %+v", res)
+	}
+	for _, bad := range []api.WaitProcessRequest{{Log: "("}, {Port: 70000}, {HTTPPath: "/x"}, {Port: 1, HTTPPath: "x"}, {Log: "a", Port: 1}, {TimeoutMs: -1}} {
+		if _, err := p.Wait(bg, bad); !api.IsCode(err, api.CodeInvalidArgument) {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+
+	// Ports: a listener the test opens on loopback.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/ok" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+	if res, _ := p.Wait(bg, api.WaitProcessRequest{Port: port}); !res.Met || res.Condition != WaitPort {
+		t.Fatalf("port: %+v", res)
+	}
+	if res, _ := p.Wait(bg, api.WaitProcessRequest{Port: port, HTTPPath: "/ok"}); !res.Met || res.Condition != WaitHTTP {
+		t.Fatalf("http: %+v", res)
+	}
+	if res, _ := p.Wait(bg, api.WaitProcessRequest{Port: port, HTTPPath: "/down", TimeoutMs: 300}); res.Met || !res.TimedOut || !strings.Contains(res.Reason, "503") {
+		t.Fatalf("http 503: %+v", res)
+	}
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedPort := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	if res, _ := p.Wait(bg, api.WaitProcessRequest{Port: closedPort, TimeoutMs: 300}); res.Met || !res.TimedOut {
+		t.Fatalf("closed port: %+v", res)
+	}
+
+	// A process that ends before the condition.
+	q := start(t, m, api.StartProcessRequest{Command: "echo bye; exit 4"})
+	if res, _ := q.Wait(bg, api.WaitProcessRequest{Log: "never", TimeoutMs: 20000}); res.Met || res.TimedOut || !strings.Contains(res.Reason, "ended (exit code 4)") {
+		t.Fatalf("log after exit: %+v", res)
+	}
+	if res, _ := q.Wait(bg, api.WaitProcessRequest{Port: closedPort, TimeoutMs: 20000}); res.Met || res.TimedOut || !strings.Contains(res.Reason, "ended") {
+		t.Fatalf("port after exit: %+v", res)
+	}
+	if res, _ := q.Wait(bg, api.WaitProcessRequest{}); !res.Met || res.Process.ExitCode != 4 {
+		t.Fatalf("exit: %+v", res)
+	}
+}
+
+// TestConcurrentUse starts, follows, lists, reads and kills processes from many goroutines at
+// once (run it with -race).
+func TestConcurrentUse(t *testing.T) {
+	m := newTestManager(t)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			p, err := m.Start(context.Background(), api.StartProcessRequest{Command: fmt.Sprintf("i=0; while [ $i -lt 200 ]; do echo %d-$i; echo e$i >&2; i=$((i+1)); done", i)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			var out bytes.Buffer
+			var last api.ProcessEvent
+			p.Follow(context.Background(), 0, func(ev api.ProcessEvent) bool {
+				if ev.Type == api.EventStdout {
+					b, _ := ev.Bytes()
+					out.Write(b)
+				}
+				last = ev
+				return true
+			})
+			if last.Type != api.EventExit || last.Process == nil || last.Process.Status != api.ProcessExited || strings.Count(out.String(), "\n") != 200 {
+				t.Errorf("follow of %d: last %+v, %d lines", i, last, strings.Count(out.String(), "\n"))
+			}
+		})
+		wg.Go(func() { _ = m.List("", "") })
+	}
+	sleeper := start(t, m, api.StartProcessRequest{Argv: []string{"sleep", "100"}})
+	wg.Go(func() { _ = sleeper.Kill(context.Background(), unix.SIGKILL, 0) })
+	wg.Wait()
+	if got := len(m.List("", "")); got != 21 {
+		t.Fatalf("listed %d processes", got)
+	}
+	if removed := m.RemoveFinished(); len(removed) != 21 || len(m.List("", "")) != 0 {
+		t.Fatalf("removed %d", len(removed))
+	}
+}
+
+// liveMembers counts the processes of a process group that are not zombies (the test is not
+// PID 1: orphans are reaped by someone else, whenever they please).
+func liveMembers(pgid int) int {
+	n := 0
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, path := range stats {
+		stat, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) > 2 && fields[2] == strconv.Itoa(pgid) && fields[0] != "Z" {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,324 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nsbox/nsbox/agent/process"
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
+)
+
+const (
+	// sessionStateTimeout bounds the wait for a busy session's turn when a process inherits its state.
+	sessionStateTimeout = 10 * time.Second
+	defaultLogRead      = 4 << 20
+	maxLogRead          = 64 << 20
+)
+
+func (a *Agent) processRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/processes", a.handleStartProcess)
+	mux.HandleFunc("GET /v1/processes", a.handleListProcesses)
+	mux.HandleFunc("DELETE /v1/processes", a.handleRemoveFinished)
+	mux.HandleFunc("POST /v1/processes/kill", a.handleKillAll)
+	mux.HandleFunc("GET /v1/processes/{pid}", a.handleGetProcess)
+	mux.HandleFunc("DELETE /v1/processes/{pid}", a.handleRemoveProcess)
+	mux.HandleFunc("POST /v1/processes/{pid}/kill", a.handleKillProcess)
+	mux.HandleFunc("GET /v1/processes/{pid}/logs", a.handleProcessLogs)
+	mux.HandleFunc("POST /v1/processes/{pid}/stdin", a.handleProcessStdin)
+	mux.HandleFunc("DELETE /v1/processes/{pid}/stdin", a.handleProcessStdin)
+	mux.HandleFunc("POST /v1/processes/{pid}/wait", a.handleWaitProcess)
+}
+
+// sessionState is what a process started with a session id inherits: the shell's current
+// directory and exported environment (read by a hidden command in the session, so it waits
+// for the session's turn) and its user.
+func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionState, error) {
+	var st process.SessionState
+	s, err := a.session(sid)
+	if err != nil {
+		return st, sessionError(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, sessionStateTimeout)
+	defer cancel()
+	var out bytes.Buffer
+	res, err := s.Exec(ctx, session.ExecRequest{Command: "pwd; cat /proc/self/environ"}, func(kind string, b []byte) {
+		if kind == api.EventStdout {
+			out.Write(b)
+		}
+	})
+	switch {
+	case err != nil:
+		return st, sessionError(err)
+	case res.Canceled:
+		return st, api.Errorf(api.CodeConflict, "session %q is busy running a command; its environment could not be read within %s", sid, sessionStateTimeout)
+	case res.SessionEnded || res.ExitCode != 0:
+		return st, api.Errorf(api.CodeConflict, "could not read session %q's environment (exit code %d)", sid, res.ExitCode)
+	}
+	info := s.Info()
+	if info.Status == session.StateEnded {
+		return st, api.Errorf(api.CodeConflict, "session %q has ended", sid)
+	}
+	cwd, env, _ := strings.Cut(out.String(), "\n")
+	for _, kv := range strings.Split(env, "\x00") {
+		// The session's marker would make the process die with the session; "_" is cat's path.
+		if kv == "" || strings.HasPrefix(kv, "NSBOX_SESSION=") || strings.HasPrefix(kv, "_=") {
+			continue
+		}
+		st.Env = append(st.Env, kv)
+	}
+	// The shell's own view: the agent may not read /proc/<pid>/cwd of another user's shell.
+	st.Cwd, st.User = cwd, info.User
+	return st, nil
+}
+
+func (a *Agent) process(w http.ResponseWriter, r *http.Request) *process.Process {
+	p, err := a.processes.Get(r.PathValue("pid"))
+	if err != nil {
+		api.WriteError(w, err)
+		return nil
+	}
+	return p
+}
+
+// decodeOptional decodes a JSON body that may be empty.
+func decodeOptional(r *http.Request, v any) error {
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "read body: %v", err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: %v", err)
+	}
+	return nil
+}
+
+func (a *Agent) handleStartProcess(w http.ResponseWriter, r *http.Request) {
+	var req api.StartProcessRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed process request: %v", err))
+		return
+	}
+	p, err := a.processes.Start(r.Context(), req)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusCreated, p.Info())
+}
+
+var processStatuses = []string{api.ProcessRunning, api.ProcessExited, api.ProcessKilled, api.ProcessFailed}
+
+func (a *Agent) handleListProcesses(w http.ResponseWriter, r *http.Request) {
+	status := r.URL.Query().Get("status")
+	valid := status == ""
+	for _, s := range processStatuses {
+		valid = valid || s == status
+	}
+	if !valid {
+		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "status must be one of %s, not %q", strings.Join(processStatuses, ", "), status))
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, a.processes.List(status, r.URL.Query().Get("sessionId")))
+}
+
+func (a *Agent) handleGetProcess(w http.ResponseWriter, r *http.Request) {
+	if p := a.process(w, r); p != nil {
+		api.WriteJSON(w, http.StatusOK, p.Info())
+	}
+}
+
+func (a *Agent) handleRemoveProcess(w http.ResponseWriter, r *http.Request) {
+	if err := a.processes.Remove(r.PathValue("pid")); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) handleRemoveFinished(w http.ResponseWriter, _ *http.Request) {
+	api.WriteJSON(w, http.StatusOK, a.processes.RemoveFinished())
+}
+
+// killRequest reads a kill request's signal and grace.
+func killRequest(r *http.Request) (req api.KillProcessRequest, err error) {
+	err = decodeOptional(r, &req)
+	return req, err
+}
+
+func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) {
+	req, err := killRequest(r)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	sig, err := process.ParseSignal(req.Signal)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	grace, err := process.Grace(req.GraceMs)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	p := a.process(w, r)
+	if p == nil {
+		return
+	}
+	if err := p.Kill(r.Context(), sig, grace); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, p.Info())
+}
+
+// handleKillAll signals every running process at once and answers the ones it signaled.
+func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) {
+	req, err := killRequest(r)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	sig, err := process.ParseSignal(req.Signal)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	grace, err := process.Grace(req.GraceMs)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	running := a.processes.Running()
+	errs := make([]error, len(running))
+	var wg sync.WaitGroup
+	for i, p := range running {
+		wg.Go(func() { errs[i] = p.Kill(r.Context(), sig, grace) })
+	}
+	wg.Wait()
+	out := []api.Process{}
+	for i, p := range running {
+		if errs[i] != nil && !api.IsCode(errs[i], api.CodeConflict) { // conflict: it ended meanwhile
+			api.WriteError(w, errs[i])
+			return
+		}
+		out = append(out, p.Info())
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+}
+
+// handleProcessLogs answers the log after ?cursor= (default 0) as one ProcessLogs, at most
+// ?limit= bytes, or with ?follow=1 streams it as JSON lines until the process has ended.
+func (a *Agent) handleProcessLogs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var cursor int64
+	if v := q.Get("cursor"); v != "" {
+		var err error
+		if cursor, err = strconv.ParseInt(v, 10, 64); err != nil || cursor < 0 {
+			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "cursor must be a byte offset ≥ 0, not %q", v))
+			return
+		}
+	}
+	limit := defaultLogRead
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxLogRead {
+			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "limit must be 1-%d bytes, not %q", maxLogRead, v))
+			return
+		}
+		limit = n
+	}
+	follow := false
+	if v := q.Get("follow"); v != "" {
+		var err error
+		if follow, err = strconv.ParseBool(v); err != nil {
+			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "follow must be 1/true or 0/false, not %q", v))
+			return
+		}
+	}
+	p := a.process(w, r)
+	if p == nil {
+		return
+	}
+	if !follow {
+		api.WriteJSON(w, http.StatusOK, p.Logs(cursor, limit))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc, flush := json.NewEncoder(w), http.NewResponseController(w)
+	p.Follow(r.Context(), cursor, func(ev api.ProcessEvent) bool {
+		return enc.Encode(ev) == nil && flush.Flush() == nil
+	})
+}
+
+// handleProcessStdin appends the raw body to the process's stdin (POST; ?close=true closes it
+// after), or closes it (DELETE).
+func (a *Agent) handleProcessStdin(w http.ResponseWriter, r *http.Request) {
+	closeAfter := r.Method == http.MethodDelete
+	if v := r.URL.Query().Get("close"); v != "" && !closeAfter {
+		var err error
+		if closeAfter, err = strconv.ParseBool(v); err != nil {
+			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "close must be true or false, not %q", v))
+			return
+		}
+	}
+	p := a.process(w, r)
+	if p == nil {
+		return
+	}
+	body := io.Reader(r.Body)
+	if r.Method == http.MethodDelete {
+		body = bytes.NewReader(nil)
+	}
+	if err := p.WriteStdin(r.Context(), body, closeAfter); err != nil {
+		var e *api.Error
+		if !errors.As(err, &e) {
+			a.log.Warn("process stdin", "process", r.PathValue("pid"), "err", err)
+		}
+		api.WriteError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) handleWaitProcess(w http.ResponseWriter, r *http.Request) {
+	var req api.WaitProcessRequest
+	if err := decodeOptional(r, &req); err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	p := a.process(w, r)
+	if p == nil {
+		return
+	}
+	res, err := p.Wait(r.Context(), req)
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, res)
+}
+
+// sandboxDefaults is what a process that names no session starts from: the sandbox's
+// environment as it is now (PATCH …/env included) and its working directory.
+func (a *Agent) sandboxDefaults() ([]string, string) {
+	env := a.env.Effective()
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out, a.sessions.Cwd()
+}
