@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/agent/process"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
@@ -152,23 +154,22 @@ func (a *Agent) handleRemoveFinished(w http.ResponseWriter, _ *http.Request) {
 }
 
 // killRequest reads a kill request's signal and grace.
-func killRequest(r *http.Request) (req api.KillProcessRequest, err error) {
-	err = decodeOptional(r, &req)
-	return req, err
-}
-
-func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) {
-	req, err := killRequest(r)
-	if err != nil {
-		api.WriteError(w, err)
-		return
+// killRequest reads a kill request: the signal, and the grace before SIGKILL.
+func killRequest(r *http.Request) (unix.Signal, time.Duration, error) {
+	var req api.KillProcessRequest
+	if err := decodeOptional(r, &req); err != nil {
+		return 0, 0, err
 	}
 	sig, err := process.ParseSignal(req.Signal)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return 0, 0, err
 	}
 	grace, err := process.Grace(req.GraceMs)
+	return sig, grace, err
+}
+
+func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) {
+	sig, grace, err := killRequest(r)
 	if err != nil {
 		api.WriteError(w, err)
 		return
@@ -186,17 +187,7 @@ func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) {
 
 // handleKillAll signals every running process at once and answers the ones it signaled.
 func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) {
-	req, err := killRequest(r)
-	if err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	sig, err := process.ParseSignal(req.Signal)
-	if err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	grace, err := process.Grace(req.GraceMs)
+	sig, grace, err := killRequest(r)
 	if err != nil {
 		api.WriteError(w, err)
 		return

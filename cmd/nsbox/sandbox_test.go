@@ -286,18 +286,7 @@ func TestReconcile(t *testing.T) {
 	d.create(api.CreateSandboxRequest{ID: "orphan", Image: "busybox"})
 	orphanPID, deadPID := d.agentPID("orphan"), d.agentPID("dead")
 	d.kill9()
-	// While the daemon is down, one sandbox's agent dies and another sandbox's record is lost.
-	if err := syscall.Kill(deadPID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	store, err := nsbox.OpenStore(filepath.Join(d.dataDir, "meta.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Delete("orphan"); err != nil {
-		t.Fatal(err)
-	}
-	store.Close()
+	d.loseWhileDown(deadPID, "orphan")
 	d.start()
 	got, err := d.client.GetSandbox(context.Background(), "dead")
 	if err != nil || got.Status != api.StatusFailed || got.Error == "" {
@@ -313,6 +302,23 @@ func TestReconcile(t *testing.T) {
 	if err := d.client.RemoveSandbox(context.Background(), "dead", false); err != nil {
 		t.Fatalf("remove a failed sandbox: %v", err)
 	}
+}
+
+// loseWhileDown does, while the daemon is down, what reconcile must cope with: a sandbox's
+// agent (deadPID) dies and another sandbox's record (lostID) is lost.
+func (d *testDaemon) loseWhileDown(deadPID int, lostID string) {
+	d.t.Helper()
+	if err := syscall.Kill(deadPID, syscall.SIGKILL); err != nil {
+		d.t.Fatal(err)
+	}
+	store, err := nsbox.OpenStore(filepath.Join(d.dataDir, "meta.db"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if err := store.Delete(lostID); err != nil {
+		d.t.Fatal(err)
+	}
+	store.Close()
 }
 
 func TestRemoveStopsEverything(t *testing.T) {

@@ -12,12 +12,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
-	"github.com/nsbox/nsbox/nsbox"
 )
 
 // writeTree makes files (path → content; a path ending in / is a directory) under dir.
@@ -425,17 +423,7 @@ func TestStorageReconcile(t *testing.T) {
 	d.sh("dead", "echo b > /workspace/b")
 	deadPID, orphanContainer := d.agentPID("dead"), d.container("orphan")
 	d.kill9()
-	if err := syscall.Kill(deadPID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	store, err := nsbox.OpenStore(filepath.Join(d.dataDir, "meta.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Delete("orphan"); err != nil {
-		t.Fatal(err)
-	}
-	store.Close()
+	d.loseWhileDown(deadPID, "orphan")
 	d.start()
 	orphanImage := filepath.Join(d.dataDir, "sandboxes", orphanContainer, "disk.img")
 	if _, err := os.Stat(orphanImage); !os.IsNotExist(err) {
