@@ -25,6 +25,10 @@ type Port struct {
 	// HostIP restricts the exposure to one host address (127.0.0.1 for the host alone); the
 	// zero Addr (or 0.0.0.0 in a request) means every host address.
 	HostIP netip.Addr `json:"hostIP,omitzero"`
+	// Token and Public are the preview proxy's: kept with the exposure, not used here. A
+	// request that names an existing exposure gets the existing one back, with its own.
+	Token  string `json:"token,omitempty"`
+	Public bool   `json:"public,omitempty"`
 }
 
 func (p Port) hostSide() string {

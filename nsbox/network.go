@@ -30,16 +30,6 @@ type NetworkConfig struct {
 	Uplinks []string
 }
 
-// portRecord is what the daemon keeps about an exposed port besides what package net keeps
-// (host port and address, in its own state file): the preview proxy's token and whether the
-// port is public.
-type portRecord struct {
-	Port     int    `json:"port"`
-	Protocol string `json:"protocol"`
-	Token    string `json:"token,omitempty"`
-	Public   bool   `json:"public,omitempty"`
-}
-
 func (c *Config) netConfig() sandboxnet.Config {
 	return sandboxnet.Config{
 		Subnet:      c.Network.Subnet,
@@ -214,46 +204,22 @@ func (r *Runtime) detachNetwork(id string) error {
 }
 
 // reconcileNetwork runs after the records are reconciled at start-up: sandboxes that no
-// longer run lose their network, and the exposed ports of those that run are made to agree
-// between the record (tokens) and package net's state (rules), which a kill -9 between the
-// two writes can leave apart.
+// longer run lose their network.
 func (r *Runtime) reconcileNetwork() error {
 	for _, id := range r.net.Sandboxes() {
 		rec, err := r.store.Get(id)
-		if api.IsCode(err, api.CodeNotFound) || (err == nil && rec.Status != api.StatusRunning) {
-			r.log.Warn("removing the network of a sandbox that does not run", "sandbox", id)
-			if err := r.net.Detach(id); err != nil {
-				r.log.Error("remove network", "sandbox", id, "err", err)
-			}
-			continue
-		}
-		if err != nil {
+		if err != nil && !api.IsCode(err, api.CodeNotFound) {
 			return err
 		}
-		netPorts := r.net.Ports(id)
-		for _, p := range netPorts {
-			if findPortRecord(rec.Ports, p.Port, p.Protocol) < 0 {
-				r.log.Warn("unexposing a port the record does not know", "sandbox", id, "port", p.Port, "protocol", p.Protocol)
-				if err := r.net.Unexpose(id, p.Port, p.Protocol); err != nil {
-					r.log.Error("unexpose", "sandbox", id, "err", err)
-				}
-			}
+		if err == nil && rec.Status == api.StatusRunning {
+			continue
 		}
-		kept := slices.DeleteFunc(slices.Clone(rec.Ports), func(p portRecord) bool {
-			return !slices.ContainsFunc(netPorts, func(q sandboxnet.Port) bool { return q.Port == p.Port && q.Protocol == p.Protocol })
-		})
-		if len(kept) != len(rec.Ports) {
-			rec.Ports = kept
-			if err := r.store.Put(rec); err != nil {
-				return err
-			}
+		r.log.Warn("removing the network of a sandbox that does not run", "sandbox", id)
+		if err := r.net.Detach(id); err != nil {
+			r.log.Error("remove network", "sandbox", id, "err", err)
 		}
 	}
 	return nil
-}
-
-func findPortRecord(ports []portRecord, port int, protocol string) int {
-	return slices.IndexFunc(ports, func(p portRecord) bool { return p.Port == port && p.Protocol == protocol })
 }
 
 // runningRecord returns the record of a sandbox that runs, or why it does not.
@@ -294,9 +260,10 @@ func (r *Runtime) SetNetwork(id string, spec api.NetworkSpec) (*api.Sandbox, err
 }
 
 // ExposePort forwards a host port to a port of a running sandbox. A TCP port that is not
-// public gets a token for the preview proxy.
+// public gets a token for the preview proxy. The exposure, token included, is kept in
+// package net's state (in the run dir, like the kernel rules it describes: no fsync).
 func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.ExposedPort, error) {
-	want := sandboxnet.Port{Port: req.Port, Protocol: req.Protocol, HostPort: req.HostPort}
+	want := sandboxnet.Port{Port: req.Port, Protocol: req.Protocol, HostPort: req.HostPort, Public: req.Public}
 	if want.Protocol != "" && want.Protocol != api.ProtocolTCP && want.Protocol != api.ProtocolUDP {
 		return nil, api.Errorf(api.CodeInvalidArgument, "protocol must be tcp or udp, not %q", req.Protocol)
 	}
@@ -307,72 +274,47 @@ func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.Exposed
 		}
 		want.HostIP = ip
 	}
+	if want.Protocol != api.ProtocolUDP && !req.Public {
+		want.Token = newToken()
+	}
 	defer r.netLocks.lock(id)()
-	rec, err := r.runningRecord(id)
-	if err != nil {
+	if _, err := r.runningRecord(id); err != nil {
 		return nil, err
 	}
 	p, err := r.net.Expose(id, want)
 	if err != nil {
 		return nil, netError(err)
 	}
-	pr := portRecord{Port: p.Port, Protocol: p.Protocol, Public: req.Public}
-	if i := findPortRecord(rec.Ports, p.Port, p.Protocol); i >= 0 {
+	if p.Public != req.Public {
 		// Exposed already with the same host side: the same exposure, unless public changes.
-		if rec.Ports[i].Public != req.Public {
-			return nil, api.Errorf(api.CodeConflict, "port %d/%s is already exposed with public=%t; remove it first to change that", p.Port, p.Protocol, rec.Ports[i].Public)
-		}
-		return r.exposedPort(id, p, rec.Ports[i]), nil
+		return nil, api.Errorf(api.CodeConflict, "port %d/%s is already exposed with public=%t; remove it first to change that", p.Port, p.Protocol, p.Public)
 	}
-	if p.Protocol == sandboxnet.TCP && !req.Public {
-		pr.Token = newToken()
-	}
-	_, err = r.store.Update(id, func(rec *record) error {
-		rec.Ports = append(rec.Ports, pr)
-		return nil
-	})
-	if err != nil {
-		if uerr := r.net.Unexpose(id, p.Port, p.Protocol); uerr != nil && !errors.Is(uerr, sandboxnet.ErrNotFound) {
-			err = errors.Join(err, uerr)
-		}
-		return nil, err
-	}
-	return r.exposedPort(id, p, pr), nil
+	return r.exposedPort(id, p), nil
 }
 
 // UnexposePort stops forwarding a sandbox port and cuts the connections open through it.
 func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
 	defer r.netLocks.lock(id)()
-	rec, err := r.store.Get(id)
-	if err != nil {
+	if _, err := r.store.Get(id); err != nil {
 		return err
 	}
-	if err := r.net.Unexpose(id, port, protocol); err != nil && !(errors.Is(err, sandboxnet.ErrNotFound) && findPortRecord(rec.Ports, port, protocol) >= 0) {
+	if err := r.net.Unexpose(id, port, protocol); err != nil {
 		return netError(err)
 	}
-	_, err = r.store.Update(id, func(rec *record) error {
-		if i := findPortRecord(rec.Ports, port, protocol); i >= 0 {
-			rec.Ports = slices.Delete(rec.Ports, i, i+1)
-		}
-		return nil
-	})
-	if protocol == sandboxnet.TCP {
+	if protocol != sandboxnet.UDP {
 		r.forgetPreview(id, port)
 	}
-	return err
+	return nil
 }
 
 // Ports lists a sandbox's exposed ports.
 func (r *Runtime) Ports(id string) ([]api.ExposedPort, error) {
-	rec, err := r.store.Get(id)
-	if err != nil {
+	if _, err := r.store.Get(id); err != nil {
 		return nil, err
 	}
 	out := []api.ExposedPort{}
 	for _, p := range r.net.Ports(id) {
-		if i := findPortRecord(rec.Ports, p.Port, p.Protocol); i >= 0 {
-			out = append(out, *r.exposedPort(id, p, rec.Ports[i]))
-		}
+		out = append(out, *r.exposedPort(id, p))
 	}
 	slices.SortFunc(out, func(a, b api.ExposedPort) int {
 		return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
@@ -380,9 +322,9 @@ func (r *Runtime) Ports(id string) ([]api.ExposedPort, error) {
 	return out, nil
 }
 
-func (r *Runtime) exposedPort(id string, p sandboxnet.Port, pr portRecord) *api.ExposedPort {
+func (r *Runtime) exposedPort(id string, p sandboxnet.Port) *api.ExposedPort {
 	out := &api.ExposedPort{Port: p.Port, Protocol: p.Protocol, HostPort: p.HostPort, HostIP: "0.0.0.0",
-		Public: pr.Public, Token: pr.Token}
+		Public: p.Public, Token: p.Token}
 	host := "127.0.0.1"
 	if p.HostIP.IsValid() {
 		out.HostIP, host = p.HostIP.String(), p.HostIP.String()
@@ -392,8 +334,8 @@ func (r *Runtime) exposedPort(id string, p sandboxnet.Port, pr portRecord) *api.
 		out.URL = fmt.Sprintf("udp://%s:%d", host, p.HostPort)
 	case r.cfg.ProxyDomain != "":
 		name := fmt.Sprintf("%d-%s", p.Port, id)
-		if pr.Token != "" {
-			name += "-" + pr.Token
+		if p.Token != "" {
+			name += "-" + p.Token
 		}
 		out.URL = "http://" + name + "." + r.cfg.ProxyDomain
 		if r.cfg.ProxyPort != 0 && r.cfg.ProxyPort != 80 {
@@ -414,10 +356,12 @@ func (r *Runtime) PreviewTarget(id string, port int) (addr netip.AddrPort, token
 	if err != nil {
 		return netip.AddrPort{}, "", false, err
 	}
-	i := findPortRecord(rec.Ports, port, sandboxnet.TCP)
+	ports := r.net.Ports(id)
+	i := slices.IndexFunc(ports, func(p sandboxnet.Port) bool { return p.Port == port && p.Protocol == sandboxnet.TCP })
 	if i < 0 {
 		return netip.AddrPort{}, "", false, api.Errorf(api.CodeNotFound, "port %d of sandbox %q is not exposed", port, id)
 	}
+	p := ports[i]
 	if rec.Status != api.StatusRunning {
 		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q is not running (%s)", id, rec.Status)
 	}
@@ -425,7 +369,7 @@ func (r *Runtime) PreviewTarget(id string, port int) (addr netip.AddrPort, token
 	if !ok || a.HostVeth == "" {
 		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q has no network (mode none)", id)
 	}
-	return netip.AddrPortFrom(a.Addr, uint16(port)), rec.Ports[i].Token, rec.Ports[i].Public, nil
+	return netip.AddrPortFrom(a.Addr, uint16(port)), p.Token, p.Public, nil
 }
 
 // newToken is a preview proxy token: 32 lowercase hex digits from crypto/rand.

@@ -24,8 +24,6 @@ type record struct {
 	// have none, and there the two were the same.
 	Container  string `json:"container,omitempty"`
 	CgroupPath string `json:"cgroupPath"`
-	// Ports are the exposed ports' tokens and public flags (package net keeps the rest).
-	Ports []portRecord `json:"ports,omitempty"`
 }
 
 // container returns the id of the record's container.

@@ -58,7 +58,7 @@ func newBench(bin string) (*bench, error) {
 func (b *bench) runcRoot() string { return filepath.Join(b.runDir, "runc") }
 
 // daemon returns the daemon called name, starting it and waiting for its API on first use.
-func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool string) (*daemon, error) {
+func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool string, extraArgs ...string) (*daemon, error) {
 	if d, ok := b.daemons[name]; ok {
 		return d, nil
 	}
@@ -75,7 +75,7 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool 
 	// Its own process group: a Ctrl-C meant for the benchmark must not stop the daemon
 	// before the benchmark has removed its sandboxes through it.
 	d.cmd = command(b.bin, append([]string{"--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
-		"--cgroup-parent", d.cgroupParent, "--seccomp=" + strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn"}, d.netArgs...)...)
+		"--cgroup-parent", d.cgroupParent, "--seccomp=" + strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn"}, append(d.netArgs, extraArgs...)...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start daemon %s: %w", name, err)

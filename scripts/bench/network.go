@@ -50,11 +50,19 @@ func (n benchNet) remove() error {
 	return nil
 }
 
+// benchProxyDomain is the preview proxy's domain in the benchmark; requests name it in Host.
+const benchProxyDomain = "bench.test"
+
 // networkSection times exposing and unexposing a port through the API, a sandbox's create
 // with a network against one in mode none, and HTTP requests per second to a busybox httpd in
-// a sandbox through an exposed host port against straight to the sandbox's address.
+// a sandbox through an exposed host port and through the preview proxy against straight to
+// the sandbox's address.
 func (b *bench) networkSection(ctx context.Context, n int) (err error) {
-	d, err := b.daemon(ctx, "nsbox", true, "")
+	proxyAddr, err := freeLoopbackAddr()
+	if err != nil {
+		return err
+	}
+	d, err := b.daemon(ctx, "nsbox-net", true, "", "--proxy-listen", proxyAddr, "--proxy-domain", benchProxyDomain)
 	if err != nil {
 		return err
 	}
@@ -102,15 +110,16 @@ func (b *bench) networkSection(ctx context.Context, n int) (err error) {
 	if err != nil {
 		return err
 	}
-	targets := []struct{ name, url string }{
-		{"host port (127.0.0.1, DNAT)", fmt.Sprintf("http://127.0.0.1:%d/", p.HostPort)},
-		{"sandbox address (no NAT)", fmt.Sprintf("http://%s:8080/", sb.Network.IP)},
+	targets := []struct{ name, url, host string }{
+		{"host port (127.0.0.1, DNAT)", fmt.Sprintf("http://127.0.0.1:%d/", p.HostPort), ""},
+		{"preview proxy (Host with token)", "http://" + proxyAddr + "/", fmt.Sprintf("8080-%s-%s.%s", sb.ID, p.Token, benchProxyDomain)},
+		{"sandbox address (no NAT)", fmt.Sprintf("http://%s:8080/", sb.Network.IP), ""},
 	}
 	const rounds, concurrency, each = 3, 4, time.Second
 	counts := make([]int64, len(targets))
 	for range rounds {
 		for i, t := range targets {
-			got, err := httpLoad(ctx, t.url, concurrency, each)
+			got, err := httpLoad(ctx, t.url, t.host, concurrency, each)
 			if err != nil {
 				return fmt.Errorf("HTTP to %s: %w", t.name, err)
 			}
@@ -128,8 +137,19 @@ func (b *bench) networkSection(ctx context.Context, n int) (err error) {
 	return nil
 }
 
-// httpLoad sends GETs to url from concurrency clients for d and returns how many succeeded.
-func httpLoad(ctx context.Context, url string, concurrency int, d time.Duration) (int64, error) {
+// freeLoopbackAddr returns an address on 127.0.0.1 whose port was free a moment ago.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// httpLoad sends GETs to url (with the Host header host, unless empty) from concurrency
+// clients for d and returns how many succeeded.
+func httpLoad(ctx context.Context, url, host string, concurrency int, d time.Duration) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency}}
@@ -141,6 +161,9 @@ func httpLoad(ctx context.Context, url string, concurrency int, d time.Duration)
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				if host != "" {
+					req.Host = host
+				}
 				resp, err := client.Do(req)
 				if err != nil {
 					if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
