@@ -263,13 +263,20 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		Container:  w.id,
 		CgroupPath: w.cgroupPath,
 	}
-	if err := r.store.Insert(rec); err != nil {
+	// The creating record is written (and fsync'd) while bind works: bind mostly waits for
+	// the kernel and the agent. A crash before either ends leaves a container without a
+	// record, or a creating record, and reconcile removes both.
+	inserted := make(chan error, 1)
+	creating := *rec
+	go func() { inserted <- r.store.Insert(&creating) }()
+	bindErr := r.bind(ctx, rec, w, lim)
+	if err := <-inserted; err != nil {
 		r.discard(w)
-		return nil, err
+		return nil, errors.Join(err, r.detachNetwork(rec.ID))
 	}
-	if err := r.bind(ctx, rec, w, lim); err != nil {
+	if bindErr != nil {
 		r.abortCreate(rec)
-		return nil, api.Errorf(api.CodeInternal, "set up sandbox %s: %v", rec.ID, err)
+		return nil, api.Errorf(api.CodeInternal, "set up sandbox %s: %v", rec.ID, bindErr)
 	}
 	rec.Status = api.StatusRunning
 	if err := r.store.Put(rec); err != nil {
@@ -512,7 +519,10 @@ func (r *Runtime) stop(rec *record) {
 // destroy kills a sandbox's processes and removes its container, cgroup, mounts and
 // directories. It copes with every partial state a crash can leave.
 func (r *Runtime) destroy(rec *record) error {
-	return errors.Join(r.destroyContainer(rec.container(), rec.CgroupPath), r.detachNetwork(rec.ID))
+	// The network's rules go while the container is being killed: independent work.
+	detached := make(chan error, 1)
+	go func() { detached <- r.detachNetwork(rec.ID) }()
+	return errors.Join(r.destroyContainer(rec.container(), rec.CgroupPath), <-detached)
 }
 
 // destroyContainer removes a container and everything it had, whether or not it was ever

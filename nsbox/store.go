@@ -42,7 +42,7 @@ type Store struct {
 // OpenStore opens (creating if needed) the metadata database at path. Only one daemon can
 // hold it; a second one fails after a second with a clear error.
 func OpenStore(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoFreelistSync: true})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("open metadata %s: another nsbox daemon is using it", path)
 	}
