@@ -2,7 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,12 +38,15 @@ func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) {
 }
 
 // enterCwd makes the sandbox's working directory if it is missing and moves the agent there.
+// A directory that cannot be made or entered (a file, a read-only place) is the request's
+// mistake.
 func enterCwd(cwd string) error {
-	if err := os.MkdirAll(cwd, 0o755); err != nil {
-		return fmt.Errorf("make working directory %s: %w", cwd, err)
+	err := os.MkdirAll(cwd, 0o755)
+	if err == nil {
+		err = os.Chdir(cwd)
 	}
-	if err := os.Chdir(cwd); err != nil {
-		return fmt.Errorf("enter working directory %s: %w", cwd, err)
+	if err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "cwd %s cannot be used in this sandbox (%v); choose a directory that exists or can be made there, such as one under /workspace or /tmp", cwd, err)
 	}
 	return nil
 }

@@ -40,6 +40,10 @@ func (a *Agent) processRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/processes/{pid}/wait", a.handleWaitProcess)
 }
 
+// stateCommand prints a session's directory and a NUL, then its exported environment
+// (NUL-separated). `\command` keeps the session's aliases and functions out of it.
+const stateCommand = `\command printf '%s\0' "$PWD"; \command cat /proc/self/environ`
+
 // sessionState is what a process started with a session id inherits: the shell's current
 // directory and exported environment (read by a hidden command in the session, so it waits
 // for the session's turn) and its user.
@@ -52,7 +56,7 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 	ctx, cancel := context.WithTimeout(ctx, sessionStateTimeout)
 	defer cancel()
 	var out bytes.Buffer
-	res, err := s.Exec(ctx, session.ExecRequest{Command: "pwd; cat /proc/self/environ"}, func(kind string, b []byte) {
+	res, err := s.Exec(ctx, session.ExecRequest{Command: stateCommand}, func(kind string, b []byte) {
 		if kind == api.EventStdout {
 			out.Write(b)
 		}
@@ -69,7 +73,7 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 	if info.Status == session.StateEnded {
 		return st, api.Errorf(api.CodeConflict, "session %q has ended", sid)
 	}
-	cwd, env, _ := strings.Cut(out.String(), "\n")
+	cwd, env, _ := strings.Cut(out.String(), "\x00")
 	for _, kv := range strings.Split(env, "\x00") {
 		// The session's marker would make the process die with the session; "_" is cat's path.
 		if kv == "" || strings.HasPrefix(kv, "NSBOX_SESSION=") || strings.HasPrefix(kv, "_=") {

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
@@ -69,13 +70,18 @@ func patchedEnv(env map[string]string, patch api.PatchEnvRequest) (map[string]st
 	return out, nil
 }
 
+// envPushTimeout bounds how long a PATCH …/env waits for the sandbox's agent.
+const envPushTimeout = 10 * time.Second
+
 // PatchEnv sets and unsets variables of a running sandbox's environment and returns the
 // sandbox. New sessions and processes get the new environment; existing sessions apply it
 // before their next exec, except for variables they changed themselves.
 func (r *Runtime) PatchEnv(ctx context.Context, id string, patch api.PatchEnvRequest) (*api.Sandbox, error) {
-	// One patch at a time: each one reads the environment the previous one recorded.
-	r.envMu.Lock()
-	defer r.envMu.Unlock()
+	// One patch of a sandbox at a time: each one reads the environment the previous one
+	// recorded. An agent that does not answer gives up after envPushTimeout.
+	defer r.envLocks.lock(id)()
+	ctx, cancel := context.WithTimeout(ctx, envPushTimeout)
+	defer cancel()
 	agent, rec, err := r.runningAgent(id)
 	if err != nil {
 		return nil, err

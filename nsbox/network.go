@@ -48,13 +48,14 @@ func CleanupNetwork(cfg Config) error {
 	return sandboxnet.Cleanup(cfg.netConfig())
 }
 
-// netLocks serializes the network changes of one sandbox (mode, ports) with each other.
-type netLocks struct {
+// idLocks serializes changes to one sandbox (its network, its env) with each other, and not
+// with other sandboxes'.
+type idLocks struct {
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex
 }
 
-func (l *netLocks) lock(id string) func() {
+func (l *idLocks) lock(id string) func() {
 	l.mu.Lock()
 	if l.locks == nil {
 		l.locks = map[string]*sync.Mutex{}
@@ -298,13 +299,12 @@ func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
 	if _, err := r.store.Get(id); err != nil {
 		return err
 	}
-	if err := r.net.Unexpose(id, port, protocol); err != nil {
-		return netError(err)
-	}
+	err := r.net.Unexpose(id, port, protocol)
 	if protocol != sandboxnet.UDP {
+		// Also when cutting the NAT-ed flows failed: the port is unexposed by then.
 		r.forgetPreview(id, port)
 	}
-	return nil
+	return netError(err)
 }
 
 // Ports lists a sandbox's exposed ports.

@@ -41,14 +41,18 @@ func newWarmPool(want map[string]int) *warmPool {
 }
 
 // acquire returns a started container for a new sandbox of img: a warm one when the pool has
-// one (bind applies the limits) and the sandbox needs no storage of its own, else a new one.
+// one whose agent still runs (bind applies the limits) and the sandbox needs no storage of its
+// own, else a new one.
 func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim limits, st storageSpec) (sc *startedContainer, fromPool bool, err error) {
 	if st.none() {
-		if sc := r.pool.take(img.Name); sc != nil {
-			r.refill(img)
-			return sc, true, nil
+		defer r.refill(img)
+		for sc := r.pool.take(img.Name); sc != nil; sc = r.pool.take(img.Name) {
+			if sc.alive() {
+				return sc, true, nil
+			}
+			r.log.Warn("warm pool: its agent has exited; discarding the container", "container", sc.id)
+			r.discard(sc)
 		}
-		r.refill(img)
 	}
 	sc, err = r.startContainer(ctx, img, lim, st)
 	return sc, false, err
@@ -174,40 +178,40 @@ func (r *Runtime) drainPool() {
 
 // discard destroys a started container that no sandbox will have.
 func (r *Runtime) discard(sc *startedContainer) {
+	sc.release()
 	if err := r.destroyContainer(sc.id, sc.cgroupPath); err != nil {
 		r.log.Error("destroy unused container", "container", sc.id, "err", err)
 	}
 }
 
-// setHostname sets the hostname in the UTS namespace of the process pid. Only the calling
-// thread enters that namespace, and it returns to its own before the thread is used again.
-func setHostname(pid int, name string) error {
-	target, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
-	if err != nil {
-		return fmt.Errorf("open sandbox uts namespace: %w", err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	own, err := os.Open("/proc/thread-self/ns/uts")
-	if err != nil {
+// setHostname sets the hostname in the UTS namespace of the process behind pidfd. A
+// goroutine of its own does it on a locked thread, which enters that namespace and returns to
+// its own before it is unlocked; if it cannot return, the thread ends with the goroutine.
+func setHostname(pidfd int, name string) error {
+	result := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		own, err := os.Open("/proc/thread-self/ns/uts")
+		if err != nil {
+			runtime.UnlockOSThread()
+			result <- fmt.Errorf("open own uts namespace: %w", err)
+			return
+		}
+		defer own.Close()
+		if err := unix.Setns(pidfd, unix.CLONE_NEWUTS); err != nil {
+			runtime.UnlockOSThread()
+			result <- fmt.Errorf("enter sandbox uts namespace: %w", err)
+			return
+		}
+		setErr := unix.Sethostname([]byte(name))
+		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWUTS); err != nil {
+			result <- fmt.Errorf("return from sandbox uts namespace: %w", err) // the thread stays locked
+			return
+		}
 		runtime.UnlockOSThread()
-		return fmt.Errorf("open own uts namespace: %w", err)
-	}
-	defer own.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWUTS); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter sandbox uts namespace: %w", err)
-	}
-	setErr := unix.Sethostname([]byte(name))
-	if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWUTS); err != nil {
-		// Leave the thread locked: Go ends it with this goroutine instead of reusing it.
-		return fmt.Errorf("return from sandbox uts namespace: %w", err)
-	}
-	runtime.UnlockOSThread()
-	if setErr != nil {
-		return fmt.Errorf("set hostname: %w", setErr)
-	}
-	return nil
+		result <- wrapErr("set hostname", setErr)
+	}()
+	return <-result
 }
 
 // setLimits changes the cgroup limits of a running container.
@@ -229,4 +233,18 @@ func (r *Runtime) setLimits(id string, lim limits) error {
 	}
 	r.log.Debug("limits set", "container", id, "duration", time.Since(began))
 	return nil
+}
+
+// alive reports whether the container's agent still runs (its pidfd is not readable yet).
+func (sc *startedContainer) alive() bool {
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(sc.pidfd), Events: unix.POLLIN}}, 0)
+	return err == nil && n == 0
+}
+
+// release closes the agent's pidfd once the container is bound or discarded.
+func (sc *startedContainer) release() {
+	if sc.pidfd >= 0 {
+		unix.Close(sc.pidfd)
+		sc.pidfd = -1
+	}
 }

@@ -70,10 +70,10 @@ type Runtime struct {
 	mu     sync.Mutex
 	busy   map[string]string       // ids being created, removed or updated right now, and which
 	agents map[string]*agentClient // one client per running container, by container id
-	envMu  sync.Mutex              // one PATCH …/env at a time (env.go)
 
 	net      *sandboxnet.Manager
-	netLocks netLocks
+	netLocks idLocks      // network changes (network.go)
+	envLocks idLocks      // PATCH …/env (env.go)
 	preview  *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
 }
 
@@ -175,7 +175,9 @@ const (
 )
 
 // claim marks id as busy for the duration of a create, a remove or a record update. A create
-// or remove in progress is a conflict; a record update is waited for.
+// or remove in progress is a conflict; a record update is waited for. A record update waits
+// for whatever holds the id (a create that is still answering, a remove), and then finds the
+// record as they left it.
 func (r *Runtime) claim(id, why string) (release func(), err error) {
 	for waited := time.Duration(0); ; waited += time.Millisecond {
 		r.mu.Lock()
@@ -190,7 +192,10 @@ func (r *Runtime) claim(id, why string) (release func(), err error) {
 			}, nil
 		}
 		r.mu.Unlock()
-		if held != claimRecord || waited > time.Second {
+		switch {
+		case why == claimRecord && waited < 2*stopGrace:
+		case held == claimRecord && waited < time.Second:
+		default:
 			return nil, api.Errorf(api.CodeConflict, "sandbox %q is being %s; try again", id, held)
 		}
 		time.Sleep(time.Millisecond)
@@ -254,6 +259,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		// Whatever failed, the create as a whole failed inside the daemon.
 		return nil, api.Errorf(api.CodeInternal, "start sandbox %s: %v", req.ID, err)
 	}
+	defer w.release()
 	rec := &record{
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Status: api.StatusCreating, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
@@ -276,6 +282,10 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 	if bindErr != nil {
 		r.abortCreate(rec)
+		var apiErr *api.Error
+		if errors.As(bindErr, &apiErr) && apiErr.Code != api.CodeInternal {
+			return nil, apiErr // the request's mistake (a cwd that cannot be made, no address left)
+		}
 		return nil, api.Errorf(api.CodeInternal, "set up sandbox %s: %v", rec.ID, bindErr)
 	}
 	rec.Status = api.StatusRunning
@@ -301,6 +311,7 @@ type startedContainer struct {
 	id         string // the libcontainer id
 	image      string
 	pid        int // the agent's host pid
+	pidfd      int // the agent, held until bind is done: a dead agent is noticed, its pid never reused meanwhile
 	cgroupPath string
 	limits     limits
 	storage    storageSpec
@@ -310,17 +321,21 @@ type startedContainer struct {
 // the agent as PID 1 and waits until the agent answers. The container is nobody's yet: bind
 // makes it a sandbox. On failure nothing of it is left.
 func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim limits, st storageSpec) (*startedContainer, error) {
-	sc := &startedContainer{id: "c-" + newID(), image: img.Name, limits: lim, storage: st}
+	sc := &startedContainer{id: "c-" + newID(), image: img.Name, limits: lim, storage: st, pidfd: -1}
 	sc.cgroupPath = cgroupPath(r.cfg.CgroupParent, sc.id)
 	var phases startPhases
 	pid, err := r.runContainer(ctx, sc, img, &phases)
+	if err == nil {
+		sc.pid = pid
+		sc.pidfd, err = unix.PidfdOpen(pid, 0)
+		err = wrapErr("pidfd of the agent", err)
+	}
 	if err != nil {
 		if err := r.destroyContainer(sc.id, sc.cgroupPath); err != nil {
 			r.log.Error("clean up after failed start", "container", sc.id, "err", err)
 		}
 		return nil, err
 	}
-	sc.pid = pid
 	r.log.Debug("container started", "container", sc.id, "image", img.Name, "pid", pid,
 		"root", phases.root, "container", phases.container, "agent", phases.agent)
 	return sc, nil
@@ -422,7 +437,10 @@ func (r *Runtime) runContainer(ctx context.Context, sc *startedContainer, img *r
 // they differ from the ones it was started with, its network, and its agent's hostname,
 // sandbox environment and working directory.
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim limits) error {
-	if err := setHostname(sc.pid, rec.ID); err != nil {
+	if !sc.alive() {
+		return fmt.Errorf("the container's agent (pid %d) has exited", sc.pid)
+	}
+	if err := setHostname(sc.pidfd, rec.ID); err != nil {
 		return err
 	}
 	if lim != sc.limits {
@@ -519,21 +537,28 @@ func (r *Runtime) stop(rec *record) {
 // destroy kills a sandbox's processes and removes its container, cgroup, mounts and
 // directories. It copes with every partial state a crash can leave.
 func (r *Runtime) destroy(rec *record) error {
-	// The network's rules go while the container is being killed: independent work.
-	detached := make(chan error, 1)
-	go func() { detached <- r.detachNetwork(rec.ID) }()
-	return errors.Join(r.destroyContainer(rec.container(), rec.CgroupPath), <-detached)
+	// The network's rules go only once the sandbox's processes are dead: before, its traffic
+	// would no longer be filtered.
+	return r.destroyContainer(rec.container(), rec.CgroupPath, func() error { return r.detachNetwork(rec.ID) })
 }
 
 // destroyContainer removes a container and everything it had, whether or not it was ever
-// bound to a sandbox.
-func (r *Runtime) destroyContainer(id, cgroup string) error {
+// bound to a sandbox. Once its processes are dead, the cgroups and state, the files, and what
+// alongside removes (the sandbox's network) go at the same time.
+func (r *Runtime) destroyContainer(id, cgroup string, alongside ...func() error) error {
 	r.forgetAgent(id)
 	var errs []error
+	done := make(chan error, len(alongside)+1)
+	tasks := 0
+	start := func(task func() error) {
+		tasks++
+		go func() { done <- task() }()
+	}
 	c, err := libcontainer.Load(r.stateRoot(), id)
 	switch {
 	case err == nil:
-		errs = append(errs, killAndDestroy(c))
+		kill(c)
+		start(func() error { return wrapErr("destroy container", c.Destroy()) })
 	case errors.Is(err, libcontainer.ErrNotExist):
 		// No (complete) container: remove whatever cgroup and state a crash left.
 		errs = append(errs, removeCgroup(cgroup), os.RemoveAll(filepath.Join(r.stateRoot(), id)))
@@ -541,18 +566,23 @@ func (r *Runtime) destroyContainer(id, cgroup string) error {
 		errs = append(errs, fmt.Errorf("load container: %w", err), removeCgroup(cgroup),
 			os.RemoveAll(filepath.Join(r.stateRoot(), id)))
 	}
+	for _, task := range alongside {
+		start(task)
+	}
 	errs = append(errs,
 		r.releaseStorage(id),
 		rootfs.Detach(filepath.Join(r.sandboxRunDir(id), "rootfs")),
 		os.RemoveAll(r.sandboxRunDir(id)),
 		os.RemoveAll(r.sandboxDataDir(id)),
 	)
+	for range tasks {
+		errs = append(errs, <-done)
+	}
 	return errors.Join(errs...)
 }
 
-// killAndDestroy kills a container's init (and with it its pid namespace), waits for it to be
-// gone, and removes the container.
-func killAndDestroy(c *libcontainer.Container) error {
+// kill kills a container's init (and with it its pid namespace) and waits for it to be gone.
+func kill(c *libcontainer.Container) {
 	if state, err := c.State(); err == nil && state.InitProcessPid > 0 {
 		if pidfd, err := unix.PidfdOpen(state.InitProcessPid, 0); err == nil {
 			_ = unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
@@ -560,8 +590,12 @@ func killAndDestroy(c *libcontainer.Container) error {
 			unix.Close(pidfd)
 		}
 	}
-	if err := c.Destroy(); err != nil {
-		return fmt.Errorf("destroy container: %w", err)
+}
+
+// wrapErr wraps err with what failed, or is nil.
+func wrapErr(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -40,7 +40,8 @@ func (r *Runtime) watchAgent(id string, pid int) {
 func (r *Runtime) agentExited(id string, pid int) {
 	release, err := r.claim(id, claimRecord)
 	if err != nil {
-		return // being created or removed: that path owns the outcome
+		r.log.Warn("sandbox's agent exited, but its id stayed claimed; not recorded", "sandbox", id, "err", err)
+		return
 	}
 	defer release()
 	rec, err := r.store.Get(id)

@@ -311,6 +311,12 @@ func TestTokenNeverReachesBackend(t *testing.T) {
 			"Cookie":  {"nsbox_token_3000=" + tok},
 			"Referer": {"http://3000-box.example.test/?nsbox_token=" + tok},
 		}, []string{"POST /y ", "X-Forwarded-Host: 3000-box.example.test\r\n"}},
+		// A page of another sandbox's preview calls this one: its tokened origin must not
+		// reach this sandbox either.
+		{"3000-pub.example.test", "/w", http.Header{
+			"Origin":  {"http://8080-other-" + other + ".example.test"},
+			"Referer": {"http://8080-other-" + other + ".example.test/app"},
+		}, []string{"POST /w ", "Origin: http://8080-other.example.test\r\n", "Referer: http://8080-other.example.test/app\r\n"}},
 		{"3000-pub-" + other + ".example.test", "/z?nsbox_token=" + other, http.Header{
 			TokenHeader: {other},
 			"Origin":    {"http://3000-pub-" + other + ".example.test"},
@@ -777,4 +783,33 @@ func BenchmarkProxy(b *testing.B) {
 		u, _ := url.Parse(fr.URL + "/")
 		run(b, u, "3000-box.example.test", http.Header{TokenHeader: {tok}})
 	})
+}
+
+// TestCookieIsNotACrossOriginCredential: every preview is on one site, so a page of one
+// sandbox could send requests with the browser's cookie to another's; the cookie only counts
+// for requests from its own origin and top-level navigations.
+func TestCookieIsNotACrossOriginCredential(t *testing.T) {
+	_, addr := backend(t, named("box"))
+	r := newResolver()
+	tok := newToken(t)
+	r.set("box", 3000, Target{Addr: addr, Token: tok})
+	_, fr := front(t, r)
+	cookie := "nsbox_token_3000=" + tok
+	for _, c := range []struct {
+		hdr  http.Header
+		want int
+	}{
+		{http.Header{"Cookie": {cookie}}, http.StatusOK},
+		{http.Header{"Cookie": {cookie}, "Sec-Fetch-Site": {"none"}}, http.StatusOK},
+		{http.Header{"Cookie": {cookie}, "Sec-Fetch-Site": {"same-origin"}, "Origin": {"http://3000-box.example.test"}}, http.StatusOK},
+		{http.Header{"Cookie": {cookie}, "Sec-Fetch-Site": {"same-site"}}, http.StatusUnauthorized},
+		{http.Header{"Cookie": {cookie}, "Origin": {"http://8080-evil.example.test"}}, http.StatusUnauthorized},
+		{http.Header{"Cookie": {cookie}, "Origin": {"null"}}, http.StatusUnauthorized},
+		// An explicit token is still a token, from anywhere.
+		{http.Header{TokenHeader: {tok}, "Origin": {"http://8080-evil.example.test"}}, http.StatusOK},
+	} {
+		if code, _, _ := get(t, fr, "3000-box.example.test", "/", c.hdr); code != c.want {
+			t.Errorf("%v: %d, want %d", c.hdr, code, c.want)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -52,10 +53,28 @@ func credentialOf(r *http.Request, hostToken string, port int) credential {
 	if hostToken != "" {
 		return credential{hostToken, fromHost}
 	}
-	if c, err := r.Cookie(cookieName(port)); err == nil && c.Value != "" {
+	if c, err := r.Cookie(cookieName(port)); err == nil && c.Value != "" && !crossOrigin(r) {
 		return credential{c.Value, fromCookie}
 	}
 	return credential{}
+}
+
+// crossOrigin reports whether a request comes from another origin. Every preview shares one
+// site (the proxy's domain), so SameSite does not keep one sandbox's pages from sending
+// requests, with the cookie, to another's: the cookie only counts for a request its own
+// origin makes (or a top-level navigation, which browsers mark "none" or omit).
+func crossOrigin(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default:
+		return true
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" || origin == "null" {
+		return origin == "null"
+	}
+	u, err := url.Parse(origin)
+	return err != nil || !strings.EqualFold(u.Host, r.Host)
 }
 
 // opens reports, in constant time for tokens of the right length, whether the credential
@@ -116,14 +135,14 @@ func stripCredentials(out *http.Request, tokens ...string) {
 		}
 	}
 	for _, h := range []string{"Origin", "Referer"} {
-		v := out.Header.Get(h)
+		// Any tokened preview host, this port's or another sandbox's (a page of one preview
+		// that calls another): http://3000-box-{token}.domain/… → http://3000-box.domain/…
+		v := tokenedLabel.ReplaceAllString(out.Header.Get(h), ".")
+		if strings.Contains(strings.ToLower(v), TokenQuery+"=") {
+			v = ""
+		}
 		for _, t := range tokens {
-			if t == "" || !strings.Contains(v, t) {
-				continue
-			}
-			// http://3000-box-{token}.domain/… → http://3000-box.domain/…
-			v = strings.ReplaceAll(v, "-"+t+".", ".")
-			if strings.Contains(v, t) {
+			if t != "" && strings.Contains(v, t) {
 				v = ""
 			}
 		}
@@ -134,6 +153,9 @@ func stripCredentials(out *http.Request, tokens ...string) {
 		}
 	}
 }
+
+// tokenedLabel is the token part of a tokened preview host name.
+var tokenedLabel = regexp.MustCompile(`(?i)-[0-9a-f]{32}\.`)
 
 // withoutParam removes every name=value pair whose name is name from a raw query, keeping
 // the rest byte for byte.

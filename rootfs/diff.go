@@ -137,7 +137,7 @@ func (d *differ) dir(rel string, opaque bool) error {
 
 // opaque reports whether the upper directory rel hides its lower counterpart.
 func (d *differ) opaque(rel string) bool {
-	f, err := d.upper.Open(rel)
+	f, err := openDir(d.upper, rel)
 	if err != nil {
 		return false
 	}
@@ -147,8 +147,14 @@ func (d *differ) opaque(rel string) bool {
 	return err == nil && string(buf[:n]) == "y"
 }
 
+// openDir opens a directory of the tree without following a symlink and without blocking: the
+// sandbox can swap a FIFO in at any moment, and an open of a FIFO waits for a writer.
+func openDir(root *os.Root, rel string) (*os.File, error) {
+	return root.OpenFile(rel, os.O_RDONLY|unix.O_NONBLOCK|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+}
+
 func readNames(root *os.Root, rel string) ([]string, error) {
-	f, err := root.Open(rel)
+	f, err := openDir(root, rel)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", rel, err)
 	}
@@ -238,7 +244,8 @@ func exportOne(tw *tar.Writer, root *os.Root, c api.WorkspaceChange) error {
 	if !fi.Mode().IsRegular() {
 		return tw.WriteHeader(hdr)
 	}
-	f, err := root.OpenFile(c.Path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	// Non-blocking: the sandbox may have swapped a FIFO in since the diff.
+	f, err := root.OpenFile(c.Path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -246,6 +253,9 @@ func exportOne(tw *tar.Writer, root *os.Root, c api.WorkspaceChange) error {
 		return fmt.Errorf("export %s: %w", c.Path, err)
 	}
 	defer f.Close()
+	if now, err := f.Stat(); err != nil || !now.Mode().IsRegular() || now.Size() != fi.Size() {
+		return fmt.Errorf("export %s: it changed while being exported", c.Path)
+	}
 	if err := tw.WriteHeader(hdr); err != nil {
 		return err
 	}

@@ -194,6 +194,10 @@ func TestAPIErrors(t *testing.T) {
 	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Limits: api.Limits{CPUs: 1000}}, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Limits: api.Limits{Pids: -5}}, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Cwd: "relative"}, 400, api.CodeInvalidArgument)
+	// A cwd the sandbox cannot make (under a file) is the request's mistake, and leaves nothing.
+	if e := d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Image: "busybox", Cwd: "/.nsbox/nsbox/sub"}, 400, api.CodeInvalidArgument); !strings.Contains(e.Message, "/.nsbox/nsbox/sub") {
+		t.Errorf("cwd error does not name the cwd: %q", e.Message)
+	}
 	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Env: map[string]string{"A=B": "x"}}, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes", `{"id": "x", "imagee": "busybox"}`, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes", `{"id": `, 400, api.CodeInvalidArgument)
