@@ -204,18 +204,19 @@ func (r *Runtime) detachNetwork(id string) error {
 	return nil
 }
 
-// reconcileNetwork runs after the records are reconciled at start-up: sandboxes that no
-// longer run lose their network.
+// reconcileNetwork runs after the records are reconciled at start-up: networks whose sandbox
+// has no record go. A failed sandbox keeps its network (its address, its ports, unreachable)
+// until it is removed, as it does when it fails while the daemon runs.
 func (r *Runtime) reconcileNetwork() error {
 	for _, id := range r.net.Sandboxes() {
-		rec, err := r.store.Get(id)
-		if err != nil && !api.IsCode(err, api.CodeNotFound) {
-			return err
-		}
-		if err == nil && rec.Status == api.StatusRunning {
+		_, err := r.store.Get(id)
+		if !api.IsCode(err, api.CodeNotFound) {
+			if err != nil {
+				return err
+			}
 			continue
 		}
-		r.log.Warn("removing the network of a sandbox that does not run", "sandbox", id)
+		r.log.Warn("removing the network of a sandbox that has no record", "sandbox", id)
 		if err := r.net.Detach(id); err != nil {
 			r.log.Error("remove network", "sandbox", id, "err", err)
 		}

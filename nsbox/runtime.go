@@ -301,8 +301,17 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 
 // abortCreate undoes a create that failed part-way: the container, its files and the record.
 func (r *Runtime) abortCreate(rec *record) {
-	if err := errors.Join(r.destroy(rec), r.store.Delete(rec.ID)); err != nil {
+	if err := r.destroy(rec); err != nil {
+		// Keep the record, failed, so that a remove can try again (and list what is left).
 		r.log.Error("clean up after failed create", "sandbox", rec.ID, "err", err)
+		rec.Status, rec.Error, rec.PID = api.StatusFailed, "its create failed and not everything could be removed: "+err.Error(), 0
+		if err := r.store.Put(rec); err != nil {
+			r.log.Error("record failed create", "sandbox", rec.ID, "err", err)
+		}
+		return
+	}
+	if err := r.store.Delete(rec.ID); err != nil {
+		r.log.Error("forget failed create", "sandbox", rec.ID, "err", err)
 	}
 }
 

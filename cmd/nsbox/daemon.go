@@ -93,6 +93,11 @@ func runDaemon(c *cli.Context) error {
 	if c.Bool("cleanup") {
 		return cleanupNetwork(cfg)
 	}
+	lock, err := lockRunDir(cfg.RunDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	rt, err := nsbox.Open(cfg, log)
 	if err != nil {
 		return err
@@ -128,10 +133,30 @@ func runDaemon(c *cli.Context) error {
 	return nil
 }
 
+// lockRunDir takes the run dir for this process alone (a daemon, or `daemon --cleanup`): the
+// network state and the agents' sockets live there. The lock goes with the process.
+func lockRunDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return nil, fmt.Errorf("make run dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "daemon.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open run dir lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another nsbox daemon (or --cleanup) is using the run dir %s; stop it first", dir)
+	}
+	return f, nil
+}
+
 // proxyPort checks --proxy-listen against --proxy-domain and returns the port the proxy
 // listens on (0 without a proxy), which exposed ports' URLs name.
 func proxyPort(listen, domain string) (int, error) {
 	if listen == "" {
+		if domain != "" {
+			return 0, errors.New("--proxy-domain needs --proxy-listen: without the proxy, URLs under the domain would lead nowhere")
+		}
 		return 0, nil
 	}
 	if domain == "" {

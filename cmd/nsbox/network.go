@@ -35,6 +35,11 @@ func networkFlags(c *cli.Context) (nsbox.NetworkConfig, error) {
 
 // cleanupNetwork is `nsbox daemon --cleanup`: it refuses while a daemon holds the metadata.
 func cleanupNetwork(cfg nsbox.Config) error {
+	lock, err := lockRunDir(cfg.RunDir)
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	defer lock.Close()
 	meta := filepath.Join(cfg.DataDir, "meta.db")
 	if _, err := os.Stat(meta); err == nil {
 		store, err := nsbox.OpenStore(meta)

@@ -507,16 +507,17 @@ func TestPortsSurviveKill9(t *testing.T) {
 
 	// The proxy's URLs, with a domain.
 	d.stop()
-	d.args = append(d.args, "--proxy-domain", "preview.test")
+	proxyPort := freeLoopbackPort(t)
+	d.args = append(d.args, "--proxy-listen", fmt.Sprintf("127.0.0.1:%d", proxyPort), "--proxy-domain", "preview.test")
 	d.start()
 	ports, err = d.client.ListPorts(context.Background(), "p")
 	if err != nil || len(ports) != 2 {
 		t.Fatal(ports, err)
 	}
-	if want := "http://8080-p-" + p.Token + ".preview.test"; ports[0].URL != want {
+	if want := fmt.Sprintf("http://8080-p-%s.preview.test:%d", p.Token, proxyPort); ports[0].URL != want {
 		t.Errorf("url with a proxy domain = %q, want %q", ports[0].URL, want)
 	}
-	if want := "http://8081-p.preview.test"; ports[1].URL != want {
+	if want := fmt.Sprintf("http://8081-p.preview.test:%d", proxyPort); ports[1].URL != want {
 		t.Errorf("public url with a proxy domain = %q, want %q", ports[1].URL, want)
 	}
 
@@ -529,5 +530,25 @@ func TestPortsSurviveKill9(t *testing.T) {
 	}
 	if _, err := hostGet(p.URL); err == nil {
 		t.Error("the host port answers after rm")
+	}
+}
+
+// TestCleanupRefusesARunningDaemon: `daemon --cleanup` on the run dir of a running daemon
+// (whatever --data-dir it is given) refuses instead of removing that daemon's network.
+func TestCleanupRefusesARunningDaemon(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "keep", Image: "busybox"})
+	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", t.TempDir(), "--run-dir", d.runDir, "--cleanup"}, d.net.daemonArgs()...)
+	out, err := execNsbox(args...)
+	if err == nil || !strings.Contains(out, "stop it first") {
+		t.Fatalf("--cleanup next to a running daemon: %v\n%s", err, out)
+	}
+	// The table is still there, with the sandbox's entries in it.
+	entries := d.net.tableLeaks()
+	if len(entries) == 0 || strings.HasPrefix(entries[0], "the table itself is missing") {
+		t.Fatalf("the daemon's table after a refused --cleanup: %v", entries)
+	}
+	if _, err := d.client.GetSandbox(context.Background(), "keep"); err != nil {
+		t.Fatal(err)
 	}
 }
