@@ -34,6 +34,14 @@ func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) {
 	a.env.SetBase("HOSTNAME", cfg.Hostname)
 	a.env.Replace(cfg.Env)
 	a.sessions.SetCwd(cfg.Cwd)
+	// The default session, which nearly every sandbox's first command uses, starts now, in
+	// the background: the sandbox is whole (hostname, env, cwd), and the shell is ready, or
+	// nearly, when that command comes.
+	go func() {
+		if _, err := a.sessions.Default(); err != nil {
+			a.log.Warn("start default session", "err", err)
+		}
+	}()
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -128,9 +129,9 @@ type memory struct {
 func measureMemory(d *daemon, sandboxes []*api.Sandbox) (memory, error) {
 	var m memory
 	for _, sb := range sandboxes {
-		dir := filepath.Join("/sys/fs/cgroup/memory", d.cgroupParent, sb.ID)
-		if cgroupVersion() == "v2" {
-			dir = filepath.Join("/sys/fs/cgroup", d.cgroupParent, sb.ID)
+		dir, err := memoryCgroupOf(sb.PID)
+		if err != nil {
+			return m, fmt.Errorf("sandbox %s: %w", sb.ID, err)
 		}
 		pids := slices.Compact(slices.Sorted(slices.Values(append(cgroupProcs(dir), sb.PID))))
 		for _, pid := range pids {
@@ -145,6 +146,29 @@ func measureMemory(d *daemon, sandboxes []*api.Sandbox) (memory, error) {
 	var err error
 	m.daemonKB, err = pssKB(d.cmd.Process.Pid)
 	return m, err
+}
+
+// memoryCgroupOf is the directory of a process's memory cgroup (the unified one on v2). The
+// daemon names a sandbox's cgroup after its container, not after the sandbox.
+func memoryCgroupOf(pid int) (string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", fmt.Errorf("read cgroup of pid %d: %w", pid, err)
+	}
+	v2 := cgroupVersion() == "v2"
+	for _, line := range strings.Split(string(data), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if v2 && parts[0] == "0" {
+			return filepath.Join("/sys/fs/cgroup", parts[2]), nil
+		}
+		if !v2 && slices.Contains(strings.Split(parts[1], ","), "memory") {
+			return filepath.Join("/sys/fs/cgroup/memory", parts[2]), nil
+		}
+	}
+	return "", fmt.Errorf("pid %d has no memory cgroup", pid)
 }
 
 var pssLine = regexp.MustCompile(`(?m)^Pss:\s+(\d+) kB$`)
