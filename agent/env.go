@@ -8,8 +8,9 @@ import (
 )
 
 // The sandbox-wide environment lives in the agent (a.env, a *session.SandboxEnv): the daemon
-// pushes the complete set with PUT /v1/env after a sandbox starts, after PATCH …/env, and when
-// it reconciles a running sandbox at its own start, so the daemon's record stays the truth.
+// gives the complete set with PUT /v1/config when it binds the container to a sandbox
+// (config.go), and with PUT /v1/env after PATCH …/env and when it reconciles a running
+// sandbox at its own start, so the daemon's record stays the truth.
 // Sessions read it through the manager; a.env.Effective() is what any new process gets.
 
 func (a *Agent) handlePutEnv(w http.ResponseWriter, r *http.Request) {
