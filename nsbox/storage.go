@@ -19,9 +19,9 @@ import (
 // A sandbox's storage: its writable layers, its workspace and its bind mounts.
 //
 // Without limits.diskMB the writable layers (the root's upper/work dirs, and a copy-on-write
-// workspace's under workspace/) live in <data>/sandboxes/<id>. With it they live on the
-// sandbox's own disk: a sparse ext4 image <data>/sandboxes/<id>/disk.img on a loop device,
-// mounted at <run>/sandboxes/<id>/disk for the sandbox's lifetime (diff and export read the
+// workspace's under workspace/) live in <data>/sandboxes/<container>. With it they live on the
+// sandbox's own disk: a sparse ext4 image <data>/sandboxes/<container>/disk.img on a loop device,
+// mounted at <run>/sandboxes/<container>/disk for the sandbox's lifetime (diff and export read the
 // workspace's upper dir there). A copy-on-write workspace is an overlay (lower = the host
 // directory) mounted on the host only while the container starts, like the root.
 
