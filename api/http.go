@@ -1,10 +1,50 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"strings"
+	"sync"
 )
+
+// The HTTP idiom the daemon and the agent share: handlers return their error, Handle answers
+// it (logging what failed inside the server), DecodeJSON reads every JSON body, and streams
+// are Server-Sent Events written by SSEWriter and read by SSEReader — from the agent to the
+// daemon, and from the daemon to its clients.
+
+// MaxRequestBody bounds a JSON request body (exec stdin included).
+const MaxRequestBody = 64 << 20
+
+// HandlerFunc is an HTTP handler that returns its error instead of answering it. A handler
+// returns an error only before it has written anything; once it has started an answer (a
+// stream), it deals with later errors itself.
+type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// Handle adapts h to net/http: an error h returns is answered by ServeError.
+func Handle(log *slog.Logger, h HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			ServeError(log, w, err)
+		}
+	}
+}
+
+// ServeError answers err. An error that is not an *Error, or is one with code internal, means
+// something failed inside the server: it is logged, and answered as internal with its message.
+func ServeError(log *slog.Logger, w http.ResponseWriter, err error) {
+	var e *Error
+	if !errors.As(err, &e) || e.Code == CodeInternal {
+		log.Error("request failed", "err", err)
+		e = &Error{Code: CodeInternal, Message: err.Error()}
+	}
+	WriteJSON(w, e.HTTPStatus(), ErrorBody{Error: e})
+}
 
 // WriteJSON writes v as a JSON response with the given status.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
@@ -14,6 +54,7 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // WriteError writes err as an error envelope; errors that are not *Error become "internal".
+// Servers answer through ServeError, which also logs; this is for answers with no logger.
 func WriteError(w http.ResponseWriter, err error) {
 	var e *Error
 	if !errors.As(err, &e) {
@@ -35,4 +76,147 @@ func ReadError(resp *http.Response) *Error {
 		}
 	}
 	return Errorf(code, "%s", resp.Status)
+}
+
+// DecodeJSON decodes a JSON request body into v, strictly (unknown fields and trailing data
+// are errors) and at most MaxRequestBody bytes of it. An empty body is an error unless
+// optional, when it leaves v as it is. The body is read to its end: only then does the
+// server watch the connection and cancel the request when the client goes away.
+func DecodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return Errorf(CodeTooLarge, "request body is larger than %d bytes", MaxRequestBody)
+		}
+		return Errorf(CodeInvalidArgument, "read request body: %v", err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		if optional {
+			return nil
+		}
+		return Errorf(CodeInvalidArgument, "request body is empty; send a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return Errorf(CodeInvalidArgument, "malformed JSON body: %v", err)
+	}
+	if dec.More() {
+		return Errorf(CodeInvalidArgument, "malformed JSON body: data after the object")
+	}
+	return nil
+}
+
+// EventStream is the media type of Server-Sent Events.
+const EventStream = "text/event-stream"
+
+// WantsEventStream reports whether a request asks for its answer as Server-Sent Events.
+func WantsEventStream(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), EventStream)
+}
+
+// SSEWriter writes Server-Sent Events, each one flushed at once, from any goroutine. The
+// first event sends the 200 header.
+type SSEWriter struct {
+	mu      sync.Mutex
+	w       http.ResponseWriter
+	started bool
+	failed  error
+}
+
+// NewSSEWriter returns a writer of events to w.
+func NewSSEWriter(w http.ResponseWriter) *SSEWriter { return &SSEWriter{w: w} }
+
+// Send writes one event whose data is v as JSON. After the client went away every send fails
+// (with the first error).
+func (s *SSEWriter) Send(event string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s event: %w", event, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return s.failed
+	}
+	if !s.started {
+		s.started = true
+		s.w.Header().Set("Content-Type", EventStream)
+		s.w.Header().Set("Cache-Control", "no-cache")
+		s.w.WriteHeader(http.StatusOK)
+	}
+	if _, err := fmt.Fprintf(s.w, "event: %s\ndata: %s\n\n", event, data); err != nil {
+		s.failed = err
+		return err
+	}
+	if err := http.NewResponseController(s.w).Flush(); err != nil {
+		s.failed = err
+	}
+	return s.failed
+}
+
+// SendError ends a stream with an "error" event carrying err as an *Error.
+func (s *SSEWriter) SendError(err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = &Error{Code: CodeInternal, Message: err.Error()}
+	}
+	return s.Send(EventError, ErrorBody{Error: e})
+}
+
+// EventError is the event that ends a stream that failed; its data is an ErrorBody.
+const EventError = "error"
+
+// SSEReader reads Server-Sent Events as SSEWriter writes them.
+type SSEReader struct {
+	lines *bufio.Scanner
+}
+
+// maxEventBytes bounds one event's data line.
+const maxEventBytes = 16 << 20
+
+// NewSSEReader returns a reader of the events in r.
+func NewSSEReader(r io.Reader) *SSEReader {
+	lines := bufio.NewScanner(r)
+	lines.Buffer(make([]byte, 64<<10), maxEventBytes)
+	return &SSEReader{lines: lines}
+}
+
+// Next returns the next event's name and data. An "error" event is returned as its *Error;
+// the end of the stream as io.EOF.
+func (s *SSEReader) Next() (event string, data []byte, err error) {
+	for s.lines.Scan() {
+		line := s.lines.Bytes()
+		switch {
+		case bytes.HasPrefix(line, []byte("event: ")):
+			event = string(line[len("event: "):])
+		case bytes.HasPrefix(line, []byte("data: ")):
+			data = bytes.Clone(line[len("data: "):])
+			if event == EventError {
+				var eb ErrorBody
+				if json.Unmarshal(data, &eb) == nil && eb.Error != nil {
+					return event, data, eb.Error
+				}
+				return event, data, fmt.Errorf("event stream failed: %s", data)
+			}
+			return event, data, nil
+		}
+	}
+	if err := s.lines.Err(); err != nil {
+		return "", nil, fmt.Errorf("read event stream: %w", err)
+	}
+	return "", nil, io.EOF
+}
+
+// NextJSON reads the next event and decodes its data into v.
+func (s *SSEReader) NextJSON(v any) (event string, err error) {
+	event, data, err := s.Next()
+	if err != nil {
+		return event, err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return event, fmt.Errorf("decode %s event: %w", event, err)
+	}
+	return event, nil
 }

@@ -2,7 +2,6 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"syscall"
 
 	"github.com/nsbox/nsbox/api"
@@ -127,34 +125,21 @@ func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest,
 // one (then the rest is read, so the connection is reused) or the stream ends. An "error"
 // event comes back as its *api.Error.
 func readSSE(body io.Reader, handle func(event string, data []byte) (last bool, err error)) error {
-	lines := bufio.NewScanner(body)
-	lines.Buffer(make([]byte, 64<<10), 16<<20)
-	event := ""
-	for lines.Scan() {
-		line := lines.Text()
-		switch {
-		case strings.HasPrefix(line, "event: "):
-			event = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			data := []byte(strings.TrimPrefix(line, "data: "))
-			if event == "error" {
-				var eb api.ErrorBody
-				if json.Unmarshal(data, &eb) == nil && eb.Error != nil {
-					return eb.Error
-				}
-				return fmt.Errorf("event stream failed: %s", data)
-			}
-			last, err := handle(event, data)
-			if err != nil || last {
-				_, _ = io.Copy(io.Discard, body)
-				return err
-			}
+	events := api.NewSSEReader(body)
+	for {
+		event, data, err := events.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		last, err := handle(event, data)
+		if err != nil || last {
+			_, _ = io.Copy(io.Discard, body)
+			return err
 		}
 	}
-	if err := lines.Err(); err != nil {
-		return fmt.Errorf("read event stream: %w", err)
-	}
-	return nil
 }
 
 // CreateSession starts a session in a sandbox.
