@@ -49,15 +49,14 @@ func Run(listenFD int, version string) error {
 	if err != nil {
 		return fmt.Errorf("use inherited listener fd %d: %w", listenFD, err)
 	}
-	a := &Agent{version: version, procs: newProcTable(), env: session.NewSandboxEnv(os.Environ()), log: slog.Default()}
 	cwd, err := os.Getwd()
 	if err != nil {
 		return fmt.Errorf("working directory: %w", err)
 	}
-	if a.sessions, err = session.NewManager(sessionDir, cwd, a.procs.start, a.env); err != nil {
+	a, err := newAgent(version, sessionDir, cwd)
+	if err != nil {
 		return err
 	}
-	a.processes = process.NewManager(a.procs.start, a.sandboxDefaults, a.sessionState)
 
 	signals := make(chan os.Signal, 16)
 	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
@@ -87,23 +86,72 @@ func Run(listenFD int, version string) error {
 	}
 }
 
+// newAgent returns an agent whose sessions keep their files under dir and start in cwd.
+func newAgent(version, dir, cwd string) (*Agent, error) {
+	a := &Agent{version: version, procs: newProcTable(), env: session.NewSandboxEnv(os.Environ()), log: slog.Default()}
+	var err error
+	if a.sessions, err = session.NewManager(dir, cwd, a.procs.start, a.env); err != nil {
+		return nil, fmt.Errorf("sessions: %w", err)
+	}
+	a.processes = process.NewManager(a.procs.start, a.sandboxDefaults, a.sessionState)
+	return a, nil
+}
+
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version})
-	})
-	mux.HandleFunc("PUT /v1/config", a.handleConfig)
-	mux.HandleFunc("POST /v1/sessions", a.handleCreateSession)
-	mux.HandleFunc("GET /v1/sessions", a.handleListSessions)
-	mux.HandleFunc("GET /v1/sessions/{sid}", a.handleGetSession)
-	mux.HandleFunc("DELETE /v1/sessions/{sid}", a.handleDeleteSession)
-	mux.HandleFunc("POST /v1/sessions/{sid}/exec", a.handleExec)
-	mux.HandleFunc("POST /v1/sessions/{sid}/cancel", a.handleCancel)
-	mux.HandleFunc("GET /v1/sessions/{sid}/terminal", a.handleTerminalOutput)
-	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/input", a.handleTerminalInput)
-	mux.HandleFunc("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
-	mux.HandleFunc("PUT /v1/env", a.handlePutEnv)
-	mux.HandleFunc("GET /v1/env", a.handleGetEnv)
-	a.processRoutes(mux)
+	handle := func(pattern string, h api.HandlerFunc) { mux.HandleFunc(pattern, api.Handle(a.log, h)) }
+	handle("GET /v1/health", a.handleHealth)
+	handle("PUT /v1/config", a.handleConfig)
+	handle("PUT /v1/env", a.handlePutEnv)
+	handle("GET /v1/env", a.handleGetEnv)
+
+	handle("POST /v1/sessions", a.handleCreateSession)
+	handle("GET /v1/sessions", a.handleListSessions)
+	handle("GET /v1/sessions/{sid}", a.handleGetSession)
+	handle("DELETE /v1/sessions/{sid}", a.handleDeleteSession)
+	handle("POST /v1/sessions/{sid}/exec", a.handleExec)
+	handle("POST /v1/sessions/{sid}/cancel", a.handleCancel)
+	handle("GET /v1/sessions/{sid}/terminal", a.handleTerminalOutput)
+	handle("POST /v1/sessions/{sid}/terminal/input", a.handleTerminalInput)
+	handle("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
+
+	handle("POST /v1/processes", a.handleStartProcess)
+	handle("GET /v1/processes", a.handleListProcesses)
+	handle("DELETE /v1/processes", a.handleRemoveFinished)
+	handle("POST /v1/processes/kill", a.handleKillAll)
+	handle("GET /v1/processes/{pid}", a.handleGetProcess)
+	handle("DELETE /v1/processes/{pid}", a.handleRemoveProcess)
+	handle("POST /v1/processes/{pid}/kill", a.handleKillProcess)
+	handle("GET /v1/processes/{pid}/logs", a.handleProcessLogs)
+	handle("POST /v1/processes/{pid}/stdin", a.handleProcessStdin)
+	handle("DELETE /v1/processes/{pid}/stdin", a.handleProcessStdin)
+	handle("POST /v1/processes/{pid}/wait", a.handleWaitProcess)
 	return mux
 }
+
+func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
+	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version})
+	return nil
+}
+
+// openEventStream starts a Server-Sent Events answer at once: the 200 and its headers go out
+// before the first event, so the daemon can answer its own client (or upgrade it to a
+// WebSocket) while the stream has nothing to say yet. Events are then written with the
+// returned writer. (An api.SSEWriter alone sends the header with its first event.)
+func openEventStream(w http.ResponseWriter) *api.SSEWriter {
+	w.Header().Set("Content-Type", api.EventStream)
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	// A failed flush means the client is gone: the first event's send reports it.
+	_ = http.NewResponseController(w).Flush()
+	return api.NewSSEWriter(headerSent{w})
+}
+
+// headerSent is a ResponseWriter whose header has been written: the SSEWriter's own
+// WriteHeader is a no-op instead of a superfluous call.
+type headerSent struct{ http.ResponseWriter }
+
+func (headerSent) WriteHeader(int) {}
+
+// Unwrap lets http.ResponseController reach the real writer's Flush.
+func (h headerSent) Unwrap() http.ResponseWriter { return h.ResponseWriter }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,23 +12,19 @@ import (
 // and sandbox-wide environment, which every new session and process inherits, and the working
 // directory they start in. The daemon sends it once, when it gives a started container to a
 // sandbox, before any session exists.
-func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	var cfg api.AgentConfig
-	if err := json.NewDecoder(r.Body).Decode(&cfg); err != nil {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed config: %v", err))
-		return
+	if err := api.DecodeJSON(w, r, &cfg, false); err != nil {
+		return err
 	}
 	if !filepath.IsAbs(cfg.Cwd) {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", cfg.Cwd))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", cfg.Cwd)
 	}
 	if err := validateShellEnv(cfg.Env); err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	if err := enterCwd(cfg.Cwd); err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	a.env.SetBase("HOSTNAME", cfg.Hostname)
 	a.env.Replace(cfg.Env)
@@ -43,6 +38,7 @@ func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // enterCwd makes the sandbox's working directory if it is missing and moves the agent there.

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"encoding/json"
 	"net/http"
 
 	"github.com/nsbox/nsbox/api"
@@ -13,20 +12,20 @@ import (
 // sandbox at its own start, so the daemon's record stays the truth.
 // Sessions read it through the manager; a.env.Effective() is what any new process gets.
 
-func (a *Agent) handlePutEnv(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handlePutEnv(w http.ResponseWriter, r *http.Request) error {
 	var req api.SandboxEnv
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed env request: %v", err))
-		return
+	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+		return err
 	}
 	if err := validateShellEnv(req.Env); err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	a.env.Replace(req.Env)
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (a *Agent) handleGetEnv(w http.ResponseWriter, _ *http.Request) {
+func (a *Agent) handleGetEnv(w http.ResponseWriter, _ *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, api.SandboxEnv{Env: a.env.Vars()})
+	return nil
 }

@@ -3,8 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -26,20 +25,6 @@ const (
 	maxLogRead          = 64 << 20
 )
 
-func (a *Agent) processRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/processes", a.handleStartProcess)
-	mux.HandleFunc("GET /v1/processes", a.handleListProcesses)
-	mux.HandleFunc("DELETE /v1/processes", a.handleRemoveFinished)
-	mux.HandleFunc("POST /v1/processes/kill", a.handleKillAll)
-	mux.HandleFunc("GET /v1/processes/{pid}", a.handleGetProcess)
-	mux.HandleFunc("DELETE /v1/processes/{pid}", a.handleRemoveProcess)
-	mux.HandleFunc("POST /v1/processes/{pid}/kill", a.handleKillProcess)
-	mux.HandleFunc("GET /v1/processes/{pid}/logs", a.handleProcessLogs)
-	mux.HandleFunc("POST /v1/processes/{pid}/stdin", a.handleProcessStdin)
-	mux.HandleFunc("DELETE /v1/processes/{pid}/stdin", a.handleProcessStdin)
-	mux.HandleFunc("POST /v1/processes/{pid}/wait", a.handleWaitProcess)
-}
-
 // stateCommand prints a session's directory and a NUL, then its exported environment
 // (NUL-separated). `\command` keeps the session's aliases and functions out of it.
 const stateCommand = `\command printf '%s\0' "$PWD"; \command cat /proc/self/environ`
@@ -51,7 +36,7 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 	var st process.SessionState
 	s, err := a.session(sid)
 	if err != nil {
-		return st, sessionError(err)
+		return st, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, sessionStateTimeout)
 	defer cancel()
@@ -86,82 +71,70 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 	return st, nil
 }
 
-func (a *Agent) process(w http.ResponseWriter, r *http.Request) *process.Process {
+// process finds the process the path names.
+func (a *Agent) process(r *http.Request) (*process.Process, error) {
 	p, err := a.processes.Get(r.PathValue("pid"))
 	if err != nil {
-		api.WriteError(w, err)
-		return nil
+		return nil, fmt.Errorf("process %q: %w", r.PathValue("pid"), err)
 	}
-	return p
+	return p, nil
 }
 
-// decodeOptional decodes a JSON body that may be empty.
-func decodeOptional(r *http.Request, v any) error {
-	data, err := io.ReadAll(r.Body)
-	if err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "read body: %v", err)
-	}
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil
-	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: %v", err)
-	}
-	return nil
-}
-
-func (a *Agent) handleStartProcess(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleStartProcess(w http.ResponseWriter, r *http.Request) error {
 	var req api.StartProcessRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed process request: %v", err))
-		return
+	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+		return err
 	}
 	p, err := a.processes.Start(r.Context(), req)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return fmt.Errorf("start process: %w", err)
 	}
 	api.WriteJSON(w, http.StatusCreated, p.Info())
+	return nil
 }
 
 var processStatuses = []string{api.ProcessRunning, api.ProcessExited, api.ProcessKilled, api.ProcessFailed}
 
-func (a *Agent) handleListProcesses(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleListProcesses(w http.ResponseWriter, r *http.Request) error {
 	status := r.URL.Query().Get("status")
 	valid := status == ""
 	for _, s := range processStatuses {
 		valid = valid || s == status
 	}
 	if !valid {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "status must be one of %s, not %q", strings.Join(processStatuses, ", "), status))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "status must be one of %s, not %q", strings.Join(processStatuses, ", "), status)
 	}
 	api.WriteJSON(w, http.StatusOK, a.processes.List(status, r.URL.Query().Get("sessionId")))
+	return nil
 }
 
-func (a *Agent) handleGetProcess(w http.ResponseWriter, r *http.Request) {
-	if p := a.process(w, r); p != nil {
-		api.WriteJSON(w, http.StatusOK, p.Info())
+func (a *Agent) handleGetProcess(w http.ResponseWriter, r *http.Request) error {
+	p, err := a.process(r)
+	if err != nil {
+		return err
 	}
+	api.WriteJSON(w, http.StatusOK, p.Info())
+	return nil
 }
 
-func (a *Agent) handleRemoveProcess(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleRemoveProcess(w http.ResponseWriter, r *http.Request) error {
 	if err := a.processes.Remove(r.PathValue("pid")); err != nil {
-		api.WriteError(w, err)
-		return
+		return fmt.Errorf("remove process %q: %w", r.PathValue("pid"), err)
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (a *Agent) handleRemoveFinished(w http.ResponseWriter, _ *http.Request) {
+func (a *Agent) handleRemoveFinished(w http.ResponseWriter, _ *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, a.processes.RemoveFinished())
+	return nil
 }
 
-// killRequest reads a kill request's signal and grace.
-// killRequest reads a kill request: the signal, and the grace before SIGKILL.
-func killRequest(r *http.Request) (unix.Signal, time.Duration, error) {
+// killRequest reads a kill request, whose body may be empty: the signal, and the grace
+// before SIGKILL.
+func killRequest(w http.ResponseWriter, r *http.Request) (unix.Signal, time.Duration, error) {
 	var req api.KillProcessRequest
-	if err := decodeOptional(r, &req); err != nil {
+	if err := api.DecodeJSON(w, r, &req, true); err != nil {
 		return 0, 0, err
 	}
 	sig, err := process.ParseSignal(req.Signal)
@@ -172,29 +145,27 @@ func killRequest(r *http.Request) (unix.Signal, time.Duration, error) {
 	return sig, grace, err
 }
 
-func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) {
-	sig, grace, err := killRequest(r)
+func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) error {
+	sig, grace, err := killRequest(w, r)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
-	p := a.process(w, r)
-	if p == nil {
-		return
+	p, err := a.process(r)
+	if err != nil {
+		return err
 	}
 	if err := p.Kill(r.Context(), sig, grace); err != nil {
-		api.WriteError(w, err)
-		return
+		return fmt.Errorf("kill process %q: %w", r.PathValue("pid"), err)
 	}
 	api.WriteJSON(w, http.StatusOK, p.Info())
+	return nil
 }
 
 // handleKillAll signals every running process at once and answers the ones it signaled.
-func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) {
-	sig, grace, err := killRequest(r)
+func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) error {
+	sig, grace, err := killRequest(w, r)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	running := a.processes.Running()
 	errs := make([]error, len(running))
@@ -206,32 +177,32 @@ func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) {
 	out := []api.Process{}
 	for i, p := range running {
 		if errs[i] != nil && !api.IsCode(errs[i], api.CodeConflict) { // conflict: it ended meanwhile
-			api.WriteError(w, errs[i])
-			return
+			return fmt.Errorf("kill process %q: %w", p.Info().ID, errs[i])
 		}
 		out = append(out, p.Info())
 	}
 	api.WriteJSON(w, http.StatusOK, out)
+	return nil
 }
 
 // handleProcessLogs answers the log after ?cursor= (default 0) as one ProcessLogs, at most
-// ?limit= bytes, or with ?follow=1 streams it as JSON lines until the process has ended.
-func (a *Agent) handleProcessLogs(w http.ResponseWriter, r *http.Request) {
+// ?limit= bytes, or with ?follow=1 streams it as Server-Sent Events (the event name is the
+// ProcessEvent's type, its data the whole ProcessEvent) until the process has ended; the 200
+// goes out at once, before there is any output.
+func (a *Agent) handleProcessLogs(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	var cursor int64
 	if v := q.Get("cursor"); v != "" {
 		var err error
 		if cursor, err = strconv.ParseInt(v, 10, 64); err != nil || cursor < 0 {
-			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "cursor must be a byte offset ≥ 0, not %q", v))
-			return
+			return api.Errorf(api.CodeInvalidArgument, "cursor must be a byte offset ≥ 0, not %q", v)
 		}
 	}
 	limit := defaultLogRead
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxLogRead {
-			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "limit must be 1-%d bytes, not %q", maxLogRead, v))
-			return
+			return api.Errorf(api.CodeInvalidArgument, "limit must be 1-%d bytes, not %q", maxLogRead, v)
 		}
 		limit = n
 	}
@@ -239,72 +210,62 @@ func (a *Agent) handleProcessLogs(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("follow"); v != "" {
 		var err error
 		if follow, err = strconv.ParseBool(v); err != nil {
-			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "follow must be 1/true or 0/false, not %q", v))
-			return
+			return api.Errorf(api.CodeInvalidArgument, "follow must be 1/true or 0/false, not %q", v)
 		}
 	}
-	p := a.process(w, r)
-	if p == nil {
-		return
+	p, err := a.process(r)
+	if err != nil {
+		return err
 	}
 	if !follow {
 		api.WriteJSON(w, http.StatusOK, p.Logs(cursor, limit))
-		return
+		return nil
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	enc, flush := json.NewEncoder(w), http.NewResponseController(w)
-	p.Follow(r.Context(), cursor, func(ev api.ProcessEvent) bool {
-		return enc.Encode(ev) == nil && flush.Flush() == nil
-	})
+	events := openEventStream(w)
+	p.Follow(r.Context(), cursor, func(ev api.ProcessEvent) bool { return events.Send(ev.Type, ev) == nil })
+	return nil
 }
 
 // handleProcessStdin appends the raw body to the process's stdin (POST; ?close=true closes it
 // after), or closes it (DELETE).
-func (a *Agent) handleProcessStdin(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleProcessStdin(w http.ResponseWriter, r *http.Request) error {
 	closeAfter := r.Method == http.MethodDelete
 	if v := r.URL.Query().Get("close"); v != "" && !closeAfter {
 		var err error
 		if closeAfter, err = strconv.ParseBool(v); err != nil {
-			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "close must be true or false, not %q", v))
-			return
+			return api.Errorf(api.CodeInvalidArgument, "close must be true or false, not %q", v)
 		}
 	}
-	p := a.process(w, r)
-	if p == nil {
-		return
+	p, err := a.process(r)
+	if err != nil {
+		return err
 	}
 	body := io.Reader(r.Body)
 	if r.Method == http.MethodDelete {
 		body = bytes.NewReader(nil)
 	}
 	if err := p.WriteStdin(r.Context(), body, closeAfter); err != nil {
-		var e *api.Error
-		if !errors.As(err, &e) {
-			a.log.Warn("process stdin", "process", r.PathValue("pid"), "err", err)
-		}
-		api.WriteError(w, err)
-		return
+		return fmt.Errorf("write to process %q's stdin: %w", r.PathValue("pid"), err)
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (a *Agent) handleWaitProcess(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleWaitProcess(w http.ResponseWriter, r *http.Request) error {
 	var req api.WaitProcessRequest
-	if err := decodeOptional(r, &req); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, r, &req, true); err != nil {
+		return err
 	}
-	p := a.process(w, r)
-	if p == nil {
-		return
+	p, err := a.process(r)
+	if err != nil {
+		return err
 	}
 	res, err := p.Wait(r.Context(), req)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return fmt.Errorf("wait for process %q: %w", r.PathValue("pid"), err)
 	}
 	api.WriteJSON(w, http.StatusOK, res)
+	return nil
 }
 
 // sandboxDefaults is what a process that names no session starts from: the sandbox's

@@ -2,12 +2,10 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
 	"net/http"
 	"regexp"
-	"sync"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -36,29 +34,26 @@ func sessionError(err error) error {
 	return err
 }
 
-func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) error {
 	var req api.CreateSessionRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed session request: %v", err))
-		return
+	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+		return err
 	}
 	if req.ID == "" {
 		req.ID = "s-" + time.Now().UTC().Format("150405.000000")
 	}
 	if !sessionIDPattern.MatchString(req.ID) {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "invalid session id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "invalid session id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
 	}
 	if err := validateShellEnv(req.Env); err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	s, err := a.sessions.Create(session.Options{ID: req.ID, Shell: req.Shell, User: req.User, Cwd: req.Cwd, Env: req.Env})
 	if err != nil {
-		api.WriteError(w, sessionError(err))
-		return
+		return fmt.Errorf("create session %q: %w", req.ID, sessionError(err))
 	}
 	api.WriteJSON(w, http.StatusCreated, sessionInfo(s.Info()))
+	return nil
 }
 
 func validateShellEnv(env map[string]string) error {
@@ -69,15 +64,22 @@ func validateShellEnv(env map[string]string) error {
 }
 
 // session finds a session by id; the default session is started when it does not run, so it
-// exists whenever anyone asks for it.
+// exists whenever anyone asks for it. Its errors are API errors (see sessionError).
 func (a *Agent) session(sid string) (*session.Session, error) {
+	var s *session.Session
+	var err error
 	if sid == session.DefaultID {
-		return a.sessions.Default()
+		s, err = a.sessions.Default()
+	} else {
+		s, err = a.sessions.Get(sid)
 	}
-	return a.sessions.Get(sid)
+	if err != nil {
+		return nil, fmt.Errorf("session %q: %w", sid, sessionError(err))
+	}
+	return s, nil
 }
 
-func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) {
+func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) error {
 	if _, err := a.sessions.Default(); err != nil {
 		a.log.Warn("start default session", "err", err)
 	}
@@ -86,82 +88,89 @@ func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) {
 		out = append(out, sessionInfo(i))
 	}
 	api.WriteJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (a *Agent) handleGetSession(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleGetSession(w http.ResponseWriter, r *http.Request) error {
 	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
-		api.WriteError(w, sessionError(err))
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusOK, sessionInfo(s.Info()))
+	return nil
 }
 
-func (a *Agent) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleDeleteSession(w http.ResponseWriter, r *http.Request) error {
 	if err := a.sessions.Delete(r.PathValue("sid")); err != nil {
-		api.WriteError(w, sessionError(err))
-		return
+		return fmt.Errorf("delete session %q: %w", r.PathValue("sid"), sessionError(err))
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
-		api.WriteError(w, sessionError(err))
-		return
+		return err
 	}
 	if !s.Cancel() {
-		api.WriteError(w, api.Errorf(api.CodeConflict, "session %q is not running a command", r.PathValue("sid")))
-		return
+		return api.Errorf(api.CodeConflict, "session %q is not running a command", r.PathValue("sid"))
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-// handleExec runs a command in a session and streams its events as JSON lines: start, then
-// stdout/stderr chunks as they are produced, then exit with the result.
-func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
+// handleExec runs a command in a session and streams its events as Server-Sent Events (the
+// event name is the ExecEvent's type, its data the whole ExecEvent): start, then stdout/stderr
+// chunks as they are produced, then exit with the result. The stream (and the 200) starts when
+// the command does; errors before that are plain error answers.
+func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	var req api.ExecRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed exec request: %v", err))
-		return
+	// DecodeJSON reads the body to its end: only then does the server notice, and cancel
+	// r.Context(), when the daemon's connection goes away (which killOnDisconnect relies on).
+	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+		return err
 	}
-	// Read to the end: only then does the server notice, and cancel r.Context(), when the
-	// daemon's connection goes away (which killOnDisconnect relies on).
-	_, _ = io.Copy(io.Discard, r.Body)
 	sreq, err := sessionRequest(&req)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
-		api.WriteError(w, sessionError(err))
-		return
+		return err
 	}
 	// By default the command outlives its client; it is killed only if the client asked.
 	ctx := context.WithoutCancel(r.Context())
 	if req.KillOnDisconnect {
 		ctx = r.Context()
 	}
-	// The stream (and the 200) starts when the command does; errors before that are plain errors.
-	stream := &eventStream{w: w}
+	events := api.NewSSEWriter(w)
+	// Sends fail once the client went away; the command goes on all the same.
+	send := func(ev api.ExecEvent) { _ = events.Send(ev.Type, ev) }
 	sid := s.Info().ID
+	started := false
 	res, err := s.Exec(ctx, sreq, func(kind string, data []byte) {
 		if kind == session.Started {
-			stream.send(api.ExecEvent{Type: api.EventStart, SessionID: sid})
+			started = true
+			send(api.ExecEvent{Type: api.EventStart, SessionID: sid})
 			return
 		}
-		stream.send(api.OutputEvent(kind, data))
+		send(api.OutputEvent(kind, data))
 	})
 	if err != nil {
-		api.WriteError(w, sessionError(err))
-		return
+		err = fmt.Errorf("exec in session %q: %w", sid, sessionError(err))
+		if !started {
+			return err
+		}
+		a.log.Warn("exec failed after it started", "session", sid, "err", err)
+		_ = events.SendError(err)
+		return nil
 	}
-	stream.send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &api.ExecResult{
+	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &api.ExecResult{
 		ExitCode: res.ExitCode, Encoding: api.EncodingUTF8, TimedOut: res.TimedOut, Canceled: res.Canceled,
 		DurationMs: res.Duration.Milliseconds(), SessionID: sid, SessionEnded: res.SessionEnded, SessionReset: res.Reset,
 	}})
+	return nil
 }
 
 func sessionRequest(req *api.ExecRequest) (session.ExecRequest, error) {
@@ -188,25 +197,4 @@ func sessionRequest(req *api.ExecRequest) (session.ExecRequest, error) {
 	}
 	out.Env, out.Cwd, out.Timeout = req.Env, req.Cwd, time.Duration(req.TimeoutMs)*time.Millisecond
 	return out, nil
-}
-
-// eventStream writes JSON lines and flushes each one, from any goroutine. Writes after the
-// client went away are dropped: the command goes on.
-type eventStream struct {
-	mu  sync.Mutex
-	enc *json.Encoder
-	w   http.ResponseWriter
-}
-
-func (s *eventStream) send(e api.ExecEvent) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.enc == nil {
-		s.w.Header().Set("Content-Type", "application/x-ndjson")
-		s.w.WriteHeader(http.StatusOK)
-		s.enc = json.NewEncoder(s.w)
-	}
-	if s.enc.Encode(e) == nil {
-		http.NewResponseController(s.w).Flush()
-	}
 }

@@ -1,8 +1,8 @@
 package agent
 
 import (
-	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -21,39 +21,34 @@ func terminalError(err error) error {
 	return sessionError(err)
 }
 
-// handleTerminalOutput streams a session's terminal as JSON lines: first what the scrollback
-// ring holds after ?cursor= (default: all it holds), then output as it comes, until the session
-// ends or the client goes away.
-func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) {
+// handleTerminalOutput streams a session's terminal as Server-Sent Events (the event name is
+// the TerminalEvent's type, its data the whole TerminalEvent): first what the scrollback ring
+// holds after ?cursor= (default: all it holds), then output as it comes, until the session ends
+// or the client goes away. The 200 goes out at once, before there is any output.
+func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) error {
 	s, err := a.session(r.PathValue("sid"))
 	if err == nil && !s.HasTerminal() {
 		err = session.ErrNoTerminal
 	}
 	if err != nil {
-		api.WriteError(w, terminalError(err))
-		return
+		return terminalError(err)
 	}
 	var cursor int64
 	explicit := r.URL.Query().Has("cursor")
 	if explicit {
 		if cursor, err = strconv.ParseInt(r.URL.Query().Get("cursor"), 10, 64); err != nil || cursor < 0 {
-			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "cursor must be a byte offset ≥ 0"))
-			return
+			return api.Errorf(api.CodeInvalidArgument, "cursor must be a byte offset ≥ 0")
 		}
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	enc, flush := json.NewEncoder(w), http.NewResponseController(w)
-	send := func(ev api.TerminalEvent) bool {
-		return enc.Encode(ev) == nil && flush.Flush() == nil
-	}
+	events := openEventStream(w)
+	send := func(ev api.TerminalEvent) bool { return events.Send(ev.Type, ev) == nil }
 	for {
 		data, skipped, next, changed := s.Terminal.ReadFrom(cursor)
 		if skipped > 0 && explicit && !send(api.TerminalEvent{Type: api.TerminalSkipped, Skipped: skipped, Cursor: cursor + skipped}) {
-			return
+			return nil
 		}
 		if len(data) > 0 && !send(terminalOutput(data, next)) {
-			return
+			return nil
 		}
 		cursor, explicit = next, true
 		select {
@@ -63,9 +58,9 @@ func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) {
 				send(terminalOutput(data, next))
 			}
 			send(api.TerminalEvent{Type: api.TerminalEnded, Cursor: next})
-			return
+			return nil
 		case <-r.Context().Done():
-			return
+			return nil
 		}
 	}
 }
@@ -76,37 +71,35 @@ func terminalOutput(b []byte, cursor int64) api.TerminalEvent {
 }
 
 // handleTerminalInput types the request body into the session's terminal.
-func (a *Agent) handleTerminalInput(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleTerminalInput(w http.ResponseWriter, r *http.Request) error {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTerminalInput))
 	if err != nil {
-		api.WriteError(w, api.Errorf(api.CodeTooLarge, "terminal input larger than %d bytes", maxTerminalInput))
-		return
+		return api.Errorf(api.CodeTooLarge, "terminal input larger than %d bytes", maxTerminalInput)
 	}
 	s, err := a.session(r.PathValue("sid"))
-	if err == nil {
-		err = s.TerminalInput(data)
-	}
 	if err != nil {
-		api.WriteError(w, terminalError(err))
-		return
+		return err
+	}
+	if err := s.TerminalInput(data); err != nil {
+		return fmt.Errorf("type into session %q's terminal: %w", r.PathValue("sid"), terminalError(err))
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // handleTerminalResize sets the terminal's size.
-func (a *Agent) handleTerminalResize(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) handleTerminalResize(w http.ResponseWriter, r *http.Request) error {
 	var req api.TerminalControl
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "malformed resize request: %v", err))
-		return
+	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+		return err
 	}
 	s, err := a.session(r.PathValue("sid"))
-	if err == nil {
-		err = s.Resize(req.Cols, req.Rows)
-	}
 	if err != nil {
-		api.WriteError(w, terminalError(err))
-		return
+		return err
+	}
+	if err := s.Resize(req.Cols, req.Rows); err != nil {
+		return fmt.Errorf("resize session %q's terminal: %w", r.PathValue("sid"), terminalError(err))
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

@@ -1,0 +1,264 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// testAgent serves a new agent's routes over HTTP; its sessions keep their files in a
+// temporary directory.
+func testAgent(t *testing.T) (*Agent, *httptest.Server) {
+	t.Helper()
+	dir := t.TempDir()
+	a, err := newAgent("test", filepath.Join(dir, "sessions"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.routes())
+	t.Cleanup(srv.Close)
+	return a, srv
+}
+
+// rootAgent is testAgent for tests that start processes or session shells, which start with
+// a credential and so need root. The test process does the PID 1 agent's reaping: its only
+// children are the agent's processes.
+func rootAgent(t *testing.T) (*Agent, *httptest.Server) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("processes and session shells start with a credential, which needs root")
+	}
+	a, srv := testAgent(t)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGCHLD)
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-sigs:
+				a.procs.reap()
+			case <-stop:
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		a.sessions.KillShells()
+		signal.Stop(sigs)
+		close(stop)
+	})
+	return a, srv
+}
+
+func call(t *testing.T, srv *httptest.Server, method, path, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// callJSON makes a call, checks its status and decodes its JSON answer into out (if not nil).
+func callJSON(t *testing.T, srv *httptest.Server, method, path, body string, status int, out any) {
+	t.Helper()
+	resp := call(t, srv, method, path, body)
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != status {
+		t.Fatalf("%s %s: status %d, want %d: %s", method, path, resp.StatusCode, status, data)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s: decode %q: %v", method, path, data, err)
+		}
+	}
+}
+
+// openStream makes a call that must start an event stream, and returns its reader.
+func openStream(t *testing.T, srv *httptest.Server, method, path, body string) *api.SSEReader {
+	t.Helper()
+	resp := call(t, srv, method, path, body)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != api.EventStream {
+		data, _ := io.ReadAll(resp.Body)
+		t.Fatalf("%s %s: status %d, content type %q: %s", method, path, resp.StatusCode, resp.Header.Get("Content-Type"), data)
+	}
+	return api.NewSSEReader(resp.Body)
+}
+
+// wantError makes a call that must fail with a JSON error of the given code.
+func wantError(t *testing.T, srv *httptest.Server, method, path, body, code string) {
+	t.Helper()
+	var eb api.ErrorBody
+	callJSON(t, srv, method, path, body, (&api.Error{Code: code}).HTTPStatus(), &eb)
+	if eb.Error == nil || eb.Error.Code != code || eb.Error.Message == "" {
+		t.Fatalf("%s %s: error %+v, want code %s with a message", method, path, eb.Error, code)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	_, srv := testAgent(t)
+	var h api.Health
+	callJSON(t, srv, http.MethodGet, "/v1/health", "", http.StatusOK, &h)
+	if h.PID != os.Getpid() || h.Version != "test" {
+		t.Fatalf("health %+v", h)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	_, srv := testAgent(t)
+	for name, body := range map[string]string{
+		"relative cwd":  `{"hostname":"h","cwd":"work","env":{}}`,
+		"empty body":    ``,
+		"unknown field": `{"hostname":"h","cwd":"/tmp","env":{},"extra":1}`,
+		"trailing data": `{"hostname":"h","cwd":"/tmp","env":{}} {}`,
+		"invalid env":   `{"hostname":"h","cwd":"/tmp","env":{"A=B":"c"}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			wantError(t, srv, http.MethodPut, "/v1/config", body, api.CodeInvalidArgument)
+		})
+	}
+}
+
+func TestEnv(t *testing.T) {
+	_, srv := testAgent(t)
+	wantError(t, srv, http.MethodPut, "/v1/env", `{"env":{"A":"1"},"unknown":true}`, api.CodeInvalidArgument)
+	callJSON(t, srv, http.MethodPut, "/v1/env", `{"env":{"NSBOX_TEST_VAR":"1"}}`, http.StatusNoContent, nil)
+	var env api.SandboxEnv
+	callJSON(t, srv, http.MethodGet, "/v1/env", "", http.StatusOK, &env)
+	if env.Env["NSBOX_TEST_VAR"] != "1" {
+		t.Fatalf("env %v lacks NSBOX_TEST_VAR=1", env.Env)
+	}
+}
+
+func TestProcessErrorsBeforeAStreamArePlainJSON(t *testing.T) {
+	_, srv := testAgent(t)
+	wantError(t, srv, http.MethodGet, "/v1/processes/nope/logs?follow=1", "", api.CodeNotFound)
+	wantError(t, srv, http.MethodGet, "/v1/processes/nope/logs?follow=maybe", "", api.CodeInvalidArgument)
+	wantError(t, srv, http.MethodPost, "/v1/processes/nope/kill", "", api.CodeNotFound)
+	wantError(t, srv, http.MethodPost, "/v1/processes/kill", `{"signal":"SIGTERM","nope":1}`, api.CodeInvalidArgument)
+	wantError(t, srv, http.MethodPost, "/v1/processes", `{"argv":["true"]`, api.CodeInvalidArgument)
+}
+
+func TestFollowedLogsAreServerSentEvents(t *testing.T) {
+	_, srv := rootAgent(t)
+	var p api.Process
+	callJSON(t, srv, http.MethodPost, "/v1/processes", `{"id":"cat","argv":["cat"],"stdin":"pipe"}`, http.StatusCreated, &p)
+
+	// The stream's 200 comes at once, while the process has written nothing yet.
+	events := openStream(t, srv, http.MethodGet, "/v1/processes/cat/logs?follow=1", "")
+	callJSON(t, srv, http.MethodPost, "/v1/processes/cat/stdin?close=true", "hello", http.StatusNoContent, nil)
+
+	var out bytes.Buffer
+	for {
+		var ev api.ProcessEvent
+		name, err := events.NextJSON(&ev)
+		if err != nil {
+			t.Fatalf("read event after %q: %v", out.String(), err)
+		}
+		if name != ev.Type {
+			t.Fatalf("event %q carries a %q event", name, ev.Type)
+		}
+		if name == api.EventExit {
+			if ev.Process == nil || ev.Process.Status != api.ProcessExited || out.String() != "hello" {
+				t.Fatalf("exit %+v after output %q", ev.Process, out.String())
+			}
+			break
+		}
+		if name != api.EventStdout {
+			t.Fatalf("unexpected %q event %+v", name, ev)
+		}
+		out.WriteString(ev.Data)
+	}
+	if _, _, err := events.Next(); err != io.EOF {
+		t.Fatalf("after exit: %v, want the end of the stream", err)
+	}
+
+	// A wait's and a kill's bodies may be empty.
+	var res api.WaitProcessResult
+	callJSON(t, srv, http.MethodPost, "/v1/processes/cat/wait", "", http.StatusOK, &res)
+	wantError(t, srv, http.MethodPost, "/v1/processes/cat/kill", "", api.CodeConflict)
+}
+
+func TestExecIsServerSentEvents(t *testing.T) {
+	_, srv := rootAgent(t)
+	wantError(t, srv, http.MethodPost, "/v1/sessions/default/exec", `{}`, api.CodeInvalidArgument)
+	wantError(t, srv, http.MethodPost, "/v1/sessions/nope/exec", `{"command":"true"}`, api.CodeNotFound)
+
+	events := openStream(t, srv, http.MethodPost, "/v1/sessions/default/exec", `{"command":"echo out; echo err >&2; exit 3"}`)
+	var names []string
+	output := map[string]string{}
+	for {
+		var ev api.ExecEvent
+		name, err := events.NextJSON(&ev)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read event after %v: %v", names, err)
+		}
+		if name != ev.Type {
+			t.Fatalf("event %q carries a %q event", name, ev.Type)
+		}
+		if len(names) == 0 || names[len(names)-1] != name {
+			names = append(names, name)
+		}
+		output[name] += ev.Data
+		if name == api.EventExit && (ev.Result == nil || ev.Result.ExitCode != 3 || ev.Result.SessionID != "default") {
+			t.Fatalf("exit event %+v", ev.Result)
+		}
+	}
+	if names[0] != api.EventStart || names[len(names)-1] != api.EventExit || output[api.EventStdout] != "out\n" || output[api.EventStderr] != "err\n" {
+		t.Fatalf("events %v, output %q", names, output)
+	}
+}
+
+func TestTerminalIsServerSentEvents(t *testing.T) {
+	_, srv := rootAgent(t)
+	wantError(t, srv, http.MethodPost, "/v1/sessions", `{"id":"term","shell":"bash","bogus":1}`, api.CodeInvalidArgument)
+	callJSON(t, srv, http.MethodPost, "/v1/sessions", `{"id":"term","shell":"bash"}`, http.StatusCreated, nil)
+	wantError(t, srv, http.MethodGet, "/v1/sessions/term/terminal?cursor=-1", "", api.CodeInvalidArgument)
+
+	// Past the end of the scrollback: nothing to send yet, and the 200 comes all the same.
+	events := openStream(t, srv, http.MethodGet, "/v1/sessions/term/terminal?cursor=1000000", "")
+	callJSON(t, srv, http.MethodPost, "/v1/sessions/term/terminal/resize", `{"type":"resize","cols":100,"rows":30}`, http.StatusNoContent, nil)
+	callJSON(t, srv, http.MethodPost, "/v1/sessions/term/terminal/input", "echo mark-$((6*7))\n", http.StatusNoContent, nil)
+	var out strings.Builder
+	for !strings.Contains(out.String(), "mark-42") {
+		var ev api.TerminalEvent
+		name, err := events.NextJSON(&ev)
+		if err != nil {
+			t.Fatalf("read event after %q: %v", out.String(), err)
+		}
+		if name != api.TerminalOutput || ev.Type != name {
+			t.Fatalf("event %q: %+v", name, ev)
+		}
+		out.WriteString(ev.Data)
+	}
+	callJSON(t, srv, http.MethodDelete, "/v1/sessions/term", "", http.StatusNoContent, nil)
+	for {
+		var ev api.TerminalEvent
+		name, err := events.NextJSON(&ev)
+		if err != nil {
+			t.Fatalf("read event before the end: %v", err)
+		}
+		if name == api.TerminalEnded {
+			break
+		}
+	}
+}
