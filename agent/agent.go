@@ -136,22 +136,9 @@ func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
 
 // openEventStream starts a Server-Sent Events answer at once: the 200 and its headers go out
 // before the first event, so the daemon can answer its own client (or upgrade it to a
-// WebSocket) while the stream has nothing to say yet. Events are then written with the
-// returned writer. (An api.SSEWriter alone sends the header with its first event.)
+// WebSocket) while the stream has nothing to say yet.
 func openEventStream(w http.ResponseWriter) *api.SSEWriter {
-	w.Header().Set("Content-Type", api.EventStream)
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	// A failed flush means the client is gone: the first event's send reports it.
-	_ = http.NewResponseController(w).Flush()
-	return api.NewSSEWriter(headerSent{w})
+	events := api.NewSSEWriter(w)
+	_ = events.Start() // a client that went away fails the first Send too
+	return events
 }
-
-// headerSent is a ResponseWriter whose header has been written: the SSEWriter's own
-// WriteHeader is a no-op instead of a superfluous call.
-type headerSent struct{ http.ResponseWriter }
-
-func (headerSent) WriteHeader(int) {}
-
-// Unwrap lets http.ResponseController reach the real writer's Flush.
-func (h headerSent) Unwrap() http.ResponseWriter { return h.ResponseWriter }

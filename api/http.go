@@ -128,6 +128,32 @@ type SSEWriter struct {
 // NewSSEWriter returns a writer of events to w.
 func NewSSEWriter(w http.ResponseWriter) *SSEWriter { return &SSEWriter{w: w} }
 
+// Start sends the 200 and its headers now, before any event: the other side learns at once
+// that the stream is open (a terminal can be upgraded, a follower answered) while it has
+// nothing to say yet.
+func (s *SSEWriter) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.start()
+	s.flush()
+	return s.failed
+}
+
+func (s *SSEWriter) start() {
+	if !s.started {
+		s.started = true
+		s.w.Header().Set("Content-Type", EventStream)
+		s.w.Header().Set("Cache-Control", "no-cache")
+		s.w.WriteHeader(http.StatusOK)
+	}
+}
+
+func (s *SSEWriter) flush() {
+	if err := http.NewResponseController(s.w).Flush(); err != nil && s.failed == nil {
+		s.failed = err
+	}
+}
+
 // Send writes one event whose data is v as JSON. After the client went away every send fails
 // (with the first error).
 func (s *SSEWriter) Send(event string, v any) error {
@@ -140,19 +166,12 @@ func (s *SSEWriter) Send(event string, v any) error {
 	if s.failed != nil {
 		return s.failed
 	}
-	if !s.started {
-		s.started = true
-		s.w.Header().Set("Content-Type", EventStream)
-		s.w.Header().Set("Cache-Control", "no-cache")
-		s.w.WriteHeader(http.StatusOK)
-	}
+	s.start()
 	if _, err := fmt.Fprintf(s.w, "event: %s\ndata: %s\n\n", event, data); err != nil {
 		s.failed = err
 		return err
 	}
-	if err := http.NewResponseController(s.w).Flush(); err != nil {
-		s.failed = err
-	}
+	s.flush()
 	return s.failed
 }
 

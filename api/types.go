@@ -18,6 +18,8 @@ import (
 const (
 	StatusCreating = "creating"
 	StatusRunning  = "running"
+	StatusPaused   = "paused"
+	StatusStopping = "stopping"
 	StatusFailed   = "failed"
 )
 

@@ -8,45 +8,38 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
 )
 
-// agentClient talks to one sandbox's agent over its host-side unix socket.
+// agentClient is the daemon's typed client of one container's agent (package agent), over the
+// agent's host-only socket. Streams (exec, followed logs, terminal output) come as
+// Server-Sent Events, which the daemon relays to its own clients as they are.
 type agentClient struct {
 	http *http.Client
 }
 
-// agentOf returns the client of a sandbox's agent.
-func (r *Runtime) agentOf(rec *record) *agentClient { return r.containerAgent(rec.container()) }
-
-// containerAgent returns the (cached) client of a container's agent.
-func (r *Runtime) containerAgent(id string) *agentClient {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if c, ok := r.agents[id]; ok {
-		return c
-	}
-	socket := r.agentSocket(id)
-	var d net.Dialer
-	c := &agentClient{http: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", socket)
-		},
+// newAgentClient returns a client of the instance's agent.
+func newAgentClient(inst backend.Instance) *agentClient {
+	return &agentClient{http: &http.Client{Transport: &http.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return inst.DialAgent(ctx) },
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: 16,
 	}}}
-	r.agents[id] = c
-	return c
 }
 
-// forgetAgent drops a container's agent client and its idle connections.
-func (r *Runtime) forgetAgent(id string) {
-	r.mu.Lock()
-	c, ok := r.agents[id]
-	delete(r.agents, id)
-	r.mu.Unlock()
-	if ok {
+// forgetAgent drops the idle connections to a sandbox's agent once its container is gone.
+// sb.mu must be held.
+func (r *Runtime) forgetAgent(sb *sandbox) {
+	r.forgetContainerAgent(sb.agent)
+	sb.agent = nil
+}
+
+// forgetContainerAgent drops the idle connections of an agent client.
+func (r *Runtime) forgetContainerAgent(c *agentClient) {
+	if c != nil {
 		c.http.CloseIdleConnections()
 	}
 }
@@ -56,43 +49,194 @@ func (c *agentClient) health(ctx context.Context) (*api.Health, error) {
 	return &h, c.call(ctx, http.MethodGet, "/v1/health", nil, &h)
 }
 
-// configure gives the agent its sandbox's environment and working directory.
+// configure gives the agent its sandbox's hostname, environment and working directory.
 func (c *agentClient) configure(ctx context.Context, cfg api.AgentConfig) error {
 	return c.call(ctx, http.MethodPut, "/v1/config", cfg, nil)
 }
 
-// call sends one request to the agent and decodes its JSON answer into out.
+// pushEnv gives the agent the sandbox's complete environment.
+func (c *agentClient) pushEnv(ctx context.Context, env map[string]string) error {
+	if env == nil {
+		env = map[string]string{}
+	}
+	return c.call(ctx, http.MethodPut, "/v1/env", api.SandboxEnv{Env: env}, nil)
+}
+
+func sessionPath(sid string, rest ...string) string {
+	p := "/v1/sessions/" + url.PathEscape(sid)
+	for _, r := range rest {
+		p += "/" + r
+	}
+	return p
+}
+
+func (c *agentClient) createSession(ctx context.Context, req api.CreateSessionRequest) (*api.Session, error) {
+	var s api.Session
+	return &s, c.call(ctx, http.MethodPost, "/v1/sessions", req, &s)
+}
+
+func (c *agentClient) listSessions(ctx context.Context) ([]api.Session, error) {
+	var out []api.Session
+	return out, c.call(ctx, http.MethodGet, "/v1/sessions", nil, &out)
+}
+
+func (c *agentClient) getSession(ctx context.Context, sid string) (*api.Session, error) {
+	var s api.Session
+	return &s, c.call(ctx, http.MethodGet, sessionPath(sid), nil, &s)
+}
+
+func (c *agentClient) deleteSession(ctx context.Context, sid string) error {
+	return c.call(ctx, http.MethodDelete, sessionPath(sid), nil, nil)
+}
+
+func (c *agentClient) cancelSession(ctx context.Context, sid string) error {
+	return c.call(ctx, http.MethodPost, sessionPath(sid, "cancel"), nil, nil)
+}
+
+// exec runs a command in a session; its events stream until the exit event.
+func (c *agentClient) exec(ctx context.Context, sid string, req api.ExecRequest) (*eventStream, error) {
+	return c.stream(ctx, http.MethodPost, sessionPath(sid, "exec"), jsonBody(req))
+}
+
+// terminalOutput streams a session's terminal from cursor ("": its recent scrollback).
+func (c *agentClient) terminalOutput(ctx context.Context, sid, cursor string) (*eventStream, error) {
+	p := sessionPath(sid, "terminal")
+	if cursor != "" {
+		p += "?cursor=" + url.QueryEscape(cursor)
+	}
+	return c.stream(ctx, http.MethodGet, p, nil)
+}
+
+// terminalInput types data into a session's terminal.
+func (c *agentClient) terminalInput(ctx context.Context, sid string, data []byte) error {
+	return c.callRaw(ctx, http.MethodPost, sessionPath(sid, "terminal", "input"), bytes.NewReader(data), nil)
+}
+
+// terminalResize resizes a session's terminal.
+func (c *agentClient) terminalResize(ctx context.Context, sid string, size api.TerminalControl) error {
+	return c.call(ctx, http.MethodPost, sessionPath(sid, "terminal", "resize"), size, nil)
+}
+
+func processPath(pid string, rest ...string) string {
+	p := "/v1/processes"
+	if pid != "" {
+		p += "/" + url.PathEscape(pid)
+	}
+	for _, r := range rest {
+		p += "/" + r
+	}
+	return p
+}
+
+func withQuery(p string, q url.Values) string {
+	if len(q) == 0 {
+		return p
+	}
+	return p + "?" + q.Encode()
+}
+
+func (c *agentClient) startProcess(ctx context.Context, req api.StartProcessRequest) (*api.Process, error) {
+	var p api.Process
+	return &p, c.call(ctx, http.MethodPost, processPath(""), req, &p)
+}
+
+func (c *agentClient) listProcesses(ctx context.Context, q url.Values) ([]api.Process, error) {
+	var out []api.Process
+	return out, c.call(ctx, http.MethodGet, withQuery(processPath(""), q), nil, &out)
+}
+
+func (c *agentClient) getProcess(ctx context.Context, pid string) (*api.Process, error) {
+	var p api.Process
+	return &p, c.call(ctx, http.MethodGet, processPath(pid), nil, &p)
+}
+
+func (c *agentClient) removeProcess(ctx context.Context, pid string) error {
+	return c.call(ctx, http.MethodDelete, processPath(pid), nil, nil)
+}
+
+// removeFinished removes every process that has ended and returns them.
+func (c *agentClient) removeFinished(ctx context.Context) ([]api.Process, error) {
+	var out []api.Process
+	return out, c.call(ctx, http.MethodDelete, processPath(""), nil, &out)
+}
+
+func (c *agentClient) killProcess(ctx context.Context, pid string, req api.KillProcessRequest) (*api.Process, error) {
+	var p api.Process
+	return &p, c.call(ctx, http.MethodPost, processPath(pid, "kill"), req, &p)
+}
+
+// killAll signals every process and returns them.
+func (c *agentClient) killAll(ctx context.Context, req api.KillProcessRequest) ([]api.Process, error) {
+	var out []api.Process
+	return out, c.call(ctx, http.MethodPost, processPath("", "kill"), req, &out)
+}
+
+func (c *agentClient) processLogs(ctx context.Context, pid string, q url.Values) (*api.ProcessLogs, error) {
+	var logs api.ProcessLogs
+	return &logs, c.call(ctx, http.MethodGet, withQuery(processPath(pid, "logs"), q), nil, &logs)
+}
+
+// followLogs streams a process's output until it ends (q has follow set).
+func (c *agentClient) followLogs(ctx context.Context, pid string, q url.Values) (*eventStream, error) {
+	return c.stream(ctx, http.MethodGet, withQuery(processPath(pid, "logs"), q), nil)
+}
+
+// writeStdin copies body to a process's stdin (q: close=true closes it after).
+func (c *agentClient) writeStdin(ctx context.Context, pid string, body io.Reader, q url.Values) error {
+	return c.callRaw(ctx, http.MethodPost, withQuery(processPath(pid, "stdin"), q), body, nil)
+}
+
+// closeStdin closes a process's stdin.
+func (c *agentClient) closeStdin(ctx context.Context, pid string) error {
+	return c.call(ctx, http.MethodDelete, processPath(pid, "stdin"), nil, nil)
+}
+
+func (c *agentClient) waitProcess(ctx context.Context, pid string, req api.WaitProcessRequest) (*api.WaitProcessResult, error) {
+	var res api.WaitProcessResult
+	return &res, c.call(ctx, http.MethodPost, processPath(pid, "wait"), req, &res)
+}
+
+// call sends one request with an optional JSON body and decodes the JSON answer into out.
 func (c *agentClient) call(ctx context.Context, method, path string, in, out any) error {
-	resp, err := c.do(ctx, method, path, in)
+	var body io.Reader
+	if in != nil {
+		body = jsonBody(in)
+	}
+	return c.callRaw(ctx, method, path, body, out)
+}
+
+// callRaw sends one request with a raw body and decodes the JSON answer into out (nil: the
+// answer has no body).
+func (c *agentClient) callRaw(ctx context.Context, method, path string, body io.Reader, out any) error {
+	resp, err := c.do(ctx, method, path, body)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return api.ReadError(resp)
-	}
 	if out == nil {
 		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("decode agent answer: %w", err)
+		return api.Errorf(api.CodeUnavailable, "the sandbox's agent answered %s %s with what is not JSON: %v", method, path, err)
 	}
 	return nil
 }
 
-// do sends one request with an optional JSON body and returns the agent's response as it is.
-func (c *agentClient) do(ctx context.Context, method, path string, in any) (*http.Response, error) {
-	var body bytes.Buffer
-	if in != nil {
-		if err := json.NewEncoder(&body).Encode(in); err != nil {
-			return nil, fmt.Errorf("encode agent request: %w", err)
-		}
+// stream sends one request whose answer is a stream of events.
+func (c *agentClient) stream(ctx context.Context, method, path string, body io.Reader) (*eventStream, error) {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return nil, err
 	}
-	return c.doRaw(ctx, method, path, &body)
+	return &eventStream{SSEReader: api.NewSSEReader(resp.Body), body: resp.Body}, nil
 }
 
-// doRaw sends one request with a raw body and returns the agent's response as it is.
-func (c *agentClient) doRaw(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+// do sends one request and returns the agent's answer when it is a success; an error answer
+// becomes its *api.Error, an unreachable agent an unavailable one.
+func (c *agentClient) do(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	if body == nil {
+		body = http.NoBody
+	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
 	if err != nil {
 		return nil, fmt.Errorf("agent request: %w", err)
@@ -101,5 +245,23 @@ func (c *agentClient) doRaw(ctx context.Context, method, path string, body io.Re
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
 	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, api.ReadError(resp)
+	}
 	return resp, nil
 }
+
+func jsonBody(v any) io.Reader {
+	data, _ := json.Marshal(v) // request types always marshal
+	return bytes.NewReader(data)
+}
+
+// eventStream is a stream of events from the agent.
+type eventStream struct {
+	*api.SSEReader
+	body io.ReadCloser
+}
+
+// Close ends the stream.
+func (s *eventStream) Close() error { return s.body.Close() }

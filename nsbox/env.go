@@ -26,22 +26,6 @@ func validateEnv(env map[string]string) error {
 	return nil
 }
 
-// pushEnv gives the agent the sandbox's complete environment (agent endpoint PUT /v1/env).
-func (c *agentClient) pushEnv(ctx context.Context, env map[string]string) error {
-	if env == nil {
-		env = map[string]string{}
-	}
-	resp, err := c.do(ctx, http.MethodPut, "/v1/env", api.SandboxEnv{Env: env})
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return api.ReadError(resp)
-	}
-	return nil
-}
-
 // patchedEnv checks a patch and returns env with it applied (nil when nothing is left).
 func patchedEnv(env map[string]string, patch api.PatchEnvRequest) (map[string]string, error) {
 	if len(patch.Set) == 0 && len(patch.Unset) == 0 {
@@ -77,57 +61,53 @@ const envPushTimeout = 10 * time.Second
 // sandbox. New sessions and processes get the new environment; existing sessions apply it
 // before their next exec, except for variables they changed themselves.
 func (r *Runtime) PatchEnv(ctx context.Context, id string, patch api.PatchEnvRequest) (*api.Sandbox, error) {
-	// One patch of a sandbox at a time: each one reads the environment the previous one
-	// recorded. An agent that does not answer gives up after envPushTimeout.
-	defer r.envLocks.lock(id)()
+	// One patch of a sandbox at a time, under its lock: each one reads the environment the
+	// previous one recorded. An agent that does not answer gives up after envPushTimeout.
+	sb, err := r.lockRunning(id)
+	if err != nil {
+		return nil, err
+	}
+	defer sb.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, envPushTimeout)
 	defer cancel()
-	agent, rec, err := r.runningAgent(id)
+	env, err := patchedEnv(sb.rec.Env, patch)
 	if err != nil {
 		return nil, err
 	}
-	env, err := patchedEnv(rec.Env, patch)
-	if err != nil {
-		return nil, err
+	if err := sb.agent.pushEnv(ctx, env); err != nil {
+		return nil, sb.live().failure(ctx, err)
 	}
-	if err := agent.pushEnv(ctx, env); err != nil {
-		return nil, r.agentFailure(ctx, rec, err)
-	}
-	updated, err := r.store.Update(id, func(rec *record) error {
-		rec.Env = env
-		return nil
-	})
-	if err != nil {
-		// Removed meanwhile, or the database failed: put the agent back as recorded.
-		if perr := agent.pushEnv(context.WithoutCancel(ctx), rec.Env); perr != nil && !api.IsCode(err, api.CodeNotFound) {
+	if err := r.update(sb, func(rec *record) { rec.Env = env }); err != nil {
+		// The database failed: put the agent back as recorded.
+		if perr := sb.agent.pushEnv(context.WithoutCancel(ctx), sb.rec.Env); perr != nil {
 			r.log.Error("restore sandbox env after a failed record", "sandbox", id, "err", perr)
 		}
 		return nil, err
 	}
 	r.log.Info("sandbox env changed", "sandbox", id, "set", slices.Sorted(maps.Keys(patch.Set)), "unset", patch.Unset)
-	return &updated.Sandbox, nil
+	out := sb.rec.Sandbox
+	return &out, nil
 }
 
-func (r *Runtime) handlePatchEnv(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handlePatchEnv(w http.ResponseWriter, req *http.Request) error {
 	var body api.PatchEnvRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	sb, err := r.PatchEnv(req.Context(), req.PathValue("id"), body)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusOK, sb)
+	return nil
 }
 
 // repushEnv gives a running sandbox's agent its recorded environment again at daemon start,
 // in case the daemon died between a push and its record.
-func (r *Runtime) repushEnv(rec *record) {
+func (r *Runtime) repushEnv(sb *sandbox) {
 	ctx, cancel := context.WithTimeout(context.Background(), agentReadyTimeout)
 	defer cancel()
-	if err := r.agentOf(rec).pushEnv(ctx, rec.Env); err != nil {
-		r.log.Warn("give the agent its recorded sandbox env", "sandbox", rec.ID, "err", err)
+	if err := sb.agent.pushEnv(ctx, sb.rec.Env); err != nil {
+		r.log.Warn("give the agent its recorded sandbox env", "sandbox", sb.id, "err", err)
 	}
 }

@@ -2,12 +2,13 @@ package nsbox
 
 import (
 	"context"
+	"errors"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/nsbox/nsbox/api"
 	sandboxfs "github.com/nsbox/nsbox/fs"
+	"github.com/nsbox/nsbox/nsbox/backend"
 )
 
 // fileCaller is on whose behalf a file request works: the session named by the query
@@ -21,31 +22,36 @@ type fileCaller struct {
 
 func (c fileCaller) resolve(p string) string { return sandboxfs.Resolve(c.cwd, p) }
 
-// openFileCaller opens the sandbox's root and finds the caller of a file request. On error it
-// has answered and returns a nil root.
-func (r *Runtime) openFileCaller(w http.ResponseWriter, req *http.Request) (*sandboxfs.Root, *record, fileCaller) {
-	root, rec, err := r.openSandboxRoot(req.PathValue("id"))
+// openFileCaller opens the root of a running sandbox as its agent sees it, and finds the
+// caller of a file request.
+func (r *Runtime) openFileCaller(req *http.Request) (*sandboxfs.Root, fileCaller, error) {
+	id := req.PathValue("id")
+	l, err := r.running(id)
 	if err != nil {
-		r.writeError(w, err)
-		return nil, nil, fileCaller{}
+		return nil, fileCaller{}, err
 	}
-	who, err := r.fileCaller(req.Context(), rec, req.URL.Query().Get("sessionId"))
+	who, err := fileCallerOf(req.Context(), l, req.URL.Query().Get("sessionId"))
 	if err != nil {
-		root.Close()
-		r.writeError(w, err)
-		return nil, nil, fileCaller{}
+		return nil, fileCaller{}, err
 	}
-	return root, rec, who
+	root, err := l.inst.OpenRoot()
+	if err != nil {
+		if errors.Is(err, backend.ErrExited) {
+			return nil, fileCaller{}, api.Errorf(api.CodeConflict, "sandbox %q is not running: its agent (PID 1) has exited; remove it and create a new one", id)
+		}
+		return nil, fileCaller{}, err
+	}
+	return root, who, nil
 }
 
-// fileCaller asks the agent for the session sid ("" means none: the sandbox itself).
-func (r *Runtime) fileCaller(ctx context.Context, rec *record, sid string) (fileCaller, error) {
+// fileCallerOf asks the agent for the session sid ("" means none: the sandbox itself).
+func fileCallerOf(ctx context.Context, l live, sid string) (fileCaller, error) {
 	if sid == "" {
-		return fileCaller{cwd: rec.Cwd}, nil
+		return fileCaller{cwd: l.rec.Cwd}, nil
 	}
-	var s api.Session
-	if err := r.agentOf(rec).call(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(sid), nil, &s); err != nil {
-		return fileCaller{}, r.agentFailure(ctx, rec, err)
+	s, err := l.agent.getSession(ctx, sid)
+	if err != nil {
+		return fileCaller{}, l.failure(ctx, err)
 	}
 	switch {
 	case s.Cwd == "": // no shell: the session has ended

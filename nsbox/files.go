@@ -2,21 +2,18 @@ package nsbox
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nsbox/nsbox/api"
 	sandboxfs "github.com/nsbox/nsbox/fs"
 )
 
-// The file API works on a sandbox's files as the sandbox sees them: the daemon opens the
-// root of the agent's mount namespace (/proc/<agent pid>/root) for each request and hands it
-// to package sandboxfs, which resolves every path inside it (no host file can be reached).
+// The file API works on a sandbox's files as the sandbox sees them: the daemon has its
+// container's backend open the root of the agent's mount namespace for each request and hands
+// it to package sandboxfs, which resolves every path inside it (no host file can be reached).
 
 const (
 	// maxUploadBytes bounds one PUT …/files body; ?maxBytes= can lower it per request.
@@ -28,93 +25,26 @@ const (
 	maxListEntries = 100_000
 )
 
-// openSandboxRoot opens the root directory of a running sandbox as its agent sees it.
-//
-// rec.PID could in principle name another process by now (the agent exited and the pid was
-// reused before the daemon noticed). So: a pidfd pins the process at rec.PID; that process
-// must be PID 1 of its own pid namespace and live in the sandbox's cgroup (nothing else on
-// the host is both); the root is opened; and only if the pinned process is still alive after
-// that was the root opened the one of the process that was checked (a pid is not reused
-// while its process, even a zombie, exists).
-func (r *Runtime) openSandboxRoot(id string) (*sandboxfs.Root, *record, error) {
-	_, rec, err := r.runningAgent(id)
-	if err != nil {
-		return nil, nil, err
-	}
-	gone := api.Errorf(api.CodeConflict, "sandbox %q is not running: its agent (PID 1) has exited; remove it and create a new one", id)
-	if rec.PID <= 0 {
-		return nil, nil, gone
-	}
-	pidfd, err := unix.PidfdOpen(rec.PID, 0)
-	if err != nil {
-		return nil, nil, gone
-	}
-	defer unix.Close(pidfd)
-	if !isSandboxInit(rec.PID, rec.CgroupPath) {
-		return nil, nil, gone
-	}
-	root, err := sandboxfs.OpenRoot(fmt.Sprintf("/proc/%d/root", rec.PID))
-	if err != nil {
-		return nil, nil, err
-	}
-	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 0); err != nil || n > 0 {
-		root.Close()
-		return nil, nil, gone
-	}
-	return root, rec, nil
-}
-
-// isSandboxInit reports whether the process pid is PID 1 in its pid namespace and a member
-// of the cgroup at cgroupPath.
-func isSandboxInit(pid int, cgroupPath string) bool {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return false
-	}
-	init := false
-	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(rest)
-			init = len(f) > 1 && f[len(f)-1] == "1"
-		}
-	}
-	if !init {
-		return false
-	}
-	cgroups, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(cgroups), "\n") {
-		if strings.HasSuffix(line, ":"+cgroupPath) {
-			return true
-		}
-	}
-	return false
-}
-
 // fileRequest is what every file handler starts from: the sandbox's root, for whom the
 // request is made, and the request's path resolved against that working directory.
 type fileRequest struct {
 	root *sandboxfs.Root
-	rec  *record
 	who  fileCaller
 	path string
 }
 
 // openFileRequest opens the sandbox's root and resolves the query parameter "path" (which
-// must be there). On error it has answered and returns nil.
-func (r *Runtime) openFileRequest(w http.ResponseWriter, req *http.Request) *fileRequest {
+// must be there).
+func (r *Runtime) openFileRequest(req *http.Request) (*fileRequest, error) {
 	p := req.URL.Query().Get("path")
 	if p == "" {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "the query parameter path is required (absolute, or relative to the working directory of the session named by sessionId, or of the sandbox)"))
-		return nil
+		return nil, api.Errorf(api.CodeInvalidArgument, "the query parameter path is required (absolute, or relative to the working directory of the session named by sessionId, or of the sandbox)")
 	}
-	root, rec, who := r.openFileCaller(w, req)
-	if root == nil {
-		return nil
+	root, who, err := r.openFileCaller(req)
+	if err != nil {
+		return nil, err
 	}
-	return &fileRequest{root: root, rec: rec, who: who, path: who.resolve(p)}
+	return &fileRequest{root: root, who: who, path: who.resolve(p)}, nil
 }
 
 // queryBool parses an optional boolean query parameter.
@@ -157,20 +87,20 @@ func parseMode(name, v string) (os.FileMode, error) {
 
 // handleReadFile answers a file's bytes; Range, If-Modified-Since and the other conditional
 // headers work as for any static file (206, 304, 412, 416).
-func (r *Runtime) handleReadFile(w http.ResponseWriter, req *http.Request) {
-	fr := r.openFileRequest(w, req)
-	if fr == nil {
-		return
+func (r *Runtime) handleReadFile(w http.ResponseWriter, req *http.Request) error {
+	fr, err := r.openFileRequest(req)
+	if err != nil {
+		return err
 	}
 	f, info, err := fr.root.Open(fr.path)
 	fr.root.Close()
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(&serveContentErrors{ResponseWriter: w, path: fr.path}, req, "", info.MTime, f)
+	return nil
 }
 
 // serveContentErrors turns the plain-text errors http.ServeContent writes (a bad Range, a
@@ -214,39 +144,33 @@ func (w *serveContentErrors) Unwrap() http.ResponseWriter { return w.ResponseWri
 
 // handleWriteFile streams the request body into a file: 201 when it is new, 200 when it
 // replaced one. The body is not held in memory.
-func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) error {
 	mkdir, err := queryBool(req, "mkdir", false)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	mode, err := parseMode("mode", req.URL.Query().Get("mode"))
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	uid, err := queryInt(req, "uid", -1, 0, 1<<32-2)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	gid, err := queryInt(req, "gid", -1, 0, 1<<32-2)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	maxBytes, err := queryInt(req, "maxBytes", maxUploadBytes, 1, maxUploadBytes)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	if req.ContentLength > maxBytes {
-		api.WriteError(w, api.Errorf(api.CodeTooLarge, "the upload (%d bytes) is larger than the limit of %d bytes", req.ContentLength, maxBytes))
-		return
+		return api.Errorf(api.CodeTooLarge, "the upload (%d bytes) is larger than the limit of %d bytes", req.ContentLength, maxBytes)
 	}
-	fr := r.openFileRequest(w, req)
-	if fr == nil {
-		return
+	fr, err := r.openFileRequest(req)
+	if err != nil {
+		return err
 	}
 	defer fr.root.Close()
 	if uid < 0 { // no explicit owner: the calling session's user, or root
@@ -263,51 +187,49 @@ func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) {
 		Mode: mode, MakeParents: mkdir, UID: int(uid), GID: int(gid), MaxBytes: maxBytes,
 	})
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, status, info)
+	return nil
 }
 
-func (r *Runtime) handleStatFile(w http.ResponseWriter, req *http.Request) {
-	fr := r.openFileRequest(w, req)
-	if fr == nil {
-		return
+func (r *Runtime) handleStatFile(w http.ResponseWriter, req *http.Request) error {
+	fr, err := r.openFileRequest(req)
+	if err != nil {
+		return err
 	}
 	defer fr.root.Close()
 	info, err := fr.root.Stat(fr.path)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusOK, info)
+	return nil
 }
 
-func (r *Runtime) handleListFiles(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleListFiles(w http.ResponseWriter, req *http.Request) error {
 	depth, err := queryInt(req, "depth", 1, 1, maxListDepth)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
 	hidden, err := queryBool(req, "hidden", false)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
-	fr := r.openFileRequest(w, req)
-	if fr == nil {
-		return
+	fr, err := r.openFileRequest(req)
+	if err != nil {
+		return err
 	}
 	defer fr.root.Close()
 	list, err := fr.root.List(fr.path, int(depth), hidden, maxListEntries)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	if list == nil {
 		list = []api.FileInfo{}
 	}
 	api.WriteJSON(w, http.StatusOK, list)
+	return nil
 }
 
 // mkdirRequest is the body of POST …/files/mkdir.
@@ -326,24 +248,21 @@ type moveRequest struct {
 
 // handleMkdir creates a directory: 201 when it made it, 200 when parents is set and it was
 // already there.
-func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) error {
 	var body mkdirRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	if body.Path == "" {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "path is required"))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "path is required")
 	}
 	mode, err := parseMode("mode", body.Mode)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
-	root, _, who := r.openFileCaller(w, req)
-	if root == nil {
-		return
+	root, who, err := r.openFileCaller(req)
+	if err != nil {
+		return err
 	}
 	defer root.Close()
 	p := who.resolve(body.Path)
@@ -352,95 +271,86 @@ func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) {
 		status = http.StatusOK
 	}
 	if err := root.Mkdir(p, body.Parents, mode, who.uid, who.gid); err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	info, err := root.Stat(p)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, status, info)
+	return nil
 }
 
 // handleMove renames a file or directory and answers what is at the destination now.
-func (r *Runtime) handleMove(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleMove(w http.ResponseWriter, req *http.Request) error {
 	var body moveRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	if body.From == "" || body.To == "" {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "from and to are required"))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "from and to are required")
 	}
-	root, _, who := r.openFileCaller(w, req)
-	if root == nil {
-		return
+	root, who, err := r.openFileCaller(req)
+	if err != nil {
+		return err
 	}
 	defer root.Close()
 	to := who.resolve(body.To)
 	if err := root.Move(who.resolve(body.From), to, body.Overwrite); err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	info, err := root.Stat(to)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusOK, info)
+	return nil
 }
 
-func (r *Runtime) handleRemoveFile(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleRemoveFile(w http.ResponseWriter, req *http.Request) error {
 	recursive, err := queryBool(req, "recursive", false)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
-	fr := r.openFileRequest(w, req)
-	if fr == nil {
-		return
+	fr, err := r.openFileRequest(req)
+	if err != nil {
+		return err
 	}
 	defer fr.root.Close()
 	if err := fr.root.Remove(fr.path, recursive); err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // handleWatchFiles streams changes under a directory as Server-Sent Events until the client
 // goes away, the directory is removed, or the sandbox stops. The answer's headers are sent
 // once the watch is in place: what changes after that is reported.
-func (r *Runtime) handleWatchFiles(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleWatchFiles(w http.ResponseWriter, req *http.Request) error {
 	recursive, err := queryBool(req, "recursive", false)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
-	fr := r.openFileRequest(w, req)
-	if fr == nil {
-		return
+	fr, err := r.openFileRequest(req)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel() // ends the watch
 	events, err := fr.root.Watch(ctx, fr.path, recursive)
 	fr.root.Close() // the watch holds its own reference
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	flusher := http.NewResponseController(w)
-	if flusher.Flush() != nil {
-		return
+	stream := api.NewSSEWriter(w)
+	if stream.Start() != nil {
+		return nil
 	}
 	for ev := range events {
-		if writeSSE(w, ev.Type, ev) != nil || flusher.Flush() != nil {
-			return // the client went away
+		if stream.Send(ev.Type, ev) != nil {
+			return nil // the client went away
 		}
 	}
+	return nil
 }

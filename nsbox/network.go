@@ -10,12 +10,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"sync"
-
-	"github.com/opencontainers/runc/libcontainer/configs"
 
 	"github.com/nsbox/nsbox/api"
 	sandboxnet "github.com/nsbox/nsbox/net"
+	"github.com/nsbox/nsbox/nsbox/backend"
 )
 
 // NetworkConfig is the host side of sandbox networking (package net): IPv4 only.
@@ -43,36 +41,40 @@ func (c *Config) netConfig() sandboxnet.Config {
 
 // CleanupNetwork removes everything sandbox networking made on the host with this config (the
 // nftables table, veths, routes, addresses, conntrack entries, the state file), for
-// `nsbox daemon --cleanup` while no daemon runs.
+// `nsbox daemon --cleanup`. It refuses while a daemon holds the metadata.
 func CleanupNetwork(cfg Config) error {
+	meta := filepath.Join(cfg.DataDir, "meta.db")
+	if _, err := os.Stat(meta); err == nil {
+		recs, err := openRecords(meta)
+		if err != nil {
+			return fmt.Errorf("%w; stop the daemon first", err)
+		}
+		recs.Close()
+	}
 	return sandboxnet.Cleanup(cfg.netConfig())
 }
 
-// idLocks serializes changes to one sandbox (its network, its env) with each other, and not
-// with other sandboxes'.
-type idLocks struct {
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
-}
-
-func (l *idLocks) lock(id string) func() {
-	l.mu.Lock()
-	if l.locks == nil {
-		l.locks = map[string]*sync.Mutex{}
-	}
-	m := l.locks[id]
-	if m == nil {
-		m = &sync.Mutex{}
-		l.locks[id] = m
-	}
-	l.mu.Unlock()
-	m.Lock()
-	return m.Unlock
+// network is the host side of sandbox networking: package net's Manager (tests give a fake).
+type network interface {
+	Allocate(id string) (netip.Addr, error)
+	Attach(id, netnsPath string, mode sandboxnet.Mode, allow []netip.Prefix) (*sandboxnet.Attachment, error)
+	SetMode(id string, mode sandboxnet.Mode, allow []netip.Prefix) error
+	Detach(id string) error
+	Lookup(id string) (*sandboxnet.Attachment, bool)
+	Sandboxes() []string
+	Expose(id string, want sandboxnet.Port) (sandboxnet.Port, error)
+	Unexpose(id string, port int, protocol string) error
+	Ports(id string) []sandboxnet.Port
+	Close()
 }
 
 // openNetwork takes over the host's sandbox networking: package net rebuilds every rule and
 // exposed port from its state file.
 func (r *Runtime) openNetwork() error {
+	if r.cfg.network != nil {
+		r.net = r.cfg.network
+		return nil
+	}
 	m, err := sandboxnet.Open(r.cfg.netConfig())
 	if err != nil {
 		return fmt.Errorf("sandbox network: %w", err)
@@ -130,15 +132,15 @@ func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, err
 	return s, allow, nil
 }
 
-// mountNetworkFiles writes a new container's /etc/hosts and /etc/resolv.conf into its run dir
-// and mounts them read-only into its config. Until connectNetwork the hosts file names the
-// container; it is rewritten in place then, so the mount shows the new content.
-func (r *Runtime) mountNetworkFiles(container string, config *configs.Config) error {
+// networkFiles writes a new container's /etc/hosts and /etc/resolv.conf into its run dir and
+// returns their read-only mounts. Until connectNetwork the hosts file names the container; it
+// is rewritten in place then, so the mount shows the new content.
+func (r *Runtime) networkFiles(container string) ([]backend.Mount, error) {
 	resolv, err := sandboxnet.ResolvConf()
 	if errors.Is(err, sandboxnet.ErrNoNameserver) {
 		r.log.Warn("sandboxes get no DNS server", "err", err)
 	} else if err != nil {
-		return err
+		return nil, err
 	}
 	files := []struct {
 		name, dest string
@@ -147,14 +149,15 @@ func (r *Runtime) mountNetworkFiles(container string, config *configs.Config) er
 		{"hosts", "/etc/hosts", sandboxnet.HostsFile(container, netip.Addr{})},
 		{"resolv.conf", "/etc/resolv.conf", resolv},
 	}
+	var out []backend.Mount
 	for _, f := range files {
 		path := filepath.Join(r.sandboxRunDir(container), f.name)
 		if err := os.WriteFile(path, f.data, 0o644); err != nil {
-			return fmt.Errorf("write sandbox %s: %w", f.name, err)
+			return nil, fmt.Errorf("write sandbox %s: %w", f.name, err)
 		}
-		config.Mounts = append(config.Mounts, readonlyBind(path, f.dest))
+		out = append(out, backend.Mount{Source: path, Target: f.dest, ReadOnly: true})
 	}
-	return nil
+	return out, nil
 }
 
 // connectNetwork gives a started container the network of the sandbox it becomes, before the
@@ -172,11 +175,11 @@ func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
 		}
 	}
 	// Rewritten in place (truncate, write): the container's bind mount shows the same inode.
-	hosts := filepath.Join(r.sandboxRunDir(sc.id), "hosts")
+	hosts := filepath.Join(r.sandboxRunDir(sc.inst.ID()), "hosts")
 	if err := os.WriteFile(hosts, sandboxnet.HostsFile(rec.ID, addr), 0o644); err != nil {
 		return fmt.Errorf("write sandbox hosts: %w", err)
 	}
-	a, err := r.net.Attach(rec.ID, fmt.Sprintf("/proc/%d/ns/net", sc.pid), sandboxnet.Mode(rec.Network.Mode), allow)
+	a, err := r.net.Attach(rec.ID, sc.inst.NetNS(), sandboxnet.Mode(rec.Network.Mode), allow)
 	if err != nil {
 		return netError(err)
 	}
@@ -207,13 +210,9 @@ func (r *Runtime) detachNetwork(id string) error {
 // reconcileNetwork runs after the records are reconciled at start-up: networks whose sandbox
 // has no record go. A failed sandbox keeps its network (its address, its ports, unreachable)
 // until it is removed, as it does when it fails while the daemon runs.
-func (r *Runtime) reconcileNetwork() error {
+func (r *Runtime) reconcileNetwork() {
 	for _, id := range r.net.Sandboxes() {
-		_, err := r.store.Get(id)
-		if !api.IsCode(err, api.CodeNotFound) {
-			if err != nil {
-				return err
-			}
+		if _, err := r.lookup(id); err == nil {
 			continue
 		}
 		r.log.Warn("removing the network of a sandbox that has no record", "sandbox", id)
@@ -221,13 +220,6 @@ func (r *Runtime) reconcileNetwork() error {
 			r.log.Error("remove network", "sandbox", id, "err", err)
 		}
 	}
-	return nil
-}
-
-// runningRecord returns the record of a sandbox that runs, or why it does not.
-func (r *Runtime) runningRecord(id string) (*record, error) {
-	_, rec, err := r.runningAgent(id)
-	return rec, err
 }
 
 // SetNetwork changes the network mode of a running sandbox. Connections the sandbox opened
@@ -240,10 +232,11 @@ func (r *Runtime) SetNetwork(id string, spec api.NetworkSpec) (*api.Sandbox, err
 	if err != nil {
 		return nil, err
 	}
-	defer r.netLocks.lock(id)()
-	if _, err := r.runningRecord(id); err != nil {
+	sb, err := r.lockRunning(id)
+	if err != nil {
 		return nil, err
 	}
+	defer sb.mu.Unlock()
 	if err := r.net.SetMode(id, sandboxnet.Mode(spec.Mode), allow); err != nil {
 		return nil, netError(err)
 	}
@@ -251,14 +244,11 @@ func (r *Runtime) SetNetwork(id string, spec api.NetworkSpec) (*api.Sandbox, err
 	if !ok {
 		return nil, api.Errorf(api.CodeNotFound, "sandbox %q has no network", id)
 	}
-	rec, err := r.store.Update(id, func(rec *record) error {
-		rec.Network = apiNetwork(a)
-		return nil
-	})
-	if err != nil {
+	if err := r.update(sb, func(rec *record) { rec.Network = apiNetwork(a) }); err != nil {
 		return nil, err
 	}
-	return &rec.Sandbox, nil
+	out := sb.rec.Sandbox
+	return &out, nil
 }
 
 // ExposePort forwards a host port to a port of a running sandbox. A TCP port that is not
@@ -279,10 +269,11 @@ func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.Exposed
 	if want.Protocol != api.ProtocolUDP && !req.Public {
 		want.Token = newToken()
 	}
-	defer r.netLocks.lock(id)()
-	if _, err := r.runningRecord(id); err != nil {
+	sb, err := r.lockRunning(id)
+	if err != nil {
 		return nil, err
 	}
+	defer sb.mu.Unlock()
 	p, err := r.net.Expose(id, want)
 	if err != nil {
 		return nil, netError(err)
@@ -296,11 +287,13 @@ func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.Exposed
 
 // UnexposePort stops forwarding a sandbox port and cuts the connections open through it.
 func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
-	defer r.netLocks.lock(id)()
-	if _, err := r.store.Get(id); err != nil {
+	sb, err := r.lookup(id)
+	if err != nil {
 		return err
 	}
-	err := r.net.Unexpose(id, port, protocol)
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	err = r.net.Unexpose(id, port, protocol)
 	if protocol != sandboxnet.UDP {
 		// Also when cutting the NAT-ed flows failed: the port is unexposed by then.
 		r.forgetPreview(id, port)
@@ -310,7 +303,7 @@ func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
 
 // Ports lists a sandbox's exposed ports.
 func (r *Runtime) Ports(id string) ([]api.ExposedPort, error) {
-	if _, err := r.store.Get(id); err != nil {
+	if _, err := r.lookup(id); err != nil {
 		return nil, err
 	}
 	out := []api.ExposedPort{}
@@ -353,18 +346,19 @@ func (r *Runtime) exposedPort(id string, p sandboxnet.Port) *api.ExposedPort {
 // when public). Errors: api.CodeNotFound when the sandbox or the exposed TCP port does not
 // exist, api.CodeUnavailable when the sandbox does not run or has no network (mode none).
 func (r *Runtime) PreviewTarget(id string, port int) (addr netip.AddrPort, token string, public bool, err error) {
-	rec, err := r.store.Get(id)
+	sb, err := r.lookup(id)
 	if err != nil {
 		return netip.AddrPort{}, "", false, err
 	}
+	status := sb.snapshot().Status
 	ports := r.net.Ports(id)
 	i := slices.IndexFunc(ports, func(p sandboxnet.Port) bool { return p.Port == port && p.Protocol == sandboxnet.TCP })
 	if i < 0 {
 		return netip.AddrPort{}, "", false, api.Errorf(api.CodeNotFound, "port %d of sandbox %q is not exposed", port, id)
 	}
 	p := ports[i]
-	if rec.Status != api.StatusRunning {
-		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q is not running (%s)", id, rec.Status)
+	if status != api.StatusRunning {
+		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q is not running (%s)", id, status)
 	}
 	a, ok := r.net.Lookup(id)
 	if !ok || a.HostVeth == "" {
@@ -390,48 +384,45 @@ func requestedNetwork(spec *api.NetworkSpec) (api.SandboxNetwork, error) {
 	return n, nil
 }
 
-func (r *Runtime) handleSetNetwork(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleSetNetwork(w http.ResponseWriter, req *http.Request) error {
 	var body api.NetworkSpec
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	sb, err := r.SetNetwork(req.PathValue("id"), body)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusOK, sb)
+	return nil
 }
 
-func (r *Runtime) handleExposePort(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleExposePort(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExposePortRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	p, err := r.ExposePort(req.PathValue("id"), body)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusCreated, p)
+	return nil
 }
 
-func (r *Runtime) handleListPorts(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleListPorts(w http.ResponseWriter, req *http.Request) error {
 	ports, err := r.Ports(req.PathValue("id"))
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusOK, ports)
+	return nil
 }
 
-func (r *Runtime) handleUnexposePort(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleUnexposePort(w http.ResponseWriter, req *http.Request) error {
 	port, err := strconv.Atoi(req.PathValue("port"))
 	if err != nil || port < 1 || port > 65535 {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "port must be a number 1-65535, not %q", req.PathValue("port")))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "port must be a number 1-65535, not %q", req.PathValue("port"))
 	}
 	protocol := req.URL.Query().Get("protocol")
 	switch protocol {
@@ -439,12 +430,11 @@ func (r *Runtime) handleUnexposePort(w http.ResponseWriter, req *http.Request) {
 		protocol = api.ProtocolTCP
 	case api.ProtocolTCP, api.ProtocolUDP:
 	default:
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "protocol must be tcp or udp, not %q", protocol))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "protocol must be tcp or udp, not %q", protocol)
 	}
 	if err := r.UnexposePort(req.PathValue("id"), port, protocol); err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

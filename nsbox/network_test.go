@@ -39,11 +39,11 @@ func netRuntime(t *testing.T) *Runtime {
 		HostPortMin: 20000, HostPortMax: 29999,
 		Uplinks: []string{uplink},
 	}}
-	store, err := OpenStore(filepath.Join(dir, "meta.db"))
+	recs, err := openRecords(filepath.Join(dir, "meta.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Runtime{cfg: cfg, store: store, log: slog.Default(), busy: map[string]string{}, agents: map[string]*agentClient{}, pool: newWarmPool(nil)}
+	r := &Runtime{cfg: cfg, records: recs, log: slog.Default(), sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil)}
 	if err := r.openNetwork(); err != nil {
 		t.Fatal(err)
 	}
@@ -88,9 +88,10 @@ func fakeSandbox(t *testing.T, r *Runtime, id string) {
 		t.Fatal(err)
 	}
 	rec.Network = apiNetwork(a)
-	if err := r.store.Insert(rec); err != nil {
+	if err := r.records.Insert(rec); err != nil {
 		t.Fatal(err)
 	}
+	r.sandboxes[id] = &sandbox{id: id, rec: *rec}
 }
 
 func TestPreviewTarget(t *testing.T) {
@@ -144,9 +145,10 @@ func TestPreviewTarget(t *testing.T) {
 	}
 
 	// A sandbox that failed is unavailable; its port is still known.
-	if _, err := r.store.Update("pv", func(rec *record) error { rec.Status = api.StatusFailed; return nil }); err != nil {
-		t.Fatal(err)
-	}
+	sb, _ := r.lookup("pv")
+	sb.mu.Lock()
+	r.fail(sb, "a test")
+	sb.mu.Unlock()
 	if _, _, _, err := r.PreviewTarget("pv", 8080); !api.IsCode(err, api.CodeUnavailable) {
 		t.Errorf("failed sandbox: %v, want unavailable", err)
 	}

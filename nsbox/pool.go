@@ -3,15 +3,11 @@ package nsbox
 import (
 	"context"
 	"fmt"
-	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/opencontainers/runc/libcontainer"
-	"golang.org/x/sys/unix"
-
+	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -43,14 +39,14 @@ func newWarmPool(want map[string]int) *warmPool {
 // acquire returns a started container for a new sandbox of img: a warm one when the pool has
 // one whose agent still runs (bind applies the limits) and the sandbox needs no storage of its
 // own, else a new one.
-func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim limits, st storageSpec) (sc *startedContainer, fromPool bool, err error) {
+func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim backend.Limits, st storageSpec) (sc *startedContainer, fromPool bool, err error) {
 	if st.none() {
 		defer r.refill(img)
 		for sc := r.pool.take(img.Name); sc != nil; sc = r.pool.take(img.Name) {
-			if sc.alive() {
+			if sc.inst.Alive() {
 				return sc, true, nil
 			}
-			r.log.Warn("warm pool: its agent has exited; discarding the container", "container", sc.id)
+			r.log.Warn("warm pool: its agent has exited; discarding the container", "container", sc.inst.ID())
 			r.discard(sc)
 		}
 	}
@@ -178,73 +174,8 @@ func (r *Runtime) drainPool() {
 
 // discard destroys a started container that no sandbox will have.
 func (r *Runtime) discard(sc *startedContainer) {
-	sc.release()
-	if err := r.destroyContainer(sc.id, sc.cgroupPath); err != nil {
-		r.log.Error("destroy unused container", "container", sc.id, "err", err)
+	if err := r.destroyContainer(sc.inst); err != nil {
+		r.log.Error("destroy unused container", "container", sc.inst.ID(), "err", err)
 	}
-}
-
-// setHostname sets the hostname in the UTS namespace of the process behind pidfd. A
-// goroutine of its own does it on a locked thread, which enters that namespace and returns to
-// its own before it is unlocked; if it cannot return, the thread ends with the goroutine.
-func setHostname(pidfd int, name string) error {
-	result := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := os.Open("/proc/thread-self/ns/uts")
-		if err != nil {
-			runtime.UnlockOSThread()
-			result <- fmt.Errorf("open own uts namespace: %w", err)
-			return
-		}
-		defer own.Close()
-		if err := unix.Setns(pidfd, unix.CLONE_NEWUTS); err != nil {
-			runtime.UnlockOSThread()
-			result <- fmt.Errorf("enter sandbox uts namespace: %w", err)
-			return
-		}
-		setErr := unix.Sethostname([]byte(name))
-		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWUTS); err != nil {
-			result <- fmt.Errorf("return from sandbox uts namespace: %w", err) // the thread stays locked
-			return
-		}
-		runtime.UnlockOSThread()
-		result <- wrapErr("set hostname", setErr)
-	}()
-	return <-result
-}
-
-// setLimits changes the cgroup limits of a running container.
-func (r *Runtime) setLimits(id string, lim limits) error {
-	c, err := libcontainer.Load(r.stateRoot(), id)
-	if err != nil {
-		return fmt.Errorf("load container: %w", err)
-	}
-	cfg := c.Config()
-	res := *cfg.Cgroups.Resources
-	pids := lim.Pids
-	res.CpuQuota, res.Memory, res.MemorySwap, res.PidsLimit = lim.CPUQuota, lim.MemoryBytes, lim.MemoryBytes, &pids
-	cgroupsCopy := *cfg.Cgroups
-	cgroupsCopy.Resources = &res
-	cfg.Cgroups = &cgroupsCopy
-	began := time.Now()
-	if err := c.Set(cfg); err != nil {
-		return fmt.Errorf("set limits: %w", err)
-	}
-	r.log.Debug("limits set", "container", id, "duration", time.Since(began))
-	return nil
-}
-
-// alive reports whether the container's agent still runs (its pidfd is not readable yet).
-func (sc *startedContainer) alive() bool {
-	n, err := unix.Poll([]unix.PollFd{{Fd: int32(sc.pidfd), Events: unix.POLLIN}}, 0)
-	return err == nil && n == 0
-}
-
-// release closes the agent's pidfd once the container is bound or discarded.
-func (sc *startedContainer) release() {
-	if sc.pidfd >= 0 {
-		unix.Close(sc.pidfd)
-		sc.pidfd = -1
-	}
+	r.forgetContainerAgent(sc.agent)
 }

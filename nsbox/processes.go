@@ -1,13 +1,8 @@
 package nsbox
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -15,144 +10,120 @@ import (
 // Processes live in the sandbox's agent (package agent/process); the daemon checks request
 // bodies and relays the calls, so processes and their output outlive a daemon restart.
 
-// handleStartProcess starts a process in a sandbox.
-func (r *Runtime) handleStartProcess(w http.ResponseWriter, req *http.Request) {
-	var body api.StartProcessRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	r.relayProcessCall(w, req, jsonBody(body))
-}
-
-// handleProcessCall relays a process call without a body.
-func (r *Runtime) handleProcessCall(w http.ResponseWriter, req *http.Request) {
-	r.relayProcessCall(w, req, nil)
-}
-
-// handleKillProcess relays a kill of one process or of all, whose body may be empty.
-func (r *Runtime) handleKillProcess(w http.ResponseWriter, req *http.Request) {
-	var body api.KillProcessRequest
-	if err := decodeOptionalBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	r.relayProcessCall(w, req, jsonBody(body))
-}
-
-// handleWaitProcess relays a wait, whose body may be empty (wait for the end).
-func (r *Runtime) handleWaitProcess(w http.ResponseWriter, req *http.Request) {
-	var body api.WaitProcessRequest
-	if err := decodeOptionalBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	r.relayProcessCall(w, req, jsonBody(body))
-}
-
-// handleProcessStdin streams the raw request body to the process's stdin.
-func (r *Runtime) handleProcessStdin(w http.ResponseWriter, req *http.Request) {
-	r.relayProcessCall(w, req, req.Body)
-}
-
-// handleProcessLogs answers a process's log; with follow it streams it as Server-Sent Events.
-func (r *Runtime) handleProcessLogs(w http.ResponseWriter, req *http.Request) {
-	follow, _ := strconv.ParseBool(req.URL.Query().Get("follow"))
-	if !follow {
-		r.relayProcessCall(w, req, nil)
-		return
-	}
-	resp, ok := r.callProcessAgent(w, req, nil)
-	if !ok {
-		return
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		r.writeError(w, api.ReadError(resp))
-		return
-	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	flusher := http.NewResponseController(w)
-	dec := json.NewDecoder(resp.Body)
-	for {
-		var ev api.ProcessEvent
-		if err := dec.Decode(&ev); err != nil {
-			if req.Context().Err() == nil {
-				writeSSE(w, "error", api.ErrorBody{Error: api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)})
-				_ = flusher.Flush()
-			}
-			return
-		}
-		if writeSSE(w, ev.Type, ev) != nil || flusher.Flush() != nil || ev.Type == api.EventExit {
-			return
-		}
-	}
-}
-
-func jsonBody(v any) io.Reader {
-	data, _ := json.Marshal(v) // request types always marshal
-	return bytes.NewReader(data)
-}
-
-// decodeOptionalBody is decodeBody for bodies that may be left out.
-func decodeOptionalBody(w http.ResponseWriter, req *http.Request, v any) error {
-	data, err := io.ReadAll(http.MaxBytesReader(w, req.Body, maxRequestBody))
+// processCall runs call with the agent of the running sandbox the request names, and answers
+// what it returns as JSON with status (or no body, with 204, when it returns nil).
+func (r *Runtime) processCall(w http.ResponseWriter, req *http.Request, status int, call func(*agentClient) (any, error)) error {
+	l, err := r.running(req.PathValue("id"))
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return api.Errorf(api.CodeTooLarge, "request body is larger than %d bytes", maxRequestBody)
-		}
-		return api.Errorf(api.CodeInvalidArgument, "read request body: %v", err)
+		return err
 	}
-	if len(bytes.TrimSpace(data)) == 0 {
+	out, err := call(l.agent)
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	if out == nil {
+		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: %v", err)
-	}
-	if dec.More() {
-		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: data after the object")
-	}
+	api.WriteJSON(w, status, out)
 	return nil
 }
 
-// callProcessAgent sends the request, under the agent's path, to the sandbox's agent.
-func (r *Runtime) callProcessAgent(w http.ResponseWriter, req *http.Request, body io.Reader) (*http.Response, bool) {
-	id := req.PathValue("id")
-	agent, rec, err := r.runningAgent(id)
-	if err != nil {
-		r.writeError(w, err)
-		return nil, false
+// handleStartProcess starts a process in a sandbox.
+func (r *Runtime) handleStartProcess(w http.ResponseWriter, req *http.Request) error {
+	var body api.StartProcessRequest
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
-	path := "/v1" + strings.TrimPrefix(req.URL.Path, "/v1/sandboxes/"+id)
-	if req.URL.RawQuery != "" {
-		path += "?" + req.URL.RawQuery
-	}
-	if body == nil {
-		body = http.NoBody
-	}
-	resp, err := agent.doRaw(req.Context(), req.Method, path, body)
-	if err != nil {
-		r.writeError(w, r.agentFailure(req.Context(), rec, err))
-		return nil, false
-	}
-	return resp, true
+	return r.processCall(w, req, http.StatusCreated, func(a *agentClient) (any, error) {
+		return a.startProcess(req.Context(), body)
+	})
 }
 
-// relayProcessCall sends the request to the agent and relays its answer as it is.
-func (r *Runtime) relayProcessCall(w http.ResponseWriter, req *http.Request, body io.Reader) {
-	resp, ok := r.callProcessAgent(w, req, body)
-	if !ok {
-		return
+func (r *Runtime) handleListProcesses(w http.ResponseWriter, req *http.Request) error {
+	return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+		return a.listProcesses(req.Context(), req.URL.Query())
+	})
+}
+
+func (r *Runtime) handleRemoveFinished(w http.ResponseWriter, req *http.Request) error {
+	return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+		return a.removeFinished(req.Context())
+	})
+}
+
+func (r *Runtime) handleGetProcess(w http.ResponseWriter, req *http.Request) error {
+	return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+		return a.getProcess(req.Context(), req.PathValue("pid"))
+	})
+}
+
+func (r *Runtime) handleRemoveProcess(w http.ResponseWriter, req *http.Request) error {
+	return r.processCall(w, req, http.StatusNoContent, func(a *agentClient) (any, error) {
+		return nil, a.removeProcess(req.Context(), req.PathValue("pid"))
+	})
+}
+
+// handleKillProcess kills one process, or with no pid in the path all of them; the body may
+// be empty.
+func (r *Runtime) handleKillProcess(w http.ResponseWriter, req *http.Request) error {
+	var body api.KillProcessRequest
+	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+		return err
 	}
-	defer resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); ct != "" {
-		w.Header().Set("Content-Type", ct)
+	pid := req.PathValue("pid")
+	return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+		if pid == "" {
+			return a.killAll(req.Context(), body)
+		}
+		return a.killProcess(req.Context(), pid, body)
+	})
+}
+
+// handleWaitProcess waits for a process; the body may be empty (wait for the end).
+func (r *Runtime) handleWaitProcess(w http.ResponseWriter, req *http.Request) error {
+	var body api.WaitProcessRequest
+	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+		return err
 	}
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+		return a.waitProcess(req.Context(), req.PathValue("pid"), body)
+	})
+}
+
+// handleProcessStdin streams the raw request body to the process's stdin (POST), or closes it
+// (DELETE).
+func (r *Runtime) handleProcessStdin(w http.ResponseWriter, req *http.Request) error {
+	pid := req.PathValue("pid")
+	return r.processCall(w, req, http.StatusNoContent, func(a *agentClient) (any, error) {
+		if req.Method == http.MethodDelete {
+			return nil, a.closeStdin(req.Context(), pid)
+		}
+		return nil, a.writeStdin(req.Context(), pid, req.Body, req.URL.Query())
+	})
+}
+
+// handleProcessLogs answers a process's log; with follow it streams it as Server-Sent Events.
+func (r *Runtime) handleProcessLogs(w http.ResponseWriter, req *http.Request) error {
+	pid := req.PathValue("pid")
+	if follow, _ := strconv.ParseBool(req.URL.Query().Get("follow")); !follow {
+		return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+			return a.processLogs(req.Context(), pid, req.URL.Query())
+		})
+	}
+	l, err := r.running(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	events, err := l.agent.followLogs(req.Context(), pid, req.URL.Query())
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	defer events.Close()
+	out := api.NewSSEWriter(w)
+	if out.Start() != nil {
+		return nil
+	}
+	relayEvents(out, events, api.EventExit)
+	return nil
 }

@@ -1,96 +1,84 @@
 package nsbox
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
-
-	"github.com/opencontainers/runc/libcontainer"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
 )
 
-// reconcile makes the records agree with what exists, after a clean restart, a kill -9 or a
-// host reboot:
-//   - a record whose create never finished is rolled back and forgotten;
-//   - a record whose container is gone or whose agent does not answer is marked failed (it can
-//     still be removed, which cleans up what is left);
-//   - a running container, run dir or data dir with no record is destroyed.
+// reconcile loads every recorded sandbox and makes the records agree with what exists, after
+// a clean restart, a kill -9 or a host reboot:
+//   - a sandbox whose create never finished is rolled back and forgotten;
+//   - a running sandbox whose container is gone or whose agent does not answer is marked
+//     failed (it can still be removed, which cleans up what is left);
+//   - a container, run dir or data dir with no record is destroyed;
+//   - a network with no record is removed.
 func (r *Runtime) reconcile() error {
-	recs, err := r.store.List()
+	recs, err := r.records.List()
 	if err != nil {
 		return err
 	}
 	known := map[string]bool{} // containers that belong to a sandbox
 	for _, rec := range recs {
+		sb := &sandbox{id: rec.ID, rec: *rec}
+		inst, err := r.backend.Load(rec.container())
+		switch {
+		case err == nil:
+			sb.inst, sb.agent = inst, newAgentClient(inst)
+		case !errors.Is(err, backend.ErrNotExist):
+			r.log.Warn("load container", "sandbox", rec.ID, "container", rec.container(), "err", err)
+		}
+		r.sandboxes[sb.id] = sb
 		known[rec.container()] = true
-		if rec.Status == api.StatusCreating {
+		switch rec.Status {
+		case api.StatusCreating:
 			r.log.Warn("rolling back a create the daemon did not finish", "sandbox", rec.ID)
-			if err := errors.Join(r.destroy(rec), r.store.Delete(rec.ID)); err != nil {
-				r.log.Error("roll back create", "sandbox", rec.ID, "err", err)
-			}
-			delete(known, rec.container())
-			continue
-		}
-		if rec.Status != api.StatusRunning {
-			continue
-		}
-		if reason := r.checkRunning(rec); reason != "" {
-			r.log.Warn("sandbox is no longer running", "sandbox", rec.ID, "reason", reason)
-			rec.Status, rec.Error, rec.PID = api.StatusFailed, reason, 0
-			if err := r.store.Put(rec); err != nil {
-				return err
-			}
-			continue
-		}
-		r.watchAgent(rec.ID, rec.PID)
-		r.repushEnv(rec)
-	}
-	// Whatever has no record: a container, or a leftover run or data dir.
-	for _, dir := range []string{r.stateRoot(), filepath.Join(r.cfg.RunDir, "sandboxes"), filepath.Join(r.cfg.DataDir, "sandboxes")} {
-		entries, err := os.ReadDir(dir)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("list %s: %w", dir, err)
-		}
-		for _, e := range entries {
-			if known[e.Name()] {
+			r.abortCreate(sb)
+		case api.StatusRunning, api.StatusPaused:
+			if reason := checkRunning(sb.inst, sb.agent); reason != "" {
+				r.log.Warn("sandbox is no longer running", "sandbox", rec.ID, "reason", reason)
+				sb.mu.Lock()
+				r.fail(sb, reason)
+				sb.mu.Unlock()
 				continue
 			}
-			// A sandbox removed while the daemon was down, or a container that was started and
-			// not yet given to a sandbox (a create cut short, or the warm pool).
-			r.log.Info("destroying a container that belongs to no sandbox", "container", e.Name())
-			cgroup := cgroupPath(r.cfg.CgroupParent, e.Name())
-			if c, err := libcontainer.Load(r.stateRoot(), e.Name()); err == nil {
-				cgroup = c.Config().Cgroups.Path
-			}
-			if err := r.destroyContainer(e.Name(), cgroup); err != nil {
-				r.log.Error("destroy orphan container", "container", e.Name(), "err", err)
-			}
-			known[e.Name()] = true
+			sb.rec.PID = sb.inst.PID()
+			r.watch(sb, sb.inst)
+			r.repushEnv(sb)
 		}
 	}
-	return r.reconcileNetwork()
-}
-
-// checkRunning returns why a sandbox recorded as running is not, or "" when it is.
-func (r *Runtime) checkRunning(rec *record) string {
-	c, err := libcontainer.Load(r.stateRoot(), rec.container())
+	// Whatever has no record: a container, or a leftover run or data dir.
+	containers, err := r.backend.Containers()
 	if err != nil {
-		return "its container is gone (the host restarted, or it was removed outside nsbox)"
+		return err
 	}
-	if status, err := c.Status(); err != nil || status != libcontainer.Running {
-		return "its agent (PID 1) has exited"
+	dataDirs, err := os.ReadDir(filepath.Join(r.cfg.DataDir, "sandboxes"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("list data dirs: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := r.agentOf(rec).health(ctx); err != nil {
-		return fmt.Sprintf("its agent does not answer: %v", err)
+	for _, e := range dataDirs {
+		containers = append(containers, e.Name())
 	}
-	if state, err := c.State(); err == nil {
-		rec.PID = state.InitProcessPid
+	for _, id := range containers {
+		if known[id] {
+			continue
+		}
+		known[id] = true
+		// A sandbox removed while the daemon was down, or a container that was started and
+		// not yet given to a sandbox (a create cut short, or the warm pool).
+		r.log.Info("destroying a container that belongs to no sandbox", "container", id)
+		destroy := r.destroyContainerID
+		if inst, err := r.backend.Load(id); err == nil {
+			destroy = func(string, ...func() error) error { return r.destroyContainer(inst) }
+		}
+		if err := destroy(id); err != nil {
+			r.log.Error("destroy orphan container", "container", id, "err", err)
+		}
 	}
-	return ""
+	r.reconcileNetwork()
+	return nil
 }

@@ -2,9 +2,6 @@ package nsbox
 
 import (
 	"bufio"
-	"encoding/json"
-	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -13,13 +10,10 @@ import (
 	"github.com/nsbox/nsbox/api"
 )
 
-// maxRequestBody bounds a JSON request body (exec stdin included).
-const maxRequestBody = 64 << 20
-
 // Route is one endpoint of the API.
 type Route struct {
 	Method, Pattern string
-	handle          func(*Runtime, http.ResponseWriter, *http.Request)
+	handle          func(*Runtime, http.ResponseWriter, *http.Request) error
 }
 
 // Routes are the daemon's API endpoints; api/openapi.json describes the same set.
@@ -31,12 +25,12 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes/{id}", (*Runtime).handleGet},
 	{"DELETE", "/v1/sandboxes/{id}", (*Runtime).handleRemove},
 	{"POST", "/v1/sandboxes/{id}/exec", (*Runtime).handleExec},
-	{"POST", "/v1/sandboxes/{id}/sessions", (*Runtime).handleSessionCall},
-	{"GET", "/v1/sandboxes/{id}/sessions", (*Runtime).handleSessionCall},
-	{"GET", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleSessionCall},
-	{"DELETE", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleSessionCall},
+	{"POST", "/v1/sandboxes/{id}/sessions", (*Runtime).handleCreateSession},
+	{"GET", "/v1/sandboxes/{id}/sessions", (*Runtime).handleListSessions},
+	{"GET", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleGetSession},
+	{"DELETE", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleDeleteSession},
 	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", (*Runtime).handleExec},
-	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", (*Runtime).handleSessionCall},
+	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", (*Runtime).handleCancelSession},
 	{"GET", "/v1/sandboxes/{id}/sessions/{sid}/terminal", (*Runtime).handleTerminal},
 	{"GET", "/v1/sandboxes/{id}/files", (*Runtime).handleReadFile},
 	{"PUT", "/v1/sandboxes/{id}/files", (*Runtime).handleWriteFile},
@@ -54,11 +48,11 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes/{id}/ports", (*Runtime).handleListPorts},
 	{"DELETE", "/v1/sandboxes/{id}/ports/{port}", (*Runtime).handleUnexposePort},
 	{"POST", "/v1/sandboxes/{id}/processes", (*Runtime).handleStartProcess},
-	{"GET", "/v1/sandboxes/{id}/processes", (*Runtime).handleProcessCall},
-	{"DELETE", "/v1/sandboxes/{id}/processes", (*Runtime).handleProcessCall},
+	{"GET", "/v1/sandboxes/{id}/processes", (*Runtime).handleListProcesses},
+	{"DELETE", "/v1/sandboxes/{id}/processes", (*Runtime).handleRemoveFinished},
 	{"POST", "/v1/sandboxes/{id}/processes/kill", (*Runtime).handleKillProcess},
-	{"GET", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleProcessCall},
-	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleProcessCall},
+	{"GET", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleGetProcess},
+	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleRemoveProcess},
 	{"POST", "/v1/sandboxes/{id}/processes/{pid}/kill", (*Runtime).handleKillProcess},
 	{"GET", "/v1/sandboxes/{id}/processes/{pid}/logs", (*Runtime).handleProcessLogs},
 	{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin", (*Runtime).handleProcessStdin},
@@ -70,20 +64,24 @@ var Routes = []Route{
 func (r *Runtime) Handler() http.Handler {
 	mux := http.NewServeMux()
 	for _, rt := range Routes {
-		mux.HandleFunc(rt.Method+" "+rt.Pattern, func(w http.ResponseWriter, req *http.Request) { rt.handle(r, w, req) })
+		mux.HandleFunc(rt.Method+" "+rt.Pattern, api.Handle(r.log, func(w http.ResponseWriter, req *http.Request) error {
+			return rt.handle(r, w, req)
+		}))
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
-		api.WriteError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", req.Method, req.URL.Path))
-	})
+	mux.HandleFunc("/", api.Handle(r.log, func(_ http.ResponseWriter, req *http.Request) error {
+		return api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", req.Method, req.URL.Path)
+	}))
 	return r.logRequests(mux)
 }
 
-func (r *Runtime) handleVersion(w http.ResponseWriter, _ *http.Request) {
+func (r *Runtime) handleVersion(w http.ResponseWriter, _ *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version})
+	return nil
 }
 
-func (r *Runtime) handleImages(w http.ResponseWriter, _ *http.Request) {
+func (r *Runtime) handleImages(w http.ResponseWriter, _ *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, r.Images())
+	return nil
 }
 
 func (r *Runtime) logRequests(next http.Handler) http.Handler {
@@ -114,85 +112,44 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// decodeBody decodes a JSON request body strictly: unknown fields and trailing data are errors.
-func decodeBody(w http.ResponseWriter, req *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, maxRequestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return api.Errorf(api.CodeTooLarge, "request body is larger than %d bytes", maxRequestBody)
-		}
-		if errors.Is(err, io.EOF) {
-			return api.Errorf(api.CodeInvalidArgument, "request body is empty; send a JSON object")
-		}
-		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: %v", err)
-	}
-	if dec.More() {
-		return api.Errorf(api.CodeInvalidArgument, "malformed JSON body: data after the object")
-	}
-	// Read to the end: only then does the server watch the connection and cancel the request
-	// when the client goes away.
-	_, _ = io.Copy(io.Discard, req.Body)
-	return nil
-}
-
-func (r *Runtime) handleCreate(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleCreate(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSandboxRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	sb, err := r.Create(req.Context(), body)
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusCreated, sb)
+	return nil
 }
 
-func (r *Runtime) handleList(w http.ResponseWriter, _ *http.Request) {
-	list, err := r.List()
-	if err != nil {
-		r.writeError(w, err)
-		return
-	}
-	api.WriteJSON(w, http.StatusOK, list)
+func (r *Runtime) handleList(w http.ResponseWriter, _ *http.Request) error {
+	api.WriteJSON(w, http.StatusOK, r.List())
+	return nil
 }
 
-func (r *Runtime) handleGet(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleGet(w http.ResponseWriter, req *http.Request) error {
 	sb, err := r.Get(req.PathValue("id"))
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	api.WriteJSON(w, http.StatusOK, sb)
+	return nil
 }
 
-func (r *Runtime) handleRemove(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleRemove(w http.ResponseWriter, req *http.Request) error {
 	force := false
 	if v := req.URL.Query().Get("force"); v != "" {
 		var err error
 		if force, err = strconv.ParseBool(v); err != nil {
-			api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "force must be true or false, got %q", v))
-			return
+			return api.Errorf(api.CodeInvalidArgument, "force must be true or false, got %q", v)
 		}
 	}
 	if err := r.Remove(req.PathValue("id"), force); err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// writeError answers with err. Errors that are not API errors mean something failed inside
-// the daemon: they are logged and answered as "internal" with their whole message.
-func (r *Runtime) writeError(w http.ResponseWriter, err error) {
-	var e *api.Error
-	if errors.As(err, &e) && e.Code != api.CodeInternal {
-		api.WriteError(w, e)
-		return
-	}
-	r.log.Error("request failed", "err", err)
-	api.WriteError(w, &api.Error{Code: api.CodeInternal, Message: err.Error()})
+	return nil
 }

@@ -1,59 +1,93 @@
 package nsbox
 
 import (
-	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 
 	"github.com/nsbox/nsbox/api"
 )
+
+// Sessions live in the sandbox's agent (package agent, package session); the daemon checks
+// requests and relays them through its typed agent client.
 
 // maxExecOutput bounds what an exec answered as one JSON document keeps of each stream;
 // streamed (SSE) execs have no bound.
 const maxExecOutput = 64 << 20
 
-// handleSessionCall forwards a session request to the sandbox's agent and relays its answer.
-func (r *Runtime) handleSessionCall(w http.ResponseWriter, req *http.Request) {
-	var body any
-	if req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, "/sessions") {
-		var create api.CreateSessionRequest
-		if err := decodeBody(w, req, &create); err != nil {
-			api.WriteError(w, err)
-			return
-		}
-		body = create
+func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) error {
+	var body api.CreateSessionRequest
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
-	id := req.PathValue("id")
-	agent, rec, err := r.runningAgent(id)
+	l, err := r.running(req.PathValue("id"))
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
-	agentPath := "/v1" + strings.TrimPrefix(req.URL.Path, "/v1/sandboxes/"+id)
-	resp, err := agent.do(req.Context(), req.Method, agentPath, body)
+	s, err := l.agent.createSession(req.Context(), body)
 	if err != nil {
-		r.writeError(w, r.agentFailure(req.Context(), rec, err))
-		return
+		return l.failure(req.Context(), err)
 	}
-	defer resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); ct != "" {
-		w.Header().Set("Content-Type", ct)
+	api.WriteJSON(w, http.StatusCreated, s)
+	return nil
+}
+
+func (r *Runtime) handleListSessions(w http.ResponseWriter, req *http.Request) error {
+	l, err := r.running(req.PathValue("id"))
+	if err != nil {
+		return err
 	}
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	list, err := l.agent.listSessions(req.Context())
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	api.WriteJSON(w, http.StatusOK, list)
+	return nil
+}
+
+func (r *Runtime) handleGetSession(w http.ResponseWriter, req *http.Request) error {
+	l, err := r.running(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	s, err := l.agent.getSession(req.Context(), req.PathValue("sid"))
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	api.WriteJSON(w, http.StatusOK, s)
+	return nil
+}
+
+func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
+	return r.sessionCall(w, req, (*agentClient).deleteSession)
+}
+
+func (r *Runtime) handleCancelSession(w http.ResponseWriter, req *http.Request) error {
+	return r.sessionCall(w, req, (*agentClient).cancelSession)
+}
+
+// sessionCall relays a call on one session that answers nothing (204).
+func (r *Runtime) sessionCall(w http.ResponseWriter, req *http.Request, call func(*agentClient, context.Context, string) error) error {
+	l, err := r.running(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if err := call(l.agent, req.Context(), req.PathValue("sid")); err != nil {
+		return l.failure(req.Context(), err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // handleExec runs a command in a session: the one named in the path, in the body, or the
 // sandbox's default session. With Accept: text/event-stream the events stream as SSE as the
 // output is produced; otherwise the answer is one ExecResult when the command has finished.
-func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExecRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	sid := req.PathValue("sid")
 	switch {
@@ -62,67 +96,60 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) {
 	case sid == "":
 		sid = body.SessionID
 	case body.SessionID != "" && body.SessionID != sid:
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "sessionId %q in the body does not match the path's session %q", body.SessionID, sid))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "sessionId %q in the body does not match the path's session %q", body.SessionID, sid)
 	}
 	if body.TimeoutMs < 0 {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "timeoutMs must not be negative"))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "timeoutMs must not be negative")
 	}
 	if _, err := body.StdinBytes(); err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
-	agent, rec, err := r.runningAgent(req.PathValue("id"))
+	l, err := r.running(req.PathValue("id"))
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
-	resp, err := agent.do(req.Context(), http.MethodPost, "/v1/sessions/"+sid+"/exec", body)
+	events, err := l.agent.exec(req.Context(), sid, body)
 	if err != nil {
-		r.writeError(w, r.agentFailure(req.Context(), rec, err))
-		return
+		return l.failure(req.Context(), err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		r.writeError(w, api.ReadError(resp))
-		return
-	}
-	events := newEventReader(resp.Body)
-	if strings.Contains(req.Header.Get("Accept"), "text/event-stream") {
-		relaySSE(w, events)
-		return
+	defer events.Close()
+	if api.WantsEventStream(req) {
+		relayEvents(api.NewSSEWriter(w), events, api.EventExit)
+		return nil
 	}
 	res, err := collectResult(events)
 	if err != nil {
-		r.writeError(w, r.agentFailure(req.Context(), rec, err))
-		return
+		return l.failure(req.Context(), err)
 	}
 	api.WriteJSON(w, http.StatusOK, res)
+	return nil
 }
 
-// eventReader reads the agent's stream of JSON-line events.
-type eventReader struct{ dec *json.Decoder }
-
-func newEventReader(rd io.Reader) *eventReader {
-	return &eventReader{dec: json.NewDecoder(bufio.NewReaderSize(rd, 64<<10))}
-}
-
-// next returns the next event; a stream that ends before the exit event is an error.
-func (e *eventReader) next() (*api.ExecEvent, error) {
+// nextExecEvent reads the next event of an exec's stream.
+func nextExecEvent(events *eventStream) (*api.ExecEvent, error) {
 	var ev api.ExecEvent
-	if err := e.dec.Decode(&ev); err != nil {
-		return nil, api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-command: %v", err)
+	if _, err := events.NextJSON(&ev); err != nil {
+		return nil, streamError(err)
 	}
 	return &ev, nil
 }
 
+// streamError is the error of an agent's stream that ended before its last event: the agent's
+// own error event, or its going away.
+func streamError(err error) error {
+	var apiErr *api.Error
+	if errors.As(err, &apiErr) {
+		return apiErr
+	}
+	return api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)
+}
+
 // collectResult gathers a whole exec into one result.
-func collectResult(events *eventReader) (*api.ExecResult, error) {
+func collectResult(events *eventStream) (*api.ExecResult, error) {
 	var stdout, stderr []byte
 	truncated := false
 	for {
-		ev, err := events.next()
+		ev, err := nextExecEvent(events)
 		if err != nil {
 			return nil, err
 		}
@@ -153,33 +180,19 @@ func collectResult(events *eventReader) (*api.ExecResult, error) {
 	}
 }
 
-// relaySSE streams the events to the client as Server-Sent Events, each flushed at once.
-func relaySSE(w http.ResponseWriter, events *eventReader) {
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	flusher := http.NewResponseController(w)
+// relayEvents streams an agent's events to the client as they come, as they are (the agent
+// names each event by its type, as the API does), until the event named last or until the
+// client goes away (the agent decides what happens to the command then). A stream that
+// fails is ended with an error event.
+func relayEvents(out *api.SSEWriter, events *eventStream, last string) {
 	for {
-		ev, err := events.next()
+		name, data, err := events.Next()
 		if err != nil {
-			writeSSE(w, "error", api.ErrorBody{Error: &api.Error{Code: api.CodeUnavailable, Message: err.Error()}})
-			_ = flusher.Flush()
+			_ = out.SendError(streamError(err))
 			return
 		}
-		if writeSSE(w, ev.Type, ev) != nil || flusher.Flush() != nil {
-			return // the client went away; the agent decides what happens to the command
-		}
-		if ev.Type == api.EventExit {
+		if out.Send(name, json.RawMessage(data)) != nil || name == last {
 			return
 		}
 	}
-}
-
-func writeSSE(w io.Writer, event string, v any) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, data)
-	return err
 }

@@ -9,10 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -201,9 +201,8 @@ func (r *Runtime) prepareLayers(id string, st storageSpec) (string, error) {
 
 // storageMounts mounts a copy-on-write workspace on the host (until detachWorkspace) and
 // returns the container mounts of the workspace and the bind mounts, in that order.
-func (r *Runtime) storageMounts(id string, st storageSpec) ([]*configs.Mount, error) {
-	var out []*configs.Mount
-	const flags = unix.MS_BIND | unix.MS_NOSUID | unix.MS_NODEV
+func (r *Runtime) storageMounts(id string, st storageSpec) ([]backend.Mount, error) {
+	var out []backend.Mount
 	if ws := st.Workspace; ws != nil {
 		src := ws.HostPath
 		if ws.Mode == api.WorkspaceCOW {
@@ -213,14 +212,10 @@ func (r *Runtime) storageMounts(id string, st storageSpec) ([]*configs.Mount, er
 				return nil, err
 			}
 		}
-		out = append(out, &configs.Mount{Source: src, Destination: api.WorkspacePath, Device: "bind", Flags: flags})
+		out = append(out, backend.Mount{Source: src, Target: api.WorkspacePath})
 	}
 	for _, m := range st.Mounts {
-		f := flags
-		if m.ReadOnly {
-			f |= unix.MS_RDONLY
-		}
-		out = append(out, &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: f})
+		out = append(out, backend.Mount{Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
 	return out, nil
 }
@@ -239,19 +234,20 @@ func (r *Runtime) releaseStorage(id string) error {
 // workspaceDirs returns what diff and export read: the upper and lower dirs of a sandbox's
 // copy-on-write workspace, or why it has none.
 func (r *Runtime) workspaceDirs(id string) (upper, lower string, err error) {
-	rec, err := r.store.Get(id)
+	sb, err := r.lookup(id)
 	if err != nil {
 		return "", "", err
 	}
+	rec := sb.snapshot()
 	switch {
-	case rec.Status == api.StatusCreating:
-		return "", "", api.Errorf(api.CodeConflict, "sandbox %q is still being created; try again when the create has answered", id)
+	case rec.Status == "" || rec.Status == api.StatusCreating || rec.Status == api.StatusStopping:
+		return "", "", stateError(id, rec.Status, "try again")
 	case rec.Workspace == nil:
 		return "", "", api.Errorf(api.CodeConflict, "sandbox %q has no workspace (create it with workspace: {hostPath})", id)
 	case rec.Workspace.Mode != api.WorkspaceCOW:
 		return "", "", api.Errorf(api.CodeConflict, "sandbox %q has a read-write workspace: its changes went straight to %s, there is no diff to show", id, rec.Workspace.HostPath)
 	}
-	upper = r.workspaceUpper(rec)
+	upper = r.workspaceUpper(&rec)
 	if _, err := os.Stat(upper); err != nil {
 		return "", "", api.Errorf(api.CodeConflict, "sandbox %q: its workspace's changes are not reachable (%v); its disk is gone after a host restart", id, err)
 	}

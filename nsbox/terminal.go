@@ -1,12 +1,10 @@
 package nsbox
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 
 	"golang.org/x/net/websocket"
 
@@ -19,32 +17,21 @@ import (
 // (api.TerminalEvent). The client sends typed input as binary frames and resizes as text
 // frames ({"type":"resize","cols":…,"rows":…}). Several clients may attach at once; their
 // input interleaves.
-func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) {
-	id, sid := req.PathValue("id"), req.PathValue("sid")
-	agent, _, err := r.runningAgent(id)
+func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error {
+	sid := req.PathValue("sid")
+	l, err := r.running(req.PathValue("id"))
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return err
 	}
-	base := "/v1/sessions/" + url.PathEscape(sid) + "/terminal"
 	// Open the output stream first: a missing session or one without a terminal is a plain
 	// HTTP error, before any upgrade.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(req.Context()))
 	defer cancel()
-	outputPath := base
-	if c := req.URL.Query().Get("cursor"); c != "" {
-		outputPath += "?cursor=" + url.QueryEscape(c)
-	}
-	output, err := agent.do(ctx, http.MethodGet, outputPath, nil)
+	output, err := l.agent.terminalOutput(ctx, sid, req.URL.Query().Get("cursor"))
 	if err != nil {
-		r.writeError(w, err)
-		return
+		return l.failure(req.Context(), err)
 	}
-	defer output.Body.Close()
-	if output.StatusCode != http.StatusOK {
-		r.writeError(w, api.ReadError(output))
-		return
-	}
+	defer output.Close()
 	websocket.Server{
 		// Browsers reach the daemon only through a proxy that authorizes them; the socket itself
 		// is root-only, so the Origin header carries no authority here.
@@ -53,52 +40,46 @@ func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) {
 			defer cancel()
 			go func() {
 				defer cancel()
-				r.terminalInput(ctx, ws, agent, base)
+				terminalInput(ctx, ws, l.agent, sid)
 			}()
-			relayTerminalOutput(ws, newTerminalReader(output))
+			relayTerminalOutput(ws, output)
 		},
 	}.ServeHTTP(w, req)
+	return nil
 }
 
 // terminalInput forwards the client's frames to the agent until the client goes away.
-func (r *Runtime) terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, base string) {
+func terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, sid string) {
 	for {
 		var f api.TerminalFrame
 		if err := api.TerminalCodec.Receive(ws, &f); err != nil {
 			return
 		}
-		path, body := base+"/input", f.Data
-		if !f.Binary {
+		var err error
+		if f.Binary {
+			err = agent.terminalInput(ctx, sid, f.Data)
+		} else {
 			var ctl api.TerminalControl
-			if err := json.Unmarshal(f.Data, &ctl); err != nil || ctl.Type != api.TerminalResize {
+			if jerr := json.Unmarshal(f.Data, &ctl); jerr != nil || ctl.Type != api.TerminalResize {
 				sendNotice(ws, api.TerminalEvent{Type: "error", Data: fmt.Sprintf("unknown control message %q; send input as binary frames", f.Data)})
 				continue
 			}
-			path = base + "/resize"
+			err = agent.terminalResize(ctx, sid, ctl)
 		}
-		resp, err := agent.doRaw(ctx, http.MethodPost, path, bytes.NewReader(body))
-		if err != nil {
+		if api.IsCode(err, api.CodeUnavailable) {
 			return
 		}
-		if resp.StatusCode/100 != 2 {
-			sendNotice(ws, api.TerminalEvent{Type: "error", Data: api.ReadError(resp).Message})
+		if err != nil {
+			sendNotice(ws, api.TerminalEvent{Type: "error", Data: err.Error()})
 		}
-		resp.Body.Close()
 	}
 }
 
-// terminalReader reads the agent's terminal event stream.
-type terminalReader struct{ dec *json.Decoder }
-
-func newTerminalReader(resp *http.Response) *terminalReader {
-	return &terminalReader{dec: json.NewDecoder(resp.Body)}
-}
-
 // relayTerminalOutput sends terminal output to the client until the stream or the client ends.
-func relayTerminalOutput(ws *websocket.Conn, events *terminalReader) {
+func relayTerminalOutput(ws *websocket.Conn, events *eventStream) {
 	for {
 		var ev api.TerminalEvent
-		if err := events.dec.Decode(&ev); err != nil {
+		if _, err := events.NextJSON(&ev); err != nil {
 			return
 		}
 		if ev.Type != api.TerminalOutput {

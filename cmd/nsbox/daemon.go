@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/nsbox"
+	"github.com/nsbox/nsbox/nsbox/libcontainer"
 )
 
 func daemonCommand() *cli.Command {
@@ -73,13 +74,23 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	runDir := c.String("run-dir")
+	containers, err := libcontainer.New(libcontainer.Config{
+		StateRoot:    filepath.Join(runDir, "containers"),
+		RunDir:       filepath.Join(runDir, "sandboxes"),
+		AgentBin:     exe,
+		CgroupParent: c.String("cgroup-parent"),
+		Seccomp:      c.Bool("seccomp"),
+		Log:          log,
+	})
+	if err != nil {
+		return err
+	}
 	cfg := nsbox.Config{
 		DataDir:         c.String("data-dir"),
-		RunDir:          c.String("run-dir"),
-		CgroupParent:    c.String("cgroup-parent"),
-		AgentBin:        exe,
+		RunDir:          runDir,
+		Backend:         containers,
 		Version:         version,
-		Seccomp:         c.Bool("seccomp"),
 		DefaultCPUs:     c.Float64("default-cpus"),
 		DefaultMemoryMB: c.Int64("default-memory"),
 		DefaultPids:     c.Int64("default-pids"),

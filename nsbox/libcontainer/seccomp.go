@@ -1,4 +1,4 @@
-package nsbox
+package libcontainer
 
 import (
 	"runtime"

@@ -14,34 +14,32 @@ import (
 var sandboxesBucket = []byte("sandboxes")
 
 // record is what the daemon persists about a sandbox: what the API shows, plus the container
-// that runs it and the cgroup it was created in (so a daemon restarted with another
-// --cgroup-parent still cleans it up).
+// that runs it.
 type record struct {
 	api.Sandbox
-	// Container is the libcontainer id of the sandbox's container, which also names its run
+	// Container is the backend's id of the sandbox's container, which also names its run
 	// and data dirs, its agent socket and its cgroup. Containers are started before they are
 	// given to a sandbox (pool.go), so it is not the sandbox id; records from before the pool
 	// have none, and there the two were the same.
-	Container  string `json:"container,omitempty"`
-	CgroupPath string `json:"cgroupPath"`
+	Container string `json:"container,omitempty"`
 }
 
 // container returns the id of the record's container.
-func (r *record) container() string {
+func (r record) container() string {
 	if r.Container != "" {
 		return r.Container
 	}
 	return r.ID
 }
 
-// Store keeps sandbox records in a bbolt database.
-type Store struct {
+// records keeps sandbox records in a bbolt database.
+type records struct {
 	db *bolt.DB
 }
 
-// OpenStore opens (creating if needed) the metadata database at path. Only one daemon can
+// openRecords opens (creating if needed) the metadata database at path. Only one daemon can
 // hold it; a second one fails after a second with a clear error.
-func OpenStore(path string) (*Store, error) {
+func openRecords(path string) (*records, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoFreelistSync: true})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("open metadata %s: another nsbox daemon is using it", path)
@@ -57,14 +55,14 @@ func OpenStore(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("init metadata: %w", err)
 	}
-	return &Store{db: db}, nil
+	return &records{db: db}, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *records) Close() error { return s.db.Close() }
 
 // Insert stores a new record; it fails with a conflict when the id is taken.
-func (s *Store) Insert(r *record) error {
+func (s *records) Insert(r *record) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(sandboxesBucket)
 		if b.Get([]byte(r.ID)) != nil {
@@ -75,7 +73,7 @@ func (s *Store) Insert(r *record) error {
 }
 
 // Put stores a record, replacing any with the same id.
-func (s *Store) Put(r *record) error {
+func (s *records) Put(r *record) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx.Bucket(sandboxesBucket), r) })
 }
 
@@ -87,22 +85,8 @@ func putRecord(b *bolt.Bucket, r *record) error {
 	return b.Put([]byte(r.ID), data)
 }
 
-// Get returns the record with the id, or a not_found error.
-func (s *Store) Get(id string) (*record, error) {
-	var r *record
-	err := s.db.View(func(tx *bolt.Tx) error {
-		data := tx.Bucket(sandboxesBucket).Get([]byte(id))
-		if data == nil {
-			return api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
-		}
-		r = &record{}
-		return json.Unmarshal(data, r)
-	})
-	return r, err
-}
-
 // List returns every record, ordered by id.
-func (s *Store) List() ([]*record, error) {
+func (s *records) List() ([]*record, error) {
 	var out []*record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(sandboxesBucket).ForEach(func(k, v []byte) error {
@@ -118,27 +102,6 @@ func (s *Store) List() ([]*record, error) {
 }
 
 // Delete removes the record with the id; a missing record is not an error.
-func (s *Store) Delete(id string) error {
+func (s *records) Delete(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(sandboxesBucket).Delete([]byte(id)) })
-}
-
-// Update changes the record with the id in one transaction: change edits it, and an error
-// from change leaves it as it was. A missing record is a not_found error.
-func (s *Store) Update(id string, change func(*record) error) (*record, error) {
-	r := &record{}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(sandboxesBucket)
-		data := b.Get([]byte(id))
-		if data == nil {
-			return api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
-		}
-		if err := json.Unmarshal(data, r); err != nil {
-			return fmt.Errorf("decode sandbox %s: %w", id, err)
-		}
-		if err := change(r); err != nil {
-			return err
-		}
-		return putRecord(b, r)
-	})
-	return r, err
 }

@@ -1,0 +1,113 @@
+// Package backend is the boundary between the daemon core (package nsbox) and the runtime that
+// isolates a sandbox. The core asks a Backend to start a container whose PID 1 is the nsbox
+// agent, and works with each container through an Instance: it binds it to a sandbox, dials its
+// agent, opens its root for the file API, joins its network namespace, freezes, stops and
+// destroys it. Package libcontainer (runc's libcontainer) is the one implementation today; a
+// microVM or gVisor backend implements the same two interfaces (docs/architecture.md).
+package backend
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	sandboxfs "github.com/nsbox/nsbox/fs"
+)
+
+// ErrNotExist is what Load returns for a container the backend has no state of.
+var ErrNotExist = errors.New("container does not exist")
+
+// ErrExited is what an instance answers when its agent (PID 1) has exited.
+var ErrExited = errors.New("the container's agent (PID 1) has exited")
+
+// CPUPeriod is the period, in µs, that Limits.CPUQuota is a share of (the kernel's default).
+const CPUPeriod = 100000
+
+// Limits are a container's resource limits in kernel units.
+type Limits struct {
+	CPUQuota    int64 // µs of CPU time per CPUPeriod
+	MemoryBytes int64 // memory, without swap beyond it
+	Pids        int64
+}
+
+// Mount is a host path shown inside a container.
+type Mount struct {
+	Source, Target string
+	ReadOnly       bool
+}
+
+// Spec is what a container is started from.
+type Spec struct {
+	// ID names the container: its state, its cgroup, its run dir (<run>/sandboxes/<ID>, which
+	// also holds the agent's socket and log).
+	ID string
+	// Layers are the image's read-only layers, top first; UpperDir and WorkDir are the
+	// container's own writable layer over them.
+	Layers            []string
+	UpperDir, WorkDir string
+	// ImageBinds are host directories the image shows read-only (recursively); Masked are
+	// paths inside that are hidden.
+	ImageBinds []Mount
+	Masked     []string
+	// Mounts are the container's own: its workspace, bind mounts and network files, mounted
+	// after everything else, in order.
+	Mounts []Mount
+	Limits Limits
+	// Cwd is the agent's working directory; it is made in the root if missing.
+	Cwd string
+}
+
+// Backend starts containers and finds them again after a daemon restart.
+type Backend interface {
+	// Start starts a container whose PID 1 is the agent, listening on the container's agent
+	// socket, and returns as soon as the agent process runs (the core then waits for it to
+	// answer). On error nothing of the container is left.
+	Start(ctx context.Context, spec Spec) (Instance, error)
+	// Load finds a container started before, by this daemon or an earlier one; ErrNotExist
+	// when there is none.
+	Load(id string) (Instance, error)
+	// Containers lists the ids of every container the backend holds any state of, complete or
+	// not.
+	Containers() ([]string, error)
+	// Destroy kills whatever is left of a container and removes its state, its cgroup and the
+	// host mounts the backend made for it, whatever partial state a crash left. Loaded
+	// instances of it are no longer usable. A missing container is not an error.
+	Destroy(id string) error
+	// RunDir is the directory of a container's host-side files (agent socket and log); the core
+	// keeps the container's own files there too and removes it after Destroy.
+	RunDir(id string) string
+}
+
+// Instance is one started container.
+type Instance interface {
+	ID() string
+	// PID is the agent's pid on the host, for operators (nsbox inspect).
+	PID() int
+	// Alive reports whether the agent still runs.
+	Alive() bool
+	// Exited is closed when the agent (PID 1) has exited.
+	Exited() <-chan struct{}
+	// AgentLog is the end of what the agent logged, for error messages.
+	AgentLog() string
+	// DialAgent connects to the agent's control socket.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// SetHostname sets the container's hostname.
+	SetHostname(name string) error
+	// SetLimits changes the container's resource limits.
+	SetLimits(lim Limits) error
+	// NetNS is the path of the container's network namespace, for the network to be wired in.
+	NetNS() string
+	// OpenRoot opens the container's root directory as its processes see it, for the file API.
+	OpenRoot() (*sandboxfs.Root, error)
+	// Freeze stops every process of the container until Thaw.
+	Freeze() error
+	Thaw() error
+	// Stop asks the container to end (SIGTERM to PID 1, which passes it on) and waits up to
+	// grace for it to be gone.
+	Stop(grace time.Duration)
+	// Kill kills every process of the container and waits until they are dead.
+	Kill()
+	// Close releases what the instance holds on the host (not the container).
+	Close()
+}

@@ -1,0 +1,495 @@
+package nsbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	sandboxnet "github.com/nsbox/nsbox/net"
+)
+
+// testCore is a Runtime on a fake backend and a fake network, in a temp dir.
+type testCore struct {
+	*Runtime
+	t       *testing.T
+	cfg     Config
+	backend *fakeBackend
+	net     *fakeNetwork
+}
+
+func newTestCore(t *testing.T, pool int) *testCore {
+	t.Helper()
+	dir := t.TempDir()
+	c := &testCore{t: t, backend: newFakeBackend(t, dir), net: newFakeNetwork()}
+	c.cfg = Config{DataDir: filepath.Join(dir, "data"), RunDir: dir, Backend: c.backend, DefaultCPUs: 1,
+		DefaultMemoryMB: 64, DefaultPids: 64, WarmPool: map[string]int{"host": pool}, network: c.net}
+	c.open()
+	t.Cleanup(func() {
+		c.Close()
+		for _, id := range c.backend.ids() {
+			if inst := c.backend.get(id); inst != nil {
+				inst.exit()
+			}
+		}
+	})
+	return c
+}
+
+// open (re)starts the daemon's core on the same state, backend and network.
+func (c *testCore) open() {
+	c.t.Helper()
+	r, err := Open(c.cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.Runtime = r
+}
+
+// waitPool waits until the pool holds n ready containers.
+func (c *testCore) waitPool(n int) {
+	c.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); c.pool.readyCount("host") != n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the pool holds %d containers, want %d", c.pool.readyCount("host"), n)
+		}
+	}
+}
+
+func (c *testCore) create(req api.CreateSandboxRequest) *api.Sandbox {
+	c.t.Helper()
+	sb, err := c.Create(context.Background(), req)
+	if err != nil {
+		c.t.Fatalf("create %s: %v", req.ID, err)
+	}
+	return sb
+}
+
+// leftovers lists what a sandbox that is gone must not have left: a record, a container, a
+// run or data dir, a network.
+func (c *testCore) leftovers(id string) []string {
+	var out []string
+	if _, err := c.Get(id); err == nil {
+		out = append(out, "sandbox still listed")
+	}
+	recs, _ := c.records.List()
+	for _, rec := range recs {
+		if rec.ID == id {
+			out = append(out, "record")
+		}
+	}
+	if _, ok := c.net.Lookup(id); ok {
+		out = append(out, "network")
+	}
+	inPool := map[string]bool{}
+	c.pool.mu.Lock()
+	for _, sc := range c.pool.ready["host"] {
+		inPool[sc.inst.ID()] = true
+	}
+	c.pool.mu.Unlock()
+	for _, cid := range c.backend.ids() {
+		if !inPool[cid] && !c.belongs(cid) {
+			out = append(out, "container "+cid)
+		}
+	}
+	for _, dir := range []string{filepath.Join(c.cfg.RunDir, "sandboxes"), filepath.Join(c.cfg.DataDir, "sandboxes")} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if !inPool[e.Name()] && !c.belongs(e.Name()) {
+				out = append(out, "dir "+filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	return out
+}
+
+// belongs reports whether a container is some known sandbox's.
+func (c *testCore) belongs(container string) bool {
+	for _, sb := range c.List() {
+		s, _ := c.lookup(sb.ID)
+		if s.snapshot().container() == container {
+			return true
+		}
+	}
+	return false
+}
+
+func TestCreateBindsAndRemoveDestroys(t *testing.T) {
+	c := newTestCore(t, 0)
+	sb := c.create(api.CreateSandboxRequest{ID: "box", Env: map[string]string{"A": "1"}, Cwd: "/tmp", Labels: map[string]string{"team": "qa"}})
+	if sb.Status != api.StatusRunning || sb.Network.IP == "" || sb.PID == 0 {
+		t.Fatalf("created: %+v", sb)
+	}
+	s, _ := c.lookup("box")
+	inst := c.backend.get(s.snapshot().container())
+	host, cfg, _ := inst.agentConfig()
+	if host != "box" || cfg.Hostname != "box" || cfg.Cwd != "/tmp" || cfg.Env["A"] != "1" {
+		t.Errorf("bind: hostname %q, agent config %+v", host, cfg)
+	}
+	if got := c.List(); len(got) != 1 || got[0].ID != "box" || got[0].Labels["team"] != "qa" {
+		t.Errorf("list: %+v", got)
+	}
+	if _, err := c.Create(context.Background(), api.CreateSandboxRequest{ID: "box"}); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second create with the id: %v", err)
+	}
+	if err := c.Remove("box", false); err != nil {
+		t.Fatal(err)
+	}
+	if left := c.leftovers("box"); len(left) > 0 {
+		t.Errorf("after remove: %v", left)
+	}
+	if err := c.Remove("box", false); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("remove again: %v", err)
+	}
+}
+
+func TestCreateRollsBackEveryFailingStep(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		req    api.CreateSandboxRequest
+		break_ func(*testCore)
+		code   string
+	}{
+		{"start fails", api.CreateSandboxRequest{}, func(c *testCore) {
+			c.backend.set(func(b *fakeBackend) { b.failStart = errors.New("no container for you") })
+		}, api.CodeInternal},
+		{"agent never answers", api.CreateSandboxRequest{}, func(c *testCore) {
+			c.backend.set(func(b *fakeBackend) { b.badAgent = true })
+		}, api.CodeInternal},
+		{"network fails", api.CreateSandboxRequest{}, func(c *testCore) {
+			c.net.mu.Lock()
+			c.net.failAttach = errors.New("no veth for you")
+			c.net.mu.Unlock()
+		}, api.CodeInternal},
+		{"network refuses", api.CreateSandboxRequest{}, func(c *testCore) {
+			c.net.mu.Lock()
+			c.net.failAttach = fmt.Errorf("%w: no address left", sandboxnet.ErrConflict)
+			c.net.mu.Unlock()
+		}, api.CodeConflict},
+		{"agent refuses the cwd", api.CreateSandboxRequest{Cwd: "/unusable"}, func(*testCore) {}, api.CodeInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCore(t, 0)
+			tc.break_(c)
+			tc.req.ID = "doomed"
+			_, err := c.Create(context.Background(), tc.req)
+			if !api.IsCode(err, tc.code) {
+				t.Fatalf("create: %v, want %s", err, tc.code)
+			}
+			if left := c.leftovers("doomed"); len(left) > 0 {
+				t.Errorf("left behind: %v", left)
+			}
+			if len(c.backend.ids()) != 0 {
+				t.Errorf("containers left: %v", c.backend.ids())
+			}
+		})
+	}
+}
+
+func TestCreateWhoseCleanupFailsStaysFailed(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.net.failAttach = errors.New("no veth")
+	c.backend.failDestroy = errors.New("the container will not go")
+	if _, err := c.Create(context.Background(), api.CreateSandboxRequest{ID: "stuck"}); !api.IsCode(err, api.CodeInternal) {
+		t.Fatalf("create: %v", err)
+	}
+	sb, err := c.Get("stuck")
+	if err != nil || sb.Status != api.StatusFailed || !strings.Contains(sb.Error, "will not go") {
+		t.Fatalf("a create that could not clean up: %+v %v", sb, err)
+	}
+	if err := c.Remove("stuck", true); err == nil {
+		t.Fatal("remove while destroy still fails succeeded")
+	}
+	c.backend.set(func(b *fakeBackend) { b.failDestroy = nil })
+	if err := c.Remove("stuck", true); err != nil {
+		t.Fatalf("remove once destroy works: %v", err)
+	}
+	if left := c.leftovers("stuck"); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
+
+func TestWarmPool(t *testing.T) {
+	c := newTestCore(t, 2)
+	c.waitPool(2)
+	starts := c.backend.startCount()
+	c.create(api.CreateSandboxRequest{ID: "warm"})
+	if n := c.backend.startCount(); n != starts {
+		t.Errorf("a create with a full pool started a container (%d starts, %d before)", n, starts)
+	}
+	c.waitPool(2) // refilled
+	// A pooled container whose agent died is discarded, never bound.
+	c.pool.mu.Lock()
+	dead := c.pool.ready["host"][0]
+	c.pool.mu.Unlock()
+	dead.inst.(*fakeInstance).exit()
+	sb := c.create(api.CreateSandboxRequest{ID: "second"})
+	s, _ := c.lookup(sb.ID)
+	if got := s.snapshot().container(); got == dead.inst.ID() {
+		t.Fatalf("bound the dead container %s", got)
+	}
+	if c.backend.get(dead.inst.ID()) != nil {
+		t.Errorf("the dead pooled container was not destroyed")
+	}
+	// A create with its own limits binds a pooled container and sets them.
+	c.waitPool(2)
+	sb = c.create(api.CreateSandboxRequest{ID: "limited", Limits: api.Limits{MemoryMB: 32}})
+	s, _ = c.lookup(sb.ID)
+	if lim := c.backend.get(s.snapshot().container()).currentLimits(); lim.MemoryBytes != 32<<20 {
+		t.Errorf("limits of a pooled container: %+v", lim)
+	}
+	c.waitPool(2)
+	c.Close()
+	for _, id := range []string{"warm", "second", "limited"} {
+		s, _ := c.lookup(id)
+		if c.backend.get(s.snapshot().container()) == nil {
+			t.Errorf("Close destroyed sandbox %s's container", id)
+		}
+	}
+	if n := len(c.backend.ids()); n != 3 {
+		t.Errorf("after Close the backend holds %d containers, want the 3 sandboxes' (the pool's destroyed)", n)
+	}
+	c.open() // for the cleanup's Close
+}
+
+func TestReconcileAfterRestart(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "alive", Env: map[string]string{"K": "v"}})
+	c.create(api.CreateSandboxRequest{ID: "dies"})
+	c.create(api.CreateSandboxRequest{ID: "lost"})
+	container := func(id string) string { s, _ := c.lookup(id); return s.snapshot().container() }
+	alive, dies, lost := container("alive"), container("dies"), container("lost")
+	c.Close()
+
+	// While the daemon is down: an agent dies, a record is lost, a create was cut short, a
+	// container was started for nobody, and a network lost its sandbox.
+	c.backend.get(dies).exit()
+	recs, _ := openRecords(filepath.Join(c.cfg.DataDir, "meta.db"))
+	if err := recs.Delete("lost"); err != nil {
+		t.Fatal(err)
+	}
+	for _, cid := range []string{"c-orphan", "c-half"} {
+		spec := c.backend.get(alive).spec
+		spec.ID = cid
+		if _, err := c.backend.Start(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := recs.Insert(&record{Sandbox: api.Sandbox{ID: "half", Status: api.StatusCreating}, Container: "c-half"}); err != nil {
+		t.Fatal(err)
+	}
+	recs.Close()
+
+	c.open()
+	if sb, err := c.Get("alive"); err != nil || sb.Status != api.StatusRunning {
+		t.Errorf("alive: %+v %v", sb, err)
+	}
+	if _, _, env := c.backend.get(alive).agentConfig(); env["K"] != "v" {
+		t.Errorf("the recorded env was not pushed again: %v", env)
+	}
+	if sb, err := c.Get("dies"); err != nil || sb.Status != api.StatusFailed || sb.Error == "" {
+		t.Errorf("dies: %+v %v", sb, err)
+	}
+	for _, id := range []string{"lost", "half"} {
+		if _, err := c.Get(id); !api.IsCode(err, api.CodeNotFound) {
+			t.Errorf("%s: %v", id, err)
+		}
+	}
+	for _, cid := range []string{lost, "c-orphan", "c-half"} {
+		if c.backend.get(cid) != nil {
+			t.Errorf("container %s of no sandbox survived reconcile", cid)
+		}
+	}
+	if _, ok := c.net.Lookup("lost"); ok {
+		t.Errorf("the network of a sandbox without a record survived reconcile")
+	}
+	if _, ok := c.net.Lookup("dies"); !ok {
+		t.Errorf("a failed sandbox lost its network (it keeps it until removed)")
+	}
+	if err := c.Remove("dies", false); err != nil {
+		t.Errorf("remove a failed sandbox: %v", err)
+	}
+}
+
+func TestAgentExitFailsTheSandbox(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "box"})
+	s, _ := c.lookup("box")
+	c.backend.get(s.snapshot().container()).exit()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if sb, _ := c.Get("box"); sb.Status == api.StatusFailed {
+			if !strings.Contains(sb.Error, "agent (PID 1) exited") {
+				t.Errorf("reason: %q", sb.Error)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sandbox was not marked failed")
+		}
+	}
+	if _, err := c.PatchEnv(context.Background(), "box", api.PatchEnvRequest{Set: map[string]string{"A": "1"}}); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "has failed") {
+		t.Errorf("patch env of a failed sandbox: %v", err)
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	c := newTestCore(t, 0)
+	all := []string{"", api.StatusCreating, api.StatusRunning, api.StatusPaused, api.StatusStopping, api.StatusFailed, stateRemoved}
+	allowed := map[[2]string]bool{}
+	for from, tos := range transitions {
+		for _, to := range tos {
+			allowed[[2]string{from, to}] = true
+		}
+	}
+	for _, from := range all[:len(all)-1] {
+		for _, to := range all[1:] {
+			sb := &sandbox{id: "t", rec: record{Sandbox: api.Sandbox{ID: "t", Status: from}}}
+			if from != "" {
+				_ = c.records.Put(&sb.rec)
+			}
+			got, err := c.transition(sb, to, nil)
+			switch {
+			case got != from:
+				t.Errorf("%q → %q: reported from %q", from, to, got)
+			case allowed[[2]string{from, to}] && err != nil:
+				t.Errorf("%q → %q refused: %v", from, to, err)
+			case !allowed[[2]string{from, to}] && (!api.IsCode(err, api.CodeConflict) || sb.rec.Status != from):
+				t.Errorf("%q → %q: %v, state %q; want a conflict and no change", from, to, err, sb.rec.Status)
+			case !allowed[[2]string{from, to}] && from != "" && !strings.Contains(err.Error(), from):
+				t.Errorf("%q → %q: the conflict %q does not name the state", from, to, err)
+			}
+			_ = c.records.Delete("t")
+		}
+	}
+	// What is written: durable states are in the records, stopping is not, removed deletes.
+	sb := &sandbox{id: "d", rec: record{Sandbox: api.Sandbox{ID: "d"}}}
+	for _, step := range []struct{ to, recorded string }{
+		{api.StatusCreating, api.StatusCreating}, {api.StatusRunning, api.StatusRunning},
+		{api.StatusStopping, api.StatusRunning}, {api.StatusFailed, api.StatusFailed}, {api.StatusStopping, api.StatusFailed}, {stateRemoved, ""},
+	} {
+		if _, err := c.transition(sb, step.to, nil); err != nil {
+			t.Fatalf("→ %s: %v", step.to, err)
+		}
+		recs, _ := c.records.List()
+		got := ""
+		for _, rec := range recs {
+			if rec.ID == "d" {
+				got = rec.Status
+			}
+		}
+		if got != step.recorded {
+			t.Errorf("after → %s the record says %q, want %q", step.to, got, step.recorded)
+		}
+	}
+}
+
+func TestRequestsRefusedByState(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "box"})
+	s, _ := c.lookup("box")
+	for _, state := range []string{api.StatusCreating, api.StatusStopping, api.StatusPaused} {
+		s.mu.Lock()
+		s.rec.Status = state
+		s.mu.Unlock()
+		checks := map[string]error{
+			"remove": func() error {
+				if state == api.StatusPaused {
+					return api.Errorf(api.CodeConflict, "skip: %s", state) // a paused sandbox may be removed
+				}
+				return c.Remove("box", true)
+			}(),
+			"network": func() error { _, err := c.SetNetwork("box", api.NetworkSpec{Mode: api.NetworkNone}); return err }(),
+			"env": func() error {
+				_, err := c.PatchEnv(context.Background(), "box", api.PatchEnvRequest{Unset: []string{"X"}})
+				return err
+			}(),
+			"running": func() error { _, err := c.running("box"); return err }(),
+		}
+		for what, err := range checks {
+			if !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), state) {
+				t.Errorf("%s while %s: %v, want a conflict naming the state", what, state, err)
+			}
+		}
+	}
+	s.mu.Lock()
+	s.rec.Status = api.StatusRunning
+	s.mu.Unlock()
+}
+
+func TestConcurrentRequestsOnOneSandbox(t *testing.T) {
+	c := newTestCore(t, 0)
+	// Creates of one id: one wins, the others are conflicts.
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = c.Create(context.Background(), api.CreateSandboxRequest{ID: "one"}) })
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !api.IsCode(err, api.CodeConflict):
+			t.Errorf("a losing create: %v", err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d creates of one id succeeded", won)
+	}
+	// Env patches of one sandbox: each reads what the one before it recorded.
+	for i := range 16 {
+		wg.Go(func() {
+			if _, err := c.PatchEnv(context.Background(), "one", api.PatchEnvRequest{Set: map[string]string{fmt.Sprintf("V%d", i): "x"}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	sb, _ := c.Get("one")
+	s, _ := c.lookup("one")
+	_, _, agentEnv := c.backend.get(s.snapshot().container()).agentConfig()
+	if len(sb.Env) != 16 || len(agentEnv) != 16 {
+		t.Errorf("after 16 concurrent patches: record %d vars, agent %d", len(sb.Env), len(agentEnv))
+	}
+	// A remove in progress: reads go on, every other change is refused, one remove wins.
+	gate := make(chan struct{})
+	c.backend.set(func(b *fakeBackend) { b.killGate = gate })
+	removed := make(chan error, 1)
+	go func() { removed <- c.Remove("one", true) }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if sb, _ := c.Get("one"); sb != nil && sb.Status == api.StatusStopping {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sandbox never showed stopping")
+		}
+	}
+	if got := c.List(); len(got) != 1 || got[0].Status != api.StatusStopping {
+		t.Errorf("list while removing: %+v", got)
+	}
+	if err := c.Remove("one", true); !api.IsCode(err, api.CodeConflict) {
+		t.Errorf("a second remove: %v", err)
+	}
+	if _, err := c.Create(context.Background(), api.CreateSandboxRequest{ID: "one"}); !api.IsCode(err, api.CodeConflict) {
+		t.Errorf("a create while removing: %v", err)
+	}
+	close(gate)
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+	if left := c.leftovers("one"); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if !slices.Equal(c.net.Sandboxes(), nil) {
+		t.Errorf("networks left: %v", c.net.Sandboxes())
+	}
+}

@@ -1,0 +1,261 @@
+// Package libcontainer is the runtime backend (package backend) built on runc's libcontainer:
+// each container is a libcontainer container on an overlay root, in its own mount, pid, uts,
+// ipc, net and cgroup namespaces, with cgroup limits, seccomp, reduced capabilities and masked
+// /proc paths, and the nsbox binary bind-mounted read-only as its PID 1, the agent.
+package libcontainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	runc "github.com/opencontainers/runc/libcontainer"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
+)
+
+// Config is where the backend keeps its state and what every container gets.
+type Config struct {
+	// StateRoot is libcontainer's state directory (e.g. /run/nsbox/containers). It must not be
+	// inside the directory of AgentBin: libcontainer would copy that whole directory on
+	// every start.
+	StateRoot string
+	// RunDir holds one directory per container (e.g. /run/nsbox/sandboxes/<id>): the agent's
+	// socket and log, and the mount point of its root while it starts.
+	RunDir string
+	// AgentBin is the host path of the nsbox binary, mounted into containers as the agent.
+	AgentBin     string
+	CgroupParent string
+	Seccomp      bool
+	Log          *slog.Logger
+}
+
+// Backend starts and finds libcontainer containers.
+type Backend struct {
+	cfg Config
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New returns a backend with the config.
+func New(cfg Config) (*Backend, error) {
+	if rel, err := filepath.Rel(filepath.Dir(cfg.AgentBin), cfg.StateRoot); err == nil && !strings.HasPrefix(rel, "..") {
+		return nil, fmt.Errorf("state dir %s must not be inside the directory of the nsbox binary %s", cfg.StateRoot, cfg.AgentBin)
+	}
+	return &Backend{cfg: cfg}, nil
+}
+
+// RunDir is the directory of a container's host-side files.
+func (b *Backend) RunDir(id string) string { return filepath.Join(b.cfg.RunDir, id) }
+
+func (b *Backend) agentSocket(id string) string { return filepath.Join(b.RunDir(id), "agent.sock") }
+func (b *Backend) rootMount(id string) string   { return filepath.Join(b.RunDir(id), "rootfs") }
+
+// Start mounts a new container's root, starts the container with the agent as PID 1 and
+// returns once the agent runs. On failure nothing of it is left.
+func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
+	inst, err := b.start(spec)
+	if err != nil {
+		if derr := b.Destroy(spec.ID); derr != nil {
+			b.cfg.Log.Error("clean up after failed start", "container", spec.ID, "err", derr)
+		}
+		return nil, err
+	}
+	return inst, nil
+}
+
+func (b *Backend) start(spec backend.Spec) (*instance, error) {
+	runDir := b.RunDir(spec.ID)
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return nil, fmt.Errorf("make run dir: %w", err)
+	}
+	merged := b.rootMount(spec.ID)
+	if err := rootfs.MountOverlay(spec.Layers, spec.UpperDir, spec.WorkDir, merged); err != nil {
+		return nil, err
+	}
+	// Once the container runs, its mount namespace holds the root; the host needs no mount.
+	defer func() {
+		if err := rootfs.Detach(merged); err != nil {
+			b.cfg.Log.Warn("detach container root", "container", spec.ID, "err", err)
+		}
+	}()
+	if err := os.MkdirAll(filepath.Join(merged, spec.Cwd), 0o755); err != nil {
+		return nil, fmt.Errorf("make cwd %s: %w", spec.Cwd, err)
+	}
+
+	// The agent's listener is made here and handed over as fd 3: its path is on the host only.
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: b.agentSocket(spec.ID), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen for agent: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	lnFile, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("agent listener fd: %w", err)
+	}
+	defer lnFile.Close()
+	logFile, err := os.OpenFile(filepath.Join(runDir, "agent.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open agent log: %w", err)
+	}
+	defer logFile.Close()
+
+	config := containerConfig(configSpec{
+		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
+		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
+	})
+	c, err := runc.Create(b.cfg.StateRoot, spec.ID, config)
+	if err != nil {
+		return nil, fmt.Errorf("create container: %w", err)
+	}
+	proc := &runc.Process{
+		Args:       []string{AgentPath, "agent", "--listen-fd", "3"},
+		Env:        agentEnv(),
+		Cwd:        spec.Cwd,
+		Stdout:     logFile,
+		Stderr:     logFile,
+		ExtraFiles: []*os.File{lnFile},
+		Init:       true,
+	}
+	if err := c.Run(proc); err != nil {
+		return nil, fmt.Errorf("start agent: %w; agent log: %q", err, tail(logFile.Name(), 2048))
+	}
+	// The agent is this daemon's child until the daemon exits; reap it when it ends.
+	go func() { _, _ = proc.Wait() }()
+	pid, err := proc.Pid()
+	if err != nil {
+		return nil, fmt.Errorf("agent pid: %w", err)
+	}
+	return b.newInstance(c, pid)
+}
+
+// defaultPath is the PATH an agent starts with.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// agentEnv is the environment an agent starts with: the defaults, under the hostname and the
+// sandbox's own env, which the agent gets when its container is bound to a sandbox.
+func agentEnv() []string {
+	env := map[string]string{"PATH": defaultPath, "HOME": "/root", "TERM": "xterm-256color"}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		out = append(out, k+"="+env[k])
+	}
+	return out
+}
+
+// Load finds a container by id.
+func (b *Backend) Load(id string) (backend.Instance, error) {
+	c, err := runc.Load(b.cfg.StateRoot, id)
+	if errors.Is(err, runc.ErrNotExist) {
+		return nil, backend.ErrNotExist
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load container %s: %w", id, err)
+	}
+	state, err := c.State()
+	if err != nil {
+		return nil, fmt.Errorf("container %s state: %w", id, err)
+	}
+	return b.newInstance(c, state.InitProcessPid)
+}
+
+// Containers lists the containers with state, and those with only a run dir left.
+func (b *Backend) Containers() ([]string, error) {
+	seen := map[string]bool{}
+	for _, dir := range []string{b.cfg.StateRoot, b.cfg.RunDir} {
+		entries, err := os.ReadDir(dir)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("list %s: %w", dir, err)
+		}
+		for _, e := range entries {
+			seen[e.Name()] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(seen)), nil
+}
+
+// Destroy kills a container's processes and removes its container state, cgroup and root
+// mount. It copes with every partial state a crash can leave.
+func (b *Backend) Destroy(id string) error {
+	errs := []error{rootfs.Detach(b.rootMount(id))}
+	c, err := runc.Load(b.cfg.StateRoot, id)
+	switch {
+	case err == nil:
+		if state, err := c.State(); err == nil {
+			killInit(state.InitProcessPid)
+		}
+		errs = append(errs, wrapErr("destroy container", c.Destroy()))
+	default:
+		// No (complete) container: remove whatever cgroup and state a crash left.
+		if !errors.Is(err, runc.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("load container: %w", err))
+		}
+		errs = append(errs, removeCgroup(cgroupPath(b.cfg.CgroupParent, id)), os.RemoveAll(filepath.Join(b.cfg.StateRoot, id)))
+	}
+	return errors.Join(errs...)
+}
+
+// killInit kills a container's init (and with it its pid namespace) and waits for it to be gone.
+func killInit(pid int) {
+	if pid <= 0 {
+		return
+	}
+	if pidfd, err := unix.PidfdOpen(pid, 0); err == nil {
+		_ = unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+		waitPidfd(pidfd, 10*time.Second)
+		unix.Close(pidfd)
+	}
+}
+
+// waitPidfd waits until the process behind pidfd exits or timeout passes.
+func waitPidfd(pidfd int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return
+		}
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || n > 0 {
+			return
+		}
+	}
+}
+
+// wrapErr wraps err with what failed, or is nil.
+func wrapErr(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// tail returns up to the last n bytes of a file, for error messages.
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		_, _ = f.Seek(fi.Size()-n, 0)
+	}
+	data, _ := io.ReadAll(f)
+	return strings.TrimSpace(string(data))
+}

@@ -1,0 +1,146 @@
+package libcontainer
+
+import (
+	"path/filepath"
+
+	"github.com/opencontainers/cgroups"
+	devconfig "github.com/opencontainers/cgroups/devices/config"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/nsbox/backend"
+)
+
+// AgentPath is where the nsbox binary is bind-mounted (read-only) inside every container.
+const AgentPath = "/.nsbox/nsbox"
+
+// defaultCapabilities is containerd v2's default set for a container process.
+var defaultCapabilities = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// maskedPaths and readonlyPaths are the OCI runtime defaults for /proc and /sys.
+var maskedPaths = []string{
+	"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+	"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+	"/sys/firmware", "/sys/devices/virtual/powercap",
+}
+var readonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+
+// agentTmpfsSize bounds the agent's tmpfs: it holds each running exec's stdin (up to the API's
+// 64 MiB body limit) and small scripts; it is charged to the sandbox's memory.
+const agentTmpfsSize = "80m"
+
+// configSpec is everything a libcontainer config is built from.
+type configSpec struct {
+	backend.Spec
+	Rootfs     string // the mounted overlay
+	AgentBin   string // host path of the nsbox binary
+	CgroupPath string // e.g. /nsbox/<id>
+	Seccomp    bool
+	// MaxOpenFiles is the container's open-file limit: the daemon's own hard limit, the most a
+	// process without CAP_SYS_RESOURCE can be given.
+	MaxOpenFiles uint64
+}
+
+// containerConfig builds the libcontainer config of a sandbox.
+func containerConfig(s configSpec) *configs.Config {
+	const defaultMountFlags = unix.MS_NOEXEC | unix.MS_NOSUID | unix.MS_NODEV
+	var rules []*devconfig.Rule
+	var nodes []*devconfig.Device
+	for _, d := range specconv.AllowedDevices {
+		// Leave out runc's "mknod any device" wildcards and /dev/net/tun (10:200).
+		if d.Major == devconfig.Wildcard || (d.Major == 10 && d.Minor == 200) {
+			continue
+		}
+		rules = append(rules, &d.Rule)
+		if d.Path != "" {
+			nodes = append(nodes, d)
+		}
+	}
+	cfg := &configs.Config{
+		Rootfs:          s.Rootfs,
+		RootPropagation: unix.MS_PRIVATE | unix.MS_REC,
+		Hostname:        s.ID,
+		NoNewPrivileges: true,
+		Capabilities: &configs.Capabilities{
+			Bounding:  defaultCapabilities,
+			Effective: defaultCapabilities,
+			Permitted: defaultCapabilities,
+		},
+		Namespaces: configs.Namespaces{
+			{Type: configs.NEWNS}, {Type: configs.NEWUTS}, {Type: configs.NEWIPC},
+			{Type: configs.NEWPID}, {Type: configs.NEWNET}, {Type: configs.NEWCGROUP},
+		},
+		Networks: []*configs.Network{{Type: "loopback", Address: "127.0.0.1/0", Gateway: "localhost"}},
+		Cgroups: &cgroups.Cgroup{
+			Path:      s.CgroupPath,
+			Resources: resources(s.Limits, rules),
+		},
+		Devices:       nodes,
+		MaskPaths:     append(append([]string{}, maskedPaths...), s.Masked...),
+		ReadonlyPaths: readonlyPaths,
+		Mounts: []*configs.Mount{
+			{Source: "proc", Destination: "/proc", Device: "proc", Flags: defaultMountFlags},
+			{Source: "tmpfs", Destination: "/dev", Device: "tmpfs", Flags: unix.MS_NOSUID | unix.MS_STRICTATIME, Data: "mode=755,size=65536k"},
+			{Source: "devpts", Destination: "/dev/pts", Device: "devpts", Flags: unix.MS_NOSUID | unix.MS_NOEXEC, Data: "newinstance,ptmxmode=0666,mode=0620,gid=5"},
+			{Source: "shm", Destination: "/dev/shm", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=1777,size=65536k"},
+			{Source: "mqueue", Destination: "/dev/mqueue", Device: "mqueue", Flags: defaultMountFlags},
+			{Source: "sysfs", Destination: "/sys", Device: "sysfs", Flags: defaultMountFlags | unix.MS_RDONLY},
+			{Source: "cgroup", Destination: "/sys/fs/cgroup", Device: "cgroup", Flags: defaultMountFlags | unix.MS_RDONLY},
+			// The agent's session FIFOs and per-exec files: on tmpfs, not the overlay's disk, where
+			// allocating four inodes per exec was most of an exec's cost (docs/benchmarks.md).
+			{Source: "tmpfs", Destination: "/run/nsbox", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=0711,size=" + agentTmpfsSize},
+			readonlyBind(s.AgentBin, AgentPath),
+		},
+		Rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Hard: s.MaxOpenFiles, Soft: s.MaxOpenFiles}},
+	}
+	for _, b := range s.ImageBinds {
+		cfg.Mounts = append(cfg.Mounts, readonlyBind(b.Source, b.Target))
+	}
+	for _, m := range s.Mounts {
+		cfg.Mounts = append(cfg.Mounts, bindMount(m))
+	}
+	if s.Seccomp {
+		cfg.Seccomp = seccompProfile()
+	}
+	return cfg
+}
+
+func readonlyBind(src, dst string) *configs.Mount {
+	return &configs.Mount{
+		Source: src, Destination: dst, Device: "bind",
+		Flags: unix.MS_BIND | unix.MS_REC | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
+	}
+}
+
+// bindMount is a container's own bind mount (workspace, --mount, network files): not
+// recursive, no setuid files or devices.
+func bindMount(m backend.Mount) *configs.Mount {
+	flags := unix.MS_BIND | unix.MS_NOSUID | unix.MS_NODEV
+	if m.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	return &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: flags}
+}
+
+// cgroupPath is the cgroup (relative to each hierarchy's root) of a container.
+func cgroupPath(parent, id string) string {
+	return filepath.Join("/", parent, id)
+}
+
+// resources are a container's cgroup resources with the limits lim.
+func resources(lim backend.Limits, devices []*devconfig.Rule) *cgroups.Resources {
+	pids := lim.Pids
+	return &cgroups.Resources{
+		CpuQuota:   lim.CPUQuota,
+		CpuPeriod:  backend.CPUPeriod,
+		Memory:     lim.MemoryBytes,
+		MemorySwap: lim.MemoryBytes, // no swap beyond the memory limit
+		PidsLimit:  &pids,
+		Devices:    devices,
+	}
+}

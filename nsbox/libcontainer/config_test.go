@@ -1,0 +1,89 @@
+package libcontainer
+
+import (
+	"path/filepath"
+	"slices"
+	"testing"
+
+	devconfig "github.com/opencontainers/cgroups/devices/config"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/nsbox/backend"
+)
+
+func TestAgentEnvHasOnlyTheDefaults(t *testing.T) {
+	// The hostname and the sandbox's own env reach the agent when its container is bound to
+	// the sandbox (PUT /v1/config), and later with PUT /v1/env; it lays them over these.
+	env := agentEnv()
+	want := []string{"HOME=/root", "PATH=" + defaultPath, "TERM=xterm-256color"}
+	if !slices.Equal(env, want) {
+		t.Fatalf("got %v, want %v", env, want)
+	}
+}
+
+func TestContainerConfigIsLockedDown(t *testing.T) {
+	cfg := containerConfig(configSpec{
+		Spec: backend.Spec{
+			ID: "box", Layers: []string{"/l"}, ImageBinds: []backend.Mount{{Source: "/usr", Target: "/usr", ReadOnly: true}},
+			Masked: []string{"/etc/shadow"}, Limits: backend.Limits{CPUQuota: 50000, MemoryBytes: 1 << 30, Pids: 64},
+			Mounts: []backend.Mount{{Source: "/h", Target: "/workspace"}, {Source: "/m", Target: "/data", ReadOnly: true}},
+		},
+		Rootfs: "/r", AgentBin: "/bin/nsbox", CgroupPath: cgroupPath("nsbox", "box"), Seccomp: true, MaxOpenFiles: 4096,
+	})
+	if !cfg.NoNewPrivileges || cfg.Hostname != "box" || cfg.Cgroups.Path != "/nsbox/box" {
+		t.Errorf("basics: nnp %v host %q cgroup %q", cfg.NoNewPrivileges, cfg.Hostname, cfg.Cgroups.Path)
+	}
+	for _, ns := range []configs.NamespaceType{configs.NEWNS, configs.NEWPID, configs.NEWUTS, configs.NEWIPC, configs.NEWNET, configs.NEWCGROUP} {
+		if !cfg.Namespaces.Contains(ns) {
+			t.Errorf("namespace %s missing", ns)
+		}
+	}
+	if cfg.Namespaces.Contains(configs.NEWUSER) {
+		t.Errorf("unexpected user namespace")
+	}
+	res := cfg.Cgroups.Resources
+	if res.Memory != 1<<30 || res.MemorySwap != 1<<30 || res.CpuQuota != 50000 || res.CpuPeriod != backend.CPUPeriod || *res.PidsLimit != 64 {
+		t.Errorf("resources: %+v", res)
+	}
+	for _, rule := range res.Devices {
+		if rule.Major == devconfig.Wildcard || (rule.Major == 10 && rule.Minor == 200) {
+			t.Errorf("device rule %+v must not be allowed", rule)
+		}
+	}
+	for _, d := range cfg.Devices {
+		if d.Path == "/dev/net/tun" {
+			t.Errorf("/dev/net/tun must not be created")
+		}
+	}
+	if slices.Contains(cfg.Capabilities.Bounding, "CAP_SYS_ADMIN") || len(cfg.Capabilities.Bounding) != 14 {
+		t.Errorf("capabilities: %v", cfg.Capabilities.Bounding)
+	}
+	if !slices.Contains(cfg.MaskPaths, "/etc/shadow") || !slices.Contains(cfg.MaskPaths, "/proc/kcore") {
+		t.Errorf("masked: %v", cfg.MaskPaths)
+	}
+	readOnly := map[string]bool{}
+	for _, m := range cfg.Mounts {
+		if m.Device == "bind" {
+			readOnly[m.Source+":"+m.Destination] = m.Flags&unix.MS_RDONLY != 0
+			if m.Flags&unix.MS_NOSUID == 0 || m.Flags&unix.MS_NODEV == 0 {
+				t.Errorf("bind mount %s allows setuid files or devices", m.Destination)
+			}
+		}
+	}
+	want := map[string]bool{"/bin/nsbox:" + AgentPath: true, "/usr:/usr": true, "/h:/workspace": false, "/m:/data": true}
+	for k, ro := range want {
+		if got, ok := readOnly[k]; !ok || got != ro {
+			t.Errorf("mount %s: present %v, read-only %v, want read-only %v", k, ok, got, ro)
+		}
+	}
+	if cfg.Seccomp == nil || cfg.Seccomp.DefaultAction != configs.Allow || len(cfg.Seccomp.Syscalls) < len(deniedSyscalls) {
+		t.Errorf("seccomp: %+v", cfg.Seccomp)
+	}
+	if cfg.Rlimits[0].Hard != 4096 {
+		t.Errorf("rlimits: %+v", cfg.Rlimits)
+	}
+	if cgroupPath("a/b", "x") != filepath.Join("/a/b", "x") {
+		t.Errorf("cgroupPath")
+	}
+}

@@ -1,0 +1,240 @@
+package libcontainer
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	runc "github.com/opencontainers/runc/libcontainer"
+	"golang.org/x/sys/unix"
+
+	sandboxfs "github.com/nsbox/nsbox/fs"
+	"github.com/nsbox/nsbox/nsbox/backend"
+)
+
+// instance is one libcontainer container. It holds a pidfd of the agent: a dead agent is
+// noticed, and its pid is never taken for another process's while the pidfd is open.
+type instance struct {
+	// mu guards pidfd against Close while it is used.
+	mu         sync.RWMutex
+	c          *runc.Container
+	pid        int
+	pidfd      int // -1 when the agent was gone already when the instance was made
+	cgroupPath string
+	socket     string
+	log        string
+	exited     chan struct{}
+}
+
+// newInstance pins the agent at pid and starts watching for its exit.
+func (b *Backend) newInstance(c *runc.Container, pid int) (*instance, error) {
+	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
+		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{})}
+	status, err := c.Status()
+	if err == nil && status == runc.Running && pid > 0 {
+		inst.pidfd, err = unix.PidfdOpen(pid, 0)
+		if err != nil {
+			inst.pidfd = -1
+		}
+	}
+	inst.watch()
+	return inst, nil
+}
+
+// watch closes exited when the agent exits. It waits on its own copy of the pidfd through
+// Go's poller: a parked goroutine per container, no thread, no polling.
+func (i *instance) watch() {
+	if i.pidfd < 0 {
+		close(i.exited)
+		return
+	}
+	fd, err := unix.FcntlInt(uintptr(i.pidfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err == nil {
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		close(i.exited)
+		return
+	}
+	pidfd := os.NewFile(uintptr(fd), "pidfd")
+	conn, err := pidfd.SyscallConn()
+	if err != nil {
+		pidfd.Close()
+		close(i.exited)
+		return
+	}
+	go func() {
+		defer pidfd.Close()
+		defer close(i.exited)
+		// The callback runs when the poller reports the pidfd readable: the process has exited.
+		_ = conn.Read(func(fd uintptr) bool {
+			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+			return n > 0
+		})
+	}()
+}
+
+func (i *instance) ID() string              { return i.c.ID() }
+func (i *instance) PID() int                { return i.pid }
+func (i *instance) Exited() <-chan struct{} { return i.exited }
+func (i *instance) NetNS() string           { return fmt.Sprintf("/proc/%d/ns/net", i.pid) }
+
+// Alive reports whether the agent still runs (its pidfd is not readable yet).
+func (i *instance) Alive() bool {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	return i.alive()
+}
+
+func (i *instance) alive() bool {
+	if i.pidfd < 0 {
+		return false
+	}
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(i.pidfd), Events: unix.POLLIN}}, 0)
+	return err == nil && n == 0
+}
+
+// AgentLog is the end of the agent's log, for error messages.
+func (i *instance) AgentLog() string { return tail(i.log, 2048) }
+
+// DialAgent connects to the agent's socket, whose path exists on the host only.
+func (i *instance) DialAgent(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", i.socket)
+}
+
+// SetHostname sets the hostname in the container's UTS namespace. A goroutine of its own does
+// it on a locked thread, which enters that namespace and returns to its own before it is
+// unlocked; if it cannot return, the thread ends with the goroutine.
+func (i *instance) SetHostname(name string) error {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	if !i.alive() {
+		return fmt.Errorf("the container's agent (pid %d) has exited", i.pid)
+	}
+	result := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		own, err := os.Open("/proc/thread-self/ns/uts")
+		if err != nil {
+			runtime.UnlockOSThread()
+			result <- fmt.Errorf("open own uts namespace: %w", err)
+			return
+		}
+		defer own.Close()
+		if err := unix.Setns(i.pidfd, unix.CLONE_NEWUTS); err != nil {
+			runtime.UnlockOSThread()
+			result <- fmt.Errorf("enter sandbox uts namespace: %w", err)
+			return
+		}
+		setErr := unix.Sethostname([]byte(name))
+		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWUTS); err != nil {
+			result <- fmt.Errorf("return from sandbox uts namespace: %w", err) // the thread stays locked
+			return
+		}
+		runtime.UnlockOSThread()
+		result <- wrapErr("set hostname", setErr)
+	}()
+	return <-result
+}
+
+// SetLimits changes the cgroup limits of the running container.
+func (i *instance) SetLimits(lim backend.Limits) error {
+	cfg := i.c.Config()
+	cgroupsCopy := *cfg.Cgroups
+	cgroupsCopy.Resources = resources(lim, cfg.Cgroups.Resources.Devices)
+	cfg.Cgroups = &cgroupsCopy
+	return wrapErr("set limits", i.c.Set(cfg))
+}
+
+// OpenRoot opens the root directory of the container as its agent sees it
+// (/proc/<agent pid>/root). The pid is pinned by the instance's pidfd; the process must be
+// PID 1 of its own pid namespace and live in the container's cgroup (nothing else on the host
+// is both); and only if it is still alive after the root was opened was the root the one of
+// the process that was checked.
+func (i *instance) OpenRoot() (*sandboxfs.Root, error) {
+	if !i.Alive() || !isContainerInit(i.pid, i.cgroupPath) {
+		return nil, backend.ErrExited
+	}
+	root, err := sandboxfs.OpenRoot(fmt.Sprintf("/proc/%d/root", i.pid))
+	if err != nil {
+		return nil, err
+	}
+	if !i.Alive() {
+		root.Close()
+		return nil, backend.ErrExited
+	}
+	return root, nil
+}
+
+// isContainerInit reports whether the process pid is PID 1 in its pid namespace and a member
+// of the cgroup at cgroupPath.
+func isContainerInit(pid int, cgroupPath string) bool {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	init := false
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			init = len(f) > 1 && f[len(f)-1] == "1"
+		}
+	}
+	if !init {
+		return false
+	}
+	cgroups, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(cgroups), "\n") {
+		if strings.HasSuffix(line, ":"+cgroupPath) {
+			return true
+		}
+	}
+	return false
+}
+
+// Freeze freezes every process of the container (cgroup freezer).
+func (i *instance) Freeze() error { return wrapErr("freeze container", i.c.Pause()) }
+
+// Thaw lets a frozen container run again.
+func (i *instance) Thaw() error { return wrapErr("thaw container", i.c.Resume()) }
+
+// Stop sends SIGTERM to the agent, which passes it on to everything in the container and
+// exits, and waits up to grace for it.
+func (i *instance) Stop(grace time.Duration) {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	if !i.alive() || i.c.Signal(unix.SIGTERM) != nil {
+		return
+	}
+	waitPidfd(i.pidfd, grace)
+}
+
+// Kill kills the agent, and with it the container's pid namespace, and waits until it is gone.
+func (i *instance) Kill() {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	if i.alive() {
+		_ = unix.PidfdSendSignal(i.pidfd, unix.SIGKILL, nil, 0)
+		waitPidfd(i.pidfd, 10*time.Second)
+	}
+}
+
+// Close releases the pidfd.
+func (i *instance) Close() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.pidfd >= 0 {
+		unix.Close(i.pidfd)
+		i.pidfd = -1
+	}
+}
