@@ -1,6 +1,7 @@
-// Package api holds the wire types of nsbox's HTTP API (the daemon's public API and the
-// daemon-to-agent channel share them) and the error model. The machine-readable
-// description of the same API is openapi.json beside this file.
+// Package api holds the wire types of nsbox's HTTP API, its error model and the HTTP idiom
+// (http.go) that the daemon and the agent share. The daemon-to-agent channel reuses the
+// public types; the few that are the agent's alone are in agent.go, marked internal. The
+// machine-readable description of the public API is openapi.json beside this file.
 package api
 
 import (
@@ -284,21 +285,6 @@ type FileEvent struct {
 	Path    string `json:"path"` // in the sandbox
 	OldPath string `json:"oldPath,omitempty"`
 	IsDir   bool   `json:"isDir"`
-}
-
-// Health is what the agent answers on GET /v1/health.
-type Health struct {
-	PID     int    `json:"pid"`
-	Version string `json:"version"`
-}
-
-// AgentConfig is what the daemon tells an agent on PUT /v1/config when its container becomes
-// a sandbox: the sandbox's id (HOSTNAME), its sandbox-wide environment (as PUT /v1/env sets
-// it later) and its working directory (made if missing).
-type AgentConfig struct {
-	Hostname string            `json:"hostname"`
-	Env      map[string]string `json:"env"`
-	Cwd      string            `json:"cwd"`
 }
 
 // Version is the answer to GET /v1/version.
