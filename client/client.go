@@ -88,6 +88,18 @@ func (c *Client) RemoveSandbox(ctx context.Context, id string, force bool) error
 	return c.do(ctx, http.MethodDelete, path, nil, nil)
 }
 
+// PauseSandbox freezes every process of a running sandbox.
+func (c *Client) PauseSandbox(ctx context.Context, id string) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/pause", nil, &sb)
+}
+
+// ResumeSandbox lets a paused sandbox run again.
+func (c *Client) ResumeSandbox(ctx context.Context, id string) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/resume", nil, &sb)
+}
+
 // Exec runs a command in a sandbox and returns its result.
 func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResult, error) {
 	var res api.ExecResult

@@ -493,3 +493,37 @@ func TestConcurrentRequestsOnOneSandbox(t *testing.T) {
 		t.Errorf("networks left: %v", c.net.Sandboxes())
 	}
 }
+
+func TestPauseResume(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "box"})
+	sb, err := c.Pause("box")
+	if err != nil || sb.Status != api.StatusPaused {
+		t.Fatalf("pause: %+v %v", sb, err)
+	}
+	s, _ := c.lookup("box")
+	inst := c.backend.get(s.snapshot().container())
+	if !inst.isFrozen() {
+		t.Error("pause did not freeze the container")
+	}
+	if _, err := c.Pause("box"); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "paused") {
+		t.Errorf("pause of a paused sandbox: %v", err)
+	}
+	c.Close()
+	c.open() // a paused sandbox stays paused across a restart, though its agent cannot answer
+	if sb, _ := c.Get("box"); sb.Status != api.StatusPaused {
+		t.Errorf("after a restart: %s", sb.Status)
+	}
+	if sb, err := c.Resume("box"); err != nil || sb.Status != api.StatusRunning || inst.isFrozen() {
+		t.Fatalf("resume: %+v %v", sb, err)
+	}
+	if _, err := c.Resume("box"); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "running") {
+		t.Errorf("resume of a running sandbox: %v", err)
+	}
+	if _, err := c.Pause("box"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Remove("box", false); err != nil || inst.isFrozen() {
+		t.Errorf("remove a paused sandbox: %v (frozen: %v)", err, inst.isFrozen())
+	}
+}

@@ -154,6 +154,7 @@ type fakeInstance struct {
 
 	mu       sync.Mutex
 	hostname string
+	frozen   bool
 	limits   backend.Limits
 	config   api.AgentConfig
 	env      map[string]string
@@ -168,7 +169,11 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		return mux
 	}
 	log := slog.New(slog.DiscardHandler)
-	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		if i.isFrozen() { // as a frozen agent: no answer
+			<-r.Context().Done()
+			return
+		}
 		api.WriteJSON(w, http.StatusOK, api.Health{PID: 1})
 	})
 	mux.HandleFunc("PUT /v1/config", api.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
@@ -247,8 +252,8 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 func (i *fakeInstance) OpenRoot() (*sandboxfs.Root, error) {
 	return nil, errors.New("no root in a fake")
 }
-func (i *fakeInstance) Freeze() error      { return nil }
-func (i *fakeInstance) Thaw() error        { return nil }
+func (i *fakeInstance) Freeze() error      { return i.setFrozen(true) }
+func (i *fakeInstance) Thaw() error        { return i.setFrozen(false) }
 func (i *fakeInstance) Stop(time.Duration) { i.exit() }
 func (i *fakeInstance) Close()             {}
 
@@ -260,6 +265,20 @@ func (i *fakeInstance) Kill() {
 		<-gate
 	}
 	i.exit()
+}
+
+// setFrozen freezes or thaws the fake agent: a frozen one does not answer.
+func (i *fakeInstance) setFrozen(frozen bool) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.frozen = frozen
+	return nil
+}
+
+func (i *fakeInstance) isFrozen() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.frozen
 }
 
 func (i *fakeInstance) currentLimits() backend.Limits {

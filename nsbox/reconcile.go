@@ -39,7 +39,14 @@ func (r *Runtime) reconcile() error {
 			r.log.Warn("rolling back a create the daemon did not finish", "sandbox", rec.ID)
 			r.abortCreate(sb)
 		case api.StatusRunning, api.StatusPaused:
-			if reason := checkRunning(sb.inst, sb.agent); reason != "" {
+			var reason string
+			switch {
+			case rec.Status == api.StatusRunning:
+				reason = checkRunning(sb.inst, sb.agent)
+			case sb.inst == nil || !sb.inst.Alive(): // a frozen agent cannot answer; it must be there
+				reason = checkRunning(sb.inst, nil)
+			}
+			if reason != "" {
 				r.log.Warn("sandbox is no longer running", "sandbox", rec.ID, "reason", reason)
 				sb.mu.Lock()
 				r.fail(sb, reason)
@@ -48,7 +55,9 @@ func (r *Runtime) reconcile() error {
 			}
 			sb.rec.PID = sb.inst.PID()
 			r.watch(sb, sb.inst)
-			r.repushEnv(sb)
+			if rec.Status == api.StatusRunning {
+				r.repushEnv(sb)
+			}
 		}
 	}
 	// Whatever has no record: a container, or a leftover run or data dir.

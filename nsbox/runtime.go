@@ -381,7 +381,14 @@ func (r *Runtime) Remove(id string, force bool) error {
 	if err != nil {
 		return err
 	}
-	if !force && from == api.StatusRunning && inst != nil {
+	if inst != nil && (from == api.StatusPaused || from == api.StatusFailed) {
+		// Frozen processes take no signal until they are thawed (a failed sandbox may have
+		// been paused when its agent died).
+		if err := inst.Thaw(); err != nil && from == api.StatusPaused {
+			r.log.Warn("thaw before remove", "sandbox", id, "err", err)
+		}
+	}
+	if !force && (from == api.StatusRunning || from == api.StatusPaused) && inst != nil {
 		inst.Stop(stopGrace)
 	}
 	if err := r.teardown(sb, "its remove failed and not everything could be removed: "); err != nil {

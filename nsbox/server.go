@@ -24,6 +24,8 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes", (*Runtime).handleList},
 	{"GET", "/v1/sandboxes/{id}", (*Runtime).handleGet},
 	{"DELETE", "/v1/sandboxes/{id}", (*Runtime).handleRemove},
+	{"POST", "/v1/sandboxes/{id}/pause", (*Runtime).handlePause},
+	{"POST", "/v1/sandboxes/{id}/resume", (*Runtime).handleResume},
 	{"POST", "/v1/sandboxes/{id}/exec", (*Runtime).handleExec},
 	{"POST", "/v1/sandboxes/{id}/sessions", (*Runtime).handleCreateSession},
 	{"GET", "/v1/sandboxes/{id}/sessions", (*Runtime).handleListSessions},

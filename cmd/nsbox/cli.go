@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -54,6 +55,18 @@ func clientCommands() []*cli.Command {
 			ArgsUsage: "ID...",
 			Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "kill at once, without a grace period"}},
 			Action:    cmdRemove,
+		},
+		{
+			Name:      "pause",
+			Usage:     "freeze every process of sandboxes (their memory stays); requests that need them running are refused until resume",
+			ArgsUsage: "ID...",
+			Action:    cmdLifecycle((*client.Client).PauseSandbox),
+		},
+		{
+			Name:      "resume",
+			Usage:     "let paused sandboxes run again",
+			ArgsUsage: "ID...",
+			Action:    cmdLifecycle((*client.Client).ResumeSandbox),
 		},
 		{
 			Name:      "exec",
@@ -179,6 +192,19 @@ func cmdRemove(c *cli.Context) error {
 	return eachArg(c.Args().Slice(), func(id string) error {
 		return apiClient(c).RemoveSandbox(c.Context, id, c.Bool("force"))
 	})
+}
+
+// cmdLifecycle runs a change of state (pause, resume) on each sandbox named.
+func cmdLifecycle(change func(*client.Client, context.Context, string) (*api.Sandbox, error)) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if c.NArg() == 0 {
+			return fmt.Errorf("usage: nsbox %s ID...", c.Command.Name)
+		}
+		return eachArg(c.Args().Slice(), func(id string) error {
+			_, err := change(apiClient(c), c.Context, id)
+			return err
+		})
+	}
 }
 
 func execFlags() []cli.Flag {

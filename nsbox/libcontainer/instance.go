@@ -37,7 +37,7 @@ func (b *Backend) newInstance(c *runc.Container, pid int) (*instance, error) {
 	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
 		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{})}
 	status, err := c.Status()
-	if err == nil && status == runc.Running && pid > 0 {
+	if err == nil && (status == runc.Running || status == runc.Paused) && pid > 0 {
 		inst.pidfd, err = unix.PidfdOpen(pid, 0)
 		if err != nil {
 			inst.pidfd = -1

@@ -1,0 +1,73 @@
+package nsbox
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// Pause freezes every process of a running sandbox (the cgroup freezer): nothing in it runs,
+// its memory stays. Requests that need it running are refused until Resume.
+func (r *Runtime) Pause(id string) (*api.Sandbox, error) {
+	sb, err := r.lockRunning(id)
+	if err != nil {
+		return nil, err
+	}
+	defer sb.mu.Unlock()
+	began := time.Now()
+	if err := sb.inst.Freeze(); err != nil {
+		return nil, fmt.Errorf("pause sandbox %s: %w", id, err)
+	}
+	if _, err := r.transition(sb, api.StatusPaused, nil); err != nil {
+		if terr := sb.inst.Thaw(); terr != nil {
+			r.log.Error("thaw after a failed pause", "sandbox", id, "err", terr)
+		}
+		return nil, err
+	}
+	r.log.Info("sandbox paused", "sandbox", id, "duration", time.Since(began))
+	out := sb.rec.Sandbox
+	return &out, nil
+}
+
+// Resume lets a paused sandbox run again.
+func (r *Runtime) Resume(id string) (*api.Sandbox, error) {
+	sb, err := r.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.rec.Status != api.StatusPaused {
+		return nil, api.Errorf(api.CodeConflict, "sandbox %q is %s, not paused", id, sb.rec.Status)
+	}
+	began := time.Now()
+	if err := sb.inst.Thaw(); err != nil {
+		return nil, fmt.Errorf("resume sandbox %s: %w", id, err)
+	}
+	if _, err := r.transition(sb, api.StatusRunning, nil); err != nil {
+		return nil, err
+	}
+	r.log.Info("sandbox resumed", "sandbox", id, "duration", time.Since(began))
+	out := sb.rec.Sandbox
+	return &out, nil
+}
+
+func (r *Runtime) handlePause(w http.ResponseWriter, req *http.Request) error {
+	sb, err := r.Pause(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	api.WriteJSON(w, http.StatusOK, sb)
+	return nil
+}
+
+func (r *Runtime) handleResume(w http.ResponseWriter, req *http.Request) error {
+	sb, err := r.Resume(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	api.WriteJSON(w, http.StatusOK, sb)
+	return nil
+}
