@@ -462,10 +462,10 @@ const (
 
 // Process statuses.
 const (
-	ProcessRunning = "running"
-	ProcessExited  = "exited" // ended by itself: see ExitCode
-	ProcessKilled  = "killed" // ended by a signal: see Signal
-	ProcessFailed  = "failed" // could not be started: see Error
+	ProcessRunning = "running" // it, or a process of its group (a child it left), still runs
+	ProcessExited  = "exited"  // ended by itself: see ExitCode
+	ProcessKilled  = "killed"  // ended by a signal: see Signal
+	ProcessFailed  = "failed"  // could not be started: see Error
 )
 
 // Process is a long-running process of a sandbox as the API shows it.

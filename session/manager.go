@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"sync"
@@ -146,6 +147,27 @@ func (m *Manager) KillShells() {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// ShellTrees returns the pids of every session's shell and of the processes below it (the
+// command it runs and its jobs), e.g. to spare them when everything else is killed.
+func (m *Manager) ShellTrees() map[int]bool {
+	m.mu.Lock()
+	var shells []int
+	for _, s := range m.sessions {
+		s.mu.Lock()
+		if s.sh != nil && !s.sh.exited() {
+			shells = append(shells, s.sh.pid)
+		}
+		s.mu.Unlock()
+	}
+	m.mu.Unlock()
+	out := map[int]bool{}
+	for _, pid := range shells {
+		out[pid] = true
+		maps.Copy(out, descendants(pid))
+	}
+	return out
 }
 
 // Info describes a session.
