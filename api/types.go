@@ -106,6 +106,8 @@ type ExecResult struct {
 	SessionEnded bool `json:"sessionEnded"`
 	// SessionReset: after a timeout or cancel the shell did not come back and was replaced; the
 	// session keeps its id and working directory but lost its variables, functions and aliases.
+	// Also set on the first result of the default session after its shell ended while idle
+	// (killed from elsewhere) and it was started again, in the sandbox's working directory.
 	SessionReset bool `json:"sessionReset"`
 }
 

@@ -35,7 +35,20 @@ const Started = "start"
 // Exec runs a command in the session: it emits Started once the shell has the command, then
 // its output ("stdout" or "stderr") as it is produced. ctx cancels the command (the caller decides whether a client that goes away
 // cancels it). Commands run one at a time, in the order they arrive.
+// The first result of a session that replaced a default session whose shell ended unseen
+// says the session was reset (see Manager.Default).
 func (s *Session) Exec(ctx context.Context, req ExecRequest, emit func(stream string, data []byte)) (*Result, error) {
+	res, err := s.exec(ctx, req, emit)
+	if res != nil {
+		s.mu.Lock()
+		res.Reset = res.Reset || s.resetPending
+		s.resetPending = false
+		s.mu.Unlock()
+	}
+	return res, err
+}
+
+func (s *Session) exec(ctx context.Context, req ExecRequest, emit func(stream string, data []byte)) (*Result, error) {
 	select {
 	case s.turn <- struct{}{}:
 	case <-ctx.Done():

@@ -95,14 +95,29 @@ func (m *Manager) Get(id string) (*Session, error) {
 	return s, nil
 }
 
-// Default returns the default session, starting it (again) when it does not run.
+// Default returns the default session, starting it (again) when it does not run. When its
+// shell ended while no command ran (killed from elsewhere), nothing has told its users that
+// its state is gone: the next result of the new one says the session was reset.
 func (m *Manager) Default() (*Session, error) {
 	m.defaultMu.Lock()
 	defer m.defaultMu.Unlock()
-	if s, err := m.Get(DefaultID); err == nil && !s.Ended() {
-		return s, nil
+	old, err := m.Get(DefaultID)
+	if err == nil && !old.Ended() {
+		return old, nil
 	}
-	return m.Create(Options{ID: DefaultID})
+	s, err := m.Create(Options{ID: DefaultID})
+	if err != nil {
+		return nil, err
+	}
+	if old != nil {
+		old.mu.Lock()
+		unseen := old.unseen
+		old.mu.Unlock()
+		s.mu.Lock()
+		s.resetPending = unseen
+		s.mu.Unlock()
+	}
+	return s, nil
 }
 
 // List returns every session, ordered by id.

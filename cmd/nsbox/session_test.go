@@ -494,3 +494,41 @@ func TestTerminalSharesTheSession(t *testing.T) {
 		t.Fatal("attached to an sh session")
 	}
 }
+
+// TestDefaultSessionKilledWhileIdleIsReset: the default session's shell killed while idle
+// (from another session) is started again on the next use, and that use's result says the
+// session was reset, since its state is gone. It used to come back silently.
+func TestDefaultSessionKilledWhileIdleIsReset(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			ctx := context.Background()
+			d.create(api.CreateSandboxRequest{ID: "dk", Image: sh.image})
+			shell := strings.TrimSpace(d.sh("dk", "export KEEP=1; echo $$"))
+			if _, err := d.client.CreateSession(ctx, "dk", api.CreateSessionRequest{ID: "other"}); err != nil {
+				t.Fatal(err)
+			}
+			if res := d.exec("dk", api.ExecRequest{SessionID: "other", Command: "kill -9 " + shell}); res.ExitCode != 0 {
+				t.Fatalf("kill the default shell: %+v", res)
+			}
+			// Listing sessions starts the default session again once its shell is gone.
+			for replaced := false; !replaced; {
+				list, err := d.client.ListSessions(ctx, "dk")
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, s := range list {
+					replaced = replaced || (s.ID == "default" && s.PID != 0 && fmt.Sprint(s.PID) != shell)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			res := d.exec("dk", api.ExecRequest{Command: "echo ${KEEP:-unset}"})
+			if !res.SessionReset || res.Stdout != "unset\n" || res.SessionEnded || res.ExitCode != 0 {
+				t.Fatalf("first command after the kill: %+v; want sessionReset and the state gone", res)
+			}
+			if res := d.exec("dk", api.ExecRequest{Command: "true"}); res.SessionReset {
+				t.Fatalf("second command after the kill: %+v; the reset was reported already", res)
+			}
+		})
+	}
+}
