@@ -161,25 +161,36 @@ func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-// handleKillAll signals every running process at once and answers the ones it signaled.
+// handleKillAll signals every running process at once, and every other process of the sandbox
+// but the agent and the sessions' shells with what they run (see process.Sweep), and answers
+// the processes it signaled.
 func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) error {
 	sig, grace, err := killRequest(w, r)
 	if err != nil {
 		return err
 	}
 	running := a.processes.Running()
-	errs := make([]error, len(running))
+	groups := map[int]bool{}
+	for _, p := range running {
+		groups[p.Info().PID] = true
+	}
+	errs := make([]error, len(running)+1)
 	var wg sync.WaitGroup
 	for i, p := range running {
 		wg.Go(func() { errs[i] = p.Kill(r.Context(), sig, grace) })
 	}
+	wg.Go(func() {
+		errs[len(running)] = process.Sweep(r.Context(), sig, grace, groups, a.sessions.ShellTrees)
+	})
 	wg.Wait()
 	out := []api.Process{}
-	for i, p := range running {
-		if errs[i] != nil && !api.IsCode(errs[i], api.CodeConflict) { // conflict: it ended meanwhile
-			return fmt.Errorf("kill process %q: %w", p.Info().ID, errs[i])
+	for i, err := range errs {
+		if err != nil && !api.IsCode(err, api.CodeConflict) { // conflict: it ended meanwhile
+			return fmt.Errorf("kill all processes: %w", err)
 		}
-		out = append(out, p.Info())
+		if i < len(running) {
+			out = append(out, running[i].Info())
+		}
 	}
 	api.WriteJSON(w, http.StatusOK, out)
 	return nil

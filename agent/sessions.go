@@ -8,12 +8,18 @@ import (
 	"regexp"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
 
-// sessionDir is where sessions keep their FIFOs and scripts, inside the sandbox.
-const sessionDir = "/run/nsbox/sessions"
+// agentRunDir is the agent's tmpfs inside the sandbox; sessionDir in it is where sessions keep
+// their FIFOs and scripts.
+const (
+	agentRunDir = "/run/nsbox"
+	sessionDir  = agentRunDir + "/sessions"
+)
 
 var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
@@ -30,6 +36,8 @@ func sessionError(err error) error {
 		return api.Errorf(api.CodeConflict, "%v", err)
 	case errors.Is(err, session.ErrInvalid):
 		return api.Errorf(api.CodeInvalidArgument, "%v", err)
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return api.Errorf(api.CodeInsufficientStorage, "%s in the sandbox (the agent's tmpfs for session control files and the stdin of commands) is full: %v; free space there (something in the sandbox filled it) and retry, the session is unchanged", agentRunDir, err)
 	}
 	return err
 }

@@ -109,6 +109,8 @@ type ExecResult struct {
 	SessionEnded bool `json:"sessionEnded"`
 	// SessionReset: after a timeout or cancel the shell did not come back and was replaced; the
 	// session keeps its id and working directory but lost its variables, functions and aliases.
+	// Also set on the first result of the default session after its shell ended while idle
+	// (killed from elsewhere) and it was started again, in the sandbox's working directory.
 	SessionReset bool `json:"sessionReset"`
 }
 
@@ -450,10 +452,10 @@ const (
 
 // Process statuses.
 const (
-	ProcessRunning = "running"
-	ProcessExited  = "exited" // ended by itself: see ExitCode
-	ProcessKilled  = "killed" // ended by a signal: see Signal
-	ProcessFailed  = "failed" // could not be started: see Error
+	ProcessRunning = "running" // it, or a process of its group (a child it left), still runs
+	ProcessExited  = "exited"  // ended by itself: see ExitCode
+	ProcessKilled  = "killed"  // ended by a signal: see Signal
+	ProcessFailed  = "failed"  // could not be started: see Error
 )
 
 // Process is a long-running process of a sandbox as the API shows it.

@@ -94,3 +94,18 @@ func BenchmarkCutPortFlows(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReopen measures a daemon restart's share of networking: closing the Manager and
+// opening it again on the same state, which rebuilds the whole table (one batch) and binds
+// every exposed host port again, with 100 and 500 sandboxes that each expose a port.
+func BenchmarkReopen(b *testing.B) {
+	for _, n := range []int{100, 500} {
+		b.Run(fmt.Sprintf("%d-sandboxes", n), func(b *testing.B) {
+			tn, _ := newScaleNet(b, n)
+			for b.Loop() {
+				tn.m.Close()
+				tn.m = tn.open()
+			}
+		})
+	}
+}

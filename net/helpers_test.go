@@ -206,7 +206,9 @@ type testNet struct {
 	ids      []string
 }
 
-func newTestNet(t testing.TB) *testNet {
+// newTestNet makes a testNet; tweaks may change its Config (e.g. a larger subnet) before the
+// Manager is opened.
+func newTestNet(t testing.TB, tweaks ...func(cfg *Config, n int)) *testNet {
 	t.Helper()
 	n := int(testSeq.Add(1))
 	pid := os.Getpid()
@@ -224,6 +226,9 @@ func newTestNet(t testing.TB) *testNet {
 		HostPortMin: 29000 + 100*(n%10),
 		HostPortMax: 29000 + 100*(n%10) + 99,
 		Uplinks:     []string{tn.uplink},
+	}
+	for _, tweak := range tweaks {
+		tweak(&tn.cfg, n)
 	}
 	t.Cleanup(tn.assertNothingLeft)
 	tn.makeOutside()

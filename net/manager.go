@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -119,21 +120,7 @@ func (m *Manager) restore() error {
 	if err := m.removeStrayVeths(); err != nil {
 		return err
 	}
-	err := m.apply("build table "+m.cfg.Table, func(c *nftables.Conn) error {
-		if err := m.rules.replaceTable(c, m.st.Forwarding); err != nil {
-			return err
-		}
-		for id, sb := range m.st.Sandboxes {
-			if !sb.networked() {
-				continue
-			}
-			if err := m.rules.addSandbox(c, sb, hostVethName(m.cfg.Table, id)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := m.buildTable(); err != nil {
 		return err
 	}
 	for id, sb := range m.st.Sandboxes {
@@ -148,6 +135,61 @@ func (m *Manager) restore() error {
 		}
 	}
 	return m.st.save(m.cfg.StatePath)
+}
+
+// buildTable replaces the table with one built from the state, in one atomic batch, so no
+// packet ever meets half a table. The batch is sent on a connection of its own whose socket
+// buffers fit it (tableBudget): with the default ones (~200 KiB) the acknowledgements of the
+// batch of ~90 sandboxes overflowed the receive buffer (ENOBUFS), and a larger batch does not
+// fit the send buffer (EMSGSIZE).
+func (m *Manager) buildTable() error {
+	var sbs []sandboxRules
+	for _, id := range slices.Sorted(maps.Keys(m.st.Sandboxes)) {
+		if sb := m.st.Sandboxes[id]; sb.networked() {
+			sbs = append(sbs, sandboxRules{sb, hostVethName(m.cfg.Table, id)})
+		}
+	}
+	msgs, bytes := tableBudget(sbs)
+	// Without AsLasting, New only fills in a struct; Flush dials and sets the buffers.
+	c, _ := nftables.New(nftables.WithSockOptions(socketBuffers(bytes, msgs*ackBytes)))
+	if err := m.rules.replaceTable(c, m.st.Forwarding); err != nil {
+		return err
+	}
+	if err := m.rules.addSandboxes(c, sbs); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: build table %s with %d sandboxes: %w", m.cfg.Table, len(sbs), err)
+	}
+	return nil
+}
+
+// socketBuffers sets a netlink socket's send and receive buffers to at least these sizes, also
+// beyond net.core.wmem_max and rmem_max (SO_SNDBUFFORCE and SO_RCVBUFFORCE need CAP_NET_ADMIN,
+// which the Manager needs anyway). A buffer is only a limit: memory is taken as it is used.
+func socketBuffers(send, receive int) nftables.SockOption {
+	return func(conn *mdnetlink.Conn) error {
+		raw, err := conn.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("netlink socket: %w", err)
+		}
+		var errs []error
+		err = raw.Control(func(fd uintptr) {
+			for _, b := range []struct {
+				get, force int
+				size       int
+			}{{unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, send}, {unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, receive}} {
+				// The kernel reports (and uses) twice the size it was given.
+				if have, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, b.get); err == nil && have/2 >= b.size {
+					continue
+				}
+				if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, b.force, b.size); err != nil {
+					errs = append(errs, fmt.Errorf("netlink socket buffer of %d bytes: %w", b.size, err))
+				}
+			}
+		})
+		return errors.Join(append(errs, err)...)
+	}
 }
 
 // removeStrayVeths removes the veths of this table that belong to no networked sandbox.

@@ -3,6 +3,7 @@ package sandboxnet
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -170,21 +171,80 @@ func (r *ruleset) addFilter(c *nftables.Conn, guarded []string) {
 	r.add(c, egress, verdict(expr.VerdictAccept))
 }
 
-// addSandbox queues everything a networked sandbox needs. The rules match the veth by name,
-// so they can (and do) go in before the veth exists.
-func (r *ruleset) addSandbox(c *nftables.Conn, sb *sandbox, veth string) error {
-	if err := c.SetAddElements(r.sandboxes, []nftables.SetElement{{Key: ifname(veth)}}); err != nil {
-		return fmt.Errorf("nftables: add %s to %s: %w", veth, setSandboxes, err)
+// sandboxRules names a networked sandbox and its host veth, for queueing its rules.
+type sandboxRules struct {
+	sb   *sandbox
+	veth string
+}
+
+// addSandboxes queues everything the networked sandboxes need: their elements of the sets and
+// maps in bulk (a few messages however many sandboxes there are) and, for each sandbox in
+// allow mode, its chain. The rules match veths by name, so they can (and do) go in before the
+// veths exist.
+func (r *ruleset) addSandboxes(c *nftables.Conn, sbs []sandboxRules) error {
+	elems := map[*nftables.Set][]nftables.SetElement{}
+	for _, s := range sbs {
+		elems[r.sandboxes] = append(elems[r.sandboxes], nftables.SetElement{Key: ifname(s.veth)})
+		elems[r.modes] = append(elems[r.modes], r.modeElement(c, s.sb, s.veth))
+		for _, p := range s.sb.Ports {
+			set, elem := r.portElement(p, s.sb.Addr)
+			elems[set] = append(elems[set], elem)
+		}
 	}
-	if err := r.addMode(c, sb, veth); err != nil {
-		return err
-	}
-	for _, p := range sb.Ports {
-		if err := r.addPort(c, sb.Addr, p); err != nil {
+	for _, set := range []*nftables.Set{r.sandboxes, r.modes, r.portsAny, r.portsIP} {
+		if err := addElements(c, set, elems[set]); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// addSandbox queues everything one networked sandbox needs.
+func (r *ruleset) addSandbox(c *nftables.Conn, sb *sandbox, veth string) error {
+	return r.addSandboxes(c, []sandboxRules{{sb, veth}})
+}
+
+// elementsPerMessage keeps a message of set elements well below the 64 KiB its element list
+// (one netlink attribute) can hold: the largest element here, a verdict naming an allow
+// chain, takes under maxElementBytes.
+const elementsPerMessage = 256
+
+// addElements queues elements of a set, elementsPerMessage to a message.
+func addElements(c *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
+	for chunk := range slices.Chunk(elems, elementsPerMessage) {
+		if err := c.SetAddElements(set, chunk); err != nil {
+			return fmt.Errorf("nftables: add %d elements to %s: %w", len(chunk), set.Name, err)
+		}
+	}
+	return nil
+}
+
+// Bounds of a batch's cost, for sizing the socket buffers of the one that builds the table.
+// The kernel handles a whole batch inside sendmsg, so the batch must fit the send buffer, and
+// it acknowledges every message (google/nftables v0.3.0 asks for an acknowledgement of each)
+// before the first can be read, so the acknowledgements must all fit the receive buffer. One
+// takes ~1.1 KiB of it (measured on kernel 6.18: a 200,000-byte buffer holds 180).
+// TestTableBudgetBoundsTheBatch checks that tableBudget bounds what restore queues.
+const (
+	ackBytes        = 2048
+	maxRuleBytes    = 1024 // a message of one rule or chain; the largest here is ~550 bytes
+	maxElementBytes = 128
+	tableMessages   = 64 // replaceTable queues 38
+)
+
+// tableBudget bounds the number of messages and bytes of replaceTable followed by
+// addSandboxes(sbs).
+func tableBudget(sbs []sandboxRules) (msgs, bytes int) {
+	elements := 0
+	msgs = tableMessages
+	for _, s := range sbs {
+		elements += 2 + len(s.sb.Ports)
+		if s.sb.Mode == ModeAllow {
+			msgs += 2 + len(s.sb.Allow) // the chain, a rule per prefix, the reject
+		}
+	}
+	elementMessages := elements/elementsPerMessage + 4 // a partial message for each of the 4 sets
+	return msgs + elementMessages, (msgs+elementMessages)*maxRuleBytes + elements*maxElementBytes
 }
 
 // delSandbox queues the removal of everything addSandbox added.
@@ -203,7 +263,9 @@ func (r *ruleset) delSandbox(c *nftables.Conn, sb *sandbox, veth string) error {
 	return nil
 }
 
-func (r *ruleset) addMode(c *nftables.Conn, sb *sandbox, veth string) error {
+// modeElement queues the chain of a sandbox in allow mode, and returns the sandbox's element
+// of the modes map: its address and the chain that decides where it may go.
+func (r *ruleset) modeElement(c *nftables.Conn, sb *sandbox, veth string) nftables.SetElement {
 	target := &expr.Verdict{Kind: expr.VerdictJump, Chain: chainEgress}
 	if sb.Mode == ModeAllow {
 		ch := c.AddChain(r.chain(allowChain(veth)))
@@ -214,10 +276,11 @@ func (r *ruleset) addMode(c *nftables.Conn, sb *sandbox, veth string) error {
 		target = &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}
 	}
 	a := sb.Addr.As4()
-	if err := c.SetAddElements(r.modes, []nftables.SetElement{{Key: a[:], VerdictData: target}}); err != nil {
-		return fmt.Errorf("nftables: add %s to %s: %w", sb.Addr, setModes, err)
-	}
-	return nil
+	return nftables.SetElement{Key: a[:], VerdictData: target}
+}
+
+func (r *ruleset) addMode(c *nftables.Conn, sb *sandbox, veth string) error {
+	return addElements(c, r.modes, []nftables.SetElement{r.modeElement(c, sb, veth)})
 }
 
 func (r *ruleset) delMode(c *nftables.Conn, sb *sandbox, veth string) error {
@@ -248,10 +311,7 @@ func (r *ruleset) portElement(p Port, target netip.Addr) (*nftables.Set, nftable
 
 func (r *ruleset) addPort(c *nftables.Conn, target netip.Addr, p Port) error {
 	set, elem := r.portElement(p, target)
-	if err := c.SetAddElements(set, []nftables.SetElement{elem}); err != nil {
-		return fmt.Errorf("nftables: add host port %s to %s: %w", p.hostSide(), set.Name, err)
-	}
-	return nil
+	return addElements(c, set, []nftables.SetElement{elem})
 }
 
 func (r *ruleset) delPort(c *nftables.Conn, p Port) error {

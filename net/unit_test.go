@@ -2,12 +2,16 @@ package sandboxnet
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
+	mdnetlink "github.com/mdlayher/netlink"
 )
 
 func TestAllocateRoundRobin(t *testing.T) {
@@ -206,5 +210,56 @@ func TestHostsFile(t *testing.T) {
 	}
 	if got := string(HostsFile("box2", netip.Addr{})); !strings.HasSuffix(got, "127.0.1.1\tbox2\n") {
 		t.Fatalf("HostsFile without an address = %q", got)
+	}
+}
+
+// TestTableBudgetBoundsTheBatch: the socket buffers restore sizes with tableBudget must hold
+// the batch it sends. The batch is caught by a fake netlink connection and measured, for
+// sandboxes in both modes with ports on every address and on one (crossing the element chunks).
+func TestTableBudgetBoundsTheBatch(t *testing.T) {
+	cfg := Config{Subnet: netip.MustParsePrefix("10.9.0.0/16"), Table: "nsbox", HostPortMin: 20000, HostPortMax: 29999}
+	var sbs []sandboxRules
+	addr := cfg.gateway()
+	for i := range 700 {
+		addr = addr.Next()
+		sb := &sandbox{Addr: addr, Mode: ModeEgress, Ports: []Port{{Port: 80, Protocol: TCP, HostPort: 20000 + i}}}
+		if i%3 == 0 {
+			sb.Mode = ModeAllow
+			sb.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.7/32")}
+			sb.Ports = append(sb.Ports, Port{Port: 53, Protocol: UDP, HostPort: 20000 + i, HostIP: netip.MustParseAddr("127.0.0.1")})
+		}
+		sbs = append(sbs, sandboxRules{sb, hostVethName(cfg.Table, fmt.Sprint(i))})
+	}
+	for _, n := range []int{0, 1, len(sbs)} {
+		var msgs, bytes int
+		c, err := nftables.New(nftables.WithTestDial(func(req []mdnetlink.Message) ([]mdnetlink.Message, error) {
+			for _, m := range req {
+				b, err := m.MarshalBinary()
+				if err != nil {
+					return nil, err
+				}
+				msgs++
+				bytes += len(b)
+			}
+			return req, nil
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := newRuleset(cfg)
+		if err := r.replaceTable(c, []string{"eth0"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.addSandboxes(c, sbs[:n]); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		wantMsgs, wantBytes := tableBudget(sbs[:n])
+		t.Logf("%d sandboxes: %d messages, %d bytes; budget %d messages, %d bytes", n, msgs, bytes, wantMsgs, wantBytes)
+		if msgs > wantMsgs || bytes > wantBytes {
+			t.Errorf("%d sandboxes: the batch has %d messages and %d bytes, more than the budget's %d and %d", n, msgs, bytes, wantMsgs, wantBytes)
+		}
 	}
 }

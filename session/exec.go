@@ -35,7 +35,20 @@ const Started = "start"
 // Exec runs a command in the session: it emits Started once the shell has the command, then
 // its output ("stdout" or "stderr") as it is produced. ctx cancels the command (the caller decides whether a client that goes away
 // cancels it). Commands run one at a time, in the order they arrive.
+// The first result of a session that replaced a default session whose shell ended unseen
+// says the session was reset (see Manager.Default).
 func (s *Session) Exec(ctx context.Context, req ExecRequest, emit func(stream string, data []byte)) (*Result, error) {
+	res, err := s.exec(ctx, req, emit)
+	if res != nil {
+		s.mu.Lock()
+		res.Reset = res.Reset || s.resetPending
+		s.resetPending = false
+		s.mu.Unlock()
+	}
+	return res, err
+}
+
+func (s *Session) exec(ctx context.Context, req ExecRequest, emit func(stream string, data []byte)) (*Result, error) {
 	select {
 	case s.turn <- struct{}{}:
 	case <-ctx.Done():
@@ -64,7 +77,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest, emit func(stream st
 	started := time.Now()
 	n, status := s.newExec()
 	defer s.forget(n)
-	run, err := s.prepare(n, req, emit)
+	run, err := s.prepare(sh, n, req, emit)
 	if err != nil {
 		return nil, err
 	}
@@ -152,8 +165,10 @@ type execFiles struct {
 	stdout, stderr *fifoReader
 }
 
-// prepare writes exec n's command and run files and opens its FIFOs.
-func (s *Session) prepare(n int64, req ExecRequest, emit func(string, []byte)) (*execFiles, error) {
+// prepare writes exec n's files (command, run file, stdin; for bash the file its key binding
+// sources) and opens its FIFOs. Every file is written here, before the shell is touched: a
+// write that fails (say, a full /run/nsbox) fails the exec and leaves the shell as it was.
+func (s *Session) prepare(sh *shell, n int64, req ExecRequest, emit func(string, []byte)) (*execFiles, error) {
 	name := func(kind string) string { return filepath.Join(s.dir, fmt.Sprintf("%s.%d", kind, n)) }
 	run := &execFiles{paths: []string{name("cmd"), name("run"), name("out"), name("err"), name("in")}}
 	fail := func(err error) (*execFiles, error) {
@@ -192,6 +207,11 @@ func (s *Session) prepare(n int64, req ExecRequest, emit func(string, []byte)) (
 			return fail(fmt.Errorf("chown stdin: %w", err))
 		}
 	}
+	if sh.bash {
+		if err := writeFileAtomic(filepath.Join(s.dir, "next"), fmt.Sprintf(". %s\n", quote(name("run")))); err != nil {
+			return fail(err)
+		}
+	}
 	return run, nil
 }
 
@@ -211,14 +231,10 @@ func (r *execFiles) finish(rest *Ring) {
 	}
 }
 
-// trigger makes the shell run exec n.
+// trigger makes the shell run exec n, whose files prepare wrote.
 func (s *Session) trigger(sh *shell, n int64) error {
 	line := shTrigger(s.dir, n)
 	if sh.bash {
-		run := fmt.Sprintf(". %s\n", quote(filepath.Join(s.dir, fmt.Sprintf("run.%d", n))))
-		if err := writeFileAtomic(filepath.Join(s.dir, "next"), run); err != nil {
-			return err
-		}
 		sh.readyTerminal()
 		line = triggerKeys
 	}
@@ -286,7 +302,7 @@ func (s *Session) reported(sh *shell, status <-chan int, limit time.Duration) bo
 func (s *Session) probe(sh *shell) bool {
 	n, status := s.newExec()
 	defer s.forget(n)
-	run, err := s.prepare(n, ExecRequest{Command: ":"}, func(string, []byte) {})
+	run, err := s.prepare(sh, n, ExecRequest{Command: ":"}, func(string, []byte) {})
 	if err != nil {
 		return false
 	}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"sync"
@@ -94,14 +95,29 @@ func (m *Manager) Get(id string) (*Session, error) {
 	return s, nil
 }
 
-// Default returns the default session, starting it (again) when it does not run.
+// Default returns the default session, starting it (again) when it does not run. When its
+// shell ended while no command ran (killed from elsewhere), nothing has told its users that
+// its state is gone: the next result of the new one says the session was reset.
 func (m *Manager) Default() (*Session, error) {
 	m.defaultMu.Lock()
 	defer m.defaultMu.Unlock()
-	if s, err := m.Get(DefaultID); err == nil && !s.Ended() {
-		return s, nil
+	old, err := m.Get(DefaultID)
+	if err == nil && !old.Ended() {
+		return old, nil
 	}
-	return m.Create(Options{ID: DefaultID})
+	s, err := m.Create(Options{ID: DefaultID})
+	if err != nil {
+		return nil, err
+	}
+	if old != nil {
+		old.mu.Lock()
+		unseen := old.unseen
+		old.mu.Unlock()
+		s.mu.Lock()
+		s.resetPending = unseen
+		s.mu.Unlock()
+	}
+	return s, nil
 }
 
 // List returns every session, ordered by id.
@@ -146,6 +162,27 @@ func (m *Manager) KillShells() {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// ShellTrees returns the pids of every session's shell and of the processes below it (the
+// command it runs and its jobs), e.g. to spare them when everything else is killed.
+func (m *Manager) ShellTrees() map[int]bool {
+	m.mu.Lock()
+	var shells []int
+	for _, s := range m.sessions {
+		s.mu.Lock()
+		if s.sh != nil && !s.sh.exited() {
+			shells = append(shells, s.sh.pid)
+		}
+		s.mu.Unlock()
+	}
+	m.mu.Unlock()
+	out := map[int]bool{}
+	for _, pid := range shells {
+		out[pid] = true
+		maps.Copy(out, descendants(pid))
+	}
+	return out
 }
 
 // Info describes a session.

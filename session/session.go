@@ -79,6 +79,10 @@ type Session struct {
 	exitCode int
 	deleted  bool
 	applied  map[string]string // the sandbox environment the shell last had applied (see envUpdate)
+	// unseen: the shell ended while no command ran, so no result has said so.
+	unseen bool
+	// resetPending: this session replaced one that ended unseen; the next result says reset.
+	resetPending bool
 }
 
 // shell is one incarnation of a session's shell process (a reset starts a new one).
@@ -321,6 +325,7 @@ func (s *Session) shellExited(sh *shell) {
 		return // replaced by a reset, or never became the current shell
 	}
 	s.ended, s.exitCode = true, exitCode(sh.status)
+	s.unseen = s.running == nil
 	sh.term.Close()
 	s.markDone()
 }

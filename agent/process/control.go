@@ -51,57 +51,68 @@ func Grace(ms *int64) (time.Duration, error) {
 	return time.Duration(*ms) * time.Millisecond, nil
 }
 
-// Kill sends sig to the process's whole group. SIGTERM and SIGINT are given grace to end the
-// group, after which the group gets SIGKILL; Kill then returns once the process has ended.
-// SIGKILL also returns once it has ended; any other signal returns once it is sent.
+// Kill sends sig to the process's whole group: the leader and its descendants, also when the
+// leader has already exited. SIGTERM and SIGINT are given grace to end the group, after which
+// the group gets SIGKILL; Kill then returns once the process has ended (no process of the
+// group is left). SIGKILL also returns once it has ended; any other signal returns once it is
+// sent.
 func (p *Process) Kill(ctx context.Context, sig unix.Signal, grace time.Duration) error {
-	pgid := p.Info().PID
 	select {
 	case <-p.exited:
 		return api.Errorf(api.CodeConflict, "process %q is not running (status %s)", p.Info().ID, p.Info().Status)
 	default:
 	}
-	if err := unix.Kill(-pgid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("signal process group %d: %w", pgid, err)
+	if err := p.signal(sig); err != nil {
+		return err
 	}
 	switch sig {
 	case unix.SIGKILL:
 	case unix.SIGTERM, unix.SIGINT:
 		timer := time.NewTimer(grace)
 		defer timer.Stop()
-		expired := false
 		select {
 		case <-p.exited:
+			return nil
 		case <-timer.C:
-			expired = true
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		// The leader may be gone while others of its group still run: they get the rest of the grace.
-		for !expired && groupAlive(pgid) {
-			select {
-			case <-timer.C:
-				expired = true
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(20 * time.Millisecond):
-			}
+		if err := p.signal(unix.SIGKILL); err != nil {
+			return err
 		}
 	default:
 		return nil
 	}
-	_ = unix.Kill(-pgid, unix.SIGKILL) // SIGKILL, or the group after a grace: nothing of it stays
-	select {
-	case <-p.exited:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	// The rest of the group is dying; its processes are gone once reaped (by the agent, PID 1).
-	for range 100 {
-		if !groupAlive(pgid) {
-			break
+	// Nothing of the group stays: SIGKILL reaches every member, also those forked meanwhile.
+	for {
+		select {
+		case <-p.exited:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+			_ = p.signal(unix.SIGKILL)
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// signal sends sig to the process's group, noting a TERM, INT or KILL when the leader is
+// already gone (the signal then decides the status), and has awaitGroup look at the group again.
+func (p *Process) signal(sig unix.Signal) error {
+	p.mu.Lock()
+	pgid := p.info.PID
+	if p.leader != nil && (sig == unix.SIGKILL || sig == unix.SIGTERM || sig == unix.SIGINT) {
+		p.killedBy = sig
+	}
+	p.mu.Unlock()
+	defer func() {
+		select {
+		case p.recheck <- struct{}{}:
+		default:
+		}
+	}()
+	if err := unix.Kill(-pgid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal process group %d: %w", pgid, err)
 	}
 	return nil
 }

@@ -73,14 +73,19 @@ func NewManager(start session.StartFunc, defaults SandboxDefaults, lookup Sessio
 
 // Process is one started (or failed) process.
 type Process struct {
-	out      *output
-	exited   chan struct{} // closed when it has been reaped
-	finished chan struct{} // closed when it has been reaped and its output drained
+	out *output
+	// exited is closed when the process has ended: its leader has been reaped and no process
+	// of its group is left (see awaitGroup).
+	exited   chan struct{}
+	finished chan struct{} // closed when it has ended and its output is drained
+	recheck  chan struct{} // wakes awaitGroup to look at the group again
 
 	mu          sync.Mutex
 	info        api.Process
-	stdin       *os.File // the write end of a stdin pipe, set once started
-	stdinClosed bool     // closed by a request, or because the process ended
+	leader      *unix.WaitStatus // how the leader ended, once it has been reaped
+	killedBy    unix.Signal      // the last signal Kill sent after the leader was gone
+	stdin       *os.File         // the write end of a stdin pipe, set once started
+	stdinClosed bool             // closed by a request, or because the process ended
 
 	stdinMu sync.Mutex // one write at a time
 }
@@ -171,7 +176,7 @@ func (m *Manager) Start(ctx context.Context, req api.StartProcessRequest) (*Proc
 		return nil, api.Errorf(api.CodeConflict, "process id %q is taken; remove that process first (DELETE …/processes/%s) or choose another id", req.ID, req.ID)
 	}
 	p := &Process{
-		out: newOutput(req.LogBytes), exited: make(chan struct{}), finished: make(chan struct{}),
+		out: newOutput(req.LogBytes), exited: make(chan struct{}), finished: make(chan struct{}), recheck: make(chan struct{}, 1),
 		info: api.Process{
 			ID: req.ID, Command: req.Command, Argv: slices.Clone(req.Argv), SessionID: req.SessionID, User: name, Cwd: cwd,
 			Stdin: req.Stdin, LogBytes: req.LogBytes, StartedAt: time.Now().UTC(), Status: api.ProcessRunning,
@@ -310,7 +315,11 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error
 	go func() { p.out.drain(api.EventStderr, errR); drained.Done() }()
 	go func() {
 		ws := <-exited
-		p.ended(ws)
+		p.mu.Lock()
+		p.leader = &ws
+		p.mu.Unlock()
+		p.awaitGroup(pid)
+		p.ended()
 		close(p.exited)
 		done := make(chan struct{})
 		go func() { drained.Wait(); close(done) }()
@@ -331,13 +340,42 @@ func closeAll(files ...*os.File) {
 	}
 }
 
-// ended records how the process ended and closes its stdin.
-func (p *Process) ended(ws unix.WaitStatus) {
+// Polling bounds for awaitGroup: quick at first (a group usually ends with its leader, or
+// right after a kill), then rarely, for a group that lives on without its leader.
+const (
+	groupPollMin = 5 * time.Millisecond
+	groupPollMax = time.Second
+)
+
+// awaitGroup returns once no process of the group pgid is left (zombies count until they are
+// reaped). The group outlives its leader when the leader's children (a server's workers, the
+// rest of a fork bomb) keep running: those are the process's descendants, and the process runs
+// until they are gone. Its pgid cannot be handed to another process meanwhile: the kernel
+// keeps a pid in use while any process has it as its group id.
+func (p *Process) awaitGroup(pgid int) {
+	wait := groupPollMin
+	for groupAlive(pgid) {
+		select {
+		case <-time.After(wait):
+			wait = min(2*wait, groupPollMax)
+		case <-p.recheck:
+			wait = groupPollMin
+		}
+	}
+}
+
+// ended records how the process ended and closes its stdin. The status is the leader's, unless
+// a kill ended the group after the leader was gone: then it is that signal's.
+func (p *Process) ended() {
 	p.mu.Lock()
+	ws := *p.leader
 	p.info.EndedAt = time.Now().UTC()
-	if ws.Signaled() {
+	switch {
+	case p.killedBy != 0:
+		p.info.Status, p.info.ExitCode, p.info.Signal = api.ProcessKilled, 128+int(p.killedBy), unix.SignalName(p.killedBy)
+	case ws.Signaled():
 		p.info.Status, p.info.ExitCode, p.info.Signal = api.ProcessKilled, 128+int(ws.Signal()), unix.SignalName(ws.Signal())
-	} else {
+	default:
 		p.info.Status, p.info.ExitCode = api.ProcessExited, ws.ExitStatus()
 	}
 	// Closing also ends a write that blocks on a pipe a left-over child keeps open.

@@ -257,6 +257,37 @@ func TestKillGroupAndGrace(t *testing.T) {
 	}
 }
 
+// TestDescendantsOutliveTheLeader: a process runs while any process of its group does, also
+// after its leader exited, and Kill reaches them (it used to answer "not running").
+func TestDescendantsOutliveTheLeader(t *testing.T) {
+	m := newTestManager(t)
+	p := start(t, m, api.StartProcessRequest{Command: "for i in 1 2 3; do (while :; do sleep 1; done) & done; echo started"})
+	leader := p.Info().PID
+	for deadline := time.Now().Add(10 * time.Second); unix.Kill(leader, 0) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the leader did not exit")
+		}
+	}
+	if info := p.Info(); info.Status != api.ProcessRunning || liveMembers(info.PID) < 3 {
+		t.Fatalf("leader gone, 3 loops left: %+v with %d processes in its group", info, liveMembers(info.PID))
+	}
+	if err := p.Kill(context.Background(), unix.SIGTERM, 5*time.Second); err != nil {
+		t.Fatalf("kill after the leader exited: %v", err)
+	}
+	if info := p.Info(); info.Status != api.ProcessKilled || info.Signal != "SIGTERM" || info.ExitCode != 143 || liveMembers(info.PID) > 0 {
+		t.Fatalf("after TERM: %+v with %d processes in its group", info, liveMembers(info.PID))
+	}
+
+	// Descendants that end by themselves: the leader's exit code, once they are gone.
+	p = start(t, m, api.StartProcessRequest{Command: "(sleep 0.3; echo child done) & exit 7"})
+	if info := finish(t, p); info.Status != api.ProcessExited || info.ExitCode != 7 {
+		t.Fatalf("leader exit 7, child later: %+v", info)
+	}
+	if out, _, _ := allOutput(p, 1<<20); string(out) != "child done\n" {
+		t.Fatalf("output %q: the child's line is missing", out)
+	}
+}
+
 func TestStdin(t *testing.T) {
 	m := newTestManager(t)
 	p := start(t, m, api.StartProcessRequest{Argv: []string{"cat"}, Stdin: api.StdinPipe})

@@ -281,7 +281,7 @@ func runInSession(c *cli.Context, id string, req api.ExecRequest) error {
 		fmt.Fprintln(os.Stderr, "nsbox: command was canceled")
 	}
 	if res.SessionReset {
-		fmt.Fprintln(os.Stderr, "nsbox: the session's shell did not come back and was replaced (variables, functions and aliases are gone)")
+		fmt.Fprintln(os.Stderr, "nsbox: the session's shell was replaced (it did not come back, or it had been killed): its variables, functions and aliases are gone")
 	}
 	if res.SessionEnded {
 		fmt.Fprintf(os.Stderr, "nsbox: the command ended session %q\n", res.SessionID)

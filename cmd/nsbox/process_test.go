@@ -312,6 +312,54 @@ func TestProcessKillGroup(t *testing.T) {
 	}
 }
 
+// TestProcessOutlivedByItsForks: a fork bomb whose leader exits at once (a binary tree of 127
+// processes, each forking two more and then sleeping) is listed as running while any of it
+// lives, and kill reaches all of it; kill --all also reaches processes that left their group
+// and orphans of session jobs, but spares the session's shell. Kill used to answer 409 (the
+// leader had exited) and kill --all killed nothing.
+func TestProcessOutlivedByItsForks(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "pf", Image: "busybox"})
+	ctx := context.Background()
+	p := d.startProc("pf", api.StartProcessRequest{
+		Command: "bomb() { if [ $1 -gt 0 ]; then bomb $(($1-1)) & bomb $(($1-1)) & fi; exec sleep 1000; }; bomb 6 & echo started"})
+	leaderGone := fmt.Sprintf("test -e /proc/%d || echo gone", p.PID)
+	for d.groupMembers("pf", p.PID) < 127 || d.sh("pf", leaderGone) != "gone\n" {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got, err := d.client.GetProcess(ctx, "pf", p.ID); err != nil || got.Status != api.ProcessRunning {
+		t.Fatalf("leader gone, 127 forks left: %+v %v; want running", got, err)
+	}
+	if out, errOut, code := d.cli("", "kill", "pf", p.ID); code != 0 || out != p.ID+"\n" {
+		t.Fatalf("kill: exit %d, %q %q", code, out, errOut)
+	}
+	if got, _ := d.client.GetProcess(ctx, "pf", p.ID); got.Status != api.ProcessKilled || got.Signal != "SIGTERM" {
+		t.Fatalf("after kill: %+v", got)
+	}
+	if n := d.groupMembers("pf", p.PID); n != 0 {
+		t.Fatalf("%d forks survived the kill", n)
+	}
+
+	// kill --all: a process that left its group, an orphan of a session job; the shell stays.
+	q := d.startProc("pf", api.StartProcessRequest{Command: "setsid sleep 1000 & echo started; exec sleep 1000"})
+	d.waitProc("pf", q.ID, api.WaitProcessRequest{Log: "started"})
+	d.sh("pf", "(sleep 1000 &)")
+	shell := d.sh("pf", "echo $$")
+	countSleeps := `awk '$2 == "(sleep)" && $3 != "Z"' /proc/[0-9]*/stat | wc -l`
+	for d.sh("pf", countSleeps) != "3\n" {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out, errOut, code := d.cli("", "kill", "--all", "pf"); code != 0 || out != q.ID+"\n" {
+		t.Fatalf("kill --all: exit %d, %q %q", code, out, errOut)
+	}
+	if n := d.sh("pf", countSleeps); n != "0\n" {
+		t.Fatalf("%s processes survived kill --all", strings.TrimSpace(n))
+	}
+	if again := d.sh("pf", "echo $$"); again != shell {
+		t.Fatalf("the session's shell was %s, is %s after kill --all", shell, again)
+	}
+}
+
 func TestProcessSessionInheritance(t *testing.T) {
 	for _, sh := range shells {
 		t.Run(sh.name, func(t *testing.T) {

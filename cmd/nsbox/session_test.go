@@ -494,3 +494,80 @@ func TestTerminalSharesTheSession(t *testing.T) {
 		t.Fatal("attached to an sh session")
 	}
 }
+
+// TestDefaultSessionKilledWhileIdleIsReset: the default session's shell killed while idle
+// (from another session) is started again on the next use, and that use's result says the
+// session was reset, since its state is gone. It used to come back silently.
+func TestDefaultSessionKilledWhileIdleIsReset(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			ctx := context.Background()
+			d.create(api.CreateSandboxRequest{ID: "dk", Image: sh.image})
+			shell := strings.TrimSpace(d.sh("dk", "export KEEP=1; echo $$"))
+			if _, err := d.client.CreateSession(ctx, "dk", api.CreateSessionRequest{ID: "other"}); err != nil {
+				t.Fatal(err)
+			}
+			if res := d.exec("dk", api.ExecRequest{SessionID: "other", Command: "kill -9 " + shell}); res.ExitCode != 0 {
+				t.Fatalf("kill the default shell: %+v", res)
+			}
+			// Listing sessions starts the default session again once its shell is gone.
+			for replaced := false; !replaced; {
+				list, err := d.client.ListSessions(ctx, "dk")
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, s := range list {
+					replaced = replaced || (s.ID == "default" && s.PID != 0 && fmt.Sprint(s.PID) != shell)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			res := d.exec("dk", api.ExecRequest{Command: "echo ${KEEP:-unset}"})
+			if !res.SessionReset || res.Stdout != "unset\n" || res.SessionEnded || res.ExitCode != 0 {
+				t.Fatalf("first command after the kill: %+v; want sessionReset and the state gone", res)
+			}
+			if res := d.exec("dk", api.ExecRequest{Command: "true"}); res.SessionReset {
+				t.Fatalf("second command after the kill: %+v; the reset was reported already", res)
+			}
+		})
+	}
+}
+
+// TestSessionExecWithFullAgentTmpfs: with the agent's tmpfs (/run/nsbox inside, writable by
+// the sandbox's root) full, a session exec answers 507 insufficient_storage saying where, and
+// the session keeps its shell and state for when there is room again. It used to answer 500,
+// and a bash session was killed.
+func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			ctx := context.Background()
+			d.create(api.CreateSandboxRequest{ID: "fu", Image: sh.image})
+			shell := d.sh("fu", "export KEEP=1; echo $$")
+			// Filled by a process, which writes no control files of its own: a large file, then
+			// small ones for the last pages.
+			fill := d.startProc("fu", api.StartProcessRequest{Command: "head -c 100m /dev/zero > /run/nsbox/fill; i=0; while echo x > /run/nsbox/fill$i; do i=$((i+1)); done"})
+			d.waitProc("fu", fill.ID, api.WaitProcessRequest{})
+			_, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "echo $KEEP"})
+			if !api.IsCode(err, api.CodeInsufficientStorage) || !strings.Contains(err.Error(), "/run/nsbox") {
+				t.Fatalf("exec with /run/nsbox full: %v; want insufficient_storage naming /run/nsbox", err)
+			}
+			if sh.name == "bash" {
+				// Two pages free: room for the command and run files, not for the file the key
+				// binding sources. The shell used to be killed when that one failed.
+				free2 := "s=$(stat -c %s /run/nsbox/fill); truncate -s $(( (s + 4095) / 4096 * 4096 - 8192 )) /run/nsbox/fill"
+				d.waitProc("fu", d.startProc("fu", api.StartProcessRequest{Command: free2}).ID, api.WaitProcessRequest{})
+				if _, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "echo $KEEP"}); !api.IsCode(err, api.CodeInsufficientStorage) {
+					t.Fatalf("exec with two pages free in /run/nsbox: %v; want insufficient_storage", err)
+				}
+			}
+			p := d.startProc("fu", api.StartProcessRequest{Command: "rm /run/nsbox/fill*"})
+			if res := d.waitProc("fu", p.ID, api.WaitProcessRequest{}); res.Process.ExitCode != 0 {
+				t.Fatalf("rm the filler: %+v", res.Process)
+			}
+			if got := d.sh("fu", "echo $KEEP $$"); got != "1 "+shell {
+				t.Fatalf("after freeing /run/nsbox: %q; want the same shell %q with its state", got, shell)
+			}
+		})
+	}
+}
