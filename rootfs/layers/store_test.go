@@ -18,48 +18,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
-
-// entry is one tar entry of a test layer.
-type entry struct {
-	name, body, link string
-	typ              byte
-	mode             int64
-	uid              int
-	xattrs           map[string]string
-}
-
-func layerTar(t *testing.T, entries ...entry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		hdr := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.uid, Linkname: e.link,
-			Size: int64(len(e.body)), ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
-		if hdr.Mode == 0 {
-			hdr.Mode = 0o644
-		}
-		if e.typ == tar.TypeChar {
-			hdr.Devmajor, hdr.Devminor = 1, 3
-		}
-		for k, v := range e.xattrs {
-			if hdr.PAXRecords == nil {
-				hdr.PAXRecords = map[string]string{}
-			}
-			hdr.PAXRecords[paxXattrPrefix+k] = v
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(e.body)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
 
 func digestOf(data []byte) string {
 	sum := sha256.Sum256(data)
@@ -97,20 +58,20 @@ var capXattr = string([]byte{0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 
 func TestPutUnpacksInOverlayForm(t *testing.T) {
 	s := openStore(t)
-	d := put(t, s, layerTar(t,
-		entry{name: "./", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "etc/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "etc/passwd", typ: tar.TypeReg, body: "root:x:0:0::/root:/bin/sh\n"},
-		entry{name: "etc/hard", typ: tar.TypeLink, link: "etc/passwd"},
-		entry{name: "etc/abs", typ: tar.TypeSymlink, link: "/etc/shadow"},
-		entry{name: "bin/ping", typ: tar.TypeReg, body: "\x7fELF", mode: 0o4755, uid: 1000,
-			xattrs: map[string]string{"security.capability": capXattr, "user.note": "hi", "trusted.overlay.redirect": "/x"}},
-		entry{name: "usr/lib/.wh.gone", typ: tar.TypeReg},
-		entry{name: "var/cache/.wh..wh..opq", typ: tar.TypeReg},
-		entry{name: "dev/null", typ: tar.TypeChar},
-		entry{name: "tmp/fifo", typ: tar.TypeFifo},
-		entry{name: "tmp/twice", typ: tar.TypeReg, body: "first"},
-		entry{name: "tmp/twice", typ: tar.TypeReg, body: "second"},
+	d := put(t, s, ocitest.Tar(t,
+		ocitest.Entry{Name: "./", Type: tar.TypeDir, Mode: 0o755},
+		ocitest.Entry{Name: "etc/", Type: tar.TypeDir, Mode: 0o755},
+		ocitest.Entry{Name: "etc/passwd", Type: tar.TypeReg, Body: "root:x:0:0::/root:/bin/sh\n"},
+		ocitest.Entry{Name: "etc/hard", Type: tar.TypeLink, Link: "etc/passwd"},
+		ocitest.Entry{Name: "etc/abs", Type: tar.TypeSymlink, Link: "/etc/shadow"},
+		ocitest.Entry{Name: "bin/ping", Type: tar.TypeReg, Body: "\x7fELF", Mode: 0o4755, UID: 1000,
+			Xattrs: map[string]string{"security.capability": capXattr, "user.note": "hi", "trusted.overlay.redirect": "/x"}},
+		ocitest.Entry{Name: "usr/lib/.wh.gone", Type: tar.TypeReg},
+		ocitest.Entry{Name: "var/cache/.wh..wh..opq", Type: tar.TypeReg},
+		ocitest.Entry{Name: "dev/null", Type: tar.TypeChar},
+		ocitest.Entry{Name: "tmp/fifo", Type: tar.TypeFifo},
+		ocitest.Entry{Name: "tmp/twice", Type: tar.TypeReg, Body: "first"},
+		ocitest.Entry{Name: "tmp/twice", Type: tar.TypeReg, Body: "second"},
 	))
 	root := s.Dir(d)
 	if !s.Has(d) {
@@ -121,7 +82,7 @@ func TestPutUnpacksInOverlayForm(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Lstat(filepath.Join(root, "etc/hard"), &b); err != nil || a.Ino != b.Ino {
-		t.Errorf("hard link: %v, inodes %d %d", err, a.Ino, b.Ino)
+		t.Errorf("hard Link: %v, inodes %d %d", err, a.Ino, b.Ino)
 	}
 	if target, err := os.Readlink(filepath.Join(root, "etc/abs")); err != nil || target != "/etc/shadow" {
 		t.Errorf("symlink -> %q %v", target, err)
@@ -169,18 +130,18 @@ func TestPutUnpacksInOverlayForm(t *testing.T) {
 func TestPutRejectsEscapes(t *testing.T) {
 	s := openStore(t)
 	outside := t.TempDir()
-	cases := map[string][]entry{
-		"dotdot":           {{name: "../escape", typ: tar.TypeReg}},
-		"nested dotdot":    {{name: "a/../../escape", typ: tar.TypeReg}},
-		"through symlink":  {{name: "link", typ: tar.TypeSymlink, link: outside}, {name: "link/escape", typ: tar.TypeReg}},
-		"relative symlink": {{name: "d/", typ: tar.TypeDir}, {name: "link", typ: tar.TypeSymlink, link: "d"}, {name: "link/f", typ: tar.TypeReg}},
-		"hard link out":    {{name: "h", typ: tar.TypeLink, link: "../../etc/passwd"}},
-		"hard link via symlink": {{name: "link", typ: tar.TypeSymlink, link: "/etc"},
-			{name: "h", typ: tar.TypeLink, link: "link/passwd"}},
-		"whiteout dotdot": {{name: "a/.wh...", typ: tar.TypeReg}},
+	cases := map[string][]ocitest.Entry{
+		"dotdot":           {{Name: "../escape", Type: tar.TypeReg}},
+		"nested dotdot":    {{Name: "a/../../escape", Type: tar.TypeReg}},
+		"through symlink":  {{Name: "link", Type: tar.TypeSymlink, Link: outside}, {Name: "link/escape", Type: tar.TypeReg}},
+		"relative symlink": {{Name: "d/", Type: tar.TypeDir}, {Name: "link", Type: tar.TypeSymlink, Link: "d"}, {Name: "link/f", Type: tar.TypeReg}},
+		"hard link out":    {{Name: "h", Type: tar.TypeLink, Link: "../../etc/passwd"}},
+		"hard link via symlink": {{Name: "link", Type: tar.TypeSymlink, Link: "/etc"},
+			{Name: "h", Type: tar.TypeLink, Link: "link/passwd"}},
+		"whiteout dotdot": {{Name: "a/.wh...", Type: tar.TypeReg}},
 	}
 	for name, entries := range cases {
-		data := layerTar(t, entries...)
+		data := ocitest.Tar(t, entries...)
 		err := s.Put(context.Background(), digestOf(data), opener(data))
 		t.Logf("%s: %v", name, err)
 		if err == nil {
@@ -205,7 +166,7 @@ func assertEmptyTmp(t *testing.T, s *Store) {
 
 func TestPutVerifiesDigest(t *testing.T) {
 	s := openStore(t)
-	data := layerTar(t, entry{name: "f", typ: tar.TypeReg, body: "x"})
+	data := ocitest.Tar(t, ocitest.Entry{Name: "f", Type: tar.TypeReg, Body: "x"})
 	wrong := digestOf([]byte("other"))
 	err := s.Put(context.Background(), wrong, opener(data))
 	if !errors.Is(err, ErrDigestMismatch) || !strings.Contains(err.Error(), wrong) {
@@ -233,7 +194,7 @@ func (errReader) Read([]byte) (int, error) { return 0, syscall.ECONNRESET }
 
 func TestConcurrentPutsUnpackOnce(t *testing.T) {
 	s := openStore(t)
-	data := layerTar(t, entry{name: "f", typ: tar.TypeReg, body: strings.Repeat("x", 1<<20)})
+	data := ocitest.Tar(t, ocitest.Entry{Name: "f", Type: tar.TypeReg, Body: strings.Repeat("x", 1<<20)})
 	d := digestOf(data)
 	var opens atomic.Int32
 	gate := make(chan struct{})
@@ -270,8 +231,8 @@ func TestConcurrentPutsUnpackOnce(t *testing.T) {
 
 func TestGC(t *testing.T) {
 	s := openStore(t)
-	keep := put(t, s, layerTar(t, entry{name: "keep", typ: tar.TypeReg}))
-	drop := put(t, s, layerTar(t, entry{name: "drop", typ: tar.TypeReg}))
+	keep := put(t, s, ocitest.Tar(t, ocitest.Entry{Name: "keep", Type: tar.TypeReg}))
+	drop := put(t, s, ocitest.Tar(t, ocitest.Entry{Name: "drop", Type: tar.TypeReg}))
 	removed, err := s.GC(func(d string) bool { return d == keep })
 	if err != nil {
 		t.Fatal(err)
