@@ -21,6 +21,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs/layers"
 )
 
 // ImportOptions are the options of one import.
@@ -71,6 +72,9 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opt ImportOptions) ([]*
 	var out []*api.ImageInfo
 	for _, src := range srcs {
 		img, err := s.store(ctx, src, opt.Progress)
+		if errors.Is(err, layers.ErrDigestMismatch) {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err) // the archive is corrupt
+		}
 		if err != nil {
 			return nil, err
 		}
