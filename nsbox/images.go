@@ -3,7 +3,6 @@ package nsbox
 import (
 	"errors"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -92,26 +91,22 @@ func (r *Runtime) handleGetImage(w http.ResponseWriter, req *http.Request) {
 }
 
 func (r *Runtime) handleRemoveImage(w http.ResponseWriter, req *http.Request) {
-	force, err := boolQuery(req, "force")
-	if err != nil {
-		api.WriteError(w, err)
-		return
-	}
-	inUse, err := r.imageInUse()
-	if err != nil {
-		r.writeError(w, err)
-		return
-	}
-	img, err := r.images.OCI().Remove(req.PathValue("name"), force, inUse)
-	if err != nil {
-		r.writeError(w, imageError(err))
-		return
-	}
-	api.WriteJSON(w, http.StatusOK, img)
+	r.cleanUpImages(w, req, "force", func(force bool, inUse oci.InUse) (any, error) {
+		return r.images.OCI().Remove(req.PathValue("name"), force, inUse)
+	})
 }
 
 func (r *Runtime) handlePruneImages(w http.ResponseWriter, req *http.Request) {
-	all, err := boolQuery(req, "all")
+	r.cleanUpImages(w, req, "all", func(all bool, inUse oci.InUse) (any, error) {
+		images, removedLayers, err := r.images.OCI().Prune(all, inUse)
+		return api.PruneImagesResult{Images: images, Layers: removedLayers}, err
+	})
+}
+
+// cleanUpImages answers a removal or a prune: do gets the boolean query parameter flag and
+// what sandboxes use, and returns the answer.
+func (r *Runtime) cleanUpImages(w http.ResponseWriter, req *http.Request, flag string, do func(bool, oci.InUse) (any, error)) {
+	on, err := queryBool(req, flag, false)
 	if err != nil {
 		api.WriteError(w, err)
 		return
@@ -121,12 +116,12 @@ func (r *Runtime) handlePruneImages(w http.ResponseWriter, req *http.Request) {
 		r.writeError(w, err)
 		return
 	}
-	images, removedLayers, err := r.images.OCI().Prune(all, inUse)
+	res, err := do(on, inUse)
 	if err != nil {
 		r.writeError(w, imageError(err))
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, api.PruneImagesResult{Images: images, Layers: removedLayers})
+	api.WriteJSON(w, http.StatusOK, res)
 }
 
 // imageInUse tells the images sandboxes were made from: a sandbox records the name of its
@@ -143,18 +138,6 @@ func (r *Runtime) imageInUse() (oci.InUse, error) {
 		}
 	}
 	return func(img *api.ImageInfo) bool { return used[img.ID] }, nil
-}
-
-func boolQuery(req *http.Request, name string) (bool, error) {
-	v := req.URL.Query().Get(name)
-	if v == "" {
-		return false, nil
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, api.Errorf(api.CodeInvalidArgument, "%s must be true or false, got %q", name, v)
-	}
-	return b, nil
 }
 
 // imageError gives an image store error its API code.

@@ -44,6 +44,15 @@ func openStore(t *testing.T) *Store {
 
 func notInUse(*api.ImageInfo) bool { return false }
 
+// withBusybox opens a store, and a registry with ocitest.BusyboxImage as test/busybox:v1.
+func withBusybox(t *testing.T) (s *Store, reg *ocitest.Registry, img v1.Image, ref string) {
+	t.Helper()
+	s = openStore(t)
+	reg = ocitest.NewRegistry(t)
+	img = ocitest.BusyboxImage(t)
+	return s, reg, img, reg.Push(t, "test/busybox:v1", img)
+}
+
 // checkBusybox checks the layers of ocitest.BusyboxImage as stored.
 func checkBusybox(t *testing.T, s *Store, img *api.ImageInfo) {
 	t.Helper()
@@ -77,10 +86,7 @@ func checkBusybox(t *testing.T, s *Store, img *api.ImageInfo) {
 }
 
 func TestPullByTagAndDigest(t *testing.T) {
-	s := openStore(t)
-	reg := ocitest.NewRegistry(t)
-	img := ocitest.BusyboxImage(t)
-	ref := reg.Push(t, "test/busybox:v1", img)
+	s, reg, img, ref := withBusybox(t)
 	var mu sync.Mutex
 	statuses := map[string][]string{}
 	progress := func(p api.ImageProgress) {
@@ -149,10 +155,7 @@ func TestPullResolvesMultiArchIndex(t *testing.T) {
 }
 
 func TestPullErrors(t *testing.T) {
-	s := openStore(t)
-	reg := ocitest.NewRegistry(t)
-	img := ocitest.BusyboxImage(t)
-	ref := reg.Push(t, "test/busybox:v1", img)
+	s, reg, img, ref := withBusybox(t)
 
 	_, err := s.Pull(context.Background(), reg.Host+"/test/busybox:nope", PullOptions{})
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "test/busybox:nope") {
@@ -189,9 +192,7 @@ func TestPullErrors(t *testing.T) {
 }
 
 func TestPullAuth(t *testing.T) {
-	s := openStore(t)
-	reg := ocitest.NewRegistry(t)
-	ref := reg.Push(t, "private/busybox:v1", ocitest.BusyboxImage(t))
+	s, reg, _, ref := withBusybox(t)
 	reg.RequireAuth("alice", "s3cret")
 	_, err := s.Pull(context.Background(), ref, PullOptions{})
 	if !errors.Is(err, ErrUnauthorized) {
@@ -218,10 +219,7 @@ func TestPullAuth(t *testing.T) {
 }
 
 func TestConcurrentPullsAreDoneOnce(t *testing.T) {
-	s := openStore(t)
-	reg := ocitest.NewRegistry(t)
-	img := ocitest.BusyboxImage(t)
-	ref := reg.Push(t, "test/busybox:v1", img)
+	s, reg, img, ref := withBusybox(t)
 	imgLayers, _ := img.Layers()
 	base, _ := imgLayers[0].Digest()
 	release := make(chan struct{})

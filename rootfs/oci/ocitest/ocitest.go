@@ -277,26 +277,23 @@ func (r *Registry) wrap(next http.Handler) http.Handler {
 // Push uploads the image as repo:tag (repo without the host) and returns the full reference.
 func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	t.Helper()
-	ref := r.Host + "/" + repoTag
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(tag, img); err != nil {
-		t.Fatal(err)
-	}
-	return ref
+	return r.push(t, repoTag, func(tag name.Tag) error { return remote.Write(tag, img) })
 }
 
 // PushIndex uploads the index as repo:tag and returns the full reference.
 func (r *Registry) PushIndex(t testing.TB, repoTag string, idx v1.ImageIndex) string {
+	t.Helper()
+	return r.push(t, repoTag, func(tag name.Tag) error { return remote.WriteIndex(tag, idx) })
+}
+
+func (r *Registry) push(t testing.TB, repoTag string, write func(name.Tag) error) string {
 	t.Helper()
 	ref := r.Host + "/" + repoTag
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.WriteIndex(tag, idx); err != nil {
+	if err := write(tag); err != nil {
 		t.Fatal(err)
 	}
 	return ref
