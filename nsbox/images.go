@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -44,10 +43,8 @@ func (r *Runtime) handlePullImage(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	flusher := http.NewResponseController(w)
-	var mu sync.Mutex // progress comes from one goroutine per layer
+	// Progress comes one event at a time, and never after Pull returned.
 	send := func(event string, v any) {
-		mu.Lock()
-		defer mu.Unlock()
 		if writeSSE(w, event, v) == nil {
 			_ = flusher.Flush() // a client that went away ends the pull through the request's context
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"net/url"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
@@ -74,5 +76,28 @@ func TestImagePullCreateRemove(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(filepath.Join(d.dataDir, "images", "layers", "sha256")); len(left) != 0 {
 		t.Errorf("layers left: %v", left)
+	}
+}
+
+func TestPullProgress(t *testing.T) {
+	var buf bytes.Buffer
+	p := &pullProgress{out: &buf, tty: true, state: map[string]api.ImageProgress{}, start: map[string]time.Time{}, width: 10}
+	a, b := "sha256:"+strings.Repeat("a", 64), "sha256:"+strings.Repeat("b", 64)
+	p.update(api.ImageProgress{Layer: a, Status: api.LayerDownloading, Current: 500_000, Total: 1_000_000})
+	p.update(api.ImageProgress{Layer: b, Status: api.LayerExists, Total: 2_000_000})
+	p.update(api.ImageProgress{Layer: a, Status: api.LayerDone, Current: 1_000_000, Total: 1_000_000})
+	screen := buf.String()
+	for _, want := range []string{"aaaaaaaaaaaa  downloading  [=====     ]  500.0 kB / 1.0 MB", "\x1b[2A", "bbbbbbbbbbbb  exists       2.0 MB", "aaaaaaaaaaaa  done         1.0 MB"} {
+		if !strings.Contains(screen, want) {
+			t.Errorf("terminal output lacks %q:\n%q", want, screen)
+		}
+	}
+	buf.Reset()
+	p = &pullProgress{out: &buf, state: map[string]api.ImageProgress{}, start: map[string]time.Time{}}
+	p.update(api.ImageProgress{Layer: a, Status: api.LayerDownloading, Total: 1_000_000})
+	p.update(api.ImageProgress{Layer: a, Status: api.LayerDownloading, Current: 10, Total: 1_000_000})
+	p.update(api.ImageProgress{Layer: a, Status: api.LayerDone, Current: 1_000_000, Total: 1_000_000})
+	if want := "aaaaaaaaaaaa  downloading  1.0 MB\naaaaaaaaaaaa  done         1.0 MB\n"; buf.String() != want {
+		t.Errorf("plain output %q, want %q", buf.String(), want)
 	}
 }

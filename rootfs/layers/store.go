@@ -66,8 +66,8 @@ func Open(dir string) (*Store, error) {
 
 func (s *Store) tmpDir() string { return filepath.Join(s.dir, "tmp") }
 
-// CheckDigest reports whether digest is a well-formed "sha256:<hex>" layer digest.
-func CheckDigest(digest string) error {
+// checkDigest reports whether digest is a well-formed "sha256:<hex>" layer digest.
+func checkDigest(digest string) error {
 	if !digestRE.MatchString(digest) {
 		return fmt.Errorf("invalid layer digest %q: want sha256:<64 hex digits>", digest)
 	}
@@ -91,7 +91,7 @@ func (s *Store) Has(digest string) bool {
 // others wait, and open is called only by the one that unpacks). On success the layer is
 // held: GC keeps it until Release, so the caller can record what references it first.
 func (s *Store) Put(ctx context.Context, digest string, open func() (io.ReadCloser, error)) error {
-	if err := CheckDigest(digest); err != nil {
+	if err := checkDigest(digest); err != nil {
 		return err
 	}
 	for {

@@ -28,8 +28,7 @@ import (
 type ImportOptions struct {
 	// Name names the image of an archive that holds one image and names none; for an
 	// archive that names its image, it is one more name.
-	Name     string
-	Progress Progress
+	Name string
 }
 
 // Import reads a `docker save` archive or an OCI image layout in a tar, either of them
@@ -71,7 +70,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opt ImportOptions) ([]*
 	}
 	var out []*api.ImageInfo
 	for _, src := range srcs {
-		img, err := s.store(ctx, src, opt.Progress)
+		img, err := s.store(ctx, src, nil)
 		if errors.Is(err, layers.ErrDigestMismatch) {
 			return nil, fmt.Errorf("%w: %w", ErrInvalid, err) // the archive is corrupt
 		}

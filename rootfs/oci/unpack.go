@@ -19,8 +19,8 @@ import (
 	"github.com/nsbox/nsbox/rootfs/layers"
 )
 
-// Progress receives the state of each layer of a pull or import. It is called from one
-// goroutine per layer being fetched, so it must be safe for concurrent use.
+// Progress receives the state of each layer of a pull. A pull's waiters get it one event at a
+// time.
 type Progress func(api.ImageProgress)
 
 // parallelLayers is how many layers of one image are fetched and unpacked at once.
