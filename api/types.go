@@ -299,6 +299,96 @@ type Image struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
 	Warm        int    `json:"warm"` // started containers ready to become sandboxes
+	// ID and Size are set for OCI images (see ImageInfo).
+	ID   string `json:"id,omitempty"`
+	Size int64  `json:"size,omitempty"`
+}
+
+// ImageInfo is an OCI image as GET /v1/images/{name} shows it; the daemon records images in
+// the same form.
+type ImageInfo struct {
+	// Names are its references with a tag, e.g. docker.io/library/alpine:3.20; an image
+	// whose names all moved to other images or were removed has none ("dangling").
+	Names []string `json:"names"`
+	// RepoDigests are its references by the digest the registry served (for a multi-arch
+	// image, the index's), e.g. docker.io/library/alpine@sha256:….
+	RepoDigests []string `json:"repoDigests,omitempty"`
+	// Digest is its manifest's (for this platform); images imported from a `docker save`
+	// archive without an OCI layout have no manifest, and no digest.
+	Digest string `json:"digest,omitempty"`
+	ID     string `json:"id"` // the digest of its config
+	// Layers are the digests of its uncompressed layers (diff IDs), base first.
+	Layers   []string    `json:"layers"`
+	Size     int64       `json:"size"`     // its layers' bytes as stored (0 when unknown)
+	Platform string      `json:"platform"` // os/architecture[/variant]
+	Created  time.Time   `json:"created,omitzero"`
+	Stored   time.Time   `json:"stored"` // when it was pulled or imported
+	Config   ImageConfig `json:"config"`
+}
+
+// ImageConfig is what an OCI image's config says about the processes run from it.
+type ImageConfig struct {
+	Env        []string `json:"env,omitempty"` // KEY=VALUE
+	WorkingDir string   `json:"workingDir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+}
+
+// PullImageRequest is the body of POST /v1/images/pull.
+type PullImageRequest struct {
+	Ref string `json:"ref"` // e.g. alpine:3.20, ghcr.io/org/app@sha256:…
+	// Auth are credentials for the registry; without them the daemon's docker config.json
+	// (and credential helpers) are used, and then anonymous access.
+	Auth *RegistryAuth `json:"auth,omitempty"`
+}
+
+// RegistryAuth are credentials for a registry: a username and password, or a token.
+type RegistryAuth struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	IdentityToken string `json:"identityToken,omitempty"` // an OAuth2 refresh token
+	RegistryToken string `json:"registryToken,omitempty"` // a bearer token sent as is
+}
+
+// Layer statuses in ImageProgress.
+const (
+	LayerExists      = "exists"      // already stored
+	LayerDownloading = "downloading" // Current of Total bytes read
+	LayerDone        = "done"        // stored
+)
+
+// ImageProgress is the state of one layer of a pull or import.
+type ImageProgress struct {
+	Layer   string `json:"layer"` // its digest as the registry or archive stores it
+	Status  string `json:"status"`
+	Current int64  `json:"current"`
+	Total   int64  `json:"total"`
+}
+
+// Image pull events, streamed with Accept: text/event-stream.
+const (
+	EventProgress = "progress"
+	EventDone     = "done"
+)
+
+// ImagePullEvent is an event of POST /v1/images/pull's stream: "progress" for a layer, then
+// "done" with the image (or an "error" event).
+type ImagePullEvent struct {
+	Type string `json:"type"`
+	*ImageProgress
+	Image *ImageInfo `json:"image,omitempty"`
+}
+
+// ImportImagesResult is the answer to POST /v1/images/import.
+type ImportImagesResult struct {
+	Images []ImageInfo `json:"images"`
+}
+
+// PruneImagesResult is the answer to POST /v1/images/prune.
+type PruneImagesResult struct {
+	Images []string `json:"images"` // IDs of the images removed
+	Layers []string `json:"layers"` // digests of the layers removed
 }
 
 // Error codes, each with one HTTP status.

@@ -20,6 +20,11 @@ type Route struct {
 var Routes = []Route{
 	{"GET", "/v1/version", (*Runtime).handleVersion},
 	{"GET", "/v1/images", (*Runtime).handleImages},
+	{"POST", "/v1/images/pull", (*Runtime).handlePullImage},
+	{"POST", "/v1/images/import", (*Runtime).handleImportImages},
+	{"POST", "/v1/images/prune", (*Runtime).handlePruneImages},
+	{"GET", "/v1/images/{name}", (*Runtime).handleGetImage},
+	{"DELETE", "/v1/images/{name}", (*Runtime).handleRemoveImage},
 	{"POST", "/v1/sandboxes", (*Runtime).handleCreate},
 	{"GET", "/v1/sandboxes", (*Runtime).handleList},
 	{"GET", "/v1/sandboxes/{id}", (*Runtime).handleGet},

@@ -1,21 +1,28 @@
 // Package rootfs owns sandbox root filesystems: the built-in images (a read-only view of the
-// host's system directories, and a tiny busybox image) and the overlay mount that stacks a
-// sandbox's own writable upper directory on top of an image.
+// host's system directories, and a tiny busybox image), OCI images (kept by rootfs/oci, their
+// layers in rootfs/layers), and the overlay mount that stacks a sandbox's own writable upper
+// directory on top of an image.
 package rootfs
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs/layers"
+	"github.com/nsbox/nsbox/rootfs/oci"
 )
 
 // ErrNotFound is returned for an image name the store does not have.
-var ErrNotFound = errors.New("image not found")
+var ErrNotFound = oci.ErrNotFound
 
 // BusyboxPath is where Debian's busybox-static installs its binary.
 const BusyboxPath = "/bin/busybox"
@@ -36,12 +43,26 @@ type Image struct {
 	Binds []Bind
 	// Masked are paths inside the sandbox hidden from it (files read as empty, dirs as empty).
 	Masked []string
+	// OCI is the recorded OCI image this one is made from (nil for built-in images): its
+	// Config has the Env, WorkingDir, User, Entrypoint and Cmd of its sandboxes, its ID
+	// names it for the store's "is it used" checks.
+	OCI *api.ImageInfo
 }
 
-// Store is the set of images under one directory.
+// Store is the set of images under one directory: the built-in ones, and OCI images under
+// oci/ with their layers under layers/.
 type Store struct {
 	dir    string
-	images map[string]*Image
+	images map[string]*Image // the built-in images
+	oci    *oci.Store
+}
+
+// Option configures OpenStore.
+type Option func(*oci.Registries)
+
+// WithRegistries sets how OCI images are pulled.
+func WithRegistries(reg oci.Registries) Option {
+	return func(r *oci.Registries) { *r = reg }
 }
 
 // hostSystemDirs are the host directories the host image shows (read-only) when they are real
@@ -66,9 +87,22 @@ var skeletonDirs = map[string]os.FileMode{
 const layout = "rootfs-3"
 
 // OpenStore prepares the built-in images under dir: `host` always, `busybox` when Debian's
-// busybox-static is installed. Images are built once and reused.
-func OpenStore(dir string) (*Store, error) {
-	s := &Store{dir: dir, images: map[string]*Image{}}
+// busybox-static is installed. Images are built once and reused. It opens the OCI images
+// recorded under dir too.
+func OpenStore(dir string, opts ...Option) (*Store, error) {
+	var reg oci.Registries
+	for _, o := range opts {
+		o(&reg)
+	}
+	ls, err := layers.Open(filepath.Join(dir, "layers"))
+	if err != nil {
+		return nil, err
+	}
+	ociStore, err := oci.Open(filepath.Join(dir, "oci"), ls, reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{dir: dir, images: map[string]*Image{}, oci: ociStore}
 	host, err := s.prepareHost()
 	if err != nil {
 		return nil, fmt.Errorf("prepare host image: %w", err)
@@ -84,23 +118,61 @@ func OpenStore(dir string) (*Store, error) {
 	return s, nil
 }
 
-// Get returns the image with that name.
+// OCI is the store of OCI images: pull, import, list, inspect, remove, prune.
+func (s *Store) OCI() *oci.Store { return s.oci }
+
+// Get returns the image with that name: a built-in image (`host`, `busybox`), or an OCI image
+// by any name oci.Store.Get takes (`busybox:latest` is the OCI image; `busybox` alone is the
+// built-in one). An OCI image is named by its canonical reference when one was asked for,
+// else by its ID.
 func (s *Store) Get(name string) (*Image, error) {
-	img, ok := s.images[name]
-	if !ok {
-		return nil, fmt.Errorf("%w: %q (available: %s)", ErrNotFound, name, strings.Join(s.Names(), ", "))
+	if img, ok := s.images[name]; ok {
+		return img, nil
 	}
-	return img, nil
+	info, err := s.oci.Get(name)
+	if errors.Is(err, oci.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %q (built-in: %s; OCI images must be pulled or imported first)", ErrNotFound, name, strings.Join(s.builtinNames(), ", "))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if c, err := oci.Canonical(name); err == nil && (slices.Contains(info.Names, c) || slices.Contains(info.RepoDigests, c)) {
+		return s.ociImage(c, info), nil
+	}
+	return s.ociImage(info.ID, info), nil
 }
 
-// Images lists the images, sorted by name.
+// ociImage is the image made of an OCI image's layers.
+func (s *Store) ociImage(name string, info *api.ImageInfo) *Image {
+	img := &Image{Name: name, Description: "OCI image " + shortID(info.ID), OCI: info, Layers: make([]string, len(info.Layers))}
+	for i, d := range info.Layers {
+		img.Layers[len(info.Layers)-1-i] = s.oci.LayerDir(d) // overlay wants the top layer first
+	}
+	return img
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	return id[:min(12, len(id))]
+}
+
+// Images lists the images, sorted by name: the built-in ones, and each name of each OCI image.
 func (s *Store) Images() []*Image {
 	out := make([]*Image, 0, len(s.images))
 	for _, img := range s.images {
 		out = append(out, img)
 	}
+	for _, info := range s.oci.List() {
+		for _, name := range info.Names {
+			out = append(out, s.ociImage(name, info))
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+func (s *Store) builtinNames() []string {
+	return slices.Sorted(maps.Keys(s.images))
 }
 
 // Names lists the image names, sorted.

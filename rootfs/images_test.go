@@ -1,12 +1,18 @@
 package rootfs
 
 import (
+	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/nsbox/nsbox/rootfs/oci"
+	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
 
 func TestStoreBuildsImagesOnce(t *testing.T) {
@@ -118,5 +124,58 @@ func TestOverlayMountAndDetach(t *testing.T) {
 	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mountinfo), merged) {
 		t.Errorf("overlay still mounted")
+	}
+}
+
+func TestOCIImageMountsAsOverlay(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("unpacking layers and mounting need root")
+	}
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	reg := ocitest.NewRegistry(t)
+	ref := reg.Push(t, "test/busybox:v1", ocitest.BusyboxImage(t))
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ref); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("before the pull: %v", err)
+	}
+	info, err := s.OCI().Pull(context.Background(), ref, oci.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.Get(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Name != ref || img.OCI == nil || img.OCI.Config.WorkingDir != "/srv" || len(img.Layers) != 2 ||
+		img.Layers[0] != s.OCI().LayerDir(info.Layers[1]) {
+		t.Fatalf("image %+v", img)
+	}
+	if byID, err := s.Get(info.ID); err != nil || byID.Name != info.ID {
+		t.Errorf("by ID: %+v %v", byID, err)
+	}
+	if bb, err := s.Get("busybox"); err == nil && bb.OCI != nil {
+		t.Error("busybox is the built-in image")
+	}
+	if !slices.Contains(s.Names(), ref) {
+		t.Errorf("names %v", s.Names())
+	}
+	merged := filepath.Join(dir, "merged")
+	if err := MountOverlay(img.Layers, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged); err != nil {
+		t.Fatal(err)
+	}
+	defer Detach(merged)
+	cmd := exec.Command("/bin/sh", "-c", "busybox cat /etc/issue; busybox ls /var/cache /etc; /usr/bin/env -i X=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: merged}
+	cmd.Env = []string{"PATH=/bin"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("busybox in the image: %v: %s", err, out)
+	}
+	if want := "v2\n/etc:\nissue\npasswd\n\n/var/cache:\nnew\nX=1\n"; string(out) != want {
+		t.Errorf("the image's merged view:\n%s\nwant:\n%s", out, want)
 	}
 }

@@ -27,7 +27,7 @@ func clientCommands() []*cli.Command {
 			ArgsUsage: " ",
 			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "id", Usage: "sandbox id (default: generated)"},
-				&cli.StringFlag{Name: "image", Usage: "image: host (default) or busybox"},
+				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
 				&cli.Int64Flag{Name: "memory", Usage: "memory limit in MB"},
 				&cli.Int64Flag{Name: "pids", Usage: "process limit"},
@@ -89,6 +89,7 @@ func clientCommands() []*cli.Command {
 		portCommand(), networkCommand(),
 		psCommand(), startCommand(), logsCommand(), killCommand(), waitCommand(), stdinCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
+		imageCommand(),
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
 }

@@ -352,7 +352,7 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if resp.Header.Get("Content-Type") == "text/event-stream" {
 		// Checked event by event as the test reads it: reading it whole here would defeat the
 		// streaming under test.
-		stream, err := apiSpec.NewSSEStream(req.Method, req.URL.Path, resp.StatusCode)
+		stream, err := apiSpec.NewSSEStream(req.Method, req.URL.EscapedPath(), resp.StatusCode)
 		if err != nil {
 			s.t.Errorf("answer does not match the API spec: %v", err)
 			return resp, nil
@@ -363,7 +363,7 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if ct := resp.Header.Get("Content-Type"); ct == "application/octet-stream" || ct == "application/x-tar" || strings.HasPrefix(ct, "multipart/byteranges") {
 		// A file's raw content is left unread (it may be 1 GiB): it is checked only for being a
 		// documented non-JSON answer of its operation (a nil body passes only then).
-		if err := apiSpec.ValidateResponse(req.Method, req.URL.Path, resp.StatusCode, nil); err != nil {
+		if err := apiSpec.ValidateResponse(req.Method, req.URL.EscapedPath(), resp.StatusCode, nil); err != nil {
 			s.t.Errorf("raw answer does not match the API spec: %v", err)
 		}
 		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
@@ -381,7 +381,7 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 	// its operation in the spec.
 	outsideAPI := resp.StatusCode == http.StatusNotFound && bytes.Contains(body, []byte("no such endpoint")) &&
 		apiSpec.ValidateSchema("NotFoundError", body) == nil
-	if err := apiSpec.ValidateResponse(req.Method, req.URL.Path, resp.StatusCode, body); err != nil && !outsideAPI {
+	if err := apiSpec.ValidateResponse(req.Method, req.URL.EscapedPath(), resp.StatusCode, body); err != nil && !outsideAPI {
 		s.t.Errorf("answer does not match the API spec: %v; body %.300s", err, body)
 	}
 	if len(body) > 0 && resp.Header.Get("Content-Type") != "application/json" {
