@@ -20,7 +20,7 @@ func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	if !filepath.IsAbs(cfg.Cwd) {
 		return api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", cfg.Cwd)
 	}
-	if err := validateShellEnv(cfg.Env); err != nil {
+	if err := api.CheckEnv(cfg.Env); err != nil {
 		return err
 	}
 	if err := enterCwd(cfg.Cwd); err != nil {

@@ -17,7 +17,7 @@ func (a *Agent) handlePutEnv(w http.ResponseWriter, r *http.Request) error {
 	if err := api.DecodeJSON(w, r, &req, false); err != nil {
 		return err
 	}
-	if err := validateShellEnv(req.Env); err != nil {
+	if err := api.CheckEnv(req.Env); err != nil {
 		return err
 	}
 	a.env.Replace(req.Env)

@@ -53,7 +53,7 @@ func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) erro
 	if !sessionIDPattern.MatchString(req.ID) {
 		return api.Errorf(api.CodeInvalidArgument, "invalid session id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
 	}
-	if err := validateShellEnv(req.Env); err != nil {
+	if err := api.CheckEnv(req.Env); err != nil {
 		return err
 	}
 	s, err := a.sessions.Create(session.Options{ID: req.ID, Shell: req.Shell, User: req.User, Cwd: req.Cwd, Env: req.Env})
@@ -61,13 +61,6 @@ func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) erro
 		return fmt.Errorf("create session %q: %w", req.ID, sessionError(err))
 	}
 	api.WriteJSON(w, http.StatusCreated, sessionInfo(s.Info()))
-	return nil
-}
-
-func validateShellEnv(env map[string]string) error {
-	if err := session.CheckEnv(env); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "%v", err)
-	}
 	return nil
 }
 
@@ -193,7 +186,7 @@ func sessionRequest(req *api.ExecRequest) (session.ExecRequest, error) {
 	default:
 		return out, api.Errorf(api.CodeInvalidArgument, "argv or command is required")
 	}
-	if err := validateShellEnv(req.Env); err != nil {
+	if err := api.CheckEnv(req.Env); err != nil {
 		return out, err
 	}
 	if req.Stdin != "" {

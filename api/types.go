@@ -48,7 +48,17 @@ type CreateSandboxRequest struct {
 	Mounts []Mount `json:"mounts,omitempty"`
 	// Network is the sandbox's network; default mode egress.
 	Network *NetworkSpec `json:"network,omitempty"`
+	// Pull says when an OCI image is pulled from its registry first: "never" (the default:
+	// it must be pulled or imported already), "missing" (when it is not stored) or "always".
+	Pull string `json:"pull,omitempty"`
 }
+
+// Pull policies of a create.
+const (
+	PullNever   = "never"
+	PullMissing = "missing"
+	PullAlways  = "always"
+)
 
 // Sandbox is a sandbox as the API shows it.
 type Sandbox struct {

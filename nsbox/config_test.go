@@ -47,11 +47,11 @@ func TestIDPattern(t *testing.T) {
 }
 
 func TestValidateEnv(t *testing.T) {
-	if err := validateEnv(map[string]string{"A": "1", "PATH": "/x"}); err != nil {
+	if err := api.CheckEnv(map[string]string{"A": "1", "PATH": "/x"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, bad := range []map[string]string{{"": "x"}, {"A=B": "x"}, {"A\x00": "x"}, {"A": "x\x00y"}, {"1A": "x"}, {"A.B": "x"}, {"UID": "0"}} {
-		if err := validateEnv(bad); !api.IsCode(err, api.CodeInvalidArgument) {
+		if err := api.CheckEnv(bad); !api.IsCode(err, api.CodeInvalidArgument) {
 			t.Errorf("%q: %v", bad, err)
 		}
 	}

@@ -8,30 +8,21 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
-	"github.com/nsbox/nsbox/session"
 )
 
 // The sandbox-wide environment: the record's Env is the truth, and the agent holds a copy
-// (session.SandboxEnv) that sessions and processes read. A change is pushed to the agent
+// (package session's SandboxEnv) that sessions and processes read. A change is pushed to the agent
 // first and recorded second, so a failed push changes nothing. If the daemon dies between
 // the two, the agent holds a change the record does not: reconcile pushes every running
 // sandbox's recorded env again when the daemon starts (pushEnv), which undoes it — the
 // PATCH never answered success.
-
-// validateEnv checks a sandbox environment: names a shell can set, values without NUL.
-func validateEnv(env map[string]string) error {
-	if err := session.CheckEnv(env); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "%v", err)
-	}
-	return nil
-}
 
 // patchedEnv checks a patch and returns env with it applied (nil when nothing is left).
 func patchedEnv(env map[string]string, patch api.PatchEnvRequest) (map[string]string, error) {
 	if len(patch.Set) == 0 && len(patch.Unset) == 0 {
 		return nil, api.Errorf(api.CodeInvalidArgument, "the patch is empty: give set ({\"NAME\": \"value\"}) or unset ([\"NAME\"]) or both")
 	}
-	if err := validateEnv(patch.Set); err != nil {
+	if err := api.CheckEnv(patch.Set); err != nil {
 		return nil, err
 	}
 	out := maps.Clone(env)
@@ -40,7 +31,7 @@ func patchedEnv(env map[string]string, patch api.PatchEnvRequest) (map[string]st
 	}
 	maps.Copy(out, patch.Set)
 	for _, k := range patch.Unset {
-		if err := session.CheckEnvVar(k, ""); err != nil {
+		if err := api.CheckEnvVar(k, ""); err != nil {
 			return nil, api.Errorf(api.CodeInvalidArgument, "unset: %v", err)
 		}
 		if _, ok := patch.Set[k]; ok {

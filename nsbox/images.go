@@ -3,7 +3,6 @@ package nsbox
 import (
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -15,86 +14,80 @@ import (
 // The OCI image endpoints: pull, import, inspect, remove and prune, on the OCI store of the
 // runtime's image store (rootfs/oci).
 
-func (r *Runtime) handlePullImage(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handlePullImage(w http.ResponseWriter, req *http.Request) error {
 	var body api.PullImageRequest
-	if err := decodeBody(w, req, &body); err != nil {
-		api.WriteError(w, err)
-		return
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
 	}
 	if body.Ref == "" {
-		api.WriteError(w, api.Errorf(api.CodeInvalidArgument, "ref is required, e.g. alpine:3.20"))
-		return
+		return api.Errorf(api.CodeInvalidArgument, "ref is required, e.g. alpine:3.20")
 	}
 	opt := oci.PullOptions{}
 	if a := body.Auth; a != nil {
 		opt.Auth = authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password,
 			IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
 	}
-	if !strings.Contains(req.Header.Get("Accept"), "text/event-stream") {
+	if !api.WantsEventStream(req) {
 		img, err := r.images.OCI().Pull(req.Context(), body.Ref, opt)
 		if err != nil {
-			r.writeError(w, imageError(err))
-			return
+			return imageError(err)
 		}
 		api.WriteJSON(w, http.StatusOK, img)
-		return
+		return nil
 	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	flusher := http.NewResponseController(w)
-	// Progress comes one event at a time, and never after Pull returned.
-	send := func(event string, v any) {
-		if writeSSE(w, event, v) == nil {
-			_ = flusher.Flush() // a client that went away ends the pull through the request's context
-		}
+	// Progress comes one event at a time, and never after Pull returned; a client that went
+	// away ends the pull through the request's context.
+	events := api.NewSSEWriter(w)
+	if events.Start() != nil {
+		return nil
 	}
 	opt.Progress = func(p api.ImageProgress) {
-		send(api.EventProgress, api.ImagePullEvent{Type: api.EventProgress, ImageProgress: &p})
+		_ = events.Send(api.EventProgress, api.ImagePullEvent{Type: api.EventProgress, ImageProgress: &p})
 	}
 	img, err := r.images.OCI().Pull(req.Context(), body.Ref, opt)
 	if err != nil {
+		err = imageError(err)
 		var e *api.Error
-		if !errors.As(imageError(err), &e) || e.Code == api.CodeInternal {
+		if !errors.As(err, &e) {
 			r.log.Error("image pull failed", "ref", body.Ref, "err", err)
-			e = &api.Error{Code: api.CodeInternal, Message: err.Error()}
 		}
-		send("error", api.ErrorBody{Error: e})
-		return
+		_ = events.SendError(err)
+		return nil
 	}
-	send(api.EventDone, api.ImagePullEvent{Type: api.EventDone, Image: img})
+	_ = events.Send(api.EventDone, api.ImagePullEvent{Type: api.EventDone, Image: img})
+	return nil
 }
 
-func (r *Runtime) handleImportImages(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleImportImages(w http.ResponseWriter, req *http.Request) error {
 	imgs, err := r.images.OCI().Import(req.Context(), req.Body, oci.ImportOptions{Name: req.URL.Query().Get("name")})
 	if err != nil {
-		r.writeError(w, imageError(err))
-		return
+		return imageError(err)
 	}
 	res := api.ImportImagesResult{Images: make([]api.ImageInfo, len(imgs))}
 	for i, img := range imgs {
 		res.Images[i] = *img
 	}
 	api.WriteJSON(w, http.StatusOK, res)
+	return nil
 }
 
-func (r *Runtime) handleGetImage(w http.ResponseWriter, req *http.Request) {
+func (r *Runtime) handleGetImage(w http.ResponseWriter, req *http.Request) error {
 	img, err := r.images.OCI().Get(req.PathValue("name"))
 	if err != nil {
-		r.writeError(w, imageError(err))
-		return
+		return imageError(err)
 	}
 	api.WriteJSON(w, http.StatusOK, img)
+	return nil
 }
 
-func (r *Runtime) handleRemoveImage(w http.ResponseWriter, req *http.Request) {
-	r.cleanUpImages(w, req, "force", func(force bool, inUse oci.InUse) (any, error) {
+func (r *Runtime) handleRemoveImage(w http.ResponseWriter, req *http.Request) error {
+	return r.cleanUpImages(w, req, "force", func(force bool, inUse oci.InUse) (any, error) {
 		return r.images.OCI().Remove(req.PathValue("name"), force, inUse)
 	})
 }
 
-func (r *Runtime) handlePruneImages(w http.ResponseWriter, req *http.Request) {
-	r.cleanUpImages(w, req, "all", func(all bool, inUse oci.InUse) (any, error) {
+func (r *Runtime) handlePruneImages(w http.ResponseWriter, req *http.Request) error {
+	return r.cleanUpImages(w, req, "all", func(all bool, inUse oci.InUse) (any, error) {
 		images, removedLayers, err := r.images.OCI().Prune(all, inUse)
 		return api.PruneImagesResult{Images: images, Layers: removedLayers}, err
 	})
@@ -102,39 +95,33 @@ func (r *Runtime) handlePruneImages(w http.ResponseWriter, req *http.Request) {
 
 // cleanUpImages answers a removal or a prune: do gets the boolean query parameter flag and
 // what sandboxes use, and returns the answer.
-func (r *Runtime) cleanUpImages(w http.ResponseWriter, req *http.Request, flag string, do func(bool, oci.InUse) (any, error)) {
+func (r *Runtime) cleanUpImages(w http.ResponseWriter, req *http.Request, flag string, do func(bool, oci.InUse) (any, error)) error {
 	on, err := queryBool(req, flag, false)
 	if err != nil {
-		api.WriteError(w, err)
-		return
+		return err
 	}
-	inUse, err := r.imageInUse()
+	res, err := do(on, r.imageInUse())
 	if err != nil {
-		r.writeError(w, err)
-		return
-	}
-	res, err := do(on, inUse)
-	if err != nil {
-		r.writeError(w, imageError(err))
-		return
+		return imageError(err)
 	}
 	api.WriteJSON(w, http.StatusOK, res)
+	return nil
 }
 
-// imageInUse tells the images sandboxes were made from: a sandbox records the name of its
-// image, resolved again here.
-func (r *Runtime) imageInUse() (oci.InUse, error) {
-	sandboxes, err := r.List()
-	if err != nil {
-		return nil, err
-	}
+// imageInUse tells the OCI images sandboxes were made from, by the image id each sandbox
+// recorded (a tag may have moved to another image since).
+func (r *Runtime) imageInUse() oci.InUse {
 	used := map[string]bool{}
-	for _, sb := range sandboxes {
-		if img, err := r.images.Get(sb.Image); err == nil && img.OCI != nil {
-			used[img.OCI.ID] = true
+	r.mu.Lock()
+	for _, sb := range r.sandboxes {
+		sb.mu.Lock()
+		if sb.rec.ImageID != "" {
+			used[sb.rec.ImageID] = true
 		}
+		sb.mu.Unlock()
 	}
-	return func(img *api.ImageInfo) bool { return used[img.ID] }, nil
+	r.mu.Unlock()
+	return func(img *api.ImageInfo) bool { return used[img.ID] }
 }
 
 // imageError gives an image store error its API code.

@@ -22,6 +22,9 @@ type record struct {
 	// given to a sandbox (pool.go), so it is not the sandbox id; records from before the pool
 	// have none, and there the two were the same.
 	Container string `json:"container,omitempty"`
+	// ImageID is the id (config digest) of the OCI image it was made from, which keeps the
+	// image's layers from being removed while it lives; empty for built-in images.
+	ImageID string `json:"imageId,omitempty"`
 }
 
 // container returns the id of the record's container.

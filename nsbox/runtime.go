@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -25,6 +26,7 @@ import (
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/proxy"
 	"github.com/nsbox/nsbox/rootfs"
+	"github.com/nsbox/nsbox/rootfs/oci"
 )
 
 // Config is how a daemon lays out its state and what it gives sandboxes by default.
@@ -44,6 +46,8 @@ type Config struct {
 	WarmPool map[string]int
 
 	Network NetworkConfig
+	// Registries is how OCI images are pulled (insecure registries, a Docker Hub mirror).
+	Registries oci.Registries
 	// ProxyDomain and ProxyPort are where the preview proxy answers: exposed TCP ports' URLs
 	// are http://{port}-{id}[-{token}].{ProxyDomain}[:{ProxyPort}]. Empty: URLs name host ports.
 	ProxyDomain string
@@ -97,7 +101,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	cfg.hostCPUs = hostCPUs()
-	images, err := rootfs.OpenStore(filepath.Join(cfg.DataDir, "images"))
+	images, err := rootfs.OpenStore(filepath.Join(cfg.DataDir, "images"), rootfs.WithRegistries(cfg.Registries))
 	if err != nil {
 		return nil, err
 	}
@@ -139,9 +143,60 @@ func (r *Runtime) Close() error {
 func (r *Runtime) Images() []api.Image {
 	out := []api.Image{}
 	for _, img := range r.images.Images() {
-		out = append(out, api.Image{Name: img.Name, Description: img.Description, Warm: r.pool.readyCount(img.Name)})
+		i := api.Image{Name: img.Name, Description: img.Description, Warm: r.pool.readyCount(img.Name)}
+		if img.OCI != nil {
+			i.ID, i.Size = img.OCI.ID, img.OCI.Size
+		}
+		out = append(out, i)
 	}
 	return out
+}
+
+// image finds the image a create names, pulling it first as its pull policy says.
+func (r *Runtime) image(ctx context.Context, name, pull string) (*rootfs.Image, error) {
+	switch pull {
+	case "", api.PullNever, api.PullMissing, api.PullAlways:
+	default:
+		return nil, api.Errorf(api.CodeInvalidArgument, "pull must be never, missing or always, not %q", pull)
+	}
+	img, err := r.images.Get(name)
+	builtin := err == nil && img.OCI == nil
+	if !builtin && (pull == api.PullAlways || (pull == api.PullMissing && errors.Is(err, rootfs.ErrNotFound))) {
+		r.log.Info("pulling the image of a new sandbox", "image", name, "pull", pull)
+		if _, err := r.images.OCI().Pull(ctx, name, oci.PullOptions{}); err != nil {
+			return nil, imageError(err)
+		}
+		img, err = r.images.Get(name)
+	}
+	if err != nil {
+		return nil, imageError(err)
+	}
+	return img, nil
+}
+
+// applyImageConfig makes an OCI image's config the request's defaults: its Env under the
+// request's own, its WorkingDir when the request names no cwd. It returns the image's id
+// ("" for a built-in image).
+func applyImageConfig(req *api.CreateSandboxRequest, img *rootfs.Image) string {
+	if img.OCI == nil {
+		return ""
+	}
+	cfg := img.OCI.Config
+	if len(cfg.Env) > 0 {
+		env := map[string]string{}
+		for _, kv := range cfg.Env {
+			// What a shell cannot set (a name with a dot, say) stays out of the sandbox's env.
+			if k, v, ok := strings.Cut(kv, "="); ok && api.CheckEnvVar(k, v) == nil {
+				env[k] = v
+			}
+		}
+		maps.Copy(env, req.Env)
+		req.Env = env
+	}
+	if req.Cwd == "" {
+		req.Cwd = cfg.WorkingDir
+	}
+	return img.OCI.ID
 }
 
 // A container's run and data dirs are named by its id (record.container()).
@@ -161,21 +216,22 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if req.Image == "" {
 		req.Image = defaultImage
 	}
-	img, err := r.images.Get(req.Image)
+	img, err := r.image(ctx, req.Image, req.Pull)
 	if err != nil {
-		return nil, api.Errorf(api.CodeNotFound, "%v", err)
+		return nil, err
 	}
 	lim, err := r.cfg.resolveLimits(&req.Limits)
 	if err != nil {
 		return nil, err
 	}
+	imageID := applyImageConfig(&req, img)
 	if req.Cwd == "" {
 		req.Cwd = defaultCwd
 	}
 	if !filepath.IsAbs(req.Cwd) {
 		return nil, api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", req.Cwd)
 	}
-	if err := validateEnv(req.Env); err != nil {
+	if err := api.CheckEnv(req.Env); err != nil {
 		return nil, err
 	}
 	if err := r.validateStorage(&req); err != nil {
@@ -209,6 +265,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			Workspace: req.Workspace, Mounts: req.Mounts, Network: network,
 		},
 		Container: sc.inst.ID(),
+		ImageID:   imageID,
 	}
 	// The creating record is written (and fsync'd) while bind works: bind mostly waits for
 	// the kernel and the agent. A crash before either ends leaves a container without a

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -33,7 +32,7 @@ func NewSandboxEnv(base []string) *SandboxEnv {
 }
 
 // Replace makes vars the complete sandbox environment (variables not in it are no longer set
-// by the sandbox). The caller validates them (CheckEnvVar).
+// by the sandbox). The caller validates them (api.CheckEnv).
 func (e *SandboxEnv) Replace(vars map[string]string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -66,38 +65,6 @@ func (e *SandboxEnv) Effective() map[string]string {
 	out := maps.Clone(e.base)
 	maps.Copy(out, e.vars)
 	return out
-}
-
-// readOnlyInShells are variables bash will not let anyone set; NSBOX_SESSION marks a
-// session's processes.
-var readOnlyInShells = map[string]bool{
-	"BASHOPTS": true, "BASH_VERSINFO": true, "EUID": true, "PPID": true, "SHELLOPTS": true, "UID": true,
-	"NSBOX_SESSION": true,
-}
-
-// CheckEnvVar says what is wrong with an environment variable a shell is to set, or nil.
-func CheckEnvVar(name, value string) error {
-	switch {
-	case name == "":
-		return errors.New("an environment variable name is empty")
-	case !ValidEnvName(name):
-		return fmt.Errorf("invalid environment variable name %q: a shell can only set names of letters, digits and '_' that do not start with a digit", name)
-	case readOnlyInShells[name]:
-		return fmt.Errorf("environment variable %s cannot be set: it is read-only in bash or reserved by nsbox", name)
-	case strings.ContainsRune(value, 0):
-		return fmt.Errorf("environment variable %s contains a NUL byte, which no environment can hold", name)
-	}
-	return nil
-}
-
-// CheckEnv checks every variable of env (in name order, so the error is stable).
-func CheckEnv(env map[string]string) error {
-	for _, k := range slices.Sorted(maps.Keys(env)) {
-		if err := CheckEnvVar(k, env[k]); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // envUpdate is shell source that brings a shell from the environment last applied to it

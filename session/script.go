@@ -3,7 +3,6 @@ package session
 import (
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 )
@@ -93,8 +92,3 @@ func QuoteArgv(argv []string) string {
 	}
 	return strings.Join(words, " ")
 }
-
-var shellName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// ValidEnvName reports whether name can be set by a session (a shell variable name).
-func ValidEnvName(name string) bool { return shellName.MatchString(name) }

@@ -150,12 +150,7 @@ func TestRunScriptOverlaysEnvAndCwdForOneCommand(t *testing.T) {
 	}
 }
 
-func TestValidEnvName(t *testing.T) {
-	for name, ok := range map[string]bool{"A": true, "_x1": true, "PATH": true, "1A": false, "A-B": false, "": false, "A B": false} {
-		if ValidEnvName(name) != ok {
-			t.Errorf("%q: want %v", name, ok)
-		}
-	}
+func TestScriptShapes(t *testing.T) {
 	if !strings.Contains(bashRC("/d"), "bind -x") || !strings.Contains(shTrigger("/d", 7), "S 7") {
 		t.Errorf("rc or trigger changed shape")
 	}

@@ -28,6 +28,7 @@ func clientCommands() []*cli.Command {
 			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "id", Usage: "sandbox id (default: generated)"},
 				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
+				&cli.StringFlag{Name: "pull", Usage: "pull an OCI image from its registry first: never (default), missing or always"},
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
 				&cli.Int64Flag{Name: "memory", Usage: "memory limit in MB"},
 				&cli.Int64Flag{Name: "pids", Usage: "process limit"},
@@ -125,7 +126,7 @@ func cmdCreate(c *cli.Context) error {
 		return err
 	}
 	req := api.CreateSandboxRequest{
-		ID: c.String("id"), Image: c.String("image"), Cwd: c.String("cwd"), Env: env, Labels: labels, Network: createNetwork(c),
+		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Env: env, Labels: labels, Network: createNetwork(c),
 		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
 	}
 	if err := storageRequest(c, &req); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nsbox/nsbox/nsbox"
 	"github.com/nsbox/nsbox/nsbox/libcontainer"
+	"github.com/nsbox/nsbox/rootfs/oci"
 )
 
 func daemonCommand() *cli.Command {
@@ -43,6 +44,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "nft-table", Value: "nsbox", Usage: "nftables table (family inet) owned by nsbox"},
 			&cli.StringFlag{Name: "proxy-listen", Usage: "address of the preview proxy, e.g. :8080 (needs --proxy-domain; default: no proxy)"},
 			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
+			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "registry HOST[:PORT] that may be pulled from over plain HTTP (repeatable; loopback registries always may)"},
+			&cli.StringFlag{Name: "registry-mirror", Usage: "registry HOST[:PORT] tried first for Docker Hub images"},
 			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
 		},
 		Action: runDaemon,
@@ -97,6 +100,7 @@ func runDaemon(c *cli.Context) error {
 		WarmPool:        pool,
 		Network:         netCfg,
 		ProxyDomain:     c.String("proxy-domain"),
+		Registries:      oci.Registries{Insecure: c.StringSlice("insecure-registry"), Mirror: c.String("registry-mirror")},
 	}
 	if cfg.ProxyPort, err = proxyPort(c.String("proxy-listen"), cfg.ProxyDomain); err != nil {
 		return err

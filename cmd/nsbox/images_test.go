@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
@@ -49,6 +51,13 @@ func TestImagePullCreateRemove(t *testing.T) {
 	if got := d.sh(sb.ID, "busybox cat /etc/issue; busybox ls /var/cache; test -e /etc/motd || echo motd deleted"); got != "v2\nnew\nmotd deleted\n" {
 		t.Errorf("the image's files in the sandbox: %q", got)
 	}
+	// The image's config is the sandbox's default env and cwd; the request's env wins.
+	if got := d.sh(sb.ID, "pwd; echo $GREETING"); got != "/srv\nhello\n" {
+		t.Errorf("the image's WorkingDir and Env: %q", got)
+	}
+	if list, _ := d.client.Images(ctx); !slices.ContainsFunc(list, func(i api.Image) bool { return i.Name == ref && i.ID == img.ID && i.Size > 0 }) {
+		t.Errorf("GET /v1/images does not show the image's id and size: %+v", list)
+	}
 	escaped := "/v1/images/" + url.PathEscape(ref)
 	d.expectError(http.MethodDelete, escaped, nil, http.StatusConflict, api.CodeConflict)
 	if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
@@ -77,6 +86,45 @@ func TestImagePullCreateRemove(t *testing.T) {
 	if left, _ := os.ReadDir(filepath.Join(d.dataDir, "images", "layers", "sha256")); len(left) != 0 {
 		t.Errorf("layers left: %v", left)
 	}
+}
+
+func TestCreatePullsWhenAsked(t *testing.T) {
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	d := startDaemon(t)
+	reg := ocitest.NewRegistry(t)
+	ref := reg.Push(t, "test/app:v2", ocitest.BusyboxImage(t))
+	d.expectError(http.MethodPost, "/v1/sandboxes", api.CreateSandboxRequest{Image: ref}, http.StatusNotFound, api.CodeNotFound)
+	d.expectError(http.MethodPost, "/v1/sandboxes", api.CreateSandboxRequest{Image: ref, Pull: "sometimes"}, http.StatusBadRequest, api.CodeInvalidArgument)
+	d.expectError(http.MethodPost, "/v1/sandboxes", api.CreateSandboxRequest{Image: reg.Host + "/test/app:nope", Pull: api.PullMissing}, http.StatusNotFound, api.CodeNotFound)
+	out, errOut, code := d.cli("", "create", "--id", "pulled", "--image", ref, "--pull", "missing", "--env", "GREETING=mine")
+	if code != 0 || out != "pulled\n" {
+		t.Fatalf("create --pull missing: %d %q %q", code, out, errOut)
+	}
+	if got := d.sh("pulled", "echo $GREETING; busybox cat /etc/issue"); got != "mine\nv2\n" {
+		t.Errorf("a sandbox of a pulled image: %q", got)
+	}
+	gets := reg.BlobGets(mustDigest(t, ocitest.BusyboxImage(t)))
+	d.create(api.CreateSandboxRequest{ID: "again", Image: ref, Pull: api.PullMissing})
+	if reg.BlobGets(mustDigest(t, ocitest.BusyboxImage(t))) != gets {
+		t.Errorf("pull missing pulled an image that is stored")
+	}
+	d.create(api.CreateSandboxRequest{ID: "host-always", Pull: api.PullAlways}) // built-in images are never pulled
+}
+
+// mustDigest is the digest of an image's first layer blob.
+func mustDigest(t *testing.T, img interface {
+	Layers() ([]v1.Layer, error)
+}) string {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil || len(layers) == 0 {
+		t.Fatal(err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
 }
 
 func TestPullProgress(t *testing.T) {
