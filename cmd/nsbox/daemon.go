@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/nsbox"
+	"github.com/nsbox/nsbox/proxy"
 )
 
 func daemonCommand() *cli.Command {
@@ -42,6 +43,9 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "nft-table", Value: "nsbox", Usage: "nftables table (family inet) owned by nsbox"},
 			&cli.StringFlag{Name: "proxy-listen", Usage: "address of the preview proxy, e.g. :8080 (needs --proxy-domain; default: no proxy)"},
 			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
+			&cli.IntFlag{Name: "proxy-max-conns", Usage: "client connections the preview proxy holds at once (default: about a quarter of the open-file limit)"},
+			&cli.IntFlag{Name: "proxy-max-conns-per-client", Value: 256, Usage: "client connections the preview proxy holds from one IP address"},
+			&cli.DurationFlag{Name: "proxy-idle-timeout", Value: time.Minute, Usage: "close a preview proxy client connection idle this long between requests"},
 			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
 		},
 		Action: runDaemon,
@@ -109,7 +113,7 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	preview, err := servePreview(rt, c.String("proxy-listen"), log)
+	preview, err := servePreview(c, rt, log)
 	if err != nil {
 		ln.Close()
 		return err
@@ -173,11 +177,26 @@ func proxyPort(listen, domain string) (int, error) {
 	return n, nil
 }
 
-// servePreview starts the preview proxy on its own listener, when --proxy-listen asks for it.
-// Its server has no read or write timeout, which would cut WebSocket and SSE streams.
-func servePreview(rt *nsbox.Runtime, listen string, log *slog.Logger) (*http.Server, error) {
+// servePreview starts the preview proxy on its own listener, when --proxy-listen asks for it,
+// with its own share of the process's file descriptors (proxy.DefaultMaxConns): however many
+// clients it has, the API keeps room to work. Its server times out idle connections and
+// stalled request bodies, never WebSocket or event streams.
+func servePreview(c *cli.Context, rt *nsbox.Runtime, log *slog.Logger) (*proxy.Server, error) {
+	listen := c.String("proxy-listen")
 	if listen == "" {
 		return nil, nil
+	}
+	maxConns := c.Int("proxy-max-conns")
+	if maxConns == 0 {
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return nil, fmt.Errorf("preview proxy: read the open-file limit: %w", err)
+		}
+		maxConns = proxy.DefaultMaxConns(lim.Cur)
+	}
+	perClient, idle := c.Int("proxy-max-conns-per-client"), c.Duration("proxy-idle-timeout")
+	if maxConns < 0 || perClient < 1 || idle <= 0 {
+		return nil, errors.New("--proxy-max-conns must be 0 (automatic) or more, --proxy-max-conns-per-client and --proxy-idle-timeout more than 0")
 	}
 	handler, err := rt.PreviewProxy(log)
 	if err != nil {
@@ -187,13 +206,13 @@ func servePreview(rt *nsbox.Runtime, listen string, log *slog.Logger) (*http.Ser
 	if err != nil {
 		return nil, fmt.Errorf("preview proxy: %w", err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := proxy.NewServer(handler, proxy.ServerConfig{MaxConns: maxConns, MaxConnsPerClient: perClient, IdleTimeout: idle, Log: log})
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("preview proxy stopped", "err", err)
 		}
 	}()
-	log.Info("preview proxy listening", "address", ln.Addr().String())
+	log.Info("preview proxy listening", "address", ln.Addr().String(), "max_conns", maxConns, "max_conns_per_client", perClient)
 	return srv, nil
 }
 
