@@ -4,8 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Config says which host resources the Manager owns. Every name and range in it belongs to
@@ -44,6 +48,42 @@ func (c Config) validate() error {
 	}
 	if c.HostPortMin < 1 || c.HostPortMax > 65535 || c.HostPortMin > c.HostPortMax {
 		return fmt.Errorf("host port range %d-%d: must be within 1-65535, low to high", c.HostPortMin, c.HostPortMax)
+	}
+	return nil
+}
+
+// checkRoutes refuses a subnet that overlaps a route of the host, in any routing table,
+// other than a default route and those of this table's own sandbox veths (left by an earlier
+// daemon): the host's own addresses, its networks, another daemon's sandboxes. Sandbox
+// routes would shadow part of such a network, or the other way round.
+func (c Config) checkRoutes() error {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list the host's routes: %w", err)
+	}
+	var own map[string]string // this table's veths, listed at the first overlap
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		if !ok || ones == 0 || !netip.PrefixFrom(dst.Unmap(), ones).Overlaps(c.Subnet) {
+			continue
+		}
+		dev := "no device"
+		if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			if own == nil {
+				if own, err = ownVeths(c.Table); err != nil {
+					return err
+				}
+			}
+			if slices.Contains(slices.Collect(maps.Values(own)), link.Attrs().Name) {
+				continue
+			}
+			dev = "dev " + link.Attrs().Name
+		}
+		return fmt.Errorf("%w: subnet %s overlaps the host's route to %s (%s, table %d): choose another subnet", ErrInvalid, c.Subnet, r.Dst, dev, r.Table)
 	}
 	return nil
 }

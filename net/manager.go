@@ -66,6 +66,9 @@ func Open(cfg Config) (*Manager, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("%w: network config: %w", ErrInvalid, err)
 	}
+	if err := cfg.checkRoutes(); err != nil {
+		return nil, err
+	}
 	st, err := loadState(cfg.StatePath)
 	if err != nil {
 		return nil, err
