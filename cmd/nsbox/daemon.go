@@ -29,7 +29,7 @@ func daemonCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket-group", Usage: "group allowed to use the API socket (default: root only)"},
 			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/nsbox", Usage: "metadata, images and sandbox files"},
-			&cli.StringFlag{Name: "run-dir", Value: "/run/nsbox", Usage: "runtime state: agent sockets, container state"},
+			&cli.StringFlag{Name: "run-dir", Value: "/run/nsbox", Usage: "runtime state: API socket (unless --socket), agent sockets, container state"},
 			&cli.StringFlag{Name: "cgroup-parent", Value: "nsbox", Usage: "cgroup that holds every sandbox"},
 			&cli.Float64Flag{Name: "default-cpus", Value: 1, Usage: "CPU limit of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-memory", Value: 1024, Usage: "memory limit (MB) of a sandbox that asks for none"},
@@ -102,13 +102,20 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer lock.Close()
+	// Claimed before anything else is touched: a second daemon must not get further.
+	socket := apiSocket(c, cfg.RunDir)
+	socketLock, err := claimSocket(socket)
+	if err != nil {
+		return err
+	}
+	defer socketLock.Close()
 	rt, err := nsbox.Open(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
 
-	ln, err := listenAPI(c.String("socket"), c.String("socket-group"))
+	ln, err := listenAPI(socket, c.String("socket-group"))
 	if err != nil {
 		return err
 	}
@@ -130,7 +137,7 @@ func runDaemon(c *cli.Context) error {
 		}
 		_ = srv.Shutdown(shutdownCtx)
 	}()
-	log.Info("nsbox daemon listening", "socket", c.String("socket"), "version", version, "data", c.String("data-dir"))
+	log.Info("nsbox daemon listening", "socket", socket, "version", version, "data", c.String("data-dir"))
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve API: %w", err)
 	}
@@ -143,15 +150,62 @@ func lockRunDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("make run dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "daemon.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := lockFile(filepath.Join(dir, "daemon.lock"))
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return nil, fmt.Errorf("another nsbox daemon (or --cleanup) is using the run dir %s; stop it first", dir)
+	}
+	return f, err
+}
+
+// lockFile opens path and takes an exclusive flock on it without waiting; the error wraps
+// EWOULDBLOCK when another process holds it.
+func lockFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open run dir lock: %w", err)
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("another nsbox daemon (or --cleanup) is using the run dir %s; stop it first", dir)
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// apiSocket is the daemon's API socket: --socket (or NSBOX_SOCKET) when given, else
+// nsbox.sock in the run dir, which is /run/nsbox/nsbox.sock for the default run dir.
+func apiSocket(c *cli.Context, runDir string) string {
+	if c.IsSet("socket") {
+		return c.String("socket")
+	}
+	return filepath.Join(runDir, "nsbox.sock")
+}
+
+// claimSocket makes sure this daemon alone serves the socket path, whatever its run dir: it
+// takes the lock path.lock for as long as the process lives, and refuses a path on which
+// something answers (a daemon that holds no such lock, or another program). A socket file
+// that refuses connections is stale and is replaced by listenAPI.
+func claimSocket(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, fmt.Errorf("make socket dir: %w", err)
+	}
+	lock, err := lockFile(path + ".lock")
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return nil, fmt.Errorf("another nsbox daemon serves %s; stop it first, or give this one another --socket or --run-dir", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	switch {
+	case err == nil:
+		conn.Close()
+		lock.Close()
+		return nil, fmt.Errorf("something answers on %s; stop it first, or give this daemon another --socket or --run-dir", path)
+	case !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.ENOENT):
+		lock.Close()
+		return nil, fmt.Errorf("check %s for another daemon: %w", path, err)
+	}
+	return lock, nil
 }
 
 // proxyPort checks --proxy-listen against --proxy-domain and returns the port the proxy
@@ -236,10 +290,7 @@ func parseWarmPool(s string) (map[string]int, error) {
 
 // listenAPI listens on the API socket, readable by root only or by root and group.
 func listenAPI(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
-		return nil, fmt.Errorf("make socket dir: %w", err)
-	}
-	// The metadata lock already guarantees one daemon, so a socket left here is stale.
+	// claimSocket found nothing answering here: a socket left here is stale.
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}

@@ -114,7 +114,8 @@ func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaem
 // start starts (or restarts) the daemon. It keeps no warm pool unless the test asks for one.
 func (d *testDaemon) start() {
 	d.t.Helper()
-	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
+	// No --socket: the daemon's default is nsbox.sock in its run dir, d.socket.
+	args := append([]string{"daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
 		"--cgroup-parent", d.cgroupParent, "--log-level", "debug", "--warm-pool", ""}, append(d.net.daemonArgs(), d.args...)...)
 	d.log = &bytes.Buffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
