@@ -28,6 +28,10 @@ type Config struct {
 	// HostPortMin and HostPortMax bound the host ports chosen when an exposure asks for none.
 	// Keep the range outside net.ipv4.ip_local_port_range (32768-60999 by default).
 	HostPortMin, HostPortMax int
+	// ExtraHostPorts are host ports outside that range which an exposure may still ask for by
+	// number. A requested host port that is in neither is refused (ErrInvalid): without this,
+	// whoever may expose ports could take any port of the host, 22 or 443 included.
+	ExtraHostPorts []int
 	// Uplinks are the interfaces that carry sandbox traffic to and from the world. IPv4
 	// forwarding must be on for packets arriving on them (replies to sandbox traffic, and
 	// connections to exposed ports from other machines); Open turns it on per interface and
@@ -49,7 +53,17 @@ func (c Config) validate() error {
 	if c.HostPortMin < 1 || c.HostPortMax > 65535 || c.HostPortMin > c.HostPortMax {
 		return fmt.Errorf("host port range %d-%d: must be within 1-65535, low to high", c.HostPortMin, c.HostPortMax)
 	}
+	for _, p := range c.ExtraHostPorts {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("extra host port %d: must be within 1-65535", p)
+		}
+	}
 	return nil
+}
+
+// hostPortAllowed reports whether an exposure may ask for host port p by number.
+func (c Config) hostPortAllowed(p int) bool {
+	return p >= c.HostPortMin && p <= c.HostPortMax || slices.Contains(c.ExtraHostPorts, p)
 }
 
 // checkRoutes refuses a subnet that overlaps a route of the host, in any routing table,

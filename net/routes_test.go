@@ -3,6 +3,7 @@ package sandboxnet
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -37,4 +38,34 @@ func TestOpenRefusesOverlappingSubnets(t *testing.T) {
 	// A restart of the same daemon, with its sandbox's route in place.
 	tn.m.Close()
 	tn.m = tn.open()
+}
+
+// TestExposeRefusesHostPortsOutsideTheRange: a host port asked for by number must be in the
+// configured range or allowed explicitly (issue 11: exposing on host :22 was accepted).
+func TestExposeRefusesHostPortsOutsideTheRange(t *testing.T) {
+	tn := newTestNet(t)
+	tn.sandbox("a", ModeEgress)
+	id := tn.id("a")
+	for _, port := range []int{22, tn.cfg.HostPortMin - 1, tn.cfg.HostPortMax + 1} {
+		if _, err := tn.m.Expose(id, Port{Port: 80, HostPort: port}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "outside") {
+			t.Fatalf("Expose on host port %d: %v, want ErrInvalid", port, err)
+		}
+	}
+	// Allowed explicitly: a port outside the range that was free a moment ago.
+	l, err := net.Listen("tcp4", hostPort(localhost, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	tn.m.Close()
+	tn.cfg.ExtraHostPorts = []int{extra}
+	tn.m = tn.open()
+	p, err := tn.m.Expose(id, Port{Port: 80, HostPort: extra})
+	if err != nil || p.HostPort != extra {
+		t.Fatalf("Expose on the allowed host port %d: %+v %v", extra, p, err)
+	}
+	if err := tn.m.Unexpose(id, 80, TCP); err != nil {
+		t.Fatal(err)
+	}
 }
