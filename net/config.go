@@ -68,9 +68,10 @@ func (c Config) hostPortAllowed(p int) bool {
 
 // checkRoutes refuses a subnet that overlaps a route of the host, in any routing table,
 // other than a default route and those of this table's own sandbox veths (left by an earlier
-// daemon): the host's own addresses, its networks, another daemon's sandboxes. Sandbox
-// routes would shadow part of such a network, or the other way round.
-func (c Config) checkRoutes() error {
+// daemon: marked with its alias, or named in its state, known): the host's own addresses, its
+// networks, another daemon's sandboxes. Sandbox routes would shadow part of such a network,
+// or the other way round.
+func (c Config) checkRoutes(known []string) error {
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("list the host's routes: %w", err)
@@ -92,7 +93,7 @@ func (c Config) checkRoutes() error {
 					return err
 				}
 			}
-			if slices.Contains(slices.Collect(maps.Values(own)), link.Attrs().Name) {
+			if name := link.Attrs().Name; slices.Contains(known, name) || slices.Contains(slices.Collect(maps.Values(own)), name) {
 				continue
 			}
 			dev = "dev " + link.Attrs().Name
