@@ -1,8 +1,12 @@
 // Package agent is the nsbox agent: PID 1 of every sandbox, started by libcontainer from the
-// same nsbox binary (bind-mounted read-only). It reaps orphaned processes, forwards
-// termination signals to everything in the sandbox, and serves the daemon over a unix socket
-// whose listener it inherits as a file descriptor; the socket's path exists only on the host,
-// so nothing inside the sandbox can reach this control channel.
+// same nsbox binary (bind-mounted read-only). It reaps orphaned processes and serves the
+// daemon over a unix socket whose listener it inherits as a file descriptor; the socket's
+// path exists only on the host, so nothing inside the sandbox can reach this control channel.
+//
+// It acts on no signal but SIGCHLD: every other catchable signal is caught and dropped, so
+// sandbox root cannot end PID 1 (and with it the sandbox) with kill(1, SIGTERM). A signal
+// from the host cannot be told apart from one sent inside (Go does not expose si_pid), so
+// the daemon stops a sandbox over the control channel instead: POST /v1/shutdown.
 package agent
 
 import (
@@ -32,6 +36,8 @@ type Agent struct {
 
 	// processes are the sandbox's long-running processes (see package process).
 	processes *process.Manager
+	// shutdown asks Run to end the sandbox (POST /v1/shutdown).
+	shutdown chan struct{}
 }
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
@@ -58,8 +64,20 @@ func Run(listenFD int, version string) error {
 		return err
 	}
 
-	signals := make(chan os.Signal, 16)
-	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
+	// A handler for every signal: one PID 1 has no handler for is dropped by the kernel, but
+	// Go's default handlers end the process. SIGCHLD has a channel of its own, so a flood of
+	// other signals cannot crowd it out.
+	children := make(chan os.Signal, 1)
+	signal.Notify(children, unix.SIGCHLD)
+	ignored := make(chan os.Signal, 16)
+	signal.Notify(ignored)
+	go func() {
+		for sig := range ignored {
+			if sig != unix.SIGCHLD {
+				a.log.Debug("ignored a signal", "signal", sig)
+			}
+		}
+	}()
 	done := make(chan error, 1)
 	go func() { done <- http.Serve(ln, a.routes()) }()
 
@@ -67,28 +85,25 @@ func Run(listenFD int, version string) error {
 		select {
 		case err := <-done:
 			return fmt.Errorf("serve: %w", err)
-		case sig := <-signals:
-			if sig == unix.SIGCHLD {
-				a.procs.reap()
-				continue
-			}
-			a.log.Info("forwarding signal to every process in the sandbox", "signal", sig)
+		case <-children:
+			a.procs.reap()
+		case <-a.shutdown:
+			a.log.Info("shutting down: SIGTERM to every process in the sandbox")
 			// kill(-1) from PID 1 reaches every other process in the sandbox's pid namespace.
-			if err := unix.Kill(-1, sig.(unix.Signal)); err != nil && !errors.Is(err, unix.ESRCH) {
-				a.log.Warn("forward signal", "signal", sig, "err", err)
+			if err := unix.Kill(-1, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+				a.log.Warn("send SIGTERM to the sandbox's processes", "err", err)
 			}
-			if sig == unix.SIGTERM || sig == unix.SIGINT || sig == unix.SIGQUIT {
-				a.sessions.KillShells()
-				a.procs.waitAll()
-				return nil
-			}
+			a.sessions.KillShells()
+			a.procs.waitAll()
+			return nil
 		}
 	}
 }
 
 // newAgent returns an agent whose sessions keep their files under dir and start in cwd.
 func newAgent(version, dir, cwd string) (*Agent, error) {
-	a := &Agent{version: version, procs: newProcTable(), env: session.NewSandboxEnv(os.Environ()), log: slog.Default()}
+	a := &Agent{version: version, procs: newProcTable(), env: session.NewSandboxEnv(os.Environ()), log: slog.Default(),
+		shutdown: make(chan struct{}, 1)}
 	var err error
 	if a.sessions, err = session.NewManager(dir, cwd, a.procs.start, a.env); err != nil {
 		return nil, fmt.Errorf("sessions: %w", err)
@@ -97,11 +112,24 @@ func newAgent(version, dir, cwd string) (*Agent, error) {
 	return a, nil
 }
 
+// handleShutdown ends the sandbox: its processes get SIGTERM, its shells SIGKILL, and the
+// agent exits once they all have (the daemon waits for that, and kills what is left after
+// its grace period). It answers 202 at once.
+func (a *Agent) handleShutdown(w http.ResponseWriter, _ *http.Request) error {
+	select {
+	case a.shutdown <- struct{}{}:
+	default: // already shutting down
+	}
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, h api.HandlerFunc) { mux.HandleFunc(pattern, api.Handle(a.log, h)) }
 	handle("GET /v1/health", a.handleHealth)
 	handle("PUT /v1/config", a.handleConfig)
+	handle("POST /v1/shutdown", a.handleShutdown)
 	handle("PUT /v1/env", a.handlePutEnv)
 	handle("GET /v1/env", a.handleGetEnv)
 

@@ -1,6 +1,11 @@
 package api
 
-import "testing"
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+)
 
 func TestValidEnvName(t *testing.T) {
 	for name, ok := range map[string]bool{"A": true, "_x1": true, "PATH": true, "1A": false, "A-B": false, "": false, "A B": false} {
@@ -20,5 +25,43 @@ func TestCheckEnvVar(t *testing.T) {
 		if err := CheckEnvVar(bad[0], bad[1]); !IsCode(err, CodeInvalidArgument) {
 			t.Errorf("%q should be refused as invalid: %v", bad, err)
 		}
+	}
+}
+
+// TestCheckEnvLimits: environments that would make every exec fail with E2BIG are refused
+// (issue 11: a create with 2 million variables was accepted), and the largest allowed one
+// still starts a program.
+func TestCheckEnvLimits(t *testing.T) {
+	many := map[string]string{}
+	for i := range MaxEnvVars + 1 {
+		many[fmt.Sprintf("V%d", i)] = "x"
+	}
+	if err := CheckEnv(many); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("%d variables: %v", len(many), err)
+	}
+	if err := CheckEnvVar("BIG", strings.Repeat("x", MaxEnvVarBytes)); err == nil {
+		t.Error("a variable over MAX_ARG_STRLEN was accepted")
+	}
+	big := map[string]string{}
+	for i := 0; len(big) < 9; i++ {
+		big[fmt.Sprintf("B%d", i)] = strings.Repeat("x", MaxEnvVarBytes-4)
+	}
+	if err := CheckEnv(big); err == nil || !strings.Contains(err.Error(), "bytes") {
+		t.Errorf("%d variables of 128 KiB: %v", len(big), err)
+	}
+	// The most that is allowed: a program still starts with it.
+	largest := map[string]string{}
+	for i := 0; len(largest) < 7; i++ {
+		largest[fmt.Sprintf("L%d", i)] = strings.Repeat("x", MaxEnvVarBytes-4)
+	}
+	if err := CheckEnv(largest); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("true")
+	for k, v := range largest {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("a program with the largest allowed environment: %v", err)
 	}
 }

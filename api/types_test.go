@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -73,5 +75,32 @@ func TestErrorsOnTheWire(t *testing.T) {
 	http.Error(rec, "nope", http.StatusNotFound)
 	if got := ReadError(rec.Result()); got.Code != CodeNotFound {
 		t.Errorf("foreign 404: %+v", got)
+	}
+}
+
+// TestCheckLabels: labels with control characters (issue 11: NUL, ESC and newlines were
+// stored and printed raw by `nsbox ls`) or beyond the limits are refused.
+func TestCheckLabels(t *testing.T) {
+	many := map[string]string{}
+	for i := range MaxLabels + 1 {
+		many[strconv.Itoa(i)] = "x"
+	}
+	for name, labels := range map[string]map[string]string{
+		"NUL in a value":    {"team": "ml\x00"},
+		"ESC in a value":    {"team": "\x1b[2Jml"},
+		"newline in a name": {"te\nam": "ml"},
+		"C1 in a value":     {"team": "ml\u0085"},
+		"not UTF-8":         {"team": "\xff"},
+		"empty name":        {"": "x"},
+		"long name":         {strings.Repeat("n", MaxLabelNameBytes+1): "x"},
+		"long value":        {"team": strings.Repeat("v", MaxLabelValueBytes+1)},
+		"too many":          many,
+	} {
+		if err := CheckLabels(labels); !IsCode(err, CodeInvalidArgument) {
+			t.Errorf("%s: %v, want invalid_argument", name, err)
+		}
+	}
+	if err := CheckLabels(map[string]string{"team": "ml", "owner": "Zoë Ünal", "note": "a b/c=d"}); err != nil {
+		t.Errorf("plain labels: %v", err)
 	}
 }

@@ -46,6 +46,9 @@ func (r *Root) Write(p string, src io.Reader, opts WriteOptions) (*Info, error) 
 		return nil, err
 	}
 	defer unix.Close(dir)
+	if err := r.guard("write", p, dir, base); err != nil {
+		return nil, err
+	}
 	mode, err := replacedMode(dir, base, opts.Mode)
 	if err != nil {
 		return nil, pathErr("write", p, err)
@@ -153,6 +156,9 @@ func (r *Root) Mkdir(p string, parents bool, mode os.FileMode, uid, gid int) err
 		return err
 	}
 	defer unix.Close(dir)
+	if err := r.guard("mkdir", p, dir, base); err != nil {
+		return err
+	}
 	if err := mkdirAt(dir, base, unixMode(mode), uid, gid); err != nil {
 		return pathErr("mkdir", p, err)
 	}
@@ -174,6 +180,11 @@ func (r *Root) mkdirAll(p string, mode uint32, uid, gid int) error {
 			continue
 		}
 		cur = path.Join(cur, name)
+		if _, _, err := mountOf(parent, name); err == unix.ENOENT {
+			if err := r.guard("mkdir", cur, parent, name); err != nil {
+				return err
+			}
+		}
 		if err := mkdirAt(parent, name, mode, uid, gid); err != nil && err != unix.EEXIST {
 			return pathErr("mkdir", cur, err)
 		}
@@ -212,12 +223,18 @@ func (r *Root) Remove(p string, recursive bool) error {
 		return err
 	}
 	defer unix.Close(dir)
+	if err := r.guard("remove", p, dir, base); err != nil {
+		return err
+	}
 	return removeAt(dir, base, p, recursive)
 }
 
 // removeAt removes name in dir (at p): a directory only when it is empty, or after its
-// contents when recursive.
+// contents when recursive. It stops at a mount point (see guard).
 func removeAt(dir int, name, p string, recursive bool) error {
+	if err := guardEntry("remove", p, dir, name); err != nil {
+		return err
+	}
 	err := unix.Unlinkat(dir, name, 0)
 	if err == unix.EISDIR {
 		if recursive {
@@ -271,6 +288,12 @@ func (r *Root) Move(src, dst string, overwrite bool) error {
 		return err
 	}
 	defer unix.Close(ddir)
+	if err := r.guard("move", src, sdir, sbase); err != nil {
+		return err
+	}
+	if err := r.guard(op, dst, ddir, dbase); err != nil {
+		return err
+	}
 	var flags uint
 	if !overwrite {
 		flags = unix.RENAME_NOREPLACE

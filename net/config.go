@@ -4,8 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Config says which host resources the Manager owns. Every name and range in it belongs to
@@ -24,6 +28,10 @@ type Config struct {
 	// HostPortMin and HostPortMax bound the host ports chosen when an exposure asks for none.
 	// Keep the range outside net.ipv4.ip_local_port_range (32768-60999 by default).
 	HostPortMin, HostPortMax int
+	// ExtraHostPorts are host ports outside that range which an exposure may still ask for by
+	// number. A requested host port that is in neither is refused (ErrInvalid): without this,
+	// whoever may expose ports could take any port of the host, 22 or 443 included.
+	ExtraHostPorts []int
 	// Uplinks are the interfaces that carry sandbox traffic to and from the world. IPv4
 	// forwarding must be on for packets arriving on them (replies to sandbox traffic, and
 	// connections to exposed ports from other machines); Open turns it on per interface and
@@ -44,6 +52,53 @@ func (c Config) validate() error {
 	}
 	if c.HostPortMin < 1 || c.HostPortMax > 65535 || c.HostPortMin > c.HostPortMax {
 		return fmt.Errorf("host port range %d-%d: must be within 1-65535, low to high", c.HostPortMin, c.HostPortMax)
+	}
+	for _, p := range c.ExtraHostPorts {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("extra host port %d: must be within 1-65535", p)
+		}
+	}
+	return nil
+}
+
+// hostPortAllowed reports whether an exposure may ask for host port p by number.
+func (c Config) hostPortAllowed(p int) bool {
+	return p >= c.HostPortMin && p <= c.HostPortMax || slices.Contains(c.ExtraHostPorts, p)
+}
+
+// checkRoutes refuses a subnet that overlaps a route of the host, in any routing table,
+// other than a default route and those of this table's own sandbox veths (left by an earlier
+// daemon: marked with its alias, or named in its state, known): the host's own addresses, its
+// networks, another daemon's sandboxes. Sandbox routes would shadow part of such a network,
+// or the other way round.
+func (c Config) checkRoutes(known []string) error {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list the host's routes: %w", err)
+	}
+	var own map[string]string // this table's veths, listed at the first overlap
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		if !ok || ones == 0 || !netip.PrefixFrom(dst.Unmap(), ones).Overlaps(c.Subnet) {
+			continue
+		}
+		dev := "no device"
+		if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			if own == nil {
+				if own, err = ownVeths(c.Table); err != nil {
+					return err
+				}
+			}
+			if name := link.Attrs().Name; slices.Contains(known, name) || slices.Contains(slices.Collect(maps.Values(own)), name) {
+				continue
+			}
+			dev = "dev " + link.Attrs().Name
+		}
+		return fmt.Errorf("%w: subnet %s overlaps the host's route to %s (%s, table %d): choose another subnet", ErrInvalid, c.Subnet, r.Dst, dev, r.Table)
 	}
 	return nil
 }

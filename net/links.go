@@ -90,9 +90,12 @@ func (m *Manager) createVeth(id, veth string, addr netip.Addr, ns netns.NsHandle
 	m.deleting.waitFor(veth) // a sandbox of the same id removed a moment ago
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = veth
-	attrs.Alias = vethAlias(m.cfg.Table, id)
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: sandboxIf, PeerNamespace: netlink.NsFd(ns)}); err != nil {
 		return fmt.Errorf("create veth %s: %w", veth, err)
+	}
+	// The kernel ignores an alias given with RTM_NEWLINK: the mark is set on the new link.
+	if err := netlink.LinkSetAlias(&netlink.Veth{LinkAttrs: attrs}, vethAlias(m.cfg.Table, id)); err != nil {
+		return errors.Join(fmt.Errorf("mark veth %s as this daemon's: %w", veth, err), deleteVeth(veth))
 	}
 	if err := m.configureVeth(veth, addr, ns); err != nil {
 		return errors.Join(err, deleteVeth(veth))

@@ -71,10 +71,15 @@ func Open(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	var known []string // veths of the state's sandboxes, also those made before they had an alias
 	for id, sb := range st.Sandboxes {
 		if sb.Addr.IsValid() && !cfg.Subnet.Contains(sb.Addr) {
 			return nil, fmt.Errorf("network state %s: sandbox %q has %s, outside %s (the subnet changed?)", cfg.StatePath, id, sb.Addr, cfg.Subnet)
 		}
+		known = append(known, hostVethName(cfg.Table, id))
+	}
+	if err := cfg.checkRoutes(known); err != nil {
+		return nil, err
 	}
 	uplinks := cfg.Uplinks
 	if len(uplinks) == 0 {

@@ -251,13 +251,12 @@ func TestExposeRefusesTakenHostPorts(t *testing.T) {
 	idA, idB := tn.id("a"), tn.id("b")
 
 	// Taken by a host socket.
-	l, err := net.Listen("tcp4", hostPort(localhost, 0))
+	l, err := net.Listen("tcp4", hostPort(localhost, tn.cfg.HostPortMax))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	taken := l.Addr().(*net.TCPAddr).Port
-	_, err = tn.m.Expose(idA, Port{Port: 80, HostPort: taken})
+	_, err = tn.m.Expose(idA, Port{Port: 80, HostPort: tn.cfg.HostPortMax})
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "in use by a host process") {
 		t.Fatalf("Expose on a host-bound port: %v, want ErrConflict saying so", err)
 	}

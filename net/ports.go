@@ -200,6 +200,9 @@ func findPort(ports []Port, port int, protocol string) int {
 // succeeds (no host process has it).
 func (m *Manager) claimHostPort(p *Port) (int, error) {
 	if p.HostPort != 0 {
+		if !m.cfg.hostPortAllowed(p.HostPort) {
+			return -1, fmt.Errorf("%w: host port %d is outside the daemon's host port range %d-%d and not allowed explicitly", ErrInvalid, p.HostPort, m.cfg.HostPortMin, m.cfg.HostPortMax)
+		}
 		if owner := m.hostPortOwner(*p); owner != "" {
 			return -1, fmt.Errorf("%w: host port %s is already exposed for sandbox %q", ErrConflict, p.hostSide(), owner)
 		}

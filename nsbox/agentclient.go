@@ -54,6 +54,11 @@ func (c *agentClient) configure(ctx context.Context, cfg api.AgentConfig) error 
 	return c.call(ctx, http.MethodPut, "/v1/config", cfg, nil)
 }
 
+// shutdown asks the agent to end everything in the sandbox and exit.
+func (c *agentClient) shutdown(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "/v1/shutdown", nil, nil)
+}
+
 // pushEnv gives the agent the sandbox's complete environment.
 func (c *agentClient) pushEnv(ctx context.Context, env map[string]string) error {
 	if env == nil {

@@ -42,6 +42,10 @@ func patchedEnv(env map[string]string, patch api.PatchEnvRequest) (map[string]st
 	if len(out) == 0 {
 		return nil, nil
 	}
+	// Many patches of allowed sizes could add up to an environment no program starts with.
+	if err := api.CheckEnv(out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/nsbox/nsbox/api"
 	sandboxfs "github.com/nsbox/nsbox/fs"
@@ -190,6 +189,10 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}))
+	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+		go i.exit()
+	})
 	mux.HandleFunc("PUT /v1/env", api.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		var env api.SandboxEnv
 		if err := api.DecodeJSON(w, r, &env, false); err != nil {
@@ -252,10 +255,9 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 func (i *fakeInstance) OpenRoot() (*sandboxfs.Root, error) {
 	return nil, errors.New("no root in a fake")
 }
-func (i *fakeInstance) Freeze() error      { return i.setFrozen(true) }
-func (i *fakeInstance) Thaw() error        { return i.setFrozen(false) }
-func (i *fakeInstance) Stop(time.Duration) { i.exit() }
-func (i *fakeInstance) Close()             {}
+func (i *fakeInstance) Freeze() error { return i.setFrozen(true) }
+func (i *fakeInstance) Thaw() error   { return i.setFrozen(false) }
+func (i *fakeInstance) Close()        {}
 
 func (i *fakeInstance) Kill() {
 	i.b.mu.Lock()

@@ -241,10 +241,8 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err != nil {
 		return nil, err
 	}
-	for k := range req.Labels {
-		if k == "" {
-			return nil, api.Errorf(api.CodeInvalidArgument, "label names must not be empty")
-		}
+	if err := api.CheckLabels(req.Labels); err != nil {
+		return nil, err
 	}
 	sb, err := r.admit(req.ID)
 	if err != nil {
@@ -446,7 +444,7 @@ func (r *Runtime) Remove(id string, force bool) error {
 		}
 	}
 	if !force && (from == api.StatusRunning || from == api.StatusPaused) && inst != nil {
-		inst.Stop(stopGrace)
+		r.stop(sb, inst)
 	}
 	if err := r.teardown(sb, "its remove failed and not everything could be removed: "); err != nil {
 		return fmt.Errorf("remove sandbox %s: %w", id, err)
@@ -454,6 +452,24 @@ func (r *Runtime) Remove(id string, force bool) error {
 	r.forgetPreview(id, 0)
 	r.log.Info("sandbox removed", "sandbox", id)
 	return nil
+}
+
+// stop asks a sandbox's agent to end everything in it and waits up to stopGrace for it to
+// exit. (The agent ignores signals: sandbox root could send them too.)
+func (r *Runtime) stop(sb *sandbox, inst backend.Instance) {
+	sb.mu.Lock()
+	agent := sb.agent
+	sb.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+	defer cancel()
+	if err := agent.shutdown(ctx); err != nil {
+		r.log.Warn("ask the agent to shut down; killing it", "sandbox", sb.id, "err", err)
+		return
+	}
+	select {
+	case <-inst.Exited():
+	case <-ctx.Done():
+	}
 }
 
 // destroyContainer kills a container's processes, then removes it and everything it had,

@@ -107,7 +107,7 @@ func New(cfg Config, r Resolver) (*Proxy, error) {
 	p.transport = &http.Transport{
 		Proxy:                 nil, // never an HTTP_PROXY from the environment
 		DialContext:           p.conns.dial,
-		MaxIdleConns:          orDefault(cfg.MaxIdleConns, 256),
+		MaxIdleConns:          orDefault(cfg.MaxIdleConns, defaultMaxIdleConns),
 		MaxIdleConnsPerHost:   orDefault(cfg.MaxIdleConnsPerTarget, 32),
 		IdleConnTimeout:       orDefault(cfg.IdleConnTimeout, 90*time.Second),
 		ExpectContinueTimeout: time.Second,
@@ -125,6 +125,9 @@ func New(cfg Config, r Resolver) (*Proxy, error) {
 	}
 	return p, nil
 }
+
+// defaultMaxIdleConns is the default of Config.MaxIdleConns.
+const defaultMaxIdleConns = 256
 
 func orDefault[T int | time.Duration](v, def T) T {
 	if v > 0 {

@@ -21,6 +21,7 @@ import (
 	"github.com/nsbox/nsbox/nsbox"
 	"github.com/nsbox/nsbox/nsbox/libcontainer"
 	"github.com/nsbox/nsbox/rootfs/oci"
+	"github.com/nsbox/nsbox/proxy"
 )
 
 func daemonCommand() *cli.Command {
@@ -30,7 +31,7 @@ func daemonCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket-group", Usage: "group allowed to use the API socket (default: root only)"},
 			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/nsbox", Usage: "metadata, images and sandbox files"},
-			&cli.StringFlag{Name: "run-dir", Value: "/run/nsbox", Usage: "runtime state: agent sockets, container state"},
+			&cli.StringFlag{Name: "run-dir", Value: "/run/nsbox", Usage: "runtime state: API socket (unless --socket), agent sockets, container state"},
 			&cli.StringFlag{Name: "cgroup-parent", Value: "nsbox", Usage: "cgroup that holds every sandbox"},
 			&cli.Float64Flag{Name: "default-cpus", Value: 1, Usage: "CPU limit of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-memory", Value: 1024, Usage: "memory limit (MB) of a sandbox that asks for none"},
@@ -46,6 +47,9 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "registry HOST[:PORT] that may be pulled from over plain HTTP (repeatable; loopback registries always may)"},
 			&cli.StringFlag{Name: "registry-mirror", Usage: "registry HOST[:PORT] tried first for Docker Hub images"},
+			&cli.IntFlag{Name: "proxy-max-conns", Usage: "client connections the preview proxy holds at once (default: about a quarter of the open-file limit)"},
+			&cli.IntFlag{Name: "proxy-max-conns-per-client", Value: 256, Usage: "client connections the preview proxy holds from one IP address"},
+			&cli.DurationFlag{Name: "proxy-idle-timeout", Value: time.Minute, Usage: "close a preview proxy client connection idle this long between requests"},
 			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
 		},
 		Action: runDaemon,
@@ -113,18 +117,25 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer lock.Close()
+	// Claimed before anything else is touched: a second daemon must not get further.
+	socket := apiSocket(c, cfg.RunDir)
+	socketLock, err := claimSocket(socket)
+	if err != nil {
+		return err
+	}
+	defer socketLock.Close()
 	rt, err := nsbox.Open(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
 
-	ln, err := listenAPI(c.String("socket"), c.String("socket-group"))
+	ln, err := listenAPI(socket, c.String("socket-group"))
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	preview, err := servePreview(rt, c.String("proxy-listen"), log)
+	preview, err := servePreview(c, rt, log)
 	if err != nil {
 		ln.Close()
 		return err
@@ -141,7 +152,7 @@ func runDaemon(c *cli.Context) error {
 		}
 		_ = srv.Shutdown(shutdownCtx)
 	}()
-	log.Info("nsbox daemon listening", "socket", c.String("socket"), "version", version, "data", c.String("data-dir"))
+	log.Info("nsbox daemon listening", "socket", socket, "version", version, "data", c.String("data-dir"))
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve API: %w", err)
 	}
@@ -154,15 +165,62 @@ func lockRunDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("make run dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "daemon.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := lockFile(filepath.Join(dir, "daemon.lock"))
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return nil, fmt.Errorf("another nsbox daemon (or --cleanup) is using the run dir %s; stop it first", dir)
+	}
+	return f, err
+}
+
+// lockFile opens path and takes an exclusive flock on it without waiting; the error wraps
+// EWOULDBLOCK when another process holds it.
+func lockFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open run dir lock: %w", err)
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("another nsbox daemon (or --cleanup) is using the run dir %s; stop it first", dir)
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// apiSocket is the daemon's API socket: --socket (or NSBOX_SOCKET) when given, else
+// nsbox.sock in the run dir, which is /run/nsbox/nsbox.sock for the default run dir.
+func apiSocket(c *cli.Context, runDir string) string {
+	if c.IsSet("socket") {
+		return c.String("socket")
+	}
+	return filepath.Join(runDir, "nsbox.sock")
+}
+
+// claimSocket makes sure this daemon alone serves the socket path, whatever its run dir: it
+// takes the lock path.lock for as long as the process lives, and refuses a path on which
+// something answers (a daemon that holds no such lock, or another program). A socket file
+// that refuses connections is stale and is replaced by listenAPI.
+func claimSocket(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, fmt.Errorf("make socket dir: %w", err)
+	}
+	lock, err := lockFile(path + ".lock")
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return nil, fmt.Errorf("another nsbox daemon serves %s; stop it first, or give this one another --socket or --run-dir", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	switch {
+	case err == nil:
+		conn.Close()
+		lock.Close()
+		return nil, fmt.Errorf("something answers on %s; stop it first, or give this daemon another --socket or --run-dir", path)
+	case !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.ENOENT):
+		lock.Close()
+		return nil, fmt.Errorf("check %s for another daemon: %w", path, err)
+	}
+	return lock, nil
 }
 
 // proxyPort checks --proxy-listen against --proxy-domain and returns the port the proxy
@@ -188,11 +246,26 @@ func proxyPort(listen, domain string) (int, error) {
 	return n, nil
 }
 
-// servePreview starts the preview proxy on its own listener, when --proxy-listen asks for it.
-// Its server has no read or write timeout, which would cut WebSocket and SSE streams.
-func servePreview(rt *nsbox.Runtime, listen string, log *slog.Logger) (*http.Server, error) {
+// servePreview starts the preview proxy on its own listener, when --proxy-listen asks for it,
+// with its own share of the process's file descriptors (proxy.DefaultMaxConns): however many
+// clients it has, the API keeps room to work. Its server times out idle connections and
+// stalled request bodies, never WebSocket or event streams.
+func servePreview(c *cli.Context, rt *nsbox.Runtime, log *slog.Logger) (*proxy.Server, error) {
+	listen := c.String("proxy-listen")
 	if listen == "" {
 		return nil, nil
+	}
+	maxConns := c.Int("proxy-max-conns")
+	if maxConns == 0 {
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return nil, fmt.Errorf("preview proxy: read the open-file limit: %w", err)
+		}
+		maxConns = proxy.DefaultMaxConns(lim.Cur)
+	}
+	perClient, idle := c.Int("proxy-max-conns-per-client"), c.Duration("proxy-idle-timeout")
+	if maxConns < 0 || perClient < 1 || idle <= 0 {
+		return nil, errors.New("--proxy-max-conns must be 0 (automatic) or more, --proxy-max-conns-per-client and --proxy-idle-timeout more than 0")
 	}
 	handler, err := rt.PreviewProxy(log)
 	if err != nil {
@@ -202,13 +275,13 @@ func servePreview(rt *nsbox.Runtime, listen string, log *slog.Logger) (*http.Ser
 	if err != nil {
 		return nil, fmt.Errorf("preview proxy: %w", err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := proxy.NewServer(handler, proxy.ServerConfig{MaxConns: maxConns, MaxConnsPerClient: perClient, IdleTimeout: idle, Log: log})
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("preview proxy stopped", "err", err)
 		}
 	}()
-	log.Info("preview proxy listening", "address", ln.Addr().String())
+	log.Info("preview proxy listening", "address", ln.Addr().String(), "max_conns", maxConns, "max_conns_per_client", perClient)
 	return srv, nil
 }
 
@@ -232,10 +305,7 @@ func parseWarmPool(s string) (map[string]int, error) {
 
 // listenAPI listens on the API socket, readable by root only or by root and group.
 func listenAPI(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
-		return nil, fmt.Errorf("make socket dir: %w", err)
-	}
-	// The metadata lock already guarantees one daemon, so a socket left here is stale.
+	// claimSocket found nothing answering here: a socket left here is stale.
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}

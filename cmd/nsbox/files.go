@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -256,9 +255,16 @@ func cpCommand() *cli.Command {
 			"existing directory, SRC goes into it; otherwise DST is created as the copy of SRC. Modes are kept; owners are\n" +
 			"not (files written into a sandbox belong to its root, or with --session to that session's user, and relative\n" +
 			"sandbox paths start at that session's current directory). Symlinks are recreated when copying out of a sandbox\n" +
-			"and skipped, with a warning, when copying into one.",
+			"and skipped, with a warning, when copying into one.\n\n" +
+			"Copying out never follows a symlink beneath DST (nor DST itself unless written with a trailing /): files are\n" +
+			"written to a new temporary name and renamed into place, setuid and setgid bits (and sticky on files) are\n" +
+			"dropped unless --keep-special, runs of zeros become holes, and --max-bytes caps the bytes written.",
 		ArgsUsage: "SRC DST",
-		Action:    cmdCopy,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "keep-special", Usage: "copying out: keep setuid, setgid and sticky bits"},
+			&cli.Int64Flag{Name: "max-bytes", Usage: "copying out: fail once the files' sizes add up to more than this (0: no cap)"},
+		},
+		Action: cmdCopy,
 	}
 }
 
@@ -292,78 +298,14 @@ func cmdCopy(c *cli.Context) error {
 	case !srcIn && !dstIn:
 		return errors.New("nsbox cp: one of SRC and DST must be ID:PATH")
 	case srcIn:
-		return copyOut(c.Context, cl, srcID, src, dst)
+		opts := copyOutOptions{keepSpecial: c.Bool("keep-special"), maxBytes: c.Int64("max-bytes")}
+		if opts.maxBytes < 0 {
+			return errors.New("nsbox cp: --max-bytes must be 0 (no cap) or more")
+		}
+		return copyOut(c.Context, cl, srcID, src, dst, opts)
 	default:
 		return copyIn(c.Context, cl, src, dstID, dst)
 	}
-}
-
-// copyOut copies the file or directory src of sandbox id to the local dst.
-func copyOut(ctx context.Context, cl *client.Client, id, src, dst string) error {
-	info, err := cl.StatFile(ctx, id, src)
-	if err != nil {
-		return err
-	}
-	if dst == "-" {
-		if info.IsDir() {
-			return errors.New("nsbox cp: a directory cannot be written to stdout")
-		}
-		return download(ctx, cl, id, src, os.Stdout)
-	}
-	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
-		dst = filepath.Join(dst, info.Name)
-	}
-	return copyOutEntry(ctx, cl, id, *info, dst)
-}
-
-func copyOutEntry(ctx context.Context, cl *client.Client, id string, info api.FileInfo, dst string) error {
-	mode := fileMode(info.Mode)
-	switch info.Type {
-	case "dir":
-		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		list, err := cl.ListFiles(ctx, id, info.Path, 1, true)
-		if err != nil {
-			return err
-		}
-		for _, child := range list {
-			if err := copyOutEntry(ctx, cl, id, child, filepath.Join(dst, child.Name)); err != nil {
-				return err
-			}
-		}
-		return os.Chmod(dst, mode)
-	case "symlink":
-		_ = os.Remove(dst)
-		return os.Symlink(info.LinkTarget, dst)
-	case "file":
-		f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err != nil {
-			return err
-		}
-		err = download(ctx, cl, id, info.Path, f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Chmod(dst, mode)
-		}
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "nsbox: skipped %s: not a regular file, directory or symlink\n", info.Path)
-	return nil
-}
-
-// fileMode parses an Info mode ("0644") into Go's permission and special bits.
-func fileMode(s string) os.FileMode {
-	m, _ := strconv.ParseUint(s, 8, 32)
-	mode := os.FileMode(m & 0o777)
-	for bit, flag := range map[uint64]os.FileMode{0o4000: os.ModeSetuid, 0o2000: os.ModeSetgid, 0o1000: os.ModeSticky} {
-		if m&bit != 0 {
-			mode |= flag
-		}
-	}
-	return mode
 }
 
 // copyIn copies the local file or directory src (or stdin for "-") to dst in sandbox id.

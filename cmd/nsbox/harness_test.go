@@ -72,6 +72,7 @@ type testDaemon struct {
 	cgroupParent string
 	args         []string // the test's own daemon flags, used again on every restart
 	net          testNetwork
+	nofile       int // the daemon's open-file limit (soft and hard); 0: the test's own
 	cmd          *exec.Cmd
 	log          *bytes.Buffer
 	client       *client.Client
@@ -81,6 +82,12 @@ type testDaemon struct {
 // startDaemon starts a daemon for the test and registers its cleanup and leak check.
 func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 	t.Helper()
+	return startDaemonLimited(t, 0, extraArgs...)
+}
+
+// startDaemonLimited is startDaemon with the daemon's open-file limit set to nofile.
+func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaemon {
+	t.Helper()
 	n := daemonSeq.Add(1)
 	d := &testDaemon{
 		t:            t,
@@ -88,6 +95,7 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 		runDir:       fmt.Sprintf("/run/nsbox-test-%d-%d", os.Getpid(), n),
 		cgroupParent: fmt.Sprintf("nsbox-test-%d-%d", os.Getpid(), n),
 		args:         extraArgs,
+		nofile:       nofile,
 	}
 	d.socket = filepath.Join(d.runDir, "nsbox.sock")
 	d.net = newTestNetwork(t, n)
@@ -107,10 +115,14 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 // start starts (or restarts) the daemon. It keeps no warm pool unless the test asks for one.
 func (d *testDaemon) start() {
 	d.t.Helper()
-	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
+	// No --socket: the daemon's default is nsbox.sock in its run dir, d.socket.
+	args := append([]string{"daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
 		"--cgroup-parent", d.cgroupParent, "--log-level", "debug", "--warm-pool", ""}, append(d.net.daemonArgs(), d.args...)...)
 	d.log = &bytes.Buffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
+	if d.nofile > 0 { // prlimit sets the limit and execs the daemon: the pid is the daemon's
+		d.cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", d.nofile, d.nofile), "--", nsboxBin}, args...)...)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatalf("start daemon: %v", err)

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"time"
 
 	sandboxfs "github.com/nsbox/nsbox/fs"
 )
@@ -103,9 +102,6 @@ type Instance interface {
 	// Freeze stops every process of the container until Thaw.
 	Freeze() error
 	Thaw() error
-	// Stop asks the container to end (SIGTERM to PID 1, which passes it on) and waits up to
-	// grace for it to be gone.
-	Stop(grace time.Duration)
 	// Kill kills every process of the container and waits until they are dead.
 	Kill()
 	// Close releases what the instance holds on the host (not the container).

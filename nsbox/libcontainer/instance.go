@@ -208,17 +208,6 @@ func (i *instance) Freeze() error { return wrapErr("freeze container", i.c.Pause
 // Thaw lets a frozen container run again.
 func (i *instance) Thaw() error { return wrapErr("thaw container", i.c.Resume()) }
 
-// Stop sends SIGTERM to the agent, which passes it on to everything in the container and
-// exits, and waits up to grace for it.
-func (i *instance) Stop(grace time.Duration) {
-	i.mu.RLock()
-	defer i.mu.RUnlock()
-	if !i.alive() || i.c.Signal(unix.SIGTERM) != nil {
-		return
-	}
-	waitPidfd(i.pidfd, grace)
-}
-
 // Kill kills the agent, and with it the container's pid namespace, and waits until it is gone.
 func (i *instance) Kill() {
 	i.mu.RLock()

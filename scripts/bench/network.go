@@ -54,9 +54,9 @@ func (n benchNet) remove() error {
 const benchProxyDomain = "bench.test"
 
 // networkSection times exposing and unexposing a port through the API, a sandbox's create
-// with a network against one in mode none, and HTTP requests per second to a busybox httpd in
+// with a network against one in mode none, HTTP requests per second to a busybox httpd in
 // a sandbox through an exposed host port and through the preview proxy against straight to
-// the sandbox's address.
+// the sandbox's address, and the API's latency while the proxy holds 10,000 idle connections.
 func (b *bench) networkSection(ctx context.Context, n int) (err error) {
 	proxyAddr, err := freeLoopbackAddr()
 	if err != nil {
@@ -133,6 +133,9 @@ func (b *bench) networkSection(ctx context.Context, n int) (err error) {
 		fmt.Fprintf(w, "  %s\t%.0f requests/s\t%.2f × the sandbox address\t\n", t.name, rps, float64(counts[i])/float64(counts[len(counts)-1]))
 	}
 	w.Flush()
+	if err := proxyStarvation(ctx, d, proxyAddr, n); err != nil {
+		return fmt.Errorf("API under idle proxy connections: %w", err)
+	}
 	fmt.Println()
 	return nil
 }

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// TestAgentIgnoresSignalsFromInside is the attack of issue 11 item 7: sandbox root sends
+// PID 1 (the agent) every signal that used to end it or that it used to broadcast. The
+// sandbox, its session and its background processes must go on.
+func TestAgentIgnoresSignalsFromInside(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "c", Image: "busybox"})
+	pid := d.agentPID("c")
+	d.sh("c", "export KEPT=yes; sleep 1000 &")
+	d.sh("c", "for s in TERM INT QUIT HUP USR1 USR2 ALRM PIPE SEGV ABRT TSTP; do kill -$s 1; done")
+	if got := d.sh("c", "echo $KEPT; grep -qx sleep /proc/[0-9]*/comm && echo sleeping"); got != "yes\nsleeping\n" {
+		t.Fatalf("after the signals: %q", got)
+	}
+	if !alive(pid) {
+		t.Fatalf("the agent %d died", pid)
+	}
+}
+
+// TestAgentShutdown: POST /v1/shutdown on the agent's host-only socket (what the daemon is
+// to use to stop a sandbox, as signals are ignored) ends every process and the agent.
+func TestAgentShutdown(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "c", Image: "busybox"})
+	pid := d.agentPID("c")
+	d.sh("c", "sleep 1000 &")
+	socks, _ := filepath.Glob(filepath.Join(d.runDir, "sandboxes", "*", "agent.sock"))
+	if len(socks) != 1 {
+		t.Fatalf("agent sockets: %v", socks)
+	}
+	agent := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dialer net.Dialer
+		return dialer.DialContext(ctx, "unix", socks[0])
+	}}}
+	resp, err := agent.Post("http://agent/v1/shutdown", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("shutdown: %s", resp.Status)
+	}
+	for deadline := time.Now().Add(time.Minute); alive(pid); { // a deadlock guard
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent %d still runs after shutdown", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Every process of the sandbox ended with it (its cgroup and files stay until rm).
+	for _, leak := range d.leaks() {
+		if strings.HasPrefix(leak, "process ") {
+			t.Errorf("still running after shutdown: %s", leak)
+		}
+	}
+}
