@@ -20,8 +20,8 @@ import (
 
 	"github.com/nsbox/nsbox/nsbox"
 	"github.com/nsbox/nsbox/nsbox/libcontainer"
-	"github.com/nsbox/nsbox/rootfs/oci"
 	"github.com/nsbox/nsbox/proxy"
+	"github.com/nsbox/nsbox/rootfs/oci"
 )
 
 func daemonCommand() *cli.Command {
