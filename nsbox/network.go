@@ -39,18 +39,9 @@ func (c *Config) netConfig() sandboxnet.Config {
 	}
 }
 
-// CleanupNetwork removes everything sandbox networking made on the host with this config (the
-// nftables table, veths, routes, addresses, conntrack entries, the state file), for
-// `nsbox daemon --cleanup`. It refuses while a daemon holds the metadata.
-func CleanupNetwork(cfg Config) error {
-	meta := filepath.Join(cfg.DataDir, "meta.db")
-	if _, err := os.Stat(meta); err == nil {
-		recs, err := openRecords(meta)
-		if err != nil {
-			return fmt.Errorf("%w; stop the daemon first", err)
-		}
-		recs.Close()
-	}
+// cleanupNetwork removes everything sandbox networking made on the host with this config (the
+// nftables table, veths, routes, addresses, conntrack entries, the state file), for Cleanup.
+func cleanupNetwork(cfg Config) error {
 	return sandboxnet.Cleanup(cfg.netConfig())
 }
 
@@ -199,8 +190,12 @@ func apiNetwork(a *sandboxnet.Attachment) api.SandboxNetwork {
 	return n
 }
 
-// detachNetwork removes a sandbox's network (after its container is gone).
+// detachNetwork removes a sandbox's network (after its container is gone). A runtime opened
+// for Cleanup has no network: Cleanup removes all of it at the end.
 func (r *Runtime) detachNetwork(id string) error {
+	if r.net == nil {
+		return nil
+	}
 	if err := r.net.Detach(id); err != nil {
 		return fmt.Errorf("remove network: %w", err)
 	}

@@ -54,7 +54,7 @@ func netRuntime(t *testing.T) *Runtime {
 			}
 		}
 		r.Close()
-		if err := CleanupNetwork(cfg); err != nil {
+		if err := cleanupNetwork(cfg); err != nil {
 			t.Errorf("cleanup network: %v", err)
 		}
 		if err := netlink.LinkDel(link); err != nil {

@@ -15,8 +15,9 @@ import (
 //   - a sandbox whose create never finished is rolled back and forgotten;
 //   - a running sandbox whose container is gone or whose agent does not answer is marked
 //     failed (it can still be removed, which cleans up what is left);
-//   - a container, run dir or data dir with no record is destroyed;
-//   - a network with no record is removed.
+//   - a container, run dir or data dir with no record is destroyed.
+//
+// Networks with no record are removed by reconcileNetwork.
 func (r *Runtime) reconcile() error {
 	recs, err := r.records.List()
 	if err != nil {
@@ -88,6 +89,5 @@ func (r *Runtime) reconcile() error {
 			r.log.Error("destroy orphan container", "container", id, "err", err)
 		}
 	}
-	r.reconcileNetwork()
 	return nil
 }

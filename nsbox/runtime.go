@@ -91,38 +91,33 @@ const (
 // Open prepares the state directories, images and metadata, and reconciles the records with
 // the containers that exist.
 func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
-	for _, d := range []string{cfg.DataDir, cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes"), filepath.Join(cfg.DataDir, "sandboxes")} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			return nil, fmt.Errorf("make state dir %s: %w", d, err)
-		}
-	}
-	var err error
-	if cfg.hostMemoryMB, err = hostMemoryMB(); err != nil {
-		return nil, err
-	}
-	cfg.hostCPUs = hostCPUs()
-	images, err := rootfs.OpenStore(filepath.Join(cfg.DataDir, "images"), rootfs.WithRegistries(cfg.Registries))
+	r, err := openRecorded(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	recs, err := openRecords(filepath.Join(cfg.DataDir, "meta.db"))
-	if err != nil {
+	if r.cfg.hostMemoryMB, err = hostMemoryMB(); err != nil {
+		r.records.Close()
 		return nil, err
 	}
-	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, images: images, log: log,
-		sandboxes: map[string]*sandbox{}, pool: newWarmPool(cfg.WarmPool)}
-	if r.defaultLimits, err = cfg.resolveLimits(&api.Limits{}); err != nil {
-		recs.Close()
+	r.cfg.hostCPUs = hostCPUs()
+	if r.images, err = rootfs.OpenStore(filepath.Join(cfg.DataDir, "images"), rootfs.WithRegistries(cfg.Registries)); err != nil {
+		r.records.Close()
+		return nil, err
+	}
+	r.pool = newWarmPool(cfg.WarmPool)
+	if r.defaultLimits, err = r.cfg.resolveLimits(&api.Limits{}); err != nil {
+		r.records.Close()
 		return nil, fmt.Errorf("default limits: %w", err)
 	}
 	if err := r.openNetwork(); err != nil {
-		recs.Close()
+		r.records.Close()
 		return nil, err
 	}
 	if err := r.reconcile(); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
 	}
+	r.reconcileNetwork()
 	if err := r.fillPool(); err != nil {
 		r.Close()
 		return nil, err
@@ -130,12 +125,63 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	return r, nil
 }
 
+// openRecorded prepares the state directories and opens the records: what a daemon and
+// `daemon --cleanup` both start from. The runtime has no images, no network and an empty pool.
+func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
+	for _, d := range []string{cfg.DataDir, cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes"), filepath.Join(cfg.DataDir, "sandboxes")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, fmt.Errorf("make state dir %s: %w", d, err)
+		}
+	}
+	recs, err := openRecords(filepath.Join(cfg.DataDir, "meta.db"))
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log,
+		sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil)}, nil
+}
+
+// Cleanup is `nsbox daemon --cleanup`, for when no daemon runs. It does what a daemon's start
+// does to what a crash left (reconcile: half-made containers with their mounts, cgroups, loop
+// devices and directories go, unfinished creates are rolled back), and then removes the
+// sandbox network (cleanupNetwork). Sandboxes whose processes still run would lose their
+// network that way: with any, it refuses (after the first part), unless force, which removes
+// them first as `rm -f` does.
+func Cleanup(cfg Config, force bool, log *slog.Logger) error {
+	r, err := openRecorded(cfg, log)
+	if err != nil {
+		return fmt.Errorf("%w; stop the daemon first", err)
+	}
+	defer r.Close()
+	if err := r.reconcile(); err != nil {
+		return fmt.Errorf("reconcile sandboxes: %w", err)
+	}
+	var running []string
+	for _, sb := range r.List() {
+		if l, err := r.lookup(sb.ID); err == nil && l.alive() {
+			running = append(running, sb.ID)
+		}
+	}
+	if len(running) > 0 && !force {
+		return fmt.Errorf("%d sandboxes still run (%s): they would lose their network; remove them through a daemon first, or give --force to remove them now",
+			len(running), strings.Join(running, ", "))
+	}
+	for _, id := range running {
+		if err := r.Remove(id, true); err != nil {
+			return err
+		}
+	}
+	return cleanupNetwork(cfg)
+}
+
 // Close destroys the warm pool's containers, and releases the network's host resources (its
 // netlink sockets and held host ports; the rules stay) and the metadata database. Sandboxes
 // keep running.
 func (r *Runtime) Close() error {
 	r.drainPool()
-	r.net.Close()
+	if r.net != nil {
+		r.net.Close()
+	}
 	return r.records.Close()
 }
 

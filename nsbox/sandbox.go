@@ -142,6 +142,13 @@ func (r *Runtime) lookup(id string) (*sandbox, error) {
 	return sb, nil
 }
 
+// alive reports whether the sandbox's container still runs, whatever its state says.
+func (sb *sandbox) alive() bool {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.inst != nil && sb.inst.Alive()
+}
+
 // snapshot returns a copy of a sandbox's record as it is now.
 func (sb *sandbox) snapshot() record {
 	sb.mu.Lock()

@@ -50,7 +50,8 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "proxy-max-conns", Usage: "client connections the preview proxy holds at once (default: about a quarter of the open-file limit)"},
 			&cli.IntFlag{Name: "proxy-max-conns-per-client", Value: 256, Usage: "client connections the preview proxy holds from one IP address"},
 			&cli.DurationFlag{Name: "proxy-idle-timeout", Value: time.Minute, Usage: "close a preview proxy client connection idle this long between requests"},
-			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
+			&cli.BoolFlag{Name: "cleanup", Usage: "remove what a crash left of containers, then the sandbox network's table, veths, routes and state, and exit (no daemon may run; refused while sandboxes run)"},
+			&cli.BoolFlag{Name: "force", Usage: "with --cleanup: remove sandboxes that still run (as rm -f does) instead of refusing"},
 		},
 		Action: runDaemon,
 	}
@@ -109,8 +110,11 @@ func runDaemon(c *cli.Context) error {
 	if cfg.ProxyPort, err = proxyPort(c.String("proxy-listen"), cfg.ProxyDomain); err != nil {
 		return err
 	}
+	if c.Bool("force") && !c.Bool("cleanup") {
+		return errors.New("--force goes with --cleanup")
+	}
 	if c.Bool("cleanup") {
-		return cleanupNetwork(cfg)
+		return cleanup(cfg, c.Bool("force"), log)
 	}
 	lock, err := lockRunDir(cfg.RunDir)
 	if err != nil {

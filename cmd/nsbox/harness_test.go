@@ -195,38 +195,68 @@ func (d *testDaemon) cleanup() {
 // leaks lists what a daemon with no sandboxes should not have left behind.
 func (d *testDaemon) leaks() []string {
 	var leaks []string
+	for _, l := range d.leftovers() {
+		leaks = append(leaks, l.what)
+	}
+	return leaks
+}
+
+// leftover is something of a container's on the host: a cgroup, a mount, a loop device, a
+// process, a state directory.
+type leftover struct {
+	container string // "" when it cannot be told
+	what      string
+}
+
+// leftovers lists what the daemon's containers have on the host.
+func (d *testDaemon) leftovers() []leftover {
+	var out []leftover
 	cgroupDirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent + "/*")
 	for _, dir := range cgroupDirs {
 		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
-			leaks = append(leaks, "cgroup "+dir)
+			out = append(out, leftover{filepath.Base(dir), "cgroup " + dir})
 		}
 	}
 	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mountinfo), "\n") {
 		if strings.Contains(line, d.runDir) || strings.Contains(line, d.dataDir) {
-			leaks = append(leaks, "mount "+line)
+			out = append(out, leftover{d.containerOfPath(line), "mount " + line})
 		}
 	}
 	backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, f := range backing {
 		if data, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(data), d.dataDir+"/") {
-			leaks = append(leaks, "loop device "+filepath.Base(filepath.Dir(filepath.Dir(f)))+" on "+strings.TrimSpace(string(data)))
+			out = append(out, leftover{d.containerOfPath(string(data)),
+				"loop device " + filepath.Base(filepath.Dir(filepath.Dir(f))) + " on " + strings.TrimSpace(string(data))})
 		}
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")
 	for _, p := range procs {
 		data, _ := os.ReadFile(p)
-		if strings.Contains(string(data), "/"+d.cgroupParent+"/") && alive(pidOf(p)) {
-			leaks = append(leaks, "process "+filepath.Dir(p))
+		_, rest, found := strings.Cut(string(data), "/"+d.cgroupParent+"/")
+		if found && alive(pidOf(p)) {
+			container, _, _ := strings.Cut(strings.Fields(rest)[0], "/")
+			out = append(out, leftover{container, "process " + filepath.Dir(p)})
 		}
 	}
 	for _, dir := range []string{filepath.Join(d.runDir, "containers"), filepath.Join(d.runDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes")} {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
-			leaks = append(leaks, "state "+filepath.Join(dir, e.Name()))
+			out = append(out, leftover{e.Name(), "state " + filepath.Join(dir, e.Name())})
 		}
 	}
-	return leaks
+	return out
+}
+
+// containerOfPath is the container whose run or data dir s names a path in ("" if none).
+func (d *testDaemon) containerOfPath(s string) string {
+	for _, dir := range []string{d.runDir, d.dataDir} {
+		if _, rest, ok := strings.Cut(s, dir+"/sandboxes/"); ok {
+			container, _, _ := strings.Cut(rest, "/")
+			return container
+		}
+	}
+	return ""
 }
 
 // call sends a raw API request and returns the status and body.

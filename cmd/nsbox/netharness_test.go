@@ -60,8 +60,7 @@ func (d *testDaemon) cleanupNetwork() {
 	for _, leak := range d.net.tableLeaks() {
 		t.Errorf("leaked in nftables table %s: %s", d.net.table, leak)
 	}
-	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir, "--cleanup"}, d.net.daemonArgs()...)
-	if out, err := execNsbox(args...); err != nil {
+	if out, err := d.runCleanup(); err != nil {
 		t.Errorf("nsbox daemon --cleanup: %v\n%s", err, out)
 	}
 	for _, leak := range d.net.leaks() {
@@ -70,6 +69,14 @@ func (d *testDaemon) cleanupNetwork() {
 	if _, err := os.Stat(d.runDir + "/network.json"); err == nil {
 		t.Errorf("leaked: network state %s/network.json", d.runDir)
 	}
+}
+
+// runCleanup runs `nsbox daemon --cleanup` with the daemon's paths and network and the extra
+// flags, and returns its output.
+func (d *testDaemon) runCleanup(extra ...string) (string, error) {
+	args := append([]string{"--socket", d.socket, "daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
+		"--cgroup-parent", d.cgroupParent, "--cleanup"}, d.net.daemonArgs()...)
+	return execNsbox(append(args, extra...)...)
 }
 
 // tableLeaks lists what is left in the table of a daemon whose sandboxes are all gone.
@@ -116,14 +123,12 @@ func (n testNetwork) leaks() []string {
 			leaks = append(leaks, "nftables table "+n.table)
 		}
 	}
-	links, err := netlink.LinkList()
+	veths, err := n.veths()
 	if err != nil {
-		return append(leaks, "list links: "+err.Error())
+		return append(leaks, err.Error())
 	}
-	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Alias, "nsbox:"+n.table+":") {
-			leaks = append(leaks, "veth "+l.Attrs().Name)
-		}
+	for _, veth := range veths {
+		leaks = append(leaks, "veth "+veth)
 	}
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
@@ -147,6 +152,21 @@ func (n testNetwork) leaks() []string {
 		}
 	}
 	return leaks
+}
+
+// veths lists the host veths of the network's sandboxes, by sandbox id.
+func (n testNetwork) veths() (map[string]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	out := map[string]string{}
+	for _, l := range links {
+		if id, ok := strings.CutPrefix(l.Attrs().Alias, "nsbox:"+n.table+":"); ok {
+			out[id] = l.Attrs().Name
+		}
+	}
+	return out, nil
 }
 
 // execNsbox runs the nsbox binary and returns its combined output.

@@ -32,17 +32,18 @@ func networkFlags(c *cli.Context) (nsbox.NetworkConfig, error) {
 		Uplinks: c.StringSlice("uplink")}, nil
 }
 
-// cleanupNetwork is `nsbox daemon --cleanup`: it refuses while a daemon holds the metadata.
-func cleanupNetwork(cfg nsbox.Config) error {
+// cleanup is `nsbox daemon --cleanup [--force]`: it holds the run dir, so no daemon can start
+// meanwhile, and refuses while one runs.
+func cleanup(cfg nsbox.Config, force bool, log *slog.Logger) error {
 	lock, err := lockRunDir(cfg.RunDir)
 	if err != nil {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	defer lock.Close()
-	if err := nsbox.CleanupNetwork(cfg); err != nil {
+	if err := nsbox.Cleanup(cfg, force, log); err != nil {
 		return fmt.Errorf("cleanup: %w", err)
 	}
-	slog.Info("sandbox network removed", "table", cfg.Network.Table, "subnet", cfg.Network.Subnet)
+	log.Info("left-over containers and the sandbox network removed", "table", cfg.Network.Table, "subnet", cfg.Network.Subnet)
 	return nil
 }
 

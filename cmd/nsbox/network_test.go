@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -550,5 +551,52 @@ func TestCleanupRefusesARunningDaemon(t *testing.T) {
 	}
 	if _, err := d.client.GetSandbox(context.Background(), "keep"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCleanupKeepsRunningSandboxes: `daemon --cleanup` with no daemon but sandboxes still
+// running refuses and leaves their network alone (a daemon started afterwards finds them
+// reachable at their address); with --force it removes them, and nothing is left.
+func TestCleanupKeepsRunningSandboxes(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "live", Image: "busybox"})
+	d.create(api.CreateSandboxRequest{ID: "dead", Image: "busybox"})
+	startWeb(d, "live", "8080", "still-here")
+	port := d.expose("live", api.ExposePortRequest{Port: 8080})
+	ip := d.sandboxIP("live")
+	deadPID := d.agentPID("dead")
+	d.stop()
+	if err := syscall.Kill(deadPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	out, err := d.runCleanup()
+	if err == nil || !strings.Contains(out, "1 sandboxes still run (live)") || !strings.Contains(out, "--force") {
+		t.Fatalf("--cleanup with a sandbox running: %v\n%s", err, out)
+	}
+	if veths, err := d.net.veths(); err != nil || veths["live"] == "" {
+		t.Fatalf("the running sandbox's veth after a refused --cleanup: %v %v", veths, err)
+	}
+	d.start()
+	got, err := d.client.GetSandbox(context.Background(), "live")
+	if err != nil || got.Status != api.StatusRunning || got.Network.IP != ip {
+		t.Fatalf("after a refused --cleanup: %+v %v", got, err)
+	}
+	mustHostGet(t, port.URL, "still-here")
+	if got, err := d.client.GetSandbox(context.Background(), "dead"); err != nil || got.Status != api.StatusFailed {
+		t.Fatalf("the sandbox whose agent died: %+v %v", got, err)
+	}
+	d.stop()
+	if out, err := d.runCleanup("--force"); err != nil {
+		t.Fatalf("--cleanup --force: %v\n%s", err, out)
+	}
+	if alive(got.PID) {
+		t.Errorf("the sandbox's agent (pid %d) runs after --cleanup --force", got.PID)
+	}
+	for _, leak := range d.net.leaks() {
+		t.Errorf("after --cleanup --force: %s", leak)
+	}
+	d.start()
+	if list, err := d.client.ListSandboxes(context.Background()); err != nil || len(list) != 1 || list[0].ID != "dead" {
+		t.Fatalf("sandboxes after --cleanup --force: %+v %v", list, err)
 	}
 }

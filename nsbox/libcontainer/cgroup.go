@@ -3,6 +3,7 @@ package libcontainer
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/opencontainers/cgroups"
@@ -19,18 +20,20 @@ func maxOpenFiles() uint64 {
 }
 
 // removeCgroup kills whatever is left in a cgroup that has no container state any more (a crash
-// between creating the cgroup and saving the state) and removes it from every hierarchy.
+// between creating the cgroup and saving the state) and removes it from every hierarchy. A
+// crash can leave it in only some of the hierarchies: each is looked at on its own.
 func removeCgroup(path string) error {
 	m, err := manager.New(&cgroups.Cgroup{Path: path, Resources: &cgroups.Resources{}})
 	if err != nil {
 		return fmt.Errorf("cgroup manager for %s: %w", path, err)
 	}
-	if !m.Exists() {
-		return nil
-	}
 	for attempt := 0; attempt < 50; attempt++ {
-		pids, err := m.GetAllPids()
-		if err != nil || len(pids) == 0 {
+		var pids []int
+		for _, dir := range m.GetPaths() {
+			p, _ := cgroups.GetAllPids(dir) // a hierarchy without the cgroup has none
+			pids = append(pids, p...)
+		}
+		if len(pids) == 0 {
 			break
 		}
 		for _, pid := range pids {
@@ -42,4 +45,25 @@ func removeCgroup(path string) error {
 		return fmt.Errorf("remove cgroup %s: %w", path, err)
 	}
 	return nil
+}
+
+// childCgroups lists the names of the cgroups under the one at path, in every hierarchy.
+func childCgroups(path string) ([]string, error) {
+	m, err := manager.New(&cgroups.Cgroup{Path: path, Resources: &cgroups.Resources{}})
+	if err != nil {
+		return nil, fmt.Errorf("cgroup manager for %s: %w", path, err)
+	}
+	var out []string
+	for _, dir := range m.GetPaths() {
+		entries, err := os.ReadDir(dir)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("list cgroups: %w", err)
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				out = append(out, e.Name())
+			}
+		}
+	}
+	return out, nil
 }
