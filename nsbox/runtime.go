@@ -529,7 +529,9 @@ func (r *Runtime) destroyContainer(inst backend.Instance, alongside ...func() er
 
 // destroyContainerID removes a container, its storage and its directories. Once its
 // processes are dead, the backend's destroy, the storage and what alongside removes (the
-// sandbox's network) go at the same time; the directories last.
+// sandbox's network) go at the same time; the directories last. The run dir stays when the
+// backend could not destroy the container (a cgroup that would not go): it is how the next
+// try, or the next daemon's reconcile, finds what is left.
 func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error {
 	done := make(chan error, len(alongside))
 	for _, task := range alongside {
@@ -539,7 +541,12 @@ func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error
 	go func() { destroyed <- wrapErr("destroy container", r.backend.Destroy(id)) }()
 	errs := []error{r.releaseStorage(id)}
 	// The backend's mounts in the run dir are gone before the directories go.
-	errs = append(errs, <-destroyed, os.RemoveAll(r.sandboxRunDir(id)), os.RemoveAll(r.sandboxDataDir(id)))
+	if err := <-destroyed; err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, os.RemoveAll(r.sandboxRunDir(id)))
+	}
+	errs = append(errs, os.RemoveAll(r.sandboxDataDir(id)))
 	for range alongside {
 		errs = append(errs, <-done)
 	}

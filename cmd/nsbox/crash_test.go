@@ -19,11 +19,11 @@ import (
 )
 
 // TestCrashDuringCreates kills the daemon with SIGKILL while 20 creates (some with a disk
-// limit, some with a copy-on-write workspace) are under way, adds a cgroup with a process and
-// nothing else (a crash while a failed create's teardown ran), and checks that the next start,
-// and separately `daemon --cleanup`, remove every half-made container: what is left on the host
-// (cgroups, mounts, loop devices, processes, directories, veths) belongs to a recorded sandbox,
-// and the host keeps no mount of a sandbox but its disk.
+// limit, some with a copy-on-write workspace) are under way, adds a run dir and a cgroup with a
+// process (strayCgroup), and checks that the next start, and separately `daemon --cleanup`,
+// remove every half-made container: what is left on the host (cgroups, mounts, loop devices,
+// processes, directories, veths) belongs to a recorded sandbox, and the host keeps no mount of
+// a sandbox but its disk.
 func TestCrashDuringCreates(t *testing.T) {
 	for _, after := range []string{"restart", "cleanup"} {
 		t.Run(after, func(t *testing.T) {
@@ -117,8 +117,9 @@ func (d *testDaemon) crashDuringCreates(n int) map[string]bool {
 	return created
 }
 
-// strayCgroup makes a container cgroup under the daemon's parent, with a process in it, as
-// a crash in the middle of a teardown that had removed everything else would leave.
+// strayCgroup makes what a teardown whose cgroup would not go leaves (and a crash in the
+// middle of a container's start, between its cgroup and its state): a run dir, and a cgroup
+// with a process in it, in one hierarchy only.
 func (d *testDaemon) strayCgroup() {
 	d.t.Helper()
 	dir := "/sys/fs/cgroup/pids" // a v1 hierarchy, or else the unified one
@@ -126,8 +127,10 @@ func (d *testDaemon) strayCgroup() {
 		dir = "/sys/fs/cgroup"
 	}
 	dir = filepath.Join(dir, d.cgroupParent, "c-stray")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		d.t.Fatal(err)
+	for _, dir := range []string{dir, filepath.Join(d.runDir, "sandboxes", "c-stray")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			d.t.Fatal(err)
+		}
 	}
 	sleep := exec.Command("sleep", "1000")
 	if err := sleep.Start(); err != nil {

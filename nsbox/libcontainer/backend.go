@@ -171,8 +171,7 @@ func (b *Backend) Load(id string) (backend.Instance, error) {
 	return b.newInstance(c, state.InitProcessPid)
 }
 
-// Containers lists the containers with state, and those with only a run dir or a cgroup (under
-// the current parent) left.
+// Containers lists the containers with state, and those with only a run dir left.
 func (b *Backend) Containers() ([]string, error) {
 	seen := map[string]bool{}
 	for _, dir := range []string{b.cfg.StateRoot, b.cfg.RunDir} {
@@ -183,13 +182,6 @@ func (b *Backend) Containers() ([]string, error) {
 		for _, e := range entries {
 			seen[e.Name()] = true
 		}
-	}
-	cgroups, err := childCgroups(cgroupPath(b.cfg.CgroupParent, ""))
-	if err != nil {
-		return nil, err
-	}
-	for _, id := range cgroups {
-		seen[id] = true
 	}
 	return slices.Sorted(maps.Keys(seen)), nil
 }

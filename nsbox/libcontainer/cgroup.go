@@ -3,7 +3,6 @@ package libcontainer
 import (
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/opencontainers/cgroups"
@@ -47,23 +46,3 @@ func removeCgroup(path string) error {
 	return nil
 }
 
-// childCgroups lists the names of the cgroups under the one at path, in every hierarchy.
-func childCgroups(path string) ([]string, error) {
-	m, err := manager.New(&cgroups.Cgroup{Path: path, Resources: &cgroups.Resources{}})
-	if err != nil {
-		return nil, fmt.Errorf("cgroup manager for %s: %w", path, err)
-	}
-	var out []string
-	for _, dir := range m.GetPaths() {
-		entries, err := os.ReadDir(dir)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("list cgroups: %w", err)
-		}
-		for _, e := range entries {
-			if e.IsDir() {
-				out = append(out, e.Name())
-			}
-		}
-	}
-	return out, nil
-}

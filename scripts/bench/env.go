@@ -253,7 +253,7 @@ func (b *bench) cleanup() error {
 	for _, d := range b.daemons {
 		errs = append(errs, d.stop())
 		// The sandbox network's table, veths and state.
-		args := append([]string{"daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir, "--cleanup"}, d.netArgs...)
+		args := append([]string{"daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir, "--cgroup-parent", d.cgroupParent, "--cleanup"}, d.netArgs...)
 		errs = append(errs, runCommand(b.bin, args...))
 	}
 	errs = append(errs, b.net.remove())
