@@ -45,4 +45,3 @@ func removeCgroup(path string) error {
 	}
 	return nil
 }
-
