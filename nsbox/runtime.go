@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -75,6 +76,9 @@ type Runtime struct {
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
+	// trim gives the memory a burst of creates and removes used back to the system once the
+	// daemon has been quiet for trimDelay (settled).
+	trim *time.Timer
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -86,6 +90,8 @@ const (
 	stopGrace = 10 * time.Second
 	// agentReadyTimeout bounds how long a new sandbox's agent may take to answer.
 	agentReadyTimeout = 10 * time.Second
+	// trimDelay is how long after the last create or remove the daemon returns freed memory.
+	trimDelay = 2 * time.Second
 )
 
 // Open prepares the state directories, images and metadata, and reconciles the records with
@@ -137,9 +143,15 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log,
-		sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil)}, nil
+	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log,
+		sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
+	r.trim.Stop()
+	return r, nil
 }
+
+// settled is called after each create and remove: once none follows for trimDelay, the heap
+// that a burst grew is returned to the system (Go's scavenger would take minutes).
+func (r *Runtime) settled() { r.trim.Reset(trimDelay) }
 
 // Cleanup is `nsbox daemon --cleanup`, for when no daemon runs. It does what a daemon's start
 // does to what a crash left (reconcile: half-made containers with their mounts, cgroups, loop
@@ -295,6 +307,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		return nil, err
 	}
 
+	defer r.settled()
 	began := time.Now()
 	sc, fromPool, err := r.acquire(ctx, img, lim, storageOf(&req))
 	if err != nil {
@@ -489,6 +502,7 @@ func (r *Runtime) Remove(id string, force bool) error {
 			r.log.Warn("thaw before remove", "sandbox", id, "err", err)
 		}
 	}
+	defer r.settled()
 	if !force && (from == api.StatusRunning || from == api.StatusPaused) && inst != nil {
 		r.stop(sb, inst)
 	}

@@ -30,12 +30,15 @@ type instance struct {
 	socket     string
 	log        string
 	exited     chan struct{}
+	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
+	reap func()
 }
 
-// newInstance pins the agent at pid and starts watching for its exit.
-func (b *Backend) newInstance(c *runc.Container, pid int) (*instance, error) {
+// newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
+// is not this process's child) is called once it has exited.
+func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instance, error) {
 	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
-		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{})}
+		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap}
 	status, err := c.Status()
 	if err == nil && (status == runc.Running || status == runc.Paused) && pid > 0 {
 		inst.pidfd, err = unix.PidfdOpen(pid, 0)
@@ -47,11 +50,12 @@ func (b *Backend) newInstance(c *runc.Container, pid int) (*instance, error) {
 	return inst, nil
 }
 
-// watch closes exited when the agent exits. It waits on its own copy of the pidfd through
-// Go's poller: a parked goroutine per container, no thread, no polling.
+// watch closes exited when the agent exits, after reaping it. It waits on its own copy of the
+// pidfd through Go's poller: a parked goroutine per container, no thread, no polling (a wait4
+// per agent would hold a thread for each running sandbox).
 func (i *instance) watch() {
 	if i.pidfd < 0 {
-		close(i.exited)
+		go i.exit()
 		return
 	}
 	fd, err := unix.FcntlInt(uintptr(i.pidfd), unix.F_DUPFD_CLOEXEC, 0)
@@ -59,25 +63,33 @@ func (i *instance) watch() {
 		err = unix.SetNonblock(fd, true)
 	}
 	if err != nil {
-		close(i.exited)
+		go i.exit()
 		return
 	}
 	pidfd := os.NewFile(uintptr(fd), "pidfd")
 	conn, err := pidfd.SyscallConn()
 	if err != nil {
 		pidfd.Close()
-		close(i.exited)
+		go i.exit()
 		return
 	}
 	go func() {
+		defer i.exit()
 		defer pidfd.Close()
-		defer close(i.exited)
 		// The callback runs when the poller reports the pidfd readable: the process has exited.
 		_ = conn.Read(func(fd uintptr) bool {
 			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
 			return n > 0
 		})
 	}()
+}
+
+// exit reaps the agent when it is this daemon's child, and closes exited.
+func (i *instance) exit() {
+	if i.reap != nil {
+		i.reap()
+	}
+	close(i.exited)
 }
 
 func (i *instance) ID() string              { return i.c.ID() }

@@ -16,6 +16,8 @@
 //   - network: exposing and unexposing a port, create with a network versus mode none, and
 //     HTTP requests per second through an exposed host port versus straight to the sandbox,
 //     and the API's p99 without and with 10,000 idle connections to the preview proxy (proxyload.go).
+//   - burst: 50 and 200 creates at once: throughput, latencies, and the daemon's threads and RSS
+//     before, during and after (burst.go).
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -94,7 +96,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "memory", "storage", "files", "network"}
+var sections = []string{"cycle", "session", "process", "memory", "storage", "files", "network", "burst"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -141,6 +143,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["network"] {
 		if err := b.networkSection(ctx, o.n); err != nil {
 			return fmt.Errorf("network: %w", err)
+		}
+	}
+	if o.sections["burst"] {
+		if err := b.burstSection(ctx); err != nil {
+			return fmt.Errorf("burst: %w", err)
 		}
 	}
 	return nil
