@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/nsbox/nsbox/nsbox/backend"
@@ -30,7 +31,7 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 	prepared := time.Since(began)
 	var inst backend.Instance
 	if err == nil {
-		inst, err = r.backend.Start(ctx, spec)
+		onOwnThread(func() { inst, err = r.backend.Start(ctx, spec) })
 	}
 	// A started container's mount namespace holds its copy-on-write workspace; the host needs
 	// no mount of it.
@@ -86,4 +87,18 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})
 	}
 	return spec, nil
+}
+
+// onOwnThread runs fn on a thread that ends with it. A container's start and teardown block
+// their thread in system calls (runc's handshakes with the container's init, waits on pidfds):
+// run on the caller's, a burst of creates or removes would leave the daemon with a parked
+// thread for each one that ran at once, since Go never ends an idle thread.
+func onOwnThread(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		fn()
+	}()
+	<-done
 }

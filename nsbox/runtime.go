@@ -535,7 +535,7 @@ func (r *Runtime) stop(sb *sandbox, inst backend.Instance) {
 // destroyContainer kills a container's processes, then removes it and everything it had,
 // whether or not it was ever bound to a sandbox.
 func (r *Runtime) destroyContainer(inst backend.Instance, alongside ...func() error) error {
-	inst.Kill()
+	onOwnThread(inst.Kill)
 	err := r.destroyContainerID(inst.ID(), alongside...)
 	inst.Close()
 	return err
@@ -552,7 +552,7 @@ func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error
 		go func() { done <- task() }()
 	}
 	destroyed := make(chan error, 1)
-	go func() { destroyed <- wrapErr("destroy container", r.backend.Destroy(id)) }()
+	go onOwnThread(func() { destroyed <- wrapErr("destroy container", r.backend.Destroy(id)) })
 	errs := []error{r.releaseStorage(id)}
 	// The backend's mounts in the run dir are gone before the directories go.
 	if err := <-destroyed; err != nil {

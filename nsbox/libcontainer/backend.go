@@ -69,10 +69,9 @@ func (b *Backend) rootMount(id string) string   { return filepath.Join(b.RunDir(
 // returns once the agent runs. On failure nothing of it is left.
 //
 // A start is CPU work (runc's init, ~40 mounts, the agent's runtime; ~115 ms of CPU here under
-// a burst) and blocks its thread in runc's handshakes with the container's init. So at most two
-// per CPU run at once, and each on a thread of its own that ends with it: more at once only
-// shares the same CPUs (every create of a burst then answers at its end) and leaves the daemon
-// with a parked thread for each.
+// a burst) and blocks its thread in runc's handshakes with the container's init, so at most two
+// per CPU run at once: more only share the same CPUs (every create of a burst then answers at
+// its end) and each holds a thread.
 func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
 	select {
 	case b.starting <- struct{}{}:
@@ -80,18 +79,7 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.Instanc
 		return nil, fmt.Errorf("wait to start: %w", ctx.Err())
 	}
 	defer func() { <-b.starting }()
-	type started struct {
-		inst *instance
-		err  error
-	}
-	done := make(chan started, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		inst, err := b.start(spec)
-		done <- started{inst, err}
-	}()
-	res := <-done
-	inst, err := res.inst, res.err
+	inst, err := b.start(spec)
 	if err != nil {
 		if derr := b.Destroy(spec.ID); derr != nil {
 			b.cfg.Log.Error("clean up after failed start", "container", spec.ID, "err", derr)
