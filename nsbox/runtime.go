@@ -228,8 +228,8 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if req.Cwd == "" {
 		req.Cwd = defaultCwd
 	}
-	if !filepath.IsAbs(req.Cwd) {
-		return nil, api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", req.Cwd)
+	if err := checkCwd(req.Cwd); err != nil {
+		return nil, err
 	}
 	if err := api.CheckEnv(req.Env); err != nil {
 		return nil, err
@@ -302,6 +302,20 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "container", rec.Container, "pid", rec.PID,
 		"warm", fromPool, "duration", time.Since(began))
 	return &out, nil
+}
+
+// checkCwd refuses a sandbox working directory that is not absolute or that is in the kernel's
+// or nsbox's own places (/proc/1/root/… would reach another root, and break every exec).
+func checkCwd(cwd string) error {
+	if !filepath.IsAbs(cwd) {
+		return api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", cwd)
+	}
+	for _, res := range reservedTargets {
+		if within(filepath.Clean(cwd), res) {
+			return api.Errorf(api.CodeInvalidArgument, "cwd %s is in %s, which is the kernel's or nsbox's; choose a directory such as one under /workspace or /tmp", cwd, res)
+		}
+	}
+	return nil
 }
 
 // admit registers a new sandbox with the id, in no state yet: invisible to Get and List until
