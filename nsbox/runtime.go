@@ -322,20 +322,19 @@ func checkCwd(cwd string) error {
 // its create records it, and refusing every other request meanwhile.
 func (r *Runtime) admit(id string) (*sandbox, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if other := r.sandboxes[id]; other != nil {
-		other.mu.Lock()
-		state := other.rec.Status
-		other.mu.Unlock()
-		switch state {
-		case "", api.StatusCreating, api.StatusStopping:
-			return nil, stateError(id, state, "try again")
-		}
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q already exists", id)
+	other := r.sandboxes[id]
+	if other == nil {
+		sb := &sandbox{id: id, rec: record{Sandbox: api.Sandbox{ID: id}}}
+		r.sandboxes[id] = sb
+		r.mu.Unlock()
+		return sb, nil
 	}
-	sb := &sandbox{id: id, rec: record{Sandbox: api.Sandbox{ID: id}}}
-	r.sandboxes[id] = sb
-	return sb, nil
+	r.mu.Unlock() // a sandbox's lock is never taken under r.mu (transition takes them the other way)
+	switch state := other.snapshot().Status; state {
+	case "", api.StatusCreating, api.StatusStopping:
+		return nil, stateError(id, state, "try again")
+	}
+	return nil, api.Errorf(api.CodeConflict, "sandbox %q already exists", id)
 }
 
 // forget drops a sandbox that was admitted but never recorded.
@@ -420,19 +419,29 @@ func (r *Runtime) Get(id string) (*api.Sandbox, error) {
 
 // List returns every sandbox, ordered by id.
 func (r *Runtime) List() []api.Sandbox {
+	out := []api.Sandbox{}
+	for _, rec := range r.snapshots() {
+		if rec.Status != "" {
+			out = append(out, rec.Sandbox)
+		}
+	}
+	slices.SortFunc(out, func(a, b api.Sandbox) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// snapshots returns a copy of every known sandbox's record as it is now (those not yet recorded
+// have no status).
+func (r *Runtime) snapshots() []record {
 	r.mu.Lock()
 	all := make([]*sandbox, 0, len(r.sandboxes))
 	for _, sb := range r.sandboxes {
 		all = append(all, sb)
 	}
-	r.mu.Unlock()
-	out := make([]api.Sandbox, 0, len(all))
+	r.mu.Unlock() // a sandbox's lock is never taken under r.mu
+	out := make([]record, 0, len(all))
 	for _, sb := range all {
-		if rec := sb.snapshot(); rec.Status != "" {
-			out = append(out, rec.Sandbox)
-		}
+		out = append(out, sb.snapshot())
 	}
-	slices.SortFunc(out, func(a, b api.Sandbox) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -474,6 +483,9 @@ func (r *Runtime) stop(sb *sandbox, inst backend.Instance) {
 	sb.mu.Lock()
 	agent := sb.agent
 	sb.mu.Unlock()
+	if agent == nil {
+		return // its agent exited meanwhile
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 	defer cancel()
 	if err := agent.shutdown(ctx); err != nil {
