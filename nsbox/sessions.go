@@ -26,11 +26,15 @@ func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) 
 	if err != nil {
 		return err
 	}
-	s, err := l.agent.createSession(req.Context(), body)
+	s, created, err := l.agent.createSession(req.Context(), body)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	api.WriteJSON(w, http.StatusCreated, s)
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	api.WriteJSON(w, status, s)
 	return nil
 }
 
