@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/internal/atomicfile"
 )
 
 // tokenPrefix starts every scoped token: "nsbox." ID "." secret. Admin tokens are whatever
@@ -273,22 +274,7 @@ func (s *Store) save() error {
 	if err != nil {
 		return fmt.Errorf("encode tokens: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(s.path), ".tokens-*")
-	if err != nil {
-		return fmt.Errorf("save tokens: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), s.path)
-	}
-	if err != nil {
+	if err := atomicfile.Write(s.path, data); err != nil {
 		return fmt.Errorf("save tokens: %w", err)
 	}
 	return nil

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -108,19 +107,7 @@ func (r *remote) call(token, method, path string, body any, header ...string) (i
 
 func (r *remote) send(token, method, path string, body any, header ...string) *http.Response {
 	r.t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	default:
-		data, err := json.Marshal(b)
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		rd = bytes.NewReader(data)
-	}
-	req, err := http.NewRequest(method, r.base+path, rd)
+	req, err := http.NewRequest(method, r.base+path, requestBody(r.t, body))
 	if err != nil {
 		r.t.Fatal(err)
 	}
