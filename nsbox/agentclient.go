@@ -75,9 +75,12 @@ func sessionPath(sid string, rest ...string) string {
 	return p
 }
 
-func (c *agentClient) createSession(ctx context.Context, req api.CreateSessionRequest) (*api.Session, error) {
-	var s api.Session
-	return &s, c.call(ctx, http.MethodPost, "/v1/sessions", req, &s)
+// createSession starts a session; created is false when one with the id ran already (the
+// agent answers it as it is).
+func (c *agentClient) createSession(ctx context.Context, req api.CreateSessionRequest) (s *api.Session, created bool, err error) {
+	s = &api.Session{}
+	status, err := c.send(ctx, http.MethodPost, "/v1/sessions", jsonBody(req), s)
+	return s, status == http.StatusCreated, err
 }
 
 func (c *agentClient) listSessions(ctx context.Context) ([]api.Session, error) {
@@ -213,18 +216,24 @@ func (c *agentClient) call(ctx context.Context, method, path string, in, out any
 // callRaw sends one request with a raw body and decodes the JSON answer into out (nil: the
 // answer has no body).
 func (c *agentClient) callRaw(ctx context.Context, method, path string, body io.Reader, out any) error {
+	_, err := c.send(ctx, method, path, body, out)
+	return err
+}
+
+// send is callRaw that also returns the answer's (2xx) status.
+func (c *agentClient) send(ctx context.Context, method, path string, body io.Reader, out any) (int, error) {
 	resp, err := c.do(ctx, method, path, body)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	if out == nil {
-		return nil
+		return resp.StatusCode, nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return api.Errorf(api.CodeUnavailable, "the sandbox's agent answered %s %s with what is not JSON: %v", method, path, err)
+		return 0, api.Errorf(api.CodeUnavailable, "the sandbox's agent answered %s %s with what is not JSON: %v", method, path, err)
 	}
-	return nil
+	return resp.StatusCode, nil
 }
 
 // stream sends one request whose answer is a stream of events.

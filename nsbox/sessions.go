@@ -28,11 +28,15 @@ func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) 
 	if err != nil {
 		return err
 	}
-	s, err := l.agent.createSession(req.Context(), body)
+	s, created, err := l.agent.createSession(req.Context(), body)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	api.WriteJSON(w, http.StatusCreated, s)
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	api.WriteJSON(w, status, s)
 	return nil
 }
 
@@ -50,16 +54,25 @@ func (r *Runtime) handleListSessions(w http.ResponseWriter, req *http.Request) e
 }
 
 func (r *Runtime) handleGetSession(w http.ResponseWriter, req *http.Request) error {
-	l, err := r.running(req.PathValue("id"))
+	s, err := r.Session(req.Context(), req.PathValue("id"), req.PathValue("sid"))
 	if err != nil {
 		return err
 	}
-	s, err := l.agent.getSession(req.Context(), req.PathValue("sid"))
-	if err != nil {
-		return l.failure(req.Context(), err)
-	}
 	api.WriteJSON(w, http.StatusOK, s)
 	return nil
+}
+
+// Session returns the session sid of the running sandbox id.
+func (r *Runtime) Session(ctx context.Context, id, sid string) (*api.Session, error) {
+	l, err := r.running(id)
+	if err != nil {
+		return nil, err
+	}
+	s, err := l.agent.getSession(ctx, sid)
+	if err != nil {
+		return nil, l.failure(ctx, err)
+	}
+	return s, nil
 }
 
 func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
