@@ -135,7 +135,7 @@ type Context struct {
 	mu     sync.Mutex // guards what follows, which launch replaces
 	pid    int
 	stdin  *os.File
-	exited chan struct{} // closed when the interpreter has exited
+	exited chan struct{}     // closed when the interpreter has exited
 	sink   func(driverEvent) // the running cell's, nil between runs (output then is dropped)
 }
 
