@@ -84,8 +84,7 @@ func (c *agentClient) createSession(ctx context.Context, req api.CreateSessionRe
 }
 
 func (c *agentClient) listSessions(ctx context.Context) ([]api.Session, error) {
-	var out []api.Session
-	return out, c.call(ctx, http.MethodGet, "/v1/sessions", nil, &out)
+	return callSlice[api.Session](ctx, c, http.MethodGet, "/v1/sessions", nil)
 }
 
 func (c *agentClient) getSession(ctx context.Context, sid string) (*api.Session, error) {
@@ -149,8 +148,7 @@ func (c *agentClient) startProcess(ctx context.Context, req api.StartProcessRequ
 }
 
 func (c *agentClient) listProcesses(ctx context.Context, q url.Values) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.call(ctx, http.MethodGet, withQuery(processPath(""), q), nil, &out)
+	return callSlice[api.Process](ctx, c, http.MethodGet, withQuery(processPath(""), q), nil)
 }
 
 func (c *agentClient) getProcess(ctx context.Context, pid string) (*api.Process, error) {
@@ -164,8 +162,7 @@ func (c *agentClient) removeProcess(ctx context.Context, pid string) error {
 
 // removeFinished removes every process that has ended and returns them.
 func (c *agentClient) removeFinished(ctx context.Context) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.call(ctx, http.MethodDelete, processPath(""), nil, &out)
+	return callSlice[api.Process](ctx, c, http.MethodDelete, processPath(""), nil)
 }
 
 func (c *agentClient) killProcess(ctx context.Context, pid string, req api.KillProcessRequest) (*api.Process, error) {
@@ -175,8 +172,7 @@ func (c *agentClient) killProcess(ctx context.Context, pid string, req api.KillP
 
 // killAll signals every process and returns them.
 func (c *agentClient) killAll(ctx context.Context, req api.KillProcessRequest) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.call(ctx, http.MethodPost, processPath("", "kill"), req, &out)
+	return callSlice[api.Process](ctx, c, http.MethodPost, processPath("", "kill"), req)
 }
 
 func (c *agentClient) processLogs(ctx context.Context, pid string, q url.Values) (*api.ProcessLogs, error) {
@@ -202,6 +198,15 @@ func (c *agentClient) closeStdin(ctx context.Context, pid string) error {
 func (c *agentClient) waitProcess(ctx context.Context, pid string, req api.WaitProcessRequest) (*api.WaitProcessResult, error) {
 	var res api.WaitProcessResult
 	return &res, c.call(ctx, http.MethodPost, processPath(pid, "wait"), req, &res)
+}
+
+// callSlice sends one request and decodes its JSON array answer (never nil).
+func callSlice[T any](ctx context.Context, c *agentClient, method, path string, in any) ([]T, error) {
+	out := []T{}
+	if err := c.call(ctx, method, path, in, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // call sends one request with an optional JSON body and decodes the JSON answer into out.

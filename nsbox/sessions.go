@@ -159,10 +159,32 @@ func streamError(err error) error {
 	return api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)
 }
 
+// output gathers a command's stdout and stderr, each up to maxExecOutput.
+type output struct {
+	stdout, stderr []byte
+	truncated      bool
+}
+
+// add appends one output event's data to its stream.
+func (o *output) add(stream, data, encoding string) error {
+	b, err := api.DecodeData(data, encoding)
+	if err != nil {
+		return fmt.Errorf("decode %s event: %w", stream, err)
+	}
+	buf := &o.stdout
+	if stream == api.EventStderr {
+		buf = &o.stderr
+	}
+	if room := maxExecOutput - len(*buf); len(b) > room {
+		b, o.truncated = b[:room], true
+	}
+	*buf = append(*buf, b...)
+	return nil
+}
+
 // collectResult gathers a whole exec into one result.
 func collectResult(events *eventStream) (*api.ExecResult, error) {
-	var stdout, stderr []byte
-	truncated := false
+	var out output
 	for {
 		ev, err := nextExecEvent(events)
 		if err != nil {
@@ -170,26 +192,17 @@ func collectResult(events *eventStream) (*api.ExecResult, error) {
 		}
 		switch ev.Type {
 		case api.EventStdout, api.EventStderr:
-			data, err := ev.Bytes()
-			if err != nil {
-				return nil, fmt.Errorf("decode %s event: %w", ev.Type, err)
+			if err := out.add(ev.Type, ev.Data, ev.Encoding); err != nil {
+				return nil, err
 			}
-			buf := &stdout
-			if ev.Type == api.EventStderr {
-				buf = &stderr
-			}
-			if room := maxExecOutput - len(*buf); len(data) > room {
-				data, truncated = data[:room], true
-			}
-			*buf = append(*buf, data...)
 		case api.EventExit:
 			if ev.Result == nil {
 				return nil, fmt.Errorf("exit event without a result")
 			}
-			res := api.NewExecResult(ev.Result.ExitCode, stdout, stderr)
+			res := api.NewExecResult(ev.Result.ExitCode, out.stdout, out.stderr)
 			res.TimedOut, res.Canceled, res.DurationMs = ev.Result.TimedOut, ev.Result.Canceled, ev.Result.DurationMs
 			res.SessionID, res.SessionEnded, res.SessionReset = ev.Result.SessionID, ev.Result.SessionEnded, ev.Result.SessionReset
-			res.Truncated = truncated
+			res.Truncated = out.truncated
 			return &res, nil
 		}
 	}

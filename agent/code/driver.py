@@ -2,7 +2,7 @@
 # JSON lines on stdin in one namespace that persists between them, and reports on fd 3, as
 # JSON lines: stdout and stderr chunks (base64), results (MIME bundles: the last expression's
 # value, display() calls, matplotlib figures), an error, and the end of each cell.
-import ast, base64, io, json, os, sys, traceback
+import ast, base64, io, json, linecache, os, sys, traceback
 
 _ctl = os.fdopen(3, "wb", buffering=0)
 
@@ -81,14 +81,21 @@ def _figures():
 _globals = {"__name__": "__main__", "__builtins__": __builtins__, "display": display}
 
 
+_cells = 0
+
+
 def _run(code):
-    tree = ast.parse(code, "<cell>", "exec")
+    global _cells
+    _cells += 1
+    name = "<cell %d>" % _cells
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # tracebacks show the code
+    tree = ast.parse(code, name, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
-    exec(compile(tree, "<cell>", "exec"), _globals)
+    exec(compile(tree, name, "exec"), _globals)
     if last is not None:
-        value = eval(compile(last, "<cell>", "eval"), _globals)
+        value = eval(compile(last, name, "eval"), _globals)
         if value is not None:
             _send({"type": "result", "data": _bundle(value)})
     _figures()

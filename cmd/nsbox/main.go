@@ -29,7 +29,7 @@ func main() {
 		Version:  version,
 		Flags:    hostFlags(),
 		Before:   dialDaemon,
-		Commands: append(clientCommands(), daemonCommand(), agentCommand()),
+		Commands: append(append(clientCommands(), codeCommands()...), daemonCommand(), agentCommand()),
 		ExitErrHandler: func(_ *cli.Context, err error) {
 			if err == nil {
 				return
