@@ -88,3 +88,53 @@ func TestCodeContexts(t *testing.T) {
 		t.Errorf("an image without python3: %q", e.Message)
 	}
 }
+
+func TestGitCheckout(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("the host image needs git")
+	}
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "git"})
+	// A repository inside the sandbox, with a main branch of two commits and a feature branch.
+	d.sh("git", `(set -e; export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t
+git init -q -b main /tmp/src && cd /tmp/src && echo one > f && git add f && git commit -qm one && echo two > f && git commit -qam two
+git checkout -q -b feature && echo feat > g && git add g && git commit -qm feat && git checkout -q main)`)
+	res, err := d.client.GitCheckout(ctx, "git", api.GitCheckoutRequest{URL: "file:///tmp/src", TargetDir: "repo", Depth: 1, Token: "SECRET-TOKEN-4711"})
+	if err != nil || !res.Cloned || res.Dir != "/workspace/repo" || res.Branch != "main" || len(res.Commit) != 40 {
+		t.Fatalf("clone: %+v %v", res, err)
+	}
+	if got := d.sh("git", "cat /workspace/repo/f; git -C /workspace/repo rev-list --count HEAD"); got != "two\n1\n" {
+		t.Errorf("a shallow clone of main: %q", got)
+	}
+	res, err = d.client.GitCheckout(ctx, "git", api.GitCheckoutRequest{URL: "file:///tmp/src", TargetDir: "/workspace/repo", Branch: "feature"})
+	if err != nil || res.Cloned || res.Branch != "feature" {
+		t.Fatalf("fetch and check out a branch in the clone: %+v %v", res, err)
+	}
+	if got := d.sh("git", "cat /workspace/repo/g"); got != "feat\n" {
+		t.Errorf("the feature branch: %q", got)
+	}
+	// The token is nowhere in the sandbox.
+	if got := d.sh("git", "grep -rlE 'SECRET-TOKEN-47[1]1' /workspace /tmp /root /proc/*/environ /proc/*/cmdline 2>/dev/null; true"); got != "" {
+		t.Errorf("the token was left in: %q", got)
+	}
+	d.sh("git", "mkdir -p /workspace/full && touch /workspace/full/x")
+	for _, tc := range []struct {
+		req    api.GitCheckoutRequest
+		status int
+		code   string
+	}{
+		{api.GitCheckoutRequest{URL: "file:///tmp/nope", TargetDir: "a"}, http.StatusNotFound, api.CodeNotFound},
+		{api.GitCheckoutRequest{URL: "file:///tmp/src", TargetDir: "b", Branch: "nope"}, http.StatusNotFound, api.CodeNotFound},
+		{api.GitCheckoutRequest{URL: "file:///tmp/src", TargetDir: "full"}, http.StatusConflict, api.CodeConflict},
+		{api.GitCheckoutRequest{URL: "file:///tmp/src"}, http.StatusBadRequest, api.CodeInvalidArgument},
+	} {
+		if e := d.expectError(http.MethodPost, "/v1/sandboxes/git/git/checkout", tc.req, tc.status, tc.code); e.Message == "" {
+			t.Errorf("%+v: no message", tc.req)
+		}
+	}
+	out, errOut, code := d.cli("", "git", "checkout", "--branch", "feature", "git", "file:///tmp/src", "/tmp/cli")
+	if code != 0 || !strings.HasPrefix(out, "/tmp/cli feature ") {
+		t.Errorf("nsbox git checkout: %d %q %q", code, out, errOut)
+	}
+}
