@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -132,6 +135,19 @@ git checkout -q -b feature && echo feat > g && git add g && git commit -qm feat 
 		if e := d.expectError(http.MethodPost, "/v1/sandboxes/git/git/checkout", tc.req, tc.status, tc.code); e.Message == "" {
 			t.Errorf("%+v: no message", tc.req)
 		}
+	}
+	// Streamed: progress events, then done with the result.
+	body, _ := json.Marshal(api.GitCheckoutRequest{URL: "file:///tmp/src", TargetDir: "/tmp/streamed"})
+	req, _ := http.NewRequest(http.MethodPost, "http://nsbox/v1/sandboxes/git/git/checkout", bytes.NewReader(body))
+	req.Header.Set("Accept", api.EventStream)
+	resp, err := d.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sse, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(sse), "event: progress\n") || !strings.Contains(string(sse), "event: done\n") || !strings.Contains(string(sse), `"cloned":true`) {
+		t.Errorf("a streamed checkout: %s", sse)
 	}
 	out, errOut, code := d.cli("", "git", "checkout", "--branch", "feature", "git", "file:///tmp/src", "/tmp/cli")
 	if code != 0 || !strings.HasPrefix(out, "/tmp/cli feature ") {
