@@ -49,6 +49,19 @@ func TestCodeContexts(t *testing.T) {
 		t.Errorf("a timeout: %+v", res)
 	}
 
+	// Rich results: what a value's _repr_*_ methods give (as pandas and matplotlib objects do).
+	res = run(py.ID, "class Table:\n    def _repr_html_(self): return '<table></table>'\n    def _repr_png_(self): return b'\\x89PNG'\nTable()", 0)
+	if len(res.Results) != 1 || res.Results[0]["text/html"] != "<table></table>" || res.Results[0]["image/png"] != "iVBORw==" {
+		t.Errorf("rich results: %+v", res.Results)
+	}
+	// A context of a session: its user and working directory.
+	d.createSession("code", "analyst", api.CreateSessionRequest{ID: "analyst", User: "nobody", Cwd: "/tmp"})
+	if cc, err := d.client.CreateCodeContext(ctx, "code", api.CreateCodeContextRequest{Language: api.LanguagePython, SessionID: "analyst"}); err != nil || cc.User != "nobody" || cc.Cwd != "/tmp" {
+		t.Errorf("a session's context: %+v %v", cc, err)
+	} else if res := run(cc.ID, "import os; os.getuid() != 0", 0); len(res.Results) != 1 || res.Results[0]["text/plain"] != "True" {
+		t.Errorf("a session's context runs as its user: %+v", res)
+	}
+
 	// Streamed: output, the result, then the end.
 	var events []string
 	end, err := d.client.RunCodeStream(ctx, "code", py.ID, api.RunCodeRequest{Code: "print('a'); display('b'); 'c'"}, func(ev api.CodeEvent) { events = append(events, ev.Type) })
@@ -71,7 +84,7 @@ func TestCodeContexts(t *testing.T) {
 	if res := run(py.ID, "count > 41", 0); len(res.Results) != 1 || res.Results[0]["text/plain"] != "True" {
 		t.Errorf("after a daemon restart: %+v", res)
 	}
-	if list, err := d.client.ListCodeContexts(ctx, "code"); err != nil || len(list) != 2 {
+	if list, err := d.client.ListCodeContexts(ctx, "code"); err != nil || len(list) != 3 {
 		t.Errorf("list: %+v %v", list, err)
 	}
 	out, errOut, code := d.cli("", "run-code", "code", "print(6 * 7)")
