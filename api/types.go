@@ -217,6 +217,9 @@ type CreateSessionRequest struct {
 	User  string            `json:"user,omitempty"`  // name or uid inside the sandbox; default root
 	Cwd   string            `json:"cwd,omitempty"`
 	Env   map[string]string `json:"env,omitempty"`
+	// Permission is write (default) or read: a read session runs nothing and changes no file
+	// (exec, terminal input, file writes, processes in it are refused with 403).
+	Permission string `json:"permission,omitempty"`
 }
 
 // Session states.
@@ -238,6 +241,8 @@ type Session struct {
 	ExitCode  int       `json:"exitCode"`
 	PID       int       `json:"pid"`
 	CreatedAt time.Time `json:"createdAt"`
+	// Permission is read or write (see CreateSessionRequest).
+	Permission string `json:"permission"`
 }
 
 // Terminal event types: what a terminal stream carries besides output.
@@ -409,6 +414,9 @@ const (
 	CodeTooLarge        = "payload_too_large"
 	CodeInternal        = "internal"
 	CodeUnavailable     = "unavailable"
+	// CodeUnauthenticated: a TCP request without a valid token (missing, unknown, expired,
+	// revoked); a valid token outside its scope is CodePermissionDenied.
+	CodeUnauthenticated = "unauthenticated"
 	// CodePermissionDenied and CodeInsufficientStorage come from file operations in a sandbox.
 	CodePermissionDenied    = "permission_denied"
 	CodeInsufficientStorage = "insufficient_storage"
@@ -424,6 +432,7 @@ var codeStatus = map[string]int{
 	CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	CodeInternal:        http.StatusInternalServerError,
 	CodeUnavailable:     http.StatusServiceUnavailable,
+	CodeUnauthenticated: http.StatusUnauthorized,
 
 	CodePermissionDenied:    http.StatusForbidden,
 	CodeInsufficientStorage: http.StatusInsufficientStorage,

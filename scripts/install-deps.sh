@@ -2,11 +2,12 @@
 # Installs the Debian packages nsbox needs to build, test and benchmark, when missing:
 # gcc and libseccomp-dev (cgo + seccomp, static), busybox-static (the busybox image),
 # runc and bubblewrap (the peers `make bench` compares against), e2fsprogs (mkfs.ext4 for
-# sandboxes with a disk limit); hyperfine is not needed.
+# sandboxes with a disk limit), python3 (the code contexts' tests on the host image; node comes
+# with the machine); hyperfine is not needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git e2fsprogs; do
+for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git e2fsprogs python3; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

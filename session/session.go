@@ -48,6 +48,8 @@ type Options struct {
 	User  string // name or uid inside the sandbox; "" means root
 	Cwd   string
 	Env   map[string]string
+	// ReadOnly sessions are watched, not driven: the agent refuses what would run in them.
+	ReadOnly bool
 }
 
 // Session is one shell and what it has produced.

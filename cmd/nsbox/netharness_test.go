@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+
+	sandboxnet "github.com/nsbox/nsbox/net"
 )
 
 // testNetwork is a test daemon's own sandbox network: an nftables table, a /27 of
@@ -130,7 +132,7 @@ func (n testNetwork) leaks() []string {
 	for _, veth := range veths {
 		leaks = append(leaks, "veth "+veth)
 	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := sandboxnet.Consistent(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return append(leaks, "list addresses: "+err.Error())
 	}
@@ -139,7 +141,9 @@ func (n testNetwork) leaks() []string {
 			leaks = append(leaks, "address "+a.IPNet.String())
 		}
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 0}, netlink.RT_FILTER_TABLE)
+	routes, err := sandboxnet.Consistent(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 0}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return append(leaks, "list routes: "+err.Error())
 	}
@@ -156,7 +160,7 @@ func (n testNetwork) leaks() []string {
 
 // veths lists the host veths of the network's sandboxes, by sandbox id.
 func (n testNetwork) veths() (map[string]string, error) {
-	links, err := netlink.LinkList()
+	links, err := sandboxnet.Consistent(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
