@@ -420,11 +420,13 @@ func (r *Runtime) teardown(sb *sandbox, failure string) error {
 	// would no longer be filtered.
 	detach := func() error { return r.detachNetwork(sb.id) }
 	var err error
-	if inst != nil {
-		err = r.destroyContainer(inst, detach)
-	} else {
-		err = r.destroyContainerID(container, detach)
-	}
+	onOwnThread(func() { // unmounts, directory removals: see onOwnThread
+		if inst != nil {
+			err = r.destroyContainer(inst, detach)
+		} else {
+			err = r.destroyContainerID(container, detach)
+		}
+	})
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	r.forgetAgent(sb)
