@@ -48,6 +48,9 @@ type CreateSandboxRequest struct {
 	Mounts []Mount `json:"mounts,omitempty"`
 	// Network is the sandbox's network; default mode egress.
 	Network *NetworkSpec `json:"network,omitempty"`
+	// Lifecycle: pause or remove the sandbox when idle, remove it when old (default: the
+	// daemon's --idle-seconds, --on-idle and --ttl-seconds).
+	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Pull says when an OCI image is pulled from its registry first: "never" (the default:
 	// it must be pulled or imported already), "missing" (when it is not stored) or "always".
 	Pull string `json:"pull,omitempty"`
@@ -77,7 +80,26 @@ type Sandbox struct {
 	Mounts    []Mount    `json:"mounts,omitempty"`
 	// Network is the sandbox's network mode and address.
 	Network SandboxNetwork `json:"network"`
+	// Lifecycle is what happens to the sandbox when it is idle or old (nil: nothing).
+	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 }
+
+// Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it
+// (exec, sessions, files, processes, terminals, …) and no preview-proxy request to its ports
+// has been seen for IdleSeconds and none is in progress.
+type Lifecycle struct {
+	IdleSeconds int64 `json:"idleSeconds,omitempty"`
+	// OnIdle is "pause" (a request that needs the sandbox resumes it) or "remove".
+	OnIdle string `json:"onIdle,omitempty"`
+	// TTLSeconds: the sandbox is removed this long after its create, idle or not.
+	TTLSeconds int64 `json:"ttlSeconds,omitempty"`
+}
+
+// What an idle sandbox becomes.
+const (
+	OnIdlePause  = "pause"
+	OnIdleRemove = "remove"
+)
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly
 // one of Argv and Command is set: Command is shell source run in the session's shell (state

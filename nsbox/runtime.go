@@ -42,6 +42,9 @@ type Config struct {
 	DefaultMemoryMB int64
 	DefaultPids     int64
 
+	// DefaultLifecycle is the idle and age policy of sandboxes whose create names none.
+	DefaultLifecycle *api.Lifecycle
+
 	// WarmPool is how many started containers to keep ready per image (pool.go).
 	WarmPool map[string]int
 
@@ -78,6 +81,8 @@ type Runtime struct {
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
+
+	stopIdle context.CancelFunc // ends watchIdle
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -130,6 +135,9 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.Close()
 		return nil, err
 	}
+	idleCtx, stopIdle := context.WithCancel(context.Background())
+	r.stopIdle = stopIdle
+	go r.watchIdle(idleCtx)
 	return r, nil
 }
 
@@ -137,6 +145,9 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 // netlink sockets and held host ports; the rules stay) and the metadata database. Sandboxes
 // keep running.
 func (r *Runtime) Close() error {
+	if r.stopIdle != nil {
+		r.stopIdle()
+	}
 	r.drainPool()
 	r.net.Close()
 	return r.records.Close()
@@ -244,6 +255,10 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err != nil {
 		return nil, err
 	}
+	lifecycle, err := r.cfg.resolveLifecycle(req.Lifecycle)
+	if err != nil {
+		return nil, err
+	}
 	if err := api.CheckLabels(req.Labels); err != nil {
 		return nil, err
 	}
@@ -263,7 +278,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
-			Workspace: req.Workspace, Mounts: req.Mounts, Network: network,
+			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
 		},
 		Container: sc.inst.ID(),
 		ImageID:   imageID,
@@ -301,6 +316,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		r.abortCreate(sb)
 		return nil, err
 	}
+	sb.touch()
 	r.watch(sb, sc.inst)
 	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "container", rec.Container, "pid", rec.PID,
 		"warm", fromPool, "duration", time.Since(began))

@@ -29,6 +29,9 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "id", Usage: "sandbox id (default: generated)"},
 				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
 				&cli.StringFlag{Name: "pull", Usage: "pull an OCI image from its registry first: never (default), missing or always"},
+				&cli.DurationFlag{Name: "idle-timeout", Usage: "pause (or --on-idle remove) the sandbox after this long without API or preview traffic; a request resumes a paused one"},
+				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default) or remove"},
+				&cli.DurationFlag{Name: "ttl", Usage: "remove the sandbox this long after its create"},
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
 				&cli.Int64Flag{Name: "memory", Usage: "memory limit in MB"},
 				&cli.Int64Flag{Name: "pids", Usage: "process limit"},
@@ -127,7 +130,7 @@ func cmdCreate(c *cli.Context) error {
 		return err
 	}
 	req := api.CreateSandboxRequest{
-		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Env: env, Labels: labels, Network: createNetwork(c),
+		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
 		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
 	}
 	if err := storageRequest(c, &req); err != nil {
@@ -208,6 +211,14 @@ func cmdLifecycle(change func(*client.Client, context.Context, string) (*api.San
 			return err
 		})
 	}
+}
+
+// createLifecycle is the lifecycle create's flags ask for, or nil (the daemon's default).
+func createLifecycle(c *cli.Context) *api.Lifecycle {
+	if !c.IsSet("idle-timeout") && !c.IsSet("ttl") && !c.IsSet("on-idle") {
+		return nil
+	}
+	return &api.Lifecycle{IdleSeconds: int64(c.Duration("idle-timeout").Seconds()), OnIdle: c.String("on-idle"), TTLSeconds: int64(c.Duration("ttl").Seconds())}
 }
 
 func execFlags() []cli.Flag {
