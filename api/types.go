@@ -51,7 +51,17 @@ type CreateSandboxRequest struct {
 	// Pull says when an OCI image is pulled from its registry first: "never" (the default:
 	// it must be pulled or imported already), "missing" (when it is not stored) or "always".
 	Pull string `json:"pull,omitempty"`
+	// User is who the sandbox's sessions and processes run as when they name no user:
+	// "name", "uid", "uid:gid" or "name:group" of the image's /etc/passwd and /etc/group.
+	// Default: the OCI image's User, else root.
+	User string `json:"user,omitempty"`
+	// RunEntrypoint starts the OCI image's Entrypoint + Cmd as the process "entrypoint"
+	// right after the create (an image with neither is a 400).
+	RunEntrypoint bool `json:"runEntrypoint,omitempty"`
 }
+
+// EntrypointProcess is the id of the process a create with RunEntrypoint starts.
+const EntrypointProcess = "entrypoint"
 
 // Pull policies of a create.
 const (
@@ -62,12 +72,14 @@ const (
 
 // Sandbox is a sandbox as the API shows it.
 type Sandbox struct {
-	ID        string            `json:"id"`
-	Image     string            `json:"image"`
-	Status    string            `json:"status"`
-	Error     string            `json:"error,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
-	Cwd       string            `json:"cwd"`
+	ID     string            `json:"id"`
+	Image  string            `json:"image"`
+	Status string            `json:"status"`
+	Error  string            `json:"error,omitempty"`
+	Env    map[string]string `json:"env,omitempty"`
+	Cwd    string            `json:"cwd"`
+	// User is the default user of its sessions and processes ("" is root).
+	User      string            `json:"user,omitempty"`
 	Limits    Limits            `json:"limits"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"createdAt"`
