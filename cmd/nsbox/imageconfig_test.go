@@ -3,8 +3,11 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -132,4 +135,88 @@ func TestImageWithoutShell(t *testing.T) {
 	if p := d.startProc(sb.ID, api.StartProcessRequest{Command: "echo no"}); p.Status != api.ProcessFailed || !strings.Contains(p.Error, "needs /bin/sh") {
 		t.Errorf("shell source without a shell: %+v", p)
 	}
+}
+
+// debianConfig is the config of the Debian test images.
+var debianConfig = v1.Config{
+	Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "APP_MODE=test"},
+	WorkingDir: "/srv/app",
+	User:       "app",
+	Cmd:        []string{"bash", "-c", `echo "$APP_MODE in $PWD as $(id -un)"`},
+}
+
+// A user's path: a `docker save` tar of a Debian-based image, imported with the CLI, a
+// sandbox made from it that runs the image's programs with its env, workdir and user. The
+// image is made of Debian's packages (apt-get download + dpkg-deb), or with
+// NSBOX_TEST_DEBOOTSTRAP=1 also a debootstrap minbase system (a few minutes more; mirror
+// NSBOX_TEST_DEBIAN_MIRROR, default deb.debian.org).
+func TestDebianImage(t *testing.T) {
+	builders := map[string]func(ctx context.Context, dir string) error{
+		"debs": func(ctx context.Context, dir string) error { return ocitest.DebianRootfs(ctx, dir) },
+	}
+	if os.Getenv("NSBOX_TEST_DEBOOTSTRAP") == "1" {
+		mirror := cmp.Or(os.Getenv("NSBOX_TEST_DEBIAN_MIRROR"), "http://deb.debian.org/debian")
+		builders["debootstrap"] = func(ctx context.Context, dir string) error {
+			return ocitest.Debootstrap(ctx, dir, hostCodename(t), mirror)
+		}
+	}
+	d := startDaemon(t)
+	for name, build := range builders {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			tmp := t.TempDir()
+			root := filepath.Join(tmp, "rootfs")
+			if err := build(ctx, root); err != nil {
+				t.Fatal(err)
+			}
+			layer, err := ocitest.DirLayer(ctx, root, filepath.Join(tmp, "layer.tar"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			archive := filepath.Join(tmp, "image.tar")
+			tag := "example.com/debian-" + name + ":v1"
+			if err := os.WriteFile(archive, ocitest.DockerSave(t, tag, ocitest.Image(t, runtime.GOARCH, debianConfig, layer)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, errOut, code := d.cli("", "image", "import", archive); code != 0 || !strings.HasPrefix(out, tag+" ") {
+				t.Fatalf("image import: %d %q %q", code, out, errOut)
+			}
+			out, errOut, code := d.cli("", "create", "--image", tag, "--run-entrypoint")
+			if code != 0 {
+				t.Fatalf("create: %d %q", code, errOut)
+			}
+			id := strings.TrimSpace(out)
+			got := d.sh(id, `apt --version; dpkg --print-architecture; id -un; echo "$HOME $PWD $APP_MODE $LANG"; cat /etc/debian_version`)
+			lines := strings.Split(got, "\n")
+			if len(lines) != 6 || !strings.HasPrefix(lines[0], "apt ") || lines[1] == "" || lines[2] != "app" ||
+				lines[3] != "/home/app /srv/app test C.UTF-8" || lines[4] == "" {
+				t.Errorf("the image's programs, env, workdir and user: %q", got)
+			}
+			if res := d.exec(id, api.ExecRequest{Argv: []string{"ls", "/usr/bin/apt"}}); res.ExitCode != 0 {
+				t.Errorf("argv in the image: %+v", res)
+			}
+			d.exitedWith(id, api.EntrypointProcess, "test in /srv/app as app\n")
+			if err := d.client.RemoveSandbox(ctx, id, true); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.client.RemoveImage(ctx, tag, false); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// hostCodename is this machine's Debian release (VERSION_CODENAME of /etc/os-release).
+func hostCodename(t *testing.T) string {
+	data, err := os.ReadFile("/etc/os-release")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VERSION_CODENAME="); ok {
+			return strings.Trim(v, `"`)
+		}
+	}
+	t.Fatal("/etc/os-release names no VERSION_CODENAME")
+	return ""
 }
