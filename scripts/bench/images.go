@@ -16,8 +16,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/nsbox/nsbox/api"
@@ -135,13 +133,9 @@ func (b *bench) serveDebianImage(ctx context.Context) (ref string, size int64, s
 		}
 		layers = append(layers, l)
 	}
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err == nil {
-		img, err = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: runtime.GOARCH,
-			RootFS: v1.RootFS{Type: "layers"}, Config: v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}}})
-	}
+	img, err := ocitest.NewImage(runtime.GOARCH, v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}}, layers...)
 	if err != nil {
-		return "", 0, nil, fmt.Errorf("make the image: %w", err)
+		return "", 0, nil, err
 	}
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	ref = strings.TrimPrefix(srv.URL, "http://") + "/bench/debian:v1"

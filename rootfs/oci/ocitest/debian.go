@@ -37,6 +37,9 @@ func DebianRootfs(ctx context.Context, dir string, packages ...string) error {
 	if len(packages) == 0 {
 		packages = DebianPackages
 	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", filepath.Dir(dir), err)
+	}
 	debs, err := os.MkdirTemp(filepath.Dir(dir), "debs-")
 	if err != nil {
 		return fmt.Errorf("make a download dir: %w", err)
