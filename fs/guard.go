@@ -1,4 +1,4 @@
-package sandboxfs
+package fs
 
 import (
 	"golang.org/x/sys/unix"

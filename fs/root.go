@@ -1,4 +1,4 @@
-// Package sandboxfs performs file operations inside a sandbox's root exactly as the sandbox
+// Package fs performs file operations inside a sandbox's root exactly as the sandbox
 // sees it (its own mount namespace, reached through /proc/<agent pid>/root): stat, list,
 // read, atomic streaming write, mkdir, remove, move and inotify watches.
 //
@@ -14,7 +14,7 @@
 //
 // Errors are *api.Error values with precise codes (see pathErr); their messages name
 // in-sandbox paths, never host paths.
-package sandboxfs
+package fs
 
 import (
 	"errors"

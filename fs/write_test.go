@@ -1,4 +1,4 @@
-package sandboxfs
+package fs
 
 import (
 	"bytes"

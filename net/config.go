@@ -1,4 +1,4 @@
-package sandboxnet
+package net
 
 import (
 	"crypto/sha256"

@@ -1,4 +1,4 @@
-// Package sandboxnet owns the host side of sandbox networking: one veth pair per sandbox,
+// Package net owns the host side of sandbox networking: one veth pair per sandbox,
 // the IPv4 address pool, the per-sandbox network modes (none, egress, allow), the ports
 // exposed from sandboxes on host ports, and the one nftables table (programmed over netlink,
 // never through the iptables or nft binaries) that enforces isolation and forwards those
@@ -29,4 +29,4 @@
 // connections arriving on eth0 to 127.0.0.1 (with route_localnet on eth0), so services that
 // listen only on the sandbox's loopback are reachable through exposed ports and through the
 // sandbox address.
-package sandboxnet
+package net

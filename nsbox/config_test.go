@@ -89,3 +89,16 @@ func TestRecords(t *testing.T) {
 		t.Fatal("a second store opened a locked database")
 	}
 }
+
+func TestCheckCwd(t *testing.T) {
+	for _, ok := range []string{"/workspace", "/tmp/x", "/procfs", "/devel"} {
+		if err := checkCwd(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"rel", "/proc", "/proc/1/root/tmp/x", "/sys/x", "/dev/shm", "/run/nsbox/x", "/.nsbox", "/tmp/../proc/self"} {
+		if err := checkCwd(bad); !api.IsCode(err, api.CodeInvalidArgument) {
+			t.Errorf("%s: %v, want invalid_argument", bad, err)
+		}
+	}
+}

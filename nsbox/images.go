@@ -112,15 +112,9 @@ func (r *Runtime) cleanUpImages(w http.ResponseWriter, req *http.Request, flag s
 // recorded (a tag may have moved to another image since).
 func (r *Runtime) imageInUse() oci.InUse {
 	used := map[string]bool{}
-	r.mu.Lock()
-	for _, sb := range r.sandboxes {
-		sb.mu.Lock()
-		if sb.rec.ImageID != "" {
-			used[sb.rec.ImageID] = true
-		}
-		sb.mu.Unlock()
+	for _, rec := range r.snapshots() {
+		used[rec.ImageID] = true
 	}
-	r.mu.Unlock()
 	return func(img *api.ImageInfo) bool { return used[img.ID] }
 }
 

@@ -243,8 +243,8 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if req.Cwd == "" {
 		req.Cwd = defaultCwd
 	}
-	if !filepath.IsAbs(req.Cwd) {
-		return nil, api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", req.Cwd)
+	if err := checkCwd(req.Cwd); err != nil {
+		return nil, err
 	}
 	if err := api.CheckEnv(req.Env); err != nil {
 		return nil, err
@@ -319,24 +319,37 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	return &out, nil
 }
 
+// checkCwd refuses a sandbox working directory that is not absolute or that is in the kernel's
+// or nsbox's own places (/proc/1/root/… would reach another root, and break every exec).
+func checkCwd(cwd string) error {
+	if !filepath.IsAbs(cwd) {
+		return api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", cwd)
+	}
+	for _, res := range reservedTargets {
+		if within(filepath.Clean(cwd), res) {
+			return api.Errorf(api.CodeInvalidArgument, "cwd %s is in %s, which is the kernel's or nsbox's; choose a directory such as one under /workspace or /tmp", cwd, res)
+		}
+	}
+	return nil
+}
+
 // admit registers a new sandbox with the id, in no state yet: invisible to Get and List until
 // its create records it, and refusing every other request meanwhile.
 func (r *Runtime) admit(id string) (*sandbox, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if other := r.sandboxes[id]; other != nil {
-		other.mu.Lock()
-		state := other.rec.Status
-		other.mu.Unlock()
-		switch state {
-		case "", api.StatusCreating, api.StatusStopping:
-			return nil, stateError(id, state, "try again")
-		}
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q already exists", id)
+	other := r.sandboxes[id]
+	if other == nil {
+		sb := &sandbox{id: id, rec: record{Sandbox: api.Sandbox{ID: id}}}
+		r.sandboxes[id] = sb
+		r.mu.Unlock()
+		return sb, nil
 	}
-	sb := &sandbox{id: id, rec: record{Sandbox: api.Sandbox{ID: id}}}
-	r.sandboxes[id] = sb
-	return sb, nil
+	r.mu.Unlock() // a sandbox's lock is never taken under r.mu (transition takes them the other way)
+	switch state := other.snapshot().Status; state {
+	case "", api.StatusCreating, api.StatusStopping:
+		return nil, stateError(id, state, "try again")
+	}
+	return nil, api.Errorf(api.CodeConflict, "sandbox %q already exists", id)
 }
 
 // forget drops a sandbox that was admitted but never recorded.
@@ -433,19 +446,29 @@ func (r *Runtime) Get(id string) (*api.Sandbox, error) {
 
 // List returns every sandbox, ordered by id.
 func (r *Runtime) List() []api.Sandbox {
+	out := []api.Sandbox{}
+	for _, rec := range r.snapshots() {
+		if rec.Status != "" {
+			out = append(out, rec.Sandbox)
+		}
+	}
+	slices.SortFunc(out, func(a, b api.Sandbox) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// snapshots returns a copy of every known sandbox's record as it is now (those not yet recorded
+// have no status).
+func (r *Runtime) snapshots() []record {
 	r.mu.Lock()
 	all := make([]*sandbox, 0, len(r.sandboxes))
 	for _, sb := range r.sandboxes {
 		all = append(all, sb)
 	}
-	r.mu.Unlock()
-	out := make([]api.Sandbox, 0, len(all))
+	r.mu.Unlock() // a sandbox's lock is never taken under r.mu
+	out := make([]record, 0, len(all))
 	for _, sb := range all {
-		if rec := sb.snapshot(); rec.Status != "" {
-			out = append(out, rec.Sandbox)
-		}
+		out = append(out, sb.snapshot())
 	}
-	slices.SortFunc(out, func(a, b api.Sandbox) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -487,6 +510,9 @@ func (r *Runtime) stop(sb *sandbox, inst backend.Instance) {
 	sb.mu.Lock()
 	agent := sb.agent
 	sb.mu.Unlock()
+	if agent == nil {
+		return // its agent exited meanwhile
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 	defer cancel()
 	if err := agent.shutdown(ctx); err != nil {

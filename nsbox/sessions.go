@@ -13,9 +13,11 @@ import (
 // Sessions live in the sandbox's agent (package agent, package session); the daemon checks
 // requests and relays them through its typed agent client.
 
-// maxExecOutput bounds what an exec answered as one JSON document keeps of each stream;
-// streamed (SSE) execs have no bound.
-const maxExecOutput = 64 << 20
+// maxExecOutput bounds what an exec answered as one JSON document keeps of each stream
+// (the rest is read and dropped, and the result says truncated): the daemon holds the output,
+// its string and its JSON encoding at once, so one such call costs it at most ~6× this.
+// Streamed (SSE) execs pass the output on as it comes and have no bound.
+const maxExecOutput = 16 << 20
 
 func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSessionRequest

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -231,7 +232,47 @@ func (s *Store) prepareHost() (*Image, error) {
 	img.Masked = append(img.Masked, hostSecrets...)
 	keys, _ := filepath.Glob("/etc/ssh/ssh_host_*_key")
 	img.Masked = append(img.Masked, keys...)
+	// Whatever else in /etc other users may not read (a database's pg_hba.conf, a service's
+	// key) is the host's secret too. /usr is not walked: it holds programs, not secrets, and
+	// walking it takes seconds at every daemon start.
+	private, err := unreadable("/etc")
+	if err != nil {
+		return nil, err
+	}
+	img.Masked = append(img.Masked, private...)
 	return img, nil
+}
+
+// unreadable lists the files and directories under dir that are not readable by others, but
+// none inside a directory it lists (masking that directory hides them).
+func unreadable(dir string) ([]string, error) {
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 || p == dir {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil // gone meanwhile
+		}
+		if info.Mode().Perm()&0o004 == 0 {
+			out = append(out, p)
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find what only its owner may read under %s: %w", dir, err)
+	}
+	return out, nil
 }
 
 // prepareBusybox builds the busybox image from Debian's static busybox: the binary, a link for

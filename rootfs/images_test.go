@@ -179,3 +179,38 @@ func TestOCIImageMountsAsOverlay(t *testing.T) {
 		t.Errorf("the image's merged view:\n%s\nwant:\n%s", out, want)
 	}
 }
+
+func TestUnreadableFindsWhatOnlyItsOwnerReads(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+		dir  bool
+	}{
+		{"public.conf", 0o644, false}, {"secret.conf", 0o640, false}, {"private", 0o700, true},
+		{"private/key", 0o600, false}, {"open", 0o755, true}, {"open/token", 0o600, false},
+	} {
+		p := filepath.Join(dir, f.path)
+		var err error
+		if f.dir {
+			err = os.Mkdir(p, f.mode)
+		} else {
+			err = os.WriteFile(p, []byte("x"), f.mode)
+		}
+		if err == nil {
+			err = os.Chmod(p, f.mode)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := unreadable(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "open/token"), filepath.Join(dir, "private"), filepath.Join(dir, "secret.conf")}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}

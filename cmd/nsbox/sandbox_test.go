@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -398,4 +399,50 @@ func TestAgentDeathIsNoticed(t *testing.T) {
 	if err := d.client.RemoveSandbox(context.Background(), "fragile", false); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestExecOutputIsCappedWithoutStreaming: an exec answered as one JSON document keeps at most
+// 16 MiB of each stream and says it truncated (issue 11: 100 MB of output took the daemon to
+// 615 MB); streamed, the same command delivers all of it.
+func TestExecOutputIsCappedWithoutStreaming(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "big", Image: "busybox"})
+	cmd := "head -c 20000000 /dev/zero | tr '\\0' a; head -c 100 /dev/zero | tr '\\0' b >&2"
+	res := d.exec("big", api.ExecRequest{Command: cmd})
+	stdout, stderr, err := res.Output()
+	if err != nil || len(stdout) != 16<<20 || string(stderr) != strings.Repeat("b", 100) || !res.Truncated || res.ExitCode != 0 {
+		t.Fatalf("capped exec: %d bytes out, %q err, truncated %v, exit %d, %v", len(stdout), stderr, res.Truncated, res.ExitCode, err)
+	}
+	n := 0
+	_, err = d.client.ExecStream(context.Background(), "big", api.ExecRequest{Command: cmd}, func(ev api.ExecEvent) {
+		if ev.Type == api.EventStdout {
+			b, _ := ev.Bytes()
+			n += len(b)
+		}
+	})
+	if err != nil || n != 20000000 {
+		t.Fatalf("streamed: %d bytes, %v", n, err)
+	}
+}
+
+// TestHostDetailsHidden: what the host's other users may not read in /etc stays unreadable
+// in a sandbox of the host image, and /proc's maps of the host's memory and kernel are masked
+// (issue 11); a working directory under /proc is refused.
+func TestHostDetailsHidden(t *testing.T) {
+	secret := fmt.Sprintf("/etc/nsbox-test-secret-%d", os.Getpid())
+	if err := os.WriteFile(secret, []byte("host secret\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(secret)
+	d := startDaemon(t) // the host image is built at start: it sees the file
+	d.create(api.CreateSandboxRequest{ID: "peek"})
+	if got := d.sh("peek", "cat "+secret+" 2>&1; wc -c < "+secret); strings.Contains(got, "host secret") {
+		t.Errorf("a host file other users may not read is readable in the sandbox: %q", got)
+	}
+	for _, p := range []string{"/proc/kpageflags", "/proc/slabinfo", "/proc/vmallocinfo", "/proc/iomem", "/proc/kcore"} {
+		if got := strings.TrimSpace(d.sh("peek", "wc -c < "+p+" 2>/dev/null || echo 0")); got != "0" {
+			t.Errorf("%s shows %s bytes in the sandbox", p, got)
+		}
+	}
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Cwd: "/proc/1/root/tmp/x"}, http.StatusBadRequest, api.CodeInvalidArgument)
 }

@@ -22,10 +22,14 @@ var defaultCapabilities = []string{
 	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
 
-// maskedPaths and readonlyPaths are the OCI runtime defaults for /proc and /sys.
+// maskedPaths are the OCI runtime defaults for /proc and /sys, and the host's page, slab,
+// vmalloc and I/O memory maps and its kernel config, which tell an attacker about the host's
+// kernel and memory layout. readonlyPaths are the OCI defaults.
 var maskedPaths = []string{
 	"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
 	"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+	"/proc/kpageflags", "/proc/kpagecount", "/proc/kpagecgroup", "/proc/slabinfo",
+	"/proc/vmallocinfo", "/proc/iomem", "/proc/config.gz",
 	"/sys/firmware", "/sys/devices/virtual/powercap",
 }
 var readonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}

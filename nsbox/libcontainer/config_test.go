@@ -59,7 +59,8 @@ func TestContainerConfigIsLockedDown(t *testing.T) {
 	if slices.Contains(cfg.Capabilities.Bounding, "CAP_SYS_ADMIN") || len(cfg.Capabilities.Bounding) != 14 {
 		t.Errorf("capabilities: %v", cfg.Capabilities.Bounding)
 	}
-	if !slices.Contains(cfg.MaskPaths, "/etc/shadow") || !slices.Contains(cfg.MaskPaths, "/proc/kcore") {
+	if !slices.Contains(cfg.MaskPaths, "/etc/shadow") || !slices.Contains(cfg.MaskPaths, "/proc/kcore") ||
+		!slices.Contains(cfg.MaskPaths, "/proc/kpageflags") || !slices.Contains(cfg.MaskPaths, "/proc/slabinfo") {
 		t.Errorf("masked: %v", cfg.MaskPaths)
 	}
 	readOnly := map[string]bool{}
