@@ -29,7 +29,7 @@ vet:
 
 # Unit tests with the race detector, then the integration tests against the real binary.
 test: build vet
-	$(GO) test -race -count=1 -tags "$(TAGS)" ./api/... ./client/... ./agent/... ./session/... ./rootfs/... ./nsbox/... ./fs/... ./net/... ./proxy/...
+	$(GO) test -race -count=1 -tags "$(TAGS)" ./api/... ./client/... ./agent/... ./session/... ./rootfs/... ./nsbox/... ./fs/... ./net/... ./proxy/... ./auth/... ./internal/...
 	NSBOX_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v ./cmd/nsbox/
 
 bench: build

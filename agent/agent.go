@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/code"
 	"github.com/nsbox/nsbox/agent/process"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
@@ -36,6 +37,8 @@ type Agent struct {
 
 	// processes are the sandbox's long-running processes (see package process).
 	processes *process.Manager
+	// contexts are the sandbox's code contexts (see package code).
+	contexts *code.Manager
 	// shutdown asks Run to end the sandbox (POST /v1/shutdown).
 	shutdown chan struct{}
 }
@@ -109,6 +112,7 @@ func newAgent(version, dir, cwd string) (*Agent, error) {
 		return nil, fmt.Errorf("sessions: %w", err)
 	}
 	a.processes = process.NewManager(a.procs.start, a.sandboxDefaults, a.sessionState)
+	a.contexts = code.NewManager(a.procs.start)
 	return a, nil
 }
 
@@ -142,6 +146,11 @@ func (a *Agent) routes() http.Handler {
 	handle("GET /v1/sessions/{sid}/terminal", a.handleTerminalOutput)
 	handle("POST /v1/sessions/{sid}/terminal/input", a.handleTerminalInput)
 	handle("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
+
+	handle("POST /v1/contexts", a.handleCreateContext)
+	handle("GET /v1/contexts", a.handleListContexts)
+	handle("DELETE /v1/contexts/{cid}", a.handleDeleteContext)
+	handle("POST /v1/contexts/{cid}/run", a.handleRunCode)
 
 	handle("POST /v1/processes", a.handleStartProcess)
 	handle("GET /v1/processes", a.handleListProcesses)

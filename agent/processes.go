@@ -34,7 +34,7 @@ const stateCommand = `\command printf '%s\0' "$PWD"; \command cat /proc/self/env
 // for the session's turn) and its user.
 func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionState, error) {
 	var st process.SessionState
-	s, err := a.session(sid)
+	s, err := a.writableSession(sid)
 	if err != nil {
 		return st, err
 	}

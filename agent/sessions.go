@@ -24,7 +24,11 @@ const (
 var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 func sessionInfo(i session.Info) api.Session {
-	return api.Session{ID: i.ID, Shell: i.Shell, User: i.User, UID: i.UID, GID: i.GID, Cwd: i.Cwd, Status: i.Status, ExitCode: i.ExitCode, PID: i.PID, CreatedAt: i.CreatedAt}
+	perm := api.PermissionWrite
+	if i.ReadOnly {
+		perm = api.PermissionRead
+	}
+	return api.Session{ID: i.ID, Shell: i.Shell, User: i.User, UID: i.UID, GID: i.GID, Cwd: i.Cwd, Status: i.Status, ExitCode: i.ExitCode, PID: i.PID, CreatedAt: i.CreatedAt, Permission: perm}
 }
 
 // sessionError maps the session package's errors to API errors.
@@ -56,12 +60,36 @@ func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) erro
 	if err := api.CheckEnv(req.Env); err != nil {
 		return err
 	}
-	s, err := a.sessions.Create(session.Options{ID: req.ID, Shell: req.Shell, User: req.User, Cwd: req.Cwd, Env: req.Env})
+	if req.Permission != "" && req.Permission != api.PermissionRead && req.Permission != api.PermissionWrite {
+		return api.Errorf(api.CodeInvalidArgument, "permission must be %q or %q, not %q", api.PermissionRead, api.PermissionWrite, req.Permission)
+	}
+	opts := session.Options{ID: req.ID, Shell: req.Shell, User: req.User, Cwd: req.Cwd, Env: req.Env, ReadOnly: req.Permission == api.PermissionRead}
+	s, err := a.sessions.Create(opts)
+	if errors.Is(err, session.ErrExists) {
+		// Creating a session that runs answers it as it is (its permission included).
+		if s, gerr := a.sessions.Get(req.ID); gerr == nil && !s.Ended() {
+			api.WriteJSON(w, http.StatusOK, sessionInfo(s.Info()))
+			return nil
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("create session %q: %w", req.ID, sessionError(err))
 	}
 	api.WriteJSON(w, http.StatusCreated, sessionInfo(s.Info()))
 	return nil
+}
+
+// writableSession finds a session that may be driven: a read-only session is refused with
+// 403, for every caller.
+func (a *Agent) writableSession(sid string) (*session.Session, error) {
+	s, err := a.session(sid)
+	if err != nil {
+		return nil, err
+	}
+	if s.Info().ReadOnly {
+		return nil, api.Errorf(api.CodePermissionDenied, "session %q is read-only: it can be watched (terminal output, files, processes, logs) but runs no command, takes no input and changes no file", sid)
+	}
+	return s, nil
 }
 
 // session finds a session by id; the default session is started when it does not run, so it
@@ -136,7 +164,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s, err := a.session(r.PathValue("sid"))
+	s, err := a.writableSession(r.PathValue("sid"))
 	if err != nil {
 		return err
 	}

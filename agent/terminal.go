@@ -76,7 +76,7 @@ func (a *Agent) handleTerminalInput(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return api.Errorf(api.CodeTooLarge, "terminal input larger than %d bytes", maxTerminalInput)
 	}
-	s, err := a.session(r.PathValue("sid"))
+	s, err := a.writableSession(r.PathValue("sid"))
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ func (a *Agent) handleTerminalResize(w http.ResponseWriter, r *http.Request) err
 	if err := api.DecodeJSON(w, r, &req, false); err != nil {
 		return err
 	}
-	s, err := a.session(r.PathValue("sid"))
+	s, err := a.writableSession(r.PathValue("sid"))
 	if err != nil {
 		return err
 	}

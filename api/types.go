@@ -226,9 +226,12 @@ func (e *ExecEvent) Bytes() ([]byte, error) { return DecodeData(e.Data, e.Encodi
 type CreateSessionRequest struct {
 	ID    string            `json:"id,omitempty"`
 	Shell string            `json:"shell,omitempty"` // bash (default when present), sh, or a path
-	User  string            `json:"user,omitempty"`  // name or uid inside the sandbox; default root
+	User  string            `json:"user,omitempty"`  // name, uid, uid:gid or name:group inside the sandbox; default the sandbox's user (root unless the image or create names one)
 	Cwd   string            `json:"cwd,omitempty"`
 	Env   map[string]string `json:"env,omitempty"`
+	// Permission is write (default) or read: a read session runs nothing and changes no file
+	// (exec, terminal input, file writes, processes in it are refused with 403).
+	Permission string `json:"permission,omitempty"`
 }
 
 // Session states.
@@ -250,6 +253,8 @@ type Session struct {
 	ExitCode  int       `json:"exitCode"`
 	PID       int       `json:"pid"`
 	CreatedAt time.Time `json:"createdAt"`
+	// Permission is read or write (see CreateSessionRequest).
+	Permission string `json:"permission"`
 }
 
 // Terminal event types: what a terminal stream carries besides output.
@@ -421,6 +426,9 @@ const (
 	CodeTooLarge        = "payload_too_large"
 	CodeInternal        = "internal"
 	CodeUnavailable     = "unavailable"
+	// CodeUnauthenticated: a TCP request without a valid token (missing, unknown, expired,
+	// revoked); a valid token outside its scope is CodePermissionDenied.
+	CodeUnauthenticated = "unauthenticated"
 	// CodePermissionDenied and CodeInsufficientStorage come from file operations in a sandbox.
 	CodePermissionDenied    = "permission_denied"
 	CodeInsufficientStorage = "insufficient_storage"
@@ -436,6 +444,7 @@ var codeStatus = map[string]int{
 	CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	CodeInternal:        http.StatusInternalServerError,
 	CodeUnavailable:     http.StatusServiceUnavailable,
+	CodeUnauthenticated: http.StatusUnauthorized,
 
 	CodePermissionDenied:    http.StatusForbidden,
 	CodeInsufficientStorage: http.StatusInsufficientStorage,
@@ -550,7 +559,7 @@ type StartProcessRequest struct {
 	// Env overlays the sandbox's environment (or the session's, with SessionID).
 	Env  map[string]string `json:"env,omitempty"`
 	Cwd  string            `json:"cwd,omitempty"`  // relative to the session's or sandbox's directory
-	User string            `json:"user,omitempty"` // name or uid inside the sandbox; default root (or the session's user)
+	User string            `json:"user,omitempty"` // name, uid, uid:gid or name:group inside the sandbox; default the session's user, else the sandbox's
 	// Stdin is "null" (default: /dev/null) or "pipe" (written with POST …/stdin).
 	Stdin    string `json:"stdin,omitempty"`
 	LogBytes int64  `json:"logBytes,omitempty"` // size of the output ring; default 4 MiB

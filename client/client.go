@@ -4,6 +4,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,11 +23,73 @@ const DefaultSocket = "/run/nsbox/nsbox.sock"
 
 // Client talks to one nsbox daemon.
 type Client struct {
-	http *http.Client
-	base string
-	dial func(context.Context) (net.Conn, error) // a raw connection to the daemon, for WebSockets
+	http  *http.Client
+	base  string                                  // the API's base URL
+	token string                                  // sent as a bearer token, over TCP
+	dial  func(context.Context) (net.Conn, error) // a raw connection to the daemon, for WebSockets
 	// fileSession is the session file calls are made for (see InSession).
 	fileSession string
+}
+
+// Options are how Dial reaches a daemon over TCP.
+type Options struct {
+	Token string // bearer token (admin or scoped)
+	// TLS is the client's TLS configuration for https:// hosts (its RootCAs to trust the
+	// daemon's certificate, its Certificates for mutual TLS); nil: the system's roots.
+	TLS *tls.Config
+}
+
+// Dial returns a client for the daemon at host: unix:///PATH (the socket: full access, no
+// token needed), https://HOST:PORT, or http://HOST:PORT on a loopback address only (a token
+// must not cross a network in clear).
+func Dial(host string, opts Options) (*Client, error) {
+	u, err := url.Parse(host)
+	if err != nil {
+		return nil, fmt.Errorf("host %q: %w", host, err)
+	}
+	var tlsCfg *tls.Config
+	switch u.Scheme {
+	case "unix":
+		if u.Path == "" || u.Host != "" {
+			return nil, fmt.Errorf("host %q: write a socket as unix:///PATH", host)
+		}
+		c := New(u.Path)
+		c.token = opts.Token
+		return c, nil
+	case "https":
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+		if opts.TLS != nil {
+			tlsCfg = opts.TLS.Clone()
+		}
+		if tlsCfg.ServerName == "" {
+			tlsCfg.ServerName = u.Hostname()
+		}
+	case "http":
+		if ip := net.ParseIP(u.Hostname()); u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return nil, fmt.Errorf("host %q: plain http only to a loopback address; use https://", host)
+		}
+	default:
+		return nil, fmt.Errorf("host %q: use unix:///PATH, https://HOST:PORT or http://127.0.0.1:PORT", host)
+	}
+	if u.Port() == "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("host %q: give HOST:PORT and no path", host)
+	}
+	addr := u.Host
+	dial := func(ctx context.Context) (net.Conn, error) {
+		if tlsCfg != nil {
+			d := tls.Dialer{Config: tlsCfg}
+			return d.DialContext(ctx, "tcp", addr)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	c := NewWithHTTPClient(&http.Client{Transport: &http.Transport{
+		DialContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		DialTLSContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		DisableCompression: true,
+	}})
+	c.base, c.dial, c.token = u.Scheme+"://"+addr, dial, opts.Token
+	return c, nil
 }
 
 // New returns a client for the daemon listening on the unix socket at path.
@@ -182,6 +245,13 @@ func (c *Client) CancelSession(ctx context.Context, id, sid string) error {
 	return c.do(ctx, http.MethodPost, sessionsPath(id, sid)+"/cancel", nil, nil)
 }
 
+// authorize adds the client's token to a request's headers.
+func (c *Client) authorize(h http.Header) {
+	if c.token != "" {
+		h.Set("Authorization", "Bearer "+c.token)
+	}
+}
+
 func sessionsPath(id, sid string) string {
 	p := "/v1/sandboxes/" + url.PathEscape(id) + "/sessions"
 	if sid != "" {
@@ -225,6 +295,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any, accept s
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", accept)
+	c.authorize(req.Header)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ECONNREFUSED) {
@@ -237,4 +308,27 @@ func (c *Client) send(ctx context.Context, method, path string, in any, accept s
 		return nil, api.ReadError(resp)
 	}
 	return resp, nil
+}
+
+// CreateToken mints a token for a sandbox or one of its sessions (an admin call).
+func (c *Client) CreateToken(ctx context.Context, req api.CreateTokenRequest) (*api.NewToken, error) {
+	var t api.NewToken
+	return &t, c.do(ctx, http.MethodPost, "/v1/tokens", req, &t)
+}
+
+// ListTokens lists the scoped tokens that have not expired (without their secrets).
+func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
+	var out []api.Token
+	return out, c.do(ctx, http.MethodGet, "/v1/tokens", nil, &out)
+}
+
+// RevokeToken revokes a token: its requests, streams and terminals are cut at once.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil)
+}
+
+// CreateSessionToken mints a short-lived token for one session, with the URLs a browser needs.
+func (c *Client) CreateSessionToken(ctx context.Context, id, sid string, req api.CreateSessionTokenRequest) (*api.SessionToken, error) {
+	var t api.SessionToken
+	return &t, c.do(ctx, http.MethodPost, sessionsPath(id, sid)+"/tokens", req, &t)
 }

@@ -252,6 +252,7 @@ func (c *Client) sendRaw(ctx context.Context, method, path string, body io.Reade
 	for k, v := range header {
 		req.Header[k] = v
 	}
+	c.authorize(req.Header)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 		if size >= 0 {

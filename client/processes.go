@@ -125,20 +125,11 @@ func (c *Client) WriteProcessStdin(ctx context.Context, id, pid string, data io.
 	if closeAfter {
 		q = url.Values{"close": {"true"}}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+processesPath(id, pid, "stdin", q), data)
+	resp, err := c.sendRaw(ctx, http.MethodPost, processesPath(id, pid, "stdin", q), data, -1, nil)
 	if err != nil {
-		return fmt.Errorf("build request: %w", err)
+		return err
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the nsbox daemon: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return api.ReadError(resp)
-	}
-	return nil
+	return resp.Body.Close()
 }
 
 // CloseProcessStdin closes a process's stdin: it reads end-of-file.

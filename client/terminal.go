@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"golang.org/x/net/websocket"
 
@@ -27,7 +28,7 @@ func (c *Client) AttachTerminal(ctx context.Context, id, sid string, cursor int6
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the nsbox daemon: %w", err)
 	}
-	u := "ws://nsbox" + sessionsPath(id, sid) + "/terminal"
+	u := "ws" + strings.TrimPrefix(c.base, "http") + sessionsPath(id, sid) + "/terminal"
 	if cursor >= 0 {
 		u += fmt.Sprintf("?cursor=%d", cursor)
 	}
@@ -36,6 +37,7 @@ func (c *Client) AttachTerminal(ctx context.Context, id, sid string, cursor int6
 		conn.Close()
 		return nil, err
 	}
+	c.authorize(cfg.Header)
 	ws, err := websocket.NewClient(cfg, conn)
 	if err != nil {
 		conn.Close()

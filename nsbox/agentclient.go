@@ -75,14 +75,16 @@ func sessionPath(sid string, rest ...string) string {
 	return p
 }
 
-func (c *agentClient) createSession(ctx context.Context, req api.CreateSessionRequest) (*api.Session, error) {
-	var s api.Session
-	return &s, c.call(ctx, http.MethodPost, "/v1/sessions", req, &s)
+// createSession starts a session; created is false when one with the id ran already (the
+// agent answers it as it is).
+func (c *agentClient) createSession(ctx context.Context, req api.CreateSessionRequest) (s *api.Session, created bool, err error) {
+	s = &api.Session{}
+	status, err := c.send(ctx, http.MethodPost, "/v1/sessions", jsonBody(req), s)
+	return s, status == http.StatusCreated, err
 }
 
 func (c *agentClient) listSessions(ctx context.Context) ([]api.Session, error) {
-	var out []api.Session
-	return out, c.call(ctx, http.MethodGet, "/v1/sessions", nil, &out)
+	return callSlice[api.Session](ctx, c, http.MethodGet, "/v1/sessions", nil)
 }
 
 func (c *agentClient) getSession(ctx context.Context, sid string) (*api.Session, error) {
@@ -146,8 +148,7 @@ func (c *agentClient) startProcess(ctx context.Context, req api.StartProcessRequ
 }
 
 func (c *agentClient) listProcesses(ctx context.Context, q url.Values) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.call(ctx, http.MethodGet, withQuery(processPath(""), q), nil, &out)
+	return callSlice[api.Process](ctx, c, http.MethodGet, withQuery(processPath(""), q), nil)
 }
 
 func (c *agentClient) getProcess(ctx context.Context, pid string) (*api.Process, error) {
@@ -161,8 +162,7 @@ func (c *agentClient) removeProcess(ctx context.Context, pid string) error {
 
 // removeFinished removes every process that has ended and returns them.
 func (c *agentClient) removeFinished(ctx context.Context) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.call(ctx, http.MethodDelete, processPath(""), nil, &out)
+	return callSlice[api.Process](ctx, c, http.MethodDelete, processPath(""), nil)
 }
 
 func (c *agentClient) killProcess(ctx context.Context, pid string, req api.KillProcessRequest) (*api.Process, error) {
@@ -172,8 +172,7 @@ func (c *agentClient) killProcess(ctx context.Context, pid string, req api.KillP
 
 // killAll signals every process and returns them.
 func (c *agentClient) killAll(ctx context.Context, req api.KillProcessRequest) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.call(ctx, http.MethodPost, processPath("", "kill"), req, &out)
+	return callSlice[api.Process](ctx, c, http.MethodPost, processPath("", "kill"), req)
 }
 
 func (c *agentClient) processLogs(ctx context.Context, pid string, q url.Values) (*api.ProcessLogs, error) {
@@ -201,6 +200,15 @@ func (c *agentClient) waitProcess(ctx context.Context, pid string, req api.WaitP
 	return &res, c.call(ctx, http.MethodPost, processPath(pid, "wait"), req, &res)
 }
 
+// callSlice sends one request and decodes its JSON array answer (never nil).
+func callSlice[T any](ctx context.Context, c *agentClient, method, path string, in any) ([]T, error) {
+	out := []T{}
+	if err := c.call(ctx, method, path, in, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // call sends one request with an optional JSON body and decodes the JSON answer into out.
 func (c *agentClient) call(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
@@ -213,18 +221,24 @@ func (c *agentClient) call(ctx context.Context, method, path string, in, out any
 // callRaw sends one request with a raw body and decodes the JSON answer into out (nil: the
 // answer has no body).
 func (c *agentClient) callRaw(ctx context.Context, method, path string, body io.Reader, out any) error {
+	_, err := c.send(ctx, method, path, body, out)
+	return err
+}
+
+// send is callRaw that also returns the answer's (2xx) status.
+func (c *agentClient) send(ctx context.Context, method, path string, body io.Reader, out any) (int, error) {
 	resp, err := c.do(ctx, method, path, body)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	if out == nil {
-		return nil
+		return resp.StatusCode, nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return api.Errorf(api.CodeUnavailable, "the sandbox's agent answered %s %s with what is not JSON: %v", method, path, err)
+		return 0, api.Errorf(api.CodeUnavailable, "the sandbox's agent answered %s %s with what is not JSON: %v", method, path, err)
 	}
-	return nil
+	return resp.StatusCode, nil
 }
 
 // stream sends one request whose answer is a stream of events.

@@ -18,6 +18,7 @@ import (
 type fileCaller struct {
 	cwd      string
 	uid, gid int
+	readOnly bool // a read session's: nothing may be changed on its behalf
 }
 
 func (c fileCaller) resolve(p string) string { return sandboxfs.Resolve(c.cwd, p) }
@@ -30,9 +31,13 @@ func (r *Runtime) openFileCaller(req *http.Request) (*sandboxfs.Root, fileCaller
 	if err != nil {
 		return nil, fileCaller{}, err
 	}
-	who, err := fileCallerOf(req.Context(), l, req.URL.Query().Get("sessionId"))
+	sid := req.URL.Query().Get("sessionId")
+	who, err := fileCallerOf(req.Context(), l, sid)
 	if err != nil {
 		return nil, fileCaller{}, err
+	}
+	if who.readOnly && req.Method != http.MethodGet {
+		return nil, fileCaller{}, api.Errorf(api.CodePermissionDenied, "session %q is read-only: files can be read, listed, stat'ed and watched on its behalf, not changed", sid)
 	}
 	root, err := l.inst.OpenRoot()
 	if err != nil {
@@ -59,5 +64,5 @@ func fileCallerOf(ctx context.Context, l live, sid string) (fileCaller, error) {
 	case strings.HasSuffix(s.Cwd, " (deleted)"): // how the kernel shows a removed directory
 		return fileCaller{}, api.Errorf(api.CodeConflict, "the working directory of session %q (%s) was removed; cd elsewhere in the session first", sid, s.Cwd)
 	}
-	return fileCaller{cwd: s.Cwd, uid: s.UID, gid: s.GID}, nil
+	return fileCaller{cwd: s.Cwd, uid: s.UID, gid: s.GID, readOnly: s.Permission == api.PermissionRead}, nil
 }

@@ -52,6 +52,9 @@ type Config struct {
 	// are http://{port}-{id}[-{token}].{ProxyDomain}[:{ProxyPort}]. Empty: URLs name host ports.
 	ProxyDomain string
 	ProxyPort   int
+	// Removed, when set, is called once a sandbox has been removed (the daemon revokes its
+	// tokens there, so that a later sandbox with the same id is not reachable by them).
+	Removed func(id string)
 
 	hostCPUs     int
 	hostMemoryMB int64
@@ -500,6 +503,9 @@ func (r *Runtime) Remove(id string, force bool) error {
 		return fmt.Errorf("remove sandbox %s: %w", id, err)
 	}
 	r.forgetPreview(id, 0)
+	if r.cfg.Removed != nil {
+		r.cfg.Removed(id)
+	}
 	r.log.Info("sandbox removed", "sandbox", id)
 	return nil
 }

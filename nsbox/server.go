@@ -13,66 +13,88 @@ import (
 // Route is one endpoint of the API.
 type Route struct {
 	Method, Pattern string
-	handle          func(*Runtime, http.ResponseWriter, *http.Request) error
+	// Access is what the endpoint asks of a caller with a token, and Session where it names
+	// the session it works for (package auth holds tokens to them; the socket may do all).
+	Access  api.Access
+	Session api.SessionFrom
+	handle  func(*Runtime, http.ResponseWriter, *http.Request) error
 }
 
 // Routes are the daemon's API endpoints; api/openapi.json describes the same set.
 var Routes = []Route{
-	{"GET", "/v1/version", (*Runtime).handleVersion},
-	{"GET", "/v1/images", (*Runtime).handleImages},
-	{"POST", "/v1/images/pull", (*Runtime).handlePullImage},
-	{"POST", "/v1/images/import", (*Runtime).handleImportImages},
-	{"POST", "/v1/images/prune", (*Runtime).handlePruneImages},
-	{"GET", "/v1/images/{name}", (*Runtime).handleGetImage},
-	{"DELETE", "/v1/images/{name}", (*Runtime).handleRemoveImage},
-	{"POST", "/v1/sandboxes", (*Runtime).handleCreate},
-	{"GET", "/v1/sandboxes", (*Runtime).handleList},
-	{"GET", "/v1/sandboxes/{id}", (*Runtime).handleGet},
-	{"DELETE", "/v1/sandboxes/{id}", (*Runtime).handleRemove},
-	{"POST", "/v1/sandboxes/{id}/pause", (*Runtime).handlePause},
-	{"POST", "/v1/sandboxes/{id}/resume", (*Runtime).handleResume},
-	{"POST", "/v1/sandboxes/{id}/exec", (*Runtime).handleExec},
-	{"POST", "/v1/sandboxes/{id}/sessions", (*Runtime).handleCreateSession},
-	{"GET", "/v1/sandboxes/{id}/sessions", (*Runtime).handleListSessions},
-	{"GET", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleGetSession},
-	{"DELETE", "/v1/sandboxes/{id}/sessions/{sid}", (*Runtime).handleDeleteSession},
-	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", (*Runtime).handleExec},
-	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", (*Runtime).handleCancelSession},
-	{"GET", "/v1/sandboxes/{id}/sessions/{sid}/terminal", (*Runtime).handleTerminal},
-	{"GET", "/v1/sandboxes/{id}/files", (*Runtime).handleReadFile},
-	{"PUT", "/v1/sandboxes/{id}/files", (*Runtime).handleWriteFile},
-	{"DELETE", "/v1/sandboxes/{id}/files", (*Runtime).handleRemoveFile},
-	{"GET", "/v1/sandboxes/{id}/files/stat", (*Runtime).handleStatFile},
-	{"GET", "/v1/sandboxes/{id}/files/list", (*Runtime).handleListFiles},
-	{"POST", "/v1/sandboxes/{id}/files/mkdir", (*Runtime).handleMkdir},
-	{"POST", "/v1/sandboxes/{id}/files/move", (*Runtime).handleMove},
-	{"GET", "/v1/sandboxes/{id}/files/watch", (*Runtime).handleWatchFiles},
-	{"GET", "/v1/sandboxes/{id}/workspace/diff", (*Runtime).handleWorkspaceDiff},
-	{"GET", "/v1/sandboxes/{id}/workspace/export", (*Runtime).handleWorkspaceExport},
-	{"PATCH", "/v1/sandboxes/{id}/env", (*Runtime).handlePatchEnv},
-	{"PATCH", "/v1/sandboxes/{id}/network", (*Runtime).handleSetNetwork},
-	{"POST", "/v1/sandboxes/{id}/ports", (*Runtime).handleExposePort},
-	{"GET", "/v1/sandboxes/{id}/ports", (*Runtime).handleListPorts},
-	{"DELETE", "/v1/sandboxes/{id}/ports/{port}", (*Runtime).handleUnexposePort},
-	{"POST", "/v1/sandboxes/{id}/processes", (*Runtime).handleStartProcess},
-	{"GET", "/v1/sandboxes/{id}/processes", (*Runtime).handleListProcesses},
-	{"DELETE", "/v1/sandboxes/{id}/processes", (*Runtime).handleRemoveFinished},
-	{"POST", "/v1/sandboxes/{id}/processes/kill", (*Runtime).handleKillProcess},
-	{"GET", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleGetProcess},
-	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}", (*Runtime).handleRemoveProcess},
-	{"POST", "/v1/sandboxes/{id}/processes/{pid}/kill", (*Runtime).handleKillProcess},
-	{"GET", "/v1/sandboxes/{id}/processes/{pid}/logs", (*Runtime).handleProcessLogs},
-	{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin", (*Runtime).handleProcessStdin},
-	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}/stdin", (*Runtime).handleProcessStdin},
-	{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait", (*Runtime).handleWaitProcess},
+	{"GET", "/v1/version", api.AccessAny, api.SessionNone, (*Runtime).handleVersion},
+	{"GET", "/v1/images", api.AccessAdmin, api.SessionNone, (*Runtime).handleImages},
+	{"POST", "/v1/images/pull", api.AccessAdmin, api.SessionNone, (*Runtime).handlePullImage},
+	{"POST", "/v1/images/import", api.AccessAdmin, api.SessionNone, (*Runtime).handleImportImages},
+	{"POST", "/v1/images/prune", api.AccessAdmin, api.SessionNone, (*Runtime).handlePruneImages},
+	{"GET", "/v1/images/{name}", api.AccessAdmin, api.SessionNone, (*Runtime).handleGetImage},
+	{"DELETE", "/v1/images/{name}", api.AccessAdmin, api.SessionNone, (*Runtime).handleRemoveImage},
+	{"POST", "/v1/sandboxes", api.AccessAdmin, api.SessionNone, (*Runtime).handleCreate},
+	{"GET", "/v1/sandboxes", api.AccessAdmin, api.SessionNone, (*Runtime).handleList},
+	{"GET", "/v1/sandboxes/{id}", api.AccessRead, api.SessionNone, (*Runtime).handleGet},
+	{"DELETE", "/v1/sandboxes/{id}", api.AccessAdmin, api.SessionNone, (*Runtime).handleRemove},
+	{"POST", "/v1/sandboxes/{id}/pause", api.AccessAdmin, api.SessionNone, (*Runtime).handlePause},
+	{"POST", "/v1/sandboxes/{id}/resume", api.AccessAdmin, api.SessionNone, (*Runtime).handleResume},
+	{"POST", "/v1/sandboxes/{id}/exec", api.AccessSessionWrite, api.SessionBody, (*Runtime).handleExec},
+	{"POST", "/v1/sandboxes/{id}/sessions", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleCreateSession},
+	{"GET", "/v1/sandboxes/{id}/sessions", api.AccessRead, api.SessionNone, (*Runtime).handleListSessions},
+	{"GET", "/v1/sandboxes/{id}/sessions/{sid}", api.AccessRead, api.SessionPath, (*Runtime).handleGetSession},
+	{"DELETE", "/v1/sandboxes/{id}/sessions/{sid}", api.AccessSandboxWrite, api.SessionPath, (*Runtime).handleDeleteSession},
+	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", api.AccessSessionWrite, api.SessionPath, (*Runtime).handleExec},
+	{"POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", api.AccessSessionWrite, api.SessionPath, (*Runtime).handleCancelSession},
+	{"GET", "/v1/sandboxes/{id}/sessions/{sid}/terminal", api.AccessRead, api.SessionPath, (*Runtime).handleTerminal},
+	{"GET", "/v1/sandboxes/{id}/files", api.AccessRead, api.SessionQuery, (*Runtime).handleReadFile},
+	{"PUT", "/v1/sandboxes/{id}/files", api.AccessSessionWrite, api.SessionQuery, (*Runtime).handleWriteFile},
+	{"DELETE", "/v1/sandboxes/{id}/files", api.AccessSessionWrite, api.SessionQuery, (*Runtime).handleRemoveFile},
+	{"GET", "/v1/sandboxes/{id}/files/stat", api.AccessRead, api.SessionQuery, (*Runtime).handleStatFile},
+	{"GET", "/v1/sandboxes/{id}/files/list", api.AccessRead, api.SessionQuery, (*Runtime).handleListFiles},
+	{"POST", "/v1/sandboxes/{id}/files/mkdir", api.AccessSessionWrite, api.SessionQuery, (*Runtime).handleMkdir},
+	{"POST", "/v1/sandboxes/{id}/files/move", api.AccessSessionWrite, api.SessionQuery, (*Runtime).handleMove},
+	{"GET", "/v1/sandboxes/{id}/files/watch", api.AccessRead, api.SessionQuery, (*Runtime).handleWatchFiles},
+	{"GET", "/v1/sandboxes/{id}/workspace/diff", api.AccessRead, api.SessionNone, (*Runtime).handleWorkspaceDiff},
+	{"GET", "/v1/sandboxes/{id}/workspace/export", api.AccessRead, api.SessionNone, (*Runtime).handleWorkspaceExport},
+	{"PATCH", "/v1/sandboxes/{id}/env", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handlePatchEnv},
+	{"PATCH", "/v1/sandboxes/{id}/network", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleSetNetwork},
+	{"POST", "/v1/sandboxes/{id}/ports", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleExposePort},
+	{"GET", "/v1/sandboxes/{id}/ports", api.AccessRead, api.SessionNone, (*Runtime).handleListPorts},
+	{"DELETE", "/v1/sandboxes/{id}/ports/{port}", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleUnexposePort},
+	{"POST", "/v1/sandboxes/{id}/contexts", api.AccessSandboxWrite, api.SessionBody, (*Runtime).handleCreateContext},
+	{"GET", "/v1/sandboxes/{id}/contexts", api.AccessRead, api.SessionNone, (*Runtime).handleListContexts},
+	{"DELETE", "/v1/sandboxes/{id}/contexts/{cid}", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleDeleteContext},
+	{"POST", "/v1/sandboxes/{id}/contexts/{cid}/run", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleRunCode},
+	{"POST", "/v1/sandboxes/{id}/processes", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleStartProcess},
+	{"GET", "/v1/sandboxes/{id}/processes", api.AccessRead, api.SessionNone, (*Runtime).handleListProcesses},
+	{"DELETE", "/v1/sandboxes/{id}/processes", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleRemoveFinished},
+	{"POST", "/v1/sandboxes/{id}/processes/kill", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleKillProcess},
+	{"GET", "/v1/sandboxes/{id}/processes/{pid}", api.AccessRead, api.SessionNone, (*Runtime).handleGetProcess},
+	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleRemoveProcess},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/kill", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleKillProcess},
+	{"GET", "/v1/sandboxes/{id}/processes/{pid}/logs", api.AccessRead, api.SessionNone, (*Runtime).handleProcessLogs},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleProcessStdin},
+	{"DELETE", "/v1/sandboxes/{id}/processes/{pid}/stdin", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleProcessStdin},
+	{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait", api.AccessRead, api.SessionNone, (*Runtime).handleWaitProcess},
 }
 
-// Handler returns the daemon's HTTP API.
-func (r *Runtime) Handler() http.Handler {
-	mux := http.NewServeMux()
+// Handler returns the daemon's HTTP API: the core's Routes and the extra endpoints (package
+// auth's tokens API). check, when not nil, decides before each endpoint's handler (its path
+// values set) whether its caller may use it; without it every caller may do everything (the
+// unix socket).
+func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
+	endpoints := make([]api.Endpoint, 0, len(Routes)+len(extra))
 	for _, rt := range Routes {
-		mux.HandleFunc(rt.Method+" "+rt.Pattern, api.Handle(r.log, func(w http.ResponseWriter, req *http.Request) error {
-			return rt.handle(r, w, req)
+		endpoints = append(endpoints, api.Endpoint{Method: rt.Method, Pattern: rt.Pattern, Access: rt.Access, Session: rt.Session,
+			Handle: func(w http.ResponseWriter, req *http.Request) error { return rt.handle(r, w, req) }})
+	}
+	mux := http.NewServeMux()
+	for _, e := range append(endpoints, extra...) {
+		mux.HandleFunc(e.Method+" "+e.Pattern, api.Handle(r.log, func(w http.ResponseWriter, req *http.Request) error {
+			if check != nil {
+				var err error
+				if req, err = check(req, e.Access, e.Session); err != nil {
+					return err
+				}
+			}
+			return e.Handle(w, req)
 		}))
 	}
 	mux.HandleFunc("/", api.Handle(r.log, func(_ http.ResponseWriter, req *http.Request) error {

@@ -28,11 +28,15 @@ func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) 
 	if err != nil {
 		return err
 	}
-	s, err := l.agent.createSession(req.Context(), body)
+	s, created, err := l.agent.createSession(req.Context(), body)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	api.WriteJSON(w, http.StatusCreated, s)
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	api.WriteJSON(w, status, s)
 	return nil
 }
 
@@ -50,16 +54,25 @@ func (r *Runtime) handleListSessions(w http.ResponseWriter, req *http.Request) e
 }
 
 func (r *Runtime) handleGetSession(w http.ResponseWriter, req *http.Request) error {
-	l, err := r.running(req.PathValue("id"))
+	s, err := r.Session(req.Context(), req.PathValue("id"), req.PathValue("sid"))
 	if err != nil {
 		return err
 	}
-	s, err := l.agent.getSession(req.Context(), req.PathValue("sid"))
-	if err != nil {
-		return l.failure(req.Context(), err)
-	}
 	api.WriteJSON(w, http.StatusOK, s)
 	return nil
+}
+
+// Session returns the session sid of the running sandbox id.
+func (r *Runtime) Session(ctx context.Context, id, sid string) (*api.Session, error) {
+	l, err := r.running(id)
+	if err != nil {
+		return nil, err
+	}
+	s, err := l.agent.getSession(ctx, sid)
+	if err != nil {
+		return nil, l.failure(ctx, err)
+	}
+	return s, nil
 }
 
 func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
@@ -146,10 +159,32 @@ func streamError(err error) error {
 	return api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)
 }
 
+// output gathers a command's stdout and stderr, each up to maxExecOutput.
+type output struct {
+	stdout, stderr []byte
+	truncated      bool
+}
+
+// add appends one output event's data to its stream.
+func (o *output) add(stream, data, encoding string) error {
+	b, err := api.DecodeData(data, encoding)
+	if err != nil {
+		return fmt.Errorf("decode %s event: %w", stream, err)
+	}
+	buf := &o.stdout
+	if stream == api.EventStderr {
+		buf = &o.stderr
+	}
+	if room := maxExecOutput - len(*buf); len(b) > room {
+		b, o.truncated = b[:room], true
+	}
+	*buf = append(*buf, b...)
+	return nil
+}
+
 // collectResult gathers a whole exec into one result.
 func collectResult(events *eventStream) (*api.ExecResult, error) {
-	var stdout, stderr []byte
-	truncated := false
+	var out output
 	for {
 		ev, err := nextExecEvent(events)
 		if err != nil {
@@ -157,26 +192,17 @@ func collectResult(events *eventStream) (*api.ExecResult, error) {
 		}
 		switch ev.Type {
 		case api.EventStdout, api.EventStderr:
-			data, err := ev.Bytes()
-			if err != nil {
-				return nil, fmt.Errorf("decode %s event: %w", ev.Type, err)
+			if err := out.add(ev.Type, ev.Data, ev.Encoding); err != nil {
+				return nil, err
 			}
-			buf := &stdout
-			if ev.Type == api.EventStderr {
-				buf = &stderr
-			}
-			if room := maxExecOutput - len(*buf); len(data) > room {
-				data, truncated = data[:room], true
-			}
-			*buf = append(*buf, data...)
 		case api.EventExit:
 			if ev.Result == nil {
 				return nil, fmt.Errorf("exit event without a result")
 			}
-			res := api.NewExecResult(ev.Result.ExitCode, stdout, stderr)
+			res := api.NewExecResult(ev.Result.ExitCode, out.stdout, out.stderr)
 			res.TimedOut, res.Canceled, res.DurationMs = ev.Result.TimedOut, ev.Result.Canceled, ev.Result.DurationMs
 			res.SessionID, res.SessionEnded, res.SessionReset = ev.Result.SessionID, ev.Result.SessionEnded, ev.Result.SessionReset
-			res.Truncated = truncated
+			res.Truncated = out.truncated
 			return &res, nil
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"golang.org/x/net/websocket"
 
@@ -33,9 +34,13 @@ func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error
 	}
 	defer output.Close()
 	websocket.Server{
-		// Browsers reach the daemon only through a proxy that authorizes them; the socket itself
-		// is root-only, so the Origin header carries no authority here.
-		Handshake: func(*websocket.Config, *http.Request) error { return nil },
+		// The Origin header carries no authority here: the socket is root-only, and a TCP caller
+		// is authorized by its token (a header or a subprotocol, never a cookie), which another
+		// site's page does not have.
+		Handshake: func(cfg *websocket.Config, _ *http.Request) error {
+			cfg.Protocol = terminalProtocol(cfg.Protocol)
+			return nil
+		},
 		Handler: func(ws *websocket.Conn) {
 			defer cancel()
 			go func() {
@@ -48,6 +53,16 @@ func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error
 	return nil
 }
 
+// terminalProtocol is the subprotocol the server answers with, from those the client offered:
+// api.TerminalProtocol when offered, else the first one (a browser that offered only its token
+// protocol, api.TerminalTokenProtocol+token, must see one of its own echoed).
+func terminalProtocol(offered []string) []string {
+	if len(offered) == 0 || slices.Contains(offered, api.TerminalProtocol) {
+		return slices.DeleteFunc(offered, func(p string) bool { return p != api.TerminalProtocol })
+	}
+	return offered[:1]
+}
+
 // terminalInput forwards the client's frames to the agent until the client goes away.
 func terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, sid string) {
 	for {
@@ -56,9 +71,12 @@ func terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, 
 			return
 		}
 		var err error
-		if f.Binary {
+		switch {
+		case api.ReadOnly(ctx):
+			err = api.Errorf(api.CodePermissionDenied, "this terminal is read-only (a read token): input and resizes are ignored")
+		case f.Binary:
 			err = agent.terminalInput(ctx, sid, f.Data)
-		} else {
+		default:
 			var ctl api.TerminalControl
 			if jerr := json.Unmarshal(f.Data, &ctl); jerr != nil || ctl.Type != api.TerminalResize {
 				sendNotice(ws, api.TerminalEvent{Type: "error", Data: fmt.Sprintf("unknown control message %q; send input as binary frames", f.Data)})

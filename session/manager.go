@@ -196,6 +196,7 @@ type Info struct {
 	Shell     string // "bash" or "sh"
 	User      string
 	UID, GID  int
+	ReadOnly  bool
 	Cwd       string // the shell's current directory
 	Status    string // idle, busy or ended
 	ExitCode  int    // when ended
@@ -214,7 +215,7 @@ const (
 func (s *Session) Info() Info {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	info := Info{ID: s.opts.ID, User: s.cred.name, UID: s.cred.uid, GID: s.cred.gid, CreatedAt: s.created, Status: StateIdle, Shell: s.shellName}
+	info := Info{ID: s.opts.ID, ReadOnly: s.opts.ReadOnly, User: s.cred.name, UID: s.cred.uid, GID: s.cred.gid, CreatedAt: s.created, Status: StateIdle, Shell: s.shellName}
 	switch {
 	case s.ended || s.sh == nil:
 		info.Status, info.ExitCode = StateEnded, s.exitCode

@@ -48,6 +48,8 @@ type Options struct {
 	User  string // a LookupUser spec inside the sandbox; "" means the manager's default user
 	Cwd   string
 	Env   map[string]string
+	// ReadOnly sessions are watched, not driven: the agent refuses what would run in them.
+	ReadOnly bool
 }
 
 // Session is one shell and what it has produced.

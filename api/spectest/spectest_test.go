@@ -15,6 +15,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/api/spectest"
+	"github.com/nsbox/nsbox/auth"
 	sandboxfs "github.com/nsbox/nsbox/fs"
 	"github.com/nsbox/nsbox/nsbox"
 )
@@ -68,6 +69,9 @@ func TestOperationsMatchRoutes(t *testing.T) {
 	var want []string
 	for _, r := range nsbox.Routes {
 		want = append(want, r.Method+" "+r.Pattern)
+	}
+	for _, e := range auth.NewService(nil, nil, nil, nil).Endpoints() {
+		want = append(want, e.Method+" "+e.Pattern)
 	}
 	slices.Sort(want)
 	if got := load(t).Operations(); !slices.Equal(got, want) {
@@ -137,7 +141,7 @@ func wireError(code string) (int, []byte) {
 
 func session(id, status string) api.Session {
 	s := api.Session{ID: id, Shell: "bash", User: "root", Cwd: "/workspace", Status: status, PID: 7,
-		CreatedAt: time.Now().UTC()}
+		CreatedAt: time.Now().UTC(), Permission: api.PermissionWrite}
 	if status == api.SessionEnded {
 		s.Shell, s.User, s.Cwd, s.PID, s.ExitCode = "sh", "1000", "", 0, 3
 	}
@@ -449,6 +453,9 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		{"ProcessLogs", api.ProcessLogs{}, true},
 		{"WaitProcessRequest", api.WaitProcessRequest{}, false},
 		{"WaitProcessResult", api.WaitProcessResult{}, true},
+		{"CreateTokenRequest", api.CreateTokenRequest{}, false},
+		{"CreateSessionTokenRequest", api.CreateSessionTokenRequest{}, false},
+		{"Token", api.Token{}, true},
 	}
 	for _, c := range cases {
 		sc, ok := doc.Components.Schemas[c.schema]

@@ -85,7 +85,7 @@ func clientCommands() []*cli.Command {
 			Flags:     execFlags(),
 			Action:    cmdShell,
 		},
-		sessionCommand(),
+		sessionCommand(), tokenCommand(),
 		attachCommand(),
 		withSession(filesCommand()), withSession(cpCommand()), envCommand(),
 		diffCommand(), exportCommand(),
@@ -97,7 +97,8 @@ func clientCommands() []*cli.Command {
 	}
 }
 
-func apiClient(c *cli.Context) *client.Client { return client.New(c.String("socket")) }
+// apiClient is the client the global flags ask for (made by dialDaemon before any command).
+func apiClient(c *cli.Context) *client.Client { return c.App.Metadata["client"].(*client.Client) }
 
 // keyValues parses repeated K=V flags.
 func keyValues(flag string, values []string) (map[string]string, error) {
@@ -312,17 +313,18 @@ func sessionCommand() *cli.Command {
 					&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user inside the sandbox: name, uid, uid:gid or name:group (default: the sandbox's user)"},
 					&cli.StringFlag{Name: "cwd", Usage: "starting directory"},
 					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
+					&cli.StringFlag{Name: "permission", Usage: "write (default) or read: a read session can be watched, not driven"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return errors.New("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... ID")
+						return errors.New("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] ID")
 					}
 					env, err := keyValues("env", c.StringSlice("env"))
 					if err != nil {
 						return err
 					}
 					s, err := apiClient(c).CreateSession(c.Context, c.Args().First(), api.CreateSessionRequest{
-						ID: c.String("id"), Shell: c.String("shell"), User: c.String("user"), Cwd: c.String("cwd"), Env: env,
+						ID: c.String("id"), Shell: c.String("shell"), User: c.String("user"), Cwd: c.String("cwd"), Env: env, Permission: c.String("permission"),
 					})
 					if err != nil {
 						return err
@@ -348,13 +350,13 @@ func sessionCommand() *cli.Command {
 						return err
 					}
 					tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "ID\tSHELL\tUSER\tSTATUS\tCWD\tCREATED")
+					fmt.Fprintln(tw, "ID\tSHELL\tUSER\tPERMISSION\tSTATUS\tCWD\tCREATED")
 					for _, s := range list {
 						status := s.Status
 						if s.Status == api.SessionEnded {
 							status = fmt.Sprintf("ended (%d)", s.ExitCode)
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Shell, s.User, status, s.Cwd, ago(s.CreatedAt))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Shell, s.User, s.Permission, status, s.Cwd, ago(s.CreatedAt))
 					}
 					return tw.Flush()
 				},

@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/auth"
 	"github.com/nsbox/nsbox/nsbox"
 	"github.com/nsbox/nsbox/nsbox/libcontainer"
 	"github.com/nsbox/nsbox/proxy"
@@ -28,7 +29,7 @@ func daemonCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "daemon",
 		Usage: "run the nsbox daemon (as root)",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "socket-group", Usage: "group allowed to use the API socket (default: root only)"},
 			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/nsbox", Usage: "metadata, images and sandbox files"},
 			&cli.StringFlag{Name: "run-dir", Value: "/run/nsbox", Usage: "runtime state: API socket (unless --socket), agent sockets, container state"},
@@ -51,7 +52,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "proxy-max-conns-per-client", Value: 256, Usage: "client connections the preview proxy holds from one IP address"},
 			&cli.DurationFlag{Name: "proxy-idle-timeout", Value: time.Minute, Usage: "close a preview proxy client connection idle this long between requests"},
 			&cli.BoolFlag{Name: "cleanup", Usage: "remove the sandbox network's table, veths, routes and state, and exit (no daemon may run)"},
-		},
+		}, listenFlags()...),
 		Action: runDaemon,
 	}
 }
@@ -117,27 +118,49 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer lock.Close()
-	// Claimed before anything else is touched: a second daemon must not get further.
-	socket := apiSocket(c, cfg.RunDir)
-	socketLock, err := claimSocket(socket)
+	eps, err := parseListen(c, apiSocket(c, cfg.RunDir))
 	if err != nil {
 		return err
 	}
-	defer socketLock.Close()
+	tlsCfg, err := tlsConfig(c)
+	if err != nil {
+		return err
+	}
+	// Claimed before anything else is touched: a second daemon must not get further.
+	for _, ep := range eps {
+		if ep.socket == "" {
+			continue
+		}
+		socketLock, err := claimSocket(ep.socket)
+		if err != nil {
+			return err
+		}
+		defer socketLock.Close()
+	}
+	tokens, err := openTokens(c, cfg.DataDir, log)
+	if err != nil {
+		return err
+	}
+	cfg.Removed = func(id string) {
+		if err := tokens.RevokeSandbox(id); err != nil {
+			log.Warn("revoke the tokens of a removed sandbox", "sandbox", id, "err", err)
+		}
+	}
 	rt, err := nsbox.Open(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
 
-	ln, err := listenAPI(socket, c.String("socket-group"))
+	servers, err := listenAll(eps, c, rt, auth.NewService(tokens, rt, c.StringSlice("cors-origin"), log), tlsCfg, log)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	preview, err := servePreview(c, rt, log)
 	if err != nil {
-		ln.Close()
+		for _, s := range servers {
+			s.ln.Close()
+		}
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
@@ -150,13 +173,57 @@ func runDaemon(c *cli.Context) error {
 		if preview != nil {
 			_ = preview.Shutdown(shutdownCtx)
 		}
-		_ = srv.Shutdown(shutdownCtx)
+		for _, s := range servers {
+			_ = s.srv.Shutdown(shutdownCtx)
+		}
 	}()
-	log.Info("nsbox daemon listening", "socket", socket, "version", version, "data", c.String("data-dir"))
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve API: %w", err)
+	served := make(chan error, len(servers))
+	for _, s := range servers {
+		log.Info("nsbox daemon listening", "address", s.ln.Addr().String(), "tls", tlsCfg != nil && s.ln.Addr().Network() == "tcp", "version", version, "data", c.String("data-dir"))
+		go func() { served <- s.srv.Serve(s.ln) }()
 	}
-	return nil
+	var errs []error
+	for range servers {
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, fmt.Errorf("serve API: %w", err))
+			stop()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// openTokens opens the token store in the data dir and loads the admin tokens; on SIGHUP they
+// are read again (the daemon ignores SIGHUP without --auth-tokens).
+func openTokens(c *cli.Context, dataDir string, log *slog.Logger) (*auth.Store, error) {
+	if err := os.MkdirAll(dataDir, 0o711); err != nil {
+		return nil, fmt.Errorf("make data dir: %w", err)
+	}
+	tokens, err := auth.Open(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	file := c.String("auth-tokens")
+	if file != "" {
+		if _, err := tokens.LoadAdmin(file); err != nil {
+			return nil, fmt.Errorf("--auth-tokens: %w", err)
+		}
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, unix.SIGHUP)
+	go func() {
+		for range hup {
+			if file == "" {
+				continue
+			}
+			n, err := tokens.LoadAdmin(file)
+			if err != nil {
+				log.Error("reload admin tokens; the old ones stay", "err", err)
+				continue
+			}
+			log.Info("admin tokens reloaded", "count", n)
+		}
+	}()
+	return tokens, nil
 }
 
 // lockRunDir takes the run dir for this process alone (a daemon, or `daemon --cleanup`): the

@@ -232,19 +232,7 @@ func (d *testDaemon) leaks() []string {
 // call sends a raw API request and returns the status and body.
 func (d *testDaemon) call(method, path string, body any) (int, []byte) {
 	d.t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	default:
-		data, err := json.Marshal(b)
-		if err != nil {
-			d.t.Fatal(err)
-		}
-		rd = bytes.NewReader(data)
-	}
-	req, err := http.NewRequest(method, "http://nsbox"+path, rd)
+	req, err := http.NewRequest(method, "http://nsbox"+path, requestBody(d.t, body))
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -258,6 +246,23 @@ func (d *testDaemon) call(method, path string, body any) (int, []byte) {
 		d.t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
 	return resp.StatusCode, data
+}
+
+// requestBody is a request's body: none (nil), a string as it is, or anything else as JSON.
+func requestBody(t *testing.T, body any) io.Reader {
+	t.Helper()
+	switch b := body.(type) {
+	case nil:
+		return nil
+	case string:
+		return strings.NewReader(b)
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bytes.NewReader(data)
+	}
 }
 
 // expectError checks an error answer's status and code.

@@ -24,13 +24,12 @@ func init() {
 
 func main() {
 	app := &cli.App{
-		Name:    "nsbox",
-		Usage:   "Linux sandboxes with stateful sessions, built from namespaces, cgroups and overlayfs",
-		Version: version,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "socket", Value: "/run/nsbox/nsbox.sock", EnvVars: []string{"NSBOX_SOCKET"}, Usage: "the daemon's API socket"},
-		},
-		Commands: append(clientCommands(), daemonCommand(), agentCommand()),
+		Name:     "nsbox",
+		Usage:    "Linux sandboxes with stateful sessions, built from namespaces, cgroups and overlayfs",
+		Version:  version,
+		Flags:    hostFlags(),
+		Before:   dialDaemon,
+		Commands: append(append(clientCommands(), codeCommands()...), daemonCommand(), agentCommand()),
 		ExitErrHandler: func(_ *cli.Context, err error) {
 			if err == nil {
 				return

@@ -207,7 +207,11 @@ func TestSessionAPIErrors(t *testing.T) {
 	if _, err := d.client.CreateSession(context.Background(), "se", api.CreateSessionRequest{ID: "dup"}); err != nil {
 		t.Fatal(err)
 	}
-	d.expectError("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{ID: "dup"}, 409, api.CodeConflict)
+	// Creating it again answers it as it is (issue 14).
+	if status, body := d.call("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{ID: "dup", Permission: api.PermissionRead}); status != 200 || !strings.Contains(string(body), `"permission":"write"`) {
+		t.Fatalf("create an existing session: %d %s", status, body)
+	}
+	d.expectError("POST", "/v1/sandboxes/se/sessions", api.CreateSessionRequest{Permission: "admin"}, 400, api.CodeInvalidArgument)
 	// A session as another user.
 	s, err := d.client.CreateSession(context.Background(), "se", api.CreateSessionRequest{ID: "nob", User: "nobody", Cwd: "/tmp"})
 	if err != nil || s.User != "nobody" {

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/internal/atomicfile"
 	"github.com/nsbox/nsbox/rootfs/layers"
 )
 
@@ -79,22 +80,7 @@ func (s *Store) save() error {
 	if err != nil {
 		return fmt.Errorf("encode image records: %w", err)
 	}
-	f, err := os.CreateTemp(s.dir, ".images-")
-	if err != nil {
-		return fmt.Errorf("save image records: %w", err)
-	}
-	defer os.Remove(f.Name()) // gone once renamed
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), s.recordsPath())
-	}
-	if err != nil {
+	if err := atomicfile.Write(s.recordsPath(), data); err != nil {
 		return fmt.Errorf("save image records: %w", err)
 	}
 	return nil

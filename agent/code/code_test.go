@@ -1,0 +1,129 @@
+package code
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// start is a StartFunc for tests: the process is this test's child, waited for here.
+func start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+	p, err := os.StartProcess(path, argv, attr)
+	if err != nil {
+		return 0, nil, err
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	go func() {
+		st, _ := p.Wait()
+		ch <- unix.WaitStatus(st.Sys().(syscall.WaitStatus))
+	}()
+	return p.Pid, ch, nil
+}
+
+func newContext(t *testing.T, language string) (*Manager, *Context) {
+	t.Helper()
+	prog, _, _ := interpreter(language)
+	if _, err := exec.LookPath(prog); err != nil {
+		t.Skipf("no %s here", prog)
+	}
+	m := NewManager(start)
+	c, err := m.Create(Spec{Language: language, Cwd: t.TempDir(), Env: os.Environ(), UID: os.Getuid(), GID: os.Getgid(), User: "me"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Delete(c.Info().ID) })
+	return m, c
+}
+
+// run runs a cell and gathers its output.
+func run(t *testing.T, c *Context, code string, timeout time.Duration) (stdout, stderr string, res *api.RunCodeResult) {
+	t.Helper()
+	var out, errOut strings.Builder
+	res, err := c.Run(code, timeout, func(ev api.CodeEvent) {
+		b, _ := ev.Bytes()
+		switch ev.Type {
+		case api.EventStdout:
+			out.Write(b)
+		case api.EventStderr:
+			errOut.Write(b)
+		}
+	})
+	if err != nil {
+		t.Fatalf("run %q: %v", code, err)
+	}
+	return out.String(), errOut.String(), res
+}
+
+func TestPythonContext(t *testing.T) {
+	_, c := newContext(t, api.LanguagePython)
+	if _, _, res := run(t, c, "import os\nx = 41\ndef inc(v): return v + 1", 0); res.Error != nil || len(res.Results) != 0 {
+		t.Fatalf("definitions: %+v", res)
+	}
+	out, errOut, res := run(t, c, "print('hi', x); import sys; sys.stderr.write('warn\\n'); os.system('echo from-a-child')\ninc(x)", 0)
+	if out != "hi 41\nfrom-a-child\n" || errOut != "warn\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
+		t.Errorf("state and output: %q %q %+v", out, errOut, res.Results)
+	}
+	_, _, res = run(t, c, "{'a': [1, 2]}", 0)
+	if len(res.Results) != 1 || res.Results[0]["application/json"] == nil {
+		t.Errorf("a dict's bundle: %+v", res.Results)
+	}
+	_, _, res = run(t, c, "1/0", 0)
+	if res.Error == nil || res.Error.Name != "ZeroDivisionError" || !strings.Contains(res.Error.Traceback, "ZeroDivisionError") {
+		t.Errorf("exception: %+v", res.Error)
+	}
+	_, _, res = run(t, c, "while True: x += 1", 300*time.Millisecond)
+	if !res.TimedOut || res.Restarted || res.Error == nil || res.Error.Name != "KeyboardInterrupt" {
+		t.Errorf("interrupted loop: %+v", res)
+	}
+	if _, _, res := run(t, c, "x > 41 and inc(1)", 0); len(res.Results) != 1 || res.Results[0]["text/plain"] != "2" {
+		t.Errorf("state after the interrupt: %+v", res)
+	}
+	// One that ignores the interrupt is restarted, its state gone.
+	_, _, res = run(t, c, "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", 200*time.Millisecond)
+	if !res.TimedOut || !res.Restarted {
+		t.Errorf("a run that ignores its interrupt: %+v", res)
+	}
+	if _, _, res := run(t, c, "'x' in globals()", 0); len(res.Results) != 1 || res.Results[0]["text/plain"] != "False" {
+		t.Errorf("state after a restart: %+v", res.Results)
+	}
+}
+
+func TestJavaScriptContext(t *testing.T) {
+	_, c := newContext(t, api.LanguageJavaScript)
+	run(t, c, "let n = 20; function twice(v) { return 2 * v }", 0)
+	out, _, res := run(t, c, "console.log('n is', n); twice(n) + 2", 0)
+	if out != "n is 20\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
+		t.Errorf("state and result: %q %+v", out, res.Results)
+	}
+	_, _, res = run(t, c, "null.x", 0)
+	if res.Error == nil || res.Error.Name != "TypeError" {
+		t.Errorf("exception: %+v", res.Error)
+	}
+	_, _, res = run(t, c, "while (true) { n++ }", 300*time.Millisecond)
+	if !res.TimedOut || res.Restarted || res.Error == nil {
+		t.Errorf("interrupted loop: %+v", res)
+	}
+	if _, _, res := run(t, c, "n > 20", 0); len(res.Results) != 1 || res.Results[0]["text/plain"] != "true" {
+		t.Errorf("state after the interrupt: %+v", res.Results)
+	}
+}
+
+func TestCreateErrors(t *testing.T) {
+	m := NewManager(start)
+	if _, err := m.Create(Spec{Language: "cobol", Env: os.Environ()}); !api.IsCode(err, api.CodeInvalidArgument) {
+		t.Errorf("unknown language: %v", err)
+	}
+	if _, err := m.Create(Spec{Language: api.LanguagePython, Env: []string{"PATH=/nonexistent"}}); !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), "no python3") {
+		t.Errorf("no interpreter: %v", err)
+	}
+	if err := m.Delete("ctx-9"); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("delete unknown: %v", err)
+	}
+}

@@ -1,0 +1,103 @@
+package nsbox
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// Code contexts live in the sandbox's agent (package agent/code); the daemon relays the calls,
+// so contexts and their state outlive a daemon restart.
+
+func contextPath(cid string, rest ...string) string {
+	p := "/v1/contexts"
+	if cid != "" {
+		p += "/" + url.PathEscape(cid)
+	}
+	for _, r := range rest {
+		p += "/" + r
+	}
+	return p
+}
+
+func (r *Runtime) handleCreateContext(w http.ResponseWriter, req *http.Request) error {
+	var body api.CreateCodeContextRequest
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
+	}
+	return r.processCall(w, req, http.StatusCreated, func(a *agentClient) (any, error) {
+		var c api.CodeContext
+		return &c, a.call(req.Context(), http.MethodPost, contextPath(""), body, &c)
+	})
+}
+
+func (r *Runtime) handleListContexts(w http.ResponseWriter, req *http.Request) error {
+	return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+		return callSlice[api.CodeContext](req.Context(), a, http.MethodGet, contextPath(""), nil)
+	})
+}
+
+func (r *Runtime) handleDeleteContext(w http.ResponseWriter, req *http.Request) error {
+	return r.processCall(w, req, http.StatusNoContent, func(a *agentClient) (any, error) {
+		return nil, a.call(req.Context(), http.MethodDelete, contextPath(req.PathValue("cid")), nil, nil)
+	})
+}
+
+// handleRunCode runs code in a context: streamed as Server-Sent Events when asked, else
+// answered as one RunCodeResult once the run has ended (each stream kept up to maxExecOutput).
+func (r *Runtime) handleRunCode(w http.ResponseWriter, req *http.Request) error {
+	var body api.RunCodeRequest
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
+	}
+	l, err := r.running(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	events, err := l.agent.stream(req.Context(), http.MethodPost, contextPath(req.PathValue("cid"), "run"), jsonBody(body))
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	defer events.Close()
+	if api.WantsEventStream(req) {
+		out := api.NewSSEWriter(w)
+		if out.Start() != nil {
+			return nil
+		}
+		relayEvents(out, events, api.EventEnd)
+		return nil
+	}
+	res, err := collectRun(events)
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	api.WriteJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// collectRun gathers a whole run into one result.
+func collectRun(events *eventStream) (*api.RunCodeResult, error) {
+	var out output
+	for {
+		var ev api.CodeEvent
+		if _, err := events.NextJSON(&ev); err != nil {
+			return nil, streamError(err)
+		}
+		switch ev.Type {
+		case api.EventStdout, api.EventStderr:
+			if err := out.add(ev.Type, ev.Data, ev.Encoding); err != nil {
+				return nil, err
+			}
+		case api.EventEnd:
+			if ev.End == nil {
+				return nil, fmt.Errorf("end event without a result")
+			}
+			res := *ev.End
+			exec := api.NewExecResult(0, out.stdout, out.stderr)
+			res.Stdout, res.Stderr, res.Encoding, res.Truncated = exec.Stdout, exec.Stderr, exec.Encoding, out.truncated
+			return &res, nil
+		}
+	}
+}
