@@ -152,6 +152,8 @@ func (a *Agent) routes() http.Handler {
 	handle("DELETE /v1/contexts/{cid}", a.handleDeleteContext)
 	handle("POST /v1/contexts/{cid}/run", a.handleRunCode)
 
+	handle("POST /v1/git/checkout", a.handleGitCheckout)
+
 	handle("POST /v1/processes", a.handleStartProcess)
 	handle("GET /v1/processes", a.handleListProcesses)
 	handle("DELETE /v1/processes", a.handleRemoveFinished)

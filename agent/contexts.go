@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"maps"
 	"net/http"
 	"path/filepath"
@@ -13,6 +14,60 @@ import (
 	"github.com/nsbox/nsbox/session"
 )
 
+// caller is whom a request works for: a session (its user, working directory and exported
+// environment) or else the sandbox itself (its default user — root unless the image or the
+// create named one —, its working directory and environment).
+type caller struct {
+	env      map[string]string
+	cwd      string
+	user     string
+	uid, gid int
+}
+
+func (a *Agent) caller(ctx context.Context, sid string) (caller, error) {
+	var env []string
+	c := caller{env: map[string]string{}}
+	if sid != "" {
+		st, err := a.sessionState(ctx, sid)
+		if err != nil {
+			return c, err
+		}
+		env, c.cwd, c.user = st.Env, st.Cwd, st.User
+	} else {
+		env, c.cwd, c.user = a.sandboxDefaults()
+	}
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			c.env[k] = v
+		}
+	}
+	var err error
+	if c.uid, c.gid, c.user, _, err = session.LookupUser(c.user); err != nil {
+		return c, api.Errorf(api.CodeInvalidArgument, "user %q: %v", c.user, err)
+	}
+	return c, nil
+}
+
+// dir resolves p against the caller's working directory ("" is that directory).
+func (c caller) dir(p string) string {
+	if p == "" {
+		return c.cwd
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(c.cwd, p)
+	}
+	return filepath.Clean(p)
+}
+
+// environ is the caller's environment as KEY=VALUE, sorted.
+func (c caller) environ() []string {
+	out := make([]string, 0, len(c.env))
+	for _, k := range slices.Sorted(maps.Keys(c.env)) {
+		out = append(out, k+"="+c.env[k])
+	}
+	return out
+}
+
 // handleCreateContext starts a code context: with a session's user, working directory and
 // exported environment when one is named, else the sandbox's; the request's env and cwd win.
 func (a *Agent) handleCreateContext(w http.ResponseWriter, r *http.Request) error {
@@ -23,37 +78,12 @@ func (a *Agent) handleCreateContext(w http.ResponseWriter, r *http.Request) erro
 	if err := api.CheckEnv(req.Env); err != nil {
 		return err
 	}
-	spec := code.Spec{Language: req.Language}
-	var env []string
-	if req.SessionID != "" {
-		st, err := a.sessionState(r.Context(), req.SessionID)
-		if err != nil {
-			return err
-		}
-		env, spec.Cwd, spec.User = st.Env, st.Cwd, st.User
-	} else {
-		env, spec.Cwd, spec.User = a.sandboxDefaults()
+	who, err := a.caller(r.Context(), req.SessionID)
+	if err != nil {
+		return err
 	}
-	vars := map[string]string{}
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			vars[k] = v
-		}
-	}
-	maps.Copy(vars, req.Env)
-	for _, k := range slices.Sorted(maps.Keys(vars)) {
-		spec.Env = append(spec.Env, k+"="+vars[k])
-	}
-	if req.Cwd != "" {
-		if !filepath.IsAbs(req.Cwd) {
-			req.Cwd = filepath.Join(spec.Cwd, req.Cwd)
-		}
-		spec.Cwd = filepath.Clean(req.Cwd)
-	}
-	var err error
-	if spec.UID, spec.GID, spec.User, _, err = session.LookupUser(spec.User); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "user of the context: %v", err)
-	}
+	maps.Copy(who.env, req.Env)
+	spec := code.Spec{Language: req.Language, Cwd: who.dir(req.Cwd), Env: who.environ(), UID: who.uid, GID: who.gid, User: who.user}
 	c, err := a.contexts.Create(spec)
 	if err != nil {
 		return err

@@ -87,3 +87,35 @@ type CodeEvent struct {
 
 // Bytes decodes an output event's data.
 func (e *CodeEvent) Bytes() ([]byte, error) { return DecodeData(e.Data, e.Encoding) }
+
+// GitCheckoutRequest is the body of POST /v1/sandboxes/{id}/git/checkout.
+type GitCheckoutRequest struct {
+	URL string `json:"url"`
+	// Branch to check out (a branch or tag); default the remote's default branch.
+	Branch string `json:"branch,omitempty"`
+	// TargetDir is where the clone goes (relative: to the session's or sandbox's working
+	// directory); it must be missing, empty, or a clone of the same URL (then fetched).
+	TargetDir string `json:"targetDir"`
+	Depth     int    `json:"depth,omitempty"`
+	SessionID string `json:"sessionId,omitempty"`
+	// Token authenticates HTTPS: given to git through a credential helper for this call only,
+	// never on disk, in the environment, the process list or the logs.
+	Token string `json:"token,omitempty"`
+}
+
+// GitCheckoutResult is what a checkout left in the target directory.
+type GitCheckoutResult struct {
+	Dir    string `json:"dir"`
+	Branch string `json:"branch"`
+	Commit string `json:"commit"`
+	// Cloned is false when the target was a clone already and was fetched.
+	Cloned bool `json:"cloned"`
+}
+
+// GitProgressEvent is a streamed checkout's event: `progress` (git's own progress lines),
+// then `done` with the result (SSE, named by Type: EventProgress, EventDone).
+type GitProgressEvent struct {
+	Type   string             `json:"type"`
+	Line   string             `json:"line,omitempty"`
+	Result *GitCheckoutResult `json:"result,omitempty"`
+}

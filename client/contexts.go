@@ -84,3 +84,13 @@ func (c *Client) RunCodeStream(ctx context.Context, id, cid string, req api.RunC
 	}
 	return result, nil
 }
+
+// GitCheckout clones a repository into a sandbox directory, or fetches and checks out when the
+// directory is a clone of it already.
+func (c *Client) GitCheckout(ctx context.Context, id string, req api.GitCheckoutRequest) (*api.GitCheckoutResult, error) {
+	var res api.GitCheckoutResult
+	if err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/git/checkout", req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}

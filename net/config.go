@@ -72,7 +72,9 @@ func (c Config) hostPortAllowed(p int) bool {
 // networks, another daemon's sandboxes. Sandbox routes would shadow part of such a network,
 // or the other way round.
 func (c Config) checkRoutes(known []string) error {
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	routes, err := Consistent(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return fmt.Errorf("list the host's routes: %w", err)
 	}

@@ -376,7 +376,7 @@ func (tn *testNet) assertNothingLeft() {
 
 func (tn *testNet) leftovers(names []string) []string {
 	var left []string
-	links, err := netlink.LinkList()
+	links, err := Consistent(netlink.LinkList)
 	if err != nil {
 		return []string{err.Error()}
 	}
@@ -385,7 +385,7 @@ func (tn *testNet) leftovers(names []string) []string {
 			left = append(left, "link "+l.Attrs().Name)
 		}
 	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := Consistent(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return []string{err.Error()}
 	}
@@ -394,7 +394,7 @@ func (tn *testNet) leftovers(names []string) []string {
 			left = append(left, "address "+a.IPNet.String())
 		}
 	}
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := Consistent(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return []string{err.Error()}
 	}

@@ -26,7 +26,7 @@ func ipNet(addr netip.Addr, bits int) *net.IPNet {
 
 // defaultUplinks returns the interfaces of the host's IPv4 default routes.
 func defaultUplinks() ([]string, error) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := Consistent(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
@@ -249,7 +249,7 @@ func deleteVeth(veth string) error {
 
 // ownVeths returns the host veths marked with this table's alias prefix, by sandbox id.
 func ownVeths(table string) (map[string]string, error) {
-	links, err := netlink.LinkList()
+	links, err := Consistent(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}

@@ -227,7 +227,7 @@ func (c *agentClient) callRaw(ctx context.Context, method, path string, body io.
 
 // send is callRaw that also returns the answer's (2xx) status.
 func (c *agentClient) send(ctx context.Context, method, path string, body io.Reader, out any) (int, error) {
-	resp, err := c.do(ctx, method, path, body)
+	resp, err := c.do(ctx, method, path, body, "application/json")
 	if err != nil {
 		return 0, err
 	}
@@ -243,16 +243,17 @@ func (c *agentClient) send(ctx context.Context, method, path string, body io.Rea
 
 // stream sends one request whose answer is a stream of events.
 func (c *agentClient) stream(ctx context.Context, method, path string, body io.Reader) (*eventStream, error) {
-	resp, err := c.do(ctx, method, path, body)
+	resp, err := c.do(ctx, method, path, body, api.EventStream)
 	if err != nil {
 		return nil, err
 	}
 	return &eventStream{SSEReader: api.NewSSEReader(resp.Body), body: resp.Body}, nil
 }
 
-// do sends one request and returns the agent's answer when it is a success; an error answer
+// do sends one request (asking for the media type accept) and returns the agent's answer when
+// it is a success; an error answer
 // becomes its *api.Error, an unreachable agent an unavailable one.
-func (c *agentClient) do(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+func (c *agentClient) do(ctx context.Context, method, path string, body io.Reader, accept string) (*http.Response, error) {
 	if body == nil {
 		body = http.NoBody
 	}
@@ -260,6 +261,7 @@ func (c *agentClient) do(ctx context.Context, method, path string, body io.Reade
 	if err != nil {
 		return nil, fmt.Errorf("agent request: %w", err)
 	}
+	req.Header.Set("Accept", accept)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)

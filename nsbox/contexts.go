@@ -101,3 +101,33 @@ func collectRun(events *eventStream) (*api.RunCodeResult, error) {
 		}
 	}
 }
+
+// handleGitCheckout clones or updates a repository in the sandbox (the agent runs the image's
+// git); with Accept: text/event-stream git's progress streams as it comes.
+func (r *Runtime) handleGitCheckout(w http.ResponseWriter, req *http.Request) error {
+	var body api.GitCheckoutRequest
+	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		return err
+	}
+	if !api.WantsEventStream(req) {
+		return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
+			var res api.GitCheckoutResult
+			return &res, a.call(req.Context(), http.MethodPost, "/v1/git/checkout", body, &res)
+		})
+	}
+	l, err := r.running(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	events, err := l.agent.stream(req.Context(), http.MethodPost, "/v1/git/checkout", jsonBody(body))
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	defer events.Close()
+	out := api.NewSSEWriter(w)
+	if out.Start() != nil {
+		return nil
+	}
+	relayEvents(out, events, api.EventDone)
+	return nil
+}

@@ -58,6 +58,7 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/ports", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleExposePort},
 	{"GET", "/v1/sandboxes/{id}/ports", api.AccessRead, api.SessionNone, (*Runtime).handleListPorts},
 	{"DELETE", "/v1/sandboxes/{id}/ports/{port}", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleUnexposePort},
+	{"POST", "/v1/sandboxes/{id}/git/checkout", api.AccessSessionWrite, api.SessionBody, (*Runtime).handleGitCheckout},
 	{"POST", "/v1/sandboxes/{id}/contexts", api.AccessSandboxWrite, api.SessionBody, (*Runtime).handleCreateContext},
 	{"GET", "/v1/sandboxes/{id}/contexts", api.AccessRead, api.SessionNone, (*Runtime).handleListContexts},
 	{"DELETE", "/v1/sandboxes/{id}/contexts/{cid}", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleDeleteContext},

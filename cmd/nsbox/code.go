@@ -26,6 +26,34 @@ func codeCommands() []*cli.Command {
 			Action: cmdRunCode,
 		},
 		{
+			Name:  "git",
+			Usage: "git in a sandbox, with the image's git",
+			Subcommands: []*cli.Command{{
+				Name:      "checkout",
+				Usage:     "clone a repository into a sandbox directory (or fetch and check out, if it is a clone of it already); print the commit",
+				ArgsUsage: "ID URL DIR",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "branch", Aliases: []string{"b"}, Usage: "branch or tag (default: the remote's default branch)"},
+					&cli.IntFlag{Name: "depth", Usage: "shallow clone of this many commits"},
+					&cli.StringFlag{Name: "session", Aliases: []string{"s"}, Usage: "as this session's user, relative to its working directory"},
+					&cli.StringFlag{Name: "token", EnvVars: []string{"NSBOX_GIT_TOKEN"}, Usage: "token for an HTTPS repository (given to git for this call only)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 3 {
+						return errors.New("usage: nsbox git checkout [--branch B] [--depth N] ID URL DIR")
+					}
+					res, err := apiClient(c).GitCheckout(c.Context, c.Args().Get(0), api.GitCheckoutRequest{
+						URL: c.Args().Get(1), TargetDir: c.Args().Get(2), Branch: c.String("branch"), Depth: c.Int("depth"),
+						SessionID: c.String("session"), Token: c.String("token")})
+					if err != nil {
+						return err
+					}
+					fmt.Printf("%s %s %s\n", res.Dir, res.Branch, res.Commit)
+					return nil
+				},
+			}},
+		},
+		{
 			Name:  "context",
 			Usage: "code contexts: long-lived interpreters whose variables, imports and working directory persist between runs",
 			Subcommands: []*cli.Command{

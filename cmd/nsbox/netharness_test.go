@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+
+	sandboxnet "github.com/nsbox/nsbox/net"
 )
 
 // testNetwork is a test daemon's own sandbox network: an nftables table, a /27 of
@@ -116,7 +118,7 @@ func (n testNetwork) leaks() []string {
 			leaks = append(leaks, "nftables table "+n.table)
 		}
 	}
-	links, err := netlink.LinkList()
+	links, err := sandboxnet.Consistent(netlink.LinkList)
 	if err != nil {
 		return append(leaks, "list links: "+err.Error())
 	}
@@ -125,7 +127,7 @@ func (n testNetwork) leaks() []string {
 			leaks = append(leaks, "veth "+l.Attrs().Name)
 		}
 	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := sandboxnet.Consistent(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return append(leaks, "list addresses: "+err.Error())
 	}
@@ -134,7 +136,9 @@ func (n testNetwork) leaks() []string {
 			leaks = append(leaks, "address "+a.IPNet.String())
 		}
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 0}, netlink.RT_FILTER_TABLE)
+	routes, err := sandboxnet.Consistent(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 0}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return append(leaks, "list routes: "+err.Error())
 	}

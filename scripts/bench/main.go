@@ -9,6 +9,7 @@
 //     `runc exec` and `nsenter -a` into a running runc container of the same busybox rootfs;
 //   - process: a process started through the processes API until it has exited, versus
 //     `runc exec` into a running runc container of the same busybox rootfs;
+//   - code: a trivial run in a Python code context versus python3 -c through the processes API;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes;
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
@@ -96,7 +97,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "memory", "storage", "files", "network", "images"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "storage", "files", "network", "images"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -123,6 +124,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["process"] {
 		if err := b.processSection(ctx, o.n); err != nil {
 			return fmt.Errorf("process: %w", err)
+		}
+	}
+	if o.sections["code"] {
+		if err := b.codeSection(ctx, o.n); err != nil {
+			return fmt.Errorf("code: %w", err)
 		}
 	}
 	if o.sections["memory"] {
