@@ -54,7 +54,17 @@ type CreateSandboxRequest struct {
 	// Pull says when an OCI image is pulled from its registry first: "never" (the default:
 	// it must be pulled or imported already), "missing" (when it is not stored) or "always".
 	Pull string `json:"pull,omitempty"`
+	// User is who the sandbox's sessions and processes run as when they name no user:
+	// "name", "uid", "uid:gid" or "name:group" of the image's /etc/passwd and /etc/group.
+	// Default: the OCI image's User, else root.
+	User string `json:"user,omitempty"`
+	// RunEntrypoint starts the OCI image's Entrypoint + Cmd as the process "entrypoint"
+	// right after the create (an image with neither is a 400).
+	RunEntrypoint bool `json:"runEntrypoint,omitempty"`
 }
+
+// EntrypointProcess is the id of the process a create with RunEntrypoint starts.
+const EntrypointProcess = "entrypoint"
 
 // Pull policies of a create.
 const (
@@ -65,12 +75,14 @@ const (
 
 // Sandbox is a sandbox as the API shows it.
 type Sandbox struct {
-	ID        string            `json:"id"`
-	Image     string            `json:"image"`
-	Status    string            `json:"status"`
-	Error     string            `json:"error,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
-	Cwd       string            `json:"cwd"`
+	ID     string            `json:"id"`
+	Image  string            `json:"image"`
+	Status string            `json:"status"`
+	Error  string            `json:"error,omitempty"`
+	Env    map[string]string `json:"env,omitempty"`
+	Cwd    string            `json:"cwd"`
+	// User is the default user of its sessions and processes ("" is root).
+	User      string            `json:"user,omitempty"`
 	Limits    Limits            `json:"limits"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"createdAt"`
@@ -236,7 +248,7 @@ func (e *ExecEvent) Bytes() ([]byte, error) { return DecodeData(e.Data, e.Encodi
 type CreateSessionRequest struct {
 	ID    string            `json:"id,omitempty"`
 	Shell string            `json:"shell,omitempty"` // bash (default when present), sh, or a path
-	User  string            `json:"user,omitempty"`  // name or uid inside the sandbox; default root
+	User  string            `json:"user,omitempty"`  // name, uid, uid:gid or name:group inside the sandbox; default the sandbox's user (root unless the image or create names one)
 	Cwd   string            `json:"cwd,omitempty"`
 	Env   map[string]string `json:"env,omitempty"`
 	// Permission is write (default) or read: a read session runs nothing and changes no file
@@ -569,7 +581,7 @@ type StartProcessRequest struct {
 	// Env overlays the sandbox's environment (or the session's, with SessionID).
 	Env  map[string]string `json:"env,omitempty"`
 	Cwd  string            `json:"cwd,omitempty"`  // relative to the session's or sandbox's directory
-	User string            `json:"user,omitempty"` // name or uid inside the sandbox; default root (or the session's user)
+	User string            `json:"user,omitempty"` // name, uid, uid:gid or name:group inside the sandbox; default the session's user, else the sandbox's
 	// Stdin is "null" (default: /dev/null) or "pipe" (written with POST …/stdin).
 	Stdin    string `json:"stdin,omitempty"`
 	LogBytes int64  `json:"logBytes,omitempty"` // size of the output ring; default 4 MiB

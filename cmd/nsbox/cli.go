@@ -35,7 +35,9 @@ func clientCommands() []*cli.Command {
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
 				&cli.Int64Flag{Name: "memory", Usage: "memory limit in MB"},
 				&cli.Int64Flag{Name: "pids", Usage: "process limit"},
-				&cli.StringFlag{Name: "cwd", Usage: "working directory of commands (default /workspace)"},
+				&cli.StringFlag{Name: "cwd", Usage: "working directory of commands (default: the image's WorkingDir, else /workspace)"},
+				&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "default user of sessions and processes: name, uid, uid:gid or name:group (default: the image's User, else root)"},
+				&cli.BoolFlag{Name: "run-entrypoint", Usage: "start the image's Entrypoint + Cmd as the process \"entrypoint\" (nsbox logs ID entrypoint)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
 				networkFlag(), allowFlag(),
@@ -131,6 +133,7 @@ func cmdCreate(c *cli.Context) error {
 	}
 	req := api.CreateSandboxRequest{
 		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
+		User: c.String("user"), RunEntrypoint: c.Bool("run-entrypoint"),
 		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
 	}
 	if err := storageRequest(c, &req); err != nil {
@@ -318,7 +321,7 @@ func sessionCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "id", Usage: "session id (default: generated)"},
 					&cli.StringFlag{Name: "shell", Usage: "bash (default when the image has it), sh, or a path"},
-					&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user name or uid inside the sandbox (default root)"},
+					&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user inside the sandbox: name, uid, uid:gid or name:group (default: the sandbox's user)"},
 					&cli.StringFlag{Name: "cwd", Usage: "starting directory"},
 					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 					&cli.StringFlag{Name: "permission", Usage: "write (default) or read: a read session can be watched, not driven"},
