@@ -6,12 +6,13 @@ import (
 	"path/filepath"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
 )
 
 // handleConfig makes this agent's container the sandbox the daemon describes: its HOSTNAME
 // and sandbox-wide environment, which every new session and process inherits, and the working
-// directory they start in. The daemon sends it once, when it gives a started container to a
-// sandbox, before any session exists.
+// directory they start in and the user they run as unless they name others. The daemon sends
+// it once, when it gives a started container to a sandbox, before any session exists.
 func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	var cfg api.AgentConfig
 	if err := api.DecodeJSON(w, r, &cfg, false); err != nil {
@@ -23,18 +24,22 @@ func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	if err := api.CheckEnv(cfg.Env); err != nil {
 		return err
 	}
+	if _, _, _, _, err := session.LookupUser(cfg.User); err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "the sandbox's user: %v", err)
+	}
 	if err := enterCwd(cfg.Cwd); err != nil {
 		return err
 	}
 	a.env.SetBase("HOSTNAME", cfg.Hostname)
 	a.env.Replace(cfg.Env)
-	a.sessions.SetCwd(cfg.Cwd)
+	a.sessions.SetDefaults(cfg.Cwd, cfg.User)
 	// The default session, which nearly every sandbox's first command uses, starts now, in
 	// the background: the sandbox is whole (hostname, env, cwd), and the shell is ready, or
 	// nearly, when that command comes.
 	go func() {
 		if _, err := a.sessions.Default(); err != nil {
-			a.log.Warn("start default session", "err", err)
+			// An image without a shell, say: the sessions' requests say so.
+			a.log.Info("no default session", "err", err)
 		}
 	}()
 	w.WriteHeader(http.StatusNoContent)

@@ -15,7 +15,8 @@ import (
 )
 
 // caller is whom a request works for: a session (its user, working directory and exported
-// environment) or else the sandbox itself (root, its working directory and environment).
+// environment) or else the sandbox itself (its default user — root unless the image or the
+// create named one —, its working directory and environment).
 type caller struct {
 	env      map[string]string
 	cwd      string
@@ -25,7 +26,7 @@ type caller struct {
 
 func (a *Agent) caller(ctx context.Context, sid string) (caller, error) {
 	var env []string
-	c := caller{user: "root", env: map[string]string{}}
+	c := caller{env: map[string]string{}}
 	if sid != "" {
 		st, err := a.sessionState(ctx, sid)
 		if err != nil {
@@ -33,7 +34,7 @@ func (a *Agent) caller(ctx context.Context, sid string) (caller, error) {
 		}
 		env, c.cwd, c.user = st.Env, st.Cwd, st.User
 	} else {
-		env, c.cwd = a.sandboxDefaults()
+		env, c.cwd, c.user = a.sandboxDefaults()
 	}
 	for _, kv := range env {
 		if k, v, ok := strings.Cut(kv, "="); ok {

@@ -23,7 +23,7 @@ const gitCredentialHelper = `!f() { test "$1" = get || exit 0; t=$(cat <&3); pri
 
 // handleGitCheckout clones a repository into a directory of the sandbox, or fetches and checks
 // out when the directory is a clone of it already, with the image's git, as the session's user
-// (or root). With Accept: text/event-stream git's progress streams as it comes.
+// (or the sandbox's default user). With Accept: text/event-stream git's progress streams as it comes.
 func (a *Agent) handleGitCheckout(w http.ResponseWriter, r *http.Request) error {
 	var req api.GitCheckoutRequest
 	if err := api.DecodeJSON(w, r, &req, false); err != nil {

@@ -67,7 +67,8 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 		st.Env = append(st.Env, kv)
 	}
 	// The shell's own view: the agent may not read /proc/<pid>/cwd of another user's shell.
-	st.Cwd, st.User = cwd, info.User
+	// Its ids, not its name: "uid:gid" resolves to the very user and group the shell has.
+	st.Cwd, st.User = cwd, strconv.Itoa(info.UID)+":"+strconv.Itoa(info.GID)
 	return st, nil
 }
 
@@ -280,12 +281,13 @@ func (a *Agent) handleWaitProcess(w http.ResponseWriter, r *http.Request) error 
 }
 
 // sandboxDefaults is what a process that names no session starts from: the sandbox's
-// environment as it is now (PATCH …/env included) and its working directory.
-func (a *Agent) sandboxDefaults() ([]string, string) {
+// environment as it is now (PATCH …/env included), its working directory and its user.
+func (a *Agent) sandboxDefaults() ([]string, string, string) {
 	env := a.env.Effective()
 	out := make([]string, 0, len(env))
 	for k, v := range env {
 		out = append(out, k+"="+v)
 	}
-	return out, a.sessions.Cwd()
+	cwd, user := a.sessions.Defaults()
+	return out, cwd, user
 }

@@ -13,9 +13,11 @@ type Health struct {
 
 // AgentConfig is what the daemon tells an agent on PUT /v1/config when its container becomes
 // a sandbox: the sandbox's id (HOSTNAME), its sandbox-wide environment (as PUT /v1/env sets
-// it later) and its working directory (made if missing).
+// it later), its working directory (made if missing) and the user its sessions and processes
+// run as when they name none ("" is root; a user the sandbox's /etc/passwd lacks is a 400).
 type AgentConfig struct {
 	Hostname string            `json:"hostname"`
 	Env      map[string]string `json:"env"`
 	Cwd      string            `json:"cwd"`
+	User     string            `json:"user,omitempty"`
 }

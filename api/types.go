@@ -48,10 +48,23 @@ type CreateSandboxRequest struct {
 	Mounts []Mount `json:"mounts,omitempty"`
 	// Network is the sandbox's network; default mode egress.
 	Network *NetworkSpec `json:"network,omitempty"`
+	// Lifecycle: pause or remove the sandbox when idle, remove it when old (default: the
+	// daemon's --idle-seconds, --on-idle and --ttl-seconds).
+	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Pull says when an OCI image is pulled from its registry first: "never" (the default:
 	// it must be pulled or imported already), "missing" (when it is not stored) or "always".
 	Pull string `json:"pull,omitempty"`
+	// User is who the sandbox's sessions and processes run as when they name no user:
+	// "name", "uid", "uid:gid" or "name:group" of the image's /etc/passwd and /etc/group.
+	// Default: the OCI image's User, else root.
+	User string `json:"user,omitempty"`
+	// RunEntrypoint starts the OCI image's Entrypoint + Cmd as the process "entrypoint"
+	// right after the create (an image with neither is a 400).
+	RunEntrypoint bool `json:"runEntrypoint,omitempty"`
 }
+
+// EntrypointProcess is the id of the process a create with RunEntrypoint starts.
+const EntrypointProcess = "entrypoint"
 
 // Pull policies of a create.
 const (
@@ -62,12 +75,14 @@ const (
 
 // Sandbox is a sandbox as the API shows it.
 type Sandbox struct {
-	ID        string            `json:"id"`
-	Image     string            `json:"image"`
-	Status    string            `json:"status"`
-	Error     string            `json:"error,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
-	Cwd       string            `json:"cwd"`
+	ID     string            `json:"id"`
+	Image  string            `json:"image"`
+	Status string            `json:"status"`
+	Error  string            `json:"error,omitempty"`
+	Env    map[string]string `json:"env,omitempty"`
+	Cwd    string            `json:"cwd"`
+	// User is the default user of its sessions and processes ("" is root).
+	User      string            `json:"user,omitempty"`
 	Limits    Limits            `json:"limits"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"createdAt"`
@@ -77,7 +92,26 @@ type Sandbox struct {
 	Mounts    []Mount    `json:"mounts,omitempty"`
 	// Network is the sandbox's network mode and address.
 	Network SandboxNetwork `json:"network"`
+	// Lifecycle is what happens to the sandbox when it is idle or old (nil: nothing).
+	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 }
+
+// Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it
+// (exec, sessions, files, processes, terminals, …) and no preview-proxy request to its ports
+// has been seen for IdleSeconds and none is in progress.
+type Lifecycle struct {
+	IdleSeconds int64 `json:"idleSeconds,omitempty"`
+	// OnIdle is "pause" (a request that needs the sandbox resumes it) or "remove".
+	OnIdle string `json:"onIdle,omitempty"`
+	// TTLSeconds: the sandbox is removed this long after its create, idle or not.
+	TTLSeconds int64 `json:"ttlSeconds,omitempty"`
+}
+
+// What an idle sandbox becomes.
+const (
+	OnIdlePause  = "pause"
+	OnIdleRemove = "remove"
+)
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly
 // one of Argv and Command is set: Command is shell source run in the session's shell (state
@@ -214,7 +248,7 @@ func (e *ExecEvent) Bytes() ([]byte, error) { return DecodeData(e.Data, e.Encodi
 type CreateSessionRequest struct {
 	ID    string            `json:"id,omitempty"`
 	Shell string            `json:"shell,omitempty"` // bash (default when present), sh, or a path
-	User  string            `json:"user,omitempty"`  // name or uid inside the sandbox; default root
+	User  string            `json:"user,omitempty"`  // name, uid, uid:gid or name:group inside the sandbox; default the sandbox's user (root unless the image or create names one)
 	Cwd   string            `json:"cwd,omitempty"`
 	Env   map[string]string `json:"env,omitempty"`
 	// Permission is write (default) or read: a read session runs nothing and changes no file
@@ -547,7 +581,7 @@ type StartProcessRequest struct {
 	// Env overlays the sandbox's environment (or the session's, with SessionID).
 	Env  map[string]string `json:"env,omitempty"`
 	Cwd  string            `json:"cwd,omitempty"`  // relative to the session's or sandbox's directory
-	User string            `json:"user,omitempty"` // name or uid inside the sandbox; default root (or the session's user)
+	User string            `json:"user,omitempty"` // name, uid, uid:gid or name:group inside the sandbox; default the session's user, else the sandbox's
 	// Stdin is "null" (default: /dev/null) or "pipe" (written with POST …/stdin).
 	Stdin    string `json:"stdin,omitempty"`
 	LogBytes int64  `json:"logBytes,omitempty"` // size of the output ring; default 4 MiB

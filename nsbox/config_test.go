@@ -102,3 +102,19 @@ func TestCheckCwd(t *testing.T) {
 		}
 	}
 }
+
+func TestIsActivity(t *testing.T) {
+	for _, c := range []struct {
+		method, pattern string
+		want            bool
+	}{
+		{"POST", "/v1/sandboxes/{id}/exec", true}, {"GET", "/v1/sandboxes/{id}/files", true},
+		{"GET", "/v1/sandboxes/{id}/sessions/{sid}/terminal", true}, {"POST", "/v1/sandboxes/{id}/ports", true},
+		{"GET", "/v1/sandboxes/{id}", false}, {"DELETE", "/v1/sandboxes/{id}", false}, {"POST", "/v1/sandboxes/{id}/pause", false},
+		{"GET", "/v1/sandboxes/{id}/ports", false}, {"GET", "/v1/sandboxes", false}, {"GET", "/v1/images", false},
+	} {
+		if got := isActivity(c.method, c.pattern); got != c.want {
+			t.Errorf("%s %s: %v", c.method, c.pattern, got)
+		}
+	}
+}

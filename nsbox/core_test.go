@@ -395,17 +395,12 @@ func TestRequestsRefusedByState(t *testing.T) {
 	c := newTestCore(t, 0)
 	c.create(api.CreateSandboxRequest{ID: "box"})
 	s, _ := c.lookup("box")
-	for _, state := range []string{api.StatusCreating, api.StatusStopping, api.StatusPaused} {
+	for _, state := range []string{api.StatusCreating, api.StatusStopping} {
 		s.mu.Lock()
 		s.rec.Status = state
 		s.mu.Unlock()
 		checks := map[string]error{
-			"remove": func() error {
-				if state == api.StatusPaused {
-					return api.Errorf(api.CodeConflict, "skip: %s", state) // a paused sandbox may be removed
-				}
-				return c.Remove("box", true)
-			}(),
+			"remove":  c.Remove("box", true),
 			"network": func() error { _, err := c.SetNetwork("box", api.NetworkSpec{Mode: api.NetworkNone}); return err }(),
 			"env": func() error {
 				_, err := c.PatchEnv(context.Background(), "box", api.PatchEnvRequest{Unset: []string{"X"}})
@@ -525,5 +520,64 @@ func TestPauseResume(t *testing.T) {
 	}
 	if err := c.Remove("box", false); err != nil || inst.isFrozen() {
 		t.Errorf("remove a paused sandbox: %v (frozen: %v)", err, inst.isFrozen())
+	}
+}
+
+func TestRequestsResumeAPausedSandbox(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "box"})
+	if _, err := c.Pause("box"); err != nil {
+		t.Fatal(err)
+	}
+	if sb, _ := c.Get("box"); sb.Status != api.StatusPaused {
+		t.Fatalf("GET woke the sandbox: %s", sb.Status)
+	}
+	if _, err := c.PatchEnv(context.Background(), "box", api.PatchEnvRequest{Set: map[string]string{"A": "1"}}); err != nil {
+		t.Fatalf("a request to a paused sandbox: %v", err)
+	}
+	s, _ := c.lookup("box")
+	if sb, _ := c.Get("box"); sb.Status != api.StatusRunning || c.backend.get(s.snapshot().container()).isFrozen() {
+		t.Errorf("after a request: %s", sb.Status)
+	}
+}
+
+func TestLifecycles(t *testing.T) {
+	c := newTestCore(t, 0)
+	for _, bad := range []api.Lifecycle{{IdleSeconds: -1}, {TTLSeconds: -1}, {IdleSeconds: 1, OnIdle: "hibernate"}} {
+		if _, err := c.Create(context.Background(), api.CreateSandboxRequest{Lifecycle: &bad}); !api.IsCode(err, api.CodeInvalidArgument) {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+	sb := c.create(api.CreateSandboxRequest{ID: "nap", Lifecycle: &api.Lifecycle{IdleSeconds: 1}})
+	if sb.Lifecycle == nil || sb.Lifecycle.OnIdle != api.OnIdlePause {
+		t.Errorf("lifecycle: %+v", sb.Lifecycle)
+	}
+	c.create(api.CreateSandboxRequest{ID: "gone", Lifecycle: &api.Lifecycle{IdleSeconds: 1, OnIdle: api.OnIdleRemove}})
+	c.create(api.CreateSandboxRequest{ID: "old", Lifecycle: &api.Lifecycle{TTLSeconds: 2}})
+	c.create(api.CreateSandboxRequest{ID: "busy", Lifecycle: &api.Lifecycle{IdleSeconds: 1}})
+	done := c.busy("busy") // a request in progress, as a long exec is
+	defer done()
+	c.create(api.CreateSandboxRequest{ID: "plain"})
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		nap, _ := c.Get("nap")
+		_, goneErr := c.Get("gone")
+		_, oldErr := c.Get("old")
+		if nap.Status == api.StatusPaused && api.IsCode(goneErr, api.CodeNotFound) && api.IsCode(oldErr, api.CodeNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 15 s: nap %s, gone %v, old %v", nap.Status, goneErr, oldErr)
+		}
+	}
+	for _, id := range []string{"busy", "plain"} {
+		if sb, err := c.Get(id); err != nil || sb.Status != api.StatusRunning {
+			t.Errorf("%s: %+v %v", id, sb, err)
+		}
+	}
+	if _, err := c.running("nap"); err != nil {
+		t.Fatalf("a request to a sandbox paused when idle: %v", err)
+	}
+	if sb, _ := c.Get("nap"); sb.Status != api.StatusRunning {
+		t.Errorf("a request did not resume it: %s", sb.Status)
 	}
 }

@@ -9,13 +9,17 @@ import (
 )
 
 // Pause freezes every process of a running sandbox (the cgroup freezer): nothing in it runs,
-// its memory stays. Requests that need it running are refused until Resume.
+// its memory stays. A request that needs it running resumes it.
 func (r *Runtime) Pause(id string) (*api.Sandbox, error) {
-	sb, err := r.lockRunning(id)
+	sb, err := r.lookup(id)
 	if err != nil {
 		return nil, err
 	}
+	sb.mu.Lock()
 	defer sb.mu.Unlock()
+	if err := sb.requireRunning(); err != nil {
+		return nil, err
+	}
 	began := time.Now()
 	if err := sb.inst.Freeze(); err != nil {
 		return nil, fmt.Errorf("pause sandbox %s: %w", id, err)
@@ -42,16 +46,25 @@ func (r *Runtime) Resume(id string) (*api.Sandbox, error) {
 	if sb.rec.Status != api.StatusPaused {
 		return nil, api.Errorf(api.CodeConflict, "sandbox %q is %s, not paused", id, sb.rec.Status)
 	}
-	began := time.Now()
-	if err := sb.inst.Thaw(); err != nil {
-		return nil, fmt.Errorf("resume sandbox %s: %w", id, err)
-	}
-	if _, err := r.transition(sb, api.StatusRunning, nil); err != nil {
+	if err := r.resume(sb); err != nil {
 		return nil, err
 	}
-	r.log.Info("sandbox resumed", "sandbox", id, "duration", time.Since(began))
 	out := sb.rec.Sandbox
 	return &out, nil
+}
+
+// resume thaws a paused sandbox. sb.mu must be held.
+func (r *Runtime) resume(sb *sandbox) error {
+	began := time.Now()
+	if err := sb.inst.Thaw(); err != nil {
+		return fmt.Errorf("resume sandbox %s: %w", sb.id, err)
+	}
+	if _, err := r.transition(sb, api.StatusRunning, nil); err != nil {
+		return err
+	}
+	sb.touch()
+	r.log.Info("sandbox resumed", "sandbox", sb.id, "duration", time.Since(began))
+	return nil
 }
 
 func (r *Runtime) handlePause(w http.ResponseWriter, req *http.Request) error {

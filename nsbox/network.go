@@ -345,13 +345,21 @@ func (r *Runtime) PreviewTarget(id string, port int) (addr netip.AddrPort, token
 	if err != nil {
 		return netip.AddrPort{}, "", false, err
 	}
-	status := sb.snapshot().Status
 	ports := r.net.Ports(id)
 	i := slices.IndexFunc(ports, func(p sandboxnet.Port) bool { return p.Port == port && p.Protocol == sandboxnet.TCP })
 	if i < 0 {
 		return netip.AddrPort{}, "", false, api.Errorf(api.CodeNotFound, "port %d of sandbox %q is not exposed", port, id)
 	}
 	p := ports[i]
+	sb.touch() // a preview request is activity; one to a paused sandbox resumes it
+	sb.mu.Lock()
+	if sb.rec.Status == api.StatusPaused {
+		if err := r.resume(sb); err != nil {
+			r.log.Warn("resume a paused sandbox for a preview request", "sandbox", id, "err", err)
+		}
+	}
+	status := sb.rec.Status
+	sb.mu.Unlock()
 	if status != api.StatusRunning {
 		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q is not running (%s)", id, status)
 	}

@@ -26,6 +26,7 @@ func (r *Runtime) reconcile() error {
 	known := map[string]bool{} // containers that belong to a sandbox
 	for _, rec := range recs {
 		sb := &sandbox{id: rec.ID, rec: *rec}
+		sb.touch() // idle time counts from the daemon's start
 		inst, err := r.backend.Load(rec.container())
 		switch {
 		case err == nil:

@@ -43,6 +43,9 @@ type Config struct {
 	DefaultMemoryMB int64
 	DefaultPids     int64
 
+	// DefaultLifecycle is the idle and age policy of sandboxes whose create names none.
+	DefaultLifecycle *api.Lifecycle
+
 	// WarmPool is how many started containers to keep ready per image (pool.go).
 	WarmPool map[string]int
 
@@ -82,6 +85,8 @@ type Runtime struct {
 	// trim gives the memory a burst of creates and removes used back to the system once the
 	// daemon has been quiet for trimDelay (settled).
 	trim *time.Timer
+
+	stopIdle context.CancelFunc // ends watchIdle
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -131,6 +136,9 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.Close()
 		return nil, err
 	}
+	idleCtx, stopIdle := context.WithCancel(context.Background())
+	r.stopIdle = stopIdle
+	go r.watchIdle(idleCtx)
 	return r, nil
 }
 
@@ -193,6 +201,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 // netlink sockets and held host ports; the rules stay) and the metadata database. Sandboxes
 // keep running.
 func (r *Runtime) Close() error {
+	if r.stopIdle != nil {
+		r.stopIdle()
+	}
 	r.drainPool()
 	if r.net != nil {
 		r.net.Close()
@@ -236,11 +247,20 @@ func (r *Runtime) image(ctx context.Context, name, pull string) (*rootfs.Image, 
 }
 
 // applyImageConfig makes an OCI image's config the request's defaults: its Env under the
-// request's own, its WorkingDir when the request names no cwd. It returns the image's id
-// ("" for a built-in image).
-func applyImageConfig(req *api.CreateSandboxRequest, img *rootfs.Image) string {
+// request's own, its WorkingDir and User when the request names none. It returns the image's
+// id ("" for a built-in image) and, when the request asks to run it, the image's Entrypoint
+// + Cmd (a 400 when it has neither).
+func applyImageConfig(req *api.CreateSandboxRequest, img *rootfs.Image) (id string, entrypoint []string, err error) {
+	if req.RunEntrypoint {
+		if img.OCI != nil {
+			entrypoint = slices.Concat(img.OCI.Config.Entrypoint, img.OCI.Config.Cmd)
+		}
+		if len(entrypoint) == 0 {
+			return "", nil, api.Errorf(api.CodeInvalidArgument, "image %s has no Entrypoint or Cmd to run; create without runEntrypoint and start a process", img.Name)
+		}
+	}
 	if img.OCI == nil {
-		return ""
+		return "", nil, nil
 	}
 	cfg := img.OCI.Config
 	if len(cfg.Env) > 0 {
@@ -257,7 +277,10 @@ func applyImageConfig(req *api.CreateSandboxRequest, img *rootfs.Image) string {
 	if req.Cwd == "" {
 		req.Cwd = cfg.WorkingDir
 	}
-	return img.OCI.ID
+	if req.User == "" {
+		req.User = cfg.User
+	}
+	return img.OCI.ID, entrypoint, nil
 }
 
 // A container's run and data dirs are named by its id (record.container()).
@@ -285,7 +308,10 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err != nil {
 		return nil, err
 	}
-	imageID := applyImageConfig(&req, img)
+	imageID, entrypoint, err := applyImageConfig(&req, img)
+	if err != nil {
+		return nil, err
+	}
 	if req.Cwd == "" {
 		req.Cwd = defaultCwd
 	}
@@ -299,6 +325,10 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		return nil, err
 	}
 	network, err := requestedNetwork(req.Network)
+	if err != nil {
+		return nil, err
+	}
+	lifecycle, err := r.cfg.resolveLifecycle(req.Lifecycle)
 	if err != nil {
 		return nil, err
 	}
@@ -320,9 +350,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 	rec := record{
 		Sandbox: api.Sandbox{
-			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
+			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd), User: req.User,
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
-			Workspace: req.Workspace, Mounts: req.Mounts, Network: network,
+			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
 		},
 		Container: sc.inst.ID(),
 		ImageID:   imageID,
@@ -339,7 +369,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		_, err := r.transition(sb, api.StatusCreating, func(next *record) { *next = creating })
 		inserted <- err
 	}()
-	bindErr := r.bind(ctx, &rec, sc, lim)
+	bindErr := r.bind(ctx, &rec, sc, lim, entrypoint)
 	if err := <-inserted; err != nil {
 		r.forget(sb)
 		return nil, errors.Join(err, r.destroyContainer(sc.inst, func() error { return r.detachNetwork(rec.ID) }))
@@ -360,6 +390,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		r.abortCreate(sb)
 		return nil, err
 	}
+	sb.touch()
 	r.watch(sb, sc.inst)
 	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "container", rec.Container, "pid", rec.PID,
 		"warm", fromPool, "duration", time.Since(began))
@@ -450,8 +481,9 @@ func (r *Runtime) abortCreate(sb *sandbox) {
 
 // bind makes a started container the sandbox rec describes: its hostname, its limits when
 // they differ from the ones it was started with, its network, and its agent's hostname,
-// sandbox environment and working directory.
-func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits) error {
+// sandbox environment, working directory and user; then it starts entrypoint, when given, as
+// the process api.EntrypointProcess (one that cannot start is a failed process, not an error).
+func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits, entrypoint []string) error {
 	if err := sc.inst.SetHostname(rec.ID); err != nil {
 		return err
 	}
@@ -465,7 +497,18 @@ func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, l
 	if err := r.connectNetwork(rec, sc); err != nil {
 		return err
 	}
-	return sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd})
+	if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
+		return err
+	}
+	if len(entrypoint) == 0 {
+		return nil
+	}
+	p, err := sc.agent.startProcess(ctx, api.StartProcessRequest{ID: api.EntrypointProcess, Argv: entrypoint})
+	if err != nil {
+		return fmt.Errorf("start the image's entrypoint: %w", err)
+	}
+	r.log.Info("entrypoint started", "sandbox", rec.ID, "argv", entrypoint, "status", p.Status, "err", p.Error)
+	return nil
 }
 
 // Get returns one sandbox.

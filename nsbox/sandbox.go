@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/nsbox/backend"
@@ -53,6 +54,9 @@ type sandbox struct {
 	// gone); agent is the client of inst's agent.
 	inst  backend.Instance
 	agent *agentClient
+	// lastActive (unix ns) and inflight are its activity: see idle.go.
+	lastActive atomic.Int64
+	inflight   atomic.Int32
 }
 
 // stateError is the conflict answered to a request the sandbox's state does not allow.
@@ -165,7 +169,7 @@ type live struct {
 	rec   record
 }
 
-// running returns a sandbox that runs, or why it does not run.
+// running returns a sandbox that runs (resuming it when paused), or why it does not run.
 func (r *Runtime) running(id string) (live, error) {
 	sb, err := r.lookup(id)
 	if err != nil {
@@ -173,7 +177,7 @@ func (r *Runtime) running(id string) (live, error) {
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	if err := sb.requireRunning(); err != nil {
+	if err := r.wake(sb); err != nil {
 		return live{}, err
 	}
 	return sb.live(), nil
@@ -204,7 +208,7 @@ func (sb *sandbox) requireRunning() error {
 	return stateError(sb.id, sb.rec.Status, "try again")
 }
 
-// lockRunning locks a sandbox that runs, for a change that must not interleave with another
+// lockRunning locks a sandbox that runs (resuming it when paused), for a change that must not interleave with another
 // change to it (its network, its environment); the caller unlocks sb.mu.
 func (r *Runtime) lockRunning(id string) (*sandbox, error) {
 	sb, err := r.lookup(id)
@@ -212,11 +216,23 @@ func (r *Runtime) lockRunning(id string) (*sandbox, error) {
 		return nil, err
 	}
 	sb.mu.Lock()
-	if err := sb.requireRunning(); err != nil {
+	if err := r.wake(sb); err != nil {
 		sb.mu.Unlock()
 		return nil, err
 	}
 	return sb, nil
+}
+
+// wake is nil when sb runs, resuming it first when it is paused, else the conflict to answer.
+// sb.mu must be held.
+func (r *Runtime) wake(sb *sandbox) error {
+	if sb.rec.Status == api.StatusPaused {
+		if err := r.resume(sb); err != nil {
+			return err
+		}
+		r.log.Info("sandbox resumed by a request", "sandbox", sb.id)
+	}
+	return sb.requireRunning()
 }
 
 // watch marks a sandbox failed as soon as its container's agent (PID 1) exits by itself, so

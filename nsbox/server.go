@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -76,6 +77,20 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait", api.AccessRead, api.SessionNone, (*Runtime).handleWaitProcess},
 }
 
+// isActivity reports whether requests to an endpoint count as use of their sandbox (idle.go):
+// everything that works in it, but not reading its record, its ports or its contexts' list,
+// nor pausing, resuming or removing it — a dashboard that polls must not keep it awake.
+func isActivity(method, pattern string) bool {
+	rest, ok := strings.CutPrefix(pattern, "/v1/sandboxes/{id}/")
+	switch {
+	case !ok, rest == "pause", rest == "resume":
+		return false
+	case method == http.MethodGet && (rest == "ports" || rest == "contexts" || rest == "sessions"):
+		return false
+	}
+	return true
+}
+
 // Handler returns the daemon's HTTP API: the core's Routes and the extra endpoints (package
 // auth's tokens API). check, when not nil, decides before each endpoint's handler (its path
 // values set) whether its caller may use it; without it every caller may do everything (the
@@ -94,6 +109,9 @@ func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
 				if req, err = check(req, e.Access, e.Session); err != nil {
 					return err
 				}
+			}
+			if isActivity(e.Method, e.Pattern) {
+				defer r.busy(req.PathValue("id"))() // a request in progress is activity (idle.go)
 			}
 			return e.Handle(w, req)
 		}))

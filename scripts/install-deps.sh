@@ -3,11 +3,14 @@
 # gcc and libseccomp-dev (cgo + seccomp, static), busybox-static (the busybox image),
 # runc and bubblewrap (the peers `make bench` compares against), e2fsprogs (mkfs.ext4 for
 # sandboxes with a disk limit), python3 (the code contexts' tests on the host image; node comes
-# with the machine); hyperfine is not needed.
+# with the machine), debootstrap (the Debian test image with NSBOX_TEST_DEBOOTSTRAP=1), skopeo
+# and umoci (the image pull `make bench` compares against); hyperfine is not needed. The
+# Debian image test downloads packages with `apt-get download`, so apt's package lists are
+# fetched when there are none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git e2fsprogs python3; do
+for pkg in gcc libc6-dev libseccomp-dev busybox-static runc bubblewrap make git e2fsprogs python3 debootstrap skopeo umoci; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -19,6 +22,8 @@ if ((${#need[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+elif [[ $EUID -eq 0 ]] && ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+	apt-get update -qq
 fi
 if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
 	export PATH=$PATH:/usr/local/go/bin

@@ -20,6 +20,7 @@ type Manager struct {
 	start     StartFunc
 	env       *SandboxEnv
 	cwd       string // the sandbox's default working directory
+	user      string // the sandbox's default user ("" is root)
 	mu        sync.Mutex
 	sessions  map[string]*Session
 	creating  map[string]bool
@@ -38,18 +39,19 @@ func NewManager(dir, cwd string, start StartFunc, env *SandboxEnv) (*Manager, er
 	return &Manager{dir: dir, start: start, env: env, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{}}, nil
 }
 
-// SetCwd changes the default working directory of sessions created from now on.
-func (m *Manager) SetCwd(cwd string) {
+// SetDefaults changes the working directory and user (a LookupUser spec) of sessions created
+// from now on that name none.
+func (m *Manager) SetDefaults(cwd, user string) {
 	m.mu.Lock()
-	m.cwd = cwd
+	m.cwd, m.user = cwd, user
 	m.mu.Unlock()
 }
 
-// Cwd is the default working directory of new sessions (the sandbox's).
-func (m *Manager) Cwd() string {
+// Defaults are the working directory and user of new sessions (the sandbox's).
+func (m *Manager) Defaults() (cwd, user string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.cwd
+	return m.cwd, m.user
 }
 
 // Create starts a new session. An id that belongs to a session that has ended is free again.
@@ -57,6 +59,9 @@ func (m *Manager) Create(opts Options) (*Session, error) {
 	m.mu.Lock()
 	if opts.Cwd == "" {
 		opts.Cwd = m.cwd
+	}
+	if opts.User == "" {
+		opts.User = m.user
 	}
 	if old, ok := m.sessions[opts.ID]; (ok && !old.Ended()) || m.creating[opts.ID] {
 		m.mu.Unlock()

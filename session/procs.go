@@ -129,29 +129,51 @@ type credential struct {
 	name, home string
 }
 
-// lookupUser resolves a user name or uid from the sandbox's /etc/passwd; "" is root.
+// lookupUser resolves a user spec from the sandbox's /etc/passwd and /etc/group, in the forms
+// an OCI image's User takes: "name", "uid", "uid:gid", "name:group" (either side a name or a
+// number); "" is root. Without a group the user's primary group is used.
 func lookupUser(spec string) (credential, error) {
-	if spec == "" {
-		spec = "0"
+	userSpec, groupSpec, withGroup := strings.Cut(spec, ":")
+	if userSpec == "" {
+		userSpec = "0"
 	}
-	u, err := user.LookupId(spec)
+	var c credential
+	u, err := user.LookupId(userSpec)
 	if err != nil {
-		u, err = user.Lookup(spec)
+		u, err = user.Lookup(userSpec)
 	}
-	if err == nil {
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		return credential{uid: uid, gid: gid, name: u.Username, home: u.HomeDir}, nil
+	switch uid, convErr := strconv.Atoi(userSpec); {
+	case err == nil:
+		c.uid, _ = strconv.Atoi(u.Uid)
+		c.gid, _ = strconv.Atoi(u.Gid)
+		c.name, c.home = u.Username, u.HomeDir
+	case convErr == nil && uid >= 0:
+		// A bare uid without a passwd entry is fine: it runs with gid = uid and home /.
+		c = credential{uid: uid, gid: uid, name: userSpec, home: "/"}
+	default:
+		return credential{}, fmt.Errorf("%w: user %q does not exist in this sandbox (its /etc/passwd has no such name); give a uid, or a user the image has", ErrInvalid, userSpec)
 	}
-	// A bare uid without a passwd entry is fine: it runs with gid = uid and home /.
-	if uid, convErr := strconv.Atoi(spec); convErr == nil && uid >= 0 {
-		return credential{uid: uid, gid: uid, name: spec, home: "/"}, nil
+	if !withGroup {
+		return c, nil
 	}
-	return credential{}, fmt.Errorf("%w: user %q does not exist in this sandbox", ErrInvalid, spec)
+	g, err := user.LookupGroupId(groupSpec)
+	if err != nil {
+		g, err = user.LookupGroup(groupSpec)
+	}
+	switch gid, convErr := strconv.Atoi(groupSpec); {
+	case err == nil:
+		c.gid, _ = strconv.Atoi(g.Gid)
+	case convErr == nil && gid >= 0:
+		c.gid = gid
+	default:
+		return credential{}, fmt.Errorf("%w: group %q of user %q does not exist in this sandbox (its /etc/group has no such name); give a gid, or a group the image has", ErrInvalid, groupSpec, spec)
+	}
+	return c, nil
 }
 
-// LookupUser resolves a user name or uid from the sandbox's /etc/passwd as sessions do ("" is
-// root; a bare uid without a passwd entry runs with gid = uid and home /).
+// LookupUser resolves a user spec ("name", "uid", "uid:gid", "name:group"; "" is root) from
+// the sandbox's /etc/passwd and /etc/group as sessions do; a bare uid without a passwd entry
+// runs with gid = uid and home /.
 func LookupUser(spec string) (uid, gid int, name, home string, err error) {
 	c, err := lookupUser(spec)
 	return c.uid, c.gid, c.name, c.home, err

@@ -45,7 +45,7 @@ const (
 type Options struct {
 	ID    string
 	Shell string // "", "bash", "sh" or a path; "" means bash when the image has it
-	User  string // name or uid inside the sandbox; "" means root
+	User  string // a LookupUser spec inside the sandbox; "" means the manager's default user
 	Cwd   string
 	Env   map[string]string
 	// ReadOnly sessions are watched, not driven: the agent refuses what would run in them.
@@ -361,12 +361,13 @@ func chooseShell(choice string, env []string) (path string, bash bool, err error
 		}
 		return ""
 	}
-	switch choice {
-	case "":
-		if p := find("bash"); p != "" {
-			return p, true, nil
+	if choice == "" {
+		for _, name := range []string{"bash", "sh"} {
+			if p := find(name); p != "" {
+				return p, name == "bash", nil
+			}
 		}
-		choice = "sh"
+		return "", false, fmt.Errorf("%w: sessions need a shell, and this sandbox's image has none (no bash or sh in PATH %s); run its programs as processes with argv instead (POST /v1/sandboxes/{id}/processes, nsbox start ID -- PROGRAM ARG…)", ErrInvalid, pathEnv)
 	}
 	if p := find(choice); p != "" {
 		return p, filepath.Base(p) == "bash", nil

@@ -2,6 +2,7 @@ package session
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,5 +154,27 @@ func TestRunScriptOverlaysEnvAndCwdForOneCommand(t *testing.T) {
 func TestScriptShapes(t *testing.T) {
 	if !strings.Contains(bashRC("/d"), "bind -x") || !strings.Contains(shTrigger("/d", 7), "S 7") {
 		t.Errorf("rc or trigger changed shape")
+	}
+}
+
+func TestLookupUserTakesTheFormsOfAnImagesUser(t *testing.T) {
+	for spec, want := range map[string]credential{
+		"":              {uid: 0, gid: 0, name: "root", home: "/root"},
+		"root":          {uid: 0, gid: 0, name: "root", home: "/root"},
+		"0:65534":       {uid: 0, gid: 65534, name: "root", home: "/root"},
+		"root:nogroup":  {uid: 0, gid: 65534, name: "root", home: "/root"},
+		"4242":          {uid: 4242, gid: 4242, name: "4242", home: "/"},
+		"4242:4343":     {uid: 4242, gid: 4343, name: "4242", home: "/"},
+		"nobody:root":   {uid: 65534, gid: 0, name: "nobody", home: "/nonexistent"},
+		"65534:nogroup": {uid: 65534, gid: 65534, name: "nobody", home: "/nonexistent"},
+	} {
+		if got, err := lookupUser(spec); err != nil || got != want {
+			t.Errorf("lookupUser(%q) = %+v, %v; want %+v", spec, got, err, want)
+		}
+	}
+	for _, spec := range []string{"no-such-user", "root:no-such-group", "-1", "0:-1"} {
+		if _, err := lookupUser(spec); !errors.Is(err, ErrInvalid) {
+			t.Errorf("lookupUser(%q): %v, want ErrInvalid", spec, err)
+		}
 	}
 }

@@ -51,8 +51,9 @@ type SessionState struct {
 type SessionLookup func(ctx context.Context, sid string) (SessionState, error)
 
 // SandboxDefaults reports what a process that names no session starts from: the sandbox's
-// environment (KEY=VALUE) and working directory, as they are now.
-type SandboxDefaults func() (env []string, cwd string)
+// environment (KEY=VALUE), working directory and user (a session.LookupUser spec), as they
+// are now.
+type SandboxDefaults func() (env []string, cwd, user string)
 
 // Manager holds the processes of one sandbox.
 type Manager struct {
@@ -139,17 +140,16 @@ func (m *Manager) Start(ctx context.Context, req api.StartProcessRequest) (*Proc
 	}
 
 	// The environment and directory it starts from: the session's, or the sandbox's.
-	base, cwd := m.defaults()
-	user := req.User
+	base, cwd, user := m.defaults()
 	if req.SessionID != "" {
 		st, err := m.session(ctx, req.SessionID)
 		if err != nil {
 			return nil, err
 		}
-		base, cwd = st.Env, st.Cwd
-		if user == "" {
-			user = st.User
-		}
+		base, cwd, user = st.Env, st.Cwd, st.User
+	}
+	if req.User != "" {
+		user = req.User
 	}
 	uid, gid, name, home, err := session.LookupUser(user)
 	if err != nil {
@@ -271,6 +271,9 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error
 		argv = []string{"/bin/sh", "-c", p.info.Command}
 	}
 	path, err := lookPath(argv[0], p.info.Cwd, env)
+	if err != nil && p.info.Command != "" {
+		return fmt.Errorf("a command (shell source) needs /bin/sh, and this sandbox's image has none; give argv instead: %w", err)
+	}
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,7 @@ func newTestManager(t *testing.T) *Manager {
 		t.Skip("starting processes with a credential needs root")
 	}
 	dir := t.TempDir()
-	defaults := func() ([]string, string) { return os.Environ(), dir }
+	defaults := func() ([]string, string, string) { return os.Environ(), dir, "" }
 	m := NewManager(startForTest, defaults, func(context.Context, string) (SessionState, error) {
 		return SessionState{}, api.Errorf(api.CodeNotFound, "no sessions here")
 	})
@@ -147,7 +147,7 @@ func TestOutputBoundsItsRuns(t *testing.T) {
 
 func TestStartRunAndRead(t *testing.T) {
 	m := newTestManager(t)
-	_, cwd := m.defaults()
+	_, cwd, _ := m.defaults()
 	binary := make([]byte, 256)
 	for i := range binary {
 		binary[i] = byte(i)

@@ -29,10 +29,15 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "id", Usage: "sandbox id (default: generated)"},
 				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
 				&cli.StringFlag{Name: "pull", Usage: "pull an OCI image from its registry first: never (default), missing or always"},
+				&cli.DurationFlag{Name: "idle-timeout", Usage: "pause (or --on-idle remove) the sandbox after this long without API or preview traffic; a request resumes a paused one"},
+				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default) or remove"},
+				&cli.DurationFlag{Name: "ttl", Usage: "remove the sandbox this long after its create"},
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
 				&cli.Int64Flag{Name: "memory", Usage: "memory limit in MB"},
 				&cli.Int64Flag{Name: "pids", Usage: "process limit"},
-				&cli.StringFlag{Name: "cwd", Usage: "working directory of commands (default /workspace)"},
+				&cli.StringFlag{Name: "cwd", Usage: "working directory of commands (default: the image's WorkingDir, else /workspace)"},
+				&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "default user of sessions and processes: name, uid, uid:gid or name:group (default: the image's User, else root)"},
+				&cli.BoolFlag{Name: "run-entrypoint", Usage: "start the image's Entrypoint + Cmd as the process \"entrypoint\" (nsbox logs ID entrypoint)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
 				networkFlag(), allowFlag(),
@@ -127,7 +132,8 @@ func cmdCreate(c *cli.Context) error {
 		return err
 	}
 	req := api.CreateSandboxRequest{
-		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Env: env, Labels: labels, Network: createNetwork(c),
+		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
+		User: c.String("user"), RunEntrypoint: c.Bool("run-entrypoint"),
 		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
 	}
 	if err := storageRequest(c, &req); err != nil {
@@ -208,6 +214,14 @@ func cmdLifecycle(change func(*client.Client, context.Context, string) (*api.San
 			return err
 		})
 	}
+}
+
+// createLifecycle is the lifecycle create's flags ask for, or nil (the daemon's default).
+func createLifecycle(c *cli.Context) *api.Lifecycle {
+	if !c.IsSet("idle-timeout") && !c.IsSet("ttl") && !c.IsSet("on-idle") {
+		return nil
+	}
+	return &api.Lifecycle{IdleSeconds: int64(c.Duration("idle-timeout").Seconds()), OnIdle: c.String("on-idle"), TTLSeconds: int64(c.Duration("ttl").Seconds())}
 }
 
 func execFlags() []cli.Flag {
@@ -307,7 +321,7 @@ func sessionCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "id", Usage: "session id (default: generated)"},
 					&cli.StringFlag{Name: "shell", Usage: "bash (default when the image has it), sh, or a path"},
-					&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user name or uid inside the sandbox (default root)"},
+					&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user inside the sandbox: name, uid, uid:gid or name:group (default: the sandbox's user)"},
 					&cli.StringFlag{Name: "cwd", Usage: "starting directory"},
 					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 					&cli.StringFlag{Name: "permission", Usage: "write (default) or read: a read session can be watched, not driven"},

@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/auth"
 	"github.com/nsbox/nsbox/nsbox"
 	"github.com/nsbox/nsbox/nsbox/libcontainer"
@@ -46,6 +47,9 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "nft-table", Value: "nsbox", Usage: "nftables table (family inet) owned by nsbox"},
 			&cli.StringFlag{Name: "proxy-listen", Usage: "address of the preview proxy, e.g. :8080 (needs --proxy-domain; default: no proxy)"},
 			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
+			&cli.DurationFlag{Name: "idle-timeout", Usage: "default for sandboxes that name no lifecycle: pause (or --on-idle remove) them after this long without API or preview traffic (0: never)"},
+			&cli.StringFlag{Name: "on-idle", Value: "pause", Usage: "what an idle sandbox becomes by default: pause or remove"},
+			&cli.DurationFlag{Name: "ttl", Usage: "default for sandboxes that name no lifecycle: remove them this long after their create (0: never)"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "registry HOST[:PORT] that may be pulled from over plain HTTP (repeatable; loopback registries always may)"},
 			&cli.StringFlag{Name: "registry-mirror", Usage: "registry HOST[:PORT] tried first for Docker Hub images"},
 			&cli.IntFlag{Name: "proxy-max-conns", Usage: "client connections the preview proxy holds at once (default: about a quarter of the open-file limit)"},
@@ -107,6 +111,9 @@ func runDaemon(c *cli.Context) error {
 		Network:         netCfg,
 		ProxyDomain:     c.String("proxy-domain"),
 		Registries:      oci.Registries{Insecure: c.StringSlice("insecure-registry"), Mirror: c.String("registry-mirror")},
+	}
+	if idle, ttl := c.Duration("idle-timeout"), c.Duration("ttl"); idle > 0 || ttl > 0 {
+		cfg.DefaultLifecycle = &api.Lifecycle{IdleSeconds: int64(idle.Seconds()), OnIdle: c.String("on-idle"), TTLSeconds: int64(ttl.Seconds())}
 	}
 	if cfg.ProxyPort, err = proxyPort(c.String("proxy-listen"), cfg.ProxyDomain); err != nil {
 		return err

@@ -60,10 +60,9 @@ func TestPauseAndResume(t *testing.T) {
 	if d.counts("pz") {
 		t.Error("the counter counts while the sandbox is paused")
 	}
-	if e := d.expectError("POST", "/v1/sandboxes/pz/exec", api.ExecRequest{Command: "true"}, http.StatusConflict, api.CodeConflict); !strings.Contains(e.Message, "paused") {
-		t.Errorf("exec while paused: %q does not name the state", e.Message)
+	if e := d.expectError("POST", "/v1/sandboxes/pz/pause", nil, http.StatusConflict, api.CodeConflict); !strings.Contains(e.Message, "paused") {
+		t.Errorf("pause while paused: %q does not name the state", e.Message)
 	}
-	d.expectError("POST", "/v1/sandboxes/pz/pause", nil, http.StatusConflict, api.CodeConflict)
 	if out, _, code := d.cli("", "ls"); code != 0 || !strings.Contains(out, "paused") {
 		t.Errorf("ls while paused: %q %d", out, code)
 	}
@@ -86,6 +85,20 @@ func TestPauseAndResume(t *testing.T) {
 	d.expectError("POST", "/v1/sandboxes/pz/resume", nil, http.StatusConflict, api.CodeConflict)
 	d.expectError("POST", "/v1/sandboxes/nope/pause", nil, http.StatusNotFound, api.CodeNotFound)
 
+	// A request that needs it running resumes a paused sandbox; GET does not.
+	if _, err := d.client.PauseSandbox(ctx, "pz"); err != nil {
+		t.Fatal(err)
+	}
+	if sb, _ := d.client.GetSandbox(ctx, "pz"); sb.Status != api.StatusPaused {
+		t.Fatalf("GET woke it: %s", sb.Status)
+	}
+	if got := d.sh("pz", "echo awake"); got != "awake\n" {
+		t.Errorf("exec in a paused sandbox: %q", got)
+	}
+	if sb, _ := d.client.GetSandbox(ctx, "pz"); sb.Status != api.StatusRunning || !d.counts("pz") {
+		t.Errorf("after an exec: %s", sb.Status)
+	}
+
 	// A paused sandbox can be removed, gracefully, and leaves nothing.
 	if out, errOut, code := d.cli("", "pause", "pz"); code != 0 || out != "pz\n" {
 		t.Fatalf("nsbox pause: %q %q %d", out, errOut, code)
@@ -99,5 +112,35 @@ func TestPauseAndResume(t *testing.T) {
 	}
 	if leaks := d.leaks(); len(leaks) > 0 {
 		t.Errorf("after removing a paused sandbox: %v", leaks)
+	}
+}
+
+func TestIdleLifecycle(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "nap", Image: "busybox", Lifecycle: &api.Lifecycle{IdleSeconds: 1}})
+	out, errOut, code := d.cli("", "create", "--id", "brief", "--image", "busybox", "--ttl", "2s")
+	if code != 0 || out != "brief\n" {
+		t.Fatalf("create --ttl: %d %q %q", code, out, errOut)
+	}
+	// A long exec is activity: the sandbox does not pause under it.
+	if got := d.sh("nap", "sleep 2.5; echo done"); got != "done\n" {
+		t.Fatalf("a long exec: %q", got)
+	}
+	if sb, _ := d.client.GetSandbox(ctx, "nap"); sb.Status != api.StatusRunning {
+		t.Errorf("paused during a long exec: %s", sb.Status)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		nap, _ := d.client.GetSandbox(ctx, "nap")
+		_, err := d.client.GetSandbox(ctx, "brief")
+		if nap.Status == api.StatusPaused && api.IsCode(err, api.CodeNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s: nap is %s, brief: %v", nap.Status, err)
+		}
+	}
+	if got := d.sh("nap", "echo back"); got != "back\n" {
+		t.Errorf("a request to a sandbox paused when idle: %q", got)
 	}
 }

@@ -40,7 +40,7 @@ func startCommand() *cli.Command {
 			&cli.StringFlag{Name: "session", Aliases: []string{"s"}, Usage: "inherit this session's directory, environment and user"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 			&cli.StringFlag{Name: "cwd", Aliases: []string{"w"}, Usage: "working directory"},
-			&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user name or uid inside the sandbox (default root)"},
+			&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "user inside the sandbox: name, uid, uid:gid or name:group (default: the sandbox's user)"},
 			&cli.BoolFlag{Name: "stdin", Usage: "give it a stdin pipe (write with `nsbox stdin`)"},
 			&cli.BoolFlag{Name: "command", Aliases: []string{"c"}, Usage: "run one argument as shell source, with /bin/sh -c"},
 			&cli.Int64Flag{Name: "log-bytes", Usage: "size of its output ring in bytes (default 4 MiB)"},

@@ -17,6 +17,8 @@
 //   - network: exposing and unexposing a port, create with a network versus mode none, and
 //     HTTP requests per second through an exposed host port versus straight to the sandbox,
 //     and the API's p99 without and with 10,000 idle connections to the preview proxy (proxyload.go).
+//   - images: pull + unpack of a Debian image from a loopback registry versus `skopeo copy` +
+//     `umoci raw unpack` or tar, and create from that image versus from busybox (images.go).
 //   - burst: 50 and 200 creates at once: throughput, latencies, and the daemon's threads and RSS
 //     before, during and after (burst.go).
 //
@@ -97,7 +99,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "storage", "files", "network", "burst"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "storage", "files", "network", "images", "burst"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -149,6 +151,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["network"] {
 		if err := b.networkSection(ctx, o.n); err != nil {
 			return fmt.Errorf("network: %w", err)
+		}
+	}
+	if o.sections["images"] {
+		if err := b.imagesSection(ctx, o.n); err != nil {
+			return fmt.Errorf("images: %w", err)
 		}
 	}
 	if o.sections["burst"] {

@@ -7,6 +7,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -147,21 +148,30 @@ func BusyboxImage(t testing.TB) v1.Image {
 // Image builds an image for linux/arch of layers (base first) with config.
 func Image(t testing.TB, arch string, config v1.Config, layers ...v1.Layer) v1.Image {
 	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
+	img, err := NewImage(arch, config, layers...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+// NewImage is Image for callers without a testing.TB.
+func NewImage(arch string, config v1.Config, layers ...v1.Layer) (v1.Image, error) {
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		return nil, fmt.Errorf("append layers: %w", err)
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("config file: %w", err)
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture, cf.Config = "linux", arch, config
 	cf.Created = v1.Time{Time: time.Unix(1700000000, 0).UTC()}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("set config file: %w", err)
 	}
-	return img
+	return img, nil
 }
 
 // Index is a multi-arch index of the images, each described with its config's platform.
