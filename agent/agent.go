@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -97,8 +98,24 @@ func Run(listenFD int, version string) error {
 				a.log.Warn("send SIGTERM to the sandbox's processes", "err", err)
 			}
 			a.sessions.KillShells()
-			a.procs.waitAll()
-			return nil
+			// A process forked just before the signal may take it in its parent's handler and
+			// then exec, losing it: the signal goes again every half second until everything
+			// has exited (the daemon kills what is left after its grace).
+			exited := make(chan struct{})
+			go func() {
+				a.procs.waitAll()
+				close(exited)
+			}()
+			again := time.NewTicker(500 * time.Millisecond)
+			defer again.Stop()
+			for {
+				select {
+				case <-exited:
+					return nil
+				case <-again.C:
+					_ = unix.Kill(-1, unix.SIGTERM)
+				}
+			}
 		}
 	}
 }
