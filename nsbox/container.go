@@ -59,18 +59,27 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 	return &startedContainer{inst: inst, agent: agent, image: img.Name, limits: lim, storage: st}, nil
 }
 
-// containerSpec makes what a container needs on the host before it starts (its writable
-// layers, its disk, its workspace's overlay, its hosts and resolv.conf files) and returns
-// what the backend starts it from.
+// containerSpec makes what a container needs on the host before it starts (its user
+// namespace's ids, its writable layers, its disk, its workspace's overlay, its hosts and
+// resolv.conf files) and returns what the backend starts it from.
 func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st storageSpec) (backend.Spec, error) {
-	if err := os.MkdirAll(r.sandboxRunDir(id), 0o700); err != nil {
-		return backend.Spec{}, fmt.Errorf("make run dir: %w", err)
+	for _, dir := range []string{r.sandboxRunDir(id), r.sandboxDataDir(id)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return backend.Spec{}, fmt.Errorf("make container dir: %w", err)
+		}
+	}
+	var ids rootfs.IDMap
+	if r.ids != nil {
+		var err error
+		if ids, err = r.ids.allocate(id); err != nil {
+			return backend.Spec{}, err
+		}
 	}
 	layerDir, err := r.prepareLayers(id, st)
 	if err != nil {
 		return backend.Spec{}, err
 	}
-	mounts, err := r.storageMounts(id, st)
+	mounts, err := r.storageMounts(id, st, ids)
 	if err != nil {
 		return backend.Spec{}, err
 	}
@@ -80,7 +89,7 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	}
 	spec := backend.Spec{
 		ID: id, Layers: img.Layers, UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
-		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd,
+		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

@@ -42,6 +42,9 @@ type Config struct {
 
 	// WarmPool is how many started containers to keep ready per image (pool.go).
 	WarmPool map[string]int
+	// UserNS is the host ids of the containers' user namespaces (idranges.go); zero Count:
+	// containers get none, and their root is the host's.
+	UserNS IDRange
 
 	Network NetworkConfig
 	// ProxyDomain and ProxyPort are where the preview proxy answers: exposed TCP ports' URLs
@@ -65,6 +68,7 @@ type Runtime struct {
 
 	pool          *warmPool
 	defaultLimits backend.Limits // what a sandbox that asks for no limits gets
+	ids           *idRanges      // nil without user namespaces
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // every sandbox the daemon knows, by id
@@ -87,10 +91,22 @@ const (
 // Open prepares the state directories, images and metadata, and reconciles the records with
 // the containers that exist.
 func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
-	for _, d := range []string{cfg.DataDir, cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes"), filepath.Join(cfg.DataDir, "sandboxes")} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
+	// What sandboxes write is in the data dir: no host user but root may reach it. The run
+	// dir is only traversable: in a user namespace, runc's init reaches each container's root
+	// through it (the container's own run dir belongs to the container's root).
+	dirs := map[string]os.FileMode{cfg.DataDir: 0o700, filepath.Join(cfg.DataDir, "sandboxes"): 0o700,
+		cfg.RunDir: 0o711, filepath.Join(cfg.RunDir, "sandboxes"): 0o711}
+	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, "sandboxes"), cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes")} {
+		if err := errors.Join(os.MkdirAll(d, dirs[d]), os.Chmod(d, dirs[d])); err != nil {
 			return nil, fmt.Errorf("make state dir %s: %w", d, err)
 		}
+	}
+	var ids *idRanges
+	if cfg.UserNS.Count > 0 {
+		if err := rootfs.CheckIDMappedOverlay(cfg.RunDir); err != nil {
+			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts of overlayfs layers: Linux 5.19 or later, and a file system for nsbox's state that supports id-mapped mounts): %w; run the daemon with --userns=false", err)
+		}
+		ids = newIDRanges(cfg.UserNS)
 	}
 	var err error
 	if cfg.hostMemoryMB, err = hostMemoryMB(); err != nil {
@@ -106,7 +122,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, images: images, log: log,
-		sandboxes: map[string]*sandbox{}, pool: newWarmPool(cfg.WarmPool)}
+		sandboxes: map[string]*sandbox{}, pool: newWarmPool(cfg.WarmPool), ids: ids}
 	if r.defaultLimits, err = cfg.resolveLimits(&api.Limits{}); err != nil {
 		recs.Close()
 		return nil, fmt.Errorf("default limits: %w", err)
@@ -417,7 +433,13 @@ func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error
 		go func() { done <- task() }()
 	}
 	destroyed := make(chan error, 1)
-	go func() { destroyed <- wrapErr("destroy container", r.backend.Destroy(id)) }()
+	go func() {
+		err := r.backend.Destroy(id)
+		if err == nil && r.ids != nil {
+			r.ids.release(id) // only once nothing of the container can hold the ids
+		}
+		destroyed <- wrapErr("destroy container", err)
+	}()
 	errs := []error{r.releaseStorage(id)}
 	// The backend's mounts in the run dir are gone before the directories go.
 	errs = append(errs, <-destroyed, os.RemoveAll(r.sandboxRunDir(id)), os.RemoveAll(r.sandboxDataDir(id)))

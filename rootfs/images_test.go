@@ -97,7 +97,7 @@ func TestOverlayMountAndDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 	merged := filepath.Join(dir, "merged")
-	if err := MountOverlay([]string{lower}, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged); err != nil {
+	if err := MountOverlay([]string{lower}, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged, IDMap{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(merged, "f"), []byte("upper"), 0o644); err != nil {

@@ -35,6 +35,8 @@ func daemonCommand() *cli.Command {
 			&cli.Int64Flag{Name: "default-memory", Value: 1024, Usage: "memory limit (MB) of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
+			&cli.BoolFlag{Name: "userns", Value: true, Usage: "give every sandbox a user namespace of its own (false: root in a sandbox is the host's root)"},
+			&cli.StringFlag{Name: "userns-range", Value: defaultUserNSRange, Usage: "host ids of the sandboxes' user namespaces, START-END or START:COUNT; 65536 per sandbox"},
 			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "subnet", Value: "10.89.0.0/16", Usage: "IPv4 network of sandbox addresses (its first address is the host's)"},
@@ -48,6 +50,9 @@ func daemonCommand() *cli.Command {
 		Action: runDaemon,
 	}
 }
+
+// defaultUserNSRange leaves room for 4096 sandboxes, far above the ids of the host's users.
+const defaultUserNSRange = "1000000000:268435456"
 
 func runDaemon(c *cli.Context) error {
 	var level slog.Level
@@ -74,6 +79,12 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var userns nsbox.IDRange
+	if c.Bool("userns") {
+		if userns, err = nsbox.ParseIDRange(c.String("userns-range")); err != nil {
+			return fmt.Errorf("--userns-range: %w", err)
+		}
+	}
 	runDir := c.String("run-dir")
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
@@ -95,6 +106,7 @@ func runDaemon(c *cli.Context) error {
 		DefaultMemoryMB: c.Int64("default-memory"),
 		DefaultPids:     c.Int64("default-pids"),
 		WarmPool:        pool,
+		UserNS:          userns,
 		Network:         netCfg,
 		ProxyDomain:     c.String("proxy-domain"),
 	}

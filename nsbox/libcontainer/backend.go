@@ -80,8 +80,14 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("make run dir: %w", err)
 	}
+	if spec.IDs.Enabled() {
+		// runc's init, as the container's root, reaches its root mount through this dir.
+		if err := os.Chown(runDir, int(spec.IDs.Host), int(spec.IDs.Host)); err != nil {
+			return nil, fmt.Errorf("give the run dir to the container's root: %w", err)
+		}
+	}
 	merged := b.rootMount(spec.ID)
-	if err := rootfs.MountOverlay(spec.Layers, spec.UpperDir, spec.WorkDir, merged); err != nil {
+	if err := rootfs.MountOverlay(spec.Layers, spec.UpperDir, spec.WorkDir, merged, spec.IDs); err != nil {
 		return nil, err
 	}
 	// Once the container runs, its mount namespace holds the root; the host needs no mount.

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // AgentPath is where the nsbox binary is bind-mounted (read-only) inside every container.
@@ -94,15 +95,21 @@ func containerConfig(s configSpec) *configs.Config {
 			// The agent's session FIFOs and per-exec files: on tmpfs, not the overlay's disk, where
 			// allocating four inodes per exec was most of an exec's cost (docs/benchmarks.md).
 			{Source: "tmpfs", Destination: "/run/nsbox", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=0711,size=" + agentTmpfsSize},
-			readonlyBind(s.AgentBin, AgentPath),
+			// Not id-mapped: the sandbox's root does not own the agent binary, whatever the mount.
+			readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s.IDs),
 		},
 		Rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Hard: s.MaxOpenFiles, Soft: s.MaxOpenFiles}},
 	}
 	for _, b := range s.ImageBinds {
-		cfg.Mounts = append(cfg.Mounts, readonlyBind(b.Source, b.Target))
+		cfg.Mounts = append(cfg.Mounts, readonlyBind(b, s.IDs))
 	}
 	for _, m := range s.Mounts {
-		cfg.Mounts = append(cfg.Mounts, bindMount(m))
+		cfg.Mounts = append(cfg.Mounts, bindMount(m, s.IDs))
+	}
+	if s.IDs.Enabled() {
+		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER})
+		cfg.UIDMappings = idMaps(0, s.IDs)
+		cfg.GIDMappings = idMaps(0, s.IDs)
 	}
 	if s.Seccomp {
 		cfg.Seccomp = seccompProfile()
@@ -110,21 +117,55 @@ func containerConfig(s configSpec) *configs.Config {
 	return cfg
 }
 
-func readonlyBind(src, dst string) *configs.Mount {
+// readonlyBind is an image's bind mount: recursive, read-only, no setuid files or devices.
+func readonlyBind(m backend.Mount, ids rootfs.IDMap) *configs.Mount {
 	return &configs.Mount{
-		Source: src, Destination: dst, Device: "bind",
-		Flags: unix.MS_BIND | unix.MS_REC | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
+		Source: m.Source, Destination: m.Target, Device: "bind",
+		Flags:     unix.MS_BIND | unix.MS_REC | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
+		IDMapping: mountIDMapping(m.IDs, ids, true),
 	}
 }
 
 // bindMount is a container's own bind mount (workspace, --mount, network files): not
 // recursive, no setuid files or devices.
-func bindMount(m backend.Mount) *configs.Mount {
+func bindMount(m backend.Mount, ids rootfs.IDMap) *configs.Mount {
 	flags := unix.MS_BIND | unix.MS_NOSUID | unix.MS_NODEV
 	if m.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
-	return &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: flags}
+	return &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: flags, IDMapping: mountIDMapping(m.IDs, ids, false)}
+}
+
+// mountIDMapping is how a mount is id-mapped in a container with the user namespace ids: nil
+// without one, or for a Native mount.
+func mountIDMapping(m backend.MountIDs, ids rootfs.IDMap, recursive bool) *configs.MountIDMapping {
+	if !ids.Enabled() || m.Native {
+		return nil
+	}
+	return &configs.MountIDMapping{Recursive: recursive, UIDMappings: idMaps(m.RootUID, ids), GIDMappings: idMaps(m.RootGID, ids)}
+}
+
+// idMaps maps the ids n of a file system (or of a namespace's parent) to the container's n,
+// that is to the host's ids.Host+n, for n from 0 to ids.Size-1; except that with root not 0
+// the file system's root is the container's 0 instead, and its 0 (and the container's root
+// when it is in range) is mapped to nothing.
+func idMaps(root uint32, ids rootfs.IDMap) []configs.IDMap {
+	host, size := int64(ids.Host), int64(ids.Size)
+	if root == 0 {
+		return []configs.IDMap{{ContainerID: 0, HostID: host, Size: size}}
+	}
+	out := []configs.IDMap{{ContainerID: int64(root), HostID: host, Size: 1}}
+	next := int64(1)
+	if r := int64(root); r < size {
+		if r > 1 {
+			out = append(out, configs.IDMap{ContainerID: 1, HostID: host + 1, Size: r - 1})
+		}
+		next = r + 1
+	}
+	if next < size {
+		out = append(out, configs.IDMap{ContainerID: next, HostID: host + next, Size: size - next})
+	}
+	return out
 }
 
 // cgroupPath is the cgroup (relative to each hierarchy's root) of a container.
