@@ -48,6 +48,9 @@ type CreateSandboxRequest struct {
 	Mounts []Mount `json:"mounts,omitempty"`
 	// Network is the sandbox's network; default mode egress.
 	Network *NetworkSpec `json:"network,omitempty"`
+	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
+	// from those the daemon allows (--allow-cap).
+	Capabilities []string `json:"capabilities,omitempty"`
 }
 
 // Sandbox is a sandbox as the API shows it.
@@ -67,6 +70,8 @@ type Sandbox struct {
 	Mounts    []Mount    `json:"mounts,omitempty"`
 	// Network is the sandbox's network mode and address.
 	Network SandboxNetwork `json:"network"`
+	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
+	Capabilities []string `json:"capabilities,omitempty"`
 }
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly

@@ -17,13 +17,13 @@ type startedContainer struct {
 	agent   *agentClient
 	image   string
 	limits  backend.Limits
-	storage storageSpec
+	storage extrasSpec
 }
 
 // startContainer prepares a new container's storage and network files, has the backend start
 // it with the agent as PID 1, and waits until the agent answers. The container is nobody's
 // yet: bind makes it a sandbox. On failure nothing of it is left.
-func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st storageSpec) (*startedContainer, error) {
+func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (*startedContainer, error) {
 	began := time.Now()
 	id := "c-" + newID()
 	spec, err := r.containerSpec(id, img, lim, st)
@@ -62,7 +62,7 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 // containerSpec makes what a container needs on the host before it starts (its user
 // namespace's ids, its writable layers, its disk, its workspace's overlay, its hosts and
 // resolv.conf files) and returns what the backend starts it from.
-func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st storageSpec) (backend.Spec, error) {
+func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st extrasSpec) (backend.Spec, error) {
 	for _, dir := range []string{r.sandboxRunDir(id), r.sandboxDataDir(id)} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return backend.Spec{}, fmt.Errorf("make container dir: %w", err)
@@ -90,6 +90,7 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	spec := backend.Spec{
 		ID: id, Layers: img.Layers, UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
 		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
+		Capabilities: st.Capabilities,
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

@@ -42,8 +42,11 @@ type Config struct {
 
 	// WarmPool is how many started containers to keep ready per image (pool.go).
 	WarmPool map[string]int
+	// AllowedCapabilities are the capabilities beyond the default set that a create may ask
+	// for (capabilities.go), normalised (CAP_…).
+	AllowedCapabilities []string
 	// UserNS is the host ids of the containers' user namespaces (idranges.go); zero Count:
-	// containers get none, and their root is the host's.
+	// containers get none, and their root is the host's. The backend must support them.
 	UserNS IDRange
 
 	Network NetworkConfig
@@ -103,9 +106,6 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	}
 	var ids *idRanges
 	if cfg.UserNS.Count > 0 {
-		if err := rootfs.CheckIDMappedOverlay(cfg.RunDir); err != nil {
-			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts of overlayfs layers: Linux 5.19 or later, and a file system for nsbox's state that supports id-mapped mounts): %w; run the daemon with --userns=false", err)
-		}
 		ids = newIDRanges(cfg.UserNS)
 	}
 	var err error
@@ -197,6 +197,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := r.validateStorage(&req); err != nil {
 		return nil, err
 	}
+	if err := r.checkCapabilities(&req); err != nil {
+		return nil, err
+	}
 	network, err := requestedNetwork(req.Network)
 	if err != nil {
 		return nil, err
@@ -212,7 +215,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 
 	began := time.Now()
-	sc, fromPool, err := r.acquire(ctx, img, lim, storageOf(&req))
+	sc, fromPool, err := r.acquire(ctx, img, lim, extrasOf(&req))
 	if err != nil {
 		r.forget(sb)
 		// Whatever failed, the create as a whole failed inside the daemon.
@@ -222,7 +225,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd),
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
-			Workspace: req.Workspace, Mounts: req.Mounts, Network: network,
+			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Capabilities: req.Capabilities,
 		},
 		Container: sc.inst.ID(),
 	}

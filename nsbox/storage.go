@@ -43,20 +43,23 @@ func (r *Runtime) workspaceMount(id string) string {
 	return filepath.Join(r.sandboxRunDir(id), "workspace")
 }
 
-// storageSpec is what a container is made with beyond its image: a disk, a workspace, bind
-// mounts. Containers in the warm pool have none.
-type storageSpec struct {
-	DiskMB    int64
-	Workspace *api.Workspace
-	Mounts    []api.Mount
+// extrasSpec is what a container is made with beyond its image and limits: a disk, a
+// workspace, bind mounts, extra capabilities. Containers in the warm pool have none.
+type extrasSpec struct {
+	DiskMB       int64
+	Workspace    *api.Workspace
+	Mounts       []api.Mount
+	Capabilities []string
 }
 
-// storageOf is the storage a (validated) create request asks for.
-func storageOf(req *api.CreateSandboxRequest) storageSpec {
-	return storageSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts}
+// extrasOf is what a (validated) create request asks for beyond its image and limits.
+func extrasOf(req *api.CreateSandboxRequest) extrasSpec {
+	return extrasSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts, Capabilities: req.Capabilities}
 }
 
-func (s storageSpec) none() bool { return s.DiskMB == 0 && s.Workspace == nil && len(s.Mounts) == 0 }
+func (s extrasSpec) none() bool {
+	return s.DiskMB == 0 && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0
+}
 
 // layerDir is the directory that holds a container's writable layers.
 func (r *Runtime) layerDir(container string, diskMB int64) string {
@@ -201,7 +204,7 @@ func (r *Runtime) checkHostPath(field, p string) (string, fs.FileInfo, error) {
 
 // prepareLayers makes the directory a container's writable layers go in: its disk, made and
 // mounted, when it has a disk limit. It returns that directory.
-func (r *Runtime) prepareLayers(id string, st storageSpec) (string, error) {
+func (r *Runtime) prepareLayers(id string, st extrasSpec) (string, error) {
 	if st.DiskMB > 0 {
 		if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
 			return "", err
@@ -217,7 +220,7 @@ func (r *Runtime) prepareLayers(id string, st storageSpec) (string, error) {
 // returns the container mounts of the workspace and the bind mounts, in that order. In a user
 // namespace (ids) the copy-on-write workspace's overlay shows the sandbox's ids itself; a
 // writable host directory is written as its owner (writableIDs).
-func (r *Runtime) storageMounts(id string, st storageSpec, ids rootfs.IDMap) ([]backend.Mount, error) {
+func (r *Runtime) storageMounts(id string, st extrasSpec, ids rootfs.IDMap) ([]backend.Mount, error) {
 	var out []backend.Mount
 	if ws := st.Workspace; ws != nil {
 		m := backend.Mount{Source: ws.HostPath, Target: api.WorkspacePath}

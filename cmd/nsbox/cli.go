@@ -34,6 +34,7 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "cwd", Usage: "working directory of commands (default /workspace)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
+				&cli.StringSliceFlag{Name: "cap-add", Usage: "capability beyond the default set, e.g. NET_RAW, among those the daemon allows (repeatable)"},
 				networkFlag(), allowFlag(),
 			}, storageFlags()...),
 			Action: cmdCreate,
@@ -125,7 +126,8 @@ func cmdCreate(c *cli.Context) error {
 	}
 	req := api.CreateSandboxRequest{
 		ID: c.String("id"), Image: c.String("image"), Cwd: c.String("cwd"), Env: env, Labels: labels, Network: createNetwork(c),
-		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
+		Limits:       api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
+		Capabilities: c.StringSlice("cap-add"),
 	}
 	if err := storageRequest(c, &req); err != nil {
 		return err

@@ -36,6 +36,7 @@ func daemonCommand() *cli.Command {
 			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
 			&cli.BoolFlag{Name: "userns", Value: true, Usage: "give every sandbox a user namespace of its own (false: root in a sandbox is the host's root)"},
+			&cli.StringSliceFlag{Name: "allow-cap", Usage: "capability (e.g. NET_RAW) beyond the default set that a create may ask for (repeatable)"},
 			&cli.StringFlag{Name: "userns-range", Value: defaultUserNSRange, Usage: "host ids of the sandboxes' user namespaces, START-END or START:COUNT; 65536 per sandbox"},
 			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
@@ -85,6 +86,14 @@ func runDaemon(c *cli.Context) error {
 			return fmt.Errorf("--userns-range: %w", err)
 		}
 	}
+	var caps []string
+	for _, name := range c.StringSlice("allow-cap") {
+		capName, err := nsbox.NormalizeCapability(name)
+		if err != nil {
+			return fmt.Errorf("--allow-cap: %w", err)
+		}
+		caps = append(caps, capName)
+	}
 	runDir := c.String("run-dir")
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
@@ -92,23 +101,25 @@ func runDaemon(c *cli.Context) error {
 		AgentBin:     exe,
 		CgroupParent: c.String("cgroup-parent"),
 		Seccomp:      c.Bool("seccomp"),
+		UserNS:       userns.Count > 0,
 		Log:          log,
 	})
 	if err != nil {
 		return err
 	}
 	cfg := nsbox.Config{
-		DataDir:         c.String("data-dir"),
-		RunDir:          runDir,
-		Backend:         containers,
-		Version:         version,
-		DefaultCPUs:     c.Float64("default-cpus"),
-		DefaultMemoryMB: c.Int64("default-memory"),
-		DefaultPids:     c.Int64("default-pids"),
-		WarmPool:        pool,
-		UserNS:          userns,
-		Network:         netCfg,
-		ProxyDomain:     c.String("proxy-domain"),
+		DataDir:             c.String("data-dir"),
+		RunDir:              runDir,
+		Backend:             containers,
+		Version:             version,
+		DefaultCPUs:         c.Float64("default-cpus"),
+		DefaultMemoryMB:     c.Int64("default-memory"),
+		DefaultPids:         c.Int64("default-pids"),
+		WarmPool:            pool,
+		UserNS:              userns,
+		AllowedCapabilities: caps,
+		Network:             netCfg,
+		ProxyDomain:         c.String("proxy-domain"),
 	}
 	if cfg.ProxyPort, err = proxyPort(c.String("proxy-listen"), cfg.ProxyDomain); err != nil {
 		return err

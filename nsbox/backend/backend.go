@@ -78,6 +78,8 @@ type Spec struct {
 	// and the mounts are id-mapped (the host's root shows as the container's), the writable
 	// layer belongs to the range; nothing else on the host is chowned.
 	IDs rootfs.IDMap
+	// Capabilities are extra capabilities (CAP_…) beyond the backend's default set.
+	Capabilities []string
 }
 
 // Backend starts containers and finds them again after a daemon restart.

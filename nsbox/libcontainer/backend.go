@@ -38,7 +38,9 @@ type Config struct {
 	AgentBin     string
 	CgroupParent string
 	Seccomp      bool
-	Log          *slog.Logger
+	// UserNS says containers will have user namespaces: New checks that the host can.
+	UserNS bool
+	Log    *slog.Logger
 }
 
 // Backend starts and finds libcontainer containers.
@@ -52,6 +54,14 @@ var _ backend.Backend = (*Backend)(nil)
 func New(cfg Config) (*Backend, error) {
 	if rel, err := filepath.Rel(filepath.Dir(cfg.AgentBin), cfg.StateRoot); err == nil && !strings.HasPrefix(rel, "..") {
 		return nil, fmt.Errorf("state dir %s must not be inside the directory of the nsbox binary %s", cfg.StateRoot, cfg.AgentBin)
+	}
+	if cfg.UserNS {
+		if err := os.MkdirAll(cfg.RunDir, 0o711); err != nil {
+			return nil, fmt.Errorf("make run dir: %w", err)
+		}
+		if err := rootfs.CheckIDMappedOverlay(cfg.RunDir); err != nil {
+			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts under overlayfs: Linux 5.19 or later, and file systems for nsbox's state and images that support id-mapped mounts): %w; run the daemon with --userns=false", err)
+		}
 	}
 	return &Backend{cfg: cfg}, nil
 }

@@ -2,6 +2,7 @@ package libcontainer
 
 import (
 	"path/filepath"
+	"slices"
 
 	"github.com/opencontainers/cgroups"
 	devconfig "github.com/opencontainers/cgroups/devices/config"
@@ -16,11 +17,12 @@ import (
 // AgentPath is where the nsbox binary is bind-mounted (read-only) inside every container.
 const AgentPath = "/.nsbox/nsbox"
 
-// defaultCapabilities is containerd v2's default set for a container process.
+// defaultCapabilities is containerd 2.0's default set for a container process, without
+// NET_RAW, MKNOD, SETFCAP, SYS_CHROOT and AUDIT_WRITE: raw packets, device nodes, file
+// capabilities, chroot and the audit log are for sandboxes that ask for them (Spec.Capabilities).
 var defaultCapabilities = []string{
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID",
+	"CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_KILL",
 }
 
 // maskedPaths and readonlyPaths are the OCI runtime defaults for /proc and /sys.
@@ -62,15 +64,16 @@ func containerConfig(s configSpec) *configs.Config {
 			nodes = append(nodes, d)
 		}
 	}
+	caps := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(defaultCapabilities), s.Capabilities...))))
 	cfg := &configs.Config{
 		Rootfs:          s.Rootfs,
 		RootPropagation: unix.MS_PRIVATE | unix.MS_REC,
 		Hostname:        s.ID,
 		NoNewPrivileges: true,
 		Capabilities: &configs.Capabilities{
-			Bounding:  defaultCapabilities,
-			Effective: defaultCapabilities,
-			Permitted: defaultCapabilities,
+			Bounding:  caps,
+			Effective: caps,
+			Permitted: caps,
 		},
 		Namespaces: configs.Namespaces{
 			{Type: configs.NEWNS}, {Type: configs.NEWUTS}, {Type: configs.NEWIPC},
