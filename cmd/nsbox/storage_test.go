@@ -244,6 +244,13 @@ func TestWorkspaceReadWriteAndMounts(t *testing.T) {
 	writeTree(t, roDir, map[string]string{"data.txt": "ro\n"})
 	rwFile := filepath.Join(rwDir, "file.txt")
 	writeTree(t, rwDir, map[string]string{"file.txt": "before\n"})
+	// A sandbox writes to a host path as the path's owner, which must not be root (the host's
+	// root's files there are nobody's inside: it could not remove in.txt).
+	for _, p := range []string{ws, filepath.Join(ws, "in.txt"), rwFile} {
+		if err := os.Chown(p, 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	out, stderr, code := d.cli("", "create", "--image", "busybox", "--workspace", ws+":rw",
 		"--mount", roDir+":/data:ro", "--mount", rwFile+":/etc/app.conf")
