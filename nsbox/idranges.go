@@ -66,7 +66,6 @@ type idRanges struct {
 	owner   map[int]string          // block → container
 	of      map[string]rootfs.IDMap // container → its ids, claimed or allocated
 	foreign []rootfs.IDMap          // claimed ids that are no block of r (the range was changed)
-	next    int                     // where the search for a free block starts
 }
 
 func newIDRanges(r IDRange) *idRanges {
@@ -82,21 +81,20 @@ func overlaps(x, y rootfs.IDMap) bool {
 	return uint64(x.Host) < uint64(y.Host)+uint64(y.Size) && uint64(y.Host) < uint64(x.Host)+uint64(x.Size)
 }
 
-// allocate gives the container a free block. Blocks are taken round-robin, so a freed block
-// is reused as late as possible.
+// allocate gives the container the first free block. A block is free once its last
+// container is destroyed (nothing of it runs), so reusing it at once is safe, and it keeps a
+// daemon on the few blocks whose user namespaces it made already (rootfs.UserNS).
 func (a *idRanges) allocate(container string) (rootfs.IDMap, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if m, ok := a.of[container]; ok {
 		return rootfs.IDMap{}, fmt.Errorf("container %s already has ids %d-%d", container, m.Host, m.Host+m.Size-1)
 	}
-	for n := 0; n < a.blocks; n++ {
-		i := (a.next + n) % a.blocks
+	for i := 0; i < a.blocks; i++ {
 		if _, taken := a.owner[i]; taken || a.collidesWithForeign(a.block(i)) {
 			continue
 		}
 		a.owner[i], a.of[container] = container, a.block(i)
-		a.next = (i + 1) % a.blocks
 		return a.block(i), nil
 	}
 	return rootfs.IDMap{}, fmt.Errorf("no user namespace ids left: all %d blocks of %d ids in %d-%d are in use; remove sandboxes or give the daemon a larger --userns-range",

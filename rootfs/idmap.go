@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -37,11 +38,24 @@ func (m IDMap) Inside(host uint32) uint32 {
 	return overflowID
 }
 
-// UserNS makes a user namespace with the mapping m and returns a descriptor of it, for
-// id-mapped mounts. A helper process is cloned into the namespace (stopped before it can run
-// anything: it is traced) only long enough to open /proc/<pid>/ns/user; the namespace lives
-// as long as the descriptor, or a mount made with it.
+// usernsCache holds one user namespace per mapping, for the process's life: a namespace only
+// lends its mapping to the mounts made with it, so every container that is given the same
+// block of ids can share it, and making one costs a process.
+var usernsCache = struct {
+	sync.Mutex
+	m map[IDMap]*os.File
+}{m: map[IDMap]*os.File{}}
+
+// UserNS returns a descriptor of a user namespace with the mapping m, for id-mapped mounts
+// (the caller must not close it). The first call for a mapping clones a helper process into a
+// new namespace (stopped before it can run anything: it is traced) only long enough to open
+// /proc/<pid>/ns/user.
 func UserNS(m IDMap) (*os.File, error) {
+	usernsCache.Lock()
+	defer usernsCache.Unlock()
+	if f := usernsCache.m[m]; f != nil {
+		return f, nil
+	}
 	maps := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(m.Host), Size: int(m.Size)}}
 	proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
 		Sys: &syscall.SysProcAttr{
@@ -64,6 +78,7 @@ func UserNS(m IDMap) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
+	usernsCache.m[m] = f
 	return f, nil
 }
 

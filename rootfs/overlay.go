@@ -48,7 +48,6 @@ func mountOverlay(layers []string, upper, work, target string, ids IDMap) error 
 	if err != nil {
 		return err
 	}
-	defer userns.Close()
 	return mountIDMappedOverlay(layers, upper, work, target, userns, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
 }
 

@@ -274,17 +274,5 @@ func TestUserNamespacesOfPoolAndRestart(t *testing.T) {
 
 // readTarOwners maps each entry of a tar to its uid:gid.
 func readTarOwners(t *testing.T, r io.Reader) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	tr := tar.NewReader(r)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[hdr.Name] = fmt.Sprintf("%d:%d", hdr.Uid, hdr.Gid)
-	}
+	return mapTar(t, r, func(hdr *tar.Header, _ *tar.Reader) string { return fmt.Sprintf("%d:%d", hdr.Uid, hdr.Gid) })
 }

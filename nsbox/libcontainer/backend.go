@@ -128,10 +128,20 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 	defer logFile.Close()
 
-	config := containerConfig(configSpec{
+	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
 		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
-	})
+	}
+	if spec.IDs.Enabled() {
+		// The overlay's lowers were mapped with the same namespace: it exists already. runc
+		// opens it from a thread of this process.
+		userns, err := rootfs.UserNS(spec.IDs)
+		if err != nil {
+			return nil, err
+		}
+		cs.UserNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), userns.Fd())
+	}
+	config := containerConfig(cs)
 	c, err := runc.Create(b.cfg.StateRoot, spec.ID, config)
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)

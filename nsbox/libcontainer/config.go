@@ -43,7 +43,10 @@ type configSpec struct {
 	Rootfs     string // the mounted overlay
 	AgentBin   string // host path of the nsbox binary
 	CgroupPath string // e.g. /nsbox/<id>
-	Seccomp    bool
+	// UserNS is the path of a user namespace with the container's mapping (Spec.IDs), which
+	// runc maps the image's binds and read-only mounts with.
+	UserNS  string
+	Seccomp bool
 	// MaxOpenFiles is the container's open-file limit: the daemon's own hard limit, the most a
 	// process without CAP_SYS_RESOURCE can be given.
 	MaxOpenFiles uint64
@@ -99,15 +102,15 @@ func containerConfig(s configSpec) *configs.Config {
 			// allocating four inodes per exec was most of an exec's cost (docs/benchmarks.md).
 			{Source: "tmpfs", Destination: "/run/nsbox", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=0711,size=" + agentTmpfsSize},
 			// Not id-mapped: the sandbox's root does not own the agent binary, whatever the mount.
-			readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s.IDs),
+			readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s),
 		},
 		Rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Hard: s.MaxOpenFiles, Soft: s.MaxOpenFiles}},
 	}
 	for _, b := range s.ImageBinds {
-		cfg.Mounts = append(cfg.Mounts, readonlyBind(b, s.IDs))
+		cfg.Mounts = append(cfg.Mounts, readonlyBind(b, s))
 	}
 	for _, m := range s.Mounts {
-		cfg.Mounts = append(cfg.Mounts, bindMount(m, s.IDs))
+		cfg.Mounts = append(cfg.Mounts, bindMount(m, s))
 	}
 	if s.IDs.Enabled() {
 		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER})
@@ -121,31 +124,34 @@ func containerConfig(s configSpec) *configs.Config {
 }
 
 // readonlyBind is an image's bind mount: recursive, read-only, no setuid files or devices.
-func readonlyBind(m backend.Mount, ids rootfs.IDMap) *configs.Mount {
+func readonlyBind(m backend.Mount, s configSpec) *configs.Mount {
 	return &configs.Mount{
 		Source: m.Source, Destination: m.Target, Device: "bind",
 		Flags:     unix.MS_BIND | unix.MS_REC | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
-		IDMapping: mountIDMapping(m.IDs, ids, true),
+		IDMapping: mountIDMapping(m.IDs, s, true),
 	}
 }
 
 // bindMount is a container's own bind mount (workspace, --mount, network files): not
 // recursive, no setuid files or devices.
-func bindMount(m backend.Mount, ids rootfs.IDMap) *configs.Mount {
+func bindMount(m backend.Mount, s configSpec) *configs.Mount {
 	flags := unix.MS_BIND | unix.MS_NOSUID | unix.MS_NODEV
 	if m.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
-	return &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: flags, IDMapping: mountIDMapping(m.IDs, ids, false)}
+	return &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: flags, IDMapping: mountIDMapping(m.IDs, s, false)}
 }
 
-// mountIDMapping is how a mount is id-mapped in a container with the user namespace ids: nil
-// without one, or for a Native mount.
-func mountIDMapping(m backend.MountIDs, ids rootfs.IDMap, recursive bool) *configs.MountIDMapping {
-	if !ids.Enabled() || m.Native {
+// mountIDMapping is how a mount is id-mapped in the container s: nil without a user
+// namespace, or for a Native mount; the container's own mapping (through s.UserNS) by default.
+func mountIDMapping(m backend.MountIDs, s configSpec, recursive bool) *configs.MountIDMapping {
+	switch {
+	case !s.IDs.Enabled() || m.Native:
 		return nil
+	case m.RootUID == 0 && m.RootGID == 0 && s.UserNS != "":
+		return &configs.MountIDMapping{Recursive: recursive, UserNSPath: s.UserNS}
 	}
-	return &configs.MountIDMapping{Recursive: recursive, UIDMappings: idMaps(m.RootUID, ids), GIDMappings: idMaps(m.RootGID, ids)}
+	return &configs.MountIDMapping{Recursive: recursive, UIDMappings: idMaps(m.RootUID, s.IDs), GIDMappings: idMaps(m.RootGID, s.IDs)}
 }
 
 // idMaps maps the ids n of a file system (or of a namespace's parent) to the container's n,
