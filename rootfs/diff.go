@@ -189,7 +189,7 @@ func FileType(m fs.FileMode) string {
 // entries with their content, owner, mode and mtime; each deletion as an empty ".wh.NAME"
 // file (the OCI layer convention). A directory that only holds changes is not an entry
 // itself. Sockets cannot be put in a tar and are left out. Entries that vanish while the
-// tar is written are left out too. Owners are the sandbox's ids: the upper dir belongs to
+// tar is written are left out too. Files lose setuid and setgid. Owners are the sandbox's ids: the upper dir belongs to
 // the sandbox's root (MountOverlay), whose host id starts its user namespace's range.
 func Export(w io.Writer, upper, lower string) error {
 	changes, err := Diff(upper, lower)
@@ -251,6 +251,8 @@ func exportOne(tw *tar.Writer, root *os.Root, c api.WorkspaceChange, ids IDMap) 
 	if !fi.Mode().IsRegular() {
 		return tw.WriteHeader(hdr)
 	}
+	// A file a sandbox made must not run with the rights of whoever extracts the tar.
+	hdr.Mode &^= 0o6000
 	// Non-blocking: the sandbox may have swapped a FIFO in since the diff.
 	f, err := root.OpenFile(c.Path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -192,8 +191,19 @@ func TestUserNamespaceWorkspacesAndMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	if entries := readTarOwners(t, rc); entries["a"] != "0:0" || entries["suid"] != "0:0" {
-		t.Errorf("export shows owners %v, want the sandbox's root", entries)
+	entries := mapTar(t, rc, func(hdr *tar.Header, _ *tar.Reader) string {
+		return fmt.Sprintf("%d:%d %o", hdr.Uid, hdr.Gid, hdr.Mode)
+	})
+	if entries["a"] != "0:0 644" || entries["suid"] != "0:0 755" {
+		t.Errorf("export shows %v, want the sandbox's root, and no setuid bit", entries)
+	}
+	// Copied out, the setuid file is not setuid on the host.
+	out := filepath.Join(t.TempDir(), "suid")
+	if _, stderr, code := d.cli("", "cp", sb.ID+":/workspace/suid", out); code != 0 {
+		t.Fatalf("nsbox cp out: %q", stderr)
+	}
+	if _, _, mode := hostOwner(t, out); mode&(os.ModeSetuid|os.ModeSetgid) != 0 || mode.Perm() != 0o755 {
+		t.Errorf("copied out, the setuid file has mode %v", mode)
 	}
 
 	// A read-write workspace and a writable mount are written as their owner, never as root;
@@ -270,9 +280,4 @@ func TestUserNamespacesOfPoolAndRestart(t *testing.T) {
 		}
 		seen[r] = true
 	}
-}
-
-// readTarOwners maps each entry of a tar to its uid:gid.
-func readTarOwners(t *testing.T, r io.Reader) map[string]string {
-	return mapTar(t, r, func(hdr *tar.Header, _ *tar.Reader) string { return fmt.Sprintf("%d:%d", hdr.Uid, hdr.Gid) })
 }
