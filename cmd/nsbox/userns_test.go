@@ -23,6 +23,13 @@ import (
 // KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE.
 const defaultCapsMask = 1<<0 | 1<<1 | 1<<3 | 1<<4 | 1<<5 | 1<<6 | 1<<7 | 1<<8 | 1<<10
 
+// requireUserNS skips a test of user namespaces when the daemons run without them.
+func requireUserNS(t *testing.T) {
+	if noUserNS {
+		t.Skip("the daemons run with --userns=false (NSBOX_TEST_USERNS=false)")
+	}
+}
+
 // hostRoot is the host uid of a sandbox's root, read from its uid_map (which must not be the
 // identity map).
 func (d *testDaemon) hostRoot(id string) uint32 {
@@ -71,6 +78,7 @@ func statusField(t *testing.T, pid int, field string) []string {
 }
 
 func TestUserNamespaceIsolatesRoot(t *testing.T) {
+	requireUserNS(t)
 	d := startDaemon(t)
 	for _, image := range []string{"busybox", "host"} {
 		t.Run(image, func(t *testing.T) {
@@ -122,6 +130,7 @@ func TestUserNamespaceIsolatesRoot(t *testing.T) {
 }
 
 func TestUserNamespaceSessionsAndFiles(t *testing.T) {
+	requireUserNS(t)
 	d := startDaemon(t)
 	sb := d.create(api.CreateSandboxRequest{Image: "busybox"})
 	root := d.hostRoot(sb.ID)
@@ -171,6 +180,7 @@ func TestUserNamespaceSessionsAndFiles(t *testing.T) {
 }
 
 func TestUserNamespaceWorkspacesAndMounts(t *testing.T) {
+	requireUserNS(t)
 	d := startDaemon(t)
 	// A copy-on-write workspace of root's files: root's inside, the range's in the upper dir.
 	cow := t.TempDir()
@@ -249,6 +259,7 @@ func TestExtraCapabilities(t *testing.T) {
 }
 
 func TestUserNamespacesOfPoolAndRestart(t *testing.T) {
+	requireUserNS(t)
 	d := startDaemon(t, "--warm-pool", "busybox=2")
 	d.waitWarm("busybox", 2)
 	a := d.create(api.CreateSandboxRequest{Image: "busybox"})
