@@ -122,7 +122,7 @@ func errnoCode(errno unix.Errno) string {
 		return api.CodeNotFound
 	case unix.EISDIR, unix.ENOTDIR, unix.ELOOP, unix.EXDEV, unix.EINVAL, unix.ENAMETOOLONG:
 		return api.CodeInvalidArgument
-	case unix.EACCES, unix.EPERM, unix.EROFS:
+	case unix.EACCES, unix.EPERM, unix.EROFS, unix.EOVERFLOW:
 		return api.CodePermissionDenied
 	case unix.ENOSPC, unix.EDQUOT:
 		return api.CodeInsufficientStorage
@@ -145,6 +145,8 @@ func errnoHint(errno unix.Errno) string {
 		return " (source and destination are on different mounts)"
 	case unix.EAGAIN:
 		return " (the path kept changing while it was resolved; try again)"
+	case unix.EOVERFLOW:
+		return " (an owner involved is no id of the sandbox's user namespace: in a writable host mount, a file of the host's root)"
 	}
 	return ""
 }
