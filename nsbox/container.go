@@ -13,11 +13,11 @@ import (
 
 // startedContainer is a container whose agent answers, before it is bound to a sandbox.
 type startedContainer struct {
-	inst    backend.Instance
-	agent   *agentClient
-	image   string
-	limits  backend.Limits
-	storage extrasSpec
+	inst   backend.Instance
+	agent  *agentClient
+	image  string
+	limits backend.Limits
+	extras extrasSpec
 }
 
 // startContainer prepares a new container's storage and network files, has the backend start
@@ -56,7 +56,7 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 	}
 	r.log.Debug("container started", "container", id, "image", img.Name, "pid", inst.PID(),
 		"prepare", prepared, "start", started, "agent", time.Since(began)-prepared-started)
-	return &startedContainer{inst: inst, agent: agent, image: img.Name, limits: lim, storage: st}, nil
+	return &startedContainer{inst: inst, agent: agent, image: img.Name, limits: lim, extras: st}, nil
 }
 
 // containerSpec makes what a container needs on the host before it starts (its user
