@@ -61,6 +61,9 @@ type CreateSandboxRequest struct {
 	// RunEntrypoint starts the OCI image's Entrypoint + Cmd as the process "entrypoint"
 	// right after the create (an image with neither is a 400).
 	RunEntrypoint bool `json:"runEntrypoint,omitempty"`
+	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
+	// from those the daemon allows (--allow-cap).
+	Capabilities []string `json:"capabilities,omitempty"`
 }
 
 // EntrypointProcess is the id of the process a create with RunEntrypoint starts.
@@ -94,6 +97,8 @@ type Sandbox struct {
 	Network SandboxNetwork `json:"network"`
 	// Lifecycle is what happens to the sandbox when it is idle or old (nil: nothing).
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
+	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
+	Capabilities []string `json:"capabilities,omitempty"`
 }
 
 // Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // sandbox is a fake sandbox tree in a temp dir, opened as a Root, beside a directory
@@ -73,7 +74,7 @@ func newSandbox(t *testing.T) *sandbox {
 
 func openTestRoot(t *testing.T, dir string) *Root {
 	t.Helper()
-	r, err := OpenRoot(dir)
+	r, err := OpenRoot(dir, rootfs.IDMap{})
 	must(t, err)
 	t.Cleanup(func() { must(t, r.Close()) })
 	return r

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // Types of Info.Type.
@@ -258,13 +259,17 @@ func checkReadable(fd int, p string) error {
 	return nil
 }
 
-// idNames maps ids to names, from the sandbox's /etc/passwd and /etc/group.
-type idNames struct{ users, groups map[uint32]string }
+// idNames turns the host's ids of files into the sandbox's, and those into names from the
+// sandbox's /etc/passwd and /etc/group.
+type idNames struct {
+	ids           rootfs.IDMap
+	users, groups map[uint32]string
+}
 
 // loadNames reads the sandbox's user and group names. They are a courtesy: a missing or
 // unreadable file just leaves names out.
 func (r *Root) loadNames() idNames {
-	return idNames{users: r.readIDFile("/etc/passwd"), groups: r.readIDFile("/etc/group")}
+	return idNames{ids: r.ids, users: r.readIDFile("/etc/passwd"), groups: r.readIDFile("/etc/group")}
 }
 
 // maxIDFile bounds how much of /etc/passwd or /etc/group is read.
@@ -293,7 +298,9 @@ func (r *Root) readIDFile(p string) map[uint32]string {
 	return ids
 }
 
+// fill gives info the sandbox's ids for the host's and their names.
 func (n idNames) fill(info *Info) {
+	info.UID, info.GID = n.ids.Inside(info.UID), n.ids.Inside(info.GID)
 	info.Owner = n.users[info.UID]
 	info.Group = n.groups[info.GID]
 }

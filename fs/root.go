@@ -24,21 +24,25 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // Root is a sandbox's root directory. It is safe for concurrent use; Close it when done.
 type Root struct {
-	fd int // O_PATH descriptor of the root directory
+	fd  int          // O_PATH descriptor of the root directory
+	ids rootfs.IDMap // the sandbox's user namespace (zero: none)
 }
 
 // OpenRoot opens the directory at the host path dir as a sandbox root, typically
-// "/proc/<agent pid>/root".
-func OpenRoot(dir string) (*Root, error) {
+// "/proc/<agent pid>/root". ids is the sandbox's user namespace: ids that go in and out
+// (owners given and described) are the sandbox's, and what is created belongs to their host
+// ids (zero: no user namespace, the ids are the host's).
+func OpenRoot(dir string, ids rootfs.IDMap) (*Root, error) {
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "sandbox root is not reachable: %v", err)
 	}
-	return &Root{fd: fd}, nil
+	return &Root{fd: fd, ids: ids}, nil
 }
 
 // Close releases the root's descriptor.
@@ -118,7 +122,7 @@ func errnoCode(errno unix.Errno) string {
 		return api.CodeNotFound
 	case unix.EISDIR, unix.ENOTDIR, unix.ELOOP, unix.EXDEV, unix.EINVAL, unix.ENAMETOOLONG:
 		return api.CodeInvalidArgument
-	case unix.EACCES, unix.EPERM, unix.EROFS:
+	case unix.EACCES, unix.EPERM, unix.EROFS, unix.EOVERFLOW:
 		return api.CodePermissionDenied
 	case unix.ENOSPC, unix.EDQUOT:
 		return api.CodeInsufficientStorage
@@ -141,6 +145,8 @@ func errnoHint(errno unix.Errno) string {
 		return " (source and destination are on different mounts)"
 	case unix.EAGAIN:
 		return " (the path kept changing while it was resolved; try again)"
+	case unix.EOVERFLOW:
+		return " (an owner involved is no id of the sandbox's user namespace: in a writable host mount, a file of the host's root)"
 	}
 	return ""
 }

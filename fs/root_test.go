@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 func TestResolve(t *testing.T) {
@@ -35,7 +36,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestOpenRootMissing(t *testing.T) {
-	_, err := OpenRoot(filepath.Join(t.TempDir(), "gone"))
+	_, err := OpenRoot(filepath.Join(t.TempDir(), "gone"), rootfs.IDMap{})
 	wantCode(t, err, api.CodeUnavailable, "not reachable")
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // watch starts a watch that ends with the test.
@@ -191,7 +192,7 @@ func appendHostFile(t *testing.T, p, content string) {
 func TestWatchOutlivesRootClose(t *testing.T) {
 	checkNoLeaks(t)
 	s := newSandbox(t)
-	r, err := OpenRoot(s.dir)
+	r, err := OpenRoot(s.dir, rootfs.IDMap{})
 	must(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	events, err := r.Watch(ctx, "/workspace", true)

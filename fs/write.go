@@ -20,7 +20,7 @@ type WriteOptions struct {
 	Mode os.FileMode
 	// MakeParents creates missing parent directories (mode 0755, owned by UID and GID).
 	MakeParents bool
-	// UID and GID own the file; -1 leaves the daemon's own id.
+	// UID and GID own the file (the sandbox's ids); -1 leaves the sandbox's root.
 	UID, GID int
 	// MaxBytes, when positive, refuses a larger upload (payload_too_large).
 	MaxBytes int64
@@ -34,10 +34,18 @@ const defaultFileMode = 0o644
 // old file or the new one, never a part. A symlink at p is replaced, not followed, and
 // hard links to the old file keep the old content. On any failure (no space, too large,
 // src failing) the temporary file is removed and p is untouched.
-func (r *Root) Write(p string, src io.Reader, opts WriteOptions) (*Info, error) {
-	p = clean(p)
+func (r *Root) Write(p string, src io.Reader, opts WriteOptions) (info *Info, err error) {
+	err = r.as(opts.UID, opts.GID, func(uid, gid int) error {
+		info, err = r.write(clean(p), src, opts, uid, gid)
+		return err
+	})
+	return info, err
+}
+
+// write is Write with the owner's host ids.
+func (r *Root) write(p string, src io.Reader, opts WriteOptions, uid, gid int) (*Info, error) {
 	if opts.MakeParents && p != "/" {
-		if err := r.mkdirAll(path.Dir(p), 0o755, opts.UID, opts.GID); err != nil {
+		if err := r.mkdirAll(path.Dir(p), 0o755, uid, gid); err != nil {
 			return nil, err
 		}
 	}
@@ -57,7 +65,7 @@ func (r *Root) Write(p string, src io.Reader, opts WriteOptions) (*Info, error) 
 	if err != nil {
 		return nil, pathErr("write", p, err)
 	}
-	info, err := r.fillTemp(tmp, p, src, opts, mode)
+	info, err := r.fillTemp(tmp, p, src, opts.MaxBytes, uid, gid, mode)
 	if err == nil {
 		err = unix.Renameat(dir, tmp.Name(), dir, base)
 	}
@@ -99,22 +107,22 @@ func createTemp(dir int) (*os.File, error) {
 	return os.NewFile(uintptr(fd), name), nil
 }
 
-// fillTemp copies src into tmp (at most opts.MaxBytes), gives it its owner and mode,
-// describes it as the file at p and closes it.
-func (r *Root) fillTemp(tmp *os.File, p string, src io.Reader, opts WriteOptions, mode uint32) (*Info, error) {
+// fillTemp copies src into tmp (at most maxBytes when positive), gives it its owner (host
+// ids) and mode, describes it as the file at p and closes it.
+func (r *Root) fillTemp(tmp *os.File, p string, src io.Reader, maxBytes int64, uid, gid int, mode uint32) (*Info, error) {
 	defer tmp.Close()
-	if opts.MaxBytes > 0 {
-		src = io.LimitReader(src, opts.MaxBytes+1)
+	if maxBytes > 0 {
+		src = io.LimitReader(src, maxBytes+1)
 	}
 	n, err := tmp.ReadFrom(src)
 	if err != nil {
 		return nil, err
 	}
-	if opts.MaxBytes > 0 && n > opts.MaxBytes {
-		return nil, api.Errorf(api.CodeTooLarge, "write %s: larger than the limit of %d bytes", p, opts.MaxBytes)
+	if maxBytes > 0 && n > maxBytes {
+		return nil, api.Errorf(api.CodeTooLarge, "write %s: larger than the limit of %d bytes", p, maxBytes)
 	}
 	fd := int(tmp.Fd())
-	if err := setOwnerMode(fd, opts.UID, opts.GID, mode); err != nil {
+	if err := setOwnerMode(fd, uid, gid, mode); err != nil {
 		return nil, err
 	}
 	return r.describe(fd, p, "write")
@@ -140,29 +148,31 @@ func unixMode(m os.FileMode) uint32 {
 	return mode
 }
 
-// Mkdir creates the directory p with mode (0 means 0755), owned by uid and gid (-1 leaves
-// the daemon's own). With parents it also creates missing ancestors (with the same mode
+// Mkdir creates the directory p with mode (0 means 0755), owned by the sandbox's uid and gid
+// (-1 leaves its root). With parents it also creates missing ancestors (with the same mode
 // and owner) and succeeds when p already is a directory, like mkdir -p.
 func (r *Root) Mkdir(p string, parents bool, mode os.FileMode, uid, gid int) error {
 	p = clean(p)
 	if mode == 0 {
 		mode = 0o755
 	}
-	if parents {
-		return r.mkdirAll(p, unixMode(mode), uid, gid)
-	}
-	dir, base, err := r.openParent("mkdir", p)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(dir)
-	if err := r.guard("mkdir", p, dir, base); err != nil {
-		return err
-	}
-	if err := mkdirAt(dir, base, unixMode(mode), uid, gid); err != nil {
-		return pathErr("mkdir", p, err)
-	}
-	return nil
+	return r.as(uid, gid, func(uid, gid int) error {
+		if parents {
+			return r.mkdirAll(p, unixMode(mode), uid, gid)
+		}
+		dir, base, err := r.openParent("mkdir", p)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(dir)
+		if err := r.guard("mkdir", p, dir, base); err != nil {
+			return err
+		}
+		if err := mkdirAt(dir, base, unixMode(mode), uid, gid); err != nil {
+			return pathErr("mkdir", p, err)
+		}
+		return nil
+	})
 }
 
 // mkdirAll creates what is missing of the directory p, one component at a time: each new
@@ -298,8 +308,11 @@ func (r *Root) Move(src, dst string, overwrite bool) error {
 	if !overwrite {
 		flags = unix.RENAME_NOREPLACE
 	}
-	if err := unix.Renameat2(sdir, sbase, ddir, dbase, flags); err != nil {
-		return pathErr(op, dst, err)
-	}
-	return nil
+	// As the sandbox's root: on an id-mapped mount the host's root may not rename.
+	return r.as(-1, -1, func(int, int) error {
+		if err := unix.Renameat2(sdir, sbase, ddir, dbase, flags); err != nil {
+			return pathErr(op, dst, err)
+		}
+		return nil
+	})
 }

@@ -14,17 +14,17 @@ import (
 
 // startedContainer is a container whose agent answers, before it is bound to a sandbox.
 type startedContainer struct {
-	inst    backend.Instance
-	agent   *agentClient
-	image   string
-	limits  backend.Limits
-	storage storageSpec
+	inst   backend.Instance
+	agent  *agentClient
+	image  string
+	limits backend.Limits
+	extras extrasSpec
 }
 
 // startContainer prepares a new container's storage and network files, has the backend start
 // it with the agent as PID 1, and waits until the agent answers. The container is nobody's
 // yet: bind makes it a sandbox. On failure nothing of it is left.
-func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st storageSpec) (*startedContainer, error) {
+func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (*startedContainer, error) {
 	began := time.Now()
 	id := "c-" + newID()
 	spec, err := r.containerSpec(id, img, lim, st)
@@ -57,21 +57,30 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 	}
 	r.log.Debug("container started", "container", id, "image", img.Name, "pid", inst.PID(),
 		"prepare", prepared, "start", started, "agent", time.Since(began)-prepared-started)
-	return &startedContainer{inst: inst, agent: agent, image: img.Name, limits: lim, storage: st}, nil
+	return &startedContainer{inst: inst, agent: agent, image: img.Name, limits: lim, extras: st}, nil
 }
 
-// containerSpec makes what a container needs on the host before it starts (its writable
-// layers, its disk, its workspace's overlay, its hosts and resolv.conf files) and returns
-// what the backend starts it from.
-func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st storageSpec) (backend.Spec, error) {
-	if err := os.MkdirAll(r.sandboxRunDir(id), 0o700); err != nil {
-		return backend.Spec{}, fmt.Errorf("make run dir: %w", err)
+// containerSpec makes what a container needs on the host before it starts (its user
+// namespace's ids, its writable layers, its disk, its workspace's overlay, its hosts and
+// resolv.conf files) and returns what the backend starts it from.
+func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st extrasSpec) (backend.Spec, error) {
+	for _, dir := range []string{r.sandboxRunDir(id), r.sandboxDataDir(id)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return backend.Spec{}, fmt.Errorf("make container dir: %w", err)
+		}
+	}
+	var ids rootfs.IDMap
+	if r.ids != nil {
+		var err error
+		if ids, err = r.ids.allocate(id); err != nil {
+			return backend.Spec{}, err
+		}
 	}
 	layerDir, err := r.prepareLayers(id, st)
 	if err != nil {
 		return backend.Spec{}, err
 	}
-	mounts, err := r.storageMounts(id, st)
+	mounts, err := r.storageMounts(id, st, ids)
 	if err != nil {
 		return backend.Spec{}, err
 	}
@@ -81,7 +90,8 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	}
 	spec := backend.Spec{
 		ID: id, Layers: img.Layers, UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
-		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd,
+		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
+		Capabilities: st.Capabilities,
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

@@ -18,6 +18,7 @@ import (
 	sandboxfs "github.com/nsbox/nsbox/fs"
 	sandboxnet "github.com/nsbox/nsbox/net"
 	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // The core's unit tests run without root: a fake backend whose containers are in-process
@@ -251,6 +252,8 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 	i.limits = lim
 	return nil
 }
+
+func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 
 func (i *fakeInstance) OpenRoot() (*sandboxfs.Root, error) {
 	return nil, errors.New("no root in a fake")

@@ -31,6 +31,7 @@ func (r *Runtime) reconcile() error {
 		switch {
 		case err == nil:
 			sb.inst, sb.agent = inst, newAgentClient(inst)
+			r.claimIDs(inst)
 		case !errors.Is(err, backend.ErrNotExist):
 			r.log.Warn("load container", "sandbox", rec.ID, "container", rec.container(), "err", err)
 		}
@@ -84,6 +85,7 @@ func (r *Runtime) reconcile() error {
 		r.log.Info("destroying a container that belongs to no sandbox", "container", id)
 		destroy := r.destroyContainerID
 		if inst, err := r.backend.Load(id); err == nil {
+			r.claimIDs(inst) // until it is gone
 			destroy = func(string, ...func() error) error { return r.destroyContainer(inst) }
 		}
 		if err := destroy(id); err != nil {
@@ -91,4 +93,13 @@ func (r *Runtime) reconcile() error {
 		}
 	}
 	return nil
+}
+
+// claimIDs takes back the user namespace ids of a container started before.
+func (r *Runtime) claimIDs(inst backend.Instance) {
+	if ids := inst.IDs(); r.ids != nil && ids.Enabled() {
+		if err := r.ids.claim(inst.ID(), ids); err != nil {
+			r.log.Error("user namespace ids", "container", inst.ID(), "err", err)
+		}
+	}
 }

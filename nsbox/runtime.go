@@ -48,6 +48,12 @@ type Config struct {
 
 	// WarmPool is how many started containers to keep ready per image (pool.go).
 	WarmPool map[string]int
+	// AllowedCapabilities are the capabilities beyond the default set that a create may ask
+	// for (capabilities.go), normalised (CAP_…).
+	AllowedCapabilities []string
+	// UserNS is the host ids of the containers' user namespaces (idranges.go); zero Count:
+	// containers get none, and their root is the host's. The backend must support them.
+	UserNS IDRange
 
 	Network NetworkConfig
 	// Registries is how OCI images are pulled (insecure registries, a Docker Hub mirror).
@@ -76,6 +82,7 @@ type Runtime struct {
 
 	pool          *warmPool
 	defaultLimits backend.Limits // what a sandbox that asks for no limits gets
+	ids           *idRanges      // nil without user namespaces
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // every sandbox the daemon knows, by id
@@ -145,8 +152,13 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 // openRecorded prepares the state directories and opens the records: what a daemon and
 // `daemon --cleanup` both start from. The runtime has no images, no network and an empty pool.
 func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
-	for _, d := range []string{cfg.DataDir, cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes"), filepath.Join(cfg.DataDir, "sandboxes")} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
+	// What sandboxes write is in the data dir: no host user but root may reach it. The run
+	// dir is only traversable: in a user namespace, runc's init reaches each container's root
+	// through it (the container's own run dir belongs to the container's root).
+	dirs := map[string]os.FileMode{cfg.DataDir: 0o700, filepath.Join(cfg.DataDir, "sandboxes"): 0o700,
+		cfg.RunDir: 0o711, filepath.Join(cfg.RunDir, "sandboxes"): 0o711}
+	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, "sandboxes"), cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes")} {
+		if err := errors.Join(os.MkdirAll(d, dirs[d]), os.Chmod(d, dirs[d])); err != nil {
 			return nil, fmt.Errorf("make state dir %s: %w", d, err)
 		}
 	}
@@ -154,7 +166,11 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log,
+	var ids *idRanges
+	if cfg.UserNS.Count > 0 {
+		ids = newIDRanges(cfg.UserNS)
+	}
+	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
 		sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
 	return r, nil
@@ -324,6 +340,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := r.validateStorage(&req); err != nil {
 		return nil, err
 	}
+	if err := r.checkCapabilities(&req); err != nil {
+		return nil, err
+	}
 	network, err := requestedNetwork(req.Network)
 	if err != nil {
 		return nil, err
@@ -342,7 +361,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 
 	defer r.settled()
 	began := time.Now()
-	sc, fromPool, err := r.acquire(ctx, img, lim, storageOf(&req))
+	sc, fromPool, err := r.acquire(ctx, img, lim, extrasOf(&req))
 	if err != nil {
 		r.forget(sb)
 		// Whatever failed, the create as a whole failed inside the daemon.
@@ -353,6 +372,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd), User: req.User,
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
 			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
+			Capabilities: req.Capabilities,
 		},
 		Container: sc.inst.ID(),
 		ImageID:   imageID,
@@ -629,7 +649,13 @@ func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error
 		go func() { done <- task() }()
 	}
 	destroyed := make(chan error, 1)
-	go onOwnThread(func() { destroyed <- wrapErr("destroy container", r.backend.Destroy(id)) })
+	go onOwnThread(func() {
+		err := r.backend.Destroy(id)
+		if err == nil && r.ids != nil {
+			r.ids.release(id) // only once nothing of the container can hold the ids
+		}
+		destroyed <- wrapErr("destroy container", err)
+	})
 	errs := []error{r.releaseStorage(id)}
 	// The backend's mounts in the run dir are gone before the directories go.
 	if err := <-destroyed; err != nil {

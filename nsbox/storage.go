@@ -43,20 +43,23 @@ func (r *Runtime) workspaceMount(id string) string {
 	return filepath.Join(r.sandboxRunDir(id), "workspace")
 }
 
-// storageSpec is what a container is made with beyond its image: a disk, a workspace, bind
-// mounts. Containers in the warm pool have none.
-type storageSpec struct {
-	DiskMB    int64
-	Workspace *api.Workspace
-	Mounts    []api.Mount
+// extrasSpec is what a container is made with beyond its image and limits: a disk, a
+// workspace, bind mounts, extra capabilities. Containers in the warm pool have none.
+type extrasSpec struct {
+	DiskMB       int64
+	Workspace    *api.Workspace
+	Mounts       []api.Mount
+	Capabilities []string
 }
 
-// storageOf is the storage a (validated) create request asks for.
-func storageOf(req *api.CreateSandboxRequest) storageSpec {
-	return storageSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts}
+// extrasOf is what a (validated) create request asks for beyond its image and limits.
+func extrasOf(req *api.CreateSandboxRequest) extrasSpec {
+	return extrasSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts, Capabilities: req.Capabilities}
 }
 
-func (s storageSpec) none() bool { return s.DiskMB == 0 && s.Workspace == nil && len(s.Mounts) == 0 }
+func (s extrasSpec) none() bool {
+	return s.DiskMB == 0 && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0
+}
 
 // layerDir is the directory that holds a container's writable layers.
 func (r *Runtime) layerDir(container string, diskMB int64) string {
@@ -143,6 +146,23 @@ func (r *Runtime) validateStorage(req *api.CreateSandboxRequest) error {
 		}
 		targets[m.Target] = true
 	}
+	if r.ids == nil {
+		return nil
+	}
+	var writable []string
+	if ws := req.Workspace; ws != nil && ws.Mode == api.WorkspaceRW {
+		writable = append(writable, ws.HostPath)
+	}
+	for _, m := range req.Mounts {
+		if !m.ReadOnly {
+			writable = append(writable, m.Source)
+		}
+	}
+	for _, p := range writable {
+		if _, err := writableIDs(p); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -184,11 +204,8 @@ func (r *Runtime) checkHostPath(field, p string) (string, fs.FileInfo, error) {
 
 // prepareLayers makes the directory a container's writable layers go in: its disk, made and
 // mounted, when it has a disk limit. It returns that directory.
-func (r *Runtime) prepareLayers(id string, st storageSpec) (string, error) {
+func (r *Runtime) prepareLayers(id string, st extrasSpec) (string, error) {
 	if st.DiskMB > 0 {
-		if err := os.MkdirAll(r.sandboxDataDir(id), 0o700); err != nil {
-			return "", fmt.Errorf("make data dir: %w", err)
-		}
 		if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
 			return "", err
 		}
@@ -200,24 +217,49 @@ func (r *Runtime) prepareLayers(id string, st storageSpec) (string, error) {
 }
 
 // storageMounts mounts a copy-on-write workspace on the host (until detachWorkspace) and
-// returns the container mounts of the workspace and the bind mounts, in that order.
-func (r *Runtime) storageMounts(id string, st storageSpec) ([]backend.Mount, error) {
+// returns the container mounts of the workspace and the bind mounts, in that order. In a user
+// namespace (ids) the copy-on-write workspace's overlay shows the sandbox's ids itself; a
+// writable host directory is written as its owner (writableIDs).
+func (r *Runtime) storageMounts(id string, st extrasSpec, ids rootfs.IDMap) ([]backend.Mount, error) {
 	var out []backend.Mount
 	if ws := st.Workspace; ws != nil {
-		src := ws.HostPath
+		m := backend.Mount{Source: ws.HostPath, Target: api.WorkspacePath}
 		if ws.Mode == api.WorkspaceCOW {
-			src = r.workspaceMount(id)
+			m.Source, m.IDs.Native = r.workspaceMount(id), true
 			dir := filepath.Join(r.layerDir(id, st.DiskMB), "workspace")
-			if err := rootfs.MountOverlay([]string{ws.HostPath}, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), src); err != nil {
+			if err := rootfs.MountOverlay([]string{ws.HostPath}, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), m.Source, ids); err != nil {
 				return nil, err
 			}
 		}
-		out = append(out, backend.Mount{Source: src, Target: api.WorkspacePath})
+		out = append(out, m)
 	}
 	for _, m := range st.Mounts {
 		out = append(out, backend.Mount{Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
+	for i := range out {
+		if !out[i].ReadOnly && !out[i].IDs.Native && ids.Enabled() {
+			var err error
+			if out[i].IDs, err = writableIDs(out[i].Source); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return out, nil
+}
+
+// writableIDs is how a sandbox in a user namespace sees a writable host path: its root reads
+// and writes it as the path's owner, so that nothing it writes there (a setuid program, say)
+// belongs to the host's root. A path owned by the host's root (uid or gid 0) is refused.
+func writableIDs(p string) (backend.MountIDs, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return backend.MountIDs{}, fmt.Errorf("stat %s: %w", p, err)
+	}
+	if st.Uid == 0 || st.Gid == 0 {
+		return backend.MountIDs{}, api.Errorf(api.CodeInvalidArgument,
+			"%s belongs to the host's root (%d:%d): with user namespaces a sandbox writes to a host path as the path's owner, never as root; give it to an unprivileged user and group (chown), mount it read-only, or use a copy-on-write workspace", p, st.Uid, st.Gid)
+	}
+	return backend.MountIDs{RootUID: st.Uid, RootGID: st.Gid}, nil
 }
 
 // detachWorkspace removes a copy-on-write workspace's host mount; a started sandbox keeps its own.

@@ -189,7 +189,8 @@ func FileType(m fs.FileMode) string {
 // entries with their content, owner, mode and mtime; each deletion as an empty ".wh.NAME"
 // file (the OCI layer convention). A directory that only holds changes is not an entry
 // itself. Sockets cannot be put in a tar and are left out. Entries that vanish while the
-// tar is written are left out too.
+// tar is written are left out too. Files lose setuid and setgid. Owners are the sandbox's ids: the upper dir belongs to
+// the sandbox's root (MountOverlay), whose host id starts its user namespace's range.
 func Export(w io.Writer, upper, lower string) error {
 	changes, err := Diff(upper, lower)
 	if err != nil {
@@ -200,16 +201,22 @@ func Export(w io.Writer, upper, lower string) error {
 		return fmt.Errorf("open upper dir: %w", err)
 	}
 	defer root.Close()
+	var ids IDMap
+	if fi, err := root.Stat("."); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+			ids = IDMap{Host: st.Uid, Size: IDsPerSandbox}
+		}
+	}
 	tw := tar.NewWriter(w)
 	for _, c := range changes {
-		if err := exportOne(tw, root, c); err != nil {
+		if err := exportOne(tw, root, c, ids); err != nil {
 			return err
 		}
 	}
 	return tw.Close()
 }
 
-func exportOne(tw *tar.Writer, root *os.Root, c api.WorkspaceChange) error {
+func exportOne(tw *tar.Writer, root *os.Root, c api.WorkspaceChange, ids IDMap) error {
 	if c.Kind == api.ChangeDeleted {
 		dir, name := path.Split(c.Path)
 		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: dir + WhiteoutPrefix + name, Mode: 0o644, ModTime: time.Now()})
@@ -239,11 +246,13 @@ func exportOne(tw *tar.Writer, root *os.Root, c api.WorkspaceChange) error {
 		hdr.Name += "/"
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		hdr.Uid, hdr.Gid = int(st.Uid), int(st.Gid)
+		hdr.Uid, hdr.Gid = int(ids.Inside(st.Uid)), int(ids.Inside(st.Gid))
 	}
 	if !fi.Mode().IsRegular() {
 		return tw.WriteHeader(hdr)
 	}
+	// A file a sandbox made must not run with the rights of whoever extracts the tar.
+	hdr.Mode &^= 0o6000
 	// Non-blocking: the sandbox may have swapped a FIFO in since the diff.
 	f, err := root.OpenFile(c.Path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {

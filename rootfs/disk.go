@@ -44,7 +44,8 @@ func MakeDisk(image string, sizeMB int64) error {
 	return nil
 }
 
-// MountDisk attaches image to a free loop device and mounts its ext4 at target (private).
+// MountDisk attaches image to a free loop device and mounts its ext4 at target (private,
+// nosuid and nodev: it holds what the sandbox writes).
 func MountDisk(image, target string) error {
 	if err := os.MkdirAll(target, 0o700); err != nil {
 		return fmt.Errorf("make %s: %w", target, err)
@@ -54,7 +55,7 @@ func MountDisk(image, target string) error {
 		return err
 	}
 	defer dev.Close() // the mount holds the device from here on
-	if err := unix.Mount(dev.Name(), target, "ext4", 0, "noinit_itable"); err != nil {
+	if err := unix.Mount(dev.Name(), target, "ext4", unix.MS_NOSUID|unix.MS_NODEV, "noinit_itable"); err != nil {
 		return fmt.Errorf("mount %s (%s) at %s: %w", image, dev.Name(), target, err)
 	}
 	if err := unix.Mount("", target, "", unix.MS_PRIVATE, ""); err != nil {

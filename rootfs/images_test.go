@@ -103,7 +103,7 @@ func TestOverlayMountAndDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 	merged := filepath.Join(dir, "merged")
-	if err := MountOverlay([]string{lower}, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged); err != nil {
+	if err := MountOverlay([]string{lower}, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged, IDMap{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(merged, "f"), []byte("upper"), 0o644); err != nil {
@@ -164,7 +164,7 @@ func TestOCIImageMountsAsOverlay(t *testing.T) {
 		t.Errorf("names %v", s.Names())
 	}
 	merged := filepath.Join(dir, "merged")
-	if err := MountOverlay(img.Layers, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged); err != nil {
+	if err := MountOverlay(img.Layers, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged, IDMap{}); err != nil {
 		t.Fatal(err)
 	}
 	defer Detach(merged)

@@ -9,24 +9,46 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MountOverlay mounts overlay(lower = layers, upper) at target, with OverlayOptions, and makes
-// the mount private, so that unmounting it on the host later never propagates into a sandbox
-// that uses it.
-func MountOverlay(layers []string, upper, work, target string) error {
+// MountOverlay mounts overlay(lower = layers, upper) at target, with OverlayOptions, nosuid and
+// nodev (nothing a sandbox writes is a setuid program or a device on the host), and makes the
+// mount private, so that unmounting it on the host later never propagates into a sandbox that
+// uses it. With a user namespace's mapping ids, the lowers are id-mapped through it (a file of
+// the host's root shows as the namespace's root) and the new upper and work dirs belong to the
+// namespace's root; nothing else is chowned.
+func MountOverlay(layers []string, upper, work, target string, ids IDMap) error {
 	for _, d := range []string{upper, work, target} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("make %s: %w", d, err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,%s", strings.Join(layers, ":"), upper, work, OverlayOptions)
-	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
-		return fmt.Errorf("mount overlay at %s: %w", target, err)
+	if err := mountOverlay(layers, upper, work, target, ids); err != nil {
+		return err
 	}
 	if err := unix.Mount("", target, "", unix.MS_PRIVATE, ""); err != nil {
 		_ = unix.Unmount(target, unix.MNT_DETACH)
 		return fmt.Errorf("make %s private: %w", target, err)
 	}
 	return nil
+}
+
+func mountOverlay(layers []string, upper, work, target string, ids IDMap) error {
+	if !ids.Enabled() {
+		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,%s", strings.Join(layers, ":"), upper, work, OverlayOptions)
+		if err := unix.Mount("overlay", target, "overlay", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+			return fmt.Errorf("mount overlay at %s: %w", target, err)
+		}
+		return nil
+	}
+	for _, d := range []string{upper, work} {
+		if err := os.Chown(d, int(ids.Host), int(ids.Host)); err != nil {
+			return fmt.Errorf("give %s to the sandbox's root: %w", d, err)
+		}
+	}
+	userns, err := UserNS(ids)
+	if err != nil {
+		return err
+	}
+	return mountIDMappedOverlay(layers, upper, work, target, userns, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
 }
 
 // Detach lazily unmounts target from the host's mount table. A running sandbox keeps its own

@@ -40,6 +40,7 @@ func clientCommands() []*cli.Command {
 				&cli.BoolFlag{Name: "run-entrypoint", Usage: "start the image's Entrypoint + Cmd as the process \"entrypoint\" (nsbox logs ID entrypoint)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
+				&cli.StringSliceFlag{Name: "cap-add", Usage: "capability beyond the default set, e.g. NET_RAW, among those the daemon allows (repeatable)"},
 				networkFlag(), allowFlag(),
 			}, storageFlags()...),
 			Action: cmdCreate,
@@ -134,7 +135,8 @@ func cmdCreate(c *cli.Context) error {
 	req := api.CreateSandboxRequest{
 		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
 		User: c.String("user"), RunEntrypoint: c.Bool("run-entrypoint"),
-		Limits: api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
+		Limits:       api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
+		Capabilities: c.StringSlice("cap-add"),
 	}
 	if err := storageRequest(c, &req); err != nil {
 		return err

@@ -39,6 +39,9 @@ func daemonCommand() *cli.Command {
 			&cli.Int64Flag{Name: "default-memory", Value: 1024, Usage: "memory limit (MB) of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
+			&cli.BoolFlag{Name: "userns", Value: true, Usage: "give every sandbox a user namespace of its own (false: root in a sandbox is the host's root)"},
+			&cli.StringSliceFlag{Name: "allow-cap", Usage: "capability (e.g. NET_RAW) beyond the default set that a create may ask for (repeatable)"},
+			&cli.StringFlag{Name: "userns-range", Value: defaultUserNSRange, Usage: "host ids of the sandboxes' user namespaces, START-END or START:COUNT; 65536 per sandbox"},
 			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "subnet", Value: "10.89.0.0/16", Usage: "IPv4 network of sandbox addresses (its first address is the host's)"},
@@ -61,6 +64,9 @@ func daemonCommand() *cli.Command {
 		Action: runDaemon,
 	}
 }
+
+// defaultUserNSRange leaves room for 4096 sandboxes, far above the ids of the host's users.
+const defaultUserNSRange = "1000000000:268435456"
 
 func runDaemon(c *cli.Context) error {
 	var level slog.Level
@@ -87,6 +93,20 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var userns nsbox.IDRange
+	if c.Bool("userns") {
+		if userns, err = nsbox.ParseIDRange(c.String("userns-range")); err != nil {
+			return fmt.Errorf("--userns-range: %w", err)
+		}
+	}
+	var caps []string
+	for _, name := range c.StringSlice("allow-cap") {
+		capName, err := nsbox.NormalizeCapability(name)
+		if err != nil {
+			return fmt.Errorf("--allow-cap: %w", err)
+		}
+		caps = append(caps, capName)
+	}
 	runDir := c.String("run-dir")
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
@@ -94,23 +114,26 @@ func runDaemon(c *cli.Context) error {
 		AgentBin:     exe,
 		CgroupParent: c.String("cgroup-parent"),
 		Seccomp:      c.Bool("seccomp"),
+		UserNS:       userns.Count > 0,
 		Log:          log,
 	})
 	if err != nil {
 		return err
 	}
 	cfg := nsbox.Config{
-		DataDir:         c.String("data-dir"),
-		RunDir:          runDir,
-		Backend:         containers,
-		Version:         version,
-		DefaultCPUs:     c.Float64("default-cpus"),
-		DefaultMemoryMB: c.Int64("default-memory"),
-		DefaultPids:     c.Int64("default-pids"),
-		WarmPool:        pool,
-		Network:         netCfg,
-		ProxyDomain:     c.String("proxy-domain"),
-		Registries:      oci.Registries{Insecure: c.StringSlice("insecure-registry"), Mirror: c.String("registry-mirror")},
+		DataDir:             c.String("data-dir"),
+		RunDir:              runDir,
+		Backend:             containers,
+		Version:             version,
+		DefaultCPUs:         c.Float64("default-cpus"),
+		DefaultMemoryMB:     c.Int64("default-memory"),
+		DefaultPids:         c.Int64("default-pids"),
+		WarmPool:            pool,
+		UserNS:              userns,
+		AllowedCapabilities: caps,
+		Network:             netCfg,
+		ProxyDomain:         c.String("proxy-domain"),
+		Registries:          oci.Registries{Insecure: c.StringSlice("insecure-registry"), Mirror: c.String("registry-mirror")},
 	}
 	if idle, ttl := c.Duration("idle-timeout"), c.Duration("ttl"); idle > 0 || ttl > 0 {
 		cfg.DefaultLifecycle = &api.Lifecycle{IdleSeconds: int64(idle.Seconds()), OnIdle: c.String("on-idle"), TTLSeconds: int64(ttl.Seconds())}

@@ -252,7 +252,8 @@ func cpCommand() *cli.Command {
 		Name:  "cp",
 		Usage: "copy files and directories between the host and a sandbox (one side is ID:PATH; - is stdin or stdout)",
 		Description: "nsbox cp ./dir box1:/workspace copies ./dir into /workspace/dir, as docker cp does: when DST is an\n" +
-			"existing directory, SRC goes into it; otherwise DST is created as the copy of SRC. Modes are kept; owners are\n" +
+			"existing directory, SRC goes into it; otherwise DST is created as the copy of SRC. Modes are kept (but a file\n" +
+			"copied out of a sandbox loses setuid and setgid: it would run with the rights of whoever copied it); owners are\n" +
 			"not (files written into a sandbox belong to its root, or with --session to that session's user, and relative\n" +
 			"sandbox paths start at that session's current directory). Symlinks are recreated when copying out of a sandbox\n" +
 			"and skipped, with a warning, when copying into one.\n\n" +

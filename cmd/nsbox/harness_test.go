@@ -30,6 +30,7 @@ import (
 var (
 	nsboxBin string
 	apiSpec  *spectest.Spec
+	noUserNS bool // the daemons run with --userns=false
 )
 
 func TestMain(m *testing.M) {
@@ -43,6 +44,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "load API spec:", err)
 		os.Exit(1)
 	}
+	// NSBOX_TEST_USERNS=false runs every daemon with --userns=false (the tests of user
+	// namespaces are skipped then).
+	noUserNS = os.Getenv("NSBOX_TEST_USERNS") == "false"
 	nsboxBin = os.Getenv("NSBOX_BIN")
 	if nsboxBin == "" {
 		dir, err := os.MkdirTemp("", "nsbox-bin-")
@@ -118,6 +122,9 @@ func (d *testDaemon) start() {
 	// No --socket: the daemon's default is nsbox.sock in its run dir, d.socket.
 	args := append([]string{"daemon", "--data-dir", d.dataDir, "--run-dir", d.runDir,
 		"--cgroup-parent", d.cgroupParent, "--log-level", "debug", "--warm-pool", ""}, append(d.net.daemonArgs(), d.args...)...)
+	if noUserNS {
+		args = append(args, "--userns=false")
+	}
 	d.log = &bytes.Buffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
 	if d.nofile > 0 { // prlimit sets the limit and execs the daemon: the pid is the daemon's

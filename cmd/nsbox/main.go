@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 
 	_ "github.com/opencontainers/cgroups/devices" // device rules for the cgroup managers
 	"github.com/opencontainers/runc/libcontainer"
@@ -16,6 +17,12 @@ import (
 var version = "dev"
 
 func init() {
+	// The main goroutine keeps the main thread for good. Goroutines that change their thread's
+	// namespaces or credentials (runc's mount-source thread, the id-mapped overlays, the file
+	// API's writes in a user namespace, the agent's cwd reads) lock it and end locked, so that
+	// the thread ends with them; but Go cannot end the main thread and keeps it, parked with
+	// its mount namespace (a copy of the host's mounts, sandbox disks included) forever.
+	runtime.LockOSThread()
 	// libcontainer re-executes this binary as "init" to set up a container from inside.
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		libcontainer.Init()

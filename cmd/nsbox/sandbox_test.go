@@ -141,7 +141,7 @@ func TestIsolation(t *testing.T) {
 		"ip -o link show lo | grep -o UP | head -1":             "UP",
 		"grep NoNewPrivs /proc/self/status":                     "NoNewPrivs:\t1",
 		"grep Seccomp: /proc/self/status":                       "Seccomp:\t2",
-		"grep CapEff /proc/self/status":                         "CapEff:\t00000000a80425fb",
+		"grep CapEff /proc/self/status":                         "CapEff:\t00000000000005fb",
 		"cat /proc/timer_list /proc/keys | wc -c":               "0",
 		"echo 1 > /proc/sys/kernel/ostype || echo refused":      "refused",
 		"cat /proc/1/environ >/dev/null 2>&1 || echo refused":   "refused",

@@ -86,6 +86,25 @@ func changeSet(changes []api.WorkspaceChange) []string {
 // readTar returns a tar's entries: name → content (regular files) or "-> target" (symlinks)
 // or "dir".
 func readTar(t *testing.T, r io.Reader) map[string]string {
+	return mapTar(t, r, func(hdr *tar.Header, tr *tar.Reader) string {
+		switch hdr.Typeflag {
+		case tar.TypeReg:
+			data, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(data)
+		case tar.TypeSymlink:
+			return "-> " + hdr.Linkname
+		case tar.TypeDir:
+			return "dir"
+		}
+		return fmt.Sprintf("type %c", hdr.Typeflag)
+	})
+}
+
+// mapTar maps each entry of a tar to what describe says of it.
+func mapTar(t *testing.T, r io.Reader, describe func(*tar.Header, *tar.Reader) string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	tr := tar.NewReader(r)
@@ -97,20 +116,7 @@ func readTar(t *testing.T, r io.Reader) map[string]string {
 		if err != nil {
 			t.Fatalf("read tar: %v", err)
 		}
-		switch hdr.Typeflag {
-		case tar.TypeReg:
-			data, err := io.ReadAll(tr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out[hdr.Name] = string(data)
-		case tar.TypeSymlink:
-			out[hdr.Name] = "-> " + hdr.Linkname
-		case tar.TypeDir:
-			out[hdr.Name] = "dir"
-		default:
-			out[hdr.Name] = fmt.Sprintf("type %c", hdr.Typeflag)
-		}
+		out[hdr.Name] = describe(hdr, tr)
 	}
 }
 
@@ -244,6 +250,13 @@ func TestWorkspaceReadWriteAndMounts(t *testing.T) {
 	writeTree(t, roDir, map[string]string{"data.txt": "ro\n"})
 	rwFile := filepath.Join(rwDir, "file.txt")
 	writeTree(t, rwDir, map[string]string{"file.txt": "before\n"})
+	// A sandbox writes to a host path as the path's owner, which must not be root (the host's
+	// root's files there are nobody's inside: it could not remove in.txt).
+	for _, p := range []string{ws, filepath.Join(ws, "in.txt"), rwFile} {
+		if err := os.Chown(p, 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	out, stderr, code := d.cli("", "create", "--image", "busybox", "--workspace", ws+":rw",
 		"--mount", roDir+":/data:ro", "--mount", rwFile+":/etc/app.conf")

@@ -12,6 +12,7 @@ import (
 	"net"
 
 	sandboxfs "github.com/nsbox/nsbox/fs"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // ErrNotExist is what Load returns for a container the backend has no state of.
@@ -34,6 +35,22 @@ type Limits struct {
 type Mount struct {
 	Source, Target string
 	ReadOnly       bool
+	IDs            MountIDs
+}
+
+// MountIDs is how a container with a user namespace (Spec.IDs) sees the owners of a mount's
+// files. By default the mount is id-mapped: the host's id n is the container's n, root
+// included.
+type MountIDs struct {
+	// Native leaves the ids as they are: the source already shows the container's ids (a
+	// copy-on-write workspace's overlay, whose lower is id-mapped and whose upper belongs to
+	// the container's range).
+	Native bool
+	// RootUID and RootGID, when not zero, are the host ids the container's root reads and
+	// writes the mount as (a writable mount: its source's owner, so that nothing the
+	// container writes there belongs to the host's root); the host's root is then nobody in
+	// it. Other ids n are still the host's n.
+	RootUID, RootGID uint32
 }
 
 // Spec is what a container is started from.
@@ -55,6 +72,13 @@ type Spec struct {
 	Limits Limits
 	// Cwd is the agent's working directory; it is made in the root if missing.
 	Cwd string
+	// IDs, when enabled, is the container's user namespace: its ids 0-65535 are these host
+	// ids, for uids and gids alike, and its root is the first. The image's layers and binds
+	// and the mounts are id-mapped (the host's root shows as the container's), the writable
+	// layer belongs to the range; nothing else on the host is chowned.
+	IDs rootfs.IDMap
+	// Capabilities are extra capabilities (CAP_…) beyond the backend's default set.
+	Capabilities []string
 }
 
 // Backend starts containers and finds them again after a daemon restart.
@@ -99,6 +123,8 @@ type Instance interface {
 	NetNS() string
 	// OpenRoot opens the container's root directory as its processes see it, for the file API.
 	OpenRoot() (*sandboxfs.Root, error)
+	// IDs is the container's user namespace (zero: none).
+	IDs() rootfs.IDMap
 	// Freeze stops every process of the container until Thaw.
 	Freeze() error
 	Thaw() error

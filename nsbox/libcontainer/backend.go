@@ -39,7 +39,9 @@ type Config struct {
 	AgentBin     string
 	CgroupParent string
 	Seccomp      bool
-	Log          *slog.Logger
+	// UserNS says containers will have user namespaces: New checks that the host can.
+	UserNS bool
+	Log    *slog.Logger
 }
 
 // Backend starts and finds libcontainer containers.
@@ -55,6 +57,14 @@ var _ backend.Backend = (*Backend)(nil)
 func New(cfg Config) (*Backend, error) {
 	if rel, err := filepath.Rel(filepath.Dir(cfg.AgentBin), cfg.StateRoot); err == nil && !strings.HasPrefix(rel, "..") {
 		return nil, fmt.Errorf("state dir %s must not be inside the directory of the nsbox binary %s", cfg.StateRoot, cfg.AgentBin)
+	}
+	if cfg.UserNS {
+		if err := os.MkdirAll(cfg.RunDir, 0o711); err != nil {
+			return nil, fmt.Errorf("make run dir: %w", err)
+		}
+		if err := rootfs.CheckIDMappedOverlay(cfg.RunDir); err != nil {
+			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts under overlayfs: Linux 5.19 or later, and file systems for nsbox's state and images that support id-mapped mounts): %w; run the daemon with --userns=false", err)
+		}
 	}
 	return &Backend{cfg: cfg, starting: make(chan struct{}, 2*runtime.NumCPU())}, nil
 }
@@ -94,8 +104,14 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("make run dir: %w", err)
 	}
+	if spec.IDs.Enabled() {
+		// runc's init, as the container's root, reaches its root mount through this dir.
+		if err := os.Chown(runDir, int(spec.IDs.Host), int(spec.IDs.Host)); err != nil {
+			return nil, fmt.Errorf("give the run dir to the container's root: %w", err)
+		}
+	}
 	merged := b.rootMount(spec.ID)
-	if err := rootfs.MountOverlay(spec.Layers, spec.UpperDir, spec.WorkDir, merged); err != nil {
+	if err := rootfs.MountOverlay(spec.Layers, spec.UpperDir, spec.WorkDir, merged, spec.IDs); err != nil {
 		return nil, err
 	}
 	// Once the container runs, its mount namespace holds the root; the host needs no mount.
@@ -126,10 +142,20 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 	defer logFile.Close()
 
-	config := containerConfig(configSpec{
+	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
 		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
-	})
+	}
+	if spec.IDs.Enabled() {
+		// The overlay's lowers were mapped with the same namespace: it exists already. runc
+		// opens it from a thread of this process.
+		userns, err := rootfs.UserNS(spec.IDs)
+		if err != nil {
+			return nil, err
+		}
+		cs.UserNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), userns.Fd())
+	}
+	config := containerConfig(cs)
 	c, err := runc.Create(b.cfg.StateRoot, spec.ID, config)
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)

@@ -2,6 +2,7 @@ package libcontainer
 
 import (
 	"path/filepath"
+	"slices"
 
 	"github.com/opencontainers/cgroups"
 	devconfig "github.com/opencontainers/cgroups/devices/config"
@@ -10,16 +11,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // AgentPath is where the nsbox binary is bind-mounted (read-only) inside every container.
 const AgentPath = "/.nsbox/nsbox"
 
-// defaultCapabilities is containerd v2's default set for a container process.
+// defaultCapabilities is containerd 2.0's default set for a container process, without
+// NET_RAW, MKNOD, SETFCAP, SYS_CHROOT and AUDIT_WRITE: raw packets, device nodes, file
+// capabilities, chroot and the audit log are for sandboxes that ask for them (Spec.Capabilities).
 var defaultCapabilities = []string{
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID",
+	"CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_KILL",
 }
 
 // maskedPaths are the OCI runtime defaults for /proc and /sys, and the host's page, slab,
@@ -44,7 +47,10 @@ type configSpec struct {
 	Rootfs     string // the mounted overlay
 	AgentBin   string // host path of the nsbox binary
 	CgroupPath string // e.g. /nsbox/<id>
-	Seccomp    bool
+	// UserNS is the path of a user namespace with the container's mapping (Spec.IDs), which
+	// runc maps the image's binds and read-only mounts with.
+	UserNS  string
+	Seccomp bool
 	// MaxOpenFiles is the container's open-file limit: the daemon's own hard limit, the most a
 	// process without CAP_SYS_RESOURCE can be given.
 	MaxOpenFiles uint64
@@ -65,15 +71,16 @@ func containerConfig(s configSpec) *configs.Config {
 			nodes = append(nodes, d)
 		}
 	}
+	caps := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(defaultCapabilities), s.Capabilities...))))
 	cfg := &configs.Config{
 		Rootfs:          s.Rootfs,
 		RootPropagation: unix.MS_PRIVATE | unix.MS_REC,
 		Hostname:        s.ID,
 		NoNewPrivileges: true,
 		Capabilities: &configs.Capabilities{
-			Bounding:  defaultCapabilities,
-			Effective: defaultCapabilities,
-			Permitted: defaultCapabilities,
+			Bounding:  caps,
+			Effective: caps,
+			Permitted: caps,
 		},
 		Namespaces: configs.Namespaces{
 			{Type: configs.NEWNS}, {Type: configs.NEWUTS}, {Type: configs.NEWIPC},
@@ -98,15 +105,21 @@ func containerConfig(s configSpec) *configs.Config {
 			// The agent's session FIFOs and per-exec files: on tmpfs, not the overlay's disk, where
 			// allocating four inodes per exec was most of an exec's cost (docs/benchmarks.md).
 			{Source: "tmpfs", Destination: "/run/nsbox", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=0711,size=" + agentTmpfsSize},
-			readonlyBind(s.AgentBin, AgentPath),
+			// Not id-mapped: the sandbox's root does not own the agent binary, whatever the mount.
+			readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s),
 		},
 		Rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Hard: s.MaxOpenFiles, Soft: s.MaxOpenFiles}},
 	}
 	for _, b := range s.ImageBinds {
-		cfg.Mounts = append(cfg.Mounts, readonlyBind(b.Source, b.Target))
+		cfg.Mounts = append(cfg.Mounts, readonlyBind(b, s))
 	}
 	for _, m := range s.Mounts {
-		cfg.Mounts = append(cfg.Mounts, bindMount(m))
+		cfg.Mounts = append(cfg.Mounts, bindMount(m, s))
+	}
+	if s.IDs.Enabled() {
+		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER})
+		cfg.UIDMappings = idMaps(0, s.IDs)
+		cfg.GIDMappings = idMaps(0, s.IDs)
 	}
 	if s.Seccomp {
 		cfg.Seccomp = seccompProfile()
@@ -114,21 +127,58 @@ func containerConfig(s configSpec) *configs.Config {
 	return cfg
 }
 
-func readonlyBind(src, dst string) *configs.Mount {
+// readonlyBind is an image's bind mount: recursive, read-only, no setuid files or devices.
+func readonlyBind(m backend.Mount, s configSpec) *configs.Mount {
 	return &configs.Mount{
-		Source: src, Destination: dst, Device: "bind",
-		Flags: unix.MS_BIND | unix.MS_REC | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
+		Source: m.Source, Destination: m.Target, Device: "bind",
+		Flags:     unix.MS_BIND | unix.MS_REC | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
+		IDMapping: mountIDMapping(m.IDs, s, true),
 	}
 }
 
 // bindMount is a container's own bind mount (workspace, --mount, network files): not
 // recursive, no setuid files or devices.
-func bindMount(m backend.Mount) *configs.Mount {
+func bindMount(m backend.Mount, s configSpec) *configs.Mount {
 	flags := unix.MS_BIND | unix.MS_NOSUID | unix.MS_NODEV
 	if m.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
-	return &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: flags}
+	return &configs.Mount{Source: m.Source, Destination: m.Target, Device: "bind", Flags: flags, IDMapping: mountIDMapping(m.IDs, s, false)}
+}
+
+// mountIDMapping is how a mount is id-mapped in the container s: nil without a user
+// namespace, or for a Native mount; the container's own mapping (through s.UserNS) by default.
+func mountIDMapping(m backend.MountIDs, s configSpec, recursive bool) *configs.MountIDMapping {
+	switch {
+	case !s.IDs.Enabled() || m.Native:
+		return nil
+	case m.RootUID == 0 && m.RootGID == 0 && s.UserNS != "":
+		return &configs.MountIDMapping{Recursive: recursive, UserNSPath: s.UserNS}
+	}
+	return &configs.MountIDMapping{Recursive: recursive, UIDMappings: idMaps(m.RootUID, s.IDs), GIDMappings: idMaps(m.RootGID, s.IDs)}
+}
+
+// idMaps maps the ids n of a file system (or of a namespace's parent) to the container's n,
+// that is to the host's ids.Host+n, for n from 0 to ids.Size-1; except that with root not 0
+// the file system's root is the container's 0 instead, and its 0 (and the container's root
+// when it is in range) is mapped to nothing.
+func idMaps(root uint32, ids rootfs.IDMap) []configs.IDMap {
+	host, size := int64(ids.Host), int64(ids.Size)
+	if root == 0 {
+		return []configs.IDMap{{ContainerID: 0, HostID: host, Size: size}}
+	}
+	out := []configs.IDMap{{ContainerID: int64(root), HostID: host, Size: 1}}
+	next := int64(1)
+	if r := int64(root); r < size {
+		if r > 1 {
+			out = append(out, configs.IDMap{ContainerID: 1, HostID: host + 1, Size: r - 1})
+		}
+		next = r + 1
+	}
+	if next < size {
+		out = append(out, configs.IDMap{ContainerID: next, HostID: host + next, Size: size - next})
+	}
+	return out
 }
 
 // cgroupPath is the cgroup (relative to each hierarchy's root) of a container.

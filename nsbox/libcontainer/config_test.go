@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 func TestAgentEnvHasOnlyTheDefaults(t *testing.T) {
@@ -56,8 +57,9 @@ func TestContainerConfigIsLockedDown(t *testing.T) {
 			t.Errorf("/dev/net/tun must not be created")
 		}
 	}
-	if slices.Contains(cfg.Capabilities.Bounding, "CAP_SYS_ADMIN") || len(cfg.Capabilities.Bounding) != 14 {
-		t.Errorf("capabilities: %v", cfg.Capabilities.Bounding)
+	wantCaps := []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID"}
+	if !slices.Equal(cfg.Capabilities.Bounding, wantCaps) || !slices.Equal(cfg.Capabilities.Effective, wantCaps) {
+		t.Errorf("capabilities: %v, want containerd 2.0's %v", cfg.Capabilities.Bounding, wantCaps)
 	}
 	if !slices.Contains(cfg.MaskPaths, "/etc/shadow") || !slices.Contains(cfg.MaskPaths, "/proc/kcore") ||
 		!slices.Contains(cfg.MaskPaths, "/proc/kpageflags") || !slices.Contains(cfg.MaskPaths, "/proc/slabinfo") {
@@ -86,5 +88,54 @@ func TestContainerConfigIsLockedDown(t *testing.T) {
 	}
 	if cgroupPath("a/b", "x") != filepath.Join("/a/b", "x") {
 		t.Errorf("cgroupPath")
+	}
+}
+
+func TestContainerConfigUserNamespace(t *testing.T) {
+	ids := rootfs.IDMap{Host: 1 << 30, Size: rootfs.IDsPerSandbox}
+	cfg := containerConfig(configSpec{
+		Spec: backend.Spec{
+			ID: "box", Layers: []string{"/l"}, ImageBinds: []backend.Mount{{Source: "/usr", Target: "/usr", ReadOnly: true}},
+			Mounts: []backend.Mount{
+				{Source: "/ws", Target: "/workspace", IDs: backend.MountIDs{Native: true}},
+				{Source: "/m", Target: "/data", ReadOnly: true},
+				{Source: "/w", Target: "/w", IDs: backend.MountIDs{RootUID: 1000, RootGID: 1001}},
+			},
+			IDs: ids, Capabilities: []string{"CAP_NET_RAW"},
+		},
+		Rootfs: "/r", AgentBin: "/bin/nsbox", CgroupPath: cgroupPath("nsbox", "box"), UserNS: "/proc/7/fd/9",
+	})
+	if !cfg.Namespaces.Contains(configs.NEWUSER) {
+		t.Fatalf("no user namespace")
+	}
+	want := []configs.IDMap{{ContainerID: 0, HostID: 1 << 30, Size: rootfs.IDsPerSandbox}}
+	if !slices.Equal(cfg.UIDMappings, want) || !slices.Equal(cfg.GIDMappings, want) {
+		t.Errorf("mappings %v %v, want %v", cfg.UIDMappings, cfg.GIDMappings, want)
+	}
+	if !slices.Contains(cfg.Capabilities.Bounding, "CAP_NET_RAW") || len(cfg.Capabilities.Bounding) != 10 {
+		t.Errorf("extra capability: %v", cfg.Capabilities.Bounding)
+	}
+	maps := map[string]*configs.MountIDMapping{}
+	for _, m := range cfg.Mounts {
+		if m.Device == "bind" {
+			maps[m.Destination] = m.IDMapping
+		}
+	}
+	if maps[AgentPath] != nil || maps["/workspace"] != nil {
+		t.Errorf("the agent binary and a copy-on-write workspace must not be id-mapped: %+v %+v", maps[AgentPath], maps["/workspace"])
+	}
+	for _, dst := range []string{"/usr", "/data"} {
+		if m := maps[dst]; m == nil || m.UserNSPath != "/proc/7/fd/9" {
+			t.Errorf("%s: id mapping %+v, want the container's own namespace", dst, m)
+		}
+	}
+	// The writable mount: its owner 1000 is the container's root, the host's root is nobody.
+	host := int64(1 << 30)
+	wantUIDs := []configs.IDMap{{ContainerID: 1000, HostID: host, Size: 1}, {ContainerID: 1, HostID: host + 1, Size: 999}, {ContainerID: 1001, HostID: host + 1001, Size: 65535 - 1000}}
+	if m := maps["/w"]; m == nil || !slices.Equal(m.UIDMappings, wantUIDs) || m.GIDMappings[0] != (configs.IDMap{ContainerID: 1001, HostID: host, Size: 1}) {
+		t.Errorf("writable mount: id mapping %+v, want uids %v", m, wantUIDs)
+	}
+	if got := idMaps(100000, ids); !slices.Equal(got, []configs.IDMap{{ContainerID: 100000, HostID: host, Size: 1}, {ContainerID: 1, HostID: host + 1, Size: 65535}}) {
+		t.Errorf("owner outside the range: %v", got)
 	}
 }

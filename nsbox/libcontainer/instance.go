@@ -16,6 +16,7 @@ import (
 
 	sandboxfs "github.com/nsbox/nsbox/fs"
 	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // instance is one libcontainer container. It holds a pidfd of the agent: a dead agent is
@@ -97,6 +98,15 @@ func (i *instance) PID() int                { return i.pid }
 func (i *instance) Exited() <-chan struct{} { return i.exited }
 func (i *instance) NetNS() string           { return fmt.Sprintf("/proc/%d/ns/net", i.pid) }
 
+// IDs is the container's user namespace, as its config recorded it.
+func (i *instance) IDs() rootfs.IDMap {
+	m := i.c.Config().UIDMappings
+	if len(m) != 1 || m[0].ContainerID != 0 {
+		return rootfs.IDMap{}
+	}
+	return rootfs.IDMap{Host: uint32(m[0].HostID), Size: uint32(m[0].Size)}
+}
+
 // Alive reports whether the agent still runs (its pidfd is not readable yet).
 func (i *instance) Alive() bool {
 	i.mu.RLock()
@@ -174,7 +184,7 @@ func (i *instance) OpenRoot() (*sandboxfs.Root, error) {
 	if !i.Alive() || !isContainerInit(i.pid, i.cgroupPath) {
 		return nil, backend.ErrExited
 	}
-	root, err := sandboxfs.OpenRoot(fmt.Sprintf("/proc/%d/root", i.pid))
+	root, err := sandboxfs.OpenRoot(fmt.Sprintf("/proc/%d/root", i.pid), i.IDs())
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,188 @@
+package rootfs
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// IDMap maps the ids 0..Size-1 of a sandbox's user namespace to Host..Host+Size-1 on the host,
+// for uids and gids alike. A zero IDMap is no user namespace: ids are the host's.
+type IDMap struct {
+	Host, Size uint32
+}
+
+// IDsPerSandbox is the size of a sandbox's user namespace: ids 0-65535, as on a usual host.
+const IDsPerSandbox = 1 << 16
+
+// overflowID is what a user namespace shows for an id it does not map (nobody).
+const overflowID = 65534
+
+// Enabled reports whether m is a user namespace's mapping.
+func (m IDMap) Enabled() bool { return m.Size > 0 }
+
+// Inside is the namespace's id for the host's id host: itself without a user namespace,
+// nobody (65534) when the namespace does not map it.
+func (m IDMap) Inside(host uint32) uint32 {
+	switch {
+	case !m.Enabled():
+		return host
+	case host >= m.Host && host-m.Host < m.Size:
+		return host - m.Host
+	}
+	return overflowID
+}
+
+// usernsCache holds one user namespace per mapping, for the process's life: a namespace only
+// lends its mapping to the mounts made with it, so every container that is given the same
+// block of ids can share it, and making one costs a process.
+var usernsCache = struct {
+	sync.Mutex
+	m map[IDMap]*os.File
+}{m: map[IDMap]*os.File{}}
+
+// UserNS returns a descriptor of a user namespace with the mapping m, for id-mapped mounts
+// (the caller must not close it). The first call for a mapping clones a helper process into a
+// new namespace (stopped before it can run anything: it is traced) only long enough to open
+// /proc/<pid>/ns/user.
+func UserNS(m IDMap) (*os.File, error) {
+	usernsCache.Lock()
+	defer usernsCache.Unlock()
+	if f := usernsCache.m[m]; f != nil {
+		return f, nil
+	}
+	maps := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(m.Host), Size: int(m.Size)}}
+	proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
+		Sys: &syscall.SysProcAttr{
+			Cloneflags:  unix.CLONE_NEWUSER,
+			UidMappings: maps,
+			GidMappings: maps,
+			// Traced, the child stops at its execve before the new program runs.
+			Ptrace:    true,
+			Pdeathsig: unix.SIGKILL,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("make a user namespace for ids %d-%d: %w", m.Host, m.Host+m.Size-1, err)
+	}
+	defer func() {
+		_ = proc.Kill()
+		_, _ = proc.Wait()
+	}()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", proc.Pid))
+	if err != nil {
+		return nil, fmt.Errorf("open user namespace: %w", err)
+	}
+	usernsCache.m[m] = f
+	return f, nil
+}
+
+// idmappedTree makes a detached, read-only copy of the mount tree at dir whose ids are mapped
+// through the user namespace userns, and returns its descriptor.
+func idmappedTree(dir string, userns *os.File) (int, error) {
+	fd, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("clone mount of %s: %w", dir, err)
+	}
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY, Userns_fd: uint64(userns.Fd())}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("id-map %s (its file system must support id-mapped mounts): %w", dir, err)
+	}
+	return fd, nil
+}
+
+// mountIDMappedOverlay mounts overlay(lower = layers, each id-mapped through userns, upper) at
+// target. overlayfs takes its layers by path from the mount namespace of the one who mounts
+// it, so the mapped lowers are put over the layers in a mount namespace of a thread's own,
+// which goes with the thread: the host never shows them. The overlay is made there, and
+// attached at target in the host's.
+func mountIDMappedOverlay(layers []string, upper, work, target string, userns *os.File, attrs int) error {
+	type result struct {
+		fd  int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread is in a mount namespace of its own
+		fd, err := makeIDMappedOverlay(layers, upper, work, userns, attrs)
+		done <- result{fd, err}
+	}()
+	res := <-done
+	if res.err != nil {
+		return res.err
+	}
+	defer unix.Close(res.fd)
+	if err := unix.MoveMount(res.fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("attach overlay at %s: %w", target, err)
+	}
+	return nil
+}
+
+// makeIDMappedOverlay is mountIDMappedOverlay's work on its locked thread: it returns the
+// overlay as a detached mount.
+func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, attrs int) (int, error) {
+	if err := unix.Unshare(unix.CLONE_FS | unix.CLONE_NEWNS); err != nil {
+		return -1, fmt.Errorf("own mount namespace: %w", err)
+	}
+	// Nothing mounted here may reach the host's namespace.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return -1, fmt.Errorf("make own mount namespace private: %w", err)
+	}
+	for _, layer := range layers {
+		fd, err := idmappedTree(layer, userns)
+		if err != nil {
+			return -1, err
+		}
+		err = unix.MoveMount(fd, "", unix.AT_FDCWD, layer, unix.MOVE_MOUNT_F_EMPTY_PATH)
+		unix.Close(fd)
+		if err != nil {
+			return -1, fmt.Errorf("put id-mapped %s over itself: %w", layer, err)
+		}
+	}
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("open overlay file system: %w", err)
+	}
+	defer unix.Close(fsfd)
+	params := []string{"lowerdir=" + strings.Join(layers, ":"), "upperdir=" + upper, "workdir=" + work}
+	for _, p := range append(params, strings.Split(OverlayOptions, ",")...) {
+		key, value, _ := strings.Cut(p, "=")
+		if err := unix.FsconfigSetString(fsfd, key, value); err != nil {
+			return -1, fmt.Errorf("overlay option %s: %w", p, err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return -1, fmt.Errorf("create overlay over %s: %w", upper, err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return -1, fmt.Errorf("mount overlay over %s: %w", upper, err)
+	}
+	return mfd, nil
+}
+
+// CheckIDMappedOverlay tells whether this host can give sandboxes user namespaces: an
+// overlay over an id-mapped lower in dir (scratch space, removed after), or why not.
+func CheckIDMappedOverlay(dir string) error {
+	tmp, err := os.MkdirTemp(dir, "userns-check-")
+	if err != nil {
+		return fmt.Errorf("make scratch dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	m := IDMap{Host: 1 << 31, Size: 1}
+	lower := tmp + "/lower"
+	if err := os.Mkdir(lower, 0o755); err != nil {
+		return fmt.Errorf("make scratch dir: %w", err)
+	}
+	target := tmp + "/merged"
+	if err := MountOverlay([]string{lower}, tmp+"/upper", tmp+"/work", target, m); err != nil {
+		return err
+	}
+	return Detach(target)
+}
