@@ -150,7 +150,13 @@ func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, a
 		return -1, fmt.Errorf("open overlay file system: %w", err)
 	}
 	defer unix.Close(fsfd)
-	params := []string{"lowerdir=" + strings.Join(layers, ":"), "upperdir=" + upper, "workdir=" + work}
+	// One "lowerdir+" a layer, top first (Linux 6.8+): "lowerdir" with a ':' list is refused
+	// through fsconfig, and one option per layer has no page-size limit on the list.
+	var params []string
+	for _, layer := range layers {
+		params = append(params, "lowerdir+="+layer)
+	}
+	params = append(params, "upperdir="+upper, "workdir="+work)
 	for _, p := range append(params, strings.Split(OverlayOptions, ",")...) {
 		key, value, _ := strings.Cut(p, "=")
 		if err := unix.FsconfigSetString(fsfd, key, value); err != nil {
