@@ -181,6 +181,14 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
+	noUserns, err := b.daemon(ctx, "nsbox-nouserns", true, "", "--userns=false")
+	if err != nil {
+		return err
+	}
+	warmNoUserns, err := b.daemon(ctx, "nsbox-warm-nouserns", true, image+"=1", "--userns=false")
+	if err != nil {
+		return err
+	}
 	bundle, err := b.makeRuncBundle(withSeccomp, "bundle-true", "true")
 	if err != nil {
 		return err
@@ -193,6 +201,8 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 		{name: "nsbox warm pool", run: nsboxCycle(warm, warmPhases), after: warm.waitWarm},
 		{name: "nsbox", run: nsboxCycle(withSeccomp, phases)},
 		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil)},
+		{name: "nsbox --userns=false", run: nsboxCycle(noUserns, nil)},
+		{name: "nsbox warm --userns=false", run: nsboxCycle(warmNoUserns, nil), after: warmNoUserns.waitWarm},
 		{name: "runc run", run: func(context.Context) error {
 			runcID++
 			return runCommand("runc", "--root", b.runcRoot(), "run", "--bundle", bundle, fmt.Sprintf("bench-%d", runcID))
@@ -214,6 +224,8 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	printTarget("nsbox cycle without a pool ÷ runc run", medianRatio(samples, "nsbox", "runc run"), cycleTarget)
 	on, off := median(samples["nsbox"]), median(samples["nsbox --seccomp=false"])
 	fmt.Printf("seccomp profile: %+.1f ms on the median cycle (%s ms with, %s ms without)\n", float64(on-off)/1e6, ms(on), ms(off))
+	fmt.Printf("user namespaces: cold cycle %.2f×, warm-pool cycle %.2f× of the same without\n",
+		medianRatio(samples, "nsbox", "nsbox --userns=false"), medianRatio(samples, "nsbox warm pool", "nsbox warm --userns=false"))
 	printPhases("nsbox warm pool", warmPhases)
 	printPhases("nsbox", phases)
 	fmt.Println()
