@@ -26,7 +26,8 @@ var deniedSyscalls = []string{
 }
 
 // seccompProfile allows everything except deniedSyscalls, creating user namespaces (a way
-// back to a full capability set), and clone3 (whose flags sit in memory a filter cannot read;
+// back to a full capability set), AF_VSOCK sockets, and clone3 (whose flags sit in memory a
+// filter cannot read;
 // it fails with ENOSYS so libcs fall back to clone, whose flags can be checked).
 func seccompProfile() *configs.Seccomp {
 	eperm, enosys := uint(unix.EPERM), uint(unix.ENOSYS)
@@ -41,6 +42,11 @@ func seccompProfile() *configs.Seccomp {
 			Args: []*configs.Arg{{Index: 0, Value: unix.CLONE_NEWUSER, ValueTwo: unix.CLONE_NEWUSER, Op: configs.MaskEqualTo}},
 		})
 	}
+	// AF_VSOCK reaches a VM host's hypervisor: a sandbox on a guest must not talk to it.
+	rules = append(rules, &configs.Syscall{
+		Name: "socket", Action: configs.Errno, ErrnoRet: &eperm,
+		Args: []*configs.Arg{{Index: 0, Value: unix.AF_VSOCK, Op: configs.EqualTo}},
+	})
 	return &configs.Seccomp{
 		DefaultAction: configs.Allow,
 		Architectures: architectures[runtime.GOARCH],

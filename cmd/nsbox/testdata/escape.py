@@ -1,0 +1,126 @@
+# Tries, from inside a sandbox as its root, what would break out of it or reach the host's
+# kernel state, and prints one line for each attempt: "BLOCKED name: how" or "ESCAPED name:
+# what happened". Run by TestEscapeSuite (escape_test.go) through the processes API.
+import ctypes, errno, os, socket
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+# x86_64 syscall numbers
+NR = {"pivot_root": 155, "unshare": 272, "setns": 308, "ptrace": 101, "keyctl": 250, "bpf": 321,
+      "perf_event_open": 298, "userfaultfd": 323, "kexec_load": 246, "init_module": 175,
+      "open_by_handle_at": 304, "mknodat": 259}
+
+
+def report(name, ok, how):
+    print(("ESCAPED " if ok else "BLOCKED ") + name + ": " + how, flush=True)
+
+
+def syscall(name, *args):
+    r = libc.syscall(NR[name], *args)
+    e = ctypes.get_errno()
+    report(name, r >= 0, "returned %d" % r if r >= 0 else errno.errorcode.get(e, str(e)))
+
+
+def attempt(name, fn):
+    try:
+        what = fn()
+        report(name, True, str(what))
+    except OSError as e:
+        report(name, False, errno.errorcode.get(e.errno, str(e.errno)))
+
+
+def mount_tmpfs():
+    r = libc.mount(b"none", b"/mnt", b"tmpfs", 0, None)
+    if r != 0:
+        raise OSError(ctypes.get_errno(), "mount")
+    return "mounted"
+
+
+def write(path, data=b"x"):
+    def fn():
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return "wrote " + path
+    return fn
+
+
+def read_some(path):
+    def fn():
+        with open(path, "rb") as f:
+            data = f.read(4096)
+        if not data:
+            raise OSError(errno.ENODATA, "empty")
+        return "read %d bytes" % len(data)
+    return fn
+
+
+def raw_socket():
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    s.close()
+    return "opened"
+
+
+def vsock():
+    s = socket.socket(40, socket.SOCK_STREAM, 0)  # AF_VSOCK
+    s.close()
+    return "opened"
+
+
+def chroot():
+    os.chroot("/tmp")
+    return "chrooted"
+
+
+def mknod():
+    os.mknod("/tmp/escape-sda", 0o600 | 0o060000, os.makedev(8, 0))
+    return "made a block device"
+
+
+attempt("mount", mount_tmpfs)
+syscall("pivot_root", ctypes.c_char_p(b"/tmp"), ctypes.c_char_p(b"/tmp"))
+syscall("unshare", 0x10000000)  # CLONE_NEWUSER
+ns = os.open("/proc/1/ns/mnt", os.O_RDONLY) if os.path.exists("/proc/1/ns/mnt") else -1
+syscall("setns", ns, 0)
+syscall("ptrace", 16, 1, 0, 0)  # PTRACE_ATTACH to the agent
+syscall("keyctl", 0, -3, 0)  # KEYCTL_GET_KEYRING_ID of the session keyring
+syscall("bpf", 0, 0, 0)
+syscall("perf_event_open", 0, 0, -1, -1, 0)
+syscall("userfaultfd", 0)
+syscall("kexec_load", 0, 0, 0, 0)
+syscall("init_module", 0, 0, ctypes.c_char_p(b""))
+syscall("open_by_handle_at", -100, 0, 0)
+attempt("chroot", chroot)
+attempt("mknod", mknod)
+attempt("raw-socket", raw_socket)
+attempt("vsock", vsock)
+attempt("write-proc-sys", write("/proc/sys/kernel/hostname"))
+attempt("sysrq-trigger", write("/proc/sysrq-trigger", b"h"))
+attempt("write-cgroupfs", write("/sys/fs/cgroup/pids/pids.max" if os.path.exists("/sys/fs/cgroup/pids") else "/sys/fs/cgroup/pids.max", b"max"))
+attempt("read-kcore", read_some("/proc/kcore"))
+attempt("read-keys", read_some("/proc/keys"))
+attempt("write-agent-exe", write("/proc/1/exe"))
+attempt("write-self-exe-agent", write("/.nsbox/nsbox"))
+def agent_fds():
+    # Reaching one of the agent's open files (its listener, a host directory) is the
+    # CVE-2024-21626 class; its fd numbers alone tell nothing.
+    reached = []
+    for fd in os.listdir("/proc/1/fd"):
+        for how in (os.readlink, lambda p: os.close(os.open(p, os.O_RDONLY))):
+            try:
+                how("/proc/1/fd/" + fd)
+                reached.append(fd)
+            except OSError:
+                pass
+    if not reached:
+        raise OSError(errno.EACCES, "none reachable")
+    return "reached fds %s" % reached
+
+
+attempt("agent-fds", agent_fds)
+leaked = [fd for fd in os.listdir("/proc/self/fd") if int(fd) > 2 and os.path.exists("/proc/self/fd/" + fd)
+          and not os.readlink("/proc/self/fd/" + fd).startswith("/proc/")]
+report("inherited-fds", bool(leaked), "fds beyond 0-2: %s" % [(fd, os.readlink("/proc/self/fd/" + fd)) for fd in leaked])
