@@ -52,23 +52,21 @@ func (r *Runtime) handleRunCode(w http.ResponseWriter, req *http.Request) error 
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
 		return err
 	}
+	run := func(a *agentClient) (*eventStream, error) {
+		return a.stream(req.Context(), http.MethodPost, contextPath(req.PathValue("cid"), "run"), jsonBody(body))
+	}
+	if api.WantsEventStream(req) {
+		return r.relayStream(w, req, api.EventEnd, run)
+	}
 	l, err := r.running(req.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	events, err := l.agent.stream(req.Context(), http.MethodPost, contextPath(req.PathValue("cid"), "run"), jsonBody(body))
+	events, err := run(l.agent)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
 	defer events.Close()
-	if api.WantsEventStream(req) {
-		out := api.NewSSEWriter(w)
-		if out.Start() != nil {
-			return nil
-		}
-		relayEvents(out, events, api.EventEnd)
-		return nil
-	}
 	res, err := collectRun(events)
 	if err != nil {
 		return l.failure(req.Context(), err)
@@ -115,19 +113,7 @@ func (r *Runtime) handleGitCheckout(w http.ResponseWriter, req *http.Request) er
 			return &res, a.call(req.Context(), http.MethodPost, "/v1/git/checkout", body, &res)
 		})
 	}
-	l, err := r.running(req.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	events, err := l.agent.stream(req.Context(), http.MethodPost, "/v1/git/checkout", jsonBody(body))
-	if err != nil {
-		return l.failure(req.Context(), err)
-	}
-	defer events.Close()
-	out := api.NewSSEWriter(w)
-	if out.Start() != nil {
-		return nil
-	}
-	relayEvents(out, events, api.EventDone)
-	return nil
+	return r.relayStream(w, req, api.EventDone, func(a *agentClient) (*eventStream, error) {
+		return a.stream(req.Context(), http.MethodPost, "/v1/git/checkout", jsonBody(body))
+	})
 }

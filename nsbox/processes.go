@@ -111,19 +111,7 @@ func (r *Runtime) handleProcessLogs(w http.ResponseWriter, req *http.Request) er
 			return a.processLogs(req.Context(), pid, req.URL.Query())
 		})
 	}
-	l, err := r.running(req.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	events, err := l.agent.followLogs(req.Context(), pid, req.URL.Query())
-	if err != nil {
-		return l.failure(req.Context(), err)
-	}
-	defer events.Close()
-	out := api.NewSSEWriter(w)
-	if out.Start() != nil {
-		return nil
-	}
-	relayEvents(out, events, api.EventExit)
-	return nil
+	return r.relayStream(w, req, api.EventExit, func(a *agentClient) (*eventStream, error) {
+		return a.followLogs(req.Context(), pid, req.URL.Query())
+	})
 }

@@ -208,6 +208,26 @@ func collectResult(events *eventStream) (*api.ExecResult, error) {
 	}
 }
 
+// relayStream opens one of the agent's event streams for the running sandbox a request names
+// and relays it to the client as it comes (200 at once), until the event named last.
+func (r *Runtime) relayStream(w http.ResponseWriter, req *http.Request, last string, open func(*agentClient) (*eventStream, error)) error {
+	l, err := r.running(req.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	events, err := open(l.agent)
+	if err != nil {
+		return l.failure(req.Context(), err)
+	}
+	defer events.Close()
+	out := api.NewSSEWriter(w)
+	if out.Start() != nil {
+		return nil
+	}
+	relayEvents(out, events, last)
+	return nil
+}
+
 // relayEvents streams an agent's events to the client as they come, as they are (the agent
 // names each event by its type, as the API does), until the event named last or until the
 // client goes away (the agent decides what happens to the command then). A stream that
