@@ -120,8 +120,7 @@ func (c *Client) Version(ctx context.Context) (*api.Version, error) {
 
 // Images lists the images sandboxes can be made from.
 func (c *Client) Images(ctx context.Context) ([]api.Image, error) {
-	var out []api.Image
-	return out, c.do(ctx, http.MethodGet, "/v1/images", nil, &out)
+	return list[api.Image](ctx, c, http.MethodGet, "/v1/images", nil)
 }
 
 // CreateSandbox creates a sandbox and returns it once it runs.
@@ -132,8 +131,7 @@ func (c *Client) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest
 
 // ListSandboxes lists every sandbox.
 func (c *Client) ListSandboxes(ctx context.Context) ([]api.Sandbox, error) {
-	var out []api.Sandbox
-	return out, c.do(ctx, http.MethodGet, "/v1/sandboxes", nil, &out)
+	return list[api.Sandbox](ctx, c, http.MethodGet, "/v1/sandboxes", nil)
 }
 
 // GetSandbox returns one sandbox.
@@ -225,8 +223,7 @@ func (c *Client) CreateSession(ctx context.Context, id string, req api.CreateSes
 
 // ListSessions lists a sandbox's sessions.
 func (c *Client) ListSessions(ctx context.Context, id string) ([]api.Session, error) {
-	var out []api.Session
-	return out, c.do(ctx, http.MethodGet, sessionsPath(id, ""), nil, &out)
+	return list[api.Session](ctx, c, http.MethodGet, sessionsPath(id, ""), nil)
 }
 
 // GetSession returns one session.
@@ -262,6 +259,15 @@ func sessionsPath(id, sid string) string {
 
 // do sends a request with an optional JSON body and decodes a JSON answer into out. Non-2xx
 // answers come back as *api.Error.
+// list sends one request and decodes its JSON array answer.
+func list[T any](ctx context.Context, c *Client, method, path string, in any) ([]T, error) {
+	var out []T
+	if err := c.do(ctx, method, path, in, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	resp, err := c.send(ctx, method, path, in, "application/json")
 	if err != nil {
@@ -318,8 +324,7 @@ func (c *Client) CreateToken(ctx context.Context, req api.CreateTokenRequest) (*
 
 // ListTokens lists the scoped tokens that have not expired (without their secrets).
 func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
-	var out []api.Token
-	return out, c.do(ctx, http.MethodGet, "/v1/tokens", nil, &out)
+	return list[api.Token](ctx, c, http.MethodGet, "/v1/tokens", nil)
 }
 
 // RevokeToken revokes a token: its requests, streams and terminals are cut at once.

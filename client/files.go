@@ -131,8 +131,7 @@ func (c *Client) ListFiles(ctx context.Context, id, path string, depth int, hidd
 	if hidden {
 		q.Set("hidden", "true")
 	}
-	var out []api.FileInfo
-	return out, c.do(ctx, http.MethodGet, c.filesPath(id, "list", q), nil, &out)
+	return list[api.FileInfo](ctx, c, http.MethodGet, c.filesPath(id, "list", q), nil)
 }
 
 // Mkdir creates a directory (with parents: missing ancestors too, and no error when it

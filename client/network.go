@@ -23,8 +23,7 @@ func (c *Client) ExposePort(ctx context.Context, id string, req api.ExposePortRe
 
 // ListPorts lists a sandbox's exposed ports.
 func (c *Client) ListPorts(ctx context.Context, id string) ([]api.ExposedPort, error) {
-	var out []api.ExposedPort
-	return out, c.do(ctx, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(id)+"/ports", nil, &out)
+	return list[api.ExposedPort](ctx, c, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(id)+"/ports", nil)
 }
 
 // UnexposePort stops exposing a sandbox port (protocol "tcp" or "udp"; empty is tcp); the

@@ -43,8 +43,7 @@ func (c *Client) ListProcesses(ctx context.Context, id, status, sessionID string
 	if sessionID != "" {
 		q.Set("sessionId", sessionID)
 	}
-	var out []api.Process
-	return out, c.do(ctx, http.MethodGet, processesPath(id, "", "", q), nil, &out)
+	return list[api.Process](ctx, c, http.MethodGet, processesPath(id, "", "", q), nil)
 }
 
 // GetProcess returns one process.
@@ -61,8 +60,7 @@ func (c *Client) KillProcess(ctx context.Context, id, pid string, req api.KillPr
 
 // KillAllProcesses signals every running process and returns them.
 func (c *Client) KillAllProcesses(ctx context.Context, id string, req api.KillProcessRequest) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.do(ctx, http.MethodPost, processesPath(id, "kill", "", nil), req, &out)
+	return list[api.Process](ctx, c, http.MethodPost, processesPath(id, "kill", "", nil), req)
 }
 
 // RemoveProcess forgets a process that has ended.
@@ -72,8 +70,7 @@ func (c *Client) RemoveProcess(ctx context.Context, id, pid string) error {
 
 // RemoveFinishedProcesses forgets every process that has ended and returns them.
 func (c *Client) RemoveFinishedProcesses(ctx context.Context, id string) ([]api.Process, error) {
-	var out []api.Process
-	return out, c.do(ctx, http.MethodDelete, processesPath(id, "", "", nil), nil, &out)
+	return list[api.Process](ctx, c, http.MethodDelete, processesPath(id, "", "", nil), nil)
 }
 
 // ProcessLogs reads a process's output after cursor, at most limit bytes (0: the daemon's

@@ -15,8 +15,7 @@ func workspacePath(id, op string) string {
 
 // WorkspaceDiff lists what a sandbox changed in its copy-on-write workspace.
 func (c *Client) WorkspaceDiff(ctx context.Context, id string) ([]api.WorkspaceChange, error) {
-	var out []api.WorkspaceChange
-	return out, c.do(ctx, http.MethodGet, workspacePath(id, "diff"), nil, &out)
+	return list[api.WorkspaceChange](ctx, c, http.MethodGet, workspacePath(id, "diff"), nil)
 }
 
 // ExportWorkspace streams a copy-on-write workspace's changes as a tar (deletions are empty
