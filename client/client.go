@@ -304,6 +304,9 @@ func (c *Client) send(ctx context.Context, method, path string, in any, accept s
 	c.authorize(req.Header)
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if ctx.Err() != nil { // the caller's context ended: that is what happened, not an unreachable daemon
+			return nil, fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+		}
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("cannot reach the nsbox daemon (is `nsbox daemon` running, and are you root?): %w", err)
 		}
