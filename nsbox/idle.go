@@ -72,13 +72,7 @@ func (r *Runtime) watchIdle(ctx context.Context) {
 
 // applyLifecycles pauses or removes the sandboxes whose lifecycle says so by now.
 func (r *Runtime) applyLifecycles(now time.Time) {
-	r.mu.Lock()
-	all := make([]*sandbox, 0, len(r.sandboxes))
-	for _, sb := range r.sandboxes {
-		all = append(all, sb)
-	}
-	r.mu.Unlock()
-	for _, sb := range all {
+	for _, sb := range r.all() {
 		rec := sb.snapshot()
 		l := rec.Lifecycle
 		if l == nil || (rec.Status != api.StatusRunning && rec.Status != api.StatusPaused) {

@@ -353,15 +353,10 @@ func (r *Runtime) PreviewTarget(id string, port int) (addr netip.AddrPort, token
 	p := ports[i]
 	sb.touch() // a preview request is activity; one to a paused sandbox resumes it
 	sb.mu.Lock()
-	if sb.rec.Status == api.StatusPaused {
-		if err := r.resume(sb); err != nil {
-			r.log.Warn("resume a paused sandbox for a preview request", "sandbox", id, "err", err)
-		}
-	}
-	status := sb.rec.Status
+	err = r.wake(sb)
 	sb.mu.Unlock()
-	if status != api.StatusRunning {
-		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q is not running (%s)", id, status)
+	if err != nil {
+		return netip.AddrPort{}, "", false, api.Errorf(api.CodeUnavailable, "sandbox %q is not running: %v", id, err)
 	}
 	a, ok := r.net.Lookup(id)
 	if !ok || a.HostVeth == "" {

@@ -559,15 +559,22 @@ func (r *Runtime) List() []api.Sandbox {
 // snapshots returns a copy of every known sandbox's record as it is now (those not yet recorded
 // have no status).
 func (r *Runtime) snapshots() []record {
-	r.mu.Lock()
-	all := make([]*sandbox, 0, len(r.sandboxes))
-	for _, sb := range r.sandboxes {
-		all = append(all, sb)
-	}
-	r.mu.Unlock() // a sandbox's lock is never taken under r.mu
+	all := r.all()
 	out := make([]record, 0, len(all))
 	for _, sb := range all {
 		out = append(out, sb.snapshot())
+	}
+	return out
+}
+
+// all returns every known sandbox (a sandbox's lock is never taken under r.mu: lock each only
+// after this returns).
+func (r *Runtime) all() []*sandbox {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*sandbox, 0, len(r.sandboxes))
+	for _, sb := range r.sandboxes {
+		out = append(out, sb)
 	}
 	return out
 }

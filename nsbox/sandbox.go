@@ -230,7 +230,6 @@ func (r *Runtime) wake(sb *sandbox) error {
 		if err := r.resume(sb); err != nil {
 			return err
 		}
-		r.log.Info("sandbox resumed by a request", "sandbox", sb.id)
 	}
 	return sb.requireRunning()
 }
