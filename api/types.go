@@ -450,6 +450,9 @@ const (
 	CodeInvalidArgument = "invalid_argument"
 	CodeNotFound        = "not_found"
 	CodeConflict        = "conflict"
+	// CodeTerminalBusy: a command for a bash session whose terminal runs an interactive
+	// program (vi, top) that did not give the prompt back in time.
+	CodeTerminalBusy = "terminal_busy"
 	CodeTooLarge        = "payload_too_large"
 	CodeInternal        = "internal"
 	CodeUnavailable     = "unavailable"
@@ -468,6 +471,7 @@ var codeStatus = map[string]int{
 	CodeInvalidArgument: http.StatusBadRequest,
 	CodeNotFound:        http.StatusNotFound,
 	CodeConflict:        http.StatusConflict,
+	CodeTerminalBusy:    http.StatusConflict,
 	CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	CodeInternal:        http.StatusInternalServerError,
 	CodeUnavailable:     http.StatusServiceUnavailable,

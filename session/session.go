@@ -31,7 +31,7 @@ var (
 	ErrEnded    = errors.New("session has ended")
 	ErrNotFound = errors.New("session not found")
 	ErrExists   = errors.New("session already exists")
-	ErrBusy     = errors.New("session's terminal is running an interactive program")
+	ErrBusy     = errors.New("the session's terminal is running an interactive program (vi, top, a REPL…), so the command cannot be typed into its shell; end that program (attach to the terminal), give the command a timeout to wait for it, or run it in another session")
 )
 
 const (

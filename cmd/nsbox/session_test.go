@@ -424,6 +424,22 @@ func TestSSEWireFormat(t *testing.T) {
 	}
 }
 
+// waitForFile waits until path exists in the sandbox.
+func waitForFile(t *testing.T, d *testDaemon, id, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := d.client.StatFile(context.Background(), id, path)
+		if err == nil {
+			return
+		}
+		if !api.IsCode(err, api.CodeNotFound) || time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %v", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // readTerminalUntil reads a terminal until its output contains want.
 func readTerminalUntil(t *testing.T, term interface {
 	Read() ([]byte, *api.TerminalEvent, error)
@@ -485,14 +501,35 @@ func TestTerminalSharesTheSession(t *testing.T) {
 	}
 	readTerminalUntil(t, first, "both-see-42")
 	readTerminalUntil(t, second, "both-see-42")
-	// While a program holds the terminal, structured commands wait for the prompt.
-	if err := first.Input([]byte("sleep 1\r")); err != nil {
+	// While a program holds the terminal, a structured command without a timeout is refused at
+	// once (terminal_busy); one with a timeout waits for the prompt within it.
+	if err := first.Input([]byte("sh -c 'touch /tmp/t1; exec sleep 2'; echo slept\r")); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	start := time.Now()
-	if got := d.sh("tty", "echo after-sleep"); got != "after-sleep\n" || time.Since(start) < 500*time.Millisecond {
-		t.Fatalf("exec while the terminal ran sleep: %q after %v", got, time.Since(start))
+	waitForFile(t, d, "tty", "/tmp/t1")
+	_, err = d.client.Exec(ctx, "tty", api.ExecRequest{Command: "echo now"})
+	if !api.IsCode(err, api.CodeTerminalBusy) || !strings.Contains(err.Error(), "interactive program") {
+		t.Fatalf("exec without a timeout while the terminal runs sleep: %v; want terminal_busy", err)
+	}
+	res, err := d.client.Exec(ctx, "tty", api.ExecRequest{Command: "echo after-sleep", TimeoutMs: 20000})
+	if err != nil || string(res.Stdout) != "after-sleep\n" {
+		t.Fatalf("exec with a timeout while the terminal ran sleep: %+v %v", res, err)
+	}
+	readTerminalUntil(t, first, "slept")
+	// A program that outlives the timeout: terminal_busy when the timeout ends.
+	if err := first.Input([]byte("sh -c 'touch /tmp/t2; exec sleep 60'\r")); err != nil {
+		t.Fatal(err)
+	}
+	waitForFile(t, d, "tty", "/tmp/t2")
+	if _, err := d.client.Exec(ctx, "tty", api.ExecRequest{Command: "echo never", TimeoutMs: 300}); !api.IsCode(err, api.CodeTerminalBusy) {
+		t.Fatalf("exec with a short timeout while the terminal runs sleep 60: %v; want terminal_busy", err)
+	}
+	if err := first.Input([]byte("\x03")); err != nil { // ^C ends the sleep
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for _, err := d.client.Exec(ctx, "tty", api.ExecRequest{Command: "true"}); api.IsCode(err, api.CodeTerminalBusy) && time.Now().Before(deadline); _, err = d.client.Exec(ctx, "tty", api.ExecRequest{Command: "true"}) {
+		time.Sleep(50 * time.Millisecond)
 	}
 	// Ending the shell from the terminal ends the session for every client.
 	if err := first.Input([]byte("exit\r")); err != nil {
@@ -509,6 +546,38 @@ func TestTerminalSharesTheSession(t *testing.T) {
 	d.sh("notty", "true")
 	if _, err := ws.AttachTerminal(ctx, "notty", "default", -1); err == nil {
 		t.Fatal("attached to an sh session")
+	}
+}
+
+// TestExecTimeoutCoversTheQueue: a command's timeout counts the time it waits behind the
+// session's running command; a command whose whole timeout went there never runs and answers
+// timedOut with exit code 124, and the command ahead of it is untouched.
+func TestExecTimeoutCoversTheQueue(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			ctx := context.Background()
+			d.create(api.CreateSandboxRequest{ID: "q", Image: sh.image})
+			first := make(chan *api.ExecResult, 1)
+			go func() {
+				res, err := d.client.Exec(ctx, "q", api.ExecRequest{Command: "touch /tmp/first-started; sleep 2; echo first"})
+				if err != nil {
+					t.Errorf("first command: %v", err)
+				}
+				first <- res
+			}()
+			waitForFile(t, d, "q", "/tmp/first-started")
+			res, err := d.client.Exec(ctx, "q", api.ExecRequest{Command: "touch /tmp/second-ran", TimeoutMs: 300})
+			if err != nil || !res.TimedOut || res.ExitCode != 124 {
+				t.Fatalf("a command queued past its timeout: %+v %v; want timedOut, exit 124", res, err)
+			}
+			if res := <-first; res == nil || string(res.Stdout) != "first\n" || res.ExitCode != 0 {
+				t.Fatalf("the command ahead: %+v", res)
+			}
+			if got := d.sh("q", "test -e /tmp/second-ran && echo ran || echo never-ran"); got != "never-ran\n" {
+				t.Fatalf("the timed-out queued command ran: %q", got)
+			}
+		})
 	}
 }
 
