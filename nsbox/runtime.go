@@ -43,6 +43,9 @@ type Config struct {
 	DefaultMemoryMB int64
 	DefaultPids     int64
 
+	// Checkpoint is whether CRIU works on this host (DetectCheckpoint), for hibernate's memory.
+	Checkpoint api.Checkpoint
+
 	// DefaultLifecycle is the idle and age policy of sandboxes whose create names none.
 	DefaultLifecycle *api.Lifecycle
 
