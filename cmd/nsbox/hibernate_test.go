@@ -168,3 +168,27 @@ func TestHibernateAndWake(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIdleStop: a sandbox with onIdle "stop" hibernates by itself without its sessions' state;
+// a request wakes it with its files and a fresh session.
+func TestIdleStop(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "nap", Image: "busybox", Lifecycle: &api.Lifecycle{IdleSeconds: 1, OnIdle: api.OnIdleStop}})
+	d.sh("nap", "echo kept > /tmp/file; cd /tmp")
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		sb, err := d.client.GetSandbox(ctx, "nap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sb.Status == api.StatusHibernated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle sandbox with onIdle stop is still %s", sb.Status)
+		}
+	}
+	if out := d.sh("nap", "pwd; cat /tmp/file"); out != "/workspace\nkept\n" {
+		t.Errorf("after an idle stop: %q (want a fresh session and the files)", out)
+	}
+}
