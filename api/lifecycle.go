@@ -1,7 +1,5 @@
 package api
 
-import "time"
-
 // HibernateRequest is the body of POST /v1/sandboxes/{id}/hibernate (optional).
 type HibernateRequest struct {
 	// Memory checkpoints the processes' memory too (CRIU), so they go on after resume; refused
@@ -45,33 +43,4 @@ type SandboxState struct {
 type SaveStateRequest struct {
 	Sessions  bool `json:"sessions,omitempty"`  // save every session's state
 	Processes bool `json:"processes,omitempty"` // save every process and the end of its log
-}
-
-// Snapshot is a sandbox's files (its writable layer, stored as an immutable layer) and its
-// sessions' state at one moment.
-type Snapshot struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name,omitempty"`
-	Sandbox   string    `json:"sandbox"` // the sandbox it was taken of
-	Image     string    `json:"image"`
-	SizeBytes int64     `json:"sizeBytes"`
-	CreatedAt time.Time `json:"createdAt"`
-}
-
-// CreateSnapshotRequest is the body of POST /v1/sandboxes/{id}/snapshots (optional).
-type CreateSnapshotRequest struct {
-	Name string `json:"name,omitempty"`
-}
-
-// ForkRequest is the body of POST /v1/sandboxes/{id}/fork.
-type ForkRequest struct {
-	Count int `json:"count"` // 1-100
-	// IDs name the new sandboxes (default: generated); when given there must be Count of them.
-	IDs []string `json:"ids,omitempty"`
-}
-
-// ForkResult is the answer of POST /v1/sandboxes/{id}/fork.
-type ForkResult struct {
-	Snapshot  Snapshot  `json:"snapshot"`
-	Sandboxes []Sandbox `json:"sandboxes"`
 }

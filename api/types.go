@@ -66,9 +66,6 @@ type CreateSandboxRequest struct {
 	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
 	// from those the daemon allows (--allow-cap).
 	Capabilities []string `json:"capabilities,omitempty"`
-	// FromSnapshot makes the sandbox from a snapshot (POST …/snapshots): the snapshot's image,
-	// its files and its sessions' saved state; the request's other fields apply as usual.
-	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // EntrypointProcess is the id of the process a create with RunEntrypoint starts.
@@ -104,8 +101,6 @@ type Sandbox struct {
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
 	Capabilities []string `json:"capabilities,omitempty"`
-	// FromSnapshot is the snapshot the sandbox was made from, if any.
-	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"time"
 
 	"github.com/nsbox/nsbox/nsbox/backend"
@@ -26,15 +25,14 @@ type startedContainer struct {
 // it with the agent as PID 1, and waits until the agent answers. The container is nobody's
 // yet: bind makes it a sandbox. On failure nothing of it is left.
 func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (*startedContainer, error) {
-	return r.launch(ctx, "c-"+newID(), img, nil, lim, st, false)
+	return r.launch(ctx, "c-"+newID(), img, lim, st, false)
 }
 
-// launch starts container id over the image's layers and the snapshot layers above them
-// (top first). kept: the container is one that was shelved (a hibernated sandbox's): its
+// launch starts container id over the image's layers. kept: the container is one that was shelved (a hibernated sandbox's): its
 // writable layers and ids exist already and stay when the start fails.
-func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, snapshotLayers []string, lim backend.Limits, st extrasSpec, kept bool) (*startedContainer, error) {
+func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool) (*startedContainer, error) {
 	began := time.Now()
-	spec, err := r.containerSpec(id, img, snapshotLayers, lim, st, kept)
+	spec, err := r.containerSpec(id, img, lim, st, kept)
 	prepared := time.Since(began)
 	var inst backend.Instance
 	if err == nil {
@@ -81,7 +79,7 @@ func (r *Runtime) undoStart(id string, kept bool) error {
 // containerSpec makes what a container needs on the host before it starts (its user
 // namespace's ids, its writable layers, its disk, its workspace's overlay, its hosts and
 // resolv.conf files) and returns what the backend starts it from.
-func (r *Runtime) containerSpec(id string, img *rootfs.Image, snapshotLayers []string, lim backend.Limits, st extrasSpec, kept bool) (backend.Spec, error) {
+func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool) (backend.Spec, error) {
 	for _, dir := range []string{r.sandboxRunDir(id), r.sandboxDataDir(id)} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return backend.Spec{}, fmt.Errorf("make container dir: %w", err)
@@ -107,7 +105,7 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, snapshotLayers []s
 		return backend.Spec{}, err
 	}
 	spec := backend.Spec{
-		ID: id, Layers: append(slices.Clone(snapshotLayers), img.Layers...), UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
+		ID: id, Layers: img.Layers, UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
 		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
 		Capabilities: st.Capabilities,
 	}

@@ -140,7 +140,7 @@ func (r *Runtime) awaken(sb *sandbox) error {
 		return fmt.Errorf("resume sandbox %s: %w", sb.id, err)
 	}
 	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities}
-	sc, err := r.launch(ctx, rec.container(), img, rec.Layers, lim, extras, true)
+	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true)
 	if err != nil {
 		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, err)
 	}

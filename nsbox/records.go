@@ -29,9 +29,6 @@ type record struct {
 	// HeldIDs are the user namespace ids of a hibernated sandbox's container: its writable
 	// layer belongs to them, so they stay its own until it resumes on them or is removed.
 	HeldIDs *rootfs.IDMap `json:"heldIds,omitempty"`
-	// Layers are the snapshot layers under its writable layer (a sandbox made from a
-	// snapshot), top first, above its image's.
-	Layers []string `json:"layers,omitempty"`
 }
 
 // container returns the id of the record's container.
