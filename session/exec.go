@@ -78,9 +78,13 @@ func (s *Session) exec(ctx context.Context, req ExecRequest, emit func(stream st
 	n, status := s.newExec()
 	defer s.forget(n)
 	run, err := s.prepare(sh, n, req, emit)
+	if noSpace(err) && s.reserve.release() {
+		run, err = s.prepare(sh, n, req, emit)
+	}
 	if err != nil {
 		return nil, err
 	}
+	defer s.reserve.refill()
 	before := descendants(sh.pid)
 	// Started goes out before the shell can produce a byte of output.
 	emit(Started, nil)

@@ -551,9 +551,10 @@ func TestDefaultSessionKilledWhileIdleIsReset(t *testing.T) {
 }
 
 // TestSessionExecWithFullAgentTmpfs: with the agent's tmpfs (/run/nsbox inside, writable by
-// the sandbox's root) full, a session exec answers 507 insufficient_storage saying where, and
-// the session keeps its shell and state for when there is room again. It used to answer 500,
-// and a bash session was killed.
+// the sandbox's root) full, the next session exec still runs, in the room the agent reserved
+// there (so the sandbox's user can free the space); once that is used up too, an exec answers
+// 507 insufficient_storage saying where, and the session keeps its shell and state for when
+// there is room again. It used to answer 500, and a bash session was killed.
 func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
 	for _, sh := range shells {
 		t.Run(sh.name, func(t *testing.T) {
@@ -563,11 +564,25 @@ func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
 			shell := d.sh("fu", "export KEEP=1; echo $$")
 			// Filled by a process, which writes no control files of its own: a large file, then
 			// small ones for the last pages.
-			fill := d.startProc("fu", api.StartProcessRequest{Command: "head -c 100m /dev/zero > /run/nsbox/fill; i=0; while echo x > /run/nsbox/fill$i; do i=$((i+1)); done"})
+			fillCmd := "head -c 100m /dev/zero > /run/nsbox/fill; i=0; while echo x > /run/nsbox/fill$i; do i=$((i+1)); done"
+			fill := d.startProc("fu", api.StartProcessRequest{Command: fillCmd})
 			d.waitProc("fu", fill.ID, api.WaitProcessRequest{})
-			_, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "echo $KEEP"})
+			if got := d.sh("fu", "echo $KEEP"); got != "1\n" {
+				t.Fatalf("the first exec with /run/nsbox full (in the reserve): %q", got)
+			}
+			// The exec gave the reserve's room back when it ended: the next one runs too.
+			if got := d.sh("fu", "echo $KEEP"); got != "1\n" {
+				t.Fatalf("the second exec with /run/nsbox full: %q", got)
+			}
+			// A stdin larger than the reserve does not fit: 507, and the reserve is spent.
+			_, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "wc -c", Stdin: strings.Repeat("x", 2<<20)})
 			if !api.IsCode(err, api.CodeInsufficientStorage) || !strings.Contains(err.Error(), "/run/nsbox") {
-				t.Fatalf("exec with /run/nsbox full: %v; want insufficient_storage naming /run/nsbox", err)
+				t.Fatalf("exec with /run/nsbox full and a stdin larger than the reserve: %v; want insufficient_storage naming /run/nsbox", err)
+			}
+			// The sandbox takes the room the reserve left: now every exec is refused.
+			d.waitProc("fu", d.startProc("fu", api.StartProcessRequest{Command: "i=0; while echo x > /run/nsbox/more$i; do i=$((i+1)); done"}).ID, api.WaitProcessRequest{})
+			if _, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "echo $KEEP"}); !api.IsCode(err, api.CodeInsufficientStorage) {
+				t.Fatalf("exec with /run/nsbox full and the reserve spent: %v; want insufficient_storage", err)
 			}
 			if sh.name == "bash" {
 				// Two pages free: room for the command and run files, not for the file the key
@@ -578,12 +593,17 @@ func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
 					t.Fatalf("exec with two pages free in /run/nsbox: %v; want insufficient_storage", err)
 				}
 			}
-			p := d.startProc("fu", api.StartProcessRequest{Command: "rm /run/nsbox/fill*"})
+			p := d.startProc("fu", api.StartProcessRequest{Command: "rm /run/nsbox/fill* /run/nsbox/more*"})
 			if res := d.waitProc("fu", p.ID, api.WaitProcessRequest{}); res.Process.ExitCode != 0 {
 				t.Fatalf("rm the filler: %+v", res.Process)
 			}
 			if got := d.sh("fu", "echo $KEEP $$"); got != "1 "+shell {
 				t.Fatalf("after freeing /run/nsbox: %q; want the same shell %q with its state", got, shell)
+			}
+			// The reserve is held again: filled once more, the next exec runs.
+			d.waitProc("fu", d.startProc("fu", api.StartProcessRequest{Command: fillCmd}).ID, api.WaitProcessRequest{})
+			if got := d.sh("fu", "rm /run/nsbox/fill*; echo freed"); got != "freed\n" {
+				t.Fatalf("an exec in the reserve taken back: %q", got)
 			}
 		})
 	}
