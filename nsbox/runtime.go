@@ -48,6 +48,9 @@ type Config struct {
 	DefaultDiskMB int64
 	MaxDiskMB     int64
 
+	// Checkpoint is whether CRIU works on this host (DetectCheckpoint), for hibernate's memory.
+	Checkpoint api.Checkpoint
+
 	// DefaultLifecycle is the idle and age policy of sandboxes whose create names none.
 	DefaultLifecycle *api.Lifecycle
 

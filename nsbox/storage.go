@@ -240,12 +240,14 @@ func (r *Runtime) checkHostPath(field, p string) (string, fs.FileInfo, error) {
 	return real, fi, nil
 }
 
-// prepareLayers makes the directory a container's writable layers go in: its disk, made and
-// mounted, when it has a disk limit. It returns that directory.
-func (r *Runtime) prepareLayers(id string, st extrasSpec) (string, error) {
+// prepareLayers makes the directory a container's writable layers go in: its disk, made (unless
+// kept: it exists) and mounted, when it has a disk limit. It returns that directory.
+func (r *Runtime) prepareLayers(id string, st extrasSpec, kept bool) (string, error) {
 	if st.DiskMB > 0 {
-		if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
-			return "", err
+		if !kept {
+			if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
+				return "", err
+			}
 		}
 		if err := rootfs.MountDisk(r.diskImage(id), r.diskMount(id)); err != nil {
 			return "", err

@@ -99,7 +99,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "storage", "files", "network", "images", "burst"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "storage", "files", "network", "images", "burst"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -136,6 +136,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["memory"] {
 		if err := b.memorySection(ctx, o.idle); err != nil {
 			return fmt.Errorf("memory: %w", err)
+		}
+	}
+	if o.sections["lifecycle"] {
+		if err := b.lifecycleSection(ctx, o.n); err != nil {
+			return fmt.Errorf("lifecycle: %w", err)
 		}
 	}
 	if o.sections["storage"] {
