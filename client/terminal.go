@@ -26,7 +26,7 @@ func (c *Client) AttachTerminal(ctx context.Context, id, sid string, cursor int6
 	}
 	conn, err := c.dial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	u := "ws" + strings.TrimPrefix(c.base, "http") + sessionsPath(id, sid) + "/terminal"
 	if cursor >= 0 {
