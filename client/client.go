@@ -155,7 +155,15 @@ func (c *Client) PauseSandbox(ctx context.Context, id string) (*api.Sandbox, err
 	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/pause", nil, &sb)
 }
 
-// ResumeSandbox lets a paused sandbox run again.
+// HibernateSandbox stops every process of a running or paused sandbox and frees its memory,
+// keeping its files, network and sessions' state; ResumeSandbox (or any request that needs it
+// running) starts it again.
+func (c *Client) HibernateSandbox(ctx context.Context, id string, req api.HibernateRequest) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/hibernate", req, &sb)
+}
+
+// ResumeSandbox lets a paused sandbox run again, or starts a hibernated one again.
 func (c *Client) ResumeSandbox(ctx context.Context, id string) (*api.Sandbox, error) {
 	var sb api.Sandbox
 	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/resume", nil, &sb)

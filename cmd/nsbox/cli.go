@@ -30,7 +30,7 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
 				&cli.StringFlag{Name: "pull", Usage: "pull an OCI image from its registry first: never (default), missing or always"},
 				&cli.DurationFlag{Name: "idle-timeout", Usage: "pause (or --on-idle remove) the sandbox after this long without API or preview traffic; a request resumes a paused one"},
-				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default) or remove"},
+				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default), hibernate, stop (hibernate without the sessions' state) or remove"},
 				&cli.DurationFlag{Name: "ttl", Usage: "remove the sandbox this long after its create"},
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
 				&cli.Int64Flag{Name: "memory", Usage: "memory limit in MB"},
@@ -71,9 +71,17 @@ func clientCommands() []*cli.Command {
 		},
 		{
 			Name:      "resume",
-			Usage:     "let paused sandboxes run again",
+			Usage:     "let paused sandboxes run again, or start hibernated ones again (their sessions' state restored)",
 			ArgsUsage: "ID...",
 			Action:    cmdLifecycle((*client.Client).ResumeSandbox),
+		},
+		{
+			Name:      "hibernate",
+			Usage:     "stop every process of sandboxes and free their memory, keeping their files, network and sessions' state; a request that needs them resumes them",
+			ArgsUsage: "ID...",
+			Action: cmdLifecycle(func(c *client.Client, ctx context.Context, id string) (*api.Sandbox, error) {
+				return c.HibernateSandbox(ctx, id, api.HibernateRequest{})
+			}),
 		},
 		{
 			Name:      "exec",
@@ -428,6 +436,11 @@ func cmdVersion(c *cli.Context) error {
 		return err
 	}
 	fmt.Println("daemon:", v.Version)
+	if v.Checkpoint.Available {
+		fmt.Println("memory checkpoints (CRIU): available")
+	} else {
+		fmt.Println("memory checkpoints (CRIU): not available:", v.Checkpoint.Reason)
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
@@ -303,7 +305,12 @@ func cmdCopy(c *cli.Context) error {
 		if opts.maxBytes < 0 {
 			return errors.New("nsbox cp: --max-bytes must be 0 (no cap) or more")
 		}
-		return copyOut(c.Context, cl, srcID, src, dst, opts)
+		// Interrupted, the copy stops where it is and removes the file it was writing (the
+		// first signal only: a second one ends nsbox at once).
+		ctx, stop := signal.NotifyContext(c.Context, unix.SIGINT, unix.SIGTERM)
+		defer stop()
+		go func() { <-ctx.Done(); stop() }()
+		return copyOut(ctx, cl, srcID, src, dst, opts)
 	default:
 		return copyIn(c.Context, cl, src, dstID, dst)
 	}
