@@ -1016,6 +1016,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/{id}/hibernate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stop every process of a sandbox and free its memory, keeping its files, network and sessions' state
+         * @description The agent saves each session's state (working directory, exported variables, aliases, functions, shell options, history) and each process with the end of its log (64 KiB); the daemon keeps them out of the sandbox's reach. Then the container is destroyed (no process, no cgroup, no memory left) but for its writable layer, its workspace and disk, its network address and exposed ports. Status `hibernated` until it resumes — by `POST …/resume`, or by any request that needs it running and any preview-proxy request to its ports: a new container on the same files and address, the sessions restored, processes that ran listed as `stopped` (those started with `restart: "on-resume"` started again). Works on a running or paused sandbox; a daemon restart keeps it hibernated.
+         */
+        post: operations["hibernateSandbox"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1047,11 +1070,11 @@ export interface components {
                 message: string;
             };
         };
-        /** @description The error envelope of a 409 answer: its code is always "conflict". */
+        /** @description The error envelope of a 409 answer: its code is "conflict", or "terminal_busy" for a command whose bash session's terminal runs an interactive program. */
         ConflictError: {
             error: {
                 /** @enum {string} */
-                code: "conflict";
+                code: "conflict" | "terminal_busy";
                 /** @description A human-readable explanation; not meant to be parsed. */
                 message: string;
             };
@@ -1096,6 +1119,7 @@ export interface components {
         Version: {
             /** @description The build's version, e.g. a git describe string. */
             version: string;
+            checkpoint: components["schemas"]["Checkpoint"];
         };
         /** @description An image sandboxes can be made from. */
         Image: {
@@ -1170,10 +1194,10 @@ export interface components {
             id: string;
             image: string;
             /**
-             * @description The sandbox's state (docs/architecture.md, the state machine): `creating` while POST /v1/sandboxes is in progress (another client can see it); `running` once its agent answers; `paused` while frozen (by `POST …/pause` or an idle lifecycle; a request that needs it running resumes it); `stopping` while DELETE is in progress; `failed` when its agent exited, its container is gone (found at daemon start-up), or a create or remove could not clean up; `error` then says why. A failed sandbox cannot exec; it can only be removed. A request the state does not allow is answered 409 with a message naming the state.
+             * @description The sandbox's state (docs/architecture.md, the state machine): `creating` while POST /v1/sandboxes is in progress (another client can see it); `running` once its agent answers; `paused` while frozen (by `POST …/pause` or an idle lifecycle; a request that needs it running resumes it); `hibernated` when its processes were stopped and its memory freed (by `POST …/hibernate` or an idle lifecycle `hibernate` or `stop`), its files, address, exposed ports and sessions' state kept (a request that needs it running resumes it); `stopping` while DELETE is in progress; `failed` when its agent exited, its container is gone (found at daemon start-up), or a create or remove could not clean up; `error` then says why. A failed sandbox cannot exec; it can only be removed. A request the state does not allow is answered 409 with a message naming the state.
              * @enum {string}
              */
-            status: "creating" | "running" | "paused" | "stopping" | "failed";
+            status: "creating" | "running" | "paused" | "hibernated" | "stopping" | "failed";
             /** @description Why the sandbox failed; present only when status is `failed`. */
             error?: string;
             /** @description The sandbox-wide environment: given at creation and changed by `PATCH …/env`; absent when empty. */
@@ -1561,6 +1585,11 @@ export interface components {
             stdin?: "null" | "pipe";
             /** @description Size of the process's output ring, in bytes (default 4 MiB = 4194304, at most 256 MiB). It is memory of the agent, counted in the sandbox's memory limit, allocated as output arrives. */
             logBytes?: number;
+            /**
+             * @description `on-resume`: when its sandbox resumes from hibernation while it ran, the process is started again with the same request and id (its log goes on after the kept end). Default: it stays `stopped`.
+             * @enum {string}
+             */
+            restart?: "on-resume";
         };
         /** @description A process of a sandbox. */
         Process: {
@@ -1568,10 +1597,10 @@ export interface components {
             /** @description Its pid inside the sandbox (also its process group id); 0 when it failed to start. */
             pid: number;
             /**
-             * @description `running`; `exited` by itself (see `exitCode`); `killed` by a signal (see `signal`); `failed`: could not be started (see `error`).
+             * @description `running`; `exited` by itself (see `exitCode`); `killed` by a signal (see `signal`); `failed`: could not be started (see `error`). `stopped`: it was running when its sandbox hibernated (`error` says so; its log's end is kept).
              * @enum {string}
              */
-            status: "running" | "exited" | "killed" | "failed";
+            status: "running" | "exited" | "killed" | "failed" | "stopped";
             command?: string;
             argv?: string[];
             /** @description The session it inherited its state from. */
@@ -1636,7 +1665,7 @@ export interface components {
             /** @description Where the next read starts. */
             cursor: number;
             /** @enum {string} */
-            status: "running" | "exited" | "killed" | "failed";
+            status: "running" | "exited" | "killed" | "failed" | "stopped";
             /** @description The process has ended and its output was read up to `cursor`: nothing more will come. */
             done: boolean;
         };
@@ -1936,12 +1965,23 @@ export interface components {
         Lifecycle: {
             idleSeconds?: number;
             /**
-             * @description Default `pause` when idleSeconds is set.
+             * @description Default `pause` when idleSeconds is set. `hibernate`: processes stopped and memory freed, sessions' state kept; `stop`: hibernated without the sessions' state (they start afresh when it resumes); a request that needs it running resumes it. `remove`: removed.
              * @enum {string}
              */
-            onIdle?: "pause" | "remove";
+            onIdle?: "pause" | "hibernate" | "stop" | "remove";
             /** @description Removed this long after its create, idle or not. */
             ttlSeconds?: number;
+        };
+        /** @description Whether the daemon found a working CRIU at start-up (`criu check` passes and a probe dump succeeds), for `hibernate` with `memory: true`. */
+        Checkpoint: {
+            available: boolean;
+            /** @description Why not, when not available. */
+            reason?: string;
+        };
+        /** @description The body of `POST /v1/sandboxes/{id}/hibernate` (optional). */
+        HibernateRequest: {
+            /** @description Checkpoint the processes' memory too (CRIU). Refused with 400 where `GET /v1/version`'s `checkpoint` is not available, and by this daemon everywhere for now. */
+            memory?: boolean;
         };
     };
     responses: {
@@ -2791,7 +2831,7 @@ export interface operations {
                     "application/json": components["schemas"]["NotFoundError"];
                 };
             };
-            /** @description `conflict`: The sandbox is not running: it is `creating` or `failed` (also when its agent could not be reached and the sandbox turned out to have failed). Or the session has ended (a named session does not restart: create it again), was deleted while the command waited for its turn, or is a bash session whose terminal is running an interactive program that did not give the prompt back within `timeoutMs` (a minute when there is none). */
+            /** @description `conflict`: The sandbox is not running: it is `creating` or `failed` (also when its agent could not be reached and the sandbox turned out to have failed). Or the session has ended (a named session does not restart: create it again), was deleted while the command waited for its turn. `terminal_busy`: the session is a bash session whose terminal is running an interactive program (vi, top, a REPL) that did not give the prompt back within `timeoutMs` (at once when there is none); the command did not run. `timeoutMs` bounds the whole call: time spent queued behind other commands of the session counts, and a command whose whole timeout went waiting for its turn answers 200 with `timedOut: true`, exit code 124. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3196,7 +3236,7 @@ export interface operations {
                     "application/json": components["schemas"]["NotFoundError"];
                 };
             };
-            /** @description `conflict`: The sandbox is not running: it is `creating` or `failed` (also when its agent could not be reached and the sandbox turned out to have failed). Or the session has ended (a named session does not restart: create it again), was deleted while the command waited for its turn, or is a bash session whose terminal is running an interactive program that did not give the prompt back within `timeoutMs` (a minute when there is none). */
+            /** @description `conflict`: The sandbox is not running: it is `creating` or `failed` (also when its agent could not be reached and the sandbox turned out to have failed). Or the session has ended (a named session does not restart: create it again), was deleted while the command waited for its turn. `terminal_busy`: the session is a bash session whose terminal is running an interactive program (vi, top, a REPL) that did not give the prompt back within `timeoutMs` (at once when there is none); the command did not run. `timeoutMs` bounds the whole call: time spent queued behind other commands of the session counts, and a command whose whole timeout went waiting for its turn answers 200 with `timedOut: true`, exit code 124. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3356,7 +3396,7 @@ export interface operations {
                     "application/json": components["schemas"]["NotFoundError"];
                 };
             };
-            /** @description `conflict`: The sandbox is not running: it is `creating` or `failed` (also when its agent could not be reached and the sandbox turned out to have failed). Or the session has ended (a named session does not restart: create it again), was deleted while the command waited for its turn, or is a bash session whose terminal is running an interactive program that did not give the prompt back within `timeoutMs` (a minute when there is none). */
+            /** @description `conflict`: The sandbox is not running: it is `creating` or `failed` (also when its agent could not be reached and the sandbox turned out to have failed). Or the session has ended (a named session does not restart: create it again), was deleted while the command waited for its turn. `terminal_busy`: the session is a bash session whose terminal is running an interactive program (vi, top, a REPL) that did not give the prompt back within `timeoutMs` (at once when there is none); the command did not run. `timeoutMs` bounds the whole call: time spent queued behind other commands of the session counts, and a command whose whole timeout went waiting for its turn answers 200 with `timedOut: true`, exit code 124. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4642,7 +4682,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description Only processes with this status. */
-                status?: "running" | "exited" | "killed" | "failed";
+                status?: "running" | "exited" | "killed" | "failed" | "stopped";
                 /** @description Only processes started with this session. */
                 sessionId?: string;
             };
@@ -6024,6 +6064,71 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
+        };
+    };
+    hibernateSandbox: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["HibernateRequest"];
+            };
+        };
+        responses: {
+            /** @description The sandbox in its new state. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sandbox"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: The sandbox is not running: it is `creating`, `stopping`, `failed` or already `paused`; the message names its state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            /** @description `internal`: The cgroup freezer or the metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
         };
     };
 }
