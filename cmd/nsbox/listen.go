@@ -16,6 +16,7 @@ import (
 
 	"github.com/nsbox/nsbox/auth"
 	"github.com/nsbox/nsbox/nsbox"
+	"github.com/nsbox/nsbox/ui"
 )
 
 // listenFlags are the daemon's API listeners and their security.
@@ -113,10 +114,14 @@ type apiServer struct {
 }
 
 // listenAll opens every listener: unix sockets serve the whole API, TCP listeners the API
-// behind the tokens' guard (and TLS when the daemon has a certificate).
+// behind the tokens' guard and the web terminal page (and TLS when the daemon has a
+// certificate).
 func listenAll(eps []endpoint, c *cli.Context, rt *nsbox.Runtime, guard *auth.Service, tlsCfg *tls.Config, log *slog.Logger) ([]apiServer, error) {
 	socketAPI := rt.Handler(nil, guard.Endpoints()...)
-	tcpAPI := guard.Middleware(rt.Handler(guard.Check, guard.Endpoints()...))
+	// TCP listeners also serve the web terminal page, which needs no token to load (package ui).
+	tcpAPI := http.NewServeMux()
+	tcpAPI.Handle(ui.Prefix, ui.Handler(log))
+	tcpAPI.Handle("/", guard.Middleware(rt.Handler(guard.Check, guard.Endpoints()...)))
 	var servers []apiServer
 	fail := func(err error) ([]apiServer, error) {
 		for _, s := range servers {
