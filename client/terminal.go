@@ -35,7 +35,7 @@ func (c *Client) AttachTerminal(ctx context.Context, id, sid string, cursor int6
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, ctx.Err())
 		}
-		return nil, fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	u := "ws" + strings.TrimPrefix(c.base, "http") + sessionsPath(id, sid) + "/terminal"
 	if cursor >= 0 {

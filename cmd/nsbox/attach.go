@@ -31,7 +31,7 @@ func attachCommand() *cli.Command {
 
 func cmdAttach(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox attach [-s SESSION] ID")
+		return usageError("usage: nsbox attach [-s SESSION] ID")
 	}
 	term, err := apiClient(c).AttachTerminal(c.Context, c.Args().First(), c.String("session"), -1)
 	if err != nil {
