@@ -153,10 +153,15 @@ func verdict(kind expr.VerdictKind) []expr.Any {
 	return []expr.Any{&expr.Verdict{Kind: kind}}
 }
 
-// reject answers with an ICMP(v6) administratively-prohibited error, so a refused connection
-// fails at once instead of timing out.
-func reject() []expr.Any {
+// icmpReject answers with an ICMP(v6) administratively-prohibited error, so a refused
+// connection fails instead of timing out.
+func icmpReject() []expr.Any {
 	return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}}
+}
+
+// tcpReset answers a TCP segment with a reset (`reject with tcp reset`; TCP only).
+func tcpReset() []expr.Any {
+	return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
 }
 
 func masquerade() []expr.Any { return []expr.Any{&expr.Masq{}} }

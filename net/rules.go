@@ -92,6 +92,15 @@ func (r *ruleset) add(c *nftables.Conn, ch *nftables.Chain, parts ...[]expr.Any)
 	c.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: exprs(parts...)})
 }
 
+// reject queues two rules that refuse what match matches at once: TCP with a reset, the rest
+// with an ICMP administratively-prohibited error. A reset is never rate-limited; ICMP errors
+// to one host are (1 a second after a burst of 6, net.ipv4.icmp_ratelimit), and a TCP
+// connect that gets none retransmits its SYN and fails only after a second.
+func (r *ruleset) reject(c *nftables.Conn, ch *nftables.Chain, match ...[]expr.Any) {
+	r.add(c, ch, append(slices.Clone(match), metaCmp(expr.MetaKeyL4PROTO, expr.CmpOpEq, []byte{unix.IPPROTO_TCP}), tcpReset())...)
+	r.add(c, ch, append(slices.Clone(match), icmpReject())...)
+}
+
 // fromSandbox matches packets that came in on a sandbox's veth (or, with inverted, on any
 // other interface); toSandbox the same for the output interface.
 func (r *ruleset) fromSandbox(inverted bool) []expr.Any {
@@ -175,14 +184,14 @@ func (r *ruleset) addFilter(c *nftables.Conn, guarded []string) {
 	// Sandboxes reach no host service on any host address; the host's own connections
 	// into sandboxes (and their replies) still work.
 	r.add(c, in, r.fromSandbox(false), ctEstablished(), verdict(expr.VerdictAccept))
-	r.add(c, in, r.fromSandbox(false), reject())
+	r.reject(c, in, r.fromSandbox(false))
 
 	// Host users other than the daemon's connect to no sandbox address; exposed ports (DNAT-ed
 	// here, in the nat output chain, before this one) stay theirs to use. Packets without a
 	// socket (the kernel's own answers) have no owner and do not match.
 	out := r.baseChain(c, chainHostUsers, nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter)
-	r.add(c, out, r.toSandbox(false), ctDNAT(expr.CmpOpEq),
-		metaCmp(expr.MetaKeySKUID, expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(r.daemonUID)), reject())
+	r.reject(c, out, r.toSandbox(false), ctDNAT(expr.CmpOpEq),
+		metaCmp(expr.MetaKeySKUID, expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(r.daemonUID)))
 
 	fwd := r.baseChain(c, chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
 	for _, u := range guarded {
@@ -194,16 +203,16 @@ func (r *ruleset) addFilter(c *nftables.Conn, guarded []string) {
 	r.add(c, fwd, r.toSandbox(false), r.fromSandbox(true), ctDNAT(expr.CmpOpNeq), verdict(expr.VerdictAccept))
 	r.add(c, fwd, r.toSandbox(false), r.fromSandbox(true), verdict(expr.VerdictDrop))
 	// Sandbox to sandbox: never, not even through an exposed port (DNAT-ed to a sandbox).
-	r.add(c, fwd, r.fromSandbox(false), r.toSandbox(false), reject())
+	r.reject(c, fwd, r.fromSandbox(false), r.toSandbox(false))
 	// Link-local and metadata addresses: never, whatever the mode.
 	for _, p := range neverReached {
-		r.add(c, fwd, r.fromSandbox(false), isIPv4(), daddrIn(expr.CmpOpEq, p), reject())
+		r.reject(c, fwd, r.fromSandbox(false), isIPv4(), daddrIn(expr.CmpOpEq, p))
 	}
 	// Out of the sandboxes: whatever each sandbox's mode allows.
 	r.add(c, fwd, r.fromSandbox(false), isIPv4(),
 		[]expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4SaddrOffset, Len: 4}},
 		[]expr.Any{&expr.Lookup{SourceRegister: reg1, IsDestRegSet: true, SetName: r.modes.Name, SetID: r.modes.ID}})
-	r.add(c, fwd, r.fromSandbox(false), reject())
+	r.reject(c, fwd, r.fromSandbox(false))
 
 	// Egress: the sandboxes' nameservers on port 53, then anything but the private networks.
 	egress := c.AddChain(r.chain(chainEgress))
@@ -212,7 +221,7 @@ func (r *ruleset) addFilter(c *nftables.Conn, guarded []string) {
 			dport(expr.CmpOpEq, 53), verdict(expr.VerdictAccept))
 	}
 	for _, p := range r.private {
-		r.add(c, egress, isIPv4(), daddrIn(expr.CmpOpEq, p), reject())
+		r.reject(c, egress, isIPv4(), daddrIn(expr.CmpOpEq, p))
 	}
 	r.add(c, egress, verdict(expr.VerdictAccept))
 }
@@ -275,18 +284,18 @@ const (
 	ackBytes        = 2048
 	maxRuleBytes    = 1024 // a message of one rule or chain; the largest here is ~550 bytes
 	maxElementBytes = 128
-	tableMessages   = 64 // replaceTable queues 45 and a rule per private network
+	tableMessages   = 64 // replaceTable queues 51 and two rules per private network
 )
 
 // tableBudget bounds the number of messages and bytes of replaceTable followed by
 // addSandboxes(sbs).
 func (r *ruleset) tableBudget(sbs []sandboxRules) (msgs, bytes int) {
 	elements := 0
-	msgs = tableMessages + len(r.private)
+	msgs = tableMessages + 2*len(r.private)
 	for _, s := range sbs {
 		elements += 2 + len(s.sb.Ports)
 		if s.sb.hasChain() {
-			msgs += 2 + len(s.sb.Allow) // the chain, a rule per prefix, the reject or goto
+			msgs += 3 + len(s.sb.Allow) // the chain, a rule per prefix, the two rejects or the goto
 		}
 	}
 	elementMessages := elements/elementsPerMessage + 4 // a partial message for each of the 4 sets
@@ -321,7 +330,7 @@ func (r *ruleset) modeElement(c *nftables.Conn, sb *sandbox, veth string) nftabl
 			r.add(c, ch, isIPv4(), daddrIn(expr.CmpOpEq, p), verdict(expr.VerdictAccept))
 		}
 		if sb.Mode == ModeAllow {
-			r.add(c, ch, reject())
+			r.reject(c, ch)
 		} else {
 			r.add(c, ch, []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainEgress}})
 		}
