@@ -529,6 +529,56 @@ func (m *Manager) switchMode(id string, prev, next *sandbox) error {
 	return nil
 }
 
+// Suspend takes a sandbox's network off its namespace, whose container is going away for a
+// while (hibernation): its veth is deleted (in the background), while its address, its rules
+// and its exposed ports stay, so that Reattach gives a new namespace the same network. A
+// sandbox without network state is not an error.
+func (m *Manager) Suspend(id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb := m.st.Sandboxes[id]
+	if sb == nil || !sb.attached() {
+		return nil
+	}
+	if sb.networked() {
+		m.deleting.start(hostVethName(m.cfg.Table, id), m.log)
+	}
+	next := *sb
+	next.Netns, next.NetnsID = "", nsID{}
+	return m.commit(id, &next, sb)
+}
+
+// Reattach gives a suspended sandbox's network (Suspend) to the network namespace at
+// netnsPath: in modes egress and allow a new veth pair with the same address; its rules and
+// exposed ports are still in place.
+func (m *Manager) Reattach(id, netnsPath string) (*Attachment, error) {
+	ns, nsid, err := openNetns(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev := m.st.Sandboxes[id]
+	if prev == nil || !prev.attached() {
+		return nil, fmt.Errorf("%w: sandbox %q has no network to reattach", ErrNotFound, id)
+	}
+	next := *prev
+	next.Netns, next.NetnsID = netnsPath, nsid
+	if next.networked() {
+		if err := m.createVeth(id, hostVethName(m.cfg.Table, id), next.Addr, ns); err != nil {
+			return nil, fmt.Errorf("sandbox %q: %w", id, err)
+		}
+	}
+	if err := m.commit(id, &next, prev); err != nil {
+		if next.networked() {
+			err = errors.Join(err, deleteVeth(hostVethName(m.cfg.Table, id)))
+		}
+		return nil, err
+	}
+	return m.attachment(id, &next), nil
+}
+
 // Detach removes a sandbox's network: rules, exposed ports, conntrack entries, its address
 // reservation and, in the background, its veth. It works when the sandbox's namespace is already gone, and a
 // sandbox without network state is not an error.

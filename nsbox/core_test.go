@@ -543,7 +543,7 @@ func TestRequestsResumeAPausedSandbox(t *testing.T) {
 
 func TestLifecycles(t *testing.T) {
 	c := newTestCore(t, 0)
-	for _, bad := range []api.Lifecycle{{IdleSeconds: -1}, {TTLSeconds: -1}, {IdleSeconds: 1, OnIdle: "hibernate"}} {
+	for _, bad := range []api.Lifecycle{{IdleSeconds: -1}, {TTLSeconds: -1}, {IdleSeconds: 1, OnIdle: "sleep"}} {
 		if _, err := c.Create(context.Background(), api.CreateSandboxRequest{Lifecycle: &bad}); !api.IsCode(err, api.CodeInvalidArgument) {
 			t.Errorf("%+v: %v", bad, err)
 		}

@@ -353,6 +353,16 @@ func (n *fakeNetwork) Detach(id string) error {
 	return nil
 }
 
+func (n *fakeNetwork) Suspend(string) error { return nil }
+
+func (n *fakeNetwork) Reattach(id, _ string) (*sandboxnet.Attachment, error) {
+	a, ok := n.Lookup(id)
+	if !ok {
+		return nil, sandboxnet.ErrNotFound
+	}
+	return a, nil
+}
+
 func (n *fakeNetwork) Lookup(id string) (*sandboxnet.Attachment, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

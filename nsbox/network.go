@@ -51,6 +51,8 @@ type network interface {
 	Attach(id, netnsPath string, mode sandboxnet.Mode, allow []netip.Prefix) (*sandboxnet.Attachment, error)
 	SetMode(id string, mode sandboxnet.Mode, allow []netip.Prefix) error
 	Detach(id string) error
+	Suspend(id string) error
+	Reattach(id, netnsPath string) (*sandboxnet.Attachment, error)
 	Lookup(id string) (*sandboxnet.Attachment, bool)
 	Sandboxes() []string
 	Expose(id string, want sandboxnet.Port) (sandboxnet.Port, error)
@@ -160,8 +162,15 @@ func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
 	if err != nil {
 		return err
 	}
+	prev, suspended := r.net.Lookup(rec.ID)
+	suspended = suspended && prev.Mode != "" // attached before: a hibernated sandbox's
 	var addr netip.Addr
-	if rec.Network.Mode != api.NetworkNone {
+	switch {
+	case suspended:
+		if prev.HostVeth != "" {
+			addr = prev.Addr
+		}
+	case rec.Network.Mode != api.NetworkNone:
 		if addr, err = r.net.Allocate(rec.ID); err != nil {
 			return netError(err)
 		}
@@ -171,7 +180,12 @@ func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
 	if err := os.WriteFile(hosts, sandboxnet.HostsFile(rec.ID, addr), 0o644); err != nil {
 		return fmt.Errorf("write sandbox hosts: %w", err)
 	}
-	a, err := r.net.Attach(rec.ID, sc.inst.NetNS(), sandboxnet.Mode(rec.Network.Mode), allow)
+	var a *sandboxnet.Attachment
+	if suspended {
+		a, err = r.net.Reattach(rec.ID, sc.inst.NetNS())
+	} else {
+		a, err = r.net.Attach(rec.ID, sc.inst.NetNS(), sandboxnet.Mode(rec.Network.Mode), allow)
+	}
 	if err != nil {
 		return netError(err)
 	}

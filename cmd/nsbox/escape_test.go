@@ -24,8 +24,8 @@ var escapeAttempts = []string{
 	"mount", "pivot_root", "unshare", "setns", "ptrace", "keyctl", "bpf", "perf_event_open", "userfaultfd",
 	"kexec_load", "init_module", "open_by_handle_at", "chroot", "mknod", "raw-socket", "vsock",
 	"write-proc-sys", "sysrq-trigger", "write-cgroupfs", "read-kcore", "read-keys", "write-agent-exe",
-	"write-self-exe-agent", "agent-fds", "inherited-fds", "host-loopback-listener", "host-veth-listener",
-	"other-sandbox",
+	"write-self-exe-agent", "agent-oom-score", "agent-task-oom-score", "agent-fds", "inherited-fds",
+	"host-loopback-listener", "host-veth-listener", "other-sandbox",
 }
 
 // TestEscapeSuite tries, as root inside a sandbox, each class of escape the kernel boundary must

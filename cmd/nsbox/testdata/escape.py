@@ -104,6 +104,9 @@ attempt("read-kcore", read_some("/proc/kcore"))
 attempt("read-keys", read_some("/proc/keys"))
 attempt("write-agent-exe", write("/proc/1/exe"))
 attempt("write-self-exe-agent", write("/.nsbox/nsbox"))
+# The agent's OOM score, raised to 1000, would make it the OOM killer's first choice.
+attempt("agent-oom-score", write("/proc/1/oom_score_adj", b"1000"))
+attempt("agent-task-oom-score", write("/proc/1/task/1/oom_score_adj", b"1000"))
 def agent_fds():
     # Reaching one of the agent's open files (its listener, a host directory) is the
     # CVE-2024-21626 class; its fd numbers alone tell nothing.
