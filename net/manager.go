@@ -90,6 +90,14 @@ func Open(cfg Config) (*Manager, error) {
 			return nil, err
 		}
 	}
+	private, err := hostNetworks(cfg.Subnet)
+	if err != nil {
+		return nil, err
+	}
+	_, nameservers, err := hostResolvConf()
+	if err != nil && !errors.Is(err, ErrNoNameserver) {
+		return nil, err
+	}
 	enabled, err := enableForwarding(uplinks)
 	if err != nil {
 		return nil, err
@@ -106,14 +114,6 @@ func Open(cfg Config) (*Manager, error) {
 	flusher, err := newPortFlusher()
 	if err != nil {
 		ct.Close()
-		return nil, err
-	}
-	private, err := hostNetworks(cfg.Subnet)
-	if err != nil {
-		return nil, err
-	}
-	_, nameservers, err := hostResolvConf()
-	if err != nil && !errors.Is(err, ErrNoNameserver) {
 		return nil, err
 	}
 	conn, err := nftables.New(nftables.AsLasting())
