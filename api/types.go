@@ -552,7 +552,10 @@ const (
 )
 
 // NetworkSpec is a sandbox's requested network: the network part of a create and the body of
-// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs, for mode allow only.
+// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs: in mode allow the only networks
+// the sandbox reaches; in mode egress the private networks (RFC 1918, 100.64.0.0/10, the
+// host's LAN) it may reach besides the internet. Link-local and metadata addresses are never
+// reachable and cannot be listed.
 type NetworkSpec struct {
 	Mode  string   `json:"mode,omitempty"` // default egress
 	Allow []string `json:"allow,omitempty"`
@@ -573,13 +576,15 @@ const (
 )
 
 // ExposePortRequest is the body of POST /v1/sandboxes/{id}/ports. HostPort 0 means: choose one
-// from the daemon's range; HostIP empty (or 0.0.0.0) means every host address.
+// from the daemon's range. HostIP empty means 127.0.0.1 (the host alone), or every host address
+// when Public; 0.0.0.0 means every host address.
 type ExposePortRequest struct {
 	Port     int    `json:"port"`
 	Protocol string `json:"protocol,omitempty"` // tcp (default) or udp
 	HostPort int    `json:"hostPort,omitempty"`
 	HostIP   string `json:"hostIP,omitempty"`
-	// Public: the preview proxy serves the port without a token.
+	// Public: the port is for anyone: on every host address unless HostIP says otherwise, and
+	// served by the preview proxy without a token.
 	Public bool `json:"public,omitempty"`
 }
 

@@ -391,3 +391,6 @@ func (n *fakeNetwork) Expose(string, sandboxnet.Port) (sandboxnet.Port, error) {
 func (n *fakeNetwork) Unexpose(string, int, string) error { return sandboxnet.ErrNotFound }
 func (n *fakeNetwork) Ports(string) []sandboxnet.Port     { return nil }
 func (n *fakeNetwork) Close()                             {}
+
+// ResolvConf is a fixed file: the fake network has no host resolver to follow.
+func (n *fakeNetwork) ResolvConf() ([]byte, error) { return []byte("nameserver 192.0.2.53\n"), nil }
