@@ -1503,11 +1503,11 @@ export interface components {
         /** @description A sandbox's network (IPv4 only). In a create every field is optional and the default is mode `egress`; in PATCH /v1/sandboxes/{id}/network `mode` is required. */
         NetworkSpec: {
             /**
-             * @description `none`: loopback only. `egress`: the world beyond the host, masqueraded behind the host's address; never other sandboxes, the host itself (any of its addresses, 127.0.0.0/8 included) or 169.254.0.0/16. `allow`: only the networks in `allow`; everything else is rejected.
+             * @description `none`: loopback only. `egress`: the internet, masqueraded behind the host's address; private networks (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 and the networks of the host's interfaces) only if listed in `allow`, except the nameservers of the sandbox's resolv.conf on port 53. `allow`: only the networks in `allow`; everything else is rejected. No mode reaches other sandboxes (not even through their exposed ports), the host itself (any of its addresses, 127.0.0.0/8 included), 169.254.0.0/16 or 100.100.100.200.
              * @enum {string}
              */
             mode?: "none" | "egress" | "allow";
-            /** @description IPv4 addresses or CIDRs (e.g. 192.0.2.0/24) the sandbox may reach; mode `allow` only. */
+            /** @description IPv4 addresses or CIDRs (e.g. 192.0.2.0/24). Mode `allow`: the only networks the sandbox reaches. Mode `egress`: private networks it may reach besides the internet. Not for mode `none`; an entry within 169.254.0.0/16 or 100.100.100.200 answers 400. */
             allow?: string[];
         };
         /** @description A sandbox's network as the API shows it. */
@@ -1519,7 +1519,7 @@ export interface components {
              * @description The sandbox's IPv4 address on its point-to-point link to the host; absent in mode `none`.
              */
             ip?: string;
-            /** @description In mode `allow`: the networks it may reach, as CIDRs, normalized and sorted. */
+            /** @description The networks of its `allow` list (modes `allow` and `egress`), as CIDRs, normalized and sorted. */
             allow?: string[];
         };
         /** @description A sandbox port to expose on a host port. */
@@ -1533,15 +1533,15 @@ export interface components {
             protocol: "tcp" | "udp";
             /** @description The host port. Absent or 0: a free one from the daemon's range (`--host-ports`). A port outside that range answers 400 unless the daemon allows it explicitly. A port another exposure has, or a host process has bound, answers 409. */
             hostPort?: number;
-            /** @description Expose on this host IPv4 address only (e.g. 127.0.0.1: the host alone). Absent, empty or 0.0.0.0: every host address. */
+            /** @description Expose on this host IPv4 address only. Absent or empty: 127.0.0.1 (the host alone), or every host address when `public`. 0.0.0.0: every host address. */
             hostIP?: string;
             /**
-             * @description The preview proxy serves a public TCP port without a token.
+             * @description The port is for anyone: exposed on every host address (unless `hostIP` names one) and served by the preview proxy without a token.
              * @default false
              */
             public: boolean;
         };
-        /** @description A sandbox port exposed on a host port. Connections to the host port (from other machines, from the host itself including 127.0.0.1, and from sandboxes) reach the sandbox port. */
+        /** @description A sandbox port exposed on a host port. Connections to the host port on `hostIP` (from the host itself; from other machines when it is not 127.0.0.1) reach the sandbox port; sandboxes never reach it. The host port itself asks for no token: the `token` guards the preview proxy only. */
         ExposedPort: {
             port: number;
             /** @enum {string} */
