@@ -467,9 +467,9 @@ const (
 	// CodeTerminalBusy: a command for a bash session whose terminal runs an interactive
 	// program (vi, top) that did not give the prompt back in time.
 	CodeTerminalBusy = "terminal_busy"
-	CodeTooLarge        = "payload_too_large"
-	CodeInternal        = "internal"
-	CodeUnavailable     = "unavailable"
+	CodeTooLarge     = "payload_too_large"
+	CodeInternal     = "internal"
+	CodeUnavailable  = "unavailable"
 	// CodeUnauthenticated: a TCP request without a valid token (missing, unknown, expired,
 	// revoked); a valid token outside its scope is CodePermissionDenied.
 	CodeUnauthenticated = "unauthenticated"
