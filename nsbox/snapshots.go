@@ -108,14 +108,17 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 		}
 	}
 	st, err := sb.agent.saveState(ctx, api.SaveStateRequest{Sessions: true})
-	if err == nil {
-		err = inst.Freeze()
-	}
 	if err != nil {
 		if paused {
 			err = errors.Join(err, inst.Freeze())
 		}
 		return nil, fmt.Errorf("snapshot sandbox %s: save its sessions' state: %w", sb.id, err)
+	}
+	if err := inst.Freeze(); err != nil {
+		if !paused {
+			err = errors.Join(err, inst.Thaw())
+		}
+		return nil, fmt.Errorf("snapshot sandbox %s: %w", sb.id, err)
 	}
 	frozen := time.Now()
 	var thawed time.Duration
