@@ -45,7 +45,7 @@ func filesCommand() *cli.Command {
 				ArgsUsage: "ID PATH...",
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files cat ID PATH...")
+						return usageError("usage: nsbox files cat ID PATH...")
 					}
 					for _, p := range c.Args().Tail() {
 						if err := download(c.Context, fileClient(c), c.Args().First(), p, os.Stdout); err != nil {
@@ -61,7 +61,7 @@ func filesCommand() *cli.Command {
 				ArgsUsage: "ID PATH...",
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files stat ID PATH...")
+						return usageError("usage: nsbox files stat ID PATH...")
 					}
 					return eachPath(c, func(p string) error {
 						info, err := fileClient(c).StatFile(c.Context, c.Args().First(), p)
@@ -79,7 +79,7 @@ func filesCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "recursive", Aliases: []string{"r"}, Usage: "remove directories and what they hold"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files rm [-r] ID PATH...")
+						return usageError("usage: nsbox files rm [-r] ID PATH...")
 					}
 					return eachPath(c, func(p string) error {
 						return fileClient(c).RemoveFile(c.Context, c.Args().First(), p, c.Bool("recursive"))
@@ -96,7 +96,7 @@ func filesCommand() *cli.Command {
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files mkdir [-p] [--mode 0755] ID PATH...")
+						return usageError("usage: nsbox files mkdir [-p] [--mode 0755] ID PATH...")
 					}
 					mode, err := octalMode(c.String("mode"))
 					if err != nil {
@@ -115,7 +115,7 @@ func filesCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "replace DST if it exists"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 3 {
-						return errors.New("usage: nsbox files mv [-f] ID SRC DST")
+						return usageError("usage: nsbox files mv [-f] ID SRC DST")
 					}
 					_, err := fileClient(c).MoveFile(c.Context, c.Args().Get(0), c.Args().Get(1), c.Args().Get(2), c.Bool("force"))
 					return err
@@ -128,7 +128,7 @@ func filesCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "recursive", Aliases: []string{"r"}, Usage: "also in subdirectories"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 2 {
-						return errors.New("usage: nsbox files watch [-r] ID PATH")
+						return usageError("usage: nsbox files watch [-r] ID PATH")
 					}
 					enc := json.NewEncoder(os.Stdout)
 					return fileClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), c.Bool("recursive"), func(ev api.FileEvent) {
@@ -169,7 +169,7 @@ func octalMode(s string) (os.FileMode, error) {
 
 func cmdFilesList(c *cli.Context) error {
 	if c.NArg() < 1 || c.NArg() > 2 {
-		return errors.New("usage: nsbox files ls [-l] [-a] [--depth N] ID [PATH]")
+		return usageError("usage: nsbox files ls [-l] [-a] [--depth N] ID [PATH]")
 	}
 	id, p := c.Args().Get(0), c.Args().Get(1)
 	if p == "" {
@@ -290,7 +290,7 @@ func splitRef(arg string) (id, p string, ok bool) {
 
 func cmdCopy(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox cp SRC DST (one of them ID:PATH)")
+		return usageError("usage: nsbox cp SRC DST (one of them ID:PATH)")
 	}
 	srcID, src, srcIn := splitRef(c.Args().Get(0))
 	dstID, dst, dstIn := splitRef(c.Args().Get(1))

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -127,7 +126,7 @@ func parsePortArg(arg string) (int, string, error) {
 
 func cmdPortAdd(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox port add [--host-port N] [--host-ip IP] [--public] ID PORT[/udp]")
+		return usageError("usage: nsbox port add [--host-port N] [--host-ip IP] [--public] ID PORT[/udp]")
 	}
 	port, protocol, err := parsePortArg(c.Args().Get(1))
 	if err != nil {
@@ -148,7 +147,7 @@ func cmdPortAdd(c *cli.Context) error {
 
 func cmdPortList(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox port ls [--json] ID")
+		return usageError("usage: nsbox port ls [--json] ID")
 	}
 	ports, err := apiClient(c).ListPorts(c.Context, c.Args().First())
 	if err != nil {
@@ -167,7 +166,7 @@ func cmdPortList(c *cli.Context) error {
 
 func cmdPortRemove(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox port rm ID PORT[/udp]")
+		return usageError("usage: nsbox port rm ID PORT[/udp]")
 	}
 	port, protocol, err := parsePortArg(c.Args().Get(1))
 	if err != nil {
@@ -178,7 +177,7 @@ func cmdPortRemove(c *cli.Context) error {
 
 func cmdNetwork(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox network [--allow CIDR...] ID none|egress|allow")
+		return usageError("usage: nsbox network [--allow CIDR...] ID none|egress|allow")
 	}
 	sb, err := apiClient(c).SetNetwork(c.Context, c.Args().First(), api.NetworkSpec{Mode: c.Args().Get(1), Allow: c.StringSlice("allow")})
 	if err != nil {
