@@ -75,11 +75,11 @@ func (b *bench) snapshotsSection(ctx context.Context, n int) (err error) {
 		{name: "fork of 10", ref: "cp -a of the upper dir", run: fork(10), after: unfork},
 		{name: "cp -a of the upper dir", run: func(context.Context) error { return runCommand("cp", "-a", upper, copyDir) },
 			after: func(context.Context) error { return os.RemoveAll(copyDir) }},
-		{name: "create from a snapshot", ref: "create", run: func(ctx context.Context) (err error) {
+		{name: "create from a snapshot", ref: "create (busybox)", run: func(ctx context.Context) (err error) {
 			created, err = d.client.CreateSandbox(ctx, api.CreateSandboxRequest{FromSnapshot: base.ID})
 			return err
 		}, after: removeCreated},
-		{name: "create", run: func(ctx context.Context) (err error) {
+		{name: "create (busybox)", run: func(ctx context.Context) (err error) {
 			created, err = d.client.CreateSandbox(ctx, api.CreateSandboxRequest{Image: image})
 			return err
 		}, after: removeCreated},
