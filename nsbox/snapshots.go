@@ -134,7 +134,11 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 	defer thaw()
 	upper := filepath.Join(r.layerDir(rec.container(), rec.Limits.DiskMB), "upper")
 	ids := inst.IDs()
-	digest, size, err := r.images.Layers().Add(ctx, func(w io.Writer) error { return rootfs.ExportLayer(w, upper, ids) }, thaw)
+	maxBytes := rec.Limits.DiskMB << 20 // 0: no disk, no bound
+	digest, size, err := r.images.Layers().Add(ctx, func(w io.Writer) error { return rootfs.ExportLayer(w, upper, ids, maxBytes) }, thaw)
+	if errors.Is(err, rootfs.ErrLayerTooLarge) {
+		return nil, api.Errorf(api.CodeConflict, "sandbox %q cannot be snapshotted: %v", sb.id, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", sb.id, err)
 	}

@@ -15,6 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrLayerTooLarge is ExportLayer's error for files beyond its bound.
+var ErrLayerTooLarge = errors.New("the files hold more than the disk's size")
+
 // ExportLayer writes an overlay's upper dir as an OCI layer's tar stream: the layer that, put
 // over the same lowers, gives the same tree (a snapshot of a sandbox). Unlike Export it needs
 // no lower and keeps the upper's own marks: a whiteout becomes ".wh.NAME", an opaque directory
@@ -24,14 +27,15 @@ import (
 // and setgid (sandboxes' roots are nosuid anyway), times, symlinks, FIFOs, and user.* xattrs;
 // left out: sockets, device nodes other than whiteouts, and the other xattrs (overlayfs' own,
 // file capabilities and ACLs, which name host ids). The upper must not change meanwhile (its
-// sandbox frozen).
-func ExportLayer(w io.Writer, upper string, ids IDMap) error {
+// sandbox frozen). maxBytes, when not 0, bounds the files' content: a sparse file counts at
+// its full size, and a disk of N bytes cannot hold more than N bytes of anything else.
+func ExportLayer(w io.Writer, upper string, ids IDMap, maxBytes int64) error {
 	root, err := os.OpenRoot(upper)
 	if err != nil {
 		return fmt.Errorf("open upper dir: %w", err)
 	}
 	defer root.Close()
-	e := &layerExporter{root: root, tw: tar.NewWriter(w), ids: ids, links: map[[2]uint64]string{}}
+	e := &layerExporter{root: root, tw: tar.NewWriter(w), ids: ids, links: map[[2]uint64]string{}, left: maxBytes, bounded: maxBytes > 0}
 	if err := e.walk("."); err != nil {
 		return err
 	}
@@ -43,6 +47,9 @@ type layerExporter struct {
 	tw    *tar.Writer
 	ids   IDMap
 	links map[[2]uint64]string // the first path of each file with several links, by device and inode
+	// left is how many bytes of content may still be written, when bounded.
+	left    int64
+	bounded bool
 }
 
 // walk writes the entry rel and, for a directory, everything under it (sorted, so that the
@@ -122,6 +129,9 @@ func (e *layerExporter) entry(rel string, fi fs.FileInfo) error {
 			return e.write(rel, &tar.Header{Typeflag: tar.TypeLink, Name: rel, Linkname: first, ModTime: fi.ModTime()})
 		}
 		e.links[key] = rel
+	}
+	if e.left -= fi.Size(); e.bounded && e.left < 0 {
+		return fmt.Errorf("export %s: %w (a sparse file counts at its full size of %d bytes)", rel, ErrLayerTooLarge, fi.Size())
 	}
 	f, err := e.root.OpenFile(rel, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {

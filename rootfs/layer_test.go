@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -48,7 +49,7 @@ func TestExportLayer(t *testing.T) {
 	store, err := layers.Open(t.TempDir())
 	must(t, err)
 	add := func() (string, int64) {
-		digest, size, err := store.Add(context.Background(), func(w io.Writer) error { return ExportLayer(w, upper, ids) }, nil)
+		digest, size, err := store.Add(context.Background(), func(w io.Writer) error { return ExportLayer(w, upper, ids, 0) }, nil)
 		must(t, err)
 		return digest, size
 	}
@@ -98,6 +99,14 @@ func TestExportLayer(t *testing.T) {
 		t.Errorf("the same tree gave another layer: %s, then %s", digest, again)
 	}
 	store.Release(digest, digest)
+
+	// A bound below the content (a sparse file's full size, say) refuses the export.
+	sparse := filepath.Join(upper, "sparse")
+	must(t, os.WriteFile(sparse, nil, 0o644))
+	must(t, os.Truncate(sparse, 1<<30))
+	if _, _, err := store.Add(context.Background(), func(w io.Writer) error { return ExportLayer(w, upper, ids, 1<<20) }, nil); err == nil || !strings.Contains(err.Error(), "sparse") {
+		t.Errorf("a 1 GiB sparse file under a 1 MiB bound: %v", err)
+	}
 }
 
 func must(t *testing.T, err error) {
