@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -42,7 +41,7 @@ func snapshotCommand() *cli.Command {
 
 func cmdSnapshot(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox snapshot [--name NAME] ID (or: nsbox snapshot ls | rm SNAP...)")
+		return usageError("usage: nsbox snapshot [--name NAME] ID (or: nsbox snapshot ls | rm SNAP...)")
 	}
 	snap, err := apiClient(c).CreateSnapshot(c.Context, c.Args().First(), api.CreateSnapshotRequest{Name: c.String("name")})
 	if err != nil {
@@ -76,7 +75,7 @@ func cmdSnapshotList(c *cli.Context) error {
 
 func cmdSnapshotRemove(c *cli.Context) error {
 	if c.NArg() == 0 {
-		return errors.New("usage: nsbox snapshot rm SNAP...")
+		return usageError("usage: nsbox snapshot rm SNAP...")
 	}
 	return eachArg(c.Args().Slice(), func(id string) error { return apiClient(c).DeleteSnapshot(c.Context, id) })
 }
@@ -94,7 +93,7 @@ func forkCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: nsbox fork [--count N] [--prefix P] ID")
+				return usageError("usage: nsbox fork [--count N] [--prefix P] [--name N] ID")
 			}
 			res, err := apiClient(c).ForkSandbox(c.Context, c.Args().First(),
 				api.ForkRequest{Count: c.Int("count"), Prefix: c.String("prefix"), Name: c.String("name")})
