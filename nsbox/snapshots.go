@@ -169,7 +169,12 @@ func (r *Runtime) Snapshots() ([]api.Snapshot, error) {
 	for _, s := range recs {
 		out = append(out, s.Snapshot)
 	}
-	slices.SortFunc(out, func(a, b api.Snapshot) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	slices.SortFunc(out, func(a, b api.Snapshot) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	return out, nil
 }
 
