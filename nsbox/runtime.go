@@ -343,7 +343,6 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err != nil {
 		return nil, err
 	}
-
 	lim, err := r.cfg.resolveLimits(&req.Limits)
 	if err != nil {
 		return nil, err
