@@ -66,6 +66,10 @@ type CreateSandboxRequest struct {
 	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
 	// from those the daemon allows (--allow-cap).
 	Capabilities []string `json:"capabilities,omitempty"`
+	// FromSnapshot makes the sandbox from a snapshot (POST /v1/sandboxes/{id}/snapshots): its
+	// image and files, and its env, labels, limits, cwd, user and network policy where the
+	// request gives none; its sessions come back with their saved state. Image must be empty.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // EntrypointProcess is the id of the process a create with RunEntrypoint starts.
@@ -101,6 +105,8 @@ type Sandbox struct {
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
 	Capabilities []string `json:"capabilities,omitempty"`
+	// FromSnapshot is the snapshot the sandbox was made from, if any.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it

@@ -94,6 +94,7 @@ type Runtime struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // every sandbox the daemon knows, by id
+	snapUse   snapshotUse
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
@@ -133,6 +134,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.records.Close()
 		return nil, err
 	}
+	r.images.OCI().KeepLayers(r.snapshotLayer)
 	r.pool = newWarmPool(cfg.WarmPool)
 	if err := r.checkDefaultDisk(); err != nil {
 		r.records.Close()
@@ -183,7 +185,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 		ids = newIDRanges(cfg.UserNS)
 	}
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
-		sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
+		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
 	return r, nil
 }
@@ -325,6 +327,15 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if !idPattern.MatchString(req.ID) {
 		return nil, api.Errorf(api.CodeInvalidArgument, "invalid sandbox id %q: use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit", req.ID)
 	}
+	var snap *snapshotRecord
+	if req.FromSnapshot != "" {
+		var release func()
+		var err error
+		if snap, release, err = r.useSnapshot(&req); err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	if req.Image == "" {
 		req.Image = defaultImage
 	}
@@ -373,7 +384,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 
 	defer r.settled()
 	began := time.Now()
-	sc, fromPool, err := r.acquire(ctx, img, lim, extrasOf(&req))
+	extras := extrasOf(&req)
+	if snap != nil {
+		extras.SnapshotLayers = snap.Layers
+	}
+	sc, fromPool, err := r.acquire(ctx, img, lim, extras)
 	if err != nil {
 		r.forget(sb)
 		// Whatever failed, the create as a whole failed inside the daemon.
@@ -384,10 +399,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd), User: req.User,
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
 			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
-			Capabilities: req.Capabilities,
+			Capabilities: req.Capabilities, FromSnapshot: req.FromSnapshot,
 		},
-		Container: sc.inst.ID(),
-		ImageID:   imageID,
+		Container:      sc.inst.ID(),
+		ImageID:        imageID,
+		SnapshotLayers: extras.SnapshotLayers,
 	}
 	// The creating record is written (and fsync'd) while bind works: bind mostly waits for
 	// the kernel and the agent. A crash before either ends leaves a container without a
@@ -402,6 +418,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		inserted <- err
 	}()
 	bindErr := r.bind(ctx, &rec, sc, lim, entrypoint)
+	if bindErr == nil && snap != nil && len(snap.State.Sessions) > 0 {
+		bindErr = sc.agent.restoreState(ctx, api.SandboxState{Sessions: snap.State.Sessions})
+	}
 	if err := <-inserted; err != nil {
 		r.forget(sb)
 		return nil, errors.Join(err, r.destroyContainer(sc.inst, func() error { return r.detachNetwork(rec.ID) }))
