@@ -167,6 +167,9 @@ type ExecResult struct {
 	// Also set on the first result of the default session after its shell ended while idle
 	// (killed from elsewhere) and it was started again, in the sandbox's working directory.
 	SessionReset bool `json:"sessionReset"`
+	// OOMKilled: the command was killed by the kernel for lack of memory (the sandbox's memory
+	// limit): it died of SIGKILL (exit code 137) while the sandbox's count of OOM kills rose.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // NewExecResult encodes raw output into an ExecResult.
@@ -643,6 +646,8 @@ type Process struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	LogBytes  int64     `json:"logBytes"` // size of its output ring
 	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
+	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit).
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // SignalName is a signal in a request: a name ("TERM", "SIGKILL") or a number. A JSON number

@@ -129,6 +129,9 @@ func processStatus(p api.Process) string {
 	case api.ProcessExited:
 		return fmt.Sprintf("exited (%d)", p.ExitCode)
 	case api.ProcessKilled:
+		if p.OOMKilled {
+			return "killed: out of memory"
+		}
 		return "killed (" + p.Signal + ")"
 	}
 	return p.Status
