@@ -646,7 +646,8 @@ type Process struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	LogBytes  int64     `json:"logBytes"` // size of its output ring
 	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
-	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit).
+	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit),
+	// or, for a command, its shell reported so (exit code 137).
 	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 

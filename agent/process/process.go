@@ -390,10 +390,11 @@ func (p *Process) ended() {
 		p.info.Status, p.info.ExitCode, p.info.Signal = api.ProcessKilled, 128+int(p.killedBy), unix.SignalName(p.killedBy)
 	case ws.Signaled():
 		p.info.Status, p.info.ExitCode, p.info.Signal = api.ProcessKilled, 128+int(ws.Signal()), unix.SignalName(ws.Signal())
-		p.info.OOMKilled = cgroup.OOMKilled(p.info.ExitCode, p.oomKills)
 	default:
 		p.info.Status, p.info.ExitCode = api.ProcessExited, ws.ExitStatus()
 	}
+	// Killed by SIGKILL itself, or a shell (a command's /bin/sh -c) reporting its child was.
+	p.info.OOMKilled = p.killedBy == 0 && cgroup.OOMKilled(p.info.ExitCode, p.oomKills)
 	// Closing also ends a write that blocks on a pipe a left-over child keeps open.
 	if p.stdin != nil && !p.stdinClosed {
 		p.stdinClosed = true
