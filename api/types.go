@@ -299,6 +299,14 @@ const (
 	TerminalSkipped = "skipped" // output fell off the scrollback ring before it could be sent
 	TerminalEnded   = "ended"   // the session ended
 	TerminalResize  = "resize"  // a client's request to resize the terminal
+	// TerminalLive follows the replayed scrollback: what came before it was written before
+	// the client attached, what follows is live. A terminal emulator should not send input
+	// (key presses, focus and mouse reports) until it has drawn the replay: modes the replay
+	// turns on and off again would otherwise report into the shell.
+	TerminalLive = "live"
+	// TerminalReadOnly is the first notice of a terminal the client watches but cannot type
+	// into (a read token, or a read-only session); its data says why.
+	TerminalReadOnly = "readonly"
 )
 
 // TerminalEvent is one event of a session's terminal stream (agent to daemon). On the
@@ -464,9 +472,9 @@ const (
 	// CodeTerminalBusy: a command for a bash session whose terminal runs an interactive
 	// program (vi, top) that did not give the prompt back in time.
 	CodeTerminalBusy = "terminal_busy"
-	CodeTooLarge        = "payload_too_large"
-	CodeInternal        = "internal"
-	CodeUnavailable     = "unavailable"
+	CodeTooLarge     = "payload_too_large"
+	CodeInternal     = "internal"
+	CodeUnavailable  = "unavailable"
 	// CodeUnauthenticated: a TCP request without a valid token (missing, unknown, expired,
 	// revoked); a valid token outside its scope is CodePermissionDenied.
 	CodeUnauthenticated = "unauthenticated"
