@@ -173,6 +173,9 @@ type ExecResult struct {
 	// Also set on the first result of the default session after its shell ended while idle
 	// (killed from elsewhere) and it was started again, in the sandbox's working directory.
 	SessionReset bool `json:"sessionReset"`
+	// OOMKilled: the command was killed by the kernel for lack of memory (the sandbox's memory
+	// limit): it died of SIGKILL (exit code 137) while the sandbox's count of OOM kills rose.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // NewExecResult encodes raw output into an ExecResult.
@@ -662,6 +665,9 @@ type Process struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	LogBytes  int64     `json:"logBytes"` // size of its output ring
 	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
+	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit),
+	// or, for a command, its shell reported so (exit code 137).
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // SignalName is a signal in a request: a name ("TERM", "SIGKILL") or a number. A JSON number

@@ -111,7 +111,7 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	spec := backend.Spec{
 		ID: id, Layers: append(layers, img.Layers...), UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
 		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
-		Capabilities: st.Capabilities,
+		Capabilities: st.Capabilities, LimitViews: r.views.dirNow(),
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

@@ -264,6 +264,8 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 	return nil
 }
 
+func (i *fakeInstance) ShowLimits(string) error { return nil }
+
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 
 func (i *fakeInstance) OpenRoot() (*sandboxfs.Root, error) {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/internal/lxcfs"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/proxy"
 	"github.com/nsbox/nsbox/rootfs"
@@ -70,6 +71,9 @@ type Config struct {
 	// are http://{port}-{id}[-{token}].{ProxyDomain}[:{ProxyPort}]. Empty: URLs name host ports.
 	ProxyDomain string
 	ProxyPort   int
+	// LimitViews runs LXCFS so that sandboxes see their own memory and CPUs in /proc
+	// (limitviews.go); on a host without lxcfs the daemon says so and goes on without.
+	LimitViews bool
 	// Removed, when set, is called once a sandbox has been removed (the daemon revokes its
 	// tokens there, so that a later sandbox with the same id is not reachable by them).
 	Removed func(id string)
@@ -103,6 +107,7 @@ type Runtime struct {
 	trim *time.Timer
 
 	stopIdle context.CancelFunc // ends watchIdle
+	views    *limitViews        // nil without Config.LimitViews
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -151,6 +156,9 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if err := r.reconcile(); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
+	}
+	if cfg.LimitViews {
+		r.openLimitViews()
 	}
 	r.reconcileNetwork()
 	if err := r.fillPool(); err != nil {
@@ -224,6 +232,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 			return err
 		}
 	}
+	if err := lxcfs.New(filepath.Join(cfg.RunDir, "lxcfs"), log).Stop(); err != nil {
+		return err
+	}
 	return cleanupNetwork(cfg)
 }
 
@@ -235,6 +246,7 @@ func (r *Runtime) Close() error {
 		r.stopIdle()
 	}
 	r.drainPool()
+	r.closeLimitViews()
 	if r.net != nil {
 		r.net.Close()
 	}

@@ -307,6 +307,8 @@ func runInSession(c *cli.Context, id string, req api.ExecRequest) error {
 		fmt.Fprintf(os.Stderr, "nsbox: command timed out after %s and was killed\n", c.Duration("timeout"))
 	case res.Canceled:
 		fmt.Fprintln(os.Stderr, "nsbox: command was canceled")
+	case res.OOMKilled:
+		fmt.Fprintln(os.Stderr, "nsbox: killed: out of memory (the sandbox's memory limit)")
 	}
 	if res.SessionReset {
 		fmt.Fprintln(os.Stderr, "nsbox: the session's shell was replaced (it did not come back, or it had been killed): its variables, functions and aliases are gone")

@@ -1347,7 +1347,7 @@ export interface components {
             /** @description Milliseconds the command may run, counted from its start (not while it waits for its turn); absent or 0 means no limit. When it expires, every process the command started is killed with SIGKILL and the result has `timedOut: true` and `exitCode: 124` (the answer is still 200); the session keeps its state, unless its shell had to be replaced (`sessionReset`). Negative answers 400. */
             timeoutMs?: number;
             /**
-             * @description `true`: cancel the command (as `POST .../cancel` does) when the client disconnects before it has finished. `false` (the default): the command runs to its end and its result is dropped.
+             * @description `true`: cancel the command (as `POST .../cancel` does: SIGKILL to what it started, `canceled: true`, exit code 130, the session goes on) when the client disconnects before it has finished, so that the session's next command does not wait behind it. `false` (the default of the HTTP API): the command runs to its end and its result is dropped; the session stays busy until then. The Go SDK sets it to true unless the call's options say otherwise, so cancelling the call's context kills the command; the Python and TypeScript SDKs do the same when a call is aborted or times out on the client.
              * @default false
              */
             killOnDisconnect: boolean;
@@ -1379,6 +1379,8 @@ export interface components {
             sessionEnded: boolean;
             /** @description True when, after a timeout or cancel, the shell did not come back and was replaced by a new one: the session keeps its id and working directory but has lost its variables, functions, aliases and options. Also true on the first result of the default session after its shell ended while it ran no command (killed from elsewhere): it was started again, in the sandbox's working directory, without the state it had. */
             sessionReset: boolean;
+            /** @description True when the kernel killed the command for lack of memory (the sandbox's `limits.memoryMB`): it died of SIGKILL (`exitCode` 137) while the sandbox cgroup's count of OOM kills rose (cgroup v2 `memory.events`, v1 `memory.oom_control`, read by the agent before and after the command). Absent otherwise. A SIGKILL from elsewhere at the moment another process of the sandbox is OOM-killed is reported the same way. */
+            oomKilled?: boolean;
         };
         /** @description One event of a streamed exec: the `data` of a Server-Sent Event whose event name equals `type`. `start` carries `sessionId`; `stdout` and `stderr` carry `data` and `encoding`; `exit` carries `sessionId` and `result`. */
         ExecEvent: {
@@ -1719,6 +1721,8 @@ export interface components {
             logBytes: number;
             /** @description The log cursor after the last byte of output so far: the total number of bytes it has written to stdout and stderr. */
             logEnd: number;
+            /** @description True when the kernel killed the process for lack of memory (the sandbox's `limits.memoryMB`): it ended by SIGKILL (`status` `killed`, `exitCode` 137), or its shell (a `command` runs under `/bin/sh -c`) reported that with exit code 137 (`status` `exited`), while the sandbox cgroup's count of OOM kills rose since it started. Absent otherwise. */
+            oomKilled?: boolean;
         };
         /** @description Processes, in the order they were started; an empty array when there is none. */
         ProcessList: components["schemas"]["Process"][];
