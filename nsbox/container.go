@@ -2,6 +2,7 @@ package nsbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -88,7 +89,13 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	var ids rootfs.IDMap
 	if r.ids != nil {
 		var err error
-		if ids, err = r.ids.allocate(id, kept); err != nil {
+		// Removed sandboxes give their ids back only once their containers are gone, in the
+		// background (retire): wait for those before giving up.
+		deadline := time.Now().Add(retireWait)
+		for ids, err = r.ids.allocate(id, kept); errors.Is(err, errNoIDs) && r.retiringCount.Load() > 0 && time.Now().Before(deadline); ids, err = r.ids.allocate(id, kept) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err != nil {
 			return backend.Spec{}, err
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -99,6 +100,9 @@ type Runtime struct {
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // every sandbox the daemon knows, by id
 	snapUse   snapshotUse
+	// retiring and retiringCount: containers of removed sandboxes still being torn down (retire).
+	retiring      sync.WaitGroup
+	retiringCount atomic.Int32
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
@@ -246,6 +250,7 @@ func (r *Runtime) Close() error {
 		r.stopIdle()
 	}
 	r.drainPool()
+	r.retiring.Wait()
 	r.closeLimitViews()
 	if r.net != nil {
 		r.net.Close()
@@ -535,6 +540,57 @@ func (r *Runtime) teardown(sb *sandbox, failure string) error {
 	return err
 }
 
+// retireWait bounds how long a create waits for removed sandboxes' user namespace ids.
+const retireWait = 10 * time.Second
+
+// retire ends a sandbox being removed and answers before its container is gone: its processes
+// are killed and its network detached (its address, rules and host ports are the sandbox id's,
+// which a create may take again at once), its record goes; then its container's cgroups,
+// mounts, disk and directories — named after the container, which no create reuses — go in
+// the background. A crash before they are gone leaves a container without a record, which the
+// next daemon's reconcile destroys; Close waits for them. When the network does not detach,
+// the whole teardown is done at once instead, and its failure recorded.
+func (r *Runtime) retire(sb *sandbox, failure string) error {
+	sb.mu.Lock()
+	inst, container := sb.inst, sb.rec.container()
+	sb.mu.Unlock()
+	if inst != nil {
+		onOwnThread(inst.Kill)
+	}
+	// The network's rules go only once the sandbox's processes are dead: before, its traffic
+	// would no longer be filtered.
+	if err := r.detachNetwork(sb.id); err != nil {
+		r.log.Warn("detach the network of a removed sandbox; tearing it down at once", "sandbox", sb.id, "err", err)
+		return r.teardown(sb, failure)
+	}
+	sb.mu.Lock()
+	r.forgetAgent(sb)
+	sb.inst = nil
+	_, err := r.transition(sb, stateRemoved, nil)
+	sb.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	r.retiring.Add(1)
+	r.retiringCount.Add(1)
+	go func() {
+		defer r.retiring.Done()
+		defer r.retiringCount.Add(-1)
+		var err error
+		onOwnThread(func() { // unmounts, directory removals: see onOwnThread
+			if inst != nil {
+				err = r.destroyContainer(inst)
+			} else {
+				err = r.destroyContainerID(container)
+			}
+		})
+		if err != nil {
+			r.log.Error("tear down a removed sandbox's container; the next daemon start removes what is left", "sandbox", sb.id, "container", container, "err", err)
+		}
+	}()
+	return nil
+}
+
 // abortCreate undoes a create that failed part-way (teardown).
 func (r *Runtime) abortCreate(sb *sandbox) {
 	if err := r.teardown(sb, "its create failed and not everything could be removed: "); err != nil {
@@ -647,7 +703,7 @@ func (r *Runtime) Remove(id string, force bool) error {
 	if !force && (from == api.StatusRunning || from == api.StatusPaused) && inst != nil {
 		r.stop(sb, inst)
 	}
-	if err := r.teardown(sb, "its remove failed and not everything could be removed: "); err != nil {
+	if err := r.retire(sb, "its remove failed and not everything could be removed: "); err != nil {
 		return fmt.Errorf("remove sandbox %s: %w", id, err)
 	}
 	r.forgetPreview(id, 0)

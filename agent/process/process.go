@@ -437,18 +437,26 @@ func (m *Manager) List(status, sessionID string) []api.Process {
 	return out
 }
 
-// Remove forgets a process that has ended.
+// Remove forgets a process that has ended. One that has ended but whose last output is still
+// being drained (at most drainGrace) is waited for: a kill answers once the process has
+// exited, and a remove right after it must not be refused.
 func (m *Manager) Remove(id string) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	p, ok := m.procs[id]
+	m.mu.Unlock()
 	if !ok {
 		return api.Errorf(api.CodeNotFound, "no process %q in this sandbox", id)
 	}
 	select {
-	case <-p.finished:
+	case <-p.exited:
+		<-p.finished
 	default:
 		return api.Errorf(api.CodeConflict, "process %q is still running; kill it first", id)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.procs[id] != p {
+		return api.Errorf(api.CodeNotFound, "no process %q in this sandbox", id)
 	}
 	delete(m.procs, id)
 	return nil

@@ -201,13 +201,49 @@ func (d *testDaemon) cleanup() {
 }
 
 // leaks lists what a daemon with no sandboxes should not have left behind: what its
-// containers left, and its LXCFS (which outlives a daemon only while sandboxes run).
+// containers left, and its LXCFS (which outlives a daemon only while sandboxes run). A remove
+// tears its container down in the background after it answers: leaks waits (up to 20 s) for
+// the list to empty.
 func (d *testDaemon) leaks() []string {
+	return waitEmpty(d.currentLeaks)
+}
+
+// containerLeaks is leaks of one container only (other sandboxes may run).
+func (d *testDaemon) containerLeaks(container string) []string {
+	return waitEmpty(func() []string {
+		var leaks []string
+		for _, l := range d.leftovers() {
+			if l.container == container {
+				leaks = append(leaks, l.what)
+			}
+		}
+		return leaks
+	})
+}
+
+// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS: it counts only once
+// the daemon has stopped.
+func (d *testDaemon) currentLeaks() []string {
 	var leaks []string
 	for _, l := range d.leftovers() {
 		leaks = append(leaks, l.what)
 	}
+	if d.cmd != nil {
+		return leaks
+	}
 	return append(leaks, d.lxcfsLeftovers()...)
+}
+
+// waitEmpty calls list until it answers nothing, for up to 20 s, and returns its last answer.
+func waitEmpty(list func() []string) []string {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := list()
+		if len(got) == 0 || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // lxcfsDir is where the daemon runs LXCFS, which shows sandboxes their limits in /proc.

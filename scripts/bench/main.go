@@ -25,6 +25,8 @@
 //     `umoci raw unpack` or tar, and create from that image versus from busybox (images.go).
 //   - burst: 50 and 200 creates at once: throughput, latencies, and the daemon's threads and RSS
 //     before, during and after (burst.go).
+//   - density: 1,000 idle sandboxes with a session each: time to create and remove them, memory
+//     per sandbox, the daemon's RSS, and the API's latency while they idle (density.go).
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -62,9 +64,9 @@ const (
 )
 
 type options struct {
-	nsbox    string
-	n, idle  int
-	sections map[string]bool
+	nsbox            string
+	n, idle, density int
+	sections         map[string]bool
 }
 
 func main() {
@@ -88,6 +90,7 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
+	flag.IntVar(&o.density, "density", 1000, "idle sandboxes for the density measurement")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
@@ -103,7 +106,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "files", "network", "images", "burst"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "files", "network", "images", "burst", "density"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -175,6 +178,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["burst"] {
 		if err := b.burstSection(ctx); err != nil {
 			return fmt.Errorf("burst: %w", err)
+		}
+	}
+	if o.sections["density"] {
+		if err := b.densitySection(ctx, o.density); err != nil {
+			return fmt.Errorf("density: %w", err)
 		}
 	}
 	return nil
