@@ -33,6 +33,10 @@ type instance struct {
 	exited     chan struct{}
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
+	// stats are the cgroup files Stats reads, found on its first call.
+	statsOnce sync.Once
+	stats     *cgroupFiles
+	statsErr  error
 }
 
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
@@ -222,6 +226,15 @@ func isContainerInit(pid int, cgroupPath string) bool {
 		}
 	}
 	return false
+}
+
+// Stats reads the container's resource use from its cgroup.
+func (i *instance) Stats() (backend.Stats, error) {
+	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
+	if i.statsErr != nil {
+		return backend.Stats{}, i.statsErr
+	}
+	return i.stats.read()
 }
 
 // Freeze freezes every process of the container (cgroup freezer).
