@@ -121,9 +121,6 @@ func (r *Runtime) transitioned(rec *record, from, to string) {
 		details = append(details, "image", rec.Image)
 	}
 	r.ops.events.publish(typ, rec.ID, details...)
-	if to == stateRemoved {
-		r.ops.forget(rec.ID)
-	}
 }
 
 // agentExited publishes that a sandbox's agent exited by itself (called by watch).

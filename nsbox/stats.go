@@ -34,19 +34,21 @@ const statsParallel = 16
 type ops struct {
 	events  *eventLog
 	metrics *metrics
+	started time.Time // when the daemon started
 	mu      sync.Mutex
 	last    map[string]reading // by sandbox id
 }
 
-// reading is a sandbox's CPU time at a moment, and the OOM kills counted by then.
+// reading is a sandbox's CPU time at a moment, and the OOM kills the monitor has seen.
 type reading struct {
-	cpu  uint64
-	at   time.Time
-	ooms uint64
+	cpu      uint64
+	at       time.Time
+	ooms     uint64
+	oomsSeen bool // ooms has been read
 }
 
 func newOps(r *Runtime) *ops {
-	o := &ops{events: newEventLog(), last: map[string]reading{}}
+	o := &ops{events: newEventLog(), started: time.Now(), last: map[string]reading{}}
 	o.metrics = newMetrics(r)
 	return o
 }
@@ -149,15 +151,8 @@ func (o *ops) sample(id string, cg backend.Stats, at time.Time) reading {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	prev := o.last[id]
-	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms}
+	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms, oomsSeen: prev.oomsSeen}
 	return prev
-}
-
-// forget drops a removed sandbox's reading.
-func (o *ops) forget(id string) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	delete(o.last, id)
 }
 
 // countInside asks a running sandbox's agent for its open sessions and running processes.
@@ -197,9 +192,12 @@ func (r *Runtime) monitor(ctx context.Context) {
 }
 
 // checkOOMs publishes an OOM-kill event for each sandbox whose cgroup counted more OOM kills
-// than at the last look.
+// than at the last look. The kills of a sandbox created before the daemon started that were
+// counted before its first look are not news. It also drops the readings of sandboxes gone.
 func (r *Runtime) checkOOMs() {
+	known := map[string]bool{}
 	for _, sb := range r.all() {
+		known[sb.id] = true
 		s := sb.statsOf()
 		if s.inst == nil || (s.rec.Status != api.StatusRunning && s.rec.Status != api.StatusPaused) {
 			continue
@@ -211,7 +209,10 @@ func (r *Runtime) checkOOMs() {
 		r.ops.mu.Lock()
 		prev := r.ops.last[s.rec.ID]
 		seen := prev.ooms
-		prev.ooms = cg.OOMKills
+		if !prev.oomsSeen && s.rec.CreatedAt.Before(r.ops.started) {
+			seen = cg.OOMKills
+		}
+		prev.ooms, prev.oomsSeen = cg.OOMKills, true
 		r.ops.last[s.rec.ID] = prev
 		r.ops.mu.Unlock()
 		if cg.OOMKills > seen {
@@ -219,6 +220,13 @@ func (r *Runtime) checkOOMs() {
 			r.ops.metrics.oomKills.Add(float64(n))
 			r.log.Warn("the kernel's OOM killer killed processes in a sandbox", "sandbox", s.rec.ID, "count", n, "memory_limit", cg.MemoryLimit)
 			r.ops.events.publish(api.EventSandboxOOMKilled, s.rec.ID, "count", strconv.FormatUint(n, 10), "total", strconv.FormatUint(cg.OOMKills, 10))
+		}
+	}
+	r.ops.mu.Lock()
+	defer r.ops.mu.Unlock()
+	for id := range r.ops.last {
+		if !known[id] {
+			delete(r.ops.last, id)
 		}
 	}
 }

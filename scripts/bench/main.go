@@ -21,6 +21,8 @@
 //     `umoci raw unpack` or tar, and create from that image versus from busybox (images.go).
 //   - burst: 50 and 200 creates at once: throughput, latencies, and the daemon's threads and RSS
 //     before, during and after (burst.go).
+//   - stats: what reading every sandbox's resource use (GET /v1/stats, a /metrics scrape) costs
+//     the daemon with -stats-n sandboxes running (stats.go).
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -60,6 +62,7 @@ const (
 type options struct {
 	nsbox    string
 	n, idle  int
+	statsN   int
 	sections map[string]bool
 }
 
@@ -84,10 +87,11 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
+	flag.IntVar(&o.statsN, "stats-n", 1000, "running sandboxes for the stats measurement")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
-	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
-		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
+	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 || o.statsN < 1 || o.statsN > 2000 {
+		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1, -stats-n from 1 to 2000")
 	}
 	for _, s := range strings.Split(*only, ",") {
 		if s = strings.TrimSpace(s); !slices.Contains(sections, s) {
@@ -99,7 +103,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "storage", "files", "network", "images", "burst"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "storage", "files", "network", "images", "burst", "stats"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -161,6 +165,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["burst"] {
 		if err := b.burstSection(ctx); err != nil {
 			return fmt.Errorf("burst: %w", err)
+		}
+	}
+	if o.sections["stats"] {
+		if err := b.statsSection(ctx, o.statsN, min(o.n, 10)); err != nil {
+			return fmt.Errorf("stats: %w", err)
 		}
 	}
 	return nil
