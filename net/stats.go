@@ -35,6 +35,36 @@ func VethCounters(veth string) (Counters, error) {
 	return c, nil
 }
 
+// AllVethCounters reads the counters of every interface of the host's network namespace at
+// once (/proc/net/dev), by name, turned round as VethCounters does: one file for all the
+// sandboxes instead of four per sandbox.
+func AllVethCounters() (map[string]Counters, error) {
+	data, err := os.ReadFile("/proc/net/dev")
+	if err != nil {
+		return nil, fmt.Errorf("read interface counters: %w", err)
+	}
+	out := map[string]Counters{}
+	for line := range bytes.Lines(data) {
+		name, rest, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue // the two header lines
+		}
+		// rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets …
+		f := bytes.Fields(rest)
+		if len(f) < 10 {
+			continue
+		}
+		var n [4]uint64
+		for i, col := range []int{0, 1, 8, 9} {
+			if n[i], err = strconv.ParseUint(string(f[col]), 10, 64); err != nil {
+				return nil, fmt.Errorf("read interface counters of %s: %w", bytes.TrimSpace(name), err)
+			}
+		}
+		out[string(bytes.TrimSpace(name))] = Counters{RxBytes: n[2], RxPackets: n[3], TxBytes: n[0], TxPackets: n[1]}
+	}
+	return out, nil
+}
+
 // RuleCount counts the rules of the Manager's nftables table, over all its chains.
 func (m *Manager) RuleCount() (int, error) {
 	c, err := nftables.New()

@@ -106,6 +106,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	r := s.r
 	type key struct{ status, image string }
 	counts := map[key]int{}
+	how := r.bulkRead(false)
 	for _, sb := range r.all() {
 		of := sb.statsOf()
 		if of.rec.Status == "" {
@@ -115,7 +116,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		if of.rec.Status != api.StatusRunning && of.rec.Status != api.StatusPaused {
 			continue
 		}
-		st := r.readStats(of, false)
+		st := r.readStats(of, how)
 		labels := []string{st.ID, st.Image}
 		gauge := func(d *prometheus.Desc, v uint64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)

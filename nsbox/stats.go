@@ -76,7 +76,7 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*api.SandboxStats, erro
 	if s.rec.Status == "" {
 		return nil, api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
 	}
-	st := r.readStats(s, true)
+	st := r.readStats(s, statsRead{sample: true})
 	r.countInside(ctx, s, &st)
 	return &st, nil
 }
@@ -93,8 +93,9 @@ func (r *Runtime) AllStats(ctx context.Context) []api.SandboxStats {
 	out := make([]api.SandboxStats, len(of))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, statsParallel)
+	how := r.bulkRead(true)
 	for i, s := range of {
-		out[i] = r.readStats(s, true)
+		out[i] = r.readStats(s, how)
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -105,11 +106,27 @@ func (r *Runtime) AllStats(ctx context.Context) []api.SandboxStats {
 	return out
 }
 
+// statsRead is how readStats reads. With sample, the reading is the one the next CPU percent
+// is measured from; without (a metrics scrape), CPU percent is left 0. veths, when not nil,
+// are every interface's counters read at once (bulkRead), else each veth's are read alone.
+type statsRead struct {
+	sample bool
+	veths  map[string]sandboxnet.Counters
+}
+
+// bulkRead is how to read many sandboxes' stats: every veth's counters in one read.
+func (r *Runtime) bulkRead(sample bool) statsRead {
+	veths, err := sandboxnet.AllVethCounters()
+	if err != nil {
+		r.log.Warn("read the veths' counters", "err", err)
+	}
+	return statsRead{sample: sample, veths: veths}
+}
+
 // readStats reads what the host knows of a sandbox's use: its cgroup, its veth, its disk. A
 // sandbox that is not running or paused (or whose cgroup cannot be read, as its container is
-// going) has zero figures. With sample, the reading is the one the next CPU percent is
-// measured from; without (a metrics scrape), CPU percent is left 0.
-func (r *Runtime) readStats(s statsOf, sample bool) api.SandboxStats {
+// going) has zero figures.
+func (r *Runtime) readStats(s statsOf, how statsRead) api.SandboxStats {
 	now := time.Now()
 	st := api.SandboxStats{ID: s.rec.ID, Image: s.rec.Image, Status: s.rec.Status, Time: now.UTC()}
 	if s.inst == nil || (s.rec.Status != api.StatusRunning && s.rec.Status != api.StatusPaused) {
@@ -122,7 +139,7 @@ func (r *Runtime) readStats(s statsOf, sample bool) api.SandboxStats {
 	}
 	st.CPUSeconds = float64(cg.CPUNanos) / 1e9
 	st.MemoryBytes, st.MemoryLimitBytes, st.Pids, st.OOMKills = cg.MemoryBytes, cg.MemoryLimit, cg.Pids, cg.OOMKills
-	if sample {
+	if how.sample {
 		prev := r.ops.sample(s.rec.ID, cg, now)
 		if prev.at.IsZero() {
 			prev = reading{at: s.rec.CreatedAt}
@@ -132,7 +149,12 @@ func (r *Runtime) readStats(s statsOf, sample bool) api.SandboxStats {
 		}
 	}
 	if a, ok := r.net.Lookup(s.rec.ID); ok && a.HostVeth != "" {
-		if c, err := sandboxnet.VethCounters(a.HostVeth); err == nil {
+		c, ok := how.veths[a.HostVeth]
+		if how.veths == nil {
+			c, err = sandboxnet.VethCounters(a.HostVeth)
+			ok = err == nil
+		}
+		if ok {
 			st.Network = api.NetworkStats{RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets}
 		}
 	}
