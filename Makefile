@@ -48,9 +48,13 @@ install: build
 deb: build
 	scripts/deb.sh $(BIN) $(VERSION) bin
 
-# The unit verifies and the .deb installs, removes and purges cleanly (scripts/test-package.sh).
+# The unit verifies and the .deb installs, removes and purges cleanly (scripts/test-package.sh);
+# make install into a scratch DESTDIR puts the binary and a unit that runs it in place.
 test-package: deb
 	scripts/test-package.sh $$(ls -t bin/nsbox_*.deb | head -1)
+	d=$$(mktemp -d) && $(MAKE) --no-print-directory install DESTDIR=$$d >/dev/null && \
+		test -x $$d$(PREFIX)/bin/nsbox && grep -qx 'ExecStart=$(PREFIX)/bin/nsbox daemon' $$d$(UNITDIR)/nsbox.service && \
+		rm -rf $$d && echo "test-package: ok: make install puts the binary and its unit in place"
 
 bench: build
 	$(GO) run -tags "$(TAGS)" ./scripts/bench -nsbox $(CURDIR)/$(BIN)

@@ -2,6 +2,7 @@ package nsbox
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -19,8 +20,9 @@ import (
 
 // Stats: a sandbox's resource use is read when it is asked for, from its cgroup (through the
 // backend: CPU, memory, pids, OOM kills), its host veth's counters (package net) and its disk's
-// file system; its open sessions and running processes are counted by its agent. CPU percent
-// is the use since the previous reading of the same sandbox, kept here with its OOM count;
+// file system; its open sessions and running processes are counted by its agent (GET
+// /v1/stats reuses a count for 5-10 s). CPU percent is the use since the previous reading of
+// the same sandbox, kept here with its OOM count;
 // monitor reads every sandbox's cgroup every monitorInterval to publish OOM kills as events.
 
 // monitorInterval is how often the daemon looks for OOM kills.
@@ -39,13 +41,27 @@ type ops struct {
 	last    map[string]reading // by sandbox id
 }
 
-// reading is a sandbox's CPU time at a moment, and the OOM kills the monitor has seen.
+// reading is a sandbox's CPU time at a moment, the OOM kills the monitor has seen, and its
+// agent's last counts.
 type reading struct {
 	cpu      uint64
 	at       time.Time
 	ooms     uint64
 	oomsSeen bool // ooms has been read
+	counts   counts
 }
+
+// counts are a sandbox's open sessions and running processes as its agent answered, and
+// until when GET /v1/stats may answer them again instead of asking.
+type counts struct {
+	sessions, processes *int
+	fresh               time.Time
+}
+
+// countsReuse is how long GET /v1/stats reuses a sandbox's counts: from countsReuse to twice
+// that, at random, so that the sandboxes' agents are asked at different times, not all in
+// one reading. A sandbox's own stats always ask.
+const countsReuse = 5 * time.Second
 
 func newOps(r *Runtime) *ops {
 	o := &ops{events: newEventLog(), started: time.Now(), last: map[string]reading{}}
@@ -77,7 +93,7 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*api.SandboxStats, erro
 		return nil, api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
 	}
 	st := r.readStats(s, statsRead{sample: true})
-	r.countInside(ctx, s, &st)
+	r.countInside(ctx, s, &st, false)
 	return &st, nil
 }
 
@@ -99,7 +115,7 @@ func (r *Runtime) AllStats(ctx context.Context) []api.SandboxStats {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			r.countInside(ctx, s, &out[i])
+			r.countInside(ctx, s, &out[i], true)
 		})
 	}
 	wg.Wait()
@@ -173,14 +189,25 @@ func (o *ops) sample(id string, cg backend.Stats, at time.Time) reading {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	prev := o.last[id]
-	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms, oomsSeen: prev.oomsSeen}
+	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms, oomsSeen: prev.oomsSeen, counts: prev.counts}
 	return prev
 }
 
-// countInside asks a running sandbox's agent for its open sessions and running processes.
-func (r *Runtime) countInside(ctx context.Context, s statsOf, st *api.SandboxStats) {
+// countInside sets a running sandbox's open sessions and running processes, asking its agent,
+// or with reuse answering its last counts while they are fresh.
+func (r *Runtime) countInside(ctx context.Context, s statsOf, st *api.SandboxStats, reuse bool) {
 	if s.rec.Status != api.StatusRunning || s.agent == nil {
 		return
+	}
+	id := s.rec.ID
+	if reuse {
+		r.ops.mu.Lock()
+		c := r.ops.last[id].counts
+		r.ops.mu.Unlock()
+		if time.Now().Before(c.fresh) {
+			st.Sessions, st.Processes = c.sessions, c.processes
+			return
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -196,6 +223,12 @@ func (r *Runtime) countInside(ctx context.Context, s statsOf, st *api.SandboxSta
 	if procs, err := s.agent.listProcesses(ctx, url.Values{"status": {api.ProcessRunning}}); err == nil {
 		n := len(procs)
 		st.Processes = &n
+	}
+	r.ops.mu.Lock()
+	defer r.ops.mu.Unlock()
+	if prev, ok := r.ops.last[id]; ok { // a sandbox removed meanwhile has none
+		prev.counts = counts{sessions: st.Sessions, processes: st.Processes, fresh: time.Now().Add(countsReuse + rand.N(countsReuse))}
+		r.ops.last[id] = prev
 	}
 }
 
