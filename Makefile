@@ -10,18 +10,24 @@ BIN       := bin/nsbox
 export CGO_ENABLED := 1
 export PATH := $(PATH):/usr/local/go/bin
 
+# The web terminal's xterm.js, fetched with npm (ui/package-lock.json) and embedded (package ui).
+UI_VENDOR := ui/assets/vendor/xterm.mjs
+
 PREFIX    ?= /usr/local
 UNITDIR   ?= /etc/systemd/system
 
-.PHONY: all build deps demo test test-package bench vet fmt clean install deb
+.PHONY: all build deps demo sdk test test-package bench vet fmt clean install deb
 
 all: build
 
 deps:
 	scripts/install-deps.sh
 
-build: deps
+build: deps $(UI_VENDOR)
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nsbox
+
+$(UI_VENDOR): ui/package.json ui/package-lock.json scripts/ui-assets.sh
+	scripts/ui-assets.sh
 
 demo:
 	scripts/demo.sh
@@ -30,8 +36,14 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet -tags "$(TAGS)" ./...
 
-# Unit tests with the race detector, then the integration tests against the real binary.
-test: build vet
+# The TypeScript SDK: its packages from the npm registry (package-lock.json), a check that its
+# wire types are generated from api/openapi.json as committed, and tsc (the Python SDK needs no build).
+sdk:
+	cd sdk/typescript && npm ci --no-audit --no-fund --silent && npm run --silent build
+
+# Unit tests with the race detector, then the integration tests against the real binary (the
+# SDKs' suites run from cmd/nsbox/sdk_test.go).
+test: build vet sdk
 	$(GO) test -race -count=1 -tags "$(TAGS)" ./api/... ./client/... ./agent/... ./session/... ./rootfs/... ./nsbox/... ./fs/... ./net/... ./proxy/... ./auth/... ./internal/...
 	NSBOX_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v ./cmd/nsbox/
 	$(MAKE) --no-print-directory test-package
@@ -63,4 +75,4 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 clean:
-	rm -rf bin
+	rm -rf bin sdk/typescript/dist sdk/typescript/node_modules

@@ -153,6 +153,8 @@ func (a *Agent) routes() http.Handler {
 	handle("POST /v1/shutdown", a.handleShutdown)
 	handle("PUT /v1/env", a.handlePutEnv)
 	handle("GET /v1/env", a.handleGetEnv)
+	handle("POST /v1/state/save", a.handleSaveState)
+	handle("POST /v1/state/restore", a.handleRestoreState)
 
 	handle("POST /v1/sessions", a.handleCreateSession)
 	handle("GET /v1/sessions", a.handleListSessions)

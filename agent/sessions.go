@@ -36,7 +36,9 @@ func sessionError(err error) error {
 	switch {
 	case errors.Is(err, session.ErrNotFound):
 		return api.Errorf(api.CodeNotFound, "%v", err)
-	case errors.Is(err, session.ErrExists), errors.Is(err, session.ErrEnded), errors.Is(err, session.ErrBusy):
+	case errors.Is(err, session.ErrBusy):
+		return api.Errorf(api.CodeTerminalBusy, "%v", err)
+	case errors.Is(err, session.ErrExists), errors.Is(err, session.ErrEnded):
 		return api.Errorf(api.CodeConflict, "%v", err)
 	case errors.Is(err, session.ErrInvalid):
 		return api.Errorf(api.CodeInvalidArgument, "%v", err)

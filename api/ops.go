@@ -51,14 +51,15 @@ type Event struct {
 	Details map[string]string `json:"details,omitempty"`
 }
 
-// Event types. A sandbox's life is created, started, then paused and resumed, stopping and
-// removed; failed when its agent exits or its container is gone (agent_exited says the
+// Event types. A sandbox's life is created, started, then paused or hibernated and resumed,
+// stopping and removed; failed when its agent exits or its container is gone (agent_exited says the
 // first), oom_killed each time the kernel kills one of its processes for memory.
 const (
 	EventSandboxCreated     = "sandbox.created"
 	EventSandboxStarted     = "sandbox.started"
 	EventSandboxPaused      = "sandbox.paused"
 	EventSandboxResumed     = "sandbox.resumed"
+	EventSandboxHibernated  = "sandbox.hibernated"
 	EventSandboxStopping    = "sandbox.stopping"
 	EventSandboxRemoved     = "sandbox.removed"
 	EventSandboxFailed      = "sandbox.failed"

@@ -22,6 +22,8 @@ const (
 	StatusPaused   = "paused"
 	StatusStopping = "stopping"
 	StatusFailed   = "failed"
+	// StatusHibernated: no process and no memory left; files, address and ports kept.
+	StatusHibernated = "hibernated"
 )
 
 // Limits are a sandbox's cgroup limits. Zero means "the daemon's default".
@@ -106,7 +108,9 @@ type Sandbox struct {
 // has been seen for IdleSeconds and none is in progress.
 type Lifecycle struct {
 	IdleSeconds int64 `json:"idleSeconds,omitempty"`
-	// OnIdle is "pause" (a request that needs the sandbox resumes it) or "remove".
+	// OnIdle is "pause" (frozen; a request that needs the sandbox resumes it), "hibernate"
+	// (processes stopped, memory freed, sessions' state kept; a request resumes it), "stop"
+	// (hibernated without keeping the sessions' state: they start afresh) or "remove".
 	OnIdle string `json:"onIdle,omitempty"`
 	// TTLSeconds: the sandbox is removed this long after its create, idle or not.
 	TTLSeconds int64 `json:"ttlSeconds,omitempty"`
@@ -114,8 +118,10 @@ type Lifecycle struct {
 
 // What an idle sandbox becomes.
 const (
-	OnIdlePause  = "pause"
-	OnIdleRemove = "remove"
+	OnIdlePause     = "pause"
+	OnIdleHibernate = "hibernate"
+	OnIdleStop      = "stop"
+	OnIdleRemove    = "remove"
 )
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly
@@ -290,6 +296,14 @@ const (
 	TerminalSkipped = "skipped" // output fell off the scrollback ring before it could be sent
 	TerminalEnded   = "ended"   // the session ended
 	TerminalResize  = "resize"  // a client's request to resize the terminal
+	// TerminalLive follows the replayed scrollback: what came before it was written before
+	// the client attached, what follows is live. A terminal emulator should not send input
+	// (key presses, focus and mouse reports) until it has drawn the replay: modes the replay
+	// turns on and off again would otherwise report into the shell.
+	TerminalLive = "live"
+	// TerminalReadOnly is the first notice of a terminal the client watches but cannot type
+	// into (a read token, or a read-only session); its data says why.
+	TerminalReadOnly = "readonly"
 )
 
 // TerminalEvent is one event of a session's terminal stream (agent to daemon). On the
@@ -346,6 +360,8 @@ type FileEvent struct {
 // Version is the answer to GET /v1/version.
 type Version struct {
 	Version string `json:"version"`
+	// Checkpoint says whether hibernate's memory: true (CRIU) works on this host, and why not.
+	Checkpoint Checkpoint `json:"checkpoint"`
 }
 
 // Image is an entry of GET /v1/images.
@@ -450,9 +466,12 @@ const (
 	CodeInvalidArgument = "invalid_argument"
 	CodeNotFound        = "not_found"
 	CodeConflict        = "conflict"
-	CodeTooLarge        = "payload_too_large"
-	CodeInternal        = "internal"
-	CodeUnavailable     = "unavailable"
+	// CodeTerminalBusy: a command for a bash session whose terminal runs an interactive
+	// program (vi, top) that did not give the prompt back in time.
+	CodeTerminalBusy = "terminal_busy"
+	CodeTooLarge     = "payload_too_large"
+	CodeInternal     = "internal"
+	CodeUnavailable  = "unavailable"
 	// CodeUnauthenticated: a TCP request without a valid token (missing, unknown, expired,
 	// revoked); a valid token outside its scope is CodePermissionDenied.
 	CodeUnauthenticated = "unauthenticated"
@@ -468,6 +487,7 @@ var codeStatus = map[string]int{
 	CodeInvalidArgument: http.StatusBadRequest,
 	CodeNotFound:        http.StatusNotFound,
 	CodeConflict:        http.StatusConflict,
+	CodeTerminalBusy:    http.StatusConflict,
 	CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	CodeInternal:        http.StatusInternalServerError,
 	CodeUnavailable:     http.StatusServiceUnavailable,
@@ -532,7 +552,10 @@ const (
 )
 
 // NetworkSpec is a sandbox's requested network: the network part of a create and the body of
-// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs, for mode allow only.
+// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs: in mode allow the only networks
+// the sandbox reaches; in mode egress the private networks (RFC 1918, 100.64.0.0/10, the
+// host's LAN) it may reach besides the internet. Link-local and metadata addresses are never
+// reachable and cannot be listed.
 type NetworkSpec struct {
 	Mode  string   `json:"mode,omitempty"` // default egress
 	Allow []string `json:"allow,omitempty"`
@@ -553,13 +576,15 @@ const (
 )
 
 // ExposePortRequest is the body of POST /v1/sandboxes/{id}/ports. HostPort 0 means: choose one
-// from the daemon's range; HostIP empty (or 0.0.0.0) means every host address.
+// from the daemon's range. HostIP empty means 127.0.0.1 (the host alone), or every host address
+// when Public; 0.0.0.0 means every host address.
 type ExposePortRequest struct {
 	Port     int    `json:"port"`
 	Protocol string `json:"protocol,omitempty"` // tcp (default) or udp
 	HostPort int    `json:"hostPort,omitempty"`
 	HostIP   string `json:"hostIP,omitempty"`
-	// Public: the preview proxy serves the port without a token.
+	// Public: the port is for anyone: on every host address unless HostIP says otherwise, and
+	// served by the preview proxy without a token.
 	Public bool `json:"public,omitempty"`
 }
 
@@ -590,7 +615,13 @@ type StartProcessRequest struct {
 	// Stdin is "null" (default: /dev/null) or "pipe" (written with POST …/stdin).
 	Stdin    string `json:"stdin,omitempty"`
 	LogBytes int64  `json:"logBytes,omitempty"` // size of the output ring; default 4 MiB
+	// Restart "on-resume" starts the process again when its sandbox resumes from hibernation
+	// while it ran; default "" (it stays stopped by hibernation).
+	Restart string `json:"restart,omitempty"`
 }
+
+// RestartOnResume is the restart policy of a process started again after a hibernation.
+const RestartOnResume = "on-resume"
 
 // Process stdin modes.
 const (
@@ -604,6 +635,7 @@ const (
 	ProcessExited  = "exited"  // ended by itself: see ExitCode
 	ProcessKilled  = "killed"  // ended by a signal: see Signal
 	ProcessFailed  = "failed"  // could not be started: see Error
+	ProcessStopped = "stopped" // was running when its sandbox hibernated: see Error
 )
 
 // Process is a long-running process of a sandbox as the API shows it.

@@ -21,6 +21,10 @@ import (
 // DefaultSocket is where the daemon listens unless told otherwise.
 const DefaultSocket = "/run/nsbox/nsbox.sock"
 
+// ErrUnreachable is wrapped by every error of a call that could not reach the daemon at all
+// (no socket, connection refused, a TLS or network failure): errors.Is(err, ErrUnreachable).
+var ErrUnreachable = errors.New("cannot reach the nsbox daemon")
+
 // Client talks to one nsbox daemon.
 type Client struct {
 	http  *http.Client
@@ -155,7 +159,15 @@ func (c *Client) PauseSandbox(ctx context.Context, id string) (*api.Sandbox, err
 	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/pause", nil, &sb)
 }
 
-// ResumeSandbox lets a paused sandbox run again.
+// HibernateSandbox stops every process of a running or paused sandbox and frees its memory,
+// keeping its files, network and sessions' state; ResumeSandbox (or any request that needs it
+// running) starts it again.
+func (c *Client) HibernateSandbox(ctx context.Context, id string, req api.HibernateRequest) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/hibernate", req, &sb)
+}
+
+// ResumeSandbox lets a paused sandbox run again, or starts a hibernated one again.
 func (c *Client) ResumeSandbox(ctx context.Context, id string) (*api.Sandbox, error) {
 	var sb api.Sandbox
 	return &sb, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/resume", nil, &sb)
@@ -308,9 +320,9 @@ func (c *Client) send(ctx context.Context, method, path string, in any, accept s
 			return nil, fmt.Errorf("%s %s: %w", method, path, ctx.Err())
 		}
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("cannot reach the nsbox daemon (is `nsbox daemon` running, and are you root?): %w", err)
+			return nil, fmt.Errorf("%w (is `nsbox daemon` running, and are you root?): %w", ErrUnreachable, err)
 		}
-		return nil, fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()

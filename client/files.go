@@ -263,7 +263,7 @@ func (c *Client) sendRaw(ctx context.Context, method, path string, body io.Reade
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the nsbox daemon: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()

@@ -54,6 +54,17 @@ func (c *agentClient) configure(ctx context.Context, cfg api.AgentConfig) error 
 	return c.call(ctx, http.MethodPut, "/v1/config", cfg, nil)
 }
 
+// saveState has the agent save its sessions' state and its processes (hibernate.go).
+func (c *agentClient) saveState(ctx context.Context, req api.SaveStateRequest) (*api.SandboxState, error) {
+	var st api.SandboxState
+	return &st, c.call(ctx, http.MethodPost, "/v1/state/save", req, &st)
+}
+
+// restoreState gives a new container's agent the state an earlier one saved.
+func (c *agentClient) restoreState(ctx context.Context, st api.SandboxState) error {
+	return c.call(ctx, http.MethodPost, "/v1/state/restore", st, nil)
+}
+
 // shutdown asks the agent to end everything in the sandbox and exit.
 func (c *agentClient) shutdown(ctx context.Context) error {
 	return c.call(ctx, http.MethodPost, "/v1/shutdown", nil, nil)

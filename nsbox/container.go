@@ -25,9 +25,14 @@ type startedContainer struct {
 // it with the agent as PID 1, and waits until the agent answers. The container is nobody's
 // yet: bind makes it a sandbox. On failure nothing of it is left.
 func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (*startedContainer, error) {
+	return r.launch(ctx, "c-"+newID(), img, lim, st, false)
+}
+
+// launch starts container id over the image's layers. kept: the container is one that was shelved (a hibernated sandbox's): its
+// writable layers and ids exist already and stay when the start fails.
+func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool) (*startedContainer, error) {
 	began := time.Now()
-	id := "c-" + newID()
-	spec, err := r.containerSpec(id, img, lim, st)
+	spec, err := r.containerSpec(id, img, lim, st, kept)
 	prepared := time.Since(began)
 	var inst backend.Instance
 	if err == nil {
@@ -39,7 +44,7 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 		r.log.Warn("detach workspace", "container", id, "err", derr)
 	}
 	if err != nil {
-		if derr := r.destroyContainerID(id); derr != nil {
+		if derr := r.undoStart(id, kept); derr != nil {
 			r.log.Error("clean up after failed start", "container", id, "err", derr)
 		}
 		return nil, err
@@ -50,7 +55,9 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 	defer cancel()
 	if _, err := agent.health(readyCtx); err != nil {
 		err = fmt.Errorf("agent did not come up: %v; agent log: %q", err, inst.AgentLog())
-		if derr := r.destroyContainer(inst); derr != nil {
+		onOwnThread(inst.Kill)
+		inst.Close()
+		if derr := r.undoStart(id, kept); derr != nil {
 			r.log.Error("clean up after failed start", "container", id, "err", derr)
 		}
 		return nil, err
@@ -60,10 +67,19 @@ func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim bac
 	return &startedContainer{inst: inst, agent: agent, image: img.Name, limits: lim, extras: st}, nil
 }
 
+// undoStart removes what a failed start left: everything, or for a kept container everything
+// but its writable layers and ids (shelveContainer).
+func (r *Runtime) undoStart(id string, kept bool) error {
+	if kept {
+		return r.shelveContainer(id)
+	}
+	return r.destroyContainerID(id)
+}
+
 // containerSpec makes what a container needs on the host before it starts (its user
 // namespace's ids, its writable layers, its disk, its workspace's overlay, its hosts and
 // resolv.conf files) and returns what the backend starts it from.
-func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st extrasSpec) (backend.Spec, error) {
+func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool) (backend.Spec, error) {
 	for _, dir := range []string{r.sandboxRunDir(id), r.sandboxDataDir(id)} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return backend.Spec{}, fmt.Errorf("make container dir: %w", err)
@@ -72,11 +88,11 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	var ids rootfs.IDMap
 	if r.ids != nil {
 		var err error
-		if ids, err = r.ids.allocate(id); err != nil {
+		if ids, err = r.ids.allocate(id, kept); err != nil {
 			return backend.Spec{}, err
 		}
 	}
-	layerDir, err := r.prepareLayers(id, st)
+	layerDir, err := r.prepareLayers(id, st, kept)
 	if err != nil {
 		return backend.Spec{}, err
 	}

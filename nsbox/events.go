@@ -101,9 +101,9 @@ func (l *eventLog) unsubscribe(s *eventSub) {
 }
 
 // stateEvents are the events of the state machine's moves, by the state moved to; a move to
-// running is started from creating and resumed from paused.
+// running is started from creating, else resumed (from paused or hibernated).
 var stateEvents = map[string]string{
-	api.StatusCreating: api.EventSandboxCreated, api.StatusPaused: api.EventSandboxPaused,
+	api.StatusCreating: api.EventSandboxCreated, api.StatusPaused: api.EventSandboxPaused, api.StatusHibernated: api.EventSandboxHibernated,
 	api.StatusStopping: api.EventSandboxStopping, stateRemoved: api.EventSandboxRemoved, api.StatusFailed: api.EventSandboxFailed,
 }
 
@@ -112,7 +112,7 @@ func (r *Runtime) transitioned(rec *record, from, to string) {
 	typ := stateEvents[to]
 	if to == api.StatusRunning {
 		typ = api.EventSandboxStarted
-		if from == api.StatusPaused {
+		if from != api.StatusCreating {
 			typ = api.EventSandboxResumed
 		}
 	}

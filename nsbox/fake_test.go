@@ -358,6 +358,16 @@ func (n *fakeNetwork) Detach(id string) error {
 	return nil
 }
 
+func (n *fakeNetwork) Suspend(string) error { return nil }
+
+func (n *fakeNetwork) Reattach(id, _ string) (*sandboxnet.Attachment, error) {
+	a, ok := n.Lookup(id)
+	if !ok {
+		return nil, sandboxnet.ErrNotFound
+	}
+	return a, nil
+}
+
 func (n *fakeNetwork) Lookup(id string) (*sandboxnet.Attachment, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -386,3 +396,6 @@ func (n *fakeNetwork) Expose(string, sandboxnet.Port) (sandboxnet.Port, error) {
 func (n *fakeNetwork) Unexpose(string, int, string) error { return sandboxnet.ErrNotFound }
 func (n *fakeNetwork) Ports(string) []sandboxnet.Port     { return nil }
 func (n *fakeNetwork) Close()                             {}
+
+// ResolvConf is a fixed file: the fake network has no host resolver to follow.
+func (n *fakeNetwork) ResolvConf() ([]byte, error) { return []byte("nameserver 192.0.2.53\n"), nil }

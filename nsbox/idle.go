@@ -2,6 +2,8 @@ package nsbox
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -15,6 +17,10 @@ import (
 
 // idleCheckEvery is how often the daemon looks for idle and expired sandboxes.
 const idleCheckEvery = time.Second
+
+// onIdle are the policies for idle sandboxes: pause (frozen), hibernate (hibernate.go), stop
+// (hibernated without the sessions' state: they start afresh on resume), remove.
+var onIdle = []string{api.OnIdlePause, api.OnIdleHibernate, api.OnIdleStop, api.OnIdleRemove}
 
 // resolveLifecycle checks a create's lifecycle and fills the daemon's defaults.
 func (c *Config) resolveLifecycle(l *api.Lifecycle) (*api.Lifecycle, error) {
@@ -30,8 +36,8 @@ func (c *Config) resolveLifecycle(l *api.Lifecycle) (*api.Lifecycle, error) {
 		return nil, api.Errorf(api.CodeInvalidArgument, "lifecycle.idleSeconds and lifecycle.ttlSeconds must not be negative")
 	case l.OnIdle == "" && l.IdleSeconds > 0:
 		l.OnIdle = api.OnIdlePause
-	case l.OnIdle != "" && l.OnIdle != api.OnIdlePause && l.OnIdle != api.OnIdleRemove:
-		return nil, api.Errorf(api.CodeInvalidArgument, "lifecycle.onIdle must be %q or %q, not %q", api.OnIdlePause, api.OnIdleRemove, l.OnIdle)
+	case l.OnIdle != "" && !slices.Contains(onIdle, l.OnIdle):
+		return nil, api.Errorf(api.CodeInvalidArgument, "lifecycle.onIdle must be one of %s, not %q", strings.Join(onIdle, ", "), l.OnIdle)
 	}
 	if l.IdleSeconds == 0 && l.TTLSeconds == 0 {
 		return nil, nil
@@ -75,7 +81,7 @@ func (r *Runtime) applyLifecycles(now time.Time) {
 	for _, sb := range r.all() {
 		rec := sb.snapshot()
 		l := rec.Lifecycle
-		if l == nil || (rec.Status != api.StatusRunning && rec.Status != api.StatusPaused) {
+		if l == nil || (rec.Status != api.StatusRunning && rec.Status != api.StatusPaused && rec.Status != api.StatusHibernated) {
 			continue
 		}
 		idle := rec.Status == api.StatusRunning && l.IdleSeconds > 0 && sb.inflight.Load() == 0 &&
@@ -88,6 +94,11 @@ func (r *Runtime) applyLifecycles(now time.Time) {
 		case idle && l.OnIdle == api.OnIdleRemove:
 			r.log.Info("removing an idle sandbox", "sandbox", sb.id, "idleSeconds", l.IdleSeconds)
 			err = r.Remove(sb.id, true)
+		case idle && (l.OnIdle == api.OnIdleHibernate || l.OnIdle == api.OnIdleStop):
+			r.log.Info("hibernating an idle sandbox", "sandbox", sb.id, "idleSeconds", l.IdleSeconds, "onIdle", l.OnIdle)
+			ctx, cancel := context.WithTimeout(context.Background(), awakenTimeout)
+			_, err = r.hibernate(ctx, sb.id, l.OnIdle == api.OnIdleHibernate)
+			cancel()
 		case idle:
 			r.log.Info("pausing an idle sandbox", "sandbox", sb.id, "idleSeconds", l.IdleSeconds)
 			_, err = r.Pause(sb.id)

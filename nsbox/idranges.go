@@ -84,10 +84,13 @@ func overlaps(x, y rootfs.IDMap) bool {
 // allocate gives the container the first free block. A block is free once its last
 // container is destroyed (nothing of it runs), so reusing it at once is safe, and it keeps a
 // daemon on the few blocks whose user namespaces it made already (rootfs.UserNS).
-func (a *idRanges) allocate(container string) (rootfs.IDMap, error) {
+// held: the container keeps the ids it has (a hibernated sandbox's, whose files belong to them).
+func (a *idRanges) allocate(container string, held bool) (rootfs.IDMap, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if m, ok := a.of[container]; ok {
+	if m, ok := a.of[container]; ok && held {
+		return m, nil
+	} else if ok {
 		return rootfs.IDMap{}, fmt.Errorf("container %s already has ids %d-%d", container, m.Host, m.Host+m.Size-1)
 	}
 	for i := 0; i < a.blocks; i++ {

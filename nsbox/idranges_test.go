@@ -36,7 +36,7 @@ func TestIDRangesAllocateDistinctBlocksUntilExhausted(t *testing.T) {
 	a := newIDRanges(IDRange{Start: 100000, Count: 3*rootfs.IDsPerSandbox + 100}) // 3 whole blocks
 	seen := map[uint32]string{}
 	for _, c := range []string{"c1", "c2", "c3"} {
-		m, err := a.allocate(c)
+		m, err := a.allocate(c, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,16 +45,16 @@ func TestIDRangesAllocateDistinctBlocksUntilExhausted(t *testing.T) {
 		}
 		seen[m.Host] = c
 	}
-	_, err := a.allocate("c4")
+	_, err := a.allocate("c4", false)
 	if err == nil || !strings.Contains(err.Error(), "no user namespace ids left") || !strings.Contains(err.Error(), "--userns-range") {
 		t.Fatalf("a fourth container: %v", err)
 	}
-	if _, err := a.allocate("c1"); err == nil {
+	if _, err := a.allocate("c1", false); err == nil {
 		t.Fatalf("a container got a second block")
 	}
 	// A freed block is given out again, and only it.
 	a.release("c2")
-	m, err := a.allocate("c4")
+	m, err := a.allocate("c4", false)
 	if err != nil || seen[m.Host] != "c2" {
 		t.Fatalf("after a release: %+v %v (blocks %v)", m, err, seen)
 	}
@@ -66,7 +66,7 @@ func TestIDRangesClaimAfterRestart(t *testing.T) {
 	before := newIDRanges(r)
 	live := map[string]rootfs.IDMap{}
 	for _, c := range []string{"c1", "c2", "c3"} {
-		live[c], _ = before.allocate(c)
+		live[c], _ = before.allocate(c, false)
 	}
 	// A new daemon claims what the backend reports; the one block left is the only one it
 	// hands out.
@@ -76,7 +76,7 @@ func TestIDRangesClaimAfterRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m, err := after.allocate("c4")
+	m, err := after.allocate("c4", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestIDRangesClaimAfterRestart(t *testing.T) {
 			t.Fatalf("c4 got %+v, which %s has", m, c)
 		}
 	}
-	if _, err := after.allocate("c5"); err == nil {
+	if _, err := after.allocate("c5", false); err == nil {
 		t.Fatalf("more blocks than the range holds")
 	}
 	// Two containers that claim the same ids: the second is refused.
@@ -102,11 +102,11 @@ func TestIDRangesClaimOutsideTheRange(t *testing.T) {
 	if err := a.claim("old", old); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := a.allocate("c1"); err == nil {
+	if m, err := a.allocate("c1", false); err == nil {
 		t.Fatalf("got %+v, which overlaps the old container's %+v", m, old)
 	}
 	a.release("old")
-	if _, err := a.allocate("c1"); err != nil {
+	if _, err := a.allocate("c1", false); err != nil {
 		t.Fatalf("after the old container is gone: %v", err)
 	}
 }

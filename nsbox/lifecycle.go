@@ -35,7 +35,7 @@ func (r *Runtime) Pause(id string) (*api.Sandbox, error) {
 	return &out, nil
 }
 
-// Resume lets a paused sandbox run again.
+// Resume lets a paused sandbox run again, or starts a hibernated one again (hibernate.go).
 func (r *Runtime) Resume(id string) (*api.Sandbox, error) {
 	sb, err := r.lookup(id)
 	if err != nil {
@@ -43,10 +43,15 @@ func (r *Runtime) Resume(id string) (*api.Sandbox, error) {
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	if sb.rec.Status != api.StatusPaused {
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q is %s, not paused", id, sb.rec.Status)
+	switch sb.rec.Status {
+	case api.StatusPaused:
+		err = r.resume(sb)
+	case api.StatusHibernated:
+		err = r.awaken(sb)
+	default:
+		return nil, api.Errorf(api.CodeConflict, "sandbox %q is %s, not paused or hibernated", id, sb.rec.Status)
 	}
-	if err := r.resume(sb); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	out := sb.rec.Sandbox

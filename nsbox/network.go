@@ -51,11 +51,14 @@ type network interface {
 	Attach(id, netnsPath string, mode sandboxnet.Mode, allow []netip.Prefix) (*sandboxnet.Attachment, error)
 	SetMode(id string, mode sandboxnet.Mode, allow []netip.Prefix) error
 	Detach(id string) error
+	Suspend(id string) error
+	Reattach(id, netnsPath string) (*sandboxnet.Attachment, error)
 	Lookup(id string) (*sandboxnet.Attachment, bool)
 	Sandboxes() []string
 	Expose(id string, want sandboxnet.Port) (sandboxnet.Port, error)
 	Unexpose(id string, port int, protocol string) error
 	Ports(id string) []sandboxnet.Port
+	ResolvConf() ([]byte, error)
 	RuleCount() (int, error)
 	Close()
 }
@@ -100,11 +103,11 @@ func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, err
 		s.Mode = api.NetworkEgress
 	}
 	switch s.Mode {
-	case api.NetworkNone, api.NetworkEgress:
+	case api.NetworkNone:
 		if len(s.Allow) > 0 {
-			return s, nil, api.Errorf(api.CodeInvalidArgument, "network.allow is only for mode allow, not %q", s.Mode)
+			return s, nil, api.Errorf(api.CodeInvalidArgument, "network.allow is only for modes egress and allow, not %q", s.Mode)
 		}
-	case api.NetworkAllow:
+	case api.NetworkEgress, api.NetworkAllow:
 	default:
 		return s, nil, api.Errorf(api.CodeInvalidArgument, "network.mode must be none, egress or allow, not %q", s.Mode)
 	}
@@ -128,7 +131,7 @@ func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, err
 // returns their read-only mounts. Until connectNetwork the hosts file names the container; it
 // is rewritten in place then, so the mount shows the new content.
 func (r *Runtime) networkFiles(container string) ([]backend.Mount, error) {
-	resolv, err := sandboxnet.ResolvConf()
+	resolv, err := r.net.ResolvConf()
 	if errors.Is(err, sandboxnet.ErrNoNameserver) {
 		r.log.Warn("sandboxes get no DNS server", "err", err)
 	} else if err != nil {
@@ -160,8 +163,15 @@ func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
 	if err != nil {
 		return err
 	}
+	prev, suspended := r.net.Lookup(rec.ID)
+	suspended = suspended && prev.Mode != "" // attached before: a hibernated sandbox's
 	var addr netip.Addr
-	if rec.Network.Mode != api.NetworkNone {
+	switch {
+	case suspended:
+		if prev.HostVeth != "" {
+			addr = prev.Addr
+		}
+	case rec.Network.Mode != api.NetworkNone:
 		if addr, err = r.net.Allocate(rec.ID); err != nil {
 			return netError(err)
 		}
@@ -171,7 +181,12 @@ func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
 	if err := os.WriteFile(hosts, sandboxnet.HostsFile(rec.ID, addr), 0o644); err != nil {
 		return fmt.Errorf("write sandbox hosts: %w", err)
 	}
-	a, err := r.net.Attach(rec.ID, sc.inst.NetNS(), sandboxnet.Mode(rec.Network.Mode), allow)
+	var a *sandboxnet.Attachment
+	if suspended {
+		a, err = r.net.Reattach(rec.ID, sc.inst.NetNS())
+	} else {
+		a, err = r.net.Attach(rec.ID, sc.inst.NetNS(), sandboxnet.Mode(rec.Network.Mode), allow)
+	}
 	if err != nil {
 		return netError(err)
 	}
@@ -247,20 +262,25 @@ func (r *Runtime) SetNetwork(id string, spec api.NetworkSpec) (*api.Sandbox, err
 	return &out, nil
 }
 
-// ExposePort forwards a host port to a port of a running sandbox. A TCP port that is not
-// public gets a token for the preview proxy. The exposure, token included, is kept in
+// ExposePort forwards a host port to a port of a running sandbox: on the host's 127.0.0.1
+// unless the request names a host address or is public (every address). A TCP port that is
+// not public gets a token for the preview proxy. The exposure, token included, is kept in
 // package net's state (in the run dir, like the kernel rules it describes: no fsync).
 func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.ExposedPort, error) {
 	want := sandboxnet.Port{Port: req.Port, Protocol: req.Protocol, HostPort: req.HostPort, Public: req.Public}
 	if want.Protocol != "" && want.Protocol != api.ProtocolTCP && want.Protocol != api.ProtocolUDP {
 		return nil, api.Errorf(api.CodeInvalidArgument, "protocol must be tcp or udp, not %q", req.Protocol)
 	}
-	if req.HostIP != "" {
+	switch {
+	case req.HostIP != "":
 		ip, err := netip.ParseAddr(req.HostIP)
 		if err != nil {
 			return nil, api.Errorf(api.CodeInvalidArgument, "hostIP %q is not an IP address", req.HostIP)
 		}
 		want.HostIP = ip
+	case !req.Public:
+		// Safe by default: the host alone reaches a port that is not public.
+		want.HostIP = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
 	if want.Protocol != api.ProtocolUDP && !req.Public {
 		want.Token = newToken()

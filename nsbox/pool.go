@@ -38,9 +38,9 @@ func newWarmPool(want map[string]int) *warmPool {
 
 // acquire returns a started container for a new sandbox of img: a warm one when the pool has
 // one whose agent still runs (bind applies the limits) and the sandbox needs no storage of its
-// own, else a new one.
+// own beyond the default disk, else a new one.
 func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (sc *startedContainer, fromPool bool, err error) {
-	if st.none() {
+	if r.pooled(st) {
 		defer r.refill(img)
 		for sc := r.pool.take(img.Name); sc != nil; sc = r.pool.take(img.Name) {
 			if sc.inst.Alive() {
@@ -103,7 +103,7 @@ func (r *Runtime) refill(img *rootfs.Image) {
 			if !p.waitAfterTake(p.ctx) {
 				continue // closed meanwhile
 			}
-			sc, err := r.startContainer(p.ctx, img, r.defaultLimits, extrasSpec{})
+			sc, err := r.startContainer(p.ctx, img, r.defaultLimits, r.poolExtras())
 			if err != nil {
 				r.log.Error("warm pool: start container", "image", img.Name, "err", err)
 				p.mu.Lock()

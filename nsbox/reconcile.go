@@ -38,6 +38,13 @@ func (r *Runtime) reconcile() error {
 		r.sandboxes[sb.id] = sb
 		known[rec.container()] = true
 		switch rec.Status {
+		case api.StatusHibernated:
+			// No container; its files, ids and network wait for a resume.
+			if rec.HeldIDs != nil && r.ids != nil {
+				if err := r.ids.claim(rec.container(), *rec.HeldIDs); err != nil {
+					r.log.Error("user namespace ids", "sandbox", rec.ID, "err", err)
+				}
+			}
 		case api.StatusCreating:
 			r.log.Warn("rolling back a create the daemon did not finish", "sandbox", rec.ID)
 			r.abortCreate(sb)

@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 var sandboxesBucket = []byte("sandboxes")
@@ -25,6 +26,9 @@ type record struct {
 	// ImageID is the id (config digest) of the OCI image it was made from, which keeps the
 	// image's layers from being removed while it lives; empty for built-in images.
 	ImageID string `json:"imageId,omitempty"`
+	// HeldIDs are the user namespace ids of a hibernated sandbox's container: its writable
+	// layer belongs to them, so they stay its own until it resumes on them or is removed.
+	HeldIDs *rootfs.IDMap `json:"heldIds,omitempty"`
 }
 
 // container returns the id of the record's container.

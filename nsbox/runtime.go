@@ -42,6 +42,14 @@ type Config struct {
 	DefaultCPUs     float64
 	DefaultMemoryMB int64
 	DefaultPids     int64
+	// DefaultDiskMB is the disk (storage.go) of a sandbox whose create names none; 0: such a
+	// sandbox writes to nsbox's data file system without a bound. MaxDiskMB bounds what a
+	// create may ask for; 0: the size of that file system.
+	DefaultDiskMB int64
+	MaxDiskMB     int64
+
+	// Checkpoint is whether CRIU works on this host (DetectCheckpoint), for hibernate's memory.
+	Checkpoint api.Checkpoint
 
 	// DefaultLifecycle is the idle and age policy of sandboxes whose create names none.
 	DefaultLifecycle *api.Lifecycle
@@ -127,6 +135,10 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	r.pool = newWarmPool(cfg.WarmPool)
+	if err := r.checkDefaultDisk(); err != nil {
+		r.records.Close()
+		return nil, err
+	}
 	if r.defaultLimits, err = r.cfg.resolveLimits(&api.Limits{}); err != nil {
 		r.records.Close()
 		return nil, fmt.Errorf("default limits: %w", err)

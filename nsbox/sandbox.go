@@ -17,11 +17,13 @@ import (
 // only place that changes it:
 //
 //	creating ─▶ running ◀─▶ paused       (a create; pause and resume)
-//	running, paused ─▶ stopping ─▶ removed (a remove)
+//	running, paused ─▶ hibernated ─▶ running (hibernate; resume, hibernate.go)
+//	running, paused, hibernated ─▶ stopping ─▶ removed (a remove)
 //	creating ─▶ removed                    (a create rolled back)
 //	creating, running, paused, stopping ─▶ failed ─▶ stopping
 //
 // creating: POST /v1/sandboxes is at work; running: its agent answers; paused: frozen;
+// hibernated: it has no container (no process, no memory), its files, address and ports kept;
 // stopping: DELETE is at work; failed: its agent died, its container is gone, or its
 // create or remove could not clean up (it can only be removed); removed: gone, the record
 // deleted. A request that needs another state is refused with a conflict naming the state.
@@ -31,18 +33,20 @@ const stateRemoved = "removed"
 
 // transitions lists the states each state may move to.
 var transitions = map[string][]string{
-	"":                 {api.StatusCreating}, // a new sandbox; reconcile loads the others as recorded
-	api.StatusCreating: {api.StatusRunning, api.StatusFailed, stateRemoved},
-	api.StatusRunning:  {api.StatusPaused, api.StatusStopping, api.StatusFailed},
-	api.StatusPaused:   {api.StatusRunning, api.StatusStopping, api.StatusFailed},
-	api.StatusStopping: {stateRemoved, api.StatusFailed},
-	api.StatusFailed:   {api.StatusStopping},
+	"":                   {api.StatusCreating}, // a new sandbox; reconcile loads the others as recorded
+	api.StatusCreating:   {api.StatusRunning, api.StatusFailed, stateRemoved},
+	api.StatusRunning:    {api.StatusPaused, api.StatusHibernated, api.StatusStopping, api.StatusFailed},
+	api.StatusPaused:     {api.StatusRunning, api.StatusHibernated, api.StatusStopping, api.StatusFailed},
+	api.StatusHibernated: {api.StatusRunning, api.StatusStopping, api.StatusFailed},
+	api.StatusStopping:   {stateRemoved, api.StatusFailed},
+	api.StatusFailed:     {api.StatusStopping},
 }
 
 // durable states are written to the records; the others live in memory only. A daemon that
 // dies while a sandbox is stopping finds it as it was before (running or failed), and
 // reconcile sees what is left of it.
-var durable = map[string]bool{api.StatusCreating: true, api.StatusRunning: true, api.StatusPaused: true, api.StatusFailed: true}
+var durable = map[string]bool{api.StatusCreating: true, api.StatusRunning: true, api.StatusPaused: true,
+	api.StatusHibernated: true, api.StatusFailed: true}
 
 // sandbox is one sandbox the daemon knows.
 type sandbox struct {
@@ -66,8 +70,8 @@ func stateError(id, state, why string) error {
 		return api.Errorf(api.CodeConflict, "sandbox %q is creating; %s when its create has answered", id, why)
 	case api.StatusStopping:
 		return api.Errorf(api.CodeConflict, "sandbox %q is stopping (being removed)", id)
-	case api.StatusPaused:
-		return api.Errorf(api.CodeConflict, "sandbox %q is paused; resume it first", id)
+	case api.StatusPaused, api.StatusHibernated:
+		return api.Errorf(api.CodeConflict, "sandbox %q is %s; resume it first", id, state)
 	}
 	return api.Errorf(api.CodeConflict, "sandbox %q is %s; %s", id, state, why)
 }
@@ -224,11 +228,16 @@ func (r *Runtime) lockRunning(id string) (*sandbox, error) {
 	return sb, nil
 }
 
-// wake is nil when sb runs, resuming it first when it is paused, else the conflict to answer.
-// sb.mu must be held.
+// wake is nil when sb runs, resuming it first when it is paused or hibernated, else the
+// conflict to answer. sb.mu must be held.
 func (r *Runtime) wake(sb *sandbox) error {
-	if sb.rec.Status == api.StatusPaused {
+	switch sb.rec.Status {
+	case api.StatusPaused:
 		if err := r.resume(sb); err != nil {
+			return err
+		}
+	case api.StatusHibernated:
+		if err := r.awaken(sb); err != nil {
 			return err
 		}
 	}

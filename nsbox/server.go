@@ -42,6 +42,7 @@ var Routes = []Route{
 	{"DELETE", "/v1/sandboxes/{id}", api.AccessAdmin, api.SessionNone, (*Runtime).handleRemove},
 	{"POST", "/v1/sandboxes/{id}/pause", api.AccessAdmin, api.SessionNone, (*Runtime).handlePause},
 	{"POST", "/v1/sandboxes/{id}/resume", api.AccessAdmin, api.SessionNone, (*Runtime).handleResume},
+	{"POST", "/v1/sandboxes/{id}/hibernate", api.AccessAdmin, api.SessionNone, (*Runtime).handleHibernate},
 	{"POST", "/v1/sandboxes/{id}/exec", api.AccessSessionWrite, api.SessionBody, (*Runtime).handleExec},
 	{"POST", "/v1/sandboxes/{id}/sessions", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleCreateSession},
 	{"GET", "/v1/sandboxes/{id}/sessions", api.AccessRead, api.SessionNone, (*Runtime).handleListSessions},
@@ -90,7 +91,7 @@ var Routes = []Route{
 func isActivity(method, pattern string) bool {
 	rest, ok := strings.CutPrefix(pattern, "/v1/sandboxes/{id}/")
 	switch {
-	case !ok, rest == "pause", rest == "resume":
+	case !ok, rest == "pause", rest == "resume", rest == "hibernate":
 		return false
 	case method == http.MethodGet && (rest == "ports" || rest == "contexts" || rest == "sessions" || rest == "stats"):
 		return false
@@ -130,7 +131,7 @@ func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
 }
 
 func (r *Runtime) handleVersion(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version})
+	api.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version, Checkpoint: r.cfg.Checkpoint})
 	return nil
 }
 

@@ -44,7 +44,8 @@ func (r *Runtime) workspaceMount(id string) string {
 }
 
 // extrasSpec is what a container is made with beyond its image and limits: a disk, a
-// workspace, bind mounts, extra capabilities. Containers in the warm pool have none.
+// workspace, bind mounts, extra capabilities. Containers in the warm pool have the default
+// disk and nothing else (poolExtras).
 type extrasSpec struct {
 	DiskMB       int64
 	Workspace    *api.Workspace
@@ -57,8 +58,15 @@ func extrasOf(req *api.CreateSandboxRequest) extrasSpec {
 	return extrasSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts, Capabilities: req.Capabilities}
 }
 
-func (s extrasSpec) none() bool {
-	return s.DiskMB == 0 && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0
+// poolExtras is what the warm pool's containers are made with: the default disk and nothing
+// else, so that a sandbox asking for no storage of its own can take one.
+func (r *Runtime) poolExtras() extrasSpec {
+	return extrasSpec{DiskMB: r.cfg.DefaultDiskMB}
+}
+
+// pooled reports whether a container made with s can come from the warm pool.
+func (r *Runtime) pooled(s extrasSpec) bool {
+	return s.DiskMB == r.cfg.DefaultDiskMB && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0
 }
 
 // layerDir is the directory that holds a container's writable layers.
@@ -81,14 +89,16 @@ func within(p, dir string) bool {
 
 // validateStorage checks and normalises a create request's workspace, mounts and disk limit.
 func (r *Runtime) validateStorage(req *api.CreateSandboxRequest) error {
+	if req.Limits.DiskMB == 0 {
+		req.Limits.DiskMB = r.cfg.DefaultDiskMB
+	}
 	if req.Limits.DiskMB != 0 {
-		var st unix.Statfs_t
-		if err := unix.Statfs(r.cfg.DataDir, &st); err != nil {
-			return fmt.Errorf("statfs %s: %w", r.cfg.DataDir, err)
+		maxMB, what, err := r.maxDiskMB()
+		if err != nil {
+			return err
 		}
-		maxMB := int64(st.Blocks) * st.Bsize >> 20
 		if req.Limits.DiskMB < minDiskMB || req.Limits.DiskMB > maxMB {
-			return api.Errorf(api.CodeInvalidArgument, "limits.diskMB must be between %d and %d (the size of the file system holding nsbox's data), got %d", minDiskMB, maxMB, req.Limits.DiskMB)
+			return api.Errorf(api.CodeInvalidArgument, "limits.diskMB must be between %d and %d (%s), got %d", minDiskMB, maxMB, what, req.Limits.DiskMB)
 		}
 	}
 	if ws := req.Workspace; ws != nil {
@@ -166,6 +176,34 @@ func (r *Runtime) validateStorage(req *api.CreateSandboxRequest) error {
 	return nil
 }
 
+// maxDiskMB is the largest disk a create may ask for, and what sets it: the daemon's
+// --max-disk, or the size of the file system holding nsbox's data.
+func (r *Runtime) maxDiskMB() (int64, string, error) {
+	if r.cfg.MaxDiskMB > 0 {
+		return r.cfg.MaxDiskMB, "the daemon's --max-disk", nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(r.cfg.DataDir, &st); err != nil {
+		return 0, "", fmt.Errorf("statfs %s: %w", r.cfg.DataDir, err)
+	}
+	return int64(st.Blocks) * st.Bsize >> 20, "the size of the file system holding nsbox's data", nil
+}
+
+// checkDefaultDisk checks the daemon's default disk against the smallest and the largest.
+func (r *Runtime) checkDefaultDisk() error {
+	if r.cfg.DefaultDiskMB == 0 {
+		return nil
+	}
+	maxMB, what, err := r.maxDiskMB()
+	if err != nil {
+		return err
+	}
+	if r.cfg.DefaultDiskMB < minDiskMB || r.cfg.DefaultDiskMB > maxMB {
+		return fmt.Errorf("the default disk must be between %d and %d MB (%s), got %d", minDiskMB, maxMB, what, r.cfg.DefaultDiskMB)
+	}
+	return nil
+}
+
 // checkHostPath checks a host path a sandbox is to see: absolute, existing, not the host's
 // root, and neither inside nor holding nsbox's own state. It returns the path with symlinks
 // resolved (what is mounted).
@@ -202,12 +240,14 @@ func (r *Runtime) checkHostPath(field, p string) (string, fs.FileInfo, error) {
 	return real, fi, nil
 }
 
-// prepareLayers makes the directory a container's writable layers go in: its disk, made and
-// mounted, when it has a disk limit. It returns that directory.
-func (r *Runtime) prepareLayers(id string, st extrasSpec) (string, error) {
+// prepareLayers makes the directory a container's writable layers go in: its disk, made (unless
+// kept: it exists) and mounted, when it has a disk limit. It returns that directory.
+func (r *Runtime) prepareLayers(id string, st extrasSpec, kept bool) (string, error) {
 	if st.DiskMB > 0 {
-		if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
-			return "", err
+		if !kept {
+			if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
+				return "", err
+			}
 		}
 		if err := rootfs.MountDisk(r.diskImage(id), r.diskMount(id)); err != nil {
 			return "", err

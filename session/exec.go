@@ -49,10 +49,21 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest, emit func(stream st
 }
 
 func (s *Session) exec(ctx context.Context, req ExecRequest, emit func(stream string, data []byte)) (*Result, error) {
+	// The timeout bounds the whole call: the wait for the session's turn and for its terminal
+	// as well as the run.
+	var timeout <-chan time.Time
+	if req.Timeout > 0 {
+		t := time.NewTimer(req.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case s.turn <- struct{}{}:
 	case <-ctx.Done():
 		return &Result{ExitCode: 130, Canceled: true}, nil
+	case <-timeout:
+		// Its whole time went waiting behind other commands: it never ran.
+		return &Result{ExitCode: 124, TimedOut: true, Duration: req.Timeout}, nil
 	}
 	defer func() { <-s.turn }()
 
@@ -70,7 +81,7 @@ func (s *Session) exec(ctx context.Context, req ExecRequest, emit func(stream st
 	if ended || deleted {
 		return nil, ErrEnded
 	}
-	if err := s.waitForPrompt(ctx, sh, req.Timeout); err != nil {
+	if err := s.waitForPrompt(ctx, sh, timeout); err != nil {
 		return nil, err
 	}
 
@@ -78,9 +89,13 @@ func (s *Session) exec(ctx context.Context, req ExecRequest, emit func(stream st
 	n, status := s.newExec()
 	defer s.forget(n)
 	run, err := s.prepare(sh, n, req, emit)
+	if noSpace(err) && s.reserve.release() {
+		run, err = s.prepare(sh, n, req, emit)
+	}
 	if err != nil {
 		return nil, err
 	}
+	defer s.reserve.refill()
 	before := descendants(sh.pid)
 	// Started goes out before the shell can produce a byte of output.
 	emit(Started, nil)
@@ -90,12 +105,6 @@ func (s *Session) exec(ctx context.Context, req ExecRequest, emit func(stream st
 		<-sh.done
 		run.finish(nil)
 		return &Result{ExitCode: exitCode(sh.status), SessionEnded: true, Duration: time.Since(started)}, nil
-	}
-	var timeout <-chan time.Time
-	if req.Timeout > 0 {
-		t := time.NewTimer(req.Timeout)
-		defer t.Stop()
-		timeout = t.C
 	}
 	res := &Result{}
 	select {
@@ -131,30 +140,62 @@ func (s *Session) forget(n int64) {
 	s.mu.Unlock()
 }
 
+// busyGrace is how long a command without a timeout waits for its session's terminal;
+// readlineGrace how long, once the shell has the terminal, it waits for readline to read.
+const (
+	busyGrace     = 200 * time.Millisecond
+	readlineGrace = 100 * time.Millisecond
+)
+
 // waitForPrompt waits until a bash session's terminal is not running a foreground program (a
-// person may be using vi or a REPL in it); the trigger keys would go to that program.
-func (s *Session) waitForPrompt(ctx context.Context, sh *shell, limit time.Duration) error {
+// person may be using vi or a REPL in it; the trigger keys would go to that program). A
+// command without a timeout hardly waits: after busyGrace (a program ending just then) it
+// fails with ErrBusy. One with a timeout waits for the program to end until the timeout, then
+// fails with ErrBusy.
+func (s *Session) waitForPrompt(ctx context.Context, sh *shell, timeout <-chan time.Time) error {
 	if !sh.bash {
 		return nil
 	}
-	if limit == 0 {
-		limit = time.Minute
+	if timeout == nil {
+		t := time.NewTimer(busyGrace)
+		defer t.Stop()
+		timeout = t.C
 	}
-	deadline := time.Now().Add(limit)
+	fd := int(sh.term.Fd())
+	var foreground time.Time // since when the shell has had the terminal, while it is still cooked
 	for {
-		pgrp, err := unix.IoctlGetInt(int(sh.term.Fd()), unix.TIOCGPGRP)
-		if err != nil || pgrp == sh.pid {
+		pgrp, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
+		if err != nil {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return ErrBusy
+		poll := 20 * time.Millisecond
+		if pgrp == sh.pid {
+			// The shell has the terminal, but it may still be running the rest of a command
+			// line (a builtin after a program): keys typed now would reach readline after its
+			// prompt, which reports the command as aborted. Readline reads with the terminal
+			// out of canonical mode; wait a little for that, then go on anyway (readyTerminal
+			// puts the terminal in readline's mode).
+			if termios, err := unix.IoctlGetTermios(fd, unix.TCGETS); err != nil || termios.Lflag&unix.ICANON == 0 {
+				return nil
+			}
+			if foreground.IsZero() {
+				foreground = time.Now()
+			}
+			if time.Since(foreground) >= readlineGrace {
+				return nil
+			}
+			poll = 2 * time.Millisecond
+		} else {
+			foreground = time.Time{}
 		}
 		select {
 		case <-ctx.Done():
 			return ErrBusy
+		case <-timeout:
+			return ErrBusy
 		case <-sh.done:
 			return nil
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(poll):
 		}
 	}
 }

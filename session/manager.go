@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ type Manager struct {
 	sessions  map[string]*Session
 	creating  map[string]bool
 	defaultMu sync.Mutex // one get-or-create of the default session at a time
+	reserve   *reserve   // room kept in dir's file system for when the sandbox fills it
 }
 
 // NewManager returns a manager that keeps session files under dir; its sessions start in cwd
@@ -36,7 +38,8 @@ func NewManager(dir, cwd string, start StartFunc, env *SandboxEnv) (*Manager, er
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("make session dir: %w", err)
 	}
-	return &Manager{dir: dir, start: start, env: env, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{}}, nil
+	return &Manager{dir: dir, start: start, env: env, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{},
+		reserve: newReserve(filepath.Join(dir, ".reserve"))}, nil
 }
 
 // SetDefaults changes the working directory and user (a LookupUser spec) of sessions created
@@ -78,7 +81,7 @@ func (m *Manager) Create(opts Options) (*Session, error) {
 	if old != nil {
 		old.destroy()
 	}
-	s, err := newSession(opts, m.dir, m.start, m.env)
+	s, err := newSession(opts, m.dir, m.start, m.env, m.reserve)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {

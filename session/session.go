@@ -31,7 +31,7 @@ var (
 	ErrEnded    = errors.New("session has ended")
 	ErrNotFound = errors.New("session not found")
 	ErrExists   = errors.New("session already exists")
-	ErrBusy     = errors.New("session's terminal is running an interactive program")
+	ErrBusy     = errors.New("the session's terminal is running an interactive program (vi, top, a REPL…), so the command cannot be typed into its shell; end that program (attach to the terminal), give the command a timeout to wait for it, or run it in another session")
 )
 
 const (
@@ -61,6 +61,7 @@ type Session struct {
 	start     StartFunc
 	created   time.Time
 	env       *SandboxEnv
+	reserve   *reserve // the session directory's room for a full tmpfs (shared by the manager's sessions)
 
 	status     *os.File // read end of the status FIFO, held read-write so it never reads EOF
 	ready      chan struct{}
@@ -107,13 +108,13 @@ func (sh *shell) exited() bool {
 }
 
 // newSession makes the session's directory and status FIFO and starts its shell.
-func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv) (*Session, error) {
+func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv, room *reserve) (*Session, error) {
 	cred, err := lookupUser(opts.User)
 	if err != nil {
 		return nil, err
 	}
 	s := &Session{
-		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(), env: env,
+		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(), env: env, reserve: room,
 		done: make(chan struct{}), waiters: map[int64]chan int{}, ready: make(chan struct{}, 1), turn: make(chan struct{}, 1),
 		Terminal: NewRing(terminalRing), Background: NewRing(backgroundRing),
 	}

@@ -27,8 +27,16 @@ type run struct {
 	stream string
 }
 
-func newOutput(size int64) *output {
-	return &output{ring: session.NewRing(int(size)), size: size, maxRuns: int(max(64, size/32))}
+// newOutput makes a log of size bytes that begins with the earlier chunks (their data as
+// encoded in events; undecodable ones are skipped).
+func newOutput(size int64, earlier []api.ProcessEvent) *output {
+	o := &output{ring: session.NewRing(int(size)), size: size, maxRuns: int(max(64, size/32))}
+	for _, ev := range earlier {
+		if b, err := ev.Bytes(); err == nil && (ev.Type == api.EventStdout || ev.Type == api.EventStderr) {
+			o.write(ev.Type, b)
+		}
+	}
+	return o
 }
 
 func (o *output) write(stream string, p []byte) {

@@ -74,6 +74,7 @@ func NewManager(start session.StartFunc, defaults SandboxDefaults, lookup Sessio
 
 // Process is one started (or failed) process.
 type Process struct {
+	req api.StartProcessRequest // as it was started (defaults filled), to start it again
 	out *output
 	// exited is closed when the process has ended: its leader has been reaped and no process
 	// of its group is left (see awaitGroup).
@@ -111,6 +112,12 @@ func badRequest(format string, args ...any) error {
 // Start starts a process. Errors in the request answer an *api.Error; a program that cannot be
 // started (not found, not executable, missing cwd) gives a process with status failed.
 func (m *Manager) Start(ctx context.Context, req api.StartProcessRequest) (*Process, error) {
+	return m.startWith(ctx, req, nil)
+}
+
+// startWith is Start with a log that begins with earlier output (a process started again after a
+// hibernation).
+func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, earlier []api.ProcessEvent) (*Process, error) {
 	switch {
 	case req.Command != "" && len(req.Argv) > 0:
 		return nil, badRequest("give either command or argv, not both")
@@ -122,6 +129,8 @@ func (m *Manager) Start(ctx context.Context, req api.StartProcessRequest) (*Proc
 		return nil, badRequest("invalid process id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
 	case req.LogBytes < 0 || req.LogBytes > MaxLogBytes:
 		return nil, badRequest("logBytes must be between 1 and %d (256 MiB), not %d", MaxLogBytes, req.LogBytes)
+	case req.Restart != "" && req.Restart != api.RestartOnResume:
+		return nil, badRequest("restart must be %q or empty, not %q", api.RestartOnResume, req.Restart)
 	}
 	switch req.Stdin {
 	case "":
@@ -176,7 +185,7 @@ func (m *Manager) Start(ctx context.Context, req api.StartProcessRequest) (*Proc
 		return nil, api.Errorf(api.CodeConflict, "process id %q is taken; remove that process first (DELETE …/processes/%s) or choose another id", req.ID, req.ID)
 	}
 	p := &Process{
-		out: newOutput(req.LogBytes), exited: make(chan struct{}), finished: make(chan struct{}), recheck: make(chan struct{}, 1),
+		req: req, out: newOutput(req.LogBytes, earlier), exited: make(chan struct{}), finished: make(chan struct{}), recheck: make(chan struct{}, 1),
 		info: api.Process{
 			ID: req.ID, Command: req.Command, Argv: slices.Clone(req.Argv), SessionID: req.SessionID, User: name, Cwd: cwd,
 			Stdin: req.Stdin, LogBytes: req.LogBytes, StartedAt: time.Now().UTC(), Status: api.ProcessRunning,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,7 +29,7 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
 				&cli.StringFlag{Name: "pull", Usage: "pull an OCI image from its registry first: never (default), missing or always"},
 				&cli.DurationFlag{Name: "idle-timeout", Usage: "pause (or --on-idle remove) the sandbox after this long without API or preview traffic; a request resumes a paused one"},
-				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default) or remove"},
+				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default), hibernate, stop (hibernate without the sessions' state) or remove"},
 				&cli.DurationFlag{Name: "ttl", Usage: "remove the sandbox this long after its create"},
 				&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 0.5 or 2"},
 				&cli.Int64Flag{Name: "memory", Usage: "memory limit in MB"},
@@ -71,9 +70,17 @@ func clientCommands() []*cli.Command {
 		},
 		{
 			Name:      "resume",
-			Usage:     "let paused sandboxes run again",
+			Usage:     "let paused sandboxes run again, or start hibernated ones again (their sessions' state restored)",
 			ArgsUsage: "ID...",
 			Action:    cmdLifecycle((*client.Client).ResumeSandbox),
+		},
+		{
+			Name:      "hibernate",
+			Usage:     "stop every process of sandboxes and free their memory, keeping their files, network and sessions' state; a request that needs them resumes them",
+			ArgsUsage: "ID...",
+			Action: cmdLifecycle(func(c *client.Client, ctx context.Context, id string) (*api.Sandbox, error) {
+				return c.HibernateSandbox(ctx, id, api.HibernateRequest{})
+			}),
 		},
 		{
 			Name:      "exec",
@@ -188,7 +195,7 @@ func formatLabels(labels map[string]string) string {
 
 func cmdInspect(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox inspect ID")
+		return usageError("usage: nsbox inspect ID")
 	}
 	sb, err := apiClient(c).GetSandbox(c.Context, c.Args().First())
 	if err != nil {
@@ -199,7 +206,7 @@ func cmdInspect(c *cli.Context) error {
 
 func cmdRemove(c *cli.Context) error {
 	if c.NArg() == 0 {
-		return errors.New("usage: nsbox rm [-f] ID...")
+		return usageError("usage: nsbox rm [-f] ID...")
 	}
 	return eachArg(c.Args().Slice(), func(id string) error {
 		return apiClient(c).RemoveSandbox(c.Context, id, c.Bool("force"))
@@ -210,7 +217,7 @@ func cmdRemove(c *cli.Context) error {
 func cmdLifecycle(change func(*client.Client, context.Context, string) (*api.Sandbox, error)) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		if c.NArg() == 0 {
-			return fmt.Errorf("usage: nsbox %s ID...", c.Command.Name)
+			return usageError("usage: nsbox %s ID...", c.Command.Name)
 		}
 		return eachArg(c.Args().Slice(), func(id string) error {
 			_, err := change(apiClient(c), c.Context, id)
@@ -243,14 +250,14 @@ func cmdExec(c *cli.Context) error {
 		args = append(args[:1], args[2:]...)
 	}
 	if len(args) < 2 {
-		return errors.New("usage: nsbox exec [-s SESSION] [--env K=V] [--cwd DIR] [--timeout 10s] [-i] ID -- CMD [ARG...]")
+		return usageError("usage: nsbox exec [-s SESSION] [--env K=V] [--cwd DIR] [--timeout 10s] [-i] ID -- CMD [ARG...]")
 	}
 	return runInSession(c, args[0], api.ExecRequest{Argv: args[1:]})
 }
 
 func cmdShell(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox sh [-s SESSION] [--timeout 10s] ID 'COMMANDS'")
+		return usageError("usage: nsbox sh [-s SESSION] [--timeout 10s] ID 'COMMANDS'")
 	}
 	return runInSession(c, c.Args().Get(0), api.ExecRequest{Command: c.Args().Get(1)})
 }
@@ -331,7 +338,7 @@ func sessionCommand() *cli.Command {
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return errors.New("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] ID")
+						return usageError("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] ID")
 					}
 					env, err := keyValues("env", c.StringSlice("env"))
 					if err != nil {
@@ -354,7 +361,7 @@ func sessionCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return errors.New("usage: nsbox session ls ID")
+						return usageError("usage: nsbox session ls ID")
 					}
 					list, err := apiClient(c).ListSessions(c.Context, c.Args().First())
 					if err != nil || c.Bool("json") {
@@ -381,7 +388,7 @@ func sessionCommand() *cli.Command {
 				ArgsUsage: "ID SESSION...",
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox session rm ID SESSION...")
+						return usageError("usage: nsbox session rm ID SESSION...")
 					}
 					return eachArg(c.Args().Tail(), func(sid string) error {
 						return apiClient(c).DeleteSession(c.Context, c.Args().First(), sid)
@@ -392,19 +399,22 @@ func sessionCommand() *cli.Command {
 	}
 }
 
-// eachArg runs do for every argument, printing each one done and each error; it fails when any did.
+// eachArg runs do for every argument, printing each one done and each error; it fails when any
+// did, with the exit code of the first failure.
 func eachArg(args []string, do func(string) error) error {
-	failed := 0
+	code := 0
 	for _, arg := range args {
 		if err := do(arg); err != nil {
 			fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
-			failed++
+			if code == 0 {
+				code = exitCode(err)
+			}
 			continue
 		}
 		fmt.Println(arg)
 	}
-	if failed > 0 {
-		return cli.Exit("", 1)
+	if code != 0 {
+		return cli.Exit("", code)
 	}
 	return nil
 }
@@ -429,6 +439,11 @@ func cmdVersion(c *cli.Context) error {
 		return err
 	}
 	fmt.Println("daemon:", v.Version)
+	if v.Checkpoint.Available {
+		fmt.Println("memory checkpoints (CRIU): available")
+	} else {
+		fmt.Println("memory checkpoints (CRIU): not available:", v.Checkpoint.Reason)
+	}
 	return nil
 }
 

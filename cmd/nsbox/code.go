@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
@@ -40,7 +39,7 @@ func codeCommands() []*cli.Command {
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 3 {
-						return errors.New("usage: nsbox git checkout [--branch B] [--depth N] ID URL DIR")
+						return usageError("usage: nsbox git checkout [--branch B] [--depth N] ID URL DIR")
 					}
 					res, err := apiClient(c).GitCheckout(c.Context, c.Args().Get(0), api.GitCheckoutRequest{
 						URL: c.Args().Get(1), TargetDir: c.Args().Get(2), Branch: c.String("branch"), Depth: c.Int("depth"),
@@ -68,7 +67,7 @@ func codeCommands() []*cli.Command {
 					},
 					Action: func(c *cli.Context) error {
 						if c.NArg() != 1 {
-							return errors.New("usage: nsbox context create [--lang L] ID")
+							return usageError("usage: nsbox context create [--lang L] ID")
 						}
 						cc, err := apiClient(c).CreateCodeContext(c.Context, c.Args().First(), api.CreateCodeContextRequest{
 							Language: c.String("lang"), SessionID: c.String("session"), Cwd: c.String("cwd")})
@@ -85,7 +84,7 @@ func codeCommands() []*cli.Command {
 					ArgsUsage: "ID",
 					Action: func(c *cli.Context) error {
 						if c.NArg() != 1 {
-							return errors.New("usage: nsbox context ls ID")
+							return usageError("usage: nsbox context ls ID")
 						}
 						list, err := apiClient(c).ListCodeContexts(c.Context, c.Args().First())
 						if err != nil {
@@ -103,7 +102,7 @@ func codeCommands() []*cli.Command {
 					ArgsUsage: "ID CONTEXT...",
 					Action: func(c *cli.Context) error {
 						if c.NArg() < 2 {
-							return errors.New("usage: nsbox context rm ID CONTEXT...")
+							return usageError("usage: nsbox context rm ID CONTEXT...")
 						}
 						return eachArg(c.Args().Tail(), func(cid string) error {
 							return apiClient(c).DeleteCodeContext(c.Context, c.Args().First(), cid)
@@ -117,7 +116,7 @@ func codeCommands() []*cli.Command {
 
 func cmdRunCode(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox run-code [--lang L] [--context CID] ID CODE")
+		return usageError("usage: nsbox run-code [--lang L] [--context CID] ID CODE")
 	}
 	id, cl := c.Args().Get(0), apiClient(c)
 	cid := c.String("context")

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -116,5 +120,45 @@ func TestCopyOutSparseAndCap(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(host); len(entries) != 1 {
 		t.Fatalf("a capped copy left files: %v", entries)
+	}
+}
+
+// TestCopyOutInterrupted: a copy out stopped by SIGINT leaves no temporary file behind.
+func TestCopyOutInterrupted(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "c", Image: "busybox"})
+	d.sh("c", "truncate -s 8G /big") // sparse inside; copied out as 8 GiB of zeros, slowly
+	host := t.TempDir()
+	cmd := exec.Command(nsboxBin, "--socket", d.socket, "cp", "c:/big", filepath.Join(host, "big"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	temps := func() []string {
+		m, _ := filepath.Glob(filepath.Join(host, ".nsbox-cp-*"))
+		return m
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(temps()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(temps()) == 0 {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("the copy made no temporary file; stderr %q", stderr.String())
+	}
+	if err := cmd.Process.Signal(unix.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if err == nil {
+		t.Fatal("an interrupted copy succeeded")
+	}
+	if left := temps(); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if _, err := os.Lstat(filepath.Join(host, "big")); !os.IsNotExist(err) {
+		t.Errorf("the destination exists after an interrupted copy: %v", err)
 	}
 }

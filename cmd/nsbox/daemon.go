@@ -38,6 +38,8 @@ func daemonCommand() *cli.Command {
 			&cli.Float64Flag{Name: "default-cpus", Value: 1, Usage: "CPU limit of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-memory", Value: 1024, Usage: "memory limit (MB) of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
+			&cli.Int64Flag{Name: "default-disk", Value: 10240, Usage: "disk (MB; a sparse ext4 of its own) of a sandbox that asks for none (0: such sandboxes write to the data dir's file system unbounded)"},
+			&cli.Int64Flag{Name: "max-disk", Usage: "largest disk (MB) a create may ask for (default: the size of the data dir's file system)"},
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
 			&cli.BoolFlag{Name: "userns", Value: true, Usage: "give every sandbox a user namespace of its own (false: root in a sandbox is the host's root)"},
 			&cli.StringSliceFlag{Name: "allow-cap", Usage: "capability (e.g. NET_RAW) beyond the default set that a create may ask for (repeatable)"},
@@ -53,7 +55,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "proxy-listen", Usage: "address of the preview proxy, e.g. :8080 (needs --proxy-domain; default: no proxy)"},
 			&cli.StringFlag{Name: "proxy-domain", Usage: "domain of the preview proxy: exposed ports' URLs become http://PORT-ID-TOKEN.DOMAIN"},
 			&cli.DurationFlag{Name: "idle-timeout", Usage: "default for sandboxes that name no lifecycle: pause (or --on-idle remove) them after this long without API or preview traffic (0: never)"},
-			&cli.StringFlag{Name: "on-idle", Value: "pause", Usage: "what an idle sandbox becomes by default: pause or remove"},
+			&cli.StringFlag{Name: "on-idle", Value: "pause", Usage: "what an idle sandbox becomes by default: pause, hibernate, stop (hibernate without the sessions' state) or remove"},
 			&cli.DurationFlag{Name: "ttl", Usage: "default for sandboxes that name no lifecycle: remove them this long after their create (0: never)"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "registry HOST[:PORT] that may be pulled from over plain HTTP (repeatable; loopback registries always may)"},
 			&cli.StringFlag{Name: "registry-mirror", Usage: "registry HOST[:PORT] tried first for Docker Hub images"},
@@ -126,9 +128,12 @@ func runDaemon(c *cli.Context) error {
 		RunDir:              runDir,
 		Backend:             containers,
 		Version:             version,
+		Checkpoint:          nsbox.DetectCheckpoint(),
 		DefaultCPUs:         c.Float64("default-cpus"),
 		DefaultMemoryMB:     c.Int64("default-memory"),
 		DefaultPids:         c.Int64("default-pids"),
+		DefaultDiskMB:       c.Int64("default-disk"),
+		MaxDiskMB:           c.Int64("max-disk"),
 		WarmPool:            pool,
 		UserNS:              userns,
 		AllowedCapabilities: caps,
@@ -157,7 +162,7 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	tlsCfg, err := tlsConfig(c)
+	tlsCfg, reloadTLS, err := tlsConfig(c)
 	if err != nil {
 		return err
 	}
@@ -172,10 +177,11 @@ func runDaemon(c *cli.Context) error {
 		}
 		defer socketLock.Close()
 	}
-	tokens, err := openTokens(c, cfg.DataDir, log)
+	tokens, reloadTokens, err := openTokens(c, cfg.DataDir)
 	if err != nil {
 		return err
 	}
+	onHangup(log, reloadTokens, reloadTLS)
 	cfg.Removed = func(id string) {
 		if err := tokens.RevokeSandbox(id); err != nil {
 			log.Warn("revoke the tokens of a removed sandbox", "sandbox", id, "err", err)
@@ -242,38 +248,49 @@ func runDaemon(c *cli.Context) error {
 	return errors.Join(errs...)
 }
 
-// openTokens opens the token store in the data dir and loads the admin tokens; on SIGHUP they
-// are read again (the daemon ignores SIGHUP without --auth-tokens).
-func openTokens(c *cli.Context, dataDir string, log *slog.Logger) (*auth.Store, error) {
+// openTokens opens the token store in the data dir and loads the admin tokens; reload reads
+// them again (nil without --auth-tokens).
+func openTokens(c *cli.Context, dataDir string) (tokens *auth.Store, reload func() error, err error) {
 	if err := os.MkdirAll(dataDir, 0o711); err != nil {
-		return nil, fmt.Errorf("make data dir: %w", err)
+		return nil, nil, fmt.Errorf("make data dir: %w", err)
 	}
-	tokens, err := auth.Open(dataDir)
-	if err != nil {
-		return nil, err
+	if tokens, err = auth.Open(dataDir); err != nil {
+		return nil, nil, err
 	}
 	file := c.String("auth-tokens")
-	if file != "" {
-		if _, err := tokens.LoadAdmin(file); err != nil {
-			return nil, fmt.Errorf("--auth-tokens: %w", err)
-		}
+	if file == "" {
+		return tokens, nil, nil
 	}
+	reload = func() error {
+		if _, err := tokens.LoadAdmin(file); err != nil {
+			return fmt.Errorf("--auth-tokens: %w", err)
+		}
+		return nil
+	}
+	if err := reload(); err != nil {
+		return nil, nil, err
+	}
+	return tokens, reload, nil
+}
+
+// onHangup runs the reloads on every SIGHUP (the admin tokens, the TLS certificate); a reload
+// that fails keeps what it had and says so in the log.
+func onHangup(log *slog.Logger, reloads ...func() error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, unix.SIGHUP)
 	go func() {
 		for range hup {
-			if file == "" {
-				continue
+			for _, reload := range reloads {
+				if reload == nil {
+					continue
+				}
+				if err := reload(); err != nil {
+					log.Error("reload on SIGHUP failed; the old one stays", "err", err)
+				}
 			}
-			n, err := tokens.LoadAdmin(file)
-			if err != nil {
-				log.Error("reload admin tokens; the old ones stay", "err", err)
-				continue
-			}
-			log.Info("admin tokens reloaded", "count", n)
+			log.Info("reloaded on SIGHUP")
 		}
 	}()
-	return tokens, nil
 }
 
 // lockRunDir takes the run dir for this process alone (a daemon, or `daemon --cleanup`): the

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -31,7 +30,7 @@ func envCommand() *cli.Command {
 
 func cmdEnv(c *cli.Context) error {
 	if c.NArg() < 1 {
-		return errors.New("usage: nsbox env ID [K=V...] [--unset K...]")
+		return usageError("usage: nsbox env ID [K=V...] [--unset K...]")
 	}
 	id := c.Args().First()
 	// Flags stop at the first argument: --unset after K=V arguments is read here.

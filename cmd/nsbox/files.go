@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
@@ -43,7 +45,7 @@ func filesCommand() *cli.Command {
 				ArgsUsage: "ID PATH...",
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files cat ID PATH...")
+						return usageError("usage: nsbox files cat ID PATH...")
 					}
 					for _, p := range c.Args().Tail() {
 						if err := download(c.Context, fileClient(c), c.Args().First(), p, os.Stdout); err != nil {
@@ -59,7 +61,7 @@ func filesCommand() *cli.Command {
 				ArgsUsage: "ID PATH...",
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files stat ID PATH...")
+						return usageError("usage: nsbox files stat ID PATH...")
 					}
 					return eachPath(c, func(p string) error {
 						info, err := fileClient(c).StatFile(c.Context, c.Args().First(), p)
@@ -77,7 +79,7 @@ func filesCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "recursive", Aliases: []string{"r"}, Usage: "remove directories and what they hold"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files rm [-r] ID PATH...")
+						return usageError("usage: nsbox files rm [-r] ID PATH...")
 					}
 					return eachPath(c, func(p string) error {
 						return fileClient(c).RemoveFile(c.Context, c.Args().First(), p, c.Bool("recursive"))
@@ -94,7 +96,7 @@ func filesCommand() *cli.Command {
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {
-						return errors.New("usage: nsbox files mkdir [-p] [--mode 0755] ID PATH...")
+						return usageError("usage: nsbox files mkdir [-p] [--mode 0755] ID PATH...")
 					}
 					mode, err := octalMode(c.String("mode"))
 					if err != nil {
@@ -113,7 +115,7 @@ func filesCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "replace DST if it exists"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 3 {
-						return errors.New("usage: nsbox files mv [-f] ID SRC DST")
+						return usageError("usage: nsbox files mv [-f] ID SRC DST")
 					}
 					_, err := fileClient(c).MoveFile(c.Context, c.Args().Get(0), c.Args().Get(1), c.Args().Get(2), c.Bool("force"))
 					return err
@@ -126,7 +128,7 @@ func filesCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "recursive", Aliases: []string{"r"}, Usage: "also in subdirectories"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 2 {
-						return errors.New("usage: nsbox files watch [-r] ID PATH")
+						return usageError("usage: nsbox files watch [-r] ID PATH")
 					}
 					enc := json.NewEncoder(os.Stdout)
 					return fileClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), c.Bool("recursive"), func(ev api.FileEvent) {
@@ -167,7 +169,7 @@ func octalMode(s string) (os.FileMode, error) {
 
 func cmdFilesList(c *cli.Context) error {
 	if c.NArg() < 1 || c.NArg() > 2 {
-		return errors.New("usage: nsbox files ls [-l] [-a] [--depth N] ID [PATH]")
+		return usageError("usage: nsbox files ls [-l] [-a] [--depth N] ID [PATH]")
 	}
 	id, p := c.Args().Get(0), c.Args().Get(1)
 	if p == "" {
@@ -288,7 +290,7 @@ func splitRef(arg string) (id, p string, ok bool) {
 
 func cmdCopy(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox cp SRC DST (one of them ID:PATH)")
+		return usageError("usage: nsbox cp SRC DST (one of them ID:PATH)")
 	}
 	srcID, src, srcIn := splitRef(c.Args().Get(0))
 	dstID, dst, dstIn := splitRef(c.Args().Get(1))
@@ -303,7 +305,12 @@ func cmdCopy(c *cli.Context) error {
 		if opts.maxBytes < 0 {
 			return errors.New("nsbox cp: --max-bytes must be 0 (no cap) or more")
 		}
-		return copyOut(c.Context, cl, srcID, src, dst, opts)
+		// Interrupted, the copy stops where it is and removes the file it was writing (the
+		// first signal only: a second one ends nsbox at once).
+		ctx, stop := signal.NotifyContext(c.Context, unix.SIGINT, unix.SIGTERM)
+		defer stop()
+		go func() { <-ctx.Done(); stop() }()
+		return copyOut(ctx, cl, srcID, src, dst, opts)
 	default:
 		return copyIn(c.Context, cl, src, dstID, dst)
 	}

@@ -71,7 +71,7 @@ func imageCommand() *cli.Command {
 
 func cmdImagePull(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox image pull [--username U --password-stdin] REF")
+		return usageError("usage: nsbox image pull [--username U --password-stdin] REF")
 	}
 	req := api.PullImageRequest{Ref: c.Args().First()}
 	if c.Bool("password-stdin") || c.String("username") != "" {
@@ -98,7 +98,7 @@ func cmdImagePull(c *cli.Context) error {
 
 func cmdImageImport(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox image import [--name REF] FILE|-")
+		return usageError("usage: nsbox image import [--name REF] FILE|-")
 	}
 	var in io.Reader = os.Stdin
 	if path := c.Args().First(); path != "-" {

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"runtime"
 
@@ -37,20 +36,16 @@ func main() {
 		Flags:    hostFlags(),
 		Before:   dialDaemon,
 		Commands: append(append(clientCommands(), codeCommands()...), daemonCommand(), agentCommand()),
-		ExitErrHandler: func(_ *cli.Context, err error) {
-			if err == nil {
-				return
-			}
-			if coder, ok := err.(cli.ExitCoder); ok {
-				if msg := err.Error(); msg != "" {
-					fmt.Fprintln(os.Stderr, "nsbox:", msg)
-				}
-				os.Exit(coder.ExitCode())
-			}
-		},
+		// Errors end nsbox in main, with the exit code of their kind (manners.go).
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "nsbox:", err)
-		os.Exit(1)
+	app.Commands = append(app.Commands, completionCommand())
+	setManners(app)
+	args, err := reorderArgs(app, os.Args)
+	if err != nil {
+		exitWith(err)
+	}
+	if err := app.Run(args); err != nil {
+		exitWith(err)
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -58,8 +57,8 @@ func portCommand() *cli.Command {
 				ArgsUsage: "ID PORT[/udp]",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "host-port", Usage: "host port (default: one from the daemon's range)"},
-					&cli.StringFlag{Name: "host-ip", Usage: "expose on this host address only, e.g. 127.0.0.1 (default: every address)"},
-					&cli.BoolFlag{Name: "public", Usage: "the preview proxy serves the port without a token"},
+					&cli.StringFlag{Name: "host-ip", Usage: "expose on this host address, 0.0.0.0 for every address (default: 127.0.0.1, or every address with --public)"},
+					&cli.BoolFlag{Name: "public", Usage: "for anyone: on every host address (unless --host-ip) and through the preview proxy without a token"},
 					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 				},
 				Action: cmdPortAdd,
@@ -84,7 +83,7 @@ func portCommand() *cli.Command {
 func networkCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "network",
-		Usage:     "change a running sandbox's network mode: none, egress or allow (with --allow)",
+		Usage:     "change a running sandbox's network mode: none, egress (--allow for private networks) or allow (with --allow)",
 		ArgsUsage: "ID MODE",
 		Flags:     []cli.Flag{allowFlag()},
 		Action:    cmdNetwork,
@@ -92,7 +91,7 @@ func networkCommand() *cli.Command {
 }
 
 func allowFlag() cli.Flag {
-	return &cli.StringSliceFlag{Name: "allow", Usage: "IPv4 CIDR the sandbox may reach in mode allow (repeatable)"}
+	return &cli.StringSliceFlag{Name: "allow", Usage: "IPv4 CIDR the sandbox may reach: the only ones in mode allow, private networks besides the internet in mode egress (repeatable)"}
 }
 
 // networkFlag and allowFlag are the create command's network options.
@@ -127,7 +126,7 @@ func parsePortArg(arg string) (int, string, error) {
 
 func cmdPortAdd(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox port add [--host-port N] [--host-ip IP] [--public] ID PORT[/udp]")
+		return usageError("usage: nsbox port add [--host-port N] [--host-ip IP] [--public] ID PORT[/udp]")
 	}
 	port, protocol, err := parsePortArg(c.Args().Get(1))
 	if err != nil {
@@ -143,12 +142,31 @@ func cmdPortAdd(c *cli.Context) error {
 		return printJSON(p)
 	}
 	fmt.Printf("%s:%d/%s -> %d/%s\t%s\n", p.HostIP, p.HostPort, p.Protocol, p.Port, p.Protocol, p.URL)
+	fmt.Println(exposureNote(p))
 	return nil
+}
+
+// exposureNote says where an exposed port listens and what guards it.
+func exposureNote(p *api.ExposedPort) string {
+	where := "listens on " + p.HostIP + " only"
+	switch p.HostIP {
+	case "127.0.0.1":
+		where = "listens on 127.0.0.1: this host only (--public or --host-ip to open it to others)"
+	case "0.0.0.0":
+		where = "listens on every host address: other machines can reach it"
+	}
+	switch {
+	case p.Token != "":
+		return where + "; the preview proxy asks for its token, the host port itself for none"
+	case p.Protocol == api.ProtocolUDP:
+		return where + "; no token (UDP)"
+	}
+	return where + "; public: no token, also through the preview proxy"
 }
 
 func cmdPortList(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox port ls [--json] ID")
+		return usageError("usage: nsbox port ls [--json] ID")
 	}
 	ports, err := apiClient(c).ListPorts(c.Context, c.Args().First())
 	if err != nil {
@@ -167,7 +185,7 @@ func cmdPortList(c *cli.Context) error {
 
 func cmdPortRemove(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox port rm ID PORT[/udp]")
+		return usageError("usage: nsbox port rm ID PORT[/udp]")
 	}
 	port, protocol, err := parsePortArg(c.Args().Get(1))
 	if err != nil {
@@ -178,7 +196,7 @@ func cmdPortRemove(c *cli.Context) error {
 
 func cmdNetwork(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox network [--allow CIDR...] ID none|egress|allow")
+		return usageError("usage: nsbox network [--allow CIDR...] ID none|egress|allow")
 	}
 	sb, err := apiClient(c).SetNetwork(c.Context, c.Args().First(), api.NetworkSpec{Mode: c.Args().Get(1), Allow: c.StringSlice("allow")})
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -104,7 +103,7 @@ func stdinCommand() *cli.Command {
 
 func cmdPs(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox ps [--status S] [--session S] [--json] [--prune] ID")
+		return usageError("usage: nsbox ps [--status S] [--session S] [--json] [--prune] ID")
 	}
 	cl, id := apiClient(c), c.Args().First()
 	list, err := cl.ListProcesses(c.Context, id, c.String("status"), c.String("session"))
@@ -148,7 +147,7 @@ func cmdStart(c *cli.Context) error {
 		args = append(args[:1], args[2:]...)
 	}
 	if len(args) < 2 || (c.Bool("command") && len(args) != 2) {
-		return errors.New("usage: nsbox start [--id PID] [--session S] [--env K=V] [--cwd DIR] [--user U] [--stdin] ID -- CMD [ARG...]  (or -c ID 'COMMANDS')")
+		return usageError("usage: nsbox start [--id PID] [--session S] [--env K=V] [--cwd DIR] [--user U] [--stdin] ID -- CMD [ARG...]  (or -c ID 'COMMANDS')")
 	}
 	env, err := keyValues("env", c.StringSlice("env"))
 	if err != nil {
@@ -198,7 +197,7 @@ func writeChunk(ev api.ProcessEvent) error {
 
 func cmdLogs(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox logs [-f] [--cursor N] ID PID")
+		return usageError("usage: nsbox logs [-f] [--cursor N] ID PID")
 	}
 	cl, id, pid, cursor := apiClient(c), c.Args().Get(0), c.Args().Get(1), c.Int64("cursor")
 	if c.Bool("follow") {
@@ -227,7 +226,7 @@ func cmdLogs(c *cli.Context) error {
 
 func cmdKill(c *cli.Context) error {
 	if c.NArg() < 1 || (c.NArg() == 1) != c.Bool("all") {
-		return errors.New("usage: nsbox kill [--signal TERM] [--grace 5s] ID PID...  or  nsbox kill --all ID")
+		return usageError("usage: nsbox kill [--signal TERM] [--grace 5s] ID PID...  or  nsbox kill --all ID")
 	}
 	grace := c.Duration("grace").Milliseconds()
 	req := api.KillProcessRequest{Signal: api.SignalName(c.String("signal")), GraceMs: &grace}
@@ -247,7 +246,7 @@ func cmdKill(c *cli.Context) error {
 
 func cmdWait(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox wait [--log REGEX [--cursor N] | --port N [--http PATH]] [--timeout 30s] ID PID")
+		return usageError("usage: nsbox wait [--log REGEX [--cursor N] | --port N [--http PATH]] [--timeout 30s] ID PID")
 	}
 	if re := c.String("log"); re != "" {
 		if _, err := regexp.Compile(re); err != nil {
@@ -281,7 +280,7 @@ func cmdWait(c *cli.Context) error {
 
 func cmdStdin(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: nsbox stdin [--close] ID PID < INPUT")
+		return usageError("usage: nsbox stdin [--close] ID PID < INPUT")
 	}
 	return apiClient(c).WriteProcessStdin(c.Context, c.Args().Get(0), c.Args().Get(1), os.Stdin, c.Bool("close"))
 }

@@ -424,6 +424,22 @@ func TestSSEWireFormat(t *testing.T) {
 	}
 }
 
+// waitForFile waits until path exists in the sandbox.
+func waitForFile(t *testing.T, d *testDaemon, id, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := d.client.StatFile(context.Background(), id, path)
+		if err == nil {
+			return
+		}
+		if !api.IsCode(err, api.CodeNotFound) || time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %v", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // readTerminalUntil reads a terminal until its output contains want.
 func readTerminalUntil(t *testing.T, term interface {
 	Read() ([]byte, *api.TerminalEvent, error)
@@ -485,14 +501,35 @@ func TestTerminalSharesTheSession(t *testing.T) {
 	}
 	readTerminalUntil(t, first, "both-see-42")
 	readTerminalUntil(t, second, "both-see-42")
-	// While a program holds the terminal, structured commands wait for the prompt.
-	if err := first.Input([]byte("sleep 1\r")); err != nil {
+	// While a program holds the terminal, a structured command without a timeout is refused at
+	// once (terminal_busy); one with a timeout waits for the prompt within it.
+	if err := first.Input([]byte("sh -c 'touch /tmp/t1; exec sleep 2'; echo slept\r")); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	start := time.Now()
-	if got := d.sh("tty", "echo after-sleep"); got != "after-sleep\n" || time.Since(start) < 500*time.Millisecond {
-		t.Fatalf("exec while the terminal ran sleep: %q after %v", got, time.Since(start))
+	waitForFile(t, d, "tty", "/tmp/t1")
+	_, err = d.client.Exec(ctx, "tty", api.ExecRequest{Command: "echo now"})
+	if !api.IsCode(err, api.CodeTerminalBusy) || !strings.Contains(err.Error(), "interactive program") {
+		t.Fatalf("exec without a timeout while the terminal runs sleep: %v; want terminal_busy", err)
+	}
+	res, err := d.client.Exec(ctx, "tty", api.ExecRequest{Command: "echo after-sleep", TimeoutMs: 20000})
+	if err != nil || string(res.Stdout) != "after-sleep\n" {
+		t.Fatalf("exec with a timeout while the terminal ran sleep: %+v %v", res, err)
+	}
+	readTerminalUntil(t, first, "slept")
+	// A program that outlives the timeout: terminal_busy when the timeout ends.
+	if err := first.Input([]byte("sh -c 'touch /tmp/t2; exec sleep 60'\r")); err != nil {
+		t.Fatal(err)
+	}
+	waitForFile(t, d, "tty", "/tmp/t2")
+	if _, err := d.client.Exec(ctx, "tty", api.ExecRequest{Command: "echo never", TimeoutMs: 300}); !api.IsCode(err, api.CodeTerminalBusy) {
+		t.Fatalf("exec with a short timeout while the terminal runs sleep 60: %v; want terminal_busy", err)
+	}
+	if err := first.Input([]byte("\x03")); err != nil { // ^C ends the sleep
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for _, err := d.client.Exec(ctx, "tty", api.ExecRequest{Command: "true"}); api.IsCode(err, api.CodeTerminalBusy) && time.Now().Before(deadline); _, err = d.client.Exec(ctx, "tty", api.ExecRequest{Command: "true"}) {
+		time.Sleep(50 * time.Millisecond)
 	}
 	// Ending the shell from the terminal ends the session for every client.
 	if err := first.Input([]byte("exit\r")); err != nil {
@@ -509,6 +546,38 @@ func TestTerminalSharesTheSession(t *testing.T) {
 	d.sh("notty", "true")
 	if _, err := ws.AttachTerminal(ctx, "notty", "default", -1); err == nil {
 		t.Fatal("attached to an sh session")
+	}
+}
+
+// TestExecTimeoutCoversTheQueue: a command's timeout counts the time it waits behind the
+// session's running command; a command whose whole timeout went there never runs and answers
+// timedOut with exit code 124, and the command ahead of it is untouched.
+func TestExecTimeoutCoversTheQueue(t *testing.T) {
+	for _, sh := range shells {
+		t.Run(sh.name, func(t *testing.T) {
+			d := startDaemon(t)
+			ctx := context.Background()
+			d.create(api.CreateSandboxRequest{ID: "q", Image: sh.image})
+			first := make(chan *api.ExecResult, 1)
+			go func() {
+				res, err := d.client.Exec(ctx, "q", api.ExecRequest{Command: "touch /tmp/first-started; sleep 2; echo first"})
+				if err != nil {
+					t.Errorf("first command: %v", err)
+				}
+				first <- res
+			}()
+			waitForFile(t, d, "q", "/tmp/first-started")
+			res, err := d.client.Exec(ctx, "q", api.ExecRequest{Command: "touch /tmp/second-ran", TimeoutMs: 300})
+			if err != nil || !res.TimedOut || res.ExitCode != 124 {
+				t.Fatalf("a command queued past its timeout: %+v %v; want timedOut, exit 124", res, err)
+			}
+			if res := <-first; res == nil || string(res.Stdout) != "first\n" || res.ExitCode != 0 {
+				t.Fatalf("the command ahead: %+v", res)
+			}
+			if got := d.sh("q", "test -e /tmp/second-ran && echo ran || echo never-ran"); got != "never-ran\n" {
+				t.Fatalf("the timed-out queued command ran: %q", got)
+			}
+		})
 	}
 }
 
@@ -551,9 +620,10 @@ func TestDefaultSessionKilledWhileIdleIsReset(t *testing.T) {
 }
 
 // TestSessionExecWithFullAgentTmpfs: with the agent's tmpfs (/run/nsbox inside, writable by
-// the sandbox's root) full, a session exec answers 507 insufficient_storage saying where, and
-// the session keeps its shell and state for when there is room again. It used to answer 500,
-// and a bash session was killed.
+// the sandbox's root) full, the next session exec still runs, in the room the agent reserved
+// there (so the sandbox's user can free the space); once that is used up too, an exec answers
+// 507 insufficient_storage saying where, and the session keeps its shell and state for when
+// there is room again. It used to answer 500, and a bash session was killed.
 func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
 	for _, sh := range shells {
 		t.Run(sh.name, func(t *testing.T) {
@@ -563,11 +633,25 @@ func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
 			shell := d.sh("fu", "export KEEP=1; echo $$")
 			// Filled by a process, which writes no control files of its own: a large file, then
 			// small ones for the last pages.
-			fill := d.startProc("fu", api.StartProcessRequest{Command: "head -c 100m /dev/zero > /run/nsbox/fill; i=0; while echo x > /run/nsbox/fill$i; do i=$((i+1)); done"})
+			fillCmd := "head -c 100m /dev/zero > /run/nsbox/fill; i=0; while echo x > /run/nsbox/fill$i; do i=$((i+1)); done"
+			fill := d.startProc("fu", api.StartProcessRequest{Command: fillCmd})
 			d.waitProc("fu", fill.ID, api.WaitProcessRequest{})
-			_, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "echo $KEEP"})
+			if got := d.sh("fu", "echo $KEEP"); got != "1\n" {
+				t.Fatalf("the first exec with /run/nsbox full (in the reserve): %q", got)
+			}
+			// The exec gave the reserve's room back when it ended: the next one runs too.
+			if got := d.sh("fu", "echo $KEEP"); got != "1\n" {
+				t.Fatalf("the second exec with /run/nsbox full: %q", got)
+			}
+			// A stdin larger than the reserve does not fit: 507, and the reserve is spent.
+			_, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "wc -c", Stdin: strings.Repeat("x", 2<<20)})
 			if !api.IsCode(err, api.CodeInsufficientStorage) || !strings.Contains(err.Error(), "/run/nsbox") {
-				t.Fatalf("exec with /run/nsbox full: %v; want insufficient_storage naming /run/nsbox", err)
+				t.Fatalf("exec with /run/nsbox full and a stdin larger than the reserve: %v; want insufficient_storage naming /run/nsbox", err)
+			}
+			// The sandbox takes the room the reserve left: now every exec is refused.
+			d.waitProc("fu", d.startProc("fu", api.StartProcessRequest{Command: "i=0; while echo x > /run/nsbox/more$i; do i=$((i+1)); done"}).ID, api.WaitProcessRequest{})
+			if _, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "echo $KEEP"}); !api.IsCode(err, api.CodeInsufficientStorage) {
+				t.Fatalf("exec with /run/nsbox full and the reserve spent: %v; want insufficient_storage", err)
 			}
 			if sh.name == "bash" {
 				// Two pages free: room for the command and run files, not for the file the key
@@ -578,12 +662,17 @@ func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
 					t.Fatalf("exec with two pages free in /run/nsbox: %v; want insufficient_storage", err)
 				}
 			}
-			p := d.startProc("fu", api.StartProcessRequest{Command: "rm /run/nsbox/fill*"})
+			p := d.startProc("fu", api.StartProcessRequest{Command: "rm /run/nsbox/fill* /run/nsbox/more*"})
 			if res := d.waitProc("fu", p.ID, api.WaitProcessRequest{}); res.Process.ExitCode != 0 {
 				t.Fatalf("rm the filler: %+v", res.Process)
 			}
 			if got := d.sh("fu", "echo $KEEP $$"); got != "1 "+shell {
 				t.Fatalf("after freeing /run/nsbox: %q; want the same shell %q with its state", got, shell)
+			}
+			// The reserve is held again: filled once more, the next exec runs.
+			d.waitProc("fu", d.startProc("fu", api.StartProcessRequest{Command: fillCmd}).ID, api.WaitProcessRequest{})
+			if got := d.sh("fu", "rm /run/nsbox/fill*; echo freed"); got != "freed\n" {
+				t.Fatalf("an exec in the reserve taken back: %q", got)
 			}
 		})
 	}

@@ -76,7 +76,7 @@ func exportCommand() *cli.Command {
 
 func cmdDiff(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox diff [--json] ID")
+		return usageError("usage: nsbox diff [--json] ID")
 	}
 	changes, err := apiClient(c).WorkspaceDiff(c.Context, c.Args().First())
 	if err != nil {
@@ -97,7 +97,7 @@ func cmdDiff(c *cli.Context) error {
 
 func cmdExport(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return errors.New("usage: nsbox export ID > changes.tar")
+		return usageError("usage: nsbox export ID > changes.tar")
 	}
 	if _, err := unix.IoctlGetTermios(int(os.Stdout.Fd()), unix.TCGETS); err == nil {
 		return errors.New("export writes a tar: redirect stdout to a file or a pipe (nsbox export ID > changes.tar)")

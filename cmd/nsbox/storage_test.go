@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -455,5 +456,50 @@ func TestStorageReconcile(t *testing.T) {
 	}
 	for _, leak := range d.leaks() {
 		t.Errorf("after reconcile and rm: %s", leak)
+	}
+}
+
+// TestDefaultDisk: a sandbox that names no disk gets the daemon's --default-disk, warm or cold;
+// filling it is ENOSPC inside and nothing on the host; a create may ask for less, or more up to
+// --max-disk, and a daemon whose default is out of bounds refuses to start.
+func TestDefaultDisk(t *testing.T) {
+	d := startDaemon(t, "--default-disk", "48", "--max-disk", "96", "--warm-pool", "busybox=1")
+	d.waitWarm("busybox", 1)
+	warm := d.containerDirs()
+	sb := d.create(api.CreateSandboxRequest{Image: "busybox"})
+	if sb.Limits.DiskMB != 48 {
+		t.Fatalf("limits = %+v, want the default disk", sb.Limits)
+	}
+	if !slices.Contains(warm, d.container(sb.ID)) {
+		t.Errorf("a sandbox with the default disk was not made from the warm pool (%s, pool %v)", d.container(sb.ID), warm)
+	}
+	if _, err := os.Stat(filepath.Join(d.dataDir, "sandboxes", d.container(sb.ID), "disk.img")); err != nil {
+		t.Fatalf("no disk image: %v", err)
+	}
+	res := d.exec(sb.ID, api.ExecRequest{Command: "dd if=/dev/zero of=/big bs=1M count=96"})
+	if _, stderr, _ := res.Output(); res.ExitCode == 0 || !strings.Contains(string(stderr), "No space left on device") {
+		t.Fatalf("filling the default disk: exit %d, stderr %q", res.ExitCode, stderr)
+	}
+	if got := d.sh(sb.ID, "rm /big && echo ok"); got != "ok\n" {
+		t.Fatalf("after freeing the disk: %q", got)
+	}
+
+	for _, tc := range []struct {
+		diskMB int64
+		ok     bool
+	}{{32, true}, {96, true}, {97, false}, {8, false}} {
+		sb, err := d.client.CreateSandbox(context.Background(), api.CreateSandboxRequest{Image: "busybox", Limits: api.Limits{DiskMB: tc.diskMB}})
+		switch {
+		case tc.ok && (err != nil || sb.Limits.DiskMB != tc.diskMB):
+			t.Errorf("diskMB %d: %+v %v", tc.diskMB, sb, err)
+		case !tc.ok && !api.IsCode(err, api.CodeInvalidArgument):
+			t.Errorf("diskMB %d: got %v, want invalid_argument", tc.diskMB, err)
+		}
+	}
+
+	args := append([]string{"daemon", "--data-dir", t.TempDir(), "--run-dir", t.TempDir(), "--default-disk", "200", "--max-disk", "100"}, d.net.daemonArgs()...)
+	out, err := exec.Command(nsboxBin, args...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "default disk must be between 16 and 100") {
+		t.Errorf("a default disk above --max-disk: %v %s", err, out)
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -69,7 +68,7 @@ func tokenCommand() *cli.Command {
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return errors.New("usage: nsbox token create [--session SID] [--permission read|write] [--ttl 1h] SANDBOX")
+						return usageError("usage: nsbox token create [--session SID] [--permission read|write] [--ttl 1h] SANDBOX")
 					}
 					t, err := apiClient(c).CreateToken(c.Context, api.CreateTokenRequest{
 						Sandbox: c.Args().First(), Session: c.String("session"), Permission: c.String("permission"), TTLSeconds: int64(c.Duration("ttl") / time.Second),
@@ -110,7 +109,7 @@ func tokenCommand() *cli.Command {
 				ArgsUsage: "TOKEN-ID...",
 				Action: func(c *cli.Context) error {
 					if c.NArg() == 0 {
-						return errors.New("usage: nsbox token rm TOKEN-ID...")
+						return usageError("usage: nsbox token rm TOKEN-ID...")
 					}
 					for _, id := range c.Args().Slice() {
 						if err := apiClient(c).RevokeToken(c.Context, id); err != nil {

@@ -27,7 +27,10 @@ var defaultCapabilities = []string{
 
 // maskedPaths are the OCI runtime defaults for /proc and /sys, and the host's page, slab,
 // vmalloc and I/O memory maps and its kernel config, which tell an attacker about the host's
-// kernel and memory layout. readonlyPaths are the OCI defaults.
+// kernel and memory layout. readonlyPaths are the OCI defaults, and the agent's OOM score:
+// sandbox root owns PID 1 and could otherwise raise it to 1000, making the agent the first
+// process the kernel kills when the sandbox runs out of memory (reached through /proc/1 and
+// /proc/1/task/1; the agent is single-pid, its other threads' tasks come and go).
 var maskedPaths = []string{
 	"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
 	"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -35,7 +38,8 @@ var maskedPaths = []string{
 	"/proc/vmallocinfo", "/proc/iomem", "/proc/config.gz",
 	"/sys/firmware", "/sys/devices/virtual/powercap",
 }
-var readonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+var readonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+	"/proc/1/oom_score_adj", "/proc/1/oom_adj", "/proc/1/task/1/oom_score_adj", "/proc/1/task/1/oom_adj"}
 
 // agentTmpfsSize bounds the agent's tmpfs: it holds each running exec's stdin (up to the API's
 // 64 MiB body limit) and small scripts; it is charged to the sandbox's memory.

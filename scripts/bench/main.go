@@ -103,7 +103,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "storage", "files", "network", "images", "burst", "stats"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "storage", "files", "network", "images", "burst", "stats"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -140,6 +140,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["memory"] {
 		if err := b.memorySection(ctx, o.idle); err != nil {
 			return fmt.Errorf("memory: %w", err)
+		}
+	}
+	if o.sections["lifecycle"] {
+		if err := b.lifecycleSection(ctx, o.n); err != nil {
+			return fmt.Errorf("lifecycle: %w", err)
 		}
 	}
 	if o.sections["storage"] {
@@ -198,6 +203,14 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
+	noDisk, err := b.daemon(ctx, "nsbox-nodisk", true, "", "--default-disk=0")
+	if err != nil {
+		return err
+	}
+	warmNoDisk, err := b.daemon(ctx, "nsbox-warm-nodisk", true, image+"=1", "--default-disk=0")
+	if err != nil {
+		return err
+	}
 	bundle, err := b.makeRuncBundle(withSeccomp, "bundle-true", "true")
 	if err != nil {
 		return err
@@ -212,6 +225,8 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil)},
 		{name: "nsbox --userns=false", run: nsboxCycle(noUserns, nil)},
 		{name: "nsbox warm --userns=false", run: nsboxCycle(warmNoUserns, nil), after: warmNoUserns.waitWarm},
+		{name: "nsbox --default-disk=0", run: nsboxCycle(noDisk, nil)},
+		{name: "nsbox warm --default-disk=0", run: nsboxCycle(warmNoDisk, nil), after: warmNoDisk.waitWarm},
 		{name: "runc run", run: func(context.Context) error {
 			runcID++
 			return runCommand("runc", "--root", b.runcRoot(), "run", "--bundle", bundle, fmt.Sprintf("bench-%d", runcID))
@@ -235,6 +250,8 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	fmt.Printf("seccomp profile: %+.1f ms on the median cycle (%s ms with, %s ms without)\n", float64(on-off)/1e6, ms(on), ms(off))
 	fmt.Printf("user namespaces: cold cycle %.2f×, warm-pool cycle %.2f× of the same without\n",
 		medianRatio(samples, "nsbox", "nsbox --userns=false"), medianRatio(samples, "nsbox warm pool", "nsbox warm --userns=false"))
+	fmt.Printf("default disk quota: cold cycle %.2f×, warm-pool cycle %.2f× of the same without (--default-disk=0)\n",
+		medianRatio(samples, "nsbox", "nsbox --default-disk=0"), medianRatio(samples, "nsbox warm pool", "nsbox warm --default-disk=0"))
 	printPhases("nsbox warm pool", warmPhases)
 	printPhases("nsbox", phases)
 	fmt.Println()

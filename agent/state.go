@@ -1,0 +1,98 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/session"
+)
+
+// Saving and restoring a sandbox's state, for hibernation and snapshots: the daemon asks the
+// agent for every session's state and every process (with the end of its log) before the
+// container goes, keeps them where the sandbox cannot reach, and hands them to the agent of
+// the next container.
+
+const (
+	// savedLogBytes is how much of the end of each process's log is kept.
+	savedLogBytes = 64 << 10
+	// stateTimeout bounds saving or restoring one session (a command may be running in it).
+	stateTimeout = 10 * time.Second
+)
+
+func (a *Agent) handleSaveState(w http.ResponseWriter, r *http.Request) error {
+	var req api.SaveStateRequest
+	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+		return err
+	}
+	var out api.SandboxState
+	if req.Sessions {
+		for _, info := range a.sessions.List() {
+			if info.Status == session.StateEnded {
+				continue
+			}
+			s, err := a.sessions.Get(info.ID)
+			if err != nil {
+				continue // deleted meanwhile
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), stateTimeout)
+			st, err := s.SaveState(ctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("save session %q: %w", info.ID, sessionError(err))
+			}
+			out.Sessions = append(out.Sessions, api.SessionState{ID: info.ID, Shell: info.Shell, ReadOnly: info.ReadOnly,
+				User: strconv.Itoa(info.UID) + ":" + strconv.Itoa(info.GID), Script: st.Script, History: st.History})
+		}
+	}
+	if req.Processes {
+		out.Processes = a.processes.Save(savedLogBytes)
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// handleRestoreState starts the saved sessions with their state and brings the saved
+// processes back (process.Manager.Restore). A session that cannot be restored is reported,
+// after the others were.
+func (a *Agent) handleRestoreState(w http.ResponseWriter, r *http.Request) error {
+	var st api.SandboxState
+	if err := api.DecodeJSON(w, r, &st, false); err != nil {
+		return err
+	}
+	var errs []error
+	for _, ss := range st.Sessions {
+		if err := a.restoreSession(r.Context(), ss); err != nil {
+			errs = append(errs, fmt.Errorf("session %q: %w", ss.ID, err))
+		}
+	}
+	errs = append(errs, a.processes.Restore(r.Context(), st.Processes)...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("restore saved state: %w", err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *Agent) restoreSession(ctx context.Context, ss api.SessionState) error {
+	var s *session.Session
+	var err error
+	if ss.ID == session.DefaultID {
+		s, err = a.sessions.Default()
+	} else {
+		s, err = a.sessions.Create(session.Options{ID: ss.ID, Shell: ss.Shell, User: ss.User, ReadOnly: ss.ReadOnly})
+		if errors.Is(err, session.ErrExists) {
+			s, err = a.sessions.Get(ss.ID)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, stateTimeout)
+	defer cancel()
+	return s.RestoreState(ctx, session.State{Script: ss.Script, History: ss.History})
+}

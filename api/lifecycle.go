@@ -1,0 +1,46 @@
+package api
+
+// HibernateRequest is the body of POST /v1/sandboxes/{id}/hibernate (optional).
+type HibernateRequest struct {
+	// Memory checkpoints the processes' memory too (CRIU), so they go on after resume; refused
+	// where the daemon found no working CRIU (GET /v1/version's checkpoint).
+	Memory bool `json:"memory,omitempty"`
+}
+
+// Checkpoint is whether the daemon can checkpoint processes' memory (CRIU).
+type Checkpoint struct {
+	Available bool   `json:"available"`
+	Reason    string `json:"reason,omitempty"` // why not, when not available
+}
+
+// SessionState is one session's state as the agent saved it: its options and a script that
+// restores its directory, exported variables, shell options, aliases and functions.
+type SessionState struct {
+	ID       string `json:"id"`
+	Shell    string `json:"shell,omitempty"`
+	User     string `json:"user,omitempty"` // uid:gid
+	ReadOnly bool   `json:"readOnly,omitempty"`
+	Script   string `json:"script"`
+	History  string `json:"history,omitempty"`
+}
+
+// SavedProcess is one process as the agent saved it: how it was started, how it was, and the
+// end of its log.
+type SavedProcess struct {
+	Request StartProcessRequest `json:"request"`
+	Info    Process             `json:"info"`
+	Log     []ProcessEvent      `json:"log,omitempty"`
+}
+
+// SandboxState is what the agent saves before its sandbox's container goes (hibernation,
+// snapshots) and restores in a new one: the agent's internal API, kept by the daemon.
+type SandboxState struct {
+	Sessions  []SessionState `json:"sessions,omitempty"`
+	Processes []SavedProcess `json:"processes,omitempty"`
+}
+
+// SaveStateRequest is the body of the agent's POST /v1/state/save.
+type SaveStateRequest struct {
+	Sessions  bool `json:"sessions,omitempty"`  // save every session's state
+	Processes bool `json:"processes,omitempty"` // save every process and the end of its log
+}

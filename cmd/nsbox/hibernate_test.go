@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// waitCounter waits until the counting process of a sandbox has written /tmp/count.
+func (d *testDaemon) waitCounter(id string) {
+	d.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/tmp/count", d.agentPID(id))); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatal("the counter never started")
+		}
+	}
+}
+
+// containerOf is the container a sandbox runs in, read from its agent's cgroup.
+func (d *testDaemon) containerOf(id string) string {
+	d.t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", d.agentPID(id)))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "/"+d.cgroupParent+"/")
+	if !ok {
+		d.t.Fatalf("sandbox %s's agent is in no cgroup under %s: %s", id, d.cgroupParent, data)
+	}
+	container, _, _ := strings.Cut(strings.Fields(rest)[0], "/")
+	return container
+}
+
+// containerCgroups lists the cgroup directories of a container, on every hierarchy.
+func (d *testDaemon) containerCgroups(container string) []string {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent + "/" + container)
+	return dirs
+}
+
+const countLoop = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done"
+
+// TestHibernateAndWake is the issue's scenario: a session holding state and a counting process;
+// hibernate (processes gone, cgroup gone, memory freed), a daemon kill -9, then an exec wakes it
+// with the session's cwd, exports, alias and function, its files, the same address and exposed
+// port, the restart-policy process counting again and the other one listed as stopped.
+func TestHibernateAndWake(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "hb", Env: map[string]string{"FROM_CREATE": "yes"}})
+	d.sh("hb", `echo kept > /root/file && mkdir -p /tmp/deep && cd /tmp/deep && export MARK=kept && alias hi='echo alias-works' && fn() { echo fn-works; }; set -o noclobber`)
+	d.startProc("hb", api.StartProcessRequest{ID: "count", Command: countLoop, Restart: api.RestartOnResume})
+	d.startProc("hb", api.StartProcessRequest{ID: "plain", Command: "echo plain-started; sleep 1000"})
+	d.waitCounter("hb")
+	port, err := d.client.ExposePort(ctx, "hb", api.ExposePortRequest{Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := d.agentPID("hb")
+	before, err := d.client.GetSandbox(ctx, "hb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cgroups := d.containerCgroups(d.containerOf("hb"))
+	if len(cgroups) == 0 {
+		t.Fatal("the sandbox's container has no cgroup to watch")
+	}
+
+	if out, errOut, code := d.cli("", "hibernate", "hb"); code != 0 || out != "hb\n" {
+		t.Fatalf("nsbox hibernate: %q %q %d", out, errOut, code)
+	}
+	got, err := d.client.GetSandbox(ctx, "hb")
+	if err != nil || got.Status != api.StatusHibernated || got.PID != 0 {
+		t.Fatalf("after hibernate: %+v %v", got, err)
+	}
+	if alive(pid) {
+		t.Errorf("the agent (pid %d) still runs after hibernate", pid)
+	}
+	for _, dir := range cgroups {
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("cgroup %s is still there after hibernate (its memory is not freed)", dir)
+		}
+	}
+	if out, _, code := d.cli("", "ls"); code != 0 || !strings.Contains(out, "hibernated") {
+		t.Errorf("ls while hibernated: %q %d", out, code)
+	}
+	if e := d.expectError("POST", "/v1/sandboxes/hb/pause", nil, 409, api.CodeConflict); !strings.Contains(e.Message, "hibernated") {
+		t.Errorf("pause while hibernated: %q does not name the state", e.Message)
+	}
+	if e := d.expectError("POST", "/v1/sandboxes/hb/hibernate", api.HibernateRequest{Memory: true}, 400, api.CodeInvalidArgument); !strings.Contains(e.Message, "CRIU") {
+		t.Errorf("memory: true: %q does not say why", e.Message)
+	}
+
+	d.kill9()
+	d.start()
+	if got, err := d.client.GetSandbox(ctx, "hb"); err != nil || got.Status != api.StatusHibernated {
+		t.Fatalf("after a daemon kill -9: %+v %v", got, err)
+	}
+
+	// An exec wakes it, in the session as it was.
+	began := time.Now()
+	out := d.sh("hb", `pwd; echo "$MARK $FROM_CREATE"; hi; fn; cat /root/file; set -o | grep noclobber`)
+	t.Logf("exec that woke the hibernated sandbox answered in %s", time.Since(began))
+	for _, want := range []string{"/tmp/deep\n", "kept yes\n", "alias-works\n", "fn-works\n", "kept\n", "noclobber"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("after wake: %q lacks %q", out, want)
+		}
+	}
+	if strings.Contains(out, "noclobber      \toff") || strings.Contains(out, "noclobber\toff") {
+		t.Errorf("shell option noclobber not restored: %q", out)
+	}
+	after, err := d.client.GetSandbox(ctx, "hb")
+	if err != nil || after.Status != api.StatusRunning || after.Network.IP != before.Network.IP || after.PID == 0 {
+		t.Fatalf("after wake: %+v (before: %+v) %v", after, before, err)
+	}
+	ports, err := d.client.ListPorts(ctx, "hb")
+	if err != nil || len(ports) != 1 || ports[0].HostPort != port.HostPort {
+		t.Errorf("ports after wake: %+v %v (before: %+v)", ports, err, port)
+	}
+	procs, err := d.client.ListProcesses(ctx, "hb", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := map[string]api.Process{}
+	for _, p := range procs {
+		status[p.ID] = p
+	}
+	if p := status["plain"]; p.Status != api.ProcessStopped || !strings.Contains(p.Error, "hibernation") {
+		t.Errorf("plain after wake: %+v", p)
+	}
+	if p := status["count"]; p.Status != api.ProcessRunning {
+		t.Errorf("count after wake: %+v", p)
+	}
+	logs, err := d.client.ProcessLogs(ctx, "hb", "plain", 0, 0)
+	if err != nil || len(logs.Chunks) == 0 || !strings.Contains(logs.Chunks[0].Data, "plain-started") {
+		t.Errorf("plain's log after wake: %+v %v", logs, err)
+	}
+	d.waitCounter("hb")
+	if !d.counts("hb") {
+		t.Error("the restart-policy process does not count after wake")
+	}
+
+	// Hibernate again from paused, resume explicitly, remove while hibernated.
+	if _, err := d.client.PauseSandbox(ctx, "hb"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.client.HibernateSandbox(ctx, "hb", api.HibernateRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.client.ResumeSandbox(ctx, "hb"); err != nil || got.Status != api.StatusRunning {
+		t.Fatalf("resume from hibernation: %+v %v", got, err)
+	}
+	if out := d.sh("hb", "pwd"); out != "/tmp/deep\n" {
+		t.Errorf("after a second hibernation: pwd %q", out)
+	}
+	if _, err := d.client.HibernateSandbox(ctx, "hb", api.HibernateRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.client.RemoveSandbox(ctx, "hb", false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIdleStop: a sandbox with onIdle "stop" hibernates by itself without its sessions' state;
+// a request wakes it with its files and a fresh session.
+func TestIdleStop(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "nap", Image: "busybox", Lifecycle: &api.Lifecycle{IdleSeconds: 1, OnIdle: api.OnIdleStop}})
+	d.sh("nap", "echo kept > /tmp/file; cd /tmp")
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		sb, err := d.client.GetSandbox(ctx, "nap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sb.Status == api.StatusHibernated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle sandbox with onIdle stop is still %s", sb.Status)
+		}
+	}
+	if out := d.sh("nap", "pwd; cat /tmp/file"); out != "/workspace\nkept\n" {
+		t.Errorf("after an idle stop: %q (want a fresh session and the files)", out)
+	}
+}

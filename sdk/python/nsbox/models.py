@@ -1,0 +1,320 @@
+"""The API's answers as typed objects; each keeps the whole JSON object it came from in ``raw``."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+T = TypeVar("T", bound="Model")
+
+
+def _wire_name(f: "dataclasses.Field[Any]") -> str:
+    if "wire" in f.metadata:
+        return f.metadata["wire"]
+    first, *rest = f.name.split("_")
+    return first + "".join(p.title() for p in rest)
+
+
+def decode_data(data: str, encoding: Optional[str]) -> bytes:
+    """Output bytes from the API's (data, encoding) pair: utf-8 text, or base64 when not text."""
+    return base64.b64decode(data) if encoding == "base64" else data.encode()
+
+
+@dataclass
+class Model:
+    """Base of the answers: ``from_wire`` maps the API's camelCase fields to snake_case ones."""
+
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls: Type[T], d: Optional[Dict[str, Any]]) -> T:
+        d = d or {}
+        kw = {f.name: d[_wire_name(f)] for f in dataclasses.fields(cls) if f.name != "raw" and _wire_name(f) in d}
+        obj = cls(**kw)
+        obj.raw = d
+        return obj
+
+
+@dataclass
+class SandboxInfo(Model):
+    """A sandbox's record (GET /v1/sandboxes/{id})."""
+
+    id: str = ""
+    image: str = ""
+    status: str = ""
+    error: str = ""
+    env: Dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    user: str = ""
+    limits: Dict[str, Any] = field(default_factory=dict)
+    labels: Dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    pid: int = 0
+    network: Dict[str, Any] = field(default_factory=dict)
+    lifecycle: Optional[Dict[str, Any]] = None
+    workspace: Optional[Dict[str, Any]] = None
+    mounts: List[Dict[str, Any]] = field(default_factory=list)
+    capabilities: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SessionInfo(Model):
+    """A session's record."""
+
+    id: str = ""
+    shell: str = ""
+    user: str = ""
+    uid: int = 0
+    gid: int = 0
+    cwd: str = ""
+    status: str = ""
+    exit_code: int = 0
+    pid: int = 0
+    created_at: str = ""
+    permission: str = ""
+
+
+@dataclass
+class ExecResult(Model):
+    """A finished command: ``stdout`` and ``stderr`` as bytes (``stdout_text``/``stderr_text`` as text)."""
+
+    exit_code: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
+    canceled: bool = False
+    truncated: bool = False
+    duration_ms: int = 0
+    session_id: str = ""
+    session_ended: bool = False
+    session_reset: bool = False
+
+    @classmethod
+    def from_wire(cls, d: Optional[Dict[str, Any]]) -> "ExecResult":
+        r = super().from_wire(d)
+        enc = r.raw.get("encoding")
+        r.stdout = decode_data(r.raw.get("stdout", ""), enc)
+        r.stderr = decode_data(r.raw.get("stderr", ""), enc)
+        return r
+
+    @property
+    def stdout_text(self) -> str:
+        """stdout decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def stderr_text(self) -> str:
+        """stderr decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stderr.decode(errors="replace")
+
+    @property
+    def text(self) -> str:
+        """Same as stdout_text."""
+        return self.stdout_text
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited 0 in time."""
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass
+class ExecEvent(Model):
+    """One event of a streamed command: ``type`` is "start", "stdout", "stderr" or "exit";
+    ``data`` the output bytes; ``result`` the ExecResult on "exit"."""
+
+    type: str = ""
+    data: bytes = b""
+    session_id: str = ""
+    result: Optional[ExecResult] = None
+
+    @classmethod
+    def from_wire(cls, d: Optional[Dict[str, Any]]) -> "ExecEvent":
+        ev = super().from_wire(d)
+        ev.data = decode_data(ev.raw.get("data", ""), ev.raw.get("encoding"))
+        ev.result = ExecResult.from_wire(ev.raw["result"]) if ev.raw.get("result") else None
+        return ev
+
+
+@dataclass
+class FileInfo(Model):
+    """A file's description."""
+
+    name: str = ""
+    path: str = ""
+    type: str = ""
+    size: int = 0
+    mode: str = ""
+    uid: int = 0
+    gid: int = 0
+    owner: str = ""
+    group: str = ""
+    mtime: str = ""
+    link_target: str = ""
+
+    @property
+    def is_dir(self) -> bool:
+        """Whether it is a directory."""
+        return self.type == "dir"
+
+
+@dataclass
+class FileEvent(Model):
+    """A change under a watched directory."""
+
+    type: str = ""
+    path: str = ""
+    old_path: str = ""
+    is_dir: bool = False
+
+
+@dataclass
+class ExposedPort(Model):
+    """A sandbox port exposed on the host: fetch ``url`` (http://127.0.0.1:``host_port``)."""
+
+    port: int = 0
+    protocol: str = ""
+    host_port: int = 0
+    host_ip: str = field(default="", metadata={"wire": "hostIP"})
+    url: str = ""
+    public: bool = False
+    token: str = ""
+
+
+@dataclass
+class ProcessInfo(Model):
+    """A process's record."""
+
+    id: str = ""
+    pid: int = 0
+    status: str = ""
+    command: str = ""
+    argv: List[str] = field(default_factory=list)
+    session_id: str = ""
+    user: str = ""
+    cwd: str = ""
+    stdin: str = ""
+    exit_code: int = 0
+    signal: str = ""
+    error: str = ""
+    started_at: str = ""
+    ended_at: str = ""
+    log_bytes: int = 0
+    log_end: int = 0
+
+
+@dataclass
+class ProcessEvent(Model):
+    """A chunk of a process's output: ``type`` "stdout", "stderr" or "skipped"; ``data`` bytes."""
+
+    type: str = ""
+    data: bytes = b""
+    cursor: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def from_wire(cls, d: Optional[Dict[str, Any]]) -> "ProcessEvent":
+        ev = super().from_wire(d)
+        ev.data = decode_data(ev.raw.get("data", ""), ev.raw.get("encoding"))
+        return ev
+
+
+@dataclass
+class ProcessLogs(Model):
+    """Output of a process after a cursor: ``chunks`` in order; ``stdout``/``stderr`` joined."""
+
+    chunks: List[ProcessEvent] = field(default_factory=list)
+    skipped: int = 0
+    cursor: int = 0
+    status: str = ""
+    done: bool = False
+
+    @classmethod
+    def from_wire(cls, d: Optional[Dict[str, Any]]) -> "ProcessLogs":
+        logs = super().from_wire(d)
+        logs.chunks = [ProcessEvent.from_wire(c) for c in logs.raw.get("chunks") or []]
+        return logs
+
+    @property
+    def stdout(self) -> bytes:
+        """The stdout chunks joined."""
+        return b"".join(c.data for c in self.chunks if c.type == "stdout")
+
+    @property
+    def stderr(self) -> bytes:
+        """The stderr chunks joined."""
+        return b"".join(c.data for c in self.chunks if c.type == "stderr")
+
+
+@dataclass
+class WaitResult(Model):
+    """The answer of a process wait: ``met`` whether the condition held."""
+
+    condition: str = ""
+    met: bool = False
+    timed_out: bool = False
+    reason: str = ""
+    match: str = ""
+    cursor: int = 0
+    process: Optional[ProcessInfo] = None
+
+    @classmethod
+    def from_wire(cls, d: Optional[Dict[str, Any]]) -> "WaitResult":
+        w = super().from_wire(d)
+        w.process = ProcessInfo.from_wire(w.raw.get("process"))
+        return w
+
+
+@dataclass
+class CodeContextInfo(Model):
+    """A code context's record."""
+
+    id: str = ""
+    language: str = ""
+    cwd: str = ""
+    user: str = ""
+    created_at: str = ""
+
+
+@dataclass
+class RunCodeResult(Model):
+    """A finished run of code: output, the rich ``results`` (MIME type → data), the ``error``."""
+
+    stdout: str = ""
+    stderr: str = ""
+    results: List[Dict[str, Any]] = field(default_factory=list)
+    error: Optional[Dict[str, str]] = None
+    duration_ms: int = 0
+    timed_out: bool = False
+    restarted: bool = False
+    truncated: bool = False
+
+    @classmethod
+    def from_wire(cls, d: Optional[Dict[str, Any]]) -> "RunCodeResult":
+        r = super().from_wire(d)
+        enc = r.raw.get("encoding")
+        r.stdout = decode_data(r.raw.get("stdout", ""), enc).decode(errors="replace")
+        r.stderr = decode_data(r.raw.get("stderr", ""), enc).decode(errors="replace")
+        r.results = r.results or []
+        return r
+
+    @property
+    def text(self) -> Optional[str]:
+        """The text/plain form of the last result, if any."""
+        for res in reversed(self.results):
+            if "text/plain" in res:
+                return str(res["text/plain"])
+        return None
+
+
+@dataclass
+class TokenInfo(Model):
+    """A scoped token (its secret only in the answer that minted it)."""
+
+    id: str = ""
+    secret: str = field(default="", metadata={"wire": "token"})
+    sandbox: str = ""
+    session: str = ""
+    permission: str = ""
+    expires_at: str = ""

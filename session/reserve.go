@@ -1,0 +1,69 @@
+package session
+
+import (
+	"errors"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// reserveSize is the space the agent's tmpfs keeps for session control files (scripts, the
+// files a command's stdin comes from): enough for a few commands.
+const reserveSize = 1 << 20
+
+// reserve is space held in the session directory's file system (the agent's tmpfs, writable by
+// the sandbox's root) for when something in the sandbox fills it: a command that cannot write
+// its files gets the reserve's room and runs — typically the one that frees the space — and
+// the reserve is taken back once there is room again. Only then does a full tmpfs fail
+// commands (ErrNoSpace from the caller's view: ENOSPC).
+type reserve struct {
+	path string
+	mu   sync.Mutex
+	held bool
+}
+
+// newReserve holds reserveSize bytes at path, if there is room.
+func newReserve(path string) *reserve {
+	r := &reserve{path: path}
+	r.refill()
+	return r
+}
+
+// refill takes the reserve back if it is not held and there is room for it now.
+func (r *reserve) refill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.held {
+		return
+	}
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return
+	}
+	err = unix.Fallocate(int(f.Fd()), 0, 0, reserveSize)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(r.path)
+		return
+	}
+	r.held = true
+}
+
+// release frees the reserve's room. It reports whether there was any to free.
+func (r *reserve) release() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.held {
+		return false
+	}
+	r.held = false
+	return os.Remove(r.path) == nil
+}
+
+// noSpace reports whether err says the file system is full.
+func noSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
+}
