@@ -257,7 +257,7 @@ func (r *Runtime) checkOOMs() {
 		if s.inst == nil || (s.rec.Status != api.StatusRunning && s.rec.Status != api.StatusPaused) {
 			continue
 		}
-		cg, err := s.inst.Stats()
+		kills, err := s.inst.OOMKills()
 		if err != nil {
 			continue
 		}
@@ -265,16 +265,16 @@ func (r *Runtime) checkOOMs() {
 		prev := r.ops.last[s.rec.ID]
 		seen := prev.ooms
 		if !prev.oomsSeen && s.rec.CreatedAt.Before(r.ops.started) {
-			seen = cg.OOMKills
+			seen = kills
 		}
-		prev.ooms, prev.oomsSeen = cg.OOMKills, true
+		prev.ooms, prev.oomsSeen = kills, true
 		r.ops.last[s.rec.ID] = prev
 		r.ops.mu.Unlock()
-		if cg.OOMKills > seen {
-			n := cg.OOMKills - seen
+		if kills > seen {
+			n := kills - seen
 			r.ops.metrics.oomKills.Add(float64(n))
-			r.log.Warn("the kernel's OOM killer killed processes in a sandbox", "sandbox", s.rec.ID, "count", n, "memory_limit", cg.MemoryLimit)
-			r.ops.events.publish(api.EventSandboxOOMKilled, s.rec.ID, "count", strconv.FormatUint(n, 10), "total", strconv.FormatUint(cg.OOMKills, 10))
+			r.log.Warn("the kernel's OOM killer killed processes in a sandbox", "sandbox", s.rec.ID, "count", n, "memory_limit_mb", s.rec.Limits.MemoryMB)
+			r.ops.events.publish(api.EventSandboxOOMKilled, s.rec.ID, "count", strconv.FormatUint(n, 10), "total", strconv.FormatUint(kills, 10))
 		}
 	}
 	r.ops.mu.Lock()

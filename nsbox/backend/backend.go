@@ -134,8 +134,10 @@ type Instance interface {
 	OpenRoot() (*sandboxfs.Root, error)
 	// IDs is the container's user namespace (zero: none).
 	IDs() rootfs.IDMap
-	// Stats reads the container's resource use from its cgroup (v1 or v2).
+	// Stats reads the container's resource use from its cgroup (v1 or v2); OOMKills reads
+	// only Stats().OOMKills, one file instead of five.
 	Stats() (Stats, error)
+	OOMKills() (uint64, error)
 	// Freeze stops every process of the container until Thaw.
 	Freeze() error
 	Thaw() error

@@ -230,11 +230,26 @@ func isContainerInit(pid int, cgroupPath string) bool {
 
 // Stats reads the container's resource use from its cgroup.
 func (i *instance) Stats() (backend.Stats, error) {
-	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
-	if i.statsErr != nil {
-		return backend.Stats{}, i.statsErr
+	files, err := i.statFiles()
+	if err != nil {
+		return backend.Stats{}, err
 	}
-	return i.stats.read()
+	return files.read()
+}
+
+// OOMKills reads how many of the container's processes the OOM killer killed.
+func (i *instance) OOMKills() (uint64, error) {
+	files, err := i.statFiles()
+	if err != nil {
+		return 0, err
+	}
+	return keyed(files.oom, "oom_kill")
+}
+
+// statFiles are the cgroup files of the container's stats, found on the first call.
+func (i *instance) statFiles() (*cgroupFiles, error) {
+	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
+	return i.stats, i.statsErr
 }
 
 // Freeze freezes every process of the container (cgroup freezer).
