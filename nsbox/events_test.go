@@ -1,7 +1,9 @@
 package nsbox
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -49,5 +51,48 @@ func TestEventLogReplayAndLag(t *testing.T) {
 	}
 	if len(l.subs) != 0 {
 		t.Errorf("%d subscribers left", len(l.subs))
+	}
+}
+
+// TestEventsOfTheStateMachine checks that every move of a sandbox's life is one event, in
+// order, with the agent's exit before the failure it causes; and that a removed sandbox's
+// stats are gone.
+func TestEventsOfTheStateMachine(t *testing.T) {
+	c := newTestCore(t, 0)
+	_, sub, err := c.ops.events.subscribe(0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.create(api.CreateSandboxRequest{ID: "box"})
+	if st, err := c.Stats(context.Background(), "box"); err != nil || st.Status != api.StatusRunning || st.CPUSeconds != 1 || st.MemoryLimitBytes != 64<<20 {
+		t.Errorf("stats: %+v, %v", st, err)
+	}
+	if _, err := c.Pause("box"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Resume("box"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Remove("box", true); err != nil {
+		t.Fatal(err)
+	}
+	c.create(api.CreateSandboxRequest{ID: "dies"})
+	s, _ := c.lookup("dies")
+	c.backend.get(s.snapshot().container()).exit()
+	want := []string{api.EventSandboxCreated, api.EventSandboxStarted, api.EventSandboxPaused, api.EventSandboxResumed,
+		api.EventSandboxStopping, api.EventSandboxRemoved, api.EventSandboxCreated, api.EventSandboxStarted,
+		api.EventSandboxAgentExited, api.EventSandboxFailed}
+	for i, typ := range want {
+		select {
+		case ev := <-sub.ch:
+			if ev.Type != typ || ev.Seq != uint64(i+1) {
+				t.Fatalf("event %d: %+v, want %s", i+1, ev, typ)
+			}
+		case <-time.After(10 * time.Second): // a bound for a broken core, not a speed check
+			t.Fatalf("no event %d (%s)", i+1, typ)
+		}
+	}
+	if _, err := c.Stats(context.Background(), "box"); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("stats of a removed sandbox: %v", err)
 	}
 }
