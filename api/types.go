@@ -66,6 +66,10 @@ type CreateSandboxRequest struct {
 	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
 	// from those the daemon allows (--allow-cap).
 	Capabilities []string `json:"capabilities,omitempty"`
+	// FromSnapshot makes the sandbox from a snapshot (POST /v1/sandboxes/{id}/snapshots): its
+	// image and files, and its env, labels, limits, cwd, user and network policy where the
+	// request gives none; its sessions come back with their saved state. Image must be empty.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // EntrypointProcess is the id of the process a create with RunEntrypoint starts.
@@ -101,6 +105,8 @@ type Sandbox struct {
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
 	Capabilities []string `json:"capabilities,omitempty"`
+	// FromSnapshot is the snapshot the sandbox was made from, if any.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it
@@ -167,6 +173,9 @@ type ExecResult struct {
 	// Also set on the first result of the default session after its shell ended while idle
 	// (killed from elsewhere) and it was started again, in the sandbox's working directory.
 	SessionReset bool `json:"sessionReset"`
+	// OOMKilled: the command was killed by the kernel for lack of memory (the sandbox's memory
+	// limit): it died of SIGKILL (exit code 137) while the sandbox's count of OOM kills rose.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // NewExecResult encodes raw output into an ExecResult.
@@ -656,6 +665,9 @@ type Process struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	LogBytes  int64     `json:"logBytes"` // size of its output ring
 	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
+	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit),
+	// or, for a command, its shell reported so (exit code 137).
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // SignalName is a signal in a request: a name ("TERM", "SIGKILL") or a number. A JSON number

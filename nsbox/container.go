@@ -104,10 +104,14 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	if err != nil {
 		return backend.Spec{}, err
 	}
+	layers := make([]string, 0, len(st.SnapshotLayers)+len(img.Layers))
+	for _, d := range st.SnapshotLayers {
+		layers = append(layers, r.images.Layers().Dir(d))
+	}
 	spec := backend.Spec{
-		ID: id, Layers: img.Layers, UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
+		ID: id, Layers: append(layers, img.Layers...), UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
 		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
-		Capabilities: st.Capabilities,
+		Capabilities: st.Capabilities, LimitViews: r.views.dirNow(),
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

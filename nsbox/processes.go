@@ -61,8 +61,12 @@ func (r *Runtime) followProcess(id string, a *agentClient, p *api.Process) {
 		}
 		p = &res.Process
 	}
+	oom := ""
+	if p.OOMKilled {
+		oom = "true"
+	}
 	r.ops.events.publish(api.EventProcessExited, id, "process", p.ID, "status", p.Status, "exitCode", strconv.Itoa(p.ExitCode),
-		"signal", p.Signal, "error", p.Error)
+		"signal", p.Signal, "error", p.Error, "oomKilled", oom)
 }
 
 func (r *Runtime) handleListProcesses(w http.ResponseWriter, req *http.Request) error {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/internal/lxcfs"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/proxy"
 	"github.com/nsbox/nsbox/rootfs"
@@ -70,6 +71,9 @@ type Config struct {
 	// are http://{port}-{id}[-{token}].{ProxyDomain}[:{ProxyPort}]. Empty: URLs name host ports.
 	ProxyDomain string
 	ProxyPort   int
+	// LimitViews runs LXCFS so that sandboxes see their own memory and CPUs in /proc
+	// (limitviews.go); on a host without lxcfs the daemon says so and goes on without.
+	LimitViews bool
 	// Removed, when set, is called once a sandbox has been removed (the daemon revokes its
 	// tokens there, so that a later sandbox with the same id is not reachable by them).
 	Removed func(id string)
@@ -94,6 +98,7 @@ type Runtime struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // every sandbox the daemon knows, by id
+	snapUse   snapshotUse
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
@@ -102,6 +107,7 @@ type Runtime struct {
 	trim *time.Timer
 
 	stopIdle context.CancelFunc // ends watchIdle and monitor
+	views    *limitViews        // nil without Config.LimitViews
 	ops      *ops               // events, metrics, stats readings (stats.go)
 }
 
@@ -134,6 +140,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.records.Close()
 		return nil, err
 	}
+	r.images.OCI().KeepLayers(r.snapshotLayer)
 	r.pool = newWarmPool(cfg.WarmPool)
 	if err := r.checkDefaultDisk(); err != nil {
 		r.records.Close()
@@ -150,6 +157,9 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if err := r.reconcile(); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
+	}
+	if cfg.LimitViews {
+		r.openLimitViews()
 	}
 	r.reconcileNetwork()
 	if err := r.fillPool(); err != nil {
@@ -185,7 +195,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 		ids = newIDRanges(cfg.UserNS)
 	}
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
-		sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
+		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
 	r.ops = newOps(r)
 	return r, nil
@@ -225,6 +235,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 			return err
 		}
 	}
+	if err := lxcfs.New(filepath.Join(cfg.RunDir, "lxcfs"), log).Stop(); err != nil {
+		return err
+	}
 	return cleanupNetwork(cfg)
 }
 
@@ -236,6 +249,7 @@ func (r *Runtime) Close() error {
 		r.stopIdle()
 	}
 	r.drainPool()
+	r.closeLimitViews()
 	if r.net != nil {
 		r.net.Close()
 	}
@@ -328,6 +342,15 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if !idPattern.MatchString(req.ID) {
 		return nil, api.Errorf(api.CodeInvalidArgument, "invalid sandbox id %q: use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit", req.ID)
 	}
+	var snap *snapshotRecord
+	if req.FromSnapshot != "" {
+		var release func()
+		var err error
+		if snap, release, err = r.useSnapshot(&req); err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	if req.Image == "" {
 		req.Image = defaultImage
 	}
@@ -376,7 +399,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 
 	defer r.settled()
 	began := time.Now()
-	sc, fromPool, err := r.acquire(ctx, img, lim, extrasOf(&req))
+	extras := extrasOf(&req)
+	if snap != nil {
+		extras.SnapshotLayers = snap.Layers
+	}
+	sc, fromPool, err := r.acquire(ctx, img, lim, extras)
 	if err != nil {
 		r.forget(sb)
 		// Whatever failed, the create as a whole failed inside the daemon.
@@ -387,10 +414,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd), User: req.User,
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
 			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
-			Capabilities: req.Capabilities,
+			Capabilities: req.Capabilities, FromSnapshot: req.FromSnapshot,
 		},
-		Container: sc.inst.ID(),
-		ImageID:   imageID,
+		Container:      sc.inst.ID(),
+		ImageID:        imageID,
+		SnapshotLayers: extras.SnapshotLayers,
 	}
 	// The creating record is written (and fsync'd) while bind works: bind mostly waits for
 	// the kernel and the agent. A crash before either ends leaves a container without a
@@ -405,6 +433,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		inserted <- err
 	}()
 	bindErr := r.bind(ctx, &rec, sc, lim, entrypoint)
+	if bindErr == nil && snap != nil && len(snap.State.Sessions) > 0 {
+		bindErr = sc.agent.restoreState(ctx, api.SandboxState{Sessions: snap.State.Sessions})
+	}
 	if err := <-inserted; err != nil {
 		r.forget(sb)
 		return nil, errors.Join(err, r.destroyContainer(sc.inst, func() error { return r.detachNetwork(rec.ID) }))

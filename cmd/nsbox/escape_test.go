@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -75,6 +76,28 @@ func TestEscapeSuite(t *testing.T) {
 		}
 	}
 	t.Logf("escape attempts: %v", reported)
+
+	// No host fd reaches a session's shell or its commands (CVE-2024-21626 class): every fd of
+	// the shell and of a command in it is a terminal, /dev/null, a pipe or FIFO, or one of
+	// the agent's session files.
+	allowed := regexp.MustCompile(`^(/dev/(pts/[0-9]+|null|ptmx|tty)|pipe:\[[0-9]+\]|/run/nsbox/sessions/.*|/proc/[0-9]+/fd)$`)
+	d.create(api.CreateSandboxRequest{ID: "shells", Image: "busybox"})
+	for _, sess := range []api.CreateSessionRequest{{ID: "bash-session", Shell: "bash"}, {ID: "sh-session", Shell: "sh"}} {
+		box := map[string]string{"bash-session": "jail", "sh-session": "shells"}[sess.ID]
+		if _, err := d.client.CreateSession(context.Background(), box, sess); err != nil {
+			t.Fatal(err)
+		}
+		res := d.exec(box, api.ExecRequest{SessionID: sess.ID, Command: `for f in /proc/$$/fd/* /proc/self/fd/*; do echo "$(readlink "$f")"; done`})
+		targets := strings.Fields(string(res.Stdout))
+		if len(targets) < 6 { // at least 0-2 of the shell and of the command
+			t.Errorf("%s: the fds were not listed: %q %q", sess.ID, res.Stdout, res.Stderr)
+		}
+		for _, target := range targets {
+			if !allowed.MatchString(target) {
+				t.Errorf("%s: an fd of the shell or its command is %q", sess.ID, target)
+			}
+		}
+	}
 }
 
 // cgroupCounter reads the counter named key (a "key N" line) of a sandbox's cgroup from the

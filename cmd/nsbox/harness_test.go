@@ -200,13 +200,36 @@ func (d *testDaemon) cleanup() {
 	os.RemoveAll(d.runDir)
 }
 
-// leaks lists what a daemon with no sandboxes should not have left behind.
+// leaks lists what a daemon with no sandboxes should not have left behind: what its
+// containers left, and its LXCFS (which outlives a daemon only while sandboxes run).
 func (d *testDaemon) leaks() []string {
 	var leaks []string
 	for _, l := range d.leftovers() {
 		leaks = append(leaks, l.what)
 	}
-	return leaks
+	return append(leaks, d.lxcfsLeftovers()...)
+}
+
+// lxcfsDir is where the daemon runs LXCFS, which shows sandboxes their limits in /proc.
+func (d *testDaemon) lxcfsDir() string { return filepath.Join(d.runDir, "lxcfs") }
+
+// lxcfsLeftovers are the daemon's LXCFS mount and processes.
+func (d *testDaemon) lxcfsLeftovers() []string {
+	var out []string
+	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") {
+			out = append(out, "lxcfs mount "+line)
+		}
+	}
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		data, _ := os.ReadFile(p)
+		if bytes.Contains(data, []byte(d.lxcfsDir()+"/")) && alive(pidOf(p)) {
+			out = append(out, "lxcfs process "+filepath.Dir(p)+": "+strings.ReplaceAll(string(data), "\x00", " "))
+		}
+	}
+	return out
 }
 
 // leftover is something of a container's on the host: a cgroup, a mount, a loop device, a
@@ -227,6 +250,9 @@ func (d *testDaemon) leftovers() []leftover {
 	}
 	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") { // the daemon's, not a container's (lxcfsLeftovers)
+			continue
+		}
 		if strings.Contains(line, d.runDir) || strings.Contains(line, d.dataDir) {
 			out = append(out, leftover{d.containerOfPath(line), "mount " + line})
 		}

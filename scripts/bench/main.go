@@ -11,6 +11,10 @@
 //     `runc exec` into a running runc container of the same busybox rootfs;
 //   - code: a trivial run in a Python code context versus python3 -c through the processes API;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes;
+//   - lifecycle: pause/resume versus the cgroup freezer by hand, hibernate/resume versus
+//     stopping and starting a runc container (lifecycle.go);
+//   - snapshots: a snapshot and forks of 1 and 10 versus `cp -a` of the upper dir, and a
+//     create from a snapshot versus a plain create (snapshots.go);
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
 //     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
@@ -103,7 +107,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "storage", "files", "network", "images", "burst", "stats"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "files", "network", "images", "burst", "stats"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -145,6 +149,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["lifecycle"] {
 		if err := b.lifecycleSection(ctx, o.n); err != nil {
 			return fmt.Errorf("lifecycle: %w", err)
+		}
+	}
+	if o.sections["snapshots"] {
+		if err := b.snapshotsSection(ctx, o.n); err != nil {
+			return fmt.Errorf("snapshots: %w", err)
 		}
 	}
 	if o.sections["storage"] {
