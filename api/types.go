@@ -66,6 +66,25 @@ type CreateSandboxRequest struct {
 	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
 	// from those the daemon allows (--allow-cap).
 	Capabilities []string `json:"capabilities,omitempty"`
+	// Permissions are per-path rules for the workspace (see PermissionRule); none: write
+	// everywhere. They need a workspace.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
+}
+
+// PermissionRule gives the paths a pattern matches a level: none (they do not exist for the
+// sandbox), view (listed and stat-able, content unreadable), read (read-only) or write. A
+// pattern is /workspace or a path under it, or a path relative to /workspace, with shell
+// globs per component and ** for any number of components; the most specific matching
+// pattern wins, and "**" is the default.
+type PermissionRule struct {
+	Pattern string `json:"pattern"`
+	Level   string `json:"level"`
+}
+
+// PermissionsRequest is the body of PATCH /v1/sandboxes/{id}/permissions: the sandbox's new
+// rules, replacing its old ones.
+type PermissionsRequest struct {
+	Permissions []PermissionRule `json:"permissions"`
 }
 
 // EntrypointProcess is the id of the process a create with RunEntrypoint starts.
@@ -101,6 +120,8 @@ type Sandbox struct {
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
 	Capabilities []string `json:"capabilities,omitempty"`
+	// Permissions are its per-path rules for the workspace, as last set.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
 }
 
 // Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it
@@ -461,9 +482,9 @@ const (
 	// CodeTerminalBusy: a command for a bash session whose terminal runs an interactive
 	// program (vi, top) that did not give the prompt back in time.
 	CodeTerminalBusy = "terminal_busy"
-	CodeTooLarge        = "payload_too_large"
-	CodeInternal        = "internal"
-	CodeUnavailable     = "unavailable"
+	CodeTooLarge     = "payload_too_large"
+	CodeInternal     = "internal"
+	CodeUnavailable  = "unavailable"
 	// CodeUnauthenticated: a TCP request without a valid token (missing, unknown, expired,
 	// revoked); a valid token outside its scope is CodePermissionDenied.
 	CodeUnauthenticated = "unauthenticated"

@@ -1,0 +1,372 @@
+// Package permfs is the FUSE layer that enforces a sandbox's per-path permissions (package
+// perms) on its workspace: a loopback of the workspace's directory whose every operation is
+// checked against the rules first, so that what the rules hide, protect or fence holds for
+// every process in the sandbox — shells, compilers, git, find — and for the daemon's file
+// API, which reaches the workspace through the same mount.
+//
+// It runs as its own process (nsbox permfs), one per started sandbox with rules, so that it
+// outlives a daemon that dies, and it chroots into the workspace before it serves: it acts as
+// the host's root, and a symlink the sandbox swaps in under it can then lead nowhere but into
+// the workspace. It ends when the last mount of its file system goes (the sandbox's mount
+// namespace with its container), or when the daemon kills it.
+package permfs
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/nsbox/nsbox/perms"
+)
+
+// IDs translate owners between the served directory and the sandbox, for a workspace the
+// sandbox writes as the directory's owner (a read-write workspace in a user namespace): the
+// directory's RootUID/RootGID are the sandbox's root (host id Host), its other ids n below
+// Size are the sandbox's n (host id Host+n), its 0 is nobody. Zero Size: no translation.
+type IDs struct {
+	RootUID, RootGID, Host, Size uint32
+}
+
+// overflow is the owner the kernel shows for an id with no mapping (nobody).
+const overflow = 65534
+
+func (m IDs) toSandbox(id, root uint32) uint32 {
+	switch {
+	case m.Size == 0:
+		return id
+	case id == root:
+		return m.Host
+	case id == 0 || id >= m.Size:
+		return overflow
+	}
+	return m.Host + id
+}
+
+func (m IDs) toDisk(id, root uint32) (uint32, bool) {
+	switch {
+	case m.Size == 0:
+		return id, true
+	case id == m.Host:
+		return root, true
+	case id > m.Host && id < m.Host+m.Size && id-m.Host != root:
+		return id - m.Host, true
+	}
+	return 0, false
+}
+
+// FS is the permission layer over one directory.
+type FS struct {
+	rules atomic.Pointer[perms.Set]
+	ids   IDs
+	root  *node
+}
+
+// New makes the layer over the directory dir (which must not be left for another directory
+// by symlinks: the process is expected to have chrooted into it, and to pass "/") with rules.
+func New(dir string, rules *perms.Set, ids IDs) (*FS, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	f := &FS{ids: ids}
+	f.rules.Store(rules)
+	lr := &gofs.LoopbackRoot{Path: dir, Dev: st.Dev}
+	lr.NewNode = func(r *gofs.LoopbackRoot, _ *gofs.Inode, _ string, _ *syscall.Stat_t) gofs.InodeEmbedder {
+		return &node{LoopbackNode: gofs.LoopbackNode{RootData: r}, fs: f}
+	}
+	f.root = &node{LoopbackNode: gofs.LoopbackNode{RootData: lr}, fs: f}
+	lr.RootNode = f.root
+	return f, nil
+}
+
+// Root is the layer's root node, to mount.
+func (f *FS) Root() gofs.InodeEmbedder { return f.root }
+
+// SetRules replaces the rules and has the kernel forget every name it has cached, so that the
+// next lookup of each is checked against the new rules. Files already open stay open with
+// what they were opened for.
+func (f *FS) SetRules(rules *perms.Set) {
+	f.rules.Store(rules)
+	forget(f.root.EmbeddedInode())
+}
+
+func forget(dir *gofs.Inode) {
+	for name, child := range dir.Children() {
+		forget(child)
+		dir.NotifyEntry(name)
+	}
+}
+
+// level is the level of the workspace-relative path rel.
+func (f *FS) level(rel string) perms.Level { return f.rules.Load().Level(rel) }
+
+// node is a loopback node whose operations are checked against the rules.
+type node struct {
+	gofs.LoopbackNode
+	fs *FS
+}
+
+// level is the level of the node's child name ("": of the node). A node no longer in the
+// tree (removed while open) is at none.
+func (n *node) level(name string) perms.Level {
+	var parts []string
+	for p := n.EmbeddedInode(); p != n.fs.root.EmbeddedInode(); {
+		nm, parent := p.Parent()
+		if parent == nil {
+			return perms.None
+		}
+		parts, p = append(parts, nm), parent
+	}
+	slices.Reverse(parts)
+	return n.fs.level(path.Join(path.Join(parts...), name))
+}
+
+// rel is the node's path relative to the workspace, or that of its child name.
+func (n *node) rel(name string) string { return path.Join(n.Path(nil), name) }
+
+// underlying is the path, in the served directory, of the node's child name.
+func (n *node) underlying(name string) string {
+	return filepath.Join(n.RootData.Path, n.Path(nil), name)
+}
+
+// creatable checks that a new name may be made at the node's child name: only at write.
+func (n *node) creatable(name string) syscall.Errno {
+	if n.level(name) < perms.Write {
+		return syscall.EACCES
+	}
+	return 0
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.level(name) == perms.None {
+		return nil, syscall.ENOENT
+	}
+	ch, errno := n.LoopbackNode.Lookup(ctx, name, out)
+	n.fs.attrOut(&out.Attr)
+	return ch, errno
+}
+
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	ds, errno := gofs.NewLoopbackDirStream(n.underlying(""))
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	defer ds.Close()
+	var keep []fuse.DirEntry
+	for ds.HasNext() {
+		e, errno := ds.Next()
+		if errno != 0 {
+			return nil, 0, errno
+		}
+		if e.Name == "." || e.Name == ".." || n.level(e.Name) > perms.None {
+			keep = append(keep, e)
+		}
+	}
+	return gofs.NewListDirStream(keep).(gofs.FileHandle), 0, 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	lvl := n.level("")
+	if lvl < perms.Read || (lvl < perms.Write && flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0) {
+		return nil, 0, syscall.EACCES
+	}
+	return n.LoopbackNode.Open(ctx, flags)
+}
+
+func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	errno := n.LoopbackNode.Getattr(ctx, f, out)
+	n.fs.attrOut(&out.Attr)
+	return errno
+}
+
+func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if n.level("") < perms.Write {
+		return syscall.EACCES
+	}
+	if uid, ok := in.GetUID(); ok {
+		if in.Owner.Uid, ok = n.fs.ids.toDisk(uid, n.fs.ids.RootUID); !ok {
+			return syscall.EINVAL
+		}
+	}
+	if gid, ok := in.GetGID(); ok {
+		if in.Owner.Gid, ok = n.fs.ids.toDisk(gid, n.fs.ids.RootGID); !ok {
+			return syscall.EINVAL
+		}
+	}
+	errno := n.LoopbackNode.Setattr(ctx, f, in, out)
+	n.fs.attrOut(&out.Attr)
+	return errno
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if n.level("") < perms.Write {
+		return syscall.EACCES
+	}
+	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if n.level("") < perms.Write {
+		return syscall.EACCES
+	}
+	return n.LoopbackNode.Removexattr(ctx, attr)
+}
+
+func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.creatable(name); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	ch, fh, ff, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	return ch, fh, ff, errno
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.creatable(name); errno != 0 {
+		return nil, errno
+	}
+	ch, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	return ch, errno
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.creatable(name); errno != 0 {
+		return nil, errno
+	}
+	ch, errno := n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
+	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	return ch, errno
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.creatable(name); errno != 0 {
+		return nil, errno
+	}
+	ch, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
+	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	return ch, errno
+}
+
+// Link makes a second name for a file: both names must be at write, or the link would show
+// (or let change) the file's content at a level its first name does not allow.
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.creatable(name); errno != 0 {
+		return nil, errno
+	}
+	if t, ok := target.(*node); !ok || t.level("") < perms.Write {
+		return nil, syscall.EACCES
+	}
+	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
+	n.fs.attrOut(&out.Attr)
+	return ch, errno
+}
+
+func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.level("") < perms.Write {
+		return nil, nil, 0, syscall.EACCES
+	}
+	return n.LoopbackNode.Tmpfile(ctx, flags, mode, out)
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if errno := n.removable(name); errno != 0 {
+		return errno
+	}
+	return n.LoopbackNode.Unlink(ctx, name)
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if errno := n.removable(name); errno != 0 {
+		return errno
+	}
+	return n.LoopbackNode.Rmdir(ctx, name)
+}
+
+// removable checks that the child name may go: only at write (a hidden one does not exist).
+func (n *node) removable(name string) syscall.Errno {
+	switch n.level(name) {
+	case perms.None:
+		return syscall.ENOENT
+	case perms.Write:
+		return 0
+	}
+	return syscall.EACCES
+}
+
+// Rename moves a name at write to a name at write. A directory moves everything under it:
+// nothing in it may end up at a level above the one it has now (a file kept read-only in a
+// writable tree must not become writable by moving the tree), or the rename is refused.
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	if errno := n.removable(name); errno != 0 {
+		return errno
+	}
+	if errno := np.creatable(newName); errno != 0 {
+		return errno
+	}
+	from, to := n.rel(name), np.rel(newName)
+	if !n.fs.keepsLevels(n.underlying(name), from, to) {
+		return syscall.EACCES
+	}
+	if flags&unix.RENAME_EXCHANGE != 0 && !n.fs.keepsLevels(np.underlying(newName), to, from) {
+		return syscall.EACCES
+	}
+	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+}
+
+// keepsLevels reports whether moving the tree at the served path p from the workspace path
+// from to to raises the level of nothing in it.
+func (f *FS) keepsLevels(p, from, to string) bool {
+	ok := true
+	filepath.WalkDir(p, func(sub string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // gone meanwhile: nothing of it moves
+		}
+		rest, _ := filepath.Rel(p, sub)
+		if f.level(path.Join(to, rest)) > f.level(path.Join(from, rest)) {
+			ok = false
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return ok
+}
+
+// attrOut shows the owners of an entry as the sandbox's.
+func (f *FS) attrOut(a *fuse.Attr) {
+	a.Uid = f.ids.toSandbox(a.Uid, f.ids.RootUID)
+	a.Gid = f.ids.toSandbox(a.Gid, f.ids.RootGID)
+}
+
+// owned gives what the caller created (the loopback made it the caller's host ids) the
+// directory's owners for those ids, and shows them as the sandbox's.
+func (f *FS) owned(ctx context.Context, p string, a *fuse.Attr, errno syscall.Errno) {
+	if errno != 0 {
+		return
+	}
+	if f.ids.Size != 0 {
+		if caller, ok := fuse.FromContext(ctx); ok {
+			uid, uok := f.ids.toDisk(caller.Uid, f.ids.RootUID)
+			gid, gok := f.ids.toDisk(caller.Gid, f.ids.RootGID)
+			if uok && gok {
+				os.Lchown(p, int(uid), int(gid))
+				a.Uid, a.Gid = uid, gid
+			}
+		}
+	}
+	f.attrOut(a)
+}
