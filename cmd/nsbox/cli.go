@@ -39,6 +39,7 @@ func clientCommands() []*cli.Command {
 				&cli.BoolFlag{Name: "run-entrypoint", Usage: "start the image's Entrypoint + Cmd as the process \"entrypoint\" (nsbox logs ID entrypoint)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
+				&cli.StringSliceFlag{Name: "perm", Usage: "per-path rule for the workspace, PATTERN=LEVEL with LEVEL none, view, read or write, e.g. '**/.env=none' (repeatable; docs/permissions.md)"},
 				&cli.StringSliceFlag{Name: "cap-add", Usage: "capability beyond the default set, e.g. NET_RAW, among those the daemon allows (repeatable)"},
 				networkFlag(), allowFlag(),
 			}, storageFlags()...),
@@ -147,6 +148,13 @@ func cmdCreate(c *cli.Context) error {
 	}
 	if err := storageRequest(c, &req); err != nil {
 		return err
+	}
+	for _, p := range c.StringSlice("perm") {
+		pattern, level, ok := strings.Cut(p, "=")
+		if !ok || pattern == "" {
+			return usageError("--perm wants PATTERN=LEVEL (e.g. '**/.env=none'), got %q", p)
+		}
+		req.Permissions = append(req.Permissions, api.PermissionRule{Pattern: pattern, Level: level})
 	}
 	sb, err := apiClient(c).CreateSandbox(c.Context, req)
 	if err != nil {
