@@ -49,14 +49,13 @@ type rule struct {
 // Set is a compiled, immutable list of rules. The zero Set (no rules) gives Write everywhere.
 type Set struct {
 	rules []rule
-	src   []api.PermissionRule
 }
 
 // Compile checks and compiles rules. A pattern may be absolute (it must then be /workspace
 // or under it) or relative to /workspace; "" is refused, as are "." and ".." components and
 // a pattern given twice.
 func Compile(in []api.PermissionRule) (*Set, error) {
-	s := &Set{src: in}
+	s := &Set{}
 	seen := map[string]bool{}
 	for i, r := range in {
 		lvl, err := ParseLevel(r.Level)
@@ -110,9 +109,6 @@ func relPattern(p string) (string, error) {
 	}
 	return p, nil
 }
-
-// Rules returns the rules s was compiled from.
-func (s *Set) Rules() []api.PermissionRule { return s.src }
 
 // Empty reports whether s has no rules.
 func (s *Set) Empty() bool { return s == nil || len(s.rules) == 0 }

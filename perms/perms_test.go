@@ -1,0 +1,43 @@
+package perms
+
+import (
+	"testing"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+func TestLevel(t *testing.T) {
+	s, err := Compile([]api.PermissionRule{
+		{Pattern: "**/.env", Level: "none"}, {Pattern: "docs/**", Level: "read"}, {Pattern: "/workspace/secrets/**", Level: "view"},
+		{Pattern: "src/**", Level: "write"}, {Pattern: "**", Level: "read"}, {Pattern: "src/locked/*.go", Level: "read"},
+		{Pattern: "src/exact.txt", Level: "none"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]Level{
+		"": Read, "README.md": Read, ".env": None, "src/.env": None, "src/a/b/.env": None, "docs": Read, "docs/x/y.md": Read,
+		"docs/.env": None, "secrets": View, "secrets/k.pem": View, "secrets/.env": None, "src": Write, "src/main.go": Write,
+		"src/locked/a.go": Read, "src/locked/a.c": Write, "src/exact.txt": None, "srcx": Read,
+	} {
+		if got := s.Level(p); got != want {
+			t.Errorf("Level(%q) = %s, want %s", p, got, want)
+		}
+	}
+	var empty *Set
+	if empty.Level("x") != Write {
+		t.Error("no rules must be write")
+	}
+}
+
+func TestCompileRefuses(t *testing.T) {
+	for _, rules := range [][]api.PermissionRule{
+		{{Pattern: "", Level: "none"}}, {{Pattern: "a", Level: "hidden"}}, {{Pattern: "/etc", Level: "none"}},
+		{{Pattern: "a/../b", Level: "none"}}, {{Pattern: "a//b", Level: "none"}}, {{Pattern: "[", Level: "none"}},
+		{{Pattern: "a", Level: "none"}, {Pattern: "/workspace/a", Level: "read"}},
+	} {
+		if _, err := Compile(rules); err == nil {
+			t.Errorf("Compile(%+v) accepted", rules)
+		}
+	}
+}
