@@ -10,6 +10,9 @@ BIN       := bin/nsbox
 export CGO_ENABLED := 1
 export PATH := $(PATH):/usr/local/go/bin
 
+# The web terminal's xterm.js, fetched with npm (ui/package-lock.json) and embedded (package ui).
+UI_VENDOR := ui/assets/vendor/xterm.mjs
+
 .PHONY: all build deps demo sdk test bench vet fmt clean
 
 all: build
@@ -17,8 +20,11 @@ all: build
 deps:
 	scripts/install-deps.sh
 
-build: deps
+build: deps $(UI_VENDOR)
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nsbox
+
+$(UI_VENDOR): ui/package.json ui/package-lock.json scripts/ui-assets.sh
+	scripts/ui-assets.sh
 
 demo:
 	scripts/demo.sh

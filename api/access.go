@@ -108,6 +108,7 @@ type SessionToken struct {
 	NewToken
 	API      string `json:"api"`      // base URL of the API
 	Terminal string `json:"terminal"` // the session's terminal WebSocket; send the token as subprotocol TerminalTokenProtocol+token
+	Page     string `json:"page"`     // the daemon's web terminal for the session, the token in its fragment
 }
 
 // TerminalProtocol is the WebSocket subprotocol of a terminal; a client that sends its token

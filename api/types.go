@@ -317,6 +317,14 @@ const (
 	TerminalSkipped = "skipped" // output fell off the scrollback ring before it could be sent
 	TerminalEnded   = "ended"   // the session ended
 	TerminalResize  = "resize"  // a client's request to resize the terminal
+	// TerminalLive follows the replayed scrollback: what came before it was written before
+	// the client attached, what follows is live. A terminal emulator should not send input
+	// (key presses, focus and mouse reports) until it has drawn the replay: modes the replay
+	// turns on and off again would otherwise report into the shell.
+	TerminalLive = "live"
+	// TerminalReadOnly is the first notice of a terminal the client watches but cannot type
+	// into (a read token, or a read-only session); its data says why.
+	TerminalReadOnly = "readonly"
 )
 
 // TerminalEvent is one event of a session's terminal stream (agent to daemon). On the

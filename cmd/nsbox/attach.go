@@ -124,6 +124,7 @@ func printOutput(term *client.Terminal) error {
 			continue
 		}
 		switch notice.Type {
+		case api.TerminalLive:
 		case api.TerminalEnded:
 			return errors.New("the session ended")
 		case api.TerminalSkipped:

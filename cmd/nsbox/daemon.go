@@ -162,7 +162,7 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	tlsCfg, err := tlsConfig(c)
+	tlsCfg, reloadTLS, err := tlsConfig(c)
 	if err != nil {
 		return err
 	}
@@ -177,10 +177,11 @@ func runDaemon(c *cli.Context) error {
 		}
 		defer socketLock.Close()
 	}
-	tokens, err := openTokens(c, cfg.DataDir, log)
+	tokens, reloadTokens, err := openTokens(c, cfg.DataDir)
 	if err != nil {
 		return err
 	}
+	onHangup(log, reloadTokens, reloadTLS)
 	cfg.Removed = func(id string) {
 		if err := tokens.RevokeSandbox(id); err != nil {
 			log.Warn("revoke the tokens of a removed sandbox", "sandbox", id, "err", err)
@@ -232,38 +233,49 @@ func runDaemon(c *cli.Context) error {
 	return errors.Join(errs...)
 }
 
-// openTokens opens the token store in the data dir and loads the admin tokens; on SIGHUP they
-// are read again (the daemon ignores SIGHUP without --auth-tokens).
-func openTokens(c *cli.Context, dataDir string, log *slog.Logger) (*auth.Store, error) {
+// openTokens opens the token store in the data dir and loads the admin tokens; reload reads
+// them again (nil without --auth-tokens).
+func openTokens(c *cli.Context, dataDir string) (tokens *auth.Store, reload func() error, err error) {
 	if err := os.MkdirAll(dataDir, 0o711); err != nil {
-		return nil, fmt.Errorf("make data dir: %w", err)
+		return nil, nil, fmt.Errorf("make data dir: %w", err)
 	}
-	tokens, err := auth.Open(dataDir)
-	if err != nil {
-		return nil, err
+	if tokens, err = auth.Open(dataDir); err != nil {
+		return nil, nil, err
 	}
 	file := c.String("auth-tokens")
-	if file != "" {
-		if _, err := tokens.LoadAdmin(file); err != nil {
-			return nil, fmt.Errorf("--auth-tokens: %w", err)
-		}
+	if file == "" {
+		return tokens, nil, nil
 	}
+	reload = func() error {
+		if _, err := tokens.LoadAdmin(file); err != nil {
+			return fmt.Errorf("--auth-tokens: %w", err)
+		}
+		return nil
+	}
+	if err := reload(); err != nil {
+		return nil, nil, err
+	}
+	return tokens, reload, nil
+}
+
+// onHangup runs the reloads on every SIGHUP (the admin tokens, the TLS certificate); a reload
+// that fails keeps what it had and says so in the log.
+func onHangup(log *slog.Logger, reloads ...func() error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, unix.SIGHUP)
 	go func() {
 		for range hup {
-			if file == "" {
-				continue
+			for _, reload := range reloads {
+				if reload == nil {
+					continue
+				}
+				if err := reload(); err != nil {
+					log.Error("reload on SIGHUP failed; the old one stays", "err", err)
+				}
 			}
-			n, err := tokens.LoadAdmin(file)
-			if err != nil {
-				log.Error("reload admin tokens; the old ones stay", "err", err)
-				continue
-			}
-			log.Info("admin tokens reloaded", "count", n)
+			log.Info("reloaded on SIGHUP")
 		}
 	}()
-	return tokens, nil
 }
 
 // lockRunDir takes the run dir for this process alone (a daemon, or `daemon --cleanup`): the

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -78,7 +79,7 @@ type testDaemon struct {
 	net          testNetwork
 	nofile       int // the daemon's open-file limit (soft and hard); 0: the test's own
 	cmd          *exec.Cmd
-	log          *bytes.Buffer
+	log          *syncBuffer // the daemon's output, which tests may read while it runs
 	client       *client.Client
 	http         *http.Client
 }
@@ -125,7 +126,7 @@ func (d *testDaemon) start() {
 	if noUserNS {
 		args = append(args, "--userns=false")
 	}
-	d.log = &bytes.Buffer{}
+	d.log = &syncBuffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
 	if d.nofile > 0 { // prlimit sets the limit and execs the daemon: the pid is the daemon's
 		d.cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", d.nofile, d.nofile), "--", nsboxBin}, args...)...)
@@ -467,4 +468,22 @@ func (b *sseCheckingBody) Read(p []byte) (int, error) {
 		b.t.Errorf("event stream does not match the API spec: %v", bad)
 	}
 	return n, err
+}
+
+// syncBuffer is a bytes.Buffer that a process writes while a test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

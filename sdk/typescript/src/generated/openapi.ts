@@ -356,7 +356,7 @@ export interface paths {
         };
         /**
          * Attach to a bash session's terminal (WebSocket)
-         * @description Upgrades to a WebSocket (RFC 6455) attached to the terminal of a bash session. The client first receives the recent scrollback kept by the session (1 MiB ring), or what came after `cursor` (a byte offset), then the output as it is produced. Binary frames carry terminal bytes in both directions: output to the client, typed input from it. Text frames carry JSON: the client sends `{"type":"resize","cols":N,"rows":N}`; the server sends TerminalEvent notices `skipped` (output fell off the ring before it could be sent; `skipped` bytes), `ended` (the session's shell exited; the server closes) and `error`. Several clients may attach at once; their input interleaves. Structured commands and the terminal share the shell: a command is typed in as a readline key binding only while the shell waits at its prompt, and its output never reaches the terminal. sh sessions have no terminal (409). Over TCP the token may come as a WebSocket subprotocol `nsbox.token.TOKEN` (offer `nsbox.terminal` with it: the server answers with `nsbox.terminal`, else with the first protocol offered). With a read token, or on a read-only session, input and resizes are refused with an `error` notice and the output still flows.
+         * @description Upgrades to a WebSocket (RFC 6455) attached to the terminal of a bash session. The client first receives the recent scrollback kept by the session (1 MiB ring), or what came after `cursor` (a byte offset), then the output as it is produced. Binary frames carry terminal bytes in both directions: output to the client, typed input from it. Text frames carry JSON: the client sends `{"type":"resize","cols":N,"rows":N}`; the server sends TerminalEvent notices `readonly` (first, when this client may only watch: a read token or a read-only session; `data` says why), `live` (after the replayed scrollback: what follows is live output; a terminal emulator should send no input — keys, focus or mouse reports — before it has drawn the replay, whose modes may turn such reports on and off again), `skipped` (output fell off the ring before it could be sent; `skipped` bytes), `ended` (the session's shell exited; the server then closes with code 1000) and `error`. The replayed scrollback (what the ring held when the client attached) comes without the sequences that ask a terminal to answer (device attributes, status and cursor reports, mode, setting and capability requests, color queries, window reports, ENQ), so that a re-attaching terminal never types answers into the shell; live output is sent as it is. A client's close frame is answered with the same close code. Several clients may attach at once; their input interleaves. Structured commands and the terminal share the shell: a command is typed in as a readline key binding only while the shell waits at its prompt, and its output never reaches the terminal. sh sessions have no terminal (409). Over TCP the token may come as a WebSocket subprotocol `nsbox.token.TOKEN` (offer `nsbox.terminal` with it: the server answers with `nsbox.terminal`, else with the first protocol offered). With a read token, or on a read-only session, input is refused with an `error` notice, resizes are ignored (a watcher's window does not size the terminal), and the output still flows.
          */
         get: operations["attachTerminal"];
         put?: never;
@@ -910,7 +910,7 @@ export interface paths {
         put?: never;
         /**
          * Mint a browser token for one session
-         * @description For the socket, admin tokens, and write tokens of the sandbox or of this session: mints a short-lived token held to this session (at most the caller's permission and life; never `write` for a read-only session) and answers it with the API and terminal URLs, formed from the scheme and Host this request reached the daemon with.
+         * @description For the socket, admin tokens, and write tokens of the sandbox or of this session: mints a short-lived token held to this session (at most the caller's permission and life; never `write` for a read-only session) and answers it with the API, terminal and web terminal page URLs, formed from the scheme and Host this request reached the daemon with.
          */
         post: operations["createSessionToken"];
         delete?: never;
@@ -1871,6 +1871,8 @@ export interface components {
             api: string;
             /** @description The session's terminal WebSocket URL (ws:// or wss://); send the token as the subprotocol `nsbox.token.TOKEN`. */
             terminal: string;
+            /** @description The daemon's web terminal for this session, the token in the URL's fragment (`/ui/terminal?sandbox=ID&session=SID#token=TOKEN`): hand it to the user's browser. Served on TCP listeners only. */
+            page: string;
         };
         CreateCodeContextRequest: {
             /** @enum {string} */
