@@ -286,6 +286,11 @@ type CreateSessionRequest struct {
 	// Permission is write (default) or read: a read session runs nothing and changes no file
 	// (exec, terminal input, file writes, processes in it are refused with 403).
 	Permission string `json:"permission,omitempty"`
+	// Permissions are per-path rules for this session only, narrower than its sandbox's (a
+	// rule that would widen them is refused): its shell and everything it starts, and file
+	// calls made on its behalf, get the lower of the two levels. The sandbox must have been
+	// created with permissions.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
 }
 
 // Session states.

@@ -32,6 +32,9 @@ func (r *Runtime) openFileCaller(req *http.Request) (*sandboxfs.Root, fileCaller
 		return nil, fileCaller{}, err
 	}
 	sid := req.URL.Query().Get("sessionId")
+	if err := refuseConfinedFiles(l.rec, sid); err != nil {
+		return nil, fileCaller{}, err
+	}
 	who, err := fileCallerOf(req.Context(), l, sid)
 	if err != nil {
 		return nil, fileCaller{}, err

@@ -60,6 +60,9 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
+	if err := confinedSessions(sb.rec); err != nil {
+		return nil, err
+	}
 	switch sb.rec.Status {
 	case api.StatusRunning:
 	case api.StatusPaused: // its agent must answer

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -170,19 +173,20 @@ func (r *Runtime) SetPermissions(ctx context.Context, id string, rules []api.Per
 	if rules == nil {
 		rules = []api.PermissionRule{}
 	}
-	if err := r.pushPermissions(ctx, sb.rec.container(), rules); err != nil {
+	if err := r.pushRules(ctx, sb.rec.container(), "", rules); err != nil {
 		return nil, err
 	}
 	if err := r.update(sb, func(rec *record) { rec.Permissions = rules }); err != nil {
-		return nil, errors.Join(err, r.pushPermissions(context.WithoutCancel(ctx), sb.rec.container(), sb.rec.Permissions))
+		return nil, errors.Join(err, r.pushRules(context.WithoutCancel(ctx), sb.rec.container(), "", sb.rec.Permissions))
 	}
 	r.log.Info("sandbox permissions changed", "sandbox", id, "rules", len(rules))
 	out := sb.rec.Sandbox
 	return &out, nil
 }
 
-// pushPermissions gives container id's permission layer its rules.
-func (r *Runtime) pushPermissions(ctx context.Context, id string, rules []api.PermissionRule) error {
+// pushRules gives container id's permission layer the sandbox's rules, or those of the
+// processes in its cgroup named cgroup.
+func (r *Runtime) pushRules(ctx context.Context, id, cgroup string, rules []api.PermissionRule) error {
 	ctx, cancel := context.WithTimeout(ctx, permfsControlTimeout)
 	defer cancel()
 	body, err := json.Marshal(api.PermissionsRequest{Permissions: rules})
@@ -192,7 +196,7 @@ func (r *Runtime) pushPermissions(ctx context.Context, id string, rules []api.Pe
 	client := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", r.permfsControl(id))
 	}}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://permfs"+permfs.ControlPath, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://permfs"+path.Join(permfs.ControlPath, cgroup), bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("permission layer request: %w", err)
 	}
@@ -218,4 +222,180 @@ func (r *Runtime) handleSetPermissions(w http.ResponseWriter, req *http.Request)
 	}
 	api.WriteJSON(w, http.StatusOK, sb)
 	return nil
+}
+
+// Sessions with rules of their own. The layer tells a session's processes from the others by
+// their cgroup in the cgroup v2 hierarchy: the daemon moves the session's shell, idle just
+// after its creation, into a cgroup of its own (s-<session> under the container's), where
+// everything it starts begins too; the sandbox cannot write that hierarchy, so nothing in it
+// can leave. The layer applies the lower of the sandbox's and the session's levels to them.
+
+// sessionCgroup is the name of the cgroup of session sid's processes.
+func sessionCgroup(sid string) string { return "s-" + sid }
+
+// checkSessionPermissions compiles a session's rules (nil: none) and checks that they narrow
+// its sandbox's.
+func (r *Runtime) checkSessionPermissions(l live, rules []api.PermissionRule) (*perms.Set, error) {
+	if rules == nil {
+		return nil, nil
+	}
+	narrow, err := perms.Compile(rules)
+	if err != nil {
+		return nil, api.Errorf(api.CodeInvalidArgument, "%v", err)
+	}
+	if _, err := os.Stat(r.permfsPIDFile(l.rec.container())); err != nil {
+		return nil, api.Errorf(api.CodeInvalidArgument, "sandbox %q was created without permissions, so its sessions cannot have their own; create it with permissions (e.g. [{\"pattern\": \"**\", \"level\": \"write\"}])", l.rec.ID)
+	}
+	wide, err := perms.Compile(l.rec.Permissions)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s's recorded permissions: %w", l.rec.ID, err)
+	}
+	if err := perms.Within(narrow, wide); err != nil {
+		return nil, api.Errorf(api.CodeInvalidArgument, "permissions: %v", err)
+	}
+	return narrow, nil
+}
+
+// confineSession gives the session s, just created, its rules: the layer learns them, its
+// shell moves into its cgroup, the record keeps them. On failure the session is removed.
+func (r *Runtime) confineSession(ctx context.Context, l live, s *api.Session, created bool, rules []api.PermissionRule) error {
+	if !created {
+		return api.Errorf(api.CodeConflict, "session %q exists already: a session's permissions are given when it is created", s.ID)
+	}
+	err := r.pushRules(ctx, l.rec.container(), sessionCgroup(s.ID), rules)
+	if err == nil {
+		err = moveToCgroup(l.inst.PID(), s.PID, sessionCgroup(s.ID))
+	}
+	if err == nil {
+		l.sb.mu.Lock()
+		err = r.update(l.sb, func(rec *record) {
+			rec.SessionPermissions = maps.Clone(rec.SessionPermissions)
+			if rec.SessionPermissions == nil {
+				rec.SessionPermissions = map[string][]api.PermissionRule{}
+			}
+			rec.SessionPermissions[s.ID] = rules
+		})
+		l.sb.mu.Unlock()
+	}
+	if err != nil {
+		return errors.Join(fmt.Errorf("confine session %s: %w", s.ID, err), l.agent.deleteSession(context.WithoutCancel(ctx), s.ID))
+	}
+	return nil
+}
+
+// forgetSession drops a removed session's rules from the record. The layer keeps them for
+// its cgroup: whatever of the session outlived it stays confined.
+func (r *Runtime) forgetSession(id, sid string) error {
+	sb, err := r.lookup(id)
+	if err != nil {
+		return err
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if _, ok := sb.rec.SessionPermissions[sid]; !ok {
+		return nil
+	}
+	return r.update(sb, func(rec *record) {
+		rec.SessionPermissions = maps.Clone(rec.SessionPermissions)
+		delete(rec.SessionPermissions, sid)
+	})
+}
+
+// refuseConfined refuses to start what (processes, code contexts) in a session with rules of
+// its own: the agent starts them, outside the session's cgroup.
+func (r *Runtime) refuseConfined(id, sid, what string) error {
+	if sid == "" {
+		return nil
+	}
+	sb, err := r.lookup(id)
+	if err != nil {
+		return err
+	}
+	if _, ok := sb.snapshot().SessionPermissions[sid]; ok {
+		return api.Errorf(api.CodeConflict, "session %q has permissions of its own, and %s started for it would not be confined by them; run the command in the session (exec) instead", sid, what)
+	}
+	return nil
+}
+
+// refuseConfinedFiles refuses file calls on behalf of a session with rules of its own: the
+// daemon's calls reach the workspace through the layer as the sandbox, not as the session.
+func refuseConfinedFiles(rec record, sid string) error {
+	if _, ok := rec.SessionPermissions[sid]; ok && sid != "" {
+		return api.Errorf(api.CodePermissionDenied, "session %q has permissions of its own, which the file API does not apply yet: read and write its files from the session (exec), or without sessionId (the sandbox's rules)", sid)
+	}
+	return nil
+}
+
+// confinedSessions refuses to hibernate a sandbox with sessions that have rules of their own:
+// resumed, they would come back outside their cgroups.
+func confinedSessions(rec record) error {
+	if len(rec.SessionPermissions) > 0 {
+		return api.Errorf(api.CodeConflict, "sandbox %q has sessions with permissions of their own (%s), which hibernation cannot keep; remove them first", rec.ID, strings.Join(slices.Sorted(maps.Keys(rec.SessionPermissions)), ", "))
+	}
+	return nil
+}
+
+// moveToCgroup moves the process nspid (its pid in the container whose PID 1 is the host's
+// agentPID) into the child name of the container's cgroup v2 cgroup.
+func moveToCgroup(agentPID, nspid int, name string) error {
+	dir, err := cgroup2Dir(agentPID)
+	if err != nil {
+		return err
+	}
+	procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return fmt.Errorf("list the container's processes: %w", err)
+	}
+	host := 0
+	for _, f := range strings.Fields(string(procs)) {
+		status, err := os.ReadFile("/proc/" + f + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+				ids := strings.Fields(rest)
+				if len(ids) > 1 && ids[len(ids)-1] == strconv.Itoa(nspid) {
+					host, _ = strconv.Atoi(f)
+				}
+			}
+		}
+	}
+	if host == 0 {
+		return fmt.Errorf("the session's shell (pid %d in the sandbox) is not in the container's cgroup %s", nspid, dir)
+	}
+	child := filepath.Join(dir, name)
+	if err := os.Mkdir(child, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("make session cgroup: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(child, "cgroup.procs"), []byte(strconv.Itoa(host)), 0o644); err != nil {
+		return fmt.Errorf("move the session's shell into its cgroup: %w", err)
+	}
+	return nil
+}
+
+// cgroup2Dir is the directory of the cgroup v2 cgroup of the host process pid.
+func cgroup2Dir(pid int) (string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", fmt.Errorf("read the container's cgroups: %w", err)
+	}
+	var rel string
+	for _, line := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			rel = p
+		}
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("read mounts: %w", err)
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		// mountinfo: id parent dev root mountpoint options … - fstype source options
+		fields := strings.Fields(line)
+		if i := slices.Index(fields, "-"); i > 4 && i+1 < len(fields) && fields[i+1] == "cgroup2" && fields[3] == "/" && rel != "" {
+			return filepath.Join(fields[4], rel), nil
+		}
+	}
+	return "", errors.New("sessions with their own permissions need the cgroup v2 hierarchy, which this host does not mount")
 }

@@ -35,6 +35,9 @@ func (r *Runtime) handleStartProcess(w http.ResponseWriter, req *http.Request) e
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
 		return err
 	}
+	if err := r.refuseConfined(req.PathValue("id"), body.SessionID, "processes"); err != nil {
+		return err
+	}
 	return r.processCall(w, req, http.StatusCreated, func(a *agentClient) (any, error) {
 		return a.startProcess(req.Context(), body)
 	})

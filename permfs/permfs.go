@@ -14,10 +14,13 @@ package permfs
 import (
 	"context"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -67,19 +70,26 @@ func (m IDs) toDisk(id, root uint32) (uint32, bool) {
 // FS is the permission layer over one directory.
 type FS struct {
 	rules atomic.Pointer[perms.Set]
-	ids   IDs
-	root  *node
+	// sessions are the narrower rules of sessions, by the name of the cgroup (in the
+	// cgroup v2 hierarchy) their processes are in: a process cannot leave its cgroup (the
+	// sandbox cannot write the hierarchy), and its children start in it.
+	sessions atomic.Pointer[map[string]*perms.Set]
+	ids      IDs
+	root     *node
+	// proc is /proc, opened before the chroot, to find the cgroup of a caller.
+	proc int
 }
 
 // New makes the layer over the directory dir (which must not be left for another directory
 // by symlinks: the process is expected to have chrooted into it, and to pass "/") with rules.
-func New(dir string, rules *perms.Set, ids IDs) (*FS, error) {
+func New(dir string, rules *perms.Set, ids IDs, proc int) (*FS, error) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(dir, &st); err != nil {
 		return nil, &os.PathError{Op: "stat", Path: dir, Err: err}
 	}
-	f := &FS{ids: ids}
+	f := &FS{ids: ids, proc: proc}
 	f.rules.Store(rules)
+	f.sessions.Store(&map[string]*perms.Set{})
 	lr := &gofs.LoopbackRoot{Path: dir, Dev: st.Dev}
 	lr.NewNode = func(r *gofs.LoopbackRoot, _ *gofs.Inode, _ string, _ *syscall.Stat_t) gofs.InodeEmbedder {
 		return &node{LoopbackNode: gofs.LoopbackNode{RootData: r}, fs: f}
@@ -100,6 +110,24 @@ func (f *FS) SetRules(rules *perms.Set) {
 	forget(f.root.EmbeddedInode())
 }
 
+// SetSession gives the processes in the cgroup named name their own rules (nil: none any
+// more), which narrow the sandbox's.
+func (f *FS) SetSession(name string, rules *perms.Set) {
+	for {
+		old := f.sessions.Load()
+		next := maps.Clone(*old)
+		if rules == nil {
+			delete(next, name)
+		} else {
+			next[name] = rules
+		}
+		if f.sessions.CompareAndSwap(old, &next) {
+			break
+		}
+	}
+	forget(f.root.EmbeddedInode())
+}
+
 func forget(dir *gofs.Inode) {
 	for name, child := range dir.Children() {
 		forget(child)
@@ -107,8 +135,56 @@ func forget(dir *gofs.Inode) {
 	}
 }
 
-// level is the level of the workspace-relative path rel.
-func (f *FS) level(rel string) perms.Level { return f.rules.Load().Level(rel) }
+// level is the level of the workspace-relative path rel for the caller of ctx: the sandbox's,
+// lowered by its session's rules when it is in a session that has some.
+func (f *FS) level(ctx context.Context, rel string) perms.Level {
+	lvl := f.rules.Load().Level(rel)
+	if s := f.session(ctx); s != nil {
+		lvl = min(lvl, s.Level(rel))
+	}
+	return lvl
+}
+
+// session is the rules of the session the caller of ctx is in, or nil.
+func (f *FS) session(ctx context.Context) *perms.Set {
+	sessions := *f.sessions.Load()
+	if len(sessions) == 0 {
+		return nil
+	}
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	name, err := cgroupOf(f.proc, caller.Pid)
+	if err != nil {
+		return nil
+	}
+	return sessions[name]
+}
+
+// cgroupOf is the name (last component) of the cgroup v2 cgroup of the process pid.
+func cgroupOf(proc int, pid uint32) (string, error) {
+	fd, err := unix.Openat(proc, strconv.FormatUint(uint64(pid), 10)+"/cgroup", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	var buf [4096]byte
+	n, err := unix.Read(fd, buf[:])
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(buf[:n]), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return path.Base(p), nil
+		}
+	}
+	return "", os.ErrNotExist
+}
+
+// cacheable reports whether the kernel may keep names: not while sessions have rules of
+// their own, since a name one caller may see another may not.
+func (f *FS) cacheable() bool { return len(*f.sessions.Load()) == 0 }
 
 // node is a loopback node whose operations are checked against the rules.
 type node struct {
@@ -118,7 +194,7 @@ type node struct {
 
 // level is the level of the node's child name ("": of the node). A node no longer in the
 // tree (removed while open) is at none.
-func (n *node) level(name string) perms.Level {
+func (n *node) level(ctx context.Context, name string) perms.Level {
 	var parts []string
 	for p := n.EmbeddedInode(); p != n.fs.root.EmbeddedInode(); {
 		nm, parent := p.Parent()
@@ -128,7 +204,7 @@ func (n *node) level(name string) perms.Level {
 		parts, p = append(parts, nm), parent
 	}
 	slices.Reverse(parts)
-	return n.fs.level(path.Join(path.Join(parts...), name))
+	return n.fs.level(ctx, path.Join(path.Join(parts...), name))
 }
 
 // rel is the node's path relative to the workspace, or that of its child name.
@@ -140,19 +216,22 @@ func (n *node) underlying(name string) string {
 }
 
 // creatable checks that a new name may be made at the node's child name: only at write.
-func (n *node) creatable(name string) syscall.Errno {
-	if n.level(name) < perms.Write {
+func (n *node) creatable(ctx context.Context, name string) syscall.Errno {
+	if n.level(ctx, name) < perms.Write {
 		return syscall.EACCES
 	}
 	return 0
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if n.level(name) == perms.None {
+	if n.level(ctx, name) == perms.None {
 		return nil, syscall.ENOENT
 	}
 	ch, errno := n.LoopbackNode.Lookup(ctx, name, out)
 	n.fs.attrOut(&out.Attr)
+	if !n.fs.cacheable() {
+		out.SetEntryTimeout(0)
+	}
 	return ch, errno
 }
 
@@ -168,7 +247,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		if errno != 0 {
 			return nil, 0, errno
 		}
-		if e.Name == "." || e.Name == ".." || n.level(e.Name) > perms.None {
+		if e.Name == "." || e.Name == ".." || n.level(ctx, e.Name) > perms.None {
 			keep = append(keep, e)
 		}
 	}
@@ -176,7 +255,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	lvl := n.level("")
+	lvl := n.level(ctx, "")
 	if lvl < perms.Read || (lvl < perms.Write && flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0) {
 		return nil, 0, syscall.EACCES
 	}
@@ -190,7 +269,7 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 }
 
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if n.level("") < perms.Write {
+	if n.level(ctx, "") < perms.Write {
 		return syscall.EACCES
 	}
 	if uid, ok := in.GetUID(); ok {
@@ -209,21 +288,21 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	if n.level("") < perms.Write {
+	if n.level(ctx, "") < perms.Write {
 		return syscall.EACCES
 	}
 	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	if n.level("") < perms.Write {
+	if n.level(ctx, "") < perms.Write {
 		return syscall.EACCES
 	}
 	return n.LoopbackNode.Removexattr(ctx, attr)
 }
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	if errno := n.creatable(name); errno != 0 {
+	if errno := n.creatable(ctx, name); errno != 0 {
 		return nil, nil, 0, errno
 	}
 	ch, fh, ff, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
@@ -232,7 +311,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if errno := n.creatable(name); errno != 0 {
+	if errno := n.creatable(ctx, name); errno != 0 {
 		return nil, errno
 	}
 	ch, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
@@ -241,7 +320,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if errno := n.creatable(name); errno != 0 {
+	if errno := n.creatable(ctx, name); errno != 0 {
 		return nil, errno
 	}
 	ch, errno := n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
@@ -250,7 +329,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if errno := n.creatable(name); errno != 0 {
+	if errno := n.creatable(ctx, name); errno != 0 {
 		return nil, errno
 	}
 	ch, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
@@ -261,10 +340,10 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 // Link makes a second name for a file: both names must be at write, or the link would show
 // (or let change) the file's content at a level its first name does not allow.
 func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if errno := n.creatable(name); errno != 0 {
+	if errno := n.creatable(ctx, name); errno != 0 {
 		return nil, errno
 	}
-	if t, ok := target.(*node); !ok || t.level("") < perms.Write {
+	if t, ok := target.(*node); !ok || t.level(ctx, "") < perms.Write {
 		return nil, syscall.EACCES
 	}
 	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
@@ -273,29 +352,29 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 }
 
 func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	if n.level("") < perms.Write {
+	if n.level(ctx, "") < perms.Write {
 		return nil, nil, 0, syscall.EACCES
 	}
 	return n.LoopbackNode.Tmpfile(ctx, flags, mode, out)
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	if errno := n.removable(name); errno != 0 {
+	if errno := n.removable(ctx, name); errno != 0 {
 		return errno
 	}
 	return n.LoopbackNode.Unlink(ctx, name)
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	if errno := n.removable(name); errno != 0 {
+	if errno := n.removable(ctx, name); errno != 0 {
 		return errno
 	}
 	return n.LoopbackNode.Rmdir(ctx, name)
 }
 
 // removable checks that the child name may go: only at write (a hidden one does not exist).
-func (n *node) removable(name string) syscall.Errno {
-	switch n.level(name) {
+func (n *node) removable(ctx context.Context, name string) syscall.Errno {
+	switch n.level(ctx, name) {
 	case perms.None:
 		return syscall.ENOENT
 	case perms.Write:
@@ -312,17 +391,17 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok {
 		return syscall.EXDEV
 	}
-	if errno := n.removable(name); errno != 0 {
+	if errno := n.removable(ctx, name); errno != 0 {
 		return errno
 	}
-	if errno := np.creatable(newName); errno != 0 {
+	if errno := np.creatable(ctx, newName); errno != 0 {
 		return errno
 	}
 	from, to := n.rel(name), np.rel(newName)
-	if !n.fs.keepsLevels(n.underlying(name), from, to) {
+	if !n.fs.keepsLevels(ctx, n.underlying(name), from, to) {
 		return syscall.EACCES
 	}
-	if flags&unix.RENAME_EXCHANGE != 0 && !n.fs.keepsLevels(np.underlying(newName), to, from) {
+	if flags&unix.RENAME_EXCHANGE != 0 && !n.fs.keepsLevels(ctx, np.underlying(newName), to, from) {
 		return syscall.EACCES
 	}
 	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
@@ -330,14 +409,14 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 
 // keepsLevels reports whether moving the tree at the served path p from the workspace path
 // from to to raises the level of nothing in it.
-func (f *FS) keepsLevels(p, from, to string) bool {
+func (f *FS) keepsLevels(ctx context.Context, p, from, to string) bool {
 	ok := true
 	filepath.WalkDir(p, func(sub string, _ fs.DirEntry, err error) error {
 		if err != nil {
 			return nil // gone meanwhile: nothing of it moves
 		}
 		rest, _ := filepath.Rel(p, sub)
-		if f.level(path.Join(to, rest)) > f.level(path.Join(from, rest)) {
+		if f.level(ctx, path.Join(to, rest)) > f.level(ctx, path.Join(from, rest)) {
 			ok = false
 			return filepath.SkipAll
 		}

@@ -21,8 +21,9 @@ import (
 // a change of rules makes it forget the names at once (SetRules).
 const cacheTimeout = time.Second
 
-// ControlPath is the control socket's only endpoint: PUT the new rules
-// (api.PermissionsRequest); 204 once they hold for every later lookup and open.
+// The control socket's endpoints: PUT ControlPath the sandbox's new rules, PUT or DELETE
+// ControlPath/{cgroup} a session's (api.PermissionsRequest); 204 once they hold for every
+// later lookup and open.
 const ControlPath = "/rules"
 
 // Config is what one permission layer serves.
@@ -47,7 +48,7 @@ func Run(cfg Config) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("PUT "+ControlPath, api.Handle(cfg.Log, func(w http.ResponseWriter, req *http.Request) error {
+	set := api.Handle(cfg.Log, func(w http.ResponseWriter, req *http.Request) error {
 		var body api.PermissionsRequest
 		if err := api.DecodeJSON(w, req, &body, false); err != nil {
 			return err
@@ -56,10 +57,20 @@ func Run(cfg Config) error {
 		if err != nil {
 			return api.Errorf(api.CodeInvalidArgument, "%v", err)
 		}
-		f.SetRules(rules)
+		if name := req.PathValue("cgroup"); name != "" {
+			f.SetSession(name, rules)
+		} else {
+			f.SetRules(rules)
+		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
-	}))
+	})
+	mux.HandleFunc("PUT "+ControlPath, set)
+	mux.HandleFunc("PUT "+ControlPath+"/{cgroup}", set)
+	mux.HandleFunc("DELETE "+ControlPath+"/{cgroup}", func(w http.ResponseWriter, req *http.Request) {
+		f.SetSession(req.PathValue("cgroup"), nil)
+		w.WriteHeader(http.StatusNoContent)
+	})
 	go (&http.Server{Handler: mux}).Serve(ln)
 	cfg.Ready.WriteString("ok")
 	cfg.Ready.Close()
@@ -85,6 +96,10 @@ func mount(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("listen on control socket: %w", err)
 	}
+	proc, err := unix.Open("/proc", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("open /proc: %w", err)
+	}
 	if err := os.MkdirAll(cfg.Mountpoint, 0o700); err != nil {
 		return nil, nil, nil, fmt.Errorf("make mountpoint: %w", err)
 	}
@@ -101,7 +116,7 @@ func mount(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 		return nil, nil, nil, fmt.Errorf("chroot into workspace: %w", err)
 	}
 	unix.Close(src)
-	f, err := New("/", cfg.Rules, cfg.IDs)
+	f, err := New("/", cfg.Rules, cfg.IDs, proc)
 	if err != nil {
 		return nil, nil, nil, err
 	}

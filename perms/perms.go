@@ -176,3 +176,28 @@ func match(pat, p []string) bool {
 	}
 	return len(p) == 0
 }
+
+// Within checks that narrow gives no more than wide where narrow says anything: at a path
+// standing for each of narrow's patterns (wildcards taken as plain names), narrow's level must
+// not be above wide's. Its error names the first pattern that would widen. (Enforcement takes
+// the lower of the two levels anyway; this refuses rules that would promise more.)
+func Within(narrow, wide *Set) error {
+	for _, r := range narrow.rules {
+		var parts []string
+		for _, p := range r.parts {
+			if p != "**" {
+				parts = append(parts, strings.Map(func(c rune) rune {
+					if strings.ContainsRune("*?[]", c) {
+						return 'x'
+					}
+					return c
+				}, p))
+			}
+		}
+		p := strings.Join(parts, "/")
+		if r.level > wide.Level(p) {
+			return fmt.Errorf("%s is %s for the sandbox: a session's rules may only narrow them, not make it %s", path.Join(api.WorkspacePath, p), wide.Level(p), r.level)
+		}
+	}
+	return nil
+}

@@ -1,6 +1,7 @@
 package perms
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
@@ -38,6 +39,20 @@ func TestCompileRefuses(t *testing.T) {
 	} {
 		if _, err := Compile(rules); err == nil {
 			t.Errorf("Compile(%+v) accepted", rules)
+		}
+	}
+}
+
+func TestWithin(t *testing.T) {
+	wide, _ := Compile([]api.PermissionRule{{Pattern: "**", Level: "read"}, {Pattern: "src/**", Level: "write"}, {Pattern: "**/.env", Level: "none"}})
+	for rules, ok := range map[string]bool{"src/**=read": true, "docs/**=none": true, "src/a/*.go=write": true, "docs/**=write": false, "**=write": false, "src/.env=read": false} {
+		pattern, level, _ := strings.Cut(rules, "=")
+		narrow, err := Compile([]api.PermissionRule{{Pattern: pattern, Level: level}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Within(narrow, wide); (err == nil) != ok {
+			t.Errorf("Within(%s): %v, want ok %v", rules, err, ok)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
@@ -237,4 +238,92 @@ func TestPermissionsRefused(t *testing.T) {
 func isCode(err error, code string) bool {
 	var ae *api.Error
 	return errors.As(err, &ae) && ae.Code == code
+}
+
+// TestPermissionsSessions: a session created with narrower rules gets them for its shell and
+// everything it starts (background, setsid), the other sessions keep the sandbox's; wider
+// rules are refused; what would run outside the session's confinement (processes, code
+// contexts, file calls on its behalf, hibernation) is refused. A kill -9 of the daemon leaves
+// the layer serving, and the restarted daemon changes its rules.
+func TestPermissionsSessions(t *testing.T) {
+	d := startDaemon(t)
+	ws := permWorkspace(t)
+	d.create(api.CreateSandboxRequest{ID: "sess", Workspace: &api.Workspace{HostPath: ws}, Permissions: doneWhenRules})
+	narrow := []api.PermissionRule{{Pattern: "docs/**", Level: api.PermissionNone}, {Pattern: "src/**", Level: api.PermissionRead}}
+	if _, err := d.client.CreateSession(context.Background(), "sess", api.CreateSessionRequest{ID: "narrow", Permissions: narrow}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(sid, command string) (int, string) {
+		res := d.exec("sess", api.ExecRequest{SessionID: sid, Command: "cd /workspace && " + command})
+		stdout, stderr, _ := res.Output()
+		return res.ExitCode, string(stdout) + string(stderr)
+	}
+	for _, c := range []string{"cat docs/guide.md", "echo x >> src/main.go", "touch src/n.go", "(cat docs/guide.md) & wait $!", "setsid -w cat docs/guide.md", "sh -c 'cat docs/guide.md'"} {
+		if code, out := run("narrow", c); code == 0 || strings.Contains(out, "guide\n") || !(strings.Contains(out, "No such file") || strings.Contains(out, "Permission denied")) {
+			t.Errorf("narrow session: %q: exit %d, %q; want refused", c, code, out)
+		}
+	}
+	if _, out := run("narrow", "ls -A"); strings.Contains(out, "docs") {
+		t.Errorf("narrow session lists docs: %q", out)
+	}
+	if code, out := run("narrow", "cat src/main.go README.md"); code != 0 || !strings.Contains(out, "package main") {
+		t.Errorf("narrow session cannot read what both allow: %d %q", code, out)
+	}
+	if code, out := run("", "cat docs/guide.md && echo x >> src/main.go && echo ok"); code != 0 || !strings.Contains(out, "ok") {
+		t.Errorf("default session lost the sandbox's rules: %d %q", code, out)
+	}
+	// Wider than the sandbox, or on a sandbox without rules: 400.
+	for _, rules := range [][]api.PermissionRule{{{Pattern: "docs/**", Level: "write"}}, {{Pattern: ".env", Level: "read"}}, {{Pattern: "**", Level: "write"}}} {
+		d.expectError("POST", "/v1/sandboxes/sess/sessions", api.CreateSessionRequest{ID: "wide", Permissions: rules}, http.StatusBadRequest, api.CodeInvalidArgument)
+	}
+	d.expectError("POST", "/v1/sandboxes/sess/processes", api.StartProcessRequest{SessionID: "narrow", Command: "true"}, http.StatusConflict, api.CodeConflict)
+	d.expectError("GET", "/v1/sandboxes/sess/files?path=/workspace/README.md&sessionId=narrow", nil, http.StatusForbidden, api.CodePermissionDenied)
+	d.expectError("POST", "/v1/sandboxes/sess/hibernate", struct{}{}, http.StatusConflict, api.CodeConflict)
+
+	// The layer outlives a daemon killed with -9; the next daemon reaches it.
+	d.kill9()
+	d.start()
+	if code, out := run("narrow", "cat docs/guide.md"); code == 0 {
+		t.Errorf("after a daemon restart the narrow session reads docs: %q", out)
+	}
+	if _, err := d.client.SetPermissions(context.Background(), "sess", []api.PermissionRule{{Pattern: "**", Level: "write"}, {Pattern: "README.md", Level: "none"}}); err != nil {
+		t.Fatalf("set permissions after a daemon restart: %v", err)
+	}
+	if code, out := run("", "cat README.md"); code == 0 {
+		t.Errorf("README.md readable after it became none: %q", out)
+	}
+	// Removing the session lifts the hibernation refusal.
+	if err := d.client.DeleteSession(context.Background(), "sess", "narrow"); err != nil {
+		t.Fatal(err)
+	}
+	if got, data := d.call("POST", "/v1/sandboxes/sess/hibernate", struct{}{}); got != http.StatusOK {
+		t.Fatalf("hibernate: %d %s", got, data)
+	}
+	if code, out := run("", "cat src/main.go; cat README.md"); code == 0 || !strings.Contains(out, "package main") {
+		t.Errorf("after resume: %d %q (want src readable, README.md hidden)", code, out)
+	}
+}
+
+// TestPermissionsRW: a read-write workspace behind rules shows its owner as the sandbox's root
+// and gives what the sandbox creates to the directory's owner, as without rules.
+func TestPermissionsRW(t *testing.T) {
+	d := startDaemon(t)
+	ws := permWorkspace(t)
+	if err := filepath.Walk(ws, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, 1234, 1234)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	d.create(api.CreateSandboxRequest{ID: "rw", Workspace: &api.Workspace{HostPath: ws, Mode: api.WorkspaceRW}, Permissions: doneWhenRules})
+	out := d.sh("rw", "cd /workspace && stat -c '%u:%g' src/main.go && echo new > src/new.go && stat -c '%u:%g' src/new.go && (cat .env || true)")
+	if out != "0:0\n0:0\n" {
+		t.Errorf("owners in the sandbox: %q, want 0:0 twice", out)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(ws, "src", "new.go"), &st); err != nil || st.Uid != 1234 || st.Gid != 1234 {
+		t.Errorf("host owner of a created file: %d:%d %v, want 1234:1234", st.Uid, st.Gid, err)
+	}
 }
