@@ -124,7 +124,9 @@ func mount(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", dev), f.Root(), &gofs.Options{
 		EntryTimeout: &timeout, AttrTimeout: &timeout,
 		// No splice: it empties its pipes into /dev/null, which the chroot does not have.
-		MountOptions: fuse.MountOptions{AllowOther: true, FsName: "nsbox-permfs", Name: "nsbox-permfs", DisableSplice: true},
+		// Stack depth 2: reads and writes of open files pass through to the backing file
+		// (FUSE passthrough), which for a copy-on-write workspace is on an overlay (depth 1).
+		MountOptions: fuse.MountOptions{AllowOther: true, FsName: "nsbox-permfs", Name: "nsbox-permfs", DisableSplice: true, MaxStackDepth: 2},
 	})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("serve permission layer: %w", err)
