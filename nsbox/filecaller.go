@@ -32,9 +32,6 @@ func (r *Runtime) openFileCaller(req *http.Request) (*sandboxfs.Root, fileCaller
 		return nil, fileCaller{}, err
 	}
 	sid := req.URL.Query().Get("sessionId")
-	if err := refuseConfinedFiles(l.rec, sid); err != nil {
-		return nil, fileCaller{}, err
-	}
 	who, err := fileCallerOf(req.Context(), l, sid)
 	if err != nil {
 		return nil, fileCaller{}, err
@@ -48,6 +45,12 @@ func (r *Runtime) openFileCaller(req *http.Request) (*sandboxfs.Root, fileCaller
 			return nil, fileCaller{}, api.Errorf(api.CodeConflict, "sandbox %q is not running: its agent (PID 1) has exited; remove it and create a new one", id)
 		}
 		return nil, fileCaller{}, err
+	}
+	if _, ok := l.rec.SessionPermissions[sid]; ok && sid != "" {
+		if err := r.actForSession(req, l.rec.container(), sid, root); err != nil {
+			root.Close()
+			return nil, fileCaller{}, err
+		}
 	}
 	return root, who, nil
 }

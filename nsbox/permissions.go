@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	sandboxfs "github.com/nsbox/nsbox/fs"
 	"github.com/nsbox/nsbox/permfs"
 	"github.com/nsbox/nsbox/perms"
 	"github.com/nsbox/nsbox/rootfs"
@@ -187,16 +189,25 @@ func (r *Runtime) SetPermissions(ctx context.Context, id string, rules []api.Per
 // pushRules gives container id's permission layer the sandbox's rules, or those of the
 // processes in its cgroup named cgroup.
 func (r *Runtime) pushRules(ctx context.Context, id, cgroup string, rules []api.PermissionRule) error {
+	return r.control(ctx, id, http.MethodPut, path.Join(permfs.ControlPath, cgroup), api.PermissionsRequest{Permissions: rules})
+}
+
+// control sends a request (body: JSON, or none when nil) to container id's permission layer.
+func (r *Runtime) control(ctx context.Context, id, method, p string, body any) error {
 	ctx, cancel := context.WithTimeout(ctx, permfsControlTimeout)
 	defer cancel()
-	body, err := json.Marshal(api.PermissionsRequest{Permissions: rules})
-	if err != nil {
-		return fmt.Errorf("encode permission rules: %w", err)
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode permission layer request: %w", err)
+		}
+		rd = bytes.NewReader(data)
 	}
-	client := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	client := http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", r.permfsControl(id))
 	}}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://permfs"+path.Join(permfs.ControlPath, cgroup), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, method, "http://permfs"+p, rd)
 	if err != nil {
 		return fmt.Errorf("permission layer request: %w", err)
 	}
@@ -317,12 +328,41 @@ func (r *Runtime) refuseConfined(id, sid, what string) error {
 	return nil
 }
 
-// refuseConfinedFiles refuses file calls on behalf of a session with rules of its own: the
-// daemon's calls reach the workspace through the layer as the sandbox, not as the session.
-func refuseConfinedFiles(rec record, sid string) error {
-	if _, ok := rec.SessionPermissions[sid]; ok && sid != "" {
-		return api.Errorf(api.CodePermissionDenied, "session %q has permissions of its own, which the file API does not apply yet: read and write its files from the session (exec), or without sessionId (the sandbox's rules)", sid)
+// actForSession has the layer apply session sid's rules to the file calls the request makes
+// through root: the goroutine keeps its thread until root is closed, and the layer takes
+// that thread for the session (it tells callers apart by thread id) meanwhile. Watches are
+// refused: their events would name files the session may not see.
+func (r *Runtime) actForSession(req *http.Request, container, sid string, root *sandboxfs.Root) error {
+	if strings.HasSuffix(req.URL.Path, "/watch") {
+		return api.Errorf(api.CodePermissionDenied, "session %q has permissions of its own: watches on its behalf are refused (their events could name files it may not see); watch without sessionId", sid)
 	}
+	// This thread (locked until root is closed), and each thread root starts for a change.
+	act := func() (func(), error) {
+		tid := strconv.Itoa(unix.Gettid())
+		if err := r.control(req.Context(), container, http.MethodPut, path.Join(permfs.CallersPath, tid, sessionCgroup(sid)), nil); err != nil {
+			return nil, err
+		}
+		return func() {
+			if err := r.control(context.Background(), container, http.MethodDelete, path.Join(permfs.CallersPath, tid), nil); err != nil {
+				// The thread stays locked and ends with its goroutine: no other call of the
+				// daemon's can run on it as the session.
+				r.log.Warn("end a session's file call in the permission layer", "container", container, "err", err)
+				return
+			}
+			runtime.UnlockOSThread()
+		}, nil
+	}
+	runtime.LockOSThread()
+	done, err := act()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	root.OnClose(done)
+	root.OnThread(func() (func(), error) {
+		runtime.LockOSThread() // as the caller's: ends with its goroutine, or unlocked by done
+		return act()
+	})
 	return nil
 }
 

@@ -74,8 +74,11 @@ type FS struct {
 	// cgroup v2 hierarchy) their processes are in: a process cannot leave its cgroup (the
 	// sandbox cannot write the hierarchy), and its children start in it.
 	sessions atomic.Pointer[map[string]*perms.Set]
-	ids      IDs
-	root     *node
+	// callers are threads of the daemon acting for a session (file calls on its behalf),
+	// by thread id, with the name of the session's cgroup.
+	callers atomic.Pointer[map[uint32]string]
+	ids     IDs
+	root    *node
 	// proc is /proc, opened before the chroot, to find the cgroup of a caller.
 	proc int
 }
@@ -90,6 +93,7 @@ func New(dir string, rules *perms.Set, ids IDs, proc int) (*FS, error) {
 	f := &FS{ids: ids, proc: proc}
 	f.rules.Store(rules)
 	f.sessions.Store(&map[string]*perms.Set{})
+	f.callers.Store(&map[uint32]string{})
 	lr := &gofs.LoopbackRoot{Path: dir, Dev: st.Dev}
 	lr.NewNode = func(r *gofs.LoopbackRoot, _ *gofs.Inode, _ string, _ *syscall.Stat_t) gofs.InodeEmbedder {
 		return &node{LoopbackNode: gofs.LoopbackNode{RootData: r}, fs: f}
@@ -113,19 +117,28 @@ func (f *FS) SetRules(rules *perms.Set) {
 // SetSession gives the processes in the cgroup named name their own rules (nil: none any
 // more), which narrow the sandbox's.
 func (f *FS) SetSession(name string, rules *perms.Set) {
+	swap(&f.sessions, name, rules, rules == nil)
+	forget(f.root.EmbeddedInode())
+}
+
+// ActFor has the thread tid (of the daemon) act for the processes in the cgroup named name
+// ("": no more).
+func (f *FS) ActFor(tid uint32, name string) { swap(&f.callers, tid, name, name == "") }
+
+// swap sets or (del) deletes m's key k.
+func swap[K comparable, V any](m *atomic.Pointer[map[K]V], k K, v V, del bool) {
 	for {
-		old := f.sessions.Load()
+		old := m.Load()
 		next := maps.Clone(*old)
-		if rules == nil {
-			delete(next, name)
+		if del {
+			delete(next, k)
 		} else {
-			next[name] = rules
+			next[k] = v
 		}
-		if f.sessions.CompareAndSwap(old, &next) {
-			break
+		if m.CompareAndSwap(old, &next) {
+			return
 		}
 	}
-	forget(f.root.EmbeddedInode())
 }
 
 func forget(dir *gofs.Inode) {
@@ -155,6 +168,9 @@ func (f *FS) session(ctx context.Context) *perms.Set {
 	if !ok {
 		return nil
 	}
+	if name, ok := (*f.callers.Load())[caller.Pid]; ok {
+		return sessions[name]
+	}
 	name, err := cgroupOf(f.proc, caller.Pid)
 	if err != nil {
 		return nil
@@ -182,9 +198,15 @@ func cgroupOf(proc int, pid uint32) (string, error) {
 	return "", os.ErrNotExist
 }
 
-// cacheable reports whether the kernel may keep names: not while sessions have rules of
-// their own, since a name one caller may see another may not.
-func (f *FS) cacheable() bool { return len(*f.sessions.Load()) == 0 }
+// entryOut shows a new entry's owners as the sandbox's and says how long the kernel may keep
+// its name: cacheTimeout, or not at all while sessions have rules of their own, since a name
+// one caller may see another may not.
+func (f *FS) entryOut(out *fuse.EntryOut) {
+	f.attrOut(&out.Attr)
+	if len(*f.sessions.Load()) == 0 {
+		out.SetEntryTimeout(cacheTimeout)
+	}
+}
 
 // node is a loopback node whose operations are checked against the rules.
 type node struct {
@@ -228,10 +250,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		return nil, syscall.ENOENT
 	}
 	ch, errno := n.LoopbackNode.Lookup(ctx, name, out)
-	n.fs.attrOut(&out.Attr)
-	if !n.fs.cacheable() {
-		out.SetEntryTimeout(0)
-	}
+	n.fs.entryOut(out)
 	return ch, errno
 }
 
@@ -306,7 +325,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		return nil, nil, 0, errno
 	}
 	ch, fh, ff, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
-	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	n.fs.owned(ctx, n.underlying(name), out, errno)
 	return ch, fh, ff, errno
 }
 
@@ -315,7 +334,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		return nil, errno
 	}
 	ch, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
-	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	n.fs.owned(ctx, n.underlying(name), out, errno)
 	return ch, errno
 }
 
@@ -324,7 +343,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 		return nil, errno
 	}
 	ch, errno := n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
-	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	n.fs.owned(ctx, n.underlying(name), out, errno)
 	return ch, errno
 }
 
@@ -333,7 +352,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 		return nil, errno
 	}
 	ch, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
-	n.fs.owned(ctx, n.underlying(name), &out.Attr, errno)
+	n.fs.owned(ctx, n.underlying(name), out, errno)
 	return ch, errno
 }
 
@@ -347,7 +366,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, syscall.EACCES
 	}
 	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
-	n.fs.attrOut(&out.Attr)
+	n.fs.entryOut(out)
 	return ch, errno
 }
 
@@ -433,7 +452,7 @@ func (f *FS) attrOut(a *fuse.Attr) {
 
 // owned gives what the caller created (the loopback made it the caller's host ids) the
 // directory's owners for those ids, and shows them as the sandbox's.
-func (f *FS) owned(ctx context.Context, p string, a *fuse.Attr, errno syscall.Errno) {
+func (f *FS) owned(ctx context.Context, p string, out *fuse.EntryOut, errno syscall.Errno) {
 	if errno != 0 {
 		return
 	}
@@ -443,9 +462,9 @@ func (f *FS) owned(ctx context.Context, p string, a *fuse.Attr, errno syscall.Er
 			gid, gok := f.ids.toDisk(caller.Gid, f.ids.RootGID)
 			if uok && gok {
 				os.Lchown(p, int(uid), int(gid))
-				a.Uid, a.Gid = uid, gid
+				out.Attr.Uid, out.Attr.Gid = uid, gid
 			}
 		}
 	}
-	f.attrOut(a)
+	f.entryOut(out)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -25,6 +26,23 @@ const cacheTimeout = time.Second
 // ControlPath/{cgroup} a session's (api.PermissionsRequest); 204 once they hold for every
 // later lookup and open.
 const ControlPath = "/rules"
+
+// CallersPath/{tid}/{cgroup}: PUT has the daemon's thread tid act for the processes in the
+// cgroup (a session's file calls), DELETE CallersPath/{tid} ends that.
+const CallersPath = "/callers"
+
+// actFor serves CallersPath.
+func actFor(f *FS) http.HandlerFunc {
+	return func(w http.ResponseWriter, req *http.Request) {
+		tid, err := strconv.ParseUint(req.PathValue("tid"), 10, 32)
+		if err != nil {
+			http.Error(w, "bad thread id", http.StatusBadRequest)
+			return
+		}
+		f.ActFor(uint32(tid), req.PathValue("cgroup"))
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
 
 // Config is what one permission layer serves.
 type Config struct {
@@ -71,6 +89,8 @@ func Run(cfg Config) error {
 		f.SetSession(req.PathValue("cgroup"), nil)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("PUT "+CallersPath+"/{tid}/{cgroup}", actFor(f))
+	mux.HandleFunc("DELETE "+CallersPath+"/{tid}", actFor(f))
 	go (&http.Server{Handler: mux}).Serve(ln)
 	cfg.Ready.WriteString("ok")
 	cfg.Ready.Close()
@@ -122,7 +142,7 @@ func mount(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	}
 	timeout := cacheTimeout
 	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", dev), f.Root(), &gofs.Options{
-		EntryTimeout: &timeout, AttrTimeout: &timeout,
+		AttrTimeout: &timeout, // entries: entryOut
 		// No splice: it empties its pipes into /dev/null, which the chroot does not have.
 		// Stack depth 2: reads and writes of open files pass through to the backing file
 		// (FUSE passthrough), which for a copy-on-write workspace is on an overlay (depth 1).

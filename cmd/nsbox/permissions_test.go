@@ -277,7 +277,39 @@ func TestPermissionsSessions(t *testing.T) {
 		d.expectError("POST", "/v1/sandboxes/sess/sessions", api.CreateSessionRequest{ID: "wide", Permissions: rules}, http.StatusBadRequest, api.CodeInvalidArgument)
 	}
 	d.expectError("POST", "/v1/sandboxes/sess/processes", api.StartProcessRequest{SessionID: "narrow", Command: "true"}, http.StatusConflict, api.CodeConflict)
-	d.expectError("GET", "/v1/sandboxes/sess/files?path=/workspace/README.md&sessionId=narrow", nil, http.StatusForbidden, api.CodePermissionDenied)
+	// File calls on the session's behalf get its rules, through symlinks too; the sandbox's
+	// own calls keep the sandbox's.
+	if code, out := run("", "ln -s /workspace/docs/guide.md src/to-guide && echo made"); code != 0 {
+		t.Fatalf("make a symlink: %q", out)
+	}
+	for _, c := range []struct {
+		method, path, sid string
+		status            int
+	}{
+		{"GET", "/workspace/docs/guide.md", "narrow", http.StatusNotFound},
+		{"GET", "/workspace/src/to-guide", "narrow", http.StatusNotFound},
+		{"GET", "/workspace/src/main.go", "narrow", http.StatusOK},
+		{"GET", "/workspace/README.md", "narrow", http.StatusOK},
+		{"PUT", "/workspace/src/new.go", "narrow", http.StatusForbidden},
+		{"GET", "/workspace/files/watch", "narrow", http.StatusForbidden},
+		{"GET", "/workspace/src/to-guide", "", http.StatusOK},
+		{"PUT", "/workspace/src/new.go", "", http.StatusCreated},
+	} {
+		var body any
+		if c.method == "PUT" {
+			body = "content"
+		}
+		url := "/v1/sandboxes/sess/files?path=" + c.path + "&sessionId=" + c.sid
+		if c.path == "/workspace/files/watch" {
+			url = "/v1/sandboxes/sess/files/watch?path=/workspace&sessionId=" + c.sid
+		}
+		if got, data := d.call(c.method, url, body); got != c.status {
+			t.Errorf("%s %s as %q: %d %s, want %d", c.method, c.path, c.sid, got, data, c.status)
+		}
+	}
+	if got, data := d.call("GET", "/v1/sandboxes/sess/files/list?path=/workspace&sessionId=narrow", nil); got != http.StatusOK || strings.Contains(string(data), "docs") {
+		t.Errorf("list as the narrow session: %d %s", got, data)
+	}
 	d.expectError("POST", "/v1/sandboxes/sess/hibernate", struct{}{}, http.StatusConflict, api.CodeConflict)
 
 	// The layer outlives a daemon killed with -9; the next daemon reaches it.
