@@ -99,7 +99,7 @@ func clientCommands() []*cli.Command {
 		},
 		sessionCommand(), tokenCommand(),
 		attachCommand(),
-		withSession(filesCommand()), withSession(cpCommand()), envCommand(),
+		withSession(filesCommand()), withSession(cpCommand()), envCommand(), permissionsCommand(),
 		diffCommand(), exportCommand(),
 		portCommand(), networkCommand(),
 		psCommand(), startCommand(), logsCommand(), killCommand(), waitCommand(), stdinCommand(),
@@ -149,12 +149,8 @@ func cmdCreate(c *cli.Context) error {
 	if err := storageRequest(c, &req); err != nil {
 		return err
 	}
-	for _, p := range c.StringSlice("perm") {
-		pattern, level, ok := strings.Cut(p, "=")
-		if !ok || pattern == "" {
-			return usageError("--perm wants PATTERN=LEVEL (e.g. '**/.env=none'), got %q", p)
-		}
-		req.Permissions = append(req.Permissions, api.PermissionRule{Pattern: pattern, Level: level})
+	if req.Permissions, err = permRules(c.StringSlice("perm")); err != nil {
+		return err
 	}
 	sb, err := apiClient(c).CreateSandbox(c.Context, req)
 	if err != nil {
@@ -342,17 +338,23 @@ func sessionCommand() *cli.Command {
 					&cli.StringFlag{Name: "cwd", Usage: "starting directory"},
 					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 					&cli.StringFlag{Name: "permission", Usage: "write (default) or read: a read session can be watched, not driven"},
+					&cli.StringSliceFlag{Name: "perm", Usage: "per-path rule for this session only, narrower than the sandbox's: PATTERN=LEVEL (repeatable; docs/permissions.md)"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return usageError("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] ID")
+						return usageError("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] [--perm PATTERN=LEVEL]... ID")
 					}
 					env, err := keyValues("env", c.StringSlice("env"))
 					if err != nil {
 						return err
 					}
+					rules, err := permRules(c.StringSlice("perm"))
+					if err != nil {
+						return err
+					}
 					s, err := apiClient(c).CreateSession(c.Context, c.Args().First(), api.CreateSessionRequest{
 						ID: c.String("id"), Shell: c.String("shell"), User: c.String("user"), Cwd: c.String("cwd"), Env: env, Permission: c.String("permission"),
+						Permissions: rules,
 					})
 					if err != nil {
 						return err

@@ -232,6 +232,23 @@ func TestPermissionsRefused(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, "PATTERN=LEVEL") {
 		t.Errorf("create --perm nolevel: exit %d, %q", code, stderr)
 	}
+	// The CLI: create with --perm, print and replace the rules, a session with --perm.
+	stdout, stderr, code := d.cli("", "create", "--id", "cli", "--workspace", ws, "--perm", "**=read", "--perm", "**/.env=none")
+	if code != 0 || strings.TrimSpace(stdout) != "cli" {
+		t.Fatalf("create --perm: exit %d, %q %q", code, stdout, stderr)
+	}
+	if stdout, stderr, code = d.cli("", "permissions", "cli"); code != 0 || stdout != "**=read\n**/.env=none\n" {
+		t.Errorf("permissions cli: exit %d, %q %q", code, stdout, stderr)
+	}
+	if stdout, stderr, code = d.cli("", "permissions", "cli", "**=write"); code != 0 || stdout != "**=write\n" {
+		t.Errorf("permissions cli **=write: exit %d, %q %q", code, stdout, stderr)
+	}
+	if _, stderr, code = d.cli("", "session", "create", "--id", "s", "--perm", "**=read", "cli"); code != 0 {
+		t.Errorf("session create --perm: exit %d, %q", code, stderr)
+	}
+	if _, stderr, code = d.cli("", "session", "create", "--id", "w", "--perm", "**=write", "plain"); code == 0 || !strings.Contains(stderr, "without permissions") {
+		t.Errorf("session create --perm on a sandbox without rules: exit %d, %q", code, stderr)
+	}
 }
 
 // isCode reports whether err is an API error with code.
