@@ -306,18 +306,37 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	return errno
 }
 
+// Setxattr and Removexattr change user.* attributes only: the layer acts as the host's root,
+// and the other namespaces (trusted.*, security.*, system.* ACLs) would let the sandbox do
+// as root what it may not do itself.
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	if n.level(ctx, "") < perms.Write {
-		return syscall.EACCES
+	if errno := n.xattrChange(ctx, attr); errno != 0 {
+		return errno
 	}
 	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	if n.level(ctx, "") < perms.Write {
-		return syscall.EACCES
+	if errno := n.xattrChange(ctx, attr); errno != 0 {
+		return errno
 	}
 	return n.LoopbackNode.Removexattr(ctx, attr)
+}
+
+func (n *node) xattrChange(ctx context.Context, attr string) syscall.Errno {
+	switch {
+	case !strings.HasPrefix(attr, "user."):
+		return syscall.EPERM
+	case n.level(ctx, "") < perms.Write:
+		return syscall.EACCES
+	}
+	return 0
+}
+
+// Ioctl refuses every ioctl: the layer would run them as the host's root on the workspace's
+// files.
+func (n *node) Ioctl(context.Context, gofs.FileHandle, uint32, uint64, []byte, []byte) (int32, syscall.Errno) {
+	return 0, syscall.ENOTTY
 }
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {

@@ -175,6 +175,10 @@ func TestPermissions(t *testing.T) {
 		fails("umount -l /workspace", "")
 		fails("mount --bind /workspace/src /workspace/docs", "")
 		fails("unshare -Urm sh -c 'umount /workspace && cat /workspace/.env'", "")
+		// Nothing the layer would do as the host's root: ioctls, xattrs outside user.*.
+		fails("chattr +i src/main.go", "not supported")
+		fails("python3 -c \"import os; os.setxattr('/workspace/src/main.go', 'trusted.x', b'1')\"", "PermissionError")
+		must("python3 -c \"import os; os.setxattr('/workspace/src/main.go', 'user.x', b'1'); print(os.getxattr('/workspace/src/main.go', 'user.x'))\"", "b'1'")
 		// O_TMPFILE in a read directory, then linked in: refused at the open.
 		fails("python3 -c \"import os; os.open('/workspace/docs', os.O_TMPFILE|os.O_WRONLY, 0o600)\"", "PermissionError")
 		// Reading through another session: sessions share the layer's rules.
