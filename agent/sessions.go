@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/cgroup"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -180,6 +181,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	send := func(ev api.ExecEvent) { _ = events.Send(ev.Type, ev) }
 	sid := s.Info().ID
 	started := false
+	oomKills := cgroup.OOMKills()
 	res, err := s.Exec(ctx, sreq, func(kind string, data []byte) {
 		if kind == session.Started {
 			started = true
@@ -200,6 +202,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &api.ExecResult{
 		ExitCode: res.ExitCode, Encoding: api.EncodingUTF8, TimedOut: res.TimedOut, Canceled: res.Canceled,
 		DurationMs: res.Duration.Milliseconds(), SessionID: sid, SessionEnded: res.SessionEnded, SessionReset: res.Reset,
+		OOMKilled: !res.TimedOut && !res.Canceled && cgroup.OOMKilled(res.ExitCode, oomKills),
 	}})
 	return nil
 }

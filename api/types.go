@@ -66,6 +66,10 @@ type CreateSandboxRequest struct {
 	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
 	// from those the daemon allows (--allow-cap).
 	Capabilities []string `json:"capabilities,omitempty"`
+	// FromSnapshot makes the sandbox from a snapshot (POST /v1/sandboxes/{id}/snapshots): its
+	// image and files, and its env, labels, limits, cwd, user and network policy where the
+	// request gives none; its sessions come back with their saved state. Image must be empty.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
 	// Permissions are per-path rules for the workspace (see PermissionRule); none: write
 	// everywhere. They need a workspace.
 	Permissions []PermissionRule `json:"permissions,omitempty"`
@@ -122,6 +126,8 @@ type Sandbox struct {
 	Capabilities []string `json:"capabilities,omitempty"`
 	// Permissions are its per-path rules for the workspace, as last set.
 	Permissions []PermissionRule `json:"permissions,omitempty"`
+	// FromSnapshot is the snapshot the sandbox was made from, if any.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it
@@ -188,6 +194,9 @@ type ExecResult struct {
 	// Also set on the first result of the default session after its shell ended while idle
 	// (killed from elsewhere) and it was started again, in the sandbox's working directory.
 	SessionReset bool `json:"sessionReset"`
+	// OOMKilled: the command was killed by the kernel for lack of memory (the sandbox's memory
+	// limit): it died of SIGKILL (exit code 137) while the sandbox's count of OOM kills rose.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // NewExecResult encodes raw output into an ExecResult.
@@ -578,7 +587,10 @@ const (
 )
 
 // NetworkSpec is a sandbox's requested network: the network part of a create and the body of
-// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs, for mode allow only.
+// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs: in mode allow the only networks
+// the sandbox reaches; in mode egress the private networks (RFC 1918, 100.64.0.0/10, the
+// host's LAN) it may reach besides the internet. Link-local and metadata addresses are never
+// reachable and cannot be listed.
 type NetworkSpec struct {
 	Mode  string   `json:"mode,omitempty"` // default egress
 	Allow []string `json:"allow,omitempty"`
@@ -599,13 +611,15 @@ const (
 )
 
 // ExposePortRequest is the body of POST /v1/sandboxes/{id}/ports. HostPort 0 means: choose one
-// from the daemon's range; HostIP empty (or 0.0.0.0) means every host address.
+// from the daemon's range. HostIP empty means 127.0.0.1 (the host alone), or every host address
+// when Public; 0.0.0.0 means every host address.
 type ExposePortRequest struct {
 	Port     int    `json:"port"`
 	Protocol string `json:"protocol,omitempty"` // tcp (default) or udp
 	HostPort int    `json:"hostPort,omitempty"`
 	HostIP   string `json:"hostIP,omitempty"`
-	// Public: the preview proxy serves the port without a token.
+	// Public: the port is for anyone: on every host address unless HostIP says otherwise, and
+	// served by the preview proxy without a token.
 	Public bool `json:"public,omitempty"`
 }
 
@@ -677,6 +691,9 @@ type Process struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	LogBytes  int64     `json:"logBytes"` // size of its output ring
 	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
+	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit),
+	// or, for a command, its shell reported so (exit code 137).
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // SignalName is a signal in a request: a name ("TERM", "SIGKILL") or a number. A JSON number

@@ -2,6 +2,7 @@ package nsbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,6 +159,7 @@ type fakeInstance struct {
 	limits   backend.Limits
 	config   api.AgentConfig
 	env      map[string]string
+	restored api.SandboxState // what the daemon restored in it
 }
 
 func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
@@ -190,6 +192,15 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}))
+	mux.HandleFunc("POST /v1/state/save", func(w http.ResponseWriter, _ *http.Request) { // one session, as a snapshot sees it
+		api.WriteJSON(w, http.StatusOK, api.SandboxState{Sessions: []api.SessionState{{ID: "default", Script: "cd /tmp"}}})
+	})
+	mux.HandleFunc("POST /v1/state/restore", func(w http.ResponseWriter, r *http.Request) {
+		i.mu.Lock()
+		_ = json.NewDecoder(r.Body).Decode(&i.restored)
+		i.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 		go i.exit()
@@ -252,6 +263,8 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 	i.limits = lim
 	return nil
 }
+
+func (i *fakeInstance) ShowLimits(string) error { return nil }
 
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 
@@ -391,3 +404,6 @@ func (n *fakeNetwork) Expose(string, sandboxnet.Port) (sandboxnet.Port, error) {
 func (n *fakeNetwork) Unexpose(string, int, string) error { return sandboxnet.ErrNotFound }
 func (n *fakeNetwork) Ports(string) []sandboxnet.Port     { return nil }
 func (n *fakeNetwork) Close()                             {}
+
+// ResolvConf is a fixed file: the fake network has no host resolver to follow.
+func (n *fakeNetwork) ResolvConf() ([]byte, error) { return []byte("nameserver 192.0.2.53\n"), nil }

@@ -27,6 +27,9 @@ import (
 // stopping: DELETE is at work; failed: its agent died, its container is gone, or its
 // create or remove could not clean up (it can only be removed); removed: gone, the record
 // deleted. A request that needs another state is refused with a conflict naming the state.
+// A snapshot (snapshots.go) changes no state: it needs a running or paused sandbox, holds its
+// lock, freezes a running one only while its writable layer is copied, and leaves a paused one
+// paused.
 
 // stateRemoved is the end of every sandbox: its record is deleted, the id is free again.
 const stateRemoved = "removed"

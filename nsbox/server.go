@@ -37,6 +37,11 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes/{id}/pause", api.AccessAdmin, api.SessionNone, (*Runtime).handlePause},
 	{"POST", "/v1/sandboxes/{id}/resume", api.AccessAdmin, api.SessionNone, (*Runtime).handleResume},
 	{"POST", "/v1/sandboxes/{id}/hibernate", api.AccessAdmin, api.SessionNone, (*Runtime).handleHibernate},
+	{"POST", "/v1/sandboxes/{id}/snapshots", api.AccessAdmin, api.SessionNone, (*Runtime).handleCreateSnapshot},
+	{"POST", "/v1/sandboxes/{id}/fork", api.AccessAdmin, api.SessionNone, (*Runtime).handleFork},
+	{"GET", "/v1/snapshots", api.AccessAdmin, api.SessionNone, (*Runtime).handleListSnapshots},
+	{"GET", "/v1/snapshots/{id}", api.AccessAdmin, api.SessionNone, (*Runtime).handleGetSnapshot},
+	{"DELETE", "/v1/snapshots/{id}", api.AccessAdmin, api.SessionNone, (*Runtime).handleDeleteSnapshot},
 	{"POST", "/v1/sandboxes/{id}/exec", api.AccessSessionWrite, api.SessionBody, (*Runtime).handleExec},
 	{"POST", "/v1/sandboxes/{id}/sessions", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleCreateSession},
 	{"GET", "/v1/sandboxes/{id}/sessions", api.AccessRead, api.SessionNone, (*Runtime).handleListSessions},
@@ -81,11 +86,12 @@ var Routes = []Route{
 
 // isActivity reports whether requests to an endpoint count as use of their sandbox (idle.go):
 // everything that works in it, but not reading its record, its ports or its contexts' list,
-// nor pausing, resuming or removing it — a dashboard that polls must not keep it awake.
+// nor pausing, resuming, snapshotting, forking or removing it — a dashboard that polls must
+// not keep it awake.
 func isActivity(method, pattern string) bool {
 	rest, ok := strings.CutPrefix(pattern, "/v1/sandboxes/{id}/")
 	switch {
-	case !ok, rest == "pause", rest == "resume", rest == "hibernate":
+	case !ok, rest == "pause", rest == "resume", rest == "hibernate", rest == "snapshots", rest == "fork":
 		return false
 	case method == http.MethodGet && (rest == "ports" || rest == "contexts" || rest == "sessions"):
 		return false

@@ -216,6 +216,7 @@ func collectResult(events *eventStream) (*api.ExecResult, error) {
 			res := api.NewExecResult(ev.Result.ExitCode, out.stdout, out.stderr)
 			res.TimedOut, res.Canceled, res.DurationMs = ev.Result.TimedOut, ev.Result.Canceled, ev.Result.DurationMs
 			res.SessionID, res.SessionEnded, res.SessionReset = ev.Result.SessionID, ev.Result.SessionEnded, ev.Result.SessionReset
+			res.OOMKilled = ev.Result.OOMKilled
 			res.Truncated = out.truncated
 			return &res, nil
 		}

@@ -54,6 +54,9 @@ type extrasSpec struct {
 	Capabilities []string
 	// Permissions are the workspace's rules (nil: no permission layer).
 	Permissions []api.PermissionRule
+	// SnapshotLayers are the digests of snapshot layers (topmost first) put over the image's
+	// (snapshots.go).
+	SnapshotLayers []string
 }
 
 // extrasOf is what a (validated) create request asks for beyond its image and limits.
@@ -69,7 +72,8 @@ func (r *Runtime) poolExtras() extrasSpec {
 
 // pooled reports whether a container made with s can come from the warm pool.
 func (r *Runtime) pooled(s extrasSpec) bool {
-	return s.DiskMB == r.cfg.DefaultDiskMB && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0
+	return s.DiskMB == r.cfg.DefaultDiskMB && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0 &&
+		len(s.SnapshotLayers) == 0
 }
 
 // layerDir is the directory that holds a container's writable layers.

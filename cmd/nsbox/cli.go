@@ -28,6 +28,7 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "id", Usage: "sandbox id (default: generated)"},
 				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
 				&cli.StringFlag{Name: "pull", Usage: "pull an OCI image from its registry first: never (default), missing or always"},
+				&cli.StringFlag{Name: "from-snapshot", Usage: "make the sandbox from a snapshot (nsbox snapshot ls): its files and sessions' state, and its env, labels, limits, cwd and user unless given"},
 				&cli.DurationFlag{Name: "idle-timeout", Usage: "pause (or --on-idle remove) the sandbox after this long without API or preview traffic; a request resumes a paused one"},
 				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default), hibernate, stop (hibernate without the sessions' state) or remove"},
 				&cli.DurationFlag{Name: "ttl", Usage: "remove the sandbox this long after its create"},
@@ -97,6 +98,7 @@ func clientCommands() []*cli.Command {
 			Flags:     execFlags(),
 			Action:    cmdShell,
 		},
+		snapshotCommand(), forkCommand(),
 		sessionCommand(), tokenCommand(),
 		attachCommand(),
 		withSession(filesCommand()), withSession(cpCommand()), envCommand(), permissionsCommand(),
@@ -141,7 +143,7 @@ func cmdCreate(c *cli.Context) error {
 		return err
 	}
 	req := api.CreateSandboxRequest{
-		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
+		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), FromSnapshot: c.String("from-snapshot"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
 		User: c.String("user"), RunEntrypoint: c.Bool("run-entrypoint"),
 		Limits:       api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
 		Capabilities: c.StringSlice("cap-add"),
@@ -309,6 +311,8 @@ func runInSession(c *cli.Context, id string, req api.ExecRequest) error {
 		fmt.Fprintf(os.Stderr, "nsbox: command timed out after %s and was killed\n", c.Duration("timeout"))
 	case res.Canceled:
 		fmt.Fprintln(os.Stderr, "nsbox: command was canceled")
+	case res.OOMKilled:
+		fmt.Fprintln(os.Stderr, "nsbox: killed: out of memory (the sandbox's memory limit)")
 	}
 	if res.SessionReset {
 		fmt.Fprintln(os.Stderr, "nsbox: the session's shell was replaced (it did not come back, or it had been killed): its variables, functions and aliases are gone")

@@ -200,13 +200,72 @@ func (d *testDaemon) cleanup() {
 	os.RemoveAll(d.runDir)
 }
 
-// leaks lists what a daemon with no sandboxes should not have left behind.
+// leaks lists what a daemon with no sandboxes should not have left behind: what its
+// containers left, and its LXCFS (which outlives a daemon only while sandboxes run). A remove
+// tears its container down in the background after it answers: leaks waits (up to 20 s) for
+// the list to empty.
 func (d *testDaemon) leaks() []string {
+	return waitEmpty(d.currentLeaks)
+}
+
+// containerLeaks is leaks of one container only (other sandboxes may run).
+func (d *testDaemon) containerLeaks(container string) []string {
+	return waitEmpty(func() []string {
+		var leaks []string
+		for _, l := range d.leftovers() {
+			if l.container == container {
+				leaks = append(leaks, l.what)
+			}
+		}
+		return leaks
+	})
+}
+
+// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS: it counts only once
+// the daemon has stopped.
+func (d *testDaemon) currentLeaks() []string {
 	var leaks []string
 	for _, l := range d.leftovers() {
 		leaks = append(leaks, l.what)
 	}
-	return leaks
+	if d.cmd != nil {
+		return leaks
+	}
+	return append(leaks, d.lxcfsLeftovers()...)
+}
+
+// waitEmpty calls list until it answers nothing, for up to 20 s, and returns its last answer.
+func waitEmpty(list func() []string) []string {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := list()
+		if len(got) == 0 || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lxcfsDir is where the daemon runs LXCFS, which shows sandboxes their limits in /proc.
+func (d *testDaemon) lxcfsDir() string { return filepath.Join(d.runDir, "lxcfs") }
+
+// lxcfsLeftovers are the daemon's LXCFS mount and processes.
+func (d *testDaemon) lxcfsLeftovers() []string {
+	var out []string
+	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") {
+			out = append(out, "lxcfs mount "+line)
+		}
+	}
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		data, _ := os.ReadFile(p)
+		if bytes.Contains(data, []byte(d.lxcfsDir()+"/")) && alive(pidOf(p)) {
+			out = append(out, "lxcfs process "+filepath.Dir(p)+": "+strings.ReplaceAll(string(data), "\x00", " "))
+		}
+	}
+	return out
 }
 
 // leftover is something of a container's on the host: a cgroup, a mount, a loop device, a
@@ -227,6 +286,9 @@ func (d *testDaemon) leftovers() []leftover {
 	}
 	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") { // the daemon's, not a container's (lxcfsLeftovers)
+			continue
+		}
 		if strings.Contains(line, d.runDir) || strings.Contains(line, d.dataDir) {
 			out = append(out, leftover{d.containerOfPath(line), "mount " + line})
 		}

@@ -85,10 +85,8 @@ func TestWarmPoolSandboxIsBoundToItsRequest(t *testing.T) {
 	if alive(sb.PID) {
 		t.Errorf("agent %d still runs", sb.PID)
 	}
-	for _, leak := range d.leaks() {
-		if strings.Contains(leak, container) {
-			t.Errorf("leaked: %s", leak)
-		}
+	for _, leak := range d.containerLeaks(container) {
+		t.Errorf("leaked: %s", leak)
 	}
 }
 

@@ -125,6 +125,9 @@ func cmdPs(c *cli.Context) error {
 }
 
 func processStatus(p api.Process) string {
+	if p.OOMKilled {
+		return "killed: out of memory"
+	}
 	switch p.Status {
 	case api.ProcessExited:
 		return fmt.Sprintf("exited (%d)", p.ExitCode)

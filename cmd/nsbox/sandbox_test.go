@@ -126,7 +126,7 @@ func TestLimitsAppliedAndVisibleInside(t *testing.T) {
 		t.Errorf("40 processes in a 32-pid sandbox: exit %d, %q %q", res.ExitCode, stdout, stderr)
 	}
 	sb, err := d.client.GetSandbox(context.Background(), "lim")
-	if err != nil || sb.Limits != (api.Limits{CPUs: 0.5, MemoryMB: 64, Pids: 32}) {
+	if err != nil || sb.Limits != (api.Limits{CPUs: 0.5, MemoryMB: 64, Pids: 32, DiskMB: 10240}) { // DiskMB: the daemon's default disk
 		t.Errorf("limits in the API: %+v %v", sb, err)
 	}
 }

@@ -315,7 +315,8 @@ func TestExecStreamsAsProduced(t *testing.T) {
 func TestDisconnectedClientDoesNotKillCommand(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "disc", Image: "busybox"})
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// The API's default; the Go SDK's when the context says KeepRunning.
+	ctx, cancel := context.WithTimeout(client.KeepRunning(context.Background()), 200*time.Millisecond)
 	defer cancel()
 	_, err := d.client.Exec(ctx, "disc", api.ExecRequest{Command: "sleep 0.6; echo done > /tmp/marker"})
 	if err == nil {

@@ -416,12 +416,13 @@ func TestDiskLimit(t *testing.T) {
 	if err := d.client.RemoveSandbox(context.Background(), sb.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	// Nothing is left: no image file, no loop device, no mount (the harness checks mounts).
-	if _, err := os.Stat(image); !os.IsNotExist(err) {
-		t.Errorf("the disk image is still there: %v", err)
-	}
+	// Nothing is left (once the background teardown is over, which leaks waits for): no
+	// image file, no loop device, no mount.
 	for _, leak := range d.leaks() {
 		t.Errorf("after rm: %s", leak)
+	}
+	if _, err := os.Stat(image); !os.IsNotExist(err) {
+		t.Errorf("the disk image is still there: %v", err)
 	}
 }
 

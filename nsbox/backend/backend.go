@@ -79,6 +79,10 @@ type Spec struct {
 	IDs rootfs.IDMap
 	// Capabilities are extra capabilities (CAP_…) beyond the backend's default set.
 	Capabilities []string
+	// LimitViews, when set, is the mount point of an LXCFS whose files (lxcfs.Files) the
+	// container shows in place of /proc's and /sys's: its memory, CPUs and uptime as its
+	// limits make them.
+	LimitViews string
 }
 
 // Backend starts containers and finds them again after a daemon restart.
@@ -119,6 +123,11 @@ type Instance interface {
 	SetHostname(name string) error
 	// SetLimits changes the container's resource limits.
 	SetLimits(lim Limits) error
+	// ShowLimits binds the limit views (Spec.LimitViews) of the LXCFS mounted at dir into the
+	// running container again, in place of those it has (dead ones, of an LXCFS that died,
+	// fail every read with ENOTCONN); dir "" removes them, the container then shows the
+	// host's files.
+	ShowLimits(dir string) error
 	// NetNS is the path of the container's network namespace, for the network to be wired in.
 	NetNS() string
 	// OpenRoot opens the container's root directory as its processes see it, for the file API.

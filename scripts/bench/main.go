@@ -11,6 +11,10 @@
 //     `runc exec` into a running runc container of the same busybox rootfs;
 //   - code: a trivial run in a Python code context versus python3 -c through the processes API;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes;
+//   - lifecycle: pause/resume versus the cgroup freezer by hand, hibernate/resume versus
+//     stopping and starting a runc container (lifecycle.go);
+//   - snapshots: a snapshot and forks of 1 and 10 versus `cp -a` of the upper dir, and a
+//     create from a snapshot versus a plain create (snapshots.go);
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
 //   - permissions: find, find + cat and tar over a 10,000-file workspace without and with
 //     per-path rules (permissions.go);
@@ -23,6 +27,8 @@
 //     `umoci raw unpack` or tar, and create from that image versus from busybox (images.go).
 //   - burst: 50 and 200 creates at once: throughput, latencies, and the daemon's threads and RSS
 //     before, during and after (burst.go).
+//   - density: 1,000 idle sandboxes with a session each: time to create and remove them, memory
+//     per sandbox, the daemon's RSS, and the API's latency while they idle (density.go).
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -60,9 +66,9 @@ const (
 )
 
 type options struct {
-	nsbox    string
-	n, idle  int
-	sections map[string]bool
+	nsbox            string
+	n, idle, density int
+	sections         map[string]bool
 }
 
 func main() {
@@ -86,6 +92,7 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
+	flag.IntVar(&o.density, "density", 1000, "idle sandboxes for the density measurement")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
@@ -101,7 +108,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "storage", "permissions", "files", "network", "images", "burst"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "network", "images", "burst", "density"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -145,6 +152,11 @@ func run(ctx context.Context, o options) (err error) {
 			return fmt.Errorf("lifecycle: %w", err)
 		}
 	}
+	if o.sections["snapshots"] {
+		if err := b.snapshotsSection(ctx, o.n); err != nil {
+			return fmt.Errorf("snapshots: %w", err)
+		}
+	}
 	if o.sections["storage"] {
 		if err := b.storageSection(ctx, o.n); err != nil {
 			return fmt.Errorf("storage: %w", err)
@@ -173,6 +185,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["burst"] {
 		if err := b.burstSection(ctx); err != nil {
 			return fmt.Errorf("burst: %w", err)
+		}
+	}
+	if o.sections["density"] {
+		if err := b.densitySection(ctx, o.density); err != nil {
+			return fmt.Errorf("density: %w", err)
 		}
 	}
 	return nil

@@ -1039,6 +1039,93 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/{id}/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Snapshot a sandbox's files and sessions' state
+         * @description The agent saves each session's state (working directory, exported variables, aliases, functions, shell options, history); then the sandbox is frozen (cgroup freezer) only while its writable layer (the overlay's upper dir: files, directories, symlinks, FIFOs, hard links, whiteouts and opaque directories, user.* xattrs; owners as the sandbox's own ids; setuid/setgid bits, file capabilities and ACLs are not kept) is copied into the layer store as an immutable layer named by the sha256 of its tar stream (equal snapshots share one layer). A paused sandbox stays paused (it is thawed only while its agent saves the sessions). The snapshot also keeps the sandbox's image, env, labels, limits, cwd, user and network policy for the sandboxes made from it (`fromSnapshot`). A workspace host directory and bind mounts are not part of it. Snapshots survive daemon restarts and the removal of their sandbox.
+         */
+        post: operations["createSnapshot"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/fork": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Snapshot a sandbox and make sandboxes from the snapshot
+         * @description Takes a snapshot as `POST …/snapshots` does, then creates `count` sandboxes from it (up to 4 at a time), each as `POST /v1/sandboxes {fromSnapshot}` makes one: the source's files, env, labels, limits, cwd, user and network policy, its own network address and writable layer, and the sessions with their saved state. If any of them cannot be made, those made are removed and the snapshot too, and the first errors are answered.
+         */
+        post: operations["forkSandbox"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List snapshots, oldest first */
+        get: operations["listSnapshots"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/snapshots/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The snapshot's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** Get one snapshot */
+        get: operations["getSnapshot"];
+        put?: never;
+        post?: never;
+        /**
+         * Remove a snapshot
+         * @description Removes the snapshot and its layers that no other snapshot and no image has. Refused while a sandbox made from it exists (in any state) or is being made.
+         */
+        delete: operations["deleteSnapshot"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1188,6 +1275,8 @@ export interface components {
             runEntrypoint?: boolean;
             /** @description Extra capabilities beyond the default set (containerd 2.0's: CHOWN, DAC_OVERRIDE, FSETID, FOWNER, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, KILL), as CAP_NET_RAW or NET_RAW. Only those the daemon allows (`nsbox daemon --allow-cap`) may be asked for; any other, or an unknown name, answers 400. A sandbox with extra capabilities never comes from the warm pool. */
             capabilities?: string[];
+            /** @description Make the sandbox from this snapshot: its image and layers (read-only, under the sandbox's own new writable layer), and its env, labels, limits (each one the request leaves 0), cwd, user and network policy where the request gives none; the sessions come back with their saved state (cwd, exports, aliases, functions, history); no process of the source runs. `image` and `pull` must be absent. 404 when no snapshot has the id. While the sandbox exists the snapshot cannot be removed. */
+            fromSnapshot?: string;
         };
         /** @description A sandbox as the API shows it. */
         Sandbox: {
@@ -1227,6 +1316,8 @@ export interface components {
             lifecycle?: components["schemas"]["Lifecycle"];
             /** @description The extra capabilities the sandbox was given at creation, sorted; absent when none. */
             capabilities?: string[];
+            /** @description The snapshot the sandbox was made from; absent when it was made from an image. */
+            fromSnapshot?: string;
         };
         /** @description Every sandbox, ordered by id; an empty array when there is none. */
         SandboxList: components["schemas"]["Sandbox"][];
@@ -1256,7 +1347,7 @@ export interface components {
             /** @description Milliseconds the command may run, counted from its start (not while it waits for its turn); absent or 0 means no limit. When it expires, every process the command started is killed with SIGKILL and the result has `timedOut: true` and `exitCode: 124` (the answer is still 200); the session keeps its state, unless its shell had to be replaced (`sessionReset`). Negative answers 400. */
             timeoutMs?: number;
             /**
-             * @description `true`: cancel the command (as `POST .../cancel` does) when the client disconnects before it has finished. `false` (the default): the command runs to its end and its result is dropped.
+             * @description `true`: cancel the command (as `POST .../cancel` does: SIGKILL to what it started, `canceled: true`, exit code 130, the session goes on) when the client disconnects before it has finished, so that the session's next command does not wait behind it. `false` (the default of the HTTP API): the command runs to its end and its result is dropped; the session stays busy until then. The Go SDK sets it to true unless the call's options say otherwise, so cancelling the call's context kills the command; the Python and TypeScript SDKs do the same when a call is aborted or times out on the client.
              * @default false
              */
             killOnDisconnect: boolean;
@@ -1288,6 +1379,8 @@ export interface components {
             sessionEnded: boolean;
             /** @description True when, after a timeout or cancel, the shell did not come back and was replaced by a new one: the session keeps its id and working directory but has lost its variables, functions, aliases and options. Also true on the first result of the default session after its shell ended while it ran no command (killed from elsewhere): it was started again, in the sandbox's working directory, without the state it had. */
             sessionReset: boolean;
+            /** @description True when the kernel killed the command for lack of memory (the sandbox's `limits.memoryMB`): it died of SIGKILL (`exitCode` 137) while the sandbox cgroup's count of OOM kills rose (cgroup v2 `memory.events`, v1 `memory.oom_control`, read by the agent before and after the command). Absent otherwise. A SIGKILL from elsewhere at the moment another process of the sandbox is OOM-killed is reported the same way. */
+            oomKilled?: boolean;
         };
         /** @description One event of a streamed exec: the `data` of a Server-Sent Event whose event name equals `type`. `start` carries `sessionId`; `stdout` and `stderr` carry `data` and `encoding`; `exit` carries `sessionId` and `result`. */
         ExecEvent: {
@@ -1503,11 +1596,11 @@ export interface components {
         /** @description A sandbox's network (IPv4 only). In a create every field is optional and the default is mode `egress`; in PATCH /v1/sandboxes/{id}/network `mode` is required. */
         NetworkSpec: {
             /**
-             * @description `none`: loopback only. `egress`: the world beyond the host, masqueraded behind the host's address; never other sandboxes, the host itself (any of its addresses, 127.0.0.0/8 included) or 169.254.0.0/16. `allow`: only the networks in `allow`; everything else is rejected.
+             * @description `none`: loopback only. `egress`: the internet, masqueraded behind the host's address; private networks (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 and the networks of the host's interfaces) only if listed in `allow`, except the nameservers of the sandbox's resolv.conf on port 53. `allow`: only the networks in `allow`; everything else is rejected. No mode reaches other sandboxes (not even through their exposed ports), the host itself (any of its addresses, 127.0.0.0/8 included), 169.254.0.0/16 or 100.100.100.200.
              * @enum {string}
              */
             mode?: "none" | "egress" | "allow";
-            /** @description IPv4 addresses or CIDRs (e.g. 192.0.2.0/24) the sandbox may reach; mode `allow` only. */
+            /** @description IPv4 addresses or CIDRs (e.g. 192.0.2.0/24). Mode `allow`: the only networks the sandbox reaches. Mode `egress`: private networks it may reach besides the internet. Not for mode `none`; an entry within 169.254.0.0/16 or 100.100.100.200 answers 400. */
             allow?: string[];
         };
         /** @description A sandbox's network as the API shows it. */
@@ -1519,7 +1612,7 @@ export interface components {
              * @description The sandbox's IPv4 address on its point-to-point link to the host; absent in mode `none`.
              */
             ip?: string;
-            /** @description In mode `allow`: the networks it may reach, as CIDRs, normalized and sorted. */
+            /** @description The networks of its `allow` list (modes `allow` and `egress`), as CIDRs, normalized and sorted. */
             allow?: string[];
         };
         /** @description A sandbox port to expose on a host port. */
@@ -1533,15 +1626,15 @@ export interface components {
             protocol: "tcp" | "udp";
             /** @description The host port. Absent or 0: a free one from the daemon's range (`--host-ports`). A port outside that range answers 400 unless the daemon allows it explicitly. A port another exposure has, or a host process has bound, answers 409. */
             hostPort?: number;
-            /** @description Expose on this host IPv4 address only (e.g. 127.0.0.1: the host alone). Absent, empty or 0.0.0.0: every host address. */
+            /** @description Expose on this host IPv4 address only. Absent or empty: 127.0.0.1 (the host alone), or every host address when `public`. 0.0.0.0: every host address. */
             hostIP?: string;
             /**
-             * @description The preview proxy serves a public TCP port without a token.
+             * @description The port is for anyone: exposed on every host address (unless `hostIP` names one) and served by the preview proxy without a token.
              * @default false
              */
             public: boolean;
         };
-        /** @description A sandbox port exposed on a host port. Connections to the host port (from other machines, from the host itself including 127.0.0.1, and from sandboxes) reach the sandbox port. */
+        /** @description A sandbox port exposed on a host port. Connections to the host port on `hostIP` (from the host itself; from other machines when it is not 127.0.0.1) reach the sandbox port; sandboxes never reach it. The host port itself asks for no token: the `token` guards the preview proxy only. */
         ExposedPort: {
             port: number;
             /** @enum {string} */
@@ -1628,6 +1721,8 @@ export interface components {
             logBytes: number;
             /** @description The log cursor after the last byte of output so far: the total number of bytes it has written to stdout and stderr. */
             logEnd: number;
+            /** @description True when the kernel killed the process for lack of memory (the sandbox's `limits.memoryMB`): it ended by SIGKILL (`status` `killed`, `exitCode` 137), or its shell (a `command` runs under `/bin/sh -c`) reported that with exit code 137 (`status` `exited`), while the sandbox cgroup's count of OOM kills rose since it started. Absent otherwise. */
+            oomKilled?: boolean;
         };
         /** @description Processes, in the order they were started; an empty array when there is none. */
         ProcessList: components["schemas"]["Process"][];
@@ -1984,6 +2079,49 @@ export interface components {
         HibernateRequest: {
             /** @description Checkpoint the processes' memory too (CRIU). Refused with 400 where `GET /v1/version`'s `checkpoint` is not available, and by this daemon everywhere for now. */
             memory?: boolean;
+        };
+        /** @description A snapshot: a sandbox's writable layer at one moment, stored as an immutable layer, with its sessions' saved state and the settings sandboxes made from it inherit. */
+        Snapshot: {
+            id: string;
+            /** @description The sandbox it was taken of (which may be gone). */
+            sandbox: string;
+            /** @description The name given when it was taken; absent when none (at most 128 characters). */
+            name?: string;
+            /** @description The image under its layers. */
+            image: string;
+            /** @description Its layer's digest: the sha256 of the layer's tar stream. A snapshot of a sandbox made from a snapshot has that snapshot's layers under its own. */
+            layer: string;
+            /** @description The size of its layer's tar stream (content and headers). */
+            sizeBytes: number;
+            /** @description How many sessions' state it holds. */
+            sessions: number;
+            /**
+             * Format: date-time
+             * @description When it was taken, RFC 3339 in UTC with millisecond precision.
+             */
+            createdAt: string;
+        };
+        /** @description The body of `POST /v1/sandboxes/{id}/snapshots` (optional). */
+        CreateSnapshotRequest: {
+            /** @description A name for the snapshot, without control characters (at most 128 characters). */
+            name?: string;
+        };
+        /** @description The body of `POST /v1/sandboxes/{id}/fork` (optional). */
+        ForkRequest: {
+            /**
+             * @description How many sandboxes to make.
+             * @default 1
+             */
+            count: number;
+            /** @description Name them PREFIX-1 … PREFIX-COUNT (each must be a valid sandbox id); default: generated ids. */
+            prefix?: string;
+            /** @description The name of the snapshot the fork takes (at most 128 characters). */
+            name?: string;
+        };
+        /** @description What a fork made. */
+        ForkResult: {
+            snapshot: components["schemas"]["Snapshot"];
+            sandboxes: components["schemas"]["Sandbox"][];
         };
     };
     responses: {
@@ -2508,7 +2646,7 @@ export interface operations {
                     "application/json": components["schemas"]["PermissionDeniedError"];
                 };
             };
-            /** @description `not_found`: The image does not exist. */
+            /** @description `not_found`: The image does not exist, or no snapshot has the `fromSnapshot` id. */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -6123,6 +6261,284 @@ export interface operations {
                 };
             };
             /** @description `internal`: The cgroup freezer or the metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    createSnapshot: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["CreateSnapshotRequest"];
+            };
+        };
+        responses: {
+            /** @description The snapshot. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Snapshot"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: The sandbox is not running or paused (`creating`, `hibernated`, `stopping`, `failed`; the message names its state), or its files hold more than its disk's size (sparse files count at their full size). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            /** @description `internal`: Saving the sessions, the freezer, the copy or the metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    forkSandbox: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ForkRequest"];
+            };
+        };
+        responses: {
+            /** @description The snapshot and the sandboxes, in order. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ForkResult"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: The sandbox is not running or paused, or a sandbox id the fork would use exists. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            /** @description `internal`: The snapshot or a create failed inside the daemon. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    listSnapshots: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every snapshot. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Snapshot"][];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `internal`: The metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    getSnapshot: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The snapshot's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The snapshot. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Snapshot"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No snapshot has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `internal`: The metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    deleteSnapshot: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The snapshot's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No snapshot has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: Sandboxes made from the snapshot exist (the message names them), or one is being made. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            /** @description `internal`: The metadata store or the layer store failed. */
             500: {
                 headers: {
                     [name: string]: unknown;
