@@ -271,9 +271,13 @@ func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 func (i *fakeInstance) OpenRoot() (*sandboxfs.Root, error) {
 	return nil, errors.New("no root in a fake")
 }
-func (i *fakeInstance) Freeze() error { return i.setFrozen(true) }
-func (i *fakeInstance) Thaw() error   { return i.setFrozen(false) }
-func (i *fakeInstance) Close()        {}
+func (i *fakeInstance) Stats() (backend.Stats, error) {
+	return backend.Stats{CPUNanos: 1e9, MemoryBytes: 1 << 20, MemoryLimit: uint64(i.currentLimits().MemoryBytes), Pids: 1}, nil
+}
+func (i *fakeInstance) OOMKills() (uint64, error) { return 0, nil }
+func (i *fakeInstance) Freeze() error             { return i.setFrozen(true) }
+func (i *fakeInstance) Thaw() error               { return i.setFrozen(false) }
+func (i *fakeInstance) Close()                    {}
 
 func (i *fakeInstance) Kill() {
 	i.b.mu.Lock()
@@ -318,6 +322,8 @@ type fakeNetwork struct {
 	next       byte
 	failAttach error
 }
+
+func (n *fakeNetwork) RuleCount() (int, error) { return 0, nil }
 
 func newFakeNetwork() *fakeNetwork {
 	return &fakeNetwork{attached: map[string]*sandboxnet.Attachment{}, next: 2}

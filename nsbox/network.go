@@ -59,6 +59,7 @@ type network interface {
 	Unexpose(id string, port int, protocol string) error
 	Ports(id string) []sandboxnet.Port
 	ResolvConf() ([]byte, error)
+	RuleCount() (int, error)
 	Close()
 }
 
@@ -297,6 +298,7 @@ func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.Exposed
 		// Exposed already with the same host side: the same exposure, unless public changes.
 		return nil, api.Errorf(api.CodeConflict, "port %d/%s is already exposed with public=%t; remove it first to change that", p.Port, p.Protocol, p.Public)
 	}
+	r.ops.events.publish(api.EventPortExposed, id, "port", strconv.Itoa(p.Port), "protocol", p.Protocol, "hostPort", strconv.Itoa(p.HostPort))
 	return r.exposedPort(id, p), nil
 }
 
@@ -312,6 +314,9 @@ func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
 	if protocol != sandboxnet.UDP {
 		// Also when cutting the NAT-ed flows failed: the port is unexposed by then.
 		r.forgetPreview(id, port)
+	}
+	if err == nil || !errors.Is(err, sandboxnet.ErrNotFound) {
+		r.ops.events.publish(api.EventPortUnexposed, id, "port", strconv.Itoa(port), "protocol", protocol)
 	}
 	return netError(err)
 }

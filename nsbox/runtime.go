@@ -113,8 +113,9 @@ type Runtime struct {
 	// daemon has been quiet for trimDelay (settled).
 	trim *time.Timer
 
-	stopIdle context.CancelFunc // ends watchIdle
+	stopIdle context.CancelFunc // ends watchIdle and monitor
 	views    *limitViews        // nil without Config.LimitViews
+	ops      *ops               // events, metrics, stats readings (stats.go)
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -175,6 +176,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	idleCtx, stopIdle := context.WithCancel(context.Background())
 	r.stopIdle = stopIdle
 	go r.watchIdle(idleCtx)
+	go r.monitor(idleCtx)
 	return r, nil
 }
 
@@ -202,6 +204,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
 		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
+	r.ops = newOps(r)
 	return r, nil
 }
 

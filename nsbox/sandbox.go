@@ -108,6 +108,7 @@ func (r *Runtime) transition(sb *sandbox, to string, change func(*record)) (from
 		return from, fmt.Errorf("record sandbox %s as %s: %w", sb.id, to, err)
 	}
 	sb.rec = next
+	r.transitioned(&next, from, to)
 	if to == stateRemoved {
 		r.mu.Lock()
 		if r.sandboxes[sb.id] == sb {
@@ -256,6 +257,7 @@ func (r *Runtime) watch(sb *sandbox, inst backend.Instance) {
 		if sb.inst != inst || (sb.rec.Status != api.StatusRunning && sb.rec.Status != api.StatusPaused) {
 			return // being removed, or gone
 		}
+		r.agentExited(sb.id, inst.PID())
 		r.fail(sb, "its agent (PID 1) exited; everything in the sandbox was stopped")
 		r.forgetAgent(sb)
 		r.log.Warn("sandbox failed: its agent exited", "sandbox", sb.id, "pid", inst.PID())

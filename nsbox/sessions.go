@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -44,6 +45,7 @@ func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) 
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
+		r.ops.events.publish(api.EventSessionCreated, l.rec.ID, "session", s.ID, "user", s.User, "shell", s.Shell)
 	}
 	api.WriteJSON(w, status, s)
 	return nil
@@ -85,12 +87,17 @@ func (r *Runtime) Session(ctx context.Context, id, sid string) (*api.Session, er
 }
 
 func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
-	return r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
+	err := r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
 		if err := a.deleteSession(ctx, sid); err != nil {
 			return err
 		}
 		return r.forgetSession(req.PathValue("id"), sid)
 	})
+	if err != nil {
+		return err
+	}
+	r.ops.events.publish(api.EventSessionEnded, req.PathValue("id"), "session", req.PathValue("sid"), "reason", "deleted")
+	return nil
 }
 
 func (r *Runtime) handleCancelSession(w http.ResponseWriter, req *http.Request) error {
@@ -137,6 +144,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
+	defer observe(r.ops.metrics.exec, time.Now(), nil)
 	events, err := l.agent.exec(req.Context(), sid, body)
 	if err != nil {
 		return l.failure(req.Context(), err)
@@ -149,6 +157,9 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	res, err := collectResult(events)
 	if err != nil {
 		return l.failure(req.Context(), err)
+	}
+	if res.SessionEnded {
+		r.ops.events.publish(api.EventSessionEnded, l.rec.ID, "session", res.SessionID, "reason", "its shell exited")
 	}
 	api.WriteJSON(w, http.StatusOK, res)
 	return nil

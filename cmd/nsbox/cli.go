@@ -107,6 +107,7 @@ func clientCommands() []*cli.Command {
 		psCommand(), startCommand(), logsCommand(), killCommand(), waitCommand(), stdinCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		imageCommand(),
+		statsCommand(), eventsCommand(),
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
 }

@@ -46,6 +46,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "userns-range", Value: defaultUserNSRange, Usage: "host ids of the sandboxes' user namespaces, START-END or START:COUNT; 65536 per sandbox"},
 			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line)"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve GET /metrics, without authentication, on this TCP address; :PORT is loopback's (default: only on the API)"},
 			&cli.StringFlag{Name: "subnet", Value: "10.89.0.0/16", Usage: "IPv4 network of sandbox addresses (its first address is the host's)"},
 			&cli.StringFlag{Name: "host-ports", Value: "20000-29999", Usage: "range LOW-HIGH of host ports chosen for exposed ports (keep it outside net.ipv4.ip_local_port_range)"},
 			&cli.StringSliceFlag{Name: "uplink", Usage: "interface that carries sandbox traffic to the world (repeatable; default: those of the default routes)"},
@@ -72,11 +74,10 @@ func daemonCommand() *cli.Command {
 const defaultUserNSRange = "1000000000:268435456"
 
 func runDaemon(c *cli.Context) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := newLogger(os.Stderr, c.String("log-format"), c.String("log-level"))
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 	if os.Geteuid() != 0 {
 		return errors.New("the daemon must run as root")
@@ -200,6 +201,14 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	preview, err := servePreview(c, rt, log)
+	if err == nil {
+		var metricsSrv *http.Server
+		if metricsSrv, err = serveMetrics(c.String("metrics-listen"), rt, log); metricsSrv != nil {
+			defer metricsSrv.Close()
+		} else if err != nil && preview != nil {
+			_ = preview.Shutdown(context.Background())
+		}
+	}
 	if err != nil {
 		for _, s := range servers {
 			s.ln.Close()
@@ -211,6 +220,9 @@ func runDaemon(c *cli.Context) error {
 	go func() {
 		<-ctx.Done()
 		log.Info("shutting down; sandboxes keep running")
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.Warn("tell systemd", "err", err)
+		}
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if preview != nil {
@@ -224,6 +236,10 @@ func runDaemon(c *cli.Context) error {
 	for _, s := range servers {
 		log.Info("nsbox daemon listening", "address", s.ln.Addr().String(), "tls", tlsCfg != nil && s.ln.Addr().Network() == "tcp", "version", version, "data", c.String("data-dir"))
 		go func() { served <- s.srv.Serve(s.ln) }()
+	}
+	// Every listener is open (and accepts: connections wait in its backlog until Serve takes them).
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("tell systemd", "err", err)
 	}
 	var errs []error
 	for range servers {

@@ -31,6 +31,15 @@ type Limits struct {
 	Pids        int64
 }
 
+// Stats is a container's resource use as its cgroup counts it.
+type Stats struct {
+	CPUNanos    uint64 // CPU time used by all its processes since it started
+	MemoryBytes uint64 // memory charged to it now (page cache included)
+	MemoryLimit uint64 // its memory limit; 0 when unlimited
+	Pids        uint64 // tasks in it now
+	OOMKills    uint64 // processes the kernel's OOM killer killed in it since it started
+}
+
 // Mount is a host path shown inside a container.
 type Mount struct {
 	Source, Target string
@@ -134,6 +143,10 @@ type Instance interface {
 	OpenRoot() (*sandboxfs.Root, error)
 	// IDs is the container's user namespace (zero: none).
 	IDs() rootfs.IDMap
+	// Stats reads the container's resource use from its cgroup (v1 or v2); OOMKills reads
+	// only Stats().OOMKills, one file instead of five.
+	Stats() (Stats, error)
+	OOMKills() (uint64, error)
 	// Freeze stops every process of the container until Thaw.
 	Freeze() error
 	Thaw() error

@@ -35,6 +35,10 @@ type instance struct {
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
 	cpus *cpuSets
+	// stats are the cgroup files Stats reads, found on its first call.
+	statsOnce sync.Once
+	stats     *cgroupFiles
+	statsErr  error
 }
 
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
@@ -286,6 +290,30 @@ func isContainerInit(pid int, cgroupPath string) bool {
 		}
 	}
 	return false
+}
+
+// Stats reads the container's resource use from its cgroup.
+func (i *instance) Stats() (backend.Stats, error) {
+	files, err := i.statFiles()
+	if err != nil {
+		return backend.Stats{}, err
+	}
+	return files.read()
+}
+
+// OOMKills reads how many of the container's processes the OOM killer killed.
+func (i *instance) OOMKills() (uint64, error) {
+	files, err := i.statFiles()
+	if err != nil {
+		return 0, err
+	}
+	return keyed(files.oom, "oom_kill")
+}
+
+// statFiles are the cgroup files of the container's stats, found on the first call.
+func (i *instance) statFiles() (*cgroupFiles, error) {
+	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
+	return i.stats, i.statsErr
 }
 
 // Freeze freezes every process of the container (cgroup freezer).

@@ -27,6 +27,8 @@
 //     `umoci raw unpack` or tar, and create from that image versus from busybox (images.go).
 //   - burst: 50 and 200 creates at once: throughput, latencies, and the daemon's threads and RSS
 //     before, during and after (burst.go).
+//   - stats: what reading every sandbox's resource use (GET /v1/stats, a /metrics scrape) costs
+//     the daemon with -stats-n sandboxes running (stats.go).
 //   - density: 1,000 idle sandboxes with a session each: time to create and remove them, memory
 //     per sandbox, the daemon's RSS, and the API's latency while they idle (density.go).
 //
@@ -68,6 +70,7 @@ const (
 type options struct {
 	nsbox            string
 	n, idle, density int
+	statsN           int
 	sections         map[string]bool
 }
 
@@ -93,10 +96,11 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
 	flag.IntVar(&o.density, "density", 1000, "idle sandboxes for the density measurement")
+	flag.IntVar(&o.statsN, "stats-n", 1000, "running sandboxes for the stats measurement")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
-	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
-		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
+	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 || o.density < 2 || o.statsN < 1 || o.statsN > 2000 {
+		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1, -density at least 2, -stats-n from 1 to 2000")
 	}
 	for _, s := range strings.Split(*only, ",") {
 		if s = strings.TrimSpace(s); !slices.Contains(sections, s) {
@@ -108,7 +112,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "network", "images", "burst", "density"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "network", "images", "burst", "stats", "density"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -185,6 +189,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["burst"] {
 		if err := b.burstSection(ctx); err != nil {
 			return fmt.Errorf("burst: %w", err)
+		}
+	}
+	if o.sections["stats"] {
+		if err := b.statsSection(ctx, o.statsN, min(o.n, 10)); err != nil {
+			return fmt.Errorf("stats: %w", err)
 		}
 	}
 	if o.sections["density"] {

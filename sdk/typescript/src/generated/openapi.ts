@@ -1126,6 +1126,89 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics
+         * @description The daemon's metrics in Prometheus's text exposition format: sandboxes by status and image, the warm pool, create, exec and remove latency, API requests by route and code, per-sandbox CPU, memory, pids, OOM kills, disk and network (labels `sandbox` and `image`), agent exits, OOM kills, nftables rules and conntrack entries, and the daemon's own Go and process metrics. Also served without authentication on `--metrics-listen`. docs/operations.md lists every metric.
+         */
+        get: operations["getMetrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow the daemon's events (Server-Sent Events)
+         * @description Streams what happens to sandboxes as Server-Sent Events named by their type (data: an Event), each flushed as it happens, until the client closes it. The daemon keeps the latest 4096 events: with `since`, those after the event numbered `since` are sent first (`since=0`: all kept). A platform keeps its state in sync by listing the sandboxes, then following from the `seq` the listing followed. A stream that falls 4096 events behind is ended with an `error` event (unavailable): reconnect with `since` the last `seq` read. Events are in memory: a daemon restart numbers them from 1 again.
+         */
+        get: operations["followEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every sandbox's resource use
+         * @description The stats of every sandbox the daemon knows, ordered by id. Every veth's counters come from one read; the agents of running sandboxes whose counts (`sessions`, `processes`) are older than 5-10 s are asked again, 16 at a time.
+         */
+        get: operations["listStats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * A sandbox's resource use
+         * @description CPU, memory, pids, OOM kills, disk, network, open sessions and running processes of one sandbox. Reading them is not activity (a paused sandbox stays paused, an idle one stays idle).
+         */
+        get: operations["getStats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -2122,6 +2205,60 @@ export interface components {
         ForkResult: {
             snapshot: components["schemas"]["Snapshot"];
             sandboxes: components["schemas"]["Sandbox"][];
+        };
+        /** @description A sandbox's traffic since its network was attached, as its host-side veth counts it, seen from the sandbox (rx: received by the sandbox). Zero in network mode `none`. */
+        NetworkStats: {
+            rxBytes: number;
+            rxPackets: number;
+            txBytes: number;
+            txPackets: number;
+        };
+        /** @description A sandbox's resource use at one moment, read from its cgroup (v1 or v2), its veth and its disk; its sessions and processes are counted by its agent. A sandbox that is not `running` or `paused` has zero figures. */
+        SandboxStats: {
+            id: string;
+            image: string;
+            /** @enum {string} */
+            status: "creating" | "running" | "paused" | "hibernated" | "stopping" | "failed";
+            /**
+             * Format: date-time
+             * @description When it was read.
+             */
+            time: string;
+            /** @description CPU time its processes used since it started. */
+            cpuSeconds: number;
+            /** @description CPU use since the previous reading of this sandbox's stats (by anyone), in percent of one CPU (200: two CPUs busy); on the first reading, its average since it was created. */
+            cpuPercent: number;
+            /** @description Memory charged to it, page cache included. */
+            memoryBytes: number;
+            /** @description Its memory limit; 0 when it has none. */
+            memoryLimitBytes: number;
+            /** @description Tasks (threads) in it. */
+            pids: number;
+            /** @description Processes the kernel's OOM killer killed in it. */
+            oomKills: number;
+            /** @description Used space of its disk (`limits.diskMB`); 0 without one. */
+            diskUsedBytes: number;
+            /** @description Size of its disk's file system; 0 without one. */
+            diskLimitBytes: number;
+            network: components["schemas"]["NetworkStats"];
+            /** @description Its open sessions; absent when its agent was not asked (not running: a paused agent is frozen) or did not answer. `GET /v1/stats` answers a sandbox's last count for 5 to 10 s before it asks its agent again (so that 1,000 sandboxes every second stay cheap); a sandbox's own stats always ask. */
+            sessions?: number;
+            /** @description Its running processes (of the processes API); absent, and reused by `GET /v1/stats`, as `sessions` is. */
+            processes?: number;
+        };
+        SandboxStatsList: components["schemas"]["SandboxStats"][];
+        /** @description One thing that happened to a sandbox. Types: `sandbox.created` (details: image), `sandbox.started`, `sandbox.paused`, `sandbox.resumed` (from paused or hibernated), `sandbox.hibernated`, `sandbox.stopping`, `sandbox.removed`, `sandbox.failed` (details: error), `sandbox.agent_exited` (pid), `sandbox.oom_killed` (count, total), `port.exposed` (port, protocol, hostPort), `port.unexposed` (port, protocol), `session.created` (session, user, shell), `session.ended` (session, reason), `process.exited` (process, status, exitCode, signal, error, oomKilled). The `sandbox.*` moves of the state machine carry `status` (the new one) and `from`. */
+        Event: {
+            /** @description Numbers the daemon's events from 1 since it started; give the last one seen as `since` to replay what followed. */
+            seq: number;
+            /** Format: date-time */
+            time: string;
+            /** @enum {string} */
+            type: "sandbox.created" | "sandbox.started" | "sandbox.paused" | "sandbox.resumed" | "sandbox.hibernated" | "sandbox.stopping" | "sandbox.removed" | "sandbox.failed" | "sandbox.oom_killed" | "sandbox.agent_exited" | "port.exposed" | "port.unexposed" | "session.created" | "session.ended" | "process.exited";
+            sandbox: string;
+            details?: {
+                [key: string]: string;
+            };
         };
     };
     responses: {
@@ -6545,6 +6682,185 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    getMetrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+        };
+    };
+    followEvents: {
+        parameters: {
+            query?: {
+                /** @description Replay the kept events after this `seq` first. */
+                since?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description `invalid_argument`: `since` is not a number. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `conflict`: The events after `since` are no longer kept, or `since` is after the last event (the daemon restarted): list the sandboxes, then follow from the `seq` the message names. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+        };
+    };
+    listStats: {
+        parameters: {
+            query?: {
+                /** @description `true` or `1`: answer Server-Sent Events, a `stats` event at once and then every second. */
+                stream?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxStatsList"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description `invalid_argument`: `stream` is not a boolean. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+        };
+    };
+    getStats: {
+        parameters: {
+            query?: {
+                /** @description `true` or `1`: answer Server-Sent Events, a `stats` event at once and then every second. */
+                stream?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxStats"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description `invalid_argument`: `stream` is not a boolean. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
                 };
             };
         };
