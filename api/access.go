@@ -49,8 +49,11 @@ type Endpoint struct {
 // answer (401, 403).
 type Check func(req *http.Request, access Access, session SessionFrom) (*http.Request, error)
 
-// Permissions of sessions and tokens.
+// Permissions of sessions and tokens (read, write), and the levels of a PermissionRule
+// (all four).
 const (
+	PermissionNone  = "none"
+	PermissionView  = "view"
 	PermissionRead  = "read"
 	PermissionWrite = "write"
 )

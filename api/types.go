@@ -70,6 +70,25 @@ type CreateSandboxRequest struct {
 	// image and files, and its env, labels, limits, cwd, user and network policy where the
 	// request gives none; its sessions come back with their saved state. Image must be empty.
 	FromSnapshot string `json:"fromSnapshot,omitempty"`
+	// Permissions are per-path rules for the workspace (see PermissionRule); none: write
+	// everywhere. They need a workspace.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
+}
+
+// PermissionRule gives the paths a pattern matches a level: none (they do not exist for the
+// sandbox), view (listed and stat-able, content unreadable), read (read-only) or write. A
+// pattern is /workspace or a path under it, or a path relative to /workspace, with shell
+// globs per component and ** for any number of components; the most specific matching
+// pattern wins, and "**" is the default.
+type PermissionRule struct {
+	Pattern string `json:"pattern"`
+	Level   string `json:"level"`
+}
+
+// PermissionsRequest is the body of PATCH /v1/sandboxes/{id}/permissions: the sandbox's new
+// rules, replacing its old ones.
+type PermissionsRequest struct {
+	Permissions []PermissionRule `json:"permissions"`
 }
 
 // EntrypointProcess is the id of the process a create with RunEntrypoint starts.
@@ -105,6 +124,8 @@ type Sandbox struct {
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
 	Capabilities []string `json:"capabilities,omitempty"`
+	// Permissions are its per-path rules for the workspace, as last set.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
 	// FromSnapshot is the snapshot the sandbox was made from, if any.
 	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
@@ -274,6 +295,11 @@ type CreateSessionRequest struct {
 	// Permission is write (default) or read: a read session runs nothing and changes no file
 	// (exec, terminal input, file writes, processes in it are refused with 403).
 	Permission string `json:"permission,omitempty"`
+	// Permissions are per-path rules for this session only, narrower than its sandbox's (a
+	// rule that would widen them is refused): its shell and everything it starts, and file
+	// calls made on its behalf, get the lower of the two levels. The sandbox must have been
+	// created with permissions.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
 }
 
 // Session states.

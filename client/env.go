@@ -24,3 +24,10 @@ func (c *Client) InSession(sessionID string) *Client {
 	cc.fileSession = sessionID
 	return &cc
 }
+
+// SetPermissions replaces the per-path rules of a sandbox created with permissions and
+// returns the sandbox (PATCH /v1/sandboxes/{id}/permissions).
+func (c *Client) SetPermissions(ctx context.Context, id string, rules []api.PermissionRule) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPatch, "/v1/sandboxes/"+url.PathEscape(id)+"/permissions", api.PermissionsRequest{Permissions: rules}, &sb)
+}

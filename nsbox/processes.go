@@ -38,6 +38,9 @@ func (r *Runtime) handleStartProcess(w http.ResponseWriter, req *http.Request) e
 		return err
 	}
 	id := req.PathValue("id")
+	if err := r.refuseConfined(id, body.SessionID, "processes"); err != nil {
+		return err
+	}
 	return r.processCall(w, req, http.StatusCreated, func(a *agentClient) (any, error) {
 		p, err := a.startProcess(req.Context(), body)
 		if err == nil {

@@ -32,6 +32,8 @@ type record struct {
 	// HeldIDs are the user namespace ids of a hibernated sandbox's container: its writable
 	// layer belongs to them, so they stay its own until it resumes on them or is removed.
 	HeldIDs *rootfs.IDMap `json:"heldIds,omitempty"`
+	// SessionPermissions are the rules of its sessions created with their own (permissions.go).
+	SessionPermissions map[string][]api.PermissionRule `json:"sessionPermissions,omitempty"`
 	// SnapshotLayers are the digests of the snapshot layers (topmost first) between its
 	// image's layers and its writable layer, when it was made from a snapshot.
 	SnapshotLayers []string `json:"snapshotLayers,omitempty"`

@@ -37,6 +37,9 @@ type Config struct {
 	DataDir string // metadata, images, sandbox upper dirs (e.g. /var/lib/nsbox)
 	RunDir  string // network state, per-container run dirs (e.g. /run/nsbox)
 	Version string
+	// Self is the nsbox binary, which runs the permission layers of workspaces with rules
+	// (permissions.go); "" refuses rules.
+	Self string
 	// Backend starts the sandboxes' containers; its run dir for a container must be
 	// <RunDir>/sandboxes/<container>.
 	Backend backend.Backend
@@ -386,6 +389,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := r.checkCapabilities(&req); err != nil {
 		return nil, err
 	}
+	if err := r.checkPermissions(&req); err != nil {
+		return nil, err
+	}
 	network, err := requestedNetwork(req.Network)
 	if err != nil {
 		return nil, err
@@ -419,7 +425,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd), User: req.User,
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
 			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
-			Capabilities: req.Capabilities, FromSnapshot: req.FromSnapshot,
+			Capabilities: req.Capabilities, FromSnapshot: req.FromSnapshot, Permissions: req.Permissions,
 		},
 		Container:      sc.inst.ID(),
 		ImageID:        imageID,

@@ -67,6 +67,7 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes/{id}/workspace/diff", api.AccessRead, api.SessionNone, (*Runtime).handleWorkspaceDiff},
 	{"GET", "/v1/sandboxes/{id}/workspace/export", api.AccessRead, api.SessionNone, (*Runtime).handleWorkspaceExport},
 	{"PATCH", "/v1/sandboxes/{id}/env", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handlePatchEnv},
+	{"PATCH", "/v1/sandboxes/{id}/permissions", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleSetPermissions},
 	{"PATCH", "/v1/sandboxes/{id}/network", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleSetNetwork},
 	{"POST", "/v1/sandboxes/{id}/ports", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleExposePort},
 	{"GET", "/v1/sandboxes/{id}/ports", api.AccessRead, api.SessionNone, (*Runtime).handleListPorts},

@@ -29,9 +29,18 @@ func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) 
 	if err != nil {
 		return err
 	}
+	narrow, err := r.checkSessionPermissions(l, body.Permissions)
+	if err != nil {
+		return err
+	}
 	s, created, err := l.agent.createSession(req.Context(), body)
 	if err != nil {
 		return l.failure(req.Context(), err)
+	}
+	if narrow != nil {
+		if err := r.confineSession(req.Context(), l, s, created, body.Permissions); err != nil {
+			return err
+		}
 	}
 	status := http.StatusOK
 	if created {
@@ -78,7 +87,13 @@ func (r *Runtime) Session(ctx context.Context, id, sid string) (*api.Session, er
 }
 
 func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
-	if err := r.sessionCall(w, req, (*agentClient).deleteSession); err != nil {
+	err := r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
+		if err := a.deleteSession(ctx, sid); err != nil {
+			return err
+		}
+		return r.forgetSession(req.PathValue("id"), sid)
+	})
+	if err != nil {
 		return err
 	}
 	r.ops.events.publish(api.EventSessionEnded, req.PathValue("id"), "session", req.PathValue("sid"), "reason", "deleted")

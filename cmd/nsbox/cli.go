@@ -40,6 +40,7 @@ func clientCommands() []*cli.Command {
 				&cli.BoolFlag{Name: "run-entrypoint", Usage: "start the image's Entrypoint + Cmd as the process \"entrypoint\" (nsbox logs ID entrypoint)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
+				&cli.StringSliceFlag{Name: "perm", Usage: "per-path rule for the workspace, PATTERN=LEVEL with LEVEL none, view, read or write, e.g. '**/.env=none' (repeatable; docs/permissions.md)"},
 				&cli.StringSliceFlag{Name: "cap-add", Usage: "capability beyond the default set, e.g. NET_RAW, among those the daemon allows (repeatable)"},
 				networkFlag(), allowFlag(),
 			}, storageFlags()...),
@@ -100,7 +101,7 @@ func clientCommands() []*cli.Command {
 		snapshotCommand(), forkCommand(),
 		sessionCommand(), tokenCommand(),
 		attachCommand(),
-		withSession(filesCommand()), withSession(cpCommand()), envCommand(),
+		withSession(filesCommand()), withSession(cpCommand()), envCommand(), permissionsCommand(),
 		diffCommand(), exportCommand(),
 		portCommand(), networkCommand(),
 		psCommand(), startCommand(), logsCommand(), killCommand(), waitCommand(), stdinCommand(),
@@ -149,6 +150,9 @@ func cmdCreate(c *cli.Context) error {
 		Capabilities: c.StringSlice("cap-add"),
 	}
 	if err := storageRequest(c, &req); err != nil {
+		return err
+	}
+	if req.Permissions, err = permRules(c.StringSlice("perm")); err != nil {
 		return err
 	}
 	sb, err := apiClient(c).CreateSandbox(c.Context, req)
@@ -339,17 +343,23 @@ func sessionCommand() *cli.Command {
 					&cli.StringFlag{Name: "cwd", Usage: "starting directory"},
 					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 					&cli.StringFlag{Name: "permission", Usage: "write (default) or read: a read session can be watched, not driven"},
+					&cli.StringSliceFlag{Name: "perm", Usage: "per-path rule for this session only, narrower than the sandbox's: PATTERN=LEVEL (repeatable; docs/permissions.md)"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return usageError("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] ID")
+						return usageError("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] [--perm PATTERN=LEVEL]... ID")
 					}
 					env, err := keyValues("env", c.StringSlice("env"))
 					if err != nil {
 						return err
 					}
+					rules, err := permRules(c.StringSlice("perm"))
+					if err != nil {
+						return err
+					}
 					s, err := apiClient(c).CreateSession(c.Context, c.Args().First(), api.CreateSessionRequest{
 						ID: c.String("id"), Shell: c.String("shell"), User: c.String("user"), Cwd: c.String("cwd"), Env: env, Permission: c.String("permission"),
+						Permissions: rules,
 					})
 					if err != nil {
 						return err

@@ -127,6 +127,7 @@ func runDaemon(c *cli.Context) error {
 	cfg := nsbox.Config{
 		DataDir:             c.String("data-dir"),
 		RunDir:              runDir,
+		Self:                exe,
 		Backend:             containers,
 		Version:             version,
 		Checkpoint:          nsbox.DetectCheckpoint(),

@@ -16,6 +16,8 @@
 //   - snapshots: a snapshot and forks of 1 and 10 versus `cp -a` of the upper dir, and a
 //     create from a snapshot versus a plain create (snapshots.go);
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
+//   - permissions: find, find + cat and tar over a 10,000-file workspace without and with
+//     per-path rules (permissions.go);
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
 //     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
 //   - network: exposing and unexposing a port, create with a network versus mode none, and
@@ -110,7 +112,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "files", "network", "images", "burst", "stats", "density"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "network", "images", "burst", "stats", "density"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -162,6 +164,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["storage"] {
 		if err := b.storageSection(ctx, o.n); err != nil {
 			return fmt.Errorf("storage: %w", err)
+		}
+	}
+	if o.sections["permissions"] {
+		if err := b.permissionsSection(ctx, o.n); err != nil {
+			return fmt.Errorf("permissions: %w", err)
 		}
 	}
 	if o.sections["files"] {
