@@ -588,6 +588,29 @@ export interface paths {
         patch: operations["patchSandboxEnv"];
         trace?: never;
     };
+    "/v1/sandboxes/{id}/permissions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Replace a sandbox's permission rules
+         * @description Replaces the per-path rules of a running sandbox created with permissions (a hibernated or paused one is woken first) and answers the sandbox with its new `permissions`. Every lookup and open from then on is checked against the new rules (the kernel's cached names are dropped at once); files already open stay open for what they were opened for (a file opened for writing stays writable until closed, a directory being listed finishes its listing). The rules are kept in the sandbox's record and survive a restart of the daemon and hibernation.
+         */
+        patch: operations["setSandboxPermissions"];
+        trace?: never;
+    };
     "/v1/sandboxes/{id}/network": {
         parameters: {
             query?: never;
@@ -1360,6 +1383,8 @@ export interface components {
             capabilities?: string[];
             /** @description Make the sandbox from this snapshot: its image and layers (read-only, under the sandbox's own new writable layer), and its env, labels, limits (each one the request leaves 0), cwd, user and network policy where the request gives none; the sessions come back with their saved state (cwd, exports, aliases, functions, history); no process of the source runs. `image` and `pull` must be absent. 404 when no snapshot has the id. While the sandbox exists the snapshot cannot be removed. */
             fromSnapshot?: string;
+            /** @description Per-path rules for the workspace, enforced by the kernel for every process in the sandbox and by the file API (a FUSE layer over the workspace, docs/permissions.md). They need a workspace (else 400); a bad pattern or level, a pattern outside /workspace or one given twice answers 400. */
+            permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description A sandbox as the API shows it. */
         Sandbox: {
@@ -1401,6 +1426,8 @@ export interface components {
             capabilities?: string[];
             /** @description The snapshot the sandbox was made from; absent when it was made from an image. */
             fromSnapshot?: string;
+            /** @description Its per-path rules for the workspace, as last set; absent when it has none. */
+            permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description Every sandbox, ordered by id; an empty array when there is none. */
         SandboxList: components["schemas"]["Sandbox"][];
@@ -1503,6 +1530,8 @@ export interface components {
              * @enum {string}
              */
             permission?: "read" | "write";
+            /** @description Per-path rules for this session only, narrower than its sandbox's: its shell and everything it starts (kept in a cgroup of its own that nothing in the sandbox can leave), and file calls made on its behalf (?sessionId=), get the lower of the sandbox's and the session's level. A rule that would widen the sandbox's, or rules on a sandbox created without permissions, answer 400; rules for a session that exists already 409. While the session has them, processes and code contexts started for it are refused (409), watches on its behalf too (403), and the sandbox cannot be hibernated (409). */
+            permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description A session as the API shows it. */
         Session: {
@@ -2259,6 +2288,21 @@ export interface components {
             details?: {
                 [key: string]: string;
             };
+        };
+        /** @description A per-path permission rule for the workspace (docs/permissions.md). */
+        PermissionRule: {
+            /** @description /workspace or a path under it, or a path relative to /workspace; shell globs per component (*, ?, [...]) and ** for any number of components (zero included: docs/** is docs and everything under it). The most specific matching pattern wins: a pattern without wildcards, then one naming entries (**\/.env) over one naming a subtree (src/**), then more literal components, then the lower level. "**" is the default; a path no rule matches is write. */
+            pattern: string;
+            /**
+             * @description none: not listed, not openable, not creatable (ENOENT; creating EACCES); view: listed and stat-able, content unreadable (EACCES); read: read-only (EACCES on writes); write: normal.
+             * @enum {string}
+             */
+            level: "none" | "view" | "read" | "write";
+        };
+        /** @description The new rules of a sandbox, replacing its old ones. */
+        PermissionsRequest: {
+            /** @description The new rules; [] is write everywhere. */
+            permissions: components["schemas"]["PermissionRule"][];
         };
     };
     responses: {
@@ -4664,6 +4708,89 @@ export interface operations {
                 };
             };
             /** @description `conflict`: The sandbox is not running: it is `creating` or `failed` (also when its agent could not be reached and the sandbox turned out to have failed). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            413: components["responses"]["PayloadTooLarge"];
+            /** @description `internal`: The metadata store failed (the agent was given the previous environment back). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+            /** @description `unavailable`: The sandbox's agent (its PID 1) cannot be reached; nothing was changed. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UnavailableError"];
+                };
+            };
+        };
+    };
+    setSandboxPermissions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PermissionsRequest"];
+            };
+        };
+        responses: {
+            /** @description The sandbox, with its new `permissions`. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sandbox"];
+                };
+            };
+            /** @description `invalid_argument`: Malformed body or an unknown field, a bad pattern or level, a pattern outside /workspace, or a pattern given twice. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: The sandbox is not running (`creating`, `failed`), or it was created without permissions (its workspace has no permission layer). */
             409: {
                 headers: {
                     [name: string]: unknown;
