@@ -144,10 +144,15 @@ func (c *Client) GetSandbox(ctx context.Context, id string) (*api.Sandbox, error
 	return &sb, c.do(ctx, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(id), nil, &sb)
 }
 
-// RemoveSandbox stops and removes a sandbox; force kills it without a grace period.
-func (c *Client) RemoveSandbox(ctx context.Context, id string, force bool) error {
+// RemoveOptions are how a sandbox is removed.
+type RemoveOptions struct {
+	Force bool // kill its processes at once, without the grace period of a graceful stop
+}
+
+// RemoveSandbox stops and removes a sandbox.
+func (c *Client) RemoveSandbox(ctx context.Context, id string, opts RemoveOptions) error {
 	path := "/v1/sandboxes/" + url.PathEscape(id)
-	if force {
+	if opts.Force {
 		path += "?force=true"
 	}
 	return c.do(ctx, http.MethodDelete, path, nil, nil)
@@ -204,9 +209,10 @@ func execRequest(ctx context.Context, req api.ExecRequest) api.ExecRequest {
 }
 
 // ExecStream runs a command like Exec but delivers its output as it is produced: onEvent gets
-// every event (start, stdout, stderr, exit). The returned result has empty Stdout and Stderr.
-// Like Exec, it kills the command when ctx ends first, unless ctx says KeepRunning.
-func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest, onEvent func(api.ExecEvent)) (*api.ExecResult, error) {
+// every event (start, stdout, stderr, exit); an error it returns ends the call with that
+// error (and, unless ctx says KeepRunning, the command). The returned result has empty Stdout
+// and Stderr. Like Exec, it kills the command when ctx ends first, unless ctx says KeepRunning.
+func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest, onEvent func(api.ExecEvent) error) (*api.ExecResult, error) {
 	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), "text/event-stream")
 	if err != nil {
 		return nil, err
@@ -218,7 +224,9 @@ func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest,
 		if err := json.Unmarshal(data, &ev); err != nil {
 			return false, fmt.Errorf("decode %s event: %w", event, err)
 		}
-		onEvent(ev)
+		if err := onEvent(ev); err != nil {
+			return false, err
+		}
 		result = ev.Result
 		return ev.Type == api.EventExit && ev.Result != nil, nil
 	})

@@ -22,11 +22,18 @@ type Terminal struct {
 	ws *websocket.Conn
 }
 
-// AttachTerminal attaches to a bash session's terminal. Reads start with the recent scrollback
-// (everything after cursor when cursor ≥ 0). A refused attach comes back as the daemon's
+// TerminalOptions are where an attached terminal's reads start.
+type TerminalOptions struct {
+	// Cursor: the scrollback after this cursor (a cursor the terminal gave earlier); nil: the
+	// recent scrollback.
+	Cursor *int64
+}
+
+// AttachTerminal attaches to a bash session's terminal. Reads start with the scrollback that
+// opts names. A refused attach comes back as the daemon's
 // *api.Error: not found (no such sandbox or session), conflict (the session has no terminal:
 // an sh session), permission denied, and so on.
-func (c *Client) AttachTerminal(ctx context.Context, id, sid string, cursor int64) (*Terminal, error) {
+func (c *Client) AttachTerminal(ctx context.Context, id, sid string, opts TerminalOptions) (*Terminal, error) {
 	if c.dial == nil {
 		return nil, errors.New("this client cannot open WebSockets (made with NewWithHTTPClient)")
 	}
@@ -38,8 +45,8 @@ func (c *Client) AttachTerminal(ctx context.Context, id, sid string, cursor int6
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	u := "ws" + strings.TrimPrefix(c.base, "http") + sessionsPath(id, sid) + "/terminal"
-	if cursor >= 0 {
-		u += fmt.Sprintf("?cursor=%d", cursor)
+	if opts.Cursor != nil {
+		u += fmt.Sprintf("?cursor=%d", *opts.Cursor)
 	}
 	cfg, err := websocket.NewConfig(u, "http://localhost")
 	if err != nil {

@@ -215,7 +215,7 @@ func cmdRemove(c *cli.Context) error {
 		return usageError("usage: nsbox rm [-f] ID...")
 	}
 	return eachArg(c.Args().Slice(), func(id string) error {
-		return apiClient(c).RemoveSandbox(c.Context, id, c.Bool("force"))
+		return apiClient(c).RemoveSandbox(c.Context, id, client.RemoveOptions{Force: c.Bool("force")})
 	})
 }
 
@@ -283,29 +283,26 @@ func runInSession(c *cli.Context, id string, req api.ExecRequest) error {
 		}
 		req.Stdin, req.StdinEncoding = base64.StdEncoding.EncodeToString(stdin), api.EncodingBase64
 	}
-	var writeErr error
-	res, err := apiClient(c).ExecStream(c.Context, id, req, func(ev api.ExecEvent) {
+	res, err := apiClient(c).ExecStream(c.Context, id, req, func(ev api.ExecEvent) error {
 		out := os.Stdout
 		switch ev.Type {
 		case api.EventStderr:
 			out = os.Stderr
 		case api.EventStdout:
 		default:
-			return
+			return nil
 		}
 		data, err := ev.Bytes()
 		if err == nil {
 			_, err = out.Write(data)
 		}
-		if err != nil && writeErr == nil {
-			writeErr = err
+		if err != nil {
+			return fmt.Errorf("write output: %w", err) // ends the command too
 		}
+		return nil
 	})
 	if err != nil {
 		return err
-	}
-	if writeErr != nil {
-		return fmt.Errorf("write output: %w", writeErr)
 	}
 	switch {
 	case res.TimedOut:

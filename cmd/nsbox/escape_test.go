@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 //go:embed testdata/escape.py
@@ -166,7 +167,7 @@ func TestEscapeResourcesContained(t *testing.T) {
 	}
 	othersAnswer("fork bomb")
 	t.Logf("fork bomb: pids limit met %d times", cgroupCounter(t, pid, "pids", "pids.events", "pids.events", "max"))
-	if err := d.client.RemoveSandbox(context.Background(), "forkbomb", true); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "forkbomb", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatalf("remove the fork bomb's sandbox: %v", err)
 	}
 	if alive(pid) {
@@ -189,7 +190,7 @@ func TestEscapeResourcesContained(t *testing.T) {
 	if out := d.sh("memhog", "echo still-here"); out != "still-here\n" {
 		t.Errorf("the memory hog's sandbox after the OOM kill: %q", out)
 	}
-	if err := d.client.RemoveSandbox(context.Background(), "memhog", false); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "memhog", client.RemoveOptions{}); err != nil {
 		t.Fatalf("remove the memory hog's sandbox: %v", err)
 	}
 
@@ -205,7 +206,7 @@ func TestEscapeResourcesContained(t *testing.T) {
 	}
 	t.Logf("disk filler: %q", out)
 	othersAnswer("disk filler")
-	if err := d.client.RemoveSandbox(context.Background(), "diskhog", false); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "diskhog", client.RemoveOptions{}); err != nil {
 		t.Fatalf("remove the disk filler's sandbox: %v", err)
 	}
 }

@@ -178,7 +178,7 @@ func (d *testDaemon) cleanup() {
 		t.Errorf("cleanup: list sandboxes: %v", err)
 	}
 	for _, sb := range list {
-		if err := d.client.RemoveSandbox(context.Background(), sb.ID, true); err != nil {
+		if err := d.client.RemoveSandbox(context.Background(), sb.ID, client.RemoveOptions{Force: true}); err != nil {
 			t.Errorf("cleanup: remove %s: %v", sb.ID, err)
 		}
 	}

@@ -194,10 +194,11 @@ func TestCanceledExecIsKilled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := d.client.ExecStream(ctx, "can", api.ExecRequest{Command: "sleep 1000"}, func(ev api.ExecEvent) {
+		_, err := d.client.ExecStream(ctx, "can", api.ExecRequest{Command: "sleep 1000"}, func(ev api.ExecEvent) error {
 			if ev.Type == api.EventStart {
 				cancel()
 			}
+			return nil
 		})
 		done <- err
 	}()
@@ -212,10 +213,11 @@ func TestCanceledExecIsKilled(t *testing.T) {
 
 	ctx, cancel = context.WithCancel(client.KeepRunning(context.Background()))
 	go func() {
-		_, err := d.client.ExecStream(ctx, "can", api.ExecRequest{Command: "sleep 0.5; echo kept > /tmp/kept"}, func(ev api.ExecEvent) {
+		_, err := d.client.ExecStream(ctx, "can", api.ExecRequest{Command: "sleep 0.5; echo kept > /tmp/kept"}, func(ev api.ExecEvent) error {
 			if ev.Type == api.EventStart {
 				cancel()
 			}
+			return nil
 		})
 		done <- err
 	}()

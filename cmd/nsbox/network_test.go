@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // The network tests only talk to addresses they made: sandboxes' addresses, the host's
@@ -567,7 +568,7 @@ func TestPortsSurviveKill9(t *testing.T) {
 	}
 
 	// rm removes the sandbox's network at once; the harness checks the rest after --cleanup.
-	if err := d.client.RemoveSandbox(context.Background(), "p", true); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "p", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if leaks := d.net.leaks(); len(leaks) != 0 && !(len(leaks) == 1 && strings.HasPrefix(leaks[0], "nftables table")) {

@@ -275,7 +275,7 @@ func TestOperations(t *testing.T) {
 		t.Fatal(status)
 	}
 
-	if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
+	if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	events.next(api.EventSandboxStopping, "ops")
@@ -385,7 +385,7 @@ func TestStatsStreamAndCLI(t *testing.T) {
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	lines := bufio.NewScanner(stdout)
 	d.create(api.CreateSandboxRequest{ID: "st2"})
-	if err := d.client.RemoveSandbox(ctx, "st2", true); err != nil {
+	if err := d.client.RemoveSandbox(ctx, "st2", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{api.EventSandboxCreated + "  st2", api.EventSandboxRemoved + "  st2"}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // doneWhenRules are issue 16's "Done when" rules.
@@ -106,7 +107,7 @@ func TestPermissions(t *testing.T) {
 		if _, err := d.client.WaitProcess(ctx, "perm", p.ID, api.WaitProcessRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		logs, err := d.client.ProcessLogs(ctx, "perm", p.ID, 0, 0)
+		logs, err := d.client.ProcessLogs(ctx, "perm", p.ID, client.LogsOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -229,7 +229,7 @@ func TestRemoteAccessOverTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.sh("box", "true") // the default session exists; ro's terminal is watched below
-		term, err := rc.AttachTerminal(context.Background(), "box", "ro", -1)
+		term, err := rc.AttachTerminal(context.Background(), "box", "ro", client.TerminalOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

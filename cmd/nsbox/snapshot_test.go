@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // snapshotSetup gives a sandbox of the host image files of every kind a writable layer
@@ -123,7 +124,7 @@ func TestSnapshotFork(t *testing.T) {
 		t.Errorf("snapshots after a daemon kill -9: %q %d", out, code)
 	}
 	// Removing the source keeps its snapshots usable.
-	if err := d.client.RemoveSandbox(ctx, "src", true); err != nil {
+	if err := d.client.RemoveSandbox(ctx, "src", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	d.create(api.CreateSandboxRequest{ID: "fs2", FromSnapshot: snapID})
@@ -156,7 +157,7 @@ func TestSnapshotFork(t *testing.T) {
 
 	// Once their sandboxes are gone, snapshots can be removed, and their layers go.
 	for _, sb := range append(fork.Sandboxes, api.Sandbox{ID: "fs"}, api.Sandbox{ID: "fs2"}, api.Sandbox{ID: "chained"}) {
-		if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
+		if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
 			t.Fatal(err)
 		}
 	}

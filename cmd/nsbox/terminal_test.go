@@ -71,7 +71,7 @@ func TestTerminalErrorsAndClose(t *testing.T) {
 		{"tt", "nosuch", api.CodeNotFound, `"nosuch"`},
 		{"tt", "plain", api.CodeConflict, "terminal"},
 	} {
-		_, err := sdk.AttachTerminal(ctx, c.id, c.sid, -1)
+		_, err := sdk.AttachTerminal(ctx, c.id, c.sid, client.TerminalOptions{})
 		var apiErr *api.Error
 		if !errors.As(err, &apiErr) || apiErr.Code != c.code || !strings.Contains(apiErr.Message, c.msg) {
 			t.Errorf("AttachTerminal(%s, %s) = %v, want an *api.Error %s with %q", c.id, c.sid, err, c.code, c.msg)
@@ -113,7 +113,7 @@ func TestTerminalReplayAsksNothing(t *testing.T) {
 	d.sh("vim", "true")
 	ctx := context.Background()
 	sdk := client.New(d.socket)
-	live, err := sdk.AttachTerminal(ctx, "vim", "default", -1)
+	live, err := sdk.AttachTerminal(ctx, "vim", "default", client.TerminalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestTerminalReplayAsksNothing(t *testing.T) {
 		}
 	}
 
-	again, err := sdk.AttachTerminal(ctx, "vim", "default", -1)
+	again, err := sdk.AttachTerminal(ctx, "vim", "default", client.TerminalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

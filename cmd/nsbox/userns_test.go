@@ -177,7 +177,7 @@ func TestUserNamespaceSessionsAndFiles(t *testing.T) {
 	if !api.IsCode(err, api.CodeInvalidArgument) {
 		t.Errorf("a uid outside the user namespace: %v", err)
 	}
-	if _, err := d.client.MoveFile(ctx, sb.ID, "/tmp/api", "/root/moved", false); err != nil {
+	if _, err := d.client.MoveFile(ctx, sb.ID, "/tmp/api", "/root/moved", client.MoveOptions{}); err != nil {
 		t.Errorf("move: %v", err)
 	}
 	// nsbox cp, both ways.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // densitySection creates count idle busybox sandboxes (each with its default session running),
@@ -86,7 +87,7 @@ func (b *bench) densitySection(ctx context.Context, count int) (err error) {
 		return err
 	}
 	start = time.Now()
-	if err := onWorkers(2, count, func(i int) error { return d.client.RemoveSandbox(ctx, id(i), true) }); err != nil {
+	if err := onWorkers(2, count, func(i int) error { return d.client.RemoveSandbox(ctx, id(i), client.RemoveOptions{Force: true}) }); err != nil {
 		return err
 	}
 	removed := time.Since(start)

@@ -56,6 +56,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 const (
@@ -306,7 +307,7 @@ func nsboxCycle(d *daemon, phases map[string][]time.Duration) func(context.Conte
 		_, execErr := execOK(ctx, d, sb.ID, api.ExecRequest{Argv: []string{"true"}})
 		lap("exec", start)
 		start = time.Now()
-		if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
+		if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
 			return errors.Join(execErr, fmt.Errorf("remove sandbox %s: %w", sb.ID, err))
 		}
 		lap("remove", start)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // snapshotFiles and snapshotFileKB are the writable layer the snapshots section forks: that
@@ -59,13 +60,15 @@ func (b *bench) snapshotsSection(ctx context.Context, n int) (err error) {
 	unfork := func(ctx context.Context) error {
 		var errs []error
 		for _, sb := range made.Sandboxes {
-			errs = append(errs, d.client.RemoveSandbox(ctx, sb.ID, true))
+			errs = append(errs, d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}))
 		}
 		return errors.Join(append(errs, d.client.DeleteSnapshot(ctx, made.Snapshot.ID))...)
 	}
 	var snap *api.Snapshot
 	var created *api.Sandbox
-	removeCreated := func(ctx context.Context) error { return d.client.RemoveSandbox(ctx, created.ID, true) }
+	removeCreated := func(ctx context.Context) error {
+		return d.client.RemoveSandbox(ctx, created.ID, client.RemoveOptions{Force: true})
+	}
 	cases := []benchCase{
 		{name: "snapshot", ref: "cp -a of the upper dir", run: func(ctx context.Context) (err error) {
 			snap, err = d.client.CreateSnapshot(ctx, src.ID, api.CreateSnapshotRequest{})

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // statsBatch is how many sandboxes the stats section creates or removes at once.
@@ -124,7 +125,7 @@ func (b *bench) statsSection(ctx context.Context, n, reps int) (err error) {
 	start = time.Now()
 	for done := 0; done < n; done += statsBatch {
 		if _, err := inParallel(ctx, min(statsBatch, n-done), func(ctx context.Context, i int) error {
-			return d.client.RemoveSandbox(ctx, fmt.Sprintf("stats-%04d", done+i), true)
+			return d.client.RemoveSandbox(ctx, fmt.Sprintf("stats-%04d", done+i), client.RemoveOptions{Force: true})
 		}); err != nil {
 			return fmt.Errorf("remove the sandboxes: %w", err)
 		}
