@@ -1,14 +1,12 @@
 package main
 
 import (
-	"crypto/sha256"
 	"embed"
-	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
-
-	"github.com/nsbox/nsbox/internal/atomicfile"
+	"strings"
 )
 
 // agentFiles holds the small agent binary (cmd/nsbox-agent) when make build put it there.
@@ -19,26 +17,46 @@ var agentFiles embed.FS
 // agentBinary is the host path of the binary sandboxes run as their agent: the embedded
 // nsbox-agent, written once under dir by its hash (7 MB, where nsbox is 32: each idle agent
 // holds 1.5 MB of private memory instead of 3.8), or self, whose hidden `agent` command does
-// the same, when nothing is embedded (a plain go build).
+// the same, when nothing is embedded (a plain go build). The hash comes from a file make build
+// writes beside it, so that a daemon whose agent is already on disk never reads the 7 MB.
 func agentBinary(dir, self string) (string, error) {
-	data, err := agentFiles.ReadFile("agentbin/nsbox-agent")
+	sum, err := agentFiles.ReadFile("agentbin/nsbox-agent.sum")
 	if err != nil {
 		return self, nil
 	}
-	sum := sha256.Sum256(data)
-	path := filepath.Join(dir, "nsbox-agent-"+hex.EncodeToString(sum[:8]))
-	if fi, err := os.Stat(path); err == nil && fi.Size() == int64(len(data)) && fi.Mode().Perm() == 0o755 {
+	path := filepath.Join(dir, "nsbox-agent-"+strings.TrimSpace(string(sum)))
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == 0o755 {
 		return path, nil
 	}
+	bin, err := agentFiles.Open("agentbin/nsbox-agent")
+	if err != nil {
+		return "", fmt.Errorf("the embedded agent binary: %w", err)
+	}
+	defer bin.Close()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("make agent dir: %w", err)
 	}
-	if err := atomicfile.Write(path, data); err != nil {
+	tmp, err := os.CreateTemp(dir, ".nsbox-agent-")
+	if err != nil {
 		return "", fmt.Errorf("write the agent binary: %w", err)
 	}
+	defer os.Remove(tmp.Name()) // gone once renamed
+	_, err = io.Copy(tmp, bin)
+	if err == nil {
+		err = tmp.Sync()
+	}
 	// Not writable by anyone, executable by the sandboxes' roots (other users on the host).
-	if err := os.Chmod(path, 0o755); err != nil {
-		return "", fmt.Errorf("make the agent binary executable: %w", err)
+	if err == nil {
+		err = tmp.Chmod(0o755)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("write the agent binary %s: %w", path, err)
 	}
 	return path, nil
 }

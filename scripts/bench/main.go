@@ -65,7 +65,7 @@ const (
 	cycleTarget         = 0.5 // nsbox's median cycle as a fraction of runc's
 	execTarget          = 1.0 // a command in a warm session as a fraction of `nsenter -a true`
 	createSessionTarget = 0.2 // a session's creation as a fraction of `runc exec true`
-	memTargetMB         = 4.0 // PSS per idle sandbox, the daemon's share included
+	memTargetMB         = 1.5 // PSS per idle sandbox, the daemon's share included (issue 20)
 )
 
 type options struct {
