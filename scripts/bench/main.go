@@ -448,7 +448,7 @@ func (b *bench) memorySection(ctx context.Context, count int) (err error) {
 	fmt.Fprintf(w, "PSS of daemon\t%.1f MB (%.2f MB per sandbox)\t\n", mb(m.daemonKB), mb(m.daemonKB)/float64(count))
 	fmt.Fprintf(w, "total\t%.1f MB = %.2f MB per sandbox\t\n", mb(m.sandboxKB+m.daemonKB), each)
 	w.Flush()
-	fmt.Printf("target: ≤ %.0f MB per idle sandbox: %s\n\n", memTargetMB, verdict(each <= memTargetMB))
+	fmt.Printf("target: ≤ %.1f MB per idle sandbox: %s\n\n", memTargetMB, verdict(each <= memTargetMB))
 	return nil
 }
 
