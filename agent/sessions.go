@@ -180,13 +180,22 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	send := func(ev api.ExecEvent) { _ = events.Send(ev.Type, ev) }
 	sid := s.Info().ID
 	started := false
+	// What is beyond a stream's cap is read (the command does not block) and dropped. Each
+	// stream's chunks come from one goroutine at a time.
+	stdout, stderr := &api.OutputLimit{Max: req.MaxOutputBytes}, &api.OutputLimit{Max: req.MaxOutputBytes}
 	res, err := s.Exec(ctx, sreq, func(kind string, data []byte) {
-		if kind == session.Started {
+		limit := stdout
+		switch kind {
+		case session.Started:
 			started = true
 			send(api.ExecEvent{Type: api.EventStart, SessionID: sid})
 			return
+		case api.EventStderr:
+			limit = stderr
 		}
-		send(api.OutputEvent(kind, data))
+		if data = limit.Keep(data); len(data) > 0 {
+			send(api.OutputEvent(kind, data))
+		}
 	})
 	if err != nil {
 		err = fmt.Errorf("exec in session %q: %w", sid, sessionError(err))
@@ -197,10 +206,12 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 		_ = events.SendError(err)
 		return nil
 	}
-	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &api.ExecResult{
-		ExitCode: res.ExitCode, Encoding: api.EncodingUTF8, TimedOut: res.TimedOut, Canceled: res.Canceled,
-		DurationMs: res.Duration.Milliseconds(), SessionID: sid, SessionEnded: res.SessionEnded, SessionReset: res.Reset,
-	}})
+	result := api.NewExecResult(res.ExitCode, nil, nil)
+	result.TimedOut, result.Canceled, result.DurationMs = res.TimedOut, res.Canceled, res.Duration.Milliseconds()
+	result.SessionID, result.SessionEnded, result.SessionReset = sid, res.SessionEnded, res.Reset
+	result.StdoutTruncated, result.StderrTruncated = stdout.Truncated, stderr.Truncated
+	result.Truncated = stdout.Truncated || stderr.Truncated
+	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &result})
 	return nil
 }
 
@@ -218,6 +229,9 @@ func sessionRequest(req *api.ExecRequest) (session.ExecRequest, error) {
 	}
 	if err := api.CheckEnv(req.Env); err != nil {
 		return out, err
+	}
+	if req.MaxOutputBytes < 0 {
+		return out, api.Errorf(api.CodeInvalidArgument, "maxOutputBytes must not be negative")
 	}
 	if req.Stdin != "" {
 		stdin, err := req.StdinBytes()

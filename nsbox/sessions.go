@@ -13,12 +13,6 @@ import (
 // Sessions live in the sandbox's agent (package agent, package session); the daemon checks
 // requests and relays them through its typed agent client.
 
-// maxExecOutput bounds what an exec answered as one JSON document keeps of each stream
-// (the rest is read and dropped, and the result says truncated): the daemon holds the output,
-// its string and its JSON encoding at once, so one such call costs it at most ~6× this.
-// Streamed (SSE) execs pass the output on as it comes and have no bound.
-const maxExecOutput = 16 << 20
-
 func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSessionRequest
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
@@ -98,7 +92,8 @@ func (r *Runtime) sessionCall(w http.ResponseWriter, req *http.Request, call fun
 
 // handleExec runs a command in a session: the one named in the path, in the body, or the
 // sandbox's default session. With Accept: text/event-stream the events stream as SSE as the
-// output is produced; otherwise the answer is one ExecResult when the command has finished.
+// output is produced; otherwise the answer is one ExecResult when the command has finished,
+// its output spooled until then (output.go).
 func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExecRequest
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
@@ -119,6 +114,17 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	if _, err := body.StdinBytes(); err != nil {
 		return err
 	}
+	stream := api.WantsEventStream(req)
+	if body.MaxOutputBytes < 0 {
+		return api.Errorf(api.CodeInvalidArgument, "maxOutputBytes must not be negative")
+	}
+	if !stream {
+		// The agent keeps to the cap too, so what would be dropped is not even sent.
+		var err error
+		if body.MaxOutputBytes, err = r.outputCap(body.MaxOutputBytes); err != nil {
+			return err
+		}
+	}
 	l, err := r.running(req.PathValue("id"))
 	if err != nil {
 		return err
@@ -128,16 +134,17 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		return l.failure(req.Context(), err)
 	}
 	defer events.Close()
-	if api.WantsEventStream(req) {
+	if stream {
 		relayEvents(api.NewSSEWriter(w), events, api.EventExit)
 		return nil
 	}
-	res, err := collectResult(events)
+	out := r.newOutput(body.MaxOutputBytes)
+	defer out.close()
+	res, err := collectResult(events, out)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	api.WriteJSON(w, http.StatusOK, res)
-	return nil
+	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
 }
 
 // nextExecEvent reads the next event of an exec's stream.
@@ -159,32 +166,9 @@ func streamError(err error) error {
 	return api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)
 }
 
-// output gathers a command's stdout and stderr, each up to maxExecOutput.
-type output struct {
-	stdout, stderr []byte
-	truncated      bool
-}
-
-// add appends one output event's data to its stream.
-func (o *output) add(stream, data, encoding string) error {
-	b, err := api.DecodeData(data, encoding)
-	if err != nil {
-		return fmt.Errorf("decode %s event: %w", stream, err)
-	}
-	buf := &o.stdout
-	if stream == api.EventStderr {
-		buf = &o.stderr
-	}
-	if room := maxExecOutput - len(*buf); len(b) > room {
-		b, o.truncated = b[:room], true
-	}
-	*buf = append(*buf, b...)
-	return nil
-}
-
-// collectResult gathers a whole exec into one result.
-func collectResult(events *eventStream) (*api.ExecResult, error) {
-	var out output
+// collectResult gathers a whole exec: its output into out, and its result, whose Stdout and
+// Stderr stay empty (they are written from out).
+func collectResult(events *eventStream, out *output) (*api.ExecResult, error) {
 	for {
 		ev, err := nextExecEvent(events)
 		if err != nil {
@@ -199,10 +183,12 @@ func collectResult(events *eventStream) (*api.ExecResult, error) {
 			if ev.Result == nil {
 				return nil, fmt.Errorf("exit event without a result")
 			}
-			res := api.NewExecResult(ev.Result.ExitCode, out.stdout, out.stderr)
-			res.TimedOut, res.Canceled, res.DurationMs = ev.Result.TimedOut, ev.Result.Canceled, ev.Result.DurationMs
-			res.SessionID, res.SessionEnded, res.SessionReset = ev.Result.SessionID, ev.Result.SessionEnded, ev.Result.SessionReset
-			res.Truncated = out.truncated
+			res := *ev.Result
+			res.Stdout, res.Stderr = "", ""
+			res.StdoutEncoding, res.StderrEncoding = out.stdout.encoding(), out.stderr.encoding()
+			res.StdoutTruncated = res.StdoutTruncated || out.stdout.limit.Truncated
+			res.StderrTruncated = res.StderrTruncated || out.stderr.limit.Truncated
+			res.Truncated = res.StdoutTruncated || res.StderrTruncated
 			return &res, nil
 		}
 	}
