@@ -90,35 +90,34 @@ func (o *output) close() {
 	o.stderr.close()
 }
 
-// writeAnswer answers 200 with v (a result struct whose "stdout" and "stderr" fields are
-// left empty) as JSON, its "stdout" and "stderr" written from the spools in the encodings
-// given. Errors once the answer has started (the client went away) are only logged.
+// emptyOutput is how a result struct with empty Stdout and Stderr (declared one after the
+// other, before any field that could hold this text) looks in JSON.
+const emptyOutput = `"stdout":"","stderr":""`
+
+// writeAnswer answers 200 with v (a result whose Stdout and Stderr are empty) as JSON, its
+// "stdout" and "stderr" written from the spools in the encodings given. Errors once the answer
+// has started (the client went away) are only logged.
 func (r *Runtime) writeAnswer(w http.ResponseWriter, v any, o *output, stdoutEnc, stderrEnc string) error {
-	var fields map[string]json.RawMessage
 	head, err := json.Marshal(v)
-	if err == nil {
-		err = json.Unmarshal(head, &fields)
-	}
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
-	delete(fields, "stdout")
-	delete(fields, "stderr")
-	if head, err = json.Marshal(fields); err != nil {
-		return fmt.Errorf("encode result: %w", err)
+	at := bytes.Index(head, []byte(emptyOutput))
+	if at < 0 {
+		return fmt.Errorf("encode result: %T has no empty stdout and stderr", v)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 256<<10)
-	_, _ = bw.WriteString(`{"stdout":`)
+	_, _ = bw.Write(head[:at])
+	_, _ = bw.WriteString(`"stdout":`)
 	err = o.stdout.writeJSON(bw, stdoutEnc)
 	if err == nil {
 		_, _ = bw.WriteString(`,"stderr":`)
 		err = o.stderr.writeJSON(bw, stderrEnc)
 	}
 	if err == nil {
-		_ = bw.WriteByte(',')
-		_, _ = bw.Write(head[1:])
+		_, _ = bw.Write(head[at+len(emptyOutput):])
 		_ = bw.WriteByte('\n')
 		err = bw.Flush()
 	}

@@ -238,13 +238,13 @@ func TestExecOutputIsByteExact(t *testing.T) {
 	}
 	res := d.exec("bytes", api.ExecRequest{Argv: []string{"cat"}, Stdin: base64.StdEncoding.EncodeToString(all), StdinEncoding: "base64"})
 	stdout, _, err := res.Output()
-	if err != nil || string(stdout) != string(all) || res.Encoding != api.EncodingBase64 {
-		t.Fatalf("256 byte values through cat: %v encoding %s, got %q", err, res.Encoding, stdout)
+	if err != nil || string(stdout) != string(all) || res.StdoutEncoding != api.EncodingBase64 || res.StderrEncoding != api.EncodingUTF8 {
+		t.Fatalf("256 byte values through cat: %v encodings %s %s, got %q", err, res.StdoutEncoding, res.StderrEncoding, stdout)
 	}
 	res = d.exec("bytes", api.ExecRequest{Command: `printf 'a\0b\r\nno newline'; printf 'err\n' >&2`})
 	stdout, stderr, _ := res.Output()
-	if string(stdout) != "a\x00b\r\nno newline" || string(stderr) != "err\n" || res.Encoding != api.EncodingUTF8 {
-		t.Fatalf("NUL, CR and a missing newline: %q %q %s", stdout, stderr, res.Encoding)
+	if string(stdout) != "a\x00b\r\nno newline" || string(stderr) != "err\n" || res.StdoutEncoding != api.EncodingUTF8 || res.StderrEncoding != api.EncodingUTF8 {
+		t.Fatalf("NUL, CR and a missing newline: %q %q %s %s", stdout, stderr, res.StdoutEncoding, res.StderrEncoding)
 	}
 	// A background job does not hold the exec open.
 	start := time.Now()
