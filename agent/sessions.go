@@ -151,10 +151,10 @@ func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// handleExec runs a command in a session and streams its events as Server-Sent Events (the
-// event name is the ExecEvent's type, its data the whole ExecEvent): start, then stdout/stderr
-// chunks as they are produced, then exit with the result. The stream (and the 200) starts when
-// the command does; errors before that are plain error answers.
+// handleExec runs a command in a session and streams its events as frames (api.FrameWriter):
+// start, then stdout/stderr chunks as they are produced (their raw bytes), then exit with the
+// result. The stream (and the 200) starts when the command does; errors before that are plain
+// error answers.
 func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	var req api.ExecRequest
 	// DecodeJSON reads the body to its end: only then does the server notice, and cancel
@@ -175,9 +175,9 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	if req.KillOnDisconnect {
 		ctx = r.Context()
 	}
-	events := api.NewSSEWriter(w)
+	events := api.NewFrameWriter(w)
 	// Sends fail once the client went away; the command goes on all the same.
-	send := func(ev api.ExecEvent) { _ = events.Send(ev.Type, ev) }
+	send := func(ev api.ExecEvent) { _ = events.SendJSON(ev.Type, ev) }
 	sid := s.Info().ID
 	started := false
 	// What is beyond a stream's cap is read (the command does not block) and dropped. Each
@@ -194,7 +194,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 			limit = stderr
 		}
 		if data = limit.Keep(data); len(data) > 0 {
-			send(api.OutputEvent(kind, data))
+			_ = events.Send(kind, data)
 		}
 	})
 	if err != nil {

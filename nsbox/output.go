@@ -72,12 +72,17 @@ func (r *Runtime) newOutput(max int64) *output {
 	return o
 }
 
-// add appends one output event's data to its stream.
+// add appends one output event's data, encoded, to its stream.
 func (o *output) add(stream, data, encoding string) error {
 	b, err := api.DecodeData(data, encoding)
 	if err != nil {
 		return fmt.Errorf("decode %s event: %w", stream, err)
 	}
+	return o.write(stream, b)
+}
+
+// write appends output bytes to a stream (api.EventStdout or api.EventStderr).
+func (o *output) write(stream string, b []byte) error {
 	if stream == api.EventStderr {
 		return o.stderr.write(b)
 	}
@@ -208,34 +213,14 @@ func (s *spool) close() {
 	}
 }
 
-// jsonEscape is, for each byte value, what stands for it inside a JSON string ("": itself).
-var jsonEscape = func() (t [256]string) {
-	for c := range 0x20 {
-		t[c] = fmt.Sprintf(`\u%04x`, c)
-	}
-	t['\n'], t['\r'], t['\t'], t['"'], t['\\'] = `\n`, `\r`, `\t`, `\"`, `\\`
-	return t
-}()
-
-// copyEscaped copies valid UTF-8 text from rd to w as the inside of a JSON string. Only ASCII
-// bytes are escaped, so chunks may split characters.
+// copyEscaped copies valid UTF-8 text from rd to w as the inside of a JSON string.
 func copyEscaped(w *bufio.Writer, rd io.Reader) error {
 	chunk := make([]byte, 256<<10)
+	var escaped []byte
 	for {
 		n, err := rd.Read(chunk)
-		b := chunk[:n]
-		for len(b) > 0 {
-			i := 0
-			for i < len(b) && jsonEscape[b[i]] == "" {
-				i++
-			}
-			_, _ = w.Write(b[:i])
-			if i < len(b) {
-				_, _ = w.WriteString(jsonEscape[b[i]])
-				i++
-			}
-			b = b[i:]
-		}
+		escaped = api.AppendJSONText(escaped[:0], chunk[:n])
+		_, _ = w.Write(escaped)
 		if err == io.EOF {
 			return nil
 		}

@@ -135,7 +135,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	}
 	defer events.Close()
 	if stream {
-		relayEvents(api.NewSSEWriter(w), events, api.EventExit)
+		relayExec(api.NewSSEWriter(w), events)
 		return nil
 	}
 	out := r.newOutput(body.MaxOutputBytes)
@@ -145,15 +145,6 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		return l.failure(req.Context(), err)
 	}
 	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
-}
-
-// nextExecEvent reads the next event of an exec's stream.
-func nextExecEvent(events *eventStream) (*api.ExecEvent, error) {
-	var ev api.ExecEvent
-	if _, err := events.NextJSON(&ev); err != nil {
-		return nil, streamError(err)
-	}
-	return &ev, nil
 }
 
 // streamError is the error of an agent's stream that ended before its last event: the agent's
@@ -166,22 +157,23 @@ func streamError(err error) error {
 	return api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)
 }
 
-// collectResult gathers a whole exec: its output into out, and its result, whose Stdout and
-// Stderr stay empty (they are written from out).
+// collectResult gathers a whole exec from the agent's frames: its output into out, and its
+// result, whose Stdout and Stderr stay empty (they are written from out).
 func collectResult(events *eventStream, out *output) (*api.ExecResult, error) {
 	for {
-		ev, err := nextExecEvent(events)
+		name, data, err := events.Next()
 		if err != nil {
-			return nil, err
+			return nil, streamError(err)
 		}
-		switch ev.Type {
+		switch name {
 		case api.EventStdout, api.EventStderr:
-			if err := out.add(ev.Type, ev.Data, ev.Encoding); err != nil {
+			if err := out.write(name, data); err != nil {
 				return nil, err
 			}
 		case api.EventExit:
-			if ev.Result == nil {
-				return nil, fmt.Errorf("exit event without a result")
+			var ev api.ExecEvent
+			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
+				return nil, fmt.Errorf("exit event without a result: %q", data)
 			}
 			res := *ev.Result
 			res.Stdout, res.Stderr = "", ""
@@ -190,6 +182,26 @@ func collectResult(events *eventStream, out *output) (*api.ExecResult, error) {
 			res.StderrTruncated = res.StderrTruncated || out.stderr.limit.Truncated
 			res.Truncated = res.StdoutTruncated || res.StderrTruncated
 			return &res, nil
+		}
+	}
+}
+
+// relayExec streams an exec's frames to the client as Server-Sent Events as they come: output
+// chunks encoded as ExecEvents, every other event as it is (see relayEvents).
+func relayExec(out *api.SSEWriter, events *eventStream) {
+	var buf []byte
+	for {
+		name, data, err := events.Next()
+		if err != nil {
+			_ = out.SendError(streamError(err))
+			return
+		}
+		if name == api.EventStdout || name == api.EventStderr {
+			buf = api.AppendOutputEvent(buf[:0], name, data)
+			data = buf
+		}
+		if out.SendRaw(name, data) != nil || name == api.EventExit {
+			return
 		}
 	}
 }
@@ -225,7 +237,7 @@ func relayEvents(out *api.SSEWriter, events *eventStream, last string) {
 			_ = out.SendError(streamError(err))
 			return
 		}
-		if out.Send(name, json.RawMessage(data)) != nil || name == last {
+		if out.SendRaw(name, data) != nil || name == last {
 			return
 		}
 	}
