@@ -151,13 +151,17 @@ func (f *FrameReader) NextJSON(v any) (event string, err error) {
 	return event, nil
 }
 
-// jsonEscape is, for each byte value, what stands for it inside a JSON string ("": itself).
-var jsonEscape = func() (t [256]string) {
+// jsonEscape is, for each byte value, what stands for it inside a JSON string ("": itself),
+// and jsonPlain whether that is itself.
+var jsonEscape, jsonPlain = func() (t [256]string, plain [256]bool) {
 	for c := range 0x20 {
 		t[c] = fmt.Sprintf(`\u%04x`, c)
 	}
 	t['\n'], t['\r'], t['\t'], t['"'], t['\\'] = `\n`, `\r`, `\t`, `\"`, `\\`
-	return t
+	for c := range t {
+		plain[c] = t[c] == ""
+	}
+	return t, plain
 }()
 
 // AppendJSONText appends valid UTF-8 text b to dst as the inside of a JSON string (without
@@ -166,7 +170,7 @@ var jsonEscape = func() (t [256]string) {
 func AppendJSONText(dst, b []byte) []byte {
 	for len(b) > 0 {
 		i := 0
-		for i < len(b) && jsonEscape[b[i]] == "" {
+		for i < len(b) && jsonPlain[b[i]] {
 			i++
 		}
 		dst = append(dst, b[:i]...)
