@@ -9,7 +9,10 @@ import (
 	"regexp"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
@@ -52,21 +55,26 @@ func (b *bench) outputSection(ctx context.Context, n int) (err error) {
 		}
 		fmt.Printf("output %s, 100 MiB: 1 warm-up, then %d measured rounds, each case once per round in random order\n", f.name, rounds)
 		samples := map[string][]time.Duration{}
+		// CPU time of the client (this process), the daemon and the agent, per case.
+		cpu := map[string][][3]time.Duration{}
 		for i := range 1 + rounds {
 			order := []int{0, 1, 2, 3}
 			rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
 			for _, k := range order {
+				before := cpuTimes(sb.PID, pid)
 				took, err := outputCase(ctx, d.client, sb.ID, k, f.path, size)
 				if err != nil {
 					return fmt.Errorf("%s %s (round %d): %w", f.name, outputCases[k].name, i+1, err)
 				}
+				after := cpuTimes(sb.PID, pid)
 				if i > 0 {
 					samples[outputCases[k].name] = append(samples[outputCases[k].name], took)
+					cpu[outputCases[k].name] = append(cpu[outputCases[k].name], [3]time.Duration{after[0] - before[0], after[1] - before[1], after[2] - before[2]})
 				}
 			}
 		}
 		w := newTable()
-		fmt.Fprintln(w, "name\tmedian MB/s\tmin MB/s\tmax MB/s\tmedian ÷ peer's\t")
+		fmt.Fprintln(w, "name\tmedian MB/s\tmin MB/s\tmax MB/s\tCPU s client/daemon/agent (mean)\tmedian ÷ peer's\t")
 		for _, c := range outputCases {
 			s := summarize(samples[c.name])
 			rate := func(d time.Duration) string { return fmt.Sprintf("%.0f", size/d.Seconds()/1e6) }
@@ -74,7 +82,13 @@ func (b *bench) outputSection(ctx context.Context, n int) (err error) {
 			for _, peer := range c.peers { // throughput ratios: the peer's median time ÷ this case's
 				vs += fmt.Sprintf("%.2f× %s  ", float64(median(samples[peer]))/float64(s.median), peer)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t\n", c.name, rate(s.median), rate(s.max), rate(s.min), vs)
+			var sum [3]time.Duration
+			for _, t := range cpu[c.name] {
+				sum[0], sum[1], sum[2] = sum[0]+t[0], sum[1]+t[1], sum[2]+t[2]
+			}
+			n := time.Duration(len(cpu[c.name]))
+			cpuCol := fmt.Sprintf("%.2f / %.2f / %.2f", (sum[0] / n).Seconds(), (sum[1] / n).Seconds(), (sum[2] / n).Seconds())
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t\n", c.name, rate(s.median), rate(s.max), rate(s.min), cpuCol, vs)
 		}
 		w.Flush()
 		fmt.Println()
@@ -154,4 +168,28 @@ func statusKB(pid int, field string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// cpuTimes is the CPU time (user + system) used so far by this process, the daemon and the
+// agent (whose children, the commands, are not counted).
+func cpuTimes(agent, daemon int) [3]time.Duration {
+	var self unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &self)
+	return [3]time.Duration{time.Duration(self.Utime.Nano() + self.Stime.Nano()), procCPU(daemon), procCPU(agent)}
+}
+
+// procCPU is a process's CPU time from /proc/<pid>/stat (0 when it cannot be read).
+func procCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	_, rest, _ := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
