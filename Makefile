@@ -10,15 +10,24 @@ BIN       := bin/nsbox
 export CGO_ENABLED := 1
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps demo sdk test bench vet fmt clean
+# The web terminal's xterm.js, fetched with npm (ui/package-lock.json) and embedded (package ui).
+UI_VENDOR := ui/assets/vendor/xterm.mjs
+
+PREFIX    ?= /usr/local
+UNITDIR   ?= /etc/systemd/system
+
+.PHONY: all build deps demo sdk test test-package bench vet fmt clean install deb
 
 all: build
 
 deps:
 	scripts/install-deps.sh
 
-build: deps
+build: deps $(UI_VENDOR)
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nsbox
+
+$(UI_VENDOR): ui/package.json ui/package-lock.json scripts/ui-assets.sh
+	scripts/ui-assets.sh
 
 demo:
 	scripts/demo.sh
@@ -37,6 +46,27 @@ sdk:
 test: build vet sdk
 	$(GO) test -race -count=1 -tags "$(TAGS)" ./api/... ./client/... ./agent/... ./session/... ./rootfs/... ./nsbox/... ./fs/... ./net/... ./proxy/... ./auth/... ./internal/...
 	NSBOX_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v ./cmd/nsbox/
+	$(MAKE) --no-print-directory test-package
+
+# The binary in $(PREFIX)/bin and the systemd unit (pointing at it) in $(UNITDIR); then
+# `systemctl enable --now nsbox` starts the daemon.
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/nsbox
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|^ExecStart=/usr/bin/nsbox|ExecStart=$(PREFIX)/bin/nsbox|' scripts/nsbox.service > $(DESTDIR)$(UNITDIR)/nsbox.service
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# The Debian package, in bin/ (scripts/deb.sh).
+deb: build
+	scripts/deb.sh $(BIN) $(VERSION) bin
+
+# The unit verifies and the .deb installs, removes and purges cleanly (scripts/test-package.sh);
+# make install into a scratch DESTDIR puts the binary and a unit that runs it in place.
+test-package: deb
+	scripts/test-package.sh $$(ls -t bin/nsbox_*.deb | head -1)
+	d=$$(mktemp -d) && $(MAKE) --no-print-directory install DESTDIR=$$d >/dev/null && \
+		test -x $$d$(PREFIX)/bin/nsbox && grep -qx 'ExecStart=$(PREFIX)/bin/nsbox daemon' $$d$(UNITDIR)/nsbox.service && \
+		rm -rf $$d && echo "test-package: ok: make install puts the binary and its unit in place"
 
 bench: build
 	$(GO) run -tags "$(TAGS)" ./scripts/bench -nsbox $(CURDIR)/$(BIN)

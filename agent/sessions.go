@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/cgroup"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -183,6 +184,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	// What is beyond a stream's cap is read (the command does not block) and dropped. Each
 	// stream's chunks come from one goroutine at a time.
 	stdout, stderr := &api.OutputLimit{Max: req.MaxOutputBytes}, &api.OutputLimit{Max: req.MaxOutputBytes}
+	oomKills := cgroup.OOMKills()
 	res, err := s.Exec(ctx, sreq, func(kind string, data []byte) {
 		limit := stdout
 		switch kind {
@@ -211,6 +213,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	result.SessionID, result.SessionEnded, result.SessionReset = sid, res.SessionEnded, res.Reset
 	result.StdoutTruncated, result.StderrTruncated = stdout.Truncated, stderr.Truncated
 	result.Truncated = stdout.Truncated || stderr.Truncated
+	result.OOMKilled = !res.TimedOut && !res.Canceled && cgroup.OOMKilled(res.ExitCode, oomKills)
 	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &result})
 	return nil
 }

@@ -24,7 +24,10 @@ func terminalError(err error) error {
 // handleTerminalOutput streams a session's terminal as Server-Sent Events (the event name is
 // the TerminalEvent's type, its data the whole TerminalEvent): first what the scrollback ring
 // holds after ?cursor= (default: all it holds), then output as it comes, until the session ends
-// or the client goes away. The 200 goes out at once, before there is any output.
+// or the client goes away. The 200 goes out at once, before there is any output. The replayed
+// part (what the ring held when the client attached) goes without the sequences that would
+// make the client's terminal answer (session.Replay), and ends with a "live" event; the cursors
+// still count the ring's bytes.
 func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) error {
 	s, err := a.session(r.PathValue("sid"))
 	if err == nil && !s.HasTerminal() {
@@ -42,12 +45,19 @@ func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) err
 	}
 	events := openEventStream(w)
 	send := func(ev api.TerminalEvent) bool { return events.Send(ev.Type, ev) == nil }
-	for {
+	for replay := true; ; replay = false {
 		data, skipped, next, changed := s.Terminal.ReadFrom(cursor)
 		if skipped > 0 && explicit && !send(api.TerminalEvent{Type: api.TerminalSkipped, Skipped: skipped, Cursor: cursor + skipped}) {
 			return nil
 		}
+		if replay {
+			// What was written before this client attached is shown, never answered.
+			data = session.Replay(data)
+		}
 		if len(data) > 0 && !send(terminalOutput(data, next)) {
+			return nil
+		}
+		if replay && !send(api.TerminalEvent{Type: api.TerminalLive, Cursor: next}) {
 			return nil
 		}
 		cursor, explicit = next, true

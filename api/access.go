@@ -49,8 +49,11 @@ type Endpoint struct {
 // answer (401, 403).
 type Check func(req *http.Request, access Access, session SessionFrom) (*http.Request, error)
 
-// Permissions of sessions and tokens.
+// Permissions of sessions and tokens (read, write), and the levels of a PermissionRule
+// (all four).
 const (
+	PermissionNone  = "none"
+	PermissionView  = "view"
 	PermissionRead  = "read"
 	PermissionWrite = "write"
 )
@@ -105,6 +108,7 @@ type SessionToken struct {
 	NewToken
 	API      string `json:"api"`      // base URL of the API
 	Terminal string `json:"terminal"` // the session's terminal WebSocket; send the token as subprotocol TerminalTokenProtocol+token
+	Page     string `json:"page"`     // the daemon's web terminal for the session, the token in its fragment
 }
 
 // TerminalProtocol is the WebSocket subprotocol of a terminal; a client that sends its token

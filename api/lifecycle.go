@@ -1,5 +1,7 @@
 package api
 
+import "time"
+
 // HibernateRequest is the body of POST /v1/sandboxes/{id}/hibernate (optional).
 type HibernateRequest struct {
 	// Memory checkpoints the processes' memory too (CRIU), so they go on after resume; refused
@@ -44,3 +46,41 @@ type SaveStateRequest struct {
 	Sessions  bool `json:"sessions,omitempty"`  // save every session's state
 	Processes bool `json:"processes,omitempty"` // save every process and the end of its log
 }
+
+// Snapshot is a sandbox's files and sessions' state at one moment: its writable layer,
+// stored as an immutable layer with the image layers, plus what a sandbox made from it gets.
+type Snapshot struct {
+	ID      string `json:"id"`
+	Sandbox string `json:"sandbox"` // the sandbox it was taken of (which may be gone)
+	Name    string `json:"name,omitempty"`
+	Image   string `json:"image"` // the image under its layer
+	Layer   string `json:"layer"` // the layer's digest (sha256 of its tar stream)
+	// SizeBytes is the size of the layer's tar stream.
+	SizeBytes int64     `json:"sizeBytes"`
+	Sessions  int       `json:"sessions"` // how many sessions' state it holds
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// CreateSnapshotRequest is the body of POST /v1/sandboxes/{id}/snapshots (optional).
+type CreateSnapshotRequest struct {
+	Name string `json:"name,omitempty"`
+}
+
+// ForkRequest is the body of POST /v1/sandboxes/{id}/fork.
+type ForkRequest struct {
+	// Count is how many sandboxes to make, 1-100 (default 1).
+	Count int `json:"count,omitempty"`
+	// Prefix names them PREFIX-1 … PREFIX-COUNT; default: generated ids.
+	Prefix string `json:"prefix,omitempty"`
+	// Name is the name of the snapshot the fork takes.
+	Name string `json:"name,omitempty"`
+}
+
+// ForkResult is the answer of a fork: the snapshot it took and the sandboxes made from it.
+type ForkResult struct {
+	Snapshot  Snapshot  `json:"snapshot"`
+	Sandboxes []Sandbox `json:"sandboxes"`
+}
+
+// MaxFork is the most sandboxes one fork makes.
+const MaxFork = 100

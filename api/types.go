@@ -66,6 +66,29 @@ type CreateSandboxRequest struct {
 	// Capabilities are extra capabilities ("CAP_NET_RAW" or "NET_RAW") beyond the default set,
 	// from those the daemon allows (--allow-cap).
 	Capabilities []string `json:"capabilities,omitempty"`
+	// FromSnapshot makes the sandbox from a snapshot (POST /v1/sandboxes/{id}/snapshots): its
+	// image and files, and its env, labels, limits, cwd, user and network policy where the
+	// request gives none; its sessions come back with their saved state. Image must be empty.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
+	// Permissions are per-path rules for the workspace (see PermissionRule); none: write
+	// everywhere. They need a workspace.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
+}
+
+// PermissionRule gives the paths a pattern matches a level: none (they do not exist for the
+// sandbox), view (listed and stat-able, content unreadable), read (read-only) or write. A
+// pattern is /workspace or a path under it, or a path relative to /workspace, with shell
+// globs per component and ** for any number of components; the most specific matching
+// pattern wins, and "**" is the default.
+type PermissionRule struct {
+	Pattern string `json:"pattern"`
+	Level   string `json:"level"`
+}
+
+// PermissionsRequest is the body of PATCH /v1/sandboxes/{id}/permissions: the sandbox's new
+// rules, replacing its old ones.
+type PermissionsRequest struct {
+	Permissions []PermissionRule `json:"permissions"`
 }
 
 // EntrypointProcess is the id of the process a create with RunEntrypoint starts.
@@ -101,6 +124,10 @@ type Sandbox struct {
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
 	Capabilities []string `json:"capabilities,omitempty"`
+	// Permissions are its per-path rules for the workspace, as last set.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
+	// FromSnapshot is the snapshot the sandbox was made from, if any.
+	FromSnapshot string `json:"fromSnapshot,omitempty"`
 }
 
 // Lifecycle is a sandbox's idle and age policy. A sandbox is idle when no API request for it
@@ -183,6 +210,9 @@ type ExecResult struct {
 	// Also set on the first result of the default session after its shell ended while idle
 	// (killed from elsewhere) and it was started again, in the sandbox's working directory.
 	SessionReset bool `json:"sessionReset"`
+	// OOMKilled: the command was killed by the kernel for lack of memory (the sandbox's memory
+	// limit): it died of SIGKILL (exit code 137) while the sandbox's count of OOM kills rose.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // NewExecResult encodes raw output into an ExecResult, each stream in its own encoding.
@@ -318,6 +348,11 @@ type CreateSessionRequest struct {
 	// Permission is write (default) or read: a read session runs nothing and changes no file
 	// (exec, terminal input, file writes, processes in it are refused with 403).
 	Permission string `json:"permission,omitempty"`
+	// Permissions are per-path rules for this session only, narrower than its sandbox's (a
+	// rule that would widen them is refused): its shell and everything it starts, and file
+	// calls made on its behalf, get the lower of the two levels. The sandbox must have been
+	// created with permissions.
+	Permissions []PermissionRule `json:"permissions,omitempty"`
 }
 
 // Session states.
@@ -349,6 +384,14 @@ const (
 	TerminalSkipped = "skipped" // output fell off the scrollback ring before it could be sent
 	TerminalEnded   = "ended"   // the session ended
 	TerminalResize  = "resize"  // a client's request to resize the terminal
+	// TerminalLive follows the replayed scrollback: what came before it was written before
+	// the client attached, what follows is live. A terminal emulator should not send input
+	// (key presses, focus and mouse reports) until it has drawn the replay: modes the replay
+	// turns on and off again would otherwise report into the shell.
+	TerminalLive = "live"
+	// TerminalReadOnly is the first notice of a terminal the client watches but cannot type
+	// into (a read token, or a read-only session); its data says why.
+	TerminalReadOnly = "readonly"
 )
 
 // TerminalEvent is one event of a session's terminal stream (agent to daemon). On the
@@ -597,7 +640,10 @@ const (
 )
 
 // NetworkSpec is a sandbox's requested network: the network part of a create and the body of
-// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs, for mode allow only.
+// PATCH /v1/sandboxes/{id}/network. Allow lists IPv4 CIDRs: in mode allow the only networks
+// the sandbox reaches; in mode egress the private networks (RFC 1918, 100.64.0.0/10, the
+// host's LAN) it may reach besides the internet. Link-local and metadata addresses are never
+// reachable and cannot be listed.
 type NetworkSpec struct {
 	Mode  string   `json:"mode,omitempty"` // default egress
 	Allow []string `json:"allow,omitempty"`
@@ -618,13 +664,15 @@ const (
 )
 
 // ExposePortRequest is the body of POST /v1/sandboxes/{id}/ports. HostPort 0 means: choose one
-// from the daemon's range; HostIP empty (or 0.0.0.0) means every host address.
+// from the daemon's range. HostIP empty means 127.0.0.1 (the host alone), or every host address
+// when Public; 0.0.0.0 means every host address.
 type ExposePortRequest struct {
 	Port     int    `json:"port"`
 	Protocol string `json:"protocol,omitempty"` // tcp (default) or udp
 	HostPort int    `json:"hostPort,omitempty"`
 	HostIP   string `json:"hostIP,omitempty"`
-	// Public: the preview proxy serves the port without a token.
+	// Public: the port is for anyone: on every host address unless HostIP says otherwise, and
+	// served by the preview proxy without a token.
 	Public bool `json:"public,omitempty"`
 }
 
@@ -696,6 +744,9 @@ type Process struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	LogBytes  int64     `json:"logBytes"` // size of its output ring
 	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
+	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit),
+	// or, for a command, its shell reported so (exit code 137).
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // SignalName is a signal in a request: a name ("TERM", "SIGKILL") or a number. A JSON number

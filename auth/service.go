@@ -224,7 +224,9 @@ func (s *Service) handleMint(w http.ResponseWriter, req *http.Request) error {
 }
 
 // handleMintSession mints a session token for a browser: at most the caller's permission and
-// life, and never write for a read session; the answer has the URLs the browser needs.
+// life, and never write for a read session; the answer has the URLs the browser needs: the
+// API, the terminal's WebSocket and the web terminal page (package ui) with the token in its
+// fragment, which a browser never sends to a server.
 func (s *Service) handleMintSession(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSessionTokenRequest
 	if err := api.DecodeJSON(w, req, &body, true); err != nil {
@@ -249,8 +251,12 @@ func (s *Service) handleMintSession(w http.ResponseWriter, req *http.Request) er
 	terminal := base
 	terminal.Scheme = strings.Replace(scheme, "http", "ws", 1)
 	terminal.Path = "/v1/sandboxes/" + id + "/sessions/" + sid + "/terminal"
+	page := base
+	page.Path = "/ui/terminal"
+	page.RawQuery = url.Values{"sandbox": {id}, "session": {sid}}.Encode()
 	urls := func(t *api.NewToken) any {
-		return api.SessionToken{NewToken: *t, API: base.String(), Terminal: terminal.String()}
+		page.Fragment = "token=" + t.Secret
+		return api.SessionToken{NewToken: *t, API: base.String(), Terminal: terminal.String(), Page: page.String()}
 	}
 	return s.mint(w, req, api.Token{Sandbox: id, Session: sid, Permission: body.Permission}, ttl, urls)
 }

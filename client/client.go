@@ -144,10 +144,15 @@ func (c *Client) GetSandbox(ctx context.Context, id string) (*api.Sandbox, error
 	return &sb, c.do(ctx, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(id), nil, &sb)
 }
 
-// RemoveSandbox stops and removes a sandbox; force kills it without a grace period.
-func (c *Client) RemoveSandbox(ctx context.Context, id string, force bool) error {
+// RemoveOptions are how a sandbox is removed.
+type RemoveOptions struct {
+	Force bool // kill its processes at once, without the grace period of a graceful stop
+}
+
+// RemoveSandbox stops and removes a sandbox.
+func (c *Client) RemoveSandbox(ctx context.Context, id string, opts RemoveOptions) error {
 	path := "/v1/sandboxes/" + url.PathEscape(id)
-	if force {
+	if opts.Force {
 		path += "?force=true"
 	}
 	return c.do(ctx, http.MethodDelete, path, nil, nil)
@@ -174,15 +179,41 @@ func (c *Client) ResumeSandbox(ctx context.Context, id string) (*api.Sandbox, er
 }
 
 // Exec runs a command in a sandbox and returns its result.
+//
+// When ctx ends before the command has (canceled, or its deadline passed), the call returns
+// ctx's error and the command is killed (the request's KillOnDisconnect is set), so the
+// session's next command does not wait behind it; the session keeps its state. A ctx made by
+// KeepRunning lets the command run to its end instead (its result is dropped).
 func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResult, error) {
 	var res api.ExecResult
-	return &res, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", req, &res)
+	return &res, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), &res)
+}
+
+// keepRunningKey marks a context made by KeepRunning.
+type keepRunningKey struct{}
+
+// KeepRunning returns a context for Exec and ExecStream whose end does not kill the command:
+// the command runs to its end in its session (which stays busy until then) and its result is
+// dropped, as with the HTTP API's default (killOnDisconnect false).
+func KeepRunning(ctx context.Context) context.Context {
+	return context.WithValue(ctx, keepRunningKey{}, true)
+}
+
+// execRequest is req as Exec sends it: killed when the call's context ends, unless the
+// context says KeepRunning.
+func execRequest(ctx context.Context, req api.ExecRequest) api.ExecRequest {
+	if ctx.Value(keepRunningKey{}) == nil {
+		req.KillOnDisconnect = true
+	}
+	return req
 }
 
 // ExecStream runs a command like Exec but delivers its output as it is produced: onEvent gets
-// every event (start, stdout, stderr, exit). The returned result has empty Stdout and Stderr.
-func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest, onEvent func(api.ExecEvent)) (*api.ExecResult, error) {
-	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", req, "text/event-stream")
+// every event (start, stdout, stderr, exit); an error it returns ends the call with that
+// error (and, unless ctx says KeepRunning, the command). The returned result has empty Stdout
+// and Stderr. Like Exec, it kills the command when ctx ends first, unless ctx says KeepRunning.
+func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest, onEvent func(api.ExecEvent) error) (*api.ExecResult, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), "text/event-stream")
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +224,9 @@ func (c *Client) ExecStream(ctx context.Context, id string, req api.ExecRequest,
 		if err := json.Unmarshal(data, &ev); err != nil {
 			return false, fmt.Errorf("decode %s event: %w", event, err)
 		}
-		onEvent(ev)
+		if err := onEvent(ev); err != nil {
+			return false, err
+		}
 		result = ev.Result
 		return ev.Type == api.EventExit && ev.Result != nil, nil
 	})

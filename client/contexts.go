@@ -57,7 +57,7 @@ func (c *Client) RunCode(ctx context.Context, id, cid string, req api.RunCodeReq
 
 // RunCodeStream runs code like RunCode but delivers its events as they come: onEvent gets
 // every output chunk, result and exception. The returned result has empty Stdout and Stderr.
-func (c *Client) RunCodeStream(ctx context.Context, id, cid string, req api.RunCodeRequest, onEvent func(api.CodeEvent)) (*api.RunCodeResult, error) {
+func (c *Client) RunCodeStream(ctx context.Context, id, cid string, req api.RunCodeRequest, onEvent func(api.CodeEvent) error) (*api.RunCodeResult, error) {
 	resp, err := c.send(ctx, http.MethodPost, contextsPath(id, cid, "run"), req, api.EventStream)
 	if err != nil {
 		return nil, err
@@ -73,8 +73,7 @@ func (c *Client) RunCodeStream(ctx context.Context, id, cid string, req api.RunC
 			result = ev.End
 			return true, nil
 		}
-		onEvent(ev)
-		return false, nil
+		return false, onEvent(ev)
 	})
 	if err != nil {
 		return nil, err

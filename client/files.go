@@ -121,50 +121,69 @@ func (c *Client) StatFile(ctx context.Context, id, path string) (*api.FileInfo, 
 	return &info, c.do(ctx, http.MethodGet, c.filesPath(id, "stat", url.Values{"path": {path}}), nil, &info)
 }
 
-// ListFiles lists a directory, down to depth levels (1: its entries only); names starting
-// with "." are listed only with hidden.
-func (c *Client) ListFiles(ctx context.Context, id, path string, depth int, hidden bool) ([]api.FileInfo, error) {
+// ListOptions are what a directory listing shows.
+type ListOptions struct {
+	Depth  int  // levels to list (0 or 1: the directory's entries only)
+	Hidden bool // list names starting with "." too
+}
+
+// ListFiles lists a directory.
+func (c *Client) ListFiles(ctx context.Context, id, path string, opts ListOptions) ([]api.FileInfo, error) {
 	q := url.Values{"path": {path}}
-	if depth > 0 {
-		q.Set("depth", strconv.Itoa(depth))
+	if opts.Depth > 0 {
+		q.Set("depth", strconv.Itoa(opts.Depth))
 	}
-	if hidden {
+	if opts.Hidden {
 		q.Set("hidden", "true")
 	}
 	return list[api.FileInfo](ctx, c, http.MethodGet, c.filesPath(id, "list", q), nil)
 }
 
-// Mkdir creates a directory (with parents: missing ancestors too, and no error when it
-// exists); mode 0 means 0755.
-func (c *Client) Mkdir(ctx context.Context, id, path string, parents bool, mode os.FileMode) (*api.FileInfo, error) {
+// MkdirOptions are how a directory is made.
+type MkdirOptions struct {
+	Parents bool        // make missing ancestors too, and answer the directory when it exists
+	Mode    os.FileMode // its permission bits (0: 0755)
+}
+
+// Mkdir creates a directory.
+func (c *Client) Mkdir(ctx context.Context, id, path string, opts MkdirOptions) (*api.FileInfo, error) {
 	body := struct {
 		Path    string `json:"path"`
 		Parents bool   `json:"parents,omitempty"`
 		Mode    string `json:"mode,omitempty"`
-	}{Path: path, Parents: parents}
-	if mode != 0 {
-		body.Mode = fmt.Sprintf("%04o", uint32(mode&0o7777))
+	}{Path: path, Parents: opts.Parents}
+	if opts.Mode != 0 {
+		body.Mode = fmt.Sprintf("%04o", uint32(opts.Mode&0o7777))
 	}
 	var info api.FileInfo
 	return &info, c.do(ctx, http.MethodPost, c.filesPath(id, "mkdir", nil), body, &info)
 }
 
-// MoveFile renames from to to; an existing to is a conflict unless overwrite.
-func (c *Client) MoveFile(ctx context.Context, id, from, to string, overwrite bool) (*api.FileInfo, error) {
+// MoveOptions are how a file is moved.
+type MoveOptions struct {
+	Overwrite bool // replace an existing destination (without it: a conflict)
+}
+
+// MoveFile renames from to to.
+func (c *Client) MoveFile(ctx context.Context, id, from, to string, opts MoveOptions) (*api.FileInfo, error) {
 	body := struct {
 		From      string `json:"from"`
 		To        string `json:"to"`
 		Overwrite bool   `json:"overwrite,omitempty"`
-	}{from, to, overwrite}
+	}{from, to, opts.Overwrite}
 	var info api.FileInfo
 	return &info, c.do(ctx, http.MethodPost, c.filesPath(id, "move", nil), body, &info)
 }
 
-// RemoveFile removes a file, symlink or empty directory; with recursive, a directory and
-// everything in it.
-func (c *Client) RemoveFile(ctx context.Context, id, path string, recursive bool) error {
+// RemoveFileOptions are how a file is removed.
+type RemoveFileOptions struct {
+	Recursive bool // a directory and everything in it (without it: only an empty one)
+}
+
+// RemoveFile removes a file, symlink or directory.
+func (c *Client) RemoveFile(ctx context.Context, id, path string, opts RemoveFileOptions) error {
 	q := url.Values{"path": {path}}
-	if recursive {
+	if opts.Recursive {
 		q.Set("recursive", "true")
 	}
 	return c.do(ctx, http.MethodDelete, c.filesPath(id, "", q), nil, nil)
@@ -176,11 +195,16 @@ type FileWatch struct {
 	lines *bufio.Scanner
 }
 
-// OpenWatch starts watching a directory (recursive: and everything below it). It returns
-// once the watch is in place: every change after that is reported.
-func (c *Client) OpenWatch(ctx context.Context, id, path string, recursive bool) (*FileWatch, error) {
+// WatchOptions are what a watch reports.
+type WatchOptions struct {
+	Recursive bool // changes below the directory too, not only its entries
+}
+
+// OpenWatch starts watching a directory. It returns once the watch is in place: every change
+// after that is reported.
+func (c *Client) OpenWatch(ctx context.Context, id, path string, opts WatchOptions) (*FileWatch, error) {
 	q := url.Values{"path": {path}}
-	if recursive {
+	if opts.Recursive {
 		q.Set("recursive", "true")
 	}
 	resp, err := c.send(ctx, http.MethodGet, c.filesPath(id, "watch", q), nil, "text/event-stream")
@@ -219,9 +243,9 @@ func (w *FileWatch) Next() (api.FileEvent, error) {
 func (w *FileWatch) Close() error { return w.body.Close() }
 
 // WatchFiles calls onEvent with each change under a directory until ctx ends (then it
-// returns nil) or the watch ends.
-func (c *Client) WatchFiles(ctx context.Context, id, path string, recursive bool, onEvent func(api.FileEvent)) error {
-	w, err := c.OpenWatch(ctx, id, path, recursive)
+// returns nil), the watch ends, or onEvent returns an error (then it returns that).
+func (c *Client) WatchFiles(ctx context.Context, id, path string, opts WatchOptions, onEvent func(api.FileEvent) error) error {
+	w, err := c.OpenWatch(ctx, id, path, opts)
 	if err != nil {
 		return err
 	}
@@ -237,7 +261,9 @@ func (c *Client) WatchFiles(ctx context.Context, id, path string, recursive bool
 		if err != nil {
 			return err
 		}
-		onEvent(ev)
+		if err := onEvent(ev); err != nil {
+			return err
+		}
 	}
 }
 

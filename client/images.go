@@ -16,8 +16,8 @@ import (
 func imagePath(name string) string { return "/v1/images/" + url.PathEscape(name) }
 
 // PullImage pulls an image from its registry; onProgress, when set, gets each layer's
-// progress as the daemon streams it.
-func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest, onProgress func(api.ImageProgress)) (*api.ImageInfo, error) {
+// progress as the daemon streams it (an error it returns ends the call with that error).
+func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest, onProgress func(api.ImageProgress) error) (*api.ImageInfo, error) {
 	resp, err := c.send(ctx, http.MethodPost, "/v1/images/pull", req, "text/event-stream")
 	if err != nil {
 		return nil, err
@@ -30,7 +30,9 @@ func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest, onProg
 			return false, fmt.Errorf("decode %s event: %w", event, err)
 		}
 		if ev.Type == api.EventProgress && ev.ImageProgress != nil && onProgress != nil {
-			onProgress(*ev.ImageProgress)
+			if err := onProgress(*ev.ImageProgress); err != nil {
+				return false, err
+			}
 		}
 		img = ev.Image
 		return ev.Type == api.EventDone && img != nil, nil
@@ -69,16 +71,25 @@ func (c *Client) GetImage(ctx context.Context, name string) (*api.ImageInfo, err
 	return &img, c.do(ctx, http.MethodGet, imagePath(name), nil, &img)
 }
 
-// RemoveImage removes an OCI image, or one of its names; force removes the names of an
-// image a sandbox uses. It returns the image as it was.
-func (c *Client) RemoveImage(ctx context.Context, name string, force bool) (*api.ImageInfo, error) {
-	var img api.ImageInfo
-	return &img, c.do(ctx, http.MethodDelete, imagePath(name)+"?force="+strconv.FormatBool(force), nil, &img)
+// RemoveImageOptions are how an image is removed.
+type RemoveImageOptions struct {
+	Force bool // remove the names of an image a sandbox uses (the image stays until it is unused)
 }
 
-// PruneImages removes the dangling images (with all, every image) no sandbox uses, and the
-// layers no image references.
-func (c *Client) PruneImages(ctx context.Context, all bool) (*api.PruneImagesResult, error) {
+// RemoveImage removes an OCI image, or one of its names. It returns the image as it was.
+func (c *Client) RemoveImage(ctx context.Context, name string, opts RemoveImageOptions) (*api.ImageInfo, error) {
+	var img api.ImageInfo
+	return &img, c.do(ctx, http.MethodDelete, imagePath(name)+"?force="+strconv.FormatBool(opts.Force), nil, &img)
+}
+
+// PruneOptions are what a prune removes.
+type PruneOptions struct {
+	All bool // every image no sandbox uses, not only the dangling ones
+}
+
+// PruneImages removes the images no sandbox uses that opts names, and the layers no image
+// references.
+func (c *Client) PruneImages(ctx context.Context, opts PruneOptions) (*api.PruneImagesResult, error) {
 	var res api.PruneImagesResult
-	return &res, c.do(ctx, http.MethodPost, "/v1/images/prune?all="+strconv.FormatBool(all), nil, &res)
+	return &res, c.do(ctx, http.MethodPost, "/v1/images/prune?all="+strconv.FormatBool(opts.All), nil, &res)
 }

@@ -73,22 +73,28 @@ func (c *Client) RemoveFinishedProcesses(ctx context.Context, id string) ([]api.
 	return list[api.Process](ctx, c, http.MethodDelete, processesPath(id, "", "", nil), nil)
 }
 
-// ProcessLogs reads a process's output after cursor, at most limit bytes (0: the daemon's
-// default of 4 MiB).
-func (c *Client) ProcessLogs(ctx context.Context, id, pid string, cursor int64, limit int) (*api.ProcessLogs, error) {
-	q := url.Values{"cursor": {strconv.FormatInt(cursor, 10)}}
-	if limit > 0 {
-		q.Set("limit", strconv.Itoa(limit))
+// LogsOptions are which part of a process's output to read.
+type LogsOptions struct {
+	Cursor int64 // read after this cursor (0: from the oldest byte kept)
+	Limit  int   // at most this many bytes (0: the daemon's default of 4 MiB); not for a follow
+}
+
+// ProcessLogs reads a process's output.
+func (c *Client) ProcessLogs(ctx context.Context, id, pid string, opts LogsOptions) (*api.ProcessLogs, error) {
+	q := url.Values{"cursor": {strconv.FormatInt(opts.Cursor, 10)}}
+	if opts.Limit > 0 {
+		q.Set("limit", strconv.Itoa(opts.Limit))
 	}
 	var logs api.ProcessLogs
 	return &logs, c.do(ctx, http.MethodGet, processesPath(id, pid, "logs", q), nil, &logs)
 }
 
-// FollowProcessLogs streams a process's output from cursor: onEvent gets each stdout, stderr
-// and skipped event as it comes. It returns the process once it has ended and its output has
-// been delivered, or an error when ctx ends or the stream breaks.
-func (c *Client) FollowProcessLogs(ctx context.Context, id, pid string, cursor int64, onEvent func(api.ProcessEvent) error) (*api.Process, error) {
-	q := url.Values{"cursor": {strconv.FormatInt(cursor, 10)}, "follow": {"1"}}
+// FollowProcessLogs streams a process's output from opts.Cursor: onEvent gets each stdout,
+// stderr and skipped event as it comes. It returns the process once it has ended and its
+// output has been delivered, or an error when ctx ends, the stream breaks or onEvent returns
+// one.
+func (c *Client) FollowProcessLogs(ctx context.Context, id, pid string, opts LogsOptions, onEvent func(api.ProcessEvent) error) (*api.Process, error) {
+	q := url.Values{"cursor": {strconv.FormatInt(opts.Cursor, 10)}, "follow": {"1"}}
 	resp, err := c.send(ctx, http.MethodGet, processesPath(id, pid, "logs", q), nil, "text/event-stream")
 	if err != nil {
 		return nil, err
@@ -115,11 +121,15 @@ func (c *Client) FollowProcessLogs(ctx context.Context, id, pid string, cursor i
 	return ended, nil
 }
 
-// WriteProcessStdin appends data to a process's stdin (started with stdin "pipe"), closing it
-// afterwards when closeAfter is set.
-func (c *Client) WriteProcessStdin(ctx context.Context, id, pid string, data io.Reader, closeAfter bool) error {
+// StdinOptions are what happens to a process's stdin after a write.
+type StdinOptions struct {
+	Close bool // close it afterwards: the process reads end-of-file
+}
+
+// WriteProcessStdin appends data to a process's stdin (started with stdin "pipe").
+func (c *Client) WriteProcessStdin(ctx context.Context, id, pid string, data io.Reader, opts StdinOptions) error {
 	var q url.Values
-	if closeAfter {
+	if opts.Close {
 		q = url.Values{"close": {"true"}}
 	}
 	resp, err := c.sendRaw(ctx, http.MethodPost, processesPath(id, pid, "stdin", q), data, -1, nil)

@@ -1,11 +1,15 @@
 package client
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 
 	"golang.org/x/net/websocket"
@@ -18,36 +22,73 @@ type Terminal struct {
 	ws *websocket.Conn
 }
 
-// AttachTerminal attaches to a bash session's terminal. Reads start with the recent scrollback
-// (everything after cursor when cursor ≥ 0).
-func (c *Client) AttachTerminal(ctx context.Context, id, sid string, cursor int64) (*Terminal, error) {
+// TerminalOptions are where an attached terminal's reads start.
+type TerminalOptions struct {
+	// Cursor: the scrollback after this cursor (a cursor the terminal gave earlier); nil: the
+	// recent scrollback.
+	Cursor *int64
+}
+
+// AttachTerminal attaches to a bash session's terminal. Reads start with the scrollback that
+// opts names. A refused attach comes back as the daemon's
+// *api.Error: not found (no such sandbox or session), conflict (the session has no terminal:
+// an sh session), permission denied, and so on.
+func (c *Client) AttachTerminal(ctx context.Context, id, sid string, opts TerminalOptions) (*Terminal, error) {
 	if c.dial == nil {
 		return nil, errors.New("this client cannot open WebSockets (made with NewWithHTTPClient)")
 	}
-	conn, err := c.dial(ctx)
+	raw, err := c.dial(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, ctx.Err())
+		}
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	u := "ws" + strings.TrimPrefix(c.base, "http") + sessionsPath(id, sid) + "/terminal"
-	if cursor >= 0 {
-		u += fmt.Sprintf("?cursor=%d", cursor)
+	if opts.Cursor != nil {
+		u += fmt.Sprintf("?cursor=%d", *opts.Cursor)
 	}
 	cfg, err := websocket.NewConfig(u, "http://localhost")
 	if err != nil {
-		conn.Close()
-		return nil, err
+		raw.Close()
+		return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, err)
 	}
 	c.authorize(cfg.Header)
+	conn := &handshakeConn{Conn: raw, recording: true}
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	ws, err := websocket.NewClient(cfg, conn)
-	if err != nil {
-		conn.Close()
-		var de *websocket.DialError
-		if errors.As(err, &de) {
-			err = de.Err
-		}
-		return nil, fmt.Errorf("attach to %s/%s: %w (does the session exist, and is it a bash session?)", id, url.PathEscape(sid), err)
+	canceled := !stop()
+	conn.recording = false
+	if err == nil && !canceled {
+		return &Terminal{ws: ws}, nil
 	}
-	return &Terminal{ws: ws}, nil
+	defer raw.Close()
+	if canceled {
+		return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, ctx.Err())
+	}
+	if errors.Is(err, websocket.ErrBadStatus) {
+		// x/net/websocket says only "bad status": read the daemon's answer again, with its body.
+		if resp, rerr := http.ReadResponse(bufio.NewReader(io.MultiReader(&conn.read, raw)), nil); rerr == nil {
+			defer resp.Body.Close()
+			return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, api.ReadError(resp))
+		}
+	}
+	return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, err)
+}
+
+// handshakeConn keeps what a WebSocket handshake reads while recording.
+type handshakeConn struct {
+	net.Conn
+	recording bool
+	read      bytes.Buffer
+}
+
+func (c *handshakeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.recording {
+		c.read.Write(p[:n])
+	}
+	return n, err
 }
 
 // Read returns the next terminal output (notice nil) or notice (output nil).
@@ -80,5 +121,5 @@ func (t *Terminal) Resize(cols, rows uint16) error {
 	return api.TerminalCodec.Send(t.ws, api.TerminalFrame{Data: msg})
 }
 
-// Close detaches.
+// Close detaches (a normal close, code 1000).
 func (t *Terminal) Close() error { return t.ws.Close() }

@@ -48,6 +48,14 @@ func (r *Root) as(uid, gid int, f func(uid, gid int) error) error {
 			done <- fmt.Errorf("keep capabilities across setfsuid: %w", err)
 			return
 		}
+		if r.onThread != nil {
+			end, err := r.onThread()
+			if err != nil {
+				done <- err
+				return
+			}
+			defer end()
+		}
 		// setfsuid and setfsgid answer the previous id, never an error.
 		_ = unix.Setfsgid(fsgid)
 		_ = unix.Setfsuid(fsuid)

@@ -29,8 +29,12 @@ import (
 
 // Root is a sandbox's root directory. It is safe for concurrent use; Close it when done.
 type Root struct {
-	fd  int          // O_PATH descriptor of the root directory
-	ids rootfs.IDMap // the sandbox's user namespace (zero: none)
+	fd      int          // O_PATH descriptor of the root directory
+	ids     rootfs.IDMap // the sandbox's user namespace (zero: none)
+	onClose func()
+	// onThread, when set, is called on each thread of its own that an operation starts (as),
+	// before the operation, and what it answers when that is done.
+	onThread func() (done func(), err error)
 }
 
 // OpenRoot opens the directory at the host path dir as a sandbox root, typically
@@ -45,8 +49,20 @@ func OpenRoot(dir string, ids rootfs.IDMap) (*Root, error) {
 	return &Root{fd: fd, ids: ids}, nil
 }
 
+// OnClose has Close call fn once the descriptor is released.
+func (r *Root) OnClose(fn func()) { r.onClose = fn }
+
+// OnThread has every operation that runs on a thread of its own (changes made as another
+// owner) call fn on that thread first (an error fails the operation), and what fn answers
+// once done. The file calls of a session with rules of its own use it to tell the
+// workspace's permission layer that the thread acts for the session.
+func (r *Root) OnThread(fn func() (done func(), err error)) { r.onThread = fn }
+
 // Close releases the root's descriptor.
 func (r *Root) Close() error {
+	if r.onClose != nil {
+		defer r.onClose()
+	}
 	if err := unix.Close(r.fd); err != nil {
 		return fmt.Errorf("close sandbox root: %w", err)
 	}

@@ -116,23 +116,49 @@ type Mode string
 const (
 	// ModeNone gives the sandbox no interface but its loopback.
 	ModeNone Mode = "none"
-	// ModeEgress lets the sandbox reach anything beyond the host (masqueraded behind the
-	// host's address) except 169.254.0.0/16, other sandboxes and the host itself.
+	// ModeEgress lets the sandbox reach the internet (masqueraded behind the host's address):
+	// not the private ranges (RFC 1918, CGNAT 100.64.0.0/10) nor the networks of the host's
+	// interfaces unless its allow list names them, and never what no mode reaches (see
+	// neverReached), other sandboxes or the host itself. The nameservers of its resolv.conf
+	// are reachable on port 53 even on a private network.
 	ModeEgress Mode = "egress"
 	// ModeAllow lets the sandbox reach only the listed networks; everything else is rejected.
 	ModeAllow Mode = "allow"
 )
 
+// privateRanges are the networks egress mode denies unless allowed: RFC 1918 and CGNAT
+// (100.64.0.0/10, which holds 100.100.100.200, a cloud metadata address). The networks of the
+// host's own interfaces are added to them when the Manager opens (hostNetworks).
+var privateRanges = []netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+}
+
+// neverReached are the destinations no mode reaches, whatever an allow list says: link-local
+// addresses (169.254.169.254 is the metadata service of most clouds) and Alibaba Cloud's
+// metadata address. IPv6 (fd00:ec2::254 included) is dropped altogether.
+var neverReached = []netip.Prefix{
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("100.100.100.200/32"),
+}
+
 func checkMode(mode Mode, allow []netip.Prefix) error {
 	switch mode {
-	case ModeNone, ModeEgress:
+	case ModeNone:
 		if len(allow) != 0 {
 			return fmt.Errorf("network mode %q takes no allow list", mode)
 		}
-	case ModeAllow:
+	case ModeEgress, ModeAllow:
 		for _, p := range allow {
 			if !p.IsValid() || !p.Addr().Is4() {
 				return fmt.Errorf("allow %s: only IPv4 networks are supported", p)
+			}
+			for _, n := range neverReached {
+				if n.Bits() <= p.Bits() && n.Contains(p.Addr()) {
+					return fmt.Errorf("allow %s: within %s, which no sandbox may reach (link-local and cloud metadata addresses)", p, n)
+				}
 			}
 		}
 	default:

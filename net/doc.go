@@ -18,12 +18,18 @@
 // What the rules enforce, in the host's network namespace:
 //   - spoofing: packets from a sandbox whose source address is not routed back through its
 //     own veth are dropped before conntrack sees them, and so is all IPv6 from sandboxes;
-//   - sandbox to sandbox: refused, except through an exposed port;
+//   - sandbox to sandbox: refused, also through an exposed port (hairpin);
 //   - sandbox to host: every packet from a sandbox to a host address (any address, including
 //     127.0.0.0/8) is refused unless it belongs to a connection the host opened;
-//   - sandbox to the world: per mode; 169.254.0.0/16 (cloud metadata) is refused in egress
-//     mode and reachable in allow mode only if listed;
-//   - into sandboxes: only connections to exposed ports, and the host's own connections.
+//   - link-local (169.254.0.0/16) and metadata (100.100.100.200) addresses: refused in every
+//     mode, and no allow list may name them;
+//   - sandbox to the world: per mode; egress refuses the private ranges and the networks of
+//     the host's interfaces unless the sandbox's allow list names them, but not the
+//     sandboxes' nameservers on port 53;
+//   - into sandboxes: only connections to exposed ports, and the host's own connections, of
+//     which only the daemon's uid may go to a sandbox address directly.
+//
+// A refused TCP connection gets a reset, anything else an ICMP error.
 //
 // Inside each sandbox's network namespace it installs one small table that delivers new TCP
 // connections arriving on eth0 to 127.0.0.1 (with route_localnet on eth0), so services that

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 
@@ -44,6 +45,8 @@ type Manager struct {
 	holds    map[hostPortKey]int // bound sockets that keep exposed host ports from host processes
 	nextPort int                 // where the search for a free host port starts
 	deleting vethDeletions       // veths of detached sandboxes, deleted in the background
+	// nameservers are those of the sandboxes' resolv.conf, as the nameservers set holds them.
+	nameservers []netip.Addr
 }
 
 // Attachment describes a sandbox's network.
@@ -87,6 +90,14 @@ func Open(cfg Config) (*Manager, error) {
 			return nil, err
 		}
 	}
+	private, err := hostNetworks(cfg.Subnet)
+	if err != nil {
+		return nil, err
+	}
+	_, nameservers, err := hostResolvConf()
+	if err != nil && !errors.Is(err, ErrNoNameserver) {
+		return nil, err
+	}
 	enabled, err := enableForwarding(uplinks)
 	if err != nil {
 		return nil, err
@@ -111,8 +122,10 @@ func Open(cfg Config) (*Manager, error) {
 		flusher.close()
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	m := &Manager{cfg: cfg, rules: newRuleset(cfg), log: slog.Default().With("component", "sandboxnet"),
-		st: st, nft: conn, ct: ct, flusher: flusher, holds: map[hostPortKey]int{}, nextPort: cfg.HostPortMin}
+	m := &Manager{cfg: cfg, rules: newRuleset(cfg, private, uint32(os.Geteuid())), log: slog.Default().With("component", "sandboxnet"),
+		st: st, nft: conn, ct: ct, flusher: flusher, holds: map[hostPortKey]int{}, nextPort: cfg.HostPortMin,
+		nameservers: nameservers}
+	m.log.Info("egress mode denies private networks unless allowed", "networks", private, "nameservers", nameservers)
 	if err := m.restore(); err != nil {
 		m.Close()
 		return nil, err
@@ -154,10 +167,10 @@ func (m *Manager) buildTable() error {
 			sbs = append(sbs, sandboxRules{sb, hostVethName(m.cfg.Table, id)})
 		}
 	}
-	msgs, bytes := tableBudget(sbs)
+	msgs, bytes := m.rules.tableBudget(sbs)
 	// Without AsLasting, New only fills in a struct; Flush dials and sets the buffers.
 	c, _ := nftables.New(nftables.WithSockOptions(socketBuffers(bytes, msgs*ackBytes)))
-	if err := m.rules.replaceTable(c, m.st.Forwarding); err != nil {
+	if err := m.rules.replaceTable(c, m.st.Forwarding, m.nameservers); err != nil {
 		return err
 	}
 	if err := m.rules.addSandboxes(c, sbs); err != nil {
@@ -167,6 +180,54 @@ func (m *Manager) buildTable() error {
 		return fmt.Errorf("nftables: build table %s with %d sandboxes: %w", m.cfg.Table, len(sbs), err)
 	}
 	return nil
+}
+
+// hostNetworks returns the networks egress mode denies unless allowed: privateRanges and the
+// networks of the host's interfaces (the host's LAN) outside them, other than loopback, single
+// addresses (a host address is refused anyway) and the sandbox subnet. They are read once:
+// interfaces that appear later count from the next daemon start.
+func hostNetworks(subnet netip.Prefix) ([]netip.Prefix, error) {
+	addrs, err := Consistent(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, fmt.Errorf("list the host's addresses: %w", err)
+	}
+	out := slices.Clone(privateRanges)
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		ones, _ := a.Mask.Size()
+		if !ok || ip.IsLoopback() || ones >= 32 || ones == 0 {
+			continue
+		}
+		p := netip.PrefixFrom(ip, ones).Masked()
+		if p.Overlaps(subnet) || slices.ContainsFunc(out, func(q netip.Prefix) bool { return q.Bits() <= p.Bits() && q.Contains(p.Addr()) }) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// ResolvConf returns the resolv.conf a sandbox should see (the daemon bind-mounts it
+// read-only): the nameservers the host uses that a sandbox can reach (IPv4, not loopback, not
+// an address of the host itself), and the host's search and options lines. It keeps those
+// nameservers reachable on port 53 in egress mode, even on a private network. When no such
+// nameserver exists it returns the file without nameserver lines and an error wrapping
+// ErrNoNameserver; the daemon can still write the file and should log the error.
+func (m *Manager) ResolvConf() ([]byte, error) {
+	data, servers, err := hostResolvConf()
+	if err != nil && !errors.Is(err, ErrNoNameserver) {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !slices.Equal(servers, m.nameservers) {
+		if err := m.apply("update nameservers", func(c *nftables.Conn) error { return m.rules.setNameservers(c, servers) }); err != nil {
+			return nil, err
+		}
+		m.log.Info("the sandboxes' nameservers changed", "nameservers", servers)
+		m.nameservers = servers
+	}
+	return data, err
 }
 
 // socketBuffers sets a netlink socket's send and receive buffers to at least these sizes, also

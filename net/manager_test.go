@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 )
 
@@ -49,12 +50,64 @@ func TestAttachGivesAddressAndDefaultRoute(t *testing.T) {
 	if got, ok := tn.m.Lookup(tn.id("a")); !ok || got.Addr != a.Addr || got.HostVeth != hostVethName(tn.cfg.Table, tn.id("a")) {
 		t.Fatalf("Lookup = %+v, %v", got, ok)
 	}
+	// The outside host's networks are private (10.232.n.0/24 is also the host's LAN): egress
+	// mode reaches them only once they are allowed.
+	ns.mustNotReach(t, hostPort(tn.allowed, 80))
+	ns.mustNotReach(t, hostPort(tn.other, 80))
+	if err := tn.m.SetMode(tn.id("a"), ModeEgress, []netip.Prefix{netip.PrefixFrom(tn.allowed, 24).Masked()}); err != nil {
+		t.Fatal(err)
+	}
 	// Egress is masqueraded: the outside host sees the host's address.
 	ns.mustGet(t, hostPort(tn.allowed, 80), "outside "+tn.hostOut.String()+":")
-	ns.mustGet(t, hostPort(tn.other, 80), "outside ")
-	// 169.254.0.0/16 is refused in egress mode, though the host itself reaches it.
+	ns.mustNotReach(t, hostPort(tn.other, 80))
+	// 169.254.0.0/16 is refused, though the host itself reaches it, even with every network
+	// allowed.
 	(*testNS)(nil).mustGet(t, hostPort(tn.metadata, 80), "outside ")
 	ns.mustNotReach(t, hostPort(tn.metadata, 80))
+	if err := tn.m.SetMode(tn.id("a"), ModeEgress, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}); err != nil {
+		t.Fatal(err)
+	}
+	ns.mustGet(t, hostPort(tn.other, 80), "outside ")
+	ns.mustNotReach(t, hostPort(tn.metadata, 80))
+}
+
+// TestEgressReachesTheNameservers: in egress mode the nameservers of the sandboxes'
+// resolv.conf are reachable on port 53 even on a private network, and on no other port.
+func TestEgressReachesTheNameservers(t *testing.T) {
+	tn := newTestNet(t)
+	ns, _ := tn.sandbox("a", ModeEgress)
+	tn.outside.serveUDPEcho(t, hostPort(tn.other, 53), "dns")
+	tn.outside.serveHTTP(t, hostPort(tn.other, 54), "not-dns")
+	ask := func() error {
+		c, err := ns.dial("udp4", hostPort(tn.other, 53), time.Second, nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("q")); err != nil {
+			return err
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err == nil && string(buf[:n]) != "dns q" {
+			err = fmt.Errorf("answer %q", buf[:n])
+		}
+		return err
+	}
+	if err := ask(); err == nil {
+		t.Fatal("egress reached port 53 of a private address that is not a nameserver")
+	}
+	tn.m.mu.Lock()
+	err := tn.m.apply("test nameservers", func(c *nftables.Conn) error { return tn.m.rules.setNameservers(c, []netip.Addr{tn.other}) })
+	tn.m.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ask(); err != nil {
+		t.Fatalf("egress to the nameserver's port 53: %v", err)
+	}
+	ns.mustNotReach(t, hostPort(tn.other, 54))
 }
 
 func TestNoneModeHasOnlyLoopback(t *testing.T) {
@@ -93,15 +146,23 @@ func TestAllowModeAndModeChanges(t *testing.T) {
 	ns.mustNotReach(t, hostPort(tn.other, 80))
 	ns.mustNotReach(t, hostPort(tn.metadata, 80))
 
-	// Listing the link-local network allows it: allowances are explicit.
-	if err := tn.m.SetMode(id, ModeAllow, []netip.Prefix{netip.PrefixFrom(tn.other, 24), netip.PrefixFrom(tn.metadata, 32)}); err != nil {
+	// A link-local network cannot be listed; one that holds it is no way there either.
+	if err := tn.m.SetMode(id, ModeAllow, []netip.Prefix{netip.PrefixFrom(tn.metadata, 32)}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("SetMode allow with a link-local address: %v, want ErrInvalid", err)
+	}
+	if err := tn.m.SetMode(id, ModeAllow, []netip.Prefix{netip.PrefixFrom(tn.other, 24), netip.MustParsePrefix("128.0.0.0/1"), netip.MustParsePrefix("0.0.0.0/1")}); err != nil {
+		t.Fatalf("SetMode allow: %v", err)
+	}
+	ns.mustNotReach(t, hostPort(tn.metadata, 80))
+	ns.mustGet(t, hostPort(tn.other, 80), "outside ")
+	if err := tn.m.SetMode(id, ModeAllow, []netip.Prefix{netip.PrefixFrom(tn.other, 24)}); err != nil {
 		t.Fatalf("SetMode allow: %v", err)
 	}
 	ns.mustNotReach(t, hostPort(tn.allowed, 80))
 	ns.mustGet(t, hostPort(tn.other, 80), "outside ")
-	ns.mustGet(t, hostPort(tn.metadata, 80), "outside ")
 
-	if err := tn.m.SetMode(id, ModeEgress, nil); err != nil {
+	// Egress with the outside's networks allowed: both.
+	if err := tn.m.SetMode(id, ModeEgress, []netip.Prefix{allowed, netip.PrefixFrom(tn.other, 24)}); err != nil {
 		t.Fatalf("SetMode egress: %v", err)
 	}
 	ns.mustGet(t, hostPort(tn.allowed, 80), "outside ")
@@ -124,14 +185,14 @@ func TestAllowModeAndModeChanges(t *testing.T) {
 	if err := tn.m.SetMode(id, "bogus", nil); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("SetMode bogus: %v, want ErrInvalid", err)
 	}
-	if err := tn.m.SetMode(id, ModeEgress, []netip.Prefix{allowed}); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("SetMode egress with an allow list: %v, want ErrInvalid", err)
+	if err := tn.m.SetMode(id, ModeNone, []netip.Prefix{allowed}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("SetMode none with an allow list: %v, want ErrInvalid", err)
 	}
 }
 
 func TestSandboxesAreIsolated(t *testing.T) {
 	tn := newTestNet(t)
-	nsA, a := tn.sandbox("a", ModeEgress)
+	nsA, a := tn.sandbox("a", ModeEgress, netip.PrefixFrom(tn.allowed, 24).Masked())
 	nsB, b := tn.sandbox("b", ModeAllow, tn.cfg.Subnet, netip.PrefixFrom(tn.hostOut, 32))
 	nsB.serveHTTP(t, "0.0.0.0:8080", "b")
 	nsA.serveHTTP(t, "0.0.0.0:8080", "a")
@@ -151,7 +212,8 @@ func TestSandboxesAreIsolated(t *testing.T) {
 	}
 	nsA.mustNotReach(t, hostPort(b.Addr, 8080))
 
-	// A address borrowed from B does not get out either.
+	// A address borrowed from B does not get out either, where A's own does.
+	nsA.mustGet(t, hostPort(tn.allowed, 80), "outside ")
 	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(b.Addr, 32)}); err != nil {
 		t.Fatal(err)
 	}
@@ -202,9 +264,10 @@ func TestExpose(t *testing.T) {
 	host.mustGet(t, hostPort(tn.hostOut, web.HostPort), "a-wildcard")
 	// From another machine: the client's address is kept.
 	tn.outside.mustGet(t, hostPort(tn.hostOut, web.HostPort), "a-wildcard "+tn.allowed.String()+":")
-	// From sandboxes (hairpin), the exposing one included.
-	nsB.mustGet(t, hostPort(tn.gw(), web.HostPort), "a-wildcard")
-	nsA.mustGet(t, hostPort(tn.hostOut, web.HostPort), "a-wildcard")
+	// Never from sandboxes (through the host: hairpin), the exposing one included.
+	nsB.mustNotReach(t, hostPort(tn.gw(), web.HostPort))
+	nsB.mustNotReach(t, hostPort(tn.hostOut, web.HostPort))
+	nsA.mustNotReach(t, hostPort(tn.hostOut, web.HostPort))
 
 	// A service listening on the sandbox's 127.0.0.1 only, exposed on the host's 127.0.0.1 only.
 	lo, err := tn.m.Expose(idA, Port{Port: 8081, HostIP: localhost})

@@ -89,6 +89,22 @@ func ipAddrIn(offset uint32, op expr.CmpOp, p netip.Prefix) []expr.Any {
 	}
 }
 
+// daddrInSet is `ip daddr @set`.
+func daddrInSet(set *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4DaddrOffset, Len: 4},
+		&expr.Lookup{SourceRegister: reg1, SetName: set.Name, SetID: set.ID},
+	}
+}
+
+// dport is `th dport` compared with port.
+func dport(op expr.CmpOp, port int) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: op, Register: reg1, Data: be16(port)},
+	}
+}
+
 func saddrIn(op expr.CmpOp, p netip.Prefix) []expr.Any { return ipAddrIn(ipv4SaddrOffset, op, p) }
 func daddrIn(op expr.CmpOp, p netip.Prefix) []expr.Any { return ipAddrIn(ipv4DaddrOffset, op, p) }
 
@@ -137,10 +153,15 @@ func verdict(kind expr.VerdictKind) []expr.Any {
 	return []expr.Any{&expr.Verdict{Kind: kind}}
 }
 
-// reject answers with an ICMP(v6) administratively-prohibited error, so a refused connection
-// fails at once instead of timing out.
-func reject() []expr.Any {
+// icmpReject answers with an ICMP(v6) administratively-prohibited error, so a refused
+// connection fails instead of timing out.
+func icmpReject() []expr.Any {
 	return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}}
+}
+
+// tcpReset answers a TCP segment with a reset (`reject with tcp reset`; TCP only).
+func tcpReset() []expr.Any {
+	return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
 }
 
 func masquerade() []expr.Any { return []expr.Any{&expr.Masq{}} }

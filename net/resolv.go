@@ -22,20 +22,17 @@ var ErrNoNameserver = errors.New("no nameserver a sandbox can reach")
 // stub really uses.
 var hostResolvConfs = []string{"/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"}
 
-// ResolvConf returns the resolv.conf a sandbox should see (the daemon bind-mounts it
-// read-only): the nameservers the host uses that a sandbox can reach (IPv4, not loopback, not
-// an address of the host itself), and the host's search and options lines. When no such
-// nameserver exists it returns the file without nameserver lines and an error wrapping
-// ErrNoNameserver; the daemon can still write the file and should log the error.
-func ResolvConf() ([]byte, error) {
+// hostResolvConf returns the resolv.conf a sandbox should see and its nameservers (see
+// Manager.ResolvConf).
+func hostResolvConf() ([]byte, []netip.Addr, error) {
 	local, err := hostAddrs()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return resolvConfFrom(hostResolvConfs, local)
 }
 
-func resolvConfFrom(paths []string, local map[netip.Addr]bool) ([]byte, error) {
+func resolvConfFrom(paths []string, local map[netip.Addr]bool) ([]byte, []netip.Addr, error) {
 	var other []string // search, domain and options lines of the first readable file
 	var servers []netip.Addr
 	var skipped []string
@@ -46,7 +43,7 @@ func resolvConfFrom(paths []string, local map[netip.Addr]bool) ([]byte, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", path, err)
+			return nil, nil, fmt.Errorf("read %s: %w", path, err)
 		}
 		lines, found, notUsable := parseResolvConf(data, local)
 		if !read {
@@ -66,9 +63,9 @@ func resolvConfFrom(paths []string, local map[netip.Addr]bool) ([]byte, error) {
 		out.WriteString(l + "\n")
 	}
 	if len(servers) == 0 {
-		return out.Bytes(), fmt.Errorf("%w in %s (found: %s)", ErrNoNameserver, strings.Join(paths, ", "), strings.Join(skipped, ", "))
+		return out.Bytes(), nil, fmt.Errorf("%w in %s (found: %s)", ErrNoNameserver, strings.Join(paths, ", "), strings.Join(skipped, ", "))
 	}
-	return out.Bytes(), nil
+	return out.Bytes(), servers, nil
 }
 
 // parseResolvConf splits a resolv.conf into the nameservers a sandbox can use, those it

@@ -19,38 +19,51 @@ const (
 	chainPostrouting = "postrouting"
 	chainInput       = "input"
 	chainForward     = "forward"
+	chainHostUsers   = "host_users"
 	chainEgress      = "egress"
 	setSandboxes     = "sandboxes"
 	setModes         = "modes"
 	setPortsAny      = "ports_any"
 	setPortsIP       = "ports_ip"
+	setNameservers   = "nameservers"
 )
 
+// allowChain is the chain of a sandbox with an allow list (in mode allow, or egress with
+// private networks allowed).
 func allowChain(veth string) string { return "allow_" + veth }
 
 var (
 	loopbackNet = netip.MustParsePrefix("127.0.0.0/8")
-	linkLocal   = netip.MustParsePrefix("169.254.0.0/16")
 	localhost   = netip.MustParseAddr("127.0.0.1")
 )
 
 // ruleset queues the operations that build nsbox's table on an nftables connection; the
 // caller flushes them as one atomic batch.
 type ruleset struct {
-	cfg       Config
-	table     *nftables.Table
-	sandboxes *nftables.Set
-	modes     *nftables.Set
-	portsAny  *nftables.Set
-	portsIP   *nftables.Set
+	cfg         Config
+	table       *nftables.Table
+	sandboxes   *nftables.Set
+	modes       *nftables.Set
+	portsAny    *nftables.Set
+	portsIP     *nftables.Set
+	nameservers *nftables.Set
+	// private are the networks egress mode denies unless allowed: privateRanges and the
+	// networks of the host's interfaces that are not in them.
+	private []netip.Prefix
+	// daemonUID is the one host user whose sockets may connect to sandbox addresses directly.
+	daemonUID uint32
 }
 
-func newRuleset(cfg Config) *ruleset {
+func newRuleset(cfg Config, private []netip.Prefix, daemonUID uint32) *ruleset {
 	t := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
 	natTarget := nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
 	return &ruleset{
-		cfg:   cfg,
-		table: t,
+		cfg:       cfg,
+		table:     t,
+		private:   private,
+		daemonUID: daemonUID,
+		// nameservers holds the IPv4 nameservers of the sandboxes' resolv.conf.
+		nameservers: &nftables.Set{Table: t, Name: setNameservers, KeyType: nftables.TypeIPAddr},
 		// sandboxes holds the host veth of every networked sandbox.
 		sandboxes: &nftables.Set{Table: t, Name: setSandboxes, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian},
 		// modes maps a sandbox address to the chain that decides where it may go.
@@ -79,6 +92,15 @@ func (r *ruleset) add(c *nftables.Conn, ch *nftables.Chain, parts ...[]expr.Any)
 	c.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: exprs(parts...)})
 }
 
+// reject queues two rules that refuse what match matches at once: TCP with a reset, the rest
+// with an ICMP administratively-prohibited error. A reset is never rate-limited; ICMP errors
+// to one host are (1 a second after a burst of 6, net.ipv4.icmp_ratelimit), and a TCP
+// connect that gets none retransmits its SYN and fails only after a second.
+func (r *ruleset) reject(c *nftables.Conn, ch *nftables.Chain, match ...[]expr.Any) {
+	r.add(c, ch, append(slices.Clone(match), metaCmp(expr.MetaKeyL4PROTO, expr.CmpOpEq, []byte{unix.IPPROTO_TCP}), tcpReset())...)
+	r.add(c, ch, append(slices.Clone(match), icmpReject())...)
+}
+
 // fromSandbox matches packets that came in on a sandbox's veth (or, with inverted, on any
 // other interface); toSandbox the same for the output interface.
 func (r *ruleset) fromSandbox(inverted bool) []expr.Any {
@@ -92,7 +114,7 @@ func (r *ruleset) toSandbox(inverted bool) []expr.Any {
 // replaceTable queues the whole table from scratch: the table is added (so the delete
 // cannot fail), deleted and added again, so the batch swaps the old table for the new one
 // atomically. guarded lists the uplinks on which nsbox turned forwarding on.
-func (r *ruleset) replaceTable(c *nftables.Conn, guarded []string) error {
+func (r *ruleset) replaceTable(c *nftables.Conn, guarded []string, nameservers []netip.Addr) error {
 	c.AddTable(r.table)
 	c.DelTable(r.table)
 	c.AddTable(r.table)
@@ -101,10 +123,28 @@ func (r *ruleset) replaceTable(c *nftables.Conn, guarded []string) error {
 			return fmt.Errorf("nftables set %s: %w", s.Name, err)
 		}
 	}
+	if err := c.AddSet(r.nameservers, addrElements(nameservers)); err != nil {
+		return fmt.Errorf("nftables set %s: %w", r.nameservers.Name, err)
+	}
 	r.addAntispoof(c)
 	r.addNAT(c)
 	r.addFilter(c, guarded)
 	return nil
+}
+
+// setNameservers queues the replacement of the nameservers set's elements.
+func (r *ruleset) setNameservers(c *nftables.Conn, nameservers []netip.Addr) error {
+	c.FlushSet(r.nameservers)
+	return addElements(c, r.nameservers, addrElements(nameservers))
+}
+
+func addrElements(addrs []netip.Addr) []nftables.SetElement {
+	elems := make([]nftables.SetElement, 0, len(addrs))
+	for _, a := range addrs {
+		b := a.As4()
+		elems = append(elems, nftables.SetElement{Key: b[:]})
+	}
+	return elems
 }
 
 // addAntispoof drops, before conntrack sees them, packets from a sandbox whose source address
@@ -127,11 +167,9 @@ func (r *ruleset) addNAT(c *nftables.Conn) {
 	post := r.baseChain(c, chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
 	// Egress: sandbox traffic leaving by any other interface goes out as the host.
 	r.add(c, post, isIPv4(), saddrIn(expr.CmpOpEq, r.cfg.Subnet), r.toSandbox(true), masquerade())
-	// Exposed ports reached from the host's 127.0.0.1 or from a sandbox (hairpin): the
-	// sandbox must answer to the gateway, not to its own loopback or straight to the peer.
-	for _, src := range []netip.Prefix{loopbackNet, r.cfg.Subnet} {
-		r.add(c, post, isIPv4(), r.toSandbox(false), ctDNAT(expr.CmpOpNeq), saddrIn(expr.CmpOpEq, src), masquerade())
-	}
+	// Exposed ports reached from the host's 127.0.0.1: the sandbox must answer to the
+	// gateway, not to its own loopback.
+	r.add(c, post, isIPv4(), r.toSandbox(false), ctDNAT(expr.CmpOpNeq), saddrIn(expr.CmpOpEq, loopbackNet), masquerade())
 }
 
 // addDNAT queues the two rules that forward exposed host ports: one for exposures on a
@@ -146,7 +184,14 @@ func (r *ruleset) addFilter(c *nftables.Conn, guarded []string) {
 	// Sandboxes reach no host service on any host address; the host's own connections
 	// into sandboxes (and their replies) still work.
 	r.add(c, in, r.fromSandbox(false), ctEstablished(), verdict(expr.VerdictAccept))
-	r.add(c, in, r.fromSandbox(false), reject())
+	r.reject(c, in, r.fromSandbox(false))
+
+	// Host users other than the daemon's connect to no sandbox address; exposed ports (DNAT-ed
+	// here, in the nat output chain, before this one) stay theirs to use. Packets without a
+	// socket (the kernel's own answers) have no owner and do not match.
+	out := r.baseChain(c, chainHostUsers, nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter)
+	r.reject(c, out, r.toSandbox(false), ctDNAT(expr.CmpOpEq),
+		metaCmp(expr.MetaKeySKUID, expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(r.daemonUID)))
 
 	fwd := r.baseChain(c, chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
 	for _, u := range guarded {
@@ -157,17 +202,27 @@ func (r *ruleset) addFilter(c *nftables.Conn, guarded []string) {
 	// Into the sandboxes from elsewhere: exposed ports only.
 	r.add(c, fwd, r.toSandbox(false), r.fromSandbox(true), ctDNAT(expr.CmpOpNeq), verdict(expr.VerdictAccept))
 	r.add(c, fwd, r.toSandbox(false), r.fromSandbox(true), verdict(expr.VerdictDrop))
-	// Sandbox to sandbox: only through an exposed port (hairpin), never directly.
-	r.add(c, fwd, r.fromSandbox(false), r.toSandbox(false), ctDNAT(expr.CmpOpNeq), verdict(expr.VerdictAccept))
-	r.add(c, fwd, r.fromSandbox(false), r.toSandbox(false), reject())
+	// Sandbox to sandbox: never, not even through an exposed port (DNAT-ed to a sandbox).
+	r.reject(c, fwd, r.fromSandbox(false), r.toSandbox(false))
+	// Link-local and metadata addresses: never, whatever the mode.
+	for _, p := range neverReached {
+		r.reject(c, fwd, r.fromSandbox(false), isIPv4(), daddrIn(expr.CmpOpEq, p))
+	}
 	// Out of the sandboxes: whatever each sandbox's mode allows.
 	r.add(c, fwd, r.fromSandbox(false), isIPv4(),
 		[]expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4SaddrOffset, Len: 4}},
 		[]expr.Any{&expr.Lookup{SourceRegister: reg1, IsDestRegSet: true, SetName: r.modes.Name, SetID: r.modes.ID}})
-	r.add(c, fwd, r.fromSandbox(false), reject())
+	r.reject(c, fwd, r.fromSandbox(false))
 
+	// Egress: the sandboxes' nameservers on port 53, then anything but the private networks.
 	egress := c.AddChain(r.chain(chainEgress))
-	r.add(c, egress, isIPv4(), daddrIn(expr.CmpOpEq, linkLocal), reject())
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		r.add(c, egress, isIPv4(), daddrInSet(r.nameservers), metaCmp(expr.MetaKeyL4PROTO, expr.CmpOpEq, []byte{proto}),
+			dport(expr.CmpOpEq, 53), verdict(expr.VerdictAccept))
+	}
+	for _, p := range r.private {
+		r.reject(c, egress, isIPv4(), daddrIn(expr.CmpOpEq, p))
+	}
 	r.add(c, egress, verdict(expr.VerdictAccept))
 }
 
@@ -229,18 +284,18 @@ const (
 	ackBytes        = 2048
 	maxRuleBytes    = 1024 // a message of one rule or chain; the largest here is ~550 bytes
 	maxElementBytes = 128
-	tableMessages   = 64 // replaceTable queues 38
+	tableMessages   = 64 // replaceTable queues 51 and two rules per private network
 )
 
 // tableBudget bounds the number of messages and bytes of replaceTable followed by
 // addSandboxes(sbs).
-func tableBudget(sbs []sandboxRules) (msgs, bytes int) {
+func (r *ruleset) tableBudget(sbs []sandboxRules) (msgs, bytes int) {
 	elements := 0
-	msgs = tableMessages
+	msgs = tableMessages + 2*len(r.private)
 	for _, s := range sbs {
 		elements += 2 + len(s.sb.Ports)
-		if s.sb.Mode == ModeAllow {
-			msgs += 2 + len(s.sb.Allow) // the chain, a rule per prefix, the reject
+		if s.sb.hasChain() {
+			msgs += 3 + len(s.sb.Allow) // the chain, a rule per prefix, the two rejects or the goto
 		}
 	}
 	elementMessages := elements/elementsPerMessage + 4 // a partial message for each of the 4 sets
@@ -263,16 +318,22 @@ func (r *ruleset) delSandbox(c *nftables.Conn, sb *sandbox, veth string) error {
 	return nil
 }
 
-// modeElement queues the chain of a sandbox in allow mode, and returns the sandbox's element
-// of the modes map: its address and the chain that decides where it may go.
+// modeElement queues the chain of a sandbox with an allow list, and returns the sandbox's
+// element of the modes map: its address and the chain that decides where it may go. In
+// mode allow that chain accepts the listed networks and rejects the rest; in mode egress it
+// accepts them and goes on to the egress chain.
 func (r *ruleset) modeElement(c *nftables.Conn, sb *sandbox, veth string) nftables.SetElement {
 	target := &expr.Verdict{Kind: expr.VerdictJump, Chain: chainEgress}
-	if sb.Mode == ModeAllow {
+	if sb.hasChain() {
 		ch := c.AddChain(r.chain(allowChain(veth)))
 		for _, p := range sb.Allow {
 			r.add(c, ch, isIPv4(), daddrIn(expr.CmpOpEq, p), verdict(expr.VerdictAccept))
 		}
-		r.add(c, ch, reject())
+		if sb.Mode == ModeAllow {
+			r.reject(c, ch)
+		} else {
+			r.add(c, ch, []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainEgress}})
+		}
 		target = &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}
 	}
 	a := sb.Addr.As4()
@@ -288,7 +349,7 @@ func (r *ruleset) delMode(c *nftables.Conn, sb *sandbox, veth string) error {
 	if err := c.SetDeleteElements(r.modes, []nftables.SetElement{{Key: a[:]}}); err != nil {
 		return fmt.Errorf("nftables: delete %s from %s: %w", sb.Addr, setModes, err)
 	}
-	if sb.Mode == ModeAllow {
+	if sb.hasChain() {
 		c.DelChain(r.chain(allowChain(veth)))
 	}
 	return nil

@@ -19,7 +19,8 @@ type scaleBox struct {
 }
 
 // newScaleNet makes a testNet with a /22 subnet and n sandboxes, every fifth in allow mode
-// with three prefixes, each with port 8080 exposed.
+// with three prefixes, the others in egress mode allowing the outside host's (private)
+// networks, each with port 8080 exposed.
 func newScaleNet(t testing.TB, n int) (*testNet, []scaleBox) {
 	t.Helper()
 	tn := newTestNet(t, func(cfg *Config, seq int) {
@@ -27,6 +28,7 @@ func newScaleNet(t testing.TB, n int) (*testNet, []scaleBox) {
 		cfg.HostPortMin, cfg.HostPortMax = 30000, 30000+2*n
 	})
 	allow := []netip.Prefix{netip.PrefixFrom(tn.allowed, 32), netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.0/24")}
+	outside := []netip.Prefix{netip.PrefixFrom(tn.allowed, 24).Masked(), netip.PrefixFrom(tn.other, 24).Masked()}
 	boxes := make([]scaleBox, n)
 	for i := range boxes {
 		b := &boxes[i]
@@ -34,7 +36,7 @@ func newScaleNet(t testing.TB, n int) (*testNet, []scaleBox) {
 		if b.allow {
 			b.ns, _ = tn.sandbox(b.name, ModeAllow, allow...)
 		} else {
-			b.ns, _ = tn.sandbox(b.name, ModeEgress)
+			b.ns, _ = tn.sandbox(b.name, ModeEgress, outside...)
 		}
 		b.ns.serveHTTP(t, "0.0.0.0:8080", b.name)
 		p, err := tn.m.Expose(tn.id(b.name), Port{Port: 8080})
@@ -57,7 +59,7 @@ func TestReopenAtScale(t *testing.T) {
 
 	// Every exposed port answers from the host, and every sandbox's mode holds.
 	var wg sync.WaitGroup
-	errs := make(chan error, len(boxes))
+	errs := make(chan error, 2*len(boxes)) // two checks may fail per sandbox
 	sem := make(chan struct{}, 16)
 	var host *testNS
 	for i := range boxes {

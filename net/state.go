@@ -49,6 +49,11 @@ func (s *sandbox) attached() bool { return s.Mode != "" }
 // networked reports whether the sandbox has a veth, an address and rules.
 func (s *sandbox) networked() bool { return s.Mode == ModeEgress || s.Mode == ModeAllow }
 
+// hasChain reports whether the sandbox's rules include a chain of its own (allowChain).
+func (s *sandbox) hasChain() bool {
+	return s.Mode == ModeAllow || s.Mode == ModeEgress && len(s.Allow) > 0
+}
+
 // The state is kept in two slot files, path and path+".1", overwritten in place by turns:
 // each save goes to the slot that does not hold the latest state, so a save cut short by a
 // crash leaves the latest state whole in the other slot. Each slot starts with a header line

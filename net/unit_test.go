@@ -138,6 +138,22 @@ func TestModesAndNames(t *testing.T) {
 	if err := checkMode(ModeAllow, []netip.Prefix{netip.MustParsePrefix("::/0")}); err == nil {
 		t.Error("an IPv6 allow entry was accepted")
 	}
+	for _, never := range []string{"169.254.169.254/32", "169.254.0.0/16", "169.254.7.0/24", "100.100.100.200/32"} {
+		for _, mode := range []Mode{ModeAllow, ModeEgress} {
+			if err := checkMode(mode, []netip.Prefix{netip.MustParsePrefix(never)}); err == nil || !strings.Contains(err.Error(), "no sandbox may reach") {
+				t.Errorf("mode %s allowing %s: %v, want a refusal", mode, never, err)
+			}
+		}
+	}
+	// Wider networks are accepted; the link-local and metadata rules still come first.
+	for _, ok := range []string{"0.0.0.0/0", "100.64.0.0/10", "10.0.0.0/8"} {
+		if err := checkMode(ModeEgress, []netip.Prefix{netip.MustParsePrefix(ok)}); err != nil {
+			t.Errorf("egress allowing %s: %v", ok, err)
+		}
+	}
+	if err := checkMode(ModeNone, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}); err == nil {
+		t.Error("mode none took an allow list")
+	}
 	got := normalizeAllow([]netip.Prefix{netip.MustParsePrefix("10.0.0.7/8"), netip.MustParsePrefix("1.1.1.1/32"), netip.MustParsePrefix("10.0.0.0/8")})
 	if want := []netip.Prefix{netip.MustParsePrefix("1.1.1.1/32"), netip.MustParsePrefix("10.0.0.0/8")}; !slices.Equal(got, want) {
 		t.Errorf("normalizeAllow = %v, want %v", got, want)
@@ -169,7 +185,7 @@ func TestResolvConf(t *testing.T) {
 	stub := write("stub", "# managed\nnameserver 127.0.0.53\nnameserver 192.0.2.10\nnameserver fd00::1\nsearch corp.example\noptions edns0 trust-ad\n")
 	upstream := write("upstream", "nameserver 198.51.100.1\nnameserver 198.51.100.2\nsearch other.example\n")
 
-	got, err := resolvConfFrom([]string{stub, upstream}, local)
+	got, servers, err := resolvConfFrom([]string{stub, upstream}, local)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,24 +193,27 @@ func TestResolvConf(t *testing.T) {
 	if string(got) != want {
 		t.Fatalf("stub host: got\n%s\nwant\n%s", got, want)
 	}
+	if wantServers := []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")}; !slices.Equal(servers, wantServers) {
+		t.Fatalf("stub host: nameservers %v, want %v", servers, wantServers)
+	}
 
-	got, err = resolvConfFrom([]string{stub, filepath.Join(dir, "missing")}, local)
+	got, servers, err = resolvConfFrom([]string{stub, filepath.Join(dir, "missing")}, local)
 	if !errors.Is(err, ErrNoNameserver) || !strings.Contains(err.Error(), "127.0.0.53") {
 		t.Fatalf("stub only: %v, want ErrNoNameserver naming the stub", err)
 	}
-	if string(got) != "search corp.example\noptions edns0 trust-ad\n" {
-		t.Fatalf("stub only: got %q", got)
+	if string(got) != "search corp.example\noptions edns0 trust-ad\n" || len(servers) != 0 {
+		t.Fatalf("stub only: got %q, nameservers %v", got, servers)
 	}
 
-	if got, err := resolvConfFrom([]string{upstream, stub}, nil); err != nil || !strings.HasPrefix(string(got), "nameserver 198.51.100.1\n") {
+	if got, _, err := resolvConfFrom([]string{upstream, stub}, nil); err != nil || !strings.HasPrefix(string(got), "nameserver 198.51.100.1\n") {
 		t.Fatalf("plain host: %q, %v", got, err)
 	}
 }
 
 func TestResolvConfOfThisHost(t *testing.T) {
-	got, err := ResolvConf()
+	got, _, err := hostResolvConf()
 	if err != nil && !errors.Is(err, ErrNoNameserver) {
-		t.Fatalf("ResolvConf: %v", err)
+		t.Fatalf("hostResolvConf: %v", err)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(got)), "\n") {
 		if f := strings.Fields(line); len(f) == 2 && f[0] == "nameserver" && netip.MustParseAddr(f[1]).IsLoopback() {
@@ -223,8 +242,10 @@ func TestTableBudgetBoundsTheBatch(t *testing.T) {
 	for i := range 700 {
 		addr = addr.Next()
 		sb := &sandbox{Addr: addr, Mode: ModeEgress, Ports: []Port{{Port: 80, Protocol: TCP, HostPort: 20000 + i}}}
-		if i%3 == 0 {
-			sb.Mode = ModeAllow
+		if i%3 == 0 || i%5 == 0 {
+			if i%3 == 0 {
+				sb.Mode = ModeAllow
+			}
 			sb.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.7/32")}
 			sb.Ports = append(sb.Ports, Port{Port: 53, Protocol: UDP, HostPort: 20000 + i, HostIP: netip.MustParseAddr("127.0.0.1")})
 		}
@@ -246,8 +267,9 @@ func TestTableBudgetBoundsTheBatch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := newRuleset(cfg)
-		if err := r.replaceTable(c, []string{"eth0"}); err != nil {
+		private := append(slices.Clone(privateRanges), netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.18.0.0/15"))
+		r := newRuleset(cfg, private, 0)
+		if err := r.replaceTable(c, []string{"eth0"}, []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.addSandboxes(c, sbs[:n]); err != nil {
@@ -256,7 +278,7 @@ func TestTableBudgetBoundsTheBatch(t *testing.T) {
 		if err := c.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		wantMsgs, wantBytes := tableBudget(sbs[:n])
+		wantMsgs, wantBytes := r.tableBudget(sbs[:n])
 		t.Logf("%d sandboxes: %d messages, %d bytes; budget %d messages, %d bytes", n, msgs, bytes, wantMsgs, wantBytes)
 		if msgs > wantMsgs || bytes > wantBytes {
 			t.Errorf("%d sandboxes: the batch has %d messages and %d bytes, more than the budget's %d and %d", n, msgs, bytes, wantMsgs, wantBytes)

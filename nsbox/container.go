@@ -2,6 +2,7 @@ package nsbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -88,7 +89,13 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	var ids rootfs.IDMap
 	if r.ids != nil {
 		var err error
-		if ids, err = r.ids.allocate(id, kept); err != nil {
+		// Removed sandboxes give their ids back only once their containers are gone, in the
+		// background (retire): wait for those before giving up.
+		deadline := time.Now().Add(retireWait)
+		for ids, err = r.ids.allocate(id, kept); errors.Is(err, errNoIDs) && r.retiringCount.Load() > 0 && time.Now().Before(deadline); ids, err = r.ids.allocate(id, kept) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err != nil {
 			return backend.Spec{}, err
 		}
 	}
@@ -104,10 +111,14 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	if err != nil {
 		return backend.Spec{}, err
 	}
+	layers := make([]string, 0, len(st.SnapshotLayers)+len(img.Layers))
+	for _, d := range st.SnapshotLayers {
+		layers = append(layers, r.images.Layers().Dir(d))
+	}
 	spec := backend.Spec{
-		ID: id, Layers: img.Layers, UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
+		ID: id, Layers: append(layers, img.Layers...), UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
 		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
-		Capabilities: st.Capabilities,
+		Capabilities: st.Capabilities, LimitViews: r.views.dirNow(),
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

@@ -27,6 +27,9 @@ func (r *Runtime) handleCreateContext(w http.ResponseWriter, req *http.Request) 
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
 		return err
 	}
+	if err := r.refuseConfined(req.PathValue("id"), body.SessionID, "code contexts"); err != nil {
+		return err
+	}
 	return r.processCall(w, req, http.StatusCreated, func(a *agentClient) (any, error) {
 		var c api.CodeContext
 		return &c, a.call(req.Context(), http.MethodPost, contextPath(""), body, &c)

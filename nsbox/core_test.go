@@ -76,6 +76,7 @@ func (c *testCore) create(req api.CreateSandboxRequest) *api.Sandbox {
 // leftovers lists what a sandbox that is gone must not have left: a record, a container, a
 // run or data dir, a network.
 func (c *testCore) leftovers(id string) []string {
+	c.retiring.Wait() // a remove tears its container down in the background
 	var out []string
 	if _, err := c.Get(id); err == nil {
 		out = append(out, "sandbox still listed")
@@ -205,25 +206,36 @@ func TestCreateWhoseCleanupFailsStaysFailed(t *testing.T) {
 	if err != nil || sb.Status != api.StatusFailed || !strings.Contains(sb.Error, "will not go") {
 		t.Fatalf("a create that could not clean up: %+v %v", sb, err)
 	}
-	if err := c.Remove("stuck", true); err == nil {
-		t.Fatal("remove while destroy still fails succeeded")
+	// A remove frees the id at once and tears the container down in the background: what will
+	// not go stays, without a record, until a daemon start destroys it.
+	if err := c.Remove("stuck", true); err != nil {
+		t.Fatalf("remove while destroy still fails: %v", err)
+	}
+	c.retiring.Wait()
+	if len(c.backend.ids()) != 1 {
+		t.Fatalf("the container that would not go: %v", c.backend.ids())
 	}
 	c.backend.set(func(b *fakeBackend) { b.failDestroy = nil })
-	if err := c.Remove("stuck", true); err != nil {
-		t.Fatalf("remove once destroy works: %v", err)
-	}
-	if left := c.leftovers("stuck"); len(left) > 0 {
-		t.Errorf("left behind: %v", left)
+	c.Close()
+	c.open()
+	if left := c.leftovers("stuck"); len(left) > 0 || len(c.backend.ids()) != 0 {
+		t.Errorf("left behind after a restart: %v, containers %v", left, c.backend.ids())
 	}
 }
 
 func TestWarmPool(t *testing.T) {
 	c := newTestCore(t, 2)
 	c.waitPool(2)
-	starts := c.backend.startCount()
-	c.create(api.CreateSandboxRequest{ID: "warm"})
-	if n := c.backend.startCount(); n != starts {
-		t.Errorf("a create with a full pool started a container (%d starts, %d before)", n, starts)
+	c.pool.mu.Lock()
+	var pooled []string
+	for _, sc := range c.pool.ready["host"] {
+		pooled = append(pooled, sc.inst.ID())
+	}
+	c.pool.mu.Unlock()
+	warm := c.create(api.CreateSandboxRequest{ID: "warm"})
+	// (The refill may start meanwhile: count nothing, look at the container it got.)
+	if s, _ := c.lookup(warm.ID); !slices.Contains(pooled, s.snapshot().container()) {
+		t.Errorf("a create with a full pool got container %s, not one of the pool's %v", s.snapshot().container(), pooled)
 	}
 	c.waitPool(2) // refilled
 	// A pooled container whose agent died is discarded, never bound.

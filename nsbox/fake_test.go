@@ -2,6 +2,7 @@ package nsbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,6 +159,7 @@ type fakeInstance struct {
 	limits   backend.Limits
 	config   api.AgentConfig
 	env      map[string]string
+	restored api.SandboxState // what the daemon restored in it
 }
 
 func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
@@ -190,6 +192,15 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}))
+	mux.HandleFunc("POST /v1/state/save", func(w http.ResponseWriter, _ *http.Request) { // one session, as a snapshot sees it
+		api.WriteJSON(w, http.StatusOK, api.SandboxState{Sessions: []api.SessionState{{ID: "default", Script: "cd /tmp"}}})
+	})
+	mux.HandleFunc("POST /v1/state/restore", func(w http.ResponseWriter, r *http.Request) {
+		i.mu.Lock()
+		_ = json.NewDecoder(r.Body).Decode(&i.restored)
+		i.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 		go i.exit()
@@ -253,14 +264,20 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 	return nil
 }
 
+func (i *fakeInstance) ShowLimits(string) error { return nil }
+
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 
 func (i *fakeInstance) OpenRoot() (*sandboxfs.Root, error) {
 	return nil, errors.New("no root in a fake")
 }
-func (i *fakeInstance) Freeze() error { return i.setFrozen(true) }
-func (i *fakeInstance) Thaw() error   { return i.setFrozen(false) }
-func (i *fakeInstance) Close()        {}
+func (i *fakeInstance) Stats() (backend.Stats, error) {
+	return backend.Stats{CPUNanos: 1e9, MemoryBytes: 1 << 20, MemoryLimit: uint64(i.currentLimits().MemoryBytes), Pids: 1}, nil
+}
+func (i *fakeInstance) OOMKills() (uint64, error) { return 0, nil }
+func (i *fakeInstance) Freeze() error             { return i.setFrozen(true) }
+func (i *fakeInstance) Thaw() error               { return i.setFrozen(false) }
+func (i *fakeInstance) Close()                    {}
 
 func (i *fakeInstance) Kill() {
 	i.b.mu.Lock()
@@ -305,6 +322,8 @@ type fakeNetwork struct {
 	next       byte
 	failAttach error
 }
+
+func (n *fakeNetwork) RuleCount() (int, error) { return 0, nil }
 
 func newFakeNetwork() *fakeNetwork {
 	return &fakeNetwork{attached: map[string]*sandboxnet.Attachment{}, next: 2}
@@ -391,3 +410,6 @@ func (n *fakeNetwork) Expose(string, sandboxnet.Port) (sandboxnet.Port, error) {
 func (n *fakeNetwork) Unexpose(string, int, string) error { return sandboxnet.ErrNotFound }
 func (n *fakeNetwork) Ports(string) []sandboxnet.Port     { return nil }
 func (n *fakeNetwork) Close()                             {}
+
+// ResolvConf is a fixed file: the fake network has no host resolver to follow.
+func (n *fakeNetwork) ResolvConf() ([]byte, error) { return []byte("nameserver 192.0.2.53\n"), nil }

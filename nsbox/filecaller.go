@@ -46,6 +46,12 @@ func (r *Runtime) openFileCaller(req *http.Request) (*sandboxfs.Root, fileCaller
 		}
 		return nil, fileCaller{}, err
 	}
+	if _, ok := l.rec.SessionPermissions[sid]; ok && sid != "" {
+		if err := r.actForSession(req, l.rec.container(), sid, root); err != nil {
+			root.Close()
+			return nil, fileCaller{}, err
+		}
+	}
 	return root, who, nil
 }
 

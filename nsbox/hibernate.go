@@ -60,6 +60,9 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
+	if err := confinedSessions(sb.rec); err != nil {
+		return nil, err
+	}
 	switch sb.rec.Status {
 	case api.StatusRunning:
 	case api.StatusPaused: // its agent must answer
@@ -139,7 +142,8 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	if err := readJSONFile(r.savedStatePath(rec.container()), &st); err != nil {
 		return fmt.Errorf("resume sandbox %s: %w", sb.id, err)
 	}
-	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities}
+	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities,
+		SnapshotLayers: rec.SnapshotLayers, Permissions: rec.Permissions}
 	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true)
 	if err != nil {
 		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, err)

@@ -1,6 +1,7 @@
 package nsbox
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -68,6 +69,9 @@ type idRanges struct {
 	foreign []rootfs.IDMap          // claimed ids that are no block of r (the range was changed)
 }
 
+// errNoIDs: every block of the range is in use.
+var errNoIDs = errors.New("no user namespace ids left")
+
 func newIDRanges(r IDRange) *idRanges {
 	return &idRanges{r: r, blocks: int(r.Count / rootfs.IDsPerSandbox), owner: map[int]string{}, of: map[string]rootfs.IDMap{}}
 }
@@ -100,8 +104,8 @@ func (a *idRanges) allocate(container string, held bool) (rootfs.IDMap, error) {
 		a.owner[i], a.of[container] = container, a.block(i)
 		return a.block(i), nil
 	}
-	return rootfs.IDMap{}, fmt.Errorf("no user namespace ids left: all %d blocks of %d ids in %d-%d are in use; remove sandboxes or give the daemon a larger --userns-range",
-		a.blocks, rootfs.IDsPerSandbox, a.r.Start, uint64(a.r.Start)+uint64(a.r.Count)-1)
+	return rootfs.IDMap{}, fmt.Errorf("%w: all %d blocks of %d ids in %d-%d are in use; remove sandboxes or give the daemon a larger --userns-range",
+		errNoIDs, a.blocks, rootfs.IDsPerSandbox, a.r.Start, uint64(a.r.Start)+uint64(a.r.Count)-1)
 }
 
 func (a *idRanges) collidesWithForeign(m rootfs.IDMap) bool {

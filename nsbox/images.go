@@ -108,14 +108,18 @@ func (r *Runtime) cleanUpImages(w http.ResponseWriter, req *http.Request, flag s
 	return nil
 }
 
-// imageInUse tells the OCI images sandboxes were made from, by the image id each sandbox
-// recorded (a tag may have moved to another image since).
+// imageInUse tells the OCI images sandboxes and snapshots were made from, by the image id
+// each recorded (a tag may have moved to another image since).
 func (r *Runtime) imageInUse() oci.InUse {
 	used := map[string]bool{}
 	for _, rec := range r.snapshots() {
 		used[rec.ImageID] = true
 	}
-	return func(img *api.ImageInfo) bool { return used[img.ID] }
+	snaps, err := r.records.Snapshots()
+	for _, s := range snaps {
+		used[s.ImageID] = true
+	}
+	return func(img *api.ImageInfo) bool { return err != nil || used[img.ID] }
 }
 
 // imageError gives an image store error its API code.

@@ -58,6 +58,8 @@ type network interface {
 	Expose(id string, want sandboxnet.Port) (sandboxnet.Port, error)
 	Unexpose(id string, port int, protocol string) error
 	Ports(id string) []sandboxnet.Port
+	ResolvConf() ([]byte, error)
+	RuleCount() (int, error)
 	Close()
 }
 
@@ -101,11 +103,11 @@ func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, err
 		s.Mode = api.NetworkEgress
 	}
 	switch s.Mode {
-	case api.NetworkNone, api.NetworkEgress:
+	case api.NetworkNone:
 		if len(s.Allow) > 0 {
-			return s, nil, api.Errorf(api.CodeInvalidArgument, "network.allow is only for mode allow, not %q", s.Mode)
+			return s, nil, api.Errorf(api.CodeInvalidArgument, "network.allow is only for modes egress and allow, not %q", s.Mode)
 		}
-	case api.NetworkAllow:
+	case api.NetworkEgress, api.NetworkAllow:
 	default:
 		return s, nil, api.Errorf(api.CodeInvalidArgument, "network.mode must be none, egress or allow, not %q", s.Mode)
 	}
@@ -129,7 +131,7 @@ func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, err
 // returns their read-only mounts. Until connectNetwork the hosts file names the container; it
 // is rewritten in place then, so the mount shows the new content.
 func (r *Runtime) networkFiles(container string) ([]backend.Mount, error) {
-	resolv, err := sandboxnet.ResolvConf()
+	resolv, err := r.net.ResolvConf()
 	if errors.Is(err, sandboxnet.ErrNoNameserver) {
 		r.log.Warn("sandboxes get no DNS server", "err", err)
 	} else if err != nil {
@@ -260,20 +262,25 @@ func (r *Runtime) SetNetwork(id string, spec api.NetworkSpec) (*api.Sandbox, err
 	return &out, nil
 }
 
-// ExposePort forwards a host port to a port of a running sandbox. A TCP port that is not
-// public gets a token for the preview proxy. The exposure, token included, is kept in
+// ExposePort forwards a host port to a port of a running sandbox: on the host's 127.0.0.1
+// unless the request names a host address or is public (every address). A TCP port that is
+// not public gets a token for the preview proxy. The exposure, token included, is kept in
 // package net's state (in the run dir, like the kernel rules it describes: no fsync).
 func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.ExposedPort, error) {
 	want := sandboxnet.Port{Port: req.Port, Protocol: req.Protocol, HostPort: req.HostPort, Public: req.Public}
 	if want.Protocol != "" && want.Protocol != api.ProtocolTCP && want.Protocol != api.ProtocolUDP {
 		return nil, api.Errorf(api.CodeInvalidArgument, "protocol must be tcp or udp, not %q", req.Protocol)
 	}
-	if req.HostIP != "" {
+	switch {
+	case req.HostIP != "":
 		ip, err := netip.ParseAddr(req.HostIP)
 		if err != nil {
 			return nil, api.Errorf(api.CodeInvalidArgument, "hostIP %q is not an IP address", req.HostIP)
 		}
 		want.HostIP = ip
+	case !req.Public:
+		// Safe by default: the host alone reaches a port that is not public.
+		want.HostIP = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
 	if want.Protocol != api.ProtocolUDP && !req.Public {
 		want.Token = newToken()
@@ -291,6 +298,7 @@ func (r *Runtime) ExposePort(id string, req api.ExposePortRequest) (*api.Exposed
 		// Exposed already with the same host side: the same exposure, unless public changes.
 		return nil, api.Errorf(api.CodeConflict, "port %d/%s is already exposed with public=%t; remove it first to change that", p.Port, p.Protocol, p.Public)
 	}
+	r.ops.events.publish(api.EventPortExposed, id, "port", strconv.Itoa(p.Port), "protocol", p.Protocol, "hostPort", strconv.Itoa(p.HostPort))
 	return r.exposedPort(id, p), nil
 }
 
@@ -306,6 +314,9 @@ func (r *Runtime) UnexposePort(id string, port int, protocol string) error {
 	if protocol != sandboxnet.UDP {
 		// Also when cutting the NAT-ed flows failed: the port is unexposed by then.
 		r.forgetPreview(id, port)
+	}
+	if err == nil || !errors.Is(err, sandboxnet.ErrNotFound) {
+		r.ops.events.publish(api.EventPortUnexposed, id, "port", strconv.Itoa(port), "protocol", protocol)
 	}
 	return netError(err)
 }

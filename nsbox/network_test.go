@@ -44,6 +44,7 @@ func netRuntime(t *testing.T) *Runtime {
 		t.Fatal(err)
 	}
 	r := &Runtime{cfg: cfg, records: recs, log: slog.Default(), sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil)}
+	r.ops = newOps(r)
 	if err := r.openNetwork(); err != nil {
 		t.Fatal(err)
 	}

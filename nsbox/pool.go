@@ -44,11 +44,13 @@ func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim backend.Li
 		defer r.refill(img)
 		for sc := r.pool.take(img.Name); sc != nil; sc = r.pool.take(img.Name) {
 			if sc.inst.Alive() {
+				r.ops.metrics.poolTake.WithLabelValues(img.Name, "hit").Inc()
 				return sc, true, nil
 			}
 			r.log.Warn("warm pool: its agent has exited; discarding the container", "container", sc.inst.ID())
 			r.discard(sc)
 		}
+		r.ops.metrics.poolTake.WithLabelValues(img.Name, "miss").Inc()
 	}
 	sc, err = r.startContainer(ctx, img, lim, st)
 	return sc, false, err

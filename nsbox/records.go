@@ -12,7 +12,10 @@ import (
 	"github.com/nsbox/nsbox/rootfs"
 )
 
-var sandboxesBucket = []byte("sandboxes")
+var (
+	sandboxesBucket = []byte("sandboxes")
+	snapshotsBucket = []byte("snapshots")
+)
 
 // record is what the daemon persists about a sandbox: what the API shows, plus the container
 // that runs it.
@@ -29,6 +32,11 @@ type record struct {
 	// HeldIDs are the user namespace ids of a hibernated sandbox's container: its writable
 	// layer belongs to them, so they stay its own until it resumes on them or is removed.
 	HeldIDs *rootfs.IDMap `json:"heldIds,omitempty"`
+	// SessionPermissions are the rules of its sessions created with their own (permissions.go).
+	SessionPermissions map[string][]api.PermissionRule `json:"sessionPermissions,omitempty"`
+	// SnapshotLayers are the digests of the snapshot layers (topmost first) between its
+	// image's layers and its writable layer, when it was made from a snapshot.
+	SnapshotLayers []string `json:"snapshotLayers,omitempty"`
 }
 
 // container returns the id of the record's container.
@@ -55,8 +63,12 @@ func openRecords(path string) (*records, error) {
 		return nil, fmt.Errorf("open metadata %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(sandboxesBucket)
-		return err
+		for _, b := range [][]byte{sandboxesBucket, snapshotsBucket} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		db.Close()
@@ -111,4 +123,50 @@ func (s *records) List() ([]*record, error) {
 // Delete removes the record with the id; a missing record is not an error.
 func (s *records) Delete(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(sandboxesBucket).Delete([]byte(id)) })
+}
+
+// PutSnapshot stores a snapshot's record.
+func (s *records) PutSnapshot(snap *snapshotRecord) error {
+	data, err := json.Marshal(snap)
+	if err != nil {
+		return fmt.Errorf("encode snapshot %s: %w", snap.ID, err)
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(snapshotsBucket).Put([]byte(snap.ID), data) })
+}
+
+// Snapshots returns every snapshot's record, ordered by id.
+func (s *records) Snapshots() ([]*snapshotRecord, error) {
+	var out []*snapshotRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(snapshotsBucket).ForEach(func(k, v []byte) error {
+			snap := &snapshotRecord{}
+			if err := json.Unmarshal(v, snap); err != nil {
+				return fmt.Errorf("decode snapshot %s: %w", k, err)
+			}
+			out = append(out, snap)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Snapshot returns the record of the snapshot with the id, or a not-found error.
+func (s *records) Snapshot(id string) (*snapshotRecord, error) {
+	snap := &snapshotRecord{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		data := tx.Bucket(snapshotsBucket).Get([]byte(id))
+		if data == nil {
+			return api.Errorf(api.CodeNotFound, "snapshot %q not found", id)
+		}
+		if err := json.Unmarshal(data, snap); err != nil {
+			return fmt.Errorf("decode snapshot %s: %w", id, err)
+		}
+		return nil
+	})
+	return snap, err
+}
+
+// DeleteSnapshot removes the record of the snapshot with the id.
+func (s *records) DeleteSnapshot(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(snapshotsBucket).Delete([]byte(id)) })
 }

@@ -21,9 +21,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/internal/lxcfs"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/proxy"
 	"github.com/nsbox/nsbox/rootfs"
@@ -35,6 +37,9 @@ type Config struct {
 	DataDir string // metadata, images, sandbox upper dirs (e.g. /var/lib/nsbox)
 	RunDir  string // network state, per-container run dirs (e.g. /run/nsbox)
 	Version string
+	// Self is the nsbox binary, which runs the permission layers of workspaces with rules
+	// (permissions.go); "" refuses rules.
+	Self string
 	// Backend starts the sandboxes' containers; its run dir for a container must be
 	// <RunDir>/sandboxes/<container>.
 	Backend backend.Backend
@@ -75,6 +80,9 @@ type Config struct {
 	// are http://{port}-{id}[-{token}].{ProxyDomain}[:{ProxyPort}]. Empty: URLs name host ports.
 	ProxyDomain string
 	ProxyPort   int
+	// LimitViews runs LXCFS so that sandboxes see their own memory and CPUs in /proc
+	// (limitviews.go); on a host without lxcfs the daemon says so and goes on without.
+	LimitViews bool
 	// Removed, when set, is called once a sandbox has been removed (the daemon revokes its
 	// tokens there, so that a later sandbox with the same id is not reachable by them).
 	Removed func(id string)
@@ -99,6 +107,10 @@ type Runtime struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // every sandbox the daemon knows, by id
+	snapUse   snapshotUse
+	// retiring and retiringCount: containers of removed sandboxes still being torn down (retire).
+	retiring      sync.WaitGroup
+	retiringCount atomic.Int32
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
@@ -106,7 +118,9 @@ type Runtime struct {
 	// daemon has been quiet for trimDelay (settled).
 	trim *time.Timer
 
-	stopIdle context.CancelFunc // ends watchIdle
+	stopIdle context.CancelFunc // ends watchIdle and monitor
+	views    *limitViews        // nil without Config.LimitViews
+	ops      *ops               // events, metrics, stats readings (stats.go)
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -145,6 +159,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.records.Close()
 		return nil, err
 	}
+	r.images.OCI().KeepLayers(r.snapshotLayer)
 	r.pool = newWarmPool(cfg.WarmPool)
 	if err := r.checkDefaultDisk(); err != nil {
 		r.records.Close()
@@ -162,6 +177,9 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
 	}
+	if cfg.LimitViews {
+		r.openLimitViews()
+	}
 	r.reconcileNetwork()
 	if err := r.fillPool(); err != nil {
 		r.Close()
@@ -170,6 +188,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	idleCtx, stopIdle := context.WithCancel(context.Background())
 	r.stopIdle = stopIdle
 	go r.watchIdle(idleCtx)
+	go r.monitor(idleCtx)
 	return r, nil
 }
 
@@ -195,8 +214,9 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 		ids = newIDRanges(cfg.UserNS)
 	}
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
-		sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
+		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
+	r.ops = newOps(r)
 	return r, nil
 }
 
@@ -234,6 +254,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 			return err
 		}
 	}
+	if err := lxcfs.New(filepath.Join(cfg.RunDir, "lxcfs"), log).Stop(); err != nil {
+		return err
+	}
 	return cleanupNetwork(cfg)
 }
 
@@ -245,6 +268,8 @@ func (r *Runtime) Close() error {
 		r.stopIdle()
 	}
 	r.drainPool()
+	r.retiring.Wait()
+	r.closeLimitViews()
 	if r.net != nil {
 		r.net.Close()
 	}
@@ -337,6 +362,15 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if !idPattern.MatchString(req.ID) {
 		return nil, api.Errorf(api.CodeInvalidArgument, "invalid sandbox id %q: use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit", req.ID)
 	}
+	var snap *snapshotRecord
+	if req.FromSnapshot != "" {
+		var release func()
+		var err error
+		if snap, release, err = r.useSnapshot(&req); err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	if req.Image == "" {
 		req.Image = defaultImage
 	}
@@ -367,6 +401,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if err := r.checkCapabilities(&req); err != nil {
 		return nil, err
 	}
+	if err := r.checkPermissions(&req); err != nil {
+		return nil, err
+	}
 	network, err := requestedNetwork(req.Network)
 	if err != nil {
 		return nil, err
@@ -385,7 +422,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 
 	defer r.settled()
 	began := time.Now()
-	sc, fromPool, err := r.acquire(ctx, img, lim, extrasOf(&req))
+	extras := extrasOf(&req)
+	if snap != nil {
+		extras.SnapshotLayers = snap.Layers
+	}
+	sc, fromPool, err := r.acquire(ctx, img, lim, extras)
 	if err != nil {
 		r.forget(sb)
 		// Whatever failed, the create as a whole failed inside the daemon.
@@ -396,10 +437,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd), User: req.User,
 			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
 			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
-			Capabilities: req.Capabilities,
+			Capabilities: req.Capabilities, FromSnapshot: req.FromSnapshot, Permissions: req.Permissions,
 		},
-		Container: sc.inst.ID(),
-		ImageID:   imageID,
+		Container:      sc.inst.ID(),
+		ImageID:        imageID,
+		SnapshotLayers: extras.SnapshotLayers,
 	}
 	// The creating record is written (and fsync'd) while bind works: bind mostly waits for
 	// the kernel and the agent. A crash before either ends leaves a container without a
@@ -414,6 +456,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		inserted <- err
 	}()
 	bindErr := r.bind(ctx, &rec, sc, lim, entrypoint)
+	if bindErr == nil && snap != nil && len(snap.State.Sessions) > 0 {
+		bindErr = sc.agent.restoreState(ctx, api.SandboxState{Sessions: snap.State.Sessions})
+	}
 	if err := <-inserted; err != nil {
 		r.forget(sb)
 		return nil, errors.Join(err, r.destroyContainer(sc.inst, func() error { return r.detachNetwork(rec.ID) }))
@@ -514,6 +559,57 @@ func (r *Runtime) teardown(sb *sandbox, failure string) error {
 	}
 	_, err = r.transition(sb, stateRemoved, nil)
 	return err
+}
+
+// retireWait bounds how long a create waits for removed sandboxes' user namespace ids.
+const retireWait = 10 * time.Second
+
+// retire ends a sandbox being removed and answers before its container is gone: its processes
+// are killed and its network detached (its address, rules and host ports are the sandbox id's,
+// which a create may take again at once), its record goes; then its container's cgroups,
+// mounts, disk and directories — named after the container, which no create reuses — go in
+// the background. A crash before they are gone leaves a container without a record, which the
+// next daemon's reconcile destroys; Close waits for them. When the network does not detach,
+// the whole teardown is done at once instead, and its failure recorded.
+func (r *Runtime) retire(sb *sandbox, failure string) error {
+	sb.mu.Lock()
+	inst, container := sb.inst, sb.rec.container()
+	sb.mu.Unlock()
+	if inst != nil {
+		onOwnThread(inst.Kill)
+	}
+	// The network's rules go only once the sandbox's processes are dead: before, its traffic
+	// would no longer be filtered.
+	if err := r.detachNetwork(sb.id); err != nil {
+		r.log.Warn("detach the network of a removed sandbox; tearing it down at once", "sandbox", sb.id, "err", err)
+		return r.teardown(sb, failure)
+	}
+	sb.mu.Lock()
+	r.forgetAgent(sb)
+	sb.inst = nil
+	_, err := r.transition(sb, stateRemoved, nil)
+	sb.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	r.retiring.Add(1)
+	r.retiringCount.Add(1)
+	go func() {
+		defer r.retiring.Done()
+		defer r.retiringCount.Add(-1)
+		var err error
+		onOwnThread(func() { // unmounts, directory removals: see onOwnThread
+			if inst != nil {
+				err = r.destroyContainer(inst)
+			} else {
+				err = r.destroyContainerID(container)
+			}
+		})
+		if err != nil {
+			r.log.Error("tear down a removed sandbox's container; the next daemon start removes what is left", "sandbox", sb.id, "container", container, "err", err)
+		}
+	}()
+	return nil
 }
 
 // abortCreate undoes a create that failed part-way (teardown).
@@ -628,7 +724,7 @@ func (r *Runtime) Remove(id string, force bool) error {
 	if !force && (from == api.StatusRunning || from == api.StatusPaused) && inst != nil {
 		r.stop(sb, inst)
 	}
-	if err := r.teardown(sb, "its remove failed and not everything could be removed: "); err != nil {
+	if err := r.retire(sb, "its remove failed and not everything could be removed: "); err != nil {
 		return fmt.Errorf("remove sandbox %s: %w", id, err)
 	}
 	r.forgetPreview(id, 0)

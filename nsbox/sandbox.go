@@ -27,6 +27,9 @@ import (
 // stopping: DELETE is at work; failed: its agent died, its container is gone, or its
 // create or remove could not clean up (it can only be removed); removed: gone, the record
 // deleted. A request that needs another state is refused with a conflict naming the state.
+// A snapshot (snapshots.go) changes no state: it needs a running or paused sandbox, holds its
+// lock, freezes a running one only while its writable layer is copied, and leaves a paused one
+// paused.
 
 // stateRemoved is the end of every sandbox: its record is deleted, the id is free again.
 const stateRemoved = "removed"
@@ -105,6 +108,7 @@ func (r *Runtime) transition(sb *sandbox, to string, change func(*record)) (from
 		return from, fmt.Errorf("record sandbox %s as %s: %w", sb.id, to, err)
 	}
 	sb.rec = next
+	r.transitioned(&next, from, to)
 	if to == stateRemoved {
 		r.mu.Lock()
 		if r.sandboxes[sb.id] == sb {
@@ -253,6 +257,7 @@ func (r *Runtime) watch(sb *sandbox, inst backend.Instance) {
 		if sb.inst != inst || (sb.rec.Status != api.StatusRunning && sb.rec.Status != api.StatusPaused) {
 			return // being removed, or gone
 		}
+		r.agentExited(sb.id, inst.PID())
 		r.fail(sb, "its agent (PID 1) exited; everything in the sandbox was stopped")
 		r.forgetAgent(sb)
 		r.log.Warn("sandbox failed: its agent exited", "sandbox", sb.id, "pid", inst.PID())

@@ -2,8 +2,10 @@ package nsbox
 
 import (
 	"bufio"
+	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +26,9 @@ type Route struct {
 // Routes are the daemon's API endpoints; api/openapi.json describes the same set.
 var Routes = []Route{
 	{"GET", "/v1/version", api.AccessAny, api.SessionNone, (*Runtime).handleVersion},
+	{"GET", "/metrics", api.AccessAdmin, api.SessionNone, (*Runtime).handleMetrics},
+	{"GET", "/v1/events", api.AccessAdmin, api.SessionNone, (*Runtime).handleEvents},
+	{"GET", "/v1/stats", api.AccessAdmin, api.SessionNone, (*Runtime).handleAllStats},
 	{"GET", "/v1/images", api.AccessAdmin, api.SessionNone, (*Runtime).handleImages},
 	{"POST", "/v1/images/pull", api.AccessAdmin, api.SessionNone, (*Runtime).handlePullImage},
 	{"POST", "/v1/images/import", api.AccessAdmin, api.SessionNone, (*Runtime).handleImportImages},
@@ -33,10 +38,16 @@ var Routes = []Route{
 	{"POST", "/v1/sandboxes", api.AccessAdmin, api.SessionNone, (*Runtime).handleCreate},
 	{"GET", "/v1/sandboxes", api.AccessAdmin, api.SessionNone, (*Runtime).handleList},
 	{"GET", "/v1/sandboxes/{id}", api.AccessRead, api.SessionNone, (*Runtime).handleGet},
+	{"GET", "/v1/sandboxes/{id}/stats", api.AccessRead, api.SessionNone, (*Runtime).handleStats},
 	{"DELETE", "/v1/sandboxes/{id}", api.AccessAdmin, api.SessionNone, (*Runtime).handleRemove},
 	{"POST", "/v1/sandboxes/{id}/pause", api.AccessAdmin, api.SessionNone, (*Runtime).handlePause},
 	{"POST", "/v1/sandboxes/{id}/resume", api.AccessAdmin, api.SessionNone, (*Runtime).handleResume},
 	{"POST", "/v1/sandboxes/{id}/hibernate", api.AccessAdmin, api.SessionNone, (*Runtime).handleHibernate},
+	{"POST", "/v1/sandboxes/{id}/snapshots", api.AccessAdmin, api.SessionNone, (*Runtime).handleCreateSnapshot},
+	{"POST", "/v1/sandboxes/{id}/fork", api.AccessAdmin, api.SessionNone, (*Runtime).handleFork},
+	{"GET", "/v1/snapshots", api.AccessAdmin, api.SessionNone, (*Runtime).handleListSnapshots},
+	{"GET", "/v1/snapshots/{id}", api.AccessAdmin, api.SessionNone, (*Runtime).handleGetSnapshot},
+	{"DELETE", "/v1/snapshots/{id}", api.AccessAdmin, api.SessionNone, (*Runtime).handleDeleteSnapshot},
 	{"POST", "/v1/sandboxes/{id}/exec", api.AccessSessionWrite, api.SessionBody, (*Runtime).handleExec},
 	{"POST", "/v1/sandboxes/{id}/sessions", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleCreateSession},
 	{"GET", "/v1/sandboxes/{id}/sessions", api.AccessRead, api.SessionNone, (*Runtime).handleListSessions},
@@ -56,6 +67,7 @@ var Routes = []Route{
 	{"GET", "/v1/sandboxes/{id}/workspace/diff", api.AccessRead, api.SessionNone, (*Runtime).handleWorkspaceDiff},
 	{"GET", "/v1/sandboxes/{id}/workspace/export", api.AccessRead, api.SessionNone, (*Runtime).handleWorkspaceExport},
 	{"PATCH", "/v1/sandboxes/{id}/env", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handlePatchEnv},
+	{"PATCH", "/v1/sandboxes/{id}/permissions", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleSetPermissions},
 	{"PATCH", "/v1/sandboxes/{id}/network", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleSetNetwork},
 	{"POST", "/v1/sandboxes/{id}/ports", api.AccessSandboxWrite, api.SessionNone, (*Runtime).handleExposePort},
 	{"GET", "/v1/sandboxes/{id}/ports", api.AccessRead, api.SessionNone, (*Runtime).handleListPorts},
@@ -80,13 +92,14 @@ var Routes = []Route{
 
 // isActivity reports whether requests to an endpoint count as use of their sandbox (idle.go):
 // everything that works in it, but not reading its record, its ports or its contexts' list,
-// nor pausing, resuming or removing it — a dashboard that polls must not keep it awake.
+// its stats, nor pausing, resuming, snapshotting, forking or removing it — a dashboard that
+// polls must not keep it awake.
 func isActivity(method, pattern string) bool {
 	rest, ok := strings.CutPrefix(pattern, "/v1/sandboxes/{id}/")
 	switch {
-	case !ok, rest == "pause", rest == "resume", rest == "hibernate":
+	case !ok, rest == "pause", rest == "resume", rest == "hibernate", rest == "snapshots", rest == "fork":
 		return false
-	case method == http.MethodGet && (rest == "ports" || rest == "contexts" || rest == "sessions"):
+	case method == http.MethodGet && (rest == "ports" || rest == "contexts" || rest == "sessions" || rest == "stats"):
 		return false
 	}
 	return true
@@ -104,7 +117,7 @@ func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
 	}
 	mux := http.NewServeMux()
 	for _, e := range append(endpoints, extra...) {
-		mux.HandleFunc(e.Method+" "+e.Pattern, api.Handle(r.log, func(w http.ResponseWriter, req *http.Request) error {
+		mux.HandleFunc(e.Method+" "+e.Pattern, r.ops.metrics.instrument(e.Method, e.Pattern, api.Handle(r.log, func(w http.ResponseWriter, req *http.Request) error {
 			if check != nil {
 				var err error
 				if req, err = check(req, e.Access, e.Session); err != nil {
@@ -115,7 +128,7 @@ func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
 				defer r.busy(req.PathValue("id"))() // a request in progress is activity (idle.go)
 			}
 			return e.Handle(w, req)
-		}))
+		})))
 	}
 	mux.HandleFunc("/", api.Handle(r.log, func(_ http.ResponseWriter, req *http.Request) error {
 		return api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", req.Method, req.URL.Path)
@@ -133,14 +146,29 @@ func (r *Runtime) handleImages(w http.ResponseWriter, _ *http.Request) error {
 	return nil
 }
 
+// logRequests gives every API call a request id (the caller's X-Request-Id when it is a
+// valid one, else a new one), answers it in the same header and logs the call with it.
 func (r *Runtime) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
+		id := req.Header.Get(api.RequestIDHeader)
+		if !requestIDPattern.MatchString(id) {
+			id = randomHex(8)
+		}
+		w.Header().Set(api.RequestIDHeader, id)
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(sw, req)
-		r.log.Debug("api", "method", req.Method, "path", req.URL.Path, "status", sw.status, "duration", time.Since(start))
+		level := slog.LevelDebug
+		if sw.status >= http.StatusInternalServerError {
+			level = slog.LevelWarn
+		}
+		r.log.Log(req.Context(), level, "api", "request_id", id, "method", req.Method, "path", req.URL.Path, "sandbox", req.PathValue("id"),
+			"status", sw.status, "duration", time.Since(start))
 	})
 }
+
+// requestIDPattern is what a caller's request id may be.
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 
 type statusWriter struct {
 	http.ResponseWriter
@@ -166,7 +194,9 @@ func (r *Runtime) handleCreate(w http.ResponseWriter, req *http.Request) error {
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
 		return err
 	}
+	began := time.Now()
 	sb, err := r.Create(req.Context(), body)
+	observe(r.ops.metrics.create, began, err)
 	if err != nil {
 		return err
 	}
@@ -196,7 +226,10 @@ func (r *Runtime) handleRemove(w http.ResponseWriter, req *http.Request) error {
 			return api.Errorf(api.CodeInvalidArgument, "force must be true or false, got %q", v)
 		}
 	}
-	if err := r.Remove(req.PathValue("id"), force); err != nil {
+	began := time.Now()
+	err := r.Remove(req.PathValue("id"), force)
+	observe(r.ops.metrics.remove, began, err)
+	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -22,13 +23,23 @@ func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) 
 	if err != nil {
 		return err
 	}
+	narrow, err := r.checkSessionPermissions(l, body.Permissions)
+	if err != nil {
+		return err
+	}
 	s, created, err := l.agent.createSession(req.Context(), body)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
+	if narrow != nil {
+		if err := r.confineSession(req.Context(), l, s, created, body.Permissions); err != nil {
+			return err
+		}
+	}
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
+		r.ops.events.publish(api.EventSessionCreated, l.rec.ID, "session", s.ID, "user", s.User, "shell", s.Shell)
 	}
 	api.WriteJSON(w, status, s)
 	return nil
@@ -70,7 +81,17 @@ func (r *Runtime) Session(ctx context.Context, id, sid string) (*api.Session, er
 }
 
 func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
-	return r.sessionCall(w, req, (*agentClient).deleteSession)
+	err := r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
+		if err := a.deleteSession(ctx, sid); err != nil {
+			return err
+		}
+		return r.forgetSession(req.PathValue("id"), sid)
+	})
+	if err != nil {
+		return err
+	}
+	r.ops.events.publish(api.EventSessionEnded, req.PathValue("id"), "session", req.PathValue("sid"), "reason", "deleted")
+	return nil
 }
 
 func (r *Runtime) handleCancelSession(w http.ResponseWriter, req *http.Request) error {
@@ -129,6 +150,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
+	defer observe(r.ops.metrics.exec, time.Now(), nil)
 	events, err := l.agent.exec(req.Context(), sid, body)
 	if err != nil {
 		return l.failure(req.Context(), err)
@@ -143,6 +165,9 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	res, err := collectResult(events, out)
 	if err != nil {
 		return l.failure(req.Context(), err)
+	}
+	if res.SessionEnded {
+		r.ops.events.publish(api.EventSessionEnded, l.rec.ID, "session", res.SessionID, "reason", "its shell exited")
 	}
 	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/permfs"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -51,11 +52,16 @@ type extrasSpec struct {
 	Workspace    *api.Workspace
 	Mounts       []api.Mount
 	Capabilities []string
+	// Permissions are the workspace's rules (nil: no permission layer).
+	Permissions []api.PermissionRule
+	// SnapshotLayers are the digests of snapshot layers (topmost first) put over the image's
+	// (snapshots.go).
+	SnapshotLayers []string
 }
 
 // extrasOf is what a (validated) create request asks for beyond its image and limits.
 func extrasOf(req *api.CreateSandboxRequest) extrasSpec {
-	return extrasSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts, Capabilities: req.Capabilities}
+	return extrasSpec{DiskMB: req.Limits.DiskMB, Workspace: req.Workspace, Mounts: req.Mounts, Capabilities: req.Capabilities, Permissions: req.Permissions}
 }
 
 // poolExtras is what the warm pool's containers are made with: the default disk and nothing
@@ -66,7 +72,8 @@ func (r *Runtime) poolExtras() extrasSpec {
 
 // pooled reports whether a container made with s can come from the warm pool.
 func (r *Runtime) pooled(s extrasSpec) bool {
-	return s.DiskMB == r.cfg.DefaultDiskMB && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0
+	return s.DiskMB == r.cfg.DefaultDiskMB && s.Workspace == nil && len(s.Mounts) == 0 && len(s.Capabilities) == 0 &&
+		len(s.SnapshotLayers) == 0
 }
 
 // layerDir is the directory that holds a container's writable layers.
@@ -271,6 +278,23 @@ func (r *Runtime) storageMounts(id string, st extrasSpec, ids rootfs.IDMap) ([]b
 				return nil, err
 			}
 		}
+		if st.Permissions != nil {
+			// The layer shows the sandbox's ids itself: an overlay's are, a host directory's
+			// the layer translates as an id-mapped mount would (writableIDs).
+			var pids permfs.IDs
+			if !m.IDs.Native && ids.Enabled() {
+				wids, err := writableIDs(m.Source)
+				if err != nil {
+					return nil, err
+				}
+				pids = permfs.IDs{RootUID: wids.RootUID, RootGID: wids.RootGID, Host: ids.Host, Size: ids.Size}
+			}
+			var err error
+			if m.Source, err = r.startPermFS(id, m.Source, st.Permissions, pids); err != nil {
+				return nil, err
+			}
+			m.IDs = backend.MountIDs{Native: true}
+		}
 		out = append(out, m)
 	}
 	for _, m := range st.Mounts {
@@ -302,14 +326,19 @@ func writableIDs(p string) (backend.MountIDs, error) {
 	return backend.MountIDs{RootUID: st.Uid, RootGID: st.Gid}, nil
 }
 
-// detachWorkspace removes a copy-on-write workspace's host mount; a started sandbox keeps its own.
+// detachWorkspace removes the host mounts of a copy-on-write workspace and of a permission
+// layer; a started sandbox keeps its own.
 func (r *Runtime) detachWorkspace(id string) error {
-	return rootfs.Detach(r.workspaceMount(id))
+	return errors.Join(rootfs.Detach(r.permfsMount(id)), rootfs.Detach(r.workspaceMount(id)))
 }
 
 // releaseStorage undoes what prepareLayers and storageMounts made on the host: the workspace
 // mount, the disk's mount and its loop device. The files go with the sandbox's directories.
 func (r *Runtime) releaseStorage(id string) error {
+	// The permission layer holds the workspace (its root is the workspace's directory): it goes first.
+	if err := r.releasePermFS(id); err != nil {
+		return err
+	}
 	return errors.Join(r.detachWorkspace(id), rootfs.ReleaseDisk(r.diskImage(id), r.diskMount(id), diskReleaseWait))
 }
 

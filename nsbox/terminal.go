@@ -2,8 +2,10 @@ package nsbox
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 
@@ -12,12 +14,21 @@ import (
 	"github.com/nsbox/nsbox/api"
 )
 
+// WebSocket close codes (RFC 6455 7.4.1) the terminal sends.
+const (
+	closeNormal   = 1000
+	closeNoStatus = 1005 // a close frame without a code; never sent back
+	closeTooBig   = 1009
+)
+
 // handleTerminal upgrades to a WebSocket attached to a bash session's terminal. The client
-// first receives the recent scrollback (or what came after ?cursor=), then output as it is
-// produced, as binary frames; "skipped" and "ended" notices come as text frames
-// (api.TerminalEvent). The client sends typed input as binary frames and resizes as text
-// frames ({"type":"resize","cols":…,"rows":…}). Several clients may attach at once; their
-// input interleaves.
+// first receives a "readonly" notice when it may only watch, then the recent scrollback (or
+// what came after ?cursor=), then output as it is produced, as binary frames; "skipped" and
+// "ended" notices come as text frames (api.TerminalEvent). The client sends typed input as
+// binary frames and resizes as text frames ({"type":"resize","cols":…,"rows":…}). Several
+// clients may attach at once; their input interleaves. A client that may only watch gets an
+// "error" notice for input; its resizes are ignored. A client's close frame is answered with
+// its own code; the end of the session closes with 1000 after the "ended" notice.
 func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error {
 	sid := req.PathValue("sid")
 	l, err := r.running(req.PathValue("id"))
@@ -33,6 +44,14 @@ func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error
 		return l.failure(req.Context(), err)
 	}
 	defer output.Close()
+	readOnly := ""
+	if api.ReadOnly(ctx) {
+		readOnly = "this terminal is read-only (a read token): you may watch it, not type"
+	} else if s, err := l.agent.getSession(ctx, sid); err != nil {
+		return l.failure(req.Context(), err)
+	} else if s.Permission == api.PermissionRead {
+		readOnly = fmt.Sprintf("session %q is read-only: you may watch its terminal, not type", sid)
+	}
 	websocket.Server{
 		// The Origin header carries no authority here: the socket is root-only, and a TCP caller
 		// is authorized by its token (a header or a subprotocol, never a cookie), which another
@@ -43,11 +62,14 @@ func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error
 		},
 		Handler: func(ws *websocket.Conn) {
 			defer cancel()
+			if readOnly != "" && sendNotice(ws, api.TerminalEvent{Type: api.TerminalReadOnly, Data: readOnly}) != nil {
+				return
+			}
 			go func() {
 				defer cancel()
-				terminalInput(ctx, ws, l.agent, sid)
+				terminalInput(ctx, ws, l.agent, sid, readOnly)
 			}()
-			relayTerminalOutput(ws, output)
+			relayTerminalOutput(ctx, ws, output)
 		},
 	}.ServeHTTP(w, req)
 	return nil
@@ -64,16 +86,17 @@ func terminalProtocol(offered []string) []string {
 }
 
 // terminalInput forwards the client's frames to the agent until the client goes away.
-func terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, sid string) {
+func terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, sid, readOnly string) {
 	for {
-		var f api.TerminalFrame
-		if err := api.TerminalCodec.Receive(ws, &f); err != nil {
+		f, err := receiveFrame(ws)
+		if err != nil {
 			return
 		}
-		var err error
 		switch {
-		case api.ReadOnly(ctx):
-			err = api.Errorf(api.CodePermissionDenied, "this terminal is read-only (a read token): input and resizes are ignored")
+		case readOnly != "" && f.Binary:
+			err = api.Errorf(api.CodePermissionDenied, "%s", readOnly)
+		case readOnly != "":
+			continue // a watcher's window size is not the terminal's: its writers set that
 		case f.Binary:
 			err = agent.terminalInput(ctx, sid, f.Data)
 		default:
@@ -93,15 +116,60 @@ func terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, 
 	}
 }
 
-// relayTerminalOutput sends terminal output to the client until the stream or the client ends.
-func relayTerminalOutput(ws *websocket.Conn, events *eventStream) {
+// receiveFrame reads the client's next text or binary frame (answering pings). A close frame
+// is answered with a close frame of the same code, as RFC 6455 5.5.1 asks, and ends the
+// connection (io.EOF). x/net/websocket's own readers swallow close frames and their codes, so
+// this reads frames through the frame reader its Conn exposes.
+func receiveFrame(ws *websocket.Conn) (api.TerminalFrame, error) {
+	for {
+		fr, err := ws.NewFrameReader()
+		if err != nil {
+			return api.TerminalFrame{}, err
+		}
+		if fr.PayloadType() == websocket.CloseFrame {
+			payload, _ := io.ReadAll(io.LimitReader(fr, 125))
+			code := closeNormal
+			if len(payload) >= 2 && binary.BigEndian.Uint16(payload) != closeNoStatus {
+				code = int(binary.BigEndian.Uint16(payload))
+			}
+			_ = ws.WriteClose(code)
+			return api.TerminalFrame{}, io.EOF
+		}
+		frame, err := ws.HandleFrame(fr) // masking, pings and pongs
+		if err != nil {
+			return api.TerminalFrame{}, err
+		}
+		if frame == nil {
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(frame, websocket.DefaultMaxPayloadBytes+1))
+		if err != nil {
+			return api.TerminalFrame{}, err
+		}
+		if len(data) > websocket.DefaultMaxPayloadBytes {
+			_ = ws.WriteClose(closeTooBig)
+			return api.TerminalFrame{}, fmt.Errorf("a frame larger than %d bytes", websocket.DefaultMaxPayloadBytes)
+		}
+		return api.TerminalFrame{Data: data, Binary: frame.PayloadType() == websocket.BinaryFrame}, nil
+	}
+}
+
+// relayTerminalOutput sends terminal output to the client until the stream or the client ends;
+// the end of the session closes the WebSocket normally.
+func relayTerminalOutput(ctx context.Context, ws *websocket.Conn, events *eventStream) {
 	for {
 		var ev api.TerminalEvent
 		if _, err := events.NextJSON(&ev); err != nil {
 			return
 		}
 		if ev.Type != api.TerminalOutput {
-			if sendNotice(ws, ev) != nil || ev.Type == api.TerminalEnded {
+			if sendNotice(ws, ev) != nil {
+				return
+			}
+			if ev.Type == api.TerminalEnded {
+				if ctx.Err() == nil {
+					_ = ws.WriteClose(closeNormal)
+				}
 				return
 			}
 			continue

@@ -3,7 +3,9 @@ package rootfs
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -134,29 +136,63 @@ func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, a
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return -1, fmt.Errorf("make own mount namespace private: %w", err)
 	}
-	for _, layer := range layers {
+	// The overlay's options show in the sandbox's mountinfo: it reaches its layers by short
+	// relative names in a staging tmpfs (the thread's cwd), never by host paths. The staging
+	// tmpfs is attached over the directory of upper and work in this thread's namespace (their
+	// clone is taken first; overlayfs needs its upper attached in the mounter's namespace), and
+	// goes with the thread; the overlay keeps its layers.
+	rw := filepath.Dir(upper)
+	if filepath.Dir(work) != rw {
+		return -1, fmt.Errorf("upper %s and work %s must be in one directory", upper, work)
+	}
+	clones := map[string]int{}
+	defer func() {
+		for _, fd := range clones {
+			unix.Close(fd)
+		}
+	}()
+	var params []string
+	for i, layer := range layers {
 		fd, err := idmappedTree(layer, userns)
 		if err != nil {
 			return -1, err
 		}
-		err = unix.MoveMount(fd, "", unix.AT_FDCWD, layer, unix.MOVE_MOUNT_F_EMPTY_PATH)
-		unix.Close(fd)
-		if err != nil {
-			return -1, fmt.Errorf("put id-mapped %s over itself: %w", layer, err)
+		name := strconv.Itoa(i)
+		clones[name] = fd
+		// One "lowerdir+" a layer, top first (Linux 6.8+): "lowerdir" with a ':' list is
+		// refused through fsconfig, and one option per layer has no page-size limit on the list.
+		params = append(params, "lowerdir+="+name)
+	}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, rw, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("clone mount of %s: %w", rw, err)
+	}
+	clones["rw"] = fd
+	params = append(params, "upperdir=rw/"+filepath.Base(upper), "workdir=rw/"+filepath.Base(work))
+	stage, err := stagingTmpfs()
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(stage)
+	if err := unix.MoveMount(stage, "", unix.AT_FDCWD, rw, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return -1, fmt.Errorf("attach the staging tmpfs: %w", err)
+	}
+	for name, fd := range clones {
+		if err := unix.Mkdirat(stage, name, 0o755); err != nil {
+			return -1, fmt.Errorf("stage %s: %w", name, err)
 		}
+		if err := unix.MoveMount(fd, "", stage, name, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return -1, fmt.Errorf("stage %s: %w", name, err)
+		}
+	}
+	if err := unix.Fchdir(stage); err != nil {
+		return -1, fmt.Errorf("enter the staging directory: %w", err)
 	}
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("open overlay file system: %w", err)
 	}
 	defer unix.Close(fsfd)
-	// One "lowerdir+" a layer, top first (Linux 6.8+): "lowerdir" with a ':' list is refused
-	// through fsconfig, and one option per layer has no page-size limit on the list.
-	var params []string
-	for _, layer := range layers {
-		params = append(params, "lowerdir+="+layer)
-	}
-	params = append(params, "upperdir="+upper, "workdir="+work)
 	for _, p := range append(params, strings.Split(OverlayOptions, ",")...) {
 		key, value, _ := strings.Cut(p, "=")
 		if err := unix.FsconfigSetString(fsfd, key, value); err != nil {
@@ -169,6 +205,26 @@ func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, a
 	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
 	if err != nil {
 		return -1, fmt.Errorf("mount overlay over %s: %w", upper, err)
+	}
+	return mfd, nil
+}
+
+// stagingTmpfs makes a small detached tmpfs and returns its root's descriptor.
+func stagingTmpfs() (int, error) {
+	fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("open staging tmpfs: %w", err)
+	}
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigSetString(fsfd, "size", "64k"); err != nil {
+		return -1, fmt.Errorf("size staging tmpfs: %w", err)
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return -1, fmt.Errorf("create staging tmpfs: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("mount staging tmpfs: %w", err)
 	}
 	return mfd, nil
 }

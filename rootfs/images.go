@@ -56,6 +56,7 @@ type Store struct {
 	dir    string
 	images map[string]*Image // the built-in images
 	oci    *oci.Store
+	layers *layers.Store
 }
 
 // Option configures OpenStore.
@@ -103,7 +104,7 @@ func OpenStore(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, images: map[string]*Image{}, oci: ociStore}
+	s := &Store{dir: dir, images: map[string]*Image{}, oci: ociStore, layers: ls}
 	host, err := s.prepareHost()
 	if err != nil {
 		return nil, fmt.Errorf("prepare host image: %w", err)
@@ -121,6 +122,9 @@ func OpenStore(dir string, opts ...Option) (*Store, error) {
 
 // OCI is the store of OCI images: pull, import, list, inspect, remove, prune.
 func (s *Store) OCI() *oci.Store { return s.oci }
+
+// Layers is the store of layers that OCI images and snapshots share.
+func (s *Store) Layers() *layers.Store { return s.layers }
 
 // Get returns the image with that name: a built-in image (`host`, `busybox`), or an OCI image
 // by any name oci.Store.Get takes (`busybox:latest` is the OCI image; `busybox` alone is the

@@ -84,8 +84,9 @@ show nsbox wait --port 8080 --timeout 10s demo web
 show nsbox ps demo
 mapping=$(nsbox port add demo 8080)
 echo "\$ nsbox port add demo 8080"; echo "$mapping"
-host_port=$(sed -E 's/^[^:]*:([0-9]+).*/\1/' <<<"$mapping")
-url=$(awk '{print $NF}' <<<"$mapping")
+# The first line is the mapping and its URL; the second says where it listens (127.0.0.1 by default).
+host_port=$(head -n 1 <<<"$mapping" | sed -E 's/^[^:]*:([0-9]+).*/\1/')
+url=$(head -n 1 <<<"$mapping" | awk '{print $NF}')
 http_get() { # HOST-HEADER ADDRESS PORT: a GET with bash alone
 	exec 3<>"/dev/tcp/$2/$3"
 	printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" >&3

@@ -140,8 +140,12 @@ func (s *Session) forget(n int64) {
 	s.mu.Unlock()
 }
 
-// busyGrace is how long a command without a timeout waits for its session's terminal.
-const busyGrace = 200 * time.Millisecond
+// busyGrace is how long a command without a timeout waits for its session's terminal;
+// readlineGrace how long, once the shell has the terminal, it waits for readline to read.
+const (
+	busyGrace     = 200 * time.Millisecond
+	readlineGrace = 100 * time.Millisecond
+)
 
 // waitForPrompt waits until a bash session's terminal is not running a foreground program (a
 // person may be using vi or a REPL in it; the trigger keys would go to that program). A
@@ -157,10 +161,32 @@ func (s *Session) waitForPrompt(ctx context.Context, sh *shell, timeout <-chan t
 		defer t.Stop()
 		timeout = t.C
 	}
+	fd := int(sh.term.Fd())
+	var foreground time.Time // since when the shell has had the terminal, while it is still cooked
 	for {
-		pgrp, err := unix.IoctlGetInt(int(sh.term.Fd()), unix.TIOCGPGRP)
-		if err != nil || pgrp == sh.pid {
+		pgrp, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
+		if err != nil {
 			return nil
+		}
+		poll := 20 * time.Millisecond
+		if pgrp == sh.pid {
+			// The shell has the terminal, but it may still be running the rest of a command
+			// line (a builtin after a program): keys typed now would reach readline after its
+			// prompt, which reports the command as aborted. Readline reads with the terminal
+			// out of canonical mode; wait a little for that, then go on anyway (readyTerminal
+			// puts the terminal in readline's mode).
+			if termios, err := unix.IoctlGetTermios(fd, unix.TCGETS); err != nil || termios.Lflag&unix.ICANON == 0 {
+				return nil
+			}
+			if foreground.IsZero() {
+				foreground = time.Now()
+			}
+			if time.Since(foreground) >= readlineGrace {
+				return nil
+			}
+			poll = 2 * time.Millisecond
+		} else {
+			foreground = time.Time{}
 		}
 		select {
 		case <-ctx.Done():
@@ -169,7 +195,7 @@ func (s *Session) waitForPrompt(ctx context.Context, sh *shell, timeout <-chan t
 			return ErrBusy
 		case <-sh.done:
 			return nil
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(poll):
 		}
 	}
 }

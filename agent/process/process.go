@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/cgroup"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -86,6 +87,7 @@ type Process struct {
 	info        api.Process
 	leader      *unix.WaitStatus // how the leader ended, once it has been reaped
 	killedBy    unix.Signal      // the last signal Kill sent after the leader was gone
+	oomKills    uint64           // the sandbox's count of OOM kills when the process started
 	stdin       *os.File         // the write end of a stdin pipe, set once started
 	stdinClosed bool             // closed by a request, or because the process ended
 
@@ -305,6 +307,7 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error
 		closeAll(stdinW, outR, outW)
 		return fmt.Errorf("make stderr pipe: %w", err)
 	}
+	oomKills := cgroup.OOMKills()
 	pid, exited, err := start(path, argv, &os.ProcAttr{
 		Dir: p.info.Cwd, Env: env, Files: []*os.File{stdin, outW, errW},
 		Sys: &syscall.SysProcAttr{
@@ -318,7 +321,7 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error
 		return fmt.Errorf("cannot start %q: %w", argv[0], err)
 	}
 	p.mu.Lock()
-	p.info.PID, p.stdin = pid, stdinW
+	p.info.PID, p.stdin, p.oomKills = pid, stdinW, oomKills
 	p.mu.Unlock()
 
 	var drained sync.WaitGroup
@@ -390,6 +393,8 @@ func (p *Process) ended() {
 	default:
 		p.info.Status, p.info.ExitCode = api.ProcessExited, ws.ExitStatus()
 	}
+	// Killed by SIGKILL itself, or a shell (a command's /bin/sh -c) reporting its child was.
+	p.info.OOMKilled = p.killedBy == 0 && cgroup.OOMKilled(p.info.ExitCode, p.oomKills)
 	// Closing also ends a write that blocks on a pipe a left-over child keeps open.
 	if p.stdin != nil && !p.stdinClosed {
 		p.stdinClosed = true
@@ -432,18 +437,26 @@ func (m *Manager) List(status, sessionID string) []api.Process {
 	return out
 }
 
-// Remove forgets a process that has ended.
+// Remove forgets a process that has ended. One that has ended but whose last output is still
+// being drained (at most drainGrace) is waited for: a kill answers once the process has
+// exited, and a remove right after it must not be refused.
 func (m *Manager) Remove(id string) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	p, ok := m.procs[id]
+	m.mu.Unlock()
 	if !ok {
 		return api.Errorf(api.CodeNotFound, "no process %q in this sandbox", id)
 	}
 	select {
-	case <-p.finished:
+	case <-p.exited:
+		<-p.finished
 	default:
 		return api.Errorf(api.CodeConflict, "process %q is still running; kill it first", id)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.procs[id] != p {
+		return api.Errorf(api.CodeNotFound, "no process %q in this sandbox", id)
 	}
 	delete(m.procs, id)
 	return nil

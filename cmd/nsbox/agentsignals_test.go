@@ -59,7 +59,7 @@ func TestAgentShutdown(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Every process of the sandbox ended with it (its cgroup and files stay until rm).
-	for _, leak := range d.leaks() {
+	for _, leak := range d.currentLeaks() {
 		if strings.HasPrefix(leak, "process ") {
 			t.Errorf("still running after shutdown: %s", leak)
 		}

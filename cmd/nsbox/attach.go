@@ -33,7 +33,7 @@ func cmdAttach(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usageError("usage: nsbox attach [-s SESSION] ID")
 	}
-	term, err := apiClient(c).AttachTerminal(c.Context, c.Args().First(), c.String("session"), -1)
+	term, err := apiClient(c).AttachTerminal(c.Context, c.Args().First(), c.String("session"), client.TerminalOptions{})
 	if err != nil {
 		return err
 	}
@@ -124,6 +124,7 @@ func printOutput(term *client.Terminal) error {
 			continue
 		}
 		switch notice.Type {
+		case api.TerminalLive:
 		case api.TerminalEnded:
 			return errors.New("the session ended")
 		case api.TerminalSkipped:

@@ -28,6 +28,7 @@ func clientCommands() []*cli.Command {
 				&cli.StringFlag{Name: "id", Usage: "sandbox id (default: generated)"},
 				&cli.StringFlag{Name: "image", Usage: "image: host (default), busybox, or a pulled or imported OCI image (nsbox image ls)"},
 				&cli.StringFlag{Name: "pull", Usage: "pull an OCI image from its registry first: never (default), missing or always"},
+				&cli.StringFlag{Name: "from-snapshot", Usage: "make the sandbox from a snapshot (nsbox snapshot ls): its files and sessions' state, and its env, labels, limits, cwd and user unless given"},
 				&cli.DurationFlag{Name: "idle-timeout", Usage: "pause (or --on-idle remove) the sandbox after this long without API or preview traffic; a request resumes a paused one"},
 				&cli.StringFlag{Name: "on-idle", Usage: "what the sandbox becomes when idle: pause (default), hibernate, stop (hibernate without the sessions' state) or remove"},
 				&cli.DurationFlag{Name: "ttl", Usage: "remove the sandbox this long after its create"},
@@ -39,6 +40,7 @@ func clientCommands() []*cli.Command {
 				&cli.BoolFlag{Name: "run-entrypoint", Usage: "start the image's Entrypoint + Cmd as the process \"entrypoint\" (nsbox logs ID entrypoint)"},
 				&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 				&cli.StringSliceFlag{Name: "label", Aliases: []string{"l"}, Usage: "label K=V (repeatable)"},
+				&cli.StringSliceFlag{Name: "perm", Usage: "per-path rule for the workspace, PATTERN=LEVEL with LEVEL none, view, read or write, e.g. '**/.env=none' (repeatable; docs/permissions.md)"},
 				&cli.StringSliceFlag{Name: "cap-add", Usage: "capability beyond the default set, e.g. NET_RAW, among those the daemon allows (repeatable)"},
 				networkFlag(), allowFlag(),
 			}, storageFlags()...),
@@ -96,14 +98,16 @@ func clientCommands() []*cli.Command {
 			Flags:     execFlags(),
 			Action:    cmdShell,
 		},
+		snapshotCommand(), forkCommand(),
 		sessionCommand(), tokenCommand(),
 		attachCommand(),
-		withSession(filesCommand()), withSession(cpCommand()), envCommand(),
+		withSession(filesCommand()), withSession(cpCommand()), envCommand(), permissionsCommand(),
 		diffCommand(), exportCommand(),
 		portCommand(), networkCommand(),
 		psCommand(), startCommand(), logsCommand(), killCommand(), waitCommand(), stdinCommand(),
 		{Name: "images", Usage: "list images", Action: cmdImages},
 		imageCommand(),
+		statsCommand(), eventsCommand(),
 		{Name: "version", Usage: "print client and daemon versions", Action: cmdVersion},
 	}
 }
@@ -140,12 +144,15 @@ func cmdCreate(c *cli.Context) error {
 		return err
 	}
 	req := api.CreateSandboxRequest{
-		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
+		ID: c.String("id"), Image: c.String("image"), Pull: c.String("pull"), FromSnapshot: c.String("from-snapshot"), Cwd: c.String("cwd"), Lifecycle: createLifecycle(c), Env: env, Labels: labels, Network: createNetwork(c),
 		User: c.String("user"), RunEntrypoint: c.Bool("run-entrypoint"),
 		Limits:       api.Limits{CPUs: c.Float64("cpus"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids")},
 		Capabilities: c.StringSlice("cap-add"),
 	}
 	if err := storageRequest(c, &req); err != nil {
+		return err
+	}
+	if req.Permissions, err = permRules(c.StringSlice("perm")); err != nil {
 		return err
 	}
 	sb, err := apiClient(c).CreateSandbox(c.Context, req)
@@ -208,7 +215,7 @@ func cmdRemove(c *cli.Context) error {
 		return usageError("usage: nsbox rm [-f] ID...")
 	}
 	return eachArg(c.Args().Slice(), func(id string) error {
-		return apiClient(c).RemoveSandbox(c.Context, id, c.Bool("force"))
+		return apiClient(c).RemoveSandbox(c.Context, id, client.RemoveOptions{Force: c.Bool("force")})
 	})
 }
 
@@ -276,35 +283,34 @@ func runInSession(c *cli.Context, id string, req api.ExecRequest) error {
 		}
 		req.Stdin, req.StdinEncoding = base64.StdEncoding.EncodeToString(stdin), api.EncodingBase64
 	}
-	var writeErr error
-	res, err := apiClient(c).ExecStream(c.Context, id, req, func(ev api.ExecEvent) {
+	res, err := apiClient(c).ExecStream(c.Context, id, req, func(ev api.ExecEvent) error {
 		out := os.Stdout
 		switch ev.Type {
 		case api.EventStderr:
 			out = os.Stderr
 		case api.EventStdout:
 		default:
-			return
+			return nil
 		}
 		data, err := ev.Bytes()
 		if err == nil {
 			_, err = out.Write(data)
 		}
-		if err != nil && writeErr == nil {
-			writeErr = err
+		if err != nil {
+			return fmt.Errorf("write output: %w", err) // ends the command too
 		}
+		return nil
 	})
 	if err != nil {
 		return err
-	}
-	if writeErr != nil {
-		return fmt.Errorf("write output: %w", writeErr)
 	}
 	switch {
 	case res.TimedOut:
 		fmt.Fprintf(os.Stderr, "nsbox: command timed out after %s and was killed\n", c.Duration("timeout"))
 	case res.Canceled:
 		fmt.Fprintln(os.Stderr, "nsbox: command was canceled")
+	case res.OOMKilled:
+		fmt.Fprintln(os.Stderr, "nsbox: killed: out of memory (the sandbox's memory limit)")
 	}
 	if res.SessionReset {
 		fmt.Fprintln(os.Stderr, "nsbox: the session's shell was replaced (it did not come back, or it had been killed): its variables, functions and aliases are gone")
@@ -334,17 +340,23 @@ func sessionCommand() *cli.Command {
 					&cli.StringFlag{Name: "cwd", Usage: "starting directory"},
 					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "environment variable K=V (repeatable)"},
 					&cli.StringFlag{Name: "permission", Usage: "write (default) or read: a read session can be watched, not driven"},
+					&cli.StringSliceFlag{Name: "perm", Usage: "per-path rule for this session only, narrower than the sandbox's: PATTERN=LEVEL (repeatable; docs/permissions.md)"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return usageError("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] ID")
+						return usageError("usage: nsbox session create [--id SID] [--shell bash|sh] [--user U] [--cwd DIR] [--env K=V]... [--permission read|write] [--perm PATTERN=LEVEL]... ID")
 					}
 					env, err := keyValues("env", c.StringSlice("env"))
 					if err != nil {
 						return err
 					}
+					rules, err := permRules(c.StringSlice("perm"))
+					if err != nil {
+						return err
+					}
 					s, err := apiClient(c).CreateSession(c.Context, c.Args().First(), api.CreateSessionRequest{
 						ID: c.String("id"), Shell: c.String("shell"), User: c.String("user"), Cwd: c.String("cwd"), Env: env, Permission: c.String("permission"),
+						Permissions: rules,
 					})
 					if err != nil {
 						return err

@@ -129,7 +129,7 @@ func cmdRunCode(c *cli.Context) error {
 		defer func() { _ = cl.DeleteCodeContext(c.Context, id, cid) }()
 	}
 	res, err := cl.RunCodeStream(c.Context, id, cid, api.RunCodeRequest{Code: c.Args().Get(1), TimeoutMs: c.Duration("timeout").Milliseconds()},
-		func(ev api.CodeEvent) {
+		func(ev api.CodeEvent) error {
 			switch ev.Type {
 			case api.EventStdout, api.EventStderr:
 				b, _ := ev.Bytes()
@@ -145,6 +145,7 @@ func cmdRunCode(c *cli.Context) error {
 			case api.EventException:
 				fmt.Fprint(os.Stderr, ev.CodeError.Traceback)
 			}
+			return nil
 		})
 	if err != nil {
 		return err

@@ -64,7 +64,7 @@ func TestCodeContexts(t *testing.T) {
 
 	// Streamed: output, the result, then the end.
 	var events []string
-	end, err := d.client.RunCodeStream(ctx, "code", py.ID, api.RunCodeRequest{Code: "print('a'); display('b'); 'c'"}, func(ev api.CodeEvent) { events = append(events, ev.Type) })
+	end, err := d.client.RunCodeStream(ctx, "code", py.ID, api.RunCodeRequest{Code: "print('a'); display('b'); 'c'"}, func(ev api.CodeEvent) error { events = append(events, ev.Type); return nil })
 	if err != nil || end.Error != nil || strings.Join(events, ",") != "stdout,result,result" {
 		t.Errorf("streamed run: %v %+v %v", events, end, err)
 	}

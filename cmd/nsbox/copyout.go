@@ -156,7 +156,7 @@ func (hc *hostCopy) dir(dir *os.File, name string, info api.FileInfo, host strin
 		return fmt.Errorf("open directory %s: %w", host, err)
 	}
 	defer sub.Close()
-	list, err := hc.cl.ListFiles(hc.ctx, hc.id, info.Path, 1, true)
+	list, err := hc.cl.ListFiles(hc.ctx, hc.id, info.Path, client.ListOptions{Depth: 1, Hidden: true})
 	if err != nil {
 		return err
 	}

@@ -47,6 +47,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "userns-range", Value: defaultUserNSRange, Usage: "host ids of the sandboxes' user namespaces, START-END or START:COUNT; 65536 per sandbox"},
 			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line)"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve GET /metrics, without authentication, on this TCP address; :PORT is loopback's (default: only on the API)"},
 			&cli.StringFlag{Name: "subnet", Value: "10.89.0.0/16", Usage: "IPv4 network of sandbox addresses (its first address is the host's)"},
 			&cli.StringFlag{Name: "host-ports", Value: "20000-29999", Usage: "range LOW-HIGH of host ports chosen for exposed ports (keep it outside net.ipv4.ip_local_port_range)"},
 			&cli.StringSliceFlag{Name: "uplink", Usage: "interface that carries sandbox traffic to the world (repeatable; default: those of the default routes)"},
@@ -61,6 +63,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "proxy-max-conns", Usage: "client connections the preview proxy holds at once (default: about a quarter of the open-file limit)"},
 			&cli.IntFlag{Name: "proxy-max-conns-per-client", Value: 256, Usage: "client connections the preview proxy holds from one IP address"},
 			&cli.DurationFlag{Name: "proxy-idle-timeout", Value: time.Minute, Usage: "close a preview proxy client connection idle this long between requests"},
+			&cli.BoolFlag{Name: "lxcfs", Value: true, Usage: "show sandboxes their own memory, CPUs and uptime in /proc (free, top, nproc) through LXCFS, when it is installed; it runs detached in the run dir and outlives the daemon while sandboxes run"},
 			&cli.BoolFlag{Name: "cleanup", Usage: "remove what a crash left of containers, then the sandbox network's table, veths, routes and state, and exit (no daemon may run; refused while sandboxes run)"},
 			&cli.BoolFlag{Name: "force", Usage: "with --cleanup: remove sandboxes that still run (as rm -f does) instead of refusing"},
 		}, listenFlags()...),
@@ -72,11 +75,10 @@ func daemonCommand() *cli.Command {
 const defaultUserNSRange = "1000000000:268435456"
 
 func runDaemon(c *cli.Context) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := newLogger(os.Stderr, c.String("log-format"), c.String("log-level"))
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 	if os.Geteuid() != 0 {
 		return errors.New("the daemon must run as root")
@@ -129,6 +131,7 @@ func runDaemon(c *cli.Context) error {
 	cfg := nsbox.Config{
 		DataDir:             c.String("data-dir"),
 		RunDir:              runDir,
+		Self:                exe,
 		Backend:             containers,
 		Version:             version,
 		Checkpoint:          nsbox.DetectCheckpoint(),
@@ -141,6 +144,7 @@ func runDaemon(c *cli.Context) error {
 		WarmPool:            pool,
 		UserNS:              userns,
 		AllowedCapabilities: caps,
+		LimitViews:          c.Bool("lxcfs"),
 		Network:             netCfg,
 		ProxyDomain:         c.String("proxy-domain"),
 		Registries:          oci.Registries{Insecure: c.StringSlice("insecure-registry"), Mirror: c.String("registry-mirror")},
@@ -166,7 +170,7 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	tlsCfg, err := tlsConfig(c)
+	tlsCfg, reloadTLS, err := tlsConfig(c)
 	if err != nil {
 		return err
 	}
@@ -181,10 +185,11 @@ func runDaemon(c *cli.Context) error {
 		}
 		defer socketLock.Close()
 	}
-	tokens, err := openTokens(c, cfg.DataDir, log)
+	tokens, reloadTokens, err := openTokens(c, cfg.DataDir)
 	if err != nil {
 		return err
 	}
+	onHangup(log, reloadTokens, reloadTLS)
 	cfg.Removed = func(id string) {
 		if err := tokens.RevokeSandbox(id); err != nil {
 			log.Warn("revoke the tokens of a removed sandbox", "sandbox", id, "err", err)
@@ -201,6 +206,14 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	preview, err := servePreview(c, rt, log)
+	if err == nil {
+		var metricsSrv *http.Server
+		if metricsSrv, err = serveMetrics(c.String("metrics-listen"), rt, log); metricsSrv != nil {
+			defer metricsSrv.Close()
+		} else if err != nil && preview != nil {
+			_ = preview.Shutdown(context.Background())
+		}
+	}
 	if err != nil {
 		for _, s := range servers {
 			s.ln.Close()
@@ -212,6 +225,9 @@ func runDaemon(c *cli.Context) error {
 	go func() {
 		<-ctx.Done()
 		log.Info("shutting down; sandboxes keep running")
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.Warn("tell systemd", "err", err)
+		}
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if preview != nil {
@@ -226,6 +242,10 @@ func runDaemon(c *cli.Context) error {
 		log.Info("nsbox daemon listening", "address", s.ln.Addr().String(), "tls", tlsCfg != nil && s.ln.Addr().Network() == "tcp", "version", version, "data", c.String("data-dir"))
 		go func() { served <- s.srv.Serve(s.ln) }()
 	}
+	// Every listener is open (and accepts: connections wait in its backlog until Serve takes them).
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("tell systemd", "err", err)
+	}
 	var errs []error
 	for range servers {
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -236,38 +256,49 @@ func runDaemon(c *cli.Context) error {
 	return errors.Join(errs...)
 }
 
-// openTokens opens the token store in the data dir and loads the admin tokens; on SIGHUP they
-// are read again (the daemon ignores SIGHUP without --auth-tokens).
-func openTokens(c *cli.Context, dataDir string, log *slog.Logger) (*auth.Store, error) {
+// openTokens opens the token store in the data dir and loads the admin tokens; reload reads
+// them again (nil without --auth-tokens).
+func openTokens(c *cli.Context, dataDir string) (tokens *auth.Store, reload func() error, err error) {
 	if err := os.MkdirAll(dataDir, 0o711); err != nil {
-		return nil, fmt.Errorf("make data dir: %w", err)
+		return nil, nil, fmt.Errorf("make data dir: %w", err)
 	}
-	tokens, err := auth.Open(dataDir)
-	if err != nil {
-		return nil, err
+	if tokens, err = auth.Open(dataDir); err != nil {
+		return nil, nil, err
 	}
 	file := c.String("auth-tokens")
-	if file != "" {
-		if _, err := tokens.LoadAdmin(file); err != nil {
-			return nil, fmt.Errorf("--auth-tokens: %w", err)
-		}
+	if file == "" {
+		return tokens, nil, nil
 	}
+	reload = func() error {
+		if _, err := tokens.LoadAdmin(file); err != nil {
+			return fmt.Errorf("--auth-tokens: %w", err)
+		}
+		return nil
+	}
+	if err := reload(); err != nil {
+		return nil, nil, err
+	}
+	return tokens, reload, nil
+}
+
+// onHangup runs the reloads on every SIGHUP (the admin tokens, the TLS certificate); a reload
+// that fails keeps what it had and says so in the log.
+func onHangup(log *slog.Logger, reloads ...func() error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, unix.SIGHUP)
 	go func() {
 		for range hup {
-			if file == "" {
-				continue
+			for _, reload := range reloads {
+				if reload == nil {
+					continue
+				}
+				if err := reload(); err != nil {
+					log.Error("reload on SIGHUP failed; the old one stays", "err", err)
+				}
 			}
-			n, err := tokens.LoadAdmin(file)
-			if err != nil {
-				log.Error("reload admin tokens; the old ones stay", "err", err)
-				continue
-			}
-			log.Info("admin tokens reloaded", "count", n)
+			log.Info("reloaded on SIGHUP")
 		}
 	}()
-	return tokens, nil
 }
 
 // lockRunDir takes the run dir for this process alone (a daemon, or `daemon --cleanup`): the

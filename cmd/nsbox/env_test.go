@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // sessionEnv runs env in a session and returns the variables named, sorted, as one line.
@@ -279,10 +280,10 @@ func TestProcessesStartFromTheSandboxEnvAndCwd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.client.FollowProcessLogs(ctx, "pe", p.ID, 0, func(api.ProcessEvent) error { return nil }); err != nil {
+	if _, err := d.client.FollowProcessLogs(ctx, "pe", p.ID, client.LogsOptions{}, func(api.ProcessEvent) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
-	logs, err := d.client.ProcessLogs(ctx, "pe", p.ID, 0, 0)
+	logs, err := d.client.ProcessLogs(ctx, "pe", p.ID, client.LogsOptions{})
 	if err != nil || len(logs.Chunks) != 1 {
 		t.Fatalf("logs %+v %v", logs, err)
 	}

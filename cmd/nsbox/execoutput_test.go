@@ -73,14 +73,13 @@ func TestExecOutputCapAndEncodings(t *testing.T) {
 	}
 	// Streamed: no cap unless asked; asked, the stream stops there and the exit event says so.
 	var got []byte
-	exit, err := d.client.ExecStream(context.Background(), "cap", api.ExecRequest{Command: cmd, MaxOutputBytes: 1000000}, func(ev api.ExecEvent) {
-		if ev.Type == api.EventStdout {
-			b, err := ev.Bytes()
-			if err != nil {
-				t.Error(err)
-			}
-			got = append(got, b...)
+	exit, err := d.client.ExecStream(context.Background(), "cap", api.ExecRequest{Command: cmd, MaxOutputBytes: 1000000}, func(ev api.ExecEvent) error {
+		if ev.Type != api.EventStdout {
+			return nil
 		}
+		b, err := ev.Bytes()
+		got = append(got, b...)
+		return err
 	})
 	if err != nil || len(got) != 1000000 || !exit.StdoutTruncated || exit.StderrTruncated || !exit.Truncated {
 		t.Fatalf("streamed with a 1 MB cap: %v, %d bytes, truncated %+v", err, len(got), exit)

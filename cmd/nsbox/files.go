@@ -82,7 +82,7 @@ func filesCommand() *cli.Command {
 						return usageError("usage: nsbox files rm [-r] ID PATH...")
 					}
 					return eachPath(c, func(p string) error {
-						return fileClient(c).RemoveFile(c.Context, c.Args().First(), p, c.Bool("recursive"))
+						return fileClient(c).RemoveFile(c.Context, c.Args().First(), p, client.RemoveFileOptions{Recursive: c.Bool("recursive")})
 					})
 				},
 			},
@@ -103,7 +103,7 @@ func filesCommand() *cli.Command {
 						return err
 					}
 					return eachPath(c, func(p string) error {
-						_, err := fileClient(c).Mkdir(c.Context, c.Args().First(), p, c.Bool("parents"), mode)
+						_, err := fileClient(c).Mkdir(c.Context, c.Args().First(), p, client.MkdirOptions{Parents: c.Bool("parents"), Mode: mode})
 						return err
 					})
 				},
@@ -117,7 +117,7 @@ func filesCommand() *cli.Command {
 					if c.NArg() != 3 {
 						return usageError("usage: nsbox files mv [-f] ID SRC DST")
 					}
-					_, err := fileClient(c).MoveFile(c.Context, c.Args().Get(0), c.Args().Get(1), c.Args().Get(2), c.Bool("force"))
+					_, err := fileClient(c).MoveFile(c.Context, c.Args().Get(0), c.Args().Get(1), c.Args().Get(2), client.MoveOptions{Overwrite: c.Bool("force")})
 					return err
 				},
 			},
@@ -131,9 +131,11 @@ func filesCommand() *cli.Command {
 						return usageError("usage: nsbox files watch [-r] ID PATH")
 					}
 					enc := json.NewEncoder(os.Stdout)
-					return fileClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), c.Bool("recursive"), func(ev api.FileEvent) {
+					return fileClient(c).WatchFiles(c.Context, c.Args().Get(0), c.Args().Get(1), client.WatchOptions{Recursive: c.Bool("recursive")}, func(ev api.FileEvent) error {
 						_ = enc.Encode(ev)
+						return nil
 					})
+
 				},
 			},
 		},
@@ -183,7 +185,7 @@ func cmdFilesList(c *cli.Context) error {
 	list := []api.FileInfo{*info}
 	base := path.Dir(info.Path)
 	if info.IsDir() || info.Type == "symlink" {
-		if list, err = cl.ListFiles(c.Context, id, p, c.Int("depth"), c.Bool("all")); err != nil {
+		if list, err = cl.ListFiles(c.Context, id, p, client.ListOptions{Depth: c.Int("depth"), Hidden: c.Bool("all")}); err != nil {
 			if info.Type != "symlink" {
 				return err
 			}
@@ -337,7 +339,7 @@ func copyIn(ctx context.Context, cl *client.Client, src, id, dst string) error {
 func copyInEntry(ctx context.Context, cl *client.Client, src string, fi os.FileInfo, id, dst string) error {
 	switch {
 	case fi.IsDir():
-		if _, err := cl.Mkdir(ctx, id, dst, true, fi.Mode().Perm()); err != nil {
+		if _, err := cl.Mkdir(ctx, id, dst, client.MkdirOptions{Parents: true, Mode: fi.Mode().Perm()}); err != nil {
 			return err
 		}
 		entries, err := os.ReadDir(src)

@@ -261,7 +261,7 @@ func TestFileSymlinkEscapes(t *testing.T) {
 		}
 	}
 	// Listing through the symlink to ../../../../ shows the sandbox's root.
-	list, err := d.client.ListFiles(context.Background(), "bb", "/workspace/up", 1, false)
+	list, err := d.client.ListFiles(context.Background(), "bb", "/workspace/up", client.ListOptions{Depth: 1, Hidden: false})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,7 +372,7 @@ func TestFileOps(t *testing.T) {
 		t.Fatalf("mkdir -p of an existing directory: %d %s", status, body)
 	}
 	d.expectError("POST", filesURL("o", "mkdir"), map[string]any{"path": "/workspace/x/y"}, 404, api.CodeNotFound)
-	if _, err := d.client.Mkdir(ctx, "o", "/workspace/x", false, 0); err != nil {
+	if _, err := d.client.Mkdir(ctx, "o", "/workspace/x", client.MkdirOptions{Parents: false}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"a/f1", "a/b/f2", "a/b/c/f3", "a/.hidden"} {
@@ -388,11 +388,11 @@ func TestFileOps(t *testing.T) {
 		}
 		return out
 	}
-	list, err := d.client.ListFiles(ctx, "o", "/workspace/a", 1, false)
+	list, err := d.client.ListFiles(ctx, "o", "/workspace/a", client.ListOptions{Depth: 1, Hidden: false})
 	if got := paths(list); err != nil || !slices.Equal(got, []string{"/workspace/a/b", "/workspace/a/f1"}) {
 		t.Fatalf("list depth 1: %q %v", got, err)
 	}
-	list, err = d.client.ListFiles(ctx, "o", "/workspace/a", 3, true)
+	list, err = d.client.ListFiles(ctx, "o", "/workspace/a", client.ListOptions{Depth: 3, Hidden: true})
 	want := []string{"/workspace/a/.hidden", "/workspace/a/b", "/workspace/a/b/c", "/workspace/a/b/c/f3", "/workspace/a/b/f2", "/workspace/a/f1"}
 	if got := paths(list); err != nil || !slices.Equal(got, want) {
 		t.Fatalf("list depth 3 hidden: %q %v", got, err)
@@ -402,20 +402,20 @@ func TestFileOps(t *testing.T) {
 		t.Fatalf("list of an empty directory: %d %s", status, body)
 	}
 	// Move: rename, conflict, overwrite, directories.
-	moved, err := d.client.MoveFile(ctx, "o", "a/f1", "/workspace/x/g1", false)
+	moved, err := d.client.MoveFile(ctx, "o", "a/f1", "/workspace/x/g1", client.MoveOptions{})
 	if err != nil || moved.Path != "/workspace/x/g1" || moved.Size != 4 {
 		t.Fatalf("move: %+v %v", moved, err)
 	}
-	if _, err := d.client.MoveFile(ctx, "o", "a/b/f2", "x/g1", false); !api.IsCode(err, api.CodeConflict) {
+	if _, err := d.client.MoveFile(ctx, "o", "a/b/f2", "x/g1", client.MoveOptions{}); !api.IsCode(err, api.CodeConflict) {
 		t.Fatalf("move onto an existing file: %v", err)
 	}
-	if _, err := d.client.MoveFile(ctx, "o", "a/b/f2", "x/g1", true); err != nil {
+	if _, err := d.client.MoveFile(ctx, "o", "a/b/f2", "x/g1", client.MoveOptions{Overwrite: true}); err != nil {
 		t.Fatal(err)
 	}
 	if got := d.readFile("o", "x/g1"); string(got) != "a/b/f2" {
 		t.Fatalf("after move with overwrite: %q", got)
 	}
-	if _, err := d.client.MoveFile(ctx, "o", "a/b", "x/b2", false); err != nil {
+	if _, err := d.client.MoveFile(ctx, "o", "a/b", "x/b2", client.MoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := d.sh("o", "cat /workspace/x/b2/c/f3"); got != "a/b/c/f3" {
@@ -425,13 +425,13 @@ func TestFileOps(t *testing.T) {
 		t.Fatalf("stat of the moved directory's old path: %v", err)
 	}
 	// Delete: a file, an empty directory, a tree.
-	if err := d.client.RemoveFile(ctx, "o", "x/g1", false); err != nil {
+	if err := d.client.RemoveFile(ctx, "o", "x/g1", client.RemoveFileOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.client.RemoveFile(ctx, "o", "x", false); !api.IsCode(err, api.CodeConflict) {
+	if err := d.client.RemoveFile(ctx, "o", "x", client.RemoveFileOptions{}); !api.IsCode(err, api.CodeConflict) {
 		t.Fatalf("remove of a non-empty directory: %v", err)
 	}
-	if err := d.client.RemoveFile(ctx, "o", "x", true); err != nil {
+	if err := d.client.RemoveFile(ctx, "o", "x", client.RemoveFileOptions{Recursive: true}); err != nil {
 		t.Fatal(err)
 	}
 	status, _ = d.call("DELETE", filesURL("o", "", "path=/workspace/a&recursive=true"), nil)
@@ -449,7 +449,7 @@ func TestFileWatch(t *testing.T) {
 	d.sh("w", "mkdir -p /workspace/sub")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	w, err := d.client.OpenWatch(ctx, "w", "/workspace", true)
+	w, err := d.client.OpenWatch(ctx, "w", "/workspace", client.WatchOptions{Recursive: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +491,7 @@ func TestFileWatch(t *testing.T) {
 	d.expectError("GET", filesURL("w", "watch", "path=/workspace/missing"), nil, 404, api.CodeNotFound)
 	w.Close()
 	// Removing the watched directory ends a watch of it.
-	w2, err := d.client.OpenWatch(ctx, "w", "/workspace/sub", false)
+	w2, err := d.client.OpenWatch(ctx, "w", "/workspace/sub", client.WatchOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,13 +40,13 @@ func TestFilesRelativeToSession(t *testing.T) {
 	if info, err := inS.StatFile(ctx, "rel", "../a.txt"); err != nil || info.Path != "/workspace/a.txt" {
 		t.Fatalf("stat ../a.txt: %+v %v", info, err)
 	}
-	if _, err := inS.Mkdir(ctx, "rel", "made", false, 0); err != nil {
+	if _, err := inS.Mkdir(ctx, "rel", "made", client.MkdirOptions{Parents: false}); err != nil {
 		t.Fatal(err)
 	}
-	if info, err := inS.MoveFile(ctx, "rel", "a.txt", "made/b.txt", false); err != nil || info.Path != "/workspace/sub/made/b.txt" {
+	if info, err := inS.MoveFile(ctx, "rel", "a.txt", "made/b.txt", client.MoveOptions{}); err != nil || info.Path != "/workspace/sub/made/b.txt" {
 		t.Fatalf("move: %+v %v", info, err)
 	}
-	list, err := inS.ListFiles(ctx, "rel", ".", 2, false)
+	list, err := inS.ListFiles(ctx, "rel", ".", client.ListOptions{Depth: 2, Hidden: false})
 	var listed []string
 	for _, f := range list {
 		listed = append(listed, f.Path)
@@ -59,7 +59,7 @@ func TestFilesRelativeToSession(t *testing.T) {
 	if _, err := inS.WriteFile(ctx, "rel", "c.txt", strings.NewReader("c"), client.WriteFileOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := inS.RemoveFile(ctx, "rel", "../made", true); err != nil {
+	if err := inS.RemoveFile(ctx, "rel", "../made", client.RemoveFileOptions{Recursive: true}); err != nil {
 		t.Fatal(err)
 	}
 	if out := d.sh("rel", "cd /workspace/sub && find . | sort"); out != ".\n./deeper\n./deeper/c.txt\n" {
@@ -116,7 +116,7 @@ func TestFilesOwnedBySessionUser(t *testing.T) {
 	if dir, err := nob.StatFile(ctx, "own", "dir"); err != nil || dir.UID != 65534 {
 		t.Fatalf("parent made by the write: %+v %v", dir, err)
 	}
-	if dir, err := nob.Mkdir(ctx, "own", "/workspace/nd", false, 0o750); err != nil || dir.UID != 65534 || dir.GID != 65534 || dir.Mode != "0750" {
+	if dir, err := nob.Mkdir(ctx, "own", "/workspace/nd", client.MkdirOptions{Parents: false, Mode: 0o750}); err != nil || dir.UID != 65534 || dir.GID != 65534 || dir.Mode != "0750" {
 		t.Fatalf("mkdir: %+v %v", dir, err)
 	}
 	// The session's user can write what was created for it (a root-owned 0600 file it could not).
@@ -131,11 +131,11 @@ func TestFilesOwnedBySessionUser(t *testing.T) {
 	if r, err := d.client.WriteFile(ctx, "own", "/tmp/r", strings.NewReader("r"), client.WriteFileOptions{}); err != nil || r.UID != 0 || r.Owner != "root" {
 		t.Fatalf("no session: %+v %v", r, err)
 	}
-	if r, err := d.client.InSession("default").Mkdir(ctx, "own", "/tmp/rd", false, 0); err != nil || r.UID != 0 {
+	if r, err := d.client.InSession("default").Mkdir(ctx, "own", "/tmp/rd", client.MkdirOptions{Parents: false}); err != nil || r.UID != 0 {
 		t.Fatalf("root session: %+v %v", r, err)
 	}
 	// A move keeps the owner, as mv does.
-	if m, err := nob.MoveFile(ctx, "own", "/tmp/r", "r2", false); err != nil || m.UID != 0 || m.Path != "/tmp/r2" {
+	if m, err := nob.MoveFile(ctx, "own", "/tmp/r", "r2", client.MoveOptions{}); err != nil || m.UID != 0 || m.Path != "/tmp/r2" {
 		t.Fatalf("move: %+v %v", m, err)
 	}
 }

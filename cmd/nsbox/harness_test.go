@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -78,7 +79,7 @@ type testDaemon struct {
 	net          testNetwork
 	nofile       int // the daemon's open-file limit (soft and hard); 0: the test's own
 	cmd          *exec.Cmd
-	log          *bytes.Buffer
+	log          *syncBuffer // the daemon's output, which tests may read while it runs
 	client       *client.Client
 	http         *http.Client
 }
@@ -125,7 +126,7 @@ func (d *testDaemon) start() {
 	if noUserNS {
 		args = append(args, "--userns=false")
 	}
-	d.log = &bytes.Buffer{}
+	d.log = &syncBuffer{}
 	d.cmd = exec.Command(nsboxBin, args...)
 	if d.nofile > 0 { // prlimit sets the limit and execs the daemon: the pid is the daemon's
 		d.cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", d.nofile, d.nofile), "--", nsboxBin}, args...)...)
@@ -177,7 +178,7 @@ func (d *testDaemon) cleanup() {
 		t.Errorf("cleanup: list sandboxes: %v", err)
 	}
 	for _, sb := range list {
-		if err := d.client.RemoveSandbox(context.Background(), sb.ID, true); err != nil {
+		if err := d.client.RemoveSandbox(context.Background(), sb.ID, client.RemoveOptions{Force: true}); err != nil {
 			t.Errorf("cleanup: remove %s: %v", sb.ID, err)
 		}
 	}
@@ -202,13 +203,72 @@ func (d *testDaemon) cleanup() {
 	os.RemoveAll(d.runDir)
 }
 
-// leaks lists what a daemon with no sandboxes should not have left behind.
+// leaks lists what a daemon with no sandboxes should not have left behind: what its
+// containers left, and its LXCFS (which outlives a daemon only while sandboxes run). A remove
+// tears its container down in the background after it answers: leaks waits (up to 20 s) for
+// the list to empty.
 func (d *testDaemon) leaks() []string {
+	return waitEmpty(d.currentLeaks)
+}
+
+// containerLeaks is leaks of one container only (other sandboxes may run).
+func (d *testDaemon) containerLeaks(container string) []string {
+	return waitEmpty(func() []string {
+		var leaks []string
+		for _, l := range d.leftovers() {
+			if l.container == container {
+				leaks = append(leaks, l.what)
+			}
+		}
+		return leaks
+	})
+}
+
+// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS: it counts only once
+// the daemon has stopped.
+func (d *testDaemon) currentLeaks() []string {
 	var leaks []string
 	for _, l := range d.leftovers() {
 		leaks = append(leaks, l.what)
 	}
-	return leaks
+	if d.cmd != nil {
+		return leaks
+	}
+	return append(leaks, d.lxcfsLeftovers()...)
+}
+
+// waitEmpty calls list until it answers nothing, for up to 20 s, and returns its last answer.
+func waitEmpty(list func() []string) []string {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := list()
+		if len(got) == 0 || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lxcfsDir is where the daemon runs LXCFS, which shows sandboxes their limits in /proc.
+func (d *testDaemon) lxcfsDir() string { return filepath.Join(d.runDir, "lxcfs") }
+
+// lxcfsLeftovers are the daemon's LXCFS mount and processes.
+func (d *testDaemon) lxcfsLeftovers() []string {
+	var out []string
+	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") {
+			out = append(out, "lxcfs mount "+line)
+		}
+	}
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		data, _ := os.ReadFile(p)
+		if bytes.Contains(data, []byte(d.lxcfsDir()+"/")) && alive(pidOf(p)) {
+			out = append(out, "lxcfs process "+filepath.Dir(p)+": "+strings.ReplaceAll(string(data), "\x00", " "))
+		}
+	}
+	return out
 }
 
 // leftover is something of a container's on the host: a cgroup, a mount, a loop device, a
@@ -229,6 +289,9 @@ func (d *testDaemon) leftovers() []leftover {
 	}
 	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") { // the daemon's, not a container's (lxcfsLeftovers)
+			continue
+		}
 		if strings.Contains(line, d.runDir) || strings.Contains(line, d.dataDir) {
 			out = append(out, leftover{d.containerOfPath(line), "mount " + line})
 		}
@@ -464,7 +527,8 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if err := apiSpec.ValidateResponse(req.Method, req.URL.EscapedPath(), resp.StatusCode, body); err != nil && !outsideAPI {
 		s.t.Errorf("answer does not match the API spec: %v; body %.300s", err, body)
 	}
-	if len(body) > 0 && resp.Header.Get("Content-Type") != "application/json" {
+	// Prometheus's text format is GET /metrics's only answer that is not JSON.
+	if ct := resp.Header.Get("Content-Type"); len(body) > 0 && ct != "application/json" && !(req.URL.Path == "/metrics" && strings.HasPrefix(ct, "text/plain")) {
 		s.t.Errorf("%s %s: Content-Type %q", req.Method, req.URL.Path, resp.Header.Get("Content-Type"))
 	}
 	return resp, nil
@@ -493,4 +557,22 @@ func (b *sseCheckingBody) Read(p []byte) (int, error) {
 		b.t.Errorf("event stream does not match the API spec: %v", bad)
 	}
 	return n, err
+}
+
+// syncBuffer is a bytes.Buffer that a process writes while a test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // waitCounter waits until the counting process of a sandbox has written /tmp/count.
@@ -139,7 +140,7 @@ func TestHibernateAndWake(t *testing.T) {
 	if p := status["count"]; p.Status != api.ProcessRunning {
 		t.Errorf("count after wake: %+v", p)
 	}
-	logs, err := d.client.ProcessLogs(ctx, "hb", "plain", 0, 0)
+	logs, err := d.client.ProcessLogs(ctx, "hb", "plain", client.LogsOptions{})
 	if err != nil || len(logs.Chunks) == 0 || !strings.Contains(logs.Chunks[0].Data, "plain-started") {
 		t.Errorf("plain's log after wake: %+v %v", logs, err)
 	}
@@ -164,7 +165,7 @@ func TestHibernateAndWake(t *testing.T) {
 	if _, err := d.client.HibernateSandbox(ctx, "hb", api.HibernateRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.client.RemoveSandbox(ctx, "hb", false); err != nil {
+	if err := d.client.RemoveSandbox(ctx, "hb", client.RemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }

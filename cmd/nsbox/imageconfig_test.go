@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
 
@@ -196,10 +197,10 @@ func TestDebianImage(t *testing.T) {
 				t.Errorf("argv in the image: %+v", res)
 			}
 			d.exitedWith(id, api.EntrypointProcess, "test in /srv/app as app\n")
-			if err := d.client.RemoveSandbox(ctx, id, true); err != nil {
+			if err := d.client.RemoveSandbox(ctx, id, client.RemoveOptions{Force: true}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := d.client.RemoveImage(ctx, tag, false); err != nil {
+			if _, err := d.client.RemoveImage(ctx, tag, client.RemoveImageOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		})

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 func imageCommand() *cli.Command {
@@ -172,13 +173,13 @@ func cmdImageInspect(c *cli.Context) error {
 
 func cmdImageRemove(c *cli.Context) error {
 	return eachArg(c.Args().Slice(), func(name string) error {
-		_, err := apiClient(c).RemoveImage(c.Context, name, c.Bool("force"))
+		_, err := apiClient(c).RemoveImage(c.Context, name, client.RemoveImageOptions{Force: c.Bool("force")})
 		return err
 	})
 }
 
 func cmdImagePrune(c *cli.Context) error {
-	res, err := apiClient(c).PruneImages(c.Context, c.Bool("all"))
+	res, err := apiClient(c).PruneImages(c.Context, client.PruneOptions{All: c.Bool("all")})
 	if err != nil {
 		return err
 	}
@@ -206,7 +207,7 @@ func newPullProgress(out *os.File) *pullProgress {
 	return &pullProgress{out: out, tty: err == nil, state: map[string]api.ImageProgress{}, start: map[string]time.Time{}, width: 30}
 }
 
-func (p *pullProgress) update(ev api.ImageProgress) {
+func (p *pullProgress) update(ev api.ImageProgress) error {
 	prev, seen := p.state[ev.Layer]
 	if !seen {
 		p.order = append(p.order, ev.Layer)
@@ -217,7 +218,7 @@ func (p *pullProgress) update(ev api.ImageProgress) {
 		if !seen || prev.Status != ev.Status {
 			fmt.Fprintln(p.out, p.line(ev))
 		}
-		return
+		return nil
 	}
 	if p.drawn > 0 {
 		fmt.Fprintf(p.out, "\x1b[%dA", p.drawn) // back to the first layer's line
@@ -226,6 +227,7 @@ func (p *pullProgress) update(ev api.ImageProgress) {
 		fmt.Fprintf(p.out, "\x1b[2K%s\n", p.line(p.state[l]))
 	}
 	p.drawn = len(p.order)
+	return nil
 }
 
 // line is a layer's state: its short digest, status, and while downloading on a terminal a

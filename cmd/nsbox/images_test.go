@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
 
@@ -26,7 +27,7 @@ func TestImagePullCreateRemove(t *testing.T) {
 	ref := reg.Push(t, "test/busybox:v1", ocitest.BusyboxImage(t))
 
 	var events []api.ImageProgress
-	img, err := d.client.PullImage(ctx, api.PullImageRequest{Ref: ref}, func(p api.ImageProgress) { events = append(events, p) })
+	img, err := d.client.PullImage(ctx, api.PullImageRequest{Ref: ref}, func(p api.ImageProgress) error { events = append(events, p); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestImagePullCreateRemove(t *testing.T) {
 	}
 	escaped := "/v1/images/" + url.PathEscape(ref)
 	d.expectError(http.MethodDelete, escaped, nil, http.StatusConflict, api.CodeConflict)
-	if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
+	if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -76,10 +77,10 @@ func TestImagePullCreateRemove(t *testing.T) {
 			t.Errorf("image ls -q lacks %s: %q", name, out)
 		}
 	}
-	if _, err := d.client.RemoveImage(ctx, ref, false); err != nil {
+	if _, err := d.client.RemoveImage(ctx, ref, client.RemoveImageOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := d.client.PruneImages(ctx, true)
+	res, err := d.client.PruneImages(ctx, client.PruneOptions{All: true})
 	if err != nil || len(res.Images) != 1 || len(res.Layers) != 2 {
 		t.Errorf("prune: %+v %v", res, err)
 	}

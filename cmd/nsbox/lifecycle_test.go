@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // counter reads the counter a sandbox's process keeps in /tmp/count, from the host, through
@@ -104,7 +105,7 @@ func TestPauseAndResume(t *testing.T) {
 		t.Fatalf("nsbox pause: %q %q %d", out, errOut, code)
 	}
 	pid := d.agentPID("pz")
-	if err := d.client.RemoveSandbox(ctx, "pz", false); err != nil {
+	if err := d.client.RemoveSandbox(ctx, "pz", client.RemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if alive(pid) {

@@ -10,19 +10,21 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/nsbox/nsbox/auth"
 	"github.com/nsbox/nsbox/nsbox"
+	"github.com/nsbox/nsbox/ui"
 )
 
 // listenFlags are the daemon's API listeners and their security.
 func listenFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "API listener, repeatable: unix:///PATH (default: the --socket, or nsbox.sock in --run-dir) or tcp://HOST:PORT (TLS and bearer tokens; plain HTTP only on a loopback address)"},
-		&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate (chain) of the TCP listeners"},
+		&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate (chain) of the TCP listeners (re-read with --tls-key on SIGHUP)"},
 		&cli.StringFlag{Name: "tls-key", Usage: "PEM private key of --tls-cert"},
 		&cli.StringFlag{Name: "tls-client-ca", Usage: "PEM CA certificates: TCP clients must present a certificate they signed (mutual TLS)"},
 		&cli.StringFlag{Name: "auth-tokens", Usage: "file of admin tokens for TCP callers, one per line (re-read on SIGHUP)"},
@@ -79,31 +81,42 @@ func isLoopback(host string) bool {
 
 // tlsConfig is the TCP listeners' TLS (nil without --tls-cert): HTTP/1.1 only, so that a
 // connection carries one request at a time and cutting it cuts only that request's stream.
-func tlsConfig(c *cli.Context) (*tls.Config, error) {
+// Its reload reads the certificate and key again (on SIGHUP): new connections get the new
+// certificate, open ones keep theirs; a failed reload keeps the old one.
+func tlsConfig(c *cli.Context) (cfg *tls.Config, reload func() error, err error) {
 	certFile, keyFile, caFile := c.String("tls-cert"), c.String("tls-key"), c.String("tls-client-ca")
 	if certFile == "" && keyFile == "" {
 		if caFile != "" {
-			return nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+			return nil, nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	var current atomic.Pointer[tls.Certificate]
+	reload = func() error {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		current.Store(&cert)
+		return nil
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	if err := reload(); err != nil {
+		return nil, nil, err
+	}
+	cfg = &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil }}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("--tls-client-ca: %w", err)
+			return nil, nil, fmt.Errorf("--tls-client-ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", caFile)
+			return nil, nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", caFile)
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
-	return cfg, nil
+	return cfg, reload, nil
 }
 
 // apiServer is one listener and the server that serves it.
@@ -113,10 +126,14 @@ type apiServer struct {
 }
 
 // listenAll opens every listener: unix sockets serve the whole API, TCP listeners the API
-// behind the tokens' guard (and TLS when the daemon has a certificate).
+// behind the tokens' guard and the web terminal page (and TLS when the daemon has a
+// certificate).
 func listenAll(eps []endpoint, c *cli.Context, rt *nsbox.Runtime, guard *auth.Service, tlsCfg *tls.Config, log *slog.Logger) ([]apiServer, error) {
 	socketAPI := rt.Handler(nil, guard.Endpoints()...)
-	tcpAPI := guard.Middleware(rt.Handler(guard.Check, guard.Endpoints()...))
+	// TCP listeners also serve the web terminal page, which needs no token to load (package ui).
+	tcpAPI := http.NewServeMux()
+	tcpAPI.Handle(ui.Prefix, ui.Handler(log))
+	tcpAPI.Handle("/", guard.Middleware(rt.Handler(guard.Check, guard.Endpoints()...)))
 	var servers []apiServer
 	fail := func(err error) ([]apiServer, error) {
 		for _, s := range servers {

@@ -35,7 +35,7 @@ func main() {
 		Version:  version,
 		Flags:    hostFlags(),
 		Before:   dialDaemon,
-		Commands: append(append(clientCommands(), codeCommands()...), daemonCommand(), agentCommand()),
+		Commands: append(append(clientCommands(), codeCommands()...), daemonCommand(), agentCommand(), permfsCommand()),
 		// Errors end nsbox in main, with the exit code of their kind (manners.go).
 		ExitErrHandler: func(*cli.Context, error) {},
 	}

@@ -57,8 +57,8 @@ func portCommand() *cli.Command {
 				ArgsUsage: "ID PORT[/udp]",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "host-port", Usage: "host port (default: one from the daemon's range)"},
-					&cli.StringFlag{Name: "host-ip", Usage: "expose on this host address only, e.g. 127.0.0.1 (default: every address)"},
-					&cli.BoolFlag{Name: "public", Usage: "the preview proxy serves the port without a token"},
+					&cli.StringFlag{Name: "host-ip", Usage: "expose on this host address, 0.0.0.0 for every address (default: 127.0.0.1, or every address with --public)"},
+					&cli.BoolFlag{Name: "public", Usage: "for anyone: on every host address (unless --host-ip) and through the preview proxy without a token"},
 					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 				},
 				Action: cmdPortAdd,
@@ -83,7 +83,7 @@ func portCommand() *cli.Command {
 func networkCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "network",
-		Usage:     "change a running sandbox's network mode: none, egress or allow (with --allow)",
+		Usage:     "change a running sandbox's network mode: none, egress (--allow for private networks) or allow (with --allow)",
 		ArgsUsage: "ID MODE",
 		Flags:     []cli.Flag{allowFlag()},
 		Action:    cmdNetwork,
@@ -91,7 +91,7 @@ func networkCommand() *cli.Command {
 }
 
 func allowFlag() cli.Flag {
-	return &cli.StringSliceFlag{Name: "allow", Usage: "IPv4 CIDR the sandbox may reach in mode allow (repeatable)"}
+	return &cli.StringSliceFlag{Name: "allow", Usage: "IPv4 CIDR the sandbox may reach: the only ones in mode allow, private networks besides the internet in mode egress (repeatable)"}
 }
 
 // networkFlag and allowFlag are the create command's network options.
@@ -142,7 +142,26 @@ func cmdPortAdd(c *cli.Context) error {
 		return printJSON(p)
 	}
 	fmt.Printf("%s:%d/%s -> %d/%s\t%s\n", p.HostIP, p.HostPort, p.Protocol, p.Port, p.Protocol, p.URL)
+	fmt.Println(exposureNote(p))
 	return nil
+}
+
+// exposureNote says where an exposed port listens and what guards it.
+func exposureNote(p *api.ExposedPort) string {
+	where := "listens on " + p.HostIP + " only"
+	switch p.HostIP {
+	case "127.0.0.1":
+		where = "listens on 127.0.0.1: this host only (--public or --host-ip to open it to others)"
+	case "0.0.0.0":
+		where = "listens on every host address: other machines can reach it"
+	}
+	switch {
+	case p.Token != "":
+		return where + "; the preview proxy asks for its token, the host port itself for none"
+	case p.Protocol == api.ProtocolUDP:
+		return where + "; no token (UDP)"
+	}
+	return where + "; public: no token, also through the preview proxy"
 }
 
 func cmdPortList(c *cli.Context) error {

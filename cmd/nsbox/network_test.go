@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // The network tests only talk to addresses they made: sandboxes' addresses, the host's
@@ -129,21 +130,38 @@ func TestExposeHTTP(t *testing.T) {
 	startWeb(d, "web", "8080", "hello")
 	startWeb(d, "web", "127.0.0.1:8081", "local-only")
 
+	// By default on the host's 127.0.0.1 only.
 	p := d.expose("web", api.ExposePortRequest{Port: 8080})
-	if p.Protocol != "tcp" || p.HostIP != "0.0.0.0" || p.HostPort < 20000 || p.HostPort > 29999 ||
+	if p.Protocol != "tcp" || p.HostIP != "127.0.0.1" || p.HostPort < 20000 || p.HostPort > 29999 ||
 		!regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(p.Token) || p.URL != fmt.Sprintf("http://127.0.0.1:%d", p.HostPort) {
 		t.Fatalf("exposed port = %+v", p)
 	}
 	mustHostGet(t, p.URL, "hello")
-	mustHostGet(t, fmt.Sprintf("http://%s:%d/", d.net.hostAddr(t), p.HostPort), "hello")
+	hostAddr := d.net.hostAddr(t)
+	if out, err := hostGet(fmt.Sprintf("http://%s:%d/", hostAddr, p.HostPort)); err == nil {
+		t.Errorf("a port exposed on 127.0.0.1 answered on %s: %q", hostAddr, out)
+	}
 	mustHostGet(t, fmt.Sprintf("http://%s:8080/", sb.Network.IP), "hello")
-
 	// A server on the sandbox's 127.0.0.1 only, on a host port the test names, on 127.0.0.1 only.
 	local := d.expose("web", api.ExposePortRequest{Port: 8081, HostPort: p.HostPort + 1, HostIP: "127.0.0.1", Public: true})
 	if local.HostIP != "127.0.0.1" || local.HostPort != p.HostPort+1 || local.Token != "" || !local.Public {
 		t.Fatalf("exposed local port = %+v", local)
 	}
 	mustHostGet(t, local.URL, "local-only")
+
+	// Public: on every address, without a token; or on every address with a token, asked for.
+	pub := d.expose("web", api.ExposePortRequest{Port: 8082, Public: true})
+	every := d.expose("web", api.ExposePortRequest{Port: 8083, HostIP: "0.0.0.0"})
+	if pub.HostIP != "0.0.0.0" || pub.Token != "" || every.HostIP != "0.0.0.0" || every.Token == "" || every.Public {
+		t.Fatalf("public exposure %+v, exposure on 0.0.0.0 %+v", pub, every)
+	}
+	startWeb(d, "web", "8082", "public")
+	mustHostGet(t, fmt.Sprintf("http://%s:%d/", hostAddr, pub.HostPort), "public")
+	for _, port := range []int{8082, 8083} {
+		if err := d.client.UnexposePort(context.Background(), "web", port, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// The same request again answers the same exposure; a taken host port is a conflict.
 	if again := d.expose("web", api.ExposePortRequest{Port: 8080}); *again != *p {
@@ -164,8 +182,22 @@ func TestExposeHTTP(t *testing.T) {
 
 	// The CLI.
 	out, stderr, code := d.cli("", "port", "add", "web", "53/udp")
-	if code != 0 || !strings.Contains(out, "/udp -> 53/udp") || !strings.Contains(out, "udp://127.0.0.1:") {
+	if code != 0 || !strings.Contains(out, "127.0.0.1:") || !strings.Contains(out, "/udp -> 53/udp") || !strings.Contains(out, "udp://127.0.0.1:") ||
+		!strings.Contains(out, "listens on 127.0.0.1: this host only") {
 		t.Fatalf("port add 53/udp: %d %q %q", code, out, stderr)
+	}
+	out, stderr, code = d.cli("", "port", "add", "--public", "web", "9090")
+	if code != 0 || !strings.HasPrefix(out, "0.0.0.0:") || !strings.Contains(out, "every host address") || !strings.Contains(out, "public: no token") {
+		t.Fatalf("port add --public 9090: %d %q %q", code, out, stderr)
+	}
+	out, stderr, code = d.cli("", "port", "add", "--host-ip", hostAddr.String(), "web", "9091")
+	if code != 0 || !strings.HasPrefix(out, hostAddr.String()+":") || !strings.Contains(out, "listens on "+hostAddr.String()+" only") || !strings.Contains(out, "asks for its token") {
+		t.Fatalf("port add --host-ip: %d %q %q", code, out, stderr)
+	}
+	for _, port := range []string{"9090", "9091"} {
+		if _, stderr, code := d.cli("", "port", "rm", "web", port); code != 0 {
+			t.Fatalf("port rm %s: %s", port, stderr)
+		}
 	}
 	out, _, _ = d.cli("", "port", "ls", "web")
 	for _, want := range []string{"8080", "8081", "53", "udp", "127.0.0.1:" + fmt.Sprint(local.HostPort)} {
@@ -249,11 +281,12 @@ func TestSandboxesAreIsolated(t *testing.T) {
 	if out, ok := sandboxGet(d, "b", "http://"+aIP+":8080/"); ok {
 		t.Errorf("sandbox b reached sandbox a directly: %q", out)
 	}
-	// Through an exposed port (hairpin) it may.
-	p := d.expose("a", api.ExposePortRequest{Port: 8080})
+	// Nor through a port exposed on every host address (hairpin), which the host reaches.
+	p := d.expose("a", api.ExposePortRequest{Port: 8080, Public: true})
 	hostAddr := d.net.hostAddr(t)
-	if out, ok := sandboxGet(d, "b", fmt.Sprintf("http://%s:%d/", hostAddr, p.HostPort)); !ok || out != "from-a" {
-		t.Errorf("sandbox b through a's exposed port: %q, %v", out, ok)
+	mustHostGet(t, fmt.Sprintf("http://%s:%d/", hostAddr, p.HostPort), "from-a")
+	if out, ok := sandboxGet(d, "b", fmt.Sprintf("http://%s:%d/", hostAddr, p.HostPort)); ok {
+		t.Errorf("sandbox b reached a's exposed port through the host: %q", out)
 	}
 
 	// Host services: a server the test runs on every host address is out of reach, by the
@@ -419,11 +452,22 @@ func TestNetworkModes(t *testing.T) {
 	}
 	allowed, other := "http://"+o.allowed.String()+"/", "http://"+o.other.String()+"/"
 
+	// The outside host is on a private network: egress reaches it only where allowed.
 	d.create(api.CreateSandboxRequest{ID: "eg", Image: "busybox"})
 	for _, url := range []string{allowed, other} {
-		if out, ok := sandboxGet(d, "eg", url); !ok || !strings.HasPrefix(out, "outside-") {
-			t.Errorf("egress sandbox GET %s: %q, %v", url, out, ok)
+		if out, ok := sandboxGet(d, "eg", url); ok {
+			t.Errorf("egress sandbox reached the private %s: %q", url, out)
 		}
+	}
+	_, stderr, code := d.cli("", "network", "--allow", o.allowed.String(), "eg", "egress")
+	if code != 0 {
+		t.Fatalf("nsbox network --allow IP ID egress: %s", stderr)
+	}
+	if out, ok := sandboxGet(d, "eg", allowed); !ok || out != "outside-"+o.allowed.String() {
+		t.Errorf("egress sandbox GET the allowed private address: %q, %v", out, ok)
+	}
+	if out, ok := sandboxGet(d, "eg", other); ok {
+		t.Errorf("egress sandbox reached a private address it was not allowed: %q", out)
 	}
 
 	sb := d.create(api.CreateSandboxRequest{ID: "al", Image: "busybox",
@@ -438,7 +482,7 @@ func TestNetworkModes(t *testing.T) {
 		t.Errorf("allow sandbox reached an address it was not allowed: %q", out)
 	}
 
-	_, stderr, code := d.cli("", "create", "--id", "no", "--image", "busybox", "--network", "none")
+	_, stderr, code = d.cli("", "create", "--id", "no", "--image", "busybox", "--network", "none")
 	if code != 0 {
 		t.Fatalf("create --network none: %s", stderr)
 	}
@@ -471,7 +515,7 @@ func TestNetworkModes(t *testing.T) {
 	if devs := d.sh("al", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"); devs != "lo\n" {
 		t.Errorf("interfaces after PATCH to none: %q", devs)
 	}
-	sbEg, err := d.client.SetNetwork(context.Background(), "al", api.NetworkSpec{Mode: api.NetworkEgress})
+	sbEg, err := d.client.SetNetwork(context.Background(), "al", api.NetworkSpec{Mode: api.NetworkEgress, Allow: []string{o.allowed.String()}})
 	if err != nil || sbEg.Network.IP != ip {
 		t.Fatalf("PATCH back to egress: %+v, %v; want ip %s", sbEg, err, ip)
 	}
@@ -481,7 +525,8 @@ func TestNetworkModes(t *testing.T) {
 	d.expectError("PATCH", "/v1/sandboxes/al/network", api.NetworkSpec{}, 400, api.CodeInvalidArgument)
 	d.expectError("PATCH", "/v1/sandboxes/al/network", api.NetworkSpec{Mode: "bridge"}, 400, api.CodeInvalidArgument)
 	d.expectError("PATCH", "/v1/sandboxes/al/network", api.NetworkSpec{Mode: "allow", Allow: []string{"::1/128"}}, 400, api.CodeInvalidArgument)
-	d.expectError("PATCH", "/v1/sandboxes/al/network", api.NetworkSpec{Mode: "egress", Allow: []string{"10.0.0.0/8"}}, 400, api.CodeInvalidArgument)
+	d.expectError("PATCH", "/v1/sandboxes/al/network", api.NetworkSpec{Mode: "none", Allow: []string{"10.0.0.0/8"}}, 400, api.CodeInvalidArgument)
+	d.expectError("PATCH", "/v1/sandboxes/al/network", api.NetworkSpec{Mode: "egress", Allow: []string{"169.254.169.254"}}, 400, api.CodeInvalidArgument)
 	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{Network: &api.NetworkSpec{Mode: "host"}}, 400, api.CodeInvalidArgument)
 }
 
@@ -523,7 +568,7 @@ func TestPortsSurviveKill9(t *testing.T) {
 	}
 
 	// rm removes the sandbox's network at once; the harness checks the rest after --cleanup.
-	if err := d.client.RemoveSandbox(context.Background(), "p", true); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "p", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if leaks := d.net.leaks(); len(leaks) != 0 && !(len(leaks) == 1 && strings.HasPrefix(leaks[0], "nftables table")) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // waitWarm waits until the daemon has n warm containers of the image ready.
@@ -79,16 +80,14 @@ func TestWarmPoolSandboxIsBoundToItsRequest(t *testing.T) {
 	}
 	// The pool refills, and removing the sandbox leaves nothing of its container.
 	d.waitWarm("busybox", 2)
-	if err := d.client.RemoveSandbox(context.Background(), "pooled", true); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "pooled", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if alive(sb.PID) {
 		t.Errorf("agent %d still runs", sb.PID)
 	}
-	for _, leak := range d.leaks() {
-		if strings.Contains(leak, container) {
-			t.Errorf("leaked: %s", leak)
-		}
+	for _, leak := range d.containerLeaks(container) {
+		t.Errorf("leaked: %s", leak)
 	}
 }
 

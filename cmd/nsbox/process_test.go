@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // startProc starts a process through the SDK and fails the test if it cannot.
@@ -39,7 +40,7 @@ func (d *testDaemon) readLogs(id, pid string, cursor int64, limit int) (stdout, 
 	d.t.Helper()
 	var out, errOut bytes.Buffer
 	for {
-		logs, err := d.client.ProcessLogs(context.Background(), id, pid, cursor, limit)
+		logs, err := d.client.ProcessLogs(context.Background(), id, pid, client.LogsOptions{Cursor: cursor, Limit: limit})
 		if err != nil {
 			d.t.Fatalf("logs of %s from %d: %v", pid, cursor, err)
 		}
@@ -228,20 +229,21 @@ func TestProcessFollowAndStdin(t *testing.T) {
 	followed := make(chan result, 1)
 	go func() {
 		var out strings.Builder
-		ended, err := d.client.FollowProcessLogs(ctx, "pf", p.ID, 0, func(ev api.ProcessEvent) error {
+		ended, err := d.client.FollowProcessLogs(ctx, "pf", p.ID, client.LogsOptions{}, func(ev api.ProcessEvent) error {
 			b, err := ev.Bytes()
 			fmt.Fprintf(&out, "%s:%s|", ev.Type, b)
 			return err
 		})
+
 		followed <- result{out.String(), ended, err}
 	}()
-	if err := d.client.WriteProcessStdin(ctx, "pf", "cat", strings.NewReader("hello\n"), false); err != nil {
+	if err := d.client.WriteProcessStdin(ctx, "pf", "cat", strings.NewReader("hello\n"), client.StdinOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if res := d.waitProc("pf", "cat", api.WaitProcessRequest{Log: "^hello$"}); !res.Met {
 		t.Fatalf("echoed: %+v", res)
 	}
-	if err := d.client.WriteProcessStdin(ctx, "pf", "cat", strings.NewReader("\x00\xffbye"), true); err != nil {
+	if err := d.client.WriteProcessStdin(ctx, "pf", "cat", strings.NewReader("\x00\xffbye"), client.StdinOptions{Close: true}); err != nil {
 		t.Fatal(err)
 	}
 	r := <-followed

@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // The commands of a sandbox's long-running processes.
@@ -125,6 +126,9 @@ func cmdPs(c *cli.Context) error {
 }
 
 func processStatus(p api.Process) string {
+	if p.OOMKilled {
+		return "killed: out of memory"
+	}
 	switch p.Status {
 	case api.ProcessExited:
 		return fmt.Sprintf("exited (%d)", p.ExitCode)
@@ -201,11 +205,11 @@ func cmdLogs(c *cli.Context) error {
 	}
 	cl, id, pid, cursor := apiClient(c), c.Args().Get(0), c.Args().Get(1), c.Int64("cursor")
 	if c.Bool("follow") {
-		_, err := cl.FollowProcessLogs(c.Context, id, pid, cursor, writeChunk)
+		_, err := cl.FollowProcessLogs(c.Context, id, pid, client.LogsOptions{Cursor: cursor}, writeChunk)
 		return err
 	}
 	for {
-		logs, err := cl.ProcessLogs(c.Context, id, pid, cursor, 0)
+		logs, err := cl.ProcessLogs(c.Context, id, pid, client.LogsOptions{Cursor: cursor, Limit: 0})
 		if err != nil {
 			return err
 		}
@@ -282,5 +286,5 @@ func cmdStdin(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return usageError("usage: nsbox stdin [--close] ID PID < INPUT")
 	}
-	return apiClient(c).WriteProcessStdin(c.Context, c.Args().Get(0), c.Args().Get(1), os.Stdin, c.Bool("close"))
+	return apiClient(c).WriteProcessStdin(c.Context, c.Args().Get(0), c.Args().Get(1), os.Stdin, client.StdinOptions{Close: c.Bool("close")})
 }

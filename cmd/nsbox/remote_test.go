@@ -32,10 +32,14 @@ import (
 // The remote-access tests (issue 14) talk only to loopback listeners the test made, over TLS
 // with a CA the test makes.
 
-// testPKI is a CA and a server certificate for 127.0.0.1, written as PEM files.
+// testPKI is a CA and a server certificate for 127.0.0.1, written as PEM files; the CA signs
+// more certificates with issue.
 type testPKI struct {
 	caFile, certFile, keyFile string
 	pool                      *x509.CertPool
+	ca                        *x509.Certificate
+	caKey                     *ecdsa.PrivateKey
+	dir                       string
 }
 
 func newTestPKI(t *testing.T) testPKI {
@@ -56,13 +60,27 @@ func newTestPKI(t *testing.T) testPKI {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := testPKI{caFile: filepath.Join(dir, "ca.pem"), pool: x509.NewCertPool(), ca: ca, caKey: caKey, dir: dir}
+	p.pool.AddCert(ca)
+	writePEM(t, p.caFile, "CERTIFICATE", caDER)
+	p.certFile, p.keyFile = p.issue(t, "server", &x509.Certificate{Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return p
+}
+
+// issue signs a certificate made from tmpl and writes it and its key as name.pem, name.key.
+func (p testPKI) issue(t *testing.T, name string, tmpl *x509.Certificate) (certFile, keyFile string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"}, NotBefore: now.Add(-time.Hour),
-		NotAfter: now.Add(24 * time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,15 +88,28 @@ func newTestPKI(t *testing.T) testPKI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := testPKI{caFile: filepath.Join(dir, "ca.pem"), certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), pool: x509.NewCertPool()}
-	p.pool.AddCert(ca)
-	for file, block := range map[string]*pem.Block{p.caFile: {Type: "CERTIFICATE", Bytes: caDER},
-		p.certFile: {Type: "CERTIFICATE", Bytes: der}, p.keyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
-		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	certFile, keyFile = filepath.Join(p.dir, name+".pem"), filepath.Join(p.dir, name+".key")
+	writePEM(t, certFile, "CERTIFICATE", der)
+	writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
+	return certFile, keyFile
+}
+
+// clientCert is a client certificate the CA signed, for mutual TLS.
+func (p testPKI) clientCert(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	certFile, keyFile := p.issue(t, name, &x509.Certificate{Subject: pkix.Name{CommonName: name}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return p
+	return cert
+}
+
+func writePEM(t *testing.T, file, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // remote calls a daemon's TCP listener; every answer is checked against the spec.
@@ -198,7 +229,7 @@ func TestRemoteAccessOverTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.sh("box", "true") // the default session exists; ro's terminal is watched below
-		term, err := rc.AttachTerminal(context.Background(), "box", "ro", -1)
+		term, err := rc.AttachTerminal(context.Background(), "box", "ro", client.TerminalOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -383,5 +414,104 @@ func TestRemotePlainHTTPOnlyOnLoopback(t *testing.T) {
 	// The socket needs no token.
 	if _, err := d.client.Version(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRemoteMutualTLS: with --tls-client-ca, a client without a certificate, or with one another
+// CA signed, is refused in the handshake; one with a certificate the CA signed is served.
+func TestRemoteMutualTLS(t *testing.T) {
+	pki, other := newTestPKI(t), newTestPKI(t)
+	adminFile := filepath.Join(t.TempDir(), "admin-tokens")
+	if err := os.WriteFile(adminFile, []byte("mtls-admin\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := freeLoopbackPort(t)
+	startDaemon(t, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--tls-cert", pki.certFile, "--tls-key", pki.keyFile,
+		"--tls-client-ca", pki.caFile, "--auth-tokens", adminFile)
+	base := fmt.Sprintf("https://127.0.0.1:%d", port)
+	get := func(certs ...tls.Certificate) error {
+		c, err := client.Dial(base, client.Options{Token: "mtls-admin", TLS: &tls.Config{RootCAs: pki.pool, Certificates: certs}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Version(context.Background())
+		return err
+	}
+	if err := get(); err == nil || !strings.Contains(err.Error(), "certificate required") {
+		t.Fatalf("a client without a certificate: %v, want the handshake refused (certificate required)", err)
+	}
+	if err := get(other.clientCert(t, "stranger")); err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
+		t.Fatalf("a client with another CA's certificate: %v, want the handshake refused (unknown certificate authority)", err)
+	}
+	if err := get(pki.clientCert(t, "platform")); err != nil {
+		t.Fatalf("a client with a certificate the CA signed: %v", err)
+	}
+}
+
+// TestRemoteTLSCertificateReload: SIGHUP makes the TCP listeners serve the certificate now in
+// the --tls-cert and --tls-key files; a broken pair keeps the old one.
+func TestRemoteTLSCertificateReload(t *testing.T) {
+	first, second := newTestPKI(t), newTestPKI(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	install := func(p testPKI) {
+		for src, dst := range map[string]string{p.certFile: certFile, p.keyFile: keyFile} {
+			data, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install(first)
+	port := freeLoopbackPort(t)
+	d := startDaemon(t, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--tls-cert", certFile, "--tls-key", keyFile)
+	// The certificate the listener serves now, read from a new connection's handshake.
+	served := func() *x509.Certificate {
+		conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatalf("TLS handshake: %v", err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0]
+	}
+	signedBy := func(c *x509.Certificate, p testPKI) bool {
+		_, err := c.Verify(x509.VerifyOptions{Roots: p.pool})
+		return err == nil
+	}
+	if !signedBy(served(), first) {
+		t.Fatal("the listener does not serve the first certificate")
+	}
+	// A broken pair is refused: the old certificate stays.
+	if err := os.WriteFile(keyFile, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "reload on SIGHUP failed")
+	if !signedBy(served(), first) {
+		t.Fatal("a broken certificate pair replaced the served one")
+	}
+	install(second)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second) // a guard: the reload is at once
+	for !signedBy(served(), second) {
+		if time.Now().After(deadline) {
+			t.Fatal("the rotated certificate is not served after SIGHUP")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitLog waits until the daemon's log says want.
+func waitLog(t *testing.T, d *testDaemon, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second) // a guard, not a timing assertion
+	for !strings.Contains(d.log.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon's log never said %q:\n%s", want, d.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

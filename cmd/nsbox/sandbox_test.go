@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -126,7 +127,7 @@ func TestLimitsAppliedAndVisibleInside(t *testing.T) {
 		t.Errorf("40 processes in a 32-pid sandbox: exit %d, %q %q", res.ExitCode, stdout, stderr)
 	}
 	sb, err := d.client.GetSandbox(context.Background(), "lim")
-	if err != nil || sb.Limits != (api.Limits{CPUs: 0.5, MemoryMB: 64, Pids: 32}) {
+	if err != nil || sb.Limits != (api.Limits{CPUs: 0.5, MemoryMB: 64, Pids: 32, DiskMB: 10240}) { // DiskMB: the daemon's default disk
 		t.Errorf("limits in the API: %+v %v", sb, err)
 	}
 }
@@ -304,7 +305,7 @@ func TestReconcile(t *testing.T) {
 	if alive(orphanPID) {
 		t.Fatalf("the orphan's agent (pid %d) still runs", orphanPID)
 	}
-	if err := d.client.RemoveSandbox(context.Background(), "dead", false); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "dead", client.RemoveOptions{}); err != nil {
 		t.Fatalf("remove a failed sandbox: %v", err)
 	}
 }
@@ -333,7 +334,7 @@ func TestRemoveStopsEverything(t *testing.T) {
 	d.sh("gentle", "sleep 1000 & sleep 1000 &")
 	pid := d.agentPID("gentle")
 	start := time.Now()
-	if err := d.client.RemoveSandbox(context.Background(), "gentle", false); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "gentle", client.RemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if time.Since(start) > 5*time.Second {
@@ -396,7 +397,7 @@ func TestAgentDeathIsNoticed(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	d.expectError("POST", "/v1/sandboxes/fragile/exec", api.ExecRequest{Argv: []string{"true"}}, 409, api.CodeConflict)
-	if err := d.client.RemoveSandbox(context.Background(), "fragile", false); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "fragile", client.RemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -414,11 +415,12 @@ func TestExecOutputIsCappedWithoutStreaming(t *testing.T) {
 		t.Fatalf("capped exec: %d bytes out, %q err, truncated %v, exit %d, %v", len(stdout), stderr, res.Truncated, res.ExitCode, err)
 	}
 	n := 0
-	_, err = d.client.ExecStream(context.Background(), "big", api.ExecRequest{Command: cmd}, func(ev api.ExecEvent) {
+	_, err = d.client.ExecStream(context.Background(), "big", api.ExecRequest{Command: cmd}, func(ev api.ExecEvent) error {
 		if ev.Type == api.EventStdout {
 			b, _ := ev.Bytes()
 			n += len(b)
 		}
+		return nil
 	})
 	if err != nil || n != 20000000 {
 		t.Fatalf("streamed: %d bytes, %v", n, err)

@@ -298,8 +298,9 @@ func TestExecStreamsAsProduced(t *testing.T) {
 	}
 	var got []arrival
 	start := time.Now()
-	res, err := d.client.ExecStream(context.Background(), "stream", api.ExecRequest{Command: "echo one; sleep 0.5; echo two >&2"}, func(ev api.ExecEvent) {
+	res, err := d.client.ExecStream(context.Background(), "stream", api.ExecRequest{Command: "echo one; sleep 0.5; echo two >&2"}, func(ev api.ExecEvent) error {
 		got = append(got, arrival{ev, time.Now()})
+		return nil
 	})
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("stream: %+v %v", res, err)
@@ -315,7 +316,8 @@ func TestExecStreamsAsProduced(t *testing.T) {
 func TestDisconnectedClientDoesNotKillCommand(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "disc", Image: "busybox"})
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// The API's default; the Go SDK's when the context says KeepRunning.
+	ctx, cancel := context.WithTimeout(client.KeepRunning(context.Background()), 200*time.Millisecond)
 	defer cancel()
 	_, err := d.client.Exec(ctx, "disc", api.ExecRequest{Command: "sleep 0.6; echo done > /tmp/marker"})
 	if err == nil {
@@ -467,7 +469,7 @@ func TestTerminalSharesTheSession(t *testing.T) {
 	d.sh("tty", "cd /tmp; export FROM_API=api")
 	ctx := context.Background()
 	ws := client.New(d.socket) // the spec-checking test client carries no WebSockets
-	first, err := ws.AttachTerminal(ctx, "tty", "default", -1)
+	first, err := ws.AttachTerminal(ctx, "tty", "default", client.TerminalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +490,7 @@ func TestTerminalSharesTheSession(t *testing.T) {
 		t.Fatalf("exec after terminal input: %q", got)
 	}
 	// A second client gets the scrollback first, then shares the live terminal.
-	second, err := ws.AttachTerminal(ctx, "tty", "default", -1)
+	second, err := ws.AttachTerminal(ctx, "tty", "default", client.TerminalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,12 +541,12 @@ func TestTerminalSharesTheSession(t *testing.T) {
 		t.Fatalf("second client after exit: %q", got)
 	}
 	// Errors: missing session, and sh sessions have no terminal.
-	if _, err := ws.AttachTerminal(ctx, "tty", "nope", -1); err == nil {
+	if _, err := ws.AttachTerminal(ctx, "tty", "nope", client.TerminalOptions{}); err == nil {
 		t.Fatal("attached to a missing session")
 	}
 	d.create(api.CreateSandboxRequest{ID: "notty", Image: "busybox"})
 	d.sh("notty", "true")
-	if _, err := ws.AttachTerminal(ctx, "notty", "default", -1); err == nil {
+	if _, err := ws.AttachTerminal(ctx, "notty", "default", client.TerminalOptions{}); err == nil {
 		t.Fatal("attached to an sh session")
 	}
 }

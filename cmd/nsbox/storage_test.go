@@ -225,7 +225,7 @@ func TestWorkspaceCopyOnWrite(t *testing.T) {
 	if got := changeSet(changes); !slices.Contains(got, "added file later.txt") || len(got) != len(want)+1 {
 		t.Fatalf("diff after restart: %q", got)
 	}
-	if err := d.client.RemoveSandbox(context.Background(), sb.ID, true); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), sb.ID, client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if after := snapshot(t, host); !maps.Equal(before, after) {
@@ -413,15 +413,16 @@ func TestDiskLimit(t *testing.T) {
 	if err != nil || !slices.Contains(changeSet(changes), "added file small") {
 		t.Fatalf("diff after a restart: %v %v", changes, err)
 	}
-	if err := d.client.RemoveSandbox(context.Background(), sb.ID, true); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), sb.ID, client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	// Nothing is left: no image file, no loop device, no mount (the harness checks mounts).
-	if _, err := os.Stat(image); !os.IsNotExist(err) {
-		t.Errorf("the disk image is still there: %v", err)
-	}
+	// Nothing is left (once the background teardown is over, which leaks waits for): no
+	// image file, no loop device, no mount.
 	for _, leak := range d.leaks() {
 		t.Errorf("after rm: %s", leak)
+	}
+	if _, err := os.Stat(image); !os.IsNotExist(err) {
+		t.Errorf("the disk image is still there: %v", err)
 	}
 }
 
@@ -451,7 +452,7 @@ func TestStorageReconcile(t *testing.T) {
 	if err != nil || !slices.Equal(changeSet(changes), []string{"added file b"}) {
 		t.Fatalf("diff of a failed sandbox: %+v %v", changes, err)
 	}
-	if err := d.client.RemoveSandbox(context.Background(), "dead", false); err != nil {
+	if err := d.client.RemoveSandbox(context.Background(), "dead", client.RemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, leak := range d.leaks() {

@@ -45,9 +45,19 @@ func (d *testDaemon) hostRoot(id string) uint32 {
 	return uint32(n)
 }
 
+// layerDir is the host directory of a sandbox's writable layers: its disk's mount (every
+// sandbox has one unless the daemon runs with --default-disk 0), else its data dir.
+func (d *testDaemon) layerDir(id string) string {
+	disk := filepath.Join(d.runDir, "sandboxes", d.container(id), "disk")
+	if _, err := os.Stat(filepath.Join(disk, "upper")); err == nil {
+		return disk
+	}
+	return filepath.Join(d.dataDir, "sandboxes", d.container(id))
+}
+
 // upperPath is the host path of an in-sandbox file written to the sandbox's upper dir.
 func (d *testDaemon) upperPath(id, p string) string {
-	return filepath.Join(d.dataDir, "sandboxes", d.container(id), "upper", p)
+	return filepath.Join(d.layerDir(id), "upper", p)
 }
 
 // hostOwner is the uid, gid and mode of a host file.
@@ -167,7 +177,7 @@ func TestUserNamespaceSessionsAndFiles(t *testing.T) {
 	if !api.IsCode(err, api.CodeInvalidArgument) {
 		t.Errorf("a uid outside the user namespace: %v", err)
 	}
-	if _, err := d.client.MoveFile(ctx, sb.ID, "/tmp/api", "/root/moved", false); err != nil {
+	if _, err := d.client.MoveFile(ctx, sb.ID, "/tmp/api", "/root/moved", client.MoveOptions{}); err != nil {
 		t.Errorf("move: %v", err)
 	}
 	// nsbox cp, both ways.
@@ -190,11 +200,16 @@ func TestUserNamespaceWorkspacesAndMounts(t *testing.T) {
 	if got := d.sh(sb.ID, "stat -c %u:%g /workspace/a; echo b >> /workspace/a; cp /bin/sh /workspace/suid; chmod 4755 /workspace/suid"); got != "0:0\n" {
 		t.Errorf("the workspace's files inside: %q", got)
 	}
-	upper := filepath.Join(d.dataDir, "sandboxes", d.container(sb.ID), "workspace", "upper")
+	upper := filepath.Join(d.layerDir(sb.ID), "workspace", "upper")
 	for _, name := range []string{"a", "suid"} {
 		if uid, _, _ := hostOwner(t, filepath.Join(upper, name)); uid != root {
 			t.Errorf("workspace upper %s is %d on the host, want %d", name, uid, root)
 		}
+	}
+	// The overlays' options name no host path (issue 11): layers are staged under short names.
+	mountinfo := d.sh(sb.ID, "cat /proc/self/mountinfo")
+	if strings.Contains(mountinfo, d.dataDir) || strings.Contains(mountinfo, cow) || strings.Contains(mountinfo, "dir=/") || strings.Contains(mountinfo, "dir+=/") {
+		t.Errorf("the sandbox's mountinfo shows host paths:\n%s", mountinfo)
 	}
 	rc, err := d.client.ExportWorkspace(context.Background(), sb.ID)
 	if err != nil {

@@ -31,6 +31,15 @@ type Limits struct {
 	Pids        int64
 }
 
+// Stats is a container's resource use as its cgroup counts it.
+type Stats struct {
+	CPUNanos    uint64 // CPU time used by all its processes since it started
+	MemoryBytes uint64 // memory charged to it now (page cache included)
+	MemoryLimit uint64 // its memory limit; 0 when unlimited
+	Pids        uint64 // tasks in it now
+	OOMKills    uint64 // processes the kernel's OOM killer killed in it since it started
+}
+
 // Mount is a host path shown inside a container.
 type Mount struct {
 	Source, Target string
@@ -79,6 +88,10 @@ type Spec struct {
 	IDs rootfs.IDMap
 	// Capabilities are extra capabilities (CAP_…) beyond the backend's default set.
 	Capabilities []string
+	// LimitViews, when set, is the mount point of an LXCFS whose files (lxcfs.Files) the
+	// container shows in place of /proc's and /sys's: its memory, CPUs and uptime as its
+	// limits make them.
+	LimitViews string
 }
 
 // Backend starts containers and finds them again after a daemon restart.
@@ -119,12 +132,21 @@ type Instance interface {
 	SetHostname(name string) error
 	// SetLimits changes the container's resource limits.
 	SetLimits(lim Limits) error
+	// ShowLimits binds the limit views (Spec.LimitViews) of the LXCFS mounted at dir into the
+	// running container again, in place of those it has (dead ones, of an LXCFS that died,
+	// fail every read with ENOTCONN); dir "" removes them, the container then shows the
+	// host's files.
+	ShowLimits(dir string) error
 	// NetNS is the path of the container's network namespace, for the network to be wired in.
 	NetNS() string
 	// OpenRoot opens the container's root directory as its processes see it, for the file API.
 	OpenRoot() (*sandboxfs.Root, error)
 	// IDs is the container's user namespace (zero: none).
 	IDs() rootfs.IDMap
+	// Stats reads the container's resource use from its cgroup (v1 or v2); OOMKills reads
+	// only Stats().OOMKills, one file instead of five.
+	Stats() (Stats, error)
+	OOMKills() (uint64, error)
 	// Freeze stops every process of the container until Thaw.
 	Freeze() error
 	Thaw() error

@@ -49,6 +49,7 @@ type Backend struct {
 	cfg Config
 	// starting holds a token for each start under way: at most two per CPU (Start).
 	starting chan struct{}
+	cpus     *cpuSets
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -66,7 +67,7 @@ func New(cfg Config) (*Backend, error) {
 			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts under overlayfs: Linux 5.19 or later, and file systems for nsbox's state and images that support id-mapped mounts): %w; run the daemon with --userns=false", err)
 		}
 	}
-	return &Backend{cfg: cfg, starting: make(chan struct{}, 2*runtime.NumCPU())}, nil
+	return &Backend{cfg: cfg, starting: make(chan struct{}, 2*runtime.NumCPU()), cpus: newCPUSets(cfg.CgroupParent)}, nil
 }
 
 // RunDir is the directory of a container's host-side files.
@@ -144,7 +145,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
-		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(),
+		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(), CPUs: b.cpus.pick(spec.ID, spec.Limits),
 	}
 	if spec.IDs.Enabled() {
 		// The overlay's lowers were mapped with the same namespace: it exists already. runc
@@ -228,6 +229,7 @@ func (b *Backend) Containers() ([]string, error) {
 // Destroy kills a container's processes and removes its container state, cgroup and root
 // mount. It copes with every partial state a crash can leave.
 func (b *Backend) Destroy(id string) error {
+	defer b.cpus.forget(id)
 	errs := []error{rootfs.Detach(b.rootMount(id))}
 	c, err := runc.Load(b.cfg.StateRoot, id)
 	switch {

@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/internal/lxcfs"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -55,6 +56,8 @@ type configSpec struct {
 	// runc maps the image's binds and read-only mounts with.
 	UserNS  string
 	Seccomp bool
+	// CPUs is the container's cpuset ("0,2").
+	CPUs string
 	// MaxOpenFiles is the container's open-file limit: the daemon's own hard limit, the most a
 	// process without CAP_SYS_RESOURCE can be given.
 	MaxOpenFiles uint64
@@ -93,7 +96,7 @@ func containerConfig(s configSpec) *configs.Config {
 		Networks: []*configs.Network{{Type: "loopback", Address: "127.0.0.1/0", Gateway: "localhost"}},
 		Cgroups: &cgroups.Cgroup{
 			Path:      s.CgroupPath,
-			Resources: resources(s.Limits, rules),
+			Resources: resources(s.Limits, s.CPUs, rules),
 		},
 		Devices:       nodes,
 		MaskPaths:     append(append([]string{}, maskedPaths...), s.Masked...),
@@ -120,6 +123,7 @@ func containerConfig(s configSpec) *configs.Config {
 	for _, m := range s.Mounts {
 		cfg.Mounts = append(cfg.Mounts, bindMount(m, s))
 	}
+	cfg.Mounts = append(cfg.Mounts, limitViews(s.LimitViews)...)
 	if s.IDs.Enabled() {
 		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER})
 		cfg.UIDMappings = idMaps(0, s.IDs)
@@ -190,10 +194,26 @@ func cgroupPath(parent, id string) string {
 	return filepath.Join("/", parent, id)
 }
 
-// resources are a container's cgroup resources with the limits lim.
-func resources(lim backend.Limits, devices []*devconfig.Rule) *cgroups.Resources {
+// limitViews bind the LXCFS files of the mount at dir over their /proc and /sys twins (none
+// for dir ""). They are not id-mapped (FUSE cannot be): their files are nobody's in a user
+// namespace, and read-only for all.
+func limitViews(dir string) []*configs.Mount {
+	if dir == "" {
+		return nil
+	}
+	var out []*configs.Mount
+	for _, f := range lxcfs.Files {
+		out = append(out, &configs.Mount{Source: filepath.Join(dir, f), Destination: f, Device: "bind",
+			Flags: unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC})
+	}
+	return out
+}
+
+// resources are a container's cgroup resources with the limits lim, on the CPUs cpus.
+func resources(lim backend.Limits, cpus string, devices []*devconfig.Rule) *cgroups.Resources {
 	pids := lim.Pids
 	return &cgroups.Resources{
+		CpusetCpus: cpus,
 		CpuQuota:   lim.CPUQuota,
 		CpuPeriod:  backend.CPUPeriod,
 		Memory:     lim.MemoryBytes,

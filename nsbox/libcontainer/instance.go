@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	sandboxfs "github.com/nsbox/nsbox/fs"
+	"github.com/nsbox/nsbox/internal/lxcfs"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -33,13 +34,18 @@ type instance struct {
 	exited     chan struct{}
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
+	cpus *cpuSets
+	// stats are the cgroup files Stats reads, found on its first call.
+	statsOnce sync.Once
+	stats     *cgroupFiles
+	statsErr  error
 }
 
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
 // is not this process's child) is called once it has exited.
 func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instance, error) {
 	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
-		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap}
+		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap, cpus: b.cpus}
 	status, err := c.Status()
 	if err == nil && (status == runc.Running || status == runc.Paused) && pid > 0 {
 		inst.pidfd, err = unix.PidfdOpen(pid, 0)
@@ -166,13 +172,75 @@ func (i *instance) SetHostname(name string) error {
 	return <-result
 }
 
-// SetLimits changes the cgroup limits of the running container.
+// SetLimits changes the cgroup limits of the running container, and its cpuset to as many
+// CPUs as the quota needs.
 func (i *instance) SetLimits(lim backend.Limits) error {
 	cfg := i.c.Config()
 	cgroupsCopy := *cfg.Cgroups
-	cgroupsCopy.Resources = resources(lim, cfg.Cgroups.Resources.Devices)
+	cgroupsCopy.Resources = resources(lim, i.cpus.pick(i.ID(), lim), cfg.Cgroups.Resources.Devices)
 	cfg.Cgroups = &cgroupsCopy
 	return wrapErr("set limits", i.c.Set(cfg))
+}
+
+// ShowLimits binds the LXCFS files of the mount at dir over the container's /proc and /sys
+// files, in place of the views it has. A goroutine of its own does it on a locked thread that
+// leaves this process's file system context and enters the container's mount namespace; the
+// thread ends with the goroutine. The new mounts are clones made here, in the host's mount
+// namespace, where dir is.
+func (i *instance) ShowLimits(dir string) error {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	if !i.alive() {
+		return backend.ErrExited
+	}
+	var trees []int
+	defer func() {
+		for _, fd := range trees {
+			unix.Close(fd)
+		}
+	}()
+	if dir != "" {
+		for _, f := range lxcfs.Files {
+			fd, err := unix.OpenTree(unix.AT_FDCWD, filepath.Join(dir, f), unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+			if err != nil {
+				return fmt.Errorf("clone lxcfs view %s: %w", f, err)
+			}
+			trees = append(trees, fd)
+			attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOEXEC}
+			if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+				return fmt.Errorf("make lxcfs view %s read-only: %w", f, err)
+			}
+		}
+	}
+	result := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread has left the daemon's mount namespace
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			result <- fmt.Errorf("unshare file system context: %w", err)
+			return
+		}
+		if err := unix.Setns(i.pidfd, unix.CLONE_NEWNS); err != nil {
+			result <- fmt.Errorf("enter the container's mount namespace: %w", err)
+			return
+		}
+		for k, f := range lxcfs.Files {
+			// Every view stacked there goes (a dead one is unmounted all the same); then
+			// Unmount fails with EINVAL: f is the file of /proc or /sys again.
+			for range 8 {
+				if unix.Unmount(f, unix.MNT_DETACH) != nil {
+					break
+				}
+			}
+			if trees != nil {
+				if err := unix.MoveMount(trees[k], "", unix.AT_FDCWD, f, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+					result <- fmt.Errorf("bind lxcfs view %s: %w", f, err)
+					return
+				}
+			}
+		}
+		result <- nil
+	}()
+	return <-result
 }
 
 // OpenRoot opens the root directory of the container as its agent sees it
@@ -222,6 +290,30 @@ func isContainerInit(pid int, cgroupPath string) bool {
 		}
 	}
 	return false
+}
+
+// Stats reads the container's resource use from its cgroup.
+func (i *instance) Stats() (backend.Stats, error) {
+	files, err := i.statFiles()
+	if err != nil {
+		return backend.Stats{}, err
+	}
+	return files.read()
+}
+
+// OOMKills reads how many of the container's processes the OOM killer killed.
+func (i *instance) OOMKills() (uint64, error) {
+	files, err := i.statFiles()
+	if err != nil {
+		return 0, err
+	}
+	return keyed(files.oom, "oom_kill")
+}
+
+// statFiles are the cgroup files of the container's stats, found on the first call.
+func (i *instance) statFiles() (*cgroupFiles, error) {
+	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
+	return i.stats, i.statsErr
 }
 
 // Freeze freezes every process of the container (cgroup freezer).

@@ -237,3 +237,65 @@ func (s *Store) GC(keep func(digest string) bool) ([]string, error) {
 	}
 	return removed, nil
 }
+
+// Add stores the layer whose tar stream write writes, and returns its digest and the size of
+// that stream: the stream is unpacked as it is written (nothing else holds a copy of it), and
+// the layer becomes visible under its digest once it is complete and on disk; when a layer
+// with that digest is stored already, the new copy is dropped. done, when not nil, is called
+// as soon as the whole stream is written, before the layer is flushed to disk (a caller that
+// holds something still for the write lets it go there). On success the layer is held, as by
+// Put.
+func (s *Store) Add(ctx context.Context, write func(io.Writer) error, done func()) (digest string, size int64, err error) {
+	tmp, err := os.MkdirTemp(s.tmpDir(), "add-")
+	if err != nil {
+		return "", 0, fmt.Errorf("make layer dir: %w", err)
+	}
+	defer os.RemoveAll(tmp) // nothing left once renamed
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", 0, fmt.Errorf("chmod layer dir: %w", err)
+	}
+	h := sha256.New()
+	counted := &countingWriter{}
+	pr, pw := io.Pipe()
+	written := make(chan error, 1)
+	go func() {
+		err := write(io.MultiWriter(h, counted, pw))
+		pw.CloseWithError(err)
+		written <- err
+	}()
+	err = unpackTar(ctx, tmp, pr)
+	if err == nil {
+		_, err = io.Copy(io.Discard, pr) // padding after the end-of-archive marker
+	}
+	pr.CloseWithError(errors.New("layer unpack ended")) // a writer still at work stops
+	if werr := <-written; werr != nil {
+		err = werr
+	}
+	if done != nil {
+		done()
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("add layer: %w", err)
+	}
+	digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if err := syncFS(tmp); err != nil {
+		return "", 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.Has(digest) {
+		if err := os.Rename(tmp, s.Dir(digest)); err != nil && !s.Has(digest) {
+			return "", 0, fmt.Errorf("install layer %s: %w", digest, err)
+		}
+	}
+	s.holds[digest]++
+	return digest, counted.n, nil
+}
+
+// countingWriter counts what is written through it.
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}

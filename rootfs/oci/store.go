@@ -48,6 +48,9 @@ type Store struct {
 	// or disappears meanwhile.
 	mu     sync.Mutex
 	images []*api.ImageInfo
+	// keep tells the layers something else than an image references (snapshots'), which GC
+	// keeps too; nil: none.
+	keep func(digest string) bool
 }
 
 // Open opens the image records under dir, with layers stored in ls.
@@ -283,6 +286,22 @@ func (s *Store) Prune(all bool, inUse InUse) (images, removedLayers []string, er
 	return images, removedLayers, err
 }
 
+// KeepLayers tells GC of the layers other records reference (a snapshot's): keep is asked
+// for each layer no image references, and must not change its answer while GC runs.
+func (s *Store) KeepLayers(keep func(digest string) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keep = keep
+}
+
+// GC removes the layers that neither an image nor KeepLayers' function references, and
+// returns their digests.
+func (s *Store) GC() ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gc()
+}
+
 // gc removes the layers no record references (under s.mu).
 func (s *Store) gc() ([]string, error) {
 	used := map[string]bool{}
@@ -291,7 +310,7 @@ func (s *Store) gc() ([]string, error) {
 			used[l] = true
 		}
 	}
-	removed, err := s.layers.GC(func(d string) bool { return used[d] })
+	removed, err := s.layers.GC(func(d string) bool { return used[d] || (s.keep != nil && s.keep(d)) })
 	if err != nil {
 		return removed, fmt.Errorf("remove unused layers: %w", err)
 	}

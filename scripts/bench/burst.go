@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // burstSizes are the bursts of concurrent creates the burst section times.
@@ -57,7 +58,7 @@ func (b *bench) burstSection(ctx context.Context) (err error) {
 		}
 		start = time.Now()
 		if _, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
-			return d.client.RemoveSandbox(ctx, fmt.Sprintf("burst-%d-%03d", n, i), true)
+			return d.client.RemoveSandbox(ctx, fmt.Sprintf("burst-%d-%03d", n, i), client.RemoveOptions{Force: true})
 		}); err != nil {
 			return fmt.Errorf("remove the burst of %d: %w", n, err)
 		}

@@ -131,11 +131,11 @@ func (d *daemon) removeAllSandboxes() error {
 	}
 	var errs []error
 	for _, sb := range sandboxes {
-		err := d.client.RemoveSandbox(ctx, sb.ID, true)
+		err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true})
 		// A create cut short by Ctrl-C may still be under way: a conflict until it is done.
 		for try := 0; api.IsCode(err, api.CodeConflict) && try < 100; try++ {
 			time.Sleep(100 * time.Millisecond)
-			err = d.client.RemoveSandbox(ctx, sb.ID, true)
+			err = d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true})
 		}
 		if err != nil && !api.IsCode(err, api.CodeNotFound) {
 			errs = append(errs, fmt.Errorf("remove sandbox %s of %s: %w", sb.ID, d.name, err))

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
 
@@ -59,10 +60,10 @@ func (b *bench) imagesSection(ctx context.Context, n int) (err error) {
 		{name: "nsbox pull", ref: "skopeo copy + umoci raw unpack", before: func(ctx context.Context) error {
 			// Untimed: nothing of the image is stored before a pull.
 			var apiErr *api.Error
-			if _, err := d.client.RemoveImage(ctx, ref, true); err != nil && !(errors.As(err, &apiErr) && apiErr.Code == api.CodeNotFound) {
+			if _, err := d.client.RemoveImage(ctx, ref, client.RemoveImageOptions{Force: true}); err != nil && !(errors.As(err, &apiErr) && apiErr.Code == api.CodeNotFound) {
 				return err
 			}
-			_, err := d.client.PruneImages(ctx, true)
+			_, err := d.client.PruneImages(ctx, client.PruneOptions{All: true})
 			return err
 		}, run: func(ctx context.Context) error {
 			_, err := d.client.PullImage(ctx, api.PullImageRequest{Ref: ref}, nil)
@@ -102,7 +103,7 @@ func (b *bench) imagesSection(ctx context.Context, n int) (err error) {
 				return fmt.Errorf("create sandbox: %w", err)
 			}
 			creates[name] = append(creates[name], time.Since(start))
-			return d.client.RemoveSandbox(ctx, sb.ID, true)
+			return d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true})
 		}}
 	}
 	cycles := []benchCase{cycle("busybox", image), cycle("debian (OCI, pulled)", ref)}

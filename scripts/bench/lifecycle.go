@@ -4,11 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 )
 
-// lifecycleSection times hibernating a sandbox (a session with state and a sleeping process)
+// lifecycleSection times pausing a sandbox and resuming it, against freezing and thawing its
+// cgroup by hand (v1: FROZEN and THAWED to freezer.state; v2: 1 and 0 to cgroup.freeze, each
+// until the cgroup says it is done); hibernating a sandbox (a session with state and a sleeping process)
 // and resuming it (until its agent answers and its session is restored), against removing a
 // runc container of the same busybox rootfs (`runc delete --force`) and starting one
 // (`runc run --detach`); and shows the memory a hibernation frees (the PSS of the sandbox's
@@ -54,13 +60,20 @@ func (b *bench) lifecycleSection(ctx context.Context, n int) (err error) {
 	runcDelete := func(context.Context) error {
 		return runCommand("runc", "--root", b.runcRoot(), "delete", "--force", runcID)
 	}
+	pause := func(ctx context.Context) error { _, err := d.client.PauseSandbox(ctx, sb.ID); return err }
+	freezer := &handFreezer{}
+	locate := func(ctx context.Context) error { return freezer.locate(ctx, d, sb.ID) }
 	cases := []benchCase{
+		{name: "pause", ref: "freeze by hand", run: pause, after: resume},
+		{name: "resume", ref: "thaw by hand", before: pause, run: resume},
+		{name: "freeze by hand", before: locate, run: freezer.freeze, after: freezer.thaw},
+		{name: "thaw by hand", before: func(ctx context.Context) error { return errors.Join(locate(ctx), freezer.freeze(ctx)) }, run: freezer.thaw},
 		{name: "hibernate", ref: "runc delete --force", run: hibernate, after: resume},
 		{name: "resume from hibernation", ref: "runc run --detach", before: hibernate, run: resume},
 		{name: "runc delete --force", before: runcRun, run: runcDelete},
 		{name: "runc run --detach", run: runcRun, after: runcDelete},
 	}
-	fmt.Printf("lifecycle: hibernate and resume a sandbox (one session with state, one sleeping process); %d warm-ups, then %d measured runs of each, interleaved in random order\n", warmups, n)
+	fmt.Printf("lifecycle: pause and resume a sandbox (against the %s cgroup freezer by hand), hibernate and resume it (one session with state, one sleeping process); %d warm-ups, then %d measured runs of each, interleaved in random order\n", cgroupVersion(), warmups, n)
 	samples, err := timeCases(ctx, cases, warmups, n)
 	if err != nil {
 		return err
@@ -76,4 +89,52 @@ func (b *bench) lifecycleSection(ctx context.Context, n int) (err error) {
 	fmt.Printf("memory: %.0f KiB PSS in %d processes before hibernation; status %s after, pid %d: no process, no cgroup\n\n",
 		before.sandboxKB, before.procs, hibernated.Status, hibernated.PID)
 	return nil
+}
+
+// handFreezer freezes and thaws a sandbox's cgroup by hand, as a shell script would.
+type handFreezer struct {
+	dir string // the sandbox's freezer cgroup (the unified one on v2)
+}
+
+// locate finds the freezer cgroup of the sandbox's container.
+func (f *handFreezer) locate(ctx context.Context, d *daemon, id string) error {
+	sb, err := d.client.GetSandbox(ctx, id)
+	if err != nil {
+		return err
+	}
+	f.dir, err = cgroupOf(sb.PID, "freezer")
+	return err
+}
+
+func (f *handFreezer) freeze(context.Context) error { return f.set(true) }
+func (f *handFreezer) thaw(context.Context) error   { return f.set(false) }
+
+// set writes the freezer's state and reads it back until the kernel is done.
+func (f *handFreezer) set(frozen bool) error {
+	file, value, done := "freezer.state", "THAWED", "THAWED"
+	if frozen {
+		value, done = "FROZEN", "FROZEN"
+	}
+	if cgroupVersion() == "v2" {
+		file, value, done = "cgroup.freeze", "0", "frozen 0"
+		if frozen {
+			value, done = "1", "frozen 1"
+		}
+	}
+	if err := os.WriteFile(filepath.Join(f.dir, file), []byte(value), 0o644); err != nil {
+		return fmt.Errorf("write %s to %s: %w", value, file, err)
+	}
+	if file == "cgroup.freeze" {
+		file = "cgroup.events"
+	}
+	for {
+		state, err := os.ReadFile(filepath.Join(f.dir, file))
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(state), done) {
+			return nil
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }

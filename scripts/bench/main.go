@@ -11,7 +11,13 @@
 //     `runc exec` into a running runc container of the same busybox rootfs;
 //   - code: a trivial run in a Python code context versus python3 -c through the processes API;
 //   - memory: the proportional set size (PSS) of many idle busybox sandboxes;
+//   - lifecycle: pause/resume versus the cgroup freezer by hand, hibernate/resume versus
+//     stopping and starting a runc container (lifecycle.go);
+//   - snapshots: a snapshot and forks of 1 and 10 versus `cp -a` of the upper dir, and a
+//     create from a snapshot versus a plain create (snapshots.go);
 //   - storage: what a workspace and a disk limit add to a sandbox's create and remove.
+//   - permissions: find, find + cat and tar over a 10,000-file workspace without and with
+//     per-path rules (permissions.go);
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
 //     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
 //   - output: 100 MiB of a command's output through the exec API (one JSON answer, and
@@ -23,6 +29,10 @@
 //     `umoci raw unpack` or tar, and create from that image versus from busybox (images.go).
 //   - burst: 50 and 200 creates at once: throughput, latencies, and the daemon's threads and RSS
 //     before, during and after (burst.go).
+//   - stats: what reading every sandbox's resource use (GET /v1/stats, a /metrics scrape) costs
+//     the daemon with -stats-n sandboxes running (stats.go).
+//   - density: 1,000 idle sandboxes with a session each: time to create and remove them, memory
+//     per sandbox, the daemon's RSS, and the API's latency while they idle (density.go).
 //
 // It starts its own daemons with private data, run and cgroup directories and removes
 // everything it made when it ends, also on SIGINT or SIGTERM. Run it as root:
@@ -48,6 +58,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 const (
@@ -60,9 +71,10 @@ const (
 )
 
 type options struct {
-	nsbox    string
-	n, idle  int
-	sections map[string]bool
+	nsbox            string
+	n, idle, density int
+	statsN           int
+	sections         map[string]bool
 }
 
 func main() {
@@ -86,10 +98,12 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.nsbox, "nsbox", "", "absolute path of the nsbox binary (required)")
 	flag.IntVar(&o.n, "n", 50, "measured iterations of each case, after 3 warm-ups")
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
+	flag.IntVar(&o.density, "density", 1000, "idle sandboxes for the density measurement")
+	flag.IntVar(&o.statsN, "stats-n", 1000, "running sandboxes for the stats measurement")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
-	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 {
-		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1")
+	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 || o.density < 2 || o.statsN < 1 || o.statsN > 2000 {
+		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1, -density at least 2, -stats-n from 1 to 2000")
 	}
 	for _, s := range strings.Split(*only, ",") {
 		if s = strings.TrimSpace(s); !slices.Contains(sections, s) {
@@ -101,7 +115,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "storage", "files", "output", "network", "images", "burst"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "output", "network", "images", "burst", "stats", "density"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -145,9 +159,19 @@ func run(ctx context.Context, o options) (err error) {
 			return fmt.Errorf("lifecycle: %w", err)
 		}
 	}
+	if o.sections["snapshots"] {
+		if err := b.snapshotsSection(ctx, o.n); err != nil {
+			return fmt.Errorf("snapshots: %w", err)
+		}
+	}
 	if o.sections["storage"] {
 		if err := b.storageSection(ctx, o.n); err != nil {
 			return fmt.Errorf("storage: %w", err)
+		}
+	}
+	if o.sections["permissions"] {
+		if err := b.permissionsSection(ctx, o.n); err != nil {
+			return fmt.Errorf("permissions: %w", err)
 		}
 	}
 	if o.sections["files"] {
@@ -173,6 +197,16 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["burst"] {
 		if err := b.burstSection(ctx); err != nil {
 			return fmt.Errorf("burst: %w", err)
+		}
+	}
+	if o.sections["stats"] {
+		if err := b.statsSection(ctx, o.statsN, min(o.n, 10)); err != nil {
+			return fmt.Errorf("stats: %w", err)
+		}
+	}
+	if o.sections["density"] {
+		if err := b.densitySection(ctx, o.density); err != nil {
+			return fmt.Errorf("density: %w", err)
 		}
 	}
 	return nil
@@ -280,7 +314,7 @@ func nsboxCycle(d *daemon, phases map[string][]time.Duration) func(context.Conte
 		_, execErr := execOK(ctx, d, sb.ID, api.ExecRequest{Argv: []string{"true"}})
 		lap("exec", start)
 		start = time.Now()
-		if err := d.client.RemoveSandbox(ctx, sb.ID, true); err != nil {
+		if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
 			return errors.Join(execErr, fmt.Errorf("remove sandbox %s: %w", sb.ID, err))
 		}
 		lap("remove", start)

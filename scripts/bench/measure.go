@@ -129,7 +129,7 @@ type memory struct {
 func measureMemory(d *daemon, sandboxes []*api.Sandbox) (memory, error) {
 	var m memory
 	for _, sb := range sandboxes {
-		dir, err := memoryCgroupOf(sb.PID)
+		dir, err := cgroupOf(sb.PID, "memory")
 		if err != nil {
 			return m, fmt.Errorf("sandbox %s: %w", sb.ID, err)
 		}
@@ -148,9 +148,9 @@ func measureMemory(d *daemon, sandboxes []*api.Sandbox) (memory, error) {
 	return m, err
 }
 
-// memoryCgroupOf is the directory of a process's memory cgroup (the unified one on v2). The
-// daemon names a sandbox's cgroup after its container, not after the sandbox.
-func memoryCgroupOf(pid int) (string, error) {
+// cgroupOf is the directory of a process's cgroup of a controller (the unified one on v2).
+// The daemon names a sandbox's cgroup after its container, not after the sandbox.
+func cgroupOf(pid int, controller string) (string, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		return "", fmt.Errorf("read cgroup of pid %d: %w", pid, err)
@@ -164,11 +164,11 @@ func memoryCgroupOf(pid int) (string, error) {
 		if v2 && parts[0] == "0" {
 			return filepath.Join("/sys/fs/cgroup", parts[2]), nil
 		}
-		if !v2 && slices.Contains(strings.Split(parts[1], ","), "memory") {
-			return filepath.Join("/sys/fs/cgroup/memory", parts[2]), nil
+		if !v2 && slices.Contains(strings.Split(parts[1], ","), controller) {
+			return filepath.Join("/sys/fs/cgroup", controller, parts[2]), nil
 		}
 	}
-	return "", fmt.Errorf("pid %d has no memory cgroup", pid)
+	return "", fmt.Errorf("pid %d has no %s cgroup", pid, controller)
 }
 
 var pssLine = regexp.MustCompile(`(?m)^Pss:\s+(\d+) kB$`)

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // benchNet gives every daemon of the benchmark a sandbox network of its own: an nftables
@@ -86,7 +87,9 @@ func (b *bench) networkSection(ctx context.Context, n int) (err error) {
 		}
 	}
 	remove := func(mode string) func(context.Context) error {
-		return func(ctx context.Context) error { return d.client.RemoveSandbox(ctx, "net-"+mode, true) }
+		return func(ctx context.Context) error {
+			return d.client.RemoveSandbox(ctx, "net-"+mode, client.RemoveOptions{Force: true})
+		}
 	}
 	cases := []benchCase{
 		{name: "expose (API)", run: expose, after: unexpose, ref: "version (API)"},

@@ -135,16 +135,16 @@ func outputCase(ctx context.Context, c *client.Client, id string, k int, path st
 		}
 		return took, err
 	case 1:
-		var decodeErr error
-		_, err := c.ExecStream(ctx, id, req, func(ev api.ExecEvent) {
-			if ev.Type == api.EventStdout {
-				b, err := ev.Bytes()
-				got += len(b)
-				decodeErr = errors.Join(decodeErr, err)
+		_, err := c.ExecStream(ctx, id, req, func(ev api.ExecEvent) error {
+			if ev.Type != api.EventStdout {
+				return nil
 			}
+			b, err := ev.Bytes()
+			got += len(b)
+			return err
 		})
 		took := time.Since(start)
-		if err = errors.Join(err, decodeErr); err == nil && got != size {
+		if err == nil && got != size {
 			err = fmt.Errorf("got %d bytes, want %d", got, size)
 		}
 		return took, err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
 )
 
 // diskBenchMB is the disk limit of the storage section's disk-limited sandboxes.
@@ -36,7 +37,7 @@ func (b *bench) storageSection(ctx context.Context, n int) error {
 				return fmt.Errorf("create sandbox: %w", err)
 			}
 			creates[name] = append(creates[name], time.Since(start))
-			return d.client.RemoveSandbox(ctx, sb.ID, true)
+			return d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true})
 		}}
 	}
 	cow := &api.Workspace{HostPath: ws, Mode: api.WorkspaceCOW}

@@ -1,7 +1,7 @@
 # Tries, from inside a sandbox as its root, what would break out of it or reach the host's
 # kernel state, and prints one line for each attempt: "BLOCKED name: how" or "ESCAPED name:
 # what happened". Run by TestEscapeSuite (escape_test.go) through the processes API.
-import ctypes, errno, os, socket
+import ctypes, errno, os, socket, sys
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -127,3 +127,19 @@ attempt("agent-fds", agent_fds)
 leaked = [fd for fd in os.listdir("/proc/self/fd") if int(fd) > 2 and os.path.exists("/proc/self/fd/" + fd)
           and not os.readlink("/proc/self/fd/" + fd).startswith("/proc/")]
 report("inherited-fds", bool(leaked), "fds beyond 0-2: %s" % [(fd, os.readlink("/proc/self/fd/" + fd)) for fd in leaked])
+
+
+def connect(host, port):
+    def fn():
+        s = socket.create_connection((host, int(port)), timeout=3)
+        s.close()
+        return "connected to %s:%s" % (host, port)
+    return fn
+
+
+# The test's listeners: a port of the host's 127.0.0.1, the host side of the veth (the gateway)
+# and a port on it, another sandbox's address and a port it serves.
+_, lo_port, gateway, gw_port, peer, peer_port = sys.argv
+attempt("host-loopback-listener", connect("127.0.0.1", lo_port))
+attempt("host-veth-listener", connect(gateway, gw_port))
+attempt("other-sandbox", connect(peer, peer_port))

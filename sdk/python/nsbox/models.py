@@ -96,6 +96,7 @@ class ExecResult(Model):
     session_id: str = ""
     session_ended: bool = False
     session_reset: bool = False
+    oom_killed: bool = False  # killed by the kernel for lack of memory (the sandbox's limit)
 
     @classmethod
     def from_wire(cls, d: Optional[Dict[str, Any]]) -> "ExecResult":
@@ -204,6 +205,7 @@ class ProcessInfo(Model):
     exit_code: int = 0
     signal: str = ""
     error: str = ""
+    oom_killed: bool = False  # killed by the kernel for lack of memory (the sandbox's limit)
     started_at: str = ""
     ended_at: str = ""
     log_bytes: int = 0

@@ -62,6 +62,8 @@ export interface ExecResult {
   truncated: boolean;
   durationMs: number;
   sessionId: string;
+  /** The kernel killed the command for lack of memory (the sandbox's limit). */
+  oomKilled: boolean;
   raw: WireExecResult;
 }
 
@@ -80,7 +82,11 @@ export interface ExecOptions {
   /** Milliseconds before the command is stopped (result.timedOut). */
   timeout?: number;
   stdin?: string | Uint8Array;
-  /** Kill the command when the stream is closed early (execStream). */
+  /**
+   * Kill the command when its connection closes before it has finished (a stream closed
+   * early, a request that fails on the client), so the session's next command does not wait
+   * behind it. Default true; false lets it run to its end.
+   */
   killOnDisconnect?: boolean;
   /** The session to run in (default: the sandbox's "default" session). */
   sessionId?: string;
@@ -99,7 +105,7 @@ function execResult(r: WireExecResult): ExecResult {
     exitCode: r.exitCode, success: r.exitCode === 0 && !r.timedOut, stdout: stdoutBytes.toString("utf8"),
     stderr: stderrBytes.toString("utf8"), stdoutBytes, stderrBytes, timedOut: r.timedOut, canceled: r.canceled,
     stdoutTruncated: r.stdoutTruncated, stderrTruncated: r.stderrTruncated,
-    truncated: r.truncated, durationMs: r.durationMs, sessionId: r.sessionId, raw: r,
+    truncated: r.truncated, durationMs: r.durationMs, sessionId: r.sessionId, oomKilled: r.oomKilled ?? false, raw: r,
   };
 }
 
@@ -110,7 +116,7 @@ function command(cmd: Command): { command?: string; argv?: string[] } {
 }
 
 function execBody(cmd: Command, o: ExecOptions): Record<string, unknown> {
-  const body: Record<string, unknown> = { ...command(cmd), env: o.env, cwd: o.cwd, timeoutMs: o.timeout, killOnDisconnect: o.killOnDisconnect, maxOutputBytes: o.maxOutputBytes };
+  const body: Record<string, unknown> = { ...command(cmd), env: o.env, cwd: o.cwd, timeoutMs: o.timeout, killOnDisconnect: o.killOnDisconnect ?? true, maxOutputBytes: o.maxOutputBytes };
   if (typeof o.stdin === "string") body.stdin = o.stdin;
   else if (o.stdin) Object.assign(body, { stdin: Buffer.from(o.stdin).toString("base64"), stdinEncoding: "base64" });
   return body;

@@ -356,7 +356,7 @@ export interface paths {
         };
         /**
          * Attach to a bash session's terminal (WebSocket)
-         * @description Upgrades to a WebSocket (RFC 6455) attached to the terminal of a bash session. The client first receives the recent scrollback kept by the session (1 MiB ring), or what came after `cursor` (a byte offset), then the output as it is produced. Binary frames carry terminal bytes in both directions: output to the client, typed input from it. Text frames carry JSON: the client sends `{"type":"resize","cols":N,"rows":N}`; the server sends TerminalEvent notices `skipped` (output fell off the ring before it could be sent; `skipped` bytes), `ended` (the session's shell exited; the server closes) and `error`. Several clients may attach at once; their input interleaves. Structured commands and the terminal share the shell: a command is typed in as a readline key binding only while the shell waits at its prompt, and its output never reaches the terminal. sh sessions have no terminal (409). Over TCP the token may come as a WebSocket subprotocol `nsbox.token.TOKEN` (offer `nsbox.terminal` with it: the server answers with `nsbox.terminal`, else with the first protocol offered). With a read token, or on a read-only session, input and resizes are refused with an `error` notice and the output still flows.
+         * @description Upgrades to a WebSocket (RFC 6455) attached to the terminal of a bash session. The client first receives the recent scrollback kept by the session (1 MiB ring), or what came after `cursor` (a byte offset), then the output as it is produced. Binary frames carry terminal bytes in both directions: output to the client, typed input from it. Text frames carry JSON: the client sends `{"type":"resize","cols":N,"rows":N}`; the server sends TerminalEvent notices `readonly` (first, when this client may only watch: a read token or a read-only session; `data` says why), `live` (after the replayed scrollback: what follows is live output; a terminal emulator should send no input — keys, focus or mouse reports — before it has drawn the replay, whose modes may turn such reports on and off again), `skipped` (output fell off the ring before it could be sent; `skipped` bytes), `ended` (the session's shell exited; the server then closes with code 1000) and `error`. The replayed scrollback (what the ring held when the client attached) comes without the sequences that ask a terminal to answer (device attributes, status and cursor reports, mode, setting and capability requests, color queries, window reports, ENQ), so that a re-attaching terminal never types answers into the shell; live output is sent as it is. A client's close frame is answered with the same close code. Several clients may attach at once; their input interleaves. Structured commands and the terminal share the shell: a command is typed in as a readline key binding only while the shell waits at its prompt, and its output never reaches the terminal. sh sessions have no terminal (409). Over TCP the token may come as a WebSocket subprotocol `nsbox.token.TOKEN` (offer `nsbox.terminal` with it: the server answers with `nsbox.terminal`, else with the first protocol offered). With a read token, or on a read-only session, input is refused with an `error` notice, resizes are ignored (a watcher's window does not size the terminal), and the output still flows.
          */
         get: operations["attachTerminal"];
         put?: never;
@@ -586,6 +586,29 @@ export interface paths {
          *     The environment is kept in the sandbox's record (the truth) and in the sandbox's agent; it survives a restart of the daemon. Changes are applied one at a time.
          */
         patch: operations["patchSandboxEnv"];
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/permissions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Replace a sandbox's permission rules
+         * @description Replaces the per-path rules of a running sandbox created with permissions (a hibernated or paused one is woken first) and answers the sandbox with its new `permissions`. Every lookup and open from then on is checked against the new rules (the kernel's cached names are dropped at once); files already open stay open for what they were opened for (a file opened for writing stays writable until closed, a directory being listed finishes its listing). The rules are kept in the sandbox's record and survive a restart of the daemon and hibernation.
+         */
+        patch: operations["setSandboxPermissions"];
         trace?: never;
     };
     "/v1/sandboxes/{id}/network": {
@@ -910,7 +933,7 @@ export interface paths {
         put?: never;
         /**
          * Mint a browser token for one session
-         * @description For the socket, admin tokens, and write tokens of the sandbox or of this session: mints a short-lived token held to this session (at most the caller's permission and life; never `write` for a read-only session) and answers it with the API and terminal URLs, formed from the scheme and Host this request reached the daemon with.
+         * @description For the socket, admin tokens, and write tokens of the sandbox or of this session: mints a short-lived token held to this session (at most the caller's permission and life; never `write` for a read-only session) and answers it with the API, terminal and web terminal page URLs, formed from the scheme and Host this request reached the daemon with.
          */
         post: operations["createSessionToken"];
         delete?: never;
@@ -1033,6 +1056,176 @@ export interface paths {
          * @description The agent saves each session's state (working directory, exported variables, aliases, functions, shell options, history) and each process with the end of its log (64 KiB); the daemon keeps them out of the sandbox's reach. Then the container is destroyed (no process, no cgroup, no memory left) but for its writable layer, its workspace and disk, its network address and exposed ports. Status `hibernated` until it resumes — by `POST …/resume`, or by any request that needs it running and any preview-proxy request to its ports: a new container on the same files and address, the sessions restored, processes that ran listed as `stopped` (those started with `restart: "on-resume"` started again). Works on a running or paused sandbox; a daemon restart keeps it hibernated.
          */
         post: operations["hibernateSandbox"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Snapshot a sandbox's files and sessions' state
+         * @description The agent saves each session's state (working directory, exported variables, aliases, functions, shell options, history); then the sandbox is frozen (cgroup freezer) only while its writable layer (the overlay's upper dir: files, directories, symlinks, FIFOs, hard links, whiteouts and opaque directories, user.* xattrs; owners as the sandbox's own ids; setuid/setgid bits, file capabilities and ACLs are not kept) is copied into the layer store as an immutable layer named by the sha256 of its tar stream (equal snapshots share one layer). A paused sandbox stays paused (it is thawed only while its agent saves the sessions). The snapshot also keeps the sandbox's image, env, labels, limits, cwd, user and network policy for the sandboxes made from it (`fromSnapshot`). A workspace host directory and bind mounts are not part of it. Snapshots survive daemon restarts and the removal of their sandbox.
+         */
+        post: operations["createSnapshot"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/fork": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Snapshot a sandbox and make sandboxes from the snapshot
+         * @description Takes a snapshot as `POST …/snapshots` does, then creates `count` sandboxes from it (up to 4 at a time), each as `POST /v1/sandboxes {fromSnapshot}` makes one: the source's files, env, labels, limits, cwd, user and network policy, its own network address and writable layer, and the sessions with their saved state. If any of them cannot be made, those made are removed and the snapshot too, and the first errors are answered.
+         */
+        post: operations["forkSandbox"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List snapshots, oldest first */
+        get: operations["listSnapshots"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/snapshots/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The snapshot's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** Get one snapshot */
+        get: operations["getSnapshot"];
+        put?: never;
+        post?: never;
+        /**
+         * Remove a snapshot
+         * @description Removes the snapshot and its layers that no other snapshot and no image has. Refused while a sandbox made from it exists (in any state) or is being made.
+         */
+        delete: operations["deleteSnapshot"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics
+         * @description The daemon's metrics in Prometheus's text exposition format: sandboxes by status and image, the warm pool, create, exec and remove latency, API requests by route and code, per-sandbox CPU, memory, pids, OOM kills, disk and network (labels `sandbox` and `image`), agent exits, OOM kills, nftables rules and conntrack entries, and the daemon's own Go and process metrics. Also served without authentication on `--metrics-listen`. docs/operations.md lists every metric.
+         */
+        get: operations["getMetrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow the daemon's events (Server-Sent Events)
+         * @description Streams what happens to sandboxes as Server-Sent Events named by their type (data: an Event), each flushed as it happens, until the client closes it. The daemon keeps the latest 4096 events: with `since`, those after the event numbered `since` are sent first (`since=0`: all kept). A platform keeps its state in sync by listing the sandboxes, then following from the `seq` the listing followed. A stream that falls 4096 events behind is ended with an `error` event (unavailable): reconnect with `since` the last `seq` read. Events are in memory: a daemon restart numbers them from 1 again.
+         */
+        get: operations["followEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every sandbox's resource use
+         * @description The stats of every sandbox the daemon knows, ordered by id. Every veth's counters come from one read; the agents of running sandboxes whose counts (`sessions`, `processes`) are older than 5-10 s are asked again, 16 at a time.
+         */
+        get: operations["listStats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * A sandbox's resource use
+         * @description CPU, memory, pids, OOM kills, disk, network, open sessions and running processes of one sandbox. Reading them is not activity (a paused sandbox stays paused, an idle one stays idle).
+         */
+        get: operations["getStats"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1188,6 +1381,10 @@ export interface components {
             runEntrypoint?: boolean;
             /** @description Extra capabilities beyond the default set (containerd 2.0's: CHOWN, DAC_OVERRIDE, FSETID, FOWNER, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, KILL), as CAP_NET_RAW or NET_RAW. Only those the daemon allows (`nsbox daemon --allow-cap`) may be asked for; any other, or an unknown name, answers 400. A sandbox with extra capabilities never comes from the warm pool. */
             capabilities?: string[];
+            /** @description Make the sandbox from this snapshot: its image and layers (read-only, under the sandbox's own new writable layer), and its env, labels, limits (each one the request leaves 0), cwd, user and network policy where the request gives none; the sessions come back with their saved state (cwd, exports, aliases, functions, history); no process of the source runs. `image` and `pull` must be absent. 404 when no snapshot has the id. While the sandbox exists the snapshot cannot be removed. */
+            fromSnapshot?: string;
+            /** @description Per-path rules for the workspace, enforced by the kernel for every process in the sandbox and by the file API (a FUSE layer over the workspace, docs/permissions.md). They need a workspace (else 400); a bad pattern or level, a pattern outside /workspace or one given twice answers 400. */
+            permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description A sandbox as the API shows it. */
         Sandbox: {
@@ -1227,6 +1424,10 @@ export interface components {
             lifecycle?: components["schemas"]["Lifecycle"];
             /** @description The extra capabilities the sandbox was given at creation, sorted; absent when none. */
             capabilities?: string[];
+            /** @description The snapshot the sandbox was made from; absent when it was made from an image. */
+            fromSnapshot?: string;
+            /** @description Its per-path rules for the workspace, as last set; absent when it has none. */
+            permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description Every sandbox, ordered by id; an empty array when there is none. */
         SandboxList: components["schemas"]["Sandbox"][];
@@ -1256,7 +1457,7 @@ export interface components {
             /** @description Milliseconds the command may run, counted from its start (not while it waits for its turn); absent or 0 means no limit. When it expires, every process the command started is killed with SIGKILL and the result has `timedOut: true` and `exitCode: 124` (the answer is still 200); the session keeps its state, unless its shell had to be replaced (`sessionReset`). Negative answers 400. */
             timeoutMs?: number;
             /**
-             * @description `true`: cancel the command (as `POST .../cancel` does) when the client disconnects before it has finished. `false` (the default): the command runs to its end and its result is dropped.
+             * @description `true`: cancel the command (as `POST .../cancel` does: SIGKILL to what it started, `canceled: true`, exit code 130, the session goes on) when the client disconnects before it has finished, so that the session's next command does not wait behind it. `false` (the default of the HTTP API): the command runs to its end and its result is dropped; the session stays busy until then. The Go SDK sets it to true unless the call's options say otherwise, so cancelling the call's context kills the command; the Python and TypeScript SDKs do the same when a call is aborted or times out on the client.
              * @default false
              */
             killOnDisconnect: boolean;
@@ -1302,6 +1503,8 @@ export interface components {
             sessionEnded: boolean;
             /** @description True when, after a timeout or cancel, the shell did not come back and was replaced by a new one: the session keeps its id and working directory but has lost its variables, functions, aliases and options. Also true on the first result of the default session after its shell ended while it ran no command (killed from elsewhere): it was started again, in the sandbox's working directory, without the state it had. */
             sessionReset: boolean;
+            /** @description True when the kernel killed the command for lack of memory (the sandbox's `limits.memoryMB`): it died of SIGKILL (`exitCode` 137) while the sandbox cgroup's count of OOM kills rose (cgroup v2 `memory.events`, v1 `memory.oom_control`, read by the agent before and after the command). Absent otherwise. A SIGKILL from elsewhere at the moment another process of the sandbox is OOM-killed is reported the same way. */
+            oomKilled?: boolean;
         };
         /** @description One event of a streamed exec: the `data` of a Server-Sent Event whose event name equals `type`. `start` carries `sessionId`; `stdout` and `stderr` carry `data` and `encoding`; `exit` carries `sessionId` and `result`. */
         ExecEvent: {
@@ -1341,6 +1544,8 @@ export interface components {
              * @enum {string}
              */
             permission?: "read" | "write";
+            /** @description Per-path rules for this session only, narrower than its sandbox's: its shell and everything it starts (kept in a cgroup of its own that nothing in the sandbox can leave), and file calls made on its behalf (?sessionId=), get the lower of the sandbox's and the session's level. A rule that would widen the sandbox's, or rules on a sandbox created without permissions, answer 400; rules for a session that exists already 409. While the session has them, processes and code contexts started for it are refused (409), watches on its behalf too (403), and the sandbox cannot be hibernated (409). */
+            permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description A session as the API shows it. */
         Session: {
@@ -1517,11 +1722,11 @@ export interface components {
         /** @description A sandbox's network (IPv4 only). In a create every field is optional and the default is mode `egress`; in PATCH /v1/sandboxes/{id}/network `mode` is required. */
         NetworkSpec: {
             /**
-             * @description `none`: loopback only. `egress`: the world beyond the host, masqueraded behind the host's address; never other sandboxes, the host itself (any of its addresses, 127.0.0.0/8 included) or 169.254.0.0/16. `allow`: only the networks in `allow`; everything else is rejected.
+             * @description `none`: loopback only. `egress`: the internet, masqueraded behind the host's address; private networks (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 and the networks of the host's interfaces) only if listed in `allow`, except the nameservers of the sandbox's resolv.conf on port 53. `allow`: only the networks in `allow`; everything else is rejected. No mode reaches other sandboxes (not even through their exposed ports), the host itself (any of its addresses, 127.0.0.0/8 included), 169.254.0.0/16 or 100.100.100.200.
              * @enum {string}
              */
             mode?: "none" | "egress" | "allow";
-            /** @description IPv4 addresses or CIDRs (e.g. 192.0.2.0/24) the sandbox may reach; mode `allow` only. */
+            /** @description IPv4 addresses or CIDRs (e.g. 192.0.2.0/24). Mode `allow`: the only networks the sandbox reaches. Mode `egress`: private networks it may reach besides the internet. Not for mode `none`; an entry within 169.254.0.0/16 or 100.100.100.200 answers 400. */
             allow?: string[];
         };
         /** @description A sandbox's network as the API shows it. */
@@ -1533,7 +1738,7 @@ export interface components {
              * @description The sandbox's IPv4 address on its point-to-point link to the host; absent in mode `none`.
              */
             ip?: string;
-            /** @description In mode `allow`: the networks it may reach, as CIDRs, normalized and sorted. */
+            /** @description The networks of its `allow` list (modes `allow` and `egress`), as CIDRs, normalized and sorted. */
             allow?: string[];
         };
         /** @description A sandbox port to expose on a host port. */
@@ -1547,15 +1752,15 @@ export interface components {
             protocol: "tcp" | "udp";
             /** @description The host port. Absent or 0: a free one from the daemon's range (`--host-ports`). A port outside that range answers 400 unless the daemon allows it explicitly. A port another exposure has, or a host process has bound, answers 409. */
             hostPort?: number;
-            /** @description Expose on this host IPv4 address only (e.g. 127.0.0.1: the host alone). Absent, empty or 0.0.0.0: every host address. */
+            /** @description Expose on this host IPv4 address only. Absent or empty: 127.0.0.1 (the host alone), or every host address when `public`. 0.0.0.0: every host address. */
             hostIP?: string;
             /**
-             * @description The preview proxy serves a public TCP port without a token.
+             * @description The port is for anyone: exposed on every host address (unless `hostIP` names one) and served by the preview proxy without a token.
              * @default false
              */
             public: boolean;
         };
-        /** @description A sandbox port exposed on a host port. Connections to the host port (from other machines, from the host itself including 127.0.0.1, and from sandboxes) reach the sandbox port. */
+        /** @description A sandbox port exposed on a host port. Connections to the host port on `hostIP` (from the host itself; from other machines when it is not 127.0.0.1) reach the sandbox port; sandboxes never reach it. The host port itself asks for no token: the `token` guards the preview proxy only. */
         ExposedPort: {
             port: number;
             /** @enum {string} */
@@ -1642,6 +1847,8 @@ export interface components {
             logBytes: number;
             /** @description The log cursor after the last byte of output so far: the total number of bytes it has written to stdout and stderr. */
             logEnd: number;
+            /** @description True when the kernel killed the process for lack of memory (the sandbox's `limits.memoryMB`): it ended by SIGKILL (`status` `killed`, `exitCode` 137), or its shell (a `command` runs under `/bin/sh -c`) reported that with exit code 137 (`status` `exited`), while the sandbox cgroup's count of OOM kills rose since it started. Absent otherwise. */
+            oomKilled?: boolean;
         };
         /** @description Processes, in the order they were started; an empty array when there is none. */
         ProcessList: components["schemas"]["Process"][];
@@ -1885,6 +2092,8 @@ export interface components {
             api: string;
             /** @description The session's terminal WebSocket URL (ws:// or wss://); send the token as the subprotocol `nsbox.token.TOKEN`. */
             terminal: string;
+            /** @description The daemon's web terminal for this session, the token in the URL's fragment (`/ui/terminal?sandbox=ID&session=SID#token=TOKEN`): hand it to the user's browser. Served on TCP listeners only. */
+            page: string;
         };
         CreateCodeContextRequest: {
             /** @enum {string} */
@@ -2000,6 +2209,118 @@ export interface components {
         HibernateRequest: {
             /** @description Checkpoint the processes' memory too (CRIU). Refused with 400 where `GET /v1/version`'s `checkpoint` is not available, and by this daemon everywhere for now. */
             memory?: boolean;
+        };
+        /** @description A snapshot: a sandbox's writable layer at one moment, stored as an immutable layer, with its sessions' saved state and the settings sandboxes made from it inherit. */
+        Snapshot: {
+            id: string;
+            /** @description The sandbox it was taken of (which may be gone). */
+            sandbox: string;
+            /** @description The name given when it was taken; absent when none (at most 128 characters). */
+            name?: string;
+            /** @description The image under its layers. */
+            image: string;
+            /** @description Its layer's digest: the sha256 of the layer's tar stream. A snapshot of a sandbox made from a snapshot has that snapshot's layers under its own. */
+            layer: string;
+            /** @description The size of its layer's tar stream (content and headers). */
+            sizeBytes: number;
+            /** @description How many sessions' state it holds. */
+            sessions: number;
+            /**
+             * Format: date-time
+             * @description When it was taken, RFC 3339 in UTC with millisecond precision.
+             */
+            createdAt: string;
+        };
+        /** @description The body of `POST /v1/sandboxes/{id}/snapshots` (optional). */
+        CreateSnapshotRequest: {
+            /** @description A name for the snapshot, without control characters (at most 128 characters). */
+            name?: string;
+        };
+        /** @description The body of `POST /v1/sandboxes/{id}/fork` (optional). */
+        ForkRequest: {
+            /**
+             * @description How many sandboxes to make.
+             * @default 1
+             */
+            count: number;
+            /** @description Name them PREFIX-1 … PREFIX-COUNT (each must be a valid sandbox id); default: generated ids. */
+            prefix?: string;
+            /** @description The name of the snapshot the fork takes (at most 128 characters). */
+            name?: string;
+        };
+        /** @description What a fork made. */
+        ForkResult: {
+            snapshot: components["schemas"]["Snapshot"];
+            sandboxes: components["schemas"]["Sandbox"][];
+        };
+        /** @description A sandbox's traffic since its network was attached, as its host-side veth counts it, seen from the sandbox (rx: received by the sandbox). Zero in network mode `none`. */
+        NetworkStats: {
+            rxBytes: number;
+            rxPackets: number;
+            txBytes: number;
+            txPackets: number;
+        };
+        /** @description A sandbox's resource use at one moment, read from its cgroup (v1 or v2), its veth and its disk; its sessions and processes are counted by its agent. A sandbox that is not `running` or `paused` has zero figures. */
+        SandboxStats: {
+            id: string;
+            image: string;
+            /** @enum {string} */
+            status: "creating" | "running" | "paused" | "hibernated" | "stopping" | "failed";
+            /**
+             * Format: date-time
+             * @description When it was read.
+             */
+            time: string;
+            /** @description CPU time its processes used since it started. */
+            cpuSeconds: number;
+            /** @description CPU use since the previous reading of this sandbox's stats (by anyone), in percent of one CPU (200: two CPUs busy); on the first reading, its average since it was created. */
+            cpuPercent: number;
+            /** @description Memory charged to it, page cache included. */
+            memoryBytes: number;
+            /** @description Its memory limit; 0 when it has none. */
+            memoryLimitBytes: number;
+            /** @description Tasks (threads) in it. */
+            pids: number;
+            /** @description Processes the kernel's OOM killer killed in it. */
+            oomKills: number;
+            /** @description Used space of its disk (`limits.diskMB`); 0 without one. */
+            diskUsedBytes: number;
+            /** @description Size of its disk's file system; 0 without one. */
+            diskLimitBytes: number;
+            network: components["schemas"]["NetworkStats"];
+            /** @description Its open sessions; absent when its agent was not asked (not running: a paused agent is frozen) or did not answer. `GET /v1/stats` answers a sandbox's last count for 5 to 10 s before it asks its agent again (so that 1,000 sandboxes every second stay cheap); a sandbox's own stats always ask. */
+            sessions?: number;
+            /** @description Its running processes (of the processes API); absent, and reused by `GET /v1/stats`, as `sessions` is. */
+            processes?: number;
+        };
+        SandboxStatsList: components["schemas"]["SandboxStats"][];
+        /** @description One thing that happened to a sandbox. Types: `sandbox.created` (details: image), `sandbox.started`, `sandbox.paused`, `sandbox.resumed` (from paused or hibernated), `sandbox.hibernated`, `sandbox.stopping`, `sandbox.removed`, `sandbox.failed` (details: error), `sandbox.agent_exited` (pid), `sandbox.oom_killed` (count, total), `port.exposed` (port, protocol, hostPort), `port.unexposed` (port, protocol), `session.created` (session, user, shell), `session.ended` (session, reason), `process.exited` (process, status, exitCode, signal, error, oomKilled). The `sandbox.*` moves of the state machine carry `status` (the new one) and `from`. */
+        Event: {
+            /** @description Numbers the daemon's events from 1 since it started; give the last one seen as `since` to replay what followed. */
+            seq: number;
+            /** Format: date-time */
+            time: string;
+            /** @enum {string} */
+            type: "sandbox.created" | "sandbox.started" | "sandbox.paused" | "sandbox.resumed" | "sandbox.hibernated" | "sandbox.stopping" | "sandbox.removed" | "sandbox.failed" | "sandbox.oom_killed" | "sandbox.agent_exited" | "port.exposed" | "port.unexposed" | "session.created" | "session.ended" | "process.exited";
+            sandbox: string;
+            details?: {
+                [key: string]: string;
+            };
+        };
+        /** @description A per-path permission rule for the workspace (docs/permissions.md). */
+        PermissionRule: {
+            /** @description /workspace or a path under it, or a path relative to /workspace; shell globs per component (*, ?, [...]) and ** for any number of components (zero included: docs/** is docs and everything under it). The most specific matching pattern wins: a pattern without wildcards, then one naming entries (**\/.env) over one naming a subtree (src/**), then more literal components, then the lower level. "**" is the default; a path no rule matches is write. */
+            pattern: string;
+            /**
+             * @description none: not listed, not openable, not creatable (ENOENT; creating EACCES); view: listed and stat-able, content unreadable (EACCES); read: read-only (EACCES on writes); write: normal.
+             * @enum {string}
+             */
+            level: "none" | "view" | "read" | "write";
+        };
+        /** @description The new rules of a sandbox, replacing its old ones. */
+        PermissionsRequest: {
+            /** @description The new rules; [] is write everywhere. */
+            permissions: components["schemas"]["PermissionRule"][];
         };
     };
     responses: {
@@ -2524,7 +2845,7 @@ export interface operations {
                     "application/json": components["schemas"]["PermissionDeniedError"];
                 };
             };
-            /** @description `not_found`: The image does not exist. */
+            /** @description `not_found`: The image does not exist, or no snapshot has the `fromSnapshot` id. */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4434,6 +4755,89 @@ export interface operations {
             };
         };
     };
+    setSandboxPermissions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PermissionsRequest"];
+            };
+        };
+        responses: {
+            /** @description The sandbox, with its new `permissions`. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sandbox"];
+                };
+            };
+            /** @description `invalid_argument`: Malformed body or an unknown field, a bad pattern or level, a pattern outside /workspace, or a pattern given twice. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: The sandbox is not running (`creating`, `failed`), or it was created without permissions (its workspace has no permission layer). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            413: components["responses"]["PayloadTooLarge"];
+            /** @description `internal`: The metadata store failed (the agent was given the previous environment back). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+            /** @description `unavailable`: The sandbox's agent (its PID 1) cannot be reached; nothing was changed. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UnavailableError"];
+                };
+            };
+        };
+    };
     setSandboxNetwork: {
         parameters: {
             query?: never;
@@ -6145,6 +6549,463 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    createSnapshot: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["CreateSnapshotRequest"];
+            };
+        };
+        responses: {
+            /** @description The snapshot. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Snapshot"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: The sandbox is not running or paused (`creating`, `hibernated`, `stopping`, `failed`; the message names its state), or its files hold more than its disk's size (sparse files count at their full size). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            /** @description `internal`: Saving the sessions, the freezer, the copy or the metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    forkSandbox: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ForkRequest"];
+            };
+        };
+        responses: {
+            /** @description The snapshot and the sandboxes, in order. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ForkResult"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: The sandbox is not running or paused, or a sandbox id the fork would use exists. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            /** @description `internal`: The snapshot or a create failed inside the daemon. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    listSnapshots: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every snapshot. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Snapshot"][];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `internal`: The metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    getSnapshot: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The snapshot's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The snapshot. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Snapshot"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No snapshot has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `internal`: The metadata store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    deleteSnapshot: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The snapshot's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No snapshot has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
+                };
+            };
+            /** @description `conflict`: Sandboxes made from the snapshot exist (the message names them), or one is being made. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+            /** @description `internal`: The metadata store or the layer store failed. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    getMetrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+        };
+    };
+    followEvents: {
+        parameters: {
+            query?: {
+                /** @description Replay the kept events after this `seq` first. */
+                since?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description `invalid_argument`: `since` is not a number. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `conflict`: The events after `since` are no longer kept, or `since` is after the last event (the daemon restarted): list the sandboxes, then follow from the `seq` the message names. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConflictError"];
+                };
+            };
+        };
+    };
+    listStats: {
+        parameters: {
+            query?: {
+                /** @description `true` or `1`: answer Server-Sent Events, a `stats` event at once and then every second. */
+                stream?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxStatsList"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description `invalid_argument`: `stream` is not a boolean. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+        };
+    };
+    getStats: {
+        parameters: {
+            query?: {
+                /** @description `true` or `1`: answer Server-Sent Events, a `stats` event at once and then every second. */
+                stream?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description The sandbox's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxStats"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description `invalid_argument`: `stream` is not a boolean. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvalidArgumentError"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: The token does not reach this: another sandbox or session, an admin endpoint for a scoped token, a write for a read token, or a read-only session (the message says which). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PermissionDeniedError"];
+                };
+            };
+            /** @description `not_found`: No sandbox has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotFoundError"];
                 };
             };
         };

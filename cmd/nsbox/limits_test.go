@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
+)
+
+// needLXCFS skips a test on a host without lxcfs (scripts/install-deps.sh installs it).
+func needLXCFS(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("lxcfs"); err != nil {
+		t.Skip("lxcfs is not installed")
+	}
+}
+
+// lxcfsPID is the pid of the daemon's LXCFS, as its pid file says.
+func (d *testDaemon) lxcfsPID() int {
+	d.t.Helper()
+	data, err := os.ReadFile(filepath.Join(d.lxcfsDir(), "pid"))
+	if err != nil {
+		d.t.Fatalf("lxcfs pid: %v", err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
+}
+
+// checkLimitViews checks what a host-image sandbox of 256 MB and 0.5 CPU and a busybox one of
+// 128 MB and 1.5 CPUs see of their limits.
+func checkLimitViews(t *testing.T, d *testDaemon) {
+	t.Helper()
+	if got := d.sh("host", "free -m | awk '/^Mem:/ {print $2}'"); got != "256\n" {
+		t.Errorf("free -m in a 256 MB sandbox: total %q", got)
+	}
+	if got := d.sh("host", "grep MemTotal /proc/meminfo"); !strings.Contains(got, " 262144 kB") {
+		t.Errorf("/proc/meminfo in a 256 MB sandbox: %q", got)
+	}
+	// coreutils nproc counts the CPUs of its affinity (the cpuset); python3 os.cpu_count reads
+	// /sys/devices/system/cpu/online (LXCFS's view of the CPU quota).
+	if got := d.sh("host", "nproc; python3 -c 'import os; print(os.cpu_count())'; grep -c ^processor /proc/cpuinfo"); got != "1\n1\n1\n" {
+		t.Errorf("nproc, os.cpu_count and /proc/cpuinfo in a 0.5-CPU sandbox: %q", got)
+	}
+	if _, err := exec.LookPath("node"); err == nil {
+		if got := d.sh("host", `node -e 'const os = require("os"); console.log(os.cpus().length, os.availableParallelism())'`); got != "1 1\n" {
+			t.Errorf("node os.cpus().length, os.availableParallelism() in a 0.5-CPU sandbox: %q", got)
+		}
+	}
+	if got := d.sh("bb", "grep MemTotal /proc/meminfo"); !strings.Contains(got, " 131072 kB") {
+		t.Errorf("/proc/meminfo in a 128 MB busybox sandbox: %q", got)
+	}
+	if got := d.sh("bb", "nproc; grep -c ^processor /proc/cpuinfo"); got != "2\n2\n" {
+		t.Errorf("busybox nproc and /proc/cpuinfo in a 1.5-CPU sandbox: %q", got)
+	}
+	// Known issue (docs/architecture.md): LXCFS 5.0.3's cpu/online is one inode for every
+	// sandbox, and the kernel may cut a read at the size another sandbox's view had ("0-").
+	t.Logf("cpu/online in a 1.5-CPU sandbox after a 0.5-CPU one read its own: %q", d.sh("bb", "cat /sys/devices/system/cpu/online"))
+}
+
+// TestLimitViews: sandboxes see their own memory and CPUs (free, /proc/meminfo, nproc,
+// os.cpu_count), with and without user namespaces, after a daemon kill -9, after LXCFS died
+// while the daemon ran, and after it died while no daemon ran.
+func TestLimitViews(t *testing.T) {
+	needLXCFS(t)
+	for _, userns := range []bool{true, false} {
+		t.Run("userns="+strconv.FormatBool(userns), func(t *testing.T) {
+			if userns && noUserNS {
+				t.Skip("NSBOX_TEST_USERNS=false")
+			}
+			d := startDaemon(t, "--userns="+strconv.FormatBool(userns))
+			d.create(api.CreateSandboxRequest{ID: "host", Limits: api.Limits{CPUs: 0.5, MemoryMB: 256}})
+			d.create(api.CreateSandboxRequest{ID: "bb", Image: "busybox", Limits: api.Limits{CPUs: 1.5, MemoryMB: 128}})
+			checkLimitViews(t, d)
+			if !userns {
+				return
+			}
+
+			// The daemon dies; LXCFS does not, and the next daemon finds it.
+			pid := d.lxcfsPID()
+			d.kill9()
+			d.start()
+			if got := d.lxcfsPID(); got != pid {
+				t.Errorf("lxcfs %d was started again (now %d) after a daemon restart", pid, got)
+			}
+			checkLimitViews(t, d)
+
+			// LXCFS dies while the daemon runs: the daemon starts another and binds its views
+			// into the sandboxes (until then their reads fail with ENOTCONN).
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(20 * time.Second); ; {
+				if got := d.exec("host", api.ExecRequest{Command: "grep MemTotal /proc/meminfo"}); got.ExitCode == 0 && strings.Contains(got.Stdout, " 262144 kB") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the views did not come back after lxcfs died; daemon log:\n%s", d.log)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			checkLimitViews(t, d)
+
+			// LXCFS dies while no daemon runs: the next daemon starts one before it answers.
+			pid = d.lxcfsPID()
+			d.kill9()
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			d.start()
+			checkLimitViews(t, d)
+			if got := d.sh("host", "grep -c lxcfs /proc/self/mountinfo"); got != "7\n" {
+				t.Errorf("lxcfs mounts in a sandbox after two restarts of lxcfs: %q (want one per view)", got)
+			}
+		})
+	}
+}
+
+// TestCPUSetsSpread: sandboxes of one CPU each get different CPUs.
+func TestCPUSetsSpread(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU")
+	}
+	d := startDaemon(t)
+	seen := map[string]bool{}
+	for _, id := range []string{"a", "b"} {
+		d.create(api.CreateSandboxRequest{ID: id, Image: "busybox", Limits: api.Limits{CPUs: 0.5}})
+		seen[d.sh(id, "cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset.cpus")] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("two 0.5-CPU sandboxes share their CPU: %v", seen)
+	}
+}
+
+// TestOOMKilled: a command and a process the kernel kills for lack of memory are reported
+// as such, and the CLI says so; a command that dies of SIGKILL otherwise is not.
+func TestOOMKilled(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "oom", Limits: api.Limits{MemoryMB: 64}})
+	const hog = `python3 -c 'b = bytearray(512 << 20); print(len(b))'`
+	res := d.exec("oom", api.ExecRequest{Command: hog})
+	if res.ExitCode != 137 || !res.OOMKilled {
+		t.Errorf("a command beyond the memory limit: exit %d, oomKilled %v", res.ExitCode, res.OOMKilled)
+	}
+	if res := d.exec("oom", api.ExecRequest{Command: "sh -c 'kill -KILL $$'"}); res.ExitCode != 137 || res.OOMKilled {
+		t.Errorf("a command killed by SIGKILL: exit %d, oomKilled %v", res.ExitCode, res.OOMKilled)
+	}
+	_, stderr, code := d.cli("", "sh", "oom", hog)
+	if code != 137 || !strings.Contains(stderr, "killed: out of memory") {
+		t.Errorf("nsbox sh of a command beyond the memory limit: exit %d, stderr %q", code, stderr)
+	}
+
+	ctx := context.Background()
+	p, err := d.client.StartProcess(ctx, "oom", api.StartProcessRequest{ID: "hog", Command: hog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := d.client.WaitProcess(ctx, "oom", p.ID, api.WaitProcessRequest{TimeoutMs: 60000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Process.ExitCode != 137 || !w.Process.OOMKilled {
+		t.Errorf("a process (command) beyond the memory limit: %+v", w.Process)
+	}
+	p, err = d.client.StartProcess(ctx, "oom", api.StartProcessRequest{ID: "hog2", Argv: []string{"python3", "-c", "b = bytearray(512 << 20)"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err = d.client.WaitProcess(ctx, "oom", p.ID, api.WaitProcessRequest{TimeoutMs: 60000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Process.Status != api.ProcessKilled || w.Process.Signal != "SIGKILL" || !w.Process.OOMKilled {
+		t.Errorf("a process beyond the memory limit: %+v", w.Process)
+	}
+	if out, _, _ := d.cli("", "ps", "oom"); !strings.Contains(out, "killed: out of memory") {
+		t.Errorf("nsbox ps of an OOM-killed process: %q", out)
+	}
+}
+
+// TestCanceledExecIsKilled: a Go SDK exec whose context ends kills its command, so the
+// session's next command runs at once; client.KeepRunning lets it run on.
+func TestCanceledExecIsKilled(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "can", Image: "busybox"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.client.ExecStream(ctx, "can", api.ExecRequest{Command: "sleep 1000"}, func(ev api.ExecEvent) error {
+			if ev.Type == api.EventStart {
+				cancel()
+			}
+			return nil
+		})
+		done <- err
+	}()
+	if err := <-done; !strings.Contains(strings.ToLower(errString(err)), "cancel") {
+		t.Fatalf("a canceled exec: %v", err)
+	}
+	// Were the sleep still running, this would wait for it (1000 s): the test would time out.
+	res := d.exec("can", api.ExecRequest{Command: "echo next; ps -o args | grep -c '^sleep 1000' || true"})
+	if res.ExitCode != 0 || res.Stdout != "next\n0\n" {
+		t.Errorf("the next command after a canceled one: %+v", res)
+	}
+
+	ctx, cancel = context.WithCancel(client.KeepRunning(context.Background()))
+	go func() {
+		_, err := d.client.ExecStream(ctx, "can", api.ExecRequest{Command: "sleep 0.5; echo kept > /tmp/kept"}, func(ev api.ExecEvent) error {
+			if ev.Type == api.EventStart {
+				cancel()
+			}
+			return nil
+		})
+		done <- err
+	}()
+	<-done
+	if got := d.sh("can", "cat /tmp/kept"); got != "kept\n" {
+		t.Errorf("a command whose call was canceled with KeepRunning did not run to its end: %q", got)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

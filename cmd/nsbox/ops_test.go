@@ -1,0 +1,403 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
+)
+
+// eventWatch collects the daemon's events from one GET /v1/events stream.
+type eventWatch struct {
+	t      *testing.T
+	events chan api.Event
+	stop   context.CancelFunc
+	done   chan struct{}
+}
+
+func (d *testDaemon) watchEvents(opts client.EventsOptions) *eventWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &eventWatch{t: d.t, events: make(chan api.Event, 1024), stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		err := d.client.FollowEvents(ctx, opts, func(ev api.Event) error {
+			w.events <- ev
+			return nil
+		})
+		if err != nil {
+			d.t.Errorf("follow events: %v", err)
+		}
+	}()
+	d.t.Cleanup(w.close)
+	return w
+}
+
+func (w *eventWatch) close() {
+	w.stop()
+	<-w.done
+}
+
+// next waits for the next event of type typ about sandbox, skipping others, and fails the test
+// if none comes within a minute (a bound for a broken daemon, not a speed check).
+func (w *eventWatch) next(typ, sandbox string) api.Event {
+	w.t.Helper()
+	deadline := time.After(time.Minute)
+	for {
+		select {
+		case ev := <-w.events:
+			if ev.Type == typ && ev.Sandbox == sandbox {
+				return ev
+			}
+		case <-deadline:
+			w.t.Fatalf("no %s event for %s", typ, sandbox)
+		}
+	}
+}
+
+// scrape reads metrics in Prometheus's text format, checking that they parse.
+func scrape(t *testing.T, get func() (*http.Response, error)) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := get()
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %d %v: %s", resp.StatusCode, err, body)
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Errorf("scrape: Content-Type %q", resp.Header.Get("Content-Type"))
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("scrape does not parse: %v\n%s", err, body)
+	}
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		check := exec.Command(promtool, "check", "metrics")
+		check.Stdin = bytes.NewReader(body)
+		if out, err := check.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	}
+	return families
+}
+
+// metricValue is the value of the series of family whose labels include want; ok is false
+// when there is none.
+func metricValue(families map[string]*dto.MetricFamily, family string, want map[string]string) (float64, bool) {
+	f := families[family]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, l := range m.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Untyped != nil:
+			return m.Untyped.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+// freePort is a loopback TCP port free now.
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestOperations covers stats, metrics and events of one sandbox's life: create, CPU burnt,
+// traffic, a session, a process, a port, pause and resume, an OOM kill, remove; the request
+// id; the JSON log.
+func TestOperations(t *testing.T) {
+	port := freePort(t)
+	d := startDaemon(t, "--log-format", "json", "--metrics-listen", fmt.Sprintf(":%d", port))
+	ctx := context.Background()
+	// From the daemon's first event: nothing can be missed between the stream's open and the create.
+	events := d.watchEvents(client.EventsOptions{Replay: true})
+	sb := d.create(api.CreateSandboxRequest{ID: "ops", Limits: api.Limits{MemoryMB: 64}})
+	created := events.next(api.EventSandboxCreated, "ops")
+	if created.Details["image"] != "host" || created.Seq == 0 {
+		t.Errorf("created event %+v", created)
+	}
+	events.next(api.EventSandboxStarted, "ops")
+
+	st, err := d.client.SandboxStats(ctx, "ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != api.StatusRunning || st.MemoryLimitBytes != 64<<20 || st.MemoryBytes == 0 || st.Pids == 0 ||
+		st.Sessions == nil || st.Processes == nil || *st.Processes != 0 {
+		t.Errorf("stats of a new sandbox: %+v", st)
+	}
+
+	// CPU burnt in the sandbox moves its stats and its metric.
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
+	before := scrape(t, func() (*http.Response, error) { return http.Get(metricsURL) })
+	cpuBefore, ok := metricValue(before, "nsbox_sandbox_cpu_seconds_total", map[string]string{"sandbox": "ops", "image": "host"})
+	if !ok {
+		t.Fatalf("no nsbox_sandbox_cpu_seconds_total for ops")
+	}
+	d.sh("ops", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
+	after := scrape(t, func() (*http.Response, error) {
+		return d.http.Get("http://nsbox/metrics") // the unix socket's
+	})
+	cpuAfter, _ := metricValue(after, "nsbox_sandbox_cpu_seconds_total", map[string]string{"sandbox": "ops"})
+	if cpuAfter <= cpuBefore {
+		t.Errorf("nsbox_sandbox_cpu_seconds_total did not move: %v then %v", cpuBefore, cpuAfter)
+	}
+	st2, _ := d.client.SandboxStats(ctx, "ops")
+	if st2.CPUSeconds <= st.CPUSeconds || st2.CPUPercent <= 0 {
+		t.Errorf("CPU stats did not move: %+v then %+v", st, st2)
+	}
+	for family, labels := range map[string]map[string]string{
+		"nsbox_sandboxes":                  {"status": "running", "image": "host"},
+		"nsbox_sandbox_memory_bytes":       {"sandbox": "ops"},
+		"nsbox_sandbox_memory_limit_bytes": {"sandbox": "ops"},
+		"nsbox_api_requests_total":         {"method": "POST", "route": "/v1/sandboxes", "code": "201"},
+		"nsbox_create_duration_seconds":    nil,
+		"nsbox_exec_duration_seconds":      nil,
+		"nsbox_warm_pool_takes_total":      {"image": "host", "result": "miss"},
+		"nsbox_nft_rules":                  nil,
+		"go_goroutines":                    nil,
+	} {
+		if v, ok := metricValue(after, family, labels); !ok || (family != "nsbox_nft_rules" && v == 0) {
+			t.Errorf("metric %s%v: %v, found %t", family, labels, v, ok)
+		}
+	}
+
+	// Traffic to the host's address of the sandbox network (the daemon's gateway) counts.
+	gateway := d.net.subnet.Addr().Next()
+	d.sh("ops", fmt.Sprintf("python3 -c 'import socket\ntry: socket.create_connection((\"%s\", 9), 2)\nexcept OSError: pass'", gateway))
+	st3, _ := d.client.SandboxStats(ctx, "ops")
+	if st3.Network.TxPackets == 0 || st3.Network.TxBytes == 0 || st3.Network.RxPackets == 0 {
+		t.Errorf("no traffic counted: %+v", st3.Network)
+	}
+
+	// A session, a process, a port.
+	if _, err := d.client.CreateSession(ctx, "ops", api.CreateSessionRequest{ID: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	events.next(api.EventSessionCreated, "ops")
+	if err := d.client.DeleteSession(ctx, "ops", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := events.next(api.EventSessionEnded, "ops"); ev.Details["session"] != "s1" {
+		t.Errorf("session ended event %+v", ev)
+	}
+	if _, err := d.client.StartProcess(ctx, "ops", api.StartProcessRequest{ID: "three", Command: "exit 3"}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := events.next(api.EventProcessExited, "ops"); ev.Details["process"] != "three" || ev.Details["exitCode"] != "3" || ev.Details["status"] != api.ProcessExited {
+		t.Errorf("process exited event %+v", ev)
+	}
+	p, err := d.client.ExposePort(ctx, "ops", api.ExposePortRequest{Port: 8000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := events.next(api.EventPortExposed, "ops"); ev.Details["port"] != "8000" || ev.Details["hostPort"] != fmt.Sprint(p.HostPort) {
+		t.Errorf("port exposed event %+v", ev)
+	}
+	if err := d.client.UnexposePort(ctx, "ops", 8000, ""); err != nil {
+		t.Fatal(err)
+	}
+	events.next(api.EventPortUnexposed, "ops")
+
+	// Paused: stats without the agent's counts, and not activity.
+	if _, err := d.client.PauseSandbox(ctx, "ops"); err != nil {
+		t.Fatal(err)
+	}
+	events.next(api.EventSandboxPaused, "ops")
+	if st, err := d.client.SandboxStats(ctx, "ops"); err != nil || st.Status != api.StatusPaused || st.Sessions != nil || st.MemoryBytes == 0 {
+		t.Errorf("stats of a paused sandbox: %+v, %v", st, err)
+	}
+	if _, err := d.client.ResumeSandbox(ctx, "ops"); err != nil {
+		t.Fatal(err)
+	}
+	events.next(api.EventSandboxResumed, "ops")
+
+	// An OOM kill: more than its 64 MB.
+	d.exec("ops", api.ExecRequest{Argv: []string{"python3", "-c", "x = bytearray(256 << 20)"}})
+	if ev := events.next(api.EventSandboxOOMKilled, "ops"); ev.Details["count"] == "" {
+		t.Errorf("OOM event %+v", ev)
+	}
+	if st, _ := d.client.SandboxStats(ctx, "ops"); st.OOMKills == 0 {
+		t.Errorf("stats count no OOM kill: %+v", st)
+	}
+
+	// A request id is answered, the caller's when it gives one.
+	req, _ := http.NewRequest(http.MethodGet, "http://nsbox/v1/sandboxes/ops/stats", nil)
+	req.Header.Set(api.RequestIDHeader, "req-42")
+	resp, err := d.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get(api.RequestIDHeader); got != "req-42" {
+		t.Errorf("request id answered %q, want req-42", got)
+	}
+	if status, _ := d.call("GET", "/v1/version", nil); status != http.StatusOK {
+		t.Fatal(status)
+	}
+
+	if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	events.next(api.EventSandboxStopping, "ops")
+	removed := events.next(api.EventSandboxRemoved, "ops")
+
+	// Replay: everything kept, in order; the events after one; a since past the last.
+	var replayed []api.Event
+	rctx, cancel := context.WithCancel(ctx)
+	err = d.client.FollowEvents(rctx, client.EventsOptions{Replay: true, Since: created.Seq - 1}, func(ev api.Event) error {
+		replayed = append(replayed, ev)
+		if ev.Seq == removed.Seq {
+			cancel()
+		}
+		return nil
+	})
+	cancel()
+	if err != nil || len(replayed) == 0 || replayed[0].Seq != created.Seq || replayed[len(replayed)-1].Seq != removed.Seq {
+		t.Errorf("replay from %d: %v, %d events", created.Seq-1, err, len(replayed))
+	}
+	for i := 1; i < len(replayed); i++ {
+		if replayed[i].Seq != replayed[i-1].Seq+1 {
+			t.Errorf("replay skips from %d to %d", replayed[i-1].Seq, replayed[i].Seq)
+		}
+	}
+	d.expectError("GET", fmt.Sprintf("/v1/events?since=%d", removed.Seq+100), nil, http.StatusConflict, api.CodeConflict)
+	d.expectError("GET", "/v1/events?since=x", nil, http.StatusBadRequest, api.CodeInvalidArgument)
+	d.expectError("GET", "/v1/sandboxes/ops/stats", nil, http.StatusNotFound, api.CodeNotFound)
+	d.expectError("GET", "/v1/stats?stream=maybe", nil, http.StatusBadRequest, api.CodeInvalidArgument)
+
+	// The log is JSON lines; those about a sandbox carry its id.
+	events.close()
+	d.stop()
+	sawCreate := false
+	for _, line := range strings.Split(strings.TrimSpace(d.log.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+			continue
+		}
+		if rec["msg"] == "sandbox created" {
+			sawCreate = rec["sandbox"] == "ops"
+		}
+		if rec["msg"] == "api" && rec["request_id"] == nil {
+			t.Errorf("api log line without request_id: %q", line)
+		}
+	}
+	if !sawCreate {
+		t.Errorf("no JSON log line of the create with sandbox=ops")
+	}
+}
+
+// TestStatsStreamAndCLI covers the stats streams, `nsbox stats` and `nsbox events`.
+func TestStatsStreamAndCLI(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "st1"})
+
+	// Two readings of a stream, then the stream ends with not-found when the sandbox goes.
+	n := 0
+	err := d.client.StreamSandboxStats(ctx, "st1", func(s api.SandboxStats) error {
+		if s.ID != "st1" || s.Status != api.StatusRunning {
+			t.Errorf("streamed stats %+v", s)
+		}
+		if n++; n == 2 {
+			return io.EOF
+		}
+		return nil
+	})
+	if err != io.EOF || n != 2 {
+		t.Errorf("stream: %v after %d readings", err, n)
+	}
+	all := 0
+	err = d.client.StreamAllStats(ctx, func(list []api.SandboxStats) error {
+		if len(list) != 1 || list[0].ID != "st1" {
+			t.Errorf("streamed all stats %+v", list)
+		}
+		all++
+		return io.EOF
+	})
+	if err != io.EOF || all != 1 {
+		t.Errorf("stream of all: %v", err)
+	}
+
+	out, stderr, code := d.cli("", "stats", "--no-stream", "--json", "st1")
+	var list []api.SandboxStats
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0].ID != "st1" {
+		t.Errorf("nsbox stats --no-stream --json: %d %q %q", code, out, stderr)
+	}
+	out, _, code = d.cli("", "stats", "--no-stream")
+	if code != 0 || !strings.Contains(out, "MEM USAGE / LIMIT") || !strings.Contains(out, "st1") {
+		t.Errorf("nsbox stats --no-stream: %d %q", code, out)
+	}
+	if _, stderr, code := d.cli("", "stats", "--no-stream", "nope"); code == 0 || !strings.Contains(stderr, "not found") {
+		t.Errorf("nsbox stats of a missing sandbox: %d %q", code, stderr)
+	}
+
+	// nsbox events prints a create and a remove as they happen.
+	// --since 0: from the daemon's first event, so that nothing is missed before the stream is open.
+	cmd := exec.Command(nsboxBin, "--socket", d.socket, "events", "--since", "0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := bufio.NewScanner(stdout)
+	d.create(api.CreateSandboxRequest{ID: "st2"})
+	if err := d.client.RemoveSandbox(ctx, "st2", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{api.EventSandboxCreated + "  st2", api.EventSandboxRemoved + "  st2"}
+	// A bound for a broken daemon or CLI, not a speed check: the scan ends when it is killed.
+	kill := time.AfterFunc(time.Minute, func() { _ = cmd.Process.Kill() })
+	defer kill.Stop()
+	for len(want) > 0 && lines.Scan() {
+		if strings.Contains(lines.Text(), want[0]) {
+			want = want[1:]
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("nsbox events did not print %q", want)
+	}
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
+)
+
+// snapshotSetup gives a sandbox of the host image files of every kind a writable layer
+// holds: a new file, an executable (not setuid), a symlink, a deleted image entry (a
+// whiteout: /mnt), a replaced image directory (opaque: /var, whose image has subdirectories),
+// and a session with a cwd and an export.
+const snapshotSetup = `echo from-source > /root/data.txt
+mkdir -p /opt/app && printf '#!/bin/sh\necho tool-ran\n' > /opt/app/tool && chmod 755 /opt/app/tool
+ln -s /opt/app/tool /root/link
+rmdir /mnt
+rm -rf /var && mkdir -p /var/only && echo o > /var/only/f
+cd /opt/app && export MARK=forked-state`
+
+// snapshotCheck reads back what snapshotSetup made, in the default session.
+const snapshotCheck = `pwd; echo "$MARK $FROM_CREATE"; cat /root/data.txt; /root/link; ls -l /opt/app/tool | cut -c1-10
+test -e /mnt && echo mnt-exists || echo mnt-gone; echo var: $(ls /var)`
+
+// checkFromSnapshot fails unless sandbox id shows the source's files and session state.
+func (d *testDaemon) checkFromSnapshot(id string) {
+	d.t.Helper()
+	out := d.sh(id, snapshotCheck)
+	want := "/opt/app\nforked-state yes\nfrom-source\ntool-ran\n-rwxr-xr-x\nmnt-gone\nvar: only\n"
+	if out != want {
+		d.t.Errorf("sandbox %s from the snapshot: got %q, want %q", id, out, want)
+	}
+}
+
+// TestSnapshotFork is the issue's scenario: a sandbox with files and a session's state is
+// snapshotted and forked 10 times; each fork shows the source's files and session state with
+// its own address, and is independent afterwards; a create from the snapshot does too; a
+// snapshot in use cannot be removed; snapshots survive a daemon kill -9 and the removal of
+// their source; removed, their layers go.
+func TestSnapshotFork(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	src := d.create(api.CreateSandboxRequest{ID: "src", Env: map[string]string{"FROM_CREATE": "yes"},
+		Labels: map[string]string{"team": "a"}, Limits: api.Limits{MemoryMB: 300, Pids: 500}})
+	d.sh("src", snapshotSetup)
+
+	out, errOut, code := d.cli("", "snapshot", "--name", "base", "src")
+	if code != 0 {
+		t.Fatalf("nsbox snapshot: %q %d", errOut, code)
+	}
+	snapID := strings.TrimSpace(out)
+	snap, err := d.client.GetSnapshot(ctx, snapID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Sandbox != "src" || snap.Name != "base" || snap.Image != "host" || snap.SizeBytes <= 0 || snap.Sessions != 1 {
+		t.Errorf("snapshot: %+v", snap)
+	}
+	if got, err := d.client.GetSandbox(ctx, "src"); err != nil || got.Status != api.StatusRunning {
+		t.Errorf("source after its snapshot: %+v %v", got, err)
+	}
+
+	d.expectError("POST", "/v1/sandboxes/src/fork", api.ForkRequest{Count: api.MaxFork + 1}, 400, api.CodeInvalidArgument)
+	fork, err := d.client.ForkSandbox(ctx, "src", api.ForkRequest{Count: 10, Prefix: "f"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fork.Sandboxes) != 10 || fork.Snapshot.Sandbox != "src" {
+		t.Fatalf("fork: %d sandboxes, snapshot %+v", len(fork.Sandboxes), fork.Snapshot)
+	}
+	ips := map[string]string{src.Network.IP: "src"}
+	for i, sb := range fork.Sandboxes {
+		if want := fmt.Sprintf("f-%d", i+1); sb.ID != want {
+			t.Errorf("fork %d is %s, want %s", i, sb.ID, want)
+		}
+		if sb.Status != api.StatusRunning || sb.FromSnapshot != fork.Snapshot.ID || sb.Env["FROM_CREATE"] != "yes" || sb.Labels["team"] != "a" ||
+			sb.Limits.MemoryMB != 300 || sb.Limits.Pids != 500 {
+			t.Errorf("fork %s: %+v", sb.ID, sb)
+		}
+		if other, taken := ips[sb.Network.IP]; taken || sb.Network.IP == "" {
+			t.Errorf("fork %s has address %q, as %s does", sb.ID, sb.Network.IP, other)
+		}
+		ips[sb.Network.IP] = sb.ID
+		d.checkFromSnapshot(sb.ID)
+	}
+	// Independent: a write in one fork is in no other sandbox, nor one in the source in a fork.
+	d.sh("f-1", "echo mine > /root/own")
+	d.sh("src", "echo later > /root/later")
+	for _, id := range []string{"src", "f-2", "f-10"} {
+		if out := d.sh(id, "test -e /root/own && echo present || echo absent"); out != "absent\n" {
+			t.Errorf("f-1's write shows in %s", id)
+		}
+	}
+	if out := d.sh("f-1", "test -e /root/later && echo present || echo absent"); out != "absent\n" {
+		t.Error("the source's later write shows in f-1")
+	}
+
+	out, errOut, code = d.cli("", "create", "--from-snapshot", snapID, "--id", "fs", "--label", "team=b")
+	if code != 0 || out != "fs\n" {
+		t.Fatalf("nsbox create --from-snapshot: %q %q %d", out, errOut, code)
+	}
+	if got, err := d.client.GetSandbox(ctx, "fs"); err != nil || got.Labels["team"] != "b" || got.Env["FROM_CREATE"] != "yes" || got.FromSnapshot != snapID {
+		t.Errorf("create from snapshot: %+v %v", got, err)
+	}
+	d.checkFromSnapshot("fs")
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{FromSnapshot: snapID, Image: "busybox"}, 400, api.CodeInvalidArgument)
+	d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{FromSnapshot: "snap-000000000000"}, 404, api.CodeNotFound)
+
+	if e := d.expectError("DELETE", "/v1/snapshots/"+fork.Snapshot.ID, nil, 409, api.CodeConflict); !strings.Contains(e.Message, "f-10") {
+		t.Errorf("delete of a snapshot in use: %q does not name its sandboxes", e.Message)
+	}
+	if _, errOut, code := d.cli("", "snapshot", "rm", snapID); code == 0 || !strings.Contains(errOut, "fs") {
+		t.Errorf("nsbox snapshot rm of a snapshot in use: %q %d", errOut, code)
+	}
+
+	d.kill9()
+	d.start()
+	if out, _, code := d.cli("", "snapshot", "ls", "-q"); code != 0 || out != snapID+"\n"+fork.Snapshot.ID+"\n" {
+		t.Errorf("snapshots after a daemon kill -9: %q %d", out, code)
+	}
+	// Removing the source keeps its snapshots usable.
+	if err := d.client.RemoveSandbox(ctx, "src", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	d.create(api.CreateSandboxRequest{ID: "fs2", FromSnapshot: snapID})
+	d.checkFromSnapshot("fs2")
+
+	// A paused sandbox is snapshotted as it is, and stays paused; a hibernated one is refused.
+	if _, err := d.client.PauseSandbox(ctx, "fs2"); err != nil {
+		t.Fatal(err)
+	}
+	chained, err := d.client.CreateSnapshot(ctx, "fs2", api.CreateSnapshotRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.client.GetSandbox(ctx, "fs2"); err != nil || got.Status != api.StatusPaused {
+		t.Errorf("after the snapshot of a paused sandbox: %+v %v", got, err)
+	}
+	d.sh("fs2", "echo on-top > /root/top") // wakes it; not in the snapshot taken before
+	d.create(api.CreateSandboxRequest{ID: "chained", FromSnapshot: chained.ID})
+	d.checkFromSnapshot("chained")
+	if out := d.sh("chained", "test -e /root/top && echo present || echo absent"); out != "absent\n" {
+		t.Error("a write after the snapshot shows in a sandbox made from it")
+	}
+	if _, err := d.client.HibernateSandbox(ctx, "chained", api.HibernateRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if e := d.expectError("POST", "/v1/sandboxes/chained/snapshots", nil, 409, api.CodeConflict); !strings.Contains(e.Message, "hibernated") {
+		t.Errorf("snapshot of a hibernated sandbox: %q does not name the state", e.Message)
+	}
+	d.checkFromSnapshot("chained") // a sandbox made from a snapshot resumes on its layers
+
+	// Once their sandboxes are gone, snapshots can be removed, and their layers go.
+	for _, sb := range append(fork.Sandboxes, api.Sandbox{ID: "fs"}, api.Sandbox{ID: "fs2"}, api.Sandbox{ID: "chained"}) {
+		if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{fork.Snapshot.ID, snapID, chained.ID} {
+		if err := d.client.DeleteSnapshot(ctx, id); err != nil {
+			t.Fatalf("delete snapshot %s: %v", id, err)
+		}
+	}
+	d.expectError("GET", "/v1/snapshots/"+snapID, nil, 404, api.CodeNotFound)
+	if left, _ := os.ReadDir(filepath.Join(d.dataDir, "images", "layers", "sha256")); len(left) != 0 {
+		t.Errorf("layers left after every snapshot was removed: %v", left)
+	}
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSystemdUnitVerifies checks scripts/nsbox.service with systemd-analyze verify (pointed at
+// the binary under test), which must not even warn.
+func TestSystemdUnitVerifies(t *testing.T) {
+	unit, err := os.ReadFile("../../scripts/nsbox.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Type=notify", "KillMode=process", "Restart=on-failure", "ExecStart=/usr/bin/nsbox daemon"} {
+		if !strings.Contains(string(unit), "\n"+want+"\n") {
+			t.Errorf("the unit has no %q", want)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "nsbox.service")
+	if err := os.WriteFile(path, []byte(strings.Replace(string(unit), "ExecStart=/usr/bin/nsbox", "ExecStart="+nsboxBin, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestSystemdNotify checks that the daemon tells $NOTIFY_SOCKET READY=1 once it serves, and
+// STOPPING=1 when it stops, as a Type=notify service must.
+func TestSystemdNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	d := startDaemon(t)
+	read := func() string {
+		// A bound for a daemon that never says it, not a speed check.
+		_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+		buf := make([]byte, 256)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("read notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	if got := read(); got != "READY=1" {
+		t.Errorf("first notification %q, want READY=1", got)
+	}
+	d.stop()
+	if got := read(); got != "STOPPING=1" {
+		t.Errorf("notification on SIGTERM %q, want STOPPING=1", got)
+	}
+}

@@ -1,0 +1,358 @@
+package nsbox
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+	sandboxnet "github.com/nsbox/nsbox/net"
+	"github.com/nsbox/nsbox/nsbox/backend"
+)
+
+// Stats: a sandbox's resource use is read when it is asked for, from its cgroup (through the
+// backend: CPU, memory, pids, OOM kills), its host veth's counters (package net) and its disk's
+// file system; its open sessions and running processes are counted by its agent (GET
+// /v1/stats reuses a count for 5-10 s). CPU percent is the use since the previous reading of
+// the same sandbox, kept here with its OOM count;
+// monitor reads every sandbox's cgroup every monitorInterval to publish OOM kills as events.
+
+// monitorInterval is how often the daemon looks for OOM kills.
+const monitorInterval = 2 * time.Second
+
+// statsParallel bounds the agents asked at once for their counts by GET /v1/stats.
+const statsParallel = 16
+
+// ops is what the daemon keeps for its operators: the event log, the metrics, and each
+// sandbox's last reading.
+type ops struct {
+	events  *eventLog
+	metrics *metrics
+	started time.Time // when the daemon started
+	mu      sync.Mutex
+	last    map[string]reading // by sandbox id
+}
+
+// reading is a sandbox's CPU time at a moment, the OOM kills the monitor has seen, and its
+// agent's last counts.
+type reading struct {
+	cpu      uint64
+	at       time.Time
+	ooms     uint64
+	oomsSeen bool // ooms has been read
+	counts   counts
+}
+
+// counts are a sandbox's open sessions and running processes as its agent answered, and
+// until when GET /v1/stats may answer them again instead of asking.
+type counts struct {
+	sessions, processes *int
+	fresh               time.Time
+}
+
+// countsReuse is how long GET /v1/stats reuses a sandbox's counts: from countsReuse to twice
+// that, at random, so that the sandboxes' agents are asked at different times, not all in
+// one reading. A sandbox's own stats always ask.
+const countsReuse = 5 * time.Second
+
+func newOps(r *Runtime) *ops {
+	o := &ops{events: newEventLog(), started: time.Now(), last: map[string]reading{}}
+	o.metrics = newMetrics(r)
+	return o
+}
+
+// statsOf is what a reading of a sandbox needs, copied under its lock.
+type statsOf struct {
+	inst  backend.Instance
+	agent *agentClient
+	rec   record
+}
+
+func (sb *sandbox) statsOf() statsOf {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return statsOf{inst: sb.inst, agent: sb.agent, rec: sb.rec}
+}
+
+// Stats reads one sandbox's resource use.
+func (r *Runtime) Stats(ctx context.Context, id string) (*api.SandboxStats, error) {
+	sb, err := r.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	s := sb.statsOf()
+	if s.rec.Status == "" {
+		return nil, api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
+	}
+	st := r.readStats(s, statsRead{sample: true})
+	r.countInside(ctx, s, &st, false)
+	return &st, nil
+}
+
+// AllStats reads every sandbox's resource use, ordered by id.
+func (r *Runtime) AllStats(ctx context.Context) []api.SandboxStats {
+	var of []statsOf
+	for _, sb := range r.all() {
+		if s := sb.statsOf(); s.rec.Status != "" {
+			of = append(of, s)
+		}
+	}
+	slices.SortFunc(of, func(a, b statsOf) int { return strings.Compare(a.rec.ID, b.rec.ID) })
+	out := make([]api.SandboxStats, len(of))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, statsParallel)
+	how := r.bulkRead(true)
+	for i, s := range of {
+		out[i] = r.readStats(s, how)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			r.countInside(ctx, s, &out[i], true)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// statsRead is how readStats reads. With sample, the reading is the one the next CPU percent
+// is measured from; without (a metrics scrape), CPU percent is left 0. veths, when not nil,
+// are every interface's counters read at once (bulkRead), else each veth's are read alone.
+type statsRead struct {
+	sample bool
+	veths  map[string]sandboxnet.Counters
+}
+
+// bulkRead is how to read many sandboxes' stats: every veth's counters in one read.
+func (r *Runtime) bulkRead(sample bool) statsRead {
+	veths, err := sandboxnet.AllVethCounters()
+	if err != nil {
+		r.log.Warn("read the veths' counters", "err", err)
+	}
+	return statsRead{sample: sample, veths: veths}
+}
+
+// readStats reads what the host knows of a sandbox's use: its cgroup, its veth, its disk. A
+// sandbox that is not running or paused (or whose cgroup cannot be read, as its container is
+// going) has zero figures.
+func (r *Runtime) readStats(s statsOf, how statsRead) api.SandboxStats {
+	now := time.Now()
+	st := api.SandboxStats{ID: s.rec.ID, Image: s.rec.Image, Status: s.rec.Status, Time: now.UTC()}
+	if s.inst == nil || (s.rec.Status != api.StatusRunning && s.rec.Status != api.StatusPaused) {
+		return st
+	}
+	cg, err := s.inst.Stats()
+	if err != nil {
+		r.log.Debug("read sandbox stats", "sandbox", s.rec.ID, "err", err)
+		return st
+	}
+	st.CPUSeconds = float64(cg.CPUNanos) / 1e9
+	st.MemoryBytes, st.MemoryLimitBytes, st.Pids, st.OOMKills = cg.MemoryBytes, cg.MemoryLimit, cg.Pids, cg.OOMKills
+	if how.sample {
+		prev := r.ops.sample(s.rec.ID, cg, now)
+		if prev.at.IsZero() {
+			prev = reading{at: s.rec.CreatedAt}
+		}
+		if dt := now.Sub(prev.at).Seconds(); dt > 0 && cg.CPUNanos >= prev.cpu {
+			st.CPUPercent = float64(cg.CPUNanos-prev.cpu) / 1e9 / dt * 100
+		}
+	}
+	if a, ok := r.net.Lookup(s.rec.ID); ok && a.HostVeth != "" {
+		c, ok := how.veths[a.HostVeth]
+		if how.veths == nil {
+			c, err = sandboxnet.VethCounters(a.HostVeth)
+			ok = err == nil
+		}
+		if ok {
+			st.Network = api.NetworkStats{RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets}
+		}
+	}
+	if s.rec.Limits.DiskMB > 0 {
+		var fs unix.Statfs_t
+		if err := unix.Statfs(r.diskMount(s.rec.container()), &fs); err == nil {
+			st.DiskLimitBytes = fs.Blocks * uint64(fs.Bsize)
+			st.DiskUsedBytes = (fs.Blocks - fs.Bfree) * uint64(fs.Bsize)
+		}
+	}
+	return st
+}
+
+// sample records a sandbox's reading and returns the one before (zero: none).
+func (o *ops) sample(id string, cg backend.Stats, at time.Time) reading {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	prev := o.last[id]
+	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms, oomsSeen: prev.oomsSeen, counts: prev.counts}
+	return prev
+}
+
+// countInside sets a running sandbox's open sessions and running processes, asking its agent,
+// or with reuse answering its last counts while they are fresh.
+func (r *Runtime) countInside(ctx context.Context, s statsOf, st *api.SandboxStats, reuse bool) {
+	if s.rec.Status != api.StatusRunning || s.agent == nil {
+		return
+	}
+	id := s.rec.ID
+	if reuse {
+		r.ops.mu.Lock()
+		c := r.ops.last[id].counts
+		r.ops.mu.Unlock()
+		if time.Now().Before(c.fresh) {
+			st.Sessions, st.Processes = c.sessions, c.processes
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if sessions, err := s.agent.listSessions(ctx); err == nil {
+		n := 0
+		for _, ss := range sessions {
+			if ss.Status != api.SessionEnded {
+				n++
+			}
+		}
+		st.Sessions = &n
+	}
+	if procs, err := s.agent.listProcesses(ctx, url.Values{"status": {api.ProcessRunning}}); err == nil {
+		n := len(procs)
+		st.Processes = &n
+	}
+	r.ops.mu.Lock()
+	defer r.ops.mu.Unlock()
+	if prev, ok := r.ops.last[id]; ok { // a sandbox removed meanwhile has none
+		prev.counts = counts{sessions: st.Sessions, processes: st.Processes, fresh: time.Now().Add(countsReuse + rand.N(countsReuse))}
+		r.ops.last[id] = prev
+	}
+}
+
+// monitor looks for OOM kills in every running sandbox until ctx ends.
+func (r *Runtime) monitor(ctx context.Context) {
+	tick := time.NewTicker(monitorInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			r.checkOOMs()
+		}
+	}
+}
+
+// checkOOMs publishes an OOM-kill event for each sandbox whose cgroup counted more OOM kills
+// than at the last look. The kills of a sandbox created before the daemon started that were
+// counted before its first look are not news. It also drops the readings of sandboxes gone.
+func (r *Runtime) checkOOMs() {
+	known := map[string]bool{}
+	for _, sb := range r.all() {
+		known[sb.id] = true
+		s := sb.statsOf()
+		if s.inst == nil || (s.rec.Status != api.StatusRunning && s.rec.Status != api.StatusPaused) {
+			continue
+		}
+		kills, err := s.inst.OOMKills()
+		if err != nil {
+			continue
+		}
+		r.ops.mu.Lock()
+		prev := r.ops.last[s.rec.ID]
+		seen := prev.ooms
+		if !prev.oomsSeen && s.rec.CreatedAt.Before(r.ops.started) {
+			seen = kills
+		}
+		prev.ooms, prev.oomsSeen = kills, true
+		r.ops.last[s.rec.ID] = prev
+		r.ops.mu.Unlock()
+		if kills > seen {
+			n := kills - seen
+			r.ops.metrics.oomKills.Add(float64(n))
+			r.log.Warn("the kernel's OOM killer killed processes in a sandbox", "sandbox", s.rec.ID, "count", n, "memory_limit_mb", s.rec.Limits.MemoryMB)
+			r.ops.events.publish(api.EventSandboxOOMKilled, s.rec.ID, "count", strconv.FormatUint(n, 10), "total", strconv.FormatUint(kills, 10))
+		}
+	}
+	r.ops.mu.Lock()
+	defer r.ops.mu.Unlock()
+	for id := range r.ops.last {
+		if !known[id] {
+			delete(r.ops.last, id)
+		}
+	}
+}
+
+func (r *Runtime) handleStats(w http.ResponseWriter, req *http.Request) error {
+	id := req.PathValue("id")
+	stream, err := streamParam(req)
+	if err != nil {
+		return err
+	}
+	if !stream {
+		st, err := r.Stats(req.Context(), id)
+		if err != nil {
+			return err
+		}
+		api.WriteJSON(w, http.StatusOK, st)
+		return nil
+	}
+	if _, err := r.Stats(req.Context(), id); err != nil {
+		return err // a sandbox that does not exist is a 404, not a stream
+	}
+	return streamStats(w, req, func() (any, error) { return r.Stats(req.Context(), id) })
+}
+
+func (r *Runtime) handleAllStats(w http.ResponseWriter, req *http.Request) error {
+	stream, err := streamParam(req)
+	if err != nil {
+		return err
+	}
+	if !stream {
+		api.WriteJSON(w, http.StatusOK, r.AllStats(req.Context()))
+		return nil
+	}
+	return streamStats(w, req, func() (any, error) { return r.AllStats(req.Context()), nil })
+}
+
+// streamParam reads ?stream=.
+func streamParam(req *http.Request) (bool, error) {
+	v := req.URL.Query().Get("stream")
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, api.Errorf(api.CodeInvalidArgument, "stream must be true or false (or 1 or 0), got %q", v)
+	}
+	return b, nil
+}
+
+// statsEvent is the Server-Sent Event name of each reading of a stats stream.
+const statsEvent = "stats"
+
+// streamStats sends read's answer as a "stats" event at once and then every second, until
+// the client goes away or read fails (an "error" event: the sandbox was removed).
+func streamStats(w http.ResponseWriter, req *http.Request, read func() (any, error)) error {
+	out := api.NewSSEWriter(w)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		v, err := read()
+		if err != nil {
+			_ = out.SendError(err)
+			return nil
+		}
+		if out.Send(statsEvent, v) != nil {
+			return nil
+		}
+		select {
+		case <-req.Context().Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}

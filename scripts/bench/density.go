@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
+)
+
+// densitySection creates count idle busybox sandboxes (each with its default session running),
+// checks that every one of them works, and reports the time to create and remove them, the
+// memory each costs (PSS, as the memory section counts it, and the drop in the host's
+// MemAvailable, which includes kernel objects), the daemon's RSS, and the API's latency while
+// they idle, against the same requests with one sandbox.
+func (b *bench) densitySection(ctx context.Context, count int) (err error) {
+	d, err := b.daemon(ctx, "nsbox-density", true, "")
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, d.removeAllSandboxes()) }()
+	fmt.Printf("density: %d idle %s sandboxes, network none, each with its default session\n", count, image)
+	id := func(i int) string { return fmt.Sprintf("dense-%04d", i) }
+	create := func(i int) error {
+		_, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{ID: id(i), Image: image, Network: &api.NetworkSpec{Mode: api.NetworkNone}})
+		if err != nil {
+			return fmt.Errorf("create sandbox %d: %w", i, err)
+		}
+		_, err = execOK(ctx, d, id(i), api.ExecRequest{Command: "true"}) // the session is up
+		return err
+	}
+	// One sandbox alone first: the reference latencies.
+	if err := create(0); err != nil {
+		return err
+	}
+	alone, err := densityLatencies(ctx, d, 1, id)
+	if err != nil {
+		return err
+	}
+	availBefore := memAvailableKB()
+	before, err := footprintOf(d.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := onWorkers(2, count-1, func(i int) error { return create(i + 1) }); err != nil {
+		return err
+	}
+	created := time.Since(start)
+	time.Sleep(5 * time.Second) // let the agents and shells settle
+	availAfter := memAvailableKB()
+	after, err := footprintOf(d.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	crowd, err := densityLatencies(ctx, d, count, id)
+	if err != nil {
+		return err
+	}
+	// Every one works.
+	if err := onWorkers(2, count, func(i int) error {
+		res, err := execOK(ctx, d, id(i), api.ExecRequest{Command: "echo ok"})
+		if err == nil && string(res.Stdout) != "ok\n" {
+			err = fmt.Errorf("sandbox %s answered %q", id(i), res.Stdout)
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	var sandboxes []*api.Sandbox
+	list, err := d.client.ListSandboxes(ctx)
+	if err != nil {
+		return err
+	}
+	for i := range list {
+		sandboxes = append(sandboxes, &list[i])
+	}
+	m, err := measureMemory(d, sandboxes)
+	if err != nil {
+		return err
+	}
+	start = time.Now()
+	if err := onWorkers(2, count, func(i int) error { return d.client.RemoveSandbox(ctx, id(i), client.RemoveOptions{Force: true}) }); err != nil {
+		return err
+	}
+	removed := time.Since(start)
+
+	mb := func(kb float64) float64 { return kb / 1024 }
+	w := newTable()
+	fmt.Fprintf(w, "created\t%.1f s (%.0f per second, 2 at a time)\t\n", created.Seconds(), float64(count-1)/created.Seconds())
+	fmt.Fprintf(w, "removed\t%.1f s (%.0f per second, 2 at a time)\t\n", removed.Seconds(), float64(count)/removed.Seconds())
+	fmt.Fprintf(w, "PSS per sandbox\t%.2f MB (its processes, and the daemon's share)\t\n", mb(m.sandboxKB+m.daemonKB)/float64(count))
+	fmt.Fprintf(w, "MemAvailable drop per sandbox\t%.2f MB (kernel objects included)\t\n", mb(float64(availBefore-availAfter))/float64(count-1))
+	fmt.Fprintf(w, "daemon RSS\t%.0f MB with 1 sandbox, %.0f MB with %d\t\n", before.rssMB, after.rssMB, count)
+	for _, req := range []string{"GET /v1/sandboxes/{id}", "session exec `true`"} {
+		a, c := summarize(alone[req]), summarize(crowd[req])
+		fmt.Fprintf(w, "%s p50/p99\t%s/%s ms with 1 sandbox, %s/%s ms with %d (p50 %.2f×)\t\n", req,
+			ms(a.median), ms(a.p99), ms(c.median), ms(c.p99), count, float64(c.median)/float64(a.median))
+	}
+	w.Flush()
+	ratio := float64(summarize(crowd["session exec `true`"]).median) / float64(summarize(alone["session exec `true`"]).median)
+	fmt.Printf("target: session exec p50 at %d sandboxes ≤ 1.5× one sandbox's: %s (%.2f×)\n\n", count, verdict(ratio <= 1.5), ratio)
+	return nil
+}
+
+// densityLatencies times 300 GETs of a sandbox and 300 session execs, each on a random one of
+// the first n sandboxes, one at a time.
+func densityLatencies(ctx context.Context, d *daemon, n int, id func(int) string) (map[string][]time.Duration, error) {
+	out := map[string][]time.Duration{}
+	for range 300 {
+		sb := id(rand.IntN(n))
+		began := time.Now()
+		if _, err := d.client.GetSandbox(ctx, sb); err != nil {
+			return nil, err
+		}
+		out["GET /v1/sandboxes/{id}"] = append(out["GET /v1/sandboxes/{id}"], time.Since(began))
+		began = time.Now()
+		if _, err := execOK(ctx, d, sb, api.ExecRequest{Command: "true"}); err != nil {
+			return nil, err
+		}
+		out["session exec `true`"] = append(out["session exec `true`"], time.Since(began))
+	}
+	return out, nil
+}
+
+// onWorkers runs do(0..n-1) on workers goroutines and returns the errors (it stops handing
+// out work after the first).
+func onWorkers(workers, n int, do func(int) error) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		next int
+		errs []error
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				failed := len(errs) > 0
+				mu.Unlock()
+				if i >= n || failed {
+					return
+				}
+				if err := do(i); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+var memAvailableLine = regexp.MustCompile(`(?m)^MemAvailable:\s+(\d+) kB$`)
+
+// memAvailableKB is the host's MemAvailable (0 if it cannot be read).
+func memAvailableKB() int64 {
+	data, _ := os.ReadFile("/proc/meminfo")
+	m := memAvailableLine.FindSubmatch(data)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return n
+}
