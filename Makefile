@@ -23,7 +23,9 @@ all: build
 deps:
 	scripts/install-deps.sh
 
+# The agent first: nsbox embeds it (cmd/nsbox/agentbin.go) and sandboxes run it as PID 1.
 build: deps $(UI_VENDOR)
+	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS) -s -w" -o cmd/nsbox/agentbin/nsbox-agent ./cmd/nsbox-agent
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nsbox
 
 $(UI_VENDOR): ui/package.json ui/package-lock.json scripts/ui-assets.sh

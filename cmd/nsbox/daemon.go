@@ -90,6 +90,10 @@ func runDaemon(c *cli.Context) error {
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
 		return fmt.Errorf("resolve own binary: %w", err)
 	}
+	agentBin, err := agentBinary(filepath.Join(c.String("data-dir"), "agent"), exe)
+	if err != nil {
+		return err
+	}
 	pool, err := parseWarmPool(c.String("warm-pool"))
 	if err != nil {
 		return err
@@ -119,7 +123,7 @@ func runDaemon(c *cli.Context) error {
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
 		RunDir:       filepath.Join(runDir, "sandboxes"),
-		AgentBin:     exe,
+		AgentBin:     agentBin,
 		CgroupParent: c.String("cgroup-parent"),
 		Seccomp:      c.Bool("seccomp"),
 		UserNS:       userns.Count > 0,
