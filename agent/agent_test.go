@@ -195,36 +195,49 @@ func TestFollowedLogsAreServerSentEvents(t *testing.T) {
 	wantError(t, srv, http.MethodPost, "/v1/processes/cat/kill", "", api.CodeConflict)
 }
 
-func TestExecIsServerSentEvents(t *testing.T) {
+func TestExecIsFrames(t *testing.T) {
 	_, srv := rootAgent(t)
 	wantError(t, srv, http.MethodPost, "/v1/sessions/default/exec", `{}`, api.CodeInvalidArgument)
 	wantError(t, srv, http.MethodPost, "/v1/sessions/nope/exec", `{"command":"true"}`, api.CodeNotFound)
+	wantError(t, srv, http.MethodPost, "/v1/sessions/default/exec", `{"command":"true","maxOutputBytes":-1}`, api.CodeInvalidArgument)
 
-	events := openStream(t, srv, http.MethodPost, "/v1/sessions/default/exec", `{"command":"echo out; echo err >&2; exit 3"}`)
+	// Output events carry raw bytes (not text here: no encoding on the way), capped per stream.
+	resp := call(t, srv, http.MethodPost, "/v1/sessions/default/exec", `{"command":"echo out; printf 'err\\377 and more' >&2; exit 3","maxOutputBytes":4}`)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != api.EventFrames {
+		data, _ := io.ReadAll(resp.Body)
+		t.Fatalf("exec: status %d, content type %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), data)
+	}
+	events := api.NewFrameReader(resp.Body)
 	var names []string
 	output := map[string]string{}
+	var result *api.ExecResult
 	for {
-		var ev api.ExecEvent
-		name, err := events.NextJSON(&ev)
+		name, data, err := events.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			t.Fatalf("read event after %v: %v", names, err)
 		}
-		if name != ev.Type {
-			t.Fatalf("event %q carries a %q event", name, ev.Type)
-		}
 		if len(names) == 0 || names[len(names)-1] != name {
 			names = append(names, name)
 		}
-		output[name] += ev.Data
-		if name == api.EventExit && (ev.Result == nil || ev.Result.ExitCode != 3 || ev.Result.SessionID != "default") {
-			t.Fatalf("exit event %+v", ev.Result)
+		switch name {
+		case api.EventStdout, api.EventStderr:
+			output[name] += string(data)
+		case api.EventStart, api.EventExit:
+			var ev api.ExecEvent
+			if err := json.Unmarshal(data, &ev); err != nil || ev.Type != name {
+				t.Fatalf("%s event %q: %v", name, data, err)
+			}
+			result = ev.Result
 		}
 	}
-	if names[0] != api.EventStart || names[len(names)-1] != api.EventExit || output[api.EventStdout] != "out\n" || output[api.EventStderr] != "err\n" {
+	if names[0] != api.EventStart || names[len(names)-1] != api.EventExit || output[api.EventStdout] != "out\n" || output[api.EventStderr] != "err\xff" {
 		t.Fatalf("events %v, output %q", names, output)
+	}
+	if result == nil || result.ExitCode != 3 || result.SessionID != "default" || result.StdoutTruncated || !result.StderrTruncated || !result.Truncated {
+		t.Fatalf("exit event %+v", result)
 	}
 }
 

@@ -152,10 +152,10 @@ func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// handleExec runs a command in a session and streams its events as Server-Sent Events (the
-// event name is the ExecEvent's type, its data the whole ExecEvent): start, then stdout/stderr
-// chunks as they are produced, then exit with the result. The stream (and the 200) starts when
-// the command does; errors before that are plain error answers.
+// handleExec runs a command in a session and streams its events as frames (api.FrameWriter):
+// start, then stdout/stderr chunks as they are produced (their raw bytes), then exit with the
+// result. The stream (and the 200) starts when the command does; errors before that are plain
+// error answers.
 func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	var req api.ExecRequest
 	// DecodeJSON reads the body to its end: only then does the server notice, and cancel
@@ -176,19 +176,28 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	if req.KillOnDisconnect {
 		ctx = r.Context()
 	}
-	events := api.NewSSEWriter(w)
+	events := api.NewFrameWriter(w)
 	// Sends fail once the client went away; the command goes on all the same.
-	send := func(ev api.ExecEvent) { _ = events.Send(ev.Type, ev) }
+	send := func(ev api.ExecEvent) { _ = events.SendJSON(ev.Type, ev) }
 	sid := s.Info().ID
 	started := false
+	// What is beyond a stream's cap is read (the command does not block) and dropped. Each
+	// stream's chunks come from one goroutine at a time.
+	stdout, stderr := &api.OutputLimit{Max: req.MaxOutputBytes}, &api.OutputLimit{Max: req.MaxOutputBytes}
 	oomKills := cgroup.OOMKills()
 	res, err := s.Exec(ctx, sreq, func(kind string, data []byte) {
-		if kind == session.Started {
+		limit := stdout
+		switch kind {
+		case session.Started:
 			started = true
 			send(api.ExecEvent{Type: api.EventStart, SessionID: sid})
 			return
+		case api.EventStderr:
+			limit = stderr
 		}
-		send(api.OutputEvent(kind, data))
+		if data = limit.Keep(data); len(data) > 0 {
+			_ = events.Send(kind, data)
+		}
 	})
 	if err != nil {
 		err = fmt.Errorf("exec in session %q: %w", sid, sessionError(err))
@@ -199,11 +208,13 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 		_ = events.SendError(err)
 		return nil
 	}
-	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &api.ExecResult{
-		ExitCode: res.ExitCode, Encoding: api.EncodingUTF8, TimedOut: res.TimedOut, Canceled: res.Canceled,
-		DurationMs: res.Duration.Milliseconds(), SessionID: sid, SessionEnded: res.SessionEnded, SessionReset: res.Reset,
-		OOMKilled: !res.TimedOut && !res.Canceled && cgroup.OOMKilled(res.ExitCode, oomKills),
-	}})
+	result := api.NewExecResult(res.ExitCode, nil, nil)
+	result.TimedOut, result.Canceled, result.DurationMs = res.TimedOut, res.Canceled, res.Duration.Milliseconds()
+	result.SessionID, result.SessionEnded, result.SessionReset = sid, res.SessionEnded, res.Reset
+	result.StdoutTruncated, result.StderrTruncated = stdout.Truncated, stderr.Truncated
+	result.Truncated = stdout.Truncated || stderr.Truncated
+	result.OOMKilled = !res.TimedOut && !res.Canceled && cgroup.OOMKilled(res.ExitCode, oomKills)
+	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &result})
 	return nil
 }
 
@@ -221,6 +232,9 @@ func sessionRequest(req *api.ExecRequest) (session.ExecRequest, error) {
 	}
 	if err := api.CheckEnv(req.Env); err != nil {
 		return out, err
+	}
+	if req.MaxOutputBytes < 0 {
+		return out, api.Errorf(api.CodeInvalidArgument, "maxOutputBytes must not be negative")
 	}
 	if req.Stdin != "" {
 		stdin, err := req.StdinBytes()

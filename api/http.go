@@ -161,6 +161,15 @@ func (s *SSEWriter) Send(event string, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode %s event: %w", event, err)
 	}
+	return s.SendRaw(event, data)
+}
+
+// SendRaw writes one event whose data is JSON already (one line: a line break would end the
+// event early, and is refused).
+func (s *SSEWriter) SendRaw(event string, data []byte) error {
+	if bytes.ContainsAny(data, "\r\n") {
+		return fmt.Errorf("%s event: its data holds a line break", event)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failed != nil {

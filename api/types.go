@@ -166,27 +166,43 @@ type ExecRequest struct {
 	TimeoutMs     int64  `json:"timeoutMs,omitempty"`
 	// KillOnDisconnect kills the command when the client goes away; by default it finishes.
 	KillOnDisconnect bool `json:"killOnDisconnect,omitempty"`
+	// MaxOutputBytes bounds what is kept of each of stdout and stderr: the rest is read and
+	// dropped, and the result says which stream was truncated. 0: DefaultMaxOutputBytes for
+	// an answer as one JSON document (at most the daemon's --max-exec-output, which also
+	// bounds what a call may ask for), no bound for a streamed exec.
+	MaxOutputBytes int64 `json:"maxOutputBytes,omitempty"`
 }
 
-// Output encodings of ExecResult.
+// DefaultMaxOutputBytes is what an exec answered as one JSON document keeps of each stream
+// when its request names no MaxOutputBytes.
+const DefaultMaxOutputBytes = 128 << 20
+
+// Output encodings of ExecResult's streams.
 const (
 	EncodingUTF8   = "utf-8"
 	EncodingBase64 = "base64"
 )
 
-// ExecResult is the answer to an exec. Stdout and Stderr carry the bytes exactly: when
-// both are valid UTF-8 they are plain JSON strings (NUL and control bytes escaped by
-// JSON) and Encoding is "utf-8"; otherwise both are base64 and Encoding is "base64".
+// ExecResult is the answer to an exec. Stdout and Stderr carry the bytes exactly, each in its
+// own encoding: a stream that is valid UTF-8 is a plain JSON string (NUL and control bytes
+// escaped by JSON) and its encoding is "utf-8"; otherwise it is base64 and its encoding is
+// "base64".
 type ExecResult struct {
-	ExitCode   int    `json:"exitCode"`
-	Stdout     string `json:"stdout"`
-	Stderr     string `json:"stderr"`
-	Encoding   string `json:"encoding"`
-	TimedOut   bool   `json:"timedOut"`
-	Canceled   bool   `json:"canceled"`
-	Truncated  bool   `json:"truncated"`
-	DurationMs int64  `json:"durationMs"`
-	SessionID  string `json:"sessionId"`
+	ExitCode       int    `json:"exitCode"`
+	Stdout         string `json:"stdout"`
+	Stderr         string `json:"stderr"`
+	StdoutEncoding string `json:"stdoutEncoding"`
+	StderrEncoding string `json:"stderrEncoding"`
+	TimedOut       bool   `json:"timedOut"`
+	Canceled       bool   `json:"canceled"`
+	// StdoutTruncated and StderrTruncated: the stream had more than MaxOutputBytes; the
+	// result keeps its first bytes (at most that many, cut before a UTF-8 character that
+	// would not fit whole). Truncated is either of them.
+	StdoutTruncated bool   `json:"stdoutTruncated"`
+	StderrTruncated bool   `json:"stderrTruncated"`
+	Truncated       bool   `json:"truncated"`
+	DurationMs      int64  `json:"durationMs"`
+	SessionID       string `json:"sessionId"`
 	// SessionEnded: the command ended the session's shell (exit, exec); the session is over.
 	SessionEnded bool `json:"sessionEnded"`
 	// SessionReset: after a timeout or cancel the shell did not come back and was replaced; the
@@ -199,31 +215,68 @@ type ExecResult struct {
 	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
-// NewExecResult encodes raw output into an ExecResult.
+// NewExecResult encodes raw output into an ExecResult, each stream in its own encoding.
 func NewExecResult(exitCode int, stdout, stderr []byte) ExecResult {
-	r := ExecResult{ExitCode: exitCode, Encoding: EncodingUTF8}
-	if utf8.Valid(stdout) && utf8.Valid(stderr) {
-		r.Stdout, r.Stderr = string(stdout), string(stderr)
-	} else {
-		r.Encoding = EncodingBase64
-		r.Stdout = base64.StdEncoding.EncodeToString(stdout)
-		r.Stderr = base64.StdEncoding.EncodeToString(stderr)
-	}
+	r := ExecResult{ExitCode: exitCode}
+	r.Stdout, r.StdoutEncoding = EncodeData(stdout)
+	r.Stderr, r.StderrEncoding = EncodeData(stderr)
 	return r
 }
 
 // Output decodes Stdout and Stderr back to bytes.
 func (r *ExecResult) Output() (stdout, stderr []byte, err error) {
-	if r.Encoding != EncodingBase64 {
-		return []byte(r.Stdout), []byte(r.Stderr), nil
-	}
-	if stdout, err = base64.StdEncoding.DecodeString(r.Stdout); err != nil {
+	if stdout, err = DecodeData(r.Stdout, r.StdoutEncoding); err != nil {
 		return nil, nil, fmt.Errorf("decode stdout: %w", err)
 	}
-	if stderr, err = base64.StdEncoding.DecodeString(r.Stderr); err != nil {
+	if stderr, err = DecodeData(r.Stderr, r.StderrEncoding); err != nil {
 		return nil, nil, fmt.Errorf("decode stderr: %w", err)
 	}
 	return stdout, stderr, nil
+}
+
+// CutOutput is the part of b that fits in room bytes (room ≥ 0): all of it when it fits, else
+// its first room bytes, less the start of a UTF-8 character that the cut would split, so that
+// text cut short stays text.
+func CutOutput(b []byte, room int64) []byte {
+	if int64(len(b)) <= room {
+		return b
+	}
+	cut := int(room)
+	if utf8.RuneStart(b[cut]) {
+		return b[:cut]
+	}
+	// b[cut] may continue a character: cut before it when a valid one spans the cut.
+	for i := cut - 1; i >= 0 && i > cut-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if r, size := utf8.DecodeRune(b[i:]); (r != utf8.RuneError || size > 1) && i+size > cut {
+				return b[:i]
+			}
+			break
+		}
+	}
+	return b[:cut]
+}
+
+// OutputLimit keeps at most Max bytes of one output stream (Max 0: all of it), cut by
+// CutOutput; once a chunk was cut short, every later one is dropped.
+type OutputLimit struct {
+	Max       int64
+	kept      int64
+	Truncated bool
+}
+
+// Keep returns the part of the next chunk b that the stream keeps.
+func (l *OutputLimit) Keep(b []byte) []byte {
+	if l.Max <= 0 {
+		return b
+	}
+	if l.Truncated {
+		return nil
+	}
+	kept := CutOutput(b, l.Max-l.kept)
+	l.Truncated = len(kept) < len(b)
+	l.kept += int64(len(kept))
+	return kept
 }
 
 // StdinBytes decodes the request's stdin.

@@ -15,14 +15,14 @@ func TestExecResultRoundTripsAnyBytes(t *testing.T) {
 		all[i] = byte(i)
 	}
 	for _, tc := range []struct {
-		name           string
-		stdout, stderr []byte
-		encoding       string
+		name                           string
+		stdout, stderr                 []byte
+		stdoutEncoding, stderrEncoding string
 	}{
-		{"text", []byte("héllo\x00\r\n"), []byte("warn"), EncodingUTF8},
-		{"binary stdout", all, []byte("ok"), EncodingBase64},
-		{"binary stderr", []byte("ok"), []byte{0xff, 0xfe}, EncodingBase64},
-		{"empty", nil, nil, EncodingUTF8},
+		{"text", []byte("héllo\x00\r\n"), []byte("warn"), EncodingUTF8, EncodingUTF8},
+		{"binary stdout", all, []byte("ok"), EncodingBase64, EncodingUTF8},
+		{"binary stderr", []byte("ok"), []byte{0xff, 0xfe}, EncodingUTF8, EncodingBase64},
+		{"empty", nil, nil, EncodingUTF8, EncodingUTF8},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data, err := json.Marshal(NewExecResult(0, tc.stdout, tc.stderr))
@@ -34,10 +34,54 @@ func TestExecResultRoundTripsAnyBytes(t *testing.T) {
 				t.Fatal(err)
 			}
 			stdout, stderr, err := back.Output()
-			if err != nil || string(stdout) != string(tc.stdout) || string(stderr) != string(tc.stderr) || back.Encoding != tc.encoding {
-				t.Fatalf("got %q %q %s %v", stdout, stderr, back.Encoding, err)
+			if err != nil || string(stdout) != string(tc.stdout) || string(stderr) != string(tc.stderr) ||
+				back.StdoutEncoding != tc.stdoutEncoding || back.StderrEncoding != tc.stderrEncoding {
+				t.Fatalf("got %q %q %s %s %v", stdout, stderr, back.StdoutEncoding, back.StderrEncoding, err)
 			}
 		})
+	}
+}
+
+func TestCutOutputKeepsCharactersWhole(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		room int64
+		want string
+	}{
+		{"abc", 5, "abc"},
+		{"abc", 3, "abc"},
+		{"abc", 2, "ab"},
+		{"abc", 0, ""},
+		{"aé", 2, "a"},                  // é is 2 bytes: not split
+		{"a€b", 3, "a"},                 // € is 3 bytes
+		{"a€b", 4, "a€"},                // fits whole
+		{"a😀", 4, "a"},                  // 4-byte character
+		{"\xff\x80\x80", 2, "\xff\x80"}, // not text: cut where asked
+		{"a\x80\x80\x80\x80", 3, "a\x80\x80"},
+	} {
+		if got := string(CutOutput([]byte(tc.in), tc.room)); got != tc.want {
+			t.Errorf("CutOutput(%q, %d) = %q, want %q", tc.in, tc.room, got, tc.want)
+		}
+	}
+}
+
+func TestOutputLimit(t *testing.T) {
+	all := OutputLimit{}
+	if got := all.Keep([]byte("anything")); string(got) != "anything" || all.Truncated {
+		t.Fatalf("no limit: %q %v", got, all.Truncated)
+	}
+	l := OutputLimit{Max: 4}
+	var kept []byte
+	for _, chunk := range []string{"ab", "cé", "d", "e"} {
+		kept = append(kept, l.Keep([]byte(chunk))...)
+	}
+	// "ab" + "c", then é would end past the cap: cut before it, and nothing after.
+	if string(kept) != "abc" || !l.Truncated {
+		t.Fatalf("kept %q truncated %v", kept, l.Truncated)
+	}
+	exact := OutputLimit{Max: 4}
+	if got := exact.Keep([]byte("abcd")); string(got) != "abcd" || exact.Truncated {
+		t.Fatalf("exactly the cap: %q %v", got, exact.Truncated)
 	}
 }
 

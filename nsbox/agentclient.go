@@ -111,9 +111,14 @@ func (c *agentClient) cancelSession(ctx context.Context, sid string) error {
 	return c.call(ctx, http.MethodPost, sessionPath(sid, "cancel"), nil, nil)
 }
 
-// exec runs a command in a session; its events stream until the exit event.
+// exec runs a command in a session; its events stream until the exit event, as frames (the
+// output events' data is the output's bytes).
 func (c *agentClient) exec(ctx context.Context, sid string, req api.ExecRequest) (*eventStream, error) {
-	return c.stream(ctx, http.MethodPost, sessionPath(sid, "exec"), jsonBody(req))
+	resp, err := c.do(ctx, http.MethodPost, sessionPath(sid, "exec"), jsonBody(req), api.EventFrames)
+	if err != nil {
+		return nil, err
+	}
+	return &eventStream{events: api.NewFrameReader(resp.Body), body: resp.Body}, nil
 }
 
 // terminalOutput streams a session's terminal from cursor ("": its recent scrollback).
@@ -258,7 +263,7 @@ func (c *agentClient) stream(ctx context.Context, method, path string, body io.R
 	if err != nil {
 		return nil, err
 	}
-	return &eventStream{SSEReader: api.NewSSEReader(resp.Body), body: resp.Body}, nil
+	return &eventStream{events: api.NewSSEReader(resp.Body), body: resp.Body}, nil
 }
 
 // do sends one request (asking for the media type accept) and returns the agent's answer when
@@ -289,11 +294,20 @@ func jsonBody(v any) io.Reader {
 	return bytes.NewReader(data)
 }
 
-// eventStream is a stream of events from the agent.
+// eventStream is a stream of events from the agent: Server-Sent Events, or frames for an exec.
 type eventStream struct {
-	*api.SSEReader
+	events interface {
+		Next() (event string, data []byte, err error)
+		NextJSON(v any) (event string, err error)
+	}
 	body io.ReadCloser
 }
+
+// Next returns the next event's name and data (an "error" event as its *api.Error).
+func (s *eventStream) Next() (string, []byte, error) { return s.events.Next() }
+
+// NextJSON reads the next event and decodes its data into v.
+func (s *eventStream) NextJSON(v any) (string, error) { return s.events.NextJSON(v) }
 
 // Close ends the stream.
 func (s *eventStream) Close() error { return s.body.Close() }

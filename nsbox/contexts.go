@@ -49,7 +49,8 @@ func (r *Runtime) handleDeleteContext(w http.ResponseWriter, req *http.Request) 
 }
 
 // handleRunCode runs code in a context: streamed as Server-Sent Events when asked, else
-// answered as one RunCodeResult once the run has ended (each stream kept up to maxExecOutput).
+// answered as one RunCodeResult once the run has ended (its output spooled until then and
+// each stream kept up to the default cap, as for an exec: output.go).
 func (r *Runtime) handleRunCode(w http.ResponseWriter, req *http.Request) error {
 	var body api.RunCodeRequest
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
@@ -61,6 +62,10 @@ func (r *Runtime) handleRunCode(w http.ResponseWriter, req *http.Request) error 
 	if api.WantsEventStream(req) {
 		return r.relayStream(w, req, api.EventEnd, run)
 	}
+	limit, err := r.outputCap(0)
+	if err != nil {
+		return err
+	}
 	l, err := r.running(req.PathValue("id"))
 	if err != nil {
 		return err
@@ -70,17 +75,18 @@ func (r *Runtime) handleRunCode(w http.ResponseWriter, req *http.Request) error 
 		return l.failure(req.Context(), err)
 	}
 	defer events.Close()
-	res, err := collectRun(events)
+	out := r.newOutput(limit)
+	defer out.close()
+	res, err := collectRun(events, out)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	api.WriteJSON(w, http.StatusOK, res)
-	return nil
+	return r.writeAnswer(w, res, out, res.Encoding, res.Encoding)
 }
 
-// collectRun gathers a whole run into one result.
-func collectRun(events *eventStream) (*api.RunCodeResult, error) {
-	var out output
+// collectRun gathers a whole run: its output into out, and its result, whose Stdout and
+// Stderr stay empty. Both streams share one encoding: base64 unless both are text.
+func collectRun(events *eventStream, out *output) (*api.RunCodeResult, error) {
 	for {
 		var ev api.CodeEvent
 		if _, err := events.NextJSON(&ev); err != nil {
@@ -96,8 +102,11 @@ func collectRun(events *eventStream) (*api.RunCodeResult, error) {
 				return nil, fmt.Errorf("end event without a result")
 			}
 			res := *ev.End
-			exec := api.NewExecResult(0, out.stdout, out.stderr)
-			res.Stdout, res.Stderr, res.Encoding, res.Truncated = exec.Stdout, exec.Stderr, exec.Encoding, out.truncated
+			res.Stdout, res.Stderr, res.Encoding = "", "", api.EncodingUTF8
+			if out.stdout.encoding() != api.EncodingUTF8 || out.stderr.encoding() != api.EncodingUTF8 {
+				res.Encoding = api.EncodingBase64
+			}
+			res.Truncated = out.stdout.limit.Truncated || out.stderr.limit.Truncated
 			return &res, nil
 		}
 	}

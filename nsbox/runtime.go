@@ -53,6 +53,11 @@ type Config struct {
 	DefaultDiskMB int64
 	MaxDiskMB     int64
 
+	// MaxExecOutput bounds what an exec or code run answered as one JSON document keeps of
+	// each stream (its maxOutputBytes may not ask for more), and so each stream's spool file
+	// (output.go); 0: DefaultMaxExecOutput.
+	MaxExecOutput int64
+
 	// Checkpoint is whether CRIU works on this host (DetectCheckpoint), for hibernate's memory.
 	Checkpoint api.Checkpoint
 
@@ -143,6 +148,13 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	r.cfg.hostCPUs = hostCPUs()
+	if r.cfg.MaxExecOutput <= 0 {
+		r.cfg.MaxExecOutput = DefaultMaxExecOutput
+	}
+	if err := r.resetSpoolDir(); err != nil {
+		r.records.Close()
+		return nil, err
+	}
 	if r.images, err = rootfs.OpenStore(filepath.Join(cfg.DataDir, "images"), rootfs.WithRegistries(cfg.Registries)); err != nil {
 		r.records.Close()
 		return nil, err

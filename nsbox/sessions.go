@@ -14,12 +14,6 @@ import (
 // Sessions live in the sandbox's agent (package agent, package session); the daemon checks
 // requests and relays them through its typed agent client.
 
-// maxExecOutput bounds what an exec answered as one JSON document keeps of each stream
-// (the rest is read and dropped, and the result says truncated): the daemon holds the output,
-// its string and its JSON encoding at once, so one such call costs it at most ~6× this.
-// Streamed (SSE) execs pass the output on as it comes and have no bound.
-const maxExecOutput = 16 << 20
-
 func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSessionRequest
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
@@ -119,7 +113,8 @@ func (r *Runtime) sessionCall(w http.ResponseWriter, req *http.Request, call fun
 
 // handleExec runs a command in a session: the one named in the path, in the body, or the
 // sandbox's default session. With Accept: text/event-stream the events stream as SSE as the
-// output is produced; otherwise the answer is one ExecResult when the command has finished.
+// output is produced; otherwise the answer is one ExecResult when the command has finished,
+// its output spooled until then (output.go).
 func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExecRequest
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
@@ -140,6 +135,17 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	if _, err := body.StdinBytes(); err != nil {
 		return err
 	}
+	stream := api.WantsEventStream(req)
+	if body.MaxOutputBytes < 0 {
+		return api.Errorf(api.CodeInvalidArgument, "maxOutputBytes must not be negative")
+	}
+	if !stream {
+		// The agent keeps to the cap too, so what would be dropped is not even sent.
+		var err error
+		if body.MaxOutputBytes, err = r.outputCap(body.MaxOutputBytes); err != nil {
+			return err
+		}
+	}
 	l, err := r.running(req.PathValue("id"))
 	if err != nil {
 		return err
@@ -150,28 +156,20 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		return l.failure(req.Context(), err)
 	}
 	defer events.Close()
-	if api.WantsEventStream(req) {
-		relayEvents(api.NewSSEWriter(w), events, api.EventExit)
+	if stream {
+		relayExec(api.NewSSEWriter(w), events)
 		return nil
 	}
-	res, err := collectResult(events)
+	out := r.newOutput(body.MaxOutputBytes)
+	defer out.close()
+	res, err := collectResult(events, out)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
 	if res.SessionEnded {
 		r.ops.events.publish(api.EventSessionEnded, l.rec.ID, "session", res.SessionID, "reason", "its shell exited")
 	}
-	api.WriteJSON(w, http.StatusOK, res)
-	return nil
-}
-
-// nextExecEvent reads the next event of an exec's stream.
-func nextExecEvent(events *eventStream) (*api.ExecEvent, error) {
-	var ev api.ExecEvent
-	if _, err := events.NextJSON(&ev); err != nil {
-		return nil, streamError(err)
-	}
-	return &ev, nil
+	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
 }
 
 // streamError is the error of an agent's stream that ended before its last event: the agent's
@@ -184,52 +182,51 @@ func streamError(err error) error {
 	return api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)
 }
 
-// output gathers a command's stdout and stderr, each up to maxExecOutput.
-type output struct {
-	stdout, stderr []byte
-	truncated      bool
-}
-
-// add appends one output event's data to its stream.
-func (o *output) add(stream, data, encoding string) error {
-	b, err := api.DecodeData(data, encoding)
-	if err != nil {
-		return fmt.Errorf("decode %s event: %w", stream, err)
-	}
-	buf := &o.stdout
-	if stream == api.EventStderr {
-		buf = &o.stderr
-	}
-	if room := maxExecOutput - len(*buf); len(b) > room {
-		b, o.truncated = b[:room], true
-	}
-	*buf = append(*buf, b...)
-	return nil
-}
-
-// collectResult gathers a whole exec into one result.
-func collectResult(events *eventStream) (*api.ExecResult, error) {
-	var out output
+// collectResult gathers a whole exec from the agent's frames: its output into out, and its
+// result, whose Stdout and Stderr stay empty (they are written from out).
+func collectResult(events *eventStream, out *output) (*api.ExecResult, error) {
 	for {
-		ev, err := nextExecEvent(events)
+		name, data, err := events.Next()
 		if err != nil {
-			return nil, err
+			return nil, streamError(err)
 		}
-		switch ev.Type {
+		switch name {
 		case api.EventStdout, api.EventStderr:
-			if err := out.add(ev.Type, ev.Data, ev.Encoding); err != nil {
+			if err := out.write(name, data); err != nil {
 				return nil, err
 			}
 		case api.EventExit:
-			if ev.Result == nil {
-				return nil, fmt.Errorf("exit event without a result")
+			var ev api.ExecEvent
+			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
+				return nil, fmt.Errorf("exit event without a result: %q", data)
 			}
-			res := api.NewExecResult(ev.Result.ExitCode, out.stdout, out.stderr)
-			res.TimedOut, res.Canceled, res.DurationMs = ev.Result.TimedOut, ev.Result.Canceled, ev.Result.DurationMs
-			res.SessionID, res.SessionEnded, res.SessionReset = ev.Result.SessionID, ev.Result.SessionEnded, ev.Result.SessionReset
-			res.OOMKilled = ev.Result.OOMKilled
-			res.Truncated = out.truncated
+			res := *ev.Result
+			res.Stdout, res.Stderr = "", ""
+			res.StdoutEncoding, res.StderrEncoding = out.stdout.encoding(), out.stderr.encoding()
+			res.StdoutTruncated = res.StdoutTruncated || out.stdout.limit.Truncated
+			res.StderrTruncated = res.StderrTruncated || out.stderr.limit.Truncated
+			res.Truncated = res.StdoutTruncated || res.StderrTruncated
 			return &res, nil
+		}
+	}
+}
+
+// relayExec streams an exec's frames to the client as Server-Sent Events as they come: output
+// chunks encoded as ExecEvents, every other event as it is (see relayEvents).
+func relayExec(out *api.SSEWriter, events *eventStream) {
+	var buf []byte
+	for {
+		name, data, err := events.Next()
+		if err != nil {
+			_ = out.SendError(streamError(err))
+			return
+		}
+		if name == api.EventStdout || name == api.EventStderr {
+			buf = api.AppendOutputEvent(buf[:0], name, data)
+			data = buf
+		}
+		if out.SendRaw(name, data) != nil || name == api.EventExit {
+			return
 		}
 	}
 }
@@ -265,7 +262,7 @@ func relayEvents(out *api.SSEWriter, events *eventStream, last string) {
 			_ = out.SendError(streamError(err))
 			return
 		}
-		if out.Send(name, json.RawMessage(data)) != nil || name == last {
+		if out.SendRaw(name, data) != nil || name == last {
 			return
 		}
 	}

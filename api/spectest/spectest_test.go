@@ -170,7 +170,7 @@ func TestValidResponses(t *testing.T) {
 	timedOut := result(124, []byte("partial"), nil)
 	timedOut.TimedOut, timedOut.DurationMs = true, 1000
 	truncated := result(0, []byte{0xff, 0, 'x'}, []byte("ok"))
-	truncated.Truncated = true
+	truncated.StdoutTruncated, truncated.Truncated = true, true
 	reset := sessionResult("build", func(r *api.ExecResult) { r.ExitCode, r.TimedOut, r.SessionReset = 124, true, true })
 	ended := sessionResult("default", func(r *api.ExecResult) { r.ExitCode, r.SessionEnded = 3, true })
 	canceled := sessionResult("s-101112.131415", func(r *api.ExecResult) { r.ExitCode, r.Canceled = 130, true })
@@ -336,7 +336,7 @@ func TestRejects(t *testing.T) {
 		{"array item", "GET", "/v1/sandboxes", 200, []byte(`[` + string(wire(t, sb)) + `, 7]`), "$[1]"},
 		{"object for array", "GET", "/v1/sandboxes", 200, wire(t, sb), "want array"},
 		{"null", "GET", "/v1/sandboxes/{id}", 200, []byte("null"), "want object"},
-		{"bad encoding enum", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["encoding"] = "latin1" }), "$.encoding"},
+		{"bad encoding enum", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["stderrEncoding"] = "latin1" }), "$.stderrEncoding"},
 		{"wrong boolean", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { m["timedOut"] = "false" }), "$.timedOut"},
 		{"missing stdout", "POST", "/v1/sandboxes/{id}/exec", 200, mutate(t, res, func(m map[string]any) { delete(m, "stdout") }), `"stdout"`},
 		{"missing sessionReset", "POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", 200, mutate(t, res, func(m map[string]any) { delete(m, "sessionReset") }), `"sessionReset"`},
@@ -375,7 +375,7 @@ func TestValidateSchema(t *testing.T) {
 		{"CreateSandboxRequest", api.CreateSandboxRequest{Limits: api.Limits{DiskMB: 512}, Workspace: &api.Workspace{HostPath: "/src", Mode: api.WorkspaceRW},
 			Mounts: []api.Mount{{Source: "/data", Target: "/data", ReadOnly: true}}}},
 		{"ExecRequest", api.ExecRequest{Argv: []string{"ls", "-l"}, Env: map[string]string{"X": "1"}, Cwd: "/tmp"}},
-		{"ExecRequest", api.ExecRequest{Command: "cat", Stdin: "aGk=", StdinEncoding: api.EncodingBase64, TimeoutMs: 500}},
+		{"ExecRequest", api.ExecRequest{Command: "cat", Stdin: "aGk=", StdinEncoding: api.EncodingBase64, TimeoutMs: 500, MaxOutputBytes: 1 << 20}},
 		{"ExecRequest", api.ExecRequest{Command: "cd /tmp", SessionID: "build.1_x-y", KillOnDisconnect: true}},
 		{"CreateSessionRequest", api.CreateSessionRequest{}},
 		{"CreateSessionRequest", api.CreateSessionRequest{ID: "Build.1", Shell: "/bin/sh", User: "1000", Cwd: "/tmp", Env: map[string]string{"_A1": "x"}}},

@@ -45,7 +45,7 @@ func output(stream, data string) event {
 
 // exit is the exit event as the agent sends it: the result without output.
 func exit(sid string, f func(r *api.ExecResult)) event {
-	r := &api.ExecResult{Encoding: api.EncodingUTF8, DurationMs: 3, SessionID: sid}
+	r := &api.ExecResult{StdoutEncoding: api.EncodingUTF8, StderrEncoding: api.EncodingUTF8, DurationMs: 3, SessionID: sid}
 	if f != nil {
 		f(r)
 	}

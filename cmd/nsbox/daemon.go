@@ -40,6 +40,7 @@ func daemonCommand() *cli.Command {
 			&cli.Int64Flag{Name: "default-pids", Value: 1024, Usage: "process limit of a sandbox that asks for none"},
 			&cli.Int64Flag{Name: "default-disk", Value: 10240, Usage: "disk (MB; a sparse ext4 of its own) of a sandbox that asks for none (0: such sandboxes write to the data dir's file system unbounded)"},
 			&cli.Int64Flag{Name: "max-disk", Usage: "largest disk (MB) a create may ask for (default: the size of the data dir's file system)"},
+			&cli.Int64Flag{Name: "max-exec-output", Value: nsbox.DefaultMaxExecOutput >> 20, Usage: "most an exec answered as one JSON document keeps of each of stdout and stderr (MiB; what a call's maxOutputBytes may ask for; streamed output has no bound)"},
 			&cli.BoolFlag{Name: "seccomp", Value: true, Usage: "apply nsbox's seccomp profile to sandboxes"},
 			&cli.BoolFlag{Name: "userns", Value: true, Usage: "give every sandbox a user namespace of its own (false: root in a sandbox is the host's root)"},
 			&cli.StringSliceFlag{Name: "allow-cap", Usage: "capability (e.g. NET_RAW) beyond the default set that a create may ask for (repeatable)"},
@@ -101,6 +102,9 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if n := c.Int64("max-exec-output"); n < 1 || n > 1<<20 {
+		return fmt.Errorf("--max-exec-output must be 1 to %d (MiB), not %d", 1<<20, n)
+	}
 	var userns nsbox.IDRange
 	if c.Bool("userns") {
 		if userns, err = nsbox.ParseIDRange(c.String("userns-range")); err != nil {
@@ -140,6 +144,7 @@ func runDaemon(c *cli.Context) error {
 		DefaultPids:         c.Int64("default-pids"),
 		DefaultDiskMB:       c.Int64("default-disk"),
 		MaxDiskMB:           c.Int64("max-disk"),
+		MaxExecOutput:       c.Int64("max-exec-output") << 20,
 		WarmPool:            pool,
 		UserNS:              userns,
 		AllowedCapabilities: caps,

@@ -182,6 +182,9 @@ func (d *testDaemon) cleanup() {
 			t.Errorf("cleanup: remove %s: %v", sb.ID, err)
 		}
 	}
+	for _, f := range d.openSpoolFiles() {
+		t.Errorf("leaked: the daemon holds spooled output open: %s", f)
+	}
 	d.stop()
 	if t.Failed() {
 		t.Logf("daemon log:\n%s", d.log)
@@ -313,6 +316,29 @@ func (d *testDaemon) leftovers() []leftover {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
 			out = append(out, leftover{e.Name(), "state " + filepath.Join(dir, e.Name())})
+		}
+	}
+	spooled, _ := os.ReadDir(d.spoolDir())
+	for _, e := range spooled {
+		out = append(out, leftover{"", "spool file " + filepath.Join(d.spoolDir(), e.Name())})
+	}
+	return out
+}
+
+// spoolDir is where the daemon spools exec output for JSON answers (nsbox/output.go).
+func (d *testDaemon) spoolDir() string { return filepath.Join(d.dataDir, "spool") }
+
+// openSpoolFiles lists the spool files the running daemon holds open (unlinked, they show only
+// there).
+func (d *testDaemon) openSpoolFiles() []string {
+	var out []string
+	if d.cmd == nil {
+		return nil
+	}
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", d.cmd.Process.Pid))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil && strings.HasPrefix(target, d.spoolDir()+"/") {
+			out = append(out, target)
 		}
 	}
 	return out

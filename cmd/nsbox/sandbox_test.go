@@ -239,13 +239,13 @@ func TestExecOutputIsByteExact(t *testing.T) {
 	}
 	res := d.exec("bytes", api.ExecRequest{Argv: []string{"cat"}, Stdin: base64.StdEncoding.EncodeToString(all), StdinEncoding: "base64"})
 	stdout, _, err := res.Output()
-	if err != nil || string(stdout) != string(all) || res.Encoding != api.EncodingBase64 {
-		t.Fatalf("256 byte values through cat: %v encoding %s, got %q", err, res.Encoding, stdout)
+	if err != nil || string(stdout) != string(all) || res.StdoutEncoding != api.EncodingBase64 || res.StderrEncoding != api.EncodingUTF8 {
+		t.Fatalf("256 byte values through cat: %v encodings %s %s, got %q", err, res.StdoutEncoding, res.StderrEncoding, stdout)
 	}
 	res = d.exec("bytes", api.ExecRequest{Command: `printf 'a\0b\r\nno newline'; printf 'err\n' >&2`})
 	stdout, stderr, _ := res.Output()
-	if string(stdout) != "a\x00b\r\nno newline" || string(stderr) != "err\n" || res.Encoding != api.EncodingUTF8 {
-		t.Fatalf("NUL, CR and a missing newline: %q %q %s", stdout, stderr, res.Encoding)
+	if string(stdout) != "a\x00b\r\nno newline" || string(stderr) != "err\n" || res.StdoutEncoding != api.EncodingUTF8 || res.StderrEncoding != api.EncodingUTF8 {
+		t.Fatalf("NUL, CR and a missing newline: %q %q %s %s", stdout, stderr, res.StdoutEncoding, res.StderrEncoding)
 	}
 	// A background job does not hold the exec open.
 	start := time.Now()
@@ -405,15 +405,21 @@ func TestAgentDeathIsNoticed(t *testing.T) {
 // TestExecOutputIsCappedWithoutStreaming: an exec answered as one JSON document keeps at most
 // 16 MiB of each stream and says it truncated (issue 11: 100 MB of output took the daemon to
 // 615 MB); streamed, the same command delivers all of it.
+// TestExecOutputIsCappedWithoutStreaming: a JSON answer keeps by default what the daemon's
+// --max-exec-output allows (here 16 MiB, below the 128 MiB default); a streamed exec has no
+// bound.
 func TestExecOutputIsCappedWithoutStreaming(t *testing.T) {
-	d := startDaemon(t)
+	d := startDaemon(t, "--max-exec-output", "16")
 	d.create(api.CreateSandboxRequest{ID: "big", Image: "busybox"})
 	cmd := "head -c 20000000 /dev/zero | tr '\\0' a; head -c 100 /dev/zero | tr '\\0' b >&2"
 	res := d.exec("big", api.ExecRequest{Command: cmd})
 	stdout, stderr, err := res.Output()
-	if err != nil || len(stdout) != 16<<20 || string(stderr) != strings.Repeat("b", 100) || !res.Truncated || res.ExitCode != 0 {
-		t.Fatalf("capped exec: %d bytes out, %q err, truncated %v, exit %d, %v", len(stdout), stderr, res.Truncated, res.ExitCode, err)
+	if err != nil || len(stdout) != 16<<20 || string(stderr) != strings.Repeat("b", 100) || !res.Truncated ||
+		!res.StdoutTruncated || res.StderrTruncated || res.ExitCode != 0 {
+		t.Fatalf("capped exec: %d bytes out, %q err, truncated %v/%v/%v, exit %d, %v", len(stdout), stderr,
+			res.Truncated, res.StdoutTruncated, res.StderrTruncated, res.ExitCode, err)
 	}
+	d.expectError("POST", "/v1/sandboxes/big/exec", api.ExecRequest{Command: "true", MaxOutputBytes: 16<<20 + 1}, 400, api.CodeInvalidArgument)
 	n := 0
 	_, err = d.client.ExecStream(context.Background(), "big", api.ExecRequest{Command: cmd}, func(ev api.ExecEvent) error {
 		if ev.Type == api.EventStdout {

@@ -101,10 +101,7 @@ type footprint struct {
 	rssMB   float64
 }
 
-var (
-	threadsLine = regexp.MustCompile(`(?m)^Threads:\s+(\d+)$`)
-	rssLine     = regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB$`)
-)
+var threadsLine = regexp.MustCompile(`(?m)^Threads:\s+(\d+)$`)
 
 // footprintOf reads a process's threads and RSS from /proc/<pid>/status.
 func footprintOf(pid int) (footprint, error) {
@@ -112,13 +109,13 @@ func footprintOf(pid int) (footprint, error) {
 	if err != nil {
 		return footprint{}, fmt.Errorf("read status of pid %d: %w", pid, err)
 	}
-	threads, rss := threadsLine.FindSubmatch(data), rssLine.FindSubmatch(data)
-	if threads == nil || rss == nil {
-		return footprint{}, fmt.Errorf("no Threads or VmRSS in /proc/%d/status", pid)
+	threads := threadsLine.FindSubmatch(data)
+	if threads == nil {
+		return footprint{}, fmt.Errorf("no Threads in /proc/%d/status", pid)
 	}
 	var f footprint
 	f.threads, _ = strconv.Atoi(string(threads[1]))
-	kb, _ := strconv.ParseFloat(string(rss[1]), 64)
+	kb, err := statusKB(pid, "VmRSS")
 	f.rssMB = kb / 1024
-	return f, nil
+	return f, err
 }

@@ -20,6 +20,8 @@
 //     per-path rules (permissions.go);
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
 //     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
+//   - output: 100 MiB of a command's output through the exec API (one JSON answer, and
+//     streamed) versus `cat` of the same file inside the sandbox, and the daemon's RSS (output.go).
 //   - network: exposing and unexposing a port, create with a network versus mode none, and
 //     HTTP requests per second through an exposed host port versus straight to the sandbox,
 //     and the API's p99 without and with 10,000 idle connections to the preview proxy (proxyload.go).
@@ -113,7 +115,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "network", "images", "burst", "stats", "density"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "output", "network", "images", "burst", "stats", "density"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -175,6 +177,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["files"] {
 		if err := b.filesSection(ctx, o.n); err != nil {
 			return fmt.Errorf("files: %w", err)
+		}
+	}
+	if o.sections["output"] {
+		if err := b.outputSection(ctx, o.n); err != nil {
+			return fmt.Errorf("output: %w", err)
 		}
 	}
 	if o.sections["network"] {

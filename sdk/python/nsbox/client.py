@@ -118,9 +118,11 @@ class _Runner:
         raise NotImplementedError
 
     def _exec_body(self, cmd: Command, session_id: Optional[str], env: Optional[Mapping[str, str]], cwd: Optional[str],
-                   stdin: Union[None, str, bytes], timeout_ms: Optional[int], kill_on_disconnect: Optional[bool]) -> tuple:
+                   stdin: Union[None, str, bytes], timeout_ms: Optional[int], kill_on_disconnect: Optional[bool],
+                   max_output_bytes: Optional[int]) -> tuple:
         route, params, session_in_body = self._exec_route(session_id)
-        body = {**_command(cmd), **_wire(env=env, cwd=cwd, timeout_ms=timeout_ms, kill_on_disconnect=kill_on_disconnect)}
+        body = {**_command(cmd), **_wire(env=env, cwd=cwd, timeout_ms=timeout_ms, kill_on_disconnect=kill_on_disconnect,
+                                         max_output_bytes=max_output_bytes)}
         if session_in_body:
             body["sessionId"] = session_in_body
         if isinstance(stdin, bytes):
@@ -130,22 +132,28 @@ class _Runner:
         return route, params, body
 
     def exec(self, cmd: Command, *, session_id: Optional[str] = None, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
-             stdin: Union[None, str, bytes] = None, timeout_ms: Optional[int] = None, kill_on_disconnect: bool = True) -> ExecResult:
+             stdin: Union[None, str, bytes] = None, timeout_ms: Optional[int] = None, kill_on_disconnect: bool = True,
+             max_output_bytes: Optional[int] = None) -> ExecResult:
         """Runs a command (a shell string, or an argv list) and returns its result. A command
         that runs past ``timeout_ms`` is stopped: ``result.timed_out``. A call that is
         interrupted (KeyboardInterrupt, the transport's timeout) closes its connection, which
         kills the command so that the session's next command does not wait behind it; with
-        ``kill_on_disconnect=False`` it runs to its end instead."""
-        route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect)
+        ``kill_on_disconnect=False`` it runs to its end instead. Each of stdout and stderr keeps
+        at most ``max_output_bytes`` (default 128 MiB): ``result.stdout_truncated``,
+        ``result.stderr_truncated`` say whether more was dropped."""
+        route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
+                                              max_output_bytes)
         return ExecResult.from_wire(self._t.call("POST", route, params, json_body=body))
 
     def exec_stream(self, cmd: Command, *, session_id: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
                     cwd: Optional[str] = None, stdin: Union[None, str, bytes] = None, timeout_ms: Optional[int] = None,
-                    kill_on_disconnect: bool = True) -> "ExecStream":
+                    kill_on_disconnect: bool = True, max_output_bytes: Optional[int] = None) -> "ExecStream":
         """Runs a command and yields its events as they come ("start", "stdout", "stderr", then
         "exit" carrying ``.result``). Closing the stream early kills the command, unless
-        ``kill_on_disconnect=False``: then it runs to its end."""
-        route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect)
+        ``kill_on_disconnect=False``: then it runs to its end. The output has no bound unless
+        ``max_output_bytes`` (per stream) is given."""
+        route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
+                                              max_output_bytes)
         return ExecStream(self._t.events("POST", route, params, json_body=body))
 
 

@@ -77,13 +77,20 @@ class SessionInfo(Model):
 
 @dataclass
 class ExecResult(Model):
-    """A finished command: ``stdout`` and ``stderr`` as bytes (``stdout_text``/``stderr_text`` as text)."""
+    """A finished command: ``stdout`` and ``stderr`` as bytes (``stdout_text``/``stderr_text`` as
+    text), each decoded from its own wire encoding (``stdout_encoding``, ``stderr_encoding``:
+    "utf-8" or "base64"). ``stdout_truncated``/``stderr_truncated``: that stream had more than
+    the exec's ``max_output_bytes`` and was cut; ``truncated`` is either."""
 
     exit_code: int = 0
     stdout: bytes = b""
     stderr: bytes = b""
+    stdout_encoding: str = "utf-8"
+    stderr_encoding: str = "utf-8"
     timed_out: bool = False
     canceled: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
     truncated: bool = False
     duration_ms: int = 0
     session_id: str = ""
@@ -94,9 +101,8 @@ class ExecResult(Model):
     @classmethod
     def from_wire(cls, d: Optional[Dict[str, Any]]) -> "ExecResult":
         r = super().from_wire(d)
-        enc = r.raw.get("encoding")
-        r.stdout = decode_data(r.raw.get("stdout", ""), enc)
-        r.stderr = decode_data(r.raw.get("stderr", ""), enc)
+        r.stdout = decode_data(r.raw.get("stdout", ""), r.stdout_encoding)
+        r.stderr = decode_data(r.raw.get("stderr", ""), r.stderr_encoding)
         return r
 
     @property

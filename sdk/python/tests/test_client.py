@@ -39,8 +39,13 @@ class SandboxTest(unittest.TestCase):
         self.assertEqual((res.stdout, res.stderr, res.exit_code, res.timed_out), (b"out\n", b"err\n", 3, False))
         self.assertEqual(res.stdout_text, "out\n")
         self.assertEqual(self.sb.exec(["printf", "%s", "a b"]).text, "a b")
-        binary = self.sb.exec("printf '\\377\\000'")
+        binary = self.sb.exec("printf '\\377\\000'; echo text >&2")
         self.assertEqual(binary.stdout, b"\xff\x00")
+        # Each stream in its own encoding: binary stdout, text stderr.
+        self.assertEqual((binary.stdout_encoding, binary.stderr_encoding, binary.stderr), ("base64", "utf-8", b"text\n"))
+        capped = self.sb.exec("printf 0123456789; printf ab >&2", max_output_bytes=4)
+        self.assertEqual((capped.stdout, capped.stderr), (b"0123", b"ab"))
+        self.assertEqual((capped.stdout_truncated, capped.stderr_truncated, capped.truncated), (True, False, True))
         self.assertEqual(self.sb.exec("cat", stdin=b"\x00\x01raw").stdout, b"\x00\x01raw")
         self.assertEqual(self.sb.exec("echo $X; pwd", env={"X": "1"}, cwd="/tmp").text, "1\n/tmp\n")
 
@@ -58,6 +63,9 @@ class SandboxTest(unittest.TestCase):
         self.assertEqual(events[-1].type, "exit")
         self.assertEqual(events[-1].result.exit_code, 4)
         self.assertEqual(stream.result.exit_code, 4)
+        capped = self.sb.exec_stream("printf 0123456789", max_output_bytes=4)
+        self.assertEqual(b"".join(e.data for e in capped if e.type == "stdout"), b"0123")
+        self.assertTrue(capped.result.stdout_truncated)
 
     def test_errors(self):
         with self.assertRaises(nsbox.NotFound) as cm:

@@ -41,7 +41,10 @@ type WireExecResult = S["ExecResult"];
 /** A command: a shell string, or an argv array. */
 export type Command = string | string[];
 
-/** A finished command; stdout and stderr as text (and bytes, for binary output). */
+/**
+ * A finished command; stdout and stderr as text (and bytes, for binary output), each decoded
+ * from its own wire encoding (raw.stdoutEncoding, raw.stderrEncoding).
+ */
 export interface ExecResult {
   exitCode: number;
   success: boolean;
@@ -51,6 +54,11 @@ export interface ExecResult {
   stderrBytes: Buffer;
   timedOut: boolean;
   canceled: boolean;
+  /** stdout had more than maxOutputBytes and was cut. */
+  stdoutTruncated: boolean;
+  /** stderr had more than maxOutputBytes and was cut. */
+  stderrTruncated: boolean;
+  /** Either stream was cut. */
   truncated: boolean;
   durationMs: number;
   sessionId: string;
@@ -82,6 +90,8 @@ export interface ExecOptions {
   killOnDisconnect?: boolean;
   /** The session to run in (default: the sandbox's "default" session). */
   sessionId?: string;
+  /** The most bytes kept of each of stdout and stderr (default 128 MiB for exec; none for execStream). */
+  maxOutputBytes?: number;
 }
 
 function decode(data: string | undefined, encoding: string | undefined): Buffer {
@@ -89,11 +99,12 @@ function decode(data: string | undefined, encoding: string | undefined): Buffer 
 }
 
 function execResult(r: WireExecResult): ExecResult {
-  const stdoutBytes = decode(r.stdout, r.encoding);
-  const stderrBytes = decode(r.stderr, r.encoding);
+  const stdoutBytes = decode(r.stdout, r.stdoutEncoding);
+  const stderrBytes = decode(r.stderr, r.stderrEncoding);
   return {
     exitCode: r.exitCode, success: r.exitCode === 0 && !r.timedOut, stdout: stdoutBytes.toString("utf8"),
     stderr: stderrBytes.toString("utf8"), stdoutBytes, stderrBytes, timedOut: r.timedOut, canceled: r.canceled,
+    stdoutTruncated: r.stdoutTruncated, stderrTruncated: r.stderrTruncated,
     truncated: r.truncated, durationMs: r.durationMs, sessionId: r.sessionId, oomKilled: r.oomKilled ?? false, raw: r,
   };
 }
@@ -105,7 +116,7 @@ function command(cmd: Command): { command?: string; argv?: string[] } {
 }
 
 function execBody(cmd: Command, o: ExecOptions): Record<string, unknown> {
-  const body: Record<string, unknown> = { ...command(cmd), env: o.env, cwd: o.cwd, timeoutMs: o.timeout, killOnDisconnect: o.killOnDisconnect ?? true };
+  const body: Record<string, unknown> = { ...command(cmd), env: o.env, cwd: o.cwd, timeoutMs: o.timeout, killOnDisconnect: o.killOnDisconnect ?? true, maxOutputBytes: o.maxOutputBytes };
   if (typeof o.stdin === "string") body.stdin = o.stdin;
   else if (o.stdin) Object.assign(body, { stdin: Buffer.from(o.stdin).toString("base64"), stdinEncoding: "base64" });
   return body;

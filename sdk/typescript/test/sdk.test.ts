@@ -30,7 +30,12 @@ test("exec", { skip }, async () => {
   const r = await sb.exec("echo out; echo err >&2; exit 3");
   assert.deepEqual([r.stdout, r.stderr, r.exitCode, r.success, r.timedOut], ["out\n", "err\n", 3, false, false]);
   assert.equal((await sb.exec(["printf", "%s", "a b"])).stdout, "a b");
-  assert.deepEqual([...(await sb.exec("printf '\\377\\000'")).stdoutBytes], [0xff, 0]);
+  const mixed = await sb.exec("printf '\\377\\000'; echo text >&2");
+  assert.deepEqual([...mixed.stdoutBytes], [0xff, 0]);
+  // Each stream in its own encoding: binary stdout, text stderr.
+  assert.deepEqual([mixed.raw.stdoutEncoding, mixed.raw.stderrEncoding, mixed.stderr], ["base64", "utf-8", "text\n"]);
+  const capped = await sb.exec("printf 0123456789; printf ab >&2", { maxOutputBytes: 4 });
+  assert.deepEqual([capped.stdout, capped.stderr, capped.stdoutTruncated, capped.stderrTruncated, capped.truncated], ["0123", "ab", true, false, true]);
   assert.equal((await sb.exec("cat", { stdin: new Uint8Array([0, 1]) })).stdoutBytes.length, 2);
   assert.equal((await sb.exec("echo $X; pwd", { env: { X: "1" }, cwd: "/tmp" })).stdout, "1\n/tmp\n");
   assert.equal((await sb.exec("sleep 30", { timeout: 300 })).timedOut, true);

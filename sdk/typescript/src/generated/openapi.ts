@@ -1030,7 +1030,7 @@ export interface paths {
         put?: never;
         /**
          * Run code in a context
-         * @description Runs `code` as one cell in the context's interpreter. Python: the value of a last expression statement is a result; `display(value)` adds one; open matplotlib figures become `image/png` results. JavaScript: the completion value (awaited when it is a promise) is a result; `display(value)` adds one. Results are MIME bundles: `text/plain` always, `text/html`, `text/markdown`, `image/svg+xml`, `image/png` and `image/jpeg` (base64) from the value's `_repr_*_` methods, `application/json` for JSON-able dicts, lists and plain objects. An exception ends the run with `error` and the context goes on. With `timeoutMs` the run is interrupted (KeyboardInterrupt in Python; the vm's timeout in JavaScript) and keeps its state; an interpreter that has not come back 2 s later is started anew (`restarted`, state lost). A run goes on to its end when its client leaves. Output is kept up to 16 MiB per stream without streaming; with `Accept: text/event-stream` the events stream as they come: `stdout`/`stderr` chunks, `result`s, an `exception`, then `end` with the run's result (empty `stdout`/`stderr`).
+         * @description Runs `code` as one cell in the context's interpreter. Python: the value of a last expression statement is a result; `display(value)` adds one; open matplotlib figures become `image/png` results. JavaScript: the completion value (awaited when it is a promise) is a result; `display(value)` adds one. Results are MIME bundles: `text/plain` always, `text/html`, `text/markdown`, `image/svg+xml`, `image/png` and `image/jpeg` (base64) from the value's `_repr_*_` methods, `application/json` for JSON-able dicts, lists and plain objects. An exception ends the run with `error` and the context goes on. With `timeoutMs` the run is interrupted (KeyboardInterrupt in Python; the vm's timeout in JavaScript) and keeps its state; an interpreter that has not come back 2 s later is started anew (`restarted`, state lost). A run goes on to its end when its client leaves. Output is kept up to 128 MiB per stream without streaming (the rest is dropped and `truncated` says so; the daemon spools it on its disk meanwhile, as for an exec); with `Accept: text/event-stream` the events stream as they come: `stdout`/`stderr` chunks, `result`s, an `exception`, then `end` with the run's result (empty `stdout`/`stderr`).
          */
         post: operations["runCode"];
         delete?: never;
@@ -1461,25 +1461,39 @@ export interface components {
              * @default false
              */
             killOnDisconnect: boolean;
+            /**
+             * @description The most bytes kept of each of stdout and stderr; the rest is read (the command never blocks on it) and dropped, and the result says which stream was cut (`stdoutTruncated`, `stderrTruncated`). A stream is cut before a UTF-8 character that would not fit whole, so text stays text. Absent or 0: 134217728 (128 MiB) for an answer as one ExecResult, no bound for a stream of events (`Accept: text/event-stream`). For one ExecResult the daemon spools output beyond 1 MiB per stream to an unlinked file in its data dir until the command has ended, so its memory stays bounded whatever the size; more than the daemon's maximum (`nsbox daemon --max-exec-output`, 1024 MiB by default) answers 400, and a host disk too full for the spool answers 507 (`insufficient_storage`). Negative answers 400.
+             * @default 134217728
+             */
+            maxOutputBytes: number;
         };
-        /** @description How a command ended and what it wrote. Output is carried byte-exactly: when stdout and stderr are both valid UTF-8 they are plain JSON strings (NUL and control bytes escaped by JSON) and `encoding` is `utf-8`; otherwise both are standard padded base64 and `encoding` is `base64`. The two streams always share one encoding. In the `exit` event of a stream, `stdout` and `stderr` are empty: the output came in the `stdout` and `stderr` events. */
+        /** @description How a command ended and what it wrote. Output is carried byte-exactly, each stream in its own encoding: a stream that is valid UTF-8 is a plain JSON string (NUL and control bytes escaped by JSON) and its encoding (`stdoutEncoding`, `stderrEncoding`) is `utf-8`; otherwise it is standard padded base64 and its encoding is `base64`. In the `exit` event of a stream, `stdout` and `stderr` are empty (both encodings `utf-8`): the output came in the `stdout` and `stderr` events. */
         ExecResult: {
             /** @description The command's exit status as its shell reports it (`$?`): 0-255 when it exited, 128+N when signal N killed it, 127 when the program does not exist and 126 when it cannot be executed (with the shell's message on stderr), 124 when `timeoutMs` expired, 130 when it was canceled. When the command ended the shell (`sessionEnded`), the shell's exit status. */
             exitCode: number;
-            /** @description What the command wrote to standard output, encoded as `encoding` says; empty in the `exit` event of a stream. */
+            /** @description What the command wrote to standard output (up to `maxOutputBytes`), encoded as `stdoutEncoding` says; empty in the `exit` event of a stream. */
             stdout: string;
-            /** @description What the command wrote to standard error, encoded as `encoding` says; empty in the `exit` event of a stream. */
+            /** @description What the command wrote to standard error (up to `maxOutputBytes`), encoded as `stderrEncoding` says; empty in the `exit` event of a stream. */
             stderr: string;
             /**
-             * @description The encoding of both stdout and stderr.
+             * @description The encoding of `stdout`: `utf-8` when what the command wrote there is valid UTF-8, else `base64`.
              * @enum {string}
              */
-            encoding: "utf-8" | "base64";
+            stdoutEncoding: "utf-8" | "base64";
+            /**
+             * @description The encoding of `stderr`: `utf-8` when what the command wrote there is valid UTF-8, else `base64`.
+             * @enum {string}
+             */
+            stderrEncoding: "utf-8" | "base64";
             /** @description True when `timeoutMs` expired and the command was killed. */
             timedOut: boolean;
             /** @description True when the command was canceled: by `POST .../cancel`, by its client disconnecting with `killOnDisconnect`, or by its session being deleted. */
             canceled: boolean;
-            /** @description True when a stream exceeded 16 MiB in a JSON answer: the first 16 MiB of each stream are kept and the rest is read and dropped (the daemon's memory per call stays bounded). Ask for `text/event-stream` to get all of it. Always false in the `exit` event of a stream, which has no bound. */
+            /** @description True when `stdout` had more than `maxOutputBytes`: `stdout` holds its first bytes (at most that many) and the rest was read and dropped. In the `exit` event of a stream, true only when the request named a `maxOutputBytes` and the stream's events stopped there. */
+            stdoutTruncated: boolean;
+            /** @description True when `stderr` had more than `maxOutputBytes`: `stderr` holds its first bytes (at most that many) and the rest was read and dropped. In the `exit` event of a stream, true only when the request named a `maxOutputBytes` and the stream's events stopped there. */
+            stderrTruncated: boolean;
+            /** @description `stdoutTruncated` or `stderrTruncated`. */
             truncated: boolean;
             /** @description Wall-clock milliseconds from the command's start (after it waited for its turn) to its end. */
             durationMs: number;
@@ -2114,7 +2128,10 @@ export interface components {
         RunCodeResult: {
             stdout: string;
             stderr: string;
-            /** @enum {string} */
+            /**
+             * @description The encoding of both `stdout` and `stderr`: `utf-8` when both are valid UTF-8, else `base64` for both.
+             * @enum {string}
+             */
             encoding: "utf-8" | "base64";
             results: {
                 [key: string]: unknown;
@@ -2124,6 +2141,7 @@ export interface components {
             timedOut: boolean;
             /** @description The interpreter was started anew: the context's state is gone. */
             restarted: boolean;
+            /** @description True when a stream had more than 128 MiB (at most the daemon's `--max-exec-output`): its first bytes are kept, the rest was dropped. Always false in the `end` event of a stream. */
             truncated: boolean;
         };
         CodeEvent: {

@@ -1,0 +1,196 @@
+package api
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"unicode/utf8"
+)
+
+// Frames are how the agent streams an exec to the daemon: the same events as the API's
+// Server-Sent Events (start, stdout, stderr, exit, error), but an output event's payload is
+// the output's raw bytes, so that neither side encodes, escapes or parses them on the way
+// (the daemon encodes them once, for its client). Every other event's payload is the JSON
+// its SSE data would be. A frame is: the event name's length (1 byte), the name, the
+// payload's length (4 bytes, big-endian), the payload.
+
+// EventFrames is the media type of a stream of frames.
+const EventFrames = "application/x-nsbox-frames"
+
+// maxFrame bounds one frame's payload.
+const maxFrame = 16 << 20
+
+// FrameWriter writes frames, each one flushed at once, from any goroutine. The first frame
+// sends the 200 header.
+type FrameWriter struct {
+	mu      sync.Mutex
+	w       http.ResponseWriter
+	started bool
+	failed  error
+}
+
+// NewFrameWriter returns a writer of frames to w.
+func NewFrameWriter(w http.ResponseWriter) *FrameWriter { return &FrameWriter{w: w} }
+
+// Send writes one frame. After the client went away every send fails (with the first error).
+func (f *FrameWriter) Send(event string, payload []byte) error {
+	if len(event) > 255 || len(payload) > maxFrame {
+		return fmt.Errorf("frame %s of %d bytes is too large", event, len(payload))
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failed != nil {
+		return f.failed
+	}
+	if !f.started {
+		f.started = true
+		f.w.Header().Set("Content-Type", EventFrames)
+		f.w.WriteHeader(http.StatusOK)
+	}
+	head := make([]byte, 0, 1+len(event)+4)
+	head = append(append(append(head, byte(len(event))), event...), 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(head[len(head)-4:], uint32(len(payload)))
+	if _, err := f.w.Write(head); err != nil {
+		f.failed = err
+		return err
+	}
+	if _, err := f.w.Write(payload); err != nil {
+		f.failed = err
+		return err
+	}
+	if err := http.NewResponseController(f.w).Flush(); err != nil {
+		f.failed = err
+	}
+	return f.failed
+}
+
+// SendJSON writes one frame whose payload is v as JSON.
+func (f *FrameWriter) SendJSON(event string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s event: %w", event, err)
+	}
+	return f.Send(event, data)
+}
+
+// SendError ends a stream with an "error" frame carrying err as an *Error.
+func (f *FrameWriter) SendError(err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = &Error{Code: CodeInternal, Message: err.Error()}
+	}
+	return f.SendJSON(EventError, ErrorBody{Error: e})
+}
+
+// FrameReader reads frames as FrameWriter writes them.
+type FrameReader struct {
+	r *bufio.Reader
+}
+
+// NewFrameReader returns a reader of the frames in r.
+func NewFrameReader(r io.Reader) *FrameReader {
+	return &FrameReader{r: bufio.NewReaderSize(r, 256<<10)}
+}
+
+// Next returns the next frame's event name and payload. An "error" frame is returned as its
+// *Error; the end of the stream as io.EOF.
+func (f *FrameReader) Next() (event string, payload []byte, err error) {
+	n, err := f.r.ReadByte()
+	if err == io.EOF {
+		return "", nil, io.EOF
+	}
+	head := make([]byte, int(n)+4)
+	if err == nil {
+		_, err = io.ReadFull(f.r, head)
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("read frame: %w", unexpectedEOF(err))
+	}
+	event = string(head[:n])
+	size := binary.BigEndian.Uint32(head[n:])
+	if size > maxFrame {
+		return "", nil, fmt.Errorf("read frame: %s of %d bytes is too large", event, size)
+	}
+	payload = make([]byte, size)
+	if _, err := io.ReadFull(f.r, payload); err != nil {
+		return "", nil, fmt.Errorf("read frame: %w", unexpectedEOF(err))
+	}
+	if event == EventError {
+		var eb ErrorBody
+		if json.Unmarshal(payload, &eb) == nil && eb.Error != nil {
+			return event, payload, eb.Error
+		}
+		return event, payload, fmt.Errorf("event stream failed: %s", payload)
+	}
+	return event, payload, nil
+}
+
+// unexpectedEOF is err, with a stream that ends inside a frame an io.ErrUnexpectedEOF.
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// NextJSON reads the next frame and decodes its payload into v.
+func (f *FrameReader) NextJSON(v any) (event string, err error) {
+	event, data, err := f.Next()
+	if err != nil {
+		return event, err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return event, fmt.Errorf("decode %s event: %w", event, err)
+	}
+	return event, nil
+}
+
+// jsonEscape is, for each byte value, what stands for it inside a JSON string ("": itself),
+// and jsonPlain whether that is itself.
+var jsonEscape, jsonPlain = func() (t [256]string, plain [256]bool) {
+	for c := range 0x20 {
+		t[c] = fmt.Sprintf(`\u%04x`, c)
+	}
+	t['\n'], t['\r'], t['\t'], t['"'], t['\\'] = `\n`, `\r`, `\t`, `\"`, `\\`
+	for c := range t {
+		plain[c] = t[c] == ""
+	}
+	return t, plain
+}()
+
+// AppendJSONText appends valid UTF-8 text b to dst as the inside of a JSON string (without
+// the quotes). Only ASCII bytes are escaped, so b may be a piece of text that splits a
+// character. It is much faster than encoding/json, which checks every character.
+func AppendJSONText(dst, b []byte) []byte {
+	for len(b) > 0 {
+		i := 0
+		for i < len(b) && jsonPlain[b[i]] {
+			i++
+		}
+		dst = append(dst, b[:i]...)
+		if i < len(b) {
+			dst = append(dst, jsonEscape[b[i]]...)
+			i++
+		}
+		b = b[i:]
+	}
+	return dst
+}
+
+// AppendOutputEvent appends the JSON of the ExecEvent that carries one output chunk (what
+// OutputEvent makes, as encoding/json would write it, but faster).
+func AppendOutputEvent(dst []byte, stream string, b []byte) []byte {
+	dst = append(append(append(dst, `{"type":"`...), stream...), `","data":"`...)
+	if !utf8.Valid(b) {
+		dst = base64.StdEncoding.AppendEncode(dst, b)
+		return append(dst, `","encoding":"base64"}`...)
+	}
+	dst = AppendJSONText(dst, b)
+	return append(dst, `","encoding":"utf-8"}`...)
+}

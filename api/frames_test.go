@@ -1,0 +1,82 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestFramesRoundTrip(t *testing.T) {
+	rec := httptest.NewRecorder()
+	fw := NewFrameWriter(rec)
+	big := bytes.Repeat([]byte{0, 0xff, '\n'}, 100000)
+	for _, err := range []error{
+		fw.SendJSON(EventStart, ExecEvent{Type: EventStart, SessionID: "s"}),
+		fw.Send(EventStdout, big),
+		fw.Send(EventStderr, nil),
+		fw.SendError(Errorf(CodeUnavailable, "gone")),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != EventFrames {
+		t.Fatalf("content type %q", ct)
+	}
+	fr := NewFrameReader(rec.Body)
+	var start ExecEvent
+	if name, err := fr.NextJSON(&start); err != nil || name != EventStart || start.SessionID != "s" {
+		t.Fatalf("start: %q %+v %v", name, start, err)
+	}
+	if name, data, err := fr.Next(); err != nil || name != EventStdout || !bytes.Equal(data, big) {
+		t.Fatalf("stdout: %q %d bytes %v", name, len(data), err)
+	}
+	if name, data, err := fr.Next(); err != nil || name != EventStderr || len(data) != 0 {
+		t.Fatalf("empty stderr: %q %q %v", name, data, err)
+	}
+	if _, _, err := fr.Next(); !IsCode(err, CodeUnavailable) {
+		t.Fatalf("error frame: %v", err)
+	}
+	if _, _, err := fr.Next(); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
+	// A stream cut inside a frame is not a clean end.
+	cut := NewFrameReader(strings.NewReader("\x06stdout\x00\x00\x00\x10abc"))
+	if _, _, err := cut.Next(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("cut frame: %v", err)
+	}
+}
+
+func TestAppendOutputEventIsTheEvent(t *testing.T) {
+	for _, b := range [][]byte{
+		[]byte("plain"), []byte("é € 😀 \"q\" \\ \t\r\n\x00\x1f\x7f <&> \u2028"), {0xff, 0xfe}, []byte("é")[:1], nil,
+	} {
+		data := AppendOutputEvent(nil, EventStderr, b)
+		var ev ExecEvent
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&ev); err != nil {
+			t.Fatalf("%q: %s is not an ExecEvent: %v", b, data, err)
+		}
+		got, err := ev.Bytes()
+		if want := OutputEvent(EventStderr, b); err != nil || !bytes.Equal(got, b) || ev.Type != EventStderr || ev.Encoding != want.Encoding {
+			t.Fatalf("%q: got %+v (%q, %v), want encoding %s", b, ev, got, err, want.Encoding)
+		}
+		if bytes.ContainsAny(data, "\r\n") {
+			t.Fatalf("%q: the event has a line break: %s", b, data)
+		}
+	}
+}
+
+func BenchmarkAppendJSONText(b *testing.B) {
+	text := []byte(strings.Repeat("0123456789 abcdefghijklmnopqrstuvwxyz é € \"q\" \\ \t\n", 2000))
+	var dst []byte
+	b.SetBytes(int64(len(text)))
+	for b.Loop() {
+		dst = AppendJSONText(dst[:0], text)
+	}
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// TestExecLargeOutputComesBackWhole: 100 MiB of output through an exec answered as one JSON
+// document comes back whole and equal, while the daemon's resident memory hardly grows (its
+// peak, VmHWM, is reset just before the exec), and the spool files are gone afterwards.
+func TestExecLargeOutputComesBackWhole(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "big", Image: "busybox"})
+	line := "0123456789 abcdefghijklmnopqrstuvwxyz é € \"quoted\" \\ \t\n"
+	const size = 100 << 20
+	lines := size / len(line)
+	want := sha256.Sum256([]byte(strings.Repeat(line, lines)))
+	// The line, made inside the sandbox by printf, repeated by yes, cut by head.
+	cmd := fmt.Sprintf(`yes "$(printf '0123456789 abcdefghijklmnopqrstuvwxyz \303\251 \342\202\254 "quoted" \\ \t')" | head -n %d`, lines)
+
+	pid := d.cmd.Process.Pid
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatalf("reset the daemon's peak RSS: %v", err)
+	}
+	before := vmKB(t, pid, "VmRSS")
+	res := d.exec("big", api.ExecRequest{Command: cmd})
+	peak := vmKB(t, pid, "VmHWM")
+	stdout, _, err := res.Output()
+	if err != nil || res.ExitCode != 0 || res.Truncated || res.StdoutTruncated || res.StdoutEncoding != api.EncodingUTF8 {
+		t.Fatalf("exit %d truncated %v/%v encoding %s: %v", res.ExitCode, res.Truncated, res.StdoutTruncated, res.StdoutEncoding, err)
+	}
+	if len(stdout) != lines*len(line) || sha256.Sum256(stdout) != want {
+		t.Fatalf("got %d bytes, want %d (sha256 differs: %v)", len(stdout), lines*len(line), sha256.Sum256(stdout) != want)
+	}
+	t.Logf("daemon RSS before %d KiB, peak during the exec %d KiB (+%d KiB) for %d MiB of output", before, peak, peak-before, size>>20)
+	if grew := peak - before; grew > 64<<10 {
+		t.Errorf("the daemon's RSS grew by %d KiB during a %d MiB exec, want < 64 MiB", grew, size>>20)
+	}
+	if open := d.openSpoolFiles(); len(open) > 0 {
+		t.Errorf("spool files still open after the answer: %v", open)
+	}
+	if left, _ := os.ReadDir(d.spoolDir()); len(left) > 0 {
+		t.Errorf("spool dir not empty: %v", left)
+	}
+}
+
+// TestExecOutputCapAndEncodings: a per-call cap truncates each stream on its own and says so,
+// in a JSON answer and in a stream; each stream gets its own encoding.
+func TestExecOutputCapAndEncodings(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "cap", Image: "busybox"})
+
+	// 3 MB on stdout (more than the daemon keeps in memory), 10 bytes on stderr; cap 1 MB.
+	cmd := "head -c 3000000 /dev/zero | tr '\\0' a; printf 0123456789 >&2"
+	res := d.exec("cap", api.ExecRequest{Command: cmd, MaxOutputBytes: 1000000})
+	if len(res.Stdout) != 1000000 || strings.Trim(res.Stdout, "a") != "" || res.Stderr != "0123456789" ||
+		!res.StdoutTruncated || res.StderrTruncated || !res.Truncated || res.ExitCode != 0 {
+		t.Fatalf("capped at 1 MB: %d bytes of stdout, stderr %q, truncated %v/%v/%v, exit %d",
+			len(res.Stdout), res.Stderr, res.StdoutTruncated, res.StderrTruncated, res.Truncated, res.ExitCode)
+	}
+	// A cut never splits a character: text stays text.
+	res = d.exec("cap", api.ExecRequest{Command: `printf 'a\303\251\303\251'`, MaxOutputBytes: 4})
+	if res.Stdout != "aé" || res.StdoutEncoding != api.EncodingUTF8 || !res.StdoutTruncated {
+		t.Fatalf("capped at 4 bytes of aéé: %q %s truncated %v", res.Stdout, res.StdoutEncoding, res.StdoutTruncated)
+	}
+	// Streamed: no cap unless asked; asked, the stream stops there and the exit event says so.
+	var got []byte
+	exit, err := d.client.ExecStream(context.Background(), "cap", api.ExecRequest{Command: cmd, MaxOutputBytes: 1000000}, func(ev api.ExecEvent) error {
+		if ev.Type != api.EventStdout {
+			return nil
+		}
+		b, err := ev.Bytes()
+		got = append(got, b...)
+		return err
+	})
+	if err != nil || len(got) != 1000000 || !exit.StdoutTruncated || exit.StderrTruncated || !exit.Truncated {
+		t.Fatalf("streamed with a 1 MB cap: %v, %d bytes, truncated %+v", err, len(got), exit)
+	}
+
+	// Mixed: stdout text, stderr binary, each in its own encoding, byte-exact.
+	res = d.exec("cap", api.ExecRequest{Command: `printf 'text \303\251\n'; printf '\377\376\000x' >&2`})
+	stdout, stderr, err := res.Output()
+	if err != nil || res.StdoutEncoding != api.EncodingUTF8 || res.StderrEncoding != api.EncodingBase64 ||
+		res.Stdout != "text é\n" || !bytes.Equal(stderr, []byte{0xff, 0xfe, 0, 'x'}) || string(stdout) != "text é\n" {
+		t.Fatalf("mixed: %v stdout %q (%s) stderr %q (%s)", err, res.Stdout, res.StdoutEncoding, stderr, res.StderrEncoding)
+	}
+
+	// Caps the daemon refuses.
+	d.expectError("POST", "/v1/sandboxes/cap/exec", api.ExecRequest{Command: "true", MaxOutputBytes: -1}, 400, api.CodeInvalidArgument)
+	e := d.expectError("POST", "/v1/sandboxes/cap/exec", api.ExecRequest{Command: "true", MaxOutputBytes: 2 << 30}, 400, api.CodeInvalidArgument)
+	if !strings.Contains(e.Message, "--max-exec-output") {
+		t.Errorf("a cap above the daemon's: %q does not name --max-exec-output", e.Message)
+	}
+}
+
+// TestExecOutputSpoolDiskFull: when the host disk that holds the spool is full, the exec
+// answers 507 with a message that says so, and nothing is left behind.
+func TestExecOutputSpoolDiskFull(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "full", Image: "busybox"})
+	// A 2 MiB tmpfs over the spool dir stands for a full disk.
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "nsbox-test-spool", d.spoolDir()).CombinedOutput(); err != nil {
+		t.Fatalf("mount a small tmpfs on the spool dir: %v: %s", err, out)
+	}
+	unmounted := false
+	unmount := func() {
+		if !unmounted {
+			unmounted = true
+			if out, err := exec.Command("umount", d.spoolDir()).CombinedOutput(); err != nil {
+				t.Errorf("umount %s: %v: %s", d.spoolDir(), err, out)
+			}
+		}
+	}
+	t.Cleanup(unmount) // before the daemon's cleanup, which checks for mounts left
+	e := d.expectError("POST", "/v1/sandboxes/full/exec", api.ExecRequest{Command: "head -c 10000000 /dev/zero"}, 507, api.CodeInsufficientStorage)
+	if !strings.Contains(e.Message, "full") {
+		t.Errorf("disk full: message %q does not say so", e.Message)
+	}
+	if open := d.openSpoolFiles(); len(open) > 0 {
+		t.Errorf("spool files still open after the error: %v", open)
+	}
+	unmount()
+	// The sandbox is fine: the next exec works.
+	if out := d.sh("full", "echo ok"); out != "ok\n" {
+		t.Fatalf("after the error: %q", out)
+	}
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/client"
+)
+
+// outputSection measures 100 MiB of a command's output through the exec API — answered as
+// one JSON document (the daemon spools it, then encodes it) and streamed as Server-Sent
+// Events — against `cat` of the same file inside the sandbox, into /dev/null and through a
+// pipe into another cat, timed there by bash's $EPOCHREALTIME. Text (base64 lines, plain JSON
+// strings) and random bytes (base64 in JSON) are measured apart. The daemon's resident memory
+// is read before, after and at its peak (VmHWM, reset before the measured runs).
+func (b *bench) outputSection(ctx context.Context, n int) (err error) {
+	d, err := b.daemon(ctx, "nsbox", true, "")
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, d.removeAllSandboxes()) }()
+	sb, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{Image: "host", // bash, for $EPOCHREALTIME
+		Limits: api.Limits{CPUs: float64(runtime.NumCPU()), MemoryMB: 4096}})
+	if err != nil {
+		return fmt.Errorf("create host sandbox: %w", err)
+	}
+	const size = 100 << 20
+	files := []struct{ name, path, make string }{
+		{"text", "/workspace/out.txt", fmt.Sprintf("base64 -w 76 /dev/urandom | head -c %d > /workspace/out.txt", size)},
+		{"binary", "/workspace/out.bin", fmt.Sprintf("head -c %d /dev/urandom > /workspace/out.bin", size)},
+	}
+	pid := d.cmd.Process.Pid
+	before, err := statusKB(pid, "VmRSS")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		return fmt.Errorf("reset the daemon's peak RSS: %w", err)
+	}
+	rounds := min(n, 5)
+	for _, f := range files {
+		if _, err := execOK(ctx, d, sb.ID, api.ExecRequest{Command: f.make}); err != nil {
+			return fmt.Errorf("make %s: %w", f.path, err)
+		}
+		fmt.Printf("output %s, 100 MiB: 1 warm-up, then %d measured rounds, each case once per round in random order\n", f.name, rounds)
+		samples := map[string][]time.Duration{}
+		// CPU time of the client (this process), the daemon and the agent, per case.
+		cpu := map[string][][3]time.Duration{}
+		for i := range 1 + rounds {
+			order := []int{0, 1, 2, 3}
+			rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+			for _, k := range order {
+				before := cpuTimes(sb.PID, pid)
+				took, err := outputCase(ctx, d.client, sb.ID, k, f.path, size)
+				if err != nil {
+					return fmt.Errorf("%s %s (round %d): %w", f.name, outputCases[k].name, i+1, err)
+				}
+				after := cpuTimes(sb.PID, pid)
+				if i > 0 {
+					samples[outputCases[k].name] = append(samples[outputCases[k].name], took)
+					cpu[outputCases[k].name] = append(cpu[outputCases[k].name], [3]time.Duration{after[0] - before[0], after[1] - before[1], after[2] - before[2]})
+				}
+			}
+		}
+		w := newTable()
+		fmt.Fprintln(w, "name\tmedian MB/s\tmin MB/s\tmax MB/s\tCPU s client/daemon/agent (mean)\tmedian ÷ peer's\t")
+		for _, c := range outputCases {
+			s := summarize(samples[c.name])
+			rate := func(d time.Duration) string { return fmt.Sprintf("%.0f", size/d.Seconds()/1e6) }
+			vs := ""
+			for _, peer := range c.peers { // throughput ratios: the peer's median time ÷ this case's
+				vs += fmt.Sprintf("%.2f× %s  ", float64(median(samples[peer]))/float64(s.median), peer)
+			}
+			var sum [3]time.Duration
+			for _, t := range cpu[c.name] {
+				sum[0], sum[1], sum[2] = sum[0]+t[0], sum[1]+t[1], sum[2]+t[2]
+			}
+			n := time.Duration(len(cpu[c.name]))
+			cpuCol := fmt.Sprintf("%.2f / %.2f / %.2f", (sum[0] / n).Seconds(), (sum[1] / n).Seconds(), (sum[2] / n).Seconds())
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t\n", c.name, rate(s.median), rate(s.max), rate(s.min), cpuCol, vs)
+		}
+		w.Flush()
+		fmt.Println()
+	}
+	after, err := statusKB(pid, "VmRSS")
+	if err != nil {
+		return err
+	}
+	peak, err := statusKB(pid, "VmHWM")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("daemon RSS: %.1f MiB before, %.1f MiB after, peak %.1f MiB during the runs\n\n", before/1024, after/1024, peak/1024)
+	_, err = d.client.Exec(ctx, sb.ID, api.ExecRequest{Command: "rm -f /workspace/out.txt /workspace/out.bin"})
+	return err
+}
+
+// outputCases are the API cases, then the peers they are compared with.
+var outputCases = []struct {
+	name  string
+	peers []string
+}{
+	{"exec, one JSON answer", []string{"cat > /dev/null", "cat | cat > /dev/null"}},
+	{"exec, streamed (SSE)", []string{"cat > /dev/null", "cat | cat > /dev/null"}},
+	{"cat > /dev/null", nil},
+	{"cat | cat > /dev/null", nil},
+}
+
+// outputCase runs case k of outputCases on the file at path, of size bytes.
+func outputCase(ctx context.Context, c *client.Client, id string, k int, path string, size int) (time.Duration, error) {
+	req := api.ExecRequest{Argv: []string{"cat", path}}
+	start := time.Now()
+	got := 0
+	switch k {
+	case 0:
+		res, err := c.Exec(ctx, id, req)
+		took := time.Since(start)
+		if err != nil {
+			return 0, err
+		}
+		stdout, _, err := res.Output()
+		if err == nil && (len(stdout) != size || res.Truncated) {
+			err = fmt.Errorf("got %d bytes (truncated %v), want %d", len(stdout), res.Truncated, size)
+		}
+		return took, err
+	case 1:
+		_, err := c.ExecStream(ctx, id, req, func(ev api.ExecEvent) error {
+			if ev.Type != api.EventStdout {
+				return nil
+			}
+			b, err := ev.Bytes()
+			got += len(b)
+			return err
+		})
+		took := time.Since(start)
+		if err == nil && got != size {
+			err = fmt.Errorf("got %d bytes, want %d", got, size)
+		}
+		return took, err
+	case 2:
+		return timedInside(ctx, c, id, "cat "+path+" > /dev/null")
+	}
+	return timedInside(ctx, c, id, "cat "+path+" | cat > /dev/null")
+}
+
+var statusLine = regexp.MustCompile(`(?m)^(Vm\w+):\s+(\d+) kB$`)
+
+// statusKB reads a Vm… field of /proc/<pid>/status, in KiB.
+func statusKB(pid int, field string) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read status of pid %d: %w", pid, err)
+	}
+	for _, m := range statusLine.FindAllSubmatch(data, -1) {
+		if string(m[1]) == field {
+			return strconv.ParseFloat(string(m[2]), 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// cpuTimes is the CPU time (user + system) used so far by this process, the daemon and the
+// agent (whose children, the commands, are not counted).
+func cpuTimes(agent, daemon int) [3]time.Duration {
+	var self unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &self)
+	return [3]time.Duration{time.Duration(self.Utime.Nano() + self.Stime.Nano()), procCPU(daemon), procCPU(agent)}
+}
+
+// procCPU is a process's CPU time from /proc/<pid>/stat (0 when it cannot be read).
+func procCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	_, rest, _ := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
