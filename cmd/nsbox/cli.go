@@ -168,20 +168,30 @@ func cmdList(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	return printList(c, list, "ID\tIMAGE\tSTATUS\tNETWORK\tIP\tCPUS\tMEMORY\tPIDS\tCREATED\tLABELS",
+		func(sb api.Sandbox) string { return sb.ID },
+		func(sb api.Sandbox) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%g\t%dMB\t%d\t%s\t%s", sb.ID, sb.Image, sb.Status, sb.Network.Mode, sb.Network.IP,
+				sb.Limits.CPUs, sb.Limits.MemoryMB, sb.Limits.Pids, ago(sb.CreatedAt), formatLabels(sb.Labels))
+		})
+}
+
+// printList prints a list command's answer: as JSON with --json, its ids with --quiet, else
+// a table of header and one row a item.
+func printList[T any](c *cli.Context, list []T, header string, id, row func(T) string) error {
 	switch {
 	case c.Bool("json"):
 		return printJSON(list)
 	case c.Bool("quiet"):
-		for _, sb := range list {
-			fmt.Println(sb.ID)
+		for _, item := range list {
+			fmt.Println(id(item))
 		}
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tIMAGE\tSTATUS\tNETWORK\tIP\tCPUS\tMEMORY\tPIDS\tCREATED\tLABELS")
-	for _, sb := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%dMB\t%d\t%s\t%s\n", sb.ID, sb.Image, sb.Status, sb.Network.Mode, sb.Network.IP,
-			sb.Limits.CPUs, sb.Limits.MemoryMB, sb.Limits.Pids, ago(sb.CreatedAt), formatLabels(sb.Labels))
+	fmt.Fprintln(tw, header)
+	for _, item := range list {
+		fmt.Fprintln(tw, row(item))
 	}
 	return tw.Flush()
 }

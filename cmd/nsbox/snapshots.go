@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
@@ -56,21 +55,11 @@ func cmdSnapshotList(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case c.Bool("json"):
-		return printJSON(list)
-	case c.Bool("quiet"):
-		for _, s := range list {
-			fmt.Println(s.ID)
-		}
-		return nil
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tSANDBOX\tIMAGE\tSIZE\tSESSIONS\tCREATED")
-	for _, s := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", s.ID, s.Name, s.Sandbox, s.Image, s.SizeBytes, s.Sessions, ago(s.CreatedAt))
-	}
-	return tw.Flush()
+	return printList(c, list, "ID\tNAME\tSANDBOX\tIMAGE\tSIZE\tSESSIONS\tCREATED",
+		func(s api.Snapshot) string { return s.ID },
+		func(s api.Snapshot) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%d\t%s", s.ID, s.Name, s.Sandbox, s.Image, s.SizeBytes, s.Sessions, ago(s.CreatedAt))
+		})
 }
 
 func cmdSnapshotRemove(c *cli.Context) error {
