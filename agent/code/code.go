@@ -311,6 +311,7 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 	res := &api.RunCodeResult{Results: []map[string]any{}, Encoding: api.EncodingUTF8} // its output is the caller's to gather
 	ended := make(chan struct{})
 	var once sync.Once
+	vmTimedOut := false // set by the sink before it closes ended
 	c.mu.Lock()
 	stdin, pid, exited := c.stdin, c.pid, c.exited
 	c.sink = func(ev driverEvent) {
@@ -323,6 +324,8 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 			emit(api.CodeEvent{Type: api.EventResult, Result: ev.result})
 		case "error":
 			res.Error = &api.CodeError{Name: ev.Name, Value: ev.Value, Traceback: ev.Traceback}
+			// Node's vm timeout can fire before our timer does: the run timed out all the same.
+			vmTimedOut = ev.Name == "TimeoutError" && c.spec.Language == api.LanguageJavaScript
 			emit(api.CodeEvent{Type: api.EventException, CodeError: res.Error})
 		case api.EventEnd:
 			once.Do(func() { close(ended) })
@@ -348,6 +351,7 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 	for {
 		select {
 		case <-ended:
+			res.TimedOut = res.TimedOut || vmTimedOut
 			res.DurationMs = time.Since(began).Milliseconds()
 			return res, nil
 		case <-exited:
