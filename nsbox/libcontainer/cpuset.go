@@ -112,7 +112,8 @@ func (c *cpuSets) sets() map[string][]int {
 		if err != nil {
 			continue
 		}
-		if set, err := configs.ToCPUSet(strings.TrimSpace(string(data))); err == nil {
+		// A cgroup being made by another start has an empty cpuset.cpus yet: no set (nil).
+		if set, err := configs.ToCPUSet(strings.TrimSpace(string(data))); err == nil && set != nil {
 			for cpu := range 1024 {
 				if set.IsSet(cpu) {
 					out[e.Name()] = append(out[e.Name()], cpu)
