@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -30,10 +29,9 @@ func (b *bench) outputSection(ctx context.Context, n int) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, d.removeAllSandboxes()) }()
-	sb, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{Image: "host", // bash, for $EPOCHREALTIME
-		Limits: api.Limits{CPUs: float64(runtime.NumCPU()), MemoryMB: 4096}})
+	sb, err := roomyHostSandbox(ctx, d)
 	if err != nil {
-		return fmt.Errorf("create host sandbox: %w", err)
+		return err
 	}
 	const size = 100 << 20
 	files := []struct{ name, path, make string }{
