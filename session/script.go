@@ -22,14 +22,15 @@ const triggerKeys = "\x18\x0e" // C-x C-n
 
 // bashRC is sourced by an interactive bash session instead of ~/.bashrc. PROMPT_COMMAND runs
 // whenever readline starts reading a new command line: the first time that means the shell is
-// ready; while a command runs it means the command was aborted back to the prompt (a fatal
-// error such as an unbound variable under set -u) and will never report its status.
+// ready; when it names an exec (the run file sets __nsbox_run) that exec was aborted back to
+// the prompt (a fatal error such as an unbound variable under set -u) and will never report
+// its status.
 func bashRC(dir string) string {
 	return fmt.Sprintf(`__nsbox_dir=%s
 bind -x '"\C-x\C-n": . "$__nsbox_dir/next"'
 HISTFILE="$__nsbox_dir/history"
 PS1='\u@\h:\w\$ '
-PROMPT_COMMAND='printf "P %%s\n" "$?" >"$__nsbox_dir/status"'
+PROMPT_COMMAND='printf "P %%s %%s\n" "$?" "${__nsbox_run:-0}" >"$__nsbox_dir/status"; unset __nsbox_run'
 `, quote(dir))
 }
 
@@ -51,6 +52,8 @@ printf 'R\n' >"$__nsbox_dir/status"
 // runScript is the run file of one exec.
 func runScript(dir string, n int64, cwd string, env map[string]string, stdin bool) string {
 	var b strings.Builder
+	// __nsbox_run names the exec for the prompt's report should the run file be aborted.
+	fmt.Fprintf(&b, "__nsbox_run=%d\n", n)
 	keys := slices.Sorted(maps.Keys(env))
 	for _, k := range keys {
 		fmt.Fprintf(&b, "__nsbox_set_%s=${%s+x}; __nsbox_old_%s=${%s-}; export %s=%s\n", k, k, k, k, k, quote(env[k]))

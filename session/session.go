@@ -155,12 +155,15 @@ func (s *Session) readStatuses() {
 		switch {
 		case len(fields) == 1 && fields[0] == "R":
 			s.signalReady()
-		case len(fields) == 2 && fields[0] == "P":
-			// bash is reading a new command line: the first time, it is ready; later, the
-			// running command was aborted to the prompt.
-			code, _ := strconv.Atoi(fields[1])
-			if !s.signalReady() {
-				s.deliver(-1, code)
+		case len(fields) == 3 && fields[0] == "P":
+			// bash is reading a new command line. The first time, it is ready. Later, a
+			// prompt that names an exec means that exec's run file was aborted to the prompt
+			// (a fatal error such as an unbound variable under set -u); one that names none
+			// follows a command line typed at the terminal and reports nothing.
+			code, err1 := strconv.Atoi(fields[1])
+			n, err2 := strconv.ParseInt(fields[2], 10, 64)
+			if !s.signalReady() && err1 == nil && err2 == nil && n > 0 {
+				s.deliver(n, code)
 			}
 		case len(fields) == 3 && fields[0] == "S":
 			n, err1 := strconv.ParseInt(fields[1], 10, 64)
@@ -184,15 +187,10 @@ func (s *Session) signalReady() bool {
 	return true
 }
 
-// deliver hands an exit status to whoever waits for exec n; n < 0 means the newest exec.
+// deliver hands an exit status to whoever waits for exec n.
 func (s *Session) deliver(n int64, code int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n < 0 {
-		for waiting := range s.waiters {
-			n = max(n, waiting)
-		}
-	}
 	if ch, ok := s.waiters[n]; ok {
 		ch <- code
 		delete(s.waiters, n)

@@ -518,6 +518,18 @@ func TestTerminalSharesTheSession(t *testing.T) {
 		t.Fatalf("exec with a timeout while the terminal ran sleep: %+v %v", res, err)
 	}
 	readTerminalUntil(t, first, "slept")
+	// The shell keeps the terminal after the program, running a long builtin loop in cooked
+	// mode: the command's keys are typed before readline reads again, and the prompt that
+	// follows the terminal's command line does not end the command.
+	if err := first.Input([]byte("sh -c 'touch /tmp/t3; exec sleep 0.2'; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo looped\r")); err != nil {
+		t.Fatal(err)
+	}
+	waitForFile(t, d, "tty", "/tmp/t3")
+	res, err = d.client.Exec(ctx, "tty", api.ExecRequest{Command: "echo after-loop", TimeoutMs: 30000})
+	if err != nil || string(res.Stdout) != "after-loop\n" || res.ExitCode != 0 {
+		t.Fatalf("exec typed while the shell ran a builtin loop: %+v %v", res, err)
+	}
+	readTerminalUntil(t, first, "looped")
 	// A program that outlives the timeout: terminal_busy when the timeout ends.
 	if err := first.Input([]byte("sh -c 'touch /tmp/t2; exec sleep 60'\r")); err != nil {
 		t.Fatal(err)
