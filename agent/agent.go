@@ -125,14 +125,11 @@ func Run(listenFD int, version string) error {
 // daemon's private store mounted, every session a private folder. Without Landlock the
 // sessions get no private folders: nothing would keep other sessions out of them.
 func (a *Agent) confine() {
-	var dirs []*os.File
 	store, err := os.OpenFile(api.PrivateMount, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		a.log.Warn("sessions get no private folders: the private store is not there", "err", err)
-	} else {
-		dirs = append(dirs, store)
 	}
-	c, err := newConfinement(dirs...)
+	c, err := newConfinement()
 	if err != nil {
 		a.log.Warn("processes are not confined to Landlock domains, and sessions get no private folders", "err", err)
 		if store != nil {

@@ -42,7 +42,7 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <
 		go func() {
 			defer close(done)
 			runtime.LockOSThread() // never unlocked: the thread is in the child's domain
-			if err = t.confine.restrict(); err == nil {
+			if err = t.confine.restrict(privateOf(attr)); err == nil {
 				p, err = os.StartProcess(path, argv, attr)
 			}
 		}()

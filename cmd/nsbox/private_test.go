@@ -29,6 +29,10 @@ try cwd cat /proc/$pid/cwd/token
 try root cat /proc/$pid/root/proc/$pid/fd/999/token
 try agentfd sh -c 'cat /proc/1/fd/*/a/token'
 try store sh -c 'ls -A /run/nsbox/private; cat /run/nsbox/private/a/token'
+try parent ls -A /proc/self/fd/999/..
+try sibling cat /proc/self/fd/999/../a/token
+try cdparent sh -c 'cd -P ~/.private/.. && ls -A; cat a/token'
+try cdparent-setuid su -s /bin/sh -c 'cd -P /proc/self/fd/999/.. && cat a/token' nobody
 try environ cat /proc/$pid/environ
 try grep grep -rs "$secret" /root /run /tmp /home /var /workspace
 try strace timeout 10 strace -qq -e trace=none -p $pid
@@ -50,7 +54,8 @@ print("attached")' $pid
 
 // TestPrivateFolder: each session's ~/.private is its own. Another session — root, like the
 // victim — cannot reach it by path, through /proc/<pid>/{fd,cwd,root}, the agent's
-// descriptors, ptrace, pidfd_getfd, setns or mount tricks, nor can the file API on another
+// descriptors, ".." of its own private folder, ptrace, pidfd_getfd, setns or mount tricks,
+// nor can the file API on another
 // session's behalf or on none; the session's own processes and file calls can. It is not kept
 // across a hibernation, and goes with its session.
 func TestPrivateFolder(t *testing.T) {
@@ -72,7 +77,7 @@ func TestPrivateFolder(t *testing.T) {
 	if strings.Contains(res.Stdout, "LEAK") {
 		t.Fatalf("session b reached session a's private folder:\n%s", res.Stdout)
 	}
-	for _, want := range []string{"home rc=1", "fd rc=1", "cwd rc=1", "strace rc=1", "nsenter rc=1", "getfd rc=1", "ptrace rc=1"} {
+	for _, want := range []string{"home rc=1", "fd rc=1", "cwd rc=1", "parent rc=2", "sibling rc=1", "strace rc=1", "nsenter rc=1", "getfd rc=1", "ptrace rc=1"} {
 		if !strings.Contains(res.Stdout, want+" ") {
 			t.Errorf("attempt %q did not fail as it should:\n%s", want, res.Stdout)
 		}
