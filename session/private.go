@@ -16,9 +16,9 @@ import (
 // from the sandbox once the agent had opened it: no path in the sandbox leads to it) that only
 // the session's processes hold open, at descriptor PrivateFD. ~/.private is a symbolic link to
 // /proc/self/fd/PrivateFD, so it is the folder of whichever session's process follows it,
-// and nothing for any other process. Reaching another process's descriptors, root or cwd
-// through /proc needs ptrace rights, which the agent's per-process Landlock domains deny
-// across sessions.
+// and nothing for any other process. The agent's per-process Landlock domains (agent/
+// landlock.go) close the rest: the store's root (the folder's "..") and the other folders in
+// it, and other sessions' processes' descriptors, root and cwd in /proc.
 
 // PrivateFD is the descriptor at which a session's processes hold its private folder.
 const PrivateFD = 999
