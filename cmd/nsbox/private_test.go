@@ -139,9 +139,14 @@ func TestPrivateFolder(t *testing.T) {
 		t.Fatalf("the session sees what the API wrote: %+v", res)
 	}
 
-	// Processes started for the session hold the folder; those started for none do not.
-	for sid, want := range map[string]string{"a": privateSecret + "\n", "": ""} {
-		p, err := d.client.StartProcess(ctx, "priv", api.StartProcessRequest{SessionID: sid, Command: "cat /root/.private/token"})
+	// The session's cwd is in its folder, shown as the session names it.
+	if s, err := d.client.GetSession(ctx, "priv", "a"); err != nil || s.Cwd != "/root/.private" {
+		t.Fatalf("session a's cwd: %+v %v", s, err)
+	}
+	// Processes started for the session hold the folder, and start in it as the session's
+	// shell is; those started for none do not.
+	for sid, want := range map[string]string{"a": "/root/.private\n" + privateSecret + "\n", "": ""} {
+		p, err := d.client.StartProcess(ctx, "priv", api.StartProcessRequest{SessionID: sid, Command: "cat /root/.private/token >/dev/null && pwd && cat token"})
 		if err != nil {
 			t.Fatal(err)
 		}
