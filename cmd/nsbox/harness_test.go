@@ -224,8 +224,8 @@ func (d *testDaemon) containerLeaks(container string) []string {
 	})
 }
 
-// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS: it counts only once
-// the daemon has stopped.
+// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS and its stage: they
+// count only once the daemon has stopped.
 func (d *testDaemon) currentLeaks() []string {
 	var leaks []string
 	for _, l := range d.leftovers() {
@@ -234,7 +234,23 @@ func (d *testDaemon) currentLeaks() []string {
 	if d.cmd != nil {
 		return leaks
 	}
-	return append(leaks, d.lxcfsLeftovers()...)
+	return append(append(leaks, d.lxcfsLeftovers()...), d.stageLeftovers()...)
+}
+
+// stageDir is the daemon's staging tmpfs, where the files sandboxes get by bind mount come
+// from (nsbox/stage.go).
+func (d *testDaemon) stageDir() string { return filepath.Join(d.runDir, "stage") }
+
+// stageLeftovers is the daemon's stage mount.
+func (d *testDaemon) stageLeftovers() []string {
+	var out []string
+	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.stageDir()+" ") {
+			out = append(out, "stage mount "+line)
+		}
+	}
+	return out
 }
 
 // waitEmpty calls list until it answers nothing, for up to 20 s, and returns its last answer.
@@ -289,7 +305,7 @@ func (d *testDaemon) leftovers() []leftover {
 	}
 	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mountinfo), "\n") {
-		if strings.Contains(line, " "+d.lxcfsDir()+"/") { // the daemon's, not a container's (lxcfsLeftovers)
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") || strings.Contains(line, " "+d.stageDir()+" ") { // the daemon's, not a container's (lxcfsLeftovers, stageLeftovers)
 			continue
 		}
 		if strings.Contains(line, d.runDir) || strings.Contains(line, d.dataDir) {
@@ -312,9 +328,12 @@ func (d *testDaemon) leftovers() []leftover {
 			out = append(out, leftover{container, "process " + filepath.Dir(p)})
 		}
 	}
-	for _, dir := range []string{filepath.Join(d.runDir, "containers"), filepath.Join(d.runDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes")} {
+	for _, dir := range []string{filepath.Join(d.runDir, "containers"), filepath.Join(d.runDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes"), d.stageDir()} {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
+			if dir == d.stageDir() && !e.IsDir() { // the agent binary, the daemon's
+				continue
+			}
 			out = append(out, leftover{e.Name(), "state " + filepath.Join(dir, e.Name())})
 		}
 	}
