@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/api/spectest"
@@ -63,6 +68,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	reapDeadRuns()
 	os.Exit(m.Run())
 }
 
@@ -104,6 +110,7 @@ func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaem
 	}
 	d.socket = filepath.Join(d.runDir, "nsbox.sock")
 	d.net = newTestNetwork(t, n)
+	d.writeRecord()
 	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
 	d.http = &http.Client{Transport: &specCheckingTransport{t: t, next: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -115,6 +122,116 @@ func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaem
 	t.Cleanup(d.cleanup)
 	d.start()
 	return d
+}
+
+// daemonRecord is what a test daemon's cleanup needs, kept in its run dir (recordFile) so that
+// a later test run can clean up after a test binary that was killed (reapDeadRuns).
+type daemonRecord struct {
+	DataDir, RunDir, Socket, CgroupParent string
+	Table, Subnet, Uplink                 string
+}
+
+const recordFile = "test-daemon.json"
+
+// writeRecord writes the daemon's record into its run dir.
+func (d *testDaemon) writeRecord() {
+	d.t.Helper()
+	data, err := json.Marshal(daemonRecord{DataDir: d.dataDir, RunDir: d.runDir, Socket: d.socket, CgroupParent: d.cgroupParent,
+		Table: d.net.table, Subnet: d.net.subnet.String(), Uplink: d.net.uplink})
+	if err == nil {
+		err = os.MkdirAll(d.runDir, 0o711)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(d.runDir, recordFile), data, 0o600)
+	}
+	if err != nil {
+		d.t.Fatalf("write the daemon's record: %v", err)
+	}
+}
+
+// reapDeadRuns cleans up after test binaries that were killed (a timeout, ^C) and so left
+// their daemons' sandboxes running: for every test run dir (/run/nsbox-test-<pid>-<n>) whose
+// test process is gone, it kills the daemon if it still runs, runs `nsbox daemon --cleanup
+// --force` for it (sandboxes, cgroups, mounts, its nftables table, veths, routes), removes
+// the uplink, the cgroup parents, the data dir and the run dir. What it cannot remove it says
+// on stderr, and the tests go on.
+func reapDeadRuns() {
+	dirs, _ := filepath.Glob("/run/nsbox-test-*-*")
+	for _, dir := range dirs {
+		pidText, _, _ := strings.Cut(strings.TrimPrefix(dir, "/run/nsbox-test-"), "-")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid == os.Getpid() || alive(pid) {
+			continue
+		}
+		if err := reapDeadRun(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "clean up after the killed test run of %s: %v\n", dir, err)
+		}
+	}
+}
+
+// reapDeadRun is reapDeadRuns' work on one run dir.
+func reapDeadRun(runDir string) error {
+	d, err := recordedDaemon(runDir)
+	if errors.Is(err, os.ErrNotExist) { // gone before its daemon started, or after its cleanup
+		return os.RemoveAll(runDir)
+	}
+	if err != nil {
+		return err
+	}
+	killDaemonsOf(runDir)
+	if out, err := d.runCleanup("--force"); err != nil {
+		return fmt.Errorf("nsbox daemon --cleanup --force: %w\n%s", err, out)
+	}
+	var errs []error
+	if link, err := netlink.LinkByName(d.net.uplink); err == nil {
+		errs = append(errs, netlink.LinkDel(link))
+	}
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent)
+	for _, dir := range cgroups {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, os.RemoveAll(d.dataDir), os.RemoveAll(runDir))
+	_ = os.Remove(filepath.Dir(d.dataDir)) // the test's temp dir, once empty
+	return errors.Join(errs...)
+}
+
+// recordedDaemon is the daemon whose record is in runDir (with no test and no process).
+func recordedDaemon(runDir string) (*testDaemon, error) {
+	data, err := os.ReadFile(filepath.Join(runDir, recordFile))
+	if err != nil {
+		return nil, err
+	}
+	var rec daemonRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("read the record %s: %w", recordFile, err)
+	}
+	subnet, err := netip.ParsePrefix(rec.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("the record's subnet: %w", err)
+	}
+	return &testDaemon{dataDir: rec.DataDir, runDir: rec.RunDir, socket: rec.Socket, cgroupParent: rec.CgroupParent,
+		net: testNetwork{table: rec.Table, subnet: subnet, uplink: rec.Uplink}}, nil
+}
+
+// killDaemonsOf kills (SIGKILL) every nsbox daemon with the run dir and waits for them to go.
+func killDaemonsOf(runDir string) {
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		data, _ := os.ReadFile(p)
+		args := strings.Split(string(data), "\x00")
+		if len(args) < 2 || args[1] != "daemon" || !slices.Contains(args, runDir) {
+			continue
+		}
+		pid := pidOf(p)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			continue
+		}
+		for deadline := time.Now().Add(10 * time.Second); alive(pid) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
 
 // start starts (or restarts) the daemon. It keeps no warm pool unless the test asks for one.

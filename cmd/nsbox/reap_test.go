@@ -1,0 +1,71 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/nsbox/nsbox/api"
+)
+
+// killedRunEnv makes TestHarnessReapsKilledRun the test run it kills.
+const killedRunEnv = "NSBOX_TEST_KILLED_RUN"
+
+// TestHarnessReapsKilledRun runs this test binary as a test run that starts a daemon and a
+// sandbox (its agent, cgroup, veth and nftables rules) and kills it with SIGKILL, as a timeout
+// or ^C does; reapDeadRuns, which every test run calls first, must then remove all of it.
+func TestHarnessReapsKilledRun(t *testing.T) {
+	if os.Getenv(killedRunEnv) != "" {
+		d := startDaemon(t)
+		d.create(api.CreateSandboxRequest{ID: "left", Image: "busybox"})
+		os.Stdout.WriteString("ready " + d.runDir + "\n")
+		select {} // until killed
+	}
+	run := exec.Command(os.Args[0], "-test.run", "^TestHarnessReapsKilledRun$")
+	run.Env = append(os.Environ(), killedRunEnv+"=1", "NSBOX_BIN="+nsboxBin)
+	stdout, err := run.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run.Stderr = os.Stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var runDir string
+	for lines := bufio.NewScanner(stdout); runDir == "" && lines.Scan(); {
+		if dir, ok := strings.CutPrefix(lines.Text(), "ready "); ok {
+			runDir = dir
+		}
+	}
+	_ = run.Process.Kill()
+	_ = run.Wait()
+	if runDir == "" {
+		t.Fatal("the test run to kill never got ready")
+	}
+	d, err := recordedDaemon(runDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := func() []string {
+		var out []string
+		for _, l := range d.leftovers() {
+			out = append(out, l.what)
+		}
+		out = append(append(append(out, d.lxcfsLeftovers()...), d.stageLeftovers()...), d.net.leaks()...)
+		for _, path := range []string{runDir, d.dataDir, "/sys/class/net/" + d.net.uplink} {
+			if _, err := os.Stat(path); err == nil {
+				out = append(out, path)
+			}
+		}
+		return out
+	}
+	if len(left()) == 0 {
+		t.Fatal("the killed test run left nothing: the test tests nothing")
+	}
+	reapDeadRuns()
+	for _, l := range left() {
+		t.Errorf("left after reapDeadRuns: %s", l)
+	}
+}
