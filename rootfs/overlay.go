@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,10 +33,20 @@ func MountOverlay(layers []string, upper, work, target string, ids IDMap) error 
 
 // mountOverlay mounts the overlay through a staging tmpfs (mountStagedOverlay), so that its
 // options in a sandbox's mountinfo name no host path, with or without a user namespace.
+// Without one, a kernel that refuses the staging (EINVAL: "lowerdir+" is Linux 6.8's) gets the
+// layers by their host paths.
 func mountOverlay(layers []string, upper, work, target string, ids IDMap) error {
 	const attrs = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
 	if !ids.Enabled() {
-		return mountStagedOverlay(layers, upper, work, target, nil, attrs)
+		err := mountStagedOverlay(layers, upper, work, target, nil, attrs)
+		if !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,%s", strings.Join(layers, ":"), upper, work, OverlayOptions)
+		if err := unix.Mount("overlay", target, "overlay", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+			return fmt.Errorf("mount overlay at %s: %w", target, err)
+		}
+		return nil
 	}
 	for _, d := range []string{upper, work} {
 		if err := os.Chown(d, int(ids.Host), int(ids.Host)); err != nil {
