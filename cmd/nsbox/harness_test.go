@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/nsbox/nsbox/api"
@@ -166,6 +167,38 @@ func reapDeadRuns() {
 		if err := reapDeadRun(dir); err != nil {
 			fmt.Fprintf(os.Stderr, "clean up after the killed test run of %s: %v\n", dir, err)
 		}
+	}
+	reapStrays()
+}
+
+// reapStrays removes what a test run killed during its daemon's cleanup, after its run dir
+// went, may have left: its empty cgroup parents and its nftables table. (Its uplink is named
+// after its pid modulo 1,000,000, which can be a live run's too: it stays.)
+func reapStrays() {
+	dead := func(pidText string) bool {
+		pid, err := strconv.Atoi(pidText)
+		return err == nil && pid != os.Getpid() && !alive(pid)
+	}
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/nsbox-test-*-*")
+	for _, dir := range cgroups {
+		if pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), "nsbox-test-"), "-"); dead(pid) {
+			_ = os.Remove(dir) // only an empty one: a run dir's daemon had the others
+		}
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return
+	}
+	tables, _ := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	for _, table := range tables {
+		if rest, ok := strings.CutPrefix(table.Name, "nsboxit_"); ok {
+			if pid, _, _ := strings.Cut(rest, "_"); dead(pid) {
+				c.DelTable(table)
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		fmt.Fprintf(os.Stderr, "remove the nftables tables of killed test runs: %v\n", err)
 	}
 }
 

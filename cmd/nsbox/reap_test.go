@@ -2,10 +2,14 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -64,8 +68,31 @@ func TestHarnessReapsKilledRun(t *testing.T) {
 	if len(left()) == 0 {
 		t.Fatal("the killed test run left nothing: the test tests nothing")
 	}
+	// A daemon of the run whose run dir went already (killed during its cleanup) left an empty
+	// cgroup parent and its table.
+	stray := &testDaemon{t: t, cgroupParent: fmt.Sprintf("nsbox-test-%d-99", run.Process.Pid),
+		net: testNetwork{table: fmt.Sprintf("nsboxit_%d_99", run.Process.Pid)}}
+	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent)
+	if len(hierarchies) == 0 {
+		t.Fatal("the killed run has no cgroup parent")
+	}
+	strayCgroup := filepath.Join(filepath.Dir(hierarchies[0]), stray.cgroupParent)
+	if err := os.Mkdir(strayCgroup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.AddTable(&nftables.Table{Name: stray.net.table, Family: nftables.TableFamilyINet})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	reapDeadRuns()
-	for _, l := range left() {
+	for _, l := range append(left(), stray.net.leaks()...) {
 		t.Errorf("left after reapDeadRuns: %s", l)
+	}
+	if _, err := os.Stat(strayCgroup); err == nil {
+		t.Errorf("left after reapDeadRuns: %s", strayCgroup)
 	}
 }
