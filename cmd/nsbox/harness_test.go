@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,17 +100,10 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaemon {
 	t.Helper()
 	n := daemonSeq.Add(1)
-	d := &testDaemon{
-		t:            t,
-		dataDir:      t.TempDir(),
-		runDir:       fmt.Sprintf("/run/nsbox-test-%d-%d", os.Getpid(), n),
-		cgroupParent: fmt.Sprintf("nsbox-test-%d-%d", os.Getpid(), n),
-		args:         extraArgs,
-		nofile:       nofile,
-	}
-	d.socket = filepath.Join(d.runDir, "nsbox.sock")
+	d := daemonOf(int64(os.Getpid()), n)
+	d.t, d.dataDir, d.args, d.nofile = t, t.TempDir(), extraArgs, nofile
 	d.net = newTestNetwork(t, n)
-	d.writeRecord()
+	d.writeDataDir()
 	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
 	d.http = &http.Client{Transport: &specCheckingTransport{t: t, next: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -125,28 +117,25 @@ func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaem
 	return d
 }
 
-// daemonRecord is what a test daemon's cleanup needs, kept in its run dir (recordFile) so that
-// a later test run can clean up after a test binary that was killed (reapDeadRuns).
-type daemonRecord struct {
-	DataDir, RunDir, Socket, CgroupParent string
-	Table, Subnet, Uplink                 string
+// daemonOf is the n-th test daemon of the test process pid, as far as its names say: its run
+// dir, socket, cgroup parent and network (its data dir is a temp dir of its test).
+func daemonOf(pid, n int64) *testDaemon {
+	name := fmt.Sprintf("nsbox-test-%d-%d", pid, n)
+	return &testDaemon{runDir: "/run/" + name, socket: filepath.Join("/run", name, "nsbox.sock"), cgroupParent: name, net: testNetworkOf(pid, n)}
 }
 
-const recordFile = "test-daemon.json"
+// dataDirFile, in a test daemon's run dir, names its data dir, for reapDeadRuns.
+const dataDirFile = "test-data-dir"
 
-// writeRecord writes the daemon's record into its run dir.
-func (d *testDaemon) writeRecord() {
+// writeDataDir writes the daemon's data dir into its run dir.
+func (d *testDaemon) writeDataDir() {
 	d.t.Helper()
-	data, err := json.Marshal(daemonRecord{DataDir: d.dataDir, RunDir: d.runDir, Socket: d.socket, CgroupParent: d.cgroupParent,
-		Table: d.net.table, Subnet: d.net.subnet.String(), Uplink: d.net.uplink})
+	err := os.MkdirAll(d.runDir, 0o711)
 	if err == nil {
-		err = os.MkdirAll(d.runDir, 0o711)
-	}
-	if err == nil {
-		err = os.WriteFile(filepath.Join(d.runDir, recordFile), data, 0o600)
+		err = os.WriteFile(filepath.Join(d.runDir, dataDirFile), []byte(d.dataDir), 0o600)
 	}
 	if err != nil {
-		d.t.Fatalf("write the daemon's record: %v", err)
+		d.t.Fatalf("write the daemon's data dir into its run dir: %v", err)
 	}
 }
 
@@ -154,17 +143,17 @@ func (d *testDaemon) writeRecord() {
 // their daemons' sandboxes running: for every test run dir (/run/nsbox-test-<pid>-<n>) whose
 // test process is gone, it kills the daemon if it still runs, runs `nsbox daemon --cleanup
 // --force` for it (sandboxes, cgroups, mounts, its nftables table, veths, routes), removes
-// the uplink, the cgroup parents, the data dir and the run dir. What it cannot remove it says
+// the uplink, the cgroup parents, the data dir and the run dir. Everything but the data dir
+// is named after the pid and n (daemonOf); the data dir is in the run dir's dataDirFile. What it cannot remove it says
 // on stderr, and the tests go on.
 func reapDeadRuns() {
 	dirs, _ := filepath.Glob("/run/nsbox-test-*-*")
 	for _, dir := range dirs {
-		pidText, _, _ := strings.Cut(strings.TrimPrefix(dir, "/run/nsbox-test-"), "-")
-		pid, err := strconv.Atoi(pidText)
-		if err != nil || pid == os.Getpid() || alive(pid) {
+		var pid, n int64
+		if _, err := fmt.Sscanf(filepath.Base(dir), "nsbox-test-%d-%d", &pid, &n); err != nil || int(pid) == os.Getpid() || alive(int(pid)) {
 			continue
 		}
-		if err := reapDeadRun(dir); err != nil {
+		if err := reapDeadRun(pid, n); err != nil {
 			fmt.Fprintf(os.Stderr, "clean up after the killed test run of %s: %v\n", dir, err)
 		}
 	}
@@ -202,16 +191,21 @@ func reapStrays() {
 	}
 }
 
-// reapDeadRun is reapDeadRuns' work on one run dir.
-func reapDeadRun(runDir string) error {
-	d, err := recordedDaemon(runDir)
-	if errors.Is(err, os.ErrNotExist) { // gone before its daemon started, or after its cleanup
-		return os.RemoveAll(runDir)
+// reapDeadRun is reapDeadRuns' work on the n-th daemon of the dead test process pid. Without
+// a data dir (a run that never wrote one) it cleans up with an empty one: what is in the run
+// dir and on the host goes, the data dir's files stay.
+func reapDeadRun(pid, n int64) error {
+	d := daemonOf(pid, n)
+	d.dataDir = killDaemonsOf(d.runDir)
+	if data, err := os.ReadFile(filepath.Join(d.runDir, dataDirFile)); err == nil {
+		d.dataDir = string(data)
 	}
-	if err != nil {
-		return err
+	if d.dataDir == "" {
+		var err error
+		if d.dataDir, err = os.MkdirTemp("", "nsbox-reap-"); err != nil {
+			return err
+		}
 	}
-	killDaemonsOf(runDir)
 	if out, err := d.runCleanup("--force"); err != nil {
 		return fmt.Errorf("nsbox daemon --cleanup --force: %w\n%s", err, out)
 	}
@@ -225,37 +219,23 @@ func reapDeadRun(runDir string) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, os.RemoveAll(d.dataDir), os.RemoveAll(runDir))
+	errs = append(errs, os.RemoveAll(d.dataDir), os.RemoveAll(d.runDir))
 	_ = os.Remove(filepath.Dir(d.dataDir)) // the test's temp dir, once empty
 	return errors.Join(errs...)
 }
 
-// recordedDaemon is the daemon whose record is in runDir (with no test and no process).
-func recordedDaemon(runDir string) (*testDaemon, error) {
-	data, err := os.ReadFile(filepath.Join(runDir, recordFile))
-	if err != nil {
-		return nil, err
-	}
-	var rec daemonRecord
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("read the record %s: %w", recordFile, err)
-	}
-	subnet, err := netip.ParsePrefix(rec.Subnet)
-	if err != nil {
-		return nil, fmt.Errorf("the record's subnet: %w", err)
-	}
-	return &testDaemon{dataDir: rec.DataDir, runDir: rec.RunDir, socket: rec.Socket, cgroupParent: rec.CgroupParent,
-		net: testNetwork{table: rec.Table, subnet: subnet, uplink: rec.Uplink}}, nil
-}
-
-// killDaemonsOf kills (SIGKILL) every nsbox daemon with the run dir and waits for them to go.
-func killDaemonsOf(runDir string) {
+// killDaemonsOf kills (SIGKILL) every nsbox daemon with the run dir, waits for them to go, and
+// returns the data dir of the last one ("" for none).
+func killDaemonsOf(runDir string) (dataDir string) {
 	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range cmdlines {
 		data, _ := os.ReadFile(p)
 		args := strings.Split(string(data), "\x00")
 		if len(args) < 2 || args[1] != "daemon" || !slices.Contains(args, runDir) {
 			continue
+		}
+		if i := slices.Index(args, "--data-dir"); i > 0 && i+1 < len(args) {
+			dataDir = args[i+1]
 		}
 		pid := pidOf(p)
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -265,6 +245,7 @@ func killDaemonsOf(runDir string) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	return dataDir
 }
 
 // start starts (or restarts) the daemon. It keeps no warm pool unless the test asks for one.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -37,21 +36,22 @@ func TestHarnessReapsKilledRun(t *testing.T) {
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var runDir string
-	for lines := bufio.NewScanner(stdout); runDir == "" && lines.Scan(); {
-		if dir, ok := strings.CutPrefix(lines.Text(), "ready "); ok {
-			runDir = dir
-		}
+	var pid, n int64
+	for lines := bufio.NewScanner(stdout); n == 0 && lines.Scan(); {
+		_, _ = fmt.Sscanf(lines.Text(), "ready /run/nsbox-test-%d-%d", &pid, &n)
 	}
 	_ = run.Process.Kill()
 	_ = run.Wait()
-	if runDir == "" {
+	if n == 0 {
 		t.Fatal("the test run to kill never got ready")
 	}
-	d, err := recordedDaemon(runDir)
+	d := daemonOf(pid, n)
+	data, err := os.ReadFile(filepath.Join(d.runDir, dataDirFile))
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.t, d.dataDir = t, string(data)
+	runDir := d.runDir
 	left := func() []string {
 		var out []string
 		for _, l := range d.leftovers() {
