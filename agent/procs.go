@@ -42,8 +42,10 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <
 	}
 	pid := p.Pid
 	// Set once the program runs (Go has no hook between fork and exec): what it forks in the
-	// first instant keeps the agent's score. The child is not reaped before (t.mu is held).
-	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(childOOMScoreAdj), 0); err != nil {
+	// first instant keeps the agent's score. The child is not reaped before (t.mu is held); one
+	// that is gone already may answer ESRCH.
+	err = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(childOOMScoreAdj), 0)
+	if err != nil && !errors.Is(err, unix.ESRCH) {
 		slog.Warn("raise a process's OOM score", "pid", pid, "err", err)
 	}
 	// The reaper, not os.Process, waits for it; drop the handle's resources.
