@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nsbox/nsbox/internal/atomicfile"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -47,7 +48,7 @@ func (r *Runtime) openStage() error {
 	}
 	defer src.Close()
 	// Not writable by anyone, executable by the sandboxes' roots (other users on the host).
-	if err := rootfs.WriteFileAtomic(staged, src, 0o755); err != nil {
+	if err := atomicfile.WriteFrom(staged, src, 0o755); err != nil {
 		return fmt.Errorf("stage the agent binary: %w", err)
 	}
 	return nil

@@ -3,7 +3,6 @@ package rootfs
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -55,32 +54,4 @@ func isTmpfsMount(dir string) (bool, error) {
 		return false, fmt.Errorf("stat %s: %w", dir, err)
 	}
 	return st.Dev != parent.Dev, nil
-}
-
-// WriteFileAtomic writes src to path (through a temporary file beside it, renamed over path
-// once complete and synced) with the mode perm: a reader of path sees the old file or the
-// whole new one.
-func WriteFileAtomic(path string, src io.Reader, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // gone once renamed
-	_, err = io.Copy(tmp, src)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if err == nil {
-		err = tmp.Chmod(perm)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

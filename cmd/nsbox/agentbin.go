@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/nsbox/nsbox/rootfs"
+	"github.com/nsbox/nsbox/internal/atomicfile"
 )
 
 // agentFiles holds the small agent binary (cmd/nsbox-agent) when make build put it there.
@@ -38,7 +38,7 @@ func agentBinary(dir, self string) (string, error) {
 		return "", fmt.Errorf("make agent dir: %w", err)
 	}
 	// Not writable by anyone, executable by the sandboxes' roots (other users on the host).
-	if err := rootfs.WriteFileAtomic(path, bin, 0o755); err != nil {
+	if err := atomicfile.WriteFrom(path, bin, 0o755); err != nil {
 		return "", fmt.Errorf("the agent binary: %w", err)
 	}
 	return path, nil
