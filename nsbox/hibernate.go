@@ -118,7 +118,7 @@ func (r *Runtime) shelveContainer(id string) error {
 	// Private folders are not kept across a hibernation (nor is anything else of the run).
 	err = errors.Join(err, r.removePrivate(id), r.releaseStorage(id))
 	if err == nil {
-		err = os.RemoveAll(r.sandboxRunDir(id))
+		err = r.removeRunDirs(id)
 	}
 	return err
 }
