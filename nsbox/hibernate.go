@@ -144,15 +144,18 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities,
 		SnapshotLayers: rec.SnapshotLayers, Permissions: rec.Permissions}
-	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true)
+	// The network is reattached while the agent starts.
+	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, func(sc *startedContainer) error { return r.bindHost(&rec, sc, lim) })
 	if err != nil {
-		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, err)
+		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, errors.Join(err, r.net.Suspend(sb.id)))
 	}
 	started := time.Since(began)
-	err = r.bind(ctx, &rec, sc, lim, nil)
+	err = r.bindAgent(ctx, &rec, sc, nil)
+	bound := time.Since(began) - started
 	if err == nil {
 		err = sc.agent.restoreState(ctx, st)
 	}
+	restored := time.Since(began) - started - bound
 	if err != nil {
 		onOwnThread(sc.inst.Kill)
 		err = errors.Join(err, r.net.Suspend(sb.id), r.shelveContainer(sc.inst.ID()))
@@ -171,7 +174,7 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	sb.touch()
 	r.watch(sb, sc.inst)
-	r.log.Info("sandbox resumed from hibernation", "sandbox", sb.id, "start", started, "duration", time.Since(began))
+	r.log.Info("sandbox resumed from hibernation", "sandbox", sb.id, "start", started, "bind", bound, "restore", restored, "duration", time.Since(began))
 	return nil
 }
 
