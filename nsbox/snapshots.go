@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -14,7 +16,10 @@ import (
 	"time"
 	"unicode"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -142,6 +147,11 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 			if err := inst.Freeze(); err != nil {
 				return errors.Join(err, inst.Thaw())
 			}
+			mapped, err := mappedForWrite(inst)
+			if err != nil {
+				return errors.Join(err, inst.Thaw())
+			}
+			cp.Forget(mapped...)
 		}
 		last, err = cp.Pass(true)
 		if !paused {
@@ -177,6 +187,43 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 		"sessions", len(st.Sessions), "frozen", frozenFor, "entries", last.Entries, "copied", first.Copied, "copiedFrozen", last.Copied,
 		"bytesFrozen", last.Bytes, "duration", time.Since(began))
 	return snap, nil
+}
+
+// mappedForWrite lists the files the processes of a (frozen) container map shared and
+// writable, as paths in its root: writes through such a mapping need not stamp the file's
+// times (rootfs.LayerCopy), so a snapshot copies them again while frozen. A path named
+// " (deleted)" by the kernel, or with a newline (shown as \012), is given both ways.
+func mappedForWrite(inst backend.Instance) ([]string, error) {
+	pids, err := inst.Processes()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, pid := range pids {
+		maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			continue // gone
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the mappings of process %d: %w", pid, err)
+		}
+		for line := range strings.Lines(string(maps)) {
+			f := strings.Fields(line)
+			i := strings.IndexByte(line, '/')
+			if len(f) < 6 || i < 0 || len(f[1]) < 4 || f[1][1] != 'w' || f[1][3] != 's' {
+				continue
+			}
+			p := strings.TrimSuffix(line[i:], "\n")
+			out = append(out, p)
+			if q := strings.TrimSuffix(p, " (deleted)"); q != p {
+				out = append(out, q)
+			}
+			if q := strings.ReplaceAll(p, `\012`, "\n"); q != p {
+				out = append(out, q)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Snapshots lists the snapshots, oldest first.

@@ -27,10 +27,12 @@ import (
 // change times (any write, chmod, chown, xattr or link changes the change time, which no
 // system call sets). A change time is only trusted when it is older than the start of the
 // pass that read it by more than a clock tick (ctimeSlack): a file changed within the tick in
-// which it was read may keep its change time. Files with several hard links are copied in the
-// frozen pass only, so that each link group is copied whole. One change is not seen: a write
-// through a shared writable mmap to a page already dirty before the first pass read it (the
-// kernel stamps the file's times only at the first write to a clean page).
+// which it was read may keep its change time. Files with several hard links are copied in
+// every frozen pass and in no other, so that each link group is copied whole. A write through a shared
+// writable mmap stamps the file's times only when it dirties a clean page: so a pass that is
+// not frozen first flushes the upper's file system (syncfs, which cleans every page and
+// write-protects its mappings), and the caller should Forget the files mapped shared and
+// writable when it freezes (a file system without page_mkwrite, tmpfs, never stamps them).
 type LayerCopy struct {
 	src, dst *os.Root
 	ids      IDMap
@@ -95,7 +97,17 @@ func (c *LayerCopy) Close() error { return errors.Join(c.src.Close(), c.dst.Clos
 func (c *LayerCopy) Pass(frozen bool) (CopyStats, error) {
 	began := time.Now()
 	c.frozen, c.next, c.links, c.left, c.stats = frozen, map[string]stamp{}, map[[2]uint64]string{}, c.maxBytes, CopyStats{}
-	fi, err := c.src.Lstat(".")
+	sf, err := openDir(c.src, ".")
+	if err != nil {
+		return c.stats, fmt.Errorf("copy upper dir: %w", err)
+	}
+	defer sf.Close()
+	if !frozen {
+		if err := unix.Syncfs(int(sf.Fd())); err != nil {
+			return c.stats, fmt.Errorf("copy upper dir: flush its file system: %w", err)
+		}
+	}
+	fi, err := sf.Stat()
 	if err != nil {
 		return c.stats, fmt.Errorf("copy upper dir: %w", err)
 	}
@@ -104,6 +116,14 @@ func (c *LayerCopy) Pass(frozen bool) (CopyStats, error) {
 	}
 	c.seen, c.trustBefore = c.next, syscall.NsecToTimespec(began.Add(-ctimeSlack).UnixNano())
 	return c.stats, nil
+}
+
+// Forget makes the next pass copy the entries rel (paths relative to the upper dir) again,
+// whatever their times say.
+func (c *LayerCopy) Forget(rel ...string) {
+	for _, p := range rel {
+		delete(c.seen, path.Clean("./"+p))
+	}
 }
 
 // unchanged reports whether the entry rel, now st, is as the last pass copied it.
@@ -230,7 +250,7 @@ func (c *LayerCopy) entry(rel string, fi fs.FileInfo) error {
 			return fmt.Errorf("copy %s: %w (a sparse file counts at its full size of %d bytes)", rel, ErrLayerTooLarge, fi.Size())
 		}
 	}
-	if c.unchanged(rel, s) {
+	if !linked && c.unchanged(rel, s) {
 		c.next[rel] = s
 		return nil
 	}

@@ -69,10 +69,21 @@ func TestLayerCopy(t *testing.T) {
 	must(t, err)
 	_, err = f.WriteAt([]byte("Z"), 1)
 	must(t, errors.Join(err, f.Close()))
-	if st := pass(true); st.Copied != 1 {
-		t.Errorf("a same-size write to one file: %d entries copied, want 1", st.Copied)
+	if st := pass(true); st.Copied != 5 {
+		t.Errorf("a same-size write to one file: %d entries copied, want it and the 4 hard-linked files", st.Copied)
 	}
 	same("after a same-size write")
+	// The copy of a file unchanged for longer than a tick is kept (damaged here, to tell),
+	// unless forgotten.
+	damaged := filepath.Join(dst, "data/sub")
+	must(t, os.WriteFile(damaged, []byte("damaged!!!"), 0o600))
+	pass(true)
+	if data, _ := os.ReadFile(damaged); string(data) != "damaged!!!" {
+		t.Fatalf("an unchanged file was copied again: %q", data)
+	}
+	cp.Forget("/data/sub")
+	pass(true)
+	same("after Forget")
 
 	sparse := filepath.Join(upper, "sparse")
 	must(t, os.WriteFile(sparse, nil, 0o644))

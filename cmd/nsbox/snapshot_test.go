@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -247,6 +248,59 @@ func TestSnapshotOfBusySandbox(t *testing.T) {
 	for _, line := range strings.Split(d.log.String(), "\n") {
 		if strings.Contains(line, "snapshot taken") {
 			t.Log(line) // how long each froze the sandbox (for reading with -v; make bench measures it)
+		}
+	}
+}
+
+// mappedWriter writes a counter through a shared writable mapping of /root/m and then, with
+// pwrite, to /root/n, without pause: at any moment m holds n or n+1. Once its page is dirty,
+// the kernel does not stamp m's times for the writes that follow.
+const mappedWriter = `import mmap, os, struct
+fd = os.open('/root/m', os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+n = os.open('/root/n', os.O_RDWR | os.O_CREAT, 0o644)
+i = 0
+while True:
+    i += 1
+    v = struct.pack('<Q', i)
+    m[0:8] = v
+    os.pwrite(n, v, 0)
+`
+
+// TestSnapshotOfMappedFile snapshots a sandbox whose process writes a file through a shared
+// mapping: the snapshot must hold what the mapping held when it froze, not what a copy made
+// while it ran read (the file's times do not change with such writes).
+func TestSnapshotOfMappedFile(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "mapped"})
+	if _, err := d.client.StartProcess(ctx, "mapped", api.StartProcessRequest{ID: "writer", Argv: []string{"python3", "-c", mappedWriter}}); err != nil {
+		t.Fatal(err)
+	}
+	read := func(layer, name string) uint64 {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(layer, "root", name))
+		if err != nil || len(data) < 8 {
+			t.Fatalf("%s: %d bytes, %v", name, len(data), err)
+		}
+		return binary.LittleEndian.Uint64(data)
+	}
+	var last uint64
+	for range 3 {
+		d.sh("mapped", fmt.Sprintf(`until [ "$(od -An -tu8 -N8 /root/n 2>/dev/null | tr -d ' ')" -gt %d ] 2>/dev/null; do sleep 0.01; done`, last+1000))
+		snap, err := d.client.CreateSnapshot(ctx, "mapped", api.CreateSnapshotRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer := filepath.Join(d.dataDir, "images", "layers", "sha256", strings.TrimPrefix(snap.Layer, "sha256:"))
+		m, n := read(layer, "m"), read(layer, "n")
+		if m != n && m != n+1 {
+			t.Errorf("snapshot %s is not one moment: the mapped file holds %d, the written one %d", snap.ID, m, n)
+		}
+		last = n
+		if err := d.client.DeleteSnapshot(ctx, snap.ID); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
