@@ -67,12 +67,13 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 	defer cancel()
 	_, err = sc.agent.health(readyCtx)
 	if err != nil {
-		err = fmt.Errorf("agent did not come up: %v; agent log: %q", err, inst.AgentLog())
+		err = fmt.Errorf("agent did not come up: %v", err)
 	}
 	if merr := <-done; merr != nil {
 		err = errors.Join(err, merr)
 	}
 	if err != nil {
+		err = fmt.Errorf("%w; agent log: %q", err, inst.AgentLog())
 		onOwnThread(inst.Kill)
 		inst.Close()
 		if derr := r.undoStart(id, kept); derr != nil {

@@ -23,10 +23,12 @@ import (
 // and destroyed but for its writable layers (and disk), its user namespace ids (its files
 // belong to them) and its network (address, rules and exposed ports stay; the veth goes with
 // the namespace). Resuming (POST …/resume, or any request that needs it running: wake) starts
-// a container of the same id on the same layers, reattaches the network with the same address,
-// binds it as a create does and hands the agent the saved state: the sessions come back with
-// it, processes that ran are listed as stopped by hibernation, and those started with restart
-// "on-resume" start again. Memory is not checkpointed: where CRIU works (checkpoint.go) the
+// a container of the same id on the same layers, reattaches the network with the same address
+// while its agent starts, binds it as a create does and hands the agent the saved state: the
+// sessions come back with it, processes that ran are listed as stopped by hibernation, and
+// those started with restart "on-resume" start again. Most of a resume is the container's
+// start (libcontainer: cgroups, namespaces, mounts, the agent's exec), which the warm pool
+// cannot do ahead: the container must be the one whose layers and ids the sandbox kept. Memory is not checkpointed: where CRIU works (checkpoint.go) the
 // API says so, but this daemon does not use it yet.
 
 // awakenTimeout bounds a resume from hibernation: a container start, its agent and the
