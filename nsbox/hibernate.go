@@ -146,13 +146,16 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities,
 		SnapshotLayers: rec.SnapshotLayers, Permissions: rec.Permissions}
-	// The network is reattached while the agent starts.
-	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, func(sc *startedContainer) error { return r.bindHost(&rec, sc, lim) })
+	// The network is reattached while the agent starts; the rest of bind follows.
+	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, func(sc *startedContainer) error { return r.connectNetwork(&rec, sc) })
 	if err != nil {
 		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, errors.Join(err, r.net.Suspend(sb.id)))
 	}
 	started := time.Since(began)
-	err = r.bindAgent(ctx, &rec, sc, nil)
+	err = r.bindHost(&rec, sc, lim)
+	if err == nil {
+		err = r.bindAgent(ctx, &rec, sc, nil)
+	}
 	bound := time.Since(began) - started
 	if err == nil {
 		err = sc.agent.restoreState(ctx, st)

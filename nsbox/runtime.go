@@ -627,11 +627,13 @@ func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, l
 	if err := r.bindHost(rec, sc, lim); err != nil {
 		return err
 	}
+	if err := r.connectNetwork(rec, sc); err != nil {
+		return err
+	}
 	return r.bindAgent(ctx, rec, sc, entrypoint)
 }
 
-// bindHost is the part of bind done from the host, which needs no agent: hostname, limits,
-// network.
+// bindHost is the part of bind done from the host besides the network: hostname and limits.
 func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits) error {
 	if err := sc.inst.SetHostname(rec.ID); err != nil {
 		return err
@@ -643,7 +645,7 @@ func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits
 		}
 		r.log.Debug("limits set", "container", sc.inst.ID(), "duration", time.Since(began))
 	}
-	return r.connectNetwork(rec, sc)
+	return nil
 }
 
 // bindAgent is the part of bind done through the agent: its configuration and the
