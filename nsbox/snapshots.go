@@ -138,7 +138,7 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 		}
 		defer cp.Close()
 		if !paused { // a first pass while it runs, then it is frozen for the second
-			if first, err = cp.Pass(false); err != nil {
+			if first, err = cp.Pass(ctx, false); err != nil {
 				return err
 			}
 		}
@@ -153,7 +153,7 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 			}
 			cp.Forget(mapped...)
 		}
-		last, err = cp.Pass(true)
+		last, err = cp.Pass(ctx, true)
 		if !paused {
 			if terr := inst.Thaw(); terr != nil {
 				err = errors.Join(err, fmt.Errorf("thaw it: %w", terr))

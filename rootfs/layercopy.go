@@ -1,6 +1,7 @@
 package rootfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,7 @@ type LayerCopy struct {
 	trustBefore syscall.Timespec
 
 	// One pass's state.
+	ctx    context.Context
 	frozen bool
 	next   map[string]stamp
 	links  map[[2]uint64]string // the first path of each file with several links, by device and inode
@@ -93,10 +95,10 @@ func (c *LayerCopy) Close() error { return errors.Join(c.src.Close(), c.dst.Clos
 
 // Pass brings the copy up to date with the upper dir. frozen: the upper does not change
 // meanwhile, and the copy is exact when it returns; otherwise entries that change or go while
-// they are read are left for the next pass.
-func (c *LayerCopy) Pass(frozen bool) (CopyStats, error) {
+// they are read are left for the next pass. A canceled ctx ends it.
+func (c *LayerCopy) Pass(ctx context.Context, frozen bool) (CopyStats, error) {
 	began := time.Now()
-	c.frozen, c.next, c.links, c.left, c.stats = frozen, map[string]stamp{}, map[[2]uint64]string{}, c.maxBytes, CopyStats{}
+	c.ctx, c.frozen, c.next, c.links, c.left, c.stats = ctx, frozen, map[string]stamp{}, map[[2]uint64]string{}, c.maxBytes, CopyStats{}
 	sf, err := openDir(c.src, ".")
 	if err != nil {
 		return c.stats, fmt.Errorf("copy upper dir: %w", err)
@@ -145,6 +147,9 @@ func (c *LayerCopy) vanished(err error) bool {
 
 // dir copies the directory rel (fi) and what is under it.
 func (c *LayerCopy) dir(rel string, fi fs.FileInfo) error {
+	if err := c.ctx.Err(); err != nil {
+		return fmt.Errorf("copy upper dir: %w", err)
+	}
 	st := fi.Sys().(*syscall.Stat_t)
 	s := stampOf(st)
 	c.stats.Entries++

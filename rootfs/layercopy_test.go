@@ -2,6 +2,7 @@ package rootfs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -36,7 +37,7 @@ func TestLayerCopy(t *testing.T) {
 	}
 	pass := func(frozen bool) CopyStats {
 		t.Helper()
-		st, err := cp.Pass(frozen)
+		st, err := cp.Pass(context.Background(), frozen)
 		must(t, err)
 		return st
 	}
@@ -91,7 +92,7 @@ func TestLayerCopy(t *testing.T) {
 	bounded, err := NewLayerCopy(t.TempDir(), upper, ids, 1<<20)
 	must(t, err)
 	defer bounded.Close()
-	if _, err := bounded.Pass(false); !errors.Is(err, ErrLayerTooLarge) {
+	if _, err := bounded.Pass(context.Background(), false); !errors.Is(err, ErrLayerTooLarge) {
 		t.Errorf("a 1 GiB sparse file under a 1 MiB bound: %v", err)
 	}
 }
