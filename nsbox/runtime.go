@@ -105,6 +105,7 @@ type Runtime struct {
 	log     *slog.Logger
 
 	pool          *warmPool
+	spares        *spareDisks    // formatted default disks ready to take (sparedisks.go)
 	defaultLimits backend.Limits // what a sandbox that asks for no limits gets
 	ids           *idRanges      // nil without user namespaces
 
@@ -168,6 +169,10 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.records.Close()
 		return nil, err
 	}
+	if r.spares, err = openSpareDisks(filepath.Join(cfg.DataDir, "disks"), cfg.DefaultDiskMB, log.Error); err != nil {
+		r.records.Close()
+		return nil, err
+	}
 	if r.defaultLimits, err = r.cfg.resolveLimits(&api.Limits{}); err != nil {
 		r.records.Close()
 		return nil, fmt.Errorf("default limits: %w", err)
@@ -184,6 +189,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.openLimitViews()
 	}
 	r.reconcileNetwork()
+	r.spares.refill()
 	if err := r.fillPool(); err != nil {
 		r.Close()
 		return nil, err
@@ -271,6 +277,9 @@ func (r *Runtime) Close() error {
 		r.stopIdle()
 	}
 	r.drainPool()
+	if r.spares != nil {
+		r.spares.close()
+	}
 	r.retiring.Wait()
 	r.closeLimitViews()
 	if r.net != nil {
