@@ -376,6 +376,12 @@ func (n *fakeNetwork) Detach(id string) error {
 func (n *fakeNetwork) Suspend(string) error { return nil }
 
 func (n *fakeNetwork) Reattach(id, _ string) (*sandboxnet.Attachment, error) {
+	n.mu.Lock()
+	fail := n.failAttach
+	n.mu.Unlock()
+	if fail != nil {
+		return nil, fail
+	}
 	a, ok := n.Lookup(id)
 	if !ok {
 		return nil, sandboxnet.ErrNotFound
