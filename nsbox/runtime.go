@@ -41,8 +41,11 @@ type Config struct {
 	// (permissions.go); "" refuses rules.
 	Self string
 	// Backend starts the sandboxes' containers; its run dir for a container must be
-	// <RunDir>/sandboxes/<container>.
+	// <RunDir>/sandboxes/<container>, and it must mount StagedAgent(RunDir, Agent) into them
+	// as their agent.
 	Backend backend.Backend
+	// Agent is the agent binary, which the daemon copies to its stage (stage.go).
+	Agent string
 
 	DefaultCPUs     float64
 	DefaultMemoryMB int64
@@ -181,6 +184,10 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.records.Close()
 		return nil, err
 	}
+	if err := r.openStage(); err != nil {
+		r.Close()
+		return nil, err
+	}
 	if err := r.reconcile(); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
@@ -266,6 +273,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 	if err := lxcfs.New(filepath.Join(cfg.RunDir, "lxcfs"), log).Stop(); err != nil {
 		return err
 	}
+	if err := rootfs.Detach(stageDir(cfg.RunDir)); err != nil {
+		return err
+	}
 	return cleanupNetwork(cfg)
 }
 
@@ -282,6 +292,7 @@ func (r *Runtime) Close() error {
 	}
 	r.retiring.Wait()
 	r.closeLimitViews()
+	r.closeStage()
 	if r.net != nil {
 		r.net.Close()
 	}
@@ -814,7 +825,7 @@ func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error
 	if err := <-destroyed; err != nil {
 		errs = append(errs, err)
 	} else {
-		errs = append(errs, os.RemoveAll(r.sandboxRunDir(id)))
+		errs = append(errs, r.removeRunDirs(id))
 	}
 	errs = append(errs, os.RemoveAll(r.sandboxDataDir(id)))
 	for range alongside {
