@@ -150,6 +150,8 @@ type Instance interface {
 	// only Stats().OOMKills, one file instead of five.
 	Stats() (Stats, error)
 	OOMKills() (uint64, error)
+	// Processes are the host pids of the container's processes.
+	Processes() ([]int, error)
 	// Freeze stops every process of the container until Thaw.
 	Freeze() error
 	Thaw() error

@@ -334,6 +334,12 @@ func (i *instance) statFiles() (*cgroupFiles, error) {
 	return i.stats, i.statsErr
 }
 
+// Processes lists the container's processes (its cgroup's).
+func (i *instance) Processes() ([]int, error) {
+	pids, err := i.c.Processes()
+	return pids, wrapErr("list container processes", err)
+}
+
 // Freeze freezes every process of the container (cgroup freezer).
 func (i *instance) Freeze() error { return wrapErr("freeze container", i.c.Pause()) }
 
