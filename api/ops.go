@@ -53,7 +53,8 @@ type Event struct {
 
 // Event types. A sandbox's life is created, started, then paused or hibernated and resumed,
 // stopping and removed; failed when its agent exits or its container is gone (agent_exited says the
-// first), oom_killed each time the kernel kills one of its processes for memory.
+// first), oom_killed each time the kernel kills one of its processes for memory; loaded says,
+// at a daemon's start, which state each sandbox it found is in.
 const (
 	EventSandboxCreated     = "sandbox.created"
 	EventSandboxStarted     = "sandbox.started"
@@ -65,6 +66,7 @@ const (
 	EventSandboxFailed      = "sandbox.failed"
 	EventSandboxOOMKilled   = "sandbox.oom_killed"
 	EventSandboxAgentExited = "sandbox.agent_exited"
+	EventSandboxLoaded      = "sandbox.loaded"
 	EventPortExposed        = "port.exposed"
 	EventPortUnexposed      = "port.unexposed"
 	EventSessionCreated     = "session.created"

@@ -621,8 +621,9 @@ func (r *Runtime) abortCreate(sb *sandbox) {
 
 // bind makes a started container the sandbox rec describes: its hostname, its limits when
 // they differ from the ones it was started with, its network, and its agent's hostname,
-// sandbox environment, working directory and user; then it starts entrypoint, when given, as
-// the process api.EntrypointProcess (one that cannot start is a failed process, not an error).
+// sandbox environment, working directory and user; it opens the agent's watch stream
+// (agentwatch.go); then it starts entrypoint, when given, as the process
+// api.EntrypointProcess (one that cannot start is a failed process, not an error).
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits, entrypoint []string) error {
 	if err := sc.inst.SetHostname(rec.ID); err != nil {
 		return err
@@ -638,6 +639,9 @@ func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, l
 		return err
 	}
 	if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
+		return err
+	}
+	if err := awaitFollow(ctx, r.followAgent(rec.ID, sc.inst, sc.agent)); err != nil {
 		return err
 	}
 	if len(entrypoint) == 0 {
@@ -697,6 +701,21 @@ func (r *Runtime) all() []*sandbox {
 		out = append(out, sb)
 	}
 	return out
+}
+
+// AgentPIDs are the host pids of the agents of every sandbox whose container runs (paused
+// ones included): the processes that run an agent binary. A sandbox without a container
+// (hibernated, or a create or resume to come) starts its next one with the daemon's own.
+func (r *Runtime) AgentPIDs() []int {
+	var pids []int
+	for _, sb := range r.all() {
+		sb.mu.Lock()
+		if sb.inst != nil && sb.inst.Alive() {
+			pids = append(pids, sb.inst.PID())
+		}
+		sb.mu.Unlock()
+	}
+	return pids
 }
 
 // Remove stops a sandbox and deletes everything it had. Without force its processes get
