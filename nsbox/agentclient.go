@@ -81,7 +81,12 @@ func (c *agentClient) pushEnv(ctx context.Context, env map[string]string) error 
 // watch opens the agent's stream of notices: its counts after every change, and what ended
 // (agentwatch.go).
 func (c *agentClient) watch(ctx context.Context) (*eventStream, error) {
-	return c.stream(ctx, http.MethodGet, "/v1/watch", nil)
+	resp, err := c.do(ctx, http.MethodGet, "/v1/watch", nil, api.EventStream)
+	if err != nil {
+		return nil, err
+	}
+	// One stream per running sandbox, open as long as it runs: its buffer starts small.
+	return &eventStream{events: api.NewSSEReaderSize(resp.Body, 1<<10), body: resp.Body}, nil
 }
 
 func sessionPath(sid string, rest ...string) string {
