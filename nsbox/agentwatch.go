@@ -70,7 +70,7 @@ func (r *Runtime) follow(id string, f *agentFollow, agent *agentClient) {
 		err := r.readNotices(ctx, id, f, agent, ready)
 		f.counts.Store(nil)
 		switch {
-		case ctx.Err() != nil:
+		case ctx.Err() != nil || !f.inst.Alive(): // the container is going
 			return
 		case api.IsCode(err, api.CodeNotFound):
 			r.log.Info("the sandbox's agent has no watch stream (an older agent): its stats ask it for its counts", "sandbox", id)
@@ -127,9 +127,9 @@ func awaitFollow(ctx context.Context, f *agentFollow) error {
 	}
 }
 
-// insideCounts returns the counts the agent of inst, sandbox id's container, last said; nil
-// when its stream is not open.
-func (o *ops) insideCounts(id string, inst backend.Instance) *insideCounts {
+// countsOf returns the counts the agent of inst, sandbox id's container, last said; nil when
+// its stream is not open.
+func (o *ops) countsOf(id string, inst backend.Instance) *insideCounts {
 	o.mu.Lock()
 	f := o.follows[id]
 	o.mu.Unlock()

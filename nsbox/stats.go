@@ -191,7 +191,7 @@ func (r *Runtime) countInside(s statsOf, st *api.SandboxStats) bool {
 	if s.rec.Status != api.StatusRunning || s.agent == nil {
 		return true
 	}
-	c := r.ops.insideCounts(s.rec.ID, s.inst)
+	c := r.ops.countsOf(s.rec.ID, s.inst)
 	if c == nil {
 		return false
 	}
