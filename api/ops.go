@@ -27,8 +27,8 @@ type SandboxStats struct {
 	DiskLimitBytes uint64 `json:"diskLimitBytes"`
 	// Network is its traffic, as the sandbox sees it (in: received); zero in network mode none.
 	Network NetworkStats `json:"network"`
-	// Sessions and Processes are its open sessions and running processes, as its agent
-	// counts them; absent while it is paused (a frozen agent does not answer).
+	// Sessions and Processes are its open sessions and running processes, as its agent last
+	// told the daemon (at every start and end); absent while it is paused.
 	Sessions  *int `json:"sessions,omitempty"`
 	Processes *int `json:"processes,omitempty"`
 }
