@@ -726,21 +726,6 @@ func (r *Runtime) all() []*sandbox {
 	return out
 }
 
-// AgentPIDs are the host pids of the agents of every sandbox whose container runs (paused
-// ones included): the processes that run an agent binary. A sandbox without a container
-// (hibernated, or a create or resume to come) starts its next one with the daemon's own.
-func (r *Runtime) AgentPIDs() []int {
-	var pids []int
-	for _, sb := range r.all() {
-		sb.mu.Lock()
-		if sb.inst != nil && sb.inst.Alive() {
-			pids = append(pids, sb.inst.PID())
-		}
-		sb.mu.Unlock()
-	}
-	return pids
-}
-
 // Remove stops a sandbox and deletes everything it had. Without force its processes get
 // SIGTERM and stopGrace to exit before they are killed.
 func (r *Runtime) Remove(id string, force bool) error {

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nsbox/nsbox/internal/atomicfile"
 )
 
@@ -48,12 +46,13 @@ func agentBinary(dir, self string) (string, error) {
 	return path, nil
 }
 
-// pruneAgents removes the agent binaries under dir that earlier builds wrote (7 MB each) and
-// no process runs now, and temporary files a write cut short left: all but current and the
-// binaries of the running agents pids (a sandbox restarts with the daemon's current agent:
-// one without a container does not need its old one). It removes nothing when it cannot
-// tell which binary an agent runs.
-func pruneAgents(dir, current string, pids []int, log *slog.Logger) error {
+// pruneAgents removes the agent binaries under dir that earlier builds wrote (7 MB each), and
+// temporary files a write cut short left: all but current. No sandbox needs them: a running
+// one runs the copy a daemon staged for it (nsbox/stage.go), or, started by a daemon from
+// before the stage, a bind mount of its file, which keeps the file's data until the sandbox
+// ends (removing the source of a bind mount in another mount namespace leaves the mount as it
+// is); a sandbox without a container (hibernated) starts its next one with the current agent.
+func pruneAgents(dir, current string, log *slog.Logger) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -61,30 +60,15 @@ func pruneAgents(dir, current string, pids []int, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("list agent binaries: %w", err)
 	}
-	inUse := map[[2]uint64]bool{} // device, inode
-	for _, pid := range pids {
-		var st unix.Stat_t
-		if err := unix.Stat(fmt.Sprintf("/proc/%d/exe", pid), &st); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				continue // it has exited since
-			}
-			return fmt.Errorf("find the binary agent %d runs: %w", pid, err)
-		}
-		inUse[[2]uint64{st.Dev, st.Ino}] = true
-	}
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
 		if path == current || !strings.HasPrefix(strings.TrimPrefix(e.Name(), "."), "nsbox-agent-") {
 			continue
 		}
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil || inUse[[2]uint64{st.Dev, st.Ino}] {
-			continue
-		}
 		if err := os.Remove(path); err != nil {
 			return fmt.Errorf("remove an old agent binary: %w", err)
 		}
-		log.Info("removed an agent binary no sandbox runs", "path", path, "bytes", st.Size)
+		log.Info("removed an old agent binary", "path", path)
 	}
 	return nil
 }

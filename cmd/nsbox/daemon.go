@@ -210,7 +210,7 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer rt.Close()
-	if err := pruneAgents(filepath.Join(c.String("data-dir"), "agent"), agentBin, rt.AgentPIDs(), log); err != nil {
+	if err := pruneAgents(filepath.Join(c.String("data-dir"), "agent"), agentBin, log); err != nil {
 		log.Warn("old agent binaries are kept", "err", err)
 	}
 
