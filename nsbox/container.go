@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -54,8 +55,14 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 	agent := newAgentClient(inst)
 	readyCtx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
-	if _, err := agent.health(readyCtx); err != nil {
+	_, err = agent.health(readyCtx)
+	if err != nil {
 		err = fmt.Errorf("agent did not come up: %v; agent log: %q", err, inst.AgentLog())
+	} else if err = inst.Detach(api.PrivateMount); err != nil {
+		// Left mounted, the private store would be reachable by path from every session.
+		err = fmt.Errorf("hide the private store: %w", err)
+	}
+	if err != nil {
 		onOwnThread(inst.Kill)
 		inst.Close()
 		if derr := r.undoStart(id, kept); derr != nil {
@@ -111,6 +118,11 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	if err != nil {
 		return backend.Spec{}, err
 	}
+	private, err := r.preparePrivate(id, st.DiskMB, ids)
+	if err != nil {
+		return backend.Spec{}, err
+	}
+	mounts = append(mounts, private)
 	layers := make([]string, 0, len(st.SnapshotLayers)+len(img.Layers))
 	for _, d := range st.SnapshotLayers {
 		layers = append(layers, r.images.Layers().Dir(d))

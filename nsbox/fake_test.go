@@ -265,6 +265,7 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 }
 
 func (i *fakeInstance) ShowLimits(string) error { return nil }
+func (i *fakeInstance) Detach(string) error     { return nil }
 
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 

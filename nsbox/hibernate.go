@@ -115,7 +115,8 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 func (r *Runtime) shelveContainer(id string) error {
 	var err error
 	onOwnThread(func() { err = wrapErr("destroy container", r.backend.Destroy(id)) })
-	err = errors.Join(err, r.releaseStorage(id))
+	// Private folders are not kept across a hibernation (nor is anything else of the run).
+	err = errors.Join(err, r.removePrivate(id), r.releaseStorage(id))
 	if err == nil {
 		err = r.removeRunDirs(id)
 	}
