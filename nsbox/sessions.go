@@ -81,17 +81,13 @@ func (r *Runtime) Session(ctx context.Context, id, sid string) (*api.Session, er
 }
 
 func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
-	err := r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
+	// Its session.ended event comes through the agent's watch stream (agentwatch.go).
+	return r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
 		if err := a.deleteSession(ctx, sid); err != nil {
 			return err
 		}
 		return r.forgetSession(req.PathValue("id"), sid)
 	})
-	if err != nil {
-		return err
-	}
-	r.ops.events.publish(api.EventSessionEnded, req.PathValue("id"), "session", req.PathValue("sid"), "reason", "deleted")
-	return nil
 }
 
 func (r *Runtime) handleCancelSession(w http.ResponseWriter, req *http.Request) error {
@@ -165,9 +161,6 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	res, err := collectResult(events, out)
 	if err != nil {
 		return l.failure(req.Context(), err)
-	}
-	if res.SessionEnded {
-		r.ops.events.publish(api.EventSessionEnded, l.rec.ID, "session", res.SessionID, "reason", "its shell exited")
 	}
 	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
 }

@@ -35,10 +35,10 @@ type instance struct {
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
 	cpus *cpuSets
-	// stats are the cgroup files Stats reads, found on its first call.
-	statsOnce sync.Once
-	stats     *cgroupFiles
-	statsErr  error
+	// stats are the cgroup files Stats reads, opened on its first call that can, closed by
+	// Close.
+	statsMu sync.Mutex
+	stats   *cgroupFiles
 }
 
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
@@ -325,13 +325,21 @@ func (i *instance) OOMKills() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return keyed(files.oom, "oom_kill")
+	return files.oomKills()
 }
 
-// statFiles are the cgroup files of the container's stats, found on the first call.
+// statFiles are the open cgroup files of the container's stats.
 func (i *instance) statFiles() (*cgroupFiles, error) {
-	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
-	return i.stats, i.statsErr
+	i.statsMu.Lock()
+	defer i.statsMu.Unlock()
+	if i.stats == nil {
+		files, err := openStatFiles(i.cgroupPath)
+		if err != nil {
+			return nil, err
+		}
+		i.stats = files
+	}
+	return i.stats, nil
 }
 
 // Processes lists the container's processes (its cgroup's).
@@ -356,12 +364,17 @@ func (i *instance) Kill() {
 	}
 }
 
-// Close releases the pidfd.
+// Close releases the pidfd and the cgroup files.
 func (i *instance) Close() {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if i.pidfd >= 0 {
 		unix.Close(i.pidfd)
 		i.pidfd = -1
+	}
+	i.statsMu.Lock()
+	defer i.statsMu.Unlock()
+	if i.stats != nil {
+		i.stats.close()
 	}
 }

@@ -2290,20 +2290,20 @@ export interface components {
             /** @description Size of its disk's file system; 0 without one. */
             diskLimitBytes: number;
             network: components["schemas"]["NetworkStats"];
-            /** @description Its open sessions; absent when its agent was not asked (not running: a paused agent is frozen) or did not answer. `GET /v1/stats` answers a sandbox's last count for 5 to 10 s before it asks its agent again (so that 1,000 sandboxes every second stay cheap); a sandbox's own stats always ask. */
+            /** @description Its open sessions, as its agent last told the daemon (it tells at once of every start and end, also of a shell that exits by itself); absent when the sandbox is not running (a paused agent is frozen), or when its agent has not told and did not answer when asked. */
             sessions?: number;
-            /** @description Its running processes (of the processes API); absent, and reused by `GET /v1/stats`, as `sessions` is. */
+            /** @description Its running processes (of the processes API, the entrypoint's included); absent as `sessions` is. */
             processes?: number;
         };
         SandboxStatsList: components["schemas"]["SandboxStats"][];
-        /** @description One thing that happened to a sandbox. Types: `sandbox.created` (details: image), `sandbox.started`, `sandbox.paused`, `sandbox.resumed` (from paused or hibernated), `sandbox.hibernated`, `sandbox.stopping`, `sandbox.removed`, `sandbox.failed` (details: error), `sandbox.agent_exited` (pid), `sandbox.oom_killed` (count, total), `port.exposed` (port, protocol, hostPort), `port.unexposed` (port, protocol), `session.created` (session, user, shell), `session.ended` (session, reason), `process.exited` (process, status, exitCode, signal, error, oomKilled). The `sandbox.*` moves of the state machine carry `status` (the new one) and `from`. */
+        /** @description One thing that happened to a sandbox. Types: `sandbox.created` (details: image), `sandbox.started`, `sandbox.paused`, `sandbox.resumed` (from paused or hibernated), `sandbox.hibernated`, `sandbox.stopping`, `sandbox.removed`, `sandbox.failed` (details: error), `sandbox.agent_exited` (pid), `sandbox.oom_killed` (count, total), `sandbox.loaded` (status, image, error: each sandbox a daemon found at its start, in the state it is in), `port.exposed` (port, protocol, hostPort), `port.unexposed` (port, protocol), `session.created` (session, user, shell), `session.ended` (session, reason: `deleted` or `its shell exited`), `process.exited` (process, status, exitCode, signal, error, oomKilled; every process of the processes API, the entrypoint's included). The `sandbox.*` moves of the state machine carry `status` (the new one) and `from`. */
         Event: {
             /** @description Numbers the daemon's events from 1 since it started; give the last one seen as `since` to replay what followed. */
             seq: number;
             /** Format: date-time */
             time: string;
             /** @enum {string} */
-            type: "sandbox.created" | "sandbox.started" | "sandbox.paused" | "sandbox.resumed" | "sandbox.hibernated" | "sandbox.stopping" | "sandbox.removed" | "sandbox.failed" | "sandbox.oom_killed" | "sandbox.agent_exited" | "port.exposed" | "port.unexposed" | "session.created" | "session.ended" | "process.exited";
+            type: "sandbox.created" | "sandbox.started" | "sandbox.paused" | "sandbox.resumed" | "sandbox.hibernated" | "sandbox.stopping" | "sandbox.removed" | "sandbox.failed" | "sandbox.oom_killed" | "sandbox.agent_exited" | "sandbox.loaded" | "port.exposed" | "port.unexposed" | "session.created" | "session.ended" | "process.exited";
             sandbox: string;
             details?: {
                 [key: string]: string;
