@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"unicode/utf8"
 )
@@ -20,8 +21,16 @@ import (
 // its SSE data would be. A frame is: the event name's length (1 byte), the name, the
 // payload's length (4 bytes, big-endian), the payload.
 
-// EventFrames is the media type of a stream of frames.
+// EventFrames is the media type of a stream of frames. An exec's client may ask for it too
+// (Accept): the answer is then its output as raw stdout and stderr frames, in the order they
+// came and each stream within its cap (as for a JSON answer), then the exit frame, whose
+// result names each stream "utf-8" (text) or "raw"; or an error frame.
 const EventFrames = "application/x-nsbox-frames"
+
+// WantsFrames reports whether a request asks for its answer as frames.
+func WantsFrames(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), EventFrames)
+}
 
 // maxFrame bounds one frame's payload.
 const maxFrame = 16 << 20

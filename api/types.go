@@ -177,16 +177,20 @@ type ExecRequest struct {
 // when its request names no MaxOutputBytes.
 const DefaultMaxOutputBytes = 128 << 20
 
-// Output encodings of ExecResult's streams.
+// Output encodings of ExecResult's streams. EncodingRaw is never in JSON: it names a stream
+// that is not text in the result of a framed answer (EventFrames), where the output came as
+// raw bytes, and in the Go SDK's results built from one, whose Stdout or Stderr then holds
+// those bytes as they are.
 const (
 	EncodingUTF8   = "utf-8"
 	EncodingBase64 = "base64"
+	EncodingRaw    = "raw"
 )
 
 // ExecResult is the answer to an exec. Stdout and Stderr carry the bytes exactly, each in its
 // own encoding: a stream that is valid UTF-8 is a plain JSON string (NUL and control bytes
 // escaped by JSON) and its encoding is "utf-8"; otherwise it is base64 and its encoding is
-// "base64".
+// "base64" (or, in a result the Go SDK read from frames, the bytes themselves: "raw").
 type ExecResult struct {
 	ExitCode       int    `json:"exitCode"`
 	Stdout         string `json:"stdout"`
@@ -321,7 +325,7 @@ func EncodeData(b []byte) (data, encoding string) {
 	return base64.StdEncoding.EncodeToString(b), EncodingBase64
 }
 
-// DecodeData reverses EncodeData.
+// DecodeData reverses EncodeData; data in any other encoding (utf-8, raw) is its bytes.
 func DecodeData(data, encoding string) ([]byte, error) {
 	if encoding == EncodingBase64 {
 		return base64.StdEncoding.DecodeString(data)

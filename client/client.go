@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"syscall"
 
 	"github.com/nsbox/nsbox/api"
@@ -184,9 +185,42 @@ func (c *Client) ResumeSandbox(ctx context.Context, id string) (*api.Sandbox, er
 // ctx's error and the command is killed (the request's KillOnDisconnect is set), so the
 // session's next command does not wait behind it; the session keeps its state. A ctx made by
 // KeepRunning lets the command run to its end instead (its result is dropped).
+//
+// The output comes as raw frames (api.EventFrames), not JSON: Stdout and Stderr hold its bytes
+// as they are, named "utf-8" when they are text and "raw" when not (Output returns them).
 func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResult, error) {
-	var res api.ExecResult
-	return &res, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), &res)
+	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), api.EventFrames)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	frames := api.NewFrameReader(resp.Body)
+	var stdout, stderr strings.Builder
+	for {
+		event, data, err := frames.Next()
+		if err == io.EOF {
+			return nil, errors.New("exec answer ended before the command did")
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("exec: %w", ctx.Err())
+			}
+			return nil, err
+		}
+		switch event {
+		case api.EventStdout:
+			stdout.Write(data)
+		case api.EventStderr:
+			stderr.Write(data)
+		case api.EventExit:
+			var ev api.ExecEvent
+			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
+				return nil, fmt.Errorf("exit frame without a result: %q", data)
+			}
+			ev.Result.Stdout, ev.Result.Stderr = stdout.String(), stderr.String()
+			return ev.Result, nil
+		}
+	}
 }
 
 // keepRunningKey marks a context made by KeepRunning.

@@ -113,8 +113,9 @@ func (r *Runtime) sessionCall(w http.ResponseWriter, req *http.Request, call fun
 
 // handleExec runs a command in a session: the one named in the path, in the body, or the
 // sandbox's default session. With Accept: text/event-stream the events stream as SSE as the
-// output is produced; otherwise the answer is one ExecResult when the command has finished,
-// its output spooled until then (output.go).
+// output is produced; with Accept: application/x-nsbox-frames the answer is the whole output
+// as raw frames, then the result (answerFrames); otherwise the answer is one ExecResult when
+// the command has finished, its output spooled until then (output.go).
 func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExecRequest
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
@@ -160,16 +161,29 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		relayExec(api.NewSSEWriter(w), events)
 		return nil
 	}
+	if api.WantsFrames(req) {
+		res, err := answerFrames(w, events, body.MaxOutputBytes)
+		if err != nil {
+			return l.failure(req.Context(), err)
+		}
+		r.execEnded(l, res)
+		return nil
+	}
 	out := r.newOutput(body.MaxOutputBytes)
 	defer out.close()
 	res, err := collectResult(events, out)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	if res.SessionEnded {
+	r.execEnded(l, res)
+	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
+}
+
+// execEnded publishes what an exec's result says happened to its session.
+func (r *Runtime) execEnded(l live, res *api.ExecResult) {
+	if res != nil && res.SessionEnded {
 		r.ops.events.publish(api.EventSessionEnded, l.rec.ID, "session", res.SessionID, "reason", "its shell exited")
 	}
-	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
 }
 
 // streamError is the error of an agent's stream that ended before its last event: the agent's
@@ -196,17 +210,71 @@ func collectResult(events *eventStream, out *output) (*api.ExecResult, error) {
 				return nil, err
 			}
 		case api.EventExit:
-			var ev api.ExecEvent
-			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
-				return nil, fmt.Errorf("exit event without a result: %q", data)
+			res, err := execResult(data, &out.stdout.streamCheck, &out.stderr.streamCheck)
+			if err != nil {
+				return nil, err
 			}
-			res := *ev.Result
-			res.Stdout, res.Stderr = "", ""
 			res.StdoutEncoding, res.StderrEncoding = out.stdout.encoding(), out.stderr.encoding()
-			res.StdoutTruncated = res.StdoutTruncated || out.stdout.limit.Truncated
-			res.StderrTruncated = res.StderrTruncated || out.stderr.limit.Truncated
-			res.Truncated = res.StdoutTruncated || res.StderrTruncated
-			return &res, nil
+			return res, nil
+		}
+	}
+}
+
+// execResult is the result an exit event carries, with empty Stdout and Stderr (the client
+// gets them apart) and what the daemon's checks of the streams saw: their truncation. The
+// caller sets the encodings.
+func execResult(exit []byte, stdout, stderr *streamCheck) (*api.ExecResult, error) {
+	var ev api.ExecEvent
+	if err := json.Unmarshal(exit, &ev); err != nil || ev.Result == nil {
+		return nil, fmt.Errorf("exit event without a result: %q", exit)
+	}
+	res := *ev.Result
+	res.Stdout, res.Stderr = "", ""
+	res.StdoutTruncated = res.StdoutTruncated || stdout.limit.Truncated
+	res.StderrTruncated = res.StderrTruncated || stderr.limit.Truncated
+	res.Truncated = res.StdoutTruncated || res.StderrTruncated
+	return &res, nil
+}
+
+// answerFrames answers an exec as frames (api.EventFrames) as its events come: the output's
+// chunks as raw bytes, each stream within its cap (max), and the exit event, whose result
+// says which stream was truncated and which is text ("utf-8") or not ("raw"). Nothing is
+// spooled and nothing is encoded. An error before the first frame is returned (the caller
+// answers it); one after it ends the frames with an error frame, and the result is nil.
+func answerFrames(w http.ResponseWriter, events *eventStream, max int64) (*api.ExecResult, error) {
+	out := api.NewFrameWriter(w)
+	checks := map[string]*streamCheck{api.EventStdout: {limit: api.OutputLimit{Max: max}}, api.EventStderr: {limit: api.OutputLimit{Max: max}}}
+	sent := false
+	for {
+		name, data, err := events.Next()
+		if err != nil {
+			if !sent {
+				return nil, streamError(err)
+			}
+			_ = out.SendError(streamError(err))
+			return nil, nil
+		}
+		var res *api.ExecResult
+		switch name {
+		case api.EventStdout, api.EventStderr:
+			if data = checks[name].keep(data); len(data) == 0 {
+				continue
+			}
+		case api.EventExit:
+			stdout, stderr := checks[api.EventStdout], checks[api.EventStderr]
+			if res, err = execResult(data, stdout, stderr); err != nil {
+				_ = out.SendError(streamError(err))
+				return nil, nil
+			}
+			res.StdoutEncoding, res.StderrEncoding = stdout.rawEncoding(), stderr.rawEncoding()
+			if data, err = json.Marshal(api.ExecEvent{Type: api.EventExit, Result: res}); err != nil {
+				_ = out.SendError(streamError(fmt.Errorf("encode exit event: %w", err)))
+				return nil, nil
+			}
+		}
+		sent = true
+		if out.Send(name, data) != nil || name == api.EventExit {
+			return res, nil
 		}
 	}
 }
