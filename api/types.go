@@ -169,7 +169,8 @@ type ExecRequest struct {
 	// MaxOutputBytes bounds what is kept of each of stdout and stderr: the rest is read and
 	// dropped, and the result says which stream was truncated. 0: DefaultMaxOutputBytes for
 	// an answer as one JSON document (at most the daemon's --max-exec-output, which also
-	// bounds what a call may ask for), no bound for a streamed exec.
+	// bounds what a call may ask for), no bound for a streamed exec (Server-Sent Events or
+	// frames; the Go SDK's Exec asks for DefaultMaxOutputBytes when given 0).
 	MaxOutputBytes int64 `json:"maxOutputBytes,omitempty"`
 }
 

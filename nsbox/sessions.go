@@ -136,11 +136,12 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	if _, err := body.StdinBytes(); err != nil {
 		return err
 	}
-	stream := api.WantsEventStream(req)
+	// Frames are a stream too: the daemon holds none of the output.
+	stream, frames := api.WantsEventStream(req), api.WantsFrames(req)
 	if body.MaxOutputBytes < 0 {
 		return api.Errorf(api.CodeInvalidArgument, "maxOutputBytes must not be negative")
 	}
-	if !stream {
+	if !stream && !frames {
 		// The agent keeps to the cap too, so what would be dropped is not even sent.
 		var err error
 		if body.MaxOutputBytes, err = r.outputCap(body.MaxOutputBytes); err != nil {
@@ -161,7 +162,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		relayExec(api.NewSSEWriter(w), events)
 		return nil
 	}
-	if api.WantsFrames(req) {
+	if frames {
 		res, err := answerFrames(w, events, body.MaxOutputBytes)
 		if err != nil {
 			return l.failure(req.Context(), err)
@@ -237,7 +238,7 @@ func execResult(exit []byte, stdout, stderr *streamCheck) (*api.ExecResult, erro
 }
 
 // answerFrames answers an exec as frames (api.EventFrames) as its events come: the output's
-// chunks as raw bytes, each stream within its cap (max), and the exit event, whose result
+// chunks as raw bytes, each stream within its cap (max; 0: no bound), and the exit event, whose result
 // says which stream was truncated and which is text ("utf-8") or not ("raw"). Nothing is
 // spooled and nothing is encoded. An error before the first frame is returned (the caller
 // answers it); one after it ends the frames with an error frame, and the result is nil.

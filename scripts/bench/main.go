@@ -49,6 +49,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,10 +72,10 @@ const (
 )
 
 type options struct {
-	nsbox            string
-	n, idle, density int
-	statsN           int
-	sections         map[string]bool
+	nsbox, cpuProfile string
+	n, idle, density  int
+	statsN            int
+	sections          map[string]bool
 }
 
 func main() {
@@ -100,6 +101,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
 	flag.IntVar(&o.density, "density", 1000, "idle sandboxes for the density measurement")
 	flag.IntVar(&o.statsN, "stats-n", 1000, "running sandboxes for the stats measurement")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the CPU profile of the benchmark itself (the client side: the Go SDK) to this file, for go tool pprof")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 || o.density < 2 || o.statsN < 1 || o.statsN > 2000 {
@@ -126,6 +128,17 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, b.cleanup()) }()
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var u unix.Utsname
 	_ = unix.Uname(&u)
 	fmt.Printf("machine: %d CPUs, kernel %s, cgroup %s\n\n", runtime.NumCPU(), unix.ByteSliceToString(u.Release[:]), cgroupVersion())
