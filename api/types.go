@@ -230,10 +230,15 @@ func NewExecResult(exitCode int, stdout, stderr []byte) ExecResult {
 
 // Output decodes Stdout and Stderr back to bytes.
 func (r *ExecResult) Output() (stdout, stderr []byte, err error) {
-	if stdout, err = DecodeData(r.Stdout, r.StdoutEncoding); err != nil {
+	return decodeOutput(r.Stdout, r.StdoutEncoding, r.Stderr, r.StderrEncoding)
+}
+
+// decodeOutput decodes a result's stdout and stderr, each in its encoding, back to bytes.
+func decodeOutput(stdoutData, stdoutEncoding, stderrData, stderrEncoding string) (stdout, stderr []byte, err error) {
+	if stdout, err = DecodeData(stdoutData, stdoutEncoding); err != nil {
 		return nil, nil, fmt.Errorf("decode stdout: %w", err)
 	}
-	if stderr, err = DecodeData(r.Stderr, r.StderrEncoding); err != nil {
+	if stderr, err = DecodeData(stderrData, stderrEncoding); err != nil {
 		return nil, nil, fmt.Errorf("decode stderr: %w", err)
 	}
 	return stdout, stderr, nil
