@@ -64,8 +64,11 @@ type Config struct {
 	// DefaultLifecycle is the idle and age policy of sandboxes whose create names none.
 	DefaultLifecycle *api.Lifecycle
 
-	// WarmPool is how many started containers to keep ready per image (pool.go).
+	// WarmPool is how many started containers to keep ready per image at least (pool.go).
 	WarmPool map[string]int
+	// WarmPoolMemoryMB is how much memory the pool's ready containers may use when demand
+	// grows it beyond WarmPool (pool.go); 0: it never grows.
+	WarmPoolMemoryMB int64
 	// AllowedCapabilities are the capabilities beyond the default set that a create may ask
 	// for (capabilities.go), normalised (CAP_…).
 	AllowedCapabilities []string
@@ -160,7 +163,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	r.images.OCI().KeepLayers(r.snapshotLayer)
-	r.pool = newWarmPool(cfg.WarmPool)
+	r.pool = newWarmPool(cfg.WarmPool, cfg.WarmPoolMemoryMB)
 	if err := r.checkDefaultDisk(); err != nil {
 		r.records.Close()
 		return nil, err
@@ -214,7 +217,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 		ids = newIDRanges(cfg.UserNS)
 	}
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
-		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
+		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil, 0), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
 	r.ops = newOps(r)
 	return r, nil
