@@ -54,8 +54,8 @@ type RunCodeResult struct {
 	StdoutEncoding string           `json:"stdoutEncoding"`
 	StderrEncoding string           `json:"stderrEncoding"`
 	Results        []map[string]any `json:"results"`
-	Error      *CodeError       `json:"error,omitempty"`
-	DurationMs int64            `json:"durationMs"`
+	Error          *CodeError       `json:"error,omitempty"`
+	DurationMs     int64            `json:"durationMs"`
 	// TimedOut: the run was interrupted when timeoutMs passed; the context keeps its state
 	// unless Restarted.
 	TimedOut bool `json:"timedOut"`

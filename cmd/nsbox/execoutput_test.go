@@ -150,6 +150,12 @@ func TestExecOutputCapAndEncodings(t *testing.T) {
 		})
 	}
 
+	// The CLI (frames, written out as they come): the same bytes on its stdout, stderr apart.
+	out, errOut, code := d.cli("", "exec", "cap", "--", "sh", "-c", "cat /tmp/random; printf 'e\\377' >&2; exit 3")
+	if sum := sha256.Sum256([]byte(out)); code != 3 || len(out) != 3000000 || hex.EncodeToString(sum[:]) != randomSum || errOut != "e\xff" {
+		t.Fatalf("nsbox exec of 3 MB of random bytes: exit %d, %d bytes, stderr %q", code, len(out), errOut)
+	}
+
 	// Streamed: no cap unless asked; asked, the stream stops there and the exit event says so.
 	var got []byte
 	exit, err := d.client.ExecStream(context.Background(), "cap", api.ExecRequest{Command: capped, MaxOutputBytes: 1000000}, func(ev api.ExecEvent) error {
