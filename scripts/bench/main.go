@@ -20,8 +20,9 @@
 //     per-path rules (permissions.go);
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
 //     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
-//   - output: 100 MiB of a command's output through the exec API (one JSON answer, and
-//     streamed) versus `cat` of the same file inside the sandbox, and the daemon's RSS (output.go).
+//   - output: 100 MiB of a command's output through the exec API (raw frames kept whole and
+//     written out as they come, one JSON answer, and streamed) versus `cat` of the same file
+//     inside the sandbox, and the daemon's RSS (output.go).
 //   - network: exposing and unexposing a port, create with a network versus mode none, and
 //     HTTP requests per second through an exposed host port versus straight to the sandbox,
 //     and the API's p99 without and with 10,000 idle connections to the preview proxy (proxyload.go).
