@@ -117,7 +117,7 @@ func (r *Runtime) shelveContainer(id string) error {
 	onOwnThread(func() { err = wrapErr("destroy container", r.backend.Destroy(id)) })
 	err = errors.Join(err, r.releaseStorage(id))
 	if err == nil {
-		err = os.RemoveAll(r.sandboxRunDir(id))
+		err = r.removeRunDirs(id)
 	}
 	return err
 }

@@ -41,8 +41,11 @@ type Config struct {
 	// (permissions.go); "" refuses rules.
 	Self string
 	// Backend starts the sandboxes' containers; its run dir for a container must be
-	// <RunDir>/sandboxes/<container>.
+	// <RunDir>/sandboxes/<container>, and it must mount StagedAgent(RunDir, Agent) into them
+	// as their agent.
 	Backend backend.Backend
+	// Agent is the agent binary, which the daemon copies to its stage (stage.go).
+	Agent string
 
 	DefaultCPUs     float64
 	DefaultMemoryMB int64
@@ -105,6 +108,7 @@ type Runtime struct {
 	log     *slog.Logger
 
 	pool          *warmPool
+	spares        *spareDisks    // formatted default disks ready to take (sparedisks.go)
 	defaultLimits backend.Limits // what a sandbox that asks for no limits gets
 	ids           *idRanges      // nil without user namespaces
 
@@ -168,12 +172,20 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.records.Close()
 		return nil, err
 	}
+	if r.spares, err = openSpareDisks(filepath.Join(cfg.DataDir, "disks"), cfg.DefaultDiskMB, log.Error); err != nil {
+		r.records.Close()
+		return nil, err
+	}
 	if r.defaultLimits, err = r.cfg.resolveLimits(&api.Limits{}); err != nil {
 		r.records.Close()
 		return nil, fmt.Errorf("default limits: %w", err)
 	}
 	if err := r.openNetwork(); err != nil {
 		r.records.Close()
+		return nil, err
+	}
+	if err := r.openStage(); err != nil {
+		r.Close()
 		return nil, err
 	}
 	if err := r.reconcile(); err != nil {
@@ -184,6 +196,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.openLimitViews()
 	}
 	r.reconcileNetwork()
+	r.spares.refill()
 	if err := r.fillPool(); err != nil {
 		r.Close()
 		return nil, err
@@ -260,6 +273,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 	if err := lxcfs.New(filepath.Join(cfg.RunDir, "lxcfs"), log).Stop(); err != nil {
 		return err
 	}
+	if err := rootfs.Detach(stageDir(cfg.RunDir)); err != nil {
+		return err
+	}
 	return cleanupNetwork(cfg)
 }
 
@@ -271,8 +287,12 @@ func (r *Runtime) Close() error {
 		r.stopIdle()
 	}
 	r.drainPool()
+	if r.spares != nil {
+		r.spares.close()
+	}
 	r.retiring.Wait()
 	r.closeLimitViews()
+	r.closeStage()
 	if r.net != nil {
 		r.net.Close()
 	}
@@ -791,7 +811,7 @@ func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error
 	if err := <-destroyed; err != nil {
 		errs = append(errs, err)
 	} else {
-		errs = append(errs, os.RemoveAll(r.sandboxRunDir(id)))
+		errs = append(errs, r.removeRunDirs(id))
 	}
 	errs = append(errs, os.RemoveAll(r.sandboxDataDir(id)))
 	for range alongside {

@@ -127,7 +127,7 @@ func runDaemon(c *cli.Context) error {
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
 		RunDir:       filepath.Join(runDir, "sandboxes"),
-		AgentBin:     agentBin,
+		AgentBin:     nsbox.StagedAgent(runDir, agentBin),
 		CgroupParent: c.String("cgroup-parent"),
 		Seccomp:      c.Bool("seccomp"),
 		UserNS:       userns.Count > 0,
@@ -141,6 +141,7 @@ func runDaemon(c *cli.Context) error {
 		RunDir:              runDir,
 		Self:                exe,
 		Backend:             containers,
+		Agent:               agentBin,
 		Version:             version,
 		Checkpoint:          nsbox.DetectCheckpoint(),
 		DefaultCPUs:         c.Float64("default-cpus"),
