@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -18,6 +19,9 @@ import (
 type procTable struct {
 	mu      sync.Mutex
 	waiters map[int]chan unix.WaitStatus
+	// confine, when set, gives each started process a Landlock domain of its own
+	// (landlock.go).
+	confine *confinement
 }
 
 func newProcTable() *procTable {
@@ -36,7 +40,23 @@ const childOOMScoreAdj = "1000"
 func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	p, err := os.StartProcess(path, argv, attr)
+	var p *os.Process
+	var err error
+	if t.confine == nil {
+		p, err = os.StartProcess(path, argv, attr)
+	} else {
+		// The child inherits the domain of the thread that forks it: a thread of its own,
+		// restricted and then ended with its goroutine, so the agent itself stays unconfined.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			runtime.LockOSThread() // never unlocked: the thread is in the child's domain
+			if err = t.confine.restrict(privateOf(attr)); err == nil {
+				p, err = os.StartProcess(path, argv, attr)
+			}
+		}()
+		<-done
+	}
 	if err != nil {
 		return 0, nil, err
 	}

@@ -598,6 +598,44 @@ func TestPauseResume(t *testing.T) {
 	}
 }
 
+// TestResumeFromHibernationRollsBack: a resume whose network cannot be reattached (done while
+// the agent starts) leaves the sandbox hibernated, with no container; the next resume brings it
+// back with its sessions' state.
+func TestResumeFromHibernationRollsBack(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "hb"})
+	if sb, err := c.Hibernate(context.Background(), "hb", api.HibernateRequest{}); err != nil || sb.Status != api.StatusHibernated {
+		t.Fatalf("hibernate: %+v %v", sb, err)
+	}
+	c.net.mu.Lock()
+	c.net.failAttach = errors.New("no veth")
+	c.net.mu.Unlock()
+	if _, err := c.Resume("hb"); !api.IsCode(err, api.CodeInternal) || !strings.Contains(err.Error(), "no veth") {
+		t.Fatalf("resume with a failing network: %v", err)
+	}
+	if sb, _ := c.Get("hb"); sb.Status != api.StatusHibernated {
+		t.Errorf("after a failed resume: %s", sb.Status)
+	}
+	if ids := c.backend.ids(); len(ids) != 0 {
+		t.Errorf("containers left by the failed resume: %v", ids)
+	}
+	c.net.mu.Lock()
+	c.net.failAttach = nil
+	c.net.mu.Unlock()
+	sb, err := c.Resume("hb")
+	if err != nil || sb.Status != api.StatusRunning {
+		t.Fatalf("resume: %+v %v", sb, err)
+	}
+	s, _ := c.lookup("hb")
+	inst := c.backend.get(s.snapshot().container())
+	inst.mu.Lock()
+	restored := inst.restored
+	inst.mu.Unlock()
+	if len(restored.Sessions) != 1 || restored.Sessions[0].Script != "cd /tmp" {
+		t.Errorf("the resumed agent got %+v", restored)
+	}
+}
+
 func TestRequestsResumeAPausedSandbox(t *testing.T) {
 	c := newTestCore(t, 0)
 	c.create(api.CreateSandboxRequest{ID: "box"})

@@ -647,6 +647,17 @@ func (r *Runtime) abortCreate(sb *sandbox) {
 // sandbox environment, working directory and user; then it starts entrypoint, when given, as
 // the process api.EntrypointProcess (one that cannot start is a failed process, not an error).
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits, entrypoint []string) error {
+	if err := r.bindHost(rec, sc, lim); err != nil {
+		return err
+	}
+	if err := r.connectNetwork(rec, sc); err != nil {
+		return err
+	}
+	return r.bindAgent(ctx, rec, sc, entrypoint)
+}
+
+// bindHost is the part of bind done from the host besides the network: hostname and limits.
+func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits) error {
 	if err := sc.inst.SetHostname(rec.ID); err != nil {
 		return err
 	}
@@ -657,9 +668,12 @@ func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, l
 		}
 		r.log.Debug("limits set", "container", sc.inst.ID(), "duration", time.Since(began))
 	}
-	if err := r.connectNetwork(rec, sc); err != nil {
-		return err
-	}
+	return nil
+}
+
+// bindAgent is the part of bind done through the agent: its configuration and the
+// entrypoint.
+func (r *Runtime) bindAgent(ctx context.Context, rec *record, sc *startedContainer, entrypoint []string) error {
 	if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
 		return err
 	}
