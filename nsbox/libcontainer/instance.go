@@ -35,6 +35,8 @@ type instance struct {
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
 	cpus *cpuSets
+	// online is the file bound over the container's CPUsOnline.
+	online string
 	// stats are the cgroup files Stats reads, opened on its first call that can, closed by
 	// Close.
 	statsMu sync.Mutex
@@ -45,7 +47,8 @@ type instance struct {
 // is not this process's child) is called once it has exited.
 func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instance, error) {
 	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
-		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap, cpus: b.cpus}
+		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap, cpus: b.cpus,
+		online: b.cpusOnline(c.ID())}
 	status, err := c.Status()
 	if err == nil && (status == runc.Running || status == runc.Paused) && pid > 0 {
 		inst.pidfd, err = unix.PidfdOpen(pid, 0)
@@ -173,13 +176,17 @@ func (i *instance) SetHostname(name string) error {
 }
 
 // SetLimits changes the cgroup limits of the running container, and its cpuset to as many
-// CPUs as the quota needs.
+// CPUs as the quota needs (and its cpu/online with it).
 func (i *instance) SetLimits(lim backend.Limits) error {
 	cfg := i.c.Config()
 	cgroupsCopy := *cfg.Cgroups
-	cgroupsCopy.Resources = resources(lim, i.cpus.pick(i.ID(), lim), cfg.Cgroups.Resources.Devices)
+	cpus := i.cpus.pick(i.ID(), lim)
+	cgroupsCopy.Resources = resources(lim, cpus, cfg.Cgroups.Resources.Devices)
 	cfg.Cgroups = &cgroupsCopy
-	return wrapErr("set limits", i.c.Set(cfg))
+	if err := i.c.Set(cfg); err != nil {
+		return wrapErr("set limits", err)
+	}
+	return writeCPUsOnline(i.online, cpus)
 }
 
 // ShowLimits binds the LXCFS files of the mount at dir over the container's /proc and /sys
