@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -195,11 +196,11 @@ func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api
 		req.MaxOutputBytes = api.DefaultMaxOutputBytes
 	}
 	var stdout, stderr []byte
-	res, err := c.execFrames(ctx, id, req, func(frames *api.FrameReader) (string, []byte, error) {
+	res, whole, err := c.execFrames(ctx, id, req, func(frames *api.FrameReader) (string, []byte, error) {
 		return frames.NextOutput(&stdout, &stderr)
 	})
-	if err != nil {
-		return nil, err
+	if err != nil || whole {
+		return res, err
 	}
 	// The buffers are not written again: their bytes become the strings without a copy.
 	res.Stdout = unsafe.String(unsafe.SliceData(stdout), len(stdout))
@@ -213,7 +214,7 @@ func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api
 // the bytes come as raw frames, so this is the fast way to move a large output. An error from
 // a writer ends the call with that error (and, unless ctx says KeepRunning, the command).
 func (c *Client) ExecTo(ctx context.Context, id string, req api.ExecRequest, stdout, stderr io.Writer) (*api.ExecResult, error) {
-	return c.execFrames(ctx, id, req, func(frames *api.FrameReader) (string, []byte, error) {
+	res, whole, err := c.execFrames(ctx, id, req, func(frames *api.FrameReader) (string, []byte, error) {
 		event, data, err := frames.Next()
 		w := stdout
 		switch {
@@ -229,35 +230,60 @@ func (c *Client) ExecTo(ctx context.Context, id string, req api.ExecRequest, std
 		}
 		return event, data, nil
 	})
+	if err != nil || !whole {
+		return res, err
+	}
+	out, errOut, err := res.Output()
+	if err != nil {
+		return nil, fmt.Errorf("exec answer: %w", err)
+	}
+	for _, w := range []struct {
+		name string
+		to   io.Writer
+		data []byte
+	}{{api.EventStdout, stdout, out}, {api.EventStderr, stderr, errOut}} {
+		if _, err := w.to.Write(w.data); err != nil {
+			return nil, fmt.Errorf("write %s: %w", w.name, err)
+		}
+	}
+	res.Stdout, res.Stderr = "", ""
+	return res, nil
 }
 
 // execFrames runs an exec answered as frames, reading them with next, and returns the result
-// of its exit frame (with empty Stdout and Stderr). It kills the command when ctx ends first,
-// unless ctx says KeepRunning.
-func (c *Client) execFrames(ctx context.Context, id string, req api.ExecRequest, next func(*api.FrameReader) (string, []byte, error)) (*api.ExecResult, error) {
+// of its exit frame (with empty Stdout and Stderr). A daemon from before frames answers one
+// JSON document instead: then the result is that whole answer, output included (whole). It
+// kills the command when ctx ends first, unless ctx says KeepRunning.
+func (c *Client) execFrames(ctx context.Context, id string, req api.ExecRequest, next func(*api.FrameReader) (string, []byte, error)) (res *api.ExecResult, whole bool, err error) {
 	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), api.EventFrames)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer resp.Body.Close()
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			return nil, false, fmt.Errorf("decode exec answer: %w", err)
+		}
+		return res, true, nil
+	}
 	frames := api.NewFrameReader(resp.Body)
 	for {
 		event, data, err := next(frames)
 		if err == io.EOF {
-			return nil, errors.New("exec answer ended before the command did")
+			return nil, false, errors.New("exec answer ended before the command did")
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("exec: %w", ctx.Err())
+				return nil, false, fmt.Errorf("exec: %w", ctx.Err())
 			}
-			return nil, err
+			return nil, false, err
 		}
 		if event == api.EventExit {
 			var ev api.ExecEvent
 			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
-				return nil, fmt.Errorf("exit frame without a result: %q", data)
+				return nil, false, fmt.Errorf("exit frame without a result: %q", data)
 			}
-			return ev.Result, nil
+			return ev.Result, false, nil
 		}
 	}
 }
