@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"strings"
 	"syscall"
 	"time"
 
@@ -176,36 +175,15 @@ func (e *layerExporter) header(rel string, fi fs.FileInfo, link string) (*tar.He
 
 // xattrs adds the user.* xattrs of the open file fd to hdr.
 func (e *layerExporter) xattrs(hdr *tar.Header, fd int) error {
-	buf := make([]byte, 4096)
-	n, err := unix.Flistxattr(fd, buf)
-	if errors.Is(err, unix.ERANGE) {
-		if n, err = unix.Flistxattr(fd, nil); err == nil {
-			buf = make([]byte, n)
-			n, err = unix.Flistxattr(fd, buf)
-		}
-	}
-	if errors.Is(err, unix.ENOTSUP) {
-		return nil
-	}
+	attrs, err := userXattrs(fd)
 	if err != nil {
-		return fmt.Errorf("list xattrs: %w", err)
+		return err
 	}
-	for _, name := range strings.Split(string(buf[:n]), "\x00") {
-		if !strings.HasPrefix(name, "user.") {
-			continue
-		}
-		size, err := unix.Fgetxattr(fd, name, nil)
-		if err != nil {
-			return fmt.Errorf("read xattr %s: %w", name, err)
-		}
-		value := make([]byte, size)
-		if size, err = unix.Fgetxattr(fd, name, value); err != nil {
-			return fmt.Errorf("read xattr %s: %w", name, err)
-		}
+	for name, value := range attrs {
 		if hdr.PAXRecords == nil {
 			hdr.PAXRecords = map[string]string{}
 		}
-		hdr.PAXRecords["SCHILY.xattr."+name] = string(value[:size])
+		hdr.PAXRecords["SCHILY.xattr."+name] = value
 	}
 	return nil
 }

@@ -45,26 +45,19 @@ func (b *bench) burstSection(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		start := time.Now()
-		latencies, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
-			_, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{ID: fmt.Sprintf("burst-%d-%03d", n, i), Image: image})
-			return err
-		})
-		wall := time.Since(start)
+		name := func(i int) string { return fmt.Sprintf("burst-%d-%03d", n, i) }
+		latencies, wall, err := createBurst(ctx, d, n, name)
 		if err != nil {
-			return fmt.Errorf("burst of %d: %w", n, err)
+			return err
 		}
 		peak, err := footprintOf(d.cmd.Process.Pid)
 		if err != nil {
 			return err
 		}
-		start = time.Now()
-		if _, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
-			return d.client.RemoveSandbox(ctx, fmt.Sprintf("burst-%d-%03d", n, i), client.RemoveOptions{Force: true})
-		}); err != nil {
-			return fmt.Errorf("remove the burst of %d: %w", n, err)
+		removed, err := removeBurst(ctx, d, n, name)
+		if err != nil {
+			return err
 		}
-		removed := time.Since(start)
 		time.Sleep(burstSettle)
 		rested, err := footprintOf(d.cmd.Process.Pid)
 		if err != nil {
@@ -105,23 +98,17 @@ func (b *bench) poolBursts(ctx context.Context, subnet netip.Prefix) (err error)
 		if err != nil {
 			return err
 		}
-		start := time.Now()
-		latencies, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
-			_, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{ID: fmt.Sprintf("pool-%d-%03d", round, i), Image: image})
-			return err
-		})
-		wall := time.Since(start)
+		name := func(i int) string { return fmt.Sprintf("pool-%d-%03d", round, i) }
+		latencies, wall, err := createBurst(ctx, d, n, name)
 		if err != nil {
-			return fmt.Errorf("burst %d with a pool: %w", round, err)
+			return err
 		}
 		hits1, misses1, err := poolTakes(d)
 		if err != nil {
 			return err
 		}
-		if _, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
-			return d.client.RemoveSandbox(ctx, fmt.Sprintf("pool-%d-%03d", round, i), client.RemoveOptions{Force: true})
-		}); err != nil {
-			return fmt.Errorf("remove burst %d: %w", round, err)
+		if _, err := removeBurst(ctx, d, n, name); err != nil {
+			return err
 		}
 		target, err := scrapeValue(d, `nsbox_warm_pool_target{image="`+image+`"}`)
 		if err != nil {
@@ -135,6 +122,31 @@ func (b *bench) poolBursts(ctx context.Context, subnet netip.Prefix) (err error)
 	w.Flush()
 	fmt.Println()
 	return nil
+}
+
+// createBurst creates n busybox sandboxes named name(0…n-1) at once and returns each create's
+// latency and the burst's wall time.
+func createBurst(ctx context.Context, d *daemon, n int, name func(int) string) ([]time.Duration, time.Duration, error) {
+	start := time.Now()
+	latencies, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
+		_, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{ID: name(i), Image: image})
+		return err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("burst of %d: %w", n, err)
+	}
+	return latencies, time.Since(start), nil
+}
+
+// removeBurst removes the sandboxes createBurst made at once and returns the wall time.
+func removeBurst(ctx context.Context, d *daemon, n int, name func(int) string) (time.Duration, error) {
+	start := time.Now()
+	if _, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
+		return d.client.RemoveSandbox(ctx, name(i), client.RemoveOptions{Force: true})
+	}); err != nil {
+		return 0, fmt.Errorf("remove the burst of %d: %w", n, err)
+	}
+	return time.Since(start), nil
 }
 
 // poolTakes reads the daemon's counts of creates that took a warm container and that found
