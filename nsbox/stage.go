@@ -23,6 +23,11 @@ import (
 // stageDir is the stage of the daemon whose run dir is runDir.
 func stageDir(runDir string) string { return filepath.Join(runDir, "stage") }
 
+// StagedFiles is the directory in the stage of a daemon whose run dir is runDir that holds
+// one directory of bound files per container (containerFiles): what its backend's FilesDir
+// must be.
+func StagedFiles(runDir string) string { return stageDir(runDir) }
+
 // StagedAgent is where a daemon with the run dir runDir puts its copy of the agent binary
 // agent (Config.Agent): the path its backend must mount into containers.
 func StagedAgent(runDir, agent string) string {
@@ -63,7 +68,7 @@ func (r *Runtime) closeStage() {
 
 // containerFiles is the directory in the stage of the files a container gets by bind mount.
 func (r *Runtime) containerFiles(container string) string {
-	return filepath.Join(stageDir(r.cfg.RunDir), container)
+	return filepath.Join(StagedFiles(r.cfg.RunDir), container)
 }
 
 // removeRunDirs removes a container's run dir and its files in the stage.

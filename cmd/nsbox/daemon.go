@@ -127,6 +127,7 @@ func runDaemon(c *cli.Context) error {
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
 		RunDir:       filepath.Join(runDir, "sandboxes"),
+		FilesDir:     nsbox.StagedFiles(runDir),
 		AgentBin:     nsbox.StagedAgent(runDir, agentBin),
 		CgroupParent: c.String("cgroup-parent"),
 		Seccomp:      c.Bool("seccomp"),

@@ -35,6 +35,9 @@ type Config struct {
 	// RunDir holds one directory per container (e.g. /run/nsbox/sandboxes/<id>): the agent's
 	// socket and log, and the mount point of its root while it starts.
 	RunDir string
+	// FilesDir holds one directory per container for files bound into it (in the daemon's
+	// stage, nsbox.StagedFiles, so that mountinfo names no host path): its cpu/online list.
+	FilesDir string
 	// AgentBin is the host path of the nsbox binary, mounted into containers as the agent.
 	AgentBin     string
 	CgroupParent string
@@ -75,7 +78,9 @@ func (b *Backend) RunDir(id string) string { return filepath.Join(b.cfg.RunDir, 
 
 func (b *Backend) agentSocket(id string) string { return filepath.Join(b.RunDir(id), "agent.sock") }
 func (b *Backend) rootMount(id string) string   { return filepath.Join(b.RunDir(id), "rootfs") }
-func (b *Backend) cpusOnline(id string) string  { return filepath.Join(b.RunDir(id), "cpus-online") }
+func (b *Backend) cpusOnline(id string) string {
+	return filepath.Join(b.cfg.FilesDir, id, "cpus-online")
+}
 
 // Start mounts a new container's root, starts the container with the agent as PID 1 and
 // returns once the agent runs. On failure nothing of it is left.

@@ -153,6 +153,9 @@ const CPUsOnline = "/sys/devices/system/cpu/online"
 // sysconf(_SC_NPROCESSORS_ONLN)) sees its limit, with or without LXCFS. It is written in
 // place: a bind holds the inode.
 func writeCPUsOnline(path, cpus string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return fmt.Errorf("write the container's cpu/online: %w", err)
+	}
 	if err := os.WriteFile(path, []byte(cpus+"\n"), 0o444); err != nil {
 		return fmt.Errorf("write the container's cpu/online: %w", err)
 	}
