@@ -89,17 +89,23 @@ func (r *Runtime) startPermFS(id, source string, rules []api.PermissionRule, ids
 		return "", fmt.Errorf("make pipe: %w", err)
 	}
 	defer ready.Close()
-	cmd := exec.Command(r.cfg.Self, "permfs", "--source", source, "--mountpoint", r.permfsMount(id), "--control", r.permfsControl(id),
+	dev, err := permfs.Mount(r.permfsMount(id))
+	if err != nil {
+		return "", err
+	}
+	defer dev.Close()
+	cmd := exec.Command(r.cfg.Self, "permfs", "--source", source, "--control", r.permfsControl(id),
 		"--root-uid", strconv.FormatUint(uint64(ids.RootUID), 10), "--root-gid", strconv.FormatUint(uint64(ids.RootGID), 10),
 		"--ids-host", strconv.FormatUint(uint64(ids.Host), 10), "--ids-size", strconv.FormatUint(uint64(ids.Size), 10))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(body), logFile, logFile
-	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.ExtraFiles = []*os.File{readyW, dev}
 	// Its own session: a daemon that dies (or is killed by its terminal) leaves it running.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Its own mount namespace: it serves from a private tree (permfs.Run).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
 	err = cmd.Start()
 	readyW.Close()
 	if err != nil {
-		return "", fmt.Errorf("start permission layer: %w", err)
+		return "", errors.Join(fmt.Errorf("start permission layer: %w", err), rootfs.Detach(r.permfsMount(id)))
 	}
 	go cmd.Wait() // reaped here while this daemon lives
 	if err := os.WriteFile(r.permfsPIDFile(id), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {

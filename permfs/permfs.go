@@ -5,10 +5,11 @@
 // API, which reaches the workspace through the same mount.
 //
 // It runs as its own process (nsbox permfs), one per started sandbox with rules, so that it
-// outlives a daemon that dies, and it chroots into the workspace before it serves: it acts as
-// the host's root, and a symlink the sandbox swaps in under it can then lead nowhere but into
-// the workspace. It ends when the last mount of its file system goes (the sandbox's mount
-// namespace with its container), or when the daemon kills it.
+// outlives a daemon that dies. It serves from a mount namespace of its own that holds only the
+// workspace and /proc, chrooted into the workspace: it acts as the host's root, and a symlink
+// the sandbox swaps in under it can then lead nowhere but into the workspace. It ends when the
+// last mount of its file system goes (the sandbox's mount namespace with its container), or
+// when the daemon kills it.
 package permfs
 
 import (

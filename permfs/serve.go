@@ -46,20 +46,43 @@ func actFor(f *FS) http.HandlerFunc {
 
 // Config is what one permission layer serves.
 type Config struct {
-	Source     string // the workspace's directory on the host
-	Mountpoint string // where the layer is mounted on the host
-	Control    string // its control socket
-	Rules      *perms.Set
-	IDs        IDs
-	Log        *slog.Logger
-	// Ready is told "ok" once the layer is mounted and served, or why it could not be.
+	Source  string   // the workspace's directory on the host
+	Dev     *os.File // /dev/fuse, mounted already (Mount)
+	Control string   // its control socket
+	Rules   *perms.Set
+	IDs     IDs
+	Log     *slog.Logger
+	// Ready is told "ok" once the layer is served, or why it could not be.
 	Ready *os.File
 }
 
-// Run mounts the layer, chroots into the source, serves until its file system is gone and
-// returns then.
+// Mount opens /dev/fuse and mounts the layer's file system at mountpoint, for a layer (Run)
+// to serve. The daemon mounts it in its own mount namespace, the one containers are made
+// from; the layer serves from a namespace of its own.
+func Mount(mountpoint string) (*os.File, error) {
+	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/fuse: %w", err)
+	}
+	if err := os.MkdirAll(mountpoint, 0o700); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("make mountpoint: %w", err)
+	}
+	// default_permissions: the kernel checks modes and owners as for any file system; the
+	// layer only narrows what they allow.
+	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions", dev.Fd())
+	if err := unix.Mount("nsbox-permfs", mountpoint, "fuse.nsbox-permfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("mount permission layer on %s: %w", mountpoint, err)
+	}
+	return dev, nil
+}
+
+// Run serves the layer mounted on cfg.Dev until its file system is gone. The process must run
+// in a mount namespace of its own (the daemon starts it with CLONE_NEWNS): there it makes a
+// private tree holding only the source and /proc and chroots into the source (enter).
 func Run(cfg Config) error {
-	srv, f, ln, err := mount(cfg)
+	srv, f, ln, err := serve(cfg)
 	if err != nil {
 		fmt.Fprintf(cfg.Ready, "%v", err)
 		cfg.Ready.Close()
@@ -98,17 +121,8 @@ func Run(cfg Config) error {
 	return nil
 }
 
-// mount opens what the layer needs from the host (the source, /dev/fuse, the control socket),
-// mounts the layer, chroots into the source and starts serving.
-func mount(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
-	src, err := unix.Open(cfg.Source, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("open workspace %s: %w", cfg.Source, err)
-	}
-	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("open /dev/fuse: %w", err)
-	}
+// serve opens the control socket, enters the source and starts serving.
+func serve(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	if err := os.Remove(cfg.Control); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, nil, fmt.Errorf("remove stale control socket: %w", err)
 	}
@@ -116,32 +130,16 @@ func mount(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("listen on control socket: %w", err)
 	}
-	proc, err := unix.Open("/proc", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	proc, err := enter(cfg.Source)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("open /proc: %w", err)
+		return nil, nil, nil, err
 	}
-	if err := os.MkdirAll(cfg.Mountpoint, 0o700); err != nil {
-		return nil, nil, nil, fmt.Errorf("make mountpoint: %w", err)
-	}
-	// default_permissions: the kernel checks modes and owners as for any file system; the
-	// layer only narrows what they allow.
-	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions", dev)
-	if err := unix.Mount("nsbox-permfs", cfg.Mountpoint, "fuse.nsbox-permfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-		return nil, nil, nil, fmt.Errorf("mount permission layer on %s: %w", cfg.Mountpoint, err)
-	}
-	if err := unix.Fchdir(src); err != nil {
-		return nil, nil, nil, fmt.Errorf("enter workspace: %w", err)
-	}
-	if err := unix.Chroot("."); err != nil {
-		return nil, nil, nil, fmt.Errorf("chroot into workspace: %w", err)
-	}
-	unix.Close(src)
 	f, err := New("/", cfg.Rules, cfg.IDs, proc)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	timeout := cacheTimeout
-	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", dev), f.Root(), &gofs.Options{
+	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", cfg.Dev.Fd()), f.Root(), &gofs.Options{
 		AttrTimeout: &timeout, // entries: entryOut
 		// No splice: it empties its pipes into /dev/null, which the chroot does not have.
 		// Stack depth 2: reads and writes of open files pass through to the backing file
@@ -152,4 +150,61 @@ func mount(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 		return nil, nil, nil, fmt.Errorf("serve permission layer: %w", err)
 	}
 	return srv, f, ln, nil
+}
+
+// enter makes the process's mount namespace (its own) hold only a tmpfs with the source at
+// /ws and /proc at /proc, chroots into /ws and returns a descriptor of /proc.
+//
+// Why not simply chroot into the host's mount: the daemon detaches that once the container
+// has started, and every path walk in a detached mount takes the kernel's global mount lock
+// (mntput of a mount with no namespace), which makes every openat2(RESOLVE_IN_ROOT) of the
+// file API that needs an answer from the layer before a ".." fail with EAGAIN. Here every
+// mount the layer walks is attached to its namespace, and nothing else of the host's is
+// kept alive by it.
+func enter(source string) (int, error) {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return -1, fmt.Errorf("make the layer's mounts private: %w", err)
+	}
+	ws, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return -1, fmt.Errorf("open workspace %s: %w", source, err)
+	}
+	defer unix.Close(ws)
+	proc, err := unix.OpenTree(unix.AT_FDCWD, "/proc", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("open /proc: %w", err)
+	}
+	defer unix.Close(proc)
+	const top = "/tmp" // any directory: the tmpfs on it becomes the namespace's root
+	if err := unix.Mount("nsbox-permfs", top, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700"); err != nil {
+		return -1, fmt.Errorf("mount the layer's root: %w", err)
+	}
+	for _, dir := range []string{"ws", "proc", "old"} {
+		if err := os.Mkdir(top+"/"+dir, 0o700); err != nil {
+			return -1, fmt.Errorf("make the layer's root: %w", err)
+		}
+	}
+	if err := unix.MoveMount(ws, "", unix.AT_FDCWD, top+"/ws", unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return -1, fmt.Errorf("attach workspace: %w", err)
+	}
+	if err := unix.MoveMount(proc, "", unix.AT_FDCWD, top+"/proc", unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return -1, fmt.Errorf("attach /proc: %w", err)
+	}
+	if err := unix.PivotRoot(top, top+"/old"); err != nil {
+		return -1, fmt.Errorf("pivot into the layer's root: %w", err)
+	}
+	if err := unix.Unmount("/old", unix.MNT_DETACH); err != nil {
+		return -1, fmt.Errorf("detach the host's mounts: %w", err)
+	}
+	fd, err := unix.Open("/proc", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open /proc: %w", err)
+	}
+	if err := unix.Chroot("/ws"); err != nil {
+		return -1, fmt.Errorf("chroot into workspace: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return -1, fmt.Errorf("enter workspace: %w", err)
+	}
+	return fd, nil
 }

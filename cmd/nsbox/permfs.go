@@ -15,7 +15,8 @@ import (
 )
 
 // permfsCommand runs a sandbox's permission layer (started by the daemon, not by hand): the
-// rules come as an api.PermissionsRequest on stdin, readiness goes to fd 3.
+// rules come as an api.PermissionsRequest on stdin, readiness goes to fd 3, and fd 4 is
+// /dev/fuse, mounted already (permfs.Mount).
 func permfsCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "permfs",
@@ -23,7 +24,6 @@ func permfsCommand() *cli.Command {
 		Hidden: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "source", Required: true},
-			&cli.StringFlag{Name: "mountpoint", Required: true},
 			&cli.StringFlag{Name: "control", Required: true},
 			&cli.UintFlag{Name: "root-uid"},
 			&cli.UintFlag{Name: "root-gid"},
@@ -43,7 +43,7 @@ func permfsCommand() *cli.Command {
 				return err
 			}
 			return permfs.Run(permfs.Config{
-				Source: c.String("source"), Mountpoint: c.String("mountpoint"), Control: c.String("control"),
+				Source: c.String("source"), Dev: os.NewFile(4, "/dev/fuse"), Control: c.String("control"),
 				Rules: rules, Ready: ready, Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 				IDs: permfs.IDs{RootUID: uint32(c.Uint("root-uid")), RootGID: uint32(c.Uint("root-gid")),
 					Host: uint32(c.Uint("ids-host")), Size: uint32(c.Uint("ids-size"))},

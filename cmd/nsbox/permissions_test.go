@@ -142,7 +142,38 @@ func TestPermissions(t *testing.T) {
 				t.Errorf("%s %s: %d %s, want %d", c.method, c.path, got, data, c.status)
 			}
 		}
-		if got, data := d.call("GET", "/v1/sandboxes/perm/files/list?path=/workspace/src&recursive=true", nil); got != http.StatusOK || strings.Contains(string(data), ".env") {
+		// Symlinks the file API follows resolve in the sandbox's view, rules applied: with
+		// "..", absolute, and climbing above the sandbox's root (which ends at its root).
+		must("ln -s ../docs/guide.md src/up && ln -s ../secrets/key.pem src/upk && ln -s ../.env src/upe && mkdir -p src/d && ln -s ../../docs src/d/updocs && ln -s ../../../../../../../tmp/marker src/host && ln -s /workspace/../workspace/docs/../secrets src/abs && echo made", "made")
+		inSandbox := d.sh("perm", "echo in-sandbox > /tmp/marker && cat /tmp/marker")
+		hostDir := t.TempDir() // a host file at a path the sandbox does not have
+		if err := os.WriteFile(filepath.Join(hostDir, "marker"), []byte("HOSTFILE"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		must("ln -s ../../../../../../..'"+hostDir+"'/marker src/hostfile && echo made", "made")
+		for _, c := range []struct {
+			path   string
+			status int
+			want   string
+		}{
+			{"/workspace/src/up", http.StatusOK, "guide"},
+			{"/workspace/src/d/updocs/guide.md", http.StatusOK, "guide"},
+			{"/workspace/src/upk", http.StatusForbidden, ""},
+			{"/workspace/src/abs/key.pem", http.StatusForbidden, ""},
+			{"/workspace/src/upe", http.StatusNotFound, ""},
+			{"/workspace/src/d/updocs/.env", http.StatusNotFound, ""},
+			{"/workspace/src/host", http.StatusOK, inSandbox},
+			{"/workspace/src/hostfile", http.StatusNotFound, ""},
+		} {
+			got, data := d.call("GET", "/v1/sandboxes/perm/files?path="+c.path, nil)
+			if got != c.status || !strings.Contains(string(data), c.want) || strings.Contains(string(data), "PRIVATE") || strings.Contains(string(data), "secret") || strings.Contains(string(data), "HOSTFILE") {
+				t.Errorf("GET %s: %d %q, want %d with %q", c.path, got, data, c.status, c.want)
+			}
+		}
+		if got, data := d.call("GET", "/v1/sandboxes/perm/files/list?path=/workspace/src/d/updocs", nil); got != http.StatusOK || strings.Contains(string(data), ".env") || !strings.Contains(string(data), "guide.md") {
+			t.Errorf("list through a .. symlink: %d %s", got, data)
+		}
+		if got, data := d.call("GET", "/v1/sandboxes/perm/files/list?path=/workspace/src&recursive=true", nil); got != http.StatusOK || strings.Contains(string(data), `"name":".env"`) {
 			t.Errorf("list: %d %s", got, data)
 		}
 		stdout, stderr, code := d.cli("", "files", "cat", "perm", "/workspace/secrets/key.pem")
@@ -301,7 +332,7 @@ func TestPermissionsSessions(t *testing.T) {
 	d.expectError("POST", "/v1/sandboxes/sess/processes", api.StartProcessRequest{SessionID: "narrow", Command: "true"}, http.StatusConflict, api.CodeConflict)
 	// File calls on the session's behalf get its rules, through symlinks too; the sandbox's
 	// own calls keep the sandbox's.
-	if code, out := run("", "ln -s /workspace/docs/guide.md src/to-guide && echo made"); code != 0 {
+	if code, out := run("", "ln -s /workspace/docs/guide.md src/to-guide && ln -s ../docs/guide.md src/up-guide && echo made"); code != 0 {
 		t.Fatalf("make a symlink: %q", out)
 	}
 	for _, c := range []struct {
@@ -310,6 +341,8 @@ func TestPermissionsSessions(t *testing.T) {
 	}{
 		{"GET", "/workspace/docs/guide.md", "narrow", http.StatusNotFound},
 		{"GET", "/workspace/src/to-guide", "narrow", http.StatusNotFound},
+		{"GET", "/workspace/src/up-guide", "narrow", http.StatusNotFound},
+		{"GET", "/workspace/src/up-guide", "", http.StatusOK},
 		{"GET", "/workspace/src/main.go", "narrow", http.StatusOK},
 		{"GET", "/workspace/README.md", "narrow", http.StatusOK},
 		{"PUT", "/workspace/src/new.go", "narrow", http.StatusForbidden},
