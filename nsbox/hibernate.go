@@ -60,9 +60,6 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	if err := confinedSessions(sb.rec); err != nil {
-		return nil, err
-	}
 	switch sb.rec.Status {
 	case api.StatusRunning:
 	case api.StatusPaused: // its agent must answer
@@ -151,7 +148,7 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	started := time.Since(began)
 	err = r.bind(ctx, &rec, sc, lim, nil)
 	if err == nil {
-		err = sc.agent.restoreState(ctx, st)
+		err = r.restoreState(ctx, rec, sc, st) // sessions with permissions of their own: permissions.go
 	}
 	if err != nil {
 		onOwnThread(sc.inst.Kill)

@@ -279,10 +279,7 @@ func (r *Runtime) confineSession(ctx context.Context, l live, s *api.Session, cr
 	if !created {
 		return api.Errorf(api.CodeConflict, "session %q exists already: a session's permissions are given when it is created", s.ID)
 	}
-	err := r.pushRules(ctx, l.rec.container(), sessionCgroup(s.ID), rules)
-	if err == nil {
-		err = moveToCgroup(l.inst.PID(), s.PID, sessionCgroup(s.ID))
-	}
+	err := r.confine(ctx, l.rec.container(), l.inst.PID(), s, rules)
 	if err == nil {
 		l.sb.mu.Lock()
 		err = r.update(l.sb, func(rec *record) {
@@ -296,6 +293,52 @@ func (r *Runtime) confineSession(ctx context.Context, l live, s *api.Session, cr
 	}
 	if err != nil {
 		return errors.Join(fmt.Errorf("confine session %s: %w", s.ID, err), l.agent.deleteSession(context.WithoutCancel(ctx), s.ID))
+	}
+	return nil
+}
+
+// confine has container id's permission layer apply rules to the session s, whose shell,
+// idle, moves into the session's cgroup (agentPID: the container's PID 1 on the host).
+func (r *Runtime) confine(ctx context.Context, id string, agentPID int, s *api.Session, rules []api.PermissionRule) error {
+	if err := r.pushRules(ctx, id, sessionCgroup(s.ID), rules); err != nil {
+		return err
+	}
+	return moveToCgroup(agentPID, s.PID, sessionCgroup(s.ID))
+}
+
+// restoreState hands a resumed container's agent the state its sandbox saved at hibernation.
+// A session with rules of its own is made afresh, confined while its shell is idle, and only
+// then given its state: its state is restored, as everything it runs, under its rules.
+func (r *Runtime) restoreState(ctx context.Context, rec record, sc *startedContainer, st api.SandboxState) error {
+	confined := map[string]api.SessionState{}
+	rest := st
+	rest.Sessions = nil
+	for _, ss := range st.Sessions {
+		if _, ok := rec.SessionPermissions[ss.ID]; ok {
+			confined[ss.ID] = ss
+		} else {
+			rest.Sessions = append(rest.Sessions, ss)
+		}
+	}
+	if err := sc.agent.restoreState(ctx, rest); err != nil {
+		return err
+	}
+	for _, sid := range slices.Sorted(maps.Keys(confined)) {
+		ss := confined[sid]
+		req := api.CreateSessionRequest{ID: ss.ID, Shell: ss.Shell, User: ss.User}
+		if ss.ReadOnly {
+			req.Permission = api.PermissionRead
+		}
+		s, _, err := sc.agent.createSession(ctx, req)
+		if err == nil {
+			err = r.confine(ctx, rec.container(), sc.inst.PID(), s, rec.SessionPermissions[sid])
+		}
+		if err == nil {
+			err = sc.agent.restoreState(ctx, api.SandboxState{Sessions: []api.SessionState{ss}})
+		}
+		if err != nil {
+			return fmt.Errorf("restore session %q with its permissions: %w", sid, err)
+		}
 	}
 	return nil
 }
@@ -369,15 +412,6 @@ func (r *Runtime) actForSession(req *http.Request, container, sid string, root *
 		runtime.LockOSThread() // as the caller's: ends with its goroutine, or unlocked by done
 		return act()
 	})
-	return nil
-}
-
-// confinedSessions refuses to hibernate a sandbox with sessions that have rules of their own:
-// resumed, they would come back outside their cgroups.
-func confinedSessions(rec record) error {
-	if len(rec.SessionPermissions) > 0 {
-		return api.Errorf(api.CodeConflict, "sandbox %q has sessions with permissions of their own (%s), which hibernation cannot keep; remove them first", rec.ID, strings.Join(slices.Sorted(maps.Keys(rec.SessionPermissions)), ", "))
-	}
 	return nil
 }
 

@@ -296,8 +296,9 @@ func isCode(err error, code string) bool {
 // TestPermissionsSessions: a session created with narrower rules gets them for its shell and
 // everything it starts (background, setsid), the other sessions keep the sandbox's; wider
 // rules are refused; what would run outside the session's confinement (processes, code
-// contexts, file calls on its behalf, hibernation) is refused. A kill -9 of the daemon leaves
-// the layer serving, and the restarted daemon changes its rules.
+// contexts, watches on its behalf) is refused; file calls on its behalf get its rules;
+// hibernation keeps the session, its state and its confinement. A kill -9 of the daemon
+// leaves the layer serving, and the restarted daemon changes its rules.
 func TestPermissionsSessions(t *testing.T) {
 	d := startDaemon(t)
 	ws := permWorkspace(t)
@@ -365,7 +366,33 @@ func TestPermissionsSessions(t *testing.T) {
 	if got, data := d.call("GET", "/v1/sandboxes/sess/files/list?path=/workspace&sessionId=narrow", nil); got != http.StatusOK || strings.Contains(string(data), "docs") {
 		t.Errorf("list as the narrow session: %d %s", got, data)
 	}
-	d.expectError("POST", "/v1/sandboxes/sess/hibernate", struct{}{}, http.StatusConflict, api.CodeConflict)
+
+	// Hibernation keeps the session, its state and its confinement.
+	raw := func(sid, command string) (int, string) {
+		res := d.exec("sess", api.ExecRequest{SessionID: sid, Command: command})
+		stdout, stderr, _ := res.Output()
+		return res.ExitCode, string(stdout) + string(stderr)
+	}
+	if code, out := raw("narrow", "cd /workspace/src && export KEPT=yes && echo ok"); code != 0 {
+		t.Fatalf("narrow session: %q", out)
+	}
+	if got, data := d.call("POST", "/v1/sandboxes/sess/hibernate", struct{}{}); got != http.StatusOK {
+		t.Fatalf("hibernate with a confined session: %d %s", got, data)
+	}
+	if code, out := raw("narrow", "echo $PWD $KEPT"); code != 0 || out != "/workspace/src yes\n" {
+		t.Errorf("narrow session after resume: %d %q, want its directory and variable back", code, out)
+	}
+	for _, c := range []string{"cat ../docs/guide.md", "setsid -w cat /workspace/docs/guide.md", "echo x >> main.go", "ls -A /workspace | grep docs"} {
+		if code, out := raw("narrow", c); code == 0 || strings.Contains(out, "guide\n") {
+			t.Errorf("narrow session after resume: %q: exit %d, %q; want refused", c, code, out)
+		}
+	}
+	if got, data := d.call("GET", "/v1/sandboxes/sess/files?path=/workspace/docs/guide.md&sessionId=narrow", nil); got != http.StatusNotFound {
+		t.Errorf("file API for the narrow session after resume: %d %s", got, data)
+	}
+	if code, out := run("", "cat docs/guide.md"); code != 0 || !strings.Contains(out, "guide") {
+		t.Errorf("the default session after resume: %d %q", code, out)
+	}
 
 	// The layer outlives a daemon killed with -9; the next daemon reaches it.
 	d.kill9()
@@ -379,7 +406,7 @@ func TestPermissionsSessions(t *testing.T) {
 	if code, out := run("", "cat README.md"); code == 0 {
 		t.Errorf("README.md readable after it became none: %q", out)
 	}
-	// Removing the session lifts the hibernation refusal.
+	// Without the session, hibernation keeps the sandbox's rules.
 	if err := d.client.DeleteSession(context.Background(), "sess", "narrow"); err != nil {
 		t.Fatal(err)
 	}
