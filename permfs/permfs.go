@@ -79,19 +79,28 @@ type FS struct {
 	// by thread id, with the name of the session's cgroup.
 	callers atomic.Pointer[map[uint32]string]
 	ids     IDs
-	root    *node
+	at      string // where the layer is in the sandbox (/workspace, /etc…): rules name paths there
+	// hidden are paths (in the sandbox) that are none whatever the rules: those the image
+	// masks, which a mount over the layer's file would hide only until the kernel drops it.
+	hidden []string
+	// kept are paths (in the sandbox) nsbox mounts files over (which rules cannot reach): a
+	// change of rules leaves their cached names alone, since dropping a name the kernel has
+	// a mount on detaches that mount.
+	kept []string
+	root *node
 	// proc is /proc, opened before the chroot, to find the cgroup of a caller.
 	proc int
 }
 
 // New makes the layer over the directory dir (which must not be left for another directory
-// by symlinks: the process is expected to have chrooted into it, and to pass "/") with rules.
-func New(dir string, rules *perms.Set, ids IDs, proc int) (*FS, error) {
+// by symlinks: the process is expected to have chrooted into it, and to pass "/"), mounted at
+// the path at in the sandbox, with rules.
+func New(dir, at string, rules *perms.Set, ids IDs, proc int, hidden, kept []string) (*FS, error) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(dir, &st); err != nil {
 		return nil, &os.PathError{Op: "stat", Path: dir, Err: err}
 	}
-	f := &FS{ids: ids, proc: proc}
+	f := &FS{ids: ids, at: at, proc: proc, hidden: hidden, kept: kept}
 	f.rules.Store(rules)
 	f.sessions.Store(&map[string]*perms.Set{})
 	f.callers.Store(&map[uint32]string{})
@@ -112,14 +121,14 @@ func (f *FS) Root() gofs.InodeEmbedder { return f.root }
 // what they were opened for.
 func (f *FS) SetRules(rules *perms.Set) {
 	f.rules.Store(rules)
-	forget(f.root.EmbeddedInode())
+	f.forget(f.root.EmbeddedInode(), f.at)
 }
 
 // SetSession gives the processes in the cgroup named name their own rules (nil: none any
 // more), which narrow the sandbox's.
 func (f *FS) SetSession(name string, rules *perms.Set) {
 	swap(&f.sessions, name, rules, rules == nil)
-	forget(f.root.EmbeddedInode())
+	f.forget(f.root.EmbeddedInode(), f.at)
 }
 
 // ActFor has the thread tid (of the daemon) act for the processes in the cgroup named name
@@ -142,19 +151,28 @@ func swap[K comparable, V any](m *atomic.Pointer[map[K]V], k K, v V, del bool) {
 	}
 }
 
-func forget(dir *gofs.Inode) {
+// forget has the kernel drop the names it has cached under dir (the sandbox's path p) but
+// the kept ones.
+func (f *FS) forget(dir *gofs.Inode, p string) {
 	for name, child := range dir.Children() {
-		forget(child)
-		dir.NotifyEntry(name)
+		cp := path.Join(p, name)
+		f.forget(child, cp)
+		if !slices.Contains(f.kept, cp) {
+			dir.NotifyEntry(name)
+		}
 	}
 }
 
-// level is the level of the workspace-relative path rel for the caller of ctx: the sandbox's,
-// lowered by its session's rules when it is in a session that has some.
+// level is the level of the path rel (relative to the layer's root) for the caller of ctx:
+// the sandbox's, lowered by its session's rules when it is in a session that has some.
 func (f *FS) level(ctx context.Context, rel string) perms.Level {
-	lvl := f.rules.Load().Level(rel)
+	p := path.Join(f.at, rel)
+	if slices.ContainsFunc(f.hidden, func(h string) bool { return perms.Within(p, h) }) {
+		return perms.None
+	}
+	lvl := f.rules.Load().Level(p)
 	if s := f.session(ctx); s != nil {
-		lvl = min(lvl, s.Level(rel))
+		lvl = min(lvl, s.Level(p))
 	}
 	return lvl
 }
@@ -230,7 +248,7 @@ func (n *node) level(ctx context.Context, name string) perms.Level {
 	return n.fs.level(ctx, path.Join(path.Join(parts...), name))
 }
 
-// rel is the node's path relative to the workspace, or that of its child name.
+// rel is the node's path relative to the layer's root, or that of its child name.
 func (n *node) rel(name string) string { return path.Join(n.Path(nil), name) }
 
 // underlying is the path, in the served directory, of the node's child name.
@@ -446,8 +464,8 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
 }
 
-// keepsLevels reports whether moving the tree at the served path p from the workspace path
-// from to to raises the level of nothing in it.
+// keepsLevels reports whether moving the tree at the served path p from the path from to to
+// (relative to the layer's root) raises the level of nothing in it.
 func (f *FS) keepsLevels(ctx context.Context, p, from, to string) bool {
 	ok := true
 	filepath.WalkDir(p, func(sub string, _ fs.DirEntry, err error) error {

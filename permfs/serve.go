@@ -46,12 +46,16 @@ func actFor(f *FS) http.HandlerFunc {
 
 // Config is what one permission layer serves.
 type Config struct {
-	Source  string   // the workspace's directory on the host
-	Dev     *os.File // /dev/fuse, mounted already (Mount)
-	Control string   // its control socket
-	Rules   *perms.Set
-	IDs     IDs
-	Log     *slog.Logger
+	Source   string   // the directory served, on the host
+	ReadOnly bool     // serve it read-only (an image's read-only bind)
+	At       string   // where the sandbox sees it (/workspace, /etc…): rules name paths there
+	Dev      *os.File // /dev/fuse, mounted already (Mount)
+	Hidden   []string // paths in the sandbox that are none whatever the rules (FS.hidden)
+	Kept     []string // paths in the sandbox nsbox mounts files over (FS.kept)
+	Control  string   // its control socket
+	Rules    *perms.Set
+	IDs      IDs
+	Log      *slog.Logger
 	// Ready is told "ok" once the layer is served, or why it could not be.
 	Ready *os.File
 }
@@ -130,11 +134,11 @@ func serve(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("listen on control socket: %w", err)
 	}
-	proc, err := enter(cfg.Source)
+	proc, err := enter(cfg.Source, cfg.ReadOnly)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	f, err := New("/", cfg.Rules, cfg.IDs, proc)
+	f, err := New("/", cfg.At, cfg.Rules, cfg.IDs, proc, cfg.Hidden, cfg.Kept)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -153,7 +157,8 @@ func serve(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 }
 
 // enter makes the process's mount namespace (its own) hold only a tmpfs with the source at
-// /ws and /proc at /proc, chroots into /ws and returns a descriptor of /proc.
+// /ws (read-only if asked) and /proc at /proc, chroots into /ws and returns a descriptor of
+// /proc.
 //
 // Why not simply chroot into the host's mount: the daemon detaches that once the container
 // has started, and every path walk in a detached mount takes the kernel's global mount lock
@@ -161,15 +166,21 @@ func serve(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 // file API that needs an answer from the layer before a ".." fail with EAGAIN. Here every
 // mount the layer walks is attached to its namespace, and nothing else of the host's is
 // kept alive by it.
-func enter(source string) (int, error) {
+func enter(source string, readOnly bool) (int, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return -1, fmt.Errorf("make the layer's mounts private: %w", err)
 	}
 	ws, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
-		return -1, fmt.Errorf("open workspace %s: %w", source, err)
+		return -1, fmt.Errorf("open %s: %w", source, err)
 	}
 	defer unix.Close(ws)
+	if readOnly {
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(ws, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+			return -1, fmt.Errorf("make %s read-only: %w", source, err)
+		}
+	}
 	proc, err := unix.OpenTree(unix.AT_FDCWD, "/proc", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("open /proc: %w", err)

@@ -20,10 +20,14 @@ import (
 func permfsCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "permfs",
-		Usage:  "serve a sandbox's workspace through its permission rules (started by the daemon, not by hand)",
+		Usage:  "serve a directory of a sandbox through its permission rules (started by the daemon, not by hand)",
 		Hidden: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "source", Required: true},
+			&cli.StringFlag{Name: "at", Required: true},
+			&cli.BoolFlag{Name: "read-only"},
+			&cli.StringSliceFlag{Name: "hide"},
+			&cli.StringSliceFlag{Name: "keep"},
 			&cli.StringFlag{Name: "control", Required: true},
 			&cli.UintFlag{Name: "root-uid"},
 			&cli.UintFlag{Name: "root-gid"},
@@ -43,7 +47,7 @@ func permfsCommand() *cli.Command {
 				return err
 			}
 			return permfs.Run(permfs.Config{
-				Source: c.String("source"), Dev: os.NewFile(4, "/dev/fuse"), Control: c.String("control"),
+				Source: c.String("source"), At: c.String("at"), ReadOnly: c.Bool("read-only"), Hidden: c.StringSlice("hide"), Kept: c.StringSlice("keep"), Dev: os.NewFile(4, "/dev/fuse"), Control: c.String("control"),
 				Rules: rules, Ready: ready, Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 				IDs: permfs.IDs{RootUID: uint32(c.Uint("root-uid")), RootGID: uint32(c.Uint("root-gid")),
 					Host: uint32(c.Uint("ids-host")), Size: uint32(c.Uint("ids-size"))},

@@ -252,9 +252,18 @@ func TestPermissionsRefused(t *testing.T) {
 		req  api.CreateSandboxRequest
 		want string
 	}{
-		{"no workspace", api.CreateSandboxRequest{Permissions: doneWhenRules}, "workspace"},
+		{"no workspace", api.CreateSandboxRequest{Permissions: doneWhenRules}, "need a workspace"},
 		{"bad level", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "a", Level: "hidden"}}}, "level must be"},
-		{"outside the workspace", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "/etc/**", Level: "none"}}}, "outside /workspace"},
+		{"the whole root", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/*/secret", Level: "none"}}}, "whole root"},
+		{"the whole root, **", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/opt/**", Level: "none"}}}, "whole root"},
+		{"/proc", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/proc/1/**", Level: "none"}}}, "nsbox's own"},
+		{"/run holds /run/nsbox", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/run/secret", Level: "none"}}}, "/run/nsbox"},
+		{"/run/nsbox", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/run/nsbox/x", Level: "none"}}}, "nsbox's own"},
+		{"/.nsbox", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/.nsbox/nsbox", Level: "none"}}}, "nsbox's own"},
+		{"/dev", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/dev/shm/x", Level: "none"}}}, "nsbox's own"},
+		{"/sys", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/sys/fs/**", Level: "none"}}}, "nsbox's own"},
+		{"network files", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/etc/*", Level: "read"}}}, "/etc/hosts"},
+		{"a bind mount", api.CreateSandboxRequest{Mounts: []api.Mount{{Source: ws, Target: "/opt/data", ReadOnly: true}}, Permissions: []api.PermissionRule{{Pattern: "/opt/data/x", Level: "none"}}}, "bind mount"},
 		{"twice", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "a", Level: "none"}, {Pattern: "/workspace/a", Level: "read"}}}, "twice"},
 		{"dot dot", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "../x", Level: "none"}}}, "clean path"},
 	} {
@@ -440,4 +449,94 @@ func TestPermissionsRW(t *testing.T) {
 	if err := syscall.Stat(filepath.Join(ws, "src", "new.go"), &st); err != nil || st.Uid != 1234 || st.Gid != 1234 {
 		t.Errorf("host owner of a created file: %d:%d %v, want 1234:1234", st.Uid, st.Gid, err)
 	}
+}
+
+// TestPermissionsOutsideWorkspace: rules for paths outside /workspace (the container's root:
+// /opt, /home, /srv; the host image's read-only /etc) are enforced by layers on the
+// directories they name, for shells and the file API, through symlinks, hard links and
+// renames; the image's masked files stay hidden and the network files stay mounted after a
+// change of rules; hibernation keeps the layers.
+func TestPermissionsOutsideWorkspace(t *testing.T) {
+	d := startDaemon(t)
+	ws := permWorkspace(t)
+	// Created with the roots writable, to put files there; then narrowed (PATCH).
+	d.create(api.CreateSandboxRequest{ID: "out", Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{
+		{Pattern: "/opt/data/**", Level: "write"}, {Pattern: "/home/user/**", Level: "write"}, {Pattern: "/srv/keys/**", Level: "write"},
+		{Pattern: "/etc/hostname", Level: "none"}, {Pattern: "**/.env", Level: "none"},
+	}})
+	d.sh("out", "mkdir -p /opt/data /home/user/.ssh /srv/keys && echo data > /opt/data/a.txt && echo KEY > /home/user/.ssh/id_rsa && echo PEM > /srv/keys/k.pem && echo profile > /home/user/.profile")
+	if _, err := d.client.SetPermissions(context.Background(), "out", []api.PermissionRule{
+		{Pattern: "/opt/data/**", Level: "read"}, {Pattern: "/home/user/.ssh/**", Level: "none"}, {Pattern: "/srv/keys/*.pem", Level: "view"},
+		{Pattern: "/etc/hostname", Level: "none"}, {Pattern: "**/.env", Level: "none"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A rule that needs a layer the sandbox was not made with is refused.
+	d.expectError("PATCH", "/v1/sandboxes/out/permissions", api.PermissionsRequest{Permissions: []api.PermissionRule{{Pattern: "/var/lib/x", Level: "none"}}}, http.StatusBadRequest, api.CodeInvalidArgument)
+	must := func(command, want string) {
+		t.Helper()
+		if code, out := shOut(d, "out", command); code != 0 || !strings.Contains(out, want) {
+			t.Errorf("%q: exit %d, output %q; want success with %q", command, code, out, want)
+		}
+	}
+	fails := func(command, want string) {
+		t.Helper()
+		if code, out := shOut(d, "out", command); code == 0 || !strings.Contains(out, want) || strings.Contains(out, "KEY") || strings.Contains(out, "PEM") {
+			t.Errorf("%q: exit %d, output %q; want a failure saying %q", command, code, out, want)
+		}
+	}
+	const denied, missing = "Permission denied", "No such file or directory"
+	check := func(t *testing.T) {
+		must("cat /opt/data/a.txt /home/user/.profile && stat -c %s /srv/keys/k.pem && cat /etc/hosts", "data\nprofile\n4\n")
+		fails("echo x >> /opt/data/a.txt", denied)
+		fails("touch /opt/data/new", denied)
+		fails("cat /home/user/.ssh/id_rsa", missing)
+		fails("ls -A /home/user | grep ssh", "")
+		fails("cat /srv/keys/k.pem", denied)
+		fails("cat /etc/hostname", missing)
+		fails("ls /etc/shadow", missing) // masked by the host image: hidden by the layer too
+		must("test -f /etc/passwd && echo passwd", "passwd")
+		// Bypasses: symlinks (absolute, with ..), hard links, renames, /proc/self/fd.
+		fails("ln -sf /home/user/.ssh/id_rsa /tmp/l && cat /tmp/l", missing)
+		fails("ln -sf ../../home/user/.ssh /tmp/x/y 2>/dev/null; mkdir -p /tmp/x && ln -sf ../../home/user/.ssh /tmp/x/y && cat /tmp/x/y/id_rsa", missing)
+		fails("ln /srv/keys/k.pem /srv/keys/k2.pem", "")
+		fails("ln /srv/keys/k.pem /tmp/k.pem", "")
+		fails("mv /home/user /home/other", "")
+		fails("cat /home/other/.ssh/id_rsa", missing)
+		must("mkdir -p /home/user/d && mv /home/user/d /home/user/e && rmdir /home/user/e && echo moved", "moved")
+		fails("mv /opt/data/a.txt /opt/data/b.txt", denied)
+		fails("python3 -c \"import os; fd=os.open('/srv/keys/k.pem', os.O_PATH); print(open('/proc/self/fd/%d' % fd).read())\"", "PermissionError")
+		fails("umount /home", "")
+		must("echo w > /home/user/new && cat /home/user/new", "w")
+		// The file API, following symlinks in the sandbox's view.
+		for _, c := range []struct {
+			method, path string
+			status       int
+		}{
+			{"GET", "/opt/data/a.txt", http.StatusOK},
+			{"PUT", "/opt/data/b.txt", http.StatusForbidden},
+			{"GET", "/home/user/.ssh/id_rsa", http.StatusNotFound},
+			{"GET", "/tmp/l", http.StatusNotFound},
+			{"GET", "/tmp/x/y/id_rsa", http.StatusNotFound},
+			{"GET", "/srv/keys/k.pem", http.StatusForbidden},
+			{"GET", "/etc/hostname", http.StatusNotFound},
+			{"GET", "/etc/shadow", http.StatusNotFound},
+		} {
+			var body any
+			if c.method == "PUT" {
+				body = "content"
+			}
+			if got, data := d.call(c.method, "/v1/sandboxes/out/files?path="+c.path, body); got != c.status || strings.Contains(string(data), "KEY") || strings.Contains(string(data), "PEM") {
+				t.Errorf("%s %s: %d %s, want %d", c.method, c.path, got, data, c.status)
+			}
+		}
+		if got, data := d.call("GET", "/v1/sandboxes/out/files/list?path=/home/user", nil); got != http.StatusOK || strings.Contains(string(data), ".ssh") {
+			t.Errorf("list /home/user: %d %s", got, data)
+		}
+	}
+	t.Run("running", check)
+	if got, data := d.call("POST", "/v1/sandboxes/out/hibernate", struct{}{}); got != http.StatusOK {
+		t.Fatalf("hibernate: %d %s", got, data)
+	}
+	t.Run("resumed", check)
 }
