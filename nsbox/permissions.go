@@ -120,6 +120,8 @@ type permLayer struct {
 	ids      permfs.IDs
 	// masked are the image's masked paths (always none in the layer).
 	masked []string
+	// shared: the host changes the directory too (a read-write workspace).
+	shared bool
 }
 
 // startPermFS starts container id's permission layer n with rules and returns where it is
@@ -150,6 +152,9 @@ func (r *Runtime) startPermFS(id string, n int, l permLayer, rules []api.Permiss
 		"--ids-host", strconv.FormatUint(uint64(l.ids.Host), 10), "--ids-size", strconv.FormatUint(uint64(l.ids.Size), 10)}
 	if l.readOnly {
 		args = append(args, "--read-only")
+	}
+	if l.shared {
+		args = append(args, "--shared")
 	}
 	for _, m := range l.masked {
 		if perms.Within(m, l.at) {
@@ -219,7 +224,8 @@ func (r *Runtime) rootLayers(id, root string, imageBinds []backend.Mount, masked
 				if err := noSymlinks(b.Source, strings.TrimPrefix(at, b.Target)); err != nil {
 					return nil, err
 				}
-				l.source, l.readOnly = filepath.Join(b.Source, strings.TrimPrefix(at, b.Target)), true
+				// The host's own directory: the host changes it too.
+				l.source, l.readOnly, l.shared = filepath.Join(b.Source, strings.TrimPrefix(at, b.Target)), true, true
 				if ids.Enabled() { // as the bind's id-mapped mount shows it
 					l.ids = permfs.IDs{Host: ids.Host, Size: ids.Size}
 				}

@@ -281,7 +281,7 @@ func (r *Runtime) storageMounts(id string, st extrasSpec, ids rootfs.IDMap) ([]b
 		if n := permRoot(st.Permissions, api.WorkspacePath); n >= 0 {
 			// The layer shows the sandbox's ids itself: an overlay's are, a host directory's
 			// the layer translates as an id-mapped mount would (writableIDs).
-			l := permLayer{source: m.Source, at: api.WorkspacePath}
+			l := permLayer{source: m.Source, at: api.WorkspacePath, shared: ws.Mode != api.WorkspaceCOW}
 			if !m.IDs.Native && ids.Enabled() {
 				wids, err := writableIDs(m.Source)
 				if err != nil {

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -87,7 +88,10 @@ type FS struct {
 	// change of rules leaves their cached names alone, since dropping a name the kernel has
 	// a mount on detaches that mount.
 	kept []string
-	root *node
+	// cache is how long the kernel keeps names and attributes (serve.go); past a second the
+	// directory changes through the layer only, and the kernel keeps file pages too.
+	cache time.Duration
+	root  *node
 	// proc is /proc, opened before the chroot, to find the cgroup of a caller.
 	proc int
 }
@@ -218,12 +222,12 @@ func cgroupOf(proc int, pid uint32) (string, error) {
 }
 
 // entryOut shows a new entry's owners as the sandbox's and says how long the kernel may keep
-// its name: cacheTimeout, or not at all while sessions have rules of their own, since a name
-// one caller may see another may not.
+// its name: f.cache, or not at all while sessions have rules of their own, since a name one
+// caller may see another may not.
 func (f *FS) entryOut(out *fuse.EntryOut) {
 	f.attrOut(&out.Attr)
 	if len(*f.sessions.Load()) == 0 {
-		out.SetEntryTimeout(cacheTimeout)
+		out.SetEntryTimeout(f.cache)
 	}
 }
 
@@ -297,7 +301,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if lvl < perms.Read || (lvl < perms.Write && flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0) {
 		return nil, 0, syscall.EACCES
 	}
-	return n.LoopbackNode.Open(ctx, flags)
+	fh, fflags, errno := n.LoopbackNode.Open(ctx, flags)
+	if n.fs.cache > sharedCache {
+		fflags |= fuse.FOPEN_KEEP_CACHE
+	}
+	return fh, fflags, errno
 }
 
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {

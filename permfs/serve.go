@@ -18,9 +18,15 @@ import (
 	"github.com/nsbox/nsbox/perms"
 )
 
-// cacheTimeout is how long the kernel may keep a name or attributes without asking again;
-// a change of rules makes it forget the names at once (SetRules).
-const cacheTimeout = time.Second
+// How long the kernel may keep a name or attributes without asking the layer again (a change
+// of rules makes it forget the names at once: SetRules): sharedCache when the served
+// directory also changes outside the layer (a read-write workspace the host writes too),
+// ownCache when every change goes through the layer, which then also has the kernel keep the
+// pages of files it has read (FOPEN_KEEP_CACHE).
+const (
+	sharedCache = time.Second
+	ownCache    = time.Hour
+)
 
 // The control socket's endpoints: PUT ControlPath the sandbox's new rules, PUT or DELETE
 // ControlPath/{cgroup} a session's (api.PermissionsRequest); 204 once they hold for every
@@ -52,10 +58,12 @@ type Config struct {
 	Dev      *os.File // /dev/fuse, mounted already (Mount)
 	Hidden   []string // paths in the sandbox that are none whatever the rules (FS.hidden)
 	Kept     []string // paths in the sandbox nsbox mounts files over (FS.kept)
-	Control  string   // its control socket
-	Rules    *perms.Set
-	IDs      IDs
-	Log      *slog.Logger
+	// Shared: the directory changes outside the layer too (the host writes it).
+	Shared  bool
+	Control string // its control socket
+	Rules   *perms.Set
+	IDs     IDs
+	Log     *slog.Logger
 	// Ready is told "ok" once the layer is served, or why it could not be.
 	Ready *os.File
 }
@@ -142,7 +150,11 @@ func serve(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	timeout := cacheTimeout
+	timeout := ownCache
+	if cfg.Shared {
+		timeout = sharedCache
+	}
+	f.cache = timeout
 	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", cfg.Dev.Fd()), f.Root(), &gofs.Options{
 		AttrTimeout: &timeout, // entries: entryOut
 		// No splice: it empties its pipes into /dev/null, which the chroot does not have.

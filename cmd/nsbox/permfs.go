@@ -28,6 +28,7 @@ func permfsCommand() *cli.Command {
 			&cli.BoolFlag{Name: "read-only"},
 			&cli.StringSliceFlag{Name: "hide"},
 			&cli.StringSliceFlag{Name: "keep"},
+			&cli.BoolFlag{Name: "shared"},
 			&cli.StringFlag{Name: "control", Required: true},
 			&cli.UintFlag{Name: "root-uid"},
 			&cli.UintFlag{Name: "root-gid"},
@@ -47,7 +48,7 @@ func permfsCommand() *cli.Command {
 				return err
 			}
 			return permfs.Run(permfs.Config{
-				Source: c.String("source"), At: c.String("at"), ReadOnly: c.Bool("read-only"), Hidden: c.StringSlice("hide"), Kept: c.StringSlice("keep"), Dev: os.NewFile(4, "/dev/fuse"), Control: c.String("control"),
+				Source: c.String("source"), At: c.String("at"), ReadOnly: c.Bool("read-only"), Hidden: c.StringSlice("hide"), Kept: c.StringSlice("keep"), Shared: c.Bool("shared"), Dev: os.NewFile(4, "/dev/fuse"), Control: c.String("control"),
 				Rules: rules, Ready: ready, Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 				IDs: permfs.IDs{RootUID: uint32(c.Uint("root-uid")), RootGID: uint32(c.Uint("root-gid")),
 					Host: uint32(c.Uint("ids-host")), Size: uint32(c.Uint("ids-size"))},
