@@ -55,7 +55,7 @@ type Config struct {
 	Source   string   // the directory served, on the host
 	ReadOnly bool     // serve it read-only (an image's read-only bind)
 	At       string   // where the sandbox sees it (/workspace, /etc…): rules name paths there
-	Dev      *os.File // /dev/fuse, mounted already (Mount)
+	Dev      int      // a descriptor of /dev/fuse, mounted already (Mount): the layer owns it
 	Hidden   []string // paths in the sandbox that are none whatever the rules (FS.hidden)
 	Kept     []string // paths in the sandbox nsbox mounts files over (FS.kept)
 	// Shared: the directory changes outside the layer too (the host writes it).
@@ -155,7 +155,7 @@ func serve(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 		timeout = sharedCache
 	}
 	f.cache = timeout
-	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", cfg.Dev.Fd()), f.Root(), &gofs.Options{
+	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", cfg.Dev), f.Root(), &gofs.Options{
 		AttrTimeout: &timeout, // entries: entryOut
 		// No splice: it empties its pipes into /dev/null, which the chroot does not have.
 		// Stack depth 2: reads and writes of open files pass through to the backing file

@@ -98,6 +98,14 @@ func TestPermissions(t *testing.T) {
 		fails("mkdir src/x && touch src/x/.env", denied)
 	})
 
+	t.Run("many files", func(t *testing.T) {
+		// Enough requests for the layer to collect garbage while serving (a finalizer once
+		// closed its /dev/fuse under it).
+		must("mkdir -p src/many && cd src/many && for i in $(seq 1 2000); do echo $i > f$i; done && echo made", "made")
+		must("find /workspace/src/many -type f | wc -l && tar -cf - -C /workspace/src many | wc -c >/dev/null && cat /workspace/src/many/* | wc -l", "2000\n2000\n")
+		must("rm -r src/many && echo gone", "gone")
+	})
+
 	t.Run("processes", func(t *testing.T) {
 		ctx := context.Background()
 		p, err := d.client.StartProcess(ctx, "perm", api.StartProcessRequest{Command: "cat /workspace/secrets/key.pem /workspace/.env; cat /workspace/docs/guide.md", Cwd: "/workspace"})
