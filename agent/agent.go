@@ -67,6 +67,7 @@ func Run(listenFD int, version string) error {
 	if err != nil {
 		return err
 	}
+	a.confine()
 
 	// A handler for every signal: one PID 1 has no handler for is dropped by the kernel, but
 	// Go's default handlers end the process. SIGCHLD has a channel of its own, so a flood of
@@ -117,6 +118,28 @@ func Run(listenFD int, version string) error {
 				}
 			}
 		}
+	}
+}
+
+// confine gives every process the agent starts a Landlock domain of its own and, with the
+// daemon's private store mounted, every session a private folder. Without Landlock the
+// sessions get no private folders: nothing would keep other sessions out of them.
+func (a *Agent) confine() {
+	store, err := os.OpenFile(api.PrivateMount, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		a.log.Warn("sessions get no private folders: the private store is not there", "err", err)
+	}
+	c, err := newConfinement()
+	if err != nil {
+		a.log.Warn("processes are not confined to Landlock domains, and sessions get no private folders", "err", err)
+		if store != nil {
+			store.Close()
+		}
+		return
+	}
+	a.procs.confine = c
+	if store != nil {
+		a.sessions.EnablePrivate(store)
 	}
 }
 

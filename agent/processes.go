@@ -69,6 +69,7 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 	// The shell's own view: the agent may not read /proc/<pid>/cwd of another user's shell.
 	// Its ids, not its name: "uid:gid" resolves to the very user and group the shell has.
 	st.Cwd, st.User = cwd, strconv.Itoa(info.UID)+":"+strconv.Itoa(info.GID)
+	st.Private, st.PrivateDir = s.Private(), info.PrivateDir
 	return st, nil
 }
 

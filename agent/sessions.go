@@ -29,7 +29,8 @@ func sessionInfo(i session.Info) api.Session {
 	if i.ReadOnly {
 		perm = api.PermissionRead
 	}
-	return api.Session{ID: i.ID, Shell: i.Shell, User: i.User, UID: i.UID, GID: i.GID, Cwd: i.Cwd, Status: i.Status, ExitCode: i.ExitCode, PID: i.PID, CreatedAt: i.CreatedAt, Permission: perm}
+	return api.Session{ID: i.ID, Shell: i.Shell, User: i.User, UID: i.UID, GID: i.GID, Cwd: i.Cwd, Status: i.Status, ExitCode: i.ExitCode, PID: i.PID, CreatedAt: i.CreatedAt, Permission: perm,
+		PrivateDir: i.PrivateDir}
 }
 
 // sessionError maps the session package's errors to API errors.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -56,20 +57,24 @@ func (a *Agent) handleSaveState(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// handleRestoreState starts the saved sessions with their state and brings the saved
-// processes back (process.Manager.Restore). A session that cannot be restored is reported,
-// after the others were.
+// handleRestoreState starts the saved sessions with their state, all at once, and then
+// brings the saved processes back (process.Manager.Restore; a restarted process may use a
+// session's state). A session that cannot be restored is reported, after the others were.
 func (a *Agent) handleRestoreState(w http.ResponseWriter, r *http.Request) error {
 	var st api.SandboxState
 	if err := api.DecodeJSON(w, r, &st, false); err != nil {
 		return err
 	}
-	var errs []error
-	for _, ss := range st.Sessions {
-		if err := a.restoreSession(r.Context(), ss); err != nil {
-			errs = append(errs, fmt.Errorf("session %q: %w", ss.ID, err))
-		}
+	errs := make([]error, len(st.Sessions))
+	var wg sync.WaitGroup
+	for i, ss := range st.Sessions {
+		wg.Go(func() {
+			if err := a.restoreSession(r.Context(), ss); err != nil {
+				errs[i] = fmt.Errorf("session %q: %w", ss.ID, err)
+			}
+		})
 	}
+	wg.Wait()
 	errs = append(errs, a.processes.Restore(r.Context(), st.Processes)...)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("restore saved state: %w", err)

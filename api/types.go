@@ -376,6 +376,9 @@ type Session struct {
 	CreatedAt time.Time `json:"createdAt"`
 	// Permission is read or write (see CreateSessionRequest).
 	Permission string `json:"permission"`
+	// PrivateDir is the session's private folder, ~/.private of its user ("" without one):
+	// only the session's processes, and file calls made on its behalf, reach what is in it.
+	PrivateDir string `json:"privateDir,omitempty"`
 }
 
 // Terminal event types: what a terminal stream carries besides output.

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -26,12 +27,15 @@ type startedContainer struct {
 // it with the agent as PID 1, and waits until the agent answers. The container is nobody's
 // yet: bind makes it a sandbox. On failure nothing of it is left.
 func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (*startedContainer, error) {
-	return r.launch(ctx, "c-"+newID(), img, lim, st, false)
+	return r.launch(ctx, "c-"+newID(), img, lim, st, false, nil)
 }
 
 // launch starts container id over the image's layers. kept: the container is one that was shelved (a hibernated sandbox's): its
-// writable layers and ids exist already and stay when the start fails.
-func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool) (*startedContainer, error) {
+// writable layers and ids exist already and stay when the start fails. meanwhile, when not
+// nil, runs once the container exists, while its agent starts (work on the container from
+// the host: its network); its error fails the launch.
+func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool,
+	meanwhile func(*startedContainer) error) (*startedContainer, error) {
 	began := time.Now()
 	spec, err := r.containerSpec(id, img, lim, st, kept)
 	prepared := time.Since(began)
@@ -51,11 +55,29 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 		return nil, err
 	}
 	started := time.Since(began) - prepared
-	agent := newAgentClient(inst)
+	sc := &startedContainer{inst: inst, agent: newAgentClient(inst), image: img.Name, limits: lim, extras: st}
+	done := make(chan error, 1)
+	go func() {
+		if meanwhile == nil {
+			done <- nil
+			return
+		}
+		done <- meanwhile(sc)
+	}()
 	readyCtx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
-	if _, err := agent.health(readyCtx); err != nil {
-		err = fmt.Errorf("agent did not come up: %v; agent log: %q", err, inst.AgentLog())
+	_, err = sc.agent.health(readyCtx)
+	if err != nil {
+		err = fmt.Errorf("agent did not come up: %v", err)
+	} else if err = inst.Detach(api.PrivateMount); err != nil {
+		// Left mounted, the private store would be reachable by path from every session.
+		err = fmt.Errorf("hide the private store: %w", err)
+	}
+	if merr := <-done; merr != nil {
+		err = errors.Join(err, merr)
+	}
+	if err != nil {
+		err = fmt.Errorf("%w; agent log: %q", err, inst.AgentLog())
 		onOwnThread(inst.Kill)
 		inst.Close()
 		if derr := r.undoStart(id, kept); derr != nil {
@@ -65,7 +87,7 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 	}
 	r.log.Debug("container started", "container", id, "image", img.Name, "pid", inst.PID(),
 		"prepare", prepared, "start", started, "agent", time.Since(began)-prepared-started)
-	return &startedContainer{inst: inst, agent: agent, image: img.Name, limits: lim, extras: st}, nil
+	return sc, nil
 }
 
 // undoStart removes what a failed start left: everything, or for a kept container everything
@@ -111,6 +133,11 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	if err != nil {
 		return backend.Spec{}, err
 	}
+	private, err := r.preparePrivate(id, st.DiskMB, ids)
+	if err != nil {
+		return backend.Spec{}, err
+	}
+	mounts = append(mounts, private)
 	layers := make([]string, 0, len(st.SnapshotLayers)+len(img.Layers))
 	for _, d := range st.SnapshotLayers {
 		layers = append(layers, r.images.Layers().Dir(d))

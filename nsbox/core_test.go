@@ -272,6 +272,69 @@ func TestWarmPool(t *testing.T) {
 	c.open() // for the cleanup's Close
 }
 
+// TestWarmPoolFollowsDemand: creates that find the pool empty raise its target, the refill
+// reaches it within the memory budget, and without demand it shrinks back to its base.
+func TestWarmPoolFollowsDemand(t *testing.T) {
+	c := newTestCore(t, 1)
+	c.Close()
+	c.cfg.WarmPoolMemoryMB = 4 // the fake's containers use 1 MB each
+	c.open()
+	c.waitPool(1)
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = c.Create(context.Background(), api.CreateSandboxRequest{ID: fmt.Sprintf("burst-%d", i)})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	want := c.pool.target("host")
+	if want < 2 || want > 6 {
+		t.Fatalf("after a burst of 6 creates on a pool of 1, its target is %d", want)
+	}
+	// The budget holds 4 MB: 4 containers (the next would need 5).
+	c.waitPool(min(want, 4))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.pool.mu.Lock()
+		filling := c.pool.filling["host"]
+		c.pool.mu.Unlock()
+		if !filling {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the refill did not stop at the budget")
+		}
+	}
+	if n := c.pool.readyCount("host"); n != min(want, 4) {
+		t.Fatalf("the pool holds %d containers; want %d (target %d, budget 4 MB)", n, min(want, 4), want)
+	}
+	// No demand for a while: the target halves towards the base, the extra containers go.
+	extra := c.pool.shrink(time.Now().Add(demandWindow))
+	for _, sc := range extra {
+		c.discard(sc)
+		if c.backend.get(sc.inst.ID()) != nil {
+			t.Errorf("a container taken out of the pool was not destroyed")
+		}
+	}
+	if got := c.pool.target("host"); got != max(1, want/2) {
+		t.Errorf("target after a quiet window: %d, want %d", got, max(1, want/2))
+	}
+	if n := c.pool.readyCount("host"); n > c.pool.target("host") {
+		t.Errorf("the pool holds %d containers beyond its target %d", n, c.pool.target("host"))
+	}
+	for c.pool.target("host") > 1 {
+		for _, sc := range c.pool.shrink(time.Now().Add(demandWindow)) {
+			c.discard(sc)
+		}
+	}
+	c.waitPool(1)
+}
+
 func TestReconcileAfterRestart(t *testing.T) {
 	c := newTestCore(t, 0)
 	c.create(api.CreateSandboxRequest{ID: "alive", Env: map[string]string{"K": "v"}})
@@ -532,6 +595,44 @@ func TestPauseResume(t *testing.T) {
 	}
 	if err := c.Remove("box", false); err != nil || inst.isFrozen() {
 		t.Errorf("remove a paused sandbox: %v (frozen: %v)", err, inst.isFrozen())
+	}
+}
+
+// TestResumeFromHibernationRollsBack: a resume whose network cannot be reattached (done while
+// the agent starts) leaves the sandbox hibernated, with no container; the next resume brings it
+// back with its sessions' state.
+func TestResumeFromHibernationRollsBack(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "hb"})
+	if sb, err := c.Hibernate(context.Background(), "hb", api.HibernateRequest{}); err != nil || sb.Status != api.StatusHibernated {
+		t.Fatalf("hibernate: %+v %v", sb, err)
+	}
+	c.net.mu.Lock()
+	c.net.failAttach = errors.New("no veth")
+	c.net.mu.Unlock()
+	if _, err := c.Resume("hb"); !api.IsCode(err, api.CodeInternal) || !strings.Contains(err.Error(), "no veth") {
+		t.Fatalf("resume with a failing network: %v", err)
+	}
+	if sb, _ := c.Get("hb"); sb.Status != api.StatusHibernated {
+		t.Errorf("after a failed resume: %s", sb.Status)
+	}
+	if ids := c.backend.ids(); len(ids) != 0 {
+		t.Errorf("containers left by the failed resume: %v", ids)
+	}
+	c.net.mu.Lock()
+	c.net.failAttach = nil
+	c.net.mu.Unlock()
+	sb, err := c.Resume("hb")
+	if err != nil || sb.Status != api.StatusRunning {
+		t.Fatalf("resume: %+v %v", sb, err)
+	}
+	s, _ := c.lookup("hb")
+	inst := c.backend.get(s.snapshot().container())
+	inst.mu.Lock()
+	restored := inst.restored
+	inst.mu.Unlock()
+	if len(restored.Sessions) != 1 || restored.Sessions[0].Script != "cd /tmp" {
+		t.Errorf("the resumed agent got %+v", restored)
 	}
 }
 

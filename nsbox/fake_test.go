@@ -265,6 +265,7 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 }
 
 func (i *fakeInstance) ShowLimits(string) error { return nil }
+func (i *fakeInstance) Detach(string) error     { return nil }
 
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 
@@ -275,6 +276,7 @@ func (i *fakeInstance) Stats() (backend.Stats, error) {
 	return backend.Stats{CPUNanos: 1e9, MemoryBytes: 1 << 20, MemoryLimit: uint64(i.currentLimits().MemoryBytes), Pids: 1}, nil
 }
 func (i *fakeInstance) OOMKills() (uint64, error) { return 0, nil }
+func (i *fakeInstance) Processes() ([]int, error) { return nil, nil }
 func (i *fakeInstance) Freeze() error             { return i.setFrozen(true) }
 func (i *fakeInstance) Thaw() error               { return i.setFrozen(false) }
 func (i *fakeInstance) Close()                    {}
@@ -375,6 +377,12 @@ func (n *fakeNetwork) Detach(id string) error {
 func (n *fakeNetwork) Suspend(string) error { return nil }
 
 func (n *fakeNetwork) Reattach(id, _ string) (*sandboxnet.Attachment, error) {
+	n.mu.Lock()
+	fail := n.failAttach
+	n.mu.Unlock()
+	if fail != nil {
+		return nil, fail
+	}
 	a, ok := n.Lookup(id)
 	if !ok {
 		return nil, sandboxnet.ErrNotFound

@@ -25,14 +25,6 @@ const (
 	maxListEntries = 100_000
 )
 
-// fileRequest is what every file handler starts from: the sandbox's root, for whom the
-// request is made, and the request's path resolved against that working directory.
-type fileRequest struct {
-	root *sandboxfs.Root
-	who  fileCaller
-	path string
-}
-
 // openFileRequest opens the sandbox's root and resolves the query parameter "path" (which
 // must be there).
 func (r *Runtime) openFileRequest(req *http.Request) (*fileRequest, error) {
@@ -40,11 +32,7 @@ func (r *Runtime) openFileRequest(req *http.Request) (*fileRequest, error) {
 	if p == "" {
 		return nil, api.Errorf(api.CodeInvalidArgument, "the query parameter path is required (absolute, or relative to the working directory of the session named by sessionId, or of the sandbox)")
 	}
-	root, who, err := r.openFileCaller(req)
-	if err != nil {
-		return nil, err
-	}
-	return &fileRequest{root: root, who: who, path: who.resolve(p)}, nil
+	return r.openFileCaller(req, p)
 }
 
 // queryBool parses an optional boolean query parameter.
@@ -92,14 +80,14 @@ func (r *Runtime) handleReadFile(w http.ResponseWriter, req *http.Request) error
 	if err != nil {
 		return err
 	}
-	f, info, err := fr.root.Open(fr.path)
+	f, info, err := fr.root.Open(fr.paths[0])
 	fr.root.Close()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
-	http.ServeContent(&serveContentErrors{ResponseWriter: w, path: fr.path}, req, "", info.MTime, f)
+	http.ServeContent(&serveContentErrors{ResponseWriter: w, path: fr.shown(fr.paths[0])}, req, "", info.MTime, f)
 	return nil
 }
 
@@ -180,15 +168,16 @@ func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) erro
 		gid = int64(fr.who.gid)
 	}
 	status := http.StatusOK
-	if _, err := fr.root.Stat(fr.path); api.IsCode(err, api.CodeNotFound) {
+	if _, err := fr.root.Stat(fr.paths[0]); api.IsCode(err, api.CodeNotFound) {
 		status = http.StatusCreated
 	}
-	info, err := fr.root.Write(fr.path, req.Body, sandboxfs.WriteOptions{
+	info, err := fr.root.Write(fr.paths[0], req.Body, sandboxfs.WriteOptions{
 		Mode: mode, MakeParents: mkdir, UID: int(uid), GID: int(gid), MaxBytes: maxBytes,
 	})
 	if err != nil {
 		return err
 	}
+	fr.showInfo(info)
 	api.WriteJSON(w, status, info)
 	return nil
 }
@@ -199,10 +188,11 @@ func (r *Runtime) handleStatFile(w http.ResponseWriter, req *http.Request) error
 		return err
 	}
 	defer fr.root.Close()
-	info, err := fr.root.Stat(fr.path)
+	info, err := fr.root.Stat(fr.paths[0])
 	if err != nil {
 		return err
 	}
+	fr.showInfo(info)
 	api.WriteJSON(w, http.StatusOK, info)
 	return nil
 }
@@ -221,12 +211,15 @@ func (r *Runtime) handleListFiles(w http.ResponseWriter, req *http.Request) erro
 		return err
 	}
 	defer fr.root.Close()
-	list, err := fr.root.List(fr.path, int(depth), hidden, maxListEntries)
+	list, err := fr.root.List(fr.paths[0], int(depth), hidden, maxListEntries)
 	if err != nil {
 		return err
 	}
 	if list == nil {
 		list = []api.FileInfo{}
+	}
+	for i := range list {
+		fr.showInfo(&list[i])
 	}
 	api.WriteJSON(w, http.StatusOK, list)
 	return nil
@@ -260,23 +253,24 @@ func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	root, who, err := r.openFileCaller(req)
+	fr, err := r.openFileCaller(req, body.Path)
 	if err != nil {
 		return err
 	}
-	defer root.Close()
-	p := who.resolve(body.Path)
+	defer fr.root.Close()
+	p := fr.paths[0]
 	status := http.StatusCreated
-	if info, err := root.Stat(p); err == nil && info.Type == sandboxfs.TypeDir && body.Parents {
+	if info, err := fr.root.Stat(p); err == nil && info.Type == sandboxfs.TypeDir && body.Parents {
 		status = http.StatusOK
 	}
-	if err := root.Mkdir(p, body.Parents, mode, who.uid, who.gid); err != nil {
+	if err := fr.root.Mkdir(p, body.Parents, mode, fr.who.uid, fr.who.gid); err != nil {
 		return err
 	}
-	info, err := root.Stat(p)
+	info, err := fr.root.Stat(p)
 	if err != nil {
 		return err
 	}
+	fr.showInfo(info)
 	api.WriteJSON(w, status, info)
 	return nil
 }
@@ -290,19 +284,19 @@ func (r *Runtime) handleMove(w http.ResponseWriter, req *http.Request) error {
 	if body.From == "" || body.To == "" {
 		return api.Errorf(api.CodeInvalidArgument, "from and to are required")
 	}
-	root, who, err := r.openFileCaller(req)
+	fr, err := r.openFileCaller(req, body.From, body.To)
 	if err != nil {
 		return err
 	}
-	defer root.Close()
-	to := who.resolve(body.To)
-	if err := root.Move(who.resolve(body.From), to, body.Overwrite); err != nil {
+	defer fr.root.Close()
+	if err := fr.root.Move(fr.paths[0], fr.paths[1], body.Overwrite); err != nil {
 		return err
 	}
-	info, err := root.Stat(to)
+	info, err := fr.root.Stat(fr.paths[1])
 	if err != nil {
 		return err
 	}
+	fr.showInfo(info)
 	api.WriteJSON(w, http.StatusOK, info)
 	return nil
 }
@@ -317,7 +311,7 @@ func (r *Runtime) handleRemoveFile(w http.ResponseWriter, req *http.Request) err
 		return err
 	}
 	defer fr.root.Close()
-	if err := fr.root.Remove(fr.path, recursive); err != nil {
+	if err := fr.root.Remove(fr.paths[0], recursive); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -338,7 +332,7 @@ func (r *Runtime) handleWatchFiles(w http.ResponseWriter, req *http.Request) err
 	}
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel() // ends the watch
-	events, err := fr.root.Watch(ctx, fr.path, recursive)
+	events, err := fr.root.Watch(ctx, fr.paths[0], recursive)
 	fr.root.Close() // the watch holds its own reference
 	if err != nil {
 		return err
@@ -348,6 +342,10 @@ func (r *Runtime) handleWatchFiles(w http.ResponseWriter, req *http.Request) err
 		return nil
 	}
 	for ev := range events {
+		ev.Path = fr.shown(ev.Path)
+		if ev.OldPath != "" {
+			ev.OldPath = fr.shown(ev.OldPath)
+		}
 		if stream.Send(ev.Type, ev) != nil {
 			return nil // the client went away
 		}

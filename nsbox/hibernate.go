@@ -23,10 +23,12 @@ import (
 // and destroyed but for its writable layers (and disk), its user namespace ids (its files
 // belong to them) and its network (address, rules and exposed ports stay; the veth goes with
 // the namespace). Resuming (POST …/resume, or any request that needs it running: wake) starts
-// a container of the same id on the same layers, reattaches the network with the same address,
-// binds it as a create does and hands the agent the saved state: the sessions come back with
-// it, processes that ran are listed as stopped by hibernation, and those started with restart
-// "on-resume" start again. Memory is not checkpointed: where CRIU works (checkpoint.go) the
+// a container of the same id on the same layers, reattaches the network with the same address
+// while its agent starts, binds it as a create does and hands the agent the saved state: the
+// sessions come back with it, processes that ran are listed as stopped by hibernation, and
+// those started with restart "on-resume" start again. Most of a resume is the container's
+// start (libcontainer: cgroups, namespaces, mounts, the agent's exec), which the warm pool
+// cannot do ahead: the container must be the one whose layers and ids the sandbox kept. Memory is not checkpointed: where CRIU works (checkpoint.go) the
 // API says so, but this daemon does not use it yet.
 
 // awakenTimeout bounds a resume from hibernation: a container start, its agent and the
@@ -112,9 +114,10 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 func (r *Runtime) shelveContainer(id string) error {
 	var err error
 	onOwnThread(func() { err = wrapErr("destroy container", r.backend.Destroy(id)) })
-	err = errors.Join(err, r.releaseStorage(id))
+	// Private folders are not kept across a hibernation (nor is anything else of the run).
+	err = errors.Join(err, r.removePrivate(id), r.releaseStorage(id))
 	if err == nil {
-		err = os.RemoveAll(r.sandboxRunDir(id))
+		err = r.removeRunDirs(id)
 	}
 	return err
 }
@@ -141,15 +144,21 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities,
 		SnapshotLayers: rec.SnapshotLayers, Permissions: rec.Permissions}
-	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true)
+	// The network is reattached while the agent starts; the rest of bind follows.
+	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, func(sc *startedContainer) error { return r.connectNetwork(&rec, sc) })
 	if err != nil {
-		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, err)
+		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, errors.Join(err, r.net.Suspend(sb.id)))
 	}
 	started := time.Since(began)
-	err = r.bind(ctx, &rec, sc, lim, nil)
+	err = r.bindHost(&rec, sc, lim)
+	if err == nil {
+		err = r.bindAgent(ctx, &rec, sc, nil)
+	}
+	bound := time.Since(began) - started
 	if err == nil {
 		err = r.restoreState(ctx, rec, sc, st) // sessions with permissions of their own: permissions.go
 	}
+	restored := time.Since(began) - started - bound
 	if err != nil {
 		onOwnThread(sc.inst.Kill)
 		err = errors.Join(err, r.net.Suspend(sb.id), r.shelveContainer(sc.inst.ID()))
@@ -168,7 +177,7 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	sb.touch()
 	r.watch(sb, sc.inst)
-	r.log.Info("sandbox resumed from hibernation", "sandbox", sb.id, "start", started, "duration", time.Since(began))
+	r.log.Info("sandbox resumed from hibernation", "sandbox", sb.id, "start", started, "bind", bound, "restore", restored, "duration", time.Since(began))
 	return nil
 }
 

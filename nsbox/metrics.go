@@ -81,6 +81,7 @@ var (
 	sandboxLabels   = []string{"sandbox", "image"}
 	descSandboxes   = prometheus.NewDesc("nsbox_sandboxes", "Sandboxes the daemon knows, by status and image.", []string{"status", "image"}, nil)
 	descPoolReady   = prometheus.NewDesc("nsbox_warm_pool_ready", "Started containers ready in the warm pool, by image.", []string{"image"}, nil)
+	descPoolTarget  = prometheus.NewDesc("nsbox_warm_pool_target", "Started containers the warm pool keeps ready now, by image: its base, raised by demand.", []string{"image"}, nil)
 	descNFTRules    = prometheus.NewDesc("nsbox_nft_rules", "Rules in the daemon's nftables table.", nil, nil)
 	descConntrack   = prometheus.NewDesc("nsbox_conntrack_entries", "Connections the host's conntrack table tracks (all of the host's).", nil, nil)
 	descCPU         = prometheus.NewDesc("nsbox_sandbox_cpu_seconds_total", "CPU time a sandbox's processes used.", sandboxLabels, nil)
@@ -96,7 +97,7 @@ var (
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSandboxes, descPoolReady, descNFTRules, descConntrack, descCPU, descMemory, descMemoryLimit,
+	for _, d := range []*prometheus.Desc{descSandboxes, descPoolReady, descPoolTarget, descNFTRules, descConntrack, descCPU, descMemory, descMemoryLimit,
 		descPids, descOOM, descDisk, descRxBytes, descTxBytes, descRxPackets, descTxPackets} {
 		ch <- d
 	}
@@ -142,6 +143,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	for image := range r.cfg.WarmPool {
 		ch <- prometheus.MustNewConstMetric(descPoolReady, prometheus.GaugeValue, float64(r.pool.readyCount(image)), image)
+		ch <- prometheus.MustNewConstMetric(descPoolTarget, prometheus.GaugeValue, float64(r.pool.target(image)), image)
 	}
 	if n, err := r.net.RuleCount(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descNFTRules, prometheus.GaugeValue, float64(n))

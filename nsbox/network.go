@@ -127,7 +127,7 @@ func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, err
 	return s, allow, nil
 }
 
-// networkFiles writes a new container's /etc/hosts and /etc/resolv.conf into its run dir and
+// networkFiles writes a new container's /etc/hosts and /etc/resolv.conf into the stage and
 // returns their read-only mounts. Until connectNetwork the hosts file names the container; it
 // is rewritten in place then, so the mount shows the new content.
 func (r *Runtime) networkFiles(container string) ([]backend.Mount, error) {
@@ -144,9 +144,12 @@ func (r *Runtime) networkFiles(container string) ([]backend.Mount, error) {
 		{"hosts", "/etc/hosts", sandboxnet.HostsFile(container, netip.Addr{})},
 		{"resolv.conf", "/etc/resolv.conf", resolv},
 	}
+	if err := os.MkdirAll(r.containerFiles(container), 0o711); err != nil {
+		return nil, fmt.Errorf("make the sandbox's files dir: %w", err)
+	}
 	var out []backend.Mount
 	for _, f := range files {
-		path := filepath.Join(r.sandboxRunDir(container), f.name)
+		path := filepath.Join(r.containerFiles(container), f.name)
 		if err := os.WriteFile(path, f.data, 0o644); err != nil {
 			return nil, fmt.Errorf("write sandbox %s: %w", f.name, err)
 		}
@@ -177,7 +180,7 @@ func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
 		}
 	}
 	// Rewritten in place (truncate, write): the container's bind mount shows the same inode.
-	hosts := filepath.Join(r.sandboxRunDir(sc.inst.ID()), "hosts")
+	hosts := filepath.Join(r.containerFiles(sc.inst.ID()), "hosts")
 	if err := os.WriteFile(hosts, sandboxnet.HostsFile(rec.ID, addr), 0o644); err != nil {
 		return fmt.Errorf("write sandbox hosts: %w", err)
 	}

@@ -43,7 +43,7 @@ func netRuntime(t *testing.T) *Runtime {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Runtime{cfg: cfg, records: recs, log: slog.Default(), sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil)}
+	r := &Runtime{cfg: cfg, records: recs, log: slog.Default(), sandboxes: map[string]*sandbox{}, pool: newWarmPool(nil, 0)}
 	r.ops = newOps(r)
 	if err := r.openNetwork(); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package nsbox
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,12 +18,21 @@ import (
 // of a whole container start; the pool refills in the background. Containers in the pool have
 // no record: if the daemon dies, the next one destroys them in reconcile like any container
 // that belongs to no sandbox, and a clean shutdown (Close) destroys them.
+//
+// Its size follows demand. Each image keeps at least its base (--warm-pool IMAGE=N); every
+// create that finds the image's pool empty raises the image's target by one, up to
+// maxWarmPerImage and as long as the ready containers of all images fit the memory budget
+// (--warm-pool-memory); once an image has had no miss for demandWindow, its target halves
+// every demandWindow back to the base and the containers beyond it are destroyed.
 type warmPool struct {
-	want map[string]int // image → how many to keep ready
+	base   map[string]int // image → the least to keep ready (--warm-pool)
+	budget int64          // bytes the ready containers of all images may use beyond the bases; 0: no growth
 
-	mu      sync.Mutex
-	ready   map[string][]*startedContainer
-	filling map[string]bool // a refill goroutine runs for the image
+	mu       sync.Mutex
+	want     map[string]int // image → how many to keep ready now (base ≤ want)
+	lastMiss map[string]time.Time
+	ready    map[string][]*startedContainer
+	filling  map[string]bool // a refill goroutine runs for the image
 	// lastTake is when a container was last taken (unix ns), for waitAfterTake.
 	lastTake atomic.Int64
 	closed   bool
@@ -31,9 +41,17 @@ type warmPool struct {
 	ctx      context.Context
 }
 
-func newWarmPool(want map[string]int) *warmPool {
+// maxWarmPerImage bounds an image's pool whatever the demand; demandWindow is how long after
+// its last miss an image's pool starts shrinking, and how often it halves then.
+const (
+	maxWarmPerImage = 128
+	demandWindow    = 2 * time.Minute
+)
+
+func newWarmPool(base map[string]int, budgetMB int64) *warmPool {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &warmPool{want: want, ready: map[string][]*startedContainer{}, filling: map[string]bool{}, ctx: ctx, stop: cancel}
+	return &warmPool{base: base, budget: budgetMB << 20, want: maps.Clone(base), lastMiss: map[string]time.Time{},
+		ready: map[string][]*startedContainer{}, filling: map[string]bool{}, ctx: ctx, stop: cancel}
 }
 
 // acquire returns a started container for a new sandbox of img: a warm one when the pool has
@@ -51,6 +69,7 @@ func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim backend.Li
 			r.discard(sc)
 		}
 		r.ops.metrics.poolTake.WithLabelValues(img.Name, "miss").Inc()
+		r.pool.missed(img.Name)
 	}
 	sc, err = r.startContainer(ctx, img, lim, st)
 	return sc, false, err
@@ -70,6 +89,24 @@ func (p *warmPool) take(image string) *startedContainer {
 	return sc
 }
 
+// missed raises an image's target after a create found its pool empty.
+func (p *warmPool) missed(image string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, pooled := p.base[image]; !pooled || p.budget == 0 {
+		return
+	}
+	p.want[image] = min(p.want[image]+1, maxWarmPerImage)
+	p.lastMiss[image] = time.Now()
+}
+
+// target is how many containers of the image the pool keeps ready now.
+func (p *warmPool) target(image string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.want[image]
+}
+
 // readyCount is how many containers of the image are ready.
 func (p *warmPool) readyCount(image string) int {
 	p.mu.Lock()
@@ -78,9 +115,10 @@ func (p *warmPool) readyCount(image string) int {
 }
 
 // refill starts containers of img in the background until the pool holds as many as it
-// should. One goroutine per image does it, one container at a time, and only refillDelay
-// after the last take: a container start is 20-30 ms of CPU, which would otherwise slow down
-// the very sandbox that was just taken, while its first commands run.
+// should. One goroutine per image does it, one container at a time. While the image still has
+// a ready container, it starts one only refillDelay after the last take: a container start is
+// 20-30 ms of CPU, which would otherwise slow down the very sandbox that was just taken, while
+// its first commands run. An empty pool (a burst) refills at once.
 func (r *Runtime) refill(img *rootfs.Image) {
 	p := r.pool
 	p.mu.Lock()
@@ -93,14 +131,10 @@ func (r *Runtime) refill(img *rootfs.Image) {
 	go func() {
 		defer p.wg.Done()
 		for {
-			p.mu.Lock()
-			if p.closed || len(p.ready[img.Name]) >= p.want[img.Name] {
-				p.filling[img.Name] = false
-				p.mu.Unlock()
+			if !r.needsContainer(img.Name) {
 				return
 			}
-			p.mu.Unlock()
-			if !p.waitAfterTake(p.ctx) {
+			if p.readyCount(img.Name) > 0 && !p.waitAfterTake(p.ctx) {
 				continue // closed meanwhile
 			}
 			sc, err := r.startContainer(p.ctx, img, r.defaultLimits, r.poolExtras())
@@ -123,6 +157,40 @@ func (r *Runtime) refill(img *rootfs.Image) {
 	}()
 }
 
+// needsContainer reports whether the image's refill should start another container: fewer are
+// ready than its target, and beyond its base the ready containers of every image (each
+// counted at what its cgroup uses) leave room in the budget for one more of their average
+// size. When it says no, it ends the refill (filling is cleared under the same lock).
+func (r *Runtime) needsContainer(image string) bool {
+	p := r.pool
+	p.mu.Lock()
+	ready, want, base := len(p.ready[image]), p.want[image], p.base[image]
+	var all []*startedContainer
+	if !p.closed && ready < want && ready >= base {
+		for _, list := range p.ready {
+			all = append(all, list...)
+		}
+	}
+	p.mu.Unlock()
+	more := ready < want
+	if more && len(all) > 0 {
+		var used int64
+		for _, sc := range all {
+			if st, err := sc.inst.Stats(); err == nil {
+				used += int64(st.MemoryBytes)
+			}
+		}
+		more = used+used/int64(len(all)) <= p.budget
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || !more {
+		p.filling[image] = false
+		return false
+	}
+	return true
+}
+
 // refillDelay is how long after a container was taken from the pool its refill waits.
 const refillDelay = 50 * time.Millisecond
 
@@ -142,9 +210,10 @@ func (p *warmPool) waitAfterTake(ctx context.Context) bool {
 	}
 }
 
-// fillPool starts filling the pool for every image it keeps.
+// fillPool starts filling the pool for every image it keeps, and its shrinking.
 func (r *Runtime) fillPool() error {
-	for name := range r.pool.want {
+	r.shrinkPool()
+	for name := range r.pool.base {
 		img, err := r.images.Get(name)
 		if err != nil {
 			return fmt.Errorf("warm pool: %w", err)
@@ -152,6 +221,47 @@ func (r *Runtime) fillPool() error {
 		r.refill(img)
 	}
 	return nil
+}
+
+// shrinkPool halves, every demandWindow, the target of each image that had no miss in the
+// last demandWindow (never below its base), and destroys the ready containers beyond it.
+func (r *Runtime) shrinkPool() {
+	p := r.pool
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		tick := time.NewTicker(demandWindow)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.ctx.Done():
+				return
+			case now := <-tick.C:
+				for _, sc := range p.shrink(now) {
+					r.discard(sc)
+				}
+			}
+		}
+	}()
+}
+
+// shrink lowers the targets of images without recent demand and takes out the containers
+// beyond them, for the caller to destroy.
+func (p *warmPool) shrink(now time.Time) []*startedContainer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var extra []*startedContainer
+	for image, want := range p.want {
+		if want <= p.base[image] || now.Sub(p.lastMiss[image]) < demandWindow {
+			continue
+		}
+		p.want[image] = max(p.base[image], want/2)
+		if ready := p.ready[image]; len(ready) > p.want[image] {
+			extra = append(extra, ready[p.want[image]:]...)
+			p.ready[image] = ready[:p.want[image]]
+		}
+	}
+	return extra
 }
 
 // drainPool stops refilling and destroys every container in the pool.

@@ -41,8 +41,11 @@ type Config struct {
 	// (permissions.go); "" refuses rules.
 	Self string
 	// Backend starts the sandboxes' containers; its run dir for a container must be
-	// <RunDir>/sandboxes/<container>.
+	// <RunDir>/sandboxes/<container>, and it must mount StagedAgent(RunDir, Agent) into them
+	// as their agent.
 	Backend backend.Backend
+	// Agent is the agent binary, which the daemon copies to its stage (stage.go).
+	Agent string
 
 	DefaultCPUs     float64
 	DefaultMemoryMB int64
@@ -64,8 +67,11 @@ type Config struct {
 	// DefaultLifecycle is the idle and age policy of sandboxes whose create names none.
 	DefaultLifecycle *api.Lifecycle
 
-	// WarmPool is how many started containers to keep ready per image (pool.go).
+	// WarmPool is how many started containers to keep ready per image at least (pool.go).
 	WarmPool map[string]int
+	// WarmPoolMemoryMB is how much memory the pool's ready containers may use when demand
+	// grows it beyond WarmPool (pool.go); 0: it never grows.
+	WarmPoolMemoryMB int64
 	// AllowedCapabilities are the capabilities beyond the default set that a create may ask
 	// for (capabilities.go), normalised (CAP_…).
 	AllowedCapabilities []string
@@ -102,6 +108,7 @@ type Runtime struct {
 	log     *slog.Logger
 
 	pool          *warmPool
+	spares        *spareDisks    // formatted default disks ready to take (sparedisks.go)
 	defaultLimits backend.Limits // what a sandbox that asks for no limits gets
 	ids           *idRanges      // nil without user namespaces
 
@@ -160,8 +167,12 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	r.images.OCI().KeepLayers(r.snapshotLayer)
-	r.pool = newWarmPool(cfg.WarmPool)
+	r.pool = newWarmPool(cfg.WarmPool, cfg.WarmPoolMemoryMB)
 	if err := r.checkDefaultDisk(); err != nil {
+		r.records.Close()
+		return nil, err
+	}
+	if r.spares, err = openSpareDisks(filepath.Join(cfg.DataDir, "disks"), cfg.DefaultDiskMB, log.Error); err != nil {
 		r.records.Close()
 		return nil, err
 	}
@@ -173,6 +184,10 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.records.Close()
 		return nil, err
 	}
+	if err := r.openStage(); err != nil {
+		r.Close()
+		return nil, err
+	}
 	if err := r.reconcile(); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("reconcile sandboxes: %w", err)
@@ -181,6 +196,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.openLimitViews()
 	}
 	r.reconcileNetwork()
+	r.spares.refill()
 	if err := r.fillPool(); err != nil {
 		r.Close()
 		return nil, err
@@ -214,7 +230,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 		ids = newIDRanges(cfg.UserNS)
 	}
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
-		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
+		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil, 0), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
 	r.ops = newOps(r)
 	return r, nil
@@ -257,6 +273,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 	if err := lxcfs.New(filepath.Join(cfg.RunDir, "lxcfs"), log).Stop(); err != nil {
 		return err
 	}
+	if err := rootfs.Detach(stageDir(cfg.RunDir)); err != nil {
+		return err
+	}
 	return cleanupNetwork(cfg)
 }
 
@@ -268,8 +287,12 @@ func (r *Runtime) Close() error {
 		r.stopIdle()
 	}
 	r.drainPool()
+	if r.spares != nil {
+		r.spares.close()
+	}
 	r.retiring.Wait()
 	r.closeLimitViews()
+	r.closeStage()
 	if r.net != nil {
 		r.net.Close()
 	}
@@ -624,6 +647,17 @@ func (r *Runtime) abortCreate(sb *sandbox) {
 // sandbox environment, working directory and user; then it starts entrypoint, when given, as
 // the process api.EntrypointProcess (one that cannot start is a failed process, not an error).
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits, entrypoint []string) error {
+	if err := r.bindHost(rec, sc, lim); err != nil {
+		return err
+	}
+	if err := r.connectNetwork(rec, sc); err != nil {
+		return err
+	}
+	return r.bindAgent(ctx, rec, sc, entrypoint)
+}
+
+// bindHost is the part of bind done from the host besides the network: hostname and limits.
+func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits) error {
 	if err := sc.inst.SetHostname(rec.ID); err != nil {
 		return err
 	}
@@ -634,9 +668,12 @@ func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, l
 		}
 		r.log.Debug("limits set", "container", sc.inst.ID(), "duration", time.Since(began))
 	}
-	if err := r.connectNetwork(rec, sc); err != nil {
-		return err
-	}
+	return nil
+}
+
+// bindAgent is the part of bind done through the agent: its configuration and the
+// entrypoint.
+func (r *Runtime) bindAgent(ctx context.Context, rec *record, sc *startedContainer, entrypoint []string) error {
 	if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
 		return err
 	}
@@ -788,7 +825,7 @@ func (r *Runtime) destroyContainerID(id string, alongside ...func() error) error
 	if err := <-destroyed; err != nil {
 		errs = append(errs, err)
 	} else {
-		errs = append(errs, os.RemoveAll(r.sandboxRunDir(id)))
+		errs = append(errs, r.removeRunDirs(id))
 	}
 	errs = append(errs, os.RemoveAll(r.sandboxDataDir(id)))
 	for range alongside {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -14,7 +16,10 @@ import (
 	"time"
 	"unicode"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -24,11 +29,13 @@ import (
 // sessions (the agent's, as hibernation saves it) and what a sandbox made from it inherits:
 // image, env, labels, limits, cwd, user and network policy. Its record is in bbolt.
 //
-// Taking one: the agent saves the sessions' state, the sandbox is frozen (cgroup freezer),
-// the upper dir is streamed as a tar (owners shifted back to the sandbox's own ids, so that
-// the layer can be id-mapped for any sandbox) straight into the layer store's unpacker, and
-// the sandbox is thawed as soon as the stream ends, before the layer is flushed to disk. A
-// paused sandbox is thawed only for the agent's save and stays frozen for the copy.
+// Taking one: the agent saves the sessions' state; the upper dir is copied into a new
+// directory of the layer store in the layers' form (owners shifted back to the sandbox's own
+// ids, so that the layer can be id-mapped for any sandbox) while the sandbox runs; then the
+// sandbox is frozen (cgroup freezer) only while a second pass copies what changed since and
+// removes what went (rootfs.LayerCopy), and thawed; the layer is then hashed (the digest of
+// its tar stream, ExportLayer) and flushed to disk. A paused sandbox is thawed only for the
+// agent's save, and one pass copies its files.
 //
 // A sandbox made from a snapshot stacks overlay(lower = the snapshot's layers + its image's
 // layers, upper = its own new writable layer on its own disk), gets its own network, and its
@@ -114,28 +121,50 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 		}
 		return nil, fmt.Errorf("snapshot sandbox %s: save its sessions' state: %w", sb.id, err)
 	}
-	if err := inst.Freeze(); err != nil {
-		if !paused {
-			err = errors.Join(err, inst.Thaw())
+	if paused { // paused again: one pass copies its files
+		if err := inst.Freeze(); err != nil {
+			return nil, fmt.Errorf("snapshot sandbox %s: %w", sb.id, err)
 		}
-		return nil, fmt.Errorf("snapshot sandbox %s: %w", sb.id, err)
 	}
-	frozen := time.Now()
-	var thawed time.Duration
-	thaw := sync.OnceFunc(func() {
-		if paused {
-			return
-		}
-		if err := inst.Thaw(); err != nil {
-			r.log.Error("thaw after snapshot", "sandbox", sb.id, "err", err)
-		}
-		thawed = time.Since(frozen)
-	})
-	defer thaw()
 	upper := filepath.Join(r.layerDir(rec.container(), rec.Limits.DiskMB), "upper")
 	ids := inst.IDs()
 	maxBytes := rec.Limits.DiskMB << 20 // 0: no disk, no bound
-	digest, size, err := r.images.Layers().Add(ctx, func(w io.Writer) error { return rootfs.ExportLayer(w, upper, ids, maxBytes) }, thaw)
+	var frozenFor time.Duration
+	var first, last rootfs.CopyStats
+	fill := func(dir string) error {
+		cp, err := rootfs.NewLayerCopy(dir, upper, ids, maxBytes)
+		if err != nil {
+			return err
+		}
+		defer cp.Close()
+		if !paused { // a first pass while it runs, then it is frozen for the second
+			if first, err = cp.Pass(ctx, false); err != nil {
+				return err
+			}
+		}
+		frozen := time.Now()
+		if !paused {
+			if err := inst.Freeze(); err != nil {
+				return errors.Join(err, inst.Thaw())
+			}
+			mapped, err := mappedForWrite(inst)
+			if err != nil {
+				return errors.Join(err, inst.Thaw())
+			}
+			cp.Forget(mapped...)
+		}
+		last, err = cp.Pass(ctx, true)
+		if !paused {
+			if terr := inst.Thaw(); terr != nil {
+				err = errors.Join(err, fmt.Errorf("thaw it: %w", terr))
+			}
+		}
+		frozenFor = time.Since(frozen)
+		return err
+	}
+	digest, size, err := r.images.Layers().AddDir(fill, func(dir string, w io.Writer) error {
+		return rootfs.ExportLayer(w, dir, rootfs.IDMap{}, 0)
+	})
 	if errors.Is(err, rootfs.ErrLayerTooLarge) {
 		return nil, api.Errorf(api.CodeConflict, "sandbox %q cannot be snapshotted: %v", sb.id, err)
 	}
@@ -155,8 +184,46 @@ func (r *Runtime) snapshotSandbox(ctx context.Context, sb *sandbox, name string)
 		return nil, fmt.Errorf("record snapshot of %s: %w", sb.id, err)
 	}
 	r.log.Info("snapshot taken", "sandbox", sb.id, "snapshot", snap.ID, "layer", digest, "bytes", size,
-		"sessions", len(st.Sessions), "frozen", thawed, "duration", time.Since(began))
+		"sessions", len(st.Sessions), "frozen", frozenFor, "entries", last.Entries, "copied", first.Copied, "copiedFrozen", last.Copied,
+		"bytesFrozen", last.Bytes, "duration", time.Since(began))
 	return snap, nil
+}
+
+// mappedForWrite lists the files the processes of a (frozen) container map shared and
+// writable, as paths in its root: writes through such a mapping need not stamp the file's
+// times (rootfs.LayerCopy), so a snapshot copies them again while frozen. A path named
+// " (deleted)" by the kernel, or with a newline (shown as \012), is given both ways.
+func mappedForWrite(inst backend.Instance) ([]string, error) {
+	pids, err := inst.Processes()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, pid := range pids {
+		maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			continue // gone
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the mappings of process %d: %w", pid, err)
+		}
+		for line := range strings.Lines(string(maps)) {
+			f := strings.Fields(line)
+			i := strings.IndexByte(line, '/')
+			if len(f) < 6 || i < 0 || len(f[1]) < 4 || f[1][1] != 'w' || f[1][3] != 's' {
+				continue
+			}
+			p := strings.TrimSuffix(line[i:], "\n")
+			out = append(out, p)
+			if q := strings.TrimSuffix(p, " (deleted)"); q != p {
+				out = append(out, q)
+			}
+			if q := strings.ReplaceAll(p, `\012`, "\n"); q != p {
+				out = append(out, q)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Snapshots lists the snapshots, oldest first.

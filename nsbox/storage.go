@@ -252,7 +252,7 @@ func (r *Runtime) checkHostPath(field, p string) (string, fs.FileInfo, error) {
 func (r *Runtime) prepareLayers(id string, st extrasSpec, kept bool) (string, error) {
 	if st.DiskMB > 0 {
 		if !kept {
-			if err := rootfs.MakeDisk(r.diskImage(id), st.DiskMB); err != nil {
+			if err := r.makeDisk(r.diskImage(id), st.DiskMB); err != nil {
 				return "", err
 			}
 		}

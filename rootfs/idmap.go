@@ -84,27 +84,31 @@ func UserNS(m IDMap) (*os.File, error) {
 	return f, nil
 }
 
-// idmappedTree makes a detached, read-only copy of the mount tree at dir whose ids are mapped
-// through the user namespace userns, and returns its descriptor.
-func idmappedTree(dir string, userns *os.File) (int, error) {
+// lowerTree makes a detached, read-only copy of the mount tree at dir whose ids are mapped
+// through the user namespace userns (unless it is nil), and returns its descriptor.
+func lowerTree(dir string, userns *os.File) (int, error) {
 	fd, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("clone mount of %s: %w", dir, err)
 	}
-	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY, Userns_fd: uint64(userns.Fd())}
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+	if userns != nil {
+		attr.Attr_set |= unix.MOUNT_ATTR_IDMAP
+		attr.Userns_fd = uint64(userns.Fd())
+	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("id-map %s (its file system must support id-mapped mounts): %w", dir, err)
+		return -1, fmt.Errorf("make a read-only (id-mapped: its file system must support id-mapped mounts) mount of %s: %w", dir, err)
 	}
 	return fd, nil
 }
 
-// mountIDMappedOverlay mounts overlay(lower = layers, each id-mapped through userns, upper) at
-// target. overlayfs takes its layers by path from the mount namespace of the one who mounts
-// it, so the mapped lowers are put over the layers in a mount namespace of a thread's own,
-// which goes with the thread: the host never shows them. The overlay is made there, and
-// attached at target in the host's.
-func mountIDMappedOverlay(layers []string, upper, work, target string, userns *os.File, attrs int) error {
+// mountStagedOverlay mounts overlay(lower = layers, each id-mapped through userns unless it is
+// nil, upper) at target. overlayfs takes its layers by path from the mount namespace of the
+// one who mounts it, so the (mapped) lowers are put over the layers in a mount namespace of a
+// thread's own, which goes with the thread: the host never shows them. The overlay is made
+// there, and attached at target in the host's.
+func mountStagedOverlay(layers []string, upper, work, target string, userns *os.File, attrs int) error {
 	type result struct {
 		fd  int
 		err error
@@ -112,7 +116,7 @@ func mountIDMappedOverlay(layers []string, upper, work, target string, userns *o
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread is in a mount namespace of its own
-		fd, err := makeIDMappedOverlay(layers, upper, work, userns, attrs)
+		fd, err := makeStagedOverlay(layers, upper, work, userns, attrs)
 		done <- result{fd, err}
 	}()
 	res := <-done
@@ -126,9 +130,9 @@ func mountIDMappedOverlay(layers []string, upper, work, target string, userns *o
 	return nil
 }
 
-// makeIDMappedOverlay is mountIDMappedOverlay's work on its locked thread: it returns the
-// overlay as a detached mount.
-func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, attrs int) (int, error) {
+// makeStagedOverlay is mountStagedOverlay's work on its locked thread: it returns the overlay
+// as a detached mount.
+func makeStagedOverlay(layers []string, upper, work string, userns *os.File, attrs int) (int, error) {
 	if err := unix.Unshare(unix.CLONE_FS | unix.CLONE_NEWNS); err != nil {
 		return -1, fmt.Errorf("own mount namespace: %w", err)
 	}
@@ -153,7 +157,7 @@ func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, a
 	}()
 	var params []string
 	for i, layer := range layers {
-		fd, err := idmappedTree(layer, userns)
+		fd, err := lowerTree(layer, userns)
 		if err != nil {
 			return -1, err
 		}
@@ -169,7 +173,7 @@ func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, a
 	}
 	clones["rw"] = fd
 	params = append(params, "upperdir=rw/"+filepath.Base(upper), "workdir=rw/"+filepath.Base(work))
-	stage, err := stagingTmpfs()
+	stage, err := stagingTmpfs("64k", "755", unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 	if err != nil {
 		return -1, err
 	}
@@ -209,20 +213,23 @@ func makeIDMappedOverlay(layers []string, upper, work string, userns *os.File, a
 	return mfd, nil
 }
 
-// stagingTmpfs makes a small detached tmpfs and returns its root's descriptor.
-func stagingTmpfs() (int, error) {
+// stagingTmpfs makes a detached tmpfs of at most size bytes ("64k") whose root has the mode
+// (octal, "711"), with the mount attributes attrs, and returns its root's descriptor.
+func stagingTmpfs(size, mode string, attrs int) (int, error) {
 	fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("open staging tmpfs: %w", err)
 	}
 	defer unix.Close(fsfd)
-	if err := unix.FsconfigSetString(fsfd, "size", "64k"); err != nil {
-		return -1, fmt.Errorf("size staging tmpfs: %w", err)
+	for key, value := range map[string]string{"size": size, "mode": mode} {
+		if err := unix.FsconfigSetString(fsfd, key, value); err != nil {
+			return -1, fmt.Errorf("staging tmpfs option %s=%s: %w", key, value, err)
+		}
 	}
 	if err := unix.FsconfigCreate(fsfd); err != nil {
 		return -1, fmt.Errorf("create staging tmpfs: %w", err)
 	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
 	if err != nil {
 		return -1, fmt.Errorf("mount staging tmpfs: %w", err)
 	}

@@ -20,31 +20,8 @@ import (
 // marks, the sandbox's own ids, and no setuid bit; a second export of the same tree is the
 // same layer.
 func TestExportLayer(t *testing.T) {
-	upper := t.TempDir()
 	ids := IDMap{Host: 200000, Size: IDsPerSandbox}
-	mk(t, upper, map[string]string{"etc/app.conf": "x=1\n", "opaque/new": "n", "bin/tool": "#!/bin/sh\necho hi\n", "home/u/": ""})
-	whiteout(t, filepath.Join(upper, "etc/gone"))
-	if err := unix.Setxattr(filepath.Join(upper, "opaque"), "trusted.overlay.opaque", []byte("y"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Setxattr(filepath.Join(upper, "etc/app.conf"), "user.note", []byte("kept"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Setxattr(filepath.Join(upper, "etc/app.conf"), "trusted.overlay.origin", []byte("dropped"), 0); err != nil {
-		t.Fatal(err)
-	}
-	must(t, os.Chmod(filepath.Join(upper, "bin/tool"), 0o4755))
-	must(t, os.Symlink("../etc/app.conf", filepath.Join(upper, "bin/conf")))
-	must(t, os.Link(filepath.Join(upper, "etc/app.conf"), filepath.Join(upper, "etc/same.conf")))
-	must(t, unix.Mkfifo(filepath.Join(upper, "home/u/fifo"), 0o600))
-	must(t, filepath.Walk(upper, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, int(ids.Host), int(ids.Host)+5)
-	}))
-	must(t, os.Lchown(filepath.Join(upper, "home/u"), int(ids.Host)+1000, int(ids.Host)+1000))
-	must(t, os.Chmod(filepath.Join(upper, "bin/tool"), 0o4755)) // chown cleared it
+	upper := testUpper(t, ids)
 
 	store, err := layers.Open(t.TempDir())
 	must(t, err)
@@ -107,6 +84,38 @@ func TestExportLayer(t *testing.T) {
 	if _, _, err := store.Add(context.Background(), func(w io.Writer) error { return ExportLayer(w, upper, ids, 1<<20) }, nil); err == nil || !strings.Contains(err.Error(), "sparse") {
 		t.Errorf("a 1 GiB sparse file under a 1 MiB bound: %v", err)
 	}
+}
+
+// testUpper makes an upper dir the way overlayfs leaves it, of a sandbox's shifted ids:
+// whiteouts, an opaque directory, a symlink, a hard link, a FIFO, a setuid file and xattrs.
+func testUpper(t *testing.T, ids IDMap) string {
+	t.Helper()
+	upper := t.TempDir()
+	mk(t, upper, map[string]string{"etc/app.conf": "x=1\n", "opaque/new": "n", "bin/tool": "#!/bin/sh\necho hi\n", "home/u/": ""})
+	whiteout(t, filepath.Join(upper, "etc/gone"))
+	if err := unix.Setxattr(filepath.Join(upper, "opaque"), "trusted.overlay.opaque", []byte("y"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(upper, "etc/app.conf"), "user.note", []byte("kept"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(upper, "etc/app.conf"), "trusted.overlay.origin", []byte("dropped"), 0); err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.Chmod(filepath.Join(upper, "bin/tool"), 0o4755))
+	must(t, os.Symlink("../etc/app.conf", filepath.Join(upper, "bin/conf")))
+	must(t, os.Link(filepath.Join(upper, "etc/app.conf"), filepath.Join(upper, "etc/same.conf")))
+	must(t, unix.Mkfifo(filepath.Join(upper, "home/u/fifo"), 0o600))
+	must(t, filepath.Walk(upper, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, int(ids.Host), int(ids.Host)+5)
+	}))
+	must(t, os.Lchown(filepath.Join(upper, "home/u"), int(ids.Host)+1000, int(ids.Host)+1000))
+	must(t, os.Chmod(filepath.Join(upper, "bin/tool"), 0o4755)) // chown cleared it
+
+	return upper
 }
 
 func must(t *testing.T, err error) {

@@ -31,8 +31,17 @@ func MountOverlay(layers []string, upper, work, target string, ids IDMap) error 
 	return nil
 }
 
+// mountOverlay mounts the overlay through a staging tmpfs (mountStagedOverlay), so that its
+// options in a sandbox's mountinfo name no host path, with or without a user namespace.
+// Without one, a kernel that refuses the staging (EINVAL: "lowerdir+" is Linux 6.8's) gets the
+// layers by their host paths.
 func mountOverlay(layers []string, upper, work, target string, ids IDMap) error {
+	const attrs = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
 	if !ids.Enabled() {
+		err := mountStagedOverlay(layers, upper, work, target, nil, attrs)
+		if !errors.Is(err, unix.EINVAL) {
+			return err
+		}
 		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,%s", strings.Join(layers, ":"), upper, work, OverlayOptions)
 		if err := unix.Mount("overlay", target, "overlay", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 			return fmt.Errorf("mount overlay at %s: %w", target, err)
@@ -48,7 +57,7 @@ func mountOverlay(layers []string, upper, work, target string, ids IDMap) error 
 	if err != nil {
 		return err
 	}
-	return mountIDMappedOverlay(layers, upper, work, target, userns, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
+	return mountStagedOverlay(layers, upper, work, target, userns, attrs)
 }
 
 // Detach lazily unmounts target from the host's mount table. A running sandbox keeps its own

@@ -8,17 +8,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// shellCwd reads the current directory of a session's shell from /proc. The kernel lets only
-// a process with the shell's own ids (or CAP_SYS_PTRACE, which sandboxes do not have) read
-// another process's cwd, so for a shell that runs as another user the read is made with the
-// filesystem ids switched to the shell's user, on a thread of its own.
-func shellCwd(pid int, cred credential) (string, error) {
+// shellCwd reads the current directory of a session's shell from /proc, and the id of the
+// mount it is on. The kernel lets only a process with the shell's own ids (or CAP_SYS_PTRACE,
+// which sandboxes do not have) read another process's cwd, so for a shell that runs as
+// another user the read is made with the filesystem ids switched to the shell's user, on a
+// thread of its own.
+func shellCwd(pid int, cred credential) (string, uint64, error) {
 	link := fmt.Sprintf("/proc/%d/cwd", pid)
+	read := func() (string, uint64, error) {
+		cwd, err := os.Readlink(link)
+		if err != nil {
+			return "", 0, err
+		}
+		var st unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, link, 0, unix.STATX_MNT_ID, &st); err != nil {
+			return "", 0, fmt.Errorf("statx %s: %w", link, err)
+		}
+		return cwd, st.Mnt_id, nil
+	}
 	if cred.uid == os.Geteuid() && cred.gid == os.Getegid() {
-		return os.Readlink(link)
+		return read()
 	}
 	type result struct {
 		cwd string
+		mnt uint64
 		err error
 	}
 	done := make(chan result, 1)
@@ -28,9 +41,9 @@ func shellCwd(pid int, cred credential) (string, error) {
 		runtime.LockOSThread()
 		_ = unix.Setfsgid(cred.gid)
 		_ = unix.Setfsuid(cred.uid)
-		cwd, err := os.Readlink(link)
-		done <- result{cwd, err}
+		cwd, mnt, err := read()
+		done <- result{cwd, mnt, err}
 	}()
 	r := <-done
-	return r.cwd, r.err
+	return r.cwd, r.mnt, r.err
 }

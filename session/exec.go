@@ -357,8 +357,8 @@ func (s *Session) probe(sh *shell) bool {
 // reset replaces a shell that does not come back with a new one in the same directory. The
 // shell's variables, functions and aliases are lost; its background jobs keep running.
 func (s *Session) reset(sh *shell) {
-	cwd, err := shellCwd(sh.pid, s.cred)
-	if err != nil {
+	cwd := s.cwd(sh.pid)
+	if cwd == "" {
 		cwd = s.opts.Cwd
 	}
 	s.mu.Lock()

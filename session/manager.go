@@ -27,6 +27,7 @@ type Manager struct {
 	creating  map[string]bool
 	defaultMu sync.Mutex // one get-or-create of the default session at a time
 	reserve   *reserve   // room kept in dir's file system for when the sandbox fills it
+	store     *os.File   // the private store sessions get their private folders in (nil: none)
 }
 
 // NewManager returns a manager that keeps session files under dir; its sessions start in cwd
@@ -41,6 +42,10 @@ func NewManager(dir, cwd string, start StartFunc, env *SandboxEnv) (*Manager, er
 	return &Manager{dir: dir, start: start, env: env, cwd: cwd, sessions: map[string]*Session{}, creating: map[string]bool{},
 		reserve: newReserve(filepath.Join(dir, ".reserve"))}, nil
 }
+
+// EnablePrivate gives every session created from now on a private folder in store (see
+// private.go). It is called before any session exists.
+func (m *Manager) EnablePrivate(store *os.File) { m.store = store }
 
 // SetDefaults changes the working directory and user (a LookupUser spec) of sessions created
 // from now on that name none.
@@ -81,7 +86,7 @@ func (m *Manager) Create(opts Options) (*Session, error) {
 	if old != nil {
 		old.destroy()
 	}
-	s, err := newSession(opts, m.dir, m.start, m.env, m.reserve)
+	s, err := newSession(opts, m.dir, m.start, m.env, m.reserve, m.store)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
@@ -205,6 +210,8 @@ type Info struct {
 	ExitCode  int    // when ended
 	PID       int    // the shell's pid inside the sandbox
 	CreatedAt time.Time
+	// PrivateDir is the path of the session's private folder (~/.private), "" without one.
+	PrivateDir string
 }
 
 // Session states.
@@ -218,7 +225,8 @@ const (
 func (s *Session) Info() Info {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	info := Info{ID: s.opts.ID, ReadOnly: s.opts.ReadOnly, User: s.cred.name, UID: s.cred.uid, GID: s.cred.gid, CreatedAt: s.created, Status: StateIdle, Shell: s.shellName}
+	info := Info{ID: s.opts.ID, ReadOnly: s.opts.ReadOnly, User: s.cred.name, UID: s.cred.uid, GID: s.cred.gid, CreatedAt: s.created, Status: StateIdle, Shell: s.shellName,
+		PrivateDir: s.privateLink}
 	switch {
 	case s.ended || s.sh == nil:
 		info.Status, info.ExitCode = StateEnded, s.exitCode
@@ -227,7 +235,7 @@ func (s *Session) Info() Info {
 		info.Status = StateBusy
 	}
 	info.PID = s.sh.pid
-	info.Cwd, _ = shellCwd(s.sh.pid, s.cred)
+	info.Cwd = s.cwd(s.sh.pid)
 	return info
 }
 
@@ -267,4 +275,5 @@ func (s *Session) destroy() {
 	s.markDone()
 	s.status.Close()
 	_ = os.RemoveAll(s.dir)
+	s.removePrivate()
 }

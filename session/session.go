@@ -62,6 +62,12 @@ type Session struct {
 	created   time.Time
 	env       *SandboxEnv
 	reserve   *reserve // the session directory's room for a full tmpfs (shared by the manager's sessions)
+	// store is the private store (nil: no private folders); private is this session's folder
+	// in it (on the mount privateMnt), and privateLink its ~/.private ("" when the home has none).
+	store       *os.File
+	private     *os.File
+	privateMnt  uint64
+	privateLink string
 
 	status     *os.File // read end of the status FIFO, held read-write so it never reads EOF
 	ready      chan struct{}
@@ -108,13 +114,13 @@ func (sh *shell) exited() bool {
 }
 
 // newSession makes the session's directory and status FIFO and starts its shell.
-func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv, room *reserve) (*Session, error) {
+func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv, room *reserve, store *os.File) (*Session, error) {
 	cred, err := lookupUser(opts.User)
 	if err != nil {
 		return nil, err
 	}
 	s := &Session{
-		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(), env: env, reserve: room,
+		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(), env: env, reserve: room, store: store,
 		done: make(chan struct{}), waiters: map[int64]chan int{}, ready: make(chan struct{}, 1), turn: make(chan struct{}, 1),
 		Terminal: NewRing(terminalRing), Background: NewRing(backgroundRing),
 	}
@@ -135,9 +141,14 @@ func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv, 
 		return nil, fmt.Errorf("open status fifo: %w", err)
 	}
 	go s.readStatuses()
-	if err := s.startShell(opts.Cwd); err != nil {
+	err = s.makePrivate()
+	if err == nil {
+		err = s.startShell(opts.Cwd)
+	}
+	if err != nil {
 		s.status.Close()
 		os.RemoveAll(s.dir)
+		s.removePrivate()
 		return nil, err
 	}
 	return s, nil
@@ -225,7 +236,7 @@ func (s *Session) startShell(cwd string) error {
 	if err := os.WriteFile(rcFile, []byte(rc), 0o644); err != nil {
 		return fmt.Errorf("write rc: %w", err)
 	}
-	attr := &os.ProcAttr{Dir: cwd, Env: env, Sys: &syscall.SysProcAttr{
+	attr := &os.ProcAttr{Dir: ChdirPath(cwd, s.privateLink, s.private), Env: env, Sys: &syscall.SysProcAttr{
 		Setsid:     true,
 		Credential: &syscall.Credential{Uid: uint32(s.cred.uid), Gid: uint32(s.cred.gid), NoSetGroups: true},
 	}}
@@ -282,7 +293,7 @@ func (s *Session) startShell(cwd string) error {
 			outR.Close()
 		}()
 	}
-	attr.Files = child
+	attr.Files = WithPrivate(child, s.private)
 	pid, exited, err := s.start(path, argv, attr)
 	if err != nil {
 		sh.term.Close()

@@ -46,6 +46,10 @@ type SessionState struct {
 	Cwd  string
 	Env  []string // the shell's exported environment, KEY=VALUE
 	User string
+	// Private is the session's private folder (nil: none), which the process holds at
+	// session.PrivateFD like the session's own processes; PrivateDir is where they see it.
+	Private    *os.File
+	PrivateDir string
 }
 
 // SessionLookup reports a session's current state; it answers an *api.Error when it cannot.
@@ -152,9 +156,10 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 
 	// The environment and directory it starts from: the session's, or the sandbox's.
 	base, cwd, user := m.defaults()
+	var st SessionState
 	if req.SessionID != "" {
-		st, err := m.session(ctx, req.SessionID)
-		if err != nil {
+		var err error
+		if st, err = m.session(ctx, req.SessionID); err != nil {
 			return nil, err
 		}
 		base, cwd, user = st.Env, st.Cwd, st.User
@@ -196,7 +201,7 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 	m.procs[req.ID] = p
 	m.mu.Unlock()
 
-	if err := p.run(m.start, env, uid, gid); err != nil {
+	if err := p.run(m.start, env, uid, gid, st); err != nil {
 		p.mu.Lock()
 		p.info.Status, p.info.Error, p.info.EndedAt = api.ProcessFailed, err.Error(), time.Now().UTC()
 		p.mu.Unlock()
@@ -275,8 +280,9 @@ func lookPath(prog, cwd string, env []string) (string, error) {
 	return "", fmt.Errorf("executable %q not found in PATH (%s)", prog, pathEnv)
 }
 
-// run starts the process with its pipes; an error means it could not be started.
-func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error {
+// run starts the process with its pipes, and the private folder of the session st when it
+// has one; an error means it could not be started.
+func (p *Process) run(start session.StartFunc, env []string, uid, gid int, st SessionState) error {
 	argv := p.info.Argv
 	if p.info.Command != "" {
 		argv = []string{"/bin/sh", "-c", p.info.Command}
@@ -309,7 +315,7 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int) error
 	}
 	oomKills := cgroup.OOMKills()
 	pid, exited, err := start(path, argv, &os.ProcAttr{
-		Dir: p.info.Cwd, Env: env, Files: []*os.File{stdin, outW, errW},
+		Dir: session.ChdirPath(p.info.Cwd, st.PrivateDir, st.Private), Env: env, Files: session.WithPrivate([]*os.File{stdin, outW, errW}, st.Private),
 		Sys: &syscall.SysProcAttr{
 			Setpgid:    true,
 			Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true},

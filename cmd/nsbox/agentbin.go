@@ -3,10 +3,11 @@ package main
 import (
 	"embed"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nsbox/nsbox/internal/atomicfile"
 )
 
 // agentFiles holds the small agent binary (cmd/nsbox-agent) when make build put it there.
@@ -36,27 +37,9 @@ func agentBinary(dir, self string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("make agent dir: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".nsbox-agent-")
-	if err != nil {
-		return "", fmt.Errorf("write the agent binary: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // gone once renamed
-	_, err = io.Copy(tmp, bin)
-	if err == nil {
-		err = tmp.Sync()
-	}
 	// Not writable by anyone, executable by the sandboxes' roots (other users on the host).
-	if err == nil {
-		err = tmp.Chmod(0o755)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		return "", fmt.Errorf("write the agent binary %s: %w", path, err)
+	if err := atomicfile.WriteFrom(path, bin, 0o755); err != nil {
+		return "", fmt.Errorf("the agent binary: %w", err)
 	}
 	return path, nil
 }

@@ -45,7 +45,8 @@ func daemonCommand() *cli.Command {
 			&cli.BoolFlag{Name: "userns", Value: true, Usage: "give every sandbox a user namespace of its own (false: root in a sandbox is the host's root)"},
 			&cli.StringSliceFlag{Name: "allow-cap", Usage: "capability (e.g. NET_RAW) beyond the default set that a create may ask for (repeatable)"},
 			&cli.StringFlag{Name: "userns-range", Value: defaultUserNSRange, Usage: "host ids of the sandboxes' user namespaces, START-END or START:COUNT; 65536 per sandbox"},
-			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image, as IMAGE=N,… (empty: none)"},
+			&cli.StringFlag{Name: "warm-pool", Value: "host=2", Usage: "started containers to keep ready per image at least, as IMAGE=N,… (empty: none); creates that find an image's pool empty raise its size within --warm-pool-memory"},
+			&cli.Int64Flag{Name: "warm-pool-memory", Value: 256, Usage: "memory (MB) the warm pool's ready containers may use when demand grows it beyond --warm-pool (0: it never grows)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line)"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve GET /metrics, without authentication, on this TCP address; :PORT is loopback's (default: only on the API)"},
@@ -98,6 +99,9 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Int64("warm-pool-memory") < 0 {
+		return fmt.Errorf("--warm-pool-memory: %d is negative", c.Int64("warm-pool-memory"))
+	}
 	netCfg, err := networkFlags(c)
 	if err != nil {
 		return err
@@ -123,7 +127,7 @@ func runDaemon(c *cli.Context) error {
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
 		RunDir:       filepath.Join(runDir, "sandboxes"),
-		AgentBin:     agentBin,
+		AgentBin:     nsbox.StagedAgent(runDir, agentBin),
 		CgroupParent: c.String("cgroup-parent"),
 		Seccomp:      c.Bool("seccomp"),
 		UserNS:       userns.Count > 0,
@@ -137,6 +141,7 @@ func runDaemon(c *cli.Context) error {
 		RunDir:              runDir,
 		Self:                exe,
 		Backend:             containers,
+		Agent:               agentBin,
 		Version:             version,
 		Checkpoint:          nsbox.DetectCheckpoint(),
 		DefaultCPUs:         c.Float64("default-cpus"),
@@ -146,6 +151,7 @@ func runDaemon(c *cli.Context) error {
 		MaxDiskMB:           c.Int64("max-disk"),
 		MaxExecOutput:       c.Int64("max-exec-output") << 20,
 		WarmPool:            pool,
+		WarmPoolMemoryMB:    c.Int64("warm-pool-memory"),
 		UserNS:              userns,
 		AllowedCapabilities: caps,
 		LimitViews:          c.Bool("lxcfs"),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +20,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/api/spectest"
@@ -63,6 +68,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	reapDeadRuns()
 	os.Exit(m.Run())
 }
 
@@ -94,16 +100,10 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaemon {
 	t.Helper()
 	n := daemonSeq.Add(1)
-	d := &testDaemon{
-		t:            t,
-		dataDir:      t.TempDir(),
-		runDir:       fmt.Sprintf("/run/nsbox-test-%d-%d", os.Getpid(), n),
-		cgroupParent: fmt.Sprintf("nsbox-test-%d-%d", os.Getpid(), n),
-		args:         extraArgs,
-		nofile:       nofile,
-	}
-	d.socket = filepath.Join(d.runDir, "nsbox.sock")
+	d := daemonOf(int64(os.Getpid()), n)
+	d.t, d.dataDir, d.args, d.nofile = t, t.TempDir(), extraArgs, nofile
 	d.net = newTestNetwork(t, n)
+	d.writeDataDir()
 	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
 	d.http = &http.Client{Transport: &specCheckingTransport{t: t, next: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -115,6 +115,137 @@ func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaem
 	t.Cleanup(d.cleanup)
 	d.start()
 	return d
+}
+
+// daemonOf is the n-th test daemon of the test process pid, as far as its names say: its run
+// dir, socket, cgroup parent and network (its data dir is a temp dir of its test).
+func daemonOf(pid, n int64) *testDaemon {
+	name := fmt.Sprintf("nsbox-test-%d-%d", pid, n)
+	return &testDaemon{runDir: "/run/" + name, socket: filepath.Join("/run", name, "nsbox.sock"), cgroupParent: name, net: testNetworkOf(pid, n)}
+}
+
+// dataDirFile, in a test daemon's run dir, names its data dir, for reapDeadRuns.
+const dataDirFile = "test-data-dir"
+
+// writeDataDir writes the daemon's data dir into its run dir.
+func (d *testDaemon) writeDataDir() {
+	d.t.Helper()
+	err := os.MkdirAll(d.runDir, 0o711)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(d.runDir, dataDirFile), []byte(d.dataDir), 0o600)
+	}
+	if err != nil {
+		d.t.Fatalf("write the daemon's data dir into its run dir: %v", err)
+	}
+}
+
+// reapDeadRuns cleans up after test binaries that were killed (a timeout, ^C) and so left
+// their daemons' sandboxes running: for every test run dir (/run/nsbox-test-<pid>-<n>) whose
+// test process is gone, it kills the daemon if it still runs, runs `nsbox daemon --cleanup
+// --force` for it (sandboxes, cgroups, mounts, its nftables table, veths, routes), removes
+// the uplink, the cgroup parents, the data dir and the run dir. Everything but the data dir
+// is named after the pid and n (daemonOf); the data dir is in the run dir's dataDirFile. What it cannot remove it says
+// on stderr, and the tests go on.
+func reapDeadRuns() {
+	dirs, _ := filepath.Glob("/run/nsbox-test-*-*")
+	for _, dir := range dirs {
+		var pid, n int64
+		if _, err := fmt.Sscanf(filepath.Base(dir), "nsbox-test-%d-%d", &pid, &n); err != nil || int(pid) == os.Getpid() || alive(int(pid)) {
+			continue
+		}
+		if err := reapDeadRun(pid, n); err != nil {
+			fmt.Fprintf(os.Stderr, "clean up after the killed test run of %s: %v\n", dir, err)
+		}
+	}
+	reapStrays()
+}
+
+// reapStrays removes what a test run killed during its daemon's cleanup, after its run dir
+// went, may have left: its empty cgroup parents and its nftables table. (Its uplink is named
+// after its pid modulo 1,000,000, which can be a live run's too: it stays.)
+func reapStrays() {
+	dead := func(pidText string) bool {
+		pid, err := strconv.Atoi(pidText)
+		return err == nil && pid != os.Getpid() && !alive(pid)
+	}
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/nsbox-test-*-*")
+	for _, dir := range cgroups {
+		if pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), "nsbox-test-"), "-"); dead(pid) {
+			_ = os.Remove(dir) // only an empty one: a run dir's daemon had the others
+		}
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return
+	}
+	tables, _ := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	for _, table := range tables {
+		if rest, ok := strings.CutPrefix(table.Name, "nsboxit_"); ok {
+			if pid, _, _ := strings.Cut(rest, "_"); dead(pid) {
+				c.DelTable(table)
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		fmt.Fprintf(os.Stderr, "remove the nftables tables of killed test runs: %v\n", err)
+	}
+}
+
+// reapDeadRun is reapDeadRuns' work on the n-th daemon of the dead test process pid. Without
+// a data dir (a run that never wrote one) it cleans up with an empty one: what is in the run
+// dir and on the host goes, the data dir's files stay.
+func reapDeadRun(pid, n int64) error {
+	d := daemonOf(pid, n)
+	d.dataDir = killDaemonsOf(d.runDir)
+	if data, err := os.ReadFile(filepath.Join(d.runDir, dataDirFile)); err == nil {
+		d.dataDir = string(data)
+	}
+	if d.dataDir == "" {
+		var err error
+		if d.dataDir, err = os.MkdirTemp("", "nsbox-reap-"); err != nil {
+			return err
+		}
+	}
+	if out, err := d.runCleanup("--force"); err != nil {
+		return fmt.Errorf("nsbox daemon --cleanup --force: %w\n%s", err, out)
+	}
+	var errs []error
+	if link, err := netlink.LinkByName(d.net.uplink); err == nil {
+		errs = append(errs, netlink.LinkDel(link))
+	}
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent)
+	for _, dir := range cgroups {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, os.RemoveAll(d.dataDir), os.RemoveAll(d.runDir))
+	_ = os.Remove(filepath.Dir(d.dataDir)) // the test's temp dir, once empty
+	return errors.Join(errs...)
+}
+
+// killDaemonsOf kills (SIGKILL) every nsbox daemon with the run dir, waits for them to go, and
+// returns the data dir of the last one ("" for none).
+func killDaemonsOf(runDir string) (dataDir string) {
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		data, _ := os.ReadFile(p)
+		args := strings.Split(string(data), "\x00")
+		if len(args) < 2 || args[1] != "daemon" || !slices.Contains(args, runDir) {
+			continue
+		}
+		if i := slices.Index(args, "--data-dir"); i > 0 && i+1 < len(args) {
+			dataDir = args[i+1]
+		}
+		pid := pidOf(p)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			continue
+		}
+		for deadline := time.Now().Add(10 * time.Second); alive(pid) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return dataDir
 }
 
 // start starts (or restarts) the daemon. It keeps no warm pool unless the test asks for one.
@@ -224,8 +355,8 @@ func (d *testDaemon) containerLeaks(container string) []string {
 	})
 }
 
-// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS: it counts only once
-// the daemon has stopped.
+// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS and its stage: they
+// count only once the daemon has stopped.
 func (d *testDaemon) currentLeaks() []string {
 	var leaks []string
 	for _, l := range d.leftovers() {
@@ -234,7 +365,23 @@ func (d *testDaemon) currentLeaks() []string {
 	if d.cmd != nil {
 		return leaks
 	}
-	return append(leaks, d.lxcfsLeftovers()...)
+	return append(append(leaks, d.lxcfsLeftovers()...), d.stageLeftovers()...)
+}
+
+// stageDir is the daemon's staging tmpfs, where the files sandboxes get by bind mount come
+// from (nsbox/stage.go).
+func (d *testDaemon) stageDir() string { return filepath.Join(d.runDir, "stage") }
+
+// stageLeftovers is the daemon's stage mount.
+func (d *testDaemon) stageLeftovers() []string {
+	var out []string
+	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if strings.Contains(line, " "+d.stageDir()+" ") {
+			out = append(out, "stage mount "+line)
+		}
+	}
+	return out
 }
 
 // waitEmpty calls list until it answers nothing, for up to 20 s, and returns its last answer.
@@ -289,7 +436,7 @@ func (d *testDaemon) leftovers() []leftover {
 	}
 	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mountinfo), "\n") {
-		if strings.Contains(line, " "+d.lxcfsDir()+"/") { // the daemon's, not a container's (lxcfsLeftovers)
+		if strings.Contains(line, " "+d.lxcfsDir()+"/") || strings.Contains(line, " "+d.stageDir()+" ") { // the daemon's, not a container's (lxcfsLeftovers, stageLeftovers)
 			continue
 		}
 		if strings.Contains(line, d.runDir) || strings.Contains(line, d.dataDir) {
@@ -312,9 +459,12 @@ func (d *testDaemon) leftovers() []leftover {
 			out = append(out, leftover{container, "process " + filepath.Dir(p)})
 		}
 	}
-	for _, dir := range []string{filepath.Join(d.runDir, "containers"), filepath.Join(d.runDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes")} {
+	for _, dir := range []string{filepath.Join(d.runDir, "containers"), filepath.Join(d.runDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes"), d.stageDir()} {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
+			if dir == d.stageDir() && !e.IsDir() { // the agent binary, the daemon's
+				continue
+			}
 			out = append(out, leftover{e.Name(), "state " + filepath.Join(dir, e.Name())})
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,10 +142,23 @@ func TestCPUSetsSpread(t *testing.T) {
 }
 
 // TestOOMKilled: a command and a process the kernel kills for lack of memory are reported
-// as such, and the CLI says so; a command that dies of SIGKILL otherwise is not.
+// as such, and the CLI says so; a command that dies of SIGKILL otherwise is not. Everything
+// the agent starts has a raised OOM score (the agent's stays as it was, so the kernel picks
+// it last): a process may lower its own only as far as the agent's, and the agent lives
+// through every kill.
 func TestOOMKilled(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "oom", Limits: api.Limits{MemoryMB: 64}})
+	agent := d.agentPID("oom")
+	agentAdj := strings.TrimSpace(d.sh("oom", "cat /proc/1/oom_score_adj"))
+	if got := d.sh("oom", "cat /proc/self/oom_score_adj; sh -c 'cat /proc/self/oom_score_adj'"); got != "1000\n1000\n" {
+		t.Errorf("oom_score_adj of a session's command and its child: %q, want 1000", got)
+	}
+	// Lowered to the agent's (oom_score_adj_min, inherited): allowed; below it: refused.
+	lower := fmt.Sprintf("echo %s > /proc/self/oom_score_adj && cat /proc/self/oom_score_adj; echo $((%s - 1)) > /proc/self/oom_score_adj || echo refused", agentAdj, agentAdj)
+	if got := d.sh("oom", "sh -c '"+lower+"' 2>/dev/null"); got != agentAdj+"\nrefused\n" && agentAdj != "-1000" {
+		t.Errorf("lowering a process's OOM score (the agent's is %s): %q", agentAdj, got)
+	}
 	const hog = `python3 -c 'b = bytearray(512 << 20); print(len(b))'`
 	res := d.exec("oom", api.ExecRequest{Command: hog})
 	if res.ExitCode != 137 || !res.OOMKilled {
@@ -183,6 +197,12 @@ func TestOOMKilled(t *testing.T) {
 	}
 	if out, _, _ := d.cli("", "ps", "oom"); !strings.Contains(out, "killed: out of memory") {
 		t.Errorf("nsbox ps of an OOM-killed process: %q", out)
+	}
+	if got := d.agentPID("oom"); got != agent {
+		t.Errorf("the agent changed from pid %d to %d: it was killed", agent, got)
+	}
+	if got := d.sh("oom", "echo alive; cat /proc/1/oom_score_adj"); got != "alive\n"+agentAdj+"\n" {
+		t.Errorf("after the OOM kills: %q", got)
 	}
 }
 

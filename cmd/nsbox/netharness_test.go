@@ -31,10 +31,15 @@ func newSubnet(pid, n int64) netip.Prefix {
 
 func uplinkName(pid, n int64) string { return fmt.Sprintf("nsbu%d%c", pid%1000000, 'a'+n%26) }
 
+// testNetworkOf is the network of the test process pid's n-th daemon.
+func testNetworkOf(pid, n int64) testNetwork {
+	return testNetwork{table: fmt.Sprintf("nsboxit_%d_%d", pid, n), subnet: newSubnet(pid, n), uplink: uplinkName(pid, n)}
+}
+
+// newTestNetwork makes the network of this test process's n-th daemon: its uplink.
 func newTestNetwork(t *testing.T, n int64) testNetwork {
 	t.Helper()
-	pid := int64(os.Getpid())
-	tn := testNetwork{table: fmt.Sprintf("nsboxit_%d_%d", pid, n), subnet: newSubnet(pid, n), uplink: uplinkName(pid, n)}
+	tn := testNetworkOf(int64(os.Getpid()), n)
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = tn.uplink
 	// A veth pair with both ends on the host (this kernel has no dummy interfaces).

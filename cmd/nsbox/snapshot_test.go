@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -169,5 +171,136 @@ func TestSnapshotFork(t *testing.T) {
 	d.expectError("GET", "/v1/snapshots/"+snapID, nil, 404, api.CodeNotFound)
 	if left, _ := os.ReadDir(filepath.Join(d.dataDir, "images", "layers", "sha256")); len(left) != 0 {
 		t.Errorf("layers left after every snapshot was removed: %v", left)
+	}
+}
+
+// busyFiles is how many files busyWriter keeps in step.
+const busyFiles = 40
+
+// busyWriter rewrites /root/s/f01 … f40 in place, in that order and as fast as it can (shell
+// builtins only), each with the loop's count: at any moment they read i+1 down to some file,
+// i after it, and the file being written may be empty.
+var busyWriter = func() string {
+	var files []string
+	for k := 1; k <= busyFiles; k++ {
+		files = append(files, fmt.Sprintf("/root/s/f%02d", k))
+	}
+	return "mkdir -p /root/s; i=0; while :; do i=$((i+1)); for f in " + strings.Join(files, " ") + "; do echo $i > $f; done; done"
+}()
+
+// TestSnapshotOfBusySandbox snapshots a sandbox while a process in it writes without pause,
+// and checks that each snapshot's layer is one moment of it: the writer's files in step (a
+// copy made while the sandbox runs, and only its changes copied frozen, must not mix
+// moments), no older than what the writer had written before the snapshot, and the writer
+// still running after them.
+func TestSnapshotOfBusySandbox(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "busy"})
+	d.sh("busy", "mkdir -p /root/bulk && for i in $(seq 200); do head -c 4096 /dev/urandom > /root/bulk/f$i; done")
+	if _, err := d.client.StartProcess(ctx, "busy", api.StartProcessRequest{ID: "writer", Command: busyWriter}); err != nil {
+		t.Fatal(err)
+	}
+	last := 0
+	for range 5 {
+		d.sh("busy", fmt.Sprintf("until [ \"$(cat /root/s/f%02d 2>/dev/null)\" -gt %d ] 2>/dev/null; do sleep 0.01; done", busyFiles, last))
+		snap, err := d.client.CreateSnapshot(ctx, "busy", api.CreateSnapshotRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer := filepath.Join(d.dataDir, "images", "layers", "sha256", strings.TrimPrefix(snap.Layer, "sha256:"), "root")
+		var values []int
+		partial := 0
+		for k := 1; k <= busyFiles; k++ {
+			data, err := os.ReadFile(filepath.Join(layer, "s", fmt.Sprintf("f%02d", k)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v int
+			if len(data) == 0 {
+				partial++
+				continue
+			}
+			if _, err := fmt.Sscanf(string(data), "%d", &v); err != nil {
+				t.Fatalf("snapshot %s: f%02d holds %q", snap.ID, k, data)
+			}
+			values = append(values, v)
+		}
+		inStep := partial <= 1 && slices.IsSortedFunc(values, func(a, b int) int { return b - a }) && values[0]-values[len(values)-1] <= 1
+		if !inStep {
+			t.Errorf("snapshot %s is not one moment: the writer's files hold %v (%d empty)", snap.ID, values, partial)
+		}
+		if low := values[len(values)-1]; low <= last {
+			t.Errorf("snapshot %s is older than the writer's progress before it: %d, %d before", snap.ID, low, last)
+		}
+		last = values[0]
+		if bulk, err := os.ReadDir(filepath.Join(layer, "bulk")); err != nil || len(bulk) != 200 {
+			t.Errorf("snapshot %s: %d bulk files (%v), want 200", snap.ID, len(bulk), err)
+		}
+		if err := d.client.DeleteSnapshot(ctx, snap.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := d.client.GetProcess(ctx, "busy", "writer")
+	if err != nil || p.Status != api.ProcessRunning {
+		t.Errorf("the writer after the snapshots: %+v %v", p, err)
+	}
+	for _, line := range strings.Split(d.log.String(), "\n") {
+		if strings.Contains(line, "snapshot taken") {
+			t.Log(line) // how long each froze the sandbox (for reading with -v; make bench measures it)
+		}
+	}
+}
+
+// mappedWriter writes a counter through a shared writable mapping of /root/m and then, with
+// pwrite, to /root/n, without pause: at any moment m holds n or n+1. Once its page is dirty,
+// the kernel does not stamp m's times for the writes that follow.
+const mappedWriter = `import mmap, os, struct
+fd = os.open('/root/m', os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+n = os.open('/root/n', os.O_RDWR | os.O_CREAT, 0o644)
+i = 0
+while True:
+    i += 1
+    v = struct.pack('<Q', i)
+    m[0:8] = v
+    os.pwrite(n, v, 0)
+`
+
+// TestSnapshotOfMappedFile snapshots a sandbox whose process writes a file through a shared
+// mapping: the snapshot must hold what the mapping held when it froze, not what a copy made
+// while it ran read (the file's times do not change with such writes).
+func TestSnapshotOfMappedFile(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "mapped"})
+	if _, err := d.client.StartProcess(ctx, "mapped", api.StartProcessRequest{ID: "writer", Argv: []string{"python3", "-c", mappedWriter}}); err != nil {
+		t.Fatal(err)
+	}
+	read := func(layer, name string) uint64 {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(layer, "root", name))
+		if err != nil || len(data) < 8 {
+			t.Fatalf("%s: %d bytes, %v", name, len(data), err)
+		}
+		return binary.LittleEndian.Uint64(data)
+	}
+	var last uint64
+	for range 3 {
+		d.sh("mapped", fmt.Sprintf(`until [ "$(od -An -tu8 -N8 /root/n 2>/dev/null | tr -d ' ')" -gt %d ] 2>/dev/null; do sleep 0.01; done`, last+1000))
+		snap, err := d.client.CreateSnapshot(ctx, "mapped", api.CreateSnapshotRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer := filepath.Join(d.dataDir, "images", "layers", "sha256", strings.TrimPrefix(snap.Layer, "sha256:"))
+		m, n := read(layer, "m"), read(layer, "n")
+		if m != n && m != n+1 {
+			t.Errorf("snapshot %s is not one moment: the mapped file holds %d, the written one %d", snap.ID, m, n)
+		}
+		last = n
+		if err := d.client.DeleteSnapshot(ctx, snap.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -141,6 +141,9 @@ type Instance interface {
 	// fail every read with ENOTCONN); dir "" removes them, the container then shows the
 	// host's files.
 	ShowLimits(dir string) error
+	// Detach unmounts the mount at target (a path in the container) lazily: descriptors open
+	// on it stay usable, and no path in the container leads to it any more.
+	Detach(target string) error
 	// NetNS is the path of the container's network namespace, for the network to be wired in.
 	NetNS() string
 	// OpenRoot opens the container's root directory as its processes see it, for the file API.
@@ -151,6 +154,8 @@ type Instance interface {
 	// only Stats().OOMKills, one file instead of five.
 	Stats() (Stats, error)
 	OOMKills() (uint64, error)
+	// Processes are the host pids of the container's processes.
+	Processes() ([]int, error)
 	// Freeze stops every process of the container until Thaw.
 	Freeze() error
 	Thaw() error

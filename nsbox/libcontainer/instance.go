@@ -183,10 +183,8 @@ func (i *instance) SetLimits(lim backend.Limits) error {
 }
 
 // ShowLimits binds the LXCFS files of the mount at dir over the container's /proc and /sys
-// files, in place of the views it has. A goroutine of its own does it on a locked thread that
-// leaves this process's file system context and enters the container's mount namespace; the
-// thread ends with the goroutine. The new mounts are clones made here, in the host's mount
-// namespace, where dir is.
+// files, in place of the views it has, in the container's mount namespace (inMountNS). The
+// new mounts are clones made here, in the host's mount namespace, where dir is.
 func (i *instance) ShowLimits(dir string) error {
 	i.mu.RLock()
 	defer i.mu.RUnlock()
@@ -212,6 +210,41 @@ func (i *instance) ShowLimits(dir string) error {
 			}
 		}
 	}
+	return i.inMountNS(func() error {
+		for k, f := range lxcfs.Files {
+			// Every view stacked there goes (a dead one is unmounted all the same); then
+			// Unmount fails with EINVAL: f is the file of /proc or /sys again.
+			for range 8 {
+				if unix.Unmount(f, unix.MNT_DETACH) != nil {
+					break
+				}
+			}
+			if trees != nil {
+				if err := unix.MoveMount(trees[k], "", unix.AT_FDCWD, f, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+					return fmt.Errorf("bind lxcfs view %s: %w", f, err)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// Detach unmounts the mount at target in the container's mount namespace (MNT_DETACH).
+func (i *instance) Detach(target string) error {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	if !i.alive() {
+		return backend.ErrExited
+	}
+	return i.inMountNS(func() error {
+		return wrapErr("detach "+target, unix.Unmount(target, unix.MNT_DETACH))
+	})
+}
+
+// inMountNS runs fn in the container's mount namespace, on a locked thread of a goroutine of
+// its own that leaves this process's file system context; the thread ends with the goroutine.
+// i.mu must be held (read).
+func (i *instance) inMountNS(fn func() error) error {
 	result := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread has left the daemon's mount namespace
@@ -223,22 +256,7 @@ func (i *instance) ShowLimits(dir string) error {
 			result <- fmt.Errorf("enter the container's mount namespace: %w", err)
 			return
 		}
-		for k, f := range lxcfs.Files {
-			// Every view stacked there goes (a dead one is unmounted all the same); then
-			// Unmount fails with EINVAL: f is the file of /proc or /sys again.
-			for range 8 {
-				if unix.Unmount(f, unix.MNT_DETACH) != nil {
-					break
-				}
-			}
-			if trees != nil {
-				if err := unix.MoveMount(trees[k], "", unix.AT_FDCWD, f, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-					result <- fmt.Errorf("bind lxcfs view %s: %w", f, err)
-					return
-				}
-			}
-		}
-		result <- nil
+		result <- fn()
 	}()
 	return <-result
 }
@@ -314,6 +332,12 @@ func (i *instance) OOMKills() (uint64, error) {
 func (i *instance) statFiles() (*cgroupFiles, error) {
 	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
 	return i.stats, i.statsErr
+}
+
+// Processes lists the container's processes (its cgroup's).
+func (i *instance) Processes() ([]int, error) {
+	pids, err := i.c.Processes()
+	return pids, wrapErr("list container processes", err)
 }
 
 // Freeze freezes every process of the container (cgroup freezer).

@@ -66,6 +66,18 @@ func Open(dir string) (*Store, error) {
 
 func (s *Store) tmpDir() string { return filepath.Join(s.dir, "tmp") }
 
+// tempLayer makes an empty directory for a layer being made, in the store's temporary dir.
+func (s *Store) tempLayer(prefix string) (string, error) {
+	tmp, err := os.MkdirTemp(s.tmpDir(), prefix)
+	if err != nil {
+		return "", fmt.Errorf("make layer dir: %w", err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", errors.Join(fmt.Errorf("chmod layer dir: %w", err), os.RemoveAll(tmp))
+	}
+	return tmp, nil
+}
+
 // checkDigest reports whether digest is a well-formed "sha256:<hex>" layer digest.
 func checkDigest(digest string) error {
 	if !digestRE.MatchString(digest) {
@@ -136,14 +148,11 @@ func (s *Store) Put(ctx context.Context, digest string, open func() (io.ReadClos
 }
 
 func (s *Store) put(ctx context.Context, digest string, open func() (io.ReadCloser, error)) error {
-	tmp, err := os.MkdirTemp(s.tmpDir(), "put-")
+	tmp, err := s.tempLayer("put-")
 	if err != nil {
-		return fmt.Errorf("make layer dir: %w", err)
+		return err
 	}
 	defer os.RemoveAll(tmp) // nothing left once renamed
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return fmt.Errorf("chmod layer dir: %w", err)
-	}
 	rc, err := open()
 	if err != nil {
 		return fmt.Errorf("open layer %s: %w", digest, err)
@@ -246,14 +255,11 @@ func (s *Store) GC(keep func(digest string) bool) ([]string, error) {
 // holds something still for the write lets it go there). On success the layer is held, as by
 // Put.
 func (s *Store) Add(ctx context.Context, write func(io.Writer) error, done func()) (digest string, size int64, err error) {
-	tmp, err := os.MkdirTemp(s.tmpDir(), "add-")
+	tmp, err := s.tempLayer("add-")
 	if err != nil {
-		return "", 0, fmt.Errorf("make layer dir: %w", err)
+		return "", 0, err
 	}
 	defer os.RemoveAll(tmp) // nothing left once renamed
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return "", 0, fmt.Errorf("chmod layer dir: %w", err)
-	}
 	h := sha256.New()
 	counted := &countingWriter{}
 	pr, pw := io.Pipe()
@@ -278,18 +284,53 @@ func (s *Store) Add(ctx context.Context, write func(io.Writer) error, done func(
 		return "", 0, fmt.Errorf("add layer: %w", err)
 	}
 	digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
-	if err := syncFS(tmp); err != nil {
+	if err := s.install(tmp, digest); err != nil {
 		return "", 0, err
+	}
+	return digest, counted.n, nil
+}
+
+// AddDir stores the layer that fill makes, in overlayfs' form, in an empty directory of the
+// store, named by the digest of the tar stream that write writes of that directory (its
+// size is returned with the digest); when a layer with that digest is stored already, the new
+// one is dropped. On success the layer is held, as by Put. (Add unpacks a stream as it comes;
+// AddDir lets a caller make the files in place, in several passes.)
+func (s *Store) AddDir(fill func(dir string) error, write func(dir string, w io.Writer) error) (digest string, size int64, err error) {
+	tmp, err := s.tempLayer("add-")
+	if err != nil {
+		return "", 0, err
+	}
+	defer os.RemoveAll(tmp) // nothing left once renamed
+	if err := fill(tmp); err != nil {
+		return "", 0, fmt.Errorf("add layer: %w", err)
+	}
+	h := sha256.New()
+	counted := &countingWriter{}
+	if err := write(tmp, io.MultiWriter(h, counted)); err != nil {
+		return "", 0, fmt.Errorf("add layer: hash it: %w", err)
+	}
+	digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if err := s.install(tmp, digest); err != nil {
+		return "", 0, err
+	}
+	return digest, counted.n, nil
+}
+
+// install flushes the complete layer dir tmp to disk and makes it the layer digest (unless
+// that is stored already), held.
+func (s *Store) install(tmp, digest string) error {
+	if err := syncFS(tmp); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.Has(digest) {
 		if err := os.Rename(tmp, s.Dir(digest)); err != nil && !s.Has(digest) {
-			return "", 0, fmt.Errorf("install layer %s: %w", digest, err)
+			return fmt.Errorf("install layer %s: %w", digest, err)
 		}
 	}
 	s.holds[digest]++
-	return digest, counted.n, nil
+	return nil
 }
 
 // countingWriter counts what is written through it.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,7 +76,94 @@ func (b *bench) burstSection(ctx context.Context) (err error) {
 	}
 	w.Flush()
 	fmt.Println()
+	return b.poolBursts(ctx, subnet)
+}
+
+// poolBursts sends two bursts of 50 creates, each after 30 s of rest, to a daemon with a warm pool of
+// 2 that follows demand (--warm-pool-memory 256), and reports how many creates of each took a
+// warm container and how large the pool grew between them.
+func (b *bench) poolBursts(ctx context.Context, subnet netip.Prefix) (err error) {
+	d, err := b.daemon(ctx, "nsbox-burst-pool", true, image+"=2", "--subnet", subnet.String(), "--warm-pool-memory", "256")
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, d.removeAllSandboxes()) }()
+	fmt.Println("burst with a warm pool: --warm-pool busybox=2 --warm-pool-memory 256; two bursts of 50 at once, each after 30 s of rest")
+	w := newTable()
+	fmt.Fprintln(w, "burst\twarm before\thits\tmisses\thit rate\twall s\tp50 ms\tp99 ms\ttarget after\t")
+	const n = 50
+	for round := 1; round <= 2; round++ {
+		if err := d.waitWarm(ctx); err != nil {
+			return err
+		}
+		time.Sleep(time.Minute / 2) // the refill catches up with the target
+		warm, err := d.warmCount(ctx)
+		if err != nil {
+			return err
+		}
+		hits0, misses0, err := poolTakes(d)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		latencies, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
+			_, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{ID: fmt.Sprintf("pool-%d-%03d", round, i), Image: image})
+			return err
+		})
+		wall := time.Since(start)
+		if err != nil {
+			return fmt.Errorf("burst %d with a pool: %w", round, err)
+		}
+		hits1, misses1, err := poolTakes(d)
+		if err != nil {
+			return err
+		}
+		if _, err := inParallel(ctx, n, func(ctx context.Context, i int) error {
+			return d.client.RemoveSandbox(ctx, fmt.Sprintf("pool-%d-%03d", round, i), client.RemoveOptions{Force: true})
+		}); err != nil {
+			return fmt.Errorf("remove burst %d: %w", round, err)
+		}
+		target, err := scrapeValue(d, `nsbox_warm_pool_target{image="`+image+`"}`)
+		if err != nil {
+			return err
+		}
+		hits, misses := hits1-hits0, misses1-misses0
+		s := summarize(latencies)
+		fmt.Fprintf(w, "%d\t%d\t%.0f\t%.0f\t%.0f%%\t%.2f\t%s\t%s\t%.0f\t\n", round, warm, hits, misses, 100*hits/(hits+misses),
+			wall.Seconds(), ms(s.median), ms(s.p99), target)
+	}
+	w.Flush()
+	fmt.Println()
 	return nil
+}
+
+// poolTakes reads the daemon's counts of creates that took a warm container and that found
+// the pool empty.
+func poolTakes(d *daemon) (hits, misses float64, err error) {
+	if hits, err = scrapeValue(d, `nsbox_warm_pool_takes_total{image="`+image+`",result="hit"}`); err != nil {
+		return 0, 0, err
+	}
+	misses, err = scrapeValue(d, `nsbox_warm_pool_takes_total{image="`+image+`",result="miss"}`)
+	return hits, misses, err
+}
+
+// scrapeValue reads one series from the daemon's /metrics (0 when it has none yet).
+func scrapeValue(d *daemon, series string) (float64, error) {
+	resp, err := httpOverSocket(d).Get("http://nsbox/metrics")
+	if err != nil {
+		return 0, fmt.Errorf("scrape: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("scrape: %w", err)
+	}
+	for line := range strings.Lines(string(body)) {
+		if value, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			return strconv.ParseFloat(value, 64)
+		}
+	}
+	return 0, nil
 }
 
 // inParallel runs fn(0) … fn(n-1) at once and returns how long each took.

@@ -99,7 +99,7 @@ func (b *bench) densitySection(ctx context.Context, count int) (err error) {
 	fmt.Fprintf(w, "PSS per sandbox\t%.2f MB (its processes, and the daemon's share)\t\n", mb(m.sandboxKB+m.daemonKB)/float64(count))
 	fmt.Fprintf(w, "MemAvailable drop per sandbox\t%.2f MB (kernel objects included)\t\n", mb(float64(availBefore-availAfter))/float64(count-1))
 	fmt.Fprintf(w, "daemon RSS\t%.0f MB with 1 sandbox, %.0f MB with %d\t\n", before.rssMB, after.rssMB, count)
-	for _, req := range []string{"GET /v1/sandboxes/{id}", "session exec `true`"} {
+	for _, req := range []string{"GET /v1/sandboxes/{id}", "session exec `true`", "the same exec again at once"} {
 		a, c := summarize(alone[req]), summarize(crowd[req])
 		fmt.Fprintf(w, "%s p50/p99\t%s/%s ms with 1 sandbox, %s/%s ms with %d (p50 %.2f×)\t\n", req,
 			ms(a.median), ms(a.p99), ms(c.median), ms(c.p99), count, float64(c.median)/float64(a.median))
@@ -111,7 +111,8 @@ func (b *bench) densitySection(ctx context.Context, count int) (err error) {
 }
 
 // densityLatencies times 300 GETs of a sandbox and 300 session execs, each on a random one of
-// the first n sandboxes, one at a time.
+// the first n sandboxes, one at a time, and each exec again right after it (a sandbox whose
+// agent and shell were just used: what idling costs the first exec).
 func densityLatencies(ctx context.Context, d *daemon, n int, id func(int) string) (map[string][]time.Duration, error) {
 	out := map[string][]time.Duration{}
 	for range 300 {
@@ -126,6 +127,11 @@ func densityLatencies(ctx context.Context, d *daemon, n int, id func(int) string
 			return nil, err
 		}
 		out["session exec `true`"] = append(out["session exec `true`"], time.Since(began))
+		began = time.Now()
+		if _, err := execOK(ctx, d, sb, api.ExecRequest{Command: "true"}); err != nil {
+			return nil, err
+		}
+		out["the same exec again at once"] = append(out["the same exec again at once"], time.Since(began))
 	}
 	return out, nil
 }

@@ -121,6 +121,20 @@ func (d *daemon) waitWarm(ctx context.Context) error {
 	return fmt.Errorf("daemon %s: no warm %s container within a minute", d.name, image)
 }
 
+// warmCount is how many containers of the benchmark's image the daemon's pool holds.
+func (d *daemon) warmCount(ctx context.Context) (int, error) {
+	images, err := d.client.Images(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list images: %w", err)
+	}
+	for _, img := range images {
+		if img.Name == image {
+			return img.Warm, nil
+		}
+	}
+	return 0, nil
+}
+
 // removeAllSandboxes force-removes every sandbox of the (private) daemon.
 func (d *daemon) removeAllSandboxes() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

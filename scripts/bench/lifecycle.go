@@ -106,6 +106,56 @@ func (f *handFreezer) locate(ctx context.Context, d *daemon, id string) error {
 	return err
 }
 
+// watch measures how long the cgroup is frozen or freezing until the function it returns is
+// called, reading its state every 100 µs.
+func (f *handFreezer) watch() func() (time.Duration, error) {
+	stop := make(chan struct{})
+	type result struct {
+		frozen time.Duration
+		err    error
+	}
+	done := make(chan result)
+	file, thawed := "freezer.state", "THAWED"
+	if cgroupVersion() == "v2" {
+		file, thawed = "cgroup.freeze", "0"
+	}
+	go func() {
+		var total time.Duration
+		var since time.Time
+		for {
+			select {
+			case <-stop:
+				if !since.IsZero() {
+					total += time.Since(since)
+				}
+				done <- result{frozen: total}
+				return
+			default:
+			}
+			state, err := os.ReadFile(filepath.Join(f.dir, file))
+			if err != nil {
+				<-stop
+				done <- result{err: err}
+				return
+			}
+			frozen := strings.TrimSpace(string(state)) != thawed
+			switch {
+			case frozen && since.IsZero():
+				since = time.Now()
+			case !frozen && !since.IsZero():
+				total += time.Since(since)
+				since = time.Time{}
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	return func() (time.Duration, error) {
+		close(stop)
+		r := <-done
+		return r.frozen, r.err
+	}
+}
+
 func (f *handFreezer) freeze(context.Context) error { return f.set(true) }
 func (f *handFreezer) thaw(context.Context) error   { return f.set(false) }
 

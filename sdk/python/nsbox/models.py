@@ -73,6 +73,7 @@ class SessionInfo(Model):
     pid: int = 0
     created_at: str = ""
     permission: str = ""
+    private_dir: str = ""  # ~/.private of the session's user, "" without a private folder
 
 
 @dataclass

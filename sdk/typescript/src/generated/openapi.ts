@@ -1582,6 +1582,8 @@ export interface components {
              * @enum {string}
              */
             permission: "read" | "write";
+            /** @description The session's private folder, `~/.private` of its user (e.g. `/root/.private`); absent when it has none (a home that does not exist, a `~/.private` of the user's own, a kernel without Landlock ABI 2). Only the session's processes (its shell, what that starts, processes started with its `sessionId`) and file requests with its `sessionId` reach what is in it; it starts empty, and is not kept across a hibernation or a restart. */
+            privateDir?: string;
         };
         /** @description The sandbox's sessions, ordered by id; an empty array when there is none. */
         SessionList: components["schemas"]["Session"][];

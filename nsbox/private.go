@@ -1,0 +1,58 @@
+package nsbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
+)
+
+// Each session's private folder (~/.private, issue 14) is a directory of its container's
+// private store: a host directory next to the writable layer (on the sandbox's disk when it
+// has one), mounted at api.PrivateMount when the container starts. The agent opens it before
+// it answers; the daemon then detaches the mount, so that no path in the sandbox leads there:
+// the agent hands each session's directory to that session's processes only (agent/,
+// session/private.go). The store is made empty at every start and emptied when the container
+// is shelved: private folders are kept neither across a hibernation nor a restart.
+
+// privateStore is the private store of a container whose disk limit is diskMB.
+func (r *Runtime) privateStore(container string, diskMB int64) string {
+	return filepath.Join(r.layerDir(container, diskMB), "private")
+}
+
+// preparePrivate makes the container's store, empty and owned by the sandbox's root, and
+// returns its mount.
+func (r *Runtime) preparePrivate(container string, diskMB int64, ids rootfs.IDMap) (backend.Mount, error) {
+	dir := r.privateStore(container, diskMB)
+	if err := os.RemoveAll(dir); err != nil {
+		return backend.Mount{}, fmt.Errorf("empty private store: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return backend.Mount{}, fmt.Errorf("make private store: %w", err)
+	}
+	if ids.Enabled() {
+		if err := os.Chown(dir, int(ids.Host), int(ids.Host)); err != nil {
+			return backend.Mount{}, fmt.Errorf("chown private store: %w", err)
+		}
+	}
+	return backend.Mount{Source: dir, Target: api.PrivateMount, IDs: backend.MountIDs{Native: true}}, nil
+}
+
+// removePrivate removes a container's private store, wherever its disk limit put it (on its
+// disk, or in its data dir).
+func (r *Runtime) removePrivate(container string) error {
+	return errors.Join(os.RemoveAll(r.privateStore(container, 0)), os.RemoveAll(r.privateStore(container, 1)))
+}
+
+// sessionPrivate is the host directory of a session's private folder, and where the session
+// sees it ("" when it has none).
+func (r *Runtime) sessionPrivate(rec *record, s *api.Session) (host, path string) {
+	if s.PrivateDir == "" {
+		return "", ""
+	}
+	return filepath.Join(r.privateStore(rec.container(), rec.Limits.DiskMB), s.ID), s.PrivateDir
+}

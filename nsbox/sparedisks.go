@@ -1,0 +1,153 @@
+package nsbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/nsbox/nsbox/rootfs"
+)
+
+// spareDisks keeps a few disk images of the default size formatted ahead of time in
+// <data>/disks, so that a create with the default disk renames one into place instead of
+// running mkfs.ext4 on its critical path (a fifth of a cold create here; docs/benchmarks.md).
+// A spare is made under a temporary name and renamed when complete, so a crash leaves either
+// a whole spare, which the next daemon uses, or a temporary file, which it removes; spares of
+// another size (the default changed) are removed at start too.
+type spareDisks struct {
+	dir    string
+	sizeMB int64 // 0: no spares (no default disk)
+
+	mu      sync.Mutex
+	ready   []string // paths of complete spares
+	filling bool
+	next    int // numbers new spares' names
+	ctx     context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	log     func(msg string, args ...any)
+}
+
+// spareDiskCount is how many spares the daemon keeps: enough for two creates at once.
+const spareDiskCount = 2
+
+// openSpareDisks finds the spares a previous daemon left in dir and removes the rest.
+func openSpareDisks(dir string, sizeMB int64, logError func(msg string, args ...any)) (*spareDisks, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &spareDisks{dir: dir, sizeMB: sizeMB, ctx: ctx, stop: cancel, log: logError}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("make spare disks dir: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read spare disks dir: %w", err)
+	}
+	prefix := strconv.FormatInt(sizeMB, 10) + "-"
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		n, complete := strings.CutPrefix(e.Name(), prefix)
+		num, err := strconv.Atoi(strings.TrimSuffix(n, ".img"))
+		if sizeMB > 0 && complete && strings.HasSuffix(n, ".img") && err == nil {
+			s.ready = append(s.ready, path)
+			s.next = max(s.next, num+1)
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale spare disk: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// take moves a spare to image and reports whether it had one of sizeMB.
+func (s *spareDisks) take(image string, sizeMB int64) bool {
+	if sizeMB != s.sizeMB || sizeMB == 0 {
+		return false
+	}
+	defer s.refill()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.ready) > 0 {
+		spare := s.ready[len(s.ready)-1]
+		s.ready = s.ready[:len(s.ready)-1]
+		err := os.Rename(spare, image)
+		if err == nil {
+			return true
+		}
+		s.log("spare disk unusable; making one", "spare", spare, "err", err)
+		_ = os.Remove(spare)
+	}
+	return false
+}
+
+// refill makes spares in the background, one at a time, until spareDiskCount are ready.
+func (s *spareDisks) refill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sizeMB == 0 || s.filling || len(s.ready) >= spareDiskCount || s.ctx.Err() != nil {
+		return
+	}
+	s.filling = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			s.mu.Lock()
+			if len(s.ready) >= spareDiskCount || s.ctx.Err() != nil {
+				s.filling = false
+				s.mu.Unlock()
+				return
+			}
+			name := fmt.Sprintf("%d-%d.img", s.sizeMB, s.next)
+			s.next++
+			s.mu.Unlock()
+			spare, err := s.make(name)
+			s.mu.Lock()
+			if err != nil {
+				s.filling = false
+				s.mu.Unlock()
+				s.log("make a spare disk", "err", err)
+				return
+			}
+			s.ready = append(s.ready, spare)
+			s.mu.Unlock()
+		}
+	}()
+}
+
+// make formats a spare under a temporary name and renames it to name once complete.
+func (s *spareDisks) make(name string) (string, error) {
+	tmp := filepath.Join(s.dir, ".tmp-"+name)
+	_ = os.Remove(tmp)
+	if err := rootfs.MakeDisk(tmp, s.sizeMB); err != nil {
+		_ = os.Remove(tmp)
+		return "", err
+	}
+	spare := filepath.Join(s.dir, name)
+	if err := os.Rename(tmp, spare); err != nil {
+		_ = os.Remove(tmp)
+		return "", fmt.Errorf("keep spare disk: %w", err)
+	}
+	return spare, nil
+}
+
+// close stops the refill; the spares stay for the next daemon.
+func (s *spareDisks) close() {
+	s.mu.Lock()
+	s.stop()
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// makeDisk gives a container its disk image: a spare when one of the size is ready, else a
+// new one.
+func (r *Runtime) makeDisk(image string, sizeMB int64) error {
+	if r.spares.take(image, sizeMB) {
+		return nil
+	}
+	return rootfs.MakeDisk(image, sizeMB)
+}
