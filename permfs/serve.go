@@ -158,9 +158,11 @@ func serve(cfg Config) (*fuse.Server, *FS, net.Listener, error) {
 	srv, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", cfg.Dev), f.Root(), &gofs.Options{
 		AttrTimeout: &timeout, // entries: entryOut
 		// No splice: it empties its pipes into /dev/null, which the chroot does not have.
-		// Stack depth 2: reads and writes of open files pass through to the backing file
-		// (FUSE passthrough), which for a copy-on-write workspace is on an overlay (depth 1).
-		MountOptions: fuse.MountOptions{AllowOther: true, FsName: "nsbox-permfs", Name: "nsbox-permfs", DisableSplice: true, MaxStackDepth: 2},
+		// No passthrough (stack depth 0): registering and releasing a backing file costs two
+		// more system calls per open, more than it saves on small files, and it turns
+		// FOPEN_KEEP_CACHE off. No READDIRPLUS where names are cached long: a listing would
+		// look up every entry again (find), for attributes the kernel keeps already.
+		MountOptions: fuse.MountOptions{AllowOther: true, FsName: "nsbox-permfs", Name: "nsbox-permfs", DisableSplice: true, DisableReadDirPlus: !cfg.Shared},
 	})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("serve permission layer: %w", err)
