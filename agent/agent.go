@@ -42,6 +42,8 @@ type Agent struct {
 	contexts *code.Manager
 	// shutdown asks Run to end the sandbox (POST /v1/shutdown).
 	shutdown chan struct{}
+	// watchers are the daemon's watch streams (GET /v1/watch).
+	watchers watchers
 }
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
@@ -153,6 +155,7 @@ func newAgent(version, dir, cwd string) (*Agent, error) {
 	}
 	a.processes = process.NewManager(a.procs.start, a.sandboxDefaults, a.sessionState)
 	a.contexts = code.NewManager(a.procs.start)
+	a.watchChanges()
 	return a, nil
 }
 
@@ -174,6 +177,7 @@ func (a *Agent) routes() http.Handler {
 	handle("GET /v1/health", a.handleHealth)
 	handle("PUT /v1/config", a.handleConfig)
 	handle("POST /v1/shutdown", a.handleShutdown)
+	handle("GET /v1/watch", a.handleWatch)
 	handle("PUT /v1/env", a.handlePutEnv)
 	handle("GET /v1/env", a.handleGetEnv)
 	handle("POST /v1/state/save", a.handleSaveState)

@@ -21,3 +21,30 @@ type AgentConfig struct {
 	Cwd      string            `json:"cwd"`
 	User     string            `json:"user,omitempty"`
 }
+
+// AgentNotice is one event ("notice") of the agent's GET /v1/watch stream: the sandbox's open
+// sessions and running processes after a change (the first notice: as they are when the stream
+// opens), and what ended, when that is the change.
+type AgentNotice struct {
+	Sessions  int `json:"sessions"`
+	Processes int `json:"processes"`
+	// SessionEnded is a session that ended: deleted, or its shell exited.
+	SessionEnded *SessionEnd `json:"sessionEnded,omitempty"`
+	// ProcessExited is a process that ended, or failed to start.
+	ProcessExited *Process `json:"processExited,omitempty"`
+}
+
+// SessionEnd is a session that ended and why.
+type SessionEnd struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+}
+
+// Why a session ended (SessionEnd.Reason, the session.ended event's reason).
+const (
+	SessionDeleted     = "deleted"
+	SessionShellExited = "its shell exited"
+)
+
+// AgentNoticeEvent is the name of the watch stream's events.
+const AgentNoticeEvent = "notice"

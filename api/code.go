@@ -44,16 +44,18 @@ type CodeError struct {
 	Traceback string `json:"traceback"`
 }
 
-// RunCodeResult is the answer of a run: its output (text when both streams are valid UTF-8,
-// else base64, as Encoding says), its results as MIME bundles (`text/plain`, `text/html`,
-// `image/png` as base64, `application/json`, …), and its error.
+// RunCodeResult is the answer of a run: its output (each stream text when it is valid UTF-8,
+// else base64, as its StdoutEncoding or StderrEncoding says, as in ExecResult), its results as
+// MIME bundles (`text/plain`, `text/html`, `image/png` as base64, `application/json`, …), and
+// its error.
 type RunCodeResult struct {
-	Stdout     string           `json:"stdout"`
-	Stderr     string           `json:"stderr"`
-	Encoding   string           `json:"encoding"`
-	Results    []map[string]any `json:"results"`
-	Error      *CodeError       `json:"error,omitempty"`
-	DurationMs int64            `json:"durationMs"`
+	Stdout         string           `json:"stdout"`
+	Stderr         string           `json:"stderr"`
+	StdoutEncoding string           `json:"stdoutEncoding"`
+	StderrEncoding string           `json:"stderrEncoding"`
+	Results        []map[string]any `json:"results"`
+	Error          *CodeError       `json:"error,omitempty"`
+	DurationMs     int64            `json:"durationMs"`
 	// TimedOut: the run was interrupted when timeoutMs passed; the context keeps its state
 	// unless Restarted.
 	TimedOut bool `json:"timedOut"`
@@ -62,6 +64,11 @@ type RunCodeResult struct {
 	Restarted bool `json:"restarted"`
 	// Truncated: a stream exceeded what one JSON answer keeps (see ExecResult).
 	Truncated bool `json:"truncated"`
+}
+
+// Output decodes Stdout and Stderr back to bytes.
+func (r *RunCodeResult) Output() (stdout, stderr []byte, err error) {
+	return decodeOutput(r.Stdout, r.StdoutEncoding, r.Stderr, r.StderrEncoding)
 }
 
 // Code run event types besides EventStdout and EventStderr.

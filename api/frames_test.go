@@ -80,3 +80,45 @@ func BenchmarkAppendJSONText(b *testing.B) {
 		dst = AppendJSONText(dst[:0], text)
 	}
 }
+
+// TestFrameReaderOutput: NextOutput appends output payloads to the caller's buffers (read
+// straight from the stream past what the reader had buffered), and Next reuses one buffer for
+// output payloads, not for the others.
+func TestFrameReaderOutput(t *testing.T) {
+	rec := httptest.NewRecorder()
+	fw := NewFrameWriter(rec)
+	big := bytes.Repeat([]byte("0123456789"), 100000) // larger than the reader's buffer
+	for _, err := range []error{
+		fw.SendJSON(EventStart, ExecEvent{Type: EventStart}),
+		fw.Send(EventStdout, []byte("a")), fw.Send(EventStderr, []byte{0xff}), fw.Send(EventStdout, big),
+		fw.SendJSON(EventExit, ExecEvent{Type: EventExit}),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream := rec.Body.Bytes()
+	var stdout, stderr []byte
+	fr := NewFrameReader(bytes.NewReader(stream))
+	var names []string
+	for {
+		name, data, err := fr.NextOutput(&stdout, &stderr)
+		if err == io.EOF {
+			break
+		}
+		if err != nil || ((name == EventStdout || name == EventStderr) && data != nil) {
+			t.Fatalf("%s: %q %v", name, data, err)
+		}
+		names = append(names, name)
+	}
+	if strings.Join(names, ",") != "start,stdout,stderr,stdout,exit" || !bytes.Equal(stdout, append([]byte("a"), big...)) || !bytes.Equal(stderr, []byte{0xff}) {
+		t.Fatalf("events %v, stdout %d bytes, stderr %q", names, len(stdout), stderr)
+	}
+	fr = NewFrameReader(bytes.NewReader(stream))
+	_, start, _ := fr.Next()
+	_, first, _ := fr.Next()
+	first = first[:1]
+	if _, second, _ := fr.Next(); second[0] != 0xff || first[0] != 0xff || string(start) != `{"type":"start"}` {
+		t.Fatalf("an output payload is valid until the next call only (its buffer is reused): %q %q; start %q", first, second, start)
+	}
+}

@@ -205,9 +205,13 @@ type SSEReader struct {
 const maxEventBytes = 16 << 20
 
 // NewSSEReader returns a reader of the events in r.
-func NewSSEReader(r io.Reader) *SSEReader {
+func NewSSEReader(r io.Reader) *SSEReader { return NewSSEReaderSize(r, 64<<10) }
+
+// NewSSEReaderSize returns a reader of the events in r whose buffer starts at size bytes
+// (and grows as an event needs): small for a stream that stays open long and carries little.
+func NewSSEReaderSize(r io.Reader, size int) *SSEReader {
 	lines := bufio.NewScanner(r)
-	lines.Buffer(make([]byte, 64<<10), maxEventBytes)
+	lines.Buffer(make([]byte, size), maxEventBytes)
 	return &SSEReader{lines: lines}
 }
 

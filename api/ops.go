@@ -27,8 +27,8 @@ type SandboxStats struct {
 	DiskLimitBytes uint64 `json:"diskLimitBytes"`
 	// Network is its traffic, as the sandbox sees it (in: received); zero in network mode none.
 	Network NetworkStats `json:"network"`
-	// Sessions and Processes are its open sessions and running processes, as its agent
-	// counts them; absent while it is paused (a frozen agent does not answer).
+	// Sessions and Processes are its open sessions and running processes, as its agent last
+	// told the daemon (at every start and end); absent while it is paused.
 	Sessions  *int `json:"sessions,omitempty"`
 	Processes *int `json:"processes,omitempty"`
 }
@@ -53,7 +53,8 @@ type Event struct {
 
 // Event types. A sandbox's life is created, started, then paused or hibernated and resumed,
 // stopping and removed; failed when its agent exits or its container is gone (agent_exited says the
-// first), oom_killed each time the kernel kills one of its processes for memory.
+// first), oom_killed each time the kernel kills one of its processes for memory; loaded says,
+// at a daemon's start, which state each sandbox it found is in.
 const (
 	EventSandboxCreated     = "sandbox.created"
 	EventSandboxStarted     = "sandbox.started"
@@ -65,6 +66,7 @@ const (
 	EventSandboxFailed      = "sandbox.failed"
 	EventSandboxOOMKilled   = "sandbox.oom_killed"
 	EventSandboxAgentExited = "sandbox.agent_exited"
+	EventSandboxLoaded      = "sandbox.loaded"
 	EventPortExposed        = "port.exposed"
 	EventPortUnexposed      = "port.unexposed"
 	EventSessionCreated     = "session.created"

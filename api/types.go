@@ -169,7 +169,8 @@ type ExecRequest struct {
 	// MaxOutputBytes bounds what is kept of each of stdout and stderr: the rest is read and
 	// dropped, and the result says which stream was truncated. 0: DefaultMaxOutputBytes for
 	// an answer as one JSON document (at most the daemon's --max-exec-output, which also
-	// bounds what a call may ask for), no bound for a streamed exec.
+	// bounds what a call may ask for), no bound for a streamed exec (Server-Sent Events or
+	// frames; the Go SDK's Exec asks for DefaultMaxOutputBytes when given 0).
 	MaxOutputBytes int64 `json:"maxOutputBytes,omitempty"`
 }
 
@@ -177,16 +178,20 @@ type ExecRequest struct {
 // when its request names no MaxOutputBytes.
 const DefaultMaxOutputBytes = 128 << 20
 
-// Output encodings of ExecResult's streams.
+// Output encodings of ExecResult's streams. EncodingRaw is never in JSON: it names a stream
+// that is not text in the result of a framed answer (EventFrames), where the output came as
+// raw bytes, and in the Go SDK's results built from one, whose Stdout or Stderr then holds
+// those bytes as they are.
 const (
 	EncodingUTF8   = "utf-8"
 	EncodingBase64 = "base64"
+	EncodingRaw    = "raw"
 )
 
 // ExecResult is the answer to an exec. Stdout and Stderr carry the bytes exactly, each in its
 // own encoding: a stream that is valid UTF-8 is a plain JSON string (NUL and control bytes
 // escaped by JSON) and its encoding is "utf-8"; otherwise it is base64 and its encoding is
-// "base64".
+// "base64" (or, in a result the Go SDK read from frames, the bytes themselves: "raw").
 type ExecResult struct {
 	ExitCode       int    `json:"exitCode"`
 	Stdout         string `json:"stdout"`
@@ -225,10 +230,15 @@ func NewExecResult(exitCode int, stdout, stderr []byte) ExecResult {
 
 // Output decodes Stdout and Stderr back to bytes.
 func (r *ExecResult) Output() (stdout, stderr []byte, err error) {
-	if stdout, err = DecodeData(r.Stdout, r.StdoutEncoding); err != nil {
+	return decodeOutput(r.Stdout, r.StdoutEncoding, r.Stderr, r.StderrEncoding)
+}
+
+// decodeOutput decodes a result's stdout and stderr, each in its encoding, back to bytes.
+func decodeOutput(stdoutData, stdoutEncoding, stderrData, stderrEncoding string) (stdout, stderr []byte, err error) {
+	if stdout, err = DecodeData(stdoutData, stdoutEncoding); err != nil {
 		return nil, nil, fmt.Errorf("decode stdout: %w", err)
 	}
-	if stderr, err = DecodeData(r.Stderr, r.StderrEncoding); err != nil {
+	if stderr, err = DecodeData(stderrData, stderrEncoding); err != nil {
 		return nil, nil, fmt.Errorf("decode stderr: %w", err)
 	}
 	return stdout, stderr, nil
@@ -321,7 +331,7 @@ func EncodeData(b []byte) (data, encoding string) {
 	return base64.StdEncoding.EncodeToString(b), EncodingBase64
 }
 
-// DecodeData reverses EncodeData.
+// DecodeData reverses EncodeData; data in any other encoding (utf-8, raw) is its bytes.
 func DecodeData(data, encoding string) ([]byte, error) {
 	if encoding == EncodingBase64 {
 		return base64.StdEncoding.DecodeString(data)

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"syscall"
+	"unsafe"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -184,9 +185,81 @@ func (c *Client) ResumeSandbox(ctx context.Context, id string) (*api.Sandbox, er
 // ctx's error and the command is killed (the request's KillOnDisconnect is set), so the
 // session's next command does not wait behind it; the session keeps its state. A ctx made by
 // KeepRunning lets the command run to its end instead (its result is dropped).
+//
+// Each stream keeps at most req.MaxOutputBytes (0: api.DefaultMaxOutputBytes; the result says
+// what was truncated). The output comes as raw frames (api.EventFrames), not JSON: Stdout and
+// Stderr hold its bytes as they are, named "utf-8" when they are text and "raw" when not
+// (Output returns them as bytes).
 func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResult, error) {
-	var res api.ExecResult
-	return &res, c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), &res)
+	if req.MaxOutputBytes == 0 {
+		req.MaxOutputBytes = api.DefaultMaxOutputBytes
+	}
+	var stdout, stderr []byte
+	res, err := c.execFrames(ctx, id, req, func(frames *api.FrameReader) (string, []byte, error) {
+		return frames.NextOutput(&stdout, &stderr)
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The buffers are not written again: their bytes become the strings without a copy.
+	res.Stdout = unsafe.String(unsafe.SliceData(stdout), len(stdout))
+	res.Stderr = unsafe.String(unsafe.SliceData(stderr), len(stderr))
+	return res, nil
+}
+
+// ExecTo runs a command like Exec but writes its output to stdout and stderr as it comes, and
+// returns its result with empty Stdout and Stderr (and encodings that say whether each stream
+// was text). No output is kept unless req.MaxOutputBytes asks for a bound, as for ExecStream;
+// the bytes come as raw frames, so this is the fast way to move a large output. An error from
+// a writer ends the call with that error (and, unless ctx says KeepRunning, the command).
+func (c *Client) ExecTo(ctx context.Context, id string, req api.ExecRequest, stdout, stderr io.Writer) (*api.ExecResult, error) {
+	return c.execFrames(ctx, id, req, func(frames *api.FrameReader) (string, []byte, error) {
+		event, data, err := frames.Next()
+		w := stdout
+		switch {
+		case err != nil:
+			return event, data, err
+		case event == api.EventStderr:
+			w = stderr
+		case event != api.EventStdout:
+			return event, data, nil
+		}
+		if _, err := w.Write(data); err != nil {
+			return event, data, fmt.Errorf("write %s: %w", event, err)
+		}
+		return event, data, nil
+	})
+}
+
+// execFrames runs an exec answered as frames, reading them with next, and returns the result
+// of its exit frame (with empty Stdout and Stderr). It kills the command when ctx ends first,
+// unless ctx says KeepRunning.
+func (c *Client) execFrames(ctx context.Context, id string, req api.ExecRequest, next func(*api.FrameReader) (string, []byte, error)) (*api.ExecResult, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", execRequest(ctx, req), api.EventFrames)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	frames := api.NewFrameReader(resp.Body)
+	for {
+		event, data, err := next(frames)
+		if err == io.EOF {
+			return nil, errors.New("exec answer ended before the command did")
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("exec: %w", ctx.Err())
+			}
+			return nil, err
+		}
+		if event == api.EventExit {
+			var ev api.ExecEvent
+			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
+				return nil, fmt.Errorf("exit frame without a result: %q", data)
+			}
+			return ev.Result, nil
+		}
+	}
 }
 
 // keepRunningKey marks a context made by KeepRunning.

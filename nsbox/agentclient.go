@@ -78,6 +78,17 @@ func (c *agentClient) pushEnv(ctx context.Context, env map[string]string) error 
 	return c.call(ctx, http.MethodPut, "/v1/env", api.SandboxEnv{Env: env}, nil)
 }
 
+// watch opens the agent's stream of notices: its counts after every change, and what ended
+// (agentwatch.go).
+func (c *agentClient) watch(ctx context.Context) (*eventStream, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/v1/watch", nil, api.EventStream)
+	if err != nil {
+		return nil, err
+	}
+	// One stream per running sandbox, open as long as it runs: its buffer starts small.
+	return &eventStream{events: api.NewSSEReaderSize(resp.Body, 1<<10), body: resp.Body}, nil
+}
+
 func sessionPath(sid string, rest ...string) string {
 	p := "/v1/sessions/" + url.PathEscape(sid)
 	for _, r := range rest {

@@ -81,11 +81,11 @@ func (r *Runtime) handleRunCode(w http.ResponseWriter, req *http.Request) error 
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	return r.writeAnswer(w, res, out, res.Encoding, res.Encoding)
+	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
 }
 
 // collectRun gathers a whole run: its output into out, and its result, whose Stdout and
-// Stderr stay empty. Both streams share one encoding: base64 unless both are text.
+// Stderr stay empty; each stream gets its own encoding.
 func collectRun(events *eventStream, out *output) (*api.RunCodeResult, error) {
 	for {
 		var ev api.CodeEvent
@@ -102,10 +102,8 @@ func collectRun(events *eventStream, out *output) (*api.RunCodeResult, error) {
 				return nil, fmt.Errorf("end event without a result")
 			}
 			res := *ev.End
-			res.Stdout, res.Stderr, res.Encoding = "", "", api.EncodingUTF8
-			if out.stdout.encoding() != api.EncodingUTF8 || out.stderr.encoding() != api.EncodingUTF8 {
-				res.Encoding = api.EncodingBase64
-			}
+			res.Stdout, res.Stderr = "", ""
+			res.StdoutEncoding, res.StderrEncoding = out.stdout.encoding(), out.stderr.encoding()
 			res.Truncated = out.stdout.limit.Truncated || out.stderr.limit.Truncated
 			return &res, nil
 		}

@@ -132,22 +132,51 @@ func (r *Runtime) writeAnswer(w http.ResponseWriter, v any, o *output, stdoutEnc
 	return nil
 }
 
-// spool is one output stream: its first spoolMemory bytes in mem, the rest in file.
-type spool struct {
-	dir   string
+// streamCheck is what the daemon follows of one output stream on its way to a client that
+// gets it whole: the stream's cap, and whether it is text.
+type streamCheck struct {
 	limit api.OutputLimit
 	text  utf8Check
-	mem   []byte
-	file  *os.File // unlinked; nil until mem is full
-	size  int64    // bytes in file
+}
+
+// keep returns the part of the next chunk b that the stream keeps, noted as text or not.
+func (c *streamCheck) keep(b []byte) []byte {
+	b = c.limit.Keep(b)
+	c.text.add(b)
+	return b
+}
+
+// encoding is the encoding the stream needs in JSON: utf-8 when it is text, else base64.
+func (c *streamCheck) encoding() string {
+	if c.text.valid() {
+		return api.EncodingUTF8
+	}
+	return api.EncodingBase64
+}
+
+// rawEncoding is how a framed answer (as it is, api.EventFrames) names the stream: utf-8 when
+// it is text, else raw.
+func (c *streamCheck) rawEncoding() string {
+	if c.text.valid() {
+		return api.EncodingUTF8
+	}
+	return api.EncodingRaw
+}
+
+// spool is one output stream: its first spoolMemory bytes in mem, the rest in file.
+type spool struct {
+	streamCheck
+	dir  string
+	mem  []byte
+	file *os.File // unlinked; nil until mem is full
+	size int64    // bytes in file
 }
 
 // write appends b, or what the stream's cap keeps of it.
 func (s *spool) write(b []byte) error {
-	if b = s.limit.Keep(b); len(b) == 0 {
+	if b = s.keep(b); len(b) == 0 {
 		return nil
 	}
-	s.text.add(b)
 	if s.file == nil && len(s.mem)+len(b) <= spoolMemory {
 		s.mem = append(s.mem, b...)
 		return nil
@@ -178,14 +207,6 @@ func spoolError(err error) error {
 		return api.Errorf(api.CodeInsufficientStorage, "the command's output does not fit on the host: the disk of nsbox's data dir, where output beyond %d bytes waits for the answer, is full (%v); free space on the host, ask for less (maxOutputBytes), or stream the output (Accept: text/event-stream)", spoolMemory, err)
 	}
 	return fmt.Errorf("spool output: %w", err)
-}
-
-// encoding is the encoding the stream needs in JSON: utf-8 when it is text, else base64.
-func (s *spool) encoding() string {
-	if s.text.valid() {
-		return api.EncodingUTF8
-	}
-	return api.EncodingBase64
 }
 
 // writeJSON writes the stream as one JSON string in encoding enc.

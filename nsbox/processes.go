@@ -1,16 +1,15 @@
 package nsbox
 
 import (
-	"context"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/nsbox/nsbox/api"
 )
 
 // Processes live in the sandbox's agent (package agent/process); the daemon checks request
-// bodies and relays the calls, so processes and their output outlive a daemon restart.
+// bodies and relays the calls, so processes and their output outlive a daemon restart. Their
+// exits come through the agent's watch stream (agentwatch.go).
 
 // processCall runs call with the agent of the running sandbox the request names, and answers
 // what it returns as JSON with status (or no body, with 204, when it returns nil).
@@ -42,34 +41,8 @@ func (r *Runtime) handleStartProcess(w http.ResponseWriter, req *http.Request) e
 		return err
 	}
 	return r.processCall(w, req, http.StatusCreated, func(a *agentClient) (any, error) {
-		p, err := a.startProcess(req.Context(), body)
-		if err == nil {
-			go r.followProcess(id, a, p)
-		}
-		return p, err
+		return a.startProcess(req.Context(), body)
 	})
-}
-
-// followWait is how long each wait of followProcess lasts before it asks again.
-const followWait = time.Hour
-
-// followProcess publishes a process's exit (or its failure to start) once it has ended: it
-// waits for it through the agent until the process ends or the agent is gone (the sandbox is
-// removed, or the daemon stops: a later daemon does not follow processes started before).
-func (r *Runtime) followProcess(id string, a *agentClient, p *api.Process) {
-	for p.Status == api.ProcessRunning {
-		res, err := a.waitProcess(context.Background(), p.ID, api.WaitProcessRequest{TimeoutMs: followWait.Milliseconds()})
-		if err != nil {
-			return
-		}
-		p = &res.Process
-	}
-	oom := ""
-	if p.OOMKilled {
-		oom = "true"
-	}
-	r.ops.events.publish(api.EventProcessExited, id, "process", p.ID, "status", p.Status, "exitCode", strconv.Itoa(p.ExitCode),
-		"signal", p.Signal, "error", p.Error, "oomKilled", oom)
 }
 
 func (r *Runtime) handleListProcesses(w http.ResponseWriter, req *http.Request) error {

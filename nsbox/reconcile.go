@@ -15,7 +15,9 @@ import (
 //   - a sandbox whose create never finished is rolled back and forgotten;
 //   - a running sandbox whose container is gone or whose agent does not answer is marked
 //     failed (it can still be removed, which cleans up what is left);
-//   - a container, run dir or data dir with no record is destroyed.
+//   - a container, run dir or data dir with no record is destroyed;
+//   - each sandbox kept is published as a sandbox.loaded event with the state it is in, and
+//     the agents of those that run are followed (agentwatch.go).
 //
 // Networks with no record are removed by reconcileNetwork.
 func (r *Runtime) reconcile() error {
@@ -65,9 +67,17 @@ func (r *Runtime) reconcile() error {
 			}
 			sb.rec.PID = sb.inst.PID()
 			r.watch(sb, sb.inst)
+			r.followAgent(rec.ID, sb.inst, sb.agent) // a paused one's answers once it is resumed
 			if rec.Status == api.StatusRunning {
 				r.repushEnv(sb)
 			}
+		}
+	}
+	// What each sandbox is now, for whoever follows the events from the first.
+	for _, rec := range recs {
+		if sb := r.sandboxes[rec.ID]; sb != nil { // not a create rolled back
+			now := sb.snapshot()
+			r.ops.events.publish(api.EventSandboxLoaded, rec.ID, "status", now.Status, "image", now.Image, "error", now.Error)
 		}
 	}
 	// Whatever has no record: a container, or a leftover run or data dir.

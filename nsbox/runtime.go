@@ -644,8 +644,9 @@ func (r *Runtime) abortCreate(sb *sandbox) {
 
 // bind makes a started container the sandbox rec describes: its hostname, its limits when
 // they differ from the ones it was started with, its network, and its agent's hostname,
-// sandbox environment, working directory and user; then it starts entrypoint, when given, as
-// the process api.EntrypointProcess (one that cannot start is a failed process, not an error).
+// sandbox environment, working directory and user; it opens the agent's watch stream
+// (agentwatch.go); then it starts entrypoint, when given, as the process
+// api.EntrypointProcess (one that cannot start is a failed process, not an error).
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits, entrypoint []string) error {
 	if err := r.bindHost(rec, sc, lim); err != nil {
 		return err
@@ -675,6 +676,9 @@ func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits
 // entrypoint.
 func (r *Runtime) bindAgent(ctx context.Context, rec *record, sc *startedContainer, entrypoint []string) error {
 	if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
+		return err
+	}
+	if err := awaitFollow(ctx, r.followAgent(rec.ID, sc.inst, sc.agent)); err != nil {
 		return err
 	}
 	if len(entrypoint) == 0 {

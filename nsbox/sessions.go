@@ -81,17 +81,13 @@ func (r *Runtime) Session(ctx context.Context, id, sid string) (*api.Session, er
 }
 
 func (r *Runtime) handleDeleteSession(w http.ResponseWriter, req *http.Request) error {
-	err := r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
+	// Its session.ended event comes through the agent's watch stream (agentwatch.go).
+	return r.sessionCall(w, req, func(a *agentClient, ctx context.Context, sid string) error {
 		if err := a.deleteSession(ctx, sid); err != nil {
 			return err
 		}
 		return r.forgetSession(req.PathValue("id"), sid)
 	})
-	if err != nil {
-		return err
-	}
-	r.ops.events.publish(api.EventSessionEnded, req.PathValue("id"), "session", req.PathValue("sid"), "reason", "deleted")
-	return nil
 }
 
 func (r *Runtime) handleCancelSession(w http.ResponseWriter, req *http.Request) error {
@@ -113,8 +109,9 @@ func (r *Runtime) sessionCall(w http.ResponseWriter, req *http.Request, call fun
 
 // handleExec runs a command in a session: the one named in the path, in the body, or the
 // sandbox's default session. With Accept: text/event-stream the events stream as SSE as the
-// output is produced; otherwise the answer is one ExecResult when the command has finished,
-// its output spooled until then (output.go).
+// output is produced; with Accept: application/x-nsbox-frames the answer is the whole output
+// as raw frames, then the result (answerFrames); otherwise the answer is one ExecResult when
+// the command has finished, its output spooled until then (output.go).
 func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExecRequest
 	if err := api.DecodeJSON(w, req, &body, false); err != nil {
@@ -135,11 +132,12 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	if _, err := body.StdinBytes(); err != nil {
 		return err
 	}
-	stream := api.WantsEventStream(req)
+	// Frames are a stream too: the daemon holds none of the output.
+	stream, frames := api.WantsEventStream(req), api.WantsFrames(req)
 	if body.MaxOutputBytes < 0 {
 		return api.Errorf(api.CodeInvalidArgument, "maxOutputBytes must not be negative")
 	}
-	if !stream {
+	if !stream && !frames {
 		// The agent keeps to the cap too, so what would be dropped is not even sent.
 		var err error
 		if body.MaxOutputBytes, err = r.outputCap(body.MaxOutputBytes); err != nil {
@@ -160,14 +158,17 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		relayExec(api.NewSSEWriter(w), events)
 		return nil
 	}
+	if frames {
+		if err := answerFrames(w, events, body.MaxOutputBytes); err != nil {
+			return l.failure(req.Context(), err)
+		}
+		return nil
+	}
 	out := r.newOutput(body.MaxOutputBytes)
 	defer out.close()
 	res, err := collectResult(events, out)
 	if err != nil {
 		return l.failure(req.Context(), err)
-	}
-	if res.SessionEnded {
-		r.ops.events.publish(api.EventSessionEnded, l.rec.ID, "session", res.SessionID, "reason", "its shell exited")
 	}
 	return r.writeAnswer(w, res, out, res.StdoutEncoding, res.StderrEncoding)
 }
@@ -196,17 +197,71 @@ func collectResult(events *eventStream, out *output) (*api.ExecResult, error) {
 				return nil, err
 			}
 		case api.EventExit:
-			var ev api.ExecEvent
-			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
-				return nil, fmt.Errorf("exit event without a result: %q", data)
+			res, err := execResult(data, &out.stdout.streamCheck, &out.stderr.streamCheck)
+			if err != nil {
+				return nil, err
 			}
-			res := *ev.Result
-			res.Stdout, res.Stderr = "", ""
 			res.StdoutEncoding, res.StderrEncoding = out.stdout.encoding(), out.stderr.encoding()
-			res.StdoutTruncated = res.StdoutTruncated || out.stdout.limit.Truncated
-			res.StderrTruncated = res.StderrTruncated || out.stderr.limit.Truncated
-			res.Truncated = res.StdoutTruncated || res.StderrTruncated
-			return &res, nil
+			return res, nil
+		}
+	}
+}
+
+// execResult is the result an exit event carries, with empty Stdout and Stderr (the client
+// gets them apart) and what the daemon's checks of the streams saw: their truncation. The
+// caller sets the encodings.
+func execResult(exit []byte, stdout, stderr *streamCheck) (*api.ExecResult, error) {
+	var ev api.ExecEvent
+	if err := json.Unmarshal(exit, &ev); err != nil || ev.Result == nil {
+		return nil, fmt.Errorf("exit event without a result: %q", exit)
+	}
+	res := *ev.Result
+	res.Stdout, res.Stderr = "", ""
+	res.StdoutTruncated = res.StdoutTruncated || stdout.limit.Truncated
+	res.StderrTruncated = res.StderrTruncated || stderr.limit.Truncated
+	res.Truncated = res.StdoutTruncated || res.StderrTruncated
+	return &res, nil
+}
+
+// answerFrames answers an exec as frames (api.EventFrames) as its events come: the output's
+// chunks as raw bytes, each stream within its cap (max; 0: no bound), and the exit event, whose result
+// says which stream was truncated and which is text ("utf-8") or not ("raw"). Nothing is
+// spooled and nothing is encoded. An error before the first frame is returned (the caller
+// answers it); one after it ends the frames with an error frame.
+func answerFrames(w http.ResponseWriter, events *eventStream, max int64) error {
+	out := api.NewFrameWriter(w)
+	checks := map[string]*streamCheck{api.EventStdout: {limit: api.OutputLimit{Max: max}}, api.EventStderr: {limit: api.OutputLimit{Max: max}}}
+	sent := false
+	for {
+		name, data, err := events.Next()
+		if err != nil {
+			if !sent {
+				return streamError(err)
+			}
+			_ = out.SendError(streamError(err))
+			return nil
+		}
+		switch name {
+		case api.EventStdout, api.EventStderr:
+			if data = checks[name].keep(data); len(data) == 0 {
+				continue
+			}
+		case api.EventExit:
+			stdout, stderr := checks[api.EventStdout], checks[api.EventStderr]
+			res, err := execResult(data, stdout, stderr)
+			if err != nil {
+				_ = out.SendError(streamError(err))
+				return nil
+			}
+			res.StdoutEncoding, res.StderrEncoding = stdout.rawEncoding(), stderr.rawEncoding()
+			if data, err = json.Marshal(api.ExecEvent{Type: api.EventExit, Result: res}); err != nil {
+				_ = out.SendError(streamError(fmt.Errorf("encode exit event: %w", err)))
+				return nil
+			}
+		}
+		sent = true
+		if out.Send(name, data) != nil || name == api.EventExit {
+			return nil
 		}
 	}
 }

@@ -2,7 +2,6 @@ package nsbox
 
 import (
 	"context"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -20,9 +19,9 @@ import (
 
 // Stats: a sandbox's resource use is read when it is asked for, from its cgroup (through the
 // backend: CPU, memory, pids, OOM kills), its host veth's counters (package net) and its disk's
-// file system; its open sessions and running processes are counted by its agent (GET
-// /v1/stats reuses a count for 5-10 s). CPU percent is the use since the previous reading of
-// the same sandbox, kept here with its OOM count;
+// file system; its open sessions and running processes are the counts its agent last told the
+// daemon (agentwatch.go), or, while it has not, asked of the agent. CPU percent is the use
+// since the previous reading of the same sandbox, kept here with its OOM count;
 // monitor reads every sandbox's cgroup every monitorInterval to publish OOM kills as events.
 
 // monitorInterval is how often the daemon looks for OOM kills.
@@ -31,40 +30,27 @@ const monitorInterval = 2 * time.Second
 // statsParallel bounds the agents asked at once for their counts by GET /v1/stats.
 const statsParallel = 16
 
-// ops is what the daemon keeps for its operators: the event log, the metrics, and each
-// sandbox's last reading.
+// ops is what the daemon keeps for its operators: the event log, the metrics, each sandbox's
+// last reading, and the watches of the agents.
 type ops struct {
 	events  *eventLog
 	metrics *metrics
 	started time.Time // when the daemon started
 	mu      sync.Mutex
-	last    map[string]reading // by sandbox id
+	last    map[string]reading      // by sandbox id
+	follows map[string]*agentFollow // by sandbox id
 }
 
-// reading is a sandbox's CPU time at a moment, the OOM kills the monitor has seen, and its
-// agent's last counts.
+// reading is a sandbox's CPU time at a moment, and the OOM kills the monitor has seen.
 type reading struct {
 	cpu      uint64
 	at       time.Time
 	ooms     uint64
 	oomsSeen bool // ooms has been read
-	counts   counts
 }
-
-// counts are a sandbox's open sessions and running processes as its agent answered, and
-// until when GET /v1/stats may answer them again instead of asking.
-type counts struct {
-	sessions, processes *int
-	fresh               time.Time
-}
-
-// countsReuse is how long GET /v1/stats reuses a sandbox's counts: from countsReuse to twice
-// that, at random, so that the sandboxes' agents are asked at different times, not all in
-// one reading. A sandbox's own stats always ask.
-const countsReuse = 5 * time.Second
 
 func newOps(r *Runtime) *ops {
-	o := &ops{events: newEventLog(), started: time.Now(), last: map[string]reading{}}
+	o := &ops{events: newEventLog(), started: time.Now(), last: map[string]reading{}, follows: map[string]*agentFollow{}}
 	o.metrics = newMetrics(r)
 	return o
 }
@@ -93,7 +79,9 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*api.SandboxStats, erro
 		return nil, api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
 	}
 	st := r.readStats(s, statsRead{sample: true})
-	r.countInside(ctx, s, &st, false)
+	if !r.countInside(s, &st) {
+		r.askInside(ctx, s, &st)
+	}
 	return &st, nil
 }
 
@@ -112,10 +100,13 @@ func (r *Runtime) AllStats(ctx context.Context) []api.SandboxStats {
 	how := r.bulkRead(true)
 	for i, s := range of {
 		out[i] = r.readStats(s, how)
+		if r.countInside(s, &out[i]) {
+			continue
+		}
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			r.countInside(ctx, s, &out[i], true)
+			r.askInside(ctx, s, &out[i])
 		})
 	}
 	wg.Wait()
@@ -189,26 +180,28 @@ func (o *ops) sample(id string, cg backend.Stats, at time.Time) reading {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	prev := o.last[id]
-	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms, oomsSeen: prev.oomsSeen, counts: prev.counts}
+	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms, oomsSeen: prev.oomsSeen}
 	return prev
 }
 
-// countInside sets a running sandbox's open sessions and running processes, asking its agent,
-// or with reuse answering its last counts while they are fresh.
-func (r *Runtime) countInside(ctx context.Context, s statsOf, st *api.SandboxStats, reuse bool) {
+// countInside sets a running sandbox's open sessions and running processes to the counts its
+// agent last told the daemon; false when it has not (its watch stream is not open), and the
+// sandbox runs: then askInside can.
+func (r *Runtime) countInside(s statsOf, st *api.SandboxStats) bool {
 	if s.rec.Status != api.StatusRunning || s.agent == nil {
-		return
+		return true
 	}
-	id := s.rec.ID
-	if reuse {
-		r.ops.mu.Lock()
-		c := r.ops.last[id].counts
-		r.ops.mu.Unlock()
-		if time.Now().Before(c.fresh) {
-			st.Sessions, st.Processes = c.sessions, c.processes
-			return
-		}
+	c := r.ops.countsOf(s.rec.ID, s.inst)
+	if c == nil {
+		return false
 	}
+	st.Sessions, st.Processes = &c.sessions, &c.processes
+	return true
+}
+
+// askInside sets a running sandbox's open sessions and running processes as its agent answers
+// them.
+func (r *Runtime) askInside(ctx context.Context, s statsOf, st *api.SandboxStats) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if sessions, err := s.agent.listSessions(ctx); err == nil {
@@ -223,12 +216,6 @@ func (r *Runtime) countInside(ctx context.Context, s statsOf, st *api.SandboxSta
 	if procs, err := s.agent.listProcesses(ctx, url.Values{"status": {api.ProcessRunning}}); err == nil {
 		n := len(procs)
 		st.Processes = &n
-	}
-	r.ops.mu.Lock()
-	defer r.ops.mu.Unlock()
-	if prev, ok := r.ops.last[id]; ok { // a sandbox removed meanwhile has none
-		prev.counts = counts{sessions: st.Sessions, processes: st.Processes, fresh: time.Now().Add(countsReuse + rand.N(countsReuse))}
-		r.ops.last[id] = prev
 	}
 }
 

@@ -28,7 +28,21 @@ type Manager struct {
 	defaultMu sync.Mutex // one get-or-create of the default session at a time
 	reserve   *reserve   // room kept in dir's file system for when the sandbox fills it
 	store     *os.File   // the private store sessions get their private folders in (nil: none)
+
+	// changed is told of each session's start and end (OnChange).
+	changed func(Change)
 }
+
+// Change is a session that started or ended, as OnChange reports it.
+type Change struct {
+	ID      string
+	Ended   bool
+	Deleted bool // it ended by Delete, not by its shell exiting
+}
+
+// OnChange has fn called each time a session starts and each time one ends (an end from a
+// goroutine of its own). Set it before the first session is created.
+func (m *Manager) OnChange(fn func(Change)) { m.changed = fn }
 
 // NewManager returns a manager that keeps session files under dir; its sessions start in cwd
 // with the sandbox environment env.
@@ -88,12 +102,23 @@ func (m *Manager) Create(opts Options) (*Session, error) {
 	}
 	s, err := newSession(opts, m.dir, m.start, m.env, m.reserve, m.store)
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if err != nil {
 		delete(m.sessions, opts.ID)
+		m.mu.Unlock()
 		return nil, err
 	}
 	m.sessions[opts.ID] = s
+	m.mu.Unlock()
+	if m.changed != nil {
+		m.changed(Change{ID: opts.ID})
+		go func() {
+			<-s.done
+			s.mu.Lock()
+			deleted := s.deleted
+			s.mu.Unlock()
+			m.changed(Change{ID: opts.ID, Ended: true, Deleted: deleted})
+		}()
+	}
 	return s, nil
 }
 
@@ -147,6 +172,19 @@ func (m *Manager) List() []Info {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// Open counts the sessions that have not ended.
+func (m *Manager) Open() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, s := range m.sessions {
+		if !s.Ended() {
+			n++
+		}
+	}
+	return n
 }
 
 // Delete ends a session: its shell and every process it started are killed.

@@ -308,7 +308,7 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 	c.runMu.Lock()
 	defer c.runMu.Unlock()
 	began := time.Now()
-	res := &api.RunCodeResult{Results: []map[string]any{}, Encoding: api.EncodingUTF8} // its output is the caller's to gather
+	res := &api.RunCodeResult{Results: []map[string]any{}, StdoutEncoding: api.EncodingUTF8, StderrEncoding: api.EncodingUTF8} // its output is the caller's to gather
 	ended := make(chan struct{})
 	var once sync.Once
 	vmTimedOut := false // set by the sink before it closes ended

@@ -66,10 +66,17 @@ type Manager struct {
 	defaults SandboxDefaults
 	session  SessionLookup
 
+	changed func(ended *api.Process) // see OnChange
+
 	mu    sync.Mutex
 	procs map[string]*Process
 	seq   int
 }
+
+// OnChange has fn called each time a process starts (with nil) and each time one ends or
+// fails to start (with it as it ended, from a goroutine of its own). Set it before the first
+// process is started.
+func (m *Manager) OnChange(fn func(ended *api.Process)) { m.changed = fn }
 
 // NewManager returns a manager that starts processes with start, from the sandbox's defaults
 // or a session's state.
@@ -207,6 +214,14 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 		p.mu.Unlock()
 		close(p.exited)
 		close(p.finished)
+	}
+	if m.changed != nil {
+		m.changed(nil)
+		go func() {
+			<-p.exited
+			info := p.Info()
+			m.changed(&info)
+		}()
 	}
 	return p, nil
 }

@@ -44,6 +44,7 @@ type response struct {
 type mediaType struct {
 	Schema *schema  `json:"schema"`
 	SSE    *sseSpec `json:"x-sse"`
+	Frames *sseSpec `json:"x-frames"` // the events of frames, as x-sse's (frames.go)
 }
 
 // sseSpec describes a text/event-stream body: the schema of each event's data, by event name,
@@ -147,11 +148,14 @@ func Load(path string) (*Spec, error) {
 			s.ops[strings.ToUpper(method)+" "+p] = op
 		}
 	}
-	// An event stream without x-sse would go unchecked.
+	// An event stream without x-sse, or frames without x-frames, would go unchecked.
 	for key, op := range s.ops {
 		for status, resp := range op.Responses {
 			if media := resp.Content[eventStream]; media != nil && media.SSE == nil {
 				return nil, fmt.Errorf("parse spec %s: %s: status %s: %s without x-sse", path, key, status, eventStream)
+			}
+			if media := resp.Content[frames]; media != nil && media.Frames == nil {
+				return nil, fmt.Errorf("parse spec %s: %s: status %s: %s without x-frames", path, key, status, frames)
 			}
 		}
 	}

@@ -119,19 +119,29 @@ func (st *SSEStream) event(lines []string) error {
 		return nil // only comments: not an event
 	}
 	st.n++
-	at := fmt.Sprintf("event %d (%s)", st.n, name)
-	if st.last != "" {
-		return fmt.Errorf("%s: comes after the final %q event", at, st.last)
+	return st.spec.checkEvent(st.sse, st.n, &st.last, name, []byte(strings.Join(data, "\n")))
+}
+
+// checkEvent checks the nth event of a stream that events documents, given its name and data
+// (JSON, or raw bytes for an event documented as a binary string), and notes a final event in
+// last (which must still be empty).
+func (s *Spec) checkEvent(events *sseSpec, n int, last *string, name string, data []byte) error {
+	at := fmt.Sprintf("event %d (%s)", n, name)
+	if *last != "" {
+		return fmt.Errorf("%s: comes after the final %q event", at, *last)
 	}
-	sc := st.sse.Events[name]
+	sc := events.Events[name]
 	if sc == nil {
-		return fmt.Errorf("%s: event %q is not documented (documented: %s)", at, name, strings.Join(slices.Sorted(maps.Keys(st.sse.Events)), ", "))
+		return fmt.Errorf("%s: event %q is not documented (documented: %s)", at, name, strings.Join(slices.Sorted(maps.Keys(events.Events)), ", "))
 	}
-	v, err := decodeJSON([]byte(strings.Join(data, "\n")))
+	if sc.Type == "string" && sc.Format == "binary" {
+		return nil // raw bytes: anything goes
+	}
+	v, err := decodeJSON(data)
 	if err != nil {
 		return fmt.Errorf("%s: data %w", at, err)
 	}
-	if err := st.spec.validate(sc, v, "$", 0); err != nil {
+	if err := s.validate(sc, v, "$", 0); err != nil {
 		return fmt.Errorf("%s: %w", at, err)
 	}
 	if obj, ok := v.(map[string]any); ok {
@@ -139,8 +149,8 @@ func (st *SSEStream) event(lines []string) error {
 			return fmt.Errorf("%s: $.type is %s, but the event is named %q", at, short(typ), name)
 		}
 	}
-	if slices.Contains(st.sse.EndsWith, name) {
-		st.last = name
+	if slices.Contains(events.EndsWith, name) {
+		*last = name
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"embed"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,4 +44,31 @@ func agentBinary(dir, self string) (string, error) {
 		return "", fmt.Errorf("the agent binary: %w", err)
 	}
 	return path, nil
+}
+
+// pruneAgents removes the agent binaries under dir that earlier builds wrote (7 MB each), and
+// temporary files a write cut short left: all but current. No sandbox needs them: a running
+// one runs the copy a daemon staged for it (nsbox/stage.go), or, started by a daemon from
+// before the stage, a bind mount of its file, which keeps the file's data until the sandbox
+// ends (removing the source of a bind mount in another mount namespace leaves the mount as it
+// is); a sandbox without a container (hibernated) starts its next one with the current agent.
+func pruneAgents(dir, current string, log *slog.Logger) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list agent binaries: %w", err)
+	}
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if path == current || !strings.HasPrefix(strings.TrimPrefix(e.Name(), "."), "nsbox-agent-") {
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("remove an old agent binary: %w", err)
+		}
+		log.Info("removed an old agent binary", "path", path)
+	}
+	return nil
 }

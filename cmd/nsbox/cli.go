@@ -293,24 +293,8 @@ func runInSession(c *cli.Context, id string, req api.ExecRequest) error {
 		}
 		req.Stdin, req.StdinEncoding = base64.StdEncoding.EncodeToString(stdin), api.EncodingBase64
 	}
-	res, err := apiClient(c).ExecStream(c.Context, id, req, func(ev api.ExecEvent) error {
-		out := os.Stdout
-		switch ev.Type {
-		case api.EventStderr:
-			out = os.Stderr
-		case api.EventStdout:
-		default:
-			return nil
-		}
-		data, err := ev.Bytes()
-		if err == nil {
-			_, err = out.Write(data)
-		}
-		if err != nil {
-			return fmt.Errorf("write output: %w", err) // ends the command too
-		}
-		return nil
-	})
+	// A failed write to stdout or stderr ends the command too.
+	res, err := apiClient(c).ExecTo(c.Context, id, req, os.Stdout, os.Stderr)
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,12 @@ func TestCodeContexts(t *testing.T) {
 	if res.Stdout != "in /workspace\n" || res.Stderr != "oops\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
 		t.Errorf("state, output and the last expression: %+v", res)
 	}
+	// Each stream in its own encoding: stdout text, stderr bytes that are not UTF-8.
+	res = run(py.ID, "import sys; print('text é'); sys.stdout.flush(); sys.stderr.buffer.write(b'\\xff\\x00x'); sys.stderr.flush()", 0)
+	if stdout, stderr, err := res.Output(); err != nil || res.StdoutEncoding != api.EncodingUTF8 || res.StderrEncoding != api.EncodingBase64 ||
+		res.Stdout != "text é\n" || string(stdout) != "text é\n" || string(stderr) != "\xff\x00x" {
+		t.Errorf("per-stream encodings: %q (%s) %q (%s), %q %q %v", res.Stdout, res.StdoutEncoding, res.Stderr, res.StderrEncoding, stdout, stderr, err)
+	}
 	if res := run(py.ID, "{'rows': [1, 2]}", 0); len(res.Results) != 1 || res.Results[0]["application/json"] == nil {
 		t.Errorf("a JSON result: %+v", res.Results)
 	}

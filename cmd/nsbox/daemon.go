@@ -210,6 +210,9 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer rt.Close()
+	if err := pruneAgents(filepath.Join(c.String("data-dir"), "agent"), agentBin, log); err != nil {
+		log.Warn("old agent binaries are kept", "err", err)
+	}
 
 	servers, err := listenAll(eps, c, rt, auth.NewService(tokens, rt, c.StringSlice("cors-origin"), log), tlsCfg, log)
 	if err != nil {

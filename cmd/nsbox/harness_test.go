@@ -653,6 +653,19 @@ func (s *specCheckingTransport) RoundTrip(req *http.Request) (*http.Response, er
 		resp.Body = &sseCheckingBody{ReadCloser: resp.Body, t: s.t, stream: stream}
 		return resp, nil
 	}
+	if resp.Header.Get("Content-Type") == api.EventFrames {
+		// An exec's answer as frames, checked whole (it is kept to the output cap).
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		if err := apiSpec.ValidateFrames(req.Method, req.URL.EscapedPath(), resp.StatusCode, body); err != nil {
+			s.t.Errorf("frames do not match the API spec: %v", err)
+		}
+		return resp, nil
+	}
 	if ct := resp.Header.Get("Content-Type"); ct == "application/octet-stream" || ct == "application/x-tar" || strings.HasPrefix(ct, "multipart/byteranges") {
 		// A file's raw content is left unread (it may be 1 GiB): it is checked only for being a
 		// documented non-JSON answer of its operation (a nil body passes only then).

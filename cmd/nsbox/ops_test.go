@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
+	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
 
 // eventWatch collects the daemon's events from one GET /v1/events stream.
@@ -399,5 +402,227 @@ func TestStatsStreamAndCLI(t *testing.T) {
 	}
 	if len(want) > 0 {
 		t.Errorf("nsbox events did not print %q", want)
+	}
+}
+
+// waitCounts waits until GET /v1/stats answers the sandbox's open sessions and running
+// processes as want, and fails the test if it does not within a minute (a bound for a broken
+// daemon, not a speed check: the agent tells the daemon of each change as it happens).
+func (d *testDaemon) waitCounts(id string, sessions, processes int) {
+	d.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		all, err := d.client.AllStats(context.Background())
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		var got api.SandboxStats
+		for _, st := range all {
+			if st.ID == id {
+				got = st
+			}
+		}
+		if got.Sessions != nil && got.Processes != nil && *got.Sessions == sessions && *got.Processes == processes {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("stats of %s: sessions %v, processes %v; want %d and %d", id, ptrValue(got.Sessions), ptrValue(got.Processes), sessions, processes)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func ptrValue(p *int) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// truthCounts are a sandbox's open sessions and running processes as its agent lists them.
+func (d *testDaemon) truthCounts(id string) (sessions, processes int) {
+	d.t.Helper()
+	ctx := context.Background()
+	list, err := d.client.ListSessions(ctx, id)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	for _, s := range list {
+		if s.Status != api.SessionEnded {
+			sessions++
+		}
+	}
+	procs, err := d.client.ListProcesses(ctx, id, api.ProcessRunning, "")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return sessions, len(procs)
+}
+
+// TestStatsCountsFollowEnds checks the sessions and processes that stats count (the daemon
+// keeps them, told by each agent's watch stream) after they end by themselves: a shell's
+// exit during a JSON exec and during a streamed one, a process that exits, one killed from
+// inside; across a daemon restart (whose events say which sandboxes it loaded, in which
+// state, and which go on to publish the exits of processes started before it); and after a
+// hibernated sandbox comes back with a new agent. Each end is an event.
+func TestStatsCountsFollowEnds(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	events := d.watchEvents(client.EventsOptions{Replay: true})
+	d.create(api.CreateSandboxRequest{ID: "cnt"})
+	d.sh("cnt", "true") // the default session (started in the background by the create)
+	d.waitCounts("cnt", 1, 0)
+
+	// A shell that exits in a JSON exec, then one in a streamed exec.
+	if _, err := d.client.CreateSession(ctx, "cnt", api.CreateSessionRequest{ID: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	d.waitCounts("cnt", 2, 0)
+	if res := d.exec("cnt", api.ExecRequest{SessionID: "s1", Command: "exit 3"}); !res.SessionEnded {
+		t.Errorf("exit in s1: %+v", res)
+	}
+	if ev := events.next(api.EventSessionEnded, "cnt"); ev.Details["session"] != "s1" || ev.Details["reason"] != api.SessionShellExited {
+		t.Errorf("session ended event of s1: %+v", ev)
+	}
+	d.waitCounts("cnt", 1, 0)
+	if _, err := d.client.CreateSession(ctx, "cnt", api.CreateSessionRequest{ID: "s2"}); err != nil {
+		t.Fatal(err)
+	}
+	d.waitCounts("cnt", 2, 0)
+	res, err := d.client.ExecStream(ctx, "cnt", api.ExecRequest{SessionID: "s2", Command: "exit 4"}, func(api.ExecEvent) error { return nil })
+	if err != nil || !res.SessionEnded {
+		t.Errorf("exit in s2, streamed: %+v, %v", res, err)
+	}
+	if ev := events.next(api.EventSessionEnded, "cnt"); ev.Details["session"] != "s2" || ev.Details["reason"] != api.SessionShellExited {
+		t.Errorf("session ended event of s2: %+v", ev)
+	}
+	d.waitCounts("cnt", 1, 0)
+
+	// A process that exits, and one killed from inside the sandbox.
+	d.startProc("cnt", api.StartProcessRequest{ID: "seven", Command: "exit 7"})
+	if ev := events.next(api.EventProcessExited, "cnt"); ev.Details["process"] != "seven" || ev.Details["exitCode"] != "7" {
+		t.Errorf("process exited event of seven: %+v", ev)
+	}
+	sleeper := d.startProc("cnt", api.StartProcessRequest{ID: "sleeper", Argv: []string{"sleep", "1000"}})
+	d.waitCounts("cnt", 1, 1)
+	d.sh("cnt", fmt.Sprintf("kill %d", sleeper.PID))
+	if ev := events.next(api.EventProcessExited, "cnt"); ev.Details["process"] != "sleeper" || ev.Details["signal"] != "SIGTERM" {
+		t.Errorf("process exited event of sleeper: %+v", ev)
+	}
+	d.waitCounts("cnt", 1, 0)
+
+	// A daemon restart: a process and a session from before it, and a hibernated sandbox whose
+	// process restarts on resume.
+	late := d.startProc("cnt", api.StartProcessRequest{ID: "late", Argv: []string{"sleep", "1000"}})
+	if _, err := d.client.CreateSession(ctx, "cnt", api.CreateSessionRequest{ID: "s3"}); err != nil {
+		t.Fatal(err)
+	}
+	d.waitCounts("cnt", 2, 1)
+	d.create(api.CreateSandboxRequest{ID: "hib"})
+	d.startProc("hib", api.StartProcessRequest{ID: "srv", Argv: []string{"sleep", "1000"}, Restart: api.RestartOnResume})
+	if sessions, processes := d.truthCounts("hib"); processes != 1 {
+		t.Errorf("hib runs %d processes, want its srv", processes)
+	} else {
+		d.waitCounts("hib", sessions, processes)
+	}
+	if _, err := d.client.HibernateSandbox(ctx, "hib", api.HibernateRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	events.close()
+	d.stop()
+	d.start()
+	events = d.watchEvents(client.EventsOptions{Replay: true})
+	loaded := map[string]string{}
+	for len(loaded) < 2 {
+		ev := <-events.events
+		if ev.Type == api.EventSandboxLoaded {
+			loaded[ev.Sandbox] = ev.Details["status"]
+		}
+	}
+	if loaded["cnt"] != api.StatusRunning || loaded["hib"] != api.StatusHibernated {
+		t.Errorf("loaded events: %v", loaded)
+	}
+	d.waitCounts("cnt", 2, 1)
+	d.sh("cnt", fmt.Sprintf("kill %d", late.PID))
+	if ev := events.next(api.EventProcessExited, "cnt"); ev.Details["process"] != "late" {
+		t.Errorf("process exited event of late, after a daemon restart: %+v", ev)
+	}
+	if res := d.exec("cnt", api.ExecRequest{SessionID: "s3", Command: "exit"}); !res.SessionEnded {
+		t.Errorf("exit in s3: %+v", res)
+	}
+	if ev := events.next(api.EventSessionEnded, "cnt"); ev.Details["session"] != "s3" {
+		t.Errorf("session ended event of s3, after a daemon restart: %+v", ev)
+	}
+	d.waitCounts("cnt", 1, 0)
+
+	// A new agent: the hibernated sandbox resumed.
+	if _, err := d.client.ResumeSandbox(ctx, "hib"); err != nil {
+		t.Fatal(err)
+	}
+	sessions, processes := d.truthCounts("hib")
+	if processes != 1 {
+		t.Errorf("hib runs %d processes after resume, want its srv", processes)
+	}
+	d.waitCounts("hib", sessions, processes)
+	if err := d.client.RemoveSandbox(ctx, "hib", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEntrypointExitEvent: the entrypoint process's exit is an event, as any process's is,
+// however soon it exits after the create.
+func TestEntrypointExitEvent(t *testing.T) {
+	d := startDaemon(t)
+	ref := d.importImage("test/entrypoint:v1", ocitest.BusyboxImage(t)) // sh -c 'echo hi'
+	events := d.watchEvents(client.EventsOptions{})
+	sb := d.create(api.CreateSandboxRequest{Image: ref, RunEntrypoint: true})
+	if ev := events.next(api.EventProcessExited, sb.ID); ev.Details["process"] != api.EntrypointProcess || ev.Details["status"] != api.ProcessExited || ev.Details["exitCode"] != "0" {
+		t.Errorf("the entrypoint's exit event: %+v", ev)
+	}
+	d.waitCounts(sb.ID, 1, 0) // the default session
+}
+
+// TestOldAgentBinariesPruned: at its start the daemon removes the agent binaries of earlier
+// builds (and a temporary file a write cut short left) and keeps its own; a sandbox running
+// since before, on an earlier build's agent, goes on working, and so does one hibernated
+// before, which resumes with the current agent.
+func TestOldAgentBinariesPruned(t *testing.T) {
+	d := startDaemon(t)
+	dir := filepath.Join(d.dataDir, "agent")
+	current, err := filepath.Glob(filepath.Join(dir, "nsbox-agent-*"))
+	if err != nil || len(current) != 1 {
+		t.Skipf("no embedded agent binary in %s (%v, %v): a plain go build", dir, current, err)
+	}
+	d.create(api.CreateSandboxRequest{ID: "old"})
+	d.create(api.CreateSandboxRequest{ID: "hib"})
+	if _, err := d.client.HibernateSandbox(context.Background(), "hib", api.HibernateRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	d.stop()
+	// The sandboxes' agent binary becomes an earlier build's: another name, the same file.
+	earlier := filepath.Join(dir, "nsbox-agent-0000000000000001")
+	partial := filepath.Join(dir, ".nsbox-agent-0000000000000001-123456")
+	other := filepath.Join(dir, "README")
+	if err := os.Rename(current[0], earlier); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{partial, other} {
+		if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.start()
+	exists := func(path string) bool {
+		_, err := os.Stat(path)
+		return err == nil
+	}
+	if !exists(current[0]) || exists(earlier) || exists(partial) || !exists(other) {
+		t.Errorf("after a start: current %t, earlier %t, partial %t, another file %t (want true, false, false, true)",
+			exists(current[0]), exists(earlier), exists(partial), exists(other))
+	}
+	for _, id := range []string{"old", "hib"} {
+		if out := d.sh(id, "echo ok"); out != "ok\n" {
+			t.Errorf("%s after its agent binary was removed: %q", id, out)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -237,12 +238,14 @@ func TestExecOutputIsByteExact(t *testing.T) {
 	for i := range all {
 		all[i] = byte(i)
 	}
-	res := d.exec("bytes", api.ExecRequest{Argv: []string{"cat"}, Stdin: base64.StdEncoding.EncodeToString(all), StdinEncoding: "base64"})
-	stdout, _, err := res.Output()
-	if err != nil || string(stdout) != string(all) || res.StdoutEncoding != api.EncodingBase64 || res.StderrEncoding != api.EncodingUTF8 {
-		t.Fatalf("256 byte values through cat: %v encodings %s %s, got %q", err, res.StdoutEncoding, res.StderrEncoding, stdout)
+	for _, a := range execAnswers {
+		res := a.exec(d, "bytes", api.ExecRequest{Argv: []string{"cat"}, Stdin: base64.StdEncoding.EncodeToString(all), StdinEncoding: "base64"})
+		stdout, _, err := res.Output()
+		if err != nil || string(stdout) != string(all) || res.StdoutEncoding != a.notText || res.StderrEncoding != api.EncodingUTF8 {
+			t.Fatalf("%s: 256 byte values through cat: %v encodings %s %s, got %q", a.name, err, res.StdoutEncoding, res.StderrEncoding, stdout)
+		}
 	}
-	res = d.exec("bytes", api.ExecRequest{Command: `printf 'a\0b\r\nno newline'; printf 'err\n' >&2`})
+	res := d.exec("bytes", api.ExecRequest{Command: `printf 'a\0b\r\nno newline'; printf 'err\n' >&2`})
 	stdout, stderr, _ := res.Output()
 	if string(stdout) != "a\x00b\r\nno newline" || string(stderr) != "err\n" || res.StdoutEncoding != api.EncodingUTF8 || res.StderrEncoding != api.EncodingUTF8 {
 		t.Fatalf("NUL, CR and a missing newline: %q %q %s %s", stdout, stderr, res.StdoutEncoding, res.StderrEncoding)
@@ -402,17 +405,14 @@ func TestAgentDeathIsNoticed(t *testing.T) {
 	}
 }
 
-// TestExecOutputIsCappedWithoutStreaming: an exec answered as one JSON document keeps at most
-// 16 MiB of each stream and says it truncated (issue 11: 100 MB of output took the daemon to
-// 615 MB); streamed, the same command delivers all of it.
 // TestExecOutputIsCappedWithoutStreaming: a JSON answer keeps by default what the daemon's
-// --max-exec-output allows (here 16 MiB, below the 128 MiB default); a streamed exec has no
-// bound.
+// --max-exec-output allows (here 16 MiB, below the 128 MiB default); a streamed exec (events
+// or frames) has no bound.
 func TestExecOutputIsCappedWithoutStreaming(t *testing.T) {
 	d := startDaemon(t, "--max-exec-output", "16")
 	d.create(api.CreateSandboxRequest{ID: "big", Image: "busybox"})
 	cmd := "head -c 20000000 /dev/zero | tr '\\0' a; head -c 100 /dev/zero | tr '\\0' b >&2"
-	res := d.exec("big", api.ExecRequest{Command: cmd})
+	res := d.execJSON("big", api.ExecRequest{Command: cmd})
 	stdout, stderr, err := res.Output()
 	if err != nil || len(stdout) != 16<<20 || string(stderr) != strings.Repeat("b", 100) || !res.Truncated ||
 		!res.StdoutTruncated || res.StderrTruncated || res.ExitCode != 0 {
@@ -430,6 +430,11 @@ func TestExecOutputIsCappedWithoutStreaming(t *testing.T) {
 	})
 	if err != nil || n != 20000000 {
 		t.Fatalf("streamed: %d bytes, %v", n, err)
+	}
+	var out, errOut bytes.Buffer
+	if res, err = d.client.ExecTo(context.Background(), "big", api.ExecRequest{Command: cmd}, &out, &errOut); err != nil ||
+		out.Len() != 20000000 || errOut.String() != strings.Repeat("b", 100) || res.Truncated {
+		t.Fatalf("as frames: %d bytes out, %d err, %+v, %v", out.Len(), errOut.Len(), res, err)
 	}
 }
 

@@ -27,14 +27,15 @@ import (
 // ErrNotInstalled is what Start returns on a host without the lxcfs program.
 var ErrNotInstalled = errors.New("lxcfs is not installed")
 
-// Files are the files a container shows from an LXCFS mount, in place of its /proc's and
-// /sys's: memory and swap as the cgroup limits them, as many CPUs as the CPU quota (and
-// cpuset) gives (--enable-cfs), the container's own uptime and CPU and disk counters.
-// /proc/slabinfo is left out (nsbox masks it) and so is /proc/loadavg (its view needs a thread
-// that walks every cgroup).
+// Files are the files a container shows from an LXCFS mount, in place of its /proc's: memory
+// and swap as the cgroup limits them, as many CPUs as the CPU quota (and cpuset) gives
+// (--enable-cfs), the container's own uptime and CPU and disk counters. /proc/slabinfo is left
+// out (nsbox masks it) and so is /proc/loadavg (its view needs a thread that walks every
+// cgroup). So is /sys/devices/system/cpu/online: LXCFS 5.0.3's is one FUSE inode for every
+// container, and a read could come back cut at the size another container's view had ("0-"
+// for "0-1"); the daemon writes each container's own (nsbox/libcontainer, cpuset.go).
 var Files = []string{
 	"/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
-	"/sys/devices/system/cpu/online",
 }
 
 // startTimeout bounds how long a new LXCFS may take to answer on its mount.

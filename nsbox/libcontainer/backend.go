@@ -75,6 +75,7 @@ func (b *Backend) RunDir(id string) string { return filepath.Join(b.cfg.RunDir, 
 
 func (b *Backend) agentSocket(id string) string { return filepath.Join(b.RunDir(id), "agent.sock") }
 func (b *Backend) rootMount(id string) string   { return filepath.Join(b.RunDir(id), "rootfs") }
+func (b *Backend) cpusOnline(id string) string  { return filepath.Join(b.RunDir(id), "cpus-online") }
 
 // Start mounts a new container's root, starts the container with the agent as PID 1 and
 // returns once the agent runs. On failure nothing of it is left.
@@ -152,7 +153,10 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
-		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(), CPUs: b.cpus.pick(spec.ID, spec.Limits),
+		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(), CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
+	}
+	if err := writeCPUsOnline(cs.CPUsOnline, cs.CPUs); err != nil {
+		return nil, err
 	}
 	if spec.IDs.Enabled() {
 		// The overlay's lowers were mapped with the same namespace: it exists already. runc

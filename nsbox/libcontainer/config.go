@@ -56,8 +56,9 @@ type configSpec struct {
 	// runc maps the image's binds and read-only mounts with.
 	UserNS  string
 	Seccomp bool
-	// CPUs is the container's cpuset ("0,2").
-	CPUs string
+	// CPUs is the container's cpuset ("0-1"), and CPUsOnline the host file that lists them
+	// for its CPUsOnline (writeCPUsOnline).
+	CPUs, CPUsOnline string
 	// MaxOpenFiles is the container's open-file limit: the daemon's own hard limit, the most a
 	// process without CAP_SYS_RESOURCE can be given.
 	MaxOpenFiles uint64
@@ -124,6 +125,8 @@ func containerConfig(s configSpec) *configs.Config {
 		cfg.Mounts = append(cfg.Mounts, bindMount(m, s))
 	}
 	cfg.Mounts = append(cfg.Mounts, limitViews(s.LimitViews)...)
+	// Not id-mapped: root's file, read-only for all.
+	cfg.Mounts = append(cfg.Mounts, readonlyBind(backend.Mount{Source: s.CPUsOnline, Target: CPUsOnline, IDs: backend.MountIDs{Native: true}}, s))
 	if s.IDs.Enabled() {
 		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER})
 		cfg.UIDMappings = idMaps(0, s.IDs)

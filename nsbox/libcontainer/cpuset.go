@@ -1,6 +1,7 @@
 package libcontainer
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -33,7 +34,7 @@ func newCPUSets(parent string) *cpuSets {
 }
 
 // pick chooses the CPUs of container id for the quota and returns them as a cpuset list
-// ("0,2"). The CPUs it has are kept when they are as many as it needs.
+// ("0-1", "0,2"). The CPUs it has are kept when they are as many as it needs.
 func (c *cpuSets) pick(id string, lim backend.Limits) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -127,10 +128,33 @@ func (c *cpuSets) sets() map[string][]int {
 	return out
 }
 
+// formatCPUs lists sorted CPUs as the kernel does, in ranges ("0-2,5").
 func formatCPUs(cpus []int) string {
-	s := make([]string, len(cpus))
-	for i, cpu := range cpus {
-		s[i] = strconv.Itoa(cpu)
+	var s []string
+	for i := 0; i < len(cpus); {
+		j := i
+		for j+1 < len(cpus) && cpus[j+1] == cpus[j]+1 {
+			j++
+		}
+		s = append(s, strconv.Itoa(cpus[i]))
+		if j > i {
+			s[len(s)-1] += "-" + strconv.Itoa(cpus[j])
+		}
+		i = j + 1
 	}
 	return strings.Join(s, ",")
+}
+
+// CPUsOnline is the file of /sys that a container's own list of CPUs is bound over.
+const CPUsOnline = "/sys/devices/system/cpu/online"
+
+// writeCPUsOnline writes the file at path that a container binds over CPUsOnline: its cpuset
+// (cpus), so that what counts the online CPUs (glibc's get_nprocs: python's os.cpu_count,
+// sysconf(_SC_NPROCESSORS_ONLN)) sees its limit, with or without LXCFS. It is written in
+// place: a bind holds the inode.
+func writeCPUsOnline(path, cpus string) error {
+	if err := os.WriteFile(path, []byte(cpus+"\n"), 0o444); err != nil {
+		return fmt.Errorf("write the container's cpu/online: %w", err)
+	}
+	return nil
 }

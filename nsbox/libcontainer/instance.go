@@ -35,17 +35,20 @@ type instance struct {
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
 	cpus *cpuSets
-	// stats are the cgroup files Stats reads, found on its first call.
-	statsOnce sync.Once
-	stats     *cgroupFiles
-	statsErr  error
+	// online is the file bound over the container's CPUsOnline.
+	online string
+	// stats are the cgroup files Stats reads, opened on its first call that can, closed by
+	// Close.
+	statsMu sync.Mutex
+	stats   *cgroupFiles
 }
 
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
 // is not this process's child) is called once it has exited.
 func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instance, error) {
 	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
-		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap, cpus: b.cpus}
+		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap, cpus: b.cpus,
+		online: b.cpusOnline(c.ID())}
 	status, err := c.Status()
 	if err == nil && (status == runc.Running || status == runc.Paused) && pid > 0 {
 		inst.pidfd, err = unix.PidfdOpen(pid, 0)
@@ -173,13 +176,17 @@ func (i *instance) SetHostname(name string) error {
 }
 
 // SetLimits changes the cgroup limits of the running container, and its cpuset to as many
-// CPUs as the quota needs.
+// CPUs as the quota needs (and its cpu/online with it).
 func (i *instance) SetLimits(lim backend.Limits) error {
 	cfg := i.c.Config()
 	cgroupsCopy := *cfg.Cgroups
-	cgroupsCopy.Resources = resources(lim, i.cpus.pick(i.ID(), lim), cfg.Cgroups.Resources.Devices)
+	cpus := i.cpus.pick(i.ID(), lim)
+	cgroupsCopy.Resources = resources(lim, cpus, cfg.Cgroups.Resources.Devices)
 	cfg.Cgroups = &cgroupsCopy
-	return wrapErr("set limits", i.c.Set(cfg))
+	if err := i.c.Set(cfg); err != nil {
+		return wrapErr("set limits", err)
+	}
+	return writeCPUsOnline(i.online, cpus)
 }
 
 // ShowLimits binds the LXCFS files of the mount at dir over the container's /proc and /sys
@@ -325,13 +332,21 @@ func (i *instance) OOMKills() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return keyed(files.oom, "oom_kill")
+	return files.oomKills()
 }
 
-// statFiles are the cgroup files of the container's stats, found on the first call.
+// statFiles are the open cgroup files of the container's stats.
 func (i *instance) statFiles() (*cgroupFiles, error) {
-	i.statsOnce.Do(func() { i.stats, i.statsErr = statFiles(i.cgroupPath) })
-	return i.stats, i.statsErr
+	i.statsMu.Lock()
+	defer i.statsMu.Unlock()
+	if i.stats == nil {
+		files, err := openStatFiles(i.cgroupPath)
+		if err != nil {
+			return nil, err
+		}
+		i.stats = files
+	}
+	return i.stats, nil
 }
 
 // Processes lists the container's processes (its cgroup's).
@@ -356,12 +371,17 @@ func (i *instance) Kill() {
 	}
 }
 
-// Close releases the pidfd.
+// Close releases the pidfd and the cgroup files.
 func (i *instance) Close() {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if i.pidfd >= 0 {
 		unix.Close(i.pidfd)
 		i.pidfd = -1
+	}
+	i.statsMu.Lock()
+	defer i.statsMu.Unlock()
+	if i.stats != nil {
+		i.stats.close()
 	}
 }

@@ -20,8 +20,9 @@
 //     per-path rules (permissions.go);
 //   - files: the file API's write and read throughput for 1 MiB and 1 GiB files, versus
 //     `head -c` and `cat` of the same sizes inside the sandbox (files.go).
-//   - output: 100 MiB of a command's output through the exec API (one JSON answer, and
-//     streamed) versus `cat` of the same file inside the sandbox, and the daemon's RSS (output.go).
+//   - output: 100 MiB of a command's output through the exec API (raw frames kept whole and
+//     written out as they come, one JSON answer, and streamed) versus `cat` of the same file
+//     inside the sandbox, and the daemon's RSS (output.go).
 //   - network: exposing and unexposing a port, create with a network versus mode none, and
 //     HTTP requests per second through an exposed host port versus straight to the sandbox,
 //     and the API's p99 without and with 10,000 idle connections to the preview proxy (proxyload.go).
@@ -49,6 +50,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,10 +74,10 @@ const (
 )
 
 type options struct {
-	nsbox            string
-	n, idle, density int
-	statsN           int
-	sections         map[string]bool
+	nsbox, cpuProfile string
+	n, idle, density  int
+	statsN            int
+	sections          map[string]bool
 }
 
 func main() {
@@ -101,6 +103,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.idle, "idle", 100, "idle sandboxes for the memory measurement")
 	flag.IntVar(&o.density, "density", 1000, "idle sandboxes for the density measurement")
 	flag.IntVar(&o.statsN, "stats-n", 1000, "running sandboxes for the stats measurement")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the CPU profile of the benchmark itself (the client side: the Go SDK) to this file, for go tool pprof")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 || o.density < 2 || o.statsN < 1 || o.statsN > 2000 {
@@ -127,6 +130,17 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, b.cleanup()) }()
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var u unix.Utsname
 	_ = unix.Uname(&u)
 	fmt.Printf("machine: %d CPUs, kernel %s, cgroup %s\n\n", runtime.NumCPU(), unix.ByteSliceToString(u.Release[:]), cgroupVersion())

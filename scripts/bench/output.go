@@ -1,11 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,12 +20,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
-	"github.com/nsbox/nsbox/client"
 )
 
-// outputSection measures 100 MiB of a command's output through the exec API — answered as
-// one JSON document (the daemon spools it, then encodes it) and streamed as Server-Sent
-// Events — against `cat` of the same file inside the sandbox, into /dev/null and through a
+// outputSection measures 100 MiB of a command's output through the exec API — answered as raw
+// frames (nothing encoded or spooled) and kept whole (the Go SDK's Exec) or written to
+// io.Discard as it comes (ExecTo, as cat writes to /dev/null), answered as one JSON document
+// (what curl gets: the daemon spools it, then encodes it; decoded by encoding/json) and
+// streamed as Server-Sent Events — against `cat` of the same file inside the sandbox, into /dev/null and through a
 // pipe into another cat, timed there by bash's $EPOCHREALTIME. Text (base64 lines, plain JSON
 // strings) and random bytes (base64 in JSON) are measured apart. The daemon's resident memory
 // is read before, after and at its peak (VmHWM, reset before the measured runs).
@@ -56,11 +63,11 @@ func (b *bench) outputSection(ctx context.Context, n int) (err error) {
 		// CPU time of the client (this process), the daemon and the agent, per case.
 		cpu := map[string][][3]time.Duration{}
 		for i := range 1 + rounds {
-			order := []int{0, 1, 2, 3}
+			order := []int{0, 1, 2, 3, 4, 5}
 			rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
 			for _, k := range order {
 				before := cpuTimes(sb.PID, pid)
-				took, err := outputCase(ctx, d.client, sb.ID, k, f.path, size)
+				took, err := outputCase(ctx, d, sb.ID, k, f.path, size)
 				if err != nil {
 					return fmt.Errorf("%s %s (round %d): %w", f.name, outputCases[k].name, i+1, err)
 				}
@@ -109,6 +116,8 @@ var outputCases = []struct {
 	name  string
 	peers []string
 }{
+	{"exec, frames, kept (Exec)", []string{"cat > /dev/null", "cat | cat > /dev/null"}},
+	{"exec, frames to io.Discard (ExecTo)", []string{"cat > /dev/null", "cat | cat > /dev/null"}},
 	{"exec, one JSON answer", []string{"cat > /dev/null", "cat | cat > /dev/null"}},
 	{"exec, streamed (SSE)", []string{"cat > /dev/null", "cat | cat > /dev/null"}},
 	{"cat > /dev/null", nil},
@@ -116,23 +125,40 @@ var outputCases = []struct {
 }
 
 // outputCase runs case k of outputCases on the file at path, of size bytes.
-func outputCase(ctx context.Context, c *client.Client, id string, k int, path string, size int) (time.Duration, error) {
+func outputCase(ctx context.Context, d *daemon, id string, k int, path string, size int) (time.Duration, error) {
+	c := d.client
 	req := api.ExecRequest{Argv: []string{"cat", path}}
 	start := time.Now()
 	got := 0
 	switch k {
-	case 0:
-		res, err := c.Exec(ctx, id, req)
-		took := time.Since(start)
-		if err != nil {
-			return 0, err
+	case 0, 2:
+		// Timed until the bytes are in hand: Stdout as it is from frames (raw bytes), decoded
+		// from JSON.
+		var res *api.ExecResult
+		var err error
+		if k == 0 {
+			if res, err = c.Exec(ctx, id, req); err == nil {
+				got = len(res.Stdout)
+			}
+		} else if res, err = d.execJSON(ctx, id, req); err == nil {
+			var stdout []byte
+			stdout, _, err = res.Output()
+			got = len(stdout)
 		}
-		stdout, _, err := res.Output()
-		if err == nil && (len(stdout) != size || res.Truncated) {
-			err = fmt.Errorf("got %d bytes (truncated %v), want %d", len(stdout), res.Truncated, size)
+		took := time.Since(start)
+		if err == nil && (got != size || res.Truncated) {
+			err = fmt.Errorf("got %d bytes (truncated %v), want %d", got, res.Truncated, size)
 		}
 		return took, err
 	case 1:
+		var w countingWriter
+		res, err := c.ExecTo(ctx, id, req, &w, &w)
+		took := time.Since(start)
+		if err == nil && (int(w) != size || res.Truncated) {
+			err = fmt.Errorf("got %d bytes (truncated %v), want %d", w, res.Truncated, size)
+		}
+		return took, err
+	case 3:
 		_, err := c.ExecStream(ctx, id, req, func(ev api.ExecEvent) error {
 			if ev.Type != api.EventStdout {
 				return nil
@@ -146,10 +172,50 @@ func outputCase(ctx context.Context, c *client.Client, id string, k int, path st
 			err = fmt.Errorf("got %d bytes, want %d", got, size)
 		}
 		return took, err
-	case 2:
+	case 4:
 		return timedInside(ctx, c, id, "cat "+path+" > /dev/null")
 	}
 	return timedInside(ctx, c, id, "cat "+path+" | cat > /dev/null")
+}
+
+// countingWriter counts what is written to it, and drops it (io.Discard that counts).
+type countingWriter int
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	*w += countingWriter(len(p))
+	return len(p), nil
+}
+
+// execJSON runs an exec answered as one JSON document, as curl gets it (no Accept header),
+// decoded by encoding/json.
+func (d *daemon) execJSON(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResult, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode exec request: %w", err)
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://nsbox/v1/sandboxes/"+id+"/exec", bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("build exec request: %w", err)
+	}
+	socket := filepath.Join(d.runDir, "nsbox.sock")
+	hc := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dialer net.Dialer
+		return dialer.DialContext(ctx, "unix", socket)
+	}}}
+	resp, err := hc.Do(hreq)
+	if err != nil {
+		return nil, fmt.Errorf("exec: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("exec: %d %.300s (%v)", resp.StatusCode, data, err)
+	}
+	var res api.ExecResult
+	if err := json.Unmarshal(data, &res); err != nil {
+		return nil, fmt.Errorf("decode exec answer: %w", err)
+	}
+	return &res, nil
 }
 
 var statusLine = regexp.MustCompile(`(?m)^(Vm\w+):\s+(\d+) kB$`)

@@ -152,6 +152,10 @@ class Transport:
         """send asking for Server-Sent Events, and return them as a stream."""
         return EventStream(self.send(method, route, params, accept="text/event-stream", **kw))
 
+    def frames(self, method: str, route: str, params: Optional[Mapping[str, str]] = None, **kw: Any) -> "FrameStream":
+        """send asking for frames (an exec's output as raw bytes), and return them as a stream."""
+        return FrameStream(self.send(method, route, params, accept=FRAMES, **kw))
+
 
 def path_of(route: str, params: Mapping[str, str], query: Optional[Mapping[str, Any]] = None) -> str:
     """A route template filled with its escaped parameters, and the query (None values left out)."""
@@ -172,6 +176,40 @@ def read_error(resp: http.client.HTTPResponse) -> NsboxError:
         return error_for(e.get("code", ""), e.get("message", ""), resp.status)
     except (ValueError, KeyError, TypeError):
         return error_for("", f"{resp.status} {resp.reason}: {data[:200].decode(errors='replace')}", resp.status)
+
+
+FRAMES = "application/x-nsbox-frames"
+
+
+class FrameStream:
+    """Frames of one response (the event name's length in 1 byte, the name, the payload's length
+    in 4 bytes big-endian, the payload): iterate over (event, payload bytes) pairs; an "error"
+    frame is raised."""
+
+    def __init__(self, resp: http.client.HTTPResponse) -> None:
+        self.resp = resp
+
+    def _read(self, n: int) -> bytes:
+        data = self.resp.read(n)
+        if len(data) != n:
+            raise error_for("unavailable", f"the exec's answer ended inside a frame ({len(data)} of {n} bytes)")
+        return data
+
+    def __iter__(self) -> Iterator[Tuple[str, bytes]]:
+        while True:
+            head = self.resp.read(1)
+            if not head:
+                return
+            event = self._read(head[0]).decode()
+            payload = self._read(int.from_bytes(self._read(4), "big"))
+            if event == "error":
+                e = json.loads(payload).get("error") or {}
+                raise error_for(e.get("code", ""), e.get("message", "the exec failed"))
+            yield event, payload
+
+    def close(self) -> None:
+        """Ends the stream (closing its connection)."""
+        self.resp.close()
 
 
 class EventStream:

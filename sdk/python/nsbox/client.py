@@ -8,11 +8,14 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Seque
 
 from ._transport import Body, EventStream, Transport
 from ._websocket import BINARY, TEXT
-from .errors import ConditionNotMet, NotFound, NsboxError
+from .errors import ConditionNotMet, NotFound, NsboxError, error_for
 from .models import (CodeContextInfo, ExecEvent, ExecResult, ExposedPort, FileEvent, FileInfo, ProcessEvent, ProcessInfo, ProcessLogs,
                      RunCodeResult, SandboxInfo, SessionInfo, TokenInfo, WaitResult, decode_data)
 
 Command = Union[str, Sequence[str]]
+
+# What exec keeps of each stream unless told (the API's default for an answer as JSON).
+DEFAULT_MAX_OUTPUT_BYTES = 128 << 20
 
 
 def _wire(**kw: Any) -> Dict[str, Any]:
@@ -140,10 +143,23 @@ class _Runner:
         kills the command so that the session's next command does not wait behind it; with
         ``kill_on_disconnect=False`` it runs to its end instead. Each of stdout and stderr keeps
         at most ``max_output_bytes`` (default 128 MiB): ``result.stdout_truncated``,
-        ``result.stderr_truncated`` say whether more was dropped."""
+        ``result.stderr_truncated`` say whether more was dropped. The output comes as raw bytes
+        (frames), not JSON: ``stdout_encoding``/``stderr_encoding`` are "utf-8" (text) or "raw"."""
         route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
-                                              max_output_bytes)
-        return ExecResult.from_wire(self._t.call("POST", route, params, json_body=body))
+                                              max_output_bytes or DEFAULT_MAX_OUTPUT_BYTES)
+        out = {"stdout": bytearray(), "stderr": bytearray()}
+        stream = self._t.frames("POST", route, params, json_body=body)
+        try:
+            for event, payload in stream:
+                if event in out:
+                    out[event] += payload
+                elif event == "exit":
+                    res = ExecResult.from_wire(json.loads(payload).get("result"))
+                    res.stdout, res.stderr = bytes(out["stdout"]), bytes(out["stderr"])
+                    return res
+        finally:
+            stream.close()
+        raise error_for("unavailable", "the exec's answer ended before the command did")
 
     def exec_stream(self, cmd: Command, *, session_id: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
                     cwd: Optional[str] = None, stdin: Union[None, str, bytes] = None, timeout_ms: Optional[int] = None,

@@ -80,7 +80,7 @@ class SessionInfo(Model):
 class ExecResult(Model):
     """A finished command: ``stdout`` and ``stderr`` as bytes (``stdout_text``/``stderr_text`` as
     text), each decoded from its own wire encoding (``stdout_encoding``, ``stderr_encoding``:
-    "utf-8" or "base64"). ``stdout_truncated``/``stderr_truncated``: that stream had more than
+    "utf-8" or "base64"; from ``exec``, which gets the bytes raw, "utf-8" or "raw"). ``stdout_truncated``/``stderr_truncated``: that stream had more than
     the exec's ``max_output_bytes`` and was cut; ``truncated`` is either."""
 
     exit_code: int = 0
@@ -292,6 +292,8 @@ class RunCodeResult(Model):
 
     stdout: str = ""
     stderr: str = ""
+    stdout_encoding: str = "utf-8"  # each stream's wire encoding: "utf-8", or "base64" when not text
+    stderr_encoding: str = "utf-8"
     results: List[Dict[str, Any]] = field(default_factory=list)
     error: Optional[Dict[str, str]] = None
     duration_ms: int = 0
@@ -302,9 +304,8 @@ class RunCodeResult(Model):
     @classmethod
     def from_wire(cls, d: Optional[Dict[str, Any]]) -> "RunCodeResult":
         r = super().from_wire(d)
-        enc = r.raw.get("encoding")
-        r.stdout = decode_data(r.raw.get("stdout", ""), enc).decode(errors="replace")
-        r.stderr = decode_data(r.raw.get("stderr", ""), enc).decode(errors="replace")
+        r.stdout = decode_data(r.raw.get("stdout", ""), r.stdout_encoding).decode(errors="replace")
+        r.stderr = decode_data(r.raw.get("stderr", ""), r.stderr_encoding).decode(errors="replace")
         r.results = r.results or []
         return r
 

@@ -42,7 +42,11 @@ class SandboxTest(unittest.TestCase):
         binary = self.sb.exec("printf '\\377\\000'; echo text >&2")
         self.assertEqual(binary.stdout, b"\xff\x00")
         # Each stream in its own encoding: binary stdout, text stderr.
-        self.assertEqual((binary.stdout_encoding, binary.stderr_encoding, binary.stderr), ("base64", "utf-8", b"text\n"))
+        self.assertEqual((binary.stdout_encoding, binary.stderr_encoding, binary.stderr), ("raw", "utf-8", b"text\n"))
+        # Large, binary and both streams at once come back whole (as raw frames).
+        big = self.sb.exec("head -c 3000000 /dev/urandom > /tmp/r; cat /tmp/r; printf '\\377e' >&2")
+        digest = self.sb.exec("sha256sum /tmp/r").text.split()[0]
+        self.assertEqual((len(big.stdout), hashlib.sha256(big.stdout).hexdigest(), big.stderr), (3000000, digest, b"\xffe"))
         capped = self.sb.exec("printf 0123456789; printf ab >&2", max_output_bytes=4)
         self.assertEqual((capped.stdout, capped.stderr), (b"0123", b"ab"))
         self.assertEqual((capped.stdout_truncated, capped.stderr_truncated, capped.truncated), (True, False, True))
@@ -239,6 +243,8 @@ class SandboxTest(unittest.TestCase):
             cc.run("x = 41")
             self.assertEqual(cc.run("print('hi'); x + 1").text, "42")
             self.assertEqual(cc.run("print('hi')").stdout, "hi\n")
+            mixed = cc.run("import sys; print('t'); sys.stdout.flush(); sys.stderr.buffer.write(b'\\xff'); sys.stderr.flush()")
+            self.assertEqual((mixed.stdout, mixed.stdout_encoding, mixed.stderr_encoding), ("t\n", "utf-8", "base64"))
             self.assertEqual(cc.run("1/0").error["name"], "ZeroDivisionError")
             self.assertTrue(cc.run("while True: pass", timeout_ms=300).timed_out)
             events = list(cc.run_stream("print('streamed'); 7"))

@@ -134,6 +134,11 @@ export class Transport {
     return new EventStream(await this.send(method, route, { ...o, accept: "text/event-stream" }));
   }
 
+  /** send asking for frames (an exec's output as raw bytes), as an async iterator of [event, payload]. */
+  async frames(method: string, route: string, o: SendOptions = {}): Promise<FrameStream> {
+    return new FrameStream(await this.send(method, route, { ...o, accept: FRAMES }));
+  }
+
   /** Opens a connection upgraded to a WebSocket on route (method is always GET). */
   upgrade(method: "GET", route: string, o: SendOptions, key: string): Promise<Duplex> {
     const path = pathOf(route, o.params, o.query);
@@ -171,6 +176,47 @@ function parseError(status: number, data: Buffer): NsboxError {
     // not an API error envelope
   }
   return errorFor("", `HTTP ${status}: ${data.subarray(0, 200).toString("utf8")}`, status);
+}
+
+export const FRAMES = "application/x-nsbox-frames";
+
+/**
+ * Frames of one response: each is the event name's length (1 byte), the name, the payload's
+ * length (4 bytes, big-endian), the payload. An "error" frame is thrown as its NsboxError.
+ */
+export class FrameStream implements AsyncIterable<[string, Buffer]> {
+  constructor(private readonly resp: http.IncomingMessage) {}
+
+  async *[Symbol.asyncIterator](): AsyncIterator<[string, Buffer]> {
+    let buf = Buffer.alloc(0);
+    try {
+      for await (const chunk of this.resp) {
+        buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+        for (;;) {
+          const n = buf.length ? buf[0] : 0;
+          if (buf.length < 1 + n + 4) break;
+          const end = 1 + n + 4 + buf.readUInt32BE(1 + n);
+          if (buf.length < end) break;
+          const event = buf.toString("utf8", 1, 1 + n);
+          const payload = buf.subarray(1 + n + 4, end);
+          buf = buf.subarray(end);
+          if (event === "error") {
+            const e = JSON.parse(payload.toString("utf8")).error ?? {};
+            throw errorFor(e.code ?? "", e.message ?? "the exec failed");
+          }
+          yield [event, payload];
+        }
+      }
+      if (buf.length) throw errorFor("unavailable", `the exec's answer ended inside a frame (${buf.length} bytes left)`);
+    } finally {
+      this.close();
+    }
+  }
+
+  /** Ends the stream (closing its connection). */
+  close(): void {
+    this.resp.destroy();
+  }
 }
 
 /** Server-Sent Events of one response; an "error" event is thrown as its NsboxError. */

@@ -12,7 +12,7 @@
  */
 import type { Readable } from "node:stream";
 import type { components } from "./generated/openapi.js";
-import { ConditionNotMetError, NsboxError } from "./errors.js";
+import { ConditionNotMetError, NsboxError, errorFor } from "./errors.js";
 import { Transport, readAll, type Body, type ClientOptions, type EventStream } from "./http.js";
 import { BINARY, TEXT, WebSocket, newKey } from "./websocket.js";
 
@@ -43,7 +43,8 @@ export type Command = string | string[];
 
 /**
  * A finished command; stdout and stderr as text (and bytes, for binary output), each decoded
- * from its own wire encoding (raw.stdoutEncoding, raw.stderrEncoding).
+ * from its own wire encoding (raw.stdoutEncoding, raw.stderrEncoding: exec gets the output as
+ * raw frames, so "utf-8" for text and "raw" for bytes that are not).
  */
 export interface ExecResult {
   exitCode: number;
@@ -98,9 +99,11 @@ function decode(data: string | undefined, encoding: string | undefined): Buffer 
   return encoding === "base64" ? Buffer.from(data ?? "", "base64") : Buffer.from(data ?? "", "utf8");
 }
 
-function execResult(r: WireExecResult): ExecResult {
-  const stdoutBytes = decode(r.stdout, r.stdoutEncoding);
-  const stderrBytes = decode(r.stderr, r.stderrEncoding);
+/** What exec keeps of each stream unless told (the API's default for an answer as JSON). */
+const DEFAULT_MAX_OUTPUT_BYTES = 128 << 20;
+
+/** The result of a command, its output decoded from the wire or given as bytes (from frames). */
+function execResult(r: WireExecResult, stdoutBytes = decode(r.stdout, r.stdoutEncoding), stderrBytes = decode(r.stderr, r.stderrEncoding)): ExecResult {
   return {
     exitCode: r.exitCode, success: r.exitCode === 0 && !r.timedOut, stdout: stdoutBytes.toString("utf8"),
     stderr: stderrBytes.toString("utf8"), stdoutBytes, stderrBytes, timedOut: r.timedOut, canceled: r.canceled,
@@ -177,10 +180,16 @@ abstract class Runner {
 
   protected abstract execRoute(o: ExecOptions): [string, Record<string, string>, Record<string, unknown>];
 
-  /** Runs a command and resolves with its result. */
+  /** Runs a command and resolves with its result (its output read as raw frames, not JSON). */
   async exec(cmd: Command, opts: ExecOptions = {}): Promise<ExecResult> {
     const [route, params, extra] = this.execRoute(opts);
-    return execResult(await this.t.call("POST", route, { params, json: { ...execBody(cmd, opts), ...extra } }));
+    const json = { ...execBody(cmd, opts), maxOutputBytes: opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES, ...extra };
+    const out: Record<string, Buffer[]> = { stdout: [], stderr: [] };
+    for await (const [event, payload] of await this.t.frames("POST", route, { params, json })) {
+      if (event in out) out[event].push(payload);
+      else if (event === "exit") return execResult(JSON.parse(payload.toString("utf8")).result, Buffer.concat(out.stdout), Buffer.concat(out.stderr));
+    }
+    throw errorFor("unavailable", "the exec's answer ended before the command did");
   }
 
   /** Runs a command and yields its events as they come, ending with "exit" (its `result`). */
@@ -458,7 +467,7 @@ export interface RunCodeResult extends WireRunCodeResult {
 
 function runCodeResult(r: WireRunCodeResult): RunCodeResult {
   const plain = [...(r.results ?? [])].reverse().find((x) => "text/plain" in x);
-  return { ...r, stdout: decode(r.stdout, r.encoding).toString("utf8"), stderr: decode(r.stderr, r.encoding).toString("utf8"),
+  return { ...r, stdout: decode(r.stdout, r.stdoutEncoding).toString("utf8"), stderr: decode(r.stderr, r.stderrEncoding).toString("utf8"),
     text: plain ? String(plain["text/plain"]) : undefined };
 }
 

@@ -33,7 +33,11 @@ test("exec", { skip }, async () => {
   const mixed = await sb.exec("printf '\\377\\000'; echo text >&2");
   assert.deepEqual([...mixed.stdoutBytes], [0xff, 0]);
   // Each stream in its own encoding: binary stdout, text stderr.
-  assert.deepEqual([mixed.raw.stdoutEncoding, mixed.raw.stderrEncoding, mixed.stderr], ["base64", "utf-8", "text\n"]);
+  assert.deepEqual([mixed.raw.stdoutEncoding, mixed.raw.stderrEncoding, mixed.stderr], ["raw", "utf-8", "text\n"]);
+  // Large, binary and both streams at once come back whole (as raw frames).
+  const big = await sb.exec("head -c 3000000 /dev/urandom > /tmp/r; cat /tmp/r; printf '\\377e' >&2");
+  const digest = (await sb.exec("sha256sum /tmp/r")).stdout.split(" ")[0];
+  assert.deepEqual([big.stdoutBytes.length, createHash("sha256").update(big.stdoutBytes).digest("hex"), [...big.stderrBytes]], [3000000, digest, [0xff, 0x65]]);
   const capped = await sb.exec("printf 0123456789; printf ab >&2", { maxOutputBytes: 4 });
   assert.deepEqual([capped.stdout, capped.stderr, capped.stdoutTruncated, capped.stderrTruncated, capped.truncated], ["0123", "ab", true, false, true]);
   assert.equal((await sb.exec("cat", { stdin: new Uint8Array([0, 1]) })).stdoutBytes.length, 2);
@@ -181,6 +185,8 @@ test("code contexts", { skip }, async () => {
   await sb.runCode("x = 41", { context: cc });
   const r = await sb.runCode("print('hi'); x + 1", { context: cc });
   assert.deepEqual([r.stdout, r.text], ["hi\n", "42"]);
+  const mixed = await sb.runCode("import sys; print('t'); sys.stdout.flush(); sys.stderr.buffer.write(b'\\xff'); sys.stderr.flush()", { context: cc });
+  assert.deepEqual([mixed.stdout, mixed.stdoutEncoding, mixed.stderrEncoding], ["t\n", "utf-8", "base64"]);
   assert.equal((await sb.runCode("1/0", { context: cc.id })).error?.name, "ZeroDivisionError");
   assert.ok((await sb.listCodeContexts()).some((c) => c.id === cc.id));
   await sb.deleteCodeContext(cc.id);

@@ -1467,7 +1467,7 @@ export interface components {
              */
             maxOutputBytes: number;
         };
-        /** @description How a command ended and what it wrote. Output is carried byte-exactly, each stream in its own encoding: a stream that is valid UTF-8 is a plain JSON string (NUL and control bytes escaped by JSON) and its encoding (`stdoutEncoding`, `stderrEncoding`) is `utf-8`; otherwise it is standard padded base64 and its encoding is `base64`. In the `exit` event of a stream, `stdout` and `stderr` are empty (both encodings `utf-8`): the output came in the `stdout` and `stderr` events. */
+        /** @description How a command ended and what it wrote. Output is carried byte-exactly, each stream in its own encoding: a stream that is valid UTF-8 is a plain JSON string (NUL and control bytes escaped by JSON) and its encoding (`stdoutEncoding`, `stderrEncoding`) is `utf-8`; otherwise it is standard padded base64 and its encoding is `base64`. In the `exit` event of a stream, `stdout` and `stderr` are empty (both encodings `utf-8`): the output came in the `stdout` and `stderr` events. In the `exit` frame of an answer as frames they are empty too, and each encoding is `utf-8` or `raw`: whether the bytes of that stream's frames were valid UTF-8. */
         ExecResult: {
             /** @description The command's exit status as its shell reports it (`$?`): 0-255 when it exited, 128+N when signal N killed it, 127 when the program does not exist and 126 when it cannot be executed (with the shell's message on stderr), 124 when `timeoutMs` expired, 130 when it was canceled. When the command ended the shell (`sessionEnded`), the shell's exit status. */
             exitCode: number;
@@ -1476,15 +1476,15 @@ export interface components {
             /** @description What the command wrote to standard error (up to `maxOutputBytes`), encoded as `stderrEncoding` says; empty in the `exit` event of a stream. */
             stderr: string;
             /**
-             * @description The encoding of `stdout`: `utf-8` when what the command wrote there is valid UTF-8, else `base64`.
+             * @description The encoding of `stdout`: `utf-8` when what the command wrote there is valid UTF-8, else `base64`. In the exit frame of an answer as frames (`application/x-nsbox-frames`) `stdout` is empty and this is `utf-8` or `raw` (the bytes of the `stdout` frames are not valid UTF-8); never `raw` in JSON.
              * @enum {string}
              */
-            stdoutEncoding: "utf-8" | "base64";
+            stdoutEncoding: "utf-8" | "base64" | "raw";
             /**
-             * @description The encoding of `stderr`: `utf-8` when what the command wrote there is valid UTF-8, else `base64`.
+             * @description The encoding of `stderr`: `utf-8` when what the command wrote there is valid UTF-8, else `base64`. In the exit frame of an answer as frames (`application/x-nsbox-frames`) `stderr` is empty and this is `utf-8` or `raw` (the bytes of the `stderr` frames are not valid UTF-8); never `raw` in JSON.
              * @enum {string}
              */
-            stderrEncoding: "utf-8" | "base64";
+            stderrEncoding: "utf-8" | "base64" | "raw";
             /** @description True when `timeoutMs` expired and the command was killed. */
             timedOut: boolean;
             /** @description True when the command was canceled: by `POST .../cancel`, by its client disconnecting with `killOnDisconnect`, or by its session being deleted. */
@@ -2131,10 +2131,15 @@ export interface components {
             stdout: string;
             stderr: string;
             /**
-             * @description The encoding of both `stdout` and `stderr`: `utf-8` when both are valid UTF-8, else `base64` for both.
+             * @description The encoding of `stdout`: `utf-8` when what the run wrote there is valid UTF-8, else `base64` (each stream on its own, as in ExecResult). `utf-8` in the `end` event of a stream, whose `stdout` is empty.
              * @enum {string}
              */
-            encoding: "utf-8" | "base64";
+            stdoutEncoding: "utf-8" | "base64";
+            /**
+             * @description The encoding of `stderr`: `utf-8` when what the run wrote there is valid UTF-8, else `base64` (each stream on its own, as in ExecResult). `utf-8` in the `end` event of a stream, whose `stderr` is empty.
+             * @enum {string}
+             */
+            stderrEncoding: "utf-8" | "base64";
             results: {
                 [key: string]: unknown;
             }[];
@@ -2290,20 +2295,20 @@ export interface components {
             /** @description Size of its disk's file system; 0 without one. */
             diskLimitBytes: number;
             network: components["schemas"]["NetworkStats"];
-            /** @description Its open sessions; absent when its agent was not asked (not running: a paused agent is frozen) or did not answer. `GET /v1/stats` answers a sandbox's last count for 5 to 10 s before it asks its agent again (so that 1,000 sandboxes every second stay cheap); a sandbox's own stats always ask. */
+            /** @description Its open sessions, as its agent last told the daemon (it tells at once of every start and end, also of a shell that exits by itself); absent when the sandbox is not running (a paused agent is frozen), or when its agent has not told and did not answer when asked. */
             sessions?: number;
-            /** @description Its running processes (of the processes API); absent, and reused by `GET /v1/stats`, as `sessions` is. */
+            /** @description Its running processes (of the processes API, the entrypoint's included); absent as `sessions` is. */
             processes?: number;
         };
         SandboxStatsList: components["schemas"]["SandboxStats"][];
-        /** @description One thing that happened to a sandbox. Types: `sandbox.created` (details: image), `sandbox.started`, `sandbox.paused`, `sandbox.resumed` (from paused or hibernated), `sandbox.hibernated`, `sandbox.stopping`, `sandbox.removed`, `sandbox.failed` (details: error), `sandbox.agent_exited` (pid), `sandbox.oom_killed` (count, total), `port.exposed` (port, protocol, hostPort), `port.unexposed` (port, protocol), `session.created` (session, user, shell), `session.ended` (session, reason), `process.exited` (process, status, exitCode, signal, error, oomKilled). The `sandbox.*` moves of the state machine carry `status` (the new one) and `from`. */
+        /** @description One thing that happened to a sandbox. Types: `sandbox.created` (details: image), `sandbox.started`, `sandbox.paused`, `sandbox.resumed` (from paused or hibernated), `sandbox.hibernated`, `sandbox.stopping`, `sandbox.removed`, `sandbox.failed` (details: error), `sandbox.agent_exited` (pid), `sandbox.oom_killed` (count, total), `sandbox.loaded` (status, image, error: each sandbox a daemon found at its start, in the state it is in), `port.exposed` (port, protocol, hostPort), `port.unexposed` (port, protocol), `session.created` (session, user, shell), `session.ended` (session, reason: `deleted` or `its shell exited`), `process.exited` (process, status, exitCode, signal, error, oomKilled; every process of the processes API, the entrypoint's included). The `sandbox.*` moves of the state machine carry `status` (the new one) and `from`. */
         Event: {
             /** @description Numbers the daemon's events from 1 since it started; give the last one seen as `since` to replay what followed. */
             seq: number;
             /** Format: date-time */
             time: string;
             /** @enum {string} */
-            type: "sandbox.created" | "sandbox.started" | "sandbox.paused" | "sandbox.resumed" | "sandbox.hibernated" | "sandbox.stopping" | "sandbox.removed" | "sandbox.failed" | "sandbox.oom_killed" | "sandbox.agent_exited" | "port.exposed" | "port.unexposed" | "session.created" | "session.ended" | "process.exited";
+            type: "sandbox.created" | "sandbox.started" | "sandbox.paused" | "sandbox.resumed" | "sandbox.hibernated" | "sandbox.stopping" | "sandbox.removed" | "sandbox.failed" | "sandbox.oom_killed" | "sandbox.agent_exited" | "sandbox.loaded" | "port.exposed" | "port.unexposed" | "session.created" | "session.ended" | "process.exited";
             sandbox: string;
             details?: {
                 [key: string]: string;
@@ -3134,7 +3139,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The command ran; see `exitCode`. The answer is one ExecResult (`application/json`) once the command has finished, or, when the request's `Accept` header contains `text/event-stream`, a stream of Server-Sent Events while it runs: `event: <type>` and `data: <ExecEvent JSON>` lines per event, types `start`, then `stdout`/`stderr` chunks, then `exit` with the result (or `error` with an `unavailable` error envelope if the agent was lost); see the `exec` tag. */
+            /** @description The command ran; see `exitCode`. The answer is one ExecResult (`application/json`) once the command has finished, or, when the request's `Accept` header contains `text/event-stream`, a stream of Server-Sent Events while it runs: `event: <type>` and `data: <ExecEvent JSON>` lines per event, types `start`, then `stdout`/`stderr` chunks, then `exit` with the result (or `error` with an `unavailable` error envelope if the agent was lost); or, when it contains `application/x-nsbox-frames`, the output as raw frames and then the result; see the `exec` tag. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3142,6 +3147,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ExecResult"];
                     "text/event-stream": string;
+                    "application/x-nsbox-frames": string;
                 };
             };
             /** @description `invalid_argument`: Malformed body or an unknown field, neither or both of `argv` and `command`, an `env` name that is not a shell variable name, a negative `timeoutMs`, or a bad `stdinEncoding` or invalid base64 `stdin`. */
@@ -3539,7 +3545,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The command ran; see `exitCode`. The answer is one ExecResult (`application/json`) once the command has finished, or, when the request's `Accept` header contains `text/event-stream`, a stream of Server-Sent Events while it runs: `event: <type>` and `data: <ExecEvent JSON>` lines per event, types `start`, then `stdout`/`stderr` chunks, then `exit` with the result (or `error` with an `unavailable` error envelope if the agent was lost); see the `exec` tag. */
+            /** @description The command ran; see `exitCode`. The answer is one ExecResult (`application/json`) once the command has finished, or, when the request's `Accept` header contains `text/event-stream`, a stream of Server-Sent Events while it runs: `event: <type>` and `data: <ExecEvent JSON>` lines per event, types `start`, then `stdout`/`stderr` chunks, then `exit` with the result (or `error` with an `unavailable` error envelope if the agent was lost); or, when it contains `application/x-nsbox-frames`, the output as raw frames and then the result; see the `exec` tag. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3547,6 +3553,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ExecResult"];
                     "text/event-stream": string;
+                    "application/x-nsbox-frames": string;
                 };
             };
             /** @description `invalid_argument`: Malformed body or an unknown field, neither or both of `argv` and `command`, an `env` name that is not a shell variable name, a negative `timeoutMs`, or a bad `stdinEncoding` or invalid base64 `stdin`. Or `sessionId` in the body names another session than the path. */
