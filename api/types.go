@@ -70,16 +70,16 @@ type CreateSandboxRequest struct {
 	// image and files, and its env, labels, limits, cwd, user and network policy where the
 	// request gives none; its sessions come back with their saved state. Image must be empty.
 	FromSnapshot string `json:"fromSnapshot,omitempty"`
-	// Permissions are per-path rules for the workspace (see PermissionRule); none: write
-	// everywhere. They need a workspace.
+	// Permissions are per-path rules for the workspace and other paths (see PermissionRule);
+	// none: write everywhere. Rules for the workspace need one.
 	Permissions []PermissionRule `json:"permissions,omitempty"`
 }
 
 // PermissionRule gives the paths a pattern matches a level: none (they do not exist for the
 // sandbox), view (listed and stat-able, content unreadable), read (read-only) or write. A
-// pattern is /workspace or a path under it, or a path relative to /workspace, with shell
+// pattern is an absolute path in the sandbox, or a path relative to /workspace, with shell
 // globs per component and ** for any number of components; the most specific matching
-// pattern wins, and "**" is the default.
+// pattern wins, and "**" is the workspace's default.
 type PermissionRule struct {
 	Pattern string `json:"pattern"`
 	Level   string `json:"level"`
@@ -124,7 +124,7 @@ type Sandbox struct {
 	Lifecycle *Lifecycle `json:"lifecycle,omitempty"`
 	// Capabilities are the extra capabilities the sandbox was given, as CAP_…, sorted.
 	Capabilities []string `json:"capabilities,omitempty"`
-	// Permissions are its per-path rules for the workspace, as last set.
+	// Permissions are its per-path rules, as last set.
 	Permissions []PermissionRule `json:"permissions,omitempty"`
 	// FromSnapshot is the snapshot the sandbox was made from, if any.
 	FromSnapshot string `json:"fromSnapshot,omitempty"`

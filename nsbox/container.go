@@ -150,6 +150,11 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})
 	}
+	if st.Permissions != nil {
+		spec.RootMounts = func(root string) ([]backend.Mount, error) {
+			return r.rootLayers(id, root, spec.ImageBinds, spec.Masked, st.Permissions, ids)
+		}
+	}
 	return spec, nil
 }
 

@@ -62,9 +62,6 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	if err := confinedSessions(sb.rec); err != nil {
-		return nil, err
-	}
 	switch sb.rec.Status {
 	case api.StatusRunning:
 	case api.StatusPaused: // its agent must answer
@@ -159,7 +156,7 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	bound := time.Since(began) - started
 	if err == nil {
-		err = sc.agent.restoreState(ctx, st)
+		err = r.restoreState(ctx, rec, sc, st) // sessions with permissions of their own: permissions.go
 	}
 	restored := time.Since(began) - started - bound
 	if err != nil {

@@ -25,19 +25,22 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	sandboxfs "github.com/nsbox/nsbox/fs"
+	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/permfs"
 	"github.com/nsbox/nsbox/perms"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
 // Per-path permissions (docs/permissions.md). A sandbox created with rules gets a permission
-// layer over its workspace: an `nsbox permfs` process (package permfs), started before its
-// container, serves the workspace's directory (the copy-on-write overlay, or the host
-// directory) through the rules as a FUSE file system mounted at <run>/sandboxes/<container>/
-// permfs, which the container bind-mounts at /workspace. The host's mount is detached once the
-// container has started, like the workspace's overlay; the layer then lives as long as the
-// container's mount namespace, and outlives a daemon that dies. PATCH …/permissions sends new
-// rules over its control socket. Stopping the container (remove, hibernate) kills it.
+// layer over each directory its rules need one on (perms.Set.Roots: the workspace, /etc for
+// /etc/secret, /home/user for /home/user/.ssh/**…): an `nsbox permfs` process (package
+// permfs), started before its container, serves the directory (the workspace's overlay or
+// host directory; the container's root overlay, or an image's read-only host directory)
+// through the rules as a FUSE file system mounted at <run>/sandboxes/<container>/permfs-<n>,
+// which the container bind-mounts in its place. The host's mounts are detached once the
+// container has started; a layer then lives as long as the container's mount namespace, and
+// outlives a daemon that dies. PATCH …/permissions sends new rules over the layers' control
+// sockets. Stopping the container (remove, hibernate) kills them.
 
 const (
 	// permfsStartTimeout bounds how long the daemon waits for a permission layer to be served.
@@ -46,40 +49,90 @@ const (
 	permfsControlTimeout = 10 * time.Second
 )
 
-func (r *Runtime) permfsMount(id string) string { return filepath.Join(r.sandboxRunDir(id), "permfs") }
-func (r *Runtime) permfsControl(id string) string {
-	return filepath.Join(r.sandboxRunDir(id), "permfs.sock")
-}
-func (r *Runtime) permfsPIDFile(id string) string {
-	return filepath.Join(r.sandboxRunDir(id), "permfs.pid")
+// permfsLayer is the base of the host paths of container id's layer n: the mountpoint itself,
+// and with .sock, .pid and .log its control socket, pid file and log.
+func (r *Runtime) permfsLayer(id string, n int) string {
+	return filepath.Join(r.sandboxRunDir(id), "permfs-"+strconv.Itoa(n))
 }
 
-// checkPermissions checks a create request's rules: they compile, and there is a workspace
-// for them to apply to.
+// permfsLayers are the bases (permfsLayer) of container id's started layers.
+func (r *Runtime) permfsLayers(id string) ([]string, error) {
+	pids, err := filepath.Glob(filepath.Join(r.sandboxRunDir(id), "permfs-*.pid"))
+	if err != nil {
+		return nil, fmt.Errorf("find permission layers: %w", err)
+	}
+	for i, p := range pids {
+		pids[i] = strings.TrimSuffix(p, ".pid")
+	}
+	return pids, nil
+}
+
+// netFileTargets are the files of the sandbox's network (networkFiles), mounted over what a
+// permission layer on /etc shows: rules cannot apply to them.
+var netFileTargets = []string{"/etc/hosts", "/etc/resolv.conf"}
+
+// checkPermissions checks a create request's rules: they compile, their layers can be made
+// (a workspace for rules in it; no layer on, over or under what nsbox itself mounts), and
+// the daemon can start layers.
 func (r *Runtime) checkPermissions(req *api.CreateSandboxRequest) error {
 	if req.Permissions == nil {
 		return nil
 	}
-	if _, err := perms.Compile(req.Permissions); err != nil {
+	set, err := perms.Compile(req.Permissions)
+	if err != nil {
 		return api.Errorf(api.CodeInvalidArgument, "%v", err)
 	}
-	switch {
-	case req.Workspace == nil:
-		return api.Errorf(api.CodeInvalidArgument, "permissions apply to the workspace: create the sandbox with workspace: {hostPath} too")
-	case r.cfg.Self == "":
+	for _, root := range set.Roots() {
+		if root == api.WorkspacePath {
+			if req.Workspace == nil {
+				return api.Errorf(api.CodeInvalidArgument, "permissions for %s (relative patterns are relative to it) need a workspace: create the sandbox with workspace: {hostPath} too", api.WorkspacePath)
+			}
+			continue
+		}
+		for _, res := range reservedTargets {
+			if perms.Within(root, res) || perms.Within(res, root) {
+				return api.Errorf(api.CodeInvalidArgument, "permissions outside %s need a permission layer on %s, which is, is under or holds %s (nsbox's own): rules cannot cover it; name deeper directories", api.WorkspacePath, root, res)
+			}
+		}
+		for _, m := range req.Mounts {
+			if perms.Within(root, m.Target) || perms.Within(m.Target, root) {
+				return api.Errorf(api.CodeInvalidArgument, "permissions outside %s need a permission layer on %s, which is, is under or holds the bind mount at %s: rules do not apply to bind mounts", api.WorkspacePath, root, m.Target)
+			}
+		}
+	}
+	for _, t := range netFileTargets {
+		if p := set.Reaching(t); p != "" {
+			return api.Errorf(api.CodeInvalidArgument, "permissions: pattern %q would cover %s, which nsbox mounts for the sandbox's network: rules cannot apply to it", p, t)
+		}
+	}
+	if r.cfg.Self == "" {
 		return api.Errorf(api.CodeUnavailable, "this daemon cannot enforce permissions (it does not know its own binary)")
 	}
 	return nil
 }
 
-// startPermFS starts the permission layer of container id over the host directory source
-// and returns where it is mounted.
-func (r *Runtime) startPermFS(id, source string, rules []api.PermissionRule, ids permfs.IDs) (string, error) {
+// permLayer is one permission layer to start: the host directory it serves (read-only or
+// not), where the sandbox sees it, and how owners translate.
+type permLayer struct {
+	source   string
+	readOnly bool
+	at       string
+	ids      permfs.IDs
+	// masked are the image's masked paths (always none in the layer).
+	masked []string
+	// shared: the host changes the directory too (a read-write workspace).
+	shared bool
+}
+
+// startPermFS starts container id's permission layer n with rules and returns where it is
+// mounted.
+func (r *Runtime) startPermFS(id string, n int, l permLayer, rules []api.PermissionRule) (string, error) {
+	base := r.permfsLayer(id, n)
 	body, err := json.Marshal(api.PermissionsRequest{Permissions: rules})
 	if err != nil {
 		return "", fmt.Errorf("encode permission rules: %w", err)
 	}
-	logFile, err := os.Create(filepath.Join(r.sandboxRunDir(id), "permfs.log"))
+	logFile, err := os.Create(base + ".log")
 	if err != nil {
 		return "", fmt.Errorf("make permission layer log: %w", err)
 	}
@@ -89,62 +142,204 @@ func (r *Runtime) startPermFS(id, source string, rules []api.PermissionRule, ids
 		return "", fmt.Errorf("make pipe: %w", err)
 	}
 	defer ready.Close()
-	cmd := exec.Command(r.cfg.Self, "permfs", "--source", source, "--mountpoint", r.permfsMount(id), "--control", r.permfsControl(id),
-		"--root-uid", strconv.FormatUint(uint64(ids.RootUID), 10), "--root-gid", strconv.FormatUint(uint64(ids.RootGID), 10),
-		"--ids-host", strconv.FormatUint(uint64(ids.Host), 10), "--ids-size", strconv.FormatUint(uint64(ids.Size), 10))
+	dev, err := permfs.Mount(base)
+	if err != nil {
+		return "", err
+	}
+	defer dev.Close()
+	args := []string{"permfs", "--source", l.source, "--at", l.at, "--control", base + ".sock",
+		"--root-uid", strconv.FormatUint(uint64(l.ids.RootUID), 10), "--root-gid", strconv.FormatUint(uint64(l.ids.RootGID), 10),
+		"--ids-host", strconv.FormatUint(uint64(l.ids.Host), 10), "--ids-size", strconv.FormatUint(uint64(l.ids.Size), 10)}
+	if l.readOnly {
+		args = append(args, "--read-only")
+	}
+	if l.shared {
+		args = append(args, "--shared")
+	}
+	for _, m := range l.masked {
+		if perms.Within(m, l.at) {
+			args = append(args, "--hide", m)
+		}
+	}
+	for _, t := range netFileTargets {
+		if perms.Within(t, l.at) {
+			args = append(args, "--keep", t)
+		}
+	}
+	cmd := exec.Command(r.cfg.Self, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(body), logFile, logFile
-	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.ExtraFiles = []*os.File{readyW, dev}
 	// Its own session: a daemon that dies (or is killed by its terminal) leaves it running.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Its own mount namespace: it serves from a private tree (permfs.Run).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
 	err = cmd.Start()
 	readyW.Close()
 	if err != nil {
-		return "", fmt.Errorf("start permission layer: %w", err)
+		return "", errors.Join(fmt.Errorf("start permission layer: %w", err), rootfs.Detach(base))
 	}
 	go cmd.Wait() // reaped here while this daemon lives
-	if err := os.WriteFile(r.permfsPIDFile(id), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
-		return "", errors.Join(fmt.Errorf("record permission layer: %w", err), r.stopPermFS(id, cmd.Process.Pid))
+	if err := os.WriteFile(base+".pid", []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+		return "", errors.Join(fmt.Errorf("record permission layer: %w", err), r.stopPermFS(base, cmd.Process.Pid))
 	}
 	ready.SetReadDeadline(time.Now().Add(permfsStartTimeout))
 	msg, _ := io.ReadAll(ready)
 	if string(msg) != "ok" {
 		log, _ := os.ReadFile(logFile.Name())
-		return "", errors.Join(fmt.Errorf("permission layer did not start: %s (log: %q)", msg, log), r.stopPermFS(id, cmd.Process.Pid))
+		return "", errors.Join(fmt.Errorf("permission layer on %s did not start: %s (log: %q)", l.at, msg, log), r.stopPermFS(base, cmd.Process.Pid))
 	}
-	return r.permfsMount(id), nil
+	return base, nil
 }
 
-// releasePermFS stops container id's permission layer, if it has one, and detaches its host
-// mount.
+// permRoot is the index of the permission layer on the directory at among rules' (-1: none).
+func permRoot(rules []api.PermissionRule, at string) int {
+	if rules == nil {
+		return -1
+	}
+	set, err := perms.Compile(rules) // checked at create
+	if err != nil {
+		return -1
+	}
+	return slices.Index(set.Roots(), at)
+}
+
+// rootLayers starts the permission layers of container id outside its workspace, once its
+// root overlay is mounted on the host at root, and answers their mounts. A layer's directory
+// is an image's host directory (read-only) when it is in one of imageBinds, else the root's
+// (made if missing); the image's masked paths are none in it (a mask over a layer's file
+// would hold only until the kernel drops that name). No process of the container runs yet:
+// its root cannot change meanwhile.
+func (r *Runtime) rootLayers(id, root string, imageBinds []backend.Mount, masked []string, rules []api.PermissionRule, ids rootfs.IDMap) ([]backend.Mount, error) {
+	set, err := perms.Compile(rules)
+	if err != nil {
+		return nil, err
+	}
+	var out []backend.Mount
+	for n, at := range set.Roots() {
+		if at == api.WorkspacePath {
+			continue
+		}
+		l := permLayer{at: at, masked: masked}
+		for _, b := range imageBinds {
+			if perms.Within(at, b.Target) {
+				if err := noSymlinks(b.Source, strings.TrimPrefix(at, b.Target)); err != nil {
+					return nil, err
+				}
+				// The host's own directory: the host changes it too.
+				l.source, l.readOnly, l.shared = filepath.Join(b.Source, strings.TrimPrefix(at, b.Target)), true, true
+				if ids.Enabled() { // as the bind's id-mapped mount shows it
+					l.ids = permfs.IDs{Host: ids.Host, Size: ids.Size}
+				}
+			}
+		}
+		if l.source == "" {
+			if l.source, err = makeDirIn(root, at, ids); err != nil {
+				return nil, err
+			}
+		}
+		mnt, err := r.startPermFS(id, n, l, rules)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, backend.Mount{Source: mnt, Target: at, ReadOnly: l.readOnly, IDs: backend.MountIDs{Native: true}})
+	}
+	return out, nil
+}
+
+// makeDirIn makes sure the directory at (absolute, in the root at root) exists without a
+// symlink on the way, making what is missing (owned by the container's root), and returns
+// its host path.
+func makeDirIn(root, at string, ids rootfs.IDMap) (string, error) {
+	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("open container root: %w", err)
+	}
+	for _, c := range strings.Split(strings.TrimPrefix(at, "/"), "/") {
+		err := unix.Mkdirat(fd, c, 0o755)
+		if err == nil && ids.Enabled() {
+			err = unix.Fchownat(fd, c, int(ids.Host), int(ids.Host), unix.AT_SYMLINK_NOFOLLOW)
+		}
+		if err != nil && err != unix.EEXIST {
+			unix.Close(fd)
+			return "", fmt.Errorf("make %s for its permission layer: %w", at, err)
+		}
+		next, err := unix.Openat2(fd, c, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV})
+		unix.Close(fd)
+		if err != nil {
+			return "", api.Errorf(api.CodeInvalidArgument, "permissions need a layer on %s, which is not a directory in the sandbox's image (at %s: %v)", at, c, err)
+		}
+		fd = next
+	}
+	unix.Close(fd)
+	return filepath.Join(root, at), nil
+}
+
+// noSymlinks checks that rel (relative, or "") under the host directory dir is a directory
+// reached without symlinks.
+func noSymlinks(dir, rel string) error {
+	base, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer unix.Close(base)
+	if rel = strings.Trim(rel, "/"); rel == "" {
+		return nil
+	}
+	fd, err := unix.Openat2(base, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH})
+	if err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "permissions need a layer on %s, which is not a directory (reached without symlinks) in the sandbox's image: %v", filepath.Join(dir, rel), err)
+	}
+	return unix.Close(fd)
+}
+
+// releasePermFS stops container id's permission layers and detaches their host mounts.
 func (r *Runtime) releasePermFS(id string) error {
-	data, err := os.ReadFile(r.permfsPIDFile(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return rootfs.Detach(r.permfsMount(id))
-	}
+	layers, err := r.permfsLayers(id)
 	if err != nil {
-		return fmt.Errorf("read permission layer's pid: %w", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil {
-		return fmt.Errorf("permission layer's pid file: %w", err)
-	}
-	if err := r.stopPermFS(id, pid); err != nil {
 		return err
 	}
-	return os.Remove(r.permfsPIDFile(id))
+	for _, base := range layers {
+		data, err := os.ReadFile(base + ".pid")
+		if err != nil {
+			return fmt.Errorf("read permission layer's pid: %w", err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+		if err != nil {
+			return fmt.Errorf("permission layer's pid file: %w", err)
+		}
+		if err := r.stopPermFS(base, pid); err != nil {
+			return err
+		}
+		if err := os.Remove(base + ".pid"); err != nil {
+			return fmt.Errorf("remove permission layer's pid file: %w", err)
+		}
+	}
+	return nil
 }
 
-// stopPermFS kills the permission layer pid of container id (when pid is still it: its
-// command line names the container's control socket) and waits until it has exited.
-func (r *Runtime) stopPermFS(id string, pid int) error {
-	err := rootfs.Detach(r.permfsMount(id))
+// detachPermFS detaches the host mounts of container id's permission layers.
+func (r *Runtime) detachPermFS(id string) error {
+	mounts, err := filepath.Glob(filepath.Join(r.sandboxRunDir(id), "permfs-*[0-9]"))
+	if err != nil {
+		return fmt.Errorf("find permission layers: %w", err)
+	}
+	var errs []error
+	for _, m := range mounts {
+		errs = append(errs, rootfs.Detach(m))
+	}
+	return errors.Join(errs...)
+}
+
+// stopPermFS kills the permission layer pid whose base is base (when pid is still it: its
+// command line names the layer's control socket) and waits until it has exited.
+func (r *Runtime) stopPermFS(base string, pid int) error {
+	err := rootfs.Detach(base)
 	fd, perr := unix.PidfdOpen(pid, 0)
 	if perr != nil {
 		return err // gone already
 	}
 	defer unix.Close(fd)
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if !bytes.Contains(cmdline, []byte(r.permfsControl(id))) {
+	if !bytes.Contains(cmdline, []byte(base+".sock\x00")) {
 		return err // the pid is another process's now
 	}
 	if kerr := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); kerr != nil && kerr != unix.ESRCH {
@@ -169,8 +364,11 @@ func (r *Runtime) SetPermissions(ctx context.Context, id string, rules []api.Per
 		return nil, err
 	}
 	defer sb.mu.Unlock()
-	if _, err := os.Stat(r.permfsPIDFile(sb.rec.container())); err != nil {
-		return nil, api.Errorf(api.CodeConflict, "sandbox %q was created without permissions, so its workspace has no permission layer to change; create it with permissions (e.g. [{\"pattern\": \"**\", \"level\": \"write\"}])", id)
+	if sb.rec.Permissions == nil {
+		return nil, api.Errorf(api.CodeConflict, "sandbox %q was created without permissions, so it has no permission layer to change; create it with permissions (e.g. [{\"pattern\": \"**\", \"level\": \"write\"}])", id)
+	}
+	if err := covered(rules, sb.rec.Permissions); err != nil {
+		return nil, err
 	}
 	if rules == nil {
 		rules = []api.PermissionRule{}
@@ -186,14 +384,48 @@ func (r *Runtime) SetPermissions(ctx context.Context, id string, rules []api.Per
 	return &out, nil
 }
 
-// pushRules gives container id's permission layer the sandbox's rules, or those of the
-// processes in its cgroup named cgroup.
-func (r *Runtime) pushRules(ctx context.Context, id, cgroup string, rules []api.PermissionRule) error {
-	return r.control(ctx, id, http.MethodPut, path.Join(permfs.ControlPath, cgroup), api.PermissionsRequest{Permissions: rules})
+// covered checks that rules need no permission layer the sandbox's rules did not: their
+// layers are made with the container.
+func covered(rules, sandbox []api.PermissionRule) error {
+	set, err := perms.Compile(rules)
+	if err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "%v", err)
+	}
+	have, err := perms.Compile(sandbox)
+	if err != nil {
+		return fmt.Errorf("recorded permissions: %w", err)
+	}
+	for _, root := range set.Roots() {
+		if !slices.ContainsFunc(have.Roots(), func(h string) bool { return perms.Within(root, h) }) {
+			return api.Errorf(api.CodeInvalidArgument, "these rules need a permission layer on %s, which the sandbox does not have (its layers are on %s, made with its container from its rules at create); add rules there at create", root, strings.Join(have.Roots(), ", "))
+		}
+	}
+	return nil
 }
 
-// control sends a request (body: JSON, or none when nil) to container id's permission layer.
-func (r *Runtime) control(ctx context.Context, id, method, p string, body any) error {
+// pushRules gives container id's permission layers the sandbox's rules, or those of the
+// processes in its cgroup named cgroup.
+func (r *Runtime) pushRules(ctx context.Context, id, cgroup string, rules []api.PermissionRule) error {
+	return r.controlAll(ctx, id, http.MethodPut, path.Join(permfs.ControlPath, cgroup), api.PermissionsRequest{Permissions: rules})
+}
+
+// controlAll sends a request to each of container id's permission layers (control).
+func (r *Runtime) controlAll(ctx context.Context, id, method, p string, body any) error {
+	layers, err := r.permfsLayers(id)
+	if err != nil {
+		return err
+	}
+	for _, base := range layers {
+		if err := r.control(ctx, base, method, p, body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// control sends a request (body: JSON, or none when nil) to the permission layer whose base
+// is base.
+func (r *Runtime) control(ctx context.Context, base, method, p string, body any) error {
 	ctx, cancel := context.WithTimeout(ctx, permfsControlTimeout)
 	defer cancel()
 	var rd io.Reader
@@ -205,7 +437,7 @@ func (r *Runtime) control(ctx context.Context, id, method, p string, body any) e
 		rd = bytes.NewReader(data)
 	}
 	client := http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", r.permfsControl(id))
+		return (&net.Dialer{}).DialContext(ctx, "unix", base+".sock")
 	}}}
 	req, err := http.NewRequestWithContext(ctx, method, "http://permfs"+p, rd)
 	if err != nil {
@@ -254,14 +486,17 @@ func (r *Runtime) checkSessionPermissions(l live, rules []api.PermissionRule) (*
 	if err != nil {
 		return nil, api.Errorf(api.CodeInvalidArgument, "%v", err)
 	}
-	if _, err := os.Stat(r.permfsPIDFile(l.rec.container())); err != nil {
+	if l.rec.Permissions == nil {
 		return nil, api.Errorf(api.CodeInvalidArgument, "sandbox %q was created without permissions, so its sessions cannot have their own; create it with permissions (e.g. [{\"pattern\": \"**\", \"level\": \"write\"}])", l.rec.ID)
+	}
+	if err := covered(rules, l.rec.Permissions); err != nil {
+		return nil, err
 	}
 	wide, err := perms.Compile(l.rec.Permissions)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s's recorded permissions: %w", l.rec.ID, err)
 	}
-	if err := perms.Within(narrow, wide); err != nil {
+	if err := perms.Narrows(narrow, wide); err != nil {
 		return nil, api.Errorf(api.CodeInvalidArgument, "permissions: %v", err)
 	}
 	return narrow, nil
@@ -273,10 +508,7 @@ func (r *Runtime) confineSession(ctx context.Context, l live, s *api.Session, cr
 	if !created {
 		return api.Errorf(api.CodeConflict, "session %q exists already: a session's permissions are given when it is created", s.ID)
 	}
-	err := r.pushRules(ctx, l.rec.container(), sessionCgroup(s.ID), rules)
-	if err == nil {
-		err = moveToCgroup(l.inst.PID(), s.PID, sessionCgroup(s.ID))
-	}
+	err := r.confine(ctx, l.rec.container(), l.inst.PID(), s, rules)
 	if err == nil {
 		l.sb.mu.Lock()
 		err = r.update(l.sb, func(rec *record) {
@@ -290,6 +522,52 @@ func (r *Runtime) confineSession(ctx context.Context, l live, s *api.Session, cr
 	}
 	if err != nil {
 		return errors.Join(fmt.Errorf("confine session %s: %w", s.ID, err), l.agent.deleteSession(context.WithoutCancel(ctx), s.ID))
+	}
+	return nil
+}
+
+// confine has container id's permission layer apply rules to the session s, whose shell,
+// idle, moves into the session's cgroup (agentPID: the container's PID 1 on the host).
+func (r *Runtime) confine(ctx context.Context, id string, agentPID int, s *api.Session, rules []api.PermissionRule) error {
+	if err := r.pushRules(ctx, id, sessionCgroup(s.ID), rules); err != nil {
+		return err
+	}
+	return moveToCgroup(agentPID, s.PID, sessionCgroup(s.ID))
+}
+
+// restoreState hands a resumed container's agent the state its sandbox saved at hibernation.
+// A session with rules of its own is made afresh, confined while its shell is idle, and only
+// then given its state: its state is restored, as everything it runs, under its rules.
+func (r *Runtime) restoreState(ctx context.Context, rec record, sc *startedContainer, st api.SandboxState) error {
+	confined := map[string]api.SessionState{}
+	rest := st
+	rest.Sessions = nil
+	for _, ss := range st.Sessions {
+		if _, ok := rec.SessionPermissions[ss.ID]; ok {
+			confined[ss.ID] = ss
+		} else {
+			rest.Sessions = append(rest.Sessions, ss)
+		}
+	}
+	if err := sc.agent.restoreState(ctx, rest); err != nil {
+		return err
+	}
+	for _, sid := range slices.Sorted(maps.Keys(confined)) {
+		ss := confined[sid]
+		req := api.CreateSessionRequest{ID: ss.ID, Shell: ss.Shell, User: ss.User}
+		if ss.ReadOnly {
+			req.Permission = api.PermissionRead
+		}
+		s, _, err := sc.agent.createSession(ctx, req)
+		if err == nil {
+			err = r.confine(ctx, rec.container(), sc.inst.PID(), s, rec.SessionPermissions[sid])
+		}
+		if err == nil {
+			err = sc.agent.restoreState(ctx, api.SandboxState{Sessions: []api.SessionState{ss}})
+		}
+		if err != nil {
+			return fmt.Errorf("restore session %q with its permissions: %w", sid, err)
+		}
 	}
 	return nil
 }
@@ -339,11 +617,11 @@ func (r *Runtime) actForSession(req *http.Request, container, sid string, root *
 	// This thread (locked until root is closed), and each thread root starts for a change.
 	act := func() (func(), error) {
 		tid := strconv.Itoa(unix.Gettid())
-		if err := r.control(req.Context(), container, http.MethodPut, path.Join(permfs.CallersPath, tid, sessionCgroup(sid)), nil); err != nil {
+		if err := r.controlAll(req.Context(), container, http.MethodPut, path.Join(permfs.CallersPath, tid, sessionCgroup(sid)), nil); err != nil {
 			return nil, err
 		}
 		return func() {
-			if err := r.control(context.Background(), container, http.MethodDelete, path.Join(permfs.CallersPath, tid), nil); err != nil {
+			if err := r.controlAll(context.Background(), container, http.MethodDelete, path.Join(permfs.CallersPath, tid), nil); err != nil {
 				// The thread stays locked and ends with its goroutine: no other call of the
 				// daemon's can run on it as the session.
 				r.log.Warn("end a session's file call in the permission layer", "container", container, "err", err)
@@ -363,15 +641,6 @@ func (r *Runtime) actForSession(req *http.Request, container, sid string, root *
 		runtime.LockOSThread() // as the caller's: ends with its goroutine, or unlocked by done
 		return act()
 	})
-	return nil
-}
-
-// confinedSessions refuses to hibernate a sandbox with sessions that have rules of their own:
-// resumed, they would come back outside their cgroups.
-func confinedSessions(rec record) error {
-	if len(rec.SessionPermissions) > 0 {
-		return api.Errorf(api.CodeConflict, "sandbox %q has sessions with permissions of their own (%s), which hibernation cannot keep; remove them first", rec.ID, strings.Join(slices.Sorted(maps.Keys(rec.SessionPermissions)), ", "))
-	}
 	return nil
 }
 

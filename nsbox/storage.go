@@ -52,7 +52,7 @@ type extrasSpec struct {
 	Workspace    *api.Workspace
 	Mounts       []api.Mount
 	Capabilities []string
-	// Permissions are the workspace's rules (nil: no permission layer).
+	// Permissions are the sandbox's rules (nil: no permission layers).
 	Permissions []api.PermissionRule
 	// SnapshotLayers are the digests of snapshot layers (topmost first) put over the image's
 	// (snapshots.go).
@@ -278,19 +278,19 @@ func (r *Runtime) storageMounts(id string, st extrasSpec, ids rootfs.IDMap) ([]b
 				return nil, err
 			}
 		}
-		if st.Permissions != nil {
+		if n := permRoot(st.Permissions, api.WorkspacePath); n >= 0 {
 			// The layer shows the sandbox's ids itself: an overlay's are, a host directory's
 			// the layer translates as an id-mapped mount would (writableIDs).
-			var pids permfs.IDs
+			l := permLayer{source: m.Source, at: api.WorkspacePath, shared: ws.Mode != api.WorkspaceCOW}
 			if !m.IDs.Native && ids.Enabled() {
 				wids, err := writableIDs(m.Source)
 				if err != nil {
 					return nil, err
 				}
-				pids = permfs.IDs{RootUID: wids.RootUID, RootGID: wids.RootGID, Host: ids.Host, Size: ids.Size}
+				l.ids = permfs.IDs{RootUID: wids.RootUID, RootGID: wids.RootGID, Host: ids.Host, Size: ids.Size}
 			}
 			var err error
-			if m.Source, err = r.startPermFS(id, m.Source, st.Permissions, pids); err != nil {
+			if m.Source, err = r.startPermFS(id, n, l, st.Permissions); err != nil {
 				return nil, err
 			}
 			m.IDs = backend.MountIDs{Native: true}
@@ -329,7 +329,7 @@ func writableIDs(p string) (backend.MountIDs, error) {
 // detachWorkspace removes the host mounts of a copy-on-write workspace and of a permission
 // layer; a started sandbox keeps its own.
 func (r *Runtime) detachWorkspace(id string) error {
-	return errors.Join(rootfs.Detach(r.permfsMount(id)), rootfs.Detach(r.workspaceMount(id)))
+	return errors.Join(r.detachPermFS(id), rootfs.Detach(r.workspaceMount(id)))
 }
 
 // releaseStorage undoes what prepareLayers and storageMounts made on the host: the workspace

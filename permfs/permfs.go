@@ -5,10 +5,11 @@
 // API, which reaches the workspace through the same mount.
 //
 // It runs as its own process (nsbox permfs), one per started sandbox with rules, so that it
-// outlives a daemon that dies, and it chroots into the workspace before it serves: it acts as
-// the host's root, and a symlink the sandbox swaps in under it can then lead nowhere but into
-// the workspace. It ends when the last mount of its file system goes (the sandbox's mount
-// namespace with its container), or when the daemon kills it.
+// outlives a daemon that dies. It serves from a mount namespace of its own that holds only the
+// workspace and /proc, chrooted into the workspace: it acts as the host's root, and a symlink
+// the sandbox swaps in under it can then lead nowhere but into the workspace. It ends when the
+// last mount of its file system goes (the sandbox's mount namespace with its container), or
+// when the daemon kills it.
 package permfs
 
 import (
@@ -23,6 +24,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -78,19 +80,31 @@ type FS struct {
 	// by thread id, with the name of the session's cgroup.
 	callers atomic.Pointer[map[uint32]string]
 	ids     IDs
-	root    *node
+	at      string // where the layer is in the sandbox (/workspace, /etc…): rules name paths there
+	// hidden are paths (in the sandbox) that are none whatever the rules: those the image
+	// masks, which a mount over the layer's file would hide only until the kernel drops it.
+	hidden []string
+	// kept are paths (in the sandbox) nsbox mounts files over (which rules cannot reach): a
+	// change of rules leaves their cached names alone, since dropping a name the kernel has
+	// a mount on detaches that mount.
+	kept []string
+	// cache is how long the kernel keeps names and attributes (serve.go); past a second the
+	// directory changes through the layer only, and the kernel keeps file pages too.
+	cache time.Duration
+	root  *node
 	// proc is /proc, opened before the chroot, to find the cgroup of a caller.
 	proc int
 }
 
 // New makes the layer over the directory dir (which must not be left for another directory
-// by symlinks: the process is expected to have chrooted into it, and to pass "/") with rules.
-func New(dir string, rules *perms.Set, ids IDs, proc int) (*FS, error) {
+// by symlinks: the process is expected to have chrooted into it, and to pass "/"), mounted at
+// the path at in the sandbox, with rules.
+func New(dir, at string, rules *perms.Set, ids IDs, proc int, hidden, kept []string) (*FS, error) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(dir, &st); err != nil {
 		return nil, &os.PathError{Op: "stat", Path: dir, Err: err}
 	}
-	f := &FS{ids: ids, proc: proc}
+	f := &FS{ids: ids, at: at, proc: proc, hidden: hidden, kept: kept}
 	f.rules.Store(rules)
 	f.sessions.Store(&map[string]*perms.Set{})
 	f.callers.Store(&map[uint32]string{})
@@ -111,14 +125,14 @@ func (f *FS) Root() gofs.InodeEmbedder { return f.root }
 // what they were opened for.
 func (f *FS) SetRules(rules *perms.Set) {
 	f.rules.Store(rules)
-	forget(f.root.EmbeddedInode())
+	f.forget(f.root.EmbeddedInode(), f.at)
 }
 
 // SetSession gives the processes in the cgroup named name their own rules (nil: none any
 // more), which narrow the sandbox's.
 func (f *FS) SetSession(name string, rules *perms.Set) {
 	swap(&f.sessions, name, rules, rules == nil)
-	forget(f.root.EmbeddedInode())
+	f.forget(f.root.EmbeddedInode(), f.at)
 }
 
 // ActFor has the thread tid (of the daemon) act for the processes in the cgroup named name
@@ -141,19 +155,28 @@ func swap[K comparable, V any](m *atomic.Pointer[map[K]V], k K, v V, del bool) {
 	}
 }
 
-func forget(dir *gofs.Inode) {
+// forget has the kernel drop the names it has cached under dir (the sandbox's path p) but
+// the kept ones.
+func (f *FS) forget(dir *gofs.Inode, p string) {
 	for name, child := range dir.Children() {
-		forget(child)
-		dir.NotifyEntry(name)
+		cp := path.Join(p, name)
+		f.forget(child, cp)
+		if !slices.Contains(f.kept, cp) {
+			dir.NotifyEntry(name)
+		}
 	}
 }
 
-// level is the level of the workspace-relative path rel for the caller of ctx: the sandbox's,
-// lowered by its session's rules when it is in a session that has some.
+// level is the level of the path rel (relative to the layer's root) for the caller of ctx:
+// the sandbox's, lowered by its session's rules when it is in a session that has some.
 func (f *FS) level(ctx context.Context, rel string) perms.Level {
-	lvl := f.rules.Load().Level(rel)
+	p := path.Join(f.at, rel)
+	if slices.ContainsFunc(f.hidden, func(h string) bool { return perms.Within(p, h) }) {
+		return perms.None
+	}
+	lvl := f.rules.Load().Level(p)
 	if s := f.session(ctx); s != nil {
-		lvl = min(lvl, s.Level(rel))
+		lvl = min(lvl, s.Level(p))
 	}
 	return lvl
 }
@@ -199,12 +222,12 @@ func cgroupOf(proc int, pid uint32) (string, error) {
 }
 
 // entryOut shows a new entry's owners as the sandbox's and says how long the kernel may keep
-// its name: cacheTimeout, or not at all while sessions have rules of their own, since a name
-// one caller may see another may not.
+// its name: f.cache, or not at all while sessions have rules of their own, since a name one
+// caller may see another may not.
 func (f *FS) entryOut(out *fuse.EntryOut) {
 	f.attrOut(&out.Attr)
 	if len(*f.sessions.Load()) == 0 {
-		out.SetEntryTimeout(cacheTimeout)
+		out.SetEntryTimeout(f.cache)
 	}
 }
 
@@ -229,7 +252,7 @@ func (n *node) level(ctx context.Context, name string) perms.Level {
 	return n.fs.level(ctx, path.Join(path.Join(parts...), name))
 }
 
-// rel is the node's path relative to the workspace, or that of its child name.
+// rel is the node's path relative to the layer's root, or that of its child name.
 func (n *node) rel(name string) string { return path.Join(n.Path(nil), name) }
 
 // underlying is the path, in the served directory, of the node's child name.
@@ -278,7 +301,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if lvl < perms.Read || (lvl < perms.Write && flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0) {
 		return nil, 0, syscall.EACCES
 	}
-	return n.LoopbackNode.Open(ctx, flags)
+	fh, fflags, errno := n.LoopbackNode.Open(ctx, flags)
+	if n.fs.cache > sharedCache {
+		fflags |= fuse.FOPEN_KEEP_CACHE
+	}
+	return fh, fflags, errno
 }
 
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -445,8 +472,8 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
 }
 
-// keepsLevels reports whether moving the tree at the served path p from the workspace path
-// from to to raises the level of nothing in it.
+// keepsLevels reports whether moving the tree at the served path p from the path from to to
+// (relative to the layer's root) raises the level of nothing in it.
 func (f *FS) keepsLevels(ctx context.Context, p, from, to string) bool {
 	ok := true
 	filepath.WalkDir(p, func(sub string, _ fs.DirEntry, err error) error {

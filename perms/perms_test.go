@@ -1,6 +1,8 @@
 package perms
 
 import (
+	"path"
+	"slices"
 	"strings"
 	"testing"
 
@@ -21,7 +23,7 @@ func TestLevel(t *testing.T) {
 		"docs/.env": None, "secrets": View, "secrets/k.pem": View, "secrets/.env": None, "src": Write, "src/main.go": Write,
 		"src/locked/a.go": Read, "src/locked/a.c": Write, "src/exact.txt": None, "srcx": Read,
 	} {
-		if got := s.Level(p); got != want {
+		if got := s.Level(path.Join("/workspace", p)); got != want {
 			t.Errorf("Level(%q) = %s, want %s", p, got, want)
 		}
 	}
@@ -33,7 +35,7 @@ func TestLevel(t *testing.T) {
 
 func TestCompileRefuses(t *testing.T) {
 	for _, rules := range [][]api.PermissionRule{
-		{{Pattern: "", Level: "none"}}, {{Pattern: "a", Level: "hidden"}}, {{Pattern: "/etc", Level: "none"}},
+		{{Pattern: "", Level: "none"}}, {{Pattern: "a", Level: "hidden"}}, {{Pattern: "/*/secret", Level: "none"}}, {{Pattern: "/**", Level: "none"}}, {{Pattern: "/", Level: "none"}},
 		{{Pattern: "a/../b", Level: "none"}}, {{Pattern: "a//b", Level: "none"}}, {{Pattern: "[", Level: "none"}},
 		{{Pattern: "a", Level: "none"}, {Pattern: "/workspace/a", Level: "read"}},
 	} {
@@ -51,8 +53,32 @@ func TestWithin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := Within(narrow, wide); (err == nil) != ok {
-			t.Errorf("Within(%s): %v, want ok %v", rules, err, ok)
+		if err := Narrows(narrow, wide); (err == nil) != ok {
+			t.Errorf("Narrows(%s): %v, want ok %v", rules, err, ok)
+		}
+	}
+}
+
+func TestRoots(t *testing.T) {
+	s, err := Compile([]api.PermissionRule{
+		{Pattern: "**/.env", Level: "none"}, {Pattern: "/etc/secret", Level: "none"}, {Pattern: "/home/user/.ssh/**", Level: "none"},
+		{Pattern: "/opt/data/*.key", Level: "view"}, {Pattern: "/opt/**/x", Level: "read"}, {Pattern: "/srv/a/b", Level: "read"}, {Pattern: "/srv/a/**", Level: "read"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.Roots(), []string{"/etc", "/home/user", "/opt", "/srv", "/workspace"}; !slices.Equal(got, want) {
+		t.Errorf("Roots() = %q, want %q", got, want)
+	}
+	for p, want := range map[string]Level{"/etc/secret": None, "/etc/hosts": Write, "/home/user/.ssh": None, "/home/user/.ssh/id": None,
+		"/home/user/.sshx": Write, "/opt/data/a.key": View, "/opt/x": Read, "/opt/a/b/x": Read, "/workspace/a/.env": None} {
+		if got := s.Level(p); got != want {
+			t.Errorf("Level(%q) = %s, want %s", p, got, want)
+		}
+	}
+	for p, want := range map[string]string{"/etc/hosts": "", "/etc": "/etc/secret", "/opt/data/k": "/opt/**/x", "/proc": "", "/home": "/home/user/.ssh/**"} {
+		if got := s.Reaching(p); got != want {
+			t.Errorf("Reaching(%q) = %q, want %q", p, got, want)
 		}
 	}
 }

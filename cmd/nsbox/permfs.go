@@ -14,16 +14,25 @@ import (
 	"github.com/nsbox/nsbox/perms"
 )
 
+// fuseFD is the descriptor of /dev/fuse the daemon hands a layer. A plain number, never an
+// *os.File: its finalizer would close the descriptor under the running layer.
+const fuseFD = 4
+
 // permfsCommand runs a sandbox's permission layer (started by the daemon, not by hand): the
-// rules come as an api.PermissionsRequest on stdin, readiness goes to fd 3.
+// rules come as an api.PermissionsRequest on stdin, readiness goes to fd 3, and fd 4 is
+// /dev/fuse, mounted already (permfs.Mount).
 func permfsCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "permfs",
-		Usage:  "serve a sandbox's workspace through its permission rules (started by the daemon, not by hand)",
+		Usage:  "serve a directory of a sandbox through its permission rules (started by the daemon, not by hand)",
 		Hidden: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "source", Required: true},
-			&cli.StringFlag{Name: "mountpoint", Required: true},
+			&cli.StringFlag{Name: "at", Required: true},
+			&cli.BoolFlag{Name: "read-only"},
+			&cli.StringSliceFlag{Name: "hide"},
+			&cli.StringSliceFlag{Name: "keep"},
+			&cli.BoolFlag{Name: "shared"},
 			&cli.StringFlag{Name: "control", Required: true},
 			&cli.UintFlag{Name: "root-uid"},
 			&cli.UintFlag{Name: "root-gid"},
@@ -43,7 +52,7 @@ func permfsCommand() *cli.Command {
 				return err
 			}
 			return permfs.Run(permfs.Config{
-				Source: c.String("source"), Mountpoint: c.String("mountpoint"), Control: c.String("control"),
+				Source: c.String("source"), At: c.String("at"), ReadOnly: c.Bool("read-only"), Hidden: c.StringSlice("hide"), Kept: c.StringSlice("keep"), Shared: c.Bool("shared"), Dev: fuseFD, Control: c.String("control"),
 				Rules: rules, Ready: ready, Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 				IDs: permfs.IDs{RootUID: uint32(c.Uint("root-uid")), RootGID: uint32(c.Uint("root-gid")),
 					Host: uint32(c.Uint("ids-host")), Size: uint32(c.Uint("ids-size"))},

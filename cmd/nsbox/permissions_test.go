@@ -98,6 +98,14 @@ func TestPermissions(t *testing.T) {
 		fails("mkdir src/x && touch src/x/.env", denied)
 	})
 
+	t.Run("many files", func(t *testing.T) {
+		// Enough requests for the layer to collect garbage while serving (a finalizer once
+		// closed its /dev/fuse under it).
+		must("mkdir -p src/many && cd src/many && for i in $(seq 1 2000); do echo $i > f$i; done && echo made", "made")
+		must("find /workspace/src/many -type f | wc -l && tar -cf - -C /workspace/src many | wc -c >/dev/null && cat /workspace/src/many/* | wc -l", "2000\n2000\n")
+		must("rm -r src/many && echo gone", "gone")
+	})
+
 	t.Run("processes", func(t *testing.T) {
 		ctx := context.Background()
 		p, err := d.client.StartProcess(ctx, "perm", api.StartProcessRequest{Command: "cat /workspace/secrets/key.pem /workspace/.env; cat /workspace/docs/guide.md", Cwd: "/workspace"})
@@ -142,7 +150,38 @@ func TestPermissions(t *testing.T) {
 				t.Errorf("%s %s: %d %s, want %d", c.method, c.path, got, data, c.status)
 			}
 		}
-		if got, data := d.call("GET", "/v1/sandboxes/perm/files/list?path=/workspace/src&recursive=true", nil); got != http.StatusOK || strings.Contains(string(data), ".env") {
+		// Symlinks the file API follows resolve in the sandbox's view, rules applied: with
+		// "..", absolute, and climbing above the sandbox's root (which ends at its root).
+		must("ln -s ../docs/guide.md src/up && ln -s ../secrets/key.pem src/upk && ln -s ../.env src/upe && mkdir -p src/d && ln -s ../../docs src/d/updocs && ln -s ../../../../../../../tmp/marker src/host && ln -s /workspace/../workspace/docs/../secrets src/abs && echo made", "made")
+		inSandbox := d.sh("perm", "echo in-sandbox > /tmp/marker && cat /tmp/marker")
+		hostDir := t.TempDir() // a host file at a path the sandbox does not have
+		if err := os.WriteFile(filepath.Join(hostDir, "marker"), []byte("HOSTFILE"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		must("ln -s ../../../../../../..'"+hostDir+"'/marker src/hostfile && echo made", "made")
+		for _, c := range []struct {
+			path   string
+			status int
+			want   string
+		}{
+			{"/workspace/src/up", http.StatusOK, "guide"},
+			{"/workspace/src/d/updocs/guide.md", http.StatusOK, "guide"},
+			{"/workspace/src/upk", http.StatusForbidden, ""},
+			{"/workspace/src/abs/key.pem", http.StatusForbidden, ""},
+			{"/workspace/src/upe", http.StatusNotFound, ""},
+			{"/workspace/src/d/updocs/.env", http.StatusNotFound, ""},
+			{"/workspace/src/host", http.StatusOK, inSandbox},
+			{"/workspace/src/hostfile", http.StatusNotFound, ""},
+		} {
+			got, data := d.call("GET", "/v1/sandboxes/perm/files?path="+c.path, nil)
+			if got != c.status || !strings.Contains(string(data), c.want) || strings.Contains(string(data), "PRIVATE") || strings.Contains(string(data), "secret") || strings.Contains(string(data), "HOSTFILE") {
+				t.Errorf("GET %s: %d %q, want %d with %q", c.path, got, data, c.status, c.want)
+			}
+		}
+		if got, data := d.call("GET", "/v1/sandboxes/perm/files/list?path=/workspace/src/d/updocs", nil); got != http.StatusOK || strings.Contains(string(data), ".env") || !strings.Contains(string(data), "guide.md") {
+			t.Errorf("list through a .. symlink: %d %s", got, data)
+		}
+		if got, data := d.call("GET", "/v1/sandboxes/perm/files/list?path=/workspace/src&recursive=true", nil); got != http.StatusOK || strings.Contains(string(data), `"name":".env"`) {
 			t.Errorf("list: %d %s", got, data)
 		}
 		stdout, stderr, code := d.cli("", "files", "cat", "perm", "/workspace/secrets/key.pem")
@@ -221,9 +260,18 @@ func TestPermissionsRefused(t *testing.T) {
 		req  api.CreateSandboxRequest
 		want string
 	}{
-		{"no workspace", api.CreateSandboxRequest{Permissions: doneWhenRules}, "workspace"},
+		{"no workspace", api.CreateSandboxRequest{Permissions: doneWhenRules}, "need a workspace"},
 		{"bad level", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "a", Level: "hidden"}}}, "level must be"},
-		{"outside the workspace", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "/etc/**", Level: "none"}}}, "outside /workspace"},
+		{"the whole root", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/*/secret", Level: "none"}}}, "whole root"},
+		{"the whole root, **", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/opt/**", Level: "none"}}}, "whole root"},
+		{"/proc", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/proc/1/**", Level: "none"}}}, "nsbox's own"},
+		{"/run holds /run/nsbox", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/run/secret", Level: "none"}}}, "/run/nsbox"},
+		{"/run/nsbox", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/run/nsbox/x", Level: "none"}}}, "nsbox's own"},
+		{"/.nsbox", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/.nsbox/nsbox", Level: "none"}}}, "nsbox's own"},
+		{"/dev", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/dev/shm/x", Level: "none"}}}, "nsbox's own"},
+		{"/sys", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/sys/fs/**", Level: "none"}}}, "nsbox's own"},
+		{"network files", api.CreateSandboxRequest{Permissions: []api.PermissionRule{{Pattern: "/etc/*", Level: "read"}}}, "/etc/hosts"},
+		{"a bind mount", api.CreateSandboxRequest{Mounts: []api.Mount{{Source: ws, Target: "/opt/data", ReadOnly: true}}, Permissions: []api.PermissionRule{{Pattern: "/opt/data/x", Level: "none"}}}, "bind mount"},
 		{"twice", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "a", Level: "none"}, {Pattern: "/workspace/a", Level: "read"}}}, "twice"},
 		{"dot dot", api.CreateSandboxRequest{Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{{Pattern: "../x", Level: "none"}}}, "clean path"},
 	} {
@@ -265,8 +313,9 @@ func isCode(err error, code string) bool {
 // TestPermissionsSessions: a session created with narrower rules gets them for its shell and
 // everything it starts (background, setsid), the other sessions keep the sandbox's; wider
 // rules are refused; what would run outside the session's confinement (processes, code
-// contexts, file calls on its behalf, hibernation) is refused. A kill -9 of the daemon leaves
-// the layer serving, and the restarted daemon changes its rules.
+// contexts, watches on its behalf) is refused; file calls on its behalf get its rules;
+// hibernation keeps the session, its state and its confinement. A kill -9 of the daemon
+// leaves the layer serving, and the restarted daemon changes its rules.
 func TestPermissionsSessions(t *testing.T) {
 	d := startDaemon(t)
 	ws := permWorkspace(t)
@@ -301,7 +350,7 @@ func TestPermissionsSessions(t *testing.T) {
 	d.expectError("POST", "/v1/sandboxes/sess/processes", api.StartProcessRequest{SessionID: "narrow", Command: "true"}, http.StatusConflict, api.CodeConflict)
 	// File calls on the session's behalf get its rules, through symlinks too; the sandbox's
 	// own calls keep the sandbox's.
-	if code, out := run("", "ln -s /workspace/docs/guide.md src/to-guide && echo made"); code != 0 {
+	if code, out := run("", "ln -s /workspace/docs/guide.md src/to-guide && ln -s ../docs/guide.md src/up-guide && echo made"); code != 0 {
 		t.Fatalf("make a symlink: %q", out)
 	}
 	for _, c := range []struct {
@@ -310,6 +359,8 @@ func TestPermissionsSessions(t *testing.T) {
 	}{
 		{"GET", "/workspace/docs/guide.md", "narrow", http.StatusNotFound},
 		{"GET", "/workspace/src/to-guide", "narrow", http.StatusNotFound},
+		{"GET", "/workspace/src/up-guide", "narrow", http.StatusNotFound},
+		{"GET", "/workspace/src/up-guide", "", http.StatusOK},
 		{"GET", "/workspace/src/main.go", "narrow", http.StatusOK},
 		{"GET", "/workspace/README.md", "narrow", http.StatusOK},
 		{"PUT", "/workspace/src/new.go", "narrow", http.StatusForbidden},
@@ -332,7 +383,33 @@ func TestPermissionsSessions(t *testing.T) {
 	if got, data := d.call("GET", "/v1/sandboxes/sess/files/list?path=/workspace&sessionId=narrow", nil); got != http.StatusOK || strings.Contains(string(data), "docs") {
 		t.Errorf("list as the narrow session: %d %s", got, data)
 	}
-	d.expectError("POST", "/v1/sandboxes/sess/hibernate", struct{}{}, http.StatusConflict, api.CodeConflict)
+
+	// Hibernation keeps the session, its state and its confinement.
+	raw := func(sid, command string) (int, string) {
+		res := d.exec("sess", api.ExecRequest{SessionID: sid, Command: command})
+		stdout, stderr, _ := res.Output()
+		return res.ExitCode, string(stdout) + string(stderr)
+	}
+	if code, out := raw("narrow", "cd /workspace/src && export KEPT=yes && echo ok"); code != 0 {
+		t.Fatalf("narrow session: %q", out)
+	}
+	if got, data := d.call("POST", "/v1/sandboxes/sess/hibernate", struct{}{}); got != http.StatusOK {
+		t.Fatalf("hibernate with a confined session: %d %s", got, data)
+	}
+	if code, out := raw("narrow", "echo $PWD $KEPT"); code != 0 || out != "/workspace/src yes\n" {
+		t.Errorf("narrow session after resume: %d %q, want its directory and variable back", code, out)
+	}
+	for _, c := range []string{"cat ../docs/guide.md", "setsid -w cat /workspace/docs/guide.md", "echo x >> main.go", "ls -A /workspace | grep docs"} {
+		if code, out := raw("narrow", c); code == 0 || strings.Contains(out, "guide\n") {
+			t.Errorf("narrow session after resume: %q: exit %d, %q; want refused", c, code, out)
+		}
+	}
+	if got, data := d.call("GET", "/v1/sandboxes/sess/files?path=/workspace/docs/guide.md&sessionId=narrow", nil); got != http.StatusNotFound {
+		t.Errorf("file API for the narrow session after resume: %d %s", got, data)
+	}
+	if code, out := run("", "cat docs/guide.md"); code != 0 || !strings.Contains(out, "guide") {
+		t.Errorf("the default session after resume: %d %q", code, out)
+	}
 
 	// The layer outlives a daemon killed with -9; the next daemon reaches it.
 	d.kill9()
@@ -346,7 +423,7 @@ func TestPermissionsSessions(t *testing.T) {
 	if code, out := run("", "cat README.md"); code == 0 {
 		t.Errorf("README.md readable after it became none: %q", out)
 	}
-	// Removing the session lifts the hibernation refusal.
+	// Without the session, hibernation keeps the sandbox's rules.
 	if err := d.client.DeleteSession(context.Background(), "sess", "narrow"); err != nil {
 		t.Fatal(err)
 	}
@@ -380,4 +457,94 @@ func TestPermissionsRW(t *testing.T) {
 	if err := syscall.Stat(filepath.Join(ws, "src", "new.go"), &st); err != nil || st.Uid != 1234 || st.Gid != 1234 {
 		t.Errorf("host owner of a created file: %d:%d %v, want 1234:1234", st.Uid, st.Gid, err)
 	}
+}
+
+// TestPermissionsOutsideWorkspace: rules for paths outside /workspace (the container's root:
+// /opt, /home, /srv; the host image's read-only /etc) are enforced by layers on the
+// directories they name, for shells and the file API, through symlinks, hard links and
+// renames; the image's masked files stay hidden and the network files stay mounted after a
+// change of rules; hibernation keeps the layers.
+func TestPermissionsOutsideWorkspace(t *testing.T) {
+	d := startDaemon(t)
+	ws := permWorkspace(t)
+	// Created with the roots writable, to put files there; then narrowed (PATCH).
+	d.create(api.CreateSandboxRequest{ID: "out", Workspace: &api.Workspace{HostPath: ws}, Permissions: []api.PermissionRule{
+		{Pattern: "/opt/data/**", Level: "write"}, {Pattern: "/home/user/**", Level: "write"}, {Pattern: "/srv/keys/**", Level: "write"},
+		{Pattern: "/etc/hostname", Level: "none"}, {Pattern: "**/.env", Level: "none"},
+	}})
+	d.sh("out", "mkdir -p /opt/data /home/user/.ssh /srv/keys && echo data > /opt/data/a.txt && echo KEY > /home/user/.ssh/id_rsa && echo PEM > /srv/keys/k.pem && echo profile > /home/user/.profile")
+	if _, err := d.client.SetPermissions(context.Background(), "out", []api.PermissionRule{
+		{Pattern: "/opt/data/**", Level: "read"}, {Pattern: "/home/user/.ssh/**", Level: "none"}, {Pattern: "/srv/keys/*.pem", Level: "view"},
+		{Pattern: "/etc/hostname", Level: "none"}, {Pattern: "**/.env", Level: "none"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A rule that needs a layer the sandbox was not made with is refused.
+	d.expectError("PATCH", "/v1/sandboxes/out/permissions", api.PermissionsRequest{Permissions: []api.PermissionRule{{Pattern: "/var/lib/x", Level: "none"}}}, http.StatusBadRequest, api.CodeInvalidArgument)
+	must := func(command, want string) {
+		t.Helper()
+		if code, out := shOut(d, "out", command); code != 0 || !strings.Contains(out, want) {
+			t.Errorf("%q: exit %d, output %q; want success with %q", command, code, out, want)
+		}
+	}
+	fails := func(command, want string) {
+		t.Helper()
+		if code, out := shOut(d, "out", command); code == 0 || !strings.Contains(out, want) || strings.Contains(out, "KEY") || strings.Contains(out, "PEM") {
+			t.Errorf("%q: exit %d, output %q; want a failure saying %q", command, code, out, want)
+		}
+	}
+	const denied, missing = "Permission denied", "No such file or directory"
+	check := func(t *testing.T) {
+		must("cat /opt/data/a.txt /home/user/.profile && stat -c %s /srv/keys/k.pem && cat /etc/hosts", "data\nprofile\n4\n")
+		fails("echo x >> /opt/data/a.txt", denied)
+		fails("touch /opt/data/new", denied)
+		fails("cat /home/user/.ssh/id_rsa", missing)
+		fails("ls -A /home/user | grep ssh", "")
+		fails("cat /srv/keys/k.pem", denied)
+		fails("cat /etc/hostname", missing)
+		fails("ls /etc/shadow", missing) // masked by the host image: hidden by the layer too
+		must("test -f /etc/passwd && echo passwd", "passwd")
+		// Bypasses: symlinks (absolute, with ..), hard links, renames, /proc/self/fd.
+		fails("ln -sf /home/user/.ssh/id_rsa /tmp/l && cat /tmp/l", missing)
+		fails("ln -sf ../../home/user/.ssh /tmp/x/y 2>/dev/null; mkdir -p /tmp/x && ln -sf ../../home/user/.ssh /tmp/x/y && cat /tmp/x/y/id_rsa", missing)
+		fails("ln /srv/keys/k.pem /srv/keys/k2.pem", "")
+		fails("ln /srv/keys/k.pem /tmp/k.pem", "")
+		fails("mv /home/user /home/other", "")
+		fails("cat /home/other/.ssh/id_rsa", missing)
+		must("mkdir -p /home/user/d && mv /home/user/d /home/user/e && rmdir /home/user/e && echo moved", "moved")
+		fails("mv /opt/data/a.txt /opt/data/b.txt", denied)
+		fails("python3 -c \"import os; fd=os.open('/srv/keys/k.pem', os.O_PATH); print(open('/proc/self/fd/%d' % fd).read())\"", "PermissionError")
+		fails("umount /home", "")
+		must("echo w > /home/user/new && cat /home/user/new", "w")
+		// The file API, following symlinks in the sandbox's view.
+		for _, c := range []struct {
+			method, path string
+			status       int
+		}{
+			{"GET", "/opt/data/a.txt", http.StatusOK},
+			{"PUT", "/opt/data/b.txt", http.StatusForbidden},
+			{"GET", "/home/user/.ssh/id_rsa", http.StatusNotFound},
+			{"GET", "/tmp/l", http.StatusNotFound},
+			{"GET", "/tmp/x/y/id_rsa", http.StatusNotFound},
+			{"GET", "/srv/keys/k.pem", http.StatusForbidden},
+			{"GET", "/etc/hostname", http.StatusNotFound},
+			{"GET", "/etc/shadow", http.StatusNotFound},
+		} {
+			var body any
+			if c.method == "PUT" {
+				body = "content"
+			}
+			if got, data := d.call(c.method, "/v1/sandboxes/out/files?path="+c.path, body); got != c.status || strings.Contains(string(data), "KEY") || strings.Contains(string(data), "PEM") {
+				t.Errorf("%s %s: %d %s, want %d", c.method, c.path, got, data, c.status)
+			}
+		}
+		if got, data := d.call("GET", "/v1/sandboxes/out/files/list?path=/home/user", nil); got != http.StatusOK || strings.Contains(string(data), ".ssh") {
+			t.Errorf("list /home/user: %d %s", got, data)
+		}
+	}
+	t.Run("running", check)
+	if got, data := d.call("POST", "/v1/sandboxes/out/hibernate", struct{}{}); got != http.StatusOK {
+		t.Fatalf("hibernate: %d %s", got, data)
+	}
+	t.Run("resumed", check)
 }

@@ -78,7 +78,11 @@ type Spec struct {
 	// Mounts are the container's own: its workspace, bind mounts and network files, mounted
 	// after everything else, in order.
 	Mounts []Mount
-	Limits Limits
+	// RootMounts, when set, is called with the host path of the container's root once it is
+	// mounted there, before the container starts; the mounts it answers (permission layers
+	// over directories of the root) come before Mounts.
+	RootMounts func(root string) ([]Mount, error)
+	Limits     Limits
 	// Cwd is the agent's working directory; it is made in the root if missing.
 	Cwd string
 	// IDs, when enabled, is the container's user namespace: its ids 0-65535 are these host

@@ -130,6 +130,13 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	if err := os.MkdirAll(filepath.Join(merged, spec.Cwd), 0o755); err != nil {
 		return nil, fmt.Errorf("make cwd %s: %w", spec.Cwd, err)
 	}
+	if spec.RootMounts != nil {
+		extra, err := spec.RootMounts(merged)
+		if err != nil {
+			return nil, err
+		}
+		spec.Mounts = append(extra, spec.Mounts...)
+	}
 
 	// The agent's listener is made here and handed over as fd 3: its path is on the host only.
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: b.agentSocket(spec.ID), Net: "unix"})

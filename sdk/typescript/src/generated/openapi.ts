@@ -1383,7 +1383,7 @@ export interface components {
             capabilities?: string[];
             /** @description Make the sandbox from this snapshot: its image and layers (read-only, under the sandbox's own new writable layer), and its env, labels, limits (each one the request leaves 0), cwd, user and network policy where the request gives none; the sessions come back with their saved state (cwd, exports, aliases, functions, history); no process of the source runs. `image` and `pull` must be absent. 404 when no snapshot has the id. While the sandbox exists the snapshot cannot be removed. */
             fromSnapshot?: string;
-            /** @description Per-path rules for the workspace, enforced by the kernel for every process in the sandbox and by the file API (a FUSE layer over the workspace, docs/permissions.md). They need a workspace (else 400); a bad pattern or level, a pattern outside /workspace or one given twice answers 400. */
+            /** @description Per-path rules for the workspace and other paths of the sandbox, enforced by the kernel for every process in the sandbox and by the file API (a FUSE layer on each directory the rules name: /workspace, /etc for /etc/secret, /home/user for /home/user/.ssh/**; docs/permissions.md). Answered with 400: rules for /workspace (relative patterns) without a workspace, a bad pattern or level, one given twice, a pattern outside /workspace whose first component has wildcards or that names a top-level directory with ** (its layer would be the whole root), one that would need a layer on, over or under /proc, /sys, /dev, /run/nsbox or /.nsbox, or on, over or under a bind mount of `mounts`, and one that could match /etc/hosts or /etc/resolv.conf (mounted by nsbox). */
             permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description A sandbox as the API shows it. */
@@ -1544,7 +1544,7 @@ export interface components {
              * @enum {string}
              */
             permission?: "read" | "write";
-            /** @description Per-path rules for this session only, narrower than its sandbox's: its shell and everything it starts (kept in a cgroup of its own that nothing in the sandbox can leave), and file calls made on its behalf (?sessionId=), get the lower of the sandbox's and the session's level. A rule that would widen the sandbox's, or rules on a sandbox created without permissions, answer 400; rules for a session that exists already 409. While the session has them, processes and code contexts started for it are refused (409), watches on its behalf too (403), and the sandbox cannot be hibernated (409). */
+            /** @description Per-path rules for this session only, narrower than its sandbox's: its shell and everything it starts (kept in a cgroup of its own that nothing in the sandbox can leave), and file calls made on its behalf (?sessionId=), get the lower of the sandbox's and the session's level. A rule that would widen the sandbox's, or rules on a sandbox created without permissions, answer 400; rules for a session that exists already 409. A rule that needs a permission layer its sandbox does not have answers 400. While the session has them, processes and code contexts started for it are refused (409), and watches on its behalf (403); hibernation keeps the session and its rules. */
             permissions?: components["schemas"]["PermissionRule"][];
         };
         /** @description A session as the API shows it. */
@@ -2316,7 +2316,7 @@ export interface components {
         };
         /** @description A per-path permission rule for the workspace (docs/permissions.md). */
         PermissionRule: {
-            /** @description /workspace or a path under it, or a path relative to /workspace; shell globs per component (*, ?, [...]) and ** for any number of components (zero included: docs/** is docs and everything under it). The most specific matching pattern wins: a pattern without wildcards, then one naming entries (**\/.env) over one naming a subtree (src/**), then more literal components, then the lower level. "**" is the default; a path no rule matches is write. */
+            /** @description An absolute path in the sandbox (/workspace/src/**, /etc/secret, /home/user/.ssh/**), or a path relative to /workspace; shell globs per component (*, ?, [...]) and ** for any number of components (zero included: docs/** is docs and everything under it). The most specific matching pattern wins: a pattern without wildcards, then one naming entries (**\/.env) over one naming a subtree (src/**), then more literal components, then the lower level. "**" is the default; a path no rule matches is write. */
             pattern: string;
             /**
              * @description none: not listed, not openable, not creatable (ENOENT; creating EACCES); view: listed and stat-able, content unreadable (EACCES); read: read-only (EACCES on writes); write: normal.
@@ -4789,7 +4789,7 @@ export interface operations {
                     "application/json": components["schemas"]["Sandbox"];
                 };
             };
-            /** @description `invalid_argument`: Malformed body or an unknown field, a bad pattern or level, a pattern outside /workspace, or a pattern given twice. */
+            /** @description `invalid_argument`: Malformed body or an unknown field, a bad pattern or level, a pattern given twice, or one refused at create (see `permissions` there), or one that needs a permission layer the sandbox was not created with (layers are made with its container, on the directories its rules at create name). */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4817,7 +4817,7 @@ export interface operations {
                     "application/json": components["schemas"]["NotFoundError"];
                 };
             };
-            /** @description `conflict`: The sandbox is not running (`creating`, `failed`), or it was created without permissions (its workspace has no permission layer). */
+            /** @description `conflict`: The sandbox is not running (`creating`, `failed`), or it was created without permissions (it has no permission layer). */
             409: {
                 headers: {
                     [name: string]: unknown;
