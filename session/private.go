@@ -20,8 +20,19 @@ import (
 // landlock.go) close the rest: the store's root (the folder's "..") and the other folders in
 // it, and other sessions' processes' descriptors, root and cwd in /proc.
 
-// PrivateFD is the descriptor at which a session's processes hold its private folder.
-const PrivateFD = 999
+// PrivateFD is the descriptor at which a session's processes hold its private folder: 999, or
+// half the agent's open-file limit when that is below 1024 (the sandbox's limit is the
+// daemon's). A process cannot be given a descriptor at or above the limit, and Go's fork moves
+// the descriptors it hands over above the highest one first, so that needs room too.
+var PrivateFD = privateFD()
+
+func privateFD() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 1024 {
+		return int(lim.Cur) / 2
+	}
+	return 999
+}
 
 // PrivateName is the name of the private folder's link in the session user's home.
 const PrivateName = ".private"
