@@ -89,6 +89,17 @@ func (p *warmPool) take(image string) *startedContainer {
 	return sc
 }
 
+// burstWindow is how recent a miss of an empty pool makes its refill start at once.
+const burstWindow = time.Second
+
+// bursting reports whether creates of the image come faster than its pool: it is empty and
+// one missed it within burstWindow.
+func (p *warmPool) bursting(image string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.ready[image]) == 0 && time.Since(p.lastMiss[image]) < burstWindow
+}
+
 // missed raises an image's target after a create found its pool empty.
 func (p *warmPool) missed(image string) {
 	p.mu.Lock()
@@ -115,10 +126,10 @@ func (p *warmPool) readyCount(image string) int {
 }
 
 // refill starts containers of img in the background until the pool holds as many as it
-// should. One goroutine per image does it, one container at a time. While the image still has
-// a ready container, it starts one only refillDelay after the last take: a container start is
-// 20-30 ms of CPU, which would otherwise slow down the very sandbox that was just taken, while
-// its first commands run. An empty pool (a burst) refills at once.
+// should. One goroutine per image does it, one container at a time. It starts one only
+// refillDelay after the last take: a container start is 20-30 ms of CPU, which would otherwise
+// slow down the very sandbox that was just taken, while its first commands run. During a burst
+// (the image's pool is empty and a create missed it within burstWindow) it refills at once.
 func (r *Runtime) refill(img *rootfs.Image) {
 	p := r.pool
 	p.mu.Lock()
@@ -134,7 +145,7 @@ func (r *Runtime) refill(img *rootfs.Image) {
 			if !r.needsContainer(img.Name) {
 				return
 			}
-			if p.readyCount(img.Name) > 0 && !p.waitAfterTake(p.ctx) {
+			if !p.bursting(img.Name) && !p.waitAfterTake(p.ctx) {
 				continue // closed meanwhile
 			}
 			sc, err := r.startContainer(p.ctx, img, r.defaultLimits, r.poolExtras())

@@ -645,8 +645,8 @@ func (r *Runtime) abortCreate(sb *sandbox) {
 // bind makes a started container the sandbox rec describes: its hostname, its limits when
 // they differ from the ones it was started with, its network, and its agent's hostname,
 // sandbox environment, working directory and user; it opens the agent's watch stream
-// (agentwatch.go); then it starts entrypoint, when given, as the process
-// api.EntrypointProcess (one that cannot start is a failed process, not an error).
+// (agentwatch.go); then it starts entrypoint, when given, once that stream is open, as the
+// process api.EntrypointProcess (one that cannot start is a failed process, not an error).
 func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits, entrypoint []string) error {
 	if err := r.bindHost(rec, sc, lim); err != nil {
 		return err
@@ -675,14 +675,18 @@ func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits
 // bindAgent is the part of bind done through the agent: its configuration and the
 // entrypoint.
 func (r *Runtime) bindAgent(ctx context.Context, rec *record, sc *startedContainer, entrypoint []string) error {
+	// The watch stream is asked for first, while the agent is idle (once configured it starts
+	// the default session). The create does not wait for it: until it is open, stats ask the
+	// agent (countsOf). Only an entrypoint waits, so that its exit reaches the events.
+	follow := r.followAgent(rec.ID, sc.inst, sc.agent)
 	if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
-		return err
-	}
-	if err := awaitFollow(ctx, r.followAgent(rec.ID, sc.inst, sc.agent)); err != nil {
 		return err
 	}
 	if len(entrypoint) == 0 {
 		return nil
+	}
+	if err := awaitFollow(ctx, follow); err != nil {
+		return err
 	}
 	p, err := sc.agent.startProcess(ctx, api.StartProcessRequest{ID: api.EntrypointProcess, Argv: entrypoint})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -22,14 +23,15 @@ type spareDisks struct {
 	dir    string
 	sizeMB int64 // 0: no spares (no default disk)
 
-	mu      sync.Mutex
-	ready   []string // paths of complete spares
-	filling bool
-	next    int // numbers new spares' names
-	ctx     context.Context
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
-	log     func(msg string, args ...any)
+	mu       sync.Mutex
+	ready    []string // paths of complete spares
+	filling  bool
+	lastTake time.Time
+	next     int // numbers new spares' names
+	ctx      context.Context
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+	log      func(msg string, args ...any)
 }
 
 // spareDiskCount is how many spares the daemon keeps: enough for two creates at once.
@@ -71,6 +73,7 @@ func (s *spareDisks) take(image string, sizeMB int64) bool {
 	defer s.refill()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.lastTake = time.Now()
 	for len(s.ready) > 0 {
 		spare := s.ready[len(s.ready)-1]
 		s.ready = s.ready[:len(s.ready)-1]
@@ -84,7 +87,9 @@ func (s *spareDisks) take(image string, sizeMB int64) bool {
 	return false
 }
 
-// refill makes spares in the background, one at a time, until spareDiskCount are ready.
+// refill makes spares in the background, one at a time, until spareDiskCount are ready, each
+// only refillDelay after the last take (as the warm pool's refill: an mkfs is CPU the create
+// that took a spare would otherwise share while its first commands run).
 func (s *spareDisks) refill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -101,6 +106,14 @@ func (s *spareDisks) refill() {
 				s.filling = false
 				s.mu.Unlock()
 				return
+			}
+			if wait := refillDelay - time.Since(s.lastTake); wait > 0 {
+				s.mu.Unlock()
+				select {
+				case <-s.ctx.Done():
+				case <-time.After(wait):
+				}
+				continue
 			}
 			name := fmt.Sprintf("%d-%d.img", s.sizeMB, s.next)
 			s.next++
