@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -129,10 +130,7 @@ func TestPermissions(t *testing.T) {
 	})
 
 	t.Run("file API", func(t *testing.T) {
-		for _, c := range []struct {
-			method, path string
-			status       int
-		}{
+		checkFileCalls(t, d, "perm", []fileCall{
 			{"GET", "/workspace/.env", http.StatusNotFound},
 			{"GET", "/workspace/src/app/.env", http.StatusNotFound},
 			{"GET", "/workspace/secrets/key.pem", http.StatusForbidden},
@@ -141,15 +139,7 @@ func TestPermissions(t *testing.T) {
 			{"PUT", "/workspace/src/.env", http.StatusForbidden},
 			{"PUT", "/workspace/src/api.go", http.StatusCreated},
 			{"DELETE", "/workspace/README.md", http.StatusForbidden},
-		} {
-			var body any
-			if c.method == "PUT" {
-				body = "content"
-			}
-			if got, data := d.call(c.method, "/v1/sandboxes/perm/files?path="+c.path, body); got != c.status {
-				t.Errorf("%s %s: %d %s, want %d", c.method, c.path, got, data, c.status)
-			}
-		}
+		})
 		// Symlinks the file API follows resolve in the sandbox's view, rules applied: with
 		// "..", absolute, and climbing above the sandbox's root (which ends at its root).
 		must("ln -s ../docs/guide.md src/up && ln -s ../secrets/key.pem src/upk && ln -s ../.env src/upe && mkdir -p src/d && ln -s ../../docs src/d/updocs && ln -s ../../../../../../../tmp/marker src/host && ln -s /workspace/../workspace/docs/../secrets src/abs && echo made", "made")
@@ -517,10 +507,7 @@ func TestPermissionsOutsideWorkspace(t *testing.T) {
 		fails("umount /home", "")
 		must("echo w > /home/user/new && cat /home/user/new", "w")
 		// The file API, following symlinks in the sandbox's view.
-		for _, c := range []struct {
-			method, path string
-			status       int
-		}{
+		checkFileCalls(t, d, "out", []fileCall{
 			{"GET", "/opt/data/a.txt", http.StatusOK},
 			{"PUT", "/opt/data/b.txt", http.StatusForbidden},
 			{"GET", "/home/user/.ssh/id_rsa", http.StatusNotFound},
@@ -529,15 +516,7 @@ func TestPermissionsOutsideWorkspace(t *testing.T) {
 			{"GET", "/srv/keys/k.pem", http.StatusForbidden},
 			{"GET", "/etc/hostname", http.StatusNotFound},
 			{"GET", "/etc/shadow", http.StatusNotFound},
-		} {
-			var body any
-			if c.method == "PUT" {
-				body = "content"
-			}
-			if got, data := d.call(c.method, "/v1/sandboxes/out/files?path="+c.path, body); got != c.status || strings.Contains(string(data), "KEY") || strings.Contains(string(data), "PEM") {
-				t.Errorf("%s %s: %d %s, want %d", c.method, c.path, got, data, c.status)
-			}
-		}
+		}, "KEY", "PEM")
 		if got, data := d.call("GET", "/v1/sandboxes/out/files/list?path=/home/user", nil); got != http.StatusOK || strings.Contains(string(data), ".ssh") {
 			t.Errorf("list /home/user: %d %s", got, data)
 		}
@@ -547,4 +526,27 @@ func TestPermissionsOutsideWorkspace(t *testing.T) {
 		t.Fatalf("hibernate: %d %s", got, data)
 	}
 	t.Run("resumed", check)
+}
+
+// fileCall is a file API call on a path and the status it must answer.
+type fileCall struct {
+	method, path string
+	status       int
+}
+
+// checkFileCalls makes each call on the sandbox (a PUT with a small body) and checks its
+// status, and that no answer holds any of secrets.
+func checkFileCalls(t *testing.T, d *testDaemon, sandbox string, calls []fileCall, secrets ...string) {
+	t.Helper()
+	for _, c := range calls {
+		var body any
+		if c.method == "PUT" {
+			body = "content"
+		}
+		got, data := d.call(c.method, "/v1/sandboxes/"+sandbox+"/files?path="+c.path, body)
+		leaked := slices.ContainsFunc(secrets, func(secret string) bool { return strings.Contains(string(data), secret) })
+		if got != c.status || leaked {
+			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, got, data, c.status)
+		}
+	}
 }
