@@ -51,9 +51,9 @@ func openSpareDisks(dir string, sizeMB int64, logError func(msg string, args ...
 	prefix := strconv.FormatInt(sizeMB, 10) + "-"
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
-		n, complete := strings.CutPrefix(e.Name(), prefix)
+		n, ofSize := strings.CutPrefix(e.Name(), prefix)
 		num, err := strconv.Atoi(strings.TrimSuffix(n, ".img"))
-		if sizeMB > 0 && complete && strings.HasSuffix(n, ".img") && err == nil {
+		if sizeMB > 0 && ofSize && strings.HasSuffix(n, ".img") && err == nil {
 			s.ready = append(s.ready, path)
 			s.next = max(s.next, num+1)
 			continue
