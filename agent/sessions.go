@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -90,7 +91,7 @@ func (a *Agent) writableSession(sid string) (*session.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.Info().ReadOnly {
+	if s.ReadOnly() {
 		return nil, api.Errorf(api.CodePermissionDenied, "session %q is read-only: it can be watched (terminal output, files, processes, logs) but runs no command, takes no input and changes no file", sid)
 	}
 	return s, nil
@@ -180,7 +181,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	events := api.NewFrameWriter(w)
 	// Sends fail once the client went away; the command goes on all the same.
 	send := func(ev api.ExecEvent) { _ = events.SendJSON(ev.Type, ev) }
-	sid := s.Info().ID
+	sid := s.ID()
 	started := false
 	// What is beyond a stream's cap is read (the command does not block) and dropped. Each
 	// stream's chunks come from one goroutine at a time.
@@ -215,7 +216,8 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	result.StdoutTruncated, result.StderrTruncated = stdout.Truncated, stderr.Truncated
 	result.Truncated = stdout.Truncated || stderr.Truncated
 	result.OOMKilled = !res.TimedOut && !res.Canceled && cgroup.OOMKilled(res.ExitCode, oomKills)
-	send(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &result})
+	exit, _ := json.Marshal(api.ExecEvent{Type: api.EventExit, SessionID: sid, Result: &result}) // it always marshals
+	_ = events.SendLast(api.EventExit, exit)
 	return nil
 }
 

@@ -50,6 +50,18 @@ func NewFrameWriter(w http.ResponseWriter) *FrameWriter { return &FrameWriter{w:
 
 // Send writes one frame. After the client went away every send fails (with the first error).
 func (f *FrameWriter) Send(event string, payload []byte) error {
+	return f.send(event, payload, true)
+}
+
+// SendLast writes the stream's last frame but leaves it to the handler, which returns next,
+// to send it: it then goes out in one write with the end of the chunked answer, so the reader
+// sees both at once and has its connection back (for its next request) without waiting for
+// the end to come on its own.
+func (f *FrameWriter) SendLast(event string, payload []byte) error {
+	return f.send(event, payload, false)
+}
+
+func (f *FrameWriter) send(event string, payload []byte, flush bool) error {
 	if len(event) > 255 || len(payload) > maxFrame {
 		return fmt.Errorf("frame %s of %d bytes is too large", event, len(payload))
 	}
@@ -73,6 +85,9 @@ func (f *FrameWriter) Send(event string, payload []byte) error {
 	if _, err := f.w.Write(payload); err != nil {
 		f.failed = err
 		return err
+	}
+	if !flush {
+		return nil
 	}
 	if err := http.NewResponseController(f.w).Flush(); err != nil {
 		f.failed = err

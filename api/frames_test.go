@@ -51,6 +51,29 @@ func TestFramesRoundTrip(t *testing.T) {
 	}
 }
 
+// Send flushes each frame at once; SendLast leaves the last one to the handler's return, which
+// sends it with the answer's chunked end in one write.
+func TestSendLastIsNotFlushed(t *testing.T) {
+	rec := httptest.NewRecorder()
+	fw := NewFrameWriter(rec)
+	if err := fw.Send(EventStart, []byte("{}")); err != nil || !rec.Flushed {
+		t.Fatalf("start: flushed %v, %v", rec.Flushed, err)
+	}
+	rec.Flushed = false
+	if err := fw.SendLast(EventExit, []byte(`{"type":"exit"}`)); err != nil || rec.Flushed {
+		t.Fatalf("exit: flushed %v, %v", rec.Flushed, err)
+	}
+	fr := NewFrameReader(rec.Body)
+	for _, want := range []string{EventStart, EventExit} {
+		if name, _, err := fr.Next(); err != nil || name != want {
+			t.Fatalf("frame %q, %v; want %q", name, err, want)
+		}
+	}
+	if _, _, err := fr.Next(); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
+}
+
 func TestAppendOutputEventIsTheEvent(t *testing.T) {
 	for _, b := range [][]byte{
 		[]byte("plain"), []byte("é € 😀 \"q\" \\ \t\r\n\x00\x1f\x7f <&> \u2028"), {0xff, 0xfe}, []byte("é")[:1], nil,

@@ -283,6 +283,9 @@ func (c *Client) execFrames(ctx context.Context, id string, req api.ExecRequest,
 			if err := json.Unmarshal(data, &ev); err != nil || ev.Result == nil {
 				return nil, false, fmt.Errorf("exit frame without a result: %q", data)
 			}
+			// The rest (the chunked body's end) is read, so the connection is reused: closed
+			// before its end, it would be dropped and the next call would dial again.
+			_, _ = io.Copy(io.Discard, resp.Body)
 			return ev.Result, false, nil
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -129,7 +130,7 @@ func (c *agentClient) exec(ctx context.Context, sid string, req api.ExecRequest)
 	if err != nil {
 		return nil, err
 	}
-	return &eventStream{events: api.NewFrameReader(resp.Body), body: resp.Body}, nil
+	return &eventStream{events: api.NewFrameReader(resp.Body), body: resp.Body, last: api.EventExit}, nil
 }
 
 // terminalOutput streams a session's terminal from cursor ("": its recent scrollback).
@@ -312,13 +313,43 @@ type eventStream struct {
 		NextJSON(v any) (event string, err error)
 	}
 	body io.ReadCloser
+	// last is the event after which the agent ends the stream ("": it ends with the
+	// connection's end only), ended whether it or an error event was read.
+	last  string
+	ended bool
 }
 
 // Next returns the next event's name and data (an "error" event as its *api.Error).
-func (s *eventStream) Next() (string, []byte, error) { return s.events.Next() }
+func (s *eventStream) Next() (string, []byte, error) {
+	event, data, err := s.events.Next()
+	s.saw(event, err)
+	return event, data, err
+}
 
 // NextJSON reads the next event and decodes its data into v.
-func (s *eventStream) NextJSON(v any) (string, error) { return s.events.NextJSON(v) }
+func (s *eventStream) NextJSON(v any) (string, error) {
+	event, err := s.events.NextJSON(v)
+	s.saw(event, err)
+	return event, err
+}
 
-// Close ends the stream.
-func (s *eventStream) Close() error { return s.body.Close() }
+func (s *eventStream) saw(event string, err error) {
+	var apiErr *api.Error
+	if (err == nil && event == s.last && s.last != "") || errors.As(err, &apiErr) {
+		s.ended = true
+	}
+}
+
+// Close ends the stream. After its last event it first reads what is left of the answer (the
+// end of its chunked body, which the agent writes after the last event): only an answer read
+// to its end lets the connection go back to the client's pool; otherwise it is closed and the
+// next call dials the agent again (a new connection and goroutine in the agent, each time).
+func (s *eventStream) Close() error {
+	if s.ended {
+		_, _ = io.Copy(io.Discard, io.LimitReader(s.body, maxStreamRest))
+	}
+	return s.body.Close()
+}
+
+// maxStreamRest bounds what Close reads of an ended stream: no more than its chunked end.
+const maxStreamRest = 512

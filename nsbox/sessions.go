@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptrace"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -144,12 +146,18 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 			return err
 		}
 	}
+	ctx := req.Context()
+	if r.log.Enabled(ctx, slog.LevelDebug) {
+		var tr *execTrace
+		ctx, tr = traceExec(ctx)
+		defer tr.log(r.log, req.PathValue("id"))
+	}
 	l, err := r.running(req.PathValue("id"))
 	if err != nil {
 		return err
 	}
 	defer observe(r.ops.metrics.exec, time.Now(), nil)
-	events, err := l.agent.exec(req.Context(), sid, body)
+	events, err := l.agent.exec(ctx, sid, body)
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
@@ -260,7 +268,11 @@ func answerFrames(w http.ResponseWriter, events *eventStream, max int64) error {
 			}
 		}
 		sent = true
-		if out.Send(name, data) != nil || name == api.EventExit {
+		if name == api.EventExit {
+			_ = out.SendLast(name, data)
+			return nil
+		}
+		if out.Send(name, data) != nil {
 			return nil
 		}
 	}
@@ -321,4 +333,30 @@ func relayEvents(out *api.SSEWriter, events *eventStream, last string) {
 			return
 		}
 	}
+}
+
+// execTrace times an exec's way to the agent, for the debug log.
+type execTrace struct {
+	began, conn, wrote, first time.Time
+	info                      httptrace.GotConnInfo
+}
+
+func traceExec(ctx context.Context) (context.Context, *execTrace) {
+	t := &execTrace{began: time.Now()}
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn:              func(info httptrace.GotConnInfo) { t.conn, t.info = time.Now(), info },
+		WroteRequest:         func(httptrace.WroteRequestInfo) { t.wrote = time.Now() },
+		GotFirstResponseByte: func() { t.first = time.Now() },
+	}), t
+}
+
+func (t *execTrace) log(log *slog.Logger, id string) {
+	since := func(at time.Time) time.Duration {
+		if at.IsZero() {
+			return 0
+		}
+		return at.Sub(t.began)
+	}
+	log.Debug("exec timed", "sandbox", id, "conn", since(t.conn), "reused", t.info.Reused, "idle", t.info.IdleTime,
+		"wrote", since(t.wrote), "firstByte", since(t.first), "total", time.Since(t.began))
 }

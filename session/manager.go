@@ -259,6 +259,11 @@ const (
 	StateEnded = "ended"
 )
 
+// ID is the session's id; ReadOnly whether it may only be watched. Neither changes, and
+// neither reads the shell's directory as Info does (an exec asks for both).
+func (s *Session) ID() string     { return s.opts.ID }
+func (s *Session) ReadOnly() bool { return s.opts.ReadOnly }
+
 // Info describes the session now.
 func (s *Session) Info() Info {
 	s.mu.Lock()
