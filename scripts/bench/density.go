@@ -19,14 +19,20 @@ import (
 // checks that every one of them works, and reports the time to create and remove them, the
 // memory each costs (PSS, as the memory section counts it, and the drop in the host's
 // MemAvailable, which includes kernel objects), the daemon's RSS, and the API's latency while
-// they idle, against the same requests with one sandbox.
-func (b *bench) densitySection(ctx context.Context, count int) (err error) {
-	d, err := b.daemon(ctx, "nsbox-density", true, "")
+// they idle, against the same requests with one sandbox. Without disk, the sandboxes write
+// to the data dir's file system (--default-disk 0).
+func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err error) {
+	var args []string
+	with := "the default disk"
+	if !disk {
+		args, with = []string{"--default-disk", "0"}, "no disk"
+	}
+	d, err := b.daemon(ctx, "nsbox-density", true, "", args...)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, d.removeAllSandboxes()) }()
-	fmt.Printf("density: %d idle %s sandboxes, network none, each with its default session\n", count, image)
+	fmt.Printf("density: %d idle %s sandboxes, network none, %s, each with its default session\n", count, image, with)
 	id := func(i int) string { return fmt.Sprintf("dense-%04d", i) }
 	create := func(i int) error {
 		_, err := d.client.CreateSandbox(ctx, api.CreateSandboxRequest{ID: id(i), Image: image, Network: &api.NetworkSpec{Mode: api.NetworkNone}})
