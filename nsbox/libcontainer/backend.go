@@ -39,7 +39,11 @@ type Config struct {
 	// stage, nsbox.StagedFiles, so that mountinfo names no host path): its cpu/online list.
 	FilesDir string
 	// AgentBin is the host path of the nsbox binary, mounted into containers as the agent.
-	AgentBin     string
+	AgentBin string
+	// InitBin, when not "", is the host path of nsbox-init, which a container's init (nsbox
+	// started as "nsbox init") executes in place of itself (cmd/nsbox/runcinit.go): its name
+	// must start with InitBinPrefix.
+	InitBin      string
 	CgroupParent string
 	Seccomp      bool
 	// UserNS says containers will have user namespaces: New checks that the host can.
@@ -59,6 +63,9 @@ var _ backend.Backend = (*Backend)(nil)
 
 // New returns a backend with the config.
 func New(cfg Config) (*Backend, error) {
+	if cfg.InitBin != "" && !strings.HasPrefix(filepath.Base(cfg.InitBin), InitBinPrefix) {
+		return nil, fmt.Errorf("init binary %s: its name must start with %s", cfg.InitBin, InitBinPrefix)
+	}
 	if rel, err := filepath.Rel(filepath.Dir(cfg.AgentBin), cfg.StateRoot); err == nil && !strings.HasPrefix(rel, "..") {
 		return nil, fmt.Errorf("state dir %s must not be inside the directory of the nsbox binary %s", cfg.StateRoot, cfg.AgentBin)
 	}
@@ -155,6 +162,16 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		return nil, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logFile.Close()
+	extra := []*os.File{lnFile}
+	if b.cfg.InitBin != "" {
+		// The init's descriptor InitBinFD: the listener is fd 3, the first of ExtraFiles.
+		initBin, err := os.OpenFile(b.cfg.InitBin, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open the init binary: %w", err)
+		}
+		defer initBin.Close()
+		extra = append(extra, initBin)
+	}
 
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
@@ -183,7 +200,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		Cwd:        spec.Cwd,
 		Stdout:     logFile,
 		Stderr:     logFile,
-		ExtraFiles: []*os.File{lnFile},
+		ExtraFiles: extra,
 		Init:       true,
 	}
 	if err := c.Run(proc); err != nil {
@@ -196,6 +213,13 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	// The agent is this daemon's child until the daemon exits: the instance reaps it when it ends.
 	return b.newInstance(c, pid, func() { _, _ = proc.Wait() })
 }
+
+// InitBinFD is the descriptor at which a container's init finds Config.InitBin, and
+// InitBinPrefix how that file's name starts (cmd/nsbox/runcinit.go checks both).
+const (
+	InitBinFD     = 4
+	InitBinPrefix = "nsbox-init-"
+)
 
 // defaultPath is the PATH an agent starts with.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
