@@ -114,6 +114,7 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.Instanc
 }
 
 func (b *Backend) start(spec backend.Spec) (*instance, error) {
+	began := time.Now()
 	runDir := b.RunDir(spec.ID)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("make run dir: %w", err)
@@ -134,6 +135,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 			b.cfg.Log.Warn("detach container root", "container", spec.ID, "err", err)
 		}
 	}()
+	mounted := time.Since(began)
 	if err := os.MkdirAll(filepath.Join(merged, spec.Cwd), 0o755); err != nil {
 		return nil, fmt.Errorf("make cwd %s: %w", spec.Cwd, err)
 	}
@@ -190,10 +192,12 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		cs.UserNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), userns.Fd())
 	}
 	config := containerConfig(cs)
+	prepared := time.Since(began)
 	c, err := runc.Create(b.cfg.StateRoot, spec.ID, config)
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
+	created := time.Since(began)
 	proc := &runc.Process{
 		Args:       []string{AgentPath, "agent", "--listen-fd", "3"},
 		Env:        agentEnv(),
@@ -206,6 +210,11 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	if err := c.Run(proc); err != nil {
 		return nil, fmt.Errorf("start agent: %w; agent log: %q", err, tail(logFile.Name(), 2048))
 	}
+	// root: the overlay mounted; files: the run dir's, the listener, the user namespace and the
+	// config; create: libcontainer's checks and state dir; run: its init, from the exec of
+	// nsbox init to that of the agent (cgroups, namespaces, mounts, seccomp).
+	b.cfg.Log.Debug("libcontainer start", "container", spec.ID, "root", mounted, "files", prepared-mounted,
+		"create", created-prepared, "run", time.Since(began)-created)
 	pid, err := proc.Pid()
 	if err != nil {
 		return nil, fmt.Errorf("agent pid: %w", err)
