@@ -92,7 +92,7 @@ func (b *Backend) cpusOnline(id string) string {
 // Start mounts a new container's root, starts the container with the agent as PID 1 and
 // returns once the agent runs. On failure nothing of it is left.
 //
-// A start is CPU work (runc's init, ~40 mounts, the agent's runtime; ~115 ms of CPU here under
+// A start is CPU work (runc's init, ~50 mounts, the agent's runtime; ~115 ms of CPU here under
 // a burst) and blocks its thread in runc's handshakes with the container's init, so at most two
 // per CPU run at once: more only share the same CPUs (every create of a burst then answers at
 // its end) and each holds a thread.
