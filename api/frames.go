@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -247,4 +248,26 @@ func AppendOutputEvent(dst []byte, stream string, b []byte) []byte {
 	}
 	dst = AppendJSONText(dst, b)
 	return append(dst, `","encoding":"utf-8"}`...)
+}
+
+// streamSendBuffer is the send buffer (SO_SNDBUF) of every connection a StreamListener
+// accepts. A unix socket's default (net.core.wmem_default, 208 KiB) holds a fifth of a 1 MiB
+// output frame: the writer stops several times a frame, waiting for the reader to wake. The
+// kernel grants at most net.core.wmem_max (and counts twice the value asked for); it uses the
+// memory only for bytes in flight.
+const streamSendBuffer = 1 << 20
+
+// StreamListener returns ln, its unix socket connections with a send buffer large enough to
+// stream exec output without stopping at every chunk. (TCP connections are left to the
+// kernel's autotuning, which a fixed buffer would turn off.)
+func StreamListener(ln net.Listener) net.Listener { return streamListener{ln} }
+
+type streamListener struct{ net.Listener }
+
+func (l streamListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if uc, ok := c.(*net.UnixConn); ok {
+		_ = uc.SetWriteBuffer(streamSendBuffer)
+	}
+	return c, err
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,10 +19,11 @@ import (
 // The reader also holds a write end of its own until finish: a FIFO read with no writer reads
 // as end-of-file, and the shell opens its end only when the command starts.
 type fifoReader struct {
-	f    *os.File
-	keep *os.File // our own write end
-	sink func([]byte)
-	done chan struct{}
+	f     *os.File
+	keep  *os.File // our own write end
+	sink  func([]byte)
+	chunk *chunkBuffer // what f is read into, by pump and then by finish
+	done  chan struct{}
 }
 
 // openFifoReader makes a FIFO at path owned by uid/gid and starts streaming it to sink.
@@ -41,21 +43,66 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 		f.Close()
 		return nil, fmt.Errorf("open fifo: %w", err)
 	}
-	r := &fifoReader{f: f, keep: keep, sink: sink, done: make(chan struct{})}
+	// A pipe holds 64 KiB by default: a command that writes fast waits for the agent at every
+	// 64 KiB. Room for a large chunk lets both run without a switch per chunk. The pipe's
+	// pages are allocated only as they are written; a user over the kernel's quota of pipe
+	// memory (fs/pipe-user-pages-soft) keeps the default.
+	_, _ = unix.FcntlInt(keep.Fd(), unix.F_SETPIPE_SZ, largeChunk)
+	r := &fifoReader{f: f, keep: keep, sink: sink, chunk: newChunkBuffer(true), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		pump(f, r.sink)
+		pump(f, r.chunk, r.sink)
 	}()
 	return r, nil
 }
 
-// pump reads f until it fails (end of file, a deadline, a close) and hands each chunk to sink.
-func pump(f *os.File, sink func([]byte)) {
-	chunk := make([]byte, 64<<10)
+// smallChunk and largeChunk are the sizes of the buffers a FIFO is read with: small first,
+// large once a read filled the small one (a command with much to say), so that a command
+// with little output costs no large buffer, and a large output moves in few chunks (the
+// fewer, the fewer frames, writes and wake-ups on its way to the client). largeChunk is also
+// the pipe's capacity asked for (within the kernel's fs/pipe-max-size, 1 MiB by default).
+const smallChunk, largeChunk = 64 << 10, 1 << 20
+
+// largeChunks are the large buffers of the FIFOs being read: one per FIFO while it is read,
+// released when it ends.
+var largeChunks = sync.Pool{New: func() any { return new([largeChunk]byte) }}
+
+// chunkBuffer is the buffer a file is read into: small, and large once a read filled it if
+// it grows (an exec's FIFO; not a terminal, which lives as long as its session).
+type chunkBuffer struct {
+	b     []byte
+	large *[largeChunk]byte // from largeChunks, once b is large
+	grows bool
+}
+
+func newChunkBuffer(grows bool) *chunkBuffer {
+	return &chunkBuffer{b: make([]byte, smallChunk), grows: grows}
+}
+
+// grow makes the buffer large after a read of n bytes filled it.
+func (c *chunkBuffer) grow(n int) {
+	if c.grows && n == len(c.b) && c.large == nil {
+		c.large = largeChunks.Get().(*[largeChunk]byte)
+		c.b = c.large[:]
+	}
+}
+
+// release hands a large buffer back.
+func (c *chunkBuffer) release() {
+	if c.large != nil {
+		largeChunks.Put(c.large)
+		c.large, c.b = nil, nil
+	}
+}
+
+// pump reads f into chunk until it fails (end of file, a deadline, a close) and hands each
+// chunk to sink.
+func pump(f *os.File, chunk *chunkBuffer, sink func([]byte)) {
 	for {
-		n, err := f.Read(chunk)
+		n, err := f.Read(chunk.b)
 		if n > 0 {
-			sink(chunk[:n])
+			sink(chunk.b[:n])
+			chunk.grow(n)
 		}
 		if err != nil {
 			return
@@ -71,17 +118,18 @@ func (r *fifoReader) finish(rest io.Writer) {
 	// Raw reads honour the deadline too: clear it, then take only what is already there.
 	_ = r.f.SetReadDeadline(time.Time{})
 	if rc, err := r.f.SyscallConn(); err == nil {
-		chunk := make([]byte, 64<<10)
 		_ = rc.Read(func(fd uintptr) bool {
 			for {
-				n, err := unix.Read(int(fd), chunk)
+				n, err := unix.Read(int(fd), r.chunk.b)
 				if n <= 0 || err != nil {
 					return true
 				}
-				r.sink(chunk[:n])
+				r.sink(r.chunk.b[:n])
+				r.chunk.grow(n)
 			}
 		})
 	}
+	r.chunk.release()
 	r.keep.Close()
 	if rest == nil {
 		r.f.Close()
