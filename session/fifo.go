@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,15 +62,14 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 // the pipe's capacity asked for (within the kernel's fs/pipe-max-size, 1 MiB by default).
 const smallChunk, largeChunk = 64 << 10, 1 << 20
 
-// largeChunks are the large buffers of the FIFOs being read: one per FIFO while it is read,
-// released when it ends.
-var largeChunks = sync.Pool{New: func() any { return new([largeChunk]byte) }}
-
 // chunkBuffer is the buffer a file is read into: small, and large once a read filled it if
-// it grows (an exec's FIFO; not a terminal, which lives as long as its session).
+// it grows (an exec's FIFO; not a terminal, which lives as long as its session). The large
+// buffer is mapped apart from the heap and unmapped when the FIFO ends: the agent's resident
+// memory is back where it was as soon as the command is (a heap buffer would stay until a
+// collection that an idle agent does not run).
 type chunkBuffer struct {
 	b     []byte
-	large *[largeChunk]byte // from largeChunks, once b is large
+	large bool
 	grows bool
 }
 
@@ -79,19 +77,22 @@ func newChunkBuffer(grows bool) *chunkBuffer {
 	return &chunkBuffer{b: make([]byte, smallChunk), grows: grows}
 }
 
-// grow makes the buffer large after a read of n bytes filled it.
+// grow makes the buffer large after a read of n bytes filled it (if the mapping fails, it
+// stays small).
 func (c *chunkBuffer) grow(n int) {
-	if c.grows && n == len(c.b) && c.large == nil {
-		c.large = largeChunks.Get().(*[largeChunk]byte)
-		c.b = c.large[:]
+	if !c.grows || c.large || n < len(c.b) {
+		return
+	}
+	if b, err := unix.Mmap(-1, 0, largeChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err == nil {
+		c.b, c.large = b, true
 	}
 }
 
-// release hands a large buffer back.
+// release unmaps a large buffer; the buffer is not used again.
 func (c *chunkBuffer) release() {
-	if c.large != nil {
-		largeChunks.Put(c.large)
-		c.large, c.b = nil, nil
+	if c.large {
+		_ = unix.Munmap(c.b)
+		c.b, c.large = nil, false
 	}
 }
 
