@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestRingKeepsTheTailAndCountsWhatItDropped(t *testing.T) {
@@ -176,5 +178,52 @@ func TestLookupUserTakesTheFormsOfAnImagesUser(t *testing.T) {
 		if _, err := lookupUser(spec); !errors.Is(err, ErrInvalid) {
 			t.Errorf("lookupUser(%q): %v, want ErrInvalid", spec, err)
 		}
+	}
+}
+
+func TestFifoReaderMovesLargeOutputInLargeChunks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	wrote1MiB := make(chan struct{})
+	var got bytes.Buffer
+	largest, calls := 0, 0
+	r, err := openFifoReader(path, os.Getuid(), os.Getgid(), func(b []byte) {
+		if calls++; calls == 1 {
+			<-wrote1MiB // the pipe fills meanwhile
+		}
+		largest = max(largest, len(b))
+		got.Write(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size, err := unix.FcntlInt(r.f.Fd(), unix.F_GETPIPE_SZ, 0); err != nil || size != largeChunk {
+		t.Fatalf("pipe size %d (%v), want %d", size, err, largeChunk)
+	}
+	want := make([]byte, 4<<20)
+	for i := range want {
+		want[i] = byte(i * 7 / 3)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for at := 0; at < len(want); at += smallChunk {
+		if _, err := f.Write(want[at : at+smallChunk]); err != nil {
+			t.Fatal(err)
+		}
+		if at+smallChunk == largeChunk {
+			close(wrote1MiB)
+		}
+	}
+	f.Close()
+	r.finish(nil)
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("got %d bytes, not the %d written", got.Len(), len(want))
+	}
+	if largest <= smallChunk || largest > largeChunk {
+		t.Fatalf("largest chunk %d bytes, want more than %d, at most %d", largest, smallChunk, largeChunk)
+	}
+	if r.chunk.large || r.chunk.b != nil {
+		t.Fatalf("the large buffer was not released: %d bytes", len(r.chunk.b))
 	}
 }
