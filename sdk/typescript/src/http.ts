@@ -246,16 +246,22 @@ export class EventStream implements AsyncIterable<[string, any]> {
   constructor(private readonly resp: http.IncomingMessage) {}
 
   async *[Symbol.asyncIterator](): AsyncIterator<[string, any]> {
-    let buf = "";
+    // An event (up to 1 MiB of output) comes in many chunks: each is searched once for line
+    // ends, and a line is joined once whole. Chunks are decoded as a stream, so that a
+    // character split between two stays whole.
+    const partial: string[] = [];
     let event = "";
     let data: unknown;
+    this.resp.setEncoding("utf8");
     try {
-      for await (const chunk of this.resp) {
-        buf += chunk.toString("utf8");
+      for await (const chunk of this.resp as AsyncIterable<string>) {
+        let at = 0;
         let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          const line = buf.slice(0, nl).replace(/\r$/, "");
-          buf = buf.slice(nl + 1);
+        while ((nl = chunk.indexOf("\n", at)) >= 0) {
+          partial.push(chunk.slice(at, nl));
+          at = nl + 1;
+          const line = partial.join("").replace(/\r$/, "");
+          partial.length = 0;
           if (line.startsWith("event: ")) event = line.slice(7);
           else if (line.startsWith("data: ")) data = JSON.parse(line.slice(6));
           else if (line === "" && data !== undefined) {
@@ -268,6 +274,7 @@ export class EventStream implements AsyncIterable<[string, any]> {
             data = undefined;
           }
         }
+        if (at < chunk.length) partial.push(chunk.slice(at));
       }
     } finally {
       this.close();
