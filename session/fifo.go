@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,12 +43,13 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 		f.Close()
 		return nil, fmt.Errorf("open fifo: %w", err)
 	}
-	// A pipe holds 64 KiB by default: a command that writes fast waits for the agent at every
-	// 64 KiB. Room for a large chunk lets both run without a switch per chunk. The pipe's
-	// pages are allocated only as they are written; a user over the kernel's quota of pipe
-	// memory (fs/pipe-user-pages-soft) keeps the default.
-	_, _ = unix.FcntlInt(keep.Fd(), unix.F_SETPIPE_SZ, largeChunk)
-	r := &fifoReader{f: f, keep: keep, sink: sink, chunk: newChunkBuffer(true), done: make(chan struct{})}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		keep.Close()
+		return nil, fmt.Errorf("open fifo: %w", err)
+	}
+	r := &fifoReader{f: f, keep: keep, sink: sink, chunk: newChunkBuffer(rc), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		pump(f, r.chunk, r.sink)
@@ -58,8 +60,13 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 // smallChunk and largeChunk are the sizes of the buffers a FIFO is read with: small first,
 // large once a read filled the small one (a command with much to say), so that a command
 // with little output costs no large buffer, and a large output moves in few chunks (the
-// fewer, the fewer frames, writes and wake-ups on its way to the client). largeChunk is also
-// the pipe's capacity asked for (within the kernel's fs/pipe-max-size, 1 MiB by default).
+// fewer, the fewer frames, writes and wake-ups on its way to the client).
+//
+// The FIFO grows with its buffer: a pipe holds 64 KiB (smallChunk) by default, so a command
+// that writes fast would wait for the agent at every 64 KiB; it then holds largeChunk (within
+// the kernel's fs/pipe-max-size, 1 MiB by default). Only then: a pipe's capacity counts toward
+// its user's quota of pipe memory (fs/pipe-user-pages-soft, 64 MiB), past which the sandbox's
+// new pipes get two pages, so execs with little output keep the default.
 const smallChunk, largeChunk = 64 << 10, 1 << 20
 
 // chunkBuffer is the buffer a file is read into: small, and large once a read filled it if
@@ -70,21 +77,23 @@ const smallChunk, largeChunk = 64 << 10, 1 << 20
 type chunkBuffer struct {
 	b     []byte
 	large bool
-	grows bool
+	pipe  syscall.RawConn // the FIFO, which grows with the buffer; nil: neither grows
 }
 
-func newChunkBuffer(grows bool) *chunkBuffer {
-	return &chunkBuffer{b: make([]byte, smallChunk), grows: grows}
+func newChunkBuffer(pipe syscall.RawConn) *chunkBuffer {
+	return &chunkBuffer{b: make([]byte, smallChunk), pipe: pipe}
 }
 
-// grow makes the buffer large after a read of n bytes filled it (if the mapping fails, it
-// stays small).
+// grow makes the buffer, and the pipe, large after a read of n bytes filled the buffer (if
+// the mapping fails, both stay small; if the pipe cannot grow, it stays as it is). The bytes
+// read stay where they were.
 func (c *chunkBuffer) grow(n int) {
-	if !c.grows || c.large || n < len(c.b) {
+	if c.pipe == nil || c.large || n < len(c.b) {
 		return
 	}
 	if b, err := unix.Mmap(-1, 0, largeChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err == nil {
 		c.b, c.large = b, true
+		_ = c.pipe.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, largeChunk) })
 	}
 }
 
@@ -100,10 +109,11 @@ func (c *chunkBuffer) release() {
 // chunk to sink.
 func pump(f *os.File, chunk *chunkBuffer, sink func([]byte)) {
 	for {
-		n, err := f.Read(chunk.b)
+		b := chunk.b
+		n, err := f.Read(b)
 		if n > 0 {
-			sink(chunk.b[:n])
 			chunk.grow(n)
+			sink(b[:n])
 		}
 		if err != nil {
 			return
@@ -121,12 +131,13 @@ func (r *fifoReader) finish(rest io.Writer) {
 	if rc, err := r.f.SyscallConn(); err == nil {
 		_ = rc.Read(func(fd uintptr) bool {
 			for {
-				n, err := unix.Read(int(fd), r.chunk.b)
+				b := r.chunk.b
+				n, err := unix.Read(int(fd), b)
 				if n <= 0 || err != nil {
 					return true
 				}
-				r.sink(r.chunk.b[:n])
 				r.chunk.grow(n)
+				r.sink(b[:n])
 			}
 		})
 	}
