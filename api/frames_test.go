@@ -162,3 +162,26 @@ func TestStreamListenerGivesUnixConnectionsLargeSendBuffers(t *testing.T) {
 		t.Fatalf("SO_SNDBUF %d (%v), want %d", size, err, want)
 	}
 }
+
+func TestFramesOfOutputAllocateNothing(t *testing.T) {
+	rec := httptest.NewRecorder()
+	fw := NewFrameWriter(rec)
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	if err := fw.Send(EventStdout, chunk); err != nil { // the first sends the header
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = fw.Send(EventStderr, chunk) }); n > 0 {
+		t.Errorf("Send: %.1f allocations a frame", n)
+	}
+	fr := NewFrameReader(bytes.NewReader(rec.Body.Bytes()))
+	if _, _, err := fr.Next(); err != nil { // the first sizes the output buffer
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if ev, data, err := fr.Next(); err != nil || ev != EventStderr || len(data) != len(chunk) {
+			t.Fatalf("%s %d %v", ev, len(data), err)
+		}
+	}); n > 0 {
+		t.Errorf("Next: %.1f allocations a frame", n)
+	}
+}
