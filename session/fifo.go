@@ -128,19 +128,17 @@ func (r *fifoReader) finish(rest io.Writer) {
 	<-r.done
 	// Raw reads honour the deadline too: clear it, then take only what is already there.
 	_ = r.f.SetReadDeadline(time.Time{})
-	if rc, err := r.f.SyscallConn(); err == nil {
-		_ = rc.Read(func(fd uintptr) bool {
-			for {
-				b := r.chunk.b
-				n, err := unix.Read(int(fd), b)
-				if n <= 0 || err != nil {
-					return true
-				}
-				r.chunk.grow(n)
-				r.sink(b[:n])
+	_ = r.chunk.pipe.Read(func(fd uintptr) bool {
+		for {
+			b := r.chunk.b
+			n, err := unix.Read(int(fd), b)
+			if n <= 0 || err != nil {
+				return true
 			}
-		})
-	}
+			r.chunk.grow(n)
+			r.sink(b[:n])
+		}
+	})
 	r.chunk.release()
 	r.keep.Close()
 	if rest == nil {
