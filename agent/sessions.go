@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,8 +20,6 @@ const (
 	agentRunDir = "/run/nsbox"
 	sessionDir  = agentRunDir + "/sessions"
 )
-
-var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 func sessionInfo(i session.Info) api.Session {
 	perm := api.PermissionWrite
@@ -58,7 +55,7 @@ func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) erro
 	if req.ID == "" {
 		req.ID = "s-" + time.Now().UTC().Format("150405.000000")
 	}
-	if !sessionIDPattern.MatchString(req.ID) {
+	if !api.ValidName(req.ID) {
 		return api.Errorf(api.CodeInvalidArgument, "invalid session id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
 	}
 	if err := api.CheckEnv(req.Env); err != nil {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -38,8 +37,6 @@ const (
 	// may hold its pipes open for ever.
 	drainGrace = 250 * time.Millisecond
 )
-
-var idPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 // SessionState is what a process started with a session id inherits from that session.
 type SessionState struct {
@@ -138,7 +135,7 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 		return nil, badRequest("command or argv is required")
 	case len(req.Argv) > 0 && req.Argv[0] == "":
 		return nil, badRequest("argv[0] (the program) must not be empty")
-	case req.ID != "" && !idPattern.MatchString(req.ID):
+	case req.ID != "" && !api.ValidName(req.ID):
 		return nil, badRequest("invalid process id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
 	case req.LogBytes < 0 || req.LogBytes > MaxLogBytes:
 		return nil, badRequest("logBytes must be between 1 and %d (256 MiB), not %d", MaxLogBytes, req.LogBytes)
