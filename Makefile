@@ -23,10 +23,13 @@ all: build
 deps:
 	scripts/install-deps.sh
 
-# The agent first: nsbox embeds it (cmd/nsbox/agentbin.go) and sandboxes run it as PID 1.
+# The agent and the init first: nsbox embeds them (cmd/nsbox/agentbin.go); sandboxes run the
+# agent as PID 1, and containers are set up by the init (cmd/nsbox/runcinit.go).
 build: deps $(UI_VENDOR)
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS) -s -w" -o cmd/nsbox/agentbin/nsbox-agent ./cmd/nsbox-agent
 	sha256sum cmd/nsbox/agentbin/nsbox-agent | cut -c1-16 > cmd/nsbox/agentbin/nsbox-agent.sum
+	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS) -s -w" -o cmd/nsbox/agentbin/nsbox-init ./cmd/nsbox-init
+	sha256sum cmd/nsbox/agentbin/nsbox-init | cut -c1-16 > cmd/nsbox/agentbin/nsbox-init.sum
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nsbox
 
 $(UI_VENDOR): ui/package.json ui/package-lock.json scripts/ui-assets.sh

@@ -86,7 +86,7 @@ func Run(listenFD int, version string) error {
 		}
 	}()
 	done := make(chan error, 1)
-	go func() { done <- http.Serve(ln, a.routes()) }()
+	go func() { done <- http.Serve(api.StreamListener(ln), a.routes()) }()
 
 	for {
 		select {

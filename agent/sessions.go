@@ -55,7 +55,7 @@ func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) erro
 	if req.ID == "" {
 		req.ID = "s-" + time.Now().UTC().Format("150405.000000")
 	}
-	if !api.ValidName(req.ID) {
+	if !api.ValidAgentID(req.ID) {
 		return api.Errorf(api.CodeInvalidArgument, "invalid session id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
 	}
 	if err := api.CheckEnv(req.Env); err != nil {

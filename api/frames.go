@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -43,6 +44,7 @@ type FrameWriter struct {
 	w       http.ResponseWriter
 	started bool
 	failed  error
+	head    [1 + 255 + 4]byte // a frame's head, before its payload
 }
 
 // NewFrameWriter returns a writer of frames to w.
@@ -63,8 +65,7 @@ func (f *FrameWriter) Send(event string, payload []byte) error {
 		f.w.Header().Set("Content-Type", EventFrames)
 		f.w.WriteHeader(http.StatusOK)
 	}
-	head := make([]byte, 0, 1+len(event)+4)
-	head = append(append(append(head, byte(len(event))), event...), 0, 0, 0, 0)
+	head := append(append(append(f.head[:0], byte(len(event))), event...), 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(head[len(head)-4:], uint32(len(payload)))
 	if _, err := f.w.Write(head); err != nil {
 		f.failed = err
@@ -100,9 +101,10 @@ func (f *FrameWriter) SendError(err error) error {
 
 // FrameReader reads frames as FrameWriter writes them.
 type FrameReader struct {
-	src io.Reader
-	r   *bufio.Reader // on src
-	out []byte        // the payload of the last output frame Next returned
+	src  io.Reader
+	r    *bufio.Reader // on src
+	out  []byte        // the payload of the last output frame Next returned
+	head [255 + 4]byte // a frame's head after its first byte
 }
 
 // NewFrameReader returns a reader of the frames in r.
@@ -125,14 +127,14 @@ func (f *FrameReader) NextOutput(stdout, stderr *[]byte) (event string, payload 
 	if err == io.EOF {
 		return "", nil, io.EOF
 	}
-	head := make([]byte, int(n)+4)
+	head := f.head[:int(n)+4]
 	if err == nil {
 		_, err = io.ReadFull(f.r, head)
 	}
 	if err != nil {
 		return "", nil, fmt.Errorf("read frame: %w", unexpectedEOF(err))
 	}
-	event = string(head[:n])
+	event = eventName(head[:n])
 	size := binary.BigEndian.Uint32(head[n:])
 	if size > maxFrame {
 		return "", nil, fmt.Errorf("read frame: %s of %d bytes is too large", event, size)
@@ -164,6 +166,17 @@ func (f *FrameReader) NextOutput(stdout, stderr *[]byte) (event string, payload 
 		return event, payload, fmt.Errorf("event stream failed: %s", payload)
 	}
 	return event, payload, nil
+}
+
+// eventName is name as a string, without an allocation for the names output frames carry.
+func eventName(name []byte) string {
+	switch string(name) {
+	case EventStdout:
+		return EventStdout
+	case EventStderr:
+		return EventStderr
+	}
+	return string(name)
 }
 
 // readPayload appends the next size bytes of the stream to *dst: what the buffer holds, then
@@ -247,4 +260,26 @@ func AppendOutputEvent(dst []byte, stream string, b []byte) []byte {
 	}
 	dst = AppendJSONText(dst, b)
 	return append(dst, `","encoding":"utf-8"}`...)
+}
+
+// streamSendBuffer is the send buffer (SO_SNDBUF) of every connection a StreamListener
+// accepts. A unix socket's default (net.core.wmem_default, 208 KiB) holds a fifth of a 1 MiB
+// output frame: the writer stops several times a frame, waiting for the reader to wake. The
+// kernel grants at most net.core.wmem_max (and counts twice the value asked for); it uses the
+// memory only for bytes in flight.
+const streamSendBuffer = 1 << 20
+
+// StreamListener returns ln, its unix socket connections with a send buffer large enough to
+// stream exec output without stopping at every chunk. (TCP connections are left to the
+// kernel's autotuning, which a fixed buffer would turn off.)
+func StreamListener(ln net.Listener) net.Listener { return streamListener{ln} }
+
+type streamListener struct{ net.Listener }
+
+func (l streamListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if uc, ok := c.(*net.UnixConn); ok {
+		_ = uc.SetWriteBuffer(streamSendBuffer)
+	}
+	return c, err
 }

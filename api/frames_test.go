@@ -5,9 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestFramesRoundTrip(t *testing.T) {
@@ -120,5 +126,62 @@ func TestFrameReaderOutput(t *testing.T) {
 	first = first[:1]
 	if _, second, _ := fr.Next(); second[0] != 0xff || first[0] != 0xff || string(start) != `{"type":"start"}` {
 		t.Fatalf("an output payload is valid until the next call only (its buffer is reused): %q %q; start %q", first, second, start)
+	}
+}
+
+func TestStreamListenerGivesUnixConnectionsLargeSendBuffers(t *testing.T) {
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ln = StreamListener(ln)
+	go func() {
+		if c, err := net.Dial("unix", ln.Addr().String()); err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1))
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int
+	if err := raw.Control(func(fd uintptr) { size, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF) }); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel counts twice what is asked, within net.core.wmem_max.
+	wmemMax, _ := os.ReadFile("/proc/sys/net/core/wmem_max")
+	limit, _ := strconv.Atoi(strings.TrimSpace(string(wmemMax)))
+	if want := 2 * min(streamSendBuffer, limit); err != nil || size != want {
+		t.Fatalf("SO_SNDBUF %d (%v), want %d", size, err, want)
+	}
+}
+
+func TestFramesOfOutputAllocateNothing(t *testing.T) {
+	rec := httptest.NewRecorder()
+	fw := NewFrameWriter(rec)
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	if err := fw.Send(EventStdout, chunk); err != nil { // the first sends the header
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = fw.Send(EventStderr, chunk) }); n > 0 {
+		t.Errorf("Send: %.1f allocations a frame", n)
+	}
+	fr := NewFrameReader(bytes.NewReader(rec.Body.Bytes()))
+	if _, _, err := fr.Next(); err != nil { // the first sizes the output buffer
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if ev, data, err := fr.Next(); err != nil || ev != EventStderr || len(data) != len(chunk) {
+			t.Fatalf("%s %d %v", ev, len(data), err)
+		}
+	}); n > 0 {
+		t.Errorf("Next: %.1f allocations a frame", n)
 	}
 }

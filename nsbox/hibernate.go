@@ -24,7 +24,8 @@ import (
 // belong to them) and its network (address, rules and exposed ports stay; the veth goes with
 // the namespace). Resuming (POST …/resume, or any request that needs it running: wake) starts
 // a container of the same id on the same layers, reattaches the network with the same address
-// while its agent starts, binds it as a create does and hands the agent the saved state: the
+// and sets the hostname and limits while its agent starts, configures the agent as a create
+// does and hands it the saved state: the
 // sessions come back with it, processes that ran are listed as stopped by hibernation, and
 // those started with restart "on-resume" start again. Most of a resume is the container's
 // start (libcontainer: cgroups, namespaces, mounts, the agent's exec), which the warm pool
@@ -144,16 +145,19 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities,
 		SnapshotLayers: rec.SnapshotLayers, Permissions: rec.Permissions}
-	// The network is reattached while the agent starts; the rest of bind follows.
-	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, func(sc *startedContainer) error { return r.connectNetwork(&rec, sc) })
+	// The network is reattached, and the hostname and limits set, while the agent starts; the
+	// agent's part of bind follows.
+	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, func(sc *startedContainer) error {
+		if err := r.connectNetwork(&rec, sc); err != nil {
+			return err
+		}
+		return r.bindHost(&rec, sc, lim)
+	})
 	if err != nil {
 		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, errors.Join(err, r.net.Suspend(sb.id)))
 	}
 	started := time.Since(began)
-	err = r.bindHost(&rec, sc, lim)
-	if err == nil {
-		err = r.bindAgent(ctx, &rec, sc, nil)
-	}
+	err = r.bindAgent(ctx, &rec, sc, nil)
 	bound := time.Since(began) - started
 	if err == nil {
 		err = r.restoreState(ctx, rec, sc, st) // sessions with permissions of their own: permissions.go

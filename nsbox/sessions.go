@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -266,8 +267,14 @@ func answerFrames(w http.ResponseWriter, events *eventStream, max int64) error {
 	}
 }
 
+// sseOutput bounds the output one Server-Sent Event carries. The agent's frames carry up to
+// 1 MiB; clients that read events as lines (browsers' EventSource, the TypeScript SDK) handle
+// events of this size much better (in Node, 1 MiB events halved the rate).
+const sseOutput = 64 << 10
+
 // relayExec streams an exec's frames to the client as Server-Sent Events as they come: output
-// chunks encoded as ExecEvents, every other event as it is (see relayEvents).
+// chunks encoded as ExecEvents of at most sseOutput bytes each, every other event as it is (see
+// relayEvents).
 func relayExec(out *api.SSEWriter, events *eventStream) {
 	var buf []byte
 	for {
@@ -276,14 +283,36 @@ func relayExec(out *api.SSEWriter, events *eventStream) {
 			_ = out.SendError(streamError(err))
 			return
 		}
-		if name == api.EventStdout || name == api.EventStderr {
-			buf = api.AppendOutputEvent(buf[:0], name, data)
-			data = buf
+		if name != api.EventStdout && name != api.EventStderr {
+			if out.SendRaw(name, data) != nil || name == api.EventExit {
+				return
+			}
+			continue
 		}
-		if out.SendRaw(name, data) != nil || name == api.EventExit {
-			return
+		for len(data) > 0 {
+			n := outputPiece(data, sseOutput)
+			buf = api.AppendOutputEvent(buf[:0], name, data[:n])
+			if out.SendRaw(name, buf) != nil {
+				return
+			}
+			data = data[n:]
 		}
 	}
+}
+
+// outputPiece is how many of b's first bytes, at most max, make one piece of output: cut
+// before a character that max would split (text stays text in each piece), unless none
+// starts within a character's length (binary output).
+func outputPiece(b []byte, max int) int {
+	if len(b) <= max {
+		return len(b)
+	}
+	for n := max; n > max-utf8.UTFMax; n-- {
+		if utf8.RuneStart(b[n]) {
+			return n
+		}
+	}
+	return max
 }
 
 // relayStream opens one of the agent's event streams for the running sandbox a request names

@@ -136,8 +136,12 @@ func TestDiskLifecycle(t *testing.T) {
 	if err := MountDisk(image, target); err != nil {
 		t.Fatal(err)
 	}
-	if devs := LoopDevices(image); len(devs) != 1 {
+	devs := LoopDevices(image)
+	if len(devs) != 1 {
 		t.Fatalf("loop devices on the image: %v", devs)
+	}
+	if dev, ok := loopDeviceOf(target); !ok || dev != devs[0] {
+		t.Errorf("the device of the mount = %q, %v; want %s", dev, ok, devs[0])
 	}
 	err := os.WriteFile(filepath.Join(target, "big"), make([]byte, 32<<20), 0o644)
 	if !errors.Is(err, unix.ENOSPC) {

@@ -113,6 +113,12 @@ func attachLoop(image string) (*os.File, error) {
 // device clears itself once the last mount of its file system is gone; a sandbox's overlays
 // go with its mount namespace). Neither being there is not an error.
 func ReleaseDisk(image, target string, wait time.Duration) error {
+	// While it waits it watches the device target is mounted from alone, and looks at every
+	// loop device (there can be thousands) once at the end: for a device a crash left bound.
+	var watch []string
+	if dev, ok := loopDeviceOf(target); ok && len(boundTo(image, []string{dev})) > 0 {
+		watch = []string{dev}
+	}
 	if err := unix.Unmount(target, 0); errors.Is(err, unix.EBUSY) {
 		err = unix.Unmount(target, unix.MNT_DETACH)
 		if err != nil {
@@ -126,7 +132,15 @@ func ReleaseDisk(image, target string, wait time.Duration) error {
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		devs := LoopDevices(image)
+		var devs []string
+		if watch != nil {
+			if devs = boundTo(image, watch); len(devs) == 0 {
+				watch = nil // then every device, once
+				continue
+			}
+		} else {
+			devs = LoopDevices(image)
+		}
 		if len(devs) == 0 {
 			return nil
 		}
@@ -147,20 +161,48 @@ func ReleaseDisk(image, target string, wait time.Duration) error {
 	}
 }
 
+// loopDeviceOf is the loop device (/dev/loopN) the file system mounted at target is on.
+func loopDeviceOf(target string) (string, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(target, &st); err != nil || unix.Major(st.Dev) != loopMajor {
+		return "", false
+	}
+	link, err := os.Readlink(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		return "", false
+	}
+	return "/dev/" + filepath.Base(link), true
+}
+
+// loopMajor is the block device major number of loop devices.
+const loopMajor = 7
+
 // LoopDevices lists the loop devices (/dev/loopN) whose backing file is image.
 func LoopDevices(image string) []string {
+	entries, _ := os.ReadDir("/sys/block")
+	var devs []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "loop") {
+			devs = append(devs, "/dev/"+e.Name())
+		}
+	}
+	return boundTo(image, devs)
+}
+
+// boundTo are those of the loop devices devs (/dev/loopN) whose backing file is image. It
+// reads each one's backing_file in sysfs, which only a bound device has.
+func boundTo(image string, devs []string) []string {
 	if real, err := filepath.EvalSymlinks(image); err == nil {
 		image = real
 	}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	var out []string
-	for _, f := range files {
-		data, err := os.ReadFile(f)
+	for _, d := range devs {
+		data, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(d), "loop/backing_file"))
 		if err != nil {
 			continue
 		}
 		if strings.TrimSuffix(strings.TrimSpace(string(data)), " (deleted)") == image {
-			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+			out = append(out, d)
 		}
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,10 +19,11 @@ import (
 // The reader also holds a write end of its own until finish: a FIFO read with no writer reads
 // as end-of-file, and the shell opens its end only when the command starts.
 type fifoReader struct {
-	f    *os.File
-	keep *os.File // our own write end
-	sink func([]byte)
-	done chan struct{}
+	f     *os.File
+	keep  *os.File // our own write end
+	sink  func([]byte)
+	chunk *chunkBuffer // what f is read into, by pump and then by finish
+	done  chan struct{}
 }
 
 // openFifoReader makes a FIFO at path owned by uid/gid and starts streaming it to sink.
@@ -41,21 +43,77 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 		f.Close()
 		return nil, fmt.Errorf("open fifo: %w", err)
 	}
-	r := &fifoReader{f: f, keep: keep, sink: sink, done: make(chan struct{})}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		keep.Close()
+		return nil, fmt.Errorf("open fifo: %w", err)
+	}
+	r := &fifoReader{f: f, keep: keep, sink: sink, chunk: newChunkBuffer(rc), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		pump(f, r.sink)
+		pump(f, r.chunk, r.sink)
 	}()
 	return r, nil
 }
 
-// pump reads f until it fails (end of file, a deadline, a close) and hands each chunk to sink.
-func pump(f *os.File, sink func([]byte)) {
-	chunk := make([]byte, 64<<10)
+// smallChunk and largeChunk are the sizes of the buffers a FIFO is read with: small first,
+// large once a read filled the small one (a command with much to say), so that a command
+// with little output costs no large buffer, and a large output moves in few chunks (the
+// fewer, the fewer frames, writes and wake-ups on its way to the client).
+//
+// The FIFO grows with its buffer: a pipe holds 64 KiB (smallChunk) by default, so a command
+// that writes fast would wait for the agent at every 64 KiB; it then holds largeChunk (within
+// the kernel's fs/pipe-max-size, 1 MiB by default). Only then: a pipe's capacity counts toward
+// its user's quota of pipe memory (fs/pipe-user-pages-soft, 64 MiB), past which the sandbox's
+// new pipes get two pages, so execs with little output keep the default.
+const smallChunk, largeChunk = 64 << 10, 1 << 20
+
+// chunkBuffer is the buffer a file is read into: small, and large once a read filled it if
+// it grows (an exec's FIFO; not a terminal, which lives as long as its session). The large
+// buffer is mapped apart from the heap and unmapped when the FIFO ends: the agent's resident
+// memory is back where it was as soon as the command is (a heap buffer would stay until a
+// collection that an idle agent does not run).
+type chunkBuffer struct {
+	b     []byte
+	large bool
+	pipe  syscall.RawConn // the FIFO, which grows with the buffer; nil: neither grows
+}
+
+func newChunkBuffer(pipe syscall.RawConn) *chunkBuffer {
+	return &chunkBuffer{b: make([]byte, smallChunk), pipe: pipe}
+}
+
+// grow makes the buffer, and the pipe, large after a read of n bytes filled the buffer (if
+// the mapping fails, both stay small; if the pipe cannot grow, it stays as it is). The bytes
+// read stay where they were.
+func (c *chunkBuffer) grow(n int) {
+	if c.pipe == nil || c.large || n < len(c.b) {
+		return
+	}
+	if b, err := unix.Mmap(-1, 0, largeChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err == nil {
+		c.b, c.large = b, true
+		_ = c.pipe.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, largeChunk) })
+	}
+}
+
+// release unmaps a large buffer; the buffer is not used again.
+func (c *chunkBuffer) release() {
+	if c.large {
+		_ = unix.Munmap(c.b)
+		c.b, c.large = nil, false
+	}
+}
+
+// pump reads f into chunk until it fails (end of file, a deadline, a close) and hands each
+// chunk to sink.
+func pump(f *os.File, chunk *chunkBuffer, sink func([]byte)) {
 	for {
-		n, err := f.Read(chunk)
+		b := chunk.b
+		n, err := f.Read(b)
 		if n > 0 {
-			sink(chunk[:n])
+			chunk.grow(n)
+			sink(b[:n])
 		}
 		if err != nil {
 			return
@@ -70,18 +128,18 @@ func (r *fifoReader) finish(rest io.Writer) {
 	<-r.done
 	// Raw reads honour the deadline too: clear it, then take only what is already there.
 	_ = r.f.SetReadDeadline(time.Time{})
-	if rc, err := r.f.SyscallConn(); err == nil {
-		chunk := make([]byte, 64<<10)
-		_ = rc.Read(func(fd uintptr) bool {
-			for {
-				n, err := unix.Read(int(fd), chunk)
-				if n <= 0 || err != nil {
-					return true
-				}
-				r.sink(chunk[:n])
+	_ = r.chunk.pipe.Read(func(fd uintptr) bool {
+		for {
+			b := r.chunk.b
+			n, err := unix.Read(int(fd), b)
+			if n <= 0 || err != nil {
+				return true
 			}
-		})
-	}
+			r.chunk.grow(n)
+			r.sink(b[:n])
+		}
+	})
+	r.chunk.release()
 	r.keep.Close()
 	if rest == nil {
 		r.f.Close()

@@ -256,7 +256,7 @@ func (s *Session) startShell(cwd string) error {
 		sh.term, child = ptmx, []*os.File{tty, tty, tty}
 		attr.Sys.Setctty, attr.Sys.Ctty = true, 0
 		argv = []string{"bash", "--noprofile", "--rcfile", rcFile, "-i"}
-		go pump(ptmx, s.writeTerminal)
+		go pump(ptmx, newChunkBuffer(nil), s.writeTerminal)
 	} else {
 		inR, inW, err := os.Pipe()
 		if err != nil {
@@ -289,7 +289,7 @@ func (s *Session) startShell(cwd string) error {
 		sh.term, child = inW, []*os.File{devNull, outW, outW, inR}
 		argv = []string{"sh", "-i", "/proc/self/fd/3"}
 		go func() {
-			pump(outR, s.writeTerminal)
+			pump(outR, newChunkBuffer(nil), s.writeTerminal)
 			outR.Close()
 		}()
 	}

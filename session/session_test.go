@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestRingKeepsTheTailAndCountsWhatItDropped(t *testing.T) {
@@ -176,5 +178,73 @@ func TestLookupUserTakesTheFormsOfAnImagesUser(t *testing.T) {
 		if _, err := lookupUser(spec); !errors.Is(err, ErrInvalid) {
 			t.Errorf("lookupUser(%q): %v, want ErrInvalid", spec, err)
 		}
+	}
+}
+
+func TestFifoReaderGrowsWithItsOutput(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	gotFirst, wroteMore := make(chan struct{}), make(chan struct{})
+	defer func() {
+		select {
+		case <-wroteMore:
+		default:
+			close(wroteMore) // a failed test lets the reader go
+		}
+	}()
+	var got bytes.Buffer
+	var sizes []int
+	r, err := openFifoReader(path, os.Getuid(), os.Getgid(), func(b []byte) {
+		sizes = append(sizes, len(b))
+		got.Write(b)
+		if len(sizes) == 1 {
+			close(gotFirst)
+			<-wroteMore // the pipe, grown, fills meanwhile
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipeSize := func() (size int) {
+		_ = r.chunk.pipe.Control(func(fd uintptr) { size, _ = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0) })
+		return size
+	}
+	if size := pipeSize(); size != smallChunk {
+		t.Fatalf("a new FIFO holds %d bytes, want the default %d", size, smallChunk)
+	}
+	want := make([]byte, smallChunk+3*largeChunk)
+	for i := range want {
+		want[i] = byte(i * 7 / 3)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// 64 KiB fill the new pipe, and the small buffer when read; then 1 MiB fills the grown
+	// pipe while the sink holds the first chunk; the next read takes all of it.
+	if _, err := f.Write(want[:smallChunk]); err != nil {
+		t.Fatal(err)
+	}
+	<-gotFirst
+	if size := pipeSize(); size != largeChunk || len(sizes) != 1 || sizes[0] != smallChunk {
+		t.Fatalf("the FIFO holds %d bytes after a first read of %v bytes, want %d after %d", size, sizes, largeChunk, smallChunk)
+	}
+	if _, err := f.Write(want[smallChunk : smallChunk+largeChunk]); err != nil {
+		t.Fatal(err)
+	}
+	close(wroteMore)
+	if _, err := f.Write(want[smallChunk+largeChunk:]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	r.finish(nil)
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("got %d bytes, not the %d written", got.Len(), len(want))
+	}
+	if len(sizes) < 2 || sizes[0] != smallChunk || sizes[1] != largeChunk {
+		t.Fatalf("chunks of %v bytes, want %d, then %d", sizes[:min(len(sizes), 4)], smallChunk, largeChunk)
+	}
+	if r.chunk.large || r.chunk.b != nil {
+		t.Fatalf("the large buffer was not released: %d bytes", len(r.chunk.b))
 	}
 }

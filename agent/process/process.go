@@ -135,7 +135,7 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 		return nil, badRequest("command or argv is required")
 	case len(req.Argv) > 0 && req.Argv[0] == "":
 		return nil, badRequest("argv[0] (the program) must not be empty")
-	case req.ID != "" && !api.ValidName(req.ID):
+	case req.ID != "" && !api.ValidAgentID(req.ID):
 		return nil, badRequest("invalid process id %q: use 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit", req.ID)
 	case req.LogBytes < 0 || req.LogBytes > MaxLogBytes:
 		return nil, badRequest("logBytes must be between 1 and %d (256 MiB), not %d", MaxLogBytes, req.LogBytes)

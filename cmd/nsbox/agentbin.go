@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -16,7 +17,8 @@ import (
 	"github.com/nsbox/nsbox/internal/atomicfile"
 )
 
-// agentFiles holds the small agent binary (cmd/nsbox-agent) when make build put it there.
+// agentFiles holds the small agent binary (cmd/nsbox-agent) and the small init binary
+// (cmd/nsbox-init) when make build put them there.
 //
 //go:embed agentbin
 var agentFiles embed.FS
@@ -24,20 +26,35 @@ var agentFiles embed.FS
 // agentBinary is the host path of the binary sandboxes run as their agent: the embedded
 // nsbox-agent, written once under dir by its hash (7 MB, where nsbox is 32: each idle agent
 // holds 1.5 MB of private memory instead of 3.8), or self, whose hidden `agent` command does
-// the same, when nothing is embedded (a plain go build). The hash comes from a file make build
-// writes beside it, so that a daemon whose agent is already on disk never reads the 7 MB.
+// the same, when nothing is embedded (a plain go build).
 func agentBinary(dir, self string) (string, error) {
-	sum, err := agentFiles.ReadFile("agentbin/nsbox-agent.sum")
-	if err != nil {
+	path, err := embeddedBinary(dir, "nsbox-agent")
+	if path == "" && err == nil {
 		return self, nil
 	}
-	path := filepath.Join(dir, "nsbox-agent-"+strings.TrimSpace(string(sum)))
+	return path, err
+}
+
+// initBinary is the host path of the binary that sets containers up (libcontainer's init,
+// runcinit.go): the embedded nsbox-init written once under dir by its hash, or "" when
+// nothing is embedded (a plain go build), and nsbox itself does it.
+func initBinary(dir string) (string, error) { return embeddedBinary(dir, "nsbox-init") }
+
+// embeddedBinary writes the embedded binary name to dir/name-<hash> unless it is there, and
+// returns that path; "" when the build embedded no such binary. The hash comes from a file
+// make build writes beside it, so that a daemon whose binary is already on disk never reads it.
+func embeddedBinary(dir, name string) (string, error) {
+	sum, err := agentFiles.ReadFile("agentbin/" + name + ".sum")
+	if err != nil {
+		return "", nil
+	}
+	path := filepath.Join(dir, name+"-"+strings.TrimSpace(string(sum)))
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == 0o755 {
 		return path, nil
 	}
-	bin, err := agentFiles.Open("agentbin/nsbox-agent")
+	bin, err := agentFiles.Open("agentbin/" + name)
 	if err != nil {
-		return "", fmt.Errorf("the embedded agent binary: %w", err)
+		return "", fmt.Errorf("the embedded %s binary: %w", name, err)
 	}
 	defer bin.Close()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -45,16 +62,16 @@ func agentBinary(dir, self string) (string, error) {
 	}
 	// Not writable by anyone, executable by the sandboxes' roots (other users on the host).
 	if err := atomicfile.WriteFrom(path, bin, 0o755); err != nil {
-		return "", fmt.Errorf("the agent binary: %w", err)
+		return "", fmt.Errorf("the %s binary: %w", name, err)
 	}
-	if err := unmapEmbedded(agentFiles, "agentbin/nsbox-agent"); err != nil {
-		slog.Debug("the embedded agent's pages stay mapped", "err", err)
+	if err := unmapEmbedded(agentFiles, "agentbin/"+name); err != nil {
+		slog.Debug("the embedded binary's pages stay mapped", "binary", name, "err", err)
 	}
 	return path, nil
 }
 
 // unmapEmbedded drops this process's mappings of the pages of an embedded file, read once:
-// writing the agent out faults in its 7 MB of the binary, which would otherwise count in the
+// writing the agent out faults in its 7 MB of nsbox's binary, which would otherwise count in the
 // daemon's memory (RSS, PSS) for as long as it runs. The pages are read-only and backed by
 // the binary, so a later read maps them again from the page cache; until then the kernel may
 // reclaim them. embed.FS has no API for a file's address: it is found by reflection, and a
@@ -85,13 +102,14 @@ func unmapEmbedded(files embed.FS, name string) error {
 	return fmt.Errorf("no embedded file %s", name)
 }
 
-// pruneAgents removes the agent binaries under dir that earlier builds wrote (7 MB each), and
-// temporary files a write cut short left: all but current. No sandbox needs them: a running
+// pruneAgents removes the agent and init binaries under dir that earlier builds wrote (7 MB
+// each), and temporary files a write cut short left: all but those in current. No sandbox
+// needs them (an init runs only during a start, and only from its open descriptor): a running
 // one runs the copy a daemon staged for it (nsbox/stage.go), or, started by a daemon from
 // before the stage, a bind mount of its file, which keeps the file's data until the sandbox
 // ends (removing the source of a bind mount in another mount namespace leaves the mount as it
 // is); a sandbox without a container (hibernated) starts its next one with the current agent.
-func pruneAgents(dir, current string, log *slog.Logger) error {
+func pruneAgents(dir string, current []string, log *slog.Logger) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -101,7 +119,8 @@ func pruneAgents(dir, current string, log *slog.Logger) error {
 	}
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
-		if path == current || !strings.HasPrefix(strings.TrimPrefix(e.Name(), "."), "nsbox-agent-") {
+		name := strings.TrimPrefix(e.Name(), ".")
+		if slices.Contains(current, path) || !strings.HasPrefix(name, "nsbox-agent-") && !strings.HasPrefix(name, "nsbox-init-") {
 			continue
 		}
 		if err := os.Remove(path); err != nil {

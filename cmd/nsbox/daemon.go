@@ -95,6 +95,10 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	initBin, err := initBinary(filepath.Join(c.String("data-dir"), "agent"))
+	if err != nil {
+		return err
+	}
 	pool, err := parseWarmPool(c.String("warm-pool"))
 	if err != nil {
 		return err
@@ -129,6 +133,7 @@ func runDaemon(c *cli.Context) error {
 		RunDir:       filepath.Join(runDir, "sandboxes"),
 		FilesDir:     nsbox.StagedFiles(runDir),
 		AgentBin:     nsbox.StagedAgent(runDir, agentBin),
+		InitBin:      initBin,
 		CgroupParent: c.String("cgroup-parent"),
 		Seccomp:      c.Bool("seccomp"),
 		UserNS:       userns.Count > 0,
@@ -211,7 +216,7 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer rt.Close()
-	if err := pruneAgents(filepath.Join(c.String("data-dir"), "agent"), agentBin, log); err != nil {
+	if err := pruneAgents(filepath.Join(c.String("data-dir"), "agent"), []string{agentBin, initBin}, log); err != nil {
 		log.Warn("old agent binaries are kept", "err", err)
 	}
 

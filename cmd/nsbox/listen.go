@@ -15,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/auth"
 	"github.com/nsbox/nsbox/nsbox"
 	"github.com/nsbox/nsbox/ui"
@@ -147,7 +148,7 @@ func listenAll(eps []endpoint, c *cli.Context, rt *nsbox.Runtime, guard *auth.Se
 			if err != nil {
 				return fail(err)
 			}
-			servers = append(servers, apiServer{srv: &http.Server{Handler: socketAPI, ReadHeaderTimeout: 10 * time.Second}, ln: ln})
+			servers = append(servers, apiServer{srv: &http.Server{Handler: socketAPI, ReadHeaderTimeout: 10 * time.Second}, ln: api.StreamListener(ln)})
 			continue
 		}
 		ln, err := net.Listen("tcp", ep.tcp)

@@ -6,8 +6,8 @@ import (
 	"os"
 	"runtime"
 
-	_ "github.com/opencontainers/cgroups/devices" // device rules for the cgroup managers
-	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/nsbox/nsbox/internal/runcinit"            // libcontainer's init, before the other packages initialise
+	_ "github.com/opencontainers/cgroups/devices"           // device rules for the cgroup managers
 	_ "github.com/opencontainers/runc/libcontainer/nsenter" // namespace entry, runs before the Go runtime
 	"github.com/urfave/cli/v2"
 )
@@ -22,10 +22,6 @@ func init() {
 	// the thread ends with them; but Go cannot end the main thread and keeps it, parked with
 	// its mount namespace (a copy of the host's mounts, sandbox disks included) forever.
 	runtime.LockOSThread()
-	// libcontainer re-executes this binary as "init" to set up a container from inside.
-	if len(os.Args) > 1 && os.Args[1] == "init" {
-		libcontainer.Init()
-	}
 }
 
 func main() {

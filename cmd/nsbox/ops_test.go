@@ -602,11 +602,12 @@ func TestOldAgentBinariesPruned(t *testing.T) {
 	// The sandboxes' agent binary becomes an earlier build's: another name, the same file.
 	earlier := filepath.Join(dir, "nsbox-agent-0000000000000001")
 	partial := filepath.Join(dir, ".nsbox-agent-0000000000000001-123456")
+	earlierInit := filepath.Join(dir, "nsbox-init-0000000000000001")
 	other := filepath.Join(dir, "README")
 	if err := os.Rename(current[0], earlier); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{partial, other} {
+	for _, f := range []string{partial, earlierInit, other} {
 		if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -616,9 +617,12 @@ func TestOldAgentBinariesPruned(t *testing.T) {
 		_, err := os.Stat(path)
 		return err == nil
 	}
-	if !exists(current[0]) || exists(earlier) || exists(partial) || !exists(other) {
-		t.Errorf("after a start: current %t, earlier %t, partial %t, another file %t (want true, false, false, true)",
-			exists(current[0]), exists(earlier), exists(partial), exists(other))
+	if !exists(current[0]) || exists(earlier) || exists(partial) || exists(earlierInit) || !exists(other) {
+		t.Errorf("after a start: current %t, earlier %t, partial %t, an earlier init %t, another file %t (want true, false, false, false, true)",
+			exists(current[0]), exists(earlier), exists(partial), exists(earlierInit), exists(other))
+	}
+	if inits, _ := filepath.Glob(filepath.Join(dir, "nsbox-init-*")); len(inits) != 1 {
+		t.Errorf("init binaries after a start: %v, want the current one", inits)
 	}
 	for _, id := range []string{"old", "hib"} {
 		if out := d.sh(id, "echo ok"); out != "ok\n" {

@@ -144,12 +144,16 @@ class _Runner:
         ``kill_on_disconnect=False`` it runs to its end instead. Each of stdout and stderr keeps
         at most ``max_output_bytes`` (default 128 MiB): ``result.stdout_truncated``,
         ``result.stderr_truncated`` say whether more was dropped. The output comes as raw bytes
-        (frames), not JSON: ``stdout_encoding``/``stderr_encoding`` are "utf-8" (text) or "raw"."""
+        (frames), not JSON: ``stdout_encoding``/``stderr_encoding`` are "utf-8" (text) or "raw" (from a
+        daemon that predates frames, which answers JSON: "utf-8" or "base64")."""
         route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
                                               max_output_bytes or DEFAULT_MAX_OUTPUT_BYTES)
         out = {"stdout": bytearray(), "stderr": bytearray()}
         stream = self._t.frames("POST", route, params, json_body=body)
         try:
+            if (stream.resp.getheader("Content-Type") or "").startswith("application/json"):
+                # A daemon from before frames answers one JSON document: the whole result.
+                return ExecResult.from_wire(json.loads(stream.resp.read()))
             for event, payload in stream:
                 if event in out:
                     out[event] += payload

@@ -185,18 +185,39 @@ export const FRAMES = "application/x-nsbox-frames";
  * length (4 bytes, big-endian), the payload. An "error" frame is thrown as its NsboxError.
  */
 export class FrameStream implements AsyncIterable<[string, Buffer]> {
-  constructor(private readonly resp: http.IncomingMessage) {}
+  /** The daemon answered one JSON document instead (it predates frames): read it with json(). */
+  readonly isJSON: boolean;
+
+  constructor(private readonly resp: http.IncomingMessage) {
+    this.isJSON = (resp.headers["content-type"] ?? "").startsWith("application/json");
+  }
+
+  /** The whole answer as JSON (when isJSON). */
+  async json(): Promise<any> {
+    return JSON.parse((await readAll(this.resp)).toString("utf8"));
+  }
 
   async *[Symbol.asyncIterator](): AsyncIterator<[string, Buffer]> {
+    // A frame (up to 1 MiB of output) comes in many chunks: they are joined once it is whole,
+    // not one by one.
     let buf = Buffer.alloc(0);
+    const more: Buffer[] = [];
+    let have = 0; // buf's bytes and more's
+    let need = 1; // what buf must hold before the next frame can be read further
     try {
       for await (const chunk of this.resp) {
-        buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+        more.push(chunk);
+        have += chunk.length;
+        if (have < need) continue;
+        buf = Buffer.concat([buf, ...more]);
+        more.length = 0;
         for (;;) {
           const n = buf.length ? buf[0] : 0;
-          if (buf.length < 1 + n + 4) break;
-          const end = 1 + n + 4 + buf.readUInt32BE(1 + n);
-          if (buf.length < end) break;
+          need = 1 + n + 4;
+          if (buf.length < need) break;
+          need += buf.readUInt32BE(1 + n);
+          if (buf.length < need) break;
+          const end = need;
           const event = buf.toString("utf8", 1, 1 + n);
           const payload = buf.subarray(1 + n + 4, end);
           buf = buf.subarray(end);
@@ -206,8 +227,9 @@ export class FrameStream implements AsyncIterable<[string, Buffer]> {
           }
           yield [event, payload];
         }
+        have = buf.length;
       }
-      if (buf.length) throw errorFor("unavailable", `the exec's answer ended inside a frame (${buf.length} bytes left)`);
+      if (have) throw errorFor("unavailable", `the exec's answer ended inside a frame (${have} bytes left)`);
     } finally {
       this.close();
     }
@@ -224,16 +246,22 @@ export class EventStream implements AsyncIterable<[string, any]> {
   constructor(private readonly resp: http.IncomingMessage) {}
 
   async *[Symbol.asyncIterator](): AsyncIterator<[string, any]> {
-    let buf = "";
+    // An event (up to 1 MiB of output) comes in many chunks: each is searched once for line
+    // ends, and a line is joined once whole. Chunks are decoded as a stream, so that a
+    // character split between two stays whole.
+    const partial: string[] = [];
     let event = "";
     let data: unknown;
+    this.resp.setEncoding("utf8");
     try {
-      for await (const chunk of this.resp) {
-        buf += chunk.toString("utf8");
+      for await (const chunk of this.resp as AsyncIterable<string>) {
+        let at = 0;
         let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          const line = buf.slice(0, nl).replace(/\r$/, "");
-          buf = buf.slice(nl + 1);
+        while ((nl = chunk.indexOf("\n", at)) >= 0) {
+          partial.push(chunk.slice(at, nl));
+          at = nl + 1;
+          const line = partial.join("").replace(/\r$/, "");
+          partial.length = 0;
           if (line.startsWith("event: ")) event = line.slice(7);
           else if (line.startsWith("data: ")) data = JSON.parse(line.slice(6));
           else if (line === "" && data !== undefined) {
@@ -246,6 +274,7 @@ export class EventStream implements AsyncIterable<[string, any]> {
             data = undefined;
           }
         }
+        if (at < chunk.length) partial.push(chunk.slice(at));
       }
     } finally {
       this.close();

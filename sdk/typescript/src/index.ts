@@ -185,7 +185,10 @@ abstract class Runner {
     const [route, params, extra] = this.execRoute(opts);
     const json = { ...execBody(cmd, opts), maxOutputBytes: opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES, ...extra };
     const out: Record<string, Buffer[]> = { stdout: [], stderr: [] };
-    for await (const [event, payload] of await this.t.frames("POST", route, { params, json })) {
+    const frames = await this.t.frames("POST", route, { params, json });
+    // A daemon from before frames answers one JSON document: the whole result.
+    if (frames.isJSON) return execResult(await frames.json());
+    for await (const [event, payload] of frames) {
       if (event in out) out[event].push(payload);
       else if (event === "exit") return execResult(JSON.parse(payload.toString("utf8")).result, Buffer.concat(out.stdout), Buffer.concat(out.stderr));
     }
