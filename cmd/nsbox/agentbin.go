@@ -71,11 +71,11 @@ func embeddedBinary(dir, name string) (string, error) {
 }
 
 // unmapEmbedded drops this process's mappings of the pages of an embedded file, read once:
-// writing the agent out faults in its 7 MB of nsbox's binary, which would otherwise count in the
-// daemon's memory (RSS, PSS) for as long as it runs. The pages are read-only and backed by
-// the binary, so a later read maps them again from the page cache; until then the kernel may
-// reclaim them. embed.FS has no API for a file's address: it is found by reflection, and a
-// layout this does not know is an error, not a crash.
+// writing the agent (7 MB) or the init (5 MB) out faults its pages of nsbox's binary in, which
+// would otherwise count in the daemon's memory (RSS, PSS) for as long as it runs. The pages
+// are read-only and backed by the binary, so a later read maps them again from the page
+// cache; until then the kernel may reclaim them. embed.FS has no API for a file's address: it
+// is found by reflection, and a layout this does not know is an error, not a crash.
 func unmapEmbedded(files embed.FS, name string) error {
 	list := reflect.ValueOf(files).FieldByName("files")
 	if list.Kind() != reflect.Pointer || list.IsNil() || list.Elem().Kind() != reflect.Slice {
