@@ -7,8 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/internal/atomicfile"
 )
@@ -60,7 +64,42 @@ func embeddedBinary(dir, name string) (string, error) {
 	if err := atomicfile.WriteFrom(path, bin, 0o755); err != nil {
 		return "", fmt.Errorf("the %s binary: %w", name, err)
 	}
+	if err := unmapEmbedded(agentFiles, "agentbin/"+name); err != nil {
+		slog.Debug("the embedded binary's pages stay mapped", "binary", name, "err", err)
+	}
 	return path, nil
+}
+
+// unmapEmbedded drops this process's mappings of the pages of an embedded file, read once:
+// writing the agent (7 MB) or the init (5 MB) out faults its pages of nsbox's binary in, which
+// would otherwise count in the daemon's memory (RSS, PSS) for as long as it runs. The pages
+// are read-only and backed by the binary, so a later read maps them again from the page
+// cache; until then the kernel may reclaim them. embed.FS has no API for a file's address: it
+// is found by reflection, and a layout this does not know is an error, not a crash.
+func unmapEmbedded(files embed.FS, name string) error {
+	list := reflect.ValueOf(files).FieldByName("files")
+	if list.Kind() != reflect.Pointer || list.IsNil() || list.Elem().Kind() != reflect.Slice {
+		return errors.New("embed.FS has no files list")
+	}
+	for i := range list.Elem().Len() {
+		f := list.Elem().Index(i)
+		n, data := f.FieldByName("name"), f.FieldByName("data")
+		if n.Kind() != reflect.String || data.Kind() != reflect.String || n.String() != name {
+			continue
+		}
+		b := unsafe.Slice(unsafe.StringData(data.String()), data.Len())
+		page := os.Getpagesize()
+		// Whole pages inside the file only: the pages it shares with other data stay.
+		start := (page - int(uintptr(unsafe.Pointer(unsafe.SliceData(b))))%page) % page
+		if len(b)-start < page {
+			return nil
+		}
+		if err := unix.Madvise(b[start:start+(len(b)-start)/page*page], unix.MADV_DONTNEED); err != nil {
+			return fmt.Errorf("madvise %s: %w", name, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("no embedded file %s", name)
 }
 
 // pruneAgents removes the agent and init binaries under dir that earlier builds wrote (7 MB
