@@ -122,9 +122,11 @@ type FrameReader struct {
 	head [255 + 4]byte // a frame's head after its first byte
 }
 
-// NewFrameReader returns a reader of the frames in r.
+// NewFrameReader returns a reader of the frames in r. Its buffer holds frames' heads and small
+// payloads; large payloads are read past it, so it is small: a reader is made per exec, and a
+// daemon with many sandboxes would otherwise collect a large buffer's garbage every few execs.
 func NewFrameReader(r io.Reader) *FrameReader {
-	return &FrameReader{src: r, r: bufio.NewReaderSize(r, 256<<10)}
+	return &FrameReader{src: r, r: bufio.NewReaderSize(r, 32<<10)}
 }
 
 // Next returns the next frame's event name and payload. An "error" frame is returned as its

@@ -70,38 +70,66 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 const smallChunk, largeChunk = 64 << 10, 1 << 20
 
 // chunkBuffer is the buffer a file is read into: small, and large once a read filled it if
-// it grows (an exec's FIFO; not a terminal, which lives as long as its session). The large
-// buffer is mapped apart from the heap and unmapped when the FIFO ends: the agent's resident
-// memory is back where it was as soon as the command is (a heap buffer would stay until a
-// collection that an idle agent does not run).
+// it grows (an exec's FIFO; not a terminal, which lives as long as its session). An exec's
+// buffers are mapped apart from the heap and unmapped when the FIFO ends: the agent's resident
+// memory is back where it was as soon as the command is, and an exec leaves no garbage (two
+// 64 KiB heap buffers per exec made an agent collect every few execs, and fault its freed
+// pages in again after each collection).
 type chunkBuffer struct {
-	b     []byte
-	large bool
-	pipe  syscall.RawConn // the FIFO, which grows with the buffer; nil: neither grows
+	b      []byte
+	mapped bool            // b is a mapping of its own
+	pipe   syscall.RawConn // the FIFO, which grows with the buffer; nil: neither grows
 }
 
 func newChunkBuffer(pipe syscall.RawConn) *chunkBuffer {
-	return &chunkBuffer{b: make([]byte, smallChunk), pipe: pipe}
+	c := &chunkBuffer{pipe: pipe}
+	if pipe != nil {
+		if b, err := mapBuffer(smallChunk); err == nil {
+			c.b, c.mapped = b, true
+			return c
+		}
+	}
+	c.b = make([]byte, smallChunk)
+	return c
+}
+
+// mapBuffer maps size bytes of anonymous memory: only the pages a read touches become resident.
+func mapBuffer(size int) ([]byte, error) {
+	return unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 }
 
 // grow makes the buffer, and the pipe, large after a read of n bytes filled the buffer (if
-// the mapping fails, both stay small; if the pipe cannot grow, it stays as it is). The bytes
-// read stay where they were.
-func (c *chunkBuffer) grow(n int) {
-	if c.pipe == nil || c.large || n < len(c.b) {
-		return
+// the mapping fails, both stay small; if the pipe cannot grow, it stays as it is). It returns
+// the small buffer when it was a mapping, which holds the bytes read: unmap it once they are
+// delivered.
+func (c *chunkBuffer) grow(n int) (replaced []byte) {
+	if c.pipe == nil || len(c.b) == largeChunk || n < len(c.b) {
+		return nil
 	}
-	if b, err := unix.Mmap(-1, 0, largeChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err == nil {
-		c.b, c.large = b, true
-		_ = c.pipe.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, largeChunk) })
+	b, err := mapBuffer(largeChunk)
+	if err != nil {
+		return nil
+	}
+	if c.mapped {
+		replaced = c.b
+	}
+	c.b, c.mapped = b, true
+	_ = c.pipe.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, largeChunk) })
+	return replaced
+}
+
+// unmap unmaps a buffer grow replaced (nil: nothing).
+func unmap(b []byte) {
+	if b != nil {
+		_ = unix.Munmap(b)
 	}
 }
 
-// release unmaps a large buffer; the buffer is not used again.
+// release unmaps a mapped buffer; the buffer is not used again.
 func (c *chunkBuffer) release() {
-	if c.large {
-		_ = unix.Munmap(c.b)
-		c.b, c.large = nil, false
+	if c.mapped {
+		unmap(c.b)
+		c.b, c.mapped = nil, false
 	}
 }
 
@@ -112,8 +140,9 @@ func pump(f *os.File, chunk *chunkBuffer, sink func([]byte)) {
 		b := chunk.b
 		n, err := f.Read(b)
 		if n > 0 {
-			chunk.grow(n)
+			replaced := chunk.grow(n)
 			sink(b[:n])
+			unmap(replaced)
 		}
 		if err != nil {
 			return
@@ -135,18 +164,33 @@ func (r *fifoReader) finish(rest io.Writer) {
 			if n <= 0 || err != nil {
 				return true
 			}
-			r.chunk.grow(n)
+			replaced := r.chunk.grow(n)
 			r.sink(b[:n])
+			unmap(replaced)
 		}
 	})
-	r.chunk.release()
 	r.keep.Close()
 	if rest == nil {
+		r.chunk.release()
 		r.f.Close()
 		return
 	}
+	drain := r.chunk // what background jobs write later is little: a large buffer goes
+	if len(drain.b) != smallChunk {
+		drain.release()
+		drain = newChunkBuffer(drain.pipe)
+	}
 	go func() {
 		defer r.f.Close()
-		_, _ = io.Copy(rest, r.f)
+		defer drain.release()
+		for {
+			n, err := r.f.Read(drain.b)
+			if n > 0 {
+				_, _ = rest.Write(drain.b[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
 	}()
 }

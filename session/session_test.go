@@ -244,7 +244,7 @@ func TestFifoReaderGrowsWithItsOutput(t *testing.T) {
 	if len(sizes) < 2 || sizes[0] != smallChunk || sizes[1] != largeChunk {
 		t.Fatalf("chunks of %v bytes, want %d, then %d", sizes[:min(len(sizes), 4)], smallChunk, largeChunk)
 	}
-	if r.chunk.large || r.chunk.b != nil {
+	if r.chunk.mapped || r.chunk.b != nil {
 		t.Fatalf("the large buffer was not released: %d bytes", len(r.chunk.b))
 	}
 }
