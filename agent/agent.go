@@ -149,6 +149,12 @@ func (a *Agent) confine() {
 func newAgent(version, dir, cwd string) (*Agent, error) {
 	a := &Agent{version: version, procs: newProcTable(), env: session.NewSandboxEnv(os.Environ()), log: slog.Default(),
 		shutdown: make(chan struct{}, 1)}
+	// HOSTNAME is the container's until a sandbox's is set: a shell started before (a warm
+	// container's default session) then has the value the sandbox's replaces (see envUpdate),
+	// whether it took it from its environment or, as shells do, from the hostname.
+	if h, err := os.Hostname(); err == nil && os.Getenv("HOSTNAME") == "" {
+		a.env.SetBase("HOSTNAME", h)
+	}
 	var err error
 	if a.sessions, err = session.NewManager(dir, cwd, a.procs.start, a.env); err != nil {
 		return nil, fmt.Errorf("sessions: %w", err)

@@ -35,7 +35,9 @@ func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	a.sessions.SetDefaults(cfg.Cwd, cfg.User)
 	// The default session, which nearly every sandbox's first command uses, starts now, in
 	// the background: the sandbox is whole (hostname, env, cwd), and the shell is ready, or
-	// nearly, when that command comes.
+	// nearly, when that command comes. A warm container's runs already (unless SetDefaults
+	// ended it): its first command brings it the sandbox's environment, as any command does
+	// after a change.
 	go func() {
 		if _, err := a.sessions.Default(); err != nil {
 			// An image without a shell, say: the sessions' requests say so.

@@ -156,6 +156,11 @@ func (r *Runtime) refill(img *rootfs.Image) {
 				p.mu.Unlock()
 				return
 			}
+			// Its default session starts now (asking for it starts it), so that the first
+			// command of the sandbox that takes the container does not wait for a shell.
+			if _, err := sc.agent.getSession(p.ctx, "default"); err != nil {
+				r.log.Debug("warm pool: no default session ahead", "container", sc.inst.ID(), "err", err)
+			}
 			p.mu.Lock()
 			if p.closed {
 				p.mu.Unlock()

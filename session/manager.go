@@ -62,11 +62,16 @@ func NewManager(dir, cwd string, start StartFunc, env *SandboxEnv) (*Manager, er
 func (m *Manager) EnablePrivate(store *os.File) { m.store = store }
 
 // SetDefaults changes the working directory and user (a LookupUser spec) of sessions created
-// from now on that name none.
+// from now on that name none. A default session that runs with others (a warm container's,
+// started before the container had a sandbox) is ended: it starts again with these when used.
 func (m *Manager) SetDefaults(cwd, user string) {
 	m.mu.Lock()
 	m.cwd, m.user = cwd, user
+	s := m.sessions[DefaultID]
 	m.mu.Unlock()
+	if s != nil && !s.Ended() && (s.opts.Cwd != cwd || s.opts.User != user) {
+		_ = m.Delete(DefaultID)
+	}
 }
 
 // Defaults are the working directory and user of new sessions (the sandbox's).

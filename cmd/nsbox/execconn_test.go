@@ -55,9 +55,11 @@ func TestExecReusesConnections(t *testing.T) {
 					}
 				}
 			}
-			for i, line := range timed {
+			// The first exec may dial: the agent watch stream the daemon opens after a create,
+			// without waiting for it, can take the connection the create left idle.
+			for i, line := range timed[1:] {
 				if !strings.Contains(line, "reused=true") {
-					t.Errorf("exec %d dialed the agent again: %s", i, line)
+					t.Errorf("exec %d dialed the agent again: %s", i+1, line)
 				}
 			}
 		})

@@ -91,6 +91,43 @@ func TestWarmPoolSandboxIsBoundToItsRequest(t *testing.T) {
 	}
 }
 
+// A warm container's default session runs before a sandbox takes the container, so the
+// sandbox's first command does not wait for a shell; it still sees the sandbox's hostname,
+// environment and working directory, and a sandbox that wants another working directory or
+// user gets a default session started again with them.
+func TestWarmPoolStartsTheDefaultSessionAhead(t *testing.T) {
+	d := startDaemon(t, "--warm-pool", "busybox=2")
+	d.waitWarm("busybox", 2)
+	ctx := context.Background()
+	sb := d.create(api.CreateSandboxRequest{ID: "ahead", Image: "busybox", Env: map[string]string{"GREETING": "hello"}})
+	def, err := d.client.GetSession(ctx, "ahead", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !def.CreatedAt.Before(sb.CreatedAt) {
+		t.Errorf("the default session was started at %v, not before the sandbox (%v)", def.CreatedAt, sb.CreatedAt)
+	}
+	if got, want := d.sh("ahead", `echo "$HOSTNAME $(pwd) $GREETING $(id -u)"`), "ahead /workspace hello 0\n"; got != want {
+		t.Errorf("the first command: got %q, want %q", got, want)
+	}
+	d.waitWarm("busybox", 2)
+	warm := d.containerDirs()
+	other := d.create(api.CreateSandboxRequest{ID: "other", Image: "busybox", Cwd: "/tmp", User: "nobody"})
+	if !slices.Contains(warm, d.container(other.ID)) {
+		t.Fatalf("sandbox was not made from a warm container: its container %s, pool %v", d.container(other.ID), warm)
+	}
+	if got, want := d.sh("other", `echo "$HOSTNAME $(pwd) $(id -un)"`), "other /tmp nobody\n"; got != want {
+		t.Errorf("a sandbox with its own cwd and user: got %q, want %q", got, want)
+	}
+	def, err = d.client.GetSession(ctx, "other", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.CreatedAt.Before(other.CreatedAt) || def.User != "nobody" {
+		t.Errorf("the default session of a sandbox with its own cwd and user: %+v, sandbox created at %v", def, other.CreatedAt)
+	}
+}
+
 func TestWarmPoolIsDestroyedOnShutdownAndAfterACrash(t *testing.T) {
 	d := startDaemon(t, "--warm-pool", "busybox=2")
 	d.waitWarm("busybox", 2)
