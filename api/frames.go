@@ -123,10 +123,11 @@ type FrameReader struct {
 }
 
 // NewFrameReader returns a reader of the frames in r. Its buffer holds frames' heads and small
-// payloads; large payloads are read past it, so it is small: a reader is made per exec, and a
-// daemon with many sandboxes would otherwise collect a large buffer's garbage every few execs.
+// payloads; large payloads are read past it, so it is small: a reader is made per exec, and
+// Go allocates a buffer of 32 KiB or more as a large object, pages of its own zeroed (and
+// faulted in) every time.
 func NewFrameReader(r io.Reader) *FrameReader {
-	return &FrameReader{src: r, r: bufio.NewReaderSize(r, 32<<10)}
+	return &FrameReader{src: r, r: bufio.NewReaderSize(r, 16<<10)}
 }
 
 // Next returns the next frame's event name and payload. An "error" frame is returned as its
