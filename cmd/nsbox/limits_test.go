@@ -158,7 +158,8 @@ func TestCPUsOnline(t *testing.T) {
 	}
 }
 
-// TestCPUSetsSpread: sandboxes of one CPU each get different CPUs.
+// TestCPUSetsSpread: sandboxes of one CPU each get different CPUs, also when the second is
+// created by a daemon started after the first (which learns the CPUs from the cgroups).
 func TestCPUSetsSpread(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU")
@@ -171,6 +172,18 @@ func TestCPUSetsSpread(t *testing.T) {
 	}
 	if len(seen) != 2 {
 		t.Errorf("two 0.5-CPU sandboxes share their CPU: %v", seen)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), "b", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	d.kill9()
+	d.start()
+	d.create(api.CreateSandboxRequest{ID: "c", Image: "busybox", Limits: api.Limits{CPUs: 0.5}})
+	cpus := func(id string) string {
+		return d.sh(id, "cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset.cpus")
+	}
+	if a, c := cpus("a"), cpus("c"); a == c {
+		t.Errorf("a sandbox created after a restart shares the CPU of one created before: %q", a)
 	}
 }
 

@@ -20,17 +20,21 @@ import (
 // cpuSets gives each container a cpuset of as many CPUs as its CPU quota rounds up to, so that
 // what counts CPUs by affinity (nproc, os.process_cpu_count, Node's availableParallelism, the
 // JVM) sees its limit, and spreads containers over the CPUs: each gets the CPUs the fewest
-// containers have. Which CPUs the others have is read from their cgroups (so a restarted
-// daemon knows it), and remembered from the picks of this process (a container being started
-// has no cgroup yet).
+// containers have. Which CPUs the others have is read from their cgroups once, at the first
+// pick (so a restarted daemon knows it), and then kept from the picks of this process (a
+// container being started has no cgroup yet; reading every container's cgroup at every pick
+// was a fifth of the daemon's CPU in creates with 500 sandboxes).
 type cpuSets struct {
 	parent string // the containers' parent cgroup
 	mu     sync.Mutex
-	picked map[string][]int // container → its CPUs, as picked here
+	loaded bool             // known holds what the cgroups said, and cpusetDir is set
+	known  map[string][]int // container → its CPUs
+	// cpusetDir is the parent cgroup's directory in the cpuset hierarchy ("" when there is none).
+	cpusetDir string
 }
 
 func newCPUSets(parent string) *cpuSets {
-	return &cpuSets{parent: parent, picked: map[string][]int{}}
+	return &cpuSets{parent: parent, known: map[string][]int{}}
 }
 
 // pick chooses the CPUs of container id for the quota and returns them as a cpuset list
@@ -38,9 +42,18 @@ func newCPUSets(parent string) *cpuSets {
 func (c *cpuSets) pick(id string, lim backend.Limits) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	avail := c.available()
+	if !c.loaded {
+		c.cpusetDir = c.dir()
+		for other, cpus := range readSets(c.cpusetDir) {
+			if _, ok := c.known[other]; !ok {
+				c.known[other] = cpus
+			}
+		}
+		c.loaded = true
+	}
+	avail := c.available(c.cpusetDir)
 	n := min(len(avail), max(1, int(math.Ceil(float64(lim.CPUQuota)/backend.CPUPeriod))))
-	have := c.sets()
+	have := c.known
 	if cur := have[id]; len(cur) == n {
 		return formatCPUs(cur)
 	}
@@ -56,15 +69,15 @@ func (c *cpuSets) pick(id string, lim backend.Limits) string {
 	slices.SortStableFunc(chosen, func(a, b int) int { return load[a] - load[b] })
 	chosen = chosen[:n]
 	slices.Sort(chosen)
-	c.picked[id] = chosen
+	c.known[id] = chosen
 	return formatCPUs(chosen)
 }
 
-// forget drops what pick remembered of a destroyed container.
+// forget drops what is known of a destroyed container.
 func (c *cpuSets) forget(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.picked, id)
+	delete(c.known, id)
 }
 
 // dir is the parent cgroup's directory in the cpuset hierarchy ("" when there is none).
@@ -79,14 +92,15 @@ func (c *cpuSets) dir() string {
 	return filepath.Join(mnt, c.parent)
 }
 
-// available are the CPUs containers may have: this process's, within the parent cgroup's.
-func (c *cpuSets) available() []int {
+// available are the CPUs containers may have: this process's, within the parent cgroup's
+// (dir, in the cpuset hierarchy).
+func (c *cpuSets) available(dir string) []int {
 	var aff unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &aff); err != nil {
 		return []int{0}
 	}
 	var parent *unix.CPUSet
-	if data, err := os.ReadFile(filepath.Join(c.dir(), "cpuset.cpus")); err == nil && strings.TrimSpace(string(data)) != "" {
+	if data, err := os.ReadFile(filepath.Join(dir, "cpuset.cpus")); err == nil && strings.TrimSpace(string(data)) != "" {
 		parent, _ = configs.ToCPUSet(strings.TrimSpace(string(data)))
 	}
 	var out []int
@@ -101,15 +115,15 @@ func (c *cpuSets) available() []int {
 	return out
 }
 
-// sets are the CPUs of every container: from their cgroups, and from this process's picks.
-func (c *cpuSets) sets() map[string][]int {
+// readSets reads the CPUs of every container from their cgroups under dir.
+func readSets(dir string) map[string][]int {
 	out := map[string][]int{}
-	entries, _ := os.ReadDir(c.dir())
+	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		if !e.IsDir() {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(c.dir(), e.Name(), "cpuset.cpus"))
+		data, err := os.ReadFile(filepath.Join(dir, e.Name(), "cpuset.cpus"))
 		if err != nil {
 			continue
 		}
@@ -121,9 +135,6 @@ func (c *cpuSets) sets() map[string][]int {
 				}
 			}
 		}
-	}
-	for id, cpus := range c.picked {
-		out[id] = cpus
 	}
 	return out
 }
