@@ -54,16 +54,25 @@ type differ struct {
 }
 
 func openDiffer(upper, lower string) (*differ, error) {
-	u, err := os.OpenRoot(upper)
+	u, l, err := openRoots(upper, "upper dir", lower, "lower dir")
 	if err != nil {
-		return nil, fmt.Errorf("open upper dir: %w", err)
-	}
-	l, err := os.OpenRoot(lower)
-	if err != nil {
-		u.Close()
-		return nil, fmt.Errorf("open lower dir: %w", err)
+		return nil, err
 	}
 	return &differ{upper: u, lower: l}, nil
+}
+
+// openRoots opens the directories a and b as roots, naming them in its errors.
+func openRoots(a, aName, b, bName string) (*os.Root, *os.Root, error) {
+	ra, err := os.OpenRoot(a)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open %s: %w", aName, err)
+	}
+	rb, err := os.OpenRoot(b)
+	if err != nil {
+		ra.Close()
+		return nil, nil, fmt.Errorf("open %s: %w", bName, err)
+	}
+	return ra, rb, nil
 }
 
 func (d *differ) close() {

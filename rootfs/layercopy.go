@@ -78,14 +78,9 @@ var errChanged = errors.New("it changed while being copied")
 // NewLayerCopy prepares a copy of the upper dir into the empty directory dst. maxBytes, when
 // not 0, bounds the files' content as ExportLayer's does.
 func NewLayerCopy(dst, upper string, ids IDMap, maxBytes int64) (*LayerCopy, error) {
-	src, err := os.OpenRoot(upper)
+	src, d, err := openRoots(upper, "upper dir", dst, "layer dir")
 	if err != nil {
-		return nil, fmt.Errorf("open upper dir: %w", err)
-	}
-	d, err := os.OpenRoot(dst)
-	if err != nil {
-		src.Close()
-		return nil, fmt.Errorf("open layer dir: %w", err)
+		return nil, err
 	}
 	return &LayerCopy{src: src, dst: d, ids: ids, maxBytes: maxBytes, seen: map[string]stamp{}}, nil
 }
