@@ -125,6 +125,15 @@ func unmap(b []byte) {
 	}
 }
 
+// deliver hands the n bytes a read put in the buffer to sink, growing the buffer (and the
+// pipe) first when they filled it, so that the pipe holds more while sink works.
+func (c *chunkBuffer) deliver(n int, sink func([]byte)) {
+	b := c.b
+	replaced := c.grow(n)
+	sink(b[:n])
+	unmap(replaced)
+}
+
 // release unmaps a mapped buffer; the buffer is not used again.
 func (c *chunkBuffer) release() {
 	if c.mapped {
@@ -137,12 +146,9 @@ func (c *chunkBuffer) release() {
 // chunk to sink.
 func pump(f *os.File, chunk *chunkBuffer, sink func([]byte)) {
 	for {
-		b := chunk.b
-		n, err := f.Read(b)
+		n, err := f.Read(chunk.b)
 		if n > 0 {
-			replaced := chunk.grow(n)
-			sink(b[:n])
-			unmap(replaced)
+			chunk.deliver(n, sink)
 		}
 		if err != nil {
 			return
@@ -159,14 +165,11 @@ func (r *fifoReader) finish(rest io.Writer) {
 	_ = r.f.SetReadDeadline(time.Time{})
 	_ = r.chunk.pipe.Read(func(fd uintptr) bool {
 		for {
-			b := r.chunk.b
-			n, err := unix.Read(int(fd), b)
+			n, err := unix.Read(int(fd), r.chunk.b)
 			if n <= 0 || err != nil {
 				return true
 			}
-			replaced := r.chunk.grow(n)
-			r.sink(b[:n])
-			unmap(replaced)
+			r.chunk.deliver(n, r.sink)
 		}
 	})
 	r.keep.Close()
@@ -180,17 +183,10 @@ func (r *fifoReader) finish(rest io.Writer) {
 		drain.release()
 		drain = newChunkBuffer(drain.pipe)
 	}
+	drain.pipe = nil // and it stays small
 	go func() {
 		defer r.f.Close()
 		defer drain.release()
-		for {
-			n, err := r.f.Read(drain.b)
-			if n > 0 {
-				_, _ = rest.Write(drain.b[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
+		pump(r.f, drain, func(b []byte) { _, _ = rest.Write(b) })
 	}()
 }
