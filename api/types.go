@@ -151,6 +151,9 @@ const (
 	OnIdleRemove    = "remove"
 )
 
+// DefaultSessionID is the session an exec that names none runs in (started on demand).
+const DefaultSessionID = "default"
+
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and …/sessions/{sid}/exec. Exactly
 // one of Argv and Command is set: Command is shell source run in the session's shell (state
 // persists across execs), Argv is one program with its arguments, quoted for that shell.

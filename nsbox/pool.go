@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -158,7 +159,7 @@ func (r *Runtime) refill(img *rootfs.Image) {
 			}
 			// Its default session starts now (asking for it starts it), so that the first
 			// command of the sandbox that takes the container does not wait for a shell.
-			if _, err := sc.agent.getSession(p.ctx, "default"); err != nil {
+			if _, err := sc.agent.getSession(p.ctx, api.DefaultSessionID); err != nil {
 				r.log.Debug("warm pool: no default session ahead", "container", sc.inst.ID(), "err", err)
 			}
 			p.mu.Lock()

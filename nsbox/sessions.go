@@ -123,7 +123,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	sid := req.PathValue("sid")
 	switch {
 	case sid == "" && body.SessionID == "":
-		sid = "default"
+		sid = api.DefaultSessionID
 	case sid == "":
 		sid = body.SessionID
 	case body.SessionID != "" && body.SessionID != sid:

@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/api"
 )
 
 // DefaultID is the session used by calls that name none.
-const DefaultID = "default"
+const DefaultID = api.DefaultSessionID
 
 // Manager holds the sessions of one sandbox.
 type Manager struct {
