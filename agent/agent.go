@@ -73,18 +73,12 @@ func Run(listenFD int, version string) error {
 
 	// A handler for every signal: one PID 1 has no handler for is dropped by the kernel, but
 	// Go's default handlers end the process. SIGCHLD has a channel of its own, so a flood of
-	// other signals cannot crowd it out.
+	// other signals cannot crowd it out; the others are drained by the loop below, not by a
+	// goroutine of their own (an idle agent's every goroutine is resident memory).
 	children := make(chan os.Signal, 1)
 	signal.Notify(children, unix.SIGCHLD)
 	ignored := make(chan os.Signal, 16)
 	signal.Notify(ignored)
-	go func() {
-		for sig := range ignored {
-			if sig != unix.SIGCHLD {
-				a.log.Debug("ignored a signal", "signal", sig)
-			}
-		}
-	}()
 	done := make(chan error, 1)
 	go func() { done <- http.Serve(api.StreamListener(ln), a.routes()) }()
 
@@ -94,6 +88,10 @@ func Run(listenFD int, version string) error {
 			return fmt.Errorf("serve: %w", err)
 		case <-children:
 			a.procs.reap()
+		case sig := <-ignored:
+			if sig != unix.SIGCHLD {
+				a.log.Debug("ignored a signal", "signal", sig)
+			}
 		case <-a.shutdown:
 			a.log.Info("shutting down: SIGTERM to every process in the sandbox")
 			// kill(-1) from PID 1 reaches every other process in the sandbox's pid namespace.
