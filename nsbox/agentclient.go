@@ -22,12 +22,21 @@ type agentClient struct {
 	http *http.Client
 }
 
+// agentConnBuffer is the size of each buffer a connection to an agent keeps for its life, one
+// for reading and one for writing (net/http's default is 4 KiB each). Every sandbox keeps two
+// connections open (its watch stream and an idle one for the next request), so these are
+// per-sandbox memory. Requests and answers' heads are a few hundred bytes; bodies larger than
+// the buffer (files, the 16 KiB reads of an exec's frames) go past it to the socket anyway.
+const agentConnBuffer = 1 << 10
+
 // newAgentClient returns a client of the instance's agent.
 func newAgentClient(inst backend.Instance) *agentClient {
 	return &agentClient{http: &http.Client{Transport: &http.Transport{
 		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return inst.DialAgent(ctx) },
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: 16,
+		ReadBufferSize:      agentConnBuffer,
+		WriteBufferSize:     agentConnBuffer,
 	}}}
 }
 
