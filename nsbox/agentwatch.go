@@ -45,17 +45,10 @@ func (r *Runtime) followAgent(id string, inst backend.Instance, agent *agentClie
 }
 
 // follow reads the agent's notices, opening the stream again when it breaks, until the
-// container exits.
+// container exits. No goroutine waits for the exit to end the stream (one per sandbox, idle
+// memory): the agent's exit closes its end of the connection, which ends the read, and the
+// exit ends the wait before the next attempt.
 func (r *Runtime) follow(id string, f *agentFollow, agent *agentClient) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-f.inst.Exited():
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	var once sync.Once
 	ready := func() { once.Do(func() { close(f.ready) }) }
 	defer func() {
@@ -67,10 +60,10 @@ func (r *Runtime) follow(id string, f *agentFollow, agent *agentClient) {
 		r.ops.mu.Unlock()
 	}()
 	for {
-		err := r.readNotices(ctx, id, f, agent, ready)
+		err := r.readNotices(context.Background(), id, f, agent, ready)
 		f.counts.Store(nil)
 		switch {
-		case ctx.Err() != nil || !f.inst.Alive(): // the container is going
+		case !f.inst.Alive(): // the container is going
 			return
 		case api.IsCode(err, api.CodeNotFound):
 			r.log.Info("the sandbox's agent has no watch stream (an older agent): its stats ask it for its counts", "sandbox", id)
@@ -78,7 +71,7 @@ func (r *Runtime) follow(id string, f *agentFollow, agent *agentClient) {
 		}
 		r.log.Debug("the sandbox's agent watch stream broke; opening it again", "sandbox", id, "err", err)
 		select {
-		case <-ctx.Done():
+		case <-f.inst.Exited():
 			return
 		case <-time.After(followRetry):
 		}

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"os"
@@ -118,13 +119,12 @@ func (m *Manager) Create(opts Options) (*Session, error) {
 	m.mu.Unlock()
 	if m.changed != nil {
 		m.changed(Change{ID: opts.ID})
-		go func() {
-			<-s.done
+		context.AfterFunc(s.finished, func() {
 			s.mu.Lock()
 			deleted := s.deleted
 			s.mu.Unlock()
 			m.changed(Change{ID: opts.ID, Ended: true, Deleted: deleted})
-		}()
+		})
 	}
 	return s, nil
 }

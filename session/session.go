@@ -75,8 +75,10 @@ type Session struct {
 	Terminal   *Ring         // what the shell printed on its terminal
 	Background *Ring         // what background jobs printed after their command had finished
 
-	done     chan struct{} // closed when the session ends or is deleted
-	doneOnce sync.Once
+	// finished is done when the session ends or is deleted (markDone): a context rather than a
+	// channel, so that what waits for it can be a context.AfterFunc, not a parked goroutine.
+	finished context.Context
+	markDone context.CancelFunc
 
 	mu       sync.Mutex
 	waiters  map[int64]chan int // exit status of exec n, for whoever waits for it
@@ -121,9 +123,10 @@ func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv, 
 	}
 	s := &Session{
 		opts: opts, cred: cred, dir: filepath.Join(baseDir, opts.ID), start: start, created: time.Now().UTC(), env: env, reserve: room, store: store,
-		done: make(chan struct{}), waiters: map[int64]chan int{}, ready: make(chan struct{}, 1), turn: make(chan struct{}, 1),
+		waiters: map[int64]chan int{}, ready: make(chan struct{}, 1), turn: make(chan struct{}, 1),
 		Terminal: NewRing(terminalRing), Background: NewRing(backgroundRing),
 	}
+	s.finished, s.markDone = context.WithCancel(context.Background())
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("make session dir: %w", err)
 	}

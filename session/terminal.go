@@ -64,6 +64,4 @@ func (s *Session) HasTerminal() bool {
 }
 
 // Done is closed when the session ends or is deleted.
-func (s *Session) Done() <-chan struct{} { return s.done }
-
-func (s *Session) markDone() { s.doneOnce.Do(func() { close(s.done) }) }
+func (s *Session) Done() <-chan struct{} { return s.finished.Done() }
