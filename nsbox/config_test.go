@@ -32,16 +32,16 @@ func TestResolveLimits(t *testing.T) {
 
 func TestIDPattern(t *testing.T) {
 	for _, ok := range []string{"a", "0", "my-box-1", "abcdefghijklmnopqrstuvwxyz0123456789-abcdefghijklmnopqrstuvwxyz0"[:63]} {
-		if !idPattern.MatchString(ok) {
+		if !api.ValidSandboxID(ok) {
 			t.Errorf("%q should be valid", ok)
 		}
 	}
 	for _, bad := range []string{"", "-a", "A", "a_b", "a.b", "a/b", "../x", "abcdefghijklmnopqrstuvwxyz0123456789-abcdefghijklmnopqrstuvwxyz01"} {
-		if idPattern.MatchString(bad) {
+		if api.ValidSandboxID(bad) {
 			t.Errorf("%q should be invalid", bad)
 		}
 	}
-	if id := newID(); !idPattern.MatchString(id) || id == newID() {
+	if id := newID(); !api.ValidSandboxID(id) || id == newID() {
 		t.Errorf("generated id %q", id)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -129,8 +128,6 @@ type Runtime struct {
 	views    *limitViews        // nil without Config.LimitViews
 	ops      *ops               // events, metrics, stats readings (stats.go)
 }
-
-var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 const (
 	defaultImage = "host"
@@ -382,7 +379,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if req.ID == "" {
 		req.ID = newID()
 	}
-	if !idPattern.MatchString(req.ID) {
+	if !api.ValidSandboxID(req.ID) {
 		return nil, api.Errorf(api.CodeInvalidArgument, "invalid sandbox id %q: use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit", req.ID)
 	}
 	var snap *snapshotRecord

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -152,7 +151,7 @@ func (r *Runtime) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
 		id := req.Header.Get(api.RequestIDHeader)
-		if !requestIDPattern.MatchString(id) {
+		if !api.ValidRequestID(id) {
 			id = randomHex(8)
 		}
 		w.Header().Set(api.RequestIDHeader, id)
@@ -166,9 +165,6 @@ func (r *Runtime) logRequests(next http.Handler) http.Handler {
 			"status", sw.status, "duration", time.Since(start))
 	})
 }
-
-// requestIDPattern is what a caller's request id may be.
-var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 
 type statusWriter struct {
 	http.ResponseWriter

@@ -362,7 +362,7 @@ func (r *Runtime) Fork(ctx context.Context, id string, req api.ForkRequest) (*ap
 		if req.Prefix != "" {
 			ids[i] = req.Prefix + "-" + strconv.Itoa(i+1)
 		}
-		if !idPattern.MatchString(ids[i]) {
+		if !api.ValidSandboxID(ids[i]) {
 			return nil, api.Errorf(api.CodeInvalidArgument, "prefix %q makes the invalid sandbox id %q: use a-z, 0-9 and '-', starting with a letter or digit, up to 63 characters in all", req.Prefix, ids[i])
 		}
 	}

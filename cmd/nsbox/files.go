@@ -10,7 +10,6 @@ import (
 	"os/signal"
 	"path"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -273,21 +272,19 @@ func cpCommand() *cli.Command {
 	}
 }
 
-var sandboxRef = regexp.MustCompile(`^([a-z0-9][a-z0-9-]{0,62}):(.*)$`)
-
 // splitRef splits "ID:PATH"; a path starting with / or . is always local.
 func splitRef(arg string) (id, p string, ok bool) {
 	if strings.HasPrefix(arg, "/") || strings.HasPrefix(arg, ".") {
 		return "", arg, false
 	}
-	m := sandboxRef.FindStringSubmatch(arg)
-	if m == nil {
+	id, p, ok = strings.Cut(arg, ":")
+	if !ok || !api.ValidSandboxID(id) || strings.Contains(p, "\n") {
 		return "", arg, false
 	}
-	if m[2] == "" {
-		m[2] = "."
+	if p == "" {
+		p = "."
 	}
-	return m[1], m[2], true
+	return id, p, true
 }
 
 func cmdCopy(c *cli.Context) error {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -132,8 +131,6 @@ func (s *Store) Get(ref string) (*api.ImageInfo, error) {
 	return clone(img), nil
 }
 
-var hexPrefixRE = regexp.MustCompile(`^(sha256:)?[0-9a-f]{12,64}$`)
-
 func (s *Store) find(ref string) (*api.ImageInfo, error) {
 	want := ref
 	if c, err := Canonical(ref); err == nil {
@@ -144,7 +141,7 @@ func (s *Store) find(ref string) (*api.ImageInfo, error) {
 			return img, nil
 		}
 	}
-	if hexPrefixRE.MatchString(ref) {
+	if digits := strings.TrimPrefix(ref, "sha256:"); len(digits) >= 12 && len(digits) <= 64 && layers.LowerHex(digits) { // an id's prefix
 		prefix := "sha256:" + strings.TrimPrefix(ref, "sha256:")
 		var found *api.ImageInfo
 		for _, img := range s.images {
