@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -252,5 +253,18 @@ func TestGC(t *testing.T) {
 	assertEmptyTmp(t, s2)
 	if list, _ := s2.List(); len(list) != 1 || list[0] != keep {
 		t.Errorf("layers after reopen: %v", list)
+	}
+}
+
+// TestCheckDigest checks the hand-written digest check against the regular expression it
+// replaced.
+func TestCheckDigest(t *testing.T) {
+	re := regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	h := strings.Repeat("0123456789abcdef", 4)
+	for _, d := range []string{"sha256:" + h, "sha256:" + h[:63], "sha256:" + h + "0", "sha256:" + strings.ToUpper(h), "sha512:" + h,
+		h, "sha256:", "", "sha256:" + h[:63] + "g", "sha256:" + h + "\n"} {
+		if got, want := checkDigest(d) == nil, re.MatchString(d); got != want {
+			t.Errorf("checkDigest(%q) ok = %t, want %t", d, got, want)
+		}
 	}
 }
