@@ -44,10 +44,16 @@ type Agent struct {
 	shutdown chan struct{}
 	// watchers are the daemon's watch streams (GET /v1/watch).
 	watchers watchers
+	// configured: the agent took the configuration it was started with (bootConfig);
+	// configErr: why it could not. Both are set before it serves, and answered by health.
+	configured bool
+	configErr  *api.Error
 }
 
-// Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
-func Run(listenFD int, version string) error {
+// Run runs the agent until it is told to stop. listenFD is the inherited listening socket;
+// configFD, when not negative, an inherited file holding the sandbox's api.AgentConfig, which
+// the agent takes before it answers (as if the daemon had sent it with PUT /v1/config).
+func Run(listenFD, configFD int, version string) error {
 	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("mark agent non-dumpable: %w", err)
@@ -70,6 +76,11 @@ func Run(listenFD int, version string) error {
 		return err
 	}
 	a.confine()
+	if configFD >= 0 {
+		cfg := os.NewFile(uintptr(configFD), "agent-config")
+		a.bootConfig(cfg)
+		cfg.Close()
+	}
 
 	// A handler for every signal: one PID 1 has no handler for is dropped by the kernel, but
 	// Go's default handlers end the process. SIGCHLD has a channel of its own, so a flood of
@@ -221,7 +232,7 @@ func (a *Agent) routes() http.Handler {
 }
 
 func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version})
+	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version, Configured: a.configured, ConfigError: a.configErr})
 	return nil
 }
 
