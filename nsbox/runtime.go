@@ -488,6 +488,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			meanwhile: func(sc *startedContainer) error { return r.attach(&rec, sc, lim) },
 		})
 	}
+	started := time.Since(began)
 	var bindErr error
 	if startErr == nil {
 		rec.PID = sc.inst.PID()
@@ -504,6 +505,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			bindErr = sc.agent.restoreState(ctx, api.SandboxState{Sessions: snap.State.Sessions})
 		}
 	}
+	bound := time.Since(began)
 	if err := <-inserted; err != nil {
 		r.forget(sb)
 		if startErr == nil {
@@ -535,8 +537,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 	sb.touch()
 	r.watch(sb, sc.inst)
+	// start: the container's (0 from the warm pool); bind: what followed, through the agent's
+	// answer (and a warm one's network); record: the wait for the creating record and the
+	// running one's write.
 	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "container", rec.Container, "pid", rec.PID,
-		"warm", fromPool, "duration", time.Since(began))
+		"warm", fromPool, "start", started, "bind", bound-started, "record", time.Since(began)-bound, "duration", time.Since(began))
 	return &out, nil
 }
 
