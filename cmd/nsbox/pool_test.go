@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -201,6 +202,13 @@ func TestColdSandboxIsBoundToItsRequest(t *testing.T) {
 	}
 	if got, want := d.sh("cold", `echo "$(hostname) $HOSTNAME $(pwd) $(id -un) $GREETING $PATH"`), "cold cold /srv/app nobody hi there /bin:/usr/bin\n"; got != want {
 		t.Errorf("the first command: got %q, want %q", got, want)
+	}
+	// The agent closed the file its configuration came in.
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", sb.PID))
+	for _, fd := range fds {
+		if target, _ := os.Readlink(fd); strings.Contains(target, "agent-config") {
+			t.Errorf("the agent keeps its configuration's file open: %s -> %s", fd, target)
+		}
 	}
 	if got := d.sh("cold", `awk '$2 == "cold"' /etc/hosts | wc -l`); strings.TrimSpace(got) != "1" {
 		t.Errorf("/etc/hosts names the sandbox %s times:\n%s", got, d.sh("cold", "cat /etc/hosts"))
