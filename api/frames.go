@@ -176,6 +176,14 @@ func (f *FrameReader) NextOutput(stdout, stderr *[]byte) (event string, payload 
 	case &f.out:
 		return event, f.out, nil
 	}
+	if event == EventExit {
+		// The output is whole: the capacity its buffers have past it is not kept in memory.
+		for _, out := range []*[]byte{stdout, stderr} {
+			if out != nil {
+				releaseSpare(*out)
+			}
+		}
+	}
 	if event == EventError {
 		var eb ErrorBody
 		if json.Unmarshal(payload, &eb) == nil && eb.Error != nil {
@@ -200,11 +208,18 @@ func eventName(name []byte) string {
 // readPayload appends the next size bytes of the stream to *dst: what the buffer holds, then
 // the rest read from the stream itself, not copied through the buffer. *dst at least doubles
 // when it grows (append grows a large slice by a quarter: 100 MB in 64 KiB frames were
-// copied four times over).
+// copied four times over). A large *dst is asked for huge pages, and its pages are made
+// resident ahead of each write (prefault): faulted in one at a time, they cost more than
+// the bytes.
 func (f *FrameReader) readPayload(dst *[]byte, size int) error {
 	b := *dst
 	if cap(b)-len(b) < size {
-		b = append(make([]byte, 0, max(2*cap(b), len(b)+size)), b...)
+		grown := make([]byte, 0, max(2*cap(b), len(b)+size))
+		hugePages(grown)
+		prefault(grown, len(b)+size)
+		b = append(grown, b...)
+	} else {
+		prefault(b, len(b)+size)
 	}
 	at := len(b)
 	b = b[:at+size]
