@@ -65,3 +65,32 @@ func residentBytes(t *testing.T, b []byte) int {
 	}
 	return n * page
 }
+
+// TestCallersOutputBufferIsLeftAlone: a buffer the caller gave NextOutput, large enough for
+// its output, keeps what its capacity holds past the output (only buffers the reader made give
+// their spare memory back).
+func TestCallersOutputBufferIsLeftAlone(t *testing.T) {
+	rec := httptest.NewRecorder()
+	fw := NewFrameWriter(rec)
+	if err := fw.Send(EventStdout, []byte("out")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.SendJSON(EventExit, ExecEvent{Type: EventExit}); err != nil {
+		t.Fatal(err)
+	}
+	mine := bytes.Repeat([]byte("x"), 8<<20)
+	stdout, stderr := mine[:0], []byte(nil)
+	fr := NewFrameReader(bytes.NewReader(rec.Body.Bytes()))
+	for {
+		event, _, err := fr.NextOutput(&stdout, &stderr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if event == EventExit {
+			break
+		}
+	}
+	if string(stdout) != "out" || !bytes.Equal(mine[3:], bytes.Repeat([]byte("x"), len(mine)-3)) {
+		t.Fatalf("stdout %q; the caller's buffer past it changed", stdout)
+	}
+}
