@@ -210,7 +210,7 @@ func eventName(name []byte) string {
 // readPayload appends the next size bytes of the stream to *dst: what the buffer holds, then
 // the rest read from the stream itself, not copied through the buffer. *dst at least doubles
 // when it grows (append grows a large slice by a quarter: 100 MB in 64 KiB frames were
-// copied four times over). A large buffer it makes is advised huge while it fills, and its
+// copied four times over). A large buffer it makes is advised huge, and a large buffer's
 // pages are made resident ahead of each write (prefault): faulted in one at a time, they
 // cost more than the bytes.
 func (f *FrameReader) readPayload(dst *[]byte, size int) error {

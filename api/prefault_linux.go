@@ -23,7 +23,8 @@ const prefaultFrom = 4 << 20
 // MiB). The advice stays on that memory after the buffer is gone, as it would under
 // transparent_hugepage=always: Go zeroes memory it reuses before it can be advised again, and
 // a repeated 100 MiB exec took as much CPU as with no advice at all (0.92 s) when it was taken
-// back (MADV_NOHUGEPAGE) at the exit. A caller's own buffers are left as they are.
+// back (MADV_NOHUGEPAGE) at the exit. A caller's own buffers are not advised, and keep what
+// their capacity holds past the output.
 type largeBuffers struct{ made []*byte }
 
 // adopt records grown, which replaces b (whose bytes it is about to receive).
@@ -51,8 +52,11 @@ func (l *largeBuffers) settle(b []byte) {
 
 // forget drops b from l, and reports whether it was there.
 func (l *largeBuffers) forget(b []byte) bool {
+	if cap(b) == 0 {
+		return false
+	}
 	i := slices.Index(l.made, unsafe.SliceData(b[:cap(b)]))
-	if cap(b) == 0 || i < 0 {
+	if i < 0 {
 		return false
 	}
 	l.made = slices.Delete(l.made, i, i+1)
