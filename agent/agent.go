@@ -200,48 +200,8 @@ func (a *Agent) handleShutdown(w http.ResponseWriter, _ *http.Request) error {
 	return nil
 }
 
-func (a *Agent) routes() http.Handler {
-	mux := http.NewServeMux()
-	handle := func(pattern string, h api.HandlerFunc) { mux.HandleFunc(pattern, api.Handle(a.log, h)) }
-	handle("GET /v1/health", a.handleHealth)
-	handle("PUT /v1/config", a.handleConfig)
-	handle("POST /v1/shutdown", a.handleShutdown)
-	handle("GET /v1/watch", a.handleWatch)
-	handle("PUT /v1/env", a.handlePutEnv)
-	handle("GET /v1/env", a.handleGetEnv)
-	handle("POST /v1/state/save", a.handleSaveState)
-	handle("POST /v1/state/restore", a.handleRestoreState)
-
-	handle("POST /v1/sessions", a.handleCreateSession)
-	handle("GET /v1/sessions", a.handleListSessions)
-	handle("GET /v1/sessions/{sid}", a.handleGetSession)
-	handle("DELETE /v1/sessions/{sid}", a.handleDeleteSession)
-	handle("POST /v1/sessions/{sid}/exec", a.handleExec)
-	handle("POST /v1/sessions/{sid}/cancel", a.handleCancel)
-	handle("GET /v1/sessions/{sid}/terminal", a.handleTerminalOutput)
-	handle("POST /v1/sessions/{sid}/terminal/input", a.handleTerminalInput)
-	handle("POST /v1/sessions/{sid}/terminal/resize", a.handleTerminalResize)
-
-	handle("POST /v1/contexts", a.handleCreateContext)
-	handle("GET /v1/contexts", a.handleListContexts)
-	handle("DELETE /v1/contexts/{cid}", a.handleDeleteContext)
-	handle("POST /v1/contexts/{cid}/run", a.handleRunCode)
-
-	handle("POST /v1/git/checkout", a.handleGitCheckout)
-
-	handle("POST /v1/processes", a.handleStartProcess)
-	handle("GET /v1/processes", a.handleListProcesses)
-	handle("DELETE /v1/processes", a.handleRemoveFinished)
-	handle("POST /v1/processes/kill", a.handleKillAll)
-	handle("GET /v1/processes/{pid}", a.handleGetProcess)
-	handle("DELETE /v1/processes/{pid}", a.handleRemoveProcess)
-	handle("POST /v1/processes/{pid}/kill", a.handleKillProcess)
-	handle("GET /v1/processes/{pid}/logs", a.handleProcessLogs)
-	handle("POST /v1/processes/{pid}/stdin", a.handleProcessStdin)
-	handle("DELETE /v1/processes/{pid}/stdin", a.handleProcessStdin)
-	handle("POST /v1/processes/{pid}/wait", a.handleWaitProcess)
-	return mux
-}
+// routes is the agent's HTTP handler (router.go).
+func (a *Agent) routes() http.Handler { return router{a} }
 
 func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version, Configured: a.configured, ConfigError: a.configErr})
