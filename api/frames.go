@@ -185,10 +185,11 @@ func (f *FrameWriter) SendError(err error) error {
 
 // FrameReader reads frames as FrameWriter writes them.
 type FrameReader struct {
-	src  io.Reader
-	r    *bufio.Reader // on src
-	out  []byte        // the payload of the last output frame Next returned
-	head [255 + 4]byte // a frame's head after its first byte
+	src   io.Reader
+	r     *bufio.Reader // on src
+	out   []byte        // the payload of the last output frame Next returned
+	head  [255 + 4]byte // a frame's head after its first byte
+	large largeBuffers  // the output buffers it made large (NextOutput)
 }
 
 // NewFrameReader returns a reader of the frames in r. Its buffer holds frames' heads and small
@@ -208,7 +209,8 @@ func (f *FrameReader) Next() (event string, payload []byte, err error) {
 
 // NextOutput is Next, except that the payload of a stdout frame is appended to *stdout and
 // that of a stderr frame to *stderr (when those are not nil), read into them straight from the
-// stream, and not returned.
+// stream, and not returned. At the exit (or error) frame, a buffer it made large gives the
+// memory of its capacity past its length back (it reads as zeros).
 func (f *FrameReader) NextOutput(stdout, stderr *[]byte) (event string, payload []byte, err error) {
 	n, err := f.r.ReadByte()
 	if err == io.EOF {
@@ -245,6 +247,14 @@ func (f *FrameReader) NextOutput(stdout, stderr *[]byte) (event string, payload 
 	case &f.out:
 		return event, f.out, nil
 	}
+	if event == EventExit || event == EventError {
+		// The output is whole: its buffers no longer need their spare capacity in memory.
+		for _, out := range []*[]byte{stdout, stderr} {
+			if out != nil {
+				f.large.settle(*out)
+			}
+		}
+	}
 	if event == EventError {
 		var eb ErrorBody
 		if json.Unmarshal(payload, &eb) == nil && eb.Error != nil {
@@ -269,11 +279,18 @@ func eventName(name []byte) string {
 // readPayload appends the next size bytes of the stream to *dst: what the buffer holds, then
 // the rest read from the stream itself, not copied through the buffer. *dst at least doubles
 // when it grows (append grows a large slice by a quarter: 100 MB in 64 KiB frames were
-// copied four times over).
+// copied four times over). A large buffer it makes is advised huge, and a large buffer's
+// pages are made resident ahead of each write (prefault): faulted in one at a time, they
+// cost more than the bytes.
 func (f *FrameReader) readPayload(dst *[]byte, size int) error {
 	b := *dst
 	if cap(b)-len(b) < size {
-		b = append(make([]byte, 0, max(2*cap(b), len(b)+size)), b...)
+		grown := make([]byte, 0, max(2*cap(b), len(b)+size))
+		f.large.adopt(b, grown)
+		prefault(grown, len(b)+size)
+		b = append(grown, b...)
+	} else {
+		prefault(b, len(b)+size)
 	}
 	at := len(b)
 	b = b[:at+size]

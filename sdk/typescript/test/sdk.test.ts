@@ -29,6 +29,11 @@ test("version, images, records", { skip }, async () => {
 test("exec", { skip }, async () => {
   const r = await sb.exec("echo out; echo err >&2; exit 3");
   assert.deepEqual([r.stdout, r.stderr, r.exitCode, r.success, r.timedOut], ["out\n", "err\n", 3, false, false]);
+  // The text is decoded when first read, and is a plain property for the rest.
+  const copy = { ...(await sb.exec("echo copied")) };
+  assert.deepEqual([copy.stdout, JSON.parse(JSON.stringify(r)).stderr], ["copied\n", "err\n"]);
+  r.stdout = "changed";
+  assert.equal(r.stdout, "changed");
   assert.equal((await sb.exec(["printf", "%s", "a b"])).stdout, "a b");
   const mixed = await sb.exec("printf '\\377\\000'; echo text >&2");
   assert.deepEqual([...mixed.stdoutBytes], [0xff, 0]);
