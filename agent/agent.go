@@ -3,8 +3,8 @@
 // daemon over a unix socket whose listener it inherits as a file descriptor; the socket's
 // path exists only on the host, so nothing inside the sandbox can reach this control channel.
 //
-// It acts on no signal but SIGCHLD: every other catchable signal is caught and dropped, so
-// sandbox root cannot end PID 1 (and with it the sandbox) with kill(1, SIGTERM). A signal
+// It acts on no signal but SIGCHLD: every other signal is dropped (caught, when Go's handler
+// would end the process; else by Go's handler or the kernel), so sandbox root cannot end PID 1 (and with it the sandbox) with kill(1, SIGTERM). A signal
 // from the host cannot be told apart from one sent inside (Go does not expose si_pid), so
 // the daemon stops a sandbox over the control channel instead: POST /v1/shutdown.
 package agent
@@ -44,10 +44,16 @@ type Agent struct {
 	shutdown chan struct{}
 	// watchers are the daemon's watch streams (GET /v1/watch).
 	watchers watchers
+	// configured: the agent took the configuration it was started with (bootConfig);
+	// configErr: why it could not. Both are set before it serves, and answered by health.
+	configured bool
+	configErr  *api.Error
 }
 
-// Run runs the agent until it is told to stop. listenFD is the inherited listening socket.
-func Run(listenFD int, version string) error {
+// Run runs the agent until it is told to stop. listenFD is the inherited listening socket;
+// configFD, when not negative, an inherited file holding the sandbox's api.AgentConfig, which
+// the agent takes before it answers (as if the daemon had sent it with PUT /v1/config).
+func Run(listenFD, configFD int, version string) error {
 	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("mark agent non-dumpable: %w", err)
@@ -65,26 +71,37 @@ func Run(listenFD int, version string) error {
 	if err != nil {
 		return fmt.Errorf("working directory: %w", err)
 	}
+	// A signal PID 1 has no handler for (SIG_DFL) is dropped by the kernel, whoever sends it,
+	// but Go's own handlers, installed for nearly every signal, end the process on these:
+	// they are caught. To the others Go's handler does nothing, and those it leaves at
+	// SIG_DFL (job control) the kernel drops (SIG_IGN instead would be inherited by everything
+	// the agent starts). SIGCHLD has a channel of its own, so a flood of other signals cannot
+	// crowd it out. Catching a signal costs a round trip to the runtime's thread that unmasks
+	// it (catching all ~60 took 10-27 ms on a VM where a thread switch is dear; these 6, 3-10
+	// ms under load), so it is done while the agent starts and answers; nothing the agent starts
+	// (procTable.start) runs before it is done, so nothing in the sandbox can send them first.
+	children := make(chan os.Signal, 1)
+	caught := make(chan struct{})
+	go func() {
+		signal.Notify(children, unix.SIGCHLD)
+		ignored := make(chan os.Signal, 16)
+		signal.Notify(ignored, fatalSignals...)
+		close(caught)
+		for sig := range ignored {
+			slog.Debug("ignored a signal", "signal", sig)
+		}
+	}()
 	a, err := newAgent(version, sessionDir, cwd)
 	if err != nil {
 		return err
 	}
+	a.procs.caught = caught
 	a.confine()
-
-	// A handler for every signal: one PID 1 has no handler for is dropped by the kernel, but
-	// Go's default handlers end the process. SIGCHLD has a channel of its own, so a flood of
-	// other signals cannot crowd it out.
-	children := make(chan os.Signal, 1)
-	signal.Notify(children, unix.SIGCHLD)
-	ignored := make(chan os.Signal, 16)
-	signal.Notify(ignored)
-	go func() {
-		for sig := range ignored {
-			if sig != unix.SIGCHLD {
-				a.log.Debug("ignored a signal", "signal", sig)
-			}
-		}
-	}()
+	if configFD >= 0 {
+		cfg := os.NewFile(uintptr(configFD), "agent-config")
+		a.bootConfig(cfg)
+		cfg.Close()
+	}
 	done := make(chan error, 1)
 	go func() { done <- http.Serve(api.StreamListener(ln), a.routes()) }()
 
@@ -122,6 +139,11 @@ func Run(listenFD int, version string) error {
 		}
 	}
 }
+
+// fatalSignals are the signals that Go's handlers answer by ending the process, when sent by
+// another process: SIGHUP, SIGINT and SIGTERM end it, the others crash it.
+var fatalSignals = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGTERM, unix.SIGQUIT, unix.SIGABRT, unix.SIGILL,
+	unix.SIGTRAP, unix.SIGBUS, unix.SIGFPE, unix.SIGSEGV, unix.SIGSTKFLT, unix.SIGSYS}
 
 // confine gives every process the agent starts a Landlock domain of its own and, with the
 // daemon's private store mounted, every session a private folder. Without Landlock the
@@ -221,7 +243,7 @@ func (a *Agent) routes() http.Handler {
 }
 
 func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version})
+	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version, Configured: a.configured, ConfigError: a.configErr})
 	return nil
 }
 

@@ -135,6 +135,45 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
+// An agent started with its sandbox's configuration takes it before it answers, and its health
+// says whether it could, with the error PUT /v1/config would have answered.
+func TestBootConfig(t *testing.T) {
+	wd, err := os.Getwd() // configure enters the cwd: the test's own keeps the test where it was
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		config string
+		code   string // "": configured
+	}{
+		"taken":         {config: `{"hostname":"box","cwd":"` + wd + `","env":{"A":"1"}}`},
+		"relative cwd":  {config: `{"hostname":"box","cwd":"work","env":{}}`, code: api.CodeInvalidArgument},
+		"unknown user":  {config: `{"hostname":"box","cwd":"/tmp","env":{},"user":"nosuch-user"}`, code: api.CodeInvalidArgument},
+		"not JSON":      {config: `{"hostname":`, code: api.CodeInternal},
+		"unknown field": {config: `{"hostname":"box","cwd":"/tmp","env":{},"extra":1}`, code: api.CodeInternal},
+	} {
+		t.Run(name, func(t *testing.T) {
+			a, srv := testAgent(t)
+			a.bootConfig(strings.NewReader(tc.config))
+			var h api.Health
+			callJSON(t, srv, http.MethodGet, "/v1/health", "", http.StatusOK, &h)
+			switch {
+			case tc.code == "" && (!h.Configured || h.ConfigError != nil):
+				t.Fatalf("health %+v, want configured", h)
+			case tc.code != "" && (h.Configured || h.ConfigError == nil || h.ConfigError.Code != tc.code || h.ConfigError.Message == ""):
+				t.Fatalf("health %+v, want a %s error", h, tc.code)
+			}
+			if tc.code == "" {
+				var env api.SandboxEnv
+				callJSON(t, srv, http.MethodGet, "/v1/env", "", http.StatusOK, &env)
+				if env.Env["A"] != "1" {
+					t.Errorf("env after the boot config: %+v", env)
+				}
+			}
+		})
+	}
+}
+
 func TestEnv(t *testing.T) {
 	_, srv := testAgent(t)
 	wantError(t, srv, http.MethodPut, "/v1/env", `{"env":{"A":"1"},"unknown":true}`, api.CodeInvalidArgument)

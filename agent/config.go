@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"encoding/json"
+	"errors"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -9,15 +12,50 @@ import (
 	"github.com/nsbox/nsbox/session"
 )
 
-// handleConfig makes this agent's container the sandbox the daemon describes: its HOSTNAME
-// and sandbox-wide environment, which every new session and process inherits, and the working
-// directory they start in and the user they run as unless they name others. The daemon sends
-// it once, when it gives a started container to a sandbox, before any session exists.
+// handleConfig makes this agent's container the sandbox the daemon describes (configure). The
+// daemon sends it once, when it gives a started container to a sandbox, before any session
+// exists; a container started for a sandbox gets its configuration at its start instead
+// (bootConfig).
 func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	var cfg api.AgentConfig
 	if err := api.DecodeJSON(w, r, &cfg, false); err != nil {
 		return err
 	}
+	if err := a.configure(cfg); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// bootConfig configures the agent from the configuration its container was started with (the
+// --config-fd file, read to its end). What it finds wrong is answered by GET /v1/health, for the
+// daemon to fail the create with.
+func (a *Agent) bootConfig(r io.Reader) {
+	var cfg api.AgentConfig
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&cfg)
+	if err != nil {
+		err = api.Errorf(api.CodeInternal, "the agent's configuration at its start: %v", err)
+	} else {
+		err = a.configure(cfg)
+	}
+	var apiErr *api.Error
+	switch {
+	case err == nil:
+		a.configured = true
+	case errors.As(err, &apiErr):
+		a.configErr = apiErr
+	default:
+		a.configErr = api.Errorf(api.CodeInternal, "%v", err)
+	}
+}
+
+// configure makes the agent's container the sandbox cfg describes: its HOSTNAME and
+// sandbox-wide environment, which every new session and process inherits, and the working
+// directory they start in and the user they run as unless they name others.
+func (a *Agent) configure(cfg api.AgentConfig) error {
 	if !filepath.IsAbs(cfg.Cwd) {
 		return api.Errorf(api.CodeInvalidArgument, "cwd must be an absolute path, got %q", cfg.Cwd)
 	}
@@ -44,7 +82,6 @@ func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
 			a.log.Info("no default session", "err", err)
 		}
 	}()
-	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

@@ -22,6 +22,9 @@ type procTable struct {
 	// confine, when set, gives each started process a Landlock domain of its own
 	// (landlock.go).
 	confine *confinement
+	// caught, when set, is closed once the agent catches the signals that would end it (Run):
+	// no process starts before. Unset (tests: the agent is not PID 1), processes start at once.
+	caught <-chan struct{}
 }
 
 func newProcTable() *procTable {
@@ -38,6 +41,9 @@ const childOOMScoreAdj = "1000"
 
 // start starts a process and returns its pid and a channel that receives its exit status.
 func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+	if t.caught != nil {
+		<-t.caught
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var p *os.Process

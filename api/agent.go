@@ -9,6 +9,11 @@ package api
 type Health struct {
 	PID     int    `json:"pid"`
 	Version string `json:"version"`
+	// Configured: the agent was started with its sandbox's AgentConfig and took it;
+	// ConfigError: it was started with one and could not take it (a cwd that cannot be made,
+	// a user its /etc/passwd lacks), as PUT /v1/config would have answered.
+	Configured  bool   `json:"configured,omitempty"`
+	ConfigError *Error `json:"configError,omitempty"`
 }
 
 // AgentConfig is what the daemon tells an agent on PUT /v1/config when its container becomes

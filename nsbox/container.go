@@ -1,7 +1,9 @@
 package nsbox
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -21,23 +23,45 @@ type startedContainer struct {
 	image  string
 	limits backend.Limits
 	extras extrasSpec
+	// hostname is the one it was started with; configured: its agent took its sandbox's
+	// configuration at its start (bindAgent need not send it).
+	hostname   string
+	configured bool
 }
 
 // startContainer prepares a new container's storage and network files, has the backend start
 // it with the agent as PID 1, and waits until the agent answers. The container is nobody's
-// yet: bind makes it a sandbox. On failure nothing of it is left.
+// yet: bind makes it a sandbox (the warm pool's). On failure nothing of it is left.
 func (r *Runtime) startContainer(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (*startedContainer, error) {
 	return r.launch(ctx, "c-"+newID(), img, lim, st, false, nil)
 }
 
-// launch starts container id over the image's layers. kept: the container is one that was shelved (a hibernated sandbox's): its
-// writable layers and ids exist already and stay when the start fails. meanwhile, when not
-// nil, runs once the container exists, while its agent starts (work on the container from
-// the host: its network); its error fails the launch.
+// containerBoot is what a container started for a known sandbox (a cold create, a resume) is
+// given from its start instead of when it is bound.
+type containerBoot struct {
+	// hostname is the sandbox's, the container's from its start.
+	hostname string
+	// agent, when not nil, is handed to the agent as it starts (backend.Spec.AgentConfig): it
+	// is configured, and starts the default session, before it first answers.
+	agent *api.AgentConfig
+	// meanwhile, when not nil, runs once the container exists, while its agent starts (work
+	// on the container from the host: its network); its error fails the launch.
+	meanwhile func(*startedContainer) error
+}
+
+// launch starts container id over the image's layers. kept: the container is one that was
+// shelved (a hibernated sandbox's): its writable layers and ids exist already and stay when the
+// start fails. boot, when not nil, is what the sandbox it is started for gives it at its start.
 func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool,
-	meanwhile func(*startedContainer) error) (*startedContainer, error) {
+	boot *containerBoot) (*startedContainer, error) {
 	began := time.Now()
 	spec, err := r.containerSpec(id, img, lim, st, kept)
+	if err == nil && boot != nil {
+		spec.Hostname = boot.hostname
+		if boot.agent != nil {
+			spec.AgentConfig, err = json.Marshal(boot.agent)
+		}
+	}
 	prepared := time.Since(began)
 	var inst backend.Instance
 	if err == nil {
@@ -55,29 +79,40 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 		return nil, err
 	}
 	started := time.Since(began) - prepared
-	sc := &startedContainer{inst: inst, agent: newAgentClient(inst), image: img.Name, limits: lim, extras: st}
+	sc := &startedContainer{inst: inst, agent: newAgentClient(inst), image: img.Name, limits: lim, extras: st,
+		hostname: cmp.Or(spec.Hostname, id)}
 	done := make(chan error, 1)
 	go func() {
-		if meanwhile == nil {
+		if boot == nil || boot.meanwhile == nil {
 			done <- nil
 			return
 		}
-		done <- meanwhile(sc)
+		done <- boot.meanwhile(sc)
 	}()
 	readyCtx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
-	_, err = sc.agent.health(readyCtx)
-	if err != nil {
+	h, err := sc.agent.health(readyCtx)
+	switch {
+	case err != nil:
 		err = fmt.Errorf("agent did not come up: %v", err)
-	} else if err = inst.Detach(api.PrivateMount); err != nil {
-		// Left mounted, the private store would be reachable by path from every session.
-		err = fmt.Errorf("hide the private store: %w", err)
+	case h.ConfigError != nil:
+		err = h.ConfigError // the request's mistake, as PUT /v1/config answers it
+	case spec.AgentConfig != nil && !h.Configured:
+		err = errors.New("the agent did not take the configuration it was started with")
+	default:
+		sc.configured = spec.AgentConfig != nil
+		if err = inst.Detach(api.PrivateMount); err != nil {
+			// Left mounted, the private store would be reachable by path from every session.
+			err = fmt.Errorf("hide the private store: %w", err)
+		}
 	}
 	if merr := <-done; merr != nil {
 		err = errors.Join(err, merr)
 	}
 	if err != nil {
-		err = fmt.Errorf("%w; agent log: %q", err, inst.AgentLog())
+		if _, ok := err.(*api.Error); !ok { // an *api.Error is the request's: it is answered as it is
+			err = fmt.Errorf("%w; agent log: %q", err, inst.AgentLog())
+		}
 		onOwnThread(inst.Kill)
 		inst.Close()
 		if derr := r.undoStart(id, kept); derr != nil {

@@ -195,6 +195,37 @@ func TestCreateRollsBackEveryFailingStep(t *testing.T) {
 	}
 }
 
+// A cold create hands the agent its configuration at its start, a warm one with PUT
+// /v1/config: the agent refusing it fails the create the same way either way, and a warm
+// container given to the failed sandbox goes with it.
+func TestCreateWithConfigTheAgentRefuses(t *testing.T) {
+	for _, warm := range []int{0, 1} {
+		c := newTestCore(t, warm)
+		c.waitPool(warm)
+		var pooled []string
+		c.pool.mu.Lock()
+		for _, sc := range c.pool.ready["host"] {
+			pooled = append(pooled, sc.inst.ID())
+		}
+		c.pool.mu.Unlock()
+		_, err := c.Create(context.Background(), api.CreateSandboxRequest{ID: "doomed", Cwd: "/unusable"})
+		if !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), "/unusable") {
+			t.Fatalf("warm pool %d: create: %v, want the agent's invalid_argument", warm, err)
+		}
+		if left := c.leftovers("doomed"); len(left) > 0 {
+			t.Errorf("warm pool %d: left behind: %v", warm, left)
+		}
+		for _, id := range pooled {
+			if c.backend.get(id) != nil {
+				t.Errorf("warm pool %d: the warm container %s that the failed create took is still there", warm, id)
+			}
+		}
+		if starts := c.backend.startCount(); warm == 0 && starts != 1 {
+			t.Errorf("a cold create that failed on its configuration started %d containers", starts)
+		}
+	}
+}
+
 func TestCreateWhoseCleanupFailsStaysFailed(t *testing.T) {
 	c := newTestCore(t, 0)
 	c.net.failAttach = errors.New("no veth")

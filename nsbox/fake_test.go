@@ -1,6 +1,7 @@
 package nsbox
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -69,7 +70,18 @@ func (b *fakeBackend) Start(_ context.Context, spec backend.Spec) (backend.Insta
 		return nil, err
 	}
 	inst := &fakeInstance{b: b, id: spec.ID, pid: 1000 + b.starts, spec: spec, ln: ln, sockDir: sockDir,
-		exited: make(chan struct{}), env: map[string]string{}, limits: spec.Limits}
+		exited: make(chan struct{}), env: map[string]string{}, limits: spec.Limits, hostname: cmp.Or(spec.Hostname, spec.ID)}
+	if spec.AgentConfig != nil { // as the agent takes it at its start
+		var cfg api.AgentConfig
+		if err := json.Unmarshal(spec.AgentConfig, &cfg); err != nil {
+			return nil, err
+		}
+		if err := inst.configure(cfg); err != nil {
+			inst.configErr = err.(*api.Error)
+		} else {
+			inst.configured = true
+		}
+	}
 	inst.srv = &http.Server{Handler: inst.agentRoutes(b.badAgent)}
 	go func() { _ = inst.srv.Serve(ln) }()
 	b.containers[spec.ID] = inst
@@ -158,8 +170,11 @@ type fakeInstance struct {
 	frozen   bool
 	limits   backend.Limits
 	config   api.AgentConfig
-	env      map[string]string
-	restored api.SandboxState // what the daemon restored in it
+	// configured, configErr: what its health answers of the configuration it started with.
+	configured bool
+	configErr  *api.Error
+	env        map[string]string
+	restored   api.SandboxState // what the daemon restored in it
 }
 
 func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
@@ -176,19 +191,16 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 			<-r.Context().Done()
 			return
 		}
-		api.WriteJSON(w, http.StatusOK, api.Health{PID: 1})
+		api.WriteJSON(w, http.StatusOK, api.Health{PID: 1, Configured: i.configured, ConfigError: i.configErr})
 	})
 	mux.HandleFunc("PUT /v1/config", api.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		var cfg api.AgentConfig
 		if err := api.DecodeJSON(w, r, &cfg, false); err != nil {
 			return err
 		}
-		if cfg.Cwd == "/unusable" {
-			return api.Errorf(api.CodeInvalidArgument, "cwd %s cannot be used in this sandbox", cfg.Cwd)
+		if err := i.configure(cfg); err != nil {
+			return err
 		}
-		i.mu.Lock()
-		i.config, i.env = cfg, cfg.Env
-		i.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}))
@@ -217,6 +229,17 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		return nil
 	}))
 	return mux
+}
+
+// configure takes the sandbox's configuration, at the start or from PUT /v1/config.
+func (i *fakeInstance) configure(cfg api.AgentConfig) error {
+	if cfg.Cwd == "/unusable" {
+		return api.Errorf(api.CodeInvalidArgument, "cwd %s cannot be used in this sandbox", cfg.Cwd)
+	}
+	i.mu.Lock()
+	i.config, i.env = cfg, cfg.Env
+	i.mu.Unlock()
+	return nil
 }
 
 // exit ends the fake agent, as if PID 1 had died.

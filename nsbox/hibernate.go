@@ -145,13 +145,11 @@ func (r *Runtime) awaken(sb *sandbox) error {
 	}
 	extras := extrasSpec{DiskMB: rec.Limits.DiskMB, Workspace: rec.Workspace, Mounts: rec.Mounts, Capabilities: rec.Capabilities,
 		SnapshotLayers: rec.SnapshotLayers, Permissions: rec.Permissions}
-	// The network is reattached, and the hostname and limits set, while the agent starts; the
-	// agent's part of bind follows.
-	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, func(sc *startedContainer) error {
-		if err := r.connectNetwork(&rec, sc); err != nil {
-			return err
-		}
-		return r.bindHost(&rec, sc, lim)
+	// The container has the sandbox's hostname from its start; the network is reattached, and
+	// the limits set, while the agent starts; the agent's part of bind follows.
+	sc, err := r.launch(ctx, rec.container(), img, lim, extras, true, &containerBoot{
+		hostname:  rec.ID,
+		meanwhile: func(sc *startedContainer) error { return r.attach(&rec, sc, lim) },
 	})
 	if err != nil {
 		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, errors.Join(err, r.net.Suspend(sb.id)))

@@ -9,14 +9,13 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
-	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
 // The warm pool keeps a few containers started ahead of time, per image, with the default
-// limits and an agent that answers. A create that fits takes one and only binds it (bind:
-// hostname, limits, environment, working directory), which takes about a millisecond instead
-// of a whole container start; the pool refills in the background. Containers in the pool have
+// limits and an agent that answers. A create that fits takes one and only binds it (attach:
+// hostname, limits, network; bindAgent: environment, working directory), which takes a few
+// milliseconds instead of a whole container start; the pool refills in the background. Containers in the pool have
 // no record: if the daemon dies, the next one destroys them in reconcile like any container
 // that belongs to no sandbox, and a clean shutdown (Close) destroys them.
 //
@@ -55,25 +54,26 @@ func newWarmPool(base map[string]int, budgetMB int64) *warmPool {
 		ready: map[string][]*startedContainer{}, filling: map[string]bool{}, ctx: ctx, stop: cancel}
 }
 
-// acquire returns a started container for a new sandbox of img: a warm one when the pool has
-// one whose agent still runs (bind applies the limits) and the sandbox needs no storage of its
-// own beyond the default disk, else a new one.
-func (r *Runtime) acquire(ctx context.Context, img *rootfs.Image, lim backend.Limits, st extrasSpec) (sc *startedContainer, fromPool bool, err error) {
-	if r.pooled(st) {
-		defer r.refill(img)
-		for sc := r.pool.take(img.Name); sc != nil; sc = r.pool.take(img.Name) {
-			if sc.inst.Alive() {
-				r.ops.metrics.poolTake.WithLabelValues(img.Name, "hit").Inc()
-				return sc, true, nil
-			}
-			r.log.Warn("warm pool: its agent has exited; discarding the container", "container", sc.inst.ID())
-			r.discard(sc)
-		}
-		r.ops.metrics.poolTake.WithLabelValues(img.Name, "miss").Inc()
-		r.pool.missed(img.Name)
+// takeWarm returns a started container of img from the warm pool for a new sandbox made with
+// st, or nil: the pool has none whose agent still runs, or the sandbox needs storage of its
+// own beyond the default disk (the create then starts one; bind applies the limits to a warm
+// one). Either way the pool refills.
+func (r *Runtime) takeWarm(img *rootfs.Image, st extrasSpec) *startedContainer {
+	if !r.pooled(st) {
+		return nil
 	}
-	sc, err = r.startContainer(ctx, img, lim, st)
-	return sc, false, err
+	defer r.refill(img)
+	for sc := r.pool.take(img.Name); sc != nil; sc = r.pool.take(img.Name) {
+		if sc.inst.Alive() {
+			r.ops.metrics.poolTake.WithLabelValues(img.Name, "hit").Inc()
+			return sc
+		}
+		r.log.Warn("warm pool: its agent has exited; discarding the container", "container", sc.inst.ID())
+		r.discard(sc)
+	}
+	r.ops.metrics.poolTake.WithLabelValues(img.Name, "miss").Inc()
+	r.pool.missed(img.Name)
+	return nil
 }
 
 // take removes a ready container of the image from the pool, or returns nil.

@@ -449,53 +449,86 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	if snap != nil {
 		extras.SnapshotLayers = snap.Layers
 	}
-	sc, fromPool, err := r.acquire(ctx, img, lim, extras)
-	if err != nil {
-		r.forget(sb)
-		// Whatever failed, the create as a whole failed inside the daemon.
-		return nil, api.Errorf(api.CodeInternal, "start sandbox %s: %v", req.ID, err)
-	}
+	sc := r.takeWarm(img, extras)
+	fromPool := sc != nil
 	rec := record{
 		Sandbox: api.Sandbox{
 			ID: req.ID, Image: img.Name, Env: req.Env, Cwd: filepath.Clean(req.Cwd), User: req.User,
-			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond), PID: sc.inst.PID(),
+			Limits: req.Limits, Labels: req.Labels, CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 			Workspace: req.Workspace, Mounts: req.Mounts, Network: network, Lifecycle: lifecycle,
 			Capabilities: req.Capabilities, FromSnapshot: req.FromSnapshot, Permissions: req.Permissions,
 		},
-		Container:      sc.inst.ID(),
+		Container:      "c-" + newID(),
 		ImageID:        imageID,
 		SnapshotLayers: extras.SnapshotLayers,
 	}
-	// The creating record is written (and fsync'd) while bind works: bind mostly waits for
-	// the kernel and the agent. A crash before either ends leaves a container without a
-	// record, or a creating record, and reconcile removes both.
+	if fromPool {
+		rec.Container = sc.inst.ID()
+	}
+	// The creating record is written (and fsync'd) while the container starts, or while a
+	// warm one is bound: both mostly wait for the kernel and the agent. A crash before the
+	// create ends leaves a creating record, which reconcile rolls back (with whatever exists of
+	// its container and network), or, from the warm pool, a container without a record.
 	inserted := make(chan error, 1)
-	creating := rec // bind changes rec meanwhile
+	creating := rec // the start and bind change rec meanwhile
 	go func() {
 		sb.mu.Lock()
 		defer sb.mu.Unlock()
-		sb.inst, sb.agent = sc.inst, sc.agent
 		_, err := r.transition(sb, api.StatusCreating, func(next *record) { *next = creating })
 		inserted <- err
 	}()
-	bindErr := r.bind(ctx, &rec, sc, lim, entrypoint)
-	if bindErr == nil && snap != nil && len(snap.State.Sessions) > 0 {
-		bindErr = sc.agent.restoreState(ctx, api.SandboxState{Sessions: snap.State.Sessions})
+	var startErr error
+	if !fromPool {
+		// Everything the sandbox needs of its container is known: its hostname, limits and
+		// agent configuration go in with its start, and its network is attached while its
+		// agent starts; bindAgent does the rest.
+		sc, startErr = r.launch(ctx, rec.Container, img, lim, extras, false, &containerBoot{
+			hostname:  rec.ID,
+			agent:     &api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User},
+			meanwhile: func(sc *startedContainer) error { return r.attach(&rec, sc, lim) },
+		})
 	}
+	started := time.Since(began)
+	var bindErr error
+	if startErr == nil {
+		rec.PID = sc.inst.PID()
+		sb.mu.Lock()
+		sb.inst, sb.agent = sc.inst, sc.agent
+		sb.mu.Unlock()
+		if fromPool {
+			bindErr = r.attach(&rec, sc, lim)
+		}
+		if bindErr == nil {
+			bindErr = r.bindAgent(ctx, &rec, sc, entrypoint)
+		}
+		if bindErr == nil && snap != nil && len(snap.State.Sessions) > 0 {
+			bindErr = sc.agent.restoreState(ctx, api.SandboxState{Sessions: snap.State.Sessions})
+		}
+	}
+	bound := time.Since(began)
 	if err := <-inserted; err != nil {
 		r.forget(sb)
-		return nil, errors.Join(err, r.destroyContainer(sc.inst, func() error { return r.detachNetwork(rec.ID) }))
+		if startErr == nil {
+			err = errors.Join(err, r.destroyContainer(sc.inst, func() error { return r.detachNetwork(rec.ID) }))
+		} else {
+			err = errors.Join(err, r.detachNetwork(rec.ID)) // the failed start left no container
+		}
+		return nil, err
 	}
-	if bindErr != nil {
+	if err := errors.Join(startErr, bindErr); err != nil {
 		r.abortCreate(sb)
 		var apiErr *api.Error
-		if errors.As(bindErr, &apiErr) && apiErr.Code != api.CodeInternal {
+		if errors.As(err, &apiErr) && apiErr.Code != api.CodeInternal {
 			return nil, apiErr // the request's mistake (a cwd that cannot be made, no address left)
+		}
+		if startErr != nil {
+			// Whatever failed, the create as a whole failed inside the daemon.
+			return nil, api.Errorf(api.CodeInternal, "start sandbox %s: %v", req.ID, startErr)
 		}
 		return nil, api.Errorf(api.CodeInternal, "set up sandbox %s: %v", rec.ID, bindErr)
 	}
 	sb.mu.Lock()
-	_, err = r.transition(sb, api.StatusRunning, func(next *record) { next.Network = rec.Network })
+	_, err = r.transition(sb, api.StatusRunning, func(next *record) { next.PID, next.Network = rec.PID, rec.Network })
 	out := sb.rec.Sandbox
 	sb.mu.Unlock()
 	if err != nil {
@@ -504,8 +537,11 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 	sb.touch()
 	r.watch(sb, sc.inst)
+	// start: the container's (0 from the warm pool); bind: what followed, through the agent's
+	// answer (and a warm one's network); record: the wait for the creating record and the
+	// running one's write.
 	r.log.Info("sandbox created", "sandbox", rec.ID, "image", rec.Image, "container", rec.Container, "pid", rec.PID,
-		"warm", fromPool, "duration", time.Since(began))
+		"warm", fromPool, "start", started, "bind", bound-started, "record", time.Since(began)-bound, "duration", time.Since(began))
 	return &out, nil
 }
 
@@ -642,25 +678,17 @@ func (r *Runtime) abortCreate(sb *sandbox) {
 	}
 }
 
-// bind makes a started container the sandbox rec describes: its hostname, its limits when
-// they differ from the ones it was started with, its network, and its agent's hostname,
-// sandbox environment, working directory and user; it opens the agent's watch stream
-// (agentwatch.go); then it starts entrypoint, when given, once that stream is open, as the
-// process api.EntrypointProcess (one that cannot start is a failed process, not an error).
-func (r *Runtime) bind(ctx context.Context, rec *record, sc *startedContainer, lim backend.Limits, entrypoint []string) error {
-	if err := r.bindHost(rec, sc, lim); err != nil {
-		return err
-	}
+// attach is the part of binding a started container to the sandbox rec describes that is done
+// from the host: its network, its hostname, and its limits when they differ from the ones it
+// was started with. bindAgent does the rest.
+func (r *Runtime) attach(rec *record, sc *startedContainer, lim backend.Limits) error {
 	if err := r.connectNetwork(rec, sc); err != nil {
 		return err
 	}
-	return r.bindAgent(ctx, rec, sc, entrypoint)
-}
-
-// bindHost is the part of bind done from the host besides the network: hostname and limits.
-func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits) error {
-	if err := sc.inst.SetHostname(rec.ID); err != nil {
-		return err
+	if sc.hostname != rec.ID {
+		if err := sc.inst.SetHostname(rec.ID); err != nil {
+			return err
+		}
 	}
 	if lim != sc.limits {
 		began := time.Now()
@@ -672,15 +700,20 @@ func (r *Runtime) bindHost(rec *record, sc *startedContainer, lim backend.Limits
 	return nil
 }
 
-// bindAgent is the part of bind done through the agent: its configuration and the
-// entrypoint.
+// bindAgent is the part of binding a started container to the sandbox rec describes that is
+// done through the agent: its configuration (hostname, environment, working directory, user;
+// unless it took them at its start), its watch stream (agentwatch.go), and entrypoint, when
+// given, started once that stream is open, as the process api.EntrypointProcess (one that
+// cannot start is a failed process, not an error).
 func (r *Runtime) bindAgent(ctx context.Context, rec *record, sc *startedContainer, entrypoint []string) error {
-	// The watch stream is asked for first, while the agent is idle (once configured it starts
-	// the default session). The create does not wait for it: until it is open, stats ask the
-	// agent (countsOf). Only an entrypoint waits, so that its exit reaches the events.
+	// The create does not wait for the watch stream: until it is open, stats ask the agent
+	// (countsOf); its first notice counts what runs then (the default session, if it started
+	// already). Only an entrypoint waits, so that its exit reaches the events.
 	follow := r.followAgent(rec.ID, sc.inst, sc.agent)
-	if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
-		return err
+	if !sc.configured {
+		if err := sc.agent.configure(ctx, api.AgentConfig{Hostname: rec.ID, Env: rec.Env, Cwd: rec.Cwd, User: rec.User}); err != nil {
+			return err
+		}
 	}
 	if len(entrypoint) == 0 {
 		return nil

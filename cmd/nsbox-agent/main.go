@@ -15,19 +15,26 @@ import (
 var version = "dev"
 
 func main() {
-	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N.
-	fd := 3
+	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--config-fd M].
+	listen, config := 3, -1
 	for i, arg := range os.Args {
-		if arg == "--listen-fd" && i+1 < len(os.Args) {
+		var fd *int
+		switch arg {
+		case "--listen-fd":
+			fd = &listen
+		case "--config-fd":
+			fd = &config
+		}
+		if fd != nil && i+1 < len(os.Args) {
 			n, err := strconv.Atoi(os.Args[i+1])
 			if err != nil {
-				fmt.Fprintln(os.Stderr, "nsbox-agent: --listen-fd:", err)
+				fmt.Fprintf(os.Stderr, "nsbox-agent: %s: %v\n", arg, err)
 				os.Exit(2)
 			}
-			fd = n
+			*fd = n
 		}
 	}
-	if err := agent.Run(fd, version); err != nil {
+	if err := agent.Run(listen, config, version); err != nil {
 		fmt.Fprintln(os.Stderr, "nsbox-agent:", err)
 		os.Exit(1)
 	}

@@ -11,9 +11,12 @@ func agentCommand() *cli.Command {
 		Name:   "agent",
 		Usage:  "run as a sandbox's PID 1 (started by the daemon, not by hand)",
 		Hidden: true,
-		Flags:  []cli.Flag{&cli.IntFlag{Name: "listen-fd", Value: 3, Usage: "inherited listening socket"}},
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "listen-fd", Value: 3, Usage: "inherited listening socket"},
+			&cli.IntFlag{Name: "config-fd", Value: -1, Usage: "inherited file holding the sandbox's configuration (JSON)"},
+		},
 		Action: func(c *cli.Context) error {
-			return agent.Run(c.Int("listen-fd"), version)
+			return agent.Run(c.Int("listen-fd"), c.Int("config-fd"), version)
 		},
 	}
 }

@@ -9,20 +9,33 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/api"
 )
 
 // TestAgentIgnoresSignalsFromInside is the attack of issue 11 item 7: sandbox root sends
-// PID 1 (the agent) every signal that used to end it or that it used to broadcast. The
-// sandbox, its session and its background processes must go on.
+// PID 1 (the agent) every signal, 1 to 64, by name the ones that used to end it or that it
+// used to broadcast; then the host sends it every one but SIGKILL and SIGSTOP. The sandbox,
+// its session and its background processes must go on.
 func TestAgentIgnoresSignalsFromInside(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "c", Image: "busybox"})
 	pid := d.agentPID("c")
 	d.sh("c", "export KEPT=yes; sleep 1000 &")
-	d.sh("c", "for s in TERM INT QUIT HUP USR1 USR2 ALRM PIPE SEGV ABRT TSTP; do kill -$s 1; done")
+	d.sh("c", "for s in TERM INT QUIT HUP USR1 USR2 ALRM PIPE SEGV ABRT TSTP $(seq 1 64); do kill -$s 1; done")
 	if got := d.sh("c", "echo $KEPT; grep -qx sleep /proc/[0-9]*/comm && echo sleeping"); got != "yes\nsleeping\n" {
-		t.Fatalf("after the signals: %q", got)
+		t.Fatalf("after the signals from inside: %q", got)
+	}
+	for s := unix.Signal(1); s <= 64; s++ {
+		if s != unix.SIGKILL && s != unix.SIGSTOP {
+			if err := unix.Kill(pid, s); err != nil {
+				t.Fatalf("send signal %d: %v", s, err)
+			}
+		}
+	}
+	if got := d.sh("c", "echo $KEPT; grep -qx sleep /proc/[0-9]*/comm && echo sleeping"); got != "yes\nsleeping\n" {
+		t.Fatalf("after the signals from the host: %q", got)
 	}
 	if !alive(pid) {
 		t.Fatalf("the agent %d died", pid)

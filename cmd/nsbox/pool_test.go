@@ -1,7 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -183,4 +186,61 @@ func cgroupDirOf(t *testing.T, pid int) string {
 	}
 	t.Fatalf("no cgroup for pid %d", pid)
 	return ""
+}
+
+// A sandbox started cold gets its hostname, environment, working directory and user with its
+// container's start (the agent takes them before it first answers, and starts the default
+// session with them): its first command, a later session and its network files see them; a
+// user or working directory the image cannot give fails the create with 400 and leaves nothing.
+func TestColdSandboxIsBoundToItsRequest(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	sb := d.create(api.CreateSandboxRequest{ID: "cold", Image: "busybox", Cwd: "/srv/app", User: "nobody",
+		Env: map[string]string{"GREETING": "hi there", "PATH": "/bin:/usr/bin"}})
+	if got, err := d.client.GetSandbox(ctx, "cold"); err != nil || got.PID != sb.PID || sb.PID != d.agentPID("cold") || got.Status != api.StatusRunning {
+		t.Fatalf("created %+v, then %+v (%v); agent pid %d", sb, got, err, d.agentPID("cold"))
+	}
+	if got, want := d.sh("cold", `echo "$(hostname) $HOSTNAME $(pwd) $(id -un) $GREETING $PATH"`), "cold cold /srv/app nobody hi there /bin:/usr/bin\n"; got != want {
+		t.Errorf("the first command: got %q, want %q", got, want)
+	}
+	// The agent closed the file its configuration came in.
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", sb.PID))
+	for _, fd := range fds {
+		if target, _ := os.Readlink(fd); strings.Contains(target, "agent-config") {
+			t.Errorf("the agent keeps its configuration's file open: %s -> %s", fd, target)
+		}
+	}
+	if got := d.sh("cold", `awk '$2 == "cold"' /etc/hosts | wc -l`); strings.TrimSpace(got) != "1" {
+		t.Errorf("/etc/hosts names the sandbox %s times:\n%s", got, d.sh("cold", "cat /etc/hosts"))
+	}
+	if _, err := d.client.CreateSession(ctx, "cold", api.CreateSessionRequest{ID: "s2"}); err != nil {
+		t.Fatal(err)
+	}
+	res := d.exec("cold", api.ExecRequest{SessionID: "s2", Command: `echo "$(pwd) $(id -un) $GREETING $(cat /proc/sys/kernel/hostname)"`})
+	if string(res.Stdout) != "/srv/app nobody hi there cold\n" {
+		t.Errorf("new session: %q", res.Stdout)
+	}
+	def, err := d.client.GetSession(ctx, "cold", "default")
+	if err != nil || def.User != "nobody" {
+		t.Errorf("the default session: %+v %v", def, err)
+	}
+	for name, req := range map[string]api.CreateSandboxRequest{
+		"unknown user":     {ID: "nouser", Image: "busybox", User: "nosuch"},
+		"cwd under a file": {ID: "nocwd", Image: "busybox", Cwd: "/etc/passwd/app"},
+		"cwd on read-only": {ID: "rocwd", Image: "busybox", Cwd: "/proc/app"},
+	} {
+		e := d.expectError(http.MethodPost, "/v1/sandboxes", req, http.StatusBadRequest, api.CodeInvalidArgument)
+		if !strings.Contains(e.Message, cmp.Or(req.User, req.Cwd)) {
+			t.Errorf("%s: the error does not name it: %q", name, e.Message)
+		}
+	}
+	if list, err := d.client.ListSandboxes(ctx); err != nil || len(list) != 1 {
+		t.Errorf("after failed creates: %+v %v", list, err)
+	}
+	if err := d.client.RemoveSandbox(ctx, "cold", client.RemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, leak := range d.leaks() {
+		t.Errorf("leaked: %s", leak)
+	}
 }

@@ -96,6 +96,11 @@ type Spec struct {
 	// container shows in place of /proc's and /sys's: its memory, CPUs and uptime as its
 	// limits make them.
 	LimitViews string
+	// Hostname is the container's hostname from its start ("": its ID).
+	Hostname string
+	// AgentConfig, when not nil, is handed to the agent as it starts (its --config-fd: the
+	// sandbox's api.AgentConfig as JSON), so that it needs no PUT /v1/config.
+	AgentConfig []byte
 }
 
 // Backend starts containers and finds them again after a daemon restart.

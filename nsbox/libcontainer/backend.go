@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -175,6 +176,17 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		extra = append(extra, initBin)
 	}
 
+	args := []string{AgentPath, "agent", "--listen-fd", "3"}
+	if spec.AgentConfig != nil {
+		cfg, err := memFile("agent-config", spec.AgentConfig)
+		if err != nil {
+			return nil, fmt.Errorf("agent config: %w", err)
+		}
+		defer cfg.Close()
+		args = append(args, "--config-fd", strconv.Itoa(3+len(extra)))
+		extra = append(extra, cfg)
+	}
+
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
 		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(), CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
@@ -199,7 +211,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 	created := time.Since(began)
 	proc := &runc.Process{
-		Args:       []string{AgentPath, "agent", "--listen-fd", "3"},
+		Args:       args,
 		Env:        agentEnv(),
 		Cwd:        spec.Cwd,
 		Stdout:     logFile,
@@ -221,6 +233,24 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 	// The agent is this daemon's child until the daemon exits: the instance reaps it when it ends.
 	return b.newInstance(c, pid, func() { _, _ = proc.Wait() })
+}
+
+// memFile is an unlinked in-memory file holding data, read from its start.
+func memFile(name string, data []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write %s: %w", name, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("rewind %s: %w", name, err)
+	}
+	return f, nil
 }
 
 // InitBinFD is the descriptor at which a container's init finds Config.InitBin, and

@@ -1,6 +1,7 @@
 package libcontainer
 
 import (
+	"cmp"
 	"path/filepath"
 	"slices"
 
@@ -83,7 +84,7 @@ func containerConfig(s configSpec) *configs.Config {
 	cfg := &configs.Config{
 		Rootfs:          s.Rootfs,
 		RootPropagation: unix.MS_PRIVATE | unix.MS_REC,
-		Hostname:        s.ID,
+		Hostname:        cmp.Or(s.Hostname, s.ID),
 		NoNewPrivileges: true,
 		Capabilities: &configs.Capabilities{
 			Bounding:  caps,
