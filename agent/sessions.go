@@ -151,6 +151,10 @@ func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// startFlush is how long an exec's start frame may wait for the command's first output or
+// its end, to go out with it in one write (most commands sent through the API are short).
+const startFlush = 5 * time.Millisecond
+
 // handleExec runs a command in a session and streams its events as frames (api.FrameWriter):
 // start, then stdout/stderr chunks as they are produced (their raw bytes), then exit with the
 // result. The stream (and the 200) starts when the command does; errors before that are plain
@@ -176,8 +180,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 		ctx = r.Context()
 	}
 	events := api.NewFrameWriter(w)
-	// Sends fail once the client went away; the command goes on all the same.
-	send := func(ev api.ExecEvent) { _ = events.SendJSON(ev.Type, ev) }
+	defer events.End()
 	sid := s.ID()
 	started := false
 	// What is beyond a stream's cap is read (the command does not block) and dropped. Each
@@ -189,7 +192,9 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 		switch kind {
 		case session.Started:
 			started = true
-			send(api.ExecEvent{Type: api.EventStart, SessionID: sid})
+			// Sends fail once the client went away; the command goes on all the same.
+			start, _ := json.Marshal(api.ExecEvent{Type: api.EventStart, SessionID: sid}) // it always marshals
+			_ = events.SendSoon(api.EventStart, start, startFlush)
 			return
 		case api.EventStderr:
 			limit = stderr

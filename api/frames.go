@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 )
 
@@ -37,22 +38,43 @@ func WantsFrames(r *http.Request) bool {
 // maxFrame bounds one frame's payload.
 const maxFrame = 16 << 20
 
-// FrameWriter writes frames, each one flushed at once, from any goroutine. The first frame
-// sends the 200 header.
+// FrameWriter writes frames, each one flushed at once (but see SendSoon), from any goroutine.
+// The first frame sends the 200 header.
 type FrameWriter struct {
 	mu      sync.Mutex
 	w       http.ResponseWriter
 	started bool
 	failed  error
 	head    [1 + 255 + 4]byte // a frame's head, before its payload
+	// pending flushes what SendSoon wrote unless a frame flushed (or the stream ended) first.
+	pending *time.Timer
+	ended   bool // SendLast or End was called: w is the handler's again
 }
 
 // NewFrameWriter returns a writer of frames to w.
 func NewFrameWriter(w http.ResponseWriter) *FrameWriter { return &FrameWriter{w: w} }
 
+// How a frame goes out: flushed at once, within a while, or with the end of the answer.
+type frameFlush int
+
+const (
+	flushNow frameFlush = iota
+	flushSoon
+	flushLast
+)
+
 // Send writes one frame. After the client went away every send fails (with the first error).
 func (f *FrameWriter) Send(event string, payload []byte) error {
-	return f.send(event, payload, true)
+	return f.send(event, payload, flushNow, 0)
+}
+
+// SendSoon writes one frame and flushes it with the next frame that is flushed, or within d
+// if none comes by then. A command that ends (or speaks) within d then answers in one write
+// instead of two: its reader wakes once, and so does every hop after it on its way to the
+// client, each a few context switches (on this project's VMs, 10 µs each and more for a
+// sandbox that idled). The stream must end with SendLast, a Send or End.
+func (f *FrameWriter) SendSoon(event string, payload []byte, d time.Duration) error {
+	return f.send(event, payload, flushSoon, d)
 }
 
 // SendLast writes the stream's last frame but leaves it to the handler, which returns next,
@@ -60,10 +82,46 @@ func (f *FrameWriter) Send(event string, payload []byte) error {
 // sees both at once and has its connection back (for its next request) without waiting for
 // the end to come on its own.
 func (f *FrameWriter) SendLast(event string, payload []byte) error {
-	return f.send(event, payload, false)
+	return f.send(event, payload, flushLast, 0)
 }
 
-func (f *FrameWriter) send(event string, payload []byte, flush bool) error {
+// End gives the ResponseWriter back to the handler (which is about to return): a frame sent
+// with SendSoon and not flushed yet is left to the handler's return.
+func (f *FrameWriter) End() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.end()
+}
+
+// end stops the pending flush and marks the stream ended. f.mu must be held.
+func (f *FrameWriter) end() {
+	f.ended = true
+	f.stopPending()
+}
+
+// stopPending stops the flush SendSoon scheduled, if any. f.mu must be held.
+func (f *FrameWriter) stopPending() {
+	if f.pending != nil {
+		f.pending.Stop()
+		f.pending = nil
+	}
+}
+
+// flushPending is the flush SendSoon scheduled, unless something flushed or ended the
+// stream meanwhile.
+func (f *FrameWriter) flushPending() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pending == nil || f.ended || f.failed != nil {
+		return
+	}
+	f.pending = nil
+	if err := http.NewResponseController(f.w).Flush(); err != nil {
+		f.failed = err
+	}
+}
+
+func (f *FrameWriter) send(event string, payload []byte, how frameFlush, within time.Duration) error {
 	if len(event) > 255 || len(payload) > maxFrame {
 		return fmt.Errorf("frame %s of %d bytes is too large", event, len(payload))
 	}
@@ -71,6 +129,9 @@ func (f *FrameWriter) send(event string, payload []byte, flush bool) error {
 	defer f.mu.Unlock()
 	if f.failed != nil {
 		return f.failed
+	}
+	if f.ended {
+		return errors.New("frame after the stream's end")
 	}
 	if !f.started {
 		f.started = true
@@ -87,9 +148,17 @@ func (f *FrameWriter) send(event string, payload []byte, flush bool) error {
 		f.failed = err
 		return err
 	}
-	if !flush {
+	switch how {
+	case flushLast:
+		f.end()
+		return nil
+	case flushSoon:
+		if f.pending == nil {
+			f.pending = time.AfterFunc(within, f.flushPending)
+		}
 		return nil
 	}
+	f.stopPending()
 	if err := http.NewResponseController(f.w).Flush(); err != nil {
 		f.failed = err
 	}

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -77,6 +79,71 @@ func TestSendLastIsNotFlushed(t *testing.T) {
 	}
 	if _, _, err := fr.Next(); err != io.EOF {
 		t.Fatalf("end: %v", err)
+	}
+}
+
+// SendSoon leaves its frame for the next one to flush, or for the handler's return after
+// SendLast: a short command's start and exit go out in one write.
+func TestSendSoonGoesOutWithTheNextFrame(t *testing.T) {
+	rec := httptest.NewRecorder()
+	fw := NewFrameWriter(rec)
+	if err := fw.SendSoon(EventStart, []byte("{}"), time.Hour); err != nil || rec.Flushed {
+		t.Fatalf("start: flushed %v, %v", rec.Flushed, err)
+	}
+	if err := fw.SendLast(EventExit, []byte(`{"type":"exit"}`)); err != nil || rec.Flushed || fw.pending != nil {
+		t.Fatalf("exit: flushed %v, pending flush %v, %v", rec.Flushed, fw.pending != nil, err)
+	}
+	if err := fw.Send(EventStdout, []byte("late")); err == nil {
+		t.Fatal("a frame after the last one was written")
+	}
+
+	rec = httptest.NewRecorder()
+	fw = NewFrameWriter(rec)
+	if err := fw.SendSoon(EventStart, []byte("{}"), time.Hour); err != nil || rec.Flushed {
+		t.Fatalf("start: flushed %v, %v", rec.Flushed, err)
+	}
+	if err := fw.Send(EventStdout, []byte("out")); err != nil || !rec.Flushed || fw.pending != nil {
+		t.Fatalf("stdout: flushed %v, pending flush %v, %v", rec.Flushed, fw.pending != nil, err)
+	}
+	fr := NewFrameReader(rec.Body)
+	for _, want := range []string{EventStart, EventStdout} {
+		if name, _, err := fr.Next(); err != nil || name != want {
+			t.Fatalf("frame %q, %v; want %q", name, err, want)
+		}
+	}
+}
+
+// A frame sent with SendSoon and nothing after it reaches the reader all the same (a command
+// that runs long and says nothing still reports its start).
+func TestSendSoonFlushesAlone(t *testing.T) {
+	read := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fw := NewFrameWriter(w)
+		defer fw.End()
+		if err := fw.SendSoon(EventStart, []byte("{}"), time.Millisecond); err != nil {
+			t.Error(err)
+			return
+		}
+		select {
+		case <-read: // the client has the start frame
+		case <-r.Context().Done():
+			return
+		}
+		_ = fw.SendLast(EventExit, []byte(`{"type":"exit"}`))
+	}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	fr := NewFrameReader(resp.Body)
+	if name, _, err := fr.Next(); err != nil || name != EventStart {
+		t.Fatalf("frame %q, %v; want the start", name, err)
+	}
+	close(read)
+	if name, _, err := fr.Next(); err != nil || name != EventExit {
+		t.Fatalf("frame %q, %v; want the exit", name, err)
 	}
 }
 

@@ -232,6 +232,10 @@ func execResult(exit []byte, stdout, stderr *streamCheck) (*api.ExecResult, erro
 	return &res, nil
 }
 
+// startRelayFlush is how long answerFrames holds an exec's start frame for the next frame
+// (which the agent sent with it, when the command was short) to flush both in one write.
+const startRelayFlush = time.Millisecond
+
 // answerFrames answers an exec as frames (api.EventFrames) as its events come: the output's
 // chunks as raw bytes, each stream within its cap (max; 0: no bound), and the exit event, whose result
 // says which stream was truncated and which is text ("utf-8") or not ("raw"). Nothing is
@@ -239,6 +243,7 @@ func execResult(exit []byte, stdout, stderr *streamCheck) (*api.ExecResult, erro
 // answers it); one after it ends the frames with an error frame.
 func answerFrames(w http.ResponseWriter, events *eventStream, max int64) error {
 	out := api.NewFrameWriter(w)
+	defer out.End()
 	checks := map[string]*streamCheck{api.EventStdout: {limit: api.OutputLimit{Max: max}}, api.EventStderr: {limit: api.OutputLimit{Max: max}}}
 	sent := false
 	for {
@@ -269,11 +274,18 @@ func answerFrames(w http.ResponseWriter, events *eventStream, max int64) error {
 			}
 		}
 		sent = true
-		if name == api.EventExit {
+		switch name {
+		case api.EventExit:
 			_ = out.SendLast(name, data)
 			return nil
+		case api.EventStart:
+			// The agent sends the start with what follows it when that comes soon: it is
+			// then in the reader's buffer already, and the client gets both in one write.
+			err = out.SendSoon(name, data, startRelayFlush)
+		default:
+			err = out.Send(name, data)
 		}
-		if out.Send(name, data) != nil {
+		if err != nil {
 			return nil
 		}
 	}

@@ -20,7 +20,7 @@ import (
 // as end-of-file, and the shell opens its end only when the command starts.
 type fifoReader struct {
 	f     *os.File
-	keep  *os.File // our own write end
+	keep  int // our own write end: a bare descriptor, only ever closed (os would register it with the poller)
 	sink  func([]byte)
 	chunk *chunkBuffer // what f is read into, by pump and then by finish
 	done  chan struct{}
@@ -38,15 +38,15 @@ func openFifoReader(path string, uid, gid int, sink func([]byte)) (*fifoReader, 
 	if err != nil {
 		return nil, fmt.Errorf("open fifo: %w", err)
 	}
-	keep, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0)
+	keep, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("open fifo: %w", err)
+		return nil, fmt.Errorf("open fifo: %w", &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		keep.Close()
+		unix.Close(keep)
 		return nil, fmt.Errorf("open fifo: %w", err)
 	}
 	r := &fifoReader{f: f, keep: keep, sink: sink, chunk: newChunkBuffer(rc), done: make(chan struct{})}
@@ -172,7 +172,10 @@ func (r *fifoReader) finish(rest io.Writer) {
 			r.chunk.deliver(n, r.sink)
 		}
 	})
-	r.keep.Close()
+	if r.keep >= 0 {
+		unix.Close(r.keep)
+		r.keep = -1 // a bare descriptor closed twice could close another file's
+	}
 	if rest == nil {
 		r.chunk.release()
 		r.f.Close()

@@ -35,9 +35,12 @@ PROMPT_COMMAND='printf "P %%s %%s\n" "$?" "${__nsbox_run:-0}" >"$__nsbox_dir/sta
 }
 
 // shTrigger is what a pipe-driven sh reads to run exec n. If the run file is aborted back to
-// the top level (a syntax error, an unbound variable), the second line still reports.
+// the top level (a syntax error, an unbound variable), the second line still reports; it
+// does only then: a run file that gets to its end reports and unsets __nsbox_run itself (a
+// second report of every exec cost the shell eight system calls, and woke the agent).
 func shTrigger(dir string, n int64) string {
-	return fmt.Sprintf(". %s\nprintf 'S %d %%s\\n' \"$?\" >\"$__nsbox_dir/status\"\n", quote(fmt.Sprintf("%s/run.%d", dir, n)), n)
+	return fmt.Sprintf(". %s\n__nsbox_rc=$?; [ -z \"${__nsbox_run-}\" ] || printf 'S %d %%s\\n' \"$__nsbox_rc\" >\"$__nsbox_dir/status\"; unset __nsbox_rc __nsbox_run\n",
+		quote(fmt.Sprintf("%s/run.%d", dir, n)), n)
 }
 
 // shRC is sourced first by a pipe-driven sh session.
@@ -78,7 +81,7 @@ func runScript(dir string, n int64, cwd string, env map[string]string, stdin boo
 	for _, k := range keys {
 		fmt.Fprintf(&b, "if [ -n \"$__nsbox_set_%s\" ]; then %s=$__nsbox_old_%s; else unset %s; fi; unset __nsbox_set_%s __nsbox_old_%s\n", k, k, k, k, k, k)
 	}
-	fmt.Fprintf(&b, "printf 'S %d %%s\\n' \"$__nsbox_rc\" >\"$__nsbox_dir/status\"; unset __nsbox_rc\n", n)
+	fmt.Fprintf(&b, "printf 'S %d %%s\\n' \"$__nsbox_rc\" >\"$__nsbox_dir/status\"; unset __nsbox_rc __nsbox_run\n", n)
 	return b.String()
 }
 

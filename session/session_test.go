@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -150,6 +151,51 @@ func TestRunScriptOverlaysEnvAndCwdForOneCommand(t *testing.T) {
 	}
 	if want := "x y it's /\nafter: orig [unset] /tmp\nS 1 0\n"; string(out) != want {
 		t.Fatalf("got %q, want %q", out, want)
+	}
+}
+
+// A pipe-driven sh reports each exec once on the status FIFO: from the run file when it gets
+// to its end, from the trigger's fallback line only when it was aborted (here a syntax error
+// in the command, which an interactive shell survives).
+func TestShReportsAnExecOnce(t *testing.T) {
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("no busybox")
+	}
+	dir := t.TempDir()
+	var input strings.Builder
+	input.WriteString("PS1=''; PS2=''; __nsbox_dir=" + quote(dir) + "\n")
+	for n, command := range map[int64]string{1: "true", 2: "f() { return 3; }; f", 3: "if then fi"} {
+		for name, content := range map[string]string{"cmd": command + "\n", "run": runScript(dir, n, "", nil, false)} {
+			if err := os.WriteFile(filepath.Join(dir, name+"."+strconv.FormatInt(n, 10)), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for n := range int64(3) {
+		input.WriteString(shTrigger(dir, n+1))
+	}
+	// The status "FIFO" is the shell's stdout, which the test reads.
+	if err := os.Symlink("/dev/stdout", filepath.Join(dir, "status")); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "input")
+	if err := os.WriteFile(script, []byte(input.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(busybox, "sh", "-i", script)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var lines []string // after busybox's banner
+	for line := range strings.Lines(string(out)) {
+		if strings.HasPrefix(line, "S ") {
+			lines = append(lines, strings.TrimSpace(line))
+		}
+	}
+	if len(lines) != 3 || lines[0] != "S 1 0" || lines[1] != "S 2 3" || !strings.HasPrefix(lines[2], "S 3 ") || lines[2] == "S 3 0" {
+		t.Fatalf("statuses %q, want S 1 0, S 2 3 and a failure of 3, once each", lines)
 	}
 }
 

@@ -4,31 +4,52 @@
 package cgroup
 
 import (
-	"bufio"
-	"os"
+	"bytes"
 	"strconv"
-	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // oomFiles are where the count is, in the sandbox's cgroup namespace: cgroup v2's
 // memory.events, and v1's memory.oom_control (its oom_kill line, Linux 4.13 or later).
 var oomFiles = []string{"/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"}
 
+// oomFile is the first of oomFiles that opens, kept open (-1: none does): every exec reads
+// the count, and an agent that has idled is slow at every system call it makes, so each read
+// is one pread instead of an open (of each candidate), a read and a close. The agent's cgroup
+// is its sandbox's for as long as it runs.
+var oomFile = sync.OnceValue(func() int {
+	for _, path := range oomFiles {
+		if fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			return fd
+		}
+	}
+	return -1
+})
+
 // OOMKills is how many processes of the sandbox the OOM killer has killed so far; 0 when
 // the count cannot be read.
 func OOMKills() uint64 {
-	for _, path := range oomFiles {
-		f, err := os.Open(path)
-		if err != nil {
-			continue
-		}
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "oom_kill "); ok {
-				n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-				return n
-			}
+	fd := oomFile()
+	if fd < 0 {
+		return 0
+	}
+	var buf [512]byte // memory.events and memory.oom_control are a few short lines
+	n, err := unix.Pread(fd, buf[:], 0)
+	if err != nil || n <= 0 {
+		return 0
+	}
+	return oomKillLine(buf[:n])
+}
+
+// oomKillLine is the number on the "oom_kill N" line of a memory.events or
+// memory.oom_control (0 without one).
+func oomKillLine(data []byte) uint64 {
+	for line := range bytes.Lines(data) {
+		if v, ok := bytes.CutPrefix(line, []byte("oom_kill ")); ok {
+			n, _ := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+			return n
 		}
 	}
 	return 0
