@@ -240,7 +240,8 @@ func (r *Runtime) settled() { r.trim.Reset(trimDelay) }
 // Cleanup is `nsbox daemon --cleanup`, for when no daemon runs. It does what a daemon's start
 // does to what a crash left (reconcile: half-made containers with their mounts, cgroups, loop
 // devices and directories go, unfinished creates are rolled back), and then removes the
-// sandbox network (cleanupNetwork). Sandboxes whose processes still run would lose their
+// sandbox network (cleanupNetwork) and what the backend keeps for all its containers (its
+// cgroup parent). Sandboxes whose processes still run would lose their
 // network that way: with any, it refuses (after the first part), unless force, which removes
 // them first as `rm -f` does.
 func Cleanup(cfg Config, force bool, log *slog.Logger) error {
@@ -273,7 +274,10 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 	if err := rootfs.Detach(stageDir(cfg.RunDir)); err != nil {
 		return err
 	}
-	return cleanupNetwork(cfg)
+	if err := cleanupNetwork(cfg); err != nil {
+		return err
+	}
+	return cfg.Backend.Release()
 }
 
 // Close destroys the warm pool's containers, and releases the network's host resources (its
