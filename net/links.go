@@ -142,7 +142,9 @@ func (m *Manager) configureVeth(veth string, addr netip.Addr, ns netns.NsHandle,
 // route via the gateway, loopback up, route_localnet on eth0 and the table that delivers
 // exposed ports to 127.0.0.1.
 func (m *Manager) configureSandboxSide(addr netip.Addr, ns netns.NsHandle, t *steps) error {
-	h, err := netlink.NewHandleAt(ns)
+	// A route socket only: without a family, the handle opens (and enters the namespace
+	// for) xfrm and netfilter sockets too.
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in the sandbox namespace: %w", err)
 	}
