@@ -302,6 +302,7 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 	if err := cleanupNetwork(cfg); err != nil {
 		return err
 	}
+	r.retiring.Wait() // the containers of the sandboxes removed above, torn down in the background
 	return cfg.Backend.Release()
 }
 
