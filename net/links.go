@@ -86,18 +86,20 @@ func enableForwarding(uplinks []string) ([]string, error) {
 // ns as eth0, and configures both ends. It is a point-to-point link between the host and this
 // one sandbox: there is no bridge, so sandboxes share no layer-2 segment and everything
 // between them is routed through the host's rules. On error it removes what it made.
-func (m *Manager) createVeth(id, veth string, addr netip.Addr, ns netns.NsHandle) error {
+func (m *Manager) createVeth(id, veth string, addr netip.Addr, ns netns.NsHandle, t *steps) error {
 	m.deleting.waitFor(veth) // a sandbox of the same id removed a moment ago
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = veth
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: sandboxIf, PeerNamespace: netlink.NsFd(ns)}); err != nil {
 		return fmt.Errorf("create veth %s: %w", veth, err)
 	}
+	t.mark("veth")
 	// The kernel ignores an alias given with RTM_NEWLINK: the mark is set on the new link.
 	if err := netlink.LinkSetAlias(&netlink.Veth{LinkAttrs: attrs}, vethAlias(m.cfg.Table, id)); err != nil {
 		return errors.Join(fmt.Errorf("mark veth %s as this daemon's: %w", veth, err), deleteVeth(veth))
 	}
-	if err := m.configureVeth(veth, addr, ns); err != nil {
+	t.mark("alias")
+	if err := m.configureVeth(veth, addr, ns, t); err != nil {
 		return errors.Join(err, deleteVeth(veth))
 	}
 	return nil
@@ -106,7 +108,7 @@ func (m *Manager) createVeth(id, veth string, addr netip.Addr, ns netns.NsHandle
 // configureVeth sets up the host end (the gateway address as a /32, forwarding and
 // route_localnet for this interface alone, up), the sandbox end, and then the host's route to
 // the sandbox address.
-func (m *Manager) configureVeth(veth string, addr netip.Addr, ns netns.NsHandle) error {
+func (m *Manager) configureVeth(veth string, addr netip.Addr, ns netns.NsHandle, t *steps) error {
 	link, err := netlink.LinkByName(veth)
 	if err != nil {
 		return fmt.Errorf("veth %s: %w", veth, err)
@@ -116,6 +118,7 @@ func (m *Manager) configureVeth(veth string, addr netip.Addr, ns netns.NsHandle)
 			return err
 		}
 	}
+	t.mark("hostSysctls")
 	gw := m.cfg.gateway()
 	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: ipNet(gw, 32)}); err != nil {
 		return fmt.Errorf("veth %s: address %s: %w", veth, gw, err)
@@ -123,21 +126,25 @@ func (m *Manager) configureVeth(veth string, addr netip.Addr, ns netns.NsHandle)
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring up %s: %w", veth, err)
 	}
-	if err := m.configureSandboxSide(addr, ns); err != nil {
+	t.mark("hostAddr")
+	if err := m.configureSandboxSide(addr, ns, t); err != nil {
 		return err
 	}
 	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(addr, 32), Scope: netlink.SCOPE_LINK, Src: gw.AsSlice()}
 	if err := netlink.RouteReplace(route); err != nil {
 		return fmt.Errorf("route to %s via %s: %w", addr, veth, err)
 	}
+	t.mark("hostRoute")
 	return nil
 }
 
 // configureSandboxSide sets up eth0 inside the sandbox: its address as a /32 and a default
 // route via the gateway, loopback up, route_localnet on eth0 and the table that delivers
 // exposed ports to 127.0.0.1.
-func (m *Manager) configureSandboxSide(addr netip.Addr, ns netns.NsHandle) error {
-	h, err := netlink.NewHandleAt(ns)
+func (m *Manager) configureSandboxSide(addr netip.Addr, ns netns.NsHandle, t *steps) error {
+	// A route socket only: without a family, the handle opens (and enters the namespace
+	// for) xfrm and netfilter sockets too.
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in the sandbox namespace: %w", err)
 	}
@@ -168,9 +175,11 @@ func (m *Manager) configureSandboxSide(addr netip.Addr, ns netns.NsHandle) error
 			return fmt.Errorf("sandbox: route %s: %w", r, err)
 		}
 	}
+	t.mark("inside")
 	if err := inNetns(ns, func() error { return setIPv4Conf(sandboxIf, "route_localnet", "1") }); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
+	t.mark("insideSysctl")
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
 		return fmt.Errorf("nftables in the sandbox namespace: %w", err)
@@ -179,6 +188,7 @@ func (m *Manager) configureSandboxSide(addr netip.Addr, ns netns.NsHandle) error
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("sandbox: nftables table %s: %w", m.cfg.Table, err)
 	}
+	t.mark("insideRules")
 	return nil
 }
 

@@ -370,6 +370,7 @@ func (m *Manager) Attach(id, netnsPath string, mode Mode, allow []netip.Prefix) 
 	if err := checkMode(mode, allow); err != nil {
 		return nil, fmt.Errorf("%w: sandbox %q: %w", ErrInvalid, id, err)
 	}
+	t := newSteps()
 	ns, nsid, err := openNetns(netnsPath)
 	if err != nil {
 		return nil, err
@@ -377,6 +378,7 @@ func (m *Manager) Attach(id, netnsPath string, mode Mode, allow []netip.Prefix) 
 	defer ns.Close()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	t.mark("open")
 	prev := m.st.Sandboxes[id]
 	if prev != nil && prev.attached() {
 		return nil, fmt.Errorf("%w: sandbox %q is already attached", ErrConflict, id)
@@ -385,19 +387,21 @@ func (m *Manager) Attach(id, netnsPath string, mode Mode, allow []netip.Prefix) 
 	if prev != nil {
 		next.Addr = prev.Addr
 	}
-	if err := m.connect(id, next, ns); err != nil {
+	if err := m.connect(id, next, ns, t); err != nil {
 		return nil, err
 	}
 	if err := m.commit(id, next, prev); err != nil {
 		return nil, errors.Join(err, m.disconnect(id, next))
 	}
+	t.mark("state")
+	m.log.Debug("network attached", append([]any{"sandbox", id, "mode", mode}, t.log()...)...)
 	return m.attachment(id, next), nil
 }
 
 // connect gives a sandbox in a networked mode an address (if it has none), its rules and then
 // its veth, so no packet of it is ever outside the rules. On error nothing of it is left in
 // the kernel.
-func (m *Manager) connect(id string, next *sandbox, ns netns.NsHandle) error {
+func (m *Manager) connect(id string, next *sandbox, ns netns.NsHandle, t *steps) error {
 	if !next.networked() {
 		return nil
 	}
@@ -413,7 +417,8 @@ func (m *Manager) connect(id string, next *sandbox, ns netns.NsHandle) error {
 	if err != nil {
 		return fmt.Errorf("sandbox %q: %w", id, err)
 	}
-	if err := m.createVeth(id, veth, next.Addr, ns); err != nil {
+	t.mark("rules")
+	if err := m.createVeth(id, veth, next.Addr, ns, t); err != nil {
 		return errors.Join(fmt.Errorf("sandbox %q: %w", id, err), m.delSandboxRules(next, veth))
 	}
 	return nil
@@ -512,7 +517,7 @@ func (m *Manager) switchMode(id string, prev, next *sandbox) error {
 			return fmt.Errorf("%w: sandbox %q: %w", ErrConflict, id, err)
 		}
 		defer ns.Close()
-		return m.connect(id, next, ns)
+		return m.connect(id, next, ns, nil)
 	case !next.networked():
 		return m.disconnect(id, prev)
 	}
@@ -566,7 +571,7 @@ func (m *Manager) Reattach(id, netnsPath string) (*Attachment, error) {
 	next := *prev
 	next.Netns, next.NetnsID = netnsPath, nsid
 	if next.networked() {
-		if err := m.createVeth(id, hostVethName(m.cfg.Table, id), next.Addr, ns); err != nil {
+		if err := m.createVeth(id, hostVethName(m.cfg.Table, id), next.Addr, ns, nil); err != nil {
 			return nil, fmt.Errorf("sandbox %q: %w", id, err)
 		}
 	}

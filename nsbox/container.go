@@ -82,16 +82,20 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 	sc := &startedContainer{inst: inst, agent: newAgentClient(inst), image: img.Name, limits: lim, extras: st,
 		hostname: cmp.Or(spec.Hostname, id)}
 	done := make(chan error, 1)
+	var meanwhile time.Duration // the host's work on the container while its agent starts
 	go func() {
 		if boot == nil || boot.meanwhile == nil {
 			done <- nil
 			return
 		}
-		done <- boot.meanwhile(sc)
+		err := boot.meanwhile(sc)
+		meanwhile = time.Since(began) - prepared - started
+		done <- err
 	}()
 	readyCtx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
 	h, err := sc.agent.health(readyCtx)
+	answered := time.Since(began) - prepared - started
 	switch {
 	case err != nil:
 		err = fmt.Errorf("agent did not come up: %v", err)
@@ -121,7 +125,8 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 		return nil, err
 	}
 	r.log.Debug("container started", "container", id, "image", img.Name, "pid", inst.PID(),
-		"prepare", prepared, "start", started, "agent", time.Since(began)-prepared-started)
+		"prepare", prepared, "start", started, "agent", time.Since(began)-prepared-started,
+		"answered", answered, "meanwhile", meanwhile)
 	return sc, nil
 }
 

@@ -50,6 +50,8 @@ func newFakeBackend(t *testing.T, runDir string) *fakeBackend {
 
 func (b *fakeBackend) RunDir(id string) string { return filepath.Join(b.dir, id) }
 
+func (b *fakeBackend) Release() error { return nil }
+
 func (b *fakeBackend) Start(_ context.Context, spec backend.Spec) (backend.Instance, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -147,6 +147,11 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.UserNS.Count > 0 {
+		if err := checkTraversable(cfg.RunDir); err != nil {
+			return nil, errors.Join(err, r.Close())
+		}
+	}
 	if r.cfg.hostMemoryMB, err = hostMemoryMB(); err != nil {
 		r.records.Close()
 		return nil, err
@@ -213,7 +218,8 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 	// through it (the container's own run dir belongs to the container's root).
 	dirs := map[string]os.FileMode{cfg.DataDir: 0o700, filepath.Join(cfg.DataDir, "sandboxes"): 0o700,
 		cfg.RunDir: 0o711, filepath.Join(cfg.RunDir, "sandboxes"): 0o711}
-	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, "sandboxes"), cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes")} {
+	// The run dir first: parents the two share are made traversable, not private.
+	for _, d := range []string{cfg.RunDir, filepath.Join(cfg.RunDir, "sandboxes"), cfg.DataDir, filepath.Join(cfg.DataDir, "sandboxes")} {
 		if err := errors.Join(os.MkdirAll(d, dirs[d]), os.Chmod(d, dirs[d])); err != nil {
 			return nil, fmt.Errorf("make state dir %s: %w", d, err)
 		}
@@ -237,10 +243,30 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 // that a burst grew is returned to the system (Go's scavenger would take minutes).
 func (r *Runtime) settled() { r.trim.Reset(trimDelay) }
 
+// checkTraversable refuses a run dir that a sandbox's root, an unprivileged host uid in its
+// user namespace, cannot reach (runc's init mounts each container's root from under it):
+// every directory above it must let others search it.
+func checkTraversable(runDir string) error {
+	for dir := filepath.Dir(runDir); ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return fmt.Errorf("check the run dir's parents: %w", err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("run dir %s: sandboxes' user namespaces cannot reach it, %s is mode %04o: give it o+x (chmod o+x %s) or choose another --run-dir",
+				runDir, dir, fi.Mode().Perm(), dir)
+		}
+		if dir == "/" {
+			return nil
+		}
+	}
+}
+
 // Cleanup is `nsbox daemon --cleanup`, for when no daemon runs. It does what a daemon's start
 // does to what a crash left (reconcile: half-made containers with their mounts, cgroups, loop
 // devices and directories go, unfinished creates are rolled back), and then removes the
-// sandbox network (cleanupNetwork). Sandboxes whose processes still run would lose their
+// sandbox network (cleanupNetwork) and what the backend keeps for all its containers (its
+// cgroup parent). Sandboxes whose processes still run would lose their
 // network that way: with any, it refuses (after the first part), unless force, which removes
 // them first as `rm -f` does.
 func Cleanup(cfg Config, force bool, log *slog.Logger) error {
@@ -273,7 +299,11 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 	if err := rootfs.Detach(stageDir(cfg.RunDir)); err != nil {
 		return err
 	}
-	return cleanupNetwork(cfg)
+	if err := cleanupNetwork(cfg); err != nil {
+		return err
+	}
+	r.retiring.Wait() // the containers of the sandboxes removed above, torn down in the background
+	return cfg.Backend.Release()
 }
 
 // Close destroys the warm pool's containers, and releases the network's host resources (its

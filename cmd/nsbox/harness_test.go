@@ -324,9 +324,10 @@ func (d *testDaemon) cleanup() {
 		t.Errorf("leaked: %s", leak)
 	}
 	d.cleanupNetwork()
-	// Our own parent cgroups (empty now) and run dir.
+	// `daemon --cleanup` removed our parent cgroups, empty now.
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroupParent)
 	for _, dir := range dirs {
+		t.Errorf("leaked: cgroup parent %s after `daemon --cleanup`", dir)
 		if err := os.Remove(dir); err != nil {
 			t.Errorf("remove cgroup %s: %v", dir, err)
 		}

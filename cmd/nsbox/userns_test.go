@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
@@ -307,5 +309,21 @@ func TestUserNamespacesOfPoolAndRestart(t *testing.T) {
 			t.Fatalf("sandbox %s got host ids %d, which another live sandbox has", sb.ID, r)
 		}
 		seen[r] = true
+	}
+}
+
+// TestRunDirOutOfReach: with user namespaces (the default), a daemon whose run dir lies under
+// a directory others cannot search refuses to start and says which one and what to do; it
+// used to start, and then fail every create with a mount error that named neither.
+func TestRunDirOutOfReach(t *testing.T) {
+	dir := t.TempDir() // under a directory of mode 0700
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run := filepath.Join(dir, "run")
+	out, err := exec.CommandContext(ctx, nsboxBin, "--socket", filepath.Join(run, "nsbox.sock"), "daemon",
+		"--data-dir", filepath.Join(dir, "data"), "--run-dir", run, "--cgroup-parent", fmt.Sprintf("nsbox-test-%d-reach", os.Getpid()),
+		"--warm-pool", "").CombinedOutput()
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "run dir "+run+": ") || !strings.Contains(string(out), " is mode 0700") || !strings.Contains(string(out), "chmod o+x") {
+		t.Fatalf("a daemon with its run dir under a private directory: %v\n%s", err, out)
 	}
 }

@@ -122,6 +122,9 @@ type Backend interface {
 	// RunDir is the directory of a container's host-side files (agent socket and log); the core
 	// keeps the container's own files there too and removes it after Destroy.
 	RunDir(id string) string
+	// Release removes what the backend keeps for its containers as a whole once none is left
+	// (`nsbox daemon --cleanup`, last). What is still in use stays.
+	Release() error
 }
 
 // Instance is one started container.

@@ -327,6 +327,12 @@ func (b *Backend) Destroy(id string) error {
 	return errors.Join(errs...)
 }
 
+// Release removes the cgroup parent, empty once every container is gone, from each hierarchy.
+// One that still holds a cgroup (another daemon's, given the same parent) stays.
+func (b *Backend) Release() error {
+	return removeEmptyCgroup(cgroupPath(b.cfg.CgroupParent, ""))
+}
+
 // killInit kills a container's init (and with it its pid namespace) and waits for it to be gone.
 func killInit(pid int) {
 	if pid <= 0 {

@@ -45,3 +45,20 @@ func removeCgroup(path string) error {
 	}
 	return nil
 }
+
+// removeEmptyCgroup removes the cgroup at path from every hierarchy where it exists and holds
+// no cgroup or process (rmdir refuses one that does).
+func removeEmptyCgroup(path string) error {
+	m, err := manager.New(&cgroups.Cgroup{Path: path, Resources: &cgroups.Resources{}})
+	if err != nil {
+		return fmt.Errorf("cgroup manager for %s: %w", path, err)
+	}
+	var errs []error
+	for _, dir := range m.GetPaths() {
+		err := unix.Rmdir(dir)
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
