@@ -33,17 +33,8 @@ func TestLargeOutputKeptWholeHoldsItsLength(t *testing.T) {
 	if err := fw.SendJSON(EventExit, ExecEvent{Type: EventExit}); err != nil {
 		t.Fatal(err)
 	}
-	fr := NewFrameReader(bytes.NewReader(rec.Body.Bytes()))
 	var stdout, stderr []byte
-	for {
-		event, _, err := fr.NextOutput(&stdout, &stderr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if event == EventExit {
-			break
-		}
-	}
+	readOutput(t, rec.Body.Bytes(), &stdout, &stderr)
 	if !bytes.Equal(stdout, want) || string(stderr) != strings.Repeat("e", 48) {
 		t.Fatalf("stdout %d bytes (equal: %v), stderr %q", len(stdout), bytes.Equal(stdout, want), stderr)
 	}
@@ -80,17 +71,24 @@ func TestCallersOutputBufferIsLeftAlone(t *testing.T) {
 	}
 	mine := bytes.Repeat([]byte("x"), 8<<20)
 	stdout, stderr := mine[:0], []byte(nil)
-	fr := NewFrameReader(bytes.NewReader(rec.Body.Bytes()))
+	readOutput(t, rec.Body.Bytes(), &stdout, &stderr)
+	if string(stdout) != "out" || !bytes.Equal(mine[3:], bytes.Repeat([]byte("x"), len(mine)-3)) {
+		t.Fatalf("stdout %q; the caller's buffer past it changed", stdout)
+	}
+}
+
+// readOutput reads the frames in answer with NextOutput into *stdout and *stderr, up to the
+// exit frame.
+func readOutput(t *testing.T, answer []byte, stdout, stderr *[]byte) {
+	t.Helper()
+	fr := NewFrameReader(bytes.NewReader(answer))
 	for {
-		event, _, err := fr.NextOutput(&stdout, &stderr)
+		event, _, err := fr.NextOutput(stdout, stderr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if event == EventExit {
-			break
+			return
 		}
-	}
-	if string(stdout) != "out" || !bytes.Equal(mine[3:], bytes.Repeat([]byte("x"), len(mine)-3)) {
-		t.Fatalf("stdout %q; the caller's buffer past it changed", stdout)
 	}
 }
