@@ -147,11 +147,6 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.UserNS.Count > 0 {
-		if err := checkTraversable(cfg.RunDir); err != nil {
-			return nil, errors.Join(err, r.Close())
-		}
-	}
 	if r.cfg.hostMemoryMB, err = hostMemoryMB(); err != nil {
 		r.records.Close()
 		return nil, err
@@ -242,25 +237,6 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 // settled is called after each create and remove: once none follows for trimDelay, the heap
 // that a burst grew is returned to the system (Go's scavenger would take minutes).
 func (r *Runtime) settled() { r.trim.Reset(trimDelay) }
-
-// checkTraversable refuses a run dir that a sandbox's root, an unprivileged host uid in its
-// user namespace, cannot reach (runc's init mounts each container's root from under it):
-// every directory above it must let others search it.
-func checkTraversable(runDir string) error {
-	for dir := filepath.Dir(runDir); ; dir = filepath.Dir(dir) {
-		fi, err := os.Stat(dir)
-		if err != nil {
-			return fmt.Errorf("check the run dir's parents: %w", err)
-		}
-		if fi.Mode().Perm()&0o001 == 0 {
-			return fmt.Errorf("run dir %s: sandboxes' user namespaces cannot reach it, %s is mode %04o: give it o+x (chmod o+x %s) or choose another --run-dir",
-				runDir, dir, fi.Mode().Perm(), dir)
-		}
-		if dir == "/" {
-			return nil
-		}
-	}
-}
 
 // Cleanup is `nsbox daemon --cleanup`, for when no daemon runs. It does what a daemon's start
 // does to what a crash left (reconcile: half-made containers with their mounts, cgroups, loop

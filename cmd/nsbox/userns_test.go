@@ -323,7 +323,7 @@ func TestRunDirOutOfReach(t *testing.T) {
 	out, err := exec.CommandContext(ctx, nsboxBin, "--socket", filepath.Join(run, "nsbox.sock"), "daemon",
 		"--data-dir", filepath.Join(dir, "data"), "--run-dir", run, "--cgroup-parent", fmt.Sprintf("nsbox-test-%d-reach", os.Getpid()),
 		"--warm-pool", "").CombinedOutput()
-	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "run dir "+run+": ") || !strings.Contains(string(out), " is mode 0700") || !strings.Contains(string(out), "chmod o+x") {
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "cannot reach "+run) || !strings.Contains(string(out), " is mode 0700") || !strings.Contains(string(out), "chmod o+x") {
 		t.Fatalf("a daemon with its run dir under a private directory: %v\n%s", err, out)
 	}
 }

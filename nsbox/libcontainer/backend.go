@@ -52,6 +52,25 @@ type Config struct {
 	Log    *slog.Logger
 }
 
+// checkTraversable refuses a run dir that a container's root, an unprivileged host uid in its
+// user namespace, cannot reach (runc's init mounts the container's root from under it): every
+// directory above it must let others search it.
+func checkTraversable(runDir string) error {
+	for dir := filepath.Dir(runDir); ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return fmt.Errorf("check the run dir's parents: %w", err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("sandboxes' user namespaces cannot reach %s: %s is mode %04o; give it o+x (chmod o+x %s) or choose another --run-dir",
+				runDir, dir, fi.Mode().Perm(), dir)
+		}
+		if dir == "/" {
+			return nil
+		}
+	}
+}
+
 // Backend starts and finds libcontainer containers.
 type Backend struct {
 	cfg Config
@@ -73,6 +92,9 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.UserNS {
 		if err := os.MkdirAll(cfg.RunDir, 0o711); err != nil {
 			return nil, fmt.Errorf("make run dir: %w", err)
+		}
+		if err := checkTraversable(cfg.RunDir); err != nil {
+			return nil, err
 		}
 		if err := rootfs.CheckIDMappedOverlay(cfg.RunDir); err != nil {
 			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts under overlayfs: Linux 5.19 or later, and file systems for nsbox's state and images that support id-mapped mounts): %w; run the daemon with --userns=false", err)
