@@ -26,7 +26,7 @@ func TestDaemonRefusesTakeover(t *testing.T) {
 	net2 := newTestNetwork(t, daemonSeq.Add(1))
 	second := func(socket string) string {
 		t.Helper()
-		runDir := filepath.Join(t.TempDir(), "run")
+		runDir := filepath.Join(reachableTempDir(t), "run")
 		cgroupParent := fmt.Sprintf("nsbox-test-%d-takeover", os.Getpid())
 		args := append([]string{"--socket", socket, "daemon", "--data-dir", t.TempDir(), "--run-dir", runDir,
 			"--cgroup-parent", cgroupParent, "--warm-pool", ""}, net2.daemonArgs()...)

@@ -224,6 +224,19 @@ func reapDeadRun(pid, n int64) error {
 	return errors.Join(errs...)
 }
 
+// reachableTempDir is a temp dir of the test that a sandbox's root can reach: with user
+// namespaces a daemon refuses a run dir under a directory others cannot search, as a test's
+// temp dirs are.
+func reachableTempDir(t *testing.T) string {
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // killDaemonsOf kills (SIGKILL) every nsbox daemon with the run dir, waits for them to go, and
 // returns the data dir of the last one ("" for none).
 func killDaemonsOf(runDir string) (dataDir string) {

@@ -389,7 +389,7 @@ func TestRemoteAccessOverTLS(t *testing.T) {
 // TestRemotePlainHTTPOnlyOnLoopback: a TCP listener without TLS works on a loopback address
 // (with tokens) and is refused anywhere else.
 func TestRemotePlainHTTPOnlyOnLoopback(t *testing.T) {
-	out, err := exec.Command(nsboxBin, "daemon", "--data-dir", t.TempDir(), "--run-dir", t.TempDir(), "--listen", "tcp://0.0.0.0:7443").CombinedOutput()
+	out, err := exec.Command(nsboxBin, "daemon", "--data-dir", t.TempDir(), "--run-dir", reachableTempDir(t), "--listen", "tcp://0.0.0.0:7443").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "needs --tls-cert and --tls-key unless its address is loopback") {
 		t.Fatalf("daemon with plain TCP on 0.0.0.0: %v %s", err, out)
 	}

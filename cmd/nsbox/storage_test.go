@@ -498,7 +498,7 @@ func TestDefaultDisk(t *testing.T) {
 		}
 	}
 
-	args := append([]string{"daemon", "--data-dir", t.TempDir(), "--run-dir", t.TempDir(), "--default-disk", "200", "--max-disk", "100"}, d.net.daemonArgs()...)
+	args := append([]string{"daemon", "--data-dir", t.TempDir(), "--run-dir", reachableTempDir(t), "--default-disk", "200", "--max-disk", "100"}, d.net.daemonArgs()...)
 	out, err := exec.Command(nsboxBin, args...).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "default disk must be between 16 and 100") {
 		t.Errorf("a default disk above --max-disk: %v %s", err, out)
