@@ -1,12 +1,14 @@
-// Package agent is the nsbox agent: PID 1 of every sandbox, started by libcontainer from the
-// same nsbox binary (bind-mounted read-only). It reaps orphaned processes and serves the
-// daemon over a unix socket whose listener it inherits as a file descriptor; the socket's
-// path exists only on the host, so nothing inside the sandbox can reach this control channel.
+// Package agent is the nsbox agent: PID 1 of every sandbox, started by libcontainer from its
+// own small binary (cmd/nsbox-agent, embedded in nsbox, bind-mounted read-only). It reaps
+// orphaned processes and serves the daemon over a unix socket whose listener it inherits as a
+// file descriptor; the socket's path exists only on the host, so nothing inside the sandbox
+// can reach this control channel.
 //
 // It acts on no signal but SIGCHLD: every other signal is dropped (caught, when Go's handler
-// would end the process; else by Go's handler or the kernel), so sandbox root cannot end PID 1 (and with it the sandbox) with kill(1, SIGTERM). A signal
-// from the host cannot be told apart from one sent inside (Go does not expose si_pid), so
-// the daemon stops a sandbox over the control channel instead: POST /v1/shutdown.
+// would end the process; else by Go's handler or the kernel), so sandbox root cannot end
+// PID 1 (and with it the sandbox) with kill(1, SIGTERM). A signal from the host cannot be told
+// apart from one sent inside (Go does not expose si_pid), so the daemon stops a sandbox over
+// the control channel instead: POST /v1/shutdown.
 package agent
 
 import (

@@ -142,7 +142,7 @@ func (s *Store) find(ref string) (*api.ImageInfo, error) {
 		}
 	}
 	if digits := strings.TrimPrefix(ref, "sha256:"); len(digits) >= 12 && len(digits) <= 64 && layers.LowerHex(digits) { // an id's prefix
-		prefix := "sha256:" + strings.TrimPrefix(ref, "sha256:")
+		prefix := "sha256:" + digits
 		var found *api.ImageInfo
 		for _, img := range s.images {
 			if strings.HasPrefix(img.ID, prefix) || strings.HasPrefix(img.Digest, prefix) {
