@@ -150,6 +150,11 @@ func TestCreateBindsAndRemoveDestroys(t *testing.T) {
 	if err := c.Remove("box", false); !api.IsCode(err, api.CodeNotFound) {
 		t.Errorf("remove again: %v", err)
 	}
+	// A request that found the sandbox before its remove ended holds it, removed: to the API
+	// it is gone (Get, List and stats answered it with status "removed").
+	if rec := s.snapshot(); rec.exists() || !api.IsCode(stateError("box", rec.Status, "try again"), api.CodeNotFound) {
+		t.Errorf("a sandbox held across its remove, in state %q, is still shown", rec.Status)
+	}
 }
 
 func TestCreateRollsBackEveryFailingStep(t *testing.T) {

@@ -110,7 +110,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	how := r.bulkRead(false)
 	for _, sb := range r.all() {
 		of := sb.statsOf()
-		if of.rec.Status == "" {
+		if !of.rec.exists() {
 			continue
 		}
 		counts[key{of.rec.Status, of.rec.Image}]++

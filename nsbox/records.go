@@ -39,6 +39,10 @@ type record struct {
 	SnapshotLayers []string `json:"snapshotLayers,omitempty"`
 }
 
+// exists reports whether the API shows the sandbox: a create has recorded it, and it has not
+// been removed (a request that found it before its remove ended may hold it still).
+func (rec *record) exists() bool { return rec.Status != "" && rec.Status != stateRemoved }
+
 // container returns the id of the record's container.
 func (r record) container() string {
 	if r.Container != "" {

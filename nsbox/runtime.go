@@ -739,7 +739,7 @@ func (r *Runtime) Get(id string) (*api.Sandbox, error) {
 		return nil, err
 	}
 	rec := sb.snapshot()
-	if rec.Status == "" {
+	if !rec.exists() {
 		return nil, api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
 	}
 	return &rec.Sandbox, nil
@@ -749,7 +749,7 @@ func (r *Runtime) Get(id string) (*api.Sandbox, error) {
 func (r *Runtime) List() []api.Sandbox {
 	out := []api.Sandbox{}
 	for _, rec := range r.snapshots() {
-		if rec.Status != "" {
+		if rec.exists() {
 			out = append(out, rec.Sandbox)
 		}
 	}

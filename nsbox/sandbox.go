@@ -73,6 +73,8 @@ func stateError(id, state, why string) error {
 		return api.Errorf(api.CodeConflict, "sandbox %q is creating; %s when its create has answered", id, why)
 	case api.StatusStopping:
 		return api.Errorf(api.CodeConflict, "sandbox %q is stopping (being removed)", id)
+	case stateRemoved: // a request that found it as its remove ended
+		return api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
 	case api.StatusPaused, api.StatusHibernated:
 		return api.Errorf(api.CodeConflict, "sandbox %q is %s; resume it first", id, state)
 	}

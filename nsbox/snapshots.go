@@ -264,7 +264,7 @@ func (r *Runtime) DeleteSnapshot(id string) error {
 	}
 	var users []string
 	for _, rec := range r.snapshots() {
-		if rec.FromSnapshot == id && rec.Status != "" {
+		if rec.FromSnapshot == id && rec.exists() {
 			users = append(users, rec.ID)
 		}
 	}

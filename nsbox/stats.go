@@ -75,7 +75,7 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*api.SandboxStats, erro
 		return nil, err
 	}
 	s := sb.statsOf()
-	if s.rec.Status == "" {
+	if !s.rec.exists() {
 		return nil, api.Errorf(api.CodeNotFound, "sandbox %q not found", id)
 	}
 	st := r.readStats(s, statsRead{sample: true})
@@ -89,7 +89,7 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*api.SandboxStats, erro
 func (r *Runtime) AllStats(ctx context.Context) []api.SandboxStats {
 	var of []statsOf
 	for _, sb := range r.all() {
-		if s := sb.statsOf(); s.rec.Status != "" {
+		if s := sb.statsOf(); s.rec.exists() {
 			of = append(of, s)
 		}
 	}

@@ -351,7 +351,7 @@ func (r *Runtime) workspaceDirs(id string) (upper, lower string, err error) {
 	}
 	rec := sb.snapshot()
 	switch {
-	case rec.Status == "" || rec.Status == api.StatusCreating || rec.Status == api.StatusStopping:
+	case rec.Status == "" || rec.Status == api.StatusCreating || rec.Status == api.StatusStopping || rec.Status == stateRemoved:
 		return "", "", stateError(id, rec.Status, "try again")
 	case rec.Workspace == nil:
 		return "", "", api.Errorf(api.CodeConflict, "sandbox %q has no workspace (create it with workspace: {hostPath})", id)
