@@ -167,7 +167,7 @@ func (g gitRun) git(ctx context.Context, dir string, progress func(string), args
 		Dir: g.who.cwd, Env: env, Files: []*os.File{devnull, outW, errW, tokR},
 		Sys: &syscall.SysProcAttr{Setpgid: true,
 			Credential: &syscall.Credential{Uid: uint32(g.who.uid), Gid: uint32(g.who.gid), NoSetGroups: true}},
-	})
+	}, nil)
 	closeFiles(outW, errW, tokR)
 	if err != nil {
 		closeFiles(outR, errR, tokW)

@@ -6,8 +6,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/nsbox/nsbox/session"
 )
 
 // Every process the agent starts (a session's shell, a process, a code context, git) gets a
@@ -79,14 +77,6 @@ func (c *confinement) restrict(private *os.File) error {
 	}
 	if _, _, errno := unix.Syscall(unix.SYS_LANDLOCK_RESTRICT_SELF, fd, 0, 0); errno != 0 {
 		return fmt.Errorf("enter landlock domain: %w", errno)
-	}
-	return nil
-}
-
-// privateOf is the private folder a process is started with (session.WithPrivate), or nil.
-func privateOf(attr *os.ProcAttr) *os.File {
-	if len(attr.Files) > session.PrivateFD {
-		return attr.Files[session.PrivateFD]
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/session"
 )
 
 // procTable starts processes and is the only place that waits for them. As PID 1 the agent
@@ -39,26 +41,29 @@ func newProcTable() *procTable {
 // oom_score_adj_min, inherited from the agent (docs/threat-model.md).
 const childOOMScoreAdj = "1000"
 
-// start starts a process and returns its pid and a channel that receives its exit status.
-func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+// start starts a process and returns its pid and a channel that receives its exit status;
+// private, when not nil, is a session's private folder, which the process gets at
+// session.PrivateFD.
+func (t *procTable) start(path string, argv []string, attr *os.ProcAttr, private *os.File) (int, <-chan unix.WaitStatus, error) {
 	if t.caught != nil {
 		<-t.caught
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var p *os.Process
+	var pid int
 	var err error
-	if t.confine == nil {
-		p, err = os.StartProcess(path, argv, attr)
+	if t.confine == nil && private == nil {
+		pid, err = startProcess(path, argv, attr)
 	} else {
-		// The child inherits the domain of the thread that forks it: a thread of its own,
-		// restricted and then ended with its goroutine, so the agent itself stays unconfined.
+		// The child inherits the Landlock domain and the descriptor table of the thread that
+		// forks it: a thread of its own, readied (forkThread) and then ended with its
+		// goroutine, so the agent itself stays unconfined and its own table as it was.
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			runtime.LockOSThread() // never unlocked: the thread is in the child's domain
-			if err = t.confine.restrict(privateOf(attr)); err == nil {
-				p, err = os.StartProcess(path, argv, attr)
+			if err = t.forkThread(private); err == nil {
+				pid, err = startProcess(path, argv, attr)
 			}
 		}()
 		<-done
@@ -66,7 +71,6 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <
 	if err != nil {
 		return 0, nil, err
 	}
-	pid := p.Pid
 	// Set once the program runs (Go has no hook between fork and exec): what it forks in the
 	// first instant keeps the agent's score. The child is not reaped before (t.mu is held); one
 	// that is gone already may answer ESRCH.
@@ -74,13 +78,48 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr) (int, <
 	if err != nil && !errors.Is(err, unix.ESRCH) {
 		slog.Warn("raise a process's OOM score", "pid", pid, "err", err)
 	}
-	// The reaper, not os.Process, waits for it; drop the handle's resources.
-	if err := p.Release(); err != nil {
-		return 0, nil, fmt.Errorf("release process handle: %w", err)
-	}
 	ch := make(chan unix.WaitStatus, 1)
 	t.waiters[pid] = ch
 	return pid, ch, nil
+}
+
+// forkThread readies the locked thread that is to fork a process: it enters the process's
+// Landlock domain (when the agent confines) and, given a private folder, takes a descriptor
+// table of its own holding the folder at session.PrivateFD, not close-on-exec, which the
+// child inherits. Handing the folder over in the process's list of files instead would take
+// a list up to PrivateFD: ~24 kB of allocations per start (the list and os.StartProcess's two
+// copies), which an agent that never collects would keep.
+func (t *procTable) forkThread(private *os.File) error {
+	if t.confine != nil {
+		if err := t.confine.restrict(private); err != nil {
+			return err
+		}
+	}
+	if private == nil {
+		return nil
+	}
+	if err := unix.Unshare(unix.CLONE_FILES); err != nil {
+		return fmt.Errorf("take a descriptor table of its own: %w", err)
+	}
+	if err := unix.Dup3(int(private.Fd()), session.PrivateFD, 0); err != nil {
+		return fmt.Errorf("put the private folder at descriptor %d: %w", session.PrivateFD, err)
+	}
+	return nil
+}
+
+// startProcess starts a process and drops the handle os.StartProcess keeps (a pidfd, opened
+// in the descriptor table of the thread that forked: it is closed on that thread); the
+// reaper, not os.Process, waits for it.
+func startProcess(path string, argv []string, attr *os.ProcAttr) (int, error) {
+	p, err := os.StartProcess(path, argv, attr)
+	if err != nil {
+		return 0, err
+	}
+	pid := p.Pid
+	if err := p.Release(); err != nil {
+		return 0, fmt.Errorf("release process handle: %w", err)
+	}
+	return pid, nil
 }
 
 // reap collects every process that has ended.

@@ -22,8 +22,9 @@ import (
 
 // PrivateFD is the descriptor at which a session's processes hold its private folder: 999, or
 // half the agent's open-file limit when that is below 1024 (the sandbox's limit is the
-// daemon's). A process cannot be given a descriptor at or above the limit, and Go's fork moves
-// the descriptors it hands over above the highest one first, so that needs room too.
+// daemon's): a process cannot be given a descriptor at or above the limit. The folder is not
+// in the started process's list of files (a list up to PrivateFD is ~24 kB of allocations per
+// start, which an agent that never collects keeps): the StartFunc gets it apart.
 var PrivateFD = privateFD()
 
 func privateFD() int {
@@ -94,18 +95,6 @@ func linkPrivate(c credential) (string, error) {
 	return link, nil
 }
 
-// WithPrivate returns files (a process's descriptors from 0) with dir at PrivateFD; dir nil
-// leaves them as they are.
-func WithPrivate(files []*os.File, dir *os.File) []*os.File {
-	if dir == nil {
-		return files
-	}
-	out := make([]*os.File, PrivateFD+1)
-	copy(out, files)
-	out[PrivateFD] = dir
-	return out
-}
-
 // makePrivate gives the session its private folder and ~/.private, when there is a store.
 func (s *Session) makePrivate() error {
 	if s.store == nil {
@@ -162,5 +151,5 @@ func (s *Session) removePrivate() {
 }
 
 // Private is the session's private folder, open, or nil when it has none; processes started
-// for the session get it at PrivateFD (WithPrivate).
+// for the session get it at PrivateFD (StartFunc).
 func (s *Session) Private() *os.File { return s.private }

@@ -24,7 +24,9 @@ import (
 
 // StartFunc starts a process and returns its pid and a channel that receives its exit status.
 // The agent, as PID 1, is the only one that may wait for processes, so it provides this.
-type StartFunc func(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error)
+// private, when not nil, is a session's private folder, which the process gets at PrivateFD
+// besides attr.Files.
+type StartFunc func(path string, argv []string, attr *os.ProcAttr, private *os.File) (int, <-chan unix.WaitStatus, error)
 
 // Errors callers map to API errors.
 var (
@@ -296,8 +298,8 @@ func (s *Session) startShell(cwd string) error {
 			outR.Close()
 		}()
 	}
-	attr.Files = WithPrivate(child, s.private)
-	pid, exited, err := s.start(path, argv, attr)
+	attr.Files = child
+	pid, exited, err := s.start(path, argv, attr, s.private)
 	if err != nil {
 		sh.term.Close()
 		return fmt.Errorf("start %s: %w", path, err)

@@ -201,7 +201,7 @@ func (c *Context) launch() error {
 		Dir: c.spec.Cwd, Env: c.spec.Env, Files: []*os.File{inR, outW, errW, ctlW},
 		Sys: &syscall.SysProcAttr{Setpgid: true,
 			Credential: &syscall.Credential{Uid: uint32(c.spec.UID), Gid: uint32(c.spec.GID), NoSetGroups: true}},
-	})
+	}, nil)
 	for _, f := range []*os.File{inR, outW, errW, ctlW} {
 		f.Close()
 	}

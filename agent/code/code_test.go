@@ -14,7 +14,7 @@ import (
 )
 
 // start is a StartFunc for tests: the process is this test's child, waited for here.
-func start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+func start(path string, argv []string, attr *os.ProcAttr, _ *os.File) (int, <-chan unix.WaitStatus, error) {
 	p, err := os.StartProcess(path, argv, attr)
 	if err != nil {
 		return 0, nil, err

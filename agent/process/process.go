@@ -327,12 +327,12 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int, st Se
 	}
 	oomKills := cgroup.OOMKills()
 	pid, exited, err := start(path, argv, &os.ProcAttr{
-		Dir: session.ChdirPath(p.info.Cwd, st.PrivateDir, st.Private), Env: env, Files: session.WithPrivate([]*os.File{stdin, outW, errW}, st.Private),
+		Dir: session.ChdirPath(p.info.Cwd, st.PrivateDir, st.Private), Env: env, Files: []*os.File{stdin, outW, errW},
 		Sys: &syscall.SysProcAttr{
 			Setpgid:    true,
 			Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true},
 		},
-	})
+	}, st.Private)
 	closeAll(outW, errW)
 	if err != nil {
 		closeAll(stdinW, outR, errR)

@@ -23,7 +23,7 @@ import (
 
 // startForTest starts processes as the agent's procTable does, with a waiter per process
 // instead of a reaper for all (the test is not PID 1).
-func startForTest(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+func startForTest(path string, argv []string, attr *os.ProcAttr, _ *os.File) (int, <-chan unix.WaitStatus, error) {
 	p, err := os.StartProcess(path, argv, attr)
 	if err != nil {
 		return 0, nil, err
