@@ -1,5 +1,11 @@
 package api
 
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+)
+
 // Internal: the daemon-to-agent protocol only. The types below are not part of the public
 // API (api/openapi.json does not describe them) and may change in any release; the rest of
 // the agent's protocol reuses the public types (sessions, exec, processes, terminal events,
@@ -37,6 +43,29 @@ type AgentNotice struct {
 	SessionEnded *SessionEnd `json:"sessionEnded,omitempty"`
 	// ProcessExited is a process that ended, or failed to start.
 	ProcessExited *Process `json:"processExited,omitempty"`
+}
+
+// MarshalJSON writes the notice as encoding/json would, building only what it holds: an idle
+// agent's notices are counts, and encoding/json's encoders for the whole type (Process's
+// among them) are ~14 kB of heap that an agent, which never collects, would keep.
+func (n AgentNotice) MarshalJSON() ([]byte, error) {
+	b := strconv.AppendInt([]byte(`{"sessions":`), int64(n.Sessions), 10)
+	b = strconv.AppendInt(append(b, `,"processes":`...), int64(n.Processes), 10)
+	for _, field := range []struct {
+		name string
+		v    any
+		set  bool
+	}{{"sessionEnded", n.SessionEnded, n.SessionEnded != nil}, {"processExited", n.ProcessExited, n.ProcessExited != nil}} {
+		if !field.set {
+			continue
+		}
+		data, err := json.Marshal(field.v)
+		if err != nil {
+			return nil, fmt.Errorf("agent notice's %s: %w", field.name, err)
+		}
+		b = append(append(b, `,"`+field.name+`":`...), data...)
+	}
+	return append(b, '}'), nil
 }
 
 // SessionEnd is a session that ended and why.

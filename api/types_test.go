@@ -148,3 +148,25 @@ func TestCheckLabels(t *testing.T) {
 		t.Errorf("plain labels: %v", err)
 	}
 }
+
+// An agent notice is written as encoding/json writes its fields by themselves, whatever it
+// holds.
+func TestAgentNoticeJSON(t *testing.T) {
+	type plain AgentNotice // the same fields, without the MarshalJSON method
+	for _, n := range []AgentNotice{
+		{},
+		{Sessions: 3, Processes: -1},
+		{Sessions: 1, SessionEnded: &SessionEnd{ID: "a\"b", Reason: SessionDeleted}},
+		{Processes: 2, ProcessExited: &Process{ID: "p", Status: "exited", ExitCode: 7, Argv: []string{"sh", "-c", "<&>"}}},
+		{SessionEnded: &SessionEnd{ID: "s"}, ProcessExited: &Process{ID: "q"}},
+	} {
+		got, err := json.Marshal(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(plain(n))
+		if string(got) != string(want) {
+			t.Errorf("notice %+v:\n got %s\nwant %s", n, got, want)
+		}
+	}
+}
