@@ -2,7 +2,6 @@ package api
 
 import (
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 )
@@ -11,10 +10,17 @@ import (
 // sandbox's env, a patch of it, an image's config) and the agent (sessions, execs,
 // processes). A variable must be one a shell can set.
 
-var shellName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// ValidEnvName reports whether name can be set by a shell (a shell variable name).
-func ValidEnvName(name string) bool { return shellName.MatchString(name) }
+// ValidEnvName reports whether name can be set by a shell (a shell variable name:
+// [A-Za-z_][A-Za-z0-9_]*). It is a loop, not a regular expression compiled at init, which
+// every process that links this package (the agent among them) would keep on its heap.
+func ValidEnvName(name string) bool {
+	for i, c := range []byte(name) {
+		if c != '_' && (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') && (i == 0 || c < '0' || c > '9') {
+			return false
+		}
+	}
+	return name != ""
+}
 
 // readOnlyInShells are variables bash will not let anyone set; NSBOX_SESSION marks a
 // session's processes.

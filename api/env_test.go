@@ -8,7 +8,8 @@ import (
 )
 
 func TestValidEnvName(t *testing.T) {
-	for name, ok := range map[string]bool{"A": true, "_x1": true, "PATH": true, "1A": false, "A-B": false, "": false, "A B": false} {
+	for name, ok := range map[string]bool{"A": true, "_x1": true, "PATH": true, "_": true, "z9_Z": true, "1A": false, "9": false, "A-B": false, "": false, "A B": false,
+		"A[": false, "`a": false, "a@": false, "é": false, "A\n": false, "a:": false, "a/": false} {
 		if ValidEnvName(name) != ok {
 			t.Errorf("%q: want %v", name, ok)
 		}
