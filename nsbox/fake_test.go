@@ -72,7 +72,8 @@ func (b *fakeBackend) Start(_ context.Context, spec backend.Spec) (backend.Insta
 		return nil, err
 	}
 	inst := &fakeInstance{b: b, id: spec.ID, pid: 1000 + b.starts, spec: spec, ln: ln, sockDir: sockDir,
-		exited: make(chan struct{}), env: map[string]string{}, limits: spec.Limits, hostname: cmp.Or(spec.Hostname, spec.ID)}
+		env: map[string]string{}, limits: spec.Limits, hostname: cmp.Or(spec.Hostname, spec.ID)}
+	inst.exited, inst.markExited = context.WithCancel(context.Background())
 	if spec.AgentConfig != nil { // as the agent takes it at its start
 		var cfg api.AgentConfig
 		if err := json.Unmarshal(spec.AgentConfig, &cfg); err != nil {
@@ -164,8 +165,10 @@ type fakeInstance struct {
 	ln      net.Listener
 	srv     *http.Server
 	sockDir string
-	exited  chan struct{}
-	once    sync.Once
+	// exited is done once the fake agent has exited (exit).
+	exited     context.Context
+	markExited context.CancelFunc
+	once       sync.Once
 
 	mu       sync.Mutex
 	hostname string
@@ -247,20 +250,21 @@ func (i *fakeInstance) configure(cfg api.AgentConfig) error {
 // exit ends the fake agent, as if PID 1 had died.
 func (i *fakeInstance) exit() {
 	i.once.Do(func() {
-		close(i.exited)
+		i.markExited()
 		_ = i.srv.Close()
 		_ = os.RemoveAll(i.sockDir)
 	})
 }
 
-func (i *fakeInstance) ID() string              { return i.id }
-func (i *fakeInstance) PID() int                { return i.pid }
-func (i *fakeInstance) Exited() <-chan struct{} { return i.exited }
-func (i *fakeInstance) AgentLog() string        { return "(fake agent)" }
-func (i *fakeInstance) NetNS() string           { return "/fake/netns/" + i.id }
+func (i *fakeInstance) ID() string                  { return i.id }
+func (i *fakeInstance) PID() int                    { return i.pid }
+func (i *fakeInstance) Exited() <-chan struct{}     { return i.exited.Done() }
+func (i *fakeInstance) OnExit(f func()) func() bool { return context.AfterFunc(i.exited, f) }
+func (i *fakeInstance) AgentLog() string            { return "(fake agent)" }
+func (i *fakeInstance) NetNS() string               { return "/fake/netns/" + i.id }
 func (i *fakeInstance) Alive() bool {
 	select {
-	case <-i.exited:
+	case <-i.exited.Done():
 		return false
 	default:
 		return true

@@ -252,8 +252,7 @@ func (r *Runtime) wake(sb *sandbox) error {
 // watch marks a sandbox failed as soon as its container's agent (PID 1) exits by itself, so
 // the API never shows a dead sandbox as running.
 func (r *Runtime) watch(sb *sandbox, inst backend.Instance) {
-	go func() {
-		<-inst.Exited()
+	inst.OnExit(func() {
 		sb.mu.Lock()
 		defer sb.mu.Unlock()
 		if sb.inst != inst || (sb.rec.Status != api.StatusRunning && sb.rec.Status != api.StatusPaused) {
@@ -263,5 +262,5 @@ func (r *Runtime) watch(sb *sandbox, inst backend.Instance) {
 		r.fail(sb, "its agent (PID 1) exited; everything in the sandbox was stopped")
 		r.forgetAgent(sb)
 		r.log.Warn("sandbox failed: its agent exited", "sandbox", sb.id, "pid", inst.PID())
-	}()
+	})
 }

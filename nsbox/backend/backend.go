@@ -136,6 +136,10 @@ type Instance interface {
 	Alive() bool
 	// Exited is closed when the agent (PID 1) has exited.
 	Exited() <-chan struct{}
+	// OnExit has f run (in a goroutine of its own) once the agent has exited, at once if it
+	// has; stop undoes it unless it ran. Unlike a goroutine waiting on Exited, waiting costs
+	// no goroutine (one per running sandbox, idle memory).
+	OnExit(f func()) (stop func() bool)
 	// AgentLog is the end of what the agent logged, for error messages.
 	AgentLog() string
 	// DialAgent connects to the agent's control socket.

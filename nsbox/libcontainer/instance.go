@@ -31,7 +31,9 @@ type instance struct {
 	cgroupPath string
 	socket     string
 	log        string
-	exited     chan struct{}
+	// exited is done once the agent has exited (markExited, after it was reaped).
+	exited     context.Context
+	markExited context.CancelFunc
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
 	cpus *cpuSets
@@ -47,8 +49,9 @@ type instance struct {
 // is not this process's child) is called once it has exited.
 func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instance, error) {
 	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
-		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), exited: make(chan struct{}), reap: reap, cpus: b.cpus,
+		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), reap: reap, cpus: b.cpus,
 		online: b.cpusOnline(c.ID())}
+	inst.exited, inst.markExited = context.WithCancel(context.Background())
 	status, err := c.Status()
 	if err == nil && (status == runc.Running || status == runc.Paused) && pid > 0 {
 		inst.pidfd, err = unix.PidfdOpen(pid, 0)
@@ -60,7 +63,7 @@ func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instanc
 	return inst, nil
 }
 
-// watch closes exited when the agent exits, after reaping it. It waits on its own copy of the
+// watch marks the instance exited when the agent exits, after reaping it. It waits on its own copy of the
 // pidfd through Go's poller: a parked goroutine per container, no thread, no polling (a wait4
 // per agent would hold a thread for each running sandbox).
 func (i *instance) watch() {
@@ -94,18 +97,19 @@ func (i *instance) watch() {
 	}()
 }
 
-// exit reaps the agent when it is this daemon's child, and closes exited.
+// exit reaps the agent when it is this daemon's child, and marks it exited.
 func (i *instance) exit() {
 	if i.reap != nil {
 		i.reap()
 	}
-	close(i.exited)
+	i.markExited()
 }
 
-func (i *instance) ID() string              { return i.c.ID() }
-func (i *instance) PID() int                { return i.pid }
-func (i *instance) Exited() <-chan struct{} { return i.exited }
-func (i *instance) NetNS() string           { return fmt.Sprintf("/proc/%d/ns/net", i.pid) }
+func (i *instance) ID() string                  { return i.c.ID() }
+func (i *instance) PID() int                    { return i.pid }
+func (i *instance) Exited() <-chan struct{}     { return i.exited.Done() }
+func (i *instance) OnExit(f func()) func() bool { return context.AfterFunc(i.exited, f) }
+func (i *instance) NetNS() string               { return fmt.Sprintf("/proc/%d/ns/net", i.pid) }
 
 // IDs is the container's user namespace, as its config recorded it.
 func (i *instance) IDs() rootfs.IDMap {
