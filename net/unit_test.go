@@ -3,6 +3,8 @@ package net
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -283,5 +285,26 @@ func TestTableBudgetBoundsTheBatch(t *testing.T) {
 		if msgs > wantMsgs || bytes > wantBytes {
 			t.Errorf("%d sandboxes: the batch has %d messages and %d bytes, more than the budget's %d and %d", n, msgs, bytes, wantMsgs, wantBytes)
 		}
+	}
+}
+
+// The host's addresses are its IPv4 addresses as net.InterfaceAddrs lists them.
+func TestHostAddrs(t *testing.T) {
+	got, err := hostAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		if addr, ok := netip.AddrFromSlice(a.(*net.IPNet).IP); ok && addr.Unmap().Is4() {
+			want[addr.Unmap()] = true
+		}
+	}
+	if !want[netip.MustParseAddr("127.0.0.1")] || !maps.Equal(got, want) {
+		t.Errorf("host addresses: got %v, want %v", got, want)
 	}
 }
