@@ -1,6 +1,7 @@
 package nsbox
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/nsbox/backend"
@@ -20,18 +22,20 @@ import (
 // Server-Sent Events, which the daemon relays to its own clients as they are.
 type agentClient struct {
 	http *http.Client
+	dial func(ctx context.Context) (net.Conn, error)
 }
 
 // agentConnBuffer is the size of each buffer a connection to an agent keeps for its life, one
-// for reading and one for writing (net/http's default is 4 KiB each). Every sandbox keeps two
-// connections open (its watch stream and an idle one for the next request), so these are
-// per-sandbox memory. Requests and answers' heads are a few hundred bytes; bodies larger than
-// the buffer (files, the 16 KiB reads of an exec's frames) go past it to the socket anyway.
+// for reading and one for writing (net/http's default is 4 KiB each). Every running sandbox
+// keeps its watch stream open, and one idle connection for the next request once it had one,
+// so these are per-sandbox memory. Requests and answers' heads are a few hundred bytes; bodies
+// larger than the buffer (files, the 16 KiB reads of an exec's frames) go past it to the
+// socket anyway.
 const agentConnBuffer = 1 << 10
 
 // newAgentClient returns a client of the instance's agent.
 func newAgentClient(inst backend.Instance) *agentClient {
-	return &agentClient{http: &http.Client{Transport: &http.Transport{
+	return &agentClient{dial: inst.DialAgent, http: &http.Client{Transport: &http.Transport{
 		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return inst.DialAgent(ctx) },
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: 16,
@@ -54,9 +58,18 @@ func (r *Runtime) forgetContainerAgent(c *agentClient) {
 	}
 }
 
+// health asks the agent how it is, on a connection closed after the answer: it is a
+// container's first request, and kept it would sit idle in the pool beside the watch stream
+// (watch) for the sandbox's life, with the transport's two goroutines.
 func (c *agentClient) health(ctx context.Context) (*api.Health, error) {
+	req, err := agentRequest(ctx, http.MethodGet, "/v1/health", nil, "application/json")
+	if err != nil {
+		return nil, err
+	}
+	req.Close = true
 	var h api.Health
-	return &h, c.call(ctx, http.MethodGet, "/v1/health", nil, &h)
+	_, err = c.sendRequest(req, &h)
+	return &h, err
 }
 
 // configure gives the agent its sandbox's hostname, environment and working directory.
@@ -89,15 +102,57 @@ func (c *agentClient) pushEnv(ctx context.Context, env map[string]string) error 
 }
 
 // watch opens the agent's stream of notices: its counts after every change, and what ended
-// (agentwatch.go).
+// (agentwatch.go). Every running sandbox keeps it open, so it has a connection of its own,
+// read by the caller alone: through the client's transport it would also hold a reading and a
+// writing goroutine for the sandbox's life. ctx bounds the opening only.
 func (c *agentClient) watch(ctx context.Context) (*eventStream, error) {
-	resp, err := c.do(ctx, http.MethodGet, "/v1/watch", nil, api.EventStream)
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
+	}
+	resp, err := openStream(ctx, conn, "/v1/watch")
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	// Its buffer starts small: the notices are a few dozen bytes.
+	return &eventStream{events: api.NewSSEReaderSize(resp.Body, 1<<10), body: connBody{resp.Body, conn}}, nil
+}
+
+// openStream asks for the stream at path on conn and returns the agent's answer when it is a
+// success; an error answer becomes its *api.Error, a broken connection an unavailable one.
+func openStream(ctx context.Context, conn net.Conn, path string) (*http.Response, error) {
+	req, err := agentRequest(ctx, http.MethodGet, path, nil, api.EventStream)
 	if err != nil {
 		return nil, err
 	}
-	// One stream per running sandbox, open as long as it runs: its buffer starts small.
-	return &eventStream{events: api.NewSSEReaderSize(resp.Body, 1<<10), body: resp.Body}, nil
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := req.Write(conn); err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, agentConnBuffer), req)
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
+	}
+	if !stop() {
+		resp.Body.Close()
+		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", ctx.Err())
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, api.ReadError(resp)
+	}
+	return resp, nil
 }
+
+// connBody is an answer's body read from a connection of its own, which closing it closes.
+type connBody struct {
+	io.ReadCloser
+	conn net.Conn
+}
+
+func (b connBody) Close() error { return errors.Join(b.ReadCloser.Close(), b.conn.Close()) }
 
 func sessionPath(sid string, rest ...string) string {
 	p := "/v1/sessions/" + url.PathEscape(sid)
@@ -264,7 +319,16 @@ func (c *agentClient) callRaw(ctx context.Context, method, path string, body io.
 
 // send is callRaw that also returns the answer's (2xx) status.
 func (c *agentClient) send(ctx context.Context, method, path string, body io.Reader, out any) (int, error) {
-	resp, err := c.do(ctx, method, path, body, "application/json")
+	req, err := agentRequest(ctx, method, path, body, "application/json")
+	if err != nil {
+		return 0, err
+	}
+	return c.sendRequest(req, out)
+}
+
+// sendRequest is send of a request made already.
+func (c *agentClient) sendRequest(req *http.Request, out any) (int, error) {
+	resp, err := c.roundTrip(req)
 	if err != nil {
 		return 0, err
 	}
@@ -273,7 +337,7 @@ func (c *agentClient) send(ctx context.Context, method, path string, body io.Rea
 		return resp.StatusCode, nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return 0, api.Errorf(api.CodeUnavailable, "the sandbox's agent answered %s %s with what is not JSON: %v", method, path, err)
+		return 0, api.Errorf(api.CodeUnavailable, "the sandbox's agent answered %s %s with what is not JSON: %v", req.Method, req.URL.Path, err)
 	}
 	return resp.StatusCode, nil
 }
@@ -288,9 +352,18 @@ func (c *agentClient) stream(ctx context.Context, method, path string, body io.R
 }
 
 // do sends one request (asking for the media type accept) and returns the agent's answer when
-// it is a success; an error answer
-// becomes its *api.Error, an unreachable agent an unavailable one.
+// it is a success; an error answer becomes its *api.Error, an unreachable agent an
+// unavailable one.
 func (c *agentClient) do(ctx context.Context, method, path string, body io.Reader, accept string) (*http.Response, error) {
+	req, err := agentRequest(ctx, method, path, body, accept)
+	if err != nil {
+		return nil, err
+	}
+	return c.roundTrip(req)
+}
+
+// agentRequest is a request to the agent asking for the media type accept.
+func agentRequest(ctx context.Context, method, path string, body io.Reader, accept string) (*http.Request, error) {
 	if body == nil {
 		body = http.NoBody
 	}
@@ -299,6 +372,11 @@ func (c *agentClient) do(ctx context.Context, method, path string, body io.Reade
 		return nil, fmt.Errorf("agent request: %w", err)
 	}
 	req.Header.Set("Accept", accept)
+	return req, nil
+}
+
+// roundTrip is do of a request made already.
+func (c *agentClient) roundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
