@@ -159,9 +159,14 @@ func newSession(opts Options, baseDir string, start StartFunc, env *SandboxEnv, 
 	return s, nil
 }
 
+// statusBuffer is the size of the buffer the status FIFO is read through.
+const statusBuffer = 128
+
 // readStatuses dispatches what run files and rc files report on the status FIFO.
 func (s *Session) readStatuses() {
-	lines := bufio.NewReader(s.status)
+	// Its lines are a few bytes ("R", "P 0 12"): a small buffer (a longer line is read in
+	// pieces), not bufio's 4 KiB, which an idle agent, which never collects, keeps per session.
+	lines := bufio.NewReaderSize(s.status, statusBuffer)
 	for {
 		line, err := lines.ReadString('\n')
 		if err != nil {
