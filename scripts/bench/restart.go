@@ -32,9 +32,13 @@ type restartBox struct {
 // server still running as the same process, its session's variable still set. Issue 12 item 1:
 // the rebuild used to fail from ~65 sandboxes with a port each, and the daemon exited.
 func (b *bench) restartSection(ctx context.Context, sizes []int) (err error) {
-	// A /23 of its own: 500 sandboxes need more addresses than a /24.
+	// A /23 of its own: 500 sandboxes need more addresses than a /24. Host ports of its own,
+	// too: while it is down, the daemon holds none, and another daemon of the machine could
+	// take one whose rule this one's table still has (each would then shadow the other).
 	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(176 + b.net.pid>>8&15), byte(b.net.pid) &^ 1, 0}), 23)
-	d, err := b.daemon(ctx, "nsbox-restart", true, "", "--subnet", subnet.String(), "--default-disk", "0")
+	low := 10000 + b.net.pid%10*1000
+	d, err := b.daemon(ctx, "nsbox-restart", true, "", "--subnet", subnet.String(), "--default-disk", "0",
+		"--host-ports", fmt.Sprintf("%d-%d", low, low+999))
 	if err != nil {
 		return err
 	}
