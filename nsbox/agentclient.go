@@ -120,7 +120,8 @@ func (c *agentClient) watch(ctx context.Context) (*eventStream, error) {
 }
 
 // openStream asks for the stream at path on conn and returns the agent's answer when it is a
-// success; an error answer becomes its *api.Error, a broken connection an unavailable one.
+// success; an error answer becomes its *api.Error, a broken connection an unavailable one. The
+// caller closes conn, also when it fails.
 func openStream(ctx context.Context, conn net.Conn, path string) (*http.Response, error) {
 	req, err := agentRequest(ctx, http.MethodGet, path, nil, api.EventStream)
 	if err != nil {
@@ -135,8 +136,7 @@ func openStream(ctx context.Context, conn net.Conn, path string) (*http.Response
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", err)
 	}
-	if !stop() {
-		resp.Body.Close()
+	if !stop() { // the caller closes conn
 		return nil, api.Errorf(api.CodeUnavailable, "sandbox agent unreachable: %v", ctx.Err())
 	}
 	if resp.StatusCode/100 != 2 {
@@ -146,13 +146,15 @@ func openStream(ctx context.Context, conn net.Conn, path string) (*http.Response
 	return resp, nil
 }
 
-// connBody is an answer's body read from a connection of its own, which closing it closes.
+// connBody is an answer's body read from a connection of its own: closing it closes the
+// connection, not the body, whose Close would first read a stream that is still open to its
+// end.
 type connBody struct {
-	io.ReadCloser
+	io.Reader
 	conn net.Conn
 }
 
-func (b connBody) Close() error { return errors.Join(b.ReadCloser.Close(), b.conn.Close()) }
+func (b connBody) Close() error { return b.conn.Close() }
 
 func sessionPath(sid string, rest ...string) string {
 	p := "/v1/sessions/" + url.PathEscape(sid)
