@@ -48,27 +48,21 @@ var usernsCache = struct {
 	m map[IDMap]*os.File
 }{m: map[IDMap]*os.File{}}
 
-// UserNS returns a descriptor of a user namespace with the mapping m, for id-mapped mounts
-// (the caller must not close it). The first call for a mapping clones a helper process into a
-// new namespace (stopped before it can run anything: it is traced) only long enough to open
-// /proc/<pid>/ns/user.
+// UserNS returns a descriptor of a user namespace with the mapping m, for id-mapped mounts and
+// for the container to join (the caller must not close it). The namespace is owned by m's
+// first host id, the sandbox's root, not by the host's root: the kernel charges the per-user
+// counts (inotify instances and watches, fanotify groups, namespaces…) of everything in a
+// user namespace to its owner in the parent namespace too, and a namespace owned by root
+// would let a sandbox use up the host root's. The first call for a mapping clones a helper
+// process into a new namespace (stopped before it can run anything: it is traced) only long
+// enough to write its maps and open /proc/<pid>/ns/user.
 func UserNS(m IDMap) (*os.File, error) {
 	usernsCache.Lock()
 	defer usernsCache.Unlock()
 	if f := usernsCache.m[m]; f != nil {
 		return f, nil
 	}
-	maps := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(m.Host), Size: int(m.Size)}}
-	proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
-		Sys: &syscall.SysProcAttr{
-			Cloneflags:  unix.CLONE_NEWUSER,
-			UidMappings: maps,
-			GidMappings: maps,
-			// Traced, the child stops at its execve before the new program runs.
-			Ptrace:    true,
-			Pdeathsig: unix.SIGKILL,
-		},
-	})
+	proc, err := cloneUserNSAs(m.Host)
 	if err != nil {
 		return nil, fmt.Errorf("make a user namespace for ids %d-%d: %w", m.Host, m.Host+m.Size-1, err)
 	}
@@ -76,12 +70,68 @@ func UserNS(m IDMap) (*os.File, error) {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
 	}()
+	mapping := fmt.Sprintf("0 %d %d\n", m.Host, m.Size)
+	for _, file := range []string{"uid_map", "gid_map"} {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/%s", proc.Pid, file), []byte(mapping), 0); err != nil {
+			return nil, fmt.Errorf("write the %s of the user namespace for ids %d-%d: %w", file, m.Host, m.Host+m.Size-1, err)
+		}
+	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", proc.Pid))
 	if err != nil {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
 	usernsCache.m[m] = f
 	return f, nil
+}
+
+// cloneUserNSAs starts the helper of UserNS in a new user namespace without maps, owned by
+// the host uid owner: a namespace's owner is the effective uid of the thread that makes it, so
+// the helper is cloned from a thread of its own whose effective uid is owner for the while
+// (set by a raw syscall: syscall.Setresuid would change every thread of the daemon). Its real
+// and saved uids stay root, so setting the effective uid back restores its capabilities.
+// The helper execs this binary as owner (which must be executable by others) and stops there.
+func cloneUserNSAs(owner uint32) (*os.Process, error) {
+	type result struct {
+		proc *os.Process
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// Go starts new threads from a template thread, never from a locked one: none
+		// inherits owner. The helper's parent-death signal is tied to this thread, which lives
+		// as long as the daemon once unlocked; on a failure to become root again it dies with
+		// the goroutine, and the helper with it: UserNS is done with it by then.
+		runtime.LockOSThread()
+		keep := ^uintptr(0) // (uid_t)-1: unchanged
+		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, keep, uintptr(owner), keep); errno != 0 {
+			runtime.UnlockOSThread()
+			done <- result{nil, fmt.Errorf("take the effective uid %d: %w", owner, errno)}
+			return
+		}
+		proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
+			Sys: &syscall.SysProcAttr{
+				Cloneflags: unix.CLONE_NEWUSER,
+				// Traced, the child stops at its execve before the new program runs.
+				Ptrace:    true,
+				Pdeathsig: unix.SIGKILL,
+			},
+		})
+		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, keep, 0, keep); errno != 0 {
+			if proc != nil {
+				_ = proc.Kill()
+				_, _ = proc.Wait()
+			}
+			done <- result{nil, fmt.Errorf("become root again after taking the effective uid %d: %w", owner, errno)}
+			return // the thread stays locked: it dies with this goroutine
+		}
+		runtime.UnlockOSThread()
+		if err != nil {
+			err = fmt.Errorf("start a helper as uid %d (the nsbox binary must be executable by others): %w", owner, err)
+		}
+		done <- result{proc, err}
+	}()
+	res := <-done
+	return res.proc, res.err
 }
 
 // lowerTree makes a detached, read-only copy of the mount tree at dir whose ids are mapped
