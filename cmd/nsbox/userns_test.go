@@ -16,6 +16,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
+	"golang.org/x/sys/unix"
 )
 
 // The tests of user namespaces (on by default) and of the capability set: what sandbox root is
@@ -325,5 +326,79 @@ func TestRunDirOutOfReach(t *testing.T) {
 		"--warm-pool", "").CombinedOutput()
 	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "cannot reach "+run) || !strings.Contains(string(out), " is mode 0700") || !strings.Contains(string(out), "chmod o+x") {
 		t.Fatalf("a daemon with its run dir under a private directory: %v\n%s", err, out)
+	}
+}
+
+// TestUserNamespaceOwnsItsLimits: the kernel's per-user counts (inotify instances here) of a
+// sandbox's root are charged to its own host ids, never to the host's root: a sandbox that
+// uses up its inotify instances leaves the host's root able to make one. (A user namespace
+// charges the counts of all in it to the namespace's owner in the parent namespace too.)
+func TestUserNamespaceOwnsItsLimits(t *testing.T) {
+	requireUserNS(t)
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("the host image needs python3")
+	}
+	d := startDaemon(t)
+	sb := d.create(api.CreateSandboxRequest{Image: "host"})
+	root := d.hostRoot(sb.ID)
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", d.agentPID(sb.ID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, err := unix.IoctlGetUint32(int(ns.Fd()), unix.NS_GET_OWNER_UID)
+	ns.Close()
+	if err != nil {
+		t.Fatalf("the owner of the sandbox's user namespace: %v", err)
+	}
+	t.Logf("the sandbox's user namespace is owned by host uid %d; its root is %d", owner, root)
+	// The open-file limit, which the daemon cannot set from outside such a namespace without
+	// CAP_SYS_RESOURCE, is still the daemon's hard limit, soft and hard, in a command.
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := d.sh(sb.ID, "ulimit -Sn; ulimit -Hn"), fmt.Sprintf("%d\n%d\n", lim.Max, lim.Max); got != want {
+		t.Errorf("the open-file limits inside: %q, want %q", got, want)
+	}
+
+	// Inside, root makes inotify instances until the kernel says no, says how many, and holds them.
+	script := `import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+n = 0
+while libc.inotify_init1(0) >= 0:
+    n += 1
+print(n, ctypes.get_errno(), flush=True)
+time.sleep(600)
+`
+	p := d.startProc(sb.ID, api.StartProcessRequest{ID: "hog", Argv: []string{"python3", "-c", script}})
+	var line string
+	for line == "" {
+		stdout, stderr, _, _ := d.readLogs(sb.ID, p.ID, 0, 0)
+		if len(stderr) > 0 {
+			t.Fatalf("the inotify hog: %s", stderr)
+		}
+		line, _, _ = strings.Cut(string(stdout), "\n")
+		if !strings.Contains(string(stdout), "\n") {
+			line = ""
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	fd, hostErr := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if hostErr == nil {
+		unix.Close(fd)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), sb.ID, client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 || f[1] != strconv.Itoa(int(syscall.EMFILE)) || mustAtoi(t, f[0]) == 0 {
+		t.Fatalf("the sandbox's inotify instances: %q, want a count and EMFILE", line)
+	}
+	t.Logf("the sandbox's root made %s inotify instances", f[0])
+	if hostErr != nil {
+		t.Errorf("with a sandbox's inotify instances used up, the host's root cannot make one: %v", hostErr)
+	}
+	if owner == 0 {
+		t.Errorf("the sandbox's user namespace is owned by the host's root, who is charged for what is in it")
 	}
 }
