@@ -25,15 +25,18 @@ var escapeScript string
 var escapeAttempts = []string{
 	"mount", "pivot_root", "unshare", "setns", "ptrace", "keyctl", "bpf", "perf_event_open", "userfaultfd",
 	"kexec_load", "init_module", "open_by_handle_at", "chroot", "mknod", "raw-socket", "vsock",
-	"write-proc-sys", "sysrq-trigger", "write-cgroupfs", "read-kcore", "read-keys", "write-agent-exe",
+	"write-proc-sys", "sysrq-trigger", "write-cgroupfs", "read-kcore", "read-keys", "read-kpageflags",
+	"read-slabinfo", "read-config-gz", "dev-nodes", "read-dev-kmsg", "read-dev-mem", "ptrace-session", "write-agent-exe",
 	"write-self-exe-agent", "agent-oom-score", "agent-task-oom-score", "agent-fds", "inherited-fds",
 	"host-loopback-listener", "host-veth-listener", "other-sandbox",
 }
 
 // TestEscapeSuite tries, as root inside a sandbox, each class of escape the kernel boundary must
 // stop (issue 10's list): mounts, pivot_root and chroot, new user namespaces, setns, ptrace of
-// PID 1, keyrings, bpf, perf, userfaultfd, kexec and modules, handles, device nodes, raw and
-// vsock sockets, /proc/sys, sysrq, cgroupfs, kcore and keys, the agent's binary, the agent's fds
+// PID 1 and of a session's shell, keyrings, bpf, perf, userfaultfd, kexec and modules, handles,
+// device nodes (made, and any but runc's defaults in /dev), raw and vsock sockets, /proc/sys,
+// sysrq, cgroupfs, kcore, keys, kpageflags, slabinfo and config.gz, /dev/kmsg and /dev/mem,
+// the agent's binary, the agent's fds
 // and fds leaked into the sandbox, host listeners on 127.0.0.1 and on the host side of the
 // veth, and another sandbox. Every attempt must be made and fail.
 func TestEscapeSuite(t *testing.T) {
@@ -50,7 +53,8 @@ func TestEscapeSuite(t *testing.T) {
 	loopback := newHostListener(t, "127.0.0.1:0", d.net.subnet)
 	veth := newHostListener(t, gateway.String()+":0", d.net.subnet)
 	mustHostGet(t, fmt.Sprintf("http://%s:%d/", gateway, veth.port), "host") // they serve
-	args := []string{"python3", "-c", escapeScript, strconv.Itoa(loopback.port), gateway.String(), strconv.Itoa(veth.port), peerIP, "8080"}
+	victim := d.createSession("jail", "victim", api.CreateSessionRequest{})
+	args := []string{"python3", "-c", escapeScript, strconv.Itoa(loopback.port), gateway.String(), strconv.Itoa(veth.port), peerIP, "8080", strconv.Itoa(victim.PID)}
 	p := d.startProc("jail", api.StartProcessRequest{ID: "escape", Argv: args})
 	if res := d.waitProc("jail", p.ID, api.WaitProcessRequest{}); !res.Met || res.Process.ExitCode != 0 {
 		stdout, stderr, _, _ := d.readLogs("jail", p.ID, 0, 0)
@@ -69,6 +73,12 @@ func TestEscapeSuite(t *testing.T) {
 	for _, name := range escapeAttempts {
 		if _, ok := reported[name]; !ok {
 			t.Errorf("%s was not tried", name)
+		}
+	}
+	// A ptrace refused for a process that is not there (ESRCH) would prove nothing.
+	for _, name := range []string{"ptrace", "ptrace-session"} {
+		if got := reported[name]; got != "BLOCKED: EPERM" {
+			t.Errorf("%s: %q, want it refused with EPERM", name, got)
 		}
 	}
 	for _, l := range []*hostListener{loopback, veth} {
