@@ -402,3 +402,32 @@ time.sleep(600)
 		t.Errorf("the sandbox's user namespace is owned by the host's root, who is charged for what is in it")
 	}
 }
+
+// TestUserNamespaceCannotWork: a daemon that cannot give sandboxes user namespaces refuses to
+// start, says why and names --userns=false. Here the nsbox binary is executable by root only:
+// the helper that makes a sandbox's user namespace runs it as the sandbox's root (the
+// namespace's owner), and cannot.
+func TestUserNamespaceCannotWork(t *testing.T) {
+	requireUserNS(t)
+	dir := reachableTempDir(t)
+	bin := filepath.Join(dir, "nsbox")
+	data, err := os.ReadFile(nsboxBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run := filepath.Join(dir, "run")
+	out, err := exec.CommandContext(ctx, bin, "--socket", filepath.Join(run, "nsbox.sock"), "daemon",
+		"--data-dir", filepath.Join(dir, "data"), "--run-dir", run, "--cgroup-parent", fmt.Sprintf("nsbox-test-%d-nouserns", os.Getpid()),
+		"--warm-pool", "").CombinedOutput()
+	for _, want := range []string{"user namespaces cannot work on this host", "executable by others", "--userns=false"} {
+		if err == nil || ctx.Err() != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("a daemon whose binary only root may run: %v, want an error saying %q\n%s", err, want, out)
+		}
+	}
+	t.Logf("%s", out)
+}
