@@ -190,6 +190,18 @@ func TestUserNamespaceSessionsAndFiles(t *testing.T) {
 	if out, stderr, code := d.cli("", "cp", sb.ID+":/tmp/cp", "-"); code != 0 || out != "in" {
 		t.Fatalf("nsbox cp out: %q %q", out, stderr)
 	}
+	// What cp writes belongs to the sandbox's root, or to the --session's user.
+	if _, stderr, code := d.cli("in", "cp", "--session", "nob", "-", sb.ID+":/tmp/cp-nobody"); code != 0 {
+		t.Fatalf("nsbox cp --session nob in: %q", stderr)
+	}
+	for p, want := range map[string]uint32{"/tmp/cp": 0, "/tmp/cp-nobody": 65534} {
+		if got := d.sh(sb.ID, "stat -c %u:%g "+p); got != fmt.Sprintf("%d:%d\n", want, want) {
+			t.Errorf("nsbox cp's %s is %q inside, want %d", p, got, want)
+		}
+		if uid, gid, _ := hostOwner(t, d.upperPath(sb.ID, p)); uid != root+want || gid != root+want {
+			t.Errorf("nsbox cp's %s is %d:%d on the host, want %d", p, uid, gid, root+want)
+		}
+	}
 }
 
 func TestUserNamespaceWorkspacesAndMounts(t *testing.T) {
