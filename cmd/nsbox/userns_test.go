@@ -90,6 +90,31 @@ func statusField(t *testing.T, pid int, field string) []string {
 	return nil
 }
 
+// requireNosuidMounts fails the test unless the host has mounts under dir (the run dir of a
+// sandbox's container: its disk, its root overlay, a copy-on-write workspace's) and each is
+// nosuid: a setuid file a sandbox plants in them gives no one its owner's rights on the host.
+func requireNosuidMounts(t *testing.T, dir string) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[4], dir+"/") {
+			continue
+		}
+		seen = append(seen, f[4])
+		if !slices.Contains(strings.Split(f[5], ","), "nosuid") {
+			t.Errorf("the host mount %s is not nosuid: %s", f[4], line)
+		}
+	}
+	if len(seen) == 0 {
+		t.Errorf("no host mounts under %s", dir)
+	}
+}
+
 func TestUserNamespaceIsolatesRoot(t *testing.T) {
 	requireUserNS(t)
 	d := startDaemon(t)
@@ -125,6 +150,7 @@ func TestUserNamespaceIsolatesRoot(t *testing.T) {
 			if mode&os.ModeSetuid == 0 || uid == 0 || uid != root {
 				t.Errorf("the planted setuid file is %v owned by %d on the host, want the sandbox's %d", mode, uid, root)
 			}
+			requireNosuidMounts(t, filepath.Join(d.runDir, "sandboxes", d.container(sb.ID)))
 			for _, dir := range []string{d.dataDir, filepath.Join(d.dataDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes", d.container(sb.ID))} {
 				if _, _, mode := hostOwner(t, dir); mode.Perm() != 0o700 {
 					t.Errorf("%s has mode %v, want 0700", dir, mode.Perm())
@@ -215,6 +241,7 @@ func TestUserNamespaceWorkspacesAndMounts(t *testing.T) {
 	if got := d.sh(sb.ID, "stat -c %u:%g /workspace/a; echo b >> /workspace/a; cp /bin/sh /workspace/suid; chmod 4755 /workspace/suid"); got != "0:0\n" {
 		t.Errorf("the workspace's files inside: %q", got)
 	}
+	requireNosuidMounts(t, filepath.Join(d.runDir, "sandboxes", d.container(sb.ID)))
 	upper := filepath.Join(d.layerDir(sb.ID), "workspace", "upper")
 	for _, name := range []string{"a", "suid"} {
 		if uid, _, _ := hostOwner(t, filepath.Join(upper, name)); uid != root {
