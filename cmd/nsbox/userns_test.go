@@ -470,3 +470,40 @@ func TestUserNamespaceCannotWork(t *testing.T) {
 	}
 	t.Logf("%s", out)
 }
+
+// TestUserNamespaceRange: --userns-range is where sandboxes' ids come from, a block of 65536
+// each; when its blocks are all in use a create fails and names the flag, and a remove frees
+// a block for the next sandbox.
+func TestUserNamespaceRange(t *testing.T) {
+	requireUserNS(t)
+	const start = 1500000000 + 7*65536
+	d := startDaemon(t, "--userns-range", fmt.Sprintf("%d:%d", start, 2*65536))
+	a := d.create(api.CreateSandboxRequest{Image: "busybox"})
+	b := d.create(api.CreateSandboxRequest{Image: "busybox"})
+	ra, rb := d.hostRoot(a.ID), d.hostRoot(b.ID)
+	blocks := []uint32{ra, rb}
+	slices.Sort(blocks)
+	if blocks[0] != start || blocks[1] != start+65536 {
+		t.Fatalf("the two sandboxes' roots are %d and %d, want the range's two blocks %d and %d", ra, rb, start, start+65536)
+	}
+	_, err := d.client.CreateSandbox(context.Background(), api.CreateSandboxRequest{Image: "busybox"})
+	if err == nil || !strings.Contains(err.Error(), "--userns-range") {
+		t.Fatalf("a third sandbox in a range of two blocks: %v", err)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), a.ID, client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	// The remove may end in the background: the block is free once the container is gone.
+	var c *api.Sandbox
+	for c == nil {
+		if c, err = d.client.CreateSandbox(context.Background(), api.CreateSandboxRequest{Image: "busybox"}); err != nil {
+			if !strings.Contains(err.Error(), "--userns-range") {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // the test's deadline bounds it
+		}
+	}
+	if got := d.hostRoot(c.ID); got != ra {
+		t.Errorf("after a remove the new sandbox's root is %d, want the freed block's %d", got, ra)
+	}
+}
