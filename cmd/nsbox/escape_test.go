@@ -28,7 +28,7 @@ var escapeAttempts = []string{
 	"write-proc-sys", "sysrq-trigger", "write-cgroupfs", "read-kcore", "read-keys", "read-kpageflags",
 	"read-slabinfo", "read-config-gz", "dev-nodes", "read-dev-kmsg", "read-dev-mem", "ptrace-session", "write-agent-exe",
 	"write-self-exe-agent", "agent-oom-score", "agent-task-oom-score", "agent-fds", "inherited-fds",
-	"host-loopback-listener", "host-veth-listener", "other-sandbox",
+	"host-loopback-listener", "host-veth-listener", "other-sandbox", "daemon-socket", "other-sandbox-agent-socket",
 }
 
 // TestEscapeSuite tries, as root inside a sandbox, each class of escape the kernel boundary must
@@ -36,9 +36,9 @@ var escapeAttempts = []string{
 // PID 1 and of a session's shell, keyrings, bpf, perf, userfaultfd, kexec and modules, handles,
 // device nodes (made, and any but runc's defaults in /dev), raw and vsock sockets, /proc/sys,
 // sysrq, cgroupfs, kcore, keys, kpageflags, slabinfo and config.gz, /dev/kmsg and /dev/mem,
-// the agent's binary, the agent's fds
-// and fds leaked into the sandbox, host listeners on 127.0.0.1 and on the host side of the
-// veth, and another sandbox. Every attempt must be made and fail.
+// the agent's binary, the agent's fds and fds leaked into the sandbox, host listeners on
+// 127.0.0.1 and on the host side of the veth, another sandbox, and the sockets of the daemon
+// and of the other sandbox's agent (by their host paths). Every attempt must be made and fail.
 func TestEscapeSuite(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		t.Skip("the host image needs python3")
@@ -54,7 +54,14 @@ func TestEscapeSuite(t *testing.T) {
 	veth := newHostListener(t, gateway.String()+":0", d.net.subnet)
 	mustHostGet(t, fmt.Sprintf("http://%s:%d/", gateway, veth.port), "host") // they serve
 	victim := d.createSession("jail", "victim", api.CreateSessionRequest{})
-	args := []string{"python3", "-c", escapeScript, strconv.Itoa(loopback.port), gateway.String(), strconv.Itoa(veth.port), peerIP, "8080", strconv.Itoa(victim.PID)}
+	peerAgent := filepath.Join(d.runDir, "sandboxes", d.container("peer"), "agent.sock")
+	for _, sock := range []string{d.socket, peerAgent} {
+		if fi, err := os.Stat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("the host has no socket %s to try: %v %v", sock, fi, err)
+		}
+	}
+	args := []string{"python3", "-c", escapeScript, strconv.Itoa(loopback.port), gateway.String(), strconv.Itoa(veth.port), peerIP, "8080",
+		strconv.Itoa(victim.PID), d.socket, peerAgent}
 	p := d.startProc("jail", api.StartProcessRequest{ID: "escape", Argv: args})
 	if res := d.waitProc("jail", p.ID, api.WaitProcessRequest{}); !res.Met || res.Process.ExitCode != 0 {
 		stdout, stderr, _, _ := d.readLogs("jail", p.ID, 0, 0)

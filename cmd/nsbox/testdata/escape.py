@@ -163,9 +163,25 @@ def connect(host, port):
 # The test's listeners: a port of the host's 127.0.0.1, the host side of the veth (the gateway)
 # and a port on it, another sandbox's address and a port it serves.
 # Last, the pid of a session's shell (root, like this process, in a Landlock domain of its own).
-_, lo_port, gateway, gw_port, peer, peer_port, session_shell = sys.argv
+# Then the host paths of the daemon's API socket and of the other sandbox's agent socket.
+_, lo_port, gateway, gw_port, peer, peer_port, session_shell, daemon_sock, peer_agent_sock = sys.argv
 r = libc.syscall(NR["ptrace"], 16, int(session_shell), 0, 0)  # PTRACE_ATTACH
 report("ptrace-session", r >= 0, "returned %d" % r if r >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno())))
 attempt("host-loopback-listener", connect("127.0.0.1", lo_port))
 attempt("host-veth-listener", connect(gateway, gw_port))
 attempt("other-sandbox", connect(peer, peer_port))
+
+
+def connect_unix(path):
+    def fn():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        finally:
+            s.close()
+        return "connected to " + path
+    return fn
+
+
+attempt("daemon-socket", connect_unix(daemon_sock))
+attempt("other-sandbox-agent-socket", connect_unix(peer_agent_sock))
