@@ -434,6 +434,15 @@ time.sleep(600)
 		t.Fatalf("the sandbox's inotify instances: %q, want a count and EMFILE", line)
 	}
 	t.Logf("the sandbox's root made %s inotify instances", f[0])
+	// EMFILE is also the open-file limit's answer: the attempt counts only if it met the
+	// inotify limit (the host's, for the namespace's owner, who has no other instances).
+	limit, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(limit)) != f[0] {
+		t.Errorf("the sandbox made %s inotify instances, not the host's limit of %s per user: the test did not reach it", f[0], strings.TrimSpace(string(limit)))
+	}
 	if hostErr != nil {
 		t.Errorf("with a sandbox's inotify instances used up, the host's root cannot make one: %v", hostErr)
 	}
