@@ -62,9 +62,30 @@ func UserNS(m IDMap) (*os.File, error) {
 	if f := usernsCache.m[m]; f != nil {
 		return f, nil
 	}
-	proc, err := cloneUserNSAs(m.Host)
+	f, err := onThreadAs(m.Host, func() (*os.File, error) {
+		return makeUserNS(m)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("make a user namespace for ids %d-%d: %w", m.Host, m.Host+m.Size-1, err)
+	}
+	usernsCache.m[m] = f
+	return f, nil
+}
+
+// makeUserNS is UserNS's work, on a thread whose effective uid is m's first host id: a new
+// user namespace's owner is the effective uid of the thread that makes it. The helper execs
+// this binary as that uid, so the binary must be executable by others.
+func makeUserNS(m IDMap) (*os.File, error) {
+	proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
+		Sys: &syscall.SysProcAttr{
+			Cloneflags: unix.CLONE_NEWUSER,
+			// Traced, the child stops at its execve before the new program runs.
+			Ptrace:    true,
+			Pdeathsig: unix.SIGKILL,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start a helper as uid %d (the nsbox binary must be executable by others): %w", m.Host, err)
 	}
 	defer func() {
 		_ = proc.Kill()
@@ -73,66 +94,48 @@ func UserNS(m IDMap) (*os.File, error) {
 	mapping := fmt.Sprintf("0 %d %d\n", m.Host, m.Size)
 	for _, file := range []string{"uid_map", "gid_map"} {
 		if err := os.WriteFile(fmt.Sprintf("/proc/%d/%s", proc.Pid, file), []byte(mapping), 0); err != nil {
-			return nil, fmt.Errorf("write the %s of the user namespace for ids %d-%d: %w", file, m.Host, m.Host+m.Size-1, err)
+			return nil, fmt.Errorf("write the helper's %s: %w", file, err)
 		}
 	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", proc.Pid))
 	if err != nil {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
-	usernsCache.m[m] = f
 	return f, nil
 }
 
-// cloneUserNSAs starts the helper of UserNS in a new user namespace without maps, owned by
-// the host uid owner: a namespace's owner is the effective uid of the thread that makes it, so
-// the helper is cloned from a thread of its own whose effective uid is owner for the while
-// (set by a raw syscall: syscall.Setresuid would change every thread of the daemon). Its real
-// and saved uids stay root, so setting the effective uid back restores its capabilities.
-// The helper execs this binary as owner (which must be executable by others) and stops there.
-func cloneUserNSAs(owner uint32) (*os.Process, error) {
+// onThreadAs runs f on a locked OS thread of its own whose effective (and file system) uid is
+// uid, with the daemon's capabilities kept (SECBIT_NO_SETUID_FIXUP: a host that lets only the
+// privileged make user namespaces still lets it), and returns what f returns. The uid is set by
+// a raw syscall (syscall.Setresuid would change every thread of the daemon); the thread is
+// never unlocked, so it ends with f, and Go starts new threads from a template thread, never
+// from a locked one: no other thread gets its credentials.
+func onThreadAs(uid uint32, f func() (*os.File, error)) (*os.File, error) {
 	type result struct {
-		proc *os.Process
+		file *os.File
 		err  error
 	}
 	done := make(chan result, 1)
 	go func() {
-		// Go starts new threads from a template thread, never from a locked one: none
-		// inherits owner. The helper's parent-death signal is tied to this thread, which lives
-		// as long as the daemon once unlocked; on a failure to become root again it dies with
-		// the goroutine, and the helper with it: UserNS is done with it by then.
-		runtime.LockOSThread()
-		keep := ^uintptr(0) // (uid_t)-1: unchanged
-		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, keep, uintptr(owner), keep); errno != 0 {
-			runtime.UnlockOSThread()
-			done <- result{nil, fmt.Errorf("take the effective uid %d: %w", owner, errno)}
+		runtime.LockOSThread() // never unlocked: the thread's credentials are not the process's
+		if err := unix.Prctl(unix.PR_SET_SECUREBITS, secbitNoSetuidFixup, 0, 0, 0); err != nil {
+			done <- result{nil, fmt.Errorf("keep capabilities across setresuid: %w", err)}
 			return
 		}
-		proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
-			Sys: &syscall.SysProcAttr{
-				Cloneflags: unix.CLONE_NEWUSER,
-				// Traced, the child stops at its execve before the new program runs.
-				Ptrace:    true,
-				Pdeathsig: unix.SIGKILL,
-			},
-		})
-		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, keep, 0, keep); errno != 0 {
-			if proc != nil {
-				_ = proc.Kill()
-				_, _ = proc.Wait()
-			}
-			done <- result{nil, fmt.Errorf("become root again after taking the effective uid %d: %w", owner, errno)}
-			return // the thread stays locked: it dies with this goroutine
+		keep := ^uintptr(0) // (uid_t)-1: unchanged
+		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, keep, uintptr(uid), keep); errno != 0 {
+			done <- result{nil, fmt.Errorf("take the effective uid %d: %w", uid, errno)}
+			return
 		}
-		runtime.UnlockOSThread()
-		if err != nil {
-			err = fmt.Errorf("start a helper as uid %d (the nsbox binary must be executable by others): %w", owner, err)
-		}
-		done <- result{proc, err}
+		file, err := f()
+		done <- result{file, err}
 	}()
 	res := <-done
-	return res.proc, res.err
+	return res.file, res.err
 }
+
+// secbitNoSetuidFixup keeps a thread's capabilities when its effective uid leaves 0.
+const secbitNoSetuidFixup = 1 << 2
 
 // lowerTree makes a detached, read-only copy of the mount tree at dir whose ids are mapped
 // through the user namespace userns (unless it is nil), and returns its descriptor.
