@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,6 +95,44 @@ func TestEscapeSuite(t *testing.T) {
 		}
 	}
 	t.Logf("escape attempts: %v", reported)
+
+	// Seen from the host, no fd of PID 1 (nor its cwd or root) is a directory of the host's
+	// file systems: its directories are the sandbox's root, its disk's and its tmpfs'. (Its
+	// stdout and stderr are its log file on the host: a file, and PID 1's fds are not
+	// reachable from inside, "agent-fds" above.)
+	hostDevs := map[uint64]string{}
+	for _, dir := range []string{"/", d.runDir, d.dataDir, os.TempDir()} {
+		var st syscall.Stat_t
+		if err := syscall.Stat(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		hostDevs[st.Dev] = dir
+	}
+	agent := d.agentPID("jail")
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", agent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"cwd", "root"}
+	for _, fd := range fds {
+		names = append(names, "fd/"+fd.Name())
+	}
+	dirs := 0
+	for _, name := range names {
+		p := fmt.Sprintf("/proc/%d/%s", agent, name)
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+			continue // gone meanwhile, or not a directory
+		}
+		dirs++
+		if dir, ok := hostDevs[st.Dev]; ok {
+			target, _ := os.Readlink(p)
+			t.Errorf("the agent's %s is a directory (%s) on the file system of the host's %s", name, target, dir)
+		}
+	}
+	if dirs < 2 { // its cwd and root at least
+		t.Errorf("found %d directories among the agent's fds, cwd and root", dirs)
+	}
 
 	// No host fd reaches a session's shell or its commands (CVE-2024-21626 class): every fd of
 	// the shell and of a command in it is a terminal, /dev/null, a pipe or FIFO, one of the
