@@ -63,9 +63,45 @@ class ImagesTest(unittest.TestCase):
         c = client()
         with self.assertRaises(nsbox.InvalidArgument):
             c.create_sandbox(image=IMAGE_REF, pull="sometimes")
-        with c.sandbox(id=name("pull"), image=IMAGE_REF, pull="missing") as sb:
-            self.assertEqual(sb.exec("busybox cat /etc/issue").text, "v2\n")
+        with c.sandbox(id=name("pull"), image=IMAGE_REF, pull="missing", run_entrypoint=True, user="root") as sb:
+            self.assertEqual(sb.exec("busybox cat /etc/issue; busybox id -u").text, "v2\n0\n")
+            entry = sb.processes.get("entrypoint")
+            entry.wait(timeout_ms=30000)
+            self.assertEqual((entry.info.argv, entry.logs().stdout), (["/bin/sh", "-c", "echo hi"], b"hi\n"))
         c.remove_image(IMAGE_REF)
+
+
+def host_dir(test: unittest.TestCase, files: dict) -> str:
+    """A host directory the daemon can reach, holding files, removed after the test."""
+    d = tempfile.mkdtemp(prefix="nsbox-sdk-")
+    test.addCleanup(shutil.rmtree, d)
+    os.chmod(d, 0o755)
+    for rel, content in files.items():
+        os.makedirs(os.path.dirname(os.path.join(d, rel)), exist_ok=True)
+        with open(os.path.join(d, rel), "w") as f:
+            f.write(content)
+    return d
+
+
+@needs_daemon
+class CreateOptionsTest(unittest.TestCase):
+    def test_every_option(self):
+        c = client()
+        ws, mnt = host_dir(self, {"f": "workspace\n"}), host_dir(self, {"g": "mounted\n"})
+        with c.sandbox(id=name("opts"), image="busybox", env={"A": "1"}, cwd="/work", limits={"memoryMB": 256, "pids": 64},
+                       labels={"l": "v"}, workspace={"hostPath": ws}, mounts=[{"source": mnt, "target": "/mnt/m", "readOnly": True}],
+                       network={"mode": "none"}, lifecycle={"idleSeconds": 600, "onIdle": "hibernate", "ttlSeconds": 3600}) as sb:
+            i = sb.info
+            self.assertEqual((i.env.get("A"), i.cwd, i.limits.get("memoryMB"), i.limits.get("pids"), i.labels), ("1", "/work", 256, 64, {"l": "v"}))
+            self.assertEqual((i.workspace["hostPath"], i.mounts[0]["target"], i.mounts[0].get("readOnly")), (os.path.realpath(ws), "/mnt/m", True))
+            self.assertEqual((i.network["mode"], i.lifecycle), ("none", {"idleSeconds": 600, "onIdle": "hibernate", "ttlSeconds": 3600}))
+            res = sb.exec("echo $A; pwd; cat /workspace/f /mnt/m/g; touch /mnt/m/x")
+            self.assertEqual(res.text, "1\n/work\nworkspace\nmounted\n")
+            self.assertNotEqual(res.exit_code, 0)
+        with self.assertRaises(nsbox.InvalidArgument):  # the daemon allows no extra capability (--allow-cap)
+            c.create_sandbox(image="busybox", capabilities=["NET_RAW"])
+        with self.assertRaises(nsbox.InvalidArgument):  # the built-in image has no entrypoint
+            c.create_sandbox(image="busybox", run_entrypoint=True)
 
 
 @needs_daemon
@@ -148,12 +184,7 @@ class HibernateTest(unittest.TestCase):
 class PermissionsTest(unittest.TestCase):
     def test_rules(self):
         c = client()
-        ws = tempfile.mkdtemp(prefix="nsbox-sdk-perm-")
-        self.addCleanup(shutil.rmtree, ws)
-        os.chmod(ws, 0o755)  # the daemon's sandbox user reaches it
-        os.mkdir(os.path.join(ws, "docs"))
-        with open(os.path.join(ws, "docs", "a"), "w") as f:
-            f.write("from the host\n")
+        ws = host_dir(self, {"docs/a": "from the host\n"})
         rules = [{"pattern": "docs/**", "level": "read"}]
         with c.sandbox(id=name("perm"), image="busybox", workspace={"hostPath": ws}, permissions=rules) as sb:
             self.assertEqual(sb.info.permissions, rules)
