@@ -1,0 +1,224 @@
+// Images, snapshots, hibernation, permissions, stats, metrics, events, session tokens: the SDK's
+// calls beyond a sandbox's own work, against the real daemon in NSBOX_HOST.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { Client, ConflictError, InvalidArgumentError, NotFoundError, type ImagePullEvent, type Sandbox } from "../src/index.js";
+import { Registry, image, layoutTar } from "../testlib/oci.js";
+
+const skip = !process.env.NSBOX_HOST && "NSBOX_HOST names no daemon";
+const name = (p: string) => `${p}-${randomBytes(4).toString("hex")}`;
+const client = new Client();
+
+/** Runs fn with a new sandbox, removed afterwards. */
+async function withSandbox(opts: Parameters<Client["createSandbox"]>[0], fn: (sb: Sandbox) => Promise<void>) {
+  const sb = await client.createSandbox(opts);
+  try {
+    await fn(sb);
+  } finally {
+    await sb.destroy().catch((err) => {
+      if (!(err instanceof NotFoundError)) throw err;
+    });
+  }
+}
+
+test("images: pull, get, import, remove, prune", { skip }, async () => {
+  const reg = await Registry.start();
+  const tag = name("app");
+  const ref = `${reg.host}/ts/${tag}:v1`;
+  const a = image({ "hello.txt": "first\n" });
+  const b = image({ "hello.txt": "second\n" });
+  reg.tags.set(`ts/${tag}:v1`, a);
+  try {
+    const progress: ImagePullEvent[] = [];
+    const imgA = await client.pullImage(ref, { onProgress: (ev) => progress.push(ev) });
+    assert.deepEqual(imgA.names, [ref]);
+    assert.equal(imgA.digest, a.digest);
+    assert.ok(progress.some((ev) => ev.status === "done"), `progress: ${JSON.stringify(progress)}`);
+    assert.equal((await client.getImage(ref)).id, imgA.id);
+    await assert.rejects(client.pullImage(`${reg.host}/ts/${tag}:nope`), NotFoundError);
+    await assert.rejects(client.pullImage("Not A Reference"), InvalidArgumentError);
+    await assert.rejects(client.getImage(`${reg.host}/ts/${tag}:nope`), NotFoundError);
+
+    // The tag moves to b: a, pulled again, is left without names, and a prune removes it.
+    reg.tags.set(`ts/${tag}:v1`, b);
+    const imgB = await client.pullImage(ref);
+    assert.notEqual(imgB.id, imgA.id);
+    assert.deepEqual((await client.getImage(imgA.id)).names, []);
+    const pruned = await client.pruneImages();
+    assert.ok(pruned.images.includes(imgA.id), `pruned ${JSON.stringify(pruned)}`);
+    assert.equal(pruned.layers.length >= 1, true);
+    await assert.rejects(client.getImage(imgA.id), NotFoundError);
+    assert.equal((await client.getImage(ref)).id, imgB.id);
+
+    // An image a sandbox uses is removed only with force, which leaves it (dangling) until a
+    // prune finds it unused.
+    await withSandbox({ id: name("img"), image: ref }, async (sb) => {
+      await assert.rejects(client.removeImage(ref), ConflictError);
+      assert.deepEqual((await client.removeImage(ref, { force: true })).names, [ref]);
+      await assert.rejects(client.getImage(ref), NotFoundError);
+      assert.ok(!(await client.pruneImages()).images.includes(imgB.id));
+      await sb.destroy();
+    });
+    assert.ok((await client.pruneImages()).images.includes(imgB.id));
+
+    // An OCI layout archive, streamed, named by the call.
+    const c = image({ "hello.txt": "imported\n" });
+    const archive = layoutTar(c);
+    const imported = await client.importImages((async function* () {
+      for (let at = 0; at < archive.length; at += 1000) yield archive.subarray(at, at + 1000);
+    })(), { name: `ts/${tag}-imported:v1` });
+    assert.deepEqual(imported.map((i) => [i.names, i.digest]), [[[`docker.io/ts/${tag}-imported:v1`], c.digest]]);
+    await assert.rejects(client.importImages("not a tar"), InvalidArgumentError);
+    assert.equal((await client.removeImage(`ts/${tag}-imported:v1`)).id, imported[0].id);
+    await assert.rejects(client.getImage(imported[0].id), NotFoundError);
+  } finally {
+    await reg.close();
+  }
+});
+
+test("snapshots, fork, hibernate", { skip }, async () => {
+  await withSandbox({ id: name("snap") }, async (sb) => {
+    await sb.writeFile("/root/kept", "from the source\n");
+    const s = await sb.createSession({ id: "work" });
+    await s.exec("cd /tmp && export KEPT=yes");
+
+    const snap = await sb.createSnapshot({ name: "ts" });
+    assert.match(snap.id, /^snap-[0-9a-f]{12}$/);
+    assert.deepEqual([snap.sandbox, snap.name], [sb.id, "ts"]);
+    assert.equal((await client.getSnapshot(snap.id)).layer, snap.layer);
+    assert.ok((await client.listSnapshots()).some((x) => x.id === snap.id));
+    await assert.rejects(sb.createSnapshot({ name: "bad\nname" }), InvalidArgumentError);
+
+    await withSandbox({ id: name("child"), fromSnapshot: snap.id }, async (child) => {
+      assert.equal((await child.readFile("/root/kept")).content, "from the source\n");
+      assert.equal((await (await child.getSession("work")).exec("echo $KEPT $PWD")).stdout, "yes /tmp\n");
+      await assert.rejects(client.deleteSnapshot(snap.id), ConflictError);
+    });
+    await client.deleteSnapshot(snap.id);
+    await assert.rejects(client.getSnapshot(snap.id), NotFoundError);
+    await assert.rejects(client.deleteSnapshot(snap.id), NotFoundError);
+
+    const prefix = name("fork");
+    const fork = await sb.fork({ count: 2, prefix, name: "forked" });
+    try {
+      assert.deepEqual(fork.sandboxes.map((x) => [x.id, x.info.status]), [[`${prefix}-1`, "running"], [`${prefix}-2`, "running"]]);
+      assert.equal(fork.snapshot.name, "forked");
+      for (const f of fork.sandboxes) assert.equal((await f.exec("cat /root/kept")).stdout, "from the source\n");
+      await assert.rejects(sb.fork({ count: 101 }), InvalidArgumentError);
+    } finally {
+      for (const f of fork.sandboxes) await f.destroy();
+      await client.deleteSnapshot(fork.snapshot.id);
+    }
+
+    // No daemon checkpoints memory yet: memory is refused, a plain hibernation works and the
+    // session's state is back when the sandbox runs again.
+    await assert.rejects(sb.hibernate({ memory: true }), InvalidArgumentError);
+    assert.equal((await sb.hibernate()).status, "hibernated");
+    assert.equal(sb.info.status, "hibernated");
+    await assert.rejects(sb.hibernate(), ConflictError);
+    assert.equal((await s.exec("echo $KEPT $PWD")).stdout, "yes /tmp\n");
+    assert.equal((await sb.refresh()).status, "running");
+  });
+  await assert.rejects(client.getSandbox("no-such").then((sb) => sb.hibernate()), NotFoundError);
+});
+
+test("permissions", { skip }, async () => {
+  const rule = (level: "none" | "view" | "read" | "write") => [{ pattern: "/root/secret", level }];
+  await withSandbox({ id: name("perm"), permissions: rule("none") }, async (sb) => {
+    assert.deepEqual(sb.info.permissions, rule("none"));
+    assert.match((await sb.exec("echo x > /root/secret")).stderr, /Permission denied/);
+    const info = await sb.setPermissions(rule("write"));
+    assert.deepEqual([info.permissions, sb.info.permissions], [rule("write"), rule("write")]);
+    assert.equal((await sb.exec("echo x > /root/secret && cat /root/secret")).stdout, "x\n");
+    await sb.setPermissions(rule("read"));
+    const denied = await sb.exec("echo y > /root/secret; cat /root/secret");
+    assert.deepEqual([denied.stdout, denied.stderr.includes("Permission denied")], ["x\n", true]);
+    await sb.setPermissions(rule("none"));
+    assert.match((await sb.exec("cat /root/secret")).stderr, /No such file/);
+    await assert.rejects(sb.setPermissions([{ pattern: "/root/secret", level: "secret" as "none" }]), InvalidArgumentError);
+  });
+  await withSandbox({ id: name("noperm") }, async (sb) => {
+    await assert.rejects(sb.setPermissions(rule("none")), ConflictError);
+  });
+});
+
+test("stats, metrics, events", { skip }, async () => {
+  const id = name("stats");
+  const events = await client.followEvents({ since: 0 });
+  await withSandbox({ id }, async (sb) => {
+    const seen: string[] = [];
+    for await (const ev of events) {
+      if (ev.sandbox !== id) continue;
+      seen.push(ev.type);
+      if (ev.type === "sandbox.started") break;
+    }
+    assert.deepEqual(seen, ["sandbox.created", "sandbox.started"]);
+    events.close();
+
+    const st = await sb.stats();
+    assert.deepEqual([st.id, st.status], [id, "running"]);
+    assert.ok(st.memoryBytes > 0 && st.pids > 0, JSON.stringify(st));
+    assert.ok((await client.stats()).some((x) => x.id === id && x.status === "running"));
+    const all = await client.streamStats();
+    let readings = 0;
+    for await (const list of all) {
+      assert.ok(list.some((x) => x.id === id));
+      if (++readings === 2) break;
+    }
+    all.close();
+
+    const metrics = await client.metrics();
+    assert.match(metrics, /^# (HELP|TYPE) /m);
+    assert.match(metrics, new RegExp(`^nsbox_sandbox_memory_bytes\\{[^}]*sandbox="${id}"[^}]*\\} [1-9]`, "m"));
+
+    // A sandbox's stream ends with NotFoundError once the sandbox is removed.
+    const mine = await sb.streamStats();
+    const it = mine[Symbol.asyncIterator]();
+    assert.equal((await it.next()).value?.id, id);
+    await sb.destroy();
+    await assert.rejects(async () => {
+      while (!(await it.next()).done);
+    }, NotFoundError);
+  });
+  await assert.rejects(client.getSandbox(id), NotFoundError);
+  // Followed from the start, the kept events replay the sandbox's whole life.
+  const replay = await client.followEvents({ since: 0 });
+  const life: string[] = [];
+  for await (const ev of replay) {
+    if (ev.sandbox === id) life.push(ev.type);
+    if (ev.sandbox === id && ev.type === "sandbox.removed") break;
+  }
+  replay.close();
+  assert.deepEqual([life[0], life.at(-1)], ["sandbox.created", "sandbox.removed"]);
+});
+
+test("session tokens", { skip }, async () => {
+  await withSandbox({ id: name("stok") }, async (sb) => {
+    const s = await sb.createSession({ id: "browser" });
+    const tok = await s.createToken({ permission: "read", ttlSeconds: 60 });
+    assert.deepEqual([tok.sandbox, tok.session, tok.permission], [sb.id, "browser", "read"]);
+    assert.match(tok.token, /^nsbox\.[0-9a-f]{16}\.[0-9a-f]{64}$/);
+    assert.match(tok.page, /\/ui\/terminal\?sandbox=.*session=browser#token=nsbox\./);
+    assert.equal((await sb.createSessionToken()).session, "default");
+    await assert.rejects(sb.createSessionToken("none"), NotFoundError);
+    await assert.rejects(s.createToken({ ttlSeconds: 3e6 }), InvalidArgumentError);
+  });
+});
+
+test("processes: remove the finished ones, logs by pieces", { skip }, async () => {
+  await withSandbox({ id: name("procs") }, async (sb) => {
+    const done = await sb.startProcess("printf 0123456789", { id: "done" });
+    await done.waitForExit(10000);
+    const first = await sb.getProcessLogs("done", { limit: 4 });
+    assert.deepEqual([first.stdout, first.cursor, first.done], ["0123", 4, false]);
+    const rest = await done.getLogs(first.cursor);
+    assert.deepEqual([rest.stdout, rest.done], ["456789", true]);
+    const sleeper = await sb.startProcess(["sleep", "60"], { id: "sleeper" });
+    const removed = await sb.removeFinishedProcesses();
+    assert.deepEqual(removed.map((p) => p.id), ["done"]);
+    await assert.rejects(sb.getProcess("done"), NotFoundError);
+    assert.equal((await sb.getProcess("sleeper")).status, "running");
+    await sleeper.kill("KILL");
+  });
+});
