@@ -186,7 +186,12 @@ export class Client {
 
   /** The daemon's version. */
   async version(): Promise<string> {
-    return (await this.t.call<S["Version"]>("GET", "/v1/version")).version;
+    return (await this.versionInfo()).version;
+  }
+
+  /** The daemon's version and what it can do: `checkpoint.available` (hibernate with memory). */
+  versionInfo(): Promise<S["Version"]> {
+    return this.t.call("GET", "/v1/version");
   }
 
   /** The images sandboxes can be made from. */
@@ -623,6 +628,27 @@ export class Sandbox extends Runner {
     }
   }
 
+  /**
+   * Runs code in a context and yields its events as they come: "stdout" and "stderr" chunks,
+   * "result" MIME bundles, an "exception", then "end" with the run's result (its output empty:
+   * it came as chunks). close() leaves the run going to its end.
+   */
+  async runCodeStream(code: string, opts: { context: CodeContextInfo | string; timeout?: number }): Promise<Follow<RunCodeEvent>> {
+    const cid = typeof opts.context === "string" ? opts.context : opts.context.id;
+    const events = await this.t.events("POST", "/v1/sandboxes/{id}/contexts/{cid}/run", { params: { id: this.id, cid }, json: { code, timeoutMs: opts.timeout } });
+    return {
+      close: () => events.close(),
+      async *[Symbol.asyncIterator]() {
+        for await (const [, ev] of events as AsyncIterable<[string, CodeEvent]>) {
+          const bytes = decode(ev.data, ev.encoding);
+          yield { type: ev.type, data: bytes.toString("utf8"), bytes, result: ev.result, error: ev.error, end: ev.end && runCodeResult(ev.end) };
+          if (ev.type === "end") return;
+        }
+        throw new NsboxError("the run's stream ended before the run did");
+      },
+    };
+  }
+
   /** What the sandbox changed in its copy-on-write workspace. */
   workspaceDiff(): Promise<S["WorkspaceChange"][]> {
     return this.t.call("GET", "/v1/sandboxes/{id}/workspace/diff", { params: { id: this.id } });
@@ -633,10 +659,33 @@ export class Sandbox extends Runner {
     return this.t.send("GET", "/v1/sandboxes/{id}/workspace/export", { params: { id: this.id }, accept: "application/x-tar" });
   }
 
-  /** Clones a repository into the sandbox (or fetches and checks out). */
-  gitCheckout(req: S["GitCheckoutRequest"]): Promise<S["GitCheckoutResult"]> {
-    return this.t.call("POST", "/v1/sandboxes/{id}/git/checkout", { params: { id: this.id }, json: req });
+  /**
+   * Clones a repository into the sandbox (or fetches and checks out); onProgress gets git's
+   * progress lines as they come.
+   */
+  async gitCheckout(req: S["GitCheckoutRequest"], opts: { onProgress?: (line: string) => void } = {}): Promise<S["GitCheckoutResult"]> {
+    const o = { params: { id: this.id }, json: req };
+    if (!opts.onProgress) return this.t.call("POST", "/v1/sandboxes/{id}/git/checkout", o);
+    for await (const [, ev] of (await this.t.events("POST", "/v1/sandboxes/{id}/git/checkout", o)) as AsyncIterable<[string, GitProgressEvent]>) {
+      if (ev.type === "progress" && ev.line !== undefined) opts.onProgress(ev.line);
+      else if (ev.type === "done" && ev.result) return ev.result;
+    }
+    throw errorFor("unavailable", `the checkout of ${req.url} ended before its result`);
   }
+}
+
+/** One event of a streamed run of code. */
+export interface RunCodeEvent {
+  type: CodeEvent["type"];
+  /** A "stdout" or "stderr" chunk as text (see `bytes` for output that is not UTF-8). */
+  data: string;
+  bytes: Buffer;
+  /** "result": a MIME bundle (text/plain always). */
+  result?: Record<string, unknown>;
+  /** "exception": the error that ended the run. */
+  error?: S["CodeError"];
+  /** "end": the run's result. */
+  end?: RunCodeResult;
 }
 
 /** A run of code: output as text, the last value's text, and rich results by MIME type. */

@@ -3,7 +3,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { Client, ConflictError, InvalidArgumentError, NotFoundError, type ImagePullEvent, type Sandbox } from "../src/index.js";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Client, ConflictError, InvalidArgumentError, NotFoundError, type ImagePullEvent, type RunCodeEvent, type Sandbox } from "../src/index.js";
 import { Registry, image, layoutTar } from "../testlib/oci.js";
 
 const skip = !process.env.NSBOX_HOST && "NSBOX_HOST names no daemon";
@@ -219,6 +222,58 @@ test("processes: remove the finished ones, logs by pieces", { skip }, async () =
     assert.deepEqual(removed.map((p) => p.id), ["done"]);
     await assert.rejects(sb.getProcess("done"), NotFoundError);
     assert.equal((await sb.getProcess("sleeper")).status, "running");
-    await sleeper.kill("KILL");
+
+    const cat = await sb.startProcess("cat", { id: "cat", stdin: "pipe" });
+    await cat.writeStdin("through stdin");
+    await cat.closeStdin();
+    assert.equal((await cat.waitForExit(10000)).exitCode, 0);
+    assert.equal((await cat.getLogs()).stdout, "through stdin");
+    const killed = await sb.killAllProcesses("KILL");
+    assert.deepEqual(killed.map((p) => p.id), ["sleeper"]);
+    assert.equal((await sleeper.waitForExit(10000)).status, "killed");
+    await sb.createSession({ id: "gone" });
+    await sb.deleteSession("gone");
+    await assert.rejects(sb.getSession("gone"), NotFoundError);
   });
+});
+
+test("workspace diff and export, git checkout, code streamed", { skip }, async () => {
+  // A host directory the sandbox's root can reach (searchable by others), copy-on-write.
+  const host = mkdtempSync(join(tmpdir(), "nsbox-ts-ws-"));
+  chmodSync(host, 0o755);
+  writeFileSync(join(host, "old"), "old\n");
+  writeFileSync(join(host, "kept"), "kept\n");
+  try {
+    await withSandbox({ id: name("ws"), workspace: { hostPath: host } }, async (sb) => {
+      await sb.exec("cd /workspace && echo new > new && rm old && echo changed > kept");
+      const diff = (await sb.workspaceDiff()).map((c) => `${c.kind} ${c.path}`).sort();
+      assert.deepEqual(diff, ["added new", "deleted old", "modified kept"]);
+      const chunks: Buffer[] = [];
+      for await (const c of await sb.exportWorkspace()) chunks.push(c);
+      const tar = Buffer.concat(chunks);
+      assert.ok(tar.includes("changed\n") && tar.includes(Buffer.from("new")), "the export holds the changes");
+
+      await sb.exec(`set -e; export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t
+git init -q -b main /tmp/src && cd /tmp/src && echo one > f && git add f && git commit -qm one`);
+      const lines: string[] = [];
+      const res = await sb.gitCheckout({ url: "file:///tmp/src", targetDir: "repo" }, { onProgress: (l) => lines.push(l) });
+      assert.deepEqual([res.dir, res.branch, res.cloned, res.commit.length], ["/workspace/repo", "main", true, 40]);
+      assert.ok(lines.some((l) => /Cloning/.test(l)), `progress: ${JSON.stringify(lines)}`);
+      const again = await sb.gitCheckout({ url: "file:///tmp/src", targetDir: "/workspace/repo" });
+      assert.deepEqual([again.commit, again.cloned], [res.commit, false]);
+      await assert.rejects(sb.gitCheckout({ url: "file:///tmp/nope", targetDir: "a" }, { onProgress: () => {} }), NotFoundError);
+
+      const cc = await sb.createCodeContext({ language: "python" });
+      const evs: RunCodeEvent[] = [];
+      for await (const ev of await sb.runCodeStream("print('a'); import sys; sys.stdout.flush(); 6 * 7", { context: cc })) evs.push(ev);
+      assert.deepEqual(evs.map((e) => e.type), ["stdout", "result", "end"]);
+      assert.deepEqual([evs[0].data, evs[1].result?.["text/plain"], evs[2].end?.error], ["a\n", "42", undefined]);
+      const failed: RunCodeEvent[] = [];
+      for await (const ev of await sb.runCodeStream("1/0", { context: cc.id })) failed.push(ev);
+      assert.deepEqual(failed.map((e) => [e.type, e.error?.name ?? e.end?.error?.name]), [["exception", "ZeroDivisionError"], ["end", "ZeroDivisionError"]]);
+      await assert.rejects(sb.runCodeStream("1", { context: "none" }), NotFoundError);
+    });
+  } finally {
+    rmSync(host, { recursive: true, force: true });
+  }
 });
