@@ -312,7 +312,7 @@ export class Client {
 abstract class Runner {
   constructor(protected readonly t: Transport, readonly sandboxId: string, protected readonly session?: string) {}
 
-  /** The exec's method and route (written "POST", "/v1/…" as every request is), its parameters and body fields. */
+  /** The exec's method and route template (adjacent literals, as every request writes them), its parameters and body fields. */
   protected abstract execRoute(o: ExecOptions): ExecRoute;
 
   /** Runs a command and resolves with its result (its output read as raw frames, not JSON). */

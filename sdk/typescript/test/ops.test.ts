@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Client, ConflictError, InvalidArgumentError, NotFoundError, type ImagePullEvent, type RunCodeEvent, type Sandbox } from "../src/index.js";
@@ -75,6 +75,59 @@ test("images: pull, get, import, remove, prune", { skip }, async () => {
     await assert.rejects(client.importImages("not a tar"), InvalidArgumentError);
     assert.equal((await client.removeImage(`ts/${tag}-imported:v1`)).id, imported[0].id);
     await assert.rejects(client.getImage(imported[0].id), NotFoundError);
+  } finally {
+    await reg.close();
+  }
+});
+
+/** A host directory the daemon can reach (searchable by others) holding files; removed by the caller. */
+function hostDir(files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), "nsbox-ts-"));
+  chmodSync(dir, 0o755);
+  for (const [rel, content] of Object.entries(files)) writeFileSync(join(dir, rel), content);
+  return dir;
+}
+
+test("createSandbox: every option", { skip }, async () => {
+  const ws = hostDir({ f: "workspace\n" });
+  const mnt = hostDir({ g: "mounted\n" });
+  try {
+    const lifecycle = { idleSeconds: 600, onIdle: "hibernate" as const, ttlSeconds: 3600 };
+    await withSandbox({ id: name("opts"), image: "busybox", env: { A: "1" }, cwd: "/work", limits: { memoryMB: 256, pids: 64 },
+      labels: { l: "v" }, workspace: { hostPath: ws }, mounts: [{ source: mnt, target: "/mnt/m", readOnly: true }],
+      network: { mode: "none" }, lifecycle }, async (sb) => {
+      const i = sb.info;
+      assert.deepEqual([i.env?.A, i.cwd, i.limits?.memoryMB, i.limits?.pids, i.labels], ["1", "/work", 256, 64, { l: "v" }]);
+      assert.deepEqual([i.workspace?.hostPath, i.mounts?.[0].target, i.mounts?.[0].readOnly], [realpathSync(ws), "/mnt/m", true]);
+      assert.deepEqual([i.network.mode, i.lifecycle], ["none", lifecycle]);
+      const res = await sb.exec("echo $A; pwd; cat /workspace/f /mnt/m/g; touch /mnt/m/x");
+      assert.equal(res.stdout, "1\n/work\nworkspace\nmounted\n");
+      assert.notEqual(res.exitCode, 0);
+    });
+  } finally {
+    rmSync(ws, { recursive: true, force: true });
+    rmSync(mnt, { recursive: true, force: true });
+  }
+  // The test's daemon allows no extra capability (--allow-cap); the built-in image has no entrypoint.
+  await assert.rejects(client.createSandbox({ image: "busybox", capabilities: ["NET_RAW"] }), InvalidArgumentError);
+  await assert.rejects(client.createSandbox({ image: "busybox", runEntrypoint: true }), InvalidArgumentError);
+
+  // pull "missing" fetches an image at create; runEntrypoint starts its Entrypoint as `user`.
+  const reg = await Registry.start();
+  const ref = `${reg.host}/ts/${name("entry")}:v1`;
+  reg.tags.set(ref.slice(reg.host.length + 1), image({
+    "bin/busybox": { data: readFileSync("/bin/busybox"), mode: 0o755 }, "etc/passwd": "root:x:0:0:root:/root:/bin/busybox\nu:x:1000:1000::/tmp:/bin/busybox\n",
+    "etc/group": "root:x:0:\nu:x:1000:\n",
+  }, { Entrypoint: ["/bin/busybox", "sh", "-c"], Cmd: ["echo hi from $(/bin/busybox id -u)"] }));
+  try {
+    await assert.rejects(client.createSandbox({ image: ref, pull: "sometimes" as "never" }), InvalidArgumentError);
+    await assert.rejects(client.createSandbox({ image: ref }), NotFoundError);
+    await withSandbox({ id: name("entry"), image: ref, pull: "missing", runEntrypoint: true, user: "u" }, async (sb) => {
+      const entry = await sb.getProcess("entrypoint");
+      await entry.waitForExit(30000);
+      assert.deepEqual([entry.info.argv, (await entry.getLogs()).stdout], [["/bin/busybox", "sh", "-c", "echo hi from $(/bin/busybox id -u)"], "hi from 1000\n"]);
+    });
+    await client.removeImage(ref);
   } finally {
     await reg.close();
   }
@@ -238,11 +291,7 @@ test("processes: remove the finished ones, logs by pieces", { skip }, async () =
 });
 
 test("workspace diff and export, git checkout, code streamed", { skip }, async () => {
-  // A host directory the sandbox's root can reach (searchable by others), copy-on-write.
-  const host = mkdtempSync(join(tmpdir(), "nsbox-ts-ws-"));
-  chmodSync(host, 0o755);
-  writeFileSync(join(host, "old"), "old\n");
-  writeFileSync(join(host, "kept"), "kept\n");
+  const host = hostDir({ old: "old\n", kept: "kept\n" });
   try {
     await withSandbox({ id: name("ws"), workspace: { hostPath: host } }, async (sb) => {
       await sb.exec("cd /workspace && echo new > new && rm old && echo changed > kept");

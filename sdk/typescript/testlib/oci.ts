@@ -9,14 +9,17 @@ const MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 
 const sha256 = (b: Buffer) => "sha256:" + createHash("sha256").update(b).digest("hex");
 
+/** A file of an archive: its content, or its content and mode (default 0644). */
+export type File = string | Buffer | { data: Buffer; mode: number };
+
 /** A ustar archive of regular files (path → content), as a layer or an OCI layout holds them. */
-export function tar(files: Record<string, string | Buffer>): Buffer {
+export function tar(files: Record<string, File>): Buffer {
   const blocks: Buffer[] = [];
-  for (const [name, content] of Object.entries(files)) {
-    const data = Buffer.from(content);
+  for (const [name, file] of Object.entries(files)) {
+    const [data, mode] = typeof file === "string" || Buffer.isBuffer(file) ? [Buffer.from(file), 0o644] : [file.data, file.mode];
     const h = Buffer.alloc(512);
     h.write(name, 0, 100);
-    h.write("0000644\0", 100); // mode
+    h.write(mode.toString(8).padStart(7, "0") + "\0", 100);
     h.write("0000000\0", 108); // uid
     h.write("0000000\0", 116); // gid
     h.write(data.length.toString(8).padStart(11, "0") + "\0", 124);
@@ -40,13 +43,13 @@ export interface Image {
   blobs: Map<string, Buffer>;
 }
 
-/** An image for this host's platform whose one layer holds files. */
-export function image(files: Record<string, string>): Image {
+/** An image for this host's platform whose one layer holds files, with config's Entrypoint, User, … */
+export function image(files: Record<string, File>, imageConfig: Record<string, unknown> = {}): Image {
   const layerTar = tar(files);
   const layer = gzipSync(layerTar);
   const arch = { x64: "amd64", arm64: "arm64" }[process.arch as string] ?? process.arch;
   const config = Buffer.from(JSON.stringify({
-    architecture: arch, os: "linux", config: { Env: ["PATH=/bin"], WorkingDir: "/" },
+    architecture: arch, os: "linux", config: { Env: ["PATH=/bin"], WorkingDir: "/", ...imageConfig },
     rootfs: { type: "layers", diff_ids: [sha256(layerTar)] },
   }));
   const manifest = Buffer.from(JSON.stringify({
@@ -59,7 +62,7 @@ export function image(files: Record<string, string>): Image {
 
 /** An OCI image layout of one image, as a tar (what `POST /v1/images/import` reads). */
 export function layoutTar(img: Image): Buffer {
-  const files: Record<string, Buffer | string> = {
+  const files: Record<string, File> = {
     "oci-layout": JSON.stringify({ imageLayoutVersion: "1.0.0" }),
     "index.json": JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MANIFEST, digest: img.digest, size: img.manifest.length }] }),
     [`blobs/sha256/${img.digest.slice(7)}`]: img.manifest,
