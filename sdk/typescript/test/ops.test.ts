@@ -12,6 +12,17 @@ import { Registry, image, layoutTar } from "../testlib/oci.js";
 const skip = !process.env.NSBOX_HOST && "NSBOX_HOST names no daemon";
 const name = (p: string) => `${p}-${randomBytes(4).toString("hex")}`;
 const client = new Client();
+/**
+ * A test that waits for something the SDK got wrong fails after this rather than hanging; the
+ * streams it follows are closed then (see ending), so that the suite's process can exit.
+ */
+const timeout = 180_000;
+
+/** Closes stream when the test t times out. */
+function ending<T extends { close(): void }>(t: { signal: AbortSignal }, stream: T): T {
+  t.signal.addEventListener("abort", () => stream.close());
+  return stream;
+}
 
 /** Runs fn with a new sandbox, removed afterwards. */
 async function withSandbox(opts: Parameters<Client["createSandbox"]>[0], fn: (sb: Sandbox) => Promise<void>) {
@@ -25,7 +36,7 @@ async function withSandbox(opts: Parameters<Client["createSandbox"]>[0], fn: (sb
   }
 }
 
-test("images: pull, get, import, remove, prune", { skip }, async () => {
+test("images: pull, get, import, remove, prune", { skip, timeout }, async () => {
   const reg = await Registry.start();
   const tag = name("app");
   const ref = `${reg.host}/ts/${tag}:v1`;
@@ -88,7 +99,7 @@ function hostDir(files: Record<string, string>): string {
   return dir;
 }
 
-test("createSandbox: every option", { skip }, async () => {
+test("createSandbox: every option", { skip, timeout }, async () => {
   const ws = hostDir({ f: "workspace\n" });
   const mnt = hostDir({ g: "mounted\n" });
   try {
@@ -133,7 +144,7 @@ test("createSandbox: every option", { skip }, async () => {
   }
 });
 
-test("snapshots, fork, hibernate", { skip }, async () => {
+test("snapshots, fork, hibernate", { skip, timeout }, async () => {
   await withSandbox({ id: name("snap") }, async (sb) => {
     await sb.writeFile("/root/kept", "from the source\n");
     const s = await sb.createSession({ id: "work" });
@@ -168,18 +179,24 @@ test("snapshots, fork, hibernate", { skip }, async () => {
     }
 
     // No daemon checkpoints memory yet: memory is refused, a plain hibernation works and the
-    // session's state is back when the sandbox runs again.
+    // session's state is back when the sandbox runs again, with a process started again.
+    const again = await sb.startProcess("sleep 600", { id: "again", restart: "on-resume" });
+    const once = await sb.startProcess("sleep 600", { id: "once" });
     await assert.rejects(sb.hibernate({ memory: true }), InvalidArgumentError);
     assert.equal((await sb.hibernate()).status, "hibernated");
     assert.equal(sb.info.status, "hibernated");
     await assert.rejects(sb.hibernate(), ConflictError);
     assert.equal((await s.exec("echo $KEPT $PWD")).stdout, "yes /tmp\n");
     assert.equal((await sb.refresh()).status, "running");
+    const [a, o] = [await sb.getProcess(again.id), await sb.getProcess(once.id)];
+    assert.deepEqual([a.status, o.status], ["running", "stopped"]);
+    assert.notEqual(a.pid, again.pid);
+    await a.kill("KILL");
   });
   await assert.rejects(client.getSandbox("no-such").then((sb) => sb.hibernate()), NotFoundError);
 });
 
-test("permissions", { skip }, async () => {
+test("permissions", { skip, timeout }, async () => {
   const rule = (level: "none" | "view" | "read" | "write") => [{ pattern: "/root/secret", level }];
   await withSandbox({ id: name("perm"), permissions: rule("none") }, async (sb) => {
     assert.deepEqual(sb.info.permissions, rule("none"));
@@ -193,15 +210,21 @@ test("permissions", { skip }, async () => {
     await sb.setPermissions(rule("none"));
     assert.match((await sb.exec("cat /root/secret")).stderr, /No such file/);
     await assert.rejects(sb.setPermissions([{ pattern: "/root/secret", level: "secret" as "none" }]), InvalidArgumentError);
+
+    // A session's rules narrow the sandbox's for it alone.
+    await sb.setPermissions(rule("write"));
+    const narrow = await sb.createSession({ id: "narrow", permissions: rule("none") });
+    assert.match((await narrow.exec("cat /root/secret")).stderr, /No such file/);
+    assert.equal((await sb.exec("cat /root/secret")).stdout, "x\n");
   });
   await withSandbox({ id: name("noperm") }, async (sb) => {
     await assert.rejects(sb.setPermissions(rule("none")), ConflictError);
   });
 });
 
-test("stats, metrics, events", { skip }, async () => {
+test("stats, metrics, events", { skip, timeout }, async (t) => {
   const id = name("stats");
-  const events = await client.followEvents({ since: 0 });
+  const events = ending(t, await client.followEvents({ since: 0 }));
   await withSandbox({ id }, async (sb) => {
     const seen: string[] = [];
     for await (const ev of events) {
@@ -216,7 +239,7 @@ test("stats, metrics, events", { skip }, async () => {
     assert.deepEqual([st.id, st.status], [id, "running"]);
     assert.ok(st.memoryBytes > 0 && st.pids > 0, JSON.stringify(st));
     assert.ok((await client.stats()).some((x) => x.id === id && x.status === "running"));
-    const all = await client.streamStats();
+    const all = ending(t, await client.streamStats());
     let readings = 0;
     for await (const list of all) {
       assert.ok(list.some((x) => x.id === id));
@@ -229,7 +252,7 @@ test("stats, metrics, events", { skip }, async () => {
     assert.match(metrics, new RegExp(`^nsbox_sandbox_memory_bytes\\{[^}]*sandbox="${id}"[^}]*\\} [1-9]`, "m"));
 
     // A sandbox's stream ends with NotFoundError once the sandbox is removed.
-    const mine = await sb.streamStats();
+    const mine = ending(t, await sb.streamStats());
     const it = mine[Symbol.asyncIterator]();
     assert.equal((await it.next()).value?.id, id);
     await sb.destroy();
@@ -239,7 +262,7 @@ test("stats, metrics, events", { skip }, async () => {
   });
   await assert.rejects(client.getSandbox(id), NotFoundError);
   // Followed from the start, the kept events replay the sandbox's whole life.
-  const replay = await client.followEvents({ since: 0 });
+  const replay = ending(t, await client.followEvents({ since: 0 }));
   const life: string[] = [];
   for await (const ev of replay) {
     if (ev.sandbox === id) life.push(ev.type);
@@ -249,7 +272,7 @@ test("stats, metrics, events", { skip }, async () => {
   assert.deepEqual([life[0], life.at(-1)], ["sandbox.created", "sandbox.removed"]);
 });
 
-test("session tokens", { skip }, async () => {
+test("session tokens", { skip, timeout }, async () => {
   await withSandbox({ id: name("stok") }, async (sb) => {
     const s = await sb.createSession({ id: "browser" });
     const tok = await s.createToken({ permission: "read", ttlSeconds: 60 });
@@ -262,7 +285,7 @@ test("session tokens", { skip }, async () => {
   });
 });
 
-test("processes: remove the finished ones, logs by pieces", { skip }, async () => {
+test("processes: remove the finished ones, logs by pieces", { skip, timeout }, async () => {
   await withSandbox({ id: name("procs") }, async (sb) => {
     const done = await sb.startProcess("printf 0123456789", { id: "done" });
     await done.waitForExit(10000);
@@ -290,7 +313,7 @@ test("processes: remove the finished ones, logs by pieces", { skip }, async () =
   });
 });
 
-test("workspace diff and export, git checkout, code streamed", { skip }, async () => {
+test("workspace diff and export, git checkout, code streamed", { skip, timeout }, async () => {
   const host = hostDir({ old: "old\n", kept: "kept\n" });
   try {
     await withSandbox({ id: name("ws"), workspace: { hostPath: host } }, async (sb) => {
