@@ -200,6 +200,36 @@ func TestCreateRollsBackEveryFailingStep(t *testing.T) {
 	}
 }
 
+// TestCreateWhoseClientGaveUpRollsBack: a client that gives up after the sandbox's agent has
+// answered, while its network is attached (the last part of a cold create that used to heed no
+// cancellation), gets an error, and the create leaves nothing: no sandbox runs that its client
+// never learned of.
+func TestCreateWhoseClientGaveUpRollsBack(t *testing.T) {
+	c := newTestCore(t, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c.net.mu.Lock()
+	c.net.onAttach = func(string) {
+		ids := c.backend.ids()
+		if len(ids) != 1 {
+			t.Errorf("containers while the network is attached: %v", ids)
+			return
+		}
+		<-c.backend.get(ids[0]).detached // the agent has answered: only the network is left
+		cancel()
+	}
+	c.net.mu.Unlock()
+	if _, err := c.Create(ctx, api.CreateSandboxRequest{ID: "abandoned"}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("create whose client gave up: %v, want context.Canceled", err)
+	}
+	if left := c.leftovers("abandoned"); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if got := c.List(); len(got) != 0 {
+		t.Errorf("sandboxes after the create whose client gave up: %+v", got)
+	}
+}
+
 // A cold create hands the agent its configuration at its start, a warm one with PUT
 // /v1/config: the agent refusing it fails the create the same way either way, and a warm
 // container given to the failed sandbox goes with it.

@@ -72,7 +72,7 @@ func (b *fakeBackend) Start(_ context.Context, spec backend.Spec) (backend.Insta
 		return nil, err
 	}
 	inst := &fakeInstance{b: b, id: spec.ID, pid: 1000 + b.starts, spec: spec, ln: ln, sockDir: sockDir,
-		exited: make(chan struct{}), env: map[string]string{}, limits: spec.Limits, hostname: cmp.Or(spec.Hostname, spec.ID)}
+		exited: make(chan struct{}), detached: make(chan struct{}), env: map[string]string{}, limits: spec.Limits, hostname: cmp.Or(spec.Hostname, spec.ID)}
 	if spec.AgentConfig != nil { // as the agent takes it at its start
 		var cfg api.AgentConfig
 		if err := json.Unmarshal(spec.AgentConfig, &cfg); err != nil {
@@ -166,6 +166,10 @@ type fakeInstance struct {
 	sockDir string
 	exited  chan struct{}
 	once    sync.Once
+	// detached is closed once the daemon has detached a mount from it: the private store,
+	// which it does once the agent has answered at the container's start.
+	detached     chan struct{}
+	detachedOnce sync.Once
 
 	mu       sync.Mutex
 	hostname string
@@ -290,7 +294,10 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 }
 
 func (i *fakeInstance) ShowLimits(string) error { return nil }
-func (i *fakeInstance) Detach(string) error     { return nil }
+func (i *fakeInstance) Detach(string) error {
+	i.detachedOnce.Do(func() { close(i.detached) })
+	return nil
+}
 
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 
@@ -348,6 +355,8 @@ type fakeNetwork struct {
 	attached   map[string]*sandboxnet.Attachment
 	next       byte
 	failAttach error
+	// onAttach, when set, is called by every Attach of a sandbox's network, with its id.
+	onAttach func(id string)
 }
 
 func (n *fakeNetwork) RuleCount() (int, error) { return 0, nil }
@@ -373,6 +382,9 @@ func (n *fakeNetwork) Attach(id, _ string, mode sandboxnet.Mode, allow []netip.P
 	defer n.mu.Unlock()
 	if n.failAttach != nil {
 		return nil, n.failAttach
+	}
+	if n.onAttach != nil {
+		n.onAttach(id)
 	}
 	a := n.attached[id]
 	if a == nil {

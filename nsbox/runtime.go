@@ -530,6 +530,14 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		}
 		return nil, api.Errorf(api.CodeInternal, "set up sandbox %s: %v", rec.ID, bindErr)
 	}
+	// A client that gave up meanwhile (its connection closed, its deadline passed) gets an
+	// error, not the sandbox, which would otherwise run on with no one knowing of it (issue
+	// 12). Checked last before the record says running: what is left is that write and the
+	// answer's.
+	if err := ctx.Err(); err != nil {
+		r.abortCreate(sb)
+		return nil, fmt.Errorf("create sandbox %s: its client gave up: %w", rec.ID, err)
+	}
 	sb.mu.Lock()
 	_, err = r.transition(sb, api.StatusRunning, func(next *record) { next.PID, next.Network = rec.PID, rec.Network })
 	out := sb.rec.Sandbox

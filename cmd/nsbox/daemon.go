@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -91,14 +92,8 @@ func runDaemon(c *cli.Context) error {
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
 		return fmt.Errorf("resolve own binary: %w", err)
 	}
-	agentBin, err := agentBinary(filepath.Join(c.String("data-dir"), "agent"), exe)
-	if err != nil {
-		return err
-	}
-	initBin, err := initBinary(filepath.Join(c.String("data-dir"), "agent"))
-	if err != nil {
-		return err
-	}
+	// The flags are checked before anything on the host is touched: a mistyped flag is
+	// reported as such, whatever state the host is in.
 	pool, err := parseWarmPool(c.String("warm-pool"))
 	if err != nil {
 		return err
@@ -109,6 +104,12 @@ func runDaemon(c *cli.Context) error {
 	netCfg, err := networkFlags(c)
 	if err != nil {
 		return err
+	}
+	if n := c.Int64("default-disk"); n < 0 {
+		return fmt.Errorf("--default-disk: %d is negative (0 gives sandboxes no disk of their own)", n)
+	}
+	if n := c.Int64("max-disk"); n < 0 {
+		return fmt.Errorf("--max-disk: %d is negative (0: the size of the data dir's file system)", n)
 	}
 	if n := c.Int64("max-exec-output"); n < 1 || n > 1<<20 {
 		return fmt.Errorf("--max-exec-output must be 1 to %d (MiB), not %d", 1<<20, n)
@@ -128,6 +129,32 @@ func runDaemon(c *cli.Context) error {
 		caps = append(caps, capName)
 	}
 	runDir := c.String("run-dir")
+	if c.Bool("force") && !c.Bool("cleanup") {
+		return errors.New("--force goes with --cleanup")
+	}
+	proxyListenPort, err := proxyPort(c.String("proxy-listen"), c.String("proxy-domain"))
+	if err != nil {
+		return err
+	}
+	var eps []endpoint
+	var tlsCfg *tls.Config
+	var reloadTLS func() error
+	if !c.Bool("cleanup") {
+		if eps, err = parseListen(c, apiSocket(c, runDir)); err != nil {
+			return err
+		}
+		if tlsCfg, reloadTLS, err = tlsConfig(c); err != nil {
+			return err
+		}
+	}
+	agentBin, err := agentBinary(filepath.Join(c.String("data-dir"), "agent"), exe)
+	if err != nil {
+		return err
+	}
+	initBin, err := initBinary(filepath.Join(c.String("data-dir"), "agent"))
+	if err != nil {
+		return err
+	}
 	containers, err := libcontainer.New(libcontainer.Config{
 		StateRoot:    filepath.Join(runDir, "containers"),
 		RunDir:       filepath.Join(runDir, "sandboxes"),
@@ -163,16 +190,11 @@ func runDaemon(c *cli.Context) error {
 		LimitViews:          c.Bool("lxcfs"),
 		Network:             netCfg,
 		ProxyDomain:         c.String("proxy-domain"),
+		ProxyPort:           proxyListenPort,
 		Registries:          oci.Registries{Insecure: c.StringSlice("insecure-registry"), Mirror: c.String("registry-mirror")},
 	}
 	if idle, ttl := c.Duration("idle-timeout"), c.Duration("ttl"); idle > 0 || ttl > 0 {
 		cfg.DefaultLifecycle = &api.Lifecycle{IdleSeconds: int64(idle.Seconds()), OnIdle: c.String("on-idle"), TTLSeconds: int64(ttl.Seconds())}
-	}
-	if cfg.ProxyPort, err = proxyPort(c.String("proxy-listen"), cfg.ProxyDomain); err != nil {
-		return err
-	}
-	if c.Bool("force") && !c.Bool("cleanup") {
-		return errors.New("--force goes with --cleanup")
 	}
 	if c.Bool("cleanup") {
 		return cleanup(cfg, c.Bool("force"), log)
@@ -182,14 +204,6 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer lock.Close()
-	eps, err := parseListen(c, apiSocket(c, cfg.RunDir))
-	if err != nil {
-		return err
-	}
-	tlsCfg, reloadTLS, err := tlsConfig(c)
-	if err != nil {
-		return err
-	}
 	// Claimed before anything else is touched: a second daemon must not get further.
 	for _, ep := range eps {
 		if ep.socket == "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -75,5 +76,34 @@ func TestCLIManners(t *testing.T) {
 	}
 	if out, _, _ := d.cli("", "--generate-bash-completion"); !strings.Contains(out, "exec") || !strings.Contains(out, "hibernate") {
 		t.Errorf("completion words: %q", out)
+	}
+}
+
+// TestDaemonFlagsCheckedFirst: a daemon started with a bad flag says what is wrong with the
+// flag, even on a host where it could not start anyway (here: a run dir the sandboxes could
+// not reach), and writes nothing before it has checked them all.
+func TestDaemonFlagsCheckedFirst(t *testing.T) {
+	for _, c := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--listen", "tcp://0.0.0.0:7443"}, "needs --tls-cert and --tls-key unless its address is loopback"},
+		{[]string{"--listen", "ftp://x"}, "--listen"},
+		{[]string{"--tls-client-ca", "/nonexistent"}, "--tls-client-ca needs --tls-cert and --tls-key"},
+		{[]string{"--max-disk", "-5"}, "--max-disk: -5 is negative"},
+		{[]string{"--default-disk", "-1"}, "--default-disk: -1 is negative"},
+		{[]string{"--force"}, "--force goes with --cleanup"},
+		{[]string{"--warm-pool", "busybox=x"}, "warm"},
+		{[]string{"--userns-range", "nonsense"}, "--userns-range"},
+	} {
+		dataDir := t.TempDir()
+		args := append([]string{"daemon", "--data-dir", dataDir, "--run-dir", t.TempDir()}, c.flags...)
+		out, err := exec.Command(nsboxBin, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("daemon %v: %v, %q; want an error naming %q", c.flags, err, out, c.want)
+		}
+		if entries, err := os.ReadDir(dataDir); err != nil || len(entries) != 0 {
+			t.Errorf("daemon %v wrote into its data dir before refusing its flags: %v %v", c.flags, entries, err)
+		}
 	}
 }

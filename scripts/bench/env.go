@@ -34,6 +34,7 @@ type bench struct {
 type daemon struct {
 	name, dataDir, runDir, cgroupParent, log string
 	netArgs                                  []string // its own nftables table, subnet and uplink
+	args                                     []string // its command line, for every start
 	cmd                                      *exec.Cmd
 	exited                                   chan struct{}
 	client                                   *client.Client
@@ -65,39 +66,78 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool 
 	runDir := filepath.Join(b.runDir, name)
 	socket := filepath.Join(runDir, "nsbox.sock")
 	d := &daemon{name: name, dataDir: filepath.Join(b.tmpDir, name), runDir: runDir, cgroupParent: b.cgroup + "/" + name,
-		log: filepath.Join(b.tmpDir, name+".log"), exited: make(chan struct{}), client: client.New(socket),
-		netArgs: b.net.daemonArgs(len(b.daemons))}
-	logFile, err := os.Create(d.log)
+		log: filepath.Join(b.tmpDir, name+".log"), client: client.New(socket), netArgs: b.net.daemonArgs(len(b.daemons))}
+	d.args = append([]string{"--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
+		"--cgroup-parent", d.cgroupParent, "--seccomp=" + strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn"}, append(d.netArgs, extraArgs...)...)
+	if err := d.start(b.bin); err != nil {
+		return nil, err
+	}
+	b.daemons[name] = d
+	if err := d.waitAPI(ctx); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// start starts the daemon's process, its output appended to its log.
+func (d *daemon) start(bin string) error {
+	logFile, err := os.OpenFile(d.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("create daemon log: %w", err)
+		return fmt.Errorf("open daemon log: %w", err)
 	}
 	defer logFile.Close()
 	// Its own process group: a Ctrl-C meant for the benchmark must not stop the daemon
 	// before the benchmark has removed its sandboxes through it.
-	d.cmd = command(b.bin, append([]string{"--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
-		"--cgroup-parent", d.cgroupParent, "--seccomp=" + strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn"}, append(d.netArgs, extraArgs...)...)...)
+	d.cmd = command(bin, d.args...)
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start daemon %s: %w", name, err)
+		return fmt.Errorf("start daemon %s: %w", d.name, err)
 	}
-	b.daemons[name] = d
-	go func() { _ = d.cmd.Wait(); close(d.exited) }()
+	exited := make(chan struct{})
+	d.exited = exited
+	go func() { _ = d.cmd.Wait(); close(exited) }()
+	return nil
+}
+
+// waitAPI waits, up to a minute, until the daemon answers on its API socket.
+func (d *daemon) waitAPI(ctx context.Context) error {
+	var err error
 	for deadline := time.Now().Add(time.Minute); ; {
 		if _, err = d.client.Version(ctx); err == nil {
-			return d, nil
+			return nil
 		}
 		select {
 		case <-d.exited:
 			log, _ := os.ReadFile(d.log)
-			return nil, fmt.Errorf("daemon %s exited (%v): %s", name, d.cmd.ProcessState, strings.TrimSpace(string(log)))
+			return fmt.Errorf("daemon %s exited (%v): %s", d.name, d.cmd.ProcessState, strings.TrimSpace(string(log)))
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("daemon %s did not answer within a minute: %w", name, err)
+			return fmt.Errorf("daemon %s did not answer within a minute: %w", d.name, err)
 		}
 	}
+}
+
+// restart ends the daemon with sig (its sandboxes keep running), starts it again and returns
+// how long the new one took to answer on its API (it opens its socket once it has
+// reconciled every sandbox and rebuilt their network) and the CPU time it used meanwhile.
+func (d *daemon) restart(ctx context.Context, bin string, sig syscall.Signal) (wall, cpu time.Duration, err error) {
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		return 0, 0, fmt.Errorf("signal daemon %s: %w", d.name, err)
+	}
+	<-d.exited
+	began := time.Now()
+	if err := d.start(bin); err != nil {
+		return 0, 0, err
+	}
+	if err := d.waitAPI(ctx); err != nil {
+		return 0, 0, err
+	}
+	wall = time.Since(began)
+	cpu, err = cpuTime(d.cmd.Process.Pid)
+	return wall, cpu, err
 }
 
 // waitWarm waits until the daemon's pool has a container of the benchmark's image ready.

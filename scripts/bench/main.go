@@ -32,6 +32,9 @@
 //     before, during and after (burst.go).
 //   - stats: what reading every sandbox's resource use (GET /v1/stats, a /metrics scrape) costs
 //     the daemon with -stats-n sandboxes running (stats.go).
+//   - restart: a daemon holding -restart sandboxes (100, then 500), each with a web server on an
+//     exposed port, ended by kill -9 and by SIGTERM and started again: the time until its API
+//     answers, and a check of every sandbox (restart.go).
 //   - density: 1,000 idle sandboxes with a session each: time to create and remove them, memory
 //     per sandbox, the daemon's RSS, and the API's latency while they idle (density.go).
 //
@@ -77,6 +80,7 @@ type options struct {
 	nsbox, cpuProfile string
 	n, idle, density  int
 	statsN            int
+	restart           []int
 	densityDisk       bool
 	sections          map[string]bool
 }
@@ -106,10 +110,15 @@ func parseFlags() (options, error) {
 	flag.BoolVar(&o.densityDisk, "density-disk", true, "give the density measurement's sandboxes the daemon's default disk (false: --default-disk 0, which creates them about three times as fast)")
 	flag.IntVar(&o.statsN, "stats-n", 1000, "running sandboxes for the stats measurement")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the CPU profile of the benchmark itself (the client side: the Go SDK) to this file, for go tool pprof")
+	restart := flag.String("restart", "100,500", "comma-separated, increasing sandbox counts the restart section restarts a daemon with")
 	only := flag.String("only", strings.Join(sections, ","), "comma-separated sections to run: "+strings.Join(sections, ", "))
 	flag.Parse()
 	if !filepath.IsAbs(o.nsbox) || o.n < 1 || o.idle < 1 || o.density < 2 || o.statsN < 1 || o.statsN > 2000 {
 		return o, errors.New("-nsbox must be an absolute path; -n and -idle at least 1, -density at least 2, -stats-n from 1 to 2000")
+	}
+	var err error
+	if o.restart, err = parseSizes(*restart); err != nil {
+		return o, fmt.Errorf("-restart: %w", err)
 	}
 	for _, s := range strings.Split(*only, ",") {
 		if s = strings.TrimSpace(s); !slices.Contains(sections, s) {
@@ -121,7 +130,7 @@ func parseFlags() (options, error) {
 }
 
 // sections are the parts of the benchmark, in the order they run.
-var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "output", "network", "images", "burst", "stats", "density"}
+var sections = []string{"cycle", "session", "process", "code", "memory", "lifecycle", "snapshots", "storage", "permissions", "files", "output", "network", "images", "burst", "stats", "restart", "density"}
 
 func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
@@ -219,6 +228,11 @@ func run(ctx context.Context, o options) (err error) {
 	if o.sections["stats"] {
 		if err := b.statsSection(ctx, o.statsN, min(o.n, 10)); err != nil {
 			return fmt.Errorf("stats: %w", err)
+		}
+	}
+	if o.sections["restart"] {
+		if err := b.restartSection(ctx, o.restart); err != nil {
+			return fmt.Errorf("restart: %w", err)
 		}
 	}
 	if o.sections["density"] {
