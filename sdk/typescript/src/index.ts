@@ -161,16 +161,21 @@ export type Follow<T> = AsyncIterable<T> & { close(): void };
 
 /**
  * The data of a stream's events as an async iterable. An "error" event is thrown as its
- * NsboxError; close() ends the iteration (the aborted read it causes is not an error).
+ * NsboxError, a broken connection as its error; close() ends the iteration (the aborted read
+ * it causes is not an error).
  */
 function follow<T>(events: EventStream): Follow<T> {
+  let closed = false;
   return {
-    close: () => events.close(),
+    close: () => {
+      closed = true;
+      events.close();
+    },
     async *[Symbol.asyncIterator]() {
       try {
         for await (const [, data] of events) yield data as T;
       } catch (err) {
-        if (err instanceof NsboxError) throw err; // closed while reading ends the iteration
+        if (!closed || err instanceof NsboxError) throw err;
       }
     },
   };
