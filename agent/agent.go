@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,19 @@ import (
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
+
+// raiseOpenFileLimit sets the soft open-file limit to the hard one.
+func raiseOpenFileLimit() error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("read the open-file limit: %w", err)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise the open-file limit to %d: %w", lim.Max, err)
+	}
+	return nil
+}
 
 // Agent serves one sandbox from inside it.
 type Agent struct {
@@ -59,6 +73,14 @@ func Run(listenFD, configFD int, version string) error {
 	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("mark agent non-dumpable: %w", err)
+	}
+	// The sandbox's open-file limit is the hard one it inherits (the daemon's): the soft one is
+	// raised to it for the agent and, set explicitly, for what it starts (Go would give those
+	// the soft limit the agent started with). The daemon cannot set it from outside: the
+	// sandbox's user namespace is not root's, and prlimit on a process in it takes
+	// CAP_SYS_RESOURCE, which the host's root may lack.
+	if err := raiseOpenFileLimit(); err != nil {
+		return err
 	}
 	// The agent is idle nearly all the time: keep its heap small.
 	debug.SetGCPercent(50)

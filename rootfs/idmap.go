@@ -48,41 +48,94 @@ var usernsCache = struct {
 	m map[IDMap]*os.File
 }{m: map[IDMap]*os.File{}}
 
-// UserNS returns a descriptor of a user namespace with the mapping m, for id-mapped mounts
-// (the caller must not close it). The first call for a mapping clones a helper process into a
-// new namespace (stopped before it can run anything: it is traced) only long enough to open
-// /proc/<pid>/ns/user.
+// UserNS returns a descriptor of a user namespace with the mapping m, for id-mapped mounts and
+// for the container to join (the caller must not close it). The namespace is owned by m's
+// first host id, the sandbox's root, not by the host's root: the kernel charges the per-user
+// counts (inotify instances and watches, fanotify groups, namespaces…) of everything in a
+// user namespace to its owner in the parent namespace too, and a namespace owned by root
+// would let a sandbox use up the host root's. The first call for a mapping clones a helper
+// process into a new namespace (stopped before it can run anything: it is traced) only long
+// enough to write its maps and open /proc/<pid>/ns/user.
 func UserNS(m IDMap) (*os.File, error) {
 	usernsCache.Lock()
 	defer usernsCache.Unlock()
 	if f := usernsCache.m[m]; f != nil {
 		return f, nil
 	}
-	maps := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(m.Host), Size: int(m.Size)}}
+	f, err := onThreadAs(m.Host, func() (*os.File, error) {
+		return makeUserNS(m)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("make a user namespace for ids %d-%d: %w", m.Host, m.Host+m.Size-1, err)
+	}
+	usernsCache.m[m] = f
+	return f, nil
+}
+
+// makeUserNS is UserNS's work, on a thread whose effective uid is m's first host id: a new
+// user namespace's owner is the effective uid of the thread that makes it. The helper execs
+// this binary as that uid, so the binary must be executable by others.
+func makeUserNS(m IDMap) (*os.File, error) {
 	proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
 		Sys: &syscall.SysProcAttr{
-			Cloneflags:  unix.CLONE_NEWUSER,
-			UidMappings: maps,
-			GidMappings: maps,
+			Cloneflags: unix.CLONE_NEWUSER,
 			// Traced, the child stops at its execve before the new program runs.
 			Ptrace:    true,
 			Pdeathsig: unix.SIGKILL,
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("make a user namespace for ids %d-%d: %w", m.Host, m.Host+m.Size-1, err)
+		return nil, fmt.Errorf("start a helper as uid %d (the nsbox binary must be executable by others): %w", m.Host, err)
 	}
 	defer func() {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
 	}()
+	mapping := fmt.Sprintf("0 %d %d\n", m.Host, m.Size)
+	for _, file := range []string{"uid_map", "gid_map"} {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/%s", proc.Pid, file), []byte(mapping), 0); err != nil {
+			return nil, fmt.Errorf("write the helper's %s: %w", file, err)
+		}
+	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", proc.Pid))
 	if err != nil {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
-	usernsCache.m[m] = f
 	return f, nil
 }
+
+// onThreadAs runs f on a locked OS thread of its own whose effective (and file system) uid is
+// uid, with the daemon's capabilities kept (SECBIT_NO_SETUID_FIXUP: a host that lets only the
+// privileged make user namespaces still lets it), and returns what f returns. The uid is set by
+// a raw syscall (syscall.Setresuid would change every thread of the daemon); the thread is
+// never unlocked, so it ends with f, and Go starts new threads from a template thread, never
+// from a locked one: no other thread gets its credentials.
+func onThreadAs(uid uint32, f func() (*os.File, error)) (*os.File, error) {
+	type result struct {
+		file *os.File
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread's credentials are not the process's
+		if err := unix.Prctl(unix.PR_SET_SECUREBITS, secbitNoSetuidFixup, 0, 0, 0); err != nil {
+			done <- result{nil, fmt.Errorf("keep capabilities across setresuid: %w", err)}
+			return
+		}
+		keep := ^uintptr(0) // (uid_t)-1: unchanged
+		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, keep, uintptr(uid), keep); errno != 0 {
+			done <- result{nil, fmt.Errorf("take the effective uid %d: %w", uid, errno)}
+			return
+		}
+		file, err := f()
+		done <- result{file, err}
+	}()
+	res := <-done
+	return res.file, res.err
+}
+
+// secbitNoSetuidFixup keeps a thread's capabilities when its effective uid leaves 0.
+const secbitNoSetuidFixup = 1 << 2
 
 // lowerTree makes a detached, read-only copy of the mount tree at dir whose ids are mapped
 // through the user namespace userns (unless it is nil), and returns its descriptor.

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,17 +26,20 @@ var escapeScript string
 var escapeAttempts = []string{
 	"mount", "pivot_root", "unshare", "setns", "ptrace", "keyctl", "bpf", "perf_event_open", "userfaultfd",
 	"kexec_load", "init_module", "open_by_handle_at", "chroot", "mknod", "raw-socket", "vsock",
-	"write-proc-sys", "sysrq-trigger", "write-cgroupfs", "read-kcore", "read-keys", "write-agent-exe",
+	"write-proc-sys", "sysrq-trigger", "write-cgroupfs", "read-kcore", "read-keys", "read-kpageflags",
+	"read-slabinfo", "read-config-gz", "dev-nodes", "read-dev-kmsg", "read-dev-mem", "ptrace-session", "write-agent-exe",
 	"write-self-exe-agent", "agent-oom-score", "agent-task-oom-score", "agent-fds", "inherited-fds",
-	"host-loopback-listener", "host-veth-listener", "other-sandbox",
+	"host-loopback-listener", "host-veth-listener", "other-sandbox", "daemon-socket", "other-sandbox-agent-socket",
 }
 
 // TestEscapeSuite tries, as root inside a sandbox, each class of escape the kernel boundary must
 // stop (issue 10's list): mounts, pivot_root and chroot, new user namespaces, setns, ptrace of
-// PID 1, keyrings, bpf, perf, userfaultfd, kexec and modules, handles, device nodes, raw and
-// vsock sockets, /proc/sys, sysrq, cgroupfs, kcore and keys, the agent's binary, the agent's fds
-// and fds leaked into the sandbox, host listeners on 127.0.0.1 and on the host side of the
-// veth, and another sandbox. Every attempt must be made and fail.
+// PID 1 and of a session's shell, keyrings, bpf, perf, userfaultfd, kexec and modules, handles,
+// device nodes (made, and any but runc's defaults in /dev), raw and vsock sockets, /proc/sys,
+// sysrq, cgroupfs, kcore, keys, kpageflags, slabinfo and config.gz, /dev/kmsg and /dev/mem,
+// the agent's binary, the agent's fds and fds leaked into the sandbox, host listeners on
+// 127.0.0.1 and on the host side of the veth, another sandbox, and the sockets of the daemon
+// and of the other sandbox's agent (by their host paths). Every attempt must be made and fail.
 func TestEscapeSuite(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		t.Skip("the host image needs python3")
@@ -50,7 +54,15 @@ func TestEscapeSuite(t *testing.T) {
 	loopback := newHostListener(t, "127.0.0.1:0", d.net.subnet)
 	veth := newHostListener(t, gateway.String()+":0", d.net.subnet)
 	mustHostGet(t, fmt.Sprintf("http://%s:%d/", gateway, veth.port), "host") // they serve
-	args := []string{"python3", "-c", escapeScript, strconv.Itoa(loopback.port), gateway.String(), strconv.Itoa(veth.port), peerIP, "8080"}
+	victim := d.createSession("jail", "victim", api.CreateSessionRequest{})
+	peerAgent := filepath.Join(d.runDir, "sandboxes", d.container("peer"), "agent.sock")
+	for _, sock := range []string{d.socket, peerAgent} {
+		if fi, err := os.Stat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("the host has no socket %s to try: %v %v", sock, fi, err)
+		}
+	}
+	args := []string{"python3", "-c", escapeScript, strconv.Itoa(loopback.port), gateway.String(), strconv.Itoa(veth.port), peerIP, "8080",
+		strconv.Itoa(victim.PID), d.socket, peerAgent}
 	p := d.startProc("jail", api.StartProcessRequest{ID: "escape", Argv: args})
 	if res := d.waitProc("jail", p.ID, api.WaitProcessRequest{}); !res.Met || res.Process.ExitCode != 0 {
 		stdout, stderr, _, _ := d.readLogs("jail", p.ID, 0, 0)
@@ -71,12 +83,56 @@ func TestEscapeSuite(t *testing.T) {
 			t.Errorf("%s was not tried", name)
 		}
 	}
+	// A ptrace refused for a process that is not there (ESRCH) would prove nothing.
+	for _, name := range []string{"ptrace", "ptrace-session"} {
+		if got := reported[name]; got != "BLOCKED: EPERM" {
+			t.Errorf("%s: %q, want it refused with EPERM", name, got)
+		}
+	}
 	for _, l := range []*hostListener{loopback, veth} {
 		if from := l.sandboxConnections(); len(from) > 0 {
 			t.Errorf("the host listener on port %d accepted connections from sandboxes: %v", l.port, from)
 		}
 	}
 	t.Logf("escape attempts: %v", reported)
+
+	// Seen from the host, no fd of PID 1 (nor its cwd or root) is a directory of the host's
+	// file systems: its directories are the sandbox's root, its disk's and its tmpfs'. (Its
+	// stdout and stderr are its log file on the host: a file, and PID 1's fds are not
+	// reachable from inside, "agent-fds" above.)
+	hostDevs := map[uint64]string{}
+	for _, dir := range []string{"/", d.runDir, d.dataDir, os.TempDir()} {
+		var st syscall.Stat_t
+		if err := syscall.Stat(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		hostDevs[st.Dev] = dir
+	}
+	agent := d.agentPID("jail")
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", agent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"cwd", "root"}
+	for _, fd := range fds {
+		names = append(names, "fd/"+fd.Name())
+	}
+	dirs := 0
+	for _, name := range names {
+		p := fmt.Sprintf("/proc/%d/%s", agent, name)
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+			continue // gone meanwhile, or not a directory
+		}
+		dirs++
+		if dir, ok := hostDevs[st.Dev]; ok {
+			target, _ := os.Readlink(p)
+			t.Errorf("the agent's %s is a directory (%s) on the file system of the host's %s", name, target, dir)
+		}
+	}
+	if dirs < 2 { // its cwd and root at least
+		t.Errorf("found %d directories among the agent's fds, cwd and root", dirs)
+	}
 
 	// No host fd reaches a session's shell or its commands (CVE-2024-21626 class): every fd of
 	// the shell and of a command in it is a terminal, /dev/null, a pipe or FIFO, one of the

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
+	"golang.org/x/sys/unix"
 )
 
 // The tests of user namespaces (on by default) and of the capability set: what sandbox root is
@@ -89,6 +90,31 @@ func statusField(t *testing.T, pid int, field string) []string {
 	return nil
 }
 
+// requireNosuidMounts fails the test unless the host has mounts under dir (the run dir of a
+// sandbox's container: its disk, its root overlay, a copy-on-write workspace's) and each is
+// nosuid: a setuid file a sandbox plants in them gives no one its owner's rights on the host.
+func requireNosuidMounts(t *testing.T, dir string) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[4], dir+"/") {
+			continue
+		}
+		seen = append(seen, f[4])
+		if !slices.Contains(strings.Split(f[5], ","), "nosuid") {
+			t.Errorf("the host mount %s is not nosuid: %s", f[4], line)
+		}
+	}
+	if len(seen) == 0 {
+		t.Errorf("no host mounts under %s", dir)
+	}
+}
+
 func TestUserNamespaceIsolatesRoot(t *testing.T) {
 	requireUserNS(t)
 	d := startDaemon(t)
@@ -124,6 +150,7 @@ func TestUserNamespaceIsolatesRoot(t *testing.T) {
 			if mode&os.ModeSetuid == 0 || uid == 0 || uid != root {
 				t.Errorf("the planted setuid file is %v owned by %d on the host, want the sandbox's %d", mode, uid, root)
 			}
+			requireNosuidMounts(t, filepath.Join(d.runDir, "sandboxes", d.container(sb.ID)))
 			for _, dir := range []string{d.dataDir, filepath.Join(d.dataDir, "sandboxes"), filepath.Join(d.dataDir, "sandboxes", d.container(sb.ID))} {
 				if _, _, mode := hostOwner(t, dir); mode.Perm() != 0o700 {
 					t.Errorf("%s has mode %v, want 0700", dir, mode.Perm())
@@ -189,6 +216,18 @@ func TestUserNamespaceSessionsAndFiles(t *testing.T) {
 	if out, stderr, code := d.cli("", "cp", sb.ID+":/tmp/cp", "-"); code != 0 || out != "in" {
 		t.Fatalf("nsbox cp out: %q %q", out, stderr)
 	}
+	// What cp writes belongs to the sandbox's root, or to the --session's user.
+	if _, stderr, code := d.cli("in", "cp", "--session", "nob", "-", sb.ID+":/tmp/cp-nobody"); code != 0 {
+		t.Fatalf("nsbox cp --session nob in: %q", stderr)
+	}
+	for p, want := range map[string]uint32{"/tmp/cp": 0, "/tmp/cp-nobody": 65534} {
+		if got := d.sh(sb.ID, "stat -c %u:%g "+p); got != fmt.Sprintf("%d:%d\n", want, want) {
+			t.Errorf("nsbox cp's %s is %q inside, want %d", p, got, want)
+		}
+		if uid, gid, _ := hostOwner(t, d.upperPath(sb.ID, p)); uid != root+want || gid != root+want {
+			t.Errorf("nsbox cp's %s is %d:%d on the host, want %d", p, uid, gid, root+want)
+		}
+	}
 }
 
 func TestUserNamespaceWorkspacesAndMounts(t *testing.T) {
@@ -202,6 +241,7 @@ func TestUserNamespaceWorkspacesAndMounts(t *testing.T) {
 	if got := d.sh(sb.ID, "stat -c %u:%g /workspace/a; echo b >> /workspace/a; cp /bin/sh /workspace/suid; chmod 4755 /workspace/suid"); got != "0:0\n" {
 		t.Errorf("the workspace's files inside: %q", got)
 	}
+	requireNosuidMounts(t, filepath.Join(d.runDir, "sandboxes", d.container(sb.ID)))
 	upper := filepath.Join(d.layerDir(sb.ID), "workspace", "upper")
 	for _, name := range []string{"a", "suid"} {
 		if uid, _, _ := hostOwner(t, filepath.Join(upper, name)); uid != root {
@@ -325,5 +365,154 @@ func TestRunDirOutOfReach(t *testing.T) {
 		"--warm-pool", "").CombinedOutput()
 	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "cannot reach "+run) || !strings.Contains(string(out), " is mode 0700") || !strings.Contains(string(out), "chmod o+x") {
 		t.Fatalf("a daemon with its run dir under a private directory: %v\n%s", err, out)
+	}
+}
+
+// TestUserNamespaceOwnsItsLimits: the kernel's per-user counts (inotify instances here) of a
+// sandbox's root are charged to its own host ids, never to the host's root: a sandbox that
+// uses up its inotify instances leaves the host's root able to make one. (A user namespace
+// charges the counts of all in it to the namespace's owner in the parent namespace too.)
+func TestUserNamespaceOwnsItsLimits(t *testing.T) {
+	requireUserNS(t)
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("the host image needs python3")
+	}
+	d := startDaemon(t)
+	sb := d.create(api.CreateSandboxRequest{Image: "host"})
+	root := d.hostRoot(sb.ID)
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", d.agentPID(sb.ID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, err := unix.IoctlGetUint32(int(ns.Fd()), unix.NS_GET_OWNER_UID)
+	ns.Close()
+	if err != nil {
+		t.Fatalf("the owner of the sandbox's user namespace: %v", err)
+	}
+	t.Logf("the sandbox's user namespace is owned by host uid %d; its root is %d", owner, root)
+	// The open-file limit, which the daemon cannot set from outside such a namespace without
+	// CAP_SYS_RESOURCE, is still the daemon's hard limit, soft and hard, in a command.
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := d.sh(sb.ID, "ulimit -Sn; ulimit -Hn"), fmt.Sprintf("%d\n%d\n", lim.Max, lim.Max); got != want {
+		t.Errorf("the open-file limits inside: %q, want %q", got, want)
+	}
+
+	// Inside, root makes inotify instances until the kernel says no, says how many, and holds them.
+	script := `import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+n = 0
+while libc.inotify_init1(0) >= 0:
+    n += 1
+print(n, ctypes.get_errno(), flush=True)
+time.sleep(600)
+`
+	p := d.startProc(sb.ID, api.StartProcessRequest{ID: "hog", Argv: []string{"python3", "-c", script}})
+	var line string
+	for line == "" {
+		stdout, stderr, _, _ := d.readLogs(sb.ID, p.ID, 0, 0)
+		if len(stderr) > 0 {
+			t.Fatalf("the inotify hog: %s", stderr)
+		}
+		line, _, _ = strings.Cut(string(stdout), "\n")
+		if !strings.Contains(string(stdout), "\n") {
+			line = ""
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	fd, hostErr := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if hostErr == nil {
+		unix.Close(fd)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), sb.ID, client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 || f[1] != strconv.Itoa(int(syscall.EMFILE)) || mustAtoi(t, f[0]) == 0 {
+		t.Fatalf("the sandbox's inotify instances: %q, want a count and EMFILE", line)
+	}
+	t.Logf("the sandbox's root made %s inotify instances", f[0])
+	// EMFILE is also the open-file limit's answer: the attempt counts only if it met the
+	// inotify limit (the host's, for the namespace's owner, who has no other instances).
+	limit, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(limit)) != f[0] {
+		t.Errorf("the sandbox made %s inotify instances, not the host's limit of %s per user: the test did not reach it", f[0], strings.TrimSpace(string(limit)))
+	}
+	if hostErr != nil {
+		t.Errorf("with a sandbox's inotify instances used up, the host's root cannot make one: %v", hostErr)
+	}
+	if owner == 0 {
+		t.Errorf("the sandbox's user namespace is owned by the host's root, who is charged for what is in it")
+	}
+}
+
+// TestUserNamespaceCannotWork: a daemon that cannot give sandboxes user namespaces refuses to
+// start, says why and names --userns=false. Here the nsbox binary is executable by root only:
+// the helper that makes a sandbox's user namespace runs it as the sandbox's root (the
+// namespace's owner), and cannot.
+func TestUserNamespaceCannotWork(t *testing.T) {
+	requireUserNS(t)
+	dir := reachableTempDir(t)
+	bin := filepath.Join(dir, "nsbox")
+	data, err := os.ReadFile(nsboxBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run := filepath.Join(dir, "run")
+	out, err := exec.CommandContext(ctx, bin, "--socket", filepath.Join(run, "nsbox.sock"), "daemon",
+		"--data-dir", filepath.Join(dir, "data"), "--run-dir", run, "--cgroup-parent", fmt.Sprintf("nsbox-test-%d-nouserns", os.Getpid()),
+		"--warm-pool", "").CombinedOutput()
+	for _, want := range []string{"user namespaces cannot work on this host", "executable by others", "--userns=false"} {
+		if err == nil || ctx.Err() != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("a daemon whose binary only root may run: %v, want an error saying %q\n%s", err, want, out)
+		}
+	}
+	t.Logf("%s", out)
+}
+
+// TestUserNamespaceRange: --userns-range is where sandboxes' ids come from, a block of 65536
+// each; when its blocks are all in use a create fails and names the flag, and a remove frees
+// a block for the next sandbox.
+func TestUserNamespaceRange(t *testing.T) {
+	requireUserNS(t)
+	const start = 1500000000 + 7*65536
+	d := startDaemon(t, "--userns-range", fmt.Sprintf("%d:%d", start, 2*65536))
+	a := d.create(api.CreateSandboxRequest{Image: "busybox"})
+	b := d.create(api.CreateSandboxRequest{Image: "busybox"})
+	ra, rb := d.hostRoot(a.ID), d.hostRoot(b.ID)
+	blocks := []uint32{ra, rb}
+	slices.Sort(blocks)
+	if blocks[0] != start || blocks[1] != start+65536 {
+		t.Fatalf("the two sandboxes' roots are %d and %d, want the range's two blocks %d and %d", ra, rb, start, start+65536)
+	}
+	_, err := d.client.CreateSandbox(context.Background(), api.CreateSandboxRequest{Image: "busybox"})
+	if err == nil || !strings.Contains(err.Error(), "--userns-range") {
+		t.Fatalf("a third sandbox in a range of two blocks: %v", err)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), a.ID, client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	// The remove may end in the background: the block is free once the container is gone.
+	var c *api.Sandbox
+	for c == nil {
+		if c, err = d.client.CreateSandbox(context.Background(), api.CreateSandboxRequest{Image: "busybox"}); err != nil {
+			if !strings.Contains(err.Error(), "--userns-range") {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // the test's deadline bounds it
+		}
+	}
+	if got := d.hostRoot(c.ID); got != ra {
+		t.Errorf("after a remove the new sandbox's root is %d, want the freed block's %d", got, ra)
 	}
 }

@@ -211,14 +211,14 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
-		Seccomp: b.cfg.Seccomp, MaxOpenFiles: maxOpenFiles(), CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
+		Seccomp: b.cfg.Seccomp, CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
 	}
 	if err := writeCPUsOnline(cs.CPUsOnline, cs.CPUs); err != nil {
 		return nil, err
 	}
 	if spec.IDs.Enabled() {
-		// The overlay's lowers were mapped with the same namespace: it exists already. runc
-		// opens it from a thread of this process.
+		// The overlay's lowers were mapped with the same namespace: it exists already. The
+		// container joins it, and runc maps its binds with it.
 		userns, err := rootfs.UserNS(spec.IDs)
 		if err != nil {
 			return nil, err

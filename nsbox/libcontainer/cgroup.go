@@ -10,14 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func maxOpenFiles() uint64 {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return 1024
-	}
-	return lim.Max
-}
-
 // removeCgroup kills whatever is left in a cgroup that has no container state any more (a crash
 // between creating the cgroup and saving the state) and removes it from every hierarchy. A
 // crash can leave it in only some of the hierarchies: each is looked at on its own.

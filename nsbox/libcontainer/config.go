@@ -53,16 +53,13 @@ type configSpec struct {
 	Rootfs     string // the mounted overlay
 	AgentBin   string // host path of the nsbox binary
 	CgroupPath string // e.g. /nsbox/<id>
-	// UserNS is the path of a user namespace with the container's mapping (Spec.IDs), which
-	// runc maps the image's binds and read-only mounts with.
+	// UserNS is the path of a user namespace with the container's mapping (Spec.IDs): the
+	// container joins it, and runc maps the image's binds and read-only mounts with it.
 	UserNS  string
 	Seccomp bool
 	// CPUs is the container's cpuset ("0-1"), and CPUsOnline the host file that lists them
 	// for its CPUsOnline (writeCPUsOnline).
 	CPUs, CPUsOnline string
-	// MaxOpenFiles is the container's open-file limit: the daemon's own hard limit, the most a
-	// process without CAP_SYS_RESOURCE can be given.
-	MaxOpenFiles uint64
 }
 
 // containerConfig builds the libcontainer config of a sandbox.
@@ -117,7 +114,6 @@ func containerConfig(s configSpec) *configs.Config {
 			// Not id-mapped: the sandbox's root does not own the agent binary, whatever the mount.
 			readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s),
 		},
-		Rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Hard: s.MaxOpenFiles, Soft: s.MaxOpenFiles}},
 	}
 	for _, b := range s.ImageBinds {
 		cfg.Mounts = append(cfg.Mounts, readonlyBind(b, s))
@@ -129,7 +125,9 @@ func containerConfig(s configSpec) *configs.Config {
 	// Not id-mapped: root's file, read-only for all.
 	cfg.Mounts = append(cfg.Mounts, readonlyBind(backend.Mount{Source: s.CPUsOnline, Target: CPUsOnline, IDs: backend.MountIDs{Native: true}}, s))
 	if s.IDs.Enabled() {
-		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER})
+		// The daemon's namespace with the container's mapping (rootfs.UserNS), owned by the
+		// sandbox's root: one runc made would be the host root's.
+		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER, Path: s.UserNS})
 		cfg.UIDMappings = idMaps(0, s.IDs)
 		cfg.GIDMappings = idMaps(0, s.IDs)
 	}

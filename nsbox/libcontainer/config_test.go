@@ -30,7 +30,7 @@ func TestContainerConfigIsLockedDown(t *testing.T) {
 			Masked: []string{"/etc/shadow"}, Limits: backend.Limits{CPUQuota: 50000, MemoryBytes: 1 << 30, Pids: 64},
 			Mounts: []backend.Mount{{Source: "/h", Target: "/workspace"}, {Source: "/m", Target: "/data", ReadOnly: true}},
 		},
-		Rootfs: "/r", AgentBin: "/bin/nsbox", CgroupPath: cgroupPath("nsbox", "box"), Seccomp: true, MaxOpenFiles: 4096,
+		Rootfs: "/r", AgentBin: "/bin/nsbox", CgroupPath: cgroupPath("nsbox", "box"), Seccomp: true,
 	})
 	if !cfg.NoNewPrivileges || cfg.Hostname != "box" || cfg.Cgroups.Path != "/nsbox/box" {
 		t.Errorf("basics: nnp %v host %q cgroup %q", cfg.NoNewPrivileges, cfg.Hostname, cfg.Cgroups.Path)
@@ -83,9 +83,6 @@ func TestContainerConfigIsLockedDown(t *testing.T) {
 	if cfg.Seccomp == nil || cfg.Seccomp.DefaultAction != configs.Allow || len(cfg.Seccomp.Syscalls) < len(deniedSyscalls) {
 		t.Errorf("seccomp: %+v", cfg.Seccomp)
 	}
-	if cfg.Rlimits[0].Hard != 4096 {
-		t.Errorf("rlimits: %+v", cfg.Rlimits)
-	}
 	if cgroupPath("a/b", "x") != filepath.Join("/a/b", "x") {
 		t.Errorf("cgroupPath")
 	}
@@ -105,8 +102,8 @@ func TestContainerConfigUserNamespace(t *testing.T) {
 		},
 		Rootfs: "/r", AgentBin: "/bin/nsbox", CgroupPath: cgroupPath("nsbox", "box"), UserNS: "/proc/7/fd/9",
 	})
-	if !cfg.Namespaces.Contains(configs.NEWUSER) {
-		t.Fatalf("no user namespace")
+	if got := cfg.Namespaces.PathOf(configs.NEWUSER); !cfg.Namespaces.Contains(configs.NEWUSER) || got != "/proc/7/fd/9" {
+		t.Fatalf("the user namespace: joined at %q, want the daemon's (owned by the sandbox's root)", got)
 	}
 	want := []configs.IDMap{{ContainerID: 0, HostID: 1 << 30, Size: rootfs.IDsPerSandbox}}
 	if !slices.Equal(cfg.UIDMappings, want) || !slices.Equal(cfg.GIDMappings, want) {

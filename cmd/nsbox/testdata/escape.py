@@ -1,7 +1,7 @@
 # Tries, from inside a sandbox as its root, what would break out of it or reach the host's
 # kernel state, and prints one line for each attempt: "BLOCKED name: how" or "ESCAPED name:
 # what happened". Run by TestEscapeSuite (escape_test.go) through the processes API.
-import ctypes, errno, os, socket, sys
+import ctypes, errno, os, socket, stat, sys
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -70,6 +70,23 @@ def vsock():
     return "opened"
 
 
+def dev_nodes():
+    # The only devices are runc's defaults (and what the kernel gives a pts mount): none of
+    # the host's disks, memory, kernel log or hypervisor channels.
+    allowed = {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "console", "pts/ptmx"}
+    found = []
+    for root, dirs, files in os.walk("/dev"):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, "/dev")
+            st = os.lstat(path)
+            if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and rel not in allowed and not (rel.startswith("pts/") and rel[4:].isdigit()):
+                found.append(rel)
+    if found:
+        return "device nodes %s" % found
+    raise OSError(errno.ENOENT, "no other device nodes")
+
+
 def chroot():
     os.chroot("/tmp")
     return "chrooted"
@@ -102,6 +119,12 @@ attempt("sysrq-trigger", write("/proc/sysrq-trigger", b"h"))
 attempt("write-cgroupfs", write("/sys/fs/cgroup/pids/pids.max" if os.path.exists("/sys/fs/cgroup/pids") else "/sys/fs/cgroup/pids.max", b"max"))
 attempt("read-kcore", read_some("/proc/kcore"))
 attempt("read-keys", read_some("/proc/keys"))
+attempt("read-kpageflags", read_some("/proc/kpageflags"))
+attempt("read-slabinfo", read_some("/proc/slabinfo"))
+attempt("read-config-gz", read_some("/proc/config.gz"))
+attempt("dev-nodes", dev_nodes)
+attempt("read-dev-kmsg", read_some("/dev/kmsg"))
+attempt("read-dev-mem", read_some("/dev/mem"))
 attempt("write-agent-exe", write("/proc/1/exe"))
 attempt("write-self-exe-agent", write("/.nsbox/nsbox"))
 # The agent's OOM score, raised to 1000, would make it the OOM killer's first choice.
@@ -139,7 +162,26 @@ def connect(host, port):
 
 # The test's listeners: a port of the host's 127.0.0.1, the host side of the veth (the gateway)
 # and a port on it, another sandbox's address and a port it serves.
-_, lo_port, gateway, gw_port, peer, peer_port = sys.argv
+# Last, the pid of a session's shell (root, like this process, in a Landlock domain of its own).
+# Then the host paths of the daemon's API socket and of the other sandbox's agent socket.
+_, lo_port, gateway, gw_port, peer, peer_port, session_shell, daemon_sock, peer_agent_sock = sys.argv
+r = libc.syscall(NR["ptrace"], 16, int(session_shell), 0, 0)  # PTRACE_ATTACH
+report("ptrace-session", r >= 0, "returned %d" % r if r >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno())))
 attempt("host-loopback-listener", connect("127.0.0.1", lo_port))
 attempt("host-veth-listener", connect(gateway, gw_port))
 attempt("other-sandbox", connect(peer, peer_port))
+
+
+def connect_unix(path):
+    def fn():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        finally:
+            s.close()
+        return "connected to " + path
+    return fn
+
+
+attempt("daemon-socket", connect_unix(daemon_sock))
+attempt("other-sandbox-agent-socket", connect_unix(peer_agent_sock))

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Optional
 from . import client as _sync
 
 _HANDLES = (_sync.Client, _sync.Sandbox, _sync.Session, _sync.Files, _sync.Processes, _sync.Process, _sync.Ports,
-            _sync.CodeContext, _sync.Terminal, _sync.ExecStream, _sync.FileWatch, _sync.LogStream)
+            _sync.CodeContext, _sync.Terminal, _sync.ExecStream, _sync.Feed, _sync.LogStream, _sync.Snapshots, _sync.Fork)
 _DONE = object()
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, BinaryIO, Callable, Dict, Generic, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
 
 from ._transport import Body, EventStream, Transport
 from ._websocket import BINARY, TEXT
 from .errors import ConditionNotMet, NotFound, NsboxError, error_for
-from .models import (CodeContextInfo, ExecEvent, ExecResult, ExposedPort, FileEvent, FileInfo, ProcessEvent, ProcessInfo, ProcessLogs,
-                     RunCodeResult, SandboxInfo, SessionInfo, TokenInfo, WaitResult, decode_data)
+from .models import (CodeContextInfo, Event, ExecEvent, ExecResult, ExposedPort, FileEvent, FileInfo, ImageInfo, ImageProgress,
+                     ProcessEvent, ProcessInfo, ProcessLogs, PruneResult, RunCodeResult, SandboxInfo, SandboxStats, SessionInfo,
+                     SessionToken, SnapshotInfo, TokenInfo, WaitResult, decode_data)
 
 Command = Union[str, Sequence[str]]
+Rules = Sequence[Mapping[str, str]]  # per-path permission rules: [{"pattern": "docs/**", "level": "read"}, …]
+T = TypeVar("T")
 
 # What exec keeps of each stream unless told (the API's default for an answer as JSON).
 DEFAULT_MAX_OUTPUT_BYTES = 128 << 20
@@ -50,6 +53,7 @@ class Client:
     def __init__(self, host: Optional[str] = None, token: Optional[str] = None, ca: Optional[str] = None,
                  timeout: Optional[float] = None) -> None:
         self._t = Transport(host, token, ca, timeout)
+        self.snapshots = Snapshots(self._t)
 
     def __enter__(self) -> "Client":
         return self
@@ -65,20 +69,64 @@ class Client:
         return self._t.call("GET", "/v1/version")["version"]
 
     def images(self) -> List[Dict[str, Any]]:
-        """The images sandboxes can be made from."""
+        """The images sandboxes can be made from (built-in ones and the OCI images stored)."""
         return self._t.call("GET", "/v1/images")
+
+    def pull_image(self, ref: str, *, auth: Optional[Mapping[str, str]] = None,
+                   on_progress: Optional[Callable[[ImageProgress], None]] = None) -> ImageInfo:
+        """Pulls an image from its registry (``alpine:3.20``, ``host:port/repo@sha256:…``) and
+        returns it once stored. ``auth`` is the API's RegistryAuth (username/password,
+        identityToken or registryToken); ``on_progress`` gets each layer's progress as it comes
+        (on AsyncClient, from a worker thread)."""
+        stream = self._t.events("POST", "/v1/images/pull", json_body=_wire(ref=ref, auth=dict(auth) if auth else None))
+        try:
+            for _, data in stream:
+                if data.get("type") == "progress" and on_progress is not None:
+                    on_progress(ImageProgress.from_wire(data))
+                elif data.get("type") == "done":
+                    return ImageInfo.from_wire(data.get("image"))
+        finally:
+            stream.close()
+        raise error_for("unavailable", f"pull {ref}: the stream ended before the pull did")
+
+    def import_images(self, archive: Body, *, name: Optional[str] = None, size: Optional[int] = None) -> List[ImageInfo]:
+        """Stores the images of a ``docker save`` archive or an OCI layout tar (plain, gzip or
+        zstd), given as bytes, a readable binary file or an iterable of chunks (streamed);
+        ``name`` names an archive's one image."""
+        res = self._t.call("POST", "/v1/images/import", query={"name": name}, body=archive, size=size)
+        return [ImageInfo.from_wire(d) for d in res.get("images") or []]
+
+    def get_image(self, name: str) -> ImageInfo:
+        """An OCI image by name, digest or id (12 or more hex digits)."""
+        return ImageInfo.from_wire(self._t.call("GET", "/v1/images/{name}", {"name": name}))
+
+    def remove_image(self, name: str, force: bool = False) -> ImageInfo:
+        """Removes an image, or only this name of an image that has several; an image a
+        sandbox uses is a Conflict unless force (then only its names go). Returns it as it was."""
+        return ImageInfo.from_wire(self._t.call("DELETE", "/v1/images/{name}", {"name": name}, query={"force": force}))
+
+    def prune_images(self, all: bool = False) -> PruneResult:
+        """Removes the dangling images no sandbox uses (all: every image no sandbox uses), then
+        the layers no image references."""
+        return PruneResult.from_wire(self._t.call("POST", "/v1/images/prune", query={"all": all}))
 
     def create_sandbox(self, *, id: Optional[str] = None, image: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
                        cwd: Optional[str] = None, limits: Optional[Mapping[str, Any]] = None, labels: Optional[Mapping[str, str]] = None,
                        workspace: Optional[Mapping[str, Any]] = None, mounts: Optional[Sequence[Mapping[str, Any]]] = None,
                        network: Optional[Mapping[str, Any]] = None, lifecycle: Optional[Mapping[str, Any]] = None,
                        pull: Optional[str] = None, user: Optional[str] = None, run_entrypoint: Optional[bool] = None,
-                       capabilities: Optional[Sequence[str]] = None) -> "Sandbox":
+                       capabilities: Optional[Sequence[str]] = None, from_snapshot: Optional[str] = None,
+                       permissions: Optional[Rules] = None) -> "Sandbox":
         """Creates a sandbox and returns it once it runs. Nested options (limits, workspace,
-        mounts, network, lifecycle) are the API's JSON objects, e.g. ``limits={"memoryMB": 256}``."""
+        mounts, network, lifecycle) are the API's JSON objects, e.g. ``limits={"memoryMB": 256}``.
+        ``pull``: "never" (default), "missing" or "always" to pull the image first;
+        ``from_snapshot``: a snapshot's id, whose files, env, sessions' state and more the
+        sandbox starts with; ``permissions``: per-path rules such as
+        ``[{"pattern": "docs/**", "level": "read"}]`` (levels none, view, read, write)."""
         body = _wire(id=id, image=image, env=env, cwd=cwd, limits=limits, labels=labels, workspace=workspace,
                      mounts=mounts, network=network, lifecycle=lifecycle, pull=pull, user=user,
-                     run_entrypoint=run_entrypoint, capabilities=capabilities)
+                     run_entrypoint=run_entrypoint, capabilities=capabilities, from_snapshot=from_snapshot,
+                     permissions=None if permissions is None else [dict(r) for r in permissions])
         return Sandbox(self._t, SandboxInfo.from_wire(self._t.call("POST", "/v1/sandboxes", json_body=body)))
 
     def sandbox(self, **options: Any) -> "Sandbox":
@@ -110,6 +158,84 @@ class Client:
         """Revokes a token: its requests, streams and terminals are cut at once."""
         self._t.call("DELETE", "/v1/tokens/{tid}", {"tid": id})
 
+    def stats(self) -> List[SandboxStats]:
+        """Every sandbox's resource use, ordered by id."""
+        return [SandboxStats.from_wire(d) for d in self._t.call("GET", "/v1/stats")]
+
+    def follow_stats(self) -> "Feed[List[SandboxStats]]":
+        """Every sandbox's resource use at once and then every second; ``close`` (or ``with``) ends it."""
+        return Feed(self._t.events("GET", "/v1/stats", query={"stream": True}), lambda d: [SandboxStats.from_wire(x) for x in d])
+
+    def follow_events(self, since: Optional[int] = None) -> "Feed[Event]":
+        """The daemon's events as they happen; with ``since``, the kept events after that
+        ``seq`` first (0: all kept). A reader that falls too far behind gets Unavailable:
+        follow again with ``since`` the last ``seq`` read."""
+        return Feed(self._t.events("GET", "/v1/events", query={"since": since}), Event.from_wire)
+
+    def metrics(self) -> str:
+        """The daemon's metrics in Prometheus's text format."""
+        resp = self._t.send("GET", "/metrics", accept="text/plain")
+        try:
+            return resp.read().decode()
+        finally:
+            resp.close()
+
+
+class Snapshots:
+    """The daemon's snapshots (take one with ``sb.snapshot()``; make a sandbox from one with
+    ``client.create_sandbox(from_snapshot=...)``)."""
+
+    def __init__(self, t: Transport) -> None:
+        self._t = t
+
+    def list(self) -> List[SnapshotInfo]:
+        """Every snapshot, oldest first."""
+        return [SnapshotInfo.from_wire(d) for d in self._t.call("GET", "/v1/snapshots")]
+
+    def get(self, id: str) -> SnapshotInfo:
+        """One snapshot."""
+        return SnapshotInfo.from_wire(self._t.call("GET", "/v1/snapshots/{id}", {"id": id}))
+
+    def remove(self, id: str) -> None:
+        """Removes a snapshot (a Conflict while a sandbox made from it exists)."""
+        self._t.call("DELETE", "/v1/snapshots/{id}", {"id": id})
+
+
+class Feed(Generic[T]):
+    """A stream of the daemon's Server-Sent Events, each decoded: iterate over it; ``close``
+    (or ``with``) ends it. An error the stream ends with is raised (NotFound once a followed
+    sandbox is removed, Unavailable for a reader that fell behind)."""
+
+    def __init__(self, events: EventStream, decode: Callable[[Any], T]) -> None:
+        self._events, self._decode = events, decode
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            for _, data in self._events:
+                yield self._decode(data)
+        except (OSError, ValueError):
+            return  # closed while reading
+
+    def __enter__(self) -> "Feed[T]":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends the stream."""
+        self._events.close()
+
+
+class Fork:
+    """What a fork made: the ``snapshot`` it took and the ``sandboxes`` made from it, in order."""
+
+    def __init__(self, snapshot: SnapshotInfo, sandboxes: List["Sandbox"]) -> None:
+        self.snapshot, self.sandboxes = snapshot, sandboxes
+
+    def __repr__(self) -> str:
+        return f"Fork({self.snapshot.id!r}, {[sb.id for sb in self.sandboxes]!r})"
+
 
 class _Runner:
     """exec and exec_stream, for a sandbox (its default session, or session_id) and a session."""
@@ -118,12 +244,13 @@ class _Runner:
     id: str
 
     def _exec_route(self, session_id: Optional[str]) -> tuple:
+        """The exec's (method, route, route parameters, session id for the body)."""
         raise NotImplementedError
 
     def _exec_body(self, cmd: Command, session_id: Optional[str], env: Optional[Mapping[str, str]], cwd: Optional[str],
                    stdin: Union[None, str, bytes], timeout_ms: Optional[int], kill_on_disconnect: Optional[bool],
                    max_output_bytes: Optional[int]) -> tuple:
-        route, params, session_in_body = self._exec_route(session_id)
+        method, route, params, session_in_body = self._exec_route(session_id)
         body = {**_command(cmd), **_wire(env=env, cwd=cwd, timeout_ms=timeout_ms, kill_on_disconnect=kill_on_disconnect,
                                          max_output_bytes=max_output_bytes)}
         if session_in_body:
@@ -132,7 +259,7 @@ class _Runner:
             body["stdin"], body["stdinEncoding"] = base64.b64encode(stdin).decode(), "base64"
         elif stdin is not None:
             body["stdin"] = stdin
-        return route, params, body
+        return method, route, params, body
 
     def exec(self, cmd: Command, *, session_id: Optional[str] = None, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
              stdin: Union[None, str, bytes] = None, timeout_ms: Optional[int] = None, kill_on_disconnect: bool = True,
@@ -146,12 +273,12 @@ class _Runner:
         ``result.stderr_truncated`` say whether more was dropped. The output comes as raw bytes
         (frames), not JSON: ``stdout_encoding``/``stderr_encoding`` are "utf-8" (text) or "raw" (from a
         daemon that predates frames, which answers JSON: "utf-8" or "base64")."""
-        route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
-                                              max_output_bytes or DEFAULT_MAX_OUTPUT_BYTES)
+        method, route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
+                                                      max_output_bytes or DEFAULT_MAX_OUTPUT_BYTES)
         # Each stream's payloads, joined once at the exit: growing one buffer and copying it
         # into the result touched every page twice more (100 MiB took ~1 s of CPU in page faults).
         out: Dict[str, List[bytes]] = {"stdout": [], "stderr": []}
-        stream = self._t.frames("POST", route, params, json_body=body)
+        stream = self._t.frames(method, route, params, json_body=body)
         try:
             if (stream.resp.getheader("Content-Type") or "").startswith("application/json"):
                 # A daemon from before frames answers one JSON document: the whole result.
@@ -174,9 +301,9 @@ class _Runner:
         "exit" carrying ``.result``). Closing the stream early kills the command, unless
         ``kill_on_disconnect=False``: then it runs to its end. The output has no bound unless
         ``max_output_bytes`` (per stream) is given."""
-        route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
-                                              max_output_bytes)
-        return ExecStream(self._t.events("POST", route, params, json_body=body))
+        method, route, params, body = self._exec_body(cmd, session_id, env, cwd, stdin, timeout_ms, kill_on_disconnect,
+                                                      max_output_bytes)
+        return ExecStream(self._t.events(method, route, params, json_body=body))
 
 
 class ExecStream:
@@ -229,7 +356,7 @@ class Sandbox(_Runner):
         self.remove(force=True)
 
     def _exec_route(self, session_id: Optional[str]) -> tuple:
-        return "/v1/sandboxes/{id}/exec", {"id": self.id}, session_id
+        return "POST", "/v1/sandboxes/{id}/exec", {"id": self.id}, session_id
 
     def refresh(self) -> SandboxInfo:
         """Reads the sandbox's record again (also kept in ``info``)."""
@@ -246,14 +373,61 @@ class Sandbox(_Runner):
         return self.info
 
     def resume(self) -> SandboxInfo:
-        """Lets a paused sandbox run again."""
+        """Lets a paused sandbox run again, or starts a hibernated one again."""
         self.info = SandboxInfo.from_wire(self._t.call("POST", "/v1/sandboxes/{id}/resume", {"id": self.id}))
         return self.info
 
+    def hibernate(self, memory: Optional[bool] = None) -> SandboxInfo:
+        """Stops every process and frees the sandbox's memory, keeping its files, network and
+        sessions' state (status "hibernated" until ``resume`` or any request that needs it).
+        ``memory=True`` asks for a checkpoint of the processes' memory (CRIU), which a daemon
+        without it refuses with InvalidArgument."""
+        body = _wire(memory=memory) or None
+        self.info = SandboxInfo.from_wire(self._t.call("POST", "/v1/sandboxes/{id}/hibernate", {"id": self.id}, json_body=body))
+        return self.info
+
+    def snapshot(self, name: Optional[str] = None) -> SnapshotInfo:
+        """Snapshots the sandbox's files and sessions' state (and its image, env, labels,
+        limits, cwd, user, network policy); it outlives the sandbox."""
+        return SnapshotInfo.from_wire(self._t.call("POST", "/v1/sandboxes/{id}/snapshots", {"id": self.id},
+                                                   json_body=_wire(name=name) or None))
+
+    def fork(self, name: Optional[str] = None) -> "Sandbox":
+        """A new sandbox made from a snapshot of this one (named ``name``): its files, env and
+        sessions with their state, its own network address and writable layer."""
+        return self.fork_many(1, name=name).sandboxes[0]
+
+    def fork_many(self, count: int, prefix: Optional[str] = None, name: Optional[str] = None) -> Fork:
+        """Snapshots the sandbox and makes ``count`` sandboxes from it (ids PREFIX-1 …
+        PREFIX-COUNT when ``prefix`` is given); all are made or none."""
+        res = self._t.call("POST", "/v1/sandboxes/{id}/fork", {"id": self.id}, json_body=_wire(count=count, prefix=prefix, name=name))
+        return Fork(SnapshotInfo.from_wire(res.get("snapshot")),
+                    [Sandbox(self._t, SandboxInfo.from_wire(d)) for d in res.get("sandboxes") or []])
+
+    def set_permissions(self, rules: Rules) -> SandboxInfo:
+        """Replaces the per-path rules of a sandbox created with ``permissions`` ([] is write
+        everywhere); a sandbox created without any is a Conflict."""
+        body = {"permissions": [dict(r) for r in rules]}
+        self.info = SandboxInfo.from_wire(self._t.call("PATCH", "/v1/sandboxes/{id}/permissions", {"id": self.id}, json_body=body))
+        return self.info
+
+    def stats(self) -> SandboxStats:
+        """The sandbox's resource use (reading it is not activity)."""
+        return SandboxStats.from_wire(self._t.call("GET", "/v1/sandboxes/{id}/stats", {"id": self.id}))
+
+    def follow_stats(self) -> Feed[SandboxStats]:
+        """The sandbox's resource use at once and then every second, until ``close`` (or
+        ``with``); removing the sandbox ends it with NotFound."""
+        return Feed(self._t.events("GET", "/v1/sandboxes/{id}/stats", {"id": self.id}, query={"stream": True}), SandboxStats.from_wire)
+
     def session(self, id: Optional[str] = None, *, shell: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
-                cwd: Optional[str] = None, user: Optional[str] = None, permission: Optional[str] = None) -> "Session":
-        """Creates a session (a shell that keeps its cwd and exports); ``with`` deletes it on exit."""
-        body = _wire(id=id, shell=shell, env=env, cwd=cwd, user=user, permission=permission)
+                cwd: Optional[str] = None, user: Optional[str] = None, permission: Optional[str] = None,
+                permissions: Optional[Rules] = None) -> "Session":
+        """Creates a session (a shell that keeps its cwd and exports); ``with`` deletes it on exit.
+        ``permission`` "read" makes it read-only; ``permissions`` narrows the sandbox's
+        per-path rules for this session only."""
+        body = _wire(id=id, shell=shell, env=env, cwd=cwd, user=user, permission=permission,
+                     permissions=None if permissions is None else [dict(r) for r in permissions])
         info = SessionInfo.from_wire(self._t.call("POST", "/v1/sandboxes/{id}/sessions", {"id": self.id}, json_body=body))
         return Session(self._t, self.id, info)
 
@@ -351,7 +525,7 @@ class Session(_Runner):
     def _exec_route(self, session_id: Optional[str]) -> tuple:
         if session_id not in (None, self.id):
             raise ValueError(f"session {self.id!r} cannot exec in session {session_id!r}")
-        return "/v1/sandboxes/{id}/sessions/{sid}/exec", {"id": self.sandbox_id, "sid": self.id}, None
+        return "POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", {"id": self.sandbox_id, "sid": self.id}, None
 
     def refresh(self) -> SessionInfo:
         """Reads the session's record again (also kept in ``info``)."""
@@ -361,6 +535,13 @@ class Session(_Runner):
     def cancel(self) -> None:
         """Stops the command the session is running, as a timeout would."""
         self._t.call("POST", "/v1/sandboxes/{id}/sessions/{sid}/cancel", {"id": self.sandbox_id, "sid": self.id})
+
+    def create_token(self, permission: Optional[str] = None, ttl_seconds: Optional[int] = None) -> SessionToken:
+        """Mints a short-lived token held to this session (default: the session's permission,
+        15 minutes) with its API, terminal and web terminal URLs, e.g. to hand to a browser."""
+        body = _wire(permission=permission, ttl_seconds=ttl_seconds) or None
+        return SessionToken.from_wire(self._t.call("POST", "/v1/sandboxes/{id}/sessions/{sid}/tokens",
+                                                   {"id": self.sandbox_id, "sid": self.id}, json_body=body))
 
     def delete(self) -> None:
         """Ends the session and kills everything it started."""
@@ -469,28 +650,11 @@ class Files:
                                         query=self._q(path=path, recursive=recursive)))
 
 
-class FileWatch:
+class FileWatch(Feed[FileEvent]):
     """A running watch: iterate over its FileEvents; ``close`` (or ``with``) ends it."""
 
     def __init__(self, events: EventStream) -> None:
-        self._events = events
-
-    def __iter__(self) -> Iterator[FileEvent]:
-        try:
-            for _, data in self._events:
-                yield FileEvent.from_wire(data)
-        except (OSError, ValueError):
-            return  # closed while reading
-
-    def __enter__(self) -> "FileWatch":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Ends the watch."""
-        self._events.close()
+        super().__init__(events, FileEvent.from_wire)
 
 
 class Processes:
@@ -501,11 +665,12 @@ class Processes:
 
     def start(self, cmd: Command, *, id: Optional[str] = None, session_id: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
               cwd: Optional[str] = None, user: Optional[str] = None, stdin: Optional[str] = None,
-              log_bytes: Optional[int] = None) -> "Process":
-        """Starts a process (a shell string, or an argv list); ``stdin="pipe"`` to write to it.
+              log_bytes: Optional[int] = None, restart: Optional[str] = None) -> "Process":
+        """Starts a process (a shell string, or an argv list); ``stdin="pipe"`` to write to it;
+        ``restart="on-resume"`` starts it again when its hibernated sandbox resumes.
         A program that cannot start is a Process with status "failed" and its ``error``."""
         body = {**_command(cmd), **_wire(id=id, session_id=session_id or self._session, env=env, cwd=cwd, user=user,
-                                         stdin=stdin, log_bytes=log_bytes)}
+                                         stdin=stdin, log_bytes=log_bytes, restart=restart)}
         return Process(self._t, self._id, ProcessInfo.from_wire(
             self._t.call("POST", "/v1/sandboxes/{id}/processes", {"id": self._id}, json_body=body)))
 
@@ -753,4 +918,4 @@ def _copy(src: Any, dst: Any) -> int:
 
 
 __all__ = ["Client", "Sandbox", "Session", "Files", "FileWatch", "Processes", "Process", "LogStream", "Ports", "CodeContext",
-           "Terminal", "ExecStream"]
+           "Terminal", "ExecStream", "Snapshots", "Feed", "Fork"]

@@ -56,6 +56,8 @@ class SandboxInfo(Model):
     workspace: Optional[Dict[str, Any]] = None
     mounts: List[Dict[str, Any]] = field(default_factory=list)
     capabilities: List[str] = field(default_factory=list)
+    from_snapshot: str = ""  # the snapshot it was made from; "" when made from an image
+    permissions: List[Dict[str, str]] = field(default_factory=list)  # its per-path rules ({"pattern", "level"})
 
 
 @dataclass
@@ -328,3 +330,106 @@ class TokenInfo(Model):
     session: str = ""
     permission: str = ""
     expires_at: str = ""
+
+
+@dataclass
+class SessionToken(Model):
+    """A token held to one session, with the URLs a browser or another client uses it on:
+    ``api`` (the API's base URL), ``terminal`` (the terminal's WebSocket URL) and ``page`` (the
+    daemon's web terminal, the token in its fragment)."""
+
+    id: str = ""
+    secret: str = field(default="", metadata={"wire": "token"})
+    sandbox: str = ""
+    session: str = ""
+    permission: str = ""
+    created_at: str = ""
+    expires_at: str = ""
+    api: str = ""
+    terminal: str = ""
+    page: str = ""
+
+
+@dataclass
+class ImageInfo(Model):
+    """An OCI image stored by the daemon (GET /v1/images/{name}); ``config`` is its Env,
+    WorkingDir, User, Entrypoint and Cmd."""
+
+    id: str = ""
+    names: List[str] = field(default_factory=list)
+    repo_digests: List[str] = field(default_factory=list)
+    digest: str = ""
+    layers: List[str] = field(default_factory=list)
+    size: int = 0
+    platform: str = ""
+    created: str = ""
+    stored: str = ""
+    config: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageProgress(Model):
+    """A layer's progress in a pull: ``status`` "downloading" (``current`` of ``total`` bytes),
+    "exists" (already stored) or "done"."""
+
+    layer: str = ""
+    status: str = ""
+    current: int = 0
+    total: int = 0
+
+
+@dataclass
+class PruneResult(Model):
+    """What a prune removed: image ids and layer digests."""
+
+    images: List[str] = field(default_factory=list)
+    layers: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SnapshotInfo(Model):
+    """A snapshot of a sandbox's files and sessions' state; make sandboxes from it with
+    ``create_sandbox(from_snapshot=snapshot.id)``."""
+
+    id: str = ""
+    sandbox: str = ""
+    name: str = ""
+    image: str = ""
+    layer: str = ""
+    size_bytes: int = 0
+    sessions: int = 0
+    created_at: str = ""
+
+
+@dataclass
+class SandboxStats(Model):
+    """A sandbox's resource use; ``network`` holds rxBytes, rxPackets, txBytes, txPackets.
+    ``sessions``/``processes`` are None when the sandbox is not running or its agent did not say."""
+
+    id: str = ""
+    image: str = ""
+    status: str = ""
+    time: str = ""
+    cpu_seconds: float = 0.0
+    cpu_percent: float = 0.0
+    memory_bytes: int = 0
+    memory_limit_bytes: int = 0
+    pids: int = 0
+    oom_kills: int = 0
+    disk_used_bytes: int = 0
+    disk_limit_bytes: int = 0
+    network: Dict[str, int] = field(default_factory=dict)
+    sessions: Optional[int] = None
+    processes: Optional[int] = None
+
+
+@dataclass
+class Event(Model):
+    """Something that happened to a sandbox (``type`` such as "sandbox.created",
+    "session.ended", "process.exited"); ``seq`` numbers them for ``follow_events(since=)``."""
+
+    seq: int = 0
+    time: str = ""
+    type: str = ""
+    sandbox: str = ""
+    details: Dict[str, Any] = field(default_factory=dict)

@@ -37,3 +37,35 @@ class AsyncClientTest(unittest.TestCase):
                 await client.get_sandbox(sb.id)
 
         asyncio.run(main())
+
+    def test_operations(self):
+        """The calls added for the whole API: handles they return are async too."""
+
+        async def main():
+            client = nsbox.AsyncClient(timeout=120)
+            events = await client.follow_events()
+            async with client.sandbox(id=name("aiops"), image="busybox") as sb:
+                await sb.files.write("/tmp/f", b"forked")
+                fork = await sb.fork_many(1, prefix=sb.id)
+                child = fork.sandboxes[0]
+                self.assertEqual(child.id, sb.id + "-1")
+                self.assertEqual(await child.files.read("/tmp/f"), b"forked")  # a coroutine: the handle is async
+                await child.remove(force=True)
+                self.assertIn(fork.snapshot.id, [x.id for x in await client.snapshots.list()])
+                await client.snapshots.remove(fork.snapshot.id)
+                with self.assertRaises(nsbox.NotFound):
+                    await client.snapshots.get(fork.snapshot.id)
+                self.assertEqual((await sb.hibernate()).status, "hibernated")
+                self.assertEqual((await sb.stats()).status, "hibernated")
+                self.assertEqual((await sb.resume()).status, "running")
+                self.assertIn(f'sandbox="{sb.id}"', await client.metrics())
+            seen = []
+            async for ev in events:
+                if ev.sandbox == sb.id:
+                    seen.append(ev.type)
+                    if ev.type == "sandbox.removed":
+                        break
+            self.assertEqual(seen, ["sandbox.created", "sandbox.started", "sandbox.hibernated", "sandbox.resumed", "sandbox.stopping",
+                                    "sandbox.removed"])
+
+        asyncio.run(main())

@@ -39,3 +39,16 @@ class RemoteTest(unittest.TestCase):
                 with s.terminal() as term:
                     term.write("echo $((40+2))\r")
                     term.read_until(b"42")
+                # A token held to this one session, with the URLs to hand to a browser.
+                st = s.create_token(ttl_seconds=300)
+                host = os.environ["NSBOX_HOST"]
+                self.assertEqual((st.sandbox, st.session, st.permission, st.api), (sb.id, "term", "write", host))
+                self.assertEqual(st.page, f"{host}/ui/terminal?sandbox={sb.id}&session=term#token={st.secret}")
+                self.assertTrue(st.terminal.startswith("wss://127.0.0.1:"), st.terminal)
+                held = nsbox.Client(token=st.secret).get_sandbox(sb.id)
+                self.assertEqual(held.get_session("term").exec("echo held").text, "held\n")
+                with self.assertRaises(nsbox.Forbidden):
+                    held.exec("echo other")  # the default session is not this one
+                self.assertEqual(s.create_token(permission="read").permission, "read")
+                with self.assertRaises(nsbox.InvalidArgument):
+                    s.create_token(permission="owner")

@@ -36,6 +36,18 @@ export type WireRunCodeResult = S["RunCodeResult"];
 export type TokenInfo = S["Token"];
 export type NewToken = S["NewToken"];
 export type NetworkSpec = S["NetworkSpec"];
+export type ImageInfo = S["ImageInfo"];
+export type ImagePullEvent = S["ImagePullEvent"];
+export type RegistryAuth = S["RegistryAuth"];
+export type PruneImagesResult = S["PruneImagesResult"];
+export type PermissionRule = S["PermissionRule"];
+export type SessionToken = S["SessionToken"];
+export type CreateSessionTokenOptions = S["CreateSessionTokenRequest"];
+export type SnapshotInfo = S["Snapshot"];
+export type SandboxStats = S["SandboxStats"];
+export type DaemonEvent = S["Event"];
+export type CodeEvent = S["CodeEvent"];
+export type GitProgressEvent = S["GitProgressEvent"];
 type WireExecResult = S["ExecResult"];
 
 /** A command: a shell string, or an argv array. */
@@ -141,6 +153,34 @@ function execBody(cmd: Command, o: ExecOptions): Record<string, unknown> {
   return body;
 }
 
+/** An exec's method, route template, route parameters and extra body fields. */
+type ExecRoute = ["POST", string, Record<string, string>, Record<string, unknown>];
+
+/** An endless stream of values (stats, events, file events): iterate it; close() ends it. */
+export type Follow<T> = AsyncIterable<T> & { close(): void };
+
+/**
+ * The data of a stream's events as an async iterable. An "error" event is thrown as its
+ * NsboxError, a broken connection as its error; close() ends the iteration (the aborted read
+ * it causes is not an error).
+ */
+function follow<T>(events: EventStream): Follow<T> {
+  let closed = false;
+  return {
+    close: () => {
+      closed = true;
+      events.close();
+    },
+    async *[Symbol.asyncIterator]() {
+      try {
+        for await (const [, data] of events) yield data as T;
+      } catch (err) {
+        if (!closed || err instanceof NsboxError) throw err;
+      }
+    },
+  };
+}
+
 /** A client of one nsbox daemon (unix socket by default; https + token + CA for a TCP listener). */
 export class Client {
   private readonly t: Transport;
@@ -151,12 +191,95 @@ export class Client {
 
   /** The daemon's version. */
   async version(): Promise<string> {
-    return (await this.t.call<S["Version"]>("GET", "/v1/version")).version;
+    return (await this.versionInfo()).version;
+  }
+
+  /** The daemon's version and what it can do: `checkpoint.available` (hibernate with memory). */
+  versionInfo(): Promise<S["Version"]> {
+    return this.t.call("GET", "/v1/version");
   }
 
   /** The images sandboxes can be made from. */
   images(): Promise<S["Image"][]> {
     return this.t.call("GET", "/v1/images");
+  }
+
+  /**
+   * Pulls an image from its registry (Docker Hub by default) and resolves with it once stored;
+   * onProgress gets each layer's progress as the daemon streams it.
+   */
+  async pullImage(ref: string, opts: { auth?: RegistryAuth; onProgress?: (ev: ImagePullEvent) => void } = {}): Promise<ImageInfo> {
+    const events = await this.t.events("POST", "/v1/images/pull", { json: { ref, auth: opts.auth } });
+    for await (const [, ev] of events as AsyncIterable<[string, ImagePullEvent]>) {
+      if (ev.type === "progress") opts.onProgress?.(ev);
+      else if (ev.type === "done" && ev.image) return ev.image;
+    }
+    throw errorFor("unavailable", `the pull of ${ref} ended before its image was stored`);
+  }
+
+  /**
+   * Imports the images of a `docker save` archive or an OCI layout tar (plain, gzip or zstd),
+   * streamed; name names the archive's one image.
+   */
+  async importImages(archive: Body, opts: { name?: string; size?: number } = {}): Promise<ImageInfo[]> {
+    return (await this.t.call<S["ImportImagesResult"]>("POST", "/v1/images/import", { query: { name: opts.name }, body: archive, size: opts.size })).images;
+  }
+
+  /** An OCI image by name, digest or id (NotFoundError for none; built-in images are in images()). */
+  getImage(name: string): Promise<ImageInfo> {
+    return this.t.call("GET", "/v1/images/{name}", { params: { name } });
+  }
+
+  /**
+   * Removes an image, or only this name of an image that has several; resolves with the image as
+   * it was. An image a sandbox uses is a ConflictError, unless force (its names go, it stays).
+   */
+  removeImage(name: string, opts: { force?: boolean } = {}): Promise<ImageInfo> {
+    return this.t.call("DELETE", "/v1/images/{name}", { params: { name }, query: { force: opts.force } });
+  }
+
+  /** Removes the dangling images no sandbox uses (all: every unused image), then unreferenced layers. */
+  pruneImages(opts: { all?: boolean } = {}): Promise<PruneImagesResult> {
+    return this.t.call("POST", "/v1/images/prune", { query: { all: opts.all } });
+  }
+
+  /** The snapshots, oldest first. */
+  listSnapshots(): Promise<SnapshotInfo[]> {
+    return this.t.call("GET", "/v1/snapshots");
+  }
+
+  /** One snapshot (NotFoundError for none). */
+  getSnapshot(id: string): Promise<SnapshotInfo> {
+    return this.t.call("GET", "/v1/snapshots/{id}", { params: { id } });
+  }
+
+  /** Removes a snapshot; a ConflictError while a sandbox made from it exists. */
+  async deleteSnapshot(id: string): Promise<void> {
+    await this.t.call("DELETE", "/v1/snapshots/{id}", { params: { id } });
+  }
+
+  /** Every sandbox's resource use, ordered by id. */
+  stats(): Promise<SandboxStats[]> {
+    return this.t.call("GET", "/v1/stats");
+  }
+
+  /** Every sandbox's resource use, at once and then every second; close() ends it. */
+  async streamStats(): Promise<Follow<SandboxStats[]>> {
+    return follow(await this.t.events("GET", "/v1/stats", { query: { stream: true } }));
+  }
+
+  /** The daemon's metrics in Prometheus's text format. */
+  async metrics(): Promise<string> {
+    return (await readAll(await this.t.send("GET", "/metrics", { accept: "text/plain" }))).toString("utf8");
+  }
+
+  /**
+   * The daemon's events as they happen (sandboxes created, started, paused, removed, ports,
+   * sessions, processes); with since, the kept events after that `seq` first. A stream that
+   * fell too far behind throws an UnavailableError: follow again from the last `seq` read.
+   */
+  async followEvents(opts: { since?: number } = {}): Promise<Follow<DaemonEvent>> {
+    return follow(await this.t.events("GET", "/v1/events", { query: { since: opts.since } }));
   }
 
   /** Creates a sandbox and resolves once it runs. */
@@ -194,14 +317,15 @@ export class Client {
 abstract class Runner {
   constructor(protected readonly t: Transport, readonly sandboxId: string, protected readonly session?: string) {}
 
-  protected abstract execRoute(o: ExecOptions): [string, Record<string, string>, Record<string, unknown>];
+  /** The exec's method and route template (adjacent literals, as every request writes them), its parameters and body fields. */
+  protected abstract execRoute(o: ExecOptions): ExecRoute;
 
   /** Runs a command and resolves with its result (its output read as raw frames, not JSON). */
   async exec(cmd: Command, opts: ExecOptions = {}): Promise<ExecResult> {
-    const [route, params, extra] = this.execRoute(opts);
+    const [method, route, params, extra] = this.execRoute(opts);
     const json = { ...execBody(cmd, opts), maxOutputBytes: opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES, ...extra };
     const out: Record<string, Buffer[]> = { stdout: [], stderr: [] };
-    const frames = await this.t.frames("POST", route, { params, json });
+    const frames = await this.t.frames(method, route, { params, json });
     // A daemon from before frames answers one JSON document: the whole result.
     if (frames.isJSON) return execResult(await frames.json());
     for await (const [event, payload] of frames) {
@@ -213,8 +337,8 @@ abstract class Runner {
 
   /** Runs a command and yields its events as they come, ending with "exit" (its `result`). */
   async execStream(cmd: Command, opts: ExecOptions = {}): Promise<AsyncIterable<ExecEvent> & { close(): void }> {
-    const [route, params, extra] = this.execRoute(opts);
-    const events = await this.t.events("POST", route, { params, json: { ...execBody(cmd, opts), ...extra } });
+    const [method, route, params, extra] = this.execRoute(opts);
+    const events = await this.t.events(method, route, { params, json: { ...execBody(cmd, opts), ...extra } });
     return { close: () => events.close(), [Symbol.asyncIterator]: () => execEvents(events) };
   }
 
@@ -276,18 +400,8 @@ abstract class Runner {
   }
 
   /** Watches a directory; resolves once the watch is in place. Iterate its events; close() ends it. */
-  async watch(path = ".", opts: { recursive?: boolean } = {}): Promise<AsyncIterable<FileEvent> & { close(): void }> {
-    const events = await this.t.events("GET", "/v1/sandboxes/{id}/files/watch", { params: { id: this.sandboxId }, query: this.q({ path, recursive: opts.recursive }) });
-    return {
-      close: () => events.close(),
-      async *[Symbol.asyncIterator]() {
-        try {
-          for await (const [, data] of events) yield data as FileEvent;
-        } catch (err) {
-          if (err instanceof NsboxError) throw err; // closed while reading ends the iteration
-        }
-      },
-    };
+  async watch(path = ".", opts: { recursive?: boolean } = {}): Promise<Follow<FileEvent>> {
+    return follow(await this.t.events("GET", "/v1/sandboxes/{id}/files/watch", { params: { id: this.sandboxId }, query: this.q({ path, recursive: opts.recursive }) }));
   }
 
   /** Starts a long-running process (from this session's state when bound to one). */
@@ -317,9 +431,14 @@ abstract class Runner {
     return this.t.call("POST", "/v1/sandboxes/{id}/processes/kill", { params: { id: this.sandboxId }, json: { signal } });
   }
 
-  /** A process's output so far: stdout and stderr as text. */
-  getProcessLogs(id: string): Promise<{ stdout: string; stderr: string; cursor: number; done: boolean }> {
-    return new Process(this.t, this.sandboxId, { id } as ProcessInfo).getLogs();
+  /** Forgets every process that has ended (its log with it); resolves with them. */
+  removeFinishedProcesses(): Promise<ProcessInfo[]> {
+    return this.t.call("DELETE", "/v1/sandboxes/{id}/processes", { params: { id: this.sandboxId } });
+  }
+
+  /** A process's output so far (from cursor, at most limit bytes): stdout and stderr as text. */
+  getProcessLogs(id: string, opts: { cursor?: number; limit?: number } = {}): Promise<ProcessLogs> {
+    return new Process(this.t, this.sandboxId, { id } as ProcessInfo).getLogs(opts.cursor, opts.limit);
   }
 
   /** A process's output as it comes, until it ends. */
@@ -331,6 +450,14 @@ abstract class Runner {
   waitForPort(processId: string, port: number, opts: { timeout?: number; path?: string } = {}): Promise<WaitProcessResult> {
     return new Process(this.t, this.sandboxId, { id: processId } as ProcessInfo).waitForPort(port, opts);
   }
+}
+
+/** A process's output read so far: `cursor` is where to read on; `done` once it ended and all was read. */
+export interface ProcessLogs {
+  stdout: string;
+  stderr: string;
+  cursor: number;
+  done: boolean;
 }
 
 /** A chunk of a process's output. */
@@ -360,8 +487,8 @@ export class Sandbox extends Runner {
     this.id = info.id;
   }
 
-  protected execRoute(o: ExecOptions): [string, Record<string, string>, Record<string, unknown>] {
-    return ["/v1/sandboxes/{id}/exec", { id: this.id }, { sessionId: o.sessionId }];
+  protected execRoute(o: ExecOptions): ExecRoute {
+    return ["POST", "/v1/sandboxes/{id}/exec", { id: this.id }, { sessionId: o.sessionId }];
   }
 
   /** Reads the sandbox's record again. */
@@ -382,6 +509,49 @@ export class Sandbox extends Runner {
   /** Lets a paused sandbox run again. */
   async resume(): Promise<SandboxInfo> {
     return (this.info = await this.t.call("POST", "/v1/sandboxes/{id}/resume", { params: { id: this.id } }));
+  }
+
+  /**
+   * Stops every process and frees the sandbox's memory, keeping its files, network and sessions'
+   * state; it runs again on resume() or on any request that needs it. memory (a CRIU checkpoint)
+   * is refused with an InvalidArgumentError where the daemon has none (version's `checkpoint`).
+   */
+  async hibernate(opts: S["HibernateRequest"] = {}): Promise<SandboxInfo> {
+    return (this.info = await this.t.call("POST", "/v1/sandboxes/{id}/hibernate", { params: { id: this.id }, json: opts }));
+  }
+
+  /** Snapshots the sandbox's files and sessions' state; make sandboxes of it with createSandbox({ fromSnapshot }). */
+  createSnapshot(opts: S["CreateSnapshotRequest"] = {}): Promise<SnapshotInfo> {
+    return this.t.call("POST", "/v1/sandboxes/{id}/snapshots", { params: { id: this.id }, json: opts });
+  }
+
+  /** Snapshots the sandbox and makes `count` (default 1) sandboxes of the snapshot, running. */
+  async fork(opts: Partial<S["ForkRequest"]> = {}): Promise<{ snapshot: SnapshotInfo; sandboxes: Sandbox[] }> {
+    const res = await this.t.call<S["ForkResult"]>("POST", "/v1/sandboxes/{id}/fork", { params: { id: this.id }, json: opts });
+    return { snapshot: res.snapshot, sandboxes: res.sandboxes.map((i) => new Sandbox(this.t, i)) };
+  }
+
+  /** Replaces the per-path permission rules of a sandbox created with some; resolves with its record. */
+  async setPermissions(rules: PermissionRule[]): Promise<SandboxInfo> {
+    return (this.info = await this.t.call("PATCH", "/v1/sandboxes/{id}/permissions", { params: { id: this.id }, json: { permissions: rules } }));
+  }
+
+  /** The sandbox's resource use: CPU, memory, pids, OOM kills, disk, network, sessions, processes. */
+  stats(): Promise<SandboxStats> {
+    return this.t.call("GET", "/v1/sandboxes/{id}/stats", { params: { id: this.id } });
+  }
+
+  /** The sandbox's resource use at once and then every second; NotFoundError once it is removed. */
+  async streamStats(): Promise<Follow<SandboxStats>> {
+    return follow(await this.t.events("GET", "/v1/sandboxes/{id}/stats", { params: { id: this.id }, query: { stream: true } }));
+  }
+
+  /**
+   * Mints a short-lived token held to one session (for a browser), with the API, terminal and web
+   * terminal page URLs.
+   */
+  createSessionToken(sessionId = "default", opts: CreateSessionTokenOptions = {}): Promise<SessionToken> {
+    return this.t.call("POST", "/v1/sandboxes/{id}/sessions/{sid}/tokens", { params: { id: this.id, sid: sessionId }, json: opts });
   }
 
   /** Creates a session: a shell whose cwd and exports persist, with these methods bound to it. */
@@ -463,6 +633,27 @@ export class Sandbox extends Runner {
     }
   }
 
+  /**
+   * Runs code in a context and yields its events as they come: "stdout" and "stderr" chunks,
+   * "result" MIME bundles, an "exception", then "end" with the run's result (its output empty:
+   * it came as chunks). close() leaves the run going to its end.
+   */
+  async runCodeStream(code: string, opts: { context: CodeContextInfo | string; timeout?: number }): Promise<Follow<RunCodeEvent>> {
+    const cid = typeof opts.context === "string" ? opts.context : opts.context.id;
+    const events = await this.t.events("POST", "/v1/sandboxes/{id}/contexts/{cid}/run", { params: { id: this.id, cid }, json: { code, timeoutMs: opts.timeout } });
+    return {
+      close: () => events.close(),
+      async *[Symbol.asyncIterator]() {
+        for await (const [, ev] of events as AsyncIterable<[string, CodeEvent]>) {
+          const bytes = decode(ev.data, ev.encoding);
+          yield { type: ev.type, data: bytes.toString("utf8"), bytes, result: ev.result, error: ev.error, end: ev.end && runCodeResult(ev.end) };
+          if (ev.type === "end") return;
+        }
+        throw new NsboxError("the run's stream ended before the run did");
+      },
+    };
+  }
+
   /** What the sandbox changed in its copy-on-write workspace. */
   workspaceDiff(): Promise<S["WorkspaceChange"][]> {
     return this.t.call("GET", "/v1/sandboxes/{id}/workspace/diff", { params: { id: this.id } });
@@ -473,10 +664,33 @@ export class Sandbox extends Runner {
     return this.t.send("GET", "/v1/sandboxes/{id}/workspace/export", { params: { id: this.id }, accept: "application/x-tar" });
   }
 
-  /** Clones a repository into the sandbox (or fetches and checks out). */
-  gitCheckout(req: S["GitCheckoutRequest"]): Promise<S["GitCheckoutResult"]> {
-    return this.t.call("POST", "/v1/sandboxes/{id}/git/checkout", { params: { id: this.id }, json: req });
+  /**
+   * Clones a repository into the sandbox (or fetches and checks out); onProgress gets git's
+   * progress lines as they come.
+   */
+  async gitCheckout(req: S["GitCheckoutRequest"], opts: { onProgress?: (line: string) => void } = {}): Promise<S["GitCheckoutResult"]> {
+    const o = { params: { id: this.id }, json: req };
+    if (!opts.onProgress) return this.t.call("POST", "/v1/sandboxes/{id}/git/checkout", o);
+    for await (const [, ev] of (await this.t.events("POST", "/v1/sandboxes/{id}/git/checkout", o)) as AsyncIterable<[string, GitProgressEvent]>) {
+      if (ev.type === "progress" && ev.line !== undefined) opts.onProgress(ev.line);
+      else if (ev.type === "done" && ev.result) return ev.result;
+    }
+    throw errorFor("unavailable", `the checkout of ${req.url} ended before its result`);
   }
+}
+
+/** One event of a streamed run of code. */
+export interface RunCodeEvent {
+  type: CodeEvent["type"];
+  /** A "stdout" or "stderr" chunk as text (see `bytes` for output that is not UTF-8). */
+  data: string;
+  bytes: Buffer;
+  /** "result": a MIME bundle (text/plain always). */
+  result?: Record<string, unknown>;
+  /** "exception": the error that ended the run. */
+  error?: S["CodeError"];
+  /** "end": the run's result. */
+  end?: RunCodeResult;
 }
 
 /** A run of code: output as text, the last value's text, and rich results by MIME type. */
@@ -499,9 +713,9 @@ export class ExecutionSession extends Runner {
     this.id = info.id;
   }
 
-  protected execRoute(o: ExecOptions): [string, Record<string, string>, Record<string, unknown>] {
+  protected execRoute(o: ExecOptions): ExecRoute {
     if (o.sessionId !== undefined && o.sessionId !== this.id) throw new TypeError(`session ${this.id} cannot exec in session ${o.sessionId}`);
-    return ["/v1/sandboxes/{id}/sessions/{sid}/exec", { id: this.sandboxId, sid: this.id }, {}];
+    return ["POST", "/v1/sandboxes/{id}/sessions/{sid}/exec", { id: this.sandboxId, sid: this.id }, {}];
   }
 
   /** Stops the command the session runs, as a timeout would. */
@@ -517,6 +731,11 @@ export class ExecutionSession extends Runner {
   /** The session's terminal. */
   terminal(opts: { cursor?: number } = {}): Promise<Terminal> {
     return Terminal.open(this.t, this.sandboxId, this.id, opts.cursor);
+  }
+
+  /** Mints a short-lived token held to this session (see Sandbox.createSessionToken). */
+  createToken(opts: CreateSessionTokenOptions = {}): Promise<SessionToken> {
+    return new Sandbox(this.t, { id: this.sandboxId } as SandboxInfo).createSessionToken(this.id, opts);
   }
 }
 
@@ -566,9 +785,12 @@ export class Process {
     return (this.info = await this.t.call("POST", "/v1/sandboxes/{id}/processes/{pid}/kill", { params: this.p, json: { signal, graceMs } }));
   }
 
-  /** The output so far (from cursor). */
-  async getLogs(cursor = 0): Promise<{ stdout: string; stderr: string; cursor: number; done: boolean }> {
-    const logs = await this.t.call<S["ProcessLogs"]>("GET", "/v1/sandboxes/{id}/processes/{pid}/logs", { params: this.p, query: { cursor } });
+  /**
+   * The output so far, from cursor, at most limit bytes (default 4 MiB): read on from the
+   * answer's cursor until done.
+   */
+  async getLogs(cursor = 0, limit?: number): Promise<ProcessLogs> {
+    const logs = await this.t.call<S["ProcessLogs"]>("GET", "/v1/sandboxes/{id}/processes/{pid}/logs", { params: this.p, query: { cursor, limit } });
     const join = (type: string) => Buffer.concat(logs.chunks.filter((c) => c.type === type).map((c) => decode(c.data, c.encoding))).toString("utf8");
     return { stdout: join("stdout"), stderr: join("stderr"), cursor: logs.cursor, done: logs.done };
   }

@@ -29,6 +29,15 @@ test("TLS, tokens, terminal", { skip }, async () => {
     term.write("echo $((40+2))\r");
     await term.readUntil("42");
     term.close();
+
+    // A session token: its URLs are this listener's, it reaches its own session and no other.
+    const st = await s.createToken({ permission: "write", ttlSeconds: 600 });
+    assert.deepEqual([st.api, st.terminal], [process.env.NSBOX_HOST, `${process.env.NSBOX_HOST!.replace("https:", "wss:")}/v1/sandboxes/${sb.id}/sessions/term/terminal`]);
+    const browser = await new Client({ token: st.token }).getSandbox(sb.id);
+    assert.equal((await (await browser.getSession("term")).exec("echo mine")).stdout, "mine\n");
+    await assert.rejects(browser.exec("echo default"), ForbiddenError);
+    await assert.rejects(new Client({ token: st.token }).metrics(), ForbiddenError);
+    assert.match(await admin.metrics(), /^nsbox_api_requests_total\{/m);
   } finally {
     await sb.destroy();
   }

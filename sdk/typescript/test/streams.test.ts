@@ -8,12 +8,12 @@ import { join } from "node:path";
 import { setImmediate as tick } from "node:timers/promises";
 import { Client } from "../src/index.js";
 
-/** Runs fn against a server whose every POST is answered by answer and every GET with a sandbox. */
+/** Runs fn against a server whose every POST and stream is answered by answer, and every other GET with a sandbox. */
 async function withServer(answer: (res: ServerResponse) => Promise<void>, fn: (c: Client) => Promise<void>) {
   const dir = mkdtempSync(join(tmpdir(), "nsbox-ts-"));
   const server = createServer((req, res) => {
     req.resume();
-    if (req.method === "GET") return void res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ id: "box", status: "running" }));
+    if (req.method === "GET" && req.headers.accept !== "text/event-stream") return void res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ id: "box", status: "running" }));
     req.on("end", () => void answer(res));
   });
   const socket = join(dir, "d.sock");
@@ -75,5 +75,33 @@ test("frames split across many pieces, and a daemon's plain JSON answer", async 
   }, async (c) => {
     const r = await (await c.getSandbox("box")).exec("x");
     assert.deepEqual([r.exitCode, r.stdout, r.stderr, r.stdoutTruncated, r.truncated, r.sessionId], [3, "hi\n", "oops\n", true, true, "default"]);
+  });
+});
+
+test("a followed stream whose connection breaks throws; one closed ends", async () => {
+  const stats = `event: stats\ndata: ${JSON.stringify([{ id: "box" }])}\n\n`;
+  await withServer(async (res) => {
+    res.writeHead(200, { "Content-Type": "text/event-stream" });
+    res.write(stats);
+    await tick();
+    res.socket?.destroy();
+  }, async (c) => {
+    const seen: unknown[] = [];
+    await assert.rejects(async () => {
+      for await (const list of await c.streamStats()) seen.push(list);
+    });
+    assert.deepEqual(seen, [[{ id: "box" }]]);
+  });
+  await withServer(async (res) => {
+    res.writeHead(200, { "Content-Type": "text/event-stream" });
+    res.write(stats);
+  }, async (c) => {
+    const stream = await c.streamStats();
+    const seen: unknown[] = [];
+    for await (const list of stream) {
+      seen.push(list);
+      stream.close();
+    }
+    assert.deepEqual(seen, [[{ id: "box" }]]);
   });
 });
