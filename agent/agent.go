@@ -54,8 +54,10 @@ type Agent struct {
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket;
 // configFD, when not negative, an inherited file holding the sandbox's api.AgentConfig, which
-// the agent takes before it answers (as if the daemon had sent it with PUT /v1/config).
-func Run(listenFD, configFD int, version string) error {
+// the agent takes before it answers (as if the daemon had sent it with PUT /v1/config);
+// workFD, when not negative, the tasks file of the cgroup that holds the sandbox's pids limit,
+// into which the agent moves the thread that forks each process (procTable.work).
+func Run(listenFD, configFD, workFD int, version string) error {
 	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("mark agent non-dumpable: %w", err)
@@ -97,6 +99,9 @@ func Run(listenFD, configFD int, version string) error {
 		return err
 	}
 	a.procs.caught = caught
+	if workFD >= 0 {
+		a.procs.work = os.NewFile(uintptr(workFD), "work-cgroup-tasks")
+	}
 	a.confine()
 	if configFD >= 0 {
 		cfg := os.NewFile(uintptr(configFD), "agent-config")

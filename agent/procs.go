@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,13 @@ type procTable struct {
 	// caught, when set, is closed once the agent catches the signals that would end it (Run):
 	// no process starts before. Unset (tests: the agent is not PID 1), processes start at once.
 	caught <-chan struct{}
+	// work, when set, is the tasks file of the cgroup (a child of the container's, in the pids
+	// hierarchy) that carries the sandbox's pids limit, opened by the daemon: every process is
+	// forked from a thread moved there first, so the sandbox's processes count against the limit
+	// and the agent's own threads do not (a fork bomb at the limit left the Go runtime unable to
+	// make a thread, and it aborts then). Threads the runtime makes while such a thread runs are
+	// made by its template thread, which stays in the container's cgroup.
+	work *os.File
 }
 
 func newProcTable() *procTable {
@@ -52,12 +60,13 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr, private
 	defer t.mu.Unlock()
 	var pid int
 	var err error
-	if t.confine == nil && private == nil {
+	if t.confine == nil && private == nil && t.work == nil {
 		pid, err = startProcess(path, argv, attr)
 	} else {
-		// The child inherits the Landlock domain and the descriptor table of the thread that
-		// forks it: a thread of its own, readied (forkThread) and then ended with its
-		// goroutine, so the agent itself stays unconfined and its own table as it was.
+		// The child inherits the Landlock domain, the descriptor table and the cgroups of the
+		// thread that forks it: a thread of its own, readied (forkThread) and then ended with
+		// its goroutine, so the agent itself stays unconfined, its own table as it was, and its
+		// other threads where they were.
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -90,6 +99,12 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr, private
 // a list up to PrivateFD: ~24 kB of allocations per start (the list and os.StartProcess's two
 // copies), which an agent that never collects would keep.
 func (t *procTable) forkThread(private *os.File) error {
+	if t.work != nil {
+		// The kernel checks the credentials the file was opened with (the daemon's).
+		if _, err := t.work.WriteAt([]byte(strconv.Itoa(unix.Gettid())), 0); err != nil {
+			return fmt.Errorf("move the forking thread into the sandbox's pids cgroup: %w", err)
+		}
+	}
 	if t.confine != nil {
 		if err := t.confine.restrict(private); err != nil {
 			return err
