@@ -16,8 +16,8 @@ var version = "dev"
 
 func main() {
 	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--config-fd M]
-	// [--work-cgroup-fd W].
-	listen, config, work := 3, -1, -1
+	// [--pids-cgroup-fds P].
+	listen, config, pids := 3, -1, -1
 	for i, arg := range os.Args {
 		var fd *int
 		switch arg {
@@ -25,8 +25,8 @@ func main() {
 			fd = &listen
 		case "--config-fd":
 			fd = &config
-		case "--work-cgroup-fd":
-			fd = &work
+		case "--pids-cgroup-fds":
+			fd = &pids
 		}
 		if fd != nil && i+1 < len(os.Args) {
 			n, err := strconv.Atoi(os.Args[i+1])
@@ -37,7 +37,7 @@ func main() {
 			*fd = n
 		}
 	}
-	if err := agent.Run(listen, config, work, version); err != nil {
+	if err := agent.Run(listen, config, pids, version); err != nil {
 		fmt.Fprintln(os.Stderr, "nsbox-agent:", err)
 		os.Exit(1)
 	}

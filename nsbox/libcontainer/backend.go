@@ -219,9 +219,11 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer tasks.Close()
-		args = append(args, "--work-cgroup-fd", strconv.Itoa(3+len(extra)))
-		extra = append(extra, tasks)
+		for _, f := range tasks {
+			defer f.Close()
+		}
+		args = append(args, "--pids-cgroup-fds", strconv.Itoa(3+len(extra)))
+		extra = append(extra, tasks...)
 	}
 
 	cs := configSpec{

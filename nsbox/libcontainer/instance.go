@@ -30,9 +30,9 @@ type instance struct {
 	pidfd      int // -1 when the agent was gone already when the instance was made
 	cgroupPath string
 	// work is the pids cgroup of the sandbox's processes ("": none; workcgroup.go).
-	work string
-	socket     string
-	log        string
+	work   string
+	socket string
+	log    string
 	// exited is done once the agent has exited (markExited, after it was reaped).
 	exited     context.Context
 	markExited context.CancelFunc

@@ -18,9 +18,9 @@ import (
 // error: newosproc): the sandbox failed. So, on a host whose pids controller is on a cgroup v1
 // hierarchy, everything the agent starts is forked from a thread moved first into a child
 // cgroup of the container's, work/, which carries the sandbox's limit; the container's own
-// cgroup carries the limit plus agentPids. The agent moves its forking thread through a
-// descriptor of work/tasks that the daemon opens (the kernel checks the opener's credentials,
-// and nothing in the sandbox can write cgroupfs otherwise).
+// cgroup carries the limit plus agentPids. The agent moves its forking thread there and back
+// through descriptors of the two tasks files that the daemon opens (the kernel checks the
+// opener's credentials, and nothing in the sandbox can write cgroupfs otherwise).
 const agentPids = 64
 
 // pidsHierarchy is where the cgroup v1 pids hierarchy is mounted (libcontainer puts a
@@ -60,19 +60,26 @@ func existingWorkCgroup(root, cgroupPath string) string {
 }
 
 // makeWorkCgroup makes the work cgroup dir (and the container's above it) with the sandbox's
-// pids limit, and opens its tasks file for the agent.
-func makeWorkCgroup(dir string, pids int64) (*os.File, error) {
+// pids limit, and opens the tasks files of both for the agent: work's, then the container's.
+func makeWorkCgroup(dir string, pids int64) ([]*os.File, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("make the sandbox's pids cgroup: %w", err)
 	}
 	if err := setWorkPids(dir, pids); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "tasks"), os.O_WRONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open the sandbox's pids cgroup: %w", err)
+	var files []*os.File
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		f, err := os.OpenFile(filepath.Join(d, "tasks"), os.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("open the tasks of pids cgroup %s: %w", d, err)
+		}
+		files = append(files, f)
 	}
-	return f, nil
+	return files, nil
 }
 
 // setWorkPids sets the work cgroup's pids limit (0: none).
