@@ -68,8 +68,11 @@ type Agent struct {
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket;
 // configFD, when not negative, an inherited file holding the sandbox's api.AgentConfig, which
-// the agent takes before it answers (as if the daemon had sent it with PUT /v1/config).
-func Run(listenFD, configFD int, version string) error {
+// the agent takes before it answers (as if the daemon had sent it with PUT /v1/config);
+// pidsFD, when not negative, is the first of two inherited tasks files: the cgroup that holds
+// the sandbox's pids limit, into which the agent moves the thread that forks each process, and
+// the container's (procTable.work and home).
+func Run(listenFD, configFD, pidsFD int, version string) error {
 	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("mark agent non-dumpable: %w", err)
@@ -119,6 +122,13 @@ func Run(listenFD, configFD int, version string) error {
 		return err
 	}
 	a.procs.caught = caught
+	if pidsFD >= 0 {
+		// Inherited descriptors are not closed on exec: nothing the agent starts may get these.
+		unix.CloseOnExec(pidsFD)
+		unix.CloseOnExec(pidsFD + 1)
+		a.procs.work = os.NewFile(uintptr(pidsFD), "pids-cgroup-tasks")
+		a.procs.home = os.NewFile(uintptr(pidsFD+1), "agent-pids-cgroup-tasks")
+	}
 	a.confine()
 	if configFD >= 0 {
 		cfg := os.NewFile(uintptr(configFD), "agent-config")

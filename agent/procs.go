@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,14 @@ type procTable struct {
 	// caught, when set, is closed once the agent catches the signals that would end it (Run):
 	// no process starts before. Unset (tests: the agent is not PID 1), processes start at once.
 	caught <-chan struct{}
+	// work and home, when set, are the tasks files of the cgroup that carries the sandbox's
+	// pids limit (a child of the container's, in the pids hierarchy) and of the container's
+	// own, opened by the daemon: every process is forked from a thread moved into work first and
+	// home again after, so the sandbox's processes count against the limit and the agent's own
+	// threads do not (a fork bomb at the limit left the Go runtime unable to make a thread, and
+	// it aborts then). Threads the runtime makes while a locked thread runs are made by its
+	// template thread, at home.
+	work, home *os.File
 }
 
 func newProcTable() *procTable {
@@ -52,18 +61,23 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr, private
 	defer t.mu.Unlock()
 	var pid int
 	var err error
-	if t.confine == nil && private == nil {
+	if t.confine == nil && private == nil && t.work == nil {
 		pid, err = startProcess(path, argv, attr)
 	} else {
-		// The child inherits the Landlock domain and the descriptor table of the thread that
-		// forks it: a thread of its own, readied (forkThread) and then ended with its
-		// goroutine, so the agent itself stays unconfined and its own table as it was.
+		// The child inherits the Landlock domain, the descriptor table and the cgroups of the
+		// thread that forks it: a thread of its own, readied (forkThread). A thread that took a
+		// domain or a table of its own ends with its goroutine, so the agent itself stays
+		// unconfined and its own table as it was; one that only moved cgroups moves back.
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			runtime.LockOSThread() // never unlocked: the thread is in the child's domain
+			runtime.LockOSThread()
 			if err = t.forkThread(private); err == nil {
 				pid, err = startProcess(path, argv, attr)
+			}
+			// Home again even when the thread ends: the main thread does not end, it waits.
+			if t.goHome() && t.confine == nil && private == nil {
+				runtime.UnlockOSThread()
 			}
 		}()
 		<-done
@@ -90,6 +104,11 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr, private
 // a list up to PrivateFD: ~24 kB of allocations per start (the list and os.StartProcess's two
 // copies), which an agent that never collects would keep.
 func (t *procTable) forkThread(private *os.File) error {
+	if t.work != nil {
+		if err := moveThread(t.work); err != nil {
+			return fmt.Errorf("move the forking thread into the sandbox's pids cgroup: %w", err)
+		}
+	}
 	if t.confine != nil {
 		if err := t.confine.restrict(private); err != nil {
 			return err
@@ -105,6 +124,27 @@ func (t *procTable) forkThread(private *os.File) error {
 		return fmt.Errorf("put the private folder at descriptor %d: %w", session.PrivateFD, err)
 	}
 	return nil
+}
+
+// goHome moves the calling thread back into the container's pids cgroup, and says whether it
+// is there (it is where it always was without a work cgroup).
+func (t *procTable) goHome() bool {
+	if t.work == nil {
+		return true
+	}
+	if err := moveThread(t.home); err != nil {
+		slog.Warn("move the forking thread back into the agent's pids cgroup; it ends instead", "err", err)
+		return false
+	}
+	return true
+}
+
+// moveThread moves the calling thread into the cgroup of a tasks file. The kernel checks the
+// credentials the file was opened with (the daemon's): nothing in the sandbox may write
+// cgroupfs.
+func moveThread(tasks *os.File) error {
+	_, err := tasks.WriteAt([]byte(strconv.Itoa(unix.Gettid())), 0)
+	return err
 }
 
 // startProcess starts a process and drops the handle os.StartProcess keeps (a pidfd, opened

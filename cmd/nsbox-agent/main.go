@@ -15,8 +15,9 @@ import (
 var version = "dev"
 
 func main() {
-	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--config-fd M].
-	listen, config := 3, -1
+	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--config-fd M]
+	// [--pids-cgroup-fds P].
+	listen, config, pids := 3, -1, -1
 	for i, arg := range os.Args {
 		var fd *int
 		switch arg {
@@ -24,6 +25,8 @@ func main() {
 			fd = &listen
 		case "--config-fd":
 			fd = &config
+		case "--pids-cgroup-fds":
+			fd = &pids
 		}
 		if fd != nil && i+1 < len(os.Args) {
 			n, err := strconv.Atoi(os.Args[i+1])
@@ -34,7 +37,7 @@ func main() {
 			*fd = n
 		}
 	}
-	if err := agent.Run(listen, config, version); err != nil {
+	if err := agent.Run(listen, config, pids, version); err != nil {
 		fmt.Fprintln(os.Stderr, "nsbox-agent:", err)
 		os.Exit(1)
 	}

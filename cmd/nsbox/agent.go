@@ -14,9 +14,10 @@ func agentCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "listen-fd", Value: 3, Usage: "inherited listening socket"},
 			&cli.IntFlag{Name: "config-fd", Value: -1, Usage: "inherited file holding the sandbox's configuration (JSON)"},
+			&cli.IntFlag{Name: "pids-cgroup-fds", Value: -1, Usage: "the first of two inherited tasks files: the cgroup holding the sandbox's pids limit, then the container's"},
 		},
 		Action: func(c *cli.Context) error {
-			return agent.Run(c.Int("listen-fd"), c.Int("config-fd"), version)
+			return agent.Run(c.Int("listen-fd"), c.Int("config-fd"), c.Int("pids-cgroup-fds"), version)
 		},
 	}
 }

@@ -220,11 +220,11 @@ func TestEscapeResourcesContained(t *testing.T) {
 	d.create(api.CreateSandboxRequest{ID: "forkbomb", Image: "busybox", Limits: api.Limits{Pids: 64}})
 	d.startProc("forkbomb", api.StartProcessRequest{ID: "bomb", Command: "bomb() { bomb | bomb & }; bomb"})
 	pid := d.agentPID("forkbomb")
-	for cgroupCounter(t, pid, "pids", "pids.events", "pids.events", "max") == 0 {
+	for cgroupCounter(t, pid, "pids", "work/pids.events", "pids.events", "max") == 0 {
 		time.Sleep(50 * time.Millisecond) // until the bomb meets the limit; the test's deadline bounds it
 	}
 	othersAnswer("fork bomb")
-	t.Logf("fork bomb: pids limit met %d times", cgroupCounter(t, pid, "pids", "pids.events", "pids.events", "max"))
+	t.Logf("fork bomb: pids limit met %d times", cgroupCounter(t, pid, "pids", "work/pids.events", "pids.events", "max"))
 	if err := d.client.RemoveSandbox(context.Background(), "forkbomb", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatalf("remove the fork bomb's sandbox: %v", err)
 	}

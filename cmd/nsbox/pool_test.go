@@ -67,7 +67,7 @@ func TestWarmPoolSandboxIsBoundToItsRequest(t *testing.T) {
 	if got := cgroupValue(d, "pooled", "memory/memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(96<<20) {
 		t.Errorf("memory limit %s", got)
 	}
-	if got := cgroupValue(d, "pooled", "pids/pids.max", "pids.max"); got != "40" {
+	if got := cgroupValue(d, "pooled", "pids/work/pids.max", "pids.max"); got != "40" {
 		t.Errorf("pids limit %s", got)
 	}
 	if got := cgroupValue(d, "pooled", "cpu/cpu.cfs_quota_us", "cpu.max"); got != "50000" && got != "50000 100000" {

@@ -77,6 +77,8 @@ type Backend struct {
 	// starting holds a token for each start under way: at most two per CPU (Start).
 	starting chan struct{}
 	cpus     *cpuSets
+	// pids is the pids hierarchy's mount point, "" when it is not a cgroup v1 one (workcgroup.go).
+	pids string
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -100,7 +102,8 @@ func New(cfg Config) (*Backend, error) {
 			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts under overlayfs: Linux 5.19 or later, and file systems for nsbox's state and images that support id-mapped mounts): %w; run the daemon with --userns=false", err)
 		}
 	}
-	return &Backend{cfg: cfg, starting: make(chan struct{}, 2*runtime.NumCPU()), cpus: newCPUSets(cfg.CgroupParent)}, nil
+	return &Backend{cfg: cfg, starting: make(chan struct{}, 2*runtime.NumCPU()), cpus: newCPUSets(cfg.CgroupParent),
+		pids: pidsHierarchy()}, nil
 }
 
 // RunDir is the directory of a container's host-side files.
@@ -209,8 +212,22 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		extra = append(extra, cfg)
 	}
 
+	cgroup := cgroupPath(b.cfg.CgroupParent, spec.ID)
+	work := workCgroup(b.pids, cgroup)
+	if work != "" {
+		tasks, err := makeWorkCgroup(work, spec.Limits.Pids)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range tasks {
+			defer f.Close()
+		}
+		args = append(args, "--pids-cgroup-fds", strconv.Itoa(3+len(extra)))
+		extra = append(extra, tasks...)
+	}
+
 	cs := configSpec{
-		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroupPath(b.cfg.CgroupParent, spec.ID),
+		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroup, WorkCgroup: work,
 		Seccomp: b.cfg.Seccomp, CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
 	}
 	if err := writeCPUsOnline(cs.CPUsOnline, cs.CPUs); err != nil {

@@ -53,6 +53,9 @@ type configSpec struct {
 	Rootfs     string // the mounted overlay
 	AgentBin   string // host path of the nsbox binary
 	CgroupPath string // e.g. /nsbox/<id>
+	// WorkCgroup is the pids cgroup of the sandbox's processes, "" when they share the
+	// container's with the agent (workcgroup.go).
+	WorkCgroup string
 	// UserNS is the path of a user namespace with the container's mapping (Spec.IDs): the
 	// container joins it, and runc maps the image's binds and read-only mounts with it.
 	UserNS  string
@@ -95,7 +98,7 @@ func containerConfig(s configSpec) *configs.Config {
 		Networks: []*configs.Network{{Type: "loopback", Address: "127.0.0.1/0", Gateway: "localhost"}},
 		Cgroups: &cgroups.Cgroup{
 			Path:      s.CgroupPath,
-			Resources: resources(s.Limits, s.CPUs, rules),
+			Resources: resources(s.Limits, s.WorkCgroup, s.CPUs, rules),
 		},
 		Devices:       nodes,
 		MaskPaths:     append(append([]string{}, maskedPaths...), s.Masked...),
@@ -211,9 +214,10 @@ func limitViews(dir string) []*configs.Mount {
 	return out
 }
 
-// resources are a container's cgroup resources with the limits lim, on the CPUs cpus.
-func resources(lim backend.Limits, cpus string, devices []*devconfig.Rule) *cgroups.Resources {
-	pids := lim.Pids
+// resources are a container's cgroup resources with the limits lim, on the CPUs cpus; the
+// sandbox's processes have the work cgroup's pids limit, when there is one.
+func resources(lim backend.Limits, work, cpus string, devices []*devconfig.Rule) *cgroups.Resources {
+	pids := containerPids(lim.Pids, work)
 	return &cgroups.Resources{
 		CpusetCpus: cpus,
 		CpuQuota:   lim.CPUQuota,

@@ -29,8 +29,10 @@ type instance struct {
 	pid        int
 	pidfd      int // -1 when the agent was gone already when the instance was made
 	cgroupPath string
-	socket     string
-	log        string
+	// work is the pids cgroup of the sandbox's processes ("": none; workcgroup.go).
+	work   string
+	socket string
+	log    string
 	// exited is done once the agent has exited (markExited, after it was reaped).
 	exited     context.Context
 	markExited context.CancelFunc
@@ -48,7 +50,7 @@ type instance struct {
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
 // is not this process's child) is called once it has exited.
 func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instance, error) {
-	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path,
+	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path, work: existingWorkCgroup(b.pids, c.Config().Cgroups.Path),
 		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), reap: reap, cpus: b.cpus,
 		online: b.cpusOnline(c.ID())}
 	inst.exited, inst.markExited = context.WithCancel(context.Background())
@@ -185,8 +187,13 @@ func (i *instance) SetLimits(lim backend.Limits) error {
 	cfg := i.c.Config()
 	cgroupsCopy := *cfg.Cgroups
 	cpus := i.cpus.pick(i.ID(), lim)
-	cgroupsCopy.Resources = resources(lim, cpus, cfg.Cgroups.Resources.Devices)
+	cgroupsCopy.Resources = resources(lim, i.work, cpus, cfg.Cgroups.Resources.Devices)
 	cfg.Cgroups = &cgroupsCopy
+	if i.work != "" {
+		if err := setWorkPids(i.work, lim.Pids); err != nil {
+			return err
+		}
+	}
 	if err := i.c.Set(cfg); err != nil {
 		return wrapErr("set limits", err)
 	}
