@@ -65,15 +65,7 @@ func newWorld(t *testing.T, probe testNetwork) *world {
 	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNetOf(netip.PrefixFrom(w.lanHost, 28))}); err != nil {
 		t.Fatalf("LAN address on %s: %v", o.veth, err)
 	}
-	h, err := netlink.NewHandleAt(o.ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	eth, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, eth := nsEth0(t, o.ns)
 	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipNetOf(netip.PrefixFrom(w.lan, 28))}); err != nil {
 		t.Fatal(err)
 	}
@@ -382,15 +374,7 @@ func TestSandboxIPv6IsDropped(t *testing.T) {
 	addAddr := func(link netlink.Link, h *netlink.Handle, a netip.Addr) error {
 		return h.AddrAdd(link, &netlink.Addr{IPNet: ipNetOf(netip.PrefixFrom(a, 64)), Flags: unix.IFA_F_NODAD})
 	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	eth, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, eth := nsEth0(t, ns)
 	if err := addAddr(eth, h, boxAddr); err != nil {
 		t.Fatalf("the sandbox's IPv6 address: %v", err)
 	}

@@ -362,15 +362,7 @@ func newOutside(t *testing.T, n testNetwork) *outside {
 	if err := netlink.LinkSetUp(host); err != nil {
 		t.Fatal(err)
 	}
-	h, err := netlink.NewHandleAt(o.ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	eth, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, eth := nsEth0(t, o.ns)
 	for _, a := range []netip.Addr{o.allowed, o.other} {
 		if err := h.AddrAdd(eth, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(27, 32)}}); err != nil {
 			t.Fatal(err)
@@ -410,6 +402,21 @@ func newNetns() (netns.NsHandle, error) {
 		return netns.Set(orig)
 	})
 	return h, err
+}
+
+// nsEth0 is a netlink handle in ns, closed when the test ends, and the eth0 link there.
+func nsEth0(t *testing.T, ns netns.NsHandle) (*netlink.Handle, netlink.Link) {
+	t.Helper()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, eth
 }
 
 // inNetns runs fn on a thread inside ns.
