@@ -748,6 +748,13 @@ func TestLifecycles(t *testing.T) {
 			t.Fatalf("after 15 s: nap %s, gone %v, old %v", nap.Status, goneErr, oldErr)
 		}
 	}
+	// Removed by the idle loop: what a sandbox seen gone had is gone once its teardown, which
+	// leftovers waits for, ends (retire counts it before the sandbox is seen gone).
+	for _, id := range []string{"gone", "old"} {
+		if left := c.leftovers(id); len(left) > 0 {
+			t.Errorf("%s left behind: %v", id, left)
+		}
+	}
 	for _, id := range []string{"busy", "plain"} {
 		if sb, err := c.Get(id); err != nil || sb.Status != api.StatusRunning {
 			t.Errorf("%s: %+v %v", id, sb, err)

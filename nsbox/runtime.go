@@ -125,8 +125,11 @@ type Runtime struct {
 	trim *time.Timer
 
 	stopIdle context.CancelFunc // ends watchIdle and monitor
-	views    *limitViews        // nil without Config.LimitViews
-	ops      *ops               // events, metrics, stats readings (stats.go)
+	// background is watchIdle and monitor, which Close waits for: a lifecycle being applied
+	// (a remove, a pause) must end before the records and the pool it uses are closed.
+	background sync.WaitGroup
+	views      *limitViews // nil without Config.LimitViews
+	ops        *ops        // events, metrics, stats readings (stats.go)
 }
 
 const (
@@ -200,8 +203,8 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	}
 	idleCtx, stopIdle := context.WithCancel(context.Background())
 	r.stopIdle = stopIdle
-	go r.watchIdle(idleCtx)
-	go r.monitor(idleCtx)
+	r.background.Go(func() { r.watchIdle(idleCtx) })
+	r.background.Go(func() { r.monitor(idleCtx) })
 	return r, nil
 }
 
@@ -282,12 +285,14 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 	return cfg.Backend.Release()
 }
 
-// Close destroys the warm pool's containers, and releases the network's host resources (its
-// netlink sockets and held host ports; the rules stay) and the metadata database. Sandboxes
-// keep running.
+// Close stops applying lifecycles (waiting for one being applied), destroys the warm pool's
+// containers, waits for removed sandboxes' teardowns, and releases the network's host
+// resources (its netlink sockets and held host ports; the rules stay) and the metadata
+// database. Sandboxes keep running.
 func (r *Runtime) Close() error {
 	if r.stopIdle != nil {
 		r.stopIdle()
+		r.background.Wait()
 	}
 	r.drainPool()
 	if r.spares != nil {
@@ -654,16 +659,23 @@ func (r *Runtime) retire(sb *sandbox, failure string) error {
 		r.log.Warn("detach the network of a removed sandbox; tearing it down at once", "sandbox", sb.id, "err", err)
 		return r.teardown(sb, failure)
 	}
+	// The teardown is counted before the sandbox is recorded removed, not after: whoever sees
+	// it gone (lookup, under r.mu, which transition takes after the record is deleted) and then
+	// waits for retiring waits for its teardown too. Counted after, that Wait could come first
+	// and miss it (sync.WaitGroup: an Add from zero must happen before the Wait; the race
+	// detector caught Close's Wait against an idle removal's Add in TestLifecycles).
+	r.retiring.Add(1)
+	r.retiringCount.Add(1)
 	sb.mu.Lock()
 	r.forgetAgent(sb)
 	sb.inst = nil
 	_, err := r.transition(sb, stateRemoved, nil)
 	sb.mu.Unlock()
 	if err != nil {
+		r.retiringCount.Add(-1)
+		r.retiring.Done()
 		return err
 	}
-	r.retiring.Add(1)
-	r.retiringCount.Add(1)
 	go func() {
 		defer r.retiring.Done()
 		defer r.retiringCount.Add(-1)
