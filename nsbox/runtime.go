@@ -543,6 +543,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		r.abortCreate(sb)
 		return nil, fmt.Errorf("create sandbox %s: its client gave up: %w", rec.ID, err)
 	}
+	// Its idle time counts from now: touched only once it runs, the idle loop could find it
+	// running and idle since 1970, and pause or remove it at once.
+	sb.touch()
 	sb.mu.Lock()
 	_, err = r.transition(sb, api.StatusRunning, func(next *record) { next.PID, next.Network = rec.PID, rec.Network })
 	out := sb.rec.Sandbox
@@ -551,7 +554,6 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		r.abortCreate(sb)
 		return nil, err
 	}
-	sb.touch()
 	r.watch(sb, sc.inst)
 	// start: the container's (0 from the warm pool); bind: what followed, through the agent's
 	// answer (and a warm one's network); record: the wait for the creating record and the
