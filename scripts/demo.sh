@@ -108,7 +108,7 @@ if [ -f /sys/fs/cgroup/memory.max ]; then
 else
   echo "memory limit: $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) bytes"
   echo "cpu quota: $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)us per $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)us"
-  echo "pids max: $(cat /sys/fs/cgroup/pids/pids.max)"
+  echo "pids max: $(cat /sys/fs/cgroup/pids$(sed -n "s/^[0-9]*:pids://p" /proc/self/cgroup)/pids.max)"
 fi'
 
 step "the host's system is read-only and its secrets are masked"
