@@ -137,6 +137,16 @@ type Context struct {
 	stdin  *os.File
 	exited chan struct{}     // closed when the interpreter has exited
 	sink   func(driverEvent) // the running cell's, nil between runs (output then is dropped)
+	// outputs are the interpreter's own fds 1 and 2 (readOutput), drained into the cell at
+	// its end with drainBuf.
+	outputs  []output
+	drainBuf []byte
+}
+
+// output is one of the interpreter's own fds 1 and 2, as the agent reads it.
+type output struct {
+	stream string
+	pipe   syscall.RawConn
 }
 
 // Info describes the context.
@@ -214,12 +224,27 @@ func (c *Context) launch() error {
 		<-exited
 		close(done)
 	}()
+	outputs := make([]output, 0, 2)
+	for _, o := range []struct {
+		stream string
+		r      *os.File
+	}{{api.EventStdout, outR}, {api.EventStderr, errR}} {
+		rc, err := o.r.SyscallConn()
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("read the interpreter's %s: %w", o.stream, err)
+		}
+		outputs = append(outputs, output{o.stream, rc})
+	}
 	c.mu.Lock()
-	c.pid, c.stdin, c.exited = pid, inW, done
+	c.pid, c.stdin, c.exited, c.outputs = pid, inW, done, outputs
+	if c.drainBuf == nil {
+		c.drainBuf = make([]byte, 32<<10)
+	}
 	c.mu.Unlock()
 	go c.readEvents(ctlR)
-	go c.readOutput(api.EventStdout, outR)
-	go c.readOutput(api.EventStderr, errR)
+	go c.readOutput(outputs[0], outR)
+	go c.readOutput(outputs[1], errR)
 	return nil
 }
 
@@ -271,17 +296,44 @@ func (c *Context) readEvents(r io.ReadCloser) {
 	}
 }
 
-func (c *Context) readOutput(stream string, r io.ReadCloser) {
+// readOutput hands what the interpreter's fd 1 or 2 (o, read from r) gets to the running cell
+// as it comes. Each read is made and delivered under c.mu, so at a cell's end, when the run
+// drains the pipes under the same lock (drainOutputs), nothing read before is still on its
+// way: a subprocess's output written before the cell ended reaches the cell (it was dropped
+// when the driver's end overtook it).
+func (c *Context) readOutput(o output, r *os.File) {
 	defer r.Close()
 	buf := make([]byte, 32<<10)
+	_ = o.pipe.Read(func(fd uintptr) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.drainPipe(o.stream, int(fd), buf)
+	})
+}
+
+// drainPipe reads everything the pipe fd holds now and hands it to the running cell (dropped
+// between runs); it says whether the pipe has ended. c.mu must be held.
+func (c *Context) drainPipe(stream string, fd int, buf []byte) (ended bool) {
 	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			c.deliver(driverEvent{Type: stream, output: append([]byte(nil), buf[:n]...)})
+		n, err := unix.Read(fd, buf)
+		if n > 0 && c.sink != nil {
+			c.sink(driverEvent{Type: stream, output: append([]byte(nil), buf[:n]...)})
 		}
-		if err != nil {
-			return
+		switch {
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return false
+		case err != nil || n == 0:
+			return true
 		}
+	}
+}
+
+// drainOutputs hands the cell what the interpreter's fds 1 and 2 hold at its end. c.mu must
+// be held.
+func (c *Context) drainOutputs() {
+	for _, o := range c.outputs {
+		_ = o.pipe.Control(func(fd uintptr) { c.drainPipe(o.stream, int(fd), c.drainBuf) }) // a closed pipe has nothing
 	}
 }
 
@@ -328,6 +380,8 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 			vmTimedOut = ev.Name == "TimeoutError" && c.spec.Language == api.LanguageJavaScript
 			emit(api.CodeEvent{Type: api.EventException, CodeError: res.Error})
 		case api.EventEnd:
+			// What subprocesses wrote before the end is in the pipes, maybe not read yet.
+			c.drainOutputs()
 			once.Do(func() { close(ended) })
 		}
 	}

@@ -72,6 +72,13 @@ func TestPythonContext(t *testing.T) {
 	if (out != "hi 41\nfrom-a-child\n" && out != "from-a-child\nhi 41\n") || errOut != "warn\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
 		t.Errorf("state and output: %q %q %+v", out, errOut, res.Results)
 	}
+	// A subprocess's output written just before its cell ends reaches the cell: the run drains
+	// the pipes at the end (it was lost when the driver's end came first).
+	for i := range 30 {
+		if out, _, _ := run(t, c, "os.system('echo from-a-child')", 0); out != "from-a-child\n" {
+			t.Fatalf("run %d: a child's output at the cell's end: %q", i, out)
+		}
+	}
 	_, _, res = run(t, c, "{'a': [1, 2]}", 0)
 	if len(res.Results) != 1 || res.Results[0]["application/json"] == nil {
 		t.Errorf("a dict's bundle: %+v", res.Results)
