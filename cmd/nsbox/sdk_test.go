@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,7 +10,9 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nsbox/nsbox/rootfs/oci/ocitest"
 )
@@ -28,7 +31,19 @@ func runSDKSuite(t *testing.T, host string, env []string, name string, args ...s
 	if _, err := exec.LookPath(name); err != nil {
 		t.Fatalf("%s is needed for the SDK tests (scripts/install-deps.sh installs it): %v", name, err)
 	}
-	cmd := exec.Command(name, args...)
+	// A hung suite is killed, with everything it started (its own process group), after
+	// sdkSuiteBound or just before the test binary's deadline: the test fails with the suite's
+	// output and cleans up, rather than the binary panicking with node left running.
+	deadline := time.Now().Add(sdkSuiteBound)
+	if d, ok := t.Deadline(); ok && d.Add(-30*time.Second).Before(deadline) {
+		deadline = d.Add(-30 * time.Second)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	cmd.Dir = repoRoot
 	cmd.Env = append(append(os.Environ(), "NSBOX_HOST="+host), env...)
 	var out bytes.Buffer
@@ -39,6 +54,10 @@ func runSDKSuite(t *testing.T, host string, env []string, name string, args ...s
 		t.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
 	}
 }
+
+// sdkSuiteBound is the most an SDK suite may take (they take 5-30 s) before it is taken for
+// hung and killed.
+const sdkSuiteBound = 10 * time.Minute
 
 func tsBuilt(t *testing.T) {
 	t.Helper()
