@@ -75,7 +75,7 @@ func (t *procTable) start(path string, argv []string, attr *os.ProcAttr, private
 			if err = t.forkThread(private); err == nil {
 				pid, err = startProcess(path, argv, attr)
 			}
-			// Home again even when the thread ends: the main thread does not end, it waits.
+			// Home again, also before the thread ends: one that cannot go home is not reused.
 			if t.goHome() && t.confine == nil && private == nil {
 				runtime.UnlockOSThread()
 			}

@@ -6,6 +6,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 
 	"github.com/nsbox/nsbox/agent"
@@ -13,6 +14,11 @@ import (
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
+
+// The agent runs on the main thread, which nothing else runs on: the threads that fork the
+// sandbox's processes move into their pids cgroup for a moment (agent/procs.go), and the
+// main thread's cgroups are what /proc/<pid>/cgroup shows for the agent.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--config-fd M]

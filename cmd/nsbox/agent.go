@@ -1,10 +1,20 @@
 package main
 
 import (
+	"os"
+	"runtime"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/nsbox/nsbox/agent"
 )
+
+// As nsbox-agent's: the agent keeps the main thread to itself (cmd/nsbox-agent/main.go).
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "agent" {
+		runtime.LockOSThread()
+	}
+}
 
 func agentCommand() *cli.Command {
 	return &cli.Command{
