@@ -357,13 +357,9 @@ func TestUserNamespacesOfPoolAndRestart(t *testing.T) {
 // used to start, and then fail every create with a mount error that named neither.
 func TestRunDirOutOfReach(t *testing.T) {
 	dir := t.TempDir() // under a directory of mode 0700
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	run := filepath.Join(dir, "run")
-	out, err := exec.CommandContext(ctx, nsboxBin, "--socket", filepath.Join(run, "nsbox.sock"), "daemon",
-		"--data-dir", filepath.Join(dir, "data"), "--run-dir", run, "--cgroup-parent", fmt.Sprintf("nsbox-test-%d-reach", os.Getpid()),
-		"--warm-pool", "").CombinedOutput()
-	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "cannot reach "+run) || !strings.Contains(string(out), " is mode 0700") || !strings.Contains(string(out), "chmod o+x") {
+	out, err := daemonThatFails(nsboxBin, dir, "reach")
+	if err == nil || !strings.Contains(string(out), "cannot reach "+run) || !strings.Contains(string(out), " is mode 0700") || !strings.Contains(string(out), "chmod o+x") {
 		t.Fatalf("a daemon with its run dir under a private directory: %v\n%s", err, out)
 	}
 }
@@ -466,14 +462,9 @@ func TestUserNamespaceCannotWork(t *testing.T) {
 	if err := os.WriteFile(bin, data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	run := filepath.Join(dir, "run")
-	out, err := exec.CommandContext(ctx, bin, "--socket", filepath.Join(run, "nsbox.sock"), "daemon",
-		"--data-dir", filepath.Join(dir, "data"), "--run-dir", run, "--cgroup-parent", fmt.Sprintf("nsbox-test-%d-nouserns", os.Getpid()),
-		"--warm-pool", "").CombinedOutput()
+	out, err := daemonThatFails(bin, dir, "nouserns")
 	for _, want := range []string{"user namespaces cannot work on this host", "executable by others", "--userns=false"} {
-		if err == nil || ctx.Err() != nil || !strings.Contains(string(out), want) {
+		if err == nil || !strings.Contains(string(out), want) {
 			t.Fatalf("a daemon whose binary only root may run: %v, want an error saying %q\n%s", err, want, out)
 		}
 	}
@@ -515,4 +506,20 @@ func TestUserNamespaceRange(t *testing.T) {
 	if got := d.hostRoot(c.ID); got != ra {
 		t.Errorf("after a remove the new sandbox's root is %d, want the freed block's %d", got, ra)
 	}
+}
+
+// daemonThatFails starts the daemon bin with its data and run dirs under dir and a cgroup
+// parent of the test's own (named by what), expecting it to refuse to start: it returns its
+// output, and an error unless it exited with an error within a minute.
+func daemonThatFails(bin, dir, what string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run := filepath.Join(dir, "run")
+	out, err := exec.CommandContext(ctx, bin, "--socket", filepath.Join(run, "nsbox.sock"), "daemon",
+		"--data-dir", filepath.Join(dir, "data"), "--run-dir", run, "--cgroup-parent", fmt.Sprintf("nsbox-test-%d-%s", os.Getpid(), what),
+		"--warm-pool", "").CombinedOutput()
+	if ctx.Err() != nil {
+		return out, nil // it ran on: not the refusal expected
+	}
+	return out, err
 }
