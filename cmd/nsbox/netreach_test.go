@@ -390,6 +390,18 @@ func TestSandboxIPv6IsDropped(t *testing.T) {
 	if err := addAddr(veth, host, hostAddr); err != nil {
 		t.Fatalf("the host's IPv6 address on %s: %v", veth.Attrs().Name, err)
 	}
+	// Each side knows the other's link address for good, so that what is tried is the TCP
+	// connection itself, and the control below does not depend on a neighbour discovery the
+	// drop rules made fail a moment before (EHOSTUNREACH until the kernel retries).
+	addNeigh := func(h *netlink.Handle, link, peer netlink.Link, a netip.Addr) {
+		t.Helper()
+		if err := h.NeighSet(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: unix.AF_INET6,
+			State: netlink.NUD_PERMANENT, IP: a.AsSlice(), HardwareAddr: peer.Attrs().HardwareAddr}); err != nil {
+			t.Fatalf("a neighbour entry for %s on %s: %v", a, link.Attrs().Name, err)
+		}
+	}
+	addNeigh(h, eth, veth, hostAddr)
+	addNeigh(host, veth, eth, boxAddr)
 	l := newHostListener(t, fmt.Sprintf("[%s]:0", hostAddr), netip.PrefixFrom(boxAddr, 128))
 	// It answers "connected" or why not.
 	try := func() string {
