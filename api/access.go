@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -32,7 +33,7 @@ type SessionFrom int
 const (
 	SessionNone  SessionFrom = iota // the request is for the sandbox as a whole
 	SessionPath                     // the path's {sid}
-	SessionQuery                    // the query parameter sessionId (a session token's own is filled in)
+	SessionQuery                    // the query parameter session or sessionId (a session token's own is filled in)
 	SessionBody                     // the JSON body's sessionId
 )
 
@@ -118,3 +119,16 @@ const TerminalProtocol = "nsbox.terminal"
 // TerminalTokenProtocol prefixes the token in a WebSocket subprotocol
 // (Sec-WebSocket-Protocol), for browsers, which cannot set headers on a WebSocket.
 const TerminalTokenProtocol = "nsbox.token."
+
+// QuerySession is the session a request's query names: its parameter session or, the same
+// under the name the JSON bodies use, sessionId. Both may be given only if they agree.
+func QuerySession(q url.Values) (string, error) {
+	short, long := q.Get("session"), q.Get("sessionId")
+	if short != "" && long != "" && short != long {
+		return "", Errorf(CodeInvalidArgument, "the query names two sessions, session %q and sessionId %q: give one", short, long)
+	}
+	if short != "" {
+		return short, nil
+	}
+	return long, nil
+}

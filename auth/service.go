@@ -185,7 +185,11 @@ func holdToSession(req *http.Request, from api.SessionFrom, sid string) (*http.R
 		if q.Has("uid") || q.Has("gid") {
 			return nil, api.Errorf(api.CodePermissionDenied, "a token of session %q writes as the session's user: uid and gid cannot be given", sid)
 		}
-		if named = q.Get("sessionId"); named == "" {
+		var err error
+		if named, err = api.QuerySession(q); err != nil {
+			return nil, err
+		}
+		if named == "" {
 			q.Set("sessionId", sid)
 			req = req.Clone(req.Context())
 			req.URL.RawQuery = q.Encode()

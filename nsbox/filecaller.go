@@ -13,9 +13,9 @@ import (
 )
 
 // fileCaller is on whose behalf a file request works: the session named by the query
-// parameter sessionId (relative paths start at the session shell's current directory, and
-// what the request creates belongs to the session's user), or else the sandbox itself (its
-// working directory, and root).
+// parameter session or sessionId (relative paths start at the session shell's current
+// directory, and what the request creates belongs to the session's user), or else the sandbox
+// itself (its working directory, and root).
 type fileCaller struct {
 	cwd      string
 	uid, gid int
@@ -76,7 +76,10 @@ func (r *Runtime) openFileCaller(req *http.Request, paths ...string) (*fileReque
 	if err != nil {
 		return nil, err
 	}
-	sid := req.URL.Query().Get("sessionId")
+	sid, err := api.QuerySession(req.URL.Query())
+	if err != nil {
+		return nil, err
+	}
 	who, err := r.fileCallerOf(req.Context(), l, sid)
 	if err != nil {
 		return nil, err

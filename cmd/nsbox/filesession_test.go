@@ -10,7 +10,7 @@ import (
 	"github.com/nsbox/nsbox/client"
 )
 
-// TestFilesRelativeToSession: with sessionId, relative paths start at the session shell's
+// TestFilesRelativeToSession: with sessionId (or session), relative paths start at the session shell's
 // current directory; without it, at the sandbox's.
 func TestFilesRelativeToSession(t *testing.T) {
 	d := startDaemon(t)
@@ -69,6 +69,11 @@ func TestFilesRelativeToSession(t *testing.T) {
 	if out, errOut, code := d.cli("", "files", "cat", "--session", "s", "rel", "c.txt"); code != 0 || out != "c" {
 		t.Fatalf("nsbox files cat --session: %d %q %q", code, out, errOut)
 	}
+	// The query parameter session is sessionId's other name (issue 14 spells it so).
+	if status, body := d.call("GET", filesURL("rel", "stat", "path=c.txt", "session=s"), nil); status != 200 || !strings.Contains(string(body), `"/workspace/sub/deeper/c.txt"`) {
+		t.Fatalf("stat c.txt with ?session=s: %d %s", status, body)
+	}
+	d.expectError("GET", filesURL("rel", "stat", "path=c.txt", "session=s", "sessionId=default"), nil, 400, api.CodeInvalidArgument)
 	// Unknown and ended sessions.
 	d.expectError("GET", filesURL("rel", "stat", "path=a.txt", "sessionId=nope"), nil, 404, api.CodeNotFound)
 	d.expectError("POST", filesURL("rel", "mkdir", "sessionId=nope"), map[string]any{"path": "x"}, 404, api.CodeNotFound)

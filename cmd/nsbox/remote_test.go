@@ -214,6 +214,11 @@ func TestRemoteAccessOverTLS(t *testing.T) {
 		r.expect(ro, "POST", "/v1/sandboxes/box/processes", api.StartProcessRequest{Command: "true"}, http.StatusForbidden, "")
 		r.expect(ro, "PATCH", "/v1/sandboxes/box/env", api.PatchEnvRequest{Set: map[string]string{"A": "b"}}, http.StatusForbidden, "")
 		r.expect(ro, "GET", "/v1/sandboxes/box/sessions/rw", nil, http.StatusForbidden, `session \"ro\" only`)
+		// A file request names its session by either query parameter; another session's is refused.
+		r.expect(ro, "GET", "/v1/sandboxes/box/files?path=note&session=ro", nil, http.StatusOK, "hello")
+		r.expect(ro, "GET", "/v1/sandboxes/box/files?path=note&session=rw", nil, http.StatusForbidden, `session \"ro\" only`)
+		r.expect(ro, "GET", "/v1/sandboxes/box/files?path=note&sessionId=rw", nil, http.StatusForbidden, `session \"ro\" only`)
+		r.expect(ro, "GET", "/v1/sandboxes/box/files?path=note&session=ro&sessionId=rw", nil, http.StatusBadRequest, "two sessions")
 		r.expect(ro, "GET", "/v1/sandboxes/other", nil, http.StatusForbidden, `sandbox \"box\" only`)
 		r.expect(ro, "GET", "/v1/sandboxes", nil, http.StatusForbidden, "admin token")
 		r.expect(ro, "POST", "/v1/sandboxes", api.CreateSandboxRequest{}, http.StatusForbidden, "admin token")
@@ -222,6 +227,7 @@ func TestRemoteAccessOverTLS(t *testing.T) {
 		// The session itself is read-only for every caller, the socket included.
 		d.expectError("POST", "/v1/sandboxes/box/sessions/ro/exec", api.ExecRequest{Command: "true"}, http.StatusForbidden, api.CodePermissionDenied)
 		d.expectError("PUT", "/v1/sandboxes/box/files?path=x&sessionId=ro", "data", http.StatusForbidden, api.CodePermissionDenied)
+		d.expectError("PUT", "/v1/sandboxes/box/files?path=x&session=ro", "data", http.StatusForbidden, api.CodePermissionDenied)
 
 		// It watches the terminal (the Go SDK sends the token as a header) but cannot type.
 		rc, err := client.Dial(r.base, client.Options{Token: ro, TLS: &tls.Config{RootCAs: pki.pool}})
