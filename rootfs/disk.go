@@ -113,8 +113,11 @@ func attachLoop(image string) (*os.File, error) {
 // device clears itself once the last mount of its file system is gone; a sandbox's overlays
 // go with its mount namespace). Neither being there is not an error.
 func ReleaseDisk(image, target string, wait time.Duration) error {
-	// While it waits it watches the device target is mounted from alone, and looks at every
-	// loop device (there can be thousands) once at the end: for a device a crash left bound.
+	// When target is mounted it watches the device it is mounted from alone: that is the one
+	// device nsbox bound to image (MountDisk's attach is undone by the kernel when the
+	// attaching process dies before the mount, LO_FLAGS_AUTOCLEAR). Only when target is not
+	// mounted (a crash left the disk half released) does it look at every loop device, of
+	// which there can be thousands: on this host 1,333, ~40 ms of system calls a look.
 	var watch []string
 	if dev, ok := loopDeviceOf(target); ok && len(boundTo(image, []string{dev})) > 0 {
 		watch = []string{dev}
@@ -134,10 +137,7 @@ func ReleaseDisk(image, target string, wait time.Duration) error {
 	for {
 		var devs []string
 		if watch != nil {
-			if devs = boundTo(image, watch); len(devs) == 0 {
-				watch = nil // then every device, once
-				continue
-			}
+			devs = boundTo(image, watch)
 		} else {
 			devs = LoopDevices(image)
 		}
