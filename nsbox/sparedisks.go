@@ -2,6 +2,7 @@ package nsbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,9 +17,11 @@ import (
 // spareDisks keeps a few disk images of the default size formatted ahead of time in
 // <data>/disks, so that a create with the default disk renames one into place instead of
 // running mkfs.ext4 on its critical path (a fifth of a cold create here; docs/benchmarks.md).
-// A spare is made under a temporary name and renamed when complete, so a crash leaves either
-// a whole spare, which the next daemon uses, or a temporary file, which it removes; spares of
-// another size (the default changed) are removed at start too.
+// mkfs.ext4 runs once, for a template of the size; each spare is a sparse copy of it (a tenth
+// of the CPU, which the refill after a take would otherwise share with the creates that follow).
+// Spares and the template are made under a temporary name and renamed when complete, so a
+// crash leaves either a whole file, which the next daemon uses, or a temporary file, which it
+// removes; spares and templates of another size (the default changed) are removed at start too.
 type spareDisks struct {
 	dir    string
 	sizeMB int64 // 0: no spares (no default disk)
@@ -51,6 +54,9 @@ func openSpareDisks(dir string, sizeMB int64, logError func(msg string, args ...
 	prefix := strconv.FormatInt(sizeMB, 10) + "-"
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
+		if sizeMB > 0 && path == s.template() {
+			continue
+		}
 		n, ofSize := strings.CutPrefix(e.Name(), prefix)
 		num, err := strconv.Atoi(strings.TrimSuffix(n, ".img"))
 		if sizeMB > 0 && ofSize && strings.HasSuffix(n, ".img") && err == nil {
@@ -132,20 +138,39 @@ func (s *spareDisks) refill() {
 	}()
 }
 
-// make formats a spare under a temporary name and renames it to name once complete.
+// template is the path of the formatted image every spare is copied from.
+func (s *spareDisks) template() string {
+	return filepath.Join(s.dir, fmt.Sprintf("template-%d.img", s.sizeMB))
+}
+
+// make copies the template (formatting it first if there is none) to a spare under a
+// temporary name, and renames it to name once complete.
 func (s *spareDisks) make(name string) (string, error) {
-	tmp := filepath.Join(s.dir, ".tmp-"+name)
-	_ = os.Remove(tmp)
-	if err := rootfs.MakeDisk(tmp, s.sizeMB); err != nil {
-		_ = os.Remove(tmp)
-		return "", err
+	if _, err := os.Stat(s.template()); errors.Is(err, os.ErrNotExist) {
+		if err := s.whole(s.template(), func(tmp string) error { return rootfs.MakeDisk(tmp, s.sizeMB) }); err != nil {
+			return "", fmt.Errorf("make the spare disks' template: %w", err)
+		}
+	} else if err != nil {
+		return "", fmt.Errorf("the spare disks' template: %w", err)
 	}
 	spare := filepath.Join(s.dir, name)
-	if err := os.Rename(tmp, spare); err != nil {
+	return spare, s.whole(spare, func(tmp string) error { return rootfs.CopyDisk(s.template(), tmp) })
+}
+
+// whole makes the file path with build under a temporary name, and renames it to path once
+// complete.
+func (s *spareDisks) whole(path string, build func(tmp string) error) error {
+	tmp := filepath.Join(s.dir, ".tmp-"+filepath.Base(path))
+	_ = os.Remove(tmp)
+	if err := build(tmp); err != nil {
 		_ = os.Remove(tmp)
-		return "", fmt.Errorf("keep spare disk: %w", err)
+		return err
 	}
-	return spare, nil
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("keep %s: %w", filepath.Base(path), err)
+	}
+	return nil
 }
 
 // close stops the refill; the spares stay for the next daemon.

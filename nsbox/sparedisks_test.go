@@ -11,7 +11,7 @@ import (
 
 // TestSpareDisks: spares are made in the background, a take moves one into place as a whole
 // ext4 image and the refill makes another; a new daemon keeps complete spares of its size and
-// removes temporary files and spares of another size.
+// their template, and removes temporary files and spares and templates of another size.
 func TestSpareDisks(t *testing.T) {
 	dir := t.TempDir()
 	spares := filepath.Join(dir, "disks")
@@ -66,7 +66,7 @@ func TestSpareDisks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if names := dirNames(t, spares); len(names) != spareDiskCount || slices.Contains(names, ".tmp-16-9.img") {
+	if names := dirNames(t, spares); len(names) != spareDiskCount+1 || slices.Contains(names, ".tmp-16-9.img") || !slices.Contains(names, "template-16.img") {
 		t.Fatalf("after a restart the spares dir holds %v", names)
 	}
 	if !s.take(filepath.Join(dir, "again.img"), minDiskMB) {

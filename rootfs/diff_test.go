@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -125,14 +126,37 @@ func TestDiffReadsOverlayMarks(t *testing.T) {
 	}
 }
 
-// TestDiskLifecycle makes, mounts and releases a disk: it holds data up to its size and
-// leaves no loop device behind.
+// TestDiskLifecycle makes, mounts and releases a disk, made by mkfs.ext4 or copied from one
+// that was: it holds data up to its size and leaves no loop device behind.
 func TestDiskLifecycle(t *testing.T) {
 	dir := t.TempDir()
-	image, target := filepath.Join(dir, "disk.img"), filepath.Join(dir, "mnt")
-	if err := MakeDisk(image, 16); err != nil {
+	template := filepath.Join(dir, "template.img")
+	if err := MakeDisk(template, 16); err != nil {
 		t.Fatal(err)
 	}
+	t.Run("made", func(t *testing.T) { diskLifecycle(t, template) })
+	copied := filepath.Join(dir, "copy.img")
+	if err := CopyDisk(template, copied); err != nil {
+		t.Fatal(err)
+	}
+	var tst, cst unix.Stat_t
+	if err := unix.Stat(template, &tst); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(copied, &cst); err != nil {
+		t.Fatal(err)
+	}
+	if cst.Size != tst.Size || cst.Blocks > tst.Blocks || cst.Blocks == 0 {
+		t.Fatalf("the copy: %d bytes in %d blocks; the template %d in %d: holes lost or data missing", cst.Size, cst.Blocks, tst.Size, tst.Blocks)
+	}
+	if err := CopyDisk(template, copied); err == nil {
+		t.Error("CopyDisk over an existing image succeeded")
+	}
+	t.Run("copied", func(t *testing.T) { diskLifecycle(t, copied) })
+}
+
+func diskLifecycle(t *testing.T, image string) {
+	target := filepath.Join(t.TempDir(), "mnt")
 	if err := MountDisk(image, target); err != nil {
 		t.Fatal(err)
 	}
@@ -158,5 +182,8 @@ func TestDiskLifecycle(t *testing.T) {
 	}
 	if err := MakeDisk(image, 16); err == nil {
 		t.Error("MakeDisk over an existing image succeeded")
+	}
+	if out, err := exec.Command("e2fsck", "-fn", image).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck of the released disk: %v\n%s", err, out)
 	}
 }
