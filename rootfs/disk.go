@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,7 +46,8 @@ func MakeDisk(image string, sizeMB int64) error {
 }
 
 // CopyDisk makes image (which must not exist) a copy of the disk image template with its holes
-// kept: of a freshly made ext4 that is its ~4 MB of metadata, ~1 ms of CPU here where
+// kept: of a freshly made ext4 that is its ~4 MB of metadata (by copy_file_range where the
+// file system has it), ~1 ms of CPU here where
 // mkfs.ext4 takes ~10 (and 21 ms of wall time). The copy is on disk when it returns.
 func CopyDisk(template, image string) (err error) {
 	src, err := os.Open(template)
@@ -78,14 +80,16 @@ func CopyDisk(template, image string) (err error) {
 		if err != nil {
 			return fmt.Errorf("find a hole in disk template: %w", err)
 		}
-		for in, out := data, data; in < hole; {
-			n, err := unix.CopyFileRange(int(src.Fd()), &in, int(dst.Fd()), &out, int(hole-in), 0)
-			if err != nil {
-				return fmt.Errorf("copy disk template: %w", err)
-			}
-			if n == 0 {
-				return fmt.Errorf("copy disk template: it ended at %d, before %d", in, hole)
-			}
+		// os.File's ReadFrom copies with copy_file_range, or by reads and writes where the
+		// file system cannot.
+		if _, err := src.Seek(data, io.SeekStart); err != nil {
+			return fmt.Errorf("seek in disk template: %w", err)
+		}
+		if _, err := dst.Seek(data, io.SeekStart); err != nil {
+			return fmt.Errorf("seek in disk image: %w", err)
+		}
+		if n, err := io.Copy(dst, io.LimitReader(src, hole-data)); err != nil || n != hole-data {
+			return fmt.Errorf("copy disk template (%d of %d bytes at %d): %v", n, hole-data, data, err)
 		}
 		off = hole
 	}
