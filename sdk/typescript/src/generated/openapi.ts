@@ -3778,8 +3778,10 @@ export interface operations {
             query: {
                 /** @description The file's path in the sandbox: absolute, or relative to the current directory of the session `sessionId` when given, else to the sandbox's working directory (its `cwd`, `/workspace` by default). Resolved inside the sandbox's root: `..`, absolute symlinks and symlink loops never leave it. */
                 path: string;
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
@@ -3906,8 +3908,10 @@ export interface operations {
                 gid?: number;
                 /** @description Refuse (413) a body larger than this; default and maximum 17179869184 (16 GiB). */
                 maxBytes?: number;
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
@@ -4022,8 +4026,10 @@ export interface operations {
                 path: string;
                 /** @description `true`: remove a directory with its contents. */
                 recursive?: boolean;
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
@@ -4103,8 +4109,10 @@ export interface operations {
             query: {
                 /** @description The file's path in the sandbox: absolute, or relative to the current directory of the session `sessionId` when given, else to the sandbox's working directory (its `cwd`, `/workspace` by default). Resolved inside the sandbox's root: `..`, absolute symlinks and symlink loops never leave it. */
                 path: string;
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
@@ -4190,8 +4198,10 @@ export interface operations {
                 depth?: number;
                 /** @description `true`: include names starting with `.` (and what is below them). */
                 hidden?: boolean;
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
@@ -4280,8 +4290,10 @@ export interface operations {
     makeDirectory: {
         parameters: {
             query?: {
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
@@ -4384,8 +4396,10 @@ export interface operations {
     moveFile: {
         parameters: {
             query?: {
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
@@ -4483,8 +4497,10 @@ export interface operations {
                 path: string;
                 /** @description `true`: watch subdirectories too. What a new directory already holds when its watch starts is reported as `create` events. */
                 recursive?: boolean;
-                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. */
+                /** @description Work as this session of the sandbox: a relative path (here and in the body) is relative to the session shell's current directory (its `cwd`, read from the kernel at the time of the request), and files and directories the request creates belong to the session's user (`uid`/`gid` of the session). Without it, relative paths are relative to the sandbox's `cwd` and new files belong to root. `session` is the same parameter under a shorter name; give one of them (both only if they agree). */
                 sessionId?: string;
+                /** @description The same as `sessionId`. */
+                session?: string;
             };
             header?: never;
             path: {
