@@ -147,7 +147,7 @@ func (s *spareDisks) template() string {
 // temporary name, and renames it to name once complete.
 func (s *spareDisks) make(name string) (string, error) {
 	if _, err := os.Stat(s.template()); errors.Is(err, os.ErrNotExist) {
-		if err := s.whole(s.template(), func(tmp string) error { return rootfs.MakeDisk(tmp, s.sizeMB) }); err != nil {
+		if err := s.whole(s.template(), s.makeTemplate); err != nil {
 			return "", fmt.Errorf("make the spare disks' template: %w", err)
 		}
 	} else if err != nil {
@@ -155,6 +155,23 @@ func (s *spareDisks) make(name string) (string, error) {
 	}
 	spare := filepath.Join(s.dir, name)
 	return spare, s.whole(spare, func(tmp string) error { return rootfs.CopyDisk(s.template(), tmp) })
+}
+
+// makeTemplate formats the template at tmp and syncs it: every spare is copied from it, so a
+// host crash must not leave a template whose blocks never reached the disk.
+func (s *spareDisks) makeTemplate(tmp string) error {
+	if err := rootfs.MakeDisk(tmp, s.sizeMB); err != nil {
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err != nil {
+		return fmt.Errorf("open the template to sync it: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync the template: %w", err)
+	}
+	return nil
 }
 
 // whole makes the file path with build under a temporary name, and renames it to path once

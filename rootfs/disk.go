@@ -47,8 +47,8 @@ func MakeDisk(image string, sizeMB int64) error {
 
 // CopyDisk makes image (which must not exist) a copy of the disk image template with its holes
 // kept: of a freshly made ext4 that is its ~4 MB of metadata (by copy_file_range where the
-// file system has it), ~1 ms of CPU here where
-// mkfs.ext4 takes ~10 (and 21 ms of wall time). The copy is on disk when it returns.
+// file system has it), ~1 ms of CPU here where mkfs.ext4 takes ~10 (and 21 ms of wall time).
+// The copy is on disk when it returns.
 func CopyDisk(template, image string) (err error) {
 	src, err := os.Open(template)
 	if err != nil {
