@@ -255,7 +255,9 @@ func runDaemon(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
+	shutDown := make(chan struct{})
 	go func() {
+		defer close(shutDown)
 		<-ctx.Done()
 		log.Info("shutting down; sandboxes keep running")
 		if err := sdNotify("STOPPING=1"); err != nil {
@@ -286,6 +288,10 @@ func runDaemon(c *cli.Context) error {
 			stop()
 		}
 	}
+	// Serve returns as soon as Shutdown begins. The requests in flight (a create, an exec)
+	// finish first, up to the shutdown's timeout, and only then does the runtime close.
+	stop()
+	<-shutDown
 	return errors.Join(errs...)
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nsbox/nsbox/api"
 )
 
 // TestSystemdUnitVerifies checks scripts/nsbox.service with systemd-analyze verify (pointed at
@@ -59,5 +62,34 @@ func TestSystemdNotify(t *testing.T) {
 	d.stop()
 	if got := read(); got != "STOPPING=1" {
 		t.Errorf("notification on SIGTERM %q, want STOPPING=1", got)
+	}
+}
+
+// TestStopLetsRequestsInFlightFinish: a SIGTERM while an exec runs lets the exec answer (the
+// runtime is not closed under it), and the daemon exits after it.
+func TestStopLetsRequestsInFlightFinish(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "inflight", Image: "busybox"})
+	type result struct {
+		res *api.ExecResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := d.client.Exec(context.Background(), "inflight", api.ExecRequest{Command: "touch /tmp/started; sleep 1; echo finished"})
+		done <- result{res, err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := d.client.StatFile(context.Background(), "inflight", "/tmp/started"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the exec did not start")
+		}
+	}
+	d.stop()
+	r := <-done
+	if r.err != nil || r.res.ExitCode != 0 || string(r.res.Stdout) != "finished\n" {
+		t.Fatalf("the exec in flight when the daemon was stopped: %+v, %v", r.res, r.err)
 	}
 }
