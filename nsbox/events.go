@@ -164,6 +164,7 @@ func (r *Runtime) handleEvents(w http.ResponseWriter, req *http.Request) error {
 			_ = out.SendError(api.Errorf(api.CodeUnavailable, "this stream fell %d events behind and was ended; reconnect with since= the last seq read", eventHistory))
 			return nil
 		case <-req.Context().Done():
+			endOfStream(req.Context(), out)
 			return nil
 		}
 	}

@@ -350,5 +350,6 @@ func (r *Runtime) handleWatchFiles(w http.ResponseWriter, req *http.Request) err
 			return nil // the client went away
 		}
 	}
+	endOfStream(ctx, stream)
 	return nil
 }

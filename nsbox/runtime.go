@@ -130,6 +130,7 @@ type Runtime struct {
 	background sync.WaitGroup
 	views      *limitViews // nil without Config.LimitViews
 	ops        *ops        // events, metrics, stats readings (stats.go)
+	stopping   stopNotice  // ended by BeginStop: streams end (streamstop.go)
 }
 
 const (

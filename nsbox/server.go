@@ -126,6 +126,9 @@ func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
 			if isActivity(e.Method, e.Pattern) {
 				defer r.busy(req.PathValue("id"))() // a request in progress is activity (idle.go)
 			}
+			if e.Method == http.MethodGet {
+				return r.endStreamAtStop(w, req, e.Handle)
+			}
 			return e.Handle(w, req)
 		})))
 	}

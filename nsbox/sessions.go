@@ -355,18 +355,21 @@ func (r *Runtime) relayStream(w http.ResponseWriter, req *http.Request, last str
 	if out.Start() != nil {
 		return nil
 	}
-	relayEvents(out, events, last)
+	relayEvents(req.Context(), out, events, last)
 	return nil
 }
 
 // relayEvents streams an agent's events to the client as they come, as they are (the agent
 // names each event by its type, as the API does), until the event named last or until the
 // client goes away (the agent decides what happens to the command then). A stream that
-// fails is ended with an error event.
-func relayEvents(out *api.SSEWriter, events *eventStream, last string) {
+// fails, or that the daemon's stop ends (ctx's cause), is ended with an error event.
+func relayEvents(ctx context.Context, out *api.SSEWriter, events *eventStream, last string) {
 	for {
 		name, data, err := events.Next()
 		if err != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, errDaemonStopping) {
+				err = cause
+			}
 			_ = out.SendError(streamError(err))
 			return
 		}

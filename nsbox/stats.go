@@ -338,6 +338,7 @@ func streamStats(w http.ResponseWriter, req *http.Request, read func() (any, err
 		}
 		select {
 		case <-req.Context().Done():
+			endOfStream(req.Context(), out)
 			return nil
 		case <-tick.C:
 		}

@@ -263,6 +263,7 @@ func runDaemon(c *cli.Context) error {
 		if err := sdNotify("STOPPING=1"); err != nil {
 			log.Warn("tell systemd", "err", err)
 		}
+		rt.BeginStop() // the streams being followed end now; other requests get the grace below
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if preview != nil {

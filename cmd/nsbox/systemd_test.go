@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,5 +94,59 @@ func TestStopLetsRequestsInFlightFinish(t *testing.T) {
 	r := <-done
 	if r.err != nil || r.res.ExitCode != 0 || string(r.res.Stdout) != "finished\n" {
 		t.Fatalf("the exec in flight when the daemon was stopped: %+v, %v", r.res, r.err)
+	}
+}
+
+// TestStopEndsFollowedStreams: a daemon's stop ends every stream a client follows (events,
+// stats, a file watch, a process's log) with a last "error" event that says the daemon is
+// stopping, instead of holding the stop and then breaking off without a word.
+func TestStopEndsFollowedStreams(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "follow", Image: "busybox"})
+	status, body := d.call("POST", "/v1/sandboxes/follow/processes", api.StartProcessRequest{Command: "sleep 100"})
+	var proc api.Process
+	if err := json.Unmarshal(body, &proc); status != http.StatusCreated || err != nil {
+		t.Fatalf("start a process: %d %s", status, body)
+	}
+	streams := map[string]string{
+		"events":  "/v1/events",
+		"stats":   "/v1/sandboxes/follow/stats?stream=true",
+		"watch":   "/v1/sandboxes/follow/files/watch?path=/tmp",
+		"logs":    "/v1/sandboxes/follow/processes/" + proc.ID + "/logs?follow=true",
+		"allstat": "/v1/stats?stream=true",
+	}
+	type ending struct {
+		stream string
+		err    error // how the stream ended: an "error" event is its *api.Error
+	}
+	last := make(chan ending, len(streams))
+	for name, path := range streams {
+		req, err := http.NewRequest(http.MethodGet, "http://nsbox"+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", api.EventStream)
+		resp, err := d.http.Do(req)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("open %s: %v %v", name, resp, err)
+		}
+		go func() {
+			defer resp.Body.Close()
+			events := api.NewSSEReader(resp.Body)
+			for {
+				if _, _, err := events.Next(); err != nil {
+					last <- ending{name, err}
+					return
+				}
+			}
+		}()
+	}
+	d.stop()
+	for range streams {
+		got := <-last
+		var e *api.Error
+		if !errors.As(got.err, &e) || e.Code != api.CodeUnavailable || !strings.Contains(e.Message, "daemon is stopping") {
+			t.Errorf("the %s stream's end when the daemon stopped: %v (want an error event: unavailable, the daemon is stopping)", got.stream, got.err)
+		}
 	}
 }

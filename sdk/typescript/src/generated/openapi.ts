@@ -2329,6 +2329,15 @@ export interface components {
             /** @description The new rules; [] is write everywhere. */
             permissions: components["schemas"]["PermissionRule"][];
         };
+        /** @description The error envelope that ends a stats stream: not_found when the sandbox was removed, unavailable when the daemon stops. */
+        StatsStreamError: {
+            error: {
+                /** @enum {string} */
+                code: "not_found" | "unavailable";
+                /** @description A human-readable explanation; not meant to be parsed. */
+                message: string;
+            };
+        };
     };
     responses: {
         /** @description `invalid_argument`: The request is invalid: malformed or empty JSON body, an unknown field, a value out of range, or a bad query parameter. The message says which. */
@@ -4511,7 +4520,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The event stream. */
+            /** @description The event stream; when the daemon stops it ends with an `error` event (`unavailable`: reconnect once it is back). */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -5695,7 +5704,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The log piece (`application/json`), or with `follow` a stream of Server-Sent Events `stdout`, `stderr`, `skipped`, then `exit` (or `error`). */
+            /** @description The log piece (`application/json`), or with `follow` a stream of Server-Sent Events `stdout`, `stderr`, `skipped`, then `exit` (or `error`: `unavailable` when the agent stopped answering or the daemon stops). */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -6898,7 +6907,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The event stream. */
+            /** @description The event stream; it ends with an `error` event (`unavailable`) when it fell too far behind or when the daemon stops. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -6949,7 +6958,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed. */
+            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed (`not_found`) or the daemon stops (`unavailable`: reconnect once it is back). */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -6995,7 +7004,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed. */
+            /** @description The stats (`application/json`), or with `stream` a stream of Server-Sent Events `stats` every second, which ends with an `error` event when the sandbox is removed (`not_found`) or the daemon stops (`unavailable`: reconnect once it is back). */
             200: {
                 headers: {
                     [name: string]: unknown;
