@@ -130,7 +130,10 @@ type Runtime struct {
 	background sync.WaitGroup
 	views      *limitViews // nil without Config.LimitViews
 	ops        *ops        // events, metrics, stats readings (stats.go)
-	stopping   stopNotice  // ended by BeginStop: streams end (streamstop.go)
+	// stopping ends when the daemon begins to stop (BeginStop, by endStopping): the streams
+	// clients follow end (streamstop.go).
+	stopping    context.Context
+	endStopping context.CancelFunc
 }
 
 const (
@@ -235,6 +238,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil, 0), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
 	r.ops = newOps(r)
+	r.stopping, r.endStopping = context.WithCancel(context.Background())
 	return r, nil
 }
 

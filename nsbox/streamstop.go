@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/nsbox/nsbox/api"
@@ -23,29 +22,9 @@ import (
 // errDaemonStopping is what a stream ended by BeginStop says in its last event.
 var errDaemonStopping = api.Errorf(api.CodeUnavailable, "the daemon is stopping; reconnect when it is back (sandboxes keep running)")
 
-// stopNotice is ended by Runtime.BeginStop. Its zero value is ready.
-type stopNotice struct {
-	once sync.Once
-	ctx  context.Context
-	end  context.CancelFunc
-}
-
-func (s *stopNotice) init() {
-	s.once.Do(func() { s.ctx, s.end = context.WithCancel(context.Background()) })
-}
-
-// done is a context that ends when the daemon begins to stop.
-func (s *stopNotice) done() context.Context {
-	s.init()
-	return s.ctx
-}
-
 // BeginStop tells the API the daemon is stopping: the streams being followed end with an
 // "error" event (unavailable). Call it as the listeners close, before the runtime's Close.
-func (r *Runtime) BeginStop() {
-	r.stopping.init()
-	r.stopping.end()
-}
+func (r *Runtime) BeginStop() { r.endStopping() }
 
 // endStreamAtStop serves a GET with handle, ending its request's context with cause
 // errDaemonStopping once the daemon begins to stop, if its answer is an event stream (or
@@ -53,7 +32,7 @@ func (r *Runtime) BeginStop() {
 func (r *Runtime) endStreamAtStop(w http.ResponseWriter, req *http.Request, handle func(http.ResponseWriter, *http.Request) error) error {
 	ctx, cancel := context.WithCancelCause(req.Context())
 	defer cancel(nil)
-	sw := &streamWriter{ResponseWriter: w, stopping: r.stopping.done(), cancel: cancel}
+	sw := &streamWriter{ResponseWriter: w, stopping: r.stopping, cancel: cancel}
 	defer context.AfterFunc(sw.stopping, func() {
 		if sw.streaming.Load() {
 			cancel(errDaemonStopping)
