@@ -175,7 +175,7 @@ func ReleaseDisk(image, target string, wait time.Duration) error {
 	// device nsbox bound to image (MountDisk's attach is undone by the kernel when the
 	// attaching process dies before the mount, LO_FLAGS_AUTOCLEAR). Only when target is not
 	// mounted (a crash left the disk half released) does it look at every loop device, of
-	// which there can be thousands: on this host 1,333, ~40 ms of system calls a look.
+	// which there can be thousands: on this host 1,333 sysfs reads a look.
 	var watch []string
 	if dev, ok := loopDeviceOf(target); ok && len(boundTo(image, []string{dev})) > 0 {
 		watch = []string{dev}
