@@ -414,6 +414,9 @@ func TestConcurrentUse(t *testing.T) {
 	sleeper := start(t, m, api.StartProcessRequest{Argv: []string{"sleep", "100"}})
 	wg.Go(func() { _ = sleeper.Kill(context.Background(), unix.SIGKILL, 0) })
 	wg.Wait()
+	// Kill returns once the sleeper has exited; it is finished (removable) once its output is
+	// drained too.
+	<-sleeper.Finished()
 	if got := len(m.List("", "")); got != 21 {
 		t.Fatalf("listed %d processes", got)
 	}
