@@ -59,6 +59,8 @@ func startChrome(t *testing.T) *chrome {
 		"--user-data-dir="+t.TempDir(), "--remote-debugging-port=0", "--remote-allow-origins=http://127.0.0.1",
 		"--ignore-certificate-errors", // the daemon's certificate is signed by the test's own CA
 		"about:blank")
+	// Its singleton socket and cookie go to a directory of TMPDIR, which the test removes.
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
