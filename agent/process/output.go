@@ -1,8 +1,15 @@
 package process
 
 import (
+	"errors"
 	"io"
+	"os"
+	"slices"
 	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
@@ -20,6 +27,11 @@ type output struct {
 	runs    []run
 	maxRuns int
 	floor   int64 // bytes before it are gone, even if the ring still holds them
+
+	// reading is held from a read of a pipe until its bytes are in the log (drain), so that
+	// settle can tell an empty pipe from one whose last bytes are on their way into the log.
+	reading sync.Mutex
+	pipes   []syscall.RawConn // the pipes being drained (under reading)
 }
 
 type run struct {
@@ -90,16 +102,63 @@ func (o *output) read(cursor int64, limit int) (chunks []api.ProcessEvent, skipp
 func (o *output) end() int64 { return o.ring.End() }
 
 // drain copies a pipe into the log until it ends.
-func (o *output) drain(stream string, r io.ReadCloser) {
+func (o *output) drain(stream string, r *os.File) {
 	defer r.Close()
+	rc, err := r.SyscallConn()
+	if err != nil {
+		return // only a closed file has none
+	}
+	o.reading.Lock()
+	o.pipes = append(o.pipes, rc)
+	o.reading.Unlock()
+	defer func() {
+		o.reading.Lock()
+		o.pipes = slices.DeleteFunc(o.pipes, func(c syscall.RawConn) bool { return c == rc })
+		o.reading.Unlock()
+	}()
 	buf := make([]byte, 64<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			o.write(stream, buf[:n])
-		}
+	var end error
+	for end == nil {
+		err := rc.Read(func(fd uintptr) bool {
+			o.reading.Lock()
+			defer o.reading.Unlock()
+			n, err := unix.Read(int(fd), buf)
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+				return false // wait until the pipe is readable
+			case errors.Is(err, unix.EINTR):
+			case err != nil:
+				end = err
+			case n == 0:
+				end = io.EOF
+			default:
+				o.write(stream, buf[:n])
+			}
+			return true
+		})
 		if err != nil {
-			return
+			end = err
 		}
 	}
+}
+
+// settle waits until the process's pipes hold nothing that is not in its log yet — what it
+// wrote before the call is then in the log — or until deadline (a process that goes on
+// writing).
+func (o *output) settle(deadline time.Time) {
+	for !o.pipesEmpty() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (o *output) pipesEmpty() bool {
+	o.reading.Lock()
+	defer o.reading.Unlock()
+	for _, rc := range o.pipes {
+		queued := 0 // TIOCINQ is FIONREAD: the bytes a pipe holds
+		if err := rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err == nil && queued > 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -442,3 +442,41 @@ func liveMembers(pgid int) int {
 	}
 	return n
 }
+
+// TestSaveHasWhatWasWritten: what a process wrote before a save (a hibernation's) is in the
+// saved log, even when the agent has not read it from the pipe yet.
+func TestSaveHasWhatWasWritten(t *testing.T) {
+	m := newTestManager(t)
+	dir := t.TempDir()
+	begin, written := filepath.Join(dir, "begin"), filepath.Join(dir, "written")
+	p := start(t, m, api.StartProcessRequest{Command: fmt.Sprintf(
+		"while [ ! -e %s ]; do sleep 0.01; done; echo before-the-save; touch %s; exec sleep 100", begin, written)})
+	// The agent reads nothing of the pipe until the test lets it.
+	p.out.reading.Lock()
+	if err := os.WriteFile(begin, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(written); err == nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	saved := make(chan []api.SavedProcess, 1)
+	go func() { saved <- m.Save(1 << 20) }()
+	select {
+	case <-saved:
+		t.Fatal("the save did not wait for the output in the pipe")
+	case <-time.After(20 * time.Millisecond):
+	}
+	p.out.reading.Unlock()
+	procs := <-saved
+	var log strings.Builder
+	for _, ev := range procs[0].Log {
+		b, _ := ev.Bytes()
+		log.Write(b)
+	}
+	if len(procs) != 1 || log.String() != "before-the-save\n" || procs[0].Info.LogEnd != int64(len("before-the-save\n")) {
+		t.Fatalf("saved %+v with log %q, want the line written before the save", procs, log.String())
+	}
+}

@@ -11,6 +11,9 @@ import (
 // StoppedByHibernation is the error of a process that ran when its sandbox hibernated.
 const StoppedByHibernation = "stopped by hibernation"
 
+// saveSettle bounds how long Save waits for output still in the processes' pipes.
+const saveSettle = 200 * time.Millisecond
+
 // Save returns every process as it is now, with at most logBytes of the end of its log, for
 // the daemon to keep while the sandbox's container is gone.
 func (m *Manager) Save(logBytes int64) []api.SavedProcess {
@@ -20,6 +23,16 @@ func (m *Manager) Save(logBytes int64) []api.SavedProcess {
 		procs = append(procs, p)
 	}
 	m.mu.Unlock()
+	// What the processes wrote before the save is in their logs first: a read of their pipes
+	// may not have happened yet. One who goes on writing does not hold the save for long.
+	settled := time.Now().Add(saveSettle)
+	for _, p := range procs {
+		select {
+		case <-p.finished:
+		default:
+			p.out.settle(settled)
+		}
+	}
 	out := make([]api.SavedProcess, 0, len(procs))
 	for _, p := range procs {
 		info := p.Info()
