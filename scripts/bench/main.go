@@ -300,8 +300,9 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	}
 	for i := range cases {
 		cases[i].ref = "runc run"
+		cases[i].after = thenIdle(cases[i].after)
 	}
-	fmt.Printf("cycle: %d warm-ups, then %d measured runs of each, interleaved in random order\n", warmups, n)
+	fmt.Printf("cycle: %d warm-ups, then %d measured runs of each, interleaved in random order, each once the CPUs are idle\n", warmups, n)
 	samples, err := timeCases(ctx, cases, warmups, n)
 	if err != nil {
 		return err

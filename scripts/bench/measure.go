@@ -185,3 +185,62 @@ func pssKB(pid int) (float64, error) {
 	}
 	return strconv.ParseFloat(string(m[1]), 64)
 }
+
+// thenIdle is an after for a case whose work goes on in the background once it has answered
+// (a remove's teardown, a pool's refill, the kernel's namespace cleanup): it runs after, if
+// any, and then waits until the machine is idle, so that none of that lands on the next case.
+func thenIdle(after func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if after != nil {
+			if err := after(ctx); err != nil {
+				return err
+			}
+		}
+		return waitIdle(ctx)
+	}
+}
+
+// waitIdle waits until the CPUs were idle at least 90 % of a 50 ms window (by /proc/stat's
+// ticks), at most 2 s (a machine busy with others' work).
+func waitIdle(ctx context.Context) error {
+	const window = 50 * time.Millisecond
+	busy, total, err := cpuTicks()
+	for deadline := time.Now().Add(2 * time.Second); err == nil && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(window):
+		}
+		var b, t uint64
+		if b, t, err = cpuTicks(); err == nil && t > total && (b-busy)*10 <= t-total {
+			return nil
+		}
+		busy, total = b, t
+	}
+	return err
+}
+
+// cpuTicks reads the ticks all CPUs spent busy and in all from /proc/stat's "cpu" line
+// (idle and iowait are not busy).
+func cpuTicks() (busy, total uint64, err error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, fmt.Errorf("read /proc/stat: %w", err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 6 || fields[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat begins with %q, not the cpu line", line)
+	}
+	for i, f := range fields[1:] {
+		n, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat's cpu line %q: %w", line, err)
+		}
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total, nil
+}
