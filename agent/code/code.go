@@ -137,22 +137,12 @@ type Context struct {
 	stdin  *os.File
 	exited chan struct{}     // closed when the interpreter has exited
 	sink   func(driverEvent) // the running cell's, nil between runs (output then is dropped)
-	// outputs are the interpreter's own fds 1 and 2 (readOutput), drained into the cell at
-	// its end with drainBuf.
-	outputs  []output
-	drainBuf []byte
-}
-
-// output is one of the interpreter's own fds 1 and 2, as the agent reads it.
-type output struct {
-	stream string
-	pipe   syscall.RawConn
 }
 
 // Info describes the context.
 func (c *Context) Info() api.CodeContext { return c.info }
 
-// driverEvent is a line the driver writes on fd 3, or output from the interpreter's own fds.
+// driverEvent is a line the driver writes on fd 3.
 type driverEvent struct {
 	Type string `json:"type"`
 	// Data is base64 output (stdout, stderr) or a MIME bundle (result).
@@ -160,7 +150,7 @@ type driverEvent struct {
 	Name      string          `json:"name"` // an error's
 	Value     string          `json:"value"`
 	Traceback string          `json:"traceback"`
-	output    []byte          // decoded output, or read from the interpreter's fd 1 or 2
+	output    []byte          // decoded output
 	result    map[string]any
 }
 
@@ -175,8 +165,9 @@ func interpreter(language string) (string, []string, error) {
 	return "", nil, api.Errorf(api.CodeInvalidArgument, "language must be %q or %q, not %q", api.LanguagePython, api.LanguageJavaScript, language)
 }
 
-// launch starts the interpreter: requests on its stdin, driver events on its fd 3, and its
-// own fds 1 and 2 (what subprocesses and C code write) as output.
+// launch starts the interpreter: requests on its stdin, driver events on its fd 3. Its fds 1
+// and 2 (what subprocesses and C code write) are pipes whose read ends it gets too, as fds 4
+// and 5: the driver sends what they get on fd 3 with the rest, in the order it was written.
 func (c *Context) launch() error {
 	prog, argv, err := interpreter(c.spec.Language)
 	if err != nil {
@@ -208,11 +199,11 @@ func (c *Context) launch() error {
 		return fmt.Errorf("make the context's pipes: %w", err)
 	}
 	pid, exited, err := c.start(path, argv, &os.ProcAttr{
-		Dir: c.spec.Cwd, Env: c.spec.Env, Files: []*os.File{inR, outW, errW, ctlW},
+		Dir: c.spec.Cwd, Env: c.spec.Env, Files: []*os.File{inR, outW, errW, ctlW, outR, errR},
 		Sys: &syscall.SysProcAttr{Setpgid: true,
 			Credential: &syscall.Credential{Uid: uint32(c.spec.UID), Gid: uint32(c.spec.GID), NoSetGroups: true}},
 	}, nil)
-	for _, f := range []*os.File{inR, outW, errW, ctlW} {
+	for _, f := range []*os.File{inR, outW, errW, ctlW, outR, errR} {
 		f.Close()
 	}
 	if err != nil {
@@ -224,27 +215,10 @@ func (c *Context) launch() error {
 		<-exited
 		close(done)
 	}()
-	outputs := make([]output, 0, 2)
-	for _, o := range []struct {
-		stream string
-		r      *os.File
-	}{{api.EventStdout, outR}, {api.EventStderr, errR}} {
-		rc, err := o.r.SyscallConn()
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("read the interpreter's %s: %w", o.stream, err)
-		}
-		outputs = append(outputs, output{o.stream, rc})
-	}
 	c.mu.Lock()
-	c.pid, c.stdin, c.exited, c.outputs = pid, inW, done, outputs
-	if c.drainBuf == nil {
-		c.drainBuf = make([]byte, 32<<10)
-	}
+	c.pid, c.stdin, c.exited = pid, inW, done
 	c.mu.Unlock()
 	go c.readEvents(ctlR)
-	go c.readOutput(outputs[0], outR)
-	go c.readOutput(outputs[1], errR)
 	return nil
 }
 
@@ -296,47 +270,6 @@ func (c *Context) readEvents(r io.ReadCloser) {
 	}
 }
 
-// readOutput hands what the interpreter's fd 1 or 2 (o, read from r) gets to the running cell
-// as it comes. Each read is made and delivered under c.mu, so at a cell's end, when the run
-// drains the pipes under the same lock (drainOutputs), nothing read before is still on its
-// way: a subprocess's output written before the cell ended reaches the cell (it was dropped
-// when the driver's end overtook it).
-func (c *Context) readOutput(o output, r *os.File) {
-	defer r.Close()
-	buf := make([]byte, 32<<10)
-	_ = o.pipe.Read(func(fd uintptr) bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.drainPipe(o.stream, int(fd), buf)
-	})
-}
-
-// drainPipe reads everything the pipe fd holds now and hands it to the running cell (dropped
-// between runs); it says whether the pipe has ended. c.mu must be held.
-func (c *Context) drainPipe(stream string, fd int, buf []byte) (ended bool) {
-	for {
-		n, err := unix.Read(fd, buf)
-		if n > 0 && c.sink != nil {
-			c.sink(driverEvent{Type: stream, output: append([]byte(nil), buf[:n]...)})
-		}
-		switch {
-		case errors.Is(err, unix.EINTR):
-		case errors.Is(err, unix.EAGAIN):
-			return false
-		case err != nil || n == 0:
-			return true
-		}
-	}
-}
-
-// drainOutputs hands the cell what the interpreter's fds 1 and 2 hold at its end. c.mu must
-// be held.
-func (c *Context) drainOutputs() {
-	for _, o := range c.outputs {
-		_ = o.pipe.Control(func(fd uintptr) { c.drainPipe(o.stream, int(fd), c.drainBuf) }) // a closed pipe has nothing
-	}
-}
-
 // stop kills the interpreter's process group. c.runMu must be held.
 func (c *Context) stop() {
 	c.mu.Lock()
@@ -380,8 +313,6 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 			vmTimedOut = ev.Name == "TimeoutError" && c.spec.Language == api.LanguageJavaScript
 			emit(api.CodeEvent{Type: api.EventException, CodeError: res.Error})
 		case api.EventEnd:
-			// What subprocesses wrote before the end is in the pipes, maybe not read yet.
-			c.drainOutputs()
 			once.Do(func() { close(ended) })
 		}
 	}

@@ -66,17 +66,16 @@ func TestPythonContext(t *testing.T) {
 	if _, _, res := run(t, c, "import os\nx = 41\ndef inc(v): return v + 1", 0); res.Error != nil || len(res.Results) != 0 {
 		t.Fatalf("definitions: %+v", res)
 	}
-	// What the interpreter prints and what a child writes to its fd 1 come by two pipes: both
-	// arrive, in no set order between them (architecture.md, "Code contexts").
 	out, errOut, res := run(t, c, "print('hi', x); import sys; sys.stderr.write('warn\\n'); os.system('echo from-a-child')\ninc(x)", 0)
-	if (out != "hi 41\nfrom-a-child\n" && out != "from-a-child\nhi 41\n") || errOut != "warn\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
+	if out != "hi 41\nfrom-a-child\n" || errOut != "warn\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
 		t.Errorf("state and output: %q %q %+v", out, errOut, res.Results)
 	}
-	// A subprocess's output written just before its cell ends reaches the cell: the run drains
-	// the pipes at the end (it was lost when the driver's end came first).
+	// What the interpreter prints and what its children write come in the order they were
+	// written, and a child's output written just before its cell ends reaches the cell.
 	for i := range 30 {
-		if out, _, _ := run(t, c, "os.system('echo from-a-child')", 0); out != "from-a-child\n" {
-			t.Fatalf("run %d: a child's output at the cell's end: %q", i, out)
+		out, errOut, _ := run(t, c, "for i in range(3):\n  print('p', i); sys.stderr.write('e%d\\n' % i); os.system('echo c%d; echo d%d >&2' % (i, i))", 0)
+		if out != "p 0\nc0\np 1\nc1\np 2\nc2\n" || errOut != "e0\nd0\ne1\nd1\ne2\nd2\n" {
+			t.Fatalf("run %d: prints and a child's lines: %q %q", i, out, errOut)
 		}
 	}
 	_, _, res = run(t, c, "{'a': [1, 2]}", 0)
@@ -110,6 +109,19 @@ func TestJavaScriptContext(t *testing.T) {
 	out, _, res := run(t, c, "console.log('n is', n); twice(n) + 2", 0)
 	if out != "n is 20\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
 		t.Errorf("state and result: %q %+v", out, res.Results)
+	}
+	// Its own output and its children's, synchronous or not, in the order they were written.
+	for i := range 10 {
+		out, errOut, _ := run(t, c, `var cp = require('child_process');
+for (let i = 0; i < 3; i++) {
+  console.log('p', i); console.error('e' + i);
+  cp.execSync('echo c' + i + '; echo d' + i + ' >&2', { stdio: 'inherit' });
+}
+process.stdout.write('direct\n');
+new Promise((done) => cp.spawn('sh', ['-c', 'echo async'], { stdio: 'inherit' }).on('exit', done))`, 0)
+		if out != "p 0\nc0\np 1\nc1\np 2\nc2\ndirect\nasync\n" || errOut != "e0\nd0\ne1\nd1\ne2\nd2\n" {
+			t.Fatalf("run %d: output and a child's lines: %q %q", i, out, errOut)
+		}
 	}
 	_, _, res = run(t, c, "null.x", 0)
 	if res.Error == nil || res.Error.Name != "TypeError" {

@@ -1,14 +1,54 @@
 # The nsbox code context driver for Python (3.8+, standard library only). It runs cells sent as
 # JSON lines on stdin in one namespace that persists between them, and reports on fd 3, as
 # JSON lines: stdout and stderr chunks (base64), results (MIME bundles: the last expression's
-# value, display() calls, matplotlib figures), an error, and the end of each cell.
-import ast, base64, io, json, linecache, os, sys, traceback
+# value, display() calls, matplotlib figures), an error, and the end of each cell. What the
+# interpreter's fds 1 and 2 get (subprocesses, C code) it reads itself, from fds 4 and 5 (the
+# pipes' read ends), and sends before anything it sends next: everything reaches fd 3 in the
+# order it was written.
+import ast, base64, io, json, linecache, os, select, sys, threading, traceback
 
 _ctl = os.fdopen(3, "wb", buffering=0)
+_FDS = ((4, "stdout"), (5, "stderr"))
+for _fd in (3, 4, 5):
+    os.set_inheritable(_fd, False)  # not for the subprocesses
+for _fd, _ in _FDS:
+    os.set_blocking(_fd, False)
+_lock = threading.Lock()  # one sender at a time, and a pipe's read sent before the next read
+
+
+_open = dict(_FDS)  # the pipes not at their end
+
+
+def _drain():
+    """Sends what fds 1 and 2 hold now. _lock is held."""
+    for fd, name in list(_open.items()):
+        while True:
+            try:
+                b = os.read(fd, 65536)
+            except OSError:  # empty (BlockingIOError)
+                break
+            if not b:  # every write end closed (os.close(1), say)
+                del _open[fd]
+                break
+            _ctl.write((json.dumps({"type": name, "data": base64.b64encode(b).decode()}) + "\n").encode())
 
 
 def _send(ev):
-    _ctl.write((json.dumps(ev) + "\n").encode())
+    line = (json.dumps(ev) + "\n").encode()
+    with _lock:
+        _drain()
+        _ctl.write(line)
+
+
+def _pump():
+    """Sends what subprocesses write while the cell runs."""
+    while _open:
+        select.select(list(_open), [], [])
+        with _lock:
+            _drain()
+
+
+threading.Thread(target=_pump, daemon=True).start()
 
 
 class _Stream(io.RawIOBase):
