@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,9 +17,10 @@ import (
 
 // WebSocket close codes (RFC 6455 7.4.1) the terminal sends.
 const (
-	closeNormal   = 1000
-	closeNoStatus = 1005 // a close frame without a code; never sent back
-	closeTooBig   = 1009
+	closeNormal    = 1000
+	closeGoingAway = 1001 // the daemon is stopping
+	closeNoStatus  = 1005 // a close frame without a code; never sent back
+	closeTooBig    = 1009
 )
 
 // handleTerminal upgrades to a WebSocket attached to a bash session's terminal. The client
@@ -28,7 +30,9 @@ const (
 // binary frames and resizes as text frames ({"type":"resize","cols":…,"rows":…}). Several
 // clients may attach at once; their input interleaves. A client that may only watch gets an
 // "error" notice for input; its resizes are ignored. A client's close frame is answered with
-// its own code; the end of the session closes with 1000 after the "ended" notice.
+// its own code; the end of the session closes with 1000 after the "ended" notice, the
+// daemon's stop with 1001 after an "error" notice (unavailable: the session goes on, a client
+// reattaches to the next daemon).
 func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error {
 	sid := req.PathValue("sid")
 	l, err := r.running(req.PathValue("id"))
@@ -37,7 +41,8 @@ func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error
 	}
 	// Open the output stream first: a missing session or one without a terminal is a plain
 	// HTTP error, before any upgrade.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(req.Context()))
+	ctx, cancelCause := context.WithCancelCause(context.WithoutCancel(req.Context()))
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
 	output, err := l.agent.terminalOutput(ctx, sid, req.URL.Query().Get("cursor"))
 	if err != nil {
@@ -65,11 +70,16 @@ func (r *Runtime) handleTerminal(w http.ResponseWriter, req *http.Request) error
 			if readOnly != "" && sendNotice(ws, api.TerminalEvent{Type: api.TerminalReadOnly, Data: readOnly}) != nil {
 				return
 			}
+			// A hijacked connection is not the HTTP server's to end at the stop: it would be cut.
+			defer context.AfterFunc(r.stopping, func() { cancelCause(errDaemonStopping) })()
 			go func() {
 				defer cancel()
 				terminalInput(ctx, ws, l.agent, sid, readOnly)
 			}()
-			relayTerminalOutput(ctx, ws, output)
+			if !relayTerminalOutput(ctx, ws, output) && errors.Is(context.Cause(ctx), errDaemonStopping) {
+				_ = sendNotice(ws, api.TerminalEvent{Type: "error", Data: errDaemonStopping.Error()})
+				_ = ws.WriteClose(closeGoingAway)
+			}
 		},
 	}.ServeHTTP(w, req)
 	return nil
@@ -155,28 +165,29 @@ func receiveFrame(ws *websocket.Conn) (api.TerminalFrame, error) {
 }
 
 // relayTerminalOutput sends terminal output to the client until the stream or the client ends;
-// the end of the session closes the WebSocket normally.
-func relayTerminalOutput(ctx context.Context, ws *websocket.Conn, events *eventStream) {
+// the end of the session closes the WebSocket normally. It says whether it sent a close frame.
+func relayTerminalOutput(ctx context.Context, ws *websocket.Conn, events *eventStream) (closed bool) {
 	for {
 		var ev api.TerminalEvent
 		if _, err := events.NextJSON(&ev); err != nil {
-			return
+			return false
 		}
 		if ev.Type != api.TerminalOutput {
 			if sendNotice(ws, ev) != nil {
-				return
+				return false
 			}
 			if ev.Type == api.TerminalEnded {
 				if ctx.Err() == nil {
 					_ = ws.WriteClose(closeNormal)
+					return true
 				}
-				return
+				return false
 			}
 			continue
 		}
 		data, err := ev.Bytes()
 		if err != nil || api.TerminalCodec.Send(ws, api.TerminalFrame{Data: data, Binary: true}) != nil {
-			return
+			return false
 		}
 	}
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
 
 	"github.com/nsbox/nsbox/api"
 )
@@ -99,7 +104,8 @@ func TestStopLetsRequestsInFlightFinish(t *testing.T) {
 
 // TestStopEndsFollowedStreams: a daemon's stop ends every stream a client follows (events,
 // stats, a file watch, a process's log) with a last "error" event that says the daemon is
-// stopping, instead of holding the stop and then breaking off without a word.
+// stopping, instead of holding the stop and then breaking off without a word; a terminal gets
+// that notice and a close frame, 1001 (going away).
 func TestStopEndsFollowedStreams(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "follow", Image: "busybox"})
@@ -141,7 +147,36 @@ func TestStopEndsFollowedStreams(t *testing.T) {
 			}
 		}()
 	}
+	d.create(api.CreateSandboxRequest{ID: "term"}) // the host's image: bash, whose sessions have a terminal
+	d.sh("term", "true")
+	ws := dialTerminal(t, d, "term", "default")
+	defer ws.Close()
+	terminalEnd := make(chan string, 1)
+	go func() {
+		var notices []string
+		for {
+			fr, err := ws.NewFrameReader()
+			if err != nil {
+				terminalEnd <- fmt.Sprintf("no close frame (%v) after %q", err, notices)
+				return
+			}
+			payload, err := io.ReadAll(fr)
+			switch {
+			case err != nil:
+				terminalEnd <- err.Error()
+				return
+			case fr.PayloadType() == websocket.TextFrame:
+				notices = append(notices, string(payload))
+			case fr.PayloadType() == websocket.CloseFrame && len(payload) >= 2:
+				terminalEnd <- fmt.Sprintf("close %d after %q", binary.BigEndian.Uint16(payload), notices)
+				return
+			}
+		}
+	}()
 	d.stop()
+	if got := <-terminalEnd; !strings.HasPrefix(got, "close 1001 after ") || !strings.Contains(got, "daemon is stopping") {
+		t.Errorf("the terminal's end when the daemon stopped: %s (want an error notice, then close 1001)", got)
+	}
 	for range streams {
 		got := <-last
 		var e *api.Error
