@@ -134,6 +134,10 @@ type Runtime struct {
 	// clients follow end (streamstop.go).
 	stopping    context.Context
 	endStopping context.CancelFunc
+	// requests is the API's requests' base context (RequestContext), ended with cause
+	// errDaemonStopping by CutRequests once the stop's grace is over.
+	requests    context.Context
+	cutRequests context.CancelCauseFunc
 }
 
 const (
@@ -239,6 +243,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 	r.trim.Stop()
 	r.ops = newOps(r)
 	r.stopping, r.endStopping = context.WithCancel(context.Background())
+	r.requests, r.cutRequests = context.WithCancelCause(context.Background())
 	return r, nil
 }
 

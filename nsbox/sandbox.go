@@ -199,7 +199,7 @@ func (sb *sandbox) live() live { return live{sb: sb, inst: sb.inst, agent: sb.ag
 // failure turns an unreachable agent into the reason the sandbox failed, when it did.
 func (l live) failure(ctx context.Context, err error) error {
 	if !api.IsCode(err, api.CodeUnavailable) || ctx.Err() != nil {
-		return err
+		return stopCause(ctx, err)
 	}
 	if reason := checkRunning(l.inst, l.agent); reason != "" {
 		return api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", l.sb.id, reason)

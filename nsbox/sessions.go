@@ -164,7 +164,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	}
 	defer events.Close()
 	if stream {
-		relayExec(api.NewSSEWriter(w), events)
+		relayExec(ctx, api.NewSSEWriter(w), events)
 		return nil
 	}
 	if frames {
@@ -299,12 +299,12 @@ const sseOutput = 64 << 10
 // relayExec streams an exec's frames to the client as Server-Sent Events as they come: output
 // chunks encoded as ExecEvents of at most sseOutput bytes each, every other event as it is (see
 // relayEvents).
-func relayExec(out *api.SSEWriter, events *eventStream) {
+func relayExec(ctx context.Context, out *api.SSEWriter, events *eventStream) {
 	var buf []byte
 	for {
 		name, data, err := events.Next()
 		if err != nil {
-			_ = out.SendError(streamError(err))
+			_ = out.SendError(stopCause(ctx, streamError(err)))
 			return
 		}
 		if name != api.EventStdout && name != api.EventStderr {
@@ -367,10 +367,7 @@ func relayEvents(ctx context.Context, out *api.SSEWriter, events *eventStream, l
 	for {
 		name, data, err := events.Next()
 		if err != nil {
-			if cause := context.Cause(ctx); errors.Is(cause, errDaemonStopping) {
-				err = cause
-			}
-			_ = out.SendError(streamError(err))
+			_ = out.SendError(stopCause(ctx, streamError(err)))
 			return
 		}
 		if out.SendRaw(name, data) != nil || name == last {

@@ -18,6 +18,8 @@ import (
 // a word. BeginStop ends every such stream at once with a last "error" event (unavailable:
 // the daemon is stopping), which tells its client to reconnect to the next daemon. A stream
 // is a GET whose answer is Server-Sent Events; plain reads (a file download) keep their grace.
+// What is still in flight when the grace is over (a long exec) CutRequests ends with the same
+// error, and a terminal's WebSocket closes with it (terminal.go).
 
 // errDaemonStopping is what a stream ended by BeginStop says in its last event.
 var errDaemonStopping = api.Errorf(api.CodeUnavailable, "the daemon is stopping; reconnect when it is back (sandboxes keep running)")
@@ -25,6 +27,25 @@ var errDaemonStopping = api.Errorf(api.CodeUnavailable, "the daemon is stopping;
 // BeginStop tells the API the daemon is stopping: the streams being followed end with an
 // "error" event (unavailable). Call it as the listeners close, before the runtime's Close.
 func (r *Runtime) BeginStop() { r.endStopping() }
+
+// RequestContext is the context the API's requests are made under (http.Server's
+// BaseContext): CutRequests ends it.
+func (r *Runtime) RequestContext() context.Context { return r.requests }
+
+// CutRequests ends the requests still in flight once the stop's grace is over: their contexts
+// end with cause errDaemonStopping, so an exec still running answers "unavailable: the daemon
+// is stopping" — a last "error" event when it streams — instead of being cut off when the
+// daemon exits. The commands themselves are the agent's to end or keep, as when any client
+// goes away.
+func (r *Runtime) CutRequests() { r.cutRequests(errDaemonStopping) }
+
+// stopCause is errDaemonStopping when that is why ctx ended, else err.
+func stopCause(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, errDaemonStopping) {
+		return cause
+	}
+	return err
+}
 
 // endStreamAtStop serves a GET with handle, ending its request's context with cause
 // errDaemonStopping once the daemon begins to stop, if its answer is an event stream (or
@@ -70,7 +91,7 @@ func (w *streamWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // endOfStream ends a stream whose request's context ended: with errDaemonStopping's event
 // when the daemon's stop ended it, with nothing when its client went away.
 func endOfStream(ctx context.Context, out *api.SSEWriter) {
-	if cause := context.Cause(ctx); errors.Is(cause, errDaemonStopping) {
-		_ = out.SendError(cause)
+	if err := stopCause(ctx, nil); err != nil {
+		_ = out.SendError(err)
 	}
 }

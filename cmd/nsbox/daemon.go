@@ -76,6 +76,13 @@ func daemonCommand() *cli.Command {
 // defaultUserNSRange leaves room for 4096 sandboxes, far above the ids of the host's users.
 const defaultUserNSRange = "1000000000:268435456"
 
+// At a stop, the requests in flight get stopGrace to finish; those still running then (a
+// long exec) are ended (Runtime.CutRequests) and get stopAnswers to say so to their clients.
+const (
+	stopGrace   = 5 * time.Second
+	stopAnswers = time.Second
+)
+
 func runDaemon(c *cli.Context) error {
 	log, err := newLogger(os.Stderr, c.String("log-format"), c.String("log-level"))
 	if err != nil {
@@ -264,13 +271,23 @@ func runDaemon(c *cli.Context) error {
 			log.Warn("tell systemd", "err", err)
 		}
 		rt.BeginStop() // the streams being followed end now; other requests get the grace below
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), stopGrace)
 		defer cancel()
 		if preview != nil {
 			_ = preview.Shutdown(shutdownCtx)
 		}
+		inFlight := false
 		for _, s := range servers {
-			_ = s.srv.Shutdown(shutdownCtx)
+			inFlight = s.srv.Shutdown(shutdownCtx) != nil || inFlight
+		}
+		if inFlight {
+			// Those still running (a long exec) end now, each with an answer that says why.
+			rt.CutRequests()
+			answerCtx, cancel := context.WithTimeout(context.Background(), stopAnswers)
+			defer cancel()
+			for _, s := range servers {
+				_ = s.srv.Shutdown(answerCtx)
+			}
 		}
 	}()
 	served := make(chan error, len(servers))

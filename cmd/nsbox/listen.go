@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -135,6 +136,9 @@ func listenAll(eps []endpoint, c *cli.Context, rt *nsbox.Runtime, guard *auth.Se
 	tcpAPI := http.NewServeMux()
 	tcpAPI.Handle(ui.Prefix, ui.Handler(log))
 	tcpAPI.Handle("/", guard.Middleware(rt.Handler(guard.Check, guard.Endpoints()...)))
+	// Requests are made under the runtime's context: what the stop's grace leaves in flight
+	// ends with the daemon's stop as its cause (Runtime.CutRequests).
+	base := func(net.Listener) context.Context { return rt.RequestContext() }
 	var servers []apiServer
 	fail := func(err error) ([]apiServer, error) {
 		for _, s := range servers {
@@ -148,7 +152,8 @@ func listenAll(eps []endpoint, c *cli.Context, rt *nsbox.Runtime, guard *auth.Se
 			if err != nil {
 				return fail(err)
 			}
-			servers = append(servers, apiServer{srv: &http.Server{Handler: socketAPI, ReadHeaderTimeout: 10 * time.Second}, ln: api.StreamListener(ln)})
+			servers = append(servers, apiServer{srv: &http.Server{Handler: socketAPI, ReadHeaderTimeout: 10 * time.Second, BaseContext: base},
+				ln: api.StreamListener(ln)})
 			continue
 		}
 		ln, err := net.Listen("tcp", ep.tcp)
@@ -158,7 +163,7 @@ func listenAll(eps []endpoint, c *cli.Context, rt *nsbox.Runtime, guard *auth.Se
 		if tlsCfg != nil {
 			ln = tls.NewListener(ln, tlsCfg)
 		}
-		srv := &http.Server{Handler: tcpAPI, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		srv := &http.Server{Handler: tcpAPI, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, BaseContext: base,
 			ConnContext: auth.ConnContext, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 		servers = append(servers, apiServer{srv: srv, ln: ln})
 	}

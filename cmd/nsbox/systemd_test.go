@@ -102,6 +102,44 @@ func TestStopLetsRequestsInFlightFinish(t *testing.T) {
 	}
 }
 
+// TestStopAnswersTheExecsItCuts: an exec still running when the stop's grace is over gets an
+// answer that says the daemon is stopping — an error event when it streams, a 503 when it
+// waits for one result — instead of a connection cut when the daemon exits.
+func TestStopAnswersTheExecsItCuts(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "cut", Image: "busybox"})
+	if _, err := d.client.CreateSession(context.Background(), "cut", api.CreateSessionRequest{ID: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	ends := make(chan error, 2)
+	go func() {
+		_, err := d.client.ExecStream(context.Background(), "cut", api.ExecRequest{Command: "touch /tmp/streams; sleep 100"},
+			func(api.ExecEvent) error { return nil })
+		ends <- err
+	}()
+	go func() {
+		_, err := d.client.Exec(context.Background(), "cut", api.ExecRequest{Command: "touch /tmp/waits; sleep 100", SessionID: "other"})
+		ends <- err
+	}()
+	for _, started := range []string{"/tmp/streams", "/tmp/waits"} {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if _, err := d.client.StatFile(context.Background(), "cut", started); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the exec that makes %s did not start", started)
+			}
+		}
+	}
+	d.stop()
+	for range 2 {
+		var e *api.Error
+		if err := <-ends; !errors.As(err, &e) || e.Code != api.CodeUnavailable || !strings.Contains(e.Message, "daemon is stopping") {
+			t.Errorf("an exec running past the stop's grace ended with %v, want unavailable: the daemon is stopping", err)
+		}
+	}
+}
+
 // TestStopEndsFollowedStreams: a daemon's stop ends every stream a client follows (events,
 // stats, a file watch, a process's log) with a last "error" event that says the daemon is
 // stopping, instead of holding the stop and then breaking off without a word; a terminal gets
