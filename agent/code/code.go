@@ -137,12 +137,22 @@ type Context struct {
 	stdin  *os.File
 	exited chan struct{}     // closed when the interpreter has exited
 	sink   func(driverEvent) // the running cell's, nil between runs (output then is dropped)
+	// outputs are the interpreter's own fds 1 and 2 (readOutput), drained into the cell at
+	// its end with drainBuf.
+	outputs  []output
+	drainBuf []byte
+}
+
+// output is one of the interpreter's own fds 1 and 2, as the agent reads it.
+type output struct {
+	stream string
+	pipe   syscall.RawConn
 }
 
 // Info describes the context.
 func (c *Context) Info() api.CodeContext { return c.info }
 
-// driverEvent is a line the driver writes on fd 3.
+// driverEvent is a line the driver writes on fd 3, or output from the interpreter's own fds.
 type driverEvent struct {
 	Type string `json:"type"`
 	// Data is base64 output (stdout, stderr) or a MIME bundle (result).
@@ -150,29 +160,42 @@ type driverEvent struct {
 	Name      string          `json:"name"` // an error's
 	Value     string          `json:"value"`
 	Traceback string          `json:"traceback"`
-	output    []byte          // decoded output
+	output    []byte          // decoded output, or read from the interpreter's fd 1 or 2
 	result    map[string]any
 }
 
-// interpreter is the program and arguments that run the driver for a language.
-func interpreter(language string) (string, []string, error) {
-	switch language {
-	case api.LanguagePython:
-		return "python3", []string{"python3", "-u", "-c", pythonDriver}, nil
-	case api.LanguageJavaScript:
-		return "node", []string{"node", "-e", nodeDriver}, nil
-	}
-	return "", nil, api.Errorf(api.CodeInvalidArgument, "language must be %q or %q, not %q", api.LanguagePython, api.LanguageJavaScript, language)
+// driver is how a language's driver runs.
+type driver struct {
+	prog string
+	argv []string
+	// readsOwnOutput: the driver gets the read ends of its fds 1 and 2 as fds 4 and 5 and
+	// sends what they get on fd 3 itself, in order with the rest (Python: a thread of its own
+	// reads them while the cell waits for a child). Without it the agent reads them (Node:
+	// its only thread would not read them while it waits for a child in execSync, and a child
+	// that wrote more than a pipe holds would never end).
+	readsOwnOutput bool
 }
 
-// launch starts the interpreter: requests on its stdin, driver events on its fd 3. Its fds 1
-// and 2 (what subprocesses and C code write) are pipes whose read ends it gets too, as fds 4
-// and 5: the driver sends what they get on fd 3 with the rest, in the order it was written.
+// interpreter is the driver for a language.
+func interpreter(language string) (driver, error) {
+	switch language {
+	case api.LanguagePython:
+		return driver{"python3", []string{"python3", "-u", "-c", pythonDriver}, true}, nil
+	case api.LanguageJavaScript:
+		return driver{"node", []string{"node", "-e", nodeDriver}, false}, nil
+	}
+	return driver{}, api.Errorf(api.CodeInvalidArgument, "language must be %q or %q, not %q", api.LanguagePython, api.LanguageJavaScript, language)
+}
+
+// launch starts the interpreter: requests on its stdin, driver events on its fd 3, and its
+// own fds 1 and 2 (what subprocesses and C code write) as output, which the driver or the
+// agent reads (driver.readsOwnOutput).
 func (c *Context) launch() error {
-	prog, argv, err := interpreter(c.spec.Language)
+	drv, err := interpreter(c.spec.Language)
 	if err != nil {
 		return err
 	}
+	prog := drv.prog
 	path, err := lookPath(prog, c.spec.Env)
 	if err != nil {
 		return api.Errorf(api.CodeInvalidArgument, "this sandbox's image has no %s for a %s context: %v", prog, c.spec.Language, err)
@@ -198,12 +221,16 @@ func (c *Context) launch() error {
 		closeAll()
 		return fmt.Errorf("make the context's pipes: %w", err)
 	}
-	pid, exited, err := c.start(path, argv, &os.ProcAttr{
-		Dir: c.spec.Cwd, Env: c.spec.Env, Files: []*os.File{inR, outW, errW, ctlW, outR, errR},
+	given := []*os.File{inR, outW, errW, ctlW}
+	if drv.readsOwnOutput {
+		given = append(given, outR, errR)
+	}
+	pid, exited, err := c.start(path, drv.argv, &os.ProcAttr{
+		Dir: c.spec.Cwd, Env: c.spec.Env, Files: given,
 		Sys: &syscall.SysProcAttr{Setpgid: true,
 			Credential: &syscall.Credential{Uid: uint32(c.spec.UID), Gid: uint32(c.spec.GID), NoSetGroups: true}},
 	}, nil)
-	for _, f := range []*os.File{inR, outW, errW, ctlW, outR, errR} {
+	for _, f := range given {
 		f.Close()
 	}
 	if err != nil {
@@ -215,10 +242,32 @@ func (c *Context) launch() error {
 		<-exited
 		close(done)
 	}()
+	outputs := make([]output, 0, 2)
+	readers := []struct {
+		stream string
+		r      *os.File
+	}{{api.EventStdout, outR}, {api.EventStderr, errR}}
+	if drv.readsOwnOutput {
+		readers = nil
+	}
+	for _, o := range readers {
+		rc, err := o.r.SyscallConn()
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("read the interpreter's %s: %w", o.stream, err)
+		}
+		outputs = append(outputs, output{o.stream, rc})
+	}
 	c.mu.Lock()
-	c.pid, c.stdin, c.exited = pid, inW, done
+	c.pid, c.stdin, c.exited, c.outputs = pid, inW, done, outputs
+	if c.drainBuf == nil {
+		c.drainBuf = make([]byte, 32<<10)
+	}
 	c.mu.Unlock()
 	go c.readEvents(ctlR)
+	for i, o := range outputs {
+		go c.readOutput(o, readers[i].r)
+	}
 	return nil
 }
 
@@ -270,6 +319,47 @@ func (c *Context) readEvents(r io.ReadCloser) {
 	}
 }
 
+// readOutput hands what the interpreter's fd 1 or 2 (o, read from r) gets to the running cell
+// as it comes. Each read is made and delivered under c.mu, so at a cell's end, when the run
+// drains the pipes under the same lock (drainOutputs), nothing read before is still on its
+// way: a subprocess's output written before the cell ended reaches the cell (it was dropped
+// when the driver's end overtook it).
+func (c *Context) readOutput(o output, r *os.File) {
+	defer r.Close()
+	buf := make([]byte, 32<<10)
+	_ = o.pipe.Read(func(fd uintptr) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.drainPipe(o.stream, int(fd), buf)
+	})
+}
+
+// drainPipe reads everything the pipe fd holds now and hands it to the running cell (dropped
+// between runs); it says whether the pipe has ended. c.mu must be held.
+func (c *Context) drainPipe(stream string, fd int, buf []byte) (ended bool) {
+	for {
+		n, err := unix.Read(fd, buf)
+		if n > 0 && c.sink != nil {
+			c.sink(driverEvent{Type: stream, output: append([]byte(nil), buf[:n]...)})
+		}
+		switch {
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return false
+		case err != nil || n == 0:
+			return true
+		}
+	}
+}
+
+// drainOutputs hands the cell what the interpreter's fds 1 and 2 hold at its end. c.mu must
+// be held.
+func (c *Context) drainOutputs() {
+	for _, o := range c.outputs {
+		_ = o.pipe.Control(func(fd uintptr) { c.drainPipe(o.stream, int(fd), c.drainBuf) }) // a closed pipe has nothing
+	}
+}
+
 // stop kills the interpreter's process group. c.runMu must be held.
 func (c *Context) stop() {
 	c.mu.Lock()
@@ -313,6 +403,9 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 			vmTimedOut = ev.Name == "TimeoutError" && c.spec.Language == api.LanguageJavaScript
 			emit(api.CodeEvent{Type: api.EventException, CodeError: res.Error})
 		case api.EventEnd:
+			// What subprocesses wrote before the end is in the pipes the agent reads, maybe
+			// not read yet.
+			c.drainOutputs()
 			once.Do(func() { close(ended) })
 		}
 	}

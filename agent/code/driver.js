@@ -1,50 +1,17 @@
 // The nsbox code context driver for JavaScript (Node 18+, no packages). It runs cells sent as
 // JSON lines on stdin in one vm context that persists between them, and reports on fd 3, as
 // JSON lines: stdout and stderr chunks (base64), results (MIME bundles: the last expression's
-// value, display() calls), an error, and the end of each cell. What the process's fds 1 and 2
-// get (subprocesses, process.stdout) it reads itself, from fds 4 and 5 (the pipes' read ends),
-// and sends before anything it sends next: everything reaches fd 3 in the order it was written.
+// value, display() calls), an error, and the end of each cell.
 'use strict';
 const fs = require('fs');
-const net = require('net');
 const readline = require('readline');
 const util = require('util');
 const vm = require('vm');
 const { Console } = require('console');
 const { Writable } = require('stream');
 
-const FDS = [[4, 'stdout'], [5, 'stderr']];
-const readBuf = Buffer.alloc(65536);
-
-function sendLine(ev) {
-  fs.writeSync(3, JSON.stringify(ev) + '\n');
-}
-
-// drain sends what fds 1 and 2 hold now (the sockets below made the read ends non-blocking).
-function drain() {
-  for (const [fd, name] of FDS) {
-    for (;;) {
-      let n = 0;
-      try {
-        n = fs.readSync(fd, readBuf, 0, readBuf.length, null);
-      } catch (e) { /* empty (EAGAIN) or gone */ }
-      if (n <= 0) break;
-      sendLine({ type: name, data: readBuf.subarray(0, n).toString('base64') });
-    }
-  }
-}
-
 function send(ev) {
-  drain();
-  sendLine(ev);
-}
-
-// What subprocesses write while a cell awaits something comes as the loop reads it.
-for (const [fd, name] of FDS) {
-  const pipe = new net.Socket({ fd, readable: true, writable: false });
-  pipe.on('data', (b) => sendLine({ type: name, data: b.toString('base64') }));
-  pipe.on('error', () => {});
-  pipe.unref();
+  fs.writeSync(3, JSON.stringify(ev) + '\n');
 }
 
 function stream(name) {

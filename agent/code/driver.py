@@ -7,13 +7,19 @@
 # order it was written.
 import ast, base64, io, json, linecache, os, select, sys, threading, traceback
 
-_ctl = os.fdopen(3, "wb", buffering=0)
 _FDS = ((4, "stdout"), (5, "stderr"))
 for _fd in (3, 4, 5):
     os.set_inheritable(_fd, False)  # not for the subprocesses
 for _fd, _ in _FDS:
     os.set_blocking(_fd, False)
 _lock = threading.Lock()  # one sender at a time, and a pipe's read sent before the next read
+
+
+def _write(line):
+    """Writes a whole line on fd 3 (a write a signal interrupts may write part of it). _lock is held."""
+    view = memoryview(line)
+    while view:
+        view = view[os.write(3, view):]
 
 
 _open = dict(_FDS)  # the pipes not at their end
@@ -30,14 +36,14 @@ def _drain():
             if not b:  # every write end closed (os.close(1), say)
                 del _open[fd]
                 break
-            _ctl.write((json.dumps({"type": name, "data": base64.b64encode(b).decode()}) + "\n").encode())
+            _write((json.dumps({"type": name, "data": base64.b64encode(b).decode()}) + "\n").encode())
 
 
 def _send(ev):
     line = (json.dumps(ev) + "\n").encode()
     with _lock:
         _drain()
-        _ctl.write(line)
+        _write(line)
 
 
 def _pump():
