@@ -83,6 +83,9 @@ func TestPythonContext(t *testing.T) {
 	if len(out) != 300000 || strings.Trim(out, "a") != "" || res.TimedOut || res.Error != nil {
 		t.Errorf("a child's 300000 bytes: got %d bytes, %+v", len(out), res)
 	}
+	if out, _, _ := run(t, c, "print('b' * 300000)", 0); len(out) != 300001 {
+		t.Errorf("a print of 300000 bytes: got %d bytes", len(out))
+	}
 	_, _, res = run(t, c, "{'a': [1, 2]}", 0)
 	if len(res.Results) != 1 || res.Results[0]["application/json"] == nil {
 		t.Errorf("a dict's bundle: %+v", res.Results)
@@ -120,6 +123,9 @@ func TestJavaScriptContext(t *testing.T) {
 	out, _, res = run(t, c, `require('child_process').execSync('head -c 300000 /dev/zero | tr "\\0" a', { stdio: 'inherit' }); 1`, 10*time.Second)
 	if len(out) != 300000 || strings.Trim(out, "a") != "" || res.TimedOut || res.Error != nil {
 		t.Errorf("a child's 300000 bytes: got %d bytes, %+v", len(out), res)
+	}
+	if out, _, _ := run(t, c, "console.log('b'.repeat(300000))", 0); len(out) != 300001 {
+		t.Errorf("a console.log of 300000 bytes: got %d bytes", len(out))
 	}
 	_, _, res = run(t, c, "null.x", 0)
 	if res.Error == nil || res.Error.Name != "TypeError" {

@@ -10,8 +10,10 @@ const vm = require('vm');
 const { Console } = require('console');
 const { Writable } = require('stream');
 
+// send writes an event as one whole line (a write a signal cuts short is finished).
 function send(ev) {
-  fs.writeSync(3, JSON.stringify(ev) + '\n');
+  const line = Buffer.from(JSON.stringify(ev) + '\n');
+  for (let off = 0; off < line.length;) off += fs.writeSync(3, line, off);
 }
 
 function stream(name) {
