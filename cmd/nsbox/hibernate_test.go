@@ -60,8 +60,8 @@ func TestHibernateAndWake(t *testing.T) {
 	d.sh("hb", `echo kept > /root/file && mkdir -p /tmp/deep && cd /tmp/deep && export MARK=kept && alias hi='echo alias-works' && fn() { echo fn-works; }; set -o noclobber`)
 	d.startProc("hb", api.StartProcessRequest{ID: "count", Command: countLoop, Restart: api.RestartOnResume})
 	d.startProc("hb", api.StartProcessRequest{ID: "plain", Command: "echo plain-started; sleep 1000"})
-	// Its line is in its log before the hibernation saves the log: a line still in the pipe
-	// when the agent saves is not kept (on a busy machine the test got there first).
+	// It has written its line before the hibernation (on a busy machine the test got there
+	// first); the save keeps what it wrote, read or still in the pipe (TestSaveHasWhatWasWritten).
 	if w, err := d.client.WaitProcess(ctx, "hb", "plain", api.WaitProcessRequest{Log: "plain-started"}); err != nil || !w.Met {
 		t.Fatalf("plain's line: %+v %v", w, err)
 	}
