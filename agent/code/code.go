@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -137,22 +138,13 @@ type Context struct {
 	stdin  *os.File
 	exited chan struct{}     // closed when the interpreter has exited
 	sink   func(driverEvent) // the running cell's, nil between runs (output then is dropped)
-	// outputs are the interpreter's own fds 1 and 2 (readOutput), drained into the cell at
-	// its end with drainBuf.
-	outputs  []output
-	drainBuf []byte
-}
-
-// output is one of the interpreter's own fds 1 and 2, as the agent reads it.
-type output struct {
-	stream string
-	pipe   syscall.RawConn
 }
 
 // Info describes the context.
 func (c *Context) Info() api.CodeContext { return c.info }
 
-// driverEvent is a line the driver writes on fd 3, or output from the interpreter's own fds.
+// driverEvent is a line the driver writes on fd 3, or output read from the interpreter's fds
+// 1 and 2.
 type driverEvent struct {
 	Type string `json:"type"`
 	// Data is base64 output (stdout, stderr) or a MIME bundle (result).
@@ -160,6 +152,7 @@ type driverEvent struct {
 	Name      string          `json:"name"` // an error's
 	Value     string          `json:"value"`
 	Traceback string          `json:"traceback"`
+	Fence     uint64          `json:"fence"` // its markers in fds 1 and 2 (fence.go); 0: none
 	output    []byte          // decoded output, or read from the interpreter's fd 1 or 2
 	result    map[string]any
 }
@@ -170,9 +163,10 @@ type driver struct {
 	argv []string
 	// readsOwnOutput: the driver gets the read ends of its fds 1 and 2 as fds 4 and 5 and
 	// sends what they get on fd 3 itself, in order with the rest (Python: a thread of its own
-	// reads them while the cell waits for a child). Without it the agent reads them (Node:
-	// its only thread would not read them while it waits for a child in execSync, and a child
-	// that wrote more than a pipe holds would never end).
+	// reads them while the cell waits for a child). Without it the agent reads them and the
+	// driver fences its events (fence.go; Node: its one thread would not read them while it
+	// waits for a child in execSync, and a child that wrote more than a pipe holds would
+	// never end). Its last argument is then the fences' token.
 	readsOwnOutput bool
 }
 
@@ -195,15 +189,22 @@ func (c *Context) launch() error {
 	if err != nil {
 		return err
 	}
-	prog := drv.prog
+	prog, argv := drv.prog, drv.argv
+	var f *fences
+	if !drv.readsOwnOutput {
+		if f, err = newFences(c); err != nil {
+			return fmt.Errorf("make the context's fence token: %w", err)
+		}
+		argv = append(slices.Clone(argv), f.token)
+	}
 	path, err := lookPath(prog, c.spec.Env)
 	if err != nil {
 		return api.Errorf(api.CodeInvalidArgument, "this sandbox's image has no %s for a %s context: %v", prog, c.spec.Language, err)
 	}
 	var files []*os.File
 	closeAll := func() {
-		for _, f := range files {
-			f.Close()
+		for _, file := range files {
+			file.Close()
 		}
 	}
 	pipe := func() (*os.File, *os.File, error) {
@@ -225,13 +226,13 @@ func (c *Context) launch() error {
 	if drv.readsOwnOutput {
 		given = append(given, outR, errR)
 	}
-	pid, exited, err := c.start(path, drv.argv, &os.ProcAttr{
+	pid, exited, err := c.start(path, argv, &os.ProcAttr{
 		Dir: c.spec.Cwd, Env: c.spec.Env, Files: given,
 		Sys: &syscall.SysProcAttr{Setpgid: true,
 			Credential: &syscall.Credential{Uid: uint32(c.spec.UID), Gid: uint32(c.spec.GID), NoSetGroups: true}},
 	}, nil)
-	for _, f := range given {
-		f.Close()
+	for _, file := range given {
+		file.Close()
 	}
 	if err != nil {
 		closeAll()
@@ -242,31 +243,28 @@ func (c *Context) launch() error {
 		<-exited
 		close(done)
 	}()
-	outputs := make([]output, 0, 2)
-	readers := []struct {
-		stream string
-		r      *os.File
-	}{{api.EventStdout, outR}, {api.EventStderr, errR}}
-	if drv.readsOwnOutput {
-		readers = nil
-	}
-	for _, o := range readers {
-		rc, err := o.r.SyscallConn()
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("read the interpreter's %s: %w", o.stream, err)
+	readers := []*os.File{outR, errR}
+	if f != nil {
+		for i, r := range readers {
+			rc, err := r.SyscallConn()
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("read the interpreter's %s: %w", outputStreams[i], err)
+			}
+			f.pipes = append(f.pipes, &fencedPipe{stream: outputStreams[i], pipe: rc})
 		}
-		outputs = append(outputs, output{o.stream, rc})
 	}
 	c.mu.Lock()
-	c.pid, c.stdin, c.exited, c.outputs = pid, inW, done, outputs
-	if c.drainBuf == nil {
-		c.drainBuf = make([]byte, 32<<10)
-	}
+	c.pid, c.stdin, c.exited = pid, inW, done
 	c.mu.Unlock()
-	go c.readEvents(ctlR)
-	for i, o := range outputs {
-		go c.readOutput(o, readers[i].r)
+	go c.readEvents(ctlR, f)
+	if f != nil {
+		for i, p := range f.pipes {
+			go func() {
+				defer readers[i].Close()
+				f.read(p)
+			}()
+		}
 	}
 	return nil
 }
@@ -288,17 +286,10 @@ func lookPath(prog string, env []string) (string, error) {
 	return "", exec.ErrNotFound
 }
 
-// deliver hands an event to the running cell, if any. It holds c.mu meanwhile, so no event
+// readEvents hands the driver's events to the running cell, if any, each after the output
+// its fence covers (f: nil when the driver reads its own). It holds c.mu meanwhile, so no event
 // reaches a run after it has returned, and a slow client holds back the interpreter.
-func (c *Context) deliver(ev driverEvent) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sink != nil {
-		c.sink(ev)
-	}
-}
-
-func (c *Context) readEvents(r io.ReadCloser) {
+func (c *Context) readEvents(r io.ReadCloser, f *fences) {
 	defer r.Close()
 	lines := bufio.NewScanner(r)
 	lines.Buffer(make([]byte, 64<<10), 64<<20)
@@ -315,48 +306,17 @@ func (c *Context) readEvents(r io.ReadCloser) {
 			_ = json.Unmarshal(ev.Data, &b64)
 			ev.output, _ = api.DecodeData(b64, api.EncodingBase64)
 		}
-		c.deliver(ev)
-	}
-}
-
-// readOutput hands what the interpreter's fd 1 or 2 (o, read from r) gets to the running cell
-// as it comes. Each read is made and delivered under c.mu, so at a cell's end, when the run
-// drains the pipes under the same lock (drainOutputs), nothing read before is still on its
-// way: a subprocess's output written before the cell ended reaches the cell (it was dropped
-// when the driver's end overtook it).
-func (c *Context) readOutput(o output, r *os.File) {
-	defer r.Close()
-	buf := make([]byte, 32<<10)
-	_ = o.pipe.Read(func(fd uintptr) bool {
 		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.drainPipe(o.stream, int(fd), buf)
-	})
-}
-
-// drainPipe reads everything the pipe fd holds now and hands it to the running cell (dropped
-// between runs); it says whether the pipe has ended. c.mu must be held.
-func (c *Context) drainPipe(stream string, fd int, buf []byte) (ended bool) {
-	for {
-		n, err := unix.Read(fd, buf)
-		if n > 0 && c.sink != nil {
-			c.sink(driverEvent{Type: stream, output: append([]byte(nil), buf[:n]...)})
+		if f != nil && ev.Fence > 0 {
+			f.await(ev.Fence)
 		}
-		switch {
-		case errors.Is(err, unix.EINTR):
-		case errors.Is(err, unix.EAGAIN):
-			return false
-		case err != nil || n == 0:
-			return true
+		if c.sink != nil {
+			c.sink(ev)
 		}
-	}
-}
-
-// drainOutputs hands the cell what the interpreter's fds 1 and 2 hold at its end. c.mu must
-// be held.
-func (c *Context) drainOutputs() {
-	for _, o := range c.outputs {
-		_ = o.pipe.Control(func(fd uintptr) { c.drainPipe(o.stream, int(fd), c.drainBuf) }) // a closed pipe has nothing
+		if f != nil && ev.Fence > 0 {
+			f.passedOn(ev.Fence)
+		}
+		c.mu.Unlock()
 	}
 }
 
@@ -403,9 +363,6 @@ func (c *Context) Run(code string, timeout time.Duration, emit func(api.CodeEven
 			vmTimedOut = ev.Name == "TimeoutError" && c.spec.Language == api.LanguageJavaScript
 			emit(api.CodeEvent{Type: api.EventException, CodeError: res.Error})
 		case api.EventEnd:
-			// What subprocesses wrote before the end is in the pipes the agent reads, maybe
-			// not read yet.
-			c.drainOutputs()
 			once.Do(func() { close(ended) })
 		}
 	}

@@ -118,6 +118,19 @@ func TestJavaScriptContext(t *testing.T) {
 	if out != "n is 20\n" || len(res.Results) != 1 || res.Results[0]["text/plain"] != "42" {
 		t.Errorf("state and result: %q %+v", out, res.Results)
 	}
+	// Its own output and its children's, synchronous or not, in the order they were written.
+	for i := range 30 {
+		out, errOut, _ := run(t, c, `var cp = require('child_process');
+for (let i = 0; i < 3; i++) {
+  console.log('p', i); console.error('e' + i);
+  cp.execSync('echo c' + i + '; echo d' + i + ' >&2', { stdio: 'inherit' });
+}
+process.stdout.write('direct\n');
+new Promise((done) => cp.spawn('sh', ['-c', 'echo async'], { stdio: 'inherit' }).on('exit', done))`, 0)
+		if out != "p 0\nc0\np 1\nc1\np 2\nc2\ndirect\nasync\n" || errOut != "e0\nd0\ne1\nd1\ne2\nd2\n" {
+			t.Fatalf("run %d: output and a child's lines: %q %q", i, out, errOut)
+		}
+	}
 	// A child that writes more than a pipe holds while the interpreter waits for it (the
 	// agent reads Node's fds 1 and 2: its driver's one thread cannot, then).
 	out, _, res = run(t, c, `require('child_process').execSync('head -c 300000 /dev/zero | tr "\\0" a', { stdio: 'inherit' }); 1`, 10*time.Second)

@@ -1,7 +1,10 @@
 // The nsbox code context driver for JavaScript (Node 18+, no packages). It runs cells sent as
 // JSON lines on stdin in one vm context that persists between them, and reports on fd 3, as
 // JSON lines: stdout and stderr chunks (base64), results (MIME bundles: the last expression's
-// value, display() calls), an error, and the end of each cell.
+// value, display() calls), an error, and the end of each cell. What the process's fds 1 and 2
+// get (subprocesses, process.stdout) the agent reads; each event here is fenced: a marker
+// written into fds 1 and 2 first, which the agent waits for before it passes the event on, so
+// that what was written there before comes before it.
 'use strict';
 const fs = require('fs');
 const readline = require('readline');
@@ -10,10 +13,27 @@ const vm = require('vm');
 const { Console } = require('console');
 const { Writable } = require('stream');
 
-// send writes an event as one whole line (a write a signal cuts short is finished).
+const fenceToken = process.argv.splice(1, 1)[0]; // the agent's, for this interpreter
+let fenceSeq = 0;
+
+// writeAll writes the whole buffer (a write a signal cuts short is finished).
+function writeAll(fd, buf) {
+  for (let off = 0; off < buf.length;) off += fs.writeSync(fd, buf, off);
+}
+
+// send writes an event as one line on fd 3, after its fence in fds 1 and 2 (an event whose
+// fence could not be written, fd 1 closed say, goes without: fence 0).
 function send(ev) {
-  const line = Buffer.from(JSON.stringify(ev) + '\n');
-  for (let off = 0; off < line.length;) off += fs.writeSync(3, line, off);
+  fenceSeq++;
+  const marker = Buffer.from(`\0nsbox-fence:${fenceToken}:${fenceSeq.toString(16).padStart(8, '0')}\0`);
+  let fence = fenceSeq;
+  try {
+    writeAll(1, marker);
+    writeAll(2, marker);
+  } catch (e) {
+    fence = 0;
+  }
+  writeAll(3, Buffer.from(JSON.stringify({ ...ev, fence }) + '\n'));
 }
 
 function stream(name) {
