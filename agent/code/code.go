@@ -307,14 +307,15 @@ func (c *Context) readEvents(r io.ReadCloser, f *fences) {
 			ev.output, _ = api.DecodeData(b64, api.EncodingBase64)
 		}
 		c.mu.Lock()
-		if f != nil && ev.Fence > 0 {
-			f.await(ev.Fence)
+		pass := func() {
+			if c.sink != nil {
+				c.sink(ev)
+			}
 		}
-		if c.sink != nil {
-			c.sink(ev)
-		}
 		if f != nil && ev.Fence > 0 {
-			f.passedOn(ev.Fence)
+			f.event(ev.Fence, pass)
+		} else {
+			pass()
 		}
 		c.mu.Unlock()
 	}

@@ -6,9 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strconv"
-	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -17,17 +15,14 @@ import (
 
 // A driver whose fds 1 and 2 the agent reads (Node's) fences every event it sends on fd 3:
 // first it writes a marker into fds 1 and 2 — "\x00nsbox-fence:TOKEN:SEQ\x00", TOKEN the
-// agent's for this interpreter, SEQ the event's 8 hex digits — then the event, naming SEQ. The
-// agent strips the markers from the output; it passes the event on only once it has read both
-// markers, and what follows a marker only once the event has been passed on (fenceWait at
-// most, each): output and events reach the cell in the order they were written.
+// agent's for this interpreter, SEQ the event's in 8 hex digits — then the event, naming SEQ.
+// So when the agent reads an event, its markers are in the pipes already (or read): it drains
+// the pipes up to them before it passes the event on, and holds what a pipe had after a
+// marker until that marker's event has been passed on. Output and events reach the cell in
+// the order they were written; the markers never do.
 
-// fenceWait bounds how long an event waits for its markers (a driver that wrote them always
-// gets them read; this only keeps a lost one from stalling the cell).
-const fenceWait = 2 * time.Second
-
-// fences is what the agent has read of one interpreter's fds 1 and 2. Its fields are guarded
-// by the context's mu.
+// fences is what the agent has read of one interpreter's fds 1 and 2. It is used under the
+// context's mu.
 type fences struct {
 	c     *Context
 	token string
@@ -35,20 +30,30 @@ type fences struct {
 	pipes []*fencedPipe
 	// delivered is the last fence whose event was passed on.
 	delivered uint64
-	cond      *sync.Cond // on c.mu: a pipe passed a marker or ended, or an event was passed on
+	buf       []byte // for drain
 }
 
 // fencedPipe is one of the interpreter's fds 1 and 2, as the agent reads it.
 type fencedPipe struct {
 	stream  string
 	pipe    syscall.RawConn
-	pending []byte // read, not delivered yet: the start of a marker, maybe
-	passed  uint64 // the last fence whose marker was read
-	ended   bool
+	pending []byte // read, not parsed yet: the start of a marker, maybe
+	// held is what was read after a marker whose event has not been passed on yet: that
+	// marker first, then output and later markers, in order (release).
+	held []segment
+}
+
+// segment is a piece of a fenced pipe: output, or a marker (fence > 0).
+type segment struct {
+	output []byte
+	fence  uint64
 }
 
 // markerTail is what follows a marker's head: 8 hex digits and a NUL.
 const markerTail = 9
+
+// outputStreams are the streams of the interpreter's fds 1 and 2.
+var outputStreams = [2]string{api.EventStdout, api.EventStderr}
 
 func newFences(c *Context) (*fences, error) {
 	var b [8]byte
@@ -56,62 +61,78 @@ func newFences(c *Context) (*fences, error) {
 		return nil, err
 	}
 	token := hex.EncodeToString(b[:])
-	return &fences{c: c, token: token, head: []byte("\x00nsbox-fence:" + token + ":"), cond: sync.NewCond(&c.mu)}, nil
+	return &fences{c: c, token: token, head: []byte("\x00nsbox-fence:" + token + ":"), buf: make([]byte, 32<<10)}, nil
 }
 
-// read reads p's pipe until it ends, delivering what comes (readOutput).
+// read reads p's pipe as output comes, until it ends.
 func (f *fences) read(p *fencedPipe) {
-	buf := make([]byte, 32<<10)
 	_ = p.pipe.Read(func(fd uintptr) bool {
 		f.c.mu.Lock()
 		defer f.c.mu.Unlock()
-		for {
-			n, err := unix.Read(int(fd), buf)
-			if n > 0 {
-				f.take(p, buf[:n])
-			}
-			switch {
-			case errors.Is(err, unix.EINTR):
-			case errors.Is(err, unix.EAGAIN):
-				return false
-			case err != nil || n == 0:
-				f.deliver(p.stream, p.pending)
-				p.pending, p.ended = nil, true
-				f.cond.Broadcast()
-				return true
-			}
-		}
+		return f.drain(p, int(fd))
 	})
 }
 
-// take delivers what was read of p, the markers in it taken out and noted. c.mu is held.
+// drain reads what p's pipe (fd) holds now; it says whether the pipe has ended. c.mu is held.
+func (f *fences) drain(p *fencedPipe, fd int) (ended bool) {
+	for {
+		n, err := unix.Read(fd, f.buf)
+		if n > 0 {
+			f.take(p, f.buf[:n])
+		}
+		switch {
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return false
+		case err != nil || n == 0:
+			f.output(p, p.pending)
+			p.pending = nil
+			return true
+		}
+	}
+}
+
+// event passes an event of fence seq on with pass, after the output its markers close: the
+// markers were written before the event, so they are in the pipes now, or were read. c.mu is
+// held.
+func (f *fences) event(seq uint64, pass func()) {
+	for _, p := range f.pipes {
+		_ = p.pipe.Control(func(fd uintptr) { f.drain(p, int(fd)) }) // a closed pipe has nothing
+	}
+	f.release(seq - 1) // output before the markers, held behind earlier ones
+	pass()
+	f.delivered = max(f.delivered, seq)
+	f.release(seq)
+}
+
+// take parses what was read of p into output and markers. c.mu is held.
 func (f *fences) take(p *fencedPipe, data []byte) {
 	b := append(p.pending, data...)
 	for {
 		i := bytes.Index(b, f.head)
 		if i < 0 {
 			keep := f.markerStart(b)
-			f.deliver(p.stream, b[:len(b)-keep])
+			f.output(p, b[:len(b)-keep])
 			b = b[len(b)-keep:]
 			break
 		}
 		end := i + len(f.head) + markerTail
 		if len(b) < end {
-			f.deliver(p.stream, b[:i])
+			f.output(p, b[:i])
 			b = b[i:]
 			break
 		}
 		seq, err := strconv.ParseUint(string(b[end-markerTail:end-1]), 16, 64)
 		if err != nil || b[end-1] != 0 {
 			// Not one of ours after all: its first byte is output.
-			f.deliver(p.stream, b[:i+1])
+			f.output(p, b[:i+1])
 			b = b[i+1:]
 			continue
 		}
-		f.deliver(p.stream, b[:i])
-		p.passed = max(p.passed, seq)
-		f.cond.Broadcast()
-		f.waitFor(func() bool { return f.delivered >= seq }) // what follows comes after the event
+		f.output(p, b[:i])
+		if seq > f.delivered { // else its event went on without it (its line was lost)
+			p.held = append(p.held, segment{fence: seq})
+		}
 		b = b[end:]
 	}
 	p.pending = append([]byte(nil), b...)
@@ -127,48 +148,30 @@ func (f *fences) markerStart(b []byte) int {
 	return 0
 }
 
+// output passes output of p on, or holds it behind a marker whose event has not been.
+func (f *fences) output(p *fencedPipe, b []byte) {
+	switch {
+	case len(b) == 0:
+	case len(p.held) > 0:
+		p.held = append(p.held, segment{output: append([]byte(nil), b...)})
+	default:
+		f.deliver(p.stream, b)
+	}
+}
+
+// release passes on what the pipes held behind the markers of fences up to seq. c.mu is held.
+func (f *fences) release(seq uint64) {
+	for _, p := range f.pipes {
+		for len(p.held) > 0 && (p.held[0].fence == 0 || p.held[0].fence <= seq) {
+			f.deliver(p.stream, p.held[0].output)
+			p.held = p.held[1:]
+		}
+	}
+}
+
 // deliver hands output to the running cell (dropped between runs). c.mu is held.
 func (f *fences) deliver(stream string, b []byte) {
 	if len(b) > 0 && f.c.sink != nil {
 		f.c.sink(driverEvent{Type: stream, output: append([]byte(nil), b...)})
 	}
 }
-
-// await waits until every pipe has passed fence seq, or ended, or fenceWait has gone by.
-// c.mu is held.
-func (f *fences) await(seq uint64) {
-	f.waitFor(func() bool {
-		for _, p := range f.pipes {
-			if p.passed < seq && !p.ended {
-				return false
-			}
-		}
-		return true
-	})
-}
-
-// passedOn notes that the event of fence seq was passed on. c.mu is held.
-func (f *fences) passedOn(seq uint64) {
-	f.delivered = max(f.delivered, seq)
-	f.cond.Broadcast()
-}
-
-// waitFor waits until done holds, at most fenceWait. c.mu is held.
-func (f *fences) waitFor(done func() bool) {
-	if done() {
-		return
-	}
-	deadline := time.Now().Add(fenceWait)
-	timer := time.AfterFunc(fenceWait, func() {
-		f.c.mu.Lock()
-		f.cond.Broadcast()
-		f.c.mu.Unlock()
-	})
-	defer timer.Stop()
-	for !done() && time.Now().Before(deadline) {
-		f.cond.Wait()
-	}
-}
-
-// outputStreams are the streams of the interpreter's fds 1 and 2.
-var outputStreams = [2]string{api.EventStdout, api.EventStderr}
