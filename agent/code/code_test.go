@@ -1,6 +1,7 @@
 package code
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -163,5 +164,50 @@ func TestCreateErrors(t *testing.T) {
 	}
 	if err := m.Delete("ctx-9"); !api.IsCode(err, api.CodeNotFound) {
 		t.Errorf("delete unknown: %v", err)
+	}
+}
+
+// TestFenceMarkers: markers are taken out of the output wherever reads split them, output after
+// a marker waits for its event, and bytes that only look like a marker are output.
+func TestFenceMarkers(t *testing.T) {
+	c := &Context{}
+	f, err := newFences(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe() // empty: what the test feeds take is what was read
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	rc, err := r.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &fencedPipe{stream: api.EventStdout, pipe: rc}
+	f.pipes = []*fencedPipe{p}
+	var got []string
+	c.sink = func(ev driverEvent) {
+		if ev.Type == api.EventStdout {
+			got = append(got, string(ev.output))
+		} else {
+			got = append(got, "<"+ev.Type+">")
+		}
+	}
+	marker := func(seq int) string { return fmt.Sprintf("\x00nsbox-fence:%s:%08x\x00", f.token, seq) }
+	stream := "a\x00" + marker(1) + "b" + marker(2) + "\x00nsbox-fence:" + f.token + ":zzzzzzzz\x00" + "c\x00"
+	// Fed a byte at a time: every marker is split across reads.
+	for i := range len(stream) {
+		f.take(p, []byte{stream[i]})
+	}
+	pass := func(name string) func() { return func() { c.sink(driverEvent{Type: name}) } }
+	f.event(1, pass("one"))
+	f.event(2, pass("two"))
+	f.output(p, p.pending) // the end of the pipe
+	out := strings.Join(got, "")
+	want := "a\x00<one>b<two>\x00nsbox-fence:" + f.token + ":zzzzzzzz\x00c\x00"
+	if out != want {
+		t.Errorf("got %q, want %q", out, want)
 	}
 }
