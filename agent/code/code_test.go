@@ -102,6 +102,13 @@ func TestPythonContext(t *testing.T) {
 	if _, _, res := run(t, c, "x > 41 and inc(1)", 0); len(res.Results) != 1 || res.Results[0]["text/plain"] != "2" {
 		t.Errorf("state after the interrupt: %+v", res)
 	}
+	// Interrupted while it writes: the line it was writing is finished, and the error comes.
+	for i := range 5 {
+		out, _, res := run(t, c, "while True: print('x' * 200000)", 300*time.Millisecond)
+		if !res.TimedOut || res.Restarted || res.Error == nil || res.Error.Name != "KeyboardInterrupt" || strings.Trim(out, "x\n") != "" {
+			t.Errorf("run %d: interrupted while printing: %d bytes, %+v", i, len(out), res)
+		}
+	}
 	// One that ignores the interrupt is restarted, its state gone.
 	_, _, res = run(t, c, "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", 200*time.Millisecond)
 	if !res.TimedOut || !res.Restarted {

@@ -16,10 +16,20 @@ _lock = threading.Lock()  # one sender at a time, and a pipe's read sent before 
 
 
 def _write(line):
-    """Writes a whole line on fd 3 (a write a signal interrupts may write part of it). _lock is held."""
+    """Writes a whole line on fd 3. _lock is held. A write a signal interrupts may write part of
+    it, and the interrupt of a run that timed out may come in the middle: the line is finished
+    first, then the KeyboardInterrupt goes on."""
     view = memoryview(line)
-    while view:
-        view = view[os.write(3, view):]
+    interrupted = None
+    while True:
+        try:
+            while view:
+                view = view[os.write(3, view):]
+            break
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
 
 
 _open = dict(_FDS)  # the pipes not at their end
