@@ -168,7 +168,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		return nil
 	}
 	if frames {
-		if err := answerFrames(w, events, body.MaxOutputBytes); err != nil {
+		if err := answerFrames(ctx, w, events, body.MaxOutputBytes); err != nil {
 			return l.failure(req.Context(), err)
 		}
 		return nil
@@ -241,7 +241,7 @@ const startRelayFlush = time.Millisecond
 // says which stream was truncated and which is text ("utf-8") or not ("raw"). Nothing is
 // spooled and nothing is encoded. An error before the first frame is returned (the caller
 // answers it); one after it ends the frames with an error frame.
-func answerFrames(w http.ResponseWriter, events *eventStream, max int64) error {
+func answerFrames(ctx context.Context, w http.ResponseWriter, events *eventStream, max int64) error {
 	out := api.NewFrameWriter(w)
 	defer out.End()
 	checks := map[string]*streamCheck{api.EventStdout: {limit: api.OutputLimit{Max: max}}, api.EventStderr: {limit: api.OutputLimit{Max: max}}}
@@ -252,7 +252,7 @@ func answerFrames(w http.ResponseWriter, events *eventStream, max int64) error {
 			if !sent {
 				return streamError(err)
 			}
-			_ = out.SendError(streamError(err))
+			_ = out.SendError(stopCause(ctx, streamError(err)))
 			return nil
 		}
 		switch name {

@@ -118,7 +118,8 @@ func TestStopAnswersTheExecsItCuts(t *testing.T) {
 		ends <- err
 	}()
 	go func() {
-		_, err := d.client.Exec(context.Background(), "cut", api.ExecRequest{Command: "touch /tmp/waits; sleep 100", SessionID: "other"})
+		// Output first: the answer (frames) has begun when the stop comes.
+		_, err := d.client.Exec(context.Background(), "cut", api.ExecRequest{Command: "echo begun; touch /tmp/waits; sleep 100", SessionID: "other"})
 		ends <- err
 	}()
 	for _, started := range []string{"/tmp/streams", "/tmp/waits"} {
