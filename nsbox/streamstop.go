@@ -18,8 +18,8 @@ import (
 // a word. BeginStop ends every such stream at once with a last "error" event (unavailable:
 // the daemon is stopping), which tells its client to reconnect to the next daemon. A stream
 // is a GET whose answer is Server-Sent Events; plain reads (a file download) keep their grace.
-// What is still in flight when the grace is over (a long exec) CutRequests ends with the same
-// error, and a terminal's WebSocket closes with it (terminal.go).
+// A terminal's WebSocket gets that error as a notice and closes at once too (terminal.go); what
+// is still in flight when the grace is over (a long exec) CutRequests ends with the same error.
 
 // errDaemonStopping is what a stream ended by BeginStop says in its last event.
 var errDaemonStopping = api.Errorf(api.CodeUnavailable, "the daemon is stopping; reconnect when it is back (sandboxes keep running)")
