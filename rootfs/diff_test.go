@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -177,6 +178,7 @@ func diskLifecycle(t *testing.T, image string) {
 	if devs := LoopDevices(image); len(devs) != 0 {
 		t.Fatalf("loop devices left: %v", devs)
 	}
+	loopRemoved(t, devs[0])
 	if err := ReleaseDisk(image, target, 5e9); err != nil {
 		t.Fatalf("releasing twice: %v", err)
 	}
@@ -185,5 +187,24 @@ func diskLifecycle(t *testing.T, image string) {
 	}
 	if out, err := exec.Command("e2fsck", "-fn", image).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck of the released disk: %v\n%s", err, out)
+	}
+}
+
+// loopRemoved fails t unless the released loop device dev is gone, or bound again (another
+// test's disk took it before it could go), within a second.
+func loopRemoved(t *testing.T, dev string) {
+	t.Helper()
+	backing := filepath.Join("/sys/block", filepath.Base(dev), "loop/backing_file")
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, err := os.Stat(filepath.Join("/sys/block", filepath.Base(dev)))
+		if errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if _, err := os.Stat(backing); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the released loop device %s is still there, bound to nothing", dev)
+		}
 	}
 }
