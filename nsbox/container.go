@@ -169,7 +169,7 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	if err != nil {
 		return backend.Spec{}, err
 	}
-	files, err := r.networkFiles(id)
+	files, err := r.networkFiles(id, ids)
 	if err != nil {
 		return backend.Spec{}, err
 	}

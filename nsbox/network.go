@@ -14,6 +14,7 @@ import (
 	"github.com/nsbox/nsbox/api"
 	sandboxnet "github.com/nsbox/nsbox/net"
 	"github.com/nsbox/nsbox/nsbox/backend"
+	"github.com/nsbox/nsbox/rootfs"
 )
 
 // NetworkConfig is the host side of sandbox networking (package net): IPv4 only.
@@ -129,8 +130,11 @@ func resolveNetwork(spec *api.NetworkSpec) (api.NetworkSpec, []netip.Prefix, err
 
 // networkFiles writes a new container's /etc/hosts and /etc/resolv.conf into the stage and
 // returns their read-only mounts. Until connectNetwork the hosts file names the container; it
-// is rewritten in place then, so the mount shows the new content.
-func (r *Runtime) networkFiles(container string) ([]backend.Mount, error) {
+// is rewritten in place then, so the mount shows the new content. With a user namespace
+// (ids) they belong to the container's root: root's inside, as an id-mapped bind would show
+// them, without the round trip between runc's init and the daemon that each id-mapped bind
+// costs in the container's start (~1.2 ms each in a cold create's trace).
+func (r *Runtime) networkFiles(container string, ids rootfs.IDMap) ([]backend.Mount, error) {
 	resolv, err := r.net.ResolvConf()
 	if errors.Is(err, sandboxnet.ErrNoNameserver) {
 		r.log.Warn("sandboxes get no DNS server", "err", err)
@@ -153,7 +157,14 @@ func (r *Runtime) networkFiles(container string) ([]backend.Mount, error) {
 		if err := os.WriteFile(path, f.data, 0o644); err != nil {
 			return nil, fmt.Errorf("write sandbox %s: %w", f.name, err)
 		}
-		out = append(out, backend.Mount{Source: path, Target: f.dest, ReadOnly: true})
+		m := backend.Mount{Source: path, Target: f.dest, ReadOnly: true}
+		if ids.Enabled() {
+			if err := os.Chown(path, int(ids.Host), int(ids.Host)); err != nil {
+				return nil, fmt.Errorf("give sandbox %s to its root: %w", f.name, err)
+			}
+			m.IDs.Native = true
+		}
+		out = append(out, m)
 	}
 	return out, nil
 }

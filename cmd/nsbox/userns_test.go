@@ -140,6 +140,13 @@ func TestUserNamespaceIsolatesRoot(t *testing.T) {
 			if got := d.sh(sb.ID, "stat -c '%u' /.nsbox/nsbox"); got != "65534\n" {
 				t.Errorf("the agent binary is owned by %q inside, want nobody", got)
 			}
+			// The network's files are root's inside, and read-only all the same.
+			if got := d.sh(sb.ID, "stat -c '%u:%g' /etc/hosts /etc/resolv.conf | sort -u"); got != "0:0\n" {
+				t.Errorf("owners of /etc/hosts and /etc/resolv.conf inside: %q, want root", got)
+			}
+			if res := d.exec(sb.ID, api.ExecRequest{Command: "echo x >> /etc/hosts || echo x >> /etc/resolv.conf"}); res.ExitCode == 0 {
+				t.Error("the sandbox's root wrote to its /etc/hosts or /etc/resolv.conf")
+			}
 			// What root creates inside belongs to the range on the host; a setuid program it
 			// plants in its upper dir is the range's, in a 0700 dir, on a nosuid mount if any.
 			d.sh(sb.ID, "echo x > /root/made && cp /bin/sh /root/suid && chmod 4755 /root/suid")
