@@ -24,8 +24,8 @@ import (
 // one when none is free) is removed once released: free devices add up otherwise, a
 // thousand after a thousand sandboxes, and every one is a line in /proc/diskstats, which
 // LXCFS reads whole whenever a sandbox's view of it is looked at: runc does, in each create
-// (LXCFS's attributes are cached for 0.5 s only); with 1,333 free devices a cold create took
-// 6–13 ms longer (docs/benchmarks.md).
+// (the kernel keeps LXCFS's answer for a moment only); with 1,333 free devices a cold create
+// took 6–13 ms longer (docs/benchmarks.md).
 
 // mkfsArgs make the image quick to create: no reserved blocks (the whole size is the
 // sandbox's), inode tables and journal initialised lazily (mounted with noinit_itable, so the
