@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,7 +239,9 @@ func ReleaseDisk(image, target string, wait time.Duration) error {
 // removeLoops removes the loop devices devs (/dev/loopN), which a released disk was bound
 // to. The kernel refuses one that is bound or open again (another disk took it meanwhile:
 // EBUSY), or that is gone already; removing one takes ~35 ms of waiting here, the devices
-// side by side.
+// side by side, each on a thread of its own that ends with it: a thread blocked that long
+// makes the Go runtime start another, which it would otherwise keep (a burst of removes
+// would leave the daemon with a thread per sandbox).
 func removeLoops(devs []string) {
 	if len(devs) == 0 {
 		return
@@ -254,7 +257,10 @@ func removeLoops(devs []string) {
 		if err != nil {
 			continue
 		}
-		wg.Go(func() { _ = unix.IoctlSetInt(int(ctl.Fd()), unix.LOOP_CTL_REMOVE, n) })
+		wg.Go(func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			_ = unix.IoctlSetInt(int(ctl.Fd()), unix.LOOP_CTL_REMOVE, n)
+		})
 	}
 	wg.Wait()
 }
