@@ -320,9 +320,18 @@ func TestWebTerminal(t *testing.T) {
 		c.t = t
 		c.call(c.session, "Emulation.setDeviceMetricsOverride", map[string]any{"width": 640, "height": 360, "deviceScaleFactor": 1, "mobile": false}, nil)
 		c.waitFor("a smaller terminal", func(n termState) bool { return n.Cols < s.Cols && n.Rows < s.Rows })
-		c.typeLine("stty size")
+		// The page may settle in more than one step (a scrollbar coming and going changes its
+		// width): the shell is asked its size again until it answers the page's last one.
+		var asked time.Time
 		c.waitFor("the shell's size, the page's", func(n termState) bool {
-			return strings.Contains(n.Text, fmt.Sprintf("\n%d %d", n.Rows, n.Cols))
+			if strings.Contains(n.Text, fmt.Sprintf("\n%d %d", n.Rows, n.Cols)) {
+				return true
+			}
+			if time.Since(asked) > time.Second {
+				c.typeLine("stty size")
+				asked = time.Now()
+			}
+			return false
 		})
 		c.call(c.session, "Emulation.clearDeviceMetricsOverride", nil, nil)
 	})
