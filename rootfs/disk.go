@@ -24,9 +24,9 @@ import (
 // loop device bound for good. A device the kernel made for a disk (LOOP_CTL_GET_FREE adds
 // one when none is free) is removed once released: free devices add up otherwise, a
 // thousand after a thousand sandboxes, and every one is a line in /proc/diskstats, which
-// LXCFS reads whole whenever a sandbox's view of it is looked at: runc does, in each create
-// (the kernel keeps LXCFS's answer for a moment only); with 1,333 free devices a cold create
-// took 6–13 ms longer (docs/benchmarks.md).
+// LXCFS reads whole whenever a sandbox's view of it is looked at: runc does, in each create;
+// with 1,333 free devices a cold create a second after the last took 6–13 ms longer (0.3 s
+// after, no longer: docs/benchmarks.md).
 
 // mkfsArgs make the image quick to create: no reserved blocks (the whole size is the
 // sandbox's), inode tables and journal initialised lazily (mounted with noinit_itable, so the
