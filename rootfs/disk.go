@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -237,12 +236,13 @@ func ReleaseDisk(image, target string, wait time.Duration) error {
 }
 
 // removeLoops removes the loop devices devs (/dev/loopN), which a released disk was bound
-// to. The kernel refuses one that is bound or open again (another disk took it meanwhile:
-// EBUSY), or that is gone already; removing one takes ~35 ms of waiting here, the devices
-// side by side, each on a thread of its own that ends with it: a thread blocked that long
-// makes the Go runtime start another, which it would otherwise keep (a burst of removes
-// would leave the daemon with a thread per sandbox).
+// to; it is run as a goroutine of its own. The kernel refuses one that is bound or open again
+// (another disk took it meanwhile: EBUSY), or that is gone already. Removing one takes ~35 ms
+// of waiting here, so it runs on a thread that ends with it: a thread blocked that long makes
+// the Go runtime start another, which it would otherwise keep (a burst of removes would leave
+// the daemon with a thread per sandbox).
 func removeLoops(devs []string) {
+	runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
 	if len(devs) == 0 {
 		return
 	}
@@ -251,18 +251,11 @@ func removeLoops(devs []string) {
 		return
 	}
 	defer ctl.Close()
-	var wg sync.WaitGroup
 	for _, d := range devs {
-		n, err := strconv.Atoi(strings.TrimPrefix(d, "/dev/loop"))
-		if err != nil {
-			continue
-		}
-		wg.Go(func() {
-			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if n, err := strconv.Atoi(strings.TrimPrefix(d, "/dev/loop")); err == nil {
 			_ = unix.IoctlSetInt(int(ctl.Fd()), unix.LOOP_CTL_REMOVE, n)
-		})
+		}
 	}
-	wg.Wait()
 }
 
 // loopDeviceOf is the loop device (/dev/loopN) the file system mounted at target is on.
