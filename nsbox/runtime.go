@@ -124,8 +124,8 @@ type Runtime struct {
 	// daemon has been quiet for trimDelay (settled).
 	trim *time.Timer
 
-	stopIdle context.CancelFunc // ends watchIdle and monitor
-	// background is watchIdle and monitor, which Close waits for: a lifecycle being applied
+	stopIdle context.CancelFunc // ends watchIdle
+	// background is watchIdle, which Close waits for: a lifecycle being applied
 	// (a remove, a pause) must end before the records and the pool it uses are closed.
 	background sync.WaitGroup
 	views      *limitViews // nil without Config.LimitViews
@@ -212,7 +212,6 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 	idleCtx, stopIdle := context.WithCancel(context.Background())
 	r.stopIdle = stopIdle
 	r.background.Go(func() { r.watchIdle(idleCtx) })
-	r.background.Go(func() { r.monitor(idleCtx) })
 	return r, nil
 }
 
@@ -564,7 +563,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		r.abortCreate(sb)
 		return nil, err
 	}
-	r.watch(sb, sc.inst)
+	r.watch(sb, sc.inst, false)
 	// start: the container's (0 from the warm pool); bind: what followed, through the agent's
 	// answer (and a warm one's network); record: the wait for the creating record and the
 	// running one's write.

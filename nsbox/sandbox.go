@@ -64,6 +64,8 @@ type sandbox struct {
 	// lastActive (unix ns) and inflight are its activity: see idle.go.
 	lastActive atomic.Int64
 	inflight   atomic.Int32
+	// reading is what the daemon keeps of its use between two readings (stats.go).
+	reading reading
 }
 
 // stateError is the conflict answered to a request the sandbox's state does not allow.
@@ -250,8 +252,10 @@ func (r *Runtime) wake(sb *sandbox) error {
 }
 
 // watch marks a sandbox failed as soon as its container's agent (PID 1) exits by itself, so
-// the API never shows a dead sandbox as running.
-func (r *Runtime) watch(sb *sandbox, inst backend.Instance) {
+// the API never shows a dead sandbox as running, and publishes its OOM kills (watchOOMs;
+// restored: inst ran under an earlier daemon).
+func (r *Runtime) watch(sb *sandbox, inst backend.Instance, restored bool) {
+	r.watchOOMs(sb, inst, restored)
 	inst.OnExit(func() {
 		sb.mu.Lock()
 		defer sb.mu.Unlock()

@@ -21,42 +21,39 @@ import (
 // backend: CPU, memory, pids, OOM kills), its host veth's counters (package net) and its disk's
 // file system; its open sessions and running processes are the counts its agent last told the
 // daemon (agentwatch.go), or, while it has not, asked of the agent. CPU percent is the use
-// since the previous reading of the same sandbox, kept here with its OOM count;
-// monitor reads every sandbox's cgroup every monitorInterval to publish OOM kills as events.
-
-// monitorInterval is how often the daemon looks for OOM kills.
-const monitorInterval = 2 * time.Second
+// since the previous reading of the same sandbox, kept here with its OOM count; the OOM kills
+// are published as events when the backend notifies them (watchOOMs).
 
 // statsParallel bounds the agents asked at once for their counts by GET /v1/stats.
 const statsParallel = 16
 
-// ops is what the daemon keeps for its operators: the event log, the metrics, each sandbox's
-// last reading, and the watches of the agents.
+// ops is what the daemon keeps for its operators: the event log, the metrics, and the
+// watches of the agents.
 type ops struct {
 	events  *eventLog
 	metrics *metrics
-	started time.Time // when the daemon started
 	mu      sync.Mutex
-	last    map[string]reading      // by sandbox id
 	follows map[string]*agentFollow // by sandbox id
 }
 
-// reading is a sandbox's CPU time at a moment, and the OOM kills the monitor has seen.
+// reading is what the daemon keeps of a sandbox's use: its CPU time at the last reading, and
+// the OOM kills published.
 type reading struct {
-	cpu      uint64
-	at       time.Time
-	ooms     uint64
-	oomsSeen bool // ooms has been read
+	mu   sync.Mutex
+	cpu  uint64
+	at   time.Time
+	ooms uint64
 }
 
 func newOps(r *Runtime) *ops {
-	o := &ops{events: newEventLog(), started: time.Now(), last: map[string]reading{}, follows: map[string]*agentFollow{}}
+	o := &ops{events: newEventLog(), follows: map[string]*agentFollow{}}
 	o.metrics = newMetrics(r)
 	return o
 }
 
 // statsOf is what a reading of a sandbox needs, copied under its lock.
 type statsOf struct {
+	sb    *sandbox
 	inst  backend.Instance
 	agent *agentClient
 	rec   record
@@ -65,7 +62,7 @@ type statsOf struct {
 func (sb *sandbox) statsOf() statsOf {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	return statsOf{inst: sb.inst, agent: sb.agent, rec: sb.rec}
+	return statsOf{sb: sb, inst: sb.inst, agent: sb.agent, rec: sb.rec}
 }
 
 // Stats reads one sandbox's resource use.
@@ -147,12 +144,12 @@ func (r *Runtime) readStats(s statsOf, how statsRead) api.SandboxStats {
 	st.CPUSeconds = float64(cg.CPUNanos) / 1e9
 	st.MemoryBytes, st.MemoryLimitBytes, st.Pids, st.OOMKills = cg.MemoryBytes, cg.MemoryLimit, cg.Pids, cg.OOMKills
 	if how.sample {
-		prev := r.ops.sample(s.rec.ID, cg, now)
-		if prev.at.IsZero() {
-			prev = reading{at: s.rec.CreatedAt}
+		prevCPU, prevAt := s.sb.reading.sample(cg.CPUNanos, now)
+		if prevAt.IsZero() {
+			prevAt = s.rec.CreatedAt
 		}
-		if dt := now.Sub(prev.at).Seconds(); dt > 0 && cg.CPUNanos >= prev.cpu {
-			st.CPUPercent = float64(cg.CPUNanos-prev.cpu) / 1e9 / dt * 100
+		if dt := now.Sub(prevAt).Seconds(); dt > 0 && cg.CPUNanos >= prevCPU {
+			st.CPUPercent = float64(cg.CPUNanos-prevCPU) / 1e9 / dt * 100
 		}
 	}
 	if a, ok := r.net.Lookup(s.rec.ID); ok && a.HostVeth != "" {
@@ -175,13 +172,13 @@ func (r *Runtime) readStats(s statsOf, how statsRead) api.SandboxStats {
 	return st
 }
 
-// sample records a sandbox's reading and returns the one before (zero: none).
-func (o *ops) sample(id string, cg backend.Stats, at time.Time) reading {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	prev := o.last[id]
-	o.last[id] = reading{cpu: cg.CPUNanos, at: at, ooms: prev.ooms, oomsSeen: prev.oomsSeen}
-	return prev
+// sample records a sandbox's CPU time at a moment and returns the one before (zero: none).
+func (g *reading) sample(cpu uint64, at time.Time) (prevCPU uint64, prevAt time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	prevCPU, prevAt = g.cpu, g.at
+	g.cpu, g.at = cpu, at
+	return prevCPU, prevAt
 }
 
 // countInside sets a running sandbox's open sessions and running processes to the counts its
@@ -219,58 +216,72 @@ func (r *Runtime) askInside(ctx context.Context, s statsOf, st *api.SandboxStats
 	}
 }
 
-// monitor looks for OOM kills in every running sandbox until ctx ends.
-func (r *Runtime) monitor(ctx context.Context) {
-	tick := time.NewTicker(monitorInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+// watchOOMs publishes an event each time the kernel's OOM killer kills processes of the
+// sandbox's container inst, from the backend's notification, set up in the background (it
+// opens the container's cgroup files: not on a create's way). With restored (a container that
+// ran under an earlier daemon) the kills its cgroup counted before are not news; a new
+// container's are, even those before the notification was in place.
+func (r *Runtime) watchOOMs(sb *sandbox, inst backend.Instance, restored bool) {
+	go func() {
+		var before uint64
+		var err error
+		if restored {
+			before, err = inst.OOMKills()
+		}
+		if err == nil {
+			sb.reading.mu.Lock()
+			sb.reading.ooms = before
+			sb.reading.mu.Unlock()
+			err = inst.OnOOM(func() { r.oomNotified(sb, inst) })
+		}
+		if err != nil {
+			sb.mu.Lock()
+			current := sb.inst == inst // else the container is gone already
+			sb.mu.Unlock()
+			if current {
+				r.log.Warn("OOM kills in this sandbox will not be published as events", "sandbox", sb.id, "err", err)
+			}
 			return
-		case <-tick.C:
-			r.checkOOMs()
+		}
+		_, _ = r.publishOOMs(sb, inst)
+	}()
+}
+
+// oomRechecks are the waits between the looks at a sandbox's OOM kill count after a
+// notification, until it has grown: cgroup v1 notifies as the OOM begins, before the OOM
+// killer has killed (and counted) anything.
+var oomRechecks = []time.Duration{0, 10 * time.Millisecond, 100 * time.Millisecond, time.Second, 5 * time.Second}
+
+// oomNotified publishes how many more processes of the sandbox the OOM killer killed than
+// it published before, once the count has grown (oomRechecks).
+func (r *Runtime) oomNotified(sb *sandbox, inst backend.Instance) {
+	for _, wait := range oomRechecks {
+		time.Sleep(wait)
+		if published, err := r.publishOOMs(sb, inst); published || err != nil {
+			return // err: the container is going
 		}
 	}
 }
 
-// checkOOMs publishes an OOM-kill event for each sandbox whose cgroup counted more OOM kills
-// than at the last look. The kills of a sandbox created before the daemon started that were
-// counted before its first look are not news. It also drops the readings of sandboxes gone.
-func (r *Runtime) checkOOMs() {
-	known := map[string]bool{}
-	for _, sb := range r.all() {
-		known[sb.id] = true
-		s := sb.statsOf()
-		if s.inst == nil || (s.rec.Status != api.StatusRunning && s.rec.Status != api.StatusPaused) {
-			continue
-		}
-		kills, err := s.inst.OOMKills()
-		if err != nil {
-			continue
-		}
-		r.ops.mu.Lock()
-		prev := r.ops.last[s.rec.ID]
-		seen := prev.ooms
-		if !prev.oomsSeen && s.rec.CreatedAt.Before(r.ops.started) {
-			seen = kills
-		}
-		prev.ooms, prev.oomsSeen = kills, true
-		r.ops.last[s.rec.ID] = prev
-		r.ops.mu.Unlock()
-		if kills > seen {
-			n := kills - seen
-			r.ops.metrics.oomKills.Add(float64(n))
-			r.log.Warn("the kernel's OOM killer killed processes in a sandbox", "sandbox", s.rec.ID, "count", n, "memory_limit_mb", s.rec.Limits.MemoryMB)
-			r.ops.events.publish(api.EventSandboxOOMKilled, s.rec.ID, "count", strconv.FormatUint(n, 10), "total", strconv.FormatUint(kills, 10))
-		}
+// publishOOMs publishes the OOM kills of inst, sb's container, that are news; false when
+// there are none.
+func (r *Runtime) publishOOMs(sb *sandbox, inst backend.Instance) (bool, error) {
+	kills, err := inst.OOMKills()
+	if err != nil {
+		return false, err
 	}
-	r.ops.mu.Lock()
-	defer r.ops.mu.Unlock()
-	for id := range r.ops.last {
-		if !known[id] {
-			delete(r.ops.last, id)
-		}
+	sb.reading.mu.Lock()
+	seen := sb.reading.ooms
+	sb.reading.ooms = max(seen, kills)
+	sb.reading.mu.Unlock()
+	if kills <= seen {
+		return false, nil
 	}
+	n := kills - seen
+	r.ops.metrics.oomKills.Add(float64(n))
+	r.log.Warn("the kernel's OOM killer killed processes in a sandbox", "sandbox", sb.id, "count", n, "memory_limit_mb", sb.snapshot().Limits.MemoryMB)
+	r.ops.events.publish(api.EventSandboxOOMKilled, sb.id, "count", strconv.FormatUint(n, 10), "total", strconv.FormatUint(kills, 10))
+	return true, nil
 }
 
 func (r *Runtime) handleStats(w http.ResponseWriter, req *http.Request) error {

@@ -330,6 +330,32 @@ func TestOperations(t *testing.T) {
 	}
 }
 
+// TestOOMEventsAfterRestart: OOM kills are events from the kernel's notification, which a
+// restarted daemon registers again for the sandboxes it finds; the kills counted before it
+// started are not news.
+func TestOOMEventsAfterRestart(t *testing.T) {
+	d := startDaemon(t)
+	events := d.watchEvents(client.EventsOptions{Replay: true})
+	d.create(api.CreateSandboxRequest{ID: "oom", Image: "busybox", Limits: api.Limits{MemoryMB: 32}})
+	exhaust := api.ExecRequest{Argv: []string{"tail", "/dev/zero"}}
+	if res := d.exec("oom", exhaust); !res.OOMKilled {
+		t.Fatalf("tail /dev/zero in 32 MB: %+v", res)
+	}
+	if ev := events.next(api.EventSandboxOOMKilled, "oom"); ev.Details["count"] != "1" || ev.Details["total"] != "1" {
+		t.Errorf("the first OOM kill's event: %+v", ev)
+	}
+	events.close()
+	d.stop()
+	d.start()
+	events = d.watchEvents(client.EventsOptions{Replay: true})
+	if res := d.exec("oom", exhaust); !res.OOMKilled {
+		t.Fatalf("tail /dev/zero in 32 MB after the restart: %+v", res)
+	}
+	if ev := events.next(api.EventSandboxOOMKilled, "oom"); ev.Details["count"] != "1" || ev.Details["total"] != "2" {
+		t.Errorf("the OOM kill after the restart: %+v, want count 1 of 2", ev)
+	}
+}
+
 // TestStatsStreamAndCLI covers the stats streams, `nsbox stats` and `nsbox events`.
 func TestStatsStreamAndCLI(t *testing.T) {
 	d := startDaemon(t)

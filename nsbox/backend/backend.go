@@ -166,6 +166,11 @@ type Instance interface {
 	// only Stats().OOMKills, one file instead of five.
 	Stats() (Stats, error)
 	OOMKills() (uint64, error)
+	// OnOOM has f run (in a goroutine of its own) each time the kernel reports running out of
+	// memory in the container, until Close: a notification, not a poll of every container. It
+	// may run before OOMKills counts the kill (cgroup v1 notifies as the OOM begins). A second
+	// call replaces the first's f.
+	OnOOM(f func()) error
 	// Processes are the host pids of the container's processes.
 	Processes() ([]int, error)
 	// Freeze stops every process of the container until Thaw.

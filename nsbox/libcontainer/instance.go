@@ -45,6 +45,10 @@ type instance struct {
 	// Close.
 	statsMu sync.Mutex
 	stats   *cgroupFiles
+	// oom is the OOM notification OnOOM registered, removed by Close; closed says Close was
+	// called (the files are not opened again). Both under statsMu.
+	oom    *oomRegistration
+	closed bool
 }
 
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
@@ -350,6 +354,14 @@ func (i *instance) OOMKills() (uint64, error) {
 func (i *instance) statFiles() (*cgroupFiles, error) {
 	i.statsMu.Lock()
 	defer i.statsMu.Unlock()
+	return i.openStatFiles()
+}
+
+// openStatFiles opens the stats files unless they are open. statsMu must be held.
+func (i *instance) openStatFiles() (*cgroupFiles, error) {
+	if i.closed {
+		return nil, errClosed
+	}
 	if i.stats == nil {
 		files, err := openStatFiles(i.cgroupPath)
 		if err != nil {
@@ -358,6 +370,27 @@ func (i *instance) statFiles() (*cgroupFiles, error) {
 		i.stats = files
 	}
 	return i.stats, nil
+}
+
+// OnOOM has f run, in a goroutine of its own, each time the kernel reports an OOM in the
+// container's memory cgroup, until Close; OOMKills then tells how many processes the OOM
+// killer killed. A second call replaces the first's f.
+func (i *instance) OnOOM(f func()) error {
+	i.statsMu.Lock()
+	defer i.statsMu.Unlock()
+	files, err := i.openStatFiles()
+	if err != nil {
+		return err
+	}
+	reg, err := ooms.add(files.memoryDir, files.v2, f)
+	if err != nil {
+		return err
+	}
+	if i.oom != nil {
+		ooms.remove(i.oom)
+	}
+	i.oom = reg
+	return nil
 }
 
 // Processes lists the container's processes (its cgroup's).
@@ -392,7 +425,11 @@ func (i *instance) Close() {
 	}
 	i.statsMu.Lock()
 	defer i.statsMu.Unlock()
+	i.closed = true
 	if i.stats != nil {
 		i.stats.close()
+	}
+	if i.oom != nil {
+		ooms.remove(i.oom)
 	}
 }

@@ -24,9 +24,9 @@ const statsBatch = 25
 // statsSection measures what reading resource use costs the daemon with n busybox sandboxes
 // (network egress: each has a veth) running: GET /v1/stats (cgroups, veths, and the session
 // and process counts the agents told the daemon), a Prometheus scrape of GET /metrics (cgroups and veths only), one
-// sandbox's GET /v1/sandboxes/{id}/stats, and the daemon's CPU while nobody asks (its OOM
-// monitor reads every cgroup every 2 s). Each figure is the call's wall time and the daemon's
-// CPU time (user + system) for it, less the monitor's share of the time it took. GET /v1/stats
+// sandbox's GET /v1/sandboxes/{id}/stats, and the daemon's CPU while nobody asks (its idle
+// work: the lifecycle check, the Go runtime). Each figure is the call's wall time and the
+// daemon's CPU time (user + system) for it, less the idle share of the time it took. GET /v1/stats
 // is read once a second for 20 s, as a dashboard would.
 func (b *bench) statsSection(ctx context.Context, n, reps int) (err error) {
 	// A /21 of its own: n up to 2,000 sandboxes, each with an address.
@@ -61,8 +61,8 @@ func (b *bench) statsSection(ctx context.Context, n, reps int) (err error) {
 	if err != nil {
 		return err
 	}
-	monitor := float64(cpu1-cpu0) / float64(idle) // CPU seconds a second
-	fmt.Printf("daemon CPU while nobody asks (the OOM monitor): %.2f%% of one CPU (%s ms in %s)\n", monitor*100, ms(cpu1-cpu0), idle)
+	idleShare := float64(cpu1-cpu0) / float64(idle) // CPU seconds a second
+	fmt.Printf("daemon CPU while nobody asks: %.2f%% of one CPU (%s ms in %s)\n", idleShare*100, ms(cpu1-cpu0), idle)
 	w := newTable()
 	fmt.Fprintln(w, "reading\tcalls\twall ms p50\twall ms max\tdaemon CPU ms each\tper sandbox µs CPU\tdaemon CPU at 1/s\t")
 	row := func(name string, sandboxes, calls int, pace time.Duration, call func() error) error {
@@ -87,7 +87,7 @@ func (b *bench) statsSection(ctx context.Context, n, reps int) (err error) {
 			return err
 		}
 		took := time.Since(start)
-		each := (cpu1 - cpu0 - time.Duration(monitor*float64(took))) / time.Duration(calls)
+		each := (cpu1 - cpu0 - time.Duration(idleShare*float64(took))) / time.Duration(calls)
 		s := summarize(walls)
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%.0f\t%.1f%%\t\n", name, calls, ms(s.median), ms(s.max), ms(each),
 			float64(each.Microseconds())/float64(sandboxes), float64(each)/float64(time.Second)*100)
