@@ -354,6 +354,25 @@ func TestOOMEventsAfterRestart(t *testing.T) {
 	if ev := events.next(api.EventSandboxOOMKilled, "oom"); ev.Details["count"] != "1" || ev.Details["total"] != "2" {
 		t.Errorf("the OOM kill after the restart: %+v, want count 1 of 2", ev)
 	}
+	// The notification is the daemon's one eventfd for the sandbox (cgroup v1): gone once the
+	// remove has answered (its processes are dead).
+	eventfds := func() (n int) {
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", d.cmd.Process.Pid))
+		for _, fd := range fds {
+			if target, _ := os.Readlink(fd); target == "anon_inode:[eventfd]" {
+				n++
+			}
+		}
+		return n
+	}
+	with := eventfds()
+	if err := d.client.RemoveSandbox(context.Background(), "oom", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := os.Stat("/sys/fs/cgroup/memory/memory.oom_control")
+	if without := eventfds(); err == nil && without != with-1 {
+		t.Errorf("the daemon holds %d eventfds with the sandbox, %d after its remove", with, without)
+	}
 }
 
 // TestStatsStreamAndCLI covers the stats streams, `nsbox stats` and `nsbox events`.

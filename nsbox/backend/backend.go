@@ -167,7 +167,7 @@ type Instance interface {
 	Stats() (Stats, error)
 	OOMKills() (uint64, error)
 	// OnOOM has f run (in a goroutine of its own) each time the kernel reports running out of
-	// memory in the container, until Close: a notification, not a poll of every container. It
+	// memory in the container, until Kill or Close: a notification, not a poll of every container. It
 	// may run before OOMKills counts the kill (cgroup v1 notifies as the OOM begins). A second
 	// call replaces the first's f.
 	OnOOM(f func()) error

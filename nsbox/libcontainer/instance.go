@@ -45,10 +45,11 @@ type instance struct {
 	// Close.
 	statsMu sync.Mutex
 	stats   *cgroupFiles
-	// oom is the OOM notification OnOOM registered, removed by Close; closed says Close was
-	// called (the files are not opened again). Both under statsMu.
-	oom    *oomRegistration
-	closed bool
+	// oom is the OOM notification OnOOM registered, removed by Kill and Close; killed and
+	// closed say they were called (no notification is registered after Kill, and the files
+	// are not opened again after Close). All under statsMu.
+	oom            *oomRegistration
+	killed, closed bool
 }
 
 // newInstance pins the agent at pid and starts watching for its exit; reap (nil when the agent
@@ -373,22 +374,20 @@ func (i *instance) openStatFiles() (*cgroupFiles, error) {
 }
 
 // OnOOM has f run, in a goroutine of its own, each time the kernel reports an OOM in the
-// container's memory cgroup, until Close; OOMKills then tells how many processes the OOM
+// container's memory cgroup, until Kill or Close; OOMKills then tells how many processes the OOM
 // killer killed. A second call replaces the first's f.
 func (i *instance) OnOOM(f func()) error {
 	i.statsMu.Lock()
 	defer i.statsMu.Unlock()
 	files, err := i.openStatFiles()
-	if err != nil {
-		return err
+	if err != nil || i.killed {
+		return err // killed: nothing in it can run out of memory
 	}
 	reg, err := ooms.add(files.memoryDir, files.v2, f)
 	if err != nil {
 		return err
 	}
-	if i.oom != nil {
-		ooms.remove(i.oom)
-	}
+	i.dropOOM()
 	i.oom = reg
 	return nil
 }
@@ -413,6 +412,20 @@ func (i *instance) Kill() {
 		_ = unix.PidfdSendSignal(i.pidfd, unix.SIGKILL, nil, 0)
 		waitPidfd(i.pidfd, 10*time.Second)
 	}
+	// Nothing in it runs out of memory any more: the OOM notification goes before the removal
+	// of its cgroup would fire it.
+	i.statsMu.Lock()
+	defer i.statsMu.Unlock()
+	i.killed = true
+	i.dropOOM()
+}
+
+// dropOOM removes the OOM notification OnOOM registered, if any. statsMu must be held.
+func (i *instance) dropOOM() {
+	if i.oom != nil {
+		ooms.remove(i.oom)
+		i.oom = nil
+	}
 }
 
 // Close releases the pidfd and the cgroup files.
@@ -429,7 +442,5 @@ func (i *instance) Close() {
 	if i.stats != nil {
 		i.stats.close()
 	}
-	if i.oom != nil {
-		ooms.remove(i.oom)
-	}
+	i.dropOOM()
 }
