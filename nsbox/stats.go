@@ -217,10 +217,10 @@ func (r *Runtime) askInside(ctx context.Context, s statsOf, st *api.SandboxStats
 }
 
 // watchOOMs publishes an event each time the kernel's OOM killer kills processes of the
-// sandbox's container inst, from the backend's notification, set up in the background (it
-// opens the container's cgroup files: not on a create's way). With restored (a container that
-// ran under an earlier daemon) the kills its cgroup counted before are not news; a new
-// container's are, even those before the notification was in place.
+// sandbox's container inst, from the backend's notification, registered in the background
+// (not on a create's way). With restored (a container that ran under an earlier daemon) the
+// kills its cgroup counted before are not news. A new container's count starts at 0: a kill
+// before the registration (its first milliseconds) is published with the next notification.
 func (r *Runtime) watchOOMs(sb *sandbox, inst backend.Instance, restored bool) {
 	go func() {
 		var before uint64
@@ -241,9 +241,7 @@ func (r *Runtime) watchOOMs(sb *sandbox, inst backend.Instance, restored bool) {
 			if current {
 				r.log.Warn("OOM kills in this sandbox will not be published as events", "sandbox", sb.id, "err", err)
 			}
-			return
 		}
-		_, _ = r.publishOOMs(sb, inst)
 	}()
 }
 

@@ -77,8 +77,9 @@ type Backend struct {
 	// starting holds a token for each start under way: at most two per CPU (Start).
 	starting chan struct{}
 	cpus     *cpuSets
-	// pids is the pids hierarchy's mount point, "" when it is not a cgroup v1 one (workcgroup.go).
-	pids string
+	// pids is the pids hierarchy's mount point, "" when it is not a cgroup v1 one (workcgroup.go);
+	// memory the memory hierarchy's (cgroup v2: the unified one), for OOM notifications.
+	pids, memory string
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -103,7 +104,7 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	return &Backend{cfg: cfg, starting: make(chan struct{}, 2*runtime.NumCPU()), cpus: newCPUSets(cfg.CgroupParent),
-		pids: pidsHierarchy()}, nil
+		pids: pidsHierarchy(), memory: hierarchy("memory")}, nil
 }
 
 // RunDir is the directory of a container's host-side files.

@@ -2,6 +2,7 @@ package libcontainer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opencontainers/cgroups"
 	runc "github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
@@ -39,6 +41,9 @@ type instance struct {
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
 	cpus *cpuSets
+	// memoryDir is its memory cgroup (cgroup v2: its cgroup), where OnOOM registers; "" on a
+	// host without a memory hierarchy.
+	memoryDir string
 	// online is the file bound over the container's CPUsOnline.
 	online string
 	// stats are the cgroup files Stats reads, opened on its first call that can, closed by
@@ -58,6 +63,9 @@ func (b *Backend) newInstance(c *runc.Container, pid int, reap func()) (*instanc
 	inst := &instance{c: c, pid: pid, pidfd: -1, cgroupPath: c.Config().Cgroups.Path, work: existingWorkCgroup(b.pids, c.Config().Cgroups.Path),
 		socket: b.agentSocket(c.ID()), log: filepath.Join(b.RunDir(c.ID()), "agent.log"), reap: reap, cpus: b.cpus,
 		online: b.cpusOnline(c.ID())}
+	if b.memory != "" {
+		inst.memoryDir = filepath.Join(b.memory, inst.cgroupPath)
+	}
 	inst.exited, inst.markExited = context.WithCancel(context.Background())
 	status, err := c.Status()
 	if err == nil && (status == runc.Running || status == runc.Paused) && pid > 0 {
@@ -355,11 +363,6 @@ func (i *instance) OOMKills() (uint64, error) {
 func (i *instance) statFiles() (*cgroupFiles, error) {
 	i.statsMu.Lock()
 	defer i.statsMu.Unlock()
-	return i.openStatFiles()
-}
-
-// openStatFiles opens the stats files unless they are open. statsMu must be held.
-func (i *instance) openStatFiles() (*cgroupFiles, error) {
 	if i.closed {
 		return nil, errClosed
 	}
@@ -375,15 +378,20 @@ func (i *instance) openStatFiles() (*cgroupFiles, error) {
 
 // OnOOM has f run, in a goroutine of its own, each time the kernel reports an OOM in the
 // container's memory cgroup, until Kill or Close; OOMKills then tells how many processes the OOM
-// killer killed. A second call replaces the first's f.
+// killer killed. A second call replaces the first's f. It opens no stats file: a registration
+// is ~50 µs here, the 5 files ~270 µs (a short-lived sandbox need not pay for them).
 func (i *instance) OnOOM(f func()) error {
 	i.statsMu.Lock()
 	defer i.statsMu.Unlock()
-	files, err := i.openStatFiles()
-	if err != nil || i.killed {
-		return err // killed: nothing in it can run out of memory
+	switch {
+	case i.closed:
+		return errClosed
+	case i.killed:
+		return nil // nothing in it can run out of memory
+	case i.memoryDir == "":
+		return errors.New("register for OOM notifications: the host has no memory cgroup hierarchy")
 	}
-	reg, err := ooms.add(files.memoryDir, files.v2, f)
+	reg, err := ooms.add(i.memoryDir, cgroups.IsCgroup2UnifiedMode(), f)
 	if err != nil {
 		return err
 	}

@@ -23,9 +23,6 @@ import (
 // controller.
 type cgroupFiles struct {
 	v2 bool
-	// memoryDir is the container's memory cgroup (v2: its cgroup), where OOM notifications
-	// are registered (oomwatch.go).
-	memoryDir string
 	// mu guards the descriptors against close while they are read.
 	mu                             sync.RWMutex
 	cpu, memory, memoryLimit, pids int // -1 when closed
@@ -42,10 +39,8 @@ func openStatFiles(path string) (*cgroupFiles, error) {
 	paths := m.GetPaths()
 	var names [5]string // cpu, memory, memoryLimit, pids, oom
 	v2 := cgroups.IsCgroup2UnifiedMode()
-	memoryDir := paths["memory"]
 	if v2 {
 		dir := paths[""]
-		memoryDir = dir
 		names = [5]string{filepath.Join(dir, "cpu.stat"), filepath.Join(dir, "memory.current"), filepath.Join(dir, "memory.max"),
 			filepath.Join(dir, "pids.current"), filepath.Join(dir, "memory.events")}
 	} else {
@@ -62,7 +57,7 @@ func openStatFiles(path string) (*cgroupFiles, error) {
 			return nil, fmt.Errorf("open cgroup stats file %s: %w", name, err)
 		}
 	}
-	return &cgroupFiles{v2: v2, memoryDir: memoryDir, cpu: fds[0], memory: fds[1], memoryLimit: fds[2], pids: fds[3], oom: fds[4]}, nil
+	return &cgroupFiles{v2: v2, cpu: fds[0], memory: fds[1], memoryLimit: fds[2], pids: fds[3], oom: fds[4]}, nil
 }
 
 // close closes the files; reading them after is an error.

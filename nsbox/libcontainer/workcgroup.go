@@ -23,18 +23,27 @@ import (
 // opener's credentials, and nothing in the sandbox can write cgroupfs otherwise).
 const agentPids = 64
 
-// pidsHierarchy is where the cgroup v1 pids hierarchy is mounted (libcontainer puts a
-// container's cgroup path under it), or "" on a host without one: there the agent shares its
-// sandbox's limit.
+// pidsHierarchy is where the cgroup v1 pids hierarchy is mounted, or "" on a host without
+// one: there the agent shares its sandbox's limit.
 func pidsHierarchy() string {
 	if cgroups.IsCgroup2UnifiedMode() {
 		return ""
 	}
+	return hierarchy("pids")
+}
+
+// hierarchy is where the cgroup hierarchy of a controller is mounted (libcontainer puts a
+// container's cgroup path under it): the v1 controller's, or the unified one on cgroup v2;
+// "" when there is none.
+func hierarchy(controller string) string {
 	m, err := manager.New(&cgroups.Cgroup{Path: "/", Resources: &cgroups.Resources{}})
 	if err != nil {
 		return ""
 	}
-	return m.Path("pids")
+	if cgroups.IsCgroup2UnifiedMode() {
+		return m.Path("")
+	}
+	return m.Path(controller)
 }
 
 // workCgroup is the pids cgroup of a container's processes (the agent aside), under the
