@@ -21,8 +21,8 @@ import (
 // backend: CPU, memory, pids, OOM kills), its host veth's counters (package net) and its disk's
 // file system; its open sessions and running processes are the counts its agent last told the
 // daemon (agentwatch.go), or, while it has not, asked of the agent. CPU percent is the use
-// since the previous reading of the same sandbox, kept here with its OOM count; the OOM kills
-// are published as events when the backend notifies them (watchOOMs).
+// since the previous reading of the same sandbox, kept on the sandbox (reading) with the OOM
+// kills published; those are published as events when the backend notifies them (watchOOMs).
 
 // statsParallel bounds the agents asked at once for their counts by GET /v1/stats.
 const statsParallel = 16
