@@ -230,6 +230,7 @@ func newTestNet(t testing.TB, tweaks ...func(cfg *Config, n int)) *testNet {
 	for _, tweak := range tweaks {
 		tweak(&tn.cfg, n)
 	}
+	tn.requireFreeAddresses()
 	t.Cleanup(tn.assertNothingLeft)
 	tn.makeOutside()
 	t.Cleanup(func() {
@@ -241,6 +242,36 @@ func newTestNet(t testing.TB, tweaks ...func(cfg *Config, n int)) *testNet {
 	t.Cleanup(func() { tn.m.Close() })
 	tn.m = tn.open()
 	return tn
+}
+
+// requireFreeAddresses fails the test at once, saying why, when the host already routes any
+// of the test's networks (a sandbox veth another daemon left, say): its packets would go
+// there, and the test would fail later with a timeout that names nothing.
+func (tn *testNet) requireFreeAddresses() {
+	tn.t.Helper()
+	ours := []netip.Prefix{tn.cfg.Subnet, netip.PrefixFrom(tn.allowed, 24).Masked(), netip.PrefixFrom(tn.other, 24).Masked(),
+		netip.PrefixFrom(tn.metadata, 32)}
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		tn.t.Fatalf("list the host's routes: %v", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		addr, ok := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		dst := netip.PrefixFrom(addr.Unmap(), ones)
+		for _, p := range ours {
+			if ok && ones > 0 && dst.Overlaps(p) { // not the default route (nil or /0)
+				dev := ""
+				if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+					dev = link.Attrs().Name
+				}
+				tn.t.Fatalf("the host already routes %s (dev %s), which overlaps this test's %s: a veth another nsbox daemon left? (`nsbox daemon --cleanup --force` with that daemon's flags removes it)", dst, dev, p)
+			}
+		}
+	}
 }
 
 func (tn *testNet) open() *Manager {
