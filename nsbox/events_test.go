@@ -2,10 +2,14 @@ package nsbox
 
 import (
 	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
 )
 
 func TestEventLogReplayAndLag(t *testing.T) {
@@ -94,5 +98,59 @@ func TestEventsOfTheStateMachine(t *testing.T) {
 	}
 	if _, err := c.Stats(context.Background(), "box"); !api.IsCode(err, api.CodeNotFound) {
 		t.Errorf("stats of a removed sandbox: %v", err)
+	}
+}
+
+// oomCounts is a container whose OOM kill count the test sets; it counts the reads.
+type oomCounts struct {
+	backend.Instance
+	kills, reads atomic.Uint64
+}
+
+func (c *oomCounts) OOMKills() (uint64, error) {
+	c.reads.Add(1)
+	return c.kills.Load(), nil
+}
+
+// TestOOMNotificationsCoalesce: a kill counted after its notification (cgroup v1 notifies as
+// the OOM begins) is published once the count has grown; a burst of notifications makes one
+// look at a time, not one per notification, and each kill is published once.
+func TestOOMNotificationsCoalesce(t *testing.T) {
+	saved := oomRechecks
+	oomRechecks = []time.Duration{0, 20 * time.Millisecond, 200 * time.Millisecond}
+	t.Cleanup(func() { oomRechecks = saved })
+	r := &Runtime{log: slog.New(slog.DiscardHandler)}
+	r.ops = newOps(r)
+	_, sub, err := r.ops.events.subscribe(0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.ops.events.unsubscribe(sub)
+	sb := &sandbox{id: "oom"}
+	c := &oomCounts{}
+
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() { r.oomNotified(sb, c) })
+	}
+	time.AfterFunc(50*time.Millisecond, func() { c.kills.Store(2) }) // the kills come after
+	wg.Wait()
+	select {
+	case ev := <-sub.ch:
+		if ev.Type != api.EventSandboxOOMKilled || ev.Details["count"] != "2" || ev.Details["total"] != "2" {
+			t.Errorf("event %+v, want 2 OOM kills", ev)
+		}
+	default:
+		t.Fatal("no event for the kills counted after their notification")
+	}
+	if n := c.reads.Load(); n > 10 {
+		t.Errorf("100 notifications at once read the count %d times: they do not wait for the look under way", n)
+	}
+	// Once more, the count unchanged: nothing new to publish.
+	r.oomNotified(sb, c)
+	select {
+	case ev := <-sub.ch:
+		t.Errorf("an event without a new kill: %+v", ev)
+	default:
 	}
 }

@@ -37,12 +37,14 @@ type ops struct {
 }
 
 // reading is what the daemon keeps of a sandbox's use: its CPU time at the last reading, and
-// the OOM kills published.
+// the OOM kills published; checking: an oomNotified is looking at the count, again: a
+// notification came meanwhile.
 type reading struct {
-	mu   sync.Mutex
-	cpu  uint64
-	at   time.Time
-	ooms uint64
+	mu              sync.Mutex
+	cpu             uint64
+	at              time.Time
+	ooms            uint64
+	checking, again bool
 }
 
 func newOps(r *Runtime) *ops {
@@ -251,12 +253,31 @@ func (r *Runtime) watchOOMs(sb *sandbox, inst backend.Instance, restored bool) {
 var oomRechecks = []time.Duration{0, 10 * time.Millisecond, 100 * time.Millisecond, time.Second, 5 * time.Second}
 
 // oomNotified publishes how many more processes of the sandbox the OOM killer killed than
-// it published before, once the count has grown (oomRechecks).
+// it published before, once the count has grown (oomRechecks). One looks at a time: the
+// notifications that come meanwhile (a sandbox can make many, fast) make it look once more.
 func (r *Runtime) oomNotified(sb *sandbox, inst backend.Instance) {
-	for _, wait := range oomRechecks {
-		time.Sleep(wait)
-		if published, err := r.publishOOMs(sb, inst); published || err != nil {
-			return // err: the container is going
+	g := &sb.reading
+	g.mu.Lock()
+	if g.checking {
+		g.again = true
+		g.mu.Unlock()
+		return
+	}
+	g.checking = true
+	for {
+		g.again = false
+		g.mu.Unlock()
+		for _, wait := range oomRechecks {
+			time.Sleep(wait)
+			if published, err := r.publishOOMs(sb, inst); published || err != nil {
+				break // err: the container is going
+			}
+		}
+		g.mu.Lock()
+		if !g.again {
+			g.checking = false
+			g.mu.Unlock()
+			return
 		}
 	}
 }
