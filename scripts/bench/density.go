@@ -82,6 +82,10 @@ func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err e
 	}
 	created += time.Since(start)
 	time.Sleep(5 * time.Second) // let the agents and shells settle
+	idleCPU, err := idleDaemonCPU(d.cmd.Process.Pid, 20*time.Second)
+	if err != nil {
+		return err
+	}
 	availAfter := memAvailableKB()
 	after, err := footprintOf(d.cmd.Process.Pid)
 	if err != nil {
@@ -126,6 +130,7 @@ func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err e
 	fmt.Fprintf(w, "PSS per sandbox\t%.2f MB (its processes, and the daemon's share)\t\n", mb(m.sandboxKB+m.daemonKB)/float64(count))
 	fmt.Fprintf(w, "MemAvailable drop per sandbox\t%.2f MB (kernel objects included)\t\n", mb(float64(availBefore-availAfter))/float64(count-1))
 	fmt.Fprintf(w, "daemon RSS\t%.0f MB with 1 sandbox, %.0f MB with %d\t\n", before.rssMB, after.rssMB, count)
+	fmt.Fprintf(w, "daemon CPU while they idle\t%.2f%% of one CPU (over %s)\t\n", idleCPU.share*100, idleCPU.over)
 	for _, req := range []string{"GET /v1/sandboxes/{id}", "session exec `true`", "the same exec again at once"} {
 		a, c := summarize(alone[req]), summarize(crowd[req])
 		fmt.Fprintf(w, "%s p50/p99\t%s/%s ms with 1 sandbox, %s/%s ms with %d (p50 %.2f×)\t\n", req,
@@ -241,4 +246,25 @@ func memAvailableKB() int64 {
 	}
 	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
 	return n
+}
+
+// idleCPU is the share of one CPU a process used over a while.
+type idleCPU struct {
+	share float64
+	over  time.Duration
+}
+
+// idleDaemonCPU measures the daemon's CPU (user + system) over d while nobody asks it
+// anything: its own background work for every sandbox.
+func idleDaemonCPU(pid int, d time.Duration) (idleCPU, error) {
+	before, err := cpuTime(pid)
+	if err != nil {
+		return idleCPU{}, err
+	}
+	time.Sleep(d)
+	after, err := cpuTime(pid)
+	if err != nil {
+		return idleCPU{}, err
+	}
+	return idleCPU{share: float64(after-before) / float64(d), over: d}, nil
 }

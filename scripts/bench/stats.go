@@ -51,18 +51,12 @@ func (b *bench) statsSection(ctx context.Context, n, reps int) (err error) {
 	if kb, err := statusKB(pid, "VmRSS"); err == nil {
 		fmt.Printf("daemon RSS with %d sandboxes: %.1f MB\n", n, float64(kb)/1024)
 	}
-	idle := 10 * time.Second
-	cpu0, err := cpuTime(pid)
+	idle, err := idleDaemonCPU(pid, 10*time.Second)
 	if err != nil {
 		return err
 	}
-	time.Sleep(idle)
-	cpu1, err := cpuTime(pid)
-	if err != nil {
-		return err
-	}
-	idleShare := float64(cpu1-cpu0) / float64(idle) // CPU seconds a second
-	fmt.Printf("daemon CPU while nobody asks: %.2f%% of one CPU (%s ms in %s)\n", idleShare*100, ms(cpu1-cpu0), idle)
+	idleShare := idle.share // CPU seconds a second
+	fmt.Printf("daemon CPU while nobody asks: %.2f%% of one CPU (over %s)\n", idleShare*100, idle.over)
 	w := newTable()
 	fmt.Fprintln(w, "reading\tcalls\twall ms p50\twall ms max\tdaemon CPU ms each\tper sandbox µs CPU\tdaemon CPU at 1/s\t")
 	row := func(name string, sandboxes, calls int, pace time.Duration, call func() error) error {
