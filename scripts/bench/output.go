@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -239,21 +238,7 @@ func statusKB(pid int, field string) (float64, error) {
 func cpuTimes(agent, daemon int) [3]time.Duration {
 	var self unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &self)
-	return [3]time.Duration{time.Duration(self.Utime.Nano() + self.Stime.Nano()), procCPU(daemon), procCPU(agent)}
-}
-
-// procCPU is a process's CPU time from /proc/<pid>/stat (0 when it cannot be read).
-func procCPU(pid int) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	_, rest, _ := strings.Cut(string(data), ") ")
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+	daemonCPU, _ := cpuTime(daemon) // 0 when it cannot be read
+	agentCPU, _ := cpuTime(agent)
+	return [3]time.Duration{time.Duration(self.Utime.Nano() + self.Stime.Nano()), daemonCPU, agentCPU}
 }

@@ -138,7 +138,10 @@ func cpuTime(pid int) (time.Duration, error) {
 	}
 	// The fields after the command (in parentheses, which may hold spaces): utime and stime
 	// are the 14th and 15th of the line, in clock ticks (100 a second on Linux).
-	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("read CPU time of %d: a short /proc/%d/stat", pid, pid)
+	}
 	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
 	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
