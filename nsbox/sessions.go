@@ -192,6 +192,11 @@ func streamError(err error) error {
 	return api.Errorf(api.CodeUnavailable, "the sandbox's agent stopped answering mid-stream: %v", err)
 }
 
+// streamEnd is the error frame or event that ends a stream relayed to a client when reading
+// the agent's failed with err: the daemon's stop, when that is why (ctx's cause), else
+// streamError's.
+func streamEnd(ctx context.Context, err error) error { return stopCause(ctx, streamError(err)) }
+
 // collectResult gathers a whole exec from the agent's frames: its output into out, and its
 // result, whose Stdout and Stderr stay empty (they are written from out).
 func collectResult(events *eventStream, out *output) (*api.ExecResult, error) {
@@ -252,7 +257,7 @@ func answerFrames(ctx context.Context, w http.ResponseWriter, events *eventStrea
 			if !sent {
 				return streamError(err)
 			}
-			_ = out.SendError(stopCause(ctx, streamError(err)))
+			_ = out.SendError(streamEnd(ctx, err))
 			return nil
 		}
 		switch name {
@@ -304,7 +309,7 @@ func relayExec(ctx context.Context, out *api.SSEWriter, events *eventStream) {
 	for {
 		name, data, err := events.Next()
 		if err != nil {
-			_ = out.SendError(stopCause(ctx, streamError(err)))
+			_ = out.SendError(streamEnd(ctx, err))
 			return
 		}
 		if name != api.EventStdout && name != api.EventStderr {
@@ -367,7 +372,7 @@ func relayEvents(ctx context.Context, out *api.SSEWriter, events *eventStream, l
 	for {
 		name, data, err := events.Next()
 		if err != nil {
-			_ = out.SendError(stopCause(ctx, streamError(err)))
+			_ = out.SendError(streamEnd(ctx, err))
 			return
 		}
 		if out.SendRaw(name, data) != nil || name == last {
