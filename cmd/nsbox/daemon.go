@@ -159,6 +159,9 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	initBin, err := initBinary(filepath.Join(c.String("data-dir"), "agent"))
+	if err == nil {
+		err = checkInitHandOver()
+	}
 	if err != nil {
 		return err
 	}
