@@ -311,12 +311,12 @@ func (i *fakeInstance) OpenRoot() (*sandboxfs.Root, error) {
 func (i *fakeInstance) Stats() (backend.Stats, error) {
 	return backend.Stats{CPUNanos: 1e9, MemoryBytes: 1 << 20, MemoryLimit: uint64(i.currentLimits().MemoryBytes), Pids: 1}, nil
 }
-func (i *fakeInstance) OOMKills() (uint64, error) { return 0, nil }
-func (i *fakeInstance) OnOOM(func()) error        { return nil }
-func (i *fakeInstance) Processes() ([]int, error) { return nil, nil }
-func (i *fakeInstance) Freeze() error             { return i.setFrozen(true) }
-func (i *fakeInstance) Thaw() error               { return i.setFrozen(false) }
-func (i *fakeInstance) Close()                    {}
+func (i *fakeInstance) OOMKills() (uint64, error)    { return 0, nil }
+func (i *fakeInstance) OnOOM(func()) (uint64, error) { return 0, nil }
+func (i *fakeInstance) Processes() ([]int, error)    { return nil, nil }
+func (i *fakeInstance) Freeze() error                { return i.setFrozen(true) }
+func (i *fakeInstance) Thaw() error                  { return i.setFrozen(false) }
+func (i *fakeInstance) Close()                       {}
 
 func (i *fakeInstance) Kill() {
 	i.b.mu.Lock()

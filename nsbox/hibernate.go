@@ -178,7 +178,7 @@ func (r *Runtime) awaken(sb *sandbox) error {
 		r.log.Warn("remove saved state", "sandbox", sb.id, "err", err)
 	}
 	sb.touch()
-	r.watch(sb, sc.inst, false)
+	r.watch(sb, sc.inst)
 	r.log.Info("sandbox resumed from hibernation", "sandbox", sb.id, "start", started, "bind", bound, "restore", restored, "duration", time.Since(began))
 	return nil
 }

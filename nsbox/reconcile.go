@@ -66,7 +66,7 @@ func (r *Runtime) reconcile() error {
 				continue
 			}
 			sb.rec.PID = sb.inst.PID()
-			r.watch(sb, sb.inst, true)
+			r.watch(sb, sb.inst)
 			r.followAgent(rec.ID, sb.inst, sb.agent) // a paused one's answers once it is resumed
 			if rec.Status == api.StatusRunning {
 				r.repushEnv(sb)

@@ -563,7 +563,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		r.abortCreate(sb)
 		return nil, err
 	}
-	r.watch(sb, sc.inst, false)
+	r.watch(sb, sc.inst)
 	// start: the container's (0 from the warm pool); bind: what followed, through the agent's
 	// answer (and a warm one's network); record: the wait for the creating record and the
 	// running one's write.

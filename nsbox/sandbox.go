@@ -252,10 +252,9 @@ func (r *Runtime) wake(sb *sandbox) error {
 }
 
 // watch marks a sandbox failed as soon as its container's agent (PID 1) exits by itself, so
-// the API never shows a dead sandbox as running, and publishes its OOM kills (watchOOMs;
-// restored: inst ran under an earlier daemon).
-func (r *Runtime) watch(sb *sandbox, inst backend.Instance, restored bool) {
-	r.watchOOMs(sb, inst, restored)
+// the API never shows a dead sandbox as running, and publishes its OOM kills (watchOOMs).
+func (r *Runtime) watch(sb *sandbox, inst backend.Instance) {
+	r.watchOOMs(sb, inst)
 	inst.OnExit(func() {
 		sb.mu.Lock()
 		defer sb.mu.Unlock()

@@ -219,32 +219,18 @@ func (r *Runtime) askInside(ctx context.Context, s statsOf, st *api.SandboxStats
 }
 
 // watchOOMs publishes an event each time the kernel's OOM killer kills processes of the
-// sandbox's container inst, from the backend's notification, registered in the background
-// (not on a create's way). With restored (a container that ran under an earlier daemon) the
-// kills its cgroup counted before are not news. A new container's count starts at 0: a kill
-// before the registration (its first milliseconds) is published with the next notification.
-func (r *Runtime) watchOOMs(sb *sandbox, inst backend.Instance, restored bool) {
-	go func() {
-		var before uint64
-		var err error
-		if restored {
-			before, err = inst.OOMKills()
-		}
-		if err == nil {
-			sb.reading.mu.Lock()
-			sb.reading.ooms = before
-			sb.reading.mu.Unlock()
-			err = inst.OnOOM(func() { r.oomNotified(sb, inst) })
-		}
-		if err != nil {
-			sb.mu.Lock()
-			current := sb.inst == inst // else the container is gone already
-			sb.mu.Unlock()
-			if current {
-				r.log.Warn("OOM kills in this sandbox will not be published as events", "sandbox", sb.id, "err", err)
-			}
-		}
-	}()
+// sandbox's container inst, from the backend's notification. The kills counted before the
+// backend began to watch the container (one that ran under an earlier daemon) are not news.
+func (r *Runtime) watchOOMs(sb *sandbox, inst backend.Instance) {
+	// Under the reading's lock: a notification waits for the count it is measured from.
+	sb.reading.mu.Lock()
+	defer sb.reading.mu.Unlock()
+	before, err := inst.OnOOM(func() { r.oomNotified(sb, inst) })
+	if err != nil {
+		r.log.Warn("OOM kills in this sandbox will not be published as events", "sandbox", sb.id, "err", err)
+		return
+	}
+	sb.reading.ooms = before
 }
 
 // oomRechecks are the waits between the looks at a sandbox's OOM kill count after a

@@ -167,10 +167,11 @@ type Instance interface {
 	Stats() (Stats, error)
 	OOMKills() (uint64, error)
 	// OnOOM has f run (in a goroutine of its own) each time the kernel reports running out of
-	// memory in the container, until Kill or Close: a notification, not a poll of every container. It
-	// may run before OOMKills counts the kill (cgroup v1 notifies as the OOM begins). A second
-	// call replaces the first's f.
-	OnOOM(f func()) error
+	// memory in the container, until Kill or Close: a notification, not a poll of every
+	// container. It may run before OOMKills counts the kill (cgroup v1 notifies as the OOM
+	// begins). A second call replaces the first's f. kills is the container's OOM kill count
+	// when the backend began to watch it (its start, or its Load by a restarted daemon).
+	OnOOM(f func()) (kills uint64, err error)
 	// Processes are the host pids of the container's processes.
 	Processes() ([]int, error)
 	// Freeze stops every process of the container until Thaw.

@@ -34,6 +34,8 @@ type oomRegistration struct {
 	fd     int  // the eventfd (v1) or memory.events (v2); -1 once removed
 	v2     bool // fd is memory.events
 	notify func()
+	// killsAtStart is the cgroup's OOM kill count when it was registered.
+	killsAtStart uint64
 }
 
 // ooms is the daemon's one OOM watch, started by the first registration.
@@ -105,7 +107,7 @@ func (w *oomWatch) fire(fd int32) {
 }
 
 // add registers the notification of the memory cgroup at dir (v2: the container's unified
-// cgroup) to call notify.
+// cgroup) to call notify, and reads the cgroup's OOM kill count.
 func (w *oomWatch) add(dir string, v2 bool, notify func()) (*oomRegistration, error) {
 	if err := w.start(); err != nil {
 		return nil, err
@@ -118,11 +120,14 @@ func (w *oomWatch) add(dir string, v2 bool, notify func()) (*oomRegistration, er
 		if err != nil {
 			return nil, fmt.Errorf("open %s/memory.events: %w", dir, err)
 		}
-		var buf [512]byte
-		_, _ = unix.Pread(reg.fd, buf[:], 0) // what it says now is not a change
+		// Read now, what it says is not a change.
+		if reg.killsAtStart, err = oomKillCount(reg.fd); err != nil {
+			unix.Close(reg.fd)
+			return nil, err
+		}
 		events = unix.EPOLLPRI
 	} else {
-		if reg.fd, err = eventfdForOOM(dir); err != nil {
+		if reg.fd, reg.killsAtStart, err = eventfdForOOM(dir); err != nil {
 			return nil, err
 		}
 		events = unix.EPOLLIN
@@ -138,23 +143,31 @@ func (w *oomWatch) add(dir string, v2 bool, notify func()) (*oomRegistration, er
 }
 
 // eventfdForOOM makes an eventfd the kernel signals at each OOM in the cgroup v1 memory
-// cgroup at dir.
-func eventfdForOOM(dir string) (int, error) {
+// cgroup at dir, and reads the cgroup's OOM kill count.
+func eventfdForOOM(dir string) (efd int, kills uint64, err error) {
 	control, err := unix.Open(filepath.Join(dir, "memory.oom_control"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, fmt.Errorf("open %s/memory.oom_control: %w", dir, err)
+		return -1, 0, fmt.Errorf("open %s/memory.oom_control: %w", dir, err)
 	}
 	defer unix.Close(control) // the registration holds what it needs of it
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return -1, fmt.Errorf("eventfd for OOM notifications: %w", err)
+	if kills, err = oomKillCount(control); err != nil {
+		return -1, 0, err
+	}
+	if efd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return -1, 0, fmt.Errorf("eventfd for OOM notifications: %w", err)
 	}
 	line := strconv.Itoa(efd) + " " + strconv.Itoa(control)
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.event_control"), []byte(line), 0); err != nil {
 		unix.Close(efd)
-		return -1, fmt.Errorf("register for OOM notifications in %s: %w", dir, err)
+		return -1, 0, fmt.Errorf("register for OOM notifications in %s: %w", dir, err)
 	}
-	return efd, nil
+	return efd, kills, nil
+}
+
+// oomKillCount reads the OOM kill count of memory.oom_control (v1) or memory.events (v2) at fd.
+func oomKillCount(fd int) (uint64, error) {
+	var buf [512]byte
+	return keyed(fd, buf[:], "oom_kill")
 }
 
 // remove takes a registration out of the set and closes its descriptor (on v1 that also
