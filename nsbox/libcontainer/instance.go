@@ -42,8 +42,8 @@ type instance struct {
 	// reap collects the agent's exit status once it has exited, when it is this daemon's child.
 	reap func()
 	cpus *cpuSets
-	// memoryDir is its memory cgroup (cgroup v2: its cgroup), where OnOOM registers; "" on a
-	// host without a memory hierarchy.
+	// memoryDir is its memory cgroup (cgroup v2: its cgroup), where its OOM notification is
+	// registered (registerOOM); "" on a host without a memory hierarchy.
 	memoryDir string
 	// online is the file bound over the container's CPUsOnline.
 	online string

@@ -69,6 +69,9 @@ func TestOOMWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	fd := reg.fd
+	if reg.killsAtStart != 0 {
+		t.Errorf("a new cgroup's registration counted %d OOM kills", reg.killsAtStart)
+	}
 	exhaust()
 	select {
 	case <-notified:
@@ -92,6 +95,15 @@ func TestOOMWatch(t *testing.T) {
 	if n := kills(); n != 2 {
 		t.Errorf("the cgroup counted %d OOM kills, want 2", n)
 	}
+	// A registration made now (a restarted daemon's) starts from the kills counted so far.
+	again, err := ooms.add(dir, v2, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.killsAtStart != 2 {
+		t.Errorf("a registration after 2 OOM kills counted %d", again.killsAtStart)
+	}
+	ooms.remove(again)
 	select {
 	case <-notified:
 		t.Error("a notification after the registration was removed")
