@@ -157,6 +157,73 @@ func TestCreateBindsAndRemoveDestroys(t *testing.T) {
 	}
 }
 
+// A remove answers once the sandbox's processes are killed, before its network is detached
+// (which waits for them to be dead); a create that takes the id again at once gets its network
+// only after that detach, or, when it failed, after trying it again.
+func TestRemoveAnswersBeforeTheNetworkGoes(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.create(api.CreateSandboxRequest{ID: "box"})
+	gate := make(chan struct{})
+	c.net.mu.Lock()
+	c.net.detachGate = gate
+	c.net.mu.Unlock()
+	removed := make(chan error, 1)
+	go func() { removed <- c.Remove("box", true) }()
+	select {
+	case err := <-removed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(gate)
+		t.Fatal("the remove waited for the network's detach")
+	}
+	created := make(chan error, 1)
+	go func() {
+		_, err := c.Create(context.Background(), api.CreateSandboxRequest{ID: "box"})
+		created <- err
+	}()
+	close(gate)
+	if err := <-created; err != nil {
+		t.Fatal(err)
+	}
+	c.net.mu.Lock()
+	log := slices.Clone(c.net.log)
+	c.net.mu.Unlock()
+	if want := []string{"attach box", "detach box", "attach box"}; !slices.Equal(log, want) {
+		t.Errorf("network calls %v, want %v", log, want)
+	}
+	if sb, err := c.Get("box"); err != nil || sb.Network.IP == "" {
+		t.Errorf("the second box: %+v %v", sb, err)
+	}
+
+	// A detach that fails is tried again by the next create of the id, which fails if it
+	// fails again (and is kept, failed, as a create whose teardown failed is).
+	c.net.mu.Lock()
+	c.net.detachGate, c.net.failDetach = nil, errors.New("no")
+	c.net.mu.Unlock()
+	if err := c.Remove("box", true); err != nil {
+		t.Fatal(err)
+	}
+	c.retiring.Wait()
+	if _, err := c.Create(context.Background(), api.CreateSandboxRequest{ID: "box"}); err == nil || !strings.Contains(err.Error(), "removed before under this id") {
+		t.Errorf("a create while the old network stays: %v", err)
+	}
+	c.net.mu.Lock()
+	c.net.failDetach = nil
+	c.net.mu.Unlock()
+	if err := c.Remove("box", true); err != nil {
+		t.Fatal(err)
+	}
+	c.create(api.CreateSandboxRequest{ID: "box"})
+	if err := c.Remove("box", true); err != nil {
+		t.Fatal(err)
+	}
+	if left := c.leftovers("box"); len(left) > 0 {
+		t.Errorf("after remove: %v", left)
+	}
+}
+
 func TestCreateRollsBackEveryFailingStep(t *testing.T) {
 	for _, tc := range []struct {
 		name   string

@@ -318,6 +318,9 @@ func (i *fakeInstance) Freeze() error                { return i.setFrozen(true) 
 func (i *fakeInstance) Thaw() error                  { return i.setFrozen(false) }
 func (i *fakeInstance) Close()                       {}
 
+// SendKill kills the fake agent as Kill does: a fake has no processes that die slowly.
+func (i *fakeInstance) SendKill() { i.Kill() }
+
 func (i *fakeInstance) Kill() {
 	i.b.mu.Lock()
 	gate := i.b.killGate
@@ -362,6 +365,11 @@ type fakeNetwork struct {
 	failAttach error
 	// onAttach, when set, is called by every Attach of a sandbox's network, with its id.
 	onAttach func(id string)
+	// detachGate, when set, holds every Detach until closed; failDetach fails them.
+	detachGate chan struct{}
+	failDetach error
+	// log lists every Attach and Detach, as "attach ID" and "detach ID".
+	log []string
 }
 
 func (n *fakeNetwork) RuleCount() (int, error) { return 0, nil }
@@ -391,6 +399,7 @@ func (n *fakeNetwork) Attach(id, _ string, mode sandboxnet.Mode, allow []netip.P
 	if n.onAttach != nil {
 		n.onAttach(id)
 	}
+	n.log = append(n.log, "attach "+id)
 	a := n.attached[id]
 	if a == nil {
 		a = &sandboxnet.Attachment{ID: id}
@@ -411,7 +420,17 @@ func (n *fakeNetwork) SetMode(id string, mode sandboxnet.Mode, allow []netip.Pre
 
 func (n *fakeNetwork) Detach(id string) error {
 	n.mu.Lock()
+	gate := n.detachGate
+	n.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.failDetach != nil {
+		return n.failDetach
+	}
+	n.log = append(n.log, "detach "+id)
 	delete(n.attached, id)
 	return nil
 }

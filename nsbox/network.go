@@ -177,6 +177,9 @@ func (r *Runtime) connectNetwork(rec *record, sc *startedContainer) error {
 	if err != nil {
 		return err
 	}
+	if err := r.awaitRelease(rec.ID); err != nil {
+		return err
+	}
 	prev, suspended := r.net.Lookup(rec.ID)
 	suspended = suspended && prev.Mode != "" // attached before: a hibernated sandbox's
 	var addr netip.Addr
@@ -218,6 +221,63 @@ func apiNetwork(a *sandboxnet.Attachment) api.SandboxNetwork {
 		n.Allow = append(n.Allow, p.String())
 	}
 	return n
+}
+
+// networkRelease is the network of a removed sandbox being detached in the background, once
+// its processes are dead (retire). Its address, rules, veth and host ports are its sandbox
+// id's, which a create may take again at once: that create's network waits for it.
+type networkRelease struct {
+	r    *Runtime
+	id   string
+	over chan struct{} // closed once the detach was tried
+	err  error         // why it failed, set before over is closed
+}
+
+// releaseNetwork registers the coming detach of sandbox id's network.
+func (r *Runtime) releaseNetwork(id string) *networkRelease {
+	rel := &networkRelease{r: r, id: id, over: make(chan struct{})}
+	r.releasingMu.Lock()
+	r.releasing[id] = rel
+	r.releasingMu.Unlock()
+	return rel
+}
+
+// done ends the release with how its detach went. A failed one stays registered: the next
+// create of the id tries it again (awaitRelease), as the next daemon start would.
+func (rel *networkRelease) done(err error) {
+	rel.err = err
+	if err == nil {
+		rel.r.releasingMu.Lock()
+		if rel.r.releasing[rel.id] == rel {
+			delete(rel.r.releasing, rel.id)
+		}
+		rel.r.releasingMu.Unlock()
+	}
+	close(rel.over)
+}
+
+// awaitRelease waits until the network of a removed sandbox that had the id is gone, trying
+// its detach again if it failed.
+func (r *Runtime) awaitRelease(id string) error {
+	r.releasingMu.Lock()
+	rel := r.releasing[id]
+	r.releasingMu.Unlock()
+	if rel == nil {
+		return nil
+	}
+	<-rel.over
+	if rel.err == nil {
+		return nil
+	}
+	if err := r.detachNetwork(id); err != nil {
+		return fmt.Errorf("the network of the sandbox removed before under this id is still there: %w", err)
+	}
+	r.releasingMu.Lock()
+	if r.releasing[id] == rel {
+		delete(r.releasing, id)
+	}
+	r.releasingMu.Unlock()
+	return nil
 }
 
 // detachNetwork removes a sandbox's network (after its container is gone). A runtime opened

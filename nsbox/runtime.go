@@ -117,6 +117,10 @@ type Runtime struct {
 	// retiring and retiringCount: containers of removed sandboxes still being torn down (retire).
 	retiring      sync.WaitGroup
 	retiringCount atomic.Int32
+	// releasing: the networks of removed sandboxes being detached in the background (retire),
+	// by sandbox id, which a create may take again: its network waits for them (network.go).
+	releasingMu sync.Mutex
+	releasing   map[string]*networkRelease
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
@@ -238,7 +242,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 		ids = newIDRanges(cfg.UserNS)
 	}
 	r := &Runtime{cfg: cfg, backend: cfg.Backend, records: recs, log: log, ids: ids,
-		sandboxes: map[string]*sandbox{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil, 0), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
+		sandboxes: map[string]*sandbox{}, releasing: map[string]*networkRelease{}, snapUse: snapshotUse{creating: map[string]int{}}, pool: newWarmPool(nil, 0), trim: time.AfterFunc(time.Hour, debug.FreeOSMemory)}
 	r.trim.Stop()
 	r.ops = newOps(r)
 	r.stopping, r.endStopping = context.WithCancel(context.Background())
@@ -650,25 +654,21 @@ func (r *Runtime) teardown(sb *sandbox, failure string) error {
 // retireWait bounds how long a create waits for removed sandboxes' user namespace ids.
 const retireWait = 10 * time.Second
 
-// retire ends a sandbox being removed and answers before its container is gone: its processes
-// are killed and its network detached (its address, rules and host ports are the sandbox id's,
-// which a create may take again at once), its record goes; then its container's cgroups,
-// mounts, disk and directories — named after the container, which no create reuses — go in
-// the background. A crash before they are gone leaves a container without a record, which the
-// next daemon's reconcile destroys; Close waits for them. When the network does not detach,
-// the whole teardown is done at once instead, and its failure recorded.
-func (r *Runtime) retire(sb *sandbox, failure string) error {
+// retire ends a sandbox being removed and answers before its processes are even dead: they
+// are sent SIGKILL (none of them runs again), its record goes; then the rest goes in the
+// background: once they are dead its network (the rules stay until then, or the dying
+// sandbox's traffic would no longer be filtered; a create that takes the id again waits for
+// it), and its container's cgroups, mounts, disk and directories (named after the container,
+// which no create reuses). A crash before they are gone leaves a container and a network
+// without a record, which the next daemon's reconcile removes; Close waits for them. When the
+// record cannot go, the processes are waited for and the network detached before the error
+// is returned, as they were before.
+func (r *Runtime) retire(sb *sandbox) error {
 	sb.mu.Lock()
 	inst, container := sb.inst, sb.rec.container()
 	sb.mu.Unlock()
 	if inst != nil {
-		onOwnThread(inst.Kill)
-	}
-	// The network's rules go only once the sandbox's processes are dead: before, its traffic
-	// would no longer be filtered.
-	if err := r.detachNetwork(sb.id); err != nil {
-		r.log.Warn("detach the network of a removed sandbox; tearing it down at once", "sandbox", sb.id, "err", err)
-		return r.teardown(sb, failure)
+		inst.SendKill()
 	}
 	// The teardown is counted before the sandbox is recorded removed, not after: whoever sees
 	// it gone (lookup, under r.mu, which transition takes after the record is deleted) and then
@@ -677,12 +677,17 @@ func (r *Runtime) retire(sb *sandbox, failure string) error {
 	// detector caught Close's Wait against an idle removal's Add in TestLifecycles).
 	r.retiring.Add(1)
 	r.retiringCount.Add(1)
+	release := r.releaseNetwork(sb.id)
 	sb.mu.Lock()
 	r.forgetAgent(sb)
 	sb.inst = nil
 	_, err := r.transition(sb, stateRemoved, nil)
 	sb.mu.Unlock()
 	if err != nil {
+		if inst != nil {
+			onOwnThread(inst.Kill)
+		}
+		release.done(r.detachNetwork(sb.id))
 		r.retiringCount.Add(-1)
 		r.retiring.Done()
 		return err
@@ -690,12 +695,17 @@ func (r *Runtime) retire(sb *sandbox, failure string) error {
 	go func() {
 		defer r.retiring.Done()
 		defer r.retiringCount.Add(-1)
+		detach := func() error {
+			err := r.detachNetwork(sb.id)
+			release.done(err)
+			return err
+		}
 		var err error
 		onOwnThread(func() { // unmounts, directory removals: see onOwnThread
 			if inst != nil {
-				err = r.destroyContainer(inst)
+				err = r.destroyContainer(inst, detach)
 			} else {
-				err = r.destroyContainerID(container)
+				err = r.destroyContainerID(container, detach)
 			}
 		})
 		if err != nil {
@@ -836,7 +846,7 @@ func (r *Runtime) Remove(id string, force bool) error {
 	if !force && (from == api.StatusRunning || from == api.StatusPaused) && inst != nil {
 		r.stop(sb, inst)
 	}
-	if err := r.retire(sb, "its remove failed and not everything could be removed: "); err != nil {
+	if err := r.retire(sb); err != nil {
 		return fmt.Errorf("remove sandbox %s: %w", id, err)
 	}
 	r.forgetPreview(id, 0)

@@ -228,9 +228,7 @@ func TestEscapeResourcesContained(t *testing.T) {
 	if err := d.client.RemoveSandbox(context.Background(), "forkbomb", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatalf("remove the fork bomb's sandbox: %v", err)
 	}
-	if alive(pid) {
-		t.Errorf("the fork bomb's agent (pid %d) is alive after rm", pid)
-	}
+	waitExited(t, pid, "the fork bomb's agent")
 
 	// A memory hog against a memory limit: busybox dd allocates its 256 MiB block and fills it.
 	d.create(api.CreateSandboxRequest{ID: "memhog", Image: "busybox", Limits: api.Limits{MemoryMB: 64}})

@@ -645,6 +645,18 @@ func alive(pid int) bool {
 	return len(fields) > 0 && fields[0] != "Z"
 }
 
+// waitExited waits until process pid has exited: a forced remove answers once a sandbox's
+// processes are killed, and they die right after.
+func waitExited(t *testing.T, pid int, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); alive(pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("%s (pid %d) still runs 10 s after it was killed", what, pid)
+			return
+		}
+	}
+}
+
 // specCheckingTransport fails the test when an answer does not match api/openapi.json.
 type specCheckingTransport struct {
 	t    *testing.T

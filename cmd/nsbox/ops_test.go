@@ -355,7 +355,7 @@ func TestOOMEventsAfterRestart(t *testing.T) {
 		t.Errorf("the OOM kill after the restart: %+v, want count 1 of 2", ev)
 	}
 	// The notification is the daemon's one eventfd for the sandbox (cgroup v1): gone once the
-	// remove has answered (its processes are dead).
+	// remove has answered (its processes are killed).
 	eventfds := func() (n int) {
 		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", d.cmd.Process.Pid))
 		for _, fd := range fds {

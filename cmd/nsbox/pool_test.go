@@ -86,9 +86,7 @@ func TestWarmPoolSandboxIsBoundToItsRequest(t *testing.T) {
 	if err := d.client.RemoveSandbox(context.Background(), "pooled", client.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	if alive(sb.PID) {
-		t.Errorf("agent %d still runs", sb.PID)
-	}
+	waitExited(t, sb.PID, "the agent")
 	for _, leak := range d.containerLeaks(container) {
 		t.Errorf("leaked: %s", leak)
 	}

@@ -354,6 +354,46 @@ func TestRemoveStopsEverything(t *testing.T) {
 	}
 }
 
+// A forced remove answers before the sandbox's processes are dead, but only once each of them
+// is killed: none writes anything after it (loops appending to files of the host's, through a
+// read-write workspace: a process of the API's and a session's background job).
+func TestForcedRemoveKillsEveryProcessFirst(t *testing.T) {
+	d := startDaemon(t)
+	ws := t.TempDir()
+	if err := os.Chown(ws, 1000, 1000); err != nil { // a sandbox writes to a host path as its owner
+		t.Fatal(err)
+	}
+	d.create(api.CreateSandboxRequest{ID: "ticking", Image: "busybox", Workspace: &api.Workspace{HostPath: ws, Mode: api.WorkspaceRW}})
+	d.startProc("ticking", api.StartProcessRequest{ID: "tick", Command: "while :; do echo >> /workspace/a; done"})
+	d.sh("ticking", "(while :; do echo >> /workspace/b; done) >/dev/null 2>&1 &")
+	sizes := func() (out [2]int64) {
+		for i, name := range []string{"a", "b"} {
+			if fi, err := os.Stat(filepath.Join(ws, name)); err == nil {
+				out[i] = fi.Size()
+			}
+		}
+		return out
+	}
+	for deadline := time.Now().Add(10 * time.Second); sizes()[0] == 0 || sizes()[1] == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the loops never wrote: %v", sizes())
+		}
+	}
+	pid := d.agentPID("ticking")
+	if err := d.client.RemoveSandbox(context.Background(), "ticking", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	after := sizes()
+	waitExited(t, pid, "the agent")
+	time.Sleep(100 * time.Millisecond) // long enough for a loop that still ran to write again
+	if now := sizes(); now != after {
+		t.Errorf("the sandbox's processes wrote after the remove answered: %v bytes then, %v now", after, now)
+	}
+	if leaks := d.leaks(); len(leaks) > 0 {
+		t.Errorf("after rm: %v", leaks)
+	}
+}
+
 func TestConcurrentCreates(t *testing.T) {
 	d := startDaemon(t)
 	const n = 6

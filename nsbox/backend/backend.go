@@ -179,6 +179,11 @@ type Instance interface {
 	Thaw() error
 	// Kill kills every process of the container and waits until they are dead.
 	Kill()
+	// SendKill sends SIGKILL to every process of the container and returns without waiting
+	// for them to die (Kill waits): a killed process never returns to its own code, so once
+	// it returns nothing of the container runs again, though the kernel may still be tearing
+	// the processes down (their memory, files, sockets and namespaces).
+	SendKill()
 	// Close releases what the instance holds on the host (not the container).
 	Close()
 }

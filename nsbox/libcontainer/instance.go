@@ -431,6 +431,62 @@ func (i *instance) Freeze() error { return wrapErr("freeze container", i.c.Pause
 // Thaw lets a frozen container run again.
 func (i *instance) Thaw() error { return wrapErr("thaw container", i.c.Resume()) }
 
+// SendKill sends SIGKILL to the agent and to each other process of the container, without
+// waiting. The agent's death alone would kill the others only once its own exit is well along
+// (its memory, files and namespaces released: milliseconds), and they would run until then.
+// The container's processes are listed again until a pass finds none it did not kill: one
+// forked before its parent was killed is in the cgroup by then.
+func (i *instance) SendKill() {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	defer func() { // nothing of it runs out of memory that is news any more
+		i.statsMu.Lock()
+		defer i.statsMu.Unlock()
+		i.dropOOM()
+	}()
+	if !i.alive() {
+		return
+	}
+	// Taken while the agent runs: a pid read from the cgroup is signalled only if it is in the
+	// container's pid namespace when it is pinned (it may have exited and been reused since).
+	var pidns unix.Stat_t
+	nsErr := unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", i.pid), &pidns)
+	_ = unix.PidfdSendSignal(i.pidfd, unix.SIGKILL, nil, 0)
+	if nsErr != nil {
+		return // gone already: its pid namespace with it
+	}
+	killed := map[int]bool{i.pid: true}
+	for {
+		pids, err := i.c.Processes()
+		if err != nil {
+			return // the cgroup is gone: so are its processes
+		}
+		fresh := false
+		for _, pid := range pids {
+			if !killed[pid] {
+				killed[pid], fresh = true, true
+				killInPidNS(pid, pidns)
+			}
+		}
+		if !fresh {
+			return
+		}
+	}
+}
+
+// killInPidNS sends SIGKILL to process pid if it is in the pid namespace ns.
+func killInPidNS(pid int, ns unix.Stat_t) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // exited
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid), &st) == nil && st.Ino == ns.Ino && st.Dev == ns.Dev {
+		_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+	}
+}
+
 // Kill kills the agent, and with it the container's pid namespace, and waits until it is gone.
 func (i *instance) Kill() {
 	i.mu.RLock()
