@@ -71,8 +71,9 @@ type Agent struct {
 // the agent takes before it answers (as if the daemon had sent it with PUT /v1/config);
 // pidsFD, when not negative, is the first of two inherited tasks files: the cgroup that holds
 // the sandbox's pids limit, into which the agent moves the thread that forks each process, and
-// the container's (procTable.work and home).
-func Run(listenFD, configFD, pidsFD int, version string) error {
+// the container's (procTable.work and home); privateFD, when not negative, an inherited
+// directory: the private store, the root of a mount no path leads to (confine).
+func Run(listenFD, configFD, pidsFD, privateFD int, version string) error {
 	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("mark agent non-dumpable: %w", err)
@@ -129,7 +130,12 @@ func Run(listenFD, configFD, pidsFD int, version string) error {
 		a.procs.work = os.NewFile(uintptr(pidsFD), "pids-cgroup-tasks")
 		a.procs.home = os.NewFile(uintptr(pidsFD+1), "agent-pids-cgroup-tasks")
 	}
-	a.confine()
+	var store *os.File
+	if privateFD >= 0 {
+		unix.CloseOnExec(privateFD)
+		store = os.NewFile(uintptr(privateFD), "private-store")
+	}
+	a.confine(store)
 	if configFD >= 0 {
 		cfg := os.NewFile(uintptr(configFD), "agent-config")
 		a.bootConfig(cfg)
@@ -181,12 +187,11 @@ var fatalSignals = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGTERM, unix.SIGQ
 	unix.SIGTRAP, unix.SIGBUS, unix.SIGFPE, unix.SIGSEGV, unix.SIGSTKFLT, unix.SIGSYS}
 
 // confine gives every process the agent starts a Landlock domain of its own and, with the
-// daemon's private store mounted, every session a private folder. Without Landlock the
-// sessions get no private folders: nothing would keep other sessions out of them.
-func (a *Agent) confine() {
-	store, err := os.OpenFile(api.PrivateMount, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		a.log.Warn("sessions get no private folders: the private store is not there", "err", err)
+// daemon's private store (nil: none was handed over), every session a private folder. Without
+// Landlock the sessions get no private folders: nothing would keep other sessions out of them.
+func (a *Agent) confine(store *os.File) {
+	if store == nil {
+		a.log.Warn("sessions get no private folders: the daemon handed over no private store")
 	}
 	c, err := newConfinement()
 	if err != nil {

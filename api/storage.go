@@ -12,11 +12,6 @@ const (
 // WorkspacePath is where a sandbox sees its workspace.
 const WorkspacePath = "/workspace"
 
-// PrivateMount is where a container's private store (a host directory holding each
-// session's private folder) is mounted when the agent starts; the agent opens it, and the
-// daemon detaches it once the agent answers: from then on no path in the sandbox leads to it.
-const PrivateMount = "/run/nsbox/private"
-
 // Workspace is a host directory a sandbox sees at /workspace (AgentFense's from_local).
 type Workspace struct {
 	HostPath string `json:"hostPath"`       // an existing absolute directory on the host

@@ -105,10 +105,6 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 		err = errors.New("the agent did not take the configuration it was started with")
 	default:
 		sc.configured = spec.AgentConfig != nil
-		if err = inst.Detach(api.PrivateMount); err != nil {
-			// Left mounted, the private store would be reachable by path from every session.
-			err = fmt.Errorf("hide the private store: %w", err)
-		}
 	}
 	if merr := <-done; merr != nil {
 		err = errors.Join(err, merr)
@@ -177,7 +173,6 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	if err != nil {
 		return backend.Spec{}, err
 	}
-	mounts = append(mounts, private)
 	layers := make([]string, 0, len(st.SnapshotLayers)+len(img.Layers))
 	for _, d := range st.SnapshotLayers {
 		layers = append(layers, r.images.Layers().Dir(d))
@@ -185,7 +180,7 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	spec := backend.Spec{
 		ID: id, Layers: append(layers, img.Layers...), UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
 		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
-		Capabilities: st.Capabilities, LimitViews: r.views.dirNow(),
+		Capabilities: st.Capabilities, LimitViews: r.views.dirNow(), PrivateStore: private,
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

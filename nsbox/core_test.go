@@ -282,7 +282,7 @@ func TestCreateWhoseClientGaveUpRollsBack(t *testing.T) {
 			t.Errorf("containers while the network is attached: %v", ids)
 			return
 		}
-		<-c.backend.get(ids[0]).detached // the agent has answered: only the network is left
+		<-c.backend.get(ids[0]).answered // the agent has answered: only the network is left
 		cancel()
 	}
 	c.net.mu.Unlock()

@@ -72,7 +72,7 @@ func (b *fakeBackend) Start(_ context.Context, spec backend.Spec) (backend.Insta
 		return nil, err
 	}
 	inst := &fakeInstance{b: b, id: spec.ID, pid: 1000 + b.starts, spec: spec, ln: ln, sockDir: sockDir,
-		detached: make(chan struct{}), env: map[string]string{}, limits: spec.Limits, hostname: cmp.Or(spec.Hostname, spec.ID)}
+		answered: make(chan struct{}), env: map[string]string{}, limits: spec.Limits, hostname: cmp.Or(spec.Hostname, spec.ID)}
 	inst.exited, inst.markExited = context.WithCancel(context.Background())
 	if spec.AgentConfig != nil { // as the agent takes it at its start
 		var cfg api.AgentConfig
@@ -169,10 +169,9 @@ type fakeInstance struct {
 	exited     context.Context
 	markExited context.CancelFunc
 	once       sync.Once
-	// detached is closed once the daemon has detached a mount from it: the private store,
-	// which it does once the agent has answered at the container's start.
-	detached     chan struct{}
-	detachedOnce sync.Once
+	// answered is closed once the fake agent has answered its first health check.
+	answered     chan struct{}
+	answeredOnce sync.Once
 
 	mu       sync.Mutex
 	hostname string
@@ -201,6 +200,7 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 			return
 		}
 		api.WriteJSON(w, http.StatusOK, api.Health{PID: 1, Configured: i.configured, ConfigError: i.configErr})
+		i.answeredOnce.Do(func() { close(i.answered) })
 	})
 	mux.HandleFunc("PUT /v1/config", api.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		var cfg api.AgentConfig
@@ -298,10 +298,6 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 }
 
 func (i *fakeInstance) ShowLimits(string) error { return nil }
-func (i *fakeInstance) Detach(string) error {
-	i.detachedOnce.Do(func() { close(i.detached) })
-	return nil
-}
 
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 

@@ -7,15 +7,14 @@ import (
 	"path/filepath"
 
 	"github.com/nsbox/nsbox/api"
-	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
 // Each session's private folder (~/.private, issue 14) is a directory of its container's
 // private store: a host directory next to the writable layer (on the sandbox's disk when it
-// has one), mounted at api.PrivateMount when the container starts. The agent opens it before
-// it answers; the daemon then detaches the mount, so that no path in the sandbox leads there:
-// the agent hands each session's directory to that session's processes only (agent/,
+// has one), which the agent gets at its start as an open directory at the root of a mount of
+// its own that is attached nowhere (backend.Spec.PrivateStore), so that no path in the
+// sandbox leads there: the agent hands each session's directory to that session's processes only (agent/,
 // session/private.go). The store is made empty at every start and emptied when the container
 // is shelved: private folders are kept neither across a hibernation nor a restart.
 
@@ -25,21 +24,21 @@ func (r *Runtime) privateStore(container string, diskMB int64) string {
 }
 
 // preparePrivate makes the container's store, empty and owned by the sandbox's root, and
-// returns its mount.
-func (r *Runtime) preparePrivate(container string, diskMB int64, ids rootfs.IDMap) (backend.Mount, error) {
+// returns its path.
+func (r *Runtime) preparePrivate(container string, diskMB int64, ids rootfs.IDMap) (string, error) {
 	dir := r.privateStore(container, diskMB)
 	if err := os.RemoveAll(dir); err != nil {
-		return backend.Mount{}, fmt.Errorf("empty private store: %w", err)
+		return "", fmt.Errorf("empty private store: %w", err)
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return backend.Mount{}, fmt.Errorf("make private store: %w", err)
+		return "", fmt.Errorf("make private store: %w", err)
 	}
 	if ids.Enabled() {
 		if err := os.Chown(dir, int(ids.Host), int(ids.Host)); err != nil {
-			return backend.Mount{}, fmt.Errorf("chown private store: %w", err)
+			return "", fmt.Errorf("chown private store: %w", err)
 		}
 	}
-	return backend.Mount{Source: dir, Target: api.PrivateMount, IDs: backend.MountIDs{Native: true}}, nil
+	return dir, nil
 }
 
 // removePrivate removes a container's private store, wherever its disk limit put it (on its

@@ -538,6 +538,9 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 	}
 	if err := errors.Join(startErr, bindErr); err != nil {
 		r.abortCreate(sb)
+		if cerr := ctx.Err(); cerr != nil { // what failed was waiting for the client that left
+			return nil, fmt.Errorf("create sandbox %s: its client gave up: %w", req.ID, cerr)
+		}
 		var apiErr *api.Error
 		if errors.As(err, &apiErr) && apiErr.Code != api.CodeInternal {
 			return nil, apiErr // the request's mistake (a cwd that cannot be made, no address left)

@@ -12,8 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A session's private folder is a directory of the private store (a mount the daemon detached
-// from the sandbox once the agent had opened it: no path in the sandbox leads to it) that only
+// A session's private folder is a directory of the private store (the root of a mount the
+// daemon cloned from the host's directory and handed to the agent as an open directory: no
+// path in the sandbox leads to it, and ".." of its root is itself) that only
 // the session's processes hold open, at descriptor PrivateFD. ~/.private is a symbolic link to
 // /proc/self/fd/PrivateFD, so it is the folder of whichever session's process follows it,
 // and nothing for any other process. The agent's per-process Landlock domains (agent/

@@ -22,8 +22,8 @@ func init() { runtime.LockOSThread() }
 
 func main() {
 	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--config-fd M]
-	// [--pids-cgroup-fds P].
-	listen, config, pids := 3, -1, -1
+	// [--pids-cgroup-fds P] [--private-fd Q].
+	listen, config, pids, private := 3, -1, -1, -1
 	for i, arg := range os.Args {
 		var fd *int
 		switch arg {
@@ -33,6 +33,8 @@ func main() {
 			fd = &config
 		case "--pids-cgroup-fds":
 			fd = &pids
+		case "--private-fd":
+			fd = &private
 		}
 		if fd != nil && i+1 < len(os.Args) {
 			n, err := strconv.Atoi(os.Args[i+1])
@@ -43,7 +45,7 @@ func main() {
 			*fd = n
 		}
 	}
-	if err := agent.Run(listen, config, pids, version); err != nil {
+	if err := agent.Run(listen, config, pids, private, version); err != nil {
 		fmt.Fprintln(os.Stderr, "nsbox-agent:", err)
 		os.Exit(1)
 	}

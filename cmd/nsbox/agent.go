@@ -25,9 +25,10 @@ func agentCommand() *cli.Command {
 			&cli.IntFlag{Name: "listen-fd", Value: 3, Usage: "inherited listening socket"},
 			&cli.IntFlag{Name: "config-fd", Value: -1, Usage: "inherited file holding the sandbox's configuration (JSON)"},
 			&cli.IntFlag{Name: "pids-cgroup-fds", Value: -1, Usage: "the first of two inherited tasks files: the cgroup holding the sandbox's pids limit, then the container's"},
+			&cli.IntFlag{Name: "private-fd", Value: -1, Usage: "inherited directory: the private store of the sessions' private folders"},
 		},
 		Action: func(c *cli.Context) error {
-			return agent.Run(c.Int("listen-fd"), c.Int("config-fd"), c.Int("pids-cgroup-fds"), version)
+			return agent.Run(c.Int("listen-fd"), c.Int("config-fd"), c.Int("pids-cgroup-fds"), c.Int("private-fd"), version)
 		},
 	}
 }

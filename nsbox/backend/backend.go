@@ -101,6 +101,10 @@ type Spec struct {
 	// AgentConfig, when not nil, is handed to the agent as it starts (its --config-fd: the
 	// sandbox's api.AgentConfig as JSON), so that it needs no PUT /v1/config.
 	AgentConfig []byte
+	// PrivateStore, when set, is a host directory handed to the agent as it starts (its
+	// --private-fd) as an open directory at the root of a mount of its own that is attached
+	// nowhere: no path in the container leads to it, and ".." of its root is itself.
+	PrivateStore string
 }
 
 // Backend starts containers and finds them again after a daemon restart.
@@ -153,9 +157,6 @@ type Instance interface {
 	// fail every read with ENOTCONN); dir "" removes them, the container then shows the
 	// host's files.
 	ShowLimits(dir string) error
-	// Detach unmounts the mount at target (a path in the container) lazily: descriptors open
-	// on it stay usable, and no path in the container leads to it any more.
-	Detach(target string) error
 	// NetNS is the path of the container's network namespace, for the network to be wired in.
 	NetNS() string
 	// OpenRoot opens the container's root directory as its processes see it, for the file API.

@@ -213,6 +213,16 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		extra = append(extra, cfg)
 	}
 
+	if spec.PrivateStore != "" {
+		store, err := openDetached(spec.PrivateStore)
+		if err != nil {
+			return nil, fmt.Errorf("private store: %w", err)
+		}
+		defer store.Close()
+		args = append(args, "--private-fd", strconv.Itoa(3+len(extra)))
+		extra = append(extra, store)
+	}
+
 	cgroup := cgroupPath(b.cfg.CgroupParent, spec.ID)
 	work := workCgroup(b.pids, cgroup)
 	if work != "" {
@@ -273,6 +283,27 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 	// The agent is this daemon's child until the daemon exits: the instance reaps it when it ends.
 	return b.newInstance(c, pid, func() { _, _ = proc.Wait() })
+}
+
+// openDetached opens directory dir as the root of a copy of its mount that is attached
+// nowhere (open_tree's clone), without setuid files or devices: ".." of the directory is
+// itself, whatever mount namespace holds the descriptor. The copy goes when the last
+// descriptor of it is closed.
+func openDetached(dir string) (*os.File, error) {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("open_tree %s: %w", dir, err)
+	}
+	defer unix.Close(tree)
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		return nil, fmt.Errorf("mount_setattr %s: %w", dir, err)
+	}
+	fd, err := unix.Openat(tree, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dir, err)
+	}
+	return os.NewFile(uintptr(fd), dir), nil
 }
 
 // memFile is an unlinked in-memory file holding data, read from its start.

@@ -283,18 +283,6 @@ func (i *instance) ShowLimits(dir string) error {
 	})
 }
 
-// Detach unmounts the mount at target in the container's mount namespace (MNT_DETACH).
-func (i *instance) Detach(target string) error {
-	i.mu.RLock()
-	defer i.mu.RUnlock()
-	if !i.alive() {
-		return backend.ErrExited
-	}
-	return i.inMountNS(func() error {
-		return wrapErr("detach "+target, unix.Unmount(target, unix.MNT_DETACH))
-	})
-}
-
 // inMountNS runs fn in the container's mount namespace, on a locked thread of a goroutine of
 // its own that leaves this process's file system context; the thread ends with the goroutine.
 // i.mu must be held (read).

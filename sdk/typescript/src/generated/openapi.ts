@@ -159,7 +159,7 @@ export interface paths {
         post?: never;
         /**
          * Stop and remove a sandbox
-         * @description Stops the sandbox and deletes everything it had: its processes, container, cgroup, mounts, writable layer and record. Without `force`, every process in the sandbox is sent SIGTERM and given up to 10 seconds to exit before it is killed with SIGKILL, so the call can take that long. With `force=true` everything is killed at once. Failed sandboxes are removed the same way, cleaning up whatever is left.
+         * @description Stops the sandbox and deletes everything it had: its processes, container, cgroup, mounts, network, writable layer and record. Without `force`, every process in the sandbox is sent SIGTERM and given up to 10 seconds to exit before it is killed with SIGKILL, so the call can take that long. With `force=true` everything is killed at once. The call answers once every process of the sandbox has been sent SIGKILL (none of them runs again) and its record is gone (its id is free for a create at once); the kernel's teardown of the killed processes, then the sandbox's network, cgroup, mounts and writable layer go right after, in the background. Failed sandboxes are removed the same way, cleaning up whatever is left.
          */
         delete: operations["removeSandbox"];
         options?: never;
