@@ -79,6 +79,17 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 		return nil, err
 	}
 	started := time.Since(began) - prepared
+	// The limit views are bound from the host while the agent starts, not by runc's init.
+	views := make(chan error, 1)
+	var viewsTook time.Duration
+	go func() {
+		var err error
+		if dir := r.views.dirNow(); dir != "" {
+			onOwnThread(func() { err = wrapErr("show the sandbox its limits (lxcfs views)", inst.ShowLimits(dir)) })
+		}
+		viewsTook = time.Since(began) - prepared - started
+		views <- err
+	}()
 	sc := &startedContainer{inst: inst, agent: newAgentClient(inst), image: img.Name, limits: lim, extras: st,
 		hostname: cmp.Or(spec.Hostname, id)}
 	done := make(chan error, 1)
@@ -109,6 +120,9 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 	if merr := <-done; merr != nil {
 		err = errors.Join(err, merr)
 	}
+	if verr := <-views; verr != nil {
+		err = errors.Join(err, verr)
+	}
 	if err != nil {
 		if _, ok := err.(*api.Error); !ok { // an *api.Error is the request's: it is answered as it is
 			err = fmt.Errorf("%w; agent log: %q", err, inst.AgentLog())
@@ -122,7 +136,7 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 	}
 	r.log.Debug("container started", "container", id, "image", img.Name, "pid", inst.PID(),
 		"prepare", prepared, "start", started, "agent", time.Since(began)-prepared-started,
-		"answered", answered, "meanwhile", meanwhile)
+		"answered", answered, "meanwhile", meanwhile, "views", viewsTook)
 	return sc, nil
 }
 
@@ -180,7 +194,7 @@ func (r *Runtime) containerSpec(id string, img *rootfs.Image, lim backend.Limits
 	spec := backend.Spec{
 		ID: id, Layers: append(layers, img.Layers...), UpperDir: filepath.Join(layerDir, "upper"), WorkDir: filepath.Join(layerDir, "work"),
 		Masked: img.Masked, Mounts: append(mounts, files...), Limits: lim, Cwd: defaultCwd, IDs: ids,
-		Capabilities: st.Capabilities, LimitViews: r.views.dirNow(), PrivateStore: private,
+		Capabilities: st.Capabilities, PrivateStore: private,
 	}
 	for _, b := range img.Binds {
 		spec.ImageBinds = append(spec.ImageBinds, backend.Mount{Source: b.Source, Target: b.Dest, ReadOnly: true})

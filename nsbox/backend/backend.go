@@ -92,10 +92,6 @@ type Spec struct {
 	IDs rootfs.IDMap
 	// Capabilities are extra capabilities (CAP_…) beyond the backend's default set.
 	Capabilities []string
-	// LimitViews, when set, is the mount point of an LXCFS whose files (lxcfs.Files) the
-	// container shows in place of /proc's and /sys's: its memory, CPUs and uptime as its
-	// limits make them.
-	LimitViews string
 	// Hostname is the container's hostname from its start ("": its ID).
 	Hostname string
 	// AgentConfig, when not nil, is handed to the agent as it starts (its --config-fd: the
@@ -152,10 +148,11 @@ type Instance interface {
 	SetHostname(name string) error
 	// SetLimits changes the container's resource limits.
 	SetLimits(lim Limits) error
-	// ShowLimits binds the limit views (Spec.LimitViews) of the LXCFS mounted at dir into the
-	// running container again, in place of those it has (dead ones, of an LXCFS that died,
-	// fail every read with ENOTCONN); dir "" removes them, the container then shows the
-	// host's files.
+	// ShowLimits binds the limit views of the LXCFS mounted at dir (its files lxcfs.Files:
+	// the container's memory, CPUs and uptime as its limits make them) over the container's
+	// /proc and /sys files, in place of those it has (dead ones, of an LXCFS that died, fail
+	// every read with ENOTCONN); dir "" removes them, the container then shows the host's
+	// files. A container starts without them: the daemon binds them as its agent starts.
 	ShowLimits(dir string) error
 	// NetNS is the path of the container's network namespace, for the network to be wired in.
 	NetNS() string

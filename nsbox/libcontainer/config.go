@@ -11,7 +11,6 @@ import (
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"golang.org/x/sys/unix"
 
-	"github.com/nsbox/nsbox/internal/lxcfs"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -124,7 +123,6 @@ func containerConfig(s configSpec) *configs.Config {
 	for _, m := range s.Mounts {
 		cfg.Mounts = append(cfg.Mounts, bindMount(m, s))
 	}
-	cfg.Mounts = append(cfg.Mounts, limitViews(s.LimitViews)...)
 	// Not id-mapped: root's file, read-only for all.
 	cfg.Mounts = append(cfg.Mounts, readonlyBind(backend.Mount{Source: s.CPUsOnline, Target: CPUsOnline, IDs: backend.MountIDs{Native: true}}, s))
 	if s.IDs.Enabled() {
@@ -197,21 +195,6 @@ func idMaps(root uint32, ids rootfs.IDMap) []configs.IDMap {
 // cgroupPath is the cgroup (relative to each hierarchy's root) of a container.
 func cgroupPath(parent, id string) string {
 	return filepath.Join("/", parent, id)
-}
-
-// limitViews bind the LXCFS files of the mount at dir over their /proc and /sys twins (none
-// for dir ""). They are not id-mapped (FUSE cannot be): their files are nobody's in a user
-// namespace, and read-only for all.
-func limitViews(dir string) []*configs.Mount {
-	if dir == "" {
-		return nil
-	}
-	var out []*configs.Mount
-	for _, f := range lxcfs.Files {
-		out = append(out, &configs.Mount{Source: filepath.Join(dir, f), Destination: f, Device: "bind",
-			Flags: unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC})
-	}
-	return out
 }
 
 // resources are a container's cgroup resources with the limits lim, on the CPUs cpus; the

@@ -238,7 +238,10 @@ func (i *instance) SetLimits(lim backend.Limits) error {
 
 // ShowLimits binds the LXCFS files of the mount at dir over the container's /proc and /sys
 // files, in place of the views it has, in the container's mount namespace (inMountNS). The
-// new mounts are clones made here, in the host's mount namespace, where dir is.
+// new mounts are clones made here, in the host's mount namespace, where dir is; read-only,
+// and not id-mapped (FUSE cannot be): their files are nobody's in a user namespace. Bound
+// by runc's init instead, as config mounts, they cost a cold start 1–2 ms more (its path
+// checks ask LXCFS each time, docs/benchmarks.md "Session 13").
 func (i *instance) ShowLimits(dir string) error {
 	i.mu.RLock()
 	defer i.mu.RUnlock()
