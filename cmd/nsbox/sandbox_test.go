@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -101,6 +102,46 @@ func TestSocketIsRootOnly(t *testing.T) {
 // cgroupValue reads a limit from inside a sandbox, from the v1 or the v2 file.
 func cgroupValue(d *testDaemon, id, v1, v2 string) string {
 	return strings.TrimSpace(d.sh(id, fmt.Sprintf("cat /sys/fs/cgroup/%s 2>/dev/null || cat /sys/fs/cgroup/%s", v1, v2)))
+}
+
+// TestCgroupViewInside: a sandbox sees its cgroups at /sys/fs/cgroup as runc's cgroup mount
+// showed them (on cgroup v1, which the daemon now mounts from the host: one read-only mount of
+// each of the host's hierarchies, rooted at the sandbox's own cgroup), in a tmpfs that is
+// read-only, from a cold start and from the warm pool.
+func TestCgroupViewInside(t *testing.T) {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		t.Skip("cgroup v2: runc's own cgroup2 mount")
+	}
+	d := startDaemon(t, "--warm-pool", "busybox=1")
+	var want []string
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if f := strings.Fields(line); len(f) > 8 && f[len(f)-3] == "cgroup" && strings.HasPrefix(f[4], "/sys/fs/cgroup/") {
+			want = append(want, strings.TrimPrefix(f[4], "/sys/fs/cgroup/"))
+		}
+	}
+	d.waitWarm("busybox", 1)
+	for _, id := range []string{"warm", "cold"} {
+		d.create(api.CreateSandboxRequest{ID: id, Image: "busybox"})
+		got := d.sh(id, `cd /sys/fs/cgroup && for d in *; do [ -L "$d" ] || echo "$d"; done`)
+		if strings.Join(strings.Fields(got), " ") != strings.Join(slices.Sorted(slices.Values(want)), " ") {
+			t.Errorf("%s: hierarchies %q, want %q", id, strings.Fields(got), want)
+		}
+		for _, line := range strings.Split(d.sh(id, "grep ' /sys/fs/cgroup' /proc/self/mountinfo"), "\n") {
+			if f := strings.Fields(line); len(f) > 5 && (f[3] != "/" || !strings.HasPrefix(f[5], "ro,")) {
+				t.Errorf("%s: not a read-only view of its own cgroup: %s", id, line)
+			}
+		}
+		if res := d.exec(id, api.ExecRequest{Command: "touch /sys/fs/cgroup/x"}); res.ExitCode == 0 {
+			t.Errorf("%s: the sandbox wrote to /sys/fs/cgroup", id)
+		}
+		if got := d.sh(id, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"); strings.TrimSpace(got) != strconv.Itoa(1024<<20) {
+			t.Errorf("%s: memory limit %q", id, got)
+		}
+	}
 }
 
 func TestLimitsAppliedAndVisibleInside(t *testing.T) {

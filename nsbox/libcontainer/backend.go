@@ -80,6 +80,9 @@ type Backend struct {
 	// pids is the pids hierarchy's mount point, "" when it is not a cgroup v1 one (workcgroup.go);
 	// memory the memory hierarchy's (cgroup v2: the unified one), for OOM notifications.
 	pids, memory string
+	// cgroupView are the host's cgroup v1 hierarchies, which a started container is shown
+	// from the host (cgroupview.go); nil on a cgroup v2 host.
+	cgroupView []string
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -103,8 +106,12 @@ func New(cfg Config) (*Backend, error) {
 			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts under overlayfs: Linux 5.19 or later, and file systems for nsbox's state and images that support id-mapped mounts): %w; run the daemon with --userns=false", err)
 		}
 	}
+	view, err := cgroupHierarchies()
+	if err != nil {
+		return nil, err
+	}
 	return &Backend{cfg: cfg, starting: make(chan struct{}, 2*runtime.NumCPU()), cpus: newCPUSets(cfg.CgroupParent),
-		pids: pidsHierarchy(), memory: hierarchy("memory")}, nil
+		pids: pidsHierarchy(), memory: hierarchy("memory"), cgroupView: view}, nil
 }
 
 // RunDir is the directory of a container's host-side files.
@@ -240,6 +247,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroup, WorkCgroup: work,
 		Seccomp: b.cfg.Seccomp, CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
+		CgroupMount: b.cgroupView == nil,
 	}
 	if err := writeCPUsOnline(cs.CPUsOnline, cs.CPUs); err != nil {
 		return nil, err
@@ -282,7 +290,16 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		return nil, fmt.Errorf("agent pid: %w", err)
 	}
 	// The agent is this daemon's child until the daemon exits: the instance reaps it when it ends.
-	return b.newInstance(c, pid, func() { _, _ = proc.Wait() })
+	inst, err := b.newInstance(c, pid, func() { _, _ = proc.Wait() })
+	if err != nil || b.cgroupView == nil {
+		return inst, err
+	}
+	if err := inst.mountCgroupView(b.cgroupView); err != nil {
+		inst.Kill()
+		inst.Close()
+		return nil, err
+	}
+	return inst, nil
 }
 
 // openDetached opens directory dir as the root of a copy of its mount that is attached

@@ -62,6 +62,9 @@ type configSpec struct {
 	// CPUs is the container's cpuset ("0-1"), and CPUsOnline the host file that lists them
 	// for its CPUsOnline (writeCPUsOnline).
 	CPUs, CPUsOnline string
+	// CgroupMount has runc mount the container's cgroups at /sys/fs/cgroup (cgroup v2);
+	// without it the backend shows them once the container runs (cgroupview.go).
+	CgroupMount bool
 }
 
 // containerConfig builds the libcontainer config of a sandbox.
@@ -109,13 +112,15 @@ func containerConfig(s configSpec) *configs.Config {
 			{Source: "shm", Destination: "/dev/shm", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=1777,size=65536k"},
 			{Source: "mqueue", Destination: "/dev/mqueue", Device: "mqueue", Flags: defaultMountFlags},
 			{Source: "sysfs", Destination: "/sys", Device: "sysfs", Flags: defaultMountFlags | unix.MS_RDONLY},
-			{Source: "cgroup", Destination: "/sys/fs/cgroup", Device: "cgroup", Flags: defaultMountFlags | unix.MS_RDONLY},
 			// The agent's session FIFOs and per-exec files: on tmpfs, not the overlay's disk, where
 			// allocating four inodes per exec was most of an exec's cost (docs/benchmarks.md).
 			{Source: "tmpfs", Destination: "/run/nsbox", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=0711,size=" + agentTmpfsSize},
 			// Not id-mapped: the sandbox's root does not own the agent binary, whatever the mount.
 			readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s),
 		},
+	}
+	if s.CgroupMount {
+		cfg.Mounts = slices.Insert(cfg.Mounts, 6, &configs.Mount{Source: "cgroup", Destination: "/sys/fs/cgroup", Device: "cgroup", Flags: defaultMountFlags | unix.MS_RDONLY})
 	}
 	for _, b := range s.ImageBinds {
 		cfg.Mounts = append(cfg.Mounts, readonlyBind(b, s))

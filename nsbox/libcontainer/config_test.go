@@ -43,6 +43,21 @@ func TestContainerConfigIsLockedDown(t *testing.T) {
 	if cfg.Namespaces.Contains(configs.NEWUSER) {
 		t.Errorf("unexpected user namespace")
 	}
+	// runc mounts the cgroups only when told to (cgroup v2); on v1 the backend shows them.
+	cgroupMounts := func(cfg *configs.Config) (n int) {
+		for _, m := range cfg.Mounts {
+			if m.Device == "cgroup" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := cgroupMounts(cfg); n != 0 {
+		t.Errorf("%d cgroup mounts without CgroupMount", n)
+	}
+	if withMount := containerConfig(configSpec{Rootfs: "/r", CgroupMount: true}); cgroupMounts(withMount) != 1 || withMount.Mounts[6].Destination != "/sys/fs/cgroup" || withMount.Mounts[5].Device != "sysfs" {
+		t.Errorf("CgroupMount: mounts %+v", withMount.Mounts)
+	}
 	res := cfg.Cgroups.Resources
 	if res.Memory != 1<<30 || res.MemorySwap != 1<<30 || res.CpuQuota != 50000 || res.CpuPeriod != backend.CPUPeriod || *res.PidsLimit != 64 {
 		t.Errorf("resources: %+v", res)

@@ -237,7 +237,7 @@ func (i *instance) SetLimits(lim backend.Limits) error {
 }
 
 // ShowLimits binds the LXCFS files of the mount at dir over the container's /proc and /sys
-// files, in place of the views it has, in the container's mount namespace (inMountNS). The
+// files, in place of the views it has, in the container's mount namespace. The
 // new mounts are clones made here, in the host's mount namespace, where dir is; read-only,
 // and not id-mapped (FUSE cannot be): their files are nobody's in a user namespace. Bound
 // by runc's init instead, as config mounts, they cost a cold start 1–2 ms more (its path
@@ -267,7 +267,7 @@ func (i *instance) ShowLimits(dir string) error {
 			}
 		}
 	}
-	return i.inMountNS(func() error {
+	return i.inNamespaces(unix.CLONE_NEWNS, func() error {
 		for k, f := range lxcfs.Files {
 			// Every view stacked there goes (a dead one is unmounted all the same); then
 			// Unmount fails with EINVAL: f is the file of /proc or /sys again.
@@ -286,10 +286,10 @@ func (i *instance) ShowLimits(dir string) error {
 	})
 }
 
-// inMountNS runs fn in the container's mount namespace, on a locked thread of a goroutine of
-// its own that leaves this process's file system context; the thread ends with the goroutine.
-// i.mu must be held (read).
-func (i *instance) inMountNS(fn func() error) error {
+// inNamespaces runs fn in the container's namespaces ns (CLONE_NEWNS, and others), on a
+// locked thread of a goroutine of its own that leaves this process's file system context;
+// the thread ends with the goroutine. i.mu must be held (read).
+func (i *instance) inNamespaces(ns int, fn func() error) error {
 	result := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread has left the daemon's mount namespace
@@ -297,8 +297,8 @@ func (i *instance) inMountNS(fn func() error) error {
 			result <- fmt.Errorf("unshare file system context: %w", err)
 			return
 		}
-		if err := unix.Setns(i.pidfd, unix.CLONE_NEWNS); err != nil {
-			result <- fmt.Errorf("enter the container's mount namespace: %w", err)
+		if err := unix.Setns(i.pidfd, ns); err != nil {
+			result <- fmt.Errorf("enter the container's namespaces: %w", err)
 			return
 		}
 		result <- fn()
