@@ -74,20 +74,25 @@ func (v *limitViews) dirNow() string {
 	return v.dir
 }
 
-// showLimits binds the views of the LXCFS at dir into every sandbox's running container (or,
-// with dir "", removes their dead ones).
+// showLimits binds the views of the LXCFS at dir into every sandbox's running container and
+// every container of the warm pool (or, with dir "", removes their dead ones).
 func (r *Runtime) showLimits(dir string) {
+	insts := r.pool.instances()
 	for _, sb := range r.all() {
 		sb.mu.Lock()
-		inst := sb.inst
+		if sb.inst != nil {
+			insts = append(insts, sb.inst)
+		}
 		sb.mu.Unlock()
-		if inst == nil || !inst.Alive() {
+	}
+	for _, inst := range insts {
+		if !inst.Alive() {
 			continue
 		}
 		var err error
 		onOwnThread(func() { err = inst.ShowLimits(dir) })
 		if err != nil {
-			r.log.Warn("bind lxcfs views into a sandbox", "sandbox", sb.id, "err", err)
+			r.log.Warn("bind lxcfs views into a container", "container", inst.ID(), "err", err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -124,6 +125,19 @@ func (p *warmPool) readyCount(image string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.ready[image])
+}
+
+// instances are the pool's ready containers, of every image.
+func (p *warmPool) instances() []backend.Instance {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []backend.Instance
+	for _, ready := range p.ready {
+		for _, sc := range ready {
+			out = append(out, sc.inst)
+		}
+	}
+	return out
 }
 
 // refill starts containers of img in the background until the pool holds as many as it

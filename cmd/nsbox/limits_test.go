@@ -69,7 +69,7 @@ func checkLimitViews(t *testing.T, d *testDaemon) {
 
 // TestLimitViews: sandboxes see their own memory and CPUs (free, /proc/meminfo, nproc,
 // os.cpu_count), with and without user namespaces, after a daemon kill -9, after LXCFS died
-// while the daemon ran, and after it died while no daemon ran.
+// while the daemon ran (a warm pool's container too), and after it died while no daemon ran.
 func TestLimitViews(t *testing.T) {
 	needLXCFS(t)
 	for _, userns := range []bool{true, false} {
@@ -77,7 +77,7 @@ func TestLimitViews(t *testing.T) {
 			if userns && noUserNS {
 				t.Skip("NSBOX_TEST_USERNS=false")
 			}
-			d := startDaemon(t, "--userns="+strconv.FormatBool(userns))
+			d := startDaemon(t, "--userns="+strconv.FormatBool(userns), "--warm-pool", "busybox=1")
 			d.create(api.CreateSandboxRequest{ID: "host", Limits: api.Limits{CPUs: 0.5, MemoryMB: 256}})
 			d.create(api.CreateSandboxRequest{ID: "bb", Image: "busybox", Limits: api.Limits{CPUs: 1.5, MemoryMB: 128}})
 			checkLimitViews(t, d)
@@ -95,7 +95,9 @@ func TestLimitViews(t *testing.T) {
 			checkLimitViews(t, d)
 
 			// LXCFS dies while the daemon runs: the daemon starts another and binds its views
-			// into the sandboxes (until then their reads fail with ENOTCONN).
+			// into the sandboxes and the warm pool's containers (until then their reads fail
+			// with ENOTCONN).
+			d.waitWarm("busybox", 1)
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
@@ -109,6 +111,10 @@ func TestLimitViews(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 			checkLimitViews(t, d)
+			d.create(api.CreateSandboxRequest{ID: "pooled", Image: "busybox"}) // the container started before
+			if got := d.exec("pooled", api.ExecRequest{Command: "grep MemTotal /proc/meminfo"}); got.ExitCode != 0 || !strings.Contains(got.Stdout, " 1048576 kB") {
+				t.Errorf("a warm container after lxcfs died: exit %d, %q %q", got.ExitCode, got.Stdout, got.Stderr)
+			}
 
 			// LXCFS dies while no daemon runs: the next daemon starts one before it answers.
 			pid = d.lxcfsPID()
