@@ -426,7 +426,9 @@ func (i *instance) Thaw() error { return wrapErr("thaw container", i.c.Resume())
 // waiting. The agent's death alone would kill the others only once its own exit is well along
 // (its memory, files and namespaces released: milliseconds), and they would run until then.
 // The container's processes are listed again until a pass finds none it did not kill: one
-// forked before its parent was killed is in the cgroup by then.
+// forked before its parent was killed is in the cgroup by then. Each is pinned by a pidfd
+// and signalled only if it is still in the container's cgroup (a pid read from the cgroup may
+// be a host process's by the time it is used).
 func (i *instance) SendKill() {
 	i.mu.RLock()
 	defer i.mu.RUnlock()
@@ -438,14 +440,7 @@ func (i *instance) SendKill() {
 	if !i.alive() {
 		return
 	}
-	// Taken while the agent runs: a pid read from the cgroup is signalled only if it is in the
-	// container's pid namespace when it is pinned (it may have exited and been reused since).
-	var pidns unix.Stat_t
-	nsErr := unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", i.pid), &pidns)
 	_ = unix.PidfdSendSignal(i.pidfd, unix.SIGKILL, nil, 0)
-	if nsErr != nil {
-		return // gone already: its pid namespace with it
-	}
 	killed := map[int]bool{i.pid: true}
 	for {
 		pids, err := i.c.Processes()
@@ -456,7 +451,7 @@ func (i *instance) SendKill() {
 		for _, pid := range pids {
 			if !killed[pid] {
 				killed[pid], fresh = true, true
-				killInPidNS(pid, pidns)
+				killInCgroup(pid, i.cgroupPath)
 			}
 		}
 		if !fresh {
@@ -465,16 +460,23 @@ func (i *instance) SendKill() {
 	}
 }
 
-// killInPidNS sends SIGKILL to process pid if it is in the pid namespace ns.
-func killInPidNS(pid int, ns unix.Stat_t) {
+// killInCgroup sends SIGKILL to process pid if it is in the cgroup at cgroupPath or beneath
+// it, in any hierarchy, once pinned.
+func killInCgroup(pid int, cgroupPath string) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return // exited
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid), &st) == nil && st.Ino == ns.Ino && st.Dev == ns.Dev {
-		_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+	cgroups, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(cgroups), "\n") {
+		if strings.HasSuffix(line, ":"+cgroupPath) || strings.Contains(line, ":"+cgroupPath+"/") {
+			_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+			return
+		}
 	}
 }
 
