@@ -72,8 +72,19 @@ func removePrivate(store *os.File, id string) error {
 
 // linkPrivate makes ~/.private of the user c the link to the private folder, unless it is
 // already; it returns the link's path, or "" when something else has that name (left alone)
-// or the home does not exist.
+// or the home does not exist. Sessions of one user started at once (the default session, which
+// starts with the agent, and one a restore or a request creates) may both find the link
+// missing: the one whose symlink finds it made meanwhile looks at it again.
 func linkPrivate(c credential) (string, error) {
+	link, err := linkPrivateOnce(c)
+	if errors.Is(err, fs.ErrExist) {
+		link, err = linkPrivateOnce(c)
+	}
+	return link, err
+}
+
+// linkPrivateOnce is linkPrivate's one look and make.
+func linkPrivateOnce(c credential) (string, error) {
 	link := filepath.Join(c.home, PrivateName)
 	target, err := os.Readlink(link)
 	if err == nil {
@@ -88,7 +99,7 @@ func linkPrivate(c credential) (string, error) {
 	if err := os.Symlink(privateTarget, link); errors.Is(err, fs.ErrNotExist) {
 		return "", nil // no home directory
 	} else if err != nil {
-		return "", fmt.Errorf("link %s: %w", link, err)
+		return "", fmt.Errorf("link %s: %w", link, err) // fs.ErrExist: made meanwhile
 	}
 	if err := os.Lchown(link, c.uid, c.gid); err != nil {
 		return "", fmt.Errorf("chown %s: %w", link, err)
