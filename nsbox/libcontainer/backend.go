@@ -302,20 +302,31 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	return inst, nil
 }
 
+// cloneMount makes a copy of the mount at path (open_tree's clone, attached nowhere) with the
+// mount attributes attrs set, and returns its descriptor.
+func cloneMount(path string, attrs uint64) (int, error) {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("clone the mount of %s: %w", path, err)
+	}
+	attr := unix.MountAttr{Attr_set: attrs}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		unix.Close(tree)
+		return -1, fmt.Errorf("set the attributes of a mount of %s: %w", path, err)
+	}
+	return tree, nil
+}
+
 // openDetached opens directory dir as the root of a copy of its mount that is attached
 // nowhere (open_tree's clone), without setuid files or devices: ".." of the directory is
 // itself, whatever mount namespace holds the descriptor. The copy goes when the last
 // descriptor of it is closed.
 func openDetached(dir string) (*os.File, error) {
-	tree, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	tree, err := cloneMount(dir, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
 	if err != nil {
-		return nil, fmt.Errorf("open_tree %s: %w", dir, err)
+		return nil, err
 	}
 	defer unix.Close(tree)
-	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
-	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-		return nil, fmt.Errorf("mount_setattr %s: %w", dir, err)
-	}
 	fd, err := unix.Openat(tree, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", dir, err)

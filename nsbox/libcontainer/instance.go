@@ -256,15 +256,11 @@ func (i *instance) ShowLimits(dir string) error {
 	}()
 	if dir != "" {
 		for _, f := range lxcfs.Files {
-			fd, err := unix.OpenTree(unix.AT_FDCWD, filepath.Join(dir, f), unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+			fd, err := cloneMount(filepath.Join(dir, f), unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 			if err != nil {
-				return fmt.Errorf("clone lxcfs view %s: %w", f, err)
+				return fmt.Errorf("lxcfs view %s: %w", f, err)
 			}
 			trees = append(trees, fd)
-			attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOEXEC}
-			if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-				return fmt.Errorf("make lxcfs view %s read-only: %w", f, err)
-			}
 		}
 	}
 	return i.inNamespaces(unix.CLONE_NEWNS, func() error {
