@@ -5,16 +5,25 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/rootfs"
 )
 
-// TestSpareDisks: spares are made in the background, a take moves one into place as a whole
-// ext4 image and the refill makes another; a new daemon keeps complete spares of its size and
-// their template, and removes temporary files and spares and templates of another size.
+// TestSpareDisks: spares are made in the background and mounted nowhere, a take moves one into
+// place as a whole ext4 image with its file system mounted where it goes, and the refill makes
+// another; closed, the spares leave no mount or loop device; a new daemon keeps complete spares
+// of its size and their template, mounts them, and removes temporary files and spares and
+// templates of another size.
 func TestSpareDisks(t *testing.T) {
 	dir := t.TempDir()
 	spares := filepath.Join(dir, "disks")
+	target := filepath.Join(dir, "mnt")
+	t.Cleanup(func() { _ = rootfs.ReleaseDisk(filepath.Join(dir, "disk.img"), target, 5*time.Second) })
 	s, err := openSpareDisks(spares, minDiskMB, t.Logf)
 	if err != nil {
 		t.Fatal(err)
@@ -35,12 +44,25 @@ func TestSpareDisks(t *testing.T) {
 	}
 	s.refill()
 	waitSpares(s, spareDiskCount)
-	if s.take(filepath.Join(dir, "other.img"), minDiskMB*2) {
+	if taken, _ := s.take(filepath.Join(dir, "other.img"), target, minDiskMB*2); taken {
 		t.Fatal("took a spare of another size")
 	}
+	if bound := loopsBoundUnder(spares); len(bound) != spareDiskCount {
+		t.Fatalf("the ready spares are bound to loop devices %v, want %d", bound, spareDiskCount)
+	}
 	image := filepath.Join(dir, "disk.img")
-	if !s.take(image, minDiskMB) {
-		t.Fatal("no spare taken with spares ready")
+	if taken, mounted := s.take(image, target, minDiskMB); !taken || !mounted {
+		t.Fatalf("with spares ready: taken %v, mounted %v", taken, mounted)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(target, &fs); err != nil || fs.Type != unix.EXT4_SUPER_MAGIC {
+		t.Fatalf("the taken spare is not mounted at %s: statfs %+v, %v", target, fs, err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "written"), []byte("x"), 0o600); err != nil {
+		t.Fatalf("write on the taken spare: %v", err)
+	}
+	if err := rootfs.ReleaseDisk(image, target, 5*time.Second); err != nil {
+		t.Fatal(err)
 	}
 	f, err := os.Open(image)
 	if err != nil {
@@ -57,6 +79,9 @@ func TestSpareDisks(t *testing.T) {
 	}
 	waitSpares(s, spareDiskCount) // refilled
 	s.close()
+	if bound := loopsBoundUnder(dir); len(bound) > 0 {
+		t.Fatalf("closed spares left loop devices bound: %v", bound)
+	}
 
 	// A crash mid-make leaves a temporary file: the next daemon removes it, keeps the spares.
 	if err := os.WriteFile(filepath.Join(spares, ".tmp-16-9.img"), []byte("half"), 0o600); err != nil {
@@ -69,10 +94,21 @@ func TestSpareDisks(t *testing.T) {
 	if names := dirNames(t, spares); len(names) != spareDiskCount+1 || slices.Contains(names, ".tmp-16-9.img") || !slices.Contains(names, "template-16.img") {
 		t.Fatalf("after a restart the spares dir holds %v", names)
 	}
-	if !s.take(filepath.Join(dir, "again.img"), minDiskMB) {
-		t.Fatal("a restarted daemon did not use the spares it found")
+	if taken, mounted := s.take(filepath.Join(dir, "again.img"), target, minDiskMB); !taken || mounted {
+		t.Fatalf("a restarted daemon's take before its refill: taken %v, mounted %v (want a found spare, not mounted yet)", taken, mounted)
+	}
+	s.refill()
+	waitSpares(s, spareDiskCount) // the other found one mounted, one made
+	if taken, mounted := s.take(filepath.Join(dir, "again2.img"), target, minDiskMB); !taken || !mounted {
+		t.Fatalf("a restarted daemon's take after its refill: taken %v, mounted %v", taken, mounted)
+	}
+	if err := rootfs.ReleaseDisk(filepath.Join(dir, "again2.img"), target, 5*time.Second); err != nil {
+		t.Fatal(err)
 	}
 	s.close()
+	if bound := loopsBoundUnder(dir); len(bound) > 0 {
+		t.Fatalf("closed spares left loop devices bound: %v", bound)
+	}
 	// Another default size: the old spares go; no default disk: none are made.
 	if _, err = openSpareDisks(spares, 0, t.Logf); err != nil {
 		t.Fatal(err)
@@ -80,6 +116,18 @@ func TestSpareDisks(t *testing.T) {
 	if names := dirNames(t, spares); len(names) != 0 {
 		t.Fatalf("with no default disk the spares dir holds %v", names)
 	}
+}
+
+// loopsBoundUnder lists the loop devices bound to files under dir.
+func loopsBoundUnder(dir string) []string {
+	var out []string
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if data, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(data), dir+"/") {
+			out = append(out, strings.TrimSpace(string(data)))
+		}
+	}
+	return out
 }
 
 func dirNames(t *testing.T, dir string) []string {

@@ -251,13 +251,17 @@ func (r *Runtime) checkHostPath(field, p string) (string, fs.FileInfo, error) {
 // kept: it exists) and mounted, when it has a disk limit. It returns that directory.
 func (r *Runtime) prepareLayers(id string, st extrasSpec, kept bool) (string, error) {
 	if st.DiskMB > 0 {
+		mounted := false
 		if !kept {
-			if err := r.makeDisk(r.diskImage(id), st.DiskMB); err != nil {
+			var err error
+			if mounted, err = r.makeDisk(r.diskImage(id), r.diskMount(id), st.DiskMB); err != nil {
 				return "", err
 			}
 		}
-		if err := rootfs.MountDisk(r.diskImage(id), r.diskMount(id)); err != nil {
-			return "", err
+		if !mounted {
+			if err := rootfs.MountDisk(r.diskImage(id), r.diskMount(id)); err != nil {
+				return "", err
+			}
 		}
 	}
 	return r.layerDir(id, st.DiskMB), nil

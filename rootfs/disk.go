@@ -112,22 +112,75 @@ func CopyDisk(template, image string) (err error) {
 // MountDisk attaches image to a free loop device and mounts its ext4 at target (private,
 // nosuid and nodev: it holds what the sandbox writes).
 func MountDisk(image, target string) error {
-	if err := os.MkdirAll(target, 0o700); err != nil {
-		return fmt.Errorf("make %s: %w", target, err)
-	}
-	dev, err := attachLoop(image)
+	m, err := OpenDiskMount(image)
 	if err != nil {
 		return err
 	}
+	return m.Attach(target)
+}
+
+// DiskMount is a disk's file system mounted but attached to no path (the mount API's
+// fsmount), so that mounting it somewhere later (Attach) is a move of the mount, not the ~1.5
+// ms of a loop device and an ext4 mount. Closed without being attached, it is unmounted (the
+// kernel dissolves a detached mount with its last descriptor, a crash's too) and its loop
+// device clears itself.
+type DiskMount struct {
+	image string
+	fd    int // -1 once closed
+}
+
+// OpenDiskMount attaches image to a free loop device and mounts its ext4, nowhere.
+func OpenDiskMount(image string) (*DiskMount, error) {
+	dev, err := attachLoop(image)
+	if err != nil {
+		return nil, err
+	}
 	defer dev.Close() // the mount holds the device from here on
-	if err := unix.Mount(dev.Name(), target, "ext4", unix.MS_NOSUID|unix.MS_NODEV, "noinit_itable"); err != nil {
-		return fmt.Errorf("mount %s (%s) at %s: %w", image, dev.Name(), target, err)
+	fs, err := unix.Fsopen("ext4", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: open an ext4 context: %w", image, err)
+	}
+	defer unix.Close(fs)
+	err = unix.FsconfigSetString(fs, "source", dev.Name())
+	if err == nil {
+		err = unix.FsconfigSetFlag(fs, "noinit_itable")
+	}
+	if err == nil {
+		err = unix.FsconfigCreate(fs)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mount %s (%s): %w", image, dev.Name(), err)
+	}
+	fd, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s (%s): %w", image, dev.Name(), err)
+	}
+	return &DiskMount{image: image, fd: fd}, nil
+}
+
+// Attach attaches the file system at target (made if missing), private, and closes m: if the
+// attach fails, the file system is unmounted.
+func (m *DiskMount) Attach(target string) error {
+	defer m.Close()
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return fmt.Errorf("make %s: %w", target, err)
+	}
+	if err := unix.MoveMount(m.fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mount %s at %s: %w", m.image, target, err)
 	}
 	if err := unix.Mount("", target, "", unix.MS_PRIVATE, ""); err != nil {
 		_ = unix.Unmount(target, unix.MNT_DETACH)
 		return fmt.Errorf("make %s private: %w", target, err)
 	}
 	return nil
+}
+
+// Close unmounts a file system not attached (and only forgets one that was).
+func (m *DiskMount) Close() {
+	if m.fd >= 0 {
+		unix.Close(m.fd)
+		m.fd = -1
+	}
 }
 
 // attachLoop binds image to a free loop device and returns the open device. Another process

@@ -369,8 +369,8 @@ func (d *testDaemon) containerLeaks(container string) []string {
 	})
 }
 
-// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS and its stage: they
-// count only once the daemon has stopped.
+// currentLeaks is what leaks lists, now. A running daemon keeps its LXCFS, its stage and its
+// spare disks' loop devices: they count only once the daemon has stopped.
 func (d *testDaemon) currentLeaks() []string {
 	var leaks []string
 	for _, l := range d.leftovers() {
@@ -379,7 +379,37 @@ func (d *testDaemon) currentLeaks() []string {
 	if d.cmd != nil {
 		return leaks
 	}
-	return append(append(leaks, d.lxcfsLeftovers()...), d.stageLeftovers()...)
+	return append(append(append(leaks, d.lxcfsLeftovers()...), d.stageLeftovers()...), d.spareLeftovers()...)
+}
+
+// spareLeftovers are the loop devices of the daemon's spare disks, which it keeps mounted
+// nowhere while it runs.
+func (d *testDaemon) spareLeftovers() []string {
+	var out []string
+	for _, l := range boundLoops() {
+		if strings.HasPrefix(l.file, d.sparesDir()+"/") {
+			out = append(out, "spare disk's loop device "+l.dev+" on "+l.file)
+		}
+	}
+	return out
+}
+
+// sparesDir is where the daemon keeps its spare disks.
+func (d *testDaemon) sparesDir() string { return filepath.Join(d.dataDir, "disks") }
+
+// boundLoop is a loop device and the file bound to it.
+type boundLoop struct{ dev, file string }
+
+// boundLoops lists the loop devices bound to a file.
+func boundLoops() []boundLoop {
+	var out []boundLoop
+	backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range backing {
+		if data, err := os.ReadFile(f); err == nil {
+			out = append(out, boundLoop{filepath.Base(filepath.Dir(filepath.Dir(f))), strings.TrimSpace(string(data))})
+		}
+	}
+	return out
 }
 
 // stageDir is the daemon's staging tmpfs, where the files sandboxes get by bind mount come
@@ -457,11 +487,9 @@ func (d *testDaemon) leftovers() []leftover {
 			out = append(out, leftover{d.containerOfPath(line), "mount " + line})
 		}
 	}
-	backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range backing {
-		if data, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(data), d.dataDir+"/") {
-			out = append(out, leftover{d.containerOfPath(string(data)),
-				"loop device " + filepath.Base(filepath.Dir(filepath.Dir(f))) + " on " + strings.TrimSpace(string(data))})
+	for _, l := range boundLoops() {
+		if strings.HasPrefix(l.file, d.dataDir+"/") && !strings.HasPrefix(l.file, d.sparesDir()+"/") { // spares: the daemon's (spareLeftovers)
+			out = append(out, leftover{d.containerOfPath(l.file), "loop device " + l.dev + " on " + l.file})
 		}
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")

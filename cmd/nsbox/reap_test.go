@@ -57,7 +57,7 @@ func TestHarnessReapsKilledRun(t *testing.T) {
 		for _, l := range d.leftovers() {
 			out = append(out, l.what)
 		}
-		out = append(append(append(out, d.lxcfsLeftovers()...), d.stageLeftovers()...), d.net.leaks()...)
+		out = append(append(append(append(out, d.lxcfsLeftovers()...), d.stageLeftovers()...), d.spareLeftovers()...), d.net.leaks()...)
 		for _, path := range []string{runDir, d.dataDir, "/sys/class/net/" + d.net.uplink} {
 			if _, err := os.Stat(path); err == nil {
 				out = append(out, path)
