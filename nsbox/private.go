@@ -24,14 +24,26 @@ func (r *Runtime) privateStore(container string, diskMB int64) string {
 }
 
 // preparePrivate makes the container's store, empty and owned by the sandbox's root, and
-// returns its path.
+// returns its path. A new disk has it already (diskDirs), empty; a kept container's is emptied.
 func (r *Runtime) preparePrivate(container string, diskMB int64, ids rootfs.IDMap) (string, error) {
 	dir := r.privateStore(container, diskMB)
-	if err := os.RemoveAll(dir); err != nil {
-		return "", fmt.Errorf("empty private store: %w", err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return "", fmt.Errorf("make private store: %w", err)
+	if fi, err := os.Lstat(dir); err == nil && fi.IsDir() && fi.Mode().Perm() == 0o700 {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return "", fmt.Errorf("read private store: %w", err)
+		}
+		for _, e := range entries {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return "", fmt.Errorf("empty private store: %w", err)
+			}
+		}
+	} else {
+		if err := os.RemoveAll(dir); err != nil {
+			return "", fmt.Errorf("empty private store: %w", err)
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return "", fmt.Errorf("make private store: %w", err)
+		}
 	}
 	if ids.Enabled() {
 		if err := os.Chown(dir, int(ids.Host), int(ids.Host)); err != nil {

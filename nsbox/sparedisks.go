@@ -77,7 +77,7 @@ func openSpareDisks(dir string, sizeMB int64, logError func(msg string, args ...
 			s.next = max(s.next, num+1)
 			continue
 		}
-		if err := os.Remove(path); err != nil {
+		if err := os.RemoveAll(path); err != nil { // a directory: a crashed mkfs's (rootfs.MakeDisk)
 			return nil, fmt.Errorf("remove stale spare disk: %w", err)
 		}
 	}
@@ -203,9 +203,12 @@ func (s *spareDisks) refill() {
 	}()
 }
 
-// template is the path of the formatted image every spare is copied from.
+// template is the path of the formatted image every spare is copied from. Its name changes
+// with what it holds (diskDirs since "template2"): an older daemon's template is removed at
+// start, as one of another size is (its spares are used: a disk without the directories has
+// them made when it is mounted).
 func (s *spareDisks) template() string {
-	return filepath.Join(s.dir, fmt.Sprintf("template-%d.img", s.sizeMB))
+	return filepath.Join(s.dir, fmt.Sprintf("template2-%d.img", s.sizeMB))
 }
 
 // make copies the template (formatting it first if there is none) to a spare under a
@@ -225,7 +228,7 @@ func (s *spareDisks) make(name string) (string, error) {
 // makeTemplate formats the template at tmp and syncs it: every spare is copied from it, so a
 // host crash must not leave a template whose blocks never reached the disk.
 func (s *spareDisks) makeTemplate(tmp string) error {
-	if err := rootfs.MakeDisk(tmp, s.sizeMB); err != nil {
+	if err := rootfs.MakeDisk(tmp, s.sizeMB, diskDirs); err != nil {
 		return err
 	}
 	f, err := os.Open(tmp)
@@ -276,5 +279,5 @@ func (r *Runtime) makeDisk(image, target string, sizeMB int64) (mounted bool, er
 	if taken, mounted := r.spares.take(image, target, sizeMB); taken {
 		return mounted, nil
 	}
-	return false, rootfs.MakeDisk(image, sizeMB)
+	return false, rootfs.MakeDisk(image, sizeMB, diskDirs)
 }

@@ -77,6 +77,11 @@ func (r *Runtime) pooled(s extrasSpec) bool {
 }
 
 // layerDir is the directory that holds a container's writable layers.
+// diskDirs are the directories of layerDir that every container needs, which a new disk's file
+// system is made with (rootfs.MakeDisk): its overlay's upper and work dirs (MountOverlay makes
+// them where they are missing) and its private store (preparePrivate).
+var diskDirs = []rootfs.DiskDir{{Name: "upper", Mode: 0o755}, {Name: "work", Mode: 0o755}, {Name: "private", Mode: 0o700}}
+
 func (r *Runtime) layerDir(container string, diskMB int64) string {
 	if diskMB > 0 {
 		return r.diskMount(container)

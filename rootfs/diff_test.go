@@ -127,13 +127,17 @@ func TestDiffReadsOverlayMarks(t *testing.T) {
 	}
 }
 
-// TestDiskLifecycle makes, mounts and releases a disk, made by mkfs.ext4 or copied from one
-// that was: it holds data up to its size and leaves no loop device behind.
+// TestDiskLifecycle makes, mounts and releases a disk, made by mkfs.ext4 (with directories)
+// or copied from one that was: it holds its directories, with their modes, and data up to its
+// size, and leaves no loop device behind.
 func TestDiskLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	template := filepath.Join(dir, "template.img")
-	if err := MakeDisk(template, 16); err != nil {
+	if err := MakeDisk(template, 16, diskDirs); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(template + ".dirs"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("MakeDisk left its directories' source: %v", err)
 	}
 	t.Run("made", func(t *testing.T) { diskLifecycle(t, template) })
 	copied := filepath.Join(dir, "copy.img")
@@ -156,10 +160,19 @@ func TestDiskLifecycle(t *testing.T) {
 	t.Run("copied", func(t *testing.T) { diskLifecycle(t, copied) })
 }
 
+// diskDirs are what TestDiskLifecycle's disks are made with.
+var diskDirs = []DiskDir{{"upper", 0o755}, {"private", 0o700}}
+
 func diskLifecycle(t *testing.T, image string) {
 	target := filepath.Join(t.TempDir(), "mnt")
 	if err := MountDisk(image, target); err != nil {
 		t.Fatal(err)
+	}
+	for _, d := range append([]DiskDir{{"", 0o755}}, diskDirs...) {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(target, d.Name), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR || os.FileMode(st.Mode&0o7777) != d.Mode || st.Uid != 0 {
+			t.Errorf("the disk's %q: mode %o, uid %d, %v; want a directory of mode %o, root's", d.Name, st.Mode, st.Uid, err, d.Mode)
+		}
 	}
 	devs := LoopDevices(image)
 	if len(devs) != 1 {
@@ -182,7 +195,7 @@ func diskLifecycle(t *testing.T, image string) {
 	if err := ReleaseDisk(image, target, 5e9); err != nil {
 		t.Fatalf("releasing twice: %v", err)
 	}
-	if err := MakeDisk(image, 16); err == nil {
+	if err := MakeDisk(image, 16, diskDirs); err == nil {
 		t.Error("MakeDisk over an existing image succeeded")
 	}
 	if out, err := exec.Command("e2fsck", "-fn", image).CombinedOutput(); err != nil {

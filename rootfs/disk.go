@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,8 +33,36 @@ import (
 // kernel never writes them out: a fresh sparse file reads as zeroes anyway), no discard.
 var mkfsArgs = []string{"-q", "-F", "-t", "ext4", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"}
 
-// MakeDisk creates a sparse ext4 image of sizeMB MiB at image (which must not exist).
-func MakeDisk(image string, sizeMB int64) error {
+// DiskDir is a directory a new disk's file system is made with, at its root, root's.
+type DiskDir struct {
+	Name string
+	Mode os.FileMode
+}
+
+// MakeDisk creates a sparse ext4 image of sizeMB MiB at image (which must not exist), whose
+// file system holds dirs: made by mkfs (-d), they cost nothing when the disk is mounted, where a
+// mkdir on a fresh file system takes ~0.5 ms here (its first inode in a group, and a journal
+// transaction).
+func MakeDisk(image string, sizeMB int64, dirs []DiskDir) error {
+	args := mkfsArgs
+	if len(dirs) > 0 {
+		// The root is as mkfs makes it without -d: 0755.
+		skeleton := image + ".dirs"
+		_ = os.RemoveAll(skeleton) // a crash's
+		defer os.RemoveAll(skeleton)
+		for _, d := range append([]DiskDir{{"", 0o755}}, dirs...) {
+			// Mkdir's mode is masked by the umask: Chmod sets it.
+			path := filepath.Join(skeleton, d.Name)
+			err := os.Mkdir(path, d.Mode)
+			if err == nil {
+				err = os.Chmod(path, d.Mode)
+			}
+			if err != nil {
+				return fmt.Errorf("make disk's directories: %w", err)
+			}
+		}
+		args = append(slices.Clip(args), "-d", skeleton)
+	}
 	f, err := os.OpenFile(image, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create disk image: %w", err)
@@ -45,7 +74,7 @@ func MakeDisk(image string, sizeMB int64) error {
 	if err != nil {
 		return fmt.Errorf("size disk image: %w", err)
 	}
-	out, err := exec.Command("mkfs.ext4", append(mkfsArgs, image)...).CombinedOutput()
+	out, err := exec.Command("mkfs.ext4", append(args, image)...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("mkfs.ext4 %s (is e2fsprogs installed?): %v: %s", image, err, bytes.TrimSpace(out))
 	}
