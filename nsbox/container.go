@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -27,6 +28,8 @@ type startedContainer struct {
 	// configuration at its start (bindAgent need not send it).
 	hostname   string
 	configured bool
+	// viewsGen is the generation of the LXCFS whose views it was last bound (recheckViews).
+	viewsGen atomic.Uint64
 }
 
 // startContainer prepares a new container's storage and network files, has the backend start
@@ -82,16 +85,18 @@ func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim 
 	// The limit views are bound from the host while the agent starts, not by runc's init.
 	views := make(chan error, 1)
 	var viewsTook time.Duration
+	sc := &startedContainer{inst: inst, agent: newAgentClient(inst), image: img.Name, limits: lim, extras: st,
+		hostname: cmp.Or(spec.Hostname, id)}
 	go func() {
 		var err error
-		if dir := r.views.dirNow(); dir != "" {
+		dir, gen := r.views.current()
+		if dir != "" {
 			onOwnThread(func() { err = wrapErr("show the sandbox its limits (lxcfs views)", inst.ShowLimits(dir)) })
 		}
+		sc.viewsGen.Store(gen)
 		viewsTook = time.Since(began) - prepared - started
 		views <- err
 	}()
-	sc := &startedContainer{inst: inst, agent: newAgentClient(inst), image: img.Name, limits: lim, extras: st,
-		hostname: cmp.Or(spec.Hostname, id)}
 	done := make(chan error, 1)
 	var meanwhile time.Duration // the host's work on the container while its agent starts
 	go func() {

@@ -834,3 +834,51 @@ func TestLifecycles(t *testing.T) {
 		t.Errorf("a request did not resume it: %s", sb.Status)
 	}
 }
+
+// TestViewsOfAStartDuringAnLXCFSRestart: a container whose start overlaps an LXCFS restart
+// gets the new LXCFS's views, though the restart rebound every container before this one was
+// a sandbox's; a start with no restart meanwhile is bound once.
+func TestViewsOfAStartDuringAnLXCFSRestart(t *testing.T) {
+	c := newTestCore(t, 0)
+	c.views = &limitViews{dir: "/lxcfs-1", gen: 1} // no LXCFS of its own to stop
+	t.Cleanup(func() { c.views = nil })
+	gate := make(chan struct{})
+	c.backend.mu.Lock()
+	c.backend.healthGate = gate
+	c.backend.mu.Unlock()
+	created := make(chan error, 1)
+	go func() {
+		_, err := c.Create(context.Background(), api.CreateSandboxRequest{ID: "box"})
+		created <- err
+	}()
+	// The container runs, has the first LXCFS's views, and its agent has not answered yet.
+	var inst *fakeInstance
+	for deadline := time.Now().Add(10 * time.Second); inst == nil || len(inst.shownViews()) == 0; time.Sleep(time.Millisecond) {
+		if ids := c.backend.ids(); len(ids) == 1 {
+			inst = c.backend.get(ids[0])
+		}
+		if time.Now().After(deadline) {
+			close(gate)
+			t.Fatal("the container's start never bound the views")
+		}
+	}
+	c.publishViews("/lxcfs-2") // LXCFS restarted: the box is nobody's yet
+	c.backend.mu.Lock()
+	c.backend.healthGate = nil
+	c.backend.mu.Unlock()
+	close(gate)
+	if err := <-created; err != nil {
+		t.Fatal(err)
+	}
+	if got := inst.shownViews(); len(got) == 0 || got[len(got)-1] != "/lxcfs-2" {
+		t.Errorf("a start during an LXCFS restart was given the views of %v, want the new LXCFS's last", got)
+	}
+	c.create(api.CreateSandboxRequest{ID: "other"})
+	sb, err := c.lookup("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.backend.get(sb.snapshot().Container).shownViews(); !slices.Equal(got, []string{"/lxcfs-2"}) {
+		t.Errorf("a start with no restart was given the views of %v, want /lxcfs-2 once", got)
+	}
+}

@@ -37,11 +37,13 @@ type fakeBackend struct {
 	containers map[string]*fakeInstance
 	starts     int
 	// failStart fails the next starts; failDestroy fails destroys; badAgent makes new agents
-	// answer every request with 500; killGate, when set, holds every Kill until closed.
+	// answer every request with 500; killGate, when set, holds every Kill until closed;
+	// healthGate, every agent's health answer.
 	failStart   error
 	failDestroy error
 	badAgent    bool
 	killGate    chan struct{}
+	healthGate  chan struct{}
 }
 
 func newFakeBackend(t *testing.T, runDir string) *fakeBackend {
@@ -183,6 +185,7 @@ type fakeInstance struct {
 	configErr  *api.Error
 	env        map[string]string
 	restored   api.SandboxState // what the daemon restored in it
+	shown      []string         // the LXCFS mounts whose views it was given, in order
 }
 
 func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
@@ -198,6 +201,12 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		if i.isFrozen() { // as a frozen agent: no answer
 			<-r.Context().Done()
 			return
+		}
+		i.b.mu.Lock()
+		gate := i.b.healthGate
+		i.b.mu.Unlock()
+		if gate != nil {
+			<-gate
 		}
 		api.WriteJSON(w, http.StatusOK, api.Health{PID: 1, Configured: i.configured, ConfigError: i.configErr})
 		i.answeredOnce.Do(func() { close(i.answered) })
@@ -297,7 +306,19 @@ func (i *fakeInstance) SetLimits(lim backend.Limits) error {
 	return nil
 }
 
-func (i *fakeInstance) ShowLimits(string) error { return nil }
+func (i *fakeInstance) ShowLimits(dir string) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.shown = append(i.shown, dir)
+	return nil
+}
+
+// shownViews are the LXCFS mounts whose views it was given, in order.
+func (i *fakeInstance) shownViews() []string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return slices.Clone(i.shown)
+}
 
 func (i *fakeInstance) IDs() rootfs.IDMap { return i.spec.IDs }
 

@@ -169,6 +169,7 @@ func (r *Runtime) awaken(sb *sandbox) error {
 		return api.Errorf(api.CodeInternal, "resume sandbox %s: %v", sb.id, err)
 	}
 	sb.inst, sb.agent = sc.inst, sc.agent
+	r.recheckViews(sc)
 	if _, err := r.transition(sb, api.StatusRunning, func(next *record) {
 		next.PID, next.HeldIDs, next.Network = sc.inst.PID(), nil, rec.Network
 	}); err != nil {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
-	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -127,15 +126,13 @@ func (p *warmPool) readyCount(image string) int {
 	return len(p.ready[image])
 }
 
-// instances are the pool's ready containers, of every image.
-func (p *warmPool) instances() []backend.Instance {
+// containers are the pool's ready containers, of every image.
+func (p *warmPool) containers() []*startedContainer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []backend.Instance
+	var out []*startedContainer
 	for _, ready := range p.ready {
-		for _, sc := range ready {
-			out = append(out, sc.inst)
-		}
+		out = append(out, ready...)
 	}
 	return out
 }
@@ -184,6 +181,7 @@ func (r *Runtime) refill(img *rootfs.Image) {
 			}
 			p.ready[img.Name] = append(p.ready[img.Name], sc)
 			p.mu.Unlock()
+			r.recheckViews(sc)
 		}
 	}()
 }

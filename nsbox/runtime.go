@@ -516,6 +516,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 		sb.mu.Lock()
 		sb.inst, sb.agent = sc.inst, sc.agent
 		sb.mu.Unlock()
+		r.recheckViews(sc)
 		if fromPool {
 			bindErr = r.attach(&rec, sc, lim)
 		}
