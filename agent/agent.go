@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -64,6 +65,8 @@ type Agent struct {
 	// configErr: why it could not. Both are set before it serves, and answered by health.
 	configured bool
 	configErr  *api.Error
+	// answered: the first health check was answered (the sessions' reserve is held after it).
+	answered sync.Once
 }
 
 // Run runs the agent until it is told to stop. listenFD is the inherited listening socket;
@@ -242,8 +245,11 @@ func (a *Agent) handleShutdown(w http.ResponseWriter, _ *http.Request) error {
 // routes is the agent's HTTP handler (router.go).
 func (a *Agent) routes() http.Handler { return router{a} }
 
+// handleHealth answers how the agent is. The first answer is what a container's start waits
+// for: the sessions' reserve is held after it, not before (session.Manager.HoldReserve).
 func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version, Configured: a.configured, ConfigError: a.configErr})
+	a.answered.Do(func() { go a.sessions.HoldReserve() })
 	return nil
 }
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -111,12 +113,32 @@ func wantError(t *testing.T, srv *httptest.Server, method, path, body, code stri
 	}
 }
 
+// TestHealth: the agent answers how it is, and holds the sessions' reserve once it has
+// answered (not before: a container's start waits for that first answer).
 func TestHealth(t *testing.T) {
-	_, srv := testAgent(t)
+	dir := t.TempDir()
+	a, err := newAgent("test", filepath.Join(dir, "sessions"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.routes())
+	t.Cleanup(srv.Close)
+	reserve := filepath.Join(dir, "sessions", ".reserve")
+	if _, err := os.Stat(reserve); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the reserve before the first health answer: %v", err)
+	}
 	var h api.Health
 	callJSON(t, srv, http.MethodGet, "/v1/health", "", http.StatusOK, &h)
 	if h.PID != os.Getpid() || h.Version != "test" {
 		t.Fatalf("health %+v", h)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if fi, err := os.Stat(reserve); err == nil && fi.Size() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reserve is not held after the first health answer")
+		}
 	}
 }
 

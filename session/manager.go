@@ -60,6 +60,10 @@ func NewManager(dir, cwd string, start StartFunc, env *SandboxEnv) (*Manager, er
 		reserve: newReserve(filepath.Join(dir, ".reserve"))}, nil
 }
 
+// HoldReserve takes the room the session files keep for when something in the sandbox fills
+// their file system (reserve.go), if there is room for it.
+func (m *Manager) HoldReserve() { m.reserve.refill() }
+
 // EnablePrivate gives every session created from now on a private folder in store (see
 // private.go). It is called before any session exists.
 func (m *Manager) EnablePrivate(store *os.File) { m.store = store }
