@@ -137,9 +137,16 @@ func (s *spareDisks) pop() (spare, bool) {
 	return spare{}, false
 }
 
-// mount mounts the spare at path nowhere; a spare that cannot be is mounted when taken.
+// mount mounts the spare at path nowhere, its first metadata writes made (rootfs.DiskMount's
+// Warm); a spare that cannot be mounted is mounted when taken.
 func (s *spareDisks) mount(path string) spare {
 	m, err := rootfs.OpenDiskMount(path)
+	if err == nil {
+		if err = m.Warm(diskDirs); err != nil {
+			m.Close()
+			m = nil
+		}
+	}
 	if err != nil {
 		s.log("mount a spare disk ahead", "spare", path, "err", err)
 	}

@@ -160,6 +160,35 @@ func TestDiskLifecycle(t *testing.T) {
 	t.Run("copied", func(t *testing.T) { diskLifecycle(t, copied) })
 }
 
+// TestDiskMountWarm: a disk mounted nowhere and warmed (a spare's) is attached with its
+// directories as they were made, root's; a directory the disk does not have is left.
+func TestDiskMountWarm(t *testing.T) {
+	dir := t.TempDir()
+	image := filepath.Join(dir, "disk.img")
+	if err := MakeDisk(image, 16, diskDirs); err != nil {
+		t.Fatal(err)
+	}
+	m, err := OpenDiskMount(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Warm(append(diskDirs, DiskDir{"missing", 0o755})); err != nil {
+		m.Close()
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "mnt")
+	if err := m.Attach(target); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ReleaseDisk(image, target, 5e9) })
+	for _, d := range diskDirs {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(target, d.Name), &st); err != nil || os.FileMode(st.Mode&0o7777) != d.Mode || st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("the warmed disk's %q: mode %o, owner %d:%d, %v", d.Name, st.Mode, st.Uid, st.Gid, err)
+		}
+	}
+}
+
 // diskDirs are what TestDiskLifecycle's disks are made with.
 var diskDirs = []DiskDir{{"upper", 0o755}, {"private", 0o700}}
 

@@ -187,6 +187,21 @@ func OpenDiskMount(image string) (*DiskMount, error) {
 	return &DiskMount{image: image, fd: fd}, nil
 }
 
+// Warm makes the file system's first metadata writes, on its directories dirs (chowned to root,
+// whose they are): a disk's first costs ~0.1 ms each (its journal's first transaction, its
+// inode table read through the loop device) where the same after costs ~0.02 ms, so a spare
+// warmed in the background leaves less to a create's own (its ids' chowns). A directory that
+// is not there is left.
+func (m *DiskMount) Warm(dirs []DiskDir) error {
+	for _, d := range dirs {
+		err := unix.Fchownat(m.fd, d.Name, 0, 0, unix.AT_SYMLINK_NOFOLLOW)
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("warm the file system of %s: %w", m.image, err)
+		}
+	}
+	return nil
+}
+
 // Attach attaches the file system at target (made if missing), private, and closes m: if the
 // attach fails, the file system is unmounted.
 func (m *DiskMount) Attach(target string) error {
