@@ -65,8 +65,7 @@ type Agent struct {
 	// configErr: why it could not. Both are set before it serves, and answered by health.
 	configured bool
 	configErr  *api.Error
-	// answered: the first health check was answered (the sessions' reserve is held a moment
-	// after it).
+	// answered: the first health check was answered (the sessions' reserve is held after it).
 	answered sync.Once
 }
 
@@ -246,16 +245,11 @@ func (a *Agent) handleShutdown(w http.ResponseWriter, _ *http.Request) error {
 // routes is the agent's HTTP handler (router.go).
 func (a *Agent) routes() http.Handler { return router{a} }
 
-// reserveDelay is how long after its first answer the agent holds the sessions' reserve.
-const reserveDelay = 100 * time.Millisecond
-
 // handleHealth answers how the agent is. The first answer is what a container's start waits
-// for, and its first command then waits for the default session's shell, which starts with
-// the agent on the sandbox's one CPU: the sessions' reserve (session.Manager.HoldReserve, ~0.7
-// ms of page allocation) is held a moment after, not before.
+// for: the sessions' reserve is held after it, not before (session.Manager.HoldReserve).
 func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version, Configured: a.configured, ConfigError: a.configErr})
-	a.answered.Do(func() { time.AfterFunc(reserveDelay, a.sessions.HoldReserve) })
+	a.answered.Do(func() { go a.sessions.HoldReserve() })
 	return nil
 }
 

@@ -24,9 +24,8 @@ type reserve struct {
 }
 
 // newReserve is a reserve at path, held from its first refill (Manager.HoldReserve): the
-// agent takes it a moment after it has answered its first health check, since allocating its
-// pages is ~0.7 ms of the sandbox's one CPU that a create, or its first command, would
-// otherwise wait for.
+// agent takes it once it has answered its first health check, since allocating its pages is
+// ~0.7 ms of the sandbox's one CPU that a create would otherwise wait for.
 func newReserve(path string) *reserve {
 	return &reserve{path: path}
 }
