@@ -23,7 +23,12 @@ import (
 // temporary directory.
 func testAgent(t *testing.T) (*Agent, *httptest.Server) {
 	t.Helper()
-	dir := t.TempDir()
+	return testAgentIn(t, t.TempDir())
+}
+
+// testAgentIn is testAgent whose sessions keep their files in dir/sessions.
+func testAgentIn(t *testing.T, dir string) (*Agent, *httptest.Server) {
+	t.Helper()
 	a, err := newAgent("test", filepath.Join(dir, "sessions"), dir)
 	if err != nil {
 		t.Fatal(err)
@@ -117,12 +122,7 @@ func wantError(t *testing.T, srv *httptest.Server, method, path, body, code stri
 // answered (not before: a container's start waits for that first answer).
 func TestHealth(t *testing.T) {
 	dir := t.TempDir()
-	a, err := newAgent("test", filepath.Join(dir, "sessions"), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.routes())
-	t.Cleanup(srv.Close)
+	_, srv := testAgentIn(t, dir)
 	reserve := filepath.Join(dir, "sessions", ".reserve")
 	if _, err := os.Stat(reserve); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the reserve before the first health answer: %v", err)
