@@ -882,3 +882,60 @@ func TestViewsOfAStartDuringAnLXCFSRestart(t *testing.T) {
 		t.Errorf("a start with no restart was given the views of %v, want /lxcfs-2 once", got)
 	}
 }
+
+// TestFailedDetachIsRetried: a removed sandbox's network whose detach failed is detached again
+// in the background once it can be, with no create of its id; while it cannot, the retries go
+// on, and a closing daemon ends them.
+func TestFailedDetachIsRetried(t *testing.T) {
+	c := newTestCore(t, 0)
+	// removeFailing creates a sandbox and removes it while every detach fails.
+	removeFailing := func(id string) {
+		c.create(api.CreateSandboxRequest{ID: id})
+		c.net.mu.Lock()
+		c.net.failDetach = errors.New("no")
+		c.net.mu.Unlock()
+		if err := c.Remove(id, true); err != nil {
+			t.Fatal(err)
+		}
+		c.retiring.Wait()
+	}
+	removeFailing("box")
+	time.Sleep(3 * releaseRetry) // a retry or two, failing
+	attached := func() bool {
+		c.net.mu.Lock()
+		defer c.net.mu.Unlock()
+		_, ok := c.net.attached["box"]
+		return ok
+	}
+	if !attached() {
+		t.Fatal("the network went though every detach failed")
+	}
+	c.net.mu.Lock()
+	c.net.failDetach = nil
+	c.net.mu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); attached(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a failed detach was not retried")
+		}
+	}
+	c.releasingMu.Lock()
+	left := len(c.releasing)
+	c.releasingMu.Unlock()
+	if left != 0 {
+		t.Errorf("%d releases left registered after the retry", left)
+	}
+
+	// A retry that never succeeds ends with the daemon.
+	removeFailing("box2")
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for a detach that keeps failing")
+	}
+	c.open() // for the test's cleanup, which closes it
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/nsbox/nsbox/api"
 	sandboxnet "github.com/nsbox/nsbox/net"
@@ -242,18 +243,64 @@ func (r *Runtime) releaseNetwork(id string) *networkRelease {
 	return rel
 }
 
-// done ends the release with how its detach went. A failed one stays registered: the next
-// create of the id tries it again (awaitRelease), as the next daemon start would.
+// done ends the release with how its detach went. A failed one stays registered and is tried
+// again in the background (retryRelease); the next create of the id tries it again at once
+// (awaitRelease), as the next daemon start would.
 func (rel *networkRelease) done(err error) {
 	rel.err = err
 	if err == nil {
-		rel.r.releasingMu.Lock()
-		if rel.r.releasing[rel.id] == rel {
-			delete(rel.r.releasing, rel.id)
-		}
-		rel.r.releasingMu.Unlock()
+		rel.forget()
+	} else {
+		rel.r.retryRelease(rel)
 	}
 	close(rel.over)
+}
+
+// forget unregisters the release, unless a later one of its id replaced it.
+func (rel *networkRelease) forget() {
+	rel.r.releasingMu.Lock()
+	if rel.r.releasing[rel.id] == rel {
+		delete(rel.r.releasing, rel.id)
+	}
+	rel.r.releasingMu.Unlock()
+}
+
+// releaseRetry is how long a failed detach waits before it is tried again; each failure
+// doubles it, up to releaseRetryMax.
+const (
+	releaseRetry    = 100 * time.Millisecond
+	releaseRetryMax = time.Minute
+)
+
+// retryRelease tries a failed detach again, ever later, until it succeeds, the release is no
+// longer the id's (a create of the id took it over, or a remove of a sandbox made under it
+// made a new one), or the daemon closes: the rules, veth and address of a removed sandbox
+// would otherwise stay until then.
+func (r *Runtime) retryRelease(rel *networkRelease) {
+	r.retrying.Add(1)
+	go func() {
+		defer r.retrying.Done()
+		for wait := releaseRetry; ; wait = min(2*wait, releaseRetryMax) {
+			select {
+			case <-r.closing.Done():
+				return
+			case <-time.After(wait):
+			}
+			r.releasingMu.Lock()
+			current := r.releasing[rel.id] == rel
+			r.releasingMu.Unlock()
+			if !current {
+				return
+			}
+			if err := r.detachNetwork(rel.id); err != nil {
+				r.log.Warn("detach a removed sandbox's network, again", "sandbox", rel.id, "next", min(2*wait, releaseRetryMax), "err", err)
+				continue
+			}
+			rel.forget()
+			r.log.Info("a removed sandbox's network detached, on a retry", "sandbox", rel.id)
+			return
+		}
+	}()
 }
 
 // awaitRelease waits until the network of a removed sandbox that had the id is gone, trying
@@ -272,11 +319,7 @@ func (r *Runtime) awaitRelease(id string) error {
 	if err := r.detachNetwork(id); err != nil {
 		return fmt.Errorf("the network of the sandbox removed before under this id is still there: %w", err)
 	}
-	r.releasingMu.Lock()
-	if r.releasing[id] == rel {
-		delete(r.releasing, id)
-	}
-	r.releasingMu.Unlock()
+	rel.forget()
 	return nil
 }
 

@@ -121,6 +121,10 @@ type Runtime struct {
 	// by sandbox id, which a create may take again: its network waits for them (network.go).
 	releasingMu sync.Mutex
 	releasing   map[string]*networkRelease
+	// retrying are the retries of failed detaches (retryRelease), which end once closing is.
+	retrying   sync.WaitGroup
+	closing    context.Context
+	endClosing context.CancelFunc
 
 	net     network
 	preview *proxy.Proxy // the preview proxy, when the daemon serves one (preview.go)
@@ -246,6 +250,7 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 	r.trim.Stop()
 	r.ops = newOps(r)
 	r.stopping, r.endStopping = context.WithCancel(context.Background())
+	r.closing, r.endClosing = context.WithCancel(context.Background())
 	r.requests, r.cutRequests = context.WithCancelCause(context.Background())
 	return r, nil
 }
@@ -303,6 +308,9 @@ func Cleanup(cfg Config, force bool, log *slog.Logger) error {
 // resources (its netlink sockets and held host ports; the rules stay) and the metadata
 // database. Sandboxes keep running.
 func (r *Runtime) Close() error {
+	if r.endClosing != nil { // a runtime tests made by hand has none
+		r.endClosing()
+	}
 	if r.stopIdle != nil {
 		r.stopIdle()
 		r.background.Wait()
@@ -312,6 +320,7 @@ func (r *Runtime) Close() error {
 		r.spares.close()
 	}
 	r.retiring.Wait()
+	r.retrying.Wait() // after retiring's: only a removed sandbox's teardown starts a retry
 	r.closeLimitViews()
 	r.closeStage()
 	if r.net != nil {
