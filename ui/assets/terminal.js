@@ -84,13 +84,20 @@ function notice(ev) {
 }
 
 let retry = 0;
+// How long a handshake may take before it is given up and tried again: one that hangs (a lost
+// packet, a connection the browser or a proxy holds) would otherwise leave the page connecting
+// for good, since the socket then neither opens nor closes.
+const connectTimeout = 5000;
 function connect() {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const url = `${scheme}//${location.host}/v1/sandboxes/${encodeURIComponent(sandbox)}/sessions/${encodeURIComponent(session)}/terminal`;
   ws = new WebSocket(url, ['nsbox.terminal', `nsbox.token.${token}`]);
   ws.binaryType = 'arraybuffer';
   let opened = false;
+  const sock = ws;
+  const giveUp = setTimeout(() => sock.close(), connectTimeout); // closing it fires onclose
   ws.onopen = () => {
+    clearTimeout(giveUp);
     opened = true;
     retry = 0;
     state.connected = true;
@@ -105,6 +112,7 @@ function connect() {
     else term.write(new Uint8Array(m.data));
   };
   ws.onclose = (e) => {
+    clearTimeout(giveUp);
     state.connected = false;
     if (state.ended) return;
     // A refused handshake (a bad, expired or revoked token; no such session) closes before
