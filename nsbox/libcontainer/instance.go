@@ -336,15 +336,18 @@ func isContainerInit(pid int, cgroupPath string) bool {
 			init = len(f) > 1 && f[len(f)-1] == "1"
 		}
 	}
-	if !init {
-		return false
-	}
+	return init && inCgroup(pid, cgroupPath, false)
+}
+
+// inCgroup reports whether the process pid is a member of the cgroup at cgroupPath (in any
+// hierarchy), or, with beneath, of it or a cgroup beneath it.
+func inCgroup(pid int, cgroupPath string, beneath bool) bool {
 	cgroups, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		return false
 	}
 	for _, line := range strings.Split(string(cgroups), "\n") {
-		if strings.HasSuffix(line, ":"+cgroupPath) {
+		if strings.HasSuffix(line, ":"+cgroupPath) || (beneath && strings.Contains(line, ":"+cgroupPath+"/")) {
 			return true
 		}
 	}
@@ -464,15 +467,8 @@ func killInCgroup(pid int, cgroupPath string) {
 		return // exited
 	}
 	defer unix.Close(fd)
-	cgroups, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(cgroups), "\n") {
-		if strings.HasSuffix(line, ":"+cgroupPath) || strings.Contains(line, ":"+cgroupPath+"/") {
-			_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
-			return
-		}
+	if inCgroup(pid, cgroupPath, true) {
+		_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
 	}
 }
 
