@@ -169,8 +169,15 @@ func (i *instance) alive() bool {
 	if i.pidfd < 0 {
 		return false
 	}
-	n, err := unix.Poll([]unix.PollFd{{Fd: int32(i.pidfd), Events: unix.POLLIN}}, 0)
-	return err == nil && n == 0
+	for {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(i.pidfd), Events: unix.POLLIN}}, 0)
+		// A signal for this thread (Go's preemption sends SIGURG) fails even a poll that does
+		// not wait: the agent was taken for dead, and a create under load failed so.
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err == nil && n == 0
+	}
 }
 
 // AgentLog is the end of the agent's log, for error messages.
