@@ -122,7 +122,8 @@ type Runtime struct {
 	releasingMu sync.Mutex
 	releasing   map[string]*networkRelease
 	// retrying are the retries of failed detaches (retryRelease), which end once closing is.
-	retrying   sync.WaitGroup
+	retrying sync.WaitGroup
+	// closing ends when Close begins: watchIdle and the retries stop.
 	closing    context.Context
 	endClosing context.CancelFunc
 
@@ -132,7 +133,6 @@ type Runtime struct {
 	// daemon has been quiet for trimDelay (settled).
 	trim *time.Timer
 
-	stopIdle context.CancelFunc // ends watchIdle
 	// background is watchIdle, which Close waits for: a lifecycle being applied
 	// (a remove, a pause) must end before the records and the pool it uses are closed.
 	background sync.WaitGroup
@@ -217,9 +217,7 @@ func Open(cfg Config, log *slog.Logger) (*Runtime, error) {
 		r.Close()
 		return nil, err
 	}
-	idleCtx, stopIdle := context.WithCancel(context.Background())
-	r.stopIdle = stopIdle
-	r.background.Go(func() { r.watchIdle(idleCtx) })
+	r.background.Go(func() { r.watchIdle(r.closing) })
 	return r, nil
 }
 
@@ -311,10 +309,7 @@ func (r *Runtime) Close() error {
 	if r.endClosing != nil { // a runtime tests made by hand has none
 		r.endClosing()
 	}
-	if r.stopIdle != nil {
-		r.stopIdle()
-		r.background.Wait()
-	}
+	r.background.Wait()
 	r.drainPool()
 	if r.spares != nil {
 		r.spares.close()
