@@ -25,6 +25,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	sandboxfs "github.com/nsbox/nsbox/fs"
+	"github.com/nsbox/nsbox/internal/pidwait"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/permfs"
 	"github.com/nsbox/nsbox/perms"
@@ -345,12 +346,8 @@ func (r *Runtime) stopPermFS(base string, pid int) error {
 	if kerr := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); kerr != nil && kerr != unix.ESRCH {
 		return errors.Join(err, fmt.Errorf("kill permission layer: %w", kerr))
 	}
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	for {
-		if _, perr := unix.Poll(fds, -1); perr != unix.EINTR {
-			return errors.Join(err, wrapErr("wait for permission layer", perr))
-		}
-	}
+	_, perr = pidwait.Wait(fd, -1)
+	return errors.Join(err, wrapErr("wait for permission layer", perr))
 }
 
 // SetPermissions replaces the rules of a running sandbox (PATCH …/permissions): processes see

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/internal/pidwait"
 )
 
 // ErrNotInstalled is what Start returns on a host without the lxcfs program.
@@ -175,7 +177,7 @@ func (s *Server) kill() {
 		_ = s.child.Wait()
 		return
 	}
-	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 10000)
+	_, _ = pidwait.Wait(pidfd, 10*time.Second)
 }
 
 // Watch calls died once the LXCFS process has exited (after reaping it when it is this
@@ -200,8 +202,7 @@ func (s *Server) Watch(ctx context.Context, died func()) {
 		defer f.Close()
 		exited := false
 		_ = conn.Read(func(fd uintptr) bool {
-			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-			exited = n > 0
+			exited = pidwait.Exited(int(fd))
 			return exited
 		})
 		if !exited || ctx.Err() != nil {

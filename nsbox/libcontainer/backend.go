@@ -23,6 +23,7 @@ import (
 	runc "github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/internal/pidwait"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -439,27 +440,8 @@ func killInit(pid int) {
 	}
 	if pidfd, err := unix.PidfdOpen(pid, 0); err == nil {
 		_ = unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
-		waitPidfd(pidfd, 10*time.Second)
+		_, _ = pidwait.Wait(pidfd, 10*time.Second)
 		unix.Close(pidfd)
-	}
-}
-
-// waitPidfd waits until the process behind pidfd exits or timeout passes.
-func waitPidfd(pidfd int, timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return
-		}
-		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil || n > 0 {
-			return
-		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 
 	sandboxfs "github.com/nsbox/nsbox/fs"
 	"github.com/nsbox/nsbox/internal/lxcfs"
+	"github.com/nsbox/nsbox/internal/pidwait"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -128,10 +129,7 @@ func (i *instance) watch() {
 		defer i.exit()
 		defer pidfd.Close()
 		// The callback runs when the poller reports the pidfd readable: the process has exited.
-		_ = conn.Read(func(fd uintptr) bool {
-			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-			return n > 0
-		})
+		_ = conn.Read(func(fd uintptr) bool { return pidwait.Exited(int(fd)) })
 	}()
 }
 
@@ -166,18 +164,9 @@ func (i *instance) Alive() bool {
 }
 
 func (i *instance) alive() bool {
-	if i.pidfd < 0 {
-		return false
-	}
-	for {
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(i.pidfd), Events: unix.POLLIN}}, 0)
-		// A signal for this thread (Go's preemption sends SIGURG) fails even a poll that does
-		// not wait: the agent was taken for dead, and a create under load failed so.
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		return err == nil && n == 0
-	}
+	// Through the signals that interrupt a poll: taken for dead by one, the agent failed a
+	// create under load (pidwait).
+	return i.pidfd >= 0 && !pidwait.Exited(i.pidfd)
 }
 
 // AgentLog is the end of the agent's log, for error messages.
@@ -485,7 +474,7 @@ func (i *instance) Kill() {
 	defer i.mu.RUnlock()
 	if i.alive() {
 		_ = unix.PidfdSendSignal(i.pidfd, unix.SIGKILL, nil, 0)
-		waitPidfd(i.pidfd, 10*time.Second)
+		_, _ = pidwait.Wait(i.pidfd, 10*time.Second)
 	}
 	// Nothing in it runs out of memory any more: the OOM notification goes before the removal
 	// of its cgroup would fire it.
