@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -27,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/agent/code"
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/agent/process"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
@@ -145,7 +145,7 @@ func Run(listenFD, configFD, pidsFD, privateFD int, version string) error {
 		cfg.Close()
 	}
 	done := make(chan error, 1)
-	go func() { done <- http.Serve(api.StreamListener(ln), a.routes()) }()
+	go func() { done <- httpd.Serve(api.StreamListener(ln), a.serve, a.log) }()
 
 	for {
 		select {
@@ -233,22 +233,19 @@ func newAgent(version, dir, cwd string) (*Agent, error) {
 // handleShutdown ends the sandbox: its processes get SIGTERM, its shells SIGKILL, and the
 // agent exits once they all have (the daemon waits for that, and kills what is left after
 // its grace period). It answers 202 at once.
-func (a *Agent) handleShutdown(w http.ResponseWriter, _ *http.Request) error {
+func (a *Agent) handleShutdown(w *httpd.ResponseWriter, _ *httpd.Request) error {
 	select {
 	case a.shutdown <- struct{}{}:
 	default: // already shutting down
 	}
-	w.WriteHeader(http.StatusAccepted)
+	w.WriteHeader(httpd.StatusAccepted)
 	return nil
 }
 
-// routes is the agent's HTTP handler (router.go).
-func (a *Agent) routes() http.Handler { return router{a} }
-
 // handleHealth answers how the agent is. The first answer is what a container's start waits
 // for: the sessions' reserve is held after it, not before (session.Manager.HoldReserve).
-func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, api.Health{PID: os.Getpid(), Version: a.version, Configured: a.configured, ConfigError: a.configErr})
+func (a *Agent) handleHealth(w *httpd.ResponseWriter, _ *httpd.Request) error {
+	api.WriteJSON(w, httpd.StatusOK, api.Health{PID: os.Getpid(), Version: a.version, Configured: a.configured, ConfigError: a.configErr})
 	a.answered.Do(func() { go a.sessions.HoldReserve() })
 	return nil
 }
@@ -256,7 +253,7 @@ func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) error {
 // openEventStream starts a Server-Sent Events answer at once: the 200 and its headers go out
 // before the first event, so the daemon can answer its own client (or upgrade it to a
 // WebSocket) while the stream has nothing to say yet.
-func openEventStream(w http.ResponseWriter) *api.SSEWriter {
+func openEventStream(w *httpd.ResponseWriter) *api.SSEWriter {
 	events := api.NewSSEWriter(w)
 	_ = events.Start() // a client that went away fails the first Send too
 	return events

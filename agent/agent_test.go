@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,32 +16,55 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 )
 
 // testAgent serves a new agent's routes over HTTP; its sessions keep their files in a
 // temporary directory.
-func testAgent(t *testing.T) (*Agent, *httptest.Server) {
+func testAgent(t *testing.T) (*Agent, *testServer) {
 	t.Helper()
 	return testAgentIn(t, t.TempDir())
 }
 
 // testAgentIn is testAgent whose sessions keep their files in dir/sessions.
-func testAgentIn(t *testing.T, dir string) (*Agent, *httptest.Server) {
+func testAgentIn(t *testing.T, dir string) (*Agent, *testServer) {
 	t.Helper()
 	a, err := newAgent("test", filepath.Join(dir, "sessions"), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(a.routes())
-	t.Cleanup(srv.Close)
-	return a, srv
+	return a, serveAgent(t, a)
+}
+
+// testServer is an agent's routes served by package httpd on a loopback port of the test's
+// own, for a net/http client: the daemon's.
+type testServer struct {
+	URL    string
+	client *http.Client
+}
+
+func (s *testServer) Client() *http.Client { return s.client }
+
+func serveAgent(t *testing.T, a *Agent) *testServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = httpd.Serve(ln, a.serve, a.log) }()
+	srv := &testServer{URL: "http://" + ln.Addr().String(), client: &http.Client{Transport: &http.Transport{}}}
+	t.Cleanup(func() {
+		ln.Close()
+		srv.client.CloseIdleConnections()
+	})
+	return srv
 }
 
 // rootAgent is testAgent for tests that start processes or session shells, which start with
 // a credential and so need root. The test process does the PID 1 agent's reaping: its only
 // children are the agent's processes.
-func rootAgent(t *testing.T) (*Agent, *httptest.Server) {
+func rootAgent(t *testing.T) (*Agent, *testServer) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("processes and session shells start with a credential, which needs root")
@@ -68,7 +91,7 @@ func rootAgent(t *testing.T) (*Agent, *httptest.Server) {
 	return a, srv
 }
 
-func call(t *testing.T, srv *httptest.Server, method, path, body string) *http.Response {
+func call(t *testing.T, srv *testServer, method, path, body string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
 	if err != nil {
@@ -83,7 +106,7 @@ func call(t *testing.T, srv *httptest.Server, method, path, body string) *http.R
 }
 
 // callJSON makes a call, checks its status and decodes its JSON answer into out (if not nil).
-func callJSON(t *testing.T, srv *httptest.Server, method, path, body string, status int, out any) {
+func callJSON(t *testing.T, srv *testServer, method, path, body string, status int, out any) {
 	t.Helper()
 	resp := call(t, srv, method, path, body)
 	data, _ := io.ReadAll(resp.Body)
@@ -98,7 +121,7 @@ func callJSON(t *testing.T, srv *httptest.Server, method, path, body string, sta
 }
 
 // openStream makes a call that must start an event stream, and returns its reader.
-func openStream(t *testing.T, srv *httptest.Server, method, path, body string) *api.SSEReader {
+func openStream(t *testing.T, srv *testServer, method, path, body string) *api.SSEReader {
 	t.Helper()
 	resp := call(t, srv, method, path, body)
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != api.EventStream {
@@ -109,7 +132,7 @@ func openStream(t *testing.T, srv *httptest.Server, method, path, body string) *
 }
 
 // wantError makes a call that must fail with a JSON error of the given code.
-func wantError(t *testing.T, srv *httptest.Server, method, path, body, code string) {
+func wantError(t *testing.T, srv *testServer, method, path, body, code string) {
 	t.Helper()
 	var eb api.ErrorBody
 	callJSON(t, srv, method, path, body, (&api.Error{Code: code}).HTTPStatus(), &eb)

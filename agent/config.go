@@ -4,10 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -16,15 +16,15 @@ import (
 // daemon sends it once, when it gives a started container to a sandbox, before any session
 // exists; a container started for a sandbox gets its configuration at its start instead
 // (bootConfig).
-func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleConfig(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var cfg api.AgentConfig
-	if err := api.DecodeJSON(w, r, &cfg, false); err != nil {
+	if err := api.DecodeBody(r.Body, &cfg, false); err != nil {
 		return err
 	}
 	if err := a.configure(cfg); err != nil {
 		return err
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 

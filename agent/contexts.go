@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 	"maps"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/nsbox/nsbox/agent/code"
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -70,9 +70,9 @@ func (c caller) environ() []string {
 
 // handleCreateContext starts a code context: with a session's user, working directory and
 // exported environment when one is named, else the sandbox's; the request's env and cwd win.
-func (a *Agent) handleCreateContext(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleCreateContext(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.CreateCodeContextRequest
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	if err := api.CheckEnv(req.Env); err != nil {
@@ -88,28 +88,28 @@ func (a *Agent) handleCreateContext(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusCreated, c.Info())
+	api.WriteJSON(w, httpd.StatusCreated, c.Info())
 	return nil
 }
 
-func (a *Agent) handleListContexts(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, a.contexts.List())
+func (a *Agent) handleListContexts(w *httpd.ResponseWriter, _ *httpd.Request) error {
+	api.WriteJSON(w, httpd.StatusOK, a.contexts.List())
 	return nil
 }
 
-func (a *Agent) handleDeleteContext(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleDeleteContext(w *httpd.ResponseWriter, r *httpd.Request) error {
 	if err := a.contexts.Delete(r.PathValue("cid")); err != nil {
 		return err
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 
 // handleRunCode runs a cell and streams its events as Server-Sent Events (named by type),
 // the last one `end` with the run's result. The run goes on to its end if the client leaves.
-func (a *Agent) handleRunCode(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleRunCode(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.RunCodeRequest
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	if req.TimeoutMs < 0 {

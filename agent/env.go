@@ -1,8 +1,7 @@
 package agent
 
 import (
-	"net/http"
-
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 )
 
@@ -12,20 +11,20 @@ import (
 // sandbox at its own start, so the daemon's record stays the truth.
 // Sessions read it through the manager; a.env.Effective() is what any new process gets.
 
-func (a *Agent) handlePutEnv(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handlePutEnv(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.SandboxEnv
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	if err := api.CheckEnv(req.Env); err != nil {
 		return err
 	}
 	a.env.Replace(req.Env)
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 
-func (a *Agent) handleGetEnv(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, api.SandboxEnv{Env: a.env.Vars()})
+func (a *Agent) handleGetEnv(w *httpd.ResponseWriter, _ *httpd.Request) error {
+	api.WriteJSON(w, httpd.StatusOK, api.SandboxEnv{Env: a.env.Vars()})
 	return nil
 }

@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"syscall"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 )
 
@@ -24,9 +24,9 @@ const gitCredentialHelper = `!f() { test "$1" = get || exit 0; t=$(cat <&3); pri
 // handleGitCheckout clones a repository into a directory of the sandbox, or fetches and checks
 // out when the directory is a clone of it already, with the image's git, as the session's user
 // (or the sandbox's default user). With Accept: text/event-stream git's progress streams as it comes.
-func (a *Agent) handleGitCheckout(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleGitCheckout(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.GitCheckoutRequest
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	switch {
@@ -47,7 +47,7 @@ func (a *Agent) handleGitCheckout(w http.ResponseWriter, r *http.Request) error 
 	dir := who.dir(req.TargetDir)
 	var progress func(string)
 	var events *api.SSEWriter
-	if api.WantsEventStream(r) {
+	if api.AcceptsEventStream(r.Header("Accept")) {
 		events = openEventStream(w)
 		progress = func(line string) {
 			_ = events.Send(api.EventProgress, api.GitProgressEvent{Type: api.EventProgress, Line: line})
@@ -62,7 +62,7 @@ func (a *Agent) handleGitCheckout(w http.ResponseWriter, r *http.Request) error 
 	case err != nil:
 		return err
 	default:
-		api.WriteJSON(w, http.StatusOK, res)
+		api.WriteJSON(w, httpd.StatusOK, res)
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/agent/process"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
@@ -74,7 +74,7 @@ func (a *Agent) sessionState(ctx context.Context, sid string) (process.SessionSt
 }
 
 // process finds the process the path names.
-func (a *Agent) process(r *http.Request) (*process.Process, error) {
+func (a *Agent) process(r *httpd.Request) (*process.Process, error) {
 	p, err := a.processes.Get(r.PathValue("pid"))
 	if err != nil {
 		return nil, fmt.Errorf("process %q: %w", r.PathValue("pid"), err)
@@ -82,23 +82,23 @@ func (a *Agent) process(r *http.Request) (*process.Process, error) {
 	return p, nil
 }
 
-func (a *Agent) handleStartProcess(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleStartProcess(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.StartProcessRequest
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	p, err := a.processes.Start(r.Context(), req)
 	if err != nil {
 		return fmt.Errorf("start process: %w", err)
 	}
-	api.WriteJSON(w, http.StatusCreated, p.Info())
+	api.WriteJSON(w, httpd.StatusCreated, p.Info())
 	return nil
 }
 
 var processStatuses = []string{api.ProcessRunning, api.ProcessExited, api.ProcessKilled, api.ProcessFailed}
 
-func (a *Agent) handleListProcesses(w http.ResponseWriter, r *http.Request) error {
-	status := r.URL.Query().Get("status")
+func (a *Agent) handleListProcesses(w *httpd.ResponseWriter, r *httpd.Request) error {
+	status := r.Query().Get("status")
 	valid := status == ""
 	for _, s := range processStatuses {
 		valid = valid || s == status
@@ -106,37 +106,37 @@ func (a *Agent) handleListProcesses(w http.ResponseWriter, r *http.Request) erro
 	if !valid {
 		return api.Errorf(api.CodeInvalidArgument, "status must be one of %s, not %q", strings.Join(processStatuses, ", "), status)
 	}
-	api.WriteJSON(w, http.StatusOK, a.processes.List(status, r.URL.Query().Get("sessionId")))
+	api.WriteJSON(w, httpd.StatusOK, a.processes.List(status, r.Query().Get("sessionId")))
 	return nil
 }
 
-func (a *Agent) handleGetProcess(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleGetProcess(w *httpd.ResponseWriter, r *httpd.Request) error {
 	p, err := a.process(r)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, p.Info())
+	api.WriteJSON(w, httpd.StatusOK, p.Info())
 	return nil
 }
 
-func (a *Agent) handleRemoveProcess(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleRemoveProcess(w *httpd.ResponseWriter, r *httpd.Request) error {
 	if err := a.processes.Remove(r.PathValue("pid")); err != nil {
 		return fmt.Errorf("remove process %q: %w", r.PathValue("pid"), err)
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 
-func (a *Agent) handleRemoveFinished(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, a.processes.RemoveFinished())
+func (a *Agent) handleRemoveFinished(w *httpd.ResponseWriter, _ *httpd.Request) error {
+	api.WriteJSON(w, httpd.StatusOK, a.processes.RemoveFinished())
 	return nil
 }
 
 // killRequest reads a kill request, whose body may be empty: the signal, and the grace
 // before SIGKILL.
-func killRequest(w http.ResponseWriter, r *http.Request) (unix.Signal, time.Duration, error) {
+func killRequest(w *httpd.ResponseWriter, r *httpd.Request) (unix.Signal, time.Duration, error) {
 	var req api.KillProcessRequest
-	if err := api.DecodeJSON(w, r, &req, true); err != nil {
+	if err := api.DecodeBody(r.Body, &req, true); err != nil {
 		return 0, 0, err
 	}
 	sig, err := process.ParseSignal(req.Signal)
@@ -147,7 +147,7 @@ func killRequest(w http.ResponseWriter, r *http.Request) (unix.Signal, time.Dura
 	return sig, grace, err
 }
 
-func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleKillProcess(w *httpd.ResponseWriter, r *httpd.Request) error {
 	sig, grace, err := killRequest(w, r)
 	if err != nil {
 		return err
@@ -159,14 +159,14 @@ func (a *Agent) handleKillProcess(w http.ResponseWriter, r *http.Request) error 
 	if err := p.Kill(r.Context(), sig, grace); err != nil {
 		return fmt.Errorf("kill process %q: %w", r.PathValue("pid"), err)
 	}
-	api.WriteJSON(w, http.StatusOK, p.Info())
+	api.WriteJSON(w, httpd.StatusOK, p.Info())
 	return nil
 }
 
 // handleKillAll signals every running process at once, and every other process of the sandbox
 // but the agent and the sessions' shells with what they run (see process.Sweep), and answers
 // the processes it signaled.
-func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleKillAll(w *httpd.ResponseWriter, r *httpd.Request) error {
 	sig, grace, err := killRequest(w, r)
 	if err != nil {
 		return err
@@ -194,7 +194,7 @@ func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) error {
 			out = append(out, running[i].Info())
 		}
 	}
-	api.WriteJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, httpd.StatusOK, out)
 	return nil
 }
 
@@ -202,8 +202,8 @@ func (a *Agent) handleKillAll(w http.ResponseWriter, r *http.Request) error {
 // ?limit= bytes, or with ?follow=1 streams it as Server-Sent Events (the event name is the
 // ProcessEvent's type, its data the whole ProcessEvent) until the process has ended; the 200
 // goes out at once, before there is any output.
-func (a *Agent) handleProcessLogs(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
+func (a *Agent) handleProcessLogs(w *httpd.ResponseWriter, r *httpd.Request) error {
+	q := r.Query()
 	var cursor int64
 	if v := q.Get("cursor"); v != "" {
 		var err error
@@ -231,7 +231,7 @@ func (a *Agent) handleProcessLogs(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	if !follow {
-		api.WriteJSON(w, http.StatusOK, p.Logs(cursor, limit))
+		api.WriteJSON(w, httpd.StatusOK, p.Logs(cursor, limit))
 		return nil
 	}
 	events := openEventStream(w)
@@ -241,9 +241,9 @@ func (a *Agent) handleProcessLogs(w http.ResponseWriter, r *http.Request) error 
 
 // handleProcessStdin appends the raw body to the process's stdin (POST; ?close=true closes it
 // after), or closes it (DELETE).
-func (a *Agent) handleProcessStdin(w http.ResponseWriter, r *http.Request) error {
-	closeAfter := r.Method == http.MethodDelete
-	if v := r.URL.Query().Get("close"); v != "" && !closeAfter {
+func (a *Agent) handleProcessStdin(w *httpd.ResponseWriter, r *httpd.Request) error {
+	closeAfter := r.Method == httpd.MethodDelete
+	if v := r.Query().Get("close"); v != "" && !closeAfter {
 		var err error
 		if closeAfter, err = strconv.ParseBool(v); err != nil {
 			return api.Errorf(api.CodeInvalidArgument, "close must be true or false, not %q", v)
@@ -254,19 +254,19 @@ func (a *Agent) handleProcessStdin(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	body := io.Reader(r.Body)
-	if r.Method == http.MethodDelete {
+	if r.Method == httpd.MethodDelete {
 		body = bytes.NewReader(nil)
 	}
 	if err := p.WriteStdin(r.Context(), body, closeAfter); err != nil {
 		return fmt.Errorf("write to process %q's stdin: %w", r.PathValue("pid"), err)
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 
-func (a *Agent) handleWaitProcess(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleWaitProcess(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.WaitProcessRequest
-	if err := api.DecodeJSON(w, r, &req, true); err != nil {
+	if err := api.DecodeBody(r.Body, &req, true); err != nil {
 		return err
 	}
 	p, err := a.process(r)
@@ -277,7 +277,7 @@ func (a *Agent) handleWaitProcess(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return fmt.Errorf("wait for process %q: %w", r.PathValue("pid"), err)
 	}
-	api.WriteJSON(w, http.StatusOK, res)
+	api.WriteJSON(w, httpd.StatusOK, res)
 	return nil
 }
 

@@ -1,11 +1,11 @@
 package agent
 
 import (
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 )
 
@@ -20,7 +20,7 @@ import (
 // static data.
 var agentRoutes = []struct {
 	method, pattern string
-	handle          func(*Agent, http.ResponseWriter, *http.Request) error
+	handle          func(*Agent, *httpd.ResponseWriter, *httpd.Request) error
 }{
 	{"GET", "/v1/health", (*Agent).handleHealth},
 	{"PUT", "/v1/config", (*Agent).handleConfig},
@@ -61,40 +61,46 @@ var agentRoutes = []struct {
 	{"POST", "/v1/processes/{pid}/wait", (*Agent).handleWaitProcess},
 }
 
-// router serves agentRoutes as http.ServeMux would: a GET route serves HEAD too; 404 for a
-// path no pattern matches, 405 (with Allow) for one that only patterns of other methods match.
-type router struct{ a *Agent }
-
-func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	path := r.URL.EscapedPath()
+// serve is the agent's HTTP handler: it serves agentRoutes as http.ServeMux would, a GET route
+// serving HEAD too; 404 for a path no pattern matches, 405 (with Allow) for one that only
+// patterns of other methods match.
+func (a *Agent) serve(w *httpd.ResponseWriter, r *httpd.Request) {
 	var allow []string
 	for _, route := range agentRoutes {
-		name, value, ok := match(route.pattern, path)
+		name, value, ok := match(route.pattern, r.Path)
 		if !ok {
 			continue
 		}
-		if route.method != r.Method && (route.method != http.MethodGet || r.Method != http.MethodHead) {
+		if route.method != r.Method && (route.method != httpd.MethodGet || r.Method != httpd.MethodHead) {
 			allow = append(allow, route.method)
-			if route.method == http.MethodGet {
-				allow = append(allow, http.MethodHead)
+			if route.method == httpd.MethodGet {
+				allow = append(allow, httpd.MethodHead)
 			}
 			continue
 		}
 		if name != "" {
 			r.SetPathValue(name, value)
 		}
-		if err := route.handle(rt.a, w, r); err != nil {
-			api.ServeError(rt.a.log, w, err)
+		if err := route.handle(a, w, r); err != nil {
+			api.ServeError(a.log, w, err)
 		}
 		return
 	}
 	if len(allow) > 0 {
 		slices.Sort(allow)
-		w.Header().Set("Allow", strings.Join(slices.Compact(allow), ", "))
-		http.Error(w, http.StatusText(http.StatusMethodNotAllowed), http.StatusMethodNotAllowed)
+		w.SetHeader("Allow", strings.Join(slices.Compact(allow), ", "))
+		plainError(w, httpd.StatusMethodNotAllowed, "Method Not Allowed")
 		return
 	}
-	http.NotFound(w, r)
+	plainError(w, httpd.StatusNotFound, "404 page not found")
+}
+
+// plainError answers status with msg as text, as net/http's Error does.
+func plainError(w *httpd.ResponseWriter, status int, msg string) {
+	w.SetHeader("Content-Type", "text/plain; charset=utf-8")
+	w.SetHeader("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(msg + "\n"))
 }
 
 // match reports whether the escaped path matches pattern, and returns the name of the

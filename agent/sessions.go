@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/agent/cgroup"
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -48,9 +48,9 @@ func sessionError(err error) error {
 	return err
 }
 
-func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleCreateSession(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.CreateSessionRequest
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	if req.ID == "" {
@@ -70,14 +70,14 @@ func (a *Agent) handleCreateSession(w http.ResponseWriter, r *http.Request) erro
 	if errors.Is(err, session.ErrExists) {
 		// Creating a session that runs answers it as it is (its permission included).
 		if s, gerr := a.sessions.Get(req.ID); gerr == nil && !s.Ended() {
-			api.WriteJSON(w, http.StatusOK, sessionInfo(s.Info()))
+			api.WriteJSON(w, httpd.StatusOK, sessionInfo(s.Info()))
 			return nil
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("create session %q: %w", req.ID, sessionError(err))
 	}
-	api.WriteJSON(w, http.StatusCreated, sessionInfo(s.Info()))
+	api.WriteJSON(w, httpd.StatusCreated, sessionInfo(s.Info()))
 	return nil
 }
 
@@ -110,7 +110,7 @@ func (a *Agent) session(sid string) (*session.Session, error) {
 	return s, nil
 }
 
-func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) error {
+func (a *Agent) handleListSessions(w *httpd.ResponseWriter, _ *httpd.Request) error {
 	if _, err := a.sessions.Default(); err != nil {
 		a.log.Warn("start default session", "err", err)
 	}
@@ -118,28 +118,28 @@ func (a *Agent) handleListSessions(w http.ResponseWriter, _ *http.Request) error
 	for _, i := range a.sessions.List() {
 		out = append(out, sessionInfo(i))
 	}
-	api.WriteJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, httpd.StatusOK, out)
 	return nil
 }
 
-func (a *Agent) handleGetSession(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleGetSession(w *httpd.ResponseWriter, r *httpd.Request) error {
 	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sessionInfo(s.Info()))
+	api.WriteJSON(w, httpd.StatusOK, sessionInfo(s.Info()))
 	return nil
 }
 
-func (a *Agent) handleDeleteSession(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleDeleteSession(w *httpd.ResponseWriter, r *httpd.Request) error {
 	if err := a.sessions.Delete(r.PathValue("sid")); err != nil {
 		return fmt.Errorf("delete session %q: %w", r.PathValue("sid"), sessionError(err))
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 
-func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleCancel(w *httpd.ResponseWriter, r *httpd.Request) error {
 	s, err := a.session(r.PathValue("sid"))
 	if err != nil {
 		return err
@@ -147,7 +147,7 @@ func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	if !s.Cancel() {
 		return api.Errorf(api.CodeConflict, "session %q is not running a command", r.PathValue("sid"))
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 
@@ -159,11 +159,11 @@ const startFlush = 5 * time.Millisecond
 // start, then stdout/stderr chunks as they are produced (their raw bytes), then exit with the
 // result. The stream (and the 200) starts when the command does; errors before that are plain
 // error answers.
-func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleExec(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.ExecRequest
 	// DecodeJSON reads the body to its end: only then does the server notice, and cancel
 	// r.Context(), when the daemon's connection goes away (which killOnDisconnect relies on).
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	sreq, err := sessionRequest(&req)

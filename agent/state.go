@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -25,9 +25,9 @@ const (
 	stateTimeout = 10 * time.Second
 )
 
-func (a *Agent) handleSaveState(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleSaveState(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.SaveStateRequest
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	var out api.SandboxState
@@ -53,16 +53,16 @@ func (a *Agent) handleSaveState(w http.ResponseWriter, r *http.Request) error {
 	if req.Processes {
 		out.Processes = a.processes.Save(savedLogBytes)
 	}
-	api.WriteJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, httpd.StatusOK, out)
 	return nil
 }
 
 // handleRestoreState starts the saved sessions with their state, all at once, and then
 // brings the saved processes back (process.Manager.Restore; a restarted process may use a
 // session's state). A session that cannot be restored is reported, after the others were.
-func (a *Agent) handleRestoreState(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleRestoreState(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var st api.SandboxState
-	if err := api.DecodeJSON(w, r, &st, false); err != nil {
+	if err := api.DecodeBody(r.Body, &st, false); err != nil {
 		return err
 	}
 	errs := make([]error, len(st.Sessions))
@@ -79,7 +79,7 @@ func (a *Agent) handleRestoreState(w http.ResponseWriter, r *http.Request) error
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("restore saved state: %w", err)
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 

@@ -4,9 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -28,7 +28,7 @@ func terminalError(err error) error {
 // part (what the ring held when the client attached) goes without the sequences that would
 // make the client's terminal answer (session.Replay), and ends with a "live" event; the cursors
 // still count the ring's bytes.
-func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleTerminalOutput(w *httpd.ResponseWriter, r *httpd.Request) error {
 	s, err := a.session(r.PathValue("sid"))
 	if err == nil && !s.HasTerminal() {
 		err = session.ErrNoTerminal
@@ -37,9 +37,9 @@ func (a *Agent) handleTerminalOutput(w http.ResponseWriter, r *http.Request) err
 		return terminalError(err)
 	}
 	var cursor int64
-	explicit := r.URL.Query().Has("cursor")
+	explicit := r.Query().Has("cursor")
 	if explicit {
-		if cursor, err = strconv.ParseInt(r.URL.Query().Get("cursor"), 10, 64); err != nil || cursor < 0 {
+		if cursor, err = strconv.ParseInt(r.Query().Get("cursor"), 10, 64); err != nil || cursor < 0 {
 			return api.Errorf(api.CodeInvalidArgument, "cursor must be a byte offset ≥ 0")
 		}
 	}
@@ -81,9 +81,12 @@ func terminalOutput(b []byte, cursor int64) api.TerminalEvent {
 }
 
 // handleTerminalInput types the request body into the session's terminal.
-func (a *Agent) handleTerminalInput(w http.ResponseWriter, r *http.Request) error {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTerminalInput))
+func (a *Agent) handleTerminalInput(w *httpd.ResponseWriter, r *httpd.Request) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxTerminalInput+1))
 	if err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "read terminal input: %v", err)
+	}
+	if len(data) > maxTerminalInput {
 		return api.Errorf(api.CodeTooLarge, "terminal input larger than %d bytes", maxTerminalInput)
 	}
 	s, err := a.writableSession(r.PathValue("sid"))
@@ -93,14 +96,14 @@ func (a *Agent) handleTerminalInput(w http.ResponseWriter, r *http.Request) erro
 	if err := s.TerminalInput(data); err != nil {
 		return fmt.Errorf("type into session %q's terminal: %w", r.PathValue("sid"), terminalError(err))
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 
 // handleTerminalResize sets the terminal's size.
-func (a *Agent) handleTerminalResize(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleTerminalResize(w *httpd.ResponseWriter, r *httpd.Request) error {
 	var req api.TerminalControl
-	if err := api.DecodeJSON(w, r, &req, false); err != nil {
+	if err := api.DecodeBody(r.Body, &req, false); err != nil {
 		return err
 	}
 	s, err := a.writableSession(r.PathValue("sid"))
@@ -110,6 +113,6 @@ func (a *Agent) handleTerminalResize(w http.ResponseWriter, r *http.Request) err
 	if err := s.Resize(req.Cols, req.Rows); err != nil {
 		return fmt.Errorf("resize session %q's terminal: %w", r.PathValue("sid"), terminalError(err))
 	}
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }

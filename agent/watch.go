@@ -1,9 +1,9 @@
 package agent
 
 import (
-	"net/http"
 	"sync"
 
+	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -69,7 +69,7 @@ func (a *Agent) notify(n api.AgentNotice) {
 
 // handleWatch streams notices as Server-Sent Events named api.AgentNoticeEvent: first the
 // counts as they are, then one after each change, until the daemon goes away.
-func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) error {
+func (a *Agent) handleWatch(w *httpd.ResponseWriter, r *httpd.Request) error {
 	ch := make(chan api.AgentNotice, watchBuffer)
 	a.watchers.mu.Lock()
 	ch <- a.counted(api.AgentNotice{})

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"net/http"
 	"net/url"
 	"time"
 )
@@ -36,19 +35,6 @@ const (
 	SessionQuery                    // the query parameter session or sessionId (a session token's own is filled in)
 	SessionBody                     // the JSON body's sessionId
 )
-
-// Endpoint is one endpoint of the daemon's API with what it asks of callers.
-type Endpoint struct {
-	Method, Pattern string
-	Access          Access
-	Session         SessionFrom
-	Handle          HandlerFunc
-}
-
-// Check decides, before an endpoint's handler runs, whether the request's caller may use it:
-// it returns the request to serve (its context perhaps marked WithReadOnly) or the error to
-// answer (401, 403).
-type Check func(req *http.Request, access Access, session SessionFrom) (*http.Request, error)
 
 // Permissions of sessions and tokens (read, write), and the levels of a PermissionRule
 // (all four).

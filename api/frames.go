@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -30,10 +29,8 @@ import (
 // an error frame.
 const EventFrames = "application/x-nsbox-frames"
 
-// WantsFrames reports whether a request asks for its answer as frames.
-func WantsFrames(r *http.Request) bool {
-	return strings.Contains(r.Header.Get("Accept"), EventFrames)
-}
+// AcceptsFrames reports whether a request's Accept header asks for its answer as frames.
+func AcceptsFrames(accept string) bool { return strings.Contains(accept, EventFrames) }
 
 // maxFrame bounds one frame's payload.
 const maxFrame = 16 << 20
@@ -42,7 +39,7 @@ const maxFrame = 16 << 20
 // The first frame sends the 200 header.
 type FrameWriter struct {
 	mu      sync.Mutex
-	w       http.ResponseWriter
+	w       AnswerWriter
 	started bool
 	failed  error
 	head    [1 + 255 + 4]byte // a frame's head, before its payload
@@ -52,7 +49,7 @@ type FrameWriter struct {
 }
 
 // NewFrameWriter returns a writer of frames to w.
-func NewFrameWriter(w http.ResponseWriter) *FrameWriter { return &FrameWriter{w: w} }
+func NewFrameWriter(w AnswerWriter) *FrameWriter { return &FrameWriter{w: w} }
 
 // How a frame goes out: flushed at once, within a while, or with the end of the answer.
 type frameFlush int
@@ -116,7 +113,7 @@ func (f *FrameWriter) flushPending() {
 		return
 	}
 	f.pending = nil
-	if err := http.NewResponseController(f.w).Flush(); err != nil {
+	if err := f.w.Flush(); err != nil {
 		f.failed = err
 	}
 }
@@ -135,8 +132,8 @@ func (f *FrameWriter) send(event string, payload []byte, how frameFlush, within 
 	}
 	if !f.started {
 		f.started = true
-		f.w.Header().Set("Content-Type", EventFrames)
-		f.w.WriteHeader(http.StatusOK)
+		f.w.SetHeader("Content-Type", EventFrames)
+		f.w.WriteHeader(200)
 	}
 	head := append(append(append(f.head[:0], byte(len(event))), event...), 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(head[len(head)-4:], uint32(len(payload)))
@@ -159,7 +156,7 @@ func (f *FrameWriter) send(event string, payload []byte, how frameFlush, within 
 		return nil
 	}
 	f.stopPending()
-	if err := http.NewResponseController(f.w).Flush(); err != nil {
+	if err := f.w.Flush(); err != nil {
 		f.failed = err
 	}
 	return f.failed

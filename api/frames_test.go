@@ -20,7 +20,7 @@ import (
 
 func TestFramesRoundTrip(t *testing.T) {
 	rec := httptest.NewRecorder()
-	fw := NewFrameWriter(rec)
+	fw := NewFrameWriter(answer{rec})
 	big := bytes.Repeat([]byte{0, 0xff, '\n'}, 100000)
 	for _, err := range []error{
 		fw.SendJSON(EventStart, ExecEvent{Type: EventStart, SessionID: "s"}),
@@ -63,7 +63,7 @@ func TestFramesRoundTrip(t *testing.T) {
 // sends it with the answer's chunked end in one write.
 func TestSendLastIsNotFlushed(t *testing.T) {
 	rec := httptest.NewRecorder()
-	fw := NewFrameWriter(rec)
+	fw := NewFrameWriter(answer{rec})
 	if err := fw.Send(EventStart, []byte("{}")); err != nil || !rec.Flushed {
 		t.Fatalf("start: flushed %v, %v", rec.Flushed, err)
 	}
@@ -86,7 +86,7 @@ func TestSendLastIsNotFlushed(t *testing.T) {
 // SendLast: a short command's start and exit go out in one write.
 func TestSendSoonGoesOutWithTheNextFrame(t *testing.T) {
 	rec := httptest.NewRecorder()
-	fw := NewFrameWriter(rec)
+	fw := NewFrameWriter(answer{rec})
 	if err := fw.SendSoon(EventStart, []byte("{}"), time.Hour); err != nil || rec.Flushed {
 		t.Fatalf("start: flushed %v, %v", rec.Flushed, err)
 	}
@@ -98,7 +98,7 @@ func TestSendSoonGoesOutWithTheNextFrame(t *testing.T) {
 	}
 
 	rec = httptest.NewRecorder()
-	fw = NewFrameWriter(rec)
+	fw = NewFrameWriter(answer{rec})
 	if err := fw.SendSoon(EventStart, []byte("{}"), time.Hour); err != nil || rec.Flushed {
 		t.Fatalf("start: flushed %v, %v", rec.Flushed, err)
 	}
@@ -118,7 +118,7 @@ func TestSendSoonGoesOutWithTheNextFrame(t *testing.T) {
 func TestSendSoonFlushesAlone(t *testing.T) {
 	read := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fw := NewFrameWriter(w)
+		fw := NewFrameWriter(answer{w})
 		defer fw.End()
 		if err := fw.SendSoon(EventStart, []byte("{}"), time.Millisecond); err != nil {
 			t.Error(err)
@@ -182,7 +182,7 @@ func BenchmarkAppendJSONText(b *testing.B) {
 // output payloads, not for the others.
 func TestFrameReaderOutput(t *testing.T) {
 	rec := httptest.NewRecorder()
-	fw := NewFrameWriter(rec)
+	fw := NewFrameWriter(answer{rec})
 	big := bytes.Repeat([]byte("0123456789"), 100000) // larger than the reader's buffer
 	for _, err := range []error{
 		fw.SendJSON(EventStart, ExecEvent{Type: EventStart}),
@@ -255,7 +255,7 @@ func TestStreamListenerGivesUnixConnectionsLargeSendBuffers(t *testing.T) {
 
 func TestFramesOfOutputAllocateNothing(t *testing.T) {
 	rec := httptest.NewRecorder()
-	fw := NewFrameWriter(rec)
+	fw := NewFrameWriter(answer{rec})
 	chunk := bytes.Repeat([]byte("x"), 1000)
 	if err := fw.Send(EventStdout, chunk); err != nil { // the first sends the header
 		t.Fatal(err)

@@ -8,36 +8,35 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"strings"
 	"sync"
 )
 
-// The HTTP idiom the daemon and the agent share: handlers return their error, Handle answers
-// it (logging what failed inside the server), DecodeJSON reads every JSON body, and streams
-// are Server-Sent Events written by SSEWriter and read by SSEReader — from the agent to the
-// daemon, and from the daemon to its clients.
+// The HTTP idiom the daemon and the agent share: handlers return their error, ServeError
+// answers it (logging what failed inside the server), DecodeBody reads every JSON body, and
+// streams are Server-Sent Events written by SSEWriter and read by SSEReader — from the agent
+// to the daemon, and from the daemon to its clients. It is written against AnswerWriter, not
+// net/http, so that the agent, which serves HTTP without net/http (agent/httpd), shares it;
+// the daemon's side adapts net/http to it in package httpapi.
+
+// AnswerWriter is where a handler writes its answer: the status and headers first, then the
+// body, sent on its way by Flush.
+type AnswerWriter interface {
+	// SetHeader sets a header of the answer; it has no effect once the status is written.
+	SetHeader(key, value string)
+	// WriteHeader sends the status and the headers (Write sends 200 first if it was not).
+	WriteHeader(status int)
+	Write(p []byte) (int, error)
+	// Flush sends what was written so far to the client.
+	Flush() error
+}
 
 // MaxRequestBody bounds a JSON request body (exec stdin included).
 const MaxRequestBody = 64 << 20
 
-// HandlerFunc is an HTTP handler that returns its error instead of answering it. A handler
-// returns an error only before it has written anything; once it has started an answer (a
-// stream), it deals with later errors itself.
-type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
-
-// Handle adapts h to net/http: an error h returns is answered by ServeError.
-func Handle(log *slog.Logger, h HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if err := h(w, r); err != nil {
-			ServeError(log, w, err)
-		}
-	}
-}
-
 // ServeError answers err. An error that is not an *Error, or is one with code internal, means
 // something failed inside the server: it is logged, and answered as internal with its message.
-func ServeError(log *slog.Logger, w http.ResponseWriter, err error) {
+func ServeError(log *slog.Logger, w AnswerWriter, err error) {
 	var e *Error
 	if !errors.As(err, &e) || e.Code == CodeInternal {
 		log.Error("request failed", "err", err)
@@ -47,15 +46,15 @@ func ServeError(log *slog.Logger, w http.ResponseWriter, err error) {
 }
 
 // WriteJSON writes v as a JSON response with the given status.
-func WriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
+func WriteJSON(w AnswerWriter, status int, v any) {
+	w.SetHeader("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
 // WriteError writes err as an error envelope; errors that are not *Error become "internal".
 // Servers answer through ServeError, which also logs; this is for answers with no logger.
-func WriteError(w http.ResponseWriter, err error) {
+func WriteError(w AnswerWriter, err error) {
 	var e *Error
 	if !errors.As(err, &e) {
 		e = &Error{Code: CodeInternal, Message: err.Error()}
@@ -63,33 +62,33 @@ func WriteError(w http.ResponseWriter, err error) {
 	WriteJSON(w, e.HTTPStatus(), ErrorBody{Error: e})
 }
 
-// ReadError turns a non-2xx response into an *Error, keeping the server's code and message.
-func ReadError(resp *http.Response) *Error {
-	var body ErrorBody
-	if err := json.NewDecoder(resp.Body).Decode(&body); err == nil && body.Error != nil {
-		return body.Error
+// ReadError turns the body of a non-2xx answer with the given status code and line ("404 Not
+// Found") into an *Error, keeping the server's code and message.
+func ReadError(body io.Reader, statusCode int, status string) *Error {
+	var eb ErrorBody
+	if err := json.NewDecoder(body).Decode(&eb); err == nil && eb.Error != nil {
+		return eb.Error
 	}
 	code := CodeInternal
 	for c, s := range codeStatus {
-		if s == resp.StatusCode {
+		if s == statusCode {
 			code = c
 		}
 	}
-	return Errorf(code, "%s", resp.Status)
+	return Errorf(code, "%s", status)
 }
 
-// DecodeJSON decodes a JSON request body into v, strictly (unknown fields and trailing data
+// DecodeBody decodes a JSON request body into v, strictly (unknown fields and trailing data
 // are errors) and at most MaxRequestBody bytes of it. An empty body is an error unless
 // optional, when it leaves v as it is. The body is read to its end: only then does the
 // server watch the connection and cancel the request when the client goes away.
-func DecodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
+func DecodeBody(body io.Reader, v any, optional bool) error {
+	data, err := io.ReadAll(io.LimitReader(body, MaxRequestBody+1))
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return Errorf(CodeTooLarge, "request body is larger than %d bytes", MaxRequestBody)
-		}
 		return Errorf(CodeInvalidArgument, "read request body: %v", err)
+	}
+	if len(data) > MaxRequestBody {
+		return Errorf(CodeTooLarge, "request body is larger than %d bytes", MaxRequestBody)
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
 		if optional {
@@ -111,22 +110,21 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) er
 // EventStream is the media type of Server-Sent Events.
 const EventStream = "text/event-stream"
 
-// WantsEventStream reports whether a request asks for its answer as Server-Sent Events.
-func WantsEventStream(r *http.Request) bool {
-	return strings.Contains(r.Header.Get("Accept"), EventStream)
-}
+// AcceptsEventStream reports whether a request's Accept header asks for its answer as
+// Server-Sent Events.
+func AcceptsEventStream(accept string) bool { return strings.Contains(accept, EventStream) }
 
 // SSEWriter writes Server-Sent Events, each one flushed at once, from any goroutine. The
 // first event sends the 200 header.
 type SSEWriter struct {
 	mu      sync.Mutex
-	w       http.ResponseWriter
+	w       AnswerWriter
 	started bool
 	failed  error
 }
 
 // NewSSEWriter returns a writer of events to w.
-func NewSSEWriter(w http.ResponseWriter) *SSEWriter { return &SSEWriter{w: w} }
+func NewSSEWriter(w AnswerWriter) *SSEWriter { return &SSEWriter{w: w} }
 
 // Start sends the 200 and its headers now, before any event: the other side learns at once
 // that the stream is open (a terminal can be upgraded, a follower answered) while it has
@@ -142,14 +140,14 @@ func (s *SSEWriter) Start() error {
 func (s *SSEWriter) start() {
 	if !s.started {
 		s.started = true
-		s.w.Header().Set("Content-Type", EventStream)
-		s.w.Header().Set("Cache-Control", "no-cache")
-		s.w.WriteHeader(http.StatusOK)
+		s.w.SetHeader("Content-Type", EventStream)
+		s.w.SetHeader("Cache-Control", "no-cache")
+		s.w.WriteHeader(200)
 	}
 }
 
 func (s *SSEWriter) flush() {
-	if err := http.NewResponseController(s.w).Flush(); err != nil && s.failed == nil {
+	if err := s.w.Flush(); err != nil && s.failed == nil {
 		s.failed = err
 	}
 }

@@ -18,7 +18,7 @@ import (
 // many faults it saves depends on which memory Go hands out.
 func TestLargeOutputKeptWholeHoldsItsLength(t *testing.T) {
 	rec := httptest.NewRecorder()
-	fw := NewFrameWriter(rec)
+	fw := NewFrameWriter(answer{rec})
 	var want []byte
 	for i := range 48 {
 		chunk := bytes.Repeat([]byte{byte('a' + i%26)}, 1<<20)
@@ -62,7 +62,7 @@ func residentBytes(t *testing.T, b []byte) int {
 // their spare memory back).
 func TestCallersOutputBufferIsLeftAlone(t *testing.T) {
 	rec := httptest.NewRecorder()
-	fw := NewFrameWriter(rec)
+	fw := NewFrameWriter(answer{rec})
 	if err := fw.Send(EventStdout, []byte("out")); err != nil {
 		t.Fatal(err)
 	}

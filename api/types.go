@@ -1,5 +1,6 @@
 // Package api holds the wire types of nsbox's HTTP API, its error model and the HTTP idiom
-// (http.go) that the daemon and the agent share. The daemon-to-agent channel reuses the
+// (http.go) that the daemon and the agent share, without net/http (the daemon's adapter to
+// it is package httpapi). The daemon-to-agent channel reuses the
 // public types; the few that are the agent's alone are in agent.go, marked internal. The
 // machine-readable description of the public API is openapi.json beside this file.
 package api
@@ -9,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -588,19 +588,19 @@ const (
 )
 
 var codeStatus = map[string]int{
-	CodeInvalidArgument: http.StatusBadRequest,
-	CodeNotFound:        http.StatusNotFound,
-	CodeConflict:        http.StatusConflict,
-	CodeTerminalBusy:    http.StatusConflict,
-	CodeTooLarge:        http.StatusRequestEntityTooLarge,
-	CodeInternal:        http.StatusInternalServerError,
-	CodeUnavailable:     http.StatusServiceUnavailable,
-	CodeUnauthenticated: http.StatusUnauthorized,
+	CodeInvalidArgument: 400,
+	CodeNotFound:        404,
+	CodeConflict:        409,
+	CodeTerminalBusy:    409,
+	CodeTooLarge:        413,
+	CodeInternal:        500,
+	CodeUnavailable:     503,
+	CodeUnauthenticated: 401,
 
-	CodePermissionDenied:    http.StatusForbidden,
-	CodeInsufficientStorage: http.StatusInsufficientStorage,
-	CodeRangeNotSatisfiable: http.StatusRequestedRangeNotSatisfiable,
-	CodePreconditionFailed:  http.StatusPreconditionFailed,
+	CodePermissionDenied:    403,
+	CodeInsufficientStorage: 507,
+	CodeRangeNotSatisfiable: 416,
+	CodePreconditionFailed:  412,
 }
 
 // Error is an API error; on the wire it is {"error": {"code": …, "message": …}}.
@@ -621,7 +621,7 @@ func (e *Error) HTTPStatus() int {
 	if s, ok := codeStatus[e.Code]; ok {
 		return s
 	}
-	return http.StatusInternalServerError
+	return 500
 }
 
 // Errorf makes an *Error with a formatted message.

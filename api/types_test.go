@@ -100,24 +100,24 @@ func TestStdinBytes(t *testing.T) {
 func TestErrorsOnTheWire(t *testing.T) {
 	for code, status := range codeStatus {
 		rec := httptest.NewRecorder()
-		WriteError(rec, Errorf(code, "it broke: %d", 42))
+		WriteError(answer{rec}, Errorf(code, "it broke: %d", 42))
 		if rec.Code != status {
 			t.Errorf("%s: status %d, want %d", code, rec.Code, status)
 		}
-		got := ReadError(rec.Result())
+		got := readError(rec.Result())
 		if got.Code != code || got.Message != "it broke: 42" {
 			t.Errorf("%s: read back %+v", code, got)
 		}
 	}
 	// A plain error is internal; a body that is not our envelope still maps by status.
 	rec := httptest.NewRecorder()
-	WriteError(rec, http.ErrHandlerTimeout)
-	if rec.Code != http.StatusInternalServerError || ReadError(rec.Result()).Code != CodeInternal {
+	WriteError(answer{rec}, http.ErrHandlerTimeout)
+	if rec.Code != http.StatusInternalServerError || readError(rec.Result()).Code != CodeInternal {
 		t.Errorf("plain error: %d", rec.Code)
 	}
 	rec = httptest.NewRecorder()
 	http.Error(rec, "nope", http.StatusNotFound)
-	if got := ReadError(rec.Result()); got.Code != CodeNotFound {
+	if got := readError(rec.Result()); got.Code != CodeNotFound {
 		t.Errorf("foreign 404: %+v", got)
 	}
 }

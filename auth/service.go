@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 const (
@@ -45,8 +46,8 @@ func NewService(store *Store, sandboxes Sandboxes, origins []string, log *slog.L
 }
 
 // Endpoints are the tokens API, served on every listener.
-func (s *Service) Endpoints() []api.Endpoint {
-	return []api.Endpoint{
+func (s *Service) Endpoints() []httpapi.Endpoint {
+	return []httpapi.Endpoint{
 		{Method: "POST", Pattern: "/v1/tokens", Access: api.AccessAdmin, Handle: s.handleMint},
 		{Method: "GET", Pattern: "/v1/tokens", Access: api.AccessAdmin, Handle: s.handleList},
 		{Method: "DELETE", Pattern: "/v1/tokens/{tid}", Access: api.AccessAdmin, Handle: s.handleRevoke},
@@ -75,7 +76,7 @@ func (s *Service) Middleware(next http.Handler) http.Handler {
 		g, err := s.store.Authenticate(bearer(req))
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="nsbox"`)
-			api.ServeError(s.log, w, err)
+			httpapi.ServeError(s.log, w, err)
 			return
 		}
 		if conn, ok := req.Context().Value(connKey{}).(net.Conn); ok {
@@ -111,7 +112,7 @@ func (s *Service) cors(w http.ResponseWriter, req *http.Request) bool {
 	preflight := req.Method == http.MethodOptions && req.Header.Get("Access-Control-Request-Method") != ""
 	if origin == "" || !slices.Contains(s.origins, origin) {
 		if preflight {
-			api.ServeError(s.log, w, api.Errorf(api.CodePermissionDenied, "origin %q is not allowed (the daemon's --cors-origin)", origin))
+			httpapi.ServeError(s.log, w, api.Errorf(api.CodePermissionDenied, "origin %q is not allowed (the daemon's --cors-origin)", origin))
 		}
 		return preflight
 	}
@@ -135,7 +136,7 @@ func grantOf(ctx context.Context) *Grant {
 	return g
 }
 
-// Check is the core router's api.Check: it holds a scoped token to its sandbox, its session
+// Check is the core router's httpapi.Check: it holds a scoped token to its sandbox, its session
 // and its permission. Requests without a grant (the unix socket) and admin tokens pass.
 func (s *Service) Check(req *http.Request, access api.Access, from api.SessionFrom) (*http.Request, error) {
 	g := grantOf(req.Context())
@@ -215,7 +216,7 @@ func holdToSession(req *http.Request, from api.SessionFrom, sid string) (*http.R
 
 func (s *Service) handleMint(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateTokenRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	if body.TTLSeconds <= 0 {
@@ -233,7 +234,7 @@ func (s *Service) handleMint(w http.ResponseWriter, req *http.Request) error {
 // fragment, which a browser never sends to a server.
 func (s *Service) handleMintSession(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSessionTokenRequest
-	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, true); err != nil {
 		return err
 	}
 	if body.TTLSeconds < 0 {
@@ -298,12 +299,12 @@ func (s *Service) mint(w http.ResponseWriter, req *http.Request, t api.Token, tt
 	if answer != nil {
 		out = answer(nt)
 	}
-	api.WriteJSON(w, http.StatusCreated, out)
+	httpapi.WriteJSON(w, http.StatusCreated, out)
 	return nil
 }
 
 func (s *Service) handleList(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, s.store.List())
+	httpapi.WriteJSON(w, http.StatusOK, s.store.List())
 	return nil
 }
 

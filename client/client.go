@@ -18,6 +18,7 @@ import (
 	"unsafe"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // DefaultSocket is where the daemon listens unless told otherwise.
@@ -467,7 +468,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any, accept s
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		return nil, api.ReadError(resp)
+		return nil, httpapi.ReadError(resp)
 	}
 	return resp, nil
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // WriteFileOptions tune WriteFile.
@@ -293,7 +294,7 @@ func (c *Client) sendRaw(ctx context.Context, method, path string, body io.Reade
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		return nil, api.ReadError(resp)
+		return nil, httpapi.ReadError(resp)
 	}
 	return resp, nil
 }

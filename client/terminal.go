@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // Terminal is an attached session terminal.
@@ -70,7 +71,7 @@ func (c *Client) AttachTerminal(ctx context.Context, id, sid string, opts Termin
 		// x/net/websocket says only "bad status": read the daemon's answer again, with its body.
 		if resp, rerr := http.ReadResponse(bufio.NewReader(io.MultiReader(&conn.read, raw)), nil); rerr == nil {
 			defer resp.Body.Close()
-			return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, api.ReadError(resp))
+			return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, httpapi.ReadError(resp))
 		}
 	}
 	return nil, fmt.Errorf("attach to %s/%s: %w", id, sid, err)
@@ -93,8 +94,8 @@ func (c *handshakeConn) Read(p []byte) (int, error) {
 
 // Read returns the next terminal output (notice nil) or notice (output nil).
 func (t *Terminal) Read() (output []byte, notice *api.TerminalEvent, err error) {
-	var f api.TerminalFrame
-	if err := api.TerminalCodec.Receive(t.ws, &f); err != nil {
+	var f httpapi.TerminalFrame
+	if err := httpapi.TerminalCodec.Receive(t.ws, &f); err != nil {
 		return nil, nil, err
 	}
 	if f.Binary {
@@ -109,7 +110,7 @@ func (t *Terminal) Read() (output []byte, notice *api.TerminalEvent, err error) 
 
 // Input types data into the terminal.
 func (t *Terminal) Input(data []byte) error {
-	return api.TerminalCodec.Send(t.ws, api.TerminalFrame{Data: data, Binary: true})
+	return httpapi.TerminalCodec.Send(t.ws, httpapi.TerminalFrame{Data: data, Binary: true})
 }
 
 // Resize sets the terminal's size.
@@ -118,7 +119,7 @@ func (t *Terminal) Resize(cols, rows uint16) error {
 	if err != nil {
 		return err
 	}
-	return api.TerminalCodec.Send(t.ws, api.TerminalFrame{Data: msg})
+	return httpapi.TerminalCodec.Send(t.ws, httpapi.TerminalFrame{Data: msg})
 }
 
 // Close detaches (a normal close, code 1000).

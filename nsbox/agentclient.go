@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	"github.com/nsbox/nsbox/nsbox/backend"
 )
 
@@ -141,7 +142,7 @@ func openStream(ctx context.Context, conn net.Conn, path string) (*http.Response
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		return nil, api.ReadError(resp)
+		return nil, httpapi.ReadError(resp)
 	}
 	return resp, nil
 }
@@ -385,7 +386,7 @@ func (c *agentClient) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		return nil, api.ReadError(resp)
+		return nil, httpapi.ReadError(resp)
 	}
 	return resp, nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // A watch stream on its own connection: its notices are read, and a stream that is still open
@@ -23,7 +24,7 @@ func TestWatchStreamOwnConnection(t *testing.T) {
 			http.Error(w, "unexpected request", http.StatusBadRequest)
 			return
 		}
-		events := api.NewSSEWriter(w)
+		events := httpapi.NewSSEWriter(w)
 		_ = events.Send(api.AgentNoticeEvent, api.AgentNotice{Sessions: 2, Processes: 1})
 		_, _ = w.Write([]byte("event: notice\ndata: {not json\n\n"))
 		w.(http.Flusher).Flush()

@@ -6,6 +6,7 @@ import (
 	"net/url"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // Code contexts live in the sandbox's agent (package agent/code); the daemon relays the calls,
@@ -24,7 +25,7 @@ func contextPath(cid string, rest ...string) string {
 
 func (r *Runtime) handleCreateContext(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateCodeContextRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	if err := r.refuseConfined(req.PathValue("id"), body.SessionID, "code contexts"); err != nil {
@@ -53,13 +54,13 @@ func (r *Runtime) handleDeleteContext(w http.ResponseWriter, req *http.Request) 
 // each stream kept up to the default cap, as for an exec: output.go).
 func (r *Runtime) handleRunCode(w http.ResponseWriter, req *http.Request) error {
 	var body api.RunCodeRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	run := func(a *agentClient) (*eventStream, error) {
 		return a.stream(req.Context(), http.MethodPost, contextPath(req.PathValue("cid"), "run"), jsonBody(body))
 	}
-	if api.WantsEventStream(req) {
+	if httpapi.WantsEventStream(req) {
 		return r.relayStream(w, req, api.EventEnd, run)
 	}
 	limit, err := r.outputCap(0)
@@ -114,10 +115,10 @@ func collectRun(events *eventStream, out *output) (*api.RunCodeResult, error) {
 // git); with Accept: text/event-stream git's progress streams as it comes.
 func (r *Runtime) handleGitCheckout(w http.ResponseWriter, req *http.Request) error {
 	var body api.GitCheckoutRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
-	if !api.WantsEventStream(req) {
+	if !httpapi.WantsEventStream(req) {
 		return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {
 			var res api.GitCheckoutResult
 			return &res, a.call(req.Context(), http.MethodPost, "/v1/git/checkout", body, &res)

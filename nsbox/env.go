@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // The sandbox-wide environment: the record's Env is the truth, and the agent holds a copy
@@ -86,14 +87,14 @@ func (r *Runtime) PatchEnv(ctx context.Context, id string, patch api.PatchEnvReq
 
 func (r *Runtime) handlePatchEnv(w http.ResponseWriter, req *http.Request) error {
 	var body api.PatchEnvRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	sb, err := r.PatchEnv(req.Context(), req.PathValue("id"), body)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sb)
+	httpapi.WriteJSON(w, http.StatusOK, sb)
 	return nil
 }
 

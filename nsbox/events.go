@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // Events: everything that happens to sandboxes (their state machine's moves, OOM kills, their
@@ -145,7 +146,7 @@ func (r *Runtime) handleEvents(w http.ResponseWriter, req *http.Request) error {
 		return err
 	}
 	defer r.ops.events.unsubscribe(sub)
-	out := api.NewSSEWriter(w)
+	out := httpapi.NewSSEWriter(w)
 	if err := out.Start(); err != nil {
 		return nil // the client went away
 	}

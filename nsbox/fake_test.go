@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	sandboxfs "github.com/nsbox/nsbox/fs"
 	sandboxnet "github.com/nsbox/nsbox/net"
 	"github.com/nsbox/nsbox/nsbox/backend"
@@ -192,7 +193,7 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 	mux := http.NewServeMux()
 	if broken {
 		mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
-			api.WriteError(w, errors.New("the fake agent is broken"))
+			httpapi.WriteError(w, errors.New("the fake agent is broken"))
 		})
 		return mux
 	}
@@ -208,12 +209,12 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		if gate != nil {
 			<-gate
 		}
-		api.WriteJSON(w, http.StatusOK, api.Health{PID: 1, Configured: i.configured, ConfigError: i.configErr})
+		httpapi.WriteJSON(w, http.StatusOK, api.Health{PID: 1, Configured: i.configured, ConfigError: i.configErr})
 		i.answeredOnce.Do(func() { close(i.answered) })
 	})
-	mux.HandleFunc("PUT /v1/config", api.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
+	mux.HandleFunc("PUT /v1/config", httpapi.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		var cfg api.AgentConfig
-		if err := api.DecodeJSON(w, r, &cfg, false); err != nil {
+		if err := httpapi.DecodeJSON(r, &cfg, false); err != nil {
 			return err
 		}
 		if err := i.configure(cfg); err != nil {
@@ -223,7 +224,7 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		return nil
 	}))
 	mux.HandleFunc("POST /v1/state/save", func(w http.ResponseWriter, _ *http.Request) { // one session, as a snapshot sees it
-		api.WriteJSON(w, http.StatusOK, api.SandboxState{Sessions: []api.SessionState{{ID: "default", Script: "cd /tmp"}}})
+		httpapi.WriteJSON(w, http.StatusOK, api.SandboxState{Sessions: []api.SessionState{{ID: "default", Script: "cd /tmp"}}})
 	})
 	mux.HandleFunc("POST /v1/state/restore", func(w http.ResponseWriter, r *http.Request) {
 		i.mu.Lock()
@@ -235,9 +236,9 @@ func (i *fakeInstance) agentRoutes(broken bool) http.Handler {
 		w.WriteHeader(http.StatusAccepted)
 		go i.exit()
 	})
-	mux.HandleFunc("PUT /v1/env", api.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
+	mux.HandleFunc("PUT /v1/env", httpapi.Handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		var env api.SandboxEnv
-		if err := api.DecodeJSON(w, r, &env, false); err != nil {
+		if err := httpapi.DecodeJSON(r, &env, false); err != nil {
 			return err
 		}
 		i.mu.Lock()

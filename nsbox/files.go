@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	sandboxfs "github.com/nsbox/nsbox/fs"
 )
 
@@ -117,7 +118,7 @@ func (w *serveContentErrors) WriteHeader(status int) {
 	h := w.Header()
 	h.Del("X-Content-Type-Options")
 	h.Del("Content-Length")
-	api.WriteError(w.ResponseWriter, &api.Error{Code: code, Message: msg})
+	httpapi.WriteError(w.ResponseWriter, &api.Error{Code: code, Message: msg})
 }
 
 func (w *serveContentErrors) Write(p []byte) (int, error) {
@@ -178,7 +179,7 @@ func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) erro
 		return err
 	}
 	fr.showInfo(info)
-	api.WriteJSON(w, status, info)
+	httpapi.WriteJSON(w, status, info)
 	return nil
 }
 
@@ -193,7 +194,7 @@ func (r *Runtime) handleStatFile(w http.ResponseWriter, req *http.Request) error
 		return err
 	}
 	fr.showInfo(info)
-	api.WriteJSON(w, http.StatusOK, info)
+	httpapi.WriteJSON(w, http.StatusOK, info)
 	return nil
 }
 
@@ -221,7 +222,7 @@ func (r *Runtime) handleListFiles(w http.ResponseWriter, req *http.Request) erro
 	for i := range list {
 		fr.showInfo(&list[i])
 	}
-	api.WriteJSON(w, http.StatusOK, list)
+	httpapi.WriteJSON(w, http.StatusOK, list)
 	return nil
 }
 
@@ -243,7 +244,7 @@ type moveRequest struct {
 // already there.
 func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) error {
 	var body mkdirRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	if body.Path == "" {
@@ -271,14 +272,14 @@ func (r *Runtime) handleMkdir(w http.ResponseWriter, req *http.Request) error {
 		return err
 	}
 	fr.showInfo(info)
-	api.WriteJSON(w, status, info)
+	httpapi.WriteJSON(w, status, info)
 	return nil
 }
 
 // handleMove renames a file or directory and answers what is at the destination now.
 func (r *Runtime) handleMove(w http.ResponseWriter, req *http.Request) error {
 	var body moveRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	if body.From == "" || body.To == "" {
@@ -297,7 +298,7 @@ func (r *Runtime) handleMove(w http.ResponseWriter, req *http.Request) error {
 		return err
 	}
 	fr.showInfo(info)
-	api.WriteJSON(w, http.StatusOK, info)
+	httpapi.WriteJSON(w, http.StatusOK, info)
 	return nil
 }
 
@@ -337,7 +338,7 @@ func (r *Runtime) handleWatchFiles(w http.ResponseWriter, req *http.Request) err
 	if err != nil {
 		return err
 	}
-	stream := api.NewSSEWriter(w)
+	stream := httpapi.NewSSEWriter(w)
 	if stream.Start() != nil {
 		return nil
 	}

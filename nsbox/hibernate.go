@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	"github.com/nsbox/nsbox/internal/atomicfile"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -207,13 +208,13 @@ func readJSONFile(path string, v any) error {
 
 func (r *Runtime) handleHibernate(w http.ResponseWriter, req *http.Request) error {
 	var body api.HibernateRequest
-	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, true); err != nil {
 		return err
 	}
 	sb, err := r.Hibernate(req.Context(), req.PathValue("id"), body)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sb)
+	httpapi.WriteJSON(w, http.StatusOK, sb)
 	return nil
 }

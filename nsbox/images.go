@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	"github.com/nsbox/nsbox/rootfs/layers"
 	"github.com/nsbox/nsbox/rootfs/oci"
 )
@@ -16,7 +17,7 @@ import (
 
 func (r *Runtime) handlePullImage(w http.ResponseWriter, req *http.Request) error {
 	var body api.PullImageRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	if body.Ref == "" {
@@ -27,17 +28,17 @@ func (r *Runtime) handlePullImage(w http.ResponseWriter, req *http.Request) erro
 		opt.Auth = authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password,
 			IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
 	}
-	if !api.WantsEventStream(req) {
+	if !httpapi.WantsEventStream(req) {
 		img, err := r.images.OCI().Pull(req.Context(), body.Ref, opt)
 		if err != nil {
 			return imageError(err)
 		}
-		api.WriteJSON(w, http.StatusOK, img)
+		httpapi.WriteJSON(w, http.StatusOK, img)
 		return nil
 	}
 	// Progress comes one event at a time, and never after Pull returned; a client that went
 	// away ends the pull through the request's context.
-	events := api.NewSSEWriter(w)
+	events := httpapi.NewSSEWriter(w)
 	if events.Start() != nil {
 		return nil
 	}
@@ -67,7 +68,7 @@ func (r *Runtime) handleImportImages(w http.ResponseWriter, req *http.Request) e
 	for i, img := range imgs {
 		res.Images[i] = *img
 	}
-	api.WriteJSON(w, http.StatusOK, res)
+	httpapi.WriteJSON(w, http.StatusOK, res)
 	return nil
 }
 
@@ -76,7 +77,7 @@ func (r *Runtime) handleGetImage(w http.ResponseWriter, req *http.Request) error
 	if err != nil {
 		return imageError(err)
 	}
-	api.WriteJSON(w, http.StatusOK, img)
+	httpapi.WriteJSON(w, http.StatusOK, img)
 	return nil
 }
 
@@ -104,7 +105,7 @@ func (r *Runtime) cleanUpImages(w http.ResponseWriter, req *http.Request, flag s
 	if err != nil {
 		return imageError(err)
 	}
-	api.WriteJSON(w, http.StatusOK, res)
+	httpapi.WriteJSON(w, http.StatusOK, res)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // Pause freezes every process of a running sandbox (the cgroup freezer): nothing in it runs,
@@ -77,7 +78,7 @@ func (r *Runtime) handlePause(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sb)
+	httpapi.WriteJSON(w, http.StatusOK, sb)
 	return nil
 }
 
@@ -86,6 +87,6 @@ func (r *Runtime) handleResume(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sb)
+	httpapi.WriteJSON(w, http.StatusOK, sb)
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	sandboxnet "github.com/nsbox/nsbox/net"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
@@ -526,27 +527,27 @@ func requestedNetwork(spec *api.NetworkSpec) (api.SandboxNetwork, error) {
 
 func (r *Runtime) handleSetNetwork(w http.ResponseWriter, req *http.Request) error {
 	var body api.NetworkSpec
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	sb, err := r.SetNetwork(req.PathValue("id"), body)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sb)
+	httpapi.WriteJSON(w, http.StatusOK, sb)
 	return nil
 }
 
 func (r *Runtime) handleExposePort(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExposePortRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	p, err := r.ExposePort(req.PathValue("id"), body)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusCreated, p)
+	httpapi.WriteJSON(w, http.StatusCreated, p)
 	return nil
 }
 
@@ -555,7 +556,7 @@ func (r *Runtime) handleListPorts(w http.ResponseWriter, req *http.Request) erro
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, ports)
+	httpapi.WriteJSON(w, http.StatusOK, ports)
 	return nil
 }
 

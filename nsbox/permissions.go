@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	sandboxfs "github.com/nsbox/nsbox/fs"
 	"github.com/nsbox/nsbox/internal/pidwait"
 	"github.com/nsbox/nsbox/nsbox/backend"
@@ -446,21 +447,21 @@ func (r *Runtime) control(ctx context.Context, base, method, p string, body any)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
-		return api.ReadError(resp)
+		return httpapi.ReadError(resp)
 	}
 	return nil
 }
 
 func (r *Runtime) handleSetPermissions(w http.ResponseWriter, req *http.Request) error {
 	var body api.PermissionsRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	sb, err := r.SetPermissions(req.Context(), req.PathValue("id"), body.Permissions)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sb)
+	httpapi.WriteJSON(w, http.StatusOK, sb)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // Processes live in the sandbox's agent (package agent/process); the daemon checks request
@@ -26,14 +27,14 @@ func (r *Runtime) processCall(w http.ResponseWriter, req *http.Request, status i
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	api.WriteJSON(w, status, out)
+	httpapi.WriteJSON(w, status, out)
 	return nil
 }
 
 // handleStartProcess starts a process in a sandbox.
 func (r *Runtime) handleStartProcess(w http.ResponseWriter, req *http.Request) error {
 	var body api.StartProcessRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	id := req.PathValue("id")
@@ -73,7 +74,7 @@ func (r *Runtime) handleRemoveProcess(w http.ResponseWriter, req *http.Request) 
 // be empty.
 func (r *Runtime) handleKillProcess(w http.ResponseWriter, req *http.Request) error {
 	var body api.KillProcessRequest
-	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, true); err != nil {
 		return err
 	}
 	pid := req.PathValue("pid")
@@ -88,7 +89,7 @@ func (r *Runtime) handleKillProcess(w http.ResponseWriter, req *http.Request) er
 // handleWaitProcess waits for a process; the body may be empty (wait for the end).
 func (r *Runtime) handleWaitProcess(w http.ResponseWriter, req *http.Request) error {
 	var body api.WaitProcessRequest
-	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, true); err != nil {
 		return err
 	}
 	return r.processCall(w, req, http.StatusOK, func(a *agentClient) (any, error) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // Route is one endpoint of the API.
@@ -108,15 +109,15 @@ func isActivity(method, pattern string) bool {
 // auth's tokens API). check, when not nil, decides before each endpoint's handler (its path
 // values set) whether its caller may use it; without it every caller may do everything (the
 // unix socket).
-func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
-	endpoints := make([]api.Endpoint, 0, len(Routes)+len(extra))
+func (r *Runtime) Handler(check httpapi.Check, extra ...httpapi.Endpoint) http.Handler {
+	endpoints := make([]httpapi.Endpoint, 0, len(Routes)+len(extra))
 	for _, rt := range Routes {
-		endpoints = append(endpoints, api.Endpoint{Method: rt.Method, Pattern: rt.Pattern, Access: rt.Access, Session: rt.Session,
+		endpoints = append(endpoints, httpapi.Endpoint{Method: rt.Method, Pattern: rt.Pattern, Access: rt.Access, Session: rt.Session,
 			Handle: func(w http.ResponseWriter, req *http.Request) error { return rt.handle(r, w, req) }})
 	}
 	mux := http.NewServeMux()
 	for _, e := range append(endpoints, extra...) {
-		mux.HandleFunc(e.Method+" "+e.Pattern, r.ops.metrics.instrument(e.Method, e.Pattern, api.Handle(r.log, func(w http.ResponseWriter, req *http.Request) error {
+		mux.HandleFunc(e.Method+" "+e.Pattern, r.ops.metrics.instrument(e.Method, e.Pattern, httpapi.Handle(r.log, func(w http.ResponseWriter, req *http.Request) error {
 			if check != nil {
 				var err error
 				if req, err = check(req, e.Access, e.Session); err != nil {
@@ -132,19 +133,19 @@ func (r *Runtime) Handler(check api.Check, extra ...api.Endpoint) http.Handler {
 			return e.Handle(w, req)
 		})))
 	}
-	mux.HandleFunc("/", api.Handle(r.log, func(_ http.ResponseWriter, req *http.Request) error {
+	mux.HandleFunc("/", httpapi.Handle(r.log, func(_ http.ResponseWriter, req *http.Request) error {
 		return api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", req.Method, req.URL.Path)
 	}))
 	return r.logRequests(mux)
 }
 
 func (r *Runtime) handleVersion(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version, Checkpoint: r.cfg.Checkpoint})
+	httpapi.WriteJSON(w, http.StatusOK, api.Version{Version: r.cfg.Version, Checkpoint: r.cfg.Checkpoint})
 	return nil
 }
 
 func (r *Runtime) handleImages(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, r.Images())
+	httpapi.WriteJSON(w, http.StatusOK, r.Images())
 	return nil
 }
 
@@ -190,7 +191,7 @@ func (w *statusWriter) WriteHeader(code int) {
 
 func (r *Runtime) handleCreate(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSandboxRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	began := time.Now()
@@ -199,12 +200,12 @@ func (r *Runtime) handleCreate(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusCreated, sb)
+	httpapi.WriteJSON(w, http.StatusCreated, sb)
 	return nil
 }
 
 func (r *Runtime) handleList(w http.ResponseWriter, _ *http.Request) error {
-	api.WriteJSON(w, http.StatusOK, r.List())
+	httpapi.WriteJSON(w, http.StatusOK, r.List())
 	return nil
 }
 
@@ -213,7 +214,7 @@ func (r *Runtime) handleGet(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, sb)
+	httpapi.WriteJSON(w, http.StatusOK, sb)
 	return nil
 }
 

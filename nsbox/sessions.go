@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // Sessions live in the sandbox's agent (package agent, package session); the daemon checks
@@ -19,7 +20,7 @@ import (
 
 func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSessionRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	l, err := r.running(req.PathValue("id"))
@@ -44,7 +45,7 @@ func (r *Runtime) handleCreateSession(w http.ResponseWriter, req *http.Request) 
 		status = http.StatusCreated
 		r.ops.events.publish(api.EventSessionCreated, l.rec.ID, "session", s.ID, "user", s.User, "shell", s.Shell)
 	}
-	api.WriteJSON(w, status, s)
+	httpapi.WriteJSON(w, status, s)
 	return nil
 }
 
@@ -57,7 +58,7 @@ func (r *Runtime) handleListSessions(w http.ResponseWriter, req *http.Request) e
 	if err != nil {
 		return l.failure(req.Context(), err)
 	}
-	api.WriteJSON(w, http.StatusOK, list)
+	httpapi.WriteJSON(w, http.StatusOK, list)
 	return nil
 }
 
@@ -66,7 +67,7 @@ func (r *Runtime) handleGetSession(w http.ResponseWriter, req *http.Request) err
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, s)
+	httpapi.WriteJSON(w, http.StatusOK, s)
 	return nil
 }
 
@@ -117,7 +118,7 @@ func (r *Runtime) sessionCall(w http.ResponseWriter, req *http.Request, call fun
 // the command has finished, its output spooled until then (output.go).
 func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	var body api.ExecRequest
-	if err := api.DecodeJSON(w, req, &body, false); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 		return err
 	}
 	sid := req.PathValue("sid")
@@ -136,7 +137,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 		return err
 	}
 	// Frames are a stream too: the daemon holds none of the output.
-	stream, frames := api.WantsEventStream(req), api.WantsFrames(req)
+	stream, frames := httpapi.WantsEventStream(req), httpapi.WantsFrames(req)
 	if body.MaxOutputBytes < 0 {
 		return api.Errorf(api.CodeInvalidArgument, "maxOutputBytes must not be negative")
 	}
@@ -164,7 +165,7 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	}
 	defer events.Close()
 	if stream {
-		relayExec(ctx, api.NewSSEWriter(w), events)
+		relayExec(ctx, httpapi.NewSSEWriter(w), events)
 		return nil
 	}
 	if frames {
@@ -247,7 +248,7 @@ const startRelayFlush = time.Millisecond
 // spooled and nothing is encoded. An error before the first frame is returned (the caller
 // answers it); one after it ends the frames with an error frame.
 func answerFrames(ctx context.Context, w http.ResponseWriter, events *eventStream, max int64) error {
-	out := api.NewFrameWriter(w)
+	out := httpapi.NewFrameWriter(w)
 	defer out.End()
 	checks := map[string]*streamCheck{api.EventStdout: {limit: api.OutputLimit{Max: max}}, api.EventStderr: {limit: api.OutputLimit{Max: max}}}
 	sent := false
@@ -356,7 +357,7 @@ func (r *Runtime) relayStream(w http.ResponseWriter, req *http.Request, last str
 		return l.failure(req.Context(), err)
 	}
 	defer events.Close()
-	out := api.NewSSEWriter(w)
+	out := httpapi.NewSSEWriter(w)
 	if out.Start() != nil {
 		return nil
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	"github.com/nsbox/nsbox/nsbox/backend"
 	"github.com/nsbox/nsbox/rootfs"
 )
@@ -417,14 +418,14 @@ func (r *Runtime) Fork(ctx context.Context, id string, req api.ForkRequest) (*ap
 
 func (r *Runtime) handleCreateSnapshot(w http.ResponseWriter, req *http.Request) error {
 	var body api.CreateSnapshotRequest
-	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, true); err != nil {
 		return err
 	}
 	snap, err := r.CreateSnapshot(req.Context(), req.PathValue("id"), body)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusCreated, snap)
+	httpapi.WriteJSON(w, http.StatusCreated, snap)
 	return nil
 }
 
@@ -433,7 +434,7 @@ func (r *Runtime) handleListSnapshots(w http.ResponseWriter, _ *http.Request) er
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, list)
+	httpapi.WriteJSON(w, http.StatusOK, list)
 	return nil
 }
 
@@ -442,7 +443,7 @@ func (r *Runtime) handleGetSnapshot(w http.ResponseWriter, req *http.Request) er
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, snap)
+	httpapi.WriteJSON(w, http.StatusOK, snap)
 	return nil
 }
 
@@ -456,14 +457,14 @@ func (r *Runtime) handleDeleteSnapshot(w http.ResponseWriter, req *http.Request)
 
 func (r *Runtime) handleFork(w http.ResponseWriter, req *http.Request) error {
 	var body api.ForkRequest
-	if err := api.DecodeJSON(w, req, &body, true); err != nil {
+	if err := httpapi.DecodeJSON(req, &body, true); err != nil {
 		return err
 	}
 	res, err := r.Fork(req.Context(), req.PathValue("id"), body)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusCreated, res)
+	httpapi.WriteJSON(w, http.StatusCreated, res)
 	return nil
 }
 

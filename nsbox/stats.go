@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	sandboxnet "github.com/nsbox/nsbox/net"
 	"github.com/nsbox/nsbox/nsbox/backend"
 )
@@ -300,7 +301,7 @@ func (r *Runtime) handleStats(w http.ResponseWriter, req *http.Request) error {
 		if err != nil {
 			return err
 		}
-		api.WriteJSON(w, http.StatusOK, st)
+		httpapi.WriteJSON(w, http.StatusOK, st)
 		return nil
 	}
 	if _, err := r.Stats(req.Context(), id); err != nil {
@@ -315,7 +316,7 @@ func (r *Runtime) handleAllStats(w http.ResponseWriter, req *http.Request) error
 		return err
 	}
 	if !stream {
-		api.WriteJSON(w, http.StatusOK, r.AllStats(req.Context()))
+		httpapi.WriteJSON(w, http.StatusOK, r.AllStats(req.Context()))
 		return nil
 	}
 	return streamStats(w, req, func() (any, error) { return r.AllStats(req.Context()), nil })
@@ -340,7 +341,7 @@ const statsEvent = "stats"
 // streamStats sends read's answer as a "stats" event at once and then every second, until
 // the client goes away or read fails (an "error" event: the sandbox was removed).
 func streamStats(w http.ResponseWriter, req *http.Request, read func() (any, error)) error {
-	out := api.NewSSEWriter(w)
+	out := httpapi.NewSSEWriter(w)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

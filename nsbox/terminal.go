@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // WebSocket close codes (RFC 6455 7.4.1) the terminal sends.
@@ -130,11 +131,11 @@ func terminalInput(ctx context.Context, ws *websocket.Conn, agent *agentClient, 
 // is answered with a close frame of the same code, as RFC 6455 5.5.1 asks, and ends the
 // connection (io.EOF). x/net/websocket's own readers swallow close frames and their codes, so
 // this reads frames through the frame reader its Conn exposes.
-func receiveFrame(ws *websocket.Conn) (api.TerminalFrame, error) {
+func receiveFrame(ws *websocket.Conn) (httpapi.TerminalFrame, error) {
 	for {
 		fr, err := ws.NewFrameReader()
 		if err != nil {
-			return api.TerminalFrame{}, err
+			return httpapi.TerminalFrame{}, err
 		}
 		if fr.PayloadType() == websocket.CloseFrame {
 			payload, _ := io.ReadAll(io.LimitReader(fr, 125))
@@ -143,24 +144,24 @@ func receiveFrame(ws *websocket.Conn) (api.TerminalFrame, error) {
 				code = int(binary.BigEndian.Uint16(payload))
 			}
 			_ = ws.WriteClose(code)
-			return api.TerminalFrame{}, io.EOF
+			return httpapi.TerminalFrame{}, io.EOF
 		}
 		frame, err := ws.HandleFrame(fr) // masking, pings and pongs
 		if err != nil {
-			return api.TerminalFrame{}, err
+			return httpapi.TerminalFrame{}, err
 		}
 		if frame == nil {
 			continue
 		}
 		data, err := io.ReadAll(io.LimitReader(frame, websocket.DefaultMaxPayloadBytes+1))
 		if err != nil {
-			return api.TerminalFrame{}, err
+			return httpapi.TerminalFrame{}, err
 		}
 		if len(data) > websocket.DefaultMaxPayloadBytes {
 			_ = ws.WriteClose(closeTooBig)
-			return api.TerminalFrame{}, fmt.Errorf("a frame larger than %d bytes", websocket.DefaultMaxPayloadBytes)
+			return httpapi.TerminalFrame{}, fmt.Errorf("a frame larger than %d bytes", websocket.DefaultMaxPayloadBytes)
 		}
-		return api.TerminalFrame{Data: data, Binary: frame.PayloadType() == websocket.BinaryFrame}, nil
+		return httpapi.TerminalFrame{Data: data, Binary: frame.PayloadType() == websocket.BinaryFrame}, nil
 	}
 }
 
@@ -186,7 +187,7 @@ func relayTerminalOutput(ctx context.Context, ws *websocket.Conn, events *eventS
 			continue
 		}
 		data, err := ev.Bytes()
-		if err != nil || api.TerminalCodec.Send(ws, api.TerminalFrame{Data: data, Binary: true}) != nil {
+		if err != nil || httpapi.TerminalCodec.Send(ws, httpapi.TerminalFrame{Data: data, Binary: true}) != nil {
 			return false
 		}
 	}
@@ -197,5 +198,5 @@ func sendNotice(ws *websocket.Conn, ev api.TerminalEvent) error {
 	if err != nil {
 		return err
 	}
-	return api.TerminalCodec.Send(ws, api.TerminalFrame{Data: data})
+	return httpapi.TerminalCodec.Send(ws, httpapi.TerminalFrame{Data: data})
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -21,7 +22,7 @@ func (r *Runtime) handleWorkspaceDiff(w http.ResponseWriter, req *http.Request) 
 	if changes == nil {
 		changes = []api.WorkspaceChange{}
 	}
-	api.WriteJSON(w, http.StatusOK, changes)
+	httpapi.WriteJSON(w, http.StatusOK, changes)
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	"github.com/nsbox/nsbox/perms"
 )
 
@@ -101,9 +102,9 @@ func Run(cfg Config) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	set := api.Handle(cfg.Log, func(w http.ResponseWriter, req *http.Request) error {
+	set := httpapi.Handle(cfg.Log, func(w http.ResponseWriter, req *http.Request) error {
 		var body api.PermissionsRequest
-		if err := api.DecodeJSON(w, req, &body, false); err != nil {
+		if err := httpapi.DecodeJSON(req, &body, false); err != nil {
 			return err
 		}
 		rules, err := perms.Compile(body.Permissions)

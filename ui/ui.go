@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 //go:embed assets
@@ -38,7 +39,7 @@ func Handler(log *slog.Logger) http.Handler {
 	}
 	missing := missingVendor(assets)
 	files := http.FileServerFS(assets)
-	return api.Handle(log, func(w http.ResponseWriter, req *http.Request) error {
+	return httpapi.Handle(log, func(w http.ResponseWriter, req *http.Request) error {
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
 			return api.Errorf(api.CodeInvalidArgument, "%s %s: the web terminal's files are read with GET", req.Method, req.URL.Path)
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -413,15 +412,33 @@ func probePort(ctx context.Context, port int, path string, r *api.WaitProcessRes
 	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost:%d\r\nUser-Agent: nsbox-wait\r\nConnection: close\r\n\r\n", path, port); err != nil {
 		return false
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	code, status, err := readStatus(bufio.NewReader(conn))
 	if err != nil {
 		r.Reason += fmt.Sprintf(" (last try: %v)", err)
 		return false
 	}
-	resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		r.Reason += fmt.Sprintf(" (last answer: %s)", resp.Status)
+	if code >= 400 {
+		r.Reason += fmt.Sprintf(" (last answer: %s)", status)
 		return false
 	}
 	return true
+}
+
+// readStatus reads an HTTP answer's status line ("HTTP/1.1 200 OK") and returns its code and
+// its status ("200 OK").
+func readStatus(br *bufio.Reader) (code int, status string, err error) {
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return 0, "", fmt.Errorf("read the answer's status line: %w", err)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	proto, status, ok := strings.Cut(line, " ")
+	if !ok || !strings.HasPrefix(proto, "HTTP/") || len(status) < 3 {
+		return 0, "", fmt.Errorf("malformed HTTP status line %q", line)
+	}
+	code, err = strconv.Atoi(status[:3])
+	if err != nil || code < 100 || (len(status) > 3 && status[3] != ' ') {
+		return 0, "", fmt.Errorf("malformed HTTP status line %q", line)
+	}
+	return code, status, nil
 }

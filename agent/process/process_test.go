@@ -1,6 +1,7 @@
 package process
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -478,5 +479,18 @@ func TestSaveHasWhatWasWritten(t *testing.T) {
 	}
 	if len(procs) != 1 || log.String() != "before-the-save\n" || procs[0].Info.LogEnd != int64(len("before-the-save\n")) {
 		t.Fatalf("saved %+v with log %q, want the line written before the save", procs, log.String())
+	}
+}
+
+// TestReadStatus checks the status line a wait's HTTP probe reads.
+func TestReadStatus(t *testing.T) {
+	for line, want := range map[string]int{
+		"HTTP/1.1 200 OK\r\n": 200, "HTTP/1.0 404\r\n": 404, "HTTP/1.1 503 Service Unavailable\n": 503,
+		"HTTP/1.1 20 OK\r\n": 0, "SSH-2.0-OpenSSH\r\n": 0, "HTTP/1.1 2000 OK\r\n": 0, "HTTP/1.1 200": 0, "": 0,
+	} {
+		code, status, err := readStatus(bufio.NewReader(strings.NewReader(line)))
+		if code != want || (err == nil) != (want != 0) || (want != 0 && !strings.HasPrefix(status, strconv.Itoa(want))) {
+			t.Errorf("%q: %d %q %v, want %d", line, code, status, err, want)
+		}
 	}
 }

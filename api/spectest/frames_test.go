@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 )
 
 // frames is what the daemon answers as frames for the events: output events' data as raw
@@ -15,7 +16,7 @@ import (
 func frames(t *testing.T, events ...event) []byte {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	fw := api.NewFrameWriter(rec)
+	fw := httpapi.NewFrameWriter(rec)
 	for _, e := range events {
 		data, ok := e.data.(string)
 		if !ok {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/api/httpapi"
 	"github.com/nsbox/nsbox/api/spectest"
 	"github.com/nsbox/nsbox/auth"
 	sandboxfs "github.com/nsbox/nsbox/fs"
@@ -124,18 +125,18 @@ func failedSandbox() api.Sandbox {
 	return sb
 }
 
-// wire is what the daemon sends for v: the body api.WriteJSON writes.
+// wire is what the daemon sends for v: the body httpapi.WriteJSON writes.
 func wire(t *testing.T, v any) []byte {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	api.WriteJSON(rec, http.StatusOK, v)
+	httpapi.WriteJSON(rec, http.StatusOK, v)
 	return rec.Body.Bytes()
 }
 
 // wireError is what the daemon sends for an error with the code, and its status.
 func wireError(code string) (int, []byte) {
 	rec := httptest.NewRecorder()
-	api.WriteError(rec, api.Errorf(code, "something about %s", code))
+	httpapi.WriteError(rec, api.Errorf(code, "something about %s", code))
 	return rec.Code, rec.Body.Bytes()
 }
 
