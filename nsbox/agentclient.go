@@ -59,15 +59,14 @@ func (r *Runtime) forgetContainerAgent(c *agentClient) {
 	}
 }
 
-// health asks the agent how it is, on a connection closed after the answer: it is a
-// container's first request, and kept it would sit idle in the pool beside the watch stream
-// (watch) for the sandbox's life, with the transport's two goroutines.
+// health asks the agent how it is. It is a container's first request, and its connection is
+// kept for the next: the sandbox's first command, which nearly always comes at once (a dial,
+// ~0.45 ms, and the agent's accept on the sandbox's CPU, while the default shell starts).
 func (c *agentClient) health(ctx context.Context) (*api.Health, error) {
 	req, err := agentRequest(ctx, http.MethodGet, "/v1/health", nil, "application/json")
 	if err != nil {
 		return nil, err
 	}
-	req.Close = true
 	var h api.Health
 	_, err = c.sendRequest(req, &h)
 	return &h, err
