@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -40,10 +41,11 @@ const (
 	MethodDelete = "DELETE"
 )
 
-// Limits of a request's head: its lines and all of them together.
+// Limits of a request's head: a line, the number of header lines, and all of them together.
 const (
-	maxLine   = 64 << 10
-	maxHeader = 1 << 20
+	maxLine        = 64 << 10
+	maxHeaderLines = 1000
+	maxHeader      = 1 << 20
 )
 
 // unreadBodyLimit is how much of a body its handler left unread is read past to serve the
@@ -77,8 +79,6 @@ type conn struct {
 	br  *bufio.Reader
 	bw  *bufio.Writer
 	log *slog.Logger
-	// answering: the current request's answer has begun (no 100 Continue may come first).
-	answering bool
 	// watching is closed when the watch for the client's going away, started once a request's
 	// body has been read, has ended; nil when none was started.
 	watching chan struct{}
@@ -104,20 +104,41 @@ func (c *conn) serve(h Handler) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		r.ctx = ctx
-		c.answering = false
-		r.body.cancel = cancel
+		w := &ResponseWriter{c: c, head: r.Method == MethodHead, close: r.close}
+		r.body.cancel, r.body.w = cancel, w
 		if r.body.done() {
 			c.watch(cancel)
 		}
-		w := &ResponseWriter{c: c, head: r.Method == MethodHead, close: r.close}
 		h(w, r)
+		// What the handler left of the body is read past, if it can be, before the answer's
+		// head goes out (if it has not), so that the head says whether the connection stays.
+		kept := r.body.drain()
+		if !kept {
+			w.closeAfter()
+		}
 		w.finish()
 		c.stopWatching()
 		cancel()
-		if w.close || w.err != nil || !r.body.drain() {
+		if !kept {
+			c.closeLingering()
+			return
+		}
+		if w.close || w.err != nil {
 			return
 		}
 	}
+}
+
+// closeLingering ends a connection whose client may still be sending a body (one too long to
+// read past): it stops writing and reads what comes for up to half a second before the close,
+// which would otherwise reset the connection and could lose the answer before the client read
+// it (net/http's server does the same).
+func (c *conn) closeLingering() {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, c.nc)
 }
 
 // watch cancels the request's context if the client goes away (or its connection fails)

@@ -264,6 +264,9 @@ func TestContextEndsWhenClientGoes(t *testing.T) {
 // its connection, and 100 Continue.
 func TestBadRequests(t *testing.T) {
 	_, sock := serve(t, func(w *ResponseWriter, r *Request) {
+		if r.Path == "/ignore" {
+			return
+		}
 		b, err := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %v", b, err)
 	})
@@ -277,7 +280,11 @@ func TestBadRequests(t *testing.T) {
 		{"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 400 "},
 		{"GET /x HTTP/1.1\r\nX: " + strings.Repeat("a", maxLine) + "\r\n\r\n", "HTTP/1.1 431 "},
 		{"POST /x HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1;ext=1\r\nd\r\n0\r\nTrailer: x\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabcd <nil>"},
-		{"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 46\r\n\r\n read request body: malformed chunked encoding"},
+		{"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 46\r\nConnection: close\r\n\r\n read request body: malformed chunked encoding"},
+		{"GET /x HTTP/1.1\r\n" + strings.Repeat("a: b\r\n", maxHeaderLines+1) + "\r\n", "HTTP/1.1 431 "},
+		// The client waits for a 100 Continue the handler never asked for (it did not read):
+		// the connection cannot carry another request.
+		{"POST /ignore HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"},
 		{"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi", "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhi <nil>"},
 	} {
 		conn, err := net.Dial("unix", sock)
@@ -331,5 +338,61 @@ func TestPanicEndsItsConnectionOnly(t *testing.T) {
 	}
 	if _, body := do(t, c, "GET", "/other", nil); body != "fine" {
 		t.Errorf("after a panic: %q", body)
+	}
+}
+
+// TestUnreadBodies checks answers to requests whose handler leaves a long body unread (a
+// stdin for a process that has none, say): the client gets the answer, not a write error
+// from a connection closed under its body, and the head says the connection closes.
+func TestUnreadBodies(t *testing.T) {
+	c, _ := serve(t, func(w *ResponseWriter, r *Request) {
+		w.WriteHeader(409)
+		_, _ = w.Write([]byte("no stdin"))
+	})
+	body := make([]byte, 4<<20)
+	for i := range 100 {
+		resp, got := do(t, c, "POST", "/stdin", bytes.NewReader(body))
+		if resp.StatusCode != 409 || got != "no stdin" || !resp.Close {
+			t.Fatalf("request %d: %d %q, close %v", i, resp.StatusCode, got, resp.Close)
+		}
+	}
+}
+
+// TestContextEndsWhenBodyBreaks checks that a request's context is done when its client goes
+// away in the middle of its body, and when it has sent all of its body's bytes but the
+// handler read no further than those.
+func TestContextEndsWhenBodyBreaks(t *testing.T) {
+	ended := make(chan string, 1)
+	_, sock := serve(t, func(w *ResponseWriter, r *Request) {
+		var b [5]byte
+		_, err := io.ReadFull(r.Body, b[:])
+		if r.Path == "/whole" && err != nil {
+			ended <- fmt.Sprintf("the body's bytes: %v", err)
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			ended <- "cancelled"
+		case <-time.After(10 * time.Second):
+			ended <- "not cancelled within 10 s"
+		}
+	})
+	for _, request := range []string{
+		"POST /cut HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc",
+		"POST /cut HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n64\r\nabc",
+		"POST /whole HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+	} {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(conn, request); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		conn.Close()
+		if got := <-ended; got != "cancelled" {
+			t.Errorf("%.50q, the client gone: %s", request, got)
+		}
 	}
 }

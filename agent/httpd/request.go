@@ -85,13 +85,16 @@ func (c *conn) readRequest() (*Request, error) {
 	default:
 		return nil, &badRequest{status: 505, msg: fmt.Sprintf("unsupported protocol %q", proto)}
 	}
-	for {
+	for lines := 0; ; lines++ {
 		line, err := readLine(c.br, &budget)
 		if err != nil {
 			return nil, err
 		}
 		if line == "" {
 			break
+		}
+		if lines == maxHeaderLines {
+			return nil, &badRequest{status: 431, msg: "too many header lines"}
 		}
 		name, value, ok := strings.Cut(line, ":")
 		if !ok || name == "" || strings.ContainsAny(name, " \t") {
@@ -166,6 +169,7 @@ type body struct {
 	// continueFirst: the client waits for a 100 Continue before it sends the body.
 	continueFirst bool
 	cancel        context.CancelFunc // the request's; the watch starts at the body's end
+	w             *ResponseWriter    // the request's answer
 }
 
 // done reports whether the whole body has been read.
@@ -177,15 +181,16 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 	if b.continueFirst {
 		b.continueFirst = false
-		if !b.c.answering && !b.done() {
-			if _, err := b.c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n"); err == nil {
-				_ = b.c.bw.Flush()
-			}
+		if !b.done() {
+			b.w.sendContinue()
 		}
 	}
 	n, err := b.read(p)
 	if err != nil {
 		b.err = fmt.Errorf("read request body: %w", err)
+		if b.cancel != nil { // the client is gone, or cannot be understood any more
+			b.cancel()
+		}
 		return n, b.err
 	}
 	if b.done() {
@@ -216,7 +221,27 @@ func (b *body) read(p []byte) (int, error) {
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
+	if err == nil && b.chunked && b.left == 0 {
+		b.endIfLastChunkHere()
+	}
 	return n, err
+}
+
+// lastChunk is what follows a chunked body's last chunk of data, without trailers: its CRLF
+// and the chunk of size 0.
+const lastChunk = "\r\n0\r\n\r\n"
+
+// endIfLastChunkHere ends the body now if the chunk just read is followed, already in the
+// buffer, by the last chunk (as net/http's client sends it): a handler that reads just the
+// body's bytes then sees its end, and the watch for the client's going away starts.
+func (b *body) endIfLastChunkHere() {
+	if b.c.br.Buffered() < len(lastChunk) {
+		return
+	}
+	if next, err := b.c.br.Peek(len(lastChunk)); err == nil && string(next) == lastChunk {
+		_, _ = b.c.br.Discard(len(lastChunk))
+		b.inChunk, b.eof = false, true
+	}
 }
 
 // nextChunk reads the end of the chunk before (its CRLF) and the next chunk's size line; at
@@ -255,17 +280,21 @@ func (b *body) nextChunk() error {
 }
 
 func chunkError(err error) error {
-	if err != nil && !errors.Is(err, io.EOF) {
+	switch {
+	case errors.Is(err, io.EOF):
+		return io.ErrUnexpectedEOF
+	case err != nil:
 		return err
 	}
 	return errors.New("malformed chunked encoding")
 }
 
 // drain reads what the handler left of the body, so that the connection can serve its next
-// request; it reports false if it cannot (the rest is too long, or broken).
+// request; it reports false if it cannot: the rest is too long or broken, or the client waits
+// for a 100 Continue it was never sent.
 func (b *body) drain() bool {
 	b.cancel = nil // the request is over: nothing to watch for
-	if b.err != nil {
+	if b.err != nil || (b.continueFirst && !b.done()) {
 		return false
 	}
 	n, err := io.CopyN(io.Discard, b, unreadBodyLimit)

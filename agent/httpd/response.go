@@ -109,6 +109,26 @@ func (w *ResponseWriter) Flush() error {
 	return w.err
 }
 
+// sendContinue tells a client that waits for it (Expect: 100-continue) to send the body,
+// unless the answer has begun.
+func (w *ResponseWriter) sendContinue() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.sent || w.done || w.err != nil {
+		return
+	}
+	w.write("HTTP/1.1 100 Continue\r\n\r\n")
+	w.setErr(w.c.bw.Flush())
+}
+
+// closeAfter has the connection close after the answer (its head says so, if it has not gone
+// out yet).
+func (w *ResponseWriter) closeAfter() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.close = true
+}
+
 // finish ends the answer as the handler returns: with its status and body and a
 // Content-Length if nothing was sent yet, with the last chunk if it was sent chunked.
 func (w *ResponseWriter) finish() {
@@ -132,7 +152,6 @@ func (w *ResponseWriter) sendHead(contentLength int) {
 		return
 	}
 	w.sent = true
-	w.c.answering = true
 	b := make([]byte, 0, 256)
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(w.status), 10)
