@@ -278,6 +278,7 @@ func TestBadRequests(t *testing.T) {
 		{"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc", "HTTP/1.1 400 "},
 		{"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400 "},
 		{"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 400 "},
+		{"POST /x HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nab <nil>"},
 		{"GET /x HTTP/1.1\r\nX: " + strings.Repeat("a", maxLine) + "\r\n\r\n", "HTTP/1.1 431 "},
 		{"POST /x HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1;ext=1\r\nd\r\n0\r\nTrailer: x\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabcd <nil>"},
 		{"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 46\r\nConnection: close\r\n\r\n read request body: malformed chunked encoding"},

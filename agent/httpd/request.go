@@ -102,8 +102,11 @@ func (c *conn) readRequest() (*Request, error) {
 		}
 		name, value = strings.ToLower(name), strings.TrimSpace(value)
 		if prev, ok := r.header[name]; ok {
-			if name == "content-length" && prev != value {
-				return nil, malformed("two different Content-Length headers")
+			if name == "content-length" {
+				if prev != value {
+					return nil, malformed("two different Content-Length headers")
+				}
+				continue // the same length twice is that length
 			}
 			value = prev + ", " + value
 		}

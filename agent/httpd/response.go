@@ -160,13 +160,10 @@ func (w *ResponseWriter) sendHead(contentLength int) {
 		b = append(append(append(append(b, w.header[i]...), ": "...), w.header[i+1]...), "\r\n"...)
 	}
 	switch {
-	case w.bodyless() && !w.head:
+	case w.bodyless(): // HEAD, 204, 304: no body, so no framing
 	case contentLength >= 0:
-		if !w.head || contentLength > 0 {
-			b = strconv.AppendInt(append(b, "Content-Length: "...), int64(contentLength), 10)
-			b = append(b, "\r\n"...)
-		}
-	case w.head:
+		b = strconv.AppendInt(append(b, "Content-Length: "...), int64(contentLength), 10)
+		b = append(b, "\r\n"...)
 	default:
 		w.chunked = true
 		b = append(b, "Transfer-Encoding: chunked\r\n"...)

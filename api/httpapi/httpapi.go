@@ -39,9 +39,7 @@ type Endpoint struct {
 // to answer (401, 403).
 type Check func(req *http.Request, access api.Access, session api.SessionFrom) (*http.Request, error)
 
-// Answer is w as an api.AnswerWriter.
-func Answer(w http.ResponseWriter) api.AnswerWriter { return answer{w} }
-
+// answer is a ResponseWriter as an api.AnswerWriter.
 type answer struct{ http.ResponseWriter }
 
 func (a answer) SetHeader(key, value string) { a.Header().Set(key, value) }
