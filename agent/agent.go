@@ -69,14 +69,32 @@ type Agent struct {
 	answered sync.Once
 }
 
-// Run runs the agent until it is told to stop. listenFD is the inherited listening socket;
-// configFD, when not negative, an inherited file holding the sandbox's api.AgentConfig, which
-// the agent takes before it answers (as if the daemon had sent it with PUT /v1/config);
-// pidsFD, when not negative, is the first of two inherited tasks files: the cgroup that holds
-// the sandbox's pids limit, into which the agent moves the thread that forks each process, and
-// the container's (procTable.work and home); privateFD, when not negative, an inherited
-// directory: the private store, the root of a mount no path leads to (confine).
-func Run(listenFD, configFD, pidsFD, privateFD int, version string) error {
+// Inherited are the descriptors the daemon hands a new agent; each but Listen is -1 when it
+// is not handed.
+type Inherited struct {
+	// Listen is the listening socket the agent serves.
+	Listen int
+	// Seccomp is a file holding the sandbox's seccomp filter, which the agent loads on all its
+	// threads before anything else (loadSeccomp).
+	Seccomp int
+	// Config is a file holding the sandbox's api.AgentConfig, which the agent takes before it
+	// answers (as if the daemon had sent it with PUT /v1/config).
+	Config int
+	// PidsCgroup is the first of two tasks files: the cgroup that holds the sandbox's pids
+	// limit, into which the agent moves the thread that forks each process, and the
+	// container's (procTable.work and home).
+	PidsCgroup int
+	// Private is a directory: the private store, the root of a mount no path leads to (confine).
+	Private int
+}
+
+// Run runs the agent until it is told to stop.
+func Run(fds Inherited, version string) error {
+	if fds.Seccomp >= 0 {
+		if err := loadSeccomp(fds.Seccomp); err != nil {
+			return err
+		}
+	}
 	// Nothing in the sandbox may ptrace the agent or read its memory and file descriptors.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("mark agent non-dumpable: %w", err)
@@ -92,11 +110,11 @@ func Run(listenFD, configFD, pidsFD, privateFD int, version string) error {
 	// The agent is idle nearly all the time: keep its heap small.
 	debug.SetGCPercent(50)
 
-	f := os.NewFile(uintptr(listenFD), "agent-listener")
+	f := os.NewFile(uintptr(fds.Listen), "agent-listener")
 	ln, err := net.FileListener(f)
 	f.Close()
 	if err != nil {
-		return fmt.Errorf("use inherited listener fd %d: %w", listenFD, err)
+		return fmt.Errorf("use inherited listener fd %d: %w", fds.Listen, err)
 	}
 	cwd, err := os.Getwd()
 	if err != nil {
@@ -126,21 +144,21 @@ func Run(listenFD, configFD, pidsFD, privateFD int, version string) error {
 		return err
 	}
 	a.procs.caught = caught
-	if pidsFD >= 0 {
+	if fds.PidsCgroup >= 0 {
 		// Inherited descriptors are not closed on exec: nothing the agent starts may get these.
-		unix.CloseOnExec(pidsFD)
-		unix.CloseOnExec(pidsFD + 1)
-		a.procs.work = os.NewFile(uintptr(pidsFD), "pids-cgroup-tasks")
-		a.procs.home = os.NewFile(uintptr(pidsFD+1), "agent-pids-cgroup-tasks")
+		unix.CloseOnExec(fds.PidsCgroup)
+		unix.CloseOnExec(fds.PidsCgroup + 1)
+		a.procs.work = os.NewFile(uintptr(fds.PidsCgroup), "pids-cgroup-tasks")
+		a.procs.home = os.NewFile(uintptr(fds.PidsCgroup+1), "agent-pids-cgroup-tasks")
 	}
 	var store *os.File
-	if privateFD >= 0 {
-		unix.CloseOnExec(privateFD)
-		store = os.NewFile(uintptr(privateFD), "private-store")
+	if fds.Private >= 0 {
+		unix.CloseOnExec(fds.Private)
+		store = os.NewFile(uintptr(fds.Private), "private-store")
 	}
 	a.confine(store)
-	if configFD >= 0 {
-		cfg := os.NewFile(uintptr(configFD), "agent-config")
+	if fds.Config >= 0 {
+		cfg := os.NewFile(uintptr(fds.Config), "agent-config")
 		a.bootConfig(cfg)
 		cfg.Close()
 	}

@@ -21,20 +21,22 @@ var version = "dev"
 func init() { runtime.LockOSThread() }
 
 func main() {
-	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--config-fd M]
-	// [--pids-cgroup-fds P] [--private-fd Q].
-	listen, config, pids, private := 3, -1, -1, -1
+	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--seccomp-fd S]
+	// [--config-fd M] [--pids-cgroup-fds P] [--private-fd Q].
+	fds := agent.Inherited{Listen: 3, Seccomp: -1, Config: -1, PidsCgroup: -1, Private: -1}
 	for i, arg := range os.Args {
 		var fd *int
 		switch arg {
 		case "--listen-fd":
-			fd = &listen
+			fd = &fds.Listen
+		case "--seccomp-fd":
+			fd = &fds.Seccomp
 		case "--config-fd":
-			fd = &config
+			fd = &fds.Config
 		case "--pids-cgroup-fds":
-			fd = &pids
+			fd = &fds.PidsCgroup
 		case "--private-fd":
-			fd = &private
+			fd = &fds.Private
 		}
 		if fd != nil && i+1 < len(os.Args) {
 			n, err := strconv.Atoi(os.Args[i+1])
@@ -45,7 +47,7 @@ func main() {
 			*fd = n
 		}
 	}
-	if err := agent.Run(listen, config, pids, private, version); err != nil {
+	if err := agent.Run(fds, version); err != nil {
 		fmt.Fprintln(os.Stderr, "nsbox-agent:", err)
 		os.Exit(1)
 	}

@@ -23,12 +23,16 @@ func agentCommand() *cli.Command {
 		Hidden: true,
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "listen-fd", Value: 3, Usage: "inherited listening socket"},
+			&cli.IntFlag{Name: "seccomp-fd", Value: -1, Usage: "inherited file holding the sandbox's seccomp filter (BPF), loaded first"},
 			&cli.IntFlag{Name: "config-fd", Value: -1, Usage: "inherited file holding the sandbox's configuration (JSON)"},
 			&cli.IntFlag{Name: "pids-cgroup-fds", Value: -1, Usage: "the first of two inherited tasks files: the cgroup holding the sandbox's pids limit, then the container's"},
 			&cli.IntFlag{Name: "private-fd", Value: -1, Usage: "inherited directory: the private store of the sessions' private folders"},
 		},
 		Action: func(c *cli.Context) error {
-			return agent.Run(c.Int("listen-fd"), c.Int("config-fd"), c.Int("pids-cgroup-fds"), c.Int("private-fd"), version)
+			return agent.Run(agent.Inherited{
+				Listen: c.Int("listen-fd"), Seccomp: c.Int("seccomp-fd"), Config: c.Int("config-fd"),
+				PidsCgroup: c.Int("pids-cgroup-fds"), Private: c.Int("private-fd"),
+			}, version)
 		},
 	}
 }

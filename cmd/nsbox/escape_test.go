@@ -25,7 +25,7 @@ var escapeScript string
 // escapeAttempts are the names escape.py prints a line for; each must be reported blocked.
 var escapeAttempts = []string{
 	"mount", "pivot_root", "unshare", "setns", "ptrace", "keyctl", "bpf", "perf_event_open", "userfaultfd",
-	"kexec_load", "init_module", "open_by_handle_at", "chroot", "mknod", "raw-socket", "vsock",
+	"kexec_load", "init_module", "open_by_handle_at", "chroot", "mknod", "raw-socket", "vsock", "vsock-upper-half",
 	"write-proc-sys", "sysrq-trigger", "write-cgroupfs", "read-kcore", "read-keys", "read-kpageflags",
 	"read-slabinfo", "read-config-gz", "dev-nodes", "read-dev-kmsg", "read-dev-mem", "ptrace-session", "write-agent-exe",
 	"write-self-exe-agent", "agent-oom-score", "agent-task-oom-score", "agent-fds", "inherited-fds",
@@ -35,8 +35,9 @@ var escapeAttempts = []string{
 // TestEscapeSuite tries, as root inside a sandbox, each class of escape the kernel boundary must
 // stop (issue 10's list): mounts, pivot_root and chroot, new user namespaces, setns, ptrace of
 // PID 1 and of a session's shell, keyrings, bpf, perf, userfaultfd, kexec and modules, handles,
-// device nodes (made, and any but runc's defaults in /dev), raw and vsock sockets, /proc/sys,
-// sysrq, cgroupfs, kcore, keys, kpageflags, slabinfo and config.gz, /dev/kmsg and /dev/mem,
+// device nodes (made, and any but runc's defaults in /dev), raw and vsock sockets (vsock also
+// with the upper half of the family's register set), /proc/sys, sysrq, cgroupfs, kcore, keys,
+// kpageflags, slabinfo and config.gz, /dev/kmsg and /dev/mem,
 // the agent's binary, the agent's fds and fds leaked into the sandbox, host listeners on
 // 127.0.0.1 and on the host side of the veth, another sandbox, and the sockets of the daemon
 // and of the other sandbox's agent (by their host paths). Every attempt must be made and fail.

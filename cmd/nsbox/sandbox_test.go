@@ -182,11 +182,13 @@ func TestIsolation(t *testing.T) {
 	checks := map[string]string{
 		"hostname": "iso",
 		// The pids cgroups' files follow on a cgroup v1 host (workcgroup.go).
-		"cat /proc/1/cmdline | tr '\\0' ' ' | cut -d' ' -f1-6":  "/.nsbox/nsbox agent --listen-fd 3 --config-fd 5",
-		"ip -o link | cut -d: -f2 | cut -d@ -f1 | tr -d ' \n'":  "loeth0",
-		"ip -o link show lo | grep -o UP | head -1":             "UP",
-		"grep NoNewPrivs /proc/self/status":                     "NoNewPrivs:\t1",
-		"grep Seccomp: /proc/self/status":                       "Seccomp:\t2",
+		"cat /proc/1/cmdline | tr '\\0' ' ' | cut -d' ' -f1-8": "/.nsbox/nsbox agent --listen-fd 3 --seccomp-fd 5 --config-fd 6",
+		"ip -o link | cut -d: -f2 | cut -d@ -f1 | tr -d ' \n'": "loeth0",
+		"ip -o link show lo | grep -o UP | head -1":            "UP",
+		"grep NoNewPrivs /proc/self/status":                    "NoNewPrivs:\t1",
+		"grep Seccomp: /proc/self/status":                      "Seccomp:\t2",
+		// The agent loads the filter on its threads (agent/seccomp.go): all of them have it.
+		"grep -h Seccomp: /proc/1/task/*/status | sort -u":      "Seccomp:\t2",
 		"grep CapEff /proc/self/status":                         "CapEff:\t00000000000005fb",
 		"cat /proc/timer_list /proc/keys | wc -c":               "0",
 		"echo 1 > /proc/sys/kernel/ostype || echo refused":      "refused",

@@ -47,7 +47,8 @@ type Config struct {
 	// must start with InitBinPrefix.
 	InitBin      string
 	CgroupParent string
-	Seccomp      bool
+	// Seccomp has every container's agent load the sandboxes' seccomp filter (seccompProgram).
+	Seccomp bool
 	// UserNS says containers will have user namespaces: New checks that the host can.
 	UserNS bool
 	Log    *slog.Logger
@@ -105,6 +106,11 @@ func New(cfg Config) (*Backend, error) {
 		}
 		if err := rootfs.CheckIDMappedOverlay(cfg.RunDir); err != nil {
 			return nil, fmt.Errorf("user namespaces cannot work on this host (they need id-mapped mounts under overlayfs: Linux 5.19 or later, and file systems for nsbox's state and images that support id-mapped mounts): %w; run the daemon with --userns=false", err)
+		}
+	}
+	if cfg.Seccomp {
+		if _, err := seccompProgram(); err != nil {
+			return nil, err
 		}
 	}
 	view, err := cgroupHierarchies()
@@ -211,6 +217,14 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 
 	args := []string{AgentPath, "agent", "--listen-fd", "3"}
+	if b.cfg.Seccomp {
+		prog, err := seccompProgram() // made by New
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--seccomp-fd", strconv.Itoa(3+len(extra)))
+		extra = append(extra, prog)
+	}
 	if spec.AgentConfig != nil {
 		cfg, err := memFile("agent-config", spec.AgentConfig)
 		if err != nil {
@@ -247,7 +261,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroup, WorkCgroup: work,
-		Seccomp: b.cfg.Seccomp, CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
+		CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
 		CgroupMount: b.cgroupView == nil,
 	}
 	if err := writeCPUsOnline(cs.CPUsOnline, cs.CPUs); err != nil {

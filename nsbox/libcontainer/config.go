@@ -57,8 +57,7 @@ type configSpec struct {
 	WorkCgroup string
 	// UserNS is the path of a user namespace with the container's mapping (Spec.IDs): the
 	// container joins it, and runc maps the image's binds and read-only mounts with it.
-	UserNS  string
-	Seccomp bool
+	UserNS string
 	// CPUs is the container's cpuset ("0-1"), and CPUsOnline the host file that lists them
 	// for its CPUsOnline (writeCPUsOnline).
 	CPUs, CPUsOnline string
@@ -136,9 +135,6 @@ func containerConfig(s configSpec) *configs.Config {
 		cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWUSER, Path: s.UserNS})
 		cfg.UIDMappings = idMaps(0, s.IDs)
 		cfg.GIDMappings = idMaps(0, s.IDs)
-	}
-	if s.Seccomp {
-		cfg.Seccomp = seccompProfile()
 	}
 	return cfg
 }

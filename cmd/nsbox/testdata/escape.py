@@ -70,6 +70,16 @@ def vsock():
     return "opened"
 
 
+def vsock_upper_half():
+    # socket()'s family is an int, whose register's upper half the kernel drops: a filter that
+    # compared all 64 bits let AF_VSOCK through with an upper bit set.
+    r = libc.syscall(41, ctypes.c_long(1 << 32 | 40), socket.SOCK_STREAM, 0)  # socket(AF_VSOCK)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "socket")
+    os.close(r)
+    return "opened"
+
+
 def dev_nodes():
     # The only devices are runc's defaults (and what the kernel gives a pts mount): none of
     # the host's disks, memory, kernel log or hypervisor channels.
@@ -114,6 +124,7 @@ attempt("chroot", chroot)
 attempt("mknod", mknod)
 attempt("raw-socket", raw_socket)
 attempt("vsock", vsock)
+attempt("vsock-upper-half", vsock_upper_half)
 attempt("write-proc-sys", write("/proc/sys/kernel/hostname"))
 attempt("sysrq-trigger", write("/proc/sysrq-trigger", b"h"))
 attempt("write-cgroupfs", write("/sys/fs/cgroup/pids/pids.max" if os.path.exists("/sys/fs/cgroup/pids") else "/sys/fs/cgroup/pids.max", b"max"))
