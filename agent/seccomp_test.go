@@ -46,12 +46,13 @@ func getppidErr() error {
 	return nil
 }
 
-// TestLoadSeccomp loads a filter as the agent does, in a child process (a filter cannot be
-// taken off): every thread has it, those the process had before the load too. What is no
-// program, or one the kernel refuses, is an error, and the file is closed either way.
+// TestLoadSeccomp loads filters as the agent does, in a child process (a filter cannot be
+// taken off) with no_new_privs set, as runc's init leaves the agent: what is no program, or one
+// the kernel refuses, is an error; a program is loaded on every thread, those the process had
+// before the load too; the file is closed either way.
 func TestLoadSeccomp(t *testing.T) {
 	if os.Getenv("NSBOX_SECCOMP_CHILD") != "" {
-		loadSeccompChild()
+		loadSeccompChild(t)
 		return
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestLoadSeccomp$", "-test.v")
@@ -61,31 +62,39 @@ func TestLoadSeccomp(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "every thread filtered") {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
+}
 
-	for name, f := range map[string]*os.File{
-		"empty":       seccompFile(t, nil),
-		"odd size":    seccompFile(t, refuseGetppid, 1),
-		"no return":   seccompFile(t, refuseGetppid[:1]),
-		"bad jump":    seccompFile(t, []unix.SockFilter{{Code: unix.BPF_JMP | unix.BPF_JA, K: 5}, refuseGetppid[3]}),
-		"over length": seccompFile(t, make([]unix.SockFilter, maxSeccompInsns+1)),
+func loadSeccompChild(t *testing.T) {
+	runtime.LockOSThread() // no_new_privs is the thread's
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		f    *os.File
+		want error // nil: any error
+	}{
+		{"empty", seccompFile(t, nil), nil},
+		{"odd size", seccompFile(t, refuseGetppid, 1), nil},
+		{"over length", seccompFile(t, make([]unix.SockFilter, maxSeccompInsns+1)), nil},
+		{"no return", seccompFile(t, refuseGetppid[:1]), unix.EINVAL},
+		{"bad jump", seccompFile(t, []unix.SockFilter{{Code: unix.BPF_JMP | unix.BPF_JA, K: 5}, refuseGetppid[3]}), unix.EINVAL},
 	} {
-		fd, err := unix.Dup(int(f.Fd()))
+		fd, err := unix.Dup(int(c.f.Fd()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := loadSeccomp(fd); err == nil {
-			t.Errorf("%s: loaded", name)
+		if err := loadSeccomp(fd); err == nil || (c.want != nil && !errors.Is(err, c.want)) {
+			t.Errorf("%s: %v, want an error (%v)", c.name, err, c.want)
 		}
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
-			t.Errorf("%s: fd left open (%v)", name, err)
+			t.Errorf("%s: fd left open (%v)", c.name, err)
 		}
 	}
 	if err := getppidErr(); err != nil {
-		t.Fatalf("the test process itself was filtered: %v", err)
+		t.Fatalf("filtered before the load: %v", err)
 	}
-}
 
-func loadSeccompChild() {
 	// Threads that exist before the load, each holding its own OS thread.
 	const threads = 4
 	ready, check, results := make(chan struct{}), make(chan struct{}), make(chan error)
@@ -98,24 +107,22 @@ func loadSeccompChild() {
 		}()
 		<-ready
 	}
-	if err := getppidErr(); err != nil {
-		println("filtered before the load:", err.Error())
-		os.Exit(1)
-	}
 	if err := loadSeccomp(3); err != nil {
-		println(err.Error())
-		os.Exit(1)
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
+		t.Errorf("the program's fd left open (%v)", err)
 	}
 	close(check)
 	for range threads {
 		if err := <-results; !errors.Is(err, unix.EPERM) {
-			println("a thread started before the load is not filtered:", err)
-			os.Exit(1)
+			t.Fatalf("a thread started before the load is not filtered: %v", err)
 		}
 	}
 	if err := getppidErr(); !errors.Is(err, unix.EPERM) {
-		println("the loading thread is not filtered")
-		os.Exit(1)
+		t.Fatalf("the loading thread is not filtered: %v", err)
 	}
-	println("every thread filtered")
+	if !t.Failed() {
+		t.Log("every thread filtered")
+	}
 }

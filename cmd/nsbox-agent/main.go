@@ -22,11 +22,16 @@ func init() { runtime.LockOSThread() }
 
 func main() {
 	// Invoked as the daemon starts it: nsbox-agent agent --listen-fd N [--seccomp-fd S]
-	// [--config-fd M] [--pids-cgroup-fds P] [--private-fd Q].
+	// [--config-fd M] [--pids-cgroup-fds P] [--private-fd Q]. Anything else is refused: an
+	// agent that skipped a descriptor it does not know (the seccomp filter's) would run
+	// without what it holds.
 	fds := agent.Inherited{Listen: 3, Seccomp: -1, Config: -1, PidsCgroup: -1, Private: -1}
-	for i, arg := range os.Args {
+	if len(os.Args) < 2 || os.Args[1] != "agent" {
+		usage("the daemon starts it as: nsbox-agent agent --listen-fd N …")
+	}
+	for i := 2; i < len(os.Args); i += 2 {
 		var fd *int
-		switch arg {
+		switch os.Args[i] {
 		case "--listen-fd":
 			fd = &fds.Listen
 		case "--seccomp-fd":
@@ -37,18 +42,25 @@ func main() {
 			fd = &fds.PidsCgroup
 		case "--private-fd":
 			fd = &fds.Private
+		default:
+			usage(fmt.Sprintf("unknown argument %q", os.Args[i]))
 		}
-		if fd != nil && i+1 < len(os.Args) {
-			n, err := strconv.Atoi(os.Args[i+1])
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "nsbox-agent: %s: %v\n", arg, err)
-				os.Exit(2)
-			}
-			*fd = n
+		if i+1 == len(os.Args) {
+			usage(os.Args[i] + " needs a descriptor")
 		}
+		n, err := strconv.Atoi(os.Args[i+1])
+		if err != nil {
+			usage(fmt.Sprintf("%s: %v", os.Args[i], err))
+		}
+		*fd = n
 	}
 	if err := agent.Run(fds, version); err != nil {
 		fmt.Fprintln(os.Stderr, "nsbox-agent:", err)
 		os.Exit(1)
 	}
+}
+
+func usage(problem string) {
+	fmt.Fprintln(os.Stderr, "nsbox-agent:", problem)
+	os.Exit(2)
 }

@@ -198,3 +198,33 @@ func TestIdleStop(t *testing.T) {
 		t.Errorf("after an idle stop: %q (want a fresh session and the files)", out)
 	}
 }
+
+// TestAgentCannotBeReplaced: the sandbox's root makes /.nsbox a symbolic link into its
+// workspace, where it leaves a program of its own named nsbox, and the sandbox hibernates. On
+// wake runc mounts the agent where the link leads, inside the workspace; a mount of the
+// workspace made after it would cover it, and runc would execute the sandbox's program as
+// PID 1, with the daemon's descriptors and without the seccomp filter the agent loads. The
+// agent's mount is the container's last: the agent runs, the sandbox's program never does.
+func TestAgentCannotBeReplaced(t *testing.T) {
+	d := startDaemon(t)
+	ws := t.TempDir()
+	if err := os.Chown(ws, 1000, 1000); err != nil { // with user namespaces, not root's (storage.go)
+		t.Fatal(err)
+	}
+	d.create(api.CreateSandboxRequest{ID: "swap", Image: "busybox", Workspace: &api.Workspace{HostPath: ws, Mode: api.WorkspaceRW}})
+	d.sh("swap", `mv /.nsbox /.nsbox.old && ln -s /workspace /.nsbox &&
+printf '#!/bin/sh\ngrep Seccomp: /proc/self/status > /workspace/ran\nexec sleep 1000\n' > /workspace/nsbox && chmod +x /workspace/nsbox`)
+	if out, errOut, code := d.cli("", "hibernate", "swap"); code != 0 {
+		t.Fatalf("nsbox hibernate: %q %q %d", out, errOut, code)
+	}
+	res, err := d.client.Exec(context.Background(), "swap", api.ExecRequest{Command: "tr '\\0' ' ' < /proc/1/cmdline; grep Seccomp: /proc/1/status"})
+	if ran, _ := os.ReadFile(filepath.Join(ws, "ran")); ran != nil {
+		t.Fatalf("the sandbox's own program ran as its PID 1: %q", ran)
+	}
+	if err != nil {
+		t.Fatalf("wake: %v", err)
+	}
+	if stdout, _, _ := res.Output(); !strings.Contains(string(stdout), "/.nsbox/nsbox agent") || !strings.Contains(string(stdout), "Seccomp:\t2") {
+		t.Errorf("PID 1 after wake: %q", stdout)
+	}
+}

@@ -297,7 +297,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 	// root: the overlay mounted; files: the run dir's, the listener, the user namespace and the
 	// config; create: libcontainer's checks and state dir; run: its init, from the exec of
-	// nsbox init to that of the agent (cgroups, namespaces, mounts, seccomp).
+	// nsbox init to that of the agent (cgroups, namespaces, mounts).
 	b.cfg.Log.Debug("libcontainer start", "container", spec.ID, "root", mounted, "files", prepared-mounted,
 		"create", created-prepared, "run", time.Since(began)-created)
 	pid, err := proc.Pid()

@@ -114,8 +114,6 @@ func containerConfig(s configSpec) *configs.Config {
 			// The agent's session FIFOs and per-exec files: on tmpfs, not the overlay's disk, where
 			// allocating four inodes per exec was most of an exec's cost (docs/benchmarks.md).
 			{Source: "tmpfs", Destination: "/run/nsbox", Device: "tmpfs", Flags: defaultMountFlags, Data: "mode=0711,size=" + agentTmpfsSize},
-			// Not id-mapped: the sandbox's root does not own the agent binary, whatever the mount.
-			readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s),
 		},
 	}
 	if s.CgroupMount {
@@ -129,6 +127,11 @@ func containerConfig(s configSpec) *configs.Config {
 	}
 	// Not id-mapped: root's file, read-only for all.
 	cfg.Mounts = append(cfg.Mounts, readonlyBind(backend.Mount{Source: s.CPUsOnline, Target: CPUsOnline, IDs: backend.MountIDs{Native: true}}, s))
+	// The agent last: runc mounts it where AgentPath leads in the sandbox's root, which the
+	// sandbox may have made a symbolic link (into its workspace, say); a mount made after it
+	// there would cover it, and runc would execute whatever the sandbox left in its place as
+	// PID 1 (TestAgentCannotBeReplaced). Not id-mapped: the sandbox's root does not own it.
+	cfg.Mounts = append(cfg.Mounts, readonlyBind(backend.Mount{Source: s.AgentBin, Target: AgentPath, IDs: backend.MountIDs{Native: true}}, s))
 	if s.IDs.Enabled() {
 		// The daemon's namespace with the container's mapping (rootfs.UserNS), owned by the
 		// sandbox's root: one runc made would be the host root's.

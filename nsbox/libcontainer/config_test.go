@@ -95,6 +95,9 @@ func TestContainerConfigIsLockedDown(t *testing.T) {
 			t.Errorf("mount %s: present %v, read-only %v, want read-only %v", k, ok, got, ro)
 		}
 	}
+	if last := cfg.Mounts[len(cfg.Mounts)-1]; last.Destination != AgentPath {
+		t.Errorf("the last mount is %s, not the agent's: a later one could cover it", last.Destination)
+	}
 	if cfg.Seccomp != nil { // the agent loads the compiled program (seccompProgram)
 		t.Errorf("runc's init is given a seccomp profile to compile: %+v", cfg.Seccomp)
 	}

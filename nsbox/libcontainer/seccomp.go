@@ -16,7 +16,7 @@ import (
 // dropped capabilities: most of these already need a capability a sandbox does not have, and
 // the rest reach kernel state that is not namespaced (keyrings, bpf, perf, io_uring, kernel
 // modules, clocks). A denylist of ~60 rules compiles in a fraction of the time Docker's
-// ~350-rule allowlist takes in every container start (see docs/benchmarks.md).
+// ~350-rule allowlist takes (see docs/benchmarks.md), once per daemon (seccompProgram).
 var deniedSyscalls = []string{
 	"acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
 	"finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "get_mempolicy",
