@@ -53,7 +53,7 @@ sdk:
 # Unit tests with the race detector, then the integration tests against the real binary (the
 # SDKs' suites run from cmd/nsbox/sdk_test.go).
 test: build vet sdk
-	$(GO) test -race -count=1 -tags "$(TAGS)" ./api/... ./client/... ./agent/... ./session/... ./rootfs/... ./nsbox/... ./fs/... ./net/... ./proxy/... ./auth/... ./internal/...
+	$(GO) test -race -count=1 -tags "$(TAGS)" ./api/... ./client/... ./agent/... ./session/... ./rootfs/... ./nsbox/... ./fs/... ./net/... ./proxy/... ./auth/... ./internal/... ./cmd/nsbox-agent/
 	NSBOX_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v ./cmd/nsbox/
 	$(MAKE) --no-print-directory test-package
 
