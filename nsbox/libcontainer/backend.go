@@ -266,11 +266,11 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		return nil, fmt.Errorf("make cwd %s: %w", spec.Cwd, err)
 	}
 	if spec.RootMounts != nil {
-		extra, err := spec.RootMounts(merged)
+		layers, err := spec.RootMounts(merged)
 		if err != nil {
 			return nil, err
 		}
-		spec.Mounts = append(extra, spec.Mounts...)
+		spec.Mounts = append(layers, spec.Mounts...)
 	}
 	rooted := time.Since(began)
 	cs := configSpec{
