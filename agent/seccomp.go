@@ -22,11 +22,12 @@ func loadSeccomp(fd int) error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("seccomp program: %w", err)
 	}
+	const insnSize = int(unsafe.Sizeof(unix.SockFilter{}))
 	size := int(st.Size)
-	if size == 0 || size%int(unsafe.Sizeof(unix.SockFilter{})) != 0 || size/int(unsafe.Sizeof(unix.SockFilter{})) > maxSeccompInsns {
+	if size == 0 || size%insnSize != 0 || size/insnSize > maxSeccompInsns {
 		return fmt.Errorf("seccomp program: %d bytes is no BPF program", size)
 	}
-	prog := make([]unix.SockFilter, size/int(unsafe.Sizeof(unix.SockFilter{})))
+	prog := make([]unix.SockFilter, size/insnSize)
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), size)
 	for off := 0; off < size; {
 		n, err := unix.Pread(fd, buf[off:], int64(off))

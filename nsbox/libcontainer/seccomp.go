@@ -74,7 +74,7 @@ var architectures = map[string][]string{
 // in a sealed memory file each new agent is handed (--seccomp-fd) and loads on every thread
 // as its first step (agent/seccomp.go), before anything else runs in its sandbox. It is
 // compiled once per daemon: compiled by runc's init, in every container's start, libseccomp
-// took 2-5 ms of the create (its allocations' page faults, on a VM where each costs 12-28 µs;
+// took ~2.5 ms of runc's run (its allocations' page faults, on a VM where each costs 12-28 µs;
 // docs/benchmarks.md, "Session 16").
 var seccompProgram = sync.OnceValues(func() (*os.File, error) {
 	return compileSeccomp(seccompProfile())
