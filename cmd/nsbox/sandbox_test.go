@@ -178,9 +178,19 @@ func TestLimitsAppliedAndVisibleInside(t *testing.T) {
 
 func TestIsolation(t *testing.T) {
 	d := startDaemon(t)
-	d.create(api.CreateSandboxRequest{ID: "iso", Image: "busybox"})
+	sb := d.create(api.CreateSandboxRequest{ID: "iso", Image: "busybox"})
+	// The init ran with a larger timer slack (cmd/nsbox/runcinit.go); the agent, and so
+	// everything it starts, has the daemon's (this test's, which the daemon inherited).
+	slack, err := os.ReadFile("/proc/self/timerslack_ns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if agent, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", sb.PID)); err != nil || string(agent) != string(slack) {
+		t.Errorf("the agent's timer slack: %q %v, want %q", agent, err, slack)
+	}
 	checks := map[string]string{
-		"hostname": "iso",
+		"cat /proc/self/timerslack_ns": strings.TrimSpace(string(slack)),
+		"hostname":                     "iso",
 		// The pids cgroups' files follow on a cgroup v1 host (workcgroup.go).
 		"cat /proc/1/cmdline | tr '\\0' ' ' | cut -d' ' -f1-8": "/.nsbox/nsbox agent --listen-fd 3 --seccomp-fd 5 --config-fd 6",
 		"ip -o link | cut -d: -f2 | cut -d@ -f1 | tr -d ' \n'": "loeth0",
