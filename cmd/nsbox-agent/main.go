@@ -1,6 +1,14 @@
 // Command nsbox-agent is the agent alone: a sandbox's PID 1, without the daemon, the CLI and
 // libcontainer, so that every sandbox runs a small binary (the daemon embeds it; see
 // cmd/nsbox/agentbin.go).
+//
+// Its GOMAXPROCS is set once, at its start: a sandbox's CPUs and quota do not change while it
+// runs (nsbox/libcontainer/cpuset.go), and Go's periodic update (updatemaxprocs) would read
+// them again from sysmon at most once a second while the agent works — on the first request
+// after every idle spell, a cold exec's: an affinity query and two cgroup reads on the
+// sandbox's CPU (docs/benchmarks.md, "Session 17").
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (

@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -187,6 +189,13 @@ func TestIsolation(t *testing.T) {
 	}
 	if agent, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", sb.PID)); err != nil || string(agent) != string(slack) {
 		t.Errorf("the agent's timer slack: %q %v, want %q", agent, err, slack)
+	}
+	// Its GOMAXPROCS is not checked again while it runs (cmd/nsbox-agent).
+	if info, err := buildinfo.ReadFile(fmt.Sprintf("/proc/%d/exe", sb.PID)); err != nil {
+		t.Errorf("the agent's build info: %v", err)
+	} else if i := slices.IndexFunc(info.Settings, func(s debug.BuildSetting) bool { return s.Key == "DefaultGODEBUG" }); i < 0 ||
+		!slices.Contains(strings.Split(info.Settings[i].Value, ","), "updatemaxprocs=0") {
+		t.Errorf("the agent's build settings: %v, want DefaultGODEBUG with updatemaxprocs=0", info.Settings)
 	}
 	checks := map[string]string{
 		"cat /proc/self/timerslack_ns": strings.TrimSpace(string(slack)),
