@@ -12,9 +12,8 @@ package main
 // It also gives the init a timer slack of INIT_TIMER_SLACK_NS. libcontainer's init runs at
 // GOMAXPROCS(1), and while its one P is busy the Go runtime's sysmon sleeps 20 µs at a time:
 // through the init's ~30 mounts it woke ~120 times on the sandbox's one CPU, each wake two
-// context switches and often a spinning thread started for nothing (a P retaken from a mount
-// that took longer than a tick). The slack lets each of those sleeps run up to a millisecond
-// longer. sysmon and the init's first threads are made with it (the runtime starts them
+// context switches (and some a P retaken from a mount longer than a tick, handed to another
+// thread). The slack lets each of those sleeps run up to a millisecond longer. sysmon and the init's first threads are made with it (the runtime starts them
 // before any package initialises); internal/runcinit then gives the init's main thread, which
 // executes the container's first process, the slack this process had back (passed on in
 // TIMER_SLACK_ENV: nsexec's clones in between make the larger one each new process's
