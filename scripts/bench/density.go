@@ -19,8 +19,9 @@ import (
 // checks that every one of them works, and reports the time to create and remove them, the
 // memory each costs (PSS, as the memory section counts it, and the drop in the host's
 // MemAvailable, which includes kernel objects), the daemon's RSS, and the API's latency while
-// they idle, against the same requests with one sandbox, and the session exec against one
-// to a sandbox that idled first (2 s alone, a minute among 30). Without disk, the sandboxes
+// they idle, against the same requests with one sandbox (and the CPU the kernel's DAMON used
+// meanwhile, where it runs), and the session exec against one to a sandbox that idled first
+// (2 s alone, a minute among 30). Without disk, the sandboxes
 // write to the data dir's file system (--default-disk 0).
 func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err error) {
 	var args []string
@@ -47,7 +48,8 @@ func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err e
 	if err := create(0); err != nil {
 		return err
 	}
-	alone, err := densityLatencies(ctx, d, 1, id)
+	var alone, crowd map[string][]time.Duration
+	damonAlone, err := damonShareDuring(func() (err error) { alone, err = densityLatencies(ctx, d, 1, id); return err })
 	if err != nil {
 		return err
 	}
@@ -91,7 +93,7 @@ func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err e
 	if err != nil {
 		return err
 	}
-	crowd, err := densityLatencies(ctx, d, count, id)
+	damonCrowd, err := damonShareDuring(func() (err error) { crowd, err = densityLatencies(ctx, d, count, id); return err })
 	if err != nil {
 		return err
 	}
@@ -131,6 +133,9 @@ func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err e
 	fmt.Fprintf(w, "MemAvailable drop per sandbox\t%.2f MB (kernel objects included)\t\n", mb(float64(availBefore-availAfter))/float64(count-1))
 	fmt.Fprintf(w, "daemon RSS\t%.0f MB with 1 sandbox, %.0f MB with %d\t\n", before.rssMB, after.rssMB, count)
 	fmt.Fprintf(w, "daemon CPU while they idle\t%.2f%% of one CPU (over %s)\t\n", idleCPU.share*100, idleCPU.over)
+	if len(damonThreads()) > 0 {
+		fmt.Fprintf(w, "the kernel's DAMON (kdamond) while they were timed\t%.1f%% of one CPU with 1 sandbox, %.1f%% with %d\t\n", damonAlone*100, damonCrowd*100, count)
+	}
 	for _, req := range []string{"GET /v1/sandboxes/{id}", "session exec `true`", "the same exec again at once"} {
 		a, c := summarize(alone[req]), summarize(crowd[req])
 		fmt.Fprintf(w, "%s p50/p99\t%s/%s ms with 1 sandbox, %s/%s ms with %d (p50 %.2f×)\t\n", req,
@@ -246,6 +251,22 @@ func memAvailableKB() int64 {
 	}
 	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
 	return n
+}
+
+// damonShareDuring runs f and returns the share of one CPU the kernel's DAMON threads used
+// meanwhile: their sampling of pages that every sandbox maps walks every mapping.
+func damonShareDuring(f func() error) (float64, error) {
+	damonCPU := func() time.Duration {
+		var total time.Duration
+		for _, pid := range damonThreads() {
+			t, _ := cpuTime(pid) // 0 for a thread that just ended
+			total += t
+		}
+		return total
+	}
+	before, began := damonCPU(), time.Now()
+	err := f()
+	return float64(damonCPU()-before) / float64(time.Since(began)), err
 }
 
 // idleCPU is the share of one CPU a process used over a while.

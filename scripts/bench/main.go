@@ -154,7 +154,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	var u unix.Utsname
 	_ = unix.Uname(&u)
-	fmt.Printf("machine: %d CPUs, kernel %s, cgroup %s\n\n", runtime.NumCPU(), unix.ByteSliceToString(u.Release[:]), cgroupVersion())
+	fmt.Printf("machine: %d CPUs, kernel %s, cgroup %s, %s\n\n", runtime.NumCPU(), unix.ByteSliceToString(u.Release[:]), cgroupVersion(), damonDescription())
 	if o.sections["cycle"] {
 		if err := b.cycleSection(ctx, o.n); err != nil {
 			return fmt.Errorf("cycle: %w", err)

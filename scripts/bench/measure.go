@@ -118,6 +118,51 @@ func cgroupVersion() string {
 	return "v1 (hybrid)"
 }
 
+// damonThreads are the pids of the kernel's DAMON threads (kdamond.N) running now. DAMON
+// finds cold memory by clearing the accessed bits of sampled pages, in every process that maps
+// them; on this VM an idle process then pays 5–15 µs for each such page it touches again, and
+// the sampling of the pages a thousand sandboxes share keeps kdamond busy (docs/benchmarks.md,
+// "Session 18").
+func damonThreads() []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.HasPrefix(string(comm), "kdamond.") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// damonDescription says, for the machine line, whether the kernel's DAMON runs and, for the
+// contexts started through its sysfs interface, what it monitors and how often it samples.
+func damonDescription() string {
+	n := len(damonThreads())
+	if n == 0 {
+		return "DAMON not running"
+	}
+	var contexts []string
+	dirs, _ := filepath.Glob("/sys/kernel/mm/damon/admin/kdamonds/*/contexts/*")
+	for _, dir := range dirs {
+		state, _ := os.ReadFile(filepath.Join(dir, "../../state"))
+		ops, _ := os.ReadFile(filepath.Join(dir, "operations"))
+		sampleUS, _ := os.ReadFile(filepath.Join(dir, "monitoring_attrs/intervals/sample_us"))
+		us, err := strconv.Atoi(strings.TrimSpace(string(sampleUS)))
+		if strings.TrimSpace(string(state)) != "on" || err != nil {
+			continue
+		}
+		contexts = append(contexts, fmt.Sprintf("%s, a sample every %s", strings.TrimSpace(string(ops)), time.Duration(us)*time.Microsecond))
+	}
+	if len(contexts) == 0 {
+		return fmt.Sprintf("DAMON running (%d kdamond)", n)
+	}
+	return fmt.Sprintf("DAMON running (%d kdamond: %s)", n, strings.Join(contexts, "; "))
+}
+
 // memory is the PSS, in kB, of a set of sandboxes and of their daemon.
 type memory struct {
 	sandboxKB, daemonKB float64
