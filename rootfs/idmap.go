@@ -53,9 +53,9 @@ var usernsCache = struct {
 // first host id, the sandbox's root, not by the host's root: the kernel charges the per-user
 // counts (inotify instances and watches, fanotify groups, namespaces…) of everything in a
 // user namespace to its owner in the parent namespace too, and a namespace owned by root
-// would let a sandbox use up the host root's. The first call for a mapping clones a helper
-// process into a new namespace (stopped before it can run anything: it is traced) only long
-// enough to write its maps and open /proc/<pid>/ns/user.
+// would let a sandbox use up the host root's. The first call for a mapping starts a helper
+// process that makes the namespace and stops, only long enough to write its maps and open
+// /proc/<pid>/ns/user.
 func UserNS(m IDMap) (*os.File, error) {
 	usernsCache.Lock()
 	defer usernsCache.Unlock()
@@ -74,23 +74,28 @@ func UserNS(m IDMap) (*os.File, error) {
 
 // makeUserNS is UserNS's work, on a thread whose effective uid is m's first host id: a new
 // user namespace's owner is the effective uid of the thread that makes it. The helper execs
-// this binary as that uid, so the binary must be executable by others.
+// this binary as that uid (with the daemon's capabilities: the binary need not be executable
+// by others), and its constructor makes the namespace and stops (userns_helper.go).
 func makeUserNS(m IDMap) (*os.File, error) {
-	proc, err := os.StartProcess("/proc/self/exe", []string{"nsbox-userns"}, &os.ProcAttr{
-		Sys: &syscall.SysProcAttr{
-			Cloneflags: unix.CLONE_NEWUSER,
-			// Traced, the child stops at its execve before the new program runs.
-			Ptrace:    true,
-			Pdeathsig: unix.SIGKILL,
-		},
+	proc, err := os.StartProcess("/proc/self/exe", []string{usernsHelperName}, &os.ProcAttr{
+		Env: []string{},
+		Sys: &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("start a helper as uid %d (the nsbox binary must be executable by others): %w", m.Host, err)
+		return nil, fmt.Errorf("start the user namespace helper as uid %d: %w", m.Host, err)
 	}
+	reaped := false
 	defer func() {
+		if reaped {
+			_ = proc.Release()
+			return
+		}
 		_ = proc.Kill()
 		_, _ = proc.Wait()
 	}()
+	if reaped, err = waitStopped(proc.Pid); err != nil {
+		return nil, err
+	}
 	mapping := fmt.Sprintf("0 %d %d\n", m.Host, m.Size)
 	for _, file := range []string{"uid_map", "gid_map"} {
 		if err := os.WriteFile(fmt.Sprintf("/proc/%d/%s", proc.Pid, file), []byte(mapping), 0); err != nil {
@@ -102,6 +107,29 @@ func makeUserNS(m IDMap) (*os.File, error) {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
 	return f, nil
+}
+
+// waitStopped waits until the user namespace helper pid has stopped itself in its new
+// namespace, and says why it did not if it ended (reaped: the wait took its exit).
+func waitStopped(pid int) (reaped bool, err error) {
+	var status unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &status, unix.WUNTRACED, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("wait for the user namespace helper: %w", err)
+		}
+		break
+	}
+	switch {
+	case status.Stopped():
+		return false, nil
+	case status.Exited():
+		return true, fmt.Errorf("the user namespace helper could not make one: unshare(CLONE_NEWUSER): %w", syscall.Errno(status.ExitStatus()))
+	}
+	return true, fmt.Errorf("the user namespace helper ended before making one (%v)", status.Signal())
 }
 
 // onThreadAs runs f on a locked OS thread of its own whose effective (and file system) uid is

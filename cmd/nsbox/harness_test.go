@@ -77,6 +77,7 @@ var daemonSeq atomic.Int64
 // testDaemon is one nsbox daemon with private state.
 type testDaemon struct {
 	t            *testing.T
+	bin          string // the nsbox binary the daemon runs
 	dataDir      string
 	runDir       string
 	socket       string
@@ -99,9 +100,15 @@ func startDaemon(t *testing.T, extraArgs ...string) *testDaemon {
 // startDaemonLimited is startDaemon with the daemon's open-file limit set to nofile.
 func startDaemonLimited(t *testing.T, nofile int, extraArgs ...string) *testDaemon {
 	t.Helper()
+	return startDaemonOf(t, nsboxBin, nofile, extraArgs...)
+}
+
+// startDaemonOf is startDaemonLimited with the daemon run from the nsbox binary bin.
+func startDaemonOf(t *testing.T, bin string, nofile int, extraArgs ...string) *testDaemon {
+	t.Helper()
 	n := daemonSeq.Add(1)
 	d := daemonOf(int64(os.Getpid()), n)
-	d.t, d.dataDir, d.args, d.nofile = t, t.TempDir(), extraArgs, nofile
+	d.t, d.bin, d.dataDir, d.args, d.nofile = t, bin, t.TempDir(), extraArgs, nofile
 	d.net = newTestNetwork(t, n)
 	d.writeDataDir()
 	// Every answer the tests get, through the SDK or raw, is checked against the OpenAPI spec.
@@ -271,9 +278,9 @@ func (d *testDaemon) start() {
 		args = append(args, "--userns=false")
 	}
 	d.log = &syncBuffer{}
-	d.cmd = exec.Command(nsboxBin, args...)
+	d.cmd = exec.Command(d.bin, args...)
 	if d.nofile > 0 { // prlimit sets the limit and execs the daemon: the pid is the daemon's
-		d.cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", d.nofile, d.nofile), "--", nsboxBin}, args...)...)
+		d.cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", d.nofile, d.nofile), "--", d.bin}, args...)...)
 	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
