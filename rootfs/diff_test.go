@@ -11,6 +11,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -154,6 +155,16 @@ func TestDiskLifecycle(t *testing.T) {
 	if cst.Size != tst.Size || cst.Blocks > tst.Blocks || cst.Blocks == 0 {
 		t.Fatalf("the copy: %d bytes in %d blocks; the template %d in %d: holes lost or data missing", cst.Size, cst.Blocks, tst.Size, tst.Blocks)
 	}
+	// The copy went past the page cache: on a file system that caches, none of it is there.
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Type != unix.TMPFS_MAGIC {
+		if cached := cachedPages(t, copied); cached > 0 {
+			t.Errorf("%d pages of the copy are in the page cache: it was not copied past it", cached)
+		}
+	}
 	if err := CopyDisk(template, copied); err == nil {
 		t.Error("CopyDisk over an existing image succeeded")
 	}
@@ -249,4 +260,32 @@ func loopRemoved(t *testing.T, dev string) {
 			t.Fatalf("the released loop device %s is still there, bound to nothing", dev)
 		}
 	}
+}
+
+// cachedPages counts the pages of the file at path that are in the page cache.
+func cachedPages(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	pages := make([]byte, (len(mem)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), uintptr(unsafe.Pointer(&pages[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, p := range pages {
+		n += int(p & 1)
+	}
+	return n
 }
