@@ -121,8 +121,8 @@ func cgroupVersion() string {
 // damonThreads are the pids of the kernel's DAMON threads (kdamond.N) running now. DAMON
 // finds cold memory by clearing the accessed bits of sampled pages, in every process that maps
 // them; on this VM an idle process then pays 5–15 µs for each such page it touches again, and
-// the sampling of the pages a thousand sandboxes share keeps kdamond busy (docs/benchmarks.md,
-// "Session 18").
+// kdamond's walks over the pages a thousand sandboxes share cost it up to ~10 % of a CPU
+// (docs/benchmarks.md, "Session 18").
 func damonThreads() []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
