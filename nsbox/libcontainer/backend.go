@@ -85,7 +85,7 @@ type Backend struct {
 	pids, memory string
 	// cgroupView are the host's cgroup v1 hierarchies, which a started container is shown
 	// from the host (cgroupview.go); nil on a cgroup v2 host.
-	cgroupView []string
+	cgroupView []cgroupHierarchy
 }
 
 var _ backend.Backend = (*Backend)(nil)
