@@ -186,9 +186,9 @@ func lowerTree(dir string, userns *os.File) (int, error) {
 
 // mountStagedOverlay mounts overlay(lower = layers, each id-mapped through userns unless it is
 // nil, upper) at target. overlayfs takes its layers by path from the mount namespace of the
-// one who mounts it, so the (mapped) lowers are put over the layers in a mount namespace of a
-// thread's own, which goes with the thread: the host never shows them. The overlay is made
-// there, and attached at target in the host's.
+// one who mounts it, so the (mapped) lowers are put under a staging tmpfs in the staging mount
+// namespace (stagingns.go), on a thread that enters it and goes with it: the host never shows
+// them. The overlay is made there, and attached at target in the host's.
 func mountStagedOverlay(layers []string, upper, work, target string, userns *os.File, attrs int) error {
 	type result struct {
 		fd  int
@@ -196,7 +196,7 @@ func mountStagedOverlay(layers []string, upper, work, target string, userns *os.
 	}
 	done := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread is in a mount namespace of its own
+		runtime.LockOSThread() // never unlocked: the thread leaves the host's mount namespace
 		fd, err := makeStagedOverlay(layers, upper, work, userns, attrs)
 		done <- result{fd, err}
 	}()
@@ -214,18 +214,12 @@ func mountStagedOverlay(layers []string, upper, work, target string, userns *os.
 // makeStagedOverlay is mountStagedOverlay's work on its locked thread: it returns the overlay
 // as a detached mount.
 func makeStagedOverlay(layers []string, upper, work string, userns *os.File, attrs int) (int, error) {
-	if err := unix.Unshare(unix.CLONE_FS | unix.CLONE_NEWNS); err != nil {
-		return -1, fmt.Errorf("own mount namespace: %w", err)
-	}
-	// Nothing mounted here may reach the host's namespace.
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return -1, fmt.Errorf("make own mount namespace private: %w", err)
-	}
 	// The overlay's options show in the sandbox's mountinfo: it reaches its layers by short
-	// relative names in a staging tmpfs (the thread's cwd), never by host paths. The staging
-	// tmpfs is attached over the directory of upper and work in this thread's namespace (their
-	// clone is taken first; overlayfs needs its upper attached in the mounter's namespace), and
-	// goes with the thread; the overlay keeps its layers.
+	// relative names in a staging tmpfs (the thread's cwd), never by host paths. The layers and
+	// the directory of upper and work are cloned here, in the host's namespace; the staging
+	// tmpfs with the clones in it is attached in the staging namespace (overlayfs needs its
+	// layers attached in the mounter's namespace) until the overlay is made; the overlay keeps
+	// its layers.
 	rw := filepath.Dir(upper)
 	if filepath.Dir(work) != rw {
 		return -1, fmt.Errorf("upper %s and work %s must be in one directory", upper, work)
@@ -259,9 +253,11 @@ func makeStagedOverlay(layers []string, upper, work string, userns *os.File, att
 		return -1, err
 	}
 	defer unix.Close(stage)
-	if err := unix.MoveMount(stage, "", unix.AT_FDCWD, rw, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return -1, fmt.Errorf("attach the staging tmpfs: %w", err)
+	detach, err := enterStaging(stage)
+	if err != nil {
+		return -1, err
 	}
+	defer detach()
 	for name, fd := range clones {
 		if err := unix.Mkdirat(stage, name, 0o755); err != nil {
 			return -1, fmt.Errorf("stage %s: %w", name, err)
