@@ -29,6 +29,7 @@ import (
 type cgroupHierarchy struct {
 	dir        string // its name under /sys/fs/cgroup ("cpu", "cpu,cpuacct", "systemd"…)
 	mountpoint string // where the host has it mounted
+	subsystem  string // one of its controllers ("cpu"; "systemd" for name=systemd)
 }
 
 // cgroupViewDir is where a container sees its cgroups.
@@ -46,7 +47,10 @@ func cgroupHierarchies() ([]cgroupHierarchy, error) {
 	}
 	var out []cgroupHierarchy
 	for _, m := range mounts {
-		out = append(out, cgroupHierarchy{dir: filepath.Base(m.Mountpoint), mountpoint: m.Mountpoint})
+		if len(m.Subsystems) == 0 {
+			return nil, fmt.Errorf("cgroup hierarchy %s: no controller", m.Mountpoint)
+		}
+		out = append(out, cgroupHierarchy{dir: filepath.Base(m.Mountpoint), mountpoint: m.Mountpoint, subsystem: m.Subsystems[0]})
 	}
 	return out, nil
 }
@@ -62,8 +66,21 @@ func (i *instance) mountCgroupView(hierarchies []cgroupHierarchy) error {
 			unix.Close(fd)
 		}
 	}()
+	// The agent's cgroups are the roots of the container's cgroup namespace: its init joined
+	// them before it made the namespace. The pid is pinned (i.mu).
+	own, err := cgroups.ParseCgroupFile(fmt.Sprintf("/proc/%d/cgroup", i.pid))
+	if err != nil {
+		return fmt.Errorf("the container's cgroups: %w", err)
+	}
 	for _, h := range hierarchies {
-		fd, err := cloneMount(filepath.Join(h.mountpoint, i.cgroupPath), attrs)
+		path, ok := own[h.subsystem]
+		if !ok { // a named hierarchy: "name=systemd" in /proc/<pid>/cgroup
+			path, ok = own["name="+h.subsystem]
+		}
+		if !ok {
+			return fmt.Errorf("the container's cgroup in hierarchy %s: its agent has none", h.dir)
+		}
+		fd, err := cloneMount(filepath.Join(h.mountpoint, path), attrs)
 		if err != nil {
 			return fmt.Errorf("the container's cgroup in hierarchy %s: %w", h.dir, err)
 		}
