@@ -14,8 +14,7 @@ import (
 // An overlay is made in a mount namespace other than the host's (mountStagedOverlay): its
 // layers are put under a staging tmpfs there, which the host never shows. Each overlay used to
 // get a namespace of its own, unshared by its thread: a copy of the host's mount table, which
-// holds a mount or two per sandbox (its disk, its root), made private, then freed with the
-// thread — three walks over every sandbox's mounts, so that each create cost the daemon more
+// holds a mount per sandbox (its disk), made private, then freed with the thread — three walks over every sandbox's mounts, so that each create cost the daemon more
 // the more sandboxes there were (docs/benchmarks.md, "Session 19"). They now share one
 // namespace, made once, whose only mount is a tmpfs, its root: each staging attaches its tmpfs
 // at a directory of its own there and detaches it when the overlay is made.
