@@ -90,15 +90,23 @@ func TestBuildOnceLeavesNothingOnFailure(t *testing.T) {
 	}
 }
 
-func TestOverlayMountAndDetach(t *testing.T) {
+// overlayTestDirs is a temporary directory with an empty layer, lower, in it; a test run
+// without root, which cannot mount, is skipped.
+func overlayTestDirs(t *testing.T) (dir, lower string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("mounting needs root")
 	}
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
+	dir = t.TempDir()
+	lower = filepath.Join(dir, "lower")
 	if err := os.MkdirAll(lower, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	return dir, lower
+}
+
+func TestOverlayMountAndDetach(t *testing.T) {
+	dir, lower := overlayTestDirs(t)
 	if err := os.WriteFile(filepath.Join(lower, "f"), []byte("lower"), 0o644); err != nil {
 		t.Fatal(err)
 	}

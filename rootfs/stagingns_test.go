@@ -15,14 +15,7 @@ import (
 // own root, whatever the host has mounted, and each staging takes its tmpfs and directory away
 // again.
 func TestStagingNamespaceStaysEmpty(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
-	}
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
-	if err := os.MkdirAll(lower, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, lower := overlayTestDirs(t)
 	for _, name := range []string{"a", "b", "c"} {
 		merged := filepath.Join(dir, name, "merged")
 		if err := MountOverlay([]string{lower}, filepath.Join(dir, name, "upper"), filepath.Join(dir, name, "work"), merged, IDMap{}); err != nil {
