@@ -218,7 +218,7 @@ func makeStagedOverlay(layers []string, upper, work string, userns *os.File, att
 	// relative names in a staging tmpfs (the thread's cwd), never by host paths. The layers and
 	// the directory of upper and work are cloned here, in the host's namespace; the staging
 	// tmpfs with the clones in it is attached in the staging namespace (overlayfs needs its
-	// layers attached in the mounter's namespace) until the overlay is made; the overlay keeps
+	// upper attached in the mounter's namespace) until the overlay is made; the overlay keeps
 	// its layers.
 	rw := filepath.Dir(upper)
 	if filepath.Dir(work) != rw {
