@@ -91,7 +91,7 @@ func TestSpareDisks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if names := dirNames(t, spares); len(names) != spareDiskCount+1 || slices.Contains(names, ".tmp-16-9.img") || !slices.Contains(names, "template2-16.img") {
+	if names := dirNames(t, spares); len(names) != spareDiskCount+1 || slices.Contains(names, ".tmp-16-9.img") || !slices.Contains(names, "template3-16.img") {
 		t.Fatalf("after a restart the spares dir holds %v", names)
 	}
 	if taken, mounted := s.take(filepath.Join(dir, "again.img"), target, minDiskMB); !taken || mounted {

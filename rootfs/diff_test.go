@@ -171,6 +171,23 @@ func TestDiskLifecycle(t *testing.T) {
 	t.Run("copied", func(t *testing.T) { diskLifecycle(t, copied) })
 }
 
+// TestDiskOfTheDefaultSizeIsSmall: a new 10 GiB disk (the default size) holds well under a
+// MiB of data, which is what every spare disk copies and writes: with the blocks ext4 reserves
+// for growing by default (resize_inode), 4.2 MB.
+func TestDiskOfTheDefaultSizeIsSmall(t *testing.T) {
+	image := filepath.Join(t.TempDir(), "disk.img")
+	if err := MakeDisk(image, 10<<10, diskDirs); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(image, &st); err != nil {
+		t.Fatal(err)
+	}
+	if data := st.Blocks * 512; data > 512<<10 {
+		t.Errorf("a new 10 GiB disk holds %d KiB of data; want under 512 KiB", data>>10)
+	}
+}
+
 // TestDiskMountWarm: a disk mounted nowhere and warmed (a spare's) is attached with its
 // directories as they were made, root's; a directory the disk does not have is left.
 func TestDiskMountWarm(t *testing.T) {

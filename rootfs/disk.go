@@ -31,8 +31,11 @@ import (
 
 // mkfsArgs make the image quick to create: no reserved blocks (the whole size is the
 // sandbox's), inode tables and journal initialised lazily (mounted with noinit_itable, so the
-// kernel never writes them out: a fresh sparse file reads as zeroes anyway), no discard.
-var mkfsArgs = []string{"-q", "-F", "-t", "ext4", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"}
+// kernel never writes them out: a fresh sparse file reads as zeroes anyway), no discard, and no
+// blocks reserved for growing the file system (resize_inode: 1,024 group descriptor blocks,
+// 4 MB of zeroes of a 10 GB disk's 4.2 MB of data, written by mkfs and by every copy of a
+// template; nsbox never grows a disk).
+var mkfsArgs = []string{"-q", "-F", "-t", "ext4", "-m", "0", "-O", "^resize_inode", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"}
 
 // DiskDir is a directory a new disk's file system is made with, at its root, root's.
 type DiskDir struct {
