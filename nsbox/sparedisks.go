@@ -29,14 +29,16 @@ import (
 // leaves only the files.
 type spareDisks struct {
 	dir    string
-	sizeMB int64 // 0: no spares (no default disk)
+	sizeMB int64         // 0: no spares (no default disk)
+	delay  time.Duration // spareRefillDelay but in tests
 
 	mu       sync.Mutex
 	ready    []spare  // complete spares
 	found    []string // spares a previous daemon left, not mounted yet (the refill mounts them)
 	filling  bool
 	lastTake time.Time
-	next     int // numbers new spares' names
+	taken    chan struct{} // a take, for a refill that waits
+	next     int           // numbers new spares' names
 	ctx      context.Context
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
@@ -56,7 +58,7 @@ const spareDiskCount = 2
 // openSpareDisks finds the spares a previous daemon left in dir and removes the rest.
 func openSpareDisks(dir string, sizeMB int64, logError func(msg string, args ...any)) (*spareDisks, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &spareDisks{dir: dir, sizeMB: sizeMB, ctx: ctx, stop: cancel, log: logError}
+	s := &spareDisks{dir: dir, sizeMB: sizeMB, delay: spareRefillDelay, taken: make(chan struct{}, 1), ctx: ctx, stop: cancel, log: logError}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("make spare disks dir: %w", err)
 	}
@@ -91,6 +93,12 @@ func (s *spareDisks) take(image, target string, sizeMB int64) (taken, mounted bo
 		return false, false
 	}
 	defer s.refill()
+	defer func() {
+		select {
+		case s.taken <- struct{}{}:
+		default: // the refill has a take to look at already
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastTake = time.Now()
@@ -153,9 +161,8 @@ func (s *spareDisks) mount(path string) spare {
 	return spare{path: path, mount: m}
 }
 
-// refill makes spares in the background, one at a time, until spareDiskCount are ready, each
-// only refillDelay after the last take (as the warm pool's refill: an mkfs is CPU the create
-// that took a spare would otherwise share while its first commands run).
+// refill makes spares in the background, one at a time, until spareDiskCount are ready: while
+// one is still ready, only once spareRefillDelay has passed since the last take, else at once.
 func (s *spareDisks) refill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -183,10 +190,11 @@ func (s *spareDisks) refill() {
 				s.mu.Unlock()
 				return
 			}
-			if wait := refillDelay - time.Since(s.lastTake); wait > 0 {
+			if wait := s.delay - time.Since(s.lastTake); wait > 0 && len(s.ready) > 0 {
 				s.mu.Unlock()
 				select {
 				case <-s.ctx.Done():
+				case <-s.taken: // perhaps the last spare
 				case <-time.After(wait):
 				}
 				continue
@@ -209,6 +217,16 @@ func (s *spareDisks) refill() {
 		}
 	}()
 }
+
+// spareRefillDelay is how long after a take the refill waits while a spare is still ready. A
+// spare's copy and mount are ~10 ms of I/O and system calls (an fsync, a loop device, an ext4
+// mount) that slow whatever runs meanwhile, the more so what writes to the same file system (the
+// daemon's records, a disk's unmount): 50 ms after a take (the warm pool's refillDelay) they
+// landed on a cold create's first exec and remove. 200 ms after, on a sandbox's first commands
+// at most; not much later, or creates a second apart would take the last spare every other time
+// (docs/benchmarks.md, "Session 20"). A take of the last spare has the next made at once: a
+// create without one copies its own (makeOwn).
+const spareRefillDelay = 200 * time.Millisecond
 
 // template is the path of the formatted image every spare is copied from. Its name changes
 // with what it holds (diskDirs since "template2", no resize_inode since "template3"): an older daemon's template is removed at
@@ -281,10 +299,22 @@ func (s *spareDisks) close() {
 }
 
 // makeDisk gives a container its disk image: a spare when one of the size is ready, else a
-// new one.
+// new one (makeOwn).
 func (r *Runtime) makeDisk(image, target string, sizeMB int64) (mounted bool, err error) {
 	if taken, mounted := r.spares.take(image, target, sizeMB); taken {
 		return mounted, nil
 	}
-	return false, rootfs.MakeDisk(image, sizeMB, diskDirs)
+	return false, r.spares.makeOwn(image, sizeMB)
+}
+
+// makeOwn makes image a disk of sizeMB for a create that found no spare: a copy of the
+// spares' template when it is of the size and made (~5 ms), else a new file system (mkfs,
+// ~20 ms).
+func (s *spareDisks) makeOwn(image string, sizeMB int64) error {
+	if sizeMB == s.sizeMB && sizeMB > 0 {
+		if _, err := os.Stat(s.template()); err == nil {
+			return rootfs.CopyDisk(s.template(), image)
+		}
+	}
+	return rootfs.MakeDisk(image, sizeMB, diskDirs)
 }

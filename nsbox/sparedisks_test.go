@@ -2,6 +2,7 @@ package nsbox
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -115,6 +116,92 @@ func TestSpareDisks(t *testing.T) {
 	}
 	if names := dirNames(t, spares); len(names) != 0 {
 		t.Fatalf("with no default disk the spares dir holds %v", names)
+	}
+}
+
+// TestSpareDisksRefill: while a spare is still ready the refill waits (here for good), once
+// the last is taken it makes one at once; a create that finds none copies the template (its
+// file system's UUID is the template's), or formats a disk of another size.
+func TestSpareDisksRefill(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openSpareDisks(filepath.Join(dir, "disks"), minDiskMB, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.delay = time.Hour
+	t.Cleanup(func() {
+		s.close()
+		if bound := loopsBoundUnder(dir); len(bound) > 0 {
+			t.Errorf("closed spares left loop devices bound: %v", bound)
+		}
+	})
+	ready := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.ready)
+	}
+	waitReady := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ready() != n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d spares ready, want %d", ready(), n)
+			}
+		}
+	}
+	s.refill()
+	waitReady(spareDiskCount) // no take yet: no wait
+	take := func(name string) {
+		t.Helper()
+		image, target := filepath.Join(dir, name+".img"), filepath.Join(dir, name)
+		if taken, mounted := s.take(image, target, minDiskMB); !taken || !mounted {
+			t.Fatalf("take %s: taken %v, mounted %v", name, taken, mounted)
+		}
+		t.Cleanup(func() {
+			if err := rootfs.ReleaseDisk(image, target, 5*time.Second); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	for i := range spareDiskCount - 1 {
+		take(fmt.Sprint("a", i))
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := ready(); n != 1 {
+		t.Fatalf("with a spare still ready the refill made one at once: %d ready", n)
+	}
+	take("last")
+	waitReady(1)
+	time.Sleep(300 * time.Millisecond)
+	if n := ready(); n != 1 {
+		t.Fatalf("after the last spare was taken the refill made %d, want 1 before it waits again", n)
+	}
+
+	uuid := func(image string) []byte {
+		t.Helper()
+		f, err := os.Open(image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		id := make([]byte, 16)
+		if _, err := f.ReadAt(id, 1024+0x68); err != nil { // the superblock's s_uuid
+			t.Fatal(err)
+		}
+		return id
+	}
+	copied := filepath.Join(dir, "own.img")
+	if err := s.makeOwn(copied, minDiskMB); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(uuid(copied), uuid(s.template())) {
+		t.Error("a disk of the spares' size made without a spare is not a copy of their template")
+	}
+	formatted := filepath.Join(dir, "other.img")
+	if err := s.makeOwn(formatted, minDiskMB*2); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(formatted); err != nil || fi.Size() != minDiskMB*2<<20 || bytes.Equal(uuid(formatted), uuid(s.template())) {
+		t.Errorf("a disk of another size: %v, %v (want a new file system of %d MiB)", fi, err, minDiskMB*2)
 	}
 }
 
