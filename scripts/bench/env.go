@@ -38,6 +38,7 @@ type daemon struct {
 	cmd                                      *exec.Cmd
 	exited                                   chan struct{}
 	client                                   *client.Client
+	warmPool                                 bool // started with a warm pool
 }
 
 func newBench(bin string) (*bench, error) {
@@ -66,7 +67,7 @@ func (b *bench) daemon(ctx context.Context, name string, seccomp bool, warmPool 
 	runDir := filepath.Join(b.runDir, name)
 	socket := filepath.Join(runDir, "nsbox.sock")
 	d := &daemon{name: name, dataDir: filepath.Join(b.tmpDir, name), runDir: runDir, cgroupParent: b.cgroup + "/" + name,
-		log: filepath.Join(b.tmpDir, name+".log"), client: client.New(socket), netArgs: b.net.daemonArgs(len(b.daemons))}
+		log: filepath.Join(b.tmpDir, name+".log"), client: client.New(socket), netArgs: b.net.daemonArgs(len(b.daemons)), warmPool: warmPool != ""}
 	d.args = append([]string{"--socket", socket, "daemon", "--data-dir", d.dataDir, "--run-dir", runDir,
 		"--cgroup-parent", d.cgroupParent, "--seccomp=" + strconv.FormatBool(seccomp), "--warm-pool", warmPool, "--log-level", "warn"}, append(d.netArgs, extraArgs...)...)
 	if err := d.start(b.bin); err != nil {
@@ -159,6 +160,49 @@ func (d *daemon) waitWarm(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("daemon %s: no warm %s container within a minute", d.name, image)
+}
+
+// refilled waits until what the daemon makes in the background after a create is made again:
+// its warm container, if it keeps a pool, and its spare disks.
+func (d *daemon) refilled(ctx context.Context) error {
+	if d.warmPool {
+		if err := d.waitWarm(ctx); err != nil {
+			return err
+		}
+	}
+	return d.waitSpares(ctx)
+}
+
+// spareDisks is how many spare disks of the default size a daemon keeps made and mounted
+// (nsbox/sparedisks.go's spareDiskCount).
+const spareDisks = 2
+
+// waitSpares waits, at most 2 s, until the daemon has its spare disks made and mounted again
+// (the daemon makes them 200 ms after a take): untimed, so that their copy, fsync and mount
+// land on no other case. A daemon without a default disk has none and returns at once.
+func (d *daemon) waitSpares(ctx context.Context) error {
+	dir := filepath.Join(d.dataDir, "disks")
+	if templates, _ := filepath.Glob(filepath.Join(dir, "template*.img")); len(templates) == 0 {
+		return nil
+	}
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		bound := 0
+		files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+		for _, f := range files {
+			if data, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(data), dir+"/") {
+				bound++
+			}
+		}
+		if bound >= spareDisks {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil // a refill that failed is the daemon's log's to say
 }
 
 // warmCount is how many containers of the benchmark's image the daemon's pool holds.

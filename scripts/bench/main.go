@@ -281,15 +281,16 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	phases, warmPhases := map[string][]time.Duration{}, map[string][]time.Duration{}
 	runcID := 0
 	cases := []benchCase{
-		// Untimed after each run: wait until the pool has its container again, so that the
-		// next run finds one and no refill competes with the other cases for the CPUs.
-		{name: "nsbox warm pool", run: nsboxCycle(warm, warmPhases), after: warm.waitWarm},
-		{name: "nsbox", run: nsboxCycle(withSeccomp, phases)},
-		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil)},
-		{name: "nsbox --userns=false", run: nsboxCycle(noUserns, nil)},
-		{name: "nsbox warm --userns=false", run: nsboxCycle(warmNoUserns, nil), after: warmNoUserns.waitWarm},
-		{name: "nsbox --default-disk=0", run: nsboxCycle(noDisk, nil)},
-		{name: "nsbox warm --default-disk=0", run: nsboxCycle(warmNoDisk, nil), after: warmNoDisk.waitWarm},
+		// Untimed after each run: wait until the pool has its container again and the daemon
+		// its spare disks, so that the next run finds them and no refill competes with the
+		// other cases for the CPUs and the disk.
+		{name: "nsbox warm pool", run: nsboxCycle(warm, warmPhases), after: warm.refilled},
+		{name: "nsbox", run: nsboxCycle(withSeccomp, phases), after: withSeccomp.refilled},
+		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil), after: noSeccomp.refilled},
+		{name: "nsbox --userns=false", run: nsboxCycle(noUserns, nil), after: noUserns.refilled},
+		{name: "nsbox warm --userns=false", run: nsboxCycle(warmNoUserns, nil), after: warmNoUserns.refilled},
+		{name: "nsbox --default-disk=0", run: nsboxCycle(noDisk, nil), after: noDisk.refilled},
+		{name: "nsbox warm --default-disk=0", run: nsboxCycle(warmNoDisk, nil), after: warmNoDisk.refilled},
 		{name: "runc run", run: func(context.Context) error {
 			runcID++
 			return runCommand("runc", "--root", b.runcRoot(), "run", "--bundle", bundle, fmt.Sprintf("bench-%d", runcID))
