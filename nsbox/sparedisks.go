@@ -229,9 +229,9 @@ func (s *spareDisks) refill() {
 const spareRefillDelay = 200 * time.Millisecond
 
 // template is the path of the formatted image every spare is copied from. Its name changes
-// with what it holds (diskDirs since "template2", no resize_inode since "template3"): an older daemon's template is removed at
-// start, as one of another size is (its spares are used: a disk without the directories has
-// them made when it is mounted).
+// with what it holds (diskDirs since "template2", no resize_inode since "template3"): an older
+// daemon's template is removed at start, as one of another size is (its spares are used: a
+// disk without the directories has them made when it is mounted).
 func (s *spareDisks) template() string {
 	return filepath.Join(s.dir, fmt.Sprintf("template3-%d.img", s.sizeMB))
 }
