@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -231,6 +232,25 @@ func diskLifecycle(t *testing.T, image string) {
 			t.Errorf("the disk's %q: mode %o, uid %d, %v; want a directory of mode %o, root's", d.Name, st.Mode, st.Uid, err, d.Mode)
 		}
 	}
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted := false
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if fields := strings.Fields(line); len(fields) > 4 && fields[4] == target {
+			mounted = true
+			superOptions := strings.Split(fields[len(fields)-1], ",")
+			for _, flag := range diskMountFlags {
+				if !slices.Contains(superOptions, flag) {
+					t.Errorf("the disk is mounted without %s: %s", flag, line)
+				}
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("%s is not in the mount table", target)
+	}
 	devs := LoopDevices(image)
 	if len(devs) != 1 {
 		t.Fatalf("loop devices on the image: %v", devs)
@@ -238,7 +258,7 @@ func diskLifecycle(t *testing.T, image string) {
 	if dev, ok := loopDeviceOf(target); !ok || dev != devs[0] {
 		t.Errorf("the device of the mount = %q, %v; want %s", dev, ok, devs[0])
 	}
-	err := os.WriteFile(filepath.Join(target, "big"), make([]byte, 32<<20), 0o644)
+	err = os.WriteFile(filepath.Join(target, "big"), make([]byte, 32<<20), 0o644)
 	if !errors.Is(err, unix.ENOSPC) {
 		t.Errorf("writing 32 MiB to a 16 MiB disk: %v", err)
 	}
