@@ -9,8 +9,11 @@ import (
 )
 
 // reserveSize is the space the agent's tmpfs keeps for session control files (scripts, the
-// files a command's stdin comes from): enough for a few commands.
-const reserveSize = 1 << 20
+// files a command's stdin comes from): 32 pages, a command of up to ~120 KB with its run file,
+// or a few small ones at once — what it takes to run the command that frees the space. Its
+// pages are the sandbox's memory for as long as it lives (shared memory, in no process's PSS):
+// 1 MiB until session 20, a third of what a sandbox took from the host's MemAvailable.
+const reserveSize = 128 << 10
 
 // reserve is space held in the session directory's file system (the agent's tmpfs, writable by
 // the sandbox's root) for when something in the sandbox fills it: a command that cannot write

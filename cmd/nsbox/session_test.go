@@ -650,15 +650,17 @@ func TestSessionExecWithFullAgentTmpfs(t *testing.T) {
 			fillCmd := "head -c 100m /dev/zero > /run/nsbox/fill; i=0; while echo x > /run/nsbox/fill$i; do i=$((i+1)); done"
 			fill := d.startProc("fu", api.StartProcessRequest{Command: fillCmd})
 			d.waitProc("fu", fill.ID, api.WaitProcessRequest{})
-			if got := d.sh("fu", "echo $KEEP"); got != "1\n" {
-				t.Fatalf("the first exec with /run/nsbox full (in the reserve): %q", got)
+			// The reserve holds a command with 100 KiB of stdin.
+			res, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "wc -c; echo $KEEP", Stdin: strings.Repeat("x", 100<<10)})
+			if err != nil || strings.Join(strings.Fields(string(res.Stdout)), " ") != "102400 1" {
+				t.Fatalf("the first exec with /run/nsbox full (in the reserve), 100 KiB of stdin: %+v, %v", res, err)
 			}
 			// The exec gave the reserve's room back when it ended: the next one runs too.
 			if got := d.sh("fu", "echo $KEEP"); got != "1\n" {
 				t.Fatalf("the second exec with /run/nsbox full: %q", got)
 			}
 			// A stdin larger than the reserve does not fit: 507, and the reserve is spent.
-			_, err := d.client.Exec(ctx, "fu", api.ExecRequest{Command: "wc -c", Stdin: strings.Repeat("x", 2<<20)})
+			_, err = d.client.Exec(ctx, "fu", api.ExecRequest{Command: "wc -c", Stdin: strings.Repeat("x", 2<<20)})
 			if !api.IsCode(err, api.CodeInsufficientStorage) || !strings.Contains(err.Error(), "/run/nsbox") {
 				t.Fatalf("exec with /run/nsbox full and a stdin larger than the reserve: %v; want insufficient_storage naming /run/nsbox", err)
 			}
