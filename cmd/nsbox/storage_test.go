@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
+	"golang.org/x/sys/unix"
 )
 
 // writeTree makes files (path → content; a path ending in / is a directory) under dir.
@@ -457,6 +459,46 @@ func TestStorageReconcile(t *testing.T) {
 	}
 	for _, leak := range d.leaks() {
 		t.Errorf("after reconcile and rm: %s", leak)
+	}
+}
+
+// TestCreateHostDiskFull: a create whose disk image does not fit on the host answers 507
+// insufficient_storage saying so, and leaves nothing behind; once there is room, the next
+// create works.
+func TestCreateHostDiskFull(t *testing.T) {
+	d := startDaemon(t, "--default-disk", "48")
+	// A full 1 MiB tmpfs over the sandboxes' dir stands for a full host disk.
+	dir := filepath.Join(d.dataDir, "sandboxes")
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "nsbox-test-full", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a small tmpfs on the sandboxes' dir: %v: %s", err, out)
+	}
+	unmounted := false
+	unmount := func() {
+		if !unmounted {
+			unmounted = true
+			if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+				t.Errorf("umount %s: %v: %s", dir, err, out)
+			}
+		}
+	}
+	t.Cleanup(unmount) // before the daemon's cleanup, which checks for mounts left
+	if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, 2<<20), 0o600); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("filling the tmpfs: %v", err)
+	}
+	e := d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{ID: "nospace", Image: "busybox"}, 507, api.CodeInsufficientStorage)
+	if !strings.Contains(e.Message, "no room") || !strings.Contains(e.Message, "no space left on device") {
+		t.Errorf("a create on a full host disk: message %q does not say so", e.Message)
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
+		t.Errorf("the failed create left %v in the sandboxes' dir (%v)", entries, err)
+	}
+	if _, err := d.client.GetSandbox(context.Background(), "nospace"); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("the failed create's sandbox: %v, want not_found", err)
+	}
+	unmount()
+	d.create(api.CreateSandboxRequest{ID: "room", Image: "busybox"})
+	if out := d.sh("room", "echo ok"); out != "ok\n" {
+		t.Fatalf("a create once there is room: %q", out)
 	}
 }
 

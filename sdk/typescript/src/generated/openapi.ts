@@ -2889,6 +2889,15 @@ export interface operations {
                     "application/json": components["schemas"]["InternalError"];
                 };
             };
+            /** @description `insufficient_storage`: The host has no room for the sandbox: the file system of nsbox's data (its disk image, its layers) or run dir is full; the message names the file. What was made is removed again. Free space there, or remove sandboxes, and retry. */
+            507: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InsufficientStorageError"];
+                };
+            };
         };
     };
     getSandbox: {
