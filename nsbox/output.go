@@ -201,9 +201,14 @@ func (s *spool) write(b []byte) error {
 	return nil
 }
 
+// noSpace reports whether err says a file system of the host is full.
+func noSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
+}
+
 // spoolError is a failure to write spooled output; a full host disk says so.
 func spoolError(err error) error {
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+	if noSpace(err) {
 		return api.Errorf(api.CodeInsufficientStorage, "the command's output does not fit on the host: the disk of nsbox's data dir, where output beyond %d bytes waits for the answer, is full (%v); free space on the host, ask for less (maxOutputBytes), or stream the output (Accept: text/event-stream)", spoolMemory, err)
 	}
 	return fmt.Errorf("spool output: %w", err)

@@ -29,7 +29,6 @@ import (
 	"github.com/nsbox/nsbox/proxy"
 	"github.com/nsbox/nsbox/rootfs"
 	"github.com/nsbox/nsbox/rootfs/oci"
-	"golang.org/x/sys/unix"
 )
 
 // Config is how a daemon lays out its state and what it gives sandboxes by default.
@@ -552,7 +551,7 @@ func (r *Runtime) Create(ctx context.Context, req api.CreateSandboxRequest) (*ap
 			return nil, apiErr // the request's mistake (a cwd that cannot be made, no address left)
 		}
 		if startErr != nil {
-			if errors.Is(startErr, unix.ENOSPC) || errors.Is(startErr, unix.EDQUOT) {
+			if noSpace(startErr) {
 				// The host's: its disk image, layers or run files did not fit.
 				return nil, api.Errorf(api.CodeInsufficientStorage, "start sandbox %s: the host has no room for it (%v); free space on that file system or remove sandboxes", req.ID, startErr)
 			}
