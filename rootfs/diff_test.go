@@ -189,6 +189,34 @@ func TestDiskOfTheDefaultSizeIsSmall(t *testing.T) {
 	}
 }
 
+// TestDiskOnAFullHostDisk: making or copying a disk where the host's file system is full
+// fails with ENOSPC, which the daemon answers as the host's lack of room; mkfs says so only in
+// its output.
+func TestDiskOnAFullHostDisk(t *testing.T) {
+	template := filepath.Join(t.TempDir(), "template.img")
+	if err := MakeDisk(template, 16, diskDirs); err != nil {
+		t.Fatal(err)
+	}
+	full := t.TempDir()
+	if err := unix.Mount("nsbox-test-full", full, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount a small tmpfs: %v", err)
+	}
+	defer func() {
+		if err := unix.Unmount(full, 0); err != nil {
+			t.Errorf("unmount %s: %v", full, err)
+		}
+	}()
+	if err := os.WriteFile(filepath.Join(full, "filler"), make([]byte, 2<<20), 0o600); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("filling the tmpfs: %v", err)
+	}
+	if err := MakeDisk(filepath.Join(full, "made.img"), 16, diskDirs); !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("MakeDisk on a full file system: %v, want ENOSPC", err)
+	}
+	if err := CopyDisk(template, filepath.Join(full, "copied.img")); !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("CopyDisk on a full file system: %v, want ENOSPC", err)
+	}
+}
+
 // TestDiskMountWarm: a disk mounted nowhere and warmed (a spare's) is attached with its
 // directories as they were made, root's; a directory the disk does not have is left.
 func TestDiskMountWarm(t *testing.T) {

@@ -80,9 +80,20 @@ func MakeDisk(image string, sizeMB int64, dirs []DiskDir) error {
 	}
 	out, err := exec.Command("mkfs.ext4", append(args, image)...).CombinedOutput()
 	if err != nil {
+		if hostFull(filepath.Dir(image)) {
+			// mkfs says so only in its output: the caller sees ENOSPC, as from a write of its own.
+			return fmt.Errorf("mkfs.ext4 %s: %w (%v: %s)", image, unix.ENOSPC, err, bytes.TrimSpace(out))
+		}
 		return fmt.Errorf("mkfs.ext4 %s (is e2fsprogs installed?): %v: %s", image, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// hostFull reports whether the file system of dir has less room left than a new disk's
+// metadata takes (~170 KB): a failed mkfs there ran out of it.
+func hostFull(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Bavail*uint64(st.Bsize) < 1<<20
 }
 
 // CopyDisk makes image (which must not exist) a copy of the disk image template with its holes

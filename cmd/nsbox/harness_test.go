@@ -404,6 +404,16 @@ func (d *testDaemon) spareLeftovers() []string {
 // sparesDir is where the daemon keeps its spare disks.
 func (d *testDaemon) sparesDir() string { return filepath.Join(d.dataDir, "disks") }
 
+// waitSpares waits until the daemon has made its two spare disks and mounted them ahead.
+func (d *testDaemon) waitSpares() {
+	d.t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); len(d.spareLeftovers()) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			d.t.Fatalf("the daemon has not made its spare disks in 20s: %v", d.spareLeftovers())
+		}
+	}
+}
+
 // boundLoop is a loop device and the file bound to it.
 type boundLoop struct{ dev, file string }
 

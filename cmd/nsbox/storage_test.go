@@ -485,15 +485,20 @@ func TestCreateHostDiskFull(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, 2<<20), 0o600); !errors.Is(err, unix.ENOSPC) {
 		t.Fatalf("filling the tmpfs: %v", err)
 	}
-	e := d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{ID: "nospace", Image: "busybox"}, 507, api.CodeInsufficientStorage)
-	if !strings.Contains(e.Message, "no room") || !strings.Contains(e.Message, "no space left on device") {
-		t.Errorf("a create on a full host disk: message %q does not say so", e.Message)
-	}
-	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
-		t.Errorf("the failed create left %v in the sandboxes' dir (%v)", entries, err)
-	}
-	if _, err := d.client.GetSandbox(context.Background(), "nospace"); !api.IsCode(err, api.CodeNotFound) {
-		t.Errorf("the failed create's sandbox: %v, want not_found", err)
+	// A disk of another size than the default is made by mkfs; one of the default size is a
+	// spare (which cannot move to another file system) or a copy of the spares' template.
+	d.waitSpares()
+	for _, diskMB := range []int64{32, 0} {
+		e := d.expectError("POST", "/v1/sandboxes", api.CreateSandboxRequest{ID: "nospace", Image: "busybox", Limits: api.Limits{DiskMB: diskMB}}, 507, api.CodeInsufficientStorage)
+		if !strings.Contains(e.Message, "no room") || !strings.Contains(e.Message, "no space left on device") {
+			t.Errorf("a create (diskMB %d) on a full host disk: message %q does not say so", diskMB, e.Message)
+		}
+		if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
+			t.Errorf("the failed create (diskMB %d) left %v in the sandboxes' dir (%v)", diskMB, entries, err)
+		}
+		if _, err := d.client.GetSandbox(context.Background(), "nospace"); !api.IsCode(err, api.CodeNotFound) {
+			t.Errorf("the failed create's sandbox: %v, want not_found", err)
+		}
 	}
 	unmount()
 	d.create(api.CreateSandboxRequest{ID: "room", Image: "busybox"})
