@@ -83,28 +83,39 @@ func ReadError(body io.Reader, statusCode int, status string) *Error {
 // optional, when it leaves v as it is. The body is read to its end: only then does the
 // server watch the connection and cancel the request when the client goes away.
 func DecodeBody(body io.Reader, v any, optional bool) error {
-	data, err := io.ReadAll(io.LimitReader(body, MaxRequestBody+1))
-	if err != nil {
-		return Errorf(CodeInvalidArgument, "read request body: %v", err)
-	}
-	if len(data) > MaxRequestBody {
-		return Errorf(CodeTooLarge, "request body is larger than %d bytes", MaxRequestBody)
-	}
-	if len(bytes.TrimSpace(data)) == 0 {
-		if optional {
-			return nil
-		}
-		return Errorf(CodeInvalidArgument, "request body is empty; send a JSON object")
+	data, err := ReadBody(body, optional)
+	if err != nil || data == nil {
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return Errorf(CodeInvalidArgument, "malformed JSON body: %v", err)
 	}
-	if dec.More() {
+	if len(bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n")) > 0 {
 		return Errorf(CodeInvalidArgument, "malformed JSON body: data after the object")
 	}
 	return nil
+}
+
+// ReadBody reads a request body to its end, for DecodeBody or a decoder of its own: at most
+// MaxRequestBody bytes, and not empty (nothing but white space) unless optional, when it
+// returns nil.
+func ReadBody(body io.Reader, optional bool) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(body, MaxRequestBody+1))
+	if err != nil {
+		return nil, Errorf(CodeInvalidArgument, "read request body: %v", err)
+	}
+	if len(data) > MaxRequestBody {
+		return nil, Errorf(CodeTooLarge, "request body is larger than %d bytes", MaxRequestBody)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		if optional {
+			return nil, nil
+		}
+		return nil, Errorf(CodeInvalidArgument, "request body is empty; send a JSON object")
+	}
+	return data, nil
 }
 
 // EventStream is the media type of Server-Sent Events.
