@@ -210,7 +210,7 @@ type execFiles struct {
 // sources) and opens its FIFOs. Every file is written here, before the shell is touched: a
 // write that fails (say, a full /run/nsbox) fails the exec and leaves the shell as it was.
 func (s *Session) prepare(sh *shell, n int64, req ExecRequest, emit func(string, []byte)) (*execFiles, error) {
-	name := func(kind string) string { return filepath.Join(s.dir, fmt.Sprintf("%s.%d", kind, n)) }
+	name := func(kind string) string { return execFile(s.dir, kind, n) }
 	run := &execFiles{paths: []string{name("cmd"), name("run"), name("out"), name("err")}}
 	if req.Stdin != nil {
 		run.paths = append(run.paths, name("in"))
@@ -252,7 +252,7 @@ func (s *Session) prepare(sh *shell, n int64, req ExecRequest, emit func(string,
 		}
 	}
 	if sh.bash {
-		if err := writeFileAtomic(filepath.Join(s.dir, "next"), fmt.Sprintf(". %s\n", quote(name("run")))); err != nil {
+		if err := writeFileAtomic(filepath.Join(s.dir, "next"), ". "+quote(name("run"))+"\n"); err != nil {
 			return fail(err)
 		}
 	}

@@ -26,7 +26,7 @@ func descendants(pid int) map[int]bool {
 		p := queue[0]
 		queue = queue[1:]
 		for _, task := range tasks(p, buf) {
-			data, err := readSmall(fmt.Sprintf("/proc/%d/task/%s/children", p, task), buf)
+			data, err := readSmall("/proc/"+strconv.Itoa(p)+"/task/"+task+"/children", buf)
 			if err != nil {
 				continue
 			}
@@ -44,7 +44,7 @@ func descendants(pid int) map[int]bool {
 // tasks lists the thread ids of process pid (none when it is gone), reading /proc/pid/task
 // into buf.
 func tasks(pid int, buf []byte) []string {
-	fd, err := unix.Open(fmt.Sprintf("/proc/%d/task", pid), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil
 	}
