@@ -223,17 +223,22 @@ func (s *Session) prepare(sh *shell, n int64, req ExecRequest, emit func(string,
 		return fail(fmt.Errorf("write command: %w", err))
 	}
 	// The run file first applies what changed in the sandbox's environment since the shell
-	// last saw it.
-	now := s.env.Effective()
+	// last saw it (nothing to compare unless it changed).
 	s.mu.Lock()
-	script := envUpdate(s.applied, now) + runScript(s.dir, n, req.Cwd, req.Env, req.Stdin != nil)
+	script := runScript(s.dir, n, req.Cwd, req.Env, req.Stdin != nil)
+	now, gen := s.env.Since(s.appliedGen)
+	if now != nil {
+		script = envUpdate(s.applied, now) + script
+	}
 	s.mu.Unlock()
 	if err := writeFile(name("run"), []byte(script), 0o644); err != nil {
 		return fail(fmt.Errorf("write run file: %w", err))
 	}
-	s.mu.Lock()
-	s.applied = now
-	s.mu.Unlock()
+	if now != nil {
+		s.mu.Lock()
+		s.applied, s.appliedGen = now, gen
+		s.mu.Unlock()
+	}
 	var err error
 	if run.stdout, err = openFifoReader(name("out"), s.cred.uid, s.cred.gid, func(b []byte) { emit("stdout", b) }); err != nil {
 		return fail(err)

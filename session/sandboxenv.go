@@ -17,12 +17,13 @@ type SandboxEnv struct {
 	base map[string]string // the agent's process environment, and HOSTNAME once bound (SetBase)
 	mu   sync.RWMutex
 	vars map[string]string
+	gen  uint64 // counts the changes, from 1
 }
 
 // NewSandboxEnv returns an empty sandbox environment over base (KEY=VALUE entries, as
 // os.Environ returns them).
 func NewSandboxEnv(base []string) *SandboxEnv {
-	e := &SandboxEnv{base: map[string]string{}, vars: map[string]string{}}
+	e := &SandboxEnv{base: map[string]string{}, vars: map[string]string{}, gen: 1}
 	for _, kv := range base {
 		if k, v, ok := strings.Cut(kv, "="); ok {
 			e.base[k] = v
@@ -40,6 +41,7 @@ func (e *SandboxEnv) Replace(vars map[string]string) {
 	if e.vars == nil {
 		e.vars = map[string]string{}
 	}
+	e.gen++
 }
 
 // SetBase sets one variable of the agent's own environment under the sandbox's (the daemon
@@ -48,6 +50,7 @@ func (e *SandboxEnv) SetBase(k, v string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.base[k] = v
+	e.gen++
 }
 
 // Vars returns a copy of the sandbox environment as it was last set.
@@ -60,11 +63,22 @@ func (e *SandboxEnv) Vars() map[string]string {
 // Effective returns the environment a new process in the sandbox gets now: the agent's own
 // environment overlaid with the sandbox environment. The caller owns the map.
 func (e *SandboxEnv) Effective() map[string]string {
+	env, _ := e.Since(0)
+	return env
+}
+
+// Since returns the effective environment and its generation (which counts its changes), or
+// nil and gen when it is still as it was at generation gen: a session asks before each exec,
+// which costs no copy of the environment unless it changed.
+func (e *SandboxEnv) Since(gen uint64) (map[string]string, uint64) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
+	if gen == e.gen {
+		return nil, gen
+	}
 	out := maps.Clone(e.base)
 	maps.Copy(out, e.vars)
-	return out
+	return out, e.gen
 }
 
 // envUpdate is shell source that brings a shell from the environment last applied to it

@@ -92,6 +92,8 @@ type Session struct {
 	exitCode int
 	deleted  bool
 	applied  map[string]string // the sandbox environment the shell last had applied (see envUpdate)
+	// appliedGen is applied's generation (SandboxEnv.Since).
+	appliedGen uint64
 	// unseen: the shell ended while no command ran, so no result has said so.
 	unseen bool
 	// resetPending: this session replaced one that ended unseen; the next result says reset.
@@ -220,7 +222,7 @@ func (s *Session) deliver(n int64, code int) {
 
 // startShell starts a (new) shell process for the session in cwd and waits until it is ready.
 func (s *Session) startShell(cwd string) error {
-	sandboxEnv := s.env.Effective()
+	sandboxEnv, gen := s.env.Since(0)
 	env := s.cred.env(s.opts, sandboxEnv)
 	path, bash, err := chooseShell(s.opts.Shell, env)
 	if err != nil {
@@ -329,7 +331,7 @@ func (s *Session) startShell(cwd string) error {
 		return fmt.Errorf("%s did not become ready within %s; its output: %q", path, readyTimeout, tailOf(s.Terminal))
 	}
 	s.mu.Lock()
-	s.sh, s.applied = sh, sandboxEnv
+	s.sh, s.applied, s.appliedGen = sh, sandboxEnv, gen
 	deleted := s.deleted
 	s.mu.Unlock()
 	if deleted { // deleted while this shell started: it must not outlive the session
