@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,6 +55,10 @@ func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err e
 		return err
 	}
 	idleShort, err := idleExecLatencies(ctx, d, []string{id(0)}, shortIdle, 30)
+	if err != nil {
+		return err
+	}
+	touched, err := pagesTouchedPerExec(ctx, d, id(0), 30)
 	if err != nil {
 		return err
 	}
@@ -142,6 +147,8 @@ func (b *bench) densitySection(ctx context.Context, count int, disk bool) (err e
 		fmt.Fprintf(w, "%s p50/p99\t%s/%s ms with 1 sandbox, %s/%s ms with %d (p50 %.2f×)\t\n", req,
 			ms(a.median), ms(a.p99), ms(c.median), ms(c.p99), count, float64(c.median)/float64(a.median))
 	}
+	fmt.Fprintf(w, "what an exec touches in the sandbox\t%.0f KB of its agent's memory, %.0f KB of its shell's (pages referenced after their accessed bits were cleared)\t\n", touched.agentKB, touched.shellKB)
+	fmt.Fprintf(w, "session exec `true` p50 with 1 sandbox\t%s ms after its processes' accessed bits were cleared (as DAMON does), %s ms right after\t\n", ms(summarize(touched.cleared).median), ms(summarize(touched.hot).median))
 	short, long := summarize(idleShort), summarize(idleLong)
 	fmt.Fprintf(w, "session exec `true` after idling %s p50/p99\t%s/%s ms with 1 sandbox\t\n", shortIdle, ms(short.median), ms(short.p99))
 	fmt.Fprintf(w, "session exec `true` after idling %s p50/p99\t%s/%s ms with %d sandboxes\t\n", longIdle, ms(long.median), ms(long.p99), few)
@@ -289,4 +296,87 @@ func idleDaemonCPU(pid int, d time.Duration) (idleCPU, error) {
 		return idleCPU{}, err
 	}
 	return idleCPU{share: float64(after-before) / float64(d), over: d}, nil
+}
+
+// touchedPages is what pagesTouchedPerExec measured.
+type touchedPages struct {
+	agentKB, shellKB float64         // memory referenced per exec, averaged
+	cleared, hot     []time.Duration // the execs after the bits were cleared, and the same again
+}
+
+// pagesTouchedPerExec measures what an exec touches in a sandbox's agent and shell: rounds
+// times, it clears the accessed bits of their pages (/proc/PID/clear_refs, as DAMON's
+// sampling clears them in a sandbox that idles), times an exec, reads how much of their memory
+// was referenced since (smaps_rollup), and times the same exec again. Where touching a page
+// whose bit was cleared is slow (a shadow-paged VM), this is density's exec in one sandbox.
+func pagesTouchedPerExec(ctx context.Context, d *daemon, id string, rounds int) (touchedPages, error) {
+	var out touchedPages
+	sb, err := d.client.GetSandbox(ctx, id)
+	if err != nil {
+		return out, err
+	}
+	shells := childrenOf(sb.PID)
+	if len(shells) != 1 {
+		return out, fmt.Errorf("sandbox %s: its agent (pid %d) has %d children, want its default session's shell", id, sb.PID, len(shells))
+	}
+	pids := []int{sb.PID, shells[0]}
+	for range rounds {
+		for _, pid := range pids {
+			if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("1"), 0); err != nil {
+				return out, fmt.Errorf("clear the accessed bits of pid %d: %w", pid, err)
+			}
+		}
+		cleared, err := timedExec(ctx, d, id)
+		if err != nil {
+			return out, err
+		}
+		for i, kb := range []*float64{&out.agentKB, &out.shellKB} {
+			n, err := referencedKB(pids[i])
+			if err != nil {
+				return out, err
+			}
+			*kb += float64(n) / float64(rounds)
+		}
+		hot, err := timedExec(ctx, d, id)
+		if err != nil {
+			return out, err
+		}
+		out.cleared, out.hot = append(out.cleared, cleared), append(out.hot, hot)
+	}
+	return out, nil
+}
+
+// timedExec times one session exec of `true` in sandbox id.
+func timedExec(ctx context.Context, d *daemon, id string) (time.Duration, error) {
+	began := time.Now()
+	_, err := execOK(ctx, d, id, api.ExecRequest{Command: "true"})
+	return time.Since(began), err
+}
+
+// childrenOf lists the children of process pid.
+func childrenOf(pid int) []int {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var out []int
+	for _, f := range strings.Fields(string(data)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+var referencedLine = regexp.MustCompile(`(?m)^Referenced:\s+(\d+) kB$`)
+
+// referencedKB is how much of process pid's memory was referenced since its accessed bits
+// were last cleared.
+func referencedKB(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read the memory of pid %d: %w", pid, err)
+	}
+	m := referencedLine.FindSubmatch(data)
+	if m == nil {
+		return 0, fmt.Errorf("pid %d's smaps_rollup has no Referenced line", pid)
+	}
+	return strconv.ParseInt(string(m[1]), 10, 64)
 }
