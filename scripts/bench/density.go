@@ -331,11 +331,11 @@ func pagesTouchedPerExec(ctx context.Context, d *daemon, id string, rounds int) 
 			return out, err
 		}
 		for i, kb := range []*float64{&out.agentKB, &out.shellKB} {
-			n, err := referencedKB(pids[i])
+			n, err := rollupKB(pids[i], "Referenced")
 			if err != nil {
 				return out, err
 			}
-			*kb += float64(n) / float64(rounds)
+			*kb += n / float64(rounds)
 		}
 		hot, err := timedExec(ctx, d, id)
 		if err != nil {
@@ -363,20 +363,4 @@ func childrenOf(pid int) []int {
 		}
 	}
 	return out
-}
-
-var referencedLine = regexp.MustCompile(`(?m)^Referenced:\s+(\d+) kB$`)
-
-// referencedKB is how much of process pid's memory was referenced since its accessed bits
-// were last cleared.
-func referencedKB(pid int) (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read the memory of pid %d: %w", pid, err)
-	}
-	m := referencedLine.FindSubmatch(data)
-	if m == nil {
-		return 0, fmt.Errorf("pid %d's smaps_rollup has no Referenced line", pid)
-	}
-	return strconv.ParseInt(string(m[1]), 10, 64)
 }

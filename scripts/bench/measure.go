@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -180,7 +179,7 @@ func measureMemory(d *daemon, sandboxes []*api.Sandbox) (memory, error) {
 		}
 		pids := slices.Compact(slices.Sorted(slices.Values(append(cgroupProcs(dir), sb.PID))))
 		for _, pid := range pids {
-			kb, err := pssKB(pid)
+			kb, err := rollupKB(pid, "Pss")
 			if err != nil {
 				return m, fmt.Errorf("sandbox %s: %w", sb.ID, err)
 			}
@@ -189,7 +188,7 @@ func measureMemory(d *daemon, sandboxes []*api.Sandbox) (memory, error) {
 		}
 	}
 	var err error
-	m.daemonKB, err = pssKB(d.cmd.Process.Pid)
+	m.daemonKB, err = rollupKB(d.cmd.Process.Pid, "Pss")
 	return m, err
 }
 
@@ -216,19 +215,18 @@ func cgroupOf(pid int, controller string) (string, error) {
 	return "", fmt.Errorf("pid %d has no %s cgroup", pid, controller)
 }
 
-var pssLine = regexp.MustCompile(`(?m)^Pss:\s+(\d+) kB$`)
-
-// pssKB reads a process's proportional set size from /proc/<pid>/smaps_rollup.
-func pssKB(pid int) (float64, error) {
+// rollupKB reads one field of /proc/<pid>/smaps_rollup (Pss, Referenced, …), in kB.
+func rollupKB(pid int, field string) (float64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read PSS of pid %d: %w", pid, err)
+		return 0, fmt.Errorf("read the memory of pid %d: %w", pid, err)
 	}
-	m := pssLine.FindSubmatch(data)
-	if m == nil {
-		return 0, fmt.Errorf("no Pss line in /proc/%d/smaps_rollup", pid)
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			return strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+		}
 	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	return 0, fmt.Errorf("no %s line in /proc/%d/smaps_rollup", field, pid)
 }
 
 // thenIdle is an after for a case whose work goes on in the background once it has answered
