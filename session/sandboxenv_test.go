@@ -59,6 +59,33 @@ func TestSandboxEnvLaysItsVarsOverTheBase(t *testing.T) {
 	}
 }
 
+// TestSandboxEnvSince: a session that has the environment of a generation gets nothing to
+// apply until the environment changes, by a replace or a base variable.
+func TestSandboxEnvSince(t *testing.T) {
+	e := NewSandboxEnv([]string{"PATH=/bin"})
+	env, gen := e.Since(0)
+	if env["PATH"] != "/bin" || gen == 0 {
+		t.Fatalf("Since(0) = %v, %d: want the whole environment and its generation", env, gen)
+	}
+	if env, same := e.Since(gen); env != nil || same != gen {
+		t.Fatalf("Since(%d) unchanged = %v, %d: want nothing", gen, env, same)
+	}
+	for _, change := range []func(){
+		func() { e.Replace(map[string]string{"A": "1"}) },
+		func() { e.SetBase("HOSTNAME", "sb") },
+	} {
+		change()
+		env, next := e.Since(gen)
+		if env == nil || next == gen {
+			t.Fatalf("after a change, Since(%d) = %v, %d: want the new environment", gen, env, next)
+		}
+		gen = next
+	}
+	if env, _ := e.Since(0); env["A"] != "1" || env["HOSTNAME"] != "sb" || env["PATH"] != "/bin" {
+		t.Fatalf("the environment after both changes: %v", env)
+	}
+}
+
 func TestSandboxEnvConcurrentUse(t *testing.T) {
 	e := NewSandboxEnv(nil)
 	var wg sync.WaitGroup
