@@ -44,7 +44,8 @@ func (d *jsonReader) syntaxError(want string) error {
 	return fmt.Errorf("invalid character %q at offset %d, looking for %s", d.data[d.i], d.i, want)
 }
 
-// next skips whitespace and returns the byte there (0 at the end of data).
+// next skips whitespace and returns the byte there (0 at the end of data, or a NUL byte: 0
+// is none of the bytes the reader looks for).
 func (d *jsonReader) next() byte {
 	for ; d.i < len(d.data); d.i++ {
 		switch c := d.data[d.i]; c {
@@ -58,7 +59,7 @@ func (d *jsonReader) next() byte {
 
 // literal consumes word (null, true or false), which starts at the next byte.
 func (d *jsonReader) literal(word string) error {
-	if !strings.HasPrefix(string(d.data[d.i:min(len(d.data), d.i+len(word))]), word) {
+	if string(d.data[d.i:min(len(d.data), d.i+len(word))]) != word {
 		return d.syntaxError(word)
 	}
 	d.i += len(word)
@@ -117,7 +118,7 @@ func (d *jsonReader) execRequest(req *ExecRequest) error {
 
 // end checks that nothing but whitespace is left.
 func (d *jsonReader) end() error {
-	if d.next() != 0 {
+	if d.next(); d.i < len(d.data) { // next's 0 may be a NUL byte
 		return errors.New("data after the object")
 	}
 	return nil
@@ -228,9 +229,11 @@ func (d *jsonReader) stringMap(p *map[string]string) error {
 	}
 	return d.object(func(key string) error {
 		var s string
-		err := d.string(&s)
+		if err := d.string(&s); err != nil {
+			return err
+		}
 		(*p)[key] = s
-		return err
+		return nil
 	})
 }
 

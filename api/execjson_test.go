@@ -119,7 +119,7 @@ var execRequestSeeds = []string{
 	`{"killOnDisconnect":"true"}`, `{"killOnDisconnect":tru}`, `{"command":nul}`, `{"argv":"ls"}`,
 	`{"argv":[1]}`, `{"argv":[,]}`, `{"argv":["a",]}`, `{"argv":["a" "b"]}`, `{"argv":[null,"b"]}`,
 	`{"env":{"a":1}}`, `{"env":["a"]}`, `{"env":{}}`, `{"unknown":1}`, `{"command":"a","stdout":""}`,
-	"{\"command\":\"a\"}\n\t\r ", "\f{}", "{\"command\":\v\"a\"}", `{"command":"a"`, `{"`, `{"a`, `"`,
+	"{\"command\":\"a\"}\n\t\r ", "{}\x00", "{\"command\":\"a\"}\x00", "\f{}", "{\"command\":\v\"a\"}", `{"command":"a"`, `{"`, `{"a`, `"`,
 }
 
 // TestExecRequestAsJSON: DecodeExecRequest reads what encoding/json reads, and refuses what it
@@ -135,7 +135,7 @@ func TestExecRequestAsJSON(t *testing.T) {
 		}
 		decodeBoth(t, body)
 	}
-	const alphabet = "{}[]:,\"\\/ ntrfue0123456789.-+Ee\x01\xff\u00e9"
+	const alphabet = "{}[]:,\"\\/ ntrfue0123456789.-+Ee\x00\x01\xff\u00e9"
 	for _, seed := range execRequestSeeds {
 		decodeBoth(t, []byte(seed))
 		for range 300 {
