@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/rootfs"
 )
 
@@ -32,17 +34,20 @@ type spareDisks struct {
 	sizeMB int64         // 0: no spares (no default disk)
 	delay  time.Duration // spareRefillDelay but in tests
 
-	mu       sync.Mutex
-	ready    []spare  // complete spares
-	found    []string // spares a previous daemon left, not mounted yet (the refill mounts them)
-	filling  bool
-	lastTake time.Time
-	taken    chan struct{} // a take, for a refill that waits
-	next     int           // numbers new spares' names
-	ctx      context.Context
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
-	log      func(msg string, args ...any)
+	mu      sync.Mutex
+	ready   []spare  // complete spares
+	found   []string // spares a previous daemon left, not mounted yet (the refill mounts them)
+	filling bool
+	// elsewhere: the sandboxes' disks are on another file system, where no spare can move
+	// (a rename fails with EXDEV); spares are no longer made or mounted.
+	elsewhere bool
+	lastTake  time.Time
+	taken     chan struct{} // a take, for a refill that waits
+	next      int           // numbers new spares' names
+	ctx       context.Context
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	log       func(msg string, args ...any)
 }
 
 // spare is a complete spare disk image, and its file system mounted nowhere (nil when it
@@ -102,16 +107,20 @@ func (s *spareDisks) take(image, target string, sizeMB int64) (taken, mounted bo
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastTake = time.Now()
-	for {
+	for !s.elsewhere {
 		sp, ok := s.pop()
 		if !ok {
 			return false, false
 		}
 		if err := os.Rename(sp.path, image); err != nil {
-			s.log("spare disk unusable; making one", "spare", sp.path, "err", err)
 			if sp.mount != nil {
 				sp.mount.Close()
 			}
+			if errors.Is(err, unix.EXDEV) {
+				s.giveUp(filepath.Dir(image))
+				return false, false
+			}
+			s.log("spare disk unusable; making one", "spare", sp.path, "err", err)
 			_ = os.Remove(sp.path)
 			continue
 		}
@@ -124,6 +133,22 @@ func (s *spareDisks) take(image, target string, sizeMB int64) (taken, mounted bo
 		}
 		return true, true
 	}
+	return false, false
+}
+
+// giveUp stops using spares once one could not move to dir, on another file system: their
+// mounts are closed and no more are made, and creates copy the template (makeOwn). The
+// spares' files stay, for a daemon whose sandboxes are on their file system. s.mu must be held.
+func (s *spareDisks) giveUp(dir string) {
+	s.log("the sandboxes' disks are on another file system than the spare disks; creates copy the disk template instead (put both under one file system to use spares)",
+		"sandboxes", dir, "spares", s.dir)
+	s.elsewhere = true
+	for _, sp := range s.ready {
+		if sp.mount != nil {
+			sp.mount.Close()
+		}
+	}
+	s.ready, s.found = nil, nil
 }
 
 // pop takes a spare off the lists, a mounted one if there is one. s.mu must be held.
@@ -166,7 +191,7 @@ func (s *spareDisks) mount(path string) spare {
 func (s *spareDisks) refill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.sizeMB == 0 || s.filling || (len(s.found) == 0 && len(s.ready) >= spareDiskCount) || s.ctx.Err() != nil {
+	if s.sizeMB == 0 || s.elsewhere || s.filling || (len(s.found) == 0 && len(s.ready) >= spareDiskCount) || s.ctx.Err() != nil {
 		return
 	}
 	s.filling = true
@@ -181,11 +206,11 @@ func (s *spareDisks) refill() {
 				s.mu.Unlock()
 				sp := s.mount(path)
 				s.mu.Lock()
-				s.ready = append(s.ready, sp)
+				s.add(sp)
 				s.mu.Unlock()
 				continue
 			}
-			if len(s.ready) >= spareDiskCount || s.ctx.Err() != nil {
+			if len(s.ready) >= spareDiskCount || s.elsewhere || s.ctx.Err() != nil {
 				s.filling = false
 				s.mu.Unlock()
 				return
@@ -212,10 +237,21 @@ func (s *spareDisks) refill() {
 			}
 			sp := s.mount(path)
 			s.mu.Lock()
-			s.ready = append(s.ready, sp)
+			s.add(sp)
 			s.mu.Unlock()
 		}
 	}()
+}
+
+// add makes sp ready, unless spares are no longer used (giveUp). s.mu must be held.
+func (s *spareDisks) add(sp spare) {
+	if s.elsewhere {
+		if sp.mount != nil {
+			sp.mount.Close()
+		}
+		return
+	}
+	s.ready = append(s.ready, sp)
 }
 
 // spareRefillDelay is how long after a take the refill waits while a spare is still ready. A

@@ -135,21 +135,8 @@ func TestSpareDisksRefill(t *testing.T) {
 			t.Errorf("closed spares left loop devices bound: %v", bound)
 		}
 	})
-	ready := func() int {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return len(s.ready)
-	}
-	waitReady := func(n int) {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); ready() != n; time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d spares ready, want %d", ready(), n)
-			}
-		}
-	}
 	s.refill()
-	waitReady(spareDiskCount) // no take yet: no wait
+	waitReadySpares(t, s, spareDiskCount) // no take yet: no wait
 	take := func(name string) {
 		t.Helper()
 		image, target := filepath.Join(dir, name+".img"), filepath.Join(dir, name)
@@ -166,13 +153,13 @@ func TestSpareDisksRefill(t *testing.T) {
 		take(fmt.Sprint("a", i))
 	}
 	time.Sleep(300 * time.Millisecond)
-	if n := ready(); n != 1 {
+	if n := readySpares(s); n != 1 {
 		t.Fatalf("with a spare still ready the refill made one at once: %d ready", n)
 	}
 	take("last")
-	waitReady(1)
+	waitReadySpares(t, s, 1)
 	time.Sleep(300 * time.Millisecond)
-	if n := ready(); n != 1 {
+	if n := readySpares(s); n != 1 {
 		t.Fatalf("after the last spare was taken the refill made %d, want 1 before it waits again", n)
 	}
 
@@ -202,6 +189,74 @@ func TestSpareDisksRefill(t *testing.T) {
 	}
 	if fi, err := os.Stat(formatted); err != nil || fi.Size() != minDiskMB*2<<20 || bytes.Equal(uuid(formatted), uuid(s.template())) {
 		t.Errorf("a disk of another size: %v, %v (want a new file system of %d MiB)", fi, err, minDiskMB*2)
+	}
+}
+
+// TestSpareDisksOnAnotherFileSystem: when the sandboxes' disks are on another file system than
+// the spares (a rename fails with EXDEV), a take gives up on spares for good: it takes none,
+// their mounts and loop devices are released, their files kept, and none are made again.
+func TestSpareDisksOnAnotherFileSystem(t *testing.T) {
+	dir := t.TempDir()
+	spares := filepath.Join(dir, "disks")
+	s, err := openSpareDisks(spares, minDiskMB, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.close)
+	s.refill()
+	waitReadySpares(t, s, spareDiskCount)
+	other := filepath.Join(dir, "sandboxes")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("nsbox-test-other", other, "tmpfs", 0, "size=64m"); err != nil {
+		t.Fatalf("mount a tmpfs for the sandboxes: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(other, 0); err != nil {
+			t.Errorf("unmount %s: %v", other, err)
+		}
+	})
+	for i := range 2 {
+		image, target := filepath.Join(other, fmt.Sprint(i, ".img")), filepath.Join(other, fmt.Sprint(i))
+		if taken, _ := s.take(image, target, minDiskMB); taken {
+			t.Fatalf("take %d onto another file system: taken", i)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a refill would have begun
+	s.mu.Lock()
+	ready, filling := len(s.ready), s.filling
+	s.mu.Unlock()
+	if ready != 0 || filling {
+		t.Errorf("spares after giving up: %d ready, filling %v", ready, filling)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(loopsBoundUnder(spares)) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the spares' loop devices are still bound: %v", loopsBoundUnder(spares))
+		}
+	}
+	if imgs, _ := filepath.Glob(filepath.Join(spares, fmt.Sprintf("%d-*.img", minDiskMB))); len(imgs) != spareDiskCount {
+		t.Errorf("the spares' files: %v, want %d kept", imgs, spareDiskCount)
+	}
+	if err := s.makeOwn(filepath.Join(other, "own.img"), minDiskMB); err != nil {
+		t.Errorf("a disk made without a spare on the other file system: %v", err)
+	}
+}
+
+// readySpares is how many spares are ready.
+func readySpares(s *spareDisks) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.ready)
+}
+
+// waitReadySpares waits until n spares are ready.
+func waitReadySpares(t *testing.T, s *spareDisks, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); readySpares(s) != n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d spares ready, want %d", readySpares(s), n)
+		}
 	}
 }
 
