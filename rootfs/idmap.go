@@ -77,10 +77,7 @@ func UserNS(m IDMap) (*os.File, error) {
 // this binary as that uid (with the daemon's capabilities: the binary need not be executable
 // by others), and its constructor makes the namespace and stops (userns_helper.go).
 func makeUserNS(m IDMap) (*os.File, error) {
-	proc, err := os.StartProcess("/proc/self/exe", []string{usernsHelperName}, &os.ProcAttr{
-		Env: []string{},
-		Sys: &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL},
-	})
+	proc, err := startUserNSHelper()
 	if err != nil {
 		return nil, fmt.Errorf("start the user namespace helper as uid %d: %w", m.Host, err)
 	}
@@ -107,6 +104,15 @@ func makeUserNS(m IDMap) (*os.File, error) {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
 	return f, nil
+}
+
+// startUserNSHelper starts the helper, which dies with the thread that starts it (its
+// constructor sets the parent-death signal again after the exec, which clears it).
+func startUserNSHelper() (*os.Process, error) {
+	return os.StartProcess("/proc/self/exe", []string{usernsHelperName}, &os.ProcAttr{
+		Env: []string{usernsParentEnv + strconv.Itoa(os.Getpid())},
+		Sys: &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL},
+	})
 }
 
 // waitStopped waits until the user namespace helper pid has stopped itself in its new

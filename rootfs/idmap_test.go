@@ -1,11 +1,14 @@
 package rootfs
 
 import (
+	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -120,6 +123,67 @@ func TestWaitStopped(t *testing.T) {
 		} else {
 			_ = proc.Kill()
 			_, _ = proc.Wait()
+		}
+	}
+}
+
+// TestUserNSHelperDiesWithItsDaemon: a daemon that dies (kill -9) while its user namespace
+// helper is stopped, waiting for it, leaves no helper behind. The exec of the helper clears the
+// parent-death signal the daemon set (the thread that execs it has another effective uid than
+// its real one); the helper sets it again. The daemon is this test binary run again as a
+// spawner, which starts a helper as UserNS does, says its pid, and waits to be killed.
+func TestUserNSHelperDiesWithItsDaemon(t *testing.T) {
+	if os.Getenv("NSBOX_TEST_USERNS_SPAWNER") != "" {
+		_, err := onThreadAs(1_999_000_000, func() (*os.File, error) {
+			helper, err := startUserNSHelper()
+			if err == nil {
+				_, err = waitStopped(helper.Pid)
+			}
+			if err == nil {
+				fmt.Println(helper.Pid)
+				select {}
+			}
+			return nil, err
+		})
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	spawner := exec.Command(os.Args[0], "-test.run=^TestUserNSHelperDiesWithItsDaemon$")
+	spawner.Env = append(os.Environ(), "NSBOX_TEST_USERNS_SPAWNER=1")
+	out, err := spawner.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spawner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		_ = spawner.Process.Kill()
+		_ = spawner.Wait()
+		t.Fatalf("the spawner said %q (%v)", line, err)
+	}
+	alive := func() bool {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		return err == nil && strings.HasPrefix(string(data), usernsHelperName)
+	}
+	t.Cleanup(func() {
+		if alive() {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	})
+	if !alive() {
+		t.Fatalf("the helper %d is not there while its daemon lives", pid)
+	}
+	_ = spawner.Process.Kill()
+	_ = spawner.Wait()
+	for deadline := time.Now().Add(5 * time.Second); alive(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the helper %d outlived its daemon by 5s", pid)
 		}
 	}
 }

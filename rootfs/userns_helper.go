@@ -19,16 +19,29 @@ package rootfs
 #include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define USERNS_HELPER_NAME "nsbox-userns"
+#define USERNS_PARENT_ENV "NSBOX_USERNS_PARENT="
 
 __attribute__((constructor(201))) static void nsbox_userns_helper(int argc, char **argv, char **envp) {
-	(void)envp;
 	if (argc != 1 || strcmp(argv[0], USERNS_HELPER_NAME) != 0)
 		return;
+	// The exec cleared the parent-death signal the daemon set (its effective uid is not its real
+	// one): set again, it kills the helper if the daemon dies (a crash, kill -9) before it kills
+	// the helper, which would otherwise stay stopped for good. A daemon gone already: no one
+	// waits for it.
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	long parent = 0;
+	for (char **e = envp; *e != NULL; e++)
+		if (strncmp(*e, USERNS_PARENT_ENV, strlen(USERNS_PARENT_ENV)) == 0)
+			parent = strtol(*e + strlen(USERNS_PARENT_ENV), NULL, 10);
+	if (getppid() != parent)
+		_exit(ESRCH);
 	// The thread that started the helper kept the daemon's capabilities as uid <Host> (its real
 	// uid is root's, so the exec left them permitted, not effective): a host that lets only the
 	// privileged make user namespaces still lets it.
@@ -48,5 +61,9 @@ __attribute__((constructor(201))) static void nsbox_userns_helper(int argc, char
 */
 import "C"
 
-// usernsHelperName is the helper's argv[0], which the constructor above looks for.
-const usernsHelperName = C.USERNS_HELPER_NAME
+// usernsHelperName is the helper's argv[0], which the constructor above looks for, and
+// usernsParentEnv what its environment names the daemon's pid with.
+const (
+	usernsHelperName = C.USERNS_HELPER_NAME
+	usernsParentEnv  = C.USERNS_PARENT_ENV
+)
