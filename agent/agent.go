@@ -57,8 +57,12 @@ type Agent struct {
 	processes *process.Manager
 	// contexts are the sandbox's code contexts (see package code).
 	contexts *code.Manager
-	// shutdown asks Run to end the sandbox (POST /v1/shutdown).
-	shutdown chan struct{}
+	// shutdown asks Run to end the sandbox (POST /v1/shutdown); Run closes stopped once every
+	// other process in the sandbox has exited, and waits for shutdownAnswered (closed by the
+	// first shutdown request once it has answered so) before it returns.
+	shutdown                  chan struct{}
+	stopped, shutdownAnswered chan struct{}
+	shutdownAnswer            sync.Once
 	// watchers are the daemon's watch streams (GET /v1/watch).
 	watchers watchers
 	// configured: the agent took the configuration it was started with (bootConfig);
@@ -193,6 +197,16 @@ func Run(fds Inherited, version string) error {
 			for {
 				select {
 				case <-exited:
+					// The agent has no child left, so nothing else runs in its pid namespace.
+					// The daemon, told so, kills the agent and answers its remove without
+					// waiting for the agent's own exit, which as PID 1's is the container's
+					// whole teardown (its mounts and namespaces); the agent exits by itself
+					// too, once it has answered or after a second.
+					close(a.stopped)
+					select {
+					case <-a.shutdownAnswered:
+					case <-time.After(time.Second):
+					}
 					return nil
 				case <-again.C:
 					_ = unix.Kill(-1, unix.SIGTERM)
@@ -231,7 +245,7 @@ func (a *Agent) confine(store *os.File) {
 // newAgent returns an agent whose sessions keep their files under dir and start in cwd.
 func newAgent(version, dir, cwd string) (*Agent, error) {
 	a := &Agent{version: version, procs: newProcTable(), env: session.NewSandboxEnv(os.Environ()), log: slog.Default(),
-		shutdown: make(chan struct{}, 1)}
+		shutdown: make(chan struct{}, 1), stopped: make(chan struct{}), shutdownAnswered: make(chan struct{})}
 	// HOSTNAME is the container's until a sandbox's is set: a shell started before (a warm
 	// container's default session) then has the value the sandbox's replaces (see envUpdate),
 	// whether it took it from its environment or, as shells do, from the hostname.
@@ -249,15 +263,23 @@ func newAgent(version, dir, cwd string) (*Agent, error) {
 }
 
 // handleShutdown ends the sandbox: its processes get SIGTERM, its shells SIGKILL, and the
-// agent exits once they all have (the daemon waits for that, and kills what is left after
-// its grace period). It answers 202 at once.
-func (a *Agent) handleShutdown(w *httpd.ResponseWriter, _ *httpd.Request) error {
+// agent answers 204 once every other process in the sandbox has exited, then exits itself.
+// A daemon that gives up first (its grace period) closes the request and kills what is left.
+// (Agents before this answered 202 at once, and the daemon waited for the agent's exit.)
+func (a *Agent) handleShutdown(w *httpd.ResponseWriter, r *httpd.Request) error {
 	select {
 	case a.shutdown <- struct{}{}:
 	default: // already shutting down
 	}
-	w.WriteHeader(httpd.StatusAccepted)
-	return nil
+	select {
+	case <-a.stopped:
+	case <-r.Context().Done():
+		return nil
+	}
+	w.WriteHeader(httpd.StatusNoContent) // bodyless: the flushed head is the whole answer
+	err := w.Flush()
+	a.shutdownAnswer.Do(func() { close(a.shutdownAnswered) })
+	return err
 }
 
 // handleHealth answers how the agent is. The first answer is what a container's start waits

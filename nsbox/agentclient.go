@@ -88,9 +88,12 @@ func (c *agentClient) restoreState(ctx context.Context, st api.SandboxState) err
 	return c.call(ctx, http.MethodPost, "/v1/state/restore", st, nil)
 }
 
-// shutdown asks the agent to end everything in the sandbox and exit.
-func (c *agentClient) shutdown(ctx context.Context) error {
-	return c.call(ctx, http.MethodPost, "/v1/shutdown", nil, nil)
+// shutdown asks the agent to end everything in the sandbox and exit. stopped: it answered
+// once every other process in the sandbox had exited (204); an agent from before that
+// answers at once (202), and only its exit says so.
+func (c *agentClient) shutdown(ctx context.Context) (stopped bool, err error) {
+	status, err := c.send(ctx, http.MethodPost, "/v1/shutdown", nil, nil)
+	return status == http.StatusNoContent, err
 }
 
 // pushEnv gives the agent the sandbox's complete environment.

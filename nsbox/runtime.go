@@ -869,8 +869,10 @@ func (r *Runtime) Remove(id string, force bool) error {
 	return nil
 }
 
-// stop asks a sandbox's agent to end everything in it and waits up to stopGrace for it to
-// exit. (The agent ignores signals: sandbox root could send them too.)
+// stop asks a sandbox's agent to end everything in it and waits up to stopGrace for every
+// other process in it to exit. (The agent ignores signals: sandbox root could send them too.)
+// The agent is left to retire, which kills it and waits for the container's teardown in the
+// background: the agent's own exit, as the pid namespace's PID 1, is that whole teardown.
 func (r *Runtime) stop(sb *sandbox, inst backend.Instance) {
 	sb.mu.Lock()
 	agent := sb.agent
@@ -880,11 +882,18 @@ func (r *Runtime) stop(sb *sandbox, inst backend.Instance) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 	defer cancel()
-	if err := agent.shutdown(ctx); err != nil {
+	stopped, err := agent.shutdown(ctx)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		r.log.Info("the sandbox's processes did not all exit in their grace period; killing them", "sandbox", sb.id, "grace", stopGrace)
+		return
+	case err != nil:
 		r.log.Warn("ask the agent to shut down; killing it", "sandbox", sb.id, "err", err)
 		return
+	case stopped:
+		return
 	}
-	select {
+	select { // an agent from before the 204 (its sandbox outlived a daemon upgrade)
 	case <-inst.Exited():
 	case <-ctx.Done():
 	}

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,7 +46,9 @@ func TestAgentIgnoresSignalsFromInside(t *testing.T) {
 }
 
 // TestAgentShutdown: POST /v1/shutdown on the agent's host-only socket (what the daemon is
-// to use to stop a sandbox, as signals are ignored) ends every process and the agent.
+// to use to stop a sandbox, as signals are ignored) ends every process, answers 204 once
+// nothing but the agent is left (the daemon's remove answers then, killing the agent), and
+// the agent exits by itself after.
 func TestAgentShutdown(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "c", Image: "busybox"})
@@ -62,8 +67,11 @@ func TestAgentShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
+	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("shutdown: %s", resp.Status)
+	}
+	if children := childrenOf(t, pid); len(children) != 0 {
+		t.Errorf("the agent answered its shutdown with children left: %v", children)
 	}
 	for deadline := time.Now().Add(time.Minute); alive(pid); { // a deadlock guard
 		if time.Now().After(deadline) {
@@ -77,4 +85,19 @@ func TestAgentShutdown(t *testing.T) {
 			t.Errorf("still running after shutdown: %s", leak)
 		}
 	}
+}
+
+// childrenOf lists the pids of a process's children (of all its threads), none if it is gone.
+func childrenOf(t *testing.T, pid int) []string {
+	t.Helper()
+	lists, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var children []string
+	for _, list := range lists {
+		data, err := os.ReadFile(list)
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) {
+			t.Fatal(err)
+		}
+		children = append(children, strings.Fields(string(data))...)
+	}
+	return children
 }

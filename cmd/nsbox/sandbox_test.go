@@ -396,10 +396,25 @@ func (d *testDaemon) loseWhileDown(deadPID int, lostID string) {
 	}
 }
 
+// A graceful remove gives the sandbox's processes SIGTERM and answers once they have all
+// exited (a handler that takes its time has finished), then the agent and the container go.
 func TestRemoveStopsEverything(t *testing.T) {
 	d := startDaemon(t)
-	d.create(api.CreateSandboxRequest{ID: "gentle", Image: "busybox"})
+	ws := t.TempDir()
+	if err := os.Chown(ws, 1000, 1000); err != nil { // a sandbox writes to a host path as its owner
+		t.Fatal(err)
+	}
+	d.create(api.CreateSandboxRequest{ID: "gentle", Image: "busybox", Workspace: &api.Workspace{HostPath: ws, Mode: api.WorkspaceRW}})
 	d.sh("gentle", "sleep 1000 & sleep 1000 &")
+	d.sh("gentle", "(trap 'sleep 0.2; echo done > /workspace/term; exit 0' TERM; touch /workspace/ready; while :; do sleep 0.05; done) >/dev/null 2>&1 &")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(ws, "ready")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the process with a SIGTERM handler never started")
+		}
+	}
 	pid := d.agentPID("gentle")
 	start := time.Now()
 	if err := d.client.RemoveSandbox(context.Background(), "gentle", client.RemoveOptions{}); err != nil {
@@ -408,9 +423,10 @@ func TestRemoveStopsEverything(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("graceful remove of sleeping processes took %v", time.Since(start))
 	}
-	if alive(pid) {
-		t.Errorf("agent %d still runs after rm", pid)
+	if got, err := os.ReadFile(filepath.Join(ws, "term")); string(got) != "done\n" {
+		t.Errorf("the SIGTERM handler had written %q (%v) when the remove answered, want \"done\"", got, err)
 	}
+	waitExited(t, pid, "the agent")
 	if leaks := d.leaks(); len(leaks) > 0 {
 		t.Errorf("after rm: %v", leaks)
 	}
