@@ -30,6 +30,10 @@ import (
 // spoolMemory is how much of each stream stays in memory before it goes to a file.
 const spoolMemory = 1 << 20
 
+// answerBuffer bounds the buffers an answer with a command's whole output is written through
+// (docs/benchmarks.md, "Larger chunks").
+const answerBuffer = 256 << 10
+
 // DefaultMaxExecOutput is Config.MaxExecOutput when the config names none.
 const DefaultMaxExecOutput = 1 << 30
 
@@ -113,7 +117,13 @@ func (r *Runtime) writeAnswer(w http.ResponseWriter, v any, o *output, stdoutEnc
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 256<<10)
+	// Sized to the answer (escaping and base64 may grow the output by half, or more), at most
+	// answerBuffer: a buffer of that size for every exec, whatever its output, was most of
+	// what the daemon allocated, and with 1,000 sandboxes its garbage collector, which then
+	// walks every sandbox's state each cycle, took a millisecond of each exec
+	// (docs/benchmarks.md, "Session 22").
+	size := min(int64(len(head))+(o.stdout.len()+o.stderr.len())*3/2+64, answerBuffer)
+	bw := bufio.NewWriterSize(w, int(size))
 	_, _ = bw.Write(head[:at])
 	_, _ = bw.WriteString(`"stdout":`)
 	err = o.stdout.writeJSON(bw, stdoutEnc)
@@ -214,6 +224,9 @@ func spoolError(err error) error {
 	return fmt.Errorf("spool output: %w", err)
 }
 
+// len is how many bytes the stream holds.
+func (s *spool) len() int64 { return int64(len(s.mem)) + s.size }
+
 // writeJSON writes the stream as one JSON string in encoding enc.
 func (s *spool) writeJSON(w *bufio.Writer, enc string) error {
 	var rd io.Reader = bytes.NewReader(s.mem)
@@ -227,7 +240,7 @@ func (s *spool) writeJSON(w *bufio.Writer, enc string) error {
 			return fmt.Errorf("read spooled output: %w", err)
 		}
 		_ = b64.Close()
-	} else if err := copyEscaped(w, rd); err != nil {
+	} else if err := copyEscaped(w, rd, s.len()); err != nil {
 		return err
 	}
 	return w.WriteByte('"')
@@ -239,9 +252,13 @@ func (s *spool) close() {
 	}
 }
 
-// copyEscaped copies valid UTF-8 text from rd to w as the inside of a JSON string.
-func copyEscaped(w *bufio.Writer, rd io.Reader) error {
-	chunk := make([]byte, 256<<10)
+// copyEscaped copies the n bytes of valid UTF-8 text rd holds to w as the inside of a JSON
+// string, answerBuffer bytes at a time at most.
+func copyEscaped(w *bufio.Writer, rd io.Reader, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	chunk := make([]byte, min(n, answerBuffer))
 	var escaped []byte
 	for {
 		n, err := rd.Read(chunk)

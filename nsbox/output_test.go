@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"testing"
 	"unicode/utf8"
 
@@ -135,5 +136,31 @@ func TestSpoolKeepsToTheCap(t *testing.T) {
 	// Cut before the character that would not fit whole: still text.
 	if got := int64(len(out.stdout.mem)) + out.stdout.size; got != 3<<20 || out.stdout.encoding() != api.EncodingUTF8 {
 		t.Fatalf("kept %d bytes (%s), want %d of text", got, out.stdout.encoding(), 3<<20)
+	}
+}
+
+// TestSmallAnswerAllocatesLittle: the buffers an answer is written through are sized to its
+// output. They were 768 KiB for every exec, whatever it printed, which at 1,000 sandboxes
+// made the daemon's garbage collector, walking every sandbox's state each cycle, a
+// millisecond of each exec (docs/benchmarks.md, "Session 22").
+func TestSmallAnswerAllocatesLittle(t *testing.T) {
+	r := &Runtime{cfg: Config{DataDir: t.TempDir(), MaxExecOutput: DefaultMaxExecOutput}, log: slog.Default()}
+	out := r.newOutput(DefaultMaxExecOutput)
+	defer out.close()
+	if err := out.write(api.EventStdout, []byte("hello \"world\"\n")); err != nil {
+		t.Fatal(err)
+	}
+	res := api.ExecResult{SessionID: "default", StdoutEncoding: api.EncodingUTF8, StderrEncoding: api.EncodingUTF8}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const answers = 10
+	for range answers {
+		if err := r.writeAnswer(httptest.NewRecorder(), &res, out, res.StdoutEncoding, res.StderrEncoding); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / answers; per > 32<<10 {
+		t.Errorf("an answer with 15 bytes of output allocated %d bytes", per)
 	}
 }
