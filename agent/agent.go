@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +64,8 @@ type Agent struct {
 	shutdown                  chan struct{}
 	stopped, shutdownAnswered chan struct{}
 	shutdownAnswer            sync.Once
+	// stoppedOthers: a save stopped every other process (state.go), which a continue undoes.
+	stoppedOthers atomic.Bool
 	// watchers are the daemon's watch streams (GET /v1/watch).
 	watchers watchers
 	// configured: the agent took the configuration it was started with (bootConfig);

@@ -30,6 +30,7 @@ var agentRoutes = []struct {
 	{"GET", "/v1/env", (*Agent).handleGetEnv},
 	{"POST", "/v1/state/save", (*Agent).handleSaveState},
 	{"POST", "/v1/state/restore", (*Agent).handleRestoreState},
+	{"POST", "/v1/state/continue", (*Agent).handleContinue},
 
 	{"POST", "/v1/sessions", (*Agent).handleCreateSession},
 	{"GET", "/v1/sessions", (*Agent).handleListSessions},

@@ -1,12 +1,18 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/agent/httpd"
 	"github.com/nsbox/nsbox/api"
@@ -50,10 +56,70 @@ func (a *Agent) handleSaveState(w *httpd.ResponseWriter, r *httpd.Request) error
 				User: strconv.Itoa(info.UID) + ":" + strconv.Itoa(info.GID), Script: st.Script, History: st.History})
 		}
 	}
+	if req.Stop {
+		a.stopOthers()
+	}
 	if req.Processes {
 		out.Processes = a.processes.Save(savedLogBytes)
 	}
 	api.WriteJSON(w, httpd.StatusOK, out)
+	return nil
+}
+
+// stopWait bounds stopOthers' wait for the processes to stop.
+const stopWait = 200 * time.Millisecond
+
+// stopOthers stops every other process in the sandbox with SIGSTOP, which none can catch, and
+// waits until each of their threads has stopped (stopWait at most): a write they were about
+// to make is then in their pipes, for the save's settle to read, and nothing comes after.
+func (a *Agent) stopOthers() {
+	// kill(-1) from PID 1 reaches every other process in its pid namespace.
+	if err := unix.Kill(-1, unix.SIGSTOP); err != nil && !errors.Is(err, unix.ESRCH) {
+		a.log.Warn("stop the sandbox's processes before saving them", "err", err)
+		return
+	}
+	a.stoppedOthers.Store(true)
+	for deadline := time.Now().Add(stopWait); !othersStopped() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// othersStopped reports whether every thread of every process but PID 1 in this pid namespace
+// is stopped or dead, by /proc.
+func othersStopped() bool {
+	tasks, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/stat")
+	for _, stat := range tasks {
+		if strings.HasPrefix(stat, "/proc/1/") {
+			continue
+		}
+		data, err := os.ReadFile(stat)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// The state is the field after the command name, which ends with the last ')'.
+		end := bytes.LastIndexByte(data, ')')
+		if end < 0 || end+2 >= len(data) {
+			continue
+		}
+		switch data[end+2] {
+		case 'T', 't', 'Z', 'X', 'x':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// handleContinue lets the processes stopOthers stopped run again (SIGCONT to every other
+// process in the sandbox, a job stopped before them too): the daemon asks for it when a
+// hibernation fails after its save. Without a stop before, it does nothing.
+func (a *Agent) handleContinue(w *httpd.ResponseWriter, _ *httpd.Request) error {
+	if a.stoppedOthers.Swap(false) {
+		if err := unix.Kill(-1, unix.SIGCONT); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("continue the sandbox's processes: %w", err)
+		}
+	}
+	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }
 

@@ -83,6 +83,11 @@ func (c *agentClient) saveState(ctx context.Context, req api.SaveStateRequest) (
 	return &st, c.call(ctx, http.MethodPost, "/v1/state/save", req, &st)
 }
 
+// continueProcesses lets the processes a save with Stop stopped run again.
+func (c *agentClient) continueProcesses(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "/v1/state/continue", nil, nil)
+}
+
 // restoreState gives a new container's agent the state an earlier one saved.
 func (c *agentClient) restoreState(ctx context.Context, st api.SandboxState) error {
 	return c.call(ctx, http.MethodPost, "/v1/state/restore", st, nil)

@@ -37,6 +37,10 @@ import (
 // restore of its sessions.
 const awakenTimeout = 30 * time.Second
 
+// continueTimeout bounds the request that lets a sandbox's processes go on after a failed
+// hibernation stopped them.
+const continueTimeout = 5 * time.Second
+
 // savedStatePath is where a hibernated sandbox's saved state is kept.
 func (r *Runtime) savedStatePath(container string) string {
 	return filepath.Join(r.sandboxDataDir(container), "saved-state.json")
@@ -74,11 +78,20 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 		return nil, stateError(id, sb.rec.Status, "only a running or paused sandbox can hibernate")
 	}
 	began := time.Now()
-	st, err := sb.agent.saveState(ctx, api.SaveStateRequest{Sessions: keepSessions, Processes: true})
+	// Its processes are stopped once the sessions are saved and before they are: what they
+	// write after the save would be lost with the container.
+	st, err := sb.agent.saveState(ctx, api.SaveStateRequest{Sessions: keepSessions, Processes: true, Stop: true})
 	if err == nil {
 		err = writeJSONFile(r.savedStatePath(sb.rec.container()), st)
 	}
 	if err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), continueTimeout)
+		// An agent from before the stop has no such request, and stopped nothing (404).
+		var apiErr *api.Error
+		if cerr := sb.agent.continueProcesses(cctx); cerr != nil && !(errors.As(cerr, &apiErr) && apiErr.Code == api.CodeNotFound) {
+			err = errors.Join(err, fmt.Errorf("let its processes go on: %w", cerr))
+		}
+		cancel()
 		if sb.rec.Status == api.StatusPaused {
 			err = errors.Join(err, sb.inst.Freeze())
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -172,6 +173,50 @@ func TestHibernateAndWake(t *testing.T) {
 	}
 	if err := d.client.RemoveSandbox(ctx, "hb", client.RemoveOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHibernateLosesNoOutput: a hibernation stops the sandbox's processes before it saves
+// them, so what a process wrote is in its saved log, however fast it writes: a loop that
+// prints a count and then appends it to a file (which outlives the container) never has the
+// file ahead of its log. Before the stop the file was hundreds of counts ahead.
+func TestHibernateLosesNoOutput(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "hw", Image: "busybox"})
+	d.startProc("hw", api.StartProcessRequest{ID: "loop", Command: "i=0; while :; do i=$((i+1)); echo $i; echo $i >> /tmp/counts; done"})
+	if w, err := d.client.WaitProcess(ctx, "hw", "loop", api.WaitProcessRequest{Log: "^500$"}); err != nil || !w.Met {
+		t.Fatalf("the loop's output: %+v %v", w, err)
+	}
+	if _, err := d.client.HibernateSandbox(ctx, "hw", api.HibernateRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.client.ResumeSandbox(ctx, "hw"); err != nil {
+		t.Fatal(err)
+	}
+	logs, err := d.client.ProcessLogs(ctx, "hw", "loop", client.LogsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	for _, c := range logs.Chunks {
+		out.WriteString(c.Data)
+	}
+	lines := strings.Fields(out.String())
+	if len(lines) == 0 {
+		t.Fatal("the loop's saved log is empty")
+	}
+	logged, err := strconv.Atoi(lines[len(lines)-1])
+	if err != nil {
+		t.Fatalf("the saved log ends with %q", lines[len(lines)-1])
+	}
+	file, err := strconv.Atoi(strings.TrimSpace(d.sh("hw", "tail -n 1 /tmp/counts")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stopped between its two echos, the file is one behind.
+	if file != logged && file != logged-1 {
+		t.Errorf("the loop wrote %d to its file and its saved log ends at %d: what it printed after the save was lost", file, logged)
 	}
 }
 
