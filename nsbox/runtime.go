@@ -885,7 +885,7 @@ func (r *Runtime) stop(sb *sandbox, inst backend.Instance) {
 	stopped, err := agent.shutdown(ctx)
 	switch {
 	case err != nil && ctx.Err() != nil:
-		r.log.Info("the sandbox's processes did not all exit in their grace period; killing them", "sandbox", sb.id, "grace", stopGrace)
+		r.log.Info("the sandbox did not stop within its grace period; killing it", "sandbox", sb.id, "grace", stopGrace)
 		return
 	case err != nil:
 		r.log.Warn("ask the agent to shut down; killing it", "sandbox", sb.id, "err", err)
