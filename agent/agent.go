@@ -20,7 +20,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -64,8 +63,11 @@ type Agent struct {
 	shutdown                  chan struct{}
 	stopped, shutdownAnswered chan struct{}
 	shutdownAnswer            sync.Once
-	// stoppedOthers: a save stopped every other process (state.go), which a continue undoes.
-	stoppedOthers atomic.Bool
+	// stopMu guards stoppedGroups, the process groups a hibernation's save stopped, and
+	// stopWatch, which lets them run again if the agent still lives a while after (state.go).
+	stopMu        sync.Mutex
+	stoppedGroups []int
+	stopWatch     *time.Timer
 	// watchers are the daemon's watch streams (GET /v1/watch).
 	watchers watchers
 	// configured: the agent took the configuration it was started with (bootConfig);
@@ -186,6 +188,8 @@ func Run(fds Inherited, version string) error {
 			if err := unix.Kill(-1, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
 				a.log.Warn("send SIGTERM to the sandbox's processes", "err", err)
 			}
+			// A stopped process (a job stopped with ^Z, say) acts on SIGTERM only once continued.
+			_ = unix.Kill(-1, unix.SIGCONT)
 			a.sessions.KillShells()
 			// A process forked just before the signal may take it in its parent's handler and
 			// then exec, losing it: the signal goes again every half second until everything
@@ -213,6 +217,7 @@ func Run(fds Inherited, version string) error {
 					return nil
 				case <-again.C:
 					_ = unix.Kill(-1, unix.SIGTERM)
+					_ = unix.Kill(-1, unix.SIGCONT)
 				}
 			}
 		}

@@ -1,20 +1,15 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nsbox/nsbox/agent/httpd"
+	"github.com/nsbox/nsbox/agent/process"
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/session"
 )
@@ -57,7 +52,13 @@ func (a *Agent) handleSaveState(w *httpd.ResponseWriter, r *httpd.Request) error
 		}
 	}
 	if req.Stop {
-		a.stopOthers()
+		// Held through the answer: a continue (the daemon's, after a failure) comes after it.
+		a.stopMu.Lock()
+		defer a.stopMu.Unlock()
+		if err := r.Context().Err(); err != nil {
+			return err // the daemon gave up: stop nothing
+		}
+		a.stopProcesses()
 	}
 	if req.Processes {
 		out.Processes = a.processes.Save(savedLogBytes)
@@ -66,59 +67,45 @@ func (a *Agent) handleSaveState(w *httpd.ResponseWriter, r *httpd.Request) error
 	return nil
 }
 
-// stopWait bounds stopOthers' wait for the processes to stop.
+// stopWait bounds how long a save waits for the processes it stops to have stopped.
 const stopWait = 200 * time.Millisecond
 
-// stopOthers stops every other process in the sandbox with SIGSTOP, which none can catch, and
-// waits until each of their threads has stopped (stopWait at most): a write they were about
-// to make is then in their pipes, for the save's settle to read, and nothing comes after.
-func (a *Agent) stopOthers() {
-	// kill(-1) from PID 1 reaches every other process in its pid namespace.
-	if err := unix.Kill(-1, unix.SIGSTOP); err != nil && !errors.Is(err, unix.ESRCH) {
-		a.log.Warn("stop the sandbox's processes before saving them", "err", err)
-		return
-	}
-	a.stoppedOthers.Store(true)
-	for deadline := time.Now().Add(stopWait); !othersStopped() && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
+// stopWatchdog is how long processes a save stopped stay stopped at most: a hibernation kills
+// the container within milliseconds of its save, so an agent still alive this long after it
+// belongs to a hibernation that failed without a continue (the daemon's request lost, or the
+// daemon gone), and lets them run again itself.
+const stopWatchdog = 10 * time.Second
+
+// stopProcesses stops the processes' groups for a save (process.Manager.Stop) and arms the
+// watchdog. a.stopMu must be held.
+func (a *Agent) stopProcesses() {
+	a.stoppedGroups = append(a.stoppedGroups, a.processes.Stop(stopWait)...)
+	if a.stopWatch == nil {
+		a.stopWatch = time.AfterFunc(stopWatchdog, func() {
+			a.stopMu.Lock()
+			defer a.stopMu.Unlock()
+			if len(a.stoppedGroups) > 0 {
+				a.log.Warn("processes a save stopped were not continued; letting them run", "groups", len(a.stoppedGroups))
+			}
+			a.continueProcesses()
+		})
+	} else {
+		a.stopWatch.Reset(stopWatchdog)
 	}
 }
 
-// othersStopped reports whether every thread of every process but PID 1 in this pid namespace
-// is stopped or dead, by /proc.
-func othersStopped() bool {
-	tasks, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/stat")
-	for _, stat := range tasks {
-		if strings.HasPrefix(stat, "/proc/1/") {
-			continue
-		}
-		data, err := os.ReadFile(stat)
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// The state is the field after the command name, which ends with the last ')'.
-		end := bytes.LastIndexByte(data, ')')
-		if end < 0 || end+2 >= len(data) {
-			continue
-		}
-		switch data[end+2] {
-		case 'T', 't', 'Z', 'X', 'x':
-		default:
-			return false
-		}
-	}
-	return true
+// continueProcesses lets the groups a save stopped run again. a.stopMu must be held.
+func (a *Agent) continueProcesses() {
+	process.Continue(a.stoppedGroups)
+	a.stoppedGroups = nil
 }
 
-// handleContinue lets the processes stopOthers stopped run again (SIGCONT to every other
-// process in the sandbox, a job stopped before them too): the daemon asks for it when a
-// hibernation fails after its save. Without a stop before, it does nothing.
+// handleContinue lets the processes a save stopped run again: the daemon asks for it when a
+// hibernation fails after its save. It waits for a save still under way.
 func (a *Agent) handleContinue(w *httpd.ResponseWriter, _ *httpd.Request) error {
-	if a.stoppedOthers.Swap(false) {
-		if err := unix.Kill(-1, unix.SIGCONT); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("continue the sandbox's processes: %w", err)
-		}
-	}
+	a.stopMu.Lock()
+	a.continueProcesses()
+	a.stopMu.Unlock()
 	w.WriteHeader(httpd.StatusNoContent)
 	return nil
 }

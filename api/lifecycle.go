@@ -45,10 +45,11 @@ type SandboxState struct {
 type SaveStateRequest struct {
 	Sessions  bool `json:"sessions,omitempty"`  // save every session's state
 	Processes bool `json:"processes,omitempty"` // save every process and the end of its log
-	// Stop stops every other process in the sandbox (SIGSTOP) once the sessions are saved and
-	// before the processes are, so that nothing they write after the save is lost: a
-	// hibernation kills them next. POST /v1/state/continue undoes it (a hibernation that
-	// failed after the save). An agent from before this field ignores it.
+	// Stop stops the process group of every running process (SIGSTOP) once the sessions are
+	// saved and before the processes are, so that nothing they write after the save is lost:
+	// a hibernation kills them next. POST /v1/state/continue undoes it (a hibernation that
+	// failed after the save), as the agent itself does if it still runs 10 s later. An agent
+	// from before this field refuses the request (an unknown field).
 	Stop bool `json:"stop,omitempty"`
 }
 

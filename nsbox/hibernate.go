@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nsbox/nsbox/api"
@@ -79,15 +80,22 @@ func (r *Runtime) hibernate(ctx context.Context, id string, keepSessions bool) (
 	}
 	began := time.Now()
 	// Its processes are stopped once the sessions are saved and before they are: what they
-	// write after the save would be lost with the container.
-	st, err := sb.agent.saveState(ctx, api.SaveStateRequest{Sessions: keepSessions, Processes: true, Stop: true})
+	// write after the save would be lost with the container. An agent from before the stop
+	// (its sandbox outlived a daemon upgrade) refuses the field, having done nothing: it is
+	// asked again without it.
+	req := api.SaveStateRequest{Sessions: keepSessions, Processes: true, Stop: true}
+	st, err := sb.agent.saveState(ctx, req)
+	var apiErr *api.Error
+	if errors.As(err, &apiErr) && apiErr.Code == api.CodeInvalidArgument && strings.Contains(apiErr.Message, `"stop"`) {
+		req.Stop = false
+		st, err = sb.agent.saveState(ctx, req)
+	}
 	if err == nil {
 		err = writeJSONFile(r.savedStatePath(sb.rec.container()), st)
 	}
 	if err != nil {
 		cctx, cancel := context.WithTimeout(context.Background(), continueTimeout)
 		// An agent from before the stop has no such request, and stopped nothing (404).
-		var apiErr *api.Error
 		if cerr := sb.agent.continueProcesses(cctx); cerr != nil && !(errors.As(cerr, &apiErr) && apiErr.Code == api.CodeNotFound) {
 			err = errors.Join(err, fmt.Errorf("let its processes go on: %w", cerr))
 		}

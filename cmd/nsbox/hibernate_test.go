@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsbox/nsbox/api"
 	"github.com/nsbox/nsbox/client"
 )
@@ -217,6 +219,67 @@ func TestHibernateLosesNoOutput(t *testing.T) {
 	// Stopped between its two echos, the file is one behind.
 	if file != logged && file != logged-1 {
 		t.Errorf("the loop wrote %d to its file and its saved log ends at %d: what it printed after the save was lost", file, logged)
+	}
+}
+
+// TestFailedHibernateLetsProcessesRun: a hibernation that fails after its save stopped the
+// sandbox's processes (here its saved state cannot be written: the sandbox's data dir is
+// immutable) lets them run again, and the sandbox goes on running.
+func TestFailedHibernateLetsProcessesRun(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "hf", Image: "busybox"})
+	d.startProc("hf", api.StartProcessRequest{ID: "tick", Command: "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done"})
+	if w, err := d.client.WaitProcess(ctx, "hf", "tick", api.WaitProcessRequest{Log: "^5$"}); err != nil || !w.Met {
+		t.Fatalf("the loop's output: %+v %v", w, err)
+	}
+	dir := filepath.Join(d.dataDir, "sandboxes", d.containerOf("hf"))
+	setImmutable(t, dir, true)
+	_, err := d.client.HibernateSandbox(ctx, "hf", api.HibernateRequest{})
+	setImmutable(t, dir, false)
+	if err == nil {
+		t.Fatal("hibernate succeeded with the sandbox's data dir immutable")
+	}
+	if got, err := d.client.GetSandbox(ctx, "hf"); err != nil || got.Status != api.StatusRunning {
+		t.Fatalf("after the failed hibernation: %+v %v", got, err)
+	}
+	logs, err := d.client.ProcessLogs(ctx, "hf", "tick", client.LogsOptions{})
+	if err != nil || len(logs.Chunks) == 0 {
+		t.Fatalf("the loop's log: %+v %v", logs, err)
+	}
+	lines := strings.Fields(logs.Chunks[len(logs.Chunks)-1].Data)
+	last, err := strconv.Atoi(lines[len(lines)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stopped for good, it would print nothing more; continued, it counts on within a second.
+	want := fmt.Sprintf("^%d$", last+20)
+	if w, err := d.client.WaitProcess(ctx, "hf", "tick", api.WaitProcessRequest{Log: want, TimeoutMs: 5000}); err != nil || !w.Met {
+		t.Errorf("the loop did not go on after the failed hibernation (last %d): %+v %v", last, w, err)
+	}
+}
+
+// setImmutable sets or clears a directory's immutable flag (chattr +i): not even root can
+// create files in it then.
+func setImmutable(t *testing.T, dir string, on bool) {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const immutable = 0x10 // FS_IMMUTABLE_FL (linux/fs.h)
+	if on {
+		flags |= immutable
+	} else {
+		flags &^= immutable
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags)); err != nil {
+		t.Fatal(err)
 	}
 }
 

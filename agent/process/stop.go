@@ -1,0 +1,79 @@
+package process
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stop stops the process group of every process still running (SIGSTOP, which none can
+// catch) and waits, wait at most, until /proc shows each of their threads stopped: what they
+// were writing is then in their pipes for Save to read, and nothing comes after it (a
+// hibernation kills them next). Only these groups: the sessions' shells and their jobs are
+// left alone. It returns the groups it stopped, for Continue.
+func (m *Manager) Stop(wait time.Duration) []int {
+	m.mu.Lock()
+	procs := make([]*Process, 0, len(m.procs))
+	for _, p := range m.procs {
+		procs = append(procs, p)
+	}
+	m.mu.Unlock()
+	var groups []int
+	for _, p := range procs {
+		select {
+		case <-p.exited: // its group is gone
+			continue
+		default:
+		}
+		if pgid := p.Info().PID; pgid > 0 && unix.Kill(-pgid, unix.SIGSTOP) == nil {
+			groups = append(groups, pgid)
+		}
+	}
+	for deadline := time.Now().Add(wait); len(groups) > 0 && !groupsStopped(groups) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	return groups
+}
+
+// Continue lets the process groups Stop stopped run again (SIGCONT).
+func Continue(groups []int) {
+	for _, pgid := range groups {
+		_ = unix.Kill(-pgid, unix.SIGCONT)
+	}
+}
+
+// groupsStopped reports whether every thread of every process in the groups is stopped or
+// dead, by /proc.
+func groupsStopped(groups []int) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/stat")
+	for _, stat := range stats {
+		data, err := os.ReadFile(stat)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// After the command name, which ends with the last ')': state, ppid, pgrp.
+		end := bytes.LastIndexByte(data, ')')
+		if end < 0 {
+			continue
+		}
+		fields := bytes.Fields(data[end+1:])
+		if len(fields) < 3 {
+			continue
+		}
+		pgrp, err := strconv.Atoi(string(fields[2]))
+		if err != nil || !slices.Contains(groups, pgrp) {
+			continue
+		}
+		switch fields[0][0] {
+		case 'T', 't', 'Z', 'X', 'x':
+		default:
+			return false
+		}
+	}
+	return true
+}
