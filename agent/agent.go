@@ -63,10 +63,12 @@ type Agent struct {
 	shutdown                  chan struct{}
 	stopped, shutdownAnswered chan struct{}
 	shutdownAnswer            sync.Once
-	// stopMu guards stoppedGroups, the process groups a hibernation's save stopped, and
-	// stopWatch, which lets them run again if the agent still lives a while after (state.go).
+	// stopMu guards stoppedGroups, the process groups a hibernation's save stopped (at
+	// stoppedAt), and stopWatch, which lets them run again if the agent still lives a while
+	// after (state.go).
 	stopMu        sync.Mutex
 	stoppedGroups []int
+	stoppedAt     time.Time
 	stopWatch     *time.Timer
 	// watchers are the daemon's watch streams (GET /v1/watch).
 	watchers watchers

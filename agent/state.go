@@ -80,10 +80,14 @@ const stopWatchdog = 10 * time.Second
 // watchdog. a.stopMu must be held.
 func (a *Agent) stopProcesses() {
 	a.stoppedGroups = append(a.stoppedGroups, a.processes.Stop(stopWait)...)
+	a.stoppedAt = time.Now()
 	if a.stopWatch == nil {
 		a.stopWatch = time.AfterFunc(stopWatchdog, func() {
 			a.stopMu.Lock()
 			defer a.stopMu.Unlock()
+			if time.Since(a.stoppedAt) < stopWatchdog {
+				return // it fired for an earlier stop while a later one held the lock
+			}
 			if len(a.stoppedGroups) > 0 {
 				a.log.Warn("processes a save stopped were not continued; letting them run", "groups", len(a.stoppedGroups))
 			}
