@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -491,6 +492,58 @@ func TestReadStatus(t *testing.T) {
 		code, status, err := readStatus(bufio.NewReader(strings.NewReader(line)))
 		if code != want || (err == nil) != (want != 0) || (want != 0 && !strings.HasPrefix(status, strconv.Itoa(want))) {
 			t.Errorf("%q: %d %q %v, want %d", line, code, status, err, want)
+		}
+	}
+}
+
+// TestStopAndContinue: Stop stops every thread of each running process's group (a finished
+// one is left out) before it returns; Continue lets them run again.
+func TestStopAndContinue(t *testing.T) {
+	m := newTestManager(t)
+	done := start(t, m, api.StartProcessRequest{Command: "true"})
+	finish(t, done)
+	p := start(t, m, api.StartProcessRequest{Command: "sleep 100 & exec sleep 100"})
+	pgid := p.Info().PID
+	members := func() (pids []int) {
+		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+		for _, stat := range stats {
+			data, _ := os.ReadFile(stat)
+			if end := bytes.LastIndexByte(data, ')'); end > 0 {
+				if f := strings.Fields(string(data[end+1:])); len(f) > 2 && f[2] == strconv.Itoa(pgid) {
+					pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(stat)))
+					pids = append(pids, pid)
+				}
+			}
+		}
+		return pids
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(members()) < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the group %d never had its two sleeps: %v", pgid, members())
+		}
+	}
+	state := func(pid int) byte {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if end := bytes.LastIndexByte(data, ')'); end > 0 && end+2 < len(data) {
+			return data[end+2]
+		}
+		return 0
+	}
+	groups := m.Stop(5 * time.Second)
+	if !slices.Equal(groups, []int{pgid}) {
+		t.Fatalf("Stop stopped the groups %v, want only the running process's %d", groups, pgid)
+	}
+	for _, pid := range members() {
+		if s := state(pid); s != 'T' {
+			t.Errorf("process %d of the group is in state %c after Stop, want T", pid, s)
+		}
+	}
+	Continue(groups)
+	for _, pid := range members() {
+		for deadline := time.Now().Add(5 * time.Second); state(pid) == 'T'; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("process %d is still stopped after Continue", pid)
+			}
 		}
 	}
 }
