@@ -278,19 +278,22 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	phases, warmPhases := map[string][]time.Duration{}, map[string][]time.Duration{}
+	phases, warmPhases, gracefulPhases := map[string][]time.Duration{}, map[string][]time.Duration{}, map[string][]time.Duration{}
 	runcID := 0
 	cases := []benchCase{
 		// Untimed after each run: wait until the pool has its container again and the daemon
 		// its spare disks, so that the next run finds them and no refill competes with the
 		// other cases for the CPUs and the disk.
-		{name: "nsbox warm pool", run: nsboxCycle(warm, warmPhases), after: warm.refilled},
-		{name: "nsbox", run: nsboxCycle(withSeccomp, phases), after: withSeccomp.refilled},
-		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil), after: noSeccomp.refilled},
-		{name: "nsbox --userns=false", run: nsboxCycle(noUserns, nil), after: noUserns.refilled},
-		{name: "nsbox warm --userns=false", run: nsboxCycle(warmNoUserns, nil), after: warmNoUserns.refilled},
-		{name: "nsbox --default-disk=0", run: nsboxCycle(noDisk, nil), after: noDisk.refilled},
-		{name: "nsbox warm --default-disk=0", run: nsboxCycle(warmNoDisk, nil), after: warmNoDisk.refilled},
+		{name: "nsbox warm pool", run: nsboxCycle(warm, warmPhases, forced), after: warm.refilled},
+		// What a client gets without force (the API's default): SIGTERM and an answer once
+		// the sandbox's processes have exited.
+		{name: "nsbox warm, graceful rm", run: nsboxCycle(warm, gracefulPhases, graceful), after: warm.refilled},
+		{name: "nsbox", run: nsboxCycle(withSeccomp, phases, forced), after: withSeccomp.refilled},
+		{name: "nsbox --seccomp=false", run: nsboxCycle(noSeccomp, nil, forced), after: noSeccomp.refilled},
+		{name: "nsbox --userns=false", run: nsboxCycle(noUserns, nil, forced), after: noUserns.refilled},
+		{name: "nsbox warm --userns=false", run: nsboxCycle(warmNoUserns, nil, forced), after: warmNoUserns.refilled},
+		{name: "nsbox --default-disk=0", run: nsboxCycle(noDisk, nil, forced), after: noDisk.refilled},
+		{name: "nsbox warm --default-disk=0", run: nsboxCycle(warmNoDisk, nil, forced), after: warmNoDisk.refilled},
 		{name: "runc run", run: func(context.Context) error {
 			runcID++
 			return runCommand("runc", "--root", b.runcRoot(), "run", "--bundle", bundle, fmt.Sprintf("bench-%d", runcID))
@@ -318,6 +321,7 @@ func (b *bench) cycleSection(ctx context.Context, n int) error {
 	fmt.Printf("default disk quota: cold cycle %.2f×, warm-pool cycle %.2f× of the same without (--default-disk=0)\n",
 		medianRatio(samples, "nsbox", "nsbox --default-disk=0"), medianRatio(samples, "nsbox warm pool", "nsbox warm --default-disk=0"))
 	printPhases("nsbox warm pool", warmPhases)
+	printPhases("nsbox warm pool, graceful rm", gracefulPhases)
 	printPhases("nsbox", phases)
 	fmt.Println()
 	return nil
@@ -330,7 +334,13 @@ func printPhases(name string, phases map[string][]time.Duration) {
 
 // nsboxCycle is one create → exec `true` → remove cycle through the Go client; with a
 // non-nil phases it records how long each step took.
-func nsboxCycle(d *daemon, phases map[string][]time.Duration) func(context.Context) error {
+// How a cycle removes its sandbox: forced (SIGKILL at once) or graceful (SIGTERM first).
+const (
+	forced   = true
+	graceful = false
+)
+
+func nsboxCycle(d *daemon, phases map[string][]time.Duration, force bool) func(context.Context) error {
 	lap := func(phase string, start time.Time) {
 		if phases != nil {
 			phases[phase] = append(phases[phase], time.Since(start))
@@ -347,7 +357,7 @@ func nsboxCycle(d *daemon, phases map[string][]time.Duration) func(context.Conte
 		_, execErr := execOK(ctx, d, sb.ID, api.ExecRequest{Argv: []string{"true"}})
 		lap("exec", start)
 		start = time.Now()
-		if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: true}); err != nil {
+		if err := d.client.RemoveSandbox(ctx, sb.ID, client.RemoveOptions{Force: force}); err != nil {
 			return errors.Join(execErr, fmt.Errorf("remove sandbox %s: %w", sb.ID, err))
 		}
 		lap("remove", start)
