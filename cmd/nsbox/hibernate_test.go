@@ -185,33 +185,14 @@ func TestHibernateAndWake(t *testing.T) {
 func TestHibernateLosesNoOutput(t *testing.T) {
 	d := startDaemon(t)
 	ctx := context.Background()
-	d.create(api.CreateSandboxRequest{ID: "hw", Image: "busybox"})
-	d.startProc("hw", api.StartProcessRequest{ID: "loop", Command: "i=0; while :; do i=$((i+1)); echo $i; echo $i >> /tmp/counts; done"})
-	if w, err := d.client.WaitProcess(ctx, "hw", "loop", api.WaitProcessRequest{Log: "^500$"}); err != nil || !w.Met {
-		t.Fatalf("the loop's output: %+v %v", w, err)
-	}
+	d.countingSandbox("hw", "i=0; while :; do i=$((i+1)); echo $i; echo $i >> /tmp/counts; done", 500)
 	if _, err := d.client.HibernateSandbox(ctx, "hw", api.HibernateRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.client.ResumeSandbox(ctx, "hw"); err != nil {
 		t.Fatal(err)
 	}
-	logs, err := d.client.ProcessLogs(ctx, "hw", "loop", client.LogsOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	for _, c := range logs.Chunks {
-		out.WriteString(c.Data)
-	}
-	lines := strings.Fields(out.String())
-	if len(lines) == 0 {
-		t.Fatal("the loop's saved log is empty")
-	}
-	logged, err := strconv.Atoi(lines[len(lines)-1])
-	if err != nil {
-		t.Fatalf("the saved log ends with %q", lines[len(lines)-1])
-	}
+	logged := d.lastCount("hw")
 	file, err := strconv.Atoi(strings.TrimSpace(d.sh("hw", "tail -n 1 /tmp/counts")))
 	if err != nil {
 		t.Fatal(err)
@@ -228,11 +209,7 @@ func TestHibernateLosesNoOutput(t *testing.T) {
 func TestFailedHibernateLetsProcessesRun(t *testing.T) {
 	d := startDaemon(t)
 	ctx := context.Background()
-	d.create(api.CreateSandboxRequest{ID: "hf", Image: "busybox"})
-	d.startProc("hf", api.StartProcessRequest{ID: "tick", Command: "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done"})
-	if w, err := d.client.WaitProcess(ctx, "hf", "tick", api.WaitProcessRequest{Log: "^5$"}); err != nil || !w.Met {
-		t.Fatalf("the loop's output: %+v %v", w, err)
-	}
+	d.countingSandbox("hf", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done", 5)
 	dir := filepath.Join(d.dataDir, "sandboxes", d.containerOf("hf"))
 	setImmutable(t, dir, true)
 	_, err := d.client.HibernateSandbox(ctx, "hf", api.HibernateRequest{})
@@ -243,20 +220,46 @@ func TestFailedHibernateLetsProcessesRun(t *testing.T) {
 	if got, err := d.client.GetSandbox(ctx, "hf"); err != nil || got.Status != api.StatusRunning {
 		t.Fatalf("after the failed hibernation: %+v %v", got, err)
 	}
-	logs, err := d.client.ProcessLogs(ctx, "hf", "tick", client.LogsOptions{})
-	if err != nil || len(logs.Chunks) == 0 {
-		t.Fatalf("the loop's log: %+v %v", logs, err)
-	}
-	lines := strings.Fields(logs.Chunks[len(logs.Chunks)-1].Data)
-	last, err := strconv.Atoi(lines[len(lines)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
+	last := d.lastCount("hf")
 	// Stopped for good, it would print nothing more; continued, it counts on within a second.
 	want := fmt.Sprintf("^%d$", last+20)
-	if w, err := d.client.WaitProcess(ctx, "hf", "tick", api.WaitProcessRequest{Log: want, TimeoutMs: 5000}); err != nil || !w.Met {
+	if w, err := d.client.WaitProcess(ctx, "hf", "count", api.WaitProcessRequest{Log: want, TimeoutMs: 5000}); err != nil || !w.Met {
 		t.Errorf("the loop did not go on after the failed hibernation (last %d): %+v %v", last, w, err)
 	}
+}
+
+// countingSandbox creates the busybox sandbox id with a process "count" that runs command, a
+// loop printing 1, 2, 3…, and waits until it has printed until.
+func (d *testDaemon) countingSandbox(id, command string, until int) {
+	d.t.Helper()
+	d.create(api.CreateSandboxRequest{ID: id, Image: "busybox"})
+	d.startProc(id, api.StartProcessRequest{ID: "count", Command: command})
+	w, err := d.client.WaitProcess(context.Background(), id, "count", api.WaitProcessRequest{Log: fmt.Sprintf("^%d$", until)})
+	if err != nil || !w.Met {
+		d.t.Fatalf("the loop's output: %+v %v", w, err)
+	}
+}
+
+// lastCount is the last number in the log of the process "count" of the sandbox id.
+func (d *testDaemon) lastCount(id string) int {
+	d.t.Helper()
+	logs, err := d.client.ProcessLogs(context.Background(), id, "count", client.LogsOptions{})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	var out strings.Builder
+	for _, c := range logs.Chunks {
+		out.WriteString(c.Data)
+	}
+	lines := strings.Fields(out.String())
+	if len(lines) == 0 {
+		d.t.Fatal("the loop's log is empty")
+	}
+	n, err := strconv.Atoi(lines[len(lines)-1])
+	if err != nil {
+		d.t.Fatalf("the loop's log ends with %q", lines[len(lines)-1])
+	}
+	return n
 }
 
 // setImmutable sets or clears a directory's immutable flag (chattr +i): not even root can
