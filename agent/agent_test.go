@@ -214,6 +214,11 @@ func TestBootConfig(t *testing.T) {
 				if env.Env["A"] != "1" {
 					t.Errorf("env after the boot config: %+v", env)
 				}
+				// The configuration started making the default session in the background, in
+				// the test's temp dir: the dir's removal raced its files. Default waits for it.
+				if _, err := a.sessions.Default(); err != nil {
+					t.Fatal(err)
+				}
 			}
 		})
 	}
