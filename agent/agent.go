@@ -186,12 +186,9 @@ func Run(fds Inherited, version string) error {
 			a.log.Debug("ignored a signal", "signal", sig)
 		case <-a.shutdown:
 			a.log.Info("shutting down: SIGTERM to every process in the sandbox")
-			// kill(-1) from PID 1 reaches every other process in the sandbox's pid namespace.
-			if err := unix.Kill(-1, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+			if err := terminateAll(); err != nil && !errors.Is(err, unix.ESRCH) {
 				a.log.Warn("send SIGTERM to the sandbox's processes", "err", err)
 			}
-			// A stopped process (a job stopped with ^Z, say) acts on SIGTERM only once continued.
-			_ = unix.Kill(-1, unix.SIGCONT)
 			a.sessions.KillShells()
 			// A process forked just before the signal may take it in its parent's handler and
 			// then exec, losing it: the signal goes again every half second until everything
@@ -218,12 +215,20 @@ func Run(fds Inherited, version string) error {
 					}
 					return nil
 				case <-again.C:
-					_ = unix.Kill(-1, unix.SIGTERM)
-					_ = unix.Kill(-1, unix.SIGCONT)
+					_ = terminateAll()
 				}
 			}
 		}
 	}
+}
+
+// terminateAll sends SIGTERM to every other process in the sandbox (kill(-1) from PID 1),
+// then SIGCONT: a stopped process (a job stopped with ^Z, say) acts on SIGTERM only once
+// continued.
+func terminateAll() error {
+	err := unix.Kill(-1, unix.SIGTERM)
+	_ = unix.Kill(-1, unix.SIGCONT)
+	return err
 }
 
 // fatalSignals are the signals that Go's handlers answer by ending the process, when sent by

@@ -507,12 +507,9 @@ func TestStopAndContinue(t *testing.T) {
 	members := func() (pids []int) {
 		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 		for _, stat := range stats {
-			data, _ := os.ReadFile(stat)
-			if end := bytes.LastIndexByte(data, ')'); end > 0 {
-				if f := strings.Fields(string(data[end+1:])); len(f) > 2 && f[2] == strconv.Itoa(pgid) {
-					pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(stat)))
-					pids = append(pids, pid)
-				}
+			if _, pgrp, ok := readStat(stat); ok && pgrp == pgid {
+				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(stat)))
+				pids = append(pids, pid)
 			}
 		}
 		return pids
@@ -523,11 +520,8 @@ func TestStopAndContinue(t *testing.T) {
 		}
 	}
 	state := func(pid int) byte {
-		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if end := bytes.LastIndexByte(data, ')'); end > 0 && end+2 < len(data) {
-			return data[end+2]
-		}
-		return 0
+		s, _, _ := readStat(fmt.Sprintf("/proc/%d/stat", pid))
+		return s
 	}
 	groups := m.Stop(5 * time.Second)
 	if !slices.Equal(groups, []int{pgid}) {

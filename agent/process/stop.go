@@ -52,28 +52,35 @@ func Continue(groups []int) {
 func groupsStopped(groups []int) bool {
 	stats, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/stat")
 	for _, stat := range stats {
-		data, err := os.ReadFile(stat)
-		if err != nil {
-			continue // gone meanwhile
+		state, pgrp, ok := readStat(stat)
+		if !ok || !slices.Contains(groups, pgrp) {
+			continue // gone meanwhile, or another group's
 		}
-		// After the command name, which ends with the last ')': state, ppid, pgrp.
-		end := bytes.LastIndexByte(data, ')')
-		if end < 0 {
-			continue
-		}
-		fields := bytes.Fields(data[end+1:])
-		if len(fields) < 3 {
-			continue
-		}
-		pgrp, err := strconv.Atoi(string(fields[2]))
-		if err != nil || !slices.Contains(groups, pgrp) {
-			continue
-		}
-		switch fields[0][0] {
+		switch state {
 		case 'T', 't', 'Z', 'X', 'x':
 		default:
 			return false
 		}
 	}
 	return true
+}
+
+// readStat reads a process's or thread's state and process group from its /proc stat file;
+// ok is false if it is gone.
+func readStat(path string) (state byte, pgrp int, ok bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, false
+	}
+	// After the command name, which ends with the last ')': state, ppid, pgrp.
+	end := bytes.LastIndexByte(data, ')')
+	if end < 0 {
+		return 0, 0, false
+	}
+	fields := bytes.Fields(data[end+1:])
+	if len(fields) < 3 {
+		return 0, 0, false
+	}
+	pgrp, err = strconv.Atoi(string(fields[2]))
+	return fields[0][0], pgrp, err == nil
 }
