@@ -332,14 +332,14 @@ func printPhases(name string, phases map[string][]time.Duration) {
 		ms(median(phases["create"][warmups:])), ms(median(phases["exec"][warmups:])), ms(median(phases["remove"][warmups:])))
 }
 
-// nsboxCycle is one create → exec `true` → remove cycle through the Go client; with a
-// non-nil phases it records how long each step took.
 // How a cycle removes its sandbox: forced (SIGKILL at once) or graceful (SIGTERM first).
 const (
 	forced   = true
 	graceful = false
 )
 
+// nsboxCycle is one create → exec `true` → remove cycle through the Go client, removing as
+// force says; with a non-nil phases it records how long each step took.
 func nsboxCycle(d *daemon, phases map[string][]time.Duration, force bool) func(context.Context) error {
 	lap := func(phase string, start time.Time) {
 		if phases != nil {
