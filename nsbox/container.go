@@ -57,6 +57,7 @@ type containerBoot struct {
 // start fails. boot, when not nil, is what the sandbox it is started for gives it at its start.
 func (r *Runtime) launch(ctx context.Context, id string, img *rootfs.Image, lim backend.Limits, st extrasSpec, kept bool,
 	boot *containerBoot) (*startedContainer, error) {
+	r.backend.WillStart()
 	began := time.Now()
 	spec, err := r.containerSpec(id, img, lim, st, kept)
 	if err == nil && boot != nil {

@@ -55,6 +55,8 @@ func (b *fakeBackend) RunDir(id string) string { return filepath.Join(b.dir, id)
 
 func (b *fakeBackend) Release() error { return nil }
 
+func (b *fakeBackend) WillStart() {}
+
 func (b *fakeBackend) Start(_ context.Context, spec backend.Spec) (backend.Instance, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -105,6 +105,11 @@ type Spec struct {
 
 // Backend starts containers and finds them again after a daemon restart.
 type Backend interface {
+	// WillStart says a Start will follow shortly: the backend may begin, in the background,
+	// what that start would wait for (libcontainer: the kernel's grace period before a process
+	// moves between cgroups) while the core prepares the container's storage. It returns at
+	// once.
+	WillStart()
 	// Start starts a container whose PID 1 is the agent, listening on the container's agent
 	// socket, and returns as soon as the agent process runs (the core then waits for it to
 	// answer). On error nothing of the container is left.

@@ -244,20 +244,6 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		extra = append(extra, store)
 	}
 
-	cgroup := cgroupPath(b.cfg.CgroupParent, spec.ID)
-	work := workCgroup(b.pids, cgroup)
-	if work != "" {
-		tasks, err := makeWorkCgroup(work, spec.Limits.Pids)
-		if err != nil {
-			return nil, err
-		}
-		for _, f := range tasks {
-			defer f.Close()
-		}
-		args = append(args, "--pids-cgroup-fds", strconv.Itoa(3+len(extra)))
-		extra = append(extra, tasks...)
-	}
-
 	prepared := time.Since(began)
 	if err := mounted(); err != nil {
 		return nil, err
@@ -273,6 +259,8 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		spec.Mounts = append(layers, spec.Mounts...)
 	}
 	rooted := time.Since(began)
+	cgroup := cgroupPath(b.cfg.CgroupParent, spec.ID)
+	work := workCgroup(b.pids, cgroup)
 	cs := configSpec{
 		Spec: spec, Rootfs: merged, AgentBin: b.cfg.AgentBin, CgroupPath: cgroup, WorkCgroup: work,
 		CPUs: b.cpus.pick(spec.ID, spec.Limits), CPUsOnline: b.cpusOnline(spec.ID),
@@ -289,6 +277,18 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 			return nil, err
 		}
 		cs.UserNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), userns.Fd())
+	}
+	// The start's first cgroup work comes as late as it can (attachprime.go).
+	if work != "" {
+		tasks, err := makeWorkCgroup(work, spec.Limits.Pids)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range tasks {
+			defer f.Close()
+		}
+		args = append(args, "--pids-cgroup-fds", strconv.Itoa(3+len(extra)))
+		extra = append(extra, tasks...)
 	}
 	config := containerConfig(cs)
 	c, err := runc.Create(b.cfg.StateRoot, spec.ID, config)
@@ -308,10 +308,10 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	if err := c.Run(proc); err != nil {
 		return nil, fmt.Errorf("start agent: %w; agent log: %q", err, tail(logFile.Name(), 2048))
 	}
-	// files: the run dir, the listener, the config and the cgroups, while the overlay is
-	// mounted; root: the wait for it after those, the cwd and RootMounts; create: the user
-	// namespace, the config, libcontainer's checks and state dir; run: its init, from the exec
-	// of nsbox init to that of the agent (cgroups, namespaces, mounts).
+	// files: the run dir, the listener and the config, while the overlay is mounted; root:
+	// the wait for it after those, the cwd and RootMounts; create: the user namespace, the
+	// work cgroup, the config, libcontainer's checks and state dir; run: its init, from the
+	// exec of nsbox init to that of the agent (cgroups, namespaces, mounts).
 	b.cfg.Log.Debug("libcontainer start", "container", spec.ID, "files", prepared, "root", rooted-prepared,
 		"create", created-rooted, "run", time.Since(began)-created)
 	pid, err := proc.Pid()
