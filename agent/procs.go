@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -141,9 +140,13 @@ func (t *procTable) goHome() bool {
 
 // moveThread moves the calling thread into the cgroup of a tasks file. The kernel checks the
 // credentials the file was opened with (the daemon's): nothing in the sandbox may write
-// cgroupfs.
+// cgroupfs. It writes 0, the calling thread, not its id: the kernel then moves it without
+// taking the rwsem that every fork and exit on the host reads, whose writer waits for an RCU
+// grace period when none took it within the last one (5–15 ms on the development machine:
+// every process an agent idle for a while started waited that long; docs/benchmarks.md,
+// "Session 23").
 func moveThread(tasks *os.File) error {
-	_, err := tasks.WriteAt([]byte(strconv.Itoa(unix.Gettid())), 0)
+	_, err := tasks.WriteAt([]byte("0"), 0)
 	return err
 }
 

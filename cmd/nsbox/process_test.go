@@ -432,7 +432,9 @@ func TestProcessForkBombAtThePidsLimit(t *testing.T) {
 		t.Fatalf("the pids cgroup of the sandbox's processes holds %v; want the shell alone, not the agent %s", pids, agentPID)
 	}
 	bomb := func() *api.Process {
-		p := d.startProc("fb", api.StartProcessRequest{Command: "bomb() { bomb | bomb & }; bomb"})
+		// A busybox shell whose fork fails exits, so the bomb can die out at the limit before
+		// it is killed (it did on a faster machine): the leader forks a sleep first and waits.
+		p := d.startProc("fb", api.StartProcessRequest{Command: "sleep 1000 & bomb() { bomb | bomb & }; bomb; wait"})
 		for tasks() < 1024-16 { // the agent's threads count too
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -449,7 +451,7 @@ func TestProcessForkBombAtThePidsLimit(t *testing.T) {
 	}
 
 	p := bomb()
-	// The leader ran only the first bomb; the group holds the limit.
+	// The leader ran the first bomb and waits; the group is running.
 	if got, err := d.client.GetProcess(ctx, "fb", p.ID); err != nil || got.Status != api.ProcessRunning {
 		failWithAgentLog("a fork bomb at the pids limit: %+v %v; want running", got, err)
 	}
