@@ -278,6 +278,11 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		}
 		cs.UserNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), userns.Fd())
 	}
+	config := containerConfig(cs)
+	c, err := runc.Create(b.cfg.StateRoot, spec.ID, config)
+	if err != nil {
+		return nil, fmt.Errorf("create container: %w", err)
+	}
 	// The start's first cgroup work comes as late as it can (attachprime.go).
 	if work != "" {
 		tasks, err := makeWorkCgroup(work, spec.Limits.Pids)
@@ -289,11 +294,6 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		}
 		args = append(args, "--pids-cgroup-fds", strconv.Itoa(3+len(extra)))
 		extra = append(extra, tasks...)
-	}
-	config := containerConfig(cs)
-	c, err := runc.Create(b.cfg.StateRoot, spec.ID, config)
-	if err != nil {
-		return nil, fmt.Errorf("create container: %w", err)
 	}
 	created := time.Since(began)
 	proc := &runc.Process{
@@ -310,7 +310,7 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 	}
 	// files: the run dir, the listener and the config, while the overlay is mounted; root:
 	// the wait for it after those, the cwd and RootMounts; create: the user namespace, the
-	// work cgroup, the config, libcontainer's checks and state dir; run: its init, from the
+	// config, libcontainer's checks and state dir, the work cgroup; run: its init, from the
 	// exec of nsbox init to that of the agent (cgroups, namespaces, mounts).
 	b.cfg.Log.Debug("libcontainer start", "container", spec.ID, "files", prepared, "root", rooted-prepared,
 		"create", created-rooted, "run", time.Since(began)-created)
