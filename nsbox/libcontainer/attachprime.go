@@ -1,6 +1,8 @@
 package libcontainer
 
 import (
+	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -18,49 +20,63 @@ import (
 // cgroup.procs of each hierarchy before the init may go on) under cgroup_threadgroup_rwsem, a
 // per-CPU rwsem that every fork, exec and exit on the host takes for reading. Its writer waits
 // for an RCU grace period first, unless another writer took it within the last grace period:
-// 5–15 ms on this VM, the largest single wait of a cold start (docs/benchmarks.md, "Session
-// 23"). WillStart has a thread of the daemon take the rwsem as soon as a start is known to come
-// (it moves itself into the cgroup it is in already, which changes nothing), so that the grace
-// period passes while the daemon prepares the container's storage, and the init's moves find
-// the writers' way open. The move holds the kernel's cgroup mutex until the grace period has
-// passed, as the init's first move would: the start's own cgroup work (makeWorkCgroup, then
-// libcontainer's) comes as late in Start as it can.
+// 5–15 ms on the development machine, the largest single wait of a cold start
+// (docs/benchmarks.md, "Session 23"). WillStart has a thread of the daemon take the rwsem as
+// soon as a start is known to come (it moves itself into the cgroup it is in already, which
+// changes nothing), so that the grace period passes while the daemon prepares the container's
+// storage, and the init's moves find the writers' way open. The move holds the kernel's cgroup
+// mutex until the grace period has passed, as the init's first move would: the start's own
+// cgroup work (makeWorkCgroup, then libcontainer's) comes as late in Start as it can.
 
-// WillStart begins, in the background, what the next Start's cgroup moves would wait for.
+// WillStart begins, in the background, what the next Start's cgroup moves would wait for. One
+// move at a time: a move covers every start that comes within its grace period, and each one
+// blocks a thread in the kernel meanwhile.
 func (b *Backend) WillStart() {
-	if b.memory == "" {
+	if b.memory == "" || !b.priming.CompareAndSwap(false, true) {
 		return
 	}
 	go func() {
-		// The thread's cgroup is read and written by the same thread.
+		defer b.priming.Store(false)
+		// The thread's cgroup is read and written by the same thread; one that is not where
+		// it was is not given back to the runtime, and ends with the goroutine.
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := moveThreadToItsCgroup(b.memory, cgroups.IsCgroup2UnifiedMode()); err != nil {
+		moved, err := moveThreadToItsCgroup(b.memory, cgroups.IsCgroup2UnifiedMode())
+		if err != nil {
 			b.cfg.Log.Debug("take the cgroup attach lock ahead of a start", "err", err)
+		}
+		if !moved {
+			runtime.UnlockOSThread()
 		}
 	}()
 }
 
 // moveThreadToItsCgroup writes the calling thread, locked to it, into its own cgroup's threads
 // file in the hierarchy mounted at root: the memory controller's (cgroup v1), or a unified one
-// (v2).
-func moveThreadToItsCgroup(root string, v2 bool) error {
+// (v2). moved says whether the thread's cgroups are not what they were before (another
+// process moved the daemon meanwhile, or root is not the hierarchy the thread's cgroup
+// namespace names its cgroup in).
+func moveThreadToItsCgroup(root string, v2 bool) (moved bool, err error) {
+	before, err := os.ReadFile("/proc/thread-self/cgroup")
+	if err != nil {
+		return false, err
+	}
 	own, err := cgroups.ParseCgroupFile("/proc/thread-self/cgroup")
 	if err != nil {
-		return err
+		return false, err
 	}
 	dir, file := own["memory"], "tasks"
 	if v2 {
 		dir, file = own[""], "cgroup.threads"
 	}
 	if dir == "" || slices.Contains(strings.Split(dir, "/"), "..") {
-		return os.ErrNotExist
+		return false, errors.New("the thread's cgroup is not in this cgroup namespace's hierarchy")
 	}
 	f, err := os.OpenFile(filepath.Join(root, dir, file), os.O_WRONLY, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer f.Close()
 	_, err = f.WriteString(strconv.Itoa(unix.Gettid()))
-	return err
+	after, rerr := os.ReadFile("/proc/thread-self/cgroup")
+	return rerr != nil || !bytes.Equal(after, before), errors.Join(err, rerr)
 }

@@ -8,10 +8,12 @@ import (
 	"github.com/opencontainers/cgroups"
 )
 
-// TestMoveThreadToItsCgroup: the move WillStart makes ahead of a start works on this host
-// (one that failed would leave every start to wait for the kernel's grace period, silently),
-// in the memory hierarchy of cgroup v1 and in a unified one (a cgroup v2 host's, or the one a
-// hybrid host mounts beside its v1 hierarchies), and leaves the thread where it was.
+// TestMoveThreadToItsCgroup: the move WillStart makes ahead of a start finds the thread's
+// threads file and is accepted, in the memory hierarchy of cgroup v1 and in a unified one (a
+// cgroup v2 host's, or the one a hybrid host mounts beside its v1 hierarchies), and leaves the
+// thread where it was (one that failed would only lose the start its head start, silently).
+// Whether the kernel took its rwsem for it is a matter of time, which the bench shows
+// (docs/benchmarks.md, "Session 23").
 func TestMoveThreadToItsCgroup(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -20,27 +22,21 @@ func TestMoveThreadToItsCgroup(t *testing.T) {
 	if cgroups.IsCgroup2UnifiedMode() {
 		hierarchies[hierarchy("")] = true
 	} else {
-		hierarchies[hierarchy("memory")] = false
+		if memory := hierarchy("memory"); memory != "" {
+			hierarchies[memory] = false
+		}
 		if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.threads"); err == nil {
 			hierarchies["/sys/fs/cgroup/unified"] = true
 		}
 	}
+	if len(hierarchies) == 0 {
+		t.Skip("no memory or unified cgroup hierarchy")
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for root, v2 := range hierarchies {
-		before, err := os.ReadFile("/proc/thread-self/cgroup")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := moveThreadToItsCgroup(root, v2); err != nil {
-			t.Errorf("%s: %v", root, err)
-		}
-		after, err := os.ReadFile("/proc/thread-self/cgroup")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(after) != string(before) {
-			t.Errorf("%s: the thread's cgroups were\n%s\nand are\n%s", root, before, after)
+		if moved, err := moveThreadToItsCgroup(root, v2); err != nil || moved {
+			t.Errorf("%s: moved %v, %v; want the thread where it was, and no error", root, moved, err)
 		}
 	}
 }

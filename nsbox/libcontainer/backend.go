@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	runc "github.com/opencontainers/runc/libcontainer"
@@ -80,6 +81,8 @@ type Backend struct {
 	// starting holds a token for each start under way: at most two per CPU (Start).
 	starting chan struct{}
 	cpus     *cpuSets
+	// priming is set while WillStart's move waits in the kernel (attachprime.go).
+	priming atomic.Bool
 	// pids is the pids hierarchy's mount point, "" when it is not a cgroup v1 one (workcgroup.go);
 	// memory the memory hierarchy's (cgroup v2: the unified one), for OOM notifications.
 	pids, memory string
@@ -168,8 +171,8 @@ func (b *Backend) start(spec backend.Spec) (*instance, error) {
 		}
 	}
 	// The overlay is mounted (in a thread of its own in the user namespace, 1-1.5 ms) while the
-	// listener, files and cgroups below are made, on the daemon's other CPU: only the cwd,
-	// RootMounts and libcontainer need it. Its mount point exists first (libcontainer's checks).
+	// listener and files below are made, on the daemon's other CPU: only the cwd, RootMounts
+	// and libcontainer need it. Its mount point exists first (libcontainer's checks).
 	merged := b.rootMount(spec.ID)
 	if err := os.MkdirAll(merged, 0o755); err != nil {
 		return nil, fmt.Errorf("make root mount point: %w", err)
