@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,9 +19,15 @@ import (
 // TestBurstKeepsFewThreads: a burst of creates does not leave the daemon with a thread per
 // create it ran at once, nor one per running sandbox (starts run on threads that end with them,
 // at most two per CPU at a time; agents are reaped through their pidfds, not a wait4 each), and
-// once the burst's sandboxes are removed the daemon returns to its idle footprint: its threads,
-// and its RSS within a few MB (what the first use of code paths and grown maps keep).
+// once the burst's sandboxes are removed the daemon returns to its idle threads. Its memory is
+// held to what it was after an earlier burst like it: the first one grows what a daemon keeps
+// for its life (maps, pools, the heap's spans of each size, code paths' pages), a leak grows
+// with each.
 func TestBurstKeepsFewThreads(t *testing.T) {
+	// The counts again after the daemon's log, which a failure prints last (cleanups run in
+	// the reverse order of their registration).
+	var counts []string
+	t.Cleanup(func() { t.Log(strings.Join(counts, "; ")) })
 	d := startDaemon(t)
 	// Idle, as after a first sandbox: its code paths are paged in.
 	d.create(api.CreateSandboxRequest{ID: "first", Image: "busybox"})
@@ -30,7 +37,28 @@ func TestBurstKeepsFewThreads(t *testing.T) {
 	for _, leak := range d.leaks() {
 		t.Fatalf("after the first sandbox: %s", leak)
 	}
-	idle, idleRSS := d.threads(), d.rssKB()
+	idle := d.threads()
+	counts = append(counts, d.burstKeepsFewThreads(idle))
+	// The daemon returns freed memory 2 s after the last create or remove (trimDelay).
+	time.Sleep(3 * time.Second)
+	afterFirst := d.rssKB()
+	counts = append(counts, d.burstKeepsFewThreads(idle))
+	const rssSlackKB = 4 << 10
+	rss := d.rssKB()
+	for deadline := time.Now().Add(20 * time.Second); rss > afterFirst+rssSlackKB && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		rss = d.rssKB()
+	}
+	counts = append(counts, fmt.Sprintf("RSS %d → %d kB (after a first burst → after a second)", afterFirst, rss))
+	if rss > afterFirst+rssSlackKB {
+		t.Errorf("the daemon kept %d kB RSS after a second burst's sandboxes were removed (%d kB after the first, at most %d more expected)", rss, afterFirst, rssSlackKB)
+	}
+}
+
+// burstKeepsFewThreads creates 20 sandboxes at once and removes them, and checks the daemon's
+// threads against its idle count while they run and after. It returns the counts.
+func (d *testDaemon) burstKeepsFewThreads(idle int) string {
+	t := d.t
 	const n = 20
 	var wg sync.WaitGroup
 	for i := range n {
@@ -45,10 +73,10 @@ func TestBurstKeepsFewThreads(t *testing.T) {
 	wg.Wait()
 	// The runtime keeps a few threads for the CPUs, its monitor and the poller; 20 more would be
 	// one per sandbox or per concurrent start.
-	if limit := idle + 2*runtime.NumCPU() + 8; d.threads() > limit {
-		t.Errorf("the daemon has %d threads with %d sandboxes made at once (%d before, at most %d expected)", d.threads(), n, idle, limit)
+	burst := d.threads()
+	if limit := idle + 2*runtime.NumCPU() + 8; burst > limit {
+		t.Errorf("the daemon has %d threads with %d sandboxes made at once (%d before, at most %d expected)", burst, n, idle, limit)
 	}
-	burstThreads, burstRSS := d.threads(), d.rssKB()
 	for i := range n {
 		wg.Add(1)
 		go func() {
@@ -62,25 +90,23 @@ func TestBurstKeepsFewThreads(t *testing.T) {
 	for _, leak := range d.leaks() { // the teardowns are done
 		t.Fatalf("after the burst's removes: %s", leak)
 	}
-	// The daemon returns freed memory 2 s after the last create or remove (trimDelay); the
-	// threads its starts and teardowns blocked it ends at once (onOwnThread). Go never ends an
-	// idle thread, and a burst on N CPUs may leave a few more than the first sandbox did (ones
-	// that ran goroutines beside a system call, found idle at "idle" by chance): up to N + 2,
-	// against one per sandbox (20) without onOwnThread.
-	const rssSlackKB = 4 << 10
-	threadLimit := idle + runtime.NumCPU() + 2
-	threads, rss := d.threads(), d.rssKB()
-	for deadline := time.Now().Add(20 * time.Second); (threads > threadLimit || rss > idleRSS+rssSlackKB) && time.Now().Before(deadline); {
+	// The threads that starts and teardowns blocked the daemon ends at once (onOwnThread), and
+	// those of WillStart's moves. Go never ends an idle thread, and a burst on N CPUs leaves a few more than
+	// the first sandbox did: ones the runtime started to run goroutines beside another's system
+	// call (a file written, a directory made): up to 3 more on this 2-CPU machine, more on CI's.
+	// Without onOwnThread the daemon kept one per sandbox (16 more) on the machines of sessions
+	// 27–33; on this one's it kept 0–1 more (their calls end before the runtime hands their CPU
+	// on). The limit lies between.
+	threadLimit := idle + min(2*runtime.NumCPU()+4, n/2)
+	threads := d.threads()
+	for deadline := time.Now().Add(20 * time.Second); threads > threadLimit && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
-		threads, rss = d.threads(), d.rssKB()
+		threads = d.threads()
 	}
-	t.Logf("threads %d → %d → %d, RSS %d → %d → %d kB (idle → %d sandboxes → removed)", idle, burstThreads, threads, idleRSS, burstRSS, rss, n)
 	if threads > threadLimit {
 		t.Errorf("the daemon kept %d threads after the burst's sandboxes were removed (%d idle, at most %d expected)", threads, idle, threadLimit)
 	}
-	if rss > idleRSS+rssSlackKB {
-		t.Errorf("the daemon kept %d kB RSS after the burst's sandboxes were removed (%d kB idle, at most %d more expected)", rss, idleRSS, rssSlackKB)
-	}
+	return fmt.Sprintf("threads %d → %d → %d (idle → %d sandboxes → removed)", idle, burst, threads, n)
 }
 
 var threadsLine = regexp.MustCompile(`(?m)^Threads:\s+(\d+)$`)
@@ -91,9 +117,11 @@ func (d *testDaemon) threads() int {
 	return d.statusField(threadsLine)
 }
 
-var rssLine = regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB$`)
+var rssLine = regexp.MustCompile(`(?m)^RssAnon:\s+(\d+) kB$`)
 
-// rssKB is the daemon's resident set size.
+// rssKB is the daemon's resident anonymous memory: its heap, stacks and maps, without the
+// pages of its binary (code paths a burst used first are paged in, and stay until the host
+// needs the memory).
 func (d *testDaemon) rssKB() int {
 	d.t.Helper()
 	return d.statusField(rssLine)

@@ -1,6 +1,7 @@
 package libcontainer
 
 import (
+	"bytes"
 	"os"
 	"runtime"
 	"testing"
@@ -35,8 +36,15 @@ func TestMoveThreadToItsCgroup(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for root, v2 := range hierarchies {
-		if moved, err := moveThreadToItsCgroup(root, v2); err != nil || moved {
-			t.Errorf("%s: moved %v, %v; want the thread where it was, and no error", root, moved, err)
+		before, err := os.ReadFile("/proc/thread-self/cgroup")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := moveThreadToItsCgroup(root, v2); err != nil {
+			t.Errorf("%s: %v", root, err)
+		}
+		if after, err := os.ReadFile("/proc/thread-self/cgroup"); err != nil || !bytes.Equal(after, before) {
+			t.Errorf("%s: the thread's cgroups were\n%s\nand are\n%s (%v); want them unchanged", root, before, after, err)
 		}
 	}
 }
