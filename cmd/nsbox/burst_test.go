@@ -94,9 +94,9 @@ func (d *testDaemon) burstKeepsFewThreads(idle int) string {
 	// those of WillStart's moves. Go never ends an idle thread, and a burst on N CPUs leaves a few more than
 	// the first sandbox did: ones the runtime started to run goroutines beside another's system
 	// call (a file written, a directory made): up to 3 more on this 2-CPU machine, more on CI's.
-	// Without onOwnThread the daemon kept one per sandbox (16 more) on the machines of sessions
-	// 27–33; on this one's it kept 0–1 more (their calls end before the runtime hands their CPU
-	// on). The limit lies between.
+	// Without onOwnThread the daemon kept one per sandbox (16 more) on session 18's machine; on
+	// session 24's it kept 0–1 more (their calls end before the runtime hands their CPU on). The
+	// limit lies between.
 	threadLimit := idle + min(2*runtime.NumCPU()+4, n/2)
 	threads := d.threads()
 	for deadline := time.Now().Add(20 * time.Second); threads > threadLimit && time.Now().Before(deadline); {
