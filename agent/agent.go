@@ -67,7 +67,7 @@ type Agent struct {
 	// stoppedAt), and stopWatch, which lets them run again if the agent still lives a while
 	// after (state.go).
 	stopMu        sync.Mutex
-	stoppedGroups []int
+	stoppedGroups []process.StoppedGroup
 	stoppedAt     time.Time
 	stopWatch     *time.Timer
 	// watchers are the daemon's watch streams (GET /v1/watch).

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -431,17 +430,11 @@ func TestConcurrentUse(t *testing.T) {
 // PID 1: orphans are reaped by someone else, whenever they please).
 func liveMembers(pgid int) int {
 	n := 0
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, path := range stats {
-		stat, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(fields) > 2 && fields[2] == strconv.Itoa(pgid) && fields[0] != "Z" {
+	eachProcess(func(_ int, state byte, pgrp int) {
+		if pgrp == pgid && state != 'Z' {
 			n++
 		}
-	}
+	})
 	return n
 }
 
@@ -497,34 +490,39 @@ func TestReadStatus(t *testing.T) {
 }
 
 // TestStopAndContinue: Stop stops every thread of each running process's group (a finished
-// one is left out) before it returns; Continue lets them run again.
+// one is left out) before it returns; Continue lets them run again, but for a process that
+// was stopped before (here by its shell's `kill -STOP`).
 func TestStopAndContinue(t *testing.T) {
 	m := newTestManager(t)
 	done := start(t, m, api.StartProcessRequest{Command: "true"})
 	finish(t, done)
-	p := start(t, m, api.StartProcessRequest{Command: "sleep 100 & exec sleep 100"})
+	p := start(t, m, api.StartProcessRequest{Command: "sleep 100 & kill -STOP $!; exec sleep 100"})
 	pgid := p.Info().PID
-	members := func() (pids []int) {
-		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-		for _, stat := range stats {
-			if _, pgrp, ok := readStat(stat); ok && pgrp == pgid {
-				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(stat)))
-				pids = append(pids, pid)
-			}
-		}
-		return pids
-	}
-	for deadline := time.Now().Add(10 * time.Second); len(members()) < 2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the group %d never had its two sleeps: %v", pgid, members())
-		}
-	}
 	state := func(pid int) byte {
 		s, _, _ := readStat(fmt.Sprintf("/proc/%d/stat", pid))
 		return s
 	}
+	members := func() (pids []int) {
+		eachProcess(func(pid int, _ byte, pgrp int) {
+			if pgrp == pgid {
+				pids = append(pids, pid)
+			}
+		})
+		return pids
+	}
+	var stoppedBefore int // the first sleep, which its shell stopped
+	for deadline := time.Now().Add(10 * time.Second); stoppedBefore == 0; time.Sleep(time.Millisecond) {
+		for _, pid := range members() {
+			if pid != pgid && state(pid) == 'T' {
+				stoppedBefore = pid
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the group %d never had its stopped sleep: %v", pgid, members())
+		}
+	}
 	groups := m.Stop(5 * time.Second)
-	if !slices.Equal(groups, []int{pgid}) {
+	if len(groups) != 1 || groups[0].PGID != pgid {
 		t.Fatalf("Stop stopped the groups %v, want only the running process's %d", groups, pgid)
 	}
 	for _, pid := range members() {
@@ -533,11 +531,13 @@ func TestStopAndContinue(t *testing.T) {
 		}
 	}
 	Continue(groups)
-	for _, pid := range members() {
-		for deadline := time.Now().Add(5 * time.Second); state(pid) == 'T'; time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("process %d is still stopped after Continue", pid)
-			}
+	for deadline := time.Now().Add(5 * time.Second); state(pgid) == 'T'; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d is still stopped after Continue", pgid)
 		}
+	}
+	// SIGCONT would have reached it by now: the leader's did.
+	if s := state(stoppedBefore); s != 'T' {
+		t.Errorf("process %d, stopped before Stop, is in state %c after Continue, want T still", stoppedBefore, s)
 	}
 }
