@@ -155,7 +155,8 @@ const (
 	stopGrace = 10 * time.Second
 	// agentReadyTimeout bounds how long a new sandbox's agent may take to answer.
 	agentReadyTimeout = 10 * time.Second
-	// trimDelay is how long after the last create or remove the daemon returns freed memory.
+	// trimDelay is how long after the last create, remove or teardown the daemon returns
+	// freed memory.
 	trimDelay = 2 * time.Second
 )
 
@@ -253,8 +254,8 @@ func openRecorded(cfg Config, log *slog.Logger) (*Runtime, error) {
 	return r, nil
 }
 
-// settled is called after each create and remove: once none follows for trimDelay, the heap
-// that a burst grew is returned to the system (Go's scavenger would take minutes).
+// settled is called after each create, remove and teardown: once none follows for trimDelay,
+// the heap that a burst grew is returned to the system (Go's scavenger would take minutes).
 func (r *Runtime) settled() { r.trim.Reset(trimDelay) }
 
 // Cleanup is `nsbox daemon --cleanup`, for when no daemon runs. It does what a daemon's start
@@ -707,6 +708,7 @@ func (r *Runtime) retire(sb *sandbox) error {
 	go func() {
 		defer r.retiring.Done()
 		defer r.retiringCount.Add(-1)
+		defer r.settled() // the teardown's garbage is freed with the rest, after it
 		detach := func() error {
 			err := r.detachNetwork(sb.id)
 			release.done(err)

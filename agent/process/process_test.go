@@ -491,53 +491,71 @@ func TestReadStatus(t *testing.T) {
 
 // TestStopAndContinue: Stop stops every thread of each running process's group (a finished
 // one is left out) before it returns; Continue lets them run again, but for a process that
-// was stopped before (here by its shell's `kill -STOP`).
+// was stopped before (here by its shell's `kill -STOP`), also after two Stops (a save asked
+// twice).
 func TestStopAndContinue(t *testing.T) {
-	m := newTestManager(t)
-	done := start(t, m, api.StartProcessRequest{Command: "true"})
-	finish(t, done)
-	p := start(t, m, api.StartProcessRequest{Command: "sleep 100 & kill -STOP $!; exec sleep 100"})
-	pgid := p.Info().PID
-	state := func(pid int) byte {
-		s, _, _ := readStat(fmt.Sprintf("/proc/%d/stat", pid))
-		return s
-	}
-	members := func() (pids []int) {
-		eachProcess(func(pid int, _ byte, pgrp int) {
-			if pgrp == pgid {
-				pids = append(pids, pid)
+	for _, c := range []struct {
+		name, command string
+		stops         int
+	}{
+		{"nothing stopped before", "sleep 100 & exec sleep 100", 1},
+		{"one stopped before", "sleep 100 & kill -STOP $!; sleep 100 & exec sleep 100", 1},
+		{"one stopped before, two stops", "sleep 100 & kill -STOP $!; sleep 100 & exec sleep 100", 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newTestManager(t)
+			done := start(t, m, api.StartProcessRequest{Command: "true"})
+			finish(t, done)
+			p := start(t, m, api.StartProcessRequest{Command: c.command})
+			pgid := p.Info().PID
+			stoppedBefore := strings.Contains(c.command, "kill -STOP")
+			state := func(pid int) byte {
+				s, _, _ := readStat(fmt.Sprintf("/proc/%d/stat", pid))
+				return s
+			}
+			// members are the group's processes: which was stopped first, and the others.
+			members := func() (stopped int, others []int) {
+				eachProcess(func(pid int, state byte, pgrp int) {
+					if pgrp != pgid {
+						return
+					}
+					if stoppedBefore && pid != pgid && state == 'T' && stopped == 0 {
+						stopped = pid
+					} else {
+						others = append(others, pid)
+					}
+				})
+				return stopped, others
+			}
+			first, others := members()
+			for deadline := time.Now().Add(10 * time.Second); len(others) < 2 || (stoppedBefore && first == 0); first, others = members() {
+				if time.Now().After(deadline) {
+					t.Fatalf("the group %d never had its sleeps: %d stopped, %v others", pgid, first, others)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			var groups []StoppedGroup
+			for range c.stops {
+				groups = append(groups, m.Stop(5*time.Second)...)
+			}
+			if len(groups) != c.stops || groups[0].PGID != pgid {
+				t.Fatalf("Stop stopped the groups %v, want only the running process's %d", groups, pgid)
+			}
+			for _, pid := range others {
+				if s := state(pid); s != 'T' {
+					t.Errorf("process %d of the group is in state %c after Stop, want T", pid, s)
+				}
+			}
+			Continue(groups)
+			// Continue's signals have reached the processes when it returns.
+			for _, pid := range others {
+				if s := state(pid); s == 'T' {
+					t.Errorf("process %d is still stopped after Continue", pid)
+				}
+			}
+			if s := state(first); first != 0 && s != 'T' {
+				t.Errorf("process %d, stopped before Stop, is in state %c after Continue, want T still", first, s)
 			}
 		})
-		return pids
-	}
-	var stoppedBefore int // the first sleep, which its shell stopped
-	for deadline := time.Now().Add(10 * time.Second); stoppedBefore == 0; time.Sleep(time.Millisecond) {
-		for _, pid := range members() {
-			if pid != pgid && state(pid) == 'T' {
-				stoppedBefore = pid
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the group %d never had its stopped sleep: %v", pgid, members())
-		}
-	}
-	groups := m.Stop(5 * time.Second)
-	if len(groups) != 1 || groups[0].PGID != pgid {
-		t.Fatalf("Stop stopped the groups %v, want only the running process's %d", groups, pgid)
-	}
-	for _, pid := range members() {
-		if s := state(pid); s != 'T' {
-			t.Errorf("process %d of the group is in state %c after Stop, want T", pid, s)
-		}
-	}
-	Continue(groups)
-	for deadline := time.Now().Add(5 * time.Second); state(pgid) == 'T'; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d is still stopped after Continue", pgid)
-		}
-	}
-	// SIGCONT would have reached it by now: the leader's did.
-	if s := state(stoppedBefore); s != 'T' {
-		t.Errorf("process %d, stopped before Stop, is in state %c after Continue, want T still", stoppedBefore, s)
 	}
 }

@@ -44,8 +44,9 @@ func (m *Manager) Stop(wait time.Duration) []StoppedGroup {
 // A StoppedGroup is a process group Stop stopped.
 type StoppedGroup struct {
 	PGID int
-	// stoppedBefore are its processes that were stopped already (a job's own `kill -STOP`, a
-	// terminal's ^Z): Continue leaves them so.
+	// stoppedBefore are its processes that were stopped already (by a SIGSTOP or SIGTSTP sent
+	// to them: a job's own `kill -STOP`): Continue leaves them so. /proc is read once before
+	// the groups are stopped: one continued in between stays stopped too.
 	stoppedBefore []int
 }
 

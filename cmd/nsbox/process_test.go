@@ -432,9 +432,11 @@ func TestProcessForkBombAtThePidsLimit(t *testing.T) {
 		t.Fatalf("the pids cgroup of the sandbox's processes holds %v; want the shell alone, not the agent %s", pids, agentPID)
 	}
 	bomb := func() *api.Process {
-		// A busybox shell whose fork fails exits, so the bomb can die out at the limit before
-		// it is killed (it did on a faster machine): the leader forks a sleep first and waits.
-		p := d.startProc("fb", api.StartProcessRequest{Command: "sleep 1000 & bomb() { bomb | bomb & }; bomb; wait"})
+		// A busybox shell whose fork fails exits (status 2), so the bomb can die out at the
+		// limit before it is killed (it did on a faster machine), and so can a leader that forks
+		// its members (ash forks both of a pipeline's itself: CI saw the first one's bomb take
+		// the second's pid slot). The leader forks a sleep and a subshell that bombs, and waits.
+		p := d.startProc("fb", api.StartProcessRequest{Command: "sleep 1000 & (bomb() { bomb | bomb & }; bomb) & wait"})
 		for tasks() < 1024-16 { // the agent's threads count too
 			time.Sleep(20 * time.Millisecond)
 		}

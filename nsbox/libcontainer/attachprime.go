@@ -36,10 +36,11 @@ func (b *Backend) WillStart() {
 	}
 	go func() {
 		defer b.priming.Store(false)
-		// The thread is not given back to the runtime: it ends with the goroutine. Go keeps every
-		// thread it has, and the runtime may have started another to run what this one's wait
-		// held up (a burst of starts would otherwise grow the daemon by one thread per wait); a
-		// thread whose cgroup another process changed meanwhile ends with it too.
+		// The thread is not given back to the runtime: it ends with the goroutine (unless it is
+		// the main one, which Go parks instead). Go keeps every thread it has, and the runtime
+		// may have started another to run what this one's wait held up: the daemon would keep
+		// one thread more after a burst of starts. A thread whose cgroup another process changed
+		// meanwhile ends with it too.
 		runtime.LockOSThread()
 		if err := moveThreadToItsCgroup(b.memory, cgroups.IsCgroup2UnifiedMode()); err != nil {
 			b.cfg.Log.Debug("take the cgroup attach lock ahead of a start", "err", err)
