@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -154,13 +155,14 @@ func (s *records) Snapshots() ([]*snapshotRecord, error) {
 	return out, err
 }
 
-// Snapshot returns the record of the snapshot with the id, or a not-found error.
+// Snapshot returns the record of the snapshot with the id, or a not-found error (which names
+// the snapshots whose name is id: `snapshot ls` shows both).
 func (s *records) Snapshot(id string) (*snapshotRecord, error) {
 	snap := &snapshotRecord{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		data := tx.Bucket(snapshotsBucket).Get([]byte(id))
 		if data == nil {
-			return api.Errorf(api.CodeNotFound, "snapshot %q not found", id)
+			return snapshotNotFound(tx, id)
 		}
 		if err := json.Unmarshal(data, snap); err != nil {
 			return fmt.Errorf("decode snapshot %s: %w", id, err)
@@ -168,6 +170,23 @@ func (s *records) Snapshot(id string) (*snapshotRecord, error) {
 		return nil
 	})
 	return snap, err
+}
+
+// snapshotNotFound is the error for a snapshot id that none has; when snapshots are named id,
+// it gives their ids.
+func snapshotNotFound(tx *bolt.Tx, id string) error {
+	var named []string
+	_ = tx.Bucket(snapshotsBucket).ForEach(func(k, v []byte) error {
+		var snap api.Snapshot
+		if json.Unmarshal(v, &snap) == nil && snap.Name == id {
+			named = append(named, string(k))
+		}
+		return nil
+	})
+	if len(named) == 0 {
+		return api.Errorf(api.CodeNotFound, "snapshot %q not found", id)
+	}
+	return api.Errorf(api.CodeNotFound, "snapshot %q not found: it is the name of %s; snapshots are given by id", id, strings.Join(named, ", "))
 }
 
 // DeleteSnapshot removes the record of the snapshot with the id.

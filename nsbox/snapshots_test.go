@@ -46,6 +46,10 @@ func TestSnapshotsAndForks(t *testing.T) {
 		t.Errorf("a name with a newline: %v", err)
 	}
 
+	// A snapshot's name is not its id: the error says which id has that name.
+	if _, err := c.Create(ctx, api.CreateSandboxRequest{ID: "byname", FromSnapshot: "one"}); !api.IsCode(err, api.CodeNotFound) || !strings.Contains(err.Error(), snap.ID) {
+		t.Errorf("a create from the snapshot's name: %v; want not found, naming %s", err, snap.ID)
+	}
 	made := c.create(api.CreateSandboxRequest{ID: "copy", FromSnapshot: snap.ID, Labels: map[string]string{"l": "y"}})
 	if made.Env["A"] != "1" || made.Labels["l"] != "y" || made.Limits.MemoryMB != 32 || made.Cwd != "/tmp" || made.FromSnapshot != snap.ID {
 		t.Errorf("made from the snapshot: %+v", made)

@@ -39,7 +39,7 @@ func TestCLIManners(t *testing.T) {
 	}
 
 	// Usage errors: one line, a hint, nothing on stdout, exit 2.
-	for _, args := range [][]string{{"rm", "--nope", "m1"}, {"no-such-command"}, {"exec", "--timeout", "5", "m1", "--", "true"}, {"exec"}} {
+	for _, args := range [][]string{{"rm", "--nope", "m1"}, {"no-such-command"}, {"exec", "--timeout", "5", "m1", "--", "true"}, {"exec"}, {"fork", "--count", "0", "m1"}} {
 		out, errOut, code := d.cli("", args...)
 		if code != exitUsage || out != "" || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
 			t.Errorf("nsbox %v: exit %d, stdout %q, stderr %q; want 2, nothing on stdout, one line", args, code, out, errOut)

@@ -84,6 +84,10 @@ func forkCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return usageError("usage: nsbox fork [--count N] [--prefix P] [--name N] ID")
 			}
+			// The API takes a count of 0 for its default, 1: the flag's 0 is a mistake.
+			if n := c.Int("count"); n < 1 || n > api.MaxFork {
+				return usageError("--count %d: give 1 to %d", n, api.MaxFork)
+			}
 			res, err := apiClient(c).ForkSandbox(c.Context, c.Args().First(),
 				api.ForkRequest{Count: c.Int("count"), Prefix: c.String("prefix"), Name: c.String("name")})
 			if err != nil {
