@@ -198,15 +198,29 @@ func (r *Runtime) running(id string) (live, error) {
 // live is sb as it is now. sb.mu must be held.
 func (sb *sandbox) live() live { return live{sb: sb, inst: sb.inst, agent: sb.agent, rec: sb.rec} }
 
-// failure turns an unreachable agent into the reason the sandbox failed, when it did.
+// failure turns an unreachable agent into the reason it is: the sandbox's removal meanwhile,
+// or its failure, when it did.
 func (l live) failure(ctx context.Context, err error) error {
 	if !api.IsCode(err, api.CodeUnavailable) || ctx.Err() != nil {
 		return stopCause(ctx, err)
+	}
+	if err := l.removed(); err != nil {
+		return err
 	}
 	if reason := checkRunning(l.inst, l.agent); reason != "" {
 		return api.Errorf(api.CodeConflict, "sandbox %q has failed (%s); remove it and create a new one", l.sb.id, reason)
 	}
 	return err
+}
+
+// removed is the not-found error to answer when the sandbox is being removed or is gone (a
+// request whose agent went away with it), else nil.
+func (l live) removed() error {
+	switch l.sb.snapshot().Status {
+	case api.StatusStopping, stateRemoved:
+		return api.Errorf(api.CodeNotFound, "sandbox %q was removed while the request ran", l.sb.id)
+	}
+	return nil
 }
 
 // requireRunning is nil when sb runs, else the conflict to answer. sb.mu must be held.

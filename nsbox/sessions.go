@@ -165,11 +165,11 @@ func (r *Runtime) handleExec(w http.ResponseWriter, req *http.Request) error {
 	}
 	defer events.Close()
 	if stream {
-		relayExec(ctx, httpapi.NewSSEWriter(w), events)
+		relayExec(ctx, l, httpapi.NewSSEWriter(w), events)
 		return nil
 	}
 	if frames {
-		if err := answerFrames(ctx, w, events, body.MaxOutputBytes); err != nil {
+		if err := answerFrames(ctx, l, w, events, body.MaxOutputBytes); err != nil {
 			return l.failure(req.Context(), err)
 		}
 		return nil
@@ -194,9 +194,14 @@ func streamError(err error) error {
 }
 
 // streamEnd is the error frame or event that ends a stream relayed to a client when reading
-// the agent's failed with err: the daemon's stop, when that is why (ctx's cause), else
-// streamError's.
-func streamEnd(ctx context.Context, err error) error { return stopCause(ctx, streamError(err)) }
+// the agent's failed with err: the sandbox's removal or the daemon's stop, when that is why
+// (ctx's cause), else streamError's.
+func (l live) streamEnd(ctx context.Context, err error) error {
+	if removed := l.removed(); removed != nil {
+		return removed
+	}
+	return stopCause(ctx, streamError(err))
+}
 
 // collectResult gathers a whole exec from the agent's frames: its output into out, and its
 // result, whose Stdout and Stderr stay empty (they are written from out).
@@ -247,7 +252,7 @@ const startRelayFlush = time.Millisecond
 // says which stream was truncated and which is text ("utf-8") or not ("raw"). Nothing is
 // spooled and nothing is encoded. An error before the first frame is returned (the caller
 // answers it); one after it ends the frames with an error frame.
-func answerFrames(ctx context.Context, w http.ResponseWriter, events *eventStream, max int64) error {
+func answerFrames(ctx context.Context, l live, w http.ResponseWriter, events *eventStream, max int64) error {
 	out := httpapi.NewFrameWriter(w)
 	defer out.End()
 	checks := map[string]*streamCheck{api.EventStdout: {limit: api.OutputLimit{Max: max}}, api.EventStderr: {limit: api.OutputLimit{Max: max}}}
@@ -258,7 +263,7 @@ func answerFrames(ctx context.Context, w http.ResponseWriter, events *eventStrea
 			if !sent {
 				return streamError(err)
 			}
-			_ = out.SendError(streamEnd(ctx, err))
+			_ = out.SendError(l.streamEnd(ctx, err))
 			return nil
 		}
 		switch name {
@@ -305,12 +310,12 @@ const sseOutput = 64 << 10
 // relayExec streams an exec's frames to the client as Server-Sent Events as they come: output
 // chunks encoded as ExecEvents of at most sseOutput bytes each, every other event as it is (see
 // relayEvents).
-func relayExec(ctx context.Context, out *api.SSEWriter, events *eventStream) {
+func relayExec(ctx context.Context, l live, out *api.SSEWriter, events *eventStream) {
 	var buf []byte
 	for {
 		name, data, err := events.Next()
 		if err != nil {
-			_ = out.SendError(streamEnd(ctx, err))
+			_ = out.SendError(l.streamEnd(ctx, err))
 			return
 		}
 		if name != api.EventStdout && name != api.EventStderr {
@@ -361,7 +366,7 @@ func (r *Runtime) relayStream(w http.ResponseWriter, req *http.Request, last str
 	if out.Start() != nil {
 		return nil
 	}
-	relayEvents(req.Context(), out, events, last)
+	relayEvents(req.Context(), l, out, events, last)
 	return nil
 }
 
@@ -369,11 +374,11 @@ func (r *Runtime) relayStream(w http.ResponseWriter, req *http.Request, last str
 // names each event by its type, as the API does), until the event named last or until the
 // client goes away (the agent decides what happens to the command then). A stream that
 // fails, or that the daemon's stop ends (ctx's cause), is ended with an error event.
-func relayEvents(ctx context.Context, out *api.SSEWriter, events *eventStream, last string) {
+func relayEvents(ctx context.Context, l live, out *api.SSEWriter, events *eventStream, last string) {
 	for {
 		name, data, err := events.Next()
 		if err != nil {
-			_ = out.SendError(streamEnd(ctx, err))
+			_ = out.SendError(l.streamEnd(ctx, err))
 			return
 		}
 		if out.SendRaw(name, data) != nil || name == last {

@@ -472,6 +472,57 @@ func TestForcedRemoveKillsEveryProcessFirst(t *testing.T) {
 	}
 }
 
+// TestExecAnswersARemoveUnderIt: commands that run when their sandbox is removed (forced: its
+// agent is killed) answer that the sandbox was removed (404), not that it failed: a streamed
+// exec (frames, as the Go client asks) in its error frame, a JSON one in its answer.
+func TestExecAnswersARemoveUnderIt(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "gone", Image: "busybox"})
+	for _, sid := range []string{"frames", "json"} {
+		if _, err := d.client.CreateSession(context.Background(), "gone", api.CreateSessionRequest{ID: sid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	framed, answered := make(chan error, 1), make(chan *api.ErrorBody, 1)
+	go func() {
+		_, err := d.client.Exec(context.Background(), "gone", api.ExecRequest{SessionID: "frames", Command: "touch /tmp/frames; sleep 30"})
+		framed <- err
+	}()
+	go func() {
+		status, data := d.call("POST", "/v1/sandboxes/gone/exec", api.ExecRequest{SessionID: "json", Command: "touch /tmp/json; sleep 30"})
+		var eb api.ErrorBody
+		if json.Unmarshal(data, &eb) != nil || eb.Error == nil || status != http.StatusNotFound {
+			eb.Error = &api.Error{Code: fmt.Sprintf("status %d", status), Message: string(data)}
+		}
+		answered <- &eb
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if res := d.exec("gone", api.ExecRequest{Command: "test -f /tmp/frames -a -f /tmp/json"}); res.ExitCode == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the commands never ran")
+		}
+	}
+	if err := d.client.RemoveSandbox(context.Background(), "gone", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case err := <-framed:
+			if !api.IsCode(err, api.CodeNotFound) || !strings.Contains(err.Error(), "was removed") {
+				t.Errorf("the streamed exec under the remove ended with %v; want not found, the sandbox removed", err)
+			}
+		case eb := <-answered:
+			if eb.Error.Code != api.CodeNotFound || !strings.Contains(eb.Error.Message, "was removed") {
+				t.Errorf("the JSON exec under the remove answered %+v; want 404 not found, the sandbox removed", eb.Error)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("an exec under the remove never answered")
+		}
+	}
+}
+
 func TestConcurrentCreates(t *testing.T) {
 	d := startDaemon(t)
 	const n = 6
