@@ -717,8 +717,10 @@ type StartProcessRequest struct {
 	Cwd  string            `json:"cwd,omitempty"`  // relative to the session's or sandbox's directory
 	User string            `json:"user,omitempty"` // name, uid, uid:gid or name:group inside the sandbox; default the session's user, else the sandbox's
 	// Stdin is "null" (default: /dev/null) or "pipe" (written with POST …/stdin).
-	Stdin    string `json:"stdin,omitempty"`
-	LogBytes int64  `json:"logBytes,omitempty"` // size of the output ring; default 4 MiB
+	Stdin string `json:"stdin,omitempty"`
+	// LogBytes is the size of the output ring; default 4 MiB, at most 256 MiB, and at most the
+	// sandbox's log budget (a quarter of its memory limit), to which a larger one is reduced.
+	LogBytes int64 `json:"logBytes,omitempty"`
 	// Restart "on-resume" starts the process again when its sandbox resumes from hibernation
 	// while it ran; default "" (it stays stopped by hibernation).
 	Restart string `json:"restart,omitempty"`
@@ -758,7 +760,7 @@ type Process struct {
 	Error     string    `json:"error,omitempty"`  // failed: why it could not start
 	StartedAt time.Time `json:"startedAt"`
 	EndedAt   time.Time `json:"endedAt,omitzero"`
-	LogBytes  int64     `json:"logBytes"` // size of its output ring
+	LogBytes  int64     `json:"logBytes"` // size of its output ring (as asked, or the log budget)
 	LogEnd    int64     `json:"logEnd"`   // cursor after the last byte of output so far
 	// OOMKilled: killed (SIGKILL) by the kernel for lack of memory (the sandbox's memory limit),
 	// or, for a command, its shell reported so (exit code 137).

@@ -1,10 +1,11 @@
 // Package cgroup reads, from inside a sandbox, what its own cgroup counts: how many of its
 // processes the kernel's OOM killer has killed, so that a command that died of SIGKILL can
-// be reported as killed for lack of memory.
+// be reported as killed for lack of memory, and the sandbox's memory limit.
 package cgroup
 
 import (
 	"bytes"
+	"os"
 	"strconv"
 	"sync"
 
@@ -59,4 +60,29 @@ func oomKillLine(data []byte) uint64 {
 // ended it) was killed by the OOM killer: it died of SIGKILL while the count rose from before.
 func OOMKilled(exitCode int, before uint64) bool {
 	return exitCode == 128+9 && OOMKills() > before
+}
+
+// memoryLimitFiles are where the sandbox's memory limit is, in its cgroup namespace: cgroup
+// v2's memory.max ("max" when there is none) and v1's memory.limit_in_bytes (a number near
+// 2^63 when there is none).
+var memoryLimitFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
+
+// MemoryLimit is the sandbox's memory limit in bytes as its cgroup has it now (the daemon may
+// change it while the agent runs); 0 when there is none or it cannot be read.
+func MemoryLimit() int64 {
+	for _, path := range memoryLimitFiles {
+		if data, err := os.ReadFile(path); err == nil {
+			return parseMemoryLimit(data)
+		}
+	}
+	return 0
+}
+
+// parseMemoryLimit reads a memory.max or memory.limit_in_bytes (0: no limit).
+func parseMemoryLimit(data []byte) int64 {
+	n, err := strconv.ParseInt(string(bytes.TrimSpace(data)), 10, 64)
+	if err != nil || n <= 0 || n >= 1<<62 { // "max", or v1's "unlimited"
+		return 0
+	}
+	return n
 }

@@ -17,3 +17,19 @@ func TestOOMKillLine(t *testing.T) {
 		}
 	}
 }
+
+func TestParseMemoryLimit(t *testing.T) {
+	for _, c := range []struct {
+		data string
+		want int64
+	}{
+		{"67108864\n", 64 << 20},     // v2 memory.max, v1 memory.limit_in_bytes
+		{"max\n", 0},                 // v2: none
+		{"9223372036854771712\n", 0}, // v1: none
+		{"", 0},
+	} {
+		if got := parseMemoryLimit([]byte(c.data)); got != c.want {
+			t.Errorf("parseMemoryLimit(%q) = %d, want %d", c.data, got, c.want)
+		}
+	}
+}

@@ -12,21 +12,34 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
-	"github.com/nsbox/nsbox/session"
 )
 
 // output is a process's log: stdout and stderr in one ring, in the order they were read, with
 // one cursor space. The ring keeps bytes only; runs remembers where each run of one stream
 // starts, so a read can say which stream each byte came from. Runs are bounded too: when a
 // process switches streams so often that they would outgrow maxRuns, the oldest run is
-// dropped, and its bytes count as fallen off the ring (floor).
+// dropped, and its bytes count as fallen off the ring.
+//
+// The ring is a list of blocks of bs bytes (see logBlock), taken from the manager's budget as
+// it fills: blocks[i] holds the log's bytes from (first+i)*bs. It keeps at most the newest
+// size bytes, and fewer when the budget has no more blocks for it, or took some of its blocks
+// back (its process ended): then its oldest block is reused for the newest bytes.
 type output struct {
-	mu      sync.Mutex // a write and its run are recorded together
-	ring    *session.Ring
-	size    int64
-	runs    []run
-	maxRuns int
-	floor   int64 // bytes before it are gone, even if the ring still holds them
+	budget *logBudget // nil: no budget (tests)
+	wmu    sync.Mutex // one write at a time (the stdout and stderr drains), across its budget calls
+
+	mu        sync.Mutex // a write and its run are recorded together
+	size      int64      // at most the newest size bytes are kept
+	bs        int        // the blocks' size: logBlock, or size when smaller
+	maxBlocks int        // enough for size bytes wherever they start in a block
+	blocks    [][]byte
+	first     int64 // the block index (offset/bs) of blocks[0]
+	start     int64 // bytes before it are gone
+	written   int64 // the offset after the last byte written
+	wake      chan struct{}
+	runs      []run
+	maxRuns   int
+	dead      bool // its process was removed: nothing is kept any more
 
 	// reading is held from a read of a pipe until its bytes are in the log (drain), so that
 	// settle can tell an empty pipe from one whose last bytes are on their way into the log.
@@ -39,10 +52,13 @@ type run struct {
 	stream string
 }
 
-// newOutput makes a log of size bytes that begins with the earlier chunks (their data as
-// encoded in events; undecodable ones are skipped).
-func newOutput(size int64, earlier []api.ProcessEvent) *output {
-	o := &output{ring: session.NewRing(int(size)), size: size, maxRuns: int(max(64, size/32))}
+// newOutput makes a log of size bytes whose memory is counted in budget (nil: none), that
+// begins with the earlier chunks (their data as encoded in events; undecodable ones are
+// skipped).
+func newOutput(budget *logBudget, size int64, earlier []api.ProcessEvent) *output {
+	bs := int(min(size, logBlock))
+	o := &output{budget: budget, size: size, bs: bs, maxBlocks: int((size+int64(bs)-1)/int64(bs)) + 1,
+		maxRuns: int(max(64, size/32)), wake: make(chan struct{})}
 	for _, ev := range earlier {
 		if b, err := ev.Bytes(); err == nil && (ev.Type == api.EventStdout || ev.Type == api.EventStderr) {
 			o.write(ev.Type, b)
@@ -51,26 +67,174 @@ func newOutput(size int64, earlier []api.ProcessEvent) *output {
 	return o
 }
 
+// write appends p, a read of stream. The blocks and the run list room it needs are taken from
+// the budget first, without o.mu (the budget may take memory back from other logs).
 func (o *output) write(stream string, p []byte) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	end := o.ring.End()
-	if len(o.runs) == 0 || o.runs[len(o.runs)-1].stream != stream {
-		o.runs = append(o.runs, run{off: end, stream: stream})
+	if len(p) == 0 {
+		return
 	}
-	_, _ = o.ring.Write(p)
-	// Forget runs that ended before the oldest byte the ring still keeps.
-	start, drop := max(0, end+int64(len(p))-o.size), 0
-	for drop+1 < len(o.runs) && o.runs[drop+1].off <= start {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	o.mu.Lock()
+	blocks, runBytes := o.wants(stream, int64(len(p)))
+	o.mu.Unlock()
+	var spare [][]byte
+	if blocks > 0 {
+		spare = o.budget.take(o, blocks, o.bs)
+	}
+	if runBytes > 0 && !o.budget.reserve(o, runBytes) {
+		runBytes = 0
+	}
+	o.mu.Lock()
+	spare, runBytes = o.put(stream, p, spare, runBytes)
+	o.mu.Unlock()
+	o.budget.release(spare, runBytes) // taken but not needed after all
+}
+
+// wants says how many blocks more, and how many bytes more of run list, a write of n bytes of
+// stream would use. Under o.mu.
+func (o *output) wants(stream string, n int64) (blocks int, runBytes int64) {
+	if o.dead {
+		return 0, 0
+	}
+	end := o.written + n
+	bs := int64(o.bs)
+	need := int((end-1)/bs - max(0, end-o.size)/bs + 1)
+	blocks = max(0, min(need, o.maxBlocks)-len(o.blocks))
+	if (len(o.runs) == 0 || o.runs[len(o.runs)-1].stream != stream) && len(o.runs) == cap(o.runs) && cap(o.runs) < o.maxRuns {
+		runBytes = int64(min(o.maxRuns, max(8, 2*cap(o.runs)))-cap(o.runs)) * runSize
+	}
+	return blocks, runBytes
+}
+
+// put writes p into the log with the spare blocks and runBytes more of run list it was given,
+// and returns what it did not use. Under o.mu.
+func (o *output) put(stream string, p []byte, spare [][]byte, runBytes int64) ([][]byte, int64) {
+	if o.dead {
+		return spare, runBytes
+	}
+	defer o.changed()
+	if len(o.runs) == 0 || o.runs[len(o.runs)-1].stream != stream {
+		if len(o.runs) == cap(o.runs) {
+			switch {
+			case runBytes > 0:
+				runs := make([]run, len(o.runs), int64(cap(o.runs))+runBytes/runSize)
+				copy(runs, o.runs)
+				o.runs, runBytes = runs, 0
+			case len(o.runs) > 0: // no room for one more: the oldest run goes
+				o.dropRuns(1)
+			default: // no room for any: nothing can be kept
+				o.written += int64(len(p))
+				o.start = o.written
+				return spare, runBytes
+			}
+		}
+		o.runs = append(o.runs, run{off: o.written, stream: stream})
+	}
+	bs := int64(o.bs)
+	if int64(len(p)) >= o.size { // only its last size bytes are kept: everything before goes
+		o.written += int64(len(p)) - o.size
+		p = p[int64(len(p))-o.size:]
+		spare = append(spare, o.blocks...)
+		o.blocks = nil
+	}
+	if len(o.blocks) == 0 {
+		o.first, o.start = o.written/bs, o.written
+	}
+	for len(p) > 0 {
+		if int(o.written/bs-o.first) == len(o.blocks) { // past the last block
+			switch {
+			case len(spare) > 0 && len(o.blocks) < o.maxBlocks:
+				o.blocks = append(o.blocks, spare[len(spare)-1])
+				spare = spare[:len(spare)-1]
+			case len(o.blocks) > 0: // the oldest block is reused
+				blk := o.blocks[0]
+				o.blocks[0] = nil
+				o.blocks = append(o.blocks[1:], blk)
+				o.first++
+			default: // no memory at all: nothing is kept
+				o.written += int64(len(p))
+				o.first, o.start = o.written/bs, o.written
+				p = nil
+				continue
+			}
+		}
+		k := copy(o.blocks[o.written/bs-o.first][o.written%bs:], p)
+		p, o.written = p[k:], o.written+int64(k)
+	}
+	o.start = max(o.start, o.first*bs, o.written-o.size)
+	o.trimRuns()
+	return spare, runBytes
+}
+
+// changed wakes those waiting for the log to change. Under o.mu.
+func (o *output) changed() {
+	close(o.wake)
+	o.wake = make(chan struct{})
+}
+
+// trimRuns forgets the runs that ended before start, and those beyond maxRuns. Under o.mu.
+func (o *output) trimRuns() {
+	drop := 0
+	for drop+1 < len(o.runs) && o.runs[drop+1].off <= o.start {
 		drop++
 	}
-	if over := len(o.runs) - o.maxRuns; over > drop {
-		drop = over
+	o.dropRuns(max(drop, len(o.runs)-o.maxRuns))
+}
+
+// dropRuns forgets the n oldest runs; their bytes are gone. Under o.mu.
+func (o *output) dropRuns(n int) {
+	if n <= 0 {
+		return
 	}
-	if drop > 0 {
-		o.runs = append(o.runs[:0], o.runs[drop:]...)
-		o.floor = max(o.floor, o.runs[0].off)
+	o.runs = append(o.runs[:0], o.runs[n:]...)
+	if len(o.runs) == 0 {
+		o.start = o.written
+	} else {
+		o.start = max(o.start, o.runs[0].off)
 	}
+}
+
+// giveUp takes the oldest block off the log (nil: it has none) for the budget to hand on;
+// once it has none left, it frees its run list too (freed bytes) and is empty.
+func (o *output) giveUp() (blk []byte, freed int64, empty bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.blocks) > 0 {
+		blk = o.blocks[0]
+		o.blocks[0] = nil
+		o.blocks = o.blocks[1:]
+		o.first++
+		o.start = max(o.start, o.first*int64(o.bs))
+		if len(o.blocks) == 0 {
+			o.start = o.written
+		}
+		o.trimRuns()
+		o.changed()
+	}
+	if len(o.blocks) == 0 {
+		freed, o.runs = int64(cap(o.runs))*runSize, nil
+		return blk, freed, true
+	}
+	return blk, 0, false
+}
+
+// free drops everything the log holds and returns how many bytes that was; it keeps nothing
+// after.
+func (o *output) free() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	freed := int64(len(o.blocks)*o.bs) + int64(cap(o.runs))*runSize
+	o.blocks, o.runs, o.dead, o.start = nil, nil, true, o.written
+	o.changed()
+	return freed
+}
+
+// held is how many bytes the log holds.
+func (o *output) held() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return int64(len(o.blocks)*o.bs) + int64(cap(o.runs))*runSize
 }
 
 // read returns the chunks after cursor (at most limit bytes; all when limit < 0), how many
@@ -79,10 +243,18 @@ func (o *output) write(stream string, p []byte) {
 func (o *output) read(cursor int64, limit int) (chunks []api.ProcessEvent, skipped, next int64, changed <-chan struct{}) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	from := max(cursor, o.floor)
-	data, skipped, next, changed := o.ring.ReadAt(from, limit)
-	skipped += from - cursor
-	off := next - int64(len(data))
+	cursor = min(cursor, o.written)
+	from := max(cursor, o.start)
+	skipped, next = from-cursor, o.written
+	if limit >= 0 && next-from > int64(limit) {
+		next = from + int64(limit)
+	}
+	data := make([]byte, next-from)
+	bs := int64(o.bs)
+	for off := from; off < next; {
+		off += int64(copy(data[off-from:], o.blocks[off/bs-o.first][off%bs:]))
+	}
+	off := from
 	j := 0 // the run that holds off
 	for j+1 < len(o.runs) && o.runs[j+1].off <= off {
 		j++
@@ -96,10 +268,14 @@ func (o *output) read(cursor int64, limit int) (chunks []api.ProcessEvent, skipp
 		chunks = append(chunks, api.ProcessEvent{Type: ev.Type, Data: ev.Data, Encoding: ev.Encoding, Cursor: off + n})
 		data, off = data[n:], off+n
 	}
-	return chunks, skipped, next, changed
+	return chunks, skipped, next, o.wake
 }
 
-func (o *output) end() int64 { return o.ring.End() }
+func (o *output) end() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.written
+}
 
 // drain copies a pipe into the log until it ends.
 func (o *output) drain(stream string, r *os.File) {

@@ -64,6 +64,7 @@ type Manager struct {
 	session  SessionLookup
 
 	changed func(ended *api.Process) // see OnChange
+	logs    *logBudget               // the memory all the processes' logs may hold (see LogBudget)
 
 	mu    sync.Mutex
 	procs map[string]*Process
@@ -78,7 +79,14 @@ func (m *Manager) OnChange(fn func(ended *api.Process)) { m.changed = fn }
 // NewManager returns a manager that starts processes with start, from the sandbox's defaults
 // or a session's state.
 func NewManager(start session.StartFunc, defaults SandboxDefaults, lookup SessionLookup) *Manager {
-	return &Manager{start: start, defaults: defaults, session: lookup, procs: map[string]*Process{}}
+	return &Manager{start: start, defaults: defaults, session: lookup, procs: map[string]*Process{},
+		logs: newLogBudget(sandboxLogBudget)}
+}
+
+// SetLogBudget has the processes' logs hold at most bytes together, instead of the budget
+// LogBudget gives for the sandbox's memory limit. Set it before the first process is started.
+func (m *Manager) SetLogBudget(bytes int64) {
+	m.logs = newLogBudget(func() int64 { return bytes })
 }
 
 // Process is one started (or failed) process.
@@ -157,6 +165,9 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 	if req.LogBytes == 0 {
 		req.LogBytes = DefaultLogBytes
 	}
+	// A log is at most the whole budget: its info says the size it got. The request keeps what
+	// was asked for, for a start again after a hibernation (in a sandbox that may be larger).
+	logBytes := m.logs.size(req.LogBytes)
 
 	// The environment and directory it starts from: the session's, or the sandbox's.
 	base, cwd, user := m.defaults()
@@ -196,10 +207,10 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 		return nil, api.Errorf(api.CodeConflict, "process id %q is taken; remove that process first (DELETE …/processes/%s) or choose another id", req.ID, req.ID)
 	}
 	p := &Process{
-		req: req, out: newOutput(req.LogBytes, earlier), exited: make(chan struct{}), finished: make(chan struct{}), recheck: make(chan struct{}, 1),
+		req: req, out: newOutput(m.logs, logBytes, earlier), exited: make(chan struct{}), finished: make(chan struct{}), recheck: make(chan struct{}, 1),
 		info: api.Process{
 			ID: req.ID, Command: req.Command, Argv: slices.Clone(req.Argv), SessionID: req.SessionID, User: name, Cwd: cwd,
-			Stdin: req.Stdin, LogBytes: req.LogBytes, StartedAt: time.Now().UTC(), Status: api.ProcessRunning,
+			Stdin: req.Stdin, LogBytes: logBytes, StartedAt: time.Now().UTC(), Status: api.ProcessRunning,
 		},
 	}
 	m.procs[req.ID] = p
@@ -211,6 +222,7 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 		p.mu.Unlock()
 		close(p.exited)
 		close(p.finished)
+		m.logs.ended(p.out)
 	}
 	if m.changed != nil {
 		m.changed(nil)
@@ -361,6 +373,7 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int, st Se
 		case <-time.After(drainGrace):
 		}
 		close(p.finished)
+		p.out.budget.ended(p.out) // its log is among the first to give up memory now
 	}()
 	return nil
 }
@@ -477,6 +490,7 @@ func (m *Manager) Remove(id string) error {
 		return api.Errorf(api.CodeNotFound, "no process %q in this sandbox", id)
 	}
 	delete(m.procs, id)
+	m.logs.forget(p.out)
 	return nil
 }
 
@@ -496,6 +510,7 @@ func (m *Manager) RemoveFinished() []api.Process {
 	out := []api.Process{}
 	for _, p := range gone {
 		out = append(out, p.Info())
+		m.logs.forget(p.out)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out

@@ -97,7 +97,7 @@ func allOutput(p *Process, limit int) (stdout, stderr []byte, skipped int64) {
 }
 
 func TestOutputTagsStreamsAndCountsSkipped(t *testing.T) {
-	o := newOutput(8, nil)
+	o := newOutput(nil, 8, nil)
 	o.write(api.EventStdout, []byte("ab"))
 	o.write(api.EventStdout, []byte("c"))
 	o.write(api.EventStderr, []byte("DE"))
@@ -129,7 +129,7 @@ func TestOutputTagsStreamsAndCountsSkipped(t *testing.T) {
 }
 
 func TestOutputBoundsItsRuns(t *testing.T) {
-	o := newOutput(4096, nil) // at most 128 runs
+	o := newOutput(nil, 4096, nil) // at most 128 runs
 	for i := range 1000 {
 		o.write([]string{api.EventStdout, api.EventStderr}[i%2], []byte{byte('a' + i%2)})
 	}

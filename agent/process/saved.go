@@ -60,15 +60,21 @@ func (m *Manager) Restore(ctx context.Context, saved []api.SavedProcess) []error
 		if info.Status == api.ProcessRunning {
 			info.Status, info.Error, info.EndedAt, info.PID = api.ProcessStopped, StoppedByHibernation, time.Now().UTC(), 0
 		}
-		p := &Process{req: sp.Request, out: newOutput(max(info.LogBytes, 1), sp.Log), info: info,
+		info.LogBytes = m.logs.size(max(info.LogBytes, 1))
+		p := &Process{req: sp.Request, out: newOutput(m.logs, info.LogBytes, sp.Log), info: info,
 			exited: make(chan struct{}), finished: make(chan struct{}), recheck: make(chan struct{}, 1), stdinClosed: true}
 		close(p.exited)
 		close(p.finished)
+		m.logs.ended(p.out)
 		m.mu.Lock()
-		if _, taken := m.procs[info.ID]; !taken {
+		_, taken := m.procs[info.ID]
+		if !taken {
 			m.procs[info.ID] = p
 		}
 		m.mu.Unlock()
+		if taken {
+			m.logs.forget(p.out)
+		}
 	}
 	return errs
 }

@@ -659,3 +659,52 @@ func TestCLIProcesses(t *testing.T) {
 		t.Fatalf("kill --all: %q", out)
 	}
 }
+
+// TestProcessLogsStayInTheMemoryBudget: the processes' logs live in the agent's memory, which
+// the sandbox's memory limit counts. A user's trial had 20 processes of 4 MB of output each
+// OOM-kill the agent of a 64 MB sandbox (at the 10th), and so did one process with a huge
+// logBytes: the logs now keep to a quarter of the limit, the ended processes' first, and the
+// sandbox lives on.
+func TestProcessLogsStayInTheMemoryBudget(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "lm", Image: "busybox", Limits: api.Limits{MemoryMB: 64}})
+	agent := d.agentPID("lm")
+	const budget = 16 << 20 // a quarter of 64 MiB
+	var last *api.Process
+	for i := 1; i <= 20; i++ {
+		last = d.startProc("lm", api.StartProcessRequest{ID: fmt.Sprintf("step%d", i),
+			Command: fmt.Sprintf("head -c 3000000 /dev/urandom | base64; echo last-of-%d", i)})
+		if res := d.waitProc("lm", last.ID, api.WaitProcessRequest{TimeoutMs: 60000}); !res.Met || res.Process.ExitCode != 0 {
+			t.Fatalf("step %d: %+v", i, res)
+		}
+	}
+	stdout, _, skipped, next := d.readLogs("lm", last.ID, 0, 0)
+	if !strings.HasSuffix(string(stdout), "\nlast-of-20\n") || skipped != 0 || next != int64(len(stdout)) {
+		t.Fatalf("the last process's log: %d bytes, %d skipped, cursor %d", len(stdout), skipped, next)
+	}
+	// The first ones gave their memory up: their logs say the bytes were dropped.
+	_, _, skipped, next = d.readLogs("lm", "step1", 0, 0)
+	if skipped == 0 || next < 4_000_000 {
+		t.Fatalf("the first process's log: %d skipped, cursor %d", skipped, next)
+	}
+	// One process asking for a ring larger than the budget gets the budget, and writes 150 MB.
+	big := d.startProc("lm", api.StartProcessRequest{ID: "big", LogBytes: 60_000_000,
+		Command: "yes 0123456789012345678901234567890123456789012345678 | head -c 150000000; echo newest-line"})
+	if big.LogBytes != budget {
+		t.Fatalf("logBytes beyond the budget: %d, want %d", big.LogBytes, budget)
+	}
+	if res := d.waitProc("lm", "big", api.WaitProcessRequest{TimeoutMs: 120000}); !res.Met || res.Process.ExitCode != 0 || res.Process.LogEnd != 150_000_000+12 {
+		t.Fatalf("big: %+v", res)
+	}
+	stdout, _, skipped, next = d.readLogs("lm", "big", 0, 4<<20)
+	if !strings.HasSuffix(string(stdout), "\nnewest-line\n") || skipped == 0 || int64(len(stdout))+skipped != next || len(stdout) < budget/2 {
+		t.Fatalf("big's log: %d bytes, %d skipped, cursor %d", len(stdout), skipped, next)
+	}
+	sb, err := d.client.GetSandbox(context.Background(), "lm")
+	if err != nil || sb.Status != api.StatusRunning || sb.PID != agent {
+		t.Fatalf("the sandbox after its logs outgrew the budget: %+v %v (agent was %d)", sb, err, agent)
+	}
+	if res := d.exec("lm", api.ExecRequest{Command: "echo alive"}); res.ExitCode != 0 || res.Stdout != "alive\n" {
+		t.Fatalf("exec after: %+v", res)
+	}
+}

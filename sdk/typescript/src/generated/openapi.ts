@@ -1804,7 +1804,7 @@ export interface components {
              * @enum {string}
              */
             stdin?: "null" | "pipe";
-            /** @description Size of the process's output ring, in bytes (default 4 MiB = 4194304, at most 256 MiB). It is memory of the agent, counted in the sandbox's memory limit, allocated as output arrives. */
+            /** @description Size of the process's output ring, in bytes (default 4 MiB = 4194304, at most 256 MiB). It is memory of the agent, counted in the sandbox's memory limit, allocated as output arrives. All the processes' logs of a sandbox hold at most a quarter of its memory limit together (at least 4 MiB, at most 1 GiB): a larger `logBytes` is reduced to that (the process's `logBytes` says what it got); when the logs would outgrow it, ended processes' logs give up their oldest bytes first (the process that ended first first), then running processes' logs stop growing and keep their newest bytes. What is dropped is reported as `skipped`, as bytes that fell off the ring are. */
             logBytes?: number;
             /**
              * @description `on-resume`: when its sandbox resumes from hibernation while it ran, the process is started again with the same request and id (its log goes on after the kept end). Default: it stays `stopped`.
@@ -1845,7 +1845,7 @@ export interface components {
              * @description When it ended; absent while it runs.
              */
             endedAt?: string;
-            /** @description The size of its output ring. */
+            /** @description The size of its output ring: the `logBytes` asked for, or the sandbox's log budget when that is smaller (see the request's `logBytes`). */
             logBytes: number;
             /** @description The log cursor after the last byte of output so far: the total number of bytes it has written to stdout and stderr. */
             logEnd: number;
