@@ -49,6 +49,15 @@ func TestUserNamespaceIDs(t *testing.T) {
 	if info, err := r.Stat("/hosts"); err != nil || info.UID != 65534 || info.GID != 65534 {
 		t.Errorf("a file of the host's root: %+v %v", info, err)
 	}
+	// A replaced file keeps its owner, but not one that is no id of the sandbox.
+	must(t, os.Chown(filepath.Join(dir, "d/moved"), 1<<30+7, 1<<30+8))
+	for p, want := range map[string][2]uint32{"/d/moved": {7, 8}, "/hosts": {1000, 1001}} {
+		_, err = r.Write(p, strings.NewReader("y"), WriteOptions{UID: 1000, GID: 1001})
+		must(t, err)
+		if uid, gid := hostOwner(p); uid != 1<<30+want[0] || gid != 1<<30+want[1] {
+			t.Errorf("replaced %s is %d:%d on the host, want the range's %v", p, uid, gid, want)
+		}
+	}
 	_, err = r.Write("/x", strings.NewReader("x"), WriteOptions{UID: 70000, GID: -1})
 	if !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), "0 to 65535") {
 		t.Errorf("a uid outside the namespace: %v", err)

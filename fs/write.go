@@ -17,11 +17,16 @@ import (
 type WriteOptions struct {
 	// Mode is the file's permission and special bits, as 0o4755 or as Go's flags
 	// (os.ModeSetuid…). Zero keeps the mode of the file being replaced, or 0644 for a new one.
+	// A writer other than root never leaves a setuid or setgid bit on a file it does not own.
 	Mode os.FileMode
 	// MakeParents creates missing parent directories (mode 0755, owned by UID and GID).
 	MakeParents bool
-	// UID and GID own the file (the sandbox's ids); -1 leaves the sandbox's root.
-	UID, GID int
+	// UID and GID are the writer's ids in the sandbox (-1: the sandbox's root): they own a new
+	// file. A regular file that is replaced keeps its owner, as it keeps its mode, unless
+	// ExplicitUID (ExplicitGID) says that UID (GID) was asked for: then it owns the file
+	// whether new or replaced.
+	UID, GID                 int
+	ExplicitUID, ExplicitGID bool
 	// MaxBytes, when positive, refuses a larger upload (payload_too_large).
 	MaxBytes int64
 }
@@ -57,7 +62,7 @@ func (r *Root) write(p string, src io.Reader, opts WriteOptions, uid, gid int) (
 	if err := r.guard("write", p, dir, base); err != nil {
 		return nil, err
 	}
-	mode, err := replacedMode(dir, base, opts.Mode)
+	own, err := r.replacing(dir, base, opts, uid, gid)
 	if err != nil {
 		return nil, pathErr("write", p, err)
 	}
@@ -65,7 +70,7 @@ func (r *Root) write(p string, src io.Reader, opts WriteOptions, uid, gid int) (
 	if err != nil {
 		return nil, pathErr("write", p, err)
 	}
-	info, err := r.fillTemp(tmp, p, src, opts.MaxBytes, uid, gid, mode)
+	info, err := r.fillTemp(tmp, p, src, opts.MaxBytes, own)
 	if err == nil {
 		err = unix.Renameat(dir, tmp.Name(), dir, base)
 	}
@@ -76,22 +81,51 @@ func (r *Root) write(p string, src io.Reader, opts WriteOptions, uid, gid int) (
 	return info, nil
 }
 
-// replacedMode is the mode a write gives the file base in dir: want when set, else the
-// current file's, else the default. Writing over a directory fails with EISDIR.
-func replacedMode(dir int, base string, want os.FileMode) (uint32, error) {
+// attrs are the owner (host ids; -1 leaves the creator's) and mode a write gives its file.
+type attrs struct {
+	uid, gid int
+	mode     uint32
+}
+
+// replacing is what a write by the writer uid and gid (host ids, -1: the sandbox's root) gives
+// the file base in dir: the owner and mode opts asks for, else those of the regular file it
+// replaces (an editor's save must not take a file from its owner), else the writer's ids and
+// the default mode. An old owner that is no id of the sandbox (a host file that shows as
+// nobody) is not kept. When the writer is not root, a file whose uid (gid) is not the writer's
+// loses its setuid (setgid) bit, even one opts.Mode asks for, as the kernel clears them when
+// such a process writes to a file: a session's user must not make a program that runs as
+// another. Writing over a directory fails with EISDIR.
+func (r *Root) replacing(dir int, base string, opts WriteOptions, uid, gid int) (attrs, error) {
+	a := attrs{uid: uid, gid: gid, mode: defaultFileMode}
 	var st unix.Stat_t
 	err := unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
-	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		return 0, unix.EISDIR
-	case want != 0:
-		return unixMode(want), nil
-	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG:
-		return st.Mode & 0o7777, nil
-	case err == nil || err == unix.ENOENT:
-		return defaultFileMode, nil
+	case err == unix.ENOENT:
+	case err != nil:
+		return attrs{}, err
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return attrs{}, unix.EISDIR
+	case st.Mode&unix.S_IFMT == unix.S_IFREG:
+		a.mode = st.Mode & 0o7777
+		if !opts.ExplicitUID && r.ids.Maps(st.Uid) {
+			a.uid = int(st.Uid)
+		}
+		if !opts.ExplicitGID && r.ids.Maps(st.Gid) {
+			a.gid = int(st.Gid)
+		}
 	}
-	return 0, err
+	if opts.Mode != 0 {
+		a.mode = unixMode(opts.Mode)
+	}
+	if root, _ := r.hostID("uid", 0); uid != -1 && uid != root {
+		if a.uid != uid {
+			a.mode &^= unix.S_ISUID
+		}
+		if a.gid != gid {
+			a.mode &^= unix.S_ISGID
+		}
+	}
+	return a, nil
 }
 
 // createTemp creates a new, empty, private file with a random name in dir; its Name is
@@ -107,9 +141,9 @@ func createTemp(dir int) (*os.File, error) {
 	return os.NewFile(uintptr(fd), name), nil
 }
 
-// fillTemp copies src into tmp (at most maxBytes when positive), gives it its owner (host
-// ids) and mode, describes it as the file at p and closes it.
-func (r *Root) fillTemp(tmp *os.File, p string, src io.Reader, maxBytes int64, uid, gid int, mode uint32) (*Info, error) {
+// fillTemp copies src into tmp (at most maxBytes when positive), gives it its owner and mode,
+// describes it as the file at p and closes it.
+func (r *Root) fillTemp(tmp *os.File, p string, src io.Reader, maxBytes int64, own attrs) (*Info, error) {
 	defer tmp.Close()
 	if maxBytes > 0 {
 		src = io.LimitReader(src, maxBytes+1)
@@ -122,7 +156,7 @@ func (r *Root) fillTemp(tmp *os.File, p string, src io.Reader, maxBytes int64, u
 		return nil, api.Errorf(api.CodeTooLarge, "write %s: larger than the limit of %d bytes", p, maxBytes)
 	}
 	fd := int(tmp.Fd())
-	if err := setOwnerMode(fd, uid, gid, mode); err != nil {
+	if err := setOwnerMode(fd, own.uid, own.gid, own.mode); err != nil {
 		return nil, err
 	}
 	return r.describe(fd, p, "write")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"hash"
 	"io"
 	"os"
@@ -123,6 +124,48 @@ func TestWriteOwner(t *testing.T) {
 	if fi.UID != 0 {
 		t.Errorf("existing parent chowned: %+v", fi)
 	}
+}
+
+// A write that replaces a regular file keeps its owner, as it keeps its mode, unless the owner
+// is asked for; a writer other than root leaves no setuid or setgid bit on another's file.
+func TestWriteKeepsOwner(t *testing.T) {
+	requireRoot(t)
+	s := newSandbox(t)
+	must(t, os.Chown(s.host("/workspace/a.txt"), 1000, 1001))
+	must(t, os.Chmod(s.host("/workspace/a.txt"), 0o640))
+	write := func(p string, opts WriteOptions, want string) {
+		t.Helper()
+		info, err := s.Write(p, strings.NewReader("new"), opts)
+		must(t, err)
+		if got := fmt.Sprintf("%d:%d %s", info.UID, info.GID, info.Mode); got != want {
+			t.Errorf("write %s with %+v: %s, want %s", p, opts, got, want)
+		}
+		if got := mustRead(t, s.Root, p); got != "new" {
+			t.Errorf("%s holds %q", p, got)
+		}
+	}
+	write("/workspace/a.txt", WriteOptions{UID: 0, GID: 0}, "1000:1001 0640")       // root, no session
+	write("/workspace/a.txt", WriteOptions{UID: 2000, GID: 2000}, "1000:1001 0640") // another session's user
+	write("/workspace/a.txt", WriteOptions{UID: 3000, GID: 0, ExplicitUID: true}, "3000:1001 0640")
+	write("/workspace/a.txt", WriteOptions{UID: 3000, GID: 4000, ExplicitUID: true, ExplicitGID: true, Mode: 0o600}, "3000:4000 0600")
+	write("/workspace/new.txt", WriteOptions{UID: 2000, GID: 2000}, "2000:2000 0644")
+	// A symlink is replaced, not followed: the new file is the writer's.
+	write("/workspace/shadow", WriteOptions{UID: 2000, GID: 2000}, "2000:2000 0644")
+
+	setuid := func() {
+		t.Helper()
+		writeHostFile(t, s.host("/workspace/tool"), "#!/bin/sh\n")
+		must(t, os.Chown(s.host("/workspace/tool"), 0, 0))
+		must(t, unix.Chmod(s.host("/workspace/tool"), 0o6755))
+	}
+	setuid()
+	write("/workspace/tool", WriteOptions{UID: 0, GID: 0}, "0:0 6755")
+	write("/workspace/tool", WriteOptions{UID: 2000, GID: 2000}, "0:0 0755")
+	setuid()
+	write("/workspace/tool", WriteOptions{UID: 2000, GID: 2000, Mode: 0o6755}, "0:0 0755")
+	setuid()
+	write("/workspace/tool", WriteOptions{UID: 2000, GID: 0}, "0:0 2755") // its group's bit stays
+	write("/workspace/tool", WriteOptions{UID: 2000, GID: 2000, ExplicitUID: true, ExplicitGID: true, Mode: 0o6755}, "2000:2000 6755")
 }
 
 func TestWriteNoSpace(t *testing.T) {

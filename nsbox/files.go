@@ -162,19 +162,19 @@ func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) erro
 		return err
 	}
 	defer fr.root.Close()
-	if uid < 0 { // no explicit owner: the calling session's user, or root
-		uid = int64(fr.who.uid)
+	opts := sandboxfs.WriteOptions{Mode: mode, MakeParents: mkdir, UID: int(uid), GID: int(gid), MaxBytes: maxBytes,
+		ExplicitUID: uid >= 0, ExplicitGID: gid >= 0}
+	if uid < 0 { // no explicit owner: the calling session's user, or root (a replaced file keeps its own)
+		opts.UID = fr.who.uid
 	}
 	if gid < 0 {
-		gid = int64(fr.who.gid)
+		opts.GID = fr.who.gid
 	}
 	status := http.StatusOK
 	if _, err := fr.root.Stat(fr.paths[0]); api.IsCode(err, api.CodeNotFound) {
 		status = http.StatusCreated
 	}
-	info, err := fr.root.Write(fr.paths[0], req.Body, sandboxfs.WriteOptions{
-		Mode: mode, MakeParents: mkdir, UID: int(uid), GID: int(gid), MaxBytes: maxBytes,
-	})
+	info, err := fr.root.Write(fr.paths[0], req.Body, opts)
 	if err != nil {
 		return err
 	}

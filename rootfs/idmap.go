@@ -28,16 +28,19 @@ const overflowID = 65534
 // Enabled reports whether m is a user namespace's mapping.
 func (m IDMap) Enabled() bool { return m.Size > 0 }
 
+// Maps reports whether the host's id host is an id of the namespace (every id is, without a
+// user namespace).
+func (m IDMap) Maps(host uint32) bool {
+	return !m.Enabled() || (host >= m.Host && host-m.Host < m.Size)
+}
+
 // Inside is the namespace's id for the host's id host: itself without a user namespace,
 // nobody (65534) when the namespace does not map it.
 func (m IDMap) Inside(host uint32) uint32 {
-	switch {
-	case !m.Enabled():
-		return host
-	case host >= m.Host && host-m.Host < m.Size:
-		return host - m.Host
+	if !m.Maps(host) {
+		return overflowID
 	}
-	return overflowID
+	return host - m.Host
 }
 
 // usernsCache holds one user namespace per mapping, for the process's life: a namespace only

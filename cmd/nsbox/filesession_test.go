@@ -144,3 +144,35 @@ func TestFilesOwnedBySessionUser(t *testing.T) {
 		t.Fatalf("move: %+v %v", m, err)
 	}
 }
+
+// TestFileWriteKeepsOwner: a write that replaces a file (an IDE saving a user's file) keeps its
+// owner as it keeps its mode, so the user can still change it; an explicit uid/gid wins, and a
+// new file is the writer's.
+func TestFileWriteKeepsOwner(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	d.create(api.CreateSandboxRequest{ID: "keep", Image: "busybox"})
+	d.createSession("keep", "dev", api.CreateSessionRequest{User: "nobody", Cwd: "/tmp"})
+	if res := d.exec("keep", api.ExecRequest{SessionID: "dev", Command: "echo mine > /tmp/devfile && chmod 600 devfile"}); res.ExitCode != 0 {
+		t.Fatalf("as nobody: %+v", res)
+	}
+	for _, c := range []struct {
+		what string
+		cl   *client.Client
+	}{{"no session", d.client}, {"root's session", d.client.InSession("default")}} {
+		info, err := c.cl.WriteFile(ctx, "keep", "/tmp/devfile", strings.NewReader("edited\n"), client.WriteFileOptions{})
+		if err != nil || info.UID != 65534 || info.GID != 65534 || info.Owner != "nobody" || info.Mode != "0600" {
+			t.Fatalf("%s replaced nobody's file: %+v %v", c.what, info, err)
+		}
+	}
+	if res := d.exec("keep", api.ExecRequest{SessionID: "dev", Command: "echo more >> devfile && cat devfile"}); res.ExitCode != 0 || res.Stdout != "edited\nmore\n" {
+		t.Fatalf("the owner appends: %+v", res)
+	}
+	status, body := d.call("PUT", filesURL("keep", "", "path=/tmp/devfile", "uid=5"), "x")
+	if e := decodeInfo(t, body); status != 200 || e.UID != 5 || e.GID != 65534 || e.Mode != "0600" {
+		t.Fatalf("explicit uid: %d %s", status, body)
+	}
+	if n, err := d.client.WriteFile(ctx, "keep", "/tmp/new", strings.NewReader("n"), client.WriteFileOptions{}); err != nil || n.UID != 0 || n.Mode != "0644" {
+		t.Fatalf("a new file: %+v %v", n, err)
+	}
+}
