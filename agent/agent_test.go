@@ -330,6 +330,20 @@ func TestExecIsFrames(t *testing.T) {
 	}
 }
 
+// A session whose cwd does not exist, or is not a directory, is the request's mistake (400),
+// said of the cwd, not of the shell, and no session is left.
+func TestCreateSessionBadCwd(t *testing.T) {
+	_, srv := rootAgent(t)
+	for cwd, want := range map[string]string{"/no/such/dir": `cwd "/no/such/dir" does not exist`, "/etc/passwd": `cwd "/etc/passwd" is not a directory`} {
+		var eb api.ErrorBody
+		callJSON(t, srv, http.MethodPost, "/v1/sessions", `{"id":"z","cwd":"`+cwd+`"}`, http.StatusBadRequest, &eb)
+		if eb.Error == nil || eb.Error.Code != api.CodeInvalidArgument || !strings.Contains(eb.Error.Message, want) {
+			t.Errorf("cwd %s: %+v, want invalid_argument %q", cwd, eb.Error, want)
+		}
+	}
+	wantError(t, srv, http.MethodGet, "/v1/sessions/z", "", api.CodeNotFound)
+}
+
 func TestTerminalIsServerSentEvents(t *testing.T) {
 	_, srv := rootAgent(t)
 	wantError(t, srv, http.MethodPost, "/v1/sessions", `{"id":"term","shell":"bash","bogus":1}`, api.CodeInvalidArgument)

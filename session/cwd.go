@@ -47,3 +47,26 @@ func shellCwd(pid int, cred credential) (string, uint64, error) {
 	r := <-done
 	return r.cwd, r.mnt, r.err
 }
+
+// CheckCwd is nil when cwd can be the working directory of a new process (one of the session
+// whose private folder is dir, linked at link, as ChdirPath takes them; "" and nil for none),
+// else an ErrInvalid that says why: cwd does not exist, or is not a directory. A process
+// changes to its directory just before it runs its program, and the kernel's error would then
+// name the program ("fork/exec /usr/bin/bash: no such file or directory"), so the places that
+// start processes check first. The check is the agent's, as root: a directory that the
+// process's user may not enter still fails the start itself. An empty cwd (the process stays
+// in the agent's directory) is fine.
+func CheckCwd(cwd, link string, dir *os.File) error {
+	if cwd == "" {
+		return nil
+	}
+	var st unix.Stat_t
+	err := unix.Stat(ChdirPath(cwd, link, dir), &st)
+	switch {
+	case err == unix.ENOENT:
+		return fmt.Errorf("%w: cwd %q does not exist", ErrInvalid, cwd)
+	case err == unix.ENOTDIR || (err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR):
+		return fmt.Errorf("%w: cwd %q is not a directory", ErrInvalid, cwd)
+	}
+	return nil
+}

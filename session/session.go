@@ -228,6 +228,9 @@ func (s *Session) startShell(cwd string) error {
 	if err != nil {
 		return err
 	}
+	if err := CheckCwd(cwd, s.privateLink, s.private); err != nil {
+		return err
+	}
 	sh := &shell{bash: bash, done: make(chan struct{})}
 	select {
 	case <-s.ready: // a stale report from a shell that never finished starting

@@ -189,6 +189,9 @@ func (c *Context) launch() error {
 	if err != nil {
 		return err
 	}
+	if err := session.CheckCwd(c.spec.Cwd, "", nil); err != nil {
+		return api.Errorf(api.CodeInvalidArgument, "%v", err)
+	}
 	prog, argv := drv.prog, drv.argv
 	var f *fences
 	if !drv.readsOwnOutput {

@@ -169,6 +169,12 @@ func TestCreateErrors(t *testing.T) {
 	if _, err := m.Create(Spec{Language: api.LanguagePython, Env: []string{"PATH=/nonexistent"}}); !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), "no python3") {
 		t.Errorf("no interpreter: %v", err)
 	}
+	if _, err := m.Create(Spec{Language: api.LanguagePython, Cwd: "/no/such/dir", Env: os.Environ()}); !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), `cwd "/no/such/dir" does not exist`) {
+		t.Errorf("missing cwd: %v", err)
+	}
+	if _, err := m.Create(Spec{Language: api.LanguagePython, Cwd: "/etc/passwd", Env: os.Environ()}); !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), `cwd "/etc/passwd" is not a directory`) {
+		t.Errorf("cwd a file: %v", err)
+	}
 	if err := m.Delete("ctx-9"); !api.IsCode(err, api.CodeNotFound) {
 		t.Errorf("delete unknown: %v", err)
 	}

@@ -127,15 +127,17 @@ func badRequest(format string, args ...any) error {
 	return api.Errorf(api.CodeInvalidArgument, format, args...)
 }
 
-// Start starts a process. Errors in the request answer an *api.Error; a program that cannot be
-// started (not found, not executable, missing cwd) gives a process with status failed.
+// Start starts a process. Errors in the request (a cwd that does not exist or is not a
+// directory among them) answer an *api.Error; a program that cannot be started (not found, not
+// executable) gives a process with status failed.
 func (m *Manager) Start(ctx context.Context, req api.StartProcessRequest) (*Process, error) {
-	return m.startWith(ctx, req, nil)
+	return m.startWith(ctx, req, nil, false)
 }
 
-// startWith is Start with a log that begins with earlier output (a process started again after a
-// hibernation).
-func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, earlier []api.ProcessEvent) (*Process, error) {
+// startWith is Start with a log that begins with earlier output. A restored process (one
+// started again after a hibernation) whose cwd is gone is a failed process, as one whose
+// program is, not an error.
+func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, earlier []api.ProcessEvent, restored bool) (*Process, error) {
 	switch {
 	case req.Command != "" && len(req.Argv) > 0:
 		return nil, badRequest("give either command or argv, not both")
@@ -194,6 +196,10 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 		}
 	}
 	env := environment(base, req.SessionID == "" || req.User != "", home, name, cwd, req.Env)
+	badCwd := session.CheckCwd(cwd, st.PrivateDir, st.Private)
+	if badCwd != nil && !restored {
+		return nil, badRequest("%v", badCwd)
+	}
 
 	m.mu.Lock()
 	if req.ID == "" {
@@ -216,7 +222,11 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 	m.procs[req.ID] = p
 	m.mu.Unlock()
 
-	if err := p.run(m.start, env, uid, gid, st); err != nil {
+	err = badCwd
+	if err == nil {
+		err = p.run(m.start, env, uid, gid, st)
+	}
+	if err != nil {
 		p.mu.Lock()
 		p.info.Status, p.info.Error, p.info.EndedAt = api.ProcessFailed, err.Error(), time.Now().UTC()
 		p.mu.Unlock()

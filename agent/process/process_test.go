@@ -201,8 +201,26 @@ func TestStartErrors(t *testing.T) {
 	if _, err := m.Start(context.Background(), api.StartProcessRequest{ID: "same", Command: "true"}); !api.IsCode(err, api.CodeConflict) {
 		t.Fatalf("taken id: %v", err)
 	}
-	if p := start(t, m, api.StartProcessRequest{Argv: []string{"true"}, Cwd: "/no/such/dir"}); p.Info().Status != api.ProcessFailed || !strings.Contains(p.Info().Error, "no such file") {
-		t.Fatalf("missing cwd: %+v", p.Info())
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for cwd, want := range map[string]string{"/no/such/dir": `cwd "/no/such/dir" does not exist`, file: fmt.Sprintf("cwd %q is not a directory", file)} {
+		_, err := m.Start(context.Background(), api.StartProcessRequest{ID: "cwd", Argv: []string{"true"}, Cwd: cwd})
+		if !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), want) {
+			t.Errorf("cwd %s: %v, want invalid_argument %q", cwd, err, want)
+		}
+	}
+	if _, err := m.Get("cwd"); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("a process refused for its cwd is listed: %v", err)
+	}
+	// Started again after a hibernation, a process whose cwd is gone is a failed process.
+	restore := api.StartProcessRequest{ID: "back", Argv: []string{"true"}, Cwd: "/no/such/dir", Restart: api.RestartOnResume}
+	if errs := m.Restore(context.Background(), []api.SavedProcess{{Request: restore, Info: api.Process{ID: "back", Status: api.ProcessRunning}}}); len(errs) > 0 {
+		t.Fatalf("restore: %v", errs)
+	}
+	if p, err := m.Get("back"); err != nil || p.Info().Status != api.ProcessFailed || !strings.Contains(p.Info().Error, "does not exist") {
+		t.Fatalf("restored with a missing cwd: %v %+v", err, p)
 	}
 	if err := m.Remove("same"); err != nil {
 		t.Fatal(err)

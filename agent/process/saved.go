@@ -51,7 +51,7 @@ func (m *Manager) Restore(ctx context.Context, saved []api.SavedProcess) []error
 	var errs []error
 	for _, sp := range saved {
 		if sp.Info.Status == api.ProcessRunning && sp.Request.Restart == api.RestartOnResume {
-			if _, err := m.startWith(ctx, sp.Request, sp.Log); err != nil {
+			if _, err := m.startWith(ctx, sp.Request, sp.Log, true); err != nil {
 				errs = append(errs, err)
 			}
 			continue

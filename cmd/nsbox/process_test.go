@@ -505,13 +505,14 @@ func TestProcessSessionInheritance(t *testing.T) {
 			if stdout, _, _, _ := d.readLogs("ps", p.ID, 0, 0); string(stdout) != "/tmp/proj|bar baz||1|o||1234\n" {
 				t.Fatalf("inherited: %q", stdout)
 			}
-			// State at start: later changes to the session do not reach it; it outlives the session.
-			q := d.startProc("ps", api.StartProcessRequest{SessionID: "dev", Cwd: "sub", Argv: []string{"sleep", "100"}})
-			if q.Cwd != "/tmp/proj/sub" || q.Status != api.ProcessFailed {
-				t.Fatalf("relative cwd that does not exist: %+v", q)
+			// A relative cwd is the session's directory's; one that does not exist is refused.
+			_, err := d.client.StartProcess(context.Background(), "ps", api.StartProcessRequest{SessionID: "dev", Cwd: "sub", Argv: []string{"sleep", "100"}})
+			if !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), `cwd "/tmp/proj/sub" does not exist`) {
+				t.Fatalf("relative cwd that does not exist: %v", err)
 			}
+			// State at start: later changes to the session do not reach it; it outlives the session.
 			r := d.startProc("ps", api.StartProcessRequest{SessionID: "dev", Argv: []string{"sleep", "100"}})
-			if list, _ := d.client.ListProcesses(context.Background(), "ps", "", "dev"); len(list) != 3 {
+			if list, _ := d.client.ListProcesses(context.Background(), "ps", "", "dev"); len(list) != 2 {
 				t.Fatalf("by session: %+v", list)
 			}
 			if err := d.client.DeleteSession(context.Background(), "ps", "dev"); err != nil {
