@@ -1533,7 +1533,7 @@ export interface components {
             shell?: string;
             /** @description The user the shell and its commands run as inside the sandbox: `name`, `uid`, `uid:gid` or `name:group` (of the sandbox's /etc/passwd and /etc/group). Absent or empty: the sandbox's `user` (an OCI image's User by default), else root. A uid without a passwd entry runs with gid = uid and HOME=/; a name or group that does not exist answers 400. */
             user?: string;
-            /** @description The shell's starting directory, absolute. Absent or empty: the sandbox's cwd. It must exist: otherwise the shell cannot start and the create answers 500. */
+            /** @description The shell's starting directory, absolute. Absent or empty: the sandbox's cwd. It must exist and be a directory: otherwise the create answers 400 (`cwd "/x" does not exist`, `is not a directory`). */
             cwd?: string;
             /** @description Variables the shell starts with, over the sandbox's environment and the user's HOME, USER and LOGNAME. Names must be shell variable names (letters, digits and '_', not starting with a digit), else 400. The shell also gets NSBOX_SESSION=<id>. */
             env?: {
@@ -1795,7 +1795,7 @@ export interface components {
             env?: {
                 [key: string]: string;
             };
-            /** @description Working directory; relative to the session's directory with `sessionId`, else to the sandbox's `cwd`. Default: that directory. One that does not exist gives status `failed`. */
+            /** @description Working directory; relative to the session's directory with `sessionId`, else to the sandbox's `cwd`. Default: that directory. One that does not exist or is not a directory answers 400. */
             cwd?: string;
             /** @description User inside the sandbox: `name`, `uid`, `uid:gid` or `name:group`. Default: the session's user with `sessionId`, else the sandbox's `user`, else root. An unknown name or group answers 400. */
             user?: string;
@@ -3338,7 +3338,7 @@ export interface operations {
                     "application/json": components["schemas"]["Session"];
                 };
             };
-            /** @description `invalid_argument`: Malformed body or an unknown field, an `id` that does not match its pattern, a `user` that does not exist in the sandbox, a `shell` that is not there, or an `env` name that is not a shell variable name. */
+            /** @description `invalid_argument`: Malformed body or an unknown field, an `id` that does not match its pattern, a `user` that does not exist in the sandbox, a `shell` that is not there, a `cwd` that does not exist or is not a directory, or an `env` name that is not a shell variable name. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3376,7 +3376,7 @@ export interface operations {
                 };
             };
             413: components["responses"]["PayloadTooLarge"];
-            /** @description `internal`: The shell could not be started: for example `cwd` does not exist, or the shell exited at start or did not become ready within 10 seconds (the message includes what it printed); or the metadata store failed. */
+            /** @description `internal`: The shell could not be started: for example it exited at start or did not become ready within 10 seconds (the message includes what it printed); or the metadata store failed. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3920,9 +3920,9 @@ export interface operations {
                 mkdir?: boolean;
                 /** @description Octal mode, e.g. `0644` or `4755`. Default: the mode of the file replaced, or 0644 for a new file. Not filtered by a umask. */
                 mode?: string;
-                /** @description Owner's numeric uid in the sandbox; default: the uid of the session `sessionId`, or 0 (root). In a sandbox with a user namespace (the default) it must be below 65536 (400 otherwise); the file belongs to the matching id of the sandbox's range on the host. */
+                /** @description Owner's numeric uid in the sandbox; default: the uid of the regular file replaced, else of the session `sessionId`, else 0 (root). In a sandbox with a user namespace (the default) it must be below 65536 (400 otherwise); the file belongs to the matching id of the sandbox's range on the host. */
                 uid?: number;
-                /** @description Group's numeric gid in the sandbox; default: the gid of the session `sessionId`, or 0. Below 65536 in a sandbox with a user namespace, like uid. */
+                /** @description Group's numeric gid in the sandbox; default: the gid of the regular file replaced, else of the session `sessionId`, else 0. Below 65536 in a sandbox with a user namespace, like uid. */
                 gid?: number;
                 /** @description Refuse (413) a body larger than this; default and maximum 17179869184 (16 GiB). */
                 maxBytes?: number;
@@ -5251,7 +5251,7 @@ export interface operations {
                     "application/json": components["schemas"]["Process"];
                 };
             };
-            /** @description `invalid_argument`: Both or neither of `command` and `argv`, a bad id, `stdin` value, variable name or `logBytes`, an unknown user, or a malformed body. */
+            /** @description `invalid_argument`: Both or neither of `command` and `argv`, a bad id, `stdin` value, variable name or `logBytes`, an unknown user, a `cwd` that does not exist or is not a directory, or a malformed body. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6390,7 +6390,7 @@ export interface operations {
                     "application/json": components["schemas"]["CodeContext"];
                 };
             };
-            /** @description `invalid_argument`: An unknown language, a bad env, or an image without the interpreter (the message names it). */
+            /** @description `invalid_argument`: An unknown language, a bad env, a `cwd` that does not exist or is not a directory, or an image without the interpreter (the message names it). */
             400: {
                 headers: {
                     [name: string]: unknown;
