@@ -46,6 +46,8 @@ type fileRequest struct {
 	paths []string // in root
 	// prefix is where root is in the sandbox: "" for the sandbox's root, else the private folder.
 	prefix string
+	// sandbox is the sandbox as the request found it.
+	sandbox live
 }
 
 // shown is where the path p of the request's root is in the sandbox, for answers.
@@ -87,7 +89,7 @@ func (r *Runtime) openFileCaller(req *http.Request, paths ...string) (*fileReque
 	if who.readOnly && req.Method != http.MethodGet {
 		return nil, api.Errorf(api.CodePermissionDenied, "session %q is read-only: files can be read, listed, stat'ed and watched on its behalf, not changed", sid)
 	}
-	fr := &fileRequest{who: who}
+	fr := &fileRequest{who: who, sandbox: l}
 	private := 0
 	for _, p := range paths {
 		p = who.resolve(p)

@@ -175,6 +175,9 @@ func (r *Runtime) handleWriteFile(w http.ResponseWriter, req *http.Request) erro
 		status = http.StatusCreated
 	}
 	info, err := fr.root.Write(fr.paths[0], req.Body, opts)
+	if removed := fr.sandbox.removed(); removed != nil { // an upload outlasts a remove
+		return removed
+	}
 	if err != nil {
 		return err
 	}

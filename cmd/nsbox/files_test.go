@@ -229,6 +229,38 @@ func TestFileLarge(t *testing.T) {
 	d.sh("big", "rm /workspace/big.bin")
 }
 
+// TestFileUploadOutlastsARemove: an upload still under way when its sandbox is removed
+// answers that the sandbox was removed (404), not that the file was made.
+func TestFileUploadOutlastsARemove(t *testing.T) {
+	d := startDaemon(t)
+	d.create(api.CreateSandboxRequest{ID: "up", Image: "busybox"})
+	body, upload := io.Pipe()
+	answered := make(chan error, 1)
+	go func() {
+		_, err := d.client.WriteFile(context.Background(), "up", "/tmp/slow.bin", body, client.WriteFileOptions{})
+		answered <- err
+	}()
+	chunk := make([]byte, 1<<20)
+	if _, err := upload.Write(chunk); err != nil { // the daemon has begun writing the file
+		t.Fatal(err)
+	}
+	if err := d.client.RemoveSandbox(context.Background(), "up", client.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, _ = upload.Write(chunk) // the daemon may stop reading: the error does not matter
+		upload.Close()
+	}()
+	select {
+	case err := <-answered:
+		if !api.IsCode(err, api.CodeNotFound) || !strings.Contains(err.Error(), "was removed") {
+			t.Errorf("the upload under the remove answered %v; want not found, the sandbox removed", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the upload under the remove never answered")
+	}
+}
+
 func TestFileSymlinkEscapes(t *testing.T) {
 	d := startDaemon(t)
 	d.create(api.CreateSandboxRequest{ID: "bb", Image: "busybox"})
