@@ -1299,6 +1299,15 @@ export interface components {
                 message: string;
             };
         };
+        /** @description The error event or frame that ends an exec's stream: not_found when the sandbox was removed while the command ran, unavailable when its agent stopped answering or the daemon stops. */
+        ExecStreamError: {
+            error: {
+                /** @enum {string} */
+                code: "not_found" | "unavailable";
+                /** @description A human-readable explanation; not meant to be parsed. */
+                message: string;
+            };
+        };
         /** @description The error envelope of a 507 answer: its code is always "insufficient_storage". */
         InsufficientStorageError: {
             error: {
