@@ -67,15 +67,34 @@ func OOMKilled(exitCode int, before uint64) bool {
 // 2^63 when there is none).
 var memoryLimitFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
 
+// memoryLimitFile is the first of memoryLimitFiles that could be read ("" until one could):
+// the sandbox's cgroup version does not change while the agent runs, so later reads go to it
+// directly.
+var (
+	memoryLimitMu   sync.Mutex
+	memoryLimitFile string
+)
+
 // MemoryLimit is the sandbox's memory limit in bytes as its cgroup has it now (the daemon may
-// change it while the agent runs); 0 when there is none or it cannot be read.
-func MemoryLimit() int64 {
+// change it while the agent runs); 0 when there is none. ok is false when it cannot be read:
+// then the caller must not assume there is no limit.
+func MemoryLimit() (limit int64, ok bool) {
+	memoryLimitMu.Lock()
+	defer memoryLimitMu.Unlock()
+	if memoryLimitFile != "" {
+		data, err := os.ReadFile(memoryLimitFile)
+		if err != nil {
+			return 0, false
+		}
+		return parseMemoryLimit(data), true
+	}
 	for _, path := range memoryLimitFiles {
 		if data, err := os.ReadFile(path); err == nil {
-			return parseMemoryLimit(data)
+			memoryLimitFile = path
+			return parseMemoryLimit(data), true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // parseMemoryLimit reads a memory.max or memory.limit_in_bytes (0: no limit).

@@ -1,6 +1,10 @@
 package cgroup
 
-import "testing"
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
 
 func TestOOMKillLine(t *testing.T) {
 	for _, c := range []struct {
@@ -31,5 +35,37 @@ func TestParseMemoryLimit(t *testing.T) {
 		if got := parseMemoryLimit([]byte(c.data)); got != c.want {
 			t.Errorf("parseMemoryLimit(%q) = %d, want %d", c.data, got, c.want)
 		}
+	}
+}
+
+// MemoryLimit says when it cannot read the limit (not "no limit"), and keeps to the file it
+// read first.
+func TestMemoryLimitFiles(t *testing.T) {
+	saved := memoryLimitFiles
+	t.Cleanup(func() { memoryLimitFiles, memoryLimitFile = saved, "" })
+	dir := t.TempDir()
+	v2, v1 := filepath.Join(dir, "memory.max"), filepath.Join(dir, "memory.limit_in_bytes")
+	memoryLimitFiles, memoryLimitFile = []string{v2, v1}, ""
+	if limit, ok := MemoryLimit(); ok || limit != 0 {
+		t.Fatalf("without a file: %d %v", limit, ok)
+	}
+	if err := os.WriteFile(v1, []byte("67108864\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if limit, ok := MemoryLimit(); !ok || limit != 64<<20 {
+		t.Fatalf("v1: %d %v", limit, ok)
+	}
+	// v1 it is: a v2 file appearing later is not read.
+	if err := os.WriteFile(v2, []byte("max\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if limit, ok := MemoryLimit(); !ok || limit != 64<<20 {
+		t.Fatalf("after the first read: %d %v", limit, ok)
+	}
+	if err := os.Remove(v1); err != nil {
+		t.Fatal(err)
+	}
+	if limit, ok := MemoryLimit(); ok || limit != 0 {
+		t.Fatalf("unreadable: %d %v", limit, ok)
 	}
 }

@@ -118,17 +118,21 @@ func TestOutputsKeepToTheBudget(t *testing.T) {
 		t.Fatalf("the running log kept only %d bytes of a %d budget", len(got), budget)
 	}
 
-	// A second running process finds no memory: it keeps nothing and says so.
+	// A second running process finds no free memory: it takes its fair share from the one
+	// that holds it all, which keeps its newest bytes.
 	late := newOutput(b, 1<<20, nil)
 	late.write(api.EventStdout, []byte("hello\n"))
 	check(old, mid, run, late)
-	if got, skipped := readAll(late); len(got) != 0 || skipped != 6 {
-		t.Fatalf("a log without memory: %q, %d skipped", got, skipped)
+	if got, skipped := readAll(late); string(got) != "hello\n" || skipped != 0 {
+		t.Fatalf("a second running log: %q, %d skipped", got, skipped)
+	}
+	if got, _ := readAll(run); !bytes.HasSuffix(got, []byte("RUN-LAST\n")) {
+		t.Fatalf("the first running log lost its newest bytes: ends %q", got[max(0, len(got)-20):])
 	}
 	// Removing the running process's log frees it for the other.
 	b.forget(run)
 	late.write(api.EventStdout, []byte("world\n"))
-	if got, _ := readAll(late); string(got) != "world\n" {
+	if got, _ := readAll(late); string(got) != "hello\nworld\n" {
 		t.Fatalf("after memory was freed: %q", got)
 	}
 	if got, skipped := readAll(run); len(got) != 0 || skipped != run.end() {
@@ -182,7 +186,7 @@ func TestOutputsShareTheBudgetConcurrently(t *testing.T) {
 func TestManagerKeepsLogsToItsBudget(t *testing.T) {
 	m := newTestManager(t)
 	const budget = 256 << 10
-	m.SetLogBudget(budget)
+	m.setLogBudget(budget)
 	check := func() {
 		t.Helper()
 		if used := m.logs.inUse(); used > budget {

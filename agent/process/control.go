@@ -171,8 +171,10 @@ func (p *Process) WriteStdin(ctx context.Context, data io.Reader, closeAfter boo
 	return nil
 }
 
-// Logs reads the output log after cursor, at most limit bytes.
+// Logs reads the output log after cursor, at most limit bytes, and at most what one read of
+// the log budget allows (see readShare): the cursor it answers says where to go on from.
 func (p *Process) Logs(cursor int64, limit int) api.ProcessLogs {
+	limit = p.out.budget.readLimit(limit)
 	// Whether it had finished is taken before the read: then the read has everything.
 	done := false
 	select {

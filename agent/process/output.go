@@ -27,6 +27,10 @@ import (
 type output struct {
 	budget *logBudget // nil: no budget (tests)
 	wmu    sync.Mutex // one write at a time (the stdout and stderr drains), across its budget calls
+	// Under wmu: the budget refused this log a block at its freed count refused (0: it did
+	// not), at refusedAt; the log does not ask again until that may have changed.
+	refused   uint64
+	refusedAt time.Time
 
 	mu        sync.Mutex // a write and its run are recorded together
 	size      int64      // at most the newest size bytes are kept
@@ -59,6 +63,7 @@ func newOutput(budget *logBudget, size int64, earlier []api.ProcessEvent) *outpu
 	bs := int(min(size, logBlock))
 	o := &output{budget: budget, size: size, bs: bs, maxBlocks: int((size+int64(bs)-1)/int64(bs)) + 1,
 		maxRuns: int(max(64, size/32)), wake: make(chan struct{})}
+	budget.started(o)
 	for _, ev := range earlier {
 		if b, err := ev.Bytes(); err == nil && (ev.Type == api.EventStdout || ev.Type == api.EventStderr) {
 			o.write(ev.Type, b)
@@ -77,13 +82,26 @@ func (o *output) write(stream string, p []byte) {
 	defer o.wmu.Unlock()
 	o.mu.Lock()
 	blocks, runBytes := o.wants(stream, int64(len(p)))
+	noRuns := len(o.runs) == 0
 	o.mu.Unlock()
-	var spare [][]byte
-	if blocks > 0 {
-		spare = o.budget.take(o, blocks, o.bs)
-	}
+	// The run list first: a log that gets no room for its first run keeps nothing, and must
+	// not have taken blocks (from other logs, which lose them) for nothing.
 	if runBytes > 0 && !o.budget.reserve(o, runBytes) {
 		runBytes = 0
+		if noRuns {
+			blocks = 0
+		}
+	}
+	if blocks > 0 && o.budget.refuses(o.refused, o.refusedAt) {
+		blocks = 0 // a capped log reuses its oldest block without asking the budget again
+	}
+	var spare [][]byte
+	if blocks > 0 {
+		var refused uint64
+		spare, refused = o.budget.take(o, blocks, o.bs)
+		if o.refused = refused; refused != 0 {
+			o.refusedAt = time.Now()
+		}
 	}
 	o.mu.Lock()
 	spare, runBytes = o.put(stream, p, spare, runBytes)
@@ -97,14 +115,28 @@ func (o *output) wants(stream string, n int64) (blocks int, runBytes int64) {
 	if o.dead {
 		return 0, 0
 	}
+	// Only the blocks this write crosses into: those after the last one the log holds.
 	end := o.written + n
 	bs := int64(o.bs)
-	need := int((end-1)/bs - max(0, end-o.size)/bs + 1)
-	blocks = max(0, min(need, o.maxBlocks)-len(o.blocks))
+	from := o.written / bs
+	if n >= o.size { // it replaces everything: its blocks are reused first (put)
+		from = (end - o.size) / bs
+		need := int((end-1)/bs - from + 1)
+		return max(0, min(need, o.maxBlocks)-len(o.blocks)), o.wantsRuns(stream)
+	}
+	if len(o.blocks) > 0 {
+		from = o.first + int64(len(o.blocks))
+	}
+	need := int(max(0, (end-1)/bs-from+1))
+	return min(need, o.maxBlocks-len(o.blocks)), o.wantsRuns(stream)
+}
+
+// wantsRuns is how many bytes more of run list a write of stream would use. Under o.mu.
+func (o *output) wantsRuns(stream string) (runBytes int64) {
 	if (len(o.runs) == 0 || o.runs[len(o.runs)-1].stream != stream) && len(o.runs) == cap(o.runs) && cap(o.runs) < o.maxRuns {
 		runBytes = int64(min(o.maxRuns, max(8, 2*cap(o.runs)))-cap(o.runs)) * runSize
 	}
-	return blocks, runBytes
+	return runBytes
 }
 
 // put writes p into the log with the spare blocks and runBytes more of run list it was given,
@@ -196,8 +228,8 @@ func (o *output) dropRuns(n int) {
 }
 
 // giveUp takes the oldest block off the log (nil: it has none) for the budget to hand on;
-// once it has none left, it frees its run list too (freed bytes) and is empty.
-func (o *output) giveUp() (blk []byte, freed int64, empty bool) {
+// once it has none left, it frees its run list too (freed bytes).
+func (o *output) giveUp() (blk []byte, freed int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if len(o.blocks) > 0 {
@@ -214,9 +246,8 @@ func (o *output) giveUp() (blk []byte, freed int64, empty bool) {
 	}
 	if len(o.blocks) == 0 {
 		freed, o.runs = int64(cap(o.runs))*runSize, nil
-		return blk, freed, true
 	}
-	return blk, 0, false
+	return blk, freed
 }
 
 // free drops everything the log holds and returns how many bytes that was; it keeps nothing
@@ -230,11 +261,18 @@ func (o *output) free() int64 {
 	return freed
 }
 
-// held is how many bytes the log holds.
-func (o *output) held() int64 {
+// holding is how many bytes the log holds, and in how many blocks.
+func (o *output) holding() (bytes int64, blocks int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return int64(len(o.blocks)*o.bs) + int64(cap(o.runs))*runSize
+	return int64(len(o.blocks)*o.bs) + int64(cap(o.runs))*runSize, len(o.blocks)
+}
+
+// isDead says whether the log was freed for good (its process removed).
+func (o *output) isDead() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.dead
 }
 
 // read returns the chunks after cursor (at most limit bytes; all when limit < 0), how many

@@ -83,12 +83,6 @@ func NewManager(start session.StartFunc, defaults SandboxDefaults, lookup Sessio
 		logs: newLogBudget(sandboxLogBudget)}
 }
 
-// SetLogBudget has the processes' logs hold at most bytes together, instead of the budget
-// LogBudget gives for the sandbox's memory limit. Set it before the first process is started.
-func (m *Manager) SetLogBudget(bytes int64) {
-	m.logs = newLogBudget(func() int64 { return bytes })
-}
-
 // Process is one started (or failed) process.
 type Process struct {
 	req api.StartProcessRequest // as it was started (defaults filled), to start it again
@@ -230,9 +224,10 @@ func (m *Manager) startWith(ctx context.Context, req api.StartProcessRequest, ea
 		p.mu.Lock()
 		p.info.Status, p.info.Error, p.info.EndedAt = api.ProcessFailed, err.Error(), time.Now().UTC()
 		p.mu.Unlock()
+		// Its log is counted as ended before a Remove waiting for finished may forget it.
+		m.logs.ended(p.out)
 		close(p.exited)
 		close(p.finished)
-		m.logs.ended(p.out)
 	}
 	if m.changed != nil {
 		m.changed(nil)
@@ -382,8 +377,10 @@ func (p *Process) run(start session.StartFunc, env []string, uid, gid int, st Se
 		case <-done:
 		case <-time.After(drainGrace):
 		}
+		// Its log is among the first to give up memory now; counted so before a Remove
+		// waiting for finished may forget it.
+		p.out.budget.ended(p.out)
 		close(p.finished)
-		p.out.budget.ended(p.out) // its log is among the first to give up memory now
 	}()
 	return nil
 }
