@@ -1813,7 +1813,7 @@ export interface components {
              * @enum {string}
              */
             stdin?: "null" | "pipe";
-            /** @description Size of the process's output ring, in bytes (default 4 MiB = 4194304, at most 256 MiB). It is memory of the agent, counted in the sandbox's memory limit, allocated as output arrives. All the processes' logs of a sandbox hold at most a quarter of its memory limit together (at least 4 MiB, at most 1 GiB): a larger `logBytes` is reduced to that (the process's `logBytes` says what it got); when the logs would outgrow it, ended processes' logs give up their oldest bytes first (the process that ended first first), then running processes' logs stop growing and keep their newest bytes. What is dropped is reported as `skipped`, as bytes that fell off the ring are. */
+            /** @description Size of the process's output ring, in bytes (default 4 MiB = 4194304, at most 256 MiB). It is memory of the agent, counted in the sandbox's memory limit, allocated as output arrives. All the processes' logs of a sandbox hold at most a quarter of its memory limit together (at least 4 MiB, at most 1 GiB): a larger `logBytes` is reduced to that (the process's `logBytes` says what it got); when the logs would outgrow it, ended processes' logs give up their oldest bytes first (the process that ended first first), then a running process's log that holds less than its fair share (the budget divided among the running processes' logs) takes the oldest bytes of the running log holding the most beyond its share; otherwise it stops growing and keeps its newest bytes. So each running process keeps its newest output, at least its fair share as it writes (or its `logBytes` when smaller), as long as fewer processes run than the budget has 16 KiB blocks. What is dropped is reported as `skipped`, as bytes that fell off the ring are. */
             logBytes?: number;
             /**
              * @description `on-resume`: when its sandbox resumes from hibernation while it ran, the process is started again with the same request and id (its log goes on after the kept end). Default: it stays `stopped`.
@@ -5706,7 +5706,7 @@ export interface operations {
             query?: {
                 /** @description Read after this log offset (default 0, the start). */
                 cursor?: number;
-                /** @description Without `follow`: at most this many bytes (default 4 MiB, at most 64 MiB); read on from `cursor`. */
+                /** @description Without `follow`: at most this many bytes (default 4 MiB, at most 64 MiB), and at most an eighth of the sandbox's log budget (at least 64 KiB; see the start request's `logBytes`): a read that stops short answers a `cursor` before the log's end and `done` false; read on from `cursor`. */
                 limit?: number;
                 /** @description Stream as Server-Sent Events until the process has ended. */
                 follow?: boolean;
