@@ -708,4 +708,34 @@ func TestProcessLogsStayInTheMemoryBudget(t *testing.T) {
 	if res := d.exec("lm", api.ExecRequest{Command: "echo alive"}); res.ExitCode != 0 || res.Stdout != "alive\n" {
 		t.Fatalf("exec after: %+v", res)
 	}
+
+	// A running process holds the whole budget in random bytes (base64 in the answers): one
+	// 64 MiB read of it must not OOM-kill the agent; it answers a part and a cursor to go on.
+	flood := d.startProc("lm", api.StartProcessRequest{ID: "flood", LogBytes: budget,
+		Command: "head -c 20000000 /dev/urandom; exec sleep 600"})
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if p, err := d.client.GetProcess(context.Background(), "lm", flood.ID); err != nil || p.LogEnd >= 20_000_000 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	logs, err := d.client.ProcessLogs(context.Background(), "lm", flood.ID, client.LogsOptions{Limit: 64 << 20})
+	if err != nil || logs.Done || logs.Cursor <= 0 || logs.Cursor-logs.Skipped > budget/8 {
+		t.Fatalf("a 64 MiB read of a budget-sized log: %v (cursor %d, skipped %d)", err, logs.Cursor, logs.Skipped)
+	}
+	// And a process started after it gets its line kept, for a wait to find.
+	d.startProc("lm", api.StartProcessRequest{ID: "small", Command: "echo listening on 8080; exec sleep 600"})
+	if res := d.waitProc("lm", "small", api.WaitProcessRequest{Log: "listening on", TimeoutMs: 10000}); !res.Met {
+		t.Fatalf("a new process's line beside a flood: %+v", res)
+	}
+	sb, err = d.client.GetSandbox(context.Background(), "lm")
+	if err != nil || sb.Status != api.StatusRunning || sb.PID != agent {
+		t.Fatalf("the sandbox after a large read: %+v %v (agent was %d)", sb, err, agent)
+	}
+	for _, pid := range []string{"flood", "small"} {
+		if _, err := d.client.KillProcess(context.Background(), "lm", pid, api.KillProcessRequest{Signal: "KILL"}); err != nil {
+			t.Fatalf("kill %s: %v", pid, err)
+		}
+	}
 }
