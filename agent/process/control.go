@@ -200,7 +200,7 @@ func (p *Process) Follow(ctx context.Context, cursor int64, send func(api.Proces
 			finished = true
 		default:
 		}
-		chunks, skipped, next, changed := p.out.read(cursor, 1<<20)
+		chunks, skipped, next, changed := p.out.read(cursor, p.out.budget.readLimit(1<<20))
 		if skipped > 0 && !send(api.ProcessEvent{Type: api.EventSkipped, Skipped: skipped, Cursor: cursor + skipped}) {
 			return
 		}
@@ -343,7 +343,7 @@ type lineMatcher struct {
 func (m *lineMatcher) scan(p *Process, r *api.WaitProcessResult) bool {
 	r.Reason = fmt.Sprintf("an output line matching %q", m.re.String())
 	for {
-		chunks, skipped, next, _ := p.out.read(m.cursor, 1<<20)
+		chunks, skipped, next, _ := p.out.read(m.cursor, p.out.budget.readLimit(1<<20))
 		if skipped > 0 {
 			clear(m.partial)
 		}
