@@ -222,14 +222,17 @@ func (s *Session) prepare(sh *shell, n int64, req ExecRequest, emit func(string,
 	if err := writeFile(name("cmd"), []byte(req.Command+"\n"), 0o644); err != nil {
 		return fail(fmt.Errorf("write command: %w", err))
 	}
-	// The run file first applies what changed in the sandbox's environment since the shell
-	// last saw it (nothing to compare unless it changed).
+	// The run file first undoes the per-command env and cwd of an earlier exec that was cut
+	// short and whose undo the abort path missed (undoPending), before the sandbox's changes
+	// are compared with the session's variables; then it applies what changed in the
+	// sandbox's environment since the shell last saw it (nothing to compare unless it changed).
 	s.mu.Lock()
 	script := runScript(s.dir, n, req.Cwd, req.Env, req.Stdin != nil)
 	now, gen := s.env.Since(s.appliedGen)
 	if now != nil {
 		script = envUpdate(s.applied, now) + script
 	}
+	script = undoPending + "\n" + script
 	s.mu.Unlock()
 	if err := writeFile(name("run"), []byte(script), 0o644); err != nil {
 		return fail(fmt.Errorf("write run file: %w", err))

@@ -142,9 +142,10 @@ func TestRunScriptOverlaysEnvAndCwdForOneCommand(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "run.1"), []byte(runScript(dir, 1, "/", map[string]string{"A": "x y", "B": "it's"}, false)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The status line goes to $__nsbox_dir/status; here a plain file.
+	// The status line goes to $__nsbox_dir/status; here a plain file. No helper variable is left.
 	script := "__nsbox_dir=" + quote(dir) + "; A=orig; cd /tmp; . " + quote(filepath.Join(dir, "run.1")) +
-		"; cat " + quote(filepath.Join(dir, "out.1")) + "; echo \"after: $A [${B-unset}] $(pwd)\"; cat \"$__nsbox_dir/status\""
+		"; cat " + quote(filepath.Join(dir, "out.1")) + "; echo \"after: $A [${B-unset}] $(pwd)\"; cat \"$__nsbox_dir/status\"" +
+		"; set | grep '^__nsbox_' | grep -v '^__nsbox_dir=' || true"
 	out, err := exec.Command("sh", "-c", script).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
