@@ -87,6 +87,15 @@ func TestSessionExecSemantics(t *testing.T) {
 			if got := d.sh("ex", "pwd; echo $KEEP \"[$ONCE]\""); got != "/tmp\n1 []\n" {
 				t.Fatalf("after overlay: %q", got)
 			}
+			// Also when the command is cut short by a timeout or a fatal error, which abandon
+			// the rest of its run file: no override and no helper variable stays.
+			for _, req := range []api.ExecRequest{{Command: "sleep 30", TimeoutMs: 300}, {Command: "echo ${NOPE?boom}"}} {
+				req.Env, req.Cwd = map[string]string{"ONCE": "secret", "KEEP": "2"}, "/var"
+				d.exec("ex", req)
+				if got := d.sh("ex", "pwd; echo $KEEP \"[$ONCE]\"; set | grep '^__nsbox_' | grep -v -e '^__nsbox_dir=' -e '^__nsbox_run=' || true"); got != "/tmp\n1 []\n" {
+					t.Fatalf("after overlay and %q: %q", req.Command, got)
+				}
+			}
 			// argv is one program with its arguments, exactly.
 			res = d.exec("ex", api.ExecRequest{Argv: []string{"printf", "%s|", "a b", "$HOME", "'q'", ""}})
 			if res.Stdout != "a b|$HOME|'q'||" {
@@ -340,7 +349,7 @@ func TestCancelSession(t *testing.T) {
 	d.create(api.CreateSandboxRequest{ID: "can", Image: "busybox"})
 	done := make(chan *api.ExecResult)
 	go func() {
-		res, _ := d.client.Exec(context.Background(), "can", api.ExecRequest{Command: "sleep 600"})
+		res, _ := d.client.Exec(context.Background(), "can", api.ExecRequest{Command: "sleep 600", Env: map[string]string{"TOKEN": "secret"}, Cwd: "/var"})
 		done <- res
 	}()
 	deadline := time.Now().Add(5 * time.Second)
@@ -360,6 +369,10 @@ func TestCancelSession(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("cancel did not end the command")
+	}
+	// The command's own env and cwd went with it.
+	if got := d.sh("can", "pwd; echo \"[${TOKEN-}]\""); got != "/workspace\n[]\n" {
+		t.Fatalf("after the cancel: %q", got)
 	}
 }
 
