@@ -23,11 +23,15 @@ func ValidEnvName(name string) bool {
 }
 
 // readOnlyInShells are variables bash will not let anyone set; NSBOX_SESSION marks a
-// session's processes.
+// session's processes. Names that begin with reservedEnvPrefix are a session shell's own
+// (the run files' saved values and undo, the exit status they report).
 var readOnlyInShells = map[string]bool{
 	"BASHOPTS": true, "BASH_VERSINFO": true, "EUID": true, "PPID": true, "SHELLOPTS": true, "UID": true,
 	"NSBOX_SESSION": true,
 }
+
+// reservedEnvPrefix begins the names of a session shell's own variables.
+const reservedEnvPrefix = "__nsbox_"
 
 // Limits of an environment (the sandbox's, a session's or one command's), so that a program
 // started with it never fails with E2BIG. The kernel takes one "NAME=value" string of at most
@@ -50,7 +54,7 @@ func CheckEnvVar(name, value string) error {
 		return Errorf(CodeInvalidArgument, "an environment variable name is empty")
 	case !ValidEnvName(name):
 		return Errorf(CodeInvalidArgument, "invalid environment variable name %q: a shell can only set names of letters, digits and '_' that do not start with a digit", name)
-	case readOnlyInShells[name]:
+	case readOnlyInShells[name] || strings.HasPrefix(name, reservedEnvPrefix):
 		return Errorf(CodeInvalidArgument, "environment variable %s cannot be set: it is read-only in bash or reserved by nsbox", name)
 	case strings.ContainsRune(value, 0):
 		return Errorf(CodeInvalidArgument, "environment variable %s contains a NUL byte, which no environment can hold", name)

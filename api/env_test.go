@@ -22,7 +22,7 @@ func TestCheckEnvVar(t *testing.T) {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
-	for _, bad := range [][2]string{{"", "x"}, {"A=B", "x"}, {"9A", "x"}, {"A-B", "x"}, {"UID", "0"}, {"NSBOX_SESSION", "x"}, {"A", "x\x00y"}} {
+	for _, bad := range [][2]string{{"", "x"}, {"A=B", "x"}, {"9A", "x"}, {"A-B", "x"}, {"UID", "0"}, {"NSBOX_SESSION", "x"}, {"__nsbox_undo", "x"}, {"__nsbox_rc", "0"}, {"A", "x\x00y"}} {
 		if err := CheckEnvVar(bad[0], bad[1]); !IsCode(err, CodeInvalidArgument) {
 			t.Errorf("%q should be refused as invalid: %v", bad, err)
 		}

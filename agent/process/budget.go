@@ -83,14 +83,25 @@ type logBudget struct {
 	freed atomic.Uint64
 }
 
-// sandboxLogBudget is the budget of the sandbox the agent runs in, read from its cgroup; the
-// least budget when the limit cannot be read, since the sandbox may well have a small one.
-func sandboxLogBudget() int64 {
-	limit, ok := cgroup.MemoryLimit()
-	if !ok {
-		return minLogBudget
+// sandboxLogBudget reads the budget of the sandbox the agent runs in from its cgroup.
+func sandboxLogBudget() func() int64 { return budgetOf(cgroup.MemoryLimit) }
+
+// budgetOf is the budget for the memory limit read reads, each time it is called; when a read
+// fails, the last one read (a read that fails once must not take ended logs' memory back for
+// good), or the least budget when none was ever read, since the sandbox may well have a small
+// limit. Called under the budget's lock.
+func budgetOf(read func() (int64, bool)) func() int64 {
+	var last int64
+	return func() int64 {
+		limit, ok := read()
+		switch {
+		case ok:
+			last = LogBudget(limit)
+		case last == 0:
+			return minLogBudget
+		}
+		return last
 	}
-	return LogBudget(limit)
 }
 
 func newLogBudget(limit func() int64) *logBudget {

@@ -3,6 +3,7 @@ package process
 import (
 	"bytes"
 	"context"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -166,5 +167,24 @@ func TestCappedWritesDoNotAllocate(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(200, func() { o.write(api.EventStdout, chunk) }); allocs > 1 {
 		t.Fatalf("a capped write allocates %.1f times", allocs)
+	}
+}
+
+// TestWaitDoesNotMatchALineCutByARead: a read of a log for a Wait stops at its share of the
+// budget; a line it stops inside ("ready" of "ready-not") is not matched as if it had ended.
+func TestWaitDoesNotMatchALineCutByARead(t *testing.T) {
+	m := newTestManager(t)
+	m.setLogBudget(minLogBudget)
+	limit := m.logs.readLimit(1 << 20)
+	// A first line that ends six bytes before the read stops, then "ready-not".
+	p := start(t, m, api.StartProcessRequest{Command: "head -c " + strconv.Itoa(limit-6) + " /dev/zero | tr '\\0' x; echo; echo ready-not"})
+	finish(t, p)
+	matcher := &lineMatcher{re: regexp.MustCompile(`^ready$`), partial: map[string][]byte{}}
+	if r := (&api.WaitProcessResult{}); matcher.scan(p, r) {
+		t.Errorf("^ready$ matched %q at %d in a log whose line is ready-not (reads of %d bytes)", r.Match, r.Cursor, limit)
+	}
+	matcher = &lineMatcher{re: regexp.MustCompile(`^ready-not$`), partial: map[string][]byte{}}
+	if r := (&api.WaitProcessResult{}); !matcher.scan(p, r) {
+		t.Errorf("^ready-not$ did not match the line across the reads")
 	}
 }

@@ -29,6 +29,25 @@ func TestLogBudget(t *testing.T) {
 	}
 }
 
+// TestBudgetOfAFailedRead: a limit that cannot be read gives the least budget until one was
+// read, and the last one read after.
+func TestBudgetOfAFailedRead(t *testing.T) {
+	reads := []struct {
+		limit int64
+		ok    bool
+	}{{0, false}, {64 << 20, true}, {0, false}, {128 << 20, true}}
+	budget := budgetOf(func() (int64, bool) {
+		r := reads[0]
+		reads = reads[1:]
+		return r.limit, r.ok
+	})
+	for i, want := range []int64{minLogBudget, 16 << 20, 16 << 20, 32 << 20} {
+		if got := budget(); got != want {
+			t.Errorf("read %d: budget %d, want %d", i, got, want)
+		}
+	}
+}
+
 // held is the memory all of a budget's logs hold, counted from the logs.
 func held(logs ...*output) int64 {
 	var n int64

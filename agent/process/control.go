@@ -333,7 +333,8 @@ func describe(i api.Process) string {
 }
 
 // lineMatcher finds the first output line matching re, reading the log from cursor. Lines are
-// split per stream; a line not yet ended is matched too.
+// split per stream; a line not yet ended is matched too, once the log has nothing after it (a
+// read that stops inside a line, at its share of the budget, must not match its first part).
 type lineMatcher struct {
 	re      *regexp.Regexp
 	cursor  int64
@@ -344,6 +345,7 @@ func (m *lineMatcher) scan(p *Process, r *api.WaitProcessResult) bool {
 	r.Reason = fmt.Sprintf("an output line matching %q", m.re.String())
 	for {
 		chunks, skipped, next, _ := p.out.read(m.cursor, p.out.budget.readLimit(1<<20))
+		atEnd := next >= p.out.end()
 		if skipped > 0 {
 			clear(m.partial)
 		}
@@ -359,7 +361,7 @@ func (m *lineMatcher) scan(p *Process, r *api.WaitProcessResult) bool {
 					buf = buf[len(buf)-maxLine:]
 				}
 				text := strings.TrimSuffix(strings.TrimSuffix(string(buf), "\n"), "\r")
-				if m.re.MatchString(text) {
+				if (complete || atEnd) && m.re.MatchString(text) {
 					r.Match, r.Cursor, m.cursor = text, off, off
 					delete(m.partial, c.Type)
 					return true
@@ -372,7 +374,7 @@ func (m *lineMatcher) scan(p *Process, r *api.WaitProcessResult) bool {
 			}
 		}
 		m.cursor, r.Cursor = next, next
-		if len(chunks) == 0 || next >= p.out.end() {
+		if len(chunks) == 0 || atEnd {
 			return false
 		}
 	}

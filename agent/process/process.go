@@ -80,7 +80,7 @@ func (m *Manager) OnChange(fn func(ended *api.Process)) { m.changed = fn }
 // or a session's state.
 func NewManager(start session.StartFunc, defaults SandboxDefaults, lookup SessionLookup) *Manager {
 	return &Manager{start: start, defaults: defaults, session: lookup, procs: map[string]*Process{},
-		logs: newLogBudget(sandboxLogBudget)}
+		logs: newLogBudget(sandboxLogBudget())}
 }
 
 // Process is one started (or failed) process.
