@@ -2,30 +2,14 @@ package session
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/nsbox/nsbox/internal/childproc"
 )
-
-// startForTest starts a session's shell as a plain child of the test process.
-func startForTest(path string, argv []string, attr *os.ProcAttr, _ *os.File) (int, <-chan unix.WaitStatus, error) {
-	p, err := os.StartProcess(path, argv, attr)
-	if err != nil {
-		return 0, nil, err
-	}
-	ch := make(chan unix.WaitStatus, 1)
-	go func() {
-		st, _ := p.Wait()
-		ws, _ := st.Sys().(unix.WaitStatus)
-		ch <- ws
-	}()
-	return p.Pid, ch, nil
-}
 
 // testShells are the session shells this machine has: bash, and busybox's sh (started as
 // sh: busybox runs the applet argv[0] names).
@@ -43,7 +27,7 @@ func testShells(t *testing.T) []string {
 
 func newTestSession(t *testing.T, shell string) *Session {
 	t.Helper()
-	m, err := NewManager(filepath.Join(t.TempDir(), "sessions"), "/", startForTest, NewSandboxEnv([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}))
+	m, err := NewManager(filepath.Join(t.TempDir(), "sessions"), "/", childproc.Start, NewSandboxEnv([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}))
 	if err != nil {
 		t.Fatal(err)
 	}

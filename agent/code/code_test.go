@@ -5,28 +5,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/internal/childproc"
 )
-
-// start is a StartFunc for tests: the process is this test's child, waited for here.
-func start(path string, argv []string, attr *os.ProcAttr, _ *os.File) (int, <-chan unix.WaitStatus, error) {
-	p, err := os.StartProcess(path, argv, attr)
-	if err != nil {
-		return 0, nil, err
-	}
-	ch := make(chan unix.WaitStatus, 1)
-	go func() {
-		st, _ := p.Wait()
-		ch <- unix.WaitStatus(st.Sys().(syscall.WaitStatus))
-	}()
-	return p.Pid, ch, nil
-}
 
 func newContext(t *testing.T, language string) (*Manager, *Context) {
 	t.Helper()
@@ -34,7 +18,7 @@ func newContext(t *testing.T, language string) (*Manager, *Context) {
 	if _, err := exec.LookPath(drv.prog); err != nil {
 		t.Skipf("no %s here", drv.prog)
 	}
-	m := NewManager(start)
+	m := NewManager(childproc.Start)
 	c, err := m.Create(Spec{Language: language, Cwd: t.TempDir(), Env: os.Environ(), UID: os.Getuid(), GID: os.Getgid(), User: "me"})
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +146,7 @@ new Promise((done) => cp.spawn('sh', ['-c', 'echo async'], { stdio: 'inherit' })
 }
 
 func TestCreateErrors(t *testing.T) {
-	m := NewManager(start)
+	m := NewManager(childproc.Start)
 	if _, err := m.Create(Spec{Language: "cobol", Env: os.Environ()}); !api.IsCode(err, api.CodeInvalidArgument) {
 		t.Errorf("unknown language: %v", err)
 	}

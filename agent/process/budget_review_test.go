@@ -79,14 +79,20 @@ func TestRunningLogDoesNotStarveANewOne(t *testing.T) {
 	}
 }
 
+// endedLogIn is a budget of size bytes and the log of an ended process that wrote data in it.
+func endedLogIn(size int64, data []byte) (*logBudget, *output) {
+	b := newLogBudget(func() int64 { return size })
+	ended := newOutput(b, 1<<20, nil)
+	ended.write(api.EventStdout, data)
+	b.ended(ended)
+	return b, ended
+}
+
 // The reviewer's scenario: an 8-block budget filled by an ended log, and a new log's first
 // write of 8 blocks: it must keep its newest bytes, not destroy the ended log's for nothing.
 func TestNewLogsFirstWriteKeepsWhatItTakes(t *testing.T) {
 	const budget = 8 * logBlock
-	b := newLogBudget(func() int64 { return budget })
-	old := newOutput(b, 1<<20, nil)
-	old.write(api.EventStdout, pattern(8*logBlock, "OLD\n"))
-	b.ended(old)
+	b, old := endedLogIn(budget, pattern(8*logBlock, "OLD\n"))
 	checkBudget(t, b, budget, old)
 	fresh := newOutput(b, 1<<20, nil)
 	data := pattern(8*logBlock, "NEW-END\n")
@@ -102,10 +108,7 @@ func TestNewLogsFirstWriteKeepsWhatItTakes(t *testing.T) {
 // what it takes again.
 func TestLateWritesOfAnEndedLogAreReclaimed(t *testing.T) {
 	const budget = 8 * logBlock
-	b := newLogBudget(func() int64 { return budget })
-	ended := newOutput(b, 1<<20, nil)
-	ended.write(api.EventStdout, pattern(3*logBlock, "A\n"))
-	b.ended(ended)
+	b, ended := endedLogIn(budget, pattern(3*logBlock, "A\n"))
 	run := newOutput(b, 1<<20, nil)
 	run.write(api.EventStdout, pattern(20*logBlock, "B\n")) // takes all the ended log had
 	if ended.held() != 0 {

@@ -13,29 +13,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/api"
+	"github.com/nsbox/nsbox/internal/childproc"
 )
-
-// startForTest starts processes as the agent's procTable does, with a waiter per process
-// instead of a reaper for all (the test is not PID 1).
-func startForTest(path string, argv []string, attr *os.ProcAttr, _ *os.File) (int, <-chan unix.WaitStatus, error) {
-	p, err := os.StartProcess(path, argv, attr)
-	if err != nil {
-		return 0, nil, err
-	}
-	ch := make(chan unix.WaitStatus, 1)
-	go func() {
-		st, _ := p.Wait()
-		ch <- unix.WaitStatus(st.Sys().(syscall.WaitStatus))
-	}()
-	return p.Pid, ch, nil
-}
 
 func newTestManager(t *testing.T) *Manager {
 	t.Helper()
@@ -44,7 +29,7 @@ func newTestManager(t *testing.T) *Manager {
 	}
 	dir := t.TempDir()
 	defaults := func() ([]string, string, string) { return os.Environ(), dir, "" }
-	m := NewManager(startForTest, defaults, func(context.Context, string) (SessionState, error) {
+	m := NewManager(childproc.Start, defaults, func(context.Context, string) (SessionState, error) {
 		return SessionState{}, api.Errorf(api.CodeNotFound, "no sessions here")
 	})
 	t.Cleanup(func() {
